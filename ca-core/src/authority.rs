@@ -1,0 +1,629 @@
+//! The CA: initialises the hierarchy and runs the issuance cycle (docs/ISSUANCE-CYCLE.md).
+//!
+//! ```text
+//! approved request ─► prepare(): key policy ─► reserve serial (commit) ─► build TBS ─►
+//!   sign with throwaway key ─► lint ─► store linting TBS, state `issuing` (commit) ─► IssuanceToken
+//! IssuanceToken ─► sign(): HSM signs the linted TBS ─► verify signature, compare TBS ─►
+//!   store certificate, state `issued`, audit (one commit)
+//! ```
+//!
+//! [`IssuanceToken`] can only be made by `prepare` and is consumed by `sign`, so an unlinted or
+//! unrecorded TBS cannot reach the HSM (Boulder's issuance token; TLS BR §4.3.1.2).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+
+use der::asn1::{AnyRef, BitStringRef};
+use der::{Decode, Encode};
+use rcgen::{
+    BasicConstraints, CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+};
+use serde_json::json;
+use time::OffsetDateTime;
+use x509_parser::prelude::FromDer;
+
+use crate::audit::{self, Event};
+use crate::config::Config;
+use crate::csr::VerifiedCsr;
+use crate::error::{Error, Result};
+use crate::ext;
+use crate::keys::SubscriberKey;
+use crate::lint::{self, Expect, LintInput};
+use crate::profile::{CaRole, IssueContext, Profile, SubjectData};
+use crate::serial::SerialNumber;
+use crate::store::{CertState, Reservation, Store};
+
+/// A request the RA (or an officer at the CLI) approved.
+#[derive(Debug, Clone)]
+pub struct ApprovedRequest {
+    /// Profile id.
+    pub profile: String,
+    /// The subscriber key, from a CSR whose signature verified.
+    pub csr: VerifiedCsr,
+    /// Subject data from the approved application (never from the CSR).
+    pub subject: SubjectData,
+    /// Validity in days; the profile's default if `None`.
+    pub days: Option<u32>,
+    /// The certificate this one renews or re-keys.
+    pub renews: Option<SerialNumber>,
+    /// Who approved it (for the audit trail), e.g. `cli:alice`.
+    pub actor: String,
+}
+
+/// A certificate that was issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Its serial.
+    pub serial: SerialNumber,
+    /// The CA that issued it.
+    pub issuer: CaRole,
+    /// DER.
+    pub cert_der: Vec<u8>,
+}
+
+/// Proof that a TBS was built, linted and recorded in state `issuing`. Only
+/// [`Authority::prepare`] makes one; [`Authority::sign`] consumes it.
+#[derive(Debug)]
+#[must_use = "a prepared issuance must be signed (or it stays in state `issuing`)"]
+pub struct IssuanceToken {
+    serial: SerialNumber,
+    issuer: CaRole,
+    tbs: Vec<u8>,
+    signature_algorithm: Vec<u8>,
+    renews: Option<String>,
+    actor: String,
+    profile: &'static str,
+}
+
+impl IssuanceToken {
+    /// The serial being issued.
+    pub fn serial(&self) -> SerialNumber {
+        self.serial
+    }
+}
+
+struct CaState {
+    cert_der: Vec<u8>,
+    subject_der: Vec<u8>,
+    signer: Arc<dyn hsm::Signer>,
+}
+
+/// What `ecert init` did.
+#[derive(Debug, Clone, Default)]
+pub struct InitReport {
+    /// CAs created in this run.
+    pub created: Vec<CaRole>,
+    /// CAs that already existed.
+    pub existing: Vec<CaRole>,
+}
+
+/// The certificate authority: configuration, store, HSM keys, and the lock that makes this
+/// process the only signer for its data directory.
+pub struct Authority {
+    config: Config,
+    store: Store,
+    policy_arc: String,
+    cas: HashMap<CaRole, CaState>,
+    lint_key: KeyPair,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").field("engine", &self.store.engine()).finish_non_exhaustive()
+    }
+}
+
+/// Takes the signer lock of the data directory: one signing process at a time, so that
+/// leftovers in `reserved`/`issuing` found at start-up are known to belong to a dead process.
+fn signer_lock(config: &Config) -> Result<File> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io { context: format!("creating {}", config.data_dir.display()), source: e })?;
+    let path = config.data_dir.join("signer.lock");
+    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::Io { context: format!("opening {}", path.display()), source: e })?;
+    f.lock().map_err(|e| Error::Io { context: format!("locking {}", path.display()), source: e })?;
+    Ok(f)
+}
+
+/// Opens the HSM token (blocking).
+fn open_token(config: &Config) -> Result<hsm::pkcs11::Token> {
+    let cfg = hsm_config(config)?;
+    Ok(hsm::pkcs11::Token::open(&cfg)?)
+}
+
+fn hsm_config(config: &Config) -> Result<hsm::pkcs11::Pkcs11Config> {
+    Ok(hsm::pkcs11::Pkcs11Config {
+        module: config.hsm.module.clone(),
+        token_label: config.hsm.token_label.clone(),
+        user_pin: config.user_pin()?,
+        so_pin: None,
+        pool_size: config.hsm.pool_size,
+    })
+}
+
+fn random_secret() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| Error::Io { context: format!("writing {}", path.display()), source: e };
+    let mut f = File::options().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(value.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Prepares the embedded SoftHSM2 token in the data directory: config file, PINs (0600), token.
+/// Idempotent. The caller MUST have set `SOFTHSM2_CONF` to [`softhsm_conf_path`] before the
+/// first PKCS#11 call of the process.
+pub fn init_embedded_token(config: &Config) -> Result<()> {
+    let dir = config.hsm_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { context: format!("creating {}", dir.display()), source: e })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    hsm::pkcs11::softhsm_conf(&dir).map_err(|e| Error::Io { context: "writing softhsm2.conf".into(), source: e })?;
+    for name in ["user.pin", "so.pin"] {
+        let p = dir.join(name);
+        if !p.exists() {
+            write_secret(&p, &random_secret())?;
+        }
+    }
+    let so_pin = std::fs::read_to_string(dir.join("so.pin")).map_err(|e| Error::Io { context: "reading so.pin".into(), source: e })?;
+    let mut cfg = hsm_config(config)?;
+    cfg.so_pin = Some(so_pin.trim().to_string());
+    hsm::pkcs11::init_token(&cfg)?;
+    Ok(())
+}
+
+/// Where the embedded SoftHSM2 configuration lives.
+pub fn softhsm_conf_path(config: &Config) -> std::path::PathBuf {
+    config.hsm_dir().join("softhsm2.conf")
+}
+
+fn dn(country: &str, org: &str, cn: &str) -> Result<DistinguishedName> {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CountryName, DnValue::PrintableString(country.try_into().map_err(|_| Error::Config("country".into()))?));
+    dn.push(DnType::OrganizationName, DnValue::Utf8String(org.into()));
+    dn.push(DnType::CommonName, DnValue::Utf8String(cn.into()));
+    Ok(dn)
+}
+
+/// Parameters of a CA certificate (pure). Root: TLS BR §7.1.2.1; issuing CAs: TLS BR §7.1.2.10
+/// and S/MIME BR §7.1.2.2.
+fn ca_params(config: &Config, policy_arc: &str, role: CaRole, serial: SerialNumber, now: OffsetDateTime) -> Result<CertificateParams> {
+    let c = &config.ca;
+    let mut p = CertificateParams::default();
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
+    p.not_before = now;
+    let days = if role == CaRole::Root { c.root_validity_days } else { c.issuing_validity_days };
+    p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
+    p.key_identifier_method = KeyIdMethod::Sha256;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let base = config.base_url();
+    match role {
+        CaRole::Root => {
+            p.distinguished_name = dn(&c.country, &c.organization, &c.root_common_name)?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.use_authority_key_identifier_extension = false;
+        }
+        CaRole::Individual | CaRole::Server => {
+            let cn = if role == CaRole::Server { &c.server_common_name } else { &c.individual_common_name };
+            p.distinguished_name = dn(&c.country, &c.organization, cn)?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.use_authority_key_identifier_extension = true;
+            p.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![format!("{base}/crl/root.crl")] }];
+            let mut policies = vec![];
+            if role == CaRole::Server {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            } else {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection, ExtendedKeyUsagePurpose::ClientAuth];
+            }
+            for prof in crate::profile::PROFILES.iter().filter(|x| x.issuer == role) {
+                policies.push(ext::parse_oid(prof.cabf_policy)?);
+                policies.push(ext::parse_oid(&format!("{policy_arc}.2.{}", prof.local_policy))?);
+            }
+            p.custom_extensions = vec![
+                ext::certificate_policies(&policies)?,
+                ext::authority_info_access(None, &format!("{base}/ca/root.crt"))?,
+            ];
+        }
+    }
+    Ok(p)
+}
+
+/// The parts of a signed X.509 structure (RFC 5280 §4.1.1): the TBS and the algorithm as
+/// encoded, plus the signature.
+#[derive(der::Sequence)]
+struct Signed<'a> {
+    tbs: AnyRef<'a>,
+    algorithm: AnyRef<'a>,
+    signature: BitStringRef<'a>,
+}
+
+/// Splits a linting certificate into its TBS and signatureAlgorithm bytes.
+fn split_signed(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let s = Signed::from_der(der)?;
+    Ok((s.tbs.to_der()?, s.algorithm.to_der()?))
+}
+
+/// Builds `Certificate ::= SEQUENCE { tbs, algorithm, BIT STRING signature }` around the exact
+/// bytes that were linted and signed.
+fn assemble(tbs: &[u8], algorithm: &[u8], signature: &[u8]) -> Result<Vec<u8>> {
+    Ok(Signed { tbs: AnyRef::from_der(tbs)?, algorithm: AnyRef::from_der(algorithm)?, signature: BitStringRef::from_bytes(signature)? }.to_der()?)
+}
+
+/// Signs `tbs` in the HSM and checks the result: the signature verifies under the issuer's
+/// public key (with ring, not the signer's own code) and the TBS is byte-identical.
+async fn hsm_sign_checked(signer: Arc<dyn hsm::Signer>, tbs: Vec<u8>, algorithm: Vec<u8>, issuer_spki: Vec<u8>) -> Result<Vec<u8>> {
+    let to_sign = tbs.clone();
+    let s = signer.clone();
+    let signature = tokio::task::spawn_blocking(move || s.sign(&to_sign))
+        .await
+        .map_err(|e| Error::Hsm(hsm::Error::TokenUnavailable { detail: format!("signing task failed: {e}") }))??;
+    let cert = assemble(&tbs, &algorithm, &signature)?;
+    self_check(&cert, &tbs, &issuer_spki)?;
+    Ok(cert)
+}
+
+fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).map_err(|e| Error::SignatureCheck(format!("signed certificate does not parse: {e}")))?;
+    if parsed.tbs_certificate.as_ref() != tbs {
+        return Err(Error::SignatureCheck("signed TBS differs from the linted TBS".into()));
+    }
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(issuer_spki).map_err(|e| Error::SignatureCheck(format!("issuer key: {e}")))?;
+    parsed.verify_signature(Some(&spki)).map_err(|_| Error::SignatureCheck("signature does not verify under the issuer's public key".into()))
+}
+
+fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn now_secs() -> OffsetDateTime {
+    // Whole seconds: the certificate encodes seconds, and the stored times must match it.
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+fn new_srn() -> String {
+    use rand::Rng;
+    format!("{:016}", rand::rngs::OsRng.gen_range(0..10_000_000_000_000_000u64))
+}
+
+impl Authority {
+    /// Creates what is missing of the hierarchy: policy arc, CA keys in the token, CA
+    /// certificates. Idempotent. The token MUST exist (see [`init_embedded_token`]).
+    pub async fn init(config: Config) -> Result<(Authority, InitReport)> {
+        let lock = signer_lock(&config)?;
+        let store = Store::open(&config.database_url()).await?;
+        let mut tx = store.begin().await?;
+        let arc = match &config.ca.policy_arc {
+            Some(a) => a.clone(),
+            None => format!("2.25.{}", uuid::Uuid::new_v4().as_u128()),
+        };
+        let arc = store.meta_init(&mut tx, "policy_arc", &arc).await?;
+        tx.commit().await?;
+        let cfg2 = config.clone();
+        let token = tokio::task::spawn_blocking(move || open_token(&cfg2)).await.map_err(|e| Error::Store(e.to_string()))??;
+        let lint_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut report = InitReport::default();
+        for role in CaRole::ALL {
+            if store.ca(role.name()).await?.is_some() {
+                report.existing.push(role);
+                continue;
+            }
+            let label = role.key_label();
+            let t = token.clone();
+            let key = tokio::task::spawn_blocking(move || -> Result<hsm::pkcs11::Pkcs11Key> {
+                Ok(match t.find_key(&label)? {
+                    Some(k) => k,
+                    None => t.generate_ec_key(&label)?,
+                })
+            })
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+            let signer: Arc<dyn hsm::Signer> = Arc::new(key);
+            let subject_key = SubscriberKey::from_spki_der(signer.public_key_spki())?;
+            let serial = SerialNumber::random();
+            let params = ca_params(&config, &arc, role, serial, now_secs())?;
+            let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) = if role == CaRole::Root {
+                (None, signer.clone())
+            } else {
+                let (label, der) = store.ca(CaRole::Root.name()).await?.ok_or(Error::NotInitialised)?;
+                let t = token.clone();
+                let root = tokio::task::spawn_blocking(move || t.key(&label)).await.map_err(|e| Error::Store(e.to_string()))??;
+                (Some(der), Arc::new(root))
+            };
+            let linting = match &issuer_der {
+                None => params.signed_by(&subject_key, &rcgen::Issuer::from_params(&params, &lint_key))?,
+                Some(der) => params.signed_by(&subject_key, &rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &lint_key)?)?,
+            };
+            let issuer_subject = match &issuer_der {
+                None => subject_der_of(linting.der())?,
+                Some(der) => subject_der_of(der)?,
+            };
+            let findings = lint::lint(&LintInput { cert_der: linting.der(), issuer_subject_der: &issuer_subject, expected_spki: signer.public_key_spki(), expect: Expect::Ca });
+            if !findings.is_empty() {
+                return Err(Error::Lint(findings));
+            }
+            let (tbs, alg) = split_signed(linting.der())?;
+            let cert = hsm_sign_checked(issuer_signer.clone(), tbs, alg, issuer_signer.public_key_spki().to_vec()).await?;
+            let mut tx = store.begin().await?;
+            store.insert_ca(&mut tx, role.name(), &role.key_label(), &cert).await?;
+            store.audit(&mut tx, &Event { kind: "ca.created", actor: "system:init".into(), subject: Some(role.name().into()), detail: json!({ "serial": serial.to_hex(), "key_label": role.key_label() }) }).await?;
+            tx.commit().await?;
+            tracing::info!(ca = role.name(), serial = %serial, "CA certificate created");
+            report.created.push(role);
+        }
+        drop(token);
+        let auth = Self::open_with(config, store, lock, lint_key).await?;
+        Ok((auth, report))
+    }
+
+    /// Opens an initialised CA: takes the signer lock, opens the store and the HSM keys, and
+    /// resolves serials a dead process left in `reserved` or `issuing`.
+    pub async fn open(config: Config) -> Result<Authority> {
+        let lock = signer_lock(&config)?;
+        let store = Store::open(&config.database_url()).await?;
+        let lint_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Self::open_with(config, store, lock, lint_key).await
+    }
+
+    async fn open_with(config: Config, store: Store, lock: File, lint_key: KeyPair) -> Result<Authority> {
+        let policy_arc = store.meta("policy_arc").await?.ok_or(Error::NotInitialised)?;
+        let mut labels = Vec::new();
+        for role in CaRole::ALL {
+            let (label, der) = store.ca(role.name()).await?.ok_or(Error::NotInitialised)?;
+            labels.push((role, label, der));
+        }
+        let cfg2 = config.clone();
+        let keys = tokio::task::spawn_blocking(move || -> Result<Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>> {
+            let token = open_token(&cfg2)?;
+            labels.into_iter().map(|(role, label, der)| Ok((role, der, token.key(&label)?))).collect()
+        })
+        .await
+        .map_err(|e| Error::Store(e.to_string()))??;
+        let mut cas = HashMap::new();
+        for (role, der, key) in keys {
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| Error::Store(format!("stored CA certificate {}: {e}", role.name())))?;
+            if cert.tbs_certificate.subject_pki.raw != hsm::Signer::public_key_spki(&key) {
+                return Err(Error::Config(format!("the HSM key {} does not match the {} CA certificate", role.key_label(), role.name())));
+            }
+            cas.insert(role, CaState { subject_der: cert.tbs_certificate.subject.as_raw().to_vec(), cert_der: der.clone(), signer: Arc::new(key) });
+        }
+        let auth = Authority { config, store, policy_arc, cas, lint_key, _lock: lock };
+        auth.reconcile().await?;
+        Ok(auth)
+    }
+
+    /// Start-up rule for leftovers of a dead process (DESIGN.md step 7):
+    /// - `reserved`: nothing was built or signed → `failed`.
+    /// - `issuing`: the HSM may have signed, but the certificate never left the process →
+    ///   `abandoned`: never reported good, listed as revoked by status publication.
+    ///
+    /// Each change is audited. Runs with the signer lock held, so no live process owns them.
+    pub async fn reconcile(&self) -> Result<Vec<(String, CertState)>> {
+        let mut out = Vec::new();
+        for (from, to) in [(CertState::Reserved, CertState::Failed), (CertState::Issuing, CertState::Abandoned)] {
+            for serial in self.store.serials_in(from).await? {
+                let mut tx = self.store.begin().await?;
+                let reason = "process ended during issuance; resolved at start-up";
+                match to {
+                    CertState::Failed => self.store.mark_failed(&mut tx, &serial, from, reason).await?,
+                    _ => self.store.mark_abandoned(&mut tx, &serial, reason).await?,
+                }
+                self.store.audit(&mut tx, &Event { kind: if to == CertState::Failed { "issuance.failed" } else { "issuance.abandoned" }, actor: "system:reconcile".into(), subject: Some(serial.clone()), detail: json!({ "from": from.to_string(), "rule": reason }) }).await?;
+                tx.commit().await?;
+                tracing::warn!(serial = %serial, from = %from, to = %to, "resolved interrupted issuance");
+                out.push((serial, to));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The policy OID arc of this CA.
+    pub fn policy_arc(&self) -> &str {
+        &self.policy_arc
+    }
+
+    /// A CA's certificate (DER).
+    pub fn ca_cert(&self, role: CaRole) -> Result<&[u8]> {
+        self.cas.get(&role).map(|c| c.cert_der.as_slice()).ok_or(Error::NotInitialised)
+    }
+
+    /// Issues a certificate: [`Authority::prepare`] then [`Authority::sign`].
+    pub async fn issue(&self, req: ApprovedRequest) -> Result<Issued> {
+        let token = self.prepare(req).await?;
+        self.sign(token).await
+    }
+
+    /// Steps 1–4 of the cycle: checks the request, reserves the serial, builds and lints the
+    /// TBS, records it in state `issuing`. Returns the token that [`Authority::sign`] needs.
+    pub async fn prepare(&self, req: ApprovedRequest) -> Result<IssuanceToken> {
+        let profile = Profile::get(&req.profile)?;
+        let key = req.csr.key().clone();
+        let mut subject = req.subject.clone();
+        let renews = match req.renews {
+            Some(old) => Some(self.renewal_base(profile, old, &mut subject).await?),
+            None => None,
+        };
+        if matches!(profile.kind, crate::profile::ProfileKind::Personal | crate::profile::ProfileKind::Organisational) && subject.srn.is_none() {
+            subject.srn = Some(new_srn());
+        }
+        let subject = profile.check(&subject, req.days)?;
+        if self.store.key_blocked(&key.fingerprint()).await? {
+            return Err(Error::KeyBlocked);
+        }
+        let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
+        let serial = SerialNumber::random();
+        let serial_hex = serial.to_hex();
+        let request_json = serde_json::to_string(&subject).map_err(|e| Error::Encoding(e.to_string()))?;
+        // Step 3: reserve the serial (committed before anything is built or signed).
+        let mut tx = self.store.begin().await?;
+        self.store.reserve(&mut tx, &Reservation { serial: &serial_hex, issuer: profile.issuer.name(), profile: profile.id, profile_version: i64::from(profile.version), key_fp: &key.fingerprint(), request: &request_json, renews: renews.as_deref() }).await?;
+        self.store.audit(&mut tx, &Event { kind: "issuance.requested", actor: req.actor.clone(), subject: Some(serial_hex.clone()), detail: json!({ "profile": profile.id, "profile_version": profile.version, "issuer": profile.issuer.name(), "key": key.kind().name(), "renews": renews }) }).await?;
+        tx.commit().await?;
+        fail::fail_point!("ca::after_reserve");
+        // Step 4: build, sign with the throwaway key, lint.
+        let built = self.build_linting(profile, &subject, &key, serial, ca, req.days);
+        let (tbs, alg, nb, na) = match built {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail(&serial_hex, CertState::Reserved, &e).await?;
+                return Err(e);
+            }
+        };
+        fail::fail_point!("ca::after_lint");
+        let mut tx = self.store.begin().await?;
+        self.store.mark_issuing(&mut tx, &serial_hex, &tbs, nb, na).await?;
+        self.store.audit(&mut tx, &Event { kind: "issuance.linted", actor: req.actor.clone(), subject: Some(serial_hex.clone()), detail: json!({ "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }) }).await?;
+        tx.commit().await?;
+        fail::fail_point!("ca::after_issuing");
+        Ok(IssuanceToken { serial, issuer: profile.issuer, tbs, signature_algorithm: alg, renews, actor: req.actor, profile: profile.id })
+    }
+
+    fn build_linting(&self, profile: &'static Profile, subject: &SubjectData, key: &SubscriberKey, serial: SerialNumber, ca: &CaState, days: Option<u32>) -> Result<(Vec<u8>, Vec<u8>, i64, i64)> {
+        let ctx = IssueContext { base_url: self.config.base_url(), policy_arc: &self.policy_arc, default_locality: &self.config.ca.default_locality, country: &self.config.ca.country };
+        let params = profile.params(&ctx, subject, key, serial, now_secs(), days)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &self.lint_key)?;
+        let linting = params.signed_by(key, &issuer)?;
+        let findings = lint::lint(&LintInput { cert_der: linting.der(), issuer_subject_der: &ca.subject_der, expected_spki: key.spki_der(), expect: Expect::Leaf(profile) });
+        if !findings.is_empty() {
+            return Err(Error::Lint(findings));
+        }
+        let (tbs, alg) = split_signed(linting.der())?;
+        Ok((tbs, alg, unix(params.not_before), unix(params.not_after)))
+    }
+
+    async fn fail(&self, serial: &str, from: CertState, e: &Error) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store.mark_failed(&mut tx, serial, from, &e.to_string()).await?;
+        self.store.audit(&mut tx, &Event { kind: "issuance.failed", actor: "system".into(), subject: Some(serial.into()), detail: json!({ "error": e.to_string() }) }).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Steps 5–6: the HSM signs the linted TBS; the result is verified and compared, then stored
+    /// `issued` with its audit record in one transaction.
+    pub async fn sign(&self, token: IssuanceToken) -> Result<Issued> {
+        let ca = self.cas.get(&token.issuer).ok_or(Error::NotInitialised)?;
+        let serial_hex = token.serial.to_hex();
+        let issuer_spki = ca.signer.public_key_spki().to_vec();
+        let signed = hsm_sign_checked(ca.signer.clone(), token.tbs, token.signature_algorithm, issuer_spki).await;
+        fail::fail_point!("ca::after_hsm_sign");
+        let cert = match signed {
+            Ok(c) => c,
+            Err(e) => {
+                // An HSM error means no signature exists; a failed self-check means a bad one
+                // exists only in this process's memory and is dropped here.
+                if matches!(e, Error::SignatureCheck(_)) {
+                    tracing::error!(serial = %serial_hex, "signed certificate failed its self-check; discarded");
+                }
+                self.fail(&serial_hex, CertState::Issuing, &e).await?;
+                return Err(e);
+            }
+        };
+        let mut tx = self.store.begin().await?;
+        self.store.mark_issued(&mut tx, &serial_hex, &cert, token.renews.as_deref()).await?;
+        self.store.audit(&mut tx, &Event { kind: "certificate.issued", actor: token.actor.clone(), subject: Some(serial_hex.clone()), detail: json!({ "profile": token.profile, "issuer": token.issuer.name(), "renews": token.renews, "cert_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&cert)) }) }).await?;
+        tx.commit().await?;
+        fail::fail_point!("ca::after_store");
+        tracing::info!(serial = %serial_hex, profile = token.profile, "certificate issued");
+        Ok(Issued { serial: token.serial, issuer: token.issuer, cert_der: cert })
+    }
+
+    /// For a renewal: the old certificate must be issued, of the same profile, not expired and
+    /// not already renewed. Subject fields the new request leaves empty are taken from it.
+    async fn renewal_base(&self, profile: &Profile, old: SerialNumber, subject: &mut SubjectData) -> Result<String> {
+        let hex = old.to_hex();
+        let rec = self.store.certificate(&hex).await?.ok_or_else(|| Error::UnknownSerial(hex.clone()))?;
+        let refuse = |reason: &str| Error::NotRenewable { serial: hex.clone(), reason: reason.into() };
+        if rec.state != CertState::Issued {
+            return Err(refuse(&format!("it is in state {}", rec.state)));
+        }
+        if rec.profile != profile.id {
+            return Err(refuse(&format!("it is a {} certificate, not {}", rec.profile, profile.id)));
+        }
+        if let Some(by) = &rec.renewed_by {
+            return Err(refuse(&format!("it was already renewed by {by}")));
+        }
+        if rec.not_after.is_some_and(|na| na < unix(now_secs())) {
+            return Err(refuse("it has expired; apply for a new certificate"));
+        }
+        let prev: SubjectData = serde_json::from_str(&rec.request).map_err(|e| Error::Store(e.to_string()))?;
+        let keep = |new: &mut Option<String>, old: Option<String>| {
+            if new.is_none() {
+                *new = old;
+            }
+        };
+        keep(&mut subject.name, prev.name);
+        keep(&mut subject.organization, prev.organization);
+        keep(&mut subject.org_id, prev.org_id);
+        keep(&mut subject.locality, prev.locality);
+        keep(&mut subject.srn, prev.srn);
+        if subject.emails.is_empty() {
+            subject.emails = prev.emails;
+        }
+        if subject.dns_names.is_empty() {
+            subject.dns_names = prev.dns_names;
+        }
+        Ok(hex)
+    }
+
+    /// Verifies the audit trail; returns the number of records and the findings.
+    pub async fn verify_audit(store: &Store) -> Result<(usize, Vec<audit::Finding>)> {
+        let (records, head_seq, head_hash) = store.audit_records().await?;
+        Ok((records.len(), audit::verify(&records, head_seq, &head_hash)))
+    }
+}
+
+fn subject_der_of(cert_der: &[u8]) -> Result<Vec<u8>> {
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert_der).map_err(|e| Error::Encoding(e.to_string()))?;
+    Ok(c.tbs_certificate.subject.as_raw().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assemble_round_trips_and_self_check_catches_tampering() {
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["a.example".into()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[1, 2, 3]));
+        let cert = params.self_signed(&ca_key).unwrap();
+        let (tbs, alg) = split_signed(cert.der()).unwrap();
+        let s = Signed::from_der(cert.der()).unwrap();
+        let rebuilt = assemble(&tbs, &alg, s.signature.raw_bytes()).unwrap();
+        assert_eq!(rebuilt, cert.der().to_vec());
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&ca_key);
+        self_check(&rebuilt, &tbs, &spki).unwrap();
+        // Reference checklist #4: a TBS changed after linting is caught.
+        let mut other = tbs.clone();
+        let n = other.len() - 5;
+        other[n] ^= 1;
+        assert!(matches!(self_check(&rebuilt, &other, &spki), Err(Error::SignatureCheck(_))));
+        // Reference checklist #9: a corrupted signature is caught.
+        let mut sig = s.signature.raw_bytes().to_vec();
+        let n = sig.len() - 2;
+        sig[n] ^= 1;
+        let bad = assemble(&tbs, &alg, &sig).unwrap();
+        assert!(matches!(self_check(&bad, &tbs, &spki), Err(Error::SignatureCheck(_))));
+    }
+}

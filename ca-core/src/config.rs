@@ -1,0 +1,261 @@
+//! One typed configuration, loaded once: `<data-dir>/ecert.toml` (optional) then `ECERT_*`
+//! environment variables. Every field has a safe default for the embedded mode.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the SQLite database, the SoftHSM2 token, PINs and locks live.
+    #[serde(skip)]
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; default: `sqlite://<data-dir>/ecert.db`.
+    pub database_url: Option<String>,
+    /// The HSM.
+    pub hsm: HsmConfig,
+    /// Names and URLs of the hierarchy.
+    pub ca: CaConfig,
+}
+
+/// Where the CA keys live.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmConfig {
+    /// PKCS#11 module; default SoftHSM2.
+    pub module: PathBuf,
+    /// Token label.
+    pub token_label: String,
+    /// User PIN file; default `<data-dir>/hsm/user.pin` (made by `ecert init` for SoftHSM2).
+    /// `ECERT_HSM_PIN` overrides it.
+    pub user_pin_file: Option<PathBuf>,
+    /// Sessions kept open for signing.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for HsmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmConfig")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("user_pin_file", &self.user_pin_file)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Names, URLs and validity of the hierarchy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Public base URL put in AIA and CRL distribution points.
+    pub base_url: String,
+    /// Two-letter country of the CA's organisation.
+    pub country: String,
+    /// The CA's organisation name.
+    pub organization: String,
+    /// Common names of the three CAs.
+    pub root_common_name: String,
+    /// Individual & Organisational issuing CA.
+    pub individual_common_name: String,
+    /// Server issuing CA.
+    pub server_common_name: String,
+    /// Root validity in days.
+    pub root_validity_days: u32,
+    /// Issuing CA validity in days.
+    pub issuing_validity_days: u32,
+    /// Policy OID arc; default: `2.25.<uuid>` made once by `ecert init` and kept in the database.
+    pub policy_arc: Option<String>,
+    /// localityName put in server (OV) certificates when the request gives none.
+    pub default_locality: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("ecert-data"),
+            database_url: None,
+            hsm: HsmConfig::default(),
+            ca: CaConfig::default(),
+        }
+    }
+}
+
+impl Default for HsmConfig {
+    fn default() -> Self {
+        HsmConfig {
+            module: PathBuf::from(hsm::pkcs11::SOFTHSM2_MODULE),
+            token_label: "ecert".into(),
+            user_pin_file: None,
+            pool_size: 4,
+        }
+    }
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            base_url: "http://127.0.0.1:8080".into(),
+            country: "HK".into(),
+            organization: "ecert Demonstration CA".into(),
+            root_common_name: "ecert Root CA".into(),
+            individual_common_name: "ecert Individual and Organisational CA".into(),
+            server_common_name: "ecert Server CA".into(),
+            root_validity_days: 20 * 365,
+            issuing_validity_days: 10 * 365,
+            policy_arc: None,
+            default_locality: "Hong Kong".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `<data_dir>/ecert.toml` (or `file` if given), then applies the environment.
+    pub fn load(data_dir: &Path, file: Option<&Path>) -> Result<Self> {
+        let default_file = data_dir.join("ecert.toml");
+        let path = file.map(Path::to_path_buf).unwrap_or(default_file);
+        let mut cfg: Config = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.is_none() => {
+                Config::default()
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                })
+            }
+        };
+        cfg.data_dir = data_dir.to_path_buf();
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(v) = env("ECERT_DATABASE_URL") {
+            cfg.database_url = Some(v);
+        }
+        if let Some(v) = env("ECERT_BASE_URL") {
+            cfg.ca.base_url = v;
+        }
+        if let Some(v) = env("ECERT_HSM_MODULE") {
+            cfg.hsm.module = v.into();
+        }
+        if let Some(v) = env("ECERT_HSM_TOKEN_LABEL") {
+            cfg.hsm.token_label = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what can be checked without touching the HSM or the database.
+    pub fn validate(&self) -> Result<()> {
+        let url = self.ca.base_url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(Error::Config(format!(
+                "ca.base_url must be an http(s) URL, got {:?}",
+                self.ca.base_url
+            )));
+        }
+        if self.ca.country.len() != 2 || !self.ca.country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Error::Config("ca.country must be two upper-case letters".into()));
+        }
+        for (k, v) in [
+            ("ca.organization", &self.ca.organization),
+            ("ca.root_common_name", &self.ca.root_common_name),
+            ("ca.individual_common_name", &self.ca.individual_common_name),
+            ("ca.server_common_name", &self.ca.server_common_name),
+        ] {
+            if v.is_empty() || v.chars().count() > 64 {
+                return Err(Error::Config(format!("{k} must be 1 to 64 characters")));
+            }
+        }
+        if self.ca.root_validity_days == 0 || self.ca.issuing_validity_days == 0 {
+            return Err(Error::Config("CA validity must be at least one day".into()));
+        }
+        if self.ca.issuing_validity_days > self.ca.root_validity_days {
+            return Err(Error::Config(
+                "ca.issuing_validity_days may not exceed ca.root_validity_days".into(),
+            ));
+        }
+        if let Some(arc) = &self.ca.policy_arc {
+            crate::ext::parse_oid(arc)?;
+        }
+        if self.hsm.pool_size == 0 || self.hsm.pool_size > 64 {
+            return Err(Error::Config("hsm.pool_size must be 1 to 64".into()));
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(Error::Config(
+                    "database_url must start with sqlite: or postgres://".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL in force.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("ecert.db").display())
+        })
+    }
+
+    /// The base URL without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.ca.base_url.trim_end_matches('/')
+    }
+
+    /// True when the HSM is the embedded SoftHSM2 token in the data directory.
+    pub fn embedded_softhsm(&self) -> bool {
+        self.hsm.module.to_string_lossy().contains("softhsm")
+    }
+
+    /// Directory of the embedded SoftHSM2 token and its PIN files.
+    pub fn hsm_dir(&self) -> PathBuf {
+        self.data_dir.join("hsm")
+    }
+
+    /// Reads the user PIN: `ECERT_HSM_PIN`, else the PIN file.
+    pub fn user_pin(&self) -> Result<String> {
+        if let Ok(pin) = std::env::var("ECERT_HSM_PIN") {
+            if !pin.is_empty() {
+                return Ok(pin);
+            }
+        }
+        let file = self
+            .hsm
+            .user_pin_file
+            .clone()
+            .unwrap_or_else(|| self.hsm_dir().join("user.pin"));
+        std::fs::read_to_string(&file)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| Error::Io {
+                context: format!("reading the HSM user PIN from {}", file.display()),
+                source: e,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[ca]\ncountry = \"Hong Kong\"\n").unwrap();
+        let e = Config::load(dir.path(), Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("ca.country"), "{e}");
+        std::fs::write(&f, "[ca]\nnot_a_field = 1\n").unwrap();
+        let e = Config::load(dir.path(), Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("not_a_field"), "{e}");
+        std::fs::write(&f, "[ca]\nbase_url = \"https://ca.example.hk/\"\n").unwrap();
+        let c = Config::load(dir.path(), Some(&f)).unwrap();
+        assert_eq!(c.base_url(), "https://ca.example.hk");
+    }
+}

@@ -1,0 +1,148 @@
+//! CSR intake (RFC 2986): budgeted decoding, proof of possession, and nothing else.
+//!
+//! Only the public key is taken from a CSR. Its subject, its requested extensions and its
+//! attributes are ignored when the certificate is built (every subject field comes from the
+//! approved request; Mozilla "validate all data", reference checklist #6) — except that a CSR
+//! asking for a CA certificate is refused outright, because no subscriber has a reason to ask.
+
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::FromDer;
+
+use crate::error::{Error, Result};
+use crate::keys::SubscriberKey;
+
+/// The largest CSR accepted, PEM or DER (reference checklist #36: "CSR ≤ 16 KiB").
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// A CSR whose signature verified with the key it carries, and whose key passed the policy.
+#[derive(Debug, Clone)]
+pub struct VerifiedCsr {
+    key: SubscriberKey,
+}
+
+impl VerifiedCsr {
+    /// Decodes a PEM (exactly one `CERTIFICATE REQUEST` block) or DER CSR, checks the key's
+    /// structure, verifies the signature, then checks the key's strength.
+    pub fn parse(input: &[u8]) -> Result<Self> {
+        if input.len() > MAX_CSR_BYTES {
+            return Err(Error::CsrTooLarge {
+                len: input.len(),
+                max: MAX_CSR_BYTES,
+            });
+        }
+        let der = decode(input)?;
+        let (rest, csr) = X509CertificationRequest::from_der(&der)
+            .map_err(|e| Error::CsrMalformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(Error::CsrMalformed("trailing bytes after the CSR".into()));
+        }
+        let key = SubscriberKey::from_spki_der(csr.certification_request_info.subject_pki.raw)?;
+        csr.verify_signature().map_err(|_| Error::CsrBadSignature)?;
+        if let Some(exts) = csr.requested_extensions() {
+            for ext in exts {
+                if let ParsedExtension::BasicConstraints(bc) = ext {
+                    if bc.ca {
+                        return Err(Error::CsrMalformed(
+                            "the CSR asks for a CA certificate (basicConstraints cA=TRUE); \
+                             subscribers get end-entity certificates only"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        }
+        key.check_strength()?;
+        Ok(VerifiedCsr { key })
+    }
+
+    /// The verified subscriber key.
+    pub fn key(&self) -> &SubscriberKey {
+        &self.key
+    }
+
+    /// Takes the key out.
+    pub fn into_key(self) -> SubscriberKey {
+        self.key
+    }
+}
+
+fn decode(input: &[u8]) -> Result<Vec<u8>> {
+    let trimmed = input.trim_ascii_start();
+    if !trimmed.starts_with(b"-----BEGIN") {
+        return Ok(input.to_vec());
+    }
+    let text = std::str::from_utf8(input)
+        .map_err(|_| Error::CsrEncoding("PEM input is not ASCII".into()))?;
+    let blocks = pem::parse_many(text).map_err(|e| Error::CsrEncoding(e.to_string()))?;
+    match blocks.as_slice() {
+        [one] if one.tag() == "CERTIFICATE REQUEST" || one.tag() == "NEW CERTIFICATE REQUEST" => {
+            Ok(one.contents().to_vec())
+        }
+        [one] => Err(Error::CsrEncoding(format!(
+            "PEM block is {:?}, expected CERTIFICATE REQUEST",
+            one.tag()
+        ))),
+        [] => Err(Error::CsrEncoding("no PEM block found".into())),
+        more => Err(Error::CsrEncoding(format!(
+            "{} PEM blocks found, expected exactly one",
+            more.len()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr_for(alg: &'static rcgen::SignatureAlgorithm) -> (rcgen::KeyPair, String) {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["evil.example".into()]).unwrap();
+        params.is_ca = rcgen::IsCa::NoCa;
+        let csr = params.serialize_request(&key).unwrap();
+        (key, csr.pem().unwrap())
+    }
+
+    #[test]
+    fn accepts_p256_and_p384_pem_and_der() {
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
+            let (key, pem) = csr_for(alg);
+            let v = VerifiedCsr::parse(pem.as_bytes()).unwrap();
+            assert_eq!(v.key().spki_der(), rcgen::PublicKeyData::subject_public_key_info(&key));
+            let der = pem::parse(&pem).unwrap().into_contents();
+            assert!(VerifiedCsr::parse(&der).is_ok());
+        }
+    }
+
+    #[test]
+    fn refuses_flipped_signature_bit() {
+        let (_, pem) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let mut der = pem::parse(&pem).unwrap().into_contents();
+        let last = der.len() - 3;
+        der[last] ^= 1;
+        assert!(matches!(
+            VerifiedCsr::parse(&der),
+            Err(Error::CsrBadSignature | Error::CsrMalformed(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_two_blocks_garbage_and_oversize() {
+        let (_, pem) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let two = format!("{pem}{pem}");
+        assert!(matches!(VerifiedCsr::parse(two.as_bytes()), Err(Error::CsrEncoding(_))));
+        assert!(matches!(VerifiedCsr::parse(b"\x30\x03garbage"), Err(Error::CsrMalformed(_))));
+        let big = vec![b'A'; MAX_CSR_BYTES + 1];
+        assert!(matches!(VerifiedCsr::parse(&big), Err(Error::CsrTooLarge { .. })));
+    }
+
+    #[test]
+    fn refuses_ca_request() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let csr = params.serialize_request(&key).unwrap();
+        let err = VerifiedCsr::parse(csr.der()).unwrap_err();
+        assert!(err.to_string().contains("cA=TRUE"), "{err}");
+    }
+}

@@ -1,0 +1,99 @@
+//! The one error type of `ca-core`.
+
+/// Everything the CA can refuse or fail at. Each variant names what went wrong so that the CLI
+/// and the RA can show a person what to do about it; none carries personal data or key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The CSR is larger than the intake budget allows (reference checklist #36).
+    #[error("CSR too large: {len} bytes, the limit is {max}")]
+    CsrTooLarge { len: usize, max: usize },
+    /// The upload is not one PEM block or DER CSR.
+    #[error("CSR is not a single PEM or DER certification request: {0}")]
+    CsrEncoding(String),
+    /// The CSR does not parse as an RFC 2986 CertificationRequest.
+    #[error("CSR is malformed: {0}")]
+    CsrMalformed(String),
+    /// The CSR signature does not verify: no proof of possession (RFC 2986 §3).
+    #[error("CSR signature does not verify (no proof of possession of the private key)")]
+    CsrBadSignature,
+    /// The key algorithm or size is not allowed (BR §6.1.5, S/MIME BR §6.1.5).
+    #[error("key not allowed: {0}")]
+    KeyNotAllowed(String),
+    /// The key is weak (BR §6.1.1.3: small factors, ROCA, Fermat, off-curve points).
+    #[error("weak key refused: {0}")]
+    WeakKey(String),
+    /// The key is on the blocked-key list (revoked for compromise, BR §4.9.1.1).
+    #[error("key is blocked: it was reported compromised")]
+    KeyBlocked,
+    /// The approved request does not fit the profile.
+    #[error("request does not fit profile {profile}: {reason}")]
+    Profile { profile: String, reason: String },
+    /// No such profile.
+    #[error("unknown profile {0:?}")]
+    UnknownProfile(String),
+    /// A pre-issuance lint failed (BR §4.3.1.2): nothing was signed.
+    #[error("pre-issuance lint failed: {}", .0.join("; "))]
+    Lint(Vec<String>),
+    /// The signed certificate does not match what was linted, or its signature does not verify.
+    /// Issuance halts: nothing is stored as issued (reference checklist #4, #9).
+    #[error("signed certificate failed its self-check: {0}")]
+    SignatureCheck(String),
+    /// The HSM refused or failed. Never followed by a software fallback.
+    #[error("HSM: {0}")]
+    Hsm(#[from] hsm::Error),
+    /// The database failed.
+    #[error("database: {0}")]
+    Store(String),
+    /// A serial that should exist does not.
+    #[error("no certificate with serial {0}")]
+    UnknownSerial(String),
+    /// A certificate cannot be renewed in its present state.
+    #[error("certificate {serial} cannot be renewed: {reason}")]
+    NotRenewable { serial: String, reason: String },
+    /// The CA hierarchy has not been initialised (run `ecert init`).
+    #[error("the CA is not initialised: run `ecert init`")]
+    NotInitialised,
+    /// No such CA.
+    #[error("unknown CA {0:?}")]
+    UnknownCa(String),
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The audit trail failed verification.
+    #[error("audit trail: {0}")]
+    Audit(String),
+    /// Building a certificate failed in the encoder.
+    #[error("certificate encoding: {0}")]
+    Encoding(String),
+    /// File or lock IO.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+impl From<rcgen::Error> for Error {
+    fn from(e: rcgen::Error) -> Self {
+        Error::Encoding(e.to_string())
+    }
+}
+
+impl From<der::Error> for Error {
+    fn from(e: der::Error) -> Self {
+        Error::Encoding(e.to_string())
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,36 @@
+//! The ecert certification authority.
+//!
+//! What it does: turns an approved request (subject data from the RA, a public key from a CSR
+//! whose signature verified) into a certificate signed in the HSM, through a cycle that records
+//! everything before anything is signed ([`authority`], docs/ISSUANCE-CYCLE.md); keeps the
+//! hierarchy, the profiles ([`profile`]), the key policy ([`keys`]), the pre-issuance lints
+//! ([`lint`]), the hash-chained audit trail ([`audit`]) and the store ([`store`]).
+//!
+//! What it never does: sign without a stored linting TBS; take a subject field from a CSR; fall
+//! back to a software key when the HSM fails; write personal identity numbers anywhere.
+//!
+//! ```no_run
+//! # async fn f() -> ca_core::Result<()> {
+//! use ca_core::{authority::{ApprovedRequest, Authority}, config::Config, csr::VerifiedCsr, profile::SubjectData};
+//! let config = Config::load("ecert-data".as_ref(), None)?;
+//! let ca = Authority::open(config).await?;
+//! let csr = VerifiedCsr::parse(&std::fs::read("req.pem").unwrap())?;
+//! let subject = SubjectData { name: Some("CHAN Tai Man".into()), emails: vec!["tm@example.hk".into()], ..Default::default() };
+//! let issued = ca.issue(ApprovedRequest { profile: "personal".into(), csr, subject, days: None, renews: None, actor: "cli:officer".into() }).await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod authority;
+pub mod config;
+pub mod csr;
+pub mod error;
+pub mod ext;
+pub mod keys;
+pub mod lint;
+pub mod profile;
+pub mod serial;
+pub mod store;
+
+pub use error::{Error, Result};

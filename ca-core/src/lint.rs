@@ -1,0 +1,183 @@
+//! Built-in pre-issuance lints (TLS BR §4.3.1.2, S/MIME BR §4.3.1.2).
+//!
+//! They run on the linting certificate (the TBS signed with a throwaway key) and mirror what
+//! pkilint checks for these profiles: encoding, lengths, string types, required and forbidden
+//! extensions, validity. Any finding blocks signing. pkilint itself judges every certificate in
+//! the end-to-end tests; these lints keep a bad certificate from ever being signed in production.
+
+use x509_parser::certificate::X509Certificate;
+use x509_parser::der_parser::asn1_rs::Tag;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use crate::profile::{Profile, ProfileKind, MAX_NAME_CHARS};
+
+/// What the certificate is expected to be.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// A subscriber certificate of this profile.
+    Leaf(&'a Profile),
+    /// A CA certificate.
+    Ca,
+}
+
+/// The facts a certificate is linted against.
+#[derive(Debug, Clone, Copy)]
+pub struct LintInput<'a> {
+    /// The (linting) certificate, DER.
+    pub cert_der: &'a [u8],
+    /// The issuer's subject name, DER: the certificate's issuer must equal it byte for byte.
+    pub issuer_subject_der: &'a [u8],
+    /// The subject public key the request approved, DER SPKI.
+    pub expected_spki: &'a [u8],
+    /// What it should be.
+    pub expect: Expect<'a>,
+}
+
+const OID_CP: &str = "2.5.29.32";
+const OID_AIA: &str = "1.3.6.1.5.5.7.1.1";
+const OID_CDP: &str = "2.5.29.31";
+const OID_AKI: &str = "2.5.29.35";
+const OID_KU: &str = "2.5.29.15";
+const OID_EKU: &str = "2.5.29.37";
+const OID_SAN: &str = "2.5.29.17";
+const OID_BC: &str = "2.5.29.19";
+const OID_SKI: &str = "2.5.29.14";
+
+/// Lints a certificate; returns every finding (empty = clean).
+pub fn lint(input: &LintInput<'_>) -> Vec<String> {
+    let mut f = Vec::new();
+    let cert = match X509Certificate::from_der(input.cert_der) {
+        Ok((rest, c)) if rest.is_empty() => c,
+        Ok(_) => return vec!["trailing bytes after the certificate".into()],
+        Err(e) => return vec![format!("certificate does not parse: {e}")],
+    };
+    let tbs = &cert.tbs_certificate;
+    if tbs.version.0 != 2 {
+        f.push("version must be v3 (RFC 5280 §4.1.2.1)".into());
+    }
+    // RFC 5280 §4.1.2.2: positive, at most 20 octets.
+    let serial = tbs.raw_serial();
+    if serial.is_empty() || serial.len() > 20 || serial[0] & 0x80 != 0 || serial.iter().all(|b| *b == 0) {
+        f.push("serial must be a positive INTEGER of at most 20 octets".into());
+    }
+    if tbs.signature != cert.signature_algorithm {
+        f.push("tbsCertificate.signature differs from signatureAlgorithm (RFC 5280 §4.1.1.2)".into());
+    }
+    if tbs.issuer.as_raw() != input.issuer_subject_der {
+        f.push("issuer name is not byte-identical to the CA's subject".into());
+    }
+    if tbs.subject_pki.raw != input.expected_spki {
+        f.push("subject public key differs from the approved request's key".into());
+    }
+    let nb = tbs.validity.not_before.timestamp();
+    let na = tbs.validity.not_after.timestamp();
+    if na <= nb {
+        f.push("notAfter is not after notBefore".into());
+    }
+    for rdn in tbs.subject.iter() {
+        for atv in rdn.iter() {
+            let oid = atv.attr_type().to_id_string();
+            let tag = atv.attr_value().tag();
+            let text = atv.as_str().unwrap_or_default();
+            let upper = match oid.as_str() {
+                "2.5.4.3" | "2.5.4.10" | "2.5.4.11" | "2.5.4.7" | "2.5.4.8" => MAX_NAME_CHARS,
+                "2.5.4.5" => 64,
+                "2.5.4.6" => 2,
+                _ => 64,
+            };
+            if text.chars().count() > upper {
+                f.push(format!("subject attribute {oid} is longer than {upper} characters"));
+            }
+            if text.is_empty() {
+                f.push(format!("subject attribute {oid} is empty or not a string"));
+            }
+            let printable_only = matches!(oid.as_str(), "2.5.4.6" | "2.5.4.5");
+            if printable_only && tag != Tag::PrintableString {
+                f.push(format!("subject attribute {oid} must be a PrintableString"));
+            }
+            if !matches!(tag, Tag::PrintableString | Tag::Utf8String) {
+                f.push(format!("subject attribute {oid} must be PrintableString or UTF8String"));
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for e in tbs.extensions() {
+        if !seen.insert(e.oid.to_id_string()) {
+            f.push(format!("extension {} appears twice (RFC 5280 §4.2)", e.oid));
+        }
+        if let ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. } = e.parsed_extension() {
+            f.push(format!("extension {} does not parse", e.oid));
+        }
+    }
+    let has = |oid: &str| seen.contains(oid);
+    let crit = |oid: &str| tbs.extensions().iter().find(|e| e.oid.to_id_string() == oid).map(|e| e.critical);
+    if !has(OID_AKI) && !matches!(input.expect, Expect::Ca) {
+        f.push("authorityKeyIdentifier is required (RFC 5280 §4.2.1.1)".into());
+    }
+    if crit(OID_KU) != Some(true) {
+        f.push("keyUsage must be present and critical".into());
+    }
+    match input.expect {
+        Expect::Ca => {
+            if crit(OID_BC) != Some(true) {
+                f.push("a CA certificate needs a critical basicConstraints".into());
+            }
+            if !has(OID_SKI) {
+                f.push("a CA certificate needs subjectKeyIdentifier (RFC 5280 §4.2.1.2)".into());
+            }
+            match tbs.basic_constraints() {
+                Ok(Some(bc)) if bc.value.ca => {}
+                _ => f.push("a CA certificate needs cA=TRUE".into()),
+            }
+        }
+        Expect::Leaf(profile) => {
+            if let Ok(Some(bc)) = tbs.basic_constraints() {
+                if bc.value.ca {
+                    f.push("a subscriber certificate must not be a CA".into());
+                }
+            }
+            for (oid, what) in [(OID_CP, "certificatePolicies"), (OID_AIA, "authorityInformationAccess"), (OID_CDP, "cRLDistributionPoints"), (OID_EKU, "extKeyUsage"), (OID_SAN, "subjectAltName")] {
+                if !has(oid) {
+                    f.push(format!("{what} is required in a subscriber certificate"));
+                }
+                if crit(oid) == Some(true) && oid != OID_SAN {
+                    f.push(format!("{what} must not be critical"));
+                }
+            }
+            let days = (na - nb + 1) as f64 / 86400.0;
+            if days > f64::from(profile.max_days) {
+                f.push(format!("validity {days:.0} days exceeds the profile maximum {}", profile.max_days));
+            }
+            if let Ok(Some(san)) = tbs.subject_alternative_name() {
+                for n in &san.value.general_names {
+                    match (n, profile.kind) {
+                        (GeneralName::RFC822Name(_), ProfileKind::Server) => f.push("a server certificate carries no e-mail".into()),
+                        (GeneralName::DNSName(d), ProfileKind::Server) if d.contains('*') => f.push("wildcard DNS name".into()),
+                        (GeneralName::DNSName(_), ProfileKind::Server) => {}
+                        (GeneralName::RFC822Name(_), _) => {}
+                        _ => f.push("subjectAltName carries a name type this profile does not allow".into()),
+                    }
+                }
+                if san.value.general_names.is_empty() {
+                    f.push("subjectAltName is empty".into());
+                }
+            }
+            if has(OID_SKI) && profile.kind == ProfileKind::Server {
+                f.push("subjectKeyIdentifier is NOT RECOMMENDED in TLS subscriber certificates (TLS BR §7.1.2.7.6)".into());
+            }
+        }
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_a_finding_not_a_panic() {
+        let input = LintInput { cert_der: b"\x30\x00", issuer_subject_der: b"", expected_spki: b"", expect: Expect::Ca };
+        assert_eq!(lint(&input).len(), 1);
+    }
+}

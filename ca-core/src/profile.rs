@@ -1,0 +1,489 @@
+//! Certificate profiles as versioned data.
+//!
+//! A [`Profile`] says which CA issues it, which subject fields and SANs it carries, its key usage,
+//! extended key usage, policies and validity. [`Profile::params`] turns an approved request into
+//! rcgen `CertificateParams`; it is pure (time and serial are passed in). Every issued
+//! certificate records the profile id and version it was made under; changing what a profile
+//! produces means a new version.
+
+use der::asn1::ObjectIdentifier;
+use rcgen::{
+    CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::ext;
+use crate::keys::SubscriberKey;
+use crate::serial::SerialNumber;
+
+/// The CAs of the hierarchy (DESIGN.md "Hierarchy and profiles").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CaRole {
+    /// The root: signs issuing-CA certificates only, on an explicit command.
+    Root,
+    /// The Individual & Organisational issuing CA (S/MIME BR; hold allowed).
+    Individual,
+    /// The Server issuing CA (TLS BR; no hold).
+    Server,
+}
+
+impl CaRole {
+    /// Every CA, root first.
+    pub const ALL: [CaRole; 3] = [CaRole::Root, CaRole::Individual, CaRole::Server];
+
+    /// The short name used in URLs (`/ca/{name}.crt`), the CLI and the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            CaRole::Root => "root",
+            CaRole::Individual => "individual",
+            CaRole::Server => "server",
+        }
+    }
+
+    /// The inverse of [`CaRole::name`].
+    pub fn from_name(s: &str) -> Result<Self> {
+        CaRole::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| Error::UnknownCa(s.to_string()))
+    }
+
+    /// The HSM key label of this CA's key.
+    pub fn key_label(self) -> String {
+        format!("ecert-{}-ca", self.name())
+    }
+}
+
+/// What a profile makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// A citizen's certificate: S/MIME BR Individual-validated.
+    Personal,
+    /// A named user in an organisation: S/MIME BR Sponsor-validated.
+    Organisational,
+    /// An organisation's encryption certificate: S/MIME BR Organization-validated.
+    Encipherment,
+    /// A TLS server: TLS BR Organization-validated.
+    Server,
+}
+
+/// A certificate profile. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Stable name (`ecert issue --profile NAME`).
+    pub id: &'static str,
+    /// Bumped whenever what the profile produces changes.
+    pub version: u32,
+    /// What it makes.
+    pub kind: ProfileKind,
+    /// The CA that issues it.
+    pub issuer: CaRole,
+    /// Validity when the request names none, in days.
+    pub default_days: u32,
+    /// The most a request may ask for, in days.
+    pub max_days: u32,
+    /// The CA/Browser Forum reserved policy OID the certificate asserts.
+    pub cabf_policy: &'static str,
+    /// This CA's own policy: `<policy arc>.2.<local_policy>`.
+    pub local_policy: u32,
+}
+
+/// The profiles this CA issues.
+pub static PROFILES: &[Profile] = &[
+    Profile {
+        id: "personal",
+        version: 1,
+        kind: ProfileKind::Personal,
+        issuer: CaRole::Individual,
+        default_days: 365,
+        max_days: 825,
+        // S/MIME BR §7.1.6.1 individual-validated, multipurpose.
+        cabf_policy: "2.23.140.1.5.4.2",
+        local_policy: 1,
+    },
+    Profile {
+        id: "organisational",
+        version: 1,
+        kind: ProfileKind::Organisational,
+        issuer: CaRole::Individual,
+        default_days: 365,
+        max_days: 825,
+        // S/MIME BR §7.1.6.1 sponsor-validated, multipurpose.
+        cabf_policy: "2.23.140.1.5.3.2",
+        local_policy: 2,
+    },
+    Profile {
+        id: "encipherment",
+        version: 1,
+        kind: ProfileKind::Encipherment,
+        issuer: CaRole::Individual,
+        default_days: 365,
+        max_days: 825,
+        // S/MIME BR §7.1.6.1 organization-validated, strict.
+        cabf_policy: "2.23.140.1.5.2.3",
+        local_policy: 3,
+    },
+    Profile {
+        id: "server",
+        version: 1,
+        kind: ProfileKind::Server,
+        issuer: CaRole::Server,
+        default_days: 199,
+        // TLS BR §6.3.2: 200 days from 2026-03-15; one day of margin.
+        max_days: 199,
+        // TLS BR §7.1.6.1 organization-validated.
+        cabf_policy: "2.23.140.1.2.2",
+        local_policy: 4,
+    },
+];
+
+impl Profile {
+    /// Looks a profile up by name.
+    pub fn get(id: &str) -> Result<&'static Profile> {
+        PROFILES
+            .iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| Error::UnknownProfile(id.to_string()))
+    }
+
+    fn refuse(&self, reason: impl Into<String>) -> Error {
+        Error::Profile {
+            profile: self.id.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The subject data of an approved request. Every field here comes from the RA's approved
+/// application record, never from the CSR.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectData {
+    /// Personal name (personal), authorised user (organisational), unit name (encipherment).
+    pub name: Option<String>,
+    /// Mailboxes (rfc822Name SANs).
+    pub emails: Vec<String>,
+    /// Organisation name.
+    pub organization: Option<String>,
+    /// Hong Kong Business Registration number (8 digits), carried as organizationIdentifier
+    /// `NTRHK-<number>` (S/MIME BR Appendix A.1).
+    pub org_id: Option<String>,
+    /// Locality of the organisation (server certificates).
+    pub locality: Option<String>,
+    /// DNS names (server certificates).
+    pub dns_names: Vec<String>,
+    /// The CA-assigned Subscriber Reference Number (never an identity-card number).
+    pub srn: Option<String>,
+}
+
+/// Budget: SANs per certificate (e-Cert Server allows up to 50 names).
+pub const MAX_SANS: usize = 50;
+/// RFC 5280 Appendix A upper bound for commonName, organizationName and localityName.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Everything [`Profile::params`] needs besides the request.
+#[derive(Debug, Clone)]
+pub struct IssueContext<'a> {
+    /// Base URL for AIA/CDP.
+    pub base_url: &'a str,
+    /// This CA's policy OID arc.
+    pub policy_arc: &'a str,
+    /// Default locality (server).
+    pub default_locality: &'a str,
+    /// Country of subscribers' organisations.
+    pub country: &'a str,
+}
+
+impl Profile {
+    /// Checks the request against this profile and normalises it (lower-case DNS names and
+    /// mailbox domains). Deny by default: a field the profile does not carry is refused.
+    pub fn check(&self, s: &SubjectData, days: Option<u32>) -> Result<SubjectData> {
+        let mut s = s.clone();
+        let days = days.unwrap_or(self.default_days);
+        if days == 0 || days > self.max_days {
+            return Err(self.refuse(format!(
+                "validity of {days} days is outside 1..={} days",
+                self.max_days
+            )));
+        }
+        for (label, v) in [
+            ("name", &s.name),
+            ("organisation", &s.organization),
+            ("locality", &s.locality),
+        ] {
+            if let Some(v) = v {
+                check_name(self, label, v)?;
+            }
+        }
+        if s.emails.len() + s.dns_names.len() > MAX_SANS {
+            return Err(self.refuse(format!("more than {MAX_SANS} names")));
+        }
+        s.emails = s.emails.iter().map(|e| check_email(self, e)).collect::<Result<_>>()?;
+        s.dns_names = s.dns_names.iter().map(|d| check_dns(self, d)).collect::<Result<_>>()?;
+        let mut seen = std::collections::HashSet::new();
+        if !s.emails.iter().chain(&s.dns_names).all(|n| seen.insert(n.clone())) {
+            return Err(self.refuse("a name is given twice"));
+        }
+        if let Some(id) = &s.org_id {
+            if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(self.refuse(
+                    "the business registration number must be 8 digits",
+                ));
+            }
+        }
+        let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(self.refuse(what.to_string())) };
+        match self.kind {
+            ProfileKind::Personal => {
+                need(s.name.is_some(), "a personal name is required")?;
+                need(!s.emails.is_empty(), "an e-mail address is required")?;
+                need(s.organization.is_none() && s.org_id.is_none(), "a personal certificate carries no organisation")?;
+                need(s.dns_names.is_empty() && s.locality.is_none(), "a personal certificate carries no DNS names or locality")?;
+            }
+            ProfileKind::Organisational => {
+                need(s.name.is_some(), "the authorised user's name is required")?;
+                need(s.organization.is_some() && s.org_id.is_some(), "the organisation name and business registration number are required")?;
+                need(!s.emails.is_empty(), "an e-mail address is required")?;
+                need(s.dns_names.is_empty() && s.locality.is_none(), "an organisational certificate carries no DNS names or locality")?;
+            }
+            ProfileKind::Encipherment => {
+                need(s.organization.is_some() && s.org_id.is_some(), "the organisation name and business registration number are required")?;
+                need(!s.emails.is_empty(), "the organisation's e-mail address is required")?;
+                need(s.name.is_none(), "an encipherment certificate names the organisation, not a person")?;
+                need(s.dns_names.is_empty() && s.locality.is_none(), "an encipherment certificate carries no DNS names or locality")?;
+            }
+            ProfileKind::Server => {
+                need(s.organization.is_some(), "the organisation name is required")?;
+                need(!s.dns_names.is_empty(), "at least one DNS name is required")?;
+                need(s.emails.is_empty() && s.name.is_none(), "a server certificate carries no e-mail or personal name")?;
+                need(s.org_id.is_none(), "a server (OV) certificate carries no organizationIdentifier (TLS BR §7.1.4.2)")?;
+            }
+        }
+        if !matches!(self.kind, ProfileKind::Personal | ProfileKind::Organisational) {
+            s.srn = None;
+        }
+        Ok(s)
+    }
+
+    /// Builds the rcgen parameters for a checked request (see [`Profile::check`]). Pure.
+    pub fn params(
+        &self,
+        ctx: &IssueContext<'_>,
+        s: &SubjectData,
+        key: &SubscriberKey,
+        serial: SerialNumber,
+        not_before: OffsetDateTime,
+        days: Option<u32>,
+    ) -> Result<CertificateParams> {
+        let days = days.unwrap_or(self.default_days);
+        let mut p = CertificateParams::default();
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
+        p.not_before = not_before;
+        // BR §1.6.1 / S/MIME BR: validity counts both ends inclusive, so subtract one second.
+        p.not_after = not_before + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
+        p.is_ca = IsCa::NoCa;
+        p.use_authority_key_identifier_extension = true;
+        p.distinguished_name = self.subject(ctx, s)?;
+        p.subject_alt_names = s
+            .emails
+            .iter()
+            .map(|e| Ok(SanType::Rfc822Name(e.as_str().try_into()?)))
+            .chain(s.dns_names.iter().map(|d| Ok(SanType::DnsName(d.as_str().try_into()?))))
+            .collect::<Result<_, rcgen::Error>>()?;
+        let rsa = key.kind().is_rsa();
+        p.key_usages = match self.kind {
+            ProfileKind::Personal | ProfileKind::Organisational if rsa => {
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+            }
+            ProfileKind::Personal | ProfileKind::Organisational => {
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyAgreement]
+            }
+            ProfileKind::Encipherment if rsa => vec![KeyUsagePurpose::KeyEncipherment],
+            ProfileKind::Encipherment => vec![KeyUsagePurpose::KeyAgreement],
+            ProfileKind::Server if rsa => {
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+            }
+            ProfileKind::Server => vec![KeyUsagePurpose::DigitalSignature],
+        };
+        p.extended_key_usages = match self.kind {
+            ProfileKind::Personal | ProfileKind::Organisational => vec![
+                ExtendedKeyUsagePurpose::EmailProtection,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            ProfileKind::Encipherment => vec![ExtendedKeyUsagePurpose::EmailProtection],
+            ProfileKind::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        };
+        let issuer = self.issuer.name();
+        p.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![format!("{}/crl/{issuer}.crl", ctx.base_url)],
+        }];
+        let local: ObjectIdentifier =
+            ext::parse_oid(&format!("{}.2.{}", ctx.policy_arc, self.local_policy))?;
+        p.custom_extensions = vec![
+            ext::certificate_policies(&[ext::parse_oid(self.cabf_policy)?, local])?,
+            ext::authority_info_access(
+                Some(&format!("{}/ocsp", ctx.base_url)),
+                &format!("{}/ca/{issuer}.crt", ctx.base_url),
+            )?,
+        ];
+        Ok(p)
+    }
+
+    fn subject(&self, ctx: &IssueContext<'_>, s: &SubjectData) -> Result<DistinguishedName> {
+        let mut dn = DistinguishedName::new();
+        let printable = |v: &str| -> Result<DnValue> {
+            Ok(DnValue::PrintableString(v.try_into().map_err(|_| {
+                self.refuse(format!("{v:?} is not a PrintableString"))
+            })?))
+        };
+        let text = |v: &str| DnValue::Utf8String(v.to_string());
+        match self.kind {
+            ProfileKind::Personal => {
+                if let Some(name) = &s.name {
+                    dn.push(DnType::CommonName, text(name));
+                }
+            }
+            ProfileKind::Organisational | ProfileKind::Encipherment => {
+                dn.push(DnType::CountryName, printable(ctx.country)?);
+                if let Some(o) = &s.organization {
+                    dn.push(DnType::OrganizationName, text(o));
+                }
+                if let Some(id) = &s.org_id {
+                    // organizationIdentifier (2.5.4.97), S/MIME BR §7.1.4.2.2 d, Appendix A.1:
+                    // scheme NTR, country HK, the Business Registration number.
+                    dn.push(DnType::CustomDnType(vec![2, 5, 4, 97]), printable(&format!("NTR{}-{id}", ctx.country))?);
+                }
+                if let Some(name) = &s.name {
+                    dn.push(DnType::CommonName, text(name));
+                } else if let Some(o) = &s.organization {
+                    dn.push(DnType::CommonName, text(o));
+                }
+            }
+            ProfileKind::Server => {
+                dn.push(DnType::CountryName, printable(ctx.country)?);
+                let locality = s.locality.as_deref().unwrap_or(ctx.default_locality);
+                dn.push(DnType::LocalityName, text(locality));
+                if let Some(o) = &s.organization {
+                    dn.push(DnType::OrganizationName, text(o));
+                }
+                if let Some(first) = s.dns_names.first() {
+                    dn.push(DnType::CommonName, text(first));
+                }
+            }
+        }
+        if let Some(srn) = &s.srn {
+            // serialNumber (2.5.4.5): the CA-assigned Subscriber Reference Number
+            // (S/MIME BR §7.1.4.2.2 g). X.520 makes it a PrintableString.
+            dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), printable(srn)?);
+        }
+        Ok(dn)
+    }
+}
+
+fn check_name(p: &Profile, label: &str, v: &str) -> Result<()> {
+    let n = v.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS {
+        return Err(p.refuse(format!("{label} must be 1 to {MAX_NAME_CHARS} characters (RFC 5280 upper bound); it is {n}")));
+    }
+    if v.chars().any(|c| c.is_control()) || v.trim() != v || v.contains("  ") {
+        return Err(p.refuse(format!("{label} has control characters or stray spaces")));
+    }
+    Ok(())
+}
+
+fn check_email(p: &Profile, e: &str) -> Result<String> {
+    let bad = || p.refuse("an e-mail address is not a valid ASCII mailbox (local@domain)");
+    let (local, domain) = e.rsplit_once('@').ok_or_else(bad)?;
+    if local.is_empty()
+        || local.len() > 64
+        || e.len() > 254
+        || !local.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b))
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return Err(bad());
+    }
+    let domain = check_dns(p, domain).map_err(|_| bad())?;
+    Ok(format!("{local}@{domain}"))
+}
+
+/// A DNS name: LDH labels, at least two, no wildcard (TLS BR §7.1.2.7.12; e-Cert Server allows
+/// none), not an IP address.
+fn check_dns(p: &Profile, d: &str) -> Result<String> {
+    let d = d.to_ascii_lowercase();
+    let bad = |why: &str| p.refuse(format!("DNS name {d:?} {why}"));
+    if d.contains('*') {
+        return Err(bad("is a wildcard; wildcards are not issued"));
+    }
+    if d.is_empty() || d.len() > 253 {
+        return Err(bad("must be 1 to 253 characters"));
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    if labels.len() < 2 {
+        return Err(bad("must have at least two labels"));
+    }
+    for l in &labels {
+        if l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-')
+            || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad("is not a valid host name"));
+        }
+    }
+    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(bad("looks like an IP address"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn personal() -> SubjectData {
+        SubjectData {
+            name: Some("CHAN Tai Man".into()),
+            emails: vec!["tai.man@Example.HK".into()],
+            srn: Some("0000012345".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn personal_checks_and_normalises() {
+        let p = Profile::get("personal").unwrap();
+        let s = p.check(&personal(), None).unwrap();
+        assert_eq!(s.emails, vec!["tai.man@example.hk"]);
+        let mut bad = personal();
+        bad.organization = Some("X".into());
+        assert!(p.check(&bad, None).is_err());
+        assert!(p.check(&personal(), Some(826)).is_err());
+        let mut long = personal();
+        long.name = Some("陳".repeat(65));
+        assert!(p.check(&long, None).unwrap_err().to_string().contains("64"));
+    }
+
+    #[test]
+    fn server_names() {
+        let p = Profile::get("server").unwrap();
+        let mut s = SubjectData {
+            organization: Some("Example Ltd".into()),
+            dns_names: vec!["WWW.example.hk".into()],
+            ..Default::default()
+        };
+        assert_eq!(p.check(&s, None).unwrap().dns_names, vec!["www.example.hk"]);
+        for bad in ["*.example.hk", "localhost", "10.0.0.1", "a..b", "-a.hk", "a_b.hk"] {
+            s.dns_names = vec![bad.into()];
+            assert!(p.check(&s, None).is_err(), "{bad} accepted");
+        }
+        s.dns_names = (0..51).map(|i| format!("h{i}.example.hk")).collect();
+        assert!(p.check(&s, None).is_err());
+        assert!(p.check(&SubjectData { dns_names: vec!["a.hk".into()], organization: Some("O".into()), ..Default::default() }, Some(200)).is_err());
+    }
+
+    #[test]
+    fn unknown_profile() {
+        assert!(matches!(Profile::get("wildcard"), Err(Error::UnknownProfile(_))));
+    }
+}

@@ -1,0 +1,500 @@
+//! The database: SQLite (embedded default) or PostgreSQL, through `sqlx::Any`.
+//!
+//! Both engines run the same queries (`$1` placeholders work in both) on the types `Any` carries
+//! well (i64, text, bytes); timestamps are Unix seconds. Each engine has its own migrations under
+//! `migrations/<engine>/`, embedded in the binary and applied in order at open.
+//!
+//! Every state change of a certificate is one transaction that also appends its audit record
+//! (see [`crate::audit`]); if the audit append fails, the change is rolled back.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row, Transaction};
+
+use crate::audit::{self, Event, Record};
+use crate::error::{Error, Result};
+
+/// Which database engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// A database connection pool plus the engine it talks to.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+/// A write transaction.
+pub type Tx = Transaction<'static, sqlx::Any>;
+
+/// The lifecycle state of a serial (DESIGN.md "Issuance cycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertState {
+    /// Serial committed; nothing built or signed yet.
+    Reserved,
+    /// Linting TBS stored; the HSM may be signing. The certificate may exist.
+    Issuing,
+    /// Signed, verified, stored.
+    Issued,
+    /// Stopped before any valid signature could exist (error before or at the HSM, or the
+    /// self-check refused the signed certificate, which was then discarded).
+    Failed,
+    /// Found in `issuing` after a crash: a signature may exist that nobody received. Never
+    /// reported good; treated as revoked by status publication.
+    Abandoned,
+}
+
+impl CertState {
+    fn as_str(self) -> &'static str {
+        match self {
+            CertState::Reserved => "reserved",
+            CertState::Issuing => "issuing",
+            CertState::Issued => "issued",
+            CertState::Failed => "failed",
+            CertState::Abandoned => "abandoned",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "reserved" => CertState::Reserved,
+            "issuing" => CertState::Issuing,
+            "issued" => CertState::Issued,
+            "failed" => CertState::Failed,
+            "abandoned" => CertState::Abandoned,
+            other => return Err(Error::Store(format!("unknown certificate state {other:?}"))),
+        })
+    }
+}
+
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A certificate row.
+#[derive(Debug, Clone)]
+pub struct CertRecord {
+    /// Hex serial.
+    pub serial: String,
+    /// Issuing CA name.
+    pub issuer: String,
+    /// State.
+    pub state: CertState,
+    /// Profile id.
+    pub profile: String,
+    /// Profile version.
+    pub profile_version: i64,
+    /// SHA-256 of the subject SPKI.
+    pub key_fp: Vec<u8>,
+    /// The approved request's subject data, JSON.
+    pub request: String,
+    /// Serial this one renews.
+    pub renews: Option<String>,
+    /// Serial that renewed this one.
+    pub renewed_by: Option<String>,
+    /// The linting TBS (from state `issuing` on).
+    pub linting_tbs: Option<Vec<u8>>,
+    /// The certificate (state `issued`).
+    pub cert_der: Option<Vec<u8>>,
+    /// notAfter, Unix seconds.
+    pub not_after: Option<i64>,
+    /// Why it failed.
+    pub failure: Option<String>,
+}
+
+/// A new reservation.
+#[derive(Debug, Clone)]
+pub struct Reservation<'a> {
+    /// Hex serial.
+    pub serial: &'a str,
+    /// Issuing CA name.
+    pub issuer: &'a str,
+    /// Profile id.
+    pub profile: &'a str,
+    /// Profile version.
+    pub profile_version: i64,
+    /// SHA-256 of the subject SPKI.
+    pub key_fp: &'a [u8],
+    /// Subject data, JSON.
+    pub request: &'a str,
+    /// Serial renewed.
+    pub renews: Option<&'a str>,
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Store {
+    /// Connects, applies pending migrations and returns the store.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Engine::Postgres
+        } else {
+            return Err(Error::Config("database URL must start with sqlite: or postgres://".into()));
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        if engine == Engine::Sqlite {
+            opts = opts.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; synchronous=FULL fsyncs every
+                    // commit; busy_timeout waits for another process's write lock.
+                    sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;",
+                    )
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            });
+        } else {
+            opts = opts.max_connections(16);
+        }
+        let pool = opts.connect(url).await.map_err(|e| Error::Store(redact_url(&e.to_string(), url)))?;
+        let store = Store { pool, engine };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The pool, for tests and tools that need a raw query.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let migrations = match self.engine {
+            Engine::Sqlite => SQLITE_MIGRATIONS,
+            Engine::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS ecert_migrations (version BIGINT PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let done: Vec<i64> = sqlx::query("SELECT version FROM ecert_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()?;
+        for (version, sql) in migrations {
+            if done.contains(version) {
+                continue;
+            }
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO ecert_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so two writers never deadlock upgrading a read lock.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Appends an audit record inside `tx`.
+    pub async fn audit(&self, tx: &mut Tx, event: &Event) -> Result<i64> {
+        let lock = match self.engine {
+            Engine::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+            Engine::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        };
+        let row = sqlx::query(lock).fetch_one(&mut **tx).await?;
+        let (prev_seq, prev_hash): (i64, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?);
+        let seq = prev_seq + 1;
+        let at = now();
+        let detail = event.detail.to_string();
+        let hash = audit::chain_hash(&prev_hash, seq, at, event.kind, &event.actor, event.subject.as_deref(), &detail);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, kind, actor, subject, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(seq)
+        .bind(at)
+        .bind(event.kind)
+        .bind(event.actor.as_str())
+        .bind(event.subject.as_deref())
+        .bind(detail)
+        .bind(prev_hash)
+        .bind(hash.clone())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(seq)
+            .bind(hash)
+            .execute(&mut **tx)
+            .await?;
+        Ok(seq)
+    }
+
+    /// Appends one audit record in its own transaction.
+    pub async fn audit_now(&self, event: &Event) -> Result<i64> {
+        let mut tx = self.begin().await?;
+        let seq = self.audit(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Reads the whole audit log and the head, for verification.
+    pub async fn audit_records(&self) -> Result<(Vec<Record>, i64, Vec<u8>)> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, actor, subject, detail, prev_hash, hash FROM audit_log ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let records = rows
+            .iter()
+            .map(|r| {
+                Ok(Record {
+                    seq: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    actor: r.try_get(3)?,
+                    subject: r.try_get(4)?,
+                    detail: r.try_get(5)?,
+                    prev_hash: r.try_get(6)?,
+                    hash: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&self.pool).await?;
+        Ok((records, head.try_get(0)?, head.try_get(1)?))
+    }
+
+    /// Reads a meta value.
+    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// Sets a meta value once; returns the value in force (an existing one wins).
+    pub async fn meta_init(&self, tx: &mut Tx, key: &str, value: &str) -> Result<String> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&mut **tx).await?;
+        if let Some(r) = row {
+            return Ok(r.try_get(0)?);
+        }
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2)").bind(key).bind(value).execute(&mut **tx).await?;
+        Ok(value.to_string())
+    }
+
+    /// The stored certificate of a CA, with its key label.
+    pub async fn ca(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
+        let row = sqlx::query("SELECT key_label, cert_der FROM cas WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// Stores a CA certificate.
+    pub async fn insert_ca(&self, tx: &mut Tx, name: &str, key_label: &str, cert_der: &[u8]) -> Result<()> {
+        sqlx::query("INSERT INTO cas (name, key_label, cert_der, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(name)
+            .bind(key_label)
+            .bind(cert_der.to_vec())
+            .bind(now())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// True if the key is blocked.
+    pub async fn key_blocked(&self, key_fp: &[u8]) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 FROM blocked_keys WHERE key_fp = $1")
+            .bind(key_fp.to_vec())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    /// Adds a key to the blocked list (idempotent).
+    pub async fn block_key(&self, tx: &mut Tx, key_fp: &[u8], reason: &str) -> Result<()> {
+        sqlx::query("INSERT INTO blocked_keys (key_fp, reason, added_at) VALUES ($1, $2, $3) ON CONFLICT (key_fp) DO NOTHING")
+            .bind(key_fp.to_vec())
+            .bind(reason)
+            .bind(now())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Step 3: commits a serial in state `reserved`. A duplicate serial fails on the primary key.
+    pub async fn reserve(&self, tx: &mut Tx, r: &Reservation<'_>) -> Result<()> {
+        let t = now();
+        sqlx::query(
+            "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, renews, reserved_at, updated_at) \
+             VALUES ($1, $2, 'reserved', $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(r.serial)
+        .bind(r.issuer)
+        .bind(r.profile)
+        .bind(r.profile_version)
+        .bind(r.key_fp.to_vec())
+        .bind(r.request)
+        .bind(r.renews)
+        .bind(t)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves `serial` from `from` to `to`, setting the given columns; fails if it was not in
+    /// `from` (compare-and-set: no state is ever overwritten blindly).
+    async fn transition(&self, tx: &mut Tx, serial: &str, from: CertState, to: CertState, set: Transition) -> Result<()> {
+        let res = sqlx::query(
+            "UPDATE certificates SET state = $1, updated_at = $2, \
+               linting_tbs = COALESCE($3, linting_tbs), cert_der = COALESCE($4, cert_der), \
+               not_before = COALESCE($5, not_before), not_after = COALESCE($6, not_after), \
+               failure = COALESCE($7, failure) \
+             WHERE serial = $8 AND state = $9",
+        )
+        .bind(to.as_str())
+        .bind(now())
+        .bind(set.linting_tbs)
+        .bind(set.cert_der)
+        .bind(set.not_before)
+        .bind(set.not_after)
+        .bind(set.failure)
+        .bind(serial)
+        .bind(from.as_str())
+        .execute(&mut **tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Err(Error::Store(format!("serial {serial} was not in state {from}")));
+        }
+        Ok(())
+    }
+
+    /// Step 4: stores the linting TBS and moves `reserved` → `issuing`.
+    pub async fn mark_issuing(&self, tx: &mut Tx, serial: &str, linting_tbs: &[u8], not_before: i64, not_after: i64) -> Result<()> {
+        self.transition(tx, serial, CertState::Reserved, CertState::Issuing, Transition {
+            linting_tbs: Some(linting_tbs.to_vec()),
+            not_before: Some(not_before),
+            not_after: Some(not_after),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Step 6: stores the certificate, `issuing` → `issued`, and links a renewal both ways.
+    pub async fn mark_issued(&self, tx: &mut Tx, serial: &str, cert_der: &[u8], renews: Option<&str>) -> Result<()> {
+        self.transition(tx, serial, CertState::Issuing, CertState::Issued, Transition {
+            cert_der: Some(cert_der.to_vec()),
+            ..Default::default()
+        })
+        .await?;
+        if let Some(old) = renews {
+            sqlx::query("UPDATE certificates SET renewed_by = $1 WHERE serial = $2")
+                .bind(serial)
+                .bind(old)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks a serial `failed` from `from`.
+    pub async fn mark_failed(&self, tx: &mut Tx, serial: &str, from: CertState, reason: &str) -> Result<()> {
+        self.transition(tx, serial, from, CertState::Failed, Transition { failure: Some(reason.to_string()), ..Default::default() }).await
+    }
+
+    /// Marks a serial `abandoned` from `issuing`.
+    pub async fn mark_abandoned(&self, tx: &mut Tx, serial: &str, reason: &str) -> Result<()> {
+        self.transition(tx, serial, CertState::Issuing, CertState::Abandoned, Transition { failure: Some(reason.to_string()), ..Default::default() }).await
+    }
+
+    /// Serials in a state.
+    pub async fn serials_in(&self, state: CertState) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT serial FROM certificates WHERE state = $1 ORDER BY serial")
+            .bind(state.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
+    }
+
+    /// Counts rows per state.
+    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM certificates GROUP BY state ORDER BY state").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Reads one certificate row.
+    pub async fn certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
+        let row = sqlx::query(
+            "SELECT serial, issuer, state, profile, profile_version, key_fp, request, renews, renewed_by, linting_tbs, cert_der, not_after, failure \
+             FROM certificates WHERE serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| cert_record(&r)).transpose()
+    }
+}
+
+#[derive(Default)]
+struct Transition {
+    linting_tbs: Option<Vec<u8>>,
+    cert_der: Option<Vec<u8>>,
+    not_before: Option<i64>,
+    not_after: Option<i64>,
+    failure: Option<String>,
+}
+
+fn cert_record(r: &AnyRow) -> Result<CertRecord> {
+    let state: String = r.try_get(2)?;
+    Ok(CertRecord {
+        serial: r.try_get(0)?,
+        issuer: r.try_get(1)?,
+        state: CertState::parse(&state)?,
+        profile: r.try_get(3)?,
+        profile_version: r.try_get(4)?,
+        key_fp: r.try_get(5)?,
+        request: r.try_get(6)?,
+        renews: r.try_get(7)?,
+        renewed_by: r.try_get(8)?,
+        linting_tbs: r.try_get(9)?,
+        cert_der: r.try_get(10)?,
+        not_after: r.try_get(11)?,
+        failure: r.try_get(12)?,
+    })
+}
+
+/// Keeps passwords in a database URL out of error messages.
+fn redact_url(msg: &str, url: &str) -> String {
+    match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+        Some((userinfo, _)) if userinfo.contains(':') => msg.replace(userinfo, "***"),
+        _ => msg.to_string(),
+    }
+}

@@ -1,0 +1,93 @@
+//! Signing backends for ecert.
+//!
+//! This crate knows one thing: how to sign bytes with a private key that lives somewhere the
+//! caller cannot read it. It knows nothing of certificates, CRLs or OCSP.
+//!
+//! - [`Signer`] is the narrow trait every backend implements: the key's algorithm, its public
+//!   key (DER `SubjectPublicKeyInfo`) and `sign(bytes) -> DER signature`.
+//! - [`pkcs11`] talks to any PKCS#11 module (SoftHSM2 by default) through `cryptoki`. Keys are
+//!   generated inside the token, sensitive and not extractable.
+//! - [`software::SoftwareSigner`] keeps a key in memory. It exists for unit tests and for the
+//!   throwaway "linting certificate" key; it MUST NOT be used for a CA key. Nothing in this crate
+//!   ever falls back to it when a token fails.
+//!
+//! ```
+//! use hsm::{Signer, software::SoftwareSigner};
+//! let signer = SoftwareSigner::generate_p256();
+//! let sig = signer.sign(b"tbs bytes").unwrap();
+//! assert!(hsm::verify(signer.algorithm(), signer.public_key_spki(), b"tbs bytes", &sig).is_ok());
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod pkcs11;
+pub mod software;
+
+/// The signature algorithms a [`Signer`] can produce.
+///
+/// ECDSA signatures are returned DER-encoded (`Ecdsa-Sig-Value`, RFC 3279 §2.2.3), the form
+/// X.509 certificates, CRLs and OCSP responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// ECDSA on P-256 with SHA-256 (RFC 5758 §3.2, `ecdsa-with-SHA256`).
+    EcdsaP256Sha256,
+}
+
+/// Something that can sign with a private key the caller cannot see.
+///
+/// Implementations are blocking; async callers run them in `spawn_blocking`.
+pub trait Signer: Send + Sync + std::fmt::Debug {
+    /// The algorithm of every signature this signer makes.
+    fn algorithm(&self) -> Algorithm;
+    /// The public key as a DER `SubjectPublicKeyInfo` (RFC 5280 §4.1.2.7).
+    fn public_key_spki(&self) -> &[u8];
+    /// Hashes `message` as [`Signer::algorithm`] says and signs it; returns the DER signature.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
+}
+
+/// Verifies a DER signature made by a [`Signer`] with the given public key (DER SPKI).
+pub fn verify(
+    algorithm: Algorithm,
+    spki_der: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), Error> {
+    software::verify(algorithm, spki_der, message, signature)
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The PKCS#11 module could not be loaded or initialised.
+    #[error("PKCS#11 module {module} could not be loaded: {detail}")]
+    Module { module: String, detail: String },
+    /// No token with this label is present in any slot.
+    #[error("no token labelled {label:?} is present")]
+    TokenNotFound { label: String },
+    /// The user PIN was refused.
+    #[error("the token refused the PIN")]
+    PinIncorrect,
+    /// No key with this label exists in the token.
+    #[error("no key labelled {label:?} in the token")]
+    KeyNotFound { label: String },
+    /// A key with this label already exists.
+    #[error("a key labelled {label:?} already exists in the token")]
+    KeyExists { label: String },
+    /// The token (or its session) went away and could not be recovered within the retry budget.
+    #[error("the token is unavailable: {detail}")]
+    TokenUnavailable { detail: String },
+    /// Any other PKCS#11 failure, with the function and return value it came from.
+    #[error("PKCS#11 {function} failed: {detail}")]
+    Pkcs11 { function: String, detail: String },
+    /// The public key could not be read or has an unsupported form.
+    #[error("unsupported or malformed public key: {0}")]
+    PublicKey(String),
+    /// The configuration cannot work (a bad token label, no SO PIN to create a token, no free
+    /// slot).
+    #[error("PKCS#11 configuration: {0}")]
+    Config(String),
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+}

@@ -1,0 +1,788 @@
+//! [`Token`] (sessions, login, reconnects) and [`Pkcs11Key`] (the [`Signer`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cryptoki::context::Pkcs11;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, SessionState};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::der::asn1::{ObjectIdentifier, OctetStringRef};
+use p256::pkcs8::der::{Decode, Encode};
+use p256::pkcs8::{AssociatedOid, DecodePublicKey};
+use sha2::{Digest, Sha256};
+
+use super::{
+    auth_pin, canonical, check_label, context, error, failure, find_slot, lock, login_user,
+    pin_digest, Failure, PinDigest, Pkcs11Config, BACKOFF_MS, KEY_ID_LEN,
+};
+use crate::{Algorithm, Error, Signer};
+
+// ---------------------------------------------------------------------------------------------
+// Token.
+
+/// A logged-in token with a pool of sessions. Cheap to clone; clones share sessions.
+#[derive(Clone)]
+pub struct Token {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Pkcs11,
+    module: PathBuf,
+    label: String,
+    /// (canonical module path, token label): the key of the process-wide login record.
+    token_key: (PathBuf, String),
+    user_pin: AuthPin,
+    pin_digest: PinDigest,
+    pool_size: usize,
+    /// Bumped whenever the sessions are thrown away; a session from an older generation is
+    /// closed instead of reused.
+    generation: AtomicU64,
+    /// Lock order: `state` before `pool`; never take `state` while holding `pool`.
+    state: Mutex<State>,
+    pool: Mutex<Vec<Pooled>>,
+    /// Serialises key generation, so two threads cannot both pass the "label is free" check.
+    keygen: Mutex<()>,
+}
+
+struct State {
+    slot: Slot,
+    /// The session that keeps the user logged in; `None` after [`Token::close_all_sessions`]
+    /// or a failed reconnect.
+    login: Option<Session>,
+}
+
+/// A session taken from (or opened for) the pool, with the key handles found in it.
+struct Pooled {
+    session: Session,
+    generation: u64,
+    read_write: bool,
+    /// Key label -> (CKA_ID, private key handle).
+    keys: HashMap<String, (Vec<u8>, ObjectHandle)>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("module", &self.inner.module)
+            .field("label", &self.inner.label)
+            .field("pool_size", &self.inner.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Security-relevant attributes of a private key object, as the token reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivateKeyAttributes {
+    /// `CKA_TOKEN`: stored in the token (not a session object).
+    pub token: bool,
+    /// `CKA_PRIVATE`: visible only after login.
+    pub private: bool,
+    /// `CKA_SENSITIVE`: the value cannot be read.
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`: the key could be wrapped out of the token.
+    pub extractable: bool,
+    /// `CKA_ALWAYS_SENSITIVE`: has been sensitive since it was made.
+    pub always_sensitive: bool,
+    /// `CKA_NEVER_EXTRACTABLE`: has never been extractable.
+    pub never_extractable: bool,
+    /// `CKA_SIGN`: may sign.
+    pub sign: bool,
+}
+
+impl Token {
+    /// Finds the token by label and logs in as user.
+    pub fn open(cfg: &Pkcs11Config) -> Result<Token, Error> {
+        check_label(&cfg.token_label)?;
+        let ctx = context(&cfg.module)?;
+        let slot = find_slot(&ctx, &cfg.token_label)
+            .map_err(|e| error("C_GetSlotList", e))?
+            .ok_or_else(|| Error::TokenNotFound {
+                label: cfg.token_label.clone(),
+            })?;
+        let user_pin = auth_pin(&cfg.user_pin);
+        let module_key = canonical(&cfg.module);
+        let pin_digest = pin_digest(&module_key, &cfg.token_label, &cfg.user_pin);
+        let token_key = (module_key, cfg.token_label.clone());
+        let login = ctx
+            .open_ro_session(slot)
+            .map_err(|e| error("C_OpenSession", e))?;
+        login_user(&login, &token_key, &user_pin, &pin_digest).map_err(|e| error("C_Login", e))?;
+        tracing::debug!("PKCS#11 token opened and user logged in");
+        Ok(Token {
+            inner: Arc::new(Inner {
+                ctx,
+                module: cfg.module.clone(),
+                label: cfg.token_label.clone(),
+                token_key,
+                user_pin,
+                pin_digest,
+                pool_size: cfg.pool_size,
+                generation: AtomicU64::new(0),
+                state: Mutex::new(State {
+                    slot,
+                    login: Some(login),
+                }),
+                pool: Mutex::new(Vec::new()),
+                keygen: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// Generates a P-256 key pair inside the token.
+    ///
+    /// The private key is a token object, private, sensitive, not extractable and may only sign;
+    /// the public key is a token object that may verify. Both carry `label` and a `CKA_ID` made
+    /// of the first 20 bytes of SHA-256 of the public point. Refuses with [`Error::KeyExists`]
+    /// if a private key with that label exists.
+    pub fn generate_ec_key(&self, label: &str) -> Result<Pkcs11Key, Error> {
+        let _one_at_a_time = lock(&self.inner.keygen);
+        let (id, point) = self.run(true, |p| {
+            if !find_private(&p.session, label, None)?.is_empty() {
+                return Err(Failure::Fatal(Error::KeyExists {
+                    label: label.to_string(),
+                }));
+            }
+            generate_in(&p.session, label)
+        })?;
+        tracing::info!(label, "PKCS#11 key pair generated in the token");
+        self.make_key(label, id, &point)
+    }
+
+    /// Finds the key pair whose private key carries `label`.
+    pub fn find_key(&self, label: &str) -> Result<Option<Pkcs11Key>, Error> {
+        let found = self.run(false, |p| {
+            let session = &p.session;
+            let handles = find_private(session, label, None)?;
+            let handle = match handles.as_slice() {
+                [] => return Ok(None),
+                [h] => *h,
+                _ => return Err(ambiguous(label)),
+            };
+            let id = read_id(session, handle)?;
+            let point = read_public_point(session, label, &id)?;
+            p.keys.insert(label.to_string(), (id.clone(), handle));
+            Ok(Some((id, point)))
+        })?;
+        match found {
+            None => Ok(None),
+            Some((id, point)) => self.make_key(label, id, &point).map(Some),
+        }
+    }
+
+    /// Like [`Token::find_key`], but a missing key is [`Error::KeyNotFound`].
+    pub fn key(&self, label: &str) -> Result<Pkcs11Key, Error> {
+        self.find_key(label)?.ok_or_else(|| Error::KeyNotFound {
+            label: label.to_string(),
+        })
+    }
+
+    /// Tries to read `CKA_VALUE` of the private key.
+    ///
+    /// For a key made by [`Token::generate_ec_key`] the token refuses
+    /// (`CKR_ATTRIBUTE_SENSITIVE`), surfaced as [`Error::Pkcs11`]; this exists so tests and
+    /// operators can prove that.
+    pub fn read_private_value(&self, label: &str) -> Result<Vec<u8>, Error> {
+        self.run(false, |p| {
+            let session = &p.session;
+            let handle = one_private(session, label)?;
+            let info = session
+                .get_attribute_info(handle, &[AttributeType::Value])
+                .map_err(|e| failure("C_GetAttributeValue", e))?;
+            match info.first() {
+                Some(AttributeInfo::Available(_)) => {}
+                Some(AttributeInfo::Sensitive) => {
+                    return Err(Failure::Fatal(Error::Pkcs11 {
+                        function: "C_GetAttributeValue".into(),
+                        detail: "AttributeSensitive: the token refuses to reveal CKA_VALUE".into(),
+                    }))
+                }
+                other => {
+                    return Err(Failure::Fatal(Error::Pkcs11 {
+                        function: "C_GetAttributeValue".into(),
+                        detail: format!("CKA_VALUE is not available: {other:?}"),
+                    }))
+                }
+            }
+            let attrs = session
+                .get_attributes(handle, &[AttributeType::Value])
+                .map_err(|e| failure("C_GetAttributeValue", e))?;
+            attrs
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Value(v) => Some(v),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    Failure::Fatal(Error::Pkcs11 {
+                        function: "C_GetAttributeValue".into(),
+                        detail: "the token returned no CKA_VALUE".into(),
+                    })
+                })
+        })
+    }
+
+    /// Reads the security-relevant attributes of the private key labelled `label`.
+    pub fn private_key_attributes(&self, label: &str) -> Result<PrivateKeyAttributes, Error> {
+        self.run(false, |p| {
+            let session = &p.session;
+            let handle = one_private(session, label)?;
+            let attrs = session
+                .get_attributes(
+                    handle,
+                    &[
+                        AttributeType::Token,
+                        AttributeType::Private,
+                        AttributeType::Sensitive,
+                        AttributeType::Extractable,
+                        AttributeType::AlwaysSensitive,
+                        AttributeType::NeverExtractable,
+                        AttributeType::Sign,
+                    ],
+                )
+                .map_err(|e| failure("C_GetAttributeValue", e))?;
+            // Absent attributes read as the unsafe answer (not sensitive, extractable).
+            let mut out = PrivateKeyAttributes {
+                token: false,
+                private: false,
+                sensitive: false,
+                extractable: true,
+                always_sensitive: false,
+                never_extractable: false,
+                sign: false,
+            };
+            for a in attrs {
+                match a {
+                    Attribute::Token(v) => out.token = v,
+                    Attribute::Private(v) => out.private = v,
+                    Attribute::Sensitive(v) => out.sensitive = v,
+                    Attribute::Extractable(v) => out.extractable = v,
+                    Attribute::AlwaysSensitive(v) => out.always_sensitive = v,
+                    Attribute::NeverExtractable(v) => out.never_extractable = v,
+                    Attribute::Sign(v) => out.sign = v,
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Logs the process out of the token and closes every session this token holds: the idle
+    /// pooled ones and the login session; sessions busy in another thread are closed when they
+    /// come back.
+    ///
+    /// For tests and for operators forcing a reconnect: the next operation opens new sessions
+    /// and logs in again. cryptoki 0.12 has no safe binding for `C_CloseAllSessions`, so this
+    /// does what it amounts to with the calls that do have one: `C_Logout` (login state belongs
+    /// to the application, so every session of this process on the token, including those of
+    /// other [`Token`] values and those busy signing right now, loses its access to the keys and
+    /// its key handles) and `C_CloseSession` for each session this token holds.
+    pub fn close_all_sessions(&self) {
+        let mut state = lock(&self.inner.state);
+        // New generation first, so that operations the logout breaks see they were interrupted.
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(login) = &state.login {
+            // Errors (already logged out, session gone) do not matter here.
+            let _ = login.logout();
+        }
+        let stale = self.invalidate_locked(&mut state);
+        drop(state);
+        for p in stale {
+            let _ = p.session.close();
+        }
+        tracing::info!("PKCS#11 sessions closed on request");
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn make_key(&self, label: &str, id: Vec<u8>, point: &[u8]) -> Result<Pkcs11Key, Error> {
+        let spki = crate::software::p256_spki_from_sec1(point)?;
+        let verifying_key = VerifyingKey::from_public_key_der(&spki)
+            .map_err(|e| Error::PublicKey(e.to_string()))?;
+        Ok(Pkcs11Key {
+            token: self.clone(),
+            label: label.into(),
+            id: id.into(),
+            spki: spki.into(),
+            verifying_key,
+        })
+    }
+
+    /// Throws away every session (pool and login) and starts a new generation. Returns the
+    /// pooled sessions so the caller can close them outside the locks.
+    fn invalidate_locked(&self, state: &mut State) -> Vec<Pooled> {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        let pooled = std::mem::take(&mut *lock(&self.inner.pool));
+        if let Some(login) = state.login.take() {
+            let _ = login.close();
+        }
+        pooled
+    }
+
+    /// Re-finds the slot by label, opens a new login session and logs in. All old sessions are
+    /// dropped first.
+    fn reconnect_locked(&self, state: &mut State) -> Result<(), Failure> {
+        let stale = self.invalidate_locked(state);
+        drop(stale);
+        let inner = &self.inner;
+        let slot = find_slot(&inner.ctx, &inner.label)
+            .map_err(|e| failure("C_GetSlotList", e))?
+            .ok_or_else(|| {
+                Failure::Retry(format!("no token labelled {:?} is present", inner.label))
+            })?;
+        state.slot = slot;
+        let login = inner
+            .ctx
+            .open_ro_session(slot)
+            .map_err(|e| failure("C_OpenSession", e))?;
+        // A wrong PIN is fatal (never retried: tokens lock the PIN after a few failures).
+        login_user(&login, &inner.token_key, &inner.user_pin, &inner.pin_digest)
+            .map_err(|e| failure("C_Login", e))?;
+        state.login = Some(login);
+        tracing::info!("PKCS#11 token reconnected and user logged in again");
+        Ok(())
+    }
+
+    /// Reconnects unless another thread did so since `seen_generation`.
+    fn reconnect(&self, seen_generation: u64) -> Result<(), Failure> {
+        let mut state = lock(&self.inner.state);
+        if self.inner.generation.load(Ordering::SeqCst) != seen_generation && state.login.is_some()
+        {
+            return Ok(());
+        }
+        self.reconnect_locked(&mut state)
+    }
+
+    /// A session for one operation: an idle pooled one (read-only work) or a new one.
+    fn checkout(&self, read_write: bool) -> Result<Pooled, Failure> {
+        if !read_write {
+            let current = self.inner.generation.load(Ordering::SeqCst);
+            loop {
+                let Some(p) = lock(&self.inner.pool).pop() else {
+                    break;
+                };
+                if p.generation == current {
+                    return Ok(p);
+                }
+                // Stale: dropping it closes it.
+            }
+        }
+        let mut state = lock(&self.inner.state);
+        if state.login.is_none() {
+            self.reconnect_locked(&mut state)?;
+        }
+        let generation = self.inner.generation.load(Ordering::SeqCst);
+        let session = if read_write {
+            self.inner.ctx.open_rw_session(state.slot)
+        } else {
+            self.inner.ctx.open_ro_session(state.slot)
+        }
+        .map_err(|e| failure("C_OpenSession", e))?;
+        Ok(Pooled {
+            session,
+            generation,
+            read_write,
+            keys: HashMap::new(),
+        })
+    }
+
+    /// Returns a healthy session to the pool (or closes it if the pool is full or it is stale).
+    fn checkin(&self, p: Pooled) {
+        if p.read_write || p.generation != self.inner.generation.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut pool = lock(&self.inner.pool);
+        if pool.len() < self.inner.pool_size {
+            pool.push(p);
+        }
+    }
+
+    /// Runs `op` on a session, reconnecting and retrying (bounded, with backoff) on failures a
+    /// reconnect may cure.
+    fn run<T>(
+        &self,
+        read_write: bool,
+        mut op: impl FnMut(&mut Pooled) -> Result<T, Failure>,
+    ) -> Result<T, Error> {
+        let mut seen_generation = self.inner.generation.load(Ordering::SeqCst);
+        let mut last = String::new();
+        for attempt in 0..=BACKOFF_MS.len() {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(BACKOFF_MS[attempt - 1]));
+                match self.reconnect(seen_generation) {
+                    Ok(()) => {}
+                    Err(Failure::Retry(detail)) => {
+                        tracing::warn!(attempt, "PKCS#11 reconnect failed; will retry");
+                        last = detail;
+                        seen_generation = self.inner.generation.load(Ordering::SeqCst);
+                        continue;
+                    }
+                    Err(Failure::Fatal(e)) => return Err(e),
+                }
+            }
+            let mut p = match self.checkout(read_write) {
+                Ok(p) => p,
+                Err(Failure::Retry(detail)) => {
+                    last = detail;
+                    seen_generation = self.inner.generation.load(Ordering::SeqCst);
+                    continue;
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+            };
+            seen_generation = p.generation;
+            match op(&mut p) {
+                Ok(v) => {
+                    self.checkin(p);
+                    return Ok(v);
+                }
+                Err(Failure::Retry(detail)) => {
+                    tracing::warn!(attempt, "PKCS#11 operation failed; reconnecting");
+                    last = detail;
+                    // The session is suspect: drop (close) it.
+                }
+                Err(Failure::Fatal(e)) => {
+                    // The sessions were thrown away (logout, reconnect) while this operation ran:
+                    // whatever it failed with may be a symptom of that (SoftHSM2 answers
+                    // CKR_GENERAL_ERROR to a search that a logout interrupts). Try again.
+                    if p.generation != self.inner.generation.load(Ordering::SeqCst) {
+                        tracing::warn!(attempt, "PKCS#11 operation failed during a reconnect");
+                        last = e.to_string();
+                        continue;
+                    }
+                    // An operation that failed may leave state in the session: do not reuse it.
+                    return Err(e);
+                }
+            }
+        }
+        tracing::error!("PKCS#11 token unavailable after retries");
+        Err(Error::TokenUnavailable { detail: last })
+    }
+}
+
+// ---- session helpers ------------------------------------------------------------------------
+
+fn ambiguous(label: &str) -> Failure {
+    Failure::Fatal(Error::Pkcs11 {
+        function: "C_FindObjects".into(),
+        detail: format!("more than one private key is labelled {label:?}"),
+    })
+}
+
+/// Whether the session can see private objects (a user is logged in).
+fn logged_in(session: &Session) -> Result<bool, Failure> {
+    let info = session
+        .get_session_info()
+        .map_err(|e| failure("C_GetSessionInfo", e))?;
+    Ok(matches!(
+        info.session_state(),
+        SessionState::RoUser | SessionState::RwUser
+    ))
+}
+
+/// Private keys with this label (and ID, if given). An empty answer from a session that is not
+/// logged in means "cannot see", not "absent", and is reported as a retryable failure.
+fn find_private(
+    session: &Session,
+    label: &str,
+    id: Option<&[u8]>,
+) -> Result<Vec<ObjectHandle>, Failure> {
+    let mut template = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    if let Some(id) = id {
+        template.push(Attribute::Id(id.to_vec()));
+    }
+    let found = session
+        .find_objects(&template)
+        .map_err(|e| failure("C_FindObjects", e))?;
+    if found.is_empty() && !logged_in(session)? {
+        return Err(Failure::Retry(
+            "the session is not logged in (UserNotLoggedIn)".into(),
+        ));
+    }
+    Ok(found)
+}
+
+fn one_private(session: &Session, label: &str) -> Result<ObjectHandle, Failure> {
+    match find_private(session, label, None)?.as_slice() {
+        [] => Err(Failure::Fatal(Error::KeyNotFound {
+            label: label.to_string(),
+        })),
+        [h] => Ok(*h),
+        _ => Err(ambiguous(label)),
+    }
+}
+
+fn read_id(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>, Failure> {
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::Id])
+        .map_err(|e| failure("C_GetAttributeValue", e))?;
+    Ok(attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(id) => Some(id),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// The DER encoding of the prime256v1 OID, as `CKA_EC_PARAMS` carries it.
+pub(super) fn p256_ec_params() -> Vec<u8> {
+    match p256::NistP256::OID.to_der() {
+        Ok(der) => der,
+        // INVARIANT: a fixed, valid OID always encodes.
+        Err(e) => unreachable!("encoding the P-256 OID failed: {e}"),
+    }
+}
+
+/// The uncompressed point (`04 || x || y`) of the public key object with this label and ID,
+/// after checking `CKA_EC_PARAMS` names P-256.
+fn read_public_point(session: &Session, label: &str, id: &[u8]) -> Result<Vec<u8>, Failure> {
+    let template = [
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let handles = session
+        .find_objects(&template)
+        .map_err(|e| failure("C_FindObjects", e))?;
+    let handle = match handles.as_slice() {
+        [h] => *h,
+        [] => {
+            return Err(Failure::Fatal(Error::PublicKey(format!(
+                "no public key object labelled {label:?} with the private key's ID"
+            ))))
+        }
+        _ => {
+            return Err(Failure::Fatal(Error::PublicKey(format!(
+                "more than one public key object labelled {label:?}"
+            ))))
+        }
+    };
+    public_point_of(session, handle)
+}
+
+fn public_point_of(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>, Failure> {
+    let attrs = session
+        .get_attributes(
+            handle,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::EcPoint,
+            ],
+        )
+        .map_err(|e| failure("C_GetAttributeValue", e))?;
+    let mut key_type = None;
+    let mut params = None;
+    let mut point = None;
+    for a in attrs {
+        match a {
+            Attribute::KeyType(t) => key_type = Some(t),
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::EcPoint(p) => point = Some(p),
+            _ => {}
+        }
+    }
+    let bad = |m: &str| Failure::Fatal(Error::PublicKey(m.to_string()));
+    if key_type != Some(KeyType::EC) {
+        return Err(bad("the key is not an EC key"));
+    }
+    let params = params.ok_or_else(|| bad("the public key has no CKA_EC_PARAMS"))?;
+    match ObjectIdentifier::from_der(&params) {
+        Ok(oid) if oid == p256::NistP256::OID => {}
+        Ok(_) => return Err(bad("the EC key is not on P-256 (prime256v1)")),
+        Err(_) => return Err(bad("CKA_EC_PARAMS is not a named-curve OID")),
+    }
+    let point = point.ok_or_else(|| bad("the public key has no CKA_EC_POINT"))?;
+    unwrap_ec_point(&point).ok_or_else(|| bad("CKA_EC_POINT is not an uncompressed P-256 point"))
+}
+
+/// `CKA_EC_POINT` is a DER OCTET STRING around the point (PKCS#11 2.40 §2.3.3); a few modules
+/// return the bare point, which is accepted too.
+pub(super) fn unwrap_ec_point(raw: &[u8]) -> Option<Vec<u8>> {
+    let uncompressed = |p: &[u8]| p.len() == 65 && p[0] == 0x04;
+    match OctetStringRef::from_der(raw) {
+        Ok(os) if uncompressed(os.as_bytes()) => Some(os.as_bytes().to_vec()),
+        _ if uncompressed(raw) => Some(raw.to_vec()),
+        _ => None,
+    }
+}
+
+/// Generates the key pair in `session`; returns (CKA_ID, public point).
+fn generate_in(session: &Session, label: &str) -> Result<(Vec<u8>, Vec<u8>), Failure> {
+    let label_bytes = label.as_bytes().to_vec();
+    let public_template = [
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(p256_ec_params()),
+        Attribute::Label(label_bytes.clone()),
+    ];
+    let private_template = [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Derive(false),
+        Attribute::Label(label_bytes),
+    ];
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &public_template,
+            &private_template,
+        )
+        .map_err(|e| failure("C_GenerateKeyPair", e))?;
+    // The ID is derived from the public point, known only now: set it on both objects. On any
+    // failure, remove the half-made pair so the label stays free.
+    let finish = || -> Result<(Vec<u8>, Vec<u8>), Failure> {
+        let point = public_point_of(session, public)?;
+        let id = Sha256::digest(&point)[..KEY_ID_LEN].to_vec();
+        for handle in [public, private] {
+            session
+                .update_attributes(handle, &[Attribute::Id(id.clone())])
+                .map_err(|e| failure("C_SetAttributeValue", e))?;
+        }
+        Ok((id, point))
+    };
+    finish().inspect_err(|_| {
+        let _ = session.destroy_object(private);
+        let _ = session.destroy_object(public);
+        tracing::warn!("PKCS#11 key generation failed after the pair was made; pair destroyed");
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pkcs11Key.
+
+/// A P-256 key pair in a token, usable as a [`Signer`]. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Pkcs11Key {
+    token: Token,
+    label: Arc<str>,
+    id: Arc<[u8]>,
+    spki: Arc<[u8]>,
+    verifying_key: VerifyingKey,
+}
+
+impl std::fmt::Debug for Pkcs11Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id: String = self.id.iter().map(|b| format!("{b:02x}")).collect();
+        f.debug_struct("Pkcs11Key")
+            .field("token", &self.token.inner.label)
+            .field("label", &self.label)
+            .field("id", &id)
+            .field("algorithm", &Algorithm::EcdsaP256Sha256)
+            .finish()
+    }
+}
+
+impl Pkcs11Key {
+    /// The key's `CKA_LABEL`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The key's `CKA_ID`.
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// The token the key lives in.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// The private key's handle in this session: cached, or found by label and ID and checked
+    /// against the public key this `Pkcs11Key` was made with.
+    fn handle_in(&self, p: &mut Pooled) -> Result<ObjectHandle, Failure> {
+        if let Some((id, handle)) = p.keys.get(&*self.label) {
+            if **id == *self.id {
+                return Ok(*handle);
+            }
+        }
+        let not_found = || {
+            Failure::Fatal(Error::KeyNotFound {
+                label: self.label.to_string(),
+            })
+        };
+        let handle = match find_private(&p.session, &self.label, Some(&self.id))?.as_slice() {
+            [] => return Err(not_found()),
+            [h] => *h,
+            _ => return Err(ambiguous(&self.label)),
+        };
+        // Same label and ID but another public key: the key we knew is gone.
+        let point = match read_public_point(&p.session, &self.label, &self.id) {
+            Ok(point) => point,
+            Err(Failure::Fatal(Error::PublicKey(_))) => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        if crate::software::p256_spki_from_sec1(&point).ok().as_deref() != Some(&*self.spki) {
+            tracing::error!("PKCS#11 key with the same label and ID has another public key");
+            return Err(not_found());
+        }
+        p.keys
+            .insert(self.label.to_string(), (self.id.to_vec(), handle));
+        Ok(handle)
+    }
+}
+
+impl Signer for Pkcs11Key {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EcdsaP256Sha256
+    }
+
+    fn public_key_spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        // SoftHSM2 has no CKM_ECDSA_SHA256: hash here, sign the digest with CKM_ECDSA.
+        let digest = Sha256::digest(message);
+        let signature = self.token.run(false, |p| {
+            let handle = self.handle_in(p)?;
+            let raw = p
+                .session
+                .sign(&Mechanism::Ecdsa, handle, &digest)
+                .map_err(|e| failure("C_Sign", e))?;
+            let signature = Signature::from_slice(&raw).map_err(|_| {
+                Failure::Fatal(Error::Pkcs11 {
+                    function: "C_Sign".into(),
+                    detail: format!("expected a 64-byte r||s signature, got {} bytes", raw.len()),
+                })
+            })?;
+            // Verify before release: a signature that does not verify under our public key
+            // (a stale handle now naming another object, a faulty token) is never returned.
+            if self
+                .verifying_key
+                .verify_prehash(&digest, &signature)
+                .is_err()
+            {
+                p.keys.clear();
+                return Err(Failure::Retry(
+                    "the token's signature does not verify under the key's public key".into(),
+                ));
+            }
+            Ok(signature)
+        })?;
+        Ok(signature.to_der().as_bytes().to_vec())
+    }
+}

@@ -1,0 +1,168 @@
+//! An in-memory P-256 signer.
+//!
+//! [`SoftwareSigner`] exists for unit tests and for the throwaway key that signs "linting
+//! certificates" (a certificate signed only so a linter can look at it, then discarded). It MUST
+//! NOT hold a CA key: its private key lives in process memory. Nothing in this crate ever falls
+//! back to it when a token fails.
+
+use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
+use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
+
+use crate::{Algorithm, Error, Signer};
+
+/// A P-256 key held in memory: for unit tests and throwaway linting keys only, never a CA key.
+#[derive(Clone)]
+pub struct SoftwareSigner {
+    key: SigningKey,
+    spki: Vec<u8>,
+}
+
+impl std::fmt::Debug for SoftwareSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private scalar.
+        f.debug_struct("SoftwareSigner")
+            .field("algorithm", &Algorithm::EcdsaP256Sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SoftwareSigner {
+    /// Generates a fresh P-256 key from the operating system's random number generator.
+    pub fn generate_p256() -> Self {
+        Self::from_signing_key(SigningKey::random(&mut rand::rngs::OsRng))
+    }
+
+    /// Loads a P-256 private key from a DER PKCS#8 `PrivateKeyInfo` (RFC 5208).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, Error> {
+        let key = SigningKey::from_pkcs8_der(der)
+            .map_err(|e| Error::PublicKey(format!("not a P-256 PKCS#8 private key: {e}")))?;
+        Ok(Self::from_signing_key(key))
+    }
+
+    fn from_signing_key(key: SigningKey) -> Self {
+        let spki = spki_der(key.verifying_key());
+        Self { key, spki }
+    }
+}
+
+/// DER `SubjectPublicKeyInfo` of a P-256 verifying key.
+fn spki_der(key: &VerifyingKey) -> Vec<u8> {
+    match key.to_public_key_der() {
+        Ok(doc) => doc.into_vec(),
+        // INVARIANT: encoding a valid P-256 point (id-ecPublicKey, prime256v1, 65-byte point)
+        // into an in-memory DER document cannot fail.
+        Err(e) => unreachable!("encoding a P-256 SPKI failed: {e}"),
+    }
+}
+
+impl Signer for SoftwareSigner {
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::EcdsaP256Sha256
+    }
+
+    fn public_key_spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        // `Signer<DerSignature>` for `SigningKey` hashes with SHA-256 and signs (RFC 6979 nonce).
+        let sig: DerSignature = self.key.try_sign(message).map_err(|_| Error::Pkcs11 {
+            function: "software ECDSA".into(),
+            detail: "signing failed".into(),
+        })?;
+        Ok(sig.as_bytes().to_vec())
+    }
+}
+
+/// Verifies a DER signature against a DER SPKI; backs [`crate::verify`].
+pub(crate) fn verify(
+    algorithm: Algorithm,
+    spki_der: &[u8],
+    message: &[u8],
+    signature_der: &[u8],
+) -> Result<(), Error> {
+    match algorithm {
+        Algorithm::EcdsaP256Sha256 => {
+            let key = VerifyingKey::from_public_key_der(spki_der)
+                .map_err(|e| Error::PublicKey(format!("not a P-256 SubjectPublicKeyInfo: {e}")))?;
+            let sig = Signature::from_der(signature_der).map_err(|_| Error::BadSignature)?;
+            key.verify(message, &sig).map_err(|_| Error::BadSignature)
+        }
+    }
+}
+
+/// Wraps a verifying key into its DER SPKI; shared with the PKCS#11 backend.
+pub(crate) fn p256_spki_from_sec1(point: &[u8]) -> Result<Vec<u8>, Error> {
+    let key = VerifyingKey::from_sec1_bytes(point)
+        .map_err(|_| Error::PublicKey("EC point is not a valid P-256 point".into()))?;
+    Ok(spki_der(&key))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify() {
+        let s = SoftwareSigner::generate_p256();
+        let sig = s.sign(b"hello").unwrap();
+        assert_eq!(s.algorithm(), Algorithm::EcdsaP256Sha256);
+        verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
+        crate::verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
+    }
+
+    #[test]
+    fn verify_rejects_flipped_bits() {
+        let s = SoftwareSigner::generate_p256();
+        let msg = b"to be signed".to_vec();
+        let sig = s.sign(&msg).unwrap();
+        // A flipped bit in the message.
+        let mut m2 = msg.clone();
+        m2[0] ^= 1;
+        assert!(matches!(
+            verify(s.algorithm(), s.public_key_spki(), &m2, &sig),
+            Err(Error::BadSignature)
+        ));
+        // A flipped bit in the last byte of the signature (inside s).
+        let mut sig2 = sig.clone();
+        let last = sig2.len() - 1;
+        sig2[last] ^= 1;
+        assert!(verify(s.algorithm(), s.public_key_spki(), &msg, &sig2).is_err());
+        // Another key.
+        let other = SoftwareSigner::generate_p256();
+        assert!(matches!(
+            verify(other.algorithm(), other.public_key_spki(), &msg, &sig),
+            Err(Error::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn pkcs8_round_trip() {
+        use p256::pkcs8::EncodePrivateKey;
+        let key = SigningKey::random(&mut rand::rngs::OsRng);
+        let der = key.to_pkcs8_der().unwrap();
+        let s = SoftwareSigner::from_pkcs8_der(der.as_bytes()).unwrap();
+        assert_eq!(
+            s.public_key_spki(),
+            spki_der(key.verifying_key()).as_slice()
+        );
+        assert!(SoftwareSigner::from_pkcs8_der(b"junk").is_err());
+        let dbg = format!("{s:?}");
+        assert!(dbg.contains("SoftwareSigner"));
+    }
+
+    #[test]
+    fn spki_is_p256() {
+        let s = SoftwareSigner::generate_p256();
+        // id-ecPublicKey + prime256v1, 65-byte point: 91 bytes in total.
+        assert_eq!(s.public_key_spki().len(), 91);
+        let key = VerifyingKey::from_public_key_der(s.public_key_spki()).unwrap();
+        let point = key.to_encoded_point(false);
+        assert_eq!(
+            p256_spki_from_sec1(point.as_bytes()).unwrap(),
+            s.public_key_spki()
+        );
+    }
+}

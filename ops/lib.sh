@@ -1,0 +1,196 @@
+# shellcheck shell=bash
+# Shared helpers for ops/test and ops/setup.  Source it; do not execute it.
+# Every function is safe to call twice (idempotent) and prints what it does on stderr.
+
+# System packages ecert needs at build/test/run time (Debian 12 names).
+ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3-venv libfaketime ca-certificates)
+
+# pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
+ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"
+ECERT_CRYPTOGRAPHY_VERSION="${ECERT_CRYPTOGRAPHY_VERSION:-50.0.2}"
+
+ecert_log() { printf '==> %s\n' "$*" >&2; }
+ecert_die() {
+    printf 'ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# Run a command as root: directly if we are root, else through sudo.
+ecert_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        ecert_die "need root (or sudo) to run: $*"
+    fi
+}
+
+ecert_pkg_installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
+}
+
+# Install whatever is missing from ECERT_APT_PACKAGES.
+# Skips apt entirely when everything is already installed.
+ecert_install_system_packages() {
+    command -v dpkg-query >/dev/null 2>&1 || ecert_die "dpkg-query not found: ecert supports Debian/Ubuntu only"
+    local p missing=()
+    for p in "${ECERT_APT_PACKAGES[@]}"; do
+        ecert_pkg_installed "$p" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        ecert_log "system packages: all present"
+        return 0
+    fi
+    ecert_log "system packages: installing ${missing[*]}"
+    ecert_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    ecert_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# Make sure cargo is on PATH (rustup installs into ~/.cargo/bin, which non-login shells may lack).
+ecert_require_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+        PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+        export PATH
+    fi
+    command -v cargo >/dev/null 2>&1 ||
+        ecert_die "cargo not found; install Rust first (https://rustup.rs), then re-run"
+    ecert_log "cargo: $(cargo --version)"
+}
+
+ecert_require_nextest() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        ecert_log "cargo-nextest missing: installing it (one-off, takes a few minutes)"
+        cargo install --locked cargo-nextest
+    fi
+    ecert_log "nextest: $(cargo nextest --version 2>/dev/null | head -n1)"
+}
+
+# ecert_setup_pkilint_venv DIR: create/reuse a venv with pinned pkilint + cryptography and put
+# DIR/bin on PATH.  Fails loudly if the linters do not run.
+ecert_setup_pkilint_venv() {
+    local venv="$1" have=""
+    if [ ! -x "$venv/bin/python" ]; then
+        ecert_log "pkilint: creating venv $venv"
+        python3 -m venv "$venv" || ecert_die "python3 -m venv failed (is python3-venv installed?)"
+    fi
+    have="$("$venv/bin/python" - <<'EOF' 2>/dev/null || true
+import importlib.metadata as m
+print(m.version("pkilint"), m.version("cryptography"))
+EOF
+)"
+    if [ "$have" != "$ECERT_PKILINT_VERSION $ECERT_CRYPTOGRAPHY_VERSION" ]; then
+        ecert_log "pkilint: installing pkilint==$ECERT_PKILINT_VERSION cryptography==$ECERT_CRYPTOGRAPHY_VERSION"
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q \
+            "pkilint==$ECERT_PKILINT_VERSION" "cryptography==$ECERT_CRYPTOGRAPHY_VERSION" ||
+            ecert_die "pip install of pkilint failed"
+    fi
+    PATH="$venv/bin:$PATH"
+    export PATH
+    ECERT_PKILINT_BIN="$venv/bin"
+    export ECERT_PKILINT_BIN
+    lint_pkix_cert --help >/dev/null 2>&1 || ecert_die "pkilint is broken: 'lint_pkix_cert --help' failed (venv $venv)"
+    ecert_log "pkilint: $ECERT_PKILINT_VERSION ready ($venv/bin on PATH)"
+}
+
+# ---------------------------------------------------------------- private PostgreSQL server
+ECERT_PG_DIR=""
+ECERT_PG_BIN=""
+ECERT_PG_PORT=""
+
+# Run a command as the postgres system user when we are root (PostgreSQL refuses to run as
+# root); as ourselves otherwise.  cd / so the postgres user never trips over an unreadable cwd.
+_ecert_as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        (cd / && runuser -u postgres -- "$@")
+    else
+        (cd / && "$@")
+    fi
+}
+
+_ecert_port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# ecert_pg_start: initdb + start a throw-away server on 127.0.0.1 (trust auth), create role
+# `ecert` (superuser) and export ECERT_TEST_PG_URL.  Pair with ecert_pg_stop (EXIT trap).
+ecert_pg_start() {
+    local port="${ECERT_TEST_PG_PORT:-55432}" tries=0
+    ECERT_PG_BIN="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin 2>/dev/null | sort -V | tail -n1)"
+    if [ -z "$ECERT_PG_BIN" ] || [ ! -x "$ECERT_PG_BIN/initdb" ]; then
+        ecert_die "initdb not found under /usr/lib/postgresql/*/bin (is the postgresql package installed?)"
+    fi
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 || ecert_die "system user 'postgres' missing (it comes with the postgresql package)"
+    fi
+
+    while _ecert_port_in_use "$port"; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 100 ] || ecert_die "no free TCP port found from ${ECERT_TEST_PG_PORT:-55432}"
+        port=$((port + 1))
+    done
+    ECERT_PG_PORT="$port"
+
+    ECERT_PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ecert-pg.XXXXXX")"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres:postgres "$ECERT_PG_DIR"
+    fi
+    chmod 700 "$ECERT_PG_DIR"
+
+    ecert_log "postgres: initdb in $ECERT_PG_DIR ($ECERT_PG_BIN)"
+    _ecert_as_pg "$ECERT_PG_BIN/initdb" -D "$ECERT_PG_DIR/data" -U postgres -E UTF8 --locale=C \
+        --auth-local=trust --auth-host=trust --no-instructions >"$ECERT_PG_DIR/initdb.log" 2>&1 || {
+        cat "$ECERT_PG_DIR/initdb.log" >&2
+        ecert_die "initdb failed"
+    }
+    # Only the unix socket (in the private dir) and 127.0.0.1 are reachable; trust auth.
+    _ecert_as_pg tee "$ECERT_PG_DIR/data/pg_hba.conf" >/dev/null <<'EOF'
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+local   all       all                  trust
+host    all       all   127.0.0.1/32   trust
+EOF
+    _ecert_as_pg tee -a "$ECERT_PG_DIR/data/postgresql.conf" >/dev/null <<EOF
+
+# --- ecert test server ---
+listen_addresses = '127.0.0.1'
+port = $ECERT_PG_PORT
+unix_socket_directories = '$ECERT_PG_DIR'
+fsync = on
+max_connections = 200
+EOF
+    ecert_log "postgres: starting on 127.0.0.1:$ECERT_PG_PORT"
+    _ecert_as_pg "$ECERT_PG_BIN/pg_ctl" -D "$ECERT_PG_DIR/data" -l "$ECERT_PG_DIR/server.log" -w -t 60 start >/dev/null || {
+        cat "$ECERT_PG_DIR/server.log" >&2 || true
+        ecert_die "postgres failed to start"
+    }
+    tries=0
+    until "$ECERT_PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$ECERT_PG_PORT"; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 60 ] || ecert_die "postgres not ready after 30s (log: $ECERT_PG_DIR/server.log)"
+        sleep 0.5
+    done
+    _ecert_as_pg "$ECERT_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$ECERT_PG_DIR" -p "$ECERT_PG_PORT" \
+        -U postgres -d postgres -c 'CREATE ROLE ecert LOGIN SUPERUSER' ||
+        ecert_die "could not create role ecert"
+    ECERT_TEST_PG_URL="postgres://ecert@127.0.0.1:$ECERT_PG_PORT/postgres"
+    export ECERT_TEST_PG_URL
+    ecert_log "postgres: ready, ECERT_TEST_PG_URL=$ECERT_TEST_PG_URL"
+}
+
+# ecert_pg_stop: stop the server started by ecert_pg_start and delete its directory. Idempotent.
+ecert_pg_stop() {
+    [ -n "$ECERT_PG_DIR" ] || return 0
+    if [ -f "$ECERT_PG_DIR/data/postmaster.pid" ]; then
+        ecert_log "postgres: stopping"
+        if ! _ecert_as_pg "$ECERT_PG_BIN/pg_ctl" -D "$ECERT_PG_DIR/data" -m fast -w -t 30 stop >/dev/null 2>&1; then
+            local pid
+            pid="$(head -n1 "$ECERT_PG_DIR/data/postmaster.pid" 2>/dev/null || true)"
+            if [ -n "$pid" ]; then
+                kill -9 "$pid" 2>/dev/null || true
+            fi
+        fi
+    fi
+    rm -rf "$ECERT_PG_DIR"
+    ECERT_PG_DIR=""
+    unset ECERT_TEST_PG_URL
+}
