@@ -197,21 +197,24 @@ fn dn(country: &str, org: &str, cn: &str) -> Result<DistinguishedName> {
 
 /// Parameters of a CA certificate (pure). Root: TLS BR §7.1.2.1; issuing CAs: TLS BR §7.1.2.10
 /// and S/MIME BR §7.1.2.2.
-fn ca_params(config: &Config, policy_arc: &str, role: CaRole, serial: SerialNumber, now: OffsetDateTime) -> Result<CertificateParams> {
+fn ca_params(config: &Config, policy_arc: &str, role: CaRole, subject_spki: &[u8], serial: SerialNumber, now: OffsetDateTime) -> Result<CertificateParams> {
     let c = &config.ca;
     let mut p = CertificateParams::default();
     p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
     p.not_before = now;
     let days = if role == CaRole::Root { c.root_validity_days } else { c.issuing_validity_days };
     p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
-    p.key_identifier_method = KeyIdMethod::Sha256;
+    // SKI per RFC 7093 §2 method 1 (truncated SHA-256 of the SPKI). Pre-computed, because the
+    // key signing the linting certificate is a throwaway one, not the subject's.
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(subject_spki));
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let base = config.base_url();
     match role {
         CaRole::Root => {
             p.distinguished_name = dn(&c.country, &c.organization, &c.root_common_name)?;
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.use_authority_key_identifier_extension = false;
+            // The root's AKI repeats its own SKI (TLS BR §7.1.2.1.3 wants it present).
+            p.use_authority_key_identifier_extension = true;
         }
         CaRole::Individual | CaRole::Server => {
             let cn = if role == CaRole::Server { &c.server_common_name } else { &c.individual_common_name };
@@ -219,14 +222,15 @@ fn ca_params(config: &Config, policy_arc: &str, role: CaRole, serial: SerialNumb
             p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
             p.use_authority_key_identifier_extension = true;
             p.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![format!("{base}/crl/root.crl")] }];
-            let mut policies = vec![];
             if role == CaRole::Server {
                 p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             } else {
                 p.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection, ExtendedKeyUsagePurpose::ClientAuth];
             }
-            for prof in crate::profile::PROFILES.iter().filter(|x| x.issuer == role) {
-                policies.push(ext::parse_oid(prof.cabf_policy)?);
+            // Reserved CA/B Forum policies first (TLS BR §7.1.2.10.5), then this CA's own.
+            let profiles: Vec<_> = crate::profile::PROFILES.iter().filter(|x| x.issuer == role).collect();
+            let mut policies = profiles.iter().map(|x| ext::parse_oid(x.cabf_policy)).collect::<Result<Vec<_>>>()?;
+            for prof in &profiles {
                 policies.push(ext::parse_oid(&format!("{policy_arc}.2.{}", prof.local_policy))?);
             }
             p.custom_extensions = vec![
@@ -281,6 +285,11 @@ fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
     parsed.verify_signature(Some(&spki)).map_err(|_| Error::SignatureCheck("signature does not verify under the issuer's public key".into()))
 }
 
+/// A key identifier: the first 20 octets of SHA-256 over the DER SubjectPublicKeyInfo.
+fn key_id(spki: &[u8]) -> Vec<u8> {
+    <sha2::Sha256 as sha2::Digest>::digest(spki)[..20].to_vec()
+}
+
 fn unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
@@ -331,7 +340,7 @@ impl Authority {
             let signer: Arc<dyn hsm::Signer> = Arc::new(key);
             let subject_key = SubscriberKey::from_spki_der(signer.public_key_spki())?;
             let serial = SerialNumber::random();
-            let params = ca_params(&config, &arc, role, serial, now_secs())?;
+            let params = ca_params(&config, &arc, role, signer.public_key_spki(), serial, now_secs())?;
             let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) = if role == CaRole::Root {
                 (None, signer.clone())
             } else {
@@ -466,7 +475,7 @@ impl Authority {
         if matches!(profile.kind, crate::profile::ProfileKind::Personal | crate::profile::ProfileKind::Organisational) && subject.srn.is_none() {
             subject.srn = Some(new_srn());
         }
-        let subject = profile.check(&subject, req.days)?;
+        let subject = profile.check(&subject, req.days, now_secs())?;
         if self.store.key_blocked(&key.fingerprint()).await? {
             return Err(Error::KeyBlocked);
         }

@@ -105,7 +105,7 @@ impl Default for CaConfig {
             root_common_name: "ecert Root CA".into(),
             individual_common_name: "ecert Individual and Organisational CA".into(),
             server_common_name: "ecert Server CA".into(),
-            root_validity_days: 20 * 365,
+            root_validity_days: 25 * 365,
             issuing_validity_days: 10 * 365,
             policy_arc: None,
             default_locality: "Hong Kong".into(),
@@ -195,6 +195,35 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Things that are valid but will bite: judged by outside linters as errors, or unsafe for
+    /// production. `ecert config check` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let host = self
+            .base_url()
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', ':']).next().unwrap_or_default())
+            .unwrap_or_default();
+        if host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" || !host.contains('.') {
+            w.push(format!(
+                "ca.base_url host {host:?} is an IP address or internal name; certificates will carry it in AIA/CRL \
+                 URLs, which the CA/B Forum requirements (and pkilint) reject for public certificates"
+            ));
+        }
+        match &self.ca.policy_arc {
+            None => w.push(
+                "ca.policy_arc is not set: `ecert init` makes a 2.25.<uuid> arc; its 128-bit arc cannot be \
+                 decoded by some linters (pkilint); set an arc under your IANA enterprise number"
+                    .into(),
+            ),
+            Some(arc) if arc.split('.').any(|a| a.parse::<u64>().map_or(true, |n| n > u64::from(u32::MAX))) => w.push(format!(
+                "ca.policy_arc {arc} has an arc above 2^32-1, which some linters (pkilint) cannot decode"
+            )),
+            Some(_) => {}
+        }
+        w
     }
 
     /// The database URL in force.

@@ -99,7 +99,7 @@ pub static PROFILES: &[Profile] = &[
         kind: ProfileKind::Personal,
         issuer: CaRole::Individual,
         default_days: 365,
-        max_days: 825,
+        max_days: 824,
         // S/MIME BR §7.1.6.1 individual-validated, multipurpose.
         cabf_policy: "2.23.140.1.5.4.2",
         local_policy: 1,
@@ -110,7 +110,7 @@ pub static PROFILES: &[Profile] = &[
         kind: ProfileKind::Organisational,
         issuer: CaRole::Individual,
         default_days: 365,
-        max_days: 825,
+        max_days: 824,
         // S/MIME BR §7.1.6.1 sponsor-validated, multipurpose.
         cabf_policy: "2.23.140.1.5.3.2",
         local_policy: 2,
@@ -121,7 +121,7 @@ pub static PROFILES: &[Profile] = &[
         kind: ProfileKind::Encipherment,
         issuer: CaRole::Individual,
         default_days: 365,
-        max_days: 825,
+        max_days: 824,
         // S/MIME BR §7.1.6.1 organization-validated, strict.
         cabf_policy: "2.23.140.1.5.2.3",
         local_policy: 3,
@@ -161,8 +161,13 @@ impl Profile {
 /// application record, never from the CSR.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectData {
-    /// Personal name (personal), authorised user (organisational), unit name (encipherment).
+    /// Display name put in commonName (personal, organisational); derived from surname and
+    /// given name when absent.
     pub name: Option<String>,
+    /// Given name (givenName, 2.5.4.42).
+    pub given_name: Option<String>,
+    /// Surname (surname, 2.5.4.4).
+    pub surname: Option<String>,
     /// Mailboxes (rfc822Name SANs).
     pub emails: Vec<String>,
     /// Organisation name.
@@ -199,17 +204,19 @@ pub struct IssueContext<'a> {
 impl Profile {
     /// Checks the request against this profile and normalises it (lower-case DNS names and
     /// mailbox domains). Deny by default: a field the profile does not carry is refused.
-    pub fn check(&self, s: &SubjectData, days: Option<u32>) -> Result<SubjectData> {
+    pub fn check(&self, s: &SubjectData, days: Option<u32>, now: OffsetDateTime) -> Result<SubjectData> {
         let mut s = s.clone();
-        let days = days.unwrap_or(self.default_days);
-        if days == 0 || days > self.max_days {
+        let max = self.max_days_at(now);
+        let days = self.days_for(days, now);
+        if days == 0 || days > max {
             return Err(self.refuse(format!(
-                "validity of {days} days is outside 1..={} days",
-                self.max_days
+                "validity of {days} days is outside 1..={max} days"
             )));
         }
         for (label, v) in [
             ("name", &s.name),
+            ("given name", &s.given_name),
+            ("surname", &s.surname),
             ("organisation", &s.organization),
             ("locality", &s.locality),
         ] {
@@ -236,13 +243,13 @@ impl Profile {
         let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(self.refuse(what.to_string())) };
         match self.kind {
             ProfileKind::Personal => {
-                need(s.name.is_some(), "a personal name is required")?;
+                need(s.given_name.is_some() || s.surname.is_some(), "a surname or given name is required (S/MIME BR §7.1.4.2.6)")?;
                 need(!s.emails.is_empty(), "an e-mail address is required")?;
                 need(s.organization.is_none() && s.org_id.is_none(), "a personal certificate carries no organisation")?;
                 need(s.dns_names.is_empty() && s.locality.is_none(), "a personal certificate carries no DNS names or locality")?;
             }
             ProfileKind::Organisational => {
-                need(s.name.is_some(), "the authorised user's name is required")?;
+                need(s.given_name.is_some() || s.surname.is_some(), "the authorised user's surname or given name is required (S/MIME BR §7.1.4.2.5)")?;
                 need(s.organization.is_some() && s.org_id.is_some(), "the organisation name and business registration number are required")?;
                 need(!s.emails.is_empty(), "an e-mail address is required")?;
                 need(s.dns_names.is_empty() && s.locality.is_none(), "an organisational certificate carries no DNS names or locality")?;
@@ -250,13 +257,13 @@ impl Profile {
             ProfileKind::Encipherment => {
                 need(s.organization.is_some() && s.org_id.is_some(), "the organisation name and business registration number are required")?;
                 need(!s.emails.is_empty(), "the organisation's e-mail address is required")?;
-                need(s.name.is_none(), "an encipherment certificate names the organisation, not a person")?;
+                need(s.name.is_none() && s.given_name.is_none() && s.surname.is_none(), "an encipherment certificate names the organisation, not a person")?;
                 need(s.dns_names.is_empty() && s.locality.is_none(), "an encipherment certificate carries no DNS names or locality")?;
             }
             ProfileKind::Server => {
                 need(s.organization.is_some(), "the organisation name is required")?;
                 need(!s.dns_names.is_empty(), "at least one DNS name is required")?;
-                need(s.emails.is_empty() && s.name.is_none(), "a server certificate carries no e-mail or personal name")?;
+                need(s.emails.is_empty() && s.name.is_none() && s.given_name.is_none() && s.surname.is_none(), "a server certificate carries no e-mail or personal name")?;
                 need(s.org_id.is_none(), "a server (OV) certificate carries no organizationIdentifier (TLS BR §7.1.4.2)")?;
             }
         }
@@ -264,6 +271,31 @@ impl Profile {
             s.srn = None;
         }
         Ok(s)
+    }
+
+    /// The longest validity allowed for a certificate whose notBefore is `now`. For TLS the
+    /// maximum falls on fixed dates (TLS BR §6.3.2, ballot SC-081): 200 days from 2026-03-15,
+    /// 100 days from 2027-03-15, 47 days from 2029-03-15; one day of margin is kept because
+    /// pkilint warns at the maximum.
+    pub fn max_days_at(&self, now: OffsetDateTime) -> u32 {
+        if self.kind != ProfileKind::Server {
+            return self.max_days;
+        }
+        let d = now.date();
+        let cap = if d >= time::macros::date!(2029 - 03 - 15) {
+            46
+        } else if d >= time::macros::date!(2027 - 03 - 15) {
+            99
+        } else {
+            199
+        };
+        self.max_days.min(cap)
+    }
+
+    /// The validity a request gets: what it asked for, else the profile default capped at the
+    /// maximum in force.
+    pub fn days_for(&self, requested: Option<u32>, now: OffsetDateTime) -> u32 {
+        requested.unwrap_or_else(|| self.default_days.min(self.max_days_at(now)))
     }
 
     /// Builds the rcgen parameters for a checked request (see [`Profile::check`]). Pure.
@@ -276,13 +308,15 @@ impl Profile {
         not_before: OffsetDateTime,
         days: Option<u32>,
     ) -> Result<CertificateParams> {
-        let days = days.unwrap_or(self.default_days);
+        let days = self.days_for(days, not_before);
         let mut p = CertificateParams::default();
         p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
         p.not_before = not_before;
         // BR §1.6.1 / S/MIME BR: validity counts both ends inclusive, so subtract one second.
         p.not_after = not_before + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
-        p.is_ca = IsCa::NoCa;
+        // S/MIME: basicConstraints cA=FALSE (critical) and a subjectKeyIdentifier, as pkilint's
+        // RFC 5280 checks want. TLS: neither (TLS BR §7.1.2.7.6: SKI NOT RECOMMENDED).
+        p.is_ca = if self.kind == ProfileKind::Server { IsCa::NoCa } else { IsCa::ExplicitNoCa };
         p.use_authority_key_identifier_extension = true;
         p.distinguished_name = self.subject(ctx, s)?;
         p.subject_alt_names = s
@@ -301,9 +335,8 @@ impl Profile {
             }
             ProfileKind::Encipherment if rsa => vec![KeyUsagePurpose::KeyEncipherment],
             ProfileKind::Encipherment => vec![KeyUsagePurpose::KeyAgreement],
-            ProfileKind::Server if rsa => {
-                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
-            }
+            // TLS BR §7.1.2.7.11: digitalSignature; keyEncipherment (RSA key transport) is
+            // NOT RECOMMENDED now that TLS 1.3 has no RSA key exchange.
             ProfileKind::Server => vec![KeyUsagePurpose::DigitalSignature],
         };
         p.extended_key_usages = match self.kind {
@@ -330,7 +363,15 @@ impl Profile {
         Ok(p)
     }
 
+    /// The subject, attributes in the order the BRs give (TLS BR §7.1.4.2; S/MIME BR
+    /// §7.1.4.2.2): countryName, localityName, organizationName, organizationIdentifier, surname,
+    /// givenName, commonName, serialNumber. countryName and serialNumber are PrintableString
+    /// (X.520), the rest UTF8String (RFC 5280 §4.1.2.6).
     fn subject(&self, ctx: &IssueContext<'_>, s: &SubjectData) -> Result<DistinguishedName> {
+        const SURNAME: [u64; 4] = [2, 5, 4, 4];
+        const GIVEN_NAME: [u64; 4] = [2, 5, 4, 42];
+        const SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
+        const ORGANIZATION_IDENTIFIER: [u64; 4] = [2, 5, 4, 97];
         let mut dn = DistinguishedName::new();
         let printable = |v: &str| -> Result<DnValue> {
             Ok(DnValue::PrintableString(v.try_into().map_err(|_| {
@@ -338,44 +379,44 @@ impl Profile {
             })?))
         };
         let text = |v: &str| DnValue::Utf8String(v.to_string());
+        dn.push(DnType::CountryName, printable(ctx.country)?);
+        if self.kind == ProfileKind::Server {
+            let locality = s.locality.as_deref().unwrap_or(ctx.default_locality);
+            dn.push(DnType::LocalityName, text(locality));
+        }
+        if let Some(o) = &s.organization {
+            dn.push(DnType::OrganizationName, text(o));
+        }
+        if let Some(id) = &s.org_id {
+            // S/MIME BR §7.1.4.2.2 d and Appendix A.1: scheme NTR, the country, the Business
+            // Registration number.
+            dn.push(DnType::CustomDnType(ORGANIZATION_IDENTIFIER.to_vec()), printable(&format!("NTR{}-{id}", ctx.country))?);
+        }
         match self.kind {
-            ProfileKind::Personal => {
-                if let Some(name) = &s.name {
-                    dn.push(DnType::CommonName, text(name));
+            ProfileKind::Personal | ProfileKind::Organisational => {
+                if let Some(v) = &s.surname {
+                    dn.push(DnType::CustomDnType(SURNAME.to_vec()), text(v));
                 }
+                if let Some(v) = &s.given_name {
+                    dn.push(DnType::CustomDnType(GIVEN_NAME.to_vec()), text(v));
+                }
+                let derived = [s.surname.as_deref(), s.given_name.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+                let cn = s.name.clone().unwrap_or(derived);
+                check_name(self, "name", &cn)?;
+                dn.push(DnType::CommonName, text(&cn));
             }
-            ProfileKind::Organisational | ProfileKind::Encipherment => {
-                dn.push(DnType::CountryName, printable(ctx.country)?);
+            // S/MIME BR §7.1.4.2.4: commonName, if present, is the organisation name.
+            ProfileKind::Encipherment => {
                 if let Some(o) = &s.organization {
-                    dn.push(DnType::OrganizationName, text(o));
-                }
-                if let Some(id) = &s.org_id {
-                    // organizationIdentifier (2.5.4.97), S/MIME BR §7.1.4.2.2 d, Appendix A.1:
-                    // scheme NTR, country HK, the Business Registration number.
-                    dn.push(DnType::CustomDnType(vec![2, 5, 4, 97]), printable(&format!("NTR{}-{id}", ctx.country))?);
-                }
-                if let Some(name) = &s.name {
-                    dn.push(DnType::CommonName, text(name));
-                } else if let Some(o) = &s.organization {
                     dn.push(DnType::CommonName, text(o));
                 }
             }
-            ProfileKind::Server => {
-                dn.push(DnType::CountryName, printable(ctx.country)?);
-                let locality = s.locality.as_deref().unwrap_or(ctx.default_locality);
-                dn.push(DnType::LocalityName, text(locality));
-                if let Some(o) = &s.organization {
-                    dn.push(DnType::OrganizationName, text(o));
-                }
-                if let Some(first) = s.dns_names.first() {
-                    dn.push(DnType::CommonName, text(first));
-                }
-            }
+            // TLS BR §7.1.2.7.4: commonName NOT RECOMMENDED; the names are in the SAN.
+            ProfileKind::Server => {}
         }
         if let Some(srn) = &s.srn {
-            // serialNumber (2.5.4.5): the CA-assigned Subscriber Reference Number
-            // (S/MIME BR §7.1.4.2.2 g). X.520 makes it a PrintableString.
-            dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), printable(srn)?);
+            // The CA-assigned Subscriber Reference Number (S/MIME BR §7.1.4.2.2 g).
+            dn.push(DnType::CustomDnType(SERIAL_NUMBER.to_vec()), printable(srn)?);
         }
         Ok(dn)
     }
@@ -443,7 +484,8 @@ mod tests {
 
     fn personal() -> SubjectData {
         SubjectData {
-            name: Some("CHAN Tai Man".into()),
+            surname: Some("CHAN".into()),
+            given_name: Some("Tai Man".into()),
             emails: vec!["tai.man@Example.HK".into()],
             srn: Some("0000012345".into()),
             ..Default::default()
@@ -453,15 +495,15 @@ mod tests {
     #[test]
     fn personal_checks_and_normalises() {
         let p = Profile::get("personal").unwrap();
-        let s = p.check(&personal(), None).unwrap();
+        let s = p.check(&personal(), None, now()).unwrap();
         assert_eq!(s.emails, vec!["tai.man@example.hk"]);
         let mut bad = personal();
         bad.organization = Some("X".into());
-        assert!(p.check(&bad, None).is_err());
-        assert!(p.check(&personal(), Some(826)).is_err());
+        assert!(p.check(&bad, None, now()).is_err());
+        assert!(p.check(&personal(), Some(825), now()).is_err());
         let mut long = personal();
-        long.name = Some("陳".repeat(65));
-        assert!(p.check(&long, None).unwrap_err().to_string().contains("64"));
+        long.surname = Some("陳".repeat(65));
+        assert!(p.check(&long, None, now()).unwrap_err().to_string().contains("64"));
     }
 
     #[test]
@@ -472,14 +514,29 @@ mod tests {
             dns_names: vec!["WWW.example.hk".into()],
             ..Default::default()
         };
-        assert_eq!(p.check(&s, None).unwrap().dns_names, vec!["www.example.hk"]);
+        assert_eq!(p.check(&s, None, now()).unwrap().dns_names, vec!["www.example.hk"]);
         for bad in ["*.example.hk", "localhost", "10.0.0.1", "a..b", "-a.hk", "a_b.hk"] {
             s.dns_names = vec![bad.into()];
-            assert!(p.check(&s, None).is_err(), "{bad} accepted");
+            assert!(p.check(&s, None, now()).is_err(), "{bad} accepted");
         }
         s.dns_names = (0..51).map(|i| format!("h{i}.example.hk")).collect();
-        assert!(p.check(&s, None).is_err());
-        assert!(p.check(&SubjectData { dns_names: vec!["a.hk".into()], organization: Some("O".into()), ..Default::default() }, Some(200)).is_err());
+        assert!(p.check(&s, None, now()).is_err());
+        assert!(p.check(&SubjectData { dns_names: vec!["a.hk".into()], organization: Some("O".into()), ..Default::default() }, Some(200), now()).is_err());
+    }
+
+    fn now() -> OffsetDateTime {
+        time::macros::datetime!(2026-11-23 12:00 UTC)
+    }
+
+    #[test]
+    fn server_validity_follows_the_br_schedule() {
+        let p = Profile::get("server").unwrap();
+        assert_eq!(p.max_days_at(time::macros::datetime!(2026-03-15 00:00 UTC)), 199);
+        assert_eq!(p.max_days_at(time::macros::datetime!(2027-03-14 23:59 UTC)), 199);
+        assert_eq!(p.max_days_at(time::macros::datetime!(2027-03-15 00:00 UTC)), 99);
+        assert_eq!(p.max_days_at(time::macros::datetime!(2029-03-15 00:00 UTC)), 46);
+        assert_eq!(p.days_for(None, time::macros::datetime!(2027-06-01 00:00 UTC)), 99);
+        assert_eq!(Profile::get("personal").unwrap().max_days_at(now()), 824);
     }
 
     #[test]

@@ -444,6 +444,17 @@ impl Store {
         Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
     }
 
+    /// Every serial with its state and profile, oldest first.
+    pub async fn list_certificates(&self) -> Result<Vec<(String, CertState, String)>> {
+        let rows = sqlx::query("SELECT serial, state, profile FROM certificates ORDER BY reserved_at, serial").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get(1)?;
+                Ok((r.try_get(0)?, CertState::parse(&state)?, r.try_get(2)?))
+            })
+            .collect()
+    }
+
     /// Counts rows per state.
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM certificates GROUP BY state ORDER BY state").fetch_all(&self.pool).await?;

@@ -1,1 +1,342 @@
-fn main() {}
+//! `ecert`: the operator command line of the ecert certification authority.
+//!
+//! Every command takes `--data-dir` (env `ECERT_DATA_DIR`, default `./ecert-data`), which holds
+//! the embedded SQLite database, the SoftHSM2 token and its PINs, and the optional `ecert.toml`.
+//! Errors are one line on stderr starting with `error:` and a non-zero exit status.
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use ca_core::authority::{ApprovedRequest, Authority};
+use ca_core::config::Config;
+use ca_core::csr::{VerifiedCsr, MAX_CSR_BYTES};
+use ca_core::profile::{CaRole, SubjectData};
+use ca_core::serial::SerialNumber;
+use ca_core::store::Store;
+use clap::{Args, Parser, Subcommand};
+
+/// ecert: an HSM-backed public certification authority.
+#[derive(Debug, Parser)]
+#[command(name = "ecert", version, about)]
+struct Cli {
+    /// Data directory: database, SoftHSM2 token, PINs, ecert.toml.
+    #[arg(long, global = true, env = "ECERT_DATA_DIR", default_value = "ecert-data")]
+    data_dir: PathBuf,
+    /// Configuration file (default: <data-dir>/ecert.toml if it exists).
+    #[arg(long, global = true, env = "ECERT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the HSM token (embedded SoftHSM2), the CA hierarchy and the database. Idempotent.
+    Init,
+    /// Issue a certificate directly (an officer's action; audited).
+    Issue(IssueArgs),
+    /// CA certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Certificates issued.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+struct IssueArgs {
+    /// Profile: personal, organisational, encipherment, server.
+    #[arg(long)]
+    profile: String,
+    /// CSR file, PEM or DER. Only its public key is used.
+    #[arg(long)]
+    csr: PathBuf,
+    /// Display name (commonName) of a person.
+    #[arg(long)]
+    name: Option<String>,
+    /// Given name.
+    #[arg(long)]
+    given_name: Option<String>,
+    /// Surname.
+    #[arg(long)]
+    surname: Option<String>,
+    /// E-mail address (repeatable).
+    #[arg(long = "email")]
+    emails: Vec<String>,
+    /// Organisation name.
+    #[arg(long)]
+    org: Option<String>,
+    /// Hong Kong Business Registration number (8 digits).
+    #[arg(long)]
+    org_id: Option<String>,
+    /// Locality (server certificates; default from configuration).
+    #[arg(long)]
+    locality: Option<String>,
+    /// DNS name (repeatable; server certificates).
+    #[arg(long = "dns")]
+    dns_names: Vec<String>,
+    /// Validity in days (default: the profile's).
+    #[arg(long)]
+    days: Option<u32>,
+    /// Serial (hex) of the certificate this one renews or re-keys.
+    #[arg(long)]
+    renews: Option<String>,
+    /// Write the PEM certificate here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// List the CAs.
+    List,
+    /// Print a CA certificate as PEM.
+    Export {
+        /// root, individual or server.
+        name: String,
+        /// Also print the issuers up to the root.
+        #[arg(long)]
+        chain: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// List every serial with its state and profile.
+    List,
+    /// Show one serial's record.
+    Show {
+        /// Serial, hex.
+        serial: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain: finds removed, altered and truncated records.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration; exits non-zero if it is invalid.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ECERT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _failpoints = fail::FailScenario::setup();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.data_dir, cli.config.as_deref())?;
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return config_check(&config);
+    }
+    if config.embedded_softhsm() && std::env::var_os("SOFTHSM2_CONF").is_none() {
+        // SoftHSM2 reads its configuration from this variable at C_Initialize. Set here, before
+        // any thread exists (the runtime is built below), so no other thread reads the
+        // environment concurrently.
+        std::env::set_var("SOFTHSM2_CONF", ca_core::authority::softhsm_conf_path(&config));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Init => init(config).await,
+            Command::Issue(args) => issue(config, args).await,
+            Command::Ca(c) => ca(config, c).await,
+            Command::Cert(c) => cert(config, c).await,
+            Command::Audit(AuditCommand::Verify) => audit_verify(config).await,
+            Command::Config(_) => Ok(()),
+        }
+    })
+}
+
+async fn init(config: Config) -> anyhow::Result<()> {
+    if config.embedded_softhsm() {
+        ca_core::authority::init_embedded_token(&config)?;
+    }
+    let (auth, report) = Authority::init(config).await?;
+    for role in &report.created {
+        println!("created {} CA", role.name());
+    }
+    for role in &report.existing {
+        println!("{} CA already exists", role.name());
+    }
+    print_ca_list(&auth)?;
+    Ok(())
+}
+
+fn read_limited(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = Vec::new();
+    // Read one byte past the limit so that an oversized file is reported, not truncated.
+    f.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(buf)
+}
+
+async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
+    let csr = VerifiedCsr::parse(&read_limited(&a.csr, MAX_CSR_BYTES)?)?;
+    let renews = match &a.renews {
+        Some(s) => Some(SerialNumber::from_hex(s).with_context(|| format!("{s:?} is not a serial number"))?),
+        None => None,
+    };
+    let auth = Authority::open(config).await?;
+    let req = ApprovedRequest {
+        profile: a.profile,
+        csr,
+        subject: SubjectData {
+            name: a.name,
+            given_name: a.given_name,
+            surname: a.surname,
+            emails: a.emails,
+            organization: a.org,
+            org_id: a.org_id,
+            locality: a.locality,
+            dns_names: a.dns_names,
+            srn: None,
+        },
+        days: a.days,
+        renews,
+        actor: actor(),
+    };
+    let issued = auth.issue(req).await?;
+    let pem = pem_cert(&issued.cert_der);
+    match &a.out {
+        Some(path) => std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?,
+        None => std::io::stdout().write_all(pem.as_bytes())?,
+    }
+    eprintln!(
+        "issued serial={} profile={} ca={}",
+        issued.serial,
+        ca_core::profile::Profile::get(&auth.store().certificate(&issued.serial.to_hex()).await?.map(|r| r.profile).unwrap_or_default())
+            .map(|p| p.id)
+            .unwrap_or("?"),
+        issued.issuer.name()
+    );
+    Ok(())
+}
+
+fn actor() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+}
+
+fn print_ca_list(auth: &Authority) -> anyhow::Result<()> {
+    for role in CaRole::ALL {
+        let der = auth.ca_cert(role)?;
+        let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
+        println!(
+            "{}\t{}\t{}\t{}",
+            role.name(),
+            hex::encode(c.raw_serial()).trim_start_matches("00"),
+            c.subject(),
+            c.validity().not_after
+        );
+    }
+    Ok(())
+}
+
+async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
+    let auth = Authority::open(config).await?;
+    match c {
+        CaCommand::List => print_ca_list(&auth),
+        CaCommand::Export { name, chain } => {
+            let role = CaRole::from_name(&name)?;
+            print!("{}", pem_cert(auth.ca_cert(role)?));
+            if chain && role != CaRole::Root {
+                print!("{}", pem_cert(auth.ca_cert(CaRole::Root)?));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
+    // Opening the authority resolves issuances a dead process left behind.
+    let auth = Authority::open(config).await?;
+    let store = auth.store();
+    match c {
+        CertCommand::List => {
+            for (serial, state, profile) in store.list_certificates().await? {
+                println!("{serial}\t{state}\t{profile}");
+            }
+        }
+        CertCommand::Show { serial } => {
+            let s = SerialNumber::from_hex(&serial).with_context(|| format!("{serial:?} is not a serial number"))?;
+            let Some(r) = store.certificate(&s.to_hex()).await? else {
+                bail!("no certificate with serial {serial}");
+            };
+            println!("serial={}", r.serial);
+            println!("state={}", r.state);
+            println!("issuer={}", r.issuer);
+            println!("profile={} v{}", r.profile, r.profile_version);
+            println!("renews={}", r.renews.unwrap_or_default());
+            println!("renewed_by={}", r.renewed_by.unwrap_or_default());
+            if let Some(na) = r.not_after {
+                println!("not_after={na}");
+            }
+            if let Some(f) = r.failure {
+                println!("failure={f}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn audit_verify(config: Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.database_url()).await?;
+    let (n, findings) = Authority::verify_audit(&store).await?;
+    if findings.is_empty() {
+        println!("audit trail intact: {n} records");
+        return Ok(());
+    }
+    for f in &findings {
+        println!("{f}");
+    }
+    bail!("audit trail verification failed: {} finding(s) in {n} records", findings.len())
+}
+
+fn config_check(config: &Config) -> anyhow::Result<()> {
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
+    if config.embedded_softhsm() || config.hsm.module.is_absolute() {
+        if !config.hsm.module.exists() {
+            bail!("PKCS#11 module {} does not exist", config.hsm.module.display());
+        }
+    }
+    println!("configuration OK");
+    Ok(())
+}

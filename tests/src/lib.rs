@@ -1,1 +1,762 @@
+//! Harness of the ecert end-to-end tests: runs the real `ecert` binary (real SoftHSM2, real
+//! SQLite or PostgreSQL) in a private data directory and judges what it makes with independent
+//! tools: `openssl verify`, pkilint and x509-parser.
+//!
+//! Environment:
+//! - `ECERT_BIN`: the `ecert` binary; default `target/debug/ecert` next to the test executable.
+//!   Build it with `cargo build -p ra-web -p ecert-e2e` (both packages in one build, so that
+//!   `ca-core/failpoints`, enabled by this crate, is compiled into the binary too).
+//! - `ECERT_TEST_DB`: `sqlite` (default) or `postgres`; with `postgres`, `ECERT_TEST_PG_URL`
+//!   (set by `ops/test`) names a server where each [`Ca`] creates its own database.
+//! - `ECERT_E2E_KEEP=1`: keep the temporary directories (their paths are printed).
+//! - pkilint's `lint_*` programs must be on `PATH` (`ops/test` does that).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use x509_parser::prelude::*;
+
+/// How long one `ecert` (or tool) invocation may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The configuration every test CA gets: a base URL under a public suffix and a policy arc
+/// with 32-bit arcs, both needed for pkilint to accept the certificates (PROFILES.md §0).
+pub const CONFIG_TOML: &str = "[ca]\nbase_url = \"http://pki.example.hk:8080\"\npolicy_arc = \"1.3.6.1.4.1.32473.1\"\n";
+
+/// The base URL in [`CONFIG_TOML`].
+pub const BASE_URL: &str = "http://pki.example.hk:8080";
+
+// ------------------------------------------------------------------------------------------
+// Processes
+
+/// Runs `cmd` with stdout and stderr captured; panics (killing it) after `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Output {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start {what} ({:?}): {e}", cmd.get_program()),
+    };
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = t_out.join().unwrap_or_default();
+            let stderr = t_err.join().unwrap_or_default();
+            panic!(
+                "{what} did not finish within {timeout:?}; killed it.\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+}
+
+/// stdout and stderr of an output, for failure messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        describe_status(o.status),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn describe_status(s: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown".into(),
+    }
+}
+
+/// Checks that a failed `ecert` run failed the documented way: a non-zero exit (not a signal),
+/// a line starting with `error: ` on stderr, no panic and no backtrace. Returns stderr.
+pub fn check_clean_error(o: &Output) -> Result<String, String> {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    if o.status.success() {
+        return Err(format!("expected a failure, but ecert succeeded\n{}", show(o)));
+    }
+    if o.status.code().is_none() {
+        return Err(format!("ecert died from a signal\n{}", show(o)));
+    }
+    if !stderr.lines().any(|l| l.starts_with("error: ")) {
+        return Err(format!("no line starting with `error: ` on stderr\n{}", show(o)));
+    }
+    let lower = stderr.to_lowercase();
+    if lower.contains("panicked") || lower.contains("backtrace") {
+        return Err(format!("ecert panicked instead of reporting an error\n{}", show(o)));
+    }
+    Ok(stderr)
+}
+
+/// The first `error: ` line of stderr.
+pub fn error_line(stderr: &str) -> &str {
+    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or("")
+}
+
+/// The `ecert` binary under test: `$ECERT_BIN`, else `target/debug/ecert` next to the test
+/// executable (`target/debug/deps/e2e-…` → `target/debug/ecert`). Panics if it is missing.
+pub fn ecert_bin() -> PathBuf {
+    let path = match std::env::var_os("ECERT_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let exe = std::env::current_exe().expect("current_exe");
+            let deps = exe.parent().expect("test executable has a directory");
+            let profile = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
+            profile.join("ecert")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "the ecert binary is missing: {}\nbuild it first: `cargo build -p ra-web -p ecert-e2e` \
+         (`cargo nextest run --workspace` builds it too), or point ECERT_BIN at it",
+        path.display()
+    );
+    path
+}
+
+// ------------------------------------------------------------------------------------------
+// Databases
+
+/// Which database the tests run against (`ECERT_TEST_DB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// The embedded SQLite file in the data directory (default).
+    Sqlite,
+    /// A private database on `ECERT_TEST_PG_URL`'s server.
+    Postgres,
+}
+
+/// The database selected by `ECERT_TEST_DB`.
+pub fn test_db() -> Db {
+    match std::env::var("ECERT_TEST_DB").ok().as_deref() {
+        None | Some("") | Some("sqlite") => Db::Sqlite,
+        Some("postgres") => Db::Postgres,
+        Some(other) => panic!("ECERT_TEST_DB={other:?}: expected `sqlite` or `postgres`"),
+    }
+}
+
+fn pg_admin_url() -> String {
+    match std::env::var("ECERT_TEST_PG_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => panic!(
+            "ECERT_TEST_DB=postgres but ECERT_TEST_PG_URL is not set: run the tests through \
+             ops/test, or start a server with ops/lib.sh's ecert_pg_start and export the URL"
+        ),
+    }
+}
+
+/// `postgres://user@host:port/db?x` with the database replaced by `db`.
+fn pg_url_with_db(admin: &str, db: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (admin, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let without_db = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{without_db}/{db}?{q}"),
+        None => format!("{without_db}/{db}"),
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Output {
+    let mut c = Command::new("psql");
+    c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\t", url, "-c", sql]);
+    let o = run_with_timeout(c, TIMEOUT, "psql");
+    assert!(o.status.success(), "psql failed on {sql:?}\n{}", show(&o));
+    o
+}
+
+#[derive(Debug)]
+struct PgDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+const SQLITE_PY: &str = r#"
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], timeout=30)
+if sys.argv[2] == "script":
+    con.executescript(sys.argv[3])
+    con.commit()
+else:
+    for row in con.execute(sys.argv[3]):
+        print("\t".join("" if v is None else (v.hex() if isinstance(v, bytes) else str(v)) for v in row))
+con.close()
+"#;
+
+// ------------------------------------------------------------------------------------------
+// Keys and CSRs
+
+/// Subscriber key types the CA must certify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// ECDSA P-256.
+    P256,
+    /// ECDSA P-384.
+    P384,
+    /// RSA 2048, e = 65537.
+    Rsa2048,
+}
+
+impl KeyType {
+    /// All of them.
+    pub const ALL: [KeyType; 3] = [KeyType::P256, KeyType::P384, KeyType::Rsa2048];
+
+    /// For messages and file names.
+    pub fn label(self) -> &'static str {
+        match self {
+            KeyType::P256 => "P-256",
+            KeyType::P384 => "P-384",
+            KeyType::Rsa2048 => "RSA-2048",
+        }
+    }
+
+    /// `openssl req -newkey` arguments.
+    pub fn newkey_args(self) -> Vec<&'static str> {
+        match self {
+            KeyType::P256 => vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            KeyType::P384 => vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+            KeyType::Rsa2048 => vec!["-newkey", "rsa:2048"],
+        }
+    }
+}
+
+/// A private key and a CSR (PEM files).
+#[derive(Debug, Clone)]
+pub struct CsrFiles {
+    /// The private key.
+    pub key: PathBuf,
+    /// The CSR.
+    pub csr: PathBuf,
+}
+
+/// The subject every ordinary test CSR carries; none of it may reach a certificate.
+pub const CSR_SUBJECT: &str = "/CN=ignored.example/O=ignored org";
+
+/// Runs `openssl ARGS` in `dir`, panicking with its output on failure.
+pub fn openssl(dir: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new("openssl");
+    c.current_dir(dir).args(args);
+    let o = run_with_timeout(c, TIMEOUT, "openssl");
+    assert!(o.status.success(), "openssl {} failed\n{}", args.join(" "), show(&o));
+    o
+}
+
+/// Generates a key of `kind` and a CSR for it with subject [`CSR_SUBJECT`] plus `extra` args
+/// for `openssl req` (e.g. `-addext ...`). Files are `dir/NAME.key` and `dir/NAME.csr`.
+pub fn csr_with(dir: &Path, name: &str, kind: KeyType, extra: &[&str]) -> CsrFiles {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let mut args = vec!["req", "-new"];
+    args.extend(kind.newkey_args());
+    args.extend(["-nodes", "-keyout", key.to_str().unwrap(), "-out", csr.to_str().unwrap(), "-subj", CSR_SUBJECT]);
+    args.extend(extra);
+    openssl(dir, &args);
+    CsrFiles { key, csr }
+}
+
+/// [`csr_with`] without extra arguments.
+pub fn csr(dir: &Path, name: &str, kind: KeyType) -> CsrFiles {
+    csr_with(dir, name, kind, &[])
+}
+
+/// A CSR for an existing key file.
+pub fn csr_for_key(dir: &Path, name: &str, key: &Path, subject: &str, extra: &[&str]) -> PathBuf {
+    let csr = dir.join(format!("{name}.csr"));
+    let mut args = vec!["req", "-new", "-key", key.to_str().unwrap(), "-out", csr.to_str().unwrap(), "-subj", subject];
+    args.extend(extra);
+    openssl(dir, &args);
+    csr
+}
+
+/// The DER SubjectPublicKeyInfo of a PEM CSR.
+pub fn csr_spki(csr_pem: &Path) -> Vec<u8> {
+    let data = std::fs::read(csr_pem).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&data).unwrap_or_else(|e| panic!("{}: not PEM: {e}", csr_pem.display()));
+    let (_, req) = X509CertificationRequest::from_der(&pem.contents).unwrap_or_else(|e| panic!("{}: not a CSR: {e}", csr_pem.display()));
+    req.certification_request_info.subject_pki.raw.to_vec()
+}
+
+// ------------------------------------------------------------------------------------------
+// Judges
+
+/// `openssl verify -x509_strict -CAfile ROOT [-untrusted I]... [-purpose P] LEAF`; must print OK.
+pub fn openssl_verify(root: &Path, untrusted: &[&Path], leaf: &Path, purpose: Option<&str>, ctx: &str) {
+    let mut c = Command::new("openssl");
+    c.args(["verify", "-x509_strict", "-CAfile"]).arg(root);
+    for u in untrusted {
+        c.arg("-untrusted").arg(u);
+    }
+    if let Some(p) = purpose {
+        c.args(["-purpose", p]);
+    }
+    c.arg(leaf);
+    let cmdline = format!("{c:?}");
+    let o = run_with_timeout(c, TIMEOUT, "openssl verify");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && stdout.trim_end().ends_with(": OK"),
+        "[{ctx}] openssl verify failed: {cmdline}\n{}",
+        show(&o)
+    );
+}
+
+/// Runs a pkilint linter: `LINTER lint ARGS -s ERROR -f JSON FILES...`; asserts exit 0 and an
+/// empty `results` list (no ERROR or FATAL finding), showing the findings otherwise. Fails (never
+/// skips) when pkilint is not installed.
+pub fn pkilint(linter: &str, args: &[&str], files: &[&Path], ctx: &str) {
+    let mut c = Command::new(linter);
+    c.arg("lint").args(args).args(["-s", "ERROR", "-f", "JSON"]).args(files);
+    let cmdline = format!("{c:?}");
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Err(e) = c.spawn().map(|mut ch| {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }) {
+        panic!(
+            "[{ctx}] cannot run pkilint's `{linter}` ({e}). pkilint must be on PATH: run the tests \
+             through ops/test, or `. ops/lib.sh && ecert_setup_pkilint_venv target/pkilint-venv` and \
+             put target/pkilint-venv/bin on PATH"
+        );
+    }
+    let o = run_with_timeout(c, TIMEOUT, linter);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let compact: String = stdout.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(
+        o.status.success() && compact == r#"{"results":[]}"#,
+        "[{ctx}] pkilint found errors: {cmdline}\n{}",
+        show(&o)
+    );
+}
+
+/// A certificate read from a PEM file: its DER.
+#[derive(Debug, Clone)]
+pub struct CertFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// DER.
+    pub der: Vec<u8>,
+}
+
+impl CertFile {
+    /// Reads a file holding exactly one PEM CERTIFICATE block.
+    pub fn read(path: &Path) -> CertFile {
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let ders = pem_certs(&data);
+        assert_eq!(ders.len(), 1, "{} should hold exactly one PEM certificate:\n{}", path.display(), String::from_utf8_lossy(&data));
+        CertFile { path: path.to_path_buf(), der: ders.into_iter().next().unwrap() }
+    }
+
+    /// The parsed certificate.
+    pub fn parse(&self) -> X509Certificate<'_> {
+        let (rest, c) = X509Certificate::from_der(&self.der).unwrap_or_else(|e| panic!("{}: {e}", self.path.display()));
+        assert!(rest.is_empty(), "{}: trailing bytes after the certificate", self.path.display());
+        c
+    }
+}
+
+/// Every PEM CERTIFICATE block in `data`, as DER; panics on other labels or bad PEM.
+pub fn pem_certs(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for pem in Pem::iter_from_buffer(data) {
+        let pem = pem.unwrap_or_else(|e| panic!("bad PEM ({e}):\n{}", String::from_utf8_lossy(data)));
+        assert_eq!(pem.label, "CERTIFICATE", "unexpected PEM block {:?}", pem.label);
+        out.push(pem.contents);
+    }
+    out
+}
+
+/// `(OID dotted, value)` of every subject attribute (values that are not strings as hex).
+pub fn name_attrs(name: &X509Name<'_>) -> Vec<(String, String)> {
+    name.iter_attributes()
+        .map(|a| (a.attr_type().to_id_string(), a.as_str().map_or_else(|_| hex::encode(a.as_slice()), str::to_string)))
+        .collect()
+}
+
+/// Subject alternative names as `email:x` / `dns:x` / `other:…`, sorted.
+pub fn san_list(cert: &X509Certificate<'_>) -> Vec<String> {
+    let mut v: Vec<String> = match cert.subject_alternative_name().expect("SAN extension parses") {
+        None => vec![],
+        Some(ext) => ext
+            .value
+            .general_names
+            .iter()
+            .map(|g| match g {
+                GeneralName::RFC822Name(s) => format!("email:{s}"),
+                GeneralName::DNSName(s) => format!("dns:{s}"),
+                other => format!("other:{other:?}"),
+            })
+            .collect(),
+    };
+    v.sort();
+    v
+}
+
+/// URIs in AIA (`(method OID, uri)`) and in CRL distribution points.
+pub fn aia_and_crl_uris(cert: &X509Certificate<'_>) -> (Vec<(String, String)>, Vec<String>) {
+    let mut aia = Vec::new();
+    let mut crl = Vec::new();
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::AuthorityInfoAccess(a) => {
+                for d in &a.accessdescs {
+                    let loc = match &d.access_location {
+                        GeneralName::URI(u) => (*u).to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    aia.push((d.access_method.to_id_string(), loc));
+                }
+            }
+            ParsedExtension::CRLDistributionPoints(c) => {
+                for p in &c.points {
+                    match &p.distribution_point {
+                        Some(DistributionPointName::FullName(names)) => {
+                            for n in names {
+                                crl.push(match n {
+                                    GeneralName::URI(u) => (*u).to_string(),
+                                    other => format!("{other:?}"),
+                                });
+                            }
+                        }
+                        other => crl.push(format!("{other:?}")),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (aia, crl)
+}
+
+/// The DER content octets a positive INTEGER with this 16-byte magnitude must have:
+/// leading zero octets stripped, one 0x00 added if the top bit is set.
+pub fn expected_serial_content(serial16: &[u8]) -> Vec<u8> {
+    let start = serial16.iter().position(|b| *b != 0).unwrap_or(serial16.len() - 1);
+    let mag = &serial16[start..];
+    let mut v = Vec::new();
+    if mag[0] & 0x80 != 0 {
+        v.push(0);
+    }
+    v.extend_from_slice(mag);
+    v
+}
+
+// ------------------------------------------------------------------------------------------
+// The CA under test
+
+/// What `ecert issue` reported.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The serial (32 lowercase hex digits) from the `issued serial=…` line.
+    pub serial: String,
+    /// `ca=` of that line.
+    pub ca: String,
+    /// The certificate.
+    pub cert: CertFile,
+}
+
+/// A row of `ecert cert list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRow {
+    /// Hex serial.
+    pub serial: String,
+    /// State.
+    pub state: String,
+    /// Profile.
+    pub profile: String,
+}
+
+/// One ecert installation: a data directory (SoftHSM2 token, PINs, SQLite database or a
+/// private PostgreSQL database) and a scratch directory for keys, CSRs and certificates.
+#[derive(Debug)]
+pub struct Ca {
+    /// The data directory (`--data-dir`).
+    pub dir: TempDir,
+    /// Scratch files of the test.
+    pub work: TempDir,
+    /// Extra environment of every ecert run (`ECERT_DATABASE_URL` with PostgreSQL).
+    pub db_env: Option<(String, String)>,
+    pg: Option<PgDb>,
+}
+
+impl Ca {
+    /// A data directory with `ecert.toml` written and (for PostgreSQL) an empty database, but
+    /// no `ecert init` yet.
+    pub fn new() -> Ca {
+        let _ = ecert_bin();
+        let dir = tempfile::Builder::new().prefix("ecert-e2e-data.").tempdir().unwrap();
+        let work = tempfile::Builder::new().prefix("ecert-e2e-work.").tempdir().unwrap();
+        std::fs::write(dir.path().join("ecert.toml"), CONFIG_TOML).unwrap();
+        let (db_env, pg) = match test_db() {
+            Db::Sqlite => (None, None),
+            Db::Postgres => {
+                let admin_url = pg_admin_url();
+                let name = format!("ecert_{}", uuid::Uuid::new_v4().simple());
+                psql(&admin_url, &format!("CREATE DATABASE {name}"));
+                let url = pg_url_with_db(&admin_url, &name);
+                (Some(("ECERT_DATABASE_URL".to_string(), url.clone())), Some(PgDb { admin_url, name, url }))
+            }
+        };
+        Ca { dir, work, db_env, pg }
+    }
+
+    /// [`Ca::new`] then `ecert init`.
+    pub fn init() -> Ca {
+        let ca = Ca::new();
+        ca.ecert_ok(&["init"]);
+        ca
+    }
+
+    /// The database kind.
+    pub fn db(&self) -> Db {
+        if self.pg.is_some() {
+            Db::Postgres
+        } else {
+            Db::Sqlite
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path in the scratch directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// An `ecert --data-dir DIR ARGS` command with a clean environment plus `envs`.
+    pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(ecert_bin());
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("ECERT_") || k == "FAILPOINTS" || k == "SOFTHSM2_CONF" || k == "RUST_LOG" {
+                c.env_remove(&k);
+            }
+        }
+        c.env("RUST_BACKTRACE", "1");
+        if let Some((k, v)) = &self.db_env {
+            c.env(k, v);
+        }
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.current_dir(self.work.path());
+        c.arg("--data-dir").arg(self.dir.path()).args(args);
+        c
+    }
+
+    /// Runs ecert with extra environment variables.
+    pub fn ecert_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        run_with_timeout(self.command(args, envs), TIMEOUT, &format!("ecert {}", args.join(" ")))
+    }
+
+    /// Runs ecert.
+    pub fn ecert(&self, args: &[&str]) -> Output {
+        self.ecert_env(args, &[])
+    }
+
+    /// Runs ecert, asserts success, returns stdout.
+    pub fn ecert_ok(&self, args: &[&str]) -> String {
+        let o = self.ecert(args);
+        assert!(o.status.success(), "`ecert {}` failed\n{}", args.join(" "), show(&o));
+        String::from_utf8(o.stdout).expect("stdout is UTF-8")
+    }
+
+    /// Runs ecert, asserts a clean failure (see [`check_clean_error`]), returns stderr.
+    pub fn ecert_err(&self, args: &[&str]) -> String {
+        self.ecert_err_env(args, &[])
+    }
+
+    /// [`Ca::ecert_err`] with extra environment variables.
+    pub fn ecert_err_env(&self, args: &[&str], envs: &[(&str, &str)]) -> String {
+        let o = self.ecert_env(args, envs);
+        check_clean_error(&o).unwrap_or_else(|e| panic!("`ecert {}`: {e}", args.join(" ")))
+    }
+
+    /// Starts ecert in the background (stdout discarded, stderr to `stderr_file`).
+    pub fn spawn_env(&self, args: &[&str], envs: &[(&str, &str)], stderr_file: &Path) -> Child {
+        let mut c = self.command(args, envs);
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(stderr_file).unwrap());
+        c.spawn().unwrap()
+    }
+
+    /// Generates a CSR in the scratch directory.
+    pub fn csr(&self, name: &str, kind: KeyType) -> CsrFiles {
+        csr(self.work.path(), name, kind)
+    }
+
+    /// `ecert issue --profile P --csr CSR ARGS --out FILE`; asserts success and the
+    /// `issued serial=<hex> profile=<P> ca=<name>` line; returns what was issued.
+    pub fn issue(&self, profile: &str, csr: &Path, args: &[&str], ctx: &str) -> Issued {
+        let out = self.file(&format!("issued-{}.pem", uuid::Uuid::new_v4().simple()));
+        let mut full = vec!["issue", "--profile", profile, "--csr", csr.to_str().unwrap()];
+        full.extend(args);
+        full.extend(["--out", out.to_str().unwrap()]);
+        let o = self.ecert(&full);
+        assert!(o.status.success(), "[{ctx}] `ecert {}` failed\n{}", full.join(" "), show(&o));
+        let (serial, ca) = parse_issued_line(&o, profile).unwrap_or_else(|e| panic!("[{ctx}] {e}"));
+        let cert = CertFile::read(&out);
+        Issued { serial, ca, cert }
+    }
+
+    /// `ecert cert list`, parsed.
+    pub fn cert_list(&self) -> Vec<CertRow> {
+        let out = self.ecert_ok(&["cert", "list"]);
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                assert_eq!(f.len(), 3, "`cert list` line is not <serial>\\t<state>\\t<profile>: {l:?}\n{out}");
+                CertRow { serial: f[0].into(), state: f[1].into(), profile: f[2].into() }
+            })
+            .collect()
+    }
+
+    /// How many certificates `cert list` shows as issued.
+    pub fn issued_count(&self) -> usize {
+        self.cert_list().iter().filter(|r| r.state == "issued").count()
+    }
+
+    /// `ecert cert show SERIAL` as key → value.
+    pub fn cert_show(&self, serial: &str) -> BTreeMap<String, String> {
+        let out = self.ecert_ok(&["cert", "show", serial]);
+        out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+    }
+
+    /// `ecert ca export NAME` written to the scratch directory.
+    pub fn export(&self, name: &str) -> CertFile {
+        let pem = self.ecert_ok(&["ca", "export", name]);
+        let path = self.file(&format!("ca-{name}.pem"));
+        std::fs::write(&path, pem).unwrap();
+        CertFile::read(&path)
+    }
+
+    /// Asserts `ecert audit verify` passes; returns N of `audit trail intact: N records`.
+    pub fn audit_ok(&self) -> usize {
+        let out = self.ecert_ok(&["audit", "verify"]);
+        let line = out.lines().find(|l| l.starts_with("audit trail intact: ")).unwrap_or_else(|| panic!("no `audit trail intact: N records` line:\n{out}"));
+        line.trim_start_matches("audit trail intact: ").trim_end_matches(" records").trim().parse().unwrap_or_else(|_| panic!("bad count in {line:?}"))
+    }
+
+    /// A read-only SQL query straight on the database (tab-separated rows, blobs as hex).
+    pub fn sql_query(&self, sql: &str) -> String {
+        match &self.pg {
+            Some(pg) => String::from_utf8(psql(&pg.url, sql).stdout).unwrap(),
+            None => self.sqlite(false, sql),
+        }
+    }
+
+    /// What an attacker with direct database access does: disables the append-only triggers
+    /// of `audit_log` (SQLite: drops them; PostgreSQL: `DISABLE TRIGGER ALL`), then runs `sql`.
+    pub fn tamper(&self, sql: &str) {
+        match &self.pg {
+            Some(pg) => {
+                psql(&pg.url, &format!("ALTER TABLE audit_log DISABLE TRIGGER ALL; {sql}"));
+            }
+            None => {
+                self.sqlite(true, &format!("DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete; {sql}"));
+            }
+        }
+    }
+
+    fn sqlite(&self, script: bool, sql: &str) -> String {
+        let db = self.dir.path().join("ecert.db");
+        assert!(db.is_file(), "SQLite database {} does not exist", db.display());
+        let mut c = Command::new("python3");
+        c.args(["-c", SQLITE_PY]).arg(&db).arg(if script { "script" } else { "query" }).arg(sql);
+        let o = run_with_timeout(c, TIMEOUT, "python3 sqlite3");
+        assert!(o.status.success(), "python3 sqlite3 failed on {sql:?}\n{}", show(&o));
+        String::from_utf8(o.stdout).unwrap()
+    }
+}
+
+impl Default for Ca {
+    fn default() -> Self {
+        Ca::new()
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let keep = std::env::var("ECERT_E2E_KEEP").is_ok_and(|v| v == "1");
+        if keep {
+            eprintln!("ECERT_E2E_KEEP: data dir {} work dir {}", self.dir.path().display(), self.work.path().display());
+            let d = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            let w = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap());
+            let _ = d.keep();
+            let _ = w.keep();
+            if let Some(pg) = &self.pg {
+                eprintln!("ECERT_E2E_KEEP: database {}", pg.url);
+            }
+            return;
+        }
+        if std::thread::panicking() {
+            eprintln!("(set ECERT_E2E_KEEP=1 to keep the data directory and database of failed tests)");
+        }
+        if let Some(pg) = &self.pg {
+            let mut c = Command::new("psql");
+            c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &pg.admin_url, "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name)]);
+            c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let _ = c.status();
+        }
+    }
+}
+
+/// Finds and checks `issued serial=<32 hex> profile=<profile> ca=<name>` on stderr.
+pub fn parse_issued_line(o: &Output, profile: &str) -> Result<(String, String), String> {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("issued "))
+        .ok_or_else(|| format!("no `issued serial=<hex> profile=<name> ca=<ca>` line on stderr\n{}", show(o)))?;
+    let parts: Vec<&str> = line.split(' ').collect();
+    let bad = || format!("the line is not `issued serial=<hex> profile=<name> ca=<ca>`: {line:?}");
+    if parts.len() != 4 || parts[0] != "issued" {
+        return Err(bad());
+    }
+    let serial = parts[1].strip_prefix("serial=").ok_or_else(bad)?;
+    let got_profile = parts[2].strip_prefix("profile=").ok_or_else(bad)?;
+    let ca = parts[3].strip_prefix("ca=").ok_or_else(bad)?;
+    if serial.len() != 32 || !serial.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!("serial in {line:?} is not 32 lowercase hex digits"));
+    }
+    if got_profile != profile {
+        return Err(format!("profile in {line:?} is not {profile}"));
+    }
+    if ca.is_empty() {
+        return Err(bad());
+    }
+    Ok((serial.to_string(), ca.to_string()))
+}

@@ -1,0 +1,22 @@
+//! End-to-end tests of the `ecert` binary: one test binary (link time), one module per area.
+//! Every test makes its own CA (data directory, SoftHSM2 token, database), so nextest runs them
+//! in parallel. See `tests/src/lib.rs` for the harness and its environment variables.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "e2e/common.rs"]
+mod common;
+
+#[path = "e2e/audit.rs"]
+mod audit;
+#[path = "e2e/cas.rs"]
+mod cas;
+#[path = "e2e/config.rs"]
+mod config;
+#[path = "e2e/crash.rs"]
+mod crash;
+#[path = "e2e/hostile.rs"]
+mod hostile;
+#[path = "e2e/profiles.rs"]
+mod profiles;
+#[path = "e2e/renewal.rs"]
+mod renewal;
