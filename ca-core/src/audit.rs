@@ -103,10 +103,17 @@ pub enum Finding {
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Finding::Gap { expected, found } => write!(f, "record {expected} is missing (next is {found})"),
+            Finding::Gap { expected, found } => {
+                write!(f, "record {expected} is missing (next is {found})")
+            }
             Finding::HashMismatch { seq } => write!(f, "record {seq} was altered (hash mismatch)"),
-            Finding::BrokenLink { seq } => write!(f, "record {seq} does not chain to its predecessor"),
-            Finding::HeadMismatch { last_seq, head_seq } => write!(f, "the log ends at record {last_seq} but the head records {head_seq} (truncated)"),
+            Finding::BrokenLink { seq } => {
+                write!(f, "record {seq} does not chain to its predecessor")
+            }
+            Finding::HeadMismatch { last_seq, head_seq } => write!(
+                f,
+                "the log ends at record {last_seq} but the head records {head_seq} (truncated)"
+            ),
         }
     }
 }
@@ -118,12 +125,23 @@ pub fn verify(records: &[Record], head_seq: i64, head_hash: &[u8]) -> Vec<Findin
     let mut expected = 1;
     for r in records {
         if r.seq != expected {
-            out.push(Finding::Gap { expected, found: r.seq });
+            out.push(Finding::Gap {
+                expected,
+                found: r.seq,
+            });
         }
         if r.prev_hash != prev {
             out.push(Finding::BrokenLink { seq: r.seq });
         }
-        let h = chain_hash(&r.prev_hash, r.seq, r.at, &r.kind, &r.actor, r.subject.as_deref(), &r.detail);
+        let h = chain_hash(
+            &r.prev_hash,
+            r.seq,
+            r.at,
+            &r.kind,
+            &r.actor,
+            r.subject.as_deref(),
+            &r.detail,
+        );
         if h != r.hash {
             out.push(Finding::HashMismatch { seq: r.seq });
         }
@@ -147,7 +165,16 @@ mod tests {
             .map(|seq| {
                 let detail = format!("{{\"n\":{seq}}}");
                 let hash = chain_hash(&prev, seq, 1000 + seq, "k", "a", Some("s"), &detail);
-                let r = Record { seq, at: 1000 + seq, kind: "k".into(), actor: "a".into(), subject: Some("s".into()), detail, prev_hash: prev.clone(), hash: hash.clone() };
+                let r = Record {
+                    seq,
+                    at: 1000 + seq,
+                    kind: "k".into(),
+                    actor: "a".into(),
+                    subject: Some("s".into()),
+                    detail,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
                 prev = hash;
                 r
             })
@@ -166,11 +193,23 @@ mod tests {
         let c = chain(5);
         let mut removed = c.clone();
         removed.remove(2);
-        assert!(verify(&removed, 5, &c[4].hash).contains(&Finding::Gap { expected: 3, found: 4 }));
+        assert!(verify(&removed, 5, &c[4].hash).contains(&Finding::Gap {
+            expected: 3,
+            found: 4
+        }));
         let mut edited = c.clone();
         edited[1].detail = "{\"n\":99}".into();
-        assert_eq!(verify(&edited, 5, &c[4].hash), vec![Finding::HashMismatch { seq: 2 }]);
+        assert_eq!(
+            verify(&edited, 5, &c[4].hash),
+            vec![Finding::HashMismatch { seq: 2 }]
+        );
         let truncated = &c[..3];
-        assert_eq!(verify(truncated, 5, &c[4].hash), vec![Finding::HeadMismatch { last_seq: 3, head_seq: 5 }]);
+        assert_eq!(
+            verify(truncated, 5, &c[4].hash),
+            vec![Finding::HeadMismatch {
+                last_seq: 3,
+                head_seq: 5
+            }]
+        );
     }
 }

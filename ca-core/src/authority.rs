@@ -33,7 +33,78 @@ use crate::keys::SubscriberKey;
 use crate::lint::{self, Expect, LintInput};
 use crate::profile::{CaRole, IssueContext, Profile, SubjectData};
 use crate::serial::SerialNumber;
-use crate::store::{CertState, Reservation, Store};
+use crate::store::{CertState, Store, WriteOp};
+
+/// Group commit: state changes from concurrent issuances are written in one transaction (one
+/// fsync) per batch. Each caller still waits for *its* change to be durable before going on,
+/// so the cycle's order (nothing signed before its record is committed) holds per certificate.
+#[derive(Debug, Clone)]
+struct Committer {
+    jobs: tokio::sync::mpsc::Sender<Job>,
+}
+
+type Job = (WriteOp, Event, tokio::sync::oneshot::Sender<Result<()>>);
+
+/// The most changes one transaction carries.
+const MAX_BATCH: usize = 128;
+
+impl Committer {
+    fn start(store: Store) -> Committer {
+        let (jobs, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(Self::run(store, rx));
+        Committer { jobs }
+    }
+
+    async fn write(&self, op: WriteOp, event: Event) -> Result<()> {
+        let stopped = || Error::Store("the database writer stopped".into());
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send((op, event, done))
+            .await
+            .map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
+    }
+
+    async fn run(store: Store, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let ops: Vec<_> = batch.iter().map(|(op, ev, _)| (op, ev)).collect();
+            match Self::commit(&store, &ops).await {
+                Ok(()) => {
+                    for (_, _, done) in batch {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(e) if batch.len() == 1 => {
+                    if let Some((_, _, done)) = batch.into_iter().next() {
+                        let _ = done.send(Err(e));
+                    }
+                }
+                // One bad change must not fail its neighbours: retry each on its own.
+                Err(_) => {
+                    for (op, ev, done) in batch {
+                        let _ = done.send(Self::commit(&store, &[(&op, &ev)]).await);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(store: &Store, ops: &[(&WriteOp, &Event)]) -> Result<()> {
+        let mut tx = store.begin().await?;
+        for (op, ev) in ops {
+            store.apply(&mut tx, op, ev).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
 
 /// A request the RA (or an officer at the CLI) approved.
 #[derive(Debug, Clone)]
@@ -107,22 +178,39 @@ pub struct Authority {
     policy_arc: String,
     cas: HashMap<CaRole, CaState>,
     lint_key: KeyPair,
+    writer: Committer,
     _lock: File,
 }
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("engine", &self.store.engine()).finish_non_exhaustive()
+        f.debug_struct("Authority")
+            .field("engine", &self.store.engine())
+            .finish_non_exhaustive()
     }
 }
 
 /// Takes the signer lock of the data directory: one signing process at a time, so that
 /// leftovers in `reserved`/`issuing` found at start-up are known to belong to a dead process.
 fn signer_lock(config: &Config) -> Result<File> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io { context: format!("creating {}", config.data_dir.display()), source: e })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
+        context: format!("creating {}", config.data_dir.display()),
+        source: e,
+    })?;
     let path = config.data_dir.join("signer.lock");
-    let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::Io { context: format!("opening {}", path.display()), source: e })?;
-    f.lock().map_err(|e| Error::Io { context: format!("locking {}", path.display()), source: e })?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Io {
+            context: format!("opening {}", path.display()),
+            source: e,
+        })?;
+    f.lock().map_err(|e| Error::Io {
+        context: format!("locking {}", path.display()),
+        source: e,
+    })?;
     Ok(f)
 }
 
@@ -152,8 +240,16 @@ fn random_secret() -> String {
 fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| Error::Io { context: format!("writing {}", path.display()), source: e };
-    let mut f = File::options().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    let io = |e| Error::Io {
+        context: format!("writing {}", path.display()),
+        source: e,
+    };
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
     f.write_all(value.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)
 }
@@ -163,19 +259,28 @@ fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
 /// first PKCS#11 call of the process.
 pub fn init_embedded_token(config: &Config) -> Result<()> {
     let dir = config.hsm_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { context: format!("creating {}", dir.display()), source: e })?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+        context: format!("creating {}", dir.display()),
+        source: e,
+    })?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     }
-    hsm::pkcs11::softhsm_conf(&dir).map_err(|e| Error::Io { context: "writing softhsm2.conf".into(), source: e })?;
+    hsm::pkcs11::softhsm_conf(&dir).map_err(|e| Error::Io {
+        context: "writing softhsm2.conf".into(),
+        source: e,
+    })?;
     for name in ["user.pin", "so.pin"] {
         let p = dir.join(name);
         if !p.exists() {
             write_secret(&p, &random_secret())?;
         }
     }
-    let so_pin = std::fs::read_to_string(dir.join("so.pin")).map_err(|e| Error::Io { context: "reading so.pin".into(), source: e })?;
+    let so_pin = std::fs::read_to_string(dir.join("so.pin")).map_err(|e| Error::Io {
+        context: "reading so.pin".into(),
+        source: e,
+    })?;
     let mut cfg = hsm_config(config)?;
     cfg.so_pin = Some(so_pin.trim().to_string());
     hsm::pkcs11::init_token(&cfg)?;
@@ -189,7 +294,14 @@ pub fn softhsm_conf_path(config: &Config) -> std::path::PathBuf {
 
 fn dn(country: &str, org: &str, cn: &str) -> Result<DistinguishedName> {
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CountryName, DnValue::PrintableString(country.try_into().map_err(|_| Error::Config("country".into()))?));
+    dn.push(
+        DnType::CountryName,
+        DnValue::PrintableString(
+            country
+                .try_into()
+                .map_err(|_| Error::Config("country".into()))?,
+        ),
+    );
     dn.push(DnType::OrganizationName, DnValue::Utf8String(org.into()));
     dn.push(DnType::CommonName, DnValue::Utf8String(cn.into()));
     Ok(dn)
@@ -197,17 +309,32 @@ fn dn(country: &str, org: &str, cn: &str) -> Result<DistinguishedName> {
 
 /// Parameters of a CA certificate (pure). Root: TLS BR §7.1.2.1; issuing CAs: TLS BR §7.1.2.10
 /// and S/MIME BR §7.1.2.2.
-fn ca_params(config: &Config, policy_arc: &str, role: CaRole, subject_spki: &[u8], serial: SerialNumber, now: OffsetDateTime) -> Result<CertificateParams> {
+fn ca_params(
+    config: &Config,
+    policy_arc: &str,
+    role: CaRole,
+    subject_spki: &[u8],
+    serial: SerialNumber,
+    now: OffsetDateTime,
+) -> Result<CertificateParams> {
     let c = &config.ca;
     let mut p = CertificateParams::default();
     p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
     p.not_before = now;
-    let days = if role == CaRole::Root { c.root_validity_days } else { c.issuing_validity_days };
+    let days = if role == CaRole::Root {
+        c.root_validity_days
+    } else {
+        c.issuing_validity_days
+    };
     p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
     // SKI per RFC 7093 §2 method 1 (truncated SHA-256 of the SPKI). Pre-computed, because the
     // key signing the linting certificate is a throwaway one, not the subject's.
     p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(subject_spki));
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
     let base = config.base_url();
     match role {
         CaRole::Root => {
@@ -217,21 +344,39 @@ fn ca_params(config: &Config, policy_arc: &str, role: CaRole, subject_spki: &[u8
             p.use_authority_key_identifier_extension = true;
         }
         CaRole::Individual | CaRole::Server => {
-            let cn = if role == CaRole::Server { &c.server_common_name } else { &c.individual_common_name };
+            let cn = if role == CaRole::Server {
+                &c.server_common_name
+            } else {
+                &c.individual_common_name
+            };
             p.distinguished_name = dn(&c.country, &c.organization, cn)?;
             p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
             p.use_authority_key_identifier_extension = true;
-            p.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![format!("{base}/crl/root.crl")] }];
+            p.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec![format!("{base}/crl/root.crl")],
+            }];
             if role == CaRole::Server {
                 p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             } else {
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::EmailProtection, ExtendedKeyUsagePurpose::ClientAuth];
+                p.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::EmailProtection,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
             }
             // Reserved CA/B Forum policies first (TLS BR §7.1.2.10.5), then this CA's own.
-            let profiles: Vec<_> = crate::profile::PROFILES.iter().filter(|x| x.issuer == role).collect();
-            let mut policies = profiles.iter().map(|x| ext::parse_oid(x.cabf_policy)).collect::<Result<Vec<_>>>()?;
+            let profiles: Vec<_> = crate::profile::PROFILES
+                .iter()
+                .filter(|x| x.issuer == role)
+                .collect();
+            let mut policies = profiles
+                .iter()
+                .map(|x| ext::parse_oid(x.cabf_policy))
+                .collect::<Result<Vec<_>>>()?;
             for prof in &profiles {
-                policies.push(ext::parse_oid(&format!("{policy_arc}.2.{}", prof.local_policy))?);
+                policies.push(ext::parse_oid(&format!(
+                    "{policy_arc}.2.{}",
+                    prof.local_policy
+                ))?);
             }
             p.custom_extensions = vec![
                 ext::certificate_policies(&policies)?,
@@ -260,29 +405,49 @@ fn split_signed(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
 /// Builds `Certificate ::= SEQUENCE { tbs, algorithm, BIT STRING signature }` around the exact
 /// bytes that were linted and signed.
 fn assemble(tbs: &[u8], algorithm: &[u8], signature: &[u8]) -> Result<Vec<u8>> {
-    Ok(Signed { tbs: AnyRef::from_der(tbs)?, algorithm: AnyRef::from_der(algorithm)?, signature: BitStringRef::from_bytes(signature)? }.to_der()?)
+    Ok(Signed {
+        tbs: AnyRef::from_der(tbs)?,
+        algorithm: AnyRef::from_der(algorithm)?,
+        signature: BitStringRef::from_bytes(signature)?,
+    }
+    .to_der()?)
 }
 
 /// Signs `tbs` in the HSM and checks the result: the signature verifies under the issuer's
 /// public key (with ring, not the signer's own code) and the TBS is byte-identical.
-async fn hsm_sign_checked(signer: Arc<dyn hsm::Signer>, tbs: Vec<u8>, algorithm: Vec<u8>, issuer_spki: Vec<u8>) -> Result<Vec<u8>> {
+async fn hsm_sign_checked(
+    signer: Arc<dyn hsm::Signer>,
+    tbs: Vec<u8>,
+    algorithm: Vec<u8>,
+    issuer_spki: Vec<u8>,
+) -> Result<Vec<u8>> {
     let to_sign = tbs.clone();
     let s = signer.clone();
     let signature = tokio::task::spawn_blocking(move || s.sign(&to_sign))
         .await
-        .map_err(|e| Error::Hsm(hsm::Error::TokenUnavailable { detail: format!("signing task failed: {e}") }))??;
+        .map_err(|e| {
+            Error::Hsm(hsm::Error::TokenUnavailable {
+                detail: format!("signing task failed: {e}"),
+            })
+        })??;
     let cert = assemble(&tbs, &algorithm, &signature)?;
     self_check(&cert, &tbs, &issuer_spki)?;
     Ok(cert)
 }
 
 fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
-    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).map_err(|e| Error::SignatureCheck(format!("signed certificate does not parse: {e}")))?;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert)
+        .map_err(|e| Error::SignatureCheck(format!("signed certificate does not parse: {e}")))?;
     if parsed.tbs_certificate.as_ref() != tbs {
-        return Err(Error::SignatureCheck("signed TBS differs from the linted TBS".into()));
+        return Err(Error::SignatureCheck(
+            "signed TBS differs from the linted TBS".into(),
+        ));
     }
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(issuer_spki).map_err(|e| Error::SignatureCheck(format!("issuer key: {e}")))?;
-    parsed.verify_signature(Some(&spki)).map_err(|_| Error::SignatureCheck("signature does not verify under the issuer's public key".into()))
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(issuer_spki)
+        .map_err(|e| Error::SignatureCheck(format!("issuer key: {e}")))?;
+    parsed.verify_signature(Some(&spki)).map_err(|_| {
+        Error::SignatureCheck("signature does not verify under the issuer's public key".into())
+    })
 }
 
 /// A key identifier: the first 20 octets of SHA-256 over the DER SubjectPublicKeyInfo.
@@ -302,7 +467,10 @@ fn now_secs() -> OffsetDateTime {
 
 fn new_srn() -> String {
     use rand::Rng;
-    format!("{:016}", rand::rngs::OsRng.gen_range(0..10_000_000_000_000_000u64))
+    format!(
+        "{:016}",
+        rand::rngs::OsRng.gen_range(0..10_000_000_000_000_000u64)
+    )
 }
 
 impl Authority {
@@ -319,7 +487,9 @@ impl Authority {
         let arc = store.meta_init(&mut tx, "policy_arc", &arc).await?;
         tx.commit().await?;
         let cfg2 = config.clone();
-        let token = tokio::task::spawn_blocking(move || open_token(&cfg2)).await.map_err(|e| Error::Store(e.to_string()))??;
+        let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
         let lint_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut report = InitReport::default();
         for role in CaRole::ALL {
@@ -340,32 +510,74 @@ impl Authority {
             let signer: Arc<dyn hsm::Signer> = Arc::new(key);
             let subject_key = SubscriberKey::from_spki_der(signer.public_key_spki())?;
             let serial = SerialNumber::random();
-            let params = ca_params(&config, &arc, role, signer.public_key_spki(), serial, now_secs())?;
-            let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) = if role == CaRole::Root {
-                (None, signer.clone())
-            } else {
-                let (label, der) = store.ca(CaRole::Root.name()).await?.ok_or(Error::NotInitialised)?;
-                let t = token.clone();
-                let root = tokio::task::spawn_blocking(move || t.key(&label)).await.map_err(|e| Error::Store(e.to_string()))??;
-                (Some(der), Arc::new(root))
-            };
+            let params = ca_params(
+                &config,
+                &arc,
+                role,
+                signer.public_key_spki(),
+                serial,
+                now_secs(),
+            )?;
+            let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) =
+                if role == CaRole::Root {
+                    (None, signer.clone())
+                } else {
+                    let (label, der) = store
+                        .ca(CaRole::Root.name())
+                        .await?
+                        .ok_or(Error::NotInitialised)?;
+                    let t = token.clone();
+                    let root = tokio::task::spawn_blocking(move || t.key(&label))
+                        .await
+                        .map_err(|e| Error::Store(e.to_string()))??;
+                    (Some(der), Arc::new(root))
+                };
             let linting = match &issuer_der {
-                None => params.signed_by(&subject_key, &rcgen::Issuer::from_params(&params, &lint_key))?,
-                Some(der) => params.signed_by(&subject_key, &rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &lint_key)?)?,
+                None => params.signed_by(
+                    &subject_key,
+                    &rcgen::Issuer::from_params(&params, &lint_key),
+                )?,
+                Some(der) => params.signed_by(
+                    &subject_key,
+                    &rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &lint_key)?,
+                )?,
             };
             let issuer_subject = match &issuer_der {
                 None => subject_der_of(linting.der())?,
                 Some(der) => subject_der_of(der)?,
             };
-            let findings = lint::lint(&LintInput { cert_der: linting.der(), issuer_subject_der: &issuer_subject, expected_spki: signer.public_key_spki(), expect: Expect::Ca });
+            let findings = lint::lint(&LintInput {
+                cert_der: linting.der(),
+                issuer_subject_der: &issuer_subject,
+                expected_spki: signer.public_key_spki(),
+                expect: Expect::Ca,
+            });
             if !findings.is_empty() {
                 return Err(Error::Lint(findings));
             }
             let (tbs, alg) = split_signed(linting.der())?;
-            let cert = hsm_sign_checked(issuer_signer.clone(), tbs, alg, issuer_signer.public_key_spki().to_vec()).await?;
+            let cert = hsm_sign_checked(
+                issuer_signer.clone(),
+                tbs,
+                alg,
+                issuer_signer.public_key_spki().to_vec(),
+            )
+            .await?;
             let mut tx = store.begin().await?;
-            store.insert_ca(&mut tx, role.name(), &role.key_label(), &cert).await?;
-            store.audit(&mut tx, &Event { kind: "ca.created", actor: "system:init".into(), subject: Some(role.name().into()), detail: json!({ "serial": serial.to_hex(), "key_label": role.key_label() }) }).await?;
+            store
+                .insert_ca(&mut tx, role.name(), &role.key_label(), &cert)
+                .await?;
+            store
+                .audit(
+                    &mut tx,
+                    &Event {
+                        kind: "ca.created",
+                        actor: "system:init".into(),
+                        subject: Some(role.name().into()),
+                        detail: json!({ "serial": serial.to_hex(), "key_label": role.key_label() }),
+                    },
+                )
+                .await?;
             tx.commit().await?;
             tracing::info!(ca = role.name(), serial = %serial, "CA certificate created");
             report.created.push(role);
@@ -384,29 +596,63 @@ impl Authority {
         Self::open_with(config, store, lock, lint_key).await
     }
 
-    async fn open_with(config: Config, store: Store, lock: File, lint_key: KeyPair) -> Result<Authority> {
-        let policy_arc = store.meta("policy_arc").await?.ok_or(Error::NotInitialised)?;
+    async fn open_with(
+        config: Config,
+        store: Store,
+        lock: File,
+        lint_key: KeyPair,
+    ) -> Result<Authority> {
+        let policy_arc = store
+            .meta("policy_arc")
+            .await?
+            .ok_or(Error::NotInitialised)?;
         let mut labels = Vec::new();
         for role in CaRole::ALL {
             let (label, der) = store.ca(role.name()).await?.ok_or(Error::NotInitialised)?;
             labels.push((role, label, der));
         }
         let cfg2 = config.clone();
-        let keys = tokio::task::spawn_blocking(move || -> Result<Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>> {
-            let token = open_token(&cfg2)?;
-            labels.into_iter().map(|(role, label, der)| Ok((role, der, token.key(&label)?))).collect()
-        })
+        let keys = tokio::task::spawn_blocking(
+            move || -> Result<Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>> {
+                let token = open_token(&cfg2)?;
+                labels
+                    .into_iter()
+                    .map(|(role, label, der)| Ok((role, der, token.key(&label)?)))
+                    .collect()
+            },
+        )
         .await
         .map_err(|e| Error::Store(e.to_string()))??;
         let mut cas = HashMap::new();
         for (role, der, key) in keys {
-            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| Error::Store(format!("stored CA certificate {}: {e}", role.name())))?;
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
+                .map_err(|e| Error::Store(format!("stored CA certificate {}: {e}", role.name())))?;
             if cert.tbs_certificate.subject_pki.raw != hsm::Signer::public_key_spki(&key) {
-                return Err(Error::Config(format!("the HSM key {} does not match the {} CA certificate", role.key_label(), role.name())));
+                return Err(Error::Config(format!(
+                    "the HSM key {} does not match the {} CA certificate",
+                    role.key_label(),
+                    role.name()
+                )));
             }
-            cas.insert(role, CaState { subject_der: cert.tbs_certificate.subject.as_raw().to_vec(), cert_der: der.clone(), signer: Arc::new(key) });
+            cas.insert(
+                role,
+                CaState {
+                    subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
+                    cert_der: der.clone(),
+                    signer: Arc::new(key),
+                },
+            );
         }
-        let auth = Authority { config, store, policy_arc, cas, lint_key, _lock: lock };
+        let writer = Committer::start(store.clone());
+        let auth = Authority {
+            config,
+            store,
+            policy_arc,
+            cas,
+            lint_key,
+            writer,
+            _lock: lock,
+        };
         auth.reconcile().await?;
         Ok(auth)
     }
@@ -419,15 +665,36 @@ impl Authority {
     /// Each change is audited. Runs with the signer lock held, so no live process owns them.
     pub async fn reconcile(&self) -> Result<Vec<(String, CertState)>> {
         let mut out = Vec::new();
-        for (from, to) in [(CertState::Reserved, CertState::Failed), (CertState::Issuing, CertState::Abandoned)] {
+        for (from, to) in [
+            (CertState::Reserved, CertState::Failed),
+            (CertState::Issuing, CertState::Abandoned),
+        ] {
             for serial in self.store.serials_in(from).await? {
                 let mut tx = self.store.begin().await?;
                 let reason = "process ended during issuance; resolved at start-up";
                 match to {
-                    CertState::Failed => self.store.mark_failed(&mut tx, &serial, from, reason).await?,
+                    CertState::Failed => {
+                        self.store
+                            .mark_failed(&mut tx, &serial, from, reason)
+                            .await?
+                    }
                     _ => self.store.mark_abandoned(&mut tx, &serial, reason).await?,
                 }
-                self.store.audit(&mut tx, &Event { kind: if to == CertState::Failed { "issuance.failed" } else { "issuance.abandoned" }, actor: "system:reconcile".into(), subject: Some(serial.clone()), detail: json!({ "from": from.to_string(), "rule": reason }) }).await?;
+                self.store
+                    .audit(
+                        &mut tx,
+                        &Event {
+                            kind: if to == CertState::Failed {
+                                "issuance.failed"
+                            } else {
+                                "issuance.abandoned"
+                            },
+                            actor: "system:reconcile".into(),
+                            subject: Some(serial.clone()),
+                            detail: json!({ "from": from.to_string(), "rule": reason }),
+                        },
+                    )
+                    .await?;
                 tx.commit().await?;
                 tracing::warn!(serial = %serial, from = %from, to = %to, "resolved interrupted issuance");
                 out.push((serial, to));
@@ -453,7 +720,10 @@ impl Authority {
 
     /// A CA's certificate (DER).
     pub fn ca_cert(&self, role: CaRole) -> Result<&[u8]> {
-        self.cas.get(&role).map(|c| c.cert_der.as_slice()).ok_or(Error::NotInitialised)
+        self.cas
+            .get(&role)
+            .map(|c| c.cert_der.as_slice())
+            .ok_or(Error::NotInitialised)
     }
 
     /// Issues a certificate: [`Authority::prepare`] then [`Authority::sign`].
@@ -472,7 +742,11 @@ impl Authority {
             Some(old) => Some(self.renewal_base(profile, old, &mut subject).await?),
             None => None,
         };
-        if matches!(profile.kind, crate::profile::ProfileKind::Personal | crate::profile::ProfileKind::Organisational) && subject.srn.is_none() {
+        if matches!(
+            profile.kind,
+            crate::profile::ProfileKind::Personal | crate::profile::ProfileKind::Organisational
+        ) && subject.srn.is_none()
+        {
             subject.srn = Some(new_srn());
         }
         let subject = profile.check(&subject, req.days, now_secs())?;
@@ -482,12 +756,25 @@ impl Authority {
         let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
         let serial = SerialNumber::random();
         let serial_hex = serial.to_hex();
-        let request_json = serde_json::to_string(&subject).map_err(|e| Error::Encoding(e.to_string()))?;
+        let request_json =
+            serde_json::to_string(&subject).map_err(|e| Error::Encoding(e.to_string()))?;
         // Step 3: reserve the serial (committed before anything is built or signed).
-        let mut tx = self.store.begin().await?;
-        self.store.reserve(&mut tx, &Reservation { serial: &serial_hex, issuer: profile.issuer.name(), profile: profile.id, profile_version: i64::from(profile.version), key_fp: &key.fingerprint(), request: &request_json, renews: renews.as_deref() }).await?;
-        self.store.audit(&mut tx, &Event { kind: "issuance.requested", actor: req.actor.clone(), subject: Some(serial_hex.clone()), detail: json!({ "profile": profile.id, "profile_version": profile.version, "issuer": profile.issuer.name(), "key": key.kind().name(), "renews": renews }) }).await?;
-        tx.commit().await?;
+        let op = WriteOp::Reserve {
+            serial: serial_hex.clone(),
+            issuer: profile.issuer.name(),
+            profile: profile.id,
+            profile_version: i64::from(profile.version),
+            key_fp: key.fingerprint().to_vec(),
+            request: request_json,
+            renews: renews.clone(),
+        };
+        let event = Event {
+            kind: "issuance.requested",
+            actor: req.actor.clone(),
+            subject: Some(serial_hex.clone()),
+            detail: json!({ "profile": profile.id, "profile_version": profile.version, "issuer": profile.issuer.name(), "key": key.kind().name(), "renews": renews }),
+        };
+        self.writer.write(op, event).await?;
         fail::fail_point!("ca::after_reserve");
         // Step 4: build, sign with the throwaway key, lint.
         let built = self.build_linting(profile, &subject, &key, serial, ca, req.days);
@@ -499,20 +786,59 @@ impl Authority {
             }
         };
         fail::fail_point!("ca::after_lint");
-        let mut tx = self.store.begin().await?;
-        self.store.mark_issuing(&mut tx, &serial_hex, &tbs, nb, na).await?;
-        self.store.audit(&mut tx, &Event { kind: "issuance.linted", actor: req.actor.clone(), subject: Some(serial_hex.clone()), detail: json!({ "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }) }).await?;
-        tx.commit().await?;
+        let event = Event {
+            kind: "issuance.linted",
+            actor: req.actor.clone(),
+            subject: Some(serial_hex.clone()),
+            detail: json!({ "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
+        };
+        self.writer
+            .write(
+                WriteOp::Issuing {
+                    serial: serial_hex.clone(),
+                    tbs: tbs.clone(),
+                    not_before: nb,
+                    not_after: na,
+                },
+                event,
+            )
+            .await?;
         fail::fail_point!("ca::after_issuing");
-        Ok(IssuanceToken { serial, issuer: profile.issuer, tbs, signature_algorithm: alg, renews, actor: req.actor, profile: profile.id })
+        Ok(IssuanceToken {
+            serial,
+            issuer: profile.issuer,
+            tbs,
+            signature_algorithm: alg,
+            renews,
+            actor: req.actor,
+            profile: profile.id,
+        })
     }
 
-    fn build_linting(&self, profile: &'static Profile, subject: &SubjectData, key: &SubscriberKey, serial: SerialNumber, ca: &CaState, days: Option<u32>) -> Result<(Vec<u8>, Vec<u8>, i64, i64)> {
-        let ctx = IssueContext { base_url: self.config.base_url(), policy_arc: &self.policy_arc, default_locality: &self.config.ca.default_locality, country: &self.config.ca.country };
+    fn build_linting(
+        &self,
+        profile: &'static Profile,
+        subject: &SubjectData,
+        key: &SubscriberKey,
+        serial: SerialNumber,
+        ca: &CaState,
+        days: Option<u32>,
+    ) -> Result<(Vec<u8>, Vec<u8>, i64, i64)> {
+        let ctx = IssueContext {
+            base_url: self.config.base_url(),
+            policy_arc: &self.policy_arc,
+            default_locality: &self.config.ca.default_locality,
+            country: &self.config.ca.country,
+        };
         let params = profile.params(&ctx, subject, key, serial, now_secs(), days)?;
         let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &self.lint_key)?;
         let linting = params.signed_by(key, &issuer)?;
-        let findings = lint::lint(&LintInput { cert_der: linting.der(), issuer_subject_der: &ca.subject_der, expected_spki: key.spki_der(), expect: Expect::Leaf(profile) });
+        let findings = lint::lint(&LintInput {
+            cert_der: linting.der(),
+            issuer_subject_der: &ca.subject_der,
+            expected_spki: key.spki_der(),
+            expect: Expect::Leaf(profile),
+        });
         if !findings.is_empty() {
             return Err(Error::Lint(findings));
         }
@@ -521,11 +847,22 @@ impl Authority {
     }
 
     async fn fail(&self, serial: &str, from: CertState, e: &Error) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        self.store.mark_failed(&mut tx, serial, from, &e.to_string()).await?;
-        self.store.audit(&mut tx, &Event { kind: "issuance.failed", actor: "system".into(), subject: Some(serial.into()), detail: json!({ "error": e.to_string() }) }).await?;
-        tx.commit().await?;
-        Ok(())
+        let event = Event {
+            kind: "issuance.failed",
+            actor: "system".into(),
+            subject: Some(serial.into()),
+            detail: json!({ "error": e.to_string() }),
+        };
+        self.writer
+            .write(
+                WriteOp::Failed {
+                    serial: serial.into(),
+                    from,
+                    reason: e.to_string(),
+                },
+                event,
+            )
+            .await
     }
 
     /// Steps 5–6: the HSM signs the linted TBS; the result is verified and compared, then stored
@@ -534,7 +871,13 @@ impl Authority {
         let ca = self.cas.get(&token.issuer).ok_or(Error::NotInitialised)?;
         let serial_hex = token.serial.to_hex();
         let issuer_spki = ca.signer.public_key_spki().to_vec();
-        let signed = hsm_sign_checked(ca.signer.clone(), token.tbs, token.signature_algorithm, issuer_spki).await;
+        let signed = hsm_sign_checked(
+            ca.signer.clone(),
+            token.tbs,
+            token.signature_algorithm,
+            issuer_spki,
+        )
+        .await;
         fail::fail_point!("ca::after_hsm_sign");
         let cert = match signed {
             Ok(c) => c,
@@ -548,40 +891,76 @@ impl Authority {
                 return Err(e);
             }
         };
-        let mut tx = self.store.begin().await?;
-        self.store.mark_issued(&mut tx, &serial_hex, &cert, token.renews.as_deref()).await?;
-        self.store.audit(&mut tx, &Event { kind: "certificate.issued", actor: token.actor.clone(), subject: Some(serial_hex.clone()), detail: json!({ "profile": token.profile, "issuer": token.issuer.name(), "renews": token.renews, "cert_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&cert)) }) }).await?;
-        tx.commit().await?;
+        let event = Event {
+            kind: "certificate.issued",
+            actor: token.actor.clone(),
+            subject: Some(serial_hex.clone()),
+            detail: json!({ "profile": token.profile, "issuer": token.issuer.name(), "renews": token.renews, "cert_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&cert)) }),
+        };
+        self.writer
+            .write(
+                WriteOp::Issued {
+                    serial: serial_hex.clone(),
+                    cert_der: cert.clone(),
+                },
+                event,
+            )
+            .await?;
         fail::fail_point!("ca::after_store");
         tracing::info!(serial = %serial_hex, profile = token.profile, "certificate issued");
-        Ok(Issued { serial: token.serial, issuer: token.issuer, cert_der: cert })
+        Ok(Issued {
+            serial: token.serial,
+            issuer: token.issuer,
+            cert_der: cert,
+        })
     }
 
     /// For a renewal: the old certificate must be issued, of the same profile, not expired and
     /// not already renewed. Subject fields the new request leaves empty are taken from it.
-    async fn renewal_base(&self, profile: &Profile, old: SerialNumber, subject: &mut SubjectData) -> Result<String> {
+    async fn renewal_base(
+        &self,
+        profile: &Profile,
+        old: SerialNumber,
+        subject: &mut SubjectData,
+    ) -> Result<String> {
         let hex = old.to_hex();
-        let rec = self.store.certificate(&hex).await?.ok_or_else(|| Error::UnknownSerial(hex.clone()))?;
-        let refuse = |reason: &str| Error::NotRenewable { serial: hex.clone(), reason: reason.into() };
+        let rec = self
+            .store
+            .certificate(&hex)
+            .await?
+            .ok_or_else(|| Error::UnknownSerial(hex.clone()))?;
+        let refuse = |reason: &str| Error::NotRenewable {
+            serial: hex.clone(),
+            reason: reason.into(),
+        };
         if rec.state != CertState::Issued {
             return Err(refuse(&format!("it is in state {}", rec.state)));
         }
         if rec.profile != profile.id {
-            return Err(refuse(&format!("it is a {} certificate, not {}", rec.profile, profile.id)));
+            return Err(refuse(&format!(
+                "it is a {} certificate, not {}",
+                rec.profile, profile.id
+            )));
         }
         if let Some(by) = &rec.renewed_by {
-            return Err(refuse(&format!("it was already renewed by {by}")));
+            let by_state = self.store.certificate(by).await?.map(|r| r.state);
+            if !matches!(by_state, Some(CertState::Failed | CertState::Abandoned)) {
+                return Err(refuse(&format!("it was already renewed by {by}")));
+            }
         }
         if rec.not_after.is_some_and(|na| na < unix(now_secs())) {
             return Err(refuse("it has expired; apply for a new certificate"));
         }
-        let prev: SubjectData = serde_json::from_str(&rec.request).map_err(|e| Error::Store(e.to_string()))?;
+        let prev: SubjectData =
+            serde_json::from_str(&rec.request).map_err(|e| Error::Store(e.to_string()))?;
         let keep = |new: &mut Option<String>, old: Option<String>| {
             if new.is_none() {
                 *new = old;
             }
         };
         keep(&mut subject.name, prev.name);
+        keep(&mut subject.given_name, prev.given_name);
+        keep(&mut subject.surname, prev.surname);
         keep(&mut subject.organization, prev.organization);
         keep(&mut subject.org_id, prev.org_id);
         keep(&mut subject.locality, prev.locality);
@@ -603,7 +982,8 @@ impl Authority {
 }
 
 fn subject_der_of(cert_der: &[u8]) -> Result<Vec<u8>> {
-    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert_der).map_err(|e| Error::Encoding(e.to_string()))?;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert_der)
+        .map_err(|e| Error::Encoding(e.to_string()))?;
     Ok(c.tbs_certificate.subject.as_raw().to_vec())
 }
 
@@ -627,12 +1007,18 @@ mod tests {
         let mut other = tbs.clone();
         let n = other.len() - 5;
         other[n] ^= 1;
-        assert!(matches!(self_check(&rebuilt, &other, &spki), Err(Error::SignatureCheck(_))));
+        assert!(matches!(
+            self_check(&rebuilt, &other, &spki),
+            Err(Error::SignatureCheck(_))
+        ));
         // Reference checklist #9: a corrupted signature is caught.
         let mut sig = s.signature.raw_bytes().to_vec();
         let n = sig.len() - 2;
         sig[n] ^= 1;
         let bad = assemble(&tbs, &alg, &sig).unwrap();
-        assert!(matches!(self_check(&bad, &tbs, &spki), Err(Error::SignatureCheck(_))));
+        assert!(matches!(
+            self_check(&bad, &tbs, &spki),
+            Err(Error::SignatureCheck(_))
+        ));
     }
 }

@@ -159,7 +159,9 @@ impl Config {
             )));
         }
         if self.ca.country.len() != 2 || !self.ca.country.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(Error::Config("ca.country must be two upper-case letters".into()));
+            return Err(Error::Config(
+                "ca.country must be two upper-case letters".into(),
+            ));
         }
         for (k, v) in [
             ("ca.organization", &self.ca.organization),
@@ -186,7 +188,8 @@ impl Config {
             return Err(Error::Config("hsm.pool_size must be 1 to 64".into()));
         }
         if let Some(url) = &self.database_url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres://")
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
                 || url.starts_with("postgresql://"))
             {
                 return Err(Error::Config(
@@ -229,7 +232,10 @@ impl Config {
     /// The database URL in force.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("ecert.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("ecert.db").display()
+            )
         })
     }
 

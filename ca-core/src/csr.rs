@@ -105,10 +105,16 @@ mod tests {
 
     #[test]
     fn accepts_p256_and_p384_pem_and_der() {
-        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+        ] {
             let (key, pem) = csr_for(alg);
             let v = VerifiedCsr::parse(pem.as_bytes()).unwrap();
-            assert_eq!(v.key().spki_der(), rcgen::PublicKeyData::subject_public_key_info(&key));
+            assert_eq!(
+                v.key().spki_der(),
+                rcgen::PublicKeyData::subject_public_key_info(&key)
+            );
             let der = pem::parse(&pem).unwrap().into_contents();
             assert!(VerifiedCsr::parse(&der).is_ok());
         }
@@ -130,10 +136,19 @@ mod tests {
     fn refuses_two_blocks_garbage_and_oversize() {
         let (_, pem) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
         let two = format!("{pem}{pem}");
-        assert!(matches!(VerifiedCsr::parse(two.as_bytes()), Err(Error::CsrEncoding(_))));
-        assert!(matches!(VerifiedCsr::parse(b"\x30\x03garbage"), Err(Error::CsrMalformed(_))));
+        assert!(matches!(
+            VerifiedCsr::parse(two.as_bytes()),
+            Err(Error::CsrEncoding(_))
+        ));
+        assert!(matches!(
+            VerifiedCsr::parse(b"\x30\x03garbage"),
+            Err(Error::CsrMalformed(_))
+        ));
         let big = vec![b'A'; MAX_CSR_BYTES + 1];
-        assert!(matches!(VerifiedCsr::parse(&big), Err(Error::CsrTooLarge { .. })));
+        assert!(matches!(
+            VerifiedCsr::parse(&big),
+            Err(Error::CsrTooLarge { .. })
+        ));
     }
 
     #[test]

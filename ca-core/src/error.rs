@@ -68,7 +68,10 @@ pub enum Error {
     Encoding(String),
     /// File or lock IO.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 impl From<sqlx::Error> for Error {

@@ -41,7 +41,10 @@ pub fn certificate_policies(oids: &[ObjectIdentifier]) -> Result<rcgen::CustomEx
 }
 
 /// authorityInfoAccess (RFC 5280 §4.2.2.1), non-critical: OCSP first, then caIssuers.
-pub fn authority_info_access(ocsp: Option<&str>, ca_issuers: &str) -> Result<rcgen::CustomExtension> {
+pub fn authority_info_access(
+    ocsp: Option<&str>,
+    ca_issuers: &str,
+) -> Result<rcgen::CustomExtension> {
     let uri = |s: &str| -> Result<GeneralName> {
         Ok(GeneralName::UniformResourceIdentifier(
             Ia5String::new(s).map_err(|e| Error::Config(format!("bad URL {s:?}: {e}")))?,
@@ -74,10 +77,7 @@ mod tests {
     fn policies_der() {
         let ext = certificate_policies(&[parse_oid("2.23.140.1.2.2").unwrap()]).unwrap();
         // SEQUENCE { SEQUENCE { OID 2.23.140.1.2.2 } }
-        assert_eq!(
-            hex::encode(ext.content()),
-            "300a3008060667810c010202"
-        );
+        assert_eq!(hex::encode(ext.content()), "300a3008060667810c010202");
     }
 
     #[test]

@@ -270,7 +270,9 @@ mod tests {
     use num_bigint::BigUint;
 
     fn primorial() -> BigUint {
-        ROCA_PRIMES.iter().fold(BigUint::from(1u32), |acc, p| acc * *p)
+        ROCA_PRIMES
+            .iter()
+            .fold(BigUint::from(1u32), |acc, p| acc * *p)
     }
 
     fn odd_2048() -> BigUint {
@@ -291,7 +293,10 @@ mod tests {
     #[test]
     fn small_factor_is_weak() {
         let n = BigUint::from(751u32) * (odd_2048() >> 16u32);
-        assert_eq!(rsa_weakness(&n), Some("RSA modulus has a small prime factor"));
+        assert_eq!(
+            rsa_weakness(&n),
+            Some("RSA modulus has a small prime factor")
+        );
     }
 
     #[test]
@@ -329,7 +334,11 @@ mod tests {
             }
         };
         let n = (&x - d) * (&x + d);
-        assert!(rsa_weakness(&n).is_some_and(|w| w.contains("Fermat")), "{:?}", rsa_weakness(&n));
+        assert!(
+            rsa_weakness(&n).is_some_and(|w| w.contains("Fermat")),
+            "{:?}",
+            rsa_weakness(&n)
+        );
     }
 
     #[test]

@@ -58,11 +58,17 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
     }
     // RFC 5280 §4.1.2.2: positive, at most 20 octets.
     let serial = tbs.raw_serial();
-    if serial.is_empty() || serial.len() > 20 || serial[0] & 0x80 != 0 || serial.iter().all(|b| *b == 0) {
+    if serial.is_empty()
+        || serial.len() > 20
+        || serial[0] & 0x80 != 0
+        || serial.iter().all(|b| *b == 0)
+    {
         f.push("serial must be a positive INTEGER of at most 20 octets".into());
     }
     if tbs.signature != cert.signature_algorithm {
-        f.push("tbsCertificate.signature differs from signatureAlgorithm (RFC 5280 §4.1.1.2)".into());
+        f.push(
+            "tbsCertificate.signature differs from signatureAlgorithm (RFC 5280 §4.1.1.2)".into(),
+        );
     }
     if tbs.issuer.as_raw() != input.issuer_subject_der {
         f.push("issuer name is not byte-identical to the CA's subject".into());
@@ -87,7 +93,9 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
                 _ => 64,
             };
             if text.chars().count() > upper {
-                f.push(format!("subject attribute {oid} is longer than {upper} characters"));
+                f.push(format!(
+                    "subject attribute {oid} is longer than {upper} characters"
+                ));
             }
             if text.is_empty() {
                 f.push(format!("subject attribute {oid} is empty or not a string"));
@@ -97,7 +105,9 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
                 f.push(format!("subject attribute {oid} must be a PrintableString"));
             }
             if !matches!(tag, Tag::PrintableString | Tag::Utf8String) {
-                f.push(format!("subject attribute {oid} must be PrintableString or UTF8String"));
+                f.push(format!(
+                    "subject attribute {oid} must be PrintableString or UTF8String"
+                ));
             }
         }
     }
@@ -106,12 +116,19 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
         if !seen.insert(e.oid.to_id_string()) {
             f.push(format!("extension {} appears twice (RFC 5280 §4.2)", e.oid));
         }
-        if let ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. } = e.parsed_extension() {
+        if let ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. } =
+            e.parsed_extension()
+        {
             f.push(format!("extension {} does not parse", e.oid));
         }
     }
     let has = |oid: &str| seen.contains(oid);
-    let crit = |oid: &str| tbs.extensions().iter().find(|e| e.oid.to_id_string() == oid).map(|e| e.critical);
+    let crit = |oid: &str| {
+        tbs.extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == oid)
+            .map(|e| e.critical)
+    };
     if !has(OID_AKI) && !matches!(input.expect, Expect::Ca) {
         f.push("authorityKeyIdentifier is required (RFC 5280 §4.2.1.1)".into());
     }
@@ -137,7 +154,13 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
                     f.push("a subscriber certificate must not be a CA".into());
                 }
             }
-            for (oid, what) in [(OID_CP, "certificatePolicies"), (OID_AIA, "authorityInformationAccess"), (OID_CDP, "cRLDistributionPoints"), (OID_EKU, "extKeyUsage"), (OID_SAN, "subjectAltName")] {
+            for (oid, what) in [
+                (OID_CP, "certificatePolicies"),
+                (OID_AIA, "authorityInformationAccess"),
+                (OID_CDP, "cRLDistributionPoints"),
+                (OID_EKU, "extKeyUsage"),
+                (OID_SAN, "subjectAltName"),
+            ] {
                 if !has(oid) {
                     f.push(format!("{what} is required in a subscriber certificate"));
                 }
@@ -147,16 +170,25 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
             }
             let days = (na - nb + 1) as f64 / 86400.0;
             if days > f64::from(profile.max_days) {
-                f.push(format!("validity {days:.0} days exceeds the profile maximum {}", profile.max_days));
+                f.push(format!(
+                    "validity {days:.0} days exceeds the profile maximum {}",
+                    profile.max_days
+                ));
             }
             if let Ok(Some(san)) = tbs.subject_alternative_name() {
                 for n in &san.value.general_names {
                     match (n, profile.kind) {
-                        (GeneralName::RFC822Name(_), ProfileKind::Server) => f.push("a server certificate carries no e-mail".into()),
-                        (GeneralName::DNSName(d), ProfileKind::Server) if d.contains('*') => f.push("wildcard DNS name".into()),
+                        (GeneralName::RFC822Name(_), ProfileKind::Server) => {
+                            f.push("a server certificate carries no e-mail".into())
+                        }
+                        (GeneralName::DNSName(d), ProfileKind::Server) if d.contains('*') => {
+                            f.push("wildcard DNS name".into())
+                        }
                         (GeneralName::DNSName(_), ProfileKind::Server) => {}
                         (GeneralName::RFC822Name(_), _) => {}
-                        _ => f.push("subjectAltName carries a name type this profile does not allow".into()),
+                        _ => f.push(
+                            "subjectAltName carries a name type this profile does not allow".into(),
+                        ),
                     }
                 }
                 if san.value.general_names.is_empty() {
@@ -177,7 +209,12 @@ mod tests {
 
     #[test]
     fn garbage_is_a_finding_not_a_panic() {
-        let input = LintInput { cert_der: b"\x30\x00", issuer_subject_der: b"", expected_spki: b"", expect: Expect::Ca };
+        let input = LintInput {
+            cert_der: b"\x30\x00",
+            issuer_subject_der: b"",
+            expected_spki: b"",
+            expect: Expect::Ca,
+        };
         assert_eq!(lint(&input).len(), 1);
     }
 }

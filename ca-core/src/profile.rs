@@ -204,14 +204,17 @@ pub struct IssueContext<'a> {
 impl Profile {
     /// Checks the request against this profile and normalises it (lower-case DNS names and
     /// mailbox domains). Deny by default: a field the profile does not carry is refused.
-    pub fn check(&self, s: &SubjectData, days: Option<u32>, now: OffsetDateTime) -> Result<SubjectData> {
+    pub fn check(
+        &self,
+        s: &SubjectData,
+        days: Option<u32>,
+        now: OffsetDateTime,
+    ) -> Result<SubjectData> {
         let mut s = s.clone();
         let max = self.max_days_at(now);
         let days = self.days_for(days, now);
         if days == 0 || days > max {
-            return Err(self.refuse(format!(
-                "validity of {days} days is outside 1..={max} days"
-            )));
+            return Err(self.refuse(format!("validity of {days} days is outside 1..={max} days")));
         }
         for (label, v) in [
             ("name", &s.name),
@@ -227,47 +230,106 @@ impl Profile {
         if s.emails.len() + s.dns_names.len() > MAX_SANS {
             return Err(self.refuse(format!("more than {MAX_SANS} names")));
         }
-        s.emails = s.emails.iter().map(|e| check_email(self, e)).collect::<Result<_>>()?;
-        s.dns_names = s.dns_names.iter().map(|d| check_dns(self, d)).collect::<Result<_>>()?;
+        s.emails = s
+            .emails
+            .iter()
+            .map(|e| check_email(self, e))
+            .collect::<Result<_>>()?;
+        s.dns_names = s
+            .dns_names
+            .iter()
+            .map(|d| check_dns(self, d))
+            .collect::<Result<_>>()?;
         let mut seen = std::collections::HashSet::new();
-        if !s.emails.iter().chain(&s.dns_names).all(|n| seen.insert(n.clone())) {
+        if !s
+            .emails
+            .iter()
+            .chain(&s.dns_names)
+            .all(|n| seen.insert(n.clone()))
+        {
             return Err(self.refuse("a name is given twice"));
         }
         if let Some(id) = &s.org_id {
             if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(self.refuse(
-                    "the business registration number must be 8 digits",
-                ));
+                return Err(self.refuse("the business registration number must be 8 digits"));
             }
         }
-        let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(self.refuse(what.to_string())) };
+        let need = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(self.refuse(what.to_string()))
+            }
+        };
         match self.kind {
             ProfileKind::Personal => {
-                need(s.given_name.is_some() || s.surname.is_some(), "a surname or given name is required (S/MIME BR §7.1.4.2.6)")?;
+                need(
+                    s.given_name.is_some() || s.surname.is_some(),
+                    "a surname or given name is required (S/MIME BR §7.1.4.2.6)",
+                )?;
                 need(!s.emails.is_empty(), "an e-mail address is required")?;
-                need(s.organization.is_none() && s.org_id.is_none(), "a personal certificate carries no organisation")?;
-                need(s.dns_names.is_empty() && s.locality.is_none(), "a personal certificate carries no DNS names or locality")?;
+                need(
+                    s.organization.is_none() && s.org_id.is_none(),
+                    "a personal certificate carries no organisation",
+                )?;
+                need(
+                    s.dns_names.is_empty() && s.locality.is_none(),
+                    "a personal certificate carries no DNS names or locality",
+                )?;
             }
             ProfileKind::Organisational => {
                 need(s.given_name.is_some() || s.surname.is_some(), "the authorised user's surname or given name is required (S/MIME BR §7.1.4.2.5)")?;
-                need(s.organization.is_some() && s.org_id.is_some(), "the organisation name and business registration number are required")?;
+                need(
+                    s.organization.is_some() && s.org_id.is_some(),
+                    "the organisation name and business registration number are required",
+                )?;
                 need(!s.emails.is_empty(), "an e-mail address is required")?;
-                need(s.dns_names.is_empty() && s.locality.is_none(), "an organisational certificate carries no DNS names or locality")?;
+                need(
+                    s.dns_names.is_empty() && s.locality.is_none(),
+                    "an organisational certificate carries no DNS names or locality",
+                )?;
             }
             ProfileKind::Encipherment => {
-                need(s.organization.is_some() && s.org_id.is_some(), "the organisation name and business registration number are required")?;
-                need(!s.emails.is_empty(), "the organisation's e-mail address is required")?;
-                need(s.name.is_none() && s.given_name.is_none() && s.surname.is_none(), "an encipherment certificate names the organisation, not a person")?;
-                need(s.dns_names.is_empty() && s.locality.is_none(), "an encipherment certificate carries no DNS names or locality")?;
+                need(
+                    s.organization.is_some() && s.org_id.is_some(),
+                    "the organisation name and business registration number are required",
+                )?;
+                need(
+                    !s.emails.is_empty(),
+                    "the organisation's e-mail address is required",
+                )?;
+                need(
+                    s.name.is_none() && s.given_name.is_none() && s.surname.is_none(),
+                    "an encipherment certificate names the organisation, not a person",
+                )?;
+                need(
+                    s.dns_names.is_empty() && s.locality.is_none(),
+                    "an encipherment certificate carries no DNS names or locality",
+                )?;
             }
             ProfileKind::Server => {
-                need(s.organization.is_some(), "the organisation name is required")?;
+                need(
+                    s.organization.is_some(),
+                    "the organisation name is required",
+                )?;
                 need(!s.dns_names.is_empty(), "at least one DNS name is required")?;
-                need(s.emails.is_empty() && s.name.is_none() && s.given_name.is_none() && s.surname.is_none(), "a server certificate carries no e-mail or personal name")?;
-                need(s.org_id.is_none(), "a server (OV) certificate carries no organizationIdentifier (TLS BR §7.1.4.2)")?;
+                need(
+                    s.emails.is_empty()
+                        && s.name.is_none()
+                        && s.given_name.is_none()
+                        && s.surname.is_none(),
+                    "a server certificate carries no e-mail or personal name",
+                )?;
+                need(
+                    s.org_id.is_none(),
+                    "a server (OV) certificate carries no organizationIdentifier (TLS BR §7.1.4.2)",
+                )?;
             }
         }
-        if !matches!(self.kind, ProfileKind::Personal | ProfileKind::Organisational) {
+        if !matches!(
+            self.kind,
+            ProfileKind::Personal | ProfileKind::Organisational
+        ) {
             s.srn = None;
         }
         Ok(s)
@@ -313,25 +375,40 @@ impl Profile {
         p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
         p.not_before = not_before;
         // BR §1.6.1 / S/MIME BR: validity counts both ends inclusive, so subtract one second.
-        p.not_after = not_before + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
+        p.not_after =
+            not_before + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
         // S/MIME: basicConstraints cA=FALSE (critical) and a subjectKeyIdentifier, as pkilint's
         // RFC 5280 checks want. TLS: neither (TLS BR §7.1.2.7.6: SKI NOT RECOMMENDED).
-        p.is_ca = if self.kind == ProfileKind::Server { IsCa::NoCa } else { IsCa::ExplicitNoCa };
+        p.is_ca = if self.kind == ProfileKind::Server {
+            IsCa::NoCa
+        } else {
+            IsCa::ExplicitNoCa
+        };
         p.use_authority_key_identifier_extension = true;
         p.distinguished_name = self.subject(ctx, s)?;
         p.subject_alt_names = s
             .emails
             .iter()
             .map(|e| Ok(SanType::Rfc822Name(e.as_str().try_into()?)))
-            .chain(s.dns_names.iter().map(|d| Ok(SanType::DnsName(d.as_str().try_into()?))))
+            .chain(
+                s.dns_names
+                    .iter()
+                    .map(|d| Ok(SanType::DnsName(d.as_str().try_into()?))),
+            )
             .collect::<Result<_, rcgen::Error>>()?;
         let rsa = key.kind().is_rsa();
         p.key_usages = match self.kind {
             ProfileKind::Personal | ProfileKind::Organisational if rsa => {
-                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+                vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ]
             }
             ProfileKind::Personal | ProfileKind::Organisational => {
-                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyAgreement]
+                vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyAgreement,
+                ]
             }
             ProfileKind::Encipherment if rsa => vec![KeyUsagePurpose::KeyEncipherment],
             ProfileKind::Encipherment => vec![KeyUsagePurpose::KeyAgreement],
@@ -390,7 +467,10 @@ impl Profile {
         if let Some(id) = &s.org_id {
             // S/MIME BR §7.1.4.2.2 d and Appendix A.1: scheme NTR, the country, the Business
             // Registration number.
-            dn.push(DnType::CustomDnType(ORGANIZATION_IDENTIFIER.to_vec()), printable(&format!("NTR{}-{id}", ctx.country))?);
+            dn.push(
+                DnType::CustomDnType(ORGANIZATION_IDENTIFIER.to_vec()),
+                printable(&format!("NTR{}-{id}", ctx.country))?,
+            );
         }
         match self.kind {
             ProfileKind::Personal | ProfileKind::Organisational => {
@@ -400,7 +480,11 @@ impl Profile {
                 if let Some(v) = &s.given_name {
                     dn.push(DnType::CustomDnType(GIVEN_NAME.to_vec()), text(v));
                 }
-                let derived = [s.surname.as_deref(), s.given_name.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+                let derived = [s.surname.as_deref(), s.given_name.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let cn = s.name.clone().unwrap_or(derived);
                 check_name(self, "name", &cn)?;
                 dn.push(DnType::CommonName, text(&cn));
@@ -416,7 +500,10 @@ impl Profile {
         }
         if let Some(srn) = &s.srn {
             // The CA-assigned Subscriber Reference Number (S/MIME BR §7.1.4.2.2 g).
-            dn.push(DnType::CustomDnType(SERIAL_NUMBER.to_vec()), printable(srn)?);
+            dn.push(
+                DnType::CustomDnType(SERIAL_NUMBER.to_vec()),
+                printable(srn)?,
+            );
         }
         Ok(dn)
     }
@@ -425,7 +512,9 @@ impl Profile {
 fn check_name(p: &Profile, label: &str, v: &str) -> Result<()> {
     let n = v.chars().count();
     if n == 0 || n > MAX_NAME_CHARS {
-        return Err(p.refuse(format!("{label} must be 1 to {MAX_NAME_CHARS} characters (RFC 5280 upper bound); it is {n}")));
+        return Err(p.refuse(format!(
+            "{label} must be 1 to {MAX_NAME_CHARS} characters (RFC 5280 upper bound); it is {n}"
+        )));
     }
     if v.chars().any(|c| c.is_control()) || v.trim() != v || v.contains("  ") {
         return Err(p.refuse(format!("{label} has control characters or stray spaces")));
@@ -439,7 +528,9 @@ fn check_email(p: &Profile, e: &str) -> Result<String> {
     if local.is_empty()
         || local.len() > 64
         || e.len() > 254
-        || !local.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b))
+        || !local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&b))
         || local.starts_with('.')
         || local.ends_with('.')
         || local.contains("..")
@@ -466,13 +557,19 @@ fn check_dns(p: &Profile, d: &str) -> Result<String> {
         return Err(bad("must have at least two labels"));
     }
     for l in &labels {
-        if l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-')
+        if l.is_empty()
+            || l.len() > 63
+            || l.starts_with('-')
+            || l.ends_with('-')
             || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             return Err(bad("is not a valid host name"));
         }
     }
-    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(bad("looks like an IP address"));
     }
     Ok(d)
@@ -503,7 +600,11 @@ mod tests {
         assert!(p.check(&personal(), Some(825), now()).is_err());
         let mut long = personal();
         long.surname = Some("陳".repeat(65));
-        assert!(p.check(&long, None, now()).unwrap_err().to_string().contains("64"));
+        assert!(p
+            .check(&long, None, now())
+            .unwrap_err()
+            .to_string()
+            .contains("64"));
     }
 
     #[test]
@@ -514,14 +615,34 @@ mod tests {
             dns_names: vec!["WWW.example.hk".into()],
             ..Default::default()
         };
-        assert_eq!(p.check(&s, None, now()).unwrap().dns_names, vec!["www.example.hk"]);
-        for bad in ["*.example.hk", "localhost", "10.0.0.1", "a..b", "-a.hk", "a_b.hk"] {
+        assert_eq!(
+            p.check(&s, None, now()).unwrap().dns_names,
+            vec!["www.example.hk"]
+        );
+        for bad in [
+            "*.example.hk",
+            "localhost",
+            "10.0.0.1",
+            "a..b",
+            "-a.hk",
+            "a_b.hk",
+        ] {
             s.dns_names = vec![bad.into()];
             assert!(p.check(&s, None, now()).is_err(), "{bad} accepted");
         }
         s.dns_names = (0..51).map(|i| format!("h{i}.example.hk")).collect();
         assert!(p.check(&s, None, now()).is_err());
-        assert!(p.check(&SubjectData { dns_names: vec!["a.hk".into()], organization: Some("O".into()), ..Default::default() }, Some(200), now()).is_err());
+        assert!(p
+            .check(
+                &SubjectData {
+                    dns_names: vec!["a.hk".into()],
+                    organization: Some("O".into()),
+                    ..Default::default()
+                },
+                Some(200),
+                now()
+            )
+            .is_err());
     }
 
     fn now() -> OffsetDateTime {
@@ -531,16 +652,34 @@ mod tests {
     #[test]
     fn server_validity_follows_the_br_schedule() {
         let p = Profile::get("server").unwrap();
-        assert_eq!(p.max_days_at(time::macros::datetime!(2026-03-15 00:00 UTC)), 199);
-        assert_eq!(p.max_days_at(time::macros::datetime!(2027-03-14 23:59 UTC)), 199);
-        assert_eq!(p.max_days_at(time::macros::datetime!(2027-03-15 00:00 UTC)), 99);
-        assert_eq!(p.max_days_at(time::macros::datetime!(2029-03-15 00:00 UTC)), 46);
-        assert_eq!(p.days_for(None, time::macros::datetime!(2027-06-01 00:00 UTC)), 99);
+        assert_eq!(
+            p.max_days_at(time::macros::datetime!(2026-03-15 00:00 UTC)),
+            199
+        );
+        assert_eq!(
+            p.max_days_at(time::macros::datetime!(2027-03-14 23:59 UTC)),
+            199
+        );
+        assert_eq!(
+            p.max_days_at(time::macros::datetime!(2027-03-15 00:00 UTC)),
+            99
+        );
+        assert_eq!(
+            p.max_days_at(time::macros::datetime!(2029-03-15 00:00 UTC)),
+            46
+        );
+        assert_eq!(
+            p.days_for(None, time::macros::datetime!(2027-06-01 00:00 UTC)),
+            99
+        );
         assert_eq!(Profile::get("personal").unwrap().max_days_at(now()), 824);
     }
 
     #[test]
     fn unknown_profile() {
-        assert!(matches!(Profile::get("wildcard"), Err(Error::UnknownProfile(_))));
+        assert!(matches!(
+            Profile::get("wildcard"),
+            Err(Error::UnknownProfile(_))
+        ));
     }
 }

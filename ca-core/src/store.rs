@@ -24,8 +24,10 @@ pub enum Engine {
     Postgres,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
 
 /// A database connection pool plus the engine it talks to.
 #[derive(Debug, Clone)]
@@ -146,7 +148,9 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Engine::Postgres
         } else {
-            return Err(Error::Config("database URL must start with sqlite: or postgres://".into()));
+            return Err(Error::Config(
+                "database URL must start with sqlite: or postgres://".into(),
+            ));
         };
         let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         if engine == Engine::Sqlite {
@@ -166,7 +170,10 @@ impl Store {
         } else {
             opts = opts.max_connections(16);
         }
-        let pool = opts.connect(url).await.map_err(|e| Error::Store(redact_url(&e.to_string(), url)))?;
+        let pool = opts
+            .connect(url)
+            .await
+            .map_err(|e| Error::Store(redact_url(&e.to_string(), url)))?;
         let store = Store { pool, engine };
         store.migrate().await?;
         Ok(store)
@@ -234,7 +241,15 @@ impl Store {
         let seq = prev_seq + 1;
         let at = now();
         let detail = event.detail.to_string();
-        let hash = audit::chain_hash(&prev_hash, seq, at, event.kind, &event.actor, event.subject.as_deref(), &detail);
+        let hash = audit::chain_hash(
+            &prev_hash,
+            seq,
+            at,
+            event.kind,
+            &event.actor,
+            event.subject.as_deref(),
+            &detail,
+        );
         sqlx::query(
             "INSERT INTO audit_log (seq, at, kind, actor, subject, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -286,13 +301,18 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&self.pool).await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
         Ok((records, head.try_get(0)?, head.try_get(1)?))
     }
 
     /// Reads a meta value.
     pub async fn meta(&self, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match row {
             Some(r) => Some(r.try_get(0)?),
             None => None,
@@ -301,17 +321,27 @@ impl Store {
 
     /// Sets a meta value once; returns the value in force (an existing one wins).
     pub async fn meta_init(&self, tx: &mut Tx, key: &str, value: &str) -> Result<String> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&mut **tx).await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
         if let Some(r) = row {
             return Ok(r.try_get(0)?);
         }
-        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2)").bind(key).bind(value).execute(&mut **tx).await?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2)")
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
         Ok(value.to_string())
     }
 
     /// The stored certificate of a CA, with its key label.
     pub async fn ca(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
-        let row = sqlx::query("SELECT key_label, cert_der FROM cas WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT key_label, cert_der FROM cas WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match row {
             Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
             None => None,
@@ -319,14 +349,22 @@ impl Store {
     }
 
     /// Stores a CA certificate.
-    pub async fn insert_ca(&self, tx: &mut Tx, name: &str, key_label: &str, cert_der: &[u8]) -> Result<()> {
-        sqlx::query("INSERT INTO cas (name, key_label, cert_der, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(name)
-            .bind(key_label)
-            .bind(cert_der.to_vec())
-            .bind(now())
-            .execute(&mut **tx)
-            .await?;
+    pub async fn insert_ca(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        key_label: &str,
+        cert_der: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO cas (name, key_label, cert_der, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(name)
+        .bind(key_label)
+        .bind(cert_der.to_vec())
+        .bind(now())
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
@@ -367,12 +405,38 @@ impl Store {
         .bind(t)
         .execute(&mut **tx)
         .await?;
+        if let Some(old) = r.renews {
+            // Claim the old certificate for this renewal in the same transaction, so two
+            // concurrent renewals cannot both proceed. A claim by an issuance that failed or was
+            // abandoned may be taken over.
+            let res = sqlx::query(
+                "UPDATE certificates SET renewed_by = $1 WHERE serial = $2 AND state = 'issued' AND \
+                 (renewed_by IS NULL OR renewed_by IN (SELECT serial FROM certificates WHERE state IN ('failed', 'abandoned')))",
+            )
+            .bind(r.serial)
+            .bind(old)
+            .execute(&mut **tx)
+            .await?;
+            if res.rows_affected() != 1 {
+                return Err(Error::NotRenewable {
+                    serial: old.to_string(),
+                    reason: "it was already renewed, or is not issued".into(),
+                });
+            }
+        }
         Ok(())
     }
 
     /// Moves `serial` from `from` to `to`, setting the given columns; fails if it was not in
     /// `from` (compare-and-set: no state is ever overwritten blindly).
-    async fn transition(&self, tx: &mut Tx, serial: &str, from: CertState, to: CertState, set: Transition) -> Result<()> {
+    async fn transition(
+        &self,
+        tx: &mut Tx,
+        serial: &str,
+        from: CertState,
+        to: CertState,
+        set: Transition,
+    ) -> Result<()> {
         let res = sqlx::query(
             "UPDATE certificates SET state = $1, updated_at = $2, \
                linting_tbs = COALESCE($3, linting_tbs), cert_der = COALESCE($4, cert_der), \
@@ -392,47 +456,87 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         if res.rows_affected() != 1 {
-            return Err(Error::Store(format!("serial {serial} was not in state {from}")));
+            return Err(Error::Store(format!(
+                "serial {serial} was not in state {from}"
+            )));
         }
         Ok(())
     }
 
     /// Step 4: stores the linting TBS and moves `reserved` → `issuing`.
-    pub async fn mark_issuing(&self, tx: &mut Tx, serial: &str, linting_tbs: &[u8], not_before: i64, not_after: i64) -> Result<()> {
-        self.transition(tx, serial, CertState::Reserved, CertState::Issuing, Transition {
-            linting_tbs: Some(linting_tbs.to_vec()),
-            not_before: Some(not_before),
-            not_after: Some(not_after),
-            ..Default::default()
-        })
+    pub async fn mark_issuing(
+        &self,
+        tx: &mut Tx,
+        serial: &str,
+        linting_tbs: &[u8],
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<()> {
+        self.transition(
+            tx,
+            serial,
+            CertState::Reserved,
+            CertState::Issuing,
+            Transition {
+                linting_tbs: Some(linting_tbs.to_vec()),
+                not_before: Some(not_before),
+                not_after: Some(not_after),
+                ..Default::default()
+            },
+        )
         .await
     }
 
-    /// Step 6: stores the certificate, `issuing` → `issued`, and links a renewal both ways.
-    pub async fn mark_issued(&self, tx: &mut Tx, serial: &str, cert_der: &[u8], renews: Option<&str>) -> Result<()> {
-        self.transition(tx, serial, CertState::Issuing, CertState::Issued, Transition {
-            cert_der: Some(cert_der.to_vec()),
-            ..Default::default()
-        })
-        .await?;
-        if let Some(old) = renews {
-            sqlx::query("UPDATE certificates SET renewed_by = $1 WHERE serial = $2")
-                .bind(serial)
-                .bind(old)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+    /// Step 6: stores the certificate, `issuing` → `issued`. (A renewal's link to the old
+    /// certificate was made when the serial was reserved.)
+    pub async fn mark_issued(&self, tx: &mut Tx, serial: &str, cert_der: &[u8]) -> Result<()> {
+        self.transition(
+            tx,
+            serial,
+            CertState::Issuing,
+            CertState::Issued,
+            Transition {
+                cert_der: Some(cert_der.to_vec()),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Marks a serial `failed` from `from`.
-    pub async fn mark_failed(&self, tx: &mut Tx, serial: &str, from: CertState, reason: &str) -> Result<()> {
-        self.transition(tx, serial, from, CertState::Failed, Transition { failure: Some(reason.to_string()), ..Default::default() }).await
+    pub async fn mark_failed(
+        &self,
+        tx: &mut Tx,
+        serial: &str,
+        from: CertState,
+        reason: &str,
+    ) -> Result<()> {
+        self.transition(
+            tx,
+            serial,
+            from,
+            CertState::Failed,
+            Transition {
+                failure: Some(reason.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Marks a serial `abandoned` from `issuing`.
     pub async fn mark_abandoned(&self, tx: &mut Tx, serial: &str, reason: &str) -> Result<()> {
-        self.transition(tx, serial, CertState::Issuing, CertState::Abandoned, Transition { failure: Some(reason.to_string()), ..Default::default() }).await
+        self.transition(
+            tx,
+            serial,
+            CertState::Issuing,
+            CertState::Abandoned,
+            Transition {
+                failure: Some(reason.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Serials in a state.
@@ -441,12 +545,19 @@ impl Store {
             .bind(state.as_str())
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Every serial with its state and profile, oldest first.
     pub async fn list_certificates(&self) -> Result<Vec<(String, CertState, String)>> {
-        let rows = sqlx::query("SELECT serial, state, profile FROM certificates ORDER BY reserved_at, serial").fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT serial, state, profile FROM certificates ORDER BY reserved_at, serial",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 let state: String = r.try_get(1)?;
@@ -457,8 +568,14 @@ impl Store {
 
     /// Counts rows per state.
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM certificates GROUP BY state ORDER BY state").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?)
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) FROM certificates GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     /// Reads one certificate row.
@@ -471,6 +588,104 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| cert_record(&r)).transpose()
+    }
+}
+
+/// One state change of the issuance cycle together with its audit record: the unit the group
+/// committer batches (see [`crate::authority`]).
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Step 3: commit a serial as `reserved`.
+    Reserve {
+        /// Hex serial.
+        serial: String,
+        /// Issuing CA name.
+        issuer: &'static str,
+        /// Profile id.
+        profile: &'static str,
+        /// Profile version.
+        profile_version: i64,
+        /// SHA-256 of the subject SPKI.
+        key_fp: Vec<u8>,
+        /// Subject data, JSON.
+        request: String,
+        /// Serial renewed.
+        renews: Option<String>,
+    },
+    /// Step 4: store the linting TBS, `reserved` → `issuing`.
+    Issuing {
+        /// Hex serial.
+        serial: String,
+        /// The linted TBSCertificate.
+        tbs: Vec<u8>,
+        /// notBefore, Unix seconds.
+        not_before: i64,
+        /// notAfter, Unix seconds.
+        not_after: i64,
+    },
+    /// Step 6: store the certificate, `issuing` → `issued`.
+    Issued {
+        /// Hex serial.
+        serial: String,
+        /// The certificate.
+        cert_der: Vec<u8>,
+    },
+    /// `from` → `failed`.
+    Failed {
+        /// Hex serial.
+        serial: String,
+        /// The state it must be in.
+        from: CertState,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Store {
+    /// Applies one operation and its audit event inside `tx`.
+    pub async fn apply(&self, tx: &mut Tx, op: &WriteOp, event: &Event) -> Result<()> {
+        match op {
+            WriteOp::Reserve {
+                serial,
+                issuer,
+                profile,
+                profile_version,
+                key_fp,
+                request,
+                renews,
+            } => {
+                self.reserve(
+                    tx,
+                    &Reservation {
+                        serial,
+                        issuer,
+                        profile,
+                        profile_version: *profile_version,
+                        key_fp,
+                        request,
+                        renews: renews.as_deref(),
+                    },
+                )
+                .await?
+            }
+            WriteOp::Issuing {
+                serial,
+                tbs,
+                not_before,
+                not_after,
+            } => {
+                self.mark_issuing(tx, serial, tbs, *not_before, *not_after)
+                    .await?
+            }
+            WriteOp::Issued { serial, cert_der } => self.mark_issued(tx, serial, cert_der).await?,
+            WriteOp::Failed {
+                serial,
+                from,
+                reason,
+            } => self.mark_failed(tx, serial, *from, reason).await?,
+        }
+        self.audit(tx, event).await?;
+        Ok(())
     }
 }
 
@@ -504,7 +719,10 @@ fn cert_record(r: &AnyRow) -> Result<CertRecord> {
 
 /// Keeps passwords in a database URL out of error messages.
 fn redact_url(msg: &str, url: &str) -> String {
-    match url.split_once("://").and_then(|(_, rest)| rest.split_once('@')) {
+    match url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+    {
         Some((userinfo, _)) if userinfo.contains(':') => msg.replace(userinfo, "***"),
         _ => msg.to_string(),
     }

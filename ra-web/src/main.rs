@@ -23,7 +23,12 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "ecert", version, about)]
 struct Cli {
     /// Data directory: database, SoftHSM2 token, PINs, ecert.toml.
-    #[arg(long, global = true, env = "ECERT_DATA_DIR", default_value = "ecert-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "ECERT_DATA_DIR",
+        default_value = "ecert-data"
+    )]
     data_dir: PathBuf,
     /// Configuration file (default: <data-dir>/ecert.toml if it exists).
     #[arg(long, global = true, env = "ECERT_CONFIG")]
@@ -160,7 +165,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // SoftHSM2 reads its configuration from this variable at C_Initialize. Set here, before
         // any thread exists (the runtime is built below), so no other thread reads the
         // environment concurrently.
-        std::env::set_var("SOFTHSM2_CONF", ca_core::authority::softhsm_conf_path(&config));
+        std::env::set_var(
+            "SOFTHSM2_CONF",
+            ca_core::authority::softhsm_conf_path(&config),
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -206,7 +214,9 @@ fn read_limited(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
 async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
     let csr = VerifiedCsr::parse(&read_limited(&a.csr, MAX_CSR_BYTES)?)?;
     let renews = match &a.renews {
-        Some(s) => Some(SerialNumber::from_hex(s).with_context(|| format!("{s:?} is not a serial number"))?),
+        Some(s) => Some(
+            SerialNumber::from_hex(s).with_context(|| format!("{s:?} is not a serial number"))?,
+        ),
         None => None,
     };
     let auth = Authority::open(config).await?;
@@ -231,32 +241,48 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
     let issued = auth.issue(req).await?;
     let pem = pem_cert(&issued.cert_der);
     match &a.out {
-        Some(path) => std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
+        }
         None => std::io::stdout().write_all(pem.as_bytes())?,
     }
     eprintln!(
         "issued serial={} profile={} ca={}",
         issued.serial,
-        ca_core::profile::Profile::get(&auth.store().certificate(&issued.serial.to_hex()).await?.map(|r| r.profile).unwrap_or_default())
-            .map(|p| p.id)
-            .unwrap_or("?"),
+        ca_core::profile::Profile::get(
+            &auth
+                .store()
+                .certificate(&issued.serial.to_hex())
+                .await?
+                .map(|r| r.profile)
+                .unwrap_or_default()
+        )
+        .map(|p| p.id)
+        .unwrap_or("?"),
         issued.issuer.name()
     );
     Ok(())
 }
 
 fn actor() -> String {
-    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 fn pem_cert(der: &[u8]) -> String {
-    pem::encode_config(&pem::Pem::new("CERTIFICATE", der.to_vec()), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn print_ca_list(auth: &Authority) -> anyhow::Result<()> {
     for role in CaRole::ALL {
         let der = auth.ca_cert(role)?;
-        let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
+        let (_, c) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
         println!(
             "{}\t{}\t{}\t{}",
             role.name(),
@@ -294,7 +320,8 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
             }
         }
         CertCommand::Show { serial } => {
-            let s = SerialNumber::from_hex(&serial).with_context(|| format!("{serial:?} is not a serial number"))?;
+            let s = SerialNumber::from_hex(&serial)
+                .with_context(|| format!("{serial:?} is not a serial number"))?;
             let Some(r) = store.certificate(&s.to_hex()).await? else {
                 bail!("no certificate with serial {serial}");
             };
@@ -325,7 +352,10 @@ async fn audit_verify(config: Config) -> anyhow::Result<()> {
     for f in &findings {
         println!("{f}");
     }
-    bail!("audit trail verification failed: {} finding(s) in {n} records", findings.len())
+    bail!(
+        "audit trail verification failed: {} finding(s) in {n} records",
+        findings.len()
+    )
 }
 
 fn config_check(config: &Config) -> anyhow::Result<()> {
@@ -334,7 +364,10 @@ fn config_check(config: &Config) -> anyhow::Result<()> {
     }
     if config.embedded_softhsm() || config.hsm.module.is_absolute() {
         if !config.hsm.module.exists() {
-            bail!("PKCS#11 module {} does not exist", config.hsm.module.display());
+            bail!(
+                "PKCS#11 module {} does not exist",
+                config.hsm.module.display()
+            );
         }
     }
     println!("configuration OK");

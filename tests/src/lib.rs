@@ -26,7 +26,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The configuration every test CA gets: a base URL under a public suffix and a policy arc
 /// with 32-bit arcs, both needed for pkilint to accept the certificates (PROFILES.md §0).
-pub const CONFIG_TOML: &str = "[ca]\nbase_url = \"http://pki.example.hk:8080\"\npolicy_arc = \"1.3.6.1.4.1.32473.1\"\n";
+pub const CONFIG_TOML: &str =
+    "[ca]\nbase_url = \"http://pki.example.hk:8080\"\npolicy_arc = \"1.3.6.1.4.1.32473.1\"\n";
 
 /// The base URL in [`CONFIG_TOML`].
 pub const BASE_URL: &str = "http://pki.example.hk:8080";
@@ -36,7 +37,9 @@ pub const BASE_URL: &str = "http://pki.example.hk:8080";
 
 /// Runs `cmd` with stdout and stderr captured; panics (killing it) after `timeout`.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Output {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => panic!("cannot start {what} ({:?}): {e}", cmd.get_program()),
@@ -71,7 +74,11 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Outp
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
 }
 
 /// stdout and stderr of an output, for failure messages.
@@ -98,24 +105,36 @@ fn describe_status(s: ExitStatus) -> String {
 pub fn check_clean_error(o: &Output) -> Result<String, String> {
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     if o.status.success() {
-        return Err(format!("expected a failure, but ecert succeeded\n{}", show(o)));
+        return Err(format!(
+            "expected a failure, but ecert succeeded\n{}",
+            show(o)
+        ));
     }
     if o.status.code().is_none() {
         return Err(format!("ecert died from a signal\n{}", show(o)));
     }
     if !stderr.lines().any(|l| l.starts_with("error: ")) {
-        return Err(format!("no line starting with `error: ` on stderr\n{}", show(o)));
+        return Err(format!(
+            "no line starting with `error: ` on stderr\n{}",
+            show(o)
+        ));
     }
     let lower = stderr.to_lowercase();
     if lower.contains("panicked") || lower.contains("backtrace") {
-        return Err(format!("ecert panicked instead of reporting an error\n{}", show(o)));
+        return Err(format!(
+            "ecert panicked instead of reporting an error\n{}",
+            show(o)
+        ));
     }
     Ok(stderr)
 }
 
 /// The first `error: ` line of stderr.
 pub fn error_line(stderr: &str) -> &str {
-    stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or("")
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or("")
 }
 
 /// The `ecert` binary under test: `$ECERT_BIN`, else `target/debug/ecert` next to the test
@@ -126,7 +145,11 @@ pub fn ecert_bin() -> PathBuf {
         _ => {
             let exe = std::env::current_exe().expect("current_exe");
             let deps = exe.parent().expect("test executable has a directory");
-            let profile = if deps.file_name().is_some_and(|n| n == "deps") { deps.parent().unwrap() } else { deps };
+            let profile = if deps.file_name().is_some_and(|n| n == "deps") {
+                deps.parent().unwrap()
+            } else {
+                deps
+            };
             profile.join("ecert")
         }
     };
@@ -189,7 +212,19 @@ fn pg_url_with_db(admin: &str, db: &str) -> String {
 
 fn psql(url: &str, sql: &str) -> Output {
     let mut c = Command::new("psql");
-    c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\t", url, "-c", sql]);
+    c.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-F",
+        "\t",
+        url,
+        "-c",
+        sql,
+    ]);
     let o = run_with_timeout(c, TIMEOUT, "psql");
     assert!(o.status.success(), "psql failed on {sql:?}\n{}", show(&o));
     o
@@ -268,7 +303,12 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Output {
     let mut c = Command::new("openssl");
     c.current_dir(dir).args(args);
     let o = run_with_timeout(c, TIMEOUT, "openssl");
-    assert!(o.status.success(), "openssl {} failed\n{}", args.join(" "), show(&o));
+    assert!(
+        o.status.success(),
+        "openssl {} failed\n{}",
+        args.join(" "),
+        show(&o)
+    );
     o
 }
 
@@ -279,7 +319,15 @@ pub fn csr_with(dir: &Path, name: &str, kind: KeyType, extra: &[&str]) -> CsrFil
     let csr = dir.join(format!("{name}.csr"));
     let mut args = vec!["req", "-new"];
     args.extend(kind.newkey_args());
-    args.extend(["-nodes", "-keyout", key.to_str().unwrap(), "-out", csr.to_str().unwrap(), "-subj", CSR_SUBJECT]);
+    args.extend([
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+        "-subj",
+        CSR_SUBJECT,
+    ]);
     args.extend(extra);
     openssl(dir, &args);
     CsrFiles { key, csr }
@@ -293,7 +341,16 @@ pub fn csr(dir: &Path, name: &str, kind: KeyType) -> CsrFiles {
 /// A CSR for an existing key file.
 pub fn csr_for_key(dir: &Path, name: &str, key: &Path, subject: &str, extra: &[&str]) -> PathBuf {
     let csr = dir.join(format!("{name}.csr"));
-    let mut args = vec!["req", "-new", "-key", key.to_str().unwrap(), "-out", csr.to_str().unwrap(), "-subj", subject];
+    let mut args = vec![
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+        "-subj",
+        subject,
+    ];
     args.extend(extra);
     openssl(dir, &args);
     csr
@@ -302,8 +359,10 @@ pub fn csr_for_key(dir: &Path, name: &str, key: &Path, subject: &str, extra: &[&
 /// The DER SubjectPublicKeyInfo of a PEM CSR.
 pub fn csr_spki(csr_pem: &Path) -> Vec<u8> {
     let data = std::fs::read(csr_pem).unwrap();
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&data).unwrap_or_else(|e| panic!("{}: not PEM: {e}", csr_pem.display()));
-    let (_, req) = X509CertificationRequest::from_der(&pem.contents).unwrap_or_else(|e| panic!("{}: not a CSR: {e}", csr_pem.display()));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&data)
+        .unwrap_or_else(|e| panic!("{}: not PEM: {e}", csr_pem.display()));
+    let (_, req) = X509CertificationRequest::from_der(&pem.contents)
+        .unwrap_or_else(|e| panic!("{}: not a CSR: {e}", csr_pem.display()));
     req.certification_request_info.subject_pki.raw.to_vec()
 }
 
@@ -311,7 +370,13 @@ pub fn csr_spki(csr_pem: &Path) -> Vec<u8> {
 // Judges
 
 /// `openssl verify -x509_strict -CAfile ROOT [-untrusted I]... [-purpose P] LEAF`; must print OK.
-pub fn openssl_verify(root: &Path, untrusted: &[&Path], leaf: &Path, purpose: Option<&str>, ctx: &str) {
+pub fn openssl_verify(
+    root: &Path,
+    untrusted: &[&Path],
+    leaf: &Path,
+    purpose: Option<&str>,
+    ctx: &str,
+) {
     let mut c = Command::new("openssl");
     c.args(["verify", "-x509_strict", "-CAfile"]).arg(root);
     for u in untrusted {
@@ -336,9 +401,14 @@ pub fn openssl_verify(root: &Path, untrusted: &[&Path], leaf: &Path, purpose: Op
 /// skips) when pkilint is not installed.
 pub fn pkilint(linter: &str, args: &[&str], files: &[&Path], ctx: &str) {
     let mut c = Command::new(linter);
-    c.arg("lint").args(args).args(["-s", "ERROR", "-f", "JSON"]).args(files);
+    c.arg("lint")
+        .args(args)
+        .args(["-s", "ERROR", "-f", "JSON"])
+        .args(files);
     let cmdline = format!("{c:?}");
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Err(e) = c.spawn().map(|mut ch| {
         let _ = ch.kill();
         let _ = ch.wait();
@@ -371,16 +441,31 @@ pub struct CertFile {
 impl CertFile {
     /// Reads a file holding exactly one PEM CERTIFICATE block.
     pub fn read(path: &Path) -> CertFile {
-        let data = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let data =
+            std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         let ders = pem_certs(&data);
-        assert_eq!(ders.len(), 1, "{} should hold exactly one PEM certificate:\n{}", path.display(), String::from_utf8_lossy(&data));
-        CertFile { path: path.to_path_buf(), der: ders.into_iter().next().unwrap() }
+        assert_eq!(
+            ders.len(),
+            1,
+            "{} should hold exactly one PEM certificate:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&data)
+        );
+        CertFile {
+            path: path.to_path_buf(),
+            der: ders.into_iter().next().unwrap(),
+        }
     }
 
     /// The parsed certificate.
     pub fn parse(&self) -> X509Certificate<'_> {
-        let (rest, c) = X509Certificate::from_der(&self.der).unwrap_or_else(|e| panic!("{}: {e}", self.path.display()));
-        assert!(rest.is_empty(), "{}: trailing bytes after the certificate", self.path.display());
+        let (rest, c) = X509Certificate::from_der(&self.der)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.path.display()));
+        assert!(
+            rest.is_empty(),
+            "{}: trailing bytes after the certificate",
+            self.path.display()
+        );
         c
     }
 }
@@ -389,8 +474,13 @@ impl CertFile {
 pub fn pem_certs(data: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for pem in Pem::iter_from_buffer(data) {
-        let pem = pem.unwrap_or_else(|e| panic!("bad PEM ({e}):\n{}", String::from_utf8_lossy(data)));
-        assert_eq!(pem.label, "CERTIFICATE", "unexpected PEM block {:?}", pem.label);
+        let pem =
+            pem.unwrap_or_else(|e| panic!("bad PEM ({e}):\n{}", String::from_utf8_lossy(data)));
+        assert_eq!(
+            pem.label, "CERTIFICATE",
+            "unexpected PEM block {:?}",
+            pem.label
+        );
         out.push(pem.contents);
     }
     out
@@ -399,13 +489,22 @@ pub fn pem_certs(data: &[u8]) -> Vec<Vec<u8>> {
 /// `(OID dotted, value)` of every subject attribute (values that are not strings as hex).
 pub fn name_attrs(name: &X509Name<'_>) -> Vec<(String, String)> {
     name.iter_attributes()
-        .map(|a| (a.attr_type().to_id_string(), a.as_str().map_or_else(|_| hex::encode(a.as_slice()), str::to_string)))
+        .map(|a| {
+            (
+                a.attr_type().to_id_string(),
+                a.as_str()
+                    .map_or_else(|_| hex::encode(a.as_slice()), str::to_string),
+            )
+        })
         .collect()
 }
 
 /// Subject alternative names as `email:x` / `dns:x` / `other:…`, sorted.
 pub fn san_list(cert: &X509Certificate<'_>) -> Vec<String> {
-    let mut v: Vec<String> = match cert.subject_alternative_name().expect("SAN extension parses") {
+    let mut v: Vec<String> = match cert
+        .subject_alternative_name()
+        .expect("SAN extension parses")
+    {
         None => vec![],
         Some(ext) => ext
             .value
@@ -461,7 +560,10 @@ pub fn aia_and_crl_uris(cert: &X509Certificate<'_>) -> (Vec<(String, String)>, V
 /// The DER content octets a positive INTEGER with this 16-byte magnitude must have:
 /// leading zero octets stripped, one 0x00 added if the top bit is set.
 pub fn expected_serial_content(serial16: &[u8]) -> Vec<u8> {
-    let start = serial16.iter().position(|b| *b != 0).unwrap_or(serial16.len() - 1);
+    let start = serial16
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(serial16.len() - 1);
     let mag = &serial16[start..];
     let mut v = Vec::new();
     if mag[0] & 0x80 != 0 {
@@ -514,8 +616,14 @@ impl Ca {
     /// no `ecert init` yet.
     pub fn new() -> Ca {
         let _ = ecert_bin();
-        let dir = tempfile::Builder::new().prefix("ecert-e2e-data.").tempdir().unwrap();
-        let work = tempfile::Builder::new().prefix("ecert-e2e-work.").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ecert-e2e-data.")
+            .tempdir()
+            .unwrap();
+        let work = tempfile::Builder::new()
+            .prefix("ecert-e2e-work.")
+            .tempdir()
+            .unwrap();
         std::fs::write(dir.path().join("ecert.toml"), CONFIG_TOML).unwrap();
         let (db_env, pg) = match test_db() {
             Db::Sqlite => (None, None),
@@ -524,10 +632,22 @@ impl Ca {
                 let name = format!("ecert_{}", uuid::Uuid::new_v4().simple());
                 psql(&admin_url, &format!("CREATE DATABASE {name}"));
                 let url = pg_url_with_db(&admin_url, &name);
-                (Some(("ECERT_DATABASE_URL".to_string(), url.clone())), Some(PgDb { admin_url, name, url }))
+                (
+                    Some(("ECERT_DATABASE_URL".to_string(), url.clone())),
+                    Some(PgDb {
+                        admin_url,
+                        name,
+                        url,
+                    }),
+                )
             }
         };
-        Ca { dir, work, db_env, pg }
+        Ca {
+            dir,
+            work,
+            db_env,
+            pg,
+        }
     }
 
     /// [`Ca::new`] then `ecert init`.
@@ -561,7 +681,11 @@ impl Ca {
         let mut c = Command::new(ecert_bin());
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
-            if k.starts_with("ECERT_") || k == "FAILPOINTS" || k == "SOFTHSM2_CONF" || k == "RUST_LOG" {
+            if k.starts_with("ECERT_")
+                || k == "FAILPOINTS"
+                || k == "SOFTHSM2_CONF"
+                || k == "RUST_LOG"
+            {
                 c.env_remove(&k);
             }
         }
@@ -579,7 +703,11 @@ impl Ca {
 
     /// Runs ecert with extra environment variables.
     pub fn ecert_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        run_with_timeout(self.command(args, envs), TIMEOUT, &format!("ecert {}", args.join(" ")))
+        run_with_timeout(
+            self.command(args, envs),
+            TIMEOUT,
+            &format!("ecert {}", args.join(" ")),
+        )
     }
 
     /// Runs ecert.
@@ -590,7 +718,12 @@ impl Ca {
     /// Runs ecert, asserts success, returns stdout.
     pub fn ecert_ok(&self, args: &[&str]) -> String {
         let o = self.ecert(args);
-        assert!(o.status.success(), "`ecert {}` failed\n{}", args.join(" "), show(&o));
+        assert!(
+            o.status.success(),
+            "`ecert {}` failed\n{}",
+            args.join(" "),
+            show(&o)
+        );
         String::from_utf8(o.stdout).expect("stdout is UTF-8")
     }
 
@@ -608,7 +741,9 @@ impl Ca {
     /// Starts ecert in the background (stdout discarded, stderr to `stderr_file`).
     pub fn spawn_env(&self, args: &[&str], envs: &[(&str, &str)], stderr_file: &Path) -> Child {
         let mut c = self.command(args, envs);
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(stderr_file).unwrap());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr_file).unwrap());
         c.spawn().unwrap()
     }
 
@@ -621,11 +756,22 @@ impl Ca {
     /// `issued serial=<hex> profile=<P> ca=<name>` line; returns what was issued.
     pub fn issue(&self, profile: &str, csr: &Path, args: &[&str], ctx: &str) -> Issued {
         let out = self.file(&format!("issued-{}.pem", uuid::Uuid::new_v4().simple()));
-        let mut full = vec!["issue", "--profile", profile, "--csr", csr.to_str().unwrap()];
+        let mut full = vec![
+            "issue",
+            "--profile",
+            profile,
+            "--csr",
+            csr.to_str().unwrap(),
+        ];
         full.extend(args);
         full.extend(["--out", out.to_str().unwrap()]);
         let o = self.ecert(&full);
-        assert!(o.status.success(), "[{ctx}] `ecert {}` failed\n{}", full.join(" "), show(&o));
+        assert!(
+            o.status.success(),
+            "[{ctx}] `ecert {}` failed\n{}",
+            full.join(" "),
+            show(&o)
+        );
         let (serial, ca) = parse_issued_line(&o, profile).unwrap_or_else(|e| panic!("[{ctx}] {e}"));
         let cert = CertFile::read(&out);
         Issued { serial, ca, cert }
@@ -638,21 +784,35 @@ impl Ca {
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
-                assert_eq!(f.len(), 3, "`cert list` line is not <serial>\\t<state>\\t<profile>: {l:?}\n{out}");
-                CertRow { serial: f[0].into(), state: f[1].into(), profile: f[2].into() }
+                assert_eq!(
+                    f.len(),
+                    3,
+                    "`cert list` line is not <serial>\\t<state>\\t<profile>: {l:?}\n{out}"
+                );
+                CertRow {
+                    serial: f[0].into(),
+                    state: f[1].into(),
+                    profile: f[2].into(),
+                }
             })
             .collect()
     }
 
     /// How many certificates `cert list` shows as issued.
     pub fn issued_count(&self) -> usize {
-        self.cert_list().iter().filter(|r| r.state == "issued").count()
+        self.cert_list()
+            .iter()
+            .filter(|r| r.state == "issued")
+            .count()
     }
 
     /// `ecert cert show SERIAL` as key → value.
     pub fn cert_show(&self, serial: &str) -> BTreeMap<String, String> {
         let out = self.ecert_ok(&["cert", "show", serial]);
-        out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+        out.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
     }
 
     /// `ecert ca export NAME` written to the scratch directory.
@@ -666,8 +826,15 @@ impl Ca {
     /// Asserts `ecert audit verify` passes; returns N of `audit trail intact: N records`.
     pub fn audit_ok(&self) -> usize {
         let out = self.ecert_ok(&["audit", "verify"]);
-        let line = out.lines().find(|l| l.starts_with("audit trail intact: ")).unwrap_or_else(|| panic!("no `audit trail intact: N records` line:\n{out}"));
-        line.trim_start_matches("audit trail intact: ").trim_end_matches(" records").trim().parse().unwrap_or_else(|_| panic!("bad count in {line:?}"))
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("audit trail intact: "))
+            .unwrap_or_else(|| panic!("no `audit trail intact: N records` line:\n{out}"));
+        line.trim_start_matches("audit trail intact: ")
+            .trim_end_matches(" records")
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad count in {line:?}"))
     }
 
     /// A read-only SQL query straight on the database (tab-separated rows, blobs as hex).
@@ -683,7 +850,10 @@ impl Ca {
     pub fn tamper(&self, sql: &str) {
         match &self.pg {
             Some(pg) => {
-                psql(&pg.url, &format!("ALTER TABLE audit_log DISABLE TRIGGER ALL; {sql}"));
+                psql(
+                    &pg.url,
+                    &format!("ALTER TABLE audit_log DISABLE TRIGGER ALL; {sql}"),
+                );
             }
             None => {
                 self.sqlite(true, &format!("DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete; {sql}"));
@@ -693,11 +863,22 @@ impl Ca {
 
     fn sqlite(&self, script: bool, sql: &str) -> String {
         let db = self.dir.path().join("ecert.db");
-        assert!(db.is_file(), "SQLite database {} does not exist", db.display());
+        assert!(
+            db.is_file(),
+            "SQLite database {} does not exist",
+            db.display()
+        );
         let mut c = Command::new("python3");
-        c.args(["-c", SQLITE_PY]).arg(&db).arg(if script { "script" } else { "query" }).arg(sql);
+        c.args(["-c", SQLITE_PY])
+            .arg(&db)
+            .arg(if script { "script" } else { "query" })
+            .arg(sql);
         let o = run_with_timeout(c, TIMEOUT, "python3 sqlite3");
-        assert!(o.status.success(), "python3 sqlite3 failed on {sql:?}\n{}", show(&o));
+        assert!(
+            o.status.success(),
+            "python3 sqlite3 failed on {sql:?}\n{}",
+            show(&o)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 }
@@ -712,7 +893,11 @@ impl Drop for Ca {
     fn drop(&mut self) {
         let keep = std::env::var("ECERT_E2E_KEEP").is_ok_and(|v| v == "1");
         if keep {
-            eprintln!("ECERT_E2E_KEEP: data dir {} work dir {}", self.dir.path().display(), self.work.path().display());
+            eprintln!(
+                "ECERT_E2E_KEEP: data dir {} work dir {}",
+                self.dir.path().display(),
+                self.work.path().display()
+            );
             let d = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
             let w = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap());
             let _ = d.keep();
@@ -723,12 +908,24 @@ impl Drop for Ca {
             return;
         }
         if std::thread::panicking() {
-            eprintln!("(set ECERT_E2E_KEEP=1 to keep the data directory and database of failed tests)");
+            eprintln!(
+                "(set ECERT_E2E_KEEP=1 to keep the data directory and database of failed tests)"
+            );
         }
         if let Some(pg) = &self.pg {
             let mut c = Command::new("psql");
-            c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &pg.admin_url, "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name)]);
-            c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            c.args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                &pg.admin_url,
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg.name),
+            ]);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             let _ = c.status();
         }
     }
@@ -740,7 +937,12 @@ pub fn parse_issued_line(o: &Output, profile: &str) -> Result<(String, String), 
     let line = stderr
         .lines()
         .find(|l| l.starts_with("issued "))
-        .ok_or_else(|| format!("no `issued serial=<hex> profile=<name> ca=<ca>` line on stderr\n{}", show(o)))?;
+        .ok_or_else(|| {
+            format!(
+                "no `issued serial=<hex> profile=<name> ca=<ca>` line on stderr\n{}",
+                show(o)
+            )
+        })?;
     let parts: Vec<&str> = line.split(' ').collect();
     let bad = || format!("the line is not `issued serial=<hex> profile=<name> ca=<ca>`: {line:?}");
     if parts.len() != 4 || parts[0] != "issued" {
@@ -749,7 +951,11 @@ pub fn parse_issued_line(o: &Output, profile: &str) -> Result<(String, String), 
     let serial = parts[1].strip_prefix("serial=").ok_or_else(bad)?;
     let got_profile = parts[2].strip_prefix("profile=").ok_or_else(bad)?;
     let ca = parts[3].strip_prefix("ca=").ok_or_else(bad)?;
-    if serial.len() != 32 || !serial.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if serial.len() != 32
+        || !serial
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(format!("serial in {line:?} is not 32 lowercase hex digits"));
     }
     if got_profile != profile {

@@ -1,0 +1,168 @@
+//! The CA hierarchy `ecert init` makes: listed, exported, chained, clean in pkilint, and
+//! unchanged by a second `init`.
+
+use ecert_e2e::*;
+
+use crate::common::check_urls;
+
+/// `ca list` parsed: name → (serial hex, whole line).
+fn ca_list(ca: &Ca) -> Vec<(String, String, String)> {
+    let out = ca.ecert_ok(&["ca", "list"]);
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(
+                f.len(),
+                4,
+                "`ca list` line is not <name>\\t<serial>\\t<subject>\\t<notAfter>: {l:?}"
+            );
+            (f[0].to_string(), f[1].to_string(), l.to_string())
+        })
+        .collect()
+}
+
+fn norm_serial(s: &str) -> String {
+    let s = s.replace(':', "").to_ascii_lowercase();
+    let t = s.trim_start_matches('0');
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.into()
+    }
+}
+
+#[test]
+fn ca_hierarchy() {
+    let ca = Ca::new();
+    let summary = ca.ecert_ok(&["init"]);
+    assert!(
+        !summary.trim().is_empty(),
+        "`ecert init` printed no summary on stdout"
+    );
+
+    let list = ca_list(&ca);
+    let mut names: Vec<&str> = list.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["individual", "root", "server"],
+        "`ca list`: {list:?}"
+    );
+
+    let root = ca.export("root");
+    let individual = ca.export("individual");
+    let server = ca.export("server");
+    for (name, file) in [
+        ("root", &root),
+        ("individual", &individual),
+        ("server", &server),
+    ] {
+        let c = file.parse();
+        let listed = &list.iter().find(|(n, _, _)| n == name).unwrap().1;
+        assert_eq!(
+            norm_serial(listed),
+            norm_serial(&hex::encode(c.raw_serial())),
+            "`ca list` serial of {name} differs from the exported certificate's"
+        );
+        assert!(c.is_ca(), "{name} is not a CA certificate");
+    }
+    let r = root.parse();
+    assert_eq!(
+        r.subject().as_raw(),
+        r.issuer().as_raw(),
+        "root is not self-issued"
+    );
+    for (name, file) in [("individual", &individual), ("server", &server)] {
+        let c = file.parse();
+        assert_eq!(
+            c.issuer().as_raw(),
+            r.subject().as_raw(),
+            "{name} CA is not issued by the root"
+        );
+        check_urls(&c, &format!("{name} CA"));
+    }
+
+    // openssl: the root verifies itself, the issuing CAs chain to it.
+    openssl_verify(&root.path, &[], &root.path, None, "root");
+    openssl_verify(&root.path, &[], &individual.path, None, "individual CA");
+    openssl_verify(&root.path, &[], &server.path, None, "server CA");
+
+    // --chain: the CA's certificate, then its issuers up to the root.
+    for (name, want) in [
+        ("root", vec![&root]),
+        ("individual", vec![&individual, &root]),
+        ("server", vec![&server, &root]),
+    ] {
+        let out = ca.ecert_ok(&["ca", "export", name, "--chain"]);
+        let got = pem_certs(out.as_bytes());
+        let want: Vec<Vec<u8>> = want.iter().map(|c| c.der.clone()).collect();
+        assert!(
+            got == want,
+            "`ca export {name} --chain` is not [{name}, ..., root] ({} certificates)",
+            got.len()
+        );
+    }
+
+    // pkilint.
+    pkilint(
+        "lint_cabf_serverauth_cert",
+        &["-t", "ROOT-CA"],
+        &[&root.path],
+        "root",
+    );
+    pkilint("lint_pkix_cert", &[], &[&root.path], "root");
+    pkilint(
+        "lint_cabf_serverauth_cert",
+        &["-t", "INTERNAL-UNCONSTRAINED-TLS-CA"],
+        &[&server.path],
+        "server CA",
+    );
+    pkilint("lint_pkix_cert", &[], &[&server.path], "server CA");
+    pkilint(
+        "lint_pkix_signer_signee_cert_chain",
+        &[],
+        &[&root.path, &server.path],
+        "root -> server CA",
+    );
+    pkilint(
+        "lint_cabf_serverauth_cert",
+        &["-t", "NON-TLS-CA"],
+        &[&individual.path],
+        "individual CA",
+    );
+    pkilint("lint_pkix_cert", &[], &[&individual.path], "individual CA");
+    pkilint(
+        "lint_pkix_signer_signee_cert_chain",
+        &[],
+        &[&root.path, &individual.path],
+        "root -> individual CA",
+    );
+
+    // Idempotent: a second init keeps the hierarchy.
+    ca.ecert_ok(&["init"]);
+    assert_eq!(
+        ca_list(&ca),
+        list,
+        "`ca list` changed after a second `ecert init`"
+    );
+    for (name, before) in [
+        ("root", &root),
+        ("individual", &individual),
+        ("server", &server),
+    ] {
+        let out = ca.ecert_ok(&["ca", "export", name]);
+        assert_eq!(
+            pem_certs(out.as_bytes()),
+            vec![before.der.clone()],
+            "{name} CA certificate changed after a second init"
+        );
+    }
+
+    let err = ca.ecert_err(&["ca", "export", "nosuchca"]);
+    assert!(
+        err.contains("nosuchca"),
+        "the error does not name the unknown CA: {err}"
+    );
+    ca.audit_ok();
+}

@@ -1,0 +1,90 @@
+//! `ecert config check`, and errors before `init`.
+
+use ecert_e2e::*;
+
+#[test]
+fn config_check() {
+    let ca = Ca::new();
+    let good = ca.ecert_ok(&["config", "check"]);
+    assert!(
+        good.contains("configuration OK"),
+        "config check of the test configuration: {good:?}"
+    );
+
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "bad country",
+            "[ca]\ncountry = \"Hong Kong\"\n",
+            &["country"],
+        ),
+        ("unknown key", "[ca]\nnot_a_field = 1\n", &["not_a_field"]),
+        (
+            "TOML syntax",
+            "[ca\nbase_url = 1\n",
+            &["toml", "expected", "invalid", "parse"],
+        ),
+        (
+            "bad base URL",
+            "[ca]\nbase_url = \"ftp://pki.example.hk\"\n",
+            &["base_url"],
+        ),
+        (
+            "policy arc not an OID",
+            "[ca]\npolicy_arc = \"not.an.oid\"\n",
+            &["policy_arc", "oid"],
+        ),
+    ];
+    for (what, text, keywords) in cases {
+        let file = ca.file(&format!("{}.toml", what.replace(' ', "-")));
+        std::fs::write(&file, text).unwrap();
+        let err = ca.ecert_err(&["--config", file.to_str().unwrap(), "config", "check"]);
+        let line = error_line(&err).to_lowercase();
+        assert!(
+            keywords.iter().any(|k| line.contains(k)),
+            "[{what}] the error does not name the problem ({keywords:?}): {err}"
+        );
+    }
+    let missing = ca.file("no-such.toml");
+    let err = ca.ecert_err(&["--config", missing.to_str().unwrap(), "config", "check"]);
+    assert!(
+        err.contains("no-such.toml"),
+        "a missing --config file: {err}"
+    );
+
+    // The data directory's own ecert.toml is checked too.
+    std::fs::write(
+        ca.data_dir().join("ecert.toml"),
+        "[ca]\ncountry = \"Hong Kong\"\n",
+    )
+    .unwrap();
+    let err = ca.ecert_err(&["config", "check"]);
+    assert!(error_line(&err).contains("country"), "{err}");
+}
+
+#[test]
+fn commands_before_init_fail_cleanly() {
+    let ca = Ca::new();
+    let csr = ca.csr("pre", KeyType::P256);
+    for args in [
+        vec!["cert", "list"],
+        vec!["ca", "export", "root"],
+        vec![
+            "issue",
+            "--profile",
+            "personal",
+            "--csr",
+            csr.csr.to_str().unwrap(),
+            "--given-name",
+            "Tai Man",
+            "--email",
+            "tm@example.hk",
+        ],
+    ] {
+        let err = ca.ecert_err(&args);
+        assert!(
+            error_line(&err).contains("init"),
+            "`ecert {}` before init should say to run init: {err}",
+            args.join(" ")
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! Hostile CSRs and requests: each refused cleanly (non-zero exit, an `error:` line naming the
+//! problem, no certificate issued, no output file); a CSR's own subject and SAN requests never
+//! reach the certificate.
+
+use std::path::{Path, PathBuf};
+
+use ecert_e2e::*;
+
+use crate::common::*;
+
+/// One refusal: `ecert issue --profile P --csr CSR ARGS --out F` must fail cleanly, name the
+/// problem (one of `keywords`, case-insensitive), issue nothing and write no file.
+fn refused(
+    ca: &Ca,
+    issued_before: usize,
+    profile: &str,
+    csr: &Path,
+    args: &[&str],
+    keywords: &[&str],
+    ctx: &str,
+) {
+    let out = ca.file(&format!("refused-{}.pem", uuid::Uuid::new_v4().simple()));
+    let mut full = vec![
+        "issue",
+        "--profile",
+        profile,
+        "--csr",
+        csr.to_str().unwrap(),
+    ];
+    full.extend(args);
+    full.extend(["--out", out.to_str().unwrap()]);
+    let o = ca.ecert(&full);
+    let stderr =
+        check_clean_error(&o).unwrap_or_else(|e| panic!("[{ctx}] `ecert {}`: {e}", full.join(" ")));
+    let line = error_line(&stderr).to_lowercase();
+    assert!(
+        keywords.iter().any(|k| line.contains(&k.to_lowercase())),
+        "[{ctx}] the error line does not name the problem (expected one of {keywords:?}): {:?}",
+        error_line(&stderr)
+    );
+    assert!(
+        !out.exists(),
+        "[{ctx}] a refused request wrote {}",
+        out.display()
+    );
+    assert_eq!(
+        ca.issued_count(),
+        issued_before,
+        "[{ctx}] a refused request left a new issued certificate in `cert list`"
+    );
+}
+
+fn write(ca: &Ca, name: &str, data: &[u8]) -> PathBuf {
+    let p = ca.file(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+/// Deterministic junk (xorshift), so a failure reproduces.
+fn junk(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_csrs_are_refused() {
+    let ca = Ca::init();
+    let dir = ca.work.path().to_path_buf();
+    let d = dir.as_path();
+    // One good issuance first, so "no new issued certificate" is measured against a non-empty list.
+    issue_and_verify_personal(&ca, "baseline", "baseline");
+    let before = ca.issued_count();
+    assert_eq!(before, 1);
+    let args = personal().args;
+
+    // Bad signature: flip a bit in the last octet of the signature of a DER CSR.
+    let good = ca.csr("sig", KeyType::P256);
+    let der = d.join("sig.der");
+    openssl(
+        d,
+        &[
+            "req",
+            "-in",
+            good.csr.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().unwrap(),
+        ],
+    );
+    let mut bytes = std::fs::read(&der).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    let bad_sig = write(&ca, "badsig.der", &bytes);
+
+    let rsa1024_key = d.join("rsa1024.key");
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+            rsa1024_key.to_str().unwrap(),
+        ],
+    );
+    let rsa1024 = csr_for_key(d, "rsa1024", &rsa1024_key, CSR_SUBJECT, &[]);
+    let e3_key = d.join("e3.key");
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-pkeyopt",
+            "rsa_keygen_pubexp:3",
+            "-out",
+            e3_key.to_str().unwrap(),
+        ],
+    );
+    let e3 = csr_for_key(d, "e3", &e3_key, CSR_SUBJECT, &[]);
+    let explicit_key = d.join("explicit.key");
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-param_enc",
+            "explicit",
+            "-genkey",
+            "-noout",
+            "-out",
+            explicit_key.to_str().unwrap(),
+        ],
+    );
+    let explicit = csr_for_key(d, "explicit", &explicit_key, CSR_SUBJECT, &[]);
+    let ed_key = d.join("ed25519.key");
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            ed_key.to_str().unwrap(),
+        ],
+    );
+    let ed = csr_for_key(d, "ed25519", &ed_key, CSR_SUBJECT, &[]);
+    let ca_true = csr_with(
+        d,
+        "catrue",
+        KeyType::P256,
+        &["-addext", "basicConstraints=critical,CA:TRUE"],
+    );
+    // A valid CSR over 16 KiB (a huge extension), not just padding.
+    let huge = format!("nsComment={}", "A".repeat(17 * 1024));
+    let oversized = csr_with(d, "oversized", KeyType::P256, &["-addext", &huge]);
+    assert!(std::fs::metadata(&oversized.csr).unwrap().len() > 16 * 1024);
+    let mut garbage_bytes = vec![0x30, 0x82, 0x02, 0x00];
+    garbage_bytes.extend(junk(512, 0x9e37_79b9_7f4a_7c15));
+    let garbage = write(&ca, "garbage.bin", &garbage_bytes);
+    let pem_text = std::fs::read(&good.csr).unwrap();
+    let two = write(&ca, "two.pem", &[pem_text.clone(), pem_text].concat());
+    let empty = write(&ca, "empty.csr", b"");
+    // The key's PEM instead of a CSR.
+    let not_csr = good.key.clone();
+
+    let cases: Vec<(String, (PathBuf, Vec<&str>))> = vec![
+        (
+            "bad signature (DER, flipped bit)".into(),
+            (bad_sig, vec!["signature"]),
+        ),
+        ("RSA-1024".into(), (rsa1024, vec!["1024", "too small"])),
+        ("RSA exponent 3".into(), (e3, vec!["exponent"])),
+        (
+            "explicit EC parameters".into(),
+            (explicit, vec!["explicit", "named curve"]),
+        ),
+        (
+            "Ed25519 key".into(),
+            (
+                ed,
+                vec![
+                    "ed25519",
+                    "1.3.101.112",
+                    "algorithm",
+                    "not accepted",
+                    "unsupported",
+                ],
+            ),
+        ),
+        (
+            "basicConstraints CA:TRUE".into(),
+            (
+                ca_true.csr,
+                vec!["ca=true", "ca:true", "ca certificate", "basicconstraints"],
+            ),
+        ),
+        (
+            "oversized CSR (> 16 KiB)".into(),
+            (oversized.csr, vec!["too large", "size", "limit", "kib"]),
+        ),
+        (
+            "garbage bytes".into(),
+            (
+                garbage,
+                vec!["malformed", "parse", "decode", "invalid", "not a"],
+            ),
+        ),
+        (
+            "two PEM blocks".into(),
+            (two, vec!["pem block", "blocks", "exactly one"]),
+        ),
+        (
+            "empty file".into(),
+            (empty, vec!["empty", "malformed", "no pem", "not a"]),
+        ),
+        (
+            "a private key instead of a CSR".into(),
+            (
+                not_csr,
+                vec!["certificate request", "pem block", "not a", "expected"],
+            ),
+        ),
+    ];
+    run_all(cases, |ctx, (csr, keywords)| {
+        refused(&ca, before, "personal", &csr, &args, &keywords, ctx)
+    });
+    ca.audit_ok();
+}
+
+#[test]
+fn hostile_requests_are_refused_and_csr_content_is_ignored() {
+    let ca = Ca::init();
+    let good = ca.csr("good", KeyType::P256);
+    let before = ca.issued_count();
+    let srv = server();
+    let pers = personal();
+
+    type Case = (&'static str, Vec<&'static str>, Vec<&'static str>);
+    let cases: Vec<(String, Case)> = vec![
+        (
+            "server: wildcard DNS name".into(),
+            (
+                "server",
+                vec!["--org", "Example Trading Limited", "--dns", "*.example.hk"],
+                vec!["wildcard"],
+            ),
+        ),
+        (
+            "server: no DNS name".into(),
+            (
+                "server",
+                vec!["--org", "Example Trading Limited", "--locality", "Kowloon"],
+                vec!["dns"],
+            ),
+        ),
+        (
+            "server: no organisation".into(),
+            ("server", vec!["--dns", "www.example.hk"], vec!["org"]),
+        ),
+        (
+            "personal: no e-mail".into(),
+            (
+                "personal",
+                vec!["--given-name", "Tai Man", "--surname", "CHAN"],
+                vec!["e-mail", "email"],
+            ),
+        ),
+        (
+            "personal: no given name or surname".into(),
+            (
+                "personal",
+                vec!["--email", "taiman.chan@example.hk"],
+                vec!["given", "surname", "personal name"],
+            ),
+        ),
+        (
+            "organisational: no business registration number".into(),
+            (
+                "organisational",
+                vec![
+                    "--given-name",
+                    "Siu Ming",
+                    "--surname",
+                    "WONG",
+                    "--email",
+                    "siuming.wong@example.hk",
+                    "--org",
+                    "Example Trading Limited",
+                ],
+                vec![
+                    "registration",
+                    "org-id",
+                    "organizationidentifier",
+                    "organisation identifier",
+                ],
+            ),
+        ),
+        (
+            "personal: --days beyond the profile maximum".into(),
+            (
+                "personal",
+                [pers.args.clone(), vec!["--days", "10000"]].concat(),
+                vec!["days", "validity"],
+            ),
+        ),
+        (
+            "unknown profile".into(),
+            (
+                "wildcard-profile",
+                pers.args.clone(),
+                vec!["wildcard-profile", "profile"],
+            ),
+        ),
+    ];
+    run_all(cases, |ctx, (profile, args, keywords)| {
+        refused(&ca, before, profile, &good.csr, &args, &keywords, ctx)
+    });
+
+    // A CSR with its own subject and SAN requests is issued, but with only the approved names.
+    let d = ca.work.path();
+    let evil_subject =
+        "/CN=evil.example/O=Evil Corp/OU=Evil Unit/L=Evil Town/emailAddress=evil@evil.example";
+    let evil_sans =
+        "subjectAltName=DNS:evil.example,DNS:www.evil.example,email:evil@evil.example,IP:10.6.6.6";
+    let cases: Vec<(String, ProfileCase)> = vec![
+        ("server with evil CSR".into(), srv),
+        ("personal with evil CSR".into(), pers),
+    ];
+    run_all(cases, |ctx, case| {
+        let key = d.join(format!("{}-evil.key", case.profile));
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                key.to_str().unwrap(),
+            ],
+        );
+        let csr = csr_for_key(
+            d,
+            &format!("{}-evil", case.profile),
+            &key,
+            evil_subject,
+            &["-addext", evil_sans],
+        );
+        let issued = ca.issue(case.profile, &csr, &case.args, ctx);
+        let cert = issued.cert.parse();
+        let mut want: Vec<String> = case.sans.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(
+            san_list(&cert),
+            want,
+            "[{ctx}] SANs are not exactly the approved names"
+        );
+        let attrs = name_attrs(cert.subject());
+        assert!(
+            !attrs.iter().any(|(_, v)| v.to_lowercase().contains("evil")),
+            "[{ctx}] the CSR's subject leaked into the certificate: {attrs:?}"
+        );
+        assert!(
+            !attrs.iter().any(|(o, _)| o == OID_OU),
+            "[{ctx}] OU from the CSR: {attrs:?}"
+        );
+        let root = ca.export("root");
+        let issuing = ca.export(case.ca);
+        openssl_verify(
+            &root.path,
+            &[&issuing.path],
+            &issued.cert.path,
+            case.purpose,
+            ctx,
+        );
+        pkilint(
+            case.linter,
+            &["-t", case.lint_type],
+            &[&issued.cert.path],
+            ctx,
+        );
+    });
+
+    // Without --out the certificate goes to stdout.
+    let o = ca.ecert(&[
+        "issue",
+        "--profile",
+        "personal",
+        "--csr",
+        good.csr.to_str().unwrap(),
+        "--given-name",
+        "Tai Man",
+        "--surname",
+        "CHAN",
+        "--email",
+        "taiman.chan@example.hk",
+    ]);
+    assert!(o.status.success(), "issue to stdout failed\n{}", show(&o));
+    let (serial, _) = parse_issued_line(&o, "personal").unwrap();
+    let certs = pem_certs(&o.stdout);
+    assert_eq!(
+        certs.len(),
+        1,
+        "stdout of `issue` without --out is not one PEM certificate:\n{}",
+        show(&o)
+    );
+    let (_, c) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
+    assert_eq!(
+        expected_serial_content(&hex::decode(&serial).unwrap()),
+        c.raw_serial()
+    );
+    assert_eq!(ca.issued_count(), before + 3);
+    ca.audit_ok();
+}
