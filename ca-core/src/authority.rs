@@ -97,12 +97,7 @@ impl Committer {
     }
 
     async fn commit(store: &Store, ops: &[(&WriteOp, &Event)]) -> Result<()> {
-        let mut tx = store.begin().await?;
-        for (op, ev) in ops {
-            store.apply(&mut tx, op, ev).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        store.apply_batch(ops).await
     }
 }
 

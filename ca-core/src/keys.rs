@@ -81,6 +81,13 @@ impl SubscriberKey {
                 let params = spki.algorithm.parameters.as_ref().ok_or_else(|| {
                     Error::KeyNotAllowed("EC key without curve parameters".into())
                 })?;
+                // asn1-rs's as_oid() does not check the tag: an explicit-parameters SEQUENCE
+                // would be read as a nonsense OID. Check the tag first.
+                if params.tag() != x509_parser::der_parser::asn1_rs::Tag::Oid {
+                    return Err(Error::KeyNotAllowed(
+                        "explicit EC curve parameters are not accepted; use a named curve".into(),
+                    ));
+                }
                 let curve = params.as_oid().map_err(|_| {
                     Error::KeyNotAllowed(
                         "explicit EC curve parameters are not accepted; use a named curve".into(),

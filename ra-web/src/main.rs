@@ -18,6 +18,8 @@ use ca_core::serial::SerialNumber;
 use ca_core::store::Store;
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
+
 /// ecert: an HSM-backed public certification authority.
 #[derive(Debug, Parser)]
 #[command(name = "ecert", version, about)]
@@ -55,6 +57,15 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
+    #[command(subcommand, hide = true)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Raw HSM signing rate, then end-to-end issuance rate.
+    Issue(bench::IssueBench),
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Cert(c) => cert(config, c).await,
             Command::Audit(AuditCommand::Verify) => audit_verify(config).await,
             Command::Config(_) => Ok(()),
+            Command::Bench(BenchCommand::Issue(b)) => bench::issue(config, b).await,
         }
     })
 }

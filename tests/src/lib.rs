@@ -3,9 +3,8 @@
 //! tools: `openssl verify`, pkilint and x509-parser.
 //!
 //! Environment:
-//! - `ECERT_BIN`: the `ecert` binary; default `target/debug/ecert` next to the test executable.
-//!   Build it with `cargo build -p ra-web -p ecert-e2e` (both packages in one build, so that
-//!   `ca-core/failpoints`, enabled by this crate, is compiled into the binary too).
+//! - `ECERT_BIN`: the `ecert` binary to test as is. Without it the harness builds
+//!   `target/<profile>/ecert` itself (see [`ecert_bin`]); `ECERT_E2E_NO_BUILD=1` skips that.
 //! - `ECERT_TEST_DB`: `sqlite` (default) or `postgres`; with `postgres`, `ECERT_TEST_PG_URL`
 //!   (set by `ops/test`) names a server where each [`Ca`] creates its own database.
 //! - `ECERT_E2E_KEEP=1`: keep the temporary directories (their paths are printed).
@@ -137,29 +136,121 @@ pub fn error_line(stderr: &str) -> &str {
         .unwrap_or("")
 }
 
-/// The `ecert` binary under test: `$ECERT_BIN`, else `target/debug/ecert` next to the test
-/// executable (`target/debug/deps/e2e-…` → `target/debug/ecert`). Panics if it is missing.
+/// The `ecert` binary under test, built on first use.
+///
+/// - `ECERT_BIN` set: that file, used as is.
+/// - Otherwise `target/<profile>/ecert` next to the test executable (`target/debug/deps/e2e-…`),
+///   first brought up to date with `cargo build -p ra-web -p ecert-e2e --bin ecert` (once per
+///   nextest run, under a lock file, so parallel test processes build it once). This is needed
+///   because `cargo nextest run` / `cargo test` only build ra-web's unit-test harness, never the
+///   `ecert` binary itself, and because building ra-web together with this crate is what compiles
+///   ca-core's failpoints into it. `ECERT_E2E_NO_BUILD=1` skips the build.
+///
+/// Panics with a clear message if the binary is missing or the build fails.
 pub fn ecert_bin() -> PathBuf {
-    let path = match std::env::var_os("ECERT_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let exe = std::env::current_exe().expect("current_exe");
-            let deps = exe.parent().expect("test executable has a directory");
-            let profile = if deps.file_name().is_some_and(|n| n == "deps") {
-                deps.parent().unwrap()
-            } else {
-                deps
-            };
-            profile.join("ecert")
-        }
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(locate_ecert).clone()
+}
+
+fn locate_ecert() -> PathBuf {
+    if let Some(p) = std::env::var_os("ECERT_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "ECERT_BIN={} does not exist", p.display());
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a directory");
+    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().unwrap()
+    } else {
+        deps
     };
+    let bin = profile_dir.join("ecert");
+    if std::env::var("ECERT_E2E_NO_BUILD").map_or(true, |v| v != "1") {
+        build_ecert(profile_dir, &bin);
+    }
     assert!(
-        path.is_file(),
-        "the ecert binary is missing: {}\nbuild it first: `cargo build -p ra-web -p ecert-e2e` \
-         (`cargo nextest run --workspace` builds it too), or point ECERT_BIN at it",
-        path.display()
+        bin.is_file(),
+        "the ecert binary is missing: {}\nbuild it with `cargo build -p ra-web -p ecert-e2e --bin ecert` \
+         (both packages in one build, so ca-core's failpoints are compiled in), or set ECERT_BIN",
+        bin.display()
     );
-    path
+    bin
+}
+
+fn build_ecert(profile_dir: &Path, bin: &Path) {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let target_dir = profile_dir.parent().expect("target directory");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let lock_path = profile_dir.join(".ecert-e2e-build.lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", lock_path.display()));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+    let stamp = profile_dir.join(".ecert-e2e-build.stamp");
+    let run_id = std::env::var("NEXTEST_RUN_ID")
+        .ok()
+        .filter(|s| !s.is_empty());
+    if let Some(id) = &run_id {
+        if bin.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| &s == id) {
+            return; // another test process of this run built it
+        }
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut c = Command::new(cargo);
+    // Per-crate variables cargo set for this test process must not leak into the build.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+        {
+            c.env_remove(&k);
+        }
+    }
+    c.current_dir(workspace);
+    c.args([
+        "build",
+        "--color",
+        "never",
+        "-p",
+        "ra-web",
+        "-p",
+        "ecert-e2e",
+        "--bin",
+        "ecert",
+        "--profile",
+        &profile,
+        "--target-dir",
+    ]);
+    c.arg(target_dir);
+    c.arg("--manifest-path").arg(workspace.join("Cargo.toml"));
+    let cmdline = format!("{c:?}");
+    let o = run_with_timeout(c, Duration::from_secs(1800), "cargo build of ecert");
+    assert!(
+        o.status.success(),
+        "building the ecert binary failed: {cmdline}\n{}",
+        show(&o)
+    );
+    if let Some(id) = &run_id {
+        let _ = std::fs::write(&stamp, id);
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -654,6 +745,27 @@ impl Ca {
     pub fn init() -> Ca {
         let ca = Ca::new();
         ca.ecert_ok(&["init"]);
+        // The database is where the test asked for it.
+        let sqlite_file = ca.dir.path().join("ecert.db").exists();
+        match ca.db() {
+            Db::Sqlite => assert!(
+                sqlite_file,
+                "after init there is no {}/ecert.db",
+                ca.dir.path().display()
+            ),
+            Db::Postgres => {
+                assert!(
+                    !sqlite_file,
+                    "ECERT_DATABASE_URL is set to PostgreSQL, but init made a SQLite ecert.db"
+                );
+                let n = ca.sql_query("SELECT COUNT(*) FROM cas");
+                assert_eq!(
+                    n.trim(),
+                    "3",
+                    "the PostgreSQL database has {n:?} CAs after init"
+                );
+            }
+        }
         ca
     }
 

@@ -748,6 +748,22 @@ impl Pkcs11Key {
     }
 }
 
+impl Pkcs11Key {
+    fn c_sign(&self, p: &mut Pooled, digest: &[u8]) -> Result<Vec<u8>, Failure> {
+        let handle = self.handle_in(p)?;
+        p.session
+            .sign(&Mechanism::Ecdsa, handle, digest)
+            .map_err(|e| failure("C_Sign", e))
+    }
+
+    /// One bare `C_Sign` (CKM_ECDSA) over a caller-made SHA-256 digest, returning raw r||s,
+    /// with the same session pool and recovery as [`Signer::sign`] but no verification. For
+    /// measuring the token (`ops/bench`); certificate signing goes through [`Signer::sign`].
+    pub fn sign_digest_raw(&self, digest: &[u8; 32]) -> Result<Vec<u8>, Error> {
+        self.token.run(false, |p| self.c_sign(p, digest))
+    }
+}
+
 impl Signer for Pkcs11Key {
     fn algorithm(&self) -> Algorithm {
         Algorithm::EcdsaP256Sha256
@@ -761,17 +777,7 @@ impl Signer for Pkcs11Key {
         // SoftHSM2 has no CKM_ECDSA_SHA256: hash here, sign the digest with CKM_ECDSA.
         let digest = Sha256::digest(message);
         let signature = self.token.run(false, |p| {
-            let handle = self.handle_in(p)?;
-            let raw = p
-                .session
-                .sign(&Mechanism::Ecdsa, handle, &digest)
-                .map_err(|e| failure("C_Sign", e))?;
-            let signature = Signature::from_slice(&raw).map_err(|_| {
-                Failure::Fatal(Error::Pkcs11 {
-                    function: "C_Sign".into(),
-                    detail: format!("expected a 64-byte r||s signature, got {} bytes", raw.len()),
-                })
-            })?;
+            let raw = self.c_sign(p, &digest)?;
             // Verify before release: a signature that does not verify under our public key
             // (a stale handle now naming another object, a faulty token) is never returned.
             let key = ring::signature::UnparsedPublicKey::new(
@@ -784,7 +790,12 @@ impl Signer for Pkcs11Key {
                     "the token's signature does not verify under the key's public key".into(),
                 ));
             }
-            Ok(signature)
+            Signature::from_slice(&raw).map_err(|_| {
+                Failure::Fatal(Error::Pkcs11 {
+                    function: "C_Sign".into(),
+                    detail: format!("expected a 64-byte r||s signature, got {} bytes", raw.len()),
+                })
+            })
         })?;
         Ok(signature.to_der().as_bytes().to_vec())
     }

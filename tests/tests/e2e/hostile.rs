@@ -32,6 +32,7 @@ fn refused(
     let o = ca.ecert(&full);
     let stderr =
         check_clean_error(&o).unwrap_or_else(|e| panic!("[{ctx}] `ecert {}`: {e}", full.join(" ")));
+    eprintln!("[{ctx}] {}", error_line(&stderr));
     let line = error_line(&stderr).to_lowercase();
     assert!(
         keywords.iter().any(|k| line.contains(&k.to_lowercase())),

@@ -1,0 +1,148 @@
+//! `ecert bench issue`: the issuance benchmark behind `ops/bench issue` (not a test).
+//!
+//! It measures, in one process against one fresh data directory: the token's bare signing rate
+//! (`C_Sign` with CKM_ECDSA over a precomputed digest, as many threads as pooled sessions), then
+//! end-to-end issuance — CSR parse and proof-of-possession check through the certificate stored
+//! `issued` with its audit records, fsync on — with many issuances in flight so that the group
+//! committer can batch their writes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ca_core::authority::{ApprovedRequest, Authority};
+use ca_core::config::Config;
+use ca_core::csr::VerifiedCsr;
+use ca_core::profile::{CaRole, SubjectData};
+
+/// Options of `ecert bench issue`.
+#[derive(Debug, clap::Args)]
+pub struct IssueBench {
+    /// Certificates to issue.
+    #[arg(long, default_value_t = 4000)]
+    pub n: usize,
+    /// Issuances in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds to measure the bare HSM signing rate.
+    #[arg(long, default_value_t = 3)]
+    pub hsm_seconds: u64,
+    /// A label for the database engine in the report.
+    #[arg(long, default_value = "sqlite")]
+    pub engine: String,
+}
+
+pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
+    if config.embedded_softhsm() {
+        ca_core::authority::init_embedded_token(&config)?;
+    }
+    let (auth, _) = Authority::init(config.clone()).await?;
+    let auth = Arc::new(auth);
+
+    // 1. Bare token rate.
+    let threads = config.hsm.pool_size;
+    let cfg = hsm::pkcs11::Pkcs11Config {
+        module: config.hsm.module.clone(),
+        token_label: config.hsm.token_label.clone(),
+        user_pin: config.user_pin()?,
+        so_pin: None,
+        pool_size: threads,
+    };
+    let secs = b.hsm_seconds;
+    let raw_rate = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let token = hsm::pkcs11::Token::open(&cfg)?;
+        let key = token.key(&CaRole::Individual.key_label())?;
+        let digest = [7u8; 32];
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let count = AtomicUsize::new(0);
+        let start = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        while Instant::now() < deadline {
+                            key.sign_digest_raw(&digest)?;
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("signing thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    })
+    .await??;
+    println!(
+        "SoftHSM2 raw P-256 sign (C_Sign CKM_ECDSA, {threads} sessions): {raw_rate:.0} signs/s"
+    );
+
+    // 2. End to end. CSRs are made first and not timed.
+    let csrs: Vec<Vec<u8>> = (0..b.n)
+        .map(|_| -> anyhow::Result<Vec<u8>> {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            Ok(params.serialize_request(&key)?.der().to_vec())
+        })
+        .collect::<anyhow::Result<_>>()
+        .context("making CSRs")?;
+    let csrs = Arc::new(csrs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..b.concurrency {
+        let (auth, csrs, next) = (auth.clone(), csrs.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(der) = csrs.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                let csr = VerifiedCsr::parse(der)?;
+                let subject = SubjectData {
+                    surname: Some("CHAN".into()),
+                    given_name: Some("Tai Man".into()),
+                    emails: vec![format!("user{i}@example.hk")],
+                    ..Default::default()
+                };
+                auth.issue(ApprovedRequest {
+                    profile: "personal".into(),
+                    csr,
+                    subject,
+                    days: None,
+                    renews: None,
+                    actor: "bench".into(),
+                })
+                .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let rate = b.n as f64 / elapsed;
+    println!(
+        "ecert end-to-end issuance ({}, fsync on, {} in flight, {} certificates): {rate:.0} certs/s = {:.0}% of the raw HSM rate",
+        b.engine,
+        b.concurrency,
+        b.n,
+        100.0 * rate / raw_rate
+    );
+    let counts = auth.store().count_by_state().await?;
+    let issued = counts
+        .iter()
+        .find(|(s, _)| s == "issued")
+        .map_or(0, |(_, n)| *n);
+    anyhow::ensure!(
+        issued as usize == b.n,
+        "expected {} issued certificates, the store has {issued}",
+        b.n
+    );
+    Ok(())
+}
