@@ -175,6 +175,9 @@ pub struct Authority {
     lint_key: KeyPair,
     writer: Committer,
     _lock: File,
+    /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
+    /// mutex only to make `Authority` Sync.)
+    _db_lock: std::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -481,6 +484,7 @@ impl Authority {
         };
         let arc = store.meta_init(&mut tx, "policy_arc", &arc).await?;
         tx.commit().await?;
+        let db_lock = store.signer_lock().await?;
         let cfg2 = config.clone();
         let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
             .await
@@ -578,7 +582,7 @@ impl Authority {
             report.created.push(role);
         }
         drop(token);
-        let auth = Self::open_with(config, store, lock, lint_key).await?;
+        let auth = Self::open_with(config, store, lock, db_lock, lint_key).await?;
         Ok((auth, report))
     }
 
@@ -587,14 +591,16 @@ impl Authority {
     pub async fn open(config: Config) -> Result<Authority> {
         let lock = signer_lock(&config)?;
         let store = Store::open(&config.database_url()).await?;
+        let db_lock = store.signer_lock().await?;
         let lint_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        Self::open_with(config, store, lock, lint_key).await
+        Self::open_with(config, store, lock, db_lock, lint_key).await
     }
 
     async fn open_with(
         config: Config,
         store: Store,
         lock: File,
+        db_lock: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
         lint_key: KeyPair,
     ) -> Result<Authority> {
         let policy_arc = store
@@ -647,6 +653,7 @@ impl Authority {
             lint_key,
             writer,
             _lock: lock,
+            _db_lock: std::sync::Mutex::new(db_lock),
         };
         auth.reconcile().await?;
         Ok(auth)

@@ -179,6 +179,22 @@ impl Store {
         Ok(store)
     }
 
+    /// On PostgreSQL, takes the session advisory lock that makes this process the only signer
+    /// for the database (other hosts included), waiting for it if another holds it. The lock
+    /// lives as long as the returned connection. On SQLite the data-directory file lock does
+    /// this job and `None` is returned.
+    pub async fn signer_lock(&self) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Any>>> {
+        if self.engine != Engine::Postgres {
+            return Ok(None);
+        }
+        let mut conn = self.pool.acquire().await?;
+        // 0x6563657274 = "ecert".
+        sqlx::query("SELECT pg_advisory_lock(435761231476)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(Some(conn))
+    }
+
     /// The engine.
     pub fn engine(&self) -> Engine {
         self.engine
