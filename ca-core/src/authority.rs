@@ -150,6 +150,15 @@ impl IssuanceToken {
     }
 }
 
+/// A serial committed as `reserved`, with what the next step needs.
+struct Reserved {
+    profile: &'static Profile,
+    key: SubscriberKey,
+    subject: SubjectData,
+    renews: Option<String>,
+    serial: SerialNumber,
+}
+
 struct CaState {
     cert_der: Vec<u8>,
     subject_der: Vec<u8>,
@@ -737,6 +746,32 @@ impl Authority {
     /// Steps 1–4 of the cycle: checks the request, reserves the serial, builds and lints the
     /// TBS, records it in state `issuing`. Returns the token that [`Authority::sign`] needs.
     pub async fn prepare(&self, req: ApprovedRequest) -> Result<IssuanceToken> {
+        match self.reserve(&req).await {
+            Ok(v) => self.build_and_record(req, v).await,
+            Err(e) => {
+                self.record_refusal(&req.actor, &req.profile, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Audits a request refused before a serial was reserved (BR §5.4.1: rejections of
+    /// certificate requests are recorded). A failure to write it is logged; the refusal stands.
+    pub async fn record_refusal(&self, actor: &str, profile: &str, error: &Error) {
+        let event = Event {
+            kind: "issuance.refused",
+            actor: actor.to_string(),
+            subject: None,
+            detail: json!({ "profile": profile, "reason": error.to_string() }),
+        };
+        if let Err(e) = self.store.audit_now(&event).await {
+            tracing::error!(error = %e, "could not audit a refused request");
+        }
+    }
+
+    /// Steps 1–3: request checks, then the serial committed as `reserved` (with the blocked-key
+    /// check and the renewal claim in the same transaction).
+    async fn reserve(&self, req: &ApprovedRequest) -> Result<Reserved> {
         let profile = Profile::get(&req.profile)?;
         let key = req.csr.key().clone();
         let mut subject = req.subject.clone();
@@ -752,15 +787,10 @@ impl Authority {
             subject.srn = Some(new_srn());
         }
         let subject = profile.check(&subject, req.days, now_secs())?;
-        if self.store.key_blocked(&key.fingerprint()).await? {
-            return Err(Error::KeyBlocked);
-        }
-        let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
         let serial = SerialNumber::random();
         let serial_hex = serial.to_hex();
         let request_json =
             serde_json::to_string(&subject).map_err(|e| Error::Encoding(e.to_string()))?;
-        // Step 3: reserve the serial (committed before anything is built or signed).
         let op = WriteOp::Reserve {
             serial: serial_hex.clone(),
             issuer: profile.issuer.name(),
@@ -777,13 +807,34 @@ impl Authority {
             detail: json!({ "profile": profile.id, "profile_version": profile.version, "issuer": profile.issuer.name(), "key": key.kind().name(), "renews": renews }),
         };
         self.writer.write(op, event).await?;
+        Ok(Reserved {
+            profile,
+            key,
+            subject,
+            renews,
+            serial,
+        })
+    }
+
+    /// Step 4: build, sign with the throwaway key, lint; store the linting TBS as `issuing`.
+    async fn build_and_record(&self, req: ApprovedRequest, r: Reserved) -> Result<IssuanceToken> {
+        let Reserved {
+            profile,
+            key,
+            subject,
+            renews,
+            serial,
+        } = r;
+        let serial_hex = serial.to_hex();
+        let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
         fail::fail_point!("ca::after_reserve");
         // Step 4: build, sign with the throwaway key, lint.
         let built = self.build_linting(profile, &subject, &key, serial, ca, req.days);
         let (tbs, alg, nb, na) = match built {
             Ok(v) => v,
             Err(e) => {
-                self.fail(&serial_hex, CertState::Reserved, &e).await?;
+                self.fail(&serial_hex, CertState::Reserved, &req.actor, &e)
+                    .await;
                 return Err(e);
             }
         };
@@ -848,23 +899,23 @@ impl Authority {
         Ok((tbs, alg, unix(params.not_before), unix(params.not_after)))
     }
 
-    async fn fail(&self, serial: &str, from: CertState, e: &Error) -> Result<()> {
+    /// Records `from` → `failed`. If that write fails too, the row stays where it is until the
+    /// start-up reconciliation resolves it; the error is logged and the original one returned.
+    async fn fail(&self, serial: &str, from: CertState, actor: &str, e: &Error) {
         let event = Event {
             kind: "issuance.failed",
-            actor: "system".into(),
+            actor: actor.to_string(),
             subject: Some(serial.into()),
             detail: json!({ "error": e.to_string() }),
         };
-        self.writer
-            .write(
-                WriteOp::Failed {
-                    serial: serial.into(),
-                    from,
-                    reason: e.to_string(),
-                },
-                event,
-            )
-            .await
+        let op = WriteOp::Failed {
+            serial: serial.into(),
+            from,
+            reason: e.to_string(),
+        };
+        if let Err(write) = self.writer.write(op, event).await {
+            tracing::error!(serial = %serial, error = %write, "could not record a failed issuance");
+        }
     }
 
     /// Steps 5–6: the HSM signs the linted TBS; the result is verified and compared, then stored
@@ -889,7 +940,8 @@ impl Authority {
                 if matches!(e, Error::SignatureCheck(_)) {
                     tracing::error!(serial = %serial_hex, "signed certificate failed its self-check; discarded");
                 }
-                self.fail(&serial_hex, CertState::Issuing, &e).await?;
+                self.fail(&serial_hex, CertState::Issuing, &token.actor, &e)
+                    .await;
                 return Err(e);
             }
         };

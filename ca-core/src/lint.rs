@@ -169,10 +169,10 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
                 }
             }
             let days = (na - nb + 1) as f64 / 86400.0;
-            if days > f64::from(profile.max_days) {
+            let max = profile.max_days_at(tbs.validity.not_before.to_datetime());
+            if days > f64::from(max) {
                 f.push(format!(
-                    "validity {days:.0} days exceeds the profile maximum {}",
-                    profile.max_days
+                    "validity {days:.0} days exceeds the profile maximum {max}"
                 ));
             }
             if let Ok(Some(san)) = tbs.subject_alternative_name() {

@@ -368,8 +368,17 @@ impl Store {
         Ok(())
     }
 
-    /// Step 3: commits a serial in state `reserved`. A duplicate serial fails on the primary key.
+    /// Step 3: commits a serial in state `reserved`. A duplicate serial fails on the primary key;
+    /// a blocked key is refused inside the same transaction, so a key blocked a moment ago
+    /// cannot slip through.
     pub async fn reserve(&self, tx: &mut Tx, r: &Reservation<'_>) -> Result<()> {
+        let blocked = sqlx::query("SELECT 1 FROM blocked_keys WHERE key_fp = $1")
+            .bind(r.key_fp.to_vec())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if blocked.is_some() {
+            return Err(Error::KeyBlocked);
+        }
         let t = now();
         sqlx::query(
             "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, renews, reserved_at, updated_at) \

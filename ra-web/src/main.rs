@@ -134,6 +134,11 @@ enum CertCommand {
         /// Serial, hex.
         serial: String,
     },
+    /// Print an issued certificate as PEM (re-delivery after an interrupted `issue`).
+    Export {
+        /// Serial, hex.
+        serial: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,14 +229,21 @@ fn read_limited(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
-    let csr = VerifiedCsr::parse(&read_limited(&a.csr, MAX_CSR_BYTES)?)?;
     let renews = match &a.renews {
         Some(s) => Some(
             SerialNumber::from_hex(s).with_context(|| format!("{s:?} is not a serial number"))?,
         ),
         None => None,
     };
+    let input = read_limited(&a.csr, MAX_CSR_BYTES)?;
     let auth = Authority::open(config).await?;
+    let csr = match VerifiedCsr::parse(&input) {
+        Ok(csr) => csr,
+        Err(e) => {
+            auth.record_refusal(&actor(), &a.profile, &e).await;
+            return Err(e.into());
+        }
+    };
     let req = ApprovedRequest {
         profile: a.profile,
         csr,
@@ -329,6 +341,17 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
         CertCommand::List => {
             for (serial, state, profile) in store.list_certificates().await? {
                 println!("{serial}\t{state}\t{profile}");
+            }
+        }
+        CertCommand::Export { serial } => {
+            let s = SerialNumber::from_hex(&serial)
+                .with_context(|| format!("{serial:?} is not a serial number"))?;
+            match store.certificate(&s.to_hex()).await? {
+                Some(r) => match r.cert_der {
+                    Some(der) => print!("{}", pem_cert(&der)),
+                    None => bail!("certificate {serial} was not issued (state {})", r.state),
+                },
+                None => bail!("no certificate with serial {serial}"),
             }
         }
         CertCommand::Show { serial } => {

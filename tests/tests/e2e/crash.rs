@@ -60,6 +60,20 @@ fn after_crash(
             .any(|r| r.state == "reserved" || r.state == "issuing"),
         "[{ctx}] unresolved rows: {rows:?}"
     );
+    if expected == "issued" {
+        // The certificate was stored but never delivered: `cert export` re-delivers it, and it
+        // verifies under the chain (reference checklist #3).
+        let pem = ca.ecert_ok(&["cert", "export", &new[0].serial]);
+        let path = ca.file("redelivered.pem");
+        std::fs::write(&path, pem).unwrap();
+        let root = ca.export("root");
+        let issuing = ca.export("individual");
+        openssl_verify(&root.path, &[&issuing.path], &path, Some("smimesign"), ctx);
+    } else {
+        let o = ca.ecert(&["cert", "export", &new[0].serial]);
+        check_clean_error(&o)
+            .unwrap_or_else(|e| panic!("[{ctx}] cert export of a {expected} serial: {e}"));
+    }
     issue_and_verify_personal(ca, "after-crash", &format!("{ctx}: issuance after restart"));
     ca.audit_ok();
 }

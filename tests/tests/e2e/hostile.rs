@@ -29,7 +29,20 @@ fn refused(
     ];
     full.extend(args);
     full.extend(["--out", out.to_str().unwrap()]);
+    let refusals = || {
+        ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'issuance.refused'")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or_else(|e| panic!("[{ctx}] counting refusals: {e}"))
+    };
+    let audited_before = refusals();
     let o = ca.ecert(&full);
+    // BR §5.4.1: a rejected certificate request is an audit event.
+    assert_eq!(
+        refusals(),
+        audited_before + 1,
+        "[{ctx}] the refusal was not recorded as one `issuance.refused` audit event"
+    );
     let stderr =
         check_clean_error(&o).unwrap_or_else(|e| panic!("[{ctx}] `ecert {}`: {e}", full.join(" ")));
     eprintln!("[{ctx}] {}", error_line(&stderr));
