@@ -197,13 +197,22 @@ impl std::fmt::Debug for Authority {
     }
 }
 
+/// How long a signer waits for another signing process to finish before giving up.
+const SIGNER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Takes the signer lock of the data directory: one signing process at a time, so that
 /// leftovers in `reserved`/`issuing` found at start-up are known to belong to a dead process.
-fn signer_lock(config: &Config) -> Result<File> {
+/// Waits up to [`SIGNER_LOCK_WAIT`] for another signer, then fails with [`Error::SignerBusy`].
+async fn signer_lock(config: &Config) -> Result<File> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         context: format!("creating {}", config.data_dir.display()),
         source: e,
     })?;
+    {
+        // The directory holds the database and the token: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
     let path = config.data_dir.join("signer.lock");
     let f = File::options()
         .create(true)
@@ -214,11 +223,24 @@ fn signer_lock(config: &Config) -> Result<File> {
             context: format!("opening {}", path.display()),
             source: e,
         })?;
-    f.lock().map_err(|e| Error::Io {
-        context: format!("locking {}", path.display()),
-        source: e,
-    })?;
-    Ok(f)
+    let deadline = tokio::time::Instant::now() + SIGNER_LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::SignerBusy(config.data_dir.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::Io {
+                    context: format!("locking {}", path.display()),
+                    source: e,
+                })
+            }
+        }
+    }
 }
 
 /// Opens the HSM token (blocking).
@@ -484,7 +506,7 @@ impl Authority {
     /// Creates what is missing of the hierarchy: policy arc, CA keys in the token, CA
     /// certificates. Idempotent. The token MUST exist (see [`init_embedded_token`]).
     pub async fn init(config: Config) -> Result<(Authority, InitReport)> {
-        let lock = signer_lock(&config)?;
+        let lock = signer_lock(&config).await?;
         let store = Store::open(&config.database_url()).await?;
         let mut tx = store.begin().await?;
         let arc = match &config.ca.policy_arc {
@@ -598,7 +620,7 @@ impl Authority {
     /// Opens an initialised CA: takes the signer lock, opens the store and the HSM keys, and
     /// resolves serials a dead process left in `reserved` or `issuing`.
     pub async fn open(config: Config) -> Result<Authority> {
-        let lock = signer_lock(&config)?;
+        let lock = signer_lock(&config).await?;
         let store = Store::open(&config.database_url()).await?;
         let db_lock = store.signer_lock().await?;
         let lint_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -674,7 +696,7 @@ impl Authority {
     ///   `abandoned`: never reported good, listed as revoked by status publication.
     ///
     /// Each change is audited. Runs with the signer lock held, so no live process owns them.
-    pub async fn reconcile(&self) -> Result<Vec<(String, CertState)>> {
+    async fn reconcile(&self) -> Result<Vec<(String, CertState)>> {
         let mut out = Vec::new();
         for (from, to) in [
             (CertState::Reserved, CertState::Failed),

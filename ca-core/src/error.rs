@@ -51,6 +51,9 @@ pub enum Error {
     /// A certificate cannot be renewed in its present state.
     #[error("certificate {serial} cannot be renewed: {reason}")]
     NotRenewable { serial: String, reason: String },
+    /// Another process is signing for this data directory or database.
+    #[error("another ecert process is signing for {0}; only one signer runs at a time")]
+    SignerBusy(String),
     /// The CA hierarchy has not been initialised (run `ecert init`).
     #[error("the CA is not initialised: run `ecert init`")]
     NotInitialised,

@@ -188,11 +188,21 @@ impl Store {
             return Ok(None);
         }
         let mut conn = self.pool.acquire().await?;
-        // 0x6563657274 = "ecert".
-        sqlx::query("SELECT pg_advisory_lock(435761231476)")
-            .execute(&mut *conn)
-            .await?;
-        Ok(Some(conn))
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // 0x6563657274 = "ecert".
+            let got: bool = sqlx::query("SELECT pg_try_advisory_lock(435761231476)")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+            if got {
+                return Ok(Some(conn));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::SignerBusy("this database".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The engine.

@@ -162,6 +162,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,7 +215,7 @@ async fn init(config: Config) -> anyhow::Result<()> {
     for role in &report.existing {
         println!("{} CA already exists", role.name());
     }
-    print_ca_list(&auth)?;
+    print_ca_list(auth.store()).await?;
     Ok(())
 }
 
@@ -302,10 +303,27 @@ fn pem_cert(der: &[u8]) -> String {
     )
 }
 
-fn print_ca_list(auth: &Authority) -> anyhow::Result<()> {
+/// The store of an initialised CA, for read-only commands.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::open(&config.database_url()).await?;
+    if store.meta("policy_arc").await?.is_none() {
+        return Err(ca_core::Error::NotInitialised.into());
+    }
+    Ok(store)
+}
+
+/// A CA certificate from the store (read-only commands never take the signer lock or the HSM).
+async fn stored_ca(store: &Store, role: CaRole) -> anyhow::Result<Vec<u8>> {
+    match store.ca(role.name()).await? {
+        Some((_, der)) => Ok(der),
+        None => Err(ca_core::Error::NotInitialised.into()),
+    }
+}
+
+async fn print_ca_list(store: &Store) -> anyhow::Result<()> {
     for role in CaRole::ALL {
-        let der = auth.ca_cert(role)?;
-        let (_, c) = x509_parser::parse_x509_certificate(der)
+        let der = stored_ca(store, role).await?;
+        let (_, c) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
         println!(
             "{}\t{}\t{}\t{}",
@@ -319,14 +337,14 @@ fn print_ca_list(auth: &Authority) -> anyhow::Result<()> {
 }
 
 async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
-    let auth = Authority::open(config).await?;
+    let store = open_store(&config).await?;
     match c {
-        CaCommand::List => print_ca_list(&auth),
+        CaCommand::List => print_ca_list(&store).await,
         CaCommand::Export { name, chain } => {
             let role = CaRole::from_name(&name)?;
-            print!("{}", pem_cert(auth.ca_cert(role)?));
+            print!("{}", pem_cert(&stored_ca(&store, role).await?));
             if chain && role != CaRole::Root {
-                print!("{}", pem_cert(auth.ca_cert(CaRole::Root)?));
+                print!("{}", pem_cert(&stored_ca(&store, CaRole::Root).await?));
             }
             Ok(())
         }
@@ -334,9 +352,9 @@ async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
 }
 
 async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
-    // Opening the authority resolves issuances a dead process left behind.
-    let auth = Authority::open(config).await?;
-    let store = auth.store();
+    // Read-only: no signer lock, no HSM. (Leftovers of a crashed issuance are resolved when the
+    // next signer starts.)
+    let store = &open_store(&config).await?;
     match c {
         CertCommand::List => {
             for (serial, state, profile) in store.list_certificates().await? {

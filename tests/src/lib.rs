@@ -140,11 +140,11 @@ pub fn error_line(stderr: &str) -> &str {
 ///
 /// - `ECERT_BIN` set: that file, used as is.
 /// - Otherwise `target/<profile>/ecert` next to the test executable (`target/debug/deps/e2e-…`),
-///   first brought up to date with `cargo build -p ra-web -p ecert-e2e --bin ecert` (once per
-///   nextest run, under a lock file, so parallel test processes build it once). This is needed
-///   because `cargo nextest run` / `cargo test` only build ra-web's unit-test harness, never the
-///   `ecert` binary itself, and because building ra-web together with this crate is what compiles
-///   ca-core's failpoints into it. `ECERT_E2E_NO_BUILD=1` skips the build.
+///   first brought up to date with `cargo build -p ra-web --features failpoints --bin ecert`
+///   (once per nextest run, under a lock file, so parallel test processes build it once). This
+///   is needed because `cargo nextest run` / `cargo test` only build ra-web's unit-test harness,
+///   never the `ecert` binary itself. `ops/test` builds it up front and sets `ECERT_BIN`.
+///   `ECERT_E2E_NO_BUILD=1` skips the build.
 ///
 /// Panics with a clear message if the binary is missing or the build fails.
 pub fn ecert_bin() -> PathBuf {
@@ -171,8 +171,8 @@ fn locate_ecert() -> PathBuf {
     }
     assert!(
         bin.is_file(),
-        "the ecert binary is missing: {}\nbuild it with `cargo build -p ra-web -p ecert-e2e --bin ecert` \
-         (both packages in one build, so ca-core's failpoints are compiled in), or set ECERT_BIN",
+        "the ecert binary is missing: {}\nbuild it with `cargo build -p ra-web --features failpoints --bin ecert` \
+         (the crash tests need the failpoints), or set ECERT_BIN",
         bin.display()
     );
     bin
@@ -231,8 +231,8 @@ fn build_ecert(profile_dir: &Path, bin: &Path) {
         "never",
         "-p",
         "ra-web",
-        "-p",
-        "ecert-e2e",
+        "--features",
+        "failpoints",
         "--bin",
         "ecert",
         "--profile",
