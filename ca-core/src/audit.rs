@@ -71,6 +71,63 @@ pub fn chain_hash(
     h.finalize().to_vec()
 }
 
+/// A signed statement "the chain had `hash` at record `seq`", made with the audit key in the
+/// HSM. Without the HSM nobody can make one, so cutting records off the end of the log (and
+/// rewriting `audit_head` to match) is found by any checkpoint past the cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Sequence number of the record it covers.
+    pub seq: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// That record's hash.
+    pub hash: Vec<u8>,
+    /// Signature over [`checkpoint_message`].
+    pub signature: Vec<u8>,
+}
+
+/// The bytes a checkpoint signs.
+pub fn checkpoint_message(seq: i64, hash: &[u8]) -> Vec<u8> {
+    let mut m = b"ecert-audit-checkpoint-v1".to_vec();
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+/// Checks checkpoints against the records and the audit public key (DER SPKI).
+pub fn verify_checkpoints(
+    records: &[Record],
+    checkpoints: &[Checkpoint],
+    audit_spki: &[u8],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let by_seq: std::collections::HashMap<i64, &Record> =
+        records.iter().map(|r| (r.seq, r)).collect();
+    for c in checkpoints {
+        let msg = checkpoint_message(c.seq, &c.hash);
+        if hsm::verify(
+            hsm::Algorithm::EcdsaP256Sha256,
+            audit_spki,
+            &msg,
+            &c.signature,
+        )
+        .is_err()
+        {
+            out.push(Finding::CheckpointForged { seq: c.seq });
+            continue;
+        }
+        match by_seq.get(&c.seq) {
+            Some(r) if r.hash == c.hash => {}
+            Some(_) => out.push(Finding::CheckpointMismatch { seq: c.seq }),
+            None => out.push(Finding::CheckpointPastEnd {
+                seq: c.seq,
+                last_seq: records.last().map_or(0, |r| r.seq),
+            }),
+        }
+    }
+    out
+}
+
 /// What `ecert audit verify` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
@@ -98,6 +155,23 @@ pub enum Finding {
         /// Sequence number the head records.
         head_seq: i64,
     },
+    /// A signed checkpoint names a record that is no longer there (truncated).
+    CheckpointPastEnd {
+        /// The checkpoint.
+        seq: i64,
+        /// Last sequence number in the log.
+        last_seq: i64,
+    },
+    /// A signed checkpoint's hash differs from the record's (rewritten chain).
+    CheckpointMismatch {
+        /// The checkpoint.
+        seq: i64,
+    },
+    /// A checkpoint's signature does not verify under the audit key.
+    CheckpointForged {
+        /// The checkpoint.
+        seq: i64,
+    },
 }
 
 impl std::fmt::Display for Finding {
@@ -114,6 +188,9 @@ impl std::fmt::Display for Finding {
                 f,
                 "the log ends at record {last_seq} but the head records {head_seq} (truncated)"
             ),
+            Finding::CheckpointPastEnd { seq, last_seq } => write!(f, "signed checkpoint at record {seq} but the log ends at record {last_seq} (truncated)"),
+            Finding::CheckpointMismatch { seq } => write!(f, "record {seq} differs from its signed checkpoint (chain rewritten)"),
+            Finding::CheckpointForged { seq } => write!(f, "checkpoint at record {seq} is not signed by the audit key"),
         }
     }
 }

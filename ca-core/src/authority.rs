@@ -183,6 +183,7 @@ pub struct Authority {
     cas: HashMap<CaRole, CaState>,
     lint_key: KeyPair,
     writer: Committer,
+    audit_key: Arc<dyn hsm::Signer>,
     _lock: File,
     /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
     /// mutex only to make `Authority` Sync.)
@@ -196,6 +197,9 @@ impl std::fmt::Debug for Authority {
             .finish_non_exhaustive()
     }
 }
+
+/// HSM label of the key that signs audit checkpoints.
+pub const AUDIT_KEY_LABEL: &str = "ecert-audit";
 
 /// How long a signer waits for another signing process to finish before giving up.
 const SIGNER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -612,6 +616,30 @@ impl Authority {
             tracing::info!(ca = role.name(), serial = %serial, "CA certificate created");
             report.created.push(role);
         }
+        // The audit key: signs checkpoints of the audit chain (DESIGN.md "Personal data and
+        // trust"). Generated in the token like the CA keys.
+        let t = token.clone();
+        let created = tokio::task::spawn_blocking(move || -> Result<bool> {
+            Ok(match t.find_key(AUDIT_KEY_LABEL)? {
+                Some(_) => false,
+                None => {
+                    t.generate_ec_key(AUDIT_KEY_LABEL)?;
+                    true
+                }
+            })
+        })
+        .await
+        .map_err(|e| Error::Store(e.to_string()))??;
+        if created {
+            store
+                .audit_now(&Event {
+                    kind: "audit.key_created",
+                    actor: "system:init".into(),
+                    subject: None,
+                    detail: json!({ "key_label": AUDIT_KEY_LABEL }),
+                })
+                .await?;
+        }
         drop(token);
         let auth = Self::open_with(config, store, lock, db_lock, lint_key).await?;
         Ok((auth, report))
@@ -644,15 +672,21 @@ impl Authority {
             labels.push((role, label, der));
         }
         let cfg2 = config.clone();
-        let keys = tokio::task::spawn_blocking(
-            move || -> Result<Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>> {
-                let token = open_token(&cfg2)?;
-                labels
-                    .into_iter()
-                    .map(|(role, label, der)| Ok((role, der, token.key(&label)?)))
-                    .collect()
-            },
-        )
+        type Keys = (
+            Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>,
+            hsm::pkcs11::Pkcs11Key,
+        );
+        let (keys, audit_key) = tokio::task::spawn_blocking(move || -> Result<Keys> {
+            let token = open_token(&cfg2)?;
+            let keys = labels
+                .into_iter()
+                .map(|(role, label, der)| Ok((role, der, token.key(&label)?)))
+                .collect::<Result<_>>()?;
+            let audit = token
+                .key(AUDIT_KEY_LABEL)
+                .map_err(|_| Error::NotInitialised)?;
+            Ok((keys, audit))
+        })
         .await
         .map_err(|e| Error::Store(e.to_string()))??;
         let mut cas = HashMap::new();
@@ -683,6 +717,7 @@ impl Authority {
             cas,
             lint_key,
             writer,
+            audit_key: Arc::new(audit_key),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };
@@ -1051,9 +1086,65 @@ impl Authority {
     }
 
     /// Verifies the audit trail; returns the number of records and the findings.
-    pub async fn verify_audit(store: &Store) -> Result<(usize, Vec<audit::Finding>)> {
+    /// Checks the chain against the head and the signed checkpoints against the audit public
+    /// key (DER SPKI). Returns the number of records and checkpoints, and the findings.
+    pub async fn verify_audit(
+        store: &Store,
+        audit_spki: &[u8],
+    ) -> Result<(usize, usize, Vec<audit::Finding>)> {
         let (records, head_seq, head_hash) = store.audit_records().await?;
-        Ok((records.len(), audit::verify(&records, head_seq, &head_hash)))
+        let checkpoints = store.checkpoints().await?;
+        let mut findings = audit::verify(&records, head_seq, &head_hash);
+        findings.extend(audit::verify_checkpoints(
+            &records,
+            &checkpoints,
+            audit_spki,
+        ));
+        Ok((records.len(), checkpoints.len(), findings))
+    }
+
+    /// Signs a checkpoint of the audit chain's head with the audit key, if the head moved since
+    /// the last one. Signer commands call it when they finish; a long-running signer calls it
+    /// periodically. Returns the sequence number covered.
+    pub async fn checkpoint(&self) -> Result<Option<i64>> {
+        let (seq, hash) = self.store.audit_head().await?;
+        if seq == 0 || self.store.checkpoints_last_seq().await? >= seq {
+            return Ok(None);
+        }
+        let msg = audit::checkpoint_message(seq, &hash);
+        let key = self.audit_key.clone();
+        let signature = tokio::task::spawn_blocking(move || key.sign(&msg))
+            .await
+            .map_err(|e| {
+                Error::Hsm(hsm::Error::TokenUnavailable {
+                    detail: format!("signing task failed: {e}"),
+                })
+            })??;
+        self.store
+            .insert_checkpoint(&audit::Checkpoint {
+                seq,
+                at: unix(now_secs()),
+                hash,
+                signature,
+            })
+            .await?;
+        Ok(Some(seq))
+    }
+
+    /// The audit key's public key (DER SPKI), for auditors who verify without the HSM.
+    pub fn audit_public_key(&self) -> &[u8] {
+        self.audit_key.public_key_spki()
+    }
+
+    /// Reads the audit key's public key from the HSM without taking the signer lock.
+    pub async fn audit_public_key_from_hsm(config: &Config) -> Result<Vec<u8>> {
+        let cfg = config.clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let token = open_token(&cfg)?;
+            Ok(hsm::Signer::public_key_spki(&token.key(AUDIT_KEY_LABEL)?).to_vec())
+        })
+        .await
+        .map_err(|e| Error::Store(e.to_string()))?
     }
 }
 

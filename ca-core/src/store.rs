@@ -24,10 +24,20 @@ pub enum Engine {
     Postgres,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_audit_checkpoints.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_audit_checkpoints.sql"),
+    ),
+];
 
 /// A database connection pool plus the engine it talks to.
 #[derive(Debug, Clone)]
@@ -295,6 +305,53 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok((records, head.try_get(0)?, head.try_get(1)?))
+    }
+
+    /// The audit head: last sequence number and hash.
+    pub async fn audit_head(&self) -> Result<(i64, Vec<u8>)> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Stores a signed checkpoint (idempotent per sequence number).
+    pub async fn insert_checkpoint(&self, c: &audit::Checkpoint) -> Result<()> {
+        sqlx::query("INSERT INTO audit_checkpoints (seq, at, hash, signature) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING")
+            .bind(c.seq)
+            .bind(c.at)
+            .bind(c.hash.clone())
+            .bind(c.signature.clone())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The sequence number the newest checkpoint covers (0 if none).
+    pub async fn checkpoints_last_seq(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Every checkpoint, in sequence order.
+    pub async fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>> {
+        let rows =
+            sqlx::query("SELECT seq, at, hash, signature FROM audit_checkpoints ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(audit::Checkpoint {
+                    seq: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    hash: r.try_get(2)?,
+                    signature: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Reads a meta value.

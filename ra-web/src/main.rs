@@ -143,8 +143,15 @@ enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain: finds removed, altered and truncated records.
-    Verify,
+    /// Verify the hash chain and the HSM-signed checkpoints: finds removed, altered and
+    /// truncated records.
+    Verify {
+        /// The audit public key (PEM, from `ecert audit key`); default: read it from the HSM.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Print the audit key's public key (PEM) for auditors.
+    Key,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,7 +204,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Issue(args) => issue(config, args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
-            Command::Audit(AuditCommand::Verify) => audit_verify(config).await,
+            Command::Audit(AuditCommand::Verify { public_key }) => {
+                audit_verify(config, public_key).await
+            }
+            Command::Audit(AuditCommand::Key) => {
+                let spki = Authority::audit_public_key_from_hsm(&config).await?;
+                print!(
+                    "{}",
+                    pem::encode_config(
+                        &pem::Pem::new("PUBLIC KEY", spki),
+                        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)
+                    )
+                );
+                Ok(())
+            }
             Command::Config(_) => Ok(()),
             Command::Bench(BenchCommand::Issue(b)) => bench::issue(config, b).await,
         }
@@ -215,6 +235,7 @@ async fn init(config: Config) -> anyhow::Result<()> {
     for role in &report.existing {
         println!("{} CA already exists", role.name());
     }
+    checkpoint(&auth).await;
     print_ca_list(auth.store()).await?;
     Ok(())
 }
@@ -242,6 +263,7 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
         Ok(csr) => csr,
         Err(e) => {
             auth.record_refusal(&actor(), &a.profile, &e).await;
+            checkpoint(&auth).await;
             return Err(e.into());
         }
     };
@@ -263,7 +285,14 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
         renews,
         actor: actor(),
     };
-    let issued = auth.issue(req).await?;
+    let profile = req.profile.clone();
+    let issued = match auth.issue(req).await {
+        Ok(issued) => issued,
+        Err(e) => {
+            checkpoint(&auth).await;
+            return Err(e.into());
+        }
+    };
     let pem = pem_cert(&issued.cert_der);
     match &a.out {
         Some(path) => {
@@ -272,20 +301,11 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
         None => std::io::stdout().write_all(pem.as_bytes())?,
     }
     eprintln!(
-        "issued serial={} profile={} ca={}",
+        "issued serial={} profile={profile} ca={}",
         issued.serial,
-        ca_core::profile::Profile::get(
-            &auth
-                .store()
-                .certificate(&issued.serial.to_hex())
-                .await?
-                .map(|r| r.profile)
-                .unwrap_or_default()
-        )
-        .map(|p| p.id)
-        .unwrap_or("?"),
         issued.issuer.name()
     );
+    checkpoint(&auth).await;
     Ok(())
 }
 
@@ -395,11 +415,26 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn audit_verify(config: Config) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url()).await?;
-    let (n, findings) = Authority::verify_audit(&store).await?;
+async fn audit_verify(config: Config, public_key: Option<PathBuf>) -> anyhow::Result<()> {
+    let spki = match public_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let block =
+                pem::parse(text).with_context(|| format!("{} is not PEM", path.display()))?;
+            anyhow::ensure!(
+                block.tag() == "PUBLIC KEY",
+                "{} is not a PUBLIC KEY",
+                path.display()
+            );
+            block.into_contents()
+        }
+        None => Authority::audit_public_key_from_hsm(&config).await?,
+    };
+    let store = open_store(&config).await?;
+    let (n, checkpoints, findings) = Authority::verify_audit(&store, &spki).await?;
     if findings.is_empty() {
-        println!("audit trail intact: {n} records");
+        println!("audit trail intact: {n} records, {checkpoints} signed checkpoints");
         return Ok(());
     }
     for f in &findings {
@@ -409,6 +444,14 @@ async fn audit_verify(config: Config) -> anyhow::Result<()> {
         "audit trail verification failed: {} finding(s) in {n} records",
         findings.len()
     )
+}
+
+/// Signs an audit checkpoint at the end of a signer command. The command's own work is done
+/// by then, so a failure here is reported but does not turn success into failure.
+async fn checkpoint(auth: &Authority) {
+    if let Err(e) = auth.checkpoint().await {
+        eprintln!("warning: could not sign the audit checkpoint: {e}");
+    }
 }
 
 fn config_check(config: &Config) -> anyhow::Result<()> {

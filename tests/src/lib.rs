@@ -935,16 +935,29 @@ impl Ca {
         CertFile::read(&path)
     }
 
-    /// Asserts `ecert audit verify` passes; returns N of `audit trail intact: N records`.
+    /// Asserts `ecert audit verify` passes; returns N of `audit trail intact: N records, M
+    /// signed checkpoints`, and checks that at least one checkpoint exists.
     pub fn audit_ok(&self) -> usize {
         let out = self.ecert_ok(&["audit", "verify"]);
         let line = out
             .lines()
             .find(|l| l.starts_with("audit trail intact: "))
-            .unwrap_or_else(|| panic!("no `audit trail intact: N records` line:\n{out}"));
-        line.trim_start_matches("audit trail intact: ")
-            .trim_end_matches(" records")
-            .trim()
+            .unwrap_or_else(|| {
+                panic!("no `audit trail intact: N records, M signed checkpoints` line:\n{out}")
+            });
+        let rest = line.trim_start_matches("audit trail intact: ");
+        let (records, checkpoints) = rest
+            .split_once(" records, ")
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let checkpoints: usize = checkpoints
+            .trim_end_matches(" signed checkpoints")
+            .parse()
+            .unwrap_or_else(|_| panic!("bad checkpoint count in {line:?}"));
+        assert!(
+            checkpoints > 0,
+            "no signed audit checkpoint after signer commands: {line:?}"
+        );
+        records
             .parse()
             .unwrap_or_else(|_| panic!("bad count in {line:?}"))
     }

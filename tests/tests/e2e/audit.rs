@@ -96,3 +96,55 @@ fn audit_detects_truncation() {
     ca.tamper(&format!("DELETE FROM audit_log WHERE seq > {};", n - 2));
     verify_finds(&ca, "truncated", None, "deleted the last two records");
 }
+
+/// Cutting the tail and rewriting `audit_head` to match defeats the hash chain alone; the
+/// HSM-signed checkpoint written when the last command finished still names the cut records.
+#[test]
+fn audit_detects_truncation_with_head_rewritten() {
+    let (ca, n) = ca_with_history();
+    let keep = n - 2;
+    ca.tamper(&format!(
+        "DELETE FROM audit_log WHERE seq > {keep}; \
+         UPDATE audit_head SET seq = {keep}, hash = (SELECT hash FROM audit_log WHERE seq = {keep}) WHERE id = 1;"
+    ));
+    verify_finds(
+        &ca,
+        "truncated",
+        Some(&n.to_string()),
+        "tail cut and head rewritten",
+    );
+}
+
+/// A checkpoint whose signature was not made by the audit key is reported; verifying with the
+/// exported public key (`ecert audit key`, for auditors without the HSM) gives the same answer.
+#[test]
+fn audit_detects_forged_checkpoint_and_verifies_with_exported_key() {
+    let (ca, _) = ca_with_history();
+    let key = ca.ecert_ok(&["audit", "key"]);
+    assert!(key.contains("BEGIN PUBLIC KEY"), "{key}");
+    let key_file = ca.file("audit-key.pem");
+    std::fs::write(&key_file, &key).unwrap();
+    let out = ca.ecert_ok(&[
+        "audit",
+        "verify",
+        "--public-key",
+        key_file.to_str().unwrap(),
+    ]);
+    assert!(out.contains("intact"), "{out}");
+    ca.tamper("UPDATE audit_checkpoints SET signature = (SELECT signature FROM audit_checkpoints ORDER BY seq LIMIT 1) WHERE seq = (SELECT MAX(seq) FROM audit_checkpoints);");
+    let count: usize = ca
+        .sql_query("SELECT COUNT(*) FROM audit_checkpoints")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        count >= 2,
+        "need two checkpoints to swap signatures, have {count}"
+    );
+    verify_finds(
+        &ca,
+        "not signed by the audit key",
+        None,
+        "checkpoint signature swapped",
+    );
+}
