@@ -183,6 +183,9 @@ pub struct Authority {
     cas: HashMap<CaRole, CaState>,
     lint_key: KeyPair,
     writer: Committer,
+    /// At most `hsm.pool_size` signatures in flight, so the token's session pool is not
+    /// outrun (each extra request would open and close a session).
+    hsm_slots: tokio::sync::Semaphore,
     audit_key: Arc<dyn hsm::Signer>,
     _lock: File,
     /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
@@ -590,6 +593,15 @@ impl Authority {
                 return Err(Error::Lint(findings));
             }
             let (tbs, alg) = split_signed(linting.der())?;
+            // Recorded before the HSM signs (nothing is signed without a record).
+            store
+                .audit_now(&Event {
+                    kind: "ca.signing",
+                    actor: "system:init".into(),
+                    subject: Some(role.name().into()),
+                    detail: json!({ "serial": serial.to_hex(), "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
+                })
+                .await?;
             let cert = hsm_sign_checked(
                 issuer_signer.clone(),
                 tbs,
@@ -705,11 +717,14 @@ impl Authority {
                 CaState {
                     subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
                     cert_der: der.clone(),
-                    signer: Arc::new(key),
+                    // `sign` verifies every assembled certificate under this CA's public key
+                    // (self_check), so the token-level check would only repeat it.
+                    signer: Arc::new(key.without_release_check()),
                 },
             );
         }
         let writer = Committer::start(store.clone());
+        let hsm_slots = tokio::sync::Semaphore::new(config.hsm.pool_size);
         let auth = Authority {
             config,
             store,
@@ -717,6 +732,7 @@ impl Authority {
             cas,
             lint_key,
             writer,
+            hsm_slots,
             audit_key: Arc::new(audit_key),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
@@ -981,13 +997,20 @@ impl Authority {
         let ca = self.cas.get(&token.issuer).ok_or(Error::NotInitialised)?;
         let serial_hex = token.serial.to_hex();
         let issuer_spki = ca.signer.public_key_spki().to_vec();
-        let signed = hsm_sign_checked(
-            ca.signer.clone(),
-            token.tbs,
-            token.signature_algorithm,
-            issuer_spki,
-        )
-        .await;
+        let signed = match self.hsm_slots.acquire().await {
+            Ok(_permit) => {
+                hsm_sign_checked(
+                    ca.signer.clone(),
+                    token.tbs,
+                    token.signature_algorithm,
+                    issuer_spki,
+                )
+                .await
+            }
+            Err(_) => Err(Error::Hsm(hsm::Error::TokenUnavailable {
+                detail: "the signer is shutting down".into(),
+            })),
+        };
         fail::fail_point!("ca::after_hsm_sign");
         let cert = match signed {
             Ok(c) => c,
@@ -1008,7 +1031,8 @@ impl Authority {
             subject: Some(serial_hex.clone()),
             detail: json!({ "profile": token.profile, "issuer": token.issuer.name(), "renews": token.renews, "cert_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&cert)) }),
         };
-        self.writer
+        let stored = self
+            .writer
             .write(
                 WriteOp::Issued {
                     serial: serial_hex.clone(),
@@ -1016,7 +1040,26 @@ impl Authority {
                 },
                 event,
             )
-            .await?;
+            .await;
+        if let Err(e) = stored {
+            // Signed but not stored: the certificate is dropped here and never delivered. Mark
+            // the serial `abandoned` now (never good, listed as revoked) rather than leave it
+            // `issuing` until the next start.
+            let event = Event {
+                kind: "issuance.abandoned",
+                actor: token.actor.clone(),
+                subject: Some(serial_hex.clone()),
+                detail: json!({ "error": e.to_string() }),
+            };
+            let op = WriteOp::Abandoned {
+                serial: serial_hex.clone(),
+                reason: e.to_string(),
+            };
+            if let Err(again) = self.writer.write(op, event).await {
+                tracing::error!(serial = %serial_hex, error = %again, "could not record an abandoned issuance; start-up will");
+            }
+            return Err(e);
+        }
         fail::fail_point!("ca::after_store");
         tracing::info!(serial = %serial_hex, profile = token.profile, "certificate issued");
         Ok(Issued {

@@ -686,6 +686,13 @@ pub enum WriteOp {
         /// The certificate.
         cert_der: Vec<u8>,
     },
+    /// `issuing` → `abandoned`: signed, but the certificate could not be stored.
+    Abandoned {
+        /// Hex serial.
+        serial: String,
+        /// Why.
+        reason: String,
+    },
     /// `from` → `failed`.
     Failed {
         /// Hex serial.
@@ -825,6 +832,9 @@ impl Store {
                 from,
                 reason,
             } => self.mark_failed(tx, serial, *from, reason).await?,
+            WriteOp::Abandoned { serial, reason } => {
+                self.mark_abandoned(tx, serial, reason).await?
+            }
         }
         Ok(())
     }
