@@ -511,9 +511,13 @@ fn new_srn() -> String {
 
 impl Authority {
     /// Creates what is missing of the hierarchy: policy arc, CA keys in the token, CA
-    /// certificates. Idempotent. The token MUST exist (see [`init_embedded_token`]).
+    /// certificates. Idempotent. In embedded mode it first makes the SoftHSM2 token (see
+    /// [`init_embedded_token`]); otherwise the token MUST exist.
     pub async fn init(config: Config) -> Result<(Authority, InitReport)> {
         let lock = signer_lock(&config).await?;
+        if config.embedded_softhsm() {
+            init_embedded_token(&config)?;
+        }
         let store = Store::open(&config.database_url()).await?;
         let mut tx = store.begin().await?;
         let arc = match &config.ca.policy_arc {

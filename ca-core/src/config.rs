@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the SQLite database, the SoftHSM2 token, PINs and locks live.
@@ -35,6 +35,26 @@ pub struct HsmConfig {
     pub user_pin_file: Option<PathBuf>,
     /// Sessions kept open for signing.
     pub pool_size: usize,
+    /// Embedded mode: the SoftHSM2 token lives in `<data-dir>/hsm` with its own configuration
+    /// and PIN files, made by `ecert init`. Default: true when the module is SoftHSM2. Set false
+    /// to use an existing SoftHSM2 installation (its own `SOFTHSM2_CONF`, `ECERT_HSM_PIN`).
+    pub embedded: Option<bool>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The database URL may carry a password.
+        let db = self
+            .database_url
+            .as_deref()
+            .map(|u| crate::store::redact_url(u, u));
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &db)
+            .field("hsm", &self.hsm)
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for HsmConfig {
@@ -44,6 +64,7 @@ impl std::fmt::Debug for HsmConfig {
             .field("token_label", &self.token_label)
             .field("user_pin_file", &self.user_pin_file)
             .field("pool_size", &self.pool_size)
+            .field("embedded", &self.embedded)
             .finish()
     }
 }
@@ -92,6 +113,7 @@ impl Default for HsmConfig {
             token_label: "ecert".into(),
             user_pin_file: None,
             pool_size: 4,
+            embedded: None,
         }
     }
 }
@@ -246,7 +268,9 @@ impl Config {
 
     /// True when the HSM is the embedded SoftHSM2 token in the data directory.
     pub fn embedded_softhsm(&self) -> bool {
-        self.hsm.module.to_string_lossy().contains("softhsm")
+        self.hsm
+            .embedded
+            .unwrap_or_else(|| self.hsm.module.to_string_lossy().contains("softhsm"))
     }
 
     /// Directory of the embedded SoftHSM2 token and its PIN files.

@@ -297,6 +297,76 @@ mod tests {
         BigUint::from_bytes_be(&bytes)
     }
 
+    /// Fixtures made with openssl (`openssl ... -pubout -outform DER`); each is refused by the
+    /// structural policy with a reason naming the problem (reference checklist #34, #36).
+    #[test]
+    fn structural_policy_refuses_with_named_reasons() {
+        let cases: [(&str, &[u8], &str); 9] = [
+            (
+                "P-521",
+                include_bytes!("testdata/p521.spki.der"),
+                "P-256 or P-384",
+            ),
+            (
+                "compressed P-256 point",
+                include_bytes!("testdata/p256-compressed.spki.der"),
+                "uncompressed",
+            ),
+            (
+                "explicit curve parameters",
+                include_bytes!("testdata/p256-explicit.spki.der"),
+                "explicit",
+            ),
+            (
+                "RSA-1024",
+                include_bytes!("testdata/rsa1024.spki.der"),
+                "too small",
+            ),
+            (
+                "RSA e=3",
+                include_bytes!("testdata/rsa2048-e3.spki.der"),
+                "65537",
+            ),
+            (
+                "RSA-2052",
+                include_bytes!("testdata/rsa2052.spki.der"),
+                "octets",
+            ),
+            (
+                "Ed25519",
+                include_bytes!("testdata/ed25519.spki.der"),
+                "not accepted",
+            ),
+            (
+                "RSA-PSS key",
+                include_bytes!("testdata/rsapss.spki.der"),
+                "not accepted",
+            ),
+            ("garbage", b"\x30\x03\x02\x01\x01", "malformed"),
+        ];
+        for (what, der, reason) in cases {
+            match SubscriberKey::from_spki_der(der) {
+                Err(Error::KeyNotAllowed(msg)) => assert!(msg.contains(reason), "{what}: {msg}"),
+                other => panic!("{what}: expected KeyNotAllowed, got {other:?}"),
+            }
+        }
+        let ok = SubscriberKey::from_spki_der(include_bytes!("testdata/rsa2056.spki.der")).unwrap();
+        assert_eq!(ok.kind(), KeyKind::Rsa { bits: 2056 });
+        ok.check_strength().unwrap();
+    }
+
+    /// A point that is not on the curve passes the structural checks (right length, 0x04) and
+    /// is caught by the strength check.
+    #[test]
+    fn off_curve_point_is_weak() {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut spki = rcgen::PublicKeyData::subject_public_key_info(&kp);
+        let last = spki.len() - 1;
+        spki[last] ^= 1;
+        let key = SubscriberKey::from_spki_der(&spki).unwrap();
+        assert!(matches!(key.check_strength(), Err(Error::WeakKey(_))));
+    }
+
     #[test]
     fn small_factor_is_weak() {
         let n = BigUint::from(751u32) * (odd_2048() >> 16u32);

@@ -207,6 +207,111 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
 mod tests {
     use super::*;
 
+    use crate::keys::SubscriberKey;
+    use crate::profile::{IssueContext, Profile, SubjectData};
+    use crate::serial::SerialNumber;
+
+    /// A clean server certificate from the real profile code, then one mutation per rule: each
+    /// must produce a finding (and so block signing).
+    #[test]
+    fn each_rule_finds_its_violation() {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).unwrap();
+        let (_, parsed_ca) = X509Certificate::from_der(ca_cert.der()).unwrap();
+        let issuer_subject = parsed_ca.tbs_certificate.subject.as_raw().to_vec();
+        let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&leaf_key);
+        let key = SubscriberKey::from_spki_der(&spki).unwrap();
+        let profile = Profile::get("server").unwrap();
+        let ctx = IssueContext {
+            base_url: "http://pki.example.hk",
+            policy_arc: "1.3.6.1.4.1.32473.1",
+            default_locality: "Hong Kong",
+            country: "HK",
+        };
+        let subject = SubjectData {
+            organization: Some("Example Ltd".into()),
+            dns_names: vec!["www.example.hk".into()],
+            ..Default::default()
+        };
+        let now = time::macros::datetime!(2026-11-23 12:00 UTC);
+        let base = profile
+            .params(&ctx, &subject, &key, SerialNumber::random(), now, None)
+            .unwrap();
+        let run = |p: &rcgen::CertificateParams, expected_spki: &[u8], issuer_subject: &[u8]| {
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            lint(&LintInput {
+                cert_der: cert.der(),
+                issuer_subject_der: issuer_subject,
+                expected_spki,
+                expect: Expect::Leaf(profile),
+            })
+        };
+        assert_eq!(
+            run(&base, &spki, &issuer_subject),
+            Vec::<String>::new(),
+            "the clean certificate has findings"
+        );
+
+        let mut cases: Vec<(&str, rcgen::CertificateParams)> = Vec::new();
+        let mut p = base.clone();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        cases.push(("must not be a CA", p));
+        let mut p = base.clone();
+        p.custom_extensions
+            .retain(|e| e.oid_components().collect::<Vec<_>>() != [1, 3, 6, 1, 5, 5, 7, 1, 1]);
+        cases.push(("authorityInformationAccess is required", p));
+        let mut p = base.clone();
+        p.not_after = p.not_before + time::Duration::days(200);
+        cases.push(("exceeds the profile maximum", p));
+        let mut p = base.clone();
+        p.subject_alt_names = vec![rcgen::SanType::DnsName("*.example.hk".try_into().unwrap())];
+        cases.push(("wildcard", p));
+        let mut p = base.clone();
+        p.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "a@example.hk".try_into().unwrap(),
+        ));
+        cases.push(("carries no e-mail", p));
+        let mut p = base.clone();
+        p.key_usages.clear();
+        cases.push(("keyUsage must be present", p));
+        let mut p = base.clone();
+        p.distinguished_name.push(
+            rcgen::DnType::CountryName,
+            rcgen::DnValue::Utf8String("HK".into()),
+        );
+        cases.push(("PrintableString", p));
+        let mut p = base.clone();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "x".repeat(65));
+        cases.push(("longer than 64", p));
+        let mut p = base.clone();
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x80; 21]));
+        cases.push(("serial must be a positive INTEGER", p));
+        for (expected, p) in &cases {
+            let f = run(p, &spki, &issuer_subject);
+            assert!(
+                f.iter().any(|x| x.contains(expected)),
+                "{expected:?} not found in {f:?}"
+            );
+        }
+        let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let f = run(
+            &base,
+            &rcgen::PublicKeyData::subject_public_key_info(&other_key),
+            &issuer_subject,
+        );
+        assert!(
+            f.iter().any(|x| x.contains("approved request's key")),
+            "{f:?}"
+        );
+        let f = run(&base, &spki, b"\x30\x00");
+        assert!(f.iter().any(|x| x.contains("byte-identical")), "{f:?}");
+    }
+
     #[test]
     fn garbage_is_a_finding_not_a_panic() {
         let input = LintInput {

@@ -559,7 +559,8 @@ impl Store {
         .await
     }
 
-    /// Marks a serial `failed` from `from`.
+    /// Marks a serial `failed` from `from`; a renewal claim it held on the old certificate is
+    /// released.
     pub async fn mark_failed(
         &self,
         tx: &mut Tx,
@@ -577,10 +578,11 @@ impl Store {
                 ..Default::default()
             },
         )
-        .await
+        .await?;
+        self.release_renewal_claim(tx, serial).await
     }
 
-    /// Marks a serial `abandoned` from `issuing`.
+    /// Marks a serial `abandoned` from `issuing`; a renewal claim it held is released.
     pub async fn mark_abandoned(&self, tx: &mut Tx, serial: &str, reason: &str) -> Result<()> {
         self.transition(
             tx,
@@ -592,7 +594,16 @@ impl Store {
                 ..Default::default()
             },
         )
-        .await
+        .await?;
+        self.release_renewal_claim(tx, serial).await
+    }
+
+    async fn release_renewal_claim(&self, tx: &mut Tx, serial: &str) -> Result<()> {
+        sqlx::query("UPDATE certificates SET renewed_by = NULL WHERE renewed_by = $1")
+            .bind(serial)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// Serials in a state.
@@ -869,7 +880,7 @@ fn cert_record(r: &AnyRow) -> Result<CertRecord> {
 }
 
 /// Keeps passwords in a database URL out of error messages.
-fn redact_url(msg: &str, url: &str) -> String {
+pub(crate) fn redact_url(msg: &str, url: &str) -> String {
     match url
         .split_once("://")
         .and_then(|(_, rest)| rest.split_once('@'))

@@ -34,9 +34,6 @@ pub struct IssueBench {
 }
 
 pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
-    if config.embedded_softhsm() {
-        ca_core::authority::init_embedded_token(&config)?;
-    }
     let (auth, _) = Authority::init(config.clone()).await?;
     let auth = Arc::new(auth);
 

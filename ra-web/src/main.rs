@@ -185,10 +185,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config(ConfigCommand::Check) = cli.command {
         return config_check(&config);
     }
-    if config.embedded_softhsm() && std::env::var_os("SOFTHSM2_CONF").is_none() {
-        // SoftHSM2 reads its configuration from this variable at C_Initialize. Set here, before
-        // any thread exists (the runtime is built below), so no other thread reads the
-        // environment concurrently.
+    if config.embedded_softhsm() {
+        // SoftHSM2 reads its configuration from this variable at C_Initialize; in embedded mode
+        // it is always the data directory's own (a stray value would send the token elsewhere).
+        // Set here, before any thread exists (the runtime is built below), so no other thread
+        // reads the environment concurrently.
         std::env::set_var(
             "SOFTHSM2_CONF",
             ca_core::authority::softhsm_conf_path(&config),
@@ -225,9 +226,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn init(config: Config) -> anyhow::Result<()> {
-    if config.embedded_softhsm() {
-        ca_core::authority::init_embedded_token(&config)?;
-    }
     let (auth, report) = Authority::init(config).await?;
     for role in &report.created {
         println!("created {} CA", role.name());

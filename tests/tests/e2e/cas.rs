@@ -166,3 +166,26 @@ fn ca_hierarchy() {
     );
     ca.audit_ok();
 }
+
+/// The embedded token's PINs are readable by the owner only, and so is the data directory
+/// (it holds the database and the token).
+#[test]
+fn pins_and_data_dir_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = Ca::init();
+    for name in ["hsm/user.pin", "hsm/so.pin"] {
+        let meta =
+            std::fs::metadata(ca.data_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name} mode");
+        assert!(
+            meta.len() >= 16,
+            "{name} is too short to be a generated PIN"
+        );
+    }
+    let dir = std::fs::metadata(ca.data_dir()).unwrap();
+    assert_eq!(
+        dir.permissions().mode() & 0o077,
+        0,
+        "data dir is open to group/others"
+    );
+}
