@@ -3,7 +3,9 @@
 # Every function is safe to call twice (idempotent) and prints what it does on stderr.
 
 # System packages ecert needs at build/test/run time (Debian 12 names).
-ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3-venv libfaketime ca-certificates)
+# opensc: pkcs11-tool, an outside judge of the token (keys sensitive, never extractable).
+# gcc, libc6-dev: ring and libsqlite3-sys build C code.
+ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc gcc libc6-dev ca-certificates)
 
 # pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
 ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"

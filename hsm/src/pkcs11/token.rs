@@ -634,6 +634,9 @@ fn generate_in(session: &Session, label: &str) -> Result<(Vec<u8>, Vec<u8>), Fai
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
+        // A signing key and nothing else (least privilege).
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
         Attribute::EcParams(p256_ec_params()),
         Attribute::Label(label_bytes.clone()),
     ];
@@ -643,6 +646,8 @@ fn generate_in(session: &Session, label: &str) -> Result<(Vec<u8>, Vec<u8>), Fai
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
         Attribute::Derive(false),
         Attribute::Label(label_bytes),
     ];

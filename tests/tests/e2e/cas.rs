@@ -189,3 +189,61 @@ fn pins_and_data_dir_are_private() {
         "data dir is open to group/others"
     );
 }
+
+/// The keys `ecert init` made, as an outside tool sees them: `pkcs11-tool` (OpenSC) lists every
+/// private key as sensitive and never extractable, usable for signing only.
+#[test]
+fn init_keys_are_sensitive_never_extractable_sign_only() {
+    let ca = Ca::init();
+    let pin = std::fs::read_to_string(ca.data_dir().join("hsm/user.pin")).unwrap();
+    let mut c = std::process::Command::new("pkcs11-tool");
+    c.env("SOFTHSM2_CONF", ca.data_dir().join("hsm/softhsm2.conf"))
+        .args([
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "--token-label",
+            "ecert",
+            "--login",
+            "--pin",
+        ])
+        .arg(pin.trim())
+        .args(["--list-objects", "--type", "privkey"]);
+    let o = run_with_timeout(c, std::time::Duration::from_secs(60), "pkcs11-tool");
+    assert!(
+        o.status.success(),
+        "pkcs11-tool (package opensc) failed; run ops/test\n{}",
+        show(&o)
+    );
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let objects: Vec<&str> = text.split("Private Key Object").skip(1).collect();
+    let labels = [
+        "ecert-root-ca",
+        "ecert-individual-ca",
+        "ecert-server-ca",
+        "ecert-audit",
+    ];
+    assert_eq!(
+        objects.len(),
+        labels.len(),
+        "private keys in the token:\n{text}"
+    );
+    for label in labels {
+        let obj = objects
+            .iter()
+            .find(|o| o.contains(&format!("label:      {label}\n")))
+            .unwrap_or_else(|| panic!("no private key {label}:\n{text}"));
+        assert!(
+            obj.contains("Access:     sensitive, always sensitive, never extractable, local"),
+            "{label}:\n{obj}"
+        );
+        let usage = obj
+            .lines()
+            .find(|l| l.trim_start().starts_with("Usage:"))
+            .unwrap_or_default();
+        assert_eq!(
+            usage.trim(),
+            "Usage:      sign",
+            "{label} may do more than sign:\n{obj}"
+        );
+    }
+}
