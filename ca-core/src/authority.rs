@@ -406,10 +406,10 @@ fn ca_params(
                 .collect();
             let mut policies = profiles
                 .iter()
-                .map(|x| ext::parse_oid(x.cabf_policy))
+                .map(|x| ext::PolicyOid::parse(x.cabf_policy))
                 .collect::<Result<Vec<_>>>()?;
             for prof in &profiles {
-                policies.push(ext::parse_oid(&format!(
+                policies.push(ext::PolicyOid::parse(&format!(
                     "{policy_arc}.2.{}",
                     prof.local_policy
                 ))?);

@@ -204,7 +204,7 @@ impl Config {
             ));
         }
         if let Some(arc) = &self.ca.policy_arc {
-            crate::ext::parse_oid(arc)?;
+            crate::ext::PolicyOid::parse(arc)?;
         }
         if self.hsm.pool_size == 0 || self.hsm.pool_size > 64 {
             return Err(Error::Config("hsm.pool_size must be 1 to 64".into()));

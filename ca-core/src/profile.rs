@@ -6,7 +6,6 @@
 //! certificate records the profile id and version it was made under; changing what a profile
 //! produces means a new version.
 
-use der::asn1::ObjectIdentifier;
 use rcgen::{
     CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
@@ -428,10 +427,9 @@ impl Profile {
         p.crl_distribution_points = vec![CrlDistributionPoint {
             uris: vec![format!("{}/crl/{issuer}.crl", ctx.base_url)],
         }];
-        let local: ObjectIdentifier =
-            ext::parse_oid(&format!("{}.2.{}", ctx.policy_arc, self.local_policy))?;
+        let local = ext::PolicyOid::parse(&format!("{}.2.{}", ctx.policy_arc, self.local_policy))?;
         p.custom_extensions = vec![
-            ext::certificate_policies(&[ext::parse_oid(self.cabf_policy)?, local])?,
+            ext::certificate_policies(&[ext::PolicyOid::parse(self.cabf_policy)?, local])?,
             ext::authority_info_access(
                 Some(&format!("{}/ocsp", ctx.base_url)),
                 &format!("{}/ca/{issuer}.crt", ctx.base_url),

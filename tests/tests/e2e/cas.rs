@@ -247,3 +247,58 @@ fn init_keys_are_sensitive_never_extractable_sign_only() {
         );
     }
 }
+
+/// DESIGN.md's default policy arc is `2.25.<uuid>` (X.667: a 128-bit arc). The certificates must
+/// carry exactly the arc `init` recorded, not a truncated one (const-oid 0.9 silently wrapped such
+/// arcs to 32 bits). Judged by openssl's own OID printing; pkilint cannot decode arcs above 32
+/// bits, which is why the other tests configure an enterprise-number arc.
+#[test]
+fn default_uuid_policy_arc_is_carried_exactly() {
+    let ca = Ca::new();
+    std::fs::write(
+        ca.data_dir().join("ecert.toml"),
+        "[ca]\nbase_url = \"http://pki.example.hk:8080\"\n",
+    )
+    .unwrap();
+    ca.ecert_ok(&["init"]);
+    let arc = ca.sql_query("SELECT value FROM meta WHERE key = 'policy_arc'");
+    let arc = arc.trim();
+    assert!(
+        arc.starts_with("2.25.") && arc.len() > 30,
+        "default arc {arc:?}"
+    );
+    let issued = crate::common::issue_and_verify_personal(&ca, "uuid-arc", "default policy arc");
+    let out = openssl(
+        ca.data_dir(),
+        &[
+            "x509",
+            "-noout",
+            "-ext",
+            "certificatePolicies",
+            "-in",
+            issued.cert.path.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("Policy: {arc}.2.1\n")),
+        "expected {arc}.2.1 in:\n{text}"
+    );
+    let issuing = ca.export("individual");
+    let out = openssl(
+        ca.data_dir(),
+        &[
+            "x509",
+            "-noout",
+            "-ext",
+            "certificatePolicies",
+            "-in",
+            issuing.path.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("Policy: {arc}.2.1\n")),
+        "issuing CA lacks {arc}.2.1:\n{text}"
+    );
+}
