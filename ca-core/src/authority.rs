@@ -832,6 +832,23 @@ impl Authority {
         }
     }
 
+    /// Adds a key to the blocked list (BR §4.9.1.1, §6.1.1.3 (4): a key reported compromised is
+    /// never certified again), with its audit record in the same transaction. `key_fp` is the
+    /// SHA-256 of the DER SubjectPublicKeyInfo ([`SubscriberKey::fingerprint`]).
+    pub async fn block_key(&self, key_fp: &[u8; 32], reason: &str, actor: &str) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        self.store.block_key(&mut tx, key_fp, reason).await?;
+        let event = Event {
+            kind: "key.blocked",
+            actor: actor.to_string(),
+            subject: None,
+            detail: json!({ "key_sha256": hex::encode(key_fp), "reason": reason }),
+        };
+        self.store.audit(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Audits a request refused before a serial was reserved (BR §5.4.1: rejections of
     /// certificate requests are recorded). A failure to write it is logged; the refusal stands.
     pub async fn record_refusal(&self, actor: &str, profile: &str, error: &Error) {

@@ -57,6 +57,9 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Subscriber keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
     #[command(subcommand, hide = true)]
     Bench(BenchCommand),
@@ -155,6 +158,26 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Block a key (reported compromised): no certificate will be issued for it again.
+    Block {
+        /// A CSR signed by the key (its signature is checked: proof of possession).
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
+        csr: Option<PathBuf>,
+        /// The public key, PEM (`PUBLIC KEY`) or DER SubjectPublicKeyInfo.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Check the configuration; exits non-zero if it is invalid.
     Check,
@@ -220,6 +243,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Config(_) => Ok(()),
+            Command::Key(KeyCommand::Block {
+                csr,
+                public_key,
+                reason,
+            }) => block_key(config, csr, public_key, reason).await,
             Command::Bench(BenchCommand::Issue(b)) => bench::issue(config, b).await,
         }
     })
@@ -442,6 +470,51 @@ async fn audit_verify(config: Config, public_key: Option<PathBuf>) -> anyhow::Re
         "audit trail verification failed: {} finding(s) in {n} records",
         findings.len()
     )
+}
+
+async fn block_key(
+    config: Config,
+    csr: Option<PathBuf>,
+    public_key: Option<PathBuf>,
+    reason: String,
+) -> anyhow::Result<()> {
+    let fp: [u8; 32] = match (csr, public_key) {
+        (Some(path), _) => VerifiedCsr::parse(&read_limited(&path, MAX_CSR_BYTES)?)?
+            .key()
+            .fingerprint(),
+        (None, Some(path)) => {
+            let bytes = read_limited(&path, MAX_CSR_BYTES)?;
+            let der = match std::str::from_utf8(&bytes)
+                .ok()
+                .filter(|t| t.contains("-----BEGIN"))
+            {
+                Some(text) => {
+                    let block = pem::parse(text)
+                        .with_context(|| format!("{} is not PEM", path.display()))?;
+                    anyhow::ensure!(
+                        block.tag() == "PUBLIC KEY",
+                        "{} is a {}, not a PUBLIC KEY",
+                        path.display(),
+                        block.tag()
+                    );
+                    block.into_contents()
+                }
+                None => bytes,
+            };
+            x509_parser::prelude::FromDer::from_der(&der)
+                .map(|(_, _): (_, x509_parser::x509::SubjectPublicKeyInfo<'_>)| ())
+                .map_err(|e| {
+                    anyhow::anyhow!("{} is not a SubjectPublicKeyInfo: {e}", path.display())
+                })?;
+            <sha2::Sha256 as sha2::Digest>::digest(&der).into()
+        }
+        (None, None) => bail!("give --csr or --public-key"),
+    };
+    let auth = Authority::open(config).await?;
+    auth.block_key(&fp, &reason, &actor()).await?;
+    checkpoint(&auth).await;
+    println!("blocked key sha256={}", hex::encode(fp));
+    Ok(())
 }
 
 /// Signs an audit checkpoint at the end of a signer command. The command's own work is done

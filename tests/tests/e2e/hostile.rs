@@ -440,3 +440,94 @@ fn hostile_requests_are_refused_and_csr_content_is_ignored() {
     assert_eq!(ca.issued_count(), before + 3);
     ca.audit_ok();
 }
+
+/// A key blocked as compromised (`ecert key block`, by public key or by a CSR it signed) is
+/// never certified again; the refusal names it, leaves no certificate, and is audited.
+#[test]
+fn blocked_keys_are_refused() {
+    let ca = Ca::init();
+    let case = personal();
+    let first = ca.csr("compromised", KeyType::P256);
+    ca.issue(case.profile, &first.csr, &case.args, "before blocking");
+    let pubkey = ca.file("compromised.pub.pem");
+    openssl(
+        ca.data_dir(),
+        &[
+            "pkey",
+            "-in",
+            first.key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            pubkey.to_str().unwrap(),
+        ],
+    );
+    let out = ca.ecert_ok(&[
+        "key",
+        "block",
+        "--public-key",
+        pubkey.to_str().unwrap(),
+        "--reason",
+        "reported compromised",
+    ]);
+    assert!(out.contains("blocked key sha256="), "{out}");
+    let issued = ca.issued_count();
+    refused(
+        &ca,
+        issued,
+        case.profile,
+        &first.csr,
+        &case.args,
+        &["blocked"],
+        "blocked by public key",
+    );
+
+    let second = ca.csr("compromised-2", KeyType::Rsa2048);
+    ca.ecert_ok(&[
+        "key",
+        "block",
+        "--csr",
+        second.csr.to_str().unwrap(),
+        "--reason",
+        "key compromise",
+    ]);
+    refused(
+        &ca,
+        issued,
+        case.profile,
+        &second.csr,
+        &case.args,
+        &["blocked"],
+        "blocked by CSR",
+    );
+
+    // Another key still works; garbage is refused without blocking anything.
+    crate::common::issue_and_verify_personal(&ca, "clean", "unblocked key");
+    let junk = ca.file("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let o = ca.ecert(&[
+        "key",
+        "block",
+        "--public-key",
+        junk.to_str().unwrap(),
+        "--reason",
+        "x",
+    ]);
+    check_clean_error(&o).unwrap_or_else(|e| panic!("garbage public key: {e}"));
+    let blocked: usize = ca
+        .sql_query("SELECT COUNT(*) FROM blocked_keys")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(blocked, 2, "blocked_keys rows");
+    let events: usize = ca
+        .sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'key.blocked'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(events, 2, "key.blocked audit events");
+    ca.audit_ok();
+}
