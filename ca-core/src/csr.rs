@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn mutated_csrs_never_panic() {
         use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6563_6572_74);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x0065_6365_7274);
         let seeds: Vec<Vec<u8>> = [
             &rcgen::PKCS_ECDSA_P256_SHA256,
             &rcgen::PKCS_ECDSA_P384_SHA384,

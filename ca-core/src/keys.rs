@@ -130,7 +130,7 @@ impl SubscriberKey {
                         "RSA-{bits} is larger than the {MAX_RSA_BITS}-bit limit"
                     )));
                 }
-                if bits % 8 != 0 {
+                if !bits.is_multiple_of(8) {
                     return Err(Error::KeyNotAllowed(format!(
                         "RSA modulus of {bits} bits is not a whole number of octets (BR §6.1.5)"
                     )));

@@ -48,7 +48,7 @@ const OID_SKI: &str = "2.5.29.14";
 pub fn lint(input: &LintInput<'_>) -> Vec<String> {
     let mut f = Vec::new();
     let cert = match X509Certificate::from_der(input.cert_der) {
-        Ok((rest, c)) if rest.is_empty() => c,
+        Ok(([], c)) => c,
         Ok(_) => return vec!["trailing bytes after the certificate".into()],
         Err(e) => return vec![format!("certificate does not parse: {e}")],
     };

@@ -18,6 +18,7 @@
 //! assert!(hsm::verify(signer.algorithm(), signer.public_key_spki(), b"tbs bytes", &sig).is_ok());
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod pkcs11;
 pub mod software;

@@ -44,7 +44,7 @@ enum Command {
     /// Create the HSM token (embedded SoftHSM2), the CA hierarchy and the database. Idempotent.
     Init,
     /// Issue a certificate directly (an officer's action; audited).
-    Issue(IssueArgs),
+    Issue(Box<IssueArgs>),
     /// CA certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -225,7 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Init => init(config).await,
-            Command::Issue(args) => issue(config, args).await,
+            Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
             Command::Audit(AuditCommand::Verify { public_key }) => {
@@ -529,13 +529,12 @@ fn config_check(config: &Config) -> anyhow::Result<()> {
     for w in config.warnings() {
         eprintln!("warning: {w}");
     }
-    if config.embedded_softhsm() || config.hsm.module.is_absolute() {
-        if !config.hsm.module.exists() {
-            bail!(
-                "PKCS#11 module {} does not exist",
-                config.hsm.module.display()
-            );
-        }
+    if (config.embedded_softhsm() || config.hsm.module.is_absolute()) && !config.hsm.module.exists()
+    {
+        bail!(
+            "PKCS#11 module {} does not exist",
+            config.hsm.module.display()
+        );
     }
     println!("configuration OK");
     Ok(())
