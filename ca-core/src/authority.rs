@@ -75,7 +75,7 @@ impl Committer {
                 }
             }
             let ops: Vec<_> = batch.iter().map(|(op, ev, _)| (op, ev)).collect();
-            match Self::commit(&store, &ops).await {
+            match store.apply_batch(&ops).await {
                 Ok(()) => {
                     for (_, _, done) in batch {
                         let _ = done.send(Ok(()));
@@ -89,15 +89,11 @@ impl Committer {
                 // One bad change must not fail its neighbours: retry each on its own.
                 Err(_) => {
                     for (op, ev, done) in batch {
-                        let _ = done.send(Self::commit(&store, &[(&op, &ev)]).await);
+                        let _ = done.send(store.apply_batch(&[(&op, &ev)]).await);
                     }
                 }
             }
         }
-    }
-
-    async fn commit(store: &Store, ops: &[(&WriteOp, &Event)]) -> Result<()> {
-        store.apply_batch(ops).await
     }
 }
 

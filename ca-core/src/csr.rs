@@ -60,11 +60,6 @@ impl VerifiedCsr {
     pub fn key(&self) -> &SubscriberKey {
         &self.key
     }
-
-    /// Takes the key out.
-    pub fn into_key(self) -> SubscriberKey {
-        self.key
-    }
 }
 
 fn decode(input: &[u8]) -> Result<Vec<u8>> {

@@ -415,15 +415,6 @@ impl Store {
         Ok(())
     }
 
-    /// True if the key is blocked.
-    pub async fn key_blocked(&self, key_fp: &[u8]) -> Result<bool> {
-        Ok(sqlx::query("SELECT 1 FROM blocked_keys WHERE key_fp = $1")
-            .bind(key_fp.to_vec())
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
-    }
-
     /// Adds a key to the blocked list (idempotent).
     pub async fn block_key(&self, tx: &mut Tx, key_fp: &[u8], reason: &str) -> Result<()> {
         sqlx::query("INSERT INTO blocked_keys (key_fp, reason, added_at) VALUES ($1, $2, $3) ON CONFLICT (key_fp) DO NOTHING")
