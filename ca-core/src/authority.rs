@@ -18,7 +18,7 @@ use der::asn1::{AnyRef, BitStringRef};
 use der::{Decode, Encode};
 use rcgen::{
     BasicConstraints, CertificateParams, CrlDistributionPoint, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -146,6 +146,34 @@ impl IssuanceToken {
     }
 }
 
+/// Signs linting certificates with a static signature value instead of a throwaway key
+/// (TLS BR §4.3.1.2 allows either): the linting certificate is never verified, only linted, and
+/// the HSM later signs its exact TBS. Saves one ECDSA signature per issuance. The algorithm is
+/// the CA keys' (ECDSA P-256 with SHA-256), so the TBS `signature` field is the final one.
+#[derive(Debug, Default)]
+struct LintSigner;
+
+/// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER 1, s INTEGER 1 }`: well-formed, obviously fake.
+const STATIC_SIGNATURE: [u8; 8] = [0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01];
+
+impl rcgen::PublicKeyData for LintSigner {
+    fn der_bytes(&self) -> &[u8] {
+        // Never used: every issuer here has a pre-specified key identifier, and this key is
+        // never a subject key.
+        &[]
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for LintSigner {
+    fn sign(&self, _msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        Ok(STATIC_SIGNATURE.to_vec())
+    }
+}
+
 /// A serial committed as `reserved`, with what the next step needs.
 struct Reserved {
     profile: &'static Profile,
@@ -158,6 +186,8 @@ struct Reserved {
 struct CaState {
     cert_der: Vec<u8>,
     subject_der: Vec<u8>,
+    /// The CA certificate's subjectKeyIdentifier (what its subscribers' AKI must carry).
+    key_id: Option<Vec<u8>>,
     signer: Arc<dyn hsm::Signer>,
 }
 
@@ -177,7 +207,7 @@ pub struct Authority {
     store: Store,
     policy_arc: String,
     cas: HashMap<CaRole, CaState>,
-    lint_key: KeyPair,
+    lint_key: LintSigner,
     writer: Committer,
     /// At most `hsm.pool_size` signatures in flight, so the token's session pool is not
     /// outrun (each extra request would open and close a session).
@@ -527,7 +557,7 @@ impl Authority {
         let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
             .await
             .map_err(|e| Error::Store(e.to_string()))??;
-        let lint_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let lint_key = LintSigner::default();
         let mut report = InitReport::default();
         for role in CaRole::ALL {
             if store.ca(role.name()).await?.is_some() {
@@ -587,6 +617,7 @@ impl Authority {
                 cert_der: linting.der(),
                 issuer_subject_der: &issuer_subject,
                 expected_spki: signer.public_key_spki(),
+                issuer_key_id: None,
                 expect: Expect::Ca,
             });
             if !findings.is_empty() {
@@ -663,7 +694,7 @@ impl Authority {
         let lock = signer_lock(&config).await?;
         let store = Store::open(&config.database_url()).await?;
         let db_lock = store.signer_lock().await?;
-        let lint_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let lint_key = LintSigner::default();
         Self::open_with(config, store, lock, db_lock, lint_key).await
     }
 
@@ -672,7 +703,7 @@ impl Authority {
         store: Store,
         lock: File,
         db_lock: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
-        lint_key: KeyPair,
+        lint_key: LintSigner,
     ) -> Result<Authority> {
         let policy_arc = store
             .meta("policy_arc")
@@ -716,6 +747,14 @@ impl Authority {
                 role,
                 CaState {
                     subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
+                    key_id: cert.tbs_certificate.extensions().iter().find_map(|e| {
+                        match e.parsed_extension() {
+                            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                                Some(k.0.to_vec())
+                            }
+                            _ => None,
+                        }
+                    }),
                     cert_der: der.clone(),
                     // `sign` verifies every assembled certificate under this CA's public key
                     // (self_check), so the token-level check would only repeat it.
@@ -980,6 +1019,7 @@ impl Authority {
             cert_der: linting.der(),
             issuer_subject_der: &ca.subject_der,
             expected_spki: key.spki_der(),
+            issuer_key_id: ca.key_id.as_deref(),
             expect: Expect::Leaf(profile),
         });
         if !findings.is_empty() {
@@ -1217,6 +1257,7 @@ fn subject_der_of(cert_der: &[u8]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::KeyPair;
 
     #[test]
     fn assemble_round_trips_and_self_check_catches_tampering() {

@@ -30,6 +30,9 @@ pub struct LintInput<'a> {
     pub issuer_subject_der: &'a [u8],
     /// The subject public key the request approved, DER SPKI.
     pub expected_spki: &'a [u8],
+    /// The issuer's subjectKeyIdentifier: a subscriber certificate's AKI must equal it
+    /// (RFC 5280 §4.2.1.1).
+    pub issuer_key_id: Option<&'a [u8]>,
     /// What it should be.
     pub expect: Expect<'a>,
 }
@@ -149,6 +152,21 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
             }
         }
         Expect::Leaf(profile) => {
+            let aki = tbs
+                .extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        a.key_identifier.as_ref().map(|k| k.0)
+                    }
+                    _ => None,
+                });
+            if input.issuer_key_id.is_some() && aki != input.issuer_key_id {
+                f.push(
+                    "authorityKeyIdentifier does not match the issuer's subjectKeyIdentifier"
+                        .into(),
+                );
+            }
             if let Ok(Some(bc)) = tbs.basic_constraints() {
                 if bc.value.ca {
                     f.push("a subscriber certificate must not be a CA".into());
@@ -222,6 +240,14 @@ mod tests {
         let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).unwrap();
         let (_, parsed_ca) = X509Certificate::from_der(ca_cert.der()).unwrap();
         let issuer_subject = parsed_ca.tbs_certificate.subject.as_raw().to_vec();
+        let issuer_key_id: Option<Vec<u8>> =
+            parsed_ca.tbs_certificate.extensions().iter().find_map(|e| {
+                match e.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                    _ => None,
+                }
+            });
+        assert!(issuer_key_id.is_some(), "test CA has no SKI");
         let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let spki = rcgen::PublicKeyData::subject_public_key_info(&leaf_key);
         let key = SubscriberKey::from_spki_der(&spki).unwrap();
@@ -247,6 +273,7 @@ mod tests {
                 cert_der: cert.der(),
                 issuer_subject_der: issuer_subject,
                 expected_spki,
+                issuer_key_id: issuer_key_id.as_deref(),
                 expect: Expect::Leaf(profile),
             })
         };
@@ -308,6 +335,19 @@ mod tests {
             f.iter().any(|x| x.contains("approved request's key")),
             "{f:?}"
         );
+        let cert = base.signed_by(&key, &issuer).unwrap();
+        let f = lint(&LintInput {
+            cert_der: cert.der(),
+            issuer_subject_der: &issuer_subject,
+            expected_spki: &spki,
+            issuer_key_id: Some(&[0u8; 20]),
+            expect: Expect::Leaf(profile),
+        });
+        assert!(
+            f.iter()
+                .any(|x| x.contains("authorityKeyIdentifier does not match")),
+            "{f:?}"
+        );
         let f = run(&base, &spki, b"\x30\x00");
         assert!(f.iter().any(|x| x.contains("byte-identical")), "{f:?}");
     }
@@ -318,6 +358,7 @@ mod tests {
             cert_der: b"\x30\x00",
             issuer_subject_der: b"",
             expected_spki: b"",
+            issuer_key_id: None,
             expect: Expect::Ca,
         };
         assert_eq!(lint(&input).len(), 1);

@@ -25,7 +25,7 @@ pub struct IssueBench {
     /// Issuances in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Seconds to measure the bare HSM signing rate.
+    /// Seconds to measure the bare HSM signing rate (0: skip it, for profiling).
     #[arg(long, default_value_t = 3)]
     pub hsm_seconds: u64,
     /// A label for the database engine in the report.
@@ -47,34 +47,38 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
         pool_size: threads,
     };
     let secs = b.hsm_seconds;
-    let raw_rate = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
-        let token = hsm::pkcs11::Token::open(&cfg)?;
-        let key = token.key(&CaRole::Individual.key_label())?;
-        let digest = [7u8; 32];
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let count = AtomicUsize::new(0);
-        let start = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| -> anyhow::Result<()> {
-                        while Instant::now() < deadline {
-                            key.sign_digest_raw(&digest)?;
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(())
+    let raw_rate = if secs == 0 {
+        f64::NAN
+    } else {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+            let token = hsm::pkcs11::Token::open(&cfg)?;
+            let key = token.key(&CaRole::Individual.key_label())?;
+            let digest = [7u8; 32];
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let count = AtomicUsize::new(0);
+            let start = Instant::now();
+            std::thread::scope(|s| -> anyhow::Result<()> {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| -> anyhow::Result<()> {
+                            while Instant::now() < deadline {
+                                key.sign_digest_raw(&digest)?;
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(())
+                        })
                     })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("signing thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
-    })
-    .await??;
+                    .collect();
+                for h in handles {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("signing thread panicked"))??;
+                }
+                Ok(())
+            })?;
+            Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+        })
+        .await??
+    };
     println!(
         "SoftHSM2 raw P-256 sign (C_Sign CKM_ECDSA, {threads} sessions): {raw_rate:.0} signs/s"
     );
