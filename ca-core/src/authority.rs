@@ -150,7 +150,7 @@ impl IssuanceToken {
 /// (TLS BR §4.3.1.2 allows either): the linting certificate is never verified, only linted, and
 /// the HSM later signs its exact TBS. Saves one ECDSA signature per issuance. The algorithm is
 /// the CA keys' (ECDSA P-256 with SHA-256), so the TBS `signature` field is the final one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LintSigner;
 
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER 1, s INTEGER 1 }`: well-formed, obviously fake.
@@ -207,7 +207,6 @@ pub struct Authority {
     store: Store,
     policy_arc: String,
     cas: HashMap<CaRole, CaState>,
-    lint_key: LintSigner,
     writer: Committer,
     /// At most `hsm.pool_size` signatures in flight, so the token's session pool is not
     /// outrun (each extra request would open and close a session).
@@ -557,7 +556,6 @@ impl Authority {
         let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
             .await
             .map_err(|e| Error::Store(e.to_string()))??;
-        let lint_key = LintSigner::default();
         let mut report = InitReport::default();
         for role in CaRole::ALL {
             if store.ca(role.name()).await?.is_some() {
@@ -602,11 +600,11 @@ impl Authority {
             let linting = match &issuer_der {
                 None => params.signed_by(
                     &subject_key,
-                    &rcgen::Issuer::from_params(&params, &lint_key),
+                    &rcgen::Issuer::from_params(&params, &LintSigner),
                 )?,
                 Some(der) => params.signed_by(
                     &subject_key,
-                    &rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &lint_key)?,
+                    &rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &LintSigner)?,
                 )?,
             };
             let issuer_subject = match &issuer_der {
@@ -684,7 +682,7 @@ impl Authority {
                 .await?;
         }
         drop(token);
-        let auth = Self::open_with(config, store, lock, db_lock, lint_key).await?;
+        let auth = Self::open_with(config, store, lock, db_lock).await?;
         Ok((auth, report))
     }
 
@@ -694,8 +692,7 @@ impl Authority {
         let lock = signer_lock(&config).await?;
         let store = Store::open(&config.database_url()).await?;
         let db_lock = store.signer_lock().await?;
-        let lint_key = LintSigner::default();
-        Self::open_with(config, store, lock, db_lock, lint_key).await
+        Self::open_with(config, store, lock, db_lock).await
     }
 
     async fn open_with(
@@ -703,7 +700,6 @@ impl Authority {
         store: Store,
         lock: File,
         db_lock: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
-        lint_key: LintSigner,
     ) -> Result<Authority> {
         let policy_arc = store
             .meta("policy_arc")
@@ -769,7 +765,6 @@ impl Authority {
             store,
             policy_arc,
             cas,
-            lint_key,
             writer,
             hsm_slots,
             audit_key: Arc::new(audit_key),
@@ -1013,7 +1008,7 @@ impl Authority {
             country: &self.config.ca.country,
         };
         let params = profile.params(&ctx, subject, key, serial, now_secs(), days)?;
-        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &self.lint_key)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &LintSigner)?;
         let linting = params.signed_by(key, &issuer)?;
         let findings = lint::lint(&LintInput {
             cert_der: linting.der(),
