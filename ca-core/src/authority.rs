@@ -1254,6 +1254,115 @@ mod tests {
     use super::*;
     use rcgen::KeyPair;
 
+    /// A CA on a real SoftHSM2 token and SQLite in a temporary directory. nextest runs each test
+    /// in its own process, so pointing SOFTHSM2_CONF at this directory is safe.
+    async fn test_ca() -> (tempfile::TempDir, Authority) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::load(dir.path(), None).unwrap();
+        config.ca.policy_arc = Some("1.3.6.1.4.1.32473.1".into());
+        config.ca.base_url = "http://pki.example.hk".into();
+        std::env::set_var("SOFTHSM2_CONF", softhsm_conf_path(&config));
+        let (auth, report) = Authority::init(config).await.unwrap();
+        assert_eq!(report.created.len(), 3);
+        (dir, auth)
+    }
+
+    fn request(i: usize, renews: Option<SerialNumber>) -> ApprovedRequest {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        ApprovedRequest {
+            profile: "personal".into(),
+            csr: VerifiedCsr::parse(csr.der()).unwrap(),
+            subject: SubjectData {
+                surname: Some("CHAN".into()),
+                given_name: Some("Tai Man".into()),
+                emails: vec![format!("user{i}@example.hk")],
+                ..Default::default()
+            },
+            days: None,
+            renews,
+            actor: "test".into(),
+        }
+    }
+
+    /// Many issuances in flight share group-committed transactions; every one ends `issued`
+    /// with its own certificate, and the audit chain is intact. Two renewals of the same
+    /// certificate race inside one batch: exactly one wins, the loser's failure (a renewal
+    /// conflict) does not fail its neighbours in the batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_issuance_and_racing_renewals() {
+        let (_dir, auth) = test_ca().await;
+        let auth = Arc::new(auth);
+        let first = auth.issue(request(0, None)).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 1..=60 {
+            let auth = auth.clone();
+            // Two of them renew the same certificate.
+            let renews = (i == 10 || i == 11).then_some(first.serial);
+            tasks.push(tokio::spawn(async move {
+                (i, auth.issue(request(i, renews)).await)
+            }));
+        }
+        let mut ok = 0;
+        let mut renewal_losses = 0;
+        let mut serials = std::collections::HashSet::new();
+        for t in tasks {
+            let (i, r) = t.await.unwrap();
+            match r {
+                Ok(issued) => {
+                    ok += 1;
+                    assert!(serials.insert(issued.serial), "serial issued twice");
+                }
+                Err(Error::NotRenewable { .. }) if i == 10 || i == 11 => renewal_losses += 1,
+                Err(e) => panic!("issuance {i} failed: {e}"),
+            }
+        }
+        assert_eq!((ok, renewal_losses), (59, 1));
+        let counts = auth.store().count_by_state().await.unwrap();
+        assert_eq!(counts, vec![("issued".to_string(), 60)]);
+        let old = auth
+            .store()
+            .certificate(&first.serial.to_hex())
+            .await
+            .unwrap()
+            .unwrap();
+        let by = old.renewed_by.expect("renewed_by set");
+        let new = auth.store().certificate(&by).await.unwrap().unwrap();
+        assert_eq!(new.renews.as_deref(), Some(first.serial.to_hex().as_str()));
+        auth.checkpoint().await.unwrap();
+        let (n, checkpoints, findings) =
+            Authority::verify_audit(auth.store(), auth.audit_public_key())
+                .await
+                .unwrap();
+        assert!(findings.is_empty(), "{findings:?}");
+        assert!(
+            n > 180 && checkpoints == 1,
+            "{n} records, {checkpoints} checkpoints"
+        );
+    }
+
+    /// A token session invalidated under a running CA (operator reset, token hiccup) is
+    /// recovered without a restart; no software key is ever used.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issuance_survives_invalidated_token_sessions() {
+        let (_dir, auth) = test_ca().await;
+        auth.issue(request(1, None)).await.unwrap();
+        let cfg = auth.config().clone();
+        tokio::task::spawn_blocking(move || open_token(&cfg).unwrap().close_all_sessions())
+            .await
+            .unwrap();
+        let issued = auth.issue(request(2, None)).await.unwrap();
+        let ca = auth.ca_cert(CaRole::Individual).unwrap();
+        let (_, ca) = x509_parser::certificate::X509Certificate::from_der(ca).unwrap();
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(&issued.cert_der).unwrap();
+        cert.verify_signature(Some(&ca.tbs_certificate.subject_pki))
+            .unwrap();
+    }
+
     #[test]
     fn assemble_round_trips_and_self_check_catches_tampering() {
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
