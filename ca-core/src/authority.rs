@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! approved request ─► prepare(): key policy ─► reserve serial (commit) ─► build TBS ─►
-//!   sign with throwaway key ─► lint ─► store linting TBS, state `issuing` (commit) ─► IssuanceToken
+//!   linting certificate (static signature value) ─► lint ─► store linting TBS, state `issuing` (commit) ─► IssuanceToken
 //! IssuanceToken ─► sign(): HSM signs the linted TBS ─► verify signature, compare TBS ─►
 //!   store certificate, state `issued`, audit (one commit)
 //! ```
@@ -389,7 +389,7 @@ fn ca_params(
     };
     p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
     // SKI per RFC 7093 §2 method 1 (truncated SHA-256 of the SPKI). Pre-computed, because the
-    // key signing the linting certificate is a throwaway one, not the subject's.
+    // linting certificate is made without the subject's (HSM) key.
     p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(subject_spki));
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -940,7 +940,7 @@ impl Authority {
         })
     }
 
-    /// Step 4: build, sign with the throwaway key, lint; store the linting TBS as `issuing`.
+    /// Step 4: build the linting certificate (static signature value), lint; store the linting TBS as `issuing`.
     async fn build_and_record(&self, req: ApprovedRequest, r: Reserved) -> Result<IssuanceToken> {
         let Reserved {
             profile,
@@ -952,7 +952,7 @@ impl Authority {
         let serial_hex = serial.to_hex();
         let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
         fail::fail_point!("ca::after_reserve");
-        // Step 4: build, sign with the throwaway key, lint.
+        // Step 4: build the linting certificate, lint.
         let built = self.build_linting(profile, &subject, &key, serial, ca, req.days);
         let (tbs, alg, nb, na) = match built {
             Ok(v) => v,

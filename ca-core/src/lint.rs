@@ -1,6 +1,6 @@
 //! Built-in pre-issuance lints (TLS BR §4.3.1.2, S/MIME BR §4.3.1.2).
 //!
-//! They run on the linting certificate (the TBS signed with a throwaway key) and mirror what
+//! They run on the linting certificate (the TBS with a static signature value) and mirror what
 //! pkilint checks for these profiles: encoding, lengths, string types, required and forbidden
 //! extensions, validity. Any finding blocks signing. pkilint itself judges every certificate in
 //! the end-to-end tests; these lints keep a bad certificate from ever being signed in production.

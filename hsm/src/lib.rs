@@ -7,9 +7,8 @@
 //!   key (DER `SubjectPublicKeyInfo`) and `sign(bytes) -> DER signature`.
 //! - [`pkcs11`] talks to any PKCS#11 module (SoftHSM2 by default) through `cryptoki`. Keys are
 //!   generated inside the token, sensitive and not extractable.
-//! - [`software::SoftwareSigner`] keeps a key in memory. It exists for unit tests and for the
-//!   throwaway "linting certificate" key; it MUST NOT be used for a CA key. Nothing in this crate
-//!   ever falls back to it when a token fails.
+//! - [`software::SoftwareSigner`] keeps a key in memory, for unit tests; it MUST NOT be used
+//!   for a CA key. Nothing in this crate ever falls back to it when a token fails.
 //!
 //! ```
 //! use hsm::{Signer, software::SoftwareSigner};

@@ -1,8 +1,7 @@
 //! An in-memory P-256 signer.
 //!
-//! [`SoftwareSigner`] exists for unit tests and for the throwaway key that signs "linting
-//! certificates" (a certificate signed only so a linter can look at it, then discarded). It MUST
-//! NOT hold a CA key: its private key lives in process memory. Nothing in this crate ever falls
+//! [`SoftwareSigner`] exists for unit tests. It MUST NOT hold a CA key: its private key lives
+//! in process memory. Nothing in this crate ever falls
 //! back to it when a token fails.
 
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
