@@ -51,6 +51,12 @@ pub enum Error {
     /// A certificate cannot be renewed in its present state.
     #[error("certificate {serial} cannot be renewed: {reason}")]
     NotRenewable { serial: String, reason: String },
+    /// A revocation request that cannot be applied (RFC 5280 §5.3.1; TLS BR §4.9).
+    #[error("revocation refused: {0}")]
+    Revocation(String),
+    /// The certificate is revoked already; only a change to keyCompromise is allowed.
+    #[error("certificate {serial} is already revoked ({reason})")]
+    AlreadyRevoked { serial: String, reason: String },
     /// Another process is signing for this data directory or database.
     #[error("another ecert process is signing for {0}; only one signer runs at a time")]
     SignerBusy(String),

@@ -31,6 +31,7 @@ pub mod ext;
 pub mod keys;
 pub mod lint;
 pub mod profile;
+pub mod revocation;
 pub mod serial;
 pub mod store;
 

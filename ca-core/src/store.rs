@@ -30,12 +30,20 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_audit_checkpoints.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_revocation.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_audit_checkpoints.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_revocation.sql"),
     ),
 ];
 
@@ -124,6 +132,10 @@ pub struct CertRecord {
     pub not_after: Option<i64>,
     /// Why it failed.
     pub failure: Option<String>,
+    /// RFC 5280 reason code if revoked or on hold.
+    pub revocation_reason: Option<i64>,
+    /// When it was revoked, Unix seconds.
+    pub revoked_at: Option<i64>,
 }
 
 /// A new reservation.
@@ -639,13 +651,112 @@ impl Store {
     /// Reads one certificate row.
     pub async fn certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
         let row = sqlx::query(
-            "SELECT serial, issuer, state, profile, profile_version, key_fp, request, renews, renewed_by, linting_tbs, cert_der, not_after, failure \
-             FROM certificates WHERE serial = $1",
+            "SELECT serial, issuer, state, profile, profile_version, key_fp, request, renews, renewed_by, linting_tbs, cert_der, not_after, failure, \
+             revocation_reason, revoked_at FROM certificates WHERE serial = $1",
         )
         .bind(serial)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| cert_record(&r)).transpose()
+    }
+}
+
+impl Store {
+    /// The revocation status of a serial, read inside `tx` (locked for update on PostgreSQL).
+    pub async fn status_in(
+        &self,
+        tx: &mut Tx,
+        serial: &str,
+    ) -> Result<Option<crate::revocation::Status>> {
+        let sql = match self.engine {
+            Engine::Sqlite => "SELECT issuer, state, revocation_reason, revoked_at, key_fp FROM certificates WHERE serial = $1",
+            Engine::Postgres => "SELECT issuer, state, revocation_reason, revoked_at, key_fp FROM certificates WHERE serial = $1 FOR UPDATE",
+        };
+        let Some(r) = sqlx::query(sql)
+            .bind(serial)
+            .fetch_optional(&mut **tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let state: String = r.try_get(1)?;
+        let reason: Option<i64> = r.try_get(2)?;
+        Ok(Some(crate::revocation::Status {
+            issuer: r.try_get(0)?,
+            state: CertState::parse(&state)?,
+            reason: match reason {
+                None => None,
+                Some(code) => Some(
+                    crate::revocation::Reason::from_code(code)
+                        .ok_or_else(|| Error::Store(format!("unknown reason code {code}")))?,
+                ),
+            },
+            revoked_at: r.try_get(3)?,
+            key_fp: r.try_get(4)?,
+        }))
+    }
+
+    /// Compare-and-set of the revocation columns: succeeds only if the reason is still
+    /// `expected` (so no concurrent change is overwritten).
+    pub async fn set_revocation(
+        &self,
+        tx: &mut Tx,
+        serial: &str,
+        expected: Option<crate::revocation::Reason>,
+        new: Option<(crate::revocation::Reason, i64)>,
+    ) -> Result<()> {
+        let res = sqlx::query(
+            "UPDATE certificates SET revocation_reason = $1, revoked_at = $2, updated_at = $3 \
+             WHERE serial = $4 AND COALESCE(revocation_reason, -1) = $5",
+        )
+        .bind(new.map(|(r, _)| r.code()))
+        .bind(new.map(|(_, at)| at))
+        .bind(now())
+        .bind(serial)
+        .bind(expected.map_or(-1, |r| r.code()))
+        .execute(&mut **tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Err(Error::Revocation(format!(
+                "the status of {serial} changed concurrently; try again"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Issued (or abandoned) serials carrying a key, inside `tx`.
+    pub async fn serials_with_key_in(&self, tx: &mut Tx, key_fp: &[u8]) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT serial FROM certificates WHERE key_fp = $1 AND state IN ('issued', 'abandoned') ORDER BY serial")
+            .bind(key_fp.to_vec())
+            .fetch_all(&mut **tx)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Unrevoked issued serials matching a mass-revocation query: a profile and/or a window on
+    /// notBefore (Unix seconds, inclusive).
+    pub async fn serials_matching(
+        &self,
+        profile: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT serial FROM certificates WHERE state = 'issued' AND revocation_reason IS NULL \
+             AND ($1 = '' OR profile = $1) AND not_before >= $2 AND not_before <= $3 ORDER BY not_before, serial",
+        )
+        .bind(profile.unwrap_or(""))
+        .bind(from.unwrap_or(i64::MIN))
+        .bind(to.unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 }
 
@@ -867,6 +978,8 @@ fn cert_record(r: &AnyRow) -> Result<CertRecord> {
         cert_der: r.try_get(10)?,
         not_after: r.try_get(11)?,
         failure: r.try_get(12)?,
+        revocation_reason: r.try_get(13)?,
+        revoked_at: r.try_get(14)?,
     })
 }
 

@@ -60,6 +60,8 @@ enum Command {
     /// Subscriber keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Revoke, hold or release certificates: one, a list, or all matching a query.
+    Revoke(Box<RevokeArgs>),
     /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
     #[command(subcommand, hide = true)]
     Bench(BenchCommand),
@@ -157,6 +159,38 @@ enum AuditCommand {
     Key,
 }
 
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// Serial (hex) to revoke; repeatable.
+    #[arg(long = "serial")]
+    serials: Vec<String>,
+    /// A file of serials, one per line (mass revocation).
+    #[arg(long)]
+    serials_file: Option<PathBuf>,
+    /// Mass revocation by query: every unrevoked certificate of this profile...
+    #[arg(long)]
+    profile: Option<String>,
+    /// ...with notBefore at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z)...
+    #[arg(long)]
+    issued_after: Option<String>,
+    /// ...and at or before this time (RFC 3339).
+    #[arg(long)]
+    issued_before: Option<String>,
+    /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged, superseded,
+    /// cessationOfOperation, privilegeWithdrawn (certificateHold: use --hold).
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
+    /// Put on hold (suspend) instead of revoking; Individual & Organisational CA only.
+    #[arg(long, conflicts_with = "release")]
+    hold: bool,
+    /// Release a hold.
+    #[arg(long)]
+    release: bool,
+    /// Confirm a query-based mass revocation.
+    #[arg(long)]
+    yes: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
     /// Block a key (reported compromised): no certificate will be issued for it again.
@@ -243,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Config(_) => Ok(()),
+            Command::Revoke(args) => revoke(config, *args).await,
             Command::Key(KeyCommand::Block {
                 csr,
                 public_key,
@@ -433,6 +468,11 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
             if let Some(na) = r.not_after {
                 println!("not_after={na}");
             }
+            if let Some(code) = r.revocation_reason {
+                let name = ca_core::revocation::Reason::from_code(code).map_or("?", |x| x.name());
+                println!("revocation_reason={name}");
+                println!("revoked_at={}", r.revoked_at.unwrap_or_default());
+            }
             if let Some(f) = r.failure {
                 println!("failure={f}");
             }
@@ -470,6 +510,117 @@ async fn audit_verify(config: Config, public_key: Option<PathBuf>) -> anyhow::Re
         "audit trail verification failed: {} finding(s) in {n} records",
         findings.len()
     )
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{s:?} is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)"))?;
+    Ok(t.unix_timestamp())
+}
+
+async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
+    use ca_core::revocation::Reason;
+    let reason = if a.hold {
+        Reason::CertificateHold
+    } else {
+        Reason::parse(&a.reason)?
+    };
+    anyhow::ensure!(
+        a.hold || reason != Reason::CertificateHold,
+        "use --hold to put a certificate on hold"
+    );
+    let mut serials = a.serials.clone();
+    if let Some(path) = &a.serials_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serials.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    let auth = Authority::open(config).await?;
+    let query = a.profile.is_some() || a.issued_after.is_some() || a.issued_before.is_some();
+    if query {
+        let from = a.issued_after.as_deref().map(parse_time).transpose()?;
+        let to = a.issued_before.as_deref().map(parse_time).transpose()?;
+        let found = auth
+            .store()
+            .serials_matching(a.profile.as_deref(), from, to)
+            .await?;
+        if !a.yes {
+            bail!(
+                "the query matches {} unrevoked certificate(s); add --yes to revoke them",
+                found.len()
+            );
+        }
+        serials.extend(found);
+    }
+    anyhow::ensure!(!serials.is_empty(), "nothing to revoke: give --serial, --serials-file or a query (--profile, --issued-after, --issued-before)");
+    let parsed = serials
+        .iter()
+        .map(|s| SerialNumber::from_hex(s).with_context(|| format!("{s:?} is not a serial number")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let single = parsed.len() == 1;
+    let (mut done, mut skipped, mut failed) = (0usize, 0usize, 0usize);
+    let mut first_error = None;
+    for (i, serial) in parsed.iter().enumerate() {
+        let result = if a.release {
+            auth.release(*serial, &actor())
+                .await
+                .map(|()| vec![(serial.to_hex(), ca_core::revocation::Outcome::Released)])
+        } else {
+            auth.revoke(*serial, reason, &actor()).await
+        };
+        match result {
+            Ok(changed) => {
+                done += 1;
+                for (s, outcome) in changed {
+                    println!(
+                        "{s}\t{}\t{}",
+                        outcome_name(&outcome),
+                        if a.release { "-" } else { reason.name() }
+                    );
+                }
+            }
+            Err(ca_core::Error::AlreadyRevoked { .. }) if !single => skipped += 1,
+            Err(e) if single => {
+                checkpoint(&auth).await;
+                return Err(e.into());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("warning: {serial}: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
+        if !single && ((i + 1) % 100 == 0 || i + 1 == parsed.len()) {
+            eprintln!(
+                "progress: {}/{} ({done} changed, {skipped} already revoked, {failed} failed)",
+                i + 1,
+                parsed.len()
+            );
+        }
+    }
+    checkpoint(&auth).await;
+    if let Some(e) = first_error {
+        bail!(
+            "{failed} of {} revocations failed; first: {e}",
+            parsed.len()
+        );
+    }
+    Ok(())
+}
+
+fn outcome_name(o: &ca_core::revocation::Outcome) -> &'static str {
+    use ca_core::revocation::Outcome;
+    match o {
+        Outcome::Revoked => "revoked",
+        Outcome::ReasonUpdated => "reason-updated",
+        Outcome::Held => "held",
+        Outcome::Released => "released",
+    }
 }
 
 async fn block_key(

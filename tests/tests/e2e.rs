@@ -20,3 +20,5 @@ mod hostile;
 mod profiles;
 #[path = "e2e/renewal.rs"]
 mod renewal;
+#[path = "e2e/revoke.rs"]
+mod revoke;

@@ -1,0 +1,260 @@
+//! Revocation status changes: revoke, hold, release (RFC 5280 §5.3.1; TLS BR §4.9, §7.2.2).
+//!
+//! Every change is a compare-and-set `UPDATE` guarded by the state it expects, with its audit
+//! record in the same transaction, so concurrent writers never lose a revocation and a second
+//! revocation is answered ("already revoked"), not repeated. The only change allowed to a
+//! revoked certificate is to `keyCompromise`. A `keyCompromise` revocation blocks the key and
+//! revokes every certificate that carries it, in the same transaction.
+
+use serde_json::json;
+
+use crate::audit::Event;
+use crate::error::{Error, Result};
+use crate::profile::CaRole;
+use crate::store::{CertState, Store, Tx};
+
+/// CRLReason (RFC 5280 §5.3.1). Codes 2 (cACompromise), 8 (removeFromCRL) and 10 (aACompromise)
+/// are not offered: they do not apply to subscriber certificates or full CRLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// 0: no reason given; CRL entries and OCSP omit the reasonCode (TLS BR §7.2.2).
+    Unspecified,
+    /// 1.
+    KeyCompromise,
+    /// 3.
+    AffiliationChanged,
+    /// 4.
+    Superseded,
+    /// 5.
+    CessationOfOperation,
+    /// 6: on hold ("suspended"); Individual & Organisational CA only (TLS BR §4.9.13 forbids it
+    /// on the Server CA).
+    CertificateHold,
+    /// 9.
+    PrivilegeWithdrawn,
+}
+
+impl Reason {
+    /// The RFC 5280 code.
+    pub fn code(self) -> i64 {
+        match self {
+            Reason::Unspecified => 0,
+            Reason::KeyCompromise => 1,
+            Reason::AffiliationChanged => 3,
+            Reason::Superseded => 4,
+            Reason::CessationOfOperation => 5,
+            Reason::CertificateHold => 6,
+            Reason::PrivilegeWithdrawn => 9,
+        }
+    }
+
+    /// The inverse of [`Reason::code`].
+    pub fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Every reason offered.
+    pub const ALL: [Reason; 7] = [
+        Reason::Unspecified,
+        Reason::KeyCompromise,
+        Reason::AffiliationChanged,
+        Reason::Superseded,
+        Reason::CessationOfOperation,
+        Reason::CertificateHold,
+        Reason::PrivilegeWithdrawn,
+    ];
+
+    /// The RFC 5280 name (`keyCompromise`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Unspecified => "unspecified",
+            Reason::KeyCompromise => "keyCompromise",
+            Reason::AffiliationChanged => "affiliationChanged",
+            Reason::Superseded => "superseded",
+            Reason::CessationOfOperation => "cessationOfOperation",
+            Reason::CertificateHold => "certificateHold",
+            Reason::PrivilegeWithdrawn => "privilegeWithdrawn",
+        }
+    }
+
+    /// Parses a name, case-insensitively, with or without dashes (`key-compromise`).
+    pub fn parse(s: &str) -> Result<Self> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name().to_lowercase() == norm)
+            .ok_or_else(|| {
+                Error::Revocation(format!(
+                    "unknown reason {s:?}; one of {}",
+                    Self::ALL
+                        .iter()
+                        .map(|r| r.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+
+    /// Whether this CA may use the reason: the Server CA follows the TLS BR (§7.2.2: no hold).
+    pub fn allowed_on(self, ca: CaRole) -> bool {
+        !(ca == CaRole::Server && self == Reason::CertificateHold)
+    }
+}
+
+/// What a revocation request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Newly revoked (or a hold made permanent).
+    Revoked,
+    /// It was revoked already; the reason moved to keyCompromise.
+    ReasonUpdated,
+    /// Put on hold.
+    Held,
+    /// Hold released: valid again.
+    Released,
+}
+
+/// The status of one certificate as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Issuing CA name.
+    pub issuer: String,
+    /// Lifecycle state.
+    pub state: CertState,
+    /// Revocation reason, if revoked or on hold.
+    pub reason: Option<Reason>,
+    /// When, Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// SHA-256 of the subject SPKI.
+    pub key_fp: Vec<u8>,
+}
+
+/// Applies a revocation (`reason`) to `serial` inside `tx`, compare-and-set. Returns the outcome
+/// or a named refusal. Does not handle keyCompromise's key blocking (the caller does).
+pub(crate) async fn revoke_in(
+    store: &Store,
+    tx: &mut Tx,
+    serial: &str,
+    reason: Reason,
+    at: i64,
+) -> Result<Outcome> {
+    let status = store
+        .status_in(tx, serial)
+        .await?
+        .ok_or_else(|| Error::UnknownSerial(serial.to_string()))?;
+    let ca = CaRole::from_name(&status.issuer)?;
+    if !reason.allowed_on(ca) {
+        return Err(Error::Revocation(format!(
+            "{} is not allowed on the {} CA (TLS BR §4.9.13: no suspension)",
+            reason.name(),
+            ca.name()
+        )));
+    }
+    if !matches!(status.state, CertState::Issued | CertState::Abandoned) {
+        return Err(Error::Revocation(format!(
+            "certificate {serial} was never issued (state {})",
+            status.state
+        )));
+    }
+    match (status.reason, reason) {
+        (None, Reason::CertificateHold) => {
+            if status.state != CertState::Issued {
+                return Err(Error::Revocation(format!(
+                    "certificate {serial} cannot be put on hold (state {})",
+                    status.state
+                )));
+            }
+            store
+                .set_revocation(tx, serial, None, Some((Reason::CertificateHold, at)))
+                .await?;
+            Ok(Outcome::Held)
+        }
+        (Some(Reason::CertificateHold), Reason::CertificateHold) => Err(Error::AlreadyRevoked {
+            serial: serial.to_string(),
+            reason: Reason::CertificateHold.name().into(),
+        }),
+        // Revoking, or making a hold permanent.
+        (None, r) | (Some(Reason::CertificateHold), r) => {
+            store
+                .set_revocation(tx, serial, status.reason, Some((r, at)))
+                .await?;
+            Ok(Outcome::Revoked)
+        }
+        (Some(old), Reason::KeyCompromise) if old != Reason::KeyCompromise => {
+            // RFC 5280 / BR §7.2.2: the reason may move to keyCompromise; the date stays.
+            let kept = status.revoked_at.unwrap_or(at);
+            store
+                .set_revocation(tx, serial, Some(old), Some((Reason::KeyCompromise, kept)))
+                .await?;
+            Ok(Outcome::ReasonUpdated)
+        }
+        (Some(old), _) => Err(Error::AlreadyRevoked {
+            serial: serial.to_string(),
+            reason: old.name().into(),
+        }),
+    }
+}
+
+/// Releases a hold inside `tx`.
+pub(crate) async fn release_in(store: &Store, tx: &mut Tx, serial: &str) -> Result<Outcome> {
+    let status = store
+        .status_in(tx, serial)
+        .await?
+        .ok_or_else(|| Error::UnknownSerial(serial.to_string()))?;
+    if status.reason != Some(Reason::CertificateHold) {
+        return Err(Error::Revocation(format!(
+            "certificate {serial} is not on hold ({})",
+            status.reason.map_or("not revoked", Reason::name)
+        )));
+    }
+    store
+        .set_revocation(tx, serial, Some(Reason::CertificateHold), None)
+        .await?;
+    Ok(Outcome::Released)
+}
+
+/// The audit record of a status change.
+pub(crate) fn event(
+    serial: &str,
+    outcome: &Outcome,
+    reason: Option<Reason>,
+    actor: &str,
+    cause: Option<&str>,
+) -> Event {
+    Event {
+        kind: match outcome {
+            Outcome::Revoked => "certificate.revoked",
+            Outcome::ReasonUpdated => "certificate.revocation_reason_updated",
+            Outcome::Held => "certificate.held",
+            Outcome::Released => "certificate.released",
+        },
+        actor: actor.to_string(),
+        subject: Some(serial.to_string()),
+        detail: json!({ "reason": reason.map(Reason::name), "cause": cause }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_codes() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+            assert_eq!(Reason::parse(r.name()).unwrap(), r);
+        }
+        assert_eq!(
+            Reason::parse("key-compromise").unwrap(),
+            Reason::KeyCompromise
+        );
+        assert!(Reason::parse("cACompromise").is_err());
+        assert!(!Reason::CertificateHold.allowed_on(CaRole::Server));
+        assert!(Reason::CertificateHold.allowed_on(CaRole::Individual));
+        assert!(Reason::KeyCompromise.allowed_on(CaRole::Server));
+    }
+}

@@ -1,0 +1,214 @@
+//! Revocation status changes through `ecert revoke` (the status-publication issue's first
+//! part; CRLs and OCSP come next): compare-and-set semantics, reason rules per CA, hold and
+//! release, keyCompromise blocking the key and revoking every certificate that carries it, and
+//! mass revocation by query. Each change is audited.
+
+use ecert_e2e::*;
+
+use crate::common::*;
+
+fn show_field(ca: &Ca, serial: &str, key: &str) -> Option<String> {
+    ca.cert_show(serial).get(key).cloned()
+}
+
+#[test]
+fn revoke_hold_release_and_key_compromise() {
+    let ca = Ca::init();
+    let case = personal();
+    let shared_key = ca.csr("shared", KeyType::P256);
+    let a = ca.issue(
+        case.profile,
+        &shared_key.csr,
+        &case.args,
+        "first with the shared key",
+    );
+    let b = ca.issue(
+        case.profile,
+        &shared_key.csr,
+        &case.args,
+        "second with the shared key",
+    );
+    let srv = server();
+    let s_csr = ca.csr("srv", KeyType::P256);
+    let s = ca.issue(srv.profile, &s_csr.csr, &srv.args, "server");
+
+    // Revoke; revoking again is answered, not repeated.
+    let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "superseded"]);
+    assert!(
+        out.contains(&format!("{}\trevoked\tsuperseded", a.serial)),
+        "{out}"
+    );
+    assert_eq!(
+        show_field(&ca, &a.serial, "revocation_reason").as_deref(),
+        Some("superseded")
+    );
+    let err = ca.ecert_err(&[
+        "revoke",
+        "--serial",
+        &a.serial,
+        "--reason",
+        "affiliationChanged",
+    ]);
+    assert!(error_line(&err).contains("already revoked"), "{err}");
+
+    // Hold and release on the Individual & Organisational CA; refused on the Server CA.
+    let out = ca.ecert_ok(&["revoke", "--serial", &b.serial, "--hold"]);
+    assert!(out.contains("held"), "{out}");
+    assert_eq!(
+        show_field(&ca, &b.serial, "revocation_reason").as_deref(),
+        Some("certificateHold")
+    );
+    ca.ecert_ok(&["revoke", "--serial", &b.serial, "--release"]);
+    assert_eq!(show_field(&ca, &b.serial, "revocation_reason"), None);
+    let err = ca.ecert_err(&["revoke", "--serial", &b.serial, "--release"]);
+    assert!(error_line(&err).contains("not on hold"), "{err}");
+    let err = ca.ecert_err(&["revoke", "--serial", &s.serial, "--hold"]);
+    assert!(
+        error_line(&err).contains("not allowed on the server CA"),
+        "{err}"
+    );
+    let err = ca.ecert_err(&["revoke", "--serial", &s.serial, "--reason", "nonsense"]);
+    assert!(error_line(&err).contains("unknown reason"), "{err}");
+
+    // The only change after revocation: to keyCompromise. It blocks the key and revokes the
+    // other certificate with the same key, in one step.
+    let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "keyCompromise"]);
+    assert!(
+        out.contains(&format!("{}\treason-updated\tkeyCompromise", a.serial)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}\trevoked\tkeyCompromise", b.serial)),
+        "{out}"
+    );
+    for serial in [&a.serial, &b.serial] {
+        assert_eq!(
+            show_field(&ca, serial, "revocation_reason").as_deref(),
+            Some("keyCompromise")
+        );
+    }
+    let before = ca.issued_count();
+    let o = ca.ecert(&[
+        "issue",
+        "--profile",
+        case.profile,
+        "--csr",
+        shared_key.csr.to_str().unwrap(),
+        "--given-name",
+        "X",
+        "--email",
+        "x@example.hk",
+    ]);
+    let stderr =
+        check_clean_error(&o).unwrap_or_else(|e| panic!("issuing with a compromised key: {e}"));
+    assert!(error_line(&stderr).contains("blocked"), "{stderr}");
+    assert_eq!(ca.issued_count(), before);
+
+    // Unknown serial; a serial that was never issued.
+    let err = ca.ecert_err(&["revoke", "--serial", "00112233445566778899aabbccddeeff"]);
+    assert!(error_line(&err).contains("no certificate"), "{err}");
+
+    let kinds = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'certificate.%' OR kind = 'key.blocked' ORDER BY seq");
+    for kind in [
+        "certificate.revoked",
+        "certificate.held",
+        "certificate.released",
+        "certificate.revocation_reason_updated",
+        "key.blocked",
+    ] {
+        assert!(
+            kinds.lines().any(|l| l.trim() == kind),
+            "no {kind} audit event in:\n{kinds}"
+        );
+    }
+    ca.audit_ok();
+}
+
+#[test]
+fn mass_revocation_by_query_and_list() {
+    let ca = Ca::init();
+    let case = personal();
+    let mut personal_serials = Vec::new();
+    for i in 0..4 {
+        let csr = ca.csr(&format!("p{i}"), KeyType::P256);
+        personal_serials.push(
+            ca.issue(case.profile, &csr.csr, &case.args, "personal")
+                .serial,
+        );
+    }
+    let srv = server();
+    let s_csr = ca.csr("s", KeyType::P256);
+    let s = ca.issue(srv.profile, &s_csr.csr, &srv.args, "server");
+
+    // A query without --yes only reports what it would do.
+    let err = ca.ecert_err(&[
+        "revoke",
+        "--profile",
+        "personal",
+        "--reason",
+        "cessationOfOperation",
+    ]);
+    assert!(error_line(&err).contains("matches 4"), "{err}");
+    assert!(personal_serials
+        .iter()
+        .all(|s| show_field(&ca, s, "revocation_reason").is_none()));
+
+    // One revoked beforehand is skipped, the rest revoked, the server certificate untouched.
+    ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &personal_serials[0],
+        "--reason",
+        "superseded",
+    ]);
+    let o = ca.ecert(&[
+        "revoke",
+        "--profile",
+        "personal",
+        "--issued-after",
+        "2000-01-01T00:00:00Z",
+        "--reason",
+        "cessationOfOperation",
+        "--yes",
+    ]);
+    assert!(o.status.success(), "{}", show(&o));
+    let progress = String::from_utf8_lossy(&o.stderr);
+    assert!(progress.contains("progress: 3/3 (3 changed"), "{progress}");
+    for serial in &personal_serials[1..] {
+        assert_eq!(
+            show_field(&ca, serial, "revocation_reason").as_deref(),
+            Some("cessationOfOperation")
+        );
+    }
+    assert_eq!(
+        show_field(&ca, &personal_serials[0], "revocation_reason").as_deref(),
+        Some("superseded")
+    );
+    assert_eq!(show_field(&ca, &s.serial, "revocation_reason"), None);
+
+    // A list of serials, one already revoked: skipped, not an error.
+    let list = ca.file("serials.txt");
+    std::fs::write(
+        &list,
+        format!("# to revoke\n{}\n{}\n", s.serial, personal_serials[1]),
+    )
+    .unwrap();
+    let o = ca.ecert(&[
+        "revoke",
+        "--serials-file",
+        list.to_str().unwrap(),
+        "--reason",
+        "privilegeWithdrawn",
+    ]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1 changed, 1 already revoked"),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(
+        show_field(&ca, &s.serial, "revocation_reason").as_deref(),
+        Some("privilegeWithdrawn")
+    );
+    ca.audit_ok();
+}
