@@ -191,6 +191,33 @@ struct CaState {
     signer: Arc<dyn hsm::Signer>,
 }
 
+/// A CRL that was published.
+#[derive(Debug, Clone)]
+pub struct PublishedCrl {
+    /// Its CRLNumber.
+    pub number: i64,
+    /// How many entries it lists.
+    pub entries: usize,
+    /// DER.
+    pub der: Vec<u8>,
+    /// Where it was written.
+    pub path: std::path::PathBuf,
+}
+
+/// The reasonCode of a CRL entry: omitted for unspecified (TLS BR §7.2.2: never code 0).
+fn crl_reason(code: Option<i64>) -> Option<rcgen::RevocationReason> {
+    use rcgen::RevocationReason as R;
+    match code? {
+        1 => Some(R::KeyCompromise),
+        3 => Some(R::AffiliationChanged),
+        4 => Some(R::Superseded),
+        5 => Some(R::CessationOfOperation),
+        6 => Some(R::CertificateHold),
+        9 => Some(R::PrivilegeWithdrawn),
+        _ => None,
+    }
+}
+
 /// What `ecert init` did.
 #[derive(Debug, Clone, Default)]
 pub struct InitReport {
@@ -482,6 +509,23 @@ async fn hsm_sign_checked(
     algorithm: Vec<u8>,
     issuer_spki: Vec<u8>,
 ) -> Result<Vec<u8>> {
+    hsm_sign_checked_as(signer, tbs, algorithm, issuer_spki, SignedKind::Certificate).await
+}
+
+/// What was signed, for the self-check's parser.
+#[derive(Debug, Clone, Copy)]
+enum SignedKind {
+    Certificate,
+    Crl,
+}
+
+async fn hsm_sign_checked_as(
+    signer: Arc<dyn hsm::Signer>,
+    tbs: Vec<u8>,
+    algorithm: Vec<u8>,
+    issuer_spki: Vec<u8>,
+    kind: SignedKind,
+) -> Result<Vec<u8>> {
     let to_sign = tbs.clone();
     let s = signer.clone();
     let signature = tokio::task::spawn_blocking(move || s.sign(&to_sign))
@@ -491,9 +535,27 @@ async fn hsm_sign_checked(
                 detail: format!("signing task failed: {e}"),
             })
         })??;
-    let cert = assemble(&tbs, &algorithm, &signature)?;
-    self_check(&cert, &tbs, &issuer_spki)?;
-    Ok(cert)
+    let signed = assemble(&tbs, &algorithm, &signature)?;
+    match kind {
+        SignedKind::Certificate => self_check(&signed, &tbs, &issuer_spki)?,
+        SignedKind::Crl => self_check_crl(&signed, &tbs, &issuer_spki)?,
+    }
+    Ok(signed)
+}
+
+fn self_check_crl(crl: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
+    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+        .map_err(|e| Error::SignatureCheck(format!("signed CRL does not parse: {e}")))?;
+    if parsed.tbs_cert_list.as_ref() != tbs {
+        return Err(Error::SignatureCheck(
+            "signed TBSCertList differs from the linted one".into(),
+        ));
+    }
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(issuer_spki)
+        .map_err(|e| Error::SignatureCheck(format!("issuer key: {e}")))?;
+    parsed.verify_signature(&spki).map_err(|_| {
+        Error::SignatureCheck("CRL signature does not verify under the issuer's public key".into())
+    })
 }
 
 fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
@@ -930,6 +992,136 @@ impl Authority {
             tracing::info!(serial = %s, outcome = ?o, "revocation status changed");
         }
         Ok(changed)
+    }
+
+    /// Builds, lints, signs (in the HSM) and stores the full CRL of one CA, and writes it to
+    /// `<data-dir>/crl/<ca>.crl` (DER). The CRLNumber is committed before signing, so it never
+    /// repeats or goes back, even across crashes (RFC 5280 §5.2.3). nextUpdate: 7 days for the
+    /// issuing CAs (TLS BR §4.9.7: at most 10), 365 days for the root's CRL of CA certificates
+    /// (at most 12 months). Entries: revoked and held certificates and abandoned serials, kept
+    /// until 7 days after they expire (BR §4.10.1).
+    pub async fn publish_crl(&self, role: CaRole, actor: &str) -> Result<PublishedCrl> {
+        const DAY: i64 = 86_400;
+        let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+        let now = now_secs();
+        let validity = if role == CaRole::Root {
+            365 * DAY
+        } else {
+            7 * DAY
+        };
+        // CA certificates are not revocable yet: the root's CRL is empty.
+        let entries = if role == CaRole::Root {
+            Vec::new()
+        } else {
+            self.store
+                .crl_entries(role.name(), unix(now), 7 * DAY)
+                .await?
+        };
+        let number = self.store.next_crl_number(role.name()).await?;
+        fail::fail_point!("crl::after_number");
+        let revoked_certs = entries
+            .iter()
+            .map(|e| {
+                let serial = SerialNumber::from_hex(&e.serial)
+                    .ok_or_else(|| Error::Store(format!("bad serial {}", e.serial)))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial.as_bytes()),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(e.revoked_at)
+                        .map_err(|err| Error::Store(err.to_string()))?,
+                    reason_code: crl_reason(e.reason),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let number_bytes = number.to_be_bytes();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::seconds(validity),
+            crl_number: rcgen::SerialNumber::from_slice(&number_bytes),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::PreSpecified(
+                ca.key_id
+                    .clone()
+                    .ok_or_else(|| Error::Store("CA certificate without SKI".into()))?,
+            ),
+        };
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &LintSigner)?;
+        let linting = params.signed_by(&issuer)?;
+        let findings = lint::lint_crl(&lint::CrlLintInput {
+            crl_der: linting.der(),
+            issuer_subject_der: &ca.subject_der,
+            issuer_key_id: ca.key_id.as_deref(),
+            max_validity_secs: validity,
+            hold_allowed: role == CaRole::Individual,
+        });
+        if !findings.is_empty() {
+            return Err(Error::Lint(findings));
+        }
+        let (tbs, alg) = split_signed(linting.der())?;
+        self.store
+            .audit_now(&Event {
+                kind: "crl.signing",
+                actor: actor.to_string(),
+                subject: Some(role.name().into()),
+                detail: json!({ "number": number, "entries": entries.len(), "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
+            })
+            .await?;
+        let issuer_spki = ca.signer.public_key_spki().to_vec();
+        let der = match self.hsm_slots.acquire().await {
+            Ok(_permit) => {
+                hsm_sign_checked_as(ca.signer.clone(), tbs, alg, issuer_spki, SignedKind::Crl)
+                    .await?
+            }
+            Err(_) => {
+                return Err(Error::Hsm(hsm::Error::TokenUnavailable {
+                    detail: "the signer is shutting down".into(),
+                }))
+            }
+        };
+        let this_update = unix(now);
+        let event = Event {
+            kind: "crl.published",
+            actor: actor.to_string(),
+            subject: Some(role.name().into()),
+            detail: json!({ "number": number, "entries": entries.len(), "this_update": this_update, "next_update": this_update + validity, "crl_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der)) }),
+        };
+        self.store
+            .insert_crl(
+                role.name(),
+                number,
+                this_update,
+                this_update + validity,
+                entries.len() as i64,
+                &der,
+                &event,
+            )
+            .await?;
+        let dir = self.config.data_dir.join("crl");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+            context: format!("creating {}", dir.display()),
+            source: e,
+        })?;
+        let path = dir.join(format!("{}.crl", role.name()));
+        let tmp = dir.join(format!(".{}.crl.tmp", role.name()));
+        std::fs::write(&tmp, &der)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::Io {
+                context: format!("writing {}", path.display()),
+                source: e,
+            })?;
+        tracing::info!(
+            ca = role.name(),
+            number,
+            entries = entries.len(),
+            "CRL published"
+        );
+        Ok(PublishedCrl {
+            number,
+            entries: entries.len(),
+            der,
+            path,
+        })
     }
 
     /// Releases a certificate from hold (Individual & Organisational CA only; RFC 5280 §5.3.1

@@ -221,6 +221,94 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
     f
 }
 
+/// The facts a CRL is linted against.
+#[derive(Debug, Clone, Copy)]
+pub struct CrlLintInput<'a> {
+    /// The (linting) CRL, DER.
+    pub crl_der: &'a [u8],
+    /// The CA's subject name, DER.
+    pub issuer_subject_der: &'a [u8],
+    /// The CA's subjectKeyIdentifier.
+    pub issuer_key_id: Option<&'a [u8]>,
+    /// The longest nextUpdate − thisUpdate allowed.
+    pub max_validity_secs: i64,
+    /// Whether certificateHold entries are allowed (not under the TLS BR).
+    pub hold_allowed: bool,
+}
+
+/// Lints a CRL (RFC 5280 §5; TLS BR §4.9.7, §7.2): v2, issuer, AKI, CRLNumber, nextUpdate
+/// within the limit, unique serials, reason codes (never unspecified; hold only where allowed;
+/// never critical).
+pub fn lint_crl(input: &CrlLintInput<'_>) -> Vec<String> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let mut f = Vec::new();
+    let crl = match CertificateRevocationList::from_der(input.crl_der) {
+        Ok(([], c)) => c,
+        Ok(_) => return vec!["trailing bytes after the CRL".into()],
+        Err(e) => return vec![format!("CRL does not parse: {e}")],
+    };
+    let tbs = &crl.tbs_cert_list;
+    if tbs.version.map(|v| v.0) != Some(1) {
+        f.push("CRL version must be v2 (RFC 5280 §5.1.2.1)".into());
+    }
+    if tbs.signature != crl.signature_algorithm {
+        f.push("tbsCertList.signature differs from signatureAlgorithm".into());
+    }
+    if tbs.issuer.as_raw() != input.issuer_subject_der {
+        f.push("CRL issuer is not byte-identical to the CA's subject".into());
+    }
+    let aki = tbs
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        });
+    if aki.is_none() || (input.issuer_key_id.is_some() && aki != input.issuer_key_id) {
+        f.push(
+            "CRL authorityKeyIdentifier missing or not the CA's key identifier (RFC 5280 §5.2.1)"
+                .into(),
+        );
+    }
+    if crl.crl_number().is_none() {
+        f.push("CRLNumber is required (RFC 5280 §5.2.3)".into());
+    }
+    match tbs.next_update {
+        None => f.push("nextUpdate is required (RFC 5280 §5.1.2.5)".into()),
+        Some(n) if n.timestamp() - tbs.this_update.timestamp() > input.max_validity_secs => {
+            f.push(format!(
+                "nextUpdate is more than {} s after thisUpdate",
+                input.max_validity_secs
+            ))
+        }
+        Some(n) if n <= tbs.this_update => f.push("nextUpdate is not after thisUpdate".into()),
+        Some(_) => {}
+    }
+    let mut seen = std::collections::HashSet::new();
+    for entry in crl.iter_revoked_certificates() {
+        if !seen.insert(entry.raw_serial().to_vec()) {
+            f.push(format!(
+                "serial {} is listed twice",
+                entry.raw_serial_as_string()
+            ));
+        }
+        for ext in entry.extensions() {
+            if let ParsedExtension::ReasonCode(code) = ext.parsed_extension() {
+                if ext.critical {
+                    f.push("reasonCode must not be critical (TLS BR §7.2.2)".into());
+                }
+                if code.0 == 0 {
+                    f.push("reasonCode unspecified must be omitted (TLS BR §7.2.2)".into());
+                }
+                if code.0 == 6 && !input.hold_allowed {
+                    f.push("certificateHold is not allowed on this CA (TLS BR §4.9.13)".into());
+                }
+            }
+        }
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,27 +24,19 @@ pub enum Engine {
     Postgres,
 }
 
+#[rustfmt::skip]
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
-    (
-        2,
-        include_str!("../../migrations/sqlite/0002_audit_checkpoints.sql"),
-    ),
-    (
-        3,
-        include_str!("../../migrations/sqlite/0003_revocation.sql"),
-    ),
+    (2, include_str!("../../migrations/sqlite/0002_audit_checkpoints.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_revocation.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_crls.sql")),
 ];
+#[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
-    (
-        2,
-        include_str!("../../migrations/postgres/0002_audit_checkpoints.sql"),
-    ),
-    (
-        3,
-        include_str!("../../migrations/postgres/0003_revocation.sql"),
-    ),
+    (2, include_str!("../../migrations/postgres/0002_audit_checkpoints.sql")),
+    (3, include_str!("../../migrations/postgres/0003_revocation.sql")),
+    (4, include_str!("../../migrations/postgres/0004_crls.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -757,6 +749,112 @@ impl Store {
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?)
+    }
+}
+
+/// A revoked (or held, or abandoned) serial as a CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// Hex serial.
+    pub serial: String,
+    /// RFC 5280 reason code; `None` (and 0) is omitted from the entry.
+    pub reason: Option<i64>,
+    /// Revocation time, Unix seconds.
+    pub revoked_at: i64,
+}
+
+impl Store {
+    /// Hands out the next CRLNumber for `issuer` and commits it before anything is signed.
+    pub async fn next_crl_number(&self, issuer: &str) -> Result<i64> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO crl_numbers (issuer, last) VALUES ($1, 0) ON CONFLICT (issuer) DO NOTHING",
+        )
+        .bind(issuer)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE crl_numbers SET last = last + 1 WHERE issuer = $1")
+            .bind(issuer)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT last FROM crl_numbers WHERE issuer = $1")
+            .bind(issuer)
+            .fetch_one(&mut *tx)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// The entries of `issuer`'s full CRL at `now`: every revoked or held certificate, and every
+    /// abandoned serial (a signature may exist), kept until `keep_after_expiry` seconds after
+    /// the certificate expires (BR §4.10.1: never removed before it expires).
+    pub async fn crl_entries(
+        &self,
+        issuer: &str,
+        now: i64,
+        keep_after_expiry: i64,
+    ) -> Result<Vec<CrlEntry>> {
+        let rows = sqlx::query(
+            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) FROM certificates \
+             WHERE issuer = $1 AND (revocation_reason IS NOT NULL OR state = 'abandoned') \
+             AND COALESCE(not_after, 0) >= $2 ORDER BY serial",
+        )
+        .bind(issuer)
+        .bind(now - keep_after_expiry)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CrlEntry {
+                    serial: r.try_get(0)?,
+                    reason: r.try_get(1)?,
+                    revoked_at: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Stores a published CRL with its audit record.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_crl(
+        &self,
+        issuer: &str,
+        number: i64,
+        this_update: i64,
+        next_update: i64,
+        entries: i64,
+        der: &[u8],
+        event: &Event,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO crls (issuer, number, this_update, next_update, entries, der) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(issuer)
+            .bind(number)
+            .bind(this_update)
+            .bind(next_update)
+            .bind(entries)
+            .bind(der.to_vec())
+            .execute(&mut *tx)
+            .await?;
+        self.audit(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest CRL of `issuer`: (number, DER).
+    pub async fn latest_crl(&self, issuer: &str) -> Result<Option<(i64, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT number, der FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(issuer)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
     }
 }
 

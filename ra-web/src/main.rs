@@ -62,6 +62,9 @@ enum Command {
     Key(KeyCommand),
     /// Revoke, hold or release certificates: one, a list, or all matching a query.
     Revoke(Box<RevokeArgs>),
+    /// Certificate revocation lists.
+    #[command(subcommand)]
+    Crl(CrlCommand),
     /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
     #[command(subcommand, hide = true)]
     Bench(BenchCommand),
@@ -192,6 +195,22 @@ struct RevokeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum CrlCommand {
+    /// Build, sign and publish full CRLs now (default: the issuing CAs; `--ca root` for the
+    /// root's CRL of CA certificates, an explicit ceremony step).
+    Publish {
+        /// CA name (individual, server, root); repeatable.
+        #[arg(long = "ca")]
+        cas: Vec<String>,
+    },
+    /// Print the latest published CRL of a CA as PEM.
+    Export {
+        /// CA name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeyCommand {
     /// Block a key (reported compromised): no certificate will be issued for it again.
     Block {
@@ -278,6 +297,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Config(_) => Ok(()),
             Command::Revoke(args) => revoke(config, *args).await,
+            Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
+            Command::Crl(CrlCommand::Export { name }) => {
+                let store = open_store(&config).await?;
+                let role = CaRole::from_name(&name)?;
+                let Some((_, der)) = store.latest_crl(role.name()).await? else {
+                    bail!(
+                        "no CRL has been published for the {name} CA yet: run `ecert crl publish`"
+                    );
+                };
+                print!(
+                    "{}",
+                    pem::encode_config(
+                        &pem::Pem::new("X509 CRL", der),
+                        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)
+                    )
+                );
+                Ok(())
+            }
             Command::Key(KeyCommand::Block {
                 csr,
                 public_key,
@@ -610,6 +647,34 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
             parsed.len()
         );
     }
+    Ok(())
+}
+
+async fn crl_publish(config: Config, cas: Vec<String>) -> anyhow::Result<()> {
+    let roles = if cas.is_empty() {
+        vec![CaRole::Individual, CaRole::Server]
+    } else {
+        cas.iter()
+            .map(|c| CaRole::from_name(c))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let auth = Authority::open(config).await?;
+    for role in roles {
+        match auth.publish_crl(role, &actor()).await {
+            Ok(p) => println!(
+                "{}\tnumber={}\tentries={}\t{}",
+                role.name(),
+                p.number,
+                p.entries,
+                p.path.display()
+            ),
+            Err(e) => {
+                checkpoint(&auth).await;
+                return Err(e.into());
+            }
+        }
+    }
+    checkpoint(&auth).await;
     Ok(())
 }
 

@@ -14,6 +14,8 @@ mod cas;
 mod config;
 #[path = "e2e/crash.rs"]
 mod crash;
+#[path = "e2e/crl.rs"]
+mod crl;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/profiles.rs"]

@@ -1,0 +1,214 @@
+//! Full CRLs (issue 3, part 2): built, linted, signed in the HSM, published; judged by
+//! `openssl crl`, `openssl verify -crl_check` and pkilint's `lint_crl`. CRLNumber strictly
+//! increases, also across a crash between handing out the number and signing.
+
+use ecert_e2e::*;
+
+use crate::common::*;
+
+/// Exports a CA's latest CRL to a PEM file.
+fn export_crl(ca: &Ca, name: &str, file: &str) -> std::path::PathBuf {
+    let pem = ca.ecert_ok(&["crl", "export", name]);
+    assert!(pem.contains("BEGIN X509 CRL"), "{pem}");
+    let path = ca.file(file);
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+fn crl_number(ca: &Ca, crl: &std::path::Path) -> u64 {
+    let o = openssl(
+        ca.data_dir(),
+        &["crl", "-in", crl.to_str().unwrap(), "-noout", "-crlnumber"],
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    let hex = text
+        .trim()
+        .trim_start_matches("crlNumber=")
+        .trim_start_matches("0x");
+    u64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("crlNumber {text:?}: {e}"))
+}
+
+/// `openssl verify -crl_check` of `leaf`: Ok(()) or the error text.
+fn verify_with_crl(
+    ca: &Ca,
+    root: &std::path::Path,
+    issuing: &std::path::Path,
+    crl: &std::path::Path,
+    leaf: &std::path::Path,
+) -> Result<(), String> {
+    let mut c = std::process::Command::new("openssl");
+    c.args(["verify", "-crl_check", "-CRLfile"])
+        .arg(crl)
+        .arg("-CAfile")
+        .arg(root)
+        .arg("-untrusted")
+        .arg(issuing)
+        .arg(leaf);
+    c.current_dir(ca.data_dir());
+    let o = run_with_timeout(
+        c,
+        std::time::Duration::from_secs(60),
+        "openssl verify -crl_check",
+    );
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+#[test]
+fn crls_list_revocations_and_pass_the_judges() {
+    let ca = Ca::init();
+    let p = personal();
+    let leaves: Vec<Issued> = (0..3)
+        .map(|i| {
+            let csr = ca.csr(&format!("p{i}"), KeyType::P256);
+            ca.issue(p.profile, &csr.csr, &p.args, "personal")
+        })
+        .collect();
+    let srv = server();
+    let servers: Vec<Issued> = (0..2)
+        .map(|i| {
+            let csr = ca.csr(&format!("s{i}"), KeyType::P256);
+            ca.issue(srv.profile, &csr.csr, &srv.args, "server")
+        })
+        .collect();
+    ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &leaves[0].serial,
+        "--reason",
+        "keyCompromise",
+    ]);
+    ca.ecert_ok(&["revoke", "--serial", &leaves[1].serial, "--hold"]);
+    ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &servers[0].serial,
+        "--reason",
+        "superseded",
+    ]);
+    let out = ca.ecert_ok(&["crl", "publish"]);
+    assert!(out.contains("individual\tnumber=1\tentries=2"), "{out}");
+    assert!(out.contains("server\tnumber=1\tentries=1"), "{out}");
+    ca.ecert_ok(&["crl", "publish", "--ca", "root"]);
+
+    let root = ca.export("root");
+    let individual = ca.export("individual");
+    let server_ca = ca.export("server");
+    let ind_crl = export_crl(&ca, "individual", "individual.crl.pem");
+    let srv_crl = export_crl(&ca, "server", "server.crl.pem");
+    let root_crl = export_crl(&ca, "root", "root.crl.pem");
+    for (crl, issuer) in [
+        (&ind_crl, &individual.path),
+        (&srv_crl, &server_ca.path),
+        (&root_crl, &root.path),
+    ] {
+        let o = openssl(
+            ca.data_dir(),
+            &[
+                "crl",
+                "-in",
+                crl.to_str().unwrap(),
+                "-CAfile",
+                issuer.to_str().unwrap(),
+                "-noout",
+            ],
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("verify OK"),
+            "{}",
+            show(&o)
+        );
+    }
+    // pkilint: the Server CA's CRL under the TLS BR; the Individual CA's under RFC 5280 (its
+    // hierarchy allows certificateHold, which the BR profile forbids); the root's as an ARL.
+    pkilint(
+        "lint_crl",
+        &["-t", "CRL", "-p", "BR"],
+        &[&srv_crl],
+        "server CRL",
+    );
+    pkilint(
+        "lint_crl",
+        &["-t", "CRL", "-p", "PKIX"],
+        &[&ind_crl],
+        "individual CRL",
+    );
+    pkilint(
+        "lint_crl",
+        &["-t", "ARL", "-p", "BR"],
+        &[&root_crl],
+        "root ARL",
+    );
+
+    // openssl verify -crl_check: revoked and held fail, the rest pass.
+    for (leaf, revoked) in [(&leaves[0], true), (&leaves[1], true), (&leaves[2], false)] {
+        let r = verify_with_crl(&ca, &root.path, &individual.path, &ind_crl, &leaf.cert.path);
+        match (revoked, r) {
+            (true, Err(e)) => assert!(e.contains("certificate revoked"), "{e}"),
+            (false, Ok(())) => {}
+            (want, got) => panic!("{}: revoked={want}, openssl said {got:?}", leaf.serial),
+        }
+    }
+    assert!(verify_with_crl(
+        &ca,
+        &root.path,
+        &server_ca.path,
+        &srv_crl,
+        &servers[0].cert.path
+    )
+    .is_err());
+    verify_with_crl(
+        &ca,
+        &root.path,
+        &server_ca.path,
+        &srv_crl,
+        &servers[1].cert.path,
+    )
+    .unwrap();
+
+    // Release the hold: the next CRL no longer lists it, and its number is higher.
+    ca.ecert_ok(&["revoke", "--serial", &leaves[1].serial, "--release"]);
+    ca.ecert_ok(&["crl", "publish", "--ca", "individual"]);
+    let ind_crl2 = export_crl(&ca, "individual", "individual2.crl.pem");
+    assert!(crl_number(&ca, &ind_crl2) > crl_number(&ca, &ind_crl));
+    verify_with_crl(
+        &ca,
+        &root.path,
+        &individual.path,
+        &ind_crl2,
+        &leaves[1].cert.path,
+    )
+    .unwrap();
+    ca.audit_ok();
+}
+
+/// A crash after the CRLNumber was handed out and before the CRL was signed leaves a gap,
+/// never a repeat: the next CRL's number is higher than any handed out before.
+#[test]
+fn crl_number_never_repeats_across_a_crash() {
+    let ca = Ca::init();
+    ca.ecert_ok(&["crl", "publish", "--ca", "server"]);
+    let first = crl_number(&ca, &export_crl(&ca, "server", "a.crl.pem"));
+    let o = ca.ecert_env(
+        &["crl", "publish", "--ca", "server"],
+        &[("FAILPOINTS", "crl::after_number=panic")],
+    );
+    assert!(
+        !o.status.success(),
+        "the failpoint did not fire\n{}",
+        show(&o)
+    );
+    ca.ecert_ok(&["crl", "publish", "--ca", "server"]);
+    let after = crl_number(&ca, &export_crl(&ca, "server", "b.crl.pem"));
+    assert!(
+        after > first + 1,
+        "CRL number after the crash is {after}, before it {first}"
+    );
+}
