@@ -924,74 +924,14 @@ impl Authority {
         }
     }
 
-    /// Revokes (or, with `certificateHold`, suspends) one certificate: compare-and-set, with
-    /// its audit record in the same transaction. A keyCompromise revocation also blocks the key
-    /// and revokes every other certificate carrying it, in that same transaction. Returns each
-    /// serial changed and how.
+    /// Revokes or holds one certificate; see [`crate::revocation::revoke`].
     pub async fn revoke(
         &self,
         serial: SerialNumber,
         reason: crate::revocation::Reason,
         actor: &str,
     ) -> Result<Vec<(String, crate::revocation::Outcome)>> {
-        use crate::revocation::{self, Reason};
-        let hex = serial.to_hex();
-        let at = unix(now_secs());
-        let mut tx = self.store.begin().await?;
-        let outcome = revocation::revoke_in(&self.store, &mut tx, &hex, reason, at).await?;
-        self.store
-            .audit(
-                &mut tx,
-                &revocation::event(&hex, &outcome, Some(reason), actor, None),
-            )
-            .await?;
-        let mut changed = vec![(hex.clone(), outcome)];
-        if reason == Reason::KeyCompromise {
-            let status = self
-                .store
-                .status_in(&mut tx, &hex)
-                .await?
-                .ok_or_else(|| Error::UnknownSerial(hex.clone()))?;
-            let fp: [u8; 32] = status
-                .key_fp
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Store("bad key fingerprint".into()))?;
-            self.block_key_in(&mut tx, &fp, &format!("keyCompromise of {hex}"), actor)
-                .await?;
-            for other in self.store.serials_with_key_in(&mut tx, &fp).await? {
-                if other == hex {
-                    continue;
-                }
-                match revocation::revoke_in(&self.store, &mut tx, &other, Reason::KeyCompromise, at)
-                    .await
-                {
-                    Ok(o) => {
-                        let cause = format!("same key as {hex}");
-                        self.store
-                            .audit(
-                                &mut tx,
-                                &revocation::event(
-                                    &other,
-                                    &o,
-                                    Some(Reason::KeyCompromise),
-                                    actor,
-                                    Some(&cause),
-                                ),
-                            )
-                            .await?;
-                        changed.push((other, o));
-                    }
-                    Err(Error::AlreadyRevoked { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        tx.commit().await?;
-        for (s, o) in &changed {
-            tracing::info!(serial = %s, outcome = ?o, "revocation status changed");
-        }
-        Ok(changed)
+        crate::revocation::revoke(&self.store, serial, reason, actor).await
     }
 
     /// Builds, lints, signs (in the HSM) and stores the full CRL of one CA, and writes it to
@@ -1124,48 +1064,14 @@ impl Authority {
         })
     }
 
-    /// Releases a certificate from hold (Individual & Organisational CA only; RFC 5280 §5.3.1
-    /// certificateHold), audited in the same transaction.
+    /// Releases a hold; see [`crate::revocation::release`].
     pub async fn release(&self, serial: SerialNumber, actor: &str) -> Result<()> {
-        use crate::revocation;
-        let hex = serial.to_hex();
-        let mut tx = self.store.begin().await?;
-        let outcome = revocation::release_in(&self.store, &mut tx, &hex).await?;
-        self.store
-            .audit(
-                &mut tx,
-                &revocation::event(&hex, &outcome, None, actor, None),
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        crate::revocation::release(&self.store, serial, actor).await
     }
 
-    async fn block_key_in(
-        &self,
-        tx: &mut crate::store::Tx,
-        key_fp: &[u8; 32],
-        reason: &str,
-        actor: &str,
-    ) -> Result<()> {
-        self.store.block_key(tx, key_fp, reason).await?;
-        let event = Event {
-            kind: "key.blocked",
-            actor: actor.to_string(),
-            subject: None,
-            detail: json!({ "key_sha256": hex::encode(key_fp), "reason": reason }),
-        };
-        self.store.audit(tx, &event).await
-    }
-
-    /// Adds a key to the blocked list (BR §4.9.1.1, §6.1.1.3 (4): a key reported compromised is
-    /// never certified again), with its audit record in the same transaction. `key_fp` is the
-    /// SHA-256 of the DER SubjectPublicKeyInfo ([`SubscriberKey::fingerprint`]).
+    /// Blocks a key; see [`crate::revocation::block_key`].
     pub async fn block_key(&self, key_fp: &[u8; 32], reason: &str, actor: &str) -> Result<()> {
-        let mut tx = self.store.begin().await?;
-        self.block_key_in(&mut tx, key_fp, reason, actor).await?;
-        tx.commit().await?;
-        Ok(())
+        crate::revocation::block_key(&self.store, key_fp, reason, actor).await
     }
 
     /// Audits a request refused before a serial was reserved (BR §5.4.1: rejections of

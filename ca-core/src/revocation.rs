@@ -11,7 +11,116 @@ use serde_json::json;
 use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::profile::CaRole;
+use crate::serial::SerialNumber;
 use crate::store::{CertState, Store, Tx};
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Revokes (or, with `certificateHold`, suspends) one certificate: compare-and-set, with its
+/// audit record in the same transaction. A keyCompromise revocation also blocks the key and
+/// revokes every other certificate carrying it, in that same transaction. Needs only the
+/// database — no signer lock, no HSM — so any process (CLI, RA, another instance) can do it
+/// while a signer runs. Returns each serial changed and how.
+pub async fn revoke(
+    store: &Store,
+    serial: SerialNumber,
+    reason: Reason,
+    actor: &str,
+) -> Result<Vec<(String, Outcome)>> {
+    let hex = serial.to_hex();
+    let at = now();
+    let mut tx = store.begin().await?;
+    let outcome = revoke_in(store, &mut tx, &hex, reason, at).await?;
+    store
+        .audit(&mut tx, &event(&hex, &outcome, Some(reason), actor, None))
+        .await?;
+    let mut changed = vec![(hex.clone(), outcome)];
+    if reason == Reason::KeyCompromise {
+        let status = store
+            .status_in(&mut tx, &hex)
+            .await?
+            .ok_or_else(|| Error::UnknownSerial(hex.clone()))?;
+        let fp: [u8; 32] = status
+            .key_fp
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Store("bad key fingerprint".into()))?;
+        block_key_in(
+            store,
+            &mut tx,
+            &fp,
+            &format!("keyCompromise of {hex}"),
+            actor,
+        )
+        .await?;
+        for other in store.serials_with_key_in(&mut tx, &fp).await? {
+            if other == hex {
+                continue;
+            }
+            match revoke_in(store, &mut tx, &other, Reason::KeyCompromise, at).await {
+                Ok(o) => {
+                    let cause = format!("same key as {hex}");
+                    store
+                        .audit(
+                            &mut tx,
+                            &event(&other, &o, Some(Reason::KeyCompromise), actor, Some(&cause)),
+                        )
+                        .await?;
+                    changed.push((other, o));
+                }
+                Err(Error::AlreadyRevoked { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    tx.commit().await?;
+    for (s, o) in &changed {
+        tracing::info!(serial = %s, outcome = ?o, "revocation status changed");
+    }
+    Ok(changed)
+}
+
+/// Releases a certificate from hold (Individual & Organisational CA only; RFC 5280 §5.3.1
+/// certificateHold), audited in the same transaction. Database only, like [`revoke`].
+pub async fn release(store: &Store, serial: SerialNumber, actor: &str) -> Result<()> {
+    let hex = serial.to_hex();
+    let mut tx = store.begin().await?;
+    let outcome = release_in(store, &mut tx, &hex).await?;
+    store
+        .audit(&mut tx, &event(&hex, &outcome, None, actor, None))
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Adds a key to the blocked list (BR §4.9.1.1, §6.1.1.3 (4): a key reported compromised is
+/// never certified again), with its audit record in the same transaction. `key_fp` is the
+/// SHA-256 of the DER SubjectPublicKeyInfo.
+pub async fn block_key(store: &Store, key_fp: &[u8; 32], reason: &str, actor: &str) -> Result<()> {
+    let mut tx = store.begin().await?;
+    block_key_in(store, &mut tx, key_fp, reason, actor).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn block_key_in(
+    store: &Store,
+    tx: &mut Tx,
+    key_fp: &[u8; 32],
+    reason: &str,
+    actor: &str,
+) -> Result<()> {
+    store.block_key(tx, key_fp, reason).await?;
+    let event = Event {
+        kind: "key.blocked",
+        actor: actor.to_string(),
+        subject: None,
+        detail: json!({ "key_sha256": hex::encode(key_fp), "reason": reason }),
+    };
+    store.audit(tx, &event).await
+}
 
 /// CRLReason (RFC 5280 §5.3.1). Codes 2 (cACompromise), 8 (removeFromCRL) and 10 (aACompromise)
 /// are not offered: they do not apply to subscriber certificates or full CRLs.

@@ -577,13 +577,14 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
                 .map(String::from),
         );
     }
-    let auth = Authority::open(config).await?;
+    // Database only: revocation needs no signer lock and no HSM, so it works while a signer
+    // (e.g. `ecert serve`) runs. The next signer run checkpoints the audit records it adds.
+    let store = open_store(&config).await?;
     let query = a.profile.is_some() || a.issued_after.is_some() || a.issued_before.is_some();
     if query {
         let from = a.issued_after.as_deref().map(parse_time).transpose()?;
         let to = a.issued_before.as_deref().map(parse_time).transpose()?;
-        let found = auth
-            .store()
+        let found = store
             .serials_matching(a.profile.as_deref(), from, to)
             .await?;
         if !a.yes {
@@ -604,11 +605,11 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
     let mut first_error = None;
     for (i, serial) in parsed.iter().enumerate() {
         let result = if a.release {
-            auth.release(*serial, &actor())
+            ca_core::revocation::release(&store, *serial, &actor())
                 .await
                 .map(|()| vec![(serial.to_hex(), ca_core::revocation::Outcome::Released)])
         } else {
-            auth.revoke(*serial, reason, &actor()).await
+            ca_core::revocation::revoke(&store, *serial, reason, &actor()).await
         };
         match result {
             Ok(changed) => {
@@ -622,10 +623,7 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
                 }
             }
             Err(ca_core::Error::AlreadyRevoked { .. }) if !single => skipped += 1,
-            Err(e) if single => {
-                checkpoint(&auth).await;
-                return Err(e.into());
-            }
+            Err(e) if single => return Err(e.into()),
             Err(e) => {
                 failed += 1;
                 eprintln!("warning: {serial}: {e}");
@@ -640,7 +638,6 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    checkpoint(&auth).await;
     if let Some(e) = first_error {
         bail!(
             "{failed} of {} revocations failed; first: {e}",

@@ -212,3 +212,58 @@ fn mass_revocation_by_query_and_list() {
     );
     ca.audit_ok();
 }
+
+/// Revocation needs only the database: it goes through at once while a signer holds the signer
+/// lock (here an `ecert issue` paused by a failpoint), instead of waiting for it.
+#[test]
+fn revoke_does_not_wait_for_a_running_signer() {
+    let ca = Ca::init();
+    let case = personal();
+    let csr = ca.csr("a", KeyType::P256);
+    let a = ca.issue(case.profile, &csr.csr, &case.args, "to revoke");
+    let csr2 = ca.csr("b", KeyType::P256);
+    let mut args = vec![
+        "issue",
+        "--profile",
+        case.profile,
+        "--csr",
+        csr2.csr.to_str().unwrap(),
+    ];
+    args.extend(&case.args);
+    let stderr = ca.file("signer.stderr");
+    let mut signer = ca.spawn_env(
+        &args,
+        &[("FAILPOINTS", "ca::after_hsm_sign=sleep(20000)")],
+        &stderr,
+    );
+    let started = std::time::Instant::now();
+    while ca
+        .sql_query("SELECT serial FROM certificates WHERE state = 'issuing'")
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "the signer never reached `issuing`"
+        );
+        assert!(
+            signer.try_wait().unwrap().is_none(),
+            "the signer exited early (failpoints compiled in?)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let t = std::time::Instant::now();
+    let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "superseded"]);
+    assert!(out.contains("revoked"), "{out}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "revoke waited {:?} for the signer",
+        t.elapsed()
+    );
+    assert!(
+        signer.try_wait().unwrap().is_none(),
+        "the signer should still be paused"
+    );
+    signer.kill().unwrap();
+    let _ = signer.wait();
+}
