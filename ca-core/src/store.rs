@@ -30,6 +30,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_audit_checkpoints.sql")),
     (3, include_str!("../../migrations/sqlite/0003_revocation.sql")),
     (4, include_str!("../../migrations/sqlite/0004_crls.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_status_changes.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -37,6 +38,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_audit_checkpoints.sql")),
     (3, include_str!("../../migrations/postgres/0003_revocation.sql")),
     (4, include_str!("../../migrations/postgres/0004_crls.sql")),
+    (5, include_str!("../../migrations/postgres/0005_status_changes.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -577,8 +579,10 @@ impl Store {
         self.release_renewal_claim(tx, serial).await
     }
 
-    /// Marks a serial `abandoned` from `issuing`; a renewal claim it held is released.
+    /// Marks a serial `abandoned` from `issuing`; a renewal claim it held is released. (It
+    /// joins the CRL: a status change.)
     pub async fn mark_abandoned(&self, tx: &mut Tx, serial: &str, reason: &str) -> Result<()> {
+        self.note_status_change(tx, serial).await?;
         self.transition(
             tx,
             serial,
@@ -713,7 +717,44 @@ impl Store {
                 "the status of {serial} changed concurrently; try again"
             )));
         }
+        self.note_status_change(tx, serial).await
+    }
+
+    /// Records that `serial`'s CA changed revocation status now (same transaction).
+    async fn note_status_change(&self, tx: &mut Tx, serial: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO status_changes (issuer, changed_at) SELECT issuer, $1 FROM certificates WHERE serial = $2 \
+             ON CONFLICT (issuer) DO UPDATE SET changed_at = excluded.changed_at",
+        )
+        .bind(now())
+        .bind(serial)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
+    }
+
+    /// When `issuer`'s revocation status last changed, Unix seconds (0: never).
+    pub async fn status_changed_at(&self, issuer: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT changed_at FROM status_changes WHERE issuer = $1")
+            .bind(issuer)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => 0,
+        })
+    }
+
+    /// The newest CRL of `issuer`: (number, thisUpdate, nextUpdate).
+    pub async fn latest_crl_times(&self, issuer: &str) -> Result<Option<(i64, i64, i64)>> {
+        let row = sqlx::query("SELECT number, this_update, next_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1")
+            .bind(issuer)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+            None => None,
+        })
     }
 
     /// Issued (or abandoned) serials carrying a key, inside `tx`.

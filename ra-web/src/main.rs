@@ -19,6 +19,7 @@ use ca_core::store::Store;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod serve;
 
 /// ecert: an HSM-backed public certification authority.
 #[derive(Debug, Parser)]
@@ -65,6 +66,9 @@ enum Command {
     /// Certificate revocation lists.
     #[command(subcommand)]
     Crl(CrlCommand),
+    /// Serve CA certificates, CRLs, /healthz and /metrics, and publish CRLs on schedule
+    /// (initialises a fresh data directory first).
+    Serve(serve::ServeArgs),
     /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
     #[command(subcommand, hide = true)]
     Bench(BenchCommand),
@@ -298,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Config(_) => Ok(()),
             Command::Revoke(args) => revoke(config, *args).await,
             Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
+            Command::Serve(args) => serve::serve(config, args).await,
             Command::Crl(CrlCommand::Export { name }) => {
                 let store = open_store(&config).await?;
                 let role = CaRole::from_name(&name)?;

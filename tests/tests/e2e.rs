@@ -24,3 +24,5 @@ mod profiles;
 mod renewal;
 #[path = "e2e/revoke.rs"]
 mod revoke;
+#[path = "e2e/serve.rs"]
+mod serve;

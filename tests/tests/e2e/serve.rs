@@ -1,0 +1,187 @@
+//! `ecert serve`: the relying-party HTTP face over a real socket, and CRL republication after a
+//! revocation made by another process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use ecert_e2e::*;
+
+use crate::common::*;
+
+/// A plain HTTP/1.1 GET: (status, content-type, body).
+fn get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: pki.example.hk\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, ctype, raw[split + 4..].to_vec())
+}
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(ca: &Ca) -> Server {
+    let mut c = ca.command(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--crl-watch-seconds",
+            "1",
+        ],
+        &[],
+    );
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("first line {line:?}"))
+        .to_string();
+    Server(child, addr)
+}
+
+#[test]
+fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
+    let ca = Ca::init();
+    let case = personal();
+    let csr = ca.csr("a", KeyType::P256);
+    let leaf = ca.issue(case.profile, &csr.csr, &case.args, "before serving");
+    let server = start(&ca);
+    let addr = &server.1;
+
+    // CA certificates: DER, application/pkix-cert, the same bytes `ca export` gives.
+    for name in ["root", "individual", "server"] {
+        let (status, ctype, body) = get(addr, &format!("/ca/{name}.crt"));
+        assert_eq!(
+            (status, ctype.as_str()),
+            (200, "application/pkix-cert"),
+            "/ca/{name}.crt"
+        );
+        assert_eq!(body, ca.export(name).der, "/ca/{name}.crt bytes");
+    }
+    assert_eq!(get(addr, "/ca/nosuch.crt").0, 404);
+    assert_eq!(get(addr, "/crl/root.crt").0, 404);
+
+    // CRLs were published at start; each verifies under its CA (openssl).
+    let (status, ctype, body) = get(addr, "/crl/individual.crl");
+    assert_eq!((status, ctype.as_str()), (200, "application/pkix-crl"));
+    let crl_path = ca.file("served.crl");
+    std::fs::write(&crl_path, &body).unwrap();
+    let issuing = ca.export("individual");
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            crl_path.to_str().unwrap(),
+            "-CAfile",
+            issuing.path.to_str().unwrap(),
+            "-noout",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("verify OK"),
+        "{}",
+        show(&o)
+    );
+
+    let (status, ctype, body) = get(addr, "/healthz");
+    let health = String::from_utf8_lossy(&body);
+    assert_eq!(
+        (status, ctype.as_str()),
+        (200, "application/json"),
+        "{health}"
+    );
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let (status, _, body) = get(addr, "/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("ecert_certificates{state=\"issued\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ecert_crl_number{ca=\"individual\"} 1"),
+        "{metrics}"
+    );
+
+    // A revocation by another process (the CLI, no signer lock) reaches the served CRL.
+    ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &leaf.serial,
+        "--reason",
+        "keyCompromise",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, body) = get(addr, "/crl/individual.crl");
+        std::fs::write(&crl_path, &body).unwrap();
+        let o = openssl(
+            ca.data_dir(),
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                crl_path.to_str().unwrap(),
+                "-noout",
+                "-text",
+            ],
+        );
+        if String::from_utf8_lossy(&o.stdout)
+            .to_uppercase()
+            .contains(&leaf.serial.to_uppercase())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the served CRL did not list {} within 20 s",
+            leaf.serial
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    pkilint(
+        "lint_crl",
+        &["-t", "CRL", "-p", "PKIX"],
+        &[&crl_path],
+        "served CRL",
+    );
+}
