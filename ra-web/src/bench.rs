@@ -147,3 +147,98 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Options of `ecert bench crl`.
+#[derive(Debug, clap::Args)]
+pub struct CrlBench {
+    /// Revoked certificates on the CRL.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub n: usize,
+    /// Also write an `openssl ca` index.txt with the same entries here (for `openssl ca -gencrl`).
+    #[arg(long)]
+    pub openssl_index: Option<std::path::PathBuf>,
+}
+
+/// `ecert bench crl`: fills the store with `n` revoked certificates of the Individual CA
+/// (synthetic rows; no certificates are signed), then times one full CRL run: query, build,
+/// lint, HSM signature, self-check, store, file.
+pub async fn crl(config: Config, b: CrlBench) -> anyhow::Result<()> {
+    use rand::RngCore;
+    use sqlx::Executor;
+    let (auth, _) = Authority::init(config).await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut rng = rand::rngs::OsRng;
+    let mut index = String::new();
+    let fmt = |t: i64| -> anyhow::Result<String> {
+        let d = time::OffsetDateTime::from_unix_timestamp(t)?;
+        Ok(format!(
+            "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+            d.year() % 100,
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        ))
+    };
+    let started = Instant::now();
+    let pool = auth.store().pool();
+    let mut conn = pool.acquire().await?;
+    conn.execute("BEGIN").await?;
+    const ROWS: usize = 500;
+    let mut done = 0;
+    while done < b.n {
+        let k = ROWS.min(b.n - done);
+        let mut sql = String::from(
+            "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, updated_at, not_before, not_after, revocation_reason, revoked_at) VALUES ",
+        );
+        let mut serials = Vec::with_capacity(k);
+        for i in 0..k {
+            let mut s = [0u8; 16];
+            rng.fill_bytes(&mut s);
+            s[0] &= 0x7f;
+            s[0] |= 0x10;
+            serials.push(hex::encode(s));
+            let p = i * 3;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${}, 'individual', 'issued', 'personal', 1, ${}, '{{}}', {now}, {now}, {now}, {}, 1, ${})", p + 1, p + 2, now + 365 * 86_400, p + 3));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in &serials {
+            let mut fp = vec![0u8; 32];
+            rng.fill_bytes(&mut fp);
+            q = q.bind(s.clone()).bind(fp).bind(now - 60);
+            if b.openssl_index.is_some() {
+                index.push_str(&format!(
+                    "R\t{}\t{},keyCompromise\t{}\tunknown\t/CN=bench\n",
+                    fmt(now + 365 * 86_400)?,
+                    fmt(now - 60)?,
+                    s.to_uppercase()
+                ));
+            }
+        }
+        q.execute(&mut *conn).await?;
+        done += k;
+    }
+    conn.execute("COMMIT").await?;
+    drop(conn);
+    println!(
+        "filled {} revoked certificates in {:.1} s",
+        b.n,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &b.openssl_index {
+        std::fs::write(path, index)?;
+    }
+    let t = Instant::now();
+    let p = auth.publish_crl(CaRole::Individual, "bench").await?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "ecert full CRL of {} entries (query, build, lint, HSM sign, verify, store, file): {secs:.2} s, {} bytes (target <= 1 s)",
+        p.entries,
+        p.der.len()
+    );
+    Ok(())
+}

@@ -78,6 +78,8 @@ enum Command {
 enum BenchCommand {
     /// Raw HSM signing rate, then end-to-end issuance rate.
     Issue(bench::IssueBench),
+    /// Time one full CRL of many revoked certificates.
+    Crl(bench::CrlBench),
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reason,
             }) => block_key(config, csr, public_key, reason).await,
             Command::Bench(BenchCommand::Issue(b)) => bench::issue(config, b).await,
+            Command::Bench(BenchCommand::Crl(b)) => bench::crl(config, b).await,
         }
     })
 }
