@@ -1421,6 +1421,23 @@ impl Authority {
         Ok(Some(seq))
     }
 
+    /// Whether the HSM signs right now: one signature with the audit key over a fixed message,
+    /// verified. For health checks; it costs one HSM signature.
+    pub async fn hsm_ok(&self) -> bool {
+        let key = self.audit_key.clone();
+        let msg = b"ecert-health-check".to_vec();
+        match tokio::task::spawn_blocking(move || key.sign(&msg).map(|sig| (key, sig))).await {
+            Ok(Ok((key, sig))) => hsm::verify(
+                key.algorithm(),
+                key.public_key_spki(),
+                b"ecert-health-check",
+                &sig,
+            )
+            .is_ok(),
+            _ => false,
+        }
+    }
+
     /// The audit key's public key (DER SPKI), for auditors who verify without the HSM.
     pub fn audit_public_key(&self) -> &[u8] {
         self.audit_key.public_key_spki()

@@ -431,6 +431,11 @@ fn pem_cert(der: &[u8]) -> String {
 
 /// The store of an initialised CA, for read-only commands.
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    // The embedded default: no database file means no CA (and a read-only command must not
+    // create one).
+    if config.database_url.is_none() && !config.data_dir.join("ecert.db").exists() {
+        return Err(ca_core::Error::NotInitialised.into());
+    }
     let store = Store::open(&config.database_url()).await?;
     if store.meta("policy_arc").await?.is_none() {
         return Err(ca_core::Error::NotInitialised.into());

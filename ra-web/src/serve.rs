@@ -35,13 +35,18 @@ pub struct ServeArgs {
 
 struct AppState {
     auth: Authority,
+    /// Last HSM check: (when, result). `/healthz` signs at most once per 10 s.
+    hsm: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 type Shared = Arc<AppState>;
 
 pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     let (auth, _) = Authority::init(config).await?;
-    let state: Shared = Arc::new(AppState { auth });
+    let state: Shared = Arc::new(AppState {
+        auth,
+        hsm: tokio::sync::Mutex::new(None),
+    });
     // Publish at once where a CRL is missing, then keep them fresh.
     publish_due(&state, a.crl_interval_seconds as i64).await;
     let background = tokio::spawn(background(
@@ -132,8 +137,8 @@ async fn crl(State(s): State<Shared>, Path(file): Path<String>) -> Response {
     }
 }
 
-/// `GET /healthz`: 200 when the database answers and every CRL is within its validity; 503
-/// otherwise. The body says which part is at fault.
+/// `GET /healthz`: 200 when the database answers, the HSM signs (checked at most every 10 s)
+/// and every CRL is within its validity; 503 otherwise. The body says which part is at fault.
 async fn healthz(State(s): State<Shared>) -> Response {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut ok = true;
@@ -145,6 +150,18 @@ async fn healthz(State(s): State<Shared>) -> Response {
             format!("error: {e}")
         }
     };
+    let hsm_ok = {
+        let mut last = s.hsm.lock().await;
+        match *last {
+            Some((at, ok)) if at.elapsed() < Duration::from_secs(10) => ok,
+            _ => {
+                let ok = s.auth.hsm_ok().await;
+                *last = Some((std::time::Instant::now(), ok));
+                ok
+            }
+        }
+    };
+    ok &= hsm_ok;
     for role in CaRole::ALL {
         let v = match s.auth.store().latest_crl_times(role.name()).await {
             Ok(Some((number, this_update, next_update))) => {
@@ -163,7 +180,12 @@ async fn healthz(State(s): State<Shared>) -> Response {
         };
         crls.insert(role.name().into(), v);
     }
-    let body = serde_json::json!({ "status": if ok { "ok" } else { "fault" }, "database": db, "crl": crls });
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "fault" },
+        "database": db,
+        "hsm": if hsm_ok { "ok" } else { "fault" },
+        "crl": crls,
+    });
     let code = if ok {
         StatusCode::OK
     } else {

@@ -129,6 +129,7 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
         "{health}"
     );
     assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert!(health.contains("\"hsm\":\"ok\""), "{health}");
     let (status, _, body) = get(addr, "/metrics");
     let metrics = String::from_utf8_lossy(&body);
     assert_eq!(status, 200);
