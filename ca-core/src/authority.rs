@@ -1556,6 +1556,71 @@ mod tests {
         );
     }
 
+    /// Many concurrent status changes of the same certificates (reference checklist #21–#23):
+    /// each certificate is revoked exactly once, every other attempt is answered "already
+    /// revoked" (or, for keyCompromise, updates the reason once), and nothing is lost or
+    /// overwritten — the final state is keyCompromise everywhere it was requested.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_revocations_are_compare_and_set() {
+        use crate::revocation::{Outcome, Reason};
+        let (_dir, auth) = test_ca().await;
+        let auth = Arc::new(auth);
+        let mut serials = Vec::new();
+        for i in 0..5 {
+            serials.push(auth.issue(request(i, None)).await.unwrap().serial);
+        }
+        let mut tasks = Vec::new();
+        for round in 0..8 {
+            for serial in &serials {
+                let (auth, serial) = (auth.clone(), *serial);
+                let reason = if round % 4 == 3 {
+                    Reason::KeyCompromise
+                } else {
+                    Reason::Superseded
+                };
+                tasks.push(tokio::spawn(async move {
+                    (serial, reason, auth.revoke(serial, reason, "test").await)
+                }));
+            }
+        }
+        let mut revoked = std::collections::HashMap::new();
+        for t in tasks {
+            let (serial, reason, r) = t.await.unwrap();
+            match r {
+                Ok(changed) => {
+                    for (s, o) in changed.iter().filter(|(s, _)| *s == serial.to_hex()) {
+                        if *o == Outcome::Revoked {
+                            *revoked.entry(s.clone()).or_insert(0) += 1;
+                        }
+                    }
+                }
+                Err(Error::AlreadyRevoked { .. }) => {}
+                // SQLite serialises writers; a compare-and-set loser on PostgreSQL would say so.
+                Err(Error::Revocation(m)) if m.contains("concurrently") => {}
+                Err(e) => panic!("{serial} {reason:?}: {e}"),
+            }
+        }
+        for serial in &serials {
+            assert_eq!(
+                revoked.get(&serial.to_hex()),
+                Some(&1),
+                "{serial} revoked {:?} times",
+                revoked.get(&serial.to_hex())
+            );
+            let rec = auth
+                .store()
+                .certificate(&serial.to_hex())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                rec.revocation_reason,
+                Some(1),
+                "{serial}: keyCompromise was requested and must win"
+            );
+        }
+    }
+
     /// A token session invalidated under a running CA (operator reset, token hiccup) is
     /// recovered without a restart; no software key is ever used.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
