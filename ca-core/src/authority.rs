@@ -950,6 +950,9 @@ impl Authority {
             7 * DAY
         };
         // CA certificates are not revocable yet: the root's CRL is empty.
+        // The status version is read before the entries: a change after this point bumps it
+        // again, so the publisher notices and republishes.
+        let status_version = self.store.status_version(role.name()).await?;
         let entries = if role == CaRole::Root {
             Vec::new()
         } else {
@@ -1033,6 +1036,7 @@ impl Authority {
                 this_update,
                 this_update + validity,
                 entries.len() as i64,
+                status_version,
                 &der,
                 &event,
             )
@@ -1164,7 +1168,8 @@ impl Authority {
             subject: Some(serial_hex.clone()),
             detail: json!({ "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
         };
-        self.writer
+        let recorded = self
+            .writer
             .write(
                 WriteOp::Issuing {
                     serial: serial_hex.clone(),
@@ -1174,7 +1179,12 @@ impl Authority {
                 },
                 event,
             )
-            .await?;
+            .await;
+        if let Err(e) = recorded {
+            self.fail(&serial_hex, CertState::Reserved, &req.actor, &e)
+                .await;
+            return Err(e);
+        }
         fail::fail_point!("ca::after_issuing");
         Ok(IssuanceToken {
             serial,

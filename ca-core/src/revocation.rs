@@ -32,11 +32,22 @@ pub async fn revoke(
     let hex = serial.to_hex();
     let at = now();
     let mut tx = store.begin().await?;
-    let outcome = revoke_in(store, &mut tx, &hex, reason, at).await?;
-    store
-        .audit(&mut tx, &event(&hex, &outcome, Some(reason), actor, None))
-        .await?;
-    let mut changed = vec![(hex.clone(), outcome)];
+    let mut changed = Vec::new();
+    let mut already = None;
+    match revoke_in(store, &mut tx, &hex, reason, at).await {
+        Ok(outcome) => {
+            store
+                .audit(&mut tx, &event(&hex, &outcome, Some(reason), actor, None))
+                .await?;
+            changed.push((hex.clone(), outcome));
+        }
+        // Already keyCompromise: still sweep, so a certificate with the key that was issued since
+        // (or was in flight) is revoked too.
+        Err(e @ Error::AlreadyRevoked { .. }) if reason == Reason::KeyCompromise => {
+            already = Some(e)
+        }
+        Err(e) => return Err(e),
+    }
     if reason == Reason::KeyCompromise {
         let status = store
             .status_in(&mut tx, &hex)
@@ -74,6 +85,9 @@ pub async fn revoke(
                 Err(e) => return Err(e),
             }
         }
+    }
+    if let (true, Some(e)) = (changed.is_empty(), already) {
+        return Err(e);
     }
     tx.commit().await?;
     for (s, o) in &changed {

@@ -525,6 +525,7 @@ impl Store {
         not_before: i64,
         not_after: i64,
     ) -> Result<()> {
+        self.refuse_blocked(tx, serial).await?;
         self.transition(
             tx,
             serial,
@@ -543,6 +544,7 @@ impl Store {
     /// Step 6: stores the certificate, `issuing` → `issued`. (A renewal's link to the old
     /// certificate was made when the serial was reserved.)
     pub async fn mark_issued(&self, tx: &mut Tx, serial: &str, cert_der: &[u8]) -> Result<()> {
+        self.refuse_blocked(tx, serial).await?;
         self.transition(
             tx,
             serial,
@@ -554,6 +556,22 @@ impl Store {
             },
         )
         .await
+    }
+
+    /// Refuses to go on with a serial whose key was blocked after it was reserved (a
+    /// keyCompromise revocation racing an issuance): checked before the HSM signs and again
+    /// before the certificate is stored.
+    async fn refuse_blocked(&self, tx: &mut Tx, serial: &str) -> Result<()> {
+        let blocked = sqlx::query(
+            "SELECT 1 FROM blocked_keys b JOIN certificates c ON c.key_fp = b.key_fp WHERE c.serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if blocked.is_some() {
+            return Err(Error::KeyBlocked);
+        }
+        Ok(())
     }
 
     /// Marks a serial `failed` from `from`; a renewal claim it held on the old certificate is
@@ -723,19 +741,18 @@ impl Store {
     /// Records that `serial`'s CA changed revocation status now (same transaction).
     async fn note_status_change(&self, tx: &mut Tx, serial: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO status_changes (issuer, changed_at) SELECT issuer, $1 FROM certificates WHERE serial = $2 \
-             ON CONFLICT (issuer) DO UPDATE SET changed_at = excluded.changed_at",
+            "INSERT INTO status_changes (issuer, version) SELECT issuer, 1 FROM certificates WHERE serial = $1 \
+             ON CONFLICT (issuer) DO UPDATE SET version = status_changes.version + 1",
         )
-        .bind(now())
         .bind(serial)
         .execute(&mut **tx)
         .await?;
         Ok(())
     }
 
-    /// When `issuer`'s revocation status last changed, Unix seconds (0: never).
-    pub async fn status_changed_at(&self, issuer: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT changed_at FROM status_changes WHERE issuer = $1")
+    /// How many times `issuer`'s revocation status has changed (0: never).
+    pub async fn status_version(&self, issuer: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT version FROM status_changes WHERE issuer = $1")
             .bind(issuer)
             .fetch_optional(&self.pool)
             .await?;
@@ -745,14 +762,14 @@ impl Store {
         })
     }
 
-    /// The newest CRL of `issuer`: (number, thisUpdate, nextUpdate).
-    pub async fn latest_crl_times(&self, issuer: &str) -> Result<Option<(i64, i64, i64)>> {
-        let row = sqlx::query("SELECT number, this_update, next_update FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1")
+    /// The newest CRL of `issuer`: (number, thisUpdate, nextUpdate, status version it covers).
+    pub async fn latest_crl_times(&self, issuer: &str) -> Result<Option<(i64, i64, i64, i64)>> {
+        let row = sqlx::query("SELECT number, this_update, next_update, status_version FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1")
             .bind(issuer)
             .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)),
             None => None,
         })
     }
@@ -778,7 +795,7 @@ impl Store {
         to: Option<i64>,
     ) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT serial FROM certificates WHERE state = 'issued' AND revocation_reason IS NULL \
+            "SELECT serial FROM certificates WHERE state = 'issued' AND (revocation_reason IS NULL OR revocation_reason = 6) \
              AND ($1 = '' OR profile = $1) AND not_before >= $2 AND not_before <= $3 ORDER BY not_before, serial",
         )
         .bind(profile.unwrap_or(""))
@@ -866,16 +883,18 @@ impl Store {
         this_update: i64,
         next_update: i64,
         entries: i64,
+        status_version: i64,
         der: &[u8],
         event: &Event,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO crls (issuer, number, this_update, next_update, entries, der) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO crls (issuer, number, this_update, next_update, entries, status_version, der) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(issuer)
             .bind(number)
             .bind(this_update)
             .bind(next_update)
             .bind(entries)
+            .bind(status_version)
             .bind(der.to_vec())
             .execute(&mut *tx)
             .await?;

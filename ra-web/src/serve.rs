@@ -155,7 +155,9 @@ async fn healthz(State(s): State<Shared>) -> Response {
         match *last {
             Some((at, ok)) if at.elapsed() < Duration::from_secs(10) => ok,
             _ => {
-                let ok = s.auth.hsm_ok().await;
+                let ok = tokio::time::timeout(Duration::from_secs(5), s.auth.hsm_ok())
+                    .await
+                    .unwrap_or(false);
                 *last = Some((std::time::Instant::now(), ok));
                 ok
             }
@@ -164,7 +166,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     ok &= hsm_ok;
     for role in CaRole::ALL {
         let v = match s.auth.store().latest_crl_times(role.name()).await {
-            Ok(Some((number, this_update, next_update))) => {
+            Ok(Some((number, this_update, next_update, _))) => {
                 let fresh = now < next_update;
                 ok &= fresh;
                 serde_json::json!({ "number": number, "age_seconds": now - this_update, "fresh": fresh })
@@ -211,24 +213,24 @@ async fn metrics(State(s): State<Shared>) -> Response {
             out.push_str(&format!("ecert_certificates{{state=\"{state}\"}} {n}\n"));
         }
     }
+    // Each metric family is one group (Prometheus text format 0.0.4).
+    let mut crls = Vec::new();
+    for role in CaRole::ALL {
+        if let Ok(Some((number, this_update, _, _))) =
+            s.auth.store().latest_crl_times(role.name()).await
+        {
+            crls.push((role.name(), number, now - this_update));
+        }
+    }
     out.push_str(
         "# HELP ecert_crl_number CRLNumber of the newest CRL.\n# TYPE ecert_crl_number gauge\n",
     );
+    for (ca, number, _) in &crls {
+        out.push_str(&format!("ecert_crl_number{{ca=\"{ca}\"}} {number}\n"));
+    }
     out.push_str("# HELP ecert_crl_age_seconds Seconds since the newest CRL's thisUpdate.\n# TYPE ecert_crl_age_seconds gauge\n");
-    for role in CaRole::ALL {
-        if let Ok(Some((number, this_update, _))) =
-            s.auth.store().latest_crl_times(role.name()).await
-        {
-            out.push_str(&format!(
-                "ecert_crl_number{{ca=\"{}\"}} {number}\n",
-                role.name()
-            ));
-            out.push_str(&format!(
-                "ecert_crl_age_seconds{{ca=\"{}\"}} {}\n",
-                role.name(),
-                now - this_update
-            ));
-        }
+    for (ca, _, age) in &crls {
+        out.push_str(&format!("ecert_crl_age_seconds{{ca=\"{ca}\"}} {age}\n"));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
@@ -241,9 +243,9 @@ async fn publish_due(s: &Shared, interval: i64) {
         let store = s.auth.store();
         let due = match store.latest_crl_times(role.name()).await {
             Ok(None) => true,
-            Ok(Some((_, this_update, next_update))) => {
-                let changed = store.status_changed_at(role.name()).await.unwrap_or(0);
-                (role != CaRole::Root && (now - this_update >= interval || changed >= this_update))
+            Ok(Some((_, this_update, next_update, covered))) => {
+                let version = store.status_version(role.name()).await.unwrap_or(i64::MAX);
+                (role != CaRole::Root && (now - this_update >= interval || version > covered))
                     || next_update - now < 86_400
             }
             Err(e) => {

@@ -126,6 +126,28 @@ fn crls_list_revocations_and_pass_the_judges() {
             show(&o)
         );
     }
+    // Reason codes as openssl reads them: keyCompromise and certificateHold on the Individual
+    // CA's CRL, superseded on the Server CA's; unspecified would be omitted.
+    let text = |crl: &std::path::Path| {
+        String::from_utf8_lossy(
+            &openssl(
+                ca.data_dir(),
+                &["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"],
+            )
+            .stdout,
+        )
+        .to_string()
+    };
+    let ind_text = text(&ind_crl);
+    assert!(
+        ind_text.contains("Key Compromise") && ind_text.contains("Certificate Hold"),
+        "{ind_text}"
+    );
+    let srv_text = text(&srv_crl);
+    assert!(
+        srv_text.contains("Superseded") && !srv_text.contains("Hold"),
+        "{srv_text}"
+    );
     // pkilint: the Server CA's CRL under the TLS BR; the Individual CA's under RFC 5280 (its
     // hierarchy allows certificateHold, which the BR profile forbids); the root's as an ARL.
     pkilint(

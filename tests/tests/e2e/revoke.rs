@@ -153,7 +153,9 @@ fn mass_revocation_by_query_and_list() {
         .iter()
         .all(|s| show_field(&ca, s, "revocation_reason").is_none()));
 
-    // One revoked beforehand is skipped, the rest revoked, the server certificate untouched.
+    // One revoked beforehand is skipped; one on hold is revoked for good (a later release must
+    // not bring it back); the rest revoked; the server certificate untouched.
+    ca.ecert_ok(&["revoke", "--serial", &personal_serials[3], "--hold"]);
     ca.ecert_ok(&[
         "revoke",
         "--serial",
@@ -185,6 +187,8 @@ fn mass_revocation_by_query_and_list() {
         Some("superseded")
     );
     assert_eq!(show_field(&ca, &s.serial, "revocation_reason"), None);
+    let err = ca.ecert_err(&["revoke", "--serial", &personal_serials[3], "--release"]);
+    assert!(error_line(&err).contains("not on hold"), "{err}");
 
     // A list of serials, one already revoked: skipped, not an error.
     let list = ca.file("serials.txt");
