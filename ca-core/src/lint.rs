@@ -440,6 +440,87 @@ mod tests {
         assert!(f.iter().any(|x| x.contains("byte-identical")), "{f:?}");
     }
 
+    /// A clean CRL from rcgen, then one violation per rule: each must be found.
+    #[test]
+    fn each_crl_rule_finds_its_violation() {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).unwrap();
+        let (_, parsed_ca) = X509Certificate::from_der(ca_cert.der()).unwrap();
+        let subject = parsed_ca.tbs_certificate.subject.as_raw().to_vec();
+        let ski: Vec<u8> = parsed_ca
+            .tbs_certificate
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            })
+            .unwrap();
+        let now = time::macros::datetime!(2026-11-23 12:00 UTC);
+        let entry = |serial: u8, reason| rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&[serial]),
+            revocation_time: now,
+            reason_code: reason,
+            invalidity_date: None,
+        };
+        let base = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(7),
+            crl_number: rcgen::SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: vec![entry(1, Some(rcgen::RevocationReason::KeyCompromise))],
+            key_identifier_method: rcgen::KeyIdMethod::PreSpecified(ski.clone()),
+        };
+        let run =
+            |p: &rcgen::CertificateRevocationListParams, hold_allowed: bool, key_id: &[u8]| {
+                let crl = p.signed_by(&issuer).unwrap();
+                lint_crl(&CrlLintInput {
+                    crl_der: crl.der(),
+                    issuer_subject_der: &subject,
+                    issuer_key_id: Some(key_id),
+                    max_validity_secs: 10 * 86_400,
+                    hold_allowed,
+                })
+            };
+        assert_eq!(
+            run(&base, false, &ski),
+            Vec::<String>::new(),
+            "the clean CRL has findings"
+        );
+        let mut cases: Vec<(&str, rcgen::CertificateRevocationListParams, bool)> = Vec::new();
+        let mut p = base.clone();
+        p.next_update = now + time::Duration::days(11);
+        cases.push(("more than", p, false));
+        let mut p = base.clone();
+        p.revoked_certs
+            .push(entry(2, Some(rcgen::RevocationReason::CertificateHold)));
+        cases.push(("certificateHold is not allowed", p, false));
+        // (rcgen itself omits an unspecified reasonCode, so that rule cannot be provoked here.)
+        let mut p = base.clone();
+        p.revoked_certs.push(entry(1, None));
+        cases.push(("listed twice", p, true));
+        for (expected, p, hold) in &cases {
+            let f = run(p, *hold, &ski);
+            assert!(
+                f.iter().any(|x| x.contains(expected)),
+                "{expected:?} not found in {f:?}"
+            );
+        }
+        let f = run(&base, false, &[0u8; 20]);
+        assert!(
+            f.iter().any(|x| x.contains("authorityKeyIdentifier")),
+            "{f:?}"
+        );
+        // Hold is fine where allowed.
+        let mut p = base.clone();
+        p.revoked_certs
+            .push(entry(2, Some(rcgen::RevocationReason::CertificateHold)));
+        assert_eq!(run(&p, true, &ski), Vec::<String>::new());
+    }
+
     #[test]
     fn garbage_is_a_finding_not_a_panic() {
         let input = LintInput {
