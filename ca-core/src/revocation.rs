@@ -32,6 +32,9 @@ pub async fn revoke(
     let hex = serial.to_hex();
     let at = now();
     let mut tx = store.begin().await?;
+    if reason == Reason::KeyCompromise {
+        store.lock_key_family(&mut tx, &hex).await?;
+    }
     let mut changed = Vec::new();
     let mut already = None;
     match revoke_in(store, &mut tx, &hex, reason, at).await {

@@ -774,6 +774,22 @@ impl Store {
         })
     }
 
+    /// PostgreSQL: locks a serial's row and every row sharing its key, in serial order, before a
+    /// keyCompromise sweep changes any of them — one lock order for every sweep, so two sweeps
+    /// (or a sweep and a single revocation) cannot deadlock. SQLite's writer lock makes this moot.
+    pub async fn lock_key_family(&self, tx: &mut Tx, serial: &str) -> Result<()> {
+        if self.engine == Engine::Postgres {
+            sqlx::query(
+                "SELECT serial FROM certificates WHERE serial = $1 \
+                 OR key_fp = (SELECT key_fp FROM certificates WHERE serial = $1) ORDER BY serial FOR UPDATE",
+            )
+            .bind(serial)
+            .fetch_all(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Issued (or abandoned) serials carrying a key, inside `tx`.
     pub async fn serials_with_key_in(&self, tx: &mut Tx, key_fp: &[u8]) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT serial FROM certificates WHERE key_fp = $1 AND state IN ('issued', 'abandoned') ORDER BY serial")
