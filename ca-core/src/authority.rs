@@ -526,21 +526,23 @@ async fn hsm_sign_checked_as(
     issuer_spki: Vec<u8>,
     kind: SignedKind,
 ) -> Result<Vec<u8>> {
-    let to_sign = tbs.clone();
-    let s = signer.clone();
-    let signature = tokio::task::spawn_blocking(move || s.sign(&to_sign))
-        .await
-        .map_err(|e| {
-            Error::Hsm(hsm::Error::TokenUnavailable {
-                detail: format!("signing task failed: {e}"),
-            })
-        })??;
-    let signed = assemble(&tbs, &algorithm, &signature)?;
-    match kind {
-        SignedKind::Certificate => self_check(&signed, &tbs, &issuer_spki)?,
-        SignedKind::Crl => self_check_crl(&signed, &tbs, &issuer_spki)?,
-    }
-    Ok(signed)
+    // Signing (a blocking PKCS#11 call) and the self-check (parsing, ECDSA verification) run
+    // on the blocking pool, not on the async workers.
+    tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+        let signature = signer.sign(&tbs)?;
+        let signed = assemble(&tbs, &algorithm, &signature)?;
+        match kind {
+            SignedKind::Certificate => self_check(&signed, &tbs, &issuer_spki)?,
+            SignedKind::Crl => self_check_crl(&signed, &tbs, &issuer_spki)?,
+        }
+        Ok(signed)
+    })
+    .await
+    .map_err(|e| {
+        Error::Hsm(hsm::Error::TokenUnavailable {
+            detail: format!("signing task failed: {e}"),
+        })
+    })?
 }
 
 fn self_check_crl(crl: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
@@ -989,19 +991,29 @@ impl Authority {
                     .ok_or_else(|| Error::Store("CA certificate without SKI".into()))?,
             ),
         };
-        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &LintSigner)?;
-        let linting = params.signed_by(&issuer)?;
-        let findings = lint::lint_crl(&lint::CrlLintInput {
-            crl_der: linting.der(),
-            issuer_subject_der: &ca.subject_der,
-            issuer_key_id: ca.key_id.as_deref(),
-            max_validity_secs: validity,
-            hold_allowed: role == CaRole::Individual,
-        });
-        if !findings.is_empty() {
-            return Err(Error::Lint(findings));
-        }
-        let (tbs, alg) = split_signed(linting.der())?;
+        // Building and linting a large CRL takes seconds: off the async workers.
+        let (cert_der, subject_der, key_id) = (
+            ca.cert_der.clone(),
+            ca.subject_der.clone(),
+            ca.key_id.clone(),
+        );
+        let (tbs, alg) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>)> {
+            let issuer = rcgen::Issuer::from_ca_cert_der(&cert_der.into(), &LintSigner)?;
+            let linting = params.signed_by(&issuer)?;
+            let findings = lint::lint_crl(&lint::CrlLintInput {
+                crl_der: linting.der(),
+                issuer_subject_der: &subject_der,
+                issuer_key_id: key_id.as_deref(),
+                max_validity_secs: validity,
+                hold_allowed: role == CaRole::Individual,
+            });
+            if !findings.is_empty() {
+                return Err(Error::Lint(findings));
+            }
+            split_signed(linting.der())
+        })
+        .await
+        .map_err(|e| Error::Encoding(format!("CRL build task failed: {e}")))??;
         self.store
             .audit_now(&Event {
                 kind: "crl.signing",
