@@ -807,14 +807,7 @@ impl Authority {
                 role,
                 CaState {
                     subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
-                    key_id: cert.tbs_certificate.extensions().iter().find_map(|e| {
-                        match e.parsed_extension() {
-                            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
-                                Some(k.0.to_vec())
-                            }
-                            _ => None,
-                        }
-                    }),
+                    key_id: lint::subject_key_id(cert.tbs_certificate.extensions()),
                     cert_der: der.clone(),
                     // `sign` verifies every assembled certificate under this CA's public key
                     // (self_check), so the token-level check would only repeat it.

@@ -47,6 +47,24 @@ const OID_SAN: &str = "2.5.29.17";
 const OID_BC: &str = "2.5.29.19";
 const OID_SKI: &str = "2.5.29.14";
 
+/// The keyIdentifier of an authorityKeyIdentifier extension, if any.
+fn authority_key_id<'a>(
+    exts: &'a [x509_parser::extensions::X509Extension<'_>],
+) -> Option<&'a [u8]> {
+    exts.iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+        _ => None,
+    })
+}
+
+/// The subjectKeyIdentifier of a certificate's extensions, if any.
+pub fn subject_key_id(exts: &[x509_parser::extensions::X509Extension<'_>]) -> Option<Vec<u8>> {
+    exts.iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    })
+}
+
 /// Lints a certificate; returns every finding (empty = clean).
 pub fn lint(input: &LintInput<'_>) -> Vec<String> {
     let mut f = Vec::new();
@@ -152,15 +170,7 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
             }
         }
         Expect::Leaf(profile) => {
-            let aki = tbs
-                .extensions()
-                .iter()
-                .find_map(|e| match e.parsed_extension() {
-                    ParsedExtension::AuthorityKeyIdentifier(a) => {
-                        a.key_identifier.as_ref().map(|k| k.0)
-                    }
-                    _ => None,
-                });
+            let aki = authority_key_id(tbs.extensions());
             if input.issuer_key_id.is_some() && aki != input.issuer_key_id {
                 f.push(
                     "authorityKeyIdentifier does not match the issuer's subjectKeyIdentifier"
@@ -257,13 +267,7 @@ pub fn lint_crl(input: &CrlLintInput<'_>) -> Vec<String> {
     if tbs.issuer.as_raw() != input.issuer_subject_der {
         f.push("CRL issuer is not byte-identical to the CA's subject".into());
     }
-    let aki = tbs
-        .extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
-            _ => None,
-        });
+    let aki = authority_key_id(tbs.extensions());
     if aki.is_none() || (input.issuer_key_id.is_some() && aki != input.issuer_key_id) {
         f.push(
             "CRL authorityKeyIdentifier missing or not the CA's key identifier (RFC 5280 §5.2.1)"
@@ -328,13 +332,7 @@ mod tests {
         let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).unwrap();
         let (_, parsed_ca) = X509Certificate::from_der(ca_cert.der()).unwrap();
         let issuer_subject = parsed_ca.tbs_certificate.subject.as_raw().to_vec();
-        let issuer_key_id: Option<Vec<u8>> =
-            parsed_ca.tbs_certificate.extensions().iter().find_map(|e| {
-                match e.parsed_extension() {
-                    ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-                    _ => None,
-                }
-            });
+        let issuer_key_id = subject_key_id(parsed_ca.tbs_certificate.extensions());
         assert!(issuer_key_id.is_some(), "test CA has no SKI");
         let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let spki = rcgen::PublicKeyData::subject_public_key_info(&leaf_key);
@@ -450,15 +448,7 @@ mod tests {
         let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).unwrap();
         let (_, parsed_ca) = X509Certificate::from_der(ca_cert.der()).unwrap();
         let subject = parsed_ca.tbs_certificate.subject.as_raw().to_vec();
-        let ski: Vec<u8> = parsed_ca
-            .tbs_certificate
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-                _ => None,
-            })
-            .unwrap();
+        let ski: Vec<u8> = subject_key_id(parsed_ca.tbs_certificate.extensions()).unwrap();
         let now = time::macros::datetime!(2026-11-23 12:00 UTC);
         let entry = |serial: u8, reason| rcgen::RevokedCertParams {
             serial_number: rcgen::SerialNumber::from_slice(&[serial]),

@@ -574,8 +574,7 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a serial `failed` from `from`; a renewal claim it held on the old certificate is
-    /// released.
+    /// Marks a serial `failed` from `from`; a renewal claim it held is released.
     pub async fn mark_failed(
         &self,
         tx: &mut Tx,
@@ -583,35 +582,31 @@ impl Store {
         from: CertState,
         reason: &str,
     ) -> Result<()> {
-        self.transition(
-            tx,
-            serial,
-            from,
-            CertState::Failed,
-            Transition {
-                failure: Some(reason.to_string()),
-                ..Default::default()
-            },
-        )
-        .await?;
-        self.release_renewal_claim(tx, serial).await
+        self.end_issuance(tx, serial, from, CertState::Failed, reason)
+            .await
     }
 
     /// Marks a serial `abandoned` from `issuing`; a renewal claim it held is released. (It
     /// joins the CRL: a status change.)
     pub async fn mark_abandoned(&self, tx: &mut Tx, serial: &str, reason: &str) -> Result<()> {
         self.note_status_change(tx, serial).await?;
-        self.transition(
-            tx,
-            serial,
-            CertState::Issuing,
-            CertState::Abandoned,
-            Transition {
-                failure: Some(reason.to_string()),
-                ..Default::default()
-            },
-        )
-        .await?;
+        self.end_issuance(tx, serial, CertState::Issuing, CertState::Abandoned, reason)
+            .await
+    }
+
+    async fn end_issuance(
+        &self,
+        tx: &mut Tx,
+        serial: &str,
+        from: CertState,
+        to: CertState,
+        reason: &str,
+    ) -> Result<()> {
+        let failure = Transition {
+            failure: Some(reason.to_string()),
+            ..Default::default()
+        };
+        self.transition(tx, serial, from, to, failure).await?;
         self.release_renewal_claim(tx, serial).await
     }
 
