@@ -35,6 +35,9 @@ use crate::profile::{CaRole, IssueContext, Profile, SubjectData};
 use crate::serial::SerialNumber;
 use crate::store::{CertState, Store, WriteOp};
 
+mod responder;
+pub use responder::{OCSP_CAS, RESPONDER_PROFILE};
+
 /// Group commit: state changes from concurrent issuances are written in one transaction (one
 /// fsync) per batch. Each caller still waits for *its* change to be durable before going on,
 /// so the cycle's order (nothing signed before its record is committed) holds per certificate.
@@ -237,8 +240,10 @@ pub struct Authority {
     writer: Committer,
     /// At most `hsm.pool_size` signatures in flight, so the token's session pool is not
     /// outrun (each extra request would open and close a session).
-    hsm_slots: tokio::sync::Semaphore,
+    hsm_slots: Arc<tokio::sync::Semaphore>,
     audit_key: Arc<dyn hsm::Signer>,
+    /// The delegated OCSP responder of each issuing CA.
+    responders: tokio::sync::RwLock<HashMap<CaRole, Arc<responder::Responder>>>,
     _lock: File,
     /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
     /// mutex only to make `Authority` Sync.)
@@ -774,24 +779,47 @@ impl Authority {
             let (label, der) = store.ca(role.name()).await?.ok_or(Error::NotInitialised)?;
             labels.push((role, label, der));
         }
+        let responder_rows = store.responders().await?;
         let cfg2 = config.clone();
         type Keys = (
             Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>,
             hsm::pkcs11::Pkcs11Key,
+            Vec<(crate::store::ResponderRow, Option<hsm::pkcs11::Pkcs11Key>)>,
         );
-        let (keys, audit_key) = tokio::task::spawn_blocking(move || -> Result<Keys> {
-            let token = open_token(&cfg2)?;
-            let keys = labels
-                .into_iter()
-                .map(|(role, label, der)| Ok((role, der, token.key(&label)?)))
-                .collect::<Result<_>>()?;
-            let audit = token
-                .key(AUDIT_KEY_LABEL)
-                .map_err(|_| Error::NotInitialised)?;
-            Ok((keys, audit))
-        })
-        .await
-        .map_err(|e| Error::Store(e.to_string()))??;
+        let (keys, audit_key, responder_keys) =
+            tokio::task::spawn_blocking(move || -> Result<Keys> {
+                let token = open_token(&cfg2)?;
+                let keys = labels
+                    .into_iter()
+                    .map(|(role, label, der)| Ok((role, der, token.key(&label)?)))
+                    .collect::<Result<_>>()?;
+                let audit = token
+                    .key(AUDIT_KEY_LABEL)
+                    .map_err(|_| Error::NotInitialised)?;
+                let responders = responder_rows
+                    .into_iter()
+                    .map(|row| {
+                        let key = token.find_key(&row.key_label)?;
+                        Ok((row, key))
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((keys, audit, responders))
+            })
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+        let mut responders = HashMap::new();
+        for (row, key) in responder_keys {
+            let role = CaRole::from_name(&row.issuer)?;
+            match key {
+                Some(key) => {
+                    responders.insert(role, Arc::new(responder::Responder::new(row, key)?));
+                }
+                // A new responder is made on first use.
+                None => {
+                    tracing::error!(ca = %row.issuer, key_label = %row.key_label, "the OCSP responder key is missing from the HSM")
+                }
+            }
+        }
         let mut cas = HashMap::new();
         for (role, der, key) in keys {
             let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
@@ -816,7 +844,7 @@ impl Authority {
             );
         }
         let writer = Committer::start(store.clone());
-        let hsm_slots = tokio::sync::Semaphore::new(config.hsm.pool_size);
+        let hsm_slots = Arc::new(tokio::sync::Semaphore::new(config.hsm.pool_size));
         let auth = Authority {
             config,
             store,
@@ -825,6 +853,7 @@ impl Authority {
             writer,
             hsm_slots,
             audit_key: Arc::new(audit_key),
+            responders: tokio::sync::RwLock::new(responders),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };

@@ -20,6 +20,37 @@ pub struct Config {
     pub hsm: HsmConfig,
     /// Names and URLs of the hierarchy.
     pub ca: CaConfig,
+    /// The OCSP responder.
+    pub ocsp: OcspConfig,
+}
+
+/// How OCSP responses are made and served (docs/OCSP.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OcspConfig {
+    /// nextUpdate − thisUpdate of every response, in hours: 8 to 240 (TLS BR §4.9.10).
+    pub validity_hours: u32,
+    /// A response is re-signed this many hours after its thisUpdate: at most half the validity
+    /// and at most 96 (BR §4.9.10: no later than four days after thisUpdate, and at least eight
+    /// hours before nextUpdate).
+    pub refresh_hours: u32,
+    /// Validity of a delegated responder certificate, in hours. A new responder is made once the
+    /// current one would expire before a response it signs now.
+    pub responder_validity_hours: u32,
+    /// `Cache-Control: max-age` of GET responses (never beyond nextUpdate): how long an HTTP
+    /// cache may keep answering with a response after the status changed.
+    pub cache_max_age_seconds: u32,
+}
+
+impl Default for OcspConfig {
+    fn default() -> Self {
+        OcspConfig {
+            validity_hours: 96,
+            refresh_hours: 24,
+            responder_validity_hours: 30 * 24,
+            cache_max_age_seconds: 300,
+        }
+    }
 }
 
 /// Where the CA keys live.
@@ -53,6 +84,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &db)
             .field("hsm", &self.hsm)
             .field("ca", &self.ca)
+            .field("ocsp", &self.ocsp)
             .finish()
     }
 }
@@ -102,6 +134,7 @@ impl Default for Config {
             database_url: None,
             hsm: HsmConfig::default(),
             ca: CaConfig::default(),
+            ocsp: OcspConfig::default(),
         }
     }
 }
@@ -205,6 +238,24 @@ impl Config {
         }
         if let Some(arc) = &self.ca.policy_arc {
             crate::ext::PolicyOid::parse(arc)?;
+        }
+        let o = &self.ocsp;
+        if !(8..=240).contains(&o.validity_hours) {
+            return Err(Error::Config(
+                "ocsp.validity_hours must be 8 to 240 (TLS BR §4.9.10)".into(),
+            ));
+        }
+        if o.refresh_hours == 0 || o.refresh_hours > (o.validity_hours / 2).min(96) {
+            return Err(Error::Config(
+                "ocsp.refresh_hours must be 1 to half of ocsp.validity_hours, and at most 96 (TLS BR §4.9.10)"
+                    .into(),
+            ));
+        }
+        if o.responder_validity_hours < 2 * (o.validity_hours + o.refresh_hours) {
+            return Err(Error::Config(
+                "ocsp.responder_validity_hours must be at least twice ocsp.validity_hours + ocsp.refresh_hours"
+                    .into(),
+            ));
         }
         if self.hsm.pool_size == 0 || self.hsm.pool_size > 64 {
             return Err(Error::Config("hsm.pool_size must be 1 to 64".into()));
@@ -316,5 +367,25 @@ mod tests {
         std::fs::write(&f, "[ca]\nbase_url = \"https://ca.example.hk/\"\n").unwrap();
         let c = Config::load(dir.path(), Some(&f)).unwrap();
         assert_eq!(c.base_url(), "https://ca.example.hk");
+        for (bad, key) in [
+            ("[ocsp]\nvalidity_hours = 241\n", "ocsp.validity_hours"),
+            ("[ocsp]\nvalidity_hours = 7\n", "ocsp.validity_hours"),
+            (
+                "[ocsp]\nvalidity_hours = 16\nrefresh_hours = 9\n",
+                "ocsp.refresh_hours",
+            ),
+            (
+                "[ocsp]\nrefresh_hours = 97\nvalidity_hours = 240\n",
+                "ocsp.refresh_hours",
+            ),
+            (
+                "[ocsp]\nresponder_validity_hours = 200\n",
+                "ocsp.responder_validity_hours",
+            ),
+        ] {
+            std::fs::write(&f, bad).unwrap();
+            let e = Config::load(dir.path(), Some(&f)).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }

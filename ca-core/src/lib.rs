@@ -30,6 +30,7 @@ pub mod error;
 pub mod ext;
 pub mod keys;
 pub mod lint;
+pub mod ocsp;
 pub mod profile;
 pub mod revocation;
 pub mod serial;

@@ -19,6 +19,8 @@ pub enum Expect<'a> {
     Leaf(&'a Profile),
     /// A CA certificate.
     Ca,
+    /// A delegated OCSP responder certificate (TLS BR §7.1.2.8).
+    OcspResponder,
 }
 
 /// The facts a certificate is linted against.
@@ -46,6 +48,7 @@ const OID_EKU: &str = "2.5.29.37";
 const OID_SAN: &str = "2.5.29.17";
 const OID_BC: &str = "2.5.29.19";
 const OID_SKI: &str = "2.5.29.14";
+const OID_OCSP_NOCHECK: &str = "1.3.6.1.5.5.7.48.1.5";
 
 /// The keyIdentifier of an authorityKeyIdentifier extension, if any.
 fn authority_key_id<'a>(
@@ -137,9 +140,13 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
         if !seen.insert(e.oid.to_id_string()) {
             f.push(format!("extension {} appears twice (RFC 5280 §4.2)", e.oid));
         }
+        // x509-parser has no parser for id-pkix-ocsp-nocheck; its value is checked below.
         if let ParsedExtension::UnsupportedExtension { .. } | ParsedExtension::ParseError { .. } =
             e.parsed_extension()
         {
+            if e.oid.to_id_string() == OID_OCSP_NOCHECK {
+                continue;
+            }
             f.push(format!("extension {} does not parse", e.oid));
         }
     }
@@ -167,6 +174,61 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
             match tbs.basic_constraints() {
                 Ok(Some(bc)) if bc.value.ca => {}
                 _ => f.push("a CA certificate needs cA=TRUE".into()),
+            }
+        }
+        Expect::OcspResponder => {
+            if input.issuer_key_id.is_some()
+                && authority_key_id(tbs.extensions()) != input.issuer_key_id
+            {
+                f.push(
+                    "authorityKeyIdentifier does not match the issuer's subjectKeyIdentifier"
+                        .into(),
+                );
+            }
+            match tbs.extended_key_usage() {
+                Ok(Some(eku))
+                    if eku.value.ocsp_signing
+                        && !eku.value.any
+                        && !eku.value.server_auth
+                        && !eku.value.client_auth
+                        && !eku.value.code_signing
+                        && !eku.value.email_protection
+                        && !eku.value.time_stamping
+                        && eku.value.other.is_empty() => {}
+                _ => {
+                    f.push("extKeyUsage must be id-kp-OCSPSigning alone (TLS BR §7.1.2.8.5)".into())
+                }
+            }
+            match tbs
+                .extensions()
+                .iter()
+                .find(|e| e.oid.to_id_string() == OID_OCSP_NOCHECK)
+            {
+                Some(e) if e.value == [0x05, 0x00] && !e.critical => {}
+                _ => f.push(
+                    "id-pkix-ocsp-nocheck must be present, non-critical, with NULL (TLS BR §7.1.2.8.6)"
+                        .into(),
+                ),
+            }
+            match tbs.key_usage() {
+                Ok(Some(ku)) if ku.value.flags == 1 => {}
+                _ => f.push("keyUsage must be digitalSignature alone (TLS BR §7.1.2.8.7)".into()),
+            }
+            for (oid, what) in [
+                (OID_SAN, "subjectAltName"),
+                (OID_CDP, "cRLDistributionPoints"),
+                (OID_CP, "certificatePolicies"),
+            ] {
+                if has(oid) {
+                    f.push(format!(
+                        "{what} must not be in an OCSP responder certificate"
+                    ));
+                }
+            }
+            if let Ok(Some(bc)) = tbs.basic_constraints() {
+                if bc.value.ca {
+                    f.push("an OCSP responder certificate must not be a CA".into());
+                }
             }
         }
         Expect::Leaf(profile) => {

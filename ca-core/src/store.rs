@@ -31,6 +31,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/sqlite/0003_revocation.sql")),
     (4, include_str!("../../migrations/sqlite/0004_crls.sql")),
     (5, include_str!("../../migrations/sqlite/0005_status_changes.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_ocsp.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -39,6 +40,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/postgres/0003_revocation.sql")),
     (4, include_str!("../../migrations/postgres/0004_crls.sql")),
     (5, include_str!("../../migrations/postgres/0005_status_changes.sql")),
+    (6, include_str!("../../migrations/postgres/0006_ocsp.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -555,7 +557,8 @@ impl Store {
                 ..Default::default()
             },
         )
-        .await
+        .await?;
+        self.queue_ocsp(tx, serial).await
     }
 
     /// Refuses to go on with a serial whose key was blocked after it was reserved (a
@@ -733,11 +736,24 @@ impl Store {
         self.note_status_change(tx, serial).await
     }
 
-    /// Records that `serial`'s CA changed revocation status now (same transaction).
+    /// Records that `serial`'s CA changed revocation status now (same transaction), and queues
+    /// a new OCSP response for it.
     async fn note_status_change(&self, tx: &mut Tx, serial: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO status_changes (issuer, version) SELECT issuer, 1 FROM certificates WHERE serial = $1 \
              ON CONFLICT (issuer) DO UPDATE SET version = status_changes.version + 1",
+        )
+        .bind(serial)
+        .execute(&mut **tx)
+        .await?;
+        self.queue_ocsp(tx, serial).await
+    }
+
+    /// Queues `serial` for a freshly signed OCSP response (same transaction as the change).
+    async fn queue_ocsp(&self, tx: &mut Tx, serial: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ocsp_pending (serial, version) VALUES ($1, 1) \
+             ON CONFLICT (serial) DO UPDATE SET version = ocsp_pending.version + 1",
         )
         .bind(serial)
         .execute(&mut **tx)
@@ -926,6 +942,236 @@ impl Store {
             Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
             None => None,
         })
+    }
+}
+
+/// What the OCSP signer needs to know of a serial: its status now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspDue {
+    /// Hex serial.
+    pub serial: String,
+    /// The `ocsp_pending` version read (`None`: a refresh of a response that is not pending).
+    pub version: Option<i64>,
+    /// Issuing CA name.
+    pub issuer: String,
+    /// Lifecycle state (`issued` or `abandoned`).
+    pub state: CertState,
+    /// RFC 5280 reason code if revoked or held.
+    pub reason: Option<i64>,
+    /// When it was revoked (or, for an abandoned serial, given up), Unix seconds.
+    pub revoked_at: Option<i64>,
+}
+
+/// A pre-signed OCSP response as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspRow {
+    /// Hex serial.
+    pub serial: String,
+    /// Issuing CA name.
+    pub issuer: String,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// Write order.
+    pub seq: i64,
+    /// The OCSPResponse for a SHA-1 CertID, DER.
+    pub der_sha1: Vec<u8>,
+    /// The OCSPResponse for a SHA-256 CertID, DER.
+    pub der_sha256: Vec<u8>,
+}
+
+/// A delegated OCSP responder as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponderRow {
+    /// Hex serial of its certificate.
+    pub serial: String,
+    /// The CA it answers for.
+    pub issuer: String,
+    /// HSM key label.
+    pub key_label: String,
+    /// Its certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+fn ocsp_due(r: &AnyRow) -> Result<OcspDue> {
+    let state: String = r.try_get(3)?;
+    let state = CertState::parse(&state)?;
+    let revoked_at: Option<i64> = r.try_get(5)?;
+    let updated_at: i64 = r.try_get(6)?;
+    Ok(OcspDue {
+        serial: r.try_get(0)?,
+        version: r.try_get(1)?,
+        issuer: r.try_get(2)?,
+        state,
+        reason: r.try_get(4)?,
+        revoked_at: match state {
+            CertState::Abandoned => Some(revoked_at.unwrap_or(updated_at)),
+            _ => revoked_at,
+        },
+    })
+}
+
+impl Store {
+    /// Serials queued for a new OCSP response, at most `limit`, with their current status.
+    /// Serials that are not (yet) `issued` or `abandoned` are skipped: they never get one.
+    pub async fn ocsp_pending(&self, limit: i64) -> Result<Vec<OcspDue>> {
+        let rows = sqlx::query(
+            "SELECT p.serial, p.version, c.issuer, c.state, c.revocation_reason, c.revoked_at, c.updated_at \
+             FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
+             WHERE c.state IN ('issued', 'abandoned') ORDER BY p.serial LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ocsp_due).collect()
+    }
+
+    /// Responses made at or before `made_before` (Unix seconds) for certificates that expired
+    /// no earlier than `expired_after`: due for a refresh. Oldest first, at most `limit`.
+    pub async fn ocsp_stale(
+        &self,
+        made_before: i64,
+        expired_after: i64,
+        limit: i64,
+    ) -> Result<Vec<OcspDue>> {
+        let rows = sqlx::query(
+            "SELECT c.serial, CAST(NULL AS BIGINT), c.issuer, c.state, c.revocation_reason, c.revoked_at, c.updated_at \
+             FROM ocsp_responses o JOIN certificates c ON c.serial = o.serial \
+             WHERE o.this_update <= $1 AND COALESCE(c.not_after, 0) >= $2 ORDER BY o.this_update LIMIT $3",
+        )
+        .bind(made_before)
+        .bind(expired_after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ocsp_due).collect()
+    }
+
+    /// Stores signed responses (replacing older ones), takes their serials off the queue if no
+    /// newer change arrived meanwhile, and appends `event`: one transaction.
+    pub async fn store_ocsp(
+        &self,
+        rows: &[(OcspDue, i64, i64, Vec<u8>, Vec<u8>)],
+        event: &Event,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let mut seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ocsp_responses")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        for (due, this_update, next_update, sha1, sha256) in rows {
+            seq += 1;
+            sqlx::query(
+                "INSERT INTO ocsp_responses (serial, issuer, this_update, next_update, seq, der_sha1, der_sha256) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (serial) DO UPDATE SET issuer = $2, \
+                 this_update = $3, next_update = $4, seq = $5, der_sha1 = $6, der_sha256 = $7",
+            )
+            .bind(&due.serial)
+            .bind(&due.issuer)
+            .bind(*this_update)
+            .bind(*next_update)
+            .bind(seq)
+            .bind(sha1.clone())
+            .bind(sha256.clone())
+            .execute(&mut *tx)
+            .await?;
+            if let Some(version) = due.version {
+                sqlx::query("DELETE FROM ocsp_pending WHERE serial = $1 AND version = $2")
+                    .bind(&due.serial)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        self.audit(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Responses written after `seq`, in write order, at most `limit`.
+    pub async fn ocsp_since(&self, seq: i64, limit: i64) -> Result<Vec<OcspRow>> {
+        let rows = sqlx::query(
+            "SELECT serial, issuer, this_update, next_update, seq, der_sha1, der_sha256 FROM ocsp_responses \
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OcspRow {
+                    serial: r.try_get(0)?,
+                    issuer: r.try_get(1)?,
+                    this_update: r.try_get(2)?,
+                    next_update: r.try_get(3)?,
+                    seq: r.try_get(4)?,
+                    der_sha1: r.try_get(5)?,
+                    der_sha256: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// How many serials wait for a response, and the oldest thisUpdate of a stored response.
+    pub async fn ocsp_backlog(&self) -> Result<(i64, Option<i64>)> {
+        let pending: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
+             WHERE c.state IN ('issued', 'abandoned')",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        let oldest: Option<i64> = sqlx::query("SELECT MIN(this_update) FROM ocsp_responses")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok((pending, oldest))
+    }
+
+    /// The responder of each CA that lives longest (the newest).
+    pub async fn responders(&self) -> Result<Vec<ResponderRow>> {
+        let rows = sqlx::query(
+            "SELECT serial, issuer, key_label, cert_der, not_after FROM ocsp_responders \
+             ORDER BY issuer, not_after DESC, serial",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen = std::collections::HashSet::new();
+        rows.iter()
+            .filter(|r| seen.insert(r.try_get::<String, _>(1).unwrap_or_default()))
+            .map(|r| {
+                Ok(ResponderRow {
+                    serial: r.try_get(0)?,
+                    issuer: r.try_get(1)?,
+                    key_label: r.try_get(2)?,
+                    cert_der: r.try_get(3)?,
+                    not_after: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Records a new responder inside `tx` (with its certificate's `issued` transition).
+    pub async fn insert_responder(&self, tx: &mut Tx, r: &ResponderRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ocsp_responders (serial, issuer, key_label, cert_der, not_after, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.serial)
+        .bind(&r.issuer)
+        .bind(&r.key_label)
+        .bind(r.cert_der.clone())
+        .bind(r.not_after)
+        .bind(now())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 }
 

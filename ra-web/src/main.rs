@@ -66,8 +66,11 @@ enum Command {
     /// Certificate revocation lists.
     #[command(subcommand)]
     Crl(CrlCommand),
-    /// Serve CA certificates, CRLs, /healthz and /metrics, and publish CRLs on schedule
-    /// (initialises a fresh data directory first).
+    /// OCSP responders and pre-signed responses.
+    #[command(subcommand)]
+    Ocsp(OcspCommand),
+    /// Serve CA certificates, CRLs, OCSP, /healthz and /metrics; publish CRLs and sign OCSP
+    /// responses as status changes (initialises a fresh data directory first).
     Serve(serve::ServeArgs),
     /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
     #[command(subcommand, hide = true)]
@@ -217,6 +220,25 @@ enum CrlCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum OcspCommand {
+    /// Sign every OCSP response that is due now (queued changes, then refreshes), without
+    /// waiting for `ecert serve`.
+    Sign,
+    /// Make a new delegated responder (key in the HSM, certificate from the CA) for a CA now;
+    /// `ecert serve` does this by itself before the current one would expire.
+    Rotate {
+        /// CA name (individual, server); repeatable; default both.
+        #[arg(long = "ca")]
+        cas: Vec<String>,
+    },
+    /// Print the responder certificate in use for a CA (PEM).
+    Responder {
+        /// CA name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeyCommand {
     /// Block a key (reported compromised): no certificate will be issued for it again.
     Block {
@@ -305,6 +327,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Revoke(args) => revoke(config, *args).await,
             Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
             Command::Serve(args) => serve::serve(config, args).await,
+            Command::Ocsp(cmd) => ocsp(config, cmd).await,
             Command::Crl(CrlCommand::Export { name }) => {
                 let store = open_store(&config).await?;
                 let role = CaRole::from_name(&name)?;
@@ -658,6 +681,55 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+async fn ocsp(config: Config, cmd: OcspCommand) -> anyhow::Result<()> {
+    let auth = Authority::open(config).await?;
+    let result = match cmd {
+        OcspCommand::Sign => serve::sign_all_due(&auth)
+            .await
+            .map(|n| println!("signed responses for {n} serials"))
+            .map_err(anyhow::Error::from),
+        OcspCommand::Rotate { cas } => {
+            let roles = if cas.is_empty() {
+                ca_core::authority::OCSP_CAS.to_vec()
+            } else {
+                cas.iter()
+                    .map(|c| CaRole::from_name(c))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let mut out = Ok(());
+            for role in roles {
+                match auth.rotate_responder(role).await {
+                    Ok(serial) => println!("{}	responder={serial}", role.name()),
+                    Err(e) => {
+                        out = Err(e.into());
+                        break;
+                    }
+                }
+            }
+            out
+        }
+        OcspCommand::Responder { name } => {
+            let role = CaRole::from_name(&name)?;
+            auth.ensure_responders().await?;
+            match auth.responder_cert(role).await {
+                Some(der) => {
+                    print!(
+                        "{}",
+                        pem::encode_config(
+                            &pem::Pem::new("CERTIFICATE", der),
+                            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)
+                        )
+                    );
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!("the {name} CA has no OCSP responder")),
+            }
+        }
+    };
+    checkpoint(&auth).await;
+    result
 }
 
 async fn crl_publish(config: Config, cas: Vec<String>) -> anyhow::Result<()> {

@@ -1,23 +1,38 @@
-//! `ecert serve`: the relying-party face (CA certificates, CRLs, health, metrics) and the
-//! signing core's background duties (CRL publication, audit checkpoints).
+//! `ecert serve`: the relying-party face (CA certificates, CRLs, OCSP, health, metrics) and,
+//! in the signing process, the background duties (CRL publication, OCSP response signing,
+//! audit checkpoints).
 //!
-//! The process is the signer for its data directory: on a fresh one it initialises everything
-//! first (token, hierarchy, database). Revocations made by other processes (`ecert revoke`, the
-//! RA) reach the published CRLs within `--crl-watch-seconds` of the change.
+//! Two roles:
+//! - **signer** (default): the one process that opens the HSM for its data directory or
+//!   database. On a fresh data directory it initialises everything first (token, hierarchy,
+//!   database). It republishes CRLs within `--crl-watch-seconds` of a status change and signs
+//!   OCSP responses for every change as it is committed (queued in the same transaction).
+//! - **`--no-signer`**: a stateless web/OCSP instance on the same database (DESIGN.md "Storage
+//!   and scale"); it never opens the HSM.
+//!
+//! Every instance answers OCSP and CRL requests from memory, following the store every
+//! [`SYNC_EVERY`]: a status change made by any process reaches every instance's answers within
+//! about a second, and the answers go on while the database is down (docs/OCSP.md).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use base64::Engine as _;
 use ca_core::authority::Authority;
 use ca_core::config::Config;
+use ca_core::ocsp::{self, Cache, Refusal};
 use ca_core::profile::CaRole;
+use ca_core::store::Store;
 
 /// Options of `ecert serve`.
 #[derive(Debug, clap::Args)]
@@ -31,10 +46,38 @@ pub struct ServeArgs {
     /// How often to look for revocations made by other processes and republish.
     #[arg(long, default_value_t = 30)]
     pub crl_watch_seconds: u64,
+    /// Serve from the database only, without the HSM: CA certificates, CRLs and OCSP responses
+    /// that the signing instance made. For extra instances on a shared PostgreSQL.
+    #[arg(long)]
+    pub no_signer: bool,
+}
+
+/// How often every instance reads new OCSP responses and CRLs from the store.
+const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// How often the signer looks for serials whose OCSP response must be (re)signed.
+const OCSP_SIGN_EVERY: Duration = Duration::from_millis(200);
+/// Serials signed per batch (one transaction).
+const OCSP_BATCH: i64 = 512;
+
+#[derive(Debug, Default)]
+struct Counters {
+    good: AtomicU64,
+    malformed: AtomicU64,
+    unauthorized: AtomicU64,
+    not_modified: AtomicU64,
 }
 
 struct AppState {
-    auth: Authority,
+    /// The signer, in the signing role.
+    auth: Option<Authority>,
+    store: Store,
+    config: Config,
+    /// CA certificates (DER).
+    cas: HashMap<CaRole, Bytes>,
+    ocsp: Cache,
+    /// Newest CRL of each CA: (CRLNumber, nextUpdate, DER).
+    crls: RwLock<HashMap<CaRole, (i64, i64, Bytes)>>,
+    counters: Counters,
     /// Last HSM check: (when, result). `/healthz` signs at most once per 10 s.
     hsm: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
@@ -42,18 +85,57 @@ struct AppState {
 type Shared = Arc<AppState>;
 
 pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
-    let (auth, _) = Authority::init(config).await?;
+    let (auth, store) = if a.no_signer {
+        let store = Store::open(&config.database_url()).await?;
+        (None, store)
+    } else {
+        let (auth, _) = Authority::init(config.clone()).await?;
+        let store = auth.store().clone();
+        (Some(auth), store)
+    };
+    let mut cas = HashMap::new();
+    for role in CaRole::ALL {
+        let (_, der) = store.ca(role.name()).await?.with_context(|| {
+            format!(
+                "the {} CA does not exist: run `ecert init` (or a signing `ecert serve`) first",
+                role.name()
+            )
+        })?;
+        cas.insert(role, Bytes::from(der));
+    }
+    let issuing: Vec<_> = ca_core::authority::OCSP_CAS
+        .iter()
+        .map(|r| (*r, cas[r].to_vec()))
+        .collect();
     let state: Shared = Arc::new(AppState {
         auth,
+        store,
+        config,
+        cas,
+        ocsp: Cache::new(&issuing)?,
+        crls: RwLock::new(HashMap::new()),
+        counters: Counters::default(),
         hsm: tokio::sync::Mutex::new(None),
     });
-    // Publish at once where a CRL is missing, then keep them fresh.
-    publish_due(&state, a.crl_interval_seconds as i64).await;
-    let background = tokio::spawn(background(
-        state.clone(),
-        a.crl_interval_seconds,
-        a.crl_watch_seconds,
-    ));
+    let mut background = Vec::new();
+    if let Some(auth) = &state.auth {
+        // Publish at once where a CRL is missing; make the responders and sign what is due.
+        publish_due(auth, a.crl_interval_seconds as i64).await;
+        auth.ensure_responders()
+            .await
+            .context("making the OCSP responders")?;
+        sign_ocsp_due(auth, &state.config).await;
+        background.push(tokio::spawn(crl_duties(
+            state.clone(),
+            a.crl_interval_seconds,
+            a.crl_watch_seconds,
+        )));
+        background.push(tokio::spawn(ocsp_signer(state.clone())));
+    }
+    sync(&state)
+        .await
+        .context("loading OCSP responses and CRLs")?;
+    background.push(tokio::spawn(follow_store(state.clone())));
     let app = router(state.clone());
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -66,9 +148,13 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         })
         .await
         .context("serving")?;
-    background.abort();
-    if let Err(e) = state.auth.checkpoint().await {
-        eprintln!("warning: could not sign the audit checkpoint: {e}");
+    for b in background {
+        b.abort();
+    }
+    if let Some(auth) = &state.auth {
+        if let Err(e) = auth.checkpoint().await {
+            eprintln!("warning: could not sign the audit checkpoint: {e}");
+        }
     }
     Ok(())
 }
@@ -78,13 +164,21 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/ca/{file}", get(ca_cert))
         .route("/crl/{file}", get(crl))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*request}", get(ocsp_get))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // An OCSP request is a few hundred bytes; nothing here takes a large body.
+        .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }
 
 fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// `GET /ca/{ca}.crt`: DER, `application/pkix-cert` (RFC 2585 §4.1), the URL in caIssuers.
@@ -95,20 +189,21 @@ async fn ca_cert(State(s): State<Shared>, Path(file): Path<String>) -> Response 
     else {
         return not_found();
     };
-    match s.auth.ca_cert(role) {
-        Ok(der) => (
+    match s.cas.get(&role) {
+        Some(der) => (
             [
                 (header::CONTENT_TYPE, "application/pkix-cert"),
                 (header::CACHE_CONTROL, "public, max-age=86400"),
             ],
-            der.to_vec(),
+            der.clone(),
         )
             .into_response(),
-        Err(_) => not_found(),
+        None => not_found(),
     }
 }
 
 /// `GET /crl/{ca}.crl`: DER, `application/pkix-crl` (RFC 2585 §4.2), the URL in CRL DPs.
+/// Served from memory (kept current by [`follow_store`]).
 async fn crl(State(s): State<Shared>, Path(file): Path<String>) -> Response {
     let Some(role) = file
         .strip_suffix(".crl")
@@ -116,8 +211,9 @@ async fn crl(State(s): State<Shared>, Path(file): Path<String>) -> Response {
     else {
         return not_found();
     };
-    match s.auth.store().latest_crl(role.name()).await {
-        Ok(Some((_, der))) => (
+    let found = s.crls.read().ok().and_then(|m| m.get(&role).cloned());
+    match found {
+        Some((_, _, der)) => (
             [
                 (header::CONTENT_TYPE, "application/pkix-crl"),
                 (header::CACHE_CONTROL, "public, max-age=60"),
@@ -125,68 +221,186 @@ async fn crl(State(s): State<Shared>, Path(file): Path<String>) -> Response {
             der,
         )
             .into_response(),
-        Ok(None) => not_found(),
-        Err(e) => {
-            tracing::error!(error = %e, "reading a CRL");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable\n",
-            )
-                .into_response()
+        None => not_found(),
+    }
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7, IMF-fixdate).
+fn http_date(unix: i64) -> String {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
+fn ocsp_body(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/ocsp-response")], body).into_response()
+}
+
+/// Answers one DER OCSPRequest. `get`: add the caching headers of RFC 5019 §6.2 (max-age
+/// capped by nextUpdate, Expires, Last-Modified = thisUpdate, a strong ETag) and honour
+/// If-None-Match. Error responses are never cached.
+fn answer(s: &AppState, request: &[u8], get: Option<&HeaderMap>) -> Response {
+    let now = now();
+    let (entry, alg) = match s.ocsp.answer(request, now) {
+        Ok(v) => v,
+        Err(refusal) => {
+            let c = match refusal {
+                Refusal::Malformed => &s.counters.malformed,
+                Refusal::Unauthorized => &s.counters.unauthorized,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            let mut r = ocsp_body(Bytes::from_static(refusal.body()));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return r;
+        }
+    };
+    let (der, etag) = entry.for_alg(alg);
+    let Some(headers) = get else {
+        s.counters.good.fetch_add(1, Ordering::Relaxed);
+        return ocsp_body(der.clone());
+    };
+    let max_age = i64::from(s.config.ocsp.cache_max_age_seconds)
+        .min(entry.next_update - now)
+        .max(0);
+    let cache = [
+        (
+            header::CACHE_CONTROL,
+            format!("public, no-transform, must-revalidate, max-age={max_age}"),
+        ),
+        (header::EXPIRES, http_date(now + max_age)),
+        (header::LAST_MODIFIED, http_date(entry.this_update)),
+        (header::ETAG, etag.to_string()),
+    ];
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        s.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    s.counters.good.fetch_add(1, Ordering::Relaxed);
+    (
+        cache,
+        [(header::CONTENT_TYPE, "application/ocsp-response")],
+        der.clone(),
+    )
+        .into_response()
+}
+
+/// `POST /ocsp`, body `application/ocsp-request` (RFC 6960 §A.1).
+async fn ocsp_post(State(s): State<Shared>, body: Bytes) -> Response {
+    answer(&s, &body, None)
+}
+
+/// `GET /ocsp/{base64 of the DER request}` (RFC 6960 §A.1, RFC 5019 §5): the base64 may be
+/// URL-encoded (decoded by the router) and is accepted with or without padding, in the standard
+/// or URL-safe alphabet.
+async fn ocsp_get(
+    State(s): State<Shared>,
+    Path(request): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurposeConfig};
+    const LENIENT: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: general_purpose::GeneralPurpose =
+        general_purpose::GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+    const URL_SAFE: general_purpose::GeneralPurpose =
+        general_purpose::GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+    let trimmed = request.trim();
+    match STANDARD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE.decode(trimmed))
+    {
+        Ok(der) => answer(&s, &der, Some(&headers)),
+        Err(_) => {
+            s.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            ocsp_body(Bytes::from_static(ocsp::MALFORMED_REQUEST))
         }
     }
 }
 
-/// `GET /healthz`: 200 when the database answers, the HSM signs (checked at most every 10 s)
-/// and every CRL is within its validity; 503 otherwise. The body says which part is at fault.
+/// `GET /healthz`: 200 when the database answers, the HSM signs (signer role; checked at most
+/// every 10 s), every CRL is within its validity, and OCSP is current (synced with the store
+/// within the last 10 s, no response within 8 hours of its nextUpdate — TLS BR §4.9.10); 503
+/// otherwise. The body says which part is at fault.
 async fn healthz(State(s): State<Shared>) -> Response {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = now();
     let mut ok = true;
     let mut crls = serde_json::Map::new();
-    let db = match s.auth.store().count_by_state().await {
+    let db = match s.store.count_by_state().await {
         Ok(_) => "ok".to_string(),
         Err(e) => {
             ok = false;
             format!("error: {e}")
         }
     };
-    let hsm_ok = {
-        let mut last = s.hsm.lock().await;
-        match *last {
-            Some((at, ok)) if at.elapsed() < Duration::from_secs(10) => ok,
-            _ => {
-                let ok = tokio::time::timeout(Duration::from_secs(5), s.auth.hsm_ok())
-                    .await
-                    .unwrap_or(false);
-                *last = Some((std::time::Instant::now(), ok));
-                ok
+    let hsm = match &s.auth {
+        None => "not used (--no-signer)",
+        Some(auth) => {
+            let mut last = s.hsm.lock().await;
+            let good = match *last {
+                Some((at, good)) if at.elapsed() < Duration::from_secs(10) => good,
+                _ => {
+                    let good = tokio::time::timeout(Duration::from_secs(5), auth.hsm_ok())
+                        .await
+                        .unwrap_or(false);
+                    *last = Some((std::time::Instant::now(), good));
+                    good
+                }
+            };
+            ok &= good;
+            if good {
+                "ok"
+            } else {
+                "fault"
             }
         }
     };
-    ok &= hsm_ok;
+    let known = s.crls.read().map(|m| m.clone()).unwrap_or_default();
     for role in CaRole::ALL {
-        let v = match s.auth.store().latest_crl_times(role.name()).await {
-            Ok(Some((number, this_update, next_update, _))) => {
-                let fresh = now < next_update;
+        let v = match known.get(&role) {
+            Some((number, next_update, _)) => {
+                let fresh = now < *next_update;
                 ok &= fresh;
-                serde_json::json!({ "number": number, "age_seconds": now - this_update, "fresh": fresh })
+                serde_json::json!({ "number": number, "fresh": fresh, "next_update": next_update })
             }
-            Ok(None) => {
+            None => {
                 ok = false;
                 serde_json::json!({ "missing": true })
-            }
-            Err(_) => {
-                ok = false;
-                serde_json::json!({ "error": "database" })
             }
         };
         crls.insert(role.name().into(), v);
     }
+    let sync_age = now - s.ocsp.synced_at();
+    let expiring = s.ocsp.expiring_before(now + 8 * 3600);
+    let ocsp_ok = sync_age <= 10 && expiring == 0;
+    ok &= ocsp_ok;
+    let backlog = match s.store.ocsp_backlog().await {
+        Ok((pending, oldest)) => {
+            serde_json::json!({ "pending": pending, "oldest_this_update_age_seconds": oldest.map(|t| now - t) })
+        }
+        Err(_) => serde_json::json!({ "error": "database" }),
+    };
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "fault" },
+        "role": if s.auth.is_some() { "signer" } else { "no-signer" },
         "database": db,
-        "hsm": if hsm_ok { "ok" } else { "fault" },
+        "hsm": hsm,
         "crl": crls,
+        "ocsp": {
+            "status": if ocsp_ok { "ok" } else { "fault" },
+            "responses": s.ocsp.len(),
+            "sync_age_seconds": sync_age,
+            "expiring_within_8h": expiring,
+            "queue": backlog,
+        },
     });
     let code = if ok {
         StatusCode::OK
@@ -204,11 +418,11 @@ async fn healthz(State(s): State<Shared>) -> Response {
 /// `GET /metrics`: Prometheus text format 0.0.4.
 async fn metrics(State(s): State<Shared>) -> Response {
     let mut out = String::new();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = now();
     out.push_str(
         "# HELP ecert_certificates Serials by lifecycle state.\n# TYPE ecert_certificates gauge\n",
     );
-    if let Ok(counts) = s.auth.store().count_by_state().await {
+    if let Ok(counts) = s.store.count_by_state().await {
         for (state, n) in counts {
             out.push_str(&format!("ecert_certificates{{state=\"{state}\"}} {n}\n"));
         }
@@ -216,9 +430,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
     // Each metric family is one group (Prometheus text format 0.0.4).
     let mut crls = Vec::new();
     for role in CaRole::ALL {
-        if let Ok(Some((number, this_update, _, _))) =
-            s.auth.store().latest_crl_times(role.name()).await
-        {
+        if let Ok(Some((number, this_update, _, _))) = s.store.latest_crl_times(role.name()).await {
             crls.push((role.name(), number, now - this_update));
         }
     }
@@ -232,15 +444,152 @@ async fn metrics(State(s): State<Shared>) -> Response {
     for (ca, _, age) in &crls {
         out.push_str(&format!("ecert_crl_age_seconds{{ca=\"{ca}\"}} {age}\n"));
     }
+    out.push_str(&format!(
+        "# HELP ecert_ocsp_responses Serials with a pre-signed OCSP response in memory.\n# TYPE ecert_ocsp_responses gauge\necert_ocsp_responses {}\n",
+        s.ocsp.len()
+    ));
+    out.push_str(&format!(
+        "# HELP ecert_ocsp_sync_age_seconds Seconds since OCSP responses were last read from the database.\n# TYPE ecert_ocsp_sync_age_seconds gauge\necert_ocsp_sync_age_seconds {}\n",
+        now - s.ocsp.synced_at()
+    ));
+    out.push_str("# HELP ecert_ocsp_requests_total OCSP requests answered, by result.\n# TYPE ecert_ocsp_requests_total counter\n");
+    for (result, c) in [
+        ("successful", &s.counters.good),
+        ("not_modified", &s.counters.not_modified),
+        ("malformed_request", &s.counters.malformed),
+        ("unauthorized", &s.counters.unauthorized),
+    ] {
+        out.push_str(&format!(
+            "ecert_ocsp_requests_total{{result=\"{result}\"}} {}\n",
+            c.load(Ordering::Relaxed)
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Reads new OCSP responses and any newer CRL into memory.
+async fn sync(s: &AppState) -> ca_core::error::Result<()> {
+    s.ocsp.sync(&s.store).await?;
+    for role in CaRole::ALL {
+        let have = s.crls.read().ok().and_then(|m| m.get(&role).map(|c| c.0));
+        let Some((number, _, next_update, _)) = s.store.latest_crl_times(role.name()).await? else {
+            continue;
+        };
+        if have == Some(number) {
+            continue;
+        }
+        if let Some((number, der)) = s.store.latest_crl(role.name()).await? {
+            if let Ok(mut m) = s.crls.write() {
+                m.insert(role, (number, next_update, Bytes::from(der)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every instance: follows the store. Errors (database down) are logged once per outage; the
+/// answers in memory keep being served.
+async fn follow_store(s: Shared) {
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match sync(&s).await {
+            Ok(()) if failing => {
+                tracing::info!("database reachable again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::error!(error = %e, "cannot read OCSP responses and CRLs; serving from memory");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Signs what is due: queued changes first, then responses due for a refresh. Returns true
+/// when a full batch was done (more may be waiting).
+async fn sign_ocsp_due(auth: &Authority, config: &Config) -> bool {
+    let store = auth.store();
+    let now = now();
+    let due = match store.ocsp_pending(OCSP_BATCH).await {
+        Ok(d) if !d.is_empty() => d,
+        Ok(_) => {
+            let refresh = i64::from(config.ocsp.refresh_hours) * 3600;
+            // Responses stop being refreshed a week after the certificate expired.
+            match store
+                .ocsp_stale(now - refresh, now - 7 * 86_400, OCSP_BATCH)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "OCSP: reading stale responses");
+                    return false;
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "OCSP: reading the queue");
+            return false;
+        }
+    };
+    let full = due.len() as i64 >= OCSP_BATCH;
+    match auth.sign_ocsp(due).await {
+        Ok(n) if n > 0 => {
+            tracing::debug!(responses = n, "OCSP responses signed");
+            full
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "OCSP signing failed");
+            false
+        }
+    }
+}
+
+/// Signs until nothing is due (`ecert ocsp sign`). Returns how many serials were signed.
+pub async fn sign_all_due(auth: &Authority) -> ca_core::error::Result<usize> {
+    let mut total = 0;
+    loop {
+        let mut due = auth.store().ocsp_pending(OCSP_BATCH).await?;
+        if due.is_empty() {
+            let refresh = i64::from(auth.config().ocsp.refresh_hours) * 3600;
+            let now = now();
+            due = auth
+                .store()
+                .ocsp_stale(now - refresh, now - 7 * 86_400, OCSP_BATCH)
+                .await?;
+        }
+        if due.is_empty() {
+            return Ok(total);
+        }
+        match auth.sign_ocsp(due).await? {
+            // Nothing could be signed (no responder for their CA): stop rather than spin.
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
+}
+
+/// The signer: keeps every issued serial's OCSP response current.
+async fn ocsp_signer(s: Shared) {
+    let Some(auth) = &s.auth else { return };
+    loop {
+        if !sign_ocsp_due(auth, &s.config).await {
+            tokio::time::sleep(OCSP_SIGN_EVERY).await;
+        }
+    }
 }
 
 /// Publishes the CRL of each CA that has none, whose newest is older than `interval`, or whose
 /// status changed since it was made. The root's CRL is made once (it changes only by ceremony).
-async fn publish_due(s: &Shared, interval: i64) {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+async fn publish_due(auth: &Authority, interval: i64) {
+    let now = now();
     for role in CaRole::ALL {
-        let store = s.auth.store();
+        let store = auth.store();
         let due = match store.latest_crl_times(role.name()).await {
             Ok(None) => true,
             Ok(Some((_, this_update, next_update, covered))) => {
@@ -254,7 +603,7 @@ async fn publish_due(s: &Shared, interval: i64) {
             }
         };
         if due {
-            match s.auth.publish_crl(role, "system:crl-publisher").await {
+            match auth.publish_crl(role, "system:crl-publisher").await {
                 Ok(p) => tracing::info!(ca = role.name(), number = p.number, "CRL published"),
                 Err(e) => tracing::error!(ca = role.name(), error = %e, "CRL publication failed"),
             }
@@ -262,13 +611,24 @@ async fn publish_due(s: &Shared, interval: i64) {
     }
 }
 
-async fn background(s: Shared, interval: u64, watch: u64) {
+async fn crl_duties(s: Shared, interval: u64, watch: u64) {
+    let Some(auth) = &s.auth else { return };
     let mut tick = tokio::time::interval(Duration::from_secs(watch.max(1)));
     loop {
         tick.tick().await;
-        publish_due(&s, interval as i64).await;
-        if let Err(e) = s.auth.checkpoint().await {
+        publish_due(auth, interval as i64).await;
+        if let Err(e) = auth.checkpoint().await {
             tracing::error!(error = %e, "audit checkpoint failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
     }
 }

@@ -1,0 +1,411 @@
+//! The signing side of OCSP: delegated responders (made and rotated here, keys in the HSM) and
+//! the pre-signed responses they sign (docs/OCSP.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use der::Encode;
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyUsagePurpose};
+use serde_json::json;
+
+use super::{
+    dn, key_id, now_secs, open_token, split_signed, unix, Authority, IssuanceToken, LintSigner,
+};
+use crate::audit::Event;
+use crate::error::{Error, Result};
+use crate::keys::SubscriberKey;
+use crate::lint::{self, Expect, LintInput};
+use crate::ocsp::{self, HashAlg, IssuerKey, ResponseSpec, Status};
+use crate::profile::CaRole;
+use crate::serial::SerialNumber;
+use crate::store::{CertState, OcspDue, ResponderRow, WriteOp};
+
+/// The profile id recorded for responder certificates.
+pub const RESPONDER_PROFILE: &str = "ocsp-responder";
+
+/// The issuing CAs: the ones with a responder. (The root's CRL covers the issuing CAs.)
+pub const OCSP_CAS: [CaRole; 2] = [CaRole::Individual, CaRole::Server];
+
+/// A delegated responder in use.
+pub(super) struct Responder {
+    pub(super) serial: String,
+    pub(super) cert_der: Vec<u8>,
+    pub(super) not_after: i64,
+    pub(super) key_bits: Vec<u8>,
+    pub(super) signer: Arc<dyn hsm::Signer>,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    pub(super) fn new(row: ResponderRow, key: hsm::pkcs11::Pkcs11Key) -> Result<Self> {
+        let own = IssuerKey::from_cert(&row.cert_der)?;
+        if hsm::Signer::public_key_spki(&key).is_empty() {
+            return Err(Error::Config(format!(
+                "OCSP responder key {} has no public key",
+                row.key_label
+            )));
+        }
+        Ok(Responder {
+            serial: row.serial,
+            cert_der: row.cert_der,
+            not_after: row.not_after,
+            key_bits: own.key_bits,
+            // Every response is verified under this key after signing (ocsp::self_check).
+            signer: Arc::new(key.without_release_check()),
+        })
+    }
+}
+
+/// One serial's two signed responses, ready to store.
+type Signed = (OcspDue, i64, i64, Vec<u8>, Vec<u8>);
+
+/// The status an OCSP response states for a serial's record: revoked (or held) if it has a
+/// reason, revoked without one if it was abandoned (a signature may exist: never good), else
+/// good.
+fn status_of(due: &OcspDue) -> Status {
+    match (due.reason, due.state) {
+        (Some(reason), _) => Status::Revoked {
+            at: due.revoked_at.unwrap_or(0),
+            reason: Some(reason),
+        },
+        (None, CertState::Abandoned) => Status::Revoked {
+            at: due.revoked_at.unwrap_or(0),
+            reason: None,
+        },
+        (None, _) => Status::Good,
+    }
+}
+
+impl Authority {
+    /// Seconds before a responder's notAfter at which it is replaced: a response signed now
+    /// must expire before its responder does (RFC 6960 §4.2.2.2), with a refresh period spare.
+    fn rotate_margin(&self) -> i64 {
+        i64::from(self.config.ocsp.validity_hours + self.config.ocsp.refresh_hours) * 3600
+    }
+
+    /// Makes a responder for each issuing CA that has none, or whose responder would expire
+    /// before a response signed now. Returns the CAs that got a new one.
+    pub async fn ensure_responders(&self) -> Result<Vec<CaRole>> {
+        let now = unix(now_secs());
+        let mut made = Vec::new();
+        for role in OCSP_CAS {
+            let due = match self.responders.read().await.get(&role) {
+                None => true,
+                Some(r) => r.not_after - now < self.rotate_margin(),
+            };
+            if due {
+                let r = self.new_responder(role).await?;
+                tracing::info!(ca = role.name(), serial = %r.serial, not_after = r.not_after, "OCSP responder certificate issued");
+                self.responders.write().await.insert(role, Arc::new(r));
+                made.push(role);
+            }
+        }
+        Ok(made)
+    }
+
+    /// Makes a new responder for `role` now, whether or not the current one is due (`ecert
+    /// ocsp rotate`).
+    pub async fn rotate_responder(&self, role: CaRole) -> Result<String> {
+        if !OCSP_CAS.contains(&role) {
+            return Err(Error::Config(format!(
+                "the {} CA has no OCSP responder",
+                role.name()
+            )));
+        }
+        let r = self.new_responder(role).await?;
+        let serial = r.serial.clone();
+        self.responders.write().await.insert(role, Arc::new(r));
+        Ok(serial)
+    }
+
+    /// The responder certificate in use for `role` (DER).
+    pub async fn responder_cert(&self, role: CaRole) -> Option<Vec<u8>> {
+        self.responders
+            .read()
+            .await
+            .get(&role)
+            .map(|r| r.cert_der.clone())
+    }
+
+    /// Issues a responder certificate (TLS BR §7.1.2.8) through the issuance cycle: key made in
+    /// the HSM, serial reserved, linting certificate linted, TBS recorded `issuing`, signed by
+    /// the CA, stored `issued`; then recorded as the CA's responder.
+    async fn new_responder(&self, role: CaRole) -> Result<Responder> {
+        let serial = SerialNumber::random();
+        let serial_hex = serial.to_hex();
+        let label = format!("ocsp-{}-{}", role.name(), &serial_hex[..16]);
+        let cfg = self.config.clone();
+        let l2 = label.clone();
+        let key = tokio::task::spawn_blocking(move || -> Result<hsm::pkcs11::Pkcs11Key> {
+            Ok(open_token(&cfg)?.generate_ec_key(&l2)?)
+        })
+        .await
+        .map_err(|e| Error::Store(e.to_string()))??;
+        let spki = hsm::Signer::public_key_spki(&key).to_vec();
+        let subject_key = SubscriberKey::from_spki_der(&spki)?;
+        let actor = "system:ocsp".to_string();
+        self.writer
+            .write(
+                WriteOp::Reserve {
+                    serial: serial_hex.clone(),
+                    issuer: role.name(),
+                    profile: RESPONDER_PROFILE,
+                    profile_version: 1,
+                    key_fp: subject_key.fingerprint().to_vec(),
+                    request: json!({ "key_label": label }).to_string(),
+                    renews: None,
+                },
+                Event {
+                    kind: "issuance.requested",
+                    actor: actor.clone(),
+                    subject: Some(serial_hex.clone()),
+                    detail: json!({ "profile": RESPONDER_PROFILE, "issuer": role.name(), "key_label": label }),
+                },
+            )
+            .await?;
+        let built = self.responder_linting(role, &subject_key, serial);
+        let (tbs, alg, nb, na) = match built {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail(&serial_hex, CertState::Reserved, &actor, &e)
+                    .await;
+                return Err(e);
+            }
+        };
+        let recorded = self
+            .writer
+            .write(
+                WriteOp::Issuing {
+                    serial: serial_hex.clone(),
+                    tbs: tbs.clone(),
+                    not_before: nb,
+                    not_after: na,
+                },
+                Event {
+                    kind: "issuance.linted",
+                    actor: actor.clone(),
+                    subject: Some(serial_hex.clone()),
+                    detail: json!({ "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
+                },
+            )
+            .await;
+        if let Err(e) = recorded {
+            self.fail(&serial_hex, CertState::Reserved, &actor, &e)
+                .await;
+            return Err(e);
+        }
+        let issued = self
+            .sign(IssuanceToken {
+                serial,
+                issuer: role,
+                tbs,
+                signature_algorithm: alg,
+                renews: None,
+                actor: actor.clone(),
+                profile: RESPONDER_PROFILE,
+            })
+            .await?;
+        let row = ResponderRow {
+            serial: serial_hex.clone(),
+            issuer: role.name().into(),
+            key_label: label.clone(),
+            cert_der: issued.cert_der,
+            not_after: na,
+        };
+        let mut tx = self.store.begin().await?;
+        self.store.insert_responder(&mut tx, &row).await?;
+        self.store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "ocsp.responder_created",
+                    actor,
+                    subject: Some(serial_hex),
+                    detail: json!({ "issuer": role.name(), "key_label": label, "not_after": na }),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        Responder::new(row, key)
+    }
+
+    /// The linting certificate of a responder: TLS BR §7.1.2.8 — subject named like a CA
+    /// (§7.1.2.10.2), EKU id-kp-OCSPSigning alone, id-pkix-ocsp-nocheck (NULL), keyUsage
+    /// digitalSignature (critical), AKI and SKI, no basicConstraints, no AIA, CDP or policies.
+    fn responder_linting(
+        &self,
+        role: CaRole,
+        key: &SubscriberKey,
+        serial: SerialNumber,
+    ) -> Result<(Vec<u8>, Vec<u8>, i64, i64)> {
+        let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+        let c = &self.config.ca;
+        let ca_cn = if role == CaRole::Server {
+            &c.server_common_name
+        } else {
+            &c.individual_common_name
+        };
+        let mut cn = format!("{ca_cn} OCSP Responder");
+        if cn.chars().count() > 64 {
+            cn = "OCSP Responder".into();
+        }
+        let now = now_secs();
+        let mut p = CertificateParams::default();
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
+        p.not_before = now;
+        p.not_after = now
+            + time::Duration::hours(i64::from(self.config.ocsp.responder_validity_hours))
+            - time::Duration::seconds(1);
+        p.distinguished_name = dn(&c.country, &c.organization, &cn)?;
+        p.is_ca = IsCa::NoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+        p.use_authority_key_identifier_extension = true;
+        let ski = key_id(key.spki_der());
+        p.key_identifier_method = KeyIdMethod::PreSpecified(ski.clone());
+        p.custom_extensions = vec![
+            // rcgen writes subjectKeyIdentifier for CA certificates only (TLS BR §7.1.2.8.2:
+            // SHOULD be present here). RFC 5280 §4.2.1.2: KeyIdentifier ::= OCTET STRING.
+            rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 14],
+                der::asn1::OctetString::new(ski)?.to_der()?,
+            ),
+            // id-pkix-ocsp-nocheck, NULL (RFC 6960 §4.2.2.2.1).
+            rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+                vec![0x05, 0x00],
+            ),
+        ];
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &LintSigner)?;
+        let linting = p.signed_by(key, &issuer)?;
+        let findings = lint::lint(&LintInput {
+            cert_der: linting.der(),
+            issuer_subject_der: &ca.subject_der,
+            expected_spki: key.spki_der(),
+            issuer_key_id: ca.key_id.as_deref(),
+            expect: Expect::OcspResponder,
+        });
+        if !findings.is_empty() {
+            return Err(Error::Lint(findings));
+        }
+        let (tbs, alg) = split_signed(linting.der())?;
+        Ok((tbs, alg, unix(p.not_before), unix(p.not_after)))
+    }
+
+    /// Signs and stores the responses of the serials queued for one (pending changes and
+    /// responses due for a refresh). Each serial gets a response for a SHA-1 and one for a
+    /// SHA-256 CertID, each linted, signed by the CA's responder in the HSM, and verified. Returns
+    /// how many serials were done.
+    pub async fn sign_ocsp(&self, due: Vec<OcspDue>) -> Result<usize> {
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_responders().await?;
+        let now = unix(now_secs());
+        let next = now + i64::from(self.config.ocsp.validity_hours) * 3600;
+        let responders = self.responders.read().await.clone();
+        let mut issuers = HashMap::new();
+        for role in OCSP_CAS {
+            let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+            issuers.insert(role, Arc::new(IssuerKey::from_cert(&ca.cert_der)?));
+        }
+        let mut work = Vec::with_capacity(due.len());
+        for d in due {
+            let role = CaRole::from_name(&d.issuer)?;
+            let (Some(responder), Some(issuer)) = (responders.get(&role), issuers.get(&role))
+            else {
+                tracing::error!(serial = %d.serial, issuer = %d.issuer, "OCSP: no responder for this issuer");
+                continue;
+            };
+            work.push((d, responder.clone(), issuer.clone()));
+        }
+        // Spread over the HSM sessions: one blocking task per session.
+        let lanes = self.config.hsm.pool_size.clamp(1, 8);
+        let per_lane = work.len().div_ceil(lanes).max(1);
+        let mut tasks = Vec::new();
+        let mut rest = work;
+        while !rest.is_empty() {
+            let tail = rest.split_off(per_lane.min(rest.len()));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let permit = self.hsm_slots.clone().acquire_owned().await.map_err(|_| {
+                Error::Hsm(hsm::Error::TokenUnavailable {
+                    detail: "the signer is shutting down".into(),
+                })
+            })?;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                chunk
+                    .into_iter()
+                    .map(|(d, r, i)| sign_pair(d, &r, &i, now, next))
+                    .collect::<Result<Vec<Signed>>>()
+            }));
+        }
+        let mut rows = Vec::new();
+        for t in tasks {
+            rows.extend(t.await.map_err(|e| {
+                Error::Hsm(hsm::Error::TokenUnavailable {
+                    detail: format!("OCSP signing task failed: {e}"),
+                })
+            })??);
+        }
+        let mut per_ca: HashMap<&str, usize> = HashMap::new();
+        for (d, ..) in &rows {
+            *per_ca.entry(d.issuer.as_str()).or_default() += 1;
+        }
+        let responder_serials: HashMap<&str, &str> = responders
+            .iter()
+            .map(|(role, r)| (role.name(), r.serial.as_str()))
+            .collect();
+        let event = Event {
+            kind: "ocsp.signed",
+            actor: "system:ocsp".into(),
+            subject: None,
+            detail: json!({ "serials": per_ca, "responders": responder_serials, "this_update": now, "next_update": next }),
+        };
+        self.store.store_ocsp(&rows, &event).await?;
+        Ok(rows.len())
+    }
+}
+
+/// Builds, lints, signs and checks one serial's two responses (blocking: calls the HSM).
+fn sign_pair(
+    due: OcspDue,
+    responder: &Responder,
+    issuer: &IssuerKey,
+    now: i64,
+    next: i64,
+) -> Result<Signed> {
+    let serial = SerialNumber::from_hex(&due.serial)
+        .ok_or_else(|| Error::Store(format!("bad serial {}", due.serial)))?;
+    let spec = ResponseSpec {
+        issuer,
+        serial,
+        status: status_of(&due),
+        this_update: now,
+        next_update: next,
+        responder_key_bits: &responder.key_bits,
+    };
+    let mut out = Vec::with_capacity(2);
+    for alg in HashAlg::ALL {
+        let tbs = ocsp::response_data(&spec, alg)?;
+        let findings = ocsp::lint(&tbs, &spec, alg, now);
+        if !findings.is_empty() {
+            return Err(Error::Lint(findings));
+        }
+        let signature = responder.signer.sign(&tbs)?;
+        let der = ocsp::assemble(&tbs, &signature, &responder.cert_der)?;
+        ocsp::self_check(&der, &tbs, responder.signer.public_key_spki())?;
+        out.push(der);
+    }
+    let sha256 = out.pop().unwrap_or_default();
+    let sha1 = out.pop().unwrap_or_default();
+    Ok((due, now, next, sha1, sha256))
+}
