@@ -962,6 +962,10 @@ pub struct OcspDue {
     pub revoked_at: Option<i64>,
 }
 
+/// A serial's signed responses, ready to store: (status read, thisUpdate, nextUpdate, the
+/// response for a SHA-1 CertID, the response for a SHA-256 CertID).
+pub type SignedOcsp = (OcspDue, i64, i64, Vec<u8>, Vec<u8>);
+
 /// A pre-signed OCSP response as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OcspRow {
@@ -1052,11 +1056,7 @@ impl Store {
 
     /// Stores signed responses (replacing older ones), takes their serials off the queue if no
     /// newer change arrived meanwhile, and appends `event`: one transaction.
-    pub async fn store_ocsp(
-        &self,
-        rows: &[(OcspDue, i64, i64, Vec<u8>, Vec<u8>)],
-        event: &Event,
-    ) -> Result<()> {
+    pub async fn store_ocsp(&self, rows: &[SignedOcsp], event: &Event) -> Result<()> {
         let mut tx = self.begin().await?;
         let mut seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ocsp_responses")
             .fetch_one(&mut *tx)

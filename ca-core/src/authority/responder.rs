@@ -64,8 +64,7 @@ impl Responder {
     }
 }
 
-/// One serial's two signed responses, ready to store.
-type Signed = (OcspDue, i64, i64, Vec<u8>, Vec<u8>);
+use crate::store::SignedOcsp as Signed;
 
 /// The status an OCSP response states for a serial's record: revoked (or held) if it has a
 /// reason, revoked without one if it was abandoned (a signature may exist: never good), else
