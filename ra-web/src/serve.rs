@@ -56,6 +56,8 @@ pub struct ServeArgs {
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// How often the signer looks for serials whose OCSP response must be (re)signed.
 const OCSP_SIGN_EVERY: Duration = Duration::from_millis(200);
+/// How long `/healthz` waits for the database.
+const DB_PROBE: Duration = Duration::from_secs(2);
 /// Serials signed per batch (one transaction).
 const OCSP_BATCH: i64 = 512;
 
@@ -334,11 +336,16 @@ async fn healthz(State(s): State<Shared>) -> Response {
     let now = now();
     let mut ok = true;
     let mut crls = serde_json::Map::new();
-    let db = match s.store.count_by_state().await {
-        Ok(_) => "ok".to_string(),
-        Err(e) => {
+    // The pool waits up to 30 s for a connection; health answers sooner.
+    let db = match tokio::time::timeout(DB_PROBE, s.store.count_by_state()).await {
+        Ok(Ok(_)) => "ok".to_string(),
+        Ok(Err(e)) => {
             ok = false;
             format!("error: {e}")
+        }
+        Err(_) => {
+            ok = false;
+            format!("error: no answer within {} s", DB_PROBE.as_secs())
         }
     };
     let hsm = match &s.auth {
@@ -382,11 +389,11 @@ async fn healthz(State(s): State<Shared>) -> Response {
     let expiring = s.ocsp.expiring_before(now + 8 * 3600);
     let ocsp_ok = sync_age <= 10 && expiring == 0;
     ok &= ocsp_ok;
-    let backlog = match s.store.ocsp_backlog().await {
-        Ok((pending, oldest)) => {
+    let backlog = match tokio::time::timeout(DB_PROBE, s.store.ocsp_backlog()).await {
+        Ok(Ok((pending, oldest))) => {
             serde_json::json!({ "pending": pending, "oldest_this_update_age_seconds": oldest.map(|t| now - t) })
         }
-        Err(_) => serde_json::json!({ "error": "database" }),
+        _ => serde_json::json!({ "error": "database" }),
     };
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "fault" },
@@ -422,7 +429,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
     out.push_str(
         "# HELP ecert_certificates Serials by lifecycle state.\n# TYPE ecert_certificates gauge\n",
     );
-    if let Ok(counts) = s.store.count_by_state().await {
+    if let Ok(Ok(counts)) = tokio::time::timeout(DB_PROBE, s.store.count_by_state()).await {
         for (state, n) in counts {
             out.push_str(&format!("ecert_certificates{{state=\"{state}\"}} {n}\n"));
         }

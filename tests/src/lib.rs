@@ -970,6 +970,27 @@ impl Ca {
         }
     }
 
+    /// PostgreSQL only: makes this installation's database refuse connections (and drops the
+    /// open ones), or lets it accept them again: a database outage for this test alone, without
+    /// stopping the server other tests share. Returns false on SQLite, which lives inside the
+    /// ecert process and cannot go down on its own.
+    pub fn db_outage(&self, down: bool) -> bool {
+        let Some(pg) = &self.pg else {
+            return false;
+        };
+        let sql = if down {
+            format!(
+                "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+                pg.name
+            )
+        } else {
+            format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", pg.name)
+        };
+        psql(&pg.admin_url, &sql);
+        true
+    }
+
     /// What an attacker with direct database access does: disables the append-only triggers
     /// of `audit_log` (SQLite: drops them; PostgreSQL: `DISABLE TRIGGER ALL`), then runs `sql`.
     pub fn tamper(&self, sql: &str) {

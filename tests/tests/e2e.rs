@@ -18,6 +18,8 @@ mod crash;
 mod crl;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/ocsp.rs"]
+mod ocsp;
 #[path = "e2e/profiles.rs"]
 mod profiles;
 #[path = "e2e/renewal.rs"]

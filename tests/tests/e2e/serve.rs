@@ -10,15 +10,42 @@ use ecert_e2e::*;
 
 use crate::common::*;
 
-/// A plain HTTP/1.1 GET: (status, content-type, body).
-fn get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+/// An HTTP response: status, headers (lower-case names), body.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: pki.example.hk\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: pki.example.hk\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let split = raw
@@ -27,18 +54,27 @@ fn get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
         .expect("no header end");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let ctype = head
+    let headers = head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, ctype, raw[split + 4..].to_vec())
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
 }
 
-struct Server(Child, String);
+/// A plain HTTP/1.1 GET: (status, content-type, body).
+pub fn get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let r = http(addr, "GET", path, &[], b"");
+    let ctype = r.header("content-type").unwrap_or_default().to_string();
+    (r.status, ctype, r.body)
+}
+
+pub struct Server(pub Child, pub String);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -47,17 +83,21 @@ impl Drop for Server {
     }
 }
 
-fn start(ca: &Ca) -> Server {
-    let mut c = ca.command(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--crl-watch-seconds",
-            "1",
-        ],
-        &[],
-    );
+pub fn start(ca: &Ca) -> Server {
+    start_with(ca, &[])
+}
+
+/// `ecert serve --listen 127.0.0.1:0 --crl-watch-seconds 1 EXTRA`, once it listens.
+pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--crl-watch-seconds",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut c = ca.command(&args, &[]);
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -134,7 +174,8 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
     let metrics = String::from_utf8_lossy(&body);
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("ecert_certificates{state=\"issued\"} 1"),
+        // The leaf and the two OCSP responder certificates.
+        metrics.contains("ecert_certificates{state=\"issued\"} 3"),
         "{metrics}"
     );
     assert!(

@@ -1,0 +1,622 @@
+//! OCSP through `ecert serve`, judged by `openssl ocsp`, pkilint's `lint_ocsp_response` and
+//! Python `cryptography`: good → revoked (POST and GET, SHA-1 and SHA-256 CertIDs), hold and
+//! release, caching headers, malformed and unauthorized requests, never `good` for a serial
+//! that was not issued, changes made by other processes, a second (`--no-signer`) instance,
+//! and a database outage.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ecert_e2e::*;
+
+use crate::common::*;
+use crate::serve::{get, http, start, start_with};
+
+/// The exported chain files a relying party holds.
+struct Chain {
+    root: PathBuf,
+    individual: PathBuf,
+    server: PathBuf,
+}
+
+fn chain(ca: &Ca) -> Chain {
+    Chain {
+        root: ca.export("root").path,
+        individual: ca.export("individual").path,
+        server: ca.export("server").path,
+    }
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `openssl ocsp` POSTs a request for `cert` and verifies the response against the root; the
+/// response is kept in `out` for pkilint. Returns openssl's output.
+fn ocsp_post(
+    ca: &Ca,
+    addr: &str,
+    chain: &Chain,
+    issuer: &Path,
+    cert: &Path,
+    sha256: bool,
+    out: &Path,
+) -> String {
+    let url = format!("http://{addr}/ocsp");
+    let mut args = vec!["ocsp"];
+    if sha256 {
+        args.push("-sha256");
+    }
+    args.extend([
+        "-issuer",
+        issuer.to_str().unwrap(),
+        "-cert",
+        cert.to_str().unwrap(),
+        "-url",
+        &url,
+        "-CAfile",
+        chain.root.to_str().unwrap(),
+        "-respout",
+        out.to_str().unwrap(),
+    ]);
+    // Not `openssl()`: an unauthorized answer makes openssl exit 1, and that is asserted here.
+    let mut c = std::process::Command::new("openssl");
+    c.current_dir(ca.data_dir()).args(&args);
+    text(&run_with_timeout(
+        c,
+        Duration::from_secs(60),
+        "openssl ocsp",
+    ))
+}
+
+/// The same by GET: `openssl ocsp -reqout` makes the request, it is sent as
+/// `GET /ocsp/{base64}` (percent-encoded when `encode`), and `openssl ocsp -respin` verifies
+/// the answer. Returns (openssl's verdict, the HTTP response).
+fn ocsp_get(
+    ca: &Ca,
+    addr: &str,
+    chain: &Chain,
+    issuer: &Path,
+    cert: &Path,
+    encode: bool,
+    out: &Path,
+) -> (String, crate::serve::HttpResponse) {
+    let req = ca.file("get-req.der");
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "ocsp",
+            "-no_nonce",
+            "-issuer",
+            issuer.to_str().unwrap(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-reqout",
+            req.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let b64 = openssl(
+        ca.data_dir(),
+        &["base64", "-A", "-in", req.to_str().unwrap()],
+    );
+    let mut b64 = String::from_utf8(b64.stdout).unwrap().trim().to_string();
+    if encode {
+        b64 = b64
+            .replace('/', "%2F")
+            .replace('+', "%2B")
+            .replace('=', "%3D");
+    }
+    let resp = http(addr, "GET", &format!("/ocsp/{b64}"), &[], b"");
+    std::fs::write(out, &resp.body).unwrap();
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "ocsp",
+            "-respin",
+            out.to_str().unwrap(),
+            "-issuer",
+            issuer.to_str().unwrap(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-CAfile",
+            chain.root.to_str().unwrap(),
+        ],
+    );
+    (text(&o), resp)
+}
+
+fn lint_response(path: &Path, ctx: &str) {
+    pkilint("lint_ocsp_response", &[], &[path], ctx);
+}
+
+/// Asserts openssl's verdict: the signature chain verified and the status is `status`.
+fn assert_status(out: &str, cert: &Path, status: &str, ctx: &str) {
+    assert!(
+        out.contains("Response verify OK"),
+        "[{ctx}] response did not verify:\n{out}"
+    );
+    let line = format!("{}: {status}", cert.display());
+    assert!(out.contains(&line), "[{ctx}] expected {line:?}:\n{out}");
+}
+
+/// Polls by POST until the status is `status` (or `deadline` passes).
+#[allow(clippy::too_many_arguments)]
+fn wait_status(
+    ca: &Ca,
+    addr: &str,
+    chain: &Chain,
+    issuer: &Path,
+    cert: &Path,
+    status: &str,
+    out: &Path,
+    ctx: &str,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let got = ocsp_post(ca, addr, chain, issuer, cert, false, out);
+        if got.contains(&format!("{}: {status}", cert.display())) {
+            eprintln!("[{ctx}] {status} after {:?}", start.elapsed());
+            return got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "[{ctx}] still not {status} after 15 s:\n{got}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
+    let ca = Ca::init();
+    let chain = chain(&ca);
+    let p = personal();
+    let leaf = ca.issue(
+        p.profile,
+        &ca.csr("a", KeyType::P256).csr,
+        &p.args,
+        "personal",
+    );
+    let held = ca.issue(
+        p.profile,
+        &ca.csr("h", KeyType::P256).csr,
+        &p.args,
+        "personal to hold",
+    );
+    let s = server();
+    let tls = ca.issue(
+        s.profile,
+        &ca.csr("s", KeyType::P256).csr,
+        &s.args,
+        "server",
+    );
+    let srv = start(&ca);
+    let addr = &srv.1;
+    let resp = ca.file("resp.der");
+
+    // Good, by POST with SHA-1 and SHA-256 CertIDs, and by GET (plain and percent-encoded).
+    for sha256 in [false, true] {
+        let out = ocsp_post(
+            &ca,
+            addr,
+            &chain,
+            &chain.individual,
+            &leaf.cert.path,
+            sha256,
+            &resp,
+        );
+        assert_status(
+            &out,
+            &leaf.cert.path,
+            "good",
+            &format!("POST sha256={sha256}"),
+        );
+        lint_response(&resp, "good response");
+    }
+    for encode in [false, true] {
+        let (out, r) = ocsp_get(
+            &ca,
+            addr,
+            &chain,
+            &chain.individual,
+            &leaf.cert.path,
+            encode,
+            &resp,
+        );
+        assert_status(
+            &out,
+            &leaf.cert.path,
+            "good",
+            &format!("GET encode={encode}"),
+        );
+        assert_eq!(r.header("content-type"), Some("application/ocsp-response"));
+        let cc = r.header("cache-control").unwrap_or_default();
+        assert!(cc.contains("max-age=") && cc.contains("public"), "{cc}");
+        for h in ["etag", "last-modified", "expires"] {
+            assert!(r.header(h).is_some(), "GET response lacks {h}");
+        }
+        // The validator works: the same request with If-None-Match is 304 Not Modified.
+        let etag = r.header("etag").unwrap().to_string();
+        let b64 = String::from_utf8(
+            openssl(
+                ca.data_dir(),
+                &[
+                    "base64",
+                    "-A",
+                    "-in",
+                    ca.file("get-req.der").to_str().unwrap(),
+                ],
+            )
+            .stdout,
+        )
+        .unwrap();
+        let again = http(
+            addr,
+            "GET",
+            &format!("/ocsp/{}", b64.trim()),
+            &[("If-None-Match", &etag)],
+            b"",
+        );
+        assert_eq!(again.status, 304, "If-None-Match {etag}");
+        lint_response(&resp, "GET response");
+    }
+
+    // The Server CA's responder answers for its certificates.
+    let out = ocsp_post(
+        &ca,
+        addr,
+        &chain,
+        &chain.server,
+        &tls.cert.path,
+        true,
+        &resp,
+    );
+    assert_status(&out, &tls.cert.path, "good", "server certificate");
+    lint_response(&resp, "server CA response");
+
+    // The responder certificates: delegated (EKU OCSPSigning, ocsp-nocheck), judged by pkilint
+    // (the TLS BR's OCSP responder profile for the Server CA's).
+    // (`ecert ocsp responder` opens the signer: the server stops meanwhile.)
+    drop(srv);
+    for (name, linter, args) in [
+        ("individual", "lint_pkix_cert", vec![]),
+        (
+            "server",
+            "lint_cabf_serverauth_cert",
+            vec!["-t", "OCSP-RESPONDER"],
+        ),
+    ] {
+        let pem = ca.ecert_ok(&["ocsp", "responder", name]);
+        let path = ca.file(&format!("{name}-responder.pem"));
+        std::fs::write(&path, pem).unwrap();
+        let text = text(&openssl(
+            ca.data_dir(),
+            &["x509", "-in", path.to_str().unwrap(), "-noout", "-text"],
+        ));
+        assert!(
+            text.contains("OCSP Signing") && text.contains("OCSP No Check"),
+            "{text}"
+        );
+        pkilint(
+            linter,
+            &args,
+            &[&path],
+            &format!("{name} OCSP responder certificate"),
+        );
+    }
+    let srv = start(&ca);
+    let addr = &srv.1;
+
+    // Revoked by another process (the CLI) while serving: the reason shows.
+    ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &leaf.serial,
+        "--reason",
+        "keyCompromise",
+    ]);
+    let out = wait_status(
+        &ca,
+        addr,
+        &chain,
+        &chain.individual,
+        &leaf.cert.path,
+        "revoked",
+        &resp,
+        "revoke",
+    );
+    assert_status(&out, &leaf.cert.path, "revoked", "revoked");
+    assert!(out.contains("Reason: keyCompromise"), "{out}");
+    lint_response(&resp, "revoked response");
+    let (out, _) = ocsp_get(
+        &ca,
+        addr,
+        &chain,
+        &chain.individual,
+        &leaf.cert.path,
+        false,
+        &resp,
+    );
+    assert_status(&out, &leaf.cert.path, "revoked", "revoked by GET");
+
+    // Hold then release (Individual & Organisational CA): revoked/certificateHold, then good.
+    ca.ecert_ok(&["revoke", "--serial", &held.serial, "--hold"]);
+    let out = wait_status(
+        &ca,
+        addr,
+        &chain,
+        &chain.individual,
+        &held.cert.path,
+        "revoked",
+        &resp,
+        "hold",
+    );
+    assert!(out.contains("Reason: certificateHold"), "{out}");
+    lint_response(&resp, "held response");
+    ca.ecert_ok(&["revoke", "--serial", &held.serial, "--release"]);
+    wait_status(
+        &ca,
+        addr,
+        &chain,
+        &chain.individual,
+        &held.cert.path,
+        "good",
+        &resp,
+        "release",
+    );
+
+    // An issuer this responder does not serve (the root, for an issuing CA's certificate):
+    // unauthorized.
+    let out = ocsp_post(
+        &ca,
+        addr,
+        &chain,
+        &chain.root,
+        &chain.individual,
+        false,
+        &resp,
+    );
+    assert!(out.contains("unauthorized"), "{out}");
+
+    // Malformed requests: malformedRequest (an unsigned OCSPResponse with status 1), never a
+    // crash.
+    const MALFORMED: &[u8] = &[0x30, 0x03, 0x0a, 0x01, 0x01];
+    for body in [&b""[..], b"garbage", &[0x30, 0x82, 0xff, 0xff][..]] {
+        let r = http(
+            addr,
+            "POST",
+            "/ocsp",
+            &[("Content-Type", "application/ocsp-request")],
+            body,
+        );
+        assert_eq!((r.status, r.body.as_slice()), (200, MALFORMED), "{body:?}");
+    }
+    for path in [
+        "/ocsp/MEIwQDA%2BMDwwOjAJBgUrDgMCGgUABBT",
+        "/ocsp/!!!",
+        "/ocsp/AAAA",
+    ] {
+        let r = http(addr, "GET", path, &[], b"");
+        assert_eq!((r.status, r.body.as_slice()), (200, MALFORMED), "{path}");
+    }
+    let (status, _, body) = get(addr, "/healthz");
+    let health = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains("\"responses\":"), "{health}");
+}
+
+/// Sends `n` random serials (half with SHA-1, half with SHA-256 CertIDs) plus the given ones to
+/// `/ocsp` with Python `cryptography`, over one keep-alive connection, and prints the status of
+/// each given serial and a count per status of the random ones.
+const RANDOM_SERIALS_PY: &str = r#"
+import http.client, json, os, sys
+from cryptography import x509
+from cryptography.x509 import ocsp
+from cryptography.hazmat.primitives import hashes, serialization
+
+host, port = sys.argv[1].rsplit(":", 1)
+issuer = x509.load_pem_x509_certificate(open(sys.argv[2], "rb").read())
+n = int(sys.argv[3])
+given = sys.argv[4:]
+key = issuer.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+def h(alg, data):
+    d = hashes.Hash(alg); d.update(data); return d.finalize()
+conn = http.client.HTTPConnection(host, int(port), timeout=10)
+def ask(serial, alg):
+    req = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        h(alg, issuer.subject.public_bytes()), h(alg, key), serial, alg).build()
+    conn.request("POST", "/ocsp", req.public_bytes(serialization.Encoding.DER),
+                 {"Content-Type": "application/ocsp-request"})
+    resp = ocsp.load_der_ocsp_response(conn.getresponse().read())
+    if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return resp.response_status.name
+    if resp.serial_number != serial:
+        return "WRONG_SERIAL"
+    return resp.certificate_status.name
+out = {"given": {}, "random": {}}
+for s in given:
+    out["given"][s] = ask(int(s, 16), hashes.SHA256())
+for i in range(n):
+    serial = int.from_bytes(os.urandom(16), "big") or 1
+    st = ask(serial, hashes.SHA1() if i % 2 else hashes.SHA256())
+    out["random"][st] = out["random"].get(st, 0) + 1
+print(json.dumps(out))
+"#;
+
+#[test]
+fn never_good_for_random_reserved_or_half_issued_serials() {
+    let ca = Ca::init();
+    let chain = chain(&ca);
+    let p = personal();
+    let leaf = ca.issue(
+        p.profile,
+        &ca.csr("a", KeyType::P256).csr,
+        &p.args,
+        "personal",
+    );
+    // One serial left `reserved` and one left `issuing` by a crashing process (failpoints),
+    // resolved at the next start to failed and abandoned.
+    let mut left = Vec::new();
+    for fp in ["ca::after_reserve", "ca::after_issuing"] {
+        let csr = ca.csr(&fp.replace(':', "_"), KeyType::P256);
+        let before: Vec<String> = ca.cert_list().into_iter().map(|c| c.serial).collect();
+        let mut args = vec![
+            "issue",
+            "--profile",
+            p.profile,
+            "--csr",
+            csr.csr.to_str().unwrap(),
+        ];
+        args.extend(&p.args);
+        let o = ca.ecert_env(&args, &[("FAILPOINTS", &format!("{fp}=panic"))]);
+        assert!(
+            !o.status.success(),
+            "{fp} did not crash ecert (failpoints build?)"
+        );
+        let new = ca
+            .cert_list()
+            .into_iter()
+            .map(|c| c.serial)
+            .find(|s| !before.contains(s))
+            .unwrap_or_else(|| panic!("{fp}: no serial was reserved"));
+        left.push(new);
+    }
+    // No response was made for them before a signer ran.
+    let before_serve = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM ocsp_responses WHERE serial IN ('{}', '{}')",
+        left[0], left[1]
+    ));
+    assert_eq!(before_serve.trim(), "0");
+
+    let srv = start(&ca);
+    // The next start resolved them (docs/ISSUANCE-CYCLE.md): reserved → failed, issuing →
+    // abandoned.
+    for (serial, state) in left.iter().zip(["failed", "abandoned"]) {
+        let got = ca.sql_query(&format!(
+            "SELECT state FROM certificates WHERE serial = '{serial}'"
+        ));
+        assert_eq!(got.trim(), state, "{serial}");
+    }
+    let mut c = std::process::Command::new("python3");
+    c.args(["-c", RANDOM_SERIALS_PY])
+        .arg(&srv.1)
+        .arg(&chain.individual)
+        .arg("10000")
+        .arg(&leaf.serial)
+        .args(&left);
+    let o = run_with_timeout(c, Duration::from_secs(600), "python3 random serials");
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    // The control: the issued serial is good (so the client and CertIDs are right).
+    assert!(
+        out.contains(&format!("\"{}\": \"GOOD\"", leaf.serial)),
+        "{out}"
+    );
+    // Failed (was reserved): unauthorized; abandoned (was issuing): revoked.
+    assert!(
+        out.contains(&format!("\"{}\": \"UNAUTHORIZED\"", left[0])),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("\"{}\": \"REVOKED\"", left[1])),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"random\": {\"UNAUTHORIZED\": 10000}"),
+        "random serials must all be unauthorized: {out}"
+    );
+}
+
+#[test]
+fn every_instance_follows_other_processes_and_answers_through_a_database_outage() {
+    let ca = Ca::init();
+    let chain = chain(&ca);
+    let p = personal();
+    let leaf = ca.issue(
+        p.profile,
+        &ca.csr("a", KeyType::P256).csr,
+        &p.args,
+        "personal",
+    );
+    let signer = start(&ca);
+    let reader = start_with(&ca, &["--no-signer"]);
+    let resp = ca.file("resp.der");
+    for srv in [&signer, &reader] {
+        wait_status(
+            &ca,
+            &srv.1,
+            &chain,
+            &chain.individual,
+            &leaf.cert.path,
+            "good",
+            &resp,
+            "before",
+        );
+    }
+    let (_, _, body) = get(&reader.1, "/healthz");
+    let health = String::from_utf8_lossy(&body);
+    assert!(health.contains("\"role\":\"no-signer\""), "{health}");
+
+    // A revocation made by the CLI reaches both instances.
+    ca.ecert_ok(&["revoke", "--serial", &leaf.serial, "--reason", "superseded"]);
+    for (srv, who) in [(&signer, "signer"), (&reader, "no-signer instance")] {
+        let out = wait_status(
+            &ca,
+            &srv.1,
+            &chain,
+            &chain.individual,
+            &leaf.cert.path,
+            "revoked",
+            &resp,
+            who,
+        );
+        assert!(out.contains("Reason: superseded"), "{out}");
+    }
+
+    // The database goes away: OCSP and CRLs keep being answered from memory, /healthz reports
+    // the fault, and recovers when the database is back.
+    if !ca.db_outage(true) {
+        // SQLite is embedded in the ecert process: there is no separate server to stop.
+        eprintln!("database outage: not applicable to SQLite");
+        return;
+    }
+    for srv in [&signer, &reader] {
+        let out = ocsp_post(
+            &ca,
+            &srv.1,
+            &chain,
+            &chain.individual,
+            &leaf.cert.path,
+            false,
+            &resp,
+        );
+        assert_status(&out, &leaf.cert.path, "revoked", "database down");
+        let (status, ctype, _) = get(&srv.1, "/crl/individual.crl");
+        assert_eq!((status, ctype.as_str()), (200, "application/pkix-crl"));
+        let (status, _, body) = get(&srv.1, "/healthz");
+        let health = String::from_utf8_lossy(&body);
+        assert_eq!(status, 503, "{health}");
+        assert!(health.contains("\"database\":\"error"), "{health}");
+    }
+    ca.db_outage(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for srv in [&signer, &reader] {
+        loop {
+            let (status, _, body) = get(&srv.1, "/healthz");
+            if status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healthz did not recover: {}",
+                String::from_utf8_lossy(&body)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
