@@ -242,3 +242,205 @@ pub async fn crl(config: Config, b: CrlBench) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Options of `ecert bench ocsp-client`: a small HTTP/1.1 load generator (one tokio task per
+/// connection) for `ops/bench ocsp`. The same client drives every server compared.
+#[derive(Debug, clap::Args)]
+pub struct OcspClient {
+    /// `host:port` of the server.
+    #[arg(long)]
+    pub addr: String,
+    /// The DER OCSP request to send.
+    #[arg(long)]
+    pub request: std::path::PathBuf,
+    /// Send it as `GET /ocsp/{base64}` (default: `POST /ocsp`).
+    #[arg(long)]
+    pub get: bool,
+    /// Reuse each connection (HTTP keep-alive); otherwise one connection per request.
+    #[arg(long)]
+    pub keep_alive: bool,
+    /// Connections in parallel.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Requests per second in total (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Label of the line printed.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// Reads one HTTP/1.1 response (headers, then Content-Length bytes, or to EOF). Returns the
+/// status.
+async fn read_response(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    to_eof: bool,
+) -> anyhow::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])?;
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .context("no status")?
+                .parse()?;
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if to_eof {
+                while s.read(&mut chunk).await? > 0 {}
+                return Ok(status);
+            }
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await?;
+                anyhow::ensure!(n > 0, "connection closed mid-response");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+pub async fn ocsp_client(b: OcspClient) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use tokio::io::AsyncWriteExt;
+    let der = std::fs::read(&b.request).with_context(|| b.request.display().to_string())?;
+    let conn = if b.keep_alive { "keep-alive" } else { "close" };
+    let request: Arc<Vec<u8>> = Arc::new(if b.get {
+        let path = base64::engine::general_purpose::STANDARD.encode(&der);
+        format!(
+            "GET /ocsp/{path} HTTP/1.1\r\nHost: {}\r\nConnection: {conn}\r\n\r\n",
+            b.addr
+        )
+        .into_bytes()
+    } else {
+        let mut r = format!(
+            "POST /ocsp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
+            b.addr,
+            der.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&der);
+        r
+    });
+    let deadline = Instant::now() + Duration::from_secs(b.seconds);
+    let interval =
+        (b.rate > 0).then(|| Duration::from_secs_f64(b.concurrency as f64 / b.rate as f64));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    let connections = b.concurrency;
+    for i in 0..connections {
+        let request = request.clone();
+        let addr = b.addr.clone();
+        let errors = errors.clone();
+        let keep_alive = b.keep_alive;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut buf = Vec::with_capacity(4096);
+            let mut stream: Option<tokio::net::TcpStream> = None;
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |iv| {
+                    iv.mul_f64(i as f64 / connections as f64)
+                });
+            while Instant::now() < deadline {
+                if let Some(iv) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += iv;
+                }
+                let t = Instant::now();
+                let result: anyhow::Result<u16> = async {
+                    if stream.is_none() {
+                        let s = tokio::net::TcpStream::connect(&addr).await?;
+                        s.set_nodelay(true)?;
+                        stream = Some(s);
+                    }
+                    let s = stream.as_mut().context("no connection")?;
+                    s.write_all(&request).await?;
+                    read_response(s, &mut buf, !keep_alive).await
+                }
+                .await;
+                if !keep_alive {
+                    stream = None;
+                }
+                match result {
+                    Ok(200) => lat.push(t.elapsed().as_micros() as u64),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        stream = None;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    all.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(f64::NAN, |v| *v as f64 / 1000.0)
+    };
+    println!(
+        "{:<44} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
+        b.label,
+        all.len() as f64 / b.seconds as f64,
+        pct(0.50),
+        pct(0.99),
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Options of `ecert bench ocsp-ceiling`: a bare axum server answering every `/ocsp` request
+/// with a fixed body — the ceiling an OCSP server on this machine and client can reach.
+#[derive(Debug, clap::Args)]
+pub struct OcspCeiling {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// The body to answer with (e.g. a real OCSP response, for the same size).
+    #[arg(long)]
+    pub body: std::path::PathBuf,
+}
+
+pub async fn ocsp_ceiling(b: OcspCeiling) -> anyhow::Result<()> {
+    use axum::routing::{get, post};
+    let body = axum::body::Bytes::from(std::fs::read(&b.body)?);
+    let b1 = body.clone();
+    let app = axum::Router::new()
+        .route(
+            "/ocsp",
+            post(move || {
+                let b = b1.clone();
+                async move { b }
+            }),
+        )
+        .route(
+            "/ocsp/{*req}",
+            get(move || {
+                let b = body.clone();
+                async move { b }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(b.listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}

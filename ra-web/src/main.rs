@@ -83,6 +83,10 @@ enum BenchCommand {
     Issue(bench::IssueBench),
     /// Time one full CRL of many revoked certificates.
     Crl(bench::CrlBench),
+    /// HTTP load client for OCSP servers.
+    OcspClient(bench::OcspClient),
+    /// A bare axum server with a fixed OCSP answer (the ceiling).
+    OcspCeiling(bench::OcspCeiling),
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +356,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }) => block_key(config, csr, public_key, reason).await,
             Command::Bench(BenchCommand::Issue(b)) => bench::issue(config, b).await,
             Command::Bench(BenchCommand::Crl(b)) => bench::crl(config, b).await,
+            Command::Bench(BenchCommand::OcspClient(b)) => bench::ocsp_client(b).await,
+            Command::Bench(BenchCommand::OcspCeiling(b)) => bench::ocsp_ceiling(b).await,
         }
     })
 }
