@@ -620,3 +620,59 @@ fn every_instance_follows_other_processes_and_answers_through_a_database_outage(
         }
     }
 }
+
+/// libfaketime, installed by ops/lib.sh (Debian `libfaketime`).
+fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file())
+        .expect("libfaketime.so.1 not found under /usr/lib/*/faketime: install Debian's libfaketime (ops/test does)")
+}
+
+#[test]
+fn responders_rotate_before_a_response_could_outlive_them() {
+    let ca = Ca::new();
+    // Shortest legal settings: responses valid 8 h, refreshed after 4 h, responders valid 24 h;
+    // a responder is replaced once it has less than 12 h left.
+    let config = ca.data_dir().join("ecert.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(
+        "\n[ocsp]\nvalidity_hours = 8\nrefresh_hours = 4\nresponder_validity_hours = 24\n",
+    );
+    std::fs::write(&config, toml).unwrap();
+    ca.ecert_ok(&["init"]);
+    let first = ca.ecert_ok(&["ocsp", "responder", "individual"]);
+    assert_eq!(
+        ca.ecert_ok(&["ocsp", "responder", "individual"]),
+        first,
+        "a fresh responder is kept"
+    );
+    let preload = libfaketime();
+    let later = |offset: &str| {
+        let o = ca.ecert_env(
+            &["ocsp", "responder", "individual"],
+            &[
+                ("LD_PRELOAD", preload.to_str().unwrap()),
+                ("FAKETIME", offset),
+            ],
+        );
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // 11 h later 13 h are left: kept. 13 h later 11 h are left: replaced.
+    assert_eq!(later("+11h"), first, "rotated too early");
+    let second = later("+13h");
+    assert_ne!(second, first, "not rotated with 11 h left");
+    let path = ca.file("second-responder.pem");
+    std::fs::write(&path, &second).unwrap();
+    pkilint("lint_pkix_cert", &[], &[&path], "rotated responder");
+    // Both are certificates the CA issued and knows.
+    let responders = ca
+        .cert_list()
+        .into_iter()
+        .filter(|c| c.profile == "ocsp-responder" && c.state == "issued")
+        .count();
+    assert_eq!(responders, 4, "two for each issuing CA");
+}
