@@ -271,6 +271,10 @@ pub struct OcspClient {
     /// Label of the line printed.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// The responder's path: POST goes to it, GET to `{path}/{base64}` (`openssl ocsp -port`
+    /// answers at the root: "").
+    #[arg(long, default_value = "/ocsp")]
+    pub path: String,
 }
 
 /// Reads one HTTP/1.1 response (headers, then Content-Length bytes, or to EOF). Returns the
@@ -322,15 +326,21 @@ pub async fn ocsp_client(b: OcspClient) -> anyhow::Result<()> {
     let der = std::fs::read(&b.request).with_context(|| b.request.display().to_string())?;
     let conn = if b.keep_alive { "keep-alive" } else { "close" };
     let request: Arc<Vec<u8>> = Arc::new(if b.get {
-        let path = base64::engine::general_purpose::STANDARD.encode(&der);
+        // Percent-encoded base64, as RFC 6960 Appendix A.1 and RFC 5019 §5 describe.
+        let path = base64::engine::general_purpose::STANDARD
+            .encode(&der)
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
         format!(
-            "GET /ocsp/{path} HTTP/1.1\r\nHost: {}\r\nConnection: {conn}\r\n\r\n",
-            b.addr
+            "GET {}/{path} HTTP/1.1\r\nHost: {}\r\nConnection: {conn}\r\n\r\n",
+            b.path, b.addr
         )
         .into_bytes()
     } else {
         let mut r = format!(
-            "POST /ocsp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
+            if b.path.is_empty() { "/" } else { b.path.as_str() },
             b.addr,
             der.len()
         )
