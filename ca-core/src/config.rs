@@ -30,8 +30,8 @@ pub struct Config {
 pub struct OcspConfig {
     /// nextUpdate − thisUpdate of every response, in hours: 8 to 240 (TLS BR §4.9.10).
     pub validity_hours: u32,
-    /// A response is re-signed this many hours after its thisUpdate: at most half the validity
-    /// and at most 96 (BR §4.9.10: no later than four days after thisUpdate, and at least eight
+    /// A response is re-signed this many hours after its thisUpdate: less than half the
+    /// validity and less than 96 (BR §4.9.10: no later than four days after thisUpdate, and at least eight
     /// hours before nextUpdate).
     pub refresh_hours: u32,
     /// Validity of a delegated responder certificate, in hours. A new responder is made once the
@@ -245,9 +245,11 @@ impl Config {
                 "ocsp.validity_hours must be 8 to 240 (TLS BR §4.9.10)".into(),
             ));
         }
-        if o.refresh_hours == 0 || o.refresh_hours > (o.validity_hours / 2).min(96) {
+        // Strictly below the BR deadlines: a refresh starts after `refresh_hours` and takes
+        // a pass of the signer to land.
+        if o.refresh_hours == 0 || o.refresh_hours >= (o.validity_hours / 2).min(96) {
             return Err(Error::Config(
-                "ocsp.refresh_hours must be 1 to half of ocsp.validity_hours, and at most 96 (TLS BR §4.9.10)"
+                "ocsp.refresh_hours must be at least 1 and below half of ocsp.validity_hours and below 96 (TLS BR §4.9.10)"
                     .into(),
             ));
         }

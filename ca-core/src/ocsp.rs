@@ -312,7 +312,8 @@ pub fn lint(tbs: &[u8], spec: &ResponseSpec<'_>, alg: HashAlg, now: i64) -> Vec<
         None => f.push("nextUpdate is required (TLS BR §4.9.10)".into()),
         Some(n) => {
             let validity = secs(n) - this_update;
-            if !(8 * 3600..=10 * 86_400).contains(&validity) {
+            // Inclusive interval (TLS BR §4.9.10): nextUpdate − thisUpdate + 1 s.
+            if !(8 * 3600..=10 * 86_400).contains(&(validity + 1)) {
                 f.push(format!(
                     "validity interval {validity} s is outside 8 hours to 10 days (TLS BR §4.9.10)"
                 ));

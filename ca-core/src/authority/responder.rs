@@ -309,7 +309,8 @@ impl Authority {
         }
         self.ensure_responders().await?;
         let now = unix(now_secs());
-        let next = now + i64::from(self.config.ocsp.validity_hours) * 3600;
+        // TLS BR §4.9.10 counts the interval inclusively: thisUpdate + h hours − 1 s.
+        let next = now + i64::from(self.config.ocsp.validity_hours) * 3600 - 1;
         let responders = self.responders.read().await.clone();
         let mut issuers = HashMap::new();
         for role in OCSP_CAS {
@@ -341,10 +342,19 @@ impl Authority {
             })?;
             tasks.push(tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                chunk
-                    .into_iter()
-                    .map(|(d, r, i)| sign_pair(d, &r, &i, now, next))
-                    .collect::<Result<Vec<Signed>>>()
+                // One serial that cannot be signed must not hold back the others: it stays
+                // queued (its error logged) and is tried again on the next pass.
+                Ok::<_, Error>(
+                    chunk
+                        .into_iter()
+                        .filter_map(|(d, r, i)| {
+                            let serial = d.serial.clone();
+                            sign_pair(d, &r, &i, now, next)
+                                .map_err(|e| tracing::error!(serial = %serial, error = %e, "OCSP: cannot sign this serial's response"))
+                                .ok()
+                        })
+                        .collect::<Vec<Signed>>(),
+                )
             }));
         }
         let mut rows = Vec::new();
@@ -384,10 +394,19 @@ fn sign_pair(
 ) -> Result<Signed> {
     let serial = SerialNumber::from_hex(&due.serial)
         .ok_or_else(|| Error::Store(format!("bad serial {}", due.serial)))?;
+    // A revocation recorded by a host whose clock runs ahead is stated at `now` at the latest:
+    // never a revocationTime in the future.
+    let status = match status_of(&due) {
+        Status::Revoked { at, reason } => Status::Revoked {
+            at: at.min(now),
+            reason,
+        },
+        good => good,
+    };
     let spec = ResponseSpec {
         issuer,
         serial,
-        status: status_of(&due),
+        status,
         this_update: now,
         next_update: next,
         responder_key_bits: &responder.key_bits,

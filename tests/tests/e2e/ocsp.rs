@@ -634,12 +634,12 @@ fn libfaketime() -> PathBuf {
 #[test]
 fn responders_rotate_before_a_response_could_outlive_them() {
     let ca = Ca::new();
-    // Shortest legal settings: responses valid 8 h, refreshed after 4 h, responders valid 24 h;
-    // a responder is replaced once it has less than 12 h left.
+    // Short settings: responses valid 8 h, refreshed after 3 h, responders valid 24 h; a
+    // responder is replaced once it has less than 11 h left.
     let config = ca.data_dir().join("ecert.toml");
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str(
-        "\n[ocsp]\nvalidity_hours = 8\nrefresh_hours = 4\nresponder_validity_hours = 24\n",
+        "\n[ocsp]\nvalidity_hours = 8\nrefresh_hours = 3\nresponder_validity_hours = 24\n",
     );
     std::fs::write(&config, toml).unwrap();
     ca.ecert_ok(&["init"]);
