@@ -554,14 +554,6 @@ impl Cache {
     pub fn synced_at(&self) -> i64 {
         self.synced_at.load(Ordering::Relaxed)
     }
-
-    /// How many responses expire before `at` (Unix seconds).
-    pub fn expiring_before(&self, at: i64) -> usize {
-        self.entries
-            .read()
-            .map(|m| m.values().filter(|e| e.next_update <= at).count())
-            .unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

@@ -1117,8 +1117,16 @@ impl Store {
             .map_err(Into::into)
     }
 
-    /// How many serials wait for a response, and the oldest thisUpdate of a stored response.
-    pub async fn ocsp_backlog(&self) -> Result<(i64, Option<i64>)> {
+    /// The signer's backlog at `now`: serials waiting for a response, the oldest thisUpdate of
+    /// a stored response, and how many responses still meant to be kept fresh (certificate not
+    /// expired for more than `keep_after_expiry` seconds) are within `margin` seconds of their
+    /// nextUpdate — a stalled signer.
+    pub async fn ocsp_backlog(
+        &self,
+        now: i64,
+        margin: i64,
+        keep_after_expiry: i64,
+    ) -> Result<(i64, Option<i64>, i64)> {
         let pending: i64 = sqlx::query(
             "SELECT COUNT(*) FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
              WHERE c.state IN ('issued', 'abandoned')",
@@ -1130,7 +1138,16 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
-        Ok((pending, oldest))
+        let overdue: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM ocsp_responses o JOIN certificates c ON c.serial = o.serial \
+             WHERE o.next_update <= $1 AND COALESCE(c.not_after, 0) >= $2",
+        )
+        .bind(now + margin)
+        .bind(now - keep_after_expiry)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok((pending, oldest, overdue))
     }
 
     /// The responder of each CA that lives longest (the newest).

@@ -330,7 +330,8 @@ async fn ocsp_get(
 
 /// `GET /healthz`: 200 when the database answers, the HSM signs (signer role; checked at most
 /// every 10 s), every CRL is within its validity, and OCSP is current (synced with the store
-/// within the last 10 s, no response within 8 hours of its nextUpdate — TLS BR §4.9.10); 503
+/// within the last 10 s, no kept-fresh response within 8 hours of its nextUpdate — TLS BR
+/// §4.9.10); 503
 /// otherwise. The body says which part is at fault.
 async fn healthz(State(s): State<Shared>) -> Response {
     let now = now();
@@ -386,15 +387,19 @@ async fn healthz(State(s): State<Shared>) -> Response {
         crls.insert(role.name().into(), v);
     }
     let sync_age = now - s.ocsp.synced_at();
-    let expiring = s.ocsp.expiring_before(now + 8 * 3600);
-    let ocsp_ok = sync_age <= 10 && expiring == 0;
-    ok &= ocsp_ok;
-    let backlog = match tokio::time::timeout(DB_PROBE, s.store.ocsp_backlog()).await {
-        Ok(Ok((pending, oldest))) => {
-            serde_json::json!({ "pending": pending, "oldest_this_update_age_seconds": oldest.map(|t| now - t) })
-        }
-        _ => serde_json::json!({ "error": "database" }),
+    // Responses still refreshed (certificate not expired for over a week) that are within 8
+    // hours of nextUpdate mean the signer stalled (TLS BR §4.9.10).
+    let backlog =
+        tokio::time::timeout(DB_PROBE, s.store.ocsp_backlog(now, 8 * 3600, 7 * 86_400)).await;
+    let (queue, overdue) = match backlog {
+        Ok(Ok((pending, oldest, overdue))) => (
+            serde_json::json!({ "pending": pending, "oldest_this_update_age_seconds": oldest.map(|t| now - t) }),
+            overdue,
+        ),
+        _ => (serde_json::json!({ "error": "database" }), 0),
     };
+    let ocsp_ok = sync_age <= 10 && overdue == 0;
+    ok &= ocsp_ok;
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "fault" },
         "role": if s.auth.is_some() { "signer" } else { "no-signer" },
@@ -405,8 +410,8 @@ async fn healthz(State(s): State<Shared>) -> Response {
             "status": if ocsp_ok { "ok" } else { "fault" },
             "responses": s.ocsp.len(),
             "sync_age_seconds": sync_age,
-            "expiring_within_8h": expiring,
-            "queue": backlog,
+            "overdue_within_8h": overdue,
+            "queue": queue,
         },
     });
     let code = if ok {
