@@ -26,6 +26,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::audit::{self, Event};
 use crate::config::Config;
+use crate::crl::{EntryList, Scope, TbsSpec};
 use crate::csr::VerifiedCsr;
 use crate::error::{Error, Result};
 use crate::ext;
@@ -184,6 +185,7 @@ struct Reserved {
     subject: SubjectData,
     renews: Option<String>,
     serial: SerialNumber,
+    crl_partition: Option<u16>,
 }
 
 struct CaState {
@@ -197,6 +199,11 @@ struct CaState {
 /// A CRL that was published.
 #[derive(Debug, Clone)]
 pub struct PublishedCrl {
+    /// Which CRL of the CA.
+    pub scope: Scope,
+    /// From the entries read to the signature checked: encoding, lint, HSM signature,
+    /// self-check.
+    pub build_and_sign: std::time::Duration,
     /// Its CRLNumber.
     pub number: i64,
     /// How many entries it lists.
@@ -205,20 +212,6 @@ pub struct PublishedCrl {
     pub der: Vec<u8>,
     /// Where it was written.
     pub path: std::path::PathBuf,
-}
-
-/// The reasonCode of a CRL entry: omitted for unspecified (TLS BR §7.2.2: never code 0).
-fn crl_reason(code: Option<i64>) -> Option<rcgen::RevocationReason> {
-    use rcgen::RevocationReason as R;
-    match code? {
-        1 => Some(R::KeyCompromise),
-        3 => Some(R::AffiliationChanged),
-        4 => Some(R::Superseded),
-        5 => Some(R::CessationOfOperation),
-        6 => Some(R::CertificateHold),
-        9 => Some(R::PrivilegeWithdrawn),
-        _ => None,
-    }
 }
 
 /// What `ecert init` did.
@@ -244,6 +237,8 @@ pub struct Authority {
     audit_key: Arc<dyn hsm::Signer>,
     /// The delegated OCSP responder of each issuing CA.
     responders: tokio::sync::RwLock<HashMap<CaRole, Arc<responder::Responder>>>,
+    /// Each issuing CA's CRL entries, kept between publications (see [`crate::crl`]).
+    crl_lists: tokio::sync::Mutex<HashMap<CaRole, EntryList>>,
     _lock: File,
     /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
     /// mutex only to make `Authority` Sync.)
@@ -495,15 +490,21 @@ fn split_signed(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((s.tbs.to_der()?, s.algorithm.to_der()?))
 }
 
-/// Builds `Certificate ::= SEQUENCE { tbs, algorithm, BIT STRING signature }` around the exact
-/// bytes that were linted and signed.
+/// Builds `Certificate ::= SEQUENCE { tbs, algorithm, BIT STRING signature }` (and the same
+/// shape of CertificateList) around the exact bytes that were linted and signed, copying the
+/// TBS once.
 fn assemble(tbs: &[u8], algorithm: &[u8], signature: &[u8]) -> Result<Vec<u8>> {
-    Ok(Signed {
-        tbs: AnyRef::from_der(tbs)?,
-        algorithm: AnyRef::from_der(algorithm)?,
-        signature: BitStringRef::from_bytes(signature)?,
-    }
-    .to_der()?)
+    // Both are whole TLVs; the signature becomes a BIT STRING with no unused bits.
+    AnyRef::from_der(tbs)?;
+    AnyRef::from_der(algorithm)?;
+    let bits = BitStringRef::from_bytes(signature)?.to_der()?;
+    let body = tbs.len() + algorithm.len() + bits.len();
+    let mut out = Vec::with_capacity(body + 8);
+    der::Header::new(der::Tag::Sequence, der::Length::try_from(body)?)?.encode_to_vec(&mut out)?;
+    out.extend_from_slice(tbs);
+    out.extend_from_slice(algorithm);
+    out.extend_from_slice(&bits);
+    Ok(out)
 }
 
 /// Signs `tbs` in the HSM and checks the result: the signature verifies under the issuer's
@@ -550,19 +551,38 @@ async fn hsm_sign_checked_as(
     })?
 }
 
+/// Checks a signed CRL without parsing its (possibly million) entries or copying it: the
+/// outer structure carries exactly the TBSCertList that was linted, and the signature
+/// verifies under the CA's key (with ring, not the signer's own code).
 fn self_check_crl(crl: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
-    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
-        .map_err(|e| Error::SignatureCheck(format!("signed CRL does not parse: {e}")))?;
-    if parsed.tbs_cert_list.as_ref() != tbs {
-        return Err(Error::SignatureCheck(
-            "signed TBSCertList differs from the linted one".into(),
-        ));
+    let bad = |m: String| Error::SignatureCheck(format!("signed CRL: {m}"));
+    use der::Reader as _;
+    let (signed_tbs, signature) = (|| -> der::Result<(&[u8], BitStringRef<'_>)> {
+        let mut outer = der::SliceReader::new(crl)?;
+        let header = der::Header::decode(&mut outer)?;
+        header.tag.assert_eq(der::Tag::Sequence)?;
+        let mut inner = der::SliceReader::new(outer.read_slice(header.length)?)?;
+        outer.finish(())?;
+        let signed_tbs = inner.tlv_bytes()?;
+        AnyRef::decode(&mut inner)?;
+        let signature = BitStringRef::decode(&mut inner)?;
+        inner.finish((signed_tbs, signature))
+    })()
+    .map_err(|e| bad(e.to_string()))?;
+    if signed_tbs != tbs {
+        return Err(bad("TBSCertList differs from the linted one".into()));
     }
+    let signature = signature
+        .as_bytes()
+        .ok_or_else(|| bad("signature has unused bits".into()))?;
     let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(issuer_spki)
-        .map_err(|e| Error::SignatureCheck(format!("issuer key: {e}")))?;
-    parsed.verify_signature(&spki).map_err(|_| {
-        Error::SignatureCheck("CRL signature does not verify under the issuer's public key".into())
-    })
+        .map_err(|e| bad(format!("issuer key: {e}")))?;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        &spki.subject_public_key.data,
+    )
+    .verify(tbs, signature)
+    .map_err(|_| bad("signature does not verify under the issuer's public key".into()))
 }
 
 fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
@@ -854,6 +874,7 @@ impl Authority {
             hsm_slots,
             audit_key: Arc::new(audit_key),
             responders: tokio::sync::RwLock::new(responders),
+            crl_lists: tokio::sync::Mutex::new(HashMap::new()),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };
@@ -958,93 +979,199 @@ impl Authority {
         crate::revocation::revoke(&self.store, serial, reason, actor).await
     }
 
-    /// Builds, lints, signs (in the HSM) and stores the full CRL of one CA, and writes it to
-    /// `<data-dir>/crl/<ca>.crl` (DER). The CRLNumber is committed before signing, so it never
-    /// repeats or goes back, even across crashes (RFC 5280 §5.2.3). nextUpdate: 7 days for the
-    /// issuing CAs (TLS BR §4.9.7: at most 10), 365 days for the root's CRL of CA certificates
-    /// (at most 12 months). Entries: revoked and held certificates and abandoned serials, kept
-    /// until 7 days after they expire (BR §4.10.1).
-    pub async fn publish_crl(&self, role: CaRole, actor: &str) -> Result<PublishedCrl> {
+    /// The CRLs a CA publishes: its full CRL and, for an issuing CA, partitions `0..n` where n
+    /// is the larger of `crl.partitions` and the partitions it published before (certificates
+    /// keep the partition they were issued with when the setting changes).
+    pub async fn crl_scopes(&self, role: CaRole) -> Result<Vec<Scope>> {
+        let mut scopes = vec![Scope::Full];
+        if role == CaRole::Root {
+            return Ok(scopes);
+        }
+        let published = self
+            .store
+            .crl_heads(role.name())
+            .await?
+            .iter()
+            .filter_map(|h| match h.scope {
+                Scope::Partition(k) => Some(k + 1),
+                Scope::Full => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let n = published.max(self.config.crl.partitions);
+        scopes.extend((0..n).map(Scope::Partition));
+        Ok(scopes)
+    }
+
+    /// Brings the in-memory CRL entries of `role` up to date: the first time, every entry is
+    /// read; afterwards only the serials queued in `crl_pending` by status changes.
+    async fn refresh_crl_entries(
+        &self,
+        lists: &mut HashMap<CaRole, EntryList>,
+        role: CaRole,
+        now: i64,
+    ) -> Result<()> {
+        const BATCH: i64 = 20_000;
+        loop {
+            // The queue is read before the rows: a change committed after this point stays
+            // queued (or bumps the version read), so it is applied on the next run.
+            let pending = self.store.crl_pending(role.name(), BATCH).await?;
+            match lists.get_mut(&role) {
+                None => {
+                    let rows = self.store.crl_entries(role.name(), now).await?;
+                    let list = tokio::task::spawn_blocking(move || -> Result<EntryList> {
+                        let mut list = EntryList::default();
+                        for mut row in rows {
+                            // A revocation recorded by a host whose clock runs ahead is dated now.
+                            row.revoked_at = row.revoked_at.min(now);
+                            list.insert(&row)?;
+                        }
+                        Ok(list)
+                    })
+                    .await
+                    .map_err(|e| Error::Encoding(format!("CRL entry task failed: {e}")))??;
+                    lists.insert(role, list);
+                }
+                Some(list) => {
+                    let serials: Vec<String> = pending.iter().map(|(s, _)| s.clone()).collect();
+                    for (serial, row) in self.store.crl_rows(&serials).await? {
+                        match row {
+                            Some(mut row) => {
+                                row.revoked_at = row.revoked_at.min(now);
+                                list.insert(&row)?;
+                            }
+                            None => {
+                                if let Some(s) = SerialNumber::from_hex(&serial) {
+                                    list.remove(&s);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            self.store.crl_pending_done(&pending).await?;
+            if (pending.len() as i64) < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Builds, lints, signs (in the HSM) and stores one CRL of a CA (its full CRL or one
+    /// partition, see [`crate::crl`]), and writes it to `<data-dir>/crl/<file>` (DER). The
+    /// CRLNumber is committed before signing, so it never repeats or goes back, even across
+    /// crashes (RFC 5280 §5.2.3); all of a CA's CRLs draw from one sequence. nextUpdate: 7
+    /// days for the issuing CAs (TLS BR §4.9.7: at most 10), 365 days for the root's CRL of CA
+    /// certificates (at most 12 months). Entries: revoked and held certificates and abandoned
+    /// serials, kept until 7 days after they expire (BR §4.10.1).
+    pub async fn publish_crl(
+        &self,
+        role: CaRole,
+        scope: Scope,
+        actor: &str,
+    ) -> Result<PublishedCrl> {
         const DAY: i64 = 86_400;
         let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+        if role == CaRole::Root && scope != Scope::Full {
+            return Err(Error::Config("the root publishes only a full CRL".into()));
+        }
+        // One publication at a time in this process: the entry lists are shared.
+        let mut lists = self.crl_lists.lock().await;
+        let started = std::time::Instant::now();
         let now = now_secs();
         let validity = if role == CaRole::Root {
             365 * DAY
         } else {
             7 * DAY
         };
-        // CA certificates are not revocable yet: the root's CRL is empty.
         // The status version is read before the entries: a change after this point bumps it
         // again, so the publisher notices and republishes.
-        let status_version = self.store.status_version(role.name()).await?;
-        let entries = if role == CaRole::Root {
-            Vec::new()
+        let status_version = self
+            .store
+            .status_versions(role.name())
+            .await?
+            .get(&scope)
+            .copied()
+            .unwrap_or(0);
+        // CA certificates are not revocable yet: the root's CRL is empty.
+        let list = if role == CaRole::Root {
+            EntryList::default()
         } else {
-            self.store
-                .crl_entries(role.name(), unix(now), 7 * DAY)
-                .await?
+            self.refresh_crl_entries(&mut lists, role, unix(now))
+                .await?;
+            lists.remove(&role).unwrap_or_default()
         };
-        let number = self.store.next_crl_number(role.name()).await?;
-        fail::fail_point!("crl::after_number");
-        let revoked_certs = entries
-            .iter()
-            .map(|e| {
-                let serial = SerialNumber::from_hex(&e.serial)
-                    .ok_or_else(|| Error::Store(format!("bad serial {}", e.serial)))?;
-                Ok(rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from_slice(serial.as_bytes()),
-                    revocation_time: OffsetDateTime::from_unix_timestamp(e.revoked_at)
-                        .map_err(|err| Error::Store(err.to_string()))?,
-                    reason_code: crl_reason(e.reason),
-                    invalidity_date: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let number_bytes = number.to_be_bytes();
-        let params = rcgen::CertificateRevocationListParams {
-            this_update: now,
-            next_update: now + time::Duration::seconds(validity),
-            crl_number: rcgen::SerialNumber::from_slice(&number_bytes),
-            issuing_distribution_point: None,
-            revoked_certs,
-            key_identifier_method: KeyIdMethod::PreSpecified(
-                ca.key_id
-                    .clone()
-                    .ok_or_else(|| Error::Store("CA certificate without SKI".into()))?,
-            ),
-        };
-        // Building and linting a large CRL takes seconds: off the async workers.
-        let (cert_der, subject_der, key_id) = (
-            ca.cert_der.clone(),
-            ca.subject_der.clone(),
-            ca.key_id.clone(),
-        );
-        let (tbs, alg) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<u8>)> {
-            let issuer = rcgen::Issuer::from_ca_cert_der(&cert_der.into(), &LintSigner)?;
-            let linting = params.signed_by(&issuer)?;
-            let findings = lint::lint_crl(&lint::CrlLintInput {
-                crl_der: linting.der(),
-                issuer_subject_der: &subject_der,
-                issuer_key_id: key_id.as_deref(),
-                max_validity_secs: validity,
-                hold_allowed: role == CaRole::Individual,
-            });
-            if !findings.is_empty() {
-                return Err(Error::Lint(findings));
+        let query_ms = started.elapsed().as_millis();
+        let number = match self.store.next_crl_number(role.name()).await {
+            Ok(n) => n,
+            Err(e) => {
+                lists.insert(role, list);
+                return Err(e);
             }
-            split_signed(linting.der())
+        };
+        fail::fail_point!("crl::after_number");
+        let key_id = ca
+            .key_id
+            .clone()
+            .ok_or_else(|| Error::Store("CA certificate without SKI".into()))?;
+        let idp_uri = match scope {
+            Scope::Full => None,
+            Scope::Partition(_) => Some(scope.url(self.config.base_url(), role)),
+        };
+        let algorithm = crate::ocsp::ecdsa_sha256_algorithm()?;
+        let subject_der = ca.subject_der.clone();
+        let this_update = unix(now);
+        // Concatenating and linting a million entries takes a moment: off the async workers.
+        // The entry list goes along and comes back, whatever the outcome.
+        let (list, built) = tokio::task::spawn_blocking(move || {
+            let mut list = list;
+            list.expire(this_update);
+            let built = (|| -> Result<(Vec<u8>, usize)> {
+                let entries = list.select(scope);
+                let spec = TbsSpec {
+                    algorithm: &algorithm,
+                    issuer: &subject_der,
+                    this_update,
+                    next_update: this_update + validity,
+                    number,
+                    key_id: &key_id,
+                    idp_uri: idp_uri.as_deref(),
+                };
+                let tbs = crate::crl::encode_tbs(&spec, &entries)?;
+                let findings = crate::crl::lint(&crate::crl::LintInput {
+                    tbs: &tbs,
+                    algorithm: &algorithm,
+                    issuer_subject_der: &subject_der,
+                    issuer_key_id: &key_id,
+                    max_validity_secs: validity,
+                    hold_allowed: role == CaRole::Individual,
+                    idp_uri: idp_uri.as_deref(),
+                });
+                if !findings.is_empty() {
+                    return Err(Error::Lint(findings));
+                }
+                Ok((tbs, entries.len()))
+            })();
+            (list, built)
         })
         .await
-        .map_err(|e| Error::Encoding(format!("CRL build task failed: {e}")))??;
+        .map_err(|e| Error::Encoding(format!("CRL build task failed: {e}")))?;
+        if role != CaRole::Root {
+            lists.insert(role, list);
+        }
+        drop(lists);
+        let (tbs, entries) = built?;
+        let build_ms = started.elapsed().as_millis() - query_ms;
+        let file = scope.file_name(role);
         self.store
             .audit_now(&Event {
                 kind: "crl.signing",
                 actor: actor.to_string(),
                 subject: Some(role.name().into()),
-                detail: json!({ "number": number, "entries": entries.len(), "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
+                detail: json!({ "crl": file, "number": number, "entries": entries, "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
             })
             .await?;
         let issuer_spki = ca.signer.public_key_spki().to_vec();
+        let alg = crate::ocsp::ecdsa_sha256_algorithm()?;
         let der = match self.hsm_slots.acquire().await {
             Ok(_permit) => {
                 hsm_sign_checked_as(ca.signer.clone(), tbs, alg, issuer_spki, SignedKind::Crl)
@@ -1056,47 +1183,64 @@ impl Authority {
                 }))
             }
         };
-        let this_update = unix(now);
+        let sign_ms = started.elapsed().as_millis() - query_ms - build_ms;
         let event = Event {
             kind: "crl.published",
             actor: actor.to_string(),
             subject: Some(role.name().into()),
-            detail: json!({ "number": number, "entries": entries.len(), "this_update": this_update, "next_update": this_update + validity, "crl_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der)) }),
+            detail: json!({ "crl": file, "number": number, "entries": entries, "this_update": this_update, "next_update": this_update + validity, "crl_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der)) }),
         };
-        self.store
+        // The file (a convenience copy for a web server in front) is written while the
+        // database stores the CRL that every instance serves.
+        let dir = self.config.data_dir.join("crl");
+        let path = dir.join(&file);
+        let write_file = {
+            let (dir, path, der) = (dir.clone(), path.clone(), der.clone());
+            let tmp = dir.join(format!(".{file}.tmp"));
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(&tmp, &der))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| Error::Io {
+                        context: format!("writing {}", path.display()),
+                        source: e,
+                    })
+            })
+        };
+        let stored = self
+            .store
             .insert_crl(
                 role.name(),
+                scope,
                 number,
                 this_update,
                 this_update + validity,
-                entries.len() as i64,
+                entries as i64,
                 status_version,
                 &der,
                 &event,
             )
-            .await?;
-        let dir = self.config.data_dir.join("crl");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
-            context: format!("creating {}", dir.display()),
-            source: e,
-        })?;
-        let path = dir.join(format!("{}.crl", role.name()));
-        let tmp = dir.join(format!(".{}.crl.tmp", role.name()));
-        std::fs::write(&tmp, &der)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| Error::Io {
-                context: format!("writing {}", path.display()),
-                source: e,
-            })?;
+            .await;
+        let written = write_file
+            .await
+            .map_err(|e| Error::Encoding(format!("CRL file task failed: {e}")))?;
+        stored?;
+        written?;
         tracing::info!(
-            ca = role.name(),
+            crl = file,
             number,
-            entries = entries.len(),
+            entries,
+            query_ms,
+            build_ms,
+            sign_ms,
+            total_ms = started.elapsed().as_millis(),
             "CRL published"
         );
         Ok(PublishedCrl {
+            scope,
+            build_and_sign: std::time::Duration::from_millis((build_ms + sign_ms) as u64),
             number,
-            entries: entries.len(),
+            entries,
             der,
             path,
         })
@@ -1146,6 +1290,7 @@ impl Authority {
         let subject = profile.check(&subject, req.days, now_secs())?;
         let serial = SerialNumber::random();
         let serial_hex = serial.to_hex();
+        let crl_partition = crate::crl::partition_of(&serial, self.config.crl.partitions);
         let request_json =
             serde_json::to_string(&subject).map_err(|e| Error::Encoding(e.to_string()))?;
         let op = WriteOp::Reserve {
@@ -1156,6 +1301,7 @@ impl Authority {
             key_fp: key.fingerprint().to_vec(),
             request: request_json,
             renews: renews.clone(),
+            crl_partition,
         };
         let event = Event {
             kind: "issuance.requested",
@@ -1170,6 +1316,7 @@ impl Authority {
             subject,
             renews,
             serial,
+            crl_partition,
         })
     }
 
@@ -1181,12 +1328,14 @@ impl Authority {
             subject,
             renews,
             serial,
+            crl_partition,
         } = r;
         let serial_hex = serial.to_hex();
         let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
         fail::fail_point!("ca::after_reserve");
         // Step 4: build the linting certificate, lint.
-        let built = self.build_linting(profile, &subject, &key, serial, ca, req.days);
+        let built =
+            self.build_linting(profile, &subject, &key, serial, crl_partition, ca, req.days);
         let (tbs, alg, nb, na) = match built {
             Ok(v) => v,
             Err(e) => {
@@ -1231,16 +1380,19 @@ impl Authority {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build_linting(
         &self,
         profile: &'static Profile,
         subject: &SubjectData,
         key: &SubscriberKey,
         serial: SerialNumber,
+        crl_partition: Option<u16>,
         ca: &CaState,
         days: Option<u32>,
     ) -> Result<(Vec<u8>, Vec<u8>, i64, i64)> {
         let ctx = IssueContext {
+            crl_partition,
             base_url: self.config.base_url(),
             policy_arc: &self.policy_arc,
             default_locality: &self.config.ca.default_locality,

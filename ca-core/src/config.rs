@@ -22,6 +22,24 @@ pub struct Config {
     pub ca: CaConfig,
     /// The OCSP responder.
     pub ocsp: OcspConfig,
+    /// CRLs.
+    pub crl: CrlConfig,
+}
+
+/// How CRLs are partitioned (docs/REVOCATION.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlConfig {
+    /// Partitions per issuing CA (0: none; certificates then name the full CRL). A certificate
+    /// is assigned its partition when it is reserved, and keeps it: changing this affects only
+    /// certificates issued afterwards, and the partitions already used keep being published.
+    pub partitions: u16,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig { partitions: 16 }
+    }
 }
 
 /// How OCSP responses are made and served (docs/OCSP.md).
@@ -135,6 +153,7 @@ impl Default for Config {
             hsm: HsmConfig::default(),
             ca: CaConfig::default(),
             ocsp: OcspConfig::default(),
+            crl: CrlConfig::default(),
         }
     }
 }
@@ -238,6 +257,12 @@ impl Config {
         }
         if let Some(arc) = &self.ca.policy_arc {
             crate::ext::PolicyOid::parse(arc)?;
+        }
+        if self.crl.partitions > crate::crl::MAX_PARTITIONS {
+            return Err(Error::Config(format!(
+                "crl.partitions must be 0 to {}",
+                crate::crl::MAX_PARTITIONS
+            )));
         }
         let o = &self.ocsp;
         if !(8..=240).contains(&o.validity_hours) {

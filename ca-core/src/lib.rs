@@ -25,6 +25,7 @@
 pub mod audit;
 pub mod authority;
 pub mod config;
+pub mod crl;
 pub mod csr;
 pub mod error;
 pub mod ext;

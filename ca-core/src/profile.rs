@@ -74,7 +74,8 @@ pub enum ProfileKind {
 pub struct Profile {
     /// Stable name (`ecert issue --profile NAME`).
     pub id: &'static str,
-    /// Bumped whenever what the profile produces changes.
+    /// Bumped whenever what the profile produces changes. v2: the CRL distribution point names
+    /// the certificate's CRL partition (`/crl/<ca>-p<k>.crl`) when its CA is partitioned.
     pub version: u32,
     /// What it makes.
     pub kind: ProfileKind,
@@ -94,7 +95,7 @@ pub struct Profile {
 pub static PROFILES: &[Profile] = &[
     Profile {
         id: "personal",
-        version: 1,
+        version: 2,
         kind: ProfileKind::Personal,
         issuer: CaRole::Individual,
         default_days: 365,
@@ -105,7 +106,7 @@ pub static PROFILES: &[Profile] = &[
     },
     Profile {
         id: "organisational",
-        version: 1,
+        version: 2,
         kind: ProfileKind::Organisational,
         issuer: CaRole::Individual,
         default_days: 365,
@@ -116,7 +117,7 @@ pub static PROFILES: &[Profile] = &[
     },
     Profile {
         id: "encipherment",
-        version: 1,
+        version: 2,
         kind: ProfileKind::Encipherment,
         issuer: CaRole::Individual,
         default_days: 365,
@@ -127,7 +128,7 @@ pub static PROFILES: &[Profile] = &[
     },
     Profile {
         id: "server",
-        version: 1,
+        version: 2,
         kind: ProfileKind::Server,
         issuer: CaRole::Server,
         default_days: 199,
@@ -198,6 +199,8 @@ pub struct IssueContext<'a> {
     pub default_locality: &'a str,
     /// Country of subscribers' organisations.
     pub country: &'a str,
+    /// The certificate's CRL partition (`None`: its CDP names the full CRL).
+    pub crl_partition: Option<u16>,
 }
 
 impl Profile {
@@ -425,7 +428,10 @@ impl Profile {
         };
         let issuer = self.issuer.name();
         p.crl_distribution_points = vec![CrlDistributionPoint {
-            uris: vec![format!("{}/crl/{issuer}.crl", ctx.base_url)],
+            uris: vec![ctx
+                .crl_partition
+                .map_or(crate::crl::Scope::Full, crate::crl::Scope::Partition)
+                .url(ctx.base_url, self.issuer)],
         }];
         let local = ext::PolicyOid::parse(&format!("{}.2.{}", ctx.policy_arc, self.local_policy))?;
         p.custom_extensions = vec![

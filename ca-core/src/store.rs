@@ -7,13 +7,16 @@
 //! Every state change of a certificate is one transaction that also appends its audit record
 //! (see [`crate::audit`]); if the audit append fails, the change is rolled back.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row, Transaction};
 
 use crate::audit::{self, Event, Record};
+use crate::crl::{EntryRow, Scope};
 use crate::error::{Error, Result};
+use crate::serial::SerialNumber;
 
 /// Which database engine a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +35,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/sqlite/0004_crls.sql")),
     (5, include_str!("../../migrations/sqlite/0005_status_changes.sql")),
     (6, include_str!("../../migrations/sqlite/0006_ocsp.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_crl_partitions.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -41,6 +45,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/postgres/0004_crls.sql")),
     (5, include_str!("../../migrations/postgres/0005_status_changes.sql")),
     (6, include_str!("../../migrations/postgres/0006_ocsp.sql")),
+    (7, include_str!("../../migrations/postgres/0007_crl_partitions.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -151,6 +156,8 @@ pub struct Reservation<'a> {
     pub request: &'a str,
     /// Serial renewed.
     pub renews: Option<&'a str>,
+    /// The CRL partition its distribution point names (`None`: the full CRL).
+    pub crl_partition: Option<u16>,
 }
 
 fn now() -> i64 {
@@ -447,8 +454,8 @@ impl Store {
         }
         let t = now();
         sqlx::query(
-            "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, renews, reserved_at, updated_at) \
-             VALUES ($1, $2, 'reserved', $3, $4, $5, $6, $7, $8, $8)",
+            "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, renews, reserved_at, updated_at, crl_partition) \
+             VALUES ($1, $2, 'reserved', $3, $4, $5, $6, $7, $8, $8, $9)",
         )
         .bind(r.serial)
         .bind(r.issuer)
@@ -458,6 +465,7 @@ impl Store {
         .bind(r.request)
         .bind(r.renews)
         .bind(t)
+        .bind(r.crl_partition.map(i64::from))
         .execute(&mut **tx)
         .await?;
         if let Some(old) = r.renews {
@@ -746,6 +754,23 @@ impl Store {
         .bind(serial)
         .execute(&mut **tx)
         .await?;
+        // The partition's own counter, so only changed partitions are republished.
+        sqlx::query(
+            "INSERT INTO status_changes (issuer, version) \
+             SELECT issuer || '/p' || CAST(crl_partition AS TEXT), 1 FROM certificates \
+             WHERE serial = $1 AND crl_partition IS NOT NULL \
+             ON CONFLICT (issuer) DO UPDATE SET version = status_changes.version + 1",
+        )
+        .bind(serial)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO crl_pending (serial, issuer, version) SELECT serial, issuer, 1 FROM certificates WHERE serial = $1 \
+             ON CONFLICT (serial) DO UPDATE SET version = crl_pending.version + 1",
+        )
+        .bind(serial)
+        .execute(&mut **tx)
+        .await?;
         self.queue_ocsp(tx, serial).await
     }
 
@@ -770,18 +795,6 @@ impl Store {
         Ok(match row {
             Some(r) => r.try_get(0)?,
             None => 0,
-        })
-    }
-
-    /// The newest CRL of `issuer`: (number, thisUpdate, nextUpdate, status version it covers).
-    pub async fn latest_crl_times(&self, issuer: &str) -> Result<Option<(i64, i64, i64, i64)>> {
-        let row = sqlx::query("SELECT number, this_update, next_update, status_version FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1")
-            .bind(issuer)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)),
-            None => None,
         })
     }
 
@@ -837,17 +850,6 @@ impl Store {
     }
 }
 
-/// A revoked (or held, or abandoned) serial as a CRL lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrlEntry {
-    /// Hex serial.
-    pub serial: String,
-    /// RFC 5280 reason code; `None` (and 0) is omitted from the entry.
-    pub reason: Option<i64>,
-    /// Revocation time, Unix seconds.
-    pub revoked_at: i64,
-}
-
 impl Store {
     /// Hands out the next CRLNumber for `issuer` and commits it before anything is signed.
     pub async fn next_crl_number(&self, issuer: &str) -> Result<i64> {
@@ -871,41 +873,95 @@ impl Store {
         Ok(n)
     }
 
-    /// The entries of `issuer`'s full CRL at `now`: every revoked or held certificate, and every
-    /// abandoned serial (a signature may exist), kept until `keep_after_expiry` seconds after
-    /// the certificate expires (BR §4.10.1: never removed before it expires).
-    pub async fn crl_entries(
-        &self,
-        issuer: &str,
-        now: i64,
-        keep_after_expiry: i64,
-    ) -> Result<Vec<CrlEntry>> {
+    /// Every entry of `issuer`'s CRLs at `now`: each revoked or held certificate, and each
+    /// abandoned serial that reached `issuing` (a signature may exist), kept until
+    /// [`crate::crl::KEEP_AFTER_EXPIRY`] after the certificate expires (BR §4.10.1: never
+    /// removed before it expires). Served by the partial index `certificates_crl`.
+    pub async fn crl_entries(&self, issuer: &str, now: i64) -> Result<Vec<EntryRow>> {
         let rows = sqlx::query(
-            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) FROM certificates \
-             WHERE issuer = $1 AND (revocation_reason IS NOT NULL OR state = 'abandoned') \
-             AND COALESCE(not_after, 0) >= $2 ORDER BY serial",
+            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at), not_after, crl_partition \
+             FROM certificates WHERE issuer = $1 AND (revocation_reason IS NOT NULL OR state = 'abandoned') \
+             AND not_after >= $2",
         )
         .bind(issuer)
-        .bind(now - keep_after_expiry)
+        .bind(now - crate::crl::KEEP_AFTER_EXPIRY)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_row).collect()
+    }
+
+    /// Serials of `issuer` whose CRL entry changed and that the publisher has not taken in
+    /// yet, with the queue version read (at most `limit`).
+    pub async fn crl_pending(&self, issuer: &str, limit: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT serial, version FROM crl_pending WHERE issuer = $1 ORDER BY serial LIMIT $2",
+        )
+        .bind(issuer)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(CrlEntry {
-                    serial: r.try_get(0)?,
-                    reason: r.try_get(1)?,
-                    revoked_at: r.try_get(2)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
-    /// Stores a published CRL with its audit record.
+    /// The CRL entries of `serials` now: `Some` for a serial that belongs on its CA's CRLs,
+    /// `None` for one that does not (released from hold, or never signed).
+    pub async fn crl_rows(&self, serials: &[String]) -> Result<Vec<(String, Option<EntryRow>)>> {
+        let mut out = Vec::with_capacity(serials.len());
+        for chunk in serials.chunks(500) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at), not_after, crl_partition, \
+                 (revocation_reason IS NOT NULL OR state = 'abandoned') AND not_after IS NOT NULL \
+                 FROM certificates WHERE serial IN ({placeholders})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for s in chunk {
+                q = q.bind(s);
+            }
+            let rows = q.fetch_all(&self.pool).await?;
+            let mut found = std::collections::HashMap::new();
+            for r in &rows {
+                let listed: bool = match r.try_get::<bool, _>(5) {
+                    Ok(b) => b,
+                    Err(_) => r.try_get::<i64, _>(5)? != 0,
+                };
+                let serial: String = r.try_get(0)?;
+                found.insert(serial, if listed { Some(entry_row(r)?) } else { None });
+            }
+            for s in chunk {
+                out.push((s.clone(), found.remove(s).flatten()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes taken-in queue entries, unless they changed again since they were read.
+    pub async fn crl_pending_done(&self, done: &[(String, i64)]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (serial, version) in done {
+            sqlx::query("DELETE FROM crl_pending WHERE serial = $1 AND version = $2")
+                .bind(serial)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a published CRL with its audit record, and drops the DER of the scope's CRLs
+    /// older than the previous one (a full CRL of a million entries is 49 MB; the audit
+    /// record keeps every CRL's SHA-256).
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_crl(
         &self,
         issuer: &str,
+        scope: Scope,
         number: i64,
         this_update: i64,
         next_update: i64,
@@ -915,8 +971,16 @@ impl Store {
         event: &Event,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO crls (issuer, number, this_update, next_update, entries, status_version, der) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        let previous: Option<i64> =
+            sqlx::query("SELECT MAX(number) FROM crls WHERE issuer = $1 AND partition_no = $2")
+                .bind(issuer)
+                .bind(scope.code())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        sqlx::query("INSERT INTO crls (issuer, partition_no, number, this_update, next_update, entries, status_version, der) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(issuer)
+            .bind(scope.code())
             .bind(number)
             .bind(this_update)
             .bind(next_update)
@@ -925,17 +989,29 @@ impl Store {
             .bind(der.to_vec())
             .execute(&mut *tx)
             .await?;
+        if let Some(previous) = previous {
+            sqlx::query(
+                "UPDATE crls SET der = $4 WHERE issuer = $1 AND partition_no = $2 AND number < $3 AND length(der) > 0",
+            )
+            .bind(issuer)
+            .bind(scope.code())
+            .bind(previous)
+            .bind(Vec::<u8>::new())
+            .execute(&mut *tx)
+            .await?;
+        }
         self.audit(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// The newest CRL of `issuer`: (number, DER).
-    pub async fn latest_crl(&self, issuer: &str) -> Result<Option<(i64, Vec<u8>)>> {
+    /// The newest CRL of one scope of `issuer`: (number, DER).
+    pub async fn latest_crl(&self, issuer: &str, scope: Scope) -> Result<Option<(i64, Vec<u8>)>> {
         let row = sqlx::query(
-            "SELECT number, der FROM crls WHERE issuer = $1 ORDER BY number DESC LIMIT 1",
+            "SELECT number, der FROM crls WHERE issuer = $1 AND partition_no = $2 ORDER BY number DESC LIMIT 1",
         )
         .bind(issuer)
+        .bind(scope.code())
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
@@ -943,6 +1019,88 @@ impl Store {
             None => None,
         })
     }
+
+    /// The newest CRL of every scope of `issuer` published so far: (scope, number, thisUpdate,
+    /// nextUpdate, status version it covers).
+    pub async fn crl_heads(&self, issuer: &str) -> Result<Vec<CrlHead>> {
+        let rows = sqlx::query(
+            "SELECT c.partition_no, c.number, c.this_update, c.next_update, c.status_version FROM crls c \
+             JOIN (SELECT partition_no, MAX(number) AS number FROM crls WHERE issuer = $1 GROUP BY partition_no) m \
+             ON c.partition_no = m.partition_no AND c.number = m.number WHERE c.issuer = $1",
+        )
+        .bind(issuer)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let code: i64 = r.try_get(0)?;
+            let scope = Scope::from_code(code)
+                .ok_or_else(|| Error::Store(format!("bad CRL partition {code}")))?;
+            out.push(CrlHead {
+                scope,
+                number: r.try_get(1)?,
+                this_update: r.try_get(2)?,
+                next_update: r.try_get(3)?,
+                status_version: r.try_get(4)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The status versions of `issuer`'s scopes: the full CRL's under the CA's name, a
+    /// partition's under `<ca>/p<k>` (see [`Store::note_status_change`]).
+    pub async fn status_versions(&self, issuer: &str) -> Result<HashMap<Scope, i64>> {
+        let rows = sqlx::query(
+            "SELECT issuer, version FROM status_changes WHERE issuer = $1 OR issuer LIKE $2",
+        )
+        .bind(issuer)
+        .bind(format!("{issuer}/p%"))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = HashMap::new();
+        for r in &rows {
+            let key: String = r.try_get(0)?;
+            let version: i64 = r.try_get(1)?;
+            let scope = match key.strip_prefix(issuer) {
+                Some("") => Scope::Full,
+                Some(rest) => match rest.strip_prefix("/p").and_then(|k| k.parse().ok()) {
+                    Some(k) => Scope::Partition(k),
+                    None => continue,
+                },
+                None => continue,
+            };
+            out.insert(scope, version);
+        }
+        Ok(out)
+    }
+}
+
+fn entry_row(r: &AnyRow) -> Result<EntryRow> {
+    let serial: String = r.try_get(0)?;
+    let partition: Option<i64> = r.try_get(4)?;
+    Ok(EntryRow {
+        serial: SerialNumber::from_hex(&serial)
+            .ok_or_else(|| Error::Store(format!("bad serial {serial}")))?,
+        reason: r.try_get(1)?,
+        revoked_at: r.try_get(2)?,
+        not_after: r.try_get(3)?,
+        partition: partition.and_then(|k| u16::try_from(k).ok()),
+    })
+}
+
+/// The newest CRL of one scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlHead {
+    /// Which CRL.
+    pub scope: Scope,
+    /// Its CRLNumber.
+    pub number: i64,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+    /// The scope's status version it was built after.
+    pub status_version: i64,
 }
 
 /// What the OCSP signer needs to know of a serial: its status now.
@@ -1212,6 +1370,8 @@ pub enum WriteOp {
         request: String,
         /// Serial renewed.
         renews: Option<String>,
+        /// The CRL partition its distribution point names.
+        crl_partition: Option<u16>,
     },
     /// Step 4: store the linting TBS, `reserved` → `issuing`.
     Issuing {
@@ -1347,6 +1507,7 @@ impl Store {
                 key_fp,
                 request,
                 renews,
+                crl_partition,
             } => {
                 self.reserve(
                     tx,
@@ -1358,6 +1519,7 @@ impl Store {
                         key_fp,
                         request,
                         renews: renews.as_deref(),
+                        crl_partition: *crl_partition,
                     },
                 )
                 .await?

@@ -209,16 +209,17 @@ struct RevokeArgs {
 
 #[derive(Debug, Subcommand)]
 enum CrlCommand {
-    /// Build, sign and publish full CRLs now (default: the issuing CAs; `--ca root` for the
-    /// root's CRL of CA certificates, an explicit ceremony step).
+    /// Build, sign and publish CRLs now: each CA's full CRL and all its partitions (default:
+    /// the issuing CAs; `--ca root` for the root's CRL of CA certificates, an explicit
+    /// ceremony step).
     Publish {
         /// CA name (individual, server, root); repeatable.
         #[arg(long = "ca")]
         cas: Vec<String>,
     },
-    /// Print the latest published CRL of a CA as PEM.
+    /// Print the latest published CRL as PEM.
     Export {
-        /// CA name.
+        /// A CA name for its full CRL (`individual`), or `<ca>-p<k>` for partition k.
         name: String,
     },
 }
@@ -334,8 +335,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Ocsp(cmd) => ocsp(config, cmd).await,
             Command::Crl(CrlCommand::Export { name }) => {
                 let store = open_store(&config).await?;
-                let role = CaRole::from_name(&name)?;
-                let Some((_, der)) = store.latest_crl(role.name()).await? else {
+                let (role, scope) = ca_core::crl::Scope::parse_file(&format!("{name}.crl"))
+                    .with_context(|| format!("no such CRL {name:?}: name a CA (individual, server, root) or <ca>-p<k>"))?;
+                let Some((_, der)) = store.latest_crl(role.name(), scope).await? else {
                     bail!(
                         "no CRL has been published for the {name} CA yet: run `ecert crl publish`"
                     );
@@ -748,17 +750,26 @@ async fn crl_publish(config: Config, cas: Vec<String>) -> anyhow::Result<()> {
     };
     let auth = Authority::open(config).await?;
     for role in roles {
-        match auth.publish_crl(role, &actor()).await {
-            Ok(p) => println!(
-                "{}\tnumber={}\tentries={}\t{}",
-                role.name(),
-                p.number,
-                p.entries,
-                p.path.display()
-            ),
+        let scopes = match auth.crl_scopes(role).await {
+            Ok(s) => s,
             Err(e) => {
                 checkpoint(&auth).await;
                 return Err(e.into());
+            }
+        };
+        for scope in scopes {
+            match auth.publish_crl(role, scope, &actor()).await {
+                Ok(p) => println!(
+                    "{}\tnumber={}\tentries={}\t{}",
+                    scope.file_name(role),
+                    p.number,
+                    p.entries,
+                    p.path.display()
+                ),
+                Err(e) => {
+                    checkpoint(&auth).await;
+                    return Err(e.into());
+                }
             }
         }
     }

@@ -30,6 +30,7 @@ use axum::Router;
 use base64::Engine as _;
 use ca_core::authority::Authority;
 use ca_core::config::Config;
+use ca_core::crl::Scope;
 use ca_core::ocsp::{self, Cache, Refusal};
 use ca_core::profile::CaRole;
 use ca_core::store::Store;
@@ -78,13 +79,16 @@ struct AppState {
     cas: HashMap<CaRole, Bytes>,
     ocsp: Cache,
     /// Newest CRL of each CA: (CRLNumber, nextUpdate, DER).
-    crls: RwLock<HashMap<CaRole, (i64, i64, Bytes)>>,
+    crls: RwLock<CrlMap>,
     counters: Counters,
     /// Last HSM check: (when, result). `/healthz` signs at most once per 10 s.
     hsm: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 type Shared = Arc<AppState>;
+
+/// The newest CRL of each CA and scope: (CRLNumber, nextUpdate, DER).
+type CrlMap = HashMap<(CaRole, Scope), (i64, i64, Bytes)>;
 
 pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     let (auth, store) = if a.no_signer {
@@ -204,16 +208,14 @@ async fn ca_cert(State(s): State<Shared>, Path(file): Path<String>) -> Response 
     }
 }
 
-/// `GET /crl/{ca}.crl`: DER, `application/pkix-crl` (RFC 2585 §4.2), the URL in CRL DPs.
-/// Served from memory (kept current by [`follow_store`]).
+/// `GET /crl/{ca}.crl` (full CRL) and `GET /crl/{ca}-p{k}.crl` (partition k): DER,
+/// `application/pkix-crl` (RFC 2585 §4.2), the URLs in CRL distribution points. Served from
+/// memory (kept current by [`follow_store`]).
 async fn crl(State(s): State<Shared>, Path(file): Path<String>) -> Response {
-    let Some(role) = file
-        .strip_suffix(".crl")
-        .and_then(|n| CaRole::from_name(n).ok())
-    else {
+    let Some(key) = Scope::parse_file(&file) else {
         return not_found();
     };
-    let found = s.crls.read().ok().and_then(|m| m.get(&role).cloned());
+    let found = s.crls.read().ok().and_then(|m| m.get(&key).cloned());
     match found {
         Some((_, _, der)) => (
             [
@@ -373,7 +375,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     };
     let known = s.crls.read().map(|m| m.clone()).unwrap_or_default();
     for role in CaRole::ALL {
-        let v = match known.get(&role) {
+        let mut v = match known.get(&(role, Scope::Full)) {
             Some((number, next_update, _)) => {
                 let fresh = now < *next_update;
                 ok &= fresh;
@@ -384,6 +386,26 @@ async fn healthz(State(s): State<Shared>) -> Response {
                 serde_json::json!({ "missing": true })
             }
         };
+        if role != CaRole::Root {
+            // Every partition that certificates may name must be served and current.
+            let expected = known
+                .keys()
+                .filter_map(|(r, scope)| match scope {
+                    Scope::Partition(k) if *r == role => Some(k + 1),
+                    _ => None,
+                })
+                .fold(s.config.crl.partitions, u16::max);
+            let mut stale = Vec::new();
+            for k in 0..expected {
+                match known.get(&(role, Scope::Partition(k))) {
+                    Some((_, next_update, _)) if now < *next_update => {}
+                    _ => stale.push(k),
+                }
+            }
+            ok &= stale.is_empty();
+            v["partitions"] = serde_json::json!(expected);
+            v["partitions_missing_or_stale"] = serde_json::json!(stale);
+        }
         crls.insert(role.name().into(), v);
     }
     let sync_age = now - s.ocsp.synced_at();
@@ -442,19 +464,29 @@ async fn metrics(State(s): State<Shared>) -> Response {
     // Each metric family is one group (Prometheus text format 0.0.4).
     let mut crls = Vec::new();
     for role in CaRole::ALL {
-        if let Ok(Some((number, this_update, _, _))) = s.store.latest_crl_times(role.name()).await {
-            crls.push((role.name(), number, now - this_update));
+        if let Ok(heads) = s.store.crl_heads(role.name()).await {
+            for h in heads {
+                let crl = match h.scope {
+                    Scope::Full => "full".to_string(),
+                    Scope::Partition(k) => format!("p{k}"),
+                };
+                crls.push((role.name(), crl, h.number, now - h.this_update));
+            }
         }
     }
     out.push_str(
         "# HELP ecert_crl_number CRLNumber of the newest CRL.\n# TYPE ecert_crl_number gauge\n",
     );
-    for (ca, number, _) in &crls {
-        out.push_str(&format!("ecert_crl_number{{ca=\"{ca}\"}} {number}\n"));
+    for (ca, crl, number, _) in &crls {
+        out.push_str(&format!(
+            "ecert_crl_number{{ca=\"{ca}\",crl=\"{crl}\"}} {number}\n"
+        ));
     }
     out.push_str("# HELP ecert_crl_age_seconds Seconds since the newest CRL's thisUpdate.\n# TYPE ecert_crl_age_seconds gauge\n");
-    for (ca, _, age) in &crls {
-        out.push_str(&format!("ecert_crl_age_seconds{{ca=\"{ca}\"}} {age}\n"));
+    for (ca, crl, _, age) in &crls {
+        out.push_str(&format!(
+            "ecert_crl_age_seconds{{ca=\"{ca}\",crl=\"{crl}\"}} {age}\n"
+        ));
     }
     out.push_str(&format!(
         "# HELP ecert_ocsp_responses Serials with a pre-signed OCSP response in memory.\n# TYPE ecert_ocsp_responses gauge\necert_ocsp_responses {}\n",
@@ -483,16 +515,16 @@ async fn metrics(State(s): State<Shared>) -> Response {
 async fn sync(s: &AppState) -> ca_core::error::Result<()> {
     s.ocsp.sync(&s.store).await?;
     for role in CaRole::ALL {
-        let have = s.crls.read().ok().and_then(|m| m.get(&role).map(|c| c.0));
-        let Some((number, _, next_update, _)) = s.store.latest_crl_times(role.name()).await? else {
-            continue;
-        };
-        if have == Some(number) {
-            continue;
-        }
-        if let Some((number, der)) = s.store.latest_crl(role.name()).await? {
-            if let Ok(mut m) = s.crls.write() {
-                m.insert(role, (number, next_update, Bytes::from(der)));
+        for head in s.store.crl_heads(role.name()).await? {
+            let key = (role, head.scope);
+            let have = s.crls.read().ok().and_then(|m| m.get(&key).map(|c| c.0));
+            if have == Some(head.number) {
+                continue;
+            }
+            if let Some((number, der)) = s.store.latest_crl(role.name(), head.scope).await? {
+                if let Ok(mut m) = s.crls.write() {
+                    m.insert(key, (number, head.next_update, Bytes::from(der)));
+                }
             }
         }
     }
@@ -596,28 +628,43 @@ async fn ocsp_signer(s: Shared) {
     }
 }
 
-/// Publishes the CRL of each CA that has none, whose newest is older than `interval`, or whose
-/// status changed since it was made. The root's CRL is made once (it changes only by ceremony).
-async fn publish_due(auth: &Authority, interval: i64) {
+/// Publishes each CRL (full or partition) that has never been published, whose newest is
+/// older than `interval`, whose status changed since it was made, or whose nextUpdate is less
+/// than a day away. A revocation so republishes the CA's full CRL and the one partition that
+/// holds the serial, not the others. The root's CRL is made once (it changes only by ceremony).
+pub async fn publish_due(auth: &Authority, interval: i64) {
     let now = now();
     for role in CaRole::ALL {
         let store = auth.store();
-        let due = match store.latest_crl_times(role.name()).await {
-            Ok(None) => true,
-            Ok(Some((_, this_update, next_update, covered))) => {
-                let version = store.status_version(role.name()).await.unwrap_or(i64::MAX);
-                (role != CaRole::Root && (now - this_update >= interval || version > covered))
-                    || next_update - now < 86_400
-            }
+        let due = async {
+            let heads = store.crl_heads(role.name()).await?;
+            let versions = store.status_versions(role.name()).await?;
+            let scopes = auth.crl_scopes(role).await?;
+            Ok::<_, ca_core::error::Error>(
+                scopes
+                    .into_iter()
+                    .filter(|scope| match heads.iter().find(|h| h.scope == *scope) {
+                        None => true,
+                        Some(h) => {
+                            let version = versions.get(scope).copied().unwrap_or(0);
+                            (role != CaRole::Root
+                                && (now - h.this_update >= interval || version > h.status_version))
+                                || h.next_update - now < 86_400
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let due = match due.await {
+            Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "CRL schedule: database");
-                false
+                continue;
             }
         };
-        if due {
-            match auth.publish_crl(role, "system:crl-publisher").await {
-                Ok(p) => tracing::info!(ca = role.name(), number = p.number, "CRL published"),
-                Err(e) => tracing::error!(ca = role.name(), error = %e, "CRL publication failed"),
+        for scope in due {
+            if let Err(e) = auth.publish_crl(role, scope, "system:crl-publisher").await {
+                tracing::error!(crl = scope.file_name(role), error = %e, "CRL publication failed");
             }
         }
     }

@@ -161,6 +161,8 @@ impl Authority {
                     key_fp: subject_key.fingerprint().to_vec(),
                     request: json!({ "key_label": label }).to_string(),
                     renews: None,
+                    // Responder certificates carry no CRL distribution point.
+                    crl_partition: None,
                 },
                 Event {
                     kind: "issuance.requested",

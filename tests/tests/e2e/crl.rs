@@ -94,8 +94,8 @@ fn crls_list_revocations_and_pass_the_judges() {
         "superseded",
     ]);
     let out = ca.ecert_ok(&["crl", "publish"]);
-    assert!(out.contains("individual\tnumber=1\tentries=2"), "{out}");
-    assert!(out.contains("server\tnumber=1\tentries=1"), "{out}");
+    assert!(out.contains("individual.crl\tnumber=1\tentries=2"), "{out}");
+    assert!(out.contains("server.crl\tnumber=1\tentries=1"), "{out}");
     ca.ecert_ok(&["crl", "publish", "--ca", "root"]);
 
     let root = ca.export("root");
@@ -233,4 +233,189 @@ fn crl_number_never_repeats_across_a_crash() {
         after > first + 1,
         "CRL number after the crash is {after}, before it {first}"
     );
+}
+
+/// The serials a CRL lists, as `openssl crl -text` prints them (upper-case hex).
+fn crl_serials(ca: &Ca, crl_pem: &std::path::Path) -> Vec<String> {
+    let o = openssl(
+        ca.data_dir(),
+        &["crl", "-in", crl_pem.to_str().unwrap(), "-noout", "-text"],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A CRL file of the data directory (DER) as PEM in the scratch directory.
+fn crl_pem(ca: &Ca, file: &str) -> std::path::PathBuf {
+    let der = ca.data_dir().join("crl").join(file);
+    let pem = ca.file(&format!("{file}.pem"));
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            der.to_str().unwrap(),
+            "-out",
+            pem.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{file}: {}", show(&o));
+    pem
+}
+
+/// Partitioned CRLs (TLS BR §7.2.2.1): every leaf's CRL distribution point names a partition;
+/// that partition carries a critical IssuingDistributionPoint naming the same URL; openssl
+/// finds revoked leaves through it and refuses another partition's CRL as out of scope; the
+/// partitions together list exactly what the full CRL lists, no serial twice; pkilint passes
+/// every partition.
+#[test]
+fn partitions_cover_every_certificate_with_a_critical_idp() {
+    let ca = Ca::init();
+    let (p, srv) = (personal(), server());
+    let mut leaves: Vec<(Issued, &str)> = Vec::new();
+    for i in 0..8 {
+        let csr = ca.csr(&format!("p{i}"), KeyType::P256);
+        leaves.push((
+            ca.issue(p.profile, &csr.csr, &p.args, "personal"),
+            "individual",
+        ));
+    }
+    for i in 0..4 {
+        let csr = ca.csr(&format!("s{i}"), KeyType::P256);
+        leaves.push((
+            ca.issue(srv.profile, &csr.csr, &srv.args, "server"),
+            "server",
+        ));
+    }
+    let revoked = [
+        (0, &["--reason", "keyCompromise"][..]),
+        (1, &["--hold"][..]),
+        (8, &["--reason", "superseded"][..]),
+        (9, &["--reason", "cessationOfOperation"][..]),
+    ];
+    for (i, how) in revoked {
+        let mut args = vec!["revoke", "--serial", &leaves[i].0.serial];
+        args.extend_from_slice(how);
+        ca.ecert_ok(&args);
+    }
+    let out = ca.ecert_ok(&["crl", "publish"]);
+    for ca_name in ["individual", "server"] {
+        assert!(out.contains(&format!("{ca_name}.crl\t")), "{out}");
+        for k in 0..16 {
+            assert!(out.contains(&format!("{ca_name}-p{k}.crl\t")), "{out}");
+        }
+    }
+    let root = ca.export("root");
+    let issuing = [
+        ("individual", ca.export("individual")),
+        ("server", ca.export("server")),
+    ];
+    let issuer_of = |name: &str| &issuing.iter().find(|(n, _)| *n == name).unwrap().1;
+
+    // Each leaf names one partition; openssl judges the leaf against that partition.
+    for (i, (leaf, ca_name)) in leaves.iter().enumerate() {
+        let (_, cdp) = aia_and_crl_uris(&leaf.cert.parse());
+        assert_eq!(cdp.len(), 1, "{cdp:?}");
+        let prefix = format!("{BASE_URL}/crl/{ca_name}-p");
+        let file = cdp[0]
+            .strip_prefix(&format!("{BASE_URL}/crl/"))
+            .unwrap_or_else(|| panic!("CDP {} is not under {prefix}", cdp[0]));
+        assert!(cdp[0].starts_with(&prefix), "{}", cdp[0]);
+        let pem = crl_pem(&ca, file);
+        let text = String::from_utf8_lossy(
+            &openssl(
+                ca.data_dir(),
+                &["crl", "-in", pem.to_str().unwrap(), "-noout", "-text"],
+            )
+            .stdout,
+        )
+        .to_string();
+        assert!(
+            text.contains("X509v3 Issuing Distribution Point: critical"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("URI:{}", cdp[0])), "{text}");
+        assert!(text.contains("Only User Certificates"), "{text}");
+        let r = verify_with_crl(
+            &ca,
+            &root.path,
+            &issuer_of(ca_name).path,
+            &pem,
+            &leaf.cert.path,
+        );
+        let is_revoked = revoked.iter().any(|(j, _)| *j == i);
+        match (is_revoked, r) {
+            (true, Err(e)) => assert!(e.contains("certificate revoked"), "{e}"),
+            (false, Ok(())) => {}
+            (want, got) => panic!("{}: revoked={want}, openssl said {got:?}", leaf.serial),
+        }
+        // Another partition of the same CA does not cover this leaf.
+        let other = (0..16)
+            .map(|k| format!("{ca_name}-p{k}.crl"))
+            .find(|f| f != file)
+            .unwrap();
+        let e = verify_with_crl(
+            &ca,
+            &root.path,
+            &issuer_of(ca_name).path,
+            &crl_pem(&ca, &other),
+            &leaf.cert.path,
+        )
+        .unwrap_err();
+        assert!(e.contains("different CRL scope"), "{e}");
+    }
+
+    // Together the partitions are the full CRL, no serial twice; pkilint passes every one.
+    for (ca_name, profile) in [("individual", "PKIX"), ("server", "BR")] {
+        let full_pem = crl_pem(&ca, &format!("{ca_name}.crl"));
+        let full_text = String::from_utf8_lossy(
+            &openssl(
+                ca.data_dir(),
+                &["crl", "-in", full_pem.to_str().unwrap(), "-noout", "-text"],
+            )
+            .stdout,
+        )
+        .to_string();
+        assert!(
+            !full_text.contains("Issuing Distribution Point"),
+            "{full_text}"
+        );
+        let mut full = crl_serials(&ca, &full_pem);
+        assert_eq!(full.len(), 2, "{ca_name}: {full:?}");
+        let mut union = Vec::new();
+        // pkilint (0.4 s a run) judges the full CRL, every partition with entries, and one
+        // empty partition.
+        let mut pems = vec![full_pem];
+        let mut empty_linted = false;
+        for k in 0..16 {
+            let pem = crl_pem(&ca, &format!("{ca_name}-p{k}.crl"));
+            let serials = crl_serials(&ca, &pem);
+            if !serials.is_empty() || !empty_linted {
+                empty_linted |= serials.is_empty();
+                pems.push(pem);
+            }
+            union.extend(serials);
+        }
+        full.sort();
+        union.sort();
+        assert_eq!(
+            union, full,
+            "{ca_name}: the partitions differ from the full CRL"
+        );
+        for pem in &pems {
+            pkilint(
+                "lint_crl",
+                &["-t", "CRL", "-p", profile],
+                &[pem],
+                &pem.display().to_string(),
+            );
+        }
+    }
+    ca.audit_ok();
 }

@@ -179,7 +179,7 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("ecert_crl_number{ca=\"individual\"} 1"),
+        metrics.contains("ecert_crl_number{ca=\"individual\",crl=\"full\"} 1"),
         "{metrics}"
     );
 
