@@ -554,7 +554,11 @@ impl Store {
     /// Step 6: stores the certificate, `issuing` → `issued`. (A renewal's link to the old
     /// certificate was made when the serial was reserved.)
     pub async fn mark_issued(&self, tx: &mut Tx, serial: &str, cert_der: &[u8]) -> Result<()> {
-        self.refuse_blocked(tx, serial).await?;
+        // The row is changed (and so locked) before the blocked-key check, not after: a
+        // keyCompromise sweep that commits in between would otherwise miss this certificate
+        // (it was not `issued` yet) while the check missed the block (not committed yet). In
+        // this order the sweep's row lock waits for this transaction and then revokes the
+        // certificate, or this check sees the committed block and the transaction rolls back.
         self.transition(
             tx,
             serial,
@@ -566,6 +570,8 @@ impl Store {
             },
         )
         .await?;
+        fail::fail_point!("store::mark_issued_before_block_check");
+        self.refuse_blocked(tx, serial).await?;
         self.queue_ocsp(tx, serial).await
     }
 

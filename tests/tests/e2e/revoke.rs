@@ -271,3 +271,96 @@ fn revoke_does_not_wait_for_a_running_signer() {
     signer.kill().unwrap();
     let _ = signer.wait();
 }
+
+/// A keyCompromise revocation by one process while another process is storing a new
+/// certificate for the same key (paused by a failpoint inside the transaction that marks it
+/// `issued`, between the state change and the blocked-key check): the revocation waits for the
+/// row and then revokes the new certificate too, or the issuance sees the block and rolls back.
+/// Never an issued, unrevoked certificate with a compromised key. Runs on both engines.
+#[test]
+fn key_compromise_racing_an_issuance_in_another_process_loses_nothing() {
+    let ca = Ca::init();
+    let case = personal();
+    let key = ca.csr("raced", KeyType::P256);
+    let first = ca.issue(case.profile, &key.csr, &case.args, "first");
+    let out = ca.file("second.pem");
+    let mut args = vec![
+        "issue",
+        "--profile",
+        case.profile,
+        "--csr",
+        key.csr.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(case.args.iter().copied());
+    let stderr = ca.file("issuer.stderr");
+    let mut issuer = ca.spawn_env(
+        &args,
+        &[(
+            "FAILPOINTS",
+            "store::mark_issued_before_block_check=sleep(4000)",
+        )],
+        &stderr,
+    );
+    // Wait until the second serial is recorded (`issuing`); its transaction to `issued` is
+    // then open and sleeping.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let second = loop {
+        if let Some(r) = ca
+            .cert_list()
+            .into_iter()
+            .find(|r| r.serial != first.serial)
+        {
+            break r.serial;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second issuance never reached the store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let revoked = ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &first.serial,
+        "--reason",
+        "keyCompromise",
+    ]);
+    let status = issuer.wait().unwrap();
+    let issuer_err = std::fs::read_to_string(&stderr).unwrap();
+    let state = show_field(&ca, &second, "state");
+    let reason = show_field(&ca, &second, "revocation_reason");
+    match (status.success(), state.as_deref()) {
+        // The issuance won the row: the sweep waited for it and revoked the new certificate.
+        (true, Some("issued")) => {
+            assert_eq!(
+                reason.as_deref(),
+                Some("keyCompromise"),
+                "an issued certificate with a compromised key is not revoked\n{revoked}"
+            );
+            assert!(revoked.contains(&second), "{revoked}");
+        }
+        // The issuance saw the block: no certificate.
+        (false, s) => {
+            assert!(issuer_err.contains("blocked"), "{issuer_err}");
+            assert_ne!(s, Some("issued"), "{issuer_err}");
+        }
+        (ok, s) => panic!("issuance success={ok}, state {s:?}\n{issuer_err}"),
+    }
+    // Either way the key stays blocked.
+    let e = ca.ecert_err(&{
+        let mut a = vec![
+            "issue",
+            "--profile",
+            case.profile,
+            "--csr",
+            key.csr.to_str().unwrap(),
+        ];
+        a.extend(case.args.iter().copied());
+        a
+    });
+    assert!(e.contains("blocked"), "{e}");
+    ca.audit_ok();
+}

@@ -183,6 +183,29 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
         "{metrics}"
     );
 
+    // The leaf's partition is served at the URL in its CRL distribution point.
+    let (_, cdp) = aia_and_crl_uris(&leaf.cert.parse());
+    let partition_path = cdp[0]
+        .strip_prefix(BASE_URL)
+        .unwrap_or_else(|| panic!("CDP {cdp:?}"))
+        .to_string();
+    let partition = partition_path
+        .trim_start_matches("/crl/individual-")
+        .trim_end_matches(".crl")
+        .to_string();
+    assert!(partition.starts_with('p'), "{partition_path}");
+    let (status, ctype, _) = get(addr, &partition_path);
+    assert_eq!((status, ctype.as_str()), (200, "application/pkix-crl"));
+    for missing in [
+        "/crl/individual-p16.crl",
+        "/crl/individual-p01.crl",
+        "/crl/root-p0.crl",
+    ] {
+        assert_eq!(get(addr, missing).0, 404, "{missing}");
+    }
+    let numbers_before = crl_numbers(addr);
+    assert_eq!(numbers_before.len(), 2 * 17 + 1, "{numbers_before:?}");
+
     // A revocation by another process (the CLI, no signer lock) reaches the served CRL.
     ca.ecert_ok(&[
         "revoke",
@@ -226,4 +249,71 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
         &[&crl_path],
         "served CRL",
     );
+    // ... and its partition; the other partitions are not rebuilt for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let numbers_after = loop {
+        let numbers = crl_numbers(addr);
+        let changed: Vec<_> = numbers
+            .iter()
+            .filter(|(k, v)| numbers_before.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if changed.len() >= 2 {
+            break numbers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition not republished: {changed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut changed: Vec<_> = numbers_after
+        .iter()
+        .filter(|(k, v)| numbers_before.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        vec![
+            "individual/full".to_string(),
+            format!("individual/{partition}")
+        ],
+        "only the full CRL and the leaf's partition are republished"
+    );
+    let (_, _, body) = get(addr, &partition_path);
+    let part_path = ca.file("served-partition.crl");
+    std::fs::write(&part_path, &body).unwrap();
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            part_path.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    );
+    let text = String::from_utf8_lossy(&o.stdout).to_uppercase();
+    assert!(text.contains(&leaf.serial.to_uppercase()), "{text}");
+    assert!(
+        text.contains("ISSUING DISTRIBUTION POINT: CRITICAL"),
+        "{text}"
+    );
+}
+
+/// `ecert_crl_number{ca=..,crl=..}` from `/metrics`, keyed `ca/crl`.
+fn crl_numbers(addr: &str) -> std::collections::BTreeMap<String, u64> {
+    let (_, _, body) = get(addr, "/metrics");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("ecert_crl_number{ca=\""))
+        .filter_map(|l| {
+            let (ca, rest) = l.split_once("\",crl=\"")?;
+            let (crl, n) = rest.split_once("\"} ")?;
+            Some((format!("{ca}/{crl}"), n.trim().parse().ok()?))
+        })
+        .collect()
 }
