@@ -995,6 +995,20 @@ impl Store {
             .bind(der.to_vec())
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO crl_latest (issuer, partition_no, number, this_update, next_update, status_version) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (issuer, partition_no) DO UPDATE SET \
+             number = excluded.number, this_update = excluded.this_update, \
+             next_update = excluded.next_update, status_version = excluded.status_version",
+        )
+        .bind(issuer)
+        .bind(scope.code())
+        .bind(number)
+        .bind(this_update)
+        .bind(next_update)
+        .bind(status_version)
+        .execute(&mut *tx)
+        .await?;
         if let Some(previous) = previous {
             sqlx::query(
                 "UPDATE crls SET der = $4 WHERE issuer = $1 AND partition_no = $2 AND number < $3 AND length(der) > 0",
@@ -1030,9 +1044,7 @@ impl Store {
     /// nextUpdate, status version it covers).
     pub async fn crl_heads(&self, issuer: &str) -> Result<Vec<CrlHead>> {
         let rows = sqlx::query(
-            "SELECT c.partition_no, c.number, c.this_update, c.next_update, c.status_version FROM crls c \
-             JOIN (SELECT partition_no, MAX(number) AS number FROM crls WHERE issuer = $1 GROUP BY partition_no) m \
-             ON c.partition_no = m.partition_no AND c.number = m.number WHERE c.issuer = $1",
+            "SELECT partition_no, number, this_update, next_update, status_version FROM crl_latest WHERE issuer = $1",
         )
         .bind(issuer)
         .fetch_all(&self.pool)

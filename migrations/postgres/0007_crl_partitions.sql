@@ -19,3 +19,18 @@ CREATE INDEX crl_pending_issuer ON crl_pending (issuer);
 -- The first load of a CA's entries reads only its CRL candidates.
 CREATE INDEX certificates_crl ON certificates (issuer, serial)
     WHERE revocation_reason IS NOT NULL OR state = 'abandoned';
+-- The newest CRL of each scope, kept by the publisher in the transaction that stores it: what
+-- every serving instance polls (a few rows, however many CRLs were published).
+CREATE TABLE crl_latest (
+    issuer         TEXT NOT NULL,
+    partition_no   BIGINT NOT NULL,
+    number         BIGINT NOT NULL,
+    this_update    BIGINT NOT NULL,
+    next_update    BIGINT NOT NULL,
+    status_version BIGINT NOT NULL,
+    PRIMARY KEY (issuer, partition_no)
+);
+INSERT INTO crl_latest (issuer, partition_no, number, this_update, next_update, status_version)
+    SELECT c.issuer, c.partition_no, c.number, c.this_update, c.next_update, c.status_version
+    FROM crls c JOIN (SELECT issuer, MAX(number) AS number FROM crls GROUP BY issuer) m
+    ON c.issuer = m.issuer AND c.number = m.number;
