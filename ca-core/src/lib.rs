@@ -29,6 +29,7 @@ pub mod crl;
 pub mod csr;
 pub mod error;
 pub mod ext;
+pub mod hkid;
 pub mod keys;
 pub mod lint;
 pub mod ocsp;
