@@ -45,6 +45,28 @@ pub trait Signer: Send + Sync + std::fmt::Debug {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
 }
 
+/// A symmetric key that never leaves the HSM and seals small secrets (data keys) with
+/// AES-256-GCM (NIST SP 800-38D). Sealed form: 12-byte nonce ‖ ciphertext ‖ 16-byte tag; the
+/// additional data binds a sealed value to its purpose.
+pub trait Sealer: Send + Sync + std::fmt::Debug {
+    /// Encrypts and authenticates `plaintext` under a fresh random nonce.
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error>;
+    /// Checks and decrypts what [`Sealer::seal`] made with the same `aad`; anything else is
+    /// [`Error::Unseal`].
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Error>;
+}
+
+/// An HMAC-SHA-256 key (RFC 2104) that never leaves the HSM.
+pub trait Mac: Send + Sync + std::fmt::Debug {
+    /// HMAC-SHA-256 of `message`.
+    fn mac(&self, message: &[u8]) -> Result<[u8; 32], Error>;
+}
+
+/// GCM nonce and tag sizes used by every [`Sealer`].
+pub const GCM_NONCE_LEN: usize = 12;
+/// See [`GCM_NONCE_LEN`].
+pub const GCM_TAG_LEN: usize = 16;
+
 /// Verifies a DER signature made by a [`Signer`] with the given public key (DER SPKI).
 pub fn verify(
     algorithm: Algorithm,
@@ -90,4 +112,7 @@ pub enum Error {
     /// A signature did not verify.
     #[error("signature does not verify")]
     BadSignature,
+    /// Sealed data failed authentication (wrong key, wrong purpose or altered bytes).
+    #[error("sealed data does not authenticate under this key")]
+    Unseal,
 }

@@ -33,7 +33,7 @@ use crate::Error;
 
 mod token;
 
-pub use token::{Pkcs11Key, PrivateKeyAttributes, Token};
+pub use token::{Pkcs11Key, Pkcs11Secret, PrivateKeyAttributes, SecretKind, Token};
 
 /// Where Debian and Ubuntu install the SoftHSM2 module.
 pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

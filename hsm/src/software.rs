@@ -165,3 +165,82 @@ mod tests {
         );
     }
 }
+
+/// AES-256-GCM in memory (unit tests only; production keys live in the HSM).
+pub struct SoftwareSealer(ring::aead::LessSafeKey);
+
+impl std::fmt::Debug for SoftwareSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SoftwareSealer")
+    }
+}
+
+impl SoftwareSealer {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+        // INVARIANT: 32 bytes is the AES-256 key length.
+        #[allow(clippy::expect_used)]
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &k).expect("32-byte key");
+        SoftwareSealer(ring::aead::LessSafeKey::new(key))
+    }
+}
+
+impl crate::Sealer for SoftwareSealer {
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut nonce = [0u8; crate::GCM_NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let mut buf = plaintext.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| Error::Unseal)?;
+        Ok([nonce.as_slice(), &buf].concat())
+    }
+
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        if sealed.len() < crate::GCM_NONCE_LEN + crate::GCM_TAG_LEN {
+            return Err(Error::Unseal);
+        }
+        let (nonce, ct) = sealed.split_at(crate::GCM_NONCE_LEN);
+        let nonce =
+            ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::Unseal)?;
+        let mut buf = ct.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, ring::aead::Aad::from(aad), &mut buf)
+            .map_err(|_| Error::Unseal)?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// HMAC-SHA-256 in memory (unit tests only).
+pub struct SoftwareMac(ring::hmac::Key);
+
+impl std::fmt::Debug for SoftwareMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SoftwareMac")
+    }
+}
+
+impl SoftwareMac {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let mut k = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
+        SoftwareMac(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k))
+    }
+}
+
+impl crate::Mac for SoftwareMac {
+    fn mac(&self, message: &[u8]) -> Result<[u8; 32], Error> {
+        let tag = ring::hmac::sign(&self.0, message);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+}

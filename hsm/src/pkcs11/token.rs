@@ -819,3 +819,234 @@ impl Signer for Pkcs11Key {
         Ok(signature.to_der().as_bytes().to_vec())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Secret keys: AES-256-GCM sealing and HMAC-SHA-256, for personal-data protection.
+
+/// What a secret key in the token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// AES-256, encrypt/decrypt with `CKM_AES_GCM` only: a [`crate::Sealer`].
+    Aes256Gcm,
+    /// A 256-bit generic secret, sign/verify with `CKM_SHA256_HMAC` only: a [`crate::Mac`].
+    HmacSha256,
+}
+
+/// A secret key in the token (private, sensitive, never extractable), used by label.
+#[derive(Clone)]
+pub struct Pkcs11Secret {
+    token: Token,
+    label: Arc<str>,
+    kind: SecretKind,
+}
+
+impl std::fmt::Debug for Pkcs11Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Secret")
+            .field("label", &self.label)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+fn find_secret_in(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, Failure> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(|e| failure("C_FindObjects", e))?;
+    if found.is_empty() && !logged_in(session)? {
+        return Err(Failure::Retry(
+            "the session is not logged in (UserNotLoggedIn)".into(),
+        ));
+    }
+    Ok(found)
+}
+
+fn one_secret(session: &Session, label: &str) -> Result<ObjectHandle, Failure> {
+    match find_secret_in(session, label)?.as_slice() {
+        [] => Err(Failure::Fatal(Error::KeyNotFound {
+            label: label.to_string(),
+        })),
+        [h] => Ok(*h),
+        _ => Err(ambiguous(label)),
+    }
+}
+
+impl Token {
+    /// Generates a secret key inside the token: a token object, private, sensitive, never
+    /// extractable, allowed only the operations of its `kind`. Refuses with
+    /// [`Error::KeyExists`] if a secret key with that label exists.
+    pub fn generate_secret(&self, label: &str, kind: SecretKind) -> Result<Pkcs11Secret, Error> {
+        let _one_at_a_time = lock(&self.inner.keygen);
+        self.run(true, |p| {
+            if !find_secret_in(&p.session, label)?.is_empty() {
+                return Err(Failure::Fatal(Error::KeyExists {
+                    label: label.to_string(),
+                }));
+            }
+            let aes = kind == SecretKind::Aes256Gcm;
+            let (mechanism, key_type) = if aes {
+                (Mechanism::AesKeyGen, KeyType::AES)
+            } else {
+                (Mechanism::GenericSecretKeyGen, KeyType::GENERIC_SECRET)
+            };
+            let template = [
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(key_type),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(aes),
+                Attribute::Decrypt(aes),
+                Attribute::Sign(!aes),
+                Attribute::Verify(!aes),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ];
+            p.session
+                .generate_key(&mechanism, &template)
+                .map_err(|e| failure("C_GenerateKey", e))?;
+            Ok(())
+        })?;
+        tracing::info!(label, ?kind, "PKCS#11 secret key generated in the token");
+        Ok(self.secret_handle(label, kind))
+    }
+
+    /// Finds the secret key labelled `label`.
+    pub fn find_secret(
+        &self,
+        label: &str,
+        kind: SecretKind,
+    ) -> Result<Option<Pkcs11Secret>, Error> {
+        let n = self.run(false, |p| Ok(find_secret_in(&p.session, label)?.len()))?;
+        match n {
+            0 => Ok(None),
+            1 => Ok(Some(self.secret_handle(label, kind))),
+            _ => Err(Error::Pkcs11 {
+                function: "C_FindObjects".into(),
+                detail: format!("{n} secret keys are labelled {label:?}"),
+            }),
+        }
+    }
+
+    /// Whether the secret key's value can be read out (it must not: tests prove it).
+    pub fn read_secret_value(&self, label: &str) -> Result<Vec<u8>, Error> {
+        self.run(false, |p| {
+            let handle = one_secret(&p.session, label)?;
+            let attrs = p
+                .session
+                .get_attributes(handle, &[AttributeType::Value])
+                .map_err(|e| failure("C_GetAttributeValue", e))?;
+            attrs
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Value(v) => Some(v),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    Failure::Fatal(Error::Pkcs11 {
+                        function: "C_GetAttributeValue".into(),
+                        detail: "AttributeSensitive: the token refuses to reveal CKA_VALUE".into(),
+                    })
+                })
+        })
+    }
+
+    fn secret_handle(&self, label: &str, kind: SecretKind) -> Pkcs11Secret {
+        Pkcs11Secret {
+            token: self.clone(),
+            label: label.into(),
+            kind,
+        }
+    }
+}
+
+impl Pkcs11Secret {
+    fn expect_kind(&self, kind: SecretKind) -> Result<(), Error> {
+        if self.kind == kind {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "key {:?} is a {:?} key, not {kind:?}",
+                self.label, self.kind
+            )))
+        }
+    }
+}
+
+impl crate::Sealer for Pkcs11Secret {
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.expect_kind(SecretKind::Aes256Gcm)?;
+        let mut nonce = [0u8; crate::GCM_NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let ct = self.token.run(false, |p| {
+            let handle = one_secret(&p.session, &self.label)?;
+            let mut iv = nonce;
+            let params = cryptoki::mechanism::aead::GcmParams::new(
+                &mut iv,
+                aad,
+                ((crate::GCM_TAG_LEN * 8) as u64).into(),
+            )
+            .map_err(|e| failure("CK_GCM_PARAMS", e))?;
+            p.session
+                .encrypt(&Mechanism::AesGcm(params), handle, plaintext)
+                .map_err(|e| failure("C_Encrypt", e))
+        })?;
+        Ok([nonce.as_slice(), &ct].concat())
+    }
+
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        self.expect_kind(SecretKind::Aes256Gcm)?;
+        if sealed.len() < crate::GCM_NONCE_LEN + crate::GCM_TAG_LEN {
+            return Err(Error::Unseal);
+        }
+        let (nonce, ct) = sealed.split_at(crate::GCM_NONCE_LEN);
+        let result = self.token.run(false, |p| {
+            let handle = one_secret(&p.session, &self.label)?;
+            let mut iv = [0u8; crate::GCM_NONCE_LEN];
+            iv.copy_from_slice(nonce);
+            let params = cryptoki::mechanism::aead::GcmParams::new(
+                &mut iv,
+                aad,
+                ((crate::GCM_TAG_LEN * 8) as u64).into(),
+            )
+            .map_err(|e| failure("CK_GCM_PARAMS", e))?;
+            match p.session.decrypt(&Mechanism::AesGcm(params), handle, ct) {
+                Ok(v) => Ok(Ok(v)),
+                // A failed tag check is an answer, not a token fault (and is not retried).
+                // PKCS#11 3.0 §5.2 says CKR_ENCRYPTED_DATA_INVALID; SoftHSM2 2.6 reports
+                // CKR_GENERAL_ERROR for it.
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::EncryptedDataInvalid
+                    | cryptoki::error::RvError::EncryptedDataLenRange
+                    | cryptoki::error::RvError::GeneralError,
+                    _,
+                )) => Ok(Err(Error::Unseal)),
+                Err(e) => Err(failure("C_Decrypt", e)),
+            }
+        })?;
+        result
+    }
+}
+
+impl crate::Mac for Pkcs11Secret {
+    fn mac(&self, message: &[u8]) -> Result<[u8; 32], Error> {
+        self.expect_kind(SecretKind::HmacSha256)?;
+        let tag = self.token.run(false, |p| {
+            let handle = one_secret(&p.session, &self.label)?;
+            p.session
+                .sign(&Mechanism::Sha256Hmac, handle, message)
+                .map_err(|e| failure("C_Sign", e))
+        })?;
+        tag.as_slice().try_into().map_err(|_| Error::Pkcs11 {
+            function: "C_Sign".into(),
+            detail: format!("HMAC-SHA-256 of {} bytes", tag.len()),
+        })
+    }
+}
