@@ -237,6 +237,8 @@ pub struct Authority {
     audit_key: Arc<dyn hsm::Signer>,
     /// The delegated OCSP responder of each issuing CA.
     responders: tokio::sync::RwLock<HashMap<CaRole, Arc<responder::Responder>>>,
+    /// The personal-data vault (`None` until `ecert init` made its HSM keys).
+    pii: Option<Arc<crate::pii::Vault>>,
     /// Each issuing CA's CRL entries, kept between publications (see [`crate::crl`]).
     crl_lists: tokio::sync::Mutex<HashMap<CaRole, EntryList>>,
     _lock: File,
@@ -300,6 +302,37 @@ async fn signer_lock(config: &Config) -> Result<File> {
             }
         }
     }
+}
+
+/// Opens the personal-data vault: unseals the stored data key with the HSM's AES key, or makes
+/// and stores one on first use (the first stored key wins a race between processes).
+async fn open_vault(
+    store: &Store,
+    seal: hsm::pkcs11::Pkcs11Secret,
+    index: hsm::pkcs11::Pkcs11Secret,
+) -> Result<crate::pii::Vault> {
+    let index: Arc<dyn hsm::Mac> = Arc::new(index);
+    if store.meta(crate::pii::DATA_KEY_META).await?.is_none() {
+        let (seal2, index2) = (seal.clone(), index.clone());
+        let (_, sealed) =
+            tokio::task::spawn_blocking(move || crate::pii::Vault::create(&seal2, index2))
+                .await
+                .map_err(|e| Error::Store(e.to_string()))??;
+        let mut tx = store.begin().await?;
+        store
+            .meta_init(&mut tx, crate::pii::DATA_KEY_META, &hex::encode(sealed))
+            .await?;
+        tx.commit().await?;
+    }
+    let stored = store
+        .meta(crate::pii::DATA_KEY_META)
+        .await?
+        .ok_or(Error::NotInitialised)?;
+    let sealed = hex::decode(stored)
+        .map_err(|_| Error::Store("the stored personal-data key is not hex".into()))?;
+    tokio::task::spawn_blocking(move || crate::pii::Vault::open(&seal, &sealed, index))
+        .await
+        .map_err(|e| Error::Store(e.to_string()))?
 }
 
 /// Opens the HSM token (blocking).
@@ -770,6 +803,41 @@ impl Authority {
                 })
                 .await?;
         }
+        // The personal-data keys (crate::pii): an AES key sealing the data key and an HMAC key
+        // for blind indexes, both generated in the token and never extractable.
+        for (label, kind) in [
+            (
+                crate::pii::SEAL_KEY_LABEL,
+                hsm::pkcs11::SecretKind::Aes256Gcm,
+            ),
+            (
+                crate::pii::INDEX_KEY_LABEL,
+                hsm::pkcs11::SecretKind::HmacSha256,
+            ),
+        ] {
+            let t = token.clone();
+            let created = tokio::task::spawn_blocking(move || -> Result<bool> {
+                Ok(match t.find_secret(label, kind)? {
+                    Some(_) => false,
+                    None => {
+                        t.generate_secret(label, kind)?;
+                        true
+                    }
+                })
+            })
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+            if created {
+                store
+                    .audit_now(&Event {
+                        kind: "pii.key_created",
+                        actor: "system:init".into(),
+                        subject: None,
+                        detail: json!({ "key_label": label }),
+                    })
+                    .await?;
+            }
+        }
         drop(token);
         let auth = Self::open_with(config, store, lock, db_lock).await?;
         Ok((auth, report))
@@ -805,8 +873,9 @@ impl Authority {
             Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>,
             hsm::pkcs11::Pkcs11Key,
             Vec<(crate::store::ResponderRow, Option<hsm::pkcs11::Pkcs11Key>)>,
+            Option<(hsm::pkcs11::Pkcs11Secret, hsm::pkcs11::Pkcs11Secret)>,
         );
-        let (keys, audit_key, responder_keys) =
+        let (keys, audit_key, responder_keys, pii_keys) =
             tokio::task::spawn_blocking(move || -> Result<Keys> {
                 let token = open_token(&cfg2)?;
                 let keys = labels
@@ -823,7 +892,15 @@ impl Authority {
                         Ok((row, key))
                     })
                     .collect::<Result<_>>()?;
-                Ok((keys, audit, responders))
+                let seal = token.find_secret(
+                    crate::pii::SEAL_KEY_LABEL,
+                    hsm::pkcs11::SecretKind::Aes256Gcm,
+                )?;
+                let index = token.find_secret(
+                    crate::pii::INDEX_KEY_LABEL,
+                    hsm::pkcs11::SecretKind::HmacSha256,
+                )?;
+                Ok((keys, audit, responders, seal.zip(index)))
             })
             .await
             .map_err(|e| Error::Store(e.to_string()))??;
@@ -863,9 +940,14 @@ impl Authority {
                 },
             );
         }
+        let pii = match pii_keys {
+            Some((seal, index)) => Some(Arc::new(open_vault(&store, seal, index).await?)),
+            None => None,
+        };
         let writer = Committer::start(store.clone());
         let hsm_slots = Arc::new(tokio::sync::Semaphore::new(config.hsm.pool_size));
         let auth = Authority {
+            pii,
             config,
             store,
             policy_arc,
@@ -1244,6 +1326,11 @@ impl Authority {
             der,
             path,
         })
+    }
+
+    /// The personal-data vault; [`Error::NotInitialised`] until `ecert init` made its keys.
+    pub fn pii(&self) -> Result<Arc<crate::pii::Vault>> {
+        self.pii.clone().ok_or(Error::NotInitialised)
     }
 
     /// Releases a hold; see [`crate::revocation::release`].
@@ -1673,6 +1760,59 @@ mod tests {
         let (auth, report) = Authority::init(config).await.unwrap();
         assert_eq!(report.created.len(), 3);
         (dir, auth)
+    }
+
+    /// `init` makes the personal-data keys in the token; the data key is stored only sealed,
+    /// and a field sealed before a restart opens after it (the same data key, unsealed by the
+    /// HSM again). The HSM keys cannot be read out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn personal_data_vault_survives_a_restart() {
+        let (dir, auth) = test_ca().await;
+        let vault = auth.pii().unwrap();
+        let sealed = vault
+            .seal(crate::pii::Field::Hkid, "app-1", "A1234563")
+            .unwrap();
+        let index = vault
+            .blind_index(crate::pii::Field::Hkid, "A1234563")
+            .unwrap();
+        let stored = auth
+            .store()
+            .meta(crate::pii::DATA_KEY_META)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            hex::decode(&stored).unwrap().len(),
+            12 + 32 + 16,
+            "sealed, not raw"
+        );
+        let config = auth.config().clone();
+        drop(vault);
+        drop(auth);
+        let (auth, _) = Authority::init(config.clone()).await.unwrap();
+        let vault = auth.pii().unwrap();
+        assert_eq!(
+            &*vault
+                .open_field(crate::pii::Field::Hkid, "app-1", &sealed)
+                .unwrap(),
+            "A1234563"
+        );
+        assert_eq!(
+            vault
+                .blind_index(crate::pii::Field::Hkid, "A1234563")
+                .unwrap(),
+            index
+        );
+        assert_eq!(
+            auth.store().meta(crate::pii::DATA_KEY_META).await.unwrap(),
+            Some(stored)
+        );
+        drop(auth);
+        let token = open_token(&config).unwrap();
+        for label in [crate::pii::SEAL_KEY_LABEL, crate::pii::INDEX_KEY_LABEL] {
+            assert!(token.read_secret_value(label).is_err(), "{label} readable");
+        }
+        drop(dir);
     }
 
     fn request(i: usize, renews: Option<SerialNumber>) -> ApprovedRequest {

@@ -33,6 +33,7 @@ pub mod hkid;
 pub mod keys;
 pub mod lint;
 pub mod ocsp;
+pub mod pii;
 pub mod profile;
 pub mod revocation;
 pub mod serial;

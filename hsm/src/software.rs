@@ -98,74 +98,6 @@ pub(crate) fn p256_spki_from_sec1(point: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(spki_der(&key))
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sign_and_verify() {
-        let s = SoftwareSigner::generate_p256();
-        let sig = s.sign(b"hello").unwrap();
-        assert_eq!(s.algorithm(), Algorithm::EcdsaP256Sha256);
-        verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
-        crate::verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
-    }
-
-    #[test]
-    fn verify_rejects_flipped_bits() {
-        let s = SoftwareSigner::generate_p256();
-        let msg = b"to be signed".to_vec();
-        let sig = s.sign(&msg).unwrap();
-        // A flipped bit in the message.
-        let mut m2 = msg.clone();
-        m2[0] ^= 1;
-        assert!(matches!(
-            verify(s.algorithm(), s.public_key_spki(), &m2, &sig),
-            Err(Error::BadSignature)
-        ));
-        // A flipped bit in the last byte of the signature (inside s).
-        let mut sig2 = sig.clone();
-        let last = sig2.len() - 1;
-        sig2[last] ^= 1;
-        assert!(verify(s.algorithm(), s.public_key_spki(), &msg, &sig2).is_err());
-        // Another key.
-        let other = SoftwareSigner::generate_p256();
-        assert!(matches!(
-            verify(other.algorithm(), other.public_key_spki(), &msg, &sig),
-            Err(Error::BadSignature)
-        ));
-    }
-
-    #[test]
-    fn pkcs8_round_trip() {
-        use p256::pkcs8::EncodePrivateKey;
-        let key = SigningKey::random(&mut rand::rngs::OsRng);
-        let der = key.to_pkcs8_der().unwrap();
-        let s = SoftwareSigner::from_pkcs8_der(der.as_bytes()).unwrap();
-        assert_eq!(
-            s.public_key_spki(),
-            spki_der(key.verifying_key()).as_slice()
-        );
-        assert!(SoftwareSigner::from_pkcs8_der(b"junk").is_err());
-        let dbg = format!("{s:?}");
-        assert!(dbg.contains("SoftwareSigner"));
-    }
-
-    #[test]
-    fn spki_is_p256() {
-        let s = SoftwareSigner::generate_p256();
-        // id-ecPublicKey + prime256v1, 65-byte point: 91 bytes in total.
-        assert_eq!(s.public_key_spki().len(), 91);
-        let key = VerifyingKey::from_public_key_der(s.public_key_spki()).unwrap();
-        let point = key.to_encoded_point(false);
-        assert_eq!(
-            p256_spki_from_sec1(point.as_bytes()).unwrap(),
-            s.public_key_spki()
-        );
-    }
-}
-
 /// AES-256-GCM in memory (unit tests only; production keys live in the HSM).
 pub struct SoftwareSealer(ring::aead::LessSafeKey);
 
@@ -242,5 +174,73 @@ impl crate::Mac for SoftwareMac {
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify() {
+        let s = SoftwareSigner::generate_p256();
+        let sig = s.sign(b"hello").unwrap();
+        assert_eq!(s.algorithm(), Algorithm::EcdsaP256Sha256);
+        verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
+        crate::verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
+    }
+
+    #[test]
+    fn verify_rejects_flipped_bits() {
+        let s = SoftwareSigner::generate_p256();
+        let msg = b"to be signed".to_vec();
+        let sig = s.sign(&msg).unwrap();
+        // A flipped bit in the message.
+        let mut m2 = msg.clone();
+        m2[0] ^= 1;
+        assert!(matches!(
+            verify(s.algorithm(), s.public_key_spki(), &m2, &sig),
+            Err(Error::BadSignature)
+        ));
+        // A flipped bit in the last byte of the signature (inside s).
+        let mut sig2 = sig.clone();
+        let last = sig2.len() - 1;
+        sig2[last] ^= 1;
+        assert!(verify(s.algorithm(), s.public_key_spki(), &msg, &sig2).is_err());
+        // Another key.
+        let other = SoftwareSigner::generate_p256();
+        assert!(matches!(
+            verify(other.algorithm(), other.public_key_spki(), &msg, &sig),
+            Err(Error::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn pkcs8_round_trip() {
+        use p256::pkcs8::EncodePrivateKey;
+        let key = SigningKey::random(&mut rand::rngs::OsRng);
+        let der = key.to_pkcs8_der().unwrap();
+        let s = SoftwareSigner::from_pkcs8_der(der.as_bytes()).unwrap();
+        assert_eq!(
+            s.public_key_spki(),
+            spki_der(key.verifying_key()).as_slice()
+        );
+        assert!(SoftwareSigner::from_pkcs8_der(b"junk").is_err());
+        let dbg = format!("{s:?}");
+        assert!(dbg.contains("SoftwareSigner"));
+    }
+
+    #[test]
+    fn spki_is_p256() {
+        let s = SoftwareSigner::generate_p256();
+        // id-ecPublicKey + prime256v1, 65-byte point: 91 bytes in total.
+        assert_eq!(s.public_key_spki().len(), 91);
+        let key = VerifyingKey::from_public_key_der(s.public_key_spki()).unwrap();
+        let point = key.to_encoded_point(false);
+        assert_eq!(
+            p256_spki_from_sec1(point.as_bytes()).unwrap(),
+            s.public_key_spki()
+        );
     }
 }
