@@ -1744,6 +1744,21 @@ fn subject_der_of(cert_der: &[u8]) -> Result<Vec<u8>> {
     Ok(c.tbs_certificate.subject.as_raw().to_vec())
 }
 
+/// A CA on a real SoftHSM2 token and SQLite in a temporary directory, for unit tests. nextest
+/// runs each test in its own process, so pointing SOFTHSM2_CONF at this directory is safe.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn test_ca_with(edit: impl FnOnce(&mut Config)) -> (tempfile::TempDir, Authority) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::load(dir.path(), None).unwrap();
+    config.ca.policy_arc = Some("1.3.6.1.4.1.32473.1".into());
+    config.ca.base_url = "http://pki.example.hk".into();
+    edit(&mut config);
+    std::env::set_var("SOFTHSM2_CONF", softhsm_conf_path(&config));
+    let (auth, _) = Authority::init(config).await.unwrap();
+    (dir, auth)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

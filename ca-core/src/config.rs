@@ -24,6 +24,54 @@ pub struct Config {
     pub ocsp: OcspConfig,
     /// CRLs.
     pub crl: CrlConfig,
+    /// The registration authority (citizen and staff pages).
+    pub ra: RaConfig,
+}
+
+/// The registration authority (docs/RA.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaConfig {
+    /// Fee per profile, in Hong Kong cents (e-Cert (Personal): HK$50 a year).
+    pub fees: std::collections::BTreeMap<String, u32>,
+    /// Profiles whose approval needs two different staff members.
+    pub dual_control: Vec<String>,
+    /// How long an approval counts, in hours.
+    pub approval_hours: u32,
+    /// A staff session ends after this many idle minutes...
+    pub session_idle_minutes: u32,
+    /// ... and at the latest this many hours after sign-in.
+    pub session_max_hours: u32,
+    /// How long an e-mail confirmation code is good for, in minutes.
+    pub email_code_minutes: u32,
+    /// SMTP relay for notices to citizens: `host:port` (plain SMTP; point it at a local relay
+    /// that forwards with TLS).
+    pub smtp: String,
+    /// Sender address of notices.
+    pub mail_from: String,
+}
+
+impl Default for RaConfig {
+    fn default() -> Self {
+        RaConfig {
+            fees: [
+                ("personal", 5_000),
+                ("organisational", 15_000),
+                ("encipherment", 15_000),
+                ("server", 50_000),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            dual_control: vec!["organisational".into(), "server".into()],
+            approval_hours: 24,
+            session_idle_minutes: 15,
+            session_max_hours: 8,
+            email_code_minutes: 30,
+            smtp: "127.0.0.1:25".into(),
+            mail_from: "e-cert@pki.example.hk".into(),
+        }
+    }
 }
 
 /// How CRLs are partitioned (docs/REVOCATION.md).
@@ -154,6 +202,7 @@ impl Default for Config {
             ca: CaConfig::default(),
             ocsp: OcspConfig::default(),
             crl: CrlConfig::default(),
+            ra: RaConfig::default(),
         }
     }
 }
@@ -212,6 +261,9 @@ impl Config {
         }
         if let Some(v) = env("ECERT_BASE_URL") {
             cfg.ca.base_url = v;
+        }
+        if let Some(v) = env("ECERT_SMTP") {
+            cfg.ra.smtp = v;
         }
         if let Some(v) = env("ECERT_HSM_MODULE") {
             cfg.hsm.module = v.into();

@@ -75,6 +75,43 @@ pub enum Error {
     /// Building a certificate failed in the encoder.
     #[error("certificate encoding: {0}")]
     Encoding(String),
+    /// No such application, staff member or session — or one the caller may not see (ownership
+    /// is checked by asking for the object *and* its owner: a swapped id finds nothing).
+    #[error("not found")]
+    NotFound,
+    /// A field of a request is not acceptable; `field` names the form field.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The form field.
+        field: &'static str,
+        /// What to fix (never the value itself).
+        reason: String,
+    },
+    /// A typed HKID number is malformed or fails its check digit.
+    #[error("HKID number: {0}")]
+    Hkid(#[from] crate::hkid::HkidError),
+    /// The request does not fit the application's present state (e.g. approving before the
+    /// e-mail address is confirmed).
+    #[error("{0}")]
+    Conflict(String),
+    /// A one-time code was wrong.
+    #[error("the code is not correct ({attempts_left} attempts left)")]
+    CodeRejected {
+        /// Attempts before the code is void.
+        attempts_left: u32,
+    },
+    /// Too many attempts: wait or ask for a new code.
+    #[error("too many attempts: {0}")]
+    TooManyAttempts(String),
+    /// A code, approval or session has expired.
+    #[error("expired: {0}")]
+    Expired(String),
+    /// Sign-in refused; says nothing about which of user name, password or code was wrong.
+    #[error("sign-in failed: the user name, password or code is not correct")]
+    SignInFailed,
+    /// The signed-in staff member's role does not allow this.
+    #[error("not allowed: {0}")]
+    Forbidden(String),
     /// File or lock IO.
     #[error("{context}: {source}")]
     Io {

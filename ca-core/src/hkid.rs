@@ -53,7 +53,9 @@ impl Hkid {
                 s.zeroize();
                 return Err(HkidError::Format);
             }
-            s.replace_range(n - 3..n, &s[n - 2..n - 1].to_string());
+            let check = s.as_bytes()[n - 2] as char;
+            s.truncate(n - 3);
+            s.push(check);
         }
         let b = s.as_bytes();
         let letters = b.iter().take_while(|c| c.is_ascii_uppercase()).count();

@@ -35,8 +35,10 @@ pub mod lint;
 pub mod ocsp;
 pub mod pii;
 pub mod profile;
+pub mod ra;
 pub mod revocation;
 pub mod serial;
 pub mod store;
+pub mod totp;
 
 pub use error::{Error, Result};

@@ -36,6 +36,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/sqlite/0005_status_changes.sql")),
     (6, include_str!("../../migrations/sqlite/0006_ocsp.sql")),
     (7, include_str!("../../migrations/sqlite/0007_crl_partitions.sql")),
+    (8, include_str!("../../migrations/sqlite/0008_ra.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -46,6 +47,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/postgres/0005_status_changes.sql")),
     (6, include_str!("../../migrations/postgres/0006_ocsp.sql")),
     (7, include_str!("../../migrations/postgres/0007_crl_partitions.sql")),
+    (8, include_str!("../../migrations/postgres/0008_ra.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

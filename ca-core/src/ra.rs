@@ -1,0 +1,2152 @@
+//! The registration authority: citizens' applications, counter staff, identity checks, fees and
+//! approvals, ending in an issuance by [`Authority`] (docs/RA.md; DESIGN.md "Who uses it").
+//!
+//! Ownership is part of every query: a citizen's application is found by reference *and* its
+//! tracking secret, a clerk's by id *and* the clerk's outlet. A mismatch is [`Error::NotFound`],
+//! the same answer as for an id that does not exist.
+//!
+//! Personal fields (HKID, date of birth, phone, address) are stored sealed ([`crate::pii`]);
+//! staff screens get them masked, and a reveal is an audit event. Audit records name
+//! applications by id and reference, never by personal data.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use zeroize::Zeroizing;
+
+use crate::audit::Event;
+use crate::authority::{ApprovedRequest, Authority};
+use crate::csr::VerifiedCsr;
+use crate::error::{Error, Result};
+use crate::hkid::Hkid;
+use crate::pii::Field;
+use crate::profile::{Profile, SubjectData};
+use crate::serial::SerialNumber;
+use crate::store::Store;
+
+/// Version of the value-added-notices consent wording shown on the form.
+pub const CONSENT_WORDING: &str = "notices-v1";
+/// Attempts at an e-mail code before it is void.
+pub const CODE_ATTEMPTS: u32 = 5;
+/// Failed sign-ins before an account is locked for [`LOCK_SECONDS`].
+pub const SIGN_IN_ATTEMPTS: i64 = 5;
+/// How long a locked account stays locked.
+pub const LOCK_SECONDS: i64 = 15 * 60;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn sha256(parts: &[&[u8]]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().to_vec()
+}
+
+fn random_base32(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    data_encoding::BASE32_NOPAD.encode(&b)
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Encoding(format!("argon2: {e}")))
+}
+
+fn password_matches(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_len(field: &'static str, v: &str, min: usize, max: usize) -> Result<()> {
+    let n = v.chars().count();
+    if n < min || n > max {
+        return Err(invalid(field, format!("must be {min} to {max} characters")));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Citizens.
+
+/// An application as typed into the form (or by a clerk from a paper form).
+#[derive(Debug, Clone, Default)]
+pub struct NewApplication {
+    /// Profile id (online: `personal`).
+    pub profile: String,
+    /// Surname as on the identity card (Latin letters).
+    pub surname: String,
+    /// Given names as on the identity card.
+    pub given_name: String,
+    /// Chinese name, if any.
+    pub name_zh: String,
+    /// Mailbox put in the certificate.
+    pub email: String,
+    /// HKID number as typed.
+    pub hkid: String,
+    /// Date of birth, `YYYY-MM-DD`.
+    pub date_of_birth: String,
+    /// Telephone.
+    pub phone: String,
+    /// Correspondence address.
+    pub address: String,
+    /// Outlet chosen for the identity check.
+    pub outlet: String,
+    /// Consent to value-added notices (unticked by default).
+    pub consent_notices: bool,
+    /// A secret for revoking online later.
+    pub revocation_secret: String,
+    /// The CSR (PEM or DER), made on the applicant's device.
+    pub csr: Vec<u8>,
+    /// `en` or `zh-HK`.
+    pub language: String,
+}
+
+/// What the applicant is told once: the reference, the tracking secret and (to be mailed, not
+/// shown) the e-mail code.
+#[derive(Debug)]
+pub struct Submitted {
+    /// Internal id.
+    pub id: String,
+    /// The reference shown to the applicant.
+    pub reference: String,
+    /// The tracking secret shown once.
+    pub secret: String,
+    /// The e-mail confirmation code, to be sent to [`Submitted::email`].
+    pub email_code: String,
+    /// Where the code goes.
+    pub email: String,
+}
+
+fn validate(
+    a: &NewApplication,
+    today: time::Date,
+) -> Result<(Hkid, SubjectData, &'static Profile)> {
+    let profile = Profile::get(&a.profile)?;
+    check_len("surname", &a.surname, 1, 40)?;
+    check_len("given_name", &a.given_name, 1, 60)?;
+    check_len("name_zh", &a.name_zh, 0, 20)?;
+    check_len("address", &a.address, 5, 300)?;
+    check_len("revocation_secret", &a.revocation_secret, 8, 128)?;
+    let hkid = Hkid::parse(&a.hkid)?;
+    let dob = time::Date::parse(
+        &a.date_of_birth,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|_| invalid("date_of_birth", "use the form YYYY-MM-DD"))?;
+    let age = today.year()
+        - dob.year()
+        - i32::from((today.month() as u8, today.day()) < (dob.month() as u8, dob.day()));
+    if !(18..=130).contains(&age) {
+        return Err(invalid(
+            "date_of_birth",
+            "e-Cert (Personal) is for applicants aged 18 or over",
+        ));
+    }
+    let digits = a.phone.chars().filter(char::is_ascii_digit).count();
+    if !(8..=15).contains(&digits)
+        || !a
+            .phone
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c == '+' || c == '-')
+    {
+        return Err(invalid("phone", "8 to 15 digits"));
+    }
+    let subject = SubjectData {
+        surname: Some(a.surname.trim().to_uppercase()),
+        given_name: Some(a.given_name.trim().to_string()),
+        emails: vec![a.email.trim().to_string()],
+        ..Default::default()
+    };
+    // The same checks as at issuance, now, so the applicant can fix the form.
+    let subject = profile
+        .check(&subject, None, time::OffsetDateTime::now_utc())
+        .map_err(|e| match e {
+            Error::Profile { reason, .. } => invalid("email", reason),
+            other => other,
+        })?;
+    Ok((hkid, subject, profile))
+}
+
+/// Accepts an application: validates every field, checks the CSR's proof of possession and key
+/// policy, seals the personal fields, and returns the reference, tracking secret and the
+/// e-mail code to send. Only profiles a citizen may start online are accepted.
+pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
+    let vault = auth.pii()?;
+    let store = auth.store();
+    if a.profile != "personal" {
+        return Err(invalid(
+            "profile",
+            "organisational and server certificates are completed at the counter",
+        ));
+    }
+    let (hkid, subject, _) = validate(&a, time::OffsetDateTime::now_utc().date())?;
+    let csr = VerifiedCsr::parse(&a.csr)?;
+    let _ = csr;
+    if !["en", "zh-HK"].contains(&a.language.as_str()) {
+        return Err(invalid("language", "en or zh-HK"));
+    }
+    let outlet_exists = sqlx::query("SELECT 1 FROM outlets WHERE id = $1")
+        .bind(&a.outlet)
+        .fetch_optional(store.pool())
+        .await?
+        .is_some();
+    if !outlet_exists {
+        return Err(invalid("outlet", "choose one of the listed outlets"));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let reference = format!("EC-{}", &random_base32(5)[..8]);
+    let secret = random_base32(20);
+    let code = format!(
+        "{:06}",
+        rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..1_000_000u32)
+    );
+    let revocation_hash = hash_password(&a.revocation_secret)?;
+    let t = now();
+    let hkid_index = vault.blind_index(Field::Hkid, hkid.expose())?;
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "INSERT INTO applications (id, reference, secret_hash, revocation_hash, profile, state, version, outlet, language, \
+         surname, given_name, name_zh, email, hkid_sealed, hkid_index, dob_sealed, phone_sealed, address_sealed, \
+         consent_notices, consent_wording, consent_at, csr, email_code_hash, email_code_expires, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'submitted', 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $19, $19)",
+    )
+    .bind(&id)
+    .bind(&reference)
+    .bind(sha256(&[b"tracking", secret.as_bytes()]))
+    .bind(revocation_hash)
+    .bind(&a.profile)
+    .bind(&a.outlet)
+    .bind(&a.language)
+    .bind(subject.surname.clone().unwrap_or_default())
+    .bind(subject.given_name.clone().unwrap_or_default())
+    .bind(a.name_zh.trim())
+    .bind(subject.emails.first().cloned().unwrap_or_default())
+    .bind(vault.seal(Field::Hkid, &id, hkid.expose())?)
+    .bind(hkid_index.to_vec())
+    .bind(vault.seal(Field::DateOfBirth, &id, &a.date_of_birth)?)
+    .bind(vault.seal(Field::Phone, &id, a.phone.trim())?)
+    .bind(vault.seal(Field::Address, &id, a.address.trim())?)
+    .bind(i64::from(a.consent_notices))
+    .bind(CONSENT_WORDING)
+    .bind(t)
+    .bind(a.csr.clone())
+    .bind(sha256(&[b"email-code", id.as_bytes(), code.as_bytes()]))
+    .bind(t + i64::from(auth.config().ra.email_code_minutes) * 60)
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.application.submitted",
+                actor: format!("citizen:{reference}"),
+                subject: Some(id.clone()),
+                detail: json!({ "reference": reference, "profile": a.profile, "outlet": a.outlet, "consent_notices": a.consent_notices, "consent_wording": CONSENT_WORDING }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Submitted {
+        id,
+        reference,
+        secret,
+        email_code: code,
+        email: subject.emails.first().cloned().unwrap_or_default(),
+    })
+}
+
+/// Finds a citizen's application by reference and tracking secret; anything else is
+/// [`Error::NotFound`].
+async fn owned(store: &Store, reference: &str, secret: &str) -> Result<String> {
+    let row = sqlx::query("SELECT id, secret_hash FROM applications WHERE reference = $1")
+        .bind(reference.trim().to_uppercase())
+        .fetch_optional(store.pool())
+        .await?;
+    let presented = sha256(&[b"tracking", secret.trim().as_bytes()]);
+    match row {
+        Some(r) => {
+            let stored: Vec<u8> = r.try_get(1)?;
+            if ct_eq(&stored, &presented) {
+                Ok(r.try_get(0)?)
+            } else {
+                Err(Error::NotFound)
+            }
+        }
+        None => Err(Error::NotFound),
+    }
+}
+
+/// Confirms the e-mail address with the code that was sent to it (S/MIME BR §3.2.2: control
+/// of the mailbox). At most [`CODE_ATTEMPTS`] tries; the code expires.
+pub async fn confirm_email(store: &Store, reference: &str, secret: &str, code: &str) -> Result<()> {
+    let id = owned(store, reference, secret).await?;
+    let mut tx = store.begin().await?;
+    let r = sqlx::query(
+        "SELECT email_code_hash, email_code_expires, email_code_attempts, email_confirmed_at FROM applications WHERE id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let hash: Option<Vec<u8>> = r.try_get(0)?;
+    let expires: i64 = r.try_get(1)?;
+    let attempts: i64 = r.try_get(2)?;
+    let confirmed: Option<i64> = r.try_get(3)?;
+    if confirmed.is_some() {
+        return Ok(());
+    }
+    let Some(hash) = hash else {
+        return Err(Error::Expired("ask for a new code".into()));
+    };
+    if attempts >= i64::from(CODE_ATTEMPTS) {
+        return Err(Error::TooManyAttempts("ask for a new code".into()));
+    }
+    if now() > expires {
+        return Err(Error::Expired(
+            "the code has expired: ask for a new one".into(),
+        ));
+    }
+    let given = sha256(&[b"email-code", id.as_bytes(), code.trim().as_bytes()]);
+    if !ct_eq(&hash, &given) {
+        sqlx::query(
+            "UPDATE applications SET email_code_attempts = email_code_attempts + 1 WHERE id = $1",
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Err(Error::CodeRejected {
+            attempts_left: (i64::from(CODE_ATTEMPTS) - attempts - 1).max(0) as u32,
+        });
+    }
+    let t = now();
+    sqlx::query(
+        "UPDATE applications SET email_confirmed_at = $2, email_code_hash = NULL, updated_at = $2 WHERE id = $1",
+    )
+    .bind(&id)
+    .bind(t)
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.email.confirmed",
+                actor: format!("citizen:{}", reference.trim().to_uppercase()),
+                subject: Some(id),
+                detail: json!({}),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What a citizen's tracking page shows.
+#[derive(Debug, Clone)]
+pub struct CitizenView {
+    /// Reference.
+    pub reference: String,
+    /// Profile.
+    pub profile: String,
+    /// Where it stands.
+    pub status: Status,
+    /// The outlet chosen.
+    pub outlet: String,
+    /// The certificate, once issued.
+    pub certificate: Option<String>,
+    /// Why it was rejected.
+    pub rejected_reason: Option<String>,
+}
+
+/// Where an application stands, as the citizen and staff see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The e-mail code has not been entered yet.
+    AwaitingEmail,
+    /// Waiting for the visit to the outlet (identity check, fee, approval).
+    AwaitingVisit,
+    /// Approved by one member of staff; a second, different one must approve.
+    AwaitingSecondApproval,
+    /// Being issued.
+    Approved,
+    /// The certificate is ready.
+    Issued,
+    /// Rejected.
+    Rejected,
+}
+
+impl Status {
+    /// A stable key for templates and the API.
+    pub fn key(self) -> &'static str {
+        match self {
+            Status::AwaitingEmail => "awaiting_email",
+            Status::AwaitingVisit => "awaiting_visit",
+            Status::AwaitingSecondApproval => "awaiting_second_approval",
+            Status::Approved => "approved",
+            Status::Issued => "issued",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// The citizen's view of their application.
+pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<CitizenView> {
+    let id = owned(store, reference, secret).await?;
+    let r = sqlx::query(
+        "SELECT reference, profile, state, outlet, certificate, rejected_reason, email_confirmed_at, version \
+         FROM applications WHERE id = $1",
+    )
+    .bind(&id)
+    .fetch_one(store.pool())
+    .await?;
+    let approvals = valid_approvals(store, &id, r.try_get(7)?).await?;
+    Ok(CitizenView {
+        reference: r.try_get(0)?,
+        profile: r.try_get(1)?,
+        status: status_of(
+            &r.try_get::<String, _>(2)?,
+            r.try_get::<Option<i64>, _>(6)?.is_some(),
+            approvals,
+        ),
+        outlet: r.try_get(3)?,
+        certificate: r.try_get(4)?,
+        rejected_reason: r.try_get(5)?,
+    })
+}
+
+fn status_of(state: &str, email_confirmed: bool, approvals: usize) -> Status {
+    match state {
+        "issued" => Status::Issued,
+        "rejected" => Status::Rejected,
+        "approved" => Status::Approved,
+        _ if !email_confirmed => Status::AwaitingEmail,
+        _ if approvals > 0 => Status::AwaitingSecondApproval,
+        _ => Status::AwaitingVisit,
+    }
+}
+
+async fn valid_approvals(store: &Store, id: &str, version: i64) -> Result<usize> {
+    let r = sqlx::query(
+        "SELECT COUNT(*) FROM approvals WHERE application = $1 AND version = $2 AND decision = 'approve' AND expires_at > $3",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(now())
+    .fetch_one(store.pool())
+    .await?;
+    Ok(r.try_get::<i64, _>(0)? as usize)
+}
+
+/// Revokes the certificate of an application online with the revocation secret chosen at
+/// application time (BR §4.9.3: the subscriber may request revocation).
+pub async fn revoke_online(
+    auth: &Authority,
+    reference: &str,
+    tracking_secret: &str,
+    revocation_secret: &str,
+    reason: crate::revocation::Reason,
+) -> Result<String> {
+    let store = auth.store();
+    let id = owned(store, reference, tracking_secret).await?;
+    let r = sqlx::query("SELECT revocation_hash, certificate FROM applications WHERE id = $1")
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await?;
+    let hash: String = r.try_get(0)?;
+    let serial: Option<String> = r.try_get(1)?;
+    if !password_matches(revocation_secret, &hash) {
+        return Err(invalid("revocation_secret", "not correct"));
+    }
+    let serial = serial.ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
+    if matches!(reason, crate::revocation::Reason::CertificateHold) {
+        return Err(invalid("reason", "a hold is requested at the counter"));
+    }
+    let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    auth.revoke(
+        s,
+        reason,
+        &format!("citizen:{}", reference.trim().to_uppercase()),
+    )
+    .await?;
+    Ok(serial)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staff.
+
+/// A staff role (DESIGN.md "Personal data and trust").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Counter clerk: identity check, fee, first approval, rejection.
+    Clerk,
+    /// Outlet supervisor: also the second approval of dual-control profiles.
+    Supervisor,
+    /// CA officer.
+    Officer,
+    /// Staff accounts.
+    Admin,
+}
+
+impl Role {
+    /// Its name in the database and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Clerk => "clerk",
+            Role::Supervisor => "supervisor",
+            Role::Officer => "officer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses [`Role::name`].
+    pub fn parse(s: &str) -> Result<Role> {
+        Ok(match s {
+            "clerk" => Role::Clerk,
+            "supervisor" => Role::Supervisor,
+            "officer" => Role::Officer,
+            "admin" => Role::Admin,
+            _ => return Err(invalid("role", "clerk, supervisor, officer or admin")),
+        })
+    }
+}
+
+/// Adds an outlet (idempotent).
+pub async fn ensure_outlet(store: &Store, id: &str, name_en: &str, name_zh: &str) -> Result<()> {
+    check_len("outlet", id, 1, 40)?;
+    sqlx::query("INSERT INTO outlets (id, name_en, name_zh, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
+        .bind(id)
+        .bind(name_en)
+        .bind(name_zh)
+        .bind(now())
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// The outlets: (id, English name, Chinese name).
+pub async fn outlets(store: &Store) -> Result<Vec<(String, String, String)>> {
+    let rows = sqlx::query("SELECT id, name_en, name_zh FROM outlets ORDER BY id")
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
+/// A new staff account: returns its id and the TOTP secret to enrol in an authenticator (shown
+/// once).
+pub async fn create_staff(
+    auth: &Authority,
+    username: &str,
+    display_name: &str,
+    outlet: &str,
+    role: Role,
+    password: &str,
+    actor: &str,
+) -> Result<(String, Zeroizing<Vec<u8>>)> {
+    check_len("username", username, 3, 40)?;
+    if !username
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        return Err(invalid("username", "letters, digits and . _ - @ only"));
+    }
+    check_len("display_name", display_name, 1, 80)?;
+    check_len("password", password, 12, 256)?;
+    let vault = auth.pii()?;
+    let store = auth.store();
+    let id = uuid::Uuid::new_v4().to_string();
+    let secret = Zeroizing::new(crate::totp::new_secret().to_vec());
+    let sealed = vault.seal(
+        Field::TotpSecret,
+        &id,
+        &data_encoding::BASE32_NOPAD.encode(&secret),
+    )?;
+    let mut tx = store.begin().await?;
+    let outlet_exists = sqlx::query("SELECT 1 FROM outlets WHERE id = $1")
+        .bind(outlet)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if !outlet_exists {
+        return Err(invalid("outlet", "no such outlet"));
+    }
+    let taken = sqlx::query("SELECT 1 FROM staff WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if taken {
+        return Err(Error::Conflict(format!(
+            "the user name {username} is taken"
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO staff (id, username, display_name, outlet, role, password_hash, totp_sealed, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(username)
+    .bind(display_name)
+    .bind(outlet)
+    .bind(role.name())
+    .bind(hash_password(password)?)
+    .bind(sealed)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.created",
+                actor: actor.to_string(),
+                subject: Some(id.clone()),
+                detail: json!({ "username": username, "outlet": outlet, "role": role.name() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((id, secret))
+}
+
+/// A signed-in member of staff.
+#[derive(Debug, Clone)]
+pub struct StaffSession {
+    /// Staff id.
+    pub staff: String,
+    /// User name.
+    pub username: String,
+    /// Display name.
+    pub display_name: String,
+    /// Outlet.
+    pub outlet: String,
+    /// Role.
+    pub role: Role,
+    /// The session's CSRF token (a hidden field of every form).
+    pub csrf: String,
+}
+
+/// A new session: the cookie token (shown once) and who it is.
+#[derive(Debug)]
+pub struct SignedIn {
+    /// Random session token for the cookie; only its SHA-256 is stored.
+    pub token: String,
+    /// The session.
+    pub session: StaffSession,
+}
+
+/// Signs a member of staff in with password and TOTP code. Every failure gives the same
+/// answer; [`SIGN_IN_ATTEMPTS`] failures lock the account for [`LOCK_SECONDS`]. A new session
+/// token is made at every sign-in (no fixation).
+pub async fn sign_in(
+    auth: &Authority,
+    username: &str,
+    password: &str,
+    code: &str,
+) -> Result<SignedIn> {
+    let store = auth.store();
+    let t = now();
+    let row = sqlx::query(
+        "SELECT id, password_hash, totp_sealed, totp_last_step, failed_logins, locked_until, disabled, display_name, outlet, role \
+         FROM staff WHERE username = $1",
+    )
+    .bind(username)
+    .fetch_optional(store.pool())
+    .await?;
+    let fail = |kind: &'static str, staff: Option<String>| async move {
+        if let Some(id) = &staff {
+            let _ = sqlx::query(
+                "UPDATE staff SET failed_logins = failed_logins + 1, \
+                 locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END WHERE id = $1",
+            )
+            .bind(id)
+            .bind(SIGN_IN_ATTEMPTS)
+            .bind(t + LOCK_SECONDS)
+            .execute(store.pool())
+            .await;
+        }
+        let _ = store
+            .audit_now(&Event {
+                kind: "ra.staff.signin_failed",
+                actor: format!("staff-login:{username}"),
+                subject: staff,
+                detail: json!({ "why": kind }),
+            })
+            .await;
+        Err(Error::SignInFailed)
+    };
+    let Some(r) = row else {
+        // Spend the time a password check takes, so absent accounts do not answer faster.
+        let _ = password_matches(password, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        return fail("unknown user", None).await;
+    };
+    let id: String = r.try_get(0)?;
+    let hash: String = r.try_get(1)?;
+    let sealed: Vec<u8> = r.try_get(2)?;
+    let last_step: i64 = r.try_get(3)?;
+    let locked_until: i64 = r.try_get(5)?;
+    let disabled: i64 = r.try_get(6)?;
+    if disabled != 0 {
+        return fail("disabled", Some(id)).await;
+    }
+    if locked_until > t {
+        return fail("locked", Some(id)).await;
+    }
+    if !password_matches(password, &hash) {
+        return fail("password", Some(id)).await;
+    }
+    let vault = auth.pii()?;
+    let secret_b32 = vault.open_field(Field::TotpSecret, &id, &sealed)?;
+    let secret = Zeroizing::new(
+        data_encoding::BASE32_NOPAD
+            .decode(secret_b32.as_bytes())
+            .map_err(|_| Error::Store("stored TOTP secret is not base32".into()))?,
+    );
+    let Some(step) = crate::totp::verify(&secret, code, t, last_step) else {
+        return fail("code", Some(id)).await;
+    };
+    let token = random_base32(32);
+    let csrf = random_base32(20);
+    let mut tx = store.begin().await?;
+    // Compare-and-set on the step: the same code cannot sign in twice, even concurrently.
+    let res = sqlx::query(
+        "UPDATE staff SET totp_last_step = $2, failed_logins = 0, locked_until = 0 WHERE id = $1 AND totp_last_step < $2",
+    )
+    .bind(&id)
+    .bind(step)
+    .execute(&mut *tx)
+    .await?;
+    if res.rows_affected() != 1 {
+        drop(tx);
+        return fail("code reused", Some(id)).await;
+    }
+    sqlx::query("INSERT INTO staff_sessions (token_hash, staff, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $4)")
+        .bind(sha256(&[b"session", token.as_bytes()]))
+        .bind(&id)
+        .bind(&csrf)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.signin",
+                actor: format!("staff:{username}"),
+                subject: Some(id.clone()),
+                detail: json!({}),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(SignedIn {
+        token,
+        session: StaffSession {
+            staff: id,
+            username: username.to_string(),
+            display_name: r.try_get(7)?,
+            outlet: r.try_get(8)?,
+            role: Role::parse(&r.try_get::<String, _>(9)?)?,
+            csrf,
+        },
+    })
+}
+
+/// The session of a cookie token; expired (idle or too old) sessions are ended.
+pub async fn session(
+    store: &Store,
+    ra: &crate::config::RaConfig,
+    token: &str,
+) -> Result<StaffSession> {
+    let hash = sha256(&[b"session", token.as_bytes()]);
+    let r = sqlx::query(
+        "SELECT s.staff, s.csrf, s.created_at, s.last_seen, st.username, st.display_name, st.outlet, st.role, st.disabled \
+         FROM staff_sessions s JOIN staff st ON st.id = s.staff WHERE s.token_hash = $1",
+    )
+    .bind(&hash)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    let t = now();
+    let created: i64 = r.try_get(2)?;
+    let last_seen: i64 = r.try_get(3)?;
+    let disabled: i64 = r.try_get(8)?;
+    if disabled != 0
+        || t - last_seen > i64::from(ra.session_idle_minutes) * 60
+        || t - created > i64::from(ra.session_max_hours) * 3600
+    {
+        sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
+            .bind(&hash)
+            .execute(store.pool())
+            .await?;
+        return Err(Error::Expired(
+            "the session has ended: sign in again".into(),
+        ));
+    }
+    sqlx::query("UPDATE staff_sessions SET last_seen = $2 WHERE token_hash = $1")
+        .bind(&hash)
+        .bind(t)
+        .execute(store.pool())
+        .await?;
+    Ok(StaffSession {
+        staff: r.try_get(0)?,
+        csrf: r.try_get(1)?,
+        username: r.try_get(4)?,
+        display_name: r.try_get(5)?,
+        outlet: r.try_get(6)?,
+        role: Role::parse(&r.try_get::<String, _>(7)?)?,
+    })
+}
+
+/// Ends a session.
+pub async fn sign_out(store: &Store, token: &str) -> Result<()> {
+    sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
+        .bind(sha256(&[b"session", token.as_bytes()]))
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// One line of an outlet's queue.
+#[derive(Debug, Clone)]
+pub struct QueueRow {
+    /// Application id.
+    pub id: String,
+    /// Reference.
+    pub reference: String,
+    /// Profile.
+    pub profile: String,
+    /// Surname and given name.
+    pub name: String,
+    /// Status.
+    pub status: Status,
+    /// Submitted at (Unix seconds).
+    pub created_at: i64,
+}
+
+/// The open applications of the staff member's outlet, oldest first; or the one with this
+/// reference (still only in the outlet).
+pub async fn queue(
+    store: &Store,
+    staff: &StaffSession,
+    reference: Option<&str>,
+) -> Result<Vec<QueueRow>> {
+    let rows = sqlx::query(
+        "SELECT id, reference, profile, surname, given_name, state, email_confirmed_at, version, created_at FROM applications \
+         WHERE outlet = $1 AND (($2 = '' AND state IN ('submitted', 'approved')) OR reference = $2) ORDER BY created_at LIMIT 200",
+    )
+    .bind(&staff.outlet)
+    .bind(reference.map(|r| r.trim().to_uppercase()).unwrap_or_default())
+    .fetch_all(store.pool())
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = r.try_get(0)?;
+        let approvals = valid_approvals(store, &id, r.try_get(7)?).await?;
+        out.push(QueueRow {
+            reference: r.try_get(1)?,
+            profile: r.try_get(2)?,
+            name: format!(
+                "{} {}",
+                r.try_get::<String, _>(3)?,
+                r.try_get::<String, _>(4)?
+            ),
+            status: status_of(
+                &r.try_get::<String, _>(5)?,
+                r.try_get::<Option<i64>, _>(6)?.is_some(),
+                approvals,
+            ),
+            created_at: r.try_get(8)?,
+            id,
+        });
+    }
+    Ok(out)
+}
+
+/// A personal field a clerk may reveal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revealable {
+    /// HKID number.
+    Hkid,
+    /// Date of birth.
+    DateOfBirth,
+    /// Telephone.
+    Phone,
+    /// Address.
+    Address,
+}
+
+impl Revealable {
+    /// Parses the form value.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "hkid" => Revealable::Hkid,
+            "date_of_birth" => Revealable::DateOfBirth,
+            "phone" => Revealable::Phone,
+            "address" => Revealable::Address,
+            _ => return Err(invalid("field", "hkid, date_of_birth, phone or address")),
+        })
+    }
+
+    fn column(self) -> (&'static str, Field) {
+        match self {
+            Revealable::Hkid => ("hkid_sealed", Field::Hkid),
+            Revealable::DateOfBirth => ("dob_sealed", Field::DateOfBirth),
+            Revealable::Phone => ("phone_sealed", Field::Phone),
+            Revealable::Address => ("address_sealed", Field::Address),
+        }
+    }
+
+    /// The form value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Revealable::Hkid => "hkid",
+            Revealable::DateOfBirth => "date_of_birth",
+            Revealable::Phone => "phone",
+            Revealable::Address => "address",
+        }
+    }
+}
+
+/// What a clerk's screen shows of an application: personal fields masked.
+#[derive(Debug, Clone)]
+pub struct StaffView {
+    /// Id.
+    pub id: String,
+    /// Reference.
+    pub reference: String,
+    /// Profile.
+    pub profile: String,
+    /// Version (edits bump it; approvals name it).
+    pub version: i64,
+    /// Status.
+    pub status: Status,
+    /// Surname.
+    pub surname: String,
+    /// Given name.
+    pub given_name: String,
+    /// Chinese name.
+    pub name_zh: String,
+    /// E-mail.
+    pub email: String,
+    /// Whether the e-mail is confirmed.
+    pub email_confirmed: bool,
+    /// HKID, masked (`A******(3)`).
+    pub hkid_masked: String,
+    /// Date of birth, masked.
+    pub dob_masked: String,
+    /// Phone, masked (last two digits).
+    pub phone_masked: String,
+    /// Address, masked.
+    pub address_masked: String,
+    /// Whether identity was checked for this version (card sighted, number matched).
+    pub identity_checked: bool,
+    /// Fee recorded: (amount in cents, method, receipt).
+    pub fee: Option<(i64, String, String)>,
+    /// The fee due for the profile, in cents.
+    pub fee_due: u32,
+    /// Other open or issued applications with the same HKID number.
+    pub same_hkid: i64,
+    /// Valid approvals of this version: (staff display name).
+    pub approvals: Vec<String>,
+    /// Whether the profile needs two approvals.
+    pub dual_control: bool,
+    /// The certificate, once issued.
+    pub certificate: Option<String>,
+    /// Why it was rejected.
+    pub rejected_reason: Option<String>,
+}
+
+async fn staff_owned(store: &Store, staff: &StaffSession, id: &str) -> Result<sqlx::any::AnyRow> {
+    sqlx::query(
+        "SELECT id, reference, profile, version, state, surname, given_name, name_zh, email, email_confirmed_at, \
+         hkid_sealed, dob_sealed, phone_sealed, address_sealed, identity_version, fee_amount, fee_method, fee_receipt, \
+         hkid_index, certificate, rejected_reason, csr FROM applications WHERE id = $1 AND outlet = $2",
+    )
+    .bind(id)
+    .bind(&staff.outlet)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)
+}
+
+/// An application as the staff member's screen shows it (only in their outlet).
+pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Result<StaffView> {
+    let store = auth.store();
+    let vault = auth.pii()?;
+    let r = staff_owned(store, staff, id).await?;
+    let version: i64 = r.try_get(3)?;
+    let open = |i: usize, f: Field| -> Result<Zeroizing<String>> {
+        vault.open_field(f, id, &r.try_get::<Vec<u8>, _>(i)?)
+    };
+    let hkid = Hkid::parse(&open(10, Field::Hkid)?)?;
+    let phone = open(12, Field::Phone)?;
+    let address = open(13, Field::Address)?;
+    let index: Vec<u8> = r.try_get(18)?;
+    let same = sqlx::query(
+        "SELECT COUNT(*) FROM applications WHERE hkid_index = $1 AND id <> $2 AND state <> 'rejected'",
+    )
+    .bind(&index)
+    .bind(id)
+    .fetch_one(store.pool())
+    .await?
+    .try_get::<i64, _>(0)?;
+    let approvals = sqlx::query(
+        "SELECT st.display_name FROM approvals a JOIN staff st ON st.id = a.staff \
+         WHERE a.application = $1 AND a.version = $2 AND a.decision = 'approve' AND a.expires_at > $3 ORDER BY a.at",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(now())
+    .fetch_all(store.pool())
+    .await?
+    .iter()
+    .map(|r| r.try_get::<String, _>(0))
+    .collect::<std::result::Result<Vec<_>, _>>()?;
+    let profile: String = r.try_get(2)?;
+    let amount: Option<i64> = r.try_get(15)?;
+    Ok(StaffView {
+        id: id.to_string(),
+        reference: r.try_get(1)?,
+        version,
+        status: status_of(
+            &r.try_get::<String, _>(4)?,
+            r.try_get::<Option<i64>, _>(9)?.is_some(),
+            approvals.len(),
+        ),
+        surname: r.try_get(5)?,
+        given_name: r.try_get(6)?,
+        name_zh: r.try_get(7)?,
+        email: r.try_get(8)?,
+        email_confirmed: r.try_get::<Option<i64>, _>(9)?.is_some(),
+        hkid_masked: hkid.masked(),
+        dob_masked: "****-**-**".into(),
+        phone_masked: format!(
+            "{}{}",
+            "*".repeat(phone.chars().count().saturating_sub(2)),
+            phone
+                .chars()
+                .rev()
+                .take(2)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>()
+        ),
+        address_masked: format!("{}…", address.chars().take(4).collect::<String>()),
+        identity_checked: r.try_get::<Option<i64>, _>(14)? == Some(version),
+        fee: match amount {
+            Some(a) => Some((a, r.try_get(16)?, r.try_get(17)?)),
+            None => None,
+        },
+        fee_due: auth.config().ra.fees.get(&profile).copied().unwrap_or(0),
+        same_hkid: same,
+        dual_control: auth.config().ra.dual_control.contains(&profile),
+        approvals,
+        certificate: r.try_get(19)?,
+        rejected_reason: r.try_get(20)?,
+        profile,
+    })
+}
+
+/// Reveals one personal field to the staff member (audited with who and which field).
+pub async fn reveal(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+    field: Revealable,
+) -> Result<Zeroizing<String>> {
+    let store = auth.store();
+    let vault = auth.pii()?;
+    let (column, f) = field.column();
+    // The column name comes from a fixed list, never from input.
+    let sql = format!("SELECT {column} FROM applications WHERE id = $1 AND outlet = $2");
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(&staff.outlet)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or(Error::NotFound)?;
+    let value = vault.open_field(f, id, &r.try_get::<Vec<u8>, _>(0)?)?;
+    store
+        .audit_now(&Event {
+            kind: "ra.pii.revealed",
+            actor: format!("staff:{}", staff.username),
+            subject: Some(id.to_string()),
+            detail: json!({ "field": field.name() }),
+        })
+        .await?;
+    Ok(if field == Revealable::Hkid {
+        Zeroizing::new(Hkid::parse(&value)?.expose().to_string())
+    } else {
+        value
+    })
+}
+
+/// The counter identity check: the clerk types the number from the original card and attests
+/// that the card was sighted. The number is compared by blind index, never shown; a mismatch is
+/// audited and blocks approval.
+pub async fn check_identity(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+    version: i64,
+    typed_hkid: &str,
+    card_sighted: bool,
+) -> Result<()> {
+    let store = auth.store();
+    let vault = auth.pii()?;
+    let r = staff_owned(store, staff, id).await?;
+    if r.try_get::<String, _>(4)? != "submitted" {
+        return Err(Error::Conflict("the application is no longer open".into()));
+    }
+    if r.try_get::<i64, _>(3)? != version {
+        return Err(Error::Conflict(
+            "the application changed since you opened it: reload".into(),
+        ));
+    }
+    if !card_sighted {
+        return Err(invalid(
+            "card_sighted",
+            "confirm that you have seen the original identity card",
+        ));
+    }
+    let typed = Hkid::parse(typed_hkid)?;
+    let typed_index = vault.blind_index(Field::Hkid, typed.expose())?;
+    let stored: Vec<u8> = r.try_get(18)?;
+    let matched = ct_eq(&stored, &typed_index);
+    let mut tx = store.begin().await?;
+    if matched {
+        sqlx::query(
+            "UPDATE applications SET identity_by = $2, identity_at = $3, identity_version = $4, updated_at = $3 WHERE id = $1 AND version = $4",
+        )
+        .bind(id)
+        .bind(&staff.staff)
+        .bind(now())
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: if matched {
+                    "ra.identity.checked"
+                } else {
+                    "ra.identity.mismatch"
+                },
+                actor: format!("staff:{}", staff.username),
+                subject: Some(id.to_string()),
+                detail: json!({ "version": version, "card_sighted": card_sighted }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    if matched {
+        Ok(())
+    } else {
+        Err(invalid(
+            "hkid",
+            "the number on the card does not match the application: do not approve",
+        ))
+    }
+}
+
+/// Records the fee paid at the counter (the amount must be the profile's fee).
+pub async fn record_fee(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+    amount_cents: i64,
+    method: &str,
+    receipt: &str,
+) -> Result<()> {
+    let store = auth.store();
+    let r = staff_owned(store, staff, id).await?;
+    if r.try_get::<String, _>(4)? != "submitted" {
+        return Err(Error::Conflict("the application is no longer open".into()));
+    }
+    let profile: String = r.try_get(2)?;
+    let due = auth.config().ra.fees.get(&profile).copied().unwrap_or(0);
+    if amount_cents != i64::from(due) {
+        return Err(invalid(
+            "amount",
+            format!("the fee for {profile} is HK${}.{:02}", due / 100, due % 100),
+        ));
+    }
+    if !["cash", "octopus", "card", "cheque"].contains(&method) {
+        return Err(invalid("method", "cash, octopus, card or cheque"));
+    }
+    check_len("receipt", receipt, 1, 40)?;
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "UPDATE applications SET fee_amount = $2, fee_method = $3, fee_receipt = $4, fee_by = $5, fee_at = $6, updated_at = $6 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(amount_cents)
+    .bind(method)
+    .bind(receipt.trim())
+    .bind(&staff.staff)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.fee.recorded",
+                actor: format!("staff:{}", staff.username),
+                subject: Some(id.to_string()),
+                detail: json!({ "amount_cents": amount_cents, "method": method, "receipt": receipt.trim() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A clerk's correction of contact details from the paper form or the applicant: a new version
+/// (approvals of the old one stop counting); a changed e-mail must be confirmed again, and the
+/// new code is returned to be sent.
+pub async fn amend_contact(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+    version: i64,
+    email: Option<&str>,
+    phone: Option<&str>,
+    address: Option<&str>,
+) -> Result<Option<String>> {
+    let store = auth.store();
+    let vault = auth.pii()?;
+    let r = staff_owned(store, staff, id).await?;
+    if r.try_get::<String, _>(4)? != "submitted" {
+        return Err(Error::Conflict("the application is no longer open".into()));
+    }
+    let mut tx = store.begin().await?;
+    let t = now();
+    let res = sqlx::query("UPDATE applications SET version = version + 1, updated_at = $3 WHERE id = $1 AND version = $2 AND state = 'submitted'")
+        .bind(id)
+        .bind(version)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    if res.rows_affected() != 1 {
+        return Err(Error::Conflict(
+            "the application changed since you opened it: reload".into(),
+        ));
+    }
+    let mut code = None;
+    if let Some(email) = email {
+        let profile = Profile::get(&r.try_get::<String, _>(2)?)?;
+        let subject = SubjectData {
+            surname: Some(r.try_get(5)?),
+            given_name: Some(r.try_get(6)?),
+            emails: vec![email.trim().to_string()],
+            ..Default::default()
+        };
+        let subject = profile
+            .check(&subject, None, time::OffsetDateTime::now_utc())
+            .map_err(|e| match e {
+                Error::Profile { reason, .. } => invalid("email", reason),
+                other => other,
+            })?;
+        let c = format!(
+            "{:06}",
+            rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..1_000_000u32)
+        );
+        sqlx::query(
+            "UPDATE applications SET email = $2, email_confirmed_at = NULL, email_code_hash = $3, email_code_expires = $4, email_code_attempts = 0 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(subject.emails.first().cloned().unwrap_or_default())
+        .bind(sha256(&[b"email-code", id.as_bytes(), c.as_bytes()]))
+        .bind(t + i64::from(auth.config().ra.email_code_minutes) * 60)
+        .execute(&mut *tx)
+        .await?;
+        code = Some(c);
+    }
+    if let Some(phone) = phone {
+        sqlx::query("UPDATE applications SET phone_sealed = $2 WHERE id = $1")
+            .bind(id)
+            .bind(vault.seal(Field::Phone, id, phone.trim())?)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(address) = address {
+        check_len("address", address, 5, 300)?;
+        sqlx::query("UPDATE applications SET address_sealed = $2 WHERE id = $1")
+            .bind(id)
+            .bind(vault.seal(Field::Address, id, address.trim())?)
+            .execute(&mut *tx)
+            .await?;
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.application.amended",
+                actor: format!("staff:{}", staff.username),
+                subject: Some(id.to_string()),
+                detail: json!({ "new_version": version + 1, "email": email.is_some(), "phone": phone.is_some(), "address": address.is_some() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(code)
+}
+
+/// A decision on an application.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Approve (the first or the second of dual control).
+    Approve,
+    /// Reject, with the reason told to the applicant.
+    Reject(String),
+}
+
+/// What a decision led to.
+#[derive(Debug, Clone)]
+pub enum Decided {
+    /// Issued: the serial, and where to tell the applicant.
+    Issued {
+        /// The certificate's serial.
+        serial: String,
+        /// The applicant's e-mail.
+        email: String,
+        /// Reference.
+        reference: String,
+    },
+    /// One approval recorded; a second member of staff must approve.
+    AwaitingSecond,
+    /// Rejected.
+    Rejected {
+        /// The applicant's e-mail.
+        email: String,
+        /// Reference.
+        reference: String,
+    },
+}
+
+/// Approves or rejects `version` of an application. Approval needs the e-mail confirmed, the
+/// identity checked for this version and the fee recorded; a dual-control profile needs
+/// approvals from two different members of staff within `ra.approval_hours`; one rejection
+/// rejects. The approval that completes the set claims the application (compare-and-set to
+/// `approved`) and issues through the issuance core.
+pub async fn decide(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+    version: i64,
+    decision: Decision,
+) -> Result<Decided> {
+    let store = auth.store();
+    let r = staff_owned(store, staff, id).await?;
+    let state: String = r.try_get(4)?;
+    if state != "submitted" {
+        return Err(Error::Conflict("the application is no longer open".into()));
+    }
+    if r.try_get::<i64, _>(3)? != version {
+        return Err(Error::Conflict(
+            "the application changed since you opened it: reload".into(),
+        ));
+    }
+    let profile: String = r.try_get(2)?;
+    let email: String = r.try_get(8)?;
+    let reference: String = r.try_get(1)?;
+    let t = now();
+    let expires = t + i64::from(auth.config().ra.approval_hours) * 3600;
+    let actor = format!("staff:{}", staff.username);
+    if let Decision::Reject(reason) = &decision {
+        check_len("reason", reason, 3, 500)?;
+    } else {
+        if r.try_get::<Option<i64>, _>(9)?.is_none() {
+            return Err(Error::Conflict(
+                "the e-mail address is not confirmed yet".into(),
+            ));
+        }
+        if r.try_get::<Option<i64>, _>(14)? != Some(version) {
+            return Err(Error::Conflict(
+                "the identity check has not been done for this version".into(),
+            ));
+        }
+        if r.try_get::<Option<i64>, _>(15)?.is_none() {
+            return Err(Error::Conflict("the fee has not been recorded".into()));
+        }
+    }
+    let mut tx = store.begin().await?;
+    let earlier = sqlx::query("SELECT decision, expires_at FROM approvals WHERE application = $1 AND version = $2 AND staff = $3")
+        .bind(id)
+        .bind(version)
+        .bind(&staff.staff)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(e) = earlier {
+        if e.try_get::<i64, _>(1)? > t {
+            return Err(Error::Conflict(
+                "you have already decided on this application: a second approval must come from someone else".into(),
+            ));
+        }
+        // An expired approval of one's own may be renewed.
+        sqlx::query("DELETE FROM approvals WHERE application = $1 AND version = $2 AND staff = $3")
+            .bind(id)
+            .bind(version)
+            .bind(&staff.staff)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let (kind, word) = match &decision {
+        Decision::Approve => ("ra.approval", "approve"),
+        Decision::Reject(_) => ("ra.rejection", "reject"),
+    };
+    sqlx::query("INSERT INTO approvals (application, version, staff, decision, at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(id)
+        .bind(version)
+        .bind(&staff.staff)
+        .bind(word)
+        .bind(t)
+        .bind(expires)
+        .execute(&mut *tx)
+        .await?;
+    let reason = match &decision {
+        Decision::Reject(reason) => Some(reason.trim().to_string()),
+        Decision::Approve => None,
+    };
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind,
+                actor: actor.clone(),
+                subject: Some(id.to_string()),
+                detail: json!({ "version": version, "reason": reason }),
+            },
+        )
+        .await?;
+    if let Some(reason) = reason {
+        let res = sqlx::query("UPDATE applications SET state = 'rejected', rejected_reason = $2, updated_at = $3 WHERE id = $1 AND state = 'submitted' AND version = $4")
+            .bind(id)
+            .bind(&reason)
+            .bind(t)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() != 1 {
+            return Err(Error::Conflict(
+                "the application changed since you opened it: reload".into(),
+            ));
+        }
+        tx.commit().await?;
+        return Ok(Decided::Rejected { email, reference });
+    }
+    let approvals: i64 = sqlx::query(
+        "SELECT COUNT(DISTINCT staff) FROM approvals WHERE application = $1 AND version = $2 AND decision = 'approve' AND expires_at > $3",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(t)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get(0)?;
+    let needed = if auth.config().ra.dual_control.contains(&profile) {
+        2
+    } else {
+        1
+    };
+    if approvals < needed {
+        tx.commit().await?;
+        return Ok(Decided::AwaitingSecond);
+    }
+    // Claim: exactly one decision issues.
+    let res = sqlx::query("UPDATE applications SET state = 'approved', updated_at = $2 WHERE id = $1 AND state = 'submitted' AND version = $3")
+        .bind(id)
+        .bind(t)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+    if res.rows_affected() != 1 {
+        return Err(Error::Conflict(
+            "the application changed since you opened it: reload".into(),
+        ));
+    }
+    tx.commit().await?;
+    let csr_bytes: Vec<u8> = r.try_get(21)?;
+    let request = ApprovedRequest {
+        profile: profile.clone(),
+        csr: VerifiedCsr::parse(&csr_bytes)?,
+        subject: SubjectData {
+            surname: Some(r.try_get(5)?),
+            given_name: Some(r.try_get(6)?),
+            emails: vec![email.clone()],
+            ..Default::default()
+        },
+        days: None,
+        renews: None,
+        actor: actor.clone(),
+    };
+    match auth.issue(request).await {
+        Ok(issued) => {
+            let serial = issued.serial.to_hex();
+            let mut tx = store.begin().await?;
+            sqlx::query("UPDATE applications SET state = 'issued', certificate = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(&serial)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+            store
+                .audit(
+                    &mut tx,
+                    &Event {
+                        kind: "ra.issued",
+                        actor,
+                        subject: Some(id.to_string()),
+                        detail: json!({ "serial": serial, "version": version }),
+                    },
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(Decided::Issued {
+                serial,
+                email,
+                reference,
+            })
+        }
+        Err(e) => {
+            // Back to open: the approvals stay; staff see why.
+            sqlx::query("UPDATE applications SET state = 'submitted', updated_at = $2 WHERE id = $1 AND state = 'approved'")
+                .bind(id)
+                .bind(now())
+                .execute(store.pool())
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+/// The certificate (DER) of a citizen's application, once issued.
+pub async fn certificate(store: &Store, reference: &str, secret: &str) -> Result<Vec<u8>> {
+    let id = owned(store, reference, secret).await?;
+    let r = sqlx::query("SELECT c.cert_der FROM applications a JOIN certificates c ON c.serial = a.certificate WHERE a.id = $1")
+        .bind(&id)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))?;
+    r.try_get::<Option<Vec<u8>>, _>(0)?
+        .ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))
+}
+
+/// Shared handle for the web layer.
+pub type Shared = Arc<Authority>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_facts() {
+        assert_eq!(status_of("submitted", false, 0), Status::AwaitingEmail);
+        assert_eq!(status_of("submitted", true, 0), Status::AwaitingVisit);
+        assert_eq!(
+            status_of("submitted", true, 1),
+            Status::AwaitingSecondApproval
+        );
+        assert_eq!(status_of("issued", true, 2), Status::Issued);
+        assert_eq!(status_of("rejected", true, 0), Status::Rejected);
+    }
+
+    #[test]
+    fn passwords_hash_with_argon2id() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(password_matches("correct horse battery", &h));
+        assert!(!password_matches("correct horse batterz", &h));
+        assert!(!password_matches("x", "not a hash"));
+    }
+
+    fn form() -> NewApplication {
+        NewApplication {
+            profile: "personal".into(),
+            surname: "Chan".into(),
+            given_name: "Tai Man".into(),
+            name_zh: "陳大文".into(),
+            email: "tm.chan@example.hk".into(),
+            hkid: crate::hkid::synthetic("Z", 683_451).expose().to_string(),
+            date_of_birth: "1980-02-29".into(),
+            phone: "+852 2921 2222".into(),
+            address: "1 Connaught Place, Central".into(),
+            outlet: "gpo".into(),
+            consent_notices: false,
+            revocation_secret: "a long secret".into(),
+            csr: Vec::new(),
+            language: "en".into(),
+        }
+    }
+
+    #[test]
+    fn form_validation_names_the_field_without_the_value() {
+        let today = time::macros::date!(2026 - 11 - 23);
+        assert!(validate(&form(), today).is_ok());
+        type Mutation = Box<dyn Fn(&mut NewApplication)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("HKID", Box::new(|a| a.hkid = "Z683451(0)".into())),
+            (
+                "date_of_birth",
+                Box::new(|a| a.date_of_birth = "2010-01-01".into()),
+            ),
+            (
+                "date_of_birth",
+                Box::new(|a| a.date_of_birth = "29/02/1980".into()),
+            ),
+            ("phone", Box::new(|a| a.phone = "123".into())),
+            ("surname", Box::new(|a| a.surname = String::new())),
+            ("address", Box::new(|a| a.address = "x".into())),
+            (
+                "revocation_secret",
+                Box::new(|a| a.revocation_secret = "short".into()),
+            ),
+            ("email", Box::new(|a| a.email = "not an address".into())),
+        ];
+        for (field, mutate) in cases {
+            let mut a = form();
+            let original = a.clone();
+            mutate(&mut a);
+            let e = validate(&a, today)
+                .err()
+                .unwrap_or_else(|| panic!("{field} accepted"));
+            let text = e.to_string();
+            assert!(text.contains(field), "{field}: {text}");
+            for secret in [&original.hkid, &a.phone, &a.date_of_birth] {
+                assert!(!text.contains(secret.as_str()), "{text}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod journey {
+    use super::*;
+    use crate::authority::test_ca_with;
+
+    fn csr() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    async fn staff(
+        auth: &Authority,
+        name: &str,
+        outlet: &str,
+        role: Role,
+    ) -> (String, Zeroizing<Vec<u8>>) {
+        create_staff(
+            auth,
+            name,
+            name,
+            outlet,
+            role,
+            "a password of some length",
+            "test",
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Signs in at a given step, so several sign-ins in one test each use a fresh code.
+    async fn signed_in(auth: &Authority, name: &str, secret: &[u8], step: i64) -> StaffSession {
+        sqlx::query("UPDATE staff SET totp_last_step = $2 WHERE username = $1")
+            .bind(name)
+            .bind(now() / crate::totp::STEP - 2 + step)
+            .execute(auth.store().pool())
+            .await
+            .unwrap();
+        let code = crate::totp::code_at(secret, now());
+        sign_in(auth, name, "a password of some length", &code)
+            .await
+            .unwrap()
+            .session
+    }
+
+    fn application(hkid: &Hkid) -> NewApplication {
+        NewApplication {
+            profile: "personal".into(),
+            surname: "Chan".into(),
+            given_name: "Tai Man".into(),
+            name_zh: "陳大文".into(),
+            email: "tm.chan@example.hk".into(),
+            hkid: format!(
+                "{}({})",
+                &hkid.expose()[..hkid.expose().len() - 1],
+                &hkid.expose()[hkid.expose().len() - 1..]
+            ),
+            date_of_birth: "1980-02-29".into(),
+            phone: "+852 2921 2222".into(),
+            address: "1 Connaught Place, Central".into(),
+            outlet: "gpo".into(),
+            consent_notices: false,
+            revocation_secret: "my revocation words".into(),
+            csr: csr(),
+            language: "en".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn citizen_to_certificate_with_every_refusal_on_the_way() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
+            .await
+            .unwrap();
+        ensure_outlet(&store, "tst", "Tsim Sha Tsui", "尖沙咀")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let (_, s3) = staff(&auth, "clerk3", "tst", Role::Clerk).await;
+        let hkid = crate::hkid::synthetic("Z", 683_451);
+        let sub = submit(&auth, application(&hkid)).await.unwrap();
+        assert!(sub.reference.starts_with("EC-"));
+
+        // Nothing personal in clear anywhere in the tables.
+        let dump: Vec<String> = sqlx::query("SELECT * FROM applications")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (0..sqlx::Row::len(r))
+                    .map(|i| {
+                        r.try_get::<Option<String>, _>(i)
+                            .ok()
+                            .flatten()
+                            .or_else(|| {
+                                r.try_get::<Option<Vec<u8>>, _>(i)
+                                    .ok()
+                                    .flatten()
+                                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        for needle in [
+            hkid.expose(),
+            "683451",
+            "2921 2222",
+            "1980-02-29",
+            "Connaught",
+        ] {
+            assert!(!dump.concat().contains(needle), "{needle} in clear");
+        }
+
+        // E-mail code: wrong, then right; tracking needs the secret.
+        assert!(matches!(
+            track(&store, &sub.reference, "wrong").await,
+            Err(Error::NotFound)
+        ));
+        assert_eq!(
+            track(&store, &sub.reference, &sub.secret)
+                .await
+                .unwrap()
+                .status,
+            Status::AwaitingEmail
+        );
+        let wrong = if sub.email_code == "000000" {
+            "000001"
+        } else {
+            "000000"
+        };
+        assert!(matches!(
+            confirm_email(&store, &sub.reference, &sub.secret, wrong).await,
+            Err(Error::CodeRejected { attempts_left: 4 })
+        ));
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        assert_eq!(
+            track(&store, &sub.reference, &sub.secret)
+                .await
+                .unwrap()
+                .status,
+            Status::AwaitingVisit
+        );
+
+        // Staff: another outlet cannot see it.
+        let other = signed_in(&auth, "clerk3", &s3, 0).await;
+        assert!(matches!(
+            staff_view(&auth, &other, &sub.id).await,
+            Err(Error::NotFound)
+        ));
+        assert!(queue(&store, &other, None).await.unwrap().is_empty());
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let q = queue(&store, &clerk, None).await.unwrap();
+        assert_eq!(q.len(), 1);
+        let view = staff_view(&auth, &clerk, &sub.id).await.unwrap();
+        assert_eq!(view.hkid_masked, hkid.masked());
+        assert!(!view.phone_masked.contains("2921"));
+
+        // Approval before the counter steps is refused, then each step's refusals.
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve).await,
+            Err(Error::Conflict(_))
+        ));
+        let stranger = crate::hkid::synthetic("Z", 683_452);
+        assert!(matches!(
+            check_identity(&auth, &clerk, &sub.id, 1, stranger.expose(), true).await,
+            Err(Error::Invalid { field: "hkid", .. })
+        ));
+        assert!(matches!(
+            check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), false).await,
+            Err(Error::Invalid {
+                field: "card_sighted",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_identity(&auth, &clerk, &sub.id, 1, "Z683451(0)", true).await,
+            Err(Error::Hkid(_))
+        ));
+        check_identity(
+            &auth,
+            &clerk,
+            &sub.id,
+            1,
+            &hkid.expose().to_lowercase(),
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve).await,
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            record_fee(&auth, &clerk, &sub.id, 4_800, "cash", "R-1").await,
+            Err(Error::Invalid {
+                field: "amount",
+                ..
+            })
+        ));
+        record_fee(&auth, &clerk, &sub.id, 5_000, "octopus", "R-1")
+            .await
+            .unwrap();
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 2, Decision::Approve).await,
+            Err(Error::Conflict(_))
+        ));
+        let revealed = reveal(&auth, &clerk, &sub.id, Revealable::Hkid)
+            .await
+            .unwrap();
+        assert_eq!(&*revealed, hkid.expose());
+
+        // Approve: issued through the core.
+        let Decided::Issued { serial, .. } = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap()
+        else {
+            panic!("not issued");
+        };
+        let v = track(&store, &sub.reference, &sub.secret).await.unwrap();
+        assert_eq!(
+            (v.status, v.certificate.as_deref()),
+            (Status::Issued, Some(serial.as_str()))
+        );
+        let der = certificate(&store, &sub.reference, &sub.secret)
+            .await
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(
+            cert.raw_serial_as_string().replace(':', ""),
+            serial.trim_start_matches("00")
+        );
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve).await,
+            Err(Error::Conflict(_))
+        ));
+
+        // Online revocation with the revocation secret.
+        assert!(matches!(
+            revoke_online(
+                &auth,
+                &sub.reference,
+                &sub.secret,
+                "not it",
+                crate::revocation::Reason::KeyCompromise
+            )
+            .await,
+            Err(Error::Invalid { .. })
+        ));
+        revoke_online(
+            &auth,
+            &sub.reference,
+            &sub.secret,
+            "my revocation words",
+            crate::revocation::Reason::KeyCompromise,
+        )
+        .await
+        .unwrap();
+        let status = store.certificate(&serial).await.unwrap().unwrap();
+        assert_eq!(status.revocation_reason, Some(1));
+
+        // Every step left an audit record, and none names the HKID.
+        let log = store.audit_records().await.unwrap().0;
+        for kind in [
+            "ra.application.submitted",
+            "ra.email.confirmed",
+            "ra.staff.signin",
+            "ra.identity.mismatch",
+            "ra.identity.checked",
+            "ra.fee.recorded",
+            "ra.pii.revealed",
+            "ra.approval",
+            "ra.issued",
+        ] {
+            assert!(log.iter().any(|r| r.kind == kind), "no {kind} event");
+        }
+        assert!(!format!("{log:?}").contains(hkid.expose()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dual_control_needs_two_people_and_the_same_version() {
+        let (_dir, auth) = test_ca_with(|c| c.ra.dual_control.push("personal".into())).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
+        let hkid = crate::hkid::synthetic("XA", 120_394);
+        let sub = submit(&auth, application(&hkid)).await.unwrap();
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-2")
+            .await
+            .unwrap();
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+                .await
+                .unwrap(),
+            Decided::AwaitingSecond
+        ));
+        assert!(
+            matches!(
+                decide(&auth, &clerk, &sub.id, 1, Decision::Approve).await,
+                Err(Error::Conflict(_))
+            ),
+            "same person twice"
+        );
+        // An edit makes a new version: the first approval no longer counts.
+        let code = amend_contact(
+            &auth,
+            &clerk,
+            &sub.id,
+            1,
+            None,
+            Some("+852 3111 1111"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(code.is_none());
+        assert!(
+            matches!(
+                decide(&auth, &sup, &sub.id, 1, Decision::Approve).await,
+                Err(Error::Conflict(_))
+            ),
+            "stale version"
+        );
+        assert!(
+            matches!(
+                decide(&auth, &sup, &sub.id, 2, Decision::Approve).await,
+                Err(Error::Conflict(_))
+            ),
+            "identity not checked for v2"
+        );
+        check_identity(&auth, &clerk, &sub.id, 2, hkid.expose(), true)
+            .await
+            .unwrap();
+        assert!(matches!(
+            decide(&auth, &sup, &sub.id, 2, Decision::Approve)
+                .await
+                .unwrap(),
+            Decided::AwaitingSecond
+        ));
+        assert_eq!(
+            track(&store, &sub.reference, &sub.secret)
+                .await
+                .unwrap()
+                .status,
+            Status::AwaitingSecondApproval
+        );
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 2, Decision::Approve)
+                .await
+                .unwrap(),
+            Decided::Issued { .. }
+        ));
+
+        // One rejection rejects.
+        let hkid2 = crate::hkid::synthetic("Y", 555_001);
+        let sub2 = submit(&auth, application(&hkid2)).await.unwrap();
+        assert!(matches!(
+            decide(
+                &auth,
+                &clerk,
+                &sub2.id,
+                1,
+                Decision::Reject("the applicant did not come".into())
+            )
+            .await
+            .unwrap(),
+            Decided::Rejected { .. }
+        ));
+        let v = track(&store, &sub2.reference, &sub2.secret).await.unwrap();
+        assert_eq!(
+            (v.status, v.rejected_reason.as_deref()),
+            (Status::Rejected, Some("the applicant did not come"))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_approvals_do_not_count() {
+        let (_dir, auth) = test_ca_with(|c| {
+            c.ra.dual_control.push("personal".into());
+            c.ra.approval_hours = 0;
+        })
+        .await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
+        let hkid = crate::hkid::synthetic("Z", 1);
+        let sub = submit(&auth, application(&hkid)).await.unwrap();
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-3")
+            .await
+            .unwrap();
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+                .await
+                .unwrap(),
+            Decided::AwaitingSecond
+        ));
+        assert!(
+            matches!(
+                decide(&auth, &sup, &sub.id, 1, Decision::Approve)
+                    .await
+                    .unwrap(),
+                Decided::AwaitingSecond
+            ),
+            "the first approval had expired"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_in_refuses_reuse_and_locks_after_failures() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let code = crate::totp::code_at(&secret, now());
+        let first = sign_in(&auth, "clerk1", "a password of some length", &code)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                sign_in(&auth, "clerk1", "a password of some length", &code).await,
+                Err(Error::SignInFailed)
+            ),
+            "code reused"
+        );
+        assert!(matches!(
+            sign_in(&auth, "nobody", "x", "000000").await,
+            Err(Error::SignInFailed)
+        ));
+        let s = session(&store, &auth.config().ra, &first.token)
+            .await
+            .unwrap();
+        assert_eq!(s.username, "clerk1");
+        sign_out(&store, &first.token).await.unwrap();
+        assert!(session(&store, &auth.config().ra, &first.token)
+            .await
+            .is_err());
+        for _ in 0..SIGN_IN_ATTEMPTS {
+            assert!(sign_in(&auth, "clerk1", "wrong password!!", "000000")
+                .await
+                .is_err());
+        }
+        // Locked: even the right password and a fresh code are refused.
+        sqlx::query("UPDATE staff SET totp_last_step = 0 WHERE username = 'clerk1'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let code = crate::totp::code_at(&secret, now());
+        assert!(matches!(
+            sign_in(&auth, "clerk1", "a password of some length", &code).await,
+            Err(Error::SignInFailed)
+        ));
+        let log = store.audit_records().await.unwrap().0;
+        assert!(
+            log.iter()
+                .filter(|r| r.kind == "ra.staff.signin_failed")
+                .count()
+                >= 6
+        );
+    }
+}
