@@ -19,6 +19,7 @@ use ca_core::store::Store;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod ra;
 mod serve;
 
 /// ecert: an HSM-backed public certification authority.
@@ -72,9 +73,52 @@ enum Command {
     /// Serve CA certificates, CRLs, OCSP, /healthz and /metrics; publish CRLs and sign OCSP
     /// responses as status changes (initialises a fresh data directory first).
     Serve(serve::ServeArgs),
+    /// Service outlets where identity is checked (registration authority).
+    #[command(subcommand)]
+    Outlet(OutletCommand),
+    /// Counter staff accounts (registration authority).
+    #[command(subcommand)]
+    Staff(StaffCommand),
     /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
     #[command(subcommand, hide = true)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OutletCommand {
+    /// Add an outlet (idempotent).
+    Add {
+        /// Short id, e.g. `gpo`.
+        id: String,
+        /// English name.
+        #[arg(long)]
+        en: String,
+        /// Chinese name.
+        #[arg(long)]
+        zh: String,
+    },
+    /// List the outlets.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum StaffCommand {
+    /// Add a staff account. The password is read from the first line of standard input; the
+    /// TOTP secret to enrol in an authenticator app is printed once.
+    Add {
+        /// Sign-in name.
+        #[arg(long)]
+        username: String,
+        /// Name shown on screens.
+        #[arg(long)]
+        name: String,
+        /// Outlet id.
+        #[arg(long)]
+        outlet: String,
+        /// clerk, supervisor, officer or admin.
+        #[arg(long, default_value = "clerk")]
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,6 +376,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Revoke(args) => revoke(config, *args).await,
             Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
             Command::Serve(args) => serve::serve(config, args).await,
+            Command::Outlet(OutletCommand::Add { id, en, zh }) => {
+                let store = open_store(&config).await?;
+                ca_core::ra::ensure_outlet(&store, &id, &en, &zh).await?;
+                println!("outlet {id}");
+                Ok(())
+            }
+            Command::Outlet(OutletCommand::List) => {
+                let store = open_store(&config).await?;
+                for (id, en, zh) in ca_core::ra::outlets(&store).await? {
+                    println!("{id}\t{en}\t{zh}");
+                }
+                Ok(())
+            }
+            Command::Staff(StaffCommand::Add {
+                username,
+                name,
+                outlet,
+                role,
+            }) => {
+                let mut password = zeroize::Zeroizing::new(String::new());
+                std::io::stdin()
+                    .read_line(&mut password)
+                    .context("reading the password from standard input")?;
+                let password = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string());
+                let role = ca_core::ra::Role::parse(&role)?;
+                let auth = Authority::open(config).await?;
+                let result = ca_core::ra::create_staff(
+                    &auth, &username, &name, &outlet, role, &password, &actor(),
+                )
+                .await;
+                checkpoint(&auth).await;
+                let (id, secret) = result?;
+                println!("staff {username} ({id})");
+                println!("totp_secret={}", ca_core::totp::secret_base32(&secret));
+                println!(
+                    "otpauth={}",
+                    ca_core::totp::otpauth_uri("ecert", &username, &secret)
+                );
+                Ok(())
+            }
             Command::Ocsp(cmd) => ocsp(config, cmd).await,
             Command::Crl(CrlCommand::Export { name }) => {
                 let store = open_store(&config).await?;

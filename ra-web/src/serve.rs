@@ -72,7 +72,7 @@ struct Counters {
 
 struct AppState {
     /// The signer, in the signing role.
-    auth: Option<Authority>,
+    auth: Option<Arc<Authority>>,
     store: Store,
     config: Config,
     /// CA certificates (DER).
@@ -97,7 +97,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     } else {
         let (auth, _) = Authority::init(config.clone()).await?;
         let store = auth.store().clone();
-        (Some(auth), store)
+        (Some(Arc::new(auth)), store)
     };
     let mut cas = HashMap::new();
     for role in CaRole::ALL {
@@ -142,18 +142,29 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("loading OCSP responses and CRLs")?;
     background.push(tokio::spawn(follow_store(state.clone())));
-    let app = router(state.clone());
+    let mut app = router(state.clone());
+    if let Some(auth) = &state.auth {
+        // The registration pages need the personal-data keys in the HSM: signer role only.
+        let mailer = crate::ra::Mailer::new(&state.config.ra.smtp, &state.config.ra.mail_from);
+        app = app.merge(crate::ra::router(Arc::new(crate::ra::RaState::new(
+            auth.clone(),
+            mailer,
+        ))));
+    }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("serving")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .context("serving")?;
     for b in background {
         b.abort();
     }

@@ -1,0 +1,771 @@
+//! Handler-level tests: the RA router driven with `oneshot`, on a real CA (SoftHSM2 token,
+//! SQLite), mail to a real SMTP conversation with a small listener in this test. Every error
+//! path the issue lists: bad HKID, wrong e-mail code, mismatched identity, expired approval,
+//! the same person approving twice, CSRF missing, id swapping — plus every page in both
+//! languages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use ca_core::authority::Authority;
+use ca_core::config::Config;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tower::ServiceExt;
+
+use super::*;
+
+/// A listener that speaks enough SMTP (RFC 5321) for lettre and keeps each message's data.
+async fn smtp_listener() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let inbox = Arc::new(Mutex::new(Vec::new()));
+    let keep = inbox.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                let mut data: Option<String> = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(d) = data.as_mut() {
+                        if line == "." {
+                            keep.lock().unwrap().push(std::mem::take(d));
+                            data = None;
+                            w.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            d.push_str(&line);
+                            d.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 test\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => {
+                            w.write_all(b"221 bye\r\n").await.unwrap();
+                            return;
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    w.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, inbox)
+}
+
+struct App {
+    _dir: tempfile::TempDir,
+    router: Router,
+    auth: Arc<Authority>,
+    inbox: Arc<Mutex<Vec<String>>>,
+}
+
+async fn app(edit: impl FnOnce(&mut Config)) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::load(dir.path(), None).unwrap();
+    config.ca.policy_arc = Some("1.3.6.1.4.1.32473.1".into());
+    config.ca.base_url = "http://pki.example.hk".into();
+    let (smtp, inbox) = smtp_listener().await;
+    config.ra.smtp = smtp;
+    edit(&mut config);
+    std::env::set_var(
+        "SOFTHSM2_CONF",
+        ca_core::authority::softhsm_conf_path(&config),
+    );
+    let (auth, _) = Authority::init(config.clone()).await.unwrap();
+    let auth = Arc::new(auth);
+    ra::ensure_outlet(auth.store(), "gpo", "General Post Office", "郵政總局")
+        .await
+        .unwrap();
+    ra::ensure_outlet(auth.store(), "tst", "Tsim Sha Tsui", "尖沙咀")
+        .await
+        .unwrap();
+    let mailer = Mailer::new(&config.ra.smtp, &config.ra.mail_from);
+    let router = router(Arc::new(RaState::new(auth.clone(), mailer)));
+    App {
+        _dir: dir,
+        router,
+        auth,
+        inbox,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                let first = v.split(';').next()?;
+                let (k, val) = first.split_once('=')?;
+                (k == name).then(|| val.to_string())
+            })
+    }
+
+    /// The value of the first hidden input `name`.
+    fn hidden(&self, name: &str) -> String {
+        let key = format!("name=\"{name}\" value=\"");
+        let start = self
+            .body
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in {}", self.body))
+            + key.len();
+        self.body[start..].split('"').next().unwrap().to_string()
+    }
+
+    fn text_of(&self, id: &str) -> String {
+        let key = format!("id=\"{id}\"");
+        let start = self
+            .body
+            .find(&key)
+            .unwrap_or_else(|| panic!("no #{id} in {}", self.body));
+        let rest = &self.body[start..];
+        let open = rest.find('>').unwrap() + 1;
+        rest[open..].split('<').next().unwrap().trim().to_string()
+    }
+}
+
+impl App {
+    async fn send(&self, req: Request<Body>) -> Reply {
+        let r = self.router.clone().oneshot(req).await.unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookies: &str) -> Reply {
+        self.send(
+            Request::get(path)
+                .header(header::COOKIE, cookies)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, cookies: &str, form: &[(&str, &str)]) -> Reply {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.send(
+            Request::post(path)
+                .header(header::COOKIE, cookies)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// The last mail's code line value.
+    fn last_code(&self) -> String {
+        let inbox = self.inbox.lock().unwrap();
+        let mail = inbox.last().expect("a mail was sent");
+        mail.lines()
+            .rev()
+            .find_map(|l| l.rsplit_once(": ").map(|(_, c)| c.trim().to_string()))
+            .filter(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+            .unwrap_or_else(|| panic!("no code in {mail}"))
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn csr_pem() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+/// A citizen session: the CSRF cookie and token from the form page.
+async fn citizen(app: &App) -> (String, String) {
+    let r = app.get("/apply", "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let token = r.cookie(CSRF_COOKIE).expect("csrf cookie");
+    assert_eq!(r.hidden("csrf"), token);
+    (format!("{CSRF_COOKIE}={token}"), token)
+}
+
+fn application<'a>(csrf: &'a str, hkid: &'a str, csr: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("csrf", csrf),
+        ("surname", "Chan"),
+        ("given_name", "Tai Man"),
+        ("name_zh", "陳大文"),
+        ("email", "tm.chan@example.hk"),
+        ("hkid", hkid),
+        ("date_of_birth", "1980-02-29"),
+        ("phone", "+852 2921 2222"),
+        ("address", "1 Connaught Place, Central"),
+        ("outlet", "gpo"),
+        ("revocation_secret", "my revocation words"),
+        ("csr", csr),
+    ]
+}
+
+async fn staff_cookie(app: &App, username: &str, outlet: &str, role: ra::Role) -> (String, String) {
+    let (_, secret) = ra::create_staff(
+        &app.auth,
+        username,
+        username,
+        outlet,
+        role,
+        "a password of some length",
+        "test",
+    )
+    .await
+    .unwrap();
+    let (cookies, csrf) = {
+        let r = app.get("/staff/login", "").await;
+        let token = r.cookie(CSRF_COOKIE).unwrap();
+        (format!("{CSRF_COOKIE}={token}"), token)
+    };
+    let code = ca_core::totp::code_at(&secret, time::OffsetDateTime::now_utc().unix_timestamp());
+    let r = app
+        .post(
+            "/staff/login",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("username", username),
+                ("password", "a password of some length"),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let session = r.cookie(STAFF_COOKIE).expect("session cookie");
+    let set = r
+        .headers
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("Secure") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = format!("{STAFF_COOKIE}={session}");
+    let queue = app.get("/staff", &cookie).await;
+    assert_eq!(queue.status, StatusCode::OK, "{}", queue.body);
+    // The session's CSRF token is on the sign-out form.
+    (cookie, queue.hidden("csrf"))
+}
+
+/// The application id behind a queue row (the link `/staff/applications/{id}`).
+fn app_id(queue: &Reply, reference: &str) -> String {
+    let key = format!("data-reference=\"{reference}\" href=\"/staff/applications/");
+    let start = queue
+        .body
+        .find(&key)
+        .unwrap_or_else(|| panic!("{reference} not in queue: {}", queue.body))
+        + key.len();
+    queue.body[start..].split('"').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn citizen_and_clerk_journey_with_every_error_path() {
+    let app = app(|c| c.ra.dual_control.push("personal".into())).await;
+    let (cookies, csrf) = citizen(&app).await;
+    let csr = csr_pem();
+    let hkid = ca_core::hkid::synthetic("Z", 683_451);
+    let hkid_typed = hkid.expose().to_string();
+
+    // CSRF missing or wrong: 403, nothing stored.
+    let mut form = application("", &hkid_typed, &csr);
+    let r = app.post("/apply", &cookies, &form).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    form[0].1 = &csrf;
+    let r = app.post("/apply", "", &form).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let count: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) FROM applications")
+            .fetch_one(app.auth.store().pool())
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(count, 0, "a refused form left a record");
+
+    // Bad HKID: 422 naming the problem, never echoing the number.
+    let bad = format!("{}0", &hkid_typed[..hkid_typed.len() - 1]);
+    let bad = if bad == hkid_typed {
+        format!("{}1", &hkid_typed[..hkid_typed.len() - 1])
+    } else {
+        bad
+    };
+    let r = app
+        .post("/apply", &cookies, &application(&csrf, &bad, &csr))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.text_of("error-message").contains("check digit"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains(&bad[1..7]), "the page echoes the number");
+
+    // A good application: reference and secret shown once; the code goes by mail.
+    let r = app
+        .post("/apply", &cookies, &application(&csrf, &hkid_typed, &csr))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let reference = r.text_of("reference");
+    let secret = r.text_of("tracking-secret");
+    let code = app.last_code();
+
+    // Wrong e-mail code, then the right one.
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let track = |code: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("reference", reference.clone()),
+            ("secret", secret.clone()),
+            ("code", code.to_string()),
+        ]
+    };
+    let as_refs = |v: &Vec<(&'static str, String)>| {
+        v.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()
+    };
+    let wrong_form = as_refs(&track(wrong));
+    let pairs: Vec<(&str, &str)> = wrong_form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = app.post("/track/confirm", &cookies, &pairs).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.text_of("error-message").contains("4 attempts left"),
+        "{}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/track/confirm",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", &secret),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body.contains("data-status=\"awaiting_visit\""),
+        "{}",
+        r.body
+    );
+    // Tracking with a wrong secret: 404, the same as no such reference.
+    let r = app
+        .post(
+            "/track",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", "WRONG"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Staff. Another outlet's clerk swapping the id in: 404.
+    let (clerk, clerk_csrf) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let (sup, sup_csrf) = staff_cookie(&app, "super1", "gpo", ra::Role::Supervisor).await;
+    let (far, far_csrf) = staff_cookie(&app, "clerk9", "tst", ra::Role::Clerk).await;
+    let queue = app.get("/staff", &clerk).await;
+    let id = app_id(&queue, &reference);
+    let page = app.get(&format!("/staff/applications/{id}"), &clerk).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.text_of("hkid-masked"), hkid.masked());
+    assert!(
+        !page.body.contains(&hkid_typed),
+        "the full number is on the screen"
+    );
+    assert_eq!(
+        app.get(&format!("/staff/applications/{id}"), &far)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/reveal"),
+            &far,
+            &[("csrf", &far_csrf), ("field", "hkid")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get("/staff/applications/no-such-id", &clerk)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // No session: to the sign-in page. A staff form without its CSRF token: 403.
+    let r = app.get("/staff", "").await;
+    assert_eq!(
+        (
+            r.status,
+            r.headers
+                .get(header::LOCATION)
+                .map(|v| v.to_str().unwrap().to_string())
+        ),
+        (StatusCode::SEE_OTHER, Some("/staff/login".into()))
+    );
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/identity"),
+            &clerk,
+            &[
+                ("csrf", "nope"),
+                ("version", "1"),
+                ("hkid", &hkid_typed),
+                ("card_sighted", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Identity mismatch: 422 and no check recorded.
+    let other = ca_core::hkid::synthetic("Z", 683_452);
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/identity"),
+            &clerk,
+            &[
+                ("csrf", &clerk_csrf),
+                ("version", "1"),
+                ("hkid", other.expose()),
+                ("card_sighted", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(
+        r.text_of("error-message").contains("does not match"),
+        "{}",
+        r.body
+    );
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/identity"),
+            &clerk,
+            &[
+                ("csrf", &clerk_csrf),
+                ("version", "1"),
+                ("hkid", &hkid_typed),
+                ("card_sighted", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.text_of("identity"), ra_text(Lang::En).checked);
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/fee"),
+            &clerk,
+            &[
+                ("csrf", &clerk_csrf),
+                ("amount", "48"),
+                ("method", "cash"),
+                ("receipt", "R1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/fee"),
+            &clerk,
+            &[
+                ("csrf", &clerk_csrf),
+                ("amount", "50.00"),
+                ("method", "cash"),
+                ("receipt", "R1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Dual control: the same person twice is refused; the second person issues.
+    let approve = |c: &str| {
+        vec![
+            ("csrf", c.to_string()),
+            ("version", "1".to_string()),
+            ("decision", "approve".to_string()),
+        ]
+    };
+    let pairs = |v: &Vec<(&'static str, String)>| {
+        v.iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect::<Vec<(&str, String)>>()
+    };
+    let send = |cookie: String, form: Vec<(&'static str, String)>| {
+        let path = format!("/staff/applications/{id}/decide");
+        let app = &app;
+        async move {
+            let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.post(&path, &cookie, &f).await
+        }
+    };
+    let r = send(clerk.clone(), pairs(&approve(&clerk_csrf))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.text_of("message"),
+        ra_text(Lang::En).status_awaiting_second_approval
+    );
+    let r = send(clerk.clone(), pairs(&approve(&clerk_csrf))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = send(sup.clone(), pairs(&approve(&sup_csrf))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.text_of("message")
+            .starts_with(ra_text(Lang::En).status_issued),
+        "{}",
+        r.body
+    );
+    assert!(app
+        .inbox
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .contains(&reference));
+
+    // The citizen downloads the certificate (PEM): openssl-parsable, with the e-mail.
+    let r = app
+        .post(
+            "/track/download",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", &secret),
+                ("format", "pem"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{}",
+        r.body
+    );
+    let der = pem::parse(&r.body).unwrap().into_contents();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert!(format!("{:?}", cert.subject_alternative_name()).contains("tm.chan@example.hk"));
+    let r = app
+        .post(
+            "/track/download",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", "WRONG"),
+                ("format", "pem"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+fn ra_text(l: Lang) -> &'static Texts {
+    l.texts()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_approvals_do_not_count_over_http() {
+    let app = app(|c| {
+        c.ra.dual_control.push("personal".into());
+        c.ra.approval_hours = 0;
+    })
+    .await;
+    let (cookies, csrf) = citizen(&app).await;
+    let csr = csr_pem();
+    let hkid = ca_core::hkid::synthetic("Y", 4);
+    let r = app
+        .post("/apply", &cookies, &application(&csrf, hkid.expose(), &csr))
+        .await;
+    let reference = r.text_of("reference");
+    let secret = r.text_of("tracking-secret");
+    let code = app.last_code();
+    app.post(
+        "/track/confirm",
+        &cookies,
+        &[
+            ("csrf", &csrf),
+            ("reference", &reference),
+            ("secret", &secret),
+            ("code", &code),
+        ],
+    )
+    .await;
+    let (clerk, c1) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let (sup, c2) = staff_cookie(&app, "super1", "gpo", ra::Role::Supervisor).await;
+    let id = app_id(&app.get("/staff", &clerk).await, &reference);
+    let base = format!("/staff/applications/{id}");
+    app.post(
+        &format!("{base}/identity"),
+        &clerk,
+        &[
+            ("csrf", &c1),
+            ("version", "1"),
+            ("hkid", hkid.expose()),
+            ("card_sighted", "yes"),
+        ],
+    )
+    .await;
+    app.post(
+        &format!("{base}/fee"),
+        &clerk,
+        &[
+            ("csrf", &c1),
+            ("amount", "50"),
+            ("method", "card"),
+            ("receipt", "R2"),
+        ],
+    )
+    .await;
+    let r = app
+        .post(
+            &format!("{base}/decide"),
+            &clerk,
+            &[("csrf", &c1), ("version", "1"), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(
+        r.text_of("message"),
+        ra_text(Lang::En).status_awaiting_second_approval
+    );
+    let r = app
+        .post(
+            &format!("{base}/decide"),
+            &sup,
+            &[("csrf", &c2), ("version", "1"), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.text_of("message"),
+        ra_text(Lang::En).status_awaiting_second_approval,
+        "an expired approval counted"
+    );
+}
+
+/// Every page renders in both languages, with the right `lang` and a switch to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_renders_in_both_languages() {
+    let app = app(|_| {}).await;
+    let (clerk, _) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let (cookies, csrf) = citizen(&app).await;
+    let csr = csr_pem();
+    let hkid = ca_core::hkid::synthetic("Z", 77);
+    let applied = app
+        .post("/apply", &cookies, &application(&csrf, hkid.expose(), &csr))
+        .await;
+    let reference = applied.text_of("reference");
+    let secret = applied.text_of("tracking-secret");
+    let id = app_id(&app.get("/staff", &clerk).await, &reference);
+    for lang in [Lang::En, Lang::ZhHk] {
+        let t = lang.texts();
+        let q = format!("?lang={}", lang.tag());
+        let cookie_lang = format!("{LANG_COOKIE}={}", lang.tag());
+        let with = |c: &str| format!("{c}; {cookie_lang}");
+        let pages = vec![
+            app.get(&format!("/{q}"), "").await,
+            app.get(&format!("/terms{q}"), "").await,
+            app.get(&format!("/apply{q}"), "").await,
+            app.get(&format!("/track{q}"), "").await,
+            app.get(&format!("/staff/login{q}"), "").await,
+            app.get("/staff", &with(&clerk)).await,
+            app.get(&format!("/staff/applications/{id}"), &with(&clerk))
+                .await,
+            app.post(
+                "/track",
+                &with(&cookies),
+                &[
+                    ("csrf", &csrf),
+                    ("reference", &reference),
+                    ("secret", &secret),
+                ],
+            )
+            .await,
+            app.post(
+                "/track",
+                &with(&cookies),
+                &[
+                    ("csrf", &csrf),
+                    ("reference", &reference),
+                    ("secret", "WRONG"),
+                ],
+            )
+            .await,
+        ];
+        for (i, p) in pages.iter().enumerate() {
+            assert!(
+                p.status == StatusCode::OK || (i == 8 && p.status == StatusCode::NOT_FOUND),
+                "page {i}: {}",
+                p.status
+            );
+            assert!(
+                p.body.contains(&format!("<html lang=\"{}\">", lang.tag())),
+                "page {i} in {lang:?}"
+            );
+            assert!(
+                p.body.contains(t.site) && p.body.contains(t.switch_to),
+                "page {i} in {lang:?}"
+            );
+            assert!(
+                p.headers.get(header::CONTENT_SECURITY_POLICY).is_some(),
+                "page {i}: no CSP"
+            );
+        }
+        assert!(
+            pages[0].cookie(LANG_COOKIE).is_some(),
+            "?lang= is remembered"
+        );
+    }
+}

@@ -1,0 +1,1283 @@
+//! The registration authority's pages (docs/RA.md): citizens at `/`, counter staff at
+//! `/staff`, in English and Traditional Chinese. Server-rendered (askama); every form works
+//! without JavaScript except making a key in the browser.
+//!
+//! Security on every page: state changes need a CSRF token (citizens: a double-submit cookie;
+//! staff: the session's token); cookies are `Secure; HttpOnly; SameSite=Strict`; sign-in,
+//! tracking and code entry are rate-limited per client address; responses carry a strict
+//! Content-Security-Policy and `Cache-Control: no-store`. Objects are looked up with their
+//! owner (tracking secret, staff outlet), so a swapped id finds nothing (404).
+
+mod i18n;
+mod mail;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use askama::Template;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use ca_core::authority::Authority;
+use ca_core::error::Error;
+use ca_core::ra::{self, Decided, Decision, Revealable, StaffSession, Status};
+use serde::Deserialize;
+
+pub use i18n::{Lang, Texts};
+pub use mail::Mailer;
+
+const STAFF_COOKIE: &str = "ecert_staff";
+const CSRF_COOKIE: &str = "ecert_csrf";
+const LANG_COOKIE: &str = "ecert_lang";
+
+/// What the RA pages need.
+#[derive(Debug)]
+pub struct RaState {
+    /// The CA (issuance, revocation, the personal-data vault, the store).
+    pub auth: Arc<Authority>,
+    /// Outgoing mail.
+    pub mailer: Mailer,
+    limits: Limiter,
+}
+
+impl RaState {
+    /// New state.
+    pub fn new(auth: Arc<Authority>, mailer: Mailer) -> Self {
+        RaState {
+            auth,
+            mailer,
+            limits: Limiter::default(),
+        }
+    }
+}
+
+type Shared = Arc<RaState>;
+
+/// The RA routes.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/terms", get(terms))
+        .route("/apply", get(apply_form).post(apply))
+        .route("/track", get(track_form).post(track))
+        .route("/track/confirm", post(confirm))
+        .route("/track/download", post(download))
+        .route("/track/revoke", post(revoke))
+        .route("/static/site.css", get(css))
+        .route("/staff/login", get(login_form).post(login))
+        .route("/staff/logout", post(logout))
+        .route("/staff", get(staff_queue))
+        .route("/staff/applications/{id}", get(staff_app))
+        .route("/staff/applications/{id}/identity", post(staff_identity))
+        .route("/staff/applications/{id}/fee", post(staff_fee))
+        .route("/staff/applications/{id}/reveal", post(staff_reveal))
+        .route("/staff/applications/{id}/decide", post(staff_decide))
+        .layer(axum::middleware::map_response(security_headers))
+        // Forms and a CSR: a few kilobytes.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (k, v) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plumbing: language, cookies, client address, rate limits, errors.
+
+/// The page language: `?lang=` (remembered in a cookie), else the cookie, else English.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLang(pub Lang, bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for PageLang {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let from_query = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("lang="))
+                .map(Lang::parse)
+        });
+        Ok(match from_query {
+            Some(l) => PageLang(l, true),
+            None => PageLang(
+                cookie(&parts.headers, LANG_COOKIE).map_or(Lang::En, |v| Lang::parse(&v)),
+                false,
+            ),
+        })
+    }
+}
+
+/// The client's address (for rate limits); unknown in handler tests.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+        ))
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
+}
+
+fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: Option<i64>,
+) -> (header::HeaderName, String) {
+    let age = max_age.map_or(String::new(), |a| format!("; Max-Age={a}"));
+    (
+        header::SET_COOKIE,
+        format!("{name}={value}; Path={path}; Secure; HttpOnly; SameSite=Strict{age}"),
+    )
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 24];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    hex::encode(b)
+}
+
+/// (minute, requests in it) per (action, client address).
+type Windows = HashMap<(&'static str, IpAddr), (i64, u32)>;
+
+/// Fixed one-minute windows per (action, client address).
+#[derive(Debug, Default)]
+struct Limiter(Mutex<Windows>);
+
+impl Limiter {
+    fn check(&self, action: &'static str, ip: IpAddr, per_minute: u32) -> Result<(), AppError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() / 60;
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() > 100_000 {
+            m.retain(|_, (w, _)| *w == now);
+        }
+        let e = m.entry((action, ip)).or_insert((now, 0));
+        if e.0 != now {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        if e.1 > per_minute {
+            return Err(AppError::new(
+                Error::TooManyAttempts("wait a minute and try again".into()),
+                Lang::En,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A refusal or failure, shown as the error page in the page's language. Domain errors map to
+/// statuses in one place ([`status_of`]); details go to the log with a request id, and the page
+/// shows only what the person can act on plus that id.
+#[derive(Debug)]
+pub struct AppError {
+    error: Error,
+    lang: Lang,
+}
+
+impl AppError {
+    fn new(error: Error, lang: Lang) -> Self {
+        AppError { error, lang }
+    }
+}
+
+trait InLang<T> {
+    fn lang(self, lang: Lang) -> Result<T, AppError>;
+}
+
+impl<T> InLang<T> for Result<T, Error> {
+    fn lang(self, lang: Lang) -> Result<T, AppError> {
+        self.map_err(|e| AppError::new(e, lang))
+    }
+}
+
+/// The HTTP status of each domain error.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::NotFound => StatusCode::NOT_FOUND,
+        Error::Invalid { .. }
+        | Error::Hkid(_)
+        | Error::CodeRejected { .. }
+        | Error::Profile { .. }
+        | Error::CsrTooLarge { .. }
+        | Error::CsrEncoding(_)
+        | Error::CsrMalformed(_)
+        | Error::CsrBadSignature
+        | Error::KeyNotAllowed(_)
+        | Error::WeakKey(_)
+        | Error::KeyBlocked => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Conflict(_) | Error::AlreadyRevoked { .. } | Error::Revocation(_) => {
+            StatusCode::CONFLICT
+        }
+        Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::Expired(_) => StatusCode::GONE,
+        Error::SignInFailed => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    t: &'static Texts,
+    lang: Lang,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = status_of(&self.error);
+        let request_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(request_id, error = %self.error, "request failed");
+            "the service could not complete this request; please try again later".to_string()
+        } else {
+            tracing::info!(request_id, status = status.as_u16(), error = %self.error, "request refused");
+            self.error.to_string()
+        };
+        let page = ErrorPage {
+            t: self.lang.texts(),
+            lang: self.lang,
+            message: &message,
+            request_id: &request_id,
+        };
+        match page.render() {
+            Ok(html) => (
+                status,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                html,
+            )
+                .into_response(),
+            Err(_) => (status, message).into_response(),
+        }
+    }
+}
+
+fn html(t: impl Template, lang: PageLang) -> Result<Response, AppError> {
+    let body = t
+        .render()
+        .map_err(|e| AppError::new(Error::Encoding(format!("template: {e}")), lang.0))?;
+    let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
+    if lang.1 {
+        let (k, v) = set_cookie(LANG_COOKIE, lang.0.tag(), "/", Some(365 * 86_400));
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().append(k, v);
+        }
+    }
+    Ok(r)
+}
+
+/// The citizen CSRF token: the cookie's value, made now if absent.
+fn citizen_csrf(headers: &HeaderMap) -> (String, bool) {
+    match cookie(headers, CSRF_COOKIE) {
+        Some(v) if v.len() == 48 => (v, false),
+        _ => (random_token(), true),
+    }
+}
+
+fn with_csrf_cookie(mut r: Response, token: &str, fresh: bool) -> Response {
+    if fresh {
+        let (k, v) = set_cookie(CSRF_COOKIE, token, "/", None);
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            r.headers_mut().append(k, v);
+        }
+    }
+    r
+}
+
+fn check_citizen_csrf(headers: &HeaderMap, form_token: &str, lang: Lang) -> Result<(), AppError> {
+    match cookie(headers, CSRF_COOKIE) {
+        Some(c) if !form_token.is_empty() && subtle_eq(c.as_bytes(), form_token.as_bytes()) => {
+            Ok(())
+        }
+        _ => Err(AppError::new(
+            Error::Forbidden(
+                "the form has expired or did not come from this site: reload the page".into(),
+            ),
+            lang,
+        )),
+    }
+}
+
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
+fn status_text(t: &Texts, s: Status) -> &'static str {
+    match s {
+        Status::AwaitingEmail => t.status_awaiting_email,
+        Status::AwaitingVisit => t.status_awaiting_visit,
+        Status::AwaitingSecondApproval => t.status_awaiting_second_approval,
+        Status::Approved => t.status_approved,
+        Status::Issued => t.status_issued,
+        Status::Rejected => t.status_rejected,
+    }
+}
+
+fn money(cents: u32) -> String {
+    format!("HK${}.{:02}", cents / 100, cents % 100)
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/site.css"),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Citizen pages.
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct Home {
+    t: &'static Texts,
+    lang: Lang,
+    fees: Vec<(&'static str, &'static str, String, bool)>,
+}
+
+async fn home(State(s): State<Shared>, lang: PageLang) -> Result<Response, AppError> {
+    let t = lang.0.texts();
+    let fee = |p: &str| money(s.auth.config().ra.fees.get(p).copied().unwrap_or(0));
+    html(
+        Home {
+            t,
+            lang: lang.0,
+            fees: vec![
+                (
+                    t.profile_personal,
+                    t.profile_personal_desc,
+                    fee("personal"),
+                    true,
+                ),
+                (
+                    t.profile_organisational,
+                    t.profile_organisational_desc,
+                    fee("organisational"),
+                    false,
+                ),
+                (
+                    t.profile_server,
+                    t.profile_server_desc,
+                    fee("server"),
+                    false,
+                ),
+            ],
+        },
+        lang,
+    )
+}
+
+#[derive(Template)]
+#[template(path = "terms.html")]
+struct Terms {
+    t: &'static Texts,
+    lang: Lang,
+}
+
+async fn terms(lang: PageLang) -> Result<Response, AppError> {
+    html(
+        Terms {
+            t: lang.0.texts(),
+            lang: lang.0,
+        },
+        lang,
+    )
+}
+
+#[derive(Template)]
+#[template(path = "apply.html")]
+struct ApplyPage {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+    outlets: Vec<(String, String)>,
+}
+
+async fn apply_form(
+    State(s): State<Shared>,
+    lang: PageLang,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let (csrf, fresh) = citizen_csrf(&headers);
+    let outlets = ra::outlets(s.auth.store())
+        .await
+        .lang(lang.0)?
+        .into_iter()
+        .map(|(id, en, zh)| (id, if lang.0 == Lang::ZhHk { zh } else { en }))
+        .collect();
+    let r = html(
+        ApplyPage {
+            t: lang.0.texts(),
+            lang: lang.0,
+            csrf: csrf.clone(),
+            outlets,
+        },
+        lang,
+    )?;
+    Ok(with_csrf_cookie(r, &csrf, fresh))
+}
+
+/// The application form's fields.
+#[derive(Debug, Deserialize)]
+pub struct ApplyForm {
+    csrf: String,
+    surname: String,
+    given_name: String,
+    #[serde(default)]
+    name_zh: String,
+    email: String,
+    hkid: String,
+    date_of_birth: String,
+    phone: String,
+    address: String,
+    outlet: String,
+    #[serde(default)]
+    consent_notices: Option<String>,
+    revocation_secret: String,
+    csr: String,
+}
+
+#[derive(Template)]
+#[template(path = "applied.html")]
+struct Applied {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+    reference: String,
+    secret: String,
+    mail_failed: bool,
+}
+
+async fn apply(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<ApplyForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("apply", ip, 10)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    let submitted = ra::submit(
+        &s.auth,
+        ra::NewApplication {
+            profile: "personal".into(),
+            surname: f.surname,
+            given_name: f.given_name,
+            name_zh: f.name_zh,
+            email: f.email,
+            hkid: f.hkid,
+            date_of_birth: f.date_of_birth,
+            phone: f.phone,
+            address: f.address,
+            outlet: f.outlet,
+            consent_notices: f.consent_notices.is_some(),
+            revocation_secret: f.revocation_secret,
+            csr: f.csr.into_bytes(),
+            language: lang.0.tag().into(),
+        },
+    )
+    .await
+    .lang(lang.0)?;
+    let t = lang.0.texts();
+    let sent = s
+        .mailer
+        .send(
+            &submitted.email,
+            &format!("{} {}: {}", t.site, t.email_code, submitted.reference),
+            &format!(
+                "{}: {}\n{}: {}\n",
+                t.reference, submitted.reference, t.email_code, submitted.email_code
+            ),
+        )
+        .await;
+    if let Err(e) = &sent {
+        tracing::error!(reference = %submitted.reference, error = %e, "could not send the e-mail code");
+    }
+    html(
+        Applied {
+            t,
+            lang: lang.0,
+            csrf: f.csrf,
+            reference: submitted.reference,
+            secret: submitted.secret,
+            mail_failed: sent.is_err(),
+        },
+        lang,
+    )
+}
+
+#[derive(Template)]
+#[template(path = "track.html")]
+struct TrackPage {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+}
+
+async fn track_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppError> {
+    let (csrf, fresh) = citizen_csrf(&headers);
+    let r = html(
+        TrackPage {
+            t: lang.0.texts(),
+            lang: lang.0,
+            csrf: csrf.clone(),
+        },
+        lang,
+    )?;
+    Ok(with_csrf_cookie(r, &csrf, fresh))
+}
+
+/// Reference and tracking secret, on every citizen form after the application.
+#[derive(Debug, Deserialize)]
+pub struct TrackForm {
+    csrf: String,
+    reference: String,
+    secret: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    format: String,
+    #[serde(default)]
+    revocation_secret: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+    reference: String,
+    secret: String,
+    status_key: &'static str,
+    status_text: &'static str,
+    issued: bool,
+    awaiting_email: bool,
+    rejected_reason: String,
+    certificate: String,
+    message: String,
+    downloads: Vec<(&'static str, &'static str)>,
+}
+
+async fn status_page(
+    s: &RaState,
+    lang: PageLang,
+    f: &TrackForm,
+    message: String,
+) -> Result<Response, AppError> {
+    let v = ra::track(s.auth.store(), &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
+    let t = lang.0.texts();
+    html(
+        StatusPage {
+            t,
+            lang: lang.0,
+            csrf: f.csrf.clone(),
+            reference: v.reference,
+            secret: f.secret.trim().to_string(),
+            status_key: v.status.key(),
+            status_text: status_text(t, v.status),
+            issued: v.status == Status::Issued,
+            awaiting_email: v.status == Status::AwaitingEmail,
+            rejected_reason: v.rejected_reason.unwrap_or_default(),
+            certificate: v.certificate.unwrap_or_default(),
+            message,
+            downloads: vec![
+                ("pem", t.download_pem),
+                ("der", t.download_der),
+                ("chain", t.download_chain),
+            ],
+        },
+        lang,
+    )
+}
+
+async fn track(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("track", ip, 20)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    status_page(&s, lang, &f, String::new()).await
+}
+
+async fn confirm(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("code", ip, 10)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    ra::confirm_email(s.auth.store(), &f.reference, &f.secret, &f.code)
+        .await
+        .lang(lang.0)?;
+    status_page(&s, lang, &f, lang.0.texts().done.into()).await
+}
+
+async fn download(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("track", ip, 20)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    let der = ra::certificate(s.auth.store(), &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
+    let pem_of = |der: Vec<u8>| {
+        pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", der),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+    };
+    let name = f.reference.trim().to_uppercase();
+    let (ctype, file, body) = match f.format.as_str() {
+        "der" => ("application/pkix-cert", format!("{name}.cer"), der),
+        "chain" => {
+            let mut out = pem_of(der);
+            for ca in ["individual", "root"] {
+                if let Some((_, ca_der)) = s.auth.store().ca(ca).await.lang(lang.0)? {
+                    out.push_str(&pem_of(ca_der));
+                }
+            }
+            (
+                "application/x-pem-file",
+                format!("{name}-chain.pem"),
+                out.into_bytes(),
+            )
+        }
+        _ => (
+            "application/x-pem-file",
+            format!("{name}.pem"),
+            pem_of(der).into_bytes(),
+        ),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, ctype.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn revoke(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("code", ip, 10)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    let reason = if f.reason.is_empty() {
+        ca_core::revocation::Reason::Unspecified
+    } else {
+        ca_core::revocation::Reason::parse(&f.reason).lang(lang.0)?
+    };
+    let serial = ra::revoke_online(
+        &s.auth,
+        &f.reference,
+        &f.secret,
+        &f.revocation_secret,
+        reason,
+    )
+    .await
+    .lang(lang.0)?;
+    status_page(&s, lang, &f, format!("{}: {serial}", lang.0.texts().revoke)).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staff pages.
+
+#[derive(Template)]
+#[template(path = "staff_login.html")]
+struct LoginPage {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+}
+
+async fn login_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppError> {
+    let (csrf, fresh) = citizen_csrf(&headers);
+    let r = html(
+        LoginPage {
+            t: lang.0.texts(),
+            lang: lang.0,
+            csrf: csrf.clone(),
+        },
+        lang,
+    )?;
+    Ok(with_csrf_cookie(r, &csrf, fresh))
+}
+
+/// Sign-in form.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    csrf: String,
+    username: String,
+    password: String,
+    code: String,
+}
+
+async fn login(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("sign-in", ip, 10)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    let signed = ra::sign_in(&s.auth, f.username.trim(), &f.password, &f.code)
+        .await
+        .lang(lang.0)?;
+    let (k, v) = set_cookie(STAFF_COOKIE, &signed.token, "/staff", None);
+    Ok((
+        StatusCode::SEE_OTHER,
+        [(k, v), (header::LOCATION, "/staff".to_string())],
+    )
+        .into_response())
+}
+
+async fn staff_session(
+    s: &RaState,
+    headers: &HeaderMap,
+    lang: Lang,
+) -> Result<StaffSession, Response> {
+    let Some(token) = cookie(headers, STAFF_COOKIE) else {
+        return Err(Redirect::to("/staff/login").into_response());
+    };
+    match ra::session(s.auth.store(), &s.auth.config().ra, &token).await {
+        Ok(session) => Ok(session),
+        Err(Error::NotFound | Error::Expired(_)) => {
+            Err(Redirect::to("/staff/login").into_response())
+        }
+        Err(e) => Err(AppError::new(e, lang).into_response()),
+    }
+}
+
+// A handler step's natural error is the response to send.
+#[allow(clippy::result_large_err)]
+fn check_staff_csrf(session: &StaffSession, token: &str, lang: Lang) -> Result<(), Response> {
+    if subtle_eq(session.csrf.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(AppError::new(
+            Error::Forbidden(
+                "the form has expired or did not come from this site: reload the page".into(),
+            ),
+            lang,
+        )
+        .into_response())
+    }
+}
+
+/// A staff form with only the CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfOnly {
+    csrf: String,
+}
+
+async fn logout(
+    State(s): State<Shared>,
+    lang: PageLang,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let session = match staff_session(&s, &headers, lang.0).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_staff_csrf(&session, &f.csrf, lang.0) {
+        return r;
+    }
+    if let Some(token) = cookie(&headers, STAFF_COOKIE) {
+        let _ = ra::sign_out(s.auth.store(), &token).await;
+    }
+    let (k, v) = set_cookie(STAFF_COOKIE, "", "/staff", Some(0));
+    (
+        StatusCode::SEE_OTHER,
+        [(k, v), (header::LOCATION, "/staff/login".to_string())],
+    )
+        .into_response()
+}
+
+#[derive(Template)]
+#[template(path = "staff_queue.html")]
+struct QueuePage {
+    t: &'static Texts,
+    lang: Lang,
+    staff: StaffSession,
+    rows: Vec<(String, String, String, String, &'static str, String)>,
+}
+
+/// `?reference=` on the queue.
+#[derive(Debug, Deserialize)]
+pub struct Find {
+    #[serde(default)]
+    reference: String,
+}
+
+async fn staff_queue(
+    State(s): State<Shared>,
+    lang: PageLang,
+    headers: HeaderMap,
+    Query(q): Query<Find>,
+) -> Response {
+    let staff = match staff_session(&s, &headers, lang.0).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let t = lang.0.texts();
+    let rows = match ra::queue(
+        s.auth.store(),
+        &staff,
+        (!q.reference.is_empty()).then_some(q.reference.as_str()),
+    )
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return AppError::new(e, lang.0).into_response(),
+    };
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            let at = time::OffsetDateTime::from_unix_timestamp(r.created_at)
+                .map(|d| d.date().to_string())
+                .unwrap_or_default();
+            (
+                r.id,
+                r.reference,
+                r.profile,
+                r.name,
+                status_text(t, r.status),
+                at,
+            )
+        })
+        .collect();
+    html(
+        QueuePage {
+            t,
+            lang: lang.0,
+            staff,
+            rows,
+        },
+        lang,
+    )
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Template)]
+#[template(path = "staff_app.html")]
+struct AppPage {
+    t: &'static Texts,
+    lang: Lang,
+    staff: StaffSession,
+    v: ra::StaffView,
+    status_text: &'static str,
+    fee_due: String,
+    fee_text: String,
+    message: String,
+    revealed: Option<(String, String)>,
+}
+
+async fn render_app(
+    s: &RaState,
+    lang: PageLang,
+    staff: StaffSession,
+    id: &str,
+    message: String,
+    revealed: Option<(String, String)>,
+) -> Response {
+    let t = lang.0.texts();
+    let v = match ra::staff_view(&s.auth, &staff, id).await {
+        Ok(v) => v,
+        Err(e) => return AppError::new(e, lang.0).into_response(),
+    };
+    let fee_text = v
+        .fee
+        .as_ref()
+        .map(|(a, m, r)| format!("{} {m} {r}", money(*a as u32)))
+        .unwrap_or_default();
+    html(
+        AppPage {
+            t,
+            lang: lang.0,
+            staff,
+            status_text: status_text(t, v.status),
+            fee_due: format!("{}.{:02}", v.fee_due / 100, v.fee_due % 100),
+            fee_text,
+            v,
+            message,
+            revealed,
+        },
+        lang,
+    )
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn staff_app(
+    State(s): State<Shared>,
+    lang: PageLang,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    match staff_session(&s, &headers, lang.0).await {
+        Ok(staff) => render_app(&s, lang, staff, &id, String::new(), None).await,
+        Err(r) => r,
+    }
+}
+
+/// Staff forms on an application.
+#[derive(Debug, Deserialize)]
+pub struct StaffForm {
+    csrf: String,
+    #[serde(default)]
+    version: i64,
+    #[serde(default)]
+    hkid: String,
+    #[serde(default)]
+    card_sighted: Option<String>,
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    method: String,
+    #[serde(default)]
+    receipt: String,
+    #[serde(default)]
+    field: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn staff_post(
+    s: &RaState,
+    lang: PageLang,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    f: &StaffForm,
+) -> Result<StaffSession, Response> {
+    let staff = staff_session(s, headers, lang.0).await?;
+    check_staff_csrf(&staff, &f.csrf, lang.0)?;
+    s.limits
+        .check("staff", ip, 120)
+        .map_err(|e| AppError { lang: lang.0, ..e }.into_response())?;
+    Ok(staff)
+}
+
+async fn staff_identity(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<StaffForm>,
+) -> Response {
+    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match ra::check_identity(
+        &s.auth,
+        &staff,
+        &id,
+        f.version,
+        &f.hkid,
+        f.card_sighted.is_some(),
+    )
+    .await
+    {
+        Ok(()) => render_app(&s, lang, staff, &id, lang.0.texts().checked.into(), None).await,
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+async fn staff_fee(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<StaffForm>,
+) -> Response {
+    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let cents = parse_money(&f.amount);
+    let Some(cents) = cents else {
+        return AppError::new(
+            Error::Invalid {
+                field: "amount",
+                reason: "an amount like 50.00".into(),
+            },
+            lang.0,
+        )
+        .into_response();
+    };
+    match ra::record_fee(&s.auth, &staff, &id, cents, &f.method, &f.receipt).await {
+        Ok(()) => render_app(&s, lang, staff, &id, lang.0.texts().done.into(), None).await,
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+/// `50`, `50.0` or `50.00` (HK dollars) in cents.
+fn parse_money(s: &str) -> Option<i64> {
+    let s = s.trim().trim_start_matches("HK$").trim_start_matches('$');
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty()
+        || whole.len() > 7
+        || frac.len() > 2
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let frac = format!("{frac:0<2}");
+    Some(whole.parse::<i64>().ok()? * 100 + frac.parse::<i64>().ok()?)
+}
+
+async fn staff_reveal(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<StaffForm>,
+) -> Response {
+    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let field = match Revealable::parse(&f.field) {
+        Ok(v) => v,
+        Err(e) => return AppError::new(e, lang.0).into_response(),
+    };
+    match ra::reveal(&s.auth, &staff, &id, field).await {
+        Ok(value) => {
+            render_app(
+                &s,
+                lang,
+                staff,
+                &id,
+                String::new(),
+                Some((field.name().into(), value.to_string())),
+            )
+            .await
+        }
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+async fn staff_decide(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<StaffForm>,
+) -> Response {
+    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let decision = match f.decision.as_str() {
+        "approve" => Decision::Approve,
+        "reject" => Decision::Reject(f.reason.clone()),
+        _ => {
+            return AppError::new(
+                Error::Invalid {
+                    field: "decision",
+                    reason: "approve or reject".into(),
+                },
+                lang.0,
+            )
+            .into_response()
+        }
+    };
+    let t = lang.0.texts();
+    match ra::decide(&s.auth, &staff, &id, f.version, decision).await {
+        Ok(Decided::Issued {
+            serial,
+            email,
+            reference,
+        }) => {
+            let sent = s
+                .mailer
+                .send(
+                    &email,
+                    &format!("{}: {} {}", t.site, reference, t.status_issued),
+                    &format!(
+                        "{}: {reference}\n{}: {}\n",
+                        t.reference, t.status, t.status_issued
+                    ),
+                )
+                .await;
+            if let Err(e) = sent {
+                tracing::error!(reference, error = %e, "could not send the issuance notice");
+            }
+            render_app(
+                &s,
+                lang,
+                staff,
+                &id,
+                format!("{}: {serial}", t.status_issued),
+                None,
+            )
+            .await
+        }
+        Ok(Decided::AwaitingSecond) => {
+            render_app(
+                &s,
+                lang,
+                staff,
+                &id,
+                t.status_awaiting_second_approval.into(),
+                None,
+            )
+            .await
+        }
+        Ok(Decided::Rejected { email, reference }) => {
+            let _ = s
+                .mailer
+                .send(
+                    &email,
+                    &format!("{}: {reference} {}", t.site, t.status_rejected),
+                    &format!(
+                        "{}: {reference}\n{}: {}\n",
+                        t.reference, t.status, t.status_rejected
+                    ),
+                )
+                .await;
+            render_app(&s, lang, staff, &id, t.status_rejected.into(), None).await
+        }
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod handlers;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_parses_dollars() {
+        assert_eq!(parse_money("50"), Some(5_000));
+        assert_eq!(parse_money("50.0"), Some(5_000));
+        assert_eq!(parse_money("HK$48.50"), Some(4_850));
+        for bad in ["", "-1", "1.234", "abc", "1e3", "99999999"] {
+            assert_eq!(parse_money(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_domain_error_has_its_status() {
+        use ca_core::hkid::HkidError;
+        for (e, code) in [
+            (Error::NotFound, 404),
+            (
+                Error::Invalid {
+                    field: "x",
+                    reason: "y".into(),
+                },
+                422,
+            ),
+            (Error::Hkid(HkidError::CheckDigit), 422),
+            (Error::CodeRejected { attempts_left: 1 }, 422),
+            (Error::Conflict("x".into()), 409),
+            (Error::TooManyAttempts("x".into()), 429),
+            (Error::Expired("x".into()), 410),
+            (Error::SignInFailed, 401),
+            (Error::Forbidden("x".into()), 403),
+            (Error::Store("x".into()), 500),
+        ] {
+            assert_eq!(status_of(&e).as_u16(), code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_read_by_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; ecert_staff=tok; b=2"),
+        );
+        assert_eq!(cookie(&h, "ecert_staff").as_deref(), Some("tok"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+}
