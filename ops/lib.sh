@@ -5,11 +5,13 @@
 # System packages ecert needs at build/test/run time (Debian 12 names).
 # opensc: pkcs11-tool, an outside judge of the token (keys sensitive, never extractable).
 # gcc, libc6-dev: ring and libsqlite3-sys build C code.
-ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates)
+ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver)
 
 # pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
 ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"
 ECERT_CRYPTOGRAPHY_VERSION="${ECERT_CRYPTOGRAPHY_VERSION:-50.0.2}"
+# aiosmtpd is the real SMTP listener the RA tests read mail from.
+ECERT_AIOSMTPD_VERSION="${ECERT_AIOSMTPD_VERSION:-1.4.6}"
 
 ecert_log() { printf '==> %s\n' "$*" >&2; }
 ecert_die() {
@@ -78,13 +80,13 @@ ecert_setup_pkilint_venv() {
     fi
     have="$("$venv/bin/python" - <<'EOF' 2>/dev/null || true
 import importlib.metadata as m
-print(m.version("pkilint"), m.version("cryptography"))
+print(m.version("pkilint"), m.version("cryptography"), m.version("aiosmtpd"))
 EOF
 )"
-    if [ "$have" != "$ECERT_PKILINT_VERSION $ECERT_CRYPTOGRAPHY_VERSION" ]; then
-        ecert_log "pkilint: installing pkilint==$ECERT_PKILINT_VERSION cryptography==$ECERT_CRYPTOGRAPHY_VERSION"
+    if [ "$have" != "$ECERT_PKILINT_VERSION $ECERT_CRYPTOGRAPHY_VERSION $ECERT_AIOSMTPD_VERSION" ]; then
+        ecert_log "pkilint: installing pkilint==$ECERT_PKILINT_VERSION cryptography==$ECERT_CRYPTOGRAPHY_VERSION aiosmtpd==$ECERT_AIOSMTPD_VERSION"
         "$venv/bin/python" -m pip install --disable-pip-version-check -q \
-            "pkilint==$ECERT_PKILINT_VERSION" "cryptography==$ECERT_CRYPTOGRAPHY_VERSION" ||
+            "pkilint==$ECERT_PKILINT_VERSION" "cryptography==$ECERT_CRYPTOGRAPHY_VERSION" "aiosmtpd==$ECERT_AIOSMTPD_VERSION" ||
             ecert_die "pip install of pkilint failed"
     fi
     PATH="$venv/bin:$PATH"

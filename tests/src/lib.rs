@@ -970,6 +970,32 @@ impl Ca {
         }
     }
 
+    /// Everything in the database as SQL text, the way an attacker with a stolen backup sees it:
+    /// SQLite's `iterdump` (blobs as `X'..'` hex), or `pg_dump --data-only`.
+    pub fn dump_database(&self) -> String {
+        match &self.pg {
+            Some(pg) => {
+                let mut c = Command::new("pg_dump");
+                c.args(["--data-only", "--no-owner"]).arg(&pg.url);
+                let o = run_with_timeout(c, TIMEOUT, "pg_dump");
+                assert!(o.status.success(), "pg_dump failed\n{}", show(&o));
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            }
+            None => {
+                let db = self.dir.path().join("ecert.db");
+                let mut c = Command::new("python3");
+                c.args([
+                    "-c",
+                    "import sqlite3,sys\nfor l in sqlite3.connect(sys.argv[1]).iterdump(): print(l)",
+                ])
+                .arg(&db);
+                let o = run_with_timeout(c, TIMEOUT, "python3 sqlite3 iterdump");
+                assert!(o.status.success(), "iterdump failed\n{}", show(&o));
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            }
+        }
+    }
+
     /// PostgreSQL only: makes this installation's database refuse connections (and drops the
     /// open ones), or lets it accept them again: a database outage for this test alone, without
     /// stopping the server other tests share. Returns false on SQLite, which lives inside the
@@ -1111,4 +1137,124 @@ pub fn parse_issued_line(o: &Output, profile: &str) -> Result<(String, String), 
         return Err(bad());
     }
     Ok((serial.to_string(), ca.to_string()))
+}
+
+// ------------------------------------------------------------------------------------------
+// Mail and one-time codes (outside implementations)
+
+/// The Python of the pkilint venv (ops/lib.sh exports `ECERT_PKILINT_BIN`), else `python3`.
+pub fn venv_python() -> PathBuf {
+    std::env::var_os("ECERT_PKILINT_BIN")
+        .map(|d| PathBuf::from(d).join("python"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// A real SMTP server (aiosmtpd) writing each message into a Maildir; killed on drop.
+#[derive(Debug)]
+pub struct SmtpServer {
+    child: Child,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    maildir: TempDir,
+}
+
+impl SmtpServer {
+    /// Starts aiosmtpd on a free port and waits until it accepts connections.
+    pub fn start() -> SmtpServer {
+        let maildir = tempfile::Builder::new()
+            .prefix("ecert-e2e-mail.")
+            .tempdir()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(venv_python())
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &addr,
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(maildir.path().join("box"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting aiosmtpd (pip install aiosmtpd; ops/test does)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "aiosmtpd did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        SmtpServer {
+            child,
+            addr,
+            maildir,
+        }
+    }
+
+    /// Every message received so far (raw RFC 5322 text), oldest first.
+    pub fn messages(&self) -> Vec<String> {
+        let dir = self.maildir.path().join("box").join("new");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits for a message to `to` containing `needle`; returns it.
+    pub fn wait_for(&self, to: &str, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(m) = self
+                .messages()
+                .into_iter()
+                .rev()
+                .find(|m| m.contains(to) && m.contains(needle))
+            {
+                return m;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no mail to {to} with {needle:?}; got {:?}",
+                self.messages()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The current RFC 6238 code of a base32 TOTP secret, computed by Python's standard library
+/// (an implementation other than ecert's).
+pub fn totp_now(secret_b32: &str) -> String {
+    const PY: &str = "import base64,hashlib,hmac,struct,sys,time\n\
+s=sys.argv[1]; k=base64.b32decode(s+'='*((8-len(s)%8)%8))\n\
+h=hmac.new(k,struct.pack('>Q',int(time.time())//30),hashlib.sha1).digest(); o=h[-1]&15\n\
+print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
+    let mut c = Command::new("python3");
+    c.args(["-c", PY, secret_b32]);
+    let o = run_with_timeout(c, TIMEOUT, "python3 totp");
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }

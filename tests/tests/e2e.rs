@@ -22,6 +22,8 @@ mod hostile;
 mod ocsp;
 #[path = "e2e/profiles.rs"]
 mod profiles;
+#[path = "e2e/ra.rs"]
+mod ra;
 #[path = "e2e/renewal.rs"]
 mod renewal;
 #[path = "e2e/revoke.rs"]

@@ -1,0 +1,435 @@
+//! The registration authority through the real binary (issue 4): a citizen applies over HTTP,
+//! confirms the e-mail code read from a real SMTP server (aiosmtpd), a clerk made with `ecert
+//! staff add` signs in with a TOTP code computed by Python, checks identity, records the fee
+//! and approves; the certificate downloaded is judged by openssl and pkilint; the citizen
+//! revokes online and OCSP says revoked. Then the database dump and the service's logs are
+//! searched for the personal data that went in: none may appear in clear.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ecert_e2e::*;
+
+use crate::serve::{http, HttpResponse, Server};
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn form(addr: &str, path: &str, cookies: &str, fields: &[(&str, &str)]) -> HttpResponse {
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    http(
+        addr,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", cookies),
+        ],
+        body.as_bytes(),
+    )
+}
+
+fn page(addr: &str, path: &str, cookies: &str) -> HttpResponse {
+    http(addr, "GET", path, &[("Cookie", cookies)], b"")
+}
+
+fn text(r: &HttpResponse) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn set_cookie(r: &HttpResponse, name: &str) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .find_map(|(_, v)| {
+            let (k, val) = v.split(';').next()?.split_once('=')?;
+            (k == name).then(|| val.to_string())
+        })
+}
+
+fn hidden(body: &str, name: &str) -> String {
+    let key = format!("name=\"{name}\" value=\"");
+    let start = body
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        + key.len();
+    body[start..].split('"').next().unwrap().to_string()
+}
+
+fn by_id(body: &str, id: &str) -> String {
+    let key = format!("id=\"{id}\"");
+    let start = body
+        .find(&key)
+        .unwrap_or_else(|| panic!("no #{id} in {body}"));
+    let rest = &body[start..];
+    rest[rest.find('>').unwrap() + 1..]
+        .split('<')
+        .next()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `ecert serve` with mail to `smtp` and debug logs into `log`.
+fn serve_ra(ca: &Ca, smtp: &str, log: &std::path::Path) -> Server {
+    use std::io::{BufRead, BufReader};
+    let mut c = ca.command(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--crl-watch-seconds",
+            "1",
+        ],
+        &[("ECERT_SMTP", smtp), ("ECERT_LOG", "debug")],
+    );
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| {
+            panic!(
+                "first line {line:?}; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_string();
+    Server(child, addr)
+}
+
+fn ocsp_status(ca: &Ca, addr: &str, issuer: &std::path::Path, cert: &std::path::Path) -> String {
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "ocsp",
+            "-url",
+            &format!("http://{addr}/ocsp"),
+            "-issuer",
+            issuer.to_str().unwrap(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-CAfile",
+            ca.export("root").path.to_str().unwrap(),
+            "-no_nonce",
+        ],
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
+    let ca = Ca::init();
+    ca.ecert_ok(&[
+        "outlet",
+        "add",
+        "gpo",
+        "--en",
+        "General Post Office",
+        "--zh",
+        "郵政總局",
+    ]);
+    let mut add = ca.command(
+        &[
+            "staff",
+            "add",
+            "--username",
+            "clerk1",
+            "--name",
+            "Clerk One",
+            "--outlet",
+            "gpo",
+        ],
+        &[],
+    );
+    add.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = add.spawn().unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"a counter password 123\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let out = String::from_utf8(out.stdout).unwrap();
+    let totp = out
+        .lines()
+        .find_map(|l| l.strip_prefix("totp_secret="))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let addr = &server.1;
+
+    // The citizen: the form, then the application with a CSR made by openssl.
+    let r = page(addr, "/apply", "");
+    assert_eq!(r.status, 200);
+    let csrf = set_cookie(&r, "ecert_csrf").expect("csrf cookie");
+    let cookies = format!("ecert_csrf={csrf}");
+    let csr = ca.csr("citizen", KeyType::P256);
+    let csr_pem = std::fs::read_to_string(&csr.csr).unwrap();
+    let hkid = "Z683451(6)";
+    let hkid_plain = "Z6834516";
+    let r = form(
+        addr,
+        "/apply",
+        &cookies,
+        &[
+            ("csrf", &csrf),
+            ("surname", "Chan"),
+            ("given_name", "Tai Man"),
+            ("name_zh", "陳大文"),
+            ("email", "tm.chan@example.hk"),
+            ("hkid", hkid),
+            ("date_of_birth", "1980-02-29"),
+            ("phone", "+852 2921 2222"),
+            ("address", "1 Connaught Place, Central"),
+            ("outlet", "gpo"),
+            ("revocation_secret", "my revocation words"),
+            ("csr", &csr_pem),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let body = text(&r);
+    let reference = by_id(&body, "reference");
+    let secret = by_id(&body, "tracking-secret");
+    let mail = smtp.wait_for("tm.chan@example.hk", &reference);
+    let code = mail
+        .lines()
+        .filter_map(|l| l.rsplit_once(": "))
+        .map(|(_, c)| c.trim())
+        .find(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no code in {mail}"))
+        .to_string();
+    fn with<'a>(
+        base: [(&'a str, &'a str); 3],
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut f = base.to_vec();
+        f.extend_from_slice(extra);
+        f
+    }
+    let base = [
+        ("csrf", csrf.as_str()),
+        ("reference", reference.as_str()),
+        ("secret", secret.as_str()),
+    ];
+    let r = form(
+        addr,
+        "/track/confirm",
+        &cookies,
+        &with(base, &[("code", &code)]),
+    );
+    assert!(
+        text(&r).contains("data-status=\"awaiting_visit\""),
+        "{}",
+        text(&r)
+    );
+
+    // The clerk.
+    let r = page(addr, "/staff/login", "");
+    let login_csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let r = form(
+        addr,
+        "/staff/login",
+        &format!("ecert_csrf={login_csrf}"),
+        &[
+            ("csrf", &login_csrf),
+            ("username", "clerk1"),
+            ("password", "a counter password 123"),
+            ("code", &totp_now(&totp)),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let staff = format!("ecert_staff={}", set_cookie(&r, "ecert_staff").unwrap());
+    let queue = text(&page(addr, "/staff", &staff));
+    let key = format!("data-reference=\"{reference}\" href=\"/staff/applications/");
+    let at = queue.find(&key).unwrap_or_else(|| panic!("{queue}")) + key.len();
+    let id = queue[at..].split('"').next().unwrap().to_string();
+    let app_page = text(&page(addr, &format!("/staff/applications/{id}"), &staff));
+    let staff_csrf = hidden(&app_page, "csrf");
+    let app_path = format!("/staff/applications/{id}");
+    let r = form(
+        addr,
+        &format!("{app_path}/identity"),
+        &staff,
+        &[
+            ("csrf", &staff_csrf),
+            ("version", "1"),
+            ("hkid", "z683451 (6)"),
+            ("card_sighted", "yes"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let r = form(
+        addr,
+        &format!("{app_path}/fee"),
+        &staff,
+        &[
+            ("csrf", &staff_csrf),
+            ("amount", "50.00"),
+            ("method", "octopus"),
+            ("receipt", "GPO-0001"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let r = form(
+        addr,
+        &format!("{app_path}/decide"),
+        &staff,
+        &[
+            ("csrf", &staff_csrf),
+            ("version", "1"),
+            ("decision", "approve"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    smtp.wait_for("tm.chan@example.hk", "Issued");
+
+    // The citizen downloads the certificate with its chain; outside judges check it.
+    let r = form(
+        addr,
+        "/track/download",
+        &cookies,
+        &with(base, &[("format", "pem")]),
+    );
+    assert_eq!(r.status, 200);
+    let cert = ca.file("citizen.pem");
+    std::fs::write(&cert, &r.body).unwrap();
+    let root = ca.export("root");
+    let individual = ca.export("individual");
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "verify",
+            "-CAfile",
+            root.path.to_str().unwrap(),
+            "-untrusted",
+            individual.path.to_str().unwrap(),
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    pkilint(
+        "lint_cabf_smime_cert",
+        &["-d"],
+        &[&cert],
+        "RA-issued personal certificate",
+    );
+    let subject = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &[
+                "x509",
+                "-in",
+                cert.to_str().unwrap(),
+                "-noout",
+                "-subject",
+                "-ext",
+                "subjectAltName",
+            ],
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        subject.contains("tm.chan@example.hk") && subject.contains("CHAN"),
+        "{subject}"
+    );
+    assert!(
+        !subject.contains("683451"),
+        "the HKID is in the certificate: {subject}"
+    );
+
+    // OCSP says good; the citizen revokes online; OCSP says revoked.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ocsp_status(&ca, addr, &individual.path, &cert).contains(": good") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            ocsp_status(&ca, addr, &individual.path, &cert)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = form(
+        addr,
+        "/track/revoke",
+        &cookies,
+        &with(
+            base,
+            &[
+                ("revocation_secret", "my revocation words"),
+                ("reason", "keyCompromise"),
+            ],
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = ocsp_status(&ca, addr, &individual.path, &cert);
+        if s.contains(": revoked") {
+            assert!(
+                s.contains("keyCompromise") && s.contains("Response verify OK"),
+                "{s}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // No personal data in clear: not in a database dump, not in the logs.
+    drop(server);
+    let dump = ca.dump_database();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        dump.contains(&reference) && logs.contains("CRL published"),
+        "the dump and logs are not what was searched"
+    );
+    for (what, needle) in [
+        ("HKID", hkid_plain.to_string()),
+        ("HKID digits", "683451".to_string()),
+        ("HKID hex", hex::encode(hkid_plain)),
+        ("date of birth", "1980-02-29".to_string()),
+        ("date of birth hex", hex::encode("1980-02-29")),
+        ("phone", "2921 2222".to_string()),
+        ("phone digits", "29212222".to_string()),
+        ("phone hex", hex::encode("2921 2222")),
+        ("address", "Connaught".to_string()),
+        ("address hex", hex::encode("Connaught")),
+    ] {
+        assert!(!dump.contains(&needle), "{what} in the database dump");
+        assert!(!logs.contains(&needle), "{what} in the logs");
+    }
+    ca.audit_ok();
+}
