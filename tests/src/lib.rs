@@ -11,6 +11,8 @@
 //! - pkilint's `lint_*` programs must be on `PATH` (`ops/test` does that).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod webdriver;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

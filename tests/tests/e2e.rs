@@ -8,6 +8,8 @@ mod common;
 
 #[path = "e2e/audit.rs"]
 mod audit;
+#[path = "e2e/browser.rs"]
+mod browser;
 #[path = "e2e/cas.rs"]
 mod cas;
 #[path = "e2e/config.rs"]

@@ -68,6 +68,7 @@ pub fn router(state: Shared) -> Router {
         .route("/track/download", post(download))
         .route("/track/revoke", post(revoke))
         .route("/static/site.css", get(css))
+        .route("/static/keygen.js", get(keygen_js))
         .route("/staff/login", get(login_form).post(login))
         .route("/staff/logout", post(logout))
         .route("/staff", get(staff_queue))
@@ -364,6 +365,19 @@ async fn css() -> Response {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         include_str!("../../static/site.css"),
+    )
+        .into_response()
+}
+
+/// The in-browser key, CSR and PKCS#12 code: PKI.js bundled by ops/build-js, served by ecert
+/// itself (no third-party CDN).
+async fn keygen_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/keygen.js"),
     )
         .into_response()
 }

@@ -83,7 +83,7 @@ fn by_id(body: &str, id: &str) -> String {
 }
 
 /// `ecert serve` with mail to `smtp` and debug logs into `log`.
-fn serve_ra(ca: &Ca, smtp: &str, log: &std::path::Path) -> Server {
+pub(crate) fn serve_ra(ca: &Ca, smtp: &str, log: &std::path::Path) -> Server {
     use std::io::{BufRead, BufReader};
     let mut c = ca.command(
         &[
@@ -116,7 +116,12 @@ fn serve_ra(ca: &Ca, smtp: &str, log: &std::path::Path) -> Server {
     Server(child, addr)
 }
 
-fn ocsp_status(ca: &Ca, addr: &str, issuer: &std::path::Path, cert: &std::path::Path) -> String {
+pub(crate) fn ocsp_status(
+    ca: &Ca,
+    addr: &str,
+    issuer: &std::path::Path,
+    cert: &std::path::Path,
+) -> String {
     let o = openssl(
         ca.data_dir(),
         &[
@@ -139,28 +144,18 @@ fn ocsp_status(ca: &Ca, addr: &str, issuer: &std::path::Path, cert: &std::path::
     )
 }
 
-#[test]
-fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
-    let ca = Ca::init();
-    ca.ecert_ok(&[
-        "outlet",
-        "add",
-        "gpo",
-        "--en",
-        "General Post Office",
-        "--zh",
-        "郵政總局",
-    ]);
+/// `ecert staff add` with the password on standard input; returns the TOTP secret (base32).
+pub(crate) fn add_clerk(ca: &Ca, username: &str, outlet: &str) -> String {
     let mut add = ca.command(
         &[
             "staff",
             "add",
             "--username",
-            "clerk1",
+            username,
             "--name",
             "Clerk One",
             "--outlet",
-            "gpo",
+            outlet,
         ],
         &[],
     );
@@ -180,11 +175,25 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let out = String::from_utf8(out.stdout).unwrap();
-    let totp = out
-        .lines()
+    out.lines()
         .find_map(|l| l.strip_prefix("totp_secret="))
         .unwrap_or_else(|| panic!("{out}"))
-        .to_string();
+        .to_string()
+}
+
+#[test]
+fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
+    let ca = Ca::init();
+    ca.ecert_ok(&[
+        "outlet",
+        "add",
+        "gpo",
+        "--en",
+        "General Post Office",
+        "--zh",
+        "郵政總局",
+    ]);
+    let totp = add_clerk(&ca, "clerk1", "gpo");
 
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");

@@ -1,0 +1,216 @@
+// ecert RA: keys made in the citizen's browser (WebCrypto, ECDSA P-256). The private key never
+// leaves the browser except as a passphrase-protected file the citizen downloads: an encrypted
+// PKCS#8 key at application time, a PKCS#12 bundle (key + certificate + chain) once issued.
+// PKI.js builds the CSR (RFC 2986) and the PKCS#12 (RFC 7292, PBES2 with AES-256-CBC and
+// PBKDF2-HMAC-SHA-256, HMAC-SHA-256 MAC) so that OpenSSL and OS keychains read them.
+import * as asn1js from "asn1js";
+import * as pkijs from "pkijs";
+
+const ALG = { name: "ECDSA", namedCurve: "P-256" };
+const DB = "ecert-keys";
+const STORE = "keys";
+const ITERATIONS = 210000;
+
+function crypto() {
+  return pkijs.getCrypto(true);
+}
+
+function hex(buf) {
+  return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function pem(label, der) {
+  const b64 = btoa(String.fromCharCode(...new Uint8Array(der)));
+  return `-----BEGIN ${label}-----\n${b64.match(/.{1,64}/g).join("\n")}\n-----END ${label}-----\n`;
+}
+
+function unpem(text) {
+  const out = [];
+  const re = /-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g;
+  let m;
+  while ((m = re.exec(text)) !== null) {
+    const bin = atob(m[2].replace(/\s+/g, ""));
+    out.push(Uint8Array.from(bin, (c) => c.charCodeAt(0)).buffer);
+  }
+  return out;
+}
+
+function db() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open(DB, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore(STORE);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+async function put(id, value) {
+  const d = await db();
+  await new Promise((resolve, reject) => {
+    const tx = d.transaction(STORE, "readwrite");
+    tx.objectStore(STORE).put(value, id);
+    tx.oncomplete = resolve;
+    tx.onerror = () => reject(tx.error);
+  });
+}
+
+async function get(id) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const req = d.transaction(STORE, "readonly").objectStore(STORE).get(id);
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+
+/** Keys are stored under the SHA-256 of their SubjectPublicKeyInfo. */
+async function spkiId(spkiDer) {
+  return hex(await crypto().digest({ name: "SHA-256" }, spkiDer));
+}
+
+function download(name, type, data) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([data], { type }));
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  setTimeout(() => {
+    URL.revokeObjectURL(a.href);
+    a.remove();
+  }, 1000);
+}
+
+async function shrouded(privateKey, password) {
+  const pkcs8 = await crypto().exportKey("pkcs8", privateKey);
+  const bag = new pkijs.PKCS8ShroudedKeyBag({
+    parsedValue: new pkijs.PrivateKeyInfo({ schema: asn1js.fromBER(pkcs8).result }),
+  });
+  await bag.makeInternalValues({
+    password: pvBuffer(password),
+    contentEncryptionAlgorithm: { name: "AES-CBC", length: 256 },
+    hmacHashAlgorithm: "SHA-256",
+    iterationCount: ITERATIONS,
+  });
+  return bag;
+}
+
+function pvBuffer(text) {
+  return new TextEncoder().encode(text).buffer;
+}
+
+/** Makes the key pair and the CSR; fills the form's CSR field. */
+async function makeKey(status, csrField, passphrase) {
+  const keys = await crypto().generateKey(ALG, true, ["sign", "verify"]);
+  const csr = new pkijs.CertificationRequest();
+  csr.subject.typesAndValues.push(
+    new pkijs.AttributeTypeAndValue({
+      type: "2.5.4.3",
+      value: new asn1js.Utf8String({ value: "e-Cert applicant" }),
+    }),
+  );
+  // RFC 2986 §4.1: attributes [0] is not OPTIONAL; an empty set is encoded.
+  csr.attributes = [];
+  await csr.subjectPublicKeyInfo.importKey(keys.publicKey);
+  await csr.sign(keys.privateKey, "SHA-256");
+  const der = csr.toSchema().toBER(false);
+  const spki = await crypto().exportKey("spki", keys.publicKey);
+  await put(await spkiId(spki), { privateKey: keys.privateKey, created: Date.now() });
+  csrField.value = pem("CERTIFICATE REQUEST", der);
+  status.textContent = status.dataset.done;
+  if (passphrase && passphrase.value) {
+    const bag = await shrouded(keys.privateKey, passphrase.value);
+    download("e-cert-key.p8.pem", "application/x-pem-file", pem("ENCRYPTED PRIVATE KEY", bag.toSchema().toBER(false)));
+  }
+}
+
+/** Builds the PKCS#12 from the key in this browser and the issued chain. */
+async function makePkcs12(form, passphrase, status) {
+  const body = new URLSearchParams(new FormData(form));
+  body.set("format", "chain");
+  const res = await fetch("/track/download", { method: "POST", body, credentials: "same-origin" });
+  if (!res.ok) throw new Error(`download failed: ${res.status}`);
+  const certs = unpem(await res.text()).map((der) => new pkijs.Certificate({ schema: asn1js.fromBER(der).result }));
+  const leaf = certs[0];
+  const id = await spkiId(leaf.subjectPublicKeyInfo.toSchema().toBER(false));
+  const stored = await get(id);
+  if (!stored) {
+    status.textContent = status.dataset.nokey;
+    return;
+  }
+  const password = pvBuffer(passphrase.value);
+  const keyBag = await shrouded(stored.privateKey, passphrase.value);
+  const pfx = new pkijs.PFX({
+    parsedValue: {
+      integrityMode: 0,
+      authenticatedSafe: new pkijs.AuthenticatedSafe({
+        parsedValue: {
+          safeContents: [
+            {
+              privacyMode: 0,
+              value: new pkijs.SafeContents({
+                safeBags: [new pkijs.SafeBag({ bagId: "1.2.840.113549.1.12.10.1.2", bagValue: keyBag })],
+              }),
+            },
+            {
+              privacyMode: 1,
+              value: new pkijs.SafeContents({
+                safeBags: certs.map(
+                  (c) => new pkijs.SafeBag({ bagId: "1.2.840.113549.1.12.10.1.3", bagValue: new pkijs.CertBag({ parsedValue: c }) }),
+                ),
+              }),
+            },
+          ],
+        },
+      }),
+    },
+  });
+  await pfx.parsedValue.authenticatedSafe.makeInternalValues({
+    safeContents: [
+      {},
+      {
+        password,
+        contentEncryptionAlgorithm: { name: "AES-CBC", length: 256 },
+        hmacHashAlgorithm: "SHA-256",
+        iterationCount: ITERATIONS,
+      },
+    ],
+  });
+  await pfx.makeInternalValues({
+    password,
+    iterations: ITERATIONS,
+    pbkdf2HashAlgorithm: "SHA-256",
+    hmacHashAlgorithm: "SHA-256",
+  });
+  const reference = form.querySelector('input[name="reference"]').value;
+  download(`${reference}.p12`, "application/x-pkcs12", pfx.toSchema().toBER(false));
+  status.textContent = status.dataset.done;
+}
+
+function wire() {
+  const make = document.getElementById("make-key");
+  if (make) {
+    const status = document.getElementById("key-status");
+    make.addEventListener("click", (e) => {
+      e.preventDefault();
+      makeKey(status, document.getElementById("csr"), document.getElementById("key-passphrase")).catch((err) => {
+        status.textContent = `${status.dataset.failed} ${err}`;
+      });
+    });
+  }
+  const p12 = document.getElementById("download-p12");
+  if (p12) {
+    const status = document.getElementById("p12-status");
+    p12.addEventListener("click", (e) => {
+      e.preventDefault();
+      makePkcs12(document.getElementById("p12-form"), document.getElementById("p12-passphrase"), status).catch((err) => {
+        status.textContent = `${status.dataset.failed} ${err}`;
+      });
+    });
+  }
+}
+
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", wire);
+} else {
+  wire();
+}

@@ -1,0 +1,302 @@
+//! A small W3C WebDriver client (https://www.w3.org/TR/webdriver2/) for the browser tests: it
+//! starts Debian's `chromedriver`, opens headless Chromium with downloads allowed into a
+//! temporary directory, and speaks the JSON protocol over plain HTTP/1.1.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A headless Chromium driven through chromedriver.
+#[derive(Debug)]
+pub struct Chrome {
+    driver: Child,
+    port: u16,
+    session: String,
+    /// Where downloads land.
+    pub downloads: TempDir,
+    _profile: TempDir,
+    shots: PathBuf,
+    shot_no: std::cell::Cell<u32>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read the head, then exactly the body it announces (chromedriver may keep the
+    // connection open).
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    let split = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "WebDriver closed the connection");
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let lower = head.to_ascii_lowercase();
+    let mut payload = raw[split + 4..].to_vec();
+    if let Some(len) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        while payload.len() < len {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "WebDriver closed the connection early");
+            payload.extend_from_slice(&buf[..n]);
+        }
+        payload.truncate(len);
+    } else {
+        s.read_to_end(&mut payload).unwrap();
+        if lower.contains("transfer-encoding: chunked") {
+            payload = dechunk(&payload);
+        }
+    }
+    serde_json::from_slice(&payload)
+        .unwrap_or_else(|e| panic!("WebDriver answer to {method} {path} is not JSON ({e}): {head}"))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+    out
+}
+
+impl Chrome {
+    /// Starts chromedriver and a headless Chromium session. Screenshots go to `shots`.
+    pub fn start(shots: &Path) -> Chrome {
+        std::fs::create_dir_all(shots).unwrap();
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian chromium-driver; ops/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let downloads = tempfile::Builder::new()
+            .prefix("ecert-e2e-downloads.")
+            .tempdir()
+            .unwrap();
+        let profile = tempfile::Builder::new()
+            .prefix("ecert-e2e-chrome.")
+            .tempdir()
+            .unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,1600", format!("--user-data-dir={}", profile.path().display())],
+                "prefs": {
+                    "download.default_directory": downloads.path().to_str().unwrap(),
+                    "download.prompt_for_download": false,
+                    "safebrowsing.enabled": false
+                }
+            }
+        }}});
+        let r = http(port, "POST", "/session", Some(&caps));
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
+            .to_string();
+        let chrome = Chrome {
+            driver,
+            port,
+            session,
+            downloads,
+            _profile: profile,
+            shots: shots.to_path_buf(),
+            shot_no: std::cell::Cell::new(0),
+        };
+        // Headless Chromium saves downloads only when told where (Chrome DevTools Protocol).
+        chrome.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Browser.setDownloadBehavior", "params": {
+                "behavior": "allow", "downloadPath": chrome.downloads.path().to_str().unwrap()}})),
+        );
+        chrome
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let r = http(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body.as_ref(),
+        );
+        if let Some(e) = r["value"].get("error") {
+            panic!("WebDriver {method} {path}: {e} {}", r["value"]["message"]);
+        }
+        r["value"].clone()
+    }
+
+    /// Opens a URL.
+    pub fn goto(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    /// The element matching a CSS selector (waits up to 10 s for it).
+    pub fn find(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = http(
+                self.port,
+                "POST",
+                &format!("/session/{}/element", self.session),
+                Some(&json!({"using": "css selector", "value": css})),
+            );
+            if let Some(id) = r["value"][ELEMENT].as_str() {
+                return id.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element {css}: {}",
+                self.text("body")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Types into a field (after clearing it).
+    pub fn fill(&self, css: &str, text: &str) {
+        let id = self.find(css);
+        self.call("POST", &format!("/element/{id}/clear"), Some(json!({})));
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    /// Clicks.
+    pub fn click(&self, css: &str) {
+        let id = self.find(css);
+        self.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    /// Visible text of an element.
+    pub fn text(&self, css: &str) -> String {
+        let r = http(
+            self.port,
+            "POST",
+            &format!("/session/{}/element", self.session),
+            Some(&json!({"using": "css selector", "value": css})),
+        );
+        match r["value"][ELEMENT].as_str() {
+            Some(id) => self
+                .call("GET", &format!("/element/{id}/text"), None)
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// Runs a script in the page and returns its value.
+    pub fn eval(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// Waits until `script` returns true.
+    pub fn wait_until(&self, script: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.eval(script) != Value::Bool(true) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                self.text("body")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Saves a PNG screenshot `NN-name.png`.
+    pub fn screenshot(&self, name: &str) {
+        let n = self.shot_no.get() + 1;
+        self.shot_no.set(n);
+        let b64 = self.call("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap_or_default())
+            .unwrap();
+        std::fs::write(self.shots.join(format!("{n:02}-{name}.png")), png).unwrap();
+    }
+
+    /// Waits for a finished download whose name ends with `suffix`.
+    pub fn download(&self, suffix: &str) -> PathBuf {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = std::fs::read_dir(self.downloads.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| p.to_string_lossy().ends_with(suffix));
+            if let Some(p) = found {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no download *{suffix}: {}",
+                self.text("body")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Chrome {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            http(
+                self.port,
+                "DELETE",
+                &format!("/session/{}", self.session),
+                None,
+            )
+        });
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}

@@ -1,0 +1,260 @@
+//! The whole journey in real headless Chromium (Debian chromium + chromedriver): a citizen
+//! applies with a key made in the browser (WebCrypto, PKI.js), confirms the e-mail code read
+//! from a real SMTP server, a clerk signs in with TOTP, checks identity, records the fee and
+//! approves; the citizen downloads a PKCS#12 from the same browser, which openssl opens with the
+//! passphrase and whose certificate verifies against the chain; the citizen revokes online and
+//! OCSP says revoked. A screenshot of every step is kept in target/e2e-screenshots/.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ecert_e2e::webdriver::Chrome;
+use ecert_e2e::*;
+
+use crate::ra::{add_clerk, ocsp_status, serve_ra};
+
+fn screenshots(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target
+        .join("e2e-screenshots")
+        .join(format!("{name}-{:?}", test_db()).to_lowercase())
+}
+
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+#[test]
+fn browser_journey_apply_approve_pkcs12_revoke() {
+    let ca = Ca::init();
+    ca.ecert_ok(&[
+        "outlet",
+        "add",
+        "gpo",
+        "--en",
+        "General Post Office",
+        "--zh",
+        "郵政總局",
+    ]);
+    let totp = add_clerk(&ca, "clerk1", "gpo");
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let base = format!("http://{}", server.1);
+    let b = Chrome::start(&screenshots("browser-journey"));
+
+    // Apply, with a key made in this browser.
+    b.goto(&format!("{base}/"));
+    b.screenshot("home");
+    b.click("#apply-personal");
+    b.fill("#surname", "Chan");
+    b.fill("#given_name", "Tai Man");
+    b.fill("#name_zh", "陳大文");
+    b.fill("#email", "tm.chan@example.hk");
+    b.fill("#hkid", "Z683451(6)");
+    b.eval("document.getElementById('date_of_birth').value = '1980-02-29'; return true;");
+    b.fill("#phone", "+852 2921 2222");
+    b.fill("#address", "1 Connaught Place, Central");
+    b.fill("#revocation_secret", "my revocation words");
+    b.fill("#key-passphrase", "key file passphrase");
+    b.click("#make-key");
+    b.wait_until(
+        "return document.getElementById('csr').value.includes('BEGIN CERTIFICATE REQUEST');",
+        "the CSR made in the browser",
+    );
+    b.screenshot("key-made");
+    // The passphrase-protected key file opens with openssl and holds a P-256 key.
+    let keyfile = b.download(".p8.pem");
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "pkey",
+            "-in",
+            keyfile.to_str().unwrap(),
+            "-passin",
+            "pass:key file passphrase",
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("prime256v1"),
+        "{}",
+        show(&o)
+    );
+    let csr = b.eval("return document.getElementById('csr').value;");
+    let csr_path = ca.file("browser.csr");
+    std::fs::write(&csr_path, csr.as_str().unwrap()).unwrap();
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "req",
+            "-in",
+            csr_path.to_str().unwrap(),
+            "-verify",
+            "-noout",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "the browser's CSR does not verify: {}",
+        show(&o)
+    );
+    b.click("#submit");
+    let reference = b.text("#reference");
+    let secret = b.text("#tracking-secret");
+    assert!(
+        reference.starts_with("EC-") && secret.len() > 20,
+        "{}",
+        b.text("body")
+    );
+    b.screenshot("applied");
+
+    // The e-mail code.
+    let mail = smtp.wait_for("tm.chan@example.hk", &reference);
+    let code = mail
+        .lines()
+        .filter_map(|l| l.rsplit_once(": "))
+        .map(|(_, c)| c.trim().to_string())
+        .find(|c| c.len() == 6 && c.bytes().all(|x| x.is_ascii_digit()))
+        .unwrap();
+    b.fill("#code", &code);
+    b.click("#confirm");
+    b.wait_until(
+        "const e = document.getElementById('status'); return !!e && e.dataset.status === 'awaiting_visit';",
+        "awaiting the visit",
+    );
+    b.screenshot("email-confirmed");
+
+    // The clerk at the counter.
+    b.goto(&format!("{base}/staff/login"));
+    b.fill("#username", "clerk1");
+    b.fill("#password", "a counter password 123");
+    b.fill("#code", &totp_now(&totp));
+    b.screenshot("staff-sign-in");
+    b.click("#sign-in");
+    b.click(&format!("a.open[data-reference={}]", js_str(&reference)));
+    assert_eq!(b.text("#hkid-masked"), "Z******(6)");
+    b.screenshot("staff-application");
+    b.fill("#typed-hkid", "Z683451(6)");
+    b.click("#card-sighted");
+    b.click("#check-identity");
+    b.fill("#receipt", "GPO-0001");
+    b.click("#record-fee");
+    b.screenshot("identity-and-fee");
+    b.click("#approve");
+    b.wait_until(
+        "const m = document.getElementById('message'); return !!m && m.textContent.startsWith('Issued');",
+        "issuance",
+    );
+    b.screenshot("approved");
+
+    // The citizen, in the same browser: the PKCS#12.
+    b.goto(&format!("{base}/track"));
+    b.fill("#reference", &reference);
+    b.fill("#secret", &secret);
+    b.click("#show");
+    b.wait_until(
+        "const e = document.getElementById('status'); return !!e && e.dataset.status === 'issued';",
+        "issued",
+    );
+    b.fill("#p12-passphrase", "p12 passphrase");
+    b.click("#download-p12");
+    let p12 = b.download(".p12");
+    b.screenshot("pkcs12-downloaded");
+    let dump = ca.file("p12.pem");
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            "pass:p12 passphrase",
+            "-nodes",
+            "-out",
+            dump.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "openssl cannot open the browser's PKCS#12: {}",
+        show(&o)
+    );
+    let wrong = std::process::Command::new("openssl")
+        .args([
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            "pass:wrong",
+            "-nodes",
+            "-noout",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !wrong.status.success(),
+        "the PKCS#12 opens with a wrong passphrase"
+    );
+    // Its certificate verifies against the chain and carries the key's public half.
+    let pems = std::fs::read_to_string(&dump).unwrap();
+    let leaf = ca.file("leaf.pem");
+    let first = pems.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = pems[first..].find("-----END CERTIFICATE-----").unwrap() + first + 25;
+    std::fs::write(&leaf, &pems[first..end]).unwrap();
+    let root = ca.export("root");
+    let individual = ca.export("individual");
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "verify",
+            "-CAfile",
+            root.path.to_str().unwrap(),
+            "-untrusted",
+            individual.path.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let cert_pub = openssl(
+        ca.data_dir(),
+        &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
+    )
+    .stdout;
+    let key_pub = openssl(
+        ca.data_dir(),
+        &["pkey", "-in", dump.to_str().unwrap(), "-pubout"],
+    )
+    .stdout;
+    assert_eq!(
+        cert_pub, key_pub,
+        "the PKCS#12 key does not belong to its certificate"
+    );
+    assert!(
+        pems.matches("BEGIN CERTIFICATE").count() >= 3,
+        "leaf, issuing CA and root: {pems}"
+    );
+
+    // Online revocation; OCSP answers revoked.
+    b.fill("#revocation_secret", "my revocation words");
+    b.eval("document.getElementById('reason').value = 'keyCompromise'; return true;");
+    b.click("#revoke");
+    b.wait_until(
+        "const m = document.getElementById('message'); return !!m;",
+        "the revocation",
+    );
+    b.screenshot("revoked");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = ocsp_status(&ca, &server.1, &individual.path, &leaf);
+        if s.contains(": revoked") {
+            assert!(s.contains("Response verify OK"), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
