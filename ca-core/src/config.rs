@@ -44,6 +44,8 @@ pub struct RaConfig {
     pub session_max_hours: u32,
     /// How long an e-mail confirmation code is good for, in minutes.
     pub email_code_minutes: u32,
+    /// Online renewal opens this many days before the certificate expires.
+    pub renewal_window_days: u32,
     /// SMTP relay for notices to citizens: `host:port` (plain SMTP; point it at a local relay
     /// that forwards with TLS).
     pub smtp: String,
@@ -68,6 +70,7 @@ impl Default for RaConfig {
             session_idle_minutes: 15,
             session_max_hours: 8,
             email_code_minutes: 30,
+            renewal_window_days: 90,
             smtp: "127.0.0.1:25".into(),
             mail_from: "e-cert@pki.example.hk".into(),
         }

@@ -502,6 +502,95 @@ pub async fn revoke_online(
     Ok(serial)
 }
 
+/// Renews a citizen's certificate online, without a counter visit (BR §3.3.1 routine
+/// re-key/renewal): the request must be a CSR for the *same* key as the current certificate, so
+/// its signature proves possession of the current certificate's private key. The certificate
+/// must be issued, not revoked or held, not expired, within `ra.renewal_window_days` of its
+/// expiry, and not renewed already. The renewal is an issuance linked to
+/// the certificate it replaces (both ways), with the same subject data.
+pub async fn renew_online(
+    auth: &Authority,
+    reference: &str,
+    secret: &str,
+    csr: &[u8],
+) -> Result<String> {
+    let store = auth.store();
+    let id = owned(store, reference, secret).await?;
+    let reference = reference.trim().to_uppercase();
+    let r = sqlx::query(
+        "SELECT a.certificate, a.profile, c.key_fp, c.state, c.revocation_reason, c.not_after, c.renewed_by \
+         FROM applications a JOIN certificates c ON c.serial = a.certificate WHERE a.id = $1",
+    )
+    .bind(&id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or_else(|| Error::Conflict("no certificate has been issued yet".into()))?;
+    let old: String = r.try_get(0)?;
+    let profile: String = r.try_get(1)?;
+    let key_fp: Vec<u8> = r.try_get(2)?;
+    if r.try_get::<Option<i64>, _>(4)?.is_some() {
+        return Err(Error::Conflict(
+            "the certificate is revoked or on hold: apply again".into(),
+        ));
+    }
+    let not_after = r.try_get::<Option<i64>, _>(5)?.unwrap_or(0);
+    if not_after < now() {
+        return Err(Error::Conflict(
+            "the certificate has expired: apply again".into(),
+        ));
+    }
+    let window = i64::from(auth.config().ra.renewal_window_days);
+    if not_after - now() > window * 86_400 {
+        return Err(Error::Conflict(format!(
+            "online renewal opens {window} days before the certificate expires"
+        )));
+    }
+    if r.try_get::<Option<String>, _>(6)?.is_some() {
+        return Err(Error::Conflict(
+            "the certificate has been renewed already".into(),
+        ));
+    }
+    let csr = VerifiedCsr::parse(csr)?;
+    if csr.key().fingerprint().as_slice() != key_fp.as_slice() {
+        return Err(invalid(
+            "csr",
+            "sign the renewal request with the key of the current certificate",
+        ));
+    }
+    let old_serial = SerialNumber::from_hex(&old).ok_or(Error::NotFound)?;
+    let issued = auth
+        .issue(ApprovedRequest {
+            profile,
+            csr,
+            subject: SubjectData::default(),
+            days: None,
+            renews: Some(old_serial),
+            actor: format!("citizen:{reference}"),
+        })
+        .await?;
+    let serial = issued.serial.to_hex();
+    let mut tx = store.begin().await?;
+    sqlx::query("UPDATE applications SET certificate = $2, updated_at = $3 WHERE id = $1")
+        .bind(&id)
+        .bind(&serial)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.renewed",
+                actor: format!("citizen:{reference}"),
+                subject: Some(id),
+                detail: json!({ "old": old, "new": serial }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(serial)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Staff.
 
@@ -1895,8 +1984,8 @@ mod journey {
             .unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert_eq!(
-            cert.raw_serial_as_string().replace(':', ""),
-            serial.trim_start_matches("00")
+            SerialNumber::from_be_bytes(cert.raw_serial()),
+            SerialNumber::from_hex(&serial)
         );
         assert!(matches!(
             decide(&auth, &clerk, &sub.id, 1, Decision::Approve).await,
@@ -2050,6 +2139,130 @@ mod journey {
             (v.status, v.rejected_reason.as_deref()),
             (Status::Rejected, Some("the applicant did not come"))
         );
+    }
+
+    /// Online renewal: only with the current key, only in the window before expiry, once; the
+    /// new certificate is linked to the old one and keeps its subject (and SRN).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn online_renewal_needs_the_current_key_and_the_window() {
+        let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr_for = |k: &rcgen::KeyPair| {
+            rcgen::CertificateParams::new(Vec::<String>::new())
+                .unwrap()
+                .serialize_request(k)
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        let hkid = crate::hkid::synthetic("Z", 31_337);
+        let mut form = application(&hkid);
+        form.csr = csr_for(&key);
+        let sub = submit(&auth, form).await.unwrap();
+        assert!(
+            matches!(
+                renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key)).await,
+                Err(Error::Conflict(_))
+            ),
+            "nothing issued yet"
+        );
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-9")
+            .await
+            .unwrap();
+        let Decided::Issued { serial: first, .. } =
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+                .await
+                .unwrap()
+        else {
+            panic!("not issued")
+        };
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(matches!(
+            renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&other)).await,
+            Err(Error::Invalid { field: "csr", .. })
+        ));
+        assert!(matches!(
+            renew_online(&auth, &sub.reference, "wrong", &csr_for(&key)).await,
+            Err(Error::NotFound)
+        ));
+        let second = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key))
+            .await
+            .unwrap();
+        assert_ne!(first, second);
+        let old = store.certificate(&first).await.unwrap().unwrap();
+        let new = store.certificate(&second).await.unwrap().unwrap();
+        assert_eq!(old.renewed_by.as_deref(), Some(second.as_str()));
+        assert_eq!(new.renews.as_deref(), Some(first.as_str()));
+        let srn = |r: &crate::store::CertRecord| {
+            serde_json::from_str::<SubjectData>(&r.request).unwrap().srn
+        };
+        assert_eq!(srn(&old), srn(&new));
+        assert!(srn(&new).is_some());
+        assert_eq!(
+            track(&store, &sub.reference, &sub.secret)
+                .await
+                .unwrap()
+                .certificate
+                .as_deref(),
+            Some(second.as_str())
+        );
+        assert!(store
+            .audit_records()
+            .await
+            .unwrap()
+            .0
+            .iter()
+            .any(|r| r.kind == "ra.renewed"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renewal_window_is_enforced() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        let hkid = crate::hkid::synthetic("Z", 4_242);
+        let mut form = application(&hkid);
+        form.csr = csr.clone();
+        let sub = submit(&auth, form).await.unwrap();
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-8")
+            .await
+            .unwrap();
+        decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap();
+        let e = renew_online(&auth, &sub.reference, &sub.secret, &csr)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("opens 90 days before"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

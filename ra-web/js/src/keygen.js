@@ -123,16 +123,38 @@ async function makeKey(status, csrField, passphrase) {
   }
 }
 
-/** Builds the PKCS#12 from the key in this browser and the issued chain. */
-async function makePkcs12(form, passphrase, status) {
+/** The issued chain (leaf first) and the key of the leaf held by this browser, if any. */
+async function chainAndKey(form) {
   const body = new URLSearchParams(new FormData(form));
   body.set("format", "chain");
   const res = await fetch("/track/download", { method: "POST", body, credentials: "same-origin" });
   if (!res.ok) throw new Error(`download failed: ${res.status}`);
   const certs = unpem(await res.text()).map((der) => new pkijs.Certificate({ schema: asn1js.fromBER(der).result }));
-  const leaf = certs[0];
-  const id = await spkiId(leaf.subjectPublicKeyInfo.toSchema().toBER(false));
-  const stored = await get(id);
+  const stored = await get(await spkiId(certs[0].subjectPublicKeyInfo.toSchema().toBER(false)));
+  return { certs, stored };
+}
+
+/** Online renewal: a CSR for the current certificate's key, signed with it (proof of possession). */
+async function renew(form, status) {
+  const { certs, stored } = await chainAndKey(form);
+  if (!stored) {
+    status.textContent = status.dataset.nokey;
+    return;
+  }
+  const csr = new pkijs.CertificationRequest();
+  csr.subject.typesAndValues.push(
+    new pkijs.AttributeTypeAndValue({ type: "2.5.4.3", value: new asn1js.Utf8String({ value: "e-Cert renewal" }) }),
+  );
+  csr.attributes = [];
+  csr.subjectPublicKeyInfo = certs[0].subjectPublicKeyInfo;
+  await csr.sign(stored.privateKey, "SHA-256");
+  form.querySelector("#renew-csr").value = pem("CERTIFICATE REQUEST", csr.toSchema().toBER(false));
+  form.submit();
+}
+
+/** Builds the PKCS#12 from the key in this browser and the issued chain. */
+async function makePkcs12(form, passphrase, status) {
+  const { certs, stored } = await chainAndKey(form);
   if (!stored) {
     status.textContent = status.dataset.nokey;
     return;
@@ -187,6 +209,16 @@ async function makePkcs12(form, passphrase, status) {
 }
 
 function wire() {
+  const ren = document.getElementById("renew-browser");
+  if (ren) {
+    const status = document.getElementById("renew-status");
+    ren.addEventListener("click", (e) => {
+      e.preventDefault();
+      renew(document.getElementById("renew-form"), status).catch((err) => {
+        status.textContent = `${status.dataset.failed} ${err}`;
+      });
+    });
+  }
   const make = document.getElementById("make-key");
   if (make) {
     const status = document.getElementById("key-status");

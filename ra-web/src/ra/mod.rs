@@ -67,6 +67,7 @@ pub fn router(state: Shared) -> Router {
         .route("/track/confirm", post(confirm))
         .route("/track/download", post(download))
         .route("/track/revoke", post(revoke))
+        .route("/track/renew", post(renew))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
         .route("/staff/login", get(login_form).post(login))
@@ -601,6 +602,8 @@ pub struct TrackForm {
     revocation_secret: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    csr: String,
 }
 
 #[derive(Template)]
@@ -767,6 +770,29 @@ async fn revoke(
     .await
     .lang(lang.0)?;
     status_page(&s, lang, &f, format!("{}: {serial}", lang.0.texts().revoke)).await
+}
+
+async fn renew(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("code", ip, 10)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    let serial = ra::renew_online(&s.auth, &f.reference, &f.secret, f.csr.as_bytes())
+        .await
+        .lang(lang.0)?;
+    status_page(
+        &s,
+        lang,
+        &f,
+        format!("{}: {serial}", lang.0.texts().renewed),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,6 +39,11 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         "郵政總局",
     ]);
     let totp = add_clerk(&ca, "clerk1", "gpo");
+    // Let a fresh certificate be renewed online at once (the default window is 90 days).
+    let cfg = ca.data_dir().join("ecert.toml");
+    let mut toml = std::fs::read_to_string(&cfg).unwrap();
+    toml.push_str("\n[ra]\nrenewal_window_days = 400\n");
+    std::fs::write(&cfg, toml).unwrap();
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     let server = serve_ra(&ca, &smtp.addr, &log);
@@ -237,6 +242,78 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         pems.matches("BEGIN CERTIFICATE").count() >= 3,
         "leaf, issuing CA and root: {pems}"
     );
+
+    // Online renewal with the key in this browser, then a new PKCS#12 with the new certificate.
+    let first_serial = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"],
+        )
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    std::fs::remove_file(&p12).unwrap();
+    b.click("#renew-browser");
+    b.wait_until(
+        "const m = document.getElementById('message'); return !!m && m.textContent.startsWith('Renewed');",
+        "the renewal",
+    );
+    b.screenshot("renewed");
+    b.fill("#p12-passphrase", "p12 passphrase");
+    b.click("#download-p12");
+    let p12 = b.download(".p12");
+    let dump2 = ca.file("p12-renewed.pem");
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            "pass:p12 passphrase",
+            "-nodes",
+            "-out",
+            dump2.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let pems = std::fs::read_to_string(&dump2).unwrap();
+    let first = pems.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = pems[first..].find("-----END CERTIFICATE-----").unwrap() + first + 25;
+    let leaf = ca.file("leaf-renewed.pem");
+    std::fs::write(&leaf, &pems[first..end]).unwrap();
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "verify",
+            "-CAfile",
+            root.path.to_str().unwrap(),
+            "-untrusted",
+            individual.path.to_str().unwrap(),
+            leaf.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let second_serial = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"],
+        )
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    assert_ne!(
+        first_serial, second_serial,
+        "the renewal is a new certificate"
+    );
+    let renewed_pub = openssl(
+        ca.data_dir(),
+        &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
+    )
+    .stdout;
+    assert_eq!(renewed_pub, cert_pub, "renewal keeps the key");
 
     // Online revocation; OCSP answers revoked.
     b.fill("#revocation_secret", "my revocation words");
