@@ -1658,6 +1658,93 @@ pub async fn certificate(store: &Store, reference: &str, secret: &str) -> Result
         .ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))
 }
 
+// ---------------------------------------------------------------------------------------------
+// API tokens.
+
+/// Makes an API token for a staff member (printed once; only its SHA-256 is stored). The token
+/// acts as that member: same outlet, same role, until it expires or the account is disabled.
+pub async fn create_api_token(
+    store: &Store,
+    username: &str,
+    label: &str,
+    days: u32,
+    actor: &str,
+) -> Result<String> {
+    check_len("label", label, 1, 80)?;
+    if !(1..=366).contains(&days) {
+        return Err(invalid("days", "1 to 366"));
+    }
+    let staff: String = sqlx::query("SELECT id FROM staff WHERE username = $1 AND disabled = 0")
+        .bind(username)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or(Error::NotFound)?
+        .try_get(0)?;
+    let token = format!("ecert_{}", random_base32(32));
+    let t = now();
+    let mut tx = store.begin().await?;
+    sqlx::query("INSERT INTO api_tokens (token_hash, staff, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(sha256(&[b"api-token", token.as_bytes()]))
+        .bind(&staff)
+        .bind(label)
+        .bind(t)
+        .bind(t + i64::from(days) * 86_400)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.api_token.created",
+                actor: actor.to_string(),
+                subject: Some(staff),
+                detail: json!({ "username": username, "label": label, "days": days }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+/// The staff member behind an API token ([`Error::NotFound`] or [`Error::Expired`] otherwise).
+pub async fn api_session(store: &Store, token: &str) -> Result<StaffSession> {
+    let r = sqlx::query(
+        "SELECT st.id, st.username, st.display_name, st.outlet, st.role, t.expires_at, t.revoked, st.disabled \
+         FROM api_tokens t JOIN staff st ON st.id = t.staff WHERE t.token_hash = $1",
+    )
+    .bind(sha256(&[b"api-token", token.as_bytes()]))
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    if r.try_get::<i64, _>(5)? < now()
+        || r.try_get::<i64, _>(6)? != 0
+        || r.try_get::<i64, _>(7)? != 0
+    {
+        return Err(Error::Expired("the API token is no longer valid".into()));
+    }
+    Ok(StaffSession {
+        staff: r.try_get(0)?,
+        username: r.try_get(1)?,
+        display_name: r.try_get(2)?,
+        outlet: r.try_get(3)?,
+        role: Role::parse(&r.try_get::<String, _>(4)?)?,
+        csrf: String::new(),
+    })
+}
+
+/// The certificate (DER) of an application of the staff member's outlet.
+pub async fn staff_certificate(store: &Store, staff: &StaffSession, id: &str) -> Result<Vec<u8>> {
+    let r = staff_owned(store, staff, id).await?;
+    let serial: Option<String> = r.try_get(19)?;
+    let serial =
+        serial.ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))?;
+    store
+        .certificate(&serial)
+        .await?
+        .and_then(|c| c.cert_der)
+        .ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))
+}
+
 /// Shared handle for the web layer.
 pub type Shared = Arc<Authority>;
 

@@ -37,6 +37,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/sqlite/0006_ocsp.sql")),
     (7, include_str!("../../migrations/sqlite/0007_crl_partitions.sql")),
     (8, include_str!("../../migrations/sqlite/0008_ra.sql")),
+    (9, include_str!("../../migrations/sqlite/0009_api_tokens.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -48,6 +49,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/postgres/0006_ocsp.sql")),
     (7, include_str!("../../migrations/postgres/0007_crl_partitions.sql")),
     (8, include_str!("../../migrations/postgres/0008_ra.sql")),
+    (9, include_str!("../../migrations/postgres/0009_api_tokens.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

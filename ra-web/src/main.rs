@@ -119,6 +119,18 @@ enum StaffCommand {
         #[arg(long, default_value = "clerk")]
         role: String,
     },
+    /// Make a JSON API token acting as a staff member (printed once).
+    Token {
+        /// The staff member's user name.
+        #[arg(long)]
+        username: String,
+        /// What the token is for (shown in the audit trail).
+        #[arg(long, default_value = "api")]
+        label: String,
+        /// Days until it expires (1 to 366).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -387,6 +399,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for (id, en, zh) in ca_core::ra::outlets(&store).await? {
                     println!("{id}\t{en}\t{zh}");
                 }
+                Ok(())
+            }
+            Command::Staff(StaffCommand::Token {
+                username,
+                label,
+                days,
+            }) => {
+                let store = open_store(&config).await?;
+                let token =
+                    ca_core::ra::create_api_token(&store, &username, &label, days, &actor()).await?;
+                println!("{token}");
                 Ok(())
             }
             Command::Staff(StaffCommand::Add {

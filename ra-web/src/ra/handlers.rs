@@ -769,3 +769,268 @@ async fn every_page_renders_in_both_languages() {
         );
     }
 }
+
+impl App {
+    async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(b.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).unwrap()).await
+    }
+}
+
+/// Whether `s` contains something shaped like an HKID number (`[A-Z]{1,2}[0-9]{6}\(?[0-9A]\)?`).
+fn has_hkid_shape(s: &str) -> bool {
+    let b = s.as_bytes();
+    (0..b.len()).any(|i| {
+        let letters = b[i..].iter().take_while(|c| c.is_ascii_uppercase()).count();
+        if !(1..=2).contains(&letters) || (i > 0 && b[i - 1].is_ascii_uppercase()) {
+            return false;
+        }
+        let rest = &b[i + letters..];
+        rest.len() >= 7 && rest[..6].iter().all(u8::is_ascii_digit) && {
+            let c = if rest[6] == b'(' {
+                rest.get(7).copied()
+            } else {
+                Some(rest[6])
+            };
+            c.is_some_and(|c| c.is_ascii_digit() || c == b'A')
+        }
+    })
+}
+
+/// The JSON API: bearer tokens of staff, the same outlet scoping and rules as the pages, JSON
+/// errors with the same statuses, an OpenAPI description, and no HKID-shaped data in any
+/// response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_api_with_staff_tokens() {
+    let app = app(|_| {}).await;
+    let store = app.auth.store().clone();
+    ra::create_staff(
+        &app.auth,
+        "clerk1",
+        "Clerk",
+        "gpo",
+        ra::Role::Clerk,
+        "a password of some length",
+        "test",
+    )
+    .await
+    .unwrap();
+    ra::create_staff(
+        &app.auth,
+        "clerk9",
+        "Far",
+        "tst",
+        ra::Role::Clerk,
+        "a password of some length",
+        "test",
+    )
+    .await
+    .unwrap();
+    let token = ra::create_api_token(&store, "clerk1", "integration", 30, "test")
+        .await
+        .unwrap();
+    let far = ra::create_api_token(&store, "clerk9", "integration", 30, "test")
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+
+    // Authentication.
+    let r = app.api("GET", "/api/v1/applications", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers.get(header::WWW_AUTHENTICATE).is_some());
+    assert_eq!(
+        app.api("GET", "/api/v1/applications", Some("ecert_WRONG"), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The description.
+    let doc = app.api("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&doc.body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/applications",
+        "/api/v1/applications/{id}",
+        "/api/v1/applications/{id}/identity",
+        "/api/v1/applications/{id}/fee",
+        "/api/v1/applications/{id}/decision",
+        "/api/v1/applications/{id}/certificate",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} not described");
+    }
+    assert!(doc["components"]["securitySchemes"]["staff_token"].is_object());
+
+    // A walk-in application with the applicant's CSR.
+    let hkid = ca_core::hkid::synthetic("Z", 90_210);
+    let mut body = serde_json::json!({
+        "profile": "personal", "surname": "Lee", "given_name": "Ka Yan", "email": "ky.lee@example.hk",
+        "hkid": "Z090210(0)", "date_of_birth": "1990-05-01", "phone": "+852 3111 0000",
+        "address": "2 Nathan Road, Kowloon", "revocation_secret": "revoke me please", "csr": csr_pem()
+    });
+    let r = app
+        .api(
+            "POST",
+            "/api/v1/applications",
+            Some(&token),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let e: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(e["error"], "invalid");
+    assert!(e["request_id"].is_string());
+    body["hkid"] = serde_json::Value::String(hkid.expose().into());
+    let r = app
+        .api("POST", "/api/v1/applications", Some(&token), Some(body))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    bodies.push(r.body.clone());
+    let created: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let reference = created["reference"].as_str().unwrap().to_string();
+    let secret = created["tracking_secret"].as_str().unwrap().to_string();
+    ra::confirm_email(&store, &reference, &secret, &app.last_code())
+        .await
+        .unwrap();
+
+    // Scoping: the other outlet sees nothing.
+    let mine = app
+        .api("GET", "/api/v1/applications", Some(&token), None)
+        .await;
+    assert!(mine.body.contains(&reference));
+    bodies.push(mine.body);
+    let theirs = app
+        .api("GET", "/api/v1/applications", Some(&far), None)
+        .await;
+    assert_eq!(theirs.body, "[]");
+    assert_eq!(
+        app.api(
+            "GET",
+            &format!("/api/v1/applications/{id}"),
+            Some(&far),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/identity"),
+            Some(&far),
+            Some(serde_json::json!({"version": 1, "hkid": hkid.expose(), "card_sighted": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let view = app
+        .api(
+            "GET",
+            &format!("/api/v1/applications/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(view.status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    assert_eq!(v["hkid_masked"], hkid.masked());
+    assert_eq!(v["status"], "awaiting_visit");
+    bodies.push(view.body);
+
+    // The counter steps, with their refusals.
+    let other = ca_core::hkid::synthetic("Z", 90_211);
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/identity"),
+            Some(&token),
+            Some(serde_json::json!({"version": 1, "hkid": other.expose(), "card_sighted": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    bodies.push(r.body);
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/decision"),
+            Some(&token),
+            Some(serde_json::json!({"version": 1, "decision": "approve"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/identity"),
+            Some(&token),
+            Some(serde_json::json!({"version": 1, "hkid": hkid.expose(), "card_sighted": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/fee"),
+            Some(&token),
+            Some(serde_json::json!({"amount_cents": 5000, "method": "card", "receipt": "API-1"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = app
+        .api(
+            "GET",
+            &format!("/api/v1/applications/{id}/certificate"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/decision"),
+            Some(&token),
+            Some(serde_json::json!({"version": 1, "decision": "approve"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let d: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(d["outcome"], "issued");
+    bodies.push(r.body);
+    let r = app
+        .api(
+            "GET",
+            &format!("/api/v1/applications/{id}/certificate"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert!(r.body.starts_with("-----BEGIN CERTIFICATE-----"));
+
+    // Response minimisation: nothing HKID-shaped in any JSON answer.
+    assert!(
+        has_hkid_shape(hkid.expose()) && has_hkid_shape("AB123456(9)"),
+        "the shape check works"
+    );
+    for b in &bodies {
+        assert!(!has_hkid_shape(b), "HKID-shaped data in {b}");
+    }
+}

@@ -8,6 +8,7 @@
 //! Content-Security-Policy and `Cache-Control: no-store`. Objects are looked up with their
 //! owner (tracking secret, staff outlet), so a swapped id finds nothing (404).
 
+mod api;
 mod i18n;
 mod mail;
 
@@ -81,7 +82,8 @@ pub fn router(state: Shared) -> Router {
         .layer(axum::middleware::map_response(security_headers))
         // Forms and a CSR: a few kilobytes.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(api::router(state))
 }
 
 async fn security_headers(mut r: Response) -> Response {

@@ -265,6 +265,32 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         text(&r)
     );
 
+    // An integrator's token (made by the CLI while the service runs) sees the application.
+    let token = ca.ecert_ok(&[
+        "staff",
+        "token",
+        "--username",
+        "clerk1",
+        "--label",
+        "e2e",
+        "--days",
+        "1",
+    ]);
+    let r = http(
+        addr,
+        "GET",
+        "/api/v1/applications",
+        &[("Authorization", &format!("Bearer {}", token.trim()))],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert!(text(&r).contains(&reference), "{}", text(&r));
+    let doc = text(&http(addr, "GET", "/api/v1/openapi.json", &[], b""));
+    assert!(
+        doc.contains("\"/api/v1/applications/{id}/decision\""),
+        "{doc}"
+    );
+
     // The clerk.
     let r = page(addr, "/staff/login", "");
     let login_csrf = set_cookie(&r, "ecert_csrf").unwrap();

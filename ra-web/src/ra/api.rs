@@ -1,0 +1,501 @@
+//! The JSON API for integrators under `/api/v1/` (docs/RA.md "JSON API"): the counter
+//! operations, authenticated by a staff API token (`Authorization: Bearer ...`, made with
+//! `ecert staff token`), scoped like the staff pages (the token's outlet; another outlet's
+//! application is 404). Described by OpenAPI 3.1 at `/api/v1/openapi.json`, generated from
+//! these handlers and types (utoipa). Responses carry only what the operation needs: personal
+//! fields are masked, as on the staff screens.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ca_core::error::Error;
+use ca_core::ra::{self, Decided, Decision, StaffSession};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use super::{status_of, RaState};
+
+type Shared = Arc<RaState>;
+
+/// The API routes.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/applications", get(list).post(create))
+        .route("/api/v1/applications/{id}", get(show))
+        .route("/api/v1/applications/{id}/identity", post(identity))
+        .route("/api/v1/applications/{id}/fee", post(fee))
+        .route("/api/v1/applications/{id}/decision", post(decision))
+        .route("/api/v1/applications/{id}/certificate", get(certificate))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::map_response(
+            |mut r: Response| async move {
+                r.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    header::HeaderValue::from_static("nosniff"),
+                );
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-store"),
+                );
+                r
+            },
+        ))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ecert registration authority API", version = "1"),
+    paths(list, create, show, identity, fee, decision, certificate),
+    components(schemas(
+        ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck, Fee,
+        DecisionRequest, DecisionResult
+    )),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "staff_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let requirement = utoipa::openapi::security::SecurityRequirement::new(
+            "staff_token",
+            Vec::<String>::new(),
+        );
+        openapi.security = Some(vec![requirement]);
+    }
+}
+
+/// The OpenAPI description of this API.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
+/// An error: a stable code, a message a person can act on, and the id of the log line.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// `not_found`, `invalid`, `conflict`, `too_many_attempts`, `expired`, `unauthorized`,
+    /// `forbidden` or `internal`.
+    error: &'static str,
+    /// What went wrong (never personal data).
+    message: String,
+    /// The request id in the service's log.
+    request_id: String,
+}
+
+struct ApiFailure(Error);
+
+impl From<Error> for ApiFailure {
+    fn from(e: Error) -> Self {
+        ApiFailure(e)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = status_of(&self.0);
+        let request_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let (error, message) = match status {
+            StatusCode::NOT_FOUND => ("not_found", self.0.to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY => ("invalid", self.0.to_string()),
+            StatusCode::CONFLICT => ("conflict", self.0.to_string()),
+            StatusCode::TOO_MANY_REQUESTS => ("too_many_attempts", self.0.to_string()),
+            StatusCode::GONE => ("expired", self.0.to_string()),
+            StatusCode::UNAUTHORIZED => ("unauthorized", self.0.to_string()),
+            StatusCode::FORBIDDEN => ("forbidden", self.0.to_string()),
+            _ => {
+                tracing::error!(request_id, error = %self.0, "API request failed");
+                (
+                    "internal",
+                    "the service could not complete this request".to_string(),
+                )
+            }
+        };
+        if status != StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::info!(request_id, status = status.as_u16(), error = %self.0, "API request refused");
+        }
+        let mut r = (
+            status,
+            Json(ApiError {
+                error,
+                message,
+                request_id,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"ecert\""),
+            );
+        }
+        r
+    }
+}
+
+/// The staff member behind the bearer token.
+struct Staff(StaffSession);
+
+impl FromRequestParts<Shared> for Staff {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(Error::SignInFailed)?;
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        s.limits
+            .check("api", ip, 600)
+            .map_err(|e| ApiFailure(e.error))?;
+        match ra::api_session(s.auth.store(), token.trim()).await {
+            Ok(session) => Ok(Staff(session)),
+            Err(Error::NotFound | Error::Expired(_)) => Err(ApiFailure(Error::SignInFailed)),
+            Err(e) => Err(ApiFailure(e)),
+        }
+    }
+}
+
+/// One line of the outlet's queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApplicationRow {
+    id: String,
+    reference: String,
+    profile: String,
+    name: String,
+    /// `awaiting_email`, `awaiting_visit`, `awaiting_second_approval`, `approved`, `issued` or
+    /// `rejected`.
+    status: &'static str,
+    /// Unix seconds.
+    created_at: i64,
+}
+
+/// `?reference=` filter.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only the application with this reference.
+    #[serde(default)]
+    reference: String,
+}
+
+/// The open applications of the token's outlet (or one by reference).
+#[utoipa::path(get, path = "/api/v1/applications", params(ListQuery),
+    responses((status = 200, body = [ApplicationRow]), (status = 401, body = ApiError)))]
+async fn list(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<ApplicationRow>>, ApiFailure> {
+    let rows = ra::queue(
+        s.auth.store(),
+        &staff,
+        (!q.reference.is_empty()).then_some(q.reference.as_str()),
+    )
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| ApplicationRow {
+                id: r.id,
+                reference: r.reference,
+                profile: r.profile,
+                name: r.name,
+                status: r.status.key(),
+                created_at: r.created_at,
+            })
+            .collect(),
+    ))
+}
+
+/// A walk-in or bulk application entered by staff for their outlet; the applicant's key is in
+/// the CSR they brought. The e-mail code goes to the applicant.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewApplication {
+    /// `personal`.
+    profile: String,
+    surname: String,
+    given_name: String,
+    #[serde(default)]
+    name_zh: String,
+    email: String,
+    /// As printed on the card, e.g. `A123456(3)`.
+    hkid: String,
+    /// `YYYY-MM-DD`.
+    date_of_birth: String,
+    phone: String,
+    address: String,
+    #[serde(default)]
+    consent_notices: bool,
+    revocation_secret: String,
+    /// PEM or base64 DER PKCS#10.
+    csr: String,
+    /// `en` or `zh-HK`.
+    #[serde(default = "default_language")]
+    language: String,
+}
+
+fn default_language() -> String {
+    "en".into()
+}
+
+/// What the applicant must be given (the tracking secret is shown only here).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Created {
+    id: String,
+    reference: String,
+    tracking_secret: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/applications", request_body = NewApplication,
+    responses((status = 201, body = Created), (status = 422, body = ApiError), (status = 401, body = ApiError)))]
+async fn create(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Json(a): Json<NewApplication>,
+) -> Result<Response, ApiFailure> {
+    let submitted = ra::submit(
+        &s.auth,
+        ra::NewApplication {
+            profile: a.profile,
+            surname: a.surname,
+            given_name: a.given_name,
+            name_zh: a.name_zh,
+            email: a.email,
+            hkid: a.hkid,
+            date_of_birth: a.date_of_birth,
+            phone: a.phone,
+            address: a.address,
+            outlet: staff.outlet.clone(),
+            consent_notices: a.consent_notices,
+            revocation_secret: a.revocation_secret,
+            csr: a.csr.into_bytes(),
+            language: a.language,
+        },
+    )
+    .await?;
+    if let Err(e) = s
+        .mailer
+        .send(
+            &submitted.email,
+            &format!("e-Cert: {}", submitted.reference),
+            &format!(
+                "Reference: {}\nE-mail code: {}\n",
+                submitted.reference, submitted.email_code
+            ),
+        )
+        .await
+    {
+        tracing::error!(reference = %submitted.reference, error = %e, "could not send the e-mail code");
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            id: submitted.id,
+            reference: submitted.reference,
+            tracking_secret: submitted.secret,
+        }),
+    )
+        .into_response())
+}
+
+/// An application as staff see it: personal fields masked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApplicationView {
+    id: String,
+    reference: String,
+    profile: String,
+    version: i64,
+    status: &'static str,
+    surname: String,
+    given_name: String,
+    name_zh: String,
+    email: String,
+    email_confirmed: bool,
+    hkid_masked: String,
+    identity_checked: bool,
+    fee_recorded: bool,
+    fee_due_cents: u32,
+    approvals: usize,
+    dual_control: bool,
+    certificate: Option<String>,
+    rejected_reason: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/applications/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = ApplicationView), (status = 404, body = ApiError)))]
+async fn show(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Json<ApplicationView>, ApiFailure> {
+    let v = ra::staff_view(&s.auth, &staff, &id).await?;
+    Ok(Json(ApplicationView {
+        id: v.id,
+        reference: v.reference,
+        profile: v.profile,
+        version: v.version,
+        status: v.status.key(),
+        surname: v.surname,
+        given_name: v.given_name,
+        name_zh: v.name_zh,
+        email: v.email,
+        email_confirmed: v.email_confirmed,
+        hkid_masked: v.hkid_masked,
+        identity_checked: v.identity_checked,
+        fee_recorded: v.fee.is_some(),
+        fee_due_cents: v.fee_due,
+        approvals: v.approvals.len(),
+        dual_control: v.dual_control,
+        certificate: v.certificate,
+        rejected_reason: v.rejected_reason,
+    }))
+}
+
+/// The counter identity check: the number typed from the original card.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct IdentityCheck {
+    version: i64,
+    hkid: String,
+    card_sighted: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/applications/{id}/identity", params(("id" = String, Path)), request_body = IdentityCheck,
+    responses((status = 204), (status = 422, body = ApiError), (status = 409, body = ApiError)))]
+async fn identity(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<IdentityCheck>,
+) -> Result<StatusCode, ApiFailure> {
+    ra::check_identity(&s.auth, &staff, &id, b.version, &b.hkid, b.card_sighted).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The fee paid at the counter.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Fee {
+    amount_cents: i64,
+    /// `cash`, `octopus`, `card` or `cheque`.
+    method: String,
+    receipt: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/applications/{id}/fee", params(("id" = String, Path)), request_body = Fee,
+    responses((status = 204), (status = 422, body = ApiError)))]
+async fn fee(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<Fee>,
+) -> Result<StatusCode, ApiFailure> {
+    ra::record_fee(&s.auth, &staff, &id, b.amount_cents, &b.method, &b.receipt).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Approve or reject a version of the application.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DecisionRequest {
+    version: i64,
+    /// `approve` or `reject`.
+    decision: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// What the decision led to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionResult {
+    /// `issued`, `awaiting_second_approval` or `rejected`.
+    outcome: &'static str,
+    /// The certificate's serial, when issued.
+    serial: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/applications/{id}/decision", params(("id" = String, Path)), request_body = DecisionRequest,
+    responses((status = 200, body = DecisionResult), (status = 409, body = ApiError)))]
+async fn decision(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<DecisionRequest>,
+) -> Result<Json<DecisionResult>, ApiFailure> {
+    let d = match b.decision.as_str() {
+        "approve" => Decision::Approve,
+        "reject" => Decision::Reject(b.reason),
+        _ => {
+            return Err(ApiFailure(Error::Invalid {
+                field: "decision",
+                reason: "approve or reject".into(),
+            }))
+        }
+    };
+    Ok(Json(
+        match ra::decide(&s.auth, &staff, &id, b.version, d).await? {
+            Decided::Issued {
+                serial,
+                email,
+                reference,
+            } => {
+                if let Err(e) = s
+                    .mailer
+                    .send(
+                        &email,
+                        &format!("e-Cert: {reference} issued"),
+                        &format!("Reference: {reference}\nStatus: issued\n"),
+                    )
+                    .await
+                {
+                    tracing::error!(reference, error = %e, "could not send the issuance notice");
+                }
+                DecisionResult {
+                    outcome: "issued",
+                    serial: Some(serial),
+                }
+            }
+            Decided::AwaitingSecond => DecisionResult {
+                outcome: "awaiting_second_approval",
+                serial: None,
+            },
+            Decided::Rejected { .. } => DecisionResult {
+                outcome: "rejected",
+                serial: None,
+            },
+        },
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/applications/{id}/certificate", params(("id" = String, Path)),
+    responses((status = 200, description = "PEM certificate", content_type = "application/x-pem-file"), (status = 409, body = ApiError)))]
+async fn certificate(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let der = ra::staff_certificate(s.auth.store(), &staff, &id).await?;
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
+}
