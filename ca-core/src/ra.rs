@@ -130,6 +130,9 @@ pub struct NewApplication {
     pub csr: Vec<u8>,
     /// `en` or `zh-HK`.
     pub language: String,
+    /// The member of staff who entered it (a walk-in or bulk application), for the audit
+    /// trail; `None` when the citizen applied online.
+    pub entered_by: Option<String>,
 }
 
 /// What the applicant is told once: the reference, the tracking secret and (to be mailed, not
@@ -270,7 +273,10 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
             &mut tx,
             &Event {
                 kind: "ra.application.submitted",
-                actor: format!("citizen:{reference}"),
+                actor: a
+                    .entered_by
+                    .as_ref()
+                    .map_or_else(|| format!("citizen:{reference}"), |u| format!("staff:{u}")),
                 subject: Some(id.clone()),
                 detail: json!({ "reference": reference, "profile": a.profile, "outlet": a.outlet, "consent_notices": a.consent_notices, "consent_wording": CONSENT_WORDING }),
             },
@@ -1658,6 +1664,24 @@ pub async fn certificate(store: &Store, reference: &str, secret: &str) -> Result
         .ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))
 }
 
+/// In-person revocation (or hold, on the Individual & Organisational CA) of the certificate of
+/// an application of the staff member's outlet, after the clerk checked the subscriber's
+/// identity at the counter (BR §4.9.3).
+pub async fn revoke_at_counter(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+    reason: crate::revocation::Reason,
+) -> Result<String> {
+    let r = staff_owned(auth.store(), staff, id).await?;
+    let serial: Option<String> = r.try_get(19)?;
+    let serial = serial.ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
+    let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    auth.revoke(s, reason, &format!("staff:{}", staff.username))
+        .await?;
+    Ok(serial)
+}
+
 // ---------------------------------------------------------------------------------------------
 // API tokens.
 
@@ -1789,6 +1813,7 @@ mod tests {
             revocation_secret: "a long secret".into(),
             csr: Vec::new(),
             language: "en".into(),
+            entered_by: None,
         }
     }
 
@@ -1901,6 +1926,7 @@ mod journey {
             revocation_secret: "my revocation words".into(),
             csr: csr(),
             language: "en".into(),
+            entered_by: None,
         }
     }
 

@@ -291,6 +291,7 @@ async fn create(
             revocation_secret: a.revocation_secret,
             csr: a.csr.into_bytes(),
             language: a.language,
+            entered_by: Some(staff.username.clone()),
         },
     )
     .await?;

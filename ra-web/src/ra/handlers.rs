@@ -1034,3 +1034,106 @@ async fn json_api_with_staff_tokens() {
         assert!(!has_hkid_shape(b), "HKID-shaped data in {b}");
     }
 }
+
+/// A walk-in entered by a clerk with the applicant's CSR, then approved; the certificate is put
+/// on hold at the counter. Another outlet can do neither; a form without the token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walk_in_and_revocation_at_the_counter() {
+    let app = app(|_| {}).await;
+    let (clerk, csrf) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let (far, far_csrf) = staff_cookie(&app, "clerk9", "tst", ra::Role::Clerk).await;
+    let page = app.get("/staff/walk-in", &clerk).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csr = csr_pem();
+    let hkid = ca_core::hkid::synthetic("Z", 55_555);
+    let mut form = application(&csrf, hkid.expose(), &csr);
+    form[0].1 = "nope";
+    assert_eq!(
+        app.post("/staff/walk-in", &clerk, &form).await.status,
+        StatusCode::FORBIDDEN
+    );
+    form[0].1 = &csrf;
+    let r = app.post("/staff/walk-in", &clerk, &form).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let reference = r.text_of("reference");
+    let secret = r.text_of("tracking-secret");
+    let store = app.auth.store().clone();
+    ra::confirm_email(&store, &reference, &secret, &app.last_code())
+        .await
+        .unwrap();
+    let log = store.audit_records().await.unwrap().0;
+    assert!(
+        log.iter()
+            .any(|e| e.kind == "ra.application.submitted" && e.actor == "staff:clerk1"),
+        "walk-in not attributed to the clerk"
+    );
+    let id = app_id(&app.get("/staff", &clerk).await, &reference);
+    let base = format!("/staff/applications/{id}");
+    app.post(
+        &format!("{base}/identity"),
+        &clerk,
+        &[
+            ("csrf", &csrf),
+            ("version", "1"),
+            ("hkid", hkid.expose()),
+            ("card_sighted", "yes"),
+        ],
+    )
+    .await;
+    app.post(
+        &format!("{base}/fee"),
+        &clerk,
+        &[
+            ("csrf", &csrf),
+            ("amount", "50"),
+            ("method", "cash"),
+            ("receipt", "W-1"),
+        ],
+    )
+    .await;
+    let r = app
+        .post(
+            &format!("{base}/decide"),
+            &clerk,
+            &[("csrf", &csrf), ("version", "1"), ("decision", "approve")],
+        )
+        .await;
+    assert!(r.text_of("message").starts_with("Issued"), "{}", r.body);
+    let serial = r.text_of("message").rsplit(' ').next().unwrap().to_string();
+    // Another outlet cannot revoke it.
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &far,
+            &[("csrf", &far_csrf), ("reason", "keyCompromise")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &clerk,
+            &[("csrf", &csrf), ("reason", "certificateHold")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let rec = store.certificate(&serial).await.unwrap().unwrap();
+    assert_eq!(rec.revocation_reason, Some(6), "on hold");
+    // Revoked for good afterwards; a second identical revocation is a conflict.
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &clerk,
+            &[("csrf", &csrf), ("reason", "keyCompromise")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &clerk,
+            &[("csrf", &csrf), ("reason", "keyCompromise")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+}

@@ -79,6 +79,8 @@ pub fn router(state: Shared) -> Router {
         .route("/staff/applications/{id}/fee", post(staff_fee))
         .route("/staff/applications/{id}/reveal", post(staff_reveal))
         .route("/staff/applications/{id}/decide", post(staff_decide))
+        .route("/staff/applications/{id}/revoke", post(staff_revoke))
+        .route("/staff/walk-in", get(walk_in_form).post(walk_in))
         .layer(axum::middleware::map_response(security_headers))
         // Forms and a CSR: a few kilobytes.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -537,6 +539,7 @@ async fn apply(
             revocation_secret: f.revocation_secret,
             csr: f.csr.into_bytes(),
             language: lang.0.tag().into(),
+            entered_by: None,
         },
     )
     .await
@@ -1265,6 +1268,150 @@ async fn staff_decide(
                 )
                 .await;
             render_app(&s, lang, staff, &id, t.status_rejected.into(), None).await
+        }
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "staff_walkin.html")]
+struct WalkInPage {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+    outlets: Vec<(String, String)>,
+}
+
+async fn walk_in_form(State(s): State<Shared>, lang: PageLang, headers: HeaderMap) -> Response {
+    let staff = match staff_session(&s, &headers, lang.0).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    html(
+        WalkInPage {
+            t: lang.0.texts(),
+            lang: lang.0,
+            csrf: staff.csrf.clone(),
+            outlets: vec![(staff.outlet.clone(), staff.outlet.clone())],
+        },
+        lang,
+    )
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Template)]
+#[template(path = "staff_walkin_done.html")]
+struct WalkInDone {
+    t: &'static Texts,
+    lang: Lang,
+    id: String,
+    reference: String,
+    secret: String,
+}
+
+/// A walk-in: a clerk enters a paper application with the CSR the applicant brought, for the
+/// clerk's own outlet.
+async fn walk_in(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<ApplyForm>,
+) -> Response {
+    let staff = match staff_session(&s, &headers, lang.0).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_staff_csrf(&staff, &f.csrf, lang.0) {
+        return r;
+    }
+    if let Err(e) = s.limits.check("staff", ip, 120) {
+        return AppError { lang: lang.0, ..e }.into_response();
+    }
+    let submitted = ra::submit(
+        &s.auth,
+        ra::NewApplication {
+            profile: "personal".into(),
+            surname: f.surname,
+            given_name: f.given_name,
+            name_zh: f.name_zh,
+            email: f.email,
+            hkid: f.hkid,
+            date_of_birth: f.date_of_birth,
+            phone: f.phone,
+            address: f.address,
+            outlet: staff.outlet.clone(),
+            consent_notices: f.consent_notices.is_some(),
+            revocation_secret: f.revocation_secret,
+            csr: f.csr.into_bytes(),
+            language: lang.0.tag().into(),
+            entered_by: Some(staff.username.clone()),
+        },
+    )
+    .await;
+    let submitted = match submitted {
+        Ok(v) => v,
+        Err(e) => return AppError::new(e, lang.0).into_response(),
+    };
+    let t = lang.0.texts();
+    if let Err(e) = s
+        .mailer
+        .send(
+            &submitted.email,
+            &format!("{} {}: {}", t.site, t.email_code, submitted.reference),
+            &format!(
+                "{}: {}\n{}: {}\n",
+                t.reference, submitted.reference, t.email_code, submitted.email_code
+            ),
+        )
+        .await
+    {
+        tracing::error!(reference = %submitted.reference, error = %e, "could not send the e-mail code");
+    }
+    html(
+        WalkInDone {
+            t,
+            lang: lang.0,
+            id: submitted.id,
+            reference: submitted.reference,
+            secret: submitted.secret,
+        },
+        lang,
+    )
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn staff_revoke(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<StaffForm>,
+) -> Response {
+    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let reason = if f.reason.is_empty() {
+        ca_core::revocation::Reason::Unspecified
+    } else {
+        match ca_core::revocation::Reason::parse(&f.reason) {
+            Ok(r) => r,
+            Err(e) => return AppError::new(e, lang.0).into_response(),
+        }
+    };
+    match ra::revoke_at_counter(&s.auth, &staff, &id, reason).await {
+        Ok(serial) => {
+            render_app(
+                &s,
+                lang,
+                staff,
+                &id,
+                format!("{}: {serial}", lang.0.texts().revoke),
+                None,
+            )
+            .await
         }
         Err(e) => AppError::new(e, lang.0).into_response(),
     }
