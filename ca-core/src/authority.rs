@@ -1328,6 +1328,34 @@ impl Authority {
         })
     }
 
+    /// Opens only the store and the personal-data vault, without the signer lock: what staff
+    /// administration needs, so it works while a signer (`ecert serve`) runs. The HSM is used
+    /// for the vault's keys only.
+    pub async fn open_vault(config: &Config) -> Result<(Store, Arc<crate::pii::Vault>)> {
+        let store = Store::open(&config.database_url()).await?;
+        let cfg = config.clone();
+        let (seal, index) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let token = open_token(&cfg)?;
+            Ok((
+                token.find_secret(
+                    crate::pii::SEAL_KEY_LABEL,
+                    hsm::pkcs11::SecretKind::Aes256Gcm,
+                )?,
+                token.find_secret(
+                    crate::pii::INDEX_KEY_LABEL,
+                    hsm::pkcs11::SecretKind::HmacSha256,
+                )?,
+            ))
+        })
+        .await
+        .map_err(|e| Error::Store(e.to_string()))??;
+        let (Some(seal), Some(index)) = (seal, index) else {
+            return Err(Error::NotInitialised);
+        };
+        let vault = open_vault(&store, seal, index).await?;
+        Ok((store, Arc::new(vault)))
+    }
+
     /// The personal-data vault; [`Error::NotInitialised`] until `ecert init` made its keys.
     pub fn pii(&self) -> Result<Arc<crate::pii::Vault>> {
         self.pii.clone().ok_or(Error::NotInitialised)

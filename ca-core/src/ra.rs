@@ -659,17 +659,36 @@ pub async fn outlets(store: &Store) -> Result<Vec<(String, String, String)>> {
         .collect()
 }
 
+/// A staff account to make.
+#[derive(Debug, Clone, Copy)]
+pub struct NewStaff<'a> {
+    /// Sign-in name.
+    pub username: &'a str,
+    /// Name shown on screens.
+    pub display_name: &'a str,
+    /// Outlet id.
+    pub outlet: &'a str,
+    /// Role.
+    pub role: Role,
+    /// Password (argon2id-hashed; at least 12 characters).
+    pub password: &'a str,
+}
+
 /// A new staff account: returns its id and the TOTP secret to enrol in an authenticator (shown
 /// once).
 pub async fn create_staff(
-    auth: &Authority,
-    username: &str,
-    display_name: &str,
-    outlet: &str,
-    role: Role,
-    password: &str,
+    store: &Store,
+    vault: &crate::pii::Vault,
+    new: &NewStaff<'_>,
     actor: &str,
 ) -> Result<(String, Zeroizing<Vec<u8>>)> {
+    let NewStaff {
+        username,
+        display_name,
+        outlet,
+        role,
+        password,
+    } = *new;
     check_len("username", username, 3, 40)?;
     if !username
         .bytes()
@@ -679,8 +698,6 @@ pub async fn create_staff(
     }
     check_len("display_name", display_name, 1, 80)?;
     check_len("password", password, 12, 256)?;
-    let vault = auth.pii()?;
-    let store = auth.store();
     let id = uuid::Uuid::new_v4().to_string();
     let secret = Zeroizing::new(crate::totp::new_secret().to_vec());
     let sealed = vault.seal(
@@ -1879,12 +1896,15 @@ mod journey {
         role: Role,
     ) -> (String, Zeroizing<Vec<u8>>) {
         create_staff(
-            auth,
-            name,
-            name,
-            outlet,
-            role,
-            "a password of some length",
+            auth.store(),
+            &auth.pii().unwrap(),
+            &NewStaff {
+                username: name,
+                display_name: name,
+                outlet,
+                role,
+                password: "a password of some length",
+            },
             "test",
         )
         .await

@@ -424,13 +424,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .context("reading the password from standard input")?;
                 let password = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string());
                 let role = ca_core::ra::Role::parse(&role)?;
-                let auth = Authority::open(config).await?;
-                let result = ca_core::ra::create_staff(
-                    &auth, &username, &name, &outlet, role, &password, &actor(),
-                )
-                .await;
-                checkpoint(&auth).await;
-                let (id, secret) = result?;
+                // Needs only the database and the vault's HSM keys, not the signer lock: it
+                // works while `ecert serve` runs.
+                let (store, vault) = Authority::open_vault(&config).await?;
+                let new = ca_core::ra::NewStaff {
+                    username: &username,
+                    display_name: &name,
+                    outlet: &outlet,
+                    role,
+                    password: &password,
+                };
+                let (id, secret) = ca_core::ra::create_staff(&store, &vault, &new, &actor()).await?;
                 println!("staff {username} ({id})");
                 println!("totp_secret={}", ca_core::totp::secret_base32(&secret));
                 println!(

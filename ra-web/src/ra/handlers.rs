@@ -247,12 +247,15 @@ fn application<'a>(csrf: &'a str, hkid: &'a str, csr: &'a str) -> Vec<(&'a str, 
 
 async fn staff_cookie(app: &App, username: &str, outlet: &str, role: ra::Role) -> (String, String) {
     let (_, secret) = ra::create_staff(
-        &app.auth,
-        username,
-        username,
-        outlet,
-        role,
-        "a password of some length",
+        app.auth.store(),
+        &app.auth.pii().unwrap(),
+        &ra::NewStaff {
+            username,
+            display_name: username,
+            outlet,
+            role,
+            password: "a password of some length",
+        },
         "test",
     )
     .await
@@ -821,23 +824,29 @@ async fn json_api_with_staff_tokens() {
     let app = app(|_| {}).await;
     let store = app.auth.store().clone();
     ra::create_staff(
-        &app.auth,
-        "clerk1",
-        "Clerk",
-        "gpo",
-        ra::Role::Clerk,
-        "a password of some length",
+        app.auth.store(),
+        &app.auth.pii().unwrap(),
+        &ra::NewStaff {
+            username: "clerk1",
+            display_name: "Clerk",
+            outlet: "gpo",
+            role: ra::Role::Clerk,
+            password: "a password of some length",
+        },
         "test",
     )
     .await
     .unwrap();
     ra::create_staff(
-        &app.auth,
-        "clerk9",
-        "Far",
-        "tst",
-        ra::Role::Clerk,
-        "a password of some length",
+        app.auth.store(),
+        &app.auth.pii().unwrap(),
+        &ra::NewStaff {
+            username: "clerk9",
+            display_name: "Far",
+            outlet: "tst",
+            role: ra::Role::Clerk,
+            password: "a password of some length",
+        },
         "test",
     )
     .await

@@ -265,6 +265,10 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         text(&r)
     );
 
+    // Staff accounts and tokens are made while the service runs (no signer lock needed).
+    let supervisor = add_clerk(&ca, "super1", "gpo");
+    assert!(!supervisor.is_empty());
+
     // An integrator's token (made by the CLI while the service runs) sees the application.
     let token = ca.ecert_ok(&[
         "staff",
