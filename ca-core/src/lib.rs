@@ -34,6 +34,7 @@ pub mod keys;
 pub mod lint;
 pub mod ocsp;
 pub mod pii;
+pub mod pkcs7;
 pub mod profile;
 pub mod ra;
 pub mod revocation;

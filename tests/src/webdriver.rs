@@ -196,21 +196,37 @@ impl Chrome {
         }
     }
 
+    /// Calls an element command, finding the element again if the page replaced it meanwhile
+    /// (a stale reference while a page loads).
+    fn on_element(&self, css: &str, command: &str, body: &Value) {
+        for attempt in 0.. {
+            let id = self.find(css);
+            let r = http(
+                self.port,
+                "POST",
+                &format!("/session/{}/element/{id}/{command}", self.session),
+                Some(body),
+            );
+            match r["value"].get("error") {
+                None => return,
+                Some(_) if attempt < 10 => std::thread::sleep(Duration::from_millis(300)),
+                Some(e) => panic!(
+                    "WebDriver {command} on {css}: {e} {}",
+                    r["value"]["message"]
+                ),
+            }
+        }
+    }
+
     /// Types into a field (after clearing it).
     pub fn fill(&self, css: &str, text: &str) {
-        let id = self.find(css);
-        self.call("POST", &format!("/element/{id}/clear"), Some(json!({})));
-        self.call(
-            "POST",
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
-        );
+        self.on_element(css, "clear", &json!({}));
+        self.on_element(css, "value", &json!({ "text": text }));
     }
 
     /// Clicks.
     pub fn click(&self, css: &str) {
-        let id = self.find(css);
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        self.on_element(css, "click", &json!({}));
     }
 
     /// Visible text of an element.

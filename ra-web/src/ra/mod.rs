@@ -657,6 +657,7 @@ async fn status_page(
                 ("pem", t.download_pem),
                 ("der", t.download_der),
                 ("chain", t.download_chain),
+                ("p7", t.download_p7),
             ],
         },
         lang,
@@ -717,6 +718,20 @@ async fn download(
     let name = f.reference.trim().to_uppercase();
     let (ctype, file, body) = match f.format.as_str() {
         "der" => ("application/pkix-cert", format!("{name}.cer"), der),
+        "p7" => {
+            let mut certs = vec![der];
+            for ca in ["individual", "root"] {
+                if let Some((_, ca_der)) = s.auth.store().ca(ca).await.lang(lang.0)? {
+                    certs.push(ca_der);
+                }
+            }
+            let p7 = ca_core::pkcs7::certs_only(&certs).lang(lang.0)?;
+            (
+                "application/x-pkcs7-certificates",
+                format!("{name}.p7b"),
+                p7,
+            )
+        }
         "chain" => {
             let mut out = pem_of(der);
             for ca in ["individual", "root"] {

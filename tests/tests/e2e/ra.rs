@@ -410,6 +410,40 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         "the HKID is in the certificate: {subject}"
     );
 
+    // The PKCS#7 chain, as Windows and openssl import it.
+    let r = form(
+        addr,
+        "/track/download",
+        &cookies,
+        &with(base, &[("format", "p7")]),
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/x-pkcs7-certificates")
+    );
+    let p7 = ca.file("citizen.p7b");
+    std::fs::write(&p7, &r.body).unwrap();
+    let printed = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &[
+                "pkcs7",
+                "-inform",
+                "DER",
+                "-in",
+                p7.to_str().unwrap(),
+                "-print_certs",
+            ],
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert_eq!(printed.matches("BEGIN CERTIFICATE").count(), 3, "{printed}");
+    assert!(
+        printed.contains(&std::fs::read_to_string(&cert).unwrap().trim().to_string()),
+        "{printed}"
+    );
+
     // OCSP says good; the citizen revokes online; OCSP says revoked.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ocsp_status(&ca, addr, &individual.path, &cert).contains(": good") {
