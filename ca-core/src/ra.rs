@@ -100,7 +100,7 @@ fn check_len(field: &'static str, v: &str, min: usize, max: usize) -> Result<()>
 // Citizens.
 
 /// An application as typed into the form (or by a clerk from a paper form).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NewApplication {
     /// Profile id (online: `personal`).
     pub profile: String,
@@ -133,6 +133,13 @@ pub struct NewApplication {
     /// The member of staff who entered it (a walk-in or bulk application), for the audit
     /// trail; `None` when the citizen applied online.
     pub entered_by: Option<String>,
+}
+
+// Personal data: `Debug` names the type only.
+impl std::fmt::Debug for NewApplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewApplication { .. }")
+    }
 }
 
 /// What the applicant is told once: the reference, the tracking secret and (to be mailed, not
@@ -304,7 +311,9 @@ async fn owned(store: &Store, reference: &str, secret: &str) -> Result<String> {
         Some(r) => {
             let stored: Vec<u8> = r.try_get(1)?;
             if ct_eq(&stored, &presented) {
-                Ok(r.try_get(0)?)
+                let id: String = r.try_get(0)?;
+                settle(store, &id).await?;
+                Ok(id)
             } else {
                 Err(Error::NotFound)
             }
@@ -317,9 +326,18 @@ async fn owned(store: &Store, reference: &str, secret: &str) -> Result<String> {
 /// of the mailbox). At most [`CODE_ATTEMPTS`] tries; the code expires.
 pub async fn confirm_email(store: &Store, reference: &str, secret: &str, code: &str) -> Result<()> {
     let id = owned(store, reference, secret).await?;
+    // Count the attempt first, atomically: parallel guesses cannot exceed the limit.
+    let counted = sqlx::query(
+        "UPDATE applications SET email_code_attempts = email_code_attempts + 1 \
+         WHERE id = $1 AND email_code_hash IS NOT NULL AND email_code_attempts < $2",
+    )
+    .bind(&id)
+    .bind(i64::from(CODE_ATTEMPTS))
+    .execute(store.pool())
+    .await?;
     let mut tx = store.begin().await?;
     let r = sqlx::query(
-        "SELECT email_code_hash, email_code_expires, email_code_attempts, email_confirmed_at FROM applications WHERE id = $1",
+        "SELECT email_code_hash, email_code_expires, email_code_attempts FROM applications WHERE id = $1",
     )
     .bind(&id)
     .fetch_one(&mut *tx)
@@ -327,14 +345,10 @@ pub async fn confirm_email(store: &Store, reference: &str, secret: &str, code: &
     let hash: Option<Vec<u8>> = r.try_get(0)?;
     let expires: i64 = r.try_get(1)?;
     let attempts: i64 = r.try_get(2)?;
-    let confirmed: Option<i64> = r.try_get(3)?;
-    if confirmed.is_some() {
-        return Ok(());
-    }
     let Some(hash) = hash else {
         return Err(Error::Expired("ask for a new code".into()));
     };
-    if attempts >= i64::from(CODE_ATTEMPTS) {
+    if counted.rows_affected() != 1 {
         return Err(Error::TooManyAttempts("ask for a new code".into()));
     }
     if now() > expires {
@@ -344,15 +358,8 @@ pub async fn confirm_email(store: &Store, reference: &str, secret: &str, code: &
     }
     let given = sha256(&[b"email-code", id.as_bytes(), code.trim().as_bytes()]);
     if !ct_eq(&hash, &given) {
-        sqlx::query(
-            "UPDATE applications SET email_code_attempts = email_code_attempts + 1 WHERE id = $1",
-        )
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         return Err(Error::CodeRejected {
-            attempts_left: (i64::from(CODE_ATTEMPTS) - attempts - 1).max(0) as u32,
+            attempts_left: (i64::from(CODE_ATTEMPTS) - attempts).max(0) as u32,
         });
     }
     let t = now();
@@ -378,6 +385,50 @@ pub async fn confirm_email(store: &Store, reference: &str, secret: &str, code: &
     Ok(())
 }
 
+/// A new e-mail code for an application (the first was lost, expired or used up, or the
+/// mailbox must be confirmed again before a renewal): returns (code, mailbox). At most one per
+/// minute per application.
+pub async fn new_email_code(
+    auth: &Authority,
+    reference: &str,
+    secret: &str,
+) -> Result<(String, String)> {
+    let store = auth.store();
+    let id = owned(store, reference, secret).await?;
+    let t = now();
+    let code = format!(
+        "{:06}",
+        rand::Rng::gen_range(&mut rand::rngs::OsRng, 0..1_000_000u32)
+    );
+    let expires = t + i64::from(auth.config().ra.email_code_minutes) * 60;
+    // The previous code was made at expires - validity: one new code per minute.
+    let res = sqlx::query(
+        "UPDATE applications SET email_code_hash = $2, email_code_expires = $3, email_code_attempts = 0, updated_at = $4 \
+         WHERE id = $1 AND state IN ('submitted', 'issued') AND email_code_expires <= $5",
+    )
+    .bind(&id)
+    .bind(sha256(&[b"email-code", id.as_bytes(), code.as_bytes()]))
+    .bind(expires)
+    .bind(t)
+    .bind(expires - 60)
+    .execute(store.pool())
+    .await?;
+    if res.rows_affected() != 1 {
+        return Err(Error::TooManyAttempts(
+            "a code was sent less than a minute ago".into(),
+        ));
+    }
+    let email: String = sqlx::query("SELECT email FROM applications WHERE id = $1")
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await?
+        .try_get(0)?;
+    Ok((code, email))
+}
+
+/// S/MIME BR §4.2.1: control of the mailbox is validated no more than 30 days before issuance.
+pub const MAILBOX_VALIDATION_DAYS: i64 = 30;
+
 /// What a citizen's tracking page shows.
 #[derive(Debug, Clone)]
 pub struct CitizenView {
@@ -393,6 +444,8 @@ pub struct CitizenView {
     pub certificate: Option<String>,
     /// Why it was rejected.
     pub rejected_reason: Option<String>,
+    /// A code has been sent and not yet entered.
+    pub code_pending: bool,
 }
 
 /// Where an application stands, as the citizen and staff see it.
@@ -430,8 +483,8 @@ impl Status {
 pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<CitizenView> {
     let id = owned(store, reference, secret).await?;
     let r = sqlx::query(
-        "SELECT reference, profile, state, outlet, certificate, rejected_reason, email_confirmed_at, version \
-         FROM applications WHERE id = $1",
+        "SELECT reference, profile, state, outlet, certificate, rejected_reason, email_confirmed_at, version, \
+         email_code_hash IS NOT NULL FROM applications WHERE id = $1",
     )
     .bind(&id)
     .fetch_one(store.pool())
@@ -448,6 +501,10 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
         outlet: r.try_get(3)?,
         certificate: r.try_get(4)?,
         rejected_reason: r.try_get(5)?,
+        code_pending: match r.try_get::<bool, _>(8) {
+            Ok(b) => b,
+            Err(_) => r.try_get::<i64, _>(8)? != 0,
+        },
     })
 }
 
@@ -495,17 +552,62 @@ pub async fn revoke_online(
         return Err(invalid("revocation_secret", "not correct"));
     }
     let serial = serial.ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
-    if matches!(reason, crate::revocation::Reason::CertificateHold) {
-        return Err(invalid("reason", "a hold is requested at the counter"));
+    // The reasons a subscriber may choose (TLS BR §7.2.2: privilegeWithdrawn is the CA's; a
+    // hold is requested at the counter).
+    use crate::revocation::Reason;
+    if !matches!(
+        reason,
+        Reason::Unspecified
+            | Reason::KeyCompromise
+            | Reason::AffiliationChanged
+            | Reason::Superseded
+            | Reason::CessationOfOperation
+    ) {
+        return Err(invalid(
+            "reason",
+            "keyCompromise, affiliationChanged, superseded, cessationOfOperation or none",
+        ));
     }
-    let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
-    auth.revoke(
-        s,
+    revoke_with_predecessors(
+        auth,
+        &serial,
         reason,
         &format!("citizen:{}", reference.trim().to_uppercase()),
     )
     .await?;
     Ok(serial)
+}
+
+/// Revokes a certificate and the still-valid certificates it renewed (a renewal leaves its
+/// predecessor valid until it expires; revoking the subscriber's certificate revokes both).
+async fn revoke_with_predecessors(
+    auth: &Authority,
+    serial: &str,
+    reason: crate::revocation::Reason,
+    actor: &str,
+) -> Result<()> {
+    let s = SerialNumber::from_hex(serial).ok_or(Error::NotFound)?;
+    auth.revoke(s, reason, actor).await?;
+    let mut current = serial.to_string();
+    for _ in 0..16 {
+        let Some(rec) = auth.store().certificate(&current).await? else {
+            break;
+        };
+        let Some(previous) = rec.renews else { break };
+        if let Some(p) = auth.store().certificate(&previous).await? {
+            let live = p.revocation_reason.is_none() && p.not_after.is_some_and(|na| na >= now());
+            if live {
+                if let Some(ps) = SerialNumber::from_hex(&previous) {
+                    match auth.revoke(ps, reason, actor).await {
+                        Ok(_) | Err(Error::AlreadyRevoked { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        current = previous;
+    }
+    Ok(())
 }
 
 /// Renews a citizen's certificate online, without a counter visit (BR §3.3.1 routine
@@ -555,6 +657,17 @@ pub async fn renew_online(
         return Err(Error::Conflict(
             "the certificate has been renewed already".into(),
         ));
+    }
+    let confirmed: Option<i64> =
+        sqlx::query("SELECT email_confirmed_at FROM applications WHERE id = $1")
+            .bind(&id)
+            .fetch_one(store.pool())
+            .await?
+            .try_get(0)?;
+    if confirmed.is_none_or(|at| now() - at > MAILBOX_VALIDATION_DAYS * 86_400) {
+        return Err(Error::Conflict(format!(
+            "confirm your e-mail address again first (it was confirmed more than {MAILBOX_VALIDATION_DAYS} days ago): ask for a new code"
+        )));
     }
     let csr = VerifiedCsr::parse(csr)?;
     if csr.key().fingerprint().as_slice() != key_fp.as_slice() {
@@ -797,8 +910,21 @@ pub async fn sign_in(
     .bind(username)
     .fetch_optional(store.pool())
     .await?;
-    let fail = |kind: &'static str, staff: Option<String>| async move {
-        if let Some(id) = &staff {
+    // Only a plausible user name goes into the audit trail (a password typed into the wrong
+    // field must not).
+    let shown_name = if (3..=40).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        username.to_string()
+    } else {
+        "(not a user name)".to_string()
+    };
+    // `count`: whether this failure counts towards the lock (not while already locked, so
+    // nobody can keep an account locked by failing on purpose).
+    let fail = |kind: &'static str, staff: Option<String>, count: bool| async move {
+        if let (Some(id), true) = (&staff, count) {
             let _ = sqlx::query(
                 "UPDATE staff SET failed_logins = failed_logins + 1, \
                  locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END WHERE id = $1",
@@ -812,17 +938,21 @@ pub async fn sign_in(
         let _ = store
             .audit_now(&Event {
                 kind: "ra.staff.signin_failed",
-                actor: format!("staff-login:{username}"),
+                actor: format!("staff-login:{shown_name}"),
                 subject: staff,
                 detail: json!({ "why": kind }),
             })
             .await;
         Err(Error::SignInFailed)
     };
-    let Some(r) = row else {
-        // Spend the time a password check takes, so absent accounts do not answer faster.
+    // Every refusal spends the time of a password check, so absent, disabled and locked
+    // accounts do not answer faster than a wrong password.
+    let dummy = || {
         let _ = password_matches(password, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
-        return fail("unknown user", None).await;
+    };
+    let Some(r) = row else {
+        dummy();
+        return fail("unknown user", None, false).await;
     };
     let id: String = r.try_get(0)?;
     let hash: String = r.try_get(1)?;
@@ -831,13 +961,15 @@ pub async fn sign_in(
     let locked_until: i64 = r.try_get(5)?;
     let disabled: i64 = r.try_get(6)?;
     if disabled != 0 {
-        return fail("disabled", Some(id)).await;
+        dummy();
+        return fail("disabled", Some(id), false).await;
     }
     if locked_until > t {
-        return fail("locked", Some(id)).await;
+        dummy();
+        return fail("locked", Some(id), false).await;
     }
     if !password_matches(password, &hash) {
-        return fail("password", Some(id)).await;
+        return fail("password", Some(id), true).await;
     }
     let vault = auth.pii()?;
     let secret_b32 = vault.open_field(Field::TotpSecret, &id, &sealed)?;
@@ -847,7 +979,7 @@ pub async fn sign_in(
             .map_err(|_| Error::Store("stored TOTP secret is not base32".into()))?,
     );
     let Some(step) = crate::totp::verify(&secret, code, t, last_step) else {
-        return fail("code", Some(id)).await;
+        return fail("code", Some(id), true).await;
     };
     let token = random_base32(32);
     let csrf = random_base32(20);
@@ -862,7 +994,7 @@ pub async fn sign_in(
     .await?;
     if res.rows_affected() != 1 {
         drop(tx);
-        return fail("code reused", Some(id)).await;
+        return fail("code reused", Some(id), true).await;
     }
     sqlx::query("INSERT INTO staff_sessions (token_hash, staff, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $4)")
         .bind(sha256(&[b"session", token.as_bytes()]))
@@ -1102,6 +1234,7 @@ pub struct StaffView {
 }
 
 async fn staff_owned(store: &Store, staff: &StaffSession, id: &str) -> Result<sqlx::any::AnyRow> {
+    settle(store, id).await?;
     sqlx::query(
         "SELECT id, reference, profile, version, state, surname, given_name, name_zh, email, email_confirmed_at, \
          hkid_sealed, dob_sealed, phone_sealed, address_sealed, identity_version, fee_amount, fee_method, fee_receipt, \
@@ -1260,16 +1393,32 @@ pub async fn check_identity(
     let stored: Vec<u8> = r.try_get(18)?;
     let matched = ct_eq(&stored, &typed_index);
     let mut tx = store.begin().await?;
-    if matched {
+    // A match records the check for this version; a mismatch withdraws any earlier check, so
+    // approval is blocked until a clerk checks again with a matching card.
+    let res = if matched {
         sqlx::query(
-            "UPDATE applications SET identity_by = $2, identity_at = $3, identity_version = $4, updated_at = $3 WHERE id = $1 AND version = $4",
+            "UPDATE applications SET identity_by = $2, identity_at = $3, identity_version = $4, updated_at = $3 \
+             WHERE id = $1 AND version = $4 AND state = 'submitted'",
         )
         .bind(id)
         .bind(&staff.staff)
         .bind(now())
         .bind(version)
         .execute(&mut *tx)
-        .await?;
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE applications SET identity_by = NULL, identity_at = NULL, identity_version = NULL, updated_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?
+    };
+    if res.rows_affected() != 1 {
+        return Err(Error::Conflict(
+            "the application changed since you opened it: reload".into(),
+        ));
     }
     store
         .audit(
@@ -1505,10 +1654,18 @@ pub async fn decide(
     if let Decision::Reject(reason) = &decision {
         check_len("reason", reason, 3, 500)?;
     } else {
-        if r.try_get::<Option<i64>, _>(9)?.is_none() {
-            return Err(Error::Conflict(
-                "the e-mail address is not confirmed yet".into(),
-            ));
+        match r.try_get::<Option<i64>, _>(9)? {
+            None => {
+                return Err(Error::Conflict(
+                    "the e-mail address is not confirmed yet".into(),
+                ))
+            }
+            Some(at) if now() - at > MAILBOX_VALIDATION_DAYS * 86_400 => {
+                return Err(Error::Conflict(format!(
+                    "the e-mail address was confirmed more than {MAILBOX_VALIDATION_DAYS} days ago: send the applicant a new code (S/MIME BR §4.2.1)"
+                )))
+            }
+            Some(_) => {}
         }
         if r.try_get::<Option<i64>, _>(14)? != Some(version) {
             return Err(Error::Conflict(
@@ -1520,6 +1677,36 @@ pub async fn decide(
         }
     }
     let mut tx = store.begin().await?;
+    // One decision at a time per application (PostgreSQL; SQLite's writer lock does this).
+    if store.engine() == crate::store::Engine::Postgres {
+        sqlx::query("SELECT id FROM applications WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if matches!(decision, Decision::Approve)
+        && staff.role == Role::Clerk
+        && auth.config().ra.dual_control.contains(&profile)
+    {
+        // Dual control: two different people, at least one of them a supervisor or officer.
+        let r = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN st.role IN ('supervisor', 'officer') THEN 1 ELSE 0 END), 0) \
+             FROM approvals a JOIN staff st ON st.id = a.staff \
+             WHERE a.application = $1 AND a.version = $2 AND a.decision = 'approve' AND a.expires_at > $3 AND a.staff <> $4",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(t)
+        .bind(&staff.staff)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (others, senior): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+        if others > 0 && senior == 0 {
+            return Err(Error::Forbidden(
+                "the second approval of this profile must come from a supervisor".into(),
+            ));
+        }
+    }
     let earlier = sqlx::query("SELECT decision, expires_at FROM approvals WHERE application = $1 AND version = $2 AND staff = $3")
         .bind(id)
         .bind(version)
@@ -1629,44 +1816,96 @@ pub async fn decide(
         renews: None,
         actor: actor.clone(),
     };
-    match auth.issue(request).await {
-        Ok(issued) => {
-            let serial = issued.serial.to_hex();
-            let mut tx = store.begin().await?;
-            sqlx::query("UPDATE applications SET state = 'issued', certificate = $2, updated_at = $3 WHERE id = $1")
-                .bind(id)
-                .bind(&serial)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
-            store
-                .audit(
-                    &mut tx,
-                    &Event {
-                        kind: "ra.issued",
-                        actor,
-                        subject: Some(id.to_string()),
-                        detail: json!({ "serial": serial, "version": version }),
-                    },
-                )
-                .await?;
-            tx.commit().await?;
-            Ok(Decided::Issued {
-                serial,
-                email,
-                reference,
-            })
-        }
+    let back_to_open = || async {
+        // Back to open: the approvals stay; staff see why.
+        sqlx::query(
+            "UPDATE applications SET state = 'submitted', certificate = NULL, updated_at = $2 WHERE id = $1 AND state = 'approved'",
+        )
+        .bind(id)
+        .bind(now())
+        .execute(store.pool())
+        .await
+    };
+    // The serial is recorded on the application before the HSM signs, so a crash or a failed
+    // write afterwards leaves a trail that `settle` follows (never an orphan certificate).
+    let token = match auth.prepare(request).await {
+        Ok(t) => t,
         Err(e) => {
-            // Back to open: the approvals stay; staff see why.
-            sqlx::query("UPDATE applications SET state = 'submitted', updated_at = $2 WHERE id = $1 AND state = 'approved'")
-                .bind(id)
-                .bind(now())
-                .execute(store.pool())
-                .await?;
-            Err(e)
+            back_to_open().await?;
+            return Err(e);
         }
+    };
+    let serial = token.serial().to_hex();
+    sqlx::query("UPDATE applications SET certificate = $2, updated_at = $3 WHERE id = $1 AND state = 'approved'")
+        .bind(id)
+        .bind(&serial)
+        .bind(now())
+        .execute(store.pool())
+        .await?;
+    if let Err(e) = auth.sign(token).await {
+        back_to_open().await?;
+        return Err(e);
     }
+    let mut tx = store.begin().await?;
+    sqlx::query("UPDATE applications SET state = 'issued', updated_at = $2 WHERE id = $1 AND state = 'approved'")
+        .bind(id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.issued",
+                actor,
+                subject: Some(id.to_string()),
+                detail: json!({ "serial": serial, "version": version }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Decided::Issued {
+        serial,
+        email,
+        reference,
+    })
+}
+
+/// Finishes what an interrupted decision or renewal left half-done (a crash or a failed write
+/// after the certificate was signed): an `approved` application whose certificate was issued
+/// becomes `issued`; one whose issuance failed or was abandoned, or that has no serial ten
+/// minutes after its claim, is open again; an application whose certificate was renewed points
+/// at the renewal. Run before every read of an application.
+async fn settle(store: &Store, id: &str) -> Result<()> {
+    let t = now();
+    sqlx::query(
+        "UPDATE applications SET state = 'issued', updated_at = $2 WHERE id = $1 AND state = 'approved' \
+         AND certificate IN (SELECT serial FROM certificates WHERE state = 'issued')",
+    )
+    .bind(id)
+    .bind(t)
+    .execute(store.pool())
+    .await?;
+    sqlx::query(
+        "UPDATE applications SET state = 'submitted', certificate = NULL, updated_at = $2 WHERE id = $1 AND state = 'approved' \
+         AND ((certificate IS NULL AND updated_at < $3) \
+              OR certificate IN (SELECT serial FROM certificates WHERE state IN ('failed', 'abandoned')))",
+    )
+    .bind(id)
+    .bind(t)
+    .bind(t - 600)
+    .execute(store.pool())
+    .await?;
+    sqlx::query(
+        "UPDATE applications SET certificate = (SELECT c.renewed_by FROM certificates c WHERE c.serial = applications.certificate), updated_at = $2 \
+         WHERE id = $1 AND state = 'issued' AND EXISTS (SELECT 1 FROM certificates c JOIN certificates n ON n.serial = c.renewed_by \
+         WHERE c.serial = applications.certificate AND n.state = 'issued')",
+    )
+    .bind(id)
+    .bind(t)
+    .execute(store.pool())
+    .await?;
+    Ok(())
 }
 
 /// The certificate (DER) of a citizen's application, once issued.
@@ -2493,6 +2732,365 @@ mod journey {
                 .filter(|r| r.kind == "ra.staff.signin_failed")
                 .count()
                 >= 6
+        );
+    }
+}
+
+#[cfg(test)]
+mod review_fixes {
+    use super::*;
+    use crate::authority::test_ca_with;
+
+    async fn issued_app(
+        auth: &Authority,
+        clerk: &StaffSession,
+        key: &rcgen::KeyPair,
+        n: u32,
+    ) -> (Submitted, String) {
+        let store = auth.store();
+        let hkid = crate::hkid::synthetic("Y", n);
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(key)
+            .unwrap()
+            .der()
+            .to_vec();
+        let sub = submit(
+            auth,
+            NewApplication {
+                profile: "personal".into(),
+                surname: "Wong".into(),
+                given_name: "Siu Ming".into(),
+                email: "sm.wong@example.hk".into(),
+                hkid: hkid.expose().into(),
+                date_of_birth: "1975-01-01".into(),
+                phone: "+852 2000 0000".into(),
+                address: "3 Queen's Road, Central".into(),
+                outlet: "gpo".into(),
+                revocation_secret: "my revocation words".into(),
+                csr,
+                language: "en".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        confirm_email(store, &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        record_fee(auth, clerk, &sub.id, 5_000, "cash", "R")
+            .await
+            .unwrap();
+        let Decided::Issued { serial, .. } = decide(auth, clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap()
+        else {
+            panic!("not issued")
+        };
+        (sub, serial)
+    }
+
+    async fn session_of(auth: &Authority, name: &str, role: Role) -> StaffSession {
+        let (_, secret) = create_staff(
+            auth.store(),
+            &auth.pii().unwrap(),
+            &NewStaff {
+                username: name,
+                display_name: name,
+                outlet: "gpo",
+                role,
+                password: "a password of some length",
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+        sign_in(
+            auth,
+            name,
+            "a password of some length",
+            &crate::totp::code_at(&secret, now()),
+        )
+        .await
+        .unwrap()
+        .session
+    }
+
+    /// A mismatch after a match withdraws the identity check; two clerks are not dual control;
+    /// code guesses stop at the limit; a new code is rate-limited and re-confirms the mailbox;
+    /// renewal needs a mailbox confirmed within 30 days; revoking revokes the predecessor too;
+    /// a citizen cannot choose privilegeWithdrawn; a locked account stays locked for its time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn review_findings_stay_fixed() {
+        let (_dir, auth) = test_ca_with(|c| {
+            c.ra.dual_control.push("organisational".into());
+            c.ra.renewal_window_days = 400;
+        })
+        .await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+
+        // Identity: match, then mismatch → approval blocked again.
+        let hkid = crate::hkid::synthetic("X", 1);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        let sub = submit(
+            &auth,
+            NewApplication {
+                profile: "personal".into(),
+                surname: "Ho".into(),
+                given_name: "Ka Ming".into(),
+                email: "km.ho@example.hk".into(),
+                hkid: hkid.expose().into(),
+                date_of_birth: "1970-01-01".into(),
+                phone: "+852 2100 0000".into(),
+                address: "4 Des Voeux Road".into(),
+                outlet: "gpo".into(),
+                revocation_secret: "my revocation words".into(),
+                csr,
+                language: "en".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Five wrong codes, then even the right one is refused.
+        for _ in 0..CODE_ATTEMPTS {
+            assert!(matches!(
+                confirm_email(&store, &sub.reference, &sub.secret, "999999x").await,
+                Err(Error::CodeRejected { .. })
+            ));
+        }
+        assert!(matches!(
+            confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code).await,
+            Err(Error::TooManyAttempts(_))
+        ));
+        // A new code: not within the minute, then it works.
+        assert!(matches!(
+            new_email_code(&auth, &sub.reference, &sub.secret).await,
+            Err(Error::TooManyAttempts(_))
+        ));
+        sqlx::query(
+            "UPDATE applications SET email_code_expires = email_code_expires - 120 WHERE id = $1",
+        )
+        .bind(&sub.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let (code, _) = new_email_code(&auth, &sub.reference, &sub.secret)
+            .await
+            .unwrap();
+        confirm_email(&store, &sub.reference, &sub.secret, &code)
+            .await
+            .unwrap();
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        let other = crate::hkid::synthetic("X", 2);
+        assert!(
+            check_identity(&auth, &clerk, &sub.id, 1, other.expose(), true)
+                .await
+                .is_err()
+        );
+        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R")
+            .await
+            .unwrap();
+        let e = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("identity check"), "{e}");
+        // A mailbox confirmed over 30 days ago must be confirmed again before approval.
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE applications SET email_confirmed_at = email_confirmed_at - 31 * 86400 WHERE id = $1").bind(&sub.id).execute(store.pool()).await.unwrap();
+        let e = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("30 days"), "{e}");
+
+        // Renewal with a stale mailbox: refused until a new code is confirmed; revoking the
+        // renewal revokes its predecessor; privilegeWithdrawn is the CA's.
+        let (sub2, first) = issued_app(&auth, &clerk, &key, 3).await;
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        sqlx::query("UPDATE applications SET email_confirmed_at = email_confirmed_at - 31 * 86400, email_code_expires = 0 WHERE id = $1").bind(&sub2.id).execute(store.pool()).await.unwrap();
+        let e = renew_online(&auth, &sub2.reference, &sub2.secret, &csr)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("confirm your e-mail address again"),
+            "{e}"
+        );
+        let (code, _) = new_email_code(&auth, &sub2.reference, &sub2.secret)
+            .await
+            .unwrap();
+        confirm_email(&store, &sub2.reference, &sub2.secret, &code)
+            .await
+            .unwrap();
+        let second = renew_online(&auth, &sub2.reference, &sub2.secret, &csr)
+            .await
+            .unwrap();
+        assert!(matches!(
+            revoke_online(
+                &auth,
+                &sub2.reference,
+                &sub2.secret,
+                "my revocation words",
+                crate::revocation::Reason::PrivilegeWithdrawn
+            )
+            .await,
+            Err(Error::Invalid {
+                field: "reason",
+                ..
+            })
+        ));
+        revoke_online(
+            &auth,
+            &sub2.reference,
+            &sub2.secret,
+            "my revocation words",
+            crate::revocation::Reason::Superseded,
+        )
+        .await
+        .unwrap();
+        for serial in [&first, &second] {
+            assert_eq!(
+                store
+                    .certificate(serial)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .revocation_reason,
+                Some(4),
+                "{serial} not revoked"
+            );
+        }
+
+        // Two clerks are not dual control.
+        let (_, s2) = create_staff(
+            &store,
+            &auth.pii().unwrap(),
+            &NewStaff {
+                username: "clerk2",
+                display_name: "c2",
+                outlet: "gpo",
+                role: Role::Clerk,
+                password: "a password of some length",
+            },
+            "t",
+        )
+        .await
+        .unwrap();
+        let clerk2 = sign_in(
+            &auth,
+            "clerk2",
+            "a password of some length",
+            &crate::totp::code_at(&s2, now()),
+        )
+        .await
+        .unwrap()
+        .session;
+        sqlx::query("UPDATE applications SET profile = 'organisational' WHERE id = $1")
+            .bind(&sub.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE applications SET email_confirmed_at = $2 WHERE id = $1")
+            .bind(&sub.id)
+            .bind(now())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+                .await
+                .unwrap(),
+            Decided::AwaitingSecond
+        ));
+        assert!(matches!(
+            decide(&auth, &clerk2, &sub.id, 1, Decision::Approve).await,
+            Err(Error::Forbidden(_))
+        ));
+
+        // A locked account: failures while locked do not extend the lock.
+        for _ in 0..SIGN_IN_ATTEMPTS {
+            let _ = sign_in(&auth, "clerk2", "wrong password!!", "000000").await;
+        }
+        let locked: i64 = sqlx::query("SELECT locked_until FROM staff WHERE username = 'clerk2'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert!(locked > now());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let _ = sign_in(&auth, "clerk2", "wrong password!!", "000000").await;
+        let after: i64 = sqlx::query("SELECT locked_until FROM staff WHERE username = 'clerk2'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(locked, after, "a failure while locked extended the lock");
+    }
+
+    /// An application left `approved` with its certificate issued (a crash after signing) is
+    /// settled to `issued` on the next read; one whose issuance failed is open again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interrupted_decisions_are_settled() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (sub, serial) = issued_app(&auth, &clerk, &key, 7).await;
+        sqlx::query("UPDATE applications SET state = 'approved' WHERE id = $1")
+            .bind(&sub.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            track(&store, &sub.reference, &sub.secret)
+                .await
+                .unwrap()
+                .status,
+            Status::Issued
+        );
+        let (sub2, serial2) = issued_app(&auth, &clerk, &key, 8).await;
+        let _ = serial;
+        sqlx::query("UPDATE certificates SET state = 'failed' WHERE serial = $1")
+            .bind(&serial2)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE applications SET state = 'approved' WHERE id = $1")
+            .bind(&sub2.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let v = track(&store, &sub2.reference, &sub2.secret).await.unwrap();
+        // Open again (its approval still counts), no certificate.
+        assert!(
+            v.status != Status::Issued && v.status != Status::Approved && v.certificate.is_none(),
+            "{v:?}"
         );
     }
 }

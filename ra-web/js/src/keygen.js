@@ -159,8 +159,20 @@ async function makePkcs12(form, passphrase, status) {
     status.textContent = status.dataset.nokey;
     return;
   }
+  if (passphrase.value.length < 8) {
+    status.textContent = status.dataset.short;
+    return;
+  }
   const password = pvBuffer(passphrase.value);
   const keyBag = await shrouded(stored.privateKey, passphrase.value);
+  // localKeyId (PKCS#9) pairs the key with its certificate for Windows and macOS importers;
+  // friendlyName names it in the keychain.
+  const localKeyId = await crypto().digest({ name: "SHA-1" }, certs[0].toSchema().toBER(false));
+  const bagAttributes = (name) => [
+    new pkijs.Attribute({ type: "1.2.840.113549.1.9.21", values: [new asn1js.OctetString({ valueHex: localKeyId })] }),
+    new pkijs.Attribute({ type: "1.2.840.113549.1.9.20", values: [new asn1js.BmpString({ value: name })] }),
+  ];
+  const name = `e-Cert ${form.querySelector('input[name="reference"]').value}`;
   const pfx = new pkijs.PFX({
     parsedValue: {
       integrityMode: 0,
@@ -170,14 +182,21 @@ async function makePkcs12(form, passphrase, status) {
             {
               privacyMode: 0,
               value: new pkijs.SafeContents({
-                safeBags: [new pkijs.SafeBag({ bagId: "1.2.840.113549.1.12.10.1.2", bagValue: keyBag })],
+                safeBags: [
+                  new pkijs.SafeBag({ bagId: "1.2.840.113549.1.12.10.1.2", bagValue: keyBag, bagAttributes: bagAttributes(name) }),
+                ],
               }),
             },
             {
               privacyMode: 1,
               value: new pkijs.SafeContents({
                 safeBags: certs.map(
-                  (c) => new pkijs.SafeBag({ bagId: "1.2.840.113549.1.12.10.1.3", bagValue: new pkijs.CertBag({ parsedValue: c }) }),
+                  (c, i) =>
+                    new pkijs.SafeBag({
+                      bagId: "1.2.840.113549.1.12.10.1.3",
+                      bagValue: new pkijs.CertBag({ parsedValue: c }),
+                      ...(i === 0 ? { bagAttributes: bagAttributes(name) } : {}),
+                    }),
                 ),
               }),
             },

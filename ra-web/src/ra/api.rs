@@ -230,7 +230,7 @@ async fn list(
 
 /// A walk-in or bulk application entered by staff for their outlet; the applicant's key is in
 /// the CSR they brought. The e-mail code goes to the applicant.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewApplication {
     /// `personal`.
     profile: String,
@@ -253,6 +253,19 @@ pub struct NewApplication {
     /// `en` or `zh-HK`.
     #[serde(default = "default_language")]
     language: String,
+}
+
+// Personal data: `Debug` names the type only.
+impl std::fmt::Debug for NewApplication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewApplication { .. }")
+    }
+}
+
+impl std::fmt::Debug for IdentityCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityCheck { .. }")
+    }
 }
 
 fn default_language() -> String {
@@ -374,7 +387,7 @@ async fn show(
 }
 
 /// The counter identity check: the number typed from the original card.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct IdentityCheck {
     version: i64,
     hkid: String,

@@ -69,6 +69,7 @@ pub fn router(state: Shared) -> Router {
         .route("/track/download", post(download))
         .route("/track/revoke", post(revoke))
         .route("/track/renew", post(renew))
+        .route("/track/new-code", post(new_code))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
         .route("/staff/login", get(login_form).post(login))
@@ -387,6 +388,19 @@ async fn keygen_js() -> Response {
         .into_response()
 }
 
+/// Forms carry personal data and secrets: their `Debug` names the form only, so nothing can
+/// leak into a log by accident.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), " { .. }"))
+            }
+        }
+    )*};
+}
+redacted_debug!(ApplyForm, TrackForm, LoginForm, StaffForm);
+
 // ---------------------------------------------------------------------------------------------
 // Citizen pages.
 
@@ -481,7 +495,7 @@ async fn apply_form(
 }
 
 /// The application form's fields.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct ApplyForm {
     csrf: String,
     surname: String,
@@ -594,7 +608,7 @@ async fn track_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppE
 }
 
 /// Reference and tracking secret, on every citizen form after the application.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct TrackForm {
     csrf: String,
     reference: String,
@@ -623,6 +637,7 @@ struct StatusPage {
     status_text: &'static str,
     issued: bool,
     awaiting_email: bool,
+    code_pending: bool,
     rejected_reason: String,
     certificate: String,
     message: String,
@@ -650,6 +665,7 @@ async fn status_page(
             status_text: status_text(t, v.status),
             issued: v.status == Status::Issued,
             awaiting_email: v.status == Status::AwaitingEmail,
+            code_pending: v.code_pending,
             rejected_reason: v.rejected_reason.unwrap_or_default(),
             certificate: v.certificate.unwrap_or_default(),
             message,
@@ -792,6 +808,36 @@ async fn revoke(
     status_page(&s, lang, &f, format!("{}: {serial}", lang.0.texts().revoke)).await
 }
 
+async fn new_code(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("code", ip, 10)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    let (code, email) = ra::new_email_code(&s.auth, &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
+    let t = lang.0.texts();
+    let reference = f.reference.trim().to_uppercase();
+    if let Err(e) = s
+        .mailer
+        .send(
+            &email,
+            &format!("{} {}: {reference}", t.site, t.email_code),
+            &format!("{}: {reference}\n{}: {code}\n", t.reference, t.email_code),
+        )
+        .await
+    {
+        tracing::error!(reference, error = %e, "could not send the e-mail code");
+    }
+    status_page(&s, lang, &f, t.code_sent.into()).await
+}
+
 async fn renew(
     State(s): State<Shared>,
     lang: PageLang,
@@ -840,7 +886,7 @@ async fn login_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppE
 }
 
 /// Sign-in form.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct LoginForm {
     csrf: String,
     username: String,
@@ -1060,7 +1106,7 @@ async fn staff_app(
 }
 
 /// Staff forms on an application.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct StaffForm {
     csrf: String,
     #[serde(default)]
