@@ -208,7 +208,10 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     let pems = std::fs::read_to_string(&dump).unwrap();
     // Key and certificate are paired for keychain importers (localKeyID) and named.
     assert!(pems.matches("localKeyID:").count() >= 2, "{pems}");
-    assert!(pems.contains(&format!("friendlyName: e-Cert {reference}")), "{pems}");
+    assert!(
+        pems.contains(&format!("friendlyName: e-Cert {reference}")),
+        "{pems}"
+    );
     let leaf = ca.file("leaf.pem");
     let first = pems.find("-----BEGIN CERTIFICATE-----").unwrap();
     let end = pems[first..].find("-----END CERTIFICATE-----").unwrap() + first + 25;
