@@ -46,6 +46,9 @@ pub struct RaConfig {
     pub email_code_minutes: u32,
     /// Online renewal opens this many days before the certificate expires.
     pub renewal_window_days: u32,
+    /// Personal data of applications that ended without a certificate (rejected, or never
+    /// completed) is purged this many days after their last change.
+    pub retention_days: u32,
     /// SMTP relay for notices to citizens: `host:port` (plain SMTP; point it at a local relay
     /// that forwards with TLS).
     pub smtp: String,
@@ -71,6 +74,7 @@ impl Default for RaConfig {
             session_max_hours: 8,
             email_code_minutes: 30,
             renewal_window_days: 90,
+            retention_days: 90,
             smtp: "127.0.0.1:25".into(),
             mail_from: "e-cert@pki.example.hk".into(),
         }

@@ -1253,12 +1253,21 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
     let vault = auth.pii()?;
     let r = staff_owned(store, staff, id).await?;
     let version: i64 = r.try_get(3)?;
-    let open = |i: usize, f: Field| -> Result<Zeroizing<String>> {
-        vault.open_field(f, id, &r.try_get::<Vec<u8>, _>(i)?)
+    // A purged application has empty sealed fields.
+    let open = |i: usize, f: Field| -> Result<Option<Zeroizing<String>>> {
+        let sealed: Vec<u8> = r.try_get(i)?;
+        if sealed.is_empty() {
+            return Ok(None);
+        }
+        vault.open_field(f, id, &sealed).map(Some)
     };
-    let hkid = Hkid::parse(&open(10, Field::Hkid)?)?;
-    let phone = open(12, Field::Phone)?;
-    let address = open(13, Field::Address)?;
+    let purged = "(purged)".to_string();
+    let hkid_masked = match open(10, Field::Hkid)? {
+        Some(h) => Hkid::parse(&h)?.masked(),
+        None => purged.clone(),
+    };
+    let phone = open(12, Field::Phone)?.unwrap_or_else(|| Zeroizing::new(purged.clone()));
+    let address = open(13, Field::Address)?.unwrap_or_else(|| Zeroizing::new(purged.clone()));
     let index: Vec<u8> = r.try_get(18)?;
     let same = sqlx::query(
         "SELECT COUNT(*) FROM applications WHERE hkid_index = $1 AND id <> $2 AND state <> 'rejected'",
@@ -1296,7 +1305,7 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
         name_zh: r.try_get(7)?,
         email: r.try_get(8)?,
         email_confirmed: r.try_get::<Option<i64>, _>(9)?.is_some(),
-        hkid_masked: hkid.masked(),
+        hkid_masked,
         dob_masked: "****-**-**".into(),
         phone_masked: format!(
             "{}{}",
@@ -1344,7 +1353,13 @@ pub async fn reveal(
         .fetch_optional(store.pool())
         .await?
         .ok_or(Error::NotFound)?;
-    let value = vault.open_field(f, id, &r.try_get::<Vec<u8>, _>(0)?)?;
+    let sealed: Vec<u8> = r.try_get(0)?;
+    if sealed.is_empty() {
+        return Err(Error::Conflict(
+            "the personal data of this application was purged".into(),
+        ));
+    }
+    let value = vault.open_field(f, id, &sealed)?;
     store
         .audit_now(&Event {
             kind: "ra.pii.revealed",
@@ -1936,6 +1951,48 @@ pub async fn revoke_at_counter(
     auth.revoke(s, reason, &format!("staff:{}", staff.username))
         .await?;
     Ok(serial)
+}
+
+/// Purges the personal data of applications that ended without a certificate — rejected
+/// ones, and ones never completed — `ra.retention_days` after their last change (DESIGN.md
+/// "Personal data and trust"; PDPO DPP2(2): not kept longer than necessary). The sealed fields,
+/// the blind index and the CSR are emptied and an open application is closed as rejected; the
+/// reference, state and audit trail stay. Returns how many were purged.
+pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
+    let store = auth.store();
+    let days = i64::from(auth.config().ra.retention_days);
+    let cut = now - days * 86_400;
+    let empty: Vec<u8> = Vec::new();
+    let mut tx = store.begin().await?;
+    let res = sqlx::query(
+        "UPDATE applications SET state = 'rejected', \
+         rejected_reason = COALESCE(rejected_reason, $3), \
+         hkid_sealed = $2, hkid_index = $2, dob_sealed = $2, phone_sealed = $2, address_sealed = $2, csr = $2, \
+         email_code_hash = NULL, updated_at = $1 \
+         WHERE length(hkid_sealed) > 0 AND state IN ('rejected', 'submitted') AND updated_at < $4",
+    )
+    .bind(now)
+    .bind(empty)
+    .bind(format!("not completed within {days} days"))
+    .bind(cut)
+    .execute(&mut *tx)
+    .await?;
+    let n = res.rows_affected();
+    if n > 0 {
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "ra.purged",
+                    actor: "system:retention".into(),
+                    subject: None,
+                    detail: json!({ "applications": n, "retention_days": days }),
+                },
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(n)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3052,6 +3109,61 @@ mod review_fixes {
 
     /// An application left `approved` with its certificate issued (a crash after signing) is
     /// settled to `issued` on the next read; one whose issuance failed is open again.
+    /// Rejected and never-completed applications lose their personal data after the retention
+    /// period; issued ones keep it; the staff view still opens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_purges_only_ended_applications() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (issued, _) = issued_app(&auth, &clerk, &key, 11).await;
+        let (stale, _) = issued_app(&auth, &clerk, &key, 12).await;
+        // Make the second one an old, never-completed application.
+        sqlx::query(
+            "UPDATE applications SET state = 'submitted', certificate = NULL WHERE id = $1",
+        )
+        .bind(&stale.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(purge(&auth, now()).await.unwrap(), 0, "nothing is old yet");
+        let later = now() + 91 * 86_400;
+        assert_eq!(purge(&auth, later).await.unwrap(), 1);
+        let dump = format!(
+            "{:?}",
+            sqlx::query("SELECT hkid_sealed, csr, state FROM applications WHERE id = $1")
+                .bind(&stale.id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+                .try_get::<Vec<u8>, _>(0)
+                .unwrap()
+        );
+        assert_eq!(dump, "[]");
+        let v = staff_view(&auth, &clerk, &stale.id).await.unwrap();
+        assert_eq!(
+            (v.hkid_masked.as_str(), v.status),
+            ("(purged)", Status::Rejected)
+        );
+        assert!(matches!(
+            reveal(&auth, &clerk, &stale.id, Revealable::Hkid).await,
+            Err(Error::Conflict(_))
+        ));
+        let v = staff_view(&auth, &clerk, &issued.id).await.unwrap();
+        assert_ne!(v.hkid_masked, "(purged)");
+        assert!(store
+            .audit_records()
+            .await
+            .unwrap()
+            .0
+            .iter()
+            .any(|r| r.kind == "ra.purged"));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn interrupted_decisions_are_settled() {
         let (_dir, auth) = test_ca_with(|_| {}).await;

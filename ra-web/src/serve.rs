@@ -684,9 +684,22 @@ pub async fn publish_due(auth: &Authority, interval: i64) {
 async fn crl_duties(s: Shared, interval: u64, watch: u64) {
     let Some(auth) = &s.auth else { return };
     let mut tick = tokio::time::interval(Duration::from_secs(watch.max(1)));
+    let mut last_purge = 0;
     loop {
         tick.tick().await;
         publish_due(auth, interval as i64).await;
+        // Retention of personal data (docs/RA.md), hourly.
+        if now() - last_purge >= 3600 {
+            last_purge = now();
+            match ca_core::ra::purge(auth, now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    applications = n,
+                    "personal data purged after the retention period"
+                ),
+                Err(e) => tracing::error!(error = %e, "retention purge failed"),
+            }
+        }
         if let Err(e) = auth.checkpoint().await {
             tracing::error!(error = %e, "audit checkpoint failed");
         }

@@ -190,6 +190,7 @@ struct Limiter(Mutex<Windows>);
 
 impl Limiter {
     fn check(&self, action: &'static str, ip: IpAddr, per_minute: u32) -> Result<(), AppError> {
+        let ip = bucket(ip);
         let now = time::OffsetDateTime::now_utc().unix_timestamp() / 60;
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() > 100_000 {
@@ -207,6 +208,22 @@ impl Limiter {
             ));
         }
         Ok(())
+    }
+}
+
+/// The rate-limit bucket of an address: IPv4 as is, IPv6 by its /64 (one subscriber's
+/// allocation, RFC 6177), so a client cannot get fresh budgets by changing its interface id.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = v6.segments();
+                s[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(s))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -1518,6 +1535,26 @@ mod tests {
         ] {
             assert_eq!(status_of(&e).as_u16(), code, "{e:?}");
         }
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(bucket(a), bucket(b));
+        assert_ne!(bucket(a), bucket(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(bucket(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let limiter = Limiter::default();
+        for _ in 0..3 {
+            limiter.check("t", a, 3).unwrap();
+        }
+        assert!(
+            limiter.check("t", b, 3).is_err(),
+            "another address of the same /64"
+        );
+        assert!(limiter.check("t", c, 3).is_ok());
     }
 
     #[test]
