@@ -1995,6 +1995,173 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
     Ok(n)
 }
 
+/// Releases a hold at the counter (Individual & Organisational CA; RFC 5280 §5.3.1
+/// certificateHold is the only reversible status).
+pub async fn release_at_counter(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+) -> Result<String> {
+    let r = staff_owned(auth.store(), staff, id).await?;
+    let serial: Option<String> = r.try_get(19)?;
+    let serial = serial.ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
+    let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    auth.release(s, &format!("staff:{}", staff.username))
+        .await?;
+    Ok(serial)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staff administration.
+
+/// One staff account as `ecert staff list` shows it.
+#[derive(Debug, Clone)]
+pub struct StaffRow {
+    /// User name.
+    pub username: String,
+    /// Display name.
+    pub display_name: String,
+    /// Outlet.
+    pub outlet: String,
+    /// Role.
+    pub role: String,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+}
+
+/// Every staff account.
+pub async fn list_staff(store: &Store) -> Result<Vec<StaffRow>> {
+    let rows = sqlx::query(
+        "SELECT username, display_name, outlet, role, disabled FROM staff ORDER BY username",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StaffRow {
+                username: r.try_get(0)?,
+                display_name: r.try_get(1)?,
+                outlet: r.try_get(2)?,
+                role: r.try_get(3)?,
+                disabled: r.try_get::<i64, _>(4)? != 0,
+            })
+        })
+        .collect()
+}
+
+async fn staff_id(tx: &mut crate::store::Tx, username: &str) -> Result<String> {
+    Ok(sqlx::query("SELECT id FROM staff WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(Error::NotFound)?
+        .try_get(0)?)
+}
+
+/// Disables (or enables again) a staff account. Disabling ends its sessions; its API tokens
+/// stop working while it is disabled.
+pub async fn set_staff_disabled(
+    store: &Store,
+    username: &str,
+    disabled: bool,
+    actor: &str,
+) -> Result<()> {
+    let mut tx = store.begin().await?;
+    let id = staff_id(&mut tx, username).await?;
+    sqlx::query("UPDATE staff SET disabled = $2 WHERE id = $1")
+        .bind(&id)
+        .bind(i64::from(disabled))
+        .execute(&mut *tx)
+        .await?;
+    if disabled {
+        sqlx::query("DELETE FROM staff_sessions WHERE staff = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: if disabled {
+                    "ra.staff.disabled"
+                } else {
+                    "ra.staff.enabled"
+                },
+                actor: actor.to_string(),
+                subject: Some(id),
+                detail: json!({ "username": username }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A new TOTP secret for a staff member (a lost phone); ends their sessions. Returns the secret
+/// to enrol (shown once).
+pub async fn reset_totp(
+    store: &Store,
+    vault: &crate::pii::Vault,
+    username: &str,
+    actor: &str,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let mut tx = store.begin().await?;
+    let id = staff_id(&mut tx, username).await?;
+    let secret = Zeroizing::new(crate::totp::new_secret().to_vec());
+    let sealed = vault.seal(
+        Field::TotpSecret,
+        &id,
+        &data_encoding::BASE32_NOPAD.encode(&secret),
+    )?;
+    sqlx::query("UPDATE staff SET totp_sealed = $2, totp_last_step = 0 WHERE id = $1")
+        .bind(&id)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM staff_sessions WHERE staff = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.totp_reset",
+                actor: actor.to_string(),
+                subject: Some(id),
+                detail: json!({ "username": username }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(secret)
+}
+
+/// Revokes every API token of a staff member; returns how many were live.
+pub async fn revoke_api_tokens(store: &Store, username: &str, actor: &str) -> Result<u64> {
+    let mut tx = store.begin().await?;
+    let id = staff_id(&mut tx, username).await?;
+    let n = sqlx::query("UPDATE api_tokens SET revoked = 1 WHERE staff = $1 AND revoked = 0")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.api_token.revoked",
+                actor: actor.to_string(),
+                subject: Some(id),
+                detail: json!({ "username": username, "tokens": n }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
 // ---------------------------------------------------------------------------------------------
 // API tokens.
 
@@ -3162,6 +3329,112 @@ mod review_fixes {
             .0
             .iter()
             .any(|r| r.kind == "ra.purged"));
+    }
+
+    /// Disabling ends sessions and stops sign-in and API tokens; enabling restores sign-in; a
+    /// TOTP reset voids the old secret; revoked tokens stop working.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staff_administration() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let (_, secret) = create_staff(
+            &store,
+            &auth.pii().unwrap(),
+            &NewStaff {
+                username: "clerk1",
+                display_name: "c1",
+                outlet: "gpo",
+                role: Role::Clerk,
+                password: "a password of some length",
+            },
+            "t",
+        )
+        .await
+        .unwrap();
+        let signed = sign_in(
+            &auth,
+            "clerk1",
+            "a password of some length",
+            &crate::totp::code_at(&secret, now()),
+        )
+        .await
+        .unwrap();
+        let token = create_api_token(&store, "clerk1", "t", 1, "t")
+            .await
+            .unwrap();
+        assert!(api_session(&store, &token).await.is_ok());
+        set_staff_disabled(&store, "clerk1", true, "admin")
+            .await
+            .unwrap();
+        assert!(
+            session(&store, &auth.config().ra, &signed.token)
+                .await
+                .is_err(),
+            "session survived"
+        );
+        assert!(
+            api_session(&store, &token).await.is_err(),
+            "token works while disabled"
+        );
+        sqlx::query("UPDATE staff SET totp_last_step = 0")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(matches!(
+            sign_in(
+                &auth,
+                "clerk1",
+                "a password of some length",
+                &crate::totp::code_at(&secret, now())
+            )
+            .await,
+            Err(Error::SignInFailed)
+        ));
+        set_staff_disabled(&store, "clerk1", false, "admin")
+            .await
+            .unwrap();
+        assert!(api_session(&store, &token).await.is_ok());
+        let fresh = reset_totp(&store, &auth.pii().unwrap(), "clerk1", "admin")
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                sign_in(
+                    &auth,
+                    "clerk1",
+                    "a password of some length",
+                    &crate::totp::code_at(&secret, now())
+                )
+                .await,
+                Err(Error::SignInFailed)
+            ),
+            "old secret"
+        );
+        sign_in(
+            &auth,
+            "clerk1",
+            "a password of some length",
+            &crate::totp::code_at(&fresh, now()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            revoke_api_tokens(&store, "clerk1", "admin").await.unwrap(),
+            1
+        );
+        assert!(api_session(&store, &token).await.is_err());
+        let list = list_staff(&store).await.unwrap();
+        assert_eq!(
+            (list.len(), list[0].username.as_str(), list[0].disabled),
+            (1, "clerk1", false)
+        );
+        assert!(matches!(
+            set_staff_disabled(&store, "nobody", true, "admin").await,
+            Err(Error::NotFound)
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,32 @@ enum StaffCommand {
         #[arg(long, default_value = "clerk")]
         role: String,
     },
+    /// List staff accounts.
+    List,
+    /// Disable an account (ends its sessions; its API tokens stop working).
+    Disable {
+        /// User name.
+        #[arg(long)]
+        username: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        /// User name.
+        #[arg(long)]
+        username: String,
+    },
+    /// A new TOTP secret (lost authenticator); printed once; ends the member's sessions.
+    ResetTotp {
+        /// User name.
+        #[arg(long)]
+        username: String,
+    },
+    /// Revoke every API token of a member.
+    RevokeTokens {
+        /// User name.
+        #[arg(long)]
+        username: String,
+    },
     /// Make a JSON API token acting as a staff member (printed once).
     Token {
         /// The staff member's user name.
@@ -399,6 +425,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for (id, en, zh) in ca_core::ra::outlets(&store).await? {
                     println!("{id}\t{en}\t{zh}");
                 }
+                Ok(())
+            }
+            Command::Staff(StaffCommand::List) => {
+                let store = open_store(&config).await?;
+                for r in ca_core::ra::list_staff(&store).await? {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        r.username,
+                        r.role,
+                        r.outlet,
+                        if r.disabled { "disabled" } else { "active" },
+                        r.display_name
+                    );
+                }
+                Ok(())
+            }
+            Command::Staff(StaffCommand::Disable { username }) => {
+                let store = open_store(&config).await?;
+                ca_core::ra::set_staff_disabled(&store, &username, true, &actor()).await?;
+                println!("staff {username} disabled");
+                Ok(())
+            }
+            Command::Staff(StaffCommand::Enable { username }) => {
+                let store = open_store(&config).await?;
+                ca_core::ra::set_staff_disabled(&store, &username, false, &actor()).await?;
+                println!("staff {username} enabled");
+                Ok(())
+            }
+            Command::Staff(StaffCommand::ResetTotp { username }) => {
+                let (store, vault) = Authority::open_vault(&config).await?;
+                let secret = ca_core::ra::reset_totp(&store, &vault, &username, &actor()).await?;
+                println!("totp_secret={}", ca_core::totp::secret_base32(&secret));
+                println!(
+                    "otpauth={}",
+                    ca_core::totp::otpauth_uri("ecert", &username, &secret)
+                );
+                Ok(())
+            }
+            Command::Staff(StaffCommand::RevokeTokens { username }) => {
+                let store = open_store(&config).await?;
+                let n = ca_core::ra::revoke_api_tokens(&store, &username, &actor()).await?;
+                println!("{n} API tokens of {username} revoked");
                 Ok(())
             }
             Command::Staff(StaffCommand::Token {

@@ -1128,6 +1128,33 @@ async fn walk_in_and_revocation_at_the_counter() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let rec = store.certificate(&serial).await.unwrap().unwrap();
     assert_eq!(rec.revocation_reason, Some(6), "on hold");
+    // Released at the counter, then held again.
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &clerk,
+            &[("csrf", &csrf), ("reason", "release")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        store
+            .certificate(&serial)
+            .await
+            .unwrap()
+            .unwrap()
+            .revocation_reason,
+        None,
+        "released"
+    );
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &clerk,
+            &[("csrf", &csrf), ("reason", "certificateHold")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // Revoked for good afterwards; a second identical revocation is a conflict.
     let r = app
         .post(

@@ -1471,6 +1471,14 @@ async fn staff_revoke(
         Ok(v) => v,
         Err(r) => return r,
     };
+    if f.reason == "release" {
+        return match ra::release_at_counter(&s.auth, &staff, &id).await {
+            Ok(serial) => {
+                render_app(&s, lang, staff, &id, format!("release: {serial}"), None).await
+            }
+            Err(e) => AppError::new(e, lang.0).into_response(),
+        };
+    }
     let reason = if f.reason.is_empty() {
         ca_core::revocation::Reason::Unspecified
     } else {

@@ -268,6 +268,18 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     // Staff accounts and tokens are made while the service runs (no signer lock needed).
     let supervisor = add_clerk(&ca, "super1", "gpo");
     assert!(!supervisor.is_empty());
+    ca.ecert_ok(&["staff", "disable", "--username", "super1"]);
+    let list = ca.ecert_ok(&["staff", "list"]);
+    assert!(
+        list.contains("super1\tclerk\tgpo\tdisabled")
+            && list.contains("clerk1\tclerk\tgpo\tactive"),
+        "{list}"
+    );
+    let reset = ca.ecert_ok(&["staff", "reset-totp", "--username", "super1"]);
+    assert!(
+        reset.contains("totp_secret=") && !reset.contains(&supervisor),
+        "{reset}"
+    );
 
     // An integrator's token (made by the CLI while the service runs) sees the application.
     let token = ca.ecert_ok(&[
