@@ -287,6 +287,7 @@ async fn create(
     Staff(staff): Staff,
     Json(a): Json<NewApplication>,
 ) -> Result<Response, ApiFailure> {
+    let language = a.language.clone();
     let submitted = ra::submit(
         &s.auth,
         ra::NewApplication {
@@ -308,20 +309,14 @@ async fn create(
         },
     )
     .await?;
-    if let Err(e) = s
-        .mailer
-        .send(
-            &submitted.email,
-            &format!("e-Cert: {}", submitted.reference),
-            &format!(
-                "Reference: {}\nE-mail code: {}\n",
-                submitted.reference, submitted.email_code
-            ),
-        )
-        .await
-    {
-        tracing::error!(reference = %submitted.reference, error = %e, "could not send the e-mail code");
-    }
+    let _ = super::send_code(
+        &s.mailer,
+        super::Lang::parse(&language),
+        &submitted.email,
+        &submitted.reference,
+        &submitted.email_code,
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(Created {

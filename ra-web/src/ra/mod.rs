@@ -531,6 +531,61 @@ pub struct ApplyForm {
     csr: String,
 }
 
+impl ApplyForm {
+    /// The application this form describes (online: the chosen outlet; walk-in: the clerk's).
+    /// `csrf` stays with the form.
+    fn application(
+        self,
+        outlet: Option<String>,
+        entered_by: Option<String>,
+        lang: Lang,
+    ) -> (String, ra::NewApplication) {
+        (
+            self.csrf,
+            ra::NewApplication {
+                profile: "personal".into(),
+                surname: self.surname,
+                given_name: self.given_name,
+                name_zh: self.name_zh,
+                email: self.email,
+                hkid: self.hkid,
+                date_of_birth: self.date_of_birth,
+                phone: self.phone,
+                address: self.address,
+                outlet: outlet.unwrap_or(self.outlet),
+                consent_notices: self.consent_notices.is_some(),
+                revocation_secret: self.revocation_secret,
+                csr: self.csr.into_bytes(),
+                language: lang.tag().into(),
+                entered_by,
+            },
+        )
+    }
+}
+
+/// Mails an e-mail confirmation code; a failure is logged (the page says so where it matters)
+/// and returned.
+async fn send_code(
+    mailer: &Mailer,
+    lang: Lang,
+    email: &str,
+    reference: &str,
+    code: &str,
+) -> anyhow::Result<()> {
+    let t = lang.texts();
+    let sent = mailer
+        .send(
+            email,
+            &format!("{} {}: {reference}", t.site, t.email_code),
+            &format!("{}: {reference}\n{}: {code}\n", t.reference, t.email_code),
+        )
+        .await;
+    if let Err(e) = &sent {
+        tracing::error!(reference, error = %e, "could not send the e-mail code");
+    }
+    sent
+}
+
 #[derive(Template)]
 #[template(path = "applied.html")]
 struct Applied {
@@ -553,48 +608,22 @@ async fn apply(
     s.limits
         .check("apply", ip, 10)
         .map_err(|e| AppError { lang: lang.0, ..e })?;
-    let submitted = ra::submit(
-        &s.auth,
-        ra::NewApplication {
-            profile: "personal".into(),
-            surname: f.surname,
-            given_name: f.given_name,
-            name_zh: f.name_zh,
-            email: f.email,
-            hkid: f.hkid,
-            date_of_birth: f.date_of_birth,
-            phone: f.phone,
-            address: f.address,
-            outlet: f.outlet,
-            consent_notices: f.consent_notices.is_some(),
-            revocation_secret: f.revocation_secret,
-            csr: f.csr.into_bytes(),
-            language: lang.0.tag().into(),
-            entered_by: None,
-        },
-    )
-    .await
-    .lang(lang.0)?;
+    let (csrf, application) = f.application(None, None, lang.0);
+    let submitted = ra::submit(&s.auth, application).await.lang(lang.0)?;
     let t = lang.0.texts();
-    let sent = s
-        .mailer
-        .send(
-            &submitted.email,
-            &format!("{} {}: {}", t.site, t.email_code, submitted.reference),
-            &format!(
-                "{}: {}\n{}: {}\n",
-                t.reference, submitted.reference, t.email_code, submitted.email_code
-            ),
-        )
-        .await;
-    if let Err(e) = &sent {
-        tracing::error!(reference = %submitted.reference, error = %e, "could not send the e-mail code");
-    }
+    let sent = send_code(
+        &s.mailer,
+        lang.0,
+        &submitted.email,
+        &submitted.reference,
+        &submitted.email_code,
+    )
+    .await;
     html(
         Applied {
             t,
             lang: lang.0,
-            csrf: f.csrf,
+            csrf,
             reference: submitted.reference,
             secret: submitted.secret,
             mail_failed: sent.is_err(),
@@ -841,17 +870,7 @@ async fn new_code(
         .lang(lang.0)?;
     let t = lang.0.texts();
     let reference = f.reference.trim().to_uppercase();
-    if let Err(e) = s
-        .mailer
-        .send(
-            &email,
-            &format!("{} {}: {reference}", t.site, t.email_code),
-            &format!("{}: {reference}\n{}: {code}\n", t.reference, t.email_code),
-        )
-        .await
-    {
-        tracing::error!(reference, error = %e, "could not send the e-mail code");
-    }
+    let _ = send_code(&s.mailer, lang.0, &email, &reference, &code).await;
     status_page(&s, lang, &f, t.code_sent.into()).await
 }
 
@@ -1406,46 +1425,24 @@ async fn walk_in(
     if let Err(e) = s.limits.check("staff", ip, 120) {
         return AppError { lang: lang.0, ..e }.into_response();
     }
-    let submitted = ra::submit(
-        &s.auth,
-        ra::NewApplication {
-            profile: "personal".into(),
-            surname: f.surname,
-            given_name: f.given_name,
-            name_zh: f.name_zh,
-            email: f.email,
-            hkid: f.hkid,
-            date_of_birth: f.date_of_birth,
-            phone: f.phone,
-            address: f.address,
-            outlet: staff.outlet.clone(),
-            consent_notices: f.consent_notices.is_some(),
-            revocation_secret: f.revocation_secret,
-            csr: f.csr.into_bytes(),
-            language: lang.0.tag().into(),
-            entered_by: Some(staff.username.clone()),
-        },
-    )
-    .await;
-    let submitted = match submitted {
+    let (_, application) = f.application(
+        Some(staff.outlet.clone()),
+        Some(staff.username.clone()),
+        lang.0,
+    );
+    let submitted = match ra::submit(&s.auth, application).await {
         Ok(v) => v,
         Err(e) => return AppError::new(e, lang.0).into_response(),
     };
     let t = lang.0.texts();
-    if let Err(e) = s
-        .mailer
-        .send(
-            &submitted.email,
-            &format!("{} {}: {}", t.site, t.email_code, submitted.reference),
-            &format!(
-                "{}: {}\n{}: {}\n",
-                t.reference, submitted.reference, t.email_code, submitted.email_code
-            ),
-        )
-        .await
-    {
-        tracing::error!(reference = %submitted.reference, error = %e, "could not send the e-mail code");
-    }
+    let _ = send_code(
+        &s.mailer,
+        lang.0,
+        &submitted.email,
+        &submitted.reference,
+        &submitted.email_code,
+    )
+    .await;
     html(
         WalkInDone {
             t,
