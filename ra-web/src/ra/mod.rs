@@ -640,17 +640,19 @@ struct TrackPage {
     csrf: String,
 }
 
-async fn track_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppError> {
-    let (csrf, fresh) = citizen_csrf(&headers);
-    let r = html(
-        TrackPage {
-            t: lang.0.texts(),
-            lang: lang.0,
-            csrf: csrf.clone(),
-        },
-        lang,
-    )?;
+/// A form page that only needs the texts and a citizen CSRF token (made and set if absent).
+fn csrf_page<T: Template>(
+    lang: PageLang,
+    headers: &HeaderMap,
+    page: impl FnOnce(&'static Texts, Lang, String) -> T,
+) -> Result<Response, AppError> {
+    let (csrf, fresh) = citizen_csrf(headers);
+    let r = html(page(lang.0.texts(), lang.0, csrf.clone()), lang)?;
     Ok(with_csrf_cookie(r, &csrf, fresh))
+}
+
+async fn track_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppError> {
+    csrf_page(lang, &headers, |t, lang, csrf| TrackPage { t, lang, csrf })
 }
 
 /// Reference and tracking secret, on every citizen form after the application.
@@ -909,16 +911,7 @@ struct LoginPage {
 }
 
 async fn login_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppError> {
-    let (csrf, fresh) = citizen_csrf(&headers);
-    let r = html(
-        LoginPage {
-            t: lang.0.texts(),
-            lang: lang.0,
-            csrf: csrf.clone(),
-        },
-        lang,
-    )?;
-    Ok(with_csrf_cookie(r, &csrf, fresh))
+    csrf_page(lang, &headers, |t, lang, csrf| LoginPage { t, lang, csrf })
 }
 
 /// Sign-in form.
