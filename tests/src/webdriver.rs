@@ -256,6 +256,15 @@ impl Chrome {
         )
     }
 
+    /// Runs an asynchronous script: it calls `arguments[0]` with its result.
+    pub fn eval_async(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
     /// Waits until `script` returns true.
     pub fn wait_until(&self, script: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -100,6 +100,13 @@ function pvBuffer(text) {
 
 /** Makes the key pair and the CSR; fills the form's CSR field. */
 async function makeKey(status, csrField, passphrase) {
+  if (!passphrase || passphrase.value.length < 8) {
+    status.textContent = status.dataset.short;
+    return;
+  }
+  // Extractable only for this function: the key is kept as a passphrase-encrypted PKCS#8 (for
+  // the files the citizen saves) and as a non-extractable copy (for signing renewals), so
+  // nothing in the browser profile hands out the private key in clear.
   const keys = await crypto().generateKey(ALG, true, ["sign", "verify"]);
   const csr = new pkijs.CertificationRequest();
   csr.subject.typesAndValues.push(
@@ -114,13 +121,13 @@ async function makeKey(status, csrField, passphrase) {
   await csr.sign(keys.privateKey, "SHA-256");
   const der = csr.toSchema().toBER(false);
   const spki = await crypto().exportKey("spki", keys.publicKey);
-  await put(await spkiId(spki), { privateKey: keys.privateKey, created: Date.now() });
+  const encrypted = (await shrouded(keys.privateKey, passphrase.value)).toSchema().toBER(false);
+  const pkcs8 = await crypto().exportKey("pkcs8", keys.privateKey);
+  const signing = await crypto().importKey("pkcs8", pkcs8, ALG, false, ["sign"]);
+  await put(await spkiId(spki), { privateKey: signing, encryptedPkcs8: encrypted, created: Date.now() });
   csrField.value = pem("CERTIFICATE REQUEST", der);
   status.textContent = status.dataset.done;
-  if (passphrase && passphrase.value) {
-    const bag = await shrouded(keys.privateKey, passphrase.value);
-    download("e-cert-key.p8.pem", "application/x-pem-file", pem("ENCRYPTED PRIVATE KEY", bag.toSchema().toBER(false)));
-  }
+  download("e-cert-key.p8.pem", "application/x-pem-file", pem("ENCRYPTED PRIVATE KEY", encrypted));
 }
 
 /** The issued chain (leaf first) and the key of the leaf held by this browser, if any. */
@@ -159,12 +166,16 @@ async function makePkcs12(form, passphrase, status) {
     status.textContent = status.dataset.nokey;
     return;
   }
-  if (passphrase.value.length < 8) {
-    status.textContent = status.dataset.short;
+  const password = pvBuffer(passphrase.value);
+  // The key goes into the PKCS#12 exactly as it was stored: encrypted under the key's
+  // passphrase, which also protects the file. A wrong passphrase is found here.
+  const keyBag = new pkijs.PKCS8ShroudedKeyBag({ schema: asn1js.fromBER(stored.encryptedPkcs8).result });
+  try {
+    await keyBag.parseInternalValues({ password });
+  } catch (_) {
+    status.textContent = status.dataset.wrong;
     return;
   }
-  const password = pvBuffer(passphrase.value);
-  const keyBag = await shrouded(stored.privateKey, passphrase.value);
   // localKeyId (PKCS#9) pairs the key with its certificate for Windows and macOS importers;
   // friendlyName names it in the keychain.
   const localKeyId = await crypto().digest({ name: "SHA-1" }, certs[0].toSchema().toBER(false));

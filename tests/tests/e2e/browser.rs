@@ -165,7 +165,39 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         "const e = document.getElementById('status'); return !!e && e.dataset.status === 'issued';",
         "issued",
     );
-    b.fill("#p12-passphrase", "p12 passphrase");
+    // A wrong passphrase is refused in the page; nothing is saved.
+    b.fill("#p12-passphrase", "not the key passphrase");
+    b.click("#download-p12");
+    b.wait_until(
+        "const e = document.getElementById('p12-status'); return !!e && e.textContent === e.dataset.wrong;",
+        "the wrong-passphrase message",
+    );
+    assert!(
+        std::fs::read_dir(b.downloads.path()).unwrap().all(|e| !e
+            .unwrap()
+            .path()
+            .to_string_lossy()
+            .ends_with(".p12")),
+        "a PKCS#12 was saved with a wrong passphrase"
+    );
+    // What the browser profile keeps: a non-extractable signing key and the encrypted PKCS#8.
+    let kept = b.eval_async(
+        "const done = arguments[0];
+         const req = indexedDB.open('ecert-keys', 1);
+         req.onsuccess = () => {
+           const all = req.result.transaction('keys').objectStore('keys').getAll();
+           all.onsuccess = () => done(all.result.map((k) => ({
+             extractable: k.privateKey.extractable,
+             encrypted: k.encryptedPkcs8 && k.encryptedPkcs8.byteLength > 100,
+           })));
+         };",
+    );
+    assert_eq!(
+        kept,
+        serde_json::json!([{ "extractable": false, "encrypted": true }]),
+        "the browser keeps the private key in a form that can be read out"
+    );
+    b.fill("#p12-passphrase", "key file passphrase");
     b.click("#download-p12");
     let p12 = b.download(".p12");
     b.screenshot("pkcs12-downloaded");
@@ -177,7 +209,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
             "-in",
             p12.to_str().unwrap(),
             "-passin",
-            "pass:p12 passphrase",
+            "pass:key file passphrase",
             "-nodes",
             "-out",
             dump.to_str().unwrap(),
@@ -266,7 +298,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         "the renewal",
     );
     b.screenshot("renewed");
-    b.fill("#p12-passphrase", "p12 passphrase");
+    b.fill("#p12-passphrase", "key file passphrase");
     b.click("#download-p12");
     let p12 = b.download(".p12");
     let dump2 = ca.file("p12-renewed.pem");
@@ -277,7 +309,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
             "-in",
             p12.to_str().unwrap(),
             "-passin",
-            "pass:p12 passphrase",
+            "pass:key file passphrase",
             "-nodes",
             "-out",
             dump2.to_str().unwrap(),
