@@ -18,6 +18,29 @@ use ca_core::serial::SerialNumber;
 use ca_core::store::Store;
 use clap::{Args, Parser, Subcommand};
 
+/// `println!` for command output: a reader that went away (`ecert cert list | head`) ends the
+/// command quietly instead of a panic on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod bench;
 mod ra;
 mod serve;
@@ -401,7 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Audit(AuditCommand::Key) => {
                 let spki = Authority::audit_public_key_from_hsm(&config).await?;
-                print!(
+                out!(
                     "{}",
                     pem::encode_config(
                         &pem::Pem::new("PUBLIC KEY", spki),
@@ -417,20 +440,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Outlet(OutletCommand::Add { id, en, zh }) => {
                 let store = open_store(&config).await?;
                 ca_core::ra::ensure_outlet(&store, &id, &en, &zh).await?;
-                println!("outlet {id}");
+                outln!("outlet {id}");
                 Ok(())
             }
             Command::Outlet(OutletCommand::List) => {
                 let store = open_store(&config).await?;
                 for (id, en, zh) in ca_core::ra::outlets(&store).await? {
-                    println!("{id}\t{en}\t{zh}");
+                    outln!("{id}\t{en}\t{zh}");
                 }
                 Ok(())
             }
             Command::Staff(StaffCommand::List) => {
                 let store = open_store(&config).await?;
                 for r in ca_core::ra::list_staff(&store).await? {
-                    println!(
+                    outln!(
                         "{}\t{}\t{}\t{}\t{}",
                         r.username,
                         r.role,
@@ -444,20 +467,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Staff(StaffCommand::Disable { username }) => {
                 let store = open_store(&config).await?;
                 ca_core::ra::set_staff_disabled(&store, &username, true, &actor()).await?;
-                println!("staff {username} disabled");
+                outln!("staff {username} disabled");
                 Ok(())
             }
             Command::Staff(StaffCommand::Enable { username }) => {
                 let store = open_store(&config).await?;
                 ca_core::ra::set_staff_disabled(&store, &username, false, &actor()).await?;
-                println!("staff {username} enabled");
+                outln!("staff {username} enabled");
                 Ok(())
             }
             Command::Staff(StaffCommand::ResetTotp { username }) => {
                 let (store, vault) = Authority::open_vault(&config).await?;
                 let secret = ca_core::ra::reset_totp(&store, &vault, &username, &actor()).await?;
-                println!("totp_secret={}", ca_core::totp::secret_base32(&secret));
-                println!(
+                outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
+                outln!(
                     "otpauth={}",
                     ca_core::totp::otpauth_uri("ecert", &username, &secret)
                 );
@@ -466,7 +489,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Staff(StaffCommand::RevokeTokens { username }) => {
                 let store = open_store(&config).await?;
                 let n = ca_core::ra::revoke_api_tokens(&store, &username, &actor()).await?;
-                println!("{n} API tokens of {username} revoked");
+                outln!("{n} API tokens of {username} revoked");
                 Ok(())
             }
             Command::Staff(StaffCommand::Token {
@@ -477,7 +500,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = open_store(&config).await?;
                 let token =
                     ca_core::ra::create_api_token(&store, &username, &label, days, &actor()).await?;
-                println!("{token}");
+                outln!("{token}");
                 Ok(())
             }
             Command::Staff(StaffCommand::Add {
@@ -503,9 +526,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     password: &password,
                 };
                 let (id, secret) = ca_core::ra::create_staff(&store, &vault, &new, &actor()).await?;
-                println!("staff {username} ({id})");
-                println!("totp_secret={}", ca_core::totp::secret_base32(&secret));
-                println!(
+                outln!("staff {username} ({id})");
+                outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
+                outln!(
                     "otpauth={}",
                     ca_core::totp::otpauth_uri("ecert", &username, &secret)
                 );
@@ -521,7 +544,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "no CRL has been published for the {name} CA yet: run `ecert crl publish`"
                     );
                 };
-                print!(
+                out!(
                     "{}",
                     pem::encode_config(
                         &pem::Pem::new("X509 CRL", der),
@@ -546,10 +569,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn init(config: Config) -> anyhow::Result<()> {
     let (auth, report) = Authority::init(config).await?;
     for role in &report.created {
-        println!("created {} CA", role.name());
+        outln!("created {} CA", role.name());
     }
     for role in &report.existing {
-        println!("{} CA already exists", role.name());
+        outln!("{} CA already exists", role.name());
     }
     checkpoint(&auth).await;
     print_ca_list(auth.store()).await?;
@@ -666,7 +689,7 @@ async fn print_ca_list(store: &Store) -> anyhow::Result<()> {
         let der = stored_ca(store, role).await?;
         let (_, c) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
-        println!(
+        outln!(
             "{}\t{}\t{}\t{}",
             role.name(),
             hex::encode(c.raw_serial()).trim_start_matches("00"),
@@ -683,9 +706,9 @@ async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
         CaCommand::List => print_ca_list(&store).await,
         CaCommand::Export { name, chain } => {
             let role = CaRole::from_name(&name)?;
-            print!("{}", pem_cert(&stored_ca(&store, role).await?));
+            out!("{}", pem_cert(&stored_ca(&store, role).await?));
             if chain && role != CaRole::Root {
-                print!("{}", pem_cert(&stored_ca(&store, CaRole::Root).await?));
+                out!("{}", pem_cert(&stored_ca(&store, CaRole::Root).await?));
             }
             Ok(())
         }
@@ -699,7 +722,7 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
     match c {
         CertCommand::List => {
             for (serial, state, profile) in store.list_certificates().await? {
-                println!("{serial}\t{state}\t{profile}");
+                outln!("{serial}\t{state}\t{profile}");
             }
         }
         CertCommand::Export { serial } => {
@@ -707,7 +730,7 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("{serial:?} is not a serial number"))?;
             match store.certificate(&s.to_hex()).await? {
                 Some(r) => match r.cert_der {
-                    Some(der) => print!("{}", pem_cert(&der)),
+                    Some(der) => out!("{}", pem_cert(&der)),
                     None => bail!("certificate {serial} was not issued (state {})", r.state),
                 },
                 None => bail!("no certificate with serial {serial}"),
@@ -719,22 +742,22 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
             let Some(r) = store.certificate(&s.to_hex()).await? else {
                 bail!("no certificate with serial {serial}");
             };
-            println!("serial={}", r.serial);
-            println!("state={}", r.state);
-            println!("issuer={}", r.issuer);
-            println!("profile={} v{}", r.profile, r.profile_version);
-            println!("renews={}", r.renews.unwrap_or_default());
-            println!("renewed_by={}", r.renewed_by.unwrap_or_default());
+            outln!("serial={}", r.serial);
+            outln!("state={}", r.state);
+            outln!("issuer={}", r.issuer);
+            outln!("profile={} v{}", r.profile, r.profile_version);
+            outln!("renews={}", r.renews.unwrap_or_default());
+            outln!("renewed_by={}", r.renewed_by.unwrap_or_default());
             if let Some(na) = r.not_after {
-                println!("not_after={na}");
+                outln!("not_after={na}");
             }
             if let Some(code) = r.revocation_reason {
                 let name = ca_core::revocation::Reason::from_code(code).map_or("?", |x| x.name());
-                println!("revocation_reason={name}");
-                println!("revoked_at={}", r.revoked_at.unwrap_or_default());
+                outln!("revocation_reason={name}");
+                outln!("revoked_at={}", r.revoked_at.unwrap_or_default());
             }
             if let Some(f) = r.failure {
-                println!("failure={f}");
+                outln!("failure={f}");
             }
         }
     }
@@ -760,11 +783,11 @@ async fn audit_verify(config: Config, public_key: Option<PathBuf>) -> anyhow::Re
     let store = open_store(&config).await?;
     let (n, checkpoints, findings) = Authority::verify_audit(&store, &spki).await?;
     if findings.is_empty() {
-        println!("audit trail intact: {n} records, {checkpoints} signed checkpoints");
+        outln!("audit trail intact: {n} records, {checkpoints} signed checkpoints");
         return Ok(());
     }
     for f in &findings {
-        println!("{f}");
+        outln!("{f}");
     }
     bail!(
         "audit trail verification failed: {} finding(s) in {n} records",
@@ -838,7 +861,7 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
             Ok(changed) => {
                 done += 1;
                 for (s, outcome) in changed {
-                    println!(
+                    outln!(
                         "{s}\t{}\t{}",
                         outcome_name(&outcome),
                         if a.release { "-" } else { reason.name() }
@@ -875,7 +898,7 @@ async fn ocsp(config: Config, cmd: OcspCommand) -> anyhow::Result<()> {
     let result = match cmd {
         OcspCommand::Sign => serve::sign_all_due(&auth)
             .await
-            .map(|n| println!("signed responses for {n} serials"))
+            .map(|n| outln!("signed responses for {n} serials"))
             .map_err(anyhow::Error::from),
         OcspCommand::Rotate { cas } => {
             let roles = if cas.is_empty() {
@@ -888,7 +911,7 @@ async fn ocsp(config: Config, cmd: OcspCommand) -> anyhow::Result<()> {
             let mut out = Ok(());
             for role in roles {
                 match auth.rotate_responder(role).await {
-                    Ok(serial) => println!("{}	responder={serial}", role.name()),
+                    Ok(serial) => outln!("{}	responder={serial}", role.name()),
                     Err(e) => {
                         out = Err(e.into());
                         break;
@@ -902,7 +925,7 @@ async fn ocsp(config: Config, cmd: OcspCommand) -> anyhow::Result<()> {
             auth.ensure_responders().await?;
             match auth.responder_cert(role).await {
                 Some(der) => {
-                    print!(
+                    out!(
                         "{}",
                         pem::encode_config(
                             &pem::Pem::new("CERTIFICATE", der),
@@ -938,7 +961,7 @@ async fn crl_publish(config: Config, cas: Vec<String>) -> anyhow::Result<()> {
         };
         for scope in scopes {
             match auth.publish_crl(role, scope, &actor()).await {
-                Ok(p) => println!(
+                Ok(p) => outln!(
                     "{}\tnumber={}\tentries={}\t{}",
                     scope.file_name(role),
                     p.number,
@@ -1007,7 +1030,7 @@ async fn block_key(
     let auth = Authority::open(config).await?;
     auth.block_key(&fp, &reason, &actor()).await?;
     checkpoint(&auth).await;
-    println!("blocked key sha256={}", hex::encode(fp));
+    outln!("blocked key sha256={}", hex::encode(fp));
     Ok(())
 }
 
@@ -1030,6 +1053,6 @@ fn config_check(config: &Config) -> anyhow::Result<()> {
             config.hsm.module.display()
         );
     }
-    println!("configuration OK");
+    outln!("configuration OK");
     Ok(())
 }

@@ -88,3 +88,20 @@ fn commands_before_init_fail_cleanly() {
         );
     }
 }
+
+/// A reader that goes away (`ecert crl publish | head -1`) ends the command quietly: no panic
+/// on the broken pipe.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let ca = Ca::init();
+    let mut c = ca.command(&["crl", "publish"], &[]);
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
