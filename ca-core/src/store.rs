@@ -38,6 +38,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/sqlite/0007_crl_partitions.sql")),
     (8, include_str!("../../migrations/sqlite/0008_ra.sql")),
     (9, include_str!("../../migrations/sqlite/0009_api_tokens.sql")),
+    (10, include_str!("../../migrations/sqlite/0010_ocsp_writer.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -50,6 +51,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/postgres/0007_crl_partitions.sql")),
     (8, include_str!("../../migrations/postgres/0008_ra.sql")),
     (9, include_str!("../../migrations/postgres/0009_api_tokens.sql")),
+    (10, include_str!("../../migrations/postgres/0010_ocsp_writer.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -787,10 +789,11 @@ impl Store {
     /// Queues `serial` for a freshly signed OCSP response (same transaction as the change).
     async fn queue_ocsp(&self, tx: &mut Tx, serial: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO ocsp_pending (serial, version) VALUES ($1, 1) \
+            "INSERT INTO ocsp_pending (serial, version, queued_at) VALUES ($1, 1, $2) \
              ON CONFLICT (serial) DO UPDATE SET version = ocsp_pending.version + 1",
         )
         .bind(serial)
+        .bind(now())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -1238,6 +1241,14 @@ impl Store {
     /// newer change arrived meanwhile, and appends `event`: one transaction.
     pub async fn store_ocsp(&self, rows: &[SignedOcsp], event: &Event) -> Result<()> {
         let mut tx = self.begin().await?;
+        // One writer of seq at a time, whatever happened to the signer lock (PostgreSQL; on
+        // SQLite the writer lock of BEGIN IMMEDIATE does this). The unique index on seq is the
+        // backstop.
+        if self.engine == Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7365063)")
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ocsp_responses")
             .fetch_one(&mut *tx)
             .await?
@@ -1300,20 +1311,21 @@ impl Store {
     /// The signer's backlog at `now`: serials waiting for a response, the oldest thisUpdate of
     /// a stored response, and how many responses still meant to be kept fresh (certificate not
     /// expired for more than `keep_after_expiry` seconds) are within `margin` seconds of their
-    /// nextUpdate — a stalled signer.
+    /// nextUpdate — a stalled signer — and when the oldest change still waiting was queued.
     pub async fn ocsp_backlog(
         &self,
         now: i64,
         margin: i64,
         keep_after_expiry: i64,
-    ) -> Result<(i64, Option<i64>, i64)> {
-        let pending: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
+    ) -> Result<(i64, Option<i64>, i64, Option<i64>)> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), MIN(p.queued_at) FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
              WHERE c.state IN ('issued', 'abandoned')",
         )
         .fetch_one(&self.pool)
-        .await?
-        .try_get(0)?;
+        .await?;
+        let pending: i64 = r.try_get(0)?;
+        let oldest_queued: Option<i64> = r.try_get(1)?;
         let oldest: Option<i64> = sqlx::query("SELECT MIN(this_update) FROM ocsp_responses")
             .fetch_one(&self.pool)
             .await?
@@ -1327,7 +1339,7 @@ impl Store {
         .fetch_one(&self.pool)
         .await?
         .try_get(0)?;
-        Ok((pending, oldest, overdue))
+        Ok((pending, oldest, overdue, oldest_queued))
     }
 
     /// The responder of each CA that lives longest (the newest).

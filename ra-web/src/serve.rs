@@ -424,14 +424,20 @@ async fn healthz(State(s): State<Shared>) -> Response {
     // hours of nextUpdate mean the signer stalled (TLS BR §4.9.10).
     let backlog =
         tokio::time::timeout(DB_PROBE, s.store.ocsp_backlog(now, 8 * 3600, 7 * 86_400)).await;
-    let (queue, overdue) = match backlog {
-        Ok(Ok((pending, oldest, overdue))) => (
-            serde_json::json!({ "pending": pending, "oldest_this_update_age_seconds": oldest.map(|t| now - t) }),
-            overdue,
-        ),
-        _ => (serde_json::json!({ "error": "database" }), 0),
+    // A status change waiting more than a minute for its response means the signer is stuck
+    // (changes are meant to be answered within a second).
+    let (queue, overdue, waiting) = match backlog {
+        Ok(Ok((pending, oldest, overdue, queued))) => {
+            let waiting = queued.map_or(0, |q| now - q);
+            (
+                serde_json::json!({ "pending": pending, "oldest_this_update_age_seconds": oldest.map(|t| now - t), "oldest_change_waiting_seconds": waiting }),
+                overdue,
+                waiting,
+            )
+        }
+        _ => (serde_json::json!({ "error": "database" }), 0, 0),
     };
-    let ocsp_ok = sync_age <= 10 && overdue == 0;
+    let ocsp_ok = sync_age <= 10 && overdue == 0 && waiting <= 60;
     ok &= ocsp_ok;
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "fault" },
@@ -570,27 +576,36 @@ async fn follow_store(s: Shared) {
 async fn sign_ocsp_due(auth: &Authority, config: &Config) -> bool {
     let store = auth.store();
     let now = now();
-    let due = match store.ocsp_pending(OCSP_BATCH).await {
-        Ok(d) if !d.is_empty() => d,
-        Ok(_) => {
-            let refresh = i64::from(config.ocsp.refresh_hours) * 3600;
-            // Responses stop being refreshed a week after the certificate expired.
-            match store
-                .ocsp_stale(now - refresh, now - 7 * 86_400, OCSP_BATCH)
-                .await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "OCSP: reading stale responses");
-                    return false;
-                }
-            }
-        }
+    let mut due = match store.ocsp_pending(OCSP_BATCH).await {
+        Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "OCSP: reading the queue");
             return false;
         }
     };
+    // Refreshes ride along with every batch (an eighth of it while changes keep coming), so a
+    // steady stream of changes cannot starve them past nextUpdate.
+    let room = if due.len() as i64 >= OCSP_BATCH {
+        OCSP_BATCH / 8
+    } else {
+        OCSP_BATCH - due.len() as i64
+    };
+    let refresh = i64::from(config.ocsp.refresh_hours) * 3600;
+    // Responses stop being refreshed a week after the certificate expired.
+    match store
+        .ocsp_stale(now - refresh, now - 7 * 86_400, room)
+        .await
+    {
+        Ok(stale) => {
+            let queued: std::collections::HashSet<String> =
+                due.iter().map(|d| d.serial.clone()).collect();
+            due.extend(stale.into_iter().filter(|d| !queued.contains(&d.serial)));
+        }
+        Err(e) => tracing::error!(error = %e, "OCSP: reading stale responses"),
+    }
+    if due.is_empty() {
+        return false;
+    }
     let full = due.len() as i64 >= OCSP_BATCH;
     match auth.sign_ocsp(due).await {
         Ok(n) if n > 0 => {

@@ -676,3 +676,47 @@ fn responders_rotate_before_a_response_could_outlive_them() {
         .count();
     assert_eq!(responders, 4, "two for each issuing CA");
 }
+
+/// A status change left unsigned for over a minute (no signer running) turns `/healthz` red,
+/// with the waiting time in the body.
+#[test]
+fn healthz_faults_when_a_change_waits_too_long_for_its_response() {
+    let ca = Ca::init();
+    let p = personal();
+    let csr = ca.csr("waiting", KeyType::P256);
+    ca.issue(p.profile, &csr.csr, &p.args, "queued");
+    let server = start_with(&ca, &["--no-signer"]);
+    let health = |addr: &str| -> (u16, serde_json::Value) {
+        let (status, _, body) = get(addr, "/healthz");
+        (status, serde_json::from_slice(&body).unwrap())
+    };
+    // Just queued: OCSP itself is fine (the missing CRLs fault the whole, not OCSP).
+    let (_, h) = health(&server.1);
+    assert_eq!(h["ocsp"]["status"], "ok", "{h}");
+    assert!(
+        h["ocsp"]["queue"]["oldest_change_waiting_seconds"]
+            .as_i64()
+            .unwrap()
+            < 60,
+        "{h}"
+    );
+    let old = time_now() - 120;
+    ca.tamper(&format!("UPDATE ocsp_pending SET queued_at = {old}"));
+    let (status, h) = health(&server.1);
+    assert_eq!(status, 503, "{h}");
+    assert_eq!(h["ocsp"]["status"], "fault", "{h}");
+    assert!(
+        h["ocsp"]["queue"]["oldest_change_waiting_seconds"]
+            .as_i64()
+            .unwrap()
+            >= 120,
+        "{h}"
+    );
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
