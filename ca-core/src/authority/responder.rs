@@ -95,19 +95,40 @@ impl Authority {
     pub async fn ensure_responders(&self) -> Result<Vec<CaRole>> {
         let now = unix(now_secs());
         let mut made = Vec::new();
+        let mut failed = None;
         for role in OCSP_CAS {
             let due = match self.responders.read().await.get(&role) {
                 None => true,
                 Some(r) => r.not_after - now < self.rotate_margin(),
             };
             if due {
-                let r = self.new_responder(role).await?;
-                tracing::info!(ca = role.name(), serial = %r.serial, not_after = r.not_after, "OCSP responder certificate issued");
-                self.responders.write().await.insert(role, Arc::new(r));
-                made.push(role);
+                match self.new_responder(role).await {
+                    Ok(r) => {
+                        tracing::info!(ca = role.name(), serial = %r.serial, not_after = r.not_after, "OCSP responder certificate issued");
+                        self.responders.write().await.insert(role, Arc::new(r));
+                        made.push(role);
+                    }
+                    // Keep signing with the current responder while it lasts; only a CA with
+                    // none at all is an error.
+                    Err(e) => {
+                        let usable = self
+                            .responders
+                            .read()
+                            .await
+                            .get(&role)
+                            .is_some_and(|r| r.not_after > now);
+                        tracing::error!(ca = role.name(), error = %e, usable, "could not make a new OCSP responder");
+                        if !usable {
+                            failed = Some(e);
+                        }
+                    }
+                }
             }
         }
-        Ok(made)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(made),
+        }
     }
 
     /// Makes a new responder for `role` now, whether or not the current one is due (`ecert
@@ -148,7 +169,40 @@ impl Authority {
         })
         .await
         .map_err(|e| Error::Store(e.to_string()))??;
-        let spki = hsm::Signer::public_key_spki(&key).to_vec();
+        match self.certify_responder(role, serial, &label, &key).await {
+            Ok(row) => Responder::new(row, key),
+            Err(e) => {
+                // The key was never certified: remove it, so failed rotations do not leave
+                // keys behind in the HSM.
+                let cfg = self.config.clone();
+                let l2 = label.clone();
+                let destroyed = tokio::task::spawn_blocking(move || -> Result<()> {
+                    Ok(open_token(&cfg)?.destroy_key(&l2)?)
+                })
+                .await
+                .map_err(|e| Error::Store(e.to_string()))
+                .and_then(|r| r);
+                if let Err(d) = destroyed {
+                    tracing::error!(label, error = %d, "could not destroy an uncertified responder key");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Issues (through the issuance cycle) and records the certificate of a new responder key.
+    async fn certify_responder(
+        &self,
+        role: CaRole,
+        serial: SerialNumber,
+        label: &str,
+        key: &hsm::pkcs11::Pkcs11Key,
+    ) -> Result<ResponderRow> {
+        fail::fail_point!("ocsp::certify", |_| Err(Error::Store(
+            "failpoint ocsp::certify".into()
+        )));
+        let serial_hex = serial.to_hex();
+        let spki = hsm::Signer::public_key_spki(key).to_vec();
         let subject_key = SubscriberKey::from_spki_der(&spki)?;
         let actor = "system:ocsp".to_string();
         self.writer
@@ -217,7 +271,7 @@ impl Authority {
         let row = ResponderRow {
             serial: serial_hex.clone(),
             issuer: role.name().into(),
-            key_label: label.clone(),
+            key_label: label.to_string(),
             cert_der: issued.cert_der,
             not_after: na,
         };
@@ -235,7 +289,7 @@ impl Authority {
             )
             .await?;
         tx.commit().await?;
-        Responder::new(row, key)
+        Ok(row)
     }
 
     /// The linting certificate of a responder: TLS BR §7.1.2.8 — subject named like a CA
@@ -309,7 +363,10 @@ impl Authority {
         if due.is_empty() {
             return Ok(0);
         }
-        self.ensure_responders().await?;
+        // A CA without a responder has its serials skipped below; the others are signed.
+        if let Err(e) = self.ensure_responders().await {
+            tracing::error!(error = %e, "OCSP responders incomplete; signing what can be signed");
+        }
         let now = unix(now_secs());
         // TLS BR §4.9.10 counts the interval inclusively: thisUpdate + h hours − 1 s.
         let next = now + i64::from(self.config.ocsp.validity_hours) * 3600 - 1;

@@ -163,6 +163,32 @@ impl Token {
         self.make_key(label, id, &point)
     }
 
+    /// Destroys the key pair labelled `label` (private and public objects). For a key that was
+    /// just generated and never certified, when what it was made for failed; never for a key
+    /// in use.
+    pub fn destroy_key(&self, label: &str) -> Result<(), Error> {
+        self.run(true, |p| {
+            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                let found = p
+                    .session
+                    .find_objects(&[
+                        Attribute::Class(class),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                    ])
+                    .map_err(|e| failure("C_FindObjects", e))?;
+                for h in found {
+                    p.session
+                        .destroy_object(h)
+                        .map_err(|e| failure("C_DestroyObject", e))?;
+                }
+            }
+            p.keys.remove(label);
+            Ok(())
+        })?;
+        tracing::warn!(label, "PKCS#11 key pair destroyed");
+        Ok(())
+    }
+
     /// Finds the key pair whose private key carries `label`.
     pub fn find_key(&self, label: &str) -> Result<Option<Pkcs11Key>, Error> {
         let found = self.run(false, |p| {

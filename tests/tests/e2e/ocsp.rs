@@ -720,3 +720,62 @@ fn time_now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// A responder rotation that fails after its key was generated (failpoint before the
+/// certificate) leaves no key behind in the HSM, as `pkcs11-tool` (OpenSC) sees the token.
+#[test]
+fn a_failed_rotation_leaves_no_key_in_the_hsm() {
+    let ca = Ca::init();
+    let o = ca.ecert_env(
+        &["ocsp", "rotate", "--ca", "individual"],
+        &[("FAILPOINTS", "ocsp::certify=return")],
+    );
+    assert!(
+        !o.status.success(),
+        "the failpoint did not fire\n{}",
+        show(&o)
+    );
+    let pin = std::fs::read_to_string(ca.data_dir().join("hsm/user.pin")).unwrap();
+    let mut c = std::process::Command::new("pkcs11-tool");
+    c.env("SOFTHSM2_CONF", ca.data_dir().join("hsm/softhsm2.conf"))
+        .args([
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "--token-label",
+            "ecert",
+            "--login",
+            "--pin",
+        ])
+        .arg(pin.trim())
+        .arg("--list-objects");
+    let o = run_with_timeout(c, Duration::from_secs(60), "pkcs11-tool");
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        text.contains("ecert-individual-ca"),
+        "the listing is not of the CA's token:\n{text}"
+    );
+    assert!(
+        !text.contains("ocsp-individual-"),
+        "an uncertified responder key was left behind:\n{text}"
+    );
+    // And a rotation that succeeds makes exactly one.
+    ca.ecert_ok(&["ocsp", "rotate", "--ca", "individual"]);
+    let mut c = std::process::Command::new("pkcs11-tool");
+    c.env("SOFTHSM2_CONF", ca.data_dir().join("hsm/softhsm2.conf"))
+        .args([
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "--token-label",
+            "ecert",
+            "--login",
+            "--pin",
+        ])
+        .arg(pin.trim())
+        .args(["--list-objects", "--type", "privkey"]);
+    let text = String::from_utf8_lossy(
+        &run_with_timeout(c, Duration::from_secs(60), "pkcs11-tool").stdout,
+    )
+    .to_string();
+    assert_eq!(text.matches("ocsp-individual-").count(), 1, "{text}");
+}
