@@ -14,10 +14,21 @@ use tempfile::TempDir;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// The chromedriver process, killed when dropped (also when starting the session fails).
+#[derive(Debug)]
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A headless Chromium driven through chromedriver.
 #[derive(Debug)]
 pub struct Chrome {
-    driver: Child,
+    _driver: Driver,
     port: u16,
     session: String,
     /// Where downloads land.
@@ -99,13 +110,15 @@ impl Chrome {
     pub fn start(shots: &Path) -> Chrome {
         std::fs::create_dir_all(shots).unwrap();
         let port = free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian chromium-driver; ops/test installs it)");
+        let driver = Driver(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver (Debian chromium-driver; ops/test installs it)"),
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not listen");
@@ -138,7 +151,7 @@ impl Chrome {
             .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
             .to_string();
         let chrome = Chrome {
-            driver,
+            _driver: driver,
             port,
             session,
             downloads,
@@ -321,7 +334,6 @@ impl Drop for Chrome {
                 None,
             )
         });
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // Dropping `driver` then kills chromedriver.
     }
 }
