@@ -972,6 +972,32 @@ impl Ca {
         }
     }
 
+    /// The token's objects as `pkcs11-tool --list-objects EXTRA` (OpenSC, a tool other than
+    /// ecert) lists them, logged in with the embedded user PIN.
+    pub fn pkcs11_objects(&self, extra: &[&str]) -> String {
+        let pin = std::fs::read_to_string(self.dir.path().join("hsm/user.pin")).unwrap();
+        let mut c = Command::new("pkcs11-tool");
+        c.env("SOFTHSM2_CONF", self.dir.path().join("hsm/softhsm2.conf"))
+            .args([
+                "--module",
+                "/usr/lib/softhsm/libsofthsm2.so",
+                "--token-label",
+                "ecert",
+                "--login",
+                "--pin",
+            ])
+            .arg(pin.trim())
+            .arg("--list-objects")
+            .args(extra);
+        let o = run_with_timeout(c, TIMEOUT, "pkcs11-tool");
+        assert!(
+            o.status.success(),
+            "pkcs11-tool (package opensc) failed; run ops/test\n{}",
+            show(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// Everything in the database as SQL text, the way an attacker with a stolen backup sees it:
     /// SQLite's `iterdump` (blobs as `X'..'` hex), or `pg_dump --data-only`.
     pub fn dump_database(&self) -> String {

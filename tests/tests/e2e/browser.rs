@@ -5,7 +5,7 @@
 //! passphrase and whose certificate verifies against the chain; the citizen revokes online and
 //! OCSP says revoked. A screenshot of every step is kept in target/e2e-screenshots/.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ecert_e2e::webdriver::Chrome;
@@ -20,6 +20,36 @@ fn screenshots(name: &str) -> PathBuf {
     target
         .join("e2e-screenshots")
         .join(format!("{name}-{:?}", test_db()).to_lowercase())
+}
+
+/// Opens a PKCS#12 with `openssl pkcs12` and the key's passphrase: its PEM dump (key and
+/// certificates, with bag attributes) and the first certificate in its own file.
+fn open_pkcs12(ca: &Ca, p12: &Path, name: &str) -> (String, PathBuf) {
+    let dump = ca.file(&format!("p12-{name}.pem"));
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "pkcs12",
+            "-in",
+            p12.to_str().unwrap(),
+            "-passin",
+            "pass:key file passphrase",
+            "-nodes",
+            "-out",
+            dump.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "openssl cannot open the browser's PKCS#12: {}",
+        show(&o)
+    );
+    let pems = std::fs::read_to_string(&dump).unwrap();
+    let first = pems.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let end = pems[first..].find("-----END CERTIFICATE-----").unwrap() + first + 25;
+    let leaf = ca.file(&format!("leaf-{name}.pem"));
+    std::fs::write(&leaf, &pems[first..end]).unwrap();
+    (pems, leaf)
 }
 
 fn js_str(s: &str) -> String {
@@ -201,25 +231,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     b.click("#download-p12");
     let p12 = b.download(".p12");
     b.screenshot("pkcs12-downloaded");
-    let dump = ca.file("p12.pem");
-    let o = openssl(
-        ca.data_dir(),
-        &[
-            "pkcs12",
-            "-in",
-            p12.to_str().unwrap(),
-            "-passin",
-            "pass:key file passphrase",
-            "-nodes",
-            "-out",
-            dump.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "openssl cannot open the browser's PKCS#12: {}",
-        show(&o)
-    );
+    let (pems, leaf) = open_pkcs12(&ca, &p12, "first");
     let wrong = std::process::Command::new("openssl")
         .args([
             "pkcs12",
@@ -237,31 +249,24 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         "the PKCS#12 opens with a wrong passphrase"
     );
     // Its certificate verifies against the chain and carries the key's public half.
-    let pems = std::fs::read_to_string(&dump).unwrap();
     // Key and certificate are paired for keychain importers (localKeyID) and named.
     assert!(pems.matches("localKeyID:").count() >= 2, "{pems}");
     assert!(
         pems.contains(&format!("friendlyName: e-Cert {reference}")),
         "{pems}"
     );
-    let leaf = ca.file("leaf.pem");
-    let first = pems.find("-----BEGIN CERTIFICATE-----").unwrap();
-    let end = pems[first..].find("-----END CERTIFICATE-----").unwrap() + first + 25;
-    std::fs::write(&leaf, &pems[first..end]).unwrap();
     let root = ca.export("root");
     let individual = ca.export("individual");
-    let o = openssl(
-        ca.data_dir(),
-        &[
-            "verify",
-            "-CAfile",
-            root.path.to_str().unwrap(),
-            "-untrusted",
-            individual.path.to_str().unwrap(),
-            leaf.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", show(&o));
+    let verify = |leaf: &Path, ctx: &str| {
+        openssl_verify(
+            &root.path,
+            &[&individual.path],
+            leaf,
+            Some("smimesign"),
+            ctx,
+        )
+    };
+    verify(&leaf, "the PKCS#12's certificate");
     let cert_pub = openssl(
         ca.data_dir(),
         &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
@@ -269,7 +274,12 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     .stdout;
     let key_pub = openssl(
         ca.data_dir(),
-        &["pkey", "-in", dump.to_str().unwrap(), "-pubout"],
+        &[
+            "pkey",
+            "-in",
+            ca.file("p12-first.pem").to_str().unwrap(),
+            "-pubout",
+        ],
     )
     .stdout;
     assert_eq!(
@@ -301,38 +311,8 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     b.fill("#p12-passphrase", "key file passphrase");
     b.click("#download-p12");
     let p12 = b.download(".p12");
-    let dump2 = ca.file("p12-renewed.pem");
-    let o = openssl(
-        ca.data_dir(),
-        &[
-            "pkcs12",
-            "-in",
-            p12.to_str().unwrap(),
-            "-passin",
-            "pass:key file passphrase",
-            "-nodes",
-            "-out",
-            dump2.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", show(&o));
-    let pems = std::fs::read_to_string(&dump2).unwrap();
-    let first = pems.find("-----BEGIN CERTIFICATE-----").unwrap();
-    let end = pems[first..].find("-----END CERTIFICATE-----").unwrap() + first + 25;
-    let leaf = ca.file("leaf-renewed.pem");
-    std::fs::write(&leaf, &pems[first..end]).unwrap();
-    let o = openssl(
-        ca.data_dir(),
-        &[
-            "verify",
-            "-CAfile",
-            root.path.to_str().unwrap(),
-            "-untrusted",
-            individual.path.to_str().unwrap(),
-            leaf.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", show(&o));
+    let (_, leaf) = open_pkcs12(&ca, &p12, "renewed");
+    verify(&leaf, "the renewed PKCS#12's certificate");
     let second_serial = String::from_utf8_lossy(
         &openssl(
             ca.data_dir(),

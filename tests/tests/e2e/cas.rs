@@ -195,26 +195,7 @@ fn pins_and_data_dir_are_private() {
 #[test]
 fn init_keys_are_sensitive_never_extractable_sign_only() {
     let ca = Ca::init();
-    let pin = std::fs::read_to_string(ca.data_dir().join("hsm/user.pin")).unwrap();
-    let mut c = std::process::Command::new("pkcs11-tool");
-    c.env("SOFTHSM2_CONF", ca.data_dir().join("hsm/softhsm2.conf"))
-        .args([
-            "--module",
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "--token-label",
-            "ecert",
-            "--login",
-            "--pin",
-        ])
-        .arg(pin.trim())
-        .args(["--list-objects", "--type", "privkey"]);
-    let o = run_with_timeout(c, std::time::Duration::from_secs(60), "pkcs11-tool");
-    assert!(
-        o.status.success(),
-        "pkcs11-tool (package opensc) failed; run ops/test\n{}",
-        show(&o)
-    );
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let text = ca.pkcs11_objects(&["--type", "privkey"]);
     let objects: Vec<&str> = text.split("Private Key Object").skip(1).collect();
     let labels = [
         "ecert-root-ca",

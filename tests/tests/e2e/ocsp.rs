@@ -735,22 +735,7 @@ fn a_failed_rotation_leaves_no_key_in_the_hsm() {
         "the failpoint did not fire\n{}",
         show(&o)
     );
-    let pin = std::fs::read_to_string(ca.data_dir().join("hsm/user.pin")).unwrap();
-    let mut c = std::process::Command::new("pkcs11-tool");
-    c.env("SOFTHSM2_CONF", ca.data_dir().join("hsm/softhsm2.conf"))
-        .args([
-            "--module",
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "--token-label",
-            "ecert",
-            "--login",
-            "--pin",
-        ])
-        .arg(pin.trim())
-        .arg("--list-objects");
-    let o = run_with_timeout(c, Duration::from_secs(60), "pkcs11-tool");
-    assert!(o.status.success(), "{}", show(&o));
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let text = ca.pkcs11_objects(&[]);
     assert!(
         text.contains("ecert-individual-ca"),
         "the listing is not of the CA's token:\n{text}"
@@ -761,21 +746,6 @@ fn a_failed_rotation_leaves_no_key_in_the_hsm() {
     );
     // And a rotation that succeeds makes exactly one.
     ca.ecert_ok(&["ocsp", "rotate", "--ca", "individual"]);
-    let mut c = std::process::Command::new("pkcs11-tool");
-    c.env("SOFTHSM2_CONF", ca.data_dir().join("hsm/softhsm2.conf"))
-        .args([
-            "--module",
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "--token-label",
-            "ecert",
-            "--login",
-            "--pin",
-        ])
-        .arg(pin.trim())
-        .args(["--list-objects", "--type", "privkey"]);
-    let text = String::from_utf8_lossy(
-        &run_with_timeout(c, Duration::from_secs(60), "pkcs11-tool").stdout,
-    )
-    .to_string();
+    let text = ca.pkcs11_objects(&["--type", "privkey"]);
     assert_eq!(text.matches("ocsp-individual-").count(), 1, "{text}");
 }

@@ -379,18 +379,13 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     std::fs::write(&cert, &r.body).unwrap();
     let root = ca.export("root");
     let individual = ca.export("individual");
-    let o = openssl(
-        ca.data_dir(),
-        &[
-            "verify",
-            "-CAfile",
-            root.path.to_str().unwrap(),
-            "-untrusted",
-            individual.path.to_str().unwrap(),
-            cert.to_str().unwrap(),
-        ],
+    openssl_verify(
+        &root.path,
+        &[&individual.path],
+        &cert,
+        Some("smimesign"),
+        "RA-issued personal certificate",
     );
-    assert!(o.status.success(), "{}", show(&o));
     pkilint(
         "lint_cabf_smime_cert",
         &["-d"],
