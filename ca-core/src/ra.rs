@@ -2342,17 +2342,44 @@ mod journey {
     use super::*;
     use crate::authority::test_ca_with;
 
-    fn csr() -> Vec<u8> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    /// A CSR for `key`.
+    pub(super) fn csr_for(key: &rcgen::KeyPair) -> Vec<u8> {
         rcgen::CertificateParams::new(Vec::<String>::new())
             .unwrap()
-            .serialize_request(&key)
+            .serialize_request(key)
             .unwrap()
             .der()
             .to_vec()
     }
 
-    async fn staff(
+    fn csr() -> Vec<u8> {
+        csr_for(&rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap())
+    }
+
+    /// An application for `hkid` with `key`'s CSR, e-mail confirmed, identity checked and fee
+    /// recorded by `clerk`: ready for a decision.
+    pub(super) async fn ready_for_approval(
+        auth: &Authority,
+        clerk: &StaffSession,
+        hkid: &Hkid,
+        key: &rcgen::KeyPair,
+    ) -> Submitted {
+        let mut form = application(hkid);
+        form.csr = csr_for(key);
+        let sub = submit(auth, form).await.unwrap();
+        confirm_email(auth.store(), &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        record_fee(auth, clerk, &sub.id, 5_000, "cash", "R")
+            .await
+            .unwrap();
+        sub
+    }
+
+    pub(super) async fn staff(
         auth: &Authority,
         name: &str,
         outlet: &str,
@@ -2375,7 +2402,12 @@ mod journey {
     }
 
     /// Signs in at a given step, so several sign-ins in one test each use a fresh code.
-    async fn signed_in(auth: &Authority, name: &str, secret: &[u8], step: i64) -> StaffSession {
+    pub(super) async fn signed_in(
+        auth: &Authority,
+        name: &str,
+        secret: &[u8],
+        step: i64,
+    ) -> StaffSession {
         sqlx::query("UPDATE staff SET totp_last_step = $2 WHERE username = $1")
             .bind(name)
             .bind(now() / crate::totp::STEP - 2 + step)
@@ -2389,7 +2421,7 @@ mod journey {
             .session
     }
 
-    fn application(hkid: &Hkid) -> NewApplication {
+    pub(super) fn application(hkid: &Hkid) -> NewApplication {
         NewApplication {
             profile: "personal".into(),
             surname: "Chan".into(),
@@ -2639,19 +2671,11 @@ mod journey {
             .unwrap();
         let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
         let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
-        let hkid = crate::hkid::synthetic("XA", 120_394);
-        let sub = submit(&auth, application(&hkid)).await.unwrap();
-        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
-            .await
-            .unwrap();
         let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
         let sup = signed_in(&auth, "super1", &s2, 0).await;
-        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
-            .await
-            .unwrap();
-        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-2")
-            .await
-            .unwrap();
+        let hkid = crate::hkid::synthetic("XA", 120_394);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let sub = ready_for_approval(&auth, &clerk, &hkid, &key).await;
         assert!(matches!(
             decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
                 .await
@@ -2748,14 +2772,6 @@ mod journey {
             .unwrap();
         let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr_for = |k: &rcgen::KeyPair| {
-            rcgen::CertificateParams::new(Vec::<String>::new())
-                .unwrap()
-                .serialize_request(k)
-                .unwrap()
-                .der()
-                .to_vec()
-        };
         let hkid = crate::hkid::synthetic("Z", 31_337);
         let mut form = application(&hkid);
         form.csr = csr_for(&key);
@@ -2831,27 +2847,11 @@ mod journey {
             .await
             .unwrap();
         let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .der()
-            .to_vec();
-        let hkid = crate::hkid::synthetic("Z", 4_242);
-        let mut form = application(&hkid);
-        form.csr = csr.clone();
-        let sub = submit(&auth, form).await.unwrap();
-        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
-            .await
-            .unwrap();
         let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
-        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
-            .await
-            .unwrap();
-        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-8")
-            .await
-            .unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = csr_for(&key);
+        let hkid = crate::hkid::synthetic("Z", 4_242);
+        let sub = ready_for_approval(&auth, &clerk, &hkid, &key).await;
         decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
             .await
             .unwrap();
@@ -2874,19 +2874,11 @@ mod journey {
             .unwrap();
         let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
         let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
-        let hkid = crate::hkid::synthetic("Z", 1);
-        let sub = submit(&auth, application(&hkid)).await.unwrap();
-        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
-            .await
-            .unwrap();
         let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
         let sup = signed_in(&auth, "super1", &s2, 0).await;
-        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
-            .await
-            .unwrap();
-        record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-3")
-            .await
-            .unwrap();
+        let hkid = crate::hkid::synthetic("Z", 1);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let sub = ready_for_approval(&auth, &clerk, &hkid, &key).await;
         assert!(matches!(
             decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
                 .await
@@ -2962,6 +2954,7 @@ mod journey {
 
 #[cfg(test)]
 mod review_fixes {
+    use super::journey::{ready_for_approval, signed_in, staff};
     use super::*;
     use crate::authority::test_ca_with;
 
@@ -2971,43 +2964,8 @@ mod review_fixes {
         key: &rcgen::KeyPair,
         n: u32,
     ) -> (Submitted, String) {
-        let store = auth.store();
         let hkid = crate::hkid::synthetic("Y", n);
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(key)
-            .unwrap()
-            .der()
-            .to_vec();
-        let sub = submit(
-            auth,
-            NewApplication {
-                profile: "personal".into(),
-                surname: "Wong".into(),
-                given_name: "Siu Ming".into(),
-                email: "sm.wong@example.hk".into(),
-                hkid: hkid.expose().into(),
-                date_of_birth: "1975-01-01".into(),
-                phone: "+852 2000 0000".into(),
-                address: "3 Queen's Road, Central".into(),
-                outlet: "gpo".into(),
-                revocation_secret: "my revocation words".into(),
-                csr,
-                language: "en".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        confirm_email(store, &sub.reference, &sub.secret, &sub.email_code)
-            .await
-            .unwrap();
-        check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true)
-            .await
-            .unwrap();
-        record_fee(auth, clerk, &sub.id, 5_000, "cash", "R")
-            .await
-            .unwrap();
+        let sub = ready_for_approval(auth, clerk, &hkid, key).await;
         let Decided::Issued { serial, .. } = decide(auth, clerk, &sub.id, 1, Decision::Approve)
             .await
             .unwrap()
@@ -3018,29 +2976,8 @@ mod review_fixes {
     }
 
     async fn session_of(auth: &Authority, name: &str, role: Role) -> StaffSession {
-        let (_, secret) = create_staff(
-            auth.store(),
-            &auth.pii().unwrap(),
-            &NewStaff {
-                username: name,
-                display_name: name,
-                outlet: "gpo",
-                role,
-                password: "a password of some length",
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-        sign_in(
-            auth,
-            name,
-            "a password of some length",
-            &crate::totp::code_at(&secret, now()),
-        )
-        .await
-        .unwrap()
-        .session
+        let (_, secret) = staff(auth, name, "gpo", role).await;
+        signed_in(auth, name, &secret, 0).await
     }
 
     /// A mismatch after a match withdraws the identity check; two clerks are not dual control;
@@ -3063,12 +3000,7 @@ mod review_fixes {
         // Identity: match, then mismatch → approval blocked again.
         let hkid = crate::hkid::synthetic("X", 1);
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .der()
-            .to_vec();
+        let csr = super::journey::csr_for(&key);
         let sub = submit(
             &auth,
             NewApplication {
@@ -3147,12 +3079,7 @@ mod review_fixes {
         // Renewal with a stale mailbox: refused until a new code is confirmed; revoking the
         // renewal revokes its predecessor; privilegeWithdrawn is the CA's.
         let (sub2, first) = issued_app(&auth, &clerk, &key, 3).await;
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .der()
-            .to_vec();
+        let csr = super::journey::csr_for(&key);
         sqlx::query("UPDATE applications SET email_confirmed_at = email_confirmed_at - 31 * 86400, email_code_expires = 0 WHERE id = $1").bind(&sub2.id).execute(store.pool()).await.unwrap();
         let e = renew_online(&auth, &sub2.reference, &sub2.secret, &csr)
             .await
