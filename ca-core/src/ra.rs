@@ -3134,29 +3134,7 @@ mod review_fixes {
         }
 
         // Two clerks are not dual control.
-        let (_, s2) = create_staff(
-            &store,
-            &auth.pii().unwrap(),
-            &NewStaff {
-                username: "clerk2",
-                display_name: "c2",
-                outlet: "gpo",
-                role: Role::Clerk,
-                password: "a password of some length",
-            },
-            "t",
-        )
-        .await
-        .unwrap();
-        let clerk2 = sign_in(
-            &auth,
-            "clerk2",
-            "a password of some length",
-            &crate::totp::code_at(&s2, now()),
-        )
-        .await
-        .unwrap()
-        .session;
+        let clerk2 = session_of(&auth, "clerk2", Role::Clerk).await;
         sqlx::query("UPDATE applications SET profile = 'organisational' WHERE id = $1")
             .bind(&sub.id)
             .execute(store.pool())
@@ -3267,20 +3245,7 @@ mod review_fixes {
         ensure_outlet(&store, "gpo", "GPO", "郵政總局")
             .await
             .unwrap();
-        let (_, secret) = create_staff(
-            &store,
-            &auth.pii().unwrap(),
-            &NewStaff {
-                username: "clerk1",
-                display_name: "c1",
-                outlet: "gpo",
-                role: Role::Clerk,
-                password: "a password of some length",
-            },
-            "t",
-        )
-        .await
-        .unwrap();
+        let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
         let signed = sign_in(
             &auth,
             "clerk1",
