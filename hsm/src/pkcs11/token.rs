@@ -224,41 +224,8 @@ impl Token {
     /// operators can prove that.
     pub fn read_private_value(&self, label: &str) -> Result<Vec<u8>, Error> {
         self.run(false, |p| {
-            let session = &p.session;
-            let handle = one_private(session, label)?;
-            let info = session
-                .get_attribute_info(handle, &[AttributeType::Value])
-                .map_err(|e| failure("C_GetAttributeValue", e))?;
-            match info.first() {
-                Some(AttributeInfo::Available(_)) => {}
-                Some(AttributeInfo::Sensitive) => {
-                    return Err(Failure::Fatal(Error::Pkcs11 {
-                        function: "C_GetAttributeValue".into(),
-                        detail: "AttributeSensitive: the token refuses to reveal CKA_VALUE".into(),
-                    }))
-                }
-                other => {
-                    return Err(Failure::Fatal(Error::Pkcs11 {
-                        function: "C_GetAttributeValue".into(),
-                        detail: format!("CKA_VALUE is not available: {other:?}"),
-                    }))
-                }
-            }
-            let attrs = session
-                .get_attributes(handle, &[AttributeType::Value])
-                .map_err(|e| failure("C_GetAttributeValue", e))?;
-            attrs
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::Value(v) => Some(v),
-                    _ => None,
-                })
-                .ok_or_else(|| {
-                    Failure::Fatal(Error::Pkcs11 {
-                        function: "C_GetAttributeValue".into(),
-                        detail: "the token returned no CKA_VALUE".into(),
-                    })
-                })
+            let handle = one_private(&p.session, label)?;
+            read_value(&p.session, handle)
         })
     }
 
@@ -875,6 +842,44 @@ impl std::fmt::Debug for Pkcs11Secret {
     }
 }
 
+/// `CKA_VALUE` of an object; [`Error::Pkcs11`] naming `AttributeSensitive` when the token
+/// refuses to reveal it (as it must for every key ecert makes).
+fn read_value(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>, Failure> {
+    let info = session
+        .get_attribute_info(handle, &[AttributeType::Value])
+        .map_err(|e| failure("C_GetAttributeValue", e))?;
+    match info.first() {
+        Some(AttributeInfo::Available(_)) => {}
+        Some(AttributeInfo::Sensitive) => {
+            return Err(Failure::Fatal(Error::Pkcs11 {
+                function: "C_GetAttributeValue".into(),
+                detail: "AttributeSensitive: the token refuses to reveal CKA_VALUE".into(),
+            }))
+        }
+        other => {
+            return Err(Failure::Fatal(Error::Pkcs11 {
+                function: "C_GetAttributeValue".into(),
+                detail: format!("CKA_VALUE is not available: {other:?}"),
+            }))
+        }
+    }
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::Value])
+        .map_err(|e| failure("C_GetAttributeValue", e))?;
+    attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Failure::Fatal(Error::Pkcs11 {
+                function: "C_GetAttributeValue".into(),
+                detail: "the token returned no CKA_VALUE".into(),
+            })
+        })
+}
+
 fn find_secret_in(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, Failure> {
     let found = session
         .find_objects(&[
@@ -965,22 +970,7 @@ impl Token {
     pub fn read_secret_value(&self, label: &str) -> Result<Vec<u8>, Error> {
         self.run(false, |p| {
             let handle = one_secret(&p.session, label)?;
-            let attrs = p
-                .session
-                .get_attributes(handle, &[AttributeType::Value])
-                .map_err(|e| failure("C_GetAttributeValue", e))?;
-            attrs
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::Value(v) => Some(v),
-                    _ => None,
-                })
-                .ok_or_else(|| {
-                    Failure::Fatal(Error::Pkcs11 {
-                        function: "C_GetAttributeValue".into(),
-                        detail: "AttributeSensitive: the token refuses to reveal CKA_VALUE".into(),
-                    })
-                })
+            read_value(&p.session, handle)
         })
     }
 
