@@ -26,6 +26,34 @@ pub struct Config {
     pub crl: CrlConfig,
     /// The registration authority (citizen and staff pages).
     pub ra: RaConfig,
+    /// Domain control validation and CAA for server certificates.
+    pub dcv: DcvConfig,
+}
+
+/// Domain control validation (TLS BR §3.2.2.4.7) and CAA checking (TLS BR §3.2.2.8) for server
+/// applications (docs/RA.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DcvConfig {
+    /// The recursive resolver asked: `system` (the host's `/etc/resolv.conf`) or `IP:PORT`. It
+    /// must validate DNSSEC (TLS BR §3.2.2.8.1), e.g. a local Unbound; ecert trusts its answers
+    /// and treats SERVFAIL (which a validating resolver returns for bogus data) as a failure.
+    pub resolver: String,
+    /// The Issuer Domain Names this CA recognises in CAA `issue` records (RFC 8659 §4.2), as
+    /// its CPS §4.2 names them. Empty: a domain with any `issue` record forbids issuance.
+    pub caa_identities: Vec<String>,
+    /// Per-query timeout, in seconds.
+    pub timeout_seconds: u32,
+}
+
+impl Default for DcvConfig {
+    fn default() -> Self {
+        DcvConfig {
+            resolver: "system".into(),
+            caa_identities: Vec::new(),
+            timeout_seconds: 5,
+        }
+    }
 }
 
 /// The registration authority (docs/RA.md).
@@ -210,6 +238,7 @@ impl Default for Config {
             ocsp: OcspConfig::default(),
             crl: CrlConfig::default(),
             ra: RaConfig::default(),
+            dcv: DcvConfig::default(),
         }
     }
 }
@@ -269,6 +298,9 @@ impl Config {
         if let Some(v) = env("ECERT_BASE_URL") {
             cfg.ca.base_url = v;
         }
+        if let Some(v) = env("ECERT_DNS_RESOLVER") {
+            cfg.dcv.resolver = v;
+        }
         if let Some(v) = env("ECERT_SMTP") {
             cfg.ra.smtp = v;
         }
@@ -284,6 +316,17 @@ impl Config {
 
     /// Checks what can be checked without touching the HSM or the database.
     pub fn validate(&self) -> Result<()> {
+        if self.dcv.resolver != "system"
+            && self.dcv.resolver.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Error::Config(format!(
+                "dcv.resolver must be \"system\" or IP:PORT, got {:?}",
+                self.dcv.resolver
+            )));
+        }
+        if !(1..=60).contains(&self.dcv.timeout_seconds) {
+            return Err(Error::Config("dcv.timeout_seconds must be 1 to 60".into()));
+        }
         let url = self.ca.base_url.trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
             return Err(Error::Config(format!(

@@ -112,6 +112,12 @@ pub enum Error {
     /// The signed-in staff member's role does not allow this.
     #[error("not allowed: {0}")]
     Forbidden(String),
+    /// A DNS lookup for domain validation or CAA failed (not "no such record").
+    #[error("DNS lookup failed: {0}")]
+    Dns(String),
+    /// CAA records forbid this CA to issue for a name (TLS BR §3.2.2.8).
+    #[error("CAA forbids issuance for {domain}: {reason}")]
+    CaaForbids { domain: String, reason: String },
     /// File or lock IO.
     #[error("{context}: {source}")]
     Io {

@@ -27,6 +27,7 @@ pub mod authority;
 pub mod config;
 pub mod crl;
 pub mod csr;
+pub mod dcv;
 pub mod error;
 pub mod ext;
 pub mod hkid;

@@ -22,7 +22,7 @@ use crate::csr::VerifiedCsr;
 use crate::error::{Error, Result};
 use crate::hkid::Hkid;
 use crate::pii::Field;
-use crate::profile::{Profile, SubjectData};
+use crate::profile::{Profile, ProfileKind, SubjectData};
 use crate::serial::SerialNumber;
 use crate::store::Store;
 
@@ -46,6 +46,11 @@ fn sha256(parts: &[&[u8]]) -> Vec<u8> {
         h.update(p);
     }
     h.finalize().to_vec()
+}
+
+/// A Random Value for domain validation: 128 bits (TLS BR §1.6.1 asks for at least 112).
+fn dcv_token() -> String {
+    random_base32(16).to_ascii_lowercase()
 }
 
 fn random_base32(bytes: usize) -> String {
@@ -100,9 +105,13 @@ fn check_len(field: &'static str, v: &str, min: usize, max: usize) -> Result<()>
 // Citizens.
 
 /// An application as typed into the form (or by a clerk from a paper form).
+///
+/// The personal fields (names, HKID, date of birth, phone, address) are those of the person who
+/// proves their identity at the counter: the citizen for `personal`; the organisation's
+/// Authorised Representative for `organisational`, `encipherment` and `server`.
 #[derive(Clone, Default)]
 pub struct NewApplication {
-    /// Profile id (online: `personal`).
+    /// Profile id: `personal`, `organisational`, `encipherment` or `server`.
     pub profile: String,
     /// Surname as on the identity card (Latin letters).
     pub surname: String,
@@ -133,6 +142,47 @@ pub struct NewApplication {
     /// The member of staff who entered it (a walk-in or bulk application), for the audit
     /// trail; `None` when the citizen applied online.
     pub entered_by: Option<String>,
+    /// Organisation name as registered (organisational, encipherment, server).
+    pub organization: String,
+    /// Hong Kong Business Registration number, 8 digits (organisational, encipherment, server).
+    pub org_id: String,
+    /// organisational: the Authorised User's surname, put in the certificate.
+    pub user_surname: String,
+    /// organisational: the Authorised User's given names.
+    pub user_given_name: String,
+    /// server: the DNS names (at most 50, no wildcards).
+    pub dns_names: Vec<String>,
+}
+
+/// The profiles an application may be made for (online or at the counter).
+pub const APPLICATION_PROFILES: &[&str] = &["personal", "organisational", "encipherment", "server"];
+
+/// Checks a Hong Kong Business Registration number: the 8 digits that begin a Business
+/// Registration Certificate number (spaces and hyphens allowed as typed). No check digit is
+/// published, so only the form is checked; the clerk compares it with the certificate.
+pub fn business_registration_number(typed: &str) -> Result<String> {
+    let digits: String = typed.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+    if digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(digits)
+    } else {
+        Err(invalid(
+            "org_id",
+            "the business registration number has 8 digits",
+        ))
+    }
+}
+
+/// Normalises the DNS names of a server application: trimmed, lower case, no trailing dot,
+/// each once, in the order given.
+fn dns_names(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let n = n.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !n.is_empty() && !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 // Personal data: `Debug` names the type only.
@@ -192,20 +242,76 @@ fn validate(
     {
         return Err(invalid("phone", "8 to 15 digits"));
     }
-    let subject = SubjectData {
-        surname: Some(a.surname.trim().to_uppercase()),
-        given_name: Some(a.given_name.trim().to_string()),
-        emails: vec![a.email.trim().to_string()],
-        ..Default::default()
-    };
+    let subject = subject_of(profile.kind, a)?;
     // The same checks as at issuance, now, so the applicant can fix the form.
+    let field = match profile.kind {
+        ProfileKind::Personal | ProfileKind::Encipherment => "email",
+        ProfileKind::Organisational => "user_surname",
+        ProfileKind::Server => "dns_names",
+    };
     let subject = profile
         .check(&subject, None, time::OffsetDateTime::now_utc())
         .map_err(|e| match e {
-            Error::Profile { reason, .. } => invalid("email", reason),
+            Error::Profile { reason, .. } => invalid(field, reason),
             other => other,
         })?;
     Ok((hkid, subject, profile))
+}
+
+/// The certificate's subject data from an application, by profile: the citizen
+/// (personal); the Authorised User and the organisation (organisational); the organisation and
+/// its mailbox (encipherment); the organisation and the DNS names (server; the e-mail there is
+/// only for contact).
+fn subject_of(kind: ProfileKind, a: &NewApplication) -> Result<SubjectData> {
+    let organisation = || -> Result<(String, String)> {
+        check_len("organization", &a.organization, 1, 64)?;
+        Ok((
+            a.organization.trim().to_string(),
+            business_registration_number(&a.org_id)?,
+        ))
+    };
+    Ok(match kind {
+        ProfileKind::Personal => SubjectData {
+            surname: Some(a.surname.trim().to_uppercase()),
+            given_name: Some(a.given_name.trim().to_string()),
+            emails: vec![a.email.trim().to_string()],
+            ..Default::default()
+        },
+        ProfileKind::Organisational => {
+            let (org, br) = organisation()?;
+            check_len("user_surname", &a.user_surname, 1, 40)?;
+            check_len("user_given_name", &a.user_given_name, 1, 60)?;
+            SubjectData {
+                surname: Some(a.user_surname.trim().to_uppercase()),
+                given_name: Some(a.user_given_name.trim().to_string()),
+                emails: vec![a.email.trim().to_string()],
+                organization: Some(org),
+                org_id: Some(br),
+                ..Default::default()
+            }
+        }
+        ProfileKind::Encipherment => {
+            let (org, br) = organisation()?;
+            SubjectData {
+                emails: vec![a.email.trim().to_string()],
+                organization: Some(org),
+                org_id: Some(br),
+                ..Default::default()
+            }
+        }
+        ProfileKind::Server => {
+            let (org, _) = organisation()?;
+            let names = dns_names(&a.dns_names);
+            if names.iter().any(|n| n.starts_with("*.")) {
+                return Err(invalid("dns_names", "wildcard names are not issued"));
+            }
+            SubjectData {
+                organization: Some(org),
+                dns_names: names,
+                ..Default::default()
+            }
+        }
+    })
 }
 
 /// Accepts an application: validates every field, checks the CSR's proof of possession and key
@@ -214,13 +320,20 @@ fn validate(
 pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     let vault = auth.pii()?;
     let store = auth.store();
-    if a.profile != "personal" {
+    if !APPLICATION_PROFILES.contains(&a.profile.as_str()) {
         return Err(invalid(
             "profile",
-            "organisational and server certificates are completed at the counter",
+            "personal, organisational, encipherment or server",
         ));
     }
-    let (hkid, subject, _) = validate(&a, time::OffsetDateTime::now_utc().date())?;
+    let (hkid, subject, profile) = validate(&a, time::OffsetDateTime::now_utc().date())?;
+    // The contact mailbox of a server application (not in the certificate) is checked too.
+    if profile.kind == ProfileKind::Server {
+        check_len("email", &a.email, 3, 254)?;
+        if !a.email.contains('@') {
+            return Err(invalid("email", "an e-mail address"));
+        }
+    }
     let csr = VerifiedCsr::parse(&a.csr)?;
     let _ = csr;
     if !["en", "zh-HK"].contains(&a.language.as_str()) {
@@ -258,10 +371,10 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     .bind(&a.profile)
     .bind(&a.outlet)
     .bind(&a.language)
-    .bind(subject.surname.clone().unwrap_or_default())
-    .bind(subject.given_name.clone().unwrap_or_default())
+    .bind(a.surname.trim().to_uppercase())
+    .bind(a.given_name.trim())
     .bind(a.name_zh.trim())
-    .bind(subject.emails.first().cloned().unwrap_or_default())
+    .bind(a.email.trim())
     .bind(vault.seal(Field::Hkid, &id, hkid.expose())?)
     .bind(hkid_index.to_vec())
     .bind(vault.seal(Field::DateOfBirth, &id, &a.date_of_birth)?)
@@ -275,6 +388,23 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     .bind(t + i64::from(auth.config().ra.email_code_minutes) * 60)
     .execute(&mut *tx)
     .await?;
+    if profile.kind != ProfileKind::Personal {
+        let server = profile.kind == ProfileKind::Server;
+        sqlx::query(
+            "UPDATE applications SET organization = $2, org_id = $3, user_surname = $4, user_given_name = $5, \
+             dns_names = $6, dcv_token = $7, dcv_token_at = $8 WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(subject.organization.clone())
+        .bind(business_registration_number(&a.org_id)?)
+        .bind(if profile.kind == ProfileKind::Organisational { subject.surname.clone() } else { None })
+        .bind(if profile.kind == ProfileKind::Organisational { subject.given_name.clone() } else { None })
+        .bind(server.then(|| subject.dns_names.join(" ")))
+        .bind(server.then(dcv_token))
+        .bind(server.then_some(t))
+        .execute(&mut *tx)
+        .await?;
+    }
     store
         .audit(
             &mut tx,
@@ -295,7 +425,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         reference,
         secret,
         email_code: code,
-        email: subject.emails.first().cloned().unwrap_or_default(),
+        email: a.email.trim().to_string(),
     })
 }
 
@@ -446,6 +576,10 @@ pub struct CitizenView {
     pub rejected_reason: Option<String>,
     /// A code has been sent and not yet entered.
     pub code_pending: bool,
+    /// server: the Random Value to publish, and each DNS name's validation.
+    pub dcv_token: Option<String>,
+    /// server: each DNS name and its validation.
+    pub domains: Vec<DomainStatus>,
 }
 
 /// Where an application stands, as the citizen and staff see it.
@@ -490,7 +624,10 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
     .fetch_one(store.pool())
     .await?;
     let approvals = valid_approvals(store, &id, r.try_get(7)?).await?;
+    let (dcv_token, domains) = domain_status(store, &id).await?;
     Ok(CitizenView {
+        dcv_token,
+        domains,
         reference: r.try_get(0)?,
         profile: r.try_get(1)?,
         status: status_of(
@@ -635,6 +772,12 @@ pub async fn renew_online(
     .ok_or_else(|| Error::Conflict("no certificate has been issued yet".into()))?;
     let old: String = r.try_get(0)?;
     let profile: String = r.try_get(1)?;
+    if Profile::get(&profile)?.kind == ProfileKind::Server {
+        return Err(Error::Conflict(
+            "a server certificate is renewed by a new application: its domains are validated again"
+                .into(),
+        ));
+    }
     let key_fp: Vec<u8> = r.try_get(2)?;
     if r.try_get::<Option<i64>, _>(4)?.is_some() {
         return Err(Error::Conflict(
@@ -1231,6 +1374,16 @@ pub struct StaffView {
     pub certificate: Option<String>,
     /// Why it was rejected.
     pub rejected_reason: Option<String>,
+    /// The organisation and its business registration number (not personal).
+    pub organization: Option<(String, String)>,
+    /// organisational: the Authorised User named in the certificate.
+    pub authorised_user: Option<String>,
+    /// Whether the organisation's documents were checked for this version.
+    pub organisation_checked: bool,
+    /// server: the Random Value the applicant publishes.
+    pub dcv_token: Option<String>,
+    /// server: each DNS name and its validation.
+    pub domains: Vec<DomainStatus>,
 }
 
 async fn staff_owned(store: &Store, staff: &StaffSession, id: &str) -> Result<sqlx::any::AnyRow> {
@@ -1238,7 +1391,8 @@ async fn staff_owned(store: &Store, staff: &StaffSession, id: &str) -> Result<sq
     sqlx::query(
         "SELECT id, reference, profile, version, state, surname, given_name, name_zh, email, email_confirmed_at, \
          hkid_sealed, dob_sealed, phone_sealed, address_sealed, identity_version, fee_amount, fee_method, fee_receipt, \
-         hkid_index, certificate, rejected_reason, csr FROM applications WHERE id = $1 AND outlet = $2",
+         hkid_index, certificate, rejected_reason, csr, organization, org_id, user_surname, user_given_name, \
+         dns_names, dcv_token, dcv_token_at, org_checked_version FROM applications WHERE id = $1 AND outlet = $2",
     )
     .bind(id)
     .bind(&staff.outlet)
@@ -1291,6 +1445,7 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
     .collect::<std::result::Result<Vec<_>, _>>()?;
     let profile: String = r.try_get(2)?;
     let amount: Option<i64> = r.try_get(15)?;
+    let (dcv_token, domains) = domain_status(store, id).await?;
     Ok(StaffView {
         id: id.to_string(),
         reference: r.try_get(1)?,
@@ -1331,6 +1486,23 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
         approvals,
         certificate: r.try_get(19)?,
         rejected_reason: r.try_get(20)?,
+        organization: match (
+            r.try_get::<Option<String>, _>(22)?,
+            r.try_get::<Option<String>, _>(23)?,
+        ) {
+            (Some(o), Some(br)) => Some((o, br)),
+            _ => None,
+        },
+        authorised_user: match (
+            r.try_get::<Option<String>, _>(24)?,
+            r.try_get::<Option<String>, _>(25)?,
+        ) {
+            (Some(s), Some(g)) => Some(format!("{s} {g}")),
+            _ => None,
+        },
+        organisation_checked: r.try_get::<Option<i64>, _>(29)? == Some(version),
+        dcv_token,
+        domains,
         profile,
     })
 }
@@ -1605,6 +1777,291 @@ pub async fn amend_contact(
     Ok(code)
 }
 
+/// The clerk's check of the organisation for this version: the Business Registration
+/// Certificate sighted and its number typed (it must match the application's), and the
+/// organisation's written authorisation of the Authorised Representative sighted (S/MIME BR
+/// §3.2.3, TLS BR §3.2.2.1 and §3.2.5). A mismatch withdraws an earlier check.
+pub async fn check_organisation(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+    version: i64,
+    typed_br: &str,
+    documents_sighted: bool,
+) -> Result<()> {
+    let store = auth.store();
+    let r = staff_owned(store, staff, id).await?;
+    if r.try_get::<String, _>(4)? != "submitted" {
+        return Err(Error::Conflict("the application is no longer open".into()));
+    }
+    if r.try_get::<i64, _>(3)? != version {
+        return Err(Error::Conflict(
+            "the application changed since you opened it: reload".into(),
+        ));
+    }
+    let Some(stored) = r.try_get::<Option<String>, _>(23)? else {
+        return Err(Error::Conflict(
+            "a personal application has no organisation to check".into(),
+        ));
+    };
+    if !documents_sighted {
+        return Err(invalid(
+            "documents_sighted",
+            "confirm that you have seen the business registration certificate and the authorisation",
+        ));
+    }
+    let matched = business_registration_number(typed_br)? == stored;
+    let t = now();
+    let mut tx = store.begin().await?;
+    let res = if matched {
+        sqlx::query(
+            "UPDATE applications SET org_checked_by = $2, org_checked_at = $3, org_checked_version = $4, updated_at = $3 \
+             WHERE id = $1 AND version = $4 AND state = 'submitted'",
+        )
+        .bind(id)
+        .bind(&staff.staff)
+        .bind(t)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE applications SET org_checked_by = NULL, org_checked_at = NULL, org_checked_version = NULL, updated_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?
+    };
+    if res.rows_affected() != 1 {
+        return Err(Error::Conflict(
+            "the application changed since you opened it: reload".into(),
+        ));
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: if matched {
+                    "ra.organisation.checked"
+                } else {
+                    "ra.organisation.mismatch"
+                },
+                actor: format!("staff:{}", staff.username),
+                subject: Some(id.to_string()),
+                detail: json!({ "version": version, "documents_sighted": documents_sighted }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    if matched {
+        Ok(())
+    } else {
+        Err(invalid(
+            "org_id",
+            "the number on the business registration certificate does not match the application: do not approve",
+        ))
+    }
+}
+
+/// One DNS name of a server application and where its validation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStatus {
+    /// The name applied for.
+    pub domain: String,
+    /// Where the applicant publishes the TXT record.
+    pub record: String,
+    /// Validated with the current Random Value, within the reuse period.
+    pub validated: bool,
+    /// Why the last check did not validate it (set only by [`validate_domains`]).
+    pub problem: Option<String>,
+}
+
+/// The Random Value and the state of each name (an application without DNS names: `None` and
+/// nothing).
+async fn domain_status(store: &Store, id: &str) -> Result<(Option<String>, Vec<DomainStatus>)> {
+    let r = sqlx::query("SELECT dns_names, dcv_token FROM applications WHERE id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await?;
+    let names: Option<String> = r.try_get(0)?;
+    let token: Option<String> = r.try_get(1)?;
+    let since = now() - crate::dcv::reuse_days(time::OffsetDateTime::now_utc()) * 86_400;
+    let done: Vec<String> = sqlx::query(
+        "SELECT domain FROM domain_validations WHERE application = $1 AND token = $2 AND validated_at > $3",
+    )
+    .bind(id)
+    .bind(token.clone().unwrap_or_default())
+    .bind(since)
+    .fetch_all(store.pool())
+    .await?
+    .iter()
+    .map(|r| r.try_get::<String, _>(0))
+    .collect::<std::result::Result<_, _>>()?;
+    let list = names
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|d| DomainStatus {
+            domain: d.to_string(),
+            record: crate::dcv::record_name(d),
+            validated: done.iter().any(|v| v == d),
+            problem: None,
+        })
+        .collect();
+    Ok((token, list))
+}
+
+/// Checks domain control (TLS BR §3.2.2.4.7) for every name of an open server application not
+/// yet validated, and records each success with its method and Random Value. A Random Value
+/// older than [`crate::dcv::TOKEN_DAYS`] is replaced first (and earlier validations with it no
+/// longer count): the applicant must publish the new one. Returns the Random Value and each
+/// name's state.
+pub async fn validate_domains(
+    auth: &Authority,
+    id: &str,
+    actor: &str,
+) -> Result<(String, Vec<DomainStatus>)> {
+    let store = auth.store();
+    let r = sqlx::query("SELECT state, dcv_token, dcv_token_at FROM applications WHERE id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await?;
+    if r.try_get::<String, _>(0)? != "submitted" {
+        return Err(Error::Conflict("the application is no longer open".into()));
+    }
+    let (Some(mut token), Some(made)) = (
+        r.try_get::<Option<String>, _>(1)?,
+        r.try_get::<Option<i64>, _>(2)?,
+    ) else {
+        return Err(Error::Conflict(
+            "only server applications have domains to validate".into(),
+        ));
+    };
+    if now() - made > crate::dcv::TOKEN_DAYS * 86_400 {
+        token = dcv_token();
+        let mut tx = store.begin().await?;
+        sqlx::query("UPDATE applications SET dcv_token = $2, dcv_token_at = $3, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(&token)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "ra.domain.new_value",
+                    actor: actor.to_string(),
+                    subject: Some(id.to_string()),
+                    detail: json!({ "reason": "the Random Value was older than 30 days" }),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+    }
+    let (_, mut list) = domain_status(store, id).await?;
+    let checker = crate::dcv::Checker::new(&auth.config().dcv)?;
+    for d in list.iter_mut().filter(|d| !d.validated) {
+        match checker.domain_control(&d.domain, &token).await {
+            Ok(true) => {
+                let t = now();
+                let mut tx = store.begin().await?;
+                sqlx::query(
+                    "DELETE FROM domain_validations WHERE application = $1 AND domain = $2",
+                )
+                .bind(id)
+                .bind(&d.domain)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO domain_validations (application, domain, token, method, validated_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(&d.domain)
+                .bind(&token)
+                .bind(crate::dcv::METHOD)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+                store
+                    .audit(
+                        &mut tx,
+                        &Event {
+                            kind: "ra.domain.validated",
+                            actor: actor.to_string(),
+                            subject: Some(id.to_string()),
+                            detail: json!({ "domain": d.domain, "record": d.record, "method": crate::dcv::METHOD, "random_value": token }),
+                        },
+                    )
+                    .await?;
+                tx.commit().await?;
+                d.validated = true;
+            }
+            Ok(false) => {
+                d.problem = Some(format!("no TXT record at {} holds the value", d.record));
+            }
+            Err(e) => d.problem = Some(e.to_string()),
+        }
+    }
+    Ok((token, list))
+}
+
+/// [`validate_domains`] for the applicant (reference and tracking secret).
+pub async fn validate_domains_online(
+    auth: &Authority,
+    reference: &str,
+    secret: &str,
+) -> Result<(String, Vec<DomainStatus>)> {
+    let id = owned(auth.store(), reference, secret).await?;
+    validate_domains(
+        auth,
+        &id,
+        &format!("citizen:{}", reference.trim().to_uppercase()),
+    )
+    .await
+}
+
+/// [`validate_domains`] for a member of staff of the application's outlet.
+pub async fn validate_domains_at_counter(
+    auth: &Authority,
+    staff: &StaffSession,
+    id: &str,
+) -> Result<(String, Vec<DomainStatus>)> {
+    staff_owned(auth.store(), staff, id).await?;
+    validate_domains(auth, id, &format!("staff:{}", staff.username)).await
+}
+
+/// CAA for every name just before issuance; each outcome is an audit event.
+async fn check_caa(auth: &Authority, id: &str, names: &[String], actor: &str) -> Result<()> {
+    let checker = crate::dcv::Checker::new(&auth.config().dcv)?;
+    let mut outcome = Ok(());
+    for n in names {
+        if let Err(e) = checker.caa(n).await {
+            outcome = Err(e);
+            break;
+        }
+    }
+    let store = auth.store();
+    let mut tx = store.begin().await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: if outcome.is_ok() {
+                    "ra.caa.checked"
+                } else {
+                    "ra.caa.refused"
+                },
+                actor: actor.to_string(),
+                subject: Some(id.to_string()),
+                detail: json!({ "names": names, "error": outcome.as_ref().err().map(ToString::to_string) }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    outcome
+}
+
 /// A decision on an application.
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -1689,6 +2146,27 @@ pub async fn decide(
         }
         if r.try_get::<Option<i64>, _>(15)?.is_none() {
             return Err(Error::Conflict("the fee has not been recorded".into()));
+        }
+        let kind = Profile::get(&profile)?.kind;
+        if kind != ProfileKind::Personal && r.try_get::<Option<i64>, _>(29)? != Some(version) {
+            return Err(Error::Conflict(
+                "the organisation's documents have not been checked for this version".into(),
+            ));
+        }
+        if kind == ProfileKind::Server {
+            let pending: Vec<String> = domain_status(store, id)
+                .await?
+                .1
+                .into_iter()
+                .filter(|d| !d.validated)
+                .map(|d| d.domain)
+                .collect();
+            if !pending.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "domain control is not validated for {}",
+                    pending.join(", ")
+                )));
+            }
         }
     }
     let mut tx = store.begin().await?;
@@ -1818,19 +2296,26 @@ pub async fn decide(
     }
     tx.commit().await?;
     let csr_bytes: Vec<u8> = r.try_get(21)?;
-    let request = ApprovedRequest {
-        profile: profile.clone(),
-        csr: VerifiedCsr::parse(&csr_bytes)?,
-        subject: SubjectData {
-            surname: Some(r.try_get(5)?),
-            given_name: Some(r.try_get(6)?),
-            emails: vec![email.clone()],
+    let kind = Profile::get(&profile)?.kind;
+    let dns: Option<String> = r.try_get(26)?;
+    let subject = subject_of(
+        kind,
+        &NewApplication {
+            surname: r.try_get(5)?,
+            given_name: r.try_get(6)?,
+            email: email.clone(),
+            organization: r.try_get::<Option<String>, _>(22)?.unwrap_or_default(),
+            org_id: r.try_get::<Option<String>, _>(23)?.unwrap_or_default(),
+            user_surname: r.try_get::<Option<String>, _>(24)?.unwrap_or_default(),
+            user_given_name: r.try_get::<Option<String>, _>(25)?.unwrap_or_default(),
+            dns_names: dns
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             ..Default::default()
         },
-        days: None,
-        renews: None,
-        actor: actor.clone(),
-    };
+    )?;
     let back_to_open = || async {
         // Back to open: the approvals stay; staff see why.
         sqlx::query(
@@ -1840,6 +2325,22 @@ pub async fn decide(
         .bind(now())
         .execute(store.pool())
         .await
+    };
+    // CAA just before issuance (TLS BR §3.2.2.8), for every name; a refusal is recorded (the BR
+    // asks CAs to document prevented issuances) and the application opens again.
+    if kind == ProfileKind::Server {
+        if let Err(e) = check_caa(auth, id, &subject.dns_names, &actor).await {
+            back_to_open().await?;
+            return Err(e);
+        }
+    }
+    let request = ApprovedRequest {
+        profile: profile.clone(),
+        csr: VerifiedCsr::parse(&csr_bytes)?,
+        subject,
+        days: None,
+        renews: None,
+        actor: actor.clone(),
     };
     // The serial is recorded on the application before the HSM signs, so a crash or a failed
     // write afterwards leaves a trail that `settle` follows (never an orphan certificate).
@@ -2305,6 +2806,7 @@ mod tests {
             csr: Vec::new(),
             language: "en".into(),
             entered_by: None,
+            ..Default::default()
         }
     }
 
@@ -2453,6 +2955,7 @@ mod journey {
             csr: csr(),
             language: "en".into(),
             entered_by: None,
+            ..Default::default()
         }
     }
 
@@ -2671,6 +3174,192 @@ mod journey {
             assert!(log.iter().any(|r| r.kind == kind), "no {kind} event");
         }
         assert!(!format!("{log:?}").contains(hkid.expose()));
+    }
+
+    /// Organisational and server applications: the Authorised Representative's identity and the
+    /// organisation's documents are checked at the counter (a mismatch withdraws the check);
+    /// the organisational certificate names the Authorised User and the organisation; a server
+    /// application cannot be approved before its domains are validated, and never with a
+    /// wildcard.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn organisation_applications_need_their_documents_and_domains() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        let at_counter = |sub: &Submitted, hkid: &Hkid, fee: i64| {
+            let (auth, clerk) = (&auth, &clerk);
+            let (id, reference, secret, code, hkid) = (
+                sub.id.clone(),
+                sub.reference.clone(),
+                sub.secret.clone(),
+                sub.email_code.clone(),
+                hkid.expose().to_string(),
+            );
+            async move {
+                confirm_email(auth.store(), &reference, &secret, &code)
+                    .await
+                    .unwrap();
+                check_identity(auth, clerk, &id, 1, &hkid, true)
+                    .await
+                    .unwrap();
+                record_fee(auth, clerk, &id, fee, "cheque", "R-1")
+                    .await
+                    .unwrap();
+            }
+        };
+
+        let hkid = crate::hkid::synthetic("K", 220_011);
+        let mut form = application(&hkid);
+        form.profile = "organisational".into();
+        form.organization = "Example Trading Limited".into();
+        form.org_id = "1234-5678".into();
+        form.user_surname = "Wong".into();
+        form.user_given_name = "Siu Ming".into();
+        form.email = "sm.wong@example.hk".into();
+        let sub = submit(&auth, form.clone()).await.unwrap();
+        at_counter(&sub, &hkid, 15_000).await;
+        let e = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("organisation"), "{e}");
+        check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true)
+            .await
+            .unwrap();
+        let e = check_organisation(&auth, &clerk, &sub.id, 1, "87654321", true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Invalid {
+                    field: "org_id",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            !staff_view(&auth, &clerk, &sub.id)
+                .await
+                .unwrap()
+                .organisation_checked
+        );
+        let e = check_organisation(&auth, &clerk, &sub.id, 1, "12345678", false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Invalid {
+                    field: "documents_sighted",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        check_organisation(&auth, &clerk, &sub.id, 1, "1234 5678", true)
+            .await
+            .unwrap();
+        let view = staff_view(&auth, &clerk, &sub.id).await.unwrap();
+        assert!(view.organisation_checked && view.dual_control);
+        assert_eq!(
+            view.organization,
+            Some(("Example Trading Limited".into(), "12345678".into()))
+        );
+        assert_eq!(view.authorised_user.as_deref(), Some("WONG Siu Ming"));
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+                .await
+                .unwrap(),
+            Decided::AwaitingSecond
+        ));
+        assert!(matches!(
+            decide(&auth, &sup, &sub.id, 1, Decision::Approve)
+                .await
+                .unwrap(),
+            Decided::Issued { .. }
+        ));
+        let der = staff_certificate(&store, &clerk, &sub.id).await.unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let subject = cert.subject().to_string();
+        for part in [
+            "O=Example Trading Limited",
+            "NTRHK-12345678",
+            "WONG",
+            "Siu Ming",
+        ] {
+            assert!(subject.contains(part), "{part} not in {subject}");
+        }
+        assert!(
+            !subject.contains("CHAN"),
+            "the representative is not in the certificate: {subject}"
+        );
+
+        // A personal application has no organisation to check.
+        let hkid_p = crate::hkid::synthetic("K", 220_013);
+        let personal = submit(&auth, application(&hkid_p)).await.unwrap();
+        assert!(matches!(
+            check_organisation(&auth, &clerk, &personal.id, 1, "12345678", true).await,
+            Err(Error::Conflict(_))
+        ));
+
+        // Server: the names are normalised; approval waits for domain control.
+        let hkid2 = crate::hkid::synthetic("K", 220_012);
+        let mut server = form.clone();
+        server.profile = "server".into();
+        server.hkid = hkid2.expose().to_string();
+        server.email = "it@example.hk".into();
+        server.dns_names = vec![
+            "www.example.hk".into(),
+            " WWW.Example.hk. ".into(),
+            "api.example.hk".into(),
+        ];
+        let mut wild = server.clone();
+        wild.dns_names.push("*.example.hk".into());
+        assert!(matches!(
+            submit(&auth, wild).await,
+            Err(Error::Invalid {
+                field: "dns_names",
+                ..
+            })
+        ));
+        let sub2 = submit(&auth, server).await.unwrap();
+        at_counter(&sub2, &hkid2, 50_000).await;
+        check_organisation(&auth, &clerk, &sub2.id, 1, "12345678", true)
+            .await
+            .unwrap();
+        let view = staff_view(&auth, &clerk, &sub2.id).await.unwrap();
+        assert_eq!(view.authorised_user, None);
+        let token = view.dcv_token.clone().unwrap();
+        assert_eq!(token.len(), 26, "128 bits in base32");
+        assert_eq!(
+            view.domains
+                .iter()
+                .map(|d| (d.domain.as_str(), d.record.as_str(), d.validated))
+                .collect::<Vec<_>>(),
+            vec![
+                ("www.example.hk", "_ecert-challenge.www.example.hk", false),
+                ("api.example.hk", "_ecert-challenge.api.example.hk", false),
+            ]
+        );
+        let e = decide(&auth, &clerk, &sub2.id, 1, Decision::Approve)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not validated for www.example.hk, api.example.hk"),
+            "{e}"
+        );
+        // The applicant sees the same value and names on the tracking page.
+        let t = track(&store, &sub2.reference, &sub2.secret).await.unwrap();
+        assert_eq!(t.domains.len(), 2);
+        assert_eq!(t.dcv_token.as_deref(), Some(token.as_str()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3162,7 +3851,10 @@ mod review_fixes {
 
         // Two clerks are not dual control.
         let clerk2 = session_of(&auth, "clerk2", Role::Clerk).await;
-        sqlx::query("UPDATE applications SET profile = 'organisational' WHERE id = $1")
+        sqlx::query(
+            "UPDATE applications SET profile = 'organisational', organization = 'Example Limited', \
+             org_id = '12345678', user_surname = 'WONG', user_given_name = 'Siu Ming', org_checked_version = 1 WHERE id = $1",
+        )
             .bind(&sub.id)
             .execute(store.pool())
             .await

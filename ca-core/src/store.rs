@@ -39,6 +39,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/sqlite/0008_ra.sql")),
     (9, include_str!("../../migrations/sqlite/0009_api_tokens.sql")),
     (10, include_str!("../../migrations/sqlite/0010_ocsp_writer.sql")),
+    (11, include_str!("../../migrations/sqlite/0011_org_applications.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -52,6 +53,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/postgres/0008_ra.sql")),
     (9, include_str!("../../migrations/postgres/0009_api_tokens.sql")),
     (10, include_str!("../../migrations/postgres/0010_ocsp_writer.sql")),
+    (11, include_str!("../../migrations/postgres/0011_org_applications.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

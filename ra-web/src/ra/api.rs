@@ -30,6 +30,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/applications/{id}", get(show))
         .route("/api/v1/applications/{id}/identity", post(identity))
         .route("/api/v1/applications/{id}/fee", post(fee))
+        .route("/api/v1/applications/{id}/organisation", post(organisation))
+        .route("/api/v1/applications/{id}/domains", post(domains))
         .route("/api/v1/applications/{id}/decision", post(decision))
         .route("/api/v1/applications/{id}/certificate", get(certificate))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -52,10 +54,10 @@ pub fn router(state: Shared) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ecert registration authority API", version = "1"),
-    paths(list, create, show, identity, fee, decision, certificate),
+    paths(list, create, show, identity, organisation, domains, fee, decision, certificate),
     components(schemas(
-        ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck, Fee,
-        DecisionRequest, DecisionResult
+        ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
+        OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult
     )),
     modifiers(&BearerAuth)
 )]
@@ -232,7 +234,8 @@ async fn list(
 /// the CSR they brought. The e-mail code goes to the applicant.
 #[derive(Deserialize, ToSchema)]
 pub struct NewApplication {
-    /// `personal`.
+    /// `personal`, `organisational`, `encipherment` or `server`. For the last three the personal
+    /// fields are the Authorised Representative's.
     profile: String,
     surname: String,
     given_name: String,
@@ -253,6 +256,20 @@ pub struct NewApplication {
     /// `en` or `zh-HK`.
     #[serde(default = "default_language")]
     language: String,
+    /// Organisation name (organisational, encipherment, server).
+    #[serde(default)]
+    organization: String,
+    /// Hong Kong Business Registration number, 8 digits.
+    #[serde(default)]
+    org_id: String,
+    /// organisational: the Authorised User named in the certificate.
+    #[serde(default)]
+    user_surname: String,
+    #[serde(default)]
+    user_given_name: String,
+    /// server: the DNS names (no wildcards, at most 50).
+    #[serde(default)]
+    dns_names: Vec<String>,
 }
 
 // Personal data: `Debug` names the type only.
@@ -306,6 +323,11 @@ async fn create(
             csr: a.csr.into_bytes(),
             language: a.language,
             entered_by: Some(staff.username.clone()),
+            organization: a.organization,
+            org_id: a.org_id,
+            user_surname: a.user_surname,
+            user_given_name: a.user_given_name,
+            dns_names: a.dns_names,
         },
     )
     .await?;
@@ -349,6 +371,40 @@ pub struct ApplicationView {
     dual_control: bool,
     certificate: Option<String>,
     rejected_reason: Option<String>,
+    /// Organisation name (organisational, encipherment, server).
+    organization: Option<String>,
+    /// Business registration number.
+    org_id: Option<String>,
+    /// organisational: the Authorised User named in the certificate.
+    authorised_user: Option<String>,
+    /// The organisation's documents were checked for this version.
+    organisation_checked: bool,
+    /// server: the Random Value to publish at `_ecert-challenge.<name>` (TXT).
+    random_value: Option<String>,
+    /// server: each DNS name and its validation.
+    domains: Vec<DomainView>,
+}
+
+/// One DNS name of a server application.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DomainView {
+    domain: String,
+    /// The TXT record's name.
+    record: String,
+    validated: bool,
+    /// Why the last check did not validate it.
+    problem: Option<String>,
+}
+
+fn domain_views(list: Vec<ra::DomainStatus>) -> Vec<DomainView> {
+    list.into_iter()
+        .map(|d| DomainView {
+            domain: d.domain,
+            record: d.record,
+            validated: d.validated,
+            problem: d.problem,
+        })
+        .collect()
 }
 
 #[utoipa::path(get, path = "/api/v1/applications/{id}", params(("id" = String, Path)),
@@ -378,6 +434,64 @@ async fn show(
         dual_control: v.dual_control,
         certificate: v.certificate,
         rejected_reason: v.rejected_reason,
+        organization: v.organization.as_ref().map(|o| o.0.clone()),
+        org_id: v.organization.map(|o| o.1),
+        authorised_user: v.authorised_user,
+        organisation_checked: v.organisation_checked,
+        random_value: v.dcv_token,
+        domains: domain_views(v.domains),
+    }))
+}
+
+/// The counter check of the organisation: the number typed from the Business Registration
+/// Certificate, and both documents (the certificate and the organisation's authorisation of
+/// its representative) sighted.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OrganisationCheck {
+    version: i64,
+    org_id: String,
+    documents_sighted: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/applications/{id}/organisation", params(("id" = String, Path)), request_body = OrganisationCheck,
+    responses((status = 204), (status = 422, body = ApiError), (status = 409, body = ApiError)))]
+async fn organisation(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<OrganisationCheck>,
+) -> Result<StatusCode, ApiFailure> {
+    ra::check_organisation(
+        &s.auth,
+        &staff,
+        &id,
+        b.version,
+        &b.org_id,
+        b.documents_sighted,
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The outcome of a domain control check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Domains {
+    /// The Random Value (a new one when the old was over 30 days old).
+    random_value: String,
+    domains: Vec<DomainView>,
+}
+
+#[utoipa::path(post, path = "/api/v1/applications/{id}/domains", params(("id" = String, Path)),
+    responses((status = 200, body = Domains), (status = 409, body = ApiError)))]
+async fn domains(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Json<Domains>, ApiFailure> {
+    let (random_value, list) = ra::validate_domains_at_counter(&s.auth, &staff, &id).await?;
+    Ok(Json(Domains {
+        random_value,
+        domains: domain_views(list),
     }))
 }
 

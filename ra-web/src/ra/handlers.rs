@@ -773,6 +773,260 @@ async fn every_page_renders_in_both_languages() {
     }
 }
 
+/// Organisational and server applications over HTTP: each type has its form (the server form
+/// asks for DNS names and makes no browser key); the staff page shows the organisation, the
+/// documents check and the DNS records to publish; every refusal on the way has its status;
+/// a DNS failure is reported per name without losing the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organisation_and_server_applications_over_http() {
+    // A resolver nobody answers at: checks fail fast and say why.
+    let app = app(|c| {
+        c.dcv.resolver = "127.0.0.1:9".into();
+        c.dcv.timeout_seconds = 1;
+    })
+    .await;
+    for lang in [Lang::En, Lang::ZhHk] {
+        let t = lang.texts();
+        let q = format!("lang={}", lang.tag());
+        let server = app.get(&format!("/apply?profile=server&{q}"), "").await;
+        assert_eq!(server.status, StatusCode::OK);
+        assert!(
+            server.body.contains(t.profile_server) && server.body.contains("name=\"dns_names\"")
+        );
+        assert!(
+            !server.body.contains("id=\"make-key\""),
+            "a server key is not made in the browser"
+        );
+        assert!(!server.body.contains("name=\"user_surname\""));
+        let org = app
+            .get(&format!("/apply?profile=organisational&{q}"), "")
+            .await;
+        assert!(org.body.contains("name=\"user_surname\"") && org.body.contains("name=\"org_id\""));
+        assert!(org.body.contains("id=\"representative\""));
+        let home = app.get(&format!("/?{q}"), "").await;
+        for p in ["personal", "organisational", "encipherment", "server"] {
+            assert!(
+                home.body.contains(&format!("href=\"/apply?profile={p}\"")),
+                "{p}"
+            );
+        }
+        assert!(
+            home.body.contains(&format!("199 {}", t.days)),
+            "server validity"
+        );
+    }
+    assert_eq!(
+        app.get("/apply?profile=root", "").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let (cookies, csrf) = citizen(&app).await;
+    let (clerk, clerk_csrf) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let csr = csr_pem();
+    let hkid = ca_core::hkid::synthetic("K", 410_001);
+    let mut form = application(&csrf, hkid.expose(), &csr);
+    form.retain(|(k, _)| *k != "email");
+    form.extend([
+        ("profile", "server"),
+        ("email", "it@example.hk"),
+        ("organization", "Example Trading Limited"),
+        ("org_id", "1234 5678"),
+        (
+            "dns_names",
+            "www.example.hk\r\nAPI.example.hk, www.example.hk",
+        ),
+    ]);
+    let mut wild = form.clone();
+    wild.push(("dns_names", "*.example.hk"));
+    wild.retain(|(k, v)| *k != "dns_names" || *v == "*.example.hk");
+    let r = app.post("/apply", &cookies, &wild).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let mut no_br = form.clone();
+    no_br.retain(|(k, _)| *k != "org_id");
+    let r = app.post("/apply", &cookies, &no_br).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.contains("org_id"), "{}", r.body);
+
+    let applied = app.post("/apply", &cookies, &form).await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    let reference = applied.text_of("reference");
+    let secret = applied.text_of("tracking-secret");
+    let id = app_id(&app.get("/staff", &clerk).await, &reference);
+    // The applicant confirms the mailbox; the clerk checks the representative and the fee.
+    let code = app.last_code();
+    let r = app
+        .post(
+            "/track/confirm",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", &secret),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/identity"),
+            &clerk,
+            &[
+                ("csrf", &clerk_csrf),
+                ("version", "1"),
+                ("hkid", hkid.expose()),
+                ("card_sighted", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/fee"),
+            &clerk,
+            &[
+                ("csrf", &clerk_csrf),
+                ("amount", "500.00"),
+                ("method", "cheque"),
+                ("receipt", "R-9"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let page = app.get(&format!("/staff/applications/{id}"), &clerk).await;
+    assert!(
+        page.body.contains("Example Trading Limited (12345678)"),
+        "{}",
+        page.body
+    );
+    let value = page.text_of("dcv-value");
+    assert_eq!(value.len(), 26);
+    for name in ["www.example.hk", "api.example.hk"] {
+        assert!(
+            page.body.contains(&format!("_ecert-challenge.{name}")),
+            "{name}"
+        );
+    }
+    // The applicant sees the same records to publish.
+    let tracked = app
+        .post(
+            "/track",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", &secret),
+            ],
+        )
+        .await;
+    assert_eq!(tracked.text_of("dcv-value"), value);
+
+    // The documents check: CSRF, the number, the attestation.
+    let check = |br: &'static str, sighted: bool, token: &str| {
+        let mut f = vec![
+            ("csrf", token.to_string()),
+            ("version", "1".into()),
+            ("org_id", br.into()),
+        ];
+        if sighted {
+            f.push(("documents_sighted", "yes".into()));
+        }
+        f
+    };
+    let post = |path: String, f: Vec<(&'static str, String)>| {
+        let (app, clerk) = (&app, &clerk);
+        async move {
+            let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.post(&path, clerk, &f).await
+        }
+    };
+    let org_path = format!("/staff/applications/{id}/organisation");
+    assert_eq!(
+        post(org_path.clone(), check("12345678", true, "forged"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = post(org_path.clone(), check("12345679", true, &clerk_csrf)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(
+        !r.body.contains("12345679"),
+        "the typed number is not echoed"
+    );
+    assert_eq!(
+        post(org_path.clone(), check("12345678", false, &clerk_csrf))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let r = post(org_path.clone(), check("12345678", true, &clerk_csrf)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.text_of("organisation-checked"),
+        lang_text(Lang::En).checked
+    );
+
+    // Domains: the resolver does not answer, each name says so, nothing is lost.
+    let r = post(
+        format!("/staff/applications/{id}/domains"),
+        vec![("csrf", clerk_csrf.clone())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.text_of("message").contains("DNS lookup failed"),
+        "{}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/track/domains",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", &secret),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r
+        .text_of("message")
+        .contains(lang_text(Lang::En).not_validated));
+    let r = app
+        .post(
+            "/track/domains",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", "WRONG"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Approval waits for the domains.
+    let r = post(
+        format!("/staff/applications/{id}/decide"),
+        vec![
+            ("csrf", clerk_csrf.clone()),
+            ("version", "1".into()),
+            ("decision", "approve".into()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.body.contains("www.example.hk, api.example.hk"),
+        "{}",
+        r.body
+    );
+}
+
+fn lang_text(l: Lang) -> &'static Texts {
+    l.texts()
+}
+
 impl App {
     async fn api(
         &self,

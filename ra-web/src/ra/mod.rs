@@ -70,6 +70,7 @@ pub fn router(state: Shared) -> Router {
         .route("/track/revoke", post(revoke))
         .route("/track/renew", post(renew))
         .route("/track/new-code", post(new_code))
+        .route("/track/domains", post(track_domains))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
         .route("/staff/login", get(login_form).post(login))
@@ -78,6 +79,11 @@ pub fn router(state: Shared) -> Router {
         .route("/staff/applications/{id}", get(staff_app))
         .route("/staff/applications/{id}/identity", post(staff_identity))
         .route("/staff/applications/{id}/fee", post(staff_fee))
+        .route(
+            "/staff/applications/{id}/organisation",
+            post(staff_organisation),
+        )
+        .route("/staff/applications/{id}/domains", post(staff_domains))
         .route("/staff/applications/{id}/reveal", post(staff_reveal))
         .route("/staff/applications/{id}/decide", post(staff_decide))
         .route("/staff/applications/{id}/revoke", post(staff_revoke))
@@ -267,9 +273,12 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::KeyNotAllowed(_)
         | Error::WeakKey(_)
         | Error::KeyBlocked => StatusCode::UNPROCESSABLE_ENTITY,
-        Error::Conflict(_) | Error::AlreadyRevoked { .. } | Error::Revocation(_) => {
-            StatusCode::CONFLICT
-        }
+        Error::Conflict(_)
+        | Error::AlreadyRevoked { .. }
+        | Error::Revocation(_)
+        | Error::CaaForbids { .. } => StatusCode::CONFLICT,
+        // The resolver failed or timed out: worth trying again later.
+        Error::Dns(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Expired(_) => StatusCode::GONE,
         Error::SignInFailed => StatusCode::UNAUTHORIZED,
@@ -426,34 +435,50 @@ redacted_debug!(ApplyForm, TrackForm, LoginForm, StaffForm);
 struct Home {
     t: &'static Texts,
     lang: Lang,
-    fees: Vec<(&'static str, &'static str, String, bool)>,
+    /// (profile id, name, description, fee, validity in days).
+    fees: Vec<(&'static str, &'static str, &'static str, String, u32)>,
 }
 
 async fn home(State(s): State<Shared>, lang: PageLang) -> Result<Response, AppError> {
     let t = lang.0.texts();
     let fee = |p: &str| money(s.auth.config().ra.fees.get(p).copied().unwrap_or(0));
+    let days = |p: &str| {
+        ca_core::profile::Profile::get(p)
+            .map(|p| p.days_for(None, time::OffsetDateTime::now_utc()))
+            .unwrap_or(0)
+    };
     html(
         Home {
             t,
             lang: lang.0,
             fees: vec![
                 (
+                    "personal",
                     t.profile_personal,
                     t.profile_personal_desc,
                     fee("personal"),
-                    true,
+                    days("personal"),
                 ),
                 (
+                    "organisational",
                     t.profile_organisational,
                     t.profile_organisational_desc,
                     fee("organisational"),
-                    false,
+                    days("organisational"),
                 ),
                 (
+                    "encipherment",
+                    t.profile_encipherment,
+                    t.profile_encipherment_desc,
+                    fee("encipherment"),
+                    days("encipherment"),
+                ),
+                (
+                    "server",
                     t.profile_server,
                     t.profile_server_desc,
                     fee("server"),
-                    false,
+                    days("server"),
                 ),
             ],
         },
@@ -485,13 +510,40 @@ struct ApplyPage {
     lang: Lang,
     csrf: String,
     outlets: Vec<(String, String)>,
+    /// The profile applied for, and its name.
+    profile: &'static str,
+    profile_name: &'static str,
+}
+
+/// `/apply?profile=...`.
+#[derive(Deserialize)]
+pub struct ApplyQuery {
+    #[serde(default)]
+    profile: Option<String>,
 }
 
 async fn apply_form(
     State(s): State<Shared>,
     lang: PageLang,
     headers: HeaderMap,
+    Query(q): Query<ApplyQuery>,
 ) -> Result<Response, AppError> {
+    let t = lang.0.texts();
+    let (profile, profile_name) = match q.profile.as_deref().unwrap_or("personal") {
+        "personal" => ("personal", t.profile_personal),
+        "organisational" => ("organisational", t.profile_organisational),
+        "encipherment" => ("encipherment", t.profile_encipherment),
+        "server" => ("server", t.profile_server),
+        _ => {
+            return Err(AppError::new(
+                Error::Invalid {
+                    field: "profile",
+                    reason: "personal, organisational, encipherment or server".into(),
+                },
+                lang.0,
+            ))
+        }
+    };
     let (csrf, fresh) = citizen_csrf(&headers);
     let outlets = ra::outlets(s.auth.store())
         .await
@@ -501,10 +553,12 @@ async fn apply_form(
         .collect();
     let r = html(
         ApplyPage {
-            t: lang.0.texts(),
+            t,
             lang: lang.0,
             csrf: csrf.clone(),
             outlets,
+            profile,
+            profile_name,
         },
         lang,
     )?;
@@ -515,6 +569,19 @@ async fn apply_form(
 #[derive(Deserialize)]
 pub struct ApplyForm {
     csrf: String,
+    #[serde(default = "personal")]
+    profile: String,
+    #[serde(default)]
+    organization: String,
+    #[serde(default)]
+    org_id: String,
+    #[serde(default)]
+    user_surname: String,
+    #[serde(default)]
+    user_given_name: String,
+    /// One name per line (commas and spaces also separate).
+    #[serde(default)]
+    dns_names: String,
     surname: String,
     given_name: String,
     #[serde(default)]
@@ -543,7 +610,17 @@ impl ApplyForm {
         (
             self.csrf,
             ra::NewApplication {
-                profile: "personal".into(),
+                profile: self.profile,
+                organization: self.organization,
+                org_id: self.org_id,
+                user_surname: self.user_surname,
+                user_given_name: self.user_given_name,
+                dns_names: self
+                    .dns_names
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect(),
                 surname: self.surname,
                 given_name: self.given_name,
                 name_zh: self.name_zh,
@@ -561,6 +638,10 @@ impl ApplyForm {
             },
         )
     }
+}
+
+fn personal() -> String {
+    "personal".into()
 }
 
 /// Mails an e-mail confirmation code; a failure is logged (the page says so where it matters)
@@ -690,6 +771,10 @@ struct StatusPage {
     certificate: String,
     message: String,
     downloads: Vec<(&'static str, &'static str)>,
+    domains: Vec<ra::DomainStatus>,
+    dcv_value: String,
+    domains_action: String,
+    domains_hidden: Vec<(&'static str, String)>,
 }
 
 async fn status_page(
@@ -717,6 +802,13 @@ async fn status_page(
             rejected_reason: v.rejected_reason.unwrap_or_default(),
             certificate: v.certificate.unwrap_or_default(),
             message,
+            domains: v.domains,
+            dcv_value: v.dcv_token.unwrap_or_default(),
+            domains_action: "/track/domains".into(),
+            domains_hidden: vec![
+                ("reference", f.reference.trim().to_uppercase()),
+                ("secret", f.secret.trim().to_string()),
+            ],
             downloads: vec![
                 ("pem", t.download_pem),
                 ("der", t.download_der),
@@ -740,6 +832,25 @@ async fn track(
         .check("track", ip, 20)
         .map_err(|e| AppError { lang: lang.0, ..e })?;
     status_page(&s, lang, &f, String::new()).await
+}
+
+/// The applicant asks for their DNS records to be checked (server applications). Each check
+/// queries DNS, so it is rate-limited like tracking.
+async fn track_domains(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
+    s.limits
+        .check("domains", ip, 10)
+        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    let (_, list) = ra::validate_domains_online(&s.auth, &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
+    status_page(&s, lang, &f, domains_message(lang.0.texts(), &list)).await
 }
 
 async fn confirm(
@@ -1085,6 +1196,11 @@ struct AppPage {
     fee_text: String,
     message: String,
     revealed: Option<(String, String)>,
+    csrf: String,
+    domains: Vec<ra::DomainStatus>,
+    dcv_value: String,
+    domains_action: String,
+    domains_hidden: Vec<(&'static str, String)>,
 }
 
 async fn render_app(
@@ -1109,10 +1225,15 @@ async fn render_app(
         AppPage {
             t,
             lang: lang.0,
+            csrf: staff.csrf.clone(),
             staff,
             status_text: status_text(t, v.status),
             fee_due: format!("{}.{:02}", v.fee_due / 100, v.fee_due % 100),
             fee_text,
+            domains: v.domains.clone(),
+            dcv_value: v.dcv_token.clone().unwrap_or_default(),
+            domains_action: format!("/staff/applications/{}/domains", v.id),
+            domains_hidden: Vec::new(),
             v,
             message,
             revealed,
@@ -1156,6 +1277,10 @@ pub struct StaffForm {
     decision: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    org_id: String,
+    #[serde(default)]
+    documents_sighted: Option<String>,
 }
 
 async fn staff_post(
@@ -1198,6 +1323,79 @@ async fn staff_identity(
         Ok(()) => render_app(&s, lang, staff, &id, lang.0.texts().checked.into(), None).await,
         Err(e) => AppError::new(e, lang.0).into_response(),
     }
+}
+
+async fn staff_organisation(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<StaffForm>,
+) -> Response {
+    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match ra::check_organisation(
+        &s.auth,
+        &staff,
+        &id,
+        f.version,
+        &f.org_id,
+        f.documents_sighted.is_some(),
+    )
+    .await
+    {
+        Ok(()) => render_app(&s, lang, staff, &id, lang.0.texts().checked.into(), None).await,
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+async fn staff_domains(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<StaffForm>,
+) -> Response {
+    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match ra::validate_domains_at_counter(&s.auth, &staff, &id).await {
+        Ok((_, list)) => {
+            let message = domains_message(lang.0.texts(), &list);
+            render_app(&s, lang, staff, &id, message, None).await
+        }
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+/// "Validated: a, b. Not validated: c (why)."
+fn domains_message(t: &Texts, list: &[ra::DomainStatus]) -> String {
+    let done: Vec<&str> = list
+        .iter()
+        .filter(|d| d.validated)
+        .map(|d| d.domain.as_str())
+        .collect();
+    let open: Vec<String> = list
+        .iter()
+        .filter(|d| !d.validated)
+        .map(|d| match &d.problem {
+            Some(p) => format!("{} ({p})", d.domain),
+            None => d.domain.clone(),
+        })
+        .collect();
+    let mut m = String::new();
+    if !done.is_empty() {
+        m.push_str(&format!("{}: {}. ", t.validated, done.join(", ")));
+    }
+    if !open.is_empty() {
+        m.push_str(&format!("{}: {}.", t.not_validated, open.join("; ")));
+    }
+    m.trim().to_string()
 }
 
 async fn staff_fee(
@@ -1529,6 +1727,14 @@ mod tests {
             (Error::Expired("x".into()), 410),
             (Error::SignInFailed, 401),
             (Error::Forbidden("x".into()), 403),
+            (
+                Error::CaaForbids {
+                    domain: "x".into(),
+                    reason: "y".into(),
+                },
+                409,
+            ),
+            (Error::Dns("x".into()), 503),
             (Error::Store("x".into()), 500),
         ] {
             assert_eq!(status_of(&e).as_u16(), code, "{e:?}");
