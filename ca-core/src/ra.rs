@@ -2206,33 +2206,67 @@ pub async fn decide(
         .bind(&staff.staff)
         .fetch_optional(&mut *tx)
         .await?;
+    let needed = if auth.config().ra.dual_control.contains(&profile) {
+        2
+    } else {
+        1
+    };
+    let count_approvals = || {
+        sqlx::query(
+            "SELECT COUNT(DISTINCT staff) FROM approvals WHERE application = $1 AND version = $2 AND decision = 'approve' AND expires_at > $3",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(t)
+    };
+    // An approval of one's own that still counts: if the set is complete, the issuance it
+    // started failed (e.g. CAA forbade it, or the HSM was down) and this approval retries it;
+    // otherwise someone else must approve.
+    let mut retry = false;
     if let Some(e) = earlier {
         if e.try_get::<i64, _>(1)? > t {
-            return Err(Error::Conflict(
-                "you have already decided on this application: a second approval must come from someone else".into(),
-            ));
-        }
-        // An expired approval of one's own may be renewed.
-        sqlx::query("DELETE FROM approvals WHERE application = $1 AND version = $2 AND staff = $3")
+            let complete = count_approvals()
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get::<i64, _>(0)?
+                >= needed;
+            if !(matches!(decision, Decision::Approve)
+                && e.try_get::<String, _>(0)? == "approve"
+                && complete)
+            {
+                return Err(Error::Conflict(
+                    "you have already decided on this application: a second approval must come from someone else".into(),
+                ));
+            }
+            retry = true;
+        } else {
+            // An expired approval of one's own may be renewed.
+            sqlx::query(
+                "DELETE FROM approvals WHERE application = $1 AND version = $2 AND staff = $3",
+            )
             .bind(id)
             .bind(version)
             .bind(&staff.staff)
             .execute(&mut *tx)
             .await?;
+        }
     }
     let (kind, word) = match &decision {
+        Decision::Approve if retry => ("ra.issuance.retried", "approve"),
         Decision::Approve => ("ra.approval", "approve"),
         Decision::Reject(_) => ("ra.rejection", "reject"),
     };
-    sqlx::query("INSERT INTO approvals (application, version, staff, decision, at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(id)
-        .bind(version)
-        .bind(&staff.staff)
-        .bind(word)
-        .bind(t)
-        .bind(expires)
-        .execute(&mut *tx)
-        .await?;
+    if !retry {
+        sqlx::query("INSERT INTO approvals (application, version, staff, decision, at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id)
+            .bind(version)
+            .bind(&staff.staff)
+            .bind(word)
+            .bind(t)
+            .bind(expires)
+            .execute(&mut *tx)
+            .await?;
+    }
     let reason = match &decision {
         Decision::Reject(reason) => Some(reason.trim().to_string()),
         Decision::Approve => None,
@@ -2264,20 +2298,7 @@ pub async fn decide(
         tx.commit().await?;
         return Ok(Decided::Rejected { email, reference });
     }
-    let approvals: i64 = sqlx::query(
-        "SELECT COUNT(DISTINCT staff) FROM approvals WHERE application = $1 AND version = $2 AND decision = 'approve' AND expires_at > $3",
-    )
-    .bind(id)
-    .bind(version)
-    .bind(t)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get(0)?;
-    let needed = if auth.config().ra.dual_control.contains(&profile) {
-        2
-    } else {
-        1
-    };
+    let approvals: i64 = count_approvals().fetch_one(&mut *tx).await?.try_get(0)?;
     if approvals < needed {
         tx.commit().await?;
         return Ok(Decided::AwaitingSecond);

@@ -11,6 +11,7 @@
 //! - pkilint's `lint_*` programs must be on `PATH` (`ops/test` does that).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dns;
 pub mod webdriver;
 
 use std::collections::BTreeMap;

@@ -84,7 +84,19 @@ fn by_id(body: &str, id: &str) -> String {
 
 /// `ecert serve` with mail to `smtp` and debug logs into `log`.
 pub(crate) fn serve_ra(ca: &Ca, smtp: &str, log: &std::path::Path) -> Server {
+    serve_ra_with(ca, smtp, log, &[])
+}
+
+/// [`serve_ra`] with more environment.
+pub(crate) fn serve_ra_with(
+    ca: &Ca,
+    smtp: &str,
+    log: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> Server {
     use std::io::{BufRead, BufReader};
+    let mut all = vec![("ECERT_SMTP", smtp), ("ECERT_LOG", "debug")];
+    all.extend_from_slice(envs);
     let mut c = ca.command(
         &[
             "serve",
@@ -93,7 +105,7 @@ pub(crate) fn serve_ra(ca: &Ca, smtp: &str, log: &std::path::Path) -> Server {
             "--crl-watch-seconds",
             "1",
         ],
-        &[("ECERT_SMTP", smtp), ("ECERT_LOG", "debug")],
+        &all,
     );
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -146,6 +158,11 @@ pub(crate) fn ocsp_status(
 
 /// `ecert staff add` with the password on standard input; returns the TOTP secret (base32).
 pub(crate) fn add_clerk(ca: &Ca, username: &str, outlet: &str) -> String {
+    add_staff(ca, username, outlet, "clerk")
+}
+
+/// `ecert staff add --role ROLE`; returns the TOTP secret.
+pub(crate) fn add_staff(ca: &Ca, username: &str, outlet: &str, role: &str) -> String {
     let mut add = ca.command(
         &[
             "staff",
@@ -156,6 +173,8 @@ pub(crate) fn add_clerk(ca: &Ca, username: &str, outlet: &str) -> String {
             "Clerk One",
             "--outlet",
             outlet,
+            "--role",
+            role,
         ],
         &[],
     );
@@ -511,5 +530,325 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         assert!(!dump.contains(&needle), "{what} in the database dump");
         assert!(!logs.contains(&needle), "{what} in the logs");
     }
+    ca.audit_ok();
+}
+
+/// A JSON API call with a staff token: (status, parsed body or Null).
+fn api(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let r = http(
+        addr,
+        method,
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        bytes.as_bytes(),
+    );
+    let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status, v)
+}
+
+/// A server application from the online form to the certificate, against a real DNS server:
+/// the organisation's documents and the Authorised Representative are checked at the counter
+/// (over the JSON API, with two staff tokens: server certificates need dual control); domain
+/// control by TXT record (TLS BR §3.2.2.4.7) is refused until the right value is at every
+/// name; CAA naming another CA, and a resolver failure, stop the issuance with their errors
+/// and audit records, and the application stays open; once CAA names this CA the approval is
+/// retried and the certificate is judged by openssl and pkilint's TLS BR linter.
+#[test]
+fn server_application_with_domain_validation_and_caa() {
+    let ca = Ca::init();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(ca.data_dir().join("ecert.toml"))
+            .unwrap();
+        writeln!(
+            f,
+            "[dcv]\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2"
+        )
+        .unwrap();
+    }
+    ca.ecert_ok(&[
+        "outlet",
+        "add",
+        "gpo",
+        "--en",
+        "General Post Office",
+        "--zh",
+        "郵政總局",
+    ]);
+    add_staff(&ca, "clerk1", "gpo", "clerk");
+    add_staff(&ca, "super1", "gpo", "supervisor");
+    let token = |user: &str| {
+        ca.ecert_ok(&[
+            "staff",
+            "token",
+            "--username",
+            user,
+            "--label",
+            "e2e",
+            "--days",
+            "1",
+        ])
+        .trim()
+        .to_string()
+    };
+    let (clerk, supervisor) = (token("clerk1"), token("super1"));
+    let dns = ecert_e2e::dns::DnsServer::start();
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra_with(&ca, &smtp.addr, &log, &[("ECERT_DNS_RESOLVER", &dns.addr)]);
+    let addr = &server.1;
+
+    // The representative starts online.
+    let r = page(addr, "/apply?profile=server", "");
+    assert_eq!(r.status, 200);
+    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let cookies = format!("ecert_csrf={csrf}");
+    let csr = ca.csr("server", KeyType::P256);
+    let csr_pem = std::fs::read_to_string(&csr.csr).unwrap();
+    let r = form(
+        addr,
+        "/apply",
+        &cookies,
+        &[
+            ("csrf", &csrf),
+            ("profile", "server"),
+            ("surname", "Lee"),
+            ("given_name", "Ka Yan"),
+            ("email", "it@example.hk"),
+            ("hkid", "K410002(6)"),
+            ("date_of_birth", "1975-06-01"),
+            ("phone", "+852 2921 3333"),
+            ("address", "2 Connaught Place, Central"),
+            ("outlet", "gpo"),
+            ("revocation_secret", "our revocation words"),
+            ("organization", "Example Trading Limited"),
+            ("org_id", "12345678"),
+            ("dns_names", "www.example.hk\r\napi.example.hk"),
+            ("csr", &csr_pem),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let body = text(&r);
+    let reference = by_id(&body, "reference");
+    let secret = by_id(&body, "tracking-secret");
+    let mail = smtp.wait_for("it@example.hk", &reference);
+    let code = mail
+        .lines()
+        .filter_map(|l| l.rsplit_once(": "))
+        .map(|(_, c)| c.trim())
+        .find(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap()
+        .to_string();
+    let track = [
+        ("csrf", csrf.as_str()),
+        ("reference", reference.as_str()),
+        ("secret", secret.as_str()),
+    ];
+    let mut confirm = track.to_vec();
+    confirm.push(("code", &code));
+    assert_eq!(form(addr, "/track/confirm", &cookies, &confirm).status, 200);
+
+    // At the counter, over the API.
+    let (st, list) = api(
+        addr,
+        "GET",
+        &format!("/api/v1/applications?reference={reference}"),
+        &clerk,
+        None,
+    );
+    assert_eq!(st, 200, "{list}");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/applications/{id}");
+    let (_, view) = api(addr, "GET", &path, &clerk, None);
+    assert_eq!(view["organization"], "Example Trading Limited", "{view}");
+    let value = view["random_value"].as_str().unwrap().to_string();
+    assert_eq!(view["domains"].as_array().unwrap().len(), 2, "{view}");
+    let ok = |(st, v): (u16, serde_json::Value)| assert_eq!(st, 204, "{v}");
+    ok(api(
+        addr,
+        "POST",
+        &format!("{path}/identity"),
+        &clerk,
+        Some(serde_json::json!({"version": 1, "hkid": "K410002(6)", "card_sighted": true})),
+    ));
+    let (st, e) = api(
+        addr,
+        "POST",
+        &format!("{path}/organisation"),
+        &clerk,
+        Some(serde_json::json!({"version": 1, "org_id": "12345679", "documents_sighted": true})),
+    );
+    assert_eq!(st, 422, "{e}");
+    ok(api(
+        addr,
+        "POST",
+        &format!("{path}/organisation"),
+        &clerk,
+        Some(serde_json::json!({"version": 1, "org_id": "1234-5678", "documents_sighted": true})),
+    ));
+    ok(api(
+        addr,
+        "POST",
+        &format!("{path}/fee"),
+        &clerk,
+        Some(serde_json::json!({"amount_cents": 50000, "method": "cheque", "receipt": "GPO-0002"})),
+    ));
+    let approve = || Some(serde_json::json!({"version": 1, "decision": "approve"}));
+
+    // Domain control: nothing published, then a wrong value at one name.
+    let domains = |tok: &str| {
+        let (st, v) = api(addr, "POST", &format!("{path}/domains"), tok, None);
+        assert_eq!(st, 200, "{v}");
+        v["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["domain"].as_str().unwrap().to_string(),
+                    d["validated"].as_bool().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let both = |a: bool, b: bool| {
+        vec![
+            ("www.example.hk".to_string(), a),
+            ("api.example.hk".to_string(), b),
+        ]
+    };
+    assert_eq!(domains(&clerk), both(false, false));
+    let (st, e) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
+    assert_eq!(st, 409, "{e}");
+    assert!(e.to_string().contains("not validated"), "{e}");
+    dns.set_txt("_ecert-challenge.www.example.hk", &[&value]);
+    dns.set_txt("_ecert-challenge.api.example.hk", &["not the value"]);
+    assert_eq!(domains(&clerk), both(true, false));
+    // The applicant can ask for the check too (their tracking page).
+    dns.set_txt(
+        "_ecert-challenge.api.example.hk",
+        &["not the value", &value],
+    );
+    let r = form(addr, "/track/domains", &cookies, &track);
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(
+        text(&r).matches("data-validated=\"true\"").count(),
+        2,
+        "{}",
+        text(&r)
+    );
+
+    // CAA at the parent names another CA: the second approval does not issue.
+    dns.set_caa_issue("example.hk", &[Some("other-ca.example")]);
+    let (st, d) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
+    assert_eq!(
+        (st, d["outcome"].as_str()),
+        (200, Some("awaiting_second_approval")),
+        "{d}"
+    );
+    let (st, e) = api(
+        addr,
+        "POST",
+        &format!("{path}/decision"),
+        &supervisor,
+        approve(),
+    );
+    assert_eq!(st, 409, "{e}");
+    assert!(
+        e.to_string()
+            .contains("CAA forbids issuance for www.example.hk"),
+        "{e}"
+    );
+    // A resolver failure (SERVFAIL, as a validating resolver answers for bogus data) also stops it.
+    dns.set_caa_issue("example.hk", &[Some("pki.example.hk")]);
+    dns.break_name("api.example.hk");
+    let (st, e) = api(
+        addr,
+        "POST",
+        &format!("{path}/decision"),
+        &supervisor,
+        approve(),
+    );
+    assert_eq!(st, 503, "{e}");
+    let (_, view) = api(addr, "GET", &path, &clerk, None);
+    assert!(view["certificate"].is_null(), "{view}");
+    assert_eq!(view["status"], "awaiting_second_approval", "{view}");
+    dns.repair_name("api.example.hk");
+
+    // CAA names this CA (found at the parent of each name): the same approval retries and issues.
+    let (st, d) = api(
+        addr,
+        "POST",
+        &format!("{path}/decision"),
+        &supervisor,
+        approve(),
+    );
+    assert_eq!((st, d["outcome"].as_str()), (200, Some("issued")), "{d}");
+    let r = http(
+        addr,
+        "GET",
+        &format!("{path}/certificate"),
+        &[("Authorization", &format!("Bearer {clerk}"))],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let cert = ca.file("server-ra.pem");
+    std::fs::write(&cert, &r.body).unwrap();
+    let server_ca = ca.export("server");
+    openssl_verify(
+        &ca.export("root").path,
+        &[&server_ca.path],
+        &cert,
+        Some("sslserver"),
+        "RA-issued server certificate",
+    );
+    pkilint(
+        "lint_cabf_serverauth_cert",
+        &["-d"],
+        &[&cert],
+        "RA-issued server certificate",
+    );
+    let parsed = CertFile::read(&cert);
+    let c = parsed.parse();
+    assert_eq!(
+        san_list(&c),
+        vec!["dns:api.example.hk", "dns:www.example.hk"]
+    );
+    assert!(
+        name_attrs(c.subject()).contains(&(
+            "2.5.4.10".to_string(),
+            "Example Trading Limited".to_string()
+        )),
+        "{:?}",
+        name_attrs(c.subject())
+    );
+
+    // The audit trail holds each step, and verifies.
+    let audit = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'ra.%' ORDER BY seq");
+    for kind in [
+        "ra.organisation.mismatch",
+        "ra.organisation.checked",
+        "ra.domain.validated",
+        "ra.caa.refused",
+        "ra.issuance.retried",
+        "ra.caa.checked",
+        "ra.issued",
+    ] {
+        assert!(audit.contains(kind), "{kind} not in {audit}");
+    }
+    assert_eq!(audit.matches("ra.domain.validated").count(), 2, "{audit}");
     ca.audit_ok();
 }
