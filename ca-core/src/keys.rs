@@ -187,6 +187,23 @@ impl SubscriberKey {
     pub fn fingerprint(&self) -> [u8; 32] {
         Sha256::digest(&self.spki_der).into()
     }
+
+    /// Whether `signature` by this key verifies over `message`: ECDSA with SHA-256 (P-256) or
+    /// SHA-384 (P-384), as IEEE P1363 `r||s` (what WebCrypto makes) or as a DER
+    /// `ECDSA-Sig-Value` (what `openssl dgst -sign` makes); RSA PKCS#1 v1.5 with SHA-256.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        use ring::signature as sig;
+        let algs: &[&'static dyn sig::VerificationAlgorithm] = match self.kind {
+            KeyKind::EcP256 => &[&sig::ECDSA_P256_SHA256_FIXED, &sig::ECDSA_P256_SHA256_ASN1],
+            KeyKind::EcP384 => &[&sig::ECDSA_P384_SHA384_FIXED, &sig::ECDSA_P384_SHA384_ASN1],
+            KeyKind::Rsa { .. } => &[&sig::RSA_PKCS1_2048_8192_SHA256],
+        };
+        algs.iter().any(|alg| {
+            sig::UnparsedPublicKey::new(*alg, &self.key_bytes)
+                .verify(message, signature)
+                .is_ok()
+        })
+    }
 }
 
 impl rcgen::PublicKeyData for SubscriberKey {

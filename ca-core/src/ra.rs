@@ -753,11 +753,28 @@ async fn revoke_with_predecessors(
 /// must be issued, not revoked or held, not expired, within `ra.renewal_window_days` of its
 /// expiry, and not renewed already. The renewal is an issuance linked to
 /// the certificate it replaces (both ways), with the same subject data.
+/// What the current certificate's key signs to vouch for a new key at an online re-key: the
+/// reference, the serial being replaced and the SHA-256 of the new key's SubjectPublicKeyInfo
+/// (hex), one per line.
+pub fn rekey_message(reference: &str, old_serial: &str, new_spki_sha256_hex: &str) -> String {
+    format!(
+        "ecert-rekey-v1\n{}\n{}\n{}",
+        reference.trim().to_uppercase(),
+        old_serial.to_ascii_lowercase(),
+        new_spki_sha256_hex.to_ascii_lowercase()
+    )
+}
+
+/// Online renewal (a CSR for the current certificate's key, signed by it) or re-key (a CSR for
+/// a new key, plus `rekey_proof`: the current key's signature over [`rekey_message`]), in the
+/// window before expiry, once per certificate. The new certificate keeps the subject and is
+/// linked to the one it replaces.
 pub async fn renew_online(
     auth: &Authority,
     reference: &str,
     secret: &str,
     csr: &[u8],
+    rekey_proof: Option<&[u8]>,
 ) -> Result<String> {
     let store = auth.store();
     let id = owned(store, reference, secret).await?;
@@ -813,11 +830,29 @@ pub async fn renew_online(
         )));
     }
     let csr = VerifiedCsr::parse(csr)?;
-    if csr.key().fingerprint().as_slice() != key_fp.as_slice() {
-        return Err(invalid(
-            "csr",
-            "sign the renewal request with the key of the current certificate",
-        ));
+    let rekey = csr.key().fingerprint().as_slice() != key_fp.as_slice();
+    if rekey {
+        let Some(proof) = rekey_proof.filter(|p| !p.is_empty()) else {
+            return Err(invalid(
+                "csr",
+                "sign the renewal request with the key of the current certificate, or prove the new key with a signature by the current one",
+            ));
+        };
+        let der = store
+            .certificate(&old)
+            .await?
+            .and_then(|c| c.cert_der)
+            .ok_or(Error::NotFound)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| Error::Encoding(e.to_string()))?;
+        let current = crate::keys::SubscriberKey::from_spki_der(cert.public_key().raw)?;
+        let message = rekey_message(&reference, &old, &hex::encode(csr.key().fingerprint()));
+        if !current.verifies(message.as_bytes(), proof) {
+            return Err(invalid(
+                "rekey_proof",
+                "the signature by the current certificate's key does not verify",
+            ));
+        }
     }
     let old_serial = SerialNumber::from_hex(&old).ok_or(Error::NotFound)?;
     let issued = auth
@@ -842,10 +877,10 @@ pub async fn renew_online(
         .audit(
             &mut tx,
             &Event {
-                kind: "ra.renewed",
+                kind: if rekey { "ra.rekeyed" } else { "ra.renewed" },
                 actor: format!("citizen:{reference}"),
                 subject: Some(id),
-                detail: json!({ "old": old, "new": serial }),
+                detail: json!({ "old": old, "new": serial, "new_key": rekey }),
             },
         )
         .await?;
@@ -3482,6 +3517,116 @@ mod journey {
         );
     }
 
+    /// Online re-key: a CSR for a new key is accepted only with the current key's signature
+    /// over the message naming this reference, the serial replaced and the new key (WebCrypto's
+    /// `r||s` and OpenSSL's DER signatures both verify); the new certificate carries the new key
+    /// and is linked to the old one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn online_rekey_needs_the_current_keys_signature() {
+        let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let current = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let hkid = crate::hkid::synthetic("Z", 41_414);
+        let sub = ready_for_approval(&auth, &clerk, &hkid, &current).await;
+        let Decided::Issued { serial: old, .. } =
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+                .await
+                .unwrap()
+        else {
+            panic!("not issued")
+        };
+        let new = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let new_fp = hex::encode(Sha256::digest(
+            rcgen::PublicKeyData::subject_public_key_info(&new),
+        ));
+        let message = rekey_message(&sub.reference, &old, &new_fp);
+        // r||s, as WebCrypto signs.
+        let fixed = |key: &rcgen::KeyPair, msg: &str| {
+            let rng = ring::rand::SystemRandom::new();
+            ring::signature::EcdsaKeyPair::from_pkcs8(
+                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &key.serialize_der(),
+                &rng,
+            )
+            .unwrap()
+            .sign(&rng, msg.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+        };
+        let refused = |r: Result<String>| {
+            matches!(
+                r,
+                Err(Error::Invalid {
+                    field: "rekey_proof",
+                    ..
+                })
+            )
+        };
+        // Signed by the new key, not the current one.
+        assert!(refused(
+            renew_online(
+                &auth,
+                &sub.reference,
+                &sub.secret,
+                &csr_for(&new),
+                Some(&fixed(&new, &message))
+            )
+            .await
+        ));
+        // Signed by the current key, but for another new key.
+        let other_fp = hex::encode(Sha256::digest(
+            rcgen::PublicKeyData::subject_public_key_info(&current),
+        ));
+        let wrong = rekey_message(&sub.reference, &old, &other_fp);
+        assert!(refused(
+            renew_online(
+                &auth,
+                &sub.reference,
+                &sub.secret,
+                &csr_for(&new),
+                Some(&fixed(&current, &wrong))
+            )
+            .await
+        ));
+        // No proof at all: the plain renewal's error.
+        assert!(matches!(
+            renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&new), None).await,
+            Err(Error::Invalid { field: "csr", .. })
+        ));
+        // The DER signature OpenSSL would make (rcgen signs ECDSA as DER) verifies too.
+        let der_sig = rcgen::SigningKey::sign(&current, message.as_bytes()).unwrap();
+        let serial = renew_online(
+            &auth,
+            &sub.reference,
+            &sub.secret,
+            &csr_for(&new),
+            Some(&der_sig),
+        )
+        .await
+        .unwrap();
+        let rec = store.certificate(&serial).await.unwrap().unwrap();
+        assert_eq!(rec.renews.as_deref(), Some(old.as_str()));
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(rec.cert_der.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&new).as_slice()
+        );
+        assert!(store
+            .audit_records()
+            .await
+            .unwrap()
+            .0
+            .iter()
+            .any(|r| r.kind == "ra.rekeyed"));
+    }
+
     /// Online renewal: only with the current key, only in the window before expiry, once; the
     /// new certificate is linked to the old one and keeps its subject (and SRN).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3499,7 +3644,7 @@ mod journey {
         let sub = submit(&auth, form).await.unwrap();
         assert!(
             matches!(
-                renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key)).await,
+                renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key), None).await,
                 Err(Error::Conflict(_))
             ),
             "nothing issued yet"
@@ -3523,14 +3668,14 @@ mod journey {
         };
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         assert!(matches!(
-            renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&other)).await,
+            renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&other), None).await,
             Err(Error::Invalid { field: "csr", .. })
         ));
         assert!(matches!(
-            renew_online(&auth, &sub.reference, "wrong", &csr_for(&key)).await,
+            renew_online(&auth, &sub.reference, "wrong", &csr_for(&key), None).await,
             Err(Error::NotFound)
         ));
-        let second = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key))
+        let second = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key), None)
             .await
             .unwrap();
         assert_ne!(first, second);
@@ -3592,7 +3737,7 @@ mod journey {
         decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
             .await
             .unwrap();
-        let e = renew_online(&auth, &sub.reference, &sub.secret, &csr)
+        let e = renew_online(&auth, &sub.reference, &sub.secret, &csr, None)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("opens 90 days before"), "{e}");
@@ -3818,7 +3963,7 @@ mod review_fixes {
         let (sub2, first) = issued_app(&auth, &clerk, &key, 3).await;
         let csr = super::journey::csr_for(&key);
         sqlx::query("UPDATE applications SET email_confirmed_at = email_confirmed_at - 31 * 86400, email_code_expires = 0 WHERE id = $1").bind(&sub2.id).execute(store.pool()).await.unwrap();
-        let e = renew_online(&auth, &sub2.reference, &sub2.secret, &csr)
+        let e = renew_online(&auth, &sub2.reference, &sub2.secret, &csr, None)
             .await
             .unwrap_err();
         assert!(
@@ -3831,7 +3976,7 @@ mod review_fixes {
         confirm_email(&store, &sub2.reference, &sub2.secret, &code)
             .await
             .unwrap();
-        let second = renew_online(&auth, &sub2.reference, &sub2.secret, &csr)
+        let second = renew_online(&auth, &sub2.reference, &sub2.secret, &csr, None)
             .await
             .unwrap();
         assert!(matches!(

@@ -302,6 +302,11 @@ impl Chrome {
         std::fs::write(self.shots.join(format!("{n:02}-{name}.png")), png).unwrap();
     }
 
+    /// The download directory.
+    pub fn downloads(&self) -> &Path {
+        self.downloads.path()
+    }
+
     /// Waits for a finished download whose name ends with `suffix`.
     pub fn download(&self, suffix: &str) -> PathBuf {
         let deadline = Instant::now() + Duration::from_secs(60);

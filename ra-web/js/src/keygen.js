@@ -98,12 +98,11 @@ function pvBuffer(text) {
   return new TextEncoder().encode(text).buffer;
 }
 
-/** Makes the key pair and the CSR; fills the form's CSR field. */
-async function makeKey(status, csrField, passphrase) {
-  if (!passphrase || passphrase.value.length < 8) {
-    status.textContent = status.dataset.short;
-    return;
-  }
+/**
+ * Makes a key pair and its CSR, keeps the key in this browser (see below) and offers the
+ * encrypted key file; returns the CSR's DER and the SubjectPublicKeyInfo's SHA-256 (hex).
+ */
+async function newKeyAndCsr(passphrase) {
   // Extractable only for this function: the key is kept as a passphrase-encrypted PKCS#8 (for
   // the files the citizen saves) and as a non-extractable copy (for signing renewals), so
   // nothing in the browser profile hands out the private key in clear.
@@ -121,13 +120,50 @@ async function makeKey(status, csrField, passphrase) {
   await csr.sign(keys.privateKey, "SHA-256");
   const der = csr.toSchema().toBER(false);
   const spki = await crypto().exportKey("spki", keys.publicKey);
-  const encrypted = (await shrouded(keys.privateKey, passphrase.value)).toSchema().toBER(false);
+  const encrypted = (await shrouded(keys.privateKey, passphrase)).toSchema().toBER(false);
   const pkcs8 = await crypto().exportKey("pkcs8", keys.privateKey);
   const signing = await crypto().importKey("pkcs8", pkcs8, ALG, false, ["sign"]);
-  await put(await spkiId(spki), { privateKey: signing, encryptedPkcs8: encrypted, created: Date.now() });
+  const id = await spkiId(spki);
+  await put(id, { privateKey: signing, encryptedPkcs8: encrypted, created: Date.now() });
+  download("e-cert-key.p8.pem", "application/x-pem-file", pem("ENCRYPTED PRIVATE KEY", encrypted));
+  return { der, id };
+}
+
+/** Makes the key pair and the CSR; fills the form's CSR field. */
+async function makeKey(status, csrField, passphrase) {
+  if (!passphrase || passphrase.value.length < 8) {
+    status.textContent = status.dataset.short;
+    return;
+  }
+  const { der } = await newKeyAndCsr(passphrase.value);
   csrField.value = pem("CERTIFICATE REQUEST", der);
   status.textContent = status.dataset.done;
-  download("e-cert-key.p8.pem", "application/x-pem-file", pem("ENCRYPTED PRIVATE KEY", encrypted));
+}
+
+/**
+ * Online re-key: a new key and its CSR, and the current key's signature (ECDSA P-256 with
+ * SHA-256, r||s) over "ecert-rekey-v1\n<reference>\n<current serial>\n<new SPKI SHA-256>",
+ * which the server checks against the current certificate (ra::rekey_message).
+ */
+async function rekey(form, passphrase, status) {
+  if (!passphrase || passphrase.value.length < 8) {
+    status.textContent = status.dataset.short;
+    return;
+  }
+  const { certs, stored } = await chainAndKey(form);
+  if (!stored) {
+    status.textContent = status.dataset.nokey;
+    return;
+  }
+  // ecert names serials by their 16 bytes in hex (SerialNumber::to_hex); DER may add a 00.
+  const serial = hex(certs[0].serialNumber.valueBlock.valueHexView).replace(/^0+/, "").padStart(32, "0");
+  const { der, id } = await newKeyAndCsr(passphrase.value);
+  const reference = form.querySelector('input[name="reference"]').value.trim().toUpperCase();
+  const message = new TextEncoder().encode(`ecert-rekey-v1\n${reference}\n${serial}\n${id}`);
+  const proof = await crypto().sign({ name: "ECDSA", hash: "SHA-256" }, stored.privateKey, message);
+  form.querySelector("#renew-csr").value = pem("CERTIFICATE REQUEST", der);
+  form.querySelector("#rekey-proof").value = btoa(String.fromCharCode(...new Uint8Array(proof)));
+  form.submit();
 }
 
 /** The issued chain (leaf first) and the key of the leaf held by this browser, if any. */
@@ -245,6 +281,16 @@ function wire() {
     ren.addEventListener("click", (e) => {
       e.preventDefault();
       renew(document.getElementById("renew-form"), status).catch((err) => {
+        status.textContent = `${status.dataset.failed} ${err}`;
+      });
+    });
+  }
+  const re = document.getElementById("rekey-browser");
+  if (re) {
+    const status = document.getElementById("renew-status");
+    re.addEventListener("click", (e) => {
+      e.preventDefault();
+      rekey(document.getElementById("renew-form"), document.getElementById("rekey-passphrase"), status).catch((err) => {
         status.textContent = `${status.dataset.failed} ${err}`;
       });
     });

@@ -752,6 +752,9 @@ pub struct TrackForm {
     reason: String,
     #[serde(default)]
     csr: String,
+    /// Online re-key: base64 of the current key's signature over `ra::rekey_message`.
+    #[serde(default)]
+    rekey_proof: String,
 }
 
 #[derive(Template)]
@@ -998,9 +1001,34 @@ async fn renew(
     s.limits
         .check("code", ip, 10)
         .map_err(|e| AppError { lang: lang.0, ..e })?;
-    let serial = ra::renew_online(&s.auth, &f.reference, &f.secret, f.csr.as_bytes())
-        .await
-        .lang(lang.0)?;
+    let proof = if f.rekey_proof.trim().is_empty() {
+        None
+    } else {
+        Some(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                f.rekey_proof.trim(),
+            )
+            .map_err(|_| {
+                AppError::new(
+                    Error::Invalid {
+                        field: "rekey_proof",
+                        reason: "base64 of the signature".into(),
+                    },
+                    lang.0,
+                )
+            })?,
+        )
+    };
+    let serial = ra::renew_online(
+        &s.auth,
+        &f.reference,
+        &f.secret,
+        f.csr.as_bytes(),
+        proof.as_deref(),
+    )
+    .await
+    .lang(lang.0)?;
     status_page(
         &s,
         lang,

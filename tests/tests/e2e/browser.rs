@@ -333,6 +333,56 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     .stdout;
     assert_eq!(renewed_pub, cert_pub, "renewal keeps the key");
 
+    // Online re-key: a new key made in this browser, vouched for by the current key's
+    // signature; the new key file is offered, and the new PKCS#12 holds the new key.
+    std::fs::remove_file(&p12).unwrap();
+    for f in std::fs::read_dir(b.downloads()).unwrap().flatten() {
+        std::fs::remove_file(f.path()).unwrap();
+    }
+    b.fill("#rekey-passphrase", "key file passphrase");
+    b.click("#rekey-browser");
+    b.wait_until(
+        "const m = document.getElementById('message'); return !!m && m.textContent.startsWith('Renewed');",
+        "the re-key",
+    );
+    b.screenshot("rekeyed");
+    let key_file = b.download(".p8.pem");
+    assert!(
+        std::fs::read_to_string(&key_file)
+            .unwrap()
+            .contains("BEGIN ENCRYPTED PRIVATE KEY"),
+        "the new key is offered encrypted"
+    );
+    b.fill("#p12-passphrase", "key file passphrase");
+    b.click("#download-p12");
+    let p12 = b.download(".p12");
+    let (_, leaf) = open_pkcs12(&ca, &p12, "rekeyed");
+    verify(&leaf, "the re-keyed PKCS#12's certificate");
+    let rekeyed_pub = openssl(
+        ca.data_dir(),
+        &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
+    )
+    .stdout;
+    assert_ne!(rekeyed_pub, cert_pub, "re-key changes the key");
+    let rekeyed_serial = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"],
+        )
+        .stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(
+        rekeyed_serial != first_serial && rekeyed_serial != second_serial,
+        "the re-key is a new certificate"
+    );
+    let audit = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'ra.re%' ORDER BY seq");
+    assert!(
+        audit.contains("ra.renewed") && audit.contains("ra.rekeyed"),
+        "{audit}"
+    );
+
     // Online revocation; OCSP answers revoked.
     b.fill("#revocation_secret", "my revocation words");
     b.eval("document.getElementById('reason').value = 'keyCompromise'; return true;");
