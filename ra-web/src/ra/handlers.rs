@@ -712,6 +712,19 @@ async fn every_page_renders_in_both_languages() {
     let reference = applied.text_of("reference");
     let secret = applied.text_of("tracking-secret");
     let id = app_id(&app.get("/staff", &clerk).await, &reference);
+    let hkid2 = ca_core::hkid::synthetic("Z", 78);
+    let mut server = application(&csrf, hkid2.expose(), &csr);
+    server.extend([
+        ("profile", "server"),
+        ("organization", "Example Trading Limited"),
+        ("org_id", "12345678"),
+        ("dns_names", "www.example.hk"),
+    ]);
+    let applied = app.post("/apply", &cookies, &server).await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    let server_ref = applied.text_of("reference");
+    let server_secret = applied.text_of("tracking-secret");
+    let server_id = app_id(&app.get("/staff", &clerk).await, &server_ref);
     for lang in [Lang::En, Lang::ZhHk] {
         let t = lang.texts();
         let q = format!("?lang={}", lang.tag());
@@ -746,7 +759,27 @@ async fn every_page_renders_in_both_languages() {
                 ],
             )
             .await,
+            app.get(&format!("/apply{q}&profile=organisational"), "")
+                .await,
+            app.get(&format!("/apply{q}&profile=encipherment"), "")
+                .await,
+            app.get(&format!("/apply{q}&profile=server"), "").await,
+            app.get("/staff/walk-in", &with(&clerk)).await,
+            app.get(&format!("/staff/applications/{server_id}"), &with(&clerk))
+                .await,
+            app.post(
+                "/track",
+                &with(&cookies),
+                &[
+                    ("csrf", &csrf),
+                    ("reference", &server_ref),
+                    ("secret", &server_secret),
+                ],
+            )
+            .await,
         ];
+        assert!(pages[13].body.contains("_ecert-challenge.www.example.hk"));
+        assert!(pages[14].body.contains("_ecert-challenge.www.example.hk"));
         for (i, p) in pages.iter().enumerate() {
             assert!(
                 p.status == StatusCode::OK || (i == 8 && p.status == StatusCode::NOT_FOUND),
