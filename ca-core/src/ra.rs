@@ -1421,6 +1421,26 @@ pub struct StaffView {
     pub domains: Vec<DomainStatus>,
 }
 
+fn not_open() -> Error {
+    Error::Conflict("the application is no longer open".into())
+}
+
+fn changed() -> Error {
+    Error::Conflict("the application changed since you opened it: reload".into())
+}
+
+/// A row from [`staff_owned`] is still open (`submitted`) and, if `version` is given, at that
+/// version.
+fn open_at(r: &sqlx::any::AnyRow, version: Option<i64>) -> Result<()> {
+    if r.try_get::<String, _>(4)? != "submitted" {
+        return Err(not_open());
+    }
+    if version.is_some_and(|v| r.try_get::<i64, _>(3).ok() != Some(v)) {
+        return Err(changed());
+    }
+    Ok(())
+}
+
 async fn staff_owned(store: &Store, staff: &StaffSession, id: &str) -> Result<sqlx::any::AnyRow> {
     settle(store, id).await?;
     sqlx::query(
@@ -1596,14 +1616,7 @@ pub async fn check_identity(
     let store = auth.store();
     let vault = auth.pii()?;
     let r = staff_owned(store, staff, id).await?;
-    if r.try_get::<String, _>(4)? != "submitted" {
-        return Err(Error::Conflict("the application is no longer open".into()));
-    }
-    if r.try_get::<i64, _>(3)? != version {
-        return Err(Error::Conflict(
-            "the application changed since you opened it: reload".into(),
-        ));
-    }
+    open_at(&r, Some(version))?;
     if !card_sighted {
         return Err(invalid(
             "card_sighted",
@@ -1638,9 +1651,7 @@ pub async fn check_identity(
         .await?
     };
     if res.rows_affected() != 1 {
-        return Err(Error::Conflict(
-            "the application changed since you opened it: reload".into(),
-        ));
+        return Err(changed());
     }
     store
         .audit(
@@ -1679,9 +1690,7 @@ pub async fn record_fee(
 ) -> Result<()> {
     let store = auth.store();
     let r = staff_owned(store, staff, id).await?;
-    if r.try_get::<String, _>(4)? != "submitted" {
-        return Err(Error::Conflict("the application is no longer open".into()));
-    }
+    open_at(&r, None)?;
     let profile: String = r.try_get(2)?;
     let due = auth.config().ra.fees.get(&profile).copied().unwrap_or(0);
     if amount_cents != i64::from(due) {
@@ -1736,9 +1745,7 @@ pub async fn amend_contact(
     let store = auth.store();
     let vault = auth.pii()?;
     let r = staff_owned(store, staff, id).await?;
-    if r.try_get::<String, _>(4)? != "submitted" {
-        return Err(Error::Conflict("the application is no longer open".into()));
-    }
+    open_at(&r, None)?;
     let mut tx = store.begin().await?;
     let t = now();
     let res = sqlx::query("UPDATE applications SET version = version + 1, updated_at = $3 WHERE id = $1 AND version = $2 AND state = 'submitted'")
@@ -1748,9 +1755,7 @@ pub async fn amend_contact(
         .execute(&mut *tx)
         .await?;
     if res.rows_affected() != 1 {
-        return Err(Error::Conflict(
-            "the application changed since you opened it: reload".into(),
-        ));
+        return Err(changed());
     }
     let mut code = None;
     if let Some(email) = email {
@@ -1826,14 +1831,7 @@ pub async fn check_organisation(
 ) -> Result<()> {
     let store = auth.store();
     let r = staff_owned(store, staff, id).await?;
-    if r.try_get::<String, _>(4)? != "submitted" {
-        return Err(Error::Conflict("the application is no longer open".into()));
-    }
-    if r.try_get::<i64, _>(3)? != version {
-        return Err(Error::Conflict(
-            "the application changed since you opened it: reload".into(),
-        ));
-    }
+    open_at(&r, Some(version))?;
     let Some(stored) = r.try_get::<Option<String>, _>(23)? else {
         return Err(Error::Conflict(
             "a personal application has no organisation to check".into(),
@@ -1869,9 +1867,7 @@ pub async fn check_organisation(
         .await?
     };
     if res.rows_affected() != 1 {
-        return Err(Error::Conflict(
-            "the application changed since you opened it: reload".into(),
-        ));
+        return Err(changed());
     }
     store
         .audit(
@@ -1962,7 +1958,7 @@ pub async fn validate_domains(
         .fetch_one(store.pool())
         .await?;
     if r.try_get::<String, _>(0)? != "submitted" {
-        return Err(Error::Conflict("the application is no longer open".into()));
+        return Err(not_open());
     }
     let (Some(mut token), Some(made)) = (
         r.try_get::<Option<String>, _>(1)?,
@@ -2143,15 +2139,7 @@ pub async fn decide(
 ) -> Result<Decided> {
     let store = auth.store();
     let r = staff_owned(store, staff, id).await?;
-    let state: String = r.try_get(4)?;
-    if state != "submitted" {
-        return Err(Error::Conflict("the application is no longer open".into()));
-    }
-    if r.try_get::<i64, _>(3)? != version {
-        return Err(Error::Conflict(
-            "the application changed since you opened it: reload".into(),
-        ));
-    }
+    open_at(&r, Some(version))?;
     let profile: String = r.try_get(2)?;
     let email: String = r.try_get(8)?;
     let reference: String = r.try_get(1)?;
@@ -2326,9 +2314,7 @@ pub async fn decide(
             .execute(&mut *tx)
             .await?;
         if res.rows_affected() != 1 {
-            return Err(Error::Conflict(
-                "the application changed since you opened it: reload".into(),
-            ));
+            return Err(changed());
         }
         tx.commit().await?;
         return Ok(Decided::Rejected { email, reference });
@@ -2346,9 +2332,7 @@ pub async fn decide(
         .execute(&mut *tx)
         .await?;
     if res.rows_affected() != 1 {
-        return Err(Error::Conflict(
-            "the application changed since you opened it: reload".into(),
-        ));
+        return Err(changed());
     }
     tx.commit().await?;
     let csr_bytes: Vec<u8> = r.try_get(21)?;

@@ -52,6 +52,15 @@ fn open_pkcs12(ca: &Ca, p12: &Path, name: &str) -> (String, PathBuf) {
     (pems, leaf)
 }
 
+/// `openssl x509 -noout <what>` of a certificate file, trimmed.
+fn x509_print(ca: &Ca, cert: &Path, what: &str) -> String {
+    let o = openssl(
+        ca.data_dir(),
+        &["x509", "-in", cert.to_str().unwrap(), "-noout", what],
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 fn js_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
@@ -267,11 +276,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         )
     };
     verify(&leaf, "the PKCS#12's certificate");
-    let cert_pub = openssl(
-        ca.data_dir(),
-        &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
-    )
-    .stdout;
+    let cert_pub = x509_print(&ca, &leaf, "-pubkey");
     let key_pub = openssl(
         ca.data_dir(),
         &[
@@ -283,7 +288,8 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     )
     .stdout;
     assert_eq!(
-        cert_pub, key_pub,
+        cert_pub,
+        String::from_utf8_lossy(&key_pub).trim(),
         "the PKCS#12 key does not belong to its certificate"
     );
     assert!(
@@ -292,15 +298,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     );
 
     // Online renewal with the key in this browser, then a new PKCS#12 with the new certificate.
-    let first_serial = String::from_utf8_lossy(
-        &openssl(
-            ca.data_dir(),
-            &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"],
-        )
-        .stdout,
-    )
-    .trim()
-    .to_string();
+    let first_serial = x509_print(&ca, &leaf, "-serial");
     std::fs::remove_file(&p12).unwrap();
     b.click("#renew-browser");
     b.wait_until(
@@ -313,24 +311,12 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     let p12 = b.download(".p12");
     let (_, leaf) = open_pkcs12(&ca, &p12, "renewed");
     verify(&leaf, "the renewed PKCS#12's certificate");
-    let second_serial = String::from_utf8_lossy(
-        &openssl(
-            ca.data_dir(),
-            &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"],
-        )
-        .stdout,
-    )
-    .trim()
-    .to_string();
+    let second_serial = x509_print(&ca, &leaf, "-serial");
     assert_ne!(
         first_serial, second_serial,
         "the renewal is a new certificate"
     );
-    let renewed_pub = openssl(
-        ca.data_dir(),
-        &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
-    )
-    .stdout;
+    let renewed_pub = x509_print(&ca, &leaf, "-pubkey");
     assert_eq!(renewed_pub, cert_pub, "renewal keeps the key");
 
     // Online re-key: a new key made in this browser, vouched for by the current key's
@@ -358,21 +344,9 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     let p12 = b.download(".p12");
     let (_, leaf) = open_pkcs12(&ca, &p12, "rekeyed");
     verify(&leaf, "the re-keyed PKCS#12's certificate");
-    let rekeyed_pub = openssl(
-        ca.data_dir(),
-        &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-pubkey"],
-    )
-    .stdout;
+    let rekeyed_pub = x509_print(&ca, &leaf, "-pubkey");
     assert_ne!(rekeyed_pub, cert_pub, "re-key changes the key");
-    let rekeyed_serial = String::from_utf8_lossy(
-        &openssl(
-            ca.data_dir(),
-            &["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"],
-        )
-        .stdout,
-    )
-    .trim()
-    .to_string();
+    let rekeyed_serial = x509_print(&ca, &leaf, "-serial");
     assert!(
         rekeyed_serial != first_serial && rekeyed_serial != second_serial,
         "the re-key is a new certificate"

@@ -45,6 +45,16 @@ fn page(addr: &str, path: &str, cookies: &str) -> HttpResponse {
     http(addr, "GET", path, &[("Cookie", cookies)], b"")
 }
 
+/// The six-digit code in an e-mail from the RA.
+fn email_code(mail: &str) -> String {
+    mail.lines()
+        .filter_map(|l| l.rsplit_once(": "))
+        .map(|(_, c)| c.trim())
+        .find(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no code in {mail}"))
+        .to_string()
+}
+
 fn text(r: &HttpResponse) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
@@ -252,13 +262,7 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     let reference = by_id(&body, "reference");
     let secret = by_id(&body, "tracking-secret");
     let mail = smtp.wait_for("tm.chan@example.hk", &reference);
-    let code = mail
-        .lines()
-        .filter_map(|l| l.rsplit_once(": "))
-        .map(|(_, c)| c.trim())
-        .find(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
-        .unwrap_or_else(|| panic!("no code in {mail}"))
-        .to_string();
+    let code = email_code(&mail);
     fn with<'a>(
         base: [(&'a str, &'a str); 3],
         extra: &[(&'a str, &'a str)],
@@ -645,13 +649,7 @@ fn server_application_with_domain_validation_and_caa() {
     let reference = by_id(&body, "reference");
     let secret = by_id(&body, "tracking-secret");
     let mail = smtp.wait_for("it@example.hk", &reference);
-    let code = mail
-        .lines()
-        .filter_map(|l| l.rsplit_once(": "))
-        .map(|(_, c)| c.trim())
-        .find(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
-        .unwrap()
-        .to_string();
+    let code = email_code(&mail);
     let track = [
         ("csrf", csrf.as_str()),
         ("reference", reference.as_str()),
