@@ -82,6 +82,43 @@ pub struct RaConfig {
     pub smtp: String,
     /// Sender address of notices.
     pub mail_from: String,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR blocks): the front
+    /// instances (`ecert serve --no-signer --ra-upstream`) and load balancers in front of this
+    /// one. Rate limits then count the client the proxy names, not the proxy.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// An address block `IP/len` (or one address).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = match s.trim().split_once('/') {
+        Some((ip, len)) => (
+            ip.parse::<std::net::IpAddr>().ok()?,
+            len.parse::<u8>().ok()?,
+        ),
+        None => {
+            let ip = s.trim().parse::<std::net::IpAddr>().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((ip, len))
+}
+
+/// Whether `ip` is in the block.
+pub fn cidr_contains(block: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (net, len) = block;
+    match (net, ip.to_canonical()) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
 }
 
 impl Default for RaConfig {
@@ -105,6 +142,7 @@ impl Default for RaConfig {
             retention_days: 90,
             smtp: "127.0.0.1:25".into(),
             mail_from: "e-cert@pki.example.hk".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -324,6 +362,16 @@ impl Config {
                 self.dcv.resolver
             )));
         }
+        if let Some(bad) = self
+            .ra
+            .trusted_proxies
+            .iter()
+            .find(|p| parse_cidr(p).is_none())
+        {
+            return Err(Error::Config(format!(
+                "ra.trusted_proxies: {bad:?} is not an address or IP/len block"
+            )));
+        }
         if !(1..=60).contains(&self.dcv.timeout_seconds) {
             return Err(Error::Config("dcv.timeout_seconds must be 1 to 60".into()));
         }
@@ -515,6 +563,35 @@ mod tests {
             std::fs::write(&f, bad).unwrap();
             let e = Config::load(dir.path(), Some(&f)).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::*;
+
+    #[test]
+    fn blocks_contain_their_addresses_only() {
+        let b = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(cidr_contains(b, "10.1.200.3".parse().unwrap()));
+        assert!(!cidr_contains(b, "10.2.0.1".parse().unwrap()));
+        let one = parse_cidr("127.0.0.1").unwrap();
+        assert!(cidr_contains(one, "127.0.0.1".parse().unwrap()));
+        assert!(
+            cidr_contains(one, "::ffff:127.0.0.1".parse().unwrap()),
+            "v4-mapped"
+        );
+        assert!(!cidr_contains(one, "127.0.0.2".parse().unwrap()));
+        let v6 = parse_cidr("2001:db8::/32").unwrap();
+        assert!(cidr_contains(v6, "2001:db8:1::9".parse().unwrap()));
+        assert!(!cidr_contains(v6, "10.0.0.1".parse().unwrap()));
+        assert!(cidr_contains(
+            parse_cidr("0.0.0.0/0").unwrap(),
+            "8.8.8.8".parse().unwrap()
+        ));
+        for bad in ["10.0.0.0/33", "example", "10.0.0.0/x", ""] {
+            assert!(parse_cidr(bad).is_none(), "{bad}");
         }
     }
 }

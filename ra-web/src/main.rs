@@ -42,6 +42,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod front;
 mod ra;
 mod serve;
 

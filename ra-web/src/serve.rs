@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// that the signing instance made. For extra instances on a shared PostgreSQL.
     #[arg(long)]
     pub no_signer: bool,
+    /// With `--no-signer`: forward the registration pages and API (`/`, `/apply`, `/track`,
+    /// `/staff`, `/api/v1`) to the signing instance at this `http://HOST:PORT` (list this
+    /// instance in the signer's `[ra] trusted_proxies`).
+    #[arg(long, requires = "no_signer")]
+    pub ra_upstream: Option<String>,
 }
 
 /// How often every instance reads new OCSP responses and CRLs from the store.
@@ -91,6 +96,12 @@ type Shared = Arc<AppState>;
 type CrlMap = HashMap<(CaRole, Scope), (i64, i64, Bytes)>;
 
 pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
+    // Checked before anything is opened: a bad URL is a one-line error.
+    let front = a
+        .ra_upstream
+        .as_deref()
+        .map(crate::front::router)
+        .transpose()?;
     let (auth, store) = if a.no_signer {
         let store = Store::open(&config.database_url()).await?;
         (None, store)
@@ -150,6 +161,8 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
             auth.clone(),
             mailer,
         ))));
+    } else if let Some(front) = front {
+        app = app.merge(front);
     }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await

@@ -165,10 +165,7 @@ impl FromRequestParts<Shared> for Staff {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(Error::SignInFailed)?;
-        let ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        let ip = s.client_ip(parts);
         s.limits
             .check("api", ip, 600)
             .map_err(|e| ApiFailure(e.error))?;

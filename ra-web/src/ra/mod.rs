@@ -43,16 +43,59 @@ pub struct RaState {
     /// Outgoing mail.
     pub mailer: Mailer,
     limits: Limiter,
+    /// `[ra] trusted_proxies`, parsed.
+    trusted: Vec<(IpAddr, u8)>,
 }
 
 impl RaState {
     /// New state.
     pub fn new(auth: Arc<Authority>, mailer: Mailer) -> Self {
+        let trusted = auth
+            .config()
+            .ra
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| ca_core::config::parse_cidr(p))
+            .collect();
         RaState {
             auth,
             mailer,
             limits: Limiter::default(),
+            trusted,
         }
+    }
+
+    /// The client a request comes from: the peer, unless the peer is a trusted proxy; then
+    /// the right-most `X-Forwarded-For` address that is not itself a trusted proxy (what a
+    /// client writes into the header itself stands left of what the proxies append).
+    fn client_ip(&self, parts: &Parts) -> IpAddr {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        let trusted = |ip: IpAddr| {
+            self.trusted
+                .iter()
+                .any(|b| ca_core::config::cidr_contains(*b, ip))
+        };
+        if !trusted(peer) {
+            return peer;
+        }
+        let forwarded: Vec<IpAddr> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|a| a.trim().parse::<IpAddr>())
+            .collect::<Result<_, _>>()
+            // A malformed header is not believed at all.
+            .unwrap_or_default();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !trusted(*ip))
+            .unwrap_or(peer)
     }
 }
 
@@ -143,16 +186,11 @@ impl<S: Send + Sync> FromRequestParts<S> for PageLang {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<Shared> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
-        ))
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(s.client_ip(parts)))
     }
 }
 

@@ -850,3 +850,181 @@ fn server_application_with_domain_validation_and_caa() {
     assert_eq!(audit.matches("ra.domain.validated").count(), 2, "{audit}");
     ca.audit_ok();
 }
+
+/// A stateless front instance (`serve --no-signer --ra-upstream`) serves the registration
+/// pages by forwarding them to the signing instance: a citizen applies, confirms the code and
+/// tracks, a clerk signs in, all through the front; what a client writes into
+/// `X-Forwarded-For` does not get it round the rate limit, while the signer believes the
+/// header from its trusted proxies; with the signer gone the front answers 502 for the pages
+/// and still serves the repository.
+#[test]
+fn registration_through_a_front_instance() {
+    let ca = Ca::init();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(ca.data_dir().join("ecert.toml"))
+            .unwrap();
+        writeln!(f, "[ra]\ntrusted_proxies = [\"127.0.0.1\"]").unwrap();
+    }
+    ca.ecert_ok(&[
+        "outlet",
+        "add",
+        "gpo",
+        "--en",
+        "General Post Office",
+        "--zh",
+        "郵政總局",
+    ]);
+    let totp = add_clerk(&ca, "clerk1", "gpo");
+    let smtp = SmtpServer::start();
+    let signer = serve_ra(&ca, &smtp.addr, &ca.file("serve.log"));
+    let upstream = format!("http://{}", signer.1);
+    // Clients reach the front over IPv6 loopback, so their address differs from the front's
+    // own (127.0.0.1, the signer's trusted proxy).
+    let front = crate::serve::start_with(
+        &ca,
+        &[
+            "--no-signer",
+            "--ra-upstream",
+            &upstream,
+            "--listen",
+            "[::1]:0",
+        ],
+    );
+    let addr = front.1.clone();
+    assert!(ca
+        .ecert_err(&[
+            "serve",
+            "--no-signer",
+            "--ra-upstream",
+            "ftp://x",
+            "--listen",
+            "127.0.0.1:0"
+        ])
+        .contains("--ra-upstream must be http://HOST:PORT"));
+
+    let r = page(&addr, "/apply", "");
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let csrf = set_cookie(&r, "ecert_csrf").expect("the signer's cookie comes through");
+    let cookies = format!("ecert_csrf={csrf}");
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, _)| k == "content-security-policy"));
+    let csr = ca.csr("citizen", KeyType::P256);
+    let csr_pem = std::fs::read_to_string(&csr.csr).unwrap();
+    let application = |hkid: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("surname", "Chan".into()),
+            ("given_name", "Tai Man".into()),
+            ("email", "tm.chan@example.hk".into()),
+            ("hkid", hkid.into()),
+            ("date_of_birth", "1980-02-29".into()),
+            ("phone", "+852 2921 2222".into()),
+            ("address", "1 Connaught Place, Central".into()),
+            ("outlet", "gpo".into()),
+            ("revocation_secret", "my revocation words".into()),
+            ("csr", csr_pem.clone()),
+        ]
+    };
+    let post = |to: &str, path: &str, fields: &[(&str, String)], extra: &[(&str, &str)]| {
+        let body = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = vec![
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Cookie", cookies.as_str()),
+        ];
+        headers.extend_from_slice(extra);
+        http(to, "POST", path, &headers, body.as_bytes())
+    };
+    let r = post(&addr, "/apply", &application("Z683451(6)"), &[]);
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let reference = by_id(&text(&r), "reference");
+    let secret = by_id(&text(&r), "tracking-secret");
+    let code = email_code(&smtp.wait_for("tm.chan@example.hk", &reference));
+    let track = vec![
+        ("csrf", csrf.clone()),
+        ("reference", reference.clone()),
+        ("secret", secret.clone()),
+        ("code", code),
+    ];
+    let r = post(&addr, "/track/confirm", &track, &[]);
+    assert!(
+        text(&r).contains("data-status=\"awaiting_visit\""),
+        "{}",
+        text(&r)
+    );
+
+    // The clerk signs in through the front and sees the application.
+    let r = page(&addr, "/staff/login", "");
+    let login_csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let r = form(
+        &addr,
+        "/staff/login",
+        &format!("ecert_csrf={login_csrf}"),
+        &[
+            ("csrf", &login_csrf),
+            ("username", "clerk1"),
+            ("password", "a counter password 123"),
+            ("code", &totp_now(&totp)),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let staff = format!("ecert_staff={}", set_cookie(&r, "ecert_staff").unwrap());
+    assert!(text(&page(&addr, "/staff", &staff)).contains(&reference));
+
+    // Rate limits count the client, not what it claims: forged X-Forwarded-For through the
+    // front still hits the limit (start inside a minute, the limiter's window).
+    let s = time_now() % 60;
+    if s > 45 {
+        std::thread::sleep(Duration::from_secs(61 - s));
+    }
+    let mut statuses = Vec::new();
+    for i in 0..11 {
+        let forged = format!("203.0.113.{i}");
+        statuses.push(
+            post(
+                &addr,
+                "/apply",
+                &application("Z683451(0)"),
+                &[("X-Forwarded-For", &forged)],
+            )
+            .status,
+        );
+    }
+    let first_limited = statuses
+        .iter()
+        .position(|s| *s == 429)
+        .unwrap_or_else(|| panic!("{statuses:?}"));
+    assert!(
+        statuses[..first_limited].iter().all(|s| *s == 422),
+        "{statuses:?}"
+    );
+    // From a trusted proxy the header names the client: another client is not limited.
+    let r = post(
+        &signer.1,
+        "/apply",
+        &application("Z683451(0)"),
+        &[("X-Forwarded-For", "198.51.100.7")],
+    );
+    assert_eq!(r.status, 422, "{}", text(&r));
+
+    // The front keeps serving the repository without the signer; the pages answer 502.
+    drop(signer);
+    let r = page(&addr, "/apply", "");
+    assert_eq!(r.status, 502, "{}", text(&r));
+    assert_eq!(page(&addr, "/ca/root.crt", "").status, 200);
+}
+
+fn time_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

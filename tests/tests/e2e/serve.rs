@@ -89,13 +89,10 @@ pub fn start(ca: &Ca) -> Server {
 
 /// `ecert serve --listen 127.0.0.1:0 --crl-watch-seconds 1 EXTRA`, once it listens.
 pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--crl-watch-seconds",
-        "1",
-    ];
+    let mut args = vec!["serve", "--crl-watch-seconds", "1"];
+    if !extra.contains(&"--listen") {
+        args.extend(["--listen", "127.0.0.1:0"]);
+    }
     args.extend_from_slice(extra);
     let mut c = ca.command(&args, &[]);
     c.stdin(Stdio::null())

@@ -1,0 +1,147 @@
+//! A front instance's forwarding of the registration pages and API.
+//!
+//! DESIGN.md "Storage and scale": web instances are stateless and the signing core is the only
+//! process that opens the HSM. The registration authority needs the HSM (personal data is
+//! sealed and indexed with HSM keys; approvals issue), so an `ecert serve --no-signer
+//! --ra-upstream URL` instance serves the repository and OCSP from the database itself and
+//! forwards everything else — `/`, `/apply`, `/track…`, `/staff…`, `/api/v1/…`, `/static/…` —
+//! to the signing instance at URL. It appends the client's address to `X-Forwarded-For`; the
+//! signing instance believes that header only from `[ra] trusted_proxies`. Hop-by-hop headers
+//! (RFC 9110 §7.6.1) are not forwarded. If the signer cannot be reached the answer is 502.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, Clone)]
+struct Upstream {
+    client: Client<HttpConnector, Body>,
+    /// `http://host:port`, no path.
+    base: String,
+}
+
+/// The largest request body forwarded (the RA's own limit is 64 KiB).
+const MAX_BODY: usize = 256 * 1024;
+
+/// A router whose fallback forwards to `upstream` (`http://host:port`).
+pub fn router(upstream: &str) -> anyhow::Result<Router> {
+    let uri: Uri = upstream
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--ra-upstream {upstream:?}: {e}"))?;
+    if uri.scheme_str() != Some("http")
+        || uri.authority().is_none()
+        || uri.path_and_query().is_some_and(|p| p.as_str() != "/")
+    {
+        anyhow::bail!(
+            "--ra-upstream must be http://HOST:PORT (the signing instance), got {upstream:?}"
+        );
+    }
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    let up = Upstream {
+        client: Client::builder(TokioExecutor::new()).build(connector),
+        base: format!(
+            "http://{}",
+            uri.authority().map(|a| a.as_str()).unwrap_or_default()
+        ),
+    };
+    Ok(Router::new().fallback(forward).with_state(up))
+}
+
+/// RFC 9110 §7.6.1 connection-specific headers, plus the ones `Connection` names.
+fn hop_by_hop(name: &HeaderName, listed: &[String]) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    ) || listed.iter().any(|l| l.eq_ignore_ascii_case(name.as_str()))
+}
+
+fn connection_listed(headers: &axum::http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_string())
+        .collect()
+}
+
+async fn forward(
+    State(up): State<Upstream>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request too large\n").into_response(),
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = axum::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{}{path}", up.base));
+    let listed = connection_listed(&parts.headers);
+    let mut forwarded_for = Vec::new();
+    for (name, value) in &parts.headers {
+        if hop_by_hop(name, &listed) || name == header::HOST || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        if name.as_str() == "x-forwarded-for" {
+            if let Ok(v) = value.to_str() {
+                forwarded_for.push(v.to_string());
+            }
+            continue;
+        }
+        out = out.header(name, value);
+    }
+    forwarded_for.push(peer.ip().to_string());
+    let Ok(xff) = HeaderValue::from_str(&forwarded_for.join(", ")) else {
+        return (StatusCode::BAD_REQUEST, "bad X-Forwarded-For\n").into_response();
+    };
+    out = out.header("x-forwarded-for", xff);
+    if let Some(host) = parts.headers.get(header::HOST) {
+        out = out.header("x-forwarded-host", host);
+    }
+    let Ok(request) = out.body(Body::from(body)) else {
+        return (StatusCode::BAD_REQUEST, "bad request\n").into_response();
+    };
+    match up.client.request(request).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            let listed = connection_listed(&parts.headers);
+            let drop: Vec<HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|n| hop_by_hop(n, &listed))
+                .cloned()
+                .collect();
+            for n in drop {
+                parts.headers.remove(n);
+            }
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, upstream = %up.base, "the signing instance did not answer");
+            (
+                StatusCode::BAD_GATEWAY,
+                "the registration service is not reachable; please try again later\n",
+            )
+                .into_response()
+        }
+    }
+}
