@@ -126,14 +126,20 @@ impl Default for RaConfig {
         RaConfig {
             fees: [
                 ("personal", 5_000),
+                ("personal-minor", 5_000),
                 ("organisational", 15_000),
+                ("organisational-role", 15_000),
                 ("encipherment", 15_000),
                 ("server", 50_000),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
-            dual_control: vec!["organisational".into(), "server".into()],
+            dual_control: vec![
+                "organisational".into(),
+                "organisational-role".into(),
+                "server".into(),
+            ],
             approval_hours: 24,
             session_idle_minutes: 15,
             session_max_hours: 8,

@@ -89,6 +89,12 @@ pub struct Profile {
     pub cabf_policy: &'static str,
     /// This CA's own policy: `<policy arc>.2.<local_policy>`.
     pub local_policy: u32,
+    /// The subject carries the holder's organisational role as `title` (2.5.4.12; S/MIME BR
+    /// §7.1.4.2.2 i, §7.1.4.2.5), which is then required.
+    pub role: bool,
+    /// For holders under 18 (e-Cert (Personal/Minor)): the RA ends the validity before the
+    /// holder's 18th birthday; the CPS gives it a reliance limit of zero.
+    pub minor: bool,
 }
 
 /// The profiles this CA issues.
@@ -103,6 +109,8 @@ pub static PROFILES: &[Profile] = &[
         // S/MIME BR §7.1.6.1 individual-validated, multipurpose.
         cabf_policy: "2.23.140.1.5.4.2",
         local_policy: 1,
+        role: false,
+        minor: false,
     },
     Profile {
         id: "organisational",
@@ -114,6 +122,8 @@ pub static PROFILES: &[Profile] = &[
         // S/MIME BR §7.1.6.1 sponsor-validated, multipurpose.
         cabf_policy: "2.23.140.1.5.3.2",
         local_policy: 2,
+        role: false,
+        minor: false,
     },
     Profile {
         id: "encipherment",
@@ -125,6 +135,8 @@ pub static PROFILES: &[Profile] = &[
         // S/MIME BR §7.1.6.1 organization-validated, strict.
         cabf_policy: "2.23.140.1.5.2.3",
         local_policy: 3,
+        role: false,
+        minor: false,
     },
     Profile {
         id: "server",
@@ -137,6 +149,34 @@ pub static PROFILES: &[Profile] = &[
         // TLS BR §7.1.6.1 organization-validated.
         cabf_policy: "2.23.140.1.2.2",
         local_policy: 4,
+        role: false,
+        minor: false,
+    },
+    Profile {
+        id: "personal-minor",
+        version: 1,
+        kind: ProfileKind::Personal,
+        issuer: CaRole::Individual,
+        default_days: 365,
+        max_days: 824,
+        // S/MIME BR §7.1.6.1 individual-validated, multipurpose.
+        cabf_policy: "2.23.140.1.5.4.2",
+        local_policy: 5,
+        role: false,
+        minor: true,
+    },
+    Profile {
+        id: "organisational-role",
+        version: 1,
+        kind: ProfileKind::Organisational,
+        issuer: CaRole::Individual,
+        default_days: 365,
+        max_days: 824,
+        // S/MIME BR §7.1.6.1 sponsor-validated, multipurpose.
+        cabf_policy: "2.23.140.1.5.3.2",
+        local_policy: 6,
+        role: true,
+        minor: false,
     },
 ];
 
@@ -181,6 +221,9 @@ pub struct SubjectData {
     pub dns_names: Vec<String>,
     /// The CA-assigned Subscriber Reference Number (never an identity-card number).
     pub srn: Option<String>,
+    /// The holder's organisational role (title, 2.5.4.12; organisational-role only).
+    #[serde(default)]
+    pub title: Option<String>,
 }
 
 /// Budget: SANs per certificate (e-Cert Server allows up to 50 names).
@@ -328,6 +371,16 @@ impl Profile {
                 )?;
             }
         }
+        if self.role {
+            match &s.title {
+                Some(t) => check_name(self, "the role (title)", t)?,
+                None => return Err(self.refuse("the holder's role (title) is required")),
+            }
+        } else if s.title.is_some() {
+            return Err(
+                self.refuse("only an organisational-role certificate carries a role (title)")
+            );
+        }
         if !matches!(
             self.kind,
             ProfileKind::Personal | ProfileKind::Organisational
@@ -452,6 +505,7 @@ impl Profile {
         const SURNAME: [u64; 4] = [2, 5, 4, 4];
         const GIVEN_NAME: [u64; 4] = [2, 5, 4, 42];
         const SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
+        const TITLE: [u64; 4] = [2, 5, 4, 12];
         const ORGANIZATION_IDENTIFIER: [u64; 4] = [2, 5, 4, 97];
         let mut dn = DistinguishedName::new();
         let printable = |v: &str| -> Result<DnValue> {
@@ -489,6 +543,9 @@ impl Profile {
                     .flatten()
                     .collect::<Vec<_>>()
                     .join(" ");
+                if let Some(t) = &s.title {
+                    dn.push(DnType::CustomDnType(TITLE.to_vec()), text(t));
+                }
                 let cn = s.name.clone().unwrap_or(derived);
                 check_name(self, "name", &cn)?;
                 dn.push(DnType::CommonName, text(&cn));
@@ -591,6 +648,49 @@ mod tests {
             srn: Some("0000012345".into()),
             ..Default::default()
         }
+    }
+
+    /// The role is required by organisational-role and refused by every other profile.
+    #[test]
+    fn only_the_role_profile_carries_a_title() {
+        let org = SubjectData {
+            surname: Some("WONG".into()),
+            given_name: Some("Siu Ming".into()),
+            emails: vec!["sm.wong@example.hk".into()],
+            organization: Some("Example Hospital Authority".into()),
+            org_id: Some("12345678".into()),
+            ..Default::default()
+        };
+        let role = Profile::get("organisational-role").unwrap();
+        assert!(role
+            .check(&org, None, now())
+            .unwrap_err()
+            .to_string()
+            .contains("role"));
+        let titled = SubjectData {
+            title: Some("Ward Manager".into()),
+            ..org.clone()
+        };
+        assert!(role.check(&titled, None, now()).is_ok());
+        assert!(Profile::get("organisational")
+            .unwrap()
+            .check(&titled, None, now())
+            .is_err());
+        let mut minor = personal();
+        minor.title = Some("Student".into());
+        assert!(Profile::get("personal-minor")
+            .unwrap()
+            .check(&minor, None, now())
+            .is_err());
+        assert!(Profile::get("personal-minor")
+            .unwrap()
+            .check(&personal(), None, now())
+            .is_ok());
+        let long = SubjectData {
+            title: Some("x".repeat(65)),
+            ..org
+        };
+        assert!(role.check(&long, None, now()).is_err());
     }
 
     #[test]

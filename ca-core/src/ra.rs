@@ -152,10 +152,19 @@ pub struct NewApplication {
     pub user_given_name: String,
     /// server: the DNS names (at most 50, no wildcards).
     pub dns_names: Vec<String>,
+    /// organisational-role: the Authorised User's role (subject title).
+    pub user_title: String,
 }
 
 /// The profiles an application may be made for (online or at the counter).
-pub const APPLICATION_PROFILES: &[&str] = &["personal", "organisational", "encipherment", "server"];
+pub const APPLICATION_PROFILES: &[&str] = &[
+    "personal",
+    "personal-minor",
+    "organisational",
+    "organisational-role",
+    "encipherment",
+    "server",
+];
 
 /// Checks a Hong Kong Business Registration number: the 8 digits that begin a Business
 /// Registration Certificate number (spaces and hyphens allowed as typed). No check digit is
@@ -227,10 +236,17 @@ fn validate(
     let age = today.year()
         - dob.year()
         - i32::from((today.month() as u8, today.day()) < (dob.month() as u8, dob.day()));
-    if !(18..=130).contains(&age) {
+    if profile.minor {
+        if !(0..18).contains(&age) {
+            return Err(invalid(
+                "date_of_birth",
+                "e-Cert (Personal/Minor) is for applicants under 18: apply for e-Cert (Personal)",
+            ));
+        }
+    } else if !(18..=130).contains(&age) {
         return Err(invalid(
             "date_of_birth",
-            "e-Cert (Personal) is for applicants aged 18 or over",
+            "the applicant (or the organisation's representative) must be aged 18 or over",
         ));
     }
     let digits = a.phone.chars().filter(char::is_ascii_digit).count();
@@ -242,7 +258,7 @@ fn validate(
     {
         return Err(invalid("phone", "8 to 15 digits"));
     }
-    let subject = subject_of(profile.kind, a)?;
+    let subject = subject_of(profile, a)?;
     // The same checks as at issuance, now, so the applicant can fix the form.
     let field = match profile.kind {
         ProfileKind::Personal | ProfileKind::Encipherment => "email",
@@ -262,7 +278,7 @@ fn validate(
 /// (personal); the Authorised User and the organisation (organisational); the organisation and
 /// its mailbox (encipherment); the organisation and the DNS names (server; the e-mail there is
 /// only for contact).
-fn subject_of(kind: ProfileKind, a: &NewApplication) -> Result<SubjectData> {
+fn subject_of(profile: &Profile, a: &NewApplication) -> Result<SubjectData> {
     let organisation = || -> Result<(String, String)> {
         check_len("organization", &a.organization, 1, 64)?;
         Ok((
@@ -270,7 +286,7 @@ fn subject_of(kind: ProfileKind, a: &NewApplication) -> Result<SubjectData> {
             business_registration_number(&a.org_id)?,
         ))
     };
-    Ok(match kind {
+    Ok(match profile.kind {
         ProfileKind::Personal => SubjectData {
             surname: Some(a.surname.trim().to_uppercase()),
             given_name: Some(a.given_name.trim().to_string()),
@@ -281,7 +297,14 @@ fn subject_of(kind: ProfileKind, a: &NewApplication) -> Result<SubjectData> {
             let (org, br) = organisation()?;
             check_len("user_surname", &a.user_surname, 1, 40)?;
             check_len("user_given_name", &a.user_given_name, 1, 60)?;
+            let title = if profile.role {
+                check_len("user_title", &a.user_title, 1, 64)?;
+                Some(a.user_title.trim().to_string())
+            } else {
+                None
+            };
             SubjectData {
+                title,
                 surname: Some(a.user_surname.trim().to_uppercase()),
                 given_name: Some(a.user_given_name.trim().to_string()),
                 emails: vec![a.email.trim().to_string()],
@@ -392,7 +415,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         let server = profile.kind == ProfileKind::Server;
         sqlx::query(
             "UPDATE applications SET organization = $2, org_id = $3, user_surname = $4, user_given_name = $5, \
-             dns_names = $6, dcv_token = $7, dcv_token_at = $8 WHERE id = $1",
+             dns_names = $6, dcv_token = $7, dcv_token_at = $8, user_title = $9 WHERE id = $1",
         )
         .bind(&id)
         .bind(subject.organization.clone())
@@ -402,6 +425,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         .bind(server.then(|| subject.dns_names.join(" ")))
         .bind(server.then(dcv_token))
         .bind(server.then_some(t))
+        .bind(subject.title.clone())
         .execute(&mut *tx)
         .await?;
     }
@@ -593,6 +617,8 @@ pub enum Status {
     AwaitingSecondApproval,
     /// Being issued.
     Approved,
+    /// Approved, but the issuance did not complete (e.g. CAA forbade it): staff retry.
+    IssuanceFailed,
     /// The certificate is ready.
     Issued,
     /// Rejected.
@@ -607,6 +633,7 @@ impl Status {
             Status::AwaitingVisit => "awaiting_visit",
             Status::AwaitingSecondApproval => "awaiting_second_approval",
             Status::Approved => "approved",
+            Status::IssuanceFailed => "issuance_failed",
             Status::Issued => "issued",
             Status::Rejected => "rejected",
         }
@@ -618,7 +645,7 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
     let id = owned(store, reference, secret).await?;
     let r = sqlx::query(
         "SELECT reference, profile, state, outlet, certificate, rejected_reason, email_confirmed_at, version, \
-         email_code_hash IS NOT NULL FROM applications WHERE id = $1",
+         email_code_hash IS NOT NULL, issue_error IS NOT NULL FROM applications WHERE id = $1",
     )
     .bind(&id)
     .fetch_one(store.pool())
@@ -634,23 +661,31 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
             &r.try_get::<String, _>(2)?,
             r.try_get::<Option<i64>, _>(6)?.is_some(),
             approvals,
+            any_bool(&r, 9)?,
         ),
         outlet: r.try_get(3)?,
         certificate: r.try_get(4)?,
         rejected_reason: r.try_get(5)?,
-        code_pending: match r.try_get::<bool, _>(8) {
-            Ok(b) => b,
-            Err(_) => r.try_get::<i64, _>(8)? != 0,
-        },
+        code_pending: any_bool(&r, 8)?,
     })
 }
 
-fn status_of(state: &str, email_confirmed: bool, approvals: usize) -> Status {
+/// A boolean expression's column: PostgreSQL gives a bool, SQLite an integer.
+fn any_bool(r: &sqlx::any::AnyRow, i: usize) -> Result<bool> {
+    Ok(match r.try_get::<bool, _>(i) {
+        Ok(b) => b,
+        Err(_) => r.try_get::<i64, _>(i)? != 0,
+    })
+}
+
+fn status_of(state: &str, email_confirmed: bool, approvals: usize, issue_failed: bool) -> Status {
     match state {
         "issued" => Status::Issued,
         "rejected" => Status::Rejected,
         "approved" => Status::Approved,
         _ if !email_confirmed => Status::AwaitingEmail,
+        // The approvals that led to the failed issuance still count.
+        _ if approvals > 0 && issue_failed => Status::IssuanceFailed,
         _ if approvals > 0 => Status::AwaitingSecondApproval,
         _ => Status::AwaitingVisit,
     }
@@ -1286,7 +1321,7 @@ pub async fn queue(
     reference: Option<&str>,
 ) -> Result<Vec<QueueRow>> {
     let rows = sqlx::query(
-        "SELECT id, reference, profile, surname, given_name, state, email_confirmed_at, version, created_at FROM applications \
+        "SELECT id, reference, profile, surname, given_name, state, email_confirmed_at, version, created_at, issue_error IS NOT NULL FROM applications \
          WHERE outlet = $1 AND (($2 = '' AND state IN ('submitted', 'approved')) OR reference = $2) ORDER BY created_at LIMIT 200",
     )
     .bind(&staff.outlet)
@@ -1309,6 +1344,7 @@ pub async fn queue(
                 &r.try_get::<String, _>(5)?,
                 r.try_get::<Option<i64>, _>(6)?.is_some(),
                 approvals,
+                any_bool(r, 9)?,
             ),
             created_at: r.try_get(8)?,
             id,
@@ -1419,6 +1455,8 @@ pub struct StaffView {
     pub dcv_token: Option<String>,
     /// server: each DNS name and its validation.
     pub domains: Vec<DomainStatus>,
+    /// Why the last issuance did not complete, if it did not.
+    pub issue_error: Option<String>,
 }
 
 fn not_open() -> Error {
@@ -1447,7 +1485,7 @@ async fn staff_owned(store: &Store, staff: &StaffSession, id: &str) -> Result<sq
         "SELECT id, reference, profile, version, state, surname, given_name, name_zh, email, email_confirmed_at, \
          hkid_sealed, dob_sealed, phone_sealed, address_sealed, identity_version, fee_amount, fee_method, fee_receipt, \
          hkid_index, certificate, rejected_reason, csr, organization, org_id, user_surname, user_given_name, \
-         dns_names, dcv_token, dcv_token_at, org_checked_version FROM applications WHERE id = $1 AND outlet = $2",
+         dns_names, dcv_token, dcv_token_at, org_checked_version, user_title, issue_error FROM applications WHERE id = $1 AND outlet = $2",
     )
     .bind(id)
     .bind(&staff.outlet)
@@ -1509,7 +1547,9 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
             &r.try_get::<String, _>(4)?,
             r.try_get::<Option<i64>, _>(9)?.is_some(),
             approvals.len(),
+            r.try_get::<Option<String>, _>(31)?.is_some(),
         ),
+        issue_error: r.try_get(31)?,
         surname: r.try_get(5)?,
         given_name: r.try_get(6)?,
         name_zh: r.try_get(7)?,
@@ -1552,7 +1592,10 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
             r.try_get::<Option<String>, _>(24)?,
             r.try_get::<Option<String>, _>(25)?,
         ) {
-            (Some(s), Some(g)) => Some(format!("{s} {g}")),
+            (Some(s), Some(g)) => Some(match r.try_get::<Option<String>, _>(30)? {
+                Some(title) => format!("{s} {g} ({title})"),
+                None => format!("{s} {g}"),
+            }),
             _ => None,
         },
         organisation_checked: r.try_get::<Option<i64>, _>(29)? == Some(version),
@@ -1893,6 +1936,30 @@ pub async fn check_organisation(
             "the number on the business registration certificate does not match the application: do not approve",
         ))
     }
+}
+
+/// The validity of a minor's certificate: the profile's default, but ending before the
+/// holder's 18th birthday (e-Cert (Personal/Minor) holders move to e-Cert (Personal) at 18).
+fn minor_days(profile: &Profile, dob: &str, now: time::OffsetDateTime) -> Result<u32> {
+    let dob = time::Date::parse(
+        dob,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|_| Error::Conflict("the stored date of birth is not readable".into()))?;
+    let year = dob.year() + 18;
+    // Born on 29 February: the 18th birthday is 1 March in a common year.
+    let eighteen = time::Date::from_calendar_date(year, dob.month(), dob.day())
+        .or_else(|_| time::Date::from_calendar_date(year, time::Month::March, 1))
+        .map_err(|_| Error::Conflict("the stored date of birth is not readable".into()))?;
+    let left = (eighteen - now.date()).whole_days() - 1;
+    if left < 1 {
+        return Err(Error::Conflict(
+            "the applicant is 18 or about to be: apply for e-Cert (Personal) instead".into(),
+        ));
+    }
+    Ok(u32::try_from(left)
+        .unwrap_or(u32::MAX)
+        .min(profile.days_for(None, now)))
 }
 
 /// One DNS name of a server application and where its validation stands.
@@ -2325,7 +2392,7 @@ pub async fn decide(
         return Ok(Decided::AwaitingSecond);
     }
     // Claim: exactly one decision issues.
-    let res = sqlx::query("UPDATE applications SET state = 'approved', updated_at = $2 WHERE id = $1 AND state = 'submitted' AND version = $3")
+    let res = sqlx::query("UPDATE applications SET state = 'approved', issue_error = NULL, updated_at = $2 WHERE id = $1 AND state = 'submitted' AND version = $3")
         .bind(id)
         .bind(t)
         .bind(version)
@@ -2336,49 +2403,75 @@ pub async fn decide(
     }
     tx.commit().await?;
     let csr_bytes: Vec<u8> = r.try_get(21)?;
-    let kind = Profile::get(&profile)?.kind;
-    let dns: Option<String> = r.try_get(26)?;
-    let subject = subject_of(
-        kind,
-        &NewApplication {
-            surname: r.try_get(5)?,
-            given_name: r.try_get(6)?,
-            email: email.clone(),
-            organization: r.try_get::<Option<String>, _>(22)?.unwrap_or_default(),
-            org_id: r.try_get::<Option<String>, _>(23)?.unwrap_or_default(),
-            user_surname: r.try_get::<Option<String>, _>(24)?.unwrap_or_default(),
-            user_given_name: r.try_get::<Option<String>, _>(25)?.unwrap_or_default(),
-            dns_names: dns
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
-            ..Default::default()
-        },
-    )?;
-    let back_to_open = || async {
-        // Back to open: the approvals stay; staff see why.
+    let profile_def = Profile::get(&profile)?;
+    let kind = profile_def.kind;
+    // Back to open: the approvals stay; staff see why (a staff member whose approval still
+    // counts retries by approving again).
+    let back_to_open = |e: Error| async move {
         sqlx::query(
-            "UPDATE applications SET state = 'submitted', certificate = NULL, updated_at = $2 WHERE id = $1 AND state = 'approved'",
+            "UPDATE applications SET state = 'submitted', certificate = NULL, issue_error = $3, updated_at = $2 \
+             WHERE id = $1 AND state = 'approved'",
         )
         .bind(id)
         .bind(now())
+        .bind(e.to_string())
         .execute(store.pool())
-        .await
+        .await?;
+        Err::<Decided, Error>(e)
+    };
+    let prepared = (|| -> Result<(SubjectData, Option<u32>)> {
+        let dns: Option<String> = r.try_get(26)?;
+        let subject = subject_of(
+            profile_def,
+            &NewApplication {
+                surname: r.try_get(5)?,
+                given_name: r.try_get(6)?,
+                email: email.clone(),
+                organization: r.try_get::<Option<String>, _>(22)?.unwrap_or_default(),
+                org_id: r.try_get::<Option<String>, _>(23)?.unwrap_or_default(),
+                user_surname: r.try_get::<Option<String>, _>(24)?.unwrap_or_default(),
+                user_given_name: r.try_get::<Option<String>, _>(25)?.unwrap_or_default(),
+                user_title: r.try_get::<Option<String>, _>(30)?.unwrap_or_default(),
+                dns_names: dns
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect(),
+                ..Default::default()
+            },
+        )?;
+        let days = if profile_def.minor {
+            let dob =
+                auth.pii()?
+                    .open_field(Field::DateOfBirth, id, &r.try_get::<Vec<u8>, _>(11)?)?;
+            Some(minor_days(
+                profile_def,
+                &dob,
+                time::OffsetDateTime::now_utc(),
+            )?)
+        } else {
+            None
+        };
+        Ok((subject, days))
+    })();
+    let (subject, days) = match prepared {
+        Ok(v) => v,
+        Err(e) => {
+            return back_to_open(e).await;
+        }
     };
     // CAA just before issuance (TLS BR §3.2.2.8), for every name; a refusal is recorded (the BR
     // asks CAs to document prevented issuances) and the application opens again.
     if kind == ProfileKind::Server {
         if let Err(e) = check_caa(auth, id, &subject.dns_names, &actor).await {
-            back_to_open().await?;
-            return Err(e);
+            return back_to_open(e).await;
         }
     }
     let request = ApprovedRequest {
         profile: profile.clone(),
         csr: VerifiedCsr::parse(&csr_bytes)?,
         subject,
-        days: None,
+        days,
         renews: None,
         actor: actor.clone(),
     };
@@ -2387,8 +2480,7 @@ pub async fn decide(
     let token = match auth.prepare(request).await {
         Ok(t) => t,
         Err(e) => {
-            back_to_open().await?;
-            return Err(e);
+            return back_to_open(e).await;
         }
     };
     let serial = token.serial().to_hex();
@@ -2399,8 +2491,7 @@ pub async fn decide(
         .execute(store.pool())
         .await?;
     if let Err(e) = auth.sign(token).await {
-        back_to_open().await?;
-        return Err(e);
+        return back_to_open(e).await;
     }
     let mut tx = store.begin().await?;
     sqlx::query("UPDATE applications SET state = 'issued', updated_at = $2 WHERE id = $1 AND state = 'approved'")
@@ -2456,10 +2547,12 @@ async fn settle(store: &Store, id: &str) -> Result<()> {
             "UPDATE applications SET state = 'issued', updated_at = $2 WHERE id = $1 AND state = 'approved'"
         }
         ("approved", Some("failed" | "abandoned"), _) => {
-            "UPDATE applications SET state = 'submitted', certificate = NULL, updated_at = $2 WHERE id = $1 AND state = 'approved'"
+            "UPDATE applications SET state = 'submitted', certificate = NULL, issue_error = 'the issuance did not complete', \
+             updated_at = $2 WHERE id = $1 AND state = 'approved'"
         }
         ("approved", None, _) if updated_at < t - 600 => {
-            "UPDATE applications SET state = 'submitted', updated_at = $2 WHERE id = $1 AND state = 'approved' AND certificate IS NULL"
+            "UPDATE applications SET state = 'submitted', issue_error = 'the issuance did not complete', updated_at = $2 \
+             WHERE id = $1 AND state = 'approved' AND certificate IS NULL"
         }
         ("issued", _, Some("issued")) => {
             "UPDATE applications SET certificate = (SELECT c.renewed_by FROM certificates c WHERE c.serial = applications.certificate), \
@@ -2810,14 +2903,26 @@ mod tests {
 
     #[test]
     fn status_follows_the_facts() {
-        assert_eq!(status_of("submitted", false, 0), Status::AwaitingEmail);
-        assert_eq!(status_of("submitted", true, 0), Status::AwaitingVisit);
         assert_eq!(
-            status_of("submitted", true, 1),
+            status_of("submitted", false, 0, false),
+            Status::AwaitingEmail
+        );
+        assert_eq!(
+            status_of("submitted", true, 0, false),
+            Status::AwaitingVisit
+        );
+        assert_eq!(
+            status_of("submitted", true, 1, false),
             Status::AwaitingSecondApproval
         );
-        assert_eq!(status_of("issued", true, 2), Status::Issued);
-        assert_eq!(status_of("rejected", true, 0), Status::Rejected);
+        assert_eq!(
+            status_of("submitted", true, 1, true),
+            Status::IssuanceFailed
+        );
+        // A new version: the old approvals do not count, nor does the old failure.
+        assert_eq!(status_of("submitted", true, 0, true), Status::AwaitingVisit);
+        assert_eq!(status_of("issued", true, 2, false), Status::Issued);
+        assert_eq!(status_of("rejected", true, 0, false), Status::Rejected);
     }
 
     #[test]
@@ -3400,6 +3505,169 @@ mod journey {
         let t = track(&store, &sub2.reference, &sub2.secret).await.unwrap();
         assert_eq!(t.domains.len(), 2);
         assert_eq!(t.dcv_token.as_deref(), Some(token.as_str()));
+    }
+
+    /// e-Cert (Personal/Minor) is for applicants under 18 (and personal for 18 and over); its
+    /// validity ends before the 18th birthday, and one who is about to turn 18 is refused at
+    /// approval (the application stays open). organisational-role puts the role in the
+    /// certificate's title.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn minors_and_roles() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        let today = time::OffsetDateTime::now_utc().date();
+        let born = |years: i32, plus_days: i64| {
+            let d = time::Date::from_calendar_date(today.year() - years, today.month(), 1).unwrap()
+                + time::Duration::days(i64::from(today.day()) - 1 + plus_days);
+            d.format(time::macros::format_description!("[year]-[month]-[day]"))
+                .unwrap()
+        };
+        let ready = |profile: &'static str, dob: String, n: u32| {
+            let (auth, clerk) = (&auth, &clerk);
+            async move {
+                let hkid = crate::hkid::synthetic("M", n);
+                let mut a = application(&hkid);
+                a.profile = profile.into();
+                a.date_of_birth = dob;
+                let sub = submit(auth, a).await?;
+                confirm_email(auth.store(), &sub.reference, &sub.secret, &sub.email_code)
+                    .await
+                    .unwrap();
+                check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true)
+                    .await
+                    .unwrap();
+                record_fee(auth, clerk, &sub.id, 5_000, "cash", "R")
+                    .await
+                    .unwrap();
+                Ok::<_, Error>(sub)
+            }
+        };
+        // Ages and profiles.
+        assert!(matches!(
+            ready("personal-minor", born(30, 0), 1).await,
+            Err(Error::Invalid {
+                field: "date_of_birth",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ready("personal", born(16, 0), 2).await,
+            Err(Error::Invalid {
+                field: "date_of_birth",
+                ..
+            })
+        ));
+        // Sixteen: a full year's certificate (it ends well before 18).
+        let sub = ready("personal-minor", born(16, 0), 3).await.unwrap();
+        let Decided::Issued { serial, .. } = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap()
+        else {
+            panic!("not issued")
+        };
+        let days = |serial: String| {
+            let store = store.clone();
+            async move {
+                let der = store
+                    .certificate(&serial)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .cert_der
+                    .unwrap();
+                let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+                (c.validity().not_after.timestamp() - c.validity().not_before.timestamp() + 1)
+                    / 86_400
+            }
+        };
+        assert_eq!(days(serial).await, 365);
+        // Eighteen in 20 days: the certificate ends before the birthday.
+        let sub = ready("personal-minor", born(18, 20), 4).await.unwrap();
+        let Decided::Issued { serial, .. } = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap()
+        else {
+            panic!("not issued")
+        };
+        let d = days(serial).await;
+        assert!((18..=19).contains(&d), "{d}");
+        // Eighteen tomorrow: refused at approval, the application open again.
+        let sub = ready("personal-minor", born(18, 1), 5).await.unwrap();
+        assert!(matches!(
+            decide(&auth, &clerk, &sub.id, 1, Decision::Approve).await,
+            Err(Error::Conflict(_))
+        ));
+        assert_eq!(
+            track(&store, &sub.reference, &sub.secret)
+                .await
+                .unwrap()
+                .status,
+            Status::IssuanceFailed
+        );
+        let view = staff_view(&auth, &clerk, &sub.id).await.unwrap();
+        assert!(
+            view.issue_error
+                .as_deref()
+                .is_some_and(|e| e.contains("18")),
+            "{view:?}"
+        );
+
+        // organisational-role: the role is required and goes into the title.
+        let hkid = crate::hkid::synthetic("M", 6);
+        let mut a = application(&hkid);
+        a.profile = "organisational-role".into();
+        a.organization = "Example Hospital Authority".into();
+        a.org_id = "12345678".into();
+        a.user_surname = "Lee".into();
+        a.user_given_name = "Mei".into();
+        assert!(matches!(
+            submit(&auth, a.clone()).await,
+            Err(Error::Invalid {
+                field: "user_title",
+                ..
+            })
+        ));
+        a.user_title = "Ward Manager".into();
+        let sub = submit(&auth, a).await.unwrap();
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
+            .await
+            .unwrap();
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+            .await
+            .unwrap();
+        check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true)
+            .await
+            .unwrap();
+        record_fee(&auth, &clerk, &sub.id, 15_000, "cash", "R")
+            .await
+            .unwrap();
+        let view = staff_view(&auth, &clerk, &sub.id).await.unwrap();
+        assert_eq!(
+            view.authorised_user.as_deref(),
+            Some("LEE Mei (Ward Manager)")
+        );
+        assert!(view.dual_control);
+        decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap();
+        decide(&auth, &sup, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap();
+        let der = staff_certificate(&store, &clerk, &sub.id).await.unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let title = cert
+            .subject()
+            .iter_attributes()
+            .find(|a| a.attr_type().to_id_string() == "2.5.4.12")
+            .and_then(|a| a.as_str().ok().map(str::to_string));
+        assert_eq!(title.as_deref(), Some("Ward Manager"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/sqlite/0009_api_tokens.sql")),
     (10, include_str!("../../migrations/sqlite/0010_ocsp_writer.sql")),
     (11, include_str!("../../migrations/sqlite/0011_org_applications.sql")),
+    (12, include_str!("../../migrations/sqlite/0012_role_title.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -54,6 +55,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/postgres/0009_api_tokens.sql")),
     (10, include_str!("../../migrations/postgres/0010_ocsp_writer.sql")),
     (11, include_str!("../../migrations/postgres/0011_org_applications.sql")),
+    (12, include_str!("../../migrations/postgres/0012_role_title.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

@@ -197,7 +197,7 @@ enum BenchCommand {
 
 #[derive(Debug, Args)]
 struct IssueArgs {
-    /// Profile: personal, organisational, encipherment, server.
+    /// Profile: personal, personal-minor, organisational, organisational-role, encipherment, server.
     #[arg(long)]
     profile: String,
     /// CSR file, PEM or DER. Only its public key is used.
@@ -224,6 +224,9 @@ struct IssueArgs {
     /// Locality (server certificates; default from configuration).
     #[arg(long)]
     locality: Option<String>,
+    /// The holder's role (organisational-role certificates; subject title).
+    #[arg(long)]
+    title: Option<String>,
     /// DNS name (repeatable; server certificates).
     #[arg(long = "dns")]
     dns_names: Vec<String>,
@@ -620,6 +623,7 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
             locality: a.locality,
             dns_names: a.dns_names,
             srn: None,
+            title: a.title,
         },
         days: a.days,
         renews,

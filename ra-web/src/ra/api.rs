@@ -184,7 +184,7 @@ pub struct ApplicationRow {
     reference: String,
     profile: String,
     name: String,
-    /// `awaiting_email`, `awaiting_visit`, `awaiting_second_approval`, `approved`, `issued` or
+    /// `awaiting_email`, `awaiting_visit`, `awaiting_second_approval`, `approved`, `issuance_failed`, `issued` or
     /// `rejected`.
     status: &'static str,
     /// Unix seconds.
@@ -231,8 +231,9 @@ async fn list(
 /// the CSR they brought. The e-mail code goes to the applicant.
 #[derive(Deserialize, ToSchema)]
 pub struct NewApplication {
-    /// `personal`, `organisational`, `encipherment` or `server`. For the last three the personal
-    /// fields are the Authorised Representative's.
+    /// `personal`, `personal-minor`, `organisational`, `organisational-role`, `encipherment` or
+    /// `server`. For the organisation profiles the personal fields are the Authorised
+    /// Representative's.
     profile: String,
     surname: String,
     given_name: String,
@@ -264,6 +265,9 @@ pub struct NewApplication {
     user_surname: String,
     #[serde(default)]
     user_given_name: String,
+    /// organisational-role: the Authorised User's role (subject title).
+    #[serde(default)]
+    user_title: String,
     /// server: the DNS names (no wildcards, at most 50).
     #[serde(default)]
     dns_names: Vec<String>,
@@ -324,6 +328,7 @@ async fn create(
             org_id: a.org_id,
             user_surname: a.user_surname,
             user_given_name: a.user_given_name,
+            user_title: a.user_title,
             dns_names: a.dns_names,
         },
     )
@@ -380,6 +385,8 @@ pub struct ApplicationView {
     random_value: Option<String>,
     /// server: each DNS name and its validation.
     domains: Vec<DomainView>,
+    /// Why the last issuance did not complete, if it did not.
+    issue_error: Option<String>,
 }
 
 /// One DNS name of a server application.
@@ -437,6 +444,7 @@ async fn show(
         organisation_checked: v.organisation_checked,
         random_value: v.dcv_token,
         domains: domain_views(v.domains),
+        issue_error: v.issue_error,
     }))
 }
 

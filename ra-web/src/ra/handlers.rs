@@ -778,6 +778,16 @@ async fn every_page_renders_in_both_languages() {
             )
             .await,
         ];
+        for profile in ["personal-minor", "organisational-role"] {
+            let p = app.get(&format!("/apply{q}&profile={profile}"), "").await;
+            assert_eq!(p.status, StatusCode::OK, "{profile}");
+            assert!(p.body.contains(&format!("<html lang=\"{}\">", lang.tag())));
+            assert_eq!(
+                p.body.contains("name=\"user_title\""),
+                profile == "organisational-role",
+                "{profile}"
+            );
+        }
         assert!(pages[13].body.contains("_ecert-challenge.www.example.hk"));
         assert!(pages[14].body.contains("_ecert-challenge.www.example.hk"));
         for (i, p) in pages.iter().enumerate() {

@@ -419,6 +419,7 @@ fn status_text(t: &Texts, s: Status) -> &'static str {
         Status::AwaitingVisit => t.status_awaiting_visit,
         Status::AwaitingSecondApproval => t.status_awaiting_second_approval,
         Status::Approved => t.status_approved,
+        Status::IssuanceFailed => t.status_issuance_failed,
         Status::Issued => t.status_issued,
         Status::Rejected => t.status_rejected,
     }
@@ -498,11 +499,25 @@ async fn home(State(s): State<Shared>, lang: PageLang) -> Result<Response, AppEr
                     days("personal"),
                 ),
                 (
+                    "personal-minor",
+                    t.profile_personal_minor,
+                    t.profile_personal_minor_desc,
+                    fee("personal-minor"),
+                    days("personal-minor"),
+                ),
+                (
                     "organisational",
                     t.profile_organisational,
                     t.profile_organisational_desc,
                     fee("organisational"),
                     days("organisational"),
+                ),
+                (
+                    "organisational-role",
+                    t.profile_organisational_role,
+                    t.profile_organisational_role_desc,
+                    fee("organisational-role"),
+                    days("organisational-role"),
                 ),
                 (
                     "encipherment",
@@ -551,6 +566,8 @@ struct ApplyPage {
     /// The profile applied for, and its name.
     profile: &'static str,
     profile_name: &'static str,
+    /// An organisation's application (the representative comes to the counter).
+    organisation: bool,
 }
 
 /// `/apply?profile=...`.
@@ -569,14 +586,16 @@ async fn apply_form(
     let t = lang.0.texts();
     let (profile, profile_name) = match q.profile.as_deref().unwrap_or("personal") {
         "personal" => ("personal", t.profile_personal),
+        "personal-minor" => ("personal-minor", t.profile_personal_minor),
         "organisational" => ("organisational", t.profile_organisational),
+        "organisational-role" => ("organisational-role", t.profile_organisational_role),
         "encipherment" => ("encipherment", t.profile_encipherment),
         "server" => ("server", t.profile_server),
         _ => {
             return Err(AppError::new(
                 Error::Invalid {
                     field: "profile",
-                    reason: "personal, organisational, encipherment or server".into(),
+                    reason: "personal, personal-minor, organisational, organisational-role, encipherment or server".into(),
                 },
                 lang.0,
             ))
@@ -597,6 +616,7 @@ async fn apply_form(
             outlets,
             profile,
             profile_name,
+            organisation: !profile.starts_with("personal"),
         },
         lang,
     )?;
@@ -617,6 +637,8 @@ pub struct ApplyForm {
     user_surname: String,
     #[serde(default)]
     user_given_name: String,
+    #[serde(default)]
+    user_title: String,
     /// One name per line (commas and spaces also separate).
     #[serde(default)]
     dns_names: String,
@@ -653,6 +675,7 @@ impl ApplyForm {
                 org_id: self.org_id,
                 user_surname: self.user_surname,
                 user_given_name: self.user_given_name,
+                user_title: self.user_title,
                 dns_names: self
                     .dns_names
                     .split(|c: char| c.is_whitespace() || c == ',')

@@ -13,6 +13,7 @@ pub const OID_LOCALITY: &str = "2.5.4.7";
 pub const OID_O: &str = "2.5.4.10";
 pub const OID_OU: &str = "2.5.4.11";
 pub const OID_GIVEN_NAME: &str = "2.5.4.42";
+pub const OID_TITLE: &str = "2.5.4.12";
 pub const OID_ORG_ID: &str = "2.5.4.97";
 pub const OID_EMAIL_ADDRESS: &str = "1.2.840.113549.1.9.1";
 const OID_AIA_CA_ISSUERS: &str = "1.3.6.1.5.5.7.48.2";
@@ -61,8 +62,26 @@ pub fn personal() -> ProfileCase {
             (OID_SURNAME, "CHAN"),
             (OID_CN, "CHAN Tai Man"),
         ],
-        forbidden: vec![OID_O, OID_ORG_ID, OID_OU, OID_LOCALITY],
+        forbidden: vec![OID_O, OID_ORG_ID, OID_OU, OID_LOCALITY, OID_TITLE],
     }
+}
+
+/// e-Cert (Personal/Minor): as personal, under its own policy.
+pub fn personal_minor() -> ProfileCase {
+    ProfileCase {
+        profile: "personal-minor",
+        ..personal()
+    }
+}
+
+/// e-Cert (Organisational Role): as organisational, with the holder's role as `title`.
+pub fn organisational_role() -> ProfileCase {
+    let mut c = organisational();
+    c.profile = "organisational-role";
+    c.args.extend(["--title", "Ward Manager"]);
+    c.attrs.push((OID_TITLE, "Ward Manager"));
+    c.forbidden.retain(|o| *o != OID_TITLE);
+    c
 }
 
 pub fn organisational() -> ProfileCase {
@@ -91,7 +110,7 @@ pub fn organisational() -> ProfileCase {
             (OID_GIVEN_NAME, "Siu Ming"),
             (OID_SURNAME, "WONG"),
         ],
-        forbidden: vec![OID_OU, OID_LOCALITY],
+        forbidden: vec![OID_OU, OID_LOCALITY, OID_TITLE],
     }
 }
 

@@ -17,6 +17,30 @@ fn matrix(case: ProfileCase) {
         }
         let issued = ca.issue(case.profile, &csr.csr, &args, ctx);
         check_leaf(&ca, &case, &issued, &csr.csr, ctx);
+        // Each profile asserts its own policy under the configured arc.
+        let local = match case.profile {
+            "personal" => 1,
+            "organisational" => 2,
+            "encipherment" => 3,
+            "server" => 4,
+            "personal-minor" => 5,
+            "organisational-role" => 6,
+            other => panic!("no policy known for {other}"),
+        };
+        let cert = issued.cert.parse();
+        let policies: Vec<String> = cert
+            .extensions()
+            .iter()
+            .filter_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::CertificatePolicies(p) => Some(p),
+                _ => None,
+            })
+            .flat_map(|p| p.iter().map(|i| i.policy_id.to_id_string()))
+            .collect();
+        assert!(
+            policies.contains(&format!("1.3.6.1.4.1.32473.1.2.{local}")),
+            "[{ctx}] policies {policies:?}"
+        );
         if kind == KeyType::P384 {
             let cert = issued.cert.parse();
             let v = cert.validity();
@@ -54,6 +78,16 @@ fn profile_personal() {
 #[test]
 fn profile_organisational() {
     matrix(organisational());
+}
+
+#[test]
+fn profile_personal_minor() {
+    matrix(personal_minor());
+}
+
+#[test]
+fn profile_organisational_role() {
+    matrix(organisational_role());
 }
 
 #[test]
