@@ -489,9 +489,17 @@ fn ca_params(
                 .iter()
                 .filter(|x| x.issuer == role)
                 .collect();
-            let mut policies = profiles
-                .iter()
-                .map(|x| ext::PolicyOid::parse(x.cabf_policy))
+            // Each once: several profiles share a reserved policy (RFC 5280 §4.2.1.4: a policy
+            // appears at most once).
+            let mut cabf: Vec<&str> = Vec::new();
+            for x in &profiles {
+                if !cabf.contains(&x.cabf_policy) {
+                    cabf.push(x.cabf_policy);
+                }
+            }
+            let mut policies = cabf
+                .into_iter()
+                .map(ext::PolicyOid::parse)
                 .collect::<Result<Vec<_>>>()?;
             for prof in &profiles {
                 policies.push(ext::PolicyOid::parse(&format!(

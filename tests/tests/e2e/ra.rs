@@ -783,7 +783,13 @@ fn server_application_with_domain_validation_and_caa() {
     assert_eq!(st, 503, "{e}");
     let (_, view) = api(addr, "GET", &path, &clerk, None);
     assert!(view["certificate"].is_null(), "{view}");
-    assert_eq!(view["status"], "awaiting_second_approval", "{view}");
+    assert_eq!(view["status"], "issuance_failed", "{view}");
+    assert!(
+        view["issue_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("DNS lookup failed")),
+        "{view}"
+    );
     dns.repair_name("api.example.hk");
 
     // CAA names this CA (found at the parent of each name): the same approval retries and issues.
