@@ -41,6 +41,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/sqlite/0010_ocsp_writer.sql")),
     (11, include_str!("../../migrations/sqlite/0011_org_applications.sql")),
     (12, include_str!("../../migrations/sqlite/0012_role_title.sql")),
+    (13, include_str!("../../migrations/sqlite/0013_responder_retirement.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -56,6 +57,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/postgres/0010_ocsp_writer.sql")),
     (11, include_str!("../../migrations/postgres/0011_org_applications.sql")),
     (12, include_str!("../../migrations/postgres/0012_role_title.sql")),
+    (13, include_str!("../../migrations/postgres/0013_responder_retirement.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -1368,6 +1370,32 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+
+    /// Responders whose certificate expired before `before` and whose key is still in the
+    /// HSM: (serial, issuer, key label).
+    pub async fn expired_responders(&self, before: i64) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT serial, issuer, key_label FROM ocsp_responders \
+             WHERE not_after < $1 AND key_destroyed_at IS NULL ORDER BY not_after",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Records inside `tx` that a responder's key was destroyed.
+    pub async fn mark_responder_key_destroyed(&self, tx: &mut Tx, serial: &str) -> Result<()> {
+        sqlx::query("UPDATE ocsp_responders SET key_destroyed_at = $2 WHERE serial = $1")
+            .bind(serial)
+            .bind(now())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// Records a new responder inside `tx` (with its certificate's `issued` transition).

@@ -125,10 +125,65 @@ impl Authority {
                 }
             }
         }
+        if !made.is_empty() {
+            // A rotation is the moment to drop the keys of responders that have expired.
+            if let Err(e) = self.retire_responders().await {
+                tracing::error!(error = %e, "could not retire expired OCSP responders");
+            }
+        }
         match failed {
             Some(e) => Err(e),
             None => Ok(made),
         }
+    }
+
+    /// Destroys the HSM keys of responders whose certificates have expired: every response
+    /// they signed expired earlier (a response's nextUpdate is before its responder's
+    /// notAfter), so the keys can sign nothing anyone would accept and are not kept. The
+    /// certificates stay on record. Each destruction is an audit event. Returns the serials.
+    pub async fn retire_responders(&self) -> Result<Vec<String>> {
+        let now = unix(now_secs());
+        let current: Vec<String> = self
+            .responders
+            .read()
+            .await
+            .values()
+            .map(|r| r.serial.clone())
+            .collect();
+        let mut retired = Vec::new();
+        for (serial, issuer, label) in self.store.expired_responders(now).await? {
+            if current.contains(&serial) {
+                continue;
+            }
+            let cfg = self.config.clone();
+            let l2 = label.clone();
+            // Idempotent: a key already gone (destroyed before a crash) is not an error.
+            let destroyed = tokio::task::spawn_blocking(move || -> Result<()> {
+                Ok(open_token(&cfg)?.destroy_key(&l2)?)
+            })
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?;
+            destroyed?;
+            let mut tx = self.store.begin().await?;
+            self.store
+                .mark_responder_key_destroyed(&mut tx, &serial)
+                .await?;
+            self.store
+                .audit(
+                    &mut tx,
+                    &Event {
+                        kind: "ocsp.responder.retired",
+                        actor: "system".into(),
+                        subject: Some(serial.clone()),
+                        detail: json!({ "issuer": issuer, "key_label": label }),
+                    },
+                )
+                .await?;
+            tx.commit().await?;
+            tracing::info!(serial, issuer, "expired OCSP responder key destroyed");
+            retired.push(serial);
+        }
+        Ok(retired)
     }
 
     /// Makes a new responder for `role` now, whether or not the current one is due (`ecert

@@ -163,8 +163,9 @@ impl Token {
         self.make_key(label, id, &point)
     }
 
-    /// Destroys the key pair labelled `label` (private and public objects). For a key that was
-    /// just generated and never certified, when what it was made for failed; never for a key
+    /// Destroys the key pair labelled `label` (private and public objects; none found is not
+    /// an error). For a key that was just generated and never certified, when what it was made
+    /// for failed, and for an OCSP responder key whose certificate has expired; never for a key
     /// in use.
     pub fn destroy_key(&self, label: &str) -> Result<(), Error> {
         self.run(true, |p| {

@@ -675,6 +675,33 @@ fn responders_rotate_before_a_response_could_outlive_them() {
         .filter(|c| c.profile == "ocsp-responder" && c.state == "issued")
         .count();
     assert_eq!(responders, 4, "two for each issuing CA");
+    // 27 h later the first responders (valid 24 h) have expired and the second ones have 10 h
+    // left: the rotation makes third ones and destroys the first ones' keys in the HSM; the
+    // keys in use stay.
+    let third = later("+27h");
+    assert!(third != first && third != second, "not rotated again");
+    let retired = ca.sql_query(
+        "SELECT key_label FROM ocsp_responders WHERE key_destroyed_at IS NOT NULL ORDER BY key_label",
+    );
+    let kept = ca.sql_query(
+        "SELECT key_label FROM ocsp_responders WHERE key_destroyed_at IS NULL ORDER BY key_label",
+    );
+    let (retired, kept): (Vec<&str>, Vec<&str>) = (
+        retired.split_whitespace().collect(),
+        kept.split_whitespace().collect(),
+    );
+    assert_eq!((retired.len(), kept.len()), (2, 4), "{retired:?} {kept:?}");
+    let objects = ca.pkcs11_objects(&[]);
+    for label in &retired {
+        assert!(!objects.contains(label), "{label} is still in the token");
+    }
+    for label in &kept {
+        assert!(objects.contains(label), "{label} is gone from the token");
+    }
+    let audit =
+        ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'ocsp.responder.retired'");
+    assert_eq!(audit.trim(), "2");
+    ca.audit_ok();
 }
 
 /// A status change left unsigned for over a minute (no signer running) turns `/healthz` red,
