@@ -1646,8 +1646,9 @@ pub async fn reveal(
 }
 
 /// The counter identity check: the clerk types the number from the original card and attests
-/// that the card was sighted. The number is compared by blind index, never shown; a mismatch is
-/// audited and blocks approval.
+/// that the card was sighted — and, for a minor's application, that a parent or guardian came
+/// and consents (`guardian_consent`, recorded in the audit record). The number is compared by
+/// blind index, never shown; a mismatch is audited and blocks approval.
 pub async fn check_identity(
     auth: &Authority,
     staff: &StaffSession,
@@ -1655,6 +1656,7 @@ pub async fn check_identity(
     version: i64,
     typed_hkid: &str,
     card_sighted: bool,
+    guardian_consent: bool,
 ) -> Result<()> {
     let store = auth.store();
     let vault = auth.pii()?;
@@ -1664,6 +1666,13 @@ pub async fn check_identity(
         return Err(invalid(
             "card_sighted",
             "confirm that you have seen the original identity card",
+        ));
+    }
+    let minor = Profile::get(&r.try_get::<String, _>(2)?)?.minor;
+    if minor && !guardian_consent {
+        return Err(invalid(
+            "guardian_consent",
+            "a minor's application needs a parent or guardian present who consents",
         ));
     }
     let typed = Hkid::parse(typed_hkid)?;
@@ -1707,7 +1716,7 @@ pub async fn check_identity(
                 },
                 actor: format!("staff:{}", staff.username),
                 subject: Some(id.to_string()),
-                detail: json!({ "version": version, "card_sighted": card_sighted }),
+                detail: json!({ "version": version, "card_sighted": card_sighted, "guardian_consent": minor.then_some(guardian_consent) }),
             },
         )
         .await?;
@@ -3028,7 +3037,7 @@ mod journey {
         confirm_email(auth.store(), &sub.reference, &sub.secret, &sub.email_code)
             .await
             .unwrap();
-        check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true)
+        check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true, false)
             .await
             .unwrap();
         record_fee(auth, clerk, &sub.id, 5_000, "cash", "R")
@@ -3207,18 +3216,18 @@ mod journey {
         ));
         let stranger = crate::hkid::synthetic("Z", 683_452);
         assert!(matches!(
-            check_identity(&auth, &clerk, &sub.id, 1, stranger.expose(), true).await,
+            check_identity(&auth, &clerk, &sub.id, 1, stranger.expose(), true, false).await,
             Err(Error::Invalid { field: "hkid", .. })
         ));
         assert!(matches!(
-            check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), false).await,
+            check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), false, false).await,
             Err(Error::Invalid {
                 field: "card_sighted",
                 ..
             })
         ));
         assert!(matches!(
-            check_identity(&auth, &clerk, &sub.id, 1, "Z683451(0)", true).await,
+            check_identity(&auth, &clerk, &sub.id, 1, "Z683451(0)", true, false).await,
             Err(Error::Hkid(_))
         ));
         check_identity(
@@ -3228,6 +3237,7 @@ mod journey {
             1,
             &hkid.expose().to_lowercase(),
             true,
+            false,
         )
         .await
         .unwrap();
@@ -3350,7 +3360,7 @@ mod journey {
                 confirm_email(auth.store(), &reference, &secret, &code)
                     .await
                     .unwrap();
-                check_identity(auth, clerk, &id, 1, &hkid, true)
+                check_identity(auth, clerk, &id, 1, &hkid, true, false)
                     .await
                     .unwrap();
                 record_fee(auth, clerk, &id, fee, "cheque", "R-1")
@@ -3540,7 +3550,16 @@ mod journey {
                 confirm_email(auth.store(), &sub.reference, &sub.secret, &sub.email_code)
                     .await
                     .unwrap();
-                check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true)
+                if profile == "personal-minor" {
+                    assert!(matches!(
+                        check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true, false).await,
+                        Err(Error::Invalid {
+                            field: "guardian_consent",
+                            ..
+                        })
+                    ));
+                }
+                check_identity(auth, clerk, &sub.id, 1, hkid.expose(), true, true)
                     .await
                     .unwrap();
                 record_fee(auth, clerk, &sub.id, 5_000, "cash", "R")
@@ -3639,7 +3658,7 @@ mod journey {
         confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
             .await
             .unwrap();
-        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
             .await
             .unwrap();
         check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true)
@@ -3724,7 +3743,7 @@ mod journey {
             ),
             "identity not checked for v2"
         );
-        check_identity(&auth, &clerk, &sub.id, 2, hkid.expose(), true)
+        check_identity(&auth, &clerk, &sub.id, 2, hkid.expose(), true, false)
             .await
             .unwrap();
         assert!(matches!(
@@ -3905,7 +3924,7 @@ mod journey {
             .await
             .unwrap();
         let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
-        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
             .await
             .unwrap();
         record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R-9")
@@ -4184,12 +4203,12 @@ mod review_fixes {
         confirm_email(&store, &sub.reference, &sub.secret, &code)
             .await
             .unwrap();
-        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
             .await
             .unwrap();
         let other = crate::hkid::synthetic("X", 2);
         assert!(
-            check_identity(&auth, &clerk, &sub.id, 1, other.expose(), true)
+            check_identity(&auth, &clerk, &sub.id, 1, other.expose(), true, false)
                 .await
                 .is_err()
         );
@@ -4201,7 +4220,7 @@ mod review_fixes {
             .unwrap_err();
         assert!(e.to_string().contains("identity check"), "{e}");
         // A mailbox confirmed over 30 days ago must be confirmed again before approval.
-        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true)
+        check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
             .await
             .unwrap();
         sqlx::query("UPDATE applications SET email_confirmed_at = email_confirmed_at - 31 * 86400 WHERE id = $1").bind(&sub.id).execute(store.pool()).await.unwrap();

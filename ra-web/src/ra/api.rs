@@ -506,6 +506,9 @@ pub struct IdentityCheck {
     version: i64,
     hkid: String,
     card_sighted: bool,
+    /// personal-minor: a parent or guardian is present and consents.
+    #[serde(default)]
+    guardian_consent: bool,
 }
 
 #[utoipa::path(post, path = "/api/v1/applications/{id}/identity", params(("id" = String, Path)), request_body = IdentityCheck,
@@ -516,7 +519,16 @@ async fn identity(
     Path(id): Path<String>,
     Json(b): Json<IdentityCheck>,
 ) -> Result<StatusCode, ApiFailure> {
-    ra::check_identity(&s.auth, &staff, &id, b.version, &b.hkid, b.card_sighted).await?;
+    ra::check_identity(
+        &s.auth,
+        &staff,
+        &id,
+        b.version,
+        &b.hkid,
+        b.card_sighted,
+        b.guardian_consent,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

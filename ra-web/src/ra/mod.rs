@@ -1355,6 +1355,8 @@ pub struct StaffForm {
     #[serde(default)]
     card_sighted: Option<String>,
     #[serde(default)]
+    guardian_consent: Option<String>,
+    #[serde(default)]
     amount: String,
     #[serde(default)]
     method: String,
@@ -1406,6 +1408,7 @@ async fn staff_identity(
         f.version,
         &f.hkid,
         f.card_sighted.is_some(),
+        f.guardian_consent.is_some(),
     )
     .await
     {
