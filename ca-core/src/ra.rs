@@ -1679,48 +1679,16 @@ pub async fn check_identity(
     let typed_index = vault.blind_index(Field::Hkid, typed.expose())?;
     let stored: Vec<u8> = r.try_get(18)?;
     let matched = ct_eq(&stored, &typed_index);
-    let mut tx = store.begin().await?;
-    // A match records the check for this version; a mismatch withdraws any earlier check, so
-    // approval is blocked until a clerk checks again with a matching card.
-    let res = if matched {
-        sqlx::query(
-            "UPDATE applications SET identity_by = $2, identity_at = $3, identity_version = $4, updated_at = $3 \
-             WHERE id = $1 AND version = $4 AND state = 'submitted'",
-        )
-        .bind(id)
-        .bind(&staff.staff)
-        .bind(now())
-        .bind(version)
-        .execute(&mut *tx)
-        .await?
-    } else {
-        sqlx::query(
-            "UPDATE applications SET identity_by = NULL, identity_at = NULL, identity_version = NULL, updated_at = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?
-    };
-    if res.rows_affected() != 1 {
-        return Err(changed());
-    }
-    store
-        .audit(
-            &mut tx,
-            &Event {
-                kind: if matched {
-                    "ra.identity.checked"
-                } else {
-                    "ra.identity.mismatch"
-                },
-                actor: format!("staff:{}", staff.username),
-                subject: Some(id.to_string()),
-                detail: json!({ "version": version, "card_sighted": card_sighted, "guardian_consent": minor.then_some(guardian_consent) }),
-            },
-        )
-        .await?;
-    tx.commit().await?;
+    record_check(
+        store,
+        staff,
+        id,
+        version,
+        CounterCheck::Identity,
+        matched,
+        json!({ "version": version, "card_sighted": card_sighted, "guardian_consent": minor.then_some(guardian_consent) }),
+    )
+    .await?;
     if matched {
         Ok(())
     } else {
@@ -1729,6 +1697,78 @@ pub async fn check_identity(
             "the number on the card does not match the application: do not approve",
         ))
     }
+}
+
+/// The two checks a clerk records against an application version.
+#[derive(Debug, Clone, Copy)]
+enum CounterCheck {
+    /// The identity card (`identity_*` columns).
+    Identity,
+    /// The organisation's documents (`org_checked_*` columns).
+    Organisation,
+}
+
+/// Records a counter check of `version`: a match records who and when (for that version
+/// only); a mismatch withdraws any earlier check, so approval waits for a clerk to check again.
+/// Audited as `ra.<what>.checked` or `ra.<what>.mismatch` with `detail`.
+async fn record_check(
+    store: &Store,
+    staff: &StaffSession,
+    id: &str,
+    version: i64,
+    check: CounterCheck,
+    matched: bool,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let (set, clear, checked, mismatch) = match check {
+        CounterCheck::Identity => (
+            "UPDATE applications SET identity_by = $2, identity_at = $3, identity_version = $4, updated_at = $3 \
+             WHERE id = $1 AND version = $4 AND state = 'submitted'",
+            "UPDATE applications SET identity_by = NULL, identity_at = NULL, identity_version = NULL, updated_at = $2 WHERE id = $1",
+            "ra.identity.checked",
+            "ra.identity.mismatch",
+        ),
+        CounterCheck::Organisation => (
+            "UPDATE applications SET org_checked_by = $2, org_checked_at = $3, org_checked_version = $4, updated_at = $3 \
+             WHERE id = $1 AND version = $4 AND state = 'submitted'",
+            "UPDATE applications SET org_checked_by = NULL, org_checked_at = NULL, org_checked_version = NULL, updated_at = $2 WHERE id = $1",
+            "ra.organisation.checked",
+            "ra.organisation.mismatch",
+        ),
+    };
+    let t = now();
+    let mut tx = store.begin().await?;
+    let res = if matched {
+        sqlx::query(set)
+            .bind(id)
+            .bind(&staff.staff)
+            .bind(t)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?
+    } else {
+        sqlx::query(clear)
+            .bind(id)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?
+    };
+    if res.rows_affected() != 1 {
+        return Err(changed());
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: if matched { checked } else { mismatch },
+                actor: format!("staff:{}", staff.username),
+                subject: Some(id.to_string()),
+                detail,
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Records the fee paid at the counter (the amount must be the profile's fee).
@@ -1896,47 +1936,16 @@ pub async fn check_organisation(
         ));
     }
     let matched = business_registration_number(typed_br)? == stored;
-    let t = now();
-    let mut tx = store.begin().await?;
-    let res = if matched {
-        sqlx::query(
-            "UPDATE applications SET org_checked_by = $2, org_checked_at = $3, org_checked_version = $4, updated_at = $3 \
-             WHERE id = $1 AND version = $4 AND state = 'submitted'",
-        )
-        .bind(id)
-        .bind(&staff.staff)
-        .bind(t)
-        .bind(version)
-        .execute(&mut *tx)
-        .await?
-    } else {
-        sqlx::query(
-            "UPDATE applications SET org_checked_by = NULL, org_checked_at = NULL, org_checked_version = NULL, updated_at = $2 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(t)
-        .execute(&mut *tx)
-        .await?
-    };
-    if res.rows_affected() != 1 {
-        return Err(changed());
-    }
-    store
-        .audit(
-            &mut tx,
-            &Event {
-                kind: if matched {
-                    "ra.organisation.checked"
-                } else {
-                    "ra.organisation.mismatch"
-                },
-                actor: format!("staff:{}", staff.username),
-                subject: Some(id.to_string()),
-                detail: json!({ "version": version, "documents_sighted": documents_sighted }),
-            },
-        )
-        .await?;
-    tx.commit().await?;
+    record_check(
+        store,
+        staff,
+        id,
+        version,
+        CounterCheck::Organisation,
+        matched,
+        json!({ "version": version, "documents_sighted": documents_sighted }),
+    )
+    .await?;
     if matched {
         Ok(())
     } else {

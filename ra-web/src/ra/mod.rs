@@ -1374,95 +1374,87 @@ pub struct StaffForm {
     documents_sighted: Option<String>,
 }
 
-async fn staff_post(
-    s: &RaState,
+/// A staff member's form POST on an application: signed in, with the session's CSRF token,
+/// within the staff rate limit. Anything else is answered with the page for it (sign-in,
+/// 403, 429) in the request's language.
+pub struct StaffPost {
+    staff: StaffSession,
     lang: PageLang,
-    headers: &HeaderMap,
-    ip: IpAddr,
-    f: &StaffForm,
-) -> Result<StaffSession, Response> {
-    let staff = staff_session(s, headers, lang.0).await?;
-    check_staff_csrf(&staff, &f.csrf, lang.0)?;
-    s.limits
-        .check("staff", ip, 120)
-        .map_err(|e| AppError { lang: lang.0, ..e }.into_response())?;
-    Ok(staff)
+    f: StaffForm,
 }
 
-async fn staff_identity(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<StaffForm>,
+impl axum::extract::FromRequest<Shared> for StaffPost {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, s: &Shared) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Ok(lang) = PageLang::from_request_parts(&mut parts, s).await;
+        let ip = s.client_ip(&parts);
+        let headers = parts.headers.clone();
+        let Form(f) =
+            Form::<StaffForm>::from_request(axum::extract::Request::from_parts(parts, body), s)
+                .await
+                .map_err(IntoResponse::into_response)?;
+        let staff = staff_session(s, &headers, lang.0).await?;
+        check_staff_csrf(&staff, &f.csrf, lang.0)?;
+        s.limits
+            .check("staff", ip, 120)
+            .map_err(|e| AppError { lang: lang.0, ..e }.into_response())?;
+        Ok(StaffPost { staff, lang, f })
+    }
+}
+
+/// The application page after a staff action with its message, or the action's error page.
+async fn after_action(
+    s: &RaState,
+    p: StaffPost,
+    id: &str,
+    done: Result<String, Error>,
 ) -> Response {
-    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    match ra::check_identity(
+    match done {
+        Ok(message) => render_app(s, p.lang, p.staff, id, message, None).await,
+        Err(e) => AppError::new(e, p.lang.0).into_response(),
+    }
+}
+
+async fn staff_identity(State(s): State<Shared>, Path(id): Path<String>, p: StaffPost) -> Response {
+    let done = ra::check_identity(
         &s.auth,
-        &staff,
+        &p.staff,
         &id,
-        f.version,
-        &f.hkid,
-        f.card_sighted.is_some(),
-        f.guardian_consent.is_some(),
+        p.f.version,
+        &p.f.hkid,
+        p.f.card_sighted.is_some(),
+        p.f.guardian_consent.is_some(),
     )
     .await
-    {
-        Ok(()) => render_app(&s, lang, staff, &id, lang.0.texts().checked.into(), None).await,
-        Err(e) => AppError::new(e, lang.0).into_response(),
-    }
+    .map(|()| p.lang.0.texts().checked.to_string());
+    after_action(&s, p, &id, done).await
 }
 
 async fn staff_organisation(
     State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(f): Form<StaffForm>,
+    p: StaffPost,
 ) -> Response {
-    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    match ra::check_organisation(
+    let done = ra::check_organisation(
         &s.auth,
-        &staff,
+        &p.staff,
         &id,
-        f.version,
-        &f.org_id,
-        f.documents_sighted.is_some(),
+        p.f.version,
+        &p.f.org_id,
+        p.f.documents_sighted.is_some(),
     )
     .await
-    {
-        Ok(()) => render_app(&s, lang, staff, &id, lang.0.texts().checked.into(), None).await,
-        Err(e) => AppError::new(e, lang.0).into_response(),
-    }
+    .map(|()| p.lang.0.texts().checked.to_string());
+    after_action(&s, p, &id, done).await
 }
 
-async fn staff_domains(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<StaffForm>,
-) -> Response {
-    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    match ra::validate_domains_at_counter(&s.auth, &staff, &id).await {
-        Ok((_, list)) => {
-            let message = domains_message(lang.0.texts(), &list);
-            render_app(&s, lang, staff, &id, message, None).await
-        }
-        Err(e) => AppError::new(e, lang.0).into_response(),
-    }
+async fn staff_domains(State(s): State<Shared>, Path(id): Path<String>, p: StaffPost) -> Response {
+    let done = ra::validate_domains_at_counter(&s.auth, &p.staff, &id)
+        .await
+        .map(|(_, list)| domains_message(p.lang.0.texts(), &list));
+    after_action(&s, p, &id, done).await
 }
 
 /// "Validated: a, b. Not validated: c (why)."
@@ -1490,33 +1482,17 @@ fn domains_message(t: &Texts, list: &[ra::DomainStatus]) -> String {
     m.trim().to_string()
 }
 
-async fn staff_fee(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<StaffForm>,
-) -> Response {
-    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
-        Ok(v) => v,
-        Err(r) => return r,
+async fn staff_fee(State(s): State<Shared>, Path(id): Path<String>, p: StaffPost) -> Response {
+    let done = match parse_money(&p.f.amount) {
+        Some(cents) => ra::record_fee(&s.auth, &p.staff, &id, cents, &p.f.method, &p.f.receipt)
+            .await
+            .map(|()| p.lang.0.texts().done.to_string()),
+        None => Err(Error::Invalid {
+            field: "amount",
+            reason: "an amount like 50.00".into(),
+        }),
     };
-    let cents = parse_money(&f.amount);
-    let Some(cents) = cents else {
-        return AppError::new(
-            Error::Invalid {
-                field: "amount",
-                reason: "an amount like 50.00".into(),
-            },
-            lang.0,
-        )
-        .into_response();
-    };
-    match ra::record_fee(&s.auth, &staff, &id, cents, &f.method, &f.receipt).await {
-        Ok(()) => render_app(&s, lang, staff, &id, lang.0.texts().done.into(), None).await,
-        Err(e) => AppError::new(e, lang.0).into_response(),
-    }
+    after_action(&s, p, &id, done).await
 }
 
 /// `50`, `50.0` or `50.00` (HK dollars) in cents.
@@ -1535,122 +1511,72 @@ fn parse_money(s: &str) -> Option<i64> {
     Some(whole.parse::<i64>().ok()? * 100 + frac.parse::<i64>().ok()?)
 }
 
-async fn staff_reveal(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<StaffForm>,
-) -> Response {
-    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
+async fn staff_reveal(State(s): State<Shared>, Path(id): Path<String>, p: StaffPost) -> Response {
+    let field = match Revealable::parse(&p.f.field) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return AppError::new(e, p.lang.0).into_response(),
     };
-    let field = match Revealable::parse(&f.field) {
-        Ok(v) => v,
-        Err(e) => return AppError::new(e, lang.0).into_response(),
-    };
-    match ra::reveal(&s.auth, &staff, &id, field).await {
+    match ra::reveal(&s.auth, &p.staff, &id, field).await {
         Ok(value) => {
             render_app(
                 &s,
-                lang,
-                staff,
+                p.lang,
+                p.staff,
                 &id,
                 String::new(),
                 Some((field.name().into(), value.to_string())),
             )
             .await
         }
-        Err(e) => AppError::new(e, lang.0).into_response(),
+        Err(e) => AppError::new(e, p.lang.0).into_response(),
     }
 }
 
-async fn staff_decide(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<StaffForm>,
-) -> Response {
-    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let decision = match f.decision.as_str() {
+async fn staff_decide(State(s): State<Shared>, Path(id): Path<String>, p: StaffPost) -> Response {
+    let decision = match p.f.decision.as_str() {
         "approve" => Decision::Approve,
-        "reject" => Decision::Reject(f.reason.clone()),
+        "reject" => Decision::Reject(p.f.reason.clone()),
         _ => {
-            return AppError::new(
-                Error::Invalid {
-                    field: "decision",
-                    reason: "approve or reject".into(),
-                },
-                lang.0,
-            )
-            .into_response()
+            let e = Error::Invalid {
+                field: "decision",
+                reason: "approve or reject".into(),
+            };
+            return after_action(&s, p, &id, Err(e)).await;
         }
     };
-    let t = lang.0.texts();
-    match ra::decide(&s.auth, &staff, &id, f.version, decision).await {
+    let t = p.lang.0.texts();
+    let notify = |email: String, reference: String, status: &'static str| {
+        let mailer = &s.mailer;
+        async move {
+            let sent = mailer
+                .send(
+                    &email,
+                    &format!("{}: {reference} {status}", t.site),
+                    &format!("{}: {reference}\n{}: {status}\n", t.reference, t.status),
+                )
+                .await;
+            if let Err(e) = sent {
+                tracing::error!(reference, error = %e, "could not send the notice");
+            }
+        }
+    };
+    let done = match ra::decide(&s.auth, &p.staff, &id, p.f.version, decision).await {
         Ok(Decided::Issued {
             serial,
             email,
             reference,
         }) => {
-            let sent = s
-                .mailer
-                .send(
-                    &email,
-                    &format!("{}: {} {}", t.site, reference, t.status_issued),
-                    &format!(
-                        "{}: {reference}\n{}: {}\n",
-                        t.reference, t.status, t.status_issued
-                    ),
-                )
-                .await;
-            if let Err(e) = sent {
-                tracing::error!(reference, error = %e, "could not send the issuance notice");
-            }
-            render_app(
-                &s,
-                lang,
-                staff,
-                &id,
-                format!("{}: {serial}", t.status_issued),
-                None,
-            )
-            .await
+            notify(email, reference, t.status_issued).await;
+            Ok(format!("{}: {serial}", t.status_issued))
         }
-        Ok(Decided::AwaitingSecond) => {
-            render_app(
-                &s,
-                lang,
-                staff,
-                &id,
-                t.status_awaiting_second_approval.into(),
-                None,
-            )
-            .await
-        }
+        Ok(Decided::AwaitingSecond) => Ok(t.status_awaiting_second_approval.to_string()),
         Ok(Decided::Rejected { email, reference }) => {
-            let _ = s
-                .mailer
-                .send(
-                    &email,
-                    &format!("{}: {reference} {}", t.site, t.status_rejected),
-                    &format!(
-                        "{}: {reference}\n{}: {}\n",
-                        t.reference, t.status, t.status_rejected
-                    ),
-                )
-                .await;
-            render_app(&s, lang, staff, &id, t.status_rejected.into(), None).await
+            notify(email, reference, t.status_rejected).await;
+            Ok(t.status_rejected.to_string())
         }
-        Err(e) => AppError::new(e, lang.0).into_response(),
-    }
+        Err(e) => Err(e),
+    };
+    after_action(&s, p, &id, done).await
 }
 
 #[derive(Template)]
@@ -1739,48 +1665,25 @@ async fn walk_in(
     .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn staff_revoke(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<StaffForm>,
-) -> Response {
-    let staff = match staff_post(&s, lang, &headers, ip, &f).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if f.reason == "release" {
-        return match ra::release_at_counter(&s.auth, &staff, &id).await {
-            Ok(serial) => {
-                render_app(&s, lang, staff, &id, format!("release: {serial}"), None).await
-            }
-            Err(e) => AppError::new(e, lang.0).into_response(),
-        };
-    }
-    let reason = if f.reason.is_empty() {
-        ca_core::revocation::Reason::Unspecified
-    } else {
-        match ca_core::revocation::Reason::parse(&f.reason) {
-            Ok(r) => r,
-            Err(e) => return AppError::new(e, lang.0).into_response(),
-        }
-    };
-    match ra::revoke_at_counter(&s.auth, &staff, &id, reason).await {
-        Ok(serial) => {
-            render_app(
-                &s,
-                lang,
-                staff,
-                &id,
-                format!("{}: {serial}", lang.0.texts().revoke),
-                None,
-            )
+async fn staff_revoke(State(s): State<Shared>, Path(id): Path<String>, p: StaffPost) -> Response {
+    let done = if p.f.reason == "release" {
+        ra::release_at_counter(&s.auth, &p.staff, &id)
             .await
+            .map(|serial| format!("release: {serial}"))
+    } else {
+        let reason = if p.f.reason.is_empty() {
+            Ok(ca_core::revocation::Reason::Unspecified)
+        } else {
+            ca_core::revocation::Reason::parse(&p.f.reason)
+        };
+        match reason {
+            Ok(reason) => ra::revoke_at_counter(&s.auth, &p.staff, &id, reason)
+                .await
+                .map(|serial| format!("{}: {serial}", p.lang.0.texts().revoke)),
+            Err(e) => Err(e),
         }
-        Err(e) => AppError::new(e, lang.0).into_response(),
-    }
+    };
+    after_action(&s, p, &id, done).await
 }
 
 #[cfg(test)]
