@@ -73,30 +73,38 @@ impl RaState {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        let trusted = |ip: IpAddr| {
-            self.trusted
-                .iter()
-                .any(|b| ca_core::config::cidr_contains(*b, ip))
-        };
-        if !trusted(peer) {
-            return peer;
-        }
-        let forwarded: Vec<IpAddr> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|a| a.trim().parse::<IpAddr>())
-            .collect::<Result<_, _>>()
-            // A malformed header is not believed at all.
-            .unwrap_or_default();
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !trusted(*ip))
-            .unwrap_or(peer)
+        client_behind(peer, &self.trusted, &parts.headers)
     }
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy; then, walking
+/// `X-Forwarded-For` from the right, the first address that is not a trusted proxy. What
+/// stands further left was written by the client and is never read; an entry that is not an
+/// address ends the walk (the peer is then the answer).
+fn client_behind(peer: IpAddr, trusted: &[(IpAddr, u8)], headers: &HeaderMap) -> IpAddr {
+    let is_trusted = |ip: IpAddr| {
+        trusted
+            .iter()
+            .any(|b| ca_core::config::cidr_contains(*b, ip))
+    };
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in entries.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return ip,
+            Err(_) => break,
+        }
+    }
+    peer
 }
 
 type Shared = Arc<RaState>;
@@ -1734,6 +1742,51 @@ mod tests {
         ] {
             assert_eq!(status_of(&e).as_u16(), code, "{e:?}");
         }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [
+            ca_core::config::parse_cidr("10.0.0.0/8").unwrap(),
+            ca_core::config::parse_cidr("127.0.0.1").unwrap(),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |v: &[&str]| {
+            let mut h = HeaderMap::new();
+            for x in v {
+                h.append("x-forwarded-for", HeaderValue::from_str(x).unwrap());
+            }
+            h
+        };
+        // An untrusted peer: its header is ignored.
+        assert_eq!(
+            client_behind(ip("198.51.100.1"), &trusted, &xff(&["203.0.113.9"])),
+            ip("198.51.100.1")
+        );
+        // Through two trusted proxies: the right-most untrusted entry; the client's own
+        // (forged) entries on the left are not read, nor is garbage there.
+        assert_eq!(
+            client_behind(
+                ip("127.0.0.1"),
+                &trusted,
+                &xff(&["garbage, 203.0.113.9, 198.51.100.7", "10.1.2.3"])
+            ),
+            ip("198.51.100.7")
+        );
+        // No header, or only proxies: the peer.
+        assert_eq!(
+            client_behind(ip("127.0.0.1"), &trusted, &xff(&[])),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client_behind(ip("127.0.0.1"), &trusted, &xff(&["10.0.0.1"])),
+            ip("127.0.0.1")
+        );
+        // A garbage right-most entry ends the walk.
+        assert_eq!(
+            client_behind(ip("127.0.0.1"), &trusted, &xff(&["198.51.100.7, nonsense"])),
+            ip("127.0.0.1")
+        );
     }
 
     #[test]
