@@ -44,6 +44,37 @@ pub struct DcvConfig {
     pub caa_identities: Vec<String>,
     /// Per-query timeout, in seconds.
     pub timeout_seconds: u32,
+    /// Multi-Perspective Issuance Corroboration (TLS BR §3.2.2.9): `required` (the default;
+    /// server domains are validated and server certificates issued only when the remote
+    /// perspectives corroborate) or `off` (for a CA whose server certificates are not publicly
+    /// trusted).
+    pub mpic: Mpic,
+    /// The remote Network Perspectives (`ecert perspective serve` instances).
+    pub perspectives: Vec<Perspective>,
+}
+
+/// Whether remote perspectives must corroborate ([`DcvConfig::mpic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mpic {
+    /// Corroboration is needed (TLS BR §3.2.2.9).
+    Required,
+    /// No corroboration.
+    Off,
+}
+
+/// A remote Network Perspective.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Perspective {
+    /// A name for logs and audit records.
+    pub name: String,
+    /// `https://HOST:PORT`.
+    pub url: String,
+    /// The file holding the bearer token it expects.
+    pub token_file: PathBuf,
+    /// PEM certificates that its TLS certificate must chain to.
+    pub ca_file: PathBuf,
 }
 
 impl Default for DcvConfig {
@@ -52,6 +83,8 @@ impl Default for DcvConfig {
             resolver: "system".into(),
             caa_identities: Vec::new(),
             timeout_seconds: 5,
+            mpic: Mpic::Required,
+            perspectives: Vec::new(),
         }
     }
 }
@@ -378,6 +411,17 @@ impl Config {
                 "ra.trusted_proxies: {bad:?} is not an address or IP/len block"
             )));
         }
+        if let Some(p) = self
+            .dcv
+            .perspectives
+            .iter()
+            .find(|p| !p.url.starts_with("https://"))
+        {
+            return Err(Error::Config(format!(
+                "dcv.perspectives {:?}: the url must be https:// (TLS BR §3.2.2.9: an encrypted, authenticated channel)",
+                p.name
+            )));
+        }
         if !(1..=60).contains(&self.dcv.timeout_seconds) {
             return Err(Error::Config("dcv.timeout_seconds must be 1 to 60".into()));
         }
@@ -576,6 +620,26 @@ mod tests {
 #[cfg(test)]
 mod cidr_tests {
     use super::*;
+
+    #[test]
+    fn perspectives_must_be_https() {
+        let mut c = Config::default();
+        c.dcv.perspectives.push(Perspective {
+            name: "p".into(),
+            url: "http://10.0.0.9:8443".into(),
+            token_file: "t".into(),
+            ca_file: "c".into(),
+        });
+        assert!(c.validate().unwrap_err().to_string().contains("https"));
+        c.dcv.perspectives[0].url = "https://10.0.0.9:8443".into();
+        assert!(c.validate().is_ok());
+        // Required corroboration with fewer than two perspectives cannot be met.
+        assert!(crate::mpic::required(&c.dcv).is_err());
+        c.dcv.perspectives.push(c.dcv.perspectives[0].clone());
+        assert!(crate::mpic::required(&c.dcv).unwrap());
+        c.dcv.mpic = Mpic::Off;
+        assert!(!crate::mpic::required(&c.dcv).unwrap());
+    }
 
     #[test]
     fn blocks_contain_their_addresses_only() {

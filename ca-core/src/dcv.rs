@@ -16,8 +16,8 @@
 //! §3.2.2.8.1): a validating resolver answers SERVFAIL for bogus data, which is a failure here.
 //! Every check builds a new resolver without a cache, so no answer outlives its check.
 //!
-//! Not built: Multi-Perspective Issuance Corroboration (BR §3.2.2.9) — only this host's
-//! resolver is asked (docs/RA.md).
+//! This host is the Primary Network Perspective; remote perspectives corroborate what it found
+//! ([`crate::mpic`], BR §3.2.2.9).
 
 use std::time::Duration;
 
@@ -115,8 +115,12 @@ impl Checker {
     /// Whether the TXT record at `_ecert-challenge.<domain>` holds `token` (BR §3.2.2.4.7).
     /// A record split into several character-strings is joined first (RFC 7208 §3.3 style).
     pub async fn domain_control(&self, domain: &str, token: &str) -> Result<bool> {
-        let Answer::Records(records) = self.lookup(&record_name(domain), RecordType::TXT).await?
-        else {
+        self.txt_holds(&record_name(domain), token).await
+    }
+
+    /// Whether a TXT record at `name` holds exactly `value`.
+    pub async fn txt_holds(&self, name: &str, value: &str) -> Result<bool> {
+        let Answer::Records(records) = self.lookup(name, RecordType::TXT).await? else {
             return Ok(false);
         };
         Ok(records.iter().any(|r| match r {
@@ -126,7 +130,7 @@ impl Checker {
                     .iter()
                     .flat_map(|s| s.iter().copied())
                     .collect();
-                joined == token.as_bytes()
+                joined == value.as_bytes()
             }
             _ => false,
         }))

@@ -33,6 +33,7 @@ pub mod ext;
 pub mod hkid;
 pub mod keys;
 pub mod lint;
+pub mod mpic;
 pub mod ocsp;
 pub mod pii;
 pub mod pkcs7;

@@ -2076,48 +2076,88 @@ pub async fn validate_domains(
         tx.commit().await?;
     }
     let (_, mut list) = domain_status(store, id).await?;
-    let checker = crate::dcv::Checker::new(&auth.config().dcv)?;
-    for d in list.iter_mut().filter(|d| !d.validated) {
+    let dcv = &auth.config().dcv;
+    let checker = crate::dcv::Checker::new(dcv)?;
+    // The primary perspective (this host's resolver) first.
+    let mut found = Vec::new();
+    for (i, d) in list.iter_mut().enumerate().filter(|(_, d)| !d.validated) {
         match checker.domain_control(&d.domain, &token).await {
-            Ok(true) => {
-                let t = now();
-                let mut tx = store.begin().await?;
-                sqlx::query(
-                    "DELETE FROM domain_validations WHERE application = $1 AND domain = $2",
-                )
-                .bind(id)
-                .bind(&d.domain)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO domain_validations (application, domain, token, method, validated_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(id)
-                .bind(&d.domain)
-                .bind(&token)
-                .bind(crate::dcv::METHOD)
-                .bind(t)
-                .execute(&mut *tx)
-                .await?;
-                store
-                    .audit(
-                        &mut tx,
-                        &Event {
-                            kind: "ra.domain.validated",
-                            actor: actor.to_string(),
-                            subject: Some(id.to_string()),
-                            detail: json!({ "domain": d.domain, "record": d.record, "method": crate::dcv::METHOD, "random_value": token }),
-                        },
-                    )
-                    .await?;
-                tx.commit().await?;
-                d.validated = true;
-            }
+            Ok(true) => found.push(i),
             Ok(false) => {
                 d.problem = Some(format!("no TXT record at {} holds the value", d.record));
             }
             Err(e) => d.problem = Some(e.to_string()),
         }
+    }
+    // Then the remote perspectives must see the same value (TLS BR §3.2.2.9).
+    let mut perspectives = serde_json::Value::Null;
+    if !found.is_empty() {
+        match crate::mpic::required(dcv) {
+            Ok(false) => {}
+            Ok(true) => {
+                let req = crate::mpic::CheckRequest {
+                    txt: found
+                        .iter()
+                        .map(|&i| crate::mpic::TxtCheck {
+                            name: list[i].record.clone(),
+                            value: token.clone(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                let answers = crate::mpic::ask(dcv, &req).await;
+                let failed = crate::mpic::uncorroborated(&req, &answers, dcv.perspectives.len());
+                perspectives = json!(answers
+                    .iter()
+                    .map(|(name, a)| json!({ "perspective": name, "answered": a.is_some(), "txt": a.as_ref().map(|a| a.txt.clone()) }))
+                    .collect::<Vec<_>>());
+                for k in failed.into_iter().rev() {
+                    let i = found.remove(k);
+                    list[i].problem = Some(
+                        "the remote network perspectives did not corroborate the record (TLS BR §3.2.2.9): check that it is published on every name server".into(),
+                    );
+                }
+            }
+            Err(e) => {
+                for &i in &found {
+                    list[i].problem = Some(e.to_string());
+                }
+                found.clear();
+            }
+        }
+    }
+    for i in found {
+        let d = &mut list[i];
+        let t = now();
+        let mut tx = store.begin().await?;
+        sqlx::query("DELETE FROM domain_validations WHERE application = $1 AND domain = $2")
+            .bind(id)
+            .bind(&d.domain)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO domain_validations (application, domain, token, method, validated_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(&d.domain)
+        .bind(&token)
+        .bind(crate::dcv::METHOD)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "ra.domain.validated",
+                    actor: actor.to_string(),
+                    subject: Some(id.to_string()),
+                    detail: json!({ "domain": d.domain, "record": d.record, "method": crate::dcv::METHOD, "random_value": token, "perspectives": perspectives }),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        d.validated = true;
     }
     Ok((token, list))
 }
@@ -2149,13 +2189,41 @@ pub async fn validate_domains_at_counter(
 
 /// CAA for every name just before issuance; each outcome is an audit event.
 async fn check_caa(auth: &Authority, id: &str, names: &[String], actor: &str) -> Result<()> {
-    let checker = crate::dcv::Checker::new(&auth.config().dcv)?;
+    let dcv = &auth.config().dcv;
+    let checker = crate::dcv::Checker::new(dcv)?;
     let mut outcome = Ok(());
     for n in names {
         if let Err(e) = checker.caa(n).await {
             outcome = Err(e);
             break;
         }
+    }
+    // The remote perspectives must also find that CAA permits this CA (TLS BR §3.2.2.9).
+    let mut perspectives = serde_json::Value::Null;
+    if outcome.is_ok() {
+        outcome = match crate::mpic::required(dcv) {
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+            Ok(true) => {
+                let req = crate::mpic::CheckRequest {
+                    caa: names.to_vec(),
+                    identities: dcv.caa_identities.clone(),
+                    ..Default::default()
+                };
+                let answers = crate::mpic::ask(dcv, &req).await;
+                perspectives = json!(answers
+                    .iter()
+                    .map(|(name, a)| json!({ "perspective": name, "answered": a.is_some(), "caa": a.as_ref().map(|a| a.caa.clone()) }))
+                    .collect::<Vec<_>>());
+                match crate::mpic::uncorroborated(&req, &answers, dcv.perspectives.len()).first() {
+                    None => Ok(()),
+                    Some(&i) => Err(Error::CaaForbids {
+                        domain: names[i].clone(),
+                        reason: "the remote network perspectives did not corroborate that CAA permits this CA (TLS BR §3.2.2.9)".into(),
+                    }),
+                }
+            }
+        };
     }
     let store = auth.store();
     let mut tx = store.begin().await?;
@@ -2170,7 +2238,7 @@ async fn check_caa(auth: &Authority, id: &str, names: &[String], actor: &str) ->
                 },
                 actor: actor.to_string(),
                 subject: Some(id.to_string()),
-                detail: json!({ "names": names, "error": outcome.as_ref().err().map(ToString::to_string) }),
+                detail: json!({ "names": names, "error": outcome.as_ref().err().map(ToString::to_string), "perspectives": perspectives }),
             },
         )
         .await?;

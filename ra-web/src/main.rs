@@ -43,6 +43,7 @@ macro_rules! out {
 
 mod bench;
 mod front;
+mod perspective;
 mod ra;
 mod serve;
 
@@ -97,6 +98,9 @@ enum Command {
     /// Serve CA certificates, CRLs, OCSP, /healthz and /metrics; publish CRLs and sign OCSP
     /// responses as status changes (initialises a fresh data directory first).
     Serve(serve::ServeArgs),
+    /// A remote network perspective for domain validation and CAA (TLS BR §3.2.2.9).
+    #[command(subcommand)]
+    Perspective(PerspectiveCommand),
     /// Service outlets where identity is checked (registration authority).
     #[command(subcommand)]
     Outlet(OutletCommand),
@@ -334,6 +338,12 @@ enum CrlCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PerspectiveCommand {
+    /// Answer the CA's corroboration checks over HTTPS from this host's resolver.
+    Serve(perspective::PerspectiveArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum OcspCommand {
     /// Sign every OCSP response that is due now (queued changes, then refreshes), without
     /// waiting for `ecert serve`.
@@ -441,6 +451,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Revoke(args) => revoke(config, *args).await,
             Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
             Command::Serve(args) => serve::serve(config, args).await,
+            Command::Perspective(PerspectiveCommand::Serve(args)) => {
+                perspective::serve(config.dcv.clone(), args).await
+            }
             Command::Outlet(OutletCommand::Add { id, en, zh }) => {
                 let store = open_store(&config).await?;
                 ca_core::ra::ensure_outlet(&store, &id, &en, &zh).await?;

@@ -571,6 +571,18 @@ fn api(
 #[test]
 fn server_application_with_domain_validation_and_caa() {
     let ca = Ca::init();
+    // DNS as the primary perspective (this host) and the first remote perspective see it (a);
+    // the second remote perspective asks another server (c) that the test keeps in step or
+    // not; the third (b) never has the records, so it always dissents: one dissent of three
+    // is allowed (TLS BR §3.2.2.9).
+    let dns = ecert_e2e::dns::DnsServer::start();
+    let dns_c = ecert_e2e::dns::DnsServer::start();
+    let dns_b = ecert_e2e::dns::DnsServer::start();
+    let tls = perspective_tls(&ca);
+    let perspectives: Vec<Server> = [&dns.addr, &dns_c.addr, &dns_b.addr]
+        .iter()
+        .map(|resolver| start_perspective(&ca, &tls, resolver))
+        .collect();
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -582,7 +594,20 @@ fn server_application_with_domain_validation_and_caa() {
             "[dcv]\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2"
         )
         .unwrap();
+        for (i, p) in perspectives.iter().enumerate() {
+            writeln!(
+                f,
+                "[[dcv.perspectives]]\nname = \"p{i}\"\nurl = \"https://{}\"\ntoken_file = {:?}\nca_file = {:?}",
+                p.1, tls.token, tls.ca
+            )
+            .unwrap();
+        }
     }
+    // Published where the CA and the first two perspectives look.
+    let publish = |name: &str, values: &[&str]| {
+        dns.set_txt(name, values);
+        dns_c.set_txt(name, values);
+    };
     ca.ecert_ok(&[
         "outlet",
         "add",
@@ -609,7 +634,6 @@ fn server_application_with_domain_validation_and_caa() {
         .to_string()
     };
     let (clerk, supervisor) = (token("clerk1"), token("super1"));
-    let dns = ecert_e2e::dns::DnsServer::start();
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     let server = serve_ra_with(&ca, &smtp.addr, &log, &[("ECERT_DNS_RESOLVER", &dns.addr)]);
@@ -732,11 +756,21 @@ fn server_application_with_domain_validation_and_caa() {
     let (st, e) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
     assert_eq!(st, 409, "{e}");
     assert!(e.to_string().contains("not validated"), "{e}");
+    // Only where the CA looks, and one remote perspective: not corroborated.
     dns.set_txt("_ecert-challenge.www.example.hk", &[&value]);
-    dns.set_txt("_ecert-challenge.api.example.hk", &["not the value"]);
+    let (_, v) = api(addr, "POST", &format!("{path}/domains"), &clerk, None);
+    assert_eq!(v["domains"][0]["validated"], false, "{v}");
+    assert!(
+        v["domains"][0]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("did not corroborate")),
+        "{v}"
+    );
+    publish("_ecert-challenge.www.example.hk", &[&value]);
+    publish("_ecert-challenge.api.example.hk", &["not the value"]);
     assert_eq!(domains(&clerk), both(true, false));
     // The applicant can ask for the check too (their tracking page).
-    dns.set_txt(
+    publish(
         "_ecert-challenge.api.example.hk",
         &["not the value", &value],
     );
@@ -751,6 +785,8 @@ fn server_application_with_domain_validation_and_caa() {
 
     // CAA at the parent names another CA: the second approval does not issue.
     dns.set_caa_issue("example.hk", &[Some("other-ca.example")]);
+    // The third perspective keeps seeing that until the end: its dissent is tolerated.
+    dns_b.set_caa_issue("example.hk", &[Some("other-ca.example")]);
     let (st, d) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
     assert_eq!(
         (st, d["outcome"].as_str()),
@@ -770,8 +806,47 @@ fn server_application_with_domain_validation_and_caa() {
             .contains("CAA forbids issuance for www.example.hk"),
         "{e}"
     );
-    // A resolver failure (SERVFAIL, as a validating resolver answers for bogus data) also stops it.
+    // CAA permits this CA where the CA looks, but two of the three remote perspectives see
+    // another CA named: not corroborated, no certificate.
     dns.set_caa_issue("example.hk", &[Some("pki.example.hk")]);
+    dns_c.set_caa_issue("example.hk", &[Some("other-ca.example")]);
+    let (st, e) = api(
+        addr,
+        "POST",
+        &format!("{path}/decision"),
+        &supervisor,
+        approve(),
+    );
+    assert_eq!(st, 409, "{e}");
+    assert!(e.to_string().contains("did not corroborate"), "{e}");
+    // The perspectives answer only with the token, only over TLS to a certificate they trust.
+    for (token, expect) in [
+        ("wrong", "401"),
+        (&*std::fs::read_to_string(&tls.token).unwrap(), "200"),
+    ] {
+        let o = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys, ssl, urllib.request as u\n\
+                 ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                 r = u.Request(sys.argv[1], data=b'{\"caa\": [\"www.example.hk\"]}', headers={'Authorization': 'Bearer ' + sys.argv[3].strip(), 'Content-Type': 'application/json'})\n\
+                 try:\n  print(u.urlopen(r, context=ctx).status)\n\
+                 except u.HTTPError as e:\n  print(e.code)\n",
+                &format!("https://{}/mpic/v1/check", perspectives[0].1),
+                tls.ca.to_str().unwrap(),
+                token,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            expect,
+            "{}",
+            show(&o)
+        );
+    }
+    // A resolver failure (SERVFAIL, as a validating resolver answers for bogus data) also stops it.
+    dns_c.set_caa_issue("example.hk", &[Some("pki.example.hk")]);
     dns.break_name("api.example.hk");
     let (st, e) = api(
         addr,
@@ -1033,4 +1108,133 @@ fn time_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// TLS material and the token for the test's perspectives, made by openssl: a CA, a server
+/// certificate for 127.0.0.1, the key (PKCS#8).
+struct PerspectiveTls {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    token: std::path::PathBuf,
+}
+
+fn perspective_tls(ca: &Ca) -> PerspectiveTls {
+    let f = |n: &str| ca.file(n);
+    let run = |args: &[&str]| {
+        let o = openssl(ca.data_dir(), args);
+        assert!(o.status.success(), "{}", show(&o));
+    };
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (pca, pca_key, cert, key, csr, ext) = (
+        f("pca.pem"),
+        f("pca.key"),
+        f("perspective.pem"),
+        f("perspective.key"),
+        f("perspective.csr"),
+        f("perspective.ext"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &s(&pca_key),
+        "-out",
+        &s(&pca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ecert test perspectives CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&pca),
+        "-CAkey",
+        &s(&pca_key),
+        "-CAcreateserial",
+        "-out",
+        &s(&cert),
+        "-days",
+        "2",
+        "-extfile",
+        &s(&ext),
+    ]);
+    let token = f("perspective.token");
+    std::fs::write(
+        &token,
+        format!("{}\n", uuid::Uuid::new_v4().simple().to_string().repeat(2)),
+    )
+    .unwrap();
+    PerspectiveTls {
+        ca: pca,
+        cert,
+        key,
+        token,
+    }
+}
+
+/// `ecert perspective serve` asking `resolver`.
+fn start_perspective(ca: &Ca, tls: &PerspectiveTls, resolver: &str) -> Server {
+    use std::io::{BufRead, BufReader};
+    let mut c = ca.command(
+        &[
+            "perspective",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            tls.cert.to_str().unwrap(),
+            "--key",
+            tls.key.to_str().unwrap(),
+            "--token-file",
+            tls.token.to_str().unwrap(),
+        ],
+        &[("ECERT_DNS_RESOLVER", resolver)],
+    );
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("first line {line:?}"))
+        .to_string();
+    Server(child, addr)
 }

@@ -1,0 +1,274 @@
+//! Multi-Perspective Issuance Corroboration (TLS BR §3.2.2.9).
+//!
+//! The domain control check and the CAA check that the RA makes from this host's resolver (the
+//! Primary Network Perspective, [`crate::dcv`]) are repeated by remote Network Perspectives:
+//! `ecert perspective serve` instances placed elsewhere (at least 500 km apart, each with its
+//! own recursive resolver in the same RIR region, per the BR). The CA asks each over HTTPS
+//! (TLS 1.2+, the perspective's certificate checked against `ca_file`) with a bearer token,
+//! in [`ask`]; no answer is cached or shared between perspectives.
+//!
+//! Quorum (BR §3.2.2.9 table): with 2 to 5 remote perspectives one may fail to corroborate,
+//! with 6 or more two. A perspective corroborates a domain control check if it sees the same
+//! Random Value at the same record, and a CAA check if it also finds that CAA permits this CA
+//! (a lookup failure there does not corroborate). Fewer than two remote perspectives cannot
+//! make a quorum: with `[dcv] mpic = "required"` (the default) the RA then refuses to validate
+//! domains and to issue server certificates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DcvConfig, Mpic, Perspective};
+use crate::error::{Error, Result};
+
+/// The path of a perspective's check.
+pub const PATH: &str = "/mpic/v1/check";
+
+/// One TXT record a perspective must find holding `value`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TxtCheck {
+    /// The record's name.
+    pub name: String,
+    /// The Random Value expected.
+    pub value: String,
+}
+
+/// What the CA asks a perspective.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckRequest {
+    /// Domain control records.
+    #[serde(default)]
+    pub txt: Vec<TxtCheck>,
+    /// Names whose CAA must permit one of `identities`.
+    #[serde(default)]
+    pub caa: Vec<String>,
+    /// This CA's Issuer Domain Names.
+    #[serde(default)]
+    pub identities: Vec<String>,
+}
+
+/// A perspective's answer, one entry per asked item, in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckResponse {
+    /// Whether each TXT record held the value.
+    pub txt: Vec<bool>,
+    /// Whether CAA permits issuance for each name (a lookup failure is `false`).
+    pub caa: Vec<bool>,
+}
+
+/// Answers a [`CheckRequest`] from this host's resolver (what `ecert perspective serve` runs).
+pub async fn answer(config: &DcvConfig, req: &CheckRequest) -> Result<CheckResponse> {
+    let mut dcv = config.clone();
+    dcv.caa_identities = req.identities.clone();
+    let checker = crate::dcv::Checker::new(&dcv)?;
+    let mut out = CheckResponse::default();
+    for t in &req.txt {
+        out.txt
+            .push(checker.txt_holds(&t.name, &t.value).await.unwrap_or(false));
+    }
+    for d in &req.caa {
+        out.caa.push(checker.caa(d).await.is_ok());
+    }
+    Ok(out)
+}
+
+/// How many remote perspectives may fail to corroborate (BR §3.2.2.9 table); `None` when there
+/// are too few for a quorum.
+pub fn allowed_failures(remote: usize) -> Option<usize> {
+    match remote {
+        0 | 1 => None,
+        2..=5 => Some(1),
+        _ => Some(2),
+    }
+}
+
+/// Whether corroboration is needed and possible; an error when it is required but cannot be
+/// had with this configuration.
+pub fn required(config: &DcvConfig) -> Result<bool> {
+    match config.mpic {
+        Mpic::Off => Ok(false),
+        Mpic::Required if allowed_failures(config.perspectives.len()).is_none() => {
+            Err(Error::Config(
+                "dcv.mpic = \"required\" needs at least two [[dcv.perspectives]] (TLS BR §3.2.2.9)"
+                    .into(),
+            ))
+        }
+        Mpic::Required => Ok(true),
+    }
+}
+
+/// Asks every remote perspective (concurrently, each over its own connection) and returns
+/// their answers: `None` for a perspective that did not answer properly.
+pub async fn ask(config: &DcvConfig, req: &CheckRequest) -> Vec<(String, Option<CheckResponse>)> {
+    let body = serde_json::to_vec(req).unwrap_or_default();
+    let handles: Vec<_> = config
+        .perspectives
+        .iter()
+        .map(|p| {
+            let (p, body, req, timeout) =
+                (p.clone(), body.clone(), req.clone(), config.timeout_seconds);
+            tokio::spawn(async move {
+                let answer = ask_one(&p, body, timeout, &req).await;
+                if let Err(e) = &answer {
+                    tracing::warn!(perspective = p.name, error = %e, "perspective did not answer");
+                }
+                (p.name, answer.ok())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for (h, p) in handles.into_iter().zip(&config.perspectives) {
+        out.push(h.await.unwrap_or_else(|_| (p.name.clone(), None)));
+    }
+    out
+}
+
+async fn ask_one(
+    p: &Perspective,
+    body: Vec<u8>,
+    timeout_seconds: u32,
+    req: &CheckRequest,
+) -> Result<CheckResponse> {
+    let fail = |what: &str| Error::Dns(format!("perspective {}: {what}", p.name));
+    let pem = std::fs::read(&p.ca_file).map_err(|e| Error::Io {
+        context: format!("reading {}", p.ca_file.display()),
+        source: e,
+    })?;
+    let token = std::fs::read_to_string(&p.token_file).map_err(|e| Error::Io {
+        context: format!("reading {}", p.token_file.display()),
+        source: e,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let blocks = pem::parse_many(&pem).map_err(|e| fail(&format!("ca_file: {e}")))?;
+    for block in blocks.iter().filter(|b| b.tag() == "CERTIFICATE") {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                block.contents().to_vec(),
+            ))
+            .map_err(|e| fail(&format!("ca_file: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("ca_file holds no certificate"));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail(&e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let request = hyper::Request::post(format!("{}{PATH}", p.url.trim_end_matches('/')))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| fail(&e.to_string()))?;
+    let timeout = Duration::from_secs(u64::from(timeout_seconds) * 4);
+    let resp = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| fail("timed out"))?
+        .map_err(|e| fail(&e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(fail(&format!("HTTP {}", resp.status())));
+    }
+    let bytes = tokio::time::timeout(timeout, resp.into_body().collect())
+        .await
+        .map_err(|_| fail("timed out"))?
+        .map_err(|e| fail(&e.to_string()))?
+        .to_bytes();
+    let answer: CheckResponse =
+        serde_json::from_slice(&bytes).map_err(|e| fail(&format!("bad answer: {e}")))?;
+    if answer.txt.len() != req.txt.len() || answer.caa.len() != req.caa.len() {
+        return Err(fail("the answer does not match the question"));
+    }
+    Ok(answer)
+}
+
+/// Whether the answers corroborate every item: for each asked item, at most
+/// [`allowed_failures`] perspectives failed to confirm it (a perspective that did not answer
+/// fails every item). Returns the items that were not corroborated, by index (txt first, then
+/// caa).
+pub fn uncorroborated(
+    req: &CheckRequest,
+    answers: &[(String, Option<CheckResponse>)],
+    remote: usize,
+) -> Vec<usize> {
+    let allowed = allowed_failures(remote).unwrap_or(0);
+    let items = req.txt.len() + req.caa.len();
+    (0..items)
+        .filter(|&i| {
+            let confirmed = answers
+                .iter()
+                .filter(|(_, a)| {
+                    a.as_ref().is_some_and(|a| {
+                        if i < req.txt.len() {
+                            a.txt.get(i).copied().unwrap_or(false)
+                        } else {
+                            a.caa.get(i - req.txt.len()).copied().unwrap_or(false)
+                        }
+                    })
+                })
+                .count();
+            remote.saturating_sub(confirmed) > allowed
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(txt: usize, caa: usize) -> CheckRequest {
+        CheckRequest {
+            txt: (0..txt)
+                .map(|i| TxtCheck {
+                    name: format!("_ecert-challenge.n{i}.example"),
+                    value: "v".into(),
+                })
+                .collect(),
+            caa: (0..caa).map(|i| format!("n{i}.example")).collect(),
+            identities: vec![],
+        }
+    }
+
+    fn yes(txt: Vec<bool>, caa: Vec<bool>) -> (String, Option<CheckResponse>) {
+        ("p".into(), Some(CheckResponse { txt, caa }))
+    }
+
+    #[test]
+    fn quorum_follows_the_br_table() {
+        assert_eq!(allowed_failures(1), None);
+        assert_eq!(allowed_failures(2), Some(1));
+        assert_eq!(allowed_failures(5), Some(1));
+        assert_eq!(allowed_failures(6), Some(2));
+    }
+
+    #[test]
+    fn one_dissent_of_three_is_allowed_two_are_not() {
+        let r = req(1, 1);
+        let agree = yes(vec![true], vec![true]);
+        let silent = ("p".to_string(), None);
+        let against = yes(vec![false], vec![true]);
+        assert!(uncorroborated(&r, &[agree.clone(), agree.clone(), against.clone()], 3).is_empty());
+        assert!(uncorroborated(&r, &[agree.clone(), agree.clone(), silent.clone()], 3).is_empty());
+        assert_eq!(
+            uncorroborated(&r, &[agree.clone(), against.clone(), silent], 3),
+            vec![0]
+        );
+        // Each item counts on its own.
+        let caa_no = yes(vec![true], vec![false]);
+        assert_eq!(
+            uncorroborated(&r, &[agree, caa_no.clone(), caa_no], 3),
+            vec![1]
+        );
+    }
+}

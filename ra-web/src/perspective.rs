@@ -1,0 +1,136 @@
+//! `ecert perspective serve`: a remote Network Perspective for Multi-Perspective Issuance
+//! Corroboration (TLS BR §3.2.2.9; `ca_core::mpic`). It answers `POST /mpic/v1/check` over
+//! HTTPS only (rustls, TLS 1.2 and 1.3), for callers presenting the bearer token in
+//! `--token-file`, with what its own resolver (`[dcv] resolver` of its configuration) shows.
+//! It keeps no state, no cache and no personal data; it needs no database and no HSM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use ca_core::config::DcvConfig;
+use ca_core::mpic::{self, CheckRequest};
+use hyper_util::rt::TokioIo;
+
+/// Options of `ecert perspective serve`.
+#[derive(Debug, clap::Args)]
+pub struct PerspectiveArgs {
+    /// Address to listen on (port 0: any free port; the chosen address is printed).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// The TLS certificate chain (PEM, leaf first).
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// The TLS private key (PEM, PKCS#8).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The file holding the bearer token callers must present.
+    #[arg(long)]
+    pub token_file: PathBuf,
+}
+
+struct PerspectiveState {
+    dcv: DcvConfig,
+    token: String,
+}
+
+/// Runs the perspective until interrupted.
+pub async fn serve(dcv: DcvConfig, a: PerspectiveArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&a.token_file)
+        .with_context(|| format!("reading {}", a.token_file.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(
+        token.len() >= 32,
+        "the token in {} must be at least 32 characters",
+        a.token_file.display()
+    );
+    let tls = server_config(&a)?;
+    let state = Arc::new(PerspectiveState { dcv, token });
+    let app = Router::new()
+        .route(mpic::PATH, post(check))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    println!("listening on https://{}", listener.local_addr()?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::info!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+fn server_config(a: &PerspectiveArgs) -> anyhow::Result<rustls::ServerConfig> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let certs: Vec<_> = pem::parse_many(read(&a.cert)?)
+        .context("--cert is not PEM")?
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| rustls::pki_types::CertificateDer::from(b.into_contents()))
+        .collect();
+    anyhow::ensure!(!certs.is_empty(), "--cert holds no certificate");
+    let key = pem::parse_many(read(&a.key)?)
+        .context("--key is not PEM")?
+        .into_iter()
+        .find(|b| b.tag() == "PRIVATE KEY")
+        .context("--key holds no PKCS#8 PRIVATE KEY")?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into_contents().into());
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not go together")
+}
+
+async fn check(
+    State(s): State<Arc<PerspectiveState>>,
+    headers: HeaderMap,
+    Json(req): Json<CheckRequest>,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .as_bytes();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(presented, s.token.as_bytes())) {
+        return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
+    }
+    if req.txt.len() + req.caa.len() > 100 {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "at most 100 checks\n").into_response();
+    }
+    match mpic::answer(&s.dcv, &req).await {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "perspective check failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "check failed\n").into_response()
+        }
+    }
+}
