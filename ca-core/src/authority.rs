@@ -194,6 +194,8 @@ struct CaState {
     /// The CA certificate's subjectKeyIdentifier (what its subscribers' AKI must carry).
     key_id: Option<Vec<u8>>,
     signer: Arc<dyn hsm::Signer>,
+    /// Revoked by the root (`ecert ca revoke`): it issues nothing more.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 /// A CRL that was published.
@@ -927,6 +929,7 @@ impl Authority {
         }
         let mut cas = HashMap::new();
         for (role, der, key) in keys {
+            let revoked = store.ca_revocation(role.name()).await?.is_some();
             let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
                 .map_err(|e| Error::Store(format!("stored CA certificate {}: {e}", role.name())))?;
             if cert.tbs_certificate.subject_pki.raw != hsm::Signer::public_key_spki(&key) {
@@ -945,6 +948,7 @@ impl Authority {
                     // `sign` verifies every assembled certificate under this CA's public key
                     // (self_check), so the token-level check would only repeat it.
                     signer: Arc::new(key.without_release_check()),
+                    revoked: revoked.into(),
                 },
             );
         }
@@ -1057,6 +1061,75 @@ impl Authority {
                 Err(e)
             }
         }
+    }
+
+    /// The root revokes an issuing CA's certificate (a ceremony step, `ecert ca revoke`): the
+    /// revocation is recorded and audited, the root's CRL is republished at once listing it,
+    /// and the CA issues nothing more. TLS BR §7.2.2: a CA certificate's CRL entry carries a
+    /// reasonCode — keyCompromise, affiliationChanged, superseded, cessationOfOperation or
+    /// privilegeWithdrawn. The root itself is not revoked (it is withdrawn from trust stores).
+    pub async fn revoke_ca(
+        &self,
+        role: CaRole,
+        reason: crate::revocation::Reason,
+        actor: &str,
+    ) -> Result<PublishedCrl> {
+        use crate::revocation::Reason;
+        if role == CaRole::Root {
+            return Err(Error::Revocation(
+                "the root is not revoked: it is withdrawn from the trust stores".into(),
+            ));
+        }
+        if matches!(reason, Reason::Unspecified | Reason::CertificateHold) {
+            return Err(Error::Revocation(
+                "a CA certificate is revoked with a reason (TLS BR §7.2.2): keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn".into(),
+            ));
+        }
+        let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&ca.cert_der)
+            .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+        let serial = hex::encode(cert.raw_serial());
+        let mut tx = self.store.begin().await?;
+        if !self
+            .store
+            .revoke_ca(
+                &mut tx,
+                role.name(),
+                now_secs().unix_timestamp(),
+                reason.code(),
+            )
+            .await?
+        {
+            let earlier = self.store.ca_revocation(role.name()).await?;
+            return Err(Error::AlreadyRevoked {
+                serial,
+                reason: earlier
+                    .and_then(|(_, code)| Reason::from_code(code))
+                    .map_or("?", Reason::name)
+                    .into(),
+            });
+        }
+        self.store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "ca.revoked",
+                    actor: actor.to_string(),
+                    subject: Some(role.name().into()),
+                    detail: json!({ "serial": serial, "reason": reason.name() }),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        ca.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.publish_crl(CaRole::Root, Scope::Full, actor).await
+    }
+
+    /// Whether the root has revoked this CA.
+    pub fn ca_revoked(&self, role: CaRole) -> bool {
+        self.cas
+            .get(&role)
+            .is_some_and(|c| c.revoked.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Revokes or holds one certificate; see [`crate::revocation::revoke`].
@@ -1182,9 +1255,23 @@ impl Authority {
             .get(&scope)
             .copied()
             .unwrap_or(0);
-        // CA certificates are not revocable yet: the root's CRL is empty.
+        // The root's CRL lists the issuing CAs it revoked (`revoke_ca`).
         let list = if role == CaRole::Root {
-            EntryList::default()
+            let mut list = EntryList::default();
+            for (der, revoked_at, reason) in self.store.revoked_cas().await? {
+                let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                    .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+                let serial = SerialNumber::from_be_bytes(cert.raw_serial())
+                    .ok_or_else(|| Error::Store("stored CA certificate serial".into()))?;
+                list.insert(&crate::crl::EntryRow {
+                    serial,
+                    reason: Some(reason),
+                    revoked_at,
+                    not_after: Some(cert.validity().not_after.timestamp()),
+                    partition: None,
+                })?;
+            }
+            list
         } else {
             self.refresh_crl_entries(&mut lists, role, unix(now))
                 .await?;
@@ -1397,6 +1484,12 @@ impl Authority {
     /// check and the renewal claim in the same transaction).
     async fn reserve(&self, req: &ApprovedRequest) -> Result<Reserved> {
         let profile = Profile::get(&req.profile)?;
+        if self.ca_revoked(profile.issuer) {
+            return Err(Error::Revocation(format!(
+                "the {} CA is revoked: it issues nothing more",
+                profile.issuer.name()
+            )));
+        }
         let key = req.csr.key().clone();
         let mut subject = req.subject.clone();
         let renews = match req.renews {

@@ -42,6 +42,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../migrations/sqlite/0011_org_applications.sql")),
     (12, include_str!("../../migrations/sqlite/0012_role_title.sql")),
     (13, include_str!("../../migrations/sqlite/0013_responder_retirement.sql")),
+    (14, include_str!("../../migrations/sqlite/0014_ca_revocation.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
@@ -58,6 +59,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../../migrations/postgres/0011_org_applications.sql")),
     (12, include_str!("../../migrations/postgres/0012_role_title.sql")),
     (13, include_str!("../../migrations/postgres/0013_responder_retirement.sql")),
+    (14, include_str!("../../migrations/postgres/0014_ca_revocation.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -420,6 +422,46 @@ impl Store {
             Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
             None => None,
         })
+    }
+
+    /// The revocation of CA `name`, if it is revoked: (revoked at, RFC 5280 reason code).
+    pub async fn ca_revocation(&self, name: &str) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query(
+            "SELECT revoked_at, revocation_reason FROM cas WHERE name = $1 AND revoked_at IS NOT NULL",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// Every revoked CA: (certificate DER, revoked at, reason code).
+    pub async fn revoked_cas(&self) -> Result<Vec<(Vec<u8>, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT cert_der, revoked_at, revocation_reason FROM cas WHERE revoked_at IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Marks CA `name` revoked inside `tx`; false if it already was.
+    pub async fn revoke_ca(&self, tx: &mut Tx, name: &str, at: i64, reason: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE cas SET revoked_at = $2, revocation_reason = $3 WHERE name = $1 AND revoked_at IS NULL",
+        )
+        .bind(name)
+        .bind(at)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+        Ok(res.rows_affected() == 1)
     }
 
     /// Stores a CA certificate.

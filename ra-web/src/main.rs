@@ -257,6 +257,16 @@ enum CaCommand {
         #[arg(long)]
         chain: bool,
     },
+    /// Revoke an issuing CA's certificate (a ceremony step: the root signs its CRL at once,
+    /// and the CA issues nothing more). Needs the signer lock: stop `ecert serve` first.
+    Revoke {
+        /// individual or server.
+        name: String,
+        /// keyCompromise, affiliationChanged, superseded, cessationOfOperation or
+        /// privilegeWithdrawn (TLS BR §7.2.2: a CA certificate's entry carries a reason).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -719,15 +729,31 @@ async fn print_ca_list(store: &Store) -> anyhow::Result<()> {
 }
 
 async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
     match c {
-        CaCommand::List => print_ca_list(&store).await,
+        CaCommand::List => print_ca_list(&open_store(&config).await?).await,
         CaCommand::Export { name, chain } => {
+            let store = open_store(&config).await?;
             let role = CaRole::from_name(&name)?;
             out!("{}", pem_cert(&stored_ca(&store, role).await?));
             if chain && role != CaRole::Root {
                 out!("{}", pem_cert(&stored_ca(&store, CaRole::Root).await?));
             }
+            Ok(())
+        }
+        CaCommand::Revoke { name, reason } => {
+            let role = CaRole::from_name(&name)?;
+            let reason = ca_core::revocation::Reason::parse(&reason)?;
+            let auth = Authority::open(config).await?;
+            let published = auth.revoke_ca(role, reason, &actor()).await;
+            checkpoint(&auth).await;
+            let published = published?;
+            outln!(
+                "revoked {} CA ({}); root CRL {} published: {}",
+                role.name(),
+                reason.name(),
+                published.number,
+                published.path.display()
+            );
             Ok(())
         }
     }

@@ -97,6 +97,10 @@ impl Authority {
         let mut made = Vec::new();
         let mut failed = None;
         for role in OCSP_CAS {
+            // A revoked CA certifies nothing more, responders included.
+            if self.ca_revoked(role) {
+                continue;
+            }
             let due = match self.responders.read().await.get(&role) {
                 None => true,
                 Some(r) => r.not_after - now < self.rotate_margin(),

@@ -419,3 +419,139 @@ fn partitions_cover_every_certificate_with_a_critical_idp() {
     }
     ca.audit_ok();
 }
+
+/// The root revokes an issuing CA (`ecert ca revoke`, a ceremony step): the root's CRL lists
+/// the CA certificate with its reason at once (pkilint's ARL lint under the BR), `openssl
+/// verify -crl_check_all` then refuses a leaf under it that it accepted before, and the CA
+/// issues nothing more while the other one goes on. The root, a reason the BR does not allow
+/// for CA certificates, and a second revocation are refused.
+#[test]
+fn revoking_an_issuing_ca() {
+    let ca = Ca::init();
+    let p = personal();
+    let csr = ca.csr("before", KeyType::P256);
+    let leaf = ca.issue(p.profile, &csr.csr, &p.args, "before the CA's revocation");
+    ca.ecert_ok(&["crl", "publish"]);
+    ca.ecert_ok(&["crl", "publish", "--ca", "root"]);
+    let (root, individual) = (ca.export("root"), ca.export("individual"));
+    let verify_all = |root_crl: &std::path::Path, ind_crl: &std::path::Path| {
+        let mut c = std::process::Command::new("openssl");
+        c.args(["verify", "-crl_check_all", "-CRLfile"])
+            .arg(root_crl)
+            .arg("-CRLfile")
+            .arg(ind_crl)
+            .arg("-CAfile")
+            .arg(&root.path)
+            .arg("-untrusted")
+            .arg(&individual.path)
+            .arg(&leaf.cert.path);
+        let o = run_with_timeout(c, std::time::Duration::from_secs(60), "openssl verify");
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let ind_crl = export_crl(&ca, "individual", "ind.crl.pem");
+    let root_before = export_crl(&ca, "root", "root-before.crl.pem");
+    let (ok, text) = verify_all(&root_before, &ind_crl);
+    assert!(ok, "before: {text}");
+
+    for (args, expect) in [
+        (
+            vec!["ca", "revoke", "root", "--reason", "keyCompromise"],
+            "root is not revoked",
+        ),
+        (
+            vec!["ca", "revoke", "individual", "--reason", "certificateHold"],
+            "with a reason",
+        ),
+        (
+            vec!["ca", "revoke", "individual", "--reason", "unspecified"],
+            "with a reason",
+        ),
+    ] {
+        let e = ca.ecert_err(&args);
+        assert!(e.contains(expect), "{args:?}: {e}");
+    }
+    let out = ca.ecert_ok(&["ca", "revoke", "individual", "--reason", "keyCompromise"]);
+    assert!(
+        out.contains("revoked individual CA (keyCompromise)"),
+        "{out}"
+    );
+    let e = ca.ecert_err(&["ca", "revoke", "individual", "--reason", "superseded"]);
+    assert!(
+        e.contains("already revoked") && e.contains("keyCompromise"),
+        "{e}"
+    );
+
+    let root_after = export_crl(&ca, "root", "root-after.crl.pem");
+    assert!(crl_number(&ca, &root_after) > crl_number(&ca, &root_before));
+    pkilint(
+        "lint_crl",
+        &["-t", "ARL", "-p", "BR"],
+        &[&root_after],
+        "root ARL with a revoked CA",
+    );
+    let text = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &[
+                "crl",
+                "-in",
+                root_after.to_str().unwrap(),
+                "-noout",
+                "-text",
+            ],
+        )
+        .stdout,
+    )
+    .into_owned();
+    let ind_serial = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &[
+                "x509",
+                "-in",
+                individual.path.to_str().unwrap(),
+                "-noout",
+                "-serial",
+            ],
+        )
+        .stdout,
+    )
+    .trim()
+    .trim_start_matches("serial=")
+    .to_string();
+    assert!(
+        text.contains(&format!("Serial Number: {ind_serial}")) && text.contains("Key Compromise"),
+        "{ind_serial} not listed with its reason: {text}"
+    );
+    let (ok, text) = verify_all(&root_after, &ind_crl);
+    assert!(!ok && text.contains("certificate revoked"), "after: {text}");
+
+    // The revoked CA issues nothing; the Server CA goes on.
+    let csr2 = ca.csr("after", KeyType::P256);
+    let mut args = vec![
+        "issue",
+        "--profile",
+        p.profile,
+        "--csr",
+        csr2.csr.to_str().unwrap(),
+    ];
+    args.extend(p.args.iter().copied());
+    let e = ca.ecert_err(&args);
+    assert!(e.contains("the individual CA is revoked"), "{e}");
+    let s = server();
+    let csr3 = ca.csr("server-after", KeyType::P256);
+    ca.issue(
+        s.profile,
+        &csr3.csr,
+        &s.args,
+        "the Server CA after the other's revocation",
+    );
+    ca.audit_ok();
+}
