@@ -222,4 +222,53 @@ mod tests {
             }
         }
     }
+
+    /// A stand-in for fuzzing on stable Rust: 50,000 seeded strings from the characters an
+    /// HKID is typed with (and some others, multi-byte included) — never a panic, and anything
+    /// accepted has a correct check digit and prints back masked without its digits.
+    #[test]
+    fn random_input_never_panics_and_accepts_only_valid_numbers() {
+        use rand::{Rng, SeedableRng};
+        let alphabet: Vec<char> = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcz0123456789() -_\u{3000}（）陳"
+            .chars()
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x686b_6964);
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let s: String = if rng.gen_bool(0.5) {
+                let len = rng.gen_range(0..14);
+                (0..len)
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect()
+            } else {
+                // Well-shaped: one or two letters, six digits, a check character that is right
+                // about one time in eleven, as typed (with or without brackets and spaces).
+                let letters: String = (0..rng.gen_range(1..=2))
+                    .map(|_| char::from(b'A' + rng.gen_range(0..26u8)))
+                    .collect();
+                let digits: String = (0..6)
+                    .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+                    .collect();
+                let check = "0123456789A".chars().nth(rng.gen_range(0..11)).unwrap();
+                match rng.gen_range(0..3) {
+                    0 => format!("{letters}{digits}({check})"),
+                    1 => format!("{} {digits} {check}", letters.to_lowercase()),
+                    _ => format!("{letters}{digits}{check}"),
+                }
+            };
+            if let Ok(h) = Hkid::parse(&s) {
+                accepted += 1;
+                let n = h.expose();
+                let (body, check) = n.split_at(n.len() - 1);
+                assert_eq!(
+                    check_char(body.as_bytes()) as char,
+                    check.chars().next().unwrap(),
+                    "{s:?}"
+                );
+                assert!(!h.masked().contains(&body[body.len() - 6..]), "{s:?}");
+            }
+        }
+        // About one in eleven of the well-shaped ones is a valid number.
+        assert!((1_000..4_000).contains(&accepted), "{accepted}");
+    }
 }
