@@ -526,6 +526,17 @@ impl Config {
             )),
             Some(_) => {}
         }
+        if let Err(e) = crate::mpic::required(&self.dcv) {
+            w.push(format!(
+                "{e}: server applications cannot have their domains validated until it is"
+            ));
+        }
+        if self.dcv.caa_identities.is_empty() {
+            w.push(
+                "dcv.caa_identities is empty: a domain with any CAA issue record forbids this CA"
+                    .into(),
+            );
+        }
         w
     }
 

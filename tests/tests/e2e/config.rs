@@ -10,6 +10,13 @@ fn config_check() {
         good.contains("configuration OK"),
         "config check of the test configuration: {good:?}"
     );
+    // Valid but not ready for server applications: said on stderr.
+    let o = ca.ecert(&["config", "check"]);
+    let warned = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        warned.contains("dcv.mpic") && warned.contains("dcv.caa_identities"),
+        "{warned}"
+    );
 
     let cases: &[(&str, &str, &[&str])] = &[
         (
