@@ -1146,14 +1146,20 @@ impl Authority {
     /// is the larger of `crl.partitions` and the partitions it published before (certificates
     /// keep the partition they were issued with when the setting changes).
     pub async fn crl_scopes(&self, role: CaRole) -> Result<Vec<Scope>> {
+        if role == CaRole::Root {
+            return Ok(vec![Scope::Full]);
+        }
+        let heads = self.store.crl_heads(role.name()).await?;
+        Ok(self.crl_scopes_from(role, &heads))
+    }
+
+    /// [`Authority::crl_scopes`] from heads already read.
+    pub fn crl_scopes_from(&self, role: CaRole, heads: &[crate::store::CrlHead]) -> Vec<Scope> {
         let mut scopes = vec![Scope::Full];
         if role == CaRole::Root {
-            return Ok(scopes);
+            return scopes;
         }
-        let published = self
-            .store
-            .crl_heads(role.name())
-            .await?
+        let published = heads
             .iter()
             .filter_map(|h| match h.scope {
                 Scope::Partition(k) => Some(k + 1),
@@ -1163,7 +1169,7 @@ impl Authority {
             .unwrap_or(0);
         let n = published.max(self.config.crl.partitions);
         scopes.extend((0..n).map(Scope::Partition));
-        Ok(scopes)
+        scopes
     }
 
     /// Brings the in-memory CRL entries of `role` up to date: the first time, every entry is

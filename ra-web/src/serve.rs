@@ -678,7 +678,8 @@ pub async fn publish_due(auth: &Authority, interval: i64) {
         let due = async {
             let heads = store.crl_heads(role.name()).await?;
             let versions = store.status_versions(role.name()).await?;
-            let scopes = auth.crl_scopes(role).await?;
+            // One read of the heads serves both the scopes and their freshness.
+            let scopes = auth.crl_scopes_from(role, &heads);
             Ok::<_, ca_core::error::Error>(
                 scopes
                     .into_iter()
