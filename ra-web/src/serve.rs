@@ -566,22 +566,37 @@ async fn sync(s: &AppState) -> ca_core::error::Result<()> {
 async fn follow_store(s: Shared) {
     let mut tick = tokio::time::interval(SYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    // Consecutive failures: while the database is down, the next attempt waits longer (up to
+    // SYNC_BACKOFF_MAX), so a recovering server is not hammered by every instance.
+    let mut failures: u32 = 0;
     loop {
         tick.tick().await;
         match sync(&s).await {
-            Ok(()) if failing => {
+            Ok(()) if failures > 0 => {
                 tracing::info!("database reachable again");
-                failing = false;
+                failures = 0;
             }
             Ok(()) => {}
-            Err(e) if !failing => {
-                tracing::error!(error = %e, "cannot read OCSP responses and CRLs; serving from memory");
-                failing = true;
+            Err(e) => {
+                if failures == 0 {
+                    tracing::error!(error = %e, "cannot read OCSP responses and CRLs; serving from memory");
+                }
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(backoff(failures)).await;
             }
-            Err(_) => {}
         }
     }
+}
+
+/// The longest wait between two attempts to read a database that is down.
+const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// The extra wait after `failures` consecutive failures: doubling from the sync interval, at
+/// most [`SYNC_BACKOFF_MAX`].
+fn backoff(failures: u32) -> Duration {
+    SYNC_EVERY
+        .saturating_mul(1u32 << failures.min(8))
+        .min(SYNC_BACKOFF_MAX)
 }
 
 /// Signs what is due: queued changes first, then responses due for a refresh. Returns true
@@ -738,6 +753,14 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_backs_off_to_a_bound() {
+        assert_eq!(backoff(1), SYNC_EVERY * 2);
+        assert_eq!(backoff(2), SYNC_EVERY * 4);
+        assert_eq!(backoff(5), SYNC_BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), SYNC_BACKOFF_MAX);
+    }
 
     #[test]
     fn http_dates_are_imf_fixdate() {
