@@ -1784,6 +1784,7 @@ impl Authority {
         keep(&mut subject.org_id, prev.org_id);
         keep(&mut subject.locality, prev.locality);
         keep(&mut subject.srn, prev.srn);
+        keep(&mut subject.title, prev.title);
         if subject.emails.is_empty() {
             subject.emails = prev.emails;
         }

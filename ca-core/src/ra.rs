@@ -890,12 +890,28 @@ pub async fn renew_online(
         }
     }
     let old_serial = SerialNumber::from_hex(&old).ok_or(Error::NotFound)?;
+    // A minor's renewal also ends before the 18th birthday.
+    let days = if Profile::get(&profile)?.minor {
+        let sealed: Vec<u8> = sqlx::query("SELECT dob_sealed FROM applications WHERE id = $1")
+            .bind(&id)
+            .fetch_one(store.pool())
+            .await?
+            .try_get(0)?;
+        let dob = auth.pii()?.open_field(Field::DateOfBirth, &id, &sealed)?;
+        Some(minor_days(
+            Profile::get(&profile)?,
+            &dob,
+            time::OffsetDateTime::now_utc(),
+        )?)
+    } else {
+        None
+    };
     let issued = auth
         .issue(ApprovedRequest {
             profile,
             csr,
             subject: SubjectData::default(),
-            days: None,
+            days,
             renews: Some(old_serial),
             actor: format!("citizen:{reference}"),
         })
@@ -3600,7 +3616,8 @@ mod journey {
     /// certificate's title.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn minors_and_roles() {
-        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let store = auth.store().clone();
         ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
             .await
@@ -3617,12 +3634,13 @@ mod journey {
                 .unwrap()
         };
         let ready = |profile: &'static str, dob: String, n: u32| {
-            let (auth, clerk) = (&auth, &clerk);
+            let (auth, clerk, key) = (&auth, &clerk, &key);
             async move {
                 let hkid = crate::hkid::synthetic("M", n);
                 let mut a = application(&hkid);
                 a.profile = profile.into();
                 a.date_of_birth = dob;
+                a.csr = csr_for(key);
                 let sub = submit(auth, a).await?;
                 confirm_email(auth.store(), &sub.reference, &sub.secret, &sub.email_code)
                     .await
@@ -3694,6 +3712,12 @@ mod journey {
         };
         let d = days(serial).await;
         assert!((18..=19).contains(&d), "{d}");
+        // Its online renewal ends before the birthday too.
+        let renewed = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key), None)
+            .await
+            .unwrap();
+        let d = days(renewed).await;
+        assert!((18..=19).contains(&d), "renewal: {d}");
         // Eighteen tomorrow: refused at approval, the application open again.
         let sub = ready("personal-minor", born(18, 1), 5).await.unwrap();
         assert!(matches!(
@@ -3731,6 +3755,7 @@ mod journey {
             })
         ));
         a.user_title = "Ward Manager".into();
+        a.csr = csr_for(&key);
         let sub = submit(&auth, a).await.unwrap();
         confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
             .await
@@ -3764,6 +3789,23 @@ mod journey {
             .find(|a| a.attr_type().to_id_string() == "2.5.4.12")
             .and_then(|a| a.as_str().ok().map(str::to_string));
         assert_eq!(title.as_deref(), Some("Ward Manager"));
+        // Renewal keeps the role.
+        let renewed = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key), None)
+            .await
+            .unwrap();
+        let der = store
+            .certificate(&renewed)
+            .await
+            .unwrap()
+            .unwrap()
+            .cert_der
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(
+            cert.subject().to_string().contains("Ward Manager"),
+            "{}",
+            cert.subject()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
