@@ -1656,6 +1656,14 @@ impl Authority {
         }
     }
 
+    /// Gives up a prepared issuance that will not be signed, because the caller's own record
+    /// changed meanwhile: nothing was signed, so the serial goes from `issuing` to `failed`.
+    pub async fn withdraw(&self, token: IssuanceToken, why: &str) {
+        let e = Error::Conflict(why.to_string());
+        self.fail(&token.serial.to_hex(), CertState::Issuing, &token.actor, &e)
+            .await;
+    }
+
     /// Steps 5–6: the HSM signs the linted TBS; the result is verified and compared, then stored
     /// `issued` with its audit record in one transaction.
     pub async fn sign(&self, token: IssuanceToken) -> Result<Issued> {

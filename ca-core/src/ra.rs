@@ -2586,14 +2586,34 @@ pub async fn decide(
         }
     };
     let serial = token.serial().to_hex();
-    sqlx::query("UPDATE applications SET certificate = $2, updated_at = $3 WHERE id = $1 AND state = 'approved'")
-        .bind(id)
-        .bind(&serial)
-        .bind(now())
-        .execute(store.pool())
-        .await?;
+    // Still as this decision claimed it (nothing touched it since: a very slow CAA check could
+    // have let `settle` reopen it)? Otherwise nothing is signed.
+    let recorded = sqlx::query(
+        "UPDATE applications SET certificate = $2, updated_at = $3 \
+         WHERE id = $1 AND state = 'approved' AND certificate IS NULL AND updated_at = $4",
+    )
+    .bind(id)
+    .bind(&serial)
+    .bind(now())
+    .bind(t)
+    .execute(store.pool())
+    .await?;
+    if recorded.rows_affected() != 1 {
+        auth.withdraw(token, "the application changed while it was being issued")
+            .await;
+        return Err(changed());
+    }
     if let Err(e) = auth.sign(token).await {
-        return back_to_open(e).await;
+        // The serial stays on the application: `settle` follows the certificate's own state
+        // (issued after all if only the last write failed; open again if it failed or was
+        // abandoned), so a retry can never issue a second certificate beside a first.
+        sqlx::query("UPDATE applications SET issue_error = $2 WHERE id = $1")
+            .bind(id)
+            .bind(e.to_string())
+            .execute(store.pool())
+            .await?;
+        settle(store, id).await?;
+        return Err(e);
     }
     let mut tx = store.begin().await?;
     sqlx::query("UPDATE applications SET state = 'issued', updated_at = $2 WHERE id = $1 AND state = 'approved'")
@@ -2649,8 +2669,8 @@ async fn settle(store: &Store, id: &str) -> Result<()> {
             "UPDATE applications SET state = 'issued', updated_at = $2 WHERE id = $1 AND state = 'approved'"
         }
         ("approved", Some("failed" | "abandoned"), _) => {
-            "UPDATE applications SET state = 'submitted', certificate = NULL, issue_error = 'the issuance did not complete', \
-             updated_at = $2 WHERE id = $1 AND state = 'approved'"
+            "UPDATE applications SET state = 'submitted', certificate = NULL, \
+             issue_error = COALESCE(issue_error, 'the issuance did not complete'), updated_at = $2 WHERE id = $1 AND state = 'approved'"
         }
         ("approved", None, _) if updated_at < t - 600 => {
             "UPDATE applications SET state = 'submitted', issue_error = 'the issuance did not complete', updated_at = $2 \
