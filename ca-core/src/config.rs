@@ -75,7 +75,13 @@ pub struct Perspective {
     pub token_file: PathBuf,
     /// PEM certificates that its TLS certificate must chain to.
     pub ca_file: PathBuf,
+    /// The Regional Internet Registry whose service region it is in: AFRINIC, APNIC, ARIN,
+    /// LACNIC or RIPE (TLS BR §3.2.2.9: the corroborating perspectives span at least two).
+    pub rir: String,
 }
+
+/// The Regional Internet Registries.
+pub const RIRS: [&str; 5] = ["AFRINIC", "APNIC", "ARIN", "LACNIC", "RIPE"];
 
 impl Default for DcvConfig {
     fn default() -> Self {
@@ -422,6 +428,24 @@ impl Config {
                 p.name
             )));
         }
+        for (i, p) in self.dcv.perspectives.iter().enumerate() {
+            if !RIRS.contains(&p.rir.as_str()) {
+                return Err(Error::Config(format!(
+                    "dcv.perspectives {:?}: rir must be one of {}",
+                    p.name,
+                    RIRS.join(", ")
+                )));
+            }
+            if self.dcv.perspectives[..i]
+                .iter()
+                .any(|q| q.name == p.name || q.url == p.url)
+            {
+                return Err(Error::Config(format!(
+                    "dcv.perspectives {:?}: each perspective is listed once (name and url)",
+                    p.name
+                )));
+            }
+        }
         if !(1..=60).contains(&self.dcv.timeout_seconds) {
             return Err(Error::Config("dcv.timeout_seconds must be 1 to 60".into()));
         }
@@ -635,21 +659,39 @@ mod cidr_tests {
     #[test]
     fn perspectives_must_be_https() {
         let mut c = Config::default();
-        c.dcv.perspectives.push(Perspective {
-            name: "p".into(),
-            url: "http://10.0.0.9:8443".into(),
+        let p = |i: usize, rir: &str| Perspective {
+            name: format!("p{i}"),
+            url: format!("https://10.0.0.{i}:8443"),
             token_file: "t".into(),
             ca_file: "c".into(),
+            rir: rir.into(),
+        };
+        c.dcv.perspectives.push(Perspective {
+            url: "http://10.0.0.9:8443".into(),
+            ..p(9, "APNIC")
         });
         assert!(c.validate().unwrap_err().to_string().contains("https"));
-        c.dcv.perspectives[0].url = "https://10.0.0.9:8443".into();
+        c.dcv.perspectives[0] = p(9, "MARS");
+        assert!(c.validate().unwrap_err().to_string().contains("rir"));
+        c.dcv.perspectives[0] = p(9, "APNIC");
         assert!(c.validate().is_ok());
-        // Required corroboration with fewer than two perspectives cannot be met.
-        assert!(crate::mpic::required(&c.dcv).is_err());
-        c.dcv.perspectives.push(c.dcv.perspectives[0].clone());
-        assert!(crate::mpic::required(&c.dcv).unwrap());
+        c.dcv.perspectives.push(p(9, "ARIN"));
+        assert!(
+            c.validate().unwrap_err().to_string().contains("once"),
+            "duplicates"
+        );
+        c.dcv.perspectives.pop();
+        // Required corroboration with fewer perspectives than the BR's phase-in asks for now
+        // (five from 2026-12-15) cannot be met.
+        let now = time::macros::datetime!(2026-12-20 0:00 UTC);
+        for i in 1..4 {
+            c.dcv.perspectives.push(p(i, "ARIN"));
+        }
+        assert!(crate::mpic::required_at(&c.dcv, now).is_err());
+        c.dcv.perspectives.push(p(4, "RIPE"));
+        assert!(crate::mpic::required_at(&c.dcv, now).unwrap());
         c.dcv.mpic = Mpic::Off;
-        assert!(!crate::mpic::required(&c.dcv).unwrap());
+        assert!(!crate::mpic::required_at(&c.dcv, now).unwrap());
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! in [`ask`]; no answer is cached or shared between perspectives.
 //!
 //! Quorum (BR §3.2.2.9 table): with 2 to 5 remote perspectives one may fail to corroborate,
-//! with 6 or more two. A perspective corroborates a domain control check if it sees the same
-//! Random Value at the same record, and a CAA check if it also finds that CAA permits this CA
-//! (a lookup failure there does not corroborate). Fewer than two remote perspectives cannot
-//! make a quorum: with `[dcv] mpic = "required"` (the default) the RA then refuses to validate
-//! domains and to issue server certificates.
+//! with 6 or more two; and (from 2026-03-15) the perspectives that corroborate are in at least
+//! two Regional Internet Registries' service regions. A perspective corroborates a domain
+//! control check if it sees the same Random Value at the same record, and a CAA check if it
+//! also finds that CAA permits this CA (a lookup failure there does not corroborate). The
+//! number of remote perspectives follows the BR's phase-in ([`min_remote`]: five from
+//! 2026-12-15); with `[dcv] mpic = "required"` (the default) and fewer, the RA refuses to
+//! validate domains and to issue server certificates.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,17 +88,40 @@ pub fn allowed_failures(remote: usize) -> Option<usize> {
     }
 }
 
-/// Whether corroboration is needed and possible; an error when it is required but cannot be
-/// had with this configuration.
+/// The fewest remote perspectives the BR's phase-in allows at `now` (TLS BR §3.2.2.9).
+pub fn min_remote(now: time::OffsetDateTime) -> usize {
+    let d = now.date();
+    if d >= time::macros::date!(2026 - 12 - 15) {
+        5
+    } else if d >= time::macros::date!(2026 - 06 - 15) {
+        4
+    } else if d >= time::macros::date!(2026 - 03 - 15) {
+        3
+    } else {
+        2
+    }
+}
+
+/// Whether the corroborating perspectives must span two RIRs at `now` (from 2026-03-15).
+fn two_rirs(now: time::OffsetDateTime) -> bool {
+    now.date() >= time::macros::date!(2026 - 03 - 15)
+}
+
+/// Whether corroboration is needed and possible now; an error when it is required but cannot
+/// be had with this configuration.
 pub fn required(config: &DcvConfig) -> Result<bool> {
+    required_at(config, time::OffsetDateTime::now_utc())
+}
+
+/// [`required`] at `now`.
+pub fn required_at(config: &DcvConfig, now: time::OffsetDateTime) -> Result<bool> {
+    let need = min_remote(now);
     match config.mpic {
         Mpic::Off => Ok(false),
-        Mpic::Required if allowed_failures(config.perspectives.len()).is_none() => {
-            Err(Error::Config(
-                "dcv.mpic = \"required\" needs at least two [[dcv.perspectives]] (TLS BR §3.2.2.9)"
-                    .into(),
-            ))
-        }
+        Mpic::Required if config.perspectives.len() < need => Err(Error::Config(format!(
+            "dcv.mpic = \"required\" needs at least {need} [[dcv.perspectives]] now (TLS BR §3.2.2.9), {} are configured",
+            config.perspectives.len()
+        ))),
         Mpic::Required => Ok(true),
     }
 }
@@ -195,20 +220,25 @@ async fn ask_one(
 
 /// Whether the answers corroborate every item: for each asked item, at most
 /// [`allowed_failures`] perspectives failed to confirm it (a perspective that did not answer
-/// fails every item). Returns the items that were not corroborated, by index (txt first, then
-/// caa).
+/// fails every item), and (from 2026-03-15) the ones that confirmed it are in at least two
+/// RIRs. `answers[k]` is the answer of `perspectives[k]`. Returns the items that were not
+/// corroborated, by index (txt first, then caa).
 pub fn uncorroborated(
     req: &CheckRequest,
     answers: &[(String, Option<CheckResponse>)],
-    remote: usize,
+    perspectives: &[Perspective],
+    now: time::OffsetDateTime,
 ) -> Vec<usize> {
-    let allowed = allowed_failures(remote).unwrap_or(0);
     let items = req.txt.len() + req.caa.len();
+    let Some(allowed) = allowed_failures(perspectives.len()) else {
+        return (0..items).collect();
+    };
     (0..items)
         .filter(|&i| {
-            let confirmed = answers
+            let confirming: Vec<&Perspective> = answers
                 .iter()
-                .filter(|(_, a)| {
+                .zip(perspectives)
+                .filter(|((_, a), _)| {
                     a.as_ref().is_some_and(|a| {
                         if i < req.txt.len() {
                             a.txt.get(i).copied().unwrap_or(false)
@@ -217,8 +247,13 @@ pub fn uncorroborated(
                         }
                     })
                 })
-                .count();
-            remote.saturating_sub(confirmed) > allowed
+                .map(|(_, p)| p)
+                .collect();
+            let mut rirs: Vec<&str> = confirming.iter().map(|p| p.rir.as_str()).collect();
+            rirs.sort_unstable();
+            rirs.dedup();
+            perspectives.len().saturating_sub(confirming.len()) > allowed
+                || (two_rirs(now) && rirs.len() < 2)
         })
         .collect()
 }
@@ -244,6 +279,57 @@ mod tests {
         ("p".into(), Some(CheckResponse { txt, caa }))
     }
 
+    fn perspectives(rirs: &[&str]) -> Vec<Perspective> {
+        rirs.iter()
+            .enumerate()
+            .map(|(i, r)| Perspective {
+                name: format!("p{i}"),
+                url: format!("https://10.0.0.{i}"),
+                token_file: "t".into(),
+                ca_file: "c".into(),
+                rir: (*r).into(),
+            })
+            .collect()
+    }
+
+    fn now() -> time::OffsetDateTime {
+        time::macros::datetime!(2026-11-24 0:00 UTC)
+    }
+
+    #[test]
+    fn phase_in_follows_the_br_timeline() {
+        use time::macros::datetime;
+        assert_eq!(min_remote(datetime!(2025-10-01 0:00 UTC)), 2);
+        assert_eq!(min_remote(datetime!(2026-03-15 0:00 UTC)), 3);
+        assert_eq!(min_remote(datetime!(2026-06-15 0:00 UTC)), 4);
+        assert_eq!(min_remote(datetime!(2026-12-15 0:00 UTC)), 5);
+    }
+
+    #[test]
+    fn corroborating_perspectives_span_two_rirs() {
+        let r = req(1, 0);
+        let agree = yes(vec![true], vec![]);
+        let against = yes(vec![false], vec![]);
+        let answers = [agree.clone(), agree.clone(), agree.clone(), against];
+        assert_eq!(
+            uncorroborated(
+                &r,
+                &answers,
+                &perspectives(&["APNIC", "APNIC", "APNIC", "ARIN"]),
+                now()
+            ),
+            vec![0],
+            "the three that agree are all in one RIR"
+        );
+        assert!(uncorroborated(
+            &r,
+            &answers,
+            &perspectives(&["APNIC", "APNIC", "RIPE", "ARIN"]),
+            now()
+        )
+        .is_empty());
+    }
+
     #[test]
     fn quorum_follows_the_br_table() {
         assert_eq!(allowed_failures(1), None);
@@ -258,17 +344,17 @@ mod tests {
         let agree = yes(vec![true], vec![true]);
         let silent = ("p".to_string(), None);
         let against = yes(vec![false], vec![true]);
-        assert!(uncorroborated(&r, &[agree.clone(), agree.clone(), against.clone()], 3).is_empty());
-        assert!(uncorroborated(&r, &[agree.clone(), agree.clone(), silent.clone()], 3).is_empty());
-        assert_eq!(
-            uncorroborated(&r, &[agree.clone(), against.clone(), silent], 3),
-            vec![0]
-        );
+        // The first two are in different RIRs, so the RIR rule holds whenever both agree.
+        let ps = perspectives(&["APNIC", "RIPE", "ARIN"]);
+        let check =
+            |answers: &[(String, Option<CheckResponse>)]| uncorroborated(&r, answers, &ps, now());
+        assert!(check(&[agree.clone(), agree.clone(), against.clone()]).is_empty());
+        assert!(check(&[agree.clone(), agree.clone(), silent.clone()]).is_empty());
+        assert_eq!(check(&[agree.clone(), against.clone(), silent]), vec![0]);
         // Each item counts on its own.
         let caa_no = yes(vec![true], vec![false]);
-        assert_eq!(
-            uncorroborated(&r, &[agree, caa_no.clone(), caa_no], 3),
-            vec![1]
-        );
+        assert_eq!(check(&[agree, caa_no.clone(), caa_no]), vec![1]);
+        // Too few perspectives for any quorum: nothing is corroborated.
+        assert_eq!(uncorroborated(&r, &[], &[], now()), vec![0, 1]);
     }
 }

@@ -2122,7 +2122,12 @@ pub async fn validate_domains(
                     ..Default::default()
                 };
                 let answers = crate::mpic::ask(dcv, &req).await;
-                let failed = crate::mpic::uncorroborated(&req, &answers, dcv.perspectives.len());
+                let failed = crate::mpic::uncorroborated(
+                    &req,
+                    &answers,
+                    &dcv.perspectives,
+                    time::OffsetDateTime::now_utc(),
+                );
                 perspectives = json!(answers
                     .iter()
                     .map(|(name, a)| json!({ "perspective": name, "answered": a.is_some(), "txt": a.as_ref().map(|a| a.txt.clone()) }))
@@ -2231,7 +2236,7 @@ async fn check_caa(auth: &Authority, id: &str, names: &[String], actor: &str) ->
                     .iter()
                     .map(|(name, a)| json!({ "perspective": name, "answered": a.is_some(), "caa": a.as_ref().map(|a| a.caa.clone()) }))
                     .collect::<Vec<_>>());
-                match crate::mpic::uncorroborated(&req, &answers, dcv.perspectives.len()).first() {
+                match crate::mpic::uncorroborated(&req, &answers, &dcv.perspectives, time::OffsetDateTime::now_utc()).first() {
                     None => Ok(()),
                     Some(&i) => Err(Error::CaaForbids {
                         domain: names[i].clone(),

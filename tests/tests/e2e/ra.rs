@@ -571,17 +571,25 @@ fn api(
 #[test]
 fn server_application_with_domain_validation_and_caa() {
     let ca = Ca::init();
-    // DNS as the primary perspective (this host) and the first remote perspective see it (a);
-    // the second remote perspective asks another server (c) that the test keeps in step or
-    // not; the third (b) never has the records, so it always dissents: one dissent of three
-    // is allowed (TLS BR §3.2.2.9).
+    // Five remote perspectives, as the BR's phase-in asks from 2026-12-15 (TLS BR §3.2.2.9),
+    // in three RIRs. DNS as this host (the primary perspective) and perspectives 0, 3 and 4
+    // see it is server a; perspective 1 asks server c, which the test keeps in step or not;
+    // perspective 2 asks server b, which never has the records, so it always dissents: one
+    // dissent of five is allowed, two are not.
     let dns = ecert_e2e::dns::DnsServer::start();
     let dns_c = ecert_e2e::dns::DnsServer::start();
     let dns_b = ecert_e2e::dns::DnsServer::start();
     let tls = perspective_tls(&ca);
-    let perspectives: Vec<Server> = [&dns.addr, &dns_c.addr, &dns_b.addr]
+    let layout = [
+        (&dns.addr, "APNIC"),
+        (&dns_c.addr, "RIPE"),
+        (&dns_b.addr, "ARIN"),
+        (&dns.addr, "ARIN"),
+        (&dns.addr, "RIPE"),
+    ];
+    let perspectives: Vec<Server> = layout
         .iter()
-        .map(|resolver| start_perspective(&ca, &tls, resolver))
+        .map(|(resolver, _)| start_perspective(&ca, &tls, resolver))
         .collect();
     {
         use std::io::Write;
@@ -594,10 +602,10 @@ fn server_application_with_domain_validation_and_caa() {
             "[dcv]\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2"
         )
         .unwrap();
-        for (i, p) in perspectives.iter().enumerate() {
+        for (i, (p, (_, rir))) in perspectives.iter().zip(&layout).enumerate() {
             writeln!(
                 f,
-                "[[dcv.perspectives]]\nname = \"p{i}\"\nurl = \"https://{}\"\ntoken_file = {:?}\nca_file = {:?}",
+                "[[dcv.perspectives]]\nname = \"p{i}\"\nurl = \"https://{}\"\ntoken_file = {:?}\nca_file = {:?}\nrir = \"{rir}\"",
                 p.1, tls.token, tls.ca
             )
             .unwrap();
@@ -756,7 +764,7 @@ fn server_application_with_domain_validation_and_caa() {
     let (st, e) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
     assert_eq!(st, 409, "{e}");
     assert!(e.to_string().contains("not validated"), "{e}");
-    // Only where the CA looks, and one remote perspective: not corroborated.
+    // Only on server a: perspectives 1 and 2 dissent, not corroborated.
     dns.set_txt("_ecert-challenge.www.example.hk", &[&value]);
     let (_, v) = api(addr, "POST", &format!("{path}/domains"), &clerk, None);
     assert_eq!(v["domains"][0]["validated"], false, "{v}");
@@ -806,7 +814,7 @@ fn server_application_with_domain_validation_and_caa() {
             .contains("CAA forbids issuance for www.example.hk"),
         "{e}"
     );
-    // CAA permits this CA where the CA looks, but two of the three remote perspectives see
+    // CAA permits this CA where the CA looks, but two of the five remote perspectives see
     // another CA named: not corroborated, no certificate.
     dns.set_caa_issue("example.hk", &[Some("pki.example.hk")]);
     dns_c.set_caa_issue("example.hk", &[Some("other-ca.example")]);
