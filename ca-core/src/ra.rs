@@ -2070,14 +2070,23 @@ pub async fn validate_domains(
         ));
     };
     if now() - made > crate::dcv::TOKEN_DAYS * 86_400 {
-        token = dcv_token();
+        let fresh = dcv_token();
         let mut tx = store.begin().await?;
-        sqlx::query("UPDATE applications SET dcv_token = $2, dcv_token_at = $3, updated_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(&token)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        // Compare-and-set: of two checks at once, one makes the new value; the other uses it.
+        let res = sqlx::query(
+            "UPDATE applications SET dcv_token = $2, dcv_token_at = $3, updated_at = $3 WHERE id = $1 AND dcv_token_at = $4",
+        )
+        .bind(id)
+        .bind(&fresh)
+        .bind(now())
+        .bind(made)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Box::pin(validate_domains(auth, id, actor)).await;
+        }
+        token = fresh;
         store
             .audit(
                 &mut tx,
@@ -2151,13 +2160,11 @@ pub async fn validate_domains(
         let d = &mut list[i];
         let t = now();
         let mut tx = store.begin().await?;
-        sqlx::query("DELETE FROM domain_validations WHERE application = $1 AND domain = $2")
-            .bind(id)
-            .bind(&d.domain)
-            .execute(&mut *tx)
-            .await?;
+        // An upsert: two checks at once both succeed.
         sqlx::query(
-            "INSERT INTO domain_validations (application, domain, token, method, validated_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO domain_validations (application, domain, token, method, validated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (application, domain) DO UPDATE SET token = excluded.token, method = excluded.method, \
+             validated_at = excluded.validated_at",
         )
         .bind(id)
         .bind(&d.domain)

@@ -746,7 +746,15 @@ async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
             let auth = Authority::open(config).await?;
             let published = auth.revoke_ca(role, reason, &actor()).await;
             checkpoint(&auth).await;
-            let published = published?;
+            let published = published.map_err(|e| match e {
+                // Recorded, but the root's CRL did not go out: say how to finish.
+                ca_core::Error::AlreadyRevoked { .. } => anyhow::Error::from(e),
+                e if auth.ca_revoked(role) => anyhow::anyhow!(
+                    "{e}; the {} CA is recorded as revoked: publish the root's CRL with `ecert crl publish --ca root`",
+                    role.name()
+                ),
+                e => e.into(),
+            })?;
             outln!(
                 "revoked {} CA ({}); root CRL {} published: {}",
                 role.name(),

@@ -35,6 +35,13 @@ pub struct PerspectiveArgs {
     pub token_file: PathBuf,
 }
 
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 256;
+/// Time for the TLS handshake, and for the request head.
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time for a whole connection (the checks themselves take at most a few DNS timeouts).
+const EXCHANGE: std::time::Duration = std::time::Duration::from_secs(120);
+
 struct PerspectiveState {
     dcv: DcvConfig,
     token: String,
@@ -62,26 +69,41 @@ pub async fn serve(dcv: DcvConfig, a: PerspectiveArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", a.listen))?;
     println!("listening on https://{}", listener.local_addr()?);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    // Slow or idle clients cannot hold the perspective: bounded connections, a deadline for
+    // the TLS handshake, the request head and the whole exchange.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => r?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections; refused");
+            continue;
+        };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::info!(%peer, error = %e, "connection ended");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE)
+                .serve_connection(TokioIo::new(tls), service);
+            match tokio::time::timeout(EXCHANGE, conn).await {
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "connection ended"),
+                Err(_) => tracing::info!(%peer, "connection closed after its time"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -112,7 +134,7 @@ fn server_config(a: &PerspectiveArgs) -> anyhow::Result<rustls::ServerConfig> {
 async fn check(
     State(s): State<Arc<PerspectiveState>>,
     headers: HeaderMap,
-    Json(req): Json<CheckRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -123,6 +145,10 @@ async fn check(
     if !bool::from(subtle::ConstantTimeEq::ct_eq(presented, s.token.as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
+    // Parsed only once the caller is known.
+    let Ok(req) = serde_json::from_slice::<CheckRequest>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a check request\n").into_response();
+    };
     if req.txt.len() + req.caa.len() > 100 {
         return (StatusCode::PAYLOAD_TOO_LARGE, "at most 100 checks\n").into_response();
     }

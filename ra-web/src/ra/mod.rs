@@ -318,11 +318,15 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::CsrBadSignature
         | Error::KeyNotAllowed(_)
         | Error::WeakKey(_)
+        | Error::UnknownProfile(_)
         | Error::KeyBlocked => StatusCode::UNPROCESSABLE_ENTITY,
         Error::Conflict(_)
         | Error::AlreadyRevoked { .. }
         | Error::Revocation(_)
-        | Error::CaaForbids { .. } => StatusCode::CONFLICT,
+        | Error::CaaForbids { .. }
+        | Error::NotRenewable { .. } => StatusCode::CONFLICT,
+        // Another signing process holds the lock: try again shortly.
+        Error::SignerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The resolver failed or timed out: worth trying again later.
         Error::Dns(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -1738,6 +1742,15 @@ mod tests {
                 409,
             ),
             (Error::Dns("x".into()), 503),
+            (Error::UnknownProfile("x".into()), 422),
+            (
+                Error::NotRenewable {
+                    serial: "x".into(),
+                    reason: "y".into(),
+                },
+                409,
+            ),
+            (Error::SignerBusy("x".into()), 503),
             (Error::Store("x".into()), 500),
         ] {
             assert_eq!(status_of(&e).as_u16(), code, "{e:?}");
