@@ -8,21 +8,28 @@
 //! to the signing instance at URL. It appends the client's address to `X-Forwarded-For`; the
 //! signing instance believes that header only from `[ra] trusted_proxies`. Hop-by-hop headers
 //! (RFC 9110 §7.6.1) are not forwarded. If the signer cannot be reached the answer is 502.
+//!
+//! The forwarded requests carry passwords, TOTP codes and personal data: across a network the
+//! upstream is `https://` (the signer runs `serve --tls-cert --tls-key`), its certificate
+//! checked against `--ra-upstream-ca`; `http://` is for a loopback or an already encrypted
+//! link.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 #[derive(Debug, Clone)]
 struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     /// `http://host:port`, no path.
     base: String,
 }
@@ -30,25 +37,44 @@ struct Upstream {
 /// The largest request body forwarded (the RA's own limit is 64 KiB).
 const MAX_BODY: usize = 256 * 1024;
 
-/// A router whose fallback forwards to `upstream` (`http://host:port`).
-pub fn router(upstream: &str) -> anyhow::Result<Router> {
+/// A router whose fallback forwards to `upstream` (`https://host:port`, its certificate
+/// checked against the PEM file `ca`; or `http://host:port`).
+pub fn router(upstream: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Router> {
     let uri: Uri = upstream
         .parse()
         .map_err(|e| anyhow::anyhow!("--ra-upstream {upstream:?}: {e}"))?;
-    if uri.scheme_str() != Some("http")
+    let scheme = uri.scheme_str().unwrap_or_default().to_string();
+    if !matches!(scheme.as_str(), "http" | "https")
         || uri.authority().is_none()
         || uri.path_and_query().is_some_and(|p| p.as_str() != "/")
     {
         anyhow::bail!(
-            "--ra-upstream must be http://HOST:PORT (the signing instance), got {upstream:?}"
+            "--ra-upstream must be https://HOST:PORT or http://HOST:PORT (the signing instance), got {upstream:?}"
         );
     }
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    let roots = match (scheme.as_str(), ca) {
+        ("https", Some(ca)) => crate::tls::roots(ca)?,
+        ("https", None) => anyhow::bail!("an https:// --ra-upstream needs --ra-upstream-ca"),
+        _ => rustls::RootCertStore::empty(),
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     let up = Upstream {
         client: Client::builder(TokioExecutor::new()).build(connector),
         base: format!(
-            "http://{}",
+            "{scheme}://{}",
             uri.authority().map(|a| a.as_str()).unwrap_or_default()
         ),
     };

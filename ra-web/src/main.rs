@@ -46,6 +46,7 @@ mod front;
 mod perspective;
 mod ra;
 mod serve;
+mod tls;
 
 /// ecert: an HSM-backed public certification authority.
 #[derive(Debug, Parser)]

@@ -16,7 +16,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use ca_core::config::DcvConfig;
 use ca_core::mpic::{self, CheckRequest};
-use hyper_util::rt::TokioIo;
 
 /// Options of `ecert perspective serve`.
 #[derive(Debug, clap::Args)]
@@ -58,7 +57,7 @@ pub async fn serve(dcv: DcvConfig, a: PerspectiveArgs) -> anyhow::Result<()> {
         "the token in {} must be at least 32 characters",
         a.token_file.display()
     );
-    let tls = server_config(&a)?;
+    let tls = crate::tls::server_config(&a.cert, &a.key)?;
     let state = Arc::new(PerspectiveState { dcv, token });
     let app = Router::new()
         .route(mpic::PATH, post(check))
@@ -68,67 +67,17 @@ pub async fn serve(dcv: DcvConfig, a: PerspectiveArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     println!("listening on https://{}", listener.local_addr()?);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    // Slow or idle clients cannot hold the perspective: bounded connections, a deadline for
-    // the TLS handshake, the request head and the whole exchange.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => r?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many connections; refused");
-            continue;
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HANDSHAKE)
-                .serve_connection(TokioIo::new(tls), service);
-            match tokio::time::timeout(EXCHANGE, conn).await {
-                Ok(Err(e)) => tracing::info!(%peer, error = %e, "connection ended"),
-                Err(_) => tracing::info!(%peer, "connection closed after its time"),
-                Ok(Ok(())) => {}
-            }
-        });
-    }
-}
-
-fn server_config(a: &PerspectiveArgs) -> anyhow::Result<rustls::ServerConfig> {
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let certs: Vec<_> = pem::parse_many(read(&a.cert)?)
-        .context("--cert is not PEM")?
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| rustls::pki_types::CertificateDer::from(b.into_contents()))
-        .collect();
-    anyhow::ensure!(!certs.is_empty(), "--cert holds no certificate");
-    let key = pem::parse_many(read(&a.key)?)
-        .context("--key is not PEM")?
-        .into_iter()
-        .find(|b| b.tag() == "PRIVATE KEY")
-        .context("--key holds no PKCS#8 PRIVATE KEY")?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into_contents().into());
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not go together")
+    crate::tls::serve(
+        listener,
+        tls,
+        app,
+        crate::tls::Limits {
+            max_connections: MAX_CONNECTIONS,
+            handshake: HANDSHAKE,
+            connection: Some(EXCHANGE),
+        },
+    )
+    .await
 }
 
 async fn check(

@@ -56,6 +56,17 @@ pub struct ServeArgs {
     /// instance in the signer's `[ra] trusted_proxies`).
     #[arg(long, requires = "no_signer")]
     pub ra_upstream: Option<String>,
+    /// With an `https://` `--ra-upstream`: the PEM certificates the signing instance's TLS
+    /// certificate must chain to.
+    #[arg(long, requires = "ra_upstream")]
+    pub ra_upstream_ca: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first) instead of plain HTTP: for a
+    /// signing instance that front instances reach over the network.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The TLS private key (PEM, PKCS#8).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// How often every instance reads new OCSP responses and CRLs from the store.
@@ -100,8 +111,12 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     let front = a
         .ra_upstream
         .as_deref()
-        .map(crate::front::router)
+        .map(|u| crate::front::router(u, a.ra_upstream_ca.as_deref()))
         .transpose()?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
+        _ => None,
+    };
     let (auth, store) = if a.no_signer {
         let store = Store::open(&config.database_url()).await?;
         (None, store)
@@ -168,16 +183,35 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
-    .context("serving")?;
+    match tls {
+        Some(tls) => {
+            println!("listening on https://{addr}");
+            crate::tls::serve(
+                listener,
+                tls,
+                app,
+                crate::tls::Limits {
+                    max_connections: 4096,
+                    handshake: Duration::from_secs(10),
+                    connection: None,
+                },
+            )
+            .await
+            .context("serving")?;
+        }
+        None => {
+            println!("listening on http://{addr}");
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("serving")?;
+        }
+    }
     for b in background {
         b.abort();
     }

@@ -104,19 +104,29 @@ pub(crate) fn serve_ra_with(
     log: &std::path::Path,
     envs: &[(&str, &str)],
 ) -> Server {
+    serve_ra_args(ca, smtp, log, envs, &[])
+}
+
+/// [`serve_ra`] with more environment and arguments.
+pub(crate) fn serve_ra_args(
+    ca: &Ca,
+    smtp: &str,
+    log: &std::path::Path,
+    envs: &[(&str, &str)],
+    extra: &[&str],
+) -> Server {
     use std::io::{BufRead, BufReader};
     let mut all = vec![("ECERT_SMTP", smtp), ("ECERT_LOG", "debug")];
     all.extend_from_slice(envs);
-    let mut c = ca.command(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--crl-watch-seconds",
-            "1",
-        ],
-        &all,
-    );
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--crl-watch-seconds",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut c = ca.command(&args, &all);
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap());
@@ -128,6 +138,7 @@ pub(crate) fn serve_ra_with(
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
+        .or_else(|| line.trim().strip_prefix("listening on https://"))
         .unwrap_or_else(|| {
             panic!(
                 "first line {line:?}; log: {}",
@@ -992,7 +1003,7 @@ fn registration_through_a_front_instance() {
             "--listen",
             "127.0.0.1:0"
         ])
-        .contains("--ra-upstream must be http://HOST:PORT"));
+        .contains("--ra-upstream must be https://HOST:PORT or http://HOST:PORT"));
 
     let r = page(&addr, "/apply", "");
     assert_eq!(r.status, 200, "{}", text(&r));
@@ -1245,4 +1256,102 @@ fn start_perspective(ca: &Ca, tls: &PerspectiveTls, resolver: &str) -> Server {
         .unwrap_or_else(|| panic!("first line {line:?}"))
         .to_string();
     Server(child, addr)
+}
+
+/// The link from a front instance to the signing instance over TLS: the signer serves HTTPS
+/// (`--tls-cert --tls-key`), the front checks its certificate against `--ra-upstream-ca` and
+/// forwards the pages; a front that does not trust the signer's certificate answers 502; an
+/// https upstream without a CA file is refused at start.
+#[test]
+fn front_instance_reaches_the_signer_over_tls() {
+    let ca = Ca::init();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(ca.data_dir().join("ecert.toml"))
+            .unwrap();
+        writeln!(f, "[ra]\ntrusted_proxies = [\"127.0.0.1\"]").unwrap();
+    }
+    ca.ecert_ok(&[
+        "outlet",
+        "add",
+        "gpo",
+        "--en",
+        "General Post Office",
+        "--zh",
+        "郵政總局",
+    ]);
+    let tls = perspective_tls(&ca);
+    let smtp = SmtpServer::start();
+    let signer = serve_ra_args(
+        &ca,
+        &smtp.addr,
+        &ca.file("serve.log"),
+        &[],
+        &[
+            "--tls-cert",
+            tls.cert.to_str().unwrap(),
+            "--tls-key",
+            tls.key.to_str().unwrap(),
+        ],
+    );
+    let upstream = format!("https://{}", signer.1);
+    let e = ca.ecert_err(&[
+        "serve",
+        "--no-signer",
+        "--ra-upstream",
+        &upstream,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(e.contains("--ra-upstream-ca"), "{e}");
+    let front = crate::serve::start_with(
+        &ca,
+        &[
+            "--no-signer",
+            "--ra-upstream",
+            &upstream,
+            "--ra-upstream-ca",
+            tls.ca.to_str().unwrap(),
+        ],
+    );
+    let r = page(&front.1, "/apply", "");
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let csrf = set_cookie(&r, "ecert_csrf").expect("the signer's cookie comes through");
+    let csr = ca.csr("citizen", KeyType::P256);
+    let r = form(
+        &front.1,
+        "/apply",
+        &format!("ecert_csrf={csrf}"),
+        &[
+            ("csrf", &csrf),
+            ("surname", "Chan"),
+            ("given_name", "Tai Man"),
+            ("email", "tm.chan@example.hk"),
+            ("hkid", "Z683451(6)"),
+            ("date_of_birth", "1980-02-29"),
+            ("phone", "+852 2921 2222"),
+            ("address", "1 Connaught Place, Central"),
+            ("outlet", "gpo"),
+            ("revocation_secret", "my revocation words"),
+            ("csr", &std::fs::read_to_string(&csr.csr).unwrap()),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let reference = by_id(&text(&r), "reference");
+    smtp.wait_for("tm.chan@example.hk", &reference);
+    // A front that trusts another CA (here the ecert root) does not talk to the signer.
+    let root = ca.export("root");
+    let wrong = crate::serve::start_with(
+        &ca,
+        &[
+            "--no-signer",
+            "--ra-upstream",
+            &upstream,
+            "--ra-upstream-ca",
+            root.path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(page(&wrong.1, "/apply", "").status, 502);
 }
