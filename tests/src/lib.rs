@@ -781,6 +781,17 @@ impl Ca {
         }
     }
 
+    /// Appends TOML to the data directory's `ecert.toml` (before the processes that read it
+    /// start).
+    pub fn append_config(&self, toml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("ecert.toml"))
+            .unwrap();
+        writeln!(f, "{toml}").unwrap();
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()

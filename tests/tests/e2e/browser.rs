@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ecert_e2e::webdriver::Chrome;
 use ecert_e2e::*;
 
-use crate::ra::{add_clerk, ocsp_status, serve_ra};
+use crate::ra::{add_clerk, add_gpo, ocsp_status, serve_ra};
 
 fn screenshots(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -68,21 +68,10 @@ fn js_str(s: &str) -> String {
 #[test]
 fn browser_journey_apply_approve_pkcs12_revoke() {
     let ca = Ca::init();
-    ca.ecert_ok(&[
-        "outlet",
-        "add",
-        "gpo",
-        "--en",
-        "General Post Office",
-        "--zh",
-        "郵政總局",
-    ]);
+    add_gpo(&ca);
     let totp = add_clerk(&ca, "clerk1", "gpo");
     // Let a fresh certificate be renewed online at once (the default window is 90 days).
-    let cfg = ca.data_dir().join("ecert.toml");
-    let mut toml = std::fs::read_to_string(&cfg).unwrap();
-    toml.push_str("\n[ra]\nrenewal_window_days = 400\n");
-    std::fs::write(&cfg, toml).unwrap();
+    ca.append_config("[ra]\nrenewal_window_days = 400");
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     let server = serve_ra(&ca, &smtp.addr, &log);

@@ -636,12 +636,9 @@ fn responders_rotate_before_a_response_could_outlive_them() {
     let ca = Ca::new();
     // Short settings: responses valid 8 h, refreshed after 3 h, responders valid 24 h; a
     // responder is replaced once it has less than 11 h left.
-    let config = ca.data_dir().join("ecert.toml");
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml.push_str(
-        "\n[ocsp]\nvalidity_hours = 8\nrefresh_hours = 3\nresponder_validity_hours = 24\n",
+    ca.append_config(
+        "[ocsp]\nvalidity_hours = 8\nrefresh_hours = 3\nresponder_validity_hours = 24",
     );
-    std::fs::write(&config, toml).unwrap();
     ca.ecert_ok(&["init"]);
     let first = ca.ecert_ok(&["ocsp", "responder", "individual"]);
     assert_eq!(

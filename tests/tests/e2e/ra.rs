@@ -115,7 +115,6 @@ pub(crate) fn serve_ra_args(
     envs: &[(&str, &str)],
     extra: &[&str],
 ) -> Server {
-    use std::io::{BufRead, BufReader};
     let mut all = vec![("ECERT_SMTP", smtp), ("ECERT_LOG", "debug")];
     all.extend_from_slice(envs);
     let mut args = vec![
@@ -126,27 +125,10 @@ pub(crate) fn serve_ra_args(
         "1",
     ];
     args.extend_from_slice(extra);
-    let mut c = ca.command(&args, &all);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap());
-    let mut child = c.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .or_else(|| line.trim().strip_prefix("listening on https://"))
-        .unwrap_or_else(|| {
-            panic!(
-                "first line {line:?}; log: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        })
-        .to_string();
-    Server(child, addr)
+    crate::serve::spawn_listening(
+        ca.command(&args, &all),
+        std::fs::File::create(log).unwrap().into(),
+    )
 }
 
 pub(crate) fn ocsp_status(
@@ -175,6 +157,19 @@ pub(crate) fn ocsp_status(
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// `ecert outlet add gpo` (General Post Office).
+pub(crate) fn add_gpo(ca: &Ca) {
+    ca.ecert_ok(&[
+        "outlet",
+        "add",
+        "gpo",
+        "--en",
+        "General Post Office",
+        "--zh",
+        "郵政總局",
+    ]);
 }
 
 /// `ecert staff add` with the password on standard input; returns the TOTP secret (base32).
@@ -224,15 +219,7 @@ pub(crate) fn add_staff(ca: &Ca, username: &str, outlet: &str, role: &str) -> St
 #[test]
 fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     let ca = Ca::init();
-    ca.ecert_ok(&[
-        "outlet",
-        "add",
-        "gpo",
-        "--en",
-        "General Post Office",
-        "--zh",
-        "郵政總局",
-    ]);
+    add_gpo(&ca);
     let totp = add_clerk(&ca, "clerk1", "gpo");
 
     let smtp = SmtpServer::start();
@@ -602,40 +589,19 @@ fn server_application_with_domain_validation_and_caa() {
         .iter()
         .map(|(resolver, _)| start_perspective(&ca, &tls, resolver))
         .collect();
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(ca.data_dir().join("ecert.toml"))
-            .unwrap();
-        writeln!(
-            f,
-            "[dcv]\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2"
-        )
-        .unwrap();
-        for (i, (p, (_, rir))) in perspectives.iter().zip(&layout).enumerate() {
-            writeln!(
-                f,
-                "[[dcv.perspectives]]\nname = \"p{i}\"\nurl = \"https://{}\"\ntoken_file = {:?}\nca_file = {:?}\nrir = \"{rir}\"",
-                p.1, tls.token, tls.ca
-            )
-            .unwrap();
-        }
+    ca.append_config("[dcv]\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2");
+    for (i, (p, (_, rir))) in perspectives.iter().zip(&layout).enumerate() {
+        ca.append_config(&format!(
+            "[[dcv.perspectives]]\nname = \"p{i}\"\nurl = \"https://{}\"\ntoken_file = {:?}\nca_file = {:?}\nrir = \"{rir}\"",
+            p.1, tls.token, tls.ca
+        ));
     }
     // Published where the CA and the first two perspectives look.
     let publish = |name: &str, values: &[&str]| {
         dns.set_txt(name, values);
         dns_c.set_txt(name, values);
     };
-    ca.ecert_ok(&[
-        "outlet",
-        "add",
-        "gpo",
-        "--en",
-        "General Post Office",
-        "--zh",
-        "郵政總局",
-    ]);
+    add_gpo(&ca);
     add_staff(&ca, "clerk1", "gpo", "clerk");
     add_staff(&ca, "super1", "gpo", "supervisor");
     let token = |user: &str| {
@@ -960,23 +926,8 @@ fn server_application_with_domain_validation_and_caa() {
 #[test]
 fn registration_through_a_front_instance() {
     let ca = Ca::init();
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(ca.data_dir().join("ecert.toml"))
-            .unwrap();
-        writeln!(f, "[ra]\ntrusted_proxies = [\"127.0.0.1\"]").unwrap();
-    }
-    ca.ecert_ok(&[
-        "outlet",
-        "add",
-        "gpo",
-        "--en",
-        "General Post Office",
-        "--zh",
-        "郵政總局",
-    ]);
+    ca.append_config("[ra]\ntrusted_proxies = [\"127.0.0.1\"]");
+    add_gpo(&ca);
     let totp = add_clerk(&ca, "clerk1", "gpo");
     let smtp = SmtpServer::start();
     let signer = serve_ra(&ca, &smtp.addr, &ca.file("serve.log"));
@@ -1226,8 +1177,7 @@ fn perspective_tls(ca: &Ca) -> PerspectiveTls {
 
 /// `ecert perspective serve` asking `resolver`.
 fn start_perspective(ca: &Ca, tls: &PerspectiveTls, resolver: &str) -> Server {
-    use std::io::{BufRead, BufReader};
-    let mut c = ca.command(
+    let c = ca.command(
         &[
             "perspective",
             "serve",
@@ -1242,20 +1192,7 @@ fn start_perspective(ca: &Ca, tls: &PerspectiveTls, resolver: &str) -> Server {
         ],
         &[("ECERT_DNS_RESOLVER", resolver)],
     );
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = c.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on https://")
-        .unwrap_or_else(|| panic!("first line {line:?}"))
-        .to_string();
-    Server(child, addr)
+    crate::serve::spawn_listening(c, Stdio::null())
 }
 
 /// The link from a front instance to the signing instance over TLS: the signer serves HTTPS
@@ -1265,23 +1202,8 @@ fn start_perspective(ca: &Ca, tls: &PerspectiveTls, resolver: &str) -> Server {
 #[test]
 fn front_instance_reaches_the_signer_over_tls() {
     let ca = Ca::init();
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(ca.data_dir().join("ecert.toml"))
-            .unwrap();
-        writeln!(f, "[ra]\ntrusted_proxies = [\"127.0.0.1\"]").unwrap();
-    }
-    ca.ecert_ok(&[
-        "outlet",
-        "add",
-        "gpo",
-        "--en",
-        "General Post Office",
-        "--zh",
-        "郵政總局",
-    ]);
+    ca.append_config("[ra]\ntrusted_proxies = [\"127.0.0.1\"]");
+    add_gpo(&ca);
     let tls = perspective_tls(&ca);
     let smtp = SmtpServer::start();
     let signer = serve_ra_args(

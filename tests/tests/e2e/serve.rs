@@ -94,10 +94,12 @@ pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
         args.extend(["--listen", "127.0.0.1:0"]);
     }
     args.extend_from_slice(extra);
-    let mut c = ca.command(&args, &[]);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    spawn_listening(ca.command(&args, &[]), Stdio::null())
+}
+
+/// Starts a server process and waits for its first line, `listening on http(s)://ADDR`.
+pub fn spawn_listening(mut c: std::process::Command, stderr: Stdio) -> Server {
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
     let mut child = c.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -106,6 +108,7 @@ pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
+        .or_else(|| line.trim().strip_prefix("listening on https://"))
         .unwrap_or_else(|| panic!("first line {line:?}"))
         .to_string();
     Server(child, addr)
