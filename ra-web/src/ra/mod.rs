@@ -758,10 +758,7 @@ async fn apply(
     headers: HeaderMap,
     Form(f): Form<ApplyForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("apply", ip, 10)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "apply", 10)?;
     let (csrf, application) = f.application(None, None, lang.0);
     let submitted = ra::submit(&s.auth, application).await.lang(lang.0)?;
     let t = lang.0.texts();
@@ -792,6 +789,23 @@ struct TrackPage {
     t: &'static Texts,
     lang: Lang,
     csrf: String,
+}
+
+/// What every citizen POST checks first: the double-submit CSRF token, then the client's
+/// rate limit in `bucket` (`per_minute` requests).
+fn citizen_post(
+    s: &RaState,
+    headers: &HeaderMap,
+    csrf: &str,
+    lang: Lang,
+    ip: IpAddr,
+    bucket: &'static str,
+    per_minute: u32,
+) -> Result<(), AppError> {
+    check_citizen_csrf(headers, csrf, lang)?;
+    s.limits
+        .check(bucket, ip, per_minute)
+        .map_err(|e| AppError { lang, ..e })
 }
 
 /// A form page that only needs the texts and a citizen CSRF token (made and set if absent).
@@ -903,10 +917,7 @@ async fn track(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("track", ip, 20)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
     status_page(&s, lang, &f, String::new()).await
 }
 
@@ -919,10 +930,7 @@ async fn track_domains(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("domains", ip, 10)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "domains", 10)?;
     let (_, list) = ra::validate_domains_online(&s.auth, &f.reference, &f.secret)
         .await
         .lang(lang.0)?;
@@ -936,10 +944,7 @@ async fn confirm(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("code", ip, 10)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "code", 10)?;
     ra::confirm_email(s.auth.store(), &f.reference, &f.secret, &f.code)
         .await
         .lang(lang.0)?;
@@ -953,10 +958,7 @@ async fn download(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("track", ip, 20)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
     let der = ra::certificate(s.auth.store(), &f.reference, &f.secret)
         .await
         .lang(lang.0)?;
@@ -1022,10 +1024,7 @@ async fn revoke(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("code", ip, 10)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "code", 10)?;
     let reason = if f.reason.is_empty() {
         ca_core::revocation::Reason::Unspecified
     } else {
@@ -1050,10 +1049,7 @@ async fn new_code(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("code", ip, 10)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "code", 10)?;
     let (code, email) = ra::new_email_code(&s.auth, &f.reference, &f.secret)
         .await
         .lang(lang.0)?;
@@ -1070,10 +1066,7 @@ async fn renew(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("code", ip, 10)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "code", 10)?;
     let proof = if f.rekey_proof.trim().is_empty() {
         None
     } else {
@@ -1142,10 +1135,7 @@ async fn login(
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, AppError> {
-    check_citizen_csrf(&headers, &f.csrf, lang.0)?;
-    s.limits
-        .check("sign-in", ip, 10)
-        .map_err(|e| AppError { lang: lang.0, ..e })?;
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "sign-in", 10)?;
     let signed = ra::sign_in(&s.auth, f.username.trim(), &f.password, &f.code)
         .await
         .lang(lang.0)?;
