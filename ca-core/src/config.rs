@@ -555,6 +555,13 @@ impl Config {
                 "{e}: server applications cannot have their domains validated until it is"
             ));
         }
+        if self.dcv.resolver == "system" {
+            w.push(
+                "dcv.resolver is \"system\": ecert does not validate DNSSEC itself, so the host's resolver must \
+                 (TLS BR §3.2.2.8.1); name a validating resolver, e.g. a local Unbound, as IP:PORT"
+                    .into(),
+            );
+        }
         if self.dcv.caa_identities.is_empty() {
             w.push(
                 "dcv.caa_identities is empty: a domain with any CAA issue record forbids this CA"
