@@ -338,7 +338,7 @@ async fn open_vault(
 }
 
 /// Opens the HSM token (blocking).
-fn open_token(config: &Config) -> Result<hsm::pkcs11::Token> {
+pub(crate) fn open_token(config: &Config) -> Result<hsm::pkcs11::Token> {
     let cfg = hsm_config(config)?;
     Ok(hsm::pkcs11::Token::open(&cfg)?)
 }

@@ -3840,6 +3840,49 @@ mod journey {
         );
     }
 
+    /// The HSM fails after the serial was recorded on the application: the serial's own state
+    /// decides (nothing was signed: it is not `issued`), the application opens again without a
+    /// certificate, with the error for staff and the `issuance_failed` status — never an
+    /// orphan certificate, never a second one beside a first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_signature_leaves_no_orphan_and_says_why() {
+        let (_dir, auth) = test_ca_with(|_| {}).await;
+        let store = auth.store().clone();
+        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let sub = ready_for_approval(&auth, &clerk, &crate::hkid::synthetic("H", 404), &key).await;
+        // The Individual CA's key disappears from the token.
+        crate::authority::open_token(auth.config())
+            .unwrap()
+            .destroy_key(&crate::profile::CaRole::Individual.key_label())
+            .unwrap();
+        assert!(decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .is_err());
+        let v = staff_view(&auth, &clerk, &sub.id).await.unwrap();
+        assert_eq!(v.status, Status::IssuanceFailed, "{v:?}");
+        assert!(v.certificate.is_none(), "{v:?}");
+        let why = v.issue_error.clone().unwrap_or_default();
+        assert!(why.starts_with("HSM"), "the signing step failed: {why}");
+        let states: Vec<String> =
+            sqlx::query("SELECT state FROM certificates WHERE profile = 'personal'")
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get(0).unwrap())
+                .collect();
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert!(
+            matches!(states[0].as_str(), "failed" | "abandoned"),
+            "{states:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dual_control_needs_two_people_and_the_same_version() {
         let (_dir, auth) = test_ca_with(|c| c.ra.dual_control.push("personal".into())).await;
