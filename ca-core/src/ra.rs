@@ -3171,6 +3171,20 @@ mod journey {
         sub
     }
 
+    /// The General Post Office with a clerk ("clerk1") and a supervisor ("super1"), both
+    /// signed in.
+    pub(super) async fn gpo_with_staff(auth: &Authority) -> (StaffSession, StaffSession) {
+        ensure_outlet(auth.store(), "gpo", "General Post Office", "郵政總局")
+            .await
+            .unwrap();
+        let (_, s1) = staff(auth, "clerk1", "gpo", Role::Clerk).await;
+        let (_, s2) = staff(auth, "super1", "gpo", Role::Supervisor).await;
+        (
+            signed_in(auth, "clerk1", &s1, 0).await,
+            signed_in(auth, "super1", &s2, 0).await,
+        )
+    }
+
     pub(super) async fn staff(
         auth: &Authority,
         name: &str,
@@ -3465,13 +3479,7 @@ mod journey {
     async fn organisation_applications_need_their_documents_and_domains() {
         let (_dir, auth) = test_ca_with(|_| {}).await;
         let store = auth.store().clone();
-        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
-            .await
-            .unwrap();
-        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
-        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
-        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        let (clerk, sup) = gpo_with_staff(&auth).await;
         let at_counter = |sub: &Submitted, hkid: &Hkid, fee: i64| {
             let (auth, clerk) = (&auth, &clerk);
             let (id, reference, secret, code, hkid) = (
@@ -3651,13 +3659,7 @@ mod journey {
         let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let store = auth.store().clone();
-        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
-            .await
-            .unwrap();
-        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
-        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
-        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        let (clerk, sup) = gpo_with_staff(&auth).await;
         let today = time::OffsetDateTime::now_utc().date();
         let born = |years: i32, plus_days: i64| {
             let d = time::Date::from_calendar_date(today.year() - years, today.month(), 1).unwrap()
@@ -3848,11 +3850,7 @@ mod journey {
     async fn a_failed_signature_leaves_no_orphan_and_says_why() {
         let (_dir, auth) = test_ca_with(|_| {}).await;
         let store = auth.store().clone();
-        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
-            .await
-            .unwrap();
-        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let (clerk, _) = gpo_with_staff(&auth).await;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let sub = ready_for_approval(&auth, &clerk, &crate::hkid::synthetic("H", 404), &key).await;
         // The Individual CA's key disappears from the token.
@@ -3887,13 +3885,7 @@ mod journey {
     async fn dual_control_needs_two_people_and_the_same_version() {
         let (_dir, auth) = test_ca_with(|c| c.ra.dual_control.push("personal".into())).await;
         let store = auth.store().clone();
-        ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
-            .await
-            .unwrap();
-        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
-        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
-        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        let (clerk, sup) = gpo_with_staff(&auth).await;
         let hkid = crate::hkid::synthetic("XA", 120_394);
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let sub = ready_for_approval(&auth, &clerk, &hkid, &key).await;
@@ -3990,11 +3982,7 @@ mod journey {
     async fn online_rekey_needs_the_current_keys_signature() {
         let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
         let store = auth.store().clone();
-        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
-            .await
-            .unwrap();
-        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let (clerk, _) = gpo_with_staff(&auth).await;
         let current = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let hkid = crate::hkid::synthetic("Z", 41_414);
         let sub = ready_for_approval(&auth, &clerk, &hkid, &current).await;
@@ -4189,12 +4177,7 @@ mod journey {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn renewal_window_is_enforced() {
         let (_dir, auth) = test_ca_with(|_| {}).await;
-        let store = auth.store().clone();
-        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
-            .await
-            .unwrap();
-        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
+        let (clerk, _) = gpo_with_staff(&auth).await;
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = csr_for(&key);
         let hkid = crate::hkid::synthetic("Z", 4_242);
@@ -4215,14 +4198,7 @@ mod journey {
             c.ra.approval_hours = 0;
         })
         .await;
-        let store = auth.store().clone();
-        ensure_outlet(&store, "gpo", "GPO", "郵政總局")
-            .await
-            .unwrap();
-        let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
-        let (_, s2) = staff(&auth, "super1", "gpo", Role::Supervisor).await;
-        let clerk = signed_in(&auth, "clerk1", &s1, 0).await;
-        let sup = signed_in(&auth, "super1", &s2, 0).await;
+        let (clerk, sup) = gpo_with_staff(&auth).await;
         let hkid = crate::hkid::synthetic("Z", 1);
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let sub = ready_for_approval(&auth, &clerk, &hkid, &key).await;
