@@ -152,6 +152,39 @@ pub async fn ask(config: &DcvConfig, req: &CheckRequest) -> Vec<(String, Option<
     out
 }
 
+/// A TLS client configuration (ring, TLS 1.2+) that trusts only the certificates in the PEM
+/// file `ca_file`: for the remote perspectives here, and for a front instance's link to the
+/// signing instance.
+pub fn client_tls(ca_file: &std::path::Path) -> Result<rustls::ClientConfig> {
+    let bad = |what: String| Error::Config(format!("{}: {what}", ca_file.display()));
+    let pem = std::fs::read(ca_file).map_err(|e| Error::Io {
+        context: format!("reading {}", ca_file.display()),
+        source: e,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for block in pem::parse_many(&pem)
+        .map_err(|e| bad(e.to_string()))?
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+    {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                block.into_contents(),
+            ))
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
 async fn ask_one(
     p: &Perspective,
     body: Vec<u8>,
@@ -159,33 +192,11 @@ async fn ask_one(
     req: &CheckRequest,
 ) -> Result<CheckResponse> {
     let fail = |what: &str| Error::Dns(format!("perspective {}: {what}", p.name));
-    let pem = std::fs::read(&p.ca_file).map_err(|e| Error::Io {
-        context: format!("reading {}", p.ca_file.display()),
-        source: e,
-    })?;
     let token = std::fs::read_to_string(&p.token_file).map_err(|e| Error::Io {
         context: format!("reading {}", p.token_file.display()),
         source: e,
     })?;
-    let mut roots = rustls::RootCertStore::empty();
-    let blocks = pem::parse_many(&pem).map_err(|e| fail(&format!("ca_file: {e}")))?;
-    for block in blocks.iter().filter(|b| b.tag() == "CERTIFICATE") {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(
-                block.contents().to_vec(),
-            ))
-            .map_err(|e| fail(&format!("ca_file: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(fail("ca_file holds no certificate"));
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| fail(&e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = client_tls(&p.ca_file)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()

@@ -52,17 +52,17 @@ pub fn router(upstream: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Ro
             "--ra-upstream must be https://HOST:PORT or http://HOST:PORT (the signing instance), got {upstream:?}"
         );
     }
-    let roots = match (scheme.as_str(), ca) {
-        ("https", Some(ca)) => crate::tls::roots(ca)?,
+    let tls = match (scheme.as_str(), ca) {
+        ("https", Some(ca)) => ca_core::mpic::client_tls(ca)?,
         ("https", None) => anyhow::bail!("an https:// --ra-upstream needs --ra-upstream-ca"),
-        _ => rustls::RootCertStore::empty(),
+        // Plain http: the TLS side is never used.
+        _ => rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
     };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     http.enforce_http(false);

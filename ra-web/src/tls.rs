@@ -1,6 +1,6 @@
 //! HTTPS serving with rustls (TLS 1.2 and 1.3, ring), for `ecert perspective serve` and for
-//! `ecert serve --tls-cert --tls-key` (the signing instance behind front instances), and the
-//! client side's trust anchors (`--ra-upstream-ca`, `[[dcv.perspectives]] ca_file`).
+//! `ecert serve --tls-cert --tls-key` (the signing instance behind front instances). The client
+//! side is `ca_core::mpic::client_tls`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,25 +44,6 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not go together")
-}
-
-/// Trust anchors from a PEM file of certificates.
-pub fn roots(file: &Path) -> anyhow::Result<rustls::RootCertStore> {
-    let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for block in pem::parse_many(pem)
-        .with_context(|| format!("{} is not PEM", file.display()))?
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-    {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(
-                block.into_contents(),
-            ))
-            .with_context(|| format!("{}: a certificate rustls cannot use", file.display()))?;
-    }
-    anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", file.display());
-    Ok(roots)
 }
 
 /// Serves `app` over TLS on `listener` until Ctrl-C. Each request carries the client's
