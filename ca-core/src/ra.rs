@@ -897,12 +897,7 @@ pub async fn renew_online(
             .fetch_one(store.pool())
             .await?
             .try_get(0)?;
-        let dob = auth.pii()?.open_field(Field::DateOfBirth, &id, &sealed)?;
-        Some(minor_days(
-            Profile::get(&profile)?,
-            &dob,
-            time::OffsetDateTime::now_utc(),
-        )?)
+        Some(minor_validity(auth, &id, Profile::get(&profile)?, &sealed)?)
     } else {
         None
     };
@@ -1972,6 +1967,12 @@ pub async fn check_organisation(
     }
 }
 
+/// [`minor_days`] now, from the application's sealed date of birth.
+fn minor_validity(auth: &Authority, id: &str, profile: &Profile, dob_sealed: &[u8]) -> Result<u32> {
+    let dob = auth.pii()?.open_field(Field::DateOfBirth, id, dob_sealed)?;
+    minor_days(profile, &dob, time::OffsetDateTime::now_utc())
+}
+
 /// The validity of a minor's certificate: the profile's default, but ending before the
 /// holder's 18th birthday (e-Cert (Personal/Minor) holders move to e-Cert (Personal) at 18).
 fn minor_days(profile: &Profile, dob: &str, now: time::OffsetDateTime) -> Result<u32> {
@@ -2555,13 +2556,11 @@ pub async fn decide(
             },
         )?;
         let days = if profile_def.minor {
-            let dob =
-                auth.pii()?
-                    .open_field(Field::DateOfBirth, id, &r.try_get::<Vec<u8>, _>(11)?)?;
-            Some(minor_days(
+            Some(minor_validity(
+                auth,
+                id,
                 profile_def,
-                &dob,
-                time::OffsetDateTime::now_utc(),
+                &r.try_get::<Vec<u8>, _>(11)?,
             )?)
         } else {
             None
