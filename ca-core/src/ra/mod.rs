@@ -1,0 +1,82 @@
+//! The registration authority: citizens' applications, counter staff, identity checks, fees and
+//! approvals, ending in an issuance by [`Authority`](crate::authority::Authority) (docs/RA.md;
+//! DESIGN.md "Who uses it").
+//!
+//! Ownership is part of every query: a citizen's application is found by reference *and* its
+//! tracking secret, a clerk's by id *and* the clerk's outlet. A mismatch is
+//! [`Error::NotFound`](crate::error::Error::NotFound), the same answer as for an id that does not
+//! exist.
+//!
+//! Personal fields (HKID, date of birth, phone, address) are stored sealed ([`crate::pii`]);
+//! staff screens get them masked, and a reveal is an audit event. Audit records name
+//! applications by id and reference, never by personal data.
+//!
+//! # Layout
+//!
+//! One module per capability, each owning its SQL and reading rows into typed structs by column
+//! name. They form layers, each using only those below it:
+//!
+//! 1. [`support`] (clock, hashes, random values, field checks) and [`rules`] (the decision
+//!    rules as pure functions: status, readiness, the approval rule, the renewal window, a
+//!    minor's validity, retention due).
+//! 2. [`staff`] (roles and accounts), [`outlet`], [`session`] (sign-in) and [`token`] (API
+//!    tokens).
+//! 3. [`record`]: the application record — found by its owner, settled, checked open at a
+//!    version — which every capability above loads through.
+//! 4. The capabilities: [`mailbox`] (e-mail codes), [`application`] (the form, submission,
+//!    tracking), [`domains`] (DNS validation and CAA), [`fee`], [`counter`] (queue, staff view,
+//!    identity and organisation checks, corrections), [`decision`] (approve, reject, issue),
+//!    [`renewal`] (online renewal and re-key), [`revocation`] (online and at the counter) and
+//!    [`retention`] (purging personal data).
+//!
+//! Callers use the items re-exported here (`ca_core::ra::submit`, `ca_core::ra::Role`, ...).
+
+mod application;
+mod counter;
+mod decision;
+mod domains;
+mod fee;
+mod mailbox;
+mod outlet;
+mod record;
+mod renewal;
+mod retention;
+mod revocation;
+pub mod rules;
+mod session;
+mod staff;
+mod support;
+mod token;
+
+#[cfg(test)]
+mod tests;
+
+pub use application::{
+    business_registration_number, certificate, submit, track, CitizenView, NewApplication,
+    Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
+};
+pub use counter::{
+    amend_contact, check_identity, check_organisation, queue, reveal, staff_certificate,
+    staff_view, QueueRow, Revealable, StaffView,
+};
+pub use decision::{decide, Decided, Decision};
+pub use domains::{
+    validate_domains, validate_domains_at_counter, validate_domains_online, DomainStatus,
+};
+pub use fee::{fee_due, record_fee};
+pub use mailbox::{confirm_email, new_email_code, CODE_ATTEMPTS};
+pub use outlet::{ensure_outlet, outlets};
+pub use renewal::{rekey_message, renew_online};
+pub use retention::purge;
+pub use revocation::{release_at_counter, revoke_at_counter, revoke_online};
+pub use rules::{Status, MAILBOX_VALIDATION_DAYS};
+pub use session::{
+    session, sign_in, sign_out, SignedIn, StaffSession, LOCK_SECONDS, SIGN_IN_ATTEMPTS,
+};
+pub use staff::{
+    create_staff, list_staff, reset_totp, set_staff_disabled, NewStaff, Role, StaffRow,
+};
+pub use token::{api_session, create_api_token, revoke_api_tokens};
+
+/// Shared handle for the web layer.
+pub type Shared = std::sync::Arc<crate::authority::Authority>;

@@ -1,0 +1,50 @@
+//! Service outlets: where citizens prove who they are and where counter staff work.
+
+use super::support::{check_len, now};
+use crate::error::Result;
+use crate::store::Store;
+
+/// An outlet as listed on the application form.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct OutletRow {
+    id: String,
+    name_en: String,
+    name_zh: String,
+}
+
+/// Adds an outlet (idempotent).
+pub async fn ensure_outlet(store: &Store, id: &str, name_en: &str, name_zh: &str) -> Result<()> {
+    check_len("outlet", id, 1, 40)?;
+    sqlx::query("INSERT INTO outlets (id, name_en, name_zh, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
+        .bind(id)
+        .bind(name_en)
+        .bind(name_zh)
+        .bind(now())
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// The outlets: (id, English name, Chinese name).
+pub async fn outlets(store: &Store) -> Result<Vec<(String, String, String)>> {
+    let rows =
+        sqlx::query_as::<_, OutletRow>("SELECT id, name_en, name_zh FROM outlets ORDER BY id")
+            .fetch_all(store.pool())
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.name_en, r.name_zh))
+        .collect())
+}
+
+/// Whether outlet `id` exists.
+pub(super) async fn exists<'e, E>(executor: E, id: &str) -> Result<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    Ok(sqlx::query("SELECT 1 FROM outlets WHERE id = $1")
+        .bind(id)
+        .fetch_optional(executor)
+        .await?
+        .is_some())
+}

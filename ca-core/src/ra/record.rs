@@ -1,0 +1,227 @@
+//! The application record, below every capability: finding an application by its owner (a
+//! citizen's reference and tracking secret, or a staff member's outlet), reading it into a
+//! typed row by column name, checking it is still open at the version a person saw, counting
+//! its valid approvals, and settling what an interrupted decision or renewal left half-done.
+//!
+//! Capabilities ([`super::application`], [`super::counter`], [`super::decision`], ...) load
+//! applications only through here, so none of them needs another to find one.
+
+use super::session::StaffSession;
+use super::support::{ct_eq, now, sha256};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// The columns of an application that staff screens and decisions read ([`Application`]).
+macro_rules! columns {
+    () => {
+        "id, reference, profile, version, state, surname, given_name, name_zh, email, \
+     email_confirmed_at, hkid_sealed, dob_sealed, phone_sealed, address_sealed, identity_version, fee_amount, \
+     fee_method, fee_receipt, hkid_index, certificate, rejected_reason, csr, organization, org_id, user_surname, \
+     user_given_name, dns_names, org_checked_version, user_title, issue_error"
+    };
+}
+
+/// An application row (`columns!()`), read by column name. Personal fields are sealed
+/// ([`crate::pii`]); a purged application has them empty.
+#[derive(Clone, sqlx::FromRow)]
+pub(super) struct Application {
+    pub id: String,
+    pub reference: String,
+    pub profile: String,
+    /// Edits bump it; checks and approvals name it.
+    pub version: i64,
+    /// `submitted`, `approved`, `issued` or `rejected`.
+    pub state: String,
+    pub surname: String,
+    pub given_name: String,
+    pub name_zh: String,
+    pub email: String,
+    pub email_confirmed_at: Option<i64>,
+    pub hkid_sealed: Vec<u8>,
+    pub dob_sealed: Vec<u8>,
+    pub phone_sealed: Vec<u8>,
+    pub address_sealed: Vec<u8>,
+    /// The version whose identity check matched.
+    pub identity_version: Option<i64>,
+    pub fee_amount: Option<i64>,
+    pub fee_method: Option<String>,
+    pub fee_receipt: Option<String>,
+    pub hkid_index: Vec<u8>,
+    /// The current certificate's serial (the newest renewal once settled).
+    pub certificate: Option<String>,
+    pub rejected_reason: Option<String>,
+    pub csr: Vec<u8>,
+    pub organization: Option<String>,
+    pub org_id: Option<String>,
+    pub user_surname: Option<String>,
+    pub user_given_name: Option<String>,
+    /// server: space-separated.
+    pub dns_names: Option<String>,
+    /// The version whose organisation documents were checked.
+    pub org_checked_version: Option<i64>,
+    pub user_title: Option<String>,
+    /// Why the last issuance did not complete.
+    pub issue_error: Option<String>,
+}
+
+// Personal data (sealed, but still): `Debug` names the row only.
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Still open (`submitted`) and, if `version` is given, at that version.
+    pub fn open_at(&self, version: Option<i64>) -> Result<()> {
+        if self.state != "submitted" {
+            return Err(not_open());
+        }
+        if version.is_some_and(|v| self.version != v) {
+            return Err(changed());
+        }
+        Ok(())
+    }
+
+    /// The server names (empty for other profiles).
+    pub fn dns_names(&self) -> Vec<String> {
+        self.dns_names
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The application is no longer open.
+pub(super) fn not_open() -> Error {
+    Error::Conflict("the application is no longer open".into())
+}
+
+/// The application changed since the person opened it.
+pub(super) fn changed() -> Error {
+    Error::Conflict("the application changed since you opened it: reload".into())
+}
+
+#[derive(sqlx::FromRow)]
+struct Tracking {
+    id: String,
+    secret_hash: Vec<u8>,
+}
+
+/// Finds a citizen's application by reference and tracking secret (settled first); anything
+/// else is [`Error::NotFound`]. Returns its id.
+pub(super) async fn owned(store: &Store, reference: &str, secret: &str) -> Result<String> {
+    let row = sqlx::query_as::<_, Tracking>(
+        "SELECT id, secret_hash FROM applications WHERE reference = $1",
+    )
+    .bind(reference.trim().to_uppercase())
+    .fetch_optional(store.pool())
+    .await?;
+    let presented = sha256(&[b"tracking", secret.trim().as_bytes()]);
+    match row {
+        Some(r) if ct_eq(&r.secret_hash, &presented) => {
+            settle(store, &r.id).await?;
+            Ok(r.id)
+        }
+        _ => Err(Error::NotFound),
+    }
+}
+
+/// An application of the staff member's outlet (settled first); any other is
+/// [`Error::NotFound`].
+pub(super) async fn staff_owned(
+    store: &Store,
+    staff: &StaffSession,
+    id: &str,
+) -> Result<Application> {
+    settle(store, id).await?;
+    sqlx::query_as::<_, Application>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM applications WHERE id = $1 AND outlet = $2"
+    ))
+    .bind(id)
+    .bind(&staff.outlet)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)
+}
+
+/// How many approvals of `version` count now.
+pub(super) async fn valid_approvals(store: &Store, id: &str, version: i64) -> Result<usize> {
+    let n = sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM approvals WHERE application = $1 AND version = $2 AND decision = 'approve' AND expires_at > $3",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(now())
+    .fetch_one(store.pool())
+    .await?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// An application's state beside its certificate's and that certificate's renewal's.
+#[derive(sqlx::FromRow)]
+struct Settling {
+    state: String,
+    cert_state: Option<String>,
+    renewal_state: Option<String>,
+    updated_at: i64,
+}
+
+/// Finishes what an interrupted decision or renewal left half-done (a crash or a failed write
+/// after the certificate was signed): an `approved` application whose certificate was issued
+/// becomes `issued`; one whose issuance failed or was abandoned, or that has no serial ten
+/// minutes after its claim, is open again; an application whose certificate was renewed points
+/// at the renewal. Run before every read of an application.
+pub(super) async fn settle(store: &Store, id: &str) -> Result<()> {
+    // One read; a write only when something is half-done (reads are the common case, and on
+    // SQLite every UPDATE takes the writer lock even when it changes nothing).
+    let Some(r) = sqlx::query_as::<_, Settling>(
+        "SELECT a.state AS state, c.state AS cert_state, n.state AS renewal_state, a.updated_at AS updated_at \
+         FROM applications a \
+         LEFT JOIN certificates c ON c.serial = a.certificate \
+         LEFT JOIN certificates n ON n.serial = c.renewed_by WHERE a.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?
+    else {
+        return Ok(());
+    };
+    let t = now();
+    let sql = match (
+        r.state.as_str(),
+        r.cert_state.as_deref(),
+        r.renewal_state.as_deref(),
+    ) {
+        ("approved", Some("issued"), _) => {
+            "UPDATE applications SET state = 'issued', updated_at = $2 WHERE id = $1 AND state = 'approved'"
+        }
+        ("approved", Some("failed" | "abandoned"), _) => {
+            "UPDATE applications SET state = 'submitted', certificate = NULL, \
+             issue_error = COALESCE(issue_error, 'the issuance did not complete'), updated_at = $2 WHERE id = $1 AND state = 'approved'"
+        }
+        ("approved", None, _) if r.updated_at < t - 600 => {
+            "UPDATE applications SET state = 'submitted', issue_error = 'the issuance did not complete', updated_at = $2 \
+             WHERE id = $1 AND state = 'approved' AND certificate IS NULL"
+        }
+        ("issued", _, Some("issued")) => {
+            "UPDATE applications SET certificate = (SELECT c.renewed_by FROM certificates c WHERE c.serial = applications.certificate), \
+             updated_at = $2 WHERE id = $1 AND state = 'issued'"
+        }
+        _ => return Ok(()),
+    };
+    sqlx::query(sql)
+        .bind(id)
+        .bind(t)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}

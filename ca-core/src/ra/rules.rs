@@ -1,0 +1,808 @@
+//! The RA's decision rules as pure functions over typed inputs: where an application stands,
+//! whether it is ready for approval, what an approval or rejection leads to, whether a
+//! certificate may be renewed online, how long a minor's certificate lasts, and when personal
+//! data is due for purging. No IO and no clock: the caller loads the facts, passes `now`, and
+//! stores what the rule decided (STYLE.md rule 23). Each rule has a table test below.
+
+use super::staff::Role;
+use crate::error::{Error, Result};
+use crate::profile::{Profile, ProfileKind};
+
+/// S/MIME BR §4.2.1: control of the mailbox is validated no more than 30 days before issuance.
+pub const MAILBOX_VALIDATION_DAYS: i64 = 30;
+
+// ---------------------------------------------------------------------------------------------
+// Status.
+
+/// Where an application stands, as the citizen and staff see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The e-mail code has not been entered yet.
+    AwaitingEmail,
+    /// Waiting for the visit to the outlet (identity check, fee, approval).
+    AwaitingVisit,
+    /// Approved by one member of staff; a second, different one must approve.
+    AwaitingSecondApproval,
+    /// Being issued.
+    Approved,
+    /// Approved, but the issuance did not complete (e.g. CAA forbade it): staff retry.
+    IssuanceFailed,
+    /// The certificate is ready.
+    Issued,
+    /// Rejected.
+    Rejected,
+}
+
+impl Status {
+    /// A stable key for templates and the API.
+    pub fn key(self) -> &'static str {
+        match self {
+            Status::AwaitingEmail => "awaiting_email",
+            Status::AwaitingVisit => "awaiting_visit",
+            Status::AwaitingSecondApproval => "awaiting_second_approval",
+            Status::Approved => "approved",
+            Status::IssuanceFailed => "issuance_failed",
+            Status::Issued => "issued",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// The status of an application in `state` (the stored lifecycle), with its mailbox confirmed
+/// or not, `approvals` valid approvals of its current version, and whether its last issuance
+/// failed.
+pub fn status_of(
+    state: &str,
+    email_confirmed: bool,
+    approvals: usize,
+    issue_failed: bool,
+) -> Status {
+    match state {
+        "issued" => Status::Issued,
+        "rejected" => Status::Rejected,
+        "approved" => Status::Approved,
+        _ if !email_confirmed => Status::AwaitingEmail,
+        // The approvals that led to the failed issuance still count.
+        _ if approvals > 0 && issue_failed => Status::IssuanceFailed,
+        _ if approvals > 0 => Status::AwaitingSecondApproval,
+        _ => Status::AwaitingVisit,
+    }
+}
+
+/// Whether a mailbox confirmed at `confirmed_at` still counts at `now` (S/MIME BR §4.2.1).
+pub fn mailbox_current(confirmed_at: Option<i64>, now: i64) -> bool {
+    confirmed_at.is_some_and(|at| now - at <= MAILBOX_VALIDATION_DAYS * 86_400)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Approval.
+
+/// What the checks at the counter have established for an application version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// The version being approved.
+    pub version: i64,
+    /// The profile's kind.
+    pub kind: Option<ProfileKind>,
+    /// When the mailbox was confirmed.
+    pub email_confirmed_at: Option<i64>,
+    /// The version whose identity check matched.
+    pub identity_version: Option<i64>,
+    /// Whether the fee was recorded.
+    pub fee_recorded: bool,
+    /// The version whose organisation documents were checked.
+    pub org_checked_version: Option<i64>,
+    /// server: the names whose domain control is not (or no longer) validated.
+    pub unvalidated_domains: Vec<String>,
+}
+
+/// Whether an application version may be approved: the mailbox confirmed within
+/// [`MAILBOX_VALIDATION_DAYS`], the identity checked for this version, the fee recorded, an
+/// organisation's documents checked for this version, and every server name validated. The
+/// first missing step is named ([`Error::Conflict`]).
+pub fn approval_readiness(r: &Readiness, now: i64) -> Result<()> {
+    match r.email_confirmed_at {
+        None => {
+            return Err(Error::Conflict(
+                "the e-mail address is not confirmed yet".into(),
+            ))
+        }
+        Some(at) if !mailbox_current(Some(at), now) => {
+            return Err(Error::Conflict(format!(
+                "the e-mail address was confirmed more than {MAILBOX_VALIDATION_DAYS} days ago: send the applicant a new code (S/MIME BR §4.2.1)"
+            )))
+        }
+        Some(_) => {}
+    }
+    if r.identity_version != Some(r.version) {
+        return Err(Error::Conflict(
+            "the identity check has not been done for this version".into(),
+        ));
+    }
+    if !r.fee_recorded {
+        return Err(Error::Conflict("the fee has not been recorded".into()));
+    }
+    let kind = r.kind.unwrap_or(ProfileKind::Personal);
+    if kind != ProfileKind::Personal && r.org_checked_version != Some(r.version) {
+        return Err(Error::Conflict(
+            "the organisation's documents have not been checked for this version".into(),
+        ));
+    }
+    if kind == ProfileKind::Server && !r.unvalidated_domains.is_empty() {
+        return Err(Error::Conflict(format!(
+            "domain control is not validated for {}",
+            r.unvalidated_domains.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// What a profile asks of its approvers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalPolicy {
+    /// Two different people must approve, one of them a supervisor or officer
+    /// (`ra.dual_control`).
+    pub dual_control: bool,
+}
+
+impl ApprovalPolicy {
+    /// The policy of `profile` under `ra`.
+    pub fn of(ra: &crate::config::RaConfig, profile: &str) -> Self {
+        ApprovalPolicy {
+            dual_control: ra.dual_control.iter().any(|p| p == profile),
+        }
+    }
+
+    /// How many different people must approve.
+    pub fn needed(self) -> usize {
+        if self.dual_control {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// A decision on an application version: one recorded earlier, or the one being made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The staff member's id.
+    pub staff: String,
+    /// Their role now.
+    pub role: Role,
+    /// Approve (true) or reject.
+    pub approve: bool,
+    /// Until when it counts (Unix seconds; it counts while `expires_at > now`).
+    pub expires_at: i64,
+}
+
+/// Why a decision is refused (nothing is recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Dual control: a clerk may not add the second approval to another non-senior one.
+    SecondMustBeSenior,
+    /// This person's own decision on this version still counts.
+    AlreadyDecided,
+}
+
+impl Refusal {
+    /// The error the person is shown.
+    pub fn error(self) -> Error {
+        match self {
+            Refusal::SecondMustBeSenior => Error::Forbidden(
+                "the second approval of this profile must come from a supervisor".into(),
+            ),
+            Refusal::AlreadyDecided => Error::Conflict(
+                "you have already decided on this application: a second approval must come from someone else".into(),
+            ),
+        }
+    }
+}
+
+/// What a decision leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused; nothing is recorded.
+    Refused(Refusal),
+    /// Recorded (replacing the person's own expired decision, if any); the application is
+    /// rejected.
+    Reject,
+    /// Recorded; more approvals from other people are needed.
+    Await,
+    /// Recorded; the approvals are complete: issue.
+    Issue,
+    /// The person's own approval still counts and the set is complete, so an issuance it
+    /// started did not finish: issue again, recording nothing new.
+    Retry,
+}
+
+/// The approval rule: what `new` leads to, given the decisions `recorded` on the same version
+/// and `policy`, at `now`. An approval counts while it has not expired, once per person.
+///
+/// Today's rule (docs/RA.md "Approval"): one approval suffices without dual control; with it,
+/// two different people, and a clerk's approval may not be the second beside another
+/// non-senior (clerk or admin) approval. A person decides once per version; their expired
+/// approval may be renewed. A rejection rejects.
+pub fn approval_outcome(
+    policy: ApprovalPolicy,
+    recorded: &[Approval],
+    new: &Approval,
+    now: i64,
+) -> Outcome {
+    let counts = |a: &Approval| a.approve && a.expires_at > now;
+    if new.approve && new.role == Role::Clerk && policy.dual_control {
+        let mut others = recorded
+            .iter()
+            .filter(|a| a.staff != new.staff && counts(a))
+            .peekable();
+        if others.peek().is_some()
+            && !others.any(|a| matches!(a.role, Role::Supervisor | Role::Officer))
+        {
+            return Outcome::Refused(Refusal::SecondMustBeSenior);
+        }
+    }
+    let approvers = |set: &mut dyn Iterator<Item = &Approval>| {
+        let mut seen: Vec<&str> = Vec::new();
+        for a in set.filter(|a| counts(a)) {
+            if !seen.contains(&a.staff.as_str()) {
+                seen.push(&a.staff);
+            }
+        }
+        seen.len()
+    };
+    if let Some(own) = recorded.iter().find(|a| a.staff == new.staff) {
+        if own.expires_at > now {
+            let complete = approvers(&mut recorded.iter()) >= policy.needed();
+            return if new.approve && own.approve && complete {
+                Outcome::Retry
+            } else {
+                Outcome::Refused(Refusal::AlreadyDecided)
+            };
+        }
+    }
+    if !new.approve {
+        return Outcome::Reject;
+    }
+    let after = recorded
+        .iter()
+        .filter(|a| a.staff != new.staff)
+        .chain(std::iter::once(new));
+    if approvers(&mut after.into_iter()) >= policy.needed() {
+        Outcome::Issue
+    } else {
+        Outcome::Await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online renewal.
+
+/// What online renewal needs to know of the current certificate and its application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalFacts {
+    /// The profile's kind.
+    pub kind: ProfileKind,
+    /// Revoked or on hold.
+    pub revoked_or_held: bool,
+    /// The certificate's notAfter (Unix seconds; 0 if unknown).
+    pub not_after: i64,
+    /// Renewed already.
+    pub renewed: bool,
+    /// When the mailbox was last confirmed.
+    pub email_confirmed_at: Option<i64>,
+}
+
+/// Whether a certificate may be renewed online at `now` with a window of `window_days` before
+/// expiry (BR §3.3.1 routine re-key): not a server certificate (its domains are validated
+/// again by a new application), not revoked or held, not expired, inside the window, not
+/// renewed already, and the mailbox confirmed within [`MAILBOX_VALIDATION_DAYS`].
+pub fn renewal_allowed(c: &RenewalFacts, now: i64, window_days: u32) -> Result<()> {
+    if c.kind == ProfileKind::Server {
+        return Err(Error::Conflict(
+            "a server certificate is renewed by a new application: its domains are validated again"
+                .into(),
+        ));
+    }
+    if c.revoked_or_held {
+        return Err(Error::Conflict(
+            "the certificate is revoked or on hold: apply again".into(),
+        ));
+    }
+    if c.not_after < now {
+        return Err(Error::Conflict(
+            "the certificate has expired: apply again".into(),
+        ));
+    }
+    let window = i64::from(window_days);
+    if c.not_after - now > window * 86_400 {
+        return Err(Error::Conflict(format!(
+            "online renewal opens {window} days before the certificate expires"
+        )));
+    }
+    if c.renewed {
+        return Err(Error::Conflict(
+            "the certificate has been renewed already".into(),
+        ));
+    }
+    if !mailbox_current(c.email_confirmed_at, now) {
+        return Err(Error::Conflict(format!(
+            "confirm your e-mail address again first (it was confirmed more than {MAILBOX_VALIDATION_DAYS} days ago): ask for a new code"
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Minors.
+
+/// The validity of a minor's certificate: the profile's default, but ending before the
+/// holder's 18th birthday (e-Cert (Personal/Minor) holders move to e-Cert (Personal) at 18).
+/// `dob` is `YYYY-MM-DD`.
+pub fn minor_days(profile: &Profile, dob: &str, now: time::OffsetDateTime) -> Result<u32> {
+    let dob = time::Date::parse(
+        dob,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|_| Error::Conflict("the stored date of birth is not readable".into()))?;
+    let year = dob.year() + 18;
+    // Born on 29 February: the 18th birthday is 1 March in a common year.
+    let eighteen = time::Date::from_calendar_date(year, dob.month(), dob.day())
+        .or_else(|_| time::Date::from_calendar_date(year, time::Month::March, 1))
+        .map_err(|_| Error::Conflict("the stored date of birth is not readable".into()))?;
+    let left = (eighteen - now.date()).whole_days() - 1;
+    if left < 1 {
+        return Err(Error::Conflict(
+            "the applicant is 18 or about to be: apply for e-Cert (Personal) instead".into(),
+        ));
+    }
+    Ok(u32::try_from(left)
+        .unwrap_or(u32::MAX)
+        .min(profile.days_for(None, now)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention.
+
+/// Whether an application's personal data is due for purging at `now` (DESIGN.md "Custody
+/// and roles"; PDPO DPP2(2)): it ended without a certificate (rejected, or never completed:
+/// still `submitted`), it still holds personal data, and its last change is more than
+/// `retention_days` old.
+pub fn retention_due(
+    state: &str,
+    holds_personal_data: bool,
+    updated_at: i64,
+    now: i64,
+    retention_days: u32,
+) -> bool {
+    holds_personal_data
+        && matches!(state, "rejected" | "submitted")
+        && updated_at < now - i64::from(retention_days) * 86_400
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_facts() {
+        assert_eq!(
+            status_of("submitted", false, 0, false),
+            Status::AwaitingEmail
+        );
+        assert_eq!(
+            status_of("submitted", true, 0, false),
+            Status::AwaitingVisit
+        );
+        assert_eq!(
+            status_of("submitted", true, 1, false),
+            Status::AwaitingSecondApproval
+        );
+        assert_eq!(
+            status_of("submitted", true, 1, true),
+            Status::IssuanceFailed
+        );
+        // A new version: the old approvals do not count, nor does the old failure.
+        assert_eq!(status_of("submitted", true, 0, true), Status::AwaitingVisit);
+        assert_eq!(status_of("issued", true, 2, false), Status::Issued);
+        assert_eq!(status_of("rejected", true, 0, false), Status::Rejected);
+        assert_eq!(status_of("approved", true, 2, false), Status::Approved);
+    }
+
+    const NOW: i64 = 1_800_000_000;
+    const HOUR: i64 = 3600;
+
+    fn by(staff: &str, role: Role) -> Approval {
+        Approval {
+            staff: staff.into(),
+            role,
+            approve: true,
+            expires_at: NOW + 24 * HOUR,
+        }
+    }
+
+    use Outcome::{Await, Issue, Refused, Reject, Retry};
+    use Role::{Admin, Clerk, Officer, Supervisor};
+    const SENIOR: Outcome = Refused(Refusal::SecondMustBeSenior);
+    const DECIDED: Outcome = Refused(Refusal::AlreadyDecided);
+    const SINGLE: ApprovalPolicy = ApprovalPolicy {
+        dual_control: false,
+    };
+    const DUAL: ApprovalPolicy = ApprovalPolicy { dual_control: true };
+
+    /// Every role alone under single control, and every ordered pair of two different people
+    /// under dual control: what the first and the second approval lead to today.
+    ///
+    /// `flips`: rows that break DESIGN.md's "two people, one of them a supervisor or officer"
+    /// or let an admin approve at all. Issue 11 (defect 4, "Dual control without a
+    /// supervisor") changes them; it flips the expected outcome of exactly these rows.
+    #[test]
+    fn approval_table() {
+        struct Row {
+            policy: ApprovalPolicy,
+            first: Role,
+            second: Option<Role>,
+            after_first: Outcome,
+            after_second: Option<Outcome>,
+            flips: bool,
+        }
+        let single = |first, after_first, flips| Row {
+            policy: SINGLE,
+            first,
+            second: None,
+            after_first,
+            after_second: None,
+            flips,
+        };
+        let dual = |first, second, after_second, flips| Row {
+            policy: DUAL,
+            first,
+            second: Some(second),
+            after_first: Await,
+            after_second: Some(after_second),
+            flips,
+        };
+        let table = [
+            single(Clerk, Issue, false),
+            single(Supervisor, Issue, false),
+            single(Officer, Issue, false),
+            single(Admin, Issue, true),
+            dual(Clerk, Clerk, SENIOR, false),
+            dual(Clerk, Supervisor, Issue, false),
+            dual(Clerk, Officer, Issue, false),
+            dual(Clerk, Admin, Issue, true),
+            dual(Supervisor, Clerk, Issue, false),
+            dual(Supervisor, Supervisor, Issue, false),
+            dual(Supervisor, Officer, Issue, false),
+            dual(Supervisor, Admin, Issue, true),
+            dual(Officer, Clerk, Issue, false),
+            dual(Officer, Supervisor, Issue, false),
+            dual(Officer, Officer, Issue, false),
+            dual(Officer, Admin, Issue, true),
+            dual(Admin, Clerk, SENIOR, true),
+            dual(Admin, Supervisor, Issue, true),
+            dual(Admin, Officer, Issue, true),
+            dual(Admin, Admin, Issue, true),
+        ];
+        // Every combination is listed once.
+        assert_eq!(
+            table.len(),
+            Role::ALL.len() + Role::ALL.len() * Role::ALL.len()
+        );
+        let mut flipped = 0;
+        for row in &table {
+            let a = by("a", row.first);
+            let what = format!("{:?} {:?} then {:?}", row.policy, row.first, row.second);
+            assert_eq!(
+                approval_outcome(row.policy, &[], &a, NOW),
+                row.after_first,
+                "{what}"
+            );
+            if let (Some(second), Some(expected)) = (row.second, row.after_second) {
+                let b = by("b", second);
+                assert_eq!(
+                    approval_outcome(row.policy, &[a.clone()], &b, NOW),
+                    expected,
+                    "{what}"
+                );
+            }
+            flipped += usize::from(row.flips);
+        }
+        assert_eq!(flipped, 8, "the rows issue 11 flips");
+    }
+
+    #[test]
+    fn a_person_decides_once_per_version() {
+        let a = by("a", Supervisor);
+        // The same person again, before the set is complete: refused.
+        assert_eq!(approval_outcome(DUAL, &[a.clone()], &a, NOW), DECIDED);
+        // Rejecting after one's own approval: refused too.
+        let a_rejects = Approval {
+            approve: false,
+            ..a.clone()
+        };
+        assert_eq!(
+            approval_outcome(DUAL, &[a.clone()], &a_rejects, NOW),
+            DECIDED
+        );
+        // The set is complete (an issuance that failed): the same approver retries.
+        let b = by("b", Clerk);
+        assert_eq!(
+            approval_outcome(DUAL, &[a.clone(), b.clone()], &b, NOW),
+            Retry
+        );
+        assert_eq!(approval_outcome(SINGLE, &[a.clone()], &a, NOW), Retry);
+        // ... but cannot turn it into a rejection.
+        assert_eq!(
+            approval_outcome(SINGLE, &[a.clone()], &a_rejects, NOW),
+            DECIDED
+        );
+        // A clerk retrying beside a supervisor is not a "second non-senior approval".
+        assert_eq!(
+            approval_outcome(DUAL, &[b.clone(), a.clone()], &b, NOW),
+            Retry
+        );
+    }
+
+    #[test]
+    fn expired_approvals_do_not_count() {
+        let expired = |staff: &str, role| Approval {
+            expires_at: NOW,
+            ..by(staff, role)
+        };
+        // Another person's expired approval: this one is the first again.
+        assert_eq!(
+            approval_outcome(DUAL, &[expired("a", Supervisor)], &by("b", Supervisor), NOW),
+            Await
+        );
+        // ... and does not make a clerk's approval a second one.
+        assert_eq!(
+            approval_outcome(DUAL, &[expired("a", Clerk)], &by("b", Clerk), NOW),
+            Await
+        );
+        // One's own expired approval may be renewed.
+        assert_eq!(
+            approval_outcome(SINGLE, &[expired("a", Clerk)], &by("a", Clerk), NOW),
+            Issue
+        );
+        assert_eq!(
+            approval_outcome(
+                DUAL,
+                &[expired("a", Clerk), by("b", Supervisor)],
+                &by("a", Clerk),
+                NOW
+            ),
+            Issue
+        );
+        // An approval that would expire at once does not count either.
+        let instant = Approval {
+            expires_at: NOW,
+            ..by("a", Officer)
+        };
+        assert_eq!(approval_outcome(SINGLE, &[], &instant, NOW), Await);
+    }
+
+    #[test]
+    fn a_rejection_rejects() {
+        let reject = |staff: &str, role| Approval {
+            approve: false,
+            ..by(staff, role)
+        };
+        for role in Role::ALL {
+            assert_eq!(
+                approval_outcome(SINGLE, &[], &reject("a", role), NOW),
+                Reject
+            );
+            assert_eq!(
+                approval_outcome(DUAL, &[by("b", Supervisor)], &reject("a", role), NOW),
+                Reject
+            );
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_first_missing_step() {
+        let ready = Readiness {
+            version: 2,
+            kind: Some(ProfileKind::Server),
+            email_confirmed_at: Some(NOW - 86_400),
+            identity_version: Some(2),
+            fee_recorded: true,
+            org_checked_version: Some(2),
+            unvalidated_domains: vec![],
+        };
+        assert!(approval_readiness(&ready, NOW).is_ok());
+        let refused = |r: Readiness| approval_readiness(&r, NOW).unwrap_err().to_string();
+        let cases: Vec<(Readiness, &str)> = vec![
+            (
+                Readiness {
+                    email_confirmed_at: None,
+                    ..ready.clone()
+                },
+                "not confirmed yet",
+            ),
+            (
+                Readiness {
+                    email_confirmed_at: Some(NOW - 31 * 86_400),
+                    ..ready.clone()
+                },
+                "more than 30 days ago",
+            ),
+            (
+                Readiness {
+                    identity_version: Some(1),
+                    ..ready.clone()
+                },
+                "identity check",
+            ),
+            (
+                Readiness {
+                    fee_recorded: false,
+                    ..ready.clone()
+                },
+                "fee",
+            ),
+            (
+                Readiness {
+                    org_checked_version: Some(1),
+                    ..ready.clone()
+                },
+                "organisation",
+            ),
+            (
+                Readiness {
+                    unvalidated_domains: vec!["www.example.hk".into()],
+                    ..ready.clone()
+                },
+                "www.example.hk",
+            ),
+        ];
+        for (r, expected) in cases {
+            let e = refused(r);
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
+        // A personal application has no organisation or domains to check.
+        let personal = Readiness {
+            kind: Some(ProfileKind::Personal),
+            org_checked_version: None,
+            unvalidated_domains: vec!["ignored".into()],
+            ..ready
+        };
+        assert!(approval_readiness(&personal, NOW).is_ok());
+    }
+
+    #[test]
+    fn renewal_window_and_its_refusals() {
+        let day = 86_400;
+        let ok = RenewalFacts {
+            kind: ProfileKind::Personal,
+            revoked_or_held: false,
+            not_after: NOW + 30 * day,
+            renewed: false,
+            email_confirmed_at: Some(NOW - day),
+        };
+        assert!(renewal_allowed(&ok, NOW, 90).is_ok());
+        // The window's edge: exactly `window` days before expiry is inside.
+        assert!(renewal_allowed(
+            &RenewalFacts {
+                not_after: NOW + 90 * day,
+                ..ok.clone()
+            },
+            NOW,
+            90
+        )
+        .is_ok());
+        let cases: Vec<(RenewalFacts, u32, &str)> = vec![
+            (
+                RenewalFacts {
+                    kind: ProfileKind::Server,
+                    ..ok.clone()
+                },
+                90,
+                "new application",
+            ),
+            (
+                RenewalFacts {
+                    revoked_or_held: true,
+                    ..ok.clone()
+                },
+                90,
+                "revoked or on hold",
+            ),
+            (
+                RenewalFacts {
+                    not_after: NOW - 1,
+                    ..ok.clone()
+                },
+                90,
+                "expired",
+            ),
+            (
+                RenewalFacts {
+                    not_after: NOW + 90 * day + 1,
+                    ..ok.clone()
+                },
+                90,
+                "opens 90 days",
+            ),
+            (ok.clone(), 29, "opens 29 days"),
+            (
+                RenewalFacts {
+                    renewed: true,
+                    ..ok.clone()
+                },
+                90,
+                "renewed already",
+            ),
+            (
+                RenewalFacts {
+                    email_confirmed_at: None,
+                    ..ok.clone()
+                },
+                90,
+                "confirm your e-mail",
+            ),
+            (
+                RenewalFacts {
+                    email_confirmed_at: Some(NOW - 31 * day),
+                    ..ok.clone()
+                },
+                90,
+                "confirm your e-mail",
+            ),
+        ];
+        for (facts, window, expected) in cases {
+            let e = renewal_allowed(&facts, NOW, window)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_minors_certificate_ends_before_the_18th_birthday() {
+        let minor = Profile::get("personal-minor").unwrap();
+        let now = time::macros::datetime!(2026-12-02 10:00 UTC);
+        let cap = minor.days_for(None, now);
+        // Far from 18: the profile's default.
+        assert_eq!(minor_days(minor, "2020-06-01", now).unwrap(), cap);
+        // 18 on 2027-01-01: 30 days left, less the day before the birthday.
+        assert_eq!(minor_days(minor, "2009-01-01", now).unwrap(), 29);
+        // Born on 29 February: 18 on 1 March in a common year (2030), not on 28 February.
+        let before = time::macros::datetime!(2030-01-30 10:00 UTC);
+        assert_eq!(minor_days(minor, "2012-02-29", before).unwrap(), 29);
+        assert_eq!(minor_days(minor, "2012-02-28", before).unwrap(), 28);
+        // Already 18.
+        assert!(minor_days(minor, "2008-02-29", now)
+            .unwrap_err()
+            .to_string()
+            .contains("18"));
+        // 18 tomorrow, or today: refused.
+        for dob in ["2008-12-03", "2008-12-02", "2008-12-01"] {
+            assert!(minor_days(minor, dob, now).is_err(), "{dob}");
+        }
+        assert!(minor_days(minor, "not a date", now).is_err());
+    }
+
+    #[test]
+    fn retention_is_due_only_for_ended_applications_past_the_period() {
+        let day = 86_400;
+        let old = NOW - 91 * day;
+        let cases = [
+            ("rejected", true, old, true),
+            ("submitted", true, old, true),
+            ("approved", true, old, false),
+            ("issued", true, old, false),
+            ("rejected", false, old, false),
+            ("rejected", true, NOW - 89 * day, false),
+            ("submitted", true, NOW - 90 * day, false),
+            ("submitted", true, NOW - 90 * day - 1, true),
+        ];
+        for (state, holds, updated_at, due) in cases {
+            assert_eq!(
+                retention_due(state, holds, updated_at, NOW, 90),
+                due,
+                "{state} {holds} {updated_at}"
+            );
+        }
+    }
+}

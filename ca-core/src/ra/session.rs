@@ -1,0 +1,251 @@
+//! Staff sign-in (password and TOTP), browser sessions and signing out. Every failure gives
+//! the same answer and spends the time of a password check; repeated failures lock the account.
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::staff::{plausible_username, Role};
+use super::support::{now, password_matches, random_base32, sha256};
+use crate::audit::Event;
+use crate::authority::Authority;
+use crate::error::{Error, Result};
+use crate::pii::Field;
+use crate::store::Store;
+
+/// Failed sign-ins before an account is locked for [`LOCK_SECONDS`].
+pub const SIGN_IN_ATTEMPTS: i64 = 5;
+/// How long a locked account stays locked.
+pub const LOCK_SECONDS: i64 = 15 * 60;
+
+/// A signed-in member of staff.
+#[derive(Debug, Clone)]
+pub struct StaffSession {
+    /// Staff id.
+    pub staff: String,
+    /// User name.
+    pub username: String,
+    /// Display name.
+    pub display_name: String,
+    /// Outlet.
+    pub outlet: String,
+    /// Role.
+    pub role: Role,
+    /// The session's CSRF token (a hidden field of every form).
+    pub csrf: String,
+}
+
+/// A new session: the cookie token (shown once) and who it is.
+#[derive(Debug)]
+pub struct SignedIn {
+    /// Random session token for the cookie; only its SHA-256 is stored.
+    pub token: String,
+    /// The session.
+    pub session: StaffSession,
+}
+
+/// What sign-in reads of an account.
+#[derive(sqlx::FromRow)]
+struct Account {
+    id: String,
+    password_hash: String,
+    totp_sealed: Vec<u8>,
+    totp_last_step: i64,
+    locked_until: i64,
+    disabled: i64,
+    display_name: String,
+    outlet: String,
+    role: String,
+}
+
+/// Signs a member of staff in with password and TOTP code. Every failure gives the same
+/// answer; [`SIGN_IN_ATTEMPTS`] failures lock the account for [`LOCK_SECONDS`]. A new session
+/// token is made at every sign-in (no fixation).
+pub async fn sign_in(
+    auth: &Authority,
+    username: &str,
+    password: &str,
+    code: &str,
+) -> Result<SignedIn> {
+    let store = auth.store();
+    let t = now();
+    let row = sqlx::query_as::<_, Account>(
+        "SELECT id, password_hash, totp_sealed, totp_last_step, locked_until, disabled, display_name, outlet, role \
+         FROM staff WHERE username = $1",
+    )
+    .bind(username)
+    .fetch_optional(store.pool())
+    .await?;
+    // Only a plausible user name goes into the audit trail (a password typed into the wrong
+    // field must not).
+    let shown_name = if plausible_username(username) {
+        username.to_string()
+    } else {
+        "(not a user name)".to_string()
+    };
+    // `count`: whether this failure counts towards the lock (not while already locked, so
+    // nobody can keep an account locked by failing on purpose).
+    let fail = |kind: &'static str, staff: Option<String>, count: bool| async move {
+        if let (Some(id), true) = (&staff, count) {
+            let _ = sqlx::query(
+                "UPDATE staff SET failed_logins = failed_logins + 1, \
+                 locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END WHERE id = $1",
+            )
+            .bind(id)
+            .bind(SIGN_IN_ATTEMPTS)
+            .bind(t + LOCK_SECONDS)
+            .execute(store.pool())
+            .await;
+        }
+        let _ = store
+            .audit_now(&Event {
+                kind: "ra.staff.signin_failed",
+                actor: format!("staff-login:{shown_name}"),
+                subject: staff,
+                detail: json!({ "why": kind }),
+            })
+            .await;
+        Err(Error::SignInFailed)
+    };
+    // Every refusal spends the time of a password check, so absent, disabled and locked
+    // accounts do not answer faster than a wrong password.
+    let dummy = || {
+        let _ = password_matches(password, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    };
+    let Some(account) = row else {
+        dummy();
+        return fail("unknown user", None, false).await;
+    };
+    let id = account.id.clone();
+    if account.disabled != 0 {
+        dummy();
+        return fail("disabled", Some(id), false).await;
+    }
+    if account.locked_until > t {
+        dummy();
+        return fail("locked", Some(id), false).await;
+    }
+    if !password_matches(password, &account.password_hash) {
+        return fail("password", Some(id), true).await;
+    }
+    let vault = auth.pii()?;
+    let secret_b32 = vault.open_field(Field::TotpSecret, &id, &account.totp_sealed)?;
+    let secret = Zeroizing::new(
+        data_encoding::BASE32_NOPAD
+            .decode(secret_b32.as_bytes())
+            .map_err(|_| Error::Store("stored TOTP secret is not base32".into()))?,
+    );
+    let Some(step) = crate::totp::verify(&secret, code, t, account.totp_last_step) else {
+        return fail("code", Some(id), true).await;
+    };
+    let token = random_base32(32);
+    let csrf = random_base32(20);
+    let mut tx = store.begin().await?;
+    // Compare-and-set on the step: the same code cannot sign in twice, even concurrently.
+    let res = sqlx::query(
+        "UPDATE staff SET totp_last_step = $2, failed_logins = 0, locked_until = 0 WHERE id = $1 AND totp_last_step < $2",
+    )
+    .bind(&id)
+    .bind(step)
+    .execute(&mut *tx)
+    .await?;
+    if res.rows_affected() != 1 {
+        drop(tx);
+        return fail("code reused", Some(id), true).await;
+    }
+    sqlx::query("INSERT INTO staff_sessions (token_hash, staff, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $4)")
+        .bind(sha256(&[b"session", token.as_bytes()]))
+        .bind(&id)
+        .bind(&csrf)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.signin",
+                actor: format!("staff:{username}"),
+                subject: Some(id.clone()),
+                detail: json!({}),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(SignedIn {
+        token,
+        session: StaffSession {
+            staff: id,
+            username: username.to_string(),
+            display_name: account.display_name,
+            outlet: account.outlet,
+            role: Role::parse(&account.role)?,
+            csrf,
+        },
+    })
+}
+
+/// A session and its account, as a cookie token finds them.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    staff: String,
+    csrf: String,
+    created_at: i64,
+    last_seen: i64,
+    username: String,
+    display_name: String,
+    outlet: String,
+    role: String,
+    disabled: i64,
+}
+
+/// The session of a cookie token; expired (idle or too old) sessions are ended.
+pub async fn session(
+    store: &Store,
+    ra: &crate::config::RaConfig,
+    token: &str,
+) -> Result<StaffSession> {
+    let hash = sha256(&[b"session", token.as_bytes()]);
+    let r = sqlx::query_as::<_, SessionRow>(
+        "SELECT s.staff, s.csrf, s.created_at, s.last_seen, st.username, st.display_name, st.outlet, st.role, st.disabled \
+         FROM staff_sessions s JOIN staff st ON st.id = s.staff WHERE s.token_hash = $1",
+    )
+    .bind(&hash)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    let t = now();
+    if r.disabled != 0
+        || t - r.last_seen > i64::from(ra.session_idle_minutes) * 60
+        || t - r.created_at > i64::from(ra.session_max_hours) * 3600
+    {
+        sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
+            .bind(&hash)
+            .execute(store.pool())
+            .await?;
+        return Err(Error::Expired(
+            "the session has ended: sign in again".into(),
+        ));
+    }
+    sqlx::query("UPDATE staff_sessions SET last_seen = $2 WHERE token_hash = $1")
+        .bind(&hash)
+        .bind(t)
+        .execute(store.pool())
+        .await?;
+    Ok(StaffSession {
+        staff: r.staff,
+        csrf: r.csrf,
+        username: r.username,
+        display_name: r.display_name,
+        outlet: r.outlet,
+        role: Role::parse(&r.role)?,
+    })
+}
+
+/// Ends a session.
+pub async fn sign_out(store: &Store, token: &str) -> Result<()> {
+    sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
+        .bind(sha256(&[b"session", token.as_bytes()]))
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}

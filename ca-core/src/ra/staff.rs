@@ -1,0 +1,280 @@
+//! Staff accounts: roles, creation, listing, disabling and a new TOTP secret (the
+//! administration `ecert staff` drives). Signing in is [`super::session`]; API tokens are
+//! [`super::token`].
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::support::{check_len, hash_password, invalid, now};
+use crate::audit::Event;
+use crate::error::{Error, Result};
+use crate::pii::Field;
+use crate::store::{Store, Tx};
+
+/// A staff role (DESIGN.md "Custody and roles").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Counter clerk: identity check, fee, first approval, rejection.
+    Clerk,
+    /// Outlet supervisor: also the second approval of dual-control profiles.
+    Supervisor,
+    /// CA officer.
+    Officer,
+    /// Staff accounts.
+    Admin,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Clerk, Role::Supervisor, Role::Officer, Role::Admin];
+
+    /// Its name in the database and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Clerk => "clerk",
+            Role::Supervisor => "supervisor",
+            Role::Officer => "officer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses [`Role::name`].
+    pub fn parse(s: &str) -> Result<Role> {
+        Ok(match s {
+            "clerk" => Role::Clerk,
+            "supervisor" => Role::Supervisor,
+            "officer" => Role::Officer,
+            "admin" => Role::Admin,
+            _ => return Err(invalid("role", "clerk, supervisor, officer or admin")),
+        })
+    }
+}
+
+/// A staff account to make.
+#[derive(Debug, Clone, Copy)]
+pub struct NewStaff<'a> {
+    /// Sign-in name.
+    pub username: &'a str,
+    /// Name shown on screens.
+    pub display_name: &'a str,
+    /// Outlet id.
+    pub outlet: &'a str,
+    /// Role.
+    pub role: Role,
+    /// Password (argon2id-hashed; at least 12 characters).
+    pub password: &'a str,
+}
+
+/// Whether a typed user name has the form of one (3 to 40 of letters, digits and `._-@`).
+pub(super) fn plausible_username(username: &str) -> bool {
+    (3..=40).contains(&username.len())
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+/// A new staff account: returns its id and the TOTP secret to enrol in an authenticator (shown
+/// once).
+pub async fn create_staff(
+    store: &Store,
+    vault: &crate::pii::Vault,
+    new: &NewStaff<'_>,
+    actor: &str,
+) -> Result<(String, Zeroizing<Vec<u8>>)> {
+    let NewStaff {
+        username,
+        display_name,
+        outlet,
+        role,
+        password,
+    } = *new;
+    check_len("username", username, 3, 40)?;
+    if !username
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        return Err(invalid("username", "letters, digits and . _ - @ only"));
+    }
+    check_len("display_name", display_name, 1, 80)?;
+    check_len("password", password, 12, 256)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let secret = Zeroizing::new(crate::totp::new_secret().to_vec());
+    let sealed = vault.seal(
+        Field::TotpSecret,
+        &id,
+        &data_encoding::BASE32_NOPAD.encode(&secret),
+    )?;
+    let mut tx = store.begin().await?;
+    if !super::outlet::exists(&mut *tx, outlet).await? {
+        return Err(invalid("outlet", "no such outlet"));
+    }
+    let taken = sqlx::query("SELECT 1 FROM staff WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if taken {
+        return Err(Error::Conflict(format!(
+            "the user name {username} is taken"
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO staff (id, username, display_name, outlet, role, password_hash, totp_sealed, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(username)
+    .bind(display_name)
+    .bind(outlet)
+    .bind(role.name())
+    .bind(hash_password(password)?)
+    .bind(sealed)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.created",
+                actor: actor.to_string(),
+                subject: Some(id.clone()),
+                detail: json!({ "username": username, "outlet": outlet, "role": role.name() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((id, secret))
+}
+
+/// One staff account as `ecert staff list` shows it.
+#[derive(Debug, Clone)]
+pub struct StaffRow {
+    /// User name.
+    pub username: String,
+    /// Display name.
+    pub display_name: String,
+    /// Outlet.
+    pub outlet: String,
+    /// Role.
+    pub role: String,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct StaffListRow {
+    username: String,
+    display_name: String,
+    outlet: String,
+    role: String,
+    disabled: i64,
+}
+
+/// Every staff account.
+pub async fn list_staff(store: &Store) -> Result<Vec<StaffRow>> {
+    let rows = sqlx::query_as::<_, StaffListRow>(
+        "SELECT username, display_name, outlet, role, disabled FROM staff ORDER BY username",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StaffRow {
+            username: r.username,
+            display_name: r.display_name,
+            outlet: r.outlet,
+            role: r.role,
+            disabled: r.disabled != 0,
+        })
+        .collect())
+}
+
+/// The id of the account `username` ([`Error::NotFound`] if there is none).
+pub(super) async fn staff_id(tx: &mut Tx, username: &str) -> Result<String> {
+    sqlx::query_scalar::<_, String>("SELECT id FROM staff WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(Error::NotFound)
+}
+
+/// Disables (or enables again) a staff account. Disabling ends its sessions; its API tokens
+/// stop working while it is disabled.
+pub async fn set_staff_disabled(
+    store: &Store,
+    username: &str,
+    disabled: bool,
+    actor: &str,
+) -> Result<()> {
+    let mut tx = store.begin().await?;
+    let id = staff_id(&mut tx, username).await?;
+    sqlx::query("UPDATE staff SET disabled = $2 WHERE id = $1")
+        .bind(&id)
+        .bind(i64::from(disabled))
+        .execute(&mut *tx)
+        .await?;
+    if disabled {
+        sqlx::query("DELETE FROM staff_sessions WHERE staff = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: if disabled {
+                    "ra.staff.disabled"
+                } else {
+                    "ra.staff.enabled"
+                },
+                actor: actor.to_string(),
+                subject: Some(id),
+                detail: json!({ "username": username }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A new TOTP secret for a staff member (a lost phone); ends their sessions. Returns the secret
+/// to enrol (shown once).
+pub async fn reset_totp(
+    store: &Store,
+    vault: &crate::pii::Vault,
+    username: &str,
+    actor: &str,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let mut tx = store.begin().await?;
+    let id = staff_id(&mut tx, username).await?;
+    let secret = Zeroizing::new(crate::totp::new_secret().to_vec());
+    let sealed = vault.seal(
+        Field::TotpSecret,
+        &id,
+        &data_encoding::BASE32_NOPAD.encode(&secret),
+    )?;
+    sqlx::query("UPDATE staff SET totp_sealed = $2, totp_last_step = 0 WHERE id = $1")
+        .bind(&id)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM staff_sessions WHERE staff = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.totp_reset",
+                actor: actor.to_string(),
+                subject: Some(id),
+                detail: json!({ "username": username }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(secret)
+}

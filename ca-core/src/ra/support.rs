@@ -1,0 +1,95 @@
+//! Small helpers every RA capability uses: the clock, domain-separated hashes, random values,
+//! password hashing and field checks. No SQL and no policy here.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Now, Unix seconds.
+pub(super) fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// SHA-256 over length-prefixed parts (a domain label first), so no two inputs collide by
+/// shifting bytes between parts.
+pub(super) fn sha256(parts: &[&[u8]]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().to_vec()
+}
+
+/// `bytes` random bytes from the OS, base32 without padding.
+pub(super) fn random_base32(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    data_encoding::BASE32_NOPAD.encode(&b)
+}
+
+/// Constant-time equality of two hashes.
+pub(super) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
+/// An argon2id hash (PHC string) of a password or revocation secret.
+pub(super) fn hash_password(password: &str) -> Result<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Encoding(format!("argon2: {e}")))
+}
+
+/// Whether `password` matches a stored [`hash_password`] string (false for a malformed one).
+pub(super) fn password_matches(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// [`Error::Invalid`] naming the field (never its value).
+pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// A typed field is `min..=max` characters with no control characters.
+pub(super) fn check_len(field: &'static str, v: &str, min: usize, max: usize) -> Result<()> {
+    let n = v.chars().count();
+    if n < min || n > max {
+        return Err(invalid(field, format!("must be {min} to {max} characters")));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// The audit actor of a citizen acting on their application.
+pub(super) fn citizen(reference: &str) -> String {
+    format!("citizen:{}", reference.trim().to_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_with_argon2id() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(password_matches("correct horse battery", &h));
+        assert!(!password_matches("correct horse batterz", &h));
+        assert!(!password_matches("x", "not a hash"));
+    }
+}

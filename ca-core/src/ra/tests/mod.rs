@@ -1,0 +1,4 @@
+//! The RA's tests that cross capabilities (each capability's own unit tests sit beside it).
+
+mod journey;
+mod review_fixes;

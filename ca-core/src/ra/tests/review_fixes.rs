@@ -1,0 +1,424 @@
+//! Regression tests for review findings, retention, staff administration and interrupted
+//! decisions.
+
+use sqlx::Row;
+
+use super::journey::{ready_for_approval, signed_in, staff};
+use crate::authority::{test_ca_with, Authority};
+use crate::error::Error;
+use crate::ra::support::now;
+use crate::ra::*;
+
+async fn issued_app(
+    auth: &Authority,
+    clerk: &StaffSession,
+    key: &rcgen::KeyPair,
+    n: u32,
+) -> (Submitted, String) {
+    let hkid = crate::hkid::synthetic("Y", n);
+    let sub = ready_for_approval(auth, clerk, &hkid, key).await;
+    let Decided::Issued { serial, .. } = decide(auth, clerk, &sub.id, 1, Decision::Approve)
+        .await
+        .unwrap()
+    else {
+        panic!("not issued")
+    };
+    (sub, serial)
+}
+
+async fn session_of(auth: &Authority, name: &str, role: Role) -> StaffSession {
+    let (_, secret) = staff(auth, name, "gpo", role).await;
+    signed_in(auth, name, &secret, 0).await
+}
+
+/// A mismatch after a match withdraws the identity check; two clerks are not dual control;
+/// code guesses stop at the limit; a new code is rate-limited and re-confirms the mailbox;
+/// renewal needs a mailbox confirmed within 30 days; revoking revokes the predecessor too;
+/// a citizen cannot choose privilegeWithdrawn; a locked account stays locked for its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_findings_stay_fixed() {
+    let (_dir, auth) = test_ca_with(|c| {
+        c.ra.dual_control.push("organisational".into());
+        c.ra.renewal_window_days = 400;
+    })
+    .await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+
+    // Identity: match, then mismatch → approval blocked again.
+    let hkid = crate::hkid::synthetic("X", 1);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = super::journey::csr_for(&key);
+    let sub = submit(
+        &auth,
+        NewApplication {
+            profile: "personal".into(),
+            surname: "Ho".into(),
+            given_name: "Ka Ming".into(),
+            email: "km.ho@example.hk".into(),
+            hkid: hkid.expose().into(),
+            date_of_birth: "1970-01-01".into(),
+            phone: "+852 2100 0000".into(),
+            address: "4 Des Voeux Road".into(),
+            outlet: "gpo".into(),
+            revocation_secret: "my revocation words".into(),
+            csr,
+            language: "en".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Five wrong codes, then even the right one is refused.
+    for _ in 0..CODE_ATTEMPTS {
+        assert!(matches!(
+            confirm_email(&store, &sub.reference, &sub.secret, "999999x").await,
+            Err(Error::CodeRejected { .. })
+        ));
+    }
+    assert!(matches!(
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code).await,
+        Err(Error::TooManyAttempts(_))
+    ));
+    // A new code: not within the minute, then it works.
+    assert!(matches!(
+        new_email_code(&auth, &sub.reference, &sub.secret).await,
+        Err(Error::TooManyAttempts(_))
+    ));
+    sqlx::query(
+        "UPDATE applications SET email_code_expires = email_code_expires - 120 WHERE id = $1",
+    )
+    .bind(&sub.id)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let (code, _) = new_email_code(&auth, &sub.reference, &sub.secret)
+        .await
+        .unwrap();
+    confirm_email(&store, &sub.reference, &sub.secret, &code)
+        .await
+        .unwrap();
+    check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
+        .await
+        .unwrap();
+    let other = crate::hkid::synthetic("X", 2);
+    assert!(
+        check_identity(&auth, &clerk, &sub.id, 1, other.expose(), true, false)
+            .await
+            .is_err()
+    );
+    record_fee(&auth, &clerk, &sub.id, 5_000, "cash", "R")
+        .await
+        .unwrap();
+    let e = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("identity check"), "{e}");
+    // A mailbox confirmed over 30 days ago must be confirmed again before approval.
+    check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE applications SET email_confirmed_at = email_confirmed_at - 31 * 86400 WHERE id = $1").bind(&sub.id).execute(store.pool()).await.unwrap();
+    let e = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("30 days"), "{e}");
+
+    // Renewal with a stale mailbox: refused until a new code is confirmed; revoking the
+    // renewal revokes its predecessor; privilegeWithdrawn is the CA's.
+    let (sub2, first) = issued_app(&auth, &clerk, &key, 3).await;
+    let csr = super::journey::csr_for(&key);
+    sqlx::query("UPDATE applications SET email_confirmed_at = email_confirmed_at - 31 * 86400, email_code_expires = 0 WHERE id = $1").bind(&sub2.id).execute(store.pool()).await.unwrap();
+    let e = renew_online(&auth, &sub2.reference, &sub2.secret, &csr, None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("confirm your e-mail address again"),
+        "{e}"
+    );
+    let (code, _) = new_email_code(&auth, &sub2.reference, &sub2.secret)
+        .await
+        .unwrap();
+    confirm_email(&store, &sub2.reference, &sub2.secret, &code)
+        .await
+        .unwrap();
+    let second = renew_online(&auth, &sub2.reference, &sub2.secret, &csr, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        revoke_online(
+            &auth,
+            &sub2.reference,
+            &sub2.secret,
+            "my revocation words",
+            crate::revocation::Reason::PrivilegeWithdrawn
+        )
+        .await,
+        Err(Error::Invalid {
+            field: "reason",
+            ..
+        })
+    ));
+    revoke_online(
+        &auth,
+        &sub2.reference,
+        &sub2.secret,
+        "my revocation words",
+        crate::revocation::Reason::Superseded,
+    )
+    .await
+    .unwrap();
+    for serial in [&first, &second] {
+        assert_eq!(
+            store
+                .certificate(serial)
+                .await
+                .unwrap()
+                .unwrap()
+                .revocation_reason,
+            Some(4),
+            "{serial} not revoked"
+        );
+    }
+
+    // Two clerks are not dual control.
+    let clerk2 = session_of(&auth, "clerk2", Role::Clerk).await;
+    sqlx::query(
+        "UPDATE applications SET profile = 'organisational', organization = 'Example Limited', \
+         org_id = '12345678', user_surname = 'WONG', user_given_name = 'Siu Ming', org_checked_version = 1 WHERE id = $1",
+    )
+        .bind(&sub.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE applications SET email_confirmed_at = $2 WHERE id = $1")
+        .bind(&sub.id)
+        .bind(now())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+            .await
+            .unwrap(),
+        Decided::AwaitingSecond
+    ));
+    assert!(matches!(
+        decide(&auth, &clerk2, &sub.id, 1, Decision::Approve).await,
+        Err(Error::Forbidden(_))
+    ));
+
+    // A locked account: failures while locked do not extend the lock.
+    for _ in 0..SIGN_IN_ATTEMPTS {
+        let _ = sign_in(&auth, "clerk2", "wrong password!!", "000000").await;
+    }
+    let locked: i64 = sqlx::query("SELECT locked_until FROM staff WHERE username = 'clerk2'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert!(locked > now());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let _ = sign_in(&auth, "clerk2", "wrong password!!", "000000").await;
+    let after: i64 = sqlx::query("SELECT locked_until FROM staff WHERE username = 'clerk2'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(locked, after, "a failure while locked extended the lock");
+}
+
+/// An application left `approved` with its certificate issued (a crash after signing) is
+/// settled to `issued` on the next read; one whose issuance failed is open again.
+/// Rejected and never-completed applications lose their personal data after the retention
+/// period; issued ones keep it; the staff view still opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_only_ended_applications() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (issued, _) = issued_app(&auth, &clerk, &key, 11).await;
+    let (stale, _) = issued_app(&auth, &clerk, &key, 12).await;
+    // Make the second one an old, never-completed application.
+    sqlx::query("UPDATE applications SET state = 'submitted', certificate = NULL WHERE id = $1")
+        .bind(&stale.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(purge(&auth, now()).await.unwrap(), 0, "nothing is old yet");
+    let later = now() + 91 * 86_400;
+    assert_eq!(purge(&auth, later).await.unwrap(), 1);
+    let dump = format!(
+        "{:?}",
+        sqlx::query("SELECT hkid_sealed, csr, state FROM applications WHERE id = $1")
+            .bind(&stale.id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get::<Vec<u8>, _>(0)
+            .unwrap()
+    );
+    assert_eq!(dump, "[]");
+    let v = staff_view(&auth, &clerk, &stale.id).await.unwrap();
+    assert_eq!(
+        (v.hkid_masked.as_str(), v.status),
+        ("(purged)", Status::Rejected)
+    );
+    assert!(matches!(
+        reveal(&auth, &clerk, &stale.id, Revealable::Hkid).await,
+        Err(Error::Conflict(_))
+    ));
+    let v = staff_view(&auth, &clerk, &issued.id).await.unwrap();
+    assert_ne!(v.hkid_masked, "(purged)");
+    assert!(store
+        .audit_records()
+        .await
+        .unwrap()
+        .0
+        .iter()
+        .any(|r| r.kind == "ra.purged"));
+}
+
+/// Disabling ends sessions and stops sign-in and API tokens; enabling restores sign-in; a
+/// TOTP reset voids the old secret; revoked tokens stop working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_administration() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+    let signed = sign_in(
+        &auth,
+        "clerk1",
+        "a password of some length",
+        &crate::totp::code_at(&secret, now()),
+    )
+    .await
+    .unwrap();
+    let token = create_api_token(&store, "clerk1", "t", 1, "t")
+        .await
+        .unwrap();
+    assert!(api_session(&store, &token).await.is_ok());
+    set_staff_disabled(&store, "clerk1", true, "admin")
+        .await
+        .unwrap();
+    assert!(
+        session(&store, &auth.config().ra, &signed.token)
+            .await
+            .is_err(),
+        "session survived"
+    );
+    assert!(
+        api_session(&store, &token).await.is_err(),
+        "token works while disabled"
+    );
+    sqlx::query("UPDATE staff SET totp_last_step = 0")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        sign_in(
+            &auth,
+            "clerk1",
+            "a password of some length",
+            &crate::totp::code_at(&secret, now())
+        )
+        .await,
+        Err(Error::SignInFailed)
+    ));
+    set_staff_disabled(&store, "clerk1", false, "admin")
+        .await
+        .unwrap();
+    assert!(api_session(&store, &token).await.is_ok());
+    let fresh = reset_totp(&store, &auth.pii().unwrap(), "clerk1", "admin")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            sign_in(
+                &auth,
+                "clerk1",
+                "a password of some length",
+                &crate::totp::code_at(&secret, now())
+            )
+            .await,
+            Err(Error::SignInFailed)
+        ),
+        "old secret"
+    );
+    sign_in(
+        &auth,
+        "clerk1",
+        "a password of some length",
+        &crate::totp::code_at(&fresh, now()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        revoke_api_tokens(&store, "clerk1", "admin").await.unwrap(),
+        1
+    );
+    assert!(api_session(&store, &token).await.is_err());
+    let list = list_staff(&store).await.unwrap();
+    assert_eq!(
+        (list.len(), list[0].username.as_str(), list[0].disabled),
+        (1, "clerk1", false)
+    );
+    assert!(matches!(
+        set_staff_disabled(&store, "nobody", true, "admin").await,
+        Err(Error::NotFound)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_decisions_are_settled() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (sub, serial) = issued_app(&auth, &clerk, &key, 7).await;
+    sqlx::query("UPDATE applications SET state = 'approved' WHERE id = $1")
+        .bind(&sub.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        track(&store, &sub.reference, &sub.secret)
+            .await
+            .unwrap()
+            .status,
+        Status::Issued
+    );
+    let (sub2, serial2) = issued_app(&auth, &clerk, &key, 8).await;
+    let _ = serial;
+    sqlx::query("UPDATE certificates SET state = 'failed' WHERE serial = $1")
+        .bind(&serial2)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE applications SET state = 'approved' WHERE id = $1")
+        .bind(&sub2.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let v = track(&store, &sub2.reference, &sub2.secret).await.unwrap();
+    // Open again (its approval still counts), no certificate.
+    assert!(
+        v.status != Status::Issued && v.status != Status::Approved && v.certificate.is_none(),
+        "{v:?}"
+    );
+}
