@@ -22,8 +22,8 @@ pub struct Event {
     pub detail: serde_json::Value,
 }
 
-/// A stored record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored record (a row of `audit_log`, read by column name).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Record {
     /// 1, 2, 3, ... with no gaps.
     pub seq: i64,
@@ -74,7 +74,7 @@ pub fn chain_hash(
 /// A signed statement "the chain had `hash` at record `seq`", made with the audit key in the
 /// HSM. Without the HSM nobody can make one, so cutting records off the end of the log (and
 /// rewriting `audit_head` to match) is found by any checkpoint past the cut.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Checkpoint {
     /// Sequence number of the record it covers.
     pub seq: i64,

@@ -1172,6 +1172,18 @@ impl Authority {
         scopes
     }
 
+    /// The CRLs of `role` due for publication at `now` ([`crate::publication::crls_due`]):
+    /// reads the newest CRL of each scope and the scopes' status versions.
+    pub async fn crls_due(&self, role: CaRole, now: i64, interval: i64) -> Result<Vec<Scope>> {
+        let heads = self.store.crl_heads(role.name()).await?;
+        let versions = self.store.status_versions(role.name()).await?;
+        // One read of the heads serves both the scopes and their freshness.
+        let scopes = self.crl_scopes_from(role, &heads);
+        Ok(crate::publication::crls_due(
+            role, scopes, &heads, &versions, now, interval,
+        ))
+    }
+
     /// Brings the in-memory CRL entries of `role` up to date: the first time, every entry is
     /// read; afterwards only the serials queued in `crl_pending` by status changes.
     async fn refresh_crl_entries(

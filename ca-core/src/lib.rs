@@ -4,7 +4,9 @@
 //! whose signature verified) into a certificate signed in the HSM, through a cycle that records
 //! everything before anything is signed ([`authority`], docs/ISSUANCE-CYCLE.md); keeps the
 //! hierarchy, the profiles ([`profile`]), the key policy ([`keys`]), the pre-issuance lints
-//! ([`lint`]), the hash-chained audit trail ([`audit`]) and the store ([`store`]).
+//! ([`lint`]), the hash-chained audit trail ([`audit`]) and the store ([`store`]); reads what the
+//! public repository publishes and decides which CRLs and OCSP responses are due
+//! ([`publication`]).
 //!
 //! What it never does: sign without a stored linting TBS; take a subject field from a CSR; fall
 //! back to a software key when the HSM fails; write personal identity numbers anywhere.
@@ -38,6 +40,7 @@ pub mod ocsp;
 pub mod pii;
 pub mod pkcs7;
 pub mod profile;
+pub mod publication;
 pub mod ra;
 pub mod revocation;
 pub mod serial;

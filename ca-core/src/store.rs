@@ -1,8 +1,35 @@
 //! The database: SQLite (embedded default) or PostgreSQL, through `sqlx::Any`.
 //!
 //! Both engines run the same queries (`$1` placeholders work in both) on the types `Any` carries
-//! well (i64, text, bytes); timestamps are Unix seconds. Each engine has its own migrations under
-//! `migrations/<engine>/`, embedded in the binary and applied in order at open.
+//! well (i64, text, bytes); timestamps are Unix seconds.
+//!
+//! **Rows are read by column name.** A query of several columns is read into a
+//! `#[derive(sqlx::FromRow)]` struct whose fields are the column names (`AS` names an
+//! expression: `COUNT(*) AS n`), then converted to the public type where a column needs parsing
+//! (`CertRow` → [`CertRecord`]); a query of one value is read with `sqlx::query_scalar`. Never
+//! by position (`row.try_get(index)`): a reordered SELECT fails loudly (a missing column)
+//! instead of reading the wrong field (STYLE.md rule 17). A boolean expression is a bool on PostgreSQL but an integer on SQLite, so it is selected as
+//! `CAST(CASE WHEN .. THEN 1 ELSE 0 END AS BIGINT)` and read as i64.
+//!
+//! **Migrations.** Each engine has its own forward-only migrations under `migrations/<engine>/`,
+//! embedded in the binary (the list below) and applied at open by sqlx's [`Migrator`], which
+//! records them in `_sqlx_migrations` with a checksum, so an applied file that was edited
+//! afterwards stops the store from opening. On SQLite the whole run is one `BEGIN IMMEDIATE`
+//! transaction (sqlx's SQLite migrator takes no lock of its own: `lock()` is a no-op), so two
+//! processes opening a fresh data directory at once cannot race; on PostgreSQL sqlx holds an
+//! advisory lock for the run. Versions applied before sqlx's migrator was used, listed in
+//! `ecert_migrations`, are adopted into `_sqlx_migrations` and never run again.
+//!
+//! Why a list and not `sqlx::migrate!("../migrations/<engine>")` (sqlx 0.9.0, read in its
+//! sources): the `migrate!` macro is defined in sqlx's `macros` module, compiled only with the
+//! `macros` feature (`sqlx/src/lib.rs`: `#[cfg(feature = "macros")] mod macros;`), which is not
+//! enabled here; with only `derive`, the proc macro (`sqlx_macros::migrate`) is reachable
+//! only through the `#[doc(hidden)]` re-export `sqlx::sqlx_macros`. Turning `macros` on adds
+//! the `offline` feature to sqlx-core, sqlx-sqlite and sqlx-postgres and the `query!` machinery
+//! to sqlx-macros-core (about 25 s more CPU per clean build on the 2-core box, measured with
+//! `cargo build --timings`), and a build script would have to rerun the build when a file is
+//! added. A [`Migrator`] made from the embedded files ([`Migrator::with_migrations`]) gives the
+//! same bookkeeping without either; the cost is one line here per new file.
 //!
 //! Every state change of a certificate is one transaction that also appends its audit record
 //! (see [`crate::audit`]); if the audit append fails, the change is rolled back.
@@ -10,8 +37,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row, Transaction};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Transaction};
 
 use crate::audit::{self, Event, Record};
 use crate::crl::{EntryRow, Scope};
@@ -27,39 +55,43 @@ pub enum Engine {
     Postgres,
 }
 
+/// One engine's migrations in order, from `migrations/<engine>/NNNN_<description>.sql`:
+/// (version, description, SQL).
+type Embedded = &'static [(i64, &'static str, &'static str)];
+
 #[rustfmt::skip]
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../../migrations/sqlite/0002_audit_checkpoints.sql")),
-    (3, include_str!("../../migrations/sqlite/0003_revocation.sql")),
-    (4, include_str!("../../migrations/sqlite/0004_crls.sql")),
-    (5, include_str!("../../migrations/sqlite/0005_status_changes.sql")),
-    (6, include_str!("../../migrations/sqlite/0006_ocsp.sql")),
-    (7, include_str!("../../migrations/sqlite/0007_crl_partitions.sql")),
-    (8, include_str!("../../migrations/sqlite/0008_ra.sql")),
-    (9, include_str!("../../migrations/sqlite/0009_api_tokens.sql")),
-    (10, include_str!("../../migrations/sqlite/0010_ocsp_writer.sql")),
-    (11, include_str!("../../migrations/sqlite/0011_org_applications.sql")),
-    (12, include_str!("../../migrations/sqlite/0012_role_title.sql")),
-    (13, include_str!("../../migrations/sqlite/0013_responder_retirement.sql")),
-    (14, include_str!("../../migrations/sqlite/0014_ca_revocation.sql")),
+const SQLITE_MIGRATIONS: Embedded = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, "audit_checkpoints", include_str!("../../migrations/sqlite/0002_audit_checkpoints.sql")),
+    (3, "revocation", include_str!("../../migrations/sqlite/0003_revocation.sql")),
+    (4, "crls", include_str!("../../migrations/sqlite/0004_crls.sql")),
+    (5, "status_changes", include_str!("../../migrations/sqlite/0005_status_changes.sql")),
+    (6, "ocsp", include_str!("../../migrations/sqlite/0006_ocsp.sql")),
+    (7, "crl_partitions", include_str!("../../migrations/sqlite/0007_crl_partitions.sql")),
+    (8, "ra", include_str!("../../migrations/sqlite/0008_ra.sql")),
+    (9, "api_tokens", include_str!("../../migrations/sqlite/0009_api_tokens.sql")),
+    (10, "ocsp_writer", include_str!("../../migrations/sqlite/0010_ocsp_writer.sql")),
+    (11, "org_applications", include_str!("../../migrations/sqlite/0011_org_applications.sql")),
+    (12, "role_title", include_str!("../../migrations/sqlite/0012_role_title.sql")),
+    (13, "responder_retirement", include_str!("../../migrations/sqlite/0013_responder_retirement.sql")),
+    (14, "ca_revocation", include_str!("../../migrations/sqlite/0014_ca_revocation.sql")),
 ];
 #[rustfmt::skip]
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../../migrations/postgres/0002_audit_checkpoints.sql")),
-    (3, include_str!("../../migrations/postgres/0003_revocation.sql")),
-    (4, include_str!("../../migrations/postgres/0004_crls.sql")),
-    (5, include_str!("../../migrations/postgres/0005_status_changes.sql")),
-    (6, include_str!("../../migrations/postgres/0006_ocsp.sql")),
-    (7, include_str!("../../migrations/postgres/0007_crl_partitions.sql")),
-    (8, include_str!("../../migrations/postgres/0008_ra.sql")),
-    (9, include_str!("../../migrations/postgres/0009_api_tokens.sql")),
-    (10, include_str!("../../migrations/postgres/0010_ocsp_writer.sql")),
-    (11, include_str!("../../migrations/postgres/0011_org_applications.sql")),
-    (12, include_str!("../../migrations/postgres/0012_role_title.sql")),
-    (13, include_str!("../../migrations/postgres/0013_responder_retirement.sql")),
-    (14, include_str!("../../migrations/postgres/0014_ca_revocation.sql")),
+const POSTGRES_MIGRATIONS: Embedded = &[
+    (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, "audit_checkpoints", include_str!("../../migrations/postgres/0002_audit_checkpoints.sql")),
+    (3, "revocation", include_str!("../../migrations/postgres/0003_revocation.sql")),
+    (4, "crls", include_str!("../../migrations/postgres/0004_crls.sql")),
+    (5, "status_changes", include_str!("../../migrations/postgres/0005_status_changes.sql")),
+    (6, "ocsp", include_str!("../../migrations/postgres/0006_ocsp.sql")),
+    (7, "crl_partitions", include_str!("../../migrations/postgres/0007_crl_partitions.sql")),
+    (8, "ra", include_str!("../../migrations/postgres/0008_ra.sql")),
+    (9, "api_tokens", include_str!("../../migrations/postgres/0009_api_tokens.sql")),
+    (10, "ocsp_writer", include_str!("../../migrations/postgres/0010_ocsp_writer.sql")),
+    (11, "org_applications", include_str!("../../migrations/postgres/0011_org_applications.sql")),
+    (12, "role_title", include_str!("../../migrations/postgres/0012_role_title.sql")),
+    (13, "responder_retirement", include_str!("../../migrations/postgres/0013_responder_retirement.sql")),
+    (14, "ca_revocation", include_str!("../../migrations/postgres/0014_ca_revocation.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -100,7 +132,7 @@ impl CertState {
         }
     }
 
-    fn parse(s: &str) -> Result<Self> {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "reserved" => CertState::Reserved,
             "issuing" => CertState::Issuing,
@@ -178,6 +210,29 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// sqlx's migrator over one engine's embedded migrations.
+fn migrator(embedded: Embedded) -> Migrator {
+    let mut migrator = Migrator::with_migrations(
+        embedded
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    // As sqlx's own file resolver names it.
+                    description.replace('_', " ").into(),
+                    MigrationType::Simple,
+                    sqlx::SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    // A version applied by a newer binary is no reason to refuse to start (as before sqlx's
+    // migrator was used).
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
 impl Store {
     /// Connects, applies pending migrations and returns the store.
     pub async fn open(url: &str) -> Result<Store> {
@@ -230,10 +285,10 @@ impl Store {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             // 0x6563657274 = "ecert".
-            let got: bool = sqlx::query("SELECT pg_try_advisory_lock(435761231476)")
+            // One column (a PostgreSQL bool: this branch runs on PostgreSQL only).
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(435761231476)")
                 .fetch_one(&mut *conn)
-                .await?
-                .try_get(0)?;
+                .await?;
             if got {
                 return Ok(Some(conn));
             }
@@ -254,35 +309,61 @@ impl Store {
         &self.pool
     }
 
+    /// Applies the pending migrations of this engine (see the module documentation).
     async fn migrate(&self) -> Result<()> {
-        let migrations = match self.engine {
+        let migrator = migrator(match self.engine {
             Engine::Sqlite => SQLITE_MIGRATIONS,
             Engine::Postgres => POSTGRES_MIGRATIONS,
-        };
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS ecert_migrations (version BIGINT PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let done: Vec<i64> = sqlx::query("SELECT version FROM ecert_migrations ORDER BY version")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<Result<_, _>>()?;
-        for (version, sql) in migrations {
-            if done.contains(version) {
-                continue;
+        });
+        match self.engine {
+            Engine::Sqlite => {
+                // sqlx's SQLite migrator takes no lock and commits each file on its own, so it
+                // runs inside one write transaction: two processes opening a fresh data
+                // directory at once cannot both apply a file (its transactions nest as
+                // savepoints).
+                let mut tx = self.begin().await?;
+                self.adopt_legacy_versions(&migrator, &mut tx).await?;
+                migrator.run(&mut *tx).await?;
+                tx.commit().await?;
             }
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO ecert_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(*version)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
+            Engine::Postgres => {
+                // sqlx's PostgreSQL migrator holds an advisory lock while it runs and commits
+                // each file as it applies it, so a second process waits, then finds it applied.
+                let mut conn = self.pool.acquire().await?;
+                self.adopt_legacy_versions(&migrator, &mut conn).await?;
+                migrator.run(&mut *conn).await?;
+            }
         }
-        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A database migrated before ecert used sqlx's migrator lists its versions in
+    /// `ecert_migrations`: they are recorded as applied in `_sqlx_migrations` (with the
+    /// checksums of the embedded files), never run again. Idempotent.
+    async fn adopt_legacy_versions(
+        &self,
+        migrator: &Migrator,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<()> {
+        let exists = match self.engine {
+            Engine::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ecert_migrations'"
+            }
+            Engine::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = 'ecert_migrations'"
+            }
+        };
+        let tables: i64 = sqlx::query_scalar(exists).fetch_one(&mut *conn).await?;
+        if tables == 0 {
+            return Ok(());
+        }
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM ecert_migrations")
+            .fetch_one(&mut *conn)
+            .await?;
+        if let Some(last) = last {
+            migrator.skip(&mut *conn, Some(last)).await?;
+        }
         Ok(())
     }
 
@@ -310,38 +391,22 @@ impl Store {
 
     /// Reads the whole audit log and the head, for verification.
     pub async fn audit_records(&self) -> Result<(Vec<Record>, i64, Vec<u8>)> {
-        let rows = sqlx::query(
+        let records = sqlx::query_as::<_, Record>(
             "SELECT seq, at, kind, actor, subject, detail, prev_hash, hash FROM audit_log ORDER BY seq",
         )
         .fetch_all(&self.pool)
         .await?;
-        let records = rows
-            .iter()
-            .map(|r| {
-                Ok(Record {
-                    seq: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    actor: r.try_get(3)?,
-                    subject: r.try_get(4)?,
-                    detail: r.try_get(5)?,
-                    prev_hash: r.try_get(6)?,
-                    hash: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((records, head.try_get(0)?, head.try_get(1)?))
+        let (seq, hash) = self.audit_head().await?;
+        Ok((records, seq, hash))
     }
 
     /// The audit head: last sequence number and hash.
     pub async fn audit_head(&self) -> Result<(i64, Vec<u8>)> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        let head =
+            sqlx::query_as::<_, AuditHeadRow>("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((head.seq, head.hash))
     }
 
     /// Stores a signed checkpoint (idempotent per sequence number).
@@ -358,51 +423,38 @@ impl Store {
 
     /// The sequence number the newest checkpoint covers (0 if none).
     pub async fn checkpoints_last_seq(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Every checkpoint, in sequence order.
     pub async fn checkpoints(&self) -> Result<Vec<audit::Checkpoint>> {
-        let rows =
-            sqlx::query("SELECT seq, at, hash, signature FROM audit_checkpoints ORDER BY seq")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(audit::Checkpoint {
-                    seq: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    hash: r.try_get(2)?,
-                    signature: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(sqlx::query_as::<_, audit::Checkpoint>(
+            "SELECT seq, at, hash, signature FROM audit_checkpoints ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Reads a meta value.
     pub async fn meta(&self, key: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get(0)?),
-            None => None,
-        })
+            .await?)
     }
 
     /// Sets a meta value once; returns the value in force (an existing one wins).
     pub async fn meta_init(&self, tx: &mut Tx, key: &str, value: &str) -> Result<String> {
-        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+        let existing: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
             .bind(key)
             .fetch_optional(&mut **tx)
             .await?;
-        if let Some(r) = row {
-            return Ok(r.try_get(0)?);
+        if let Some(existing) = existing {
+            return Ok(existing);
         }
         sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2)")
             .bind(key)
@@ -414,41 +466,41 @@ impl Store {
 
     /// The stored certificate of a CA, with its key label.
     pub async fn ca(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
-        let row = sqlx::query("SELECT key_label, cert_der FROM cas WHERE name = $1")
+        let row = sqlx::query_as::<_, CaRow>("SELECT key_label, cert_der FROM cas WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-            None => None,
-        })
+        Ok(row.map(|r| (r.key_label, r.cert_der)))
     }
 
     /// The revocation of CA `name`, if it is revoked: (revoked at, RFC 5280 reason code).
     pub async fn ca_revocation(&self, name: &str) -> Result<Option<(i64, i64)>> {
-        let row = sqlx::query(
+        let row = sqlx::query_as::<_, CaRevocationRow>(
             "SELECT revoked_at, revocation_reason FROM cas WHERE name = $1 AND revoked_at IS NOT NULL",
         )
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-            None => None,
-        })
+        Ok(row.map(|r| (r.revoked_at, r.revocation_reason)))
     }
 
     /// Every revoked CA: (certificate DER, revoked at, reason code).
     pub async fn revoked_cas(&self) -> Result<Vec<(Vec<u8>, i64, i64)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, RevokedCaRow>(
             "SELECT cert_der, revoked_at, revocation_reason FROM cas WHERE revoked_at IS NOT NULL ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.cert_der,
+                    r.revocation.revoked_at,
+                    r.revocation.revocation_reason,
+                )
+            })
+            .collect())
     }
 
     /// Marks CA `name` revoked inside `tx`; false if it already was.
@@ -691,53 +743,46 @@ impl Store {
 
     /// Serials in a state.
     pub async fn serials_in(&self, state: CertState) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT serial FROM certificates WHERE state = $1 ORDER BY serial")
-            .bind(state.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+        Ok(
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE state = $1 ORDER BY serial")
+                .bind(state.as_str())
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Every serial with its state and profile, oldest first.
     pub async fn list_certificates(&self) -> Result<Vec<(String, CertState, String)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, CertListRow>(
             "SELECT serial, state, profile FROM certificates ORDER BY reserved_at, serial",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.try_get(1)?;
-                Ok((r.try_get(0)?, CertState::parse(&state)?, r.try_get(2)?))
-            })
+        rows.into_iter()
+            .map(|r| Ok((r.serial, CertState::parse(&r.state)?, r.profile)))
             .collect()
     }
 
     /// Counts rows per state.
     pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>> {
-        let rows =
-            sqlx::query("SELECT state, COUNT(*) FROM certificates GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()?)
+        let rows = sqlx::query_as::<_, StateCountRow>(
+            "SELECT state, COUNT(*) AS n FROM certificates GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
     }
 
     /// Reads one certificate row.
     pub async fn certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
-        let row = sqlx::query(
+        let row = sqlx::query_as::<_, CertRow>(
             "SELECT serial, issuer, state, profile, profile_version, key_fp, request, renews, renewed_by, linting_tbs, cert_der, not_after, failure, \
              revocation_reason, revoked_at FROM certificates WHERE serial = $1",
         )
         .bind(serial)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| cert_record(&r)).transpose()
+        row.map(CertRecord::try_from).transpose()
     }
 }
 
@@ -752,28 +797,11 @@ impl Store {
             Engine::Sqlite => "SELECT issuer, state, revocation_reason, revoked_at, key_fp FROM certificates WHERE serial = $1",
             Engine::Postgres => "SELECT issuer, state, revocation_reason, revoked_at, key_fp FROM certificates WHERE serial = $1 FOR UPDATE",
         };
-        let Some(r) = sqlx::query(sql)
+        let row = sqlx::query_as::<_, StatusRow>(sql)
             .bind(serial)
             .fetch_optional(&mut **tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let state: String = r.try_get(1)?;
-        let reason: Option<i64> = r.try_get(2)?;
-        Ok(Some(crate::revocation::Status {
-            issuer: r.try_get(0)?,
-            state: CertState::parse(&state)?,
-            reason: match reason {
-                None => None,
-                Some(code) => Some(
-                    crate::revocation::Reason::from_code(code)
-                        .ok_or_else(|| Error::Store(format!("unknown reason code {code}")))?,
-                ),
-            },
-            revoked_at: r.try_get(3)?,
-            key_fp: r.try_get(4)?,
-        }))
+            .await?;
+        row.map(crate::revocation::Status::try_from).transpose()
     }
 
     /// Compare-and-set of the revocation columns: succeeds only if the reason is still
@@ -849,14 +877,12 @@ impl Store {
 
     /// How many times `issuer`'s revocation status has changed (0: never).
     pub async fn status_version(&self, issuer: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT version FROM status_changes WHERE issuer = $1")
-            .bind(issuer)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => r.try_get(0)?,
-            None => 0,
-        })
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM status_changes WHERE issuer = $1")
+                .bind(issuer)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(version.unwrap_or(0))
     }
 
     /// PostgreSQL: locks a serial's row and every row sharing its key, in serial order, before a
@@ -877,14 +903,10 @@ impl Store {
 
     /// Issued (or abandoned) serials carrying a key, inside `tx`.
     pub async fn serials_with_key_in(&self, tx: &mut Tx, key_fp: &[u8]) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT serial FROM certificates WHERE key_fp = $1 AND state IN ('issued', 'abandoned') ORDER BY serial")
+        Ok(sqlx::query_scalar("SELECT serial FROM certificates WHERE key_fp = $1 AND state IN ('issued', 'abandoned') ORDER BY serial")
             .bind(key_fp.to_vec())
             .fetch_all(&mut **tx)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+            .await?)
     }
 
     /// Unrevoked issued serials matching a mass-revocation query: a profile and/or a window on
@@ -895,7 +917,7 @@ impl Store {
         from: Option<i64>,
         to: Option<i64>,
     ) -> Result<Vec<String>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_scalar(
             "SELECT serial FROM certificates WHERE state = 'issued' AND (revocation_reason IS NULL OR revocation_reason = 6) \
              AND ($1 = '' OR profile = $1) AND not_before >= $2 AND not_before <= $3 ORDER BY not_before, serial",
         )
@@ -903,11 +925,7 @@ impl Store {
         .bind(from.unwrap_or(i64::MIN))
         .bind(to.unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?)
+        .await?)
     }
 }
 
@@ -925,11 +943,10 @@ impl Store {
             .bind(issuer)
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT last FROM crl_numbers WHERE issuer = $1")
+        let n: i64 = sqlx::query_scalar("SELECT last FROM crl_numbers WHERE issuer = $1")
             .bind(issuer)
             .fetch_one(&mut *tx)
             .await?;
-        let n: i64 = row.try_get(0)?;
         tx.commit().await?;
         Ok(n)
     }
@@ -939,8 +956,8 @@ impl Store {
     /// [`crate::crl::KEEP_AFTER_EXPIRY`] after the certificate expires (BR §4.10.1: never
     /// removed before it expires). Served by the partial index `certificates_crl`.
     pub async fn crl_entries(&self, issuer: &str, now: i64) -> Result<Vec<EntryRow>> {
-        let rows = sqlx::query(
-            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at), not_after, crl_partition \
+        let rows = sqlx::query_as::<_, CrlEntryRow>(
+            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) AS revoked_at, not_after, crl_partition \
              FROM certificates WHERE issuer = $1 AND (revocation_reason IS NOT NULL OR state = 'abandoned') \
              AND not_after >= $2",
         )
@@ -948,22 +965,20 @@ impl Store {
         .bind(now - crate::crl::KEEP_AFTER_EXPIRY)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(entry_row).collect()
+        rows.into_iter().map(EntryRow::try_from).collect()
     }
 
     /// Serials of `issuer` whose CRL entry changed and that the publisher has not taken in
     /// yet, with the queue version read (at most `limit`).
     pub async fn crl_pending(&self, issuer: &str, limit: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, CrlPendingRow>(
             "SELECT serial, version FROM crl_pending WHERE issuer = $1 ORDER BY serial LIMIT $2",
         )
         .bind(issuer)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        Ok(rows.into_iter().map(|r| (r.serial, r.version)).collect())
     }
 
     /// The CRL entries of `serials` now: `Some` for a serial that belongs on its CA's CRLs,
@@ -975,24 +990,28 @@ impl Store {
                 .map(|i| format!("${i}"))
                 .collect::<Vec<_>>()
                 .join(",");
+            // `listed` is computed as an integer: a boolean expression is a bool on PostgreSQL
+            // but an integer on SQLite.
             let sql = format!(
-                "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at), not_after, crl_partition, \
-                 (revocation_reason IS NOT NULL OR state = 'abandoned') AND not_after IS NOT NULL \
+                "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) AS revoked_at, not_after, crl_partition, \
+                 CAST(CASE WHEN (revocation_reason IS NOT NULL OR state = 'abandoned') AND not_after IS NOT NULL \
+                 THEN 1 ELSE 0 END AS BIGINT) AS listed \
                  FROM certificates WHERE serial IN ({placeholders})"
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query_as::<_, CrlListedRow>(sqlx::AssertSqlSafe(sql));
             for s in chunk {
                 q = q.bind(s);
             }
             let rows = q.fetch_all(&self.pool).await?;
             let mut found = std::collections::HashMap::new();
-            for r in &rows {
-                let listed: bool = match r.try_get::<bool, _>(5) {
-                    Ok(b) => b,
-                    Err(_) => r.try_get::<i64, _>(5)? != 0,
+            for r in rows {
+                let serial = r.entry.serial.clone();
+                let entry = if r.listed != 0 {
+                    Some(EntryRow::try_from(r.entry)?)
+                } else {
+                    None
                 };
-                let serial: String = r.try_get(0)?;
-                found.insert(serial, if listed { Some(entry_row(r)?) } else { None });
+                found.insert(serial, entry);
             }
             for s in chunk {
                 out.push((s.clone(), found.remove(s).flatten()));
@@ -1032,13 +1051,13 @@ impl Store {
         event: &Event,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
-        let previous: Option<i64> =
-            sqlx::query("SELECT MAX(number) FROM crls WHERE issuer = $1 AND partition_no = $2")
-                .bind(issuer)
-                .bind(scope.code())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+        let previous: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(number) FROM crls WHERE issuer = $1 AND partition_no = $2",
+        )
+        .bind(issuer)
+        .bind(scope.code())
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO crls (issuer, partition_no, number, this_update, next_update, entries, status_version, der) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(issuer)
             .bind(scope.code())
@@ -1082,48 +1101,32 @@ impl Store {
 
     /// The newest CRL of one scope of `issuer`: (number, DER).
     pub async fn latest_crl(&self, issuer: &str, scope: Scope) -> Result<Option<(i64, Vec<u8>)>> {
-        let row = sqlx::query(
+        let row = sqlx::query_as::<_, CrlDerRow>(
             "SELECT number, der FROM crls WHERE issuer = $1 AND partition_no = $2 ORDER BY number DESC LIMIT 1",
         )
         .bind(issuer)
         .bind(scope.code())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-            None => None,
-        })
+        Ok(row.map(|r| (r.number, r.der)))
     }
 
     /// The newest CRL of every scope of `issuer` published so far: (scope, number, thisUpdate,
     /// nextUpdate, status version it covers).
     pub async fn crl_heads(&self, issuer: &str) -> Result<Vec<CrlHead>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, CrlHeadRow>(
             "SELECT partition_no, number, this_update, next_update, status_version FROM crl_latest WHERE issuer = $1",
         )
         .bind(issuer)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let code: i64 = r.try_get(0)?;
-            let scope = Scope::from_code(code)
-                .ok_or_else(|| Error::Store(format!("bad CRL partition {code}")))?;
-            out.push(CrlHead {
-                scope,
-                number: r.try_get(1)?,
-                this_update: r.try_get(2)?,
-                next_update: r.try_get(3)?,
-                status_version: r.try_get(4)?,
-            });
-        }
-        Ok(out)
+        rows.into_iter().map(CrlHead::try_from).collect()
     }
 
     /// The status versions of `issuer`'s scopes: the full CRL's under the CA's name, a
     /// partition's under `<ca>/p<k>` (see [`Store::note_status_change`]).
     pub async fn status_versions(&self, issuer: &str) -> Result<HashMap<Scope, i64>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, StatusVersionRow>(
             "SELECT issuer, version FROM status_changes WHERE issuer = $1 OR issuer LIKE $2",
         )
         .bind(issuer)
@@ -1131,10 +1134,8 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut out = HashMap::new();
-        for r in &rows {
-            let key: String = r.try_get(0)?;
-            let version: i64 = r.try_get(1)?;
-            let scope = match key.strip_prefix(issuer) {
+        for row in rows {
+            let scope = match row.issuer.strip_prefix(issuer) {
                 Some("") => Scope::Full,
                 Some(rest) => match rest.strip_prefix("/p").and_then(|k| k.parse().ok()) {
                     Some(k) => Scope::Partition(k),
@@ -1142,23 +1143,87 @@ impl Store {
                 },
                 None => continue,
             };
-            out.insert(scope, version);
+            out.insert(scope, row.version);
         }
         Ok(out)
     }
 }
 
-fn entry_row(r: &AnyRow) -> Result<EntryRow> {
-    let serial: String = r.try_get(0)?;
-    let partition: Option<i64> = r.try_get(4)?;
-    Ok(EntryRow {
-        serial: SerialNumber::from_hex(&serial)
-            .ok_or_else(|| Error::Store(format!("bad serial {serial}")))?,
-        reason: r.try_get(1)?,
-        revoked_at: r.try_get(2)?,
-        not_after: r.try_get(3)?,
-        partition: partition.and_then(|k| u16::try_from(k).ok()),
-    })
+/// A CRL entry as read (`revoked_at` is `COALESCE(revoked_at, updated_at)`: an abandoned
+/// serial is dated when it was given up).
+#[derive(sqlx::FromRow)]
+struct CrlEntryRow {
+    serial: String,
+    revocation_reason: Option<i64>,
+    revoked_at: i64,
+    not_after: Option<i64>,
+    crl_partition: Option<i64>,
+}
+
+impl TryFrom<CrlEntryRow> for EntryRow {
+    type Error = Error;
+
+    fn try_from(r: CrlEntryRow) -> Result<EntryRow> {
+        Ok(EntryRow {
+            serial: SerialNumber::from_hex(&r.serial)
+                .ok_or_else(|| Error::Store(format!("bad serial {}", r.serial)))?,
+            reason: r.revocation_reason,
+            revoked_at: r.revoked_at,
+            not_after: r.not_after,
+            partition: r.crl_partition.and_then(|k| u16::try_from(k).ok()),
+        })
+    }
+}
+
+/// A serial's CRL entry and whether it belongs on the CRLs now (0 or 1).
+#[derive(sqlx::FromRow)]
+struct CrlListedRow {
+    #[sqlx(flatten)]
+    entry: CrlEntryRow,
+    listed: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct CrlPendingRow {
+    serial: String,
+    version: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct CrlDerRow {
+    number: i64,
+    der: Vec<u8>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CrlHeadRow {
+    partition_no: i64,
+    number: i64,
+    this_update: i64,
+    next_update: i64,
+    status_version: i64,
+}
+
+impl TryFrom<CrlHeadRow> for CrlHead {
+    type Error = Error;
+
+    fn try_from(r: CrlHeadRow) -> Result<CrlHead> {
+        let scope = Scope::from_code(r.partition_no)
+            .ok_or_else(|| Error::Store(format!("bad CRL partition {}", r.partition_no)))?;
+        Ok(CrlHead {
+            scope,
+            number: r.number,
+            this_update: r.this_update,
+            next_update: r.next_update,
+            status_version: r.status_version,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StatusVersionRow {
+    issuer: String,
+    version: i64,
 }
 
 /// The newest CRL of one scope.
@@ -1198,7 +1263,7 @@ pub struct OcspDue {
 pub type SignedOcsp = (OcspDue, i64, i64, Vec<u8>, Vec<u8>);
 
 /// A pre-signed OCSP response as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OcspRow {
     /// Hex serial.
     pub serial: String,
@@ -1216,8 +1281,21 @@ pub struct OcspRow {
     pub der_sha256: Vec<u8>,
 }
 
+/// The OCSP signer's backlog ([`Store::ocsp_backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OcspBacklog {
+    /// Serials waiting for a response (issued or abandoned ones: the others never get one).
+    pub pending: i64,
+    /// The oldest thisUpdate of a stored response, Unix seconds (`None`: no response yet).
+    pub oldest_this_update: Option<i64>,
+    /// Responses still kept fresh that are within the margin of their nextUpdate.
+    pub overdue: i64,
+    /// When the oldest change still waiting was queued, Unix seconds (`None`: none waits).
+    pub oldest_queued: Option<i64>,
+}
+
 /// A delegated OCSP responder as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ResponderRow {
     /// Hex serial of its certificate.
     pub serial: String,
@@ -1231,37 +1309,65 @@ pub struct ResponderRow {
     pub not_after: i64,
 }
 
-fn ocsp_due(r: &AnyRow) -> Result<OcspDue> {
-    let state: String = r.try_get(3)?;
-    let state = CertState::parse(&state)?;
-    let revoked_at: Option<i64> = r.try_get(5)?;
-    let updated_at: i64 = r.try_get(6)?;
-    Ok(OcspDue {
-        serial: r.try_get(0)?,
-        version: r.try_get(1)?,
-        issuer: r.try_get(2)?,
-        state,
-        reason: r.try_get(4)?,
-        revoked_at: match state {
-            CertState::Abandoned => Some(revoked_at.unwrap_or(updated_at)),
-            _ => revoked_at,
-        },
-    })
+/// A serial due for an OCSP response, as read.
+#[derive(sqlx::FromRow)]
+struct OcspDueRow {
+    serial: String,
+    version: Option<i64>,
+    issuer: String,
+    state: String,
+    revocation_reason: Option<i64>,
+    revoked_at: Option<i64>,
+    updated_at: i64,
+}
+
+impl TryFrom<OcspDueRow> for OcspDue {
+    type Error = Error;
+
+    fn try_from(r: OcspDueRow) -> Result<OcspDue> {
+        let state = CertState::parse(&r.state)?;
+        Ok(OcspDue {
+            serial: r.serial,
+            version: r.version,
+            issuer: r.issuer,
+            state,
+            reason: r.revocation_reason,
+            revoked_at: match state {
+                CertState::Abandoned => Some(r.revoked_at.unwrap_or(r.updated_at)),
+                _ => r.revoked_at,
+            },
+        })
+    }
+}
+
+/// The signer's queue: how many serials wait and since when.
+#[derive(sqlx::FromRow)]
+struct OcspQueueRow {
+    pending: i64,
+    oldest_queued: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ExpiredResponderRow {
+    serial: String,
+    issuer: String,
+    key_label: String,
 }
 
 impl Store {
     /// Serials queued for a new OCSP response, at most `limit`, with their current status.
     /// Serials that are not (yet) `issued` or `abandoned` are skipped: they never get one.
     pub async fn ocsp_pending(&self, limit: i64) -> Result<Vec<OcspDue>> {
-        let rows = sqlx::query(
-            "SELECT p.serial, p.version, c.issuer, c.state, c.revocation_reason, c.revoked_at, c.updated_at \
+        let rows = sqlx::query_as::<_, OcspDueRow>(
+            "SELECT p.serial AS serial, p.version AS version, c.issuer AS issuer, c.state AS state, \
+             c.revocation_reason AS revocation_reason, c.revoked_at AS revoked_at, c.updated_at AS updated_at \
              FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
              WHERE c.state IN ('issued', 'abandoned') ORDER BY p.serial LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(ocsp_due).collect()
+        rows.into_iter().map(OcspDue::try_from).collect()
     }
 
     /// Responses made at or before `made_before` (Unix seconds) for certificates that expired
@@ -1272,8 +1378,9 @@ impl Store {
         expired_after: i64,
         limit: i64,
     ) -> Result<Vec<OcspDue>> {
-        let rows = sqlx::query(
-            "SELECT c.serial, CAST(NULL AS BIGINT), c.issuer, c.state, c.revocation_reason, c.revoked_at, c.updated_at \
+        let rows = sqlx::query_as::<_, OcspDueRow>(
+            "SELECT c.serial AS serial, CAST(NULL AS BIGINT) AS version, c.issuer AS issuer, c.state AS state, \
+             c.revocation_reason AS revocation_reason, c.revoked_at AS revoked_at, c.updated_at AS updated_at \
              FROM ocsp_responses o JOIN certificates c ON c.serial = o.serial \
              WHERE o.this_update <= $1 AND COALESCE(c.not_after, 0) >= $2 ORDER BY o.this_update LIMIT $3",
         )
@@ -1282,7 +1389,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(ocsp_due).collect()
+        rows.into_iter().map(OcspDue::try_from).collect()
     }
 
     /// Stores signed responses (replacing older ones), takes their serials off the queue if no
@@ -1297,10 +1404,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM ocsp_responses")
+        let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM ocsp_responses")
             .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
+            .await?;
         for (due, this_update, next_update, sha1, sha256) in rows {
             seq += 1;
             sqlx::query(
@@ -1332,28 +1438,14 @@ impl Store {
 
     /// Responses written after `seq`, in write order, at most `limit`.
     pub async fn ocsp_since(&self, seq: i64, limit: i64) -> Result<Vec<OcspRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, OcspRow>(
             "SELECT serial, issuer, this_update, next_update, seq, der_sha1, der_sha256 FROM ocsp_responses \
              WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(seq)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OcspRow {
-                    serial: r.try_get(0)?,
-                    issuer: r.try_get(1)?,
-                    this_update: r.try_get(2)?,
-                    next_update: r.try_get(3)?,
-                    seq: r.try_get(4)?,
-                    der_sha1: r.try_get(5)?,
-                    der_sha256: r.try_get(6)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        .await?)
     }
 
     /// The signer's backlog at `now`: serials waiting for a response, the oldest thisUpdate of
@@ -1365,69 +1457,63 @@ impl Store {
         now: i64,
         margin: i64,
         keep_after_expiry: i64,
-    ) -> Result<(i64, Option<i64>, i64, Option<i64>)> {
-        let r = sqlx::query(
-            "SELECT COUNT(*), MIN(p.queued_at) FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
+    ) -> Result<OcspBacklog> {
+        let queue = sqlx::query_as::<_, OcspQueueRow>(
+            "SELECT COUNT(*) AS pending, MIN(p.queued_at) AS oldest_queued \
+             FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
              WHERE c.state IN ('issued', 'abandoned')",
         )
         .fetch_one(&self.pool)
         .await?;
-        let pending: i64 = r.try_get(0)?;
-        let oldest_queued: Option<i64> = r.try_get(1)?;
-        let oldest: Option<i64> = sqlx::query("SELECT MIN(this_update) FROM ocsp_responses")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        let overdue: i64 = sqlx::query(
+        let oldest_this_update: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(this_update) FROM ocsp_responses")
+                .fetch_one(&self.pool)
+                .await?;
+        let overdue: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM ocsp_responses o JOIN certificates c ON c.serial = o.serial \
              WHERE o.next_update <= $1 AND COALESCE(c.not_after, 0) >= $2",
         )
         .bind(now + margin)
         .bind(now - keep_after_expiry)
         .fetch_one(&self.pool)
-        .await?
-        .try_get(0)?;
-        Ok((pending, oldest, overdue, oldest_queued))
+        .await?;
+        Ok(OcspBacklog {
+            pending: queue.pending,
+            oldest_this_update,
+            overdue,
+            oldest_queued: queue.oldest_queued,
+        })
     }
 
     /// The responder of each CA that lives longest (the newest).
     pub async fn responders(&self) -> Result<Vec<ResponderRow>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, ResponderRow>(
             "SELECT serial, issuer, key_label, cert_der, not_after FROM ocsp_responders \
              ORDER BY issuer, not_after DESC, serial",
         )
         .fetch_all(&self.pool)
         .await?;
         let mut seen = std::collections::HashSet::new();
-        rows.iter()
-            .filter(|r| seen.insert(r.try_get::<String, _>(1).unwrap_or_default()))
-            .map(|r| {
-                Ok(ResponderRow {
-                    serial: r.try_get(0)?,
-                    issuer: r.try_get(1)?,
-                    key_label: r.try_get(2)?,
-                    cert_der: r.try_get(3)?,
-                    not_after: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows
+            .into_iter()
+            .filter(|r| seen.insert(r.issuer.clone()))
+            .collect())
     }
 
     /// Responders whose certificate expired before `before` and whose key is still in the
     /// HSM: (serial, issuer, key label).
     pub async fn expired_responders(&self, before: i64) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, ExpiredResponderRow>(
             "SELECT serial, issuer, key_label FROM ocsp_responders \
              WHERE not_after < $1 AND key_destroyed_at IS NULL ORDER BY not_after",
         )
         .bind(before)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.serial, r.issuer, r.key_label))
+            .collect())
     }
 
     /// Records inside `tx` that a responder's key was destroyed.
@@ -1541,8 +1627,10 @@ impl Store {
             Engine::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
             Engine::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
         };
-        let row = sqlx::query(lock).fetch_one(&mut **tx).await?;
-        let (mut seq, mut prev): (i64, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?);
+        let head = sqlx::query_as::<_, AuditHeadRow>(lock)
+            .fetch_one(&mut **tx)
+            .await?;
+        let (mut seq, mut prev) = (head.seq, head.hash);
         let at = now();
         // 8 parameters a row; stay far below both engines' parameter limits.
         for chunk in events.chunks(256) {
@@ -1664,25 +1752,116 @@ struct Transition {
     failure: Option<String>,
 }
 
-fn cert_record(r: &AnyRow) -> Result<CertRecord> {
-    let state: String = r.try_get(2)?;
-    Ok(CertRecord {
-        serial: r.try_get(0)?,
-        issuer: r.try_get(1)?,
-        state: CertState::parse(&state)?,
-        profile: r.try_get(3)?,
-        profile_version: r.try_get(4)?,
-        key_fp: r.try_get(5)?,
-        request: r.try_get(6)?,
-        renews: r.try_get(7)?,
-        renewed_by: r.try_get(8)?,
-        linting_tbs: r.try_get(9)?,
-        cert_der: r.try_get(10)?,
-        not_after: r.try_get(11)?,
-        failure: r.try_get(12)?,
-        revocation_reason: r.try_get(13)?,
-        revoked_at: r.try_get(14)?,
-    })
+/// A certificate row as read: [`CertRecord`] with the state still text.
+#[derive(sqlx::FromRow)]
+struct CertRow {
+    serial: String,
+    issuer: String,
+    state: String,
+    profile: String,
+    profile_version: i64,
+    key_fp: Vec<u8>,
+    request: String,
+    renews: Option<String>,
+    renewed_by: Option<String>,
+    linting_tbs: Option<Vec<u8>>,
+    cert_der: Option<Vec<u8>>,
+    not_after: Option<i64>,
+    failure: Option<String>,
+    revocation_reason: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<CertRow> for CertRecord {
+    type Error = Error;
+
+    fn try_from(r: CertRow) -> Result<CertRecord> {
+        Ok(CertRecord {
+            serial: r.serial,
+            issuer: r.issuer,
+            state: CertState::parse(&r.state)?,
+            profile: r.profile,
+            profile_version: r.profile_version,
+            key_fp: r.key_fp,
+            request: r.request,
+            renews: r.renews,
+            renewed_by: r.renewed_by,
+            linting_tbs: r.linting_tbs,
+            cert_der: r.cert_der,
+            not_after: r.not_after,
+            failure: r.failure,
+            revocation_reason: r.revocation_reason,
+            revoked_at: r.revoked_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CertListRow {
+    serial: String,
+    state: String,
+    profile: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct StateCountRow {
+    state: String,
+    n: i64,
+}
+
+/// The revocation columns of a serial, read to check and change them.
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    issuer: String,
+    state: String,
+    revocation_reason: Option<i64>,
+    revoked_at: Option<i64>,
+    key_fp: Vec<u8>,
+}
+
+impl TryFrom<StatusRow> for crate::revocation::Status {
+    type Error = Error;
+
+    fn try_from(r: StatusRow) -> Result<Self> {
+        Ok(crate::revocation::Status {
+            issuer: r.issuer,
+            state: CertState::parse(&r.state)?,
+            reason: match r.revocation_reason {
+                None => None,
+                Some(code) => Some(
+                    crate::revocation::Reason::from_code(code)
+                        .ok_or_else(|| Error::Store(format!("unknown reason code {code}")))?,
+                ),
+            },
+            revoked_at: r.revoked_at,
+            key_fp: r.key_fp,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditHeadRow {
+    seq: i64,
+    hash: Vec<u8>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CaRow {
+    key_label: String,
+    cert_der: Vec<u8>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CaRevocationRow {
+    revoked_at: i64,
+    revocation_reason: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct RevokedCaRow {
+    cert_der: Vec<u8>,
+    #[sqlx(flatten)]
+    revocation: CaRevocationRow,
 }
 
 /// Keeps passwords in a database URL out of error messages.
@@ -1693,5 +1872,103 @@ pub(crate) fn redact_url(msg: &str, url: &str) -> String {
     {
         Some((userinfo, _)) if userinfo.contains(':') => msg.replace(userinfo, "***"),
         _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_url(dir: &tempfile::TempDir) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("ecert.db").display()
+        )
+    }
+
+    async fn applied(store: &Store) -> Vec<i64> {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+    }
+
+    fn all_versions() -> Vec<i64> {
+        SQLITE_MIGRATIONS.iter().map(|m| m.0).collect()
+    }
+
+    /// A database made by a build that listed its migrations in `ecert_migrations` (all but the
+    /// last applied) opens: the versions it lists are adopted, not run again (version 1 would
+    /// fail on its existing tables), its data stays, and only the missing version runs.
+    #[tokio::test]
+    async fn versions_of_the_legacy_table_are_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&dir);
+        sqlx::any::install_default_drivers();
+        let pool = AnyPool::connect(&url).await.unwrap();
+        let (old, new) = SQLITE_MIGRATIONS.split_at(SQLITE_MIGRATIONS.len() - 1);
+        sqlx::raw_sql(
+            "CREATE TABLE ecert_migrations (version BIGINT PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for &(version, _, sql) in old {
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            sqlx::query("INSERT INTO ecert_migrations (version, applied_at) VALUES ($1, 0)")
+                .bind(version)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('probe', 'kept')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(applied(&store).await, all_versions());
+        assert_eq!(store.meta("probe").await.unwrap().as_deref(), Some("kept"));
+        // The last file ran (it adds this column).
+        sqlx::query("SELECT revoked_at FROM cas")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(new.len(), 1);
+        drop(store);
+
+        // Opening again changes nothing.
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(applied(&store).await, all_versions());
+    }
+
+    /// An applied migration whose file changed afterwards (forward-only: a change is a new
+    /// file) stops the store from opening, naming the version.
+    #[tokio::test]
+    async fn an_edited_applied_migration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&dir);
+        let store = Store::open(&url).await.unwrap();
+        sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = 3")
+            .bind(vec![0u8; 48])
+            .execute(store.pool())
+            .await
+            .unwrap();
+        drop(store);
+        let err = Store::open(&url).await.unwrap_err().to_string();
+        assert!(err.contains('3'), "{err}");
+    }
+
+    /// Two processes opening a fresh data directory at once: one applies the migrations, the
+    /// other waits for its write lock and then finds them applied (sqlx's SQLite migrator alone
+    /// takes no lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_of_a_fresh_database_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&dir);
+        let (a, b) = tokio::join!(Store::open(&url), Store::open(&url));
+        let (a, _b) = (a.unwrap(), b.unwrap());
+        assert_eq!(applied(&a).await, all_versions());
     }
 }

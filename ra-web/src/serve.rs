@@ -33,6 +33,7 @@ use ca_core::config::Config;
 use ca_core::crl::Scope;
 use ca_core::ocsp::{self, Cache, Refusal};
 use ca_core::profile::CaRole;
+use ca_core::publication::Repository;
 use ca_core::store::Store;
 
 /// Options of `ecert serve`.
@@ -89,7 +90,8 @@ struct Counters {
 struct AppState {
     /// The signer, in the signing role.
     auth: Option<Arc<Authority>>,
-    store: Store,
+    /// What is published, read from the store.
+    repo: Repository,
     config: Config,
     /// CA certificates (DER).
     cas: HashMap<CaRole, Bytes>,
@@ -117,17 +119,17 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
         _ => None,
     };
-    let (auth, store) = if a.no_signer {
+    let (auth, repo) = if a.no_signer {
         let store = Store::open(&config.database_url()).await?;
-        (None, store)
+        (None, Repository::new(store))
     } else {
         let (auth, _) = Authority::init(config.clone()).await?;
-        let store = auth.store().clone();
-        (Some(Arc::new(auth)), store)
+        let repo = Repository::from(&auth);
+        (Some(Arc::new(auth)), repo)
     };
     let mut cas = HashMap::new();
     for role in CaRole::ALL {
-        let (_, der) = store.ca(role.name()).await?.with_context(|| {
+        let der = repo.ca_certificate(role).await?.with_context(|| {
             format!(
                 "the {} CA does not exist: run `ecert init` (or a signing `ecert serve`) first",
                 role.name()
@@ -141,7 +143,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .collect();
     let state: Shared = Arc::new(AppState {
         auth,
-        store,
+        repo,
         config,
         cas,
         ocsp: Cache::new(&issuing)?,
@@ -156,7 +158,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         auth.ensure_responders()
             .await
             .context("making the OCSP responders")?;
-        sign_ocsp_due(auth, &state.config).await;
+        sign_ocsp_due(auth).await;
         background.push(tokio::spawn(crl_duties(
             state.clone(),
             a.crl_interval_seconds,
@@ -398,7 +400,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     let mut ok = true;
     let mut crls = serde_json::Map::new();
     // The pool waits up to 30 s for a connection; health answers sooner.
-    let db = match tokio::time::timeout(DB_PROBE, s.store.count_by_state()).await {
+    let db = match tokio::time::timeout(DB_PROBE, s.repo.certificate_counts()).await {
         Ok(Ok(_)) => "ok".to_string(),
         Ok(Err(e)) => {
             ok = false;
@@ -469,16 +471,15 @@ async fn healthz(State(s): State<Shared>) -> Response {
     let sync_age = now - s.ocsp.synced_at();
     // Responses still refreshed (certificate not expired for over a week) that are within 8
     // hours of nextUpdate mean the signer stalled (TLS BR §4.9.10).
-    let backlog =
-        tokio::time::timeout(DB_PROBE, s.store.ocsp_backlog(now, 8 * 3600, 7 * 86_400)).await;
+    let backlog = tokio::time::timeout(DB_PROBE, s.repo.ocsp_backlog(now, 8 * 3600)).await;
     // A status change waiting more than a minute for its response means the signer is stuck
     // (changes are meant to be answered within a second).
     let (queue, overdue, waiting) = match backlog {
-        Ok(Ok((pending, oldest, overdue, queued))) => {
-            let waiting = queued.map_or(0, |q| now - q);
+        Ok(Ok(b)) => {
+            let waiting = b.oldest_queued.map_or(0, |q| now - q);
             (
-                serde_json::json!({ "pending": pending, "oldest_this_update_age_seconds": oldest.map(|t| now - t), "oldest_change_waiting_seconds": waiting }),
-                overdue,
+                serde_json::json!({ "pending": b.pending, "oldest_this_update_age_seconds": b.oldest_this_update.map(|t| now - t), "oldest_change_waiting_seconds": waiting }),
+                b.overdue,
                 waiting,
             )
         }
@@ -520,15 +521,18 @@ async fn metrics(State(s): State<Shared>) -> Response {
     out.push_str(
         "# HELP ecert_certificates Serials by lifecycle state.\n# TYPE ecert_certificates gauge\n",
     );
-    if let Ok(Ok(counts)) = tokio::time::timeout(DB_PROBE, s.store.count_by_state()).await {
-        for (state, n) in counts {
-            out.push_str(&format!("ecert_certificates{{state=\"{state}\"}} {n}\n"));
+    if let Ok(Ok(counts)) = tokio::time::timeout(DB_PROBE, s.repo.certificate_counts()).await {
+        for c in counts {
+            out.push_str(&format!(
+                "ecert_certificates{{state=\"{}\"}} {}\n",
+                c.state, c.count
+            ));
         }
     }
     // Each metric family is one group (Prometheus text format 0.0.4).
     let mut crls = Vec::new();
     for role in CaRole::ALL {
-        if let Ok(heads) = s.store.crl_heads(role.name()).await {
+        if let Ok(heads) = s.repo.crl_heads(role).await {
             for h in heads {
                 let crl = match h.scope {
                     Scope::Full => "full".to_string(),
@@ -577,17 +581,17 @@ async fn metrics(State(s): State<Shared>) -> Response {
 
 /// Reads new OCSP responses and any newer CRL into memory.
 async fn sync(s: &AppState) -> ca_core::error::Result<()> {
-    s.ocsp.sync(&s.store).await?;
+    s.repo.sync_ocsp(&s.ocsp).await?;
     for role in CaRole::ALL {
-        for head in s.store.crl_heads(role.name()).await? {
+        for head in s.repo.crl_heads(role).await? {
             let key = (role, head.scope);
             let have = s.crls.read().ok().and_then(|m| m.get(&key).map(|c| c.0));
             if have == Some(head.number) {
                 continue;
             }
-            if let Some((number, der)) = s.store.latest_crl(role.name(), head.scope).await? {
+            if let Some(crl) = s.repo.latest_crl(role, head.scope).await? {
                 if let Ok(mut m) = s.crls.write() {
-                    m.insert(key, (number, head.next_update, Bytes::from(der)));
+                    m.insert(key, (crl.number, head.next_update, Bytes::from(crl.der)));
                 }
             }
         }
@@ -633,38 +637,16 @@ fn backoff(failures: u32) -> Duration {
         .min(SYNC_BACKOFF_MAX)
 }
 
-/// Signs what is due: queued changes first, then responses due for a refresh. Returns true
-/// when a full batch was done (more may be waiting).
-async fn sign_ocsp_due(auth: &Authority, config: &Config) -> bool {
-    let store = auth.store();
-    let now = now();
-    let mut due = match store.ocsp_pending(OCSP_BATCH).await {
+/// Signs what is due ([`Authority::ocsp_due`]: queued changes first, then responses due for a
+/// refresh). Returns true when a full batch was done (more may be waiting).
+async fn sign_ocsp_due(auth: &Authority) -> bool {
+    let due = match auth.ocsp_due(OCSP_BATCH).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %e, "OCSP: reading the queue");
+            tracing::error!(error = %e, "OCSP: reading what is due");
             return false;
         }
     };
-    // Refreshes ride along with every batch (an eighth of it while changes keep coming), so a
-    // steady stream of changes cannot starve them past nextUpdate.
-    let room = if due.len() as i64 >= OCSP_BATCH {
-        OCSP_BATCH / 8
-    } else {
-        OCSP_BATCH - due.len() as i64
-    };
-    let refresh = i64::from(config.ocsp.refresh_hours) * 3600;
-    // Responses stop being refreshed a week after the certificate expired.
-    match store
-        .ocsp_stale(now - refresh, now - 7 * 86_400, room)
-        .await
-    {
-        Ok(stale) => {
-            let queued: std::collections::HashSet<String> =
-                due.iter().map(|d| d.serial.clone()).collect();
-            due.extend(stale.into_iter().filter(|d| !queued.contains(&d.serial)));
-        }
-        Err(e) => tracing::error!(error = %e, "OCSP: reading stale responses"),
-    }
     if due.is_empty() {
         return false;
     }
@@ -686,15 +668,7 @@ async fn sign_ocsp_due(auth: &Authority, config: &Config) -> bool {
 pub async fn sign_all_due(auth: &Authority) -> ca_core::error::Result<usize> {
     let mut total = 0;
     loop {
-        let mut due = auth.store().ocsp_pending(OCSP_BATCH).await?;
-        if due.is_empty() {
-            let refresh = i64::from(auth.config().ocsp.refresh_hours) * 3600;
-            let now = now();
-            due = auth
-                .store()
-                .ocsp_stale(now - refresh, now - 7 * 86_400, OCSP_BATCH)
-                .await?;
-        }
+        let due = auth.ocsp_due(OCSP_BATCH).await?;
         if due.is_empty() {
             return Ok(total);
         }
@@ -710,41 +684,19 @@ pub async fn sign_all_due(auth: &Authority) -> ca_core::error::Result<usize> {
 async fn ocsp_signer(s: Shared) {
     let Some(auth) = &s.auth else { return };
     loop {
-        if !sign_ocsp_due(auth, &s.config).await {
+        if !sign_ocsp_due(auth).await {
             tokio::time::sleep(OCSP_SIGN_EVERY).await;
         }
     }
 }
 
-/// Publishes each CRL (full or partition) that has never been published, whose newest is
-/// older than `interval`, whose status changed since it was made, or whose nextUpdate is less
-/// than a day away. A revocation so republishes the CA's full CRL and the one partition that
-/// holds the serial, not the others. The root's CRL is made once (it changes only by ceremony).
+/// Publishes each CRL (full or partition) that is due ([`Authority::crls_due`]: never
+/// published, older than `interval`, its status changed since, or its nextUpdate less than a day
+/// away; the root's only when missing or near its nextUpdate).
 pub async fn publish_due(auth: &Authority, interval: i64) {
     let now = now();
     for role in CaRole::ALL {
-        let store = auth.store();
-        let due = async {
-            let heads = store.crl_heads(role.name()).await?;
-            let versions = store.status_versions(role.name()).await?;
-            // One read of the heads serves both the scopes and their freshness.
-            let scopes = auth.crl_scopes_from(role, &heads);
-            Ok::<_, ca_core::error::Error>(
-                scopes
-                    .into_iter()
-                    .filter(|scope| match heads.iter().find(|h| h.scope == *scope) {
-                        None => true,
-                        Some(h) => {
-                            let version = versions.get(scope).copied().unwrap_or(0);
-                            (role != CaRole::Root
-                                && (now - h.this_update >= interval || version > h.status_version))
-                                || h.next_update - now < 86_400
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let due = match due.await {
+        let due = match auth.crls_due(role, now, interval).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "CRL schedule: database");

@@ -17,6 +17,7 @@ use crate::keys::SubscriberKey;
 use crate::lint::{self, Expect, LintInput};
 use crate::ocsp::{self, HashAlg, IssuerKey, ResponseSpec, Status};
 use crate::profile::CaRole;
+use crate::publication::{self, OCSP_FRESH_AFTER_EXPIRY};
 use crate::serial::SerialNumber;
 use crate::store::{CertState, OcspDue, ResponderRow, WriteOp};
 
@@ -412,6 +413,31 @@ impl Authority {
         }
         let (tbs, alg) = split_signed(linting.der())?;
         Ok((tbs, alg, unix(p.not_before), unix(p.not_after)))
+    }
+
+    /// The serials due for an OCSP response now, for one signing batch
+    /// ([`crate::publication::ocsp_batch`]): up to `batch` queued changes, then, in the room
+    /// they leave, responses older than `ocsp.refresh_hours` (oldest first) whose certificate
+    /// expired less than [`OCSP_FRESH_AFTER_EXPIRY`] ago. If those cannot be read, the queued
+    /// changes are still returned (the error is logged), unless there are none.
+    pub async fn ocsp_due(&self, batch: i64) -> Result<Vec<OcspDue>> {
+        let now = unix(now_secs());
+        let queued = self.store.ocsp_pending(batch).await?;
+        let room = publication::refresh_room(queued.len(), batch);
+        let refresh = i64::from(self.config.ocsp.refresh_hours) * 3600;
+        let refreshes = match self
+            .store
+            .ocsp_stale(now - refresh, now - OCSP_FRESH_AFTER_EXPIRY, room)
+            .await
+        {
+            Ok(stale) => stale,
+            Err(e) if !queued.is_empty() => {
+                tracing::error!(error = %e, "OCSP: reading stale responses");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(publication::ocsp_batch(queued, refreshes, batch))
     }
 
     /// Signs and stores the responses of the serials queued for one (pending changes and

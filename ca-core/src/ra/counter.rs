@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use super::application::business_registration_number;
 use super::domains::{domain_status, DomainStatus};
 use super::mailbox;
-use super::record::{changed, staff_owned, valid_approvals};
+use super::record::{changed, in_outlet, staff_owned, valid_approvals};
 use super::rules::{status_of, ApprovalPolicy, Status};
 use super::session::StaffSession;
 use super::support::{check_len, ct_eq, invalid, now};
@@ -296,7 +296,8 @@ pub async fn reveal(
 ) -> Result<Zeroizing<String>> {
     let store = auth.store();
     let vault = auth.pii()?;
-    let r = staff_owned(store, staff, id).await?;
+    // A read only (no settling): revealing a field changes nothing.
+    let r = in_outlet(store, staff, id).await?;
     let (sealed, f) = match field {
         Revealable::Hkid => (&r.hkid_sealed, Field::Hkid),
         Revealable::DateOfBirth => (&r.dob_sealed, Field::DateOfBirth),

@@ -141,6 +141,15 @@ pub(super) async fn staff_owned(
     id: &str,
 ) -> Result<Application> {
     settle(store, id).await?;
+    in_outlet(store, staff, id).await
+}
+
+/// [`staff_owned`] without settling first: a pure read, for callers that change nothing.
+pub(super) async fn in_outlet(
+    store: &Store,
+    staff: &StaffSession,
+    id: &str,
+) -> Result<Application> {
     sqlx::query_as::<_, Application>(concat!(
         "SELECT ",
         columns!(),

@@ -27,11 +27,14 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
     let store = auth.store();
     let days = auth.config().ra.retention_days;
     let mut tx = store.begin().await?;
+    // The query narrows to the candidates; the rule decides.
     let candidates = sqlx::query_as::<_, Candidate>(
         "SELECT id, state, updated_at, \
          CAST(CASE WHEN length(hkid_sealed) > 0 THEN 1 ELSE 0 END AS BIGINT) AS holds_personal_data \
-         FROM applications WHERE state IN ('rejected', 'submitted') AND length(hkid_sealed) > 0",
+         FROM applications WHERE state IN ('rejected', 'submitted') AND length(hkid_sealed) > 0 \
+         AND updated_at < $1",
     )
+    .bind(now - i64::from(days) * 86_400)
     .fetch_all(&mut *tx)
     .await?;
     let mut n = 0;

@@ -500,7 +500,7 @@ mod tests {
             if let (Some(second), Some(expected)) = (row.second, row.after_second) {
                 let b = by("b", second);
                 assert_eq!(
-                    approval_outcome(row.policy, &[a.clone()], &b, NOW),
+                    approval_outcome(row.policy, std::slice::from_ref(&a), &b, NOW),
                     expected,
                     "{what}"
                 );
@@ -514,14 +514,17 @@ mod tests {
     fn a_person_decides_once_per_version() {
         let a = by("a", Supervisor);
         // The same person again, before the set is complete: refused.
-        assert_eq!(approval_outcome(DUAL, &[a.clone()], &a, NOW), DECIDED);
+        assert_eq!(
+            approval_outcome(DUAL, std::slice::from_ref(&a), &a, NOW),
+            DECIDED
+        );
         // Rejecting after one's own approval: refused too.
         let a_rejects = Approval {
             approve: false,
             ..a.clone()
         };
         assert_eq!(
-            approval_outcome(DUAL, &[a.clone()], &a_rejects, NOW),
+            approval_outcome(DUAL, std::slice::from_ref(&a), &a_rejects, NOW),
             DECIDED
         );
         // The set is complete (an issuance that failed): the same approver retries.
@@ -530,10 +533,13 @@ mod tests {
             approval_outcome(DUAL, &[a.clone(), b.clone()], &b, NOW),
             Retry
         );
-        assert_eq!(approval_outcome(SINGLE, &[a.clone()], &a, NOW), Retry);
+        assert_eq!(
+            approval_outcome(SINGLE, std::slice::from_ref(&a), &a, NOW),
+            Retry
+        );
         // ... but cannot turn it into a rejection.
         assert_eq!(
-            approval_outcome(SINGLE, &[a.clone()], &a_rejects, NOW),
+            approval_outcome(SINGLE, std::slice::from_ref(&a), &a_rejects, NOW),
             DECIDED
         );
         // A clerk retrying beside a supervisor is not a "second non-senior approval".

@@ -283,3 +283,29 @@ fn default_uuid_policy_arc_is_carried_exactly() {
         "issuing CA lacks {arc}.2.1:\n{text}"
     );
 }
+
+/// A database migrated before ecert used sqlx's migrator, its versions listed in
+/// `ecert_migrations`, opens: the versions are adopted into `_sqlx_migrations` and none runs
+/// again (version 1 would fail on the tables it made).
+#[test]
+fn versions_of_the_legacy_migration_table_are_adopted() {
+    let ca = Ca::init();
+    let versions = ca.sql_query("SELECT version FROM _sqlx_migrations ORDER BY version");
+    assert!(versions.lines().count() >= 14, "{versions}");
+    let legacy: Vec<String> = versions
+        .lines()
+        .map(|v| format!("({}, 0)", v.trim()))
+        .collect();
+    ca.tamper(&format!(
+        "DROP TABLE _sqlx_migrations; \
+         CREATE TABLE ecert_migrations (version BIGINT PRIMARY KEY NOT NULL, applied_at BIGINT NOT NULL); \
+         INSERT INTO ecert_migrations (version, applied_at) VALUES {};",
+        legacy.join(", ")
+    ));
+    ca.ecert_ok(&["cert", "list"]);
+    assert_eq!(
+        ca.sql_query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version"),
+        versions
+    );
+    ca.ecert_ok(&["ca", "list"]);
+}

@@ -422,3 +422,36 @@ async fn interrupted_decisions_are_settled() {
         "{v:?}"
     );
 }
+
+/// Revealing a field is a read: it settles nothing (the RA split once made it settle an
+/// `approved` application whose certificate was issued, a write on SQLite's writer lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reveal_is_a_read() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let (clerk, _) = super::journey::gpo_with_staff(&auth).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (sub, _) = issued_app(&auth, &clerk, &key, 7).await;
+    let state = || async {
+        sqlx::query("SELECT state FROM applications WHERE id = $1")
+            .bind(&sub.id)
+            .fetch_one(auth.store().pool())
+            .await
+            .unwrap()
+            .try_get::<String, _>("state")
+            .unwrap()
+    };
+    // As a crash between the signature and the last write leaves it.
+    sqlx::query("UPDATE applications SET state = 'approved' WHERE id = $1")
+        .bind(&sub.id)
+        .execute(auth.store().pool())
+        .await
+        .unwrap();
+    let phone = reveal(&auth, &clerk, &sub.id, Revealable::Phone)
+        .await
+        .unwrap();
+    assert!(phone.contains("2921"), "the phone is revealed");
+    assert_eq!(state().await, "approved", "reveal wrote nothing");
+    // The next staff view settles it.
+    staff_view(&auth, &clerk, &sub.id).await.unwrap();
+    assert_eq!(state().await, "issued");
+}
