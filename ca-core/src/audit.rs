@@ -9,6 +9,8 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::row::row;
+
 /// An event to append.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -22,25 +24,27 @@ pub struct Event {
     pub detail: serde_json::Value,
 }
 
-/// A stored record (a row of `audit_log`, read by column name).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Record {
-    /// 1, 2, 3, ... with no gaps.
-    pub seq: i64,
-    /// Unix seconds.
-    pub at: i64,
-    /// [`Event::kind`].
-    pub kind: String,
-    /// [`Event::actor`].
-    pub actor: String,
-    /// [`Event::subject`].
-    pub subject: Option<String>,
-    /// [`Event::detail`], serialised.
-    pub detail: String,
-    /// The previous record's hash (32 zero bytes for the first).
-    pub prev_hash: Vec<u8>,
-    /// This record's hash.
-    pub hash: Vec<u8>,
+row! {
+    /// A stored record (a row of `audit_log`, read by column name).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Record {
+        /// 1, 2, 3, ... with no gaps.
+        pub seq: i64,
+        /// Unix seconds.
+        pub at: i64,
+        /// [`Event::kind`].
+        pub kind: String,
+        /// [`Event::actor`].
+        pub actor: String,
+        /// [`Event::subject`].
+        pub subject: Option<String>,
+        /// [`Event::detail`], serialised.
+        pub detail: String,
+        /// The previous record's hash (32 zero bytes for the first).
+        pub prev_hash: Vec<u8>,
+        /// This record's hash.
+        pub hash: Vec<u8>,
+    }
 }
 
 /// The chain hash of a record.
@@ -71,19 +75,21 @@ pub fn chain_hash(
     h.finalize().to_vec()
 }
 
-/// A signed statement "the chain had `hash` at record `seq`", made with the audit key in the
-/// HSM. Without the HSM nobody can make one, so cutting records off the end of the log (and
-/// rewriting `audit_head` to match) is found by any checkpoint past the cut.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Checkpoint {
-    /// Sequence number of the record it covers.
-    pub seq: i64,
-    /// Unix seconds.
-    pub at: i64,
-    /// That record's hash.
-    pub hash: Vec<u8>,
-    /// Signature over [`checkpoint_message`].
-    pub signature: Vec<u8>,
+row! {
+    /// A signed statement "the chain had `hash` at record `seq`", made with the audit key in the
+    /// HSM. Without the HSM nobody can make one, so cutting records off the end of the log (and
+    /// rewriting `audit_head` to match) is found by any checkpoint past the cut.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Checkpoint {
+        /// Sequence number of the record it covers.
+        pub seq: i64,
+        /// Unix seconds.
+        pub at: i64,
+        /// That record's hash.
+        pub hash: Vec<u8>,
+        /// Signature over [`checkpoint_message`].
+        pub signature: Vec<u8>,
+    }
 }
 
 /// The bytes a checkpoint signs.

@@ -43,6 +43,7 @@ pub mod profile;
 pub mod publication;
 pub mod ra;
 pub mod revocation;
+mod row;
 pub mod serial;
 pub mod store;
 pub mod totp;

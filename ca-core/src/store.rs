@@ -3,12 +3,13 @@
 //! Both engines run the same queries (`$1` placeholders work in both) on the types `Any` carries
 //! well (i64, text, bytes); timestamps are Unix seconds.
 //!
-//! **Rows are read by column name.** A query of several columns is read into a
-//! `#[derive(sqlx::FromRow)]` struct whose fields are the column names (`AS` names an
-//! expression: `COUNT(*) AS n`), then converted to the public type where a column needs parsing
-//! (`CertRow` → [`CertRecord`]); a query of one value is read with `sqlx::query_scalar`. Never
-//! by position (`row.try_get(index)`): a reordered SELECT fails loudly (a missing column)
-//! instead of reading the wrong field (STYLE.md rule 17). A boolean expression is a bool on PostgreSQL but an integer on SQLite, so it is selected as
+//! **Rows are read by column name.** A query of several columns is read into a struct declared
+//! with `row!` ([`crate::row`]: each field from the column of its name; `AS` names an
+//! expression, `COUNT(*) AS n`), then converted to the public type where a column needs
+//! parsing (`CertRow` → [`CertRecord`]); a query of one value is read with
+//! `sqlx::query_scalar`. Never by position (`row.try_get(index)`): a reordered SELECT fails
+//! loudly (a missing column) instead of reading the wrong field (STYLE.md rule 17). A boolean
+//! expression is a bool on PostgreSQL but an integer on SQLite, so it is selected as
 //! `CAST(CASE WHEN .. THEN 1 ELSE 0 END AS BIGINT)` and read as i64.
 //!
 //! **Migrations.** Each engine has its own forward-only migrations under `migrations/<engine>/`,
@@ -23,11 +24,11 @@
 //! Why a list and not `sqlx::migrate!("../migrations/<engine>")` (sqlx 0.9.0, read in its
 //! sources): the `migrate!` macro is defined in sqlx's `macros` module, compiled only with the
 //! `macros` feature (`sqlx/src/lib.rs`: `#[cfg(feature = "macros")] mod macros;`), which is not
-//! enabled here; with only `derive`, the proc macro (`sqlx_macros::migrate`) is reachable
-//! only through the `#[doc(hidden)]` re-export `sqlx::sqlx_macros`. Turning `macros` on adds
-//! the `offline` feature to sqlx-core, sqlx-sqlite and sqlx-postgres and the `query!` machinery
-//! to sqlx-macros-core (about 25 s more CPU per clean build on the 2-core box, measured with
-//! `cargo build --timings`), and a build script would have to rerun the build when a file is
+//! enabled here. Turning it on compiles sqlx-macros and, through sqlx's feature forwarding
+//! (`sqlx-macros?/sqlite`, `sqlx-macros?/postgres`), a second copy of both drivers, sqlx-core
+//! and SQLite's C for the proc-macro host, plus the `offline` and `query!` machinery: well over
+//! 100 s more CPU per clean build on the 2-core CI machine (measured with `cargo build
+//! --timings`), and a build script would have to rerun the build when a file is
 //! added. A [`Migrator`] made from the embedded files ([`Migrator::with_migrations`]) gives the
 //! same bookkeeping without either; the cost is one line here per new file.
 //!
@@ -44,6 +45,7 @@ use sqlx::{AnyPool, Transaction};
 use crate::audit::{self, Event, Record};
 use crate::crl::{EntryRow, Scope};
 use crate::error::{Error, Result};
+use crate::row::row;
 use crate::serial::SerialNumber;
 
 /// Which database engine a store runs on.
@@ -1149,15 +1151,16 @@ impl Store {
     }
 }
 
-/// A CRL entry as read (`revoked_at` is `COALESCE(revoked_at, updated_at)`: an abandoned
-/// serial is dated when it was given up).
-#[derive(sqlx::FromRow)]
-struct CrlEntryRow {
-    serial: String,
-    revocation_reason: Option<i64>,
-    revoked_at: i64,
-    not_after: Option<i64>,
-    crl_partition: Option<i64>,
+row! {
+    /// A CRL entry as read (`revoked_at` is `COALESCE(revoked_at, updated_at)`: an abandoned
+    /// serial is dated when it was given up).
+    struct CrlEntryRow {
+        serial: String,
+        revocation_reason: Option<i64>,
+        revoked_at: i64,
+        not_after: Option<i64>,
+        crl_partition: Option<i64>,
+    }
 }
 
 impl TryFrom<CrlEntryRow> for EntryRow {
@@ -1176,32 +1179,42 @@ impl TryFrom<CrlEntryRow> for EntryRow {
 }
 
 /// A serial's CRL entry and whether it belongs on the CRLs now (0 or 1).
-#[derive(sqlx::FromRow)]
 struct CrlListedRow {
-    #[sqlx(flatten)]
     entry: CrlEntryRow,
     listed: i64,
 }
 
-#[derive(sqlx::FromRow)]
-struct CrlPendingRow {
-    serial: String,
-    version: i64,
+impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for CrlListedRow {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> std::result::Result<Self, sqlx::Error> {
+        Ok(CrlListedRow {
+            entry: CrlEntryRow::from_row(row)?,
+            listed: sqlx::Row::try_get(row, "listed")?,
+        })
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct CrlDerRow {
-    number: i64,
-    der: Vec<u8>,
+row! {
+    struct CrlPendingRow {
+        serial: String,
+        version: i64,
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct CrlHeadRow {
-    partition_no: i64,
-    number: i64,
-    this_update: i64,
-    next_update: i64,
-    status_version: i64,
+row! {
+    struct CrlDerRow {
+        number: i64,
+        der: Vec<u8>,
+    }
+}
+
+row! {
+    struct CrlHeadRow {
+        partition_no: i64,
+        number: i64,
+        this_update: i64,
+        next_update: i64,
+        status_version: i64,
+    }
 }
 
 impl TryFrom<CrlHeadRow> for CrlHead {
@@ -1220,10 +1233,11 @@ impl TryFrom<CrlHeadRow> for CrlHead {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct StatusVersionRow {
-    issuer: String,
-    version: i64,
+row! {
+    struct StatusVersionRow {
+        issuer: String,
+        version: i64,
+    }
 }
 
 /// The newest CRL of one scope.
@@ -1262,23 +1276,25 @@ pub struct OcspDue {
 /// response for a SHA-1 CertID, the response for a SHA-256 CertID).
 pub type SignedOcsp = (OcspDue, i64, i64, Vec<u8>, Vec<u8>);
 
-/// A pre-signed OCSP response as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct OcspRow {
-    /// Hex serial.
-    pub serial: String,
-    /// Issuing CA name.
-    pub issuer: String,
-    /// thisUpdate, Unix seconds.
-    pub this_update: i64,
-    /// nextUpdate, Unix seconds.
-    pub next_update: i64,
-    /// Write order.
-    pub seq: i64,
-    /// The OCSPResponse for a SHA-1 CertID, DER.
-    pub der_sha1: Vec<u8>,
-    /// The OCSPResponse for a SHA-256 CertID, DER.
-    pub der_sha256: Vec<u8>,
+row! {
+    /// A pre-signed OCSP response as stored.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct OcspRow {
+        /// Hex serial.
+        pub serial: String,
+        /// Issuing CA name.
+        pub issuer: String,
+        /// thisUpdate, Unix seconds.
+        pub this_update: i64,
+        /// nextUpdate, Unix seconds.
+        pub next_update: i64,
+        /// Write order.
+        pub seq: i64,
+        /// The OCSPResponse for a SHA-1 CertID, DER.
+        pub der_sha1: Vec<u8>,
+        /// The OCSPResponse for a SHA-256 CertID, DER.
+        pub der_sha256: Vec<u8>,
+    }
 }
 
 /// The OCSP signer's backlog ([`Store::ocsp_backlog`]).
@@ -1294,31 +1310,34 @@ pub struct OcspBacklog {
     pub oldest_queued: Option<i64>,
 }
 
-/// A delegated OCSP responder as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ResponderRow {
-    /// Hex serial of its certificate.
-    pub serial: String,
-    /// The CA it answers for.
-    pub issuer: String,
-    /// HSM key label.
-    pub key_label: String,
-    /// Its certificate, DER.
-    pub cert_der: Vec<u8>,
-    /// notAfter, Unix seconds.
-    pub not_after: i64,
+row! {
+    /// A delegated OCSP responder as stored.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ResponderRow {
+        /// Hex serial of its certificate.
+        pub serial: String,
+        /// The CA it answers for.
+        pub issuer: String,
+        /// HSM key label.
+        pub key_label: String,
+        /// Its certificate, DER.
+        pub cert_der: Vec<u8>,
+        /// notAfter, Unix seconds.
+        pub not_after: i64,
+    }
 }
 
-/// A serial due for an OCSP response, as read.
-#[derive(sqlx::FromRow)]
-struct OcspDueRow {
-    serial: String,
-    version: Option<i64>,
-    issuer: String,
-    state: String,
-    revocation_reason: Option<i64>,
-    revoked_at: Option<i64>,
-    updated_at: i64,
+row! {
+    /// A serial due for an OCSP response, as read.
+    struct OcspDueRow {
+        serial: String,
+        version: Option<i64>,
+        issuer: String,
+        state: String,
+        revocation_reason: Option<i64>,
+        revoked_at: Option<i64>,
+        updated_at: i64,
+    }
 }
 
 impl TryFrom<OcspDueRow> for OcspDue {
@@ -1340,18 +1359,20 @@ impl TryFrom<OcspDueRow> for OcspDue {
     }
 }
 
-/// The signer's queue: how many serials wait and since when.
-#[derive(sqlx::FromRow)]
-struct OcspQueueRow {
-    pending: i64,
-    oldest_queued: Option<i64>,
+row! {
+    /// The signer's queue: how many serials wait and since when.
+    struct OcspQueueRow {
+        pending: i64,
+        oldest_queued: Option<i64>,
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct ExpiredResponderRow {
-    serial: String,
-    issuer: String,
-    key_label: String,
+row! {
+    struct ExpiredResponderRow {
+        serial: String,
+        issuer: String,
+        key_label: String,
+    }
 }
 
 impl Store {
@@ -1752,24 +1773,25 @@ struct Transition {
     failure: Option<String>,
 }
 
-/// A certificate row as read: [`CertRecord`] with the state still text.
-#[derive(sqlx::FromRow)]
-struct CertRow {
-    serial: String,
-    issuer: String,
-    state: String,
-    profile: String,
-    profile_version: i64,
-    key_fp: Vec<u8>,
-    request: String,
-    renews: Option<String>,
-    renewed_by: Option<String>,
-    linting_tbs: Option<Vec<u8>>,
-    cert_der: Option<Vec<u8>>,
-    not_after: Option<i64>,
-    failure: Option<String>,
-    revocation_reason: Option<i64>,
-    revoked_at: Option<i64>,
+row! {
+    /// A certificate row as read: [`CertRecord`] with the state still text.
+    struct CertRow {
+        serial: String,
+        issuer: String,
+        state: String,
+        profile: String,
+        profile_version: i64,
+        key_fp: Vec<u8>,
+        request: String,
+        renews: Option<String>,
+        renewed_by: Option<String>,
+        linting_tbs: Option<Vec<u8>>,
+        cert_der: Option<Vec<u8>>,
+        not_after: Option<i64>,
+        failure: Option<String>,
+        revocation_reason: Option<i64>,
+        revoked_at: Option<i64>,
+    }
 }
 
 impl TryFrom<CertRow> for CertRecord {
@@ -1796,27 +1818,30 @@ impl TryFrom<CertRow> for CertRecord {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct CertListRow {
-    serial: String,
-    state: String,
-    profile: String,
+row! {
+    struct CertListRow {
+        serial: String,
+        state: String,
+        profile: String,
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct StateCountRow {
-    state: String,
-    n: i64,
+row! {
+    struct StateCountRow {
+        state: String,
+        n: i64,
+    }
 }
 
-/// The revocation columns of a serial, read to check and change them.
-#[derive(sqlx::FromRow)]
-struct StatusRow {
-    issuer: String,
-    state: String,
-    revocation_reason: Option<i64>,
-    revoked_at: Option<i64>,
-    key_fp: Vec<u8>,
+row! {
+    /// The revocation columns of a serial, read to check and change them.
+    struct StatusRow {
+        issuer: String,
+        state: String,
+        revocation_reason: Option<i64>,
+        revoked_at: Option<i64>,
+        key_fp: Vec<u8>,
+    }
 }
 
 impl TryFrom<StatusRow> for crate::revocation::Status {
@@ -1839,29 +1864,39 @@ impl TryFrom<StatusRow> for crate::revocation::Status {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct AuditHeadRow {
-    seq: i64,
-    hash: Vec<u8>,
+row! {
+    struct AuditHeadRow {
+        seq: i64,
+        hash: Vec<u8>,
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct CaRow {
-    key_label: String,
-    cert_der: Vec<u8>,
+row! {
+    struct CaRow {
+        key_label: String,
+        cert_der: Vec<u8>,
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct CaRevocationRow {
-    revoked_at: i64,
-    revocation_reason: i64,
+row! {
+    struct CaRevocationRow {
+        revoked_at: i64,
+        revocation_reason: i64,
+    }
 }
 
-#[derive(sqlx::FromRow)]
 struct RevokedCaRow {
     cert_der: Vec<u8>,
-    #[sqlx(flatten)]
     revocation: CaRevocationRow,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for RevokedCaRow {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> std::result::Result<Self, sqlx::Error> {
+        Ok(RevokedCaRow {
+            cert_der: sqlx::Row::try_get(row, "cert_der")?,
+            revocation: CaRevocationRow::from_row(row)?,
+        })
+    }
 }
 
 /// Keeps passwords in a database URL out of error messages.

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::hkid::Hkid;
 use crate::pii::Field;
 use crate::profile::{Profile, ProfileKind, SubjectData};
+use crate::row::row;
 use crate::store::Store;
 
 /// Version of the value-added-notices consent wording shown on the form.
@@ -416,18 +417,19 @@ pub struct CitizenView {
     pub domains: Vec<DomainStatus>,
 }
 
-#[derive(sqlx::FromRow)]
-struct TrackRow {
-    reference: String,
-    profile: String,
-    state: String,
-    outlet: String,
-    certificate: Option<String>,
-    rejected_reason: Option<String>,
-    email_confirmed_at: Option<i64>,
-    version: i64,
-    code_pending: i64,
-    issue_failed: i64,
+row! {
+    struct TrackRow {
+        reference: String,
+        profile: String,
+        state: String,
+        outlet: String,
+        certificate: Option<String>,
+        rejected_reason: Option<String>,
+        email_confirmed_at: Option<i64>,
+        version: i64,
+        code_pending: i64,
+        issue_failed: i64,
+    }
 }
 
 /// The citizen's view of their application.

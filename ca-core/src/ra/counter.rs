@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::hkid::Hkid;
 use crate::pii::Field;
 use crate::profile::{Profile, SubjectData};
+use crate::row::row;
 use crate::store::Store;
 
 /// One line of an outlet's queue.
@@ -37,18 +38,19 @@ pub struct QueueRow {
     pub created_at: i64,
 }
 
-#[derive(sqlx::FromRow)]
-struct QueueLine {
-    id: String,
-    reference: String,
-    profile: String,
-    surname: String,
-    given_name: String,
-    state: String,
-    email_confirmed_at: Option<i64>,
-    version: i64,
-    created_at: i64,
-    issue_failed: i64,
+row! {
+    struct QueueLine {
+        id: String,
+        reference: String,
+        profile: String,
+        surname: String,
+        given_name: String,
+        state: String,
+        email_confirmed_at: Option<i64>,
+        version: i64,
+        created_at: i64,
+        issue_failed: i64,
+    }
 }
 
 /// The open applications of the staff member's outlet, oldest first; or the one with this

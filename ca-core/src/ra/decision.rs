@@ -18,6 +18,7 @@ use crate::authority::{ApprovedRequest, Authority};
 use crate::csr::VerifiedCsr;
 use crate::error::{Error, Result};
 use crate::profile::{Profile, ProfileKind, SubjectData};
+use crate::row::row;
 use crate::store::{Store, Tx};
 
 /// A decision on an application.
@@ -186,13 +187,14 @@ async fn readiness(store: &Store, r: &Application, version: i64) -> Result<Readi
     })
 }
 
-/// A recorded decision and its maker's role now.
-#[derive(sqlx::FromRow)]
-struct ApprovalRow {
-    staff: String,
-    role: String,
-    decision: String,
-    expires_at: i64,
+row! {
+    /// A recorded decision and its maker's role now.
+    struct ApprovalRow {
+        staff: String,
+        role: String,
+        decision: String,
+        expires_at: i64,
+    }
 }
 
 /// The decisions recorded on `version`, inside `tx`.

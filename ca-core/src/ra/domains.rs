@@ -10,6 +10,7 @@ use super::support::{citizen, now, random_base32};
 use crate::audit::Event;
 use crate::authority::Authority;
 use crate::error::{Error, Result};
+use crate::row::row;
 use crate::store::Store;
 
 /// A Random Value for domain validation: 128 bits (TLS BR §1.6.1 asks for at least 112).
@@ -17,17 +18,19 @@ pub(super) fn dcv_token() -> String {
     random_base32(16).to_ascii_lowercase()
 }
 
-#[derive(sqlx::FromRow)]
-struct NamesRow {
-    dns_names: Option<String>,
-    dcv_token: Option<String>,
+row! {
+    struct NamesRow {
+        dns_names: Option<String>,
+        dcv_token: Option<String>,
+    }
 }
 
-#[derive(sqlx::FromRow)]
-struct TokenRow {
-    state: String,
-    dcv_token: Option<String>,
-    dcv_token_at: Option<i64>,
+row! {
+    struct TokenRow {
+        state: String,
+        dcv_token: Option<String>,
+        dcv_token_at: Option<i64>,
+    }
 }
 
 /// One DNS name of a server application and where its validation stands.

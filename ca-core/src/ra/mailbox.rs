@@ -9,6 +9,7 @@ use super::support::{citizen, ct_eq, now, sha256};
 use crate::audit::Event;
 use crate::authority::Authority;
 use crate::error::{Error, Result};
+use crate::row::row;
 use crate::store::Store;
 
 /// Attempts at an e-mail code before it is void.
@@ -32,11 +33,12 @@ pub(super) fn code_expiry(auth: &Authority, t: i64) -> i64 {
     t + i64::from(auth.config().ra.email_code_minutes) * 60
 }
 
-#[derive(sqlx::FromRow)]
-struct CodeRow {
-    email_code_hash: Option<Vec<u8>>,
-    email_code_expires: i64,
-    email_code_attempts: i64,
+row! {
+    struct CodeRow {
+        email_code_hash: Option<Vec<u8>>,
+        email_code_expires: i64,
+        email_code_attempts: i64,
+    }
 }
 
 /// Confirms the e-mail address with the code that was sent to it (S/MIME BR §3.2.2: control

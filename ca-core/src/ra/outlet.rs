@@ -2,14 +2,17 @@
 
 use super::support::{check_len, now};
 use crate::error::Result;
+use crate::row::row;
 use crate::store::Store;
 
-/// An outlet as listed on the application form.
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct OutletRow {
-    id: String,
-    name_en: String,
-    name_zh: String,
+row! {
+    /// An outlet as listed on the application form.
+    #[derive(Debug, Clone)]
+    struct OutletRow {
+        id: String,
+        name_en: String,
+        name_zh: String,
+    }
 }
 
 /// Adds an outlet (idempotent).

@@ -9,6 +9,7 @@
 use super::session::StaffSession;
 use super::support::{ct_eq, now, sha256};
 use crate::error::{Error, Result};
+use crate::row::row;
 use crate::store::Store;
 
 /// The columns of an application that staff screens and decisions read ([`Application`]).
@@ -21,47 +22,49 @@ macro_rules! columns {
     };
 }
 
-/// An application row (`columns!()`), read by column name. Personal fields are sealed
-/// ([`crate::pii`]); a purged application has them empty.
-#[derive(Clone, sqlx::FromRow)]
-pub(super) struct Application {
-    pub id: String,
-    pub reference: String,
-    pub profile: String,
-    /// Edits bump it; checks and approvals name it.
-    pub version: i64,
-    /// `submitted`, `approved`, `issued` or `rejected`.
-    pub state: String,
-    pub surname: String,
-    pub given_name: String,
-    pub name_zh: String,
-    pub email: String,
-    pub email_confirmed_at: Option<i64>,
-    pub hkid_sealed: Vec<u8>,
-    pub dob_sealed: Vec<u8>,
-    pub phone_sealed: Vec<u8>,
-    pub address_sealed: Vec<u8>,
-    /// The version whose identity check matched.
-    pub identity_version: Option<i64>,
-    pub fee_amount: Option<i64>,
-    pub fee_method: Option<String>,
-    pub fee_receipt: Option<String>,
-    pub hkid_index: Vec<u8>,
-    /// The current certificate's serial (the newest renewal once settled).
-    pub certificate: Option<String>,
-    pub rejected_reason: Option<String>,
-    pub csr: Vec<u8>,
-    pub organization: Option<String>,
-    pub org_id: Option<String>,
-    pub user_surname: Option<String>,
-    pub user_given_name: Option<String>,
-    /// server: space-separated.
-    pub dns_names: Option<String>,
-    /// The version whose organisation documents were checked.
-    pub org_checked_version: Option<i64>,
-    pub user_title: Option<String>,
-    /// Why the last issuance did not complete.
-    pub issue_error: Option<String>,
+row! {
+    /// An application row (`columns!()`), read by column name. Personal fields are sealed
+    /// ([`crate::pii`]); a purged application has them empty.
+    #[derive(Clone)]
+    pub(super) struct Application {
+        pub id: String,
+        pub reference: String,
+        pub profile: String,
+        /// Edits bump it; checks and approvals name it.
+        pub version: i64,
+        /// `submitted`, `approved`, `issued` or `rejected`.
+        pub state: String,
+        pub surname: String,
+        pub given_name: String,
+        pub name_zh: String,
+        pub email: String,
+        pub email_confirmed_at: Option<i64>,
+        pub hkid_sealed: Vec<u8>,
+        pub dob_sealed: Vec<u8>,
+        pub phone_sealed: Vec<u8>,
+        pub address_sealed: Vec<u8>,
+        /// The version whose identity check matched.
+        pub identity_version: Option<i64>,
+        pub fee_amount: Option<i64>,
+        pub fee_method: Option<String>,
+        pub fee_receipt: Option<String>,
+        pub hkid_index: Vec<u8>,
+        /// The current certificate's serial (the newest renewal once settled).
+        pub certificate: Option<String>,
+        pub rejected_reason: Option<String>,
+        pub csr: Vec<u8>,
+        pub organization: Option<String>,
+        pub org_id: Option<String>,
+        pub user_surname: Option<String>,
+        pub user_given_name: Option<String>,
+        /// server: space-separated.
+        pub dns_names: Option<String>,
+        /// The version whose organisation documents were checked.
+        pub org_checked_version: Option<i64>,
+        pub user_title: Option<String>,
+        /// Why the last issuance did not complete.
+        pub issue_error: Option<String>,
+    }
 }
 
 // Personal data (sealed, but still): `Debug` names the row only.
@@ -108,10 +111,11 @@ pub(super) fn changed() -> Error {
     Error::Conflict("the application changed since you opened it: reload".into())
 }
 
-#[derive(sqlx::FromRow)]
-struct Tracking {
-    id: String,
-    secret_hash: Vec<u8>,
+row! {
+    struct Tracking {
+        id: String,
+        secret_hash: Vec<u8>,
+    }
 }
 
 /// Finds a citizen's application by reference and tracking secret (settled first); anything
@@ -175,13 +179,14 @@ pub(super) async fn valid_approvals(store: &Store, id: &str, version: i64) -> Re
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// An application's state beside its certificate's and that certificate's renewal's.
-#[derive(sqlx::FromRow)]
-struct Settling {
-    state: String,
-    cert_state: Option<String>,
-    renewal_state: Option<String>,
-    updated_at: i64,
+row! {
+    /// An application's state beside its certificate's and that certificate's renewal's.
+    struct Settling {
+        state: String,
+        cert_state: Option<String>,
+        renewal_state: Option<String>,
+        updated_at: i64,
+    }
 }
 
 /// Finishes what an interrupted decision or renewal left half-done (a crash or a failed write

@@ -13,19 +13,21 @@ use crate::authority::{ApprovedRequest, Authority};
 use crate::csr::VerifiedCsr;
 use crate::error::{Error, Result};
 use crate::profile::{Profile, SubjectData};
+use crate::row::row;
 use crate::serial::SerialNumber;
 
-/// The current certificate of an application, as renewal reads it.
-#[derive(sqlx::FromRow)]
-struct Current {
-    certificate: String,
-    profile: String,
-    email_confirmed_at: Option<i64>,
-    dob_sealed: Vec<u8>,
-    key_fp: Vec<u8>,
-    revocation_reason: Option<i64>,
-    not_after: Option<i64>,
-    renewed_by: Option<String>,
+row! {
+    /// The current certificate of an application, as renewal reads it.
+    struct Current {
+        certificate: String,
+        profile: String,
+        email_confirmed_at: Option<i64>,
+        dob_sealed: Vec<u8>,
+        key_fp: Vec<u8>,
+        revocation_reason: Option<i64>,
+        not_after: Option<i64>,
+        renewed_by: Option<String>,
+    }
 }
 
 /// What the current certificate's key signs to vouch for a new key at an online re-key: the

@@ -8,14 +8,16 @@ use super::rules::retention_due;
 use crate::audit::Event;
 use crate::authority::Authority;
 use crate::error::Result;
+use crate::row::row;
 
-/// An application that may hold personal data it no longer needs.
-#[derive(sqlx::FromRow)]
-struct Candidate {
-    id: String,
-    state: String,
-    updated_at: i64,
-    holds_personal_data: i64,
+row! {
+    /// An application that may hold personal data it no longer needs.
+    struct Candidate {
+        id: String,
+        state: String,
+        updated_at: i64,
+        holds_personal_data: i64,
+    }
 }
 
 /// Purges the personal data of applications that ended without a certificate — rejected

@@ -7,12 +7,14 @@ use super::session::StaffSession;
 use super::support::{citizen, invalid, now, password_matches};
 use crate::authority::Authority;
 use crate::error::{Error, Result};
+use crate::row::row;
 use crate::serial::SerialNumber;
 
-#[derive(sqlx::FromRow)]
-struct Secret {
-    revocation_hash: String,
-    certificate: Option<String>,
+row! {
+    struct Secret {
+        revocation_hash: String,
+        certificate: Option<String>,
+    }
 }
 
 /// Revokes the certificate of an application online with the revocation secret chosen at

@@ -10,6 +10,7 @@ use crate::audit::Event;
 use crate::authority::Authority;
 use crate::error::{Error, Result};
 use crate::pii::Field;
+use crate::row::row;
 use crate::store::Store;
 
 /// Failed sign-ins before an account is locked for [`LOCK_SECONDS`].
@@ -43,18 +44,19 @@ pub struct SignedIn {
     pub session: StaffSession,
 }
 
-/// What sign-in reads of an account.
-#[derive(sqlx::FromRow)]
-struct Account {
-    id: String,
-    password_hash: String,
-    totp_sealed: Vec<u8>,
-    totp_last_step: i64,
-    locked_until: i64,
-    disabled: i64,
-    display_name: String,
-    outlet: String,
-    role: String,
+row! {
+    /// What sign-in reads of an account.
+    struct Account {
+        id: String,
+        password_hash: String,
+        totp_sealed: Vec<u8>,
+        totp_last_step: i64,
+        locked_until: i64,
+        disabled: i64,
+        display_name: String,
+        outlet: String,
+        role: String,
+    }
 }
 
 /// Signs a member of staff in with password and TOTP code. Every failure gives the same
@@ -184,18 +186,19 @@ pub async fn sign_in(
     })
 }
 
-/// A session and its account, as a cookie token finds them.
-#[derive(sqlx::FromRow)]
-struct SessionRow {
-    staff: String,
-    csrf: String,
-    created_at: i64,
-    last_seen: i64,
-    username: String,
-    display_name: String,
-    outlet: String,
-    role: String,
-    disabled: i64,
+row! {
+    /// A session and its account, as a cookie token finds them.
+    struct SessionRow {
+        staff: String,
+        csrf: String,
+        created_at: i64,
+        last_seen: i64,
+        username: String,
+        display_name: String,
+        outlet: String,
+        role: String,
+        disabled: i64,
+    }
 }
 
 /// The session of a cookie token; expired (idle or too old) sessions are ended.

@@ -9,6 +9,7 @@ use super::support::{check_len, hash_password, invalid, now};
 use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::pii::Field;
+use crate::row::row;
 use crate::store::{Store, Tx};
 
 /// A staff role (DESIGN.md "Custody and roles").
@@ -162,13 +163,14 @@ pub struct StaffRow {
     pub disabled: bool,
 }
 
-#[derive(sqlx::FromRow)]
-struct StaffListRow {
-    username: String,
-    display_name: String,
-    outlet: String,
-    role: String,
-    disabled: i64,
+row! {
+    struct StaffListRow {
+        username: String,
+        display_name: String,
+        outlet: String,
+        role: String,
+        disabled: i64,
+    }
 }
 
 /// Every staff account.

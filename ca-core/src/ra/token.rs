@@ -9,6 +9,7 @@ use super::staff::{staff_id, Role};
 use super::support::{check_len, invalid, now, random_base32, sha256};
 use crate::audit::Event;
 use crate::error::{Error, Result};
+use crate::row::row;
 use crate::store::Store;
 
 /// Makes an API token for a staff member (printed once; only its SHA-256 is stored). The token
@@ -57,17 +58,18 @@ pub async fn create_api_token(
     Ok(token)
 }
 
-/// A token and its account.
-#[derive(sqlx::FromRow)]
-struct TokenRow {
-    id: String,
-    username: String,
-    display_name: String,
-    outlet: String,
-    role: String,
-    expires_at: i64,
-    revoked: i64,
-    disabled: i64,
+row! {
+    /// A token and its account.
+    struct TokenRow {
+        id: String,
+        username: String,
+        display_name: String,
+        outlet: String,
+        role: String,
+        expires_at: i64,
+        revoked: i64,
+        disabled: i64,
+    }
 }
 
 /// The staff member behind an API token ([`Error::NotFound`] or [`Error::Expired`] otherwise).
