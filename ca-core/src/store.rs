@@ -77,6 +77,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (12, "role_title", include_str!("../../migrations/sqlite/0012_role_title.sql")),
     (13, "responder_retirement", include_str!("../../migrations/sqlite/0013_responder_retirement.sql")),
     (14, "ca_revocation", include_str!("../../migrations/sqlite/0014_ca_revocation.sql")),
+    (15, "entered_by", include_str!("../../migrations/sqlite/0015_entered_by.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -94,6 +95,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (12, "role_title", include_str!("../../migrations/postgres/0012_role_title.sql")),
     (13, "responder_retirement", include_str!("../../migrations/postgres/0013_responder_retirement.sql")),
     (14, "ca_revocation", include_str!("../../migrations/postgres/0014_ca_revocation.sql")),
+    (15, "entered_by", include_str!("../../migrations/postgres/0015_entered_by.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

@@ -283,6 +283,17 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     if !super::outlet::exists(store.pool(), &a.outlet).await? {
         return Err(invalid("outlet", "choose one of the listed outlets"));
     }
+    // Who entered it (by account id), so that person cannot approve it.
+    let entered_by = match &a.entered_by {
+        Some(username) => Some(
+            sqlx::query_scalar::<_, String>("SELECT id FROM staff WHERE username = $1")
+                .bind(username)
+                .fetch_optional(store.pool())
+                .await?
+                .ok_or(Error::NotFound)?,
+        ),
+        None => None,
+    };
     let id = uuid::Uuid::new_v4().to_string();
     let reference = format!("EC-{}", &random_base32(5)[..8]);
     let secret = random_base32(20);
@@ -294,8 +305,8 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     sqlx::query(
         "INSERT INTO applications (id, reference, secret_hash, revocation_hash, profile, state, version, outlet, language, \
          surname, given_name, name_zh, email, hkid_sealed, hkid_index, dob_sealed, phone_sealed, address_sealed, \
-         consent_notices, consent_wording, consent_at, csr, email_code_hash, email_code_expires, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'submitted', 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $19, $19)",
+         consent_notices, consent_wording, consent_at, csr, email_code_hash, email_code_expires, created_at, updated_at, entered_by) \
+         VALUES ($1, $2, $3, $4, $5, 'submitted', 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $19, $19, $23)",
     )
     .bind(&id)
     .bind(&reference)
@@ -319,6 +330,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     .bind(a.csr.clone())
     .bind(mailbox::code_hash(&id, &code))
     .bind(mailbox::code_expiry(auth, t))
+    .bind(entered_by)
     .execute(&mut *tx)
     .await?;
     if profile.kind != ProfileKind::Personal {

@@ -91,7 +91,7 @@ pub async fn decide(
             .await?;
     }
     let recorded = recorded(&mut tx, id, version).await?;
-    let outcome = approval_outcome(policy, &recorded, &new, t);
+    let outcome = approval_outcome(policy, &recorded, &new, r.entered_by.as_deref(), t);
     let kind = match outcome {
         Outcome::Refused(refusal) => return Err(refusal.error()),
         Outcome::Retry => "ra.issuance.retried",

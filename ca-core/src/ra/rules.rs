@@ -176,10 +176,25 @@ pub struct Approval {
     pub expires_at: i64,
 }
 
+/// Whether a role decides on applications at all: clerks, supervisors and officers do; an
+/// admin manages accounts and does not (DESIGN.md "Custody and roles").
+pub fn may_decide(role: Role) -> bool {
+    matches!(role, Role::Clerk | Role::Supervisor | Role::Officer)
+}
+
+/// Whether a role's approval is the senior one dual control needs.
+pub fn is_senior(role: Role) -> bool {
+    matches!(role, Role::Supervisor | Role::Officer)
+}
+
 /// Why a decision is refused (nothing is recorded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Dual control: a clerk may not add the second approval to another non-senior one.
+    /// The role does not decide on applications ([`may_decide`]).
+    NotAnApprover,
+    /// The person entered the application (a walk-in or API entry): someone else approves it.
+    EnteredIt,
+    /// Dual control: the approvals would be complete without a supervisor or officer.
     SecondMustBeSenior,
     /// This person's own decision on this version still counts.
     AlreadyDecided,
@@ -189,6 +204,12 @@ impl Refusal {
     /// The error the person is shown.
     pub fn error(self) -> Error {
         match self {
+            Refusal::NotAnApprover => Error::Forbidden(
+                "your role does not approve or reject applications".into(),
+            ),
+            Refusal::EnteredIt => Error::Forbidden(
+                "you entered this application: another member of staff must approve it".into(),
+            ),
             Refusal::SecondMustBeSenior => Error::Forbidden(
                 "the second approval of this profile must come from a supervisor".into(),
             ),
@@ -216,44 +237,49 @@ pub enum Outcome {
     Retry,
 }
 
-/// The approval rule: what `new` leads to, given the decisions `recorded` on the same version
-/// and `policy`, at `now`. An approval counts while it has not expired, once per person.
+/// The approval rule: what `new` leads to, given the decisions `recorded` on the same version,
+/// `policy`, and who entered the application (`entered_by`, a staff id; `None` when the citizen
+/// applied online), at `now` (docs/RA.md "The counter", step 6).
 ///
-/// Today's rule (docs/RA.md "Approval"): one approval suffices without dual control; with it,
-/// two different people, and a clerk's approval may not be the second beside another
-/// non-senior (clerk or admin) approval. A person decides once per version; their expired
-/// approval may be renewed. A rejection rejects.
+/// - Only clerks, supervisors and officers decide ([`may_decide`]); the person who entered the
+///   application does not approve it (they may reject it).
+/// - An approval counts while it has not expired, once per person, and only from a role that
+///   decides.
+/// - The approvals are complete with one approver, or with dual control two different
+///   people at least one of whom is a supervisor or officer ([`is_senior`]), whatever the
+///   order: an approval that would complete the count without one is refused.
+/// - A person decides once per version; their expired approval may be renewed; their approval
+///   that still counts, in a complete set, retries an issuance that did not finish.
+/// - A rejection rejects.
 pub fn approval_outcome(
     policy: ApprovalPolicy,
     recorded: &[Approval],
     new: &Approval,
+    entered_by: Option<&str>,
     now: i64,
 ) -> Outcome {
-    let counts = |a: &Approval| a.approve && a.expires_at > now;
-    if new.approve && new.role == Role::Clerk && policy.dual_control {
-        let mut others = recorded
-            .iter()
-            .filter(|a| a.staff != new.staff && counts(a))
-            .peekable();
-        if others.peek().is_some()
-            && !others.any(|a| matches!(a.role, Role::Supervisor | Role::Officer))
-        {
-            return Outcome::Refused(Refusal::SecondMustBeSenior);
-        }
+    if !may_decide(new.role) {
+        return Outcome::Refused(Refusal::NotAnApprover);
     }
-    let approvers = |set: &mut dyn Iterator<Item = &Approval>| {
+    let counts = |a: &&Approval| a.approve && a.expires_at > now && may_decide(a.role);
+    // The distinct approvers that count in `set`, and whether one of them is senior.
+    let tally = |set: &mut dyn Iterator<Item = &Approval>| {
         let mut seen: Vec<&str> = Vec::new();
-        for a in set.filter(|a| counts(a)) {
+        let mut senior = false;
+        for a in set.filter(counts) {
             if !seen.contains(&a.staff.as_str()) {
                 seen.push(&a.staff);
             }
+            senior |= is_senior(a.role);
         }
-        seen.len()
+        (seen.len(), senior)
+    };
+    let complete = |(approvers, senior): (usize, bool)| {
+        approvers >= policy.needed() && (!policy.dual_control || senior)
     };
     if let Some(own) = recorded.iter().find(|a| a.staff == new.staff) {
         if own.expires_at > now {
-            let complete = approvers(&mut recorded.iter()) >= policy.needed();
-            return if new.approve && own.approve && complete {
+            return if new.approve && own.approve && complete(tally(&mut recorded.iter())) {
                 Outcome::Retry
             } else {
                 Outcome::Refused(Refusal::AlreadyDecided)
@@ -263,12 +289,20 @@ pub fn approval_outcome(
     if !new.approve {
         return Outcome::Reject;
     }
-    let after = recorded
-        .iter()
-        .filter(|a| a.staff != new.staff)
-        .chain(std::iter::once(new));
-    if approvers(&mut after.into_iter()) >= policy.needed() {
+    if entered_by == Some(new.staff.as_str()) {
+        return Outcome::Refused(Refusal::EnteredIt);
+    }
+    let after = tally(
+        &mut recorded
+            .iter()
+            .filter(|a| a.staff != new.staff)
+            .chain(std::iter::once(new)),
+    );
+    if complete(after) {
         Outcome::Issue
+    } else if after.0 >= policy.needed() {
+        // Enough people, none of them senior.
+        Outcome::Refused(Refusal::SecondMustBeSenior)
     } else {
         Outcome::Await
     }
@@ -430,84 +464,114 @@ mod tests {
     const DUAL: ApprovalPolicy = ApprovalPolicy { dual_control: true };
 
     /// Every role alone under single control, and every ordered pair of two different people
-    /// under dual control: what the first and the second approval lead to today.
+    /// under dual control: what the first and the second approval lead to. A refused first
+    /// approval is not recorded, so the second is then the first that counts.
     ///
-    /// `flips`: rows that break DESIGN.md's "two people, one of them a supervisor or officer"
-    /// or let an admin approve at all. Issue 11 (defect 4, "Dual control without a
-    /// supervisor") changes them; it flips the expected outcome of exactly these rows.
+    /// Rows marked `// was: ...` changed with issue 11, defect 4 ("Dual control without a
+    /// supervisor"): the senior rule holds whatever the order, and an admin does not approve.
     #[test]
     fn approval_table() {
+        const ADMIN: Outcome = Refused(Refusal::NotAnApprover);
         struct Row {
             policy: ApprovalPolicy,
             first: Role,
             second: Option<Role>,
             after_first: Outcome,
             after_second: Option<Outcome>,
-            flips: bool,
         }
-        let single = |first, after_first, flips| Row {
+        let single = |first, after_first| Row {
             policy: SINGLE,
             first,
             second: None,
             after_first,
             after_second: None,
-            flips,
         };
-        let dual = |first, second, after_second, flips| Row {
+        let dual = |first, after_first, second, after_second| Row {
             policy: DUAL,
             first,
             second: Some(second),
-            after_first: Await,
+            after_first,
             after_second: Some(after_second),
-            flips,
         };
+        #[rustfmt::skip]
         let table = [
-            single(Clerk, Issue, false),
-            single(Supervisor, Issue, false),
-            single(Officer, Issue, false),
-            single(Admin, Issue, true),
-            dual(Clerk, Clerk, SENIOR, false),
-            dual(Clerk, Supervisor, Issue, false),
-            dual(Clerk, Officer, Issue, false),
-            dual(Clerk, Admin, Issue, true),
-            dual(Supervisor, Clerk, Issue, false),
-            dual(Supervisor, Supervisor, Issue, false),
-            dual(Supervisor, Officer, Issue, false),
-            dual(Supervisor, Admin, Issue, true),
-            dual(Officer, Clerk, Issue, false),
-            dual(Officer, Supervisor, Issue, false),
-            dual(Officer, Officer, Issue, false),
-            dual(Officer, Admin, Issue, true),
-            dual(Admin, Clerk, SENIOR, true),
-            dual(Admin, Supervisor, Issue, true),
-            dual(Admin, Officer, Issue, true),
-            dual(Admin, Admin, Issue, true),
+            single(Clerk, Issue),
+            single(Supervisor, Issue),
+            single(Officer, Issue),
+            single(Admin, ADMIN), // was: Issue
+            dual(Clerk, Await, Clerk, SENIOR),
+            dual(Clerk, Await, Supervisor, Issue),
+            dual(Clerk, Await, Officer, Issue),
+            dual(Clerk, Await, Admin, ADMIN), // was: Issue (no supervisor or officer)
+            dual(Supervisor, Await, Clerk, Issue),
+            dual(Supervisor, Await, Supervisor, Issue),
+            dual(Supervisor, Await, Officer, Issue),
+            dual(Supervisor, Await, Admin, ADMIN), // was: Issue
+            dual(Officer, Await, Clerk, Issue),
+            dual(Officer, Await, Supervisor, Issue),
+            dual(Officer, Await, Officer, Issue),
+            dual(Officer, Await, Admin, ADMIN), // was: Issue
+            dual(Admin, ADMIN, Clerk, Await), // was: Await, then SENIOR
+            dual(Admin, ADMIN, Supervisor, Await), // was: Await, then Issue
+            dual(Admin, ADMIN, Officer, Await), // was: Await, then Issue
+            dual(Admin, ADMIN, Admin, ADMIN), // was: Await, then Issue (two admins)
         ];
         // Every combination is listed once.
-        assert_eq!(
-            table.len(),
-            Role::ALL.len() + Role::ALL.len() * Role::ALL.len()
-        );
-        let mut flipped = 0;
+        assert_eq!(table.len(), Role::ALL.len() + Role::ALL.len() * Role::ALL.len());
         for row in &table {
             let a = by("a", row.first);
             let what = format!("{:?} {:?} then {:?}", row.policy, row.first, row.second);
-            assert_eq!(
-                approval_outcome(row.policy, &[], &a, NOW),
-                row.after_first,
-                "{what}"
-            );
+            let first = approval_outcome(row.policy, &[], &a, None, NOW);
+            assert_eq!(first, row.after_first, "{what}");
+            let recorded = if matches!(first, Await | Issue) { vec![a] } else { vec![] };
             if let (Some(second), Some(expected)) = (row.second, row.after_second) {
                 let b = by("b", second);
                 assert_eq!(
-                    approval_outcome(row.policy, std::slice::from_ref(&a), &b, NOW),
+                    approval_outcome(row.policy, &recorded, &b, None, NOW),
                     expected,
                     "{what}"
                 );
             }
-            flipped += usize::from(row.flips);
         }
-        assert_eq!(flipped, 8, "the rows issue 11 flips");
+    }
+
+    /// Approvals recorded before the rule changed (an admin's, or two clerks' in a set a retry
+    /// would complete) do not complete a dual-control set.
+    #[test]
+    fn approvals_of_roles_that_do_not_decide_do_not_count() {
+        let admin = by("a", Admin);
+        assert_eq!(
+            approval_outcome(DUAL, &[admin.clone()], &by("b", Supervisor), None, NOW),
+            Await
+        );
+        let clerks = [by("a", Clerk), by("b", Clerk)];
+        assert_eq!(approval_outcome(DUAL, &clerks, &by("a", Clerk), None, NOW), DECIDED);
+        assert_eq!(approval_outcome(DUAL, &clerks, &by("c", Clerk), None, NOW), SENIOR);
+        assert_eq!(approval_outcome(DUAL, &clerks, &by("c", Officer), None, NOW), Issue);
+    }
+
+    /// The person who entered an application does not approve it; they may reject it.
+    #[test]
+    fn the_enterer_does_not_approve() {
+        let entered = Some("a");
+        for role in [Clerk, Supervisor, Officer] {
+            assert_eq!(
+                approval_outcome(SINGLE, &[], &by("a", role), entered, NOW),
+                Refused(Refusal::EnteredIt),
+                "{role:?}"
+            );
+            assert_eq!(approval_outcome(SINGLE, &[], &by("b", role), entered, NOW), Issue);
+            let reject = Approval {
+                approve: false,
+                ..by("a", role)
+            };
+            assert_eq!(approval_outcome(SINGLE, &[], &reject, entered, NOW), Reject);
+        }
+        // Nor as the second of dual control.
+        assert_eq!(
+            approval_outcome(DUAL, &[by("b", Supervisor)], &by("a", Clerk), entered, NOW),
+            Refused(Refusal::EnteredIt)
+        );
     }
 
     #[test]
@@ -515,7 +579,7 @@ mod tests {
         let a = by("a", Supervisor);
         // The same person again, before the set is complete: refused.
         assert_eq!(
-            approval_outcome(DUAL, std::slice::from_ref(&a), &a, NOW),
+            approval_outcome(DUAL, std::slice::from_ref(&a), &a, None, NOW),
             DECIDED
         );
         // Rejecting after one's own approval: refused too.
@@ -524,27 +588,27 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(
-            approval_outcome(DUAL, std::slice::from_ref(&a), &a_rejects, NOW),
+            approval_outcome(DUAL, std::slice::from_ref(&a), &a_rejects, None, NOW),
             DECIDED
         );
         // The set is complete (an issuance that failed): the same approver retries.
         let b = by("b", Clerk);
         assert_eq!(
-            approval_outcome(DUAL, &[a.clone(), b.clone()], &b, NOW),
+            approval_outcome(DUAL, &[a.clone(), b.clone()], &b, None, NOW),
             Retry
         );
         assert_eq!(
-            approval_outcome(SINGLE, std::slice::from_ref(&a), &a, NOW),
+            approval_outcome(SINGLE, std::slice::from_ref(&a), &a, None, NOW),
             Retry
         );
         // ... but cannot turn it into a rejection.
         assert_eq!(
-            approval_outcome(SINGLE, std::slice::from_ref(&a), &a_rejects, NOW),
+            approval_outcome(SINGLE, std::slice::from_ref(&a), &a_rejects, None, NOW),
             DECIDED
         );
         // A clerk retrying beside a supervisor is not a "second non-senior approval".
         assert_eq!(
-            approval_outcome(DUAL, &[b.clone(), a.clone()], &b, NOW),
+            approval_outcome(DUAL, &[b.clone(), a.clone()], &b, None, NOW),
             Retry
         );
     }
@@ -557,17 +621,17 @@ mod tests {
         };
         // Another person's expired approval: this one is the first again.
         assert_eq!(
-            approval_outcome(DUAL, &[expired("a", Supervisor)], &by("b", Supervisor), NOW),
+            approval_outcome(DUAL, &[expired("a", Supervisor)], &by("b", Supervisor), None, NOW),
             Await
         );
         // ... and does not make a clerk's approval a second one.
         assert_eq!(
-            approval_outcome(DUAL, &[expired("a", Clerk)], &by("b", Clerk), NOW),
+            approval_outcome(DUAL, &[expired("a", Clerk)], &by("b", Clerk), None, NOW),
             Await
         );
         // One's own expired approval may be renewed.
         assert_eq!(
-            approval_outcome(SINGLE, &[expired("a", Clerk)], &by("a", Clerk), NOW),
+            approval_outcome(SINGLE, &[expired("a", Clerk)], &by("a", Clerk), None, NOW),
             Issue
         );
         assert_eq!(
@@ -575,6 +639,7 @@ mod tests {
                 DUAL,
                 &[expired("a", Clerk), by("b", Supervisor)],
                 &by("a", Clerk),
+                None,
                 NOW
             ),
             Issue
@@ -584,7 +649,7 @@ mod tests {
             expires_at: NOW,
             ..by("a", Officer)
         };
-        assert_eq!(approval_outcome(SINGLE, &[], &instant, NOW), Await);
+        assert_eq!(approval_outcome(SINGLE, &[], &instant, None, NOW), Await);
     }
 
     #[test]
@@ -593,13 +658,17 @@ mod tests {
             approve: false,
             ..by(staff, role)
         };
-        for role in Role::ALL {
+        assert_eq!(
+            approval_outcome(SINGLE, &[], &reject("a", Admin), None, NOW),
+            Refused(Refusal::NotAnApprover)
+        );
+        for role in [Clerk, Supervisor, Officer] {
             assert_eq!(
-                approval_outcome(SINGLE, &[], &reject("a", role), NOW),
+                approval_outcome(SINGLE, &[], &reject("a", role), None, NOW),
                 Reject
             );
             assert_eq!(
-                approval_outcome(DUAL, &[by("b", Supervisor)], &reject("a", role), NOW),
+                approval_outcome(DUAL, &[by("b", Supervisor)], &reject("a", role), None, NOW),
                 Reject
             );
         }

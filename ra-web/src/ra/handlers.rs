@@ -1154,6 +1154,23 @@ async fn json_api_with_staff_tokens() {
     let far = ra::create_api_token(&store, "clerk9", "integration", 30, "test")
         .await
         .unwrap();
+    ra::create_staff(
+        app.auth.store(),
+        &app.auth.pii().unwrap(),
+        &ra::NewStaff {
+            username: "clerk2",
+            display_name: "Second clerk",
+            outlet: "gpo",
+            role: ra::Role::Clerk,
+            password: "a password of some length",
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let second = ra::create_api_token(&store, "clerk2", "integration", 30, "test")
+        .await
+        .unwrap();
     let mut bodies = Vec::new();
 
     // Authentication.
@@ -1309,11 +1326,23 @@ async fn json_api_with_staff_tokens() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
+    // The member who entered the application does not approve it (issue 11, defect 7: one
+    // token carried an application from entry to issuance alone).
     let r = app
         .api(
             "POST",
             &format!("/api/v1/applications/{id}/decision"),
             Some(&token),
+            Some(serde_json::json!({"version": 1, "decision": "approve"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.body.contains("another member of staff"), "{}", r.body);
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/decision"),
+            Some(&second),
             Some(serde_json::json!({"version": 1, "decision": "approve"})),
         )
         .await;
@@ -1397,11 +1426,22 @@ async fn walk_in_and_revocation_at_the_counter() {
         ],
     )
     .await;
+    // The clerk who entered it does not approve it; another member of staff does.
     let r = app
         .post(
             &format!("{base}/decide"),
             &clerk,
             &[("csrf", &csrf), ("version", "1"), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.body.contains("another member of staff"), "{}", r.body);
+    let (second, second_csrf) = staff_cookie(&app, "clerk2", "gpo", ra::Role::Clerk).await;
+    let r = app
+        .post(
+            &format!("{base}/decide"),
+            &second,
+            &[("csrf", &second_csrf), ("version", "1"), ("decision", "approve")],
         )
         .await;
     assert!(r.text_of("message").starts_with("Issued"), "{}", r.body);
