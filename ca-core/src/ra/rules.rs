@@ -541,7 +541,7 @@ mod tests {
     fn approvals_of_roles_that_do_not_decide_do_not_count() {
         let admin = by("a", Admin);
         assert_eq!(
-            approval_outcome(DUAL, &[admin.clone()], &by("b", Supervisor), None, NOW),
+            approval_outcome(DUAL, std::slice::from_ref(&admin), &by("b", Supervisor), None, NOW),
             Await
         );
         let clerks = [by("a", Clerk), by("b", Clerk)];

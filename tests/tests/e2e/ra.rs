@@ -604,6 +604,7 @@ fn server_application_with_domain_validation_and_caa() {
     add_gpo(&ca);
     add_staff(&ca, "clerk1", "gpo", "clerk");
     add_staff(&ca, "super1", "gpo", "supervisor");
+    add_staff(&ca, "admin1", "gpo", "admin");
     let token = |user: &str| {
         ca.ecert_ok(&[
             "staff",
@@ -618,7 +619,7 @@ fn server_application_with_domain_validation_and_caa() {
         .trim()
         .to_string()
     };
-    let (clerk, supervisor) = (token("clerk1"), token("super1"));
+    let (clerk, supervisor, admin) = (token("clerk1"), token("super1"), token("admin1"));
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     let server = serve_ra_with(&ca, &smtp.addr, &log, &[("ECERT_DNS_RESOLVER", &dns.addr)]);
@@ -778,6 +779,13 @@ fn server_application_with_domain_validation_and_caa() {
         (200, Some("awaiting_second_approval")),
         "{d}"
     );
+    // Dual control needs a supervisor or officer whatever the order, and an admin does not
+    // approve (issue 11, defect 4: clerk then admin used to issue).
+    let (st, e) = api(addr, "POST", &format!("{path}/decision"), &admin, approve());
+    assert_eq!(st, 403, "{e}");
+    assert!(e.to_string().contains("does not approve"), "{e}");
+    let (_, v) = api(addr, "GET", &path, &clerk, None);
+    assert_eq!(v["status"], "awaiting_second_approval", "{v}");
     let (st, e) = api(
         addr,
         "POST",
