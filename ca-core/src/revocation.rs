@@ -18,9 +18,12 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Revokes (or, with `certificateHold`, suspends) one certificate: compare-and-set, with its
-/// audit record in the same transaction. A keyCompromise revocation also blocks the key and
-/// revokes every other certificate carrying it, in that same transaction. Needs only the
+/// Revokes (or, with `certificateHold`, suspends) one certificate and the still-valid
+/// certificates it renewed, back along the renewal chain: compare-and-set, each with its audit
+/// record, in one transaction. Every channel (online, counter, API, CLI) comes here, so none
+/// leaves a renewed predecessor good. A keyCompromise revocation also blocks the key and revokes
+/// every other certificate carrying it, in that same transaction. Idempotent per certificate:
+/// [`Error::AlreadyRevoked`] only when nothing changed. Needs only the
 /// database — no signer lock, no HSM — so any process (CLI, RA, another instance) can do it
 /// while a signer runs. Returns each serial changed and how.
 pub async fn revoke(
@@ -44,12 +47,40 @@ pub async fn revoke(
                 .await?;
             changed.push((hex.clone(), outcome));
         }
-        // Already keyCompromise: still sweep, so a certificate with the key that was issued since
-        // (or was in flight) is revoked too.
-        Err(e @ Error::AlreadyRevoked { .. }) if reason == Reason::KeyCompromise => {
-            already = Some(e)
-        }
+        // Already revoked: still walk the renewal chain (and, for keyCompromise, sweep the
+        // key), so a certificate renewed or issued with the key since is revoked too.
+        Err(e @ Error::AlreadyRevoked { .. }) => already = Some(e),
         Err(e) => return Err(e),
+    }
+    // The certificates this one renewed: a renewal leaves its predecessor valid until it
+    // expires, with the same subscriber and often the same key, so it goes with it.
+    let renewed = store.renewed_in(&mut tx, &hex, at).await?;
+    let key_of = |status: Option<Status>| status.map(|s| s.key_fp);
+    let key = if renewed.is_empty() {
+        None
+    } else {
+        key_of(store.status_in(&mut tx, &hex).await?)
+    };
+    for previous in renewed {
+        // A re-keyed predecessor's key was not reported compromised: it is superseded.
+        let own = if reason == Reason::KeyCompromise
+            && key_of(store.status_in(&mut tx, &previous).await?) != key
+        {
+            Reason::Superseded
+        } else {
+            reason
+        };
+        match revoke_in(store, &mut tx, &previous, own, at).await {
+            Ok(o) => {
+                let cause = format!("renewed by {hex}");
+                store
+                    .audit(&mut tx, &event(&previous, &o, Some(own), actor, Some(&cause)))
+                    .await?;
+                changed.push((previous, o));
+            }
+            Err(Error::AlreadyRevoked { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     if reason == Reason::KeyCompromise {
         let status = store
@@ -100,7 +131,8 @@ pub async fn revoke(
 }
 
 /// Releases a certificate from hold (Individual & Organisational CA only; RFC 5280 §5.3.1
-/// certificateHold), audited in the same transaction. Database only, like [`revoke`].
+/// certificateHold), and the certificates it renewed that are on hold, audited in the same
+/// transaction. Database only, like [`revoke`].
 pub async fn release(store: &Store, serial: SerialNumber, actor: &str) -> Result<()> {
     let hex = serial.to_hex();
     let mut tx = store.begin().await?;
@@ -108,6 +140,20 @@ pub async fn release(store: &Store, serial: SerialNumber, actor: &str) -> Result
     store
         .audit(&mut tx, &event(&hex, &outcome, None, actor, None))
         .await?;
+    // A hold reached the certificates this one renewed ([`revoke`]); so does its release.
+    for previous in store.renewed_in(&mut tx, &hex, now()).await? {
+        let held = store
+            .status_in(&mut tx, &previous)
+            .await?
+            .is_some_and(|s| s.reason == Some(Reason::CertificateHold));
+        if held {
+            let o = release_in(store, &mut tx, &previous).await?;
+            let cause = format!("renewed by {hex}");
+            store
+                .audit(&mut tx, &event(&previous, &o, None, actor, Some(&cause)))
+                .await?;
+        }
+    }
     tx.commit().await?;
     Ok(())
 }

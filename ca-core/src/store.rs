@@ -889,6 +889,37 @@ impl Store {
         Ok(version.unwrap_or(0))
     }
 
+    /// The certificates `serial` renewed, newest first, back along the renewal chain (each
+    /// certificate's `renews`), that had not expired at `now`: read inside `tx`.
+    pub async fn renewed_in(&self, tx: &mut Tx, serial: &str, now: i64) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut current = serial.to_string();
+        // A chain is short; the bound guards against a cycle in damaged data.
+        for _ in 0..64 {
+            let Some(previous) = sqlx::query_scalar::<_, Option<String>>(
+                "SELECT renews FROM certificates WHERE serial = $1",
+            )
+            .bind(&current)
+            .fetch_optional(&mut **tx)
+            .await?
+            .flatten() else {
+                break;
+            };
+            let not_after = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT not_after FROM certificates WHERE serial = $1",
+            )
+            .bind(&previous)
+            .fetch_optional(&mut **tx)
+            .await?
+            .flatten();
+            if not_after.is_some_and(|na| na >= now) {
+                out.push(previous.clone());
+            }
+            current = previous;
+        }
+        Ok(out)
+    }
+
     /// PostgreSQL: locks a serial's row and every row sharing its key, in serial order, before a
     /// keyCompromise sweep changes any of them — one lock order for every sweep, so two sweeps
     /// (or a sweep and a single revocation) cannot deadlock. SQLite's writer lock makes this moot.

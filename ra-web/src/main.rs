@@ -914,10 +914,20 @@ async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
             Ok(changed) => {
                 done += 1;
                 for (s, outcome) in changed {
+                    // A re-keyed predecessor reached by the renewal chain may carry another
+                    // reason than the one asked for: print what was recorded.
+                    let recorded = match a.release {
+                        true => None,
+                        false => store
+                            .certificate(&s)
+                            .await?
+                            .and_then(|c| c.revocation_reason)
+                            .and_then(ca_core::revocation::Reason::from_code),
+                    };
                     outln!(
                         "{s}\t{}\t{}",
                         outcome_name(&outcome),
-                        if a.release { "-" } else { reason.name() }
+                        recorded.map_or("-", |r| r.name())
                     );
                 }
             }

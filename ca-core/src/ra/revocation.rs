@@ -1,10 +1,11 @@
-//! Revocation by the subscriber: online with the revocation secret chosen at application
-//! (reaching the certificates it renewed), and in person at the counter (revoke, hold,
-//! release). The status change itself is [`Authority::revoke`]'s (docs/REVOCATION.md).
+//! Revocation by the subscriber: online with the revocation secret chosen at application, and
+//! in person at the counter (revoke, hold, release). The status change itself is
+//! [`Authority::revoke`]'s, the one path of every channel, which also reaches the certificates
+//! the revoked one renewed (docs/REVOCATION.md).
 
 use super::record::{owned, staff_owned};
 use super::session::StaffSession;
-use super::support::{citizen, invalid, now, password_matches};
+use super::support::{citizen, invalid, password_matches};
 use crate::authority::Authority;
 use crate::error::{Error, Result};
 use crate::row::row;
@@ -55,40 +56,9 @@ pub async fn revoke_online(
             "keyCompromise, affiliationChanged, superseded, cessationOfOperation or none",
         ));
     }
-    revoke_with_predecessors(auth, &serial, reason, &citizen(reference)).await?;
+    let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    auth.revoke(s, reason, &citizen(reference)).await?;
     Ok(serial)
-}
-
-/// Revokes a certificate and the still-valid certificates it renewed (a renewal leaves its
-/// predecessor valid until it expires; revoking the subscriber's certificate revokes both).
-async fn revoke_with_predecessors(
-    auth: &Authority,
-    serial: &str,
-    reason: crate::revocation::Reason,
-    actor: &str,
-) -> Result<()> {
-    let s = SerialNumber::from_hex(serial).ok_or(Error::NotFound)?;
-    auth.revoke(s, reason, actor).await?;
-    let mut current = serial.to_string();
-    for _ in 0..16 {
-        let Some(rec) = auth.store().certificate(&current).await? else {
-            break;
-        };
-        let Some(previous) = rec.renews else { break };
-        if let Some(p) = auth.store().certificate(&previous).await? {
-            let live = p.revocation_reason.is_none() && p.not_after.is_some_and(|na| na >= now());
-            if live {
-                if let Some(ps) = SerialNumber::from_hex(&previous) {
-                    match auth.revoke(ps, reason, actor).await {
-                        Ok(_) | Err(Error::AlreadyRevoked { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        current = previous;
-    }
-    Ok(())
 }
 
 /// In-person revocation (or hold, on the Individual & Organisational CA) of the certificate of

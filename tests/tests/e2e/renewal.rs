@@ -109,5 +109,42 @@ fn renewal() {
         before,
         "a refused renewal issued a certificate"
     );
+
+    // Revoking the renewal revokes the certificate it renewed too (issue 11, defect 2: every
+    // channel walks the renewal chain). The old certificate had another key, so its reason is
+    // superseded, not keyCompromise; the CRL lists both, as openssl reads it.
+    let out = ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &new.serial,
+        "--reason",
+        "keyCompromise",
+    ]);
+    assert!(
+        out.contains(&format!("{}\trevoked\tkeyCompromise", new.serial))
+            && out.contains(&format!("{}\trevoked\tsuperseded", old.serial)),
+        "{out}"
+    );
+    assert_eq!(
+        ca.cert_show(&old.serial).get("revocation_reason").map(String::as_str),
+        Some("superseded")
+    );
+    ca.ecert_ok(&["crl", "publish"]);
+    let crl = ca.file("individual.crl.pem");
+    std::fs::write(&crl, ca.ecert_ok(&["crl", "export", "individual"])).unwrap();
+    let o = openssl(
+        ca.data_dir(),
+        &["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    let listed: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .map(|s| s.trim_start_matches('0').to_uppercase())
+        .collect();
+    for serial in [&old.serial, &new.serial] {
+        let serial = serial.trim_start_matches('0').to_uppercase();
+        assert!(listed.contains(&serial), "{serial} not on the CRL: {listed:?}");
+    }
     ca.audit_ok();
 }

@@ -455,3 +455,96 @@ async fn reveal_is_a_read() {
     staff_view(&auth, &clerk, &sub.id).await.unwrap();
     assert_eq!(state().await, "issued");
 }
+
+/// Issue 11, defect 2: every revocation channel walks the whole renewal chain. A counter
+/// revocation (or hold, then release) reaches the certificate an online renewal replaced; an
+/// online revocation that finds the newest certificate already revoked still revokes a
+/// predecessor left good; revoking again changes nothing and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_the_whole_renewal_chain() {
+    use crate::revocation::Reason;
+    let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
+    let store = auth.store().clone();
+    let (clerk, _) = super::journey::gpo_with_staff(&auth).await;
+    let reason_of = |serial: String| {
+        let store = store.clone();
+        async move {
+            store
+                .certificate(&serial)
+                .await
+                .unwrap()
+                .unwrap()
+                .revocation_reason
+        }
+    };
+
+    // Counter: hold, release, then revoke; each reaches the renewed predecessor.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (sub, first) = issued_app(&auth, &clerk, &key, 11).await;
+    let csr = super::journey::csr_for(&key);
+    let second = renew_online(&auth, &sub.reference, &sub.secret, &csr, None)
+        .await
+        .unwrap();
+    revoke_at_counter(&auth, &clerk, &sub.id, Reason::CertificateHold)
+        .await
+        .unwrap();
+    assert_eq!(reason_of(first.clone()).await, Some(6), "predecessor held");
+    assert_eq!(reason_of(second.clone()).await, Some(6));
+    release_at_counter(&auth, &clerk, &sub.id).await.unwrap();
+    assert_eq!(reason_of(first.clone()).await, None, "predecessor released");
+    assert_eq!(reason_of(second.clone()).await, None);
+    let revoked = revoke_at_counter(&auth, &clerk, &sub.id, Reason::AffiliationChanged)
+        .await
+        .unwrap();
+    assert_eq!(revoked, second, "the counter revokes the current certificate");
+    assert_eq!(reason_of(first.clone()).await, Some(3), "predecessor revoked");
+    assert_eq!(reason_of(second.clone()).await, Some(3));
+    // Again: nothing changed, and the answer says so.
+    assert!(matches!(
+        revoke_at_counter(&auth, &clerk, &sub.id, Reason::AffiliationChanged).await,
+        Err(Error::AlreadyRevoked { .. })
+    ));
+    let log = store.audit_records().await.unwrap().0;
+    assert!(
+        log.iter().any(|e| e.kind == "certificate.revoked"
+            && e.subject.as_deref() == Some(first.as_str())
+            && e.detail.contains(&format!("renewed by {second}"))),
+        "the predecessor's revocation is audited with its cause"
+    );
+
+    // Online: the newest already revoked and a predecessor left good (as a revocation made
+    // before this fix left it): the citizen's revocation still reaches it.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (sub, first) = issued_app(&auth, &clerk, &key, 12).await;
+    let csr = super::journey::csr_for(&key);
+    let second = renew_online(&auth, &sub.reference, &sub.secret, &csr, None)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE certificates SET revocation_reason = 4, revoked_at = $2 WHERE serial = $1")
+        .bind(&second)
+        .bind(now())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    revoke_online(
+        &auth,
+        &sub.reference,
+        &sub.secret,
+        "my revocation words",
+        Reason::Superseded,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reason_of(first.clone()).await, Some(4), "predecessor revoked");
+    assert!(matches!(
+        revoke_online(
+            &auth,
+            &sub.reference,
+            &sub.secret,
+            "my revocation words",
+            Reason::Superseded,
+        )
+        .await,
+        Err(Error::AlreadyRevoked { .. })
+    ));
+}
