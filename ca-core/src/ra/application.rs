@@ -489,6 +489,39 @@ pub async fn certificate(store: &Store, reference: &str, secret: &str) -> Result
     .ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))
 }
 
+row! {
+    /// An issued certificate and the name of the CA that issued it.
+    struct IssuedRow {
+        cert_der: Option<Vec<u8>>,
+        issuer: String,
+    }
+}
+
+/// The certificate of a citizen's application with its chain, leaf first: the CA that issued
+/// it (the certificate's own issuer: the Server CA for a server certificate, the Individual &
+/// Organisational CA otherwise), then the root.
+pub async fn certificate_chain(store: &Store, reference: &str, secret: &str) -> Result<Vec<Vec<u8>>> {
+    let id = owned(store, reference, secret).await?;
+    let not_yet = || Error::Conflict("the certificate has not been issued yet".into());
+    let r = sqlx::query_as::<_, IssuedRow>(
+        "SELECT c.cert_der AS cert_der, c.issuer AS issuer \
+         FROM applications a JOIN certificates c ON c.serial = a.certificate WHERE a.id = $1",
+    )
+    .bind(&id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or_else(not_yet)?;
+    let mut chain = vec![r.cert_der.ok_or_else(not_yet)?];
+    for ca in [r.issuer.as_str(), crate::profile::CaRole::Root.name()] {
+        let (_, der) = store
+            .ca(ca)
+            .await?
+            .ok_or_else(|| Error::Store(format!("the {ca} CA's certificate is missing")))?;
+        chain.push(der);
+    }
+    Ok(chain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,7 +52,7 @@ mod token;
 mod tests;
 
 pub use application::{
-    business_registration_number, certificate, submit, track, CitizenView, NewApplication,
+    business_registration_number, certificate, certificate_chain, submit, track, CitizenView, NewApplication,
     Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
 };
 pub use counter::{

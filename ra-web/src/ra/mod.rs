@@ -969,15 +969,16 @@ async fn download(
         )
     };
     let name = f.reference.trim().to_uppercase();
+    // Leaf, the CA that issued it, root: built from the certificate's own issuer.
+    let chain = || async {
+        ra::certificate_chain(s.auth.store(), &f.reference, &f.secret)
+            .await
+            .lang(lang.0)
+    };
     let (ctype, file, body) = match f.format.as_str() {
         "der" => ("application/pkix-cert", format!("{name}.cer"), der),
         "p7" => {
-            let mut certs = vec![der];
-            for ca in ["individual", "root"] {
-                if let Some((_, ca_der)) = s.auth.store().ca(ca).await.lang(lang.0)? {
-                    certs.push(ca_der);
-                }
-            }
+            let certs = chain().await?;
             let p7 = ca_core::pkcs7::certs_only(&certs).lang(lang.0)?;
             (
                 "application/x-pkcs7-certificates",
@@ -986,12 +987,7 @@ async fn download(
             )
         }
         "chain" => {
-            let mut out = pem_of(der);
-            for ca in ["individual", "root"] {
-                if let Some((_, ca_der)) = s.auth.store().ca(ca).await.lang(lang.0)? {
-                    out.push_str(&pem_of(ca_der));
-                }
-            }
+            let out: String = chain().await?.into_iter().map(pem_of).collect();
             (
                 "application/x-pem-file",
                 format!("{name}-chain.pem"),

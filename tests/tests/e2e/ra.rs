@@ -908,6 +908,50 @@ fn server_application_with_domain_validation_and_caa() {
         name_attrs(c.subject())
     );
 
+    // The applicant's chain downloads are built from the certificate's own issuer, the Server
+    // CA (issue 11, defect 8: they bundled the Individual CA); openssl verifies the leaf with
+    // only the root trusted and the downloaded certificates as the intermediates.
+    let root = ca.export("root");
+    for format in ["chain", "p7"] {
+        let mut fields = track.to_vec();
+        fields.push(("format", format));
+        let r = form(addr, "/track/download", &cookies, &fields);
+        assert_eq!(r.status, 200, "{format}: {}", text(&r));
+        let bundle = ca.file(&format!("server-ra-{format}.pem"));
+        if format == "p7" {
+            let der = ca.file("server-ra.p7b");
+            std::fs::write(&der, &r.body).unwrap();
+            let o = openssl(
+                ca.data_dir(),
+                &["pkcs7", "-inform", "DER", "-in", der.to_str().unwrap(), "-print_certs"],
+            );
+            assert!(o.status.success(), "{}", show(&o));
+            std::fs::write(&bundle, &o.stdout).unwrap();
+        } else {
+            std::fs::write(&bundle, &r.body).unwrap();
+        }
+        let o = openssl(
+            ca.data_dir(),
+            &[
+                "verify",
+                "-CAfile",
+                root.path.to_str().unwrap(),
+                "-untrusted",
+                bundle.to_str().unwrap(),
+                "-purpose",
+                "sslserver",
+                cert.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "{format} download does not chain: {}",
+            show(&o)
+        );
+        let pems = std::fs::read_to_string(&bundle).unwrap();
+        assert_eq!(pems.matches("BEGIN CERTIFICATE").count(), 3, "{format}: {pems}");
+    }
+
     // The audit trail holds each step, and verifies.
     let audit = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'ra.%' ORDER BY seq");
     for kind in [
