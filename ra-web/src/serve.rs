@@ -33,8 +33,8 @@ use ca_core::config::Config;
 use ca_core::crl::Scope;
 use ca_core::ocsp::{self, Cache, Refusal};
 use ca_core::profile::CaRole;
-use ca_core::publication::Repository;
-use ca_core::store::Store;
+use ca_core::publication::{Repository, StateCount};
+use ca_core::store::{CrlHead, OcspBacklog, Store};
 
 /// Options of `ecert serve`.
 #[derive(Debug, clap::Args)]
@@ -74,8 +74,14 @@ pub struct ServeArgs {
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// How often the signer looks for serials whose OCSP response must be (re)signed.
 const OCSP_SIGN_EVERY: Duration = Duration::from_millis(200);
-/// How long `/healthz` waits for the database.
+/// How long a store probe waits for the database.
 const DB_PROBE: Duration = Duration::from_secs(2);
+/// How often every instance reads what `/healthz` and `/metrics` report from the store
+/// (certificate counts, the OCSP backlog, CRL heads): those requests are answered from the
+/// last probe, so clients cannot make the database count the certificates table.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A probe older than this (the prober stuck) counts as a database fault.
+const PROBE_STALE: i64 = 15;
 /// Serials signed per batch (one transaction).
 const OCSP_BATCH: i64 = 512;
 
@@ -101,8 +107,28 @@ struct AppState {
     counters: Counters,
     /// Last HSM check: (when, result). `/healthz` signs at most once per 10 s.
     hsm: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// The last store probe ([`probe`]), which `/healthz` and `/metrics` report.
+    probe: RwLock<Probe>,
+    /// Store probes made since start.
+    probes: AtomicU64,
 }
 
+/// What a store probe read, and when.
+#[derive(Debug, Clone, Default)]
+struct Probe {
+    /// When it was made (Unix seconds; 0: never).
+    at: i64,
+    /// When a probe last reached the database.
+    ok_at: i64,
+    /// Why the last probe failed.
+    error: Option<String>,
+    /// Serials by lifecycle state.
+    counts: Vec<StateCount>,
+    /// The OCSP signer's backlog (responses within 8 hours of nextUpdate count as overdue).
+    backlog: Option<OcspBacklog>,
+    /// Each CA's newest CRL heads.
+    heads: Vec<(CaRole, CrlHead)>,
+}
 type Shared = Arc<AppState>;
 
 /// The newest CRL of each CA and scope: (CRLNumber, nextUpdate, DER).
@@ -150,6 +176,8 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         crls: RwLock::new(HashMap::new()),
         counters: Counters::default(),
         hsm: tokio::sync::Mutex::new(None),
+        probe: RwLock::new(Probe::default()),
+        probes: AtomicU64::new(0),
     });
     let mut background = Vec::new();
     if let Some(auth) = &state.auth {
@@ -170,6 +198,8 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("loading OCSP responses and CRLs")?;
     background.push(tokio::spawn(follow_store(state.clone())));
+    probe(&state).await;
+    background.push(tokio::spawn(keep_probing(state.clone())));
     let mut app = router(state.clone());
     if let Some(auth) = &state.auth {
         // The registration pages need the personal-data keys in the HSM: signer role only.
@@ -399,18 +429,14 @@ async fn healthz(State(s): State<Shared>) -> Response {
     let now = now();
     let mut ok = true;
     let mut crls = serde_json::Map::new();
-    // The pool waits up to 30 s for a connection; health answers sooner.
-    let db = match tokio::time::timeout(DB_PROBE, s.repo.certificate_counts()).await {
-        Ok(Ok(_)) => "ok".to_string(),
-        Ok(Err(e)) => {
-            ok = false;
-            format!("error: {e}")
-        }
-        Err(_) => {
-            ok = false;
-            format!("error: no answer within {} s", DB_PROBE.as_secs())
-        }
+    // From the last store probe (every PROBE_EVERY), never a query per request.
+    let probe = s.probe.read().map(|p| p.clone()).unwrap_or_default();
+    let db = match &probe.error {
+        None if now - probe.ok_at <= PROBE_STALE => "ok".to_string(),
+        None => format!("error: no probe for {} s", now - probe.ok_at),
+        Some(e) => e.clone(),
     };
+    ok &= db == "ok";
     let hsm = match &s.auth {
         None => "not used (--no-signer)",
         Some(auth) => {
@@ -471,11 +497,10 @@ async fn healthz(State(s): State<Shared>) -> Response {
     let sync_age = now - s.ocsp.synced_at();
     // Responses still refreshed (certificate not expired for over a week) that are within 8
     // hours of nextUpdate mean the signer stalled (TLS BR §4.9.10).
-    let backlog = tokio::time::timeout(DB_PROBE, s.repo.ocsp_backlog(now, 8 * 3600)).await;
     // A status change waiting more than a minute for its response means the signer is stuck
     // (changes are meant to be answered within a second).
-    let (queue, overdue, waiting) = match backlog {
-        Ok(Ok(b)) => {
+    let (queue, overdue, waiting) = match probe.backlog {
+        Some(b) => {
             let waiting = b.oldest_queued.map_or(0, |q| now - q);
             (
                 serde_json::json!({ "pending": b.pending, "oldest_this_update_age_seconds": b.oldest_this_update.map(|t| now - t), "oldest_change_waiting_seconds": waiting }),
@@ -521,26 +546,22 @@ async fn metrics(State(s): State<Shared>) -> Response {
     out.push_str(
         "# HELP ecert_certificates Serials by lifecycle state.\n# TYPE ecert_certificates gauge\n",
     );
-    if let Ok(Ok(counts)) = tokio::time::timeout(DB_PROBE, s.repo.certificate_counts()).await {
-        for c in counts {
-            out.push_str(&format!(
-                "ecert_certificates{{state=\"{}\"}} {}\n",
-                c.state, c.count
-            ));
-        }
+    // From the last store probe (every PROBE_EVERY), never a query per request.
+    let probe = s.probe.read().map(|p| p.clone()).unwrap_or_default();
+    for c in &probe.counts {
+        out.push_str(&format!(
+            "ecert_certificates{{state=\"{}\"}} {}\n",
+            c.state, c.count
+        ));
     }
     // Each metric family is one group (Prometheus text format 0.0.4).
     let mut crls = Vec::new();
-    for role in CaRole::ALL {
-        if let Ok(heads) = s.repo.crl_heads(role).await {
-            for h in heads {
-                let crl = match h.scope {
-                    Scope::Full => "full".to_string(),
-                    Scope::Partition(k) => format!("p{k}"),
-                };
-                crls.push((role.name(), crl, h.number, now - h.this_update));
-            }
-        }
+    for (role, h) in &probe.heads {
+        let crl = match h.scope {
+            Scope::Full => "full".to_string(),
+            Scope::Partition(k) => format!("p{k}"),
+        };
+        crls.push((role.name(), crl, h.number, now - h.this_update));
     }
     out.push_str(
         "# HELP ecert_crl_number CRLNumber of the newest CRL.\n# TYPE ecert_crl_number gauge\n",
@@ -564,6 +585,15 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "# HELP ecert_ocsp_sync_age_seconds Seconds since OCSP responses were last read from the database.\n# TYPE ecert_ocsp_sync_age_seconds gauge\necert_ocsp_sync_age_seconds {}\n",
         now - s.ocsp.synced_at()
     ));
+    out.push_str(&format!(
+        "# HELP ecert_store_probes_total Reads of what /healthz and /metrics report (every {} s, not per request).\n# TYPE ecert_store_probes_total counter\necert_store_probes_total {}\n",
+        PROBE_EVERY.as_secs(),
+        s.probes.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# HELP ecert_store_probe_age_seconds Seconds since the last store probe.\n# TYPE ecert_store_probe_age_seconds gauge\necert_store_probe_age_seconds {}\n",
+        now - probe.at
+    ));
     out.push_str("# HELP ecert_ocsp_requests_total OCSP requests answered, by result.\n# TYPE ecert_ocsp_requests_total counter\n");
     for (result, c) in [
         ("successful", &s.counters.good),
@@ -577,6 +607,47 @@ async fn metrics(State(s): State<Shared>) -> Response {
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// Reads what `/healthz` and `/metrics` report (certificate counts, the OCSP backlog, CRL
+/// heads) into [`AppState::probe`], each read bounded by [`DB_PROBE`].
+async fn probe(s: &AppState) {
+    s.probes.fetch_add(1, Ordering::Relaxed);
+    let now = now();
+    let read = async {
+        let counts = s.repo.certificate_counts().await?;
+        let backlog = s.repo.ocsp_backlog(now, 8 * 3600).await?;
+        let mut heads = Vec::new();
+        for role in CaRole::ALL {
+            heads.extend(s.repo.crl_heads(role).await?.into_iter().map(|h| (role, h)));
+        }
+        Ok::<_, ca_core::Error>((counts, backlog, heads))
+    };
+    // The pool waits up to 30 s for a connection; the probe gives up sooner.
+    let result = tokio::time::timeout(DB_PROBE, read).await;
+    let Ok(mut p) = s.probe.write() else { return };
+    p.at = now;
+    match result {
+        Ok(Ok((counts, backlog, heads))) => {
+            p.ok_at = now;
+            p.error = None;
+            p.counts = counts;
+            p.backlog = Some(backlog);
+            p.heads = heads;
+        }
+        Ok(Err(e)) => p.error = Some(format!("error: {e}")),
+        Err(_) => p.error = Some(format!("error: no answer within {} s", DB_PROBE.as_secs())),
+    }
+}
+
+/// Every instance: [`probe`] every [`PROBE_EVERY`].
+async fn keep_probing(s: Shared) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        probe(&s).await;
+    }
 }
 
 /// Reads new OCSP responses and any newer CRL into memory.

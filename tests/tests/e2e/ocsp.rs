@@ -598,10 +598,17 @@ fn every_instance_follows_other_processes_and_answers_through_a_database_outage(
         assert_status(&out, &leaf.cert.path, "revoked", "database down");
         let (status, ctype, _) = get(&srv.1, "/crl/individual.crl");
         assert_eq!((status, ctype.as_str()), (200, "application/pkix-crl"));
-        let (status, _, body) = get(&srv.1, "/healthz");
-        let health = String::from_utf8_lossy(&body);
-        assert_eq!(status, 503, "{health}");
-        assert!(health.contains("\"database\":\"error"), "{health}");
+        // /healthz reports the store probe's view, refreshed every 2 s.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, body) = get(&srv.1, "/healthz");
+            let health = String::from_utf8_lossy(&body).into_owned();
+            if status == 503 && health.contains("\"database\":\"error") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no database fault: {status} {health}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
     ca.db_outage(false);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -726,7 +733,15 @@ fn healthz_faults_when_a_change_waits_too_long_for_its_response() {
     );
     let old = time_now() - 120;
     ca.tamper(&format!("UPDATE ocsp_pending SET queued_at = {old}"));
-    let (status, h) = health(&server.1);
+    // Seen at the next store probe (every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (status, h) = loop {
+        let (status, h) = health(&server.1);
+        if h["ocsp"]["status"] == "fault" || Instant::now() > deadline {
+            break (status, h);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert_eq!(status, 503, "{h}");
     assert_eq!(h["ocsp"]["status"], "fault", "{h}");
     assert!(

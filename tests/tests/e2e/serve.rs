@@ -304,6 +304,40 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
     );
 }
 
+/// `/healthz` and `/metrics` are answered from what the service already holds: a burst of
+/// unauthenticated requests does not make the database count the certificates table once per
+/// request (issue 11, defect 9). The store is read every 2 s (`ecert_store_probes_total`),
+/// whatever the request rate.
+#[test]
+fn health_and_metrics_do_not_query_the_database_per_request() {
+    let ca = Ca::init();
+    let server = start(&ca);
+    let addr = &server.1;
+    let probes = || -> u64 {
+        let (_, _, body) = get(addr, "/metrics");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("ecert_store_probes_total "))
+            .unwrap_or_else(|| panic!("no ecert_store_probes_total"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let before = probes();
+    for _ in 0..40 {
+        assert_eq!(get(addr, "/healthz").0, 200);
+        assert_eq!(get(addr, "/metrics").0, 200);
+    }
+    let after = probes();
+    let elapsed = started.elapsed().as_secs();
+    assert!(
+        after - before <= elapsed / 2 + 2,
+        "{} store probes for 81 requests in {elapsed} s",
+        after - before
+    );
+}
+
 /// `ecert_crl_number{ca=..,crl=..}` from `/metrics`, keyed `ca/crl`.
 fn crl_numbers(addr: &str) -> std::collections::BTreeMap<String, u64> {
     let (_, _, body) = get(addr, "/metrics");
