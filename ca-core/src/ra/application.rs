@@ -8,7 +8,7 @@ use super::domains::{domain_status, DomainStatus};
 use super::mailbox;
 use super::record::{owned, valid_approvals, Application};
 use super::rules::{minor_days, status_of, Status};
-use super::support::{check_len, hash_password, invalid, now, random_base32, sha256};
+use super::support::{check_len, hash_password_async, invalid, now, random_base32, sha256};
 use crate::audit::Event;
 use crate::authority::Authority;
 use crate::csr::VerifiedCsr;
@@ -298,7 +298,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     let reference = format!("EC-{}", &random_base32(5)[..8]);
     let secret = random_base32(20);
     let code = mailbox::new_code();
-    let revocation_hash = hash_password(&a.revocation_secret)?;
+    let revocation_hash = hash_password_async(&a.revocation_secret).await?;
     let t = now();
     let hkid_index = vault.blind_index(Field::Hkid, hkid.expose())?;
     let mut tx = store.begin().await?;

@@ -5,7 +5,7 @@
 
 use super::record::{owned, staff_owned};
 use super::session::StaffSession;
-use super::support::{citizen, invalid, password_matches};
+use super::support::{citizen, invalid, password_matches_async};
 use crate::authority::Authority;
 use crate::error::{Error, Result};
 use crate::row::row;
@@ -36,7 +36,7 @@ pub async fn revoke_online(
     .fetch_one(store.pool())
     .await?;
     let serial = r.certificate;
-    if !password_matches(revocation_secret, &r.revocation_hash) {
+    if !password_matches_async(revocation_secret, &r.revocation_hash).await? {
         return Err(invalid("revocation_secret", "not correct"));
     }
     let serial = serial.ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;

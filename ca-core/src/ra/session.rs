@@ -5,7 +5,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::staff::{plausible_username, Role};
-use super::support::{now, password_matches, random_base32, sha256};
+use super::support::{now, password_matches_async, random_base32, sha256};
 use crate::audit::Event;
 use crate::authority::Authority;
 use crate::error::{Error, Result};
@@ -110,23 +110,23 @@ pub async fn sign_in(
     };
     // Every refusal spends the time of a password check, so absent, disabled and locked
     // accounts do not answer faster than a wrong password.
-    let dummy = || {
-        let _ = password_matches(password, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let dummy = || async {
+        let _ = password_matches_async(password, "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
     };
     let Some(account) = row else {
-        dummy();
+        dummy().await;
         return fail("unknown user", None, false).await;
     };
     let id = account.id.clone();
     if account.disabled != 0 {
-        dummy();
+        dummy().await;
         return fail("disabled", Some(id), false).await;
     }
     if account.locked_until > t {
-        dummy();
+        dummy().await;
         return fail("locked", Some(id), false).await;
     }
-    if !password_matches(password, &account.password_hash) {
+    if !password_matches_async(password, &account.password_hash).await? {
         return fail("password", Some(id), true).await;
     }
     let vault = auth.pii()?;

@@ -5,7 +5,7 @@
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::support::{check_len, hash_password, invalid, now};
+use super::support::{check_len, hash_password_async, invalid, now};
 use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::pii::Field;
@@ -105,6 +105,7 @@ pub async fn create_staff(
         &id,
         &data_encoding::BASE32_NOPAD.encode(&secret),
     )?;
+    let password_hash = hash_password_async(password).await?;
     let mut tx = store.begin().await?;
     if !super::outlet::exists(&mut *tx, outlet).await? {
         return Err(invalid("outlet", "no such outlet"));
@@ -128,7 +129,7 @@ pub async fn create_staff(
     .bind(display_name)
     .bind(outlet)
     .bind(role.name())
-    .bind(hash_password(password)?)
+    .bind(password_hash)
     .bind(sealed)
     .bind(now())
     .execute(&mut *tx)

@@ -55,6 +55,38 @@ pub(super) fn password_matches(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// How many argon2id hashes run at once. Each takes tens of milliseconds of CPU and 19 MiB;
+/// they run on tokio's blocking pool, never on the async workers that answer OCSP and CRLs,
+/// and at most this many at a time (others wait their turn), so a burst of sign-ins costs
+/// bounded memory and leaves the workers free.
+pub(super) const HASHES_AT_ONCE: usize = 2;
+
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHES_AT_ONCE);
+
+/// Runs an argon2id computation on the blocking pool, at most [`HASHES_AT_ONCE`] at a time.
+async fn hashing<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|_| Error::Store("the password hasher is closed".into()))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Store(format!("password hashing: {e}")))
+}
+
+/// [`hash_password`] off the async workers ([`HASHES_AT_ONCE`]).
+pub(super) async fn hash_password_async(password: &str) -> Result<String> {
+    let password = zeroize::Zeroizing::new(password.to_string());
+    hashing(move || hash_password(&password)).await?
+}
+
+/// [`password_matches`] off the async workers ([`HASHES_AT_ONCE`]).
+pub(super) async fn password_matches_async(password: &str, hash: &str) -> Result<bool> {
+    let password = zeroize::Zeroizing::new(password.to_string());
+    let hash = hash.to_string();
+    hashing(move || password_matches(&password, &hash)).await
+}
+
 /// [`Error::Invalid`] naming the field (never its value).
 pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     Error::Invalid {
@@ -83,6 +115,41 @@ pub(super) fn citizen(reference: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11, defect 10: argon2 ran on the async worker threads, so a burst of sign-ins
+    /// stalled every other task (OCSP answers among them). On a single-threaded runtime, a
+    /// ticking task must keep running while eight hashes are computed.
+    #[test]
+    fn hashing_leaves_the_async_workers_free() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let hash = hash_password("correct horse battery").unwrap();
+            let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            let mut checks = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let hash = hash.clone();
+                checks.spawn(async move {
+                    password_matches_async("correct horse battery", &hash).await
+                });
+            }
+            while let Some(ok) = checks.join_next().await {
+                assert!(ok.unwrap().unwrap());
+            }
+            ticker.abort();
+            let n = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(n >= 10, "the runtime stalled while hashing: {n} ticks");
+        });
+    }
 
     #[test]
     fn passwords_hash_with_argon2id() {

@@ -233,27 +233,59 @@ fn random_token() -> String {
     hex::encode(b)
 }
 
-/// (minute, requests in it) per (action, client address).
-type Windows = HashMap<(&'static str, IpAddr), (i64, u32)>;
+/// Requests in the current minute per (action, client address).
+#[derive(Debug, Default)]
+struct Windows {
+    /// The minute counted (Unix minutes).
+    minute: i64,
+    counts: HashMap<(&'static str, IpAddr), u32>,
+}
 
-/// Fixed one-minute windows per (action, client address).
+/// At most this many (action, address) pairs are counted in one minute (about 5 MiB). Past it, a
+/// pair not seen yet this minute is let through uncounted (and logged once a minute): an
+/// attacker with that many addresses gains nothing they did not have, and new citizens are
+/// not locked out by a full table. Sign-in has its own per-account lock besides.
+const LIMITER_KEYS: usize = 100_000;
+
+/// Fixed one-minute windows per (action, client address): O(1) per request; the whole table is
+/// dropped when the minute changes.
 #[derive(Debug, Default)]
 struct Limiter(Mutex<Windows>);
 
 impl Limiter {
     fn check(&self, action: &'static str, ip: IpAddr, per_minute: u32) -> Result<(), AppError> {
-        let ip = bucket(ip);
         let now = time::OffsetDateTime::now_utc().unix_timestamp() / 60;
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() > 100_000 {
-            m.retain(|_, (w, _)| *w == now);
+        self.check_at(action, ip, per_minute, now)
+    }
+
+    fn check_at(
+        &self,
+        action: &'static str,
+        ip: IpAddr,
+        per_minute: u32,
+        minute: i64,
+    ) -> Result<(), AppError> {
+        let key = (action, bucket(ip));
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if w.minute != minute {
+            w.minute = minute;
+            w.counts = HashMap::new();
         }
-        let e = m.entry((action, ip)).or_insert((now, 0));
-        if e.0 != now {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        if e.1 > per_minute {
+        let full = w.counts.len() >= LIMITER_KEYS;
+        let count = match w.counts.get_mut(&key) {
+            Some(c) => c,
+            None if full => {
+                if w.counts.len() == LIMITER_KEYS {
+                    tracing::warn!(keys = LIMITER_KEYS, "rate limiter full for this minute");
+                    // One marker entry past the bound, so the warning is logged once.
+                    w.counts.insert(("(full)", IpAddr::from([0, 0, 0, 0])), 0);
+                }
+                return Ok(());
+            }
+            None => w.counts.entry(key).or_insert(0),
+        };
+        *count += 1;
+        if *count > per_minute {
             return Err(AppError::new(
                 Error::TooManyAttempts("wait a minute and try again".into()),
                 Lang::En,
@@ -1786,6 +1818,27 @@ mod tests {
             client_behind(ip("127.0.0.1"), &trusted, &xff(&["198.51.100.7, nonsense"])),
             ip("127.0.0.1")
         );
+    }
+
+    /// Issue 11, defect 10: the limiter's memory is bounded and a request costs O(1): a full
+    /// table is not swept on every request; a new minute starts empty; a client counted before
+    /// the table filled is still limited.
+    #[test]
+    fn the_limiter_is_bounded() {
+        let limiter = Limiter::default();
+        let known: IpAddr = "192.0.2.1".parse().unwrap();
+        limiter.check_at("t", known, 2, 7).unwrap();
+        for i in 0..(LIMITER_KEYS as u32 + 5_000) {
+            let ip = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+            assert!(limiter.check_at("t", ip, 2, 7).is_ok());
+        }
+        let len = limiter.0.lock().unwrap().counts.len();
+        assert!(len <= LIMITER_KEYS + 1, "{len} keys");
+        limiter.check_at("t", known, 2, 7).unwrap();
+        assert!(limiter.check_at("t", known, 2, 7).is_err(), "still limited");
+        // The next minute starts empty.
+        limiter.check_at("t", known, 2, 8).unwrap();
+        assert_eq!(limiter.0.lock().unwrap().counts.len(), 1);
     }
 
     #[test]
