@@ -78,6 +78,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (13, "responder_retirement", include_str!("../../migrations/sqlite/0013_responder_retirement.sql")),
     (14, "ca_revocation", include_str!("../../migrations/sqlite/0014_ca_revocation.sql")),
     (15, "entered_by", include_str!("../../migrations/sqlite/0015_entered_by.sql")),
+    (16, "signin_window", include_str!("../../migrations/sqlite/0016_signin_window.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -96,6 +97,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (13, "responder_retirement", include_str!("../../migrations/postgres/0013_responder_retirement.sql")),
     (14, "ca_revocation", include_str!("../../migrations/postgres/0014_ca_revocation.sql")),
     (15, "entered_by", include_str!("../../migrations/postgres/0015_entered_by.sql")),
+    (16, "signin_window", include_str!("../../migrations/postgres/0016_signin_window.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

@@ -309,6 +309,55 @@ pub fn approval_outcome(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Staff sign-in.
+
+/// Failed sign-ins in one window before an account is locked for [`LOCK_SECONDS`].
+pub const SIGN_IN_ATTEMPTS: i64 = 5;
+/// How long a locked account stays locked; also the window failures are counted in.
+pub const LOCK_SECONDS: i64 = 15 * 60;
+
+/// A staff account's run of failed sign-ins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SignInFailures {
+    /// Failures in the current window.
+    pub count: i64,
+    /// When the window began (Unix seconds; 0: none).
+    pub since: i64,
+    /// Locked until then (0: not locked).
+    pub locked_until: i64,
+}
+
+impl SignInFailures {
+    /// Whether the account is locked at `now`.
+    pub fn locked(&self, now: i64) -> bool {
+        self.locked_until > now
+    }
+}
+
+/// The failures after one more wrong password or code at `now` (not called while locked: a
+/// failure then does not count, so nobody extends a lock by failing on purpose). A lock that
+/// lapsed, or a window older than [`LOCK_SECONDS`], starts a new window: failures are not
+/// remembered past either, so one wrong password per lapse never locks the account again;
+/// [`SIGN_IN_ATTEMPTS`] failures within a window lock it.
+pub fn after_failed_sign_in(f: SignInFailures, now: i64) -> SignInFailures {
+    let lapsed = f.locked_until > 0 && f.locked_until <= now;
+    let fresh = lapsed || f.count == 0 || now - f.since >= LOCK_SECONDS;
+    let (count, since) = if fresh { (1, now) } else { (f.count + 1, f.since) };
+    let locked_until = if count >= SIGN_IN_ATTEMPTS {
+        now + LOCK_SECONDS
+    } else if f.locked_until > now {
+        f.locked_until
+    } else {
+        0
+    };
+    SignInFailures {
+        count,
+        since,
+        locked_until,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Online renewal.
 
 /// What online renewal needs to know of the current certificate and its application.
@@ -743,6 +792,50 @@ mod tests {
             ..ready
         };
         assert!(approval_readiness(&personal, NOW).is_ok());
+    }
+
+    /// Issue 11, defect 3: failures were forgotten only on success, so after a lock lapsed one
+    /// wrong password locked the account again, and an outsider could keep it locked for good.
+    #[test]
+    fn sign_in_failures_lock_within_a_window_and_are_forgotten_when_the_lock_lapses() {
+        let fail = |f, at| after_failed_sign_in(f, at);
+        // Five failures within the window lock the account for LOCK_SECONDS.
+        let mut f = SignInFailures::default();
+        for i in 0..SIGN_IN_ATTEMPTS {
+            assert!(!f.locked(NOW + i), "locked after {i}");
+            f = fail(f, NOW + i);
+        }
+        assert!(f.locked(NOW + SIGN_IN_ATTEMPTS));
+        assert_eq!(f.locked_until, NOW + SIGN_IN_ATTEMPTS - 1 + LOCK_SECONDS);
+        // One wrong password per lapse, for a day: never locked at the moment it lapsed.
+        let mut at = f.locked_until;
+        for _ in 0..96 {
+            assert!(!f.locked(at), "locked again at {at}");
+            f = fail(f, at);
+            assert_eq!((f.count, f.locked_until), (1, 0), "{f:?}");
+            at += LOCK_SECONDS;
+        }
+        // Four failures, then the window passes: the count starts again.
+        let mut f = SignInFailures::default();
+        for i in 0..SIGN_IN_ATTEMPTS - 1 {
+            f = fail(f, NOW + i * 60);
+        }
+        assert!(!f.locked(NOW + 300));
+        let later = fail(f, NOW + LOCK_SECONDS);
+        assert_eq!((later.count, later.locked_until), (1, 0));
+        // ... but the fifth inside the window locks.
+        let locked = fail(f, NOW + LOCK_SECONDS - 1);
+        assert!(locked.locked(NOW + LOCK_SECONDS));
+        // Brute force stays bounded: at most SIGN_IN_ATTEMPTS tries per LOCK_SECONDS.
+        let mut f = SignInFailures::default();
+        let mut tries = 0;
+        for second in 0..LOCK_SECONDS * 4 {
+            if !f.locked(NOW + second) {
+                f = fail(f, NOW + second);
+                tries += 1;
+            }
+        }
+        assert!(tries <= 4 * SIGN_IN_ATTEMPTS + SIGN_IN_ATTEMPTS, "{tries} tries in an hour");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Staff sign-in (password and TOTP), browser sessions and signing out. Every failure gives
-//! the same answer and spends the time of a password check; repeated failures lock the account.
+//! the same answer and spends the time of a password check; repeated failures within a window
+//! lock the account, and a lapsed lock is forgotten ([`after_failed_sign_in`]).
 
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::rules::{after_failed_sign_in, SignInFailures};
 use super::staff::{plausible_username, Role};
 use super::support::{now, password_matches_async, random_base32, sha256};
 use crate::audit::Event;
@@ -13,10 +15,7 @@ use crate::pii::Field;
 use crate::row::row;
 use crate::store::Store;
 
-/// Failed sign-ins before an account is locked for [`LOCK_SECONDS`].
-pub const SIGN_IN_ATTEMPTS: i64 = 5;
-/// How long a locked account stays locked.
-pub const LOCK_SECONDS: i64 = 15 * 60;
+pub use super::rules::{LOCK_SECONDS, SIGN_IN_ATTEMPTS};
 
 /// A signed-in member of staff.
 #[derive(Debug, Clone)]
@@ -51,6 +50,8 @@ row! {
         password_hash: String,
         totp_sealed: Vec<u8>,
         totp_last_step: i64,
+        failed_logins: i64,
+        failed_since: i64,
         locked_until: i64,
         disabled: i64,
         display_name: String,
@@ -71,7 +72,7 @@ pub async fn sign_in(
     let store = auth.store();
     let t = now();
     let row = sqlx::query_as::<_, Account>(
-        "SELECT id, password_hash, totp_sealed, totp_last_step, locked_until, disabled, display_name, outlet, role \
+        "SELECT id, password_hash, totp_sealed, totp_last_step, failed_logins, failed_since, locked_until, disabled, display_name, outlet, role \
          FROM staff WHERE username = $1",
     )
     .bind(username)
@@ -88,15 +89,7 @@ pub async fn sign_in(
     // nobody can keep an account locked by failing on purpose).
     let fail = |kind: &'static str, staff: Option<String>, count: bool| async move {
         if let (Some(id), true) = (&staff, count) {
-            let _ = sqlx::query(
-                "UPDATE staff SET failed_logins = failed_logins + 1, \
-                 locked_until = CASE WHEN failed_logins + 1 >= $2 THEN $3 ELSE locked_until END WHERE id = $1",
-            )
-            .bind(id)
-            .bind(SIGN_IN_ATTEMPTS)
-            .bind(t + LOCK_SECONDS)
-            .execute(store.pool())
-            .await;
+            let _ = count_failure(store, id, t).await;
         }
         let _ = store
             .audit_now(&Event {
@@ -122,7 +115,7 @@ pub async fn sign_in(
         dummy().await;
         return fail("disabled", Some(id), false).await;
     }
-    if account.locked_until > t {
+    if failures(&account).locked(t) {
         dummy().await;
         return fail("locked", Some(id), false).await;
     }
@@ -144,7 +137,7 @@ pub async fn sign_in(
     let mut tx = store.begin().await?;
     // Compare-and-set on the step: the same code cannot sign in twice, even concurrently.
     let res = sqlx::query(
-        "UPDATE staff SET totp_last_step = $2, failed_logins = 0, locked_until = 0 WHERE id = $1 AND totp_last_step < $2",
+        "UPDATE staff SET totp_last_step = $2, failed_logins = 0, failed_since = 0, locked_until = 0 WHERE id = $1 AND totp_last_step < $2",
     )
     .bind(&id)
     .bind(step)
@@ -184,6 +177,65 @@ pub async fn sign_in(
             csrf,
         },
     })
+}
+
+fn failures(a: &Account) -> SignInFailures {
+    SignInFailures {
+        count: a.failed_logins,
+        since: a.failed_since,
+        locked_until: a.locked_until,
+    }
+}
+
+row! {
+    struct FailureRow {
+        failed_logins: i64,
+        failed_since: i64,
+        locked_until: i64,
+    }
+}
+
+/// Counts one failed sign-in of account `id` at `t` ([`after_failed_sign_in`]): read, decide,
+/// then compare-and-set on what was read, again if another failure got in between, so
+/// parallel guesses each count.
+async fn count_failure(store: &Store, id: &str, t: i64) -> Result<()> {
+    for _ in 0..8 {
+        let Some(r) = sqlx::query_as::<_, FailureRow>(
+            "SELECT failed_logins, failed_since, locked_until FROM staff WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?
+        else {
+            return Ok(());
+        };
+        let next = after_failed_sign_in(
+            SignInFailures {
+                count: r.failed_logins,
+                since: r.failed_since,
+                locked_until: r.locked_until,
+            },
+            t,
+        );
+        let done = sqlx::query(
+            "UPDATE staff SET failed_logins = $2, failed_since = $3, locked_until = $4 \
+             WHERE id = $1 AND failed_logins = $5 AND failed_since = $6 AND locked_until = $7",
+        )
+        .bind(id)
+        .bind(next.count)
+        .bind(next.since)
+        .bind(next.locked_until)
+        .bind(r.failed_logins)
+        .bind(r.failed_since)
+        .bind(r.locked_until)
+        .execute(store.pool())
+        .await?
+        .rows_affected();
+        if done == 1 {
+            return Ok(());
+        }
+    }
+    Err(Error::Store("the sign-in failure could not be counted".into()))
 }
 
 row! {

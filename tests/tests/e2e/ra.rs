@@ -969,6 +969,57 @@ fn server_application_with_domain_validation_and_caa() {
     ca.audit_ok();
 }
 
+/// An outsider without the password cannot keep a clerk locked out (issue 11, defect 3): five
+/// wrong passwords lock the account; once the lock lapses, one wrong password per lapse does
+/// not lock it again, and the clerk signs in with the right password and code.
+#[test]
+fn one_wrong_password_per_lapse_does_not_keep_a_clerk_locked_out() {
+    let ca = Ca::init();
+    add_gpo(&ca);
+    let totp = add_clerk(&ca, "clerk1", "gpo");
+    let smtp = SmtpServer::start();
+    let server = serve_ra(&ca, &smtp.addr, &ca.file("serve.log"));
+    let addr = &server.1;
+    let sign_in = |password: &str, code: &str| -> u16 {
+        let r = page(addr, "/staff/login", "");
+        let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+        form(
+            addr,
+            "/staff/login",
+            &format!("ecert_csrf={csrf}"),
+            &[
+                ("csrf", &csrf),
+                ("username", "clerk1"),
+                ("password", password),
+                ("code", code),
+            ],
+        )
+        .status
+    };
+    let lapse = || {
+        // The lock's fifteen minutes pass (the clock cannot be moved under a running service).
+        ca.tamper(
+            "UPDATE staff SET locked_until = CASE WHEN locked_until > 0 THEN locked_until - 901 ELSE 0 END, \
+             failed_since = failed_since - 901 WHERE username = 'clerk1'",
+        )
+    };
+    for _ in 0..5 {
+        assert_eq!(sign_in("a wrong password 99", "000000"), 401);
+    }
+    // Locked: even the right password and code are refused, with the same answer.
+    assert_eq!(sign_in("a counter password 123", &totp_now(&totp)), 401);
+    // The attacker sends one wrong password as each lock lapses.
+    for _ in 0..3 {
+        lapse();
+        assert_eq!(sign_in("a wrong password 99", "000000"), 401);
+    }
+    assert_eq!(
+        sign_in("a counter password 123", &totp_now(&totp)),
+        303,
+        "the clerk is still locked out"
+    );
+}
+
 /// A stateless front instance (`serve --no-signer --ra-upstream`) serves the registration
 /// pages by forwarding them to the signing instance: a citizen applies, confirms the code and
 /// tracks, a clerk signs in, all through the front; what a client writes into
