@@ -79,6 +79,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (14, "ca_revocation", include_str!("../../migrations/sqlite/0014_ca_revocation.sql")),
     (15, "entered_by", include_str!("../../migrations/sqlite/0015_entered_by.sql")),
     (16, "signin_window", include_str!("../../migrations/sqlite/0016_signin_window.sql")),
+    (17, "token_scopes", include_str!("../../migrations/sqlite/0017_token_scopes.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -98,6 +99,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (14, "ca_revocation", include_str!("../../migrations/postgres/0014_ca_revocation.sql")),
     (15, "entered_by", include_str!("../../migrations/postgres/0015_entered_by.sql")),
     (16, "signin_window", include_str!("../../migrations/postgres/0016_signin_window.sql")),
+    (17, "token_scopes", include_str!("../../migrations/postgres/0017_token_scopes.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

@@ -185,6 +185,11 @@ enum StaffCommand {
         /// Days until it expires (1 to 366).
         #[arg(long, default_value_t = 90)]
         days: u32,
+        /// What it may do, comma-separated: `read` (applications, certificates), `enter`
+        /// (walk-in applications, counter checks, fees, domain checks), `decide` (approve,
+        /// reject). Give only what the integration needs.
+        #[arg(long)]
+        scopes: String,
     },
 }
 
@@ -524,10 +529,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 username,
                 label,
                 days,
+                scopes,
             }) => {
+                let scopes = ca_core::ra::Scopes::parse(&scopes)?;
                 let store = open_store(&config).await?;
-                let token =
-                    ca_core::ra::create_api_token(&store, &username, &label, days, &actor()).await?;
+                let token = ca_core::ra::create_api_token(
+                    &store,
+                    &username,
+                    &label,
+                    days,
+                    scopes,
+                    &actor(),
+                )
+                .await?;
                 outln!("{token}");
                 Ok(())
             }

@@ -76,7 +76,7 @@ pub use session::{
 pub use staff::{
     create_staff, list_staff, reset_totp, set_staff_disabled, NewStaff, Role, StaffRow,
 };
-pub use token::{api_session, create_api_token, revoke_api_tokens};
+pub use token::{api_session, create_api_token, revoke_api_tokens, Scope, Scopes};
 
 /// Shared handle for the web layer.
 pub type Shared = std::sync::Arc<crate::authority::Authority>;

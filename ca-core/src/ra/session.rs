@@ -32,6 +32,8 @@ pub struct StaffSession {
     pub role: Role,
     /// The session's CSRF token (a hidden field of every form).
     pub csrf: String,
+    /// An API token's scopes; `None` for a browser session (what the role allows).
+    pub scopes: Option<super::token::Scopes>,
 }
 
 /// A new session: the cookie token (shown once) and who it is.
@@ -175,6 +177,7 @@ pub async fn sign_in(
             outlet: account.outlet,
             role: Role::parse(&account.role)?,
             csrf,
+            scopes: None,
         },
     })
 }
@@ -293,6 +296,7 @@ pub async fn session(
         display_name: r.display_name,
         outlet: r.outlet,
         role: Role::parse(&r.role)?,
+        scopes: None,
     })
 }
 

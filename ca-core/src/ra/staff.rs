@@ -202,8 +202,8 @@ pub(super) async fn staff_id(tx: &mut Tx, username: &str) -> Result<String> {
         .ok_or(Error::NotFound)
 }
 
-/// Disables (or enables again) a staff account. Disabling ends its sessions; its API tokens
-/// stop working while it is disabled.
+/// Disables (or enables again) a staff account. Disabling ends its sessions and revokes its API
+/// tokens.
 pub async fn set_staff_disabled(
     store: &Store,
     username: &str,
@@ -217,12 +217,17 @@ pub async fn set_staff_disabled(
         .bind(i64::from(disabled))
         .execute(&mut *tx)
         .await?;
-    if disabled {
+    // Disabling ends the member's sessions and revokes their API tokens (enabling again
+    // restores neither).
+    let tokens = if disabled {
         sqlx::query("DELETE FROM staff_sessions WHERE staff = $1")
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-    }
+        super::token::revoke_tokens_in(&mut tx, &id).await?
+    } else {
+        0
+    };
     store
         .audit(
             &mut tx,
@@ -234,7 +239,7 @@ pub async fn set_staff_disabled(
                 },
                 actor: actor.to_string(),
                 subject: Some(id),
-                detail: json!({ "username": username }),
+                detail: json!({ "username": username, "api_tokens_revoked": tokens }),
             },
         )
         .await?;
@@ -242,8 +247,8 @@ pub async fn set_staff_disabled(
     Ok(())
 }
 
-/// A new TOTP secret for a staff member (a lost phone); ends their sessions. Returns the secret
-/// to enrol (shown once).
+/// A new TOTP secret for a staff member (a lost phone); ends their sessions and revokes their
+/// API tokens. Returns the secret to enrol (shown once).
 pub async fn reset_totp(
     store: &Store,
     vault: &crate::pii::Vault,
@@ -267,6 +272,8 @@ pub async fn reset_totp(
         .bind(&id)
         .execute(&mut *tx)
         .await?;
+    // A lost phone may mean a lost laptop: the member's API tokens go too.
+    let tokens = super::token::revoke_tokens_in(&mut tx, &id).await?;
     store
         .audit(
             &mut tx,
@@ -274,7 +281,7 @@ pub async fn reset_totp(
                 kind: "ra.staff.totp_reset",
                 actor: actor.to_string(),
                 subject: Some(id),
-                detail: json!({ "username": username }),
+                detail: json!({ "username": username, "api_tokens_revoked": tokens }),
             },
         )
         .await?;

@@ -1,6 +1,6 @@
 //! JSON API tokens: made for a staff member by `ecert staff token`, printed once, stored as a
-//! SHA-256; a token acts as its member (same outlet, same role) until it expires, is revoked,
-//! or the account is disabled.
+//! SHA-256; a token acts as its member (same outlet, same role) within the scopes chosen when
+//! it was made, until it expires, is revoked, or the account is disabled (which revokes it).
 
 use serde_json::json;
 
@@ -10,15 +10,103 @@ use super::support::{check_len, invalid, now, random_base32, sha256};
 use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::row::row;
-use crate::store::Store;
+use crate::store::{Store, Tx};
+
+/// One thing an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Read the outlet's applications and their certificates.
+    Read,
+    /// Enter applications (walk-ins) and record counter checks, fees and domain checks.
+    Enter,
+    /// Approve or reject.
+    Decide,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Enter, Scope::Decide];
+
+    /// Its name on the command line and in the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Enter => "enter",
+            Scope::Decide => "decide",
+        }
+    }
+}
+
+/// The scopes of an API token (a browser session has no such limit: `None` in
+/// [`StaffSession::scopes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes {
+    read: bool,
+    enter: bool,
+    decide: bool,
+}
+
+impl Scopes {
+    /// Parses a list like `read,enter` (commas or spaces); at least one, each known.
+    pub fn parse(list: &str) -> Result<Scopes> {
+        let mut s = Scopes::default();
+        for name in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|n| !n.is_empty()) {
+            match name {
+                "read" => s.read = true,
+                "enter" => s.enter = true,
+                "decide" => s.decide = true,
+                _ => return Err(invalid("scopes", "read, enter and/or decide")),
+            }
+        }
+        if s == Scopes::default() {
+            return Err(invalid("scopes", "at least one of read, enter, decide"));
+        }
+        Ok(s)
+    }
+
+    /// Whether `scope` is among them.
+    pub fn allows(self, scope: Scope) -> bool {
+        match scope {
+            Scope::Read => self.read,
+            Scope::Enter => self.enter,
+            Scope::Decide => self.decide,
+        }
+    }
+
+    /// The names, space-separated, in a fixed order.
+    pub fn names(self) -> String {
+        Scope::ALL
+            .iter()
+            .filter(|s| self.allows(**s))
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl StaffSession {
+    /// Refuses a request a token's scopes do not cover ([`Error::Forbidden`]); a browser
+    /// session passes.
+    pub fn require(&self, scope: Scope) -> Result<()> {
+        match self.scopes {
+            Some(s) if !s.allows(scope) => Err(Error::Forbidden(format!(
+                "this API token lacks the {} scope",
+                scope.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Makes an API token for a staff member (printed once; only its SHA-256 is stored). The token
-/// acts as that member: same outlet, same role, until it expires or the account is disabled.
+/// acts as that member — same outlet, same role — within `scopes`, until it expires, is
+/// revoked, or the account is disabled.
 pub async fn create_api_token(
     store: &Store,
     username: &str,
     label: &str,
     days: u32,
+    scopes: Scopes,
     actor: &str,
 ) -> Result<String> {
     check_len("label", label, 1, 80)?;
@@ -35,12 +123,13 @@ pub async fn create_api_token(
     let token = format!("ecert_{}", random_base32(32));
     let t = now();
     let mut tx = store.begin().await?;
-    sqlx::query("INSERT INTO api_tokens (token_hash, staff, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query("INSERT INTO api_tokens (token_hash, staff, label, created_at, expires_at, scopes) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(sha256(&[b"api-token", token.as_bytes()]))
         .bind(&staff)
         .bind(label)
         .bind(t)
         .bind(t + i64::from(days) * 86_400)
+        .bind(scopes.names())
         .execute(&mut *tx)
         .await?;
     store
@@ -50,7 +139,7 @@ pub async fn create_api_token(
                 kind: "ra.api_token.created",
                 actor: actor.to_string(),
                 subject: Some(staff),
-                detail: json!({ "username": username, "label": label, "days": days }),
+                detail: json!({ "username": username, "label": label, "days": days, "scopes": scopes.names() }),
             },
         )
         .await?;
@@ -69,13 +158,14 @@ row! {
         expires_at: i64,
         revoked: i64,
         disabled: i64,
+        scopes: String,
     }
 }
 
 /// The staff member behind an API token ([`Error::NotFound`] or [`Error::Expired`] otherwise).
 pub async fn api_session(store: &Store, token: &str) -> Result<StaffSession> {
     let r = sqlx::query_as::<_, TokenRow>(
-        "SELECT st.id, st.username, st.display_name, st.outlet, st.role, t.expires_at, t.revoked, st.disabled \
+        "SELECT st.id, st.username, st.display_name, st.outlet, st.role, t.expires_at, t.revoked, st.disabled, t.scopes \
          FROM api_tokens t JOIN staff st ON st.id = t.staff WHERE t.token_hash = $1",
     )
     .bind(sha256(&[b"api-token", token.as_bytes()]))
@@ -92,18 +182,26 @@ pub async fn api_session(store: &Store, token: &str) -> Result<StaffSession> {
         outlet: r.outlet,
         role: Role::parse(&r.role)?,
         csrf: String::new(),
+        scopes: Some(Scopes::parse(&r.scopes)?),
     })
+}
+
+/// Revokes every live API token of staff account `id` inside `tx`; returns how many.
+pub(super) async fn revoke_tokens_in(tx: &mut Tx, id: &str) -> Result<u64> {
+    Ok(
+        sqlx::query("UPDATE api_tokens SET revoked = 1 WHERE staff = $1 AND revoked = 0")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// Revokes every API token of a staff member; returns how many were live.
 pub async fn revoke_api_tokens(store: &Store, username: &str, actor: &str) -> Result<u64> {
     let mut tx = store.begin().await?;
     let id = staff_id(&mut tx, username).await?;
-    let n = sqlx::query("UPDATE api_tokens SET revoked = 1 WHERE staff = $1 AND revoked = 0")
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let n = revoke_tokens_in(&mut tx, &id).await?;
     store
         .audit(
             &mut tx,

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ca_core::error::Error;
-use ca_core::ra::{self, Decided, Decision, StaffSession};
+use ca_core::ra::{self, Decided, Decision, Scope, StaffSession};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
@@ -207,6 +207,7 @@ async fn list(
     Staff(staff): Staff,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<ApplicationRow>>, ApiFailure> {
+    staff.require(Scope::Read)?;
     let rows = ra::queue(
         s.auth.store(),
         &staff,
@@ -305,6 +306,7 @@ async fn create(
     Staff(staff): Staff,
     Json(a): Json<NewApplication>,
 ) -> Result<Response, ApiFailure> {
+    staff.require(Scope::Enter)?;
     let language = a.language.clone();
     let submitted = ra::submit(
         &s.auth,
@@ -418,6 +420,7 @@ async fn show(
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Json<ApplicationView>, ApiFailure> {
+    staff.require(Scope::Read)?;
     let v = ra::staff_view(&s.auth, &staff, &id).await?;
     Ok(Json(ApplicationView {
         id: v.id,
@@ -466,6 +469,7 @@ async fn organisation(
     Path(id): Path<String>,
     Json(b): Json<OrganisationCheck>,
 ) -> Result<StatusCode, ApiFailure> {
+    staff.require(Scope::Enter)?;
     ra::check_organisation(
         &s.auth,
         &staff,
@@ -493,6 +497,7 @@ async fn domains(
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Json<Domains>, ApiFailure> {
+    staff.require(Scope::Enter)?;
     let (random_value, list) = ra::validate_domains_at_counter(&s.auth, &staff, &id).await?;
     Ok(Json(Domains {
         random_value,
@@ -519,6 +524,7 @@ async fn identity(
     Path(id): Path<String>,
     Json(b): Json<IdentityCheck>,
 ) -> Result<StatusCode, ApiFailure> {
+    staff.require(Scope::Enter)?;
     ra::check_identity(
         &s.auth,
         &staff,
@@ -549,6 +555,7 @@ async fn fee(
     Path(id): Path<String>,
     Json(b): Json<Fee>,
 ) -> Result<StatusCode, ApiFailure> {
+    staff.require(Scope::Enter)?;
     ra::record_fee(&s.auth, &staff, &id, b.amount_cents, &b.method, &b.receipt).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -580,6 +587,7 @@ async fn decision(
     Path(id): Path<String>,
     Json(b): Json<DecisionRequest>,
 ) -> Result<Json<DecisionResult>, ApiFailure> {
+    staff.require(Scope::Decide)?;
     let d = match b.decision.as_str() {
         "approve" => Decision::Approve,
         "reject" => Decision::Reject(b.reason),
@@ -632,6 +640,7 @@ async fn certificate(
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
+    staff.require(Scope::Read)?;
     let der = ra::staff_certificate(s.auth.store(), &staff, &id).await?;
     let pem = pem::encode_config(
         &pem::Pem::new("CERTIFICATE", der),

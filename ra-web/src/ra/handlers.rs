@@ -1118,6 +1118,7 @@ fn has_hkid_shape(s: &str) -> bool {
 /// response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_api_with_staff_tokens() {
+    let scopes = |list: &str| ra::Scopes::parse(list).unwrap();
     let app = app(|_| {}).await;
     let store = app.auth.store().clone();
     ra::create_staff(
@@ -1148,10 +1149,10 @@ async fn json_api_with_staff_tokens() {
     )
     .await
     .unwrap();
-    let token = ra::create_api_token(&store, "clerk1", "integration", 30, "test")
+    let token = ra::create_api_token(&store, "clerk1", "integration", 30, scopes("read,enter,decide"), "test")
         .await
         .unwrap();
-    let far = ra::create_api_token(&store, "clerk9", "integration", 30, "test")
+    let far = ra::create_api_token(&store, "clerk9", "integration", 30, scopes("read,enter"), "test")
         .await
         .unwrap();
     ra::create_staff(
@@ -1168,7 +1169,7 @@ async fn json_api_with_staff_tokens() {
     )
     .await
     .unwrap();
-    let second = ra::create_api_token(&store, "clerk2", "integration", 30, "test")
+    let second = ra::create_api_token(&store, "clerk2", "integration", 30, scopes("read,decide"), "test")
         .await
         .unwrap();
     let mut bodies = Vec::new();
@@ -1277,6 +1278,36 @@ async fn json_api_with_staff_tokens() {
     assert_eq!(v["hkid_masked"], hkid.masked());
     assert_eq!(v["status"], "awaiting_visit");
     bodies.push(view.body);
+
+    // Scopes (issue 11, defect 7): a token does only what it was made for. The second clerk's
+    // token reads and decides; it does not record counter checks or enter applications.
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/identity"),
+            Some(&second),
+            Some(serde_json::json!({"version": 1, "hkid": hkid.expose(), "card_sighted": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.body.contains("lacks the enter scope"), "{}", r.body);
+    let r = app
+        .api("GET", &format!("/api/v1/applications/{id}"), Some(&second), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let reader = ra::create_api_token(&store, "clerk1", "reporting", 30, scopes("read"), "test")
+        .await
+        .unwrap();
+    let r = app
+        .api(
+            "POST",
+            &format!("/api/v1/applications/{id}/decision"),
+            Some(&reader),
+            Some(serde_json::json!({"version": 1, "decision": "reject", "reason": "testing scopes"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.body.contains("lacks the decide scope"), "{}", r.body);
 
     // The counter steps, with their refusals.
     let other = ca_core::hkid::synthetic("Z", 90_211);

@@ -289,6 +289,23 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     // Staff accounts and tokens are made while the service runs (no signer lock needed).
     let supervisor = add_clerk(&ca, "super1", "gpo");
     assert!(!supervisor.is_empty());
+    let api_list = |token: &str| {
+        http(
+            addr,
+            "GET",
+            "/api/v1/applications",
+            &[("Authorization", &format!("Bearer {}", token.trim()))],
+            b"",
+        )
+        .status
+    };
+    let super_token = ca.ecert_ok(&[
+        "staff", "token", "--username", "super1", "--scopes", "read", "--days", "1",
+    ]);
+    assert_eq!(api_list(&super_token), 200);
+    // A token's scopes are chosen when it is made: none, or an unknown one, is refused.
+    let err = ca.ecert_err(&["staff", "token", "--username", "super1", "--scopes", "all"]);
+    assert!(err.contains("scopes"), "{err}");
     ca.ecert_ok(&["staff", "disable", "--username", "super1"]);
     let list = ca.ecert_ok(&["staff", "list"]);
     assert!(
@@ -301,6 +318,16 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         reset.contains("totp_secret=") && !reset.contains(&supervisor),
         "{reset}"
     );
+    // Disabling a member revoked their API tokens for good (issue 11, defect 7); so does a
+    // new TOTP secret.
+    ca.ecert_ok(&["staff", "enable", "--username", "super1"]);
+    assert_eq!(api_list(&super_token), 401, "a disabled member's token still works");
+    let super_token = ca.ecert_ok(&[
+        "staff", "token", "--username", "super1", "--scopes", "read", "--days", "1",
+    ]);
+    assert_eq!(api_list(&super_token), 200);
+    ca.ecert_ok(&["staff", "reset-totp", "--username", "super1"]);
+    assert_eq!(api_list(&super_token), 401, "a token survived reset-totp");
 
     // An integrator's token (made by the CLI while the service runs) sees the application.
     let token = ca.ecert_ok(&[
@@ -312,6 +339,8 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         "e2e",
         "--days",
         "1",
+        "--scopes",
+        "read,enter,decide",
     ]);
     let r = http(
         addr,
@@ -615,6 +644,8 @@ fn server_application_with_domain_validation_and_caa() {
             "e2e",
             "--days",
             "1",
+            "--scopes",
+            "read,enter,decide",
         ])
         .trim()
         .to_string()

@@ -306,7 +306,7 @@ async fn staff_administration() {
     )
     .await
     .unwrap();
-    let token = create_api_token(&store, "clerk1", "t", 1, "t")
+    let token = create_api_token(&store, "clerk1", "t", 1, Scopes::parse("read").unwrap(), "t")
         .await
         .unwrap();
     assert!(api_session(&store, &token).await.is_ok());
@@ -340,6 +340,14 @@ async fn staff_administration() {
     set_staff_disabled(&store, "clerk1", false, "admin")
         .await
         .unwrap();
+    // Disabling revoked the token for good (issue 11, defect 7): enabling does not restore it.
+    assert!(
+        api_session(&store, &token).await.is_err(),
+        "a disabled member's token works again"
+    );
+    let token = create_api_token(&store, "clerk1", "t", 1, Scopes::parse("read").unwrap(), "t")
+        .await
+        .unwrap();
     assert!(api_session(&store, &token).await.is_ok());
     let fresh = reset_totp(&store, &auth.pii().unwrap(), "clerk1", "admin")
         .await
@@ -365,6 +373,14 @@ async fn staff_administration() {
     )
     .await
     .unwrap();
+    // A new TOTP secret (a lost phone) revoked the member's tokens too.
+    assert!(
+        api_session(&store, &token).await.is_err(),
+        "a token survived reset-totp"
+    );
+    let token = create_api_token(&store, "clerk1", "t", 1, Scopes::parse("read").unwrap(), "t")
+        .await
+        .unwrap();
     assert_eq!(
         revoke_api_tokens(&store, "clerk1", "admin").await.unwrap(),
         1
