@@ -28,6 +28,34 @@ pub struct Config {
     pub ra: RaConfig,
     /// Domain control validation and CAA for server certificates.
     pub dcv: DcvConfig,
+    /// How every listener bounds its clients.
+    pub http: HttpConfig,
+}
+
+/// How every listener (`ecert serve`, plain or TLS, a front instance, `ecert perspective
+/// serve`) bounds its clients, so slow or many connections cannot stop OCSP, CRL and RA
+/// answers (docs/SECURITY.md "Slow clients").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections served at once; more are closed at once.
+    pub max_connections: u32,
+    /// Seconds for a TLS handshake, for each request's head, and for an idle keep-alive
+    /// connection to send its next request (1 to 10).
+    pub header_timeout_seconds: u32,
+    /// Seconds for a request's body and its answer; past it the request gets 408 (or the
+    /// connection is closed).
+    pub request_timeout_seconds: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 4096,
+            header_timeout_seconds: 10,
+            request_timeout_seconds: 60,
+        }
+    }
 }
 
 /// Domain control validation (TLS BR §3.2.2.4.7) and CAA checking (TLS BR §3.2.2.8) for server
@@ -322,6 +350,7 @@ impl Default for Config {
             crl: CrlConfig::default(),
             ra: RaConfig::default(),
             dcv: DcvConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -445,6 +474,21 @@ impl Config {
                     p.name
                 )));
             }
+        }
+        if !(1..=10).contains(&self.http.header_timeout_seconds) {
+            return Err(Error::Config(
+                "http.header_timeout_seconds must be 1 to 10".into(),
+            ));
+        }
+        if !(1..=600).contains(&self.http.request_timeout_seconds) {
+            return Err(Error::Config(
+                "http.request_timeout_seconds must be 1 to 600".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            return Err(Error::Config(
+                "http.max_connections must be 1 to 1000000".into(),
+            ));
         }
         if !(1..=60).contains(&self.dcv.timeout_seconds) {
             return Err(Error::Config("dcv.timeout_seconds must be 1 to 60".into()));

@@ -69,11 +69,12 @@ pub async fn serve(dcv: DcvConfig, a: PerspectiveArgs) -> anyhow::Result<()> {
     println!("listening on https://{}", listener.local_addr()?);
     crate::tls::serve(
         listener,
-        tls,
+        Some(tls),
         app,
         crate::tls::Limits {
             max_connections: MAX_CONNECTIONS,
             handshake: HANDSHAKE,
+            request: EXCHANGE,
             connection: Some(EXCHANGE),
         },
     )

@@ -215,35 +215,18 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    match tls {
-        Some(tls) => {
-            println!("listening on https://{addr}");
-            crate::tls::serve(
-                listener,
-                tls,
-                app,
-                crate::tls::Limits {
-                    max_connections: 4096,
-                    handshake: Duration::from_secs(10),
-                    connection: None,
-                },
-            )
-            .await
-            .context("serving")?;
-        }
-        None => {
-            println!("listening on http://{addr}");
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")?;
-        }
-    }
+    println!(
+        "listening on {}://{addr}",
+        if tls.is_some() { "https" } else { "http" }
+    );
+    crate::tls::serve(
+        listener,
+        tls,
+        app,
+        crate::tls::Limits::from_config(&state.config.http),
+    )
+    .await
+    .context("serving")?;
     for b in background {
         b.abort();
     }

@@ -1,6 +1,7 @@
-//! HTTPS serving with rustls (TLS 1.2 and 1.3, ring), for `ecert perspective serve` and for
-//! `ecert serve --tls-cert --tls-key` (the signing instance behind front instances). The client
-//! side is `ca_core::mpic::client_tls`.
+//! The listeners: HTTP/1.1, plain or over rustls (TLS 1.2 and 1.3, ring), for `ecert serve`
+//! (with `--tls-cert --tls-key`, the signing instance behind front instances) and `ecert
+//! perspective serve`, each bounded by [`Limits`] so slow or many clients cannot stop the
+//! service. The TLS client side is `ca_core::mpic::client_tls`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,18 +10,35 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 
-/// Bounds on what clients may hold.
+/// Bounds on what clients may hold (docs/SECURITY.md "Slow clients").
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections served at once; more are refused.
+    /// Connections served at once; more are closed at once.
     pub max_connections: usize,
-    /// Time for the TLS handshake, and for each request head.
+    /// Time for the TLS handshake, for each request head, and for an idle keep-alive
+    /// connection's next request head (hyper's header-read timer runs whenever the connection
+    /// waits for a head).
     pub handshake: Duration,
+    /// Time for a request's body and its answer: 408 past it.
+    pub request: Duration,
     /// Time for a whole connection, if bounded.
     pub connection: Option<Duration>,
+}
+
+impl Limits {
+    /// The limits `[http]` configures.
+    pub fn from_config(http: &ca_core::config::HttpConfig) -> Limits {
+        Limits {
+            max_connections: usize::try_from(http.max_connections).unwrap_or(usize::MAX),
+            handshake: Duration::from_secs(u64::from(http.header_timeout_seconds)),
+            request: Duration::from_secs(u64::from(http.request_timeout_seconds)),
+            connection: None,
+        }
+    }
 }
 
 /// A server configuration from a PEM certificate chain (leaf first) and a PEM PKCS#8 key.
@@ -46,19 +64,44 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
         .context("the TLS certificate and key do not go together")
 }
 
-/// Serves `app` over TLS on `listener` until Ctrl-C. Each request carries the client's
-/// address as `ConnectInfo`, as with plain `axum::serve`.
+/// Serves `app` on `listener`, over TLS with `tls` or plain HTTP/1.1 without, within `limits`:
+/// a connection slot per client (refused when none is free), a deadline for the handshake and
+/// every request head (slowloris), one for each request's body and answer (a trickled body),
+/// and optionally one for the whole connection. The peer address reaches handlers as
+/// `ConnectInfo`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: rustls::ServerConfig,
+    tls: Option<rustls::ServerConfig>,
     app: Router,
     limits: Limits,
 ) -> anyhow::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let request = limits.request;
+    let app = app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(request, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => (
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    [(axum::http::header::CONNECTION, "close")],
+                    "the request took too long\n",
+                )
+                    .into_response(),
+            }
+        },
+    ));
     loop {
         let (tcp, peer) = tokio::select! {
-            r = listener.accept() => r?,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                // Out of file descriptors and the like: wait a little rather than spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -68,32 +111,38 @@ pub async fn serve(
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
             let app = app.layer(axum::Extension(ConnectInfo::<SocketAddr>(peer)));
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.handshake)
-                .serve_connection(TokioIo::new(tls), service);
-            let outcome = match limits.connection {
-                Some(d) => tokio::time::timeout(d, conn).await.ok(),
-                None => Some(conn.await),
-            };
-            match outcome {
-                Some(Err(e)) => tracing::info!(%peer, error = %e, "connection ended"),
-                None => tracing::info!(%peer, "connection closed after its time"),
-                Some(Ok(())) => {}
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => connection(tls, app, peer, limits).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => connection(tcp, app, peer, limits).await,
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 on one connection within `limits`.
+async fn connection<IO>(io: IO, app: Router, peer: SocketAddr, limits: Limits)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.handshake)
+        .serve_connection(TokioIo::new(io), service);
+    let outcome = match limits.connection {
+        Some(d) => tokio::time::timeout(d, conn).await.ok(),
+        None => Some(conn.await),
+    };
+    match outcome {
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended"),
+        None => tracing::info!(%peer, "connection closed after its time"),
+        Some(Ok(())) => {}
     }
 }

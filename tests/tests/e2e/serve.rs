@@ -338,6 +338,101 @@ fn health_and_metrics_do_not_query_the_database_per_request() {
     );
 }
 
+/// Slow clients cannot hold the listener (issue 11, defect 6): 25 connections that trickle a
+/// request head (slowloris) and 25 that trickle a request body are cut, while OCSP and the CRLs
+/// keep answering; an idle keep-alive connection is closed too; past `max_connections` a new
+/// connection is closed at once.
+#[test]
+fn slow_clients_are_cut_while_ocsp_keeps_answering() {
+    let ca = Ca::init();
+    let case = personal();
+    let csr = ca.csr("a", KeyType::P256);
+    let leaf = ca.issue(case.profile, &csr.csr, &case.args, "before serving");
+    ca.append_config(
+        "[http]\nmax_connections = 60\nheader_timeout_seconds = 2\nrequest_timeout_seconds = 3",
+    );
+    let server = start(&ca);
+    let addr = server.1.clone();
+    let individual = ca.export("individual");
+
+    // 50 slow clients, each sending a byte every 500 ms: 25 heads that never end, 25 bodies
+    // that never complete. Each records when the server closed it.
+    let started = Instant::now();
+    let slow: Vec<_> = (0..50)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || -> Option<Duration> {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                let head = if i % 2 == 0 {
+                    "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_string()
+                } else {
+                    "POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\nContent-Length: 1000\r\n\r\n".to_string()
+                };
+                if s.write_all(head.as_bytes()).is_err() {
+                    return Some(started.elapsed());
+                }
+                let begun = Instant::now();
+                while begun.elapsed() < Duration::from_secs(20) {
+                    let mut buf = [0u8; 512];
+                    match s.read(&mut buf) {
+                        Ok(0) => return Some(begun.elapsed()),
+                        Ok(_) => {} // a 408 before the close
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => return Some(begun.elapsed()),
+                    }
+                    if s.write_all(b"a").is_err() {
+                        return Some(begun.elapsed());
+                    }
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                None
+            })
+        })
+        .collect();
+    // Meanwhile relying parties are answered.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = crate::ra::ocsp_status(&ca, &addr, &individual.path, &leaf.cert.path);
+    assert!(status.contains(": good"), "{status}");
+    assert_eq!(get(&addr, "/crl/individual.crl").0, 200);
+    for (i, t) in slow.into_iter().enumerate() {
+        let cut = t.join().unwrap();
+        assert!(
+            cut.is_some_and(|d| d < Duration::from_secs(10)),
+            "slow client {i} was not cut: {cut:?}"
+        );
+    }
+
+    // An idle keep-alive connection is closed after the header timeout.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(closed, "an idle keep-alive connection stayed open");
+
+    // Past max_connections, a new connection is closed at once; the held ones still work.
+    let held: Vec<_> = (0..60).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        matches!(extra.read(&mut buf), Ok(0) | Err(_)),
+        "a connection past the cap was served"
+    );
+    drop(held);
+}
+
 /// `ecert_crl_number{ca=..,crl=..}` from `/metrics`, keyed `ca/crl`.
 fn crl_numbers(addr: &str) -> std::collections::BTreeMap<String, u64> {
     let (_, _, body) = get(addr, "/metrics");
