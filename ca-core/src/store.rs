@@ -80,6 +80,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (15, "entered_by", include_str!("../../migrations/sqlite/0015_entered_by.sql")),
     (16, "signin_window", include_str!("../../migrations/sqlite/0016_signin_window.sql")),
     (17, "token_scopes", include_str!("../../migrations/sqlite/0017_token_scopes.sql")),
+    (18, "mailbox_caps", include_str!("../../migrations/sqlite/0018_mailbox_caps.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -100,6 +101,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (15, "entered_by", include_str!("../../migrations/postgres/0015_entered_by.sql")),
     (16, "signin_window", include_str!("../../migrations/postgres/0016_signin_window.sql")),
     (17, "token_scopes", include_str!("../../migrations/postgres/0017_token_scopes.sql")),
+    (18, "mailbox_caps", include_str!("../../migrations/postgres/0018_mailbox_caps.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

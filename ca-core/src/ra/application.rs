@@ -283,6 +283,16 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     if !super::outlet::exists(store.pool(), &a.outlet).await? {
         return Err(invalid("outlet", "choose one of the listed outlets"));
     }
+    // A mailbox cannot be flooded with applications waiting for it (S/MIME BR §3.2.2.2).
+    if mailbox::waiting_on(store.pool(), &a.email, "").await? >= mailbox::WAITING_PER_MAILBOX {
+        return Err(invalid(
+            "email",
+            format!(
+                "{} applications are already waiting for this address to be confirmed: confirm one of them first",
+                mailbox::WAITING_PER_MAILBOX
+            ),
+        ));
+    }
     // Who entered it (by account id), so that person cannot approve it.
     let entered_by = match &a.entered_by {
         Some(username) => Some(

@@ -496,7 +496,10 @@ pub async fn amend_contact(
             })?;
         let c = mailbox::new_code();
         sqlx::query(
-            "UPDATE applications SET email = $2, email_confirmed_at = NULL, email_code_hash = $3, email_code_expires = $4, email_code_attempts = 0 WHERE id = $1",
+            // In person at the counter: the lifetime counts of values and wrong values start
+            // again with the corrected address.
+            "UPDATE applications SET email = $2, email_confirmed_at = NULL, email_code_hash = $3, email_code_expires = $4, \
+             email_code_attempts = 0, email_codes_sent = 1, email_code_failures = 0 WHERE id = $1",
         )
         .bind(id)
         .bind(subject.emails.first().cloned().unwrap_or_default())

@@ -64,7 +64,9 @@ pub use domains::{
     validate_domains, validate_domains_at_counter, validate_domains_online, DomainStatus,
 };
 pub use fee::{fee_due, record_fee};
-pub use mailbox::{confirm_email, new_email_code, CODE_ATTEMPTS};
+pub use mailbox::{
+    confirm_email, confirm_email_link, new_email_code, CODES_SENT, CODE_ATTEMPTS, WAITING_PER_MAILBOX,
+};
 pub use outlet::{ensure_outlet, outlets};
 pub use renewal::{rekey_message, renew_online};
 pub use retention::purge;

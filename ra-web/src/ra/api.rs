@@ -337,6 +337,7 @@ async fn create(
     .await?;
     let _ = super::send_code(
         &s.mailer,
+        &s.auth.config().ca.base_url,
         super::Lang::parse(&language),
         &submitted.email,
         &submitted.reference,

@@ -185,14 +185,15 @@ impl App {
         .await
     }
 
-    /// The last mail's code line value.
+    /// The last mail's code line value (its last `Label: value` line).
     fn last_code(&self) -> String {
         let inbox = self.inbox.lock().unwrap();
         let mail = inbox.last().expect("a mail was sent");
         mail.lines()
             .rev()
             .find_map(|l| l.rsplit_once(": ").map(|(_, c)| c.trim().to_string()))
-            .filter(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+            // A 128-bit Random Value: 26 base32 characters.
+            .filter(|c| c.len() == 26 && c.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)))
             .unwrap_or_else(|| panic!("no code in {mail}"))
     }
 }
@@ -361,7 +362,7 @@ async fn citizen_and_clerk_journey_with_every_error_path() {
     let code = app.last_code();
 
     // Wrong e-mail code, then the right one.
-    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAA";
     let track = |code: &'static str| {
         vec![
             ("csrf", csrf.clone()),
@@ -378,7 +379,7 @@ async fn citizen_and_clerk_journey_with_every_error_path() {
     let r = app.post("/track/confirm", &cookies, &pairs).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
-        r.text_of("error-message").contains("4 attempts left"),
+        r.text_of("error-message").contains("9 attempts left"),
         "{}",
         r.body
     );
@@ -775,6 +776,11 @@ async fn every_page_renders_in_both_languages() {
                     ("reference", &server_ref),
                     ("secret", &server_secret),
                 ],
+            )
+            .await,
+            app.get(
+                &format!("/confirm{q}&reference={reference}&code=AAAAAAAAAAAAAAAAAAAAAAAAAA"),
+                "",
             )
             .await,
         ];

@@ -117,6 +117,7 @@ pub fn router(state: Shared) -> Router {
         .route("/apply", get(apply_form).post(apply))
         .route("/track", get(track_form).post(track))
         .route("/track/confirm", post(confirm))
+        .route("/confirm", get(confirm_link_page).post(confirm_link))
         .route("/track/download", post(download))
         .route("/track/revoke", post(revoke))
         .route("/track/renew", post(renew))
@@ -753,17 +754,28 @@ fn personal() -> String {
 /// and returned.
 async fn send_code(
     mailer: &Mailer,
+    base: &str,
     lang: Lang,
     email: &str,
     reference: &str,
     code: &str,
 ) -> anyhow::Result<()> {
     let t = lang.texts();
+    // The link opens a page whose one button confirms (a GET never does: mail scanners follow
+    // links); the code is the same Random Value, for the tracking page.
+    let link = format!(
+        "{}/confirm?reference={reference}&code={code}&lang={}",
+        base.trim_end_matches('/'),
+        lang.tag()
+    );
     let sent = mailer
         .send(
             email,
             &format!("{} {}: {reference}", t.site, t.email_code),
-            &format!("{}: {reference}\n{}: {code}\n", t.reference, t.email_code),
+            &format!(
+                "{}: {reference}\n\n{}:\n{link}\n\n{}: {code}\n",
+                t.reference, t.mail_link, t.email_code
+            ),
         )
         .await;
     if let Err(e) = &sent {
@@ -796,6 +808,7 @@ async fn apply(
     let t = lang.0.texts();
     let sent = send_code(
         &s.mailer,
+        &s.auth.config().ca.base_url,
         lang.0,
         &submitted.email,
         &submitted.reference,
@@ -983,6 +996,82 @@ async fn confirm(
     status_page(&s, lang, &f, lang.0.texts().done.into()).await
 }
 
+#[derive(Template)]
+#[template(path = "confirm.html")]
+struct ConfirmPage {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+    reference: String,
+    code: String,
+    done: bool,
+}
+
+/// The reference and value of an e-mail link.
+#[derive(Deserialize)]
+pub struct ConfirmLink {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reference: String,
+    #[serde(default)]
+    code: String,
+}
+
+/// `GET /confirm?reference=&code=`: the page the e-mail links to. It confirms nothing (mail
+/// scanners follow links); its one button POSTs the value.
+async fn confirm_link_page(
+    lang: PageLang,
+    headers: HeaderMap,
+    Query(q): Query<ConfirmLink>,
+) -> Result<Response, AppError> {
+    let reference: String = q
+        .reference
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(16)
+        .collect();
+    let code: String = q
+        .code
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(64)
+        .collect();
+    csrf_page(lang, &headers, |t, lang, csrf| ConfirmPage {
+        t,
+        lang,
+        csrf,
+        reference,
+        code,
+        done: false,
+    })
+}
+
+/// `POST /confirm`: confirms the mailbox with the link's value (S/MIME BR §3.2.2.2).
+async fn confirm_link(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<ConfirmLink>,
+) -> Result<Response, AppError> {
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "code", 10)?;
+    ra::confirm_email_link(s.auth.store(), &f.reference, &f.code)
+        .await
+        .lang(lang.0)?;
+    html(
+        ConfirmPage {
+            t: lang.0.texts(),
+            lang: lang.0,
+            csrf: f.csrf,
+            reference: f.reference,
+            code: String::new(),
+            done: true,
+        },
+        lang,
+    )
+}
+
 async fn download(
     State(s): State<Shared>,
     lang: PageLang,
@@ -1083,7 +1172,15 @@ async fn new_code(
         .lang(lang.0)?;
     let t = lang.0.texts();
     let reference = f.reference.trim().to_uppercase();
-    let _ = send_code(&s.mailer, lang.0, &email, &reference, &code).await;
+    let _ = send_code(
+        &s.mailer,
+        &s.auth.config().ca.base_url,
+        lang.0,
+        &email,
+        &reference,
+        &code,
+    )
+    .await;
     status_page(&s, lang, &f, t.code_sent.into()).await
 }
 
@@ -1676,6 +1773,7 @@ async fn walk_in(
     let t = lang.0.texts();
     let _ = send_code(
         &s.mailer,
+        &s.auth.config().ca.base_url,
         lang.0,
         &submitted.email,
         &submitted.reference,

@@ -32,7 +32,7 @@ async fn session_of(auth: &Authority, name: &str, role: Role) -> StaffSession {
 }
 
 /// A mismatch after a match withdraws the identity check; two clerks are not dual control;
-/// code guesses stop at the limit; a new code is rate-limited and re-confirms the mailbox;
+/// a new code is rate-limited and re-confirms the mailbox;
 /// renewal needs a mailbox confirmed within 30 days; revoking revokes the predecessor too;
 /// a citizen cannot choose privilegeWithdrawn; a locked account stays locked for its time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,18 +72,8 @@ async fn review_findings_stay_fixed() {
     )
     .await
     .unwrap();
-    // Five wrong codes, then even the right one is refused.
-    for _ in 0..CODE_ATTEMPTS {
-        assert!(matches!(
-            confirm_email(&store, &sub.reference, &sub.secret, "999999x").await,
-            Err(Error::CodeRejected { .. })
-        ));
-    }
-    assert!(matches!(
-        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code).await,
-        Err(Error::TooManyAttempts(_))
-    ));
-    // A new code: not within the minute, then it works.
+    // A new code: not within the minute, then it works (wrong values over an application's
+    // life: `mailbox_proof_is_capped_over_the_applications_life`).
     assert!(matches!(
         new_email_code(&auth, &sub.reference, &sub.secret).await,
         Err(Error::TooManyAttempts(_))
@@ -563,4 +553,113 @@ async fn revocation_reaches_the_whole_renewal_chain() {
         .await,
         Err(Error::AlreadyRevoked { .. })
     ));
+}
+
+/// Issue 11, defect 1: the mailbox proof could be guessed (six digits; a new code reset the
+/// attempts; any number of applications per mailbox). Now a 128-bit value; wrong values and
+/// new values are capped over the application's whole life, a new value does not restart the
+/// count, each refusal is audited, and a mailbox has at most three applications waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_proof_is_capped_over_the_applications_life() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    let (clerk, _) = super::journey::gpo_with_staff(&auth).await;
+    let apply = |n: u32| {
+        let mut a = super::journey::application(&crate::hkid::synthetic("W", n));
+        a.email = "Shared.Box@example.hk".into();
+        submit(&auth, a)
+    };
+    let sub = apply(1).await.unwrap();
+    assert_eq!(sub.email_code.len(), 26, "a 128-bit value");
+    // Wrong values, CODE_ATTEMPTS of them, then even the right value is refused...
+    for left in (0..CODE_ATTEMPTS).rev() {
+        assert!(matches!(
+            confirm_email(&store, &sub.reference, &sub.secret, "AAAAAAAAAAAAAAAAAAAAAAAAAA").await,
+            Err(Error::CodeRejected { attempts_left }) if attempts_left == left
+        ));
+    }
+    assert!(matches!(
+        confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code).await,
+        Err(Error::TooManyAttempts(_))
+    ));
+    // ... and a new value does not start the count again.
+    let expire = || async {
+        sqlx::query("UPDATE applications SET email_code_expires = 0 WHERE id = $1")
+            .bind(&sub.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    };
+    expire().await;
+    let (fresh, _) = new_email_code(&auth, &sub.reference, &sub.secret)
+        .await
+        .unwrap();
+    assert!(matches!(
+        confirm_email_link(&store, &sub.reference, &fresh).await,
+        Err(Error::TooManyAttempts(_))
+    ));
+    let refusals = store
+        .audit_records()
+        .await
+        .unwrap()
+        .0
+        .iter()
+        .filter(|e| e.kind == "ra.email.refused" && e.subject.as_deref() == Some(sub.id.as_str()))
+        .count();
+    assert_eq!(refusals, CODE_ATTEMPTS as usize + 2, "each refusal is audited");
+    // New values: CODES_SENT over the application's life (the first included).
+    for _ in 2..CODES_SENT {
+        expire().await;
+        new_email_code(&auth, &sub.reference, &sub.secret)
+            .await
+            .unwrap();
+    }
+    expire().await;
+    let e = new_email_code(&auth, &sub.reference, &sub.secret)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no more confirmation e-mails"), "{e}");
+    // At the counter, a clerk's correction of the address starts both counts again.
+    let code = amend_contact(&auth, &clerk, &sub.id, 1, Some("new.box@example.hk"), None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    confirm_email_link(&store, &sub.reference, &code.to_lowercase())
+        .await
+        .unwrap();
+    // An expired value is refused and audited.
+    let second = apply(2).await.unwrap();
+    sqlx::query("UPDATE applications SET email_code_expires = 1 WHERE id = $1")
+        .bind(&second.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        confirm_email(&store, &second.reference, &second.secret, &second.email_code).await,
+        Err(Error::Expired(_))
+    ));
+    // Three applications may wait on one mailbox (case does not matter); a fourth is refused.
+    apply(3).await.unwrap();
+    apply(4).await.unwrap();
+    let e = apply(5).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { field: "email", .. }) && e.to_string().contains("waiting"),
+        "{e}"
+    );
+    // A link's value confirms once; the page that carries it is a POST (ra-web).
+    let third = {
+        sqlx::query("UPDATE applications SET email_code_expires = 0 WHERE email = 'Shared.Box@example.hk'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let mut a = super::journey::application(&crate::hkid::synthetic("W", 6));
+        a.email = "other.box@example.hk".into();
+        submit(&auth, a).await.unwrap()
+    };
+    confirm_email_link(&store, &third.reference, &third.email_code)
+        .await
+        .unwrap();
+    assert!(confirm_email_link(&store, &third.reference, &third.email_code)
+        .await
+        .is_err());
 }
