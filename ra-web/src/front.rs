@@ -72,7 +72,13 @@ pub fn router(upstream: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Ro
         .enable_http1()
         .wrap_connector(http);
     let up = Upstream {
-        client: Client::builder(TokioExecutor::new()).build(connector),
+        // Pooled connections are dropped well before the signer closes an idle keep-alive
+        // connection (`[http] header_timeout_seconds`: 1 to 10 s), so a
+        // request never goes out on a connection the signer is closing.
+        client: Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_millis(500))
+            .build(connector),
         base: format!(
             "{scheme}://{}",
             uri.authority().map(|a| a.as_str()).unwrap_or_default()

@@ -52,9 +52,6 @@ row! {
         password_hash: String,
         totp_sealed: Vec<u8>,
         totp_last_step: i64,
-        failed_logins: i64,
-        failed_since: i64,
-        locked_until: i64,
         disabled: i64,
         display_name: String,
         outlet: String,
@@ -74,7 +71,7 @@ pub async fn sign_in(
     let store = auth.store();
     let t = now();
     let row = sqlx::query_as::<_, Account>(
-        "SELECT id, password_hash, totp_sealed, totp_last_step, failed_logins, failed_since, locked_until, disabled, display_name, outlet, role \
+        "SELECT id, password_hash, totp_sealed, totp_last_step, disabled, display_name, outlet, role \
          FROM staff WHERE username = $1",
     )
     .bind(username)
@@ -87,12 +84,7 @@ pub async fn sign_in(
     } else {
         "(not a user name)".to_string()
     };
-    // `count`: whether this failure counts towards the lock (not while already locked, so
-    // nobody can keep an account locked by failing on purpose).
-    let fail = |kind: &'static str, staff: Option<String>, count: bool| async move {
-        if let (Some(id), true) = (&staff, count) {
-            let _ = count_failure(store, id, t).await;
-        }
+    let fail = |kind: &'static str, staff: Option<String>| async move {
         let _ = store
             .audit_now(&Event {
                 kind: "ra.staff.signin_failed",
@@ -110,19 +102,23 @@ pub async fn sign_in(
     };
     let Some(account) = row else {
         dummy().await;
-        return fail("unknown user", None, false).await;
+        return fail("unknown user", None).await;
     };
     let id = account.id.clone();
     if account.disabled != 0 {
         dummy().await;
-        return fail("disabled", Some(id), false).await;
+        return fail("disabled", Some(id)).await;
     }
-    if failures(&account).locked(t) {
+    // The attempt is counted as a failure first, atomically, before anything is checked: a
+    // burst of guesses cannot pass the lock by all reading "unlocked" before any fails, and a
+    // locked account spends no real check. A success clears the count it made, unless another
+    // attempt counted since (then it is refused too).
+    let Some(counted) = count_attempt(store, &id, t).await? else {
         dummy().await;
-        return fail("locked", Some(id), false).await;
-    }
+        return fail("locked", Some(id)).await;
+    };
     if !password_matches_async(password, &account.password_hash).await? {
-        return fail("password", Some(id), true).await;
+        return fail("password", Some(id)).await;
     }
     let vault = auth.pii()?;
     let secret_b32 = vault.open_field(Field::TotpSecret, &id, &account.totp_sealed)?;
@@ -132,22 +128,30 @@ pub async fn sign_in(
             .map_err(|_| Error::Store("stored TOTP secret is not base32".into()))?,
     );
     let Some(step) = crate::totp::verify(&secret, code, t, account.totp_last_step) else {
-        return fail("code", Some(id), true).await;
+        return fail("code", Some(id)).await;
     };
     let token = random_base32(32);
     let csrf = random_base32(20);
     let mut tx = store.begin().await?;
-    // Compare-and-set on the step: the same code cannot sign in twice, even concurrently.
+    // Compare-and-set on the step (the same code cannot sign in twice, even concurrently), on
+    // the failures this attempt counted (no attempt counted since), and on the account as
+    // read (not disabled, no new TOTP secret since).
     let res = sqlx::query(
-        "UPDATE staff SET totp_last_step = $2, failed_logins = 0, failed_since = 0, locked_until = 0 WHERE id = $1 AND totp_last_step < $2",
+        "UPDATE staff SET totp_last_step = $2, failed_logins = 0, failed_since = 0, locked_until = 0 \
+         WHERE id = $1 AND totp_last_step < $2 AND failed_logins = $3 AND failed_since = $4 AND locked_until = $5 \
+         AND disabled = 0 AND totp_sealed = $6",
     )
     .bind(&id)
     .bind(step)
+    .bind(counted.count)
+    .bind(counted.since)
+    .bind(counted.locked_until)
+    .bind(&account.totp_sealed)
     .execute(&mut *tx)
     .await?;
     if res.rows_affected() != 1 {
         drop(tx);
-        return fail("code reused", Some(id), true).await;
+        return fail("code reused or contended", Some(id)).await;
     }
     sqlx::query("INSERT INTO staff_sessions (token_hash, staff, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $4)")
         .bind(sha256(&[b"session", token.as_bytes()]))
@@ -182,14 +186,6 @@ pub async fn sign_in(
     })
 }
 
-fn failures(a: &Account) -> SignInFailures {
-    SignInFailures {
-        count: a.failed_logins,
-        since: a.failed_since,
-        locked_until: a.locked_until,
-    }
-}
-
 row! {
     struct FailureRow {
         failed_logins: i64,
@@ -198,11 +194,12 @@ row! {
     }
 }
 
-/// Counts one failed sign-in of account `id` at `t` ([`after_failed_sign_in`]): read, decide,
-/// then compare-and-set on what was read, again if another failure got in between, so
-/// parallel guesses each count.
-async fn count_failure(store: &Store, id: &str, t: i64) -> Result<()> {
-    for _ in 0..8 {
+/// Counts a sign-in attempt of account `id` at `t` as a failure ([`after_failed_sign_in`]),
+/// compare-and-set on the failures read (again if another attempt got in between, so parallel
+/// attempts each count); returns the failures it wrote, or `None` when the account is locked
+/// (a failure then is not counted: nobody extends a lock by failing on purpose).
+async fn count_attempt(store: &Store, id: &str, t: i64) -> Result<Option<SignInFailures>> {
+    for _ in 0..16 {
         let Some(r) = sqlx::query_as::<_, FailureRow>(
             "SELECT failed_logins, failed_since, locked_until FROM staff WHERE id = $1",
         )
@@ -210,16 +207,17 @@ async fn count_failure(store: &Store, id: &str, t: i64) -> Result<()> {
         .fetch_optional(store.pool())
         .await?
         else {
-            return Ok(());
+            return Ok(None);
         };
-        let next = after_failed_sign_in(
-            SignInFailures {
-                count: r.failed_logins,
-                since: r.failed_since,
-                locked_until: r.locked_until,
-            },
-            t,
-        );
+        let read = SignInFailures {
+            count: r.failed_logins,
+            since: r.failed_since,
+            locked_until: r.locked_until,
+        };
+        if read.locked(t) {
+            return Ok(None);
+        }
+        let next = after_failed_sign_in(read, t);
         let done = sqlx::query(
             "UPDATE staff SET failed_logins = $2, failed_since = $3, locked_until = $4 \
              WHERE id = $1 AND failed_logins = $5 AND failed_since = $6 AND locked_until = $7",
@@ -228,17 +226,17 @@ async fn count_failure(store: &Store, id: &str, t: i64) -> Result<()> {
         .bind(next.count)
         .bind(next.since)
         .bind(next.locked_until)
-        .bind(r.failed_logins)
-        .bind(r.failed_since)
-        .bind(r.locked_until)
+        .bind(read.count)
+        .bind(read.since)
+        .bind(read.locked_until)
         .execute(store.pool())
         .await?
         .rows_affected();
         if done == 1 {
-            return Ok(());
+            return Ok(Some(next));
         }
     }
-    Err(Error::Store("the sign-in failure could not be counted".into()))
+    Err(Error::Store("the sign-in attempt could not be counted".into()))
 }
 
 row! {

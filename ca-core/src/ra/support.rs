@@ -1,6 +1,8 @@
 //! Small helpers every RA capability uses: the clock, domain-separated hashes, random values,
 //! password hashing and field checks. No SQL and no policy here.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -65,14 +67,27 @@ static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHE
 
 /// Runs an argon2id computation on the blocking pool, at most [`HASHES_AT_ONCE`] at a time.
 async fn hashing<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let _permit = HASHING
+    let permit = HASHING
         .acquire()
         .await
         .map_err(|_| Error::Store("the password hasher is closed".into()))?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Store(format!("password hashing: {e}")))
+    // The permit goes with the hash: a request dropped while it runs (the client left, its
+    // deadline passed) does not free the slot of a hash still running.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        PEAK.fetch_max(now, Ordering::SeqCst);
+        let out = f();
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        out
+    })
+    .await
+    .map_err(|e| Error::Store(format!("password hashing: {e}")))
 }
+
+/// Hashes running now, and the most that ever ran at once (never above [`HASHES_AT_ONCE`]).
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 /// [`hash_password`] off the async workers ([`HASHES_AT_ONCE`]).
 pub(super) async fn hash_password_async(password: &str) -> Result<String> {
@@ -149,6 +164,38 @@ mod tests {
             let n = ticks.load(std::sync::atomic::Ordering::Relaxed);
             assert!(n >= 10, "the runtime stalled while hashing: {n} ticks");
         });
+    }
+
+    /// Review finding (issue 11, defect 10): the permit was released when a waiting request was
+    /// dropped, while its hash kept running; twenty requests dropped mid-hash ran twenty
+    /// hashes (and their memory) at once.
+    #[test]
+    fn dropped_requests_do_not_escape_the_bound() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let hash = hash_password("correct horse battery").unwrap();
+            let mut tasks = Vec::new();
+            for _ in 0..20 {
+                let hash = hash.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _ = password_matches_async("correct horse battery", &hash).await;
+                }));
+            }
+            // Drop them one by one while they hash or wait, as clients leave.
+            for t in &tasks {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                t.abort();
+            }
+            while RUNNING.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        });
+        let peak = PEAK.load(Ordering::SeqCst);
+        assert!(peak <= HASHES_AT_ONCE, "{peak} hashes ran at once");
     }
 
     #[test]

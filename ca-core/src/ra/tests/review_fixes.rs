@@ -663,3 +663,56 @@ async fn mailbox_proof_is_capped_over_the_applications_life() {
         .await
         .is_err());
 }
+
+/// Review finding (issue 11, defect 3): the lock was checked before the password hash and
+/// failures counted after it, so a burst of guesses all passed the check. Each attempt is now
+/// counted first: of 20 concurrent wrong guesses at most five are checked, and the right
+/// password and code are then refused until the lock lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_guesses_cannot_pass_the_lock() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let auth = std::sync::Arc::new(auth);
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let auth = auth.clone();
+        burst.spawn(async move {
+            sign_in(&auth, "clerk1", "not the password at all", "000000")
+                .await
+                .is_err()
+        });
+    }
+    while let Some(refused) = burst.join_next().await {
+        assert!(refused.unwrap());
+    }
+    let checked = store
+        .audit_records()
+        .await
+        .unwrap()
+        .0
+        .iter()
+        .filter(|e| e.kind == "ra.staff.signin_failed" && e.detail.contains("\"password\""))
+        .count();
+    assert!(
+        checked <= SIGN_IN_ATTEMPTS as usize,
+        "{checked} passwords checked in a burst"
+    );
+    sqlx::query("UPDATE staff SET totp_last_step = 0")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        sign_in(
+            &auth,
+            "clerk1",
+            "a password of some length",
+            &crate::totp::code_at(&secret, now())
+        )
+        .await,
+        Err(Error::SignInFailed)
+    ));
+}
