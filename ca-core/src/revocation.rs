@@ -136,16 +136,21 @@ pub async fn revoke(
 pub async fn release(store: &Store, serial: SerialNumber, actor: &str) -> Result<()> {
     let hex = serial.to_hex();
     let mut tx = store.begin().await?;
+    let held_at = store
+        .status_in(&mut tx, &hex)
+        .await?
+        .and_then(|s| s.revoked_at);
     let outcome = release_in(store, &mut tx, &hex).await?;
     store
         .audit(&mut tx, &event(&hex, &outcome, None, actor, None))
         .await?;
-    // A hold reached the certificates this one renewed ([`revoke`]); so does its release.
+    // A hold reached the certificates this one renewed ([`revoke`]), dated as this one's; so
+    // does its release. A predecessor held on its own (another date) stays held.
     for previous in store.renewed_in(&mut tx, &hex, now()).await? {
         let held = store
             .status_in(&mut tx, &previous)
             .await?
-            .is_some_and(|s| s.reason == Some(Reason::CertificateHold));
+            .is_some_and(|s| s.reason == Some(Reason::CertificateHold) && s.revoked_at == held_at);
         if held {
             let o = release_in(store, &mut tx, &previous).await?;
             let cause = format!("renewed by {hex}");

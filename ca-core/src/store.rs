@@ -586,10 +586,12 @@ impl Store {
         .await?;
         if let Some(old) = r.renews {
             // Claim the old certificate for this renewal in the same transaction, so two
-            // concurrent renewals cannot both proceed. A claim by an issuance that failed or was
+            // concurrent renewals cannot both proceed, and a revoked (or held) certificate is
+            // never renewed: the claim and a revocation's compare-and-set are ordered by the
+            // row lock (PostgreSQL) or the writer lock (SQLite). A claim by an issuance that failed or was
             // abandoned may be taken over.
             let res = sqlx::query(
-                "UPDATE certificates SET renewed_by = $1 WHERE serial = $2 AND state = 'issued' AND \
+                "UPDATE certificates SET renewed_by = $1 WHERE serial = $2 AND state = 'issued' AND revocation_reason IS NULL AND \
                  (renewed_by IS NULL OR renewed_by IN (SELECT serial FROM certificates WHERE state IN ('failed', 'abandoned')))",
             )
             .bind(r.serial)
@@ -599,7 +601,7 @@ impl Store {
             if res.rows_affected() != 1 {
                 return Err(Error::NotRenewable {
                     serial: old.to_string(),
-                    reason: "it was already renewed, or is not issued".into(),
+                    reason: "it was already renewed, is revoked or on hold, or is not issued".into(),
                 });
             }
         }

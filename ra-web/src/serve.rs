@@ -574,8 +574,12 @@ async fn metrics(State(s): State<Shared>) -> Response {
         s.probes.load(Ordering::Relaxed)
     ));
     out.push_str(&format!(
-        "# HELP ecert_store_probe_age_seconds Seconds since the last store probe.\n# TYPE ecert_store_probe_age_seconds gauge\necert_store_probe_age_seconds {}\n",
-        now - probe.at
+        "# HELP ecert_store_probe_age_seconds Seconds since the last store probe that reached the database (what the other store metrics show).\n# TYPE ecert_store_probe_age_seconds gauge\necert_store_probe_age_seconds {}\n",
+        now - probe.ok_at
+    ));
+    out.push_str(&format!(
+        "# HELP ecert_store_up Whether the last store probe reached the database.\n# TYPE ecert_store_up gauge\necert_store_up {}\n",
+        u8::from(probe.error.is_none() && probe.ok_at > 0)
     ));
     out.push_str("# HELP ecert_ocsp_requests_total OCSP requests answered, by result.\n# TYPE ecert_ocsp_requests_total counter\n");
     for (result, c) in [

@@ -8,7 +8,8 @@ use super::application::{minor_validity, subject_of_record};
 use super::domains::{check_caa, domain_status};
 use super::record::{changed, settle, staff_owned, Application};
 use super::rules::{
-    approval_outcome, approval_readiness, Approval, ApprovalPolicy, Outcome, Readiness,
+    approval_outcome, approval_readiness, token_approval_refused, Approval, ApprovalPolicy,
+    Outcome, Readiness,
 };
 use super::session::StaffSession;
 use super::staff::Role;
@@ -91,7 +92,17 @@ pub async fn decide(
             .await?;
     }
     let recorded = recorded(&mut tx, id, version).await?;
-    let outcome = approval_outcome(policy, &recorded, &new, r.entered_by.as_deref(), t);
+    let mut outcome = approval_outcome(policy, &recorded, &new, r.entered_by.as_deref(), t);
+    if new.approve && matches!(outcome, Outcome::Issue | Outcome::Await) {
+        if let Some(refusal) = token_approval_refused(
+            &staff.staff,
+            staff.scopes.is_some(),
+            r.identity_by.as_deref(),
+            r.fee_by.as_deref(),
+        ) {
+            outcome = Outcome::Refused(refusal);
+        }
+    }
     let kind = match outcome {
         Outcome::Refused(refusal) => return Err(refusal.error()),
         Outcome::Retry => "ra.issuance.retried",
@@ -197,11 +208,13 @@ row! {
     }
 }
 
-/// The decisions recorded on `version`, inside `tx`.
+/// The decisions recorded on `version` by members whose accounts are enabled (a disabled
+/// member's approval no longer counts), inside `tx`.
 async fn recorded(tx: &mut Tx, id: &str, version: i64) -> Result<Vec<Approval>> {
     sqlx::query_as::<_, ApprovalRow>(
         "SELECT a.staff AS staff, st.role AS role, a.decision AS decision, a.expires_at AS expires_at \
-         FROM approvals a JOIN staff st ON st.id = a.staff WHERE a.application = $1 AND a.version = $2",
+         FROM approvals a JOIN staff st ON st.id = a.staff WHERE a.application = $1 AND a.version = $2 \
+         AND st.disabled = 0",
     )
     .bind(id)
     .bind(version)

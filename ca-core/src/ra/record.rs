@@ -18,7 +18,7 @@ macro_rules! columns {
         "id, reference, profile, version, state, surname, given_name, name_zh, email, \
      email_confirmed_at, hkid_sealed, dob_sealed, phone_sealed, address_sealed, identity_version, fee_amount, \
      fee_method, fee_receipt, hkid_index, certificate, rejected_reason, csr, organization, org_id, user_surname, \
-     user_given_name, dns_names, org_checked_version, user_title, issue_error, entered_by"
+     user_given_name, dns_names, org_checked_version, user_title, issue_error, entered_by, identity_by, fee_by"
     };
 }
 
@@ -66,6 +66,10 @@ row! {
         pub issue_error: Option<String>,
         /// The staff id of who entered it (`None`: the citizen, online).
         pub entered_by: Option<String>,
+        /// The staff id of who recorded the identity check.
+        pub identity_by: Option<String>,
+        /// The staff id of who recorded the fee.
+        pub fee_by: Option<String>,
     }
 }
 

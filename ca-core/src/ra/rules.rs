@@ -198,6 +198,8 @@ pub enum Refusal {
     SecondMustBeSenior,
     /// This person's own decision on this version still counts.
     AlreadyDecided,
+    /// An approval through an API token by the member who recorded the identity check or fee.
+    TokenCheckedIt,
 }
 
 impl Refusal {
@@ -213,11 +215,28 @@ impl Refusal {
             Refusal::SecondMustBeSenior => Error::Forbidden(
                 "the second approval of this profile must come from a supervisor".into(),
             ),
+            Refusal::TokenCheckedIt => Error::Forbidden(
+                "an API token cannot approve an application whose identity check or fee its member recorded: another member of staff approves it".into(),
+            ),
             Refusal::AlreadyDecided => Error::Conflict(
                 "you have already decided on this application: a second approval must come from someone else".into(),
             ),
         }
     }
+}
+
+/// An approval through an API token (no second factor) must not come from the member who
+/// recorded the application's identity check or fee: a stolen token alone cannot carry an
+/// application through the counter (issue 11, defect 7). At the counter, in a browser session
+/// signed in with TOTP, one clerk checks, takes the fee and approves, as e-Cert outlets do.
+pub fn token_approval_refused(
+    approver: &str,
+    via_token: bool,
+    identity_by: Option<&str>,
+    fee_by: Option<&str>,
+) -> Option<Refusal> {
+    (via_token && (identity_by == Some(approver) || fee_by == Some(approver)))
+        .then_some(Refusal::TokenCheckedIt)
 }
 
 /// What a decision leads to.
@@ -597,6 +616,17 @@ mod tests {
         assert_eq!(approval_outcome(DUAL, &clerks, &by("a", Clerk), None, NOW), DECIDED);
         assert_eq!(approval_outcome(DUAL, &clerks, &by("c", Clerk), None, NOW), SENIOR);
         assert_eq!(approval_outcome(DUAL, &clerks, &by("c", Officer), None, NOW), Issue);
+    }
+
+    #[test]
+    fn a_token_does_not_approve_what_its_member_checked() {
+        let refused = Some(Refusal::TokenCheckedIt);
+        assert_eq!(token_approval_refused("a", true, Some("a"), Some("b")), refused);
+        assert_eq!(token_approval_refused("a", true, Some("b"), Some("a")), refused);
+        assert_eq!(token_approval_refused("a", true, Some("b"), Some("b")), None);
+        assert_eq!(token_approval_refused("a", true, None, None), None);
+        // In a browser session (TOTP), the clerk who checked may approve.
+        assert_eq!(token_approval_refused("a", false, Some("a"), Some("a")), None);
     }
 
     /// The person who entered an application does not approve it; they may reject it.

@@ -240,13 +240,17 @@ struct Windows {
     /// The minute counted (Unix minutes).
     minute: i64,
     counts: HashMap<(&'static str, IpAddr), u32>,
+    /// The table filled this minute (logged once).
+    overflowed: bool,
 }
 
-/// At most this many (action, address) pairs are counted in one minute (about 5 MiB). Past it, a
-/// pair not seen yet this minute is let through uncounted (and logged once a minute): an
-/// attacker with that many addresses gains nothing they did not have, and new citizens are
-/// not locked out by a full table. Sign-in has its own per-account lock besides.
+/// At most this many (action, address) pairs are counted in one minute (about 5 MiB). Past it,
+/// the pairs not seen yet this minute share one overflow budget per action of
+/// [`OVERFLOW_SHARE`] clients' worth (logged once a minute): bounded for an attacker who
+/// fills the table, and not closed to every new client.
 const LIMITER_KEYS: usize = 100_000;
+/// The overflow budget of an action, in one client's budgets.
+const OVERFLOW_SHARE: u32 = 10;
 
 /// Fixed one-minute windows per (action, client address): O(1) per request; the whole table is
 /// dropped when the minute changes.
@@ -271,22 +275,26 @@ impl Limiter {
         if w.minute != minute {
             w.minute = minute;
             w.counts = HashMap::new();
+            w.overflowed = false;
         }
         let full = w.counts.len() >= LIMITER_KEYS;
-        let count = match w.counts.get_mut(&key) {
-            Some(c) => c,
-            None if full => {
-                if w.counts.len() == LIMITER_KEYS {
-                    tracing::warn!(keys = LIMITER_KEYS, "rate limiter full for this minute");
-                    // One marker entry past the bound, so the warning is logged once.
-                    w.counts.insert(("(full)", IpAddr::from([0, 0, 0, 0])), 0);
-                }
-                return Ok(());
+        // Past the bound, the pairs not seen yet this minute share one overflow budget per
+        // action (OVERFLOW_SHARE times one client's): bounded, never unlimited.
+        let (key, limit) = if full && !w.counts.contains_key(&key) {
+            if !w.overflowed {
+                w.overflowed = true;
+                tracing::warn!(keys = LIMITER_KEYS, "rate limiter full for this minute");
             }
-            None => w.counts.entry(key).or_insert(0),
+            (
+                (action, IpAddr::from([0, 0, 0, 0])),
+                per_minute.saturating_mul(OVERFLOW_SHARE),
+            )
+        } else {
+            (key, per_minute)
         };
+        let count = w.counts.entry(key).or_insert(0);
         *count += 1;
-        if *count > per_minute {
+        if *count > limit {
             return Err(AppError::new(
                 Error::TooManyAttempts("wait a minute and try again".into()),
                 Lang::En,
@@ -1926,12 +1934,24 @@ mod tests {
         let limiter = Limiter::default();
         let known: IpAddr = "192.0.2.1".parse().unwrap();
         limiter.check_at("t", known, 2, 7).unwrap();
+        let mut passed = 0;
         for i in 0..(LIMITER_KEYS as u32 + 5_000) {
             let ip = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
-            assert!(limiter.check_at("t", ip, 2, 7).is_ok());
+            passed += usize::from(limiter.check_at("t", ip, 2, 7).is_ok());
         }
+        // Each client until the table is full, then the overflow budget (2 × OVERFLOW_SHARE).
+        assert_eq!(passed, LIMITER_KEYS - 1 + 2 * OVERFLOW_SHARE as usize);
         let len = limiter.0.lock().unwrap().counts.len();
         assert!(len <= LIMITER_KEYS + 1, "{len} keys");
+        // Past the bound, fresh clients share a bounded overflow budget (review finding: they
+        // passed uncounted, without limit).
+        let fresh = IpAddr::from([198, 51, 100, 7]);
+        let passed = (0..1_000)
+            .filter(|_| limiter.check_at("t", fresh, 2, 7).is_ok())
+            .count();
+        assert_eq!(passed, 0, "the overflow budget was spent filling the table");
+        let other = limiter.check_at("u", fresh, 2, 7);
+        assert!(other.is_ok(), "another action has its own budget");
         limiter.check_at("t", known, 2, 7).unwrap();
         assert!(limiter.check_at("t", known, 2, 7).is_err(), "still limited");
         // The next minute starts empty.

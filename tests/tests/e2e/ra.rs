@@ -664,6 +664,7 @@ fn server_application_with_domain_validation_and_caa() {
     add_staff(&ca, "clerk1", "gpo", "clerk");
     add_staff(&ca, "super1", "gpo", "supervisor");
     add_staff(&ca, "admin1", "gpo", "admin");
+    add_staff(&ca, "clerk2", "gpo", "clerk");
     let token = |user: &str| {
         ca.ecert_ok(&[
             "staff",
@@ -681,6 +682,7 @@ fn server_application_with_domain_validation_and_caa() {
         .to_string()
     };
     let (clerk, supervisor, admin) = (token("clerk1"), token("super1"), token("admin1"));
+    let clerk2 = token("clerk2");
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     let server = serve_ra_with(&ca, &smtp.addr, &log, &[("ECERT_DNS_RESOLVER", &dns.addr)]);
@@ -866,7 +868,12 @@ fn server_application_with_domain_validation_and_caa() {
     dns.set_caa_issue("example.hk", &[Some("other-ca.example")]);
     // The third perspective keeps seeing that until the end: its dissent is tolerated.
     dns_b.set_caa_issue("example.hk", &[Some("other-ca.example")]);
-    let (st, d) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
+    // The clerk's token recorded the identity check and the fee: it cannot approve too
+    // (review finding: one token carried an application through the counter alone).
+    let (st, e) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
+    assert_eq!(st, 403, "{e}");
+    assert!(e.to_string().contains("API token"), "{e}");
+    let (st, d) = api(addr, "POST", &format!("{path}/decision"), &clerk2, approve());
     assert_eq!(
         (st, d["outcome"].as_str()),
         (200, Some("awaiting_second_approval")),

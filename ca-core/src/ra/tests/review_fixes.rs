@@ -716,3 +716,67 @@ async fn a_burst_of_guesses_cannot_pass_the_lock() {
         Err(Error::SignInFailed)
     ));
 }
+
+/// Review findings (issue 11, defect 2): a revoked or held certificate could still be renewed
+/// (the renewal claim did not look at its status); a counter release lifted a hold an officer
+/// had put on the predecessor independently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_certificates_are_not_renewed_and_releases_lift_only_their_holds() {
+    use crate::revocation::Reason;
+    let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
+    let store = auth.store().clone();
+    let (clerk, _) = super::journey::gpo_with_staff(&auth).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (sub, first) = issued_app(&auth, &clerk, &key, 21).await;
+    // Held: the core refuses the renewal claim (as a renewal racing the hold would meet it).
+    let s = crate::serial::SerialNumber::from_hex(&first).unwrap();
+    auth.revoke(s, Reason::CertificateHold, "officer:test").await.unwrap();
+    let csr = crate::csr::VerifiedCsr::parse(&super::journey::csr_for(&key)).unwrap();
+    let e = auth
+        .issue(crate::authority::ApprovedRequest {
+            profile: "personal".into(),
+            csr,
+            subject: crate::profile::SubjectData::default(),
+            days: None,
+            renews: Some(s),
+            actor: "test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotRenewable { .. }), "{e}");
+    auth.release(s, "officer:test").await.unwrap();
+    // Renewed; then the officer holds the old one on its own, a second later.
+    let second = renew_online(
+        &auth,
+        &sub.reference,
+        &sub.secret,
+        &super::journey::csr_for(&key),
+        None,
+    )
+    .await
+    .unwrap();
+    auth.revoke(s, Reason::CertificateHold, "officer:test").await.unwrap();
+    sqlx::query("UPDATE certificates SET revoked_at = revoked_at - 5 WHERE serial = $1")
+        .bind(&first)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // The clerk holds and releases the current certificate: the officer's hold stays.
+    revoke_at_counter(&auth, &clerk, &sub.id, Reason::CertificateHold)
+        .await
+        .unwrap();
+    release_at_counter(&auth, &clerk, &sub.id).await.unwrap();
+    let reason = |serial: String| {
+        let store = store.clone();
+        async move {
+            store
+                .certificate(&serial)
+                .await
+                .unwrap()
+                .unwrap()
+                .revocation_reason
+        }
+    };
+    assert_eq!(reason(second).await, None);
+    assert_eq!(reason(first).await, Some(6), "the officer's hold was lifted");
+}
