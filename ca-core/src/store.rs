@@ -81,6 +81,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (16, "signin_window", include_str!("../../migrations/sqlite/0016_signin_window.sql")),
     (17, "token_scopes", include_str!("../../migrations/sqlite/0017_token_scopes.sql")),
     (18, "mailbox_caps", include_str!("../../migrations/sqlite/0018_mailbox_caps.sql")),
+    (19, "signin_sources", include_str!("../../migrations/sqlite/0019_signin_sources.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -102,6 +103,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (16, "signin_window", include_str!("../../migrations/postgres/0016_signin_window.sql")),
     (17, "token_scopes", include_str!("../../migrations/postgres/0017_token_scopes.sql")),
     (18, "mailbox_caps", include_str!("../../migrations/postgres/0018_mailbox_caps.sql")),
+    (19, "signin_sources", include_str!("../../migrations/postgres/0019_signin_sources.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

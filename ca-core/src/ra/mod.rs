@@ -73,7 +73,8 @@ pub use retention::purge;
 pub use revocation::{release_at_counter, revoke_at_counter, revoke_online};
 pub use rules::{Status, MAILBOX_VALIDATION_DAYS};
 pub use session::{
-    session, sign_in, sign_out, SignedIn, StaffSession, LOCK_SECONDS, SIGN_IN_ATTEMPTS,
+    session, sign_in, sign_in_from, sign_out, SignedIn, StaffSession, ACCOUNT_SIGN_IN_ATTEMPTS,
+    LOCK_SECONDS, SIGN_IN_ATTEMPTS,
 };
 pub use staff::{
     create_staff, list_staff, reset_totp, set_staff_disabled, NewStaff, Role, StaffRow,

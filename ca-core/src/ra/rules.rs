@@ -330,8 +330,12 @@ pub fn approval_outcome(
 // ---------------------------------------------------------------------------------------------
 // Staff sign-in.
 
-/// Failed sign-ins in one window before an account is locked for [`LOCK_SECONDS`].
+/// Failed sign-ins from one client address in one window before that address is locked out
+/// of the account for [`LOCK_SECONDS`].
 pub const SIGN_IN_ATTEMPTS: i64 = 5;
+/// Failed sign-ins from all addresses together in one window before the whole account is
+/// locked for [`LOCK_SECONDS`] (many addresses guessing at once).
+pub const ACCOUNT_SIGN_IN_ATTEMPTS: i64 = 50;
 /// How long a locked account stays locked; also the window failures are counted in.
 pub const LOCK_SECONDS: i64 = 15 * 60;
 
@@ -357,12 +361,13 @@ impl SignInFailures {
 /// failure then does not count, so nobody extends a lock by failing on purpose). A lock that
 /// lapsed, or a window older than [`LOCK_SECONDS`], starts a new window: failures are not
 /// remembered past either, so one wrong password per lapse never locks the account again;
-/// [`SIGN_IN_ATTEMPTS`] failures within a window lock it.
-pub fn after_failed_sign_in(f: SignInFailures, now: i64) -> SignInFailures {
+/// `limit` failures within a window lock it ([`SIGN_IN_ATTEMPTS`] for one client address,
+/// [`ACCOUNT_SIGN_IN_ATTEMPTS`] for the account).
+pub fn after_failed_sign_in(f: SignInFailures, now: i64, limit: i64) -> SignInFailures {
     let lapsed = f.locked_until > 0 && f.locked_until <= now;
     let fresh = lapsed || f.count == 0 || now - f.since >= LOCK_SECONDS;
     let (count, since) = if fresh { (1, now) } else { (f.count + 1, f.since) };
-    let locked_until = if count >= SIGN_IN_ATTEMPTS {
+    let locked_until = if count >= limit {
         now + LOCK_SECONDS
     } else if f.locked_until > now {
         f.locked_until
@@ -828,7 +833,7 @@ mod tests {
     /// wrong password locked the account again, and an outsider could keep it locked for good.
     #[test]
     fn sign_in_failures_lock_within_a_window_and_are_forgotten_when_the_lock_lapses() {
-        let fail = |f, at| after_failed_sign_in(f, at);
+        let fail = |f, at| after_failed_sign_in(f, at, SIGN_IN_ATTEMPTS);
         // Five failures within the window lock the account for LOCK_SECONDS.
         let mut f = SignInFailures::default();
         for i in 0..SIGN_IN_ATTEMPTS {

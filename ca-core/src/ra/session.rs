@@ -15,7 +15,7 @@ use crate::pii::Field;
 use crate::row::row;
 use crate::store::Store;
 
-pub use super::rules::{LOCK_SECONDS, SIGN_IN_ATTEMPTS};
+pub use super::rules::{ACCOUNT_SIGN_IN_ATTEMPTS, LOCK_SECONDS, SIGN_IN_ATTEMPTS};
 
 /// A signed-in member of staff.
 #[derive(Debug, Clone)]
@@ -59,14 +59,28 @@ row! {
     }
 }
 
-/// Signs a member of staff in with password and TOTP code. Every failure gives the same
-/// answer; [`SIGN_IN_ATTEMPTS`] failures lock the account for [`LOCK_SECONDS`]. A new session
-/// token is made at every sign-in (no fixation).
+/// [`sign_in_from`] a local caller (the tests, tools): one source of its own.
 pub async fn sign_in(
     auth: &Authority,
     username: &str,
     password: &str,
     code: &str,
+) -> Result<SignedIn> {
+    sign_in_from(auth, username, password, code, "local").await
+}
+
+/// Signs a member of staff in with password and TOTP code from client address `source` (the
+/// rate-limit bucket the page saw). Every failure gives the same answer;
+/// [`SIGN_IN_ATTEMPTS`] failures from one source lock that source out of the account, and
+/// [`ACCOUNT_SIGN_IN_ATTEMPTS`] from all sources lock the account, each for [`LOCK_SECONDS`]
+/// — so an outsider locks themself out, not the clerk at the counter. A new session token is
+/// made at every sign-in (no fixation).
+pub async fn sign_in_from(
+    auth: &Authority,
+    username: &str,
+    password: &str,
+    code: &str,
+    source: &str,
 ) -> Result<SignedIn> {
     let store = auth.store();
     let t = now();
@@ -113,7 +127,7 @@ pub async fn sign_in(
     // burst of guesses cannot pass the lock by all reading "unlocked" before any fails, and a
     // locked account spends no real check. A success clears the count it made, unless another
     // attempt counted since (then it is refused too).
-    let Some(counted) = count_attempt(store, &id, t).await? else {
+    let Some(counted) = count_attempt(store, &id, source, t).await? else {
         dummy().await;
         return fail("locked", Some(id)).await;
     };
@@ -153,6 +167,11 @@ pub async fn sign_in(
         drop(tx);
         return fail("code reused or contended", Some(id)).await;
     }
+    sqlx::query("DELETE FROM signin_failures WHERE staff = $1 AND source = $2")
+        .bind(&id)
+        .bind(source)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("INSERT INTO staff_sessions (token_hash, staff, csrf, created_at, last_seen) VALUES ($1, $2, $3, $4, $4)")
         .bind(sha256(&[b"session", token.as_bytes()]))
         .bind(&id)
@@ -194,18 +213,66 @@ row! {
     }
 }
 
-/// Counts a sign-in attempt of account `id` at `t` as a failure ([`after_failed_sign_in`]),
-/// compare-and-set on the failures read (again if another attempt got in between, so parallel
-/// attempts each count); returns the failures it wrote, or `None` when the account is locked
-/// (a failure then is not counted: nobody extends a lock by failing on purpose).
-async fn count_attempt(store: &Store, id: &str, t: i64) -> Result<Option<SignInFailures>> {
-    for _ in 0..16 {
-        let Some(r) = sqlx::query_as::<_, FailureRow>(
-            "SELECT failed_logins, failed_since, locked_until FROM staff WHERE id = $1",
-        )
+/// Counts a sign-in attempt of account `id` from `source` at `t` as a failure, for the source
+/// and for the account ([`after_failed_sign_in`]); returns the account's failures it wrote
+/// (what a success must still find), or `None` when the source or the account is locked (a
+/// failure then is not counted: nobody extends a lock by failing on purpose).
+async fn count_attempt(
+    store: &Store,
+    id: &str,
+    source: &str,
+    t: i64,
+) -> Result<Option<SignInFailures>> {
+    sqlx::query("INSERT INTO signin_failures (staff, source) VALUES ($1, $2) ON CONFLICT (staff, source) DO NOTHING")
         .bind(id)
-        .fetch_optional(store.pool())
-        .await?
+        .bind(source)
+        .execute(store.pool())
+        .await?;
+    let by_source = count_in(
+        store,
+        "SELECT failed_logins, failed_since, locked_until FROM signin_failures WHERE staff = $1 AND source = $2",
+        "UPDATE signin_failures SET failed_logins = $3, failed_since = $4, locked_until = $5 \
+         WHERE staff = $1 AND source = $2 AND failed_logins = $6 AND failed_since = $7 AND locked_until = $8",
+        id,
+        source,
+        t,
+        SIGN_IN_ATTEMPTS,
+    )
+    .await?;
+    if by_source.is_none() {
+        return Ok(None);
+    }
+    count_in(
+        store,
+        "SELECT failed_logins, failed_since, locked_until FROM staff WHERE id = $1 AND $2 = $2",
+        "UPDATE staff SET failed_logins = $3, failed_since = $4, locked_until = $5 \
+         WHERE id = $1 AND $2 = $2 AND failed_logins = $6 AND failed_since = $7 AND locked_until = $8",
+        id,
+        source,
+        t,
+        ACCOUNT_SIGN_IN_ATTEMPTS,
+    )
+    .await
+}
+
+/// One compare-and-set count of a failure in the row `read` selects (`$1`, `$2`), again if
+/// another attempt got in between, so parallel attempts each count.
+#[allow(clippy::too_many_arguments)]
+async fn count_in(
+    store: &Store,
+    read: &'static str,
+    write: &'static str,
+    id: &str,
+    source: &str,
+    t: i64,
+    limit: i64,
+) -> Result<Option<SignInFailures>> {
+    for _ in 0..16 {
+        let Some(r) = sqlx::query_as::<_, FailureRow>(read)
+            .bind(id)
+            .bind(source)
+            .fetch_optional(store.pool())
+            .await?
         else {
             return Ok(None);
         };
@@ -217,21 +284,19 @@ async fn count_attempt(store: &Store, id: &str, t: i64) -> Result<Option<SignInF
         if read.locked(t) {
             return Ok(None);
         }
-        let next = after_failed_sign_in(read, t);
-        let done = sqlx::query(
-            "UPDATE staff SET failed_logins = $2, failed_since = $3, locked_until = $4 \
-             WHERE id = $1 AND failed_logins = $5 AND failed_since = $6 AND locked_until = $7",
-        )
-        .bind(id)
-        .bind(next.count)
-        .bind(next.since)
-        .bind(next.locked_until)
-        .bind(read.count)
-        .bind(read.since)
-        .bind(read.locked_until)
-        .execute(store.pool())
-        .await?
-        .rows_affected();
+        let next = after_failed_sign_in(read, t, limit);
+        let done = sqlx::query(write)
+            .bind(id)
+            .bind(source)
+            .bind(next.count)
+            .bind(next.since)
+            .bind(next.locked_until)
+            .bind(read.count)
+            .bind(read.since)
+            .bind(read.locked_until)
+            .execute(store.pool())
+            .await?
+            .rows_affected();
         if done == 1 {
             return Ok(Some(next));
         }

@@ -1269,7 +1269,10 @@ async fn login(
     Form(f): Form<LoginForm>,
 ) -> Result<Response, AppError> {
     citizen_post(&s, &headers, &f.csrf, lang.0, ip, "sign-in", 10)?;
-    let signed = ra::sign_in(&s.auth, f.username.trim(), &f.password, &f.code)
+    // Failures lock the client's address (its rate-limit bucket) out of the account, not the
+    // account: an outsider cannot lock the clerk at the counter out.
+    let source = bucket(ip).to_string();
+    let signed = ra::sign_in_from(&s.auth, f.username.trim(), &f.password, &f.code, &source)
         .await
         .lang(lang.0)?;
     let (k, v) = set_cookie(STAFF_COOKIE, &signed.token, "/staff", None);

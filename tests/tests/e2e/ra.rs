@@ -1069,55 +1069,77 @@ fn server_application_with_domain_validation_and_caa() {
     ca.audit_ok();
 }
 
-/// An outsider without the password cannot keep a clerk locked out (issue 11, defect 3): five
-/// wrong passwords lock the account; once the lock lapses, one wrong password per lapse does
-/// not lock it again, and the clerk signs in with the right password and code.
+/// An outsider without the password cannot keep a clerk locked out (issue 11, defect 3): an
+/// attacker's five wrong passwords lock the attacker's address out of the account while the
+/// clerk at another address signs in with the right password and code, and after the lapse
+/// the attacker's count starts again. (Addresses come through a trusted proxy's
+/// `X-Forwarded-For`.)
 #[test]
-fn one_wrong_password_per_lapse_does_not_keep_a_clerk_locked_out() {
+fn an_outsider_cannot_keep_a_clerk_locked_out() {
     let ca = Ca::init();
+    ca.append_config("[ra]\ntrusted_proxies = [\"127.0.0.1\"]");
     add_gpo(&ca);
     let totp = add_clerk(&ca, "clerk1", "gpo");
     let smtp = SmtpServer::start();
     let server = serve_ra(&ca, &smtp.addr, &ca.file("serve.log"));
     let addr = &server.1;
-    let sign_in = |password: &str, code: &str| -> u16 {
+    let sign_in = |from: &str, password: &str, code: &str| -> u16 {
         let r = page(addr, "/staff/login", "");
         let csrf = set_cookie(&r, "ecert_csrf").unwrap();
-        form(
+        let body = [
+            ("csrf", csrf.as_str()),
+            ("username", "clerk1"),
+            ("password", password),
+            ("code", code),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+        http(
             addr,
+            "POST",
             "/staff/login",
-            &format!("ecert_csrf={csrf}"),
             &[
-                ("csrf", &csrf),
-                ("username", "clerk1"),
-                ("password", password),
-                ("code", code),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &format!("ecert_csrf={csrf}")),
+                ("X-Forwarded-For", from),
             ],
+            body.as_bytes(),
         )
         .status
     };
     let lapse = || {
         // The lock's fifteen minutes pass (the clock cannot be moved under a running service).
         ca.tamper(
-            "UPDATE staff SET locked_until = CASE WHEN locked_until > 0 THEN locked_until - 901 ELSE 0 END, \
-             failed_since = failed_since - 901 WHERE username = 'clerk1'",
+            "UPDATE signin_failures SET locked_until = CASE WHEN locked_until > 0 THEN locked_until - 901 ELSE 0 END, \
+             failed_since = failed_since - 901",
         )
     };
+    let (attacker, clerk) = ("203.0.113.9", "192.0.2.10");
+    // (Ten sign-in requests a minute per address: the attacker sends ten.)
     for _ in 0..5 {
-        assert_eq!(sign_in("a wrong password 99", "000000"), 401);
+        assert_eq!(sign_in(attacker, "a wrong password 99", "000000"), 401);
     }
-    // Locked: even the right password and code are refused, with the same answer.
-    assert_eq!(sign_in("a counter password 123", &totp_now(&totp)), 401);
-    // The attacker sends one wrong password as each lock lapses.
-    for _ in 0..3 {
-        lapse();
-        assert_eq!(sign_in("a wrong password 99", "000000"), 401);
-    }
+    // The attacker's address is locked out, even with the right password and code...
+    assert_eq!(sign_in(attacker, "a counter password 123", &totp_now(&totp)), 401);
+    // ... the clerk's is not.
     assert_eq!(
-        sign_in("a counter password 123", &totp_now(&totp)),
+        sign_in(clerk, "a counter password 123", &totp_now(&totp)),
         303,
-        "the clerk is still locked out"
+        "the clerk is locked out"
     );
+    // After the lapse the attacker's failures start again from nothing.
+    lapse();
+    for _ in 0..4 {
+        assert_eq!(sign_in(attacker, "a wrong password 99", "000000"), 401);
+    }
+    let count = ca.sql_query(
+        "SELECT failed_logins FROM signin_failures WHERE source = '203.0.113.9'",
+    );
+    assert_eq!(count.trim(), "4", "{count}");
+    let audit = ca.sql_query("SELECT detail FROM audit_log WHERE kind = 'ra.staff.signin_failed'");
+    assert!(audit.contains("locked"), "{audit}");
 }
 
 /// A stateless front instance (`serve --no-signer --ra-upstream`) serves the registration
