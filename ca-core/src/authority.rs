@@ -1132,6 +1132,18 @@ impl Authority {
             .is_some_and(|c| c.revoked.load(std::sync::atomic::Ordering::SeqCst))
     }
 
+    /// [`Authority::revoke`] with the evidence behind a keyCompromise reason; see
+    /// [`crate::revocation::revoke_as`].
+    pub async fn revoke_as(
+        &self,
+        serial: SerialNumber,
+        reason: crate::revocation::Reason,
+        actor: &str,
+        evidence: crate::revocation::Evidence,
+    ) -> Result<Vec<(String, crate::revocation::Outcome)>> {
+        crate::revocation::revoke_as(&self.store, serial, reason, actor, evidence).await
+    }
+
     /// Revokes or holds one certificate; see [`crate::revocation::revoke`].
     pub async fn revoke(
         &self,

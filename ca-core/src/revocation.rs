@@ -32,10 +32,36 @@ pub async fn revoke(
     reason: Reason,
     actor: &str,
 ) -> Result<Vec<(String, Outcome)>> {
+    revoke_as(store, serial, reason, actor, Evidence::Verified).await
+}
+
+/// What stands behind a keyCompromise revocation (TLS BR §4.9.1.1 and S/MIME BR §4.9.1.1:
+/// the CA acts on *verified* evidence of key compromise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// An officer, or a subscriber who proved possession of the private key: the key is
+    /// blocked and every certificate carrying it is revoked.
+    Verified,
+    /// A subscriber's report without that proof: their own certificates (the renewal chain)
+    /// are revoked for keyCompromise, and the report is recorded (`key_compromise_reports`,
+    /// audited) for an officer to confirm with `ecert revoke --reason keyCompromise`, which
+    /// then blocks the key; nobody else's certificate is touched on the subscriber's word.
+    Reported,
+}
+
+/// [`revoke`] with the [`Evidence`] behind a keyCompromise reason.
+pub async fn revoke_as(
+    store: &Store,
+    serial: SerialNumber,
+    reason: Reason,
+    actor: &str,
+    evidence: Evidence,
+) -> Result<Vec<(String, Outcome)>> {
     let hex = serial.to_hex();
     let at = now();
     let mut tx = store.begin().await?;
-    if reason == Reason::KeyCompromise {
+    let sweep = reason == Reason::KeyCompromise && evidence == Evidence::Verified;
+    if sweep {
         store.lock_key_family(&mut tx, &hex).await?;
     }
     let mut changed = Vec::new();
@@ -82,7 +108,27 @@ pub async fn revoke(
             Err(e) => return Err(e),
         }
     }
-    if reason == Reason::KeyCompromise {
+    if reason == Reason::KeyCompromise && evidence == Evidence::Reported {
+        let status = store
+            .status_in(&mut tx, &hex)
+            .await?
+            .ok_or_else(|| Error::UnknownSerial(hex.clone()))?;
+        store
+            .report_key_compromise(&mut tx, &status.key_fp, &hex, actor, at)
+            .await?;
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "key.compromise_reported",
+                    actor: actor.to_string(),
+                    subject: Some(hex.clone()),
+                    detail: json!({ "key_sha256": hex::encode(&status.key_fp), "evidence": "none: awaits an officer" }),
+                },
+            )
+            .await?;
+    }
+    if sweep {
         let status = store
             .status_in(&mut tx, &hex)
             .await?

@@ -82,6 +82,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (17, "token_scopes", include_str!("../../migrations/sqlite/0017_token_scopes.sql")),
     (18, "mailbox_caps", include_str!("../../migrations/sqlite/0018_mailbox_caps.sql")),
     (19, "signin_sources", include_str!("../../migrations/sqlite/0019_signin_sources.sql")),
+    (20, "key_compromise_reports", include_str!("../../migrations/sqlite/0020_key_compromise_reports.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -104,6 +105,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (17, "token_scopes", include_str!("../../migrations/postgres/0017_token_scopes.sql")),
     (18, "mailbox_caps", include_str!("../../migrations/postgres/0018_mailbox_caps.sql")),
     (19, "signin_sources", include_str!("../../migrations/postgres/0019_signin_sources.sql")),
+    (20, "key_compromise_reports", include_str!("../../migrations/postgres/0020_key_compromise_reports.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -897,6 +899,28 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(version.unwrap_or(0))
+    }
+
+    /// Records inside `tx` a subscriber's unverified report that the key of `serial` is
+    /// compromised, for an officer to confirm.
+    pub async fn report_key_compromise(
+        &self,
+        tx: &mut Tx,
+        key_fp: &[u8],
+        serial: &str,
+        reporter: &str,
+        at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO key_compromise_reports (key_fp, serial, reporter, reported_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key_fp.to_vec())
+        .bind(serial)
+        .bind(reporter)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// The certificates `serial` renewed, newest first, back along the renewal chain (each

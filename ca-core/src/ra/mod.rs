@@ -70,7 +70,10 @@ pub use mailbox::{
 pub use outlet::{ensure_outlet, outlets};
 pub use renewal::{rekey_message, renew_online};
 pub use retention::purge;
-pub use revocation::{release_at_counter, revoke_at_counter, revoke_online};
+pub use revocation::{
+    key_compromise_challenge, key_compromise_message, release_at_counter, revoke_at_counter,
+    revoke_online, KEY_CHALLENGE_SECONDS,
+};
 pub use rules::{Status, MAILBOX_VALIDATION_DAYS};
 pub use session::{
     session, sign_in, sign_in_from, sign_out, SignedIn, StaffSession, ACCOUNT_SIGN_IN_ATTEMPTS,

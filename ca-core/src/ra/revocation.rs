@@ -5,10 +5,11 @@
 
 use super::record::{owned, staff_owned};
 use super::session::StaffSession;
-use super::support::{citizen, invalid, password_matches_async};
+use super::support::{citizen, invalid, now, password_matches_async, random_base32};
 use crate::authority::Authority;
 use crate::error::{Error, Result};
 use crate::row::row;
+use crate::revocation::Evidence;
 use crate::serial::SerialNumber;
 
 row! {
@@ -18,14 +19,64 @@ row! {
     }
 }
 
+/// How long a key-compromise challenge is good for.
+pub const KEY_CHALLENGE_SECONDS: i64 = 600;
+
+/// What the certificate's key signs to prove its possession when its compromise is reported
+/// online: the reference, the serial and a fresh challenge from [`key_compromise_challenge`],
+/// one per line.
+pub fn key_compromise_message(reference: &str, serial: &str, challenge: &str) -> String {
+    format!(
+        "ecert-key-compromise-v1\n{}\n{}\n{}",
+        reference.trim().to_uppercase(),
+        serial.to_ascii_lowercase(),
+        challenge.trim()
+    )
+}
+
+/// A fresh challenge (128 bits, ten minutes, one at a time) for a key-compromise report with
+/// proof of possession; returns it and the serial of the certificate whose key signs
+/// [`key_compromise_message`].
+pub async fn key_compromise_challenge(
+    auth: &Authority,
+    reference: &str,
+    tracking_secret: &str,
+) -> Result<(String, String)> {
+    let store = auth.store();
+    let id = owned(store, reference, tracking_secret).await?;
+    let challenge = random_base32(16);
+    let serial = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT certificate FROM applications WHERE id = $1",
+    )
+    .bind(&id)
+    .fetch_one(store.pool())
+    .await?
+    .ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
+    sqlx::query(
+        "UPDATE applications SET kc_challenge = $2, kc_challenge_expires = $3 WHERE id = $1",
+    )
+    .bind(&id)
+    .bind(&challenge)
+    .bind(now() + KEY_CHALLENGE_SECONDS)
+    .execute(store.pool())
+    .await?;
+    Ok((challenge, serial))
+}
+
 /// Revokes the certificate of an application online with the revocation secret chosen at
-/// application time (BR §4.9.3: the subscriber may request revocation).
+/// application time (BR §4.9.3: the subscriber may request revocation), and the certificates
+/// it renewed. For keyCompromise, `key_proof` — the certificate key's signature over
+/// [`key_compromise_message`] with the current challenge — is the verified evidence (TLS BR and
+/// S/MIME BR §4.9.1.1) that blocks the key and revokes every certificate carrying it; without
+/// it the subscriber's own certificates are revoked and the report waits for an officer
+/// ([`crate::revocation::Evidence::Reported`]). A wrong or stale proof is refused.
 pub async fn revoke_online(
     auth: &Authority,
     reference: &str,
     tracking_secret: &str,
     revocation_secret: &str,
     reason: crate::revocation::Reason,
+    key_proof: Option<&[u8]>,
 ) -> Result<String> {
     let store = auth.store();
     let id = owned(store, reference, tracking_secret).await?;
@@ -57,8 +108,73 @@ pub async fn revoke_online(
         ));
     }
     let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
-    auth.revoke(s, reason, &citizen(reference)).await?;
+    let evidence = match (reason, key_proof.filter(|p| !p.is_empty())) {
+        (Reason::KeyCompromise, Some(proof)) => {
+            verify_key_proof(auth, &id, reference, &serial, proof).await?;
+            Evidence::Verified
+        }
+        (Reason::KeyCompromise, None) => Evidence::Reported,
+        _ => Evidence::Verified,
+    };
+    auth.revoke_as(s, reason, &citizen(reference), evidence).await?;
     Ok(serial)
+}
+
+row! {
+    struct Challenge {
+        kc_challenge: Option<String>,
+        kc_challenge_expires: i64,
+    }
+}
+
+/// Checks a proof of possession of the key of `serial` over the application's current
+/// challenge, then spends the challenge (used once).
+async fn verify_key_proof(
+    auth: &Authority,
+    id: &str,
+    reference: &str,
+    serial: &str,
+    proof: &[u8],
+) -> Result<()> {
+    let store = auth.store();
+    let c = sqlx::query_as::<_, Challenge>(
+        "SELECT kc_challenge, kc_challenge_expires FROM applications WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(store.pool())
+    .await?;
+    let Some(challenge) = c.kc_challenge.filter(|_| c.kc_challenge_expires >= now()) else {
+        return Err(invalid(
+            "key_proof",
+            "ask for a new challenge: there is none, or it expired",
+        ));
+    };
+    let spent = sqlx::query(
+        "UPDATE applications SET kc_challenge = NULL WHERE id = $1 AND kc_challenge = $2",
+    )
+    .bind(id)
+    .bind(&challenge)
+    .execute(store.pool())
+    .await?
+    .rows_affected();
+    if spent != 1 {
+        return Err(invalid("key_proof", "the challenge was used already"));
+    }
+    let der = store
+        .certificate(serial)
+        .await?
+        .and_then(|c| c.cert_der)
+        .ok_or(Error::NotFound)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| Error::Encoding(e.to_string()))?;
+    let key = crate::keys::SubscriberKey::from_spki_der(cert.public_key().raw)?;
+    if !key.verifies(key_compromise_message(reference, serial, &challenge).as_bytes(), proof) {
+        return Err(invalid(
+            "key_proof",
+            "the signature does not verify with the certificate's key",
+        ));
+    }
+    Ok(())
 }
 
 /// In-person revocation (or hold, on the Individual & Organisational CA) of the certificate of

@@ -120,6 +120,7 @@ pub fn router(state: Shared) -> Router {
         .route("/confirm", get(confirm_link_page).post(confirm_link))
         .route("/track/download", post(download))
         .route("/track/revoke", post(revoke))
+        .route("/track/key-challenge", post(key_challenge))
         .route("/track/renew", post(renew))
         .route("/track/new-code", post(new_code))
         .route("/track/domains", post(track_domains))
@@ -895,6 +896,10 @@ pub struct TrackForm {
     /// Online re-key: base64 of the current key's signature over `ra::rekey_message`.
     #[serde(default)]
     rekey_proof: String,
+    /// keyCompromise: base64 of the certificate key's signature over
+    /// `ra::key_compromise_message` with the challenge from `/track/key-challenge`.
+    #[serde(default)]
+    key_proof: String,
 }
 
 #[derive(Template)]
@@ -1155,16 +1160,57 @@ async fn revoke(
     } else {
         ca_core::revocation::Reason::parse(&f.reason).lang(lang.0)?
     };
+    let proof = if f.key_proof.trim().is_empty() {
+        None
+    } else {
+        Some(
+            base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                f.key_proof.trim(),
+            )
+            .map_err(|_| {
+                    AppError::new(
+                        Error::Invalid {
+                            field: "key_proof",
+                            reason: "base64 of the signature".into(),
+                        },
+                        lang.0,
+                    )
+                })?,
+        )
+    };
     let serial = ra::revoke_online(
         &s.auth,
         &f.reference,
         &f.secret,
         &f.revocation_secret,
         reason,
+        proof.as_deref(),
     )
     .await
     .lang(lang.0)?;
     status_page(&s, lang, &f, format!("{}: {serial}", lang.0.texts().revoke)).await
+}
+
+/// `POST /track/key-challenge`: a fresh challenge to sign with the certificate's key before
+/// reporting its compromise (text: the serial, the challenge and the exact message to sign).
+async fn key_challenge(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "code", 10)?;
+    let (challenge, serial) = ra::key_compromise_challenge(&s.auth, &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
+    let message = ra::key_compromise_message(&f.reference, &serial, &challenge);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("serial={serial}\nchallenge={challenge}\nexpires_in={}\n\n{message}", ra::KEY_CHALLENGE_SECONDS),
+    )
+        .into_response())
 }
 
 async fn new_code(

@@ -567,6 +567,12 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         assert!(Instant::now() < deadline, "{s}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Without proof of possession of the key, the report revokes the citizen's certificate
+    // but blocks nobody else's use of the key until an officer confirms (issue 11, defect 5).
+    let blocked = ca.sql_query("SELECT COUNT(*) FROM blocked_keys");
+    assert_eq!(blocked.trim(), "0", "{blocked}");
+    let reports = ca.sql_query("SELECT COUNT(*) FROM key_compromise_reports");
+    assert_eq!(reports.trim(), "1", "{reports}");
 
     // No personal data in clear: not in a database dump, not in the logs.
     drop(server);

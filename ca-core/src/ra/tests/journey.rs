@@ -311,8 +311,7 @@ async fn citizen_to_certificate_with_every_refusal_on_the_way() {
             &sub.reference,
             &sub.secret,
             "not it",
-            crate::revocation::Reason::KeyCompromise
-        )
+            crate::revocation::Reason::KeyCompromise, None)
         .await,
         Err(Error::Invalid { .. })
     ));
@@ -321,8 +320,7 @@ async fn citizen_to_certificate_with_every_refusal_on_the_way() {
         &sub.reference,
         &sub.secret,
         "my revocation words",
-        crate::revocation::Reason::KeyCompromise,
-    )
+        crate::revocation::Reason::KeyCompromise, None)
     .await
     .unwrap();
     let status = store.certificate(&serial).await.unwrap().unwrap();

@@ -144,8 +144,7 @@ async fn review_findings_stay_fixed() {
             &sub2.reference,
             &sub2.secret,
             "my revocation words",
-            crate::revocation::Reason::PrivilegeWithdrawn
-        )
+            crate::revocation::Reason::PrivilegeWithdrawn, None)
         .await,
         Err(Error::Invalid {
             field: "reason",
@@ -157,8 +156,7 @@ async fn review_findings_stay_fixed() {
         &sub2.reference,
         &sub2.secret,
         "my revocation words",
-        crate::revocation::Reason::Superseded,
-    )
+        crate::revocation::Reason::Superseded, None)
     .await
     .unwrap();
     for serial in [&first, &second] {
@@ -538,8 +536,7 @@ async fn revocation_reaches_the_whole_renewal_chain() {
         &sub.reference,
         &sub.secret,
         "my revocation words",
-        Reason::Superseded,
-    )
+        Reason::Superseded, None)
     .await
     .unwrap();
     assert_eq!(reason_of(first.clone()).await, Some(4), "predecessor revoked");
@@ -549,8 +546,7 @@ async fn revocation_reaches_the_whole_renewal_chain() {
             &sub.reference,
             &sub.secret,
             "my revocation words",
-            Reason::Superseded,
-        )
+            Reason::Superseded, None)
         .await,
         Err(Error::AlreadyRevoked { .. })
     ));
@@ -846,4 +842,122 @@ async fn an_attacker_locks_out_their_own_address_not_the_clerk() {
         "refused for another reason: {:?}",
         why.last()
     );
+}
+
+/// Issue 11, defect 5: an online keyCompromise blocked the key and revoked every certificate
+/// carrying it, across subscribers, on the requester's word. Without proof of possession the
+/// subscriber's own certificate is revoked and the report waits for an officer; with the
+/// certificate key's signature over a fresh challenge the key is blocked and swept; a wrong
+/// or reused proof is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_compromise_needs_proof_of_possession_to_reach_others() {
+    use crate::revocation::Reason;
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    let (clerk, _) = super::journey::gpo_with_staff(&auth).await;
+    let reason = |serial: String| {
+        let store = store.clone();
+        async move {
+            store
+                .certificate(&serial)
+                .await
+                .unwrap()
+                .unwrap()
+                .revocation_reason
+        }
+    };
+    let blocked = || async {
+        sqlx::query("SELECT COUNT(*) FROM blocked_keys")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get::<i64, _>(0)
+            .unwrap()
+    };
+    // The victim's key, certified to the victim and (a copied CSR) to the attacker.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (_victim, victims) = issued_app(&auth, &clerk, &key, 31).await;
+    let (attacker, attackers) = issued_app(&auth, &clerk, &key, 32).await;
+    revoke_online(
+        &auth,
+        &attacker.reference,
+        &attacker.secret,
+        "my revocation words",
+        Reason::KeyCompromise,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reason(attackers.clone()).await, Some(1), "the reporter's own certificate");
+    assert_eq!(reason(victims.clone()).await, None, "the victim's certificate was revoked");
+    assert_eq!(blocked().await, 0, "the key was blocked on a report");
+    let reports = sqlx::query("SELECT COUNT(*) FROM key_compromise_reports")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap();
+    assert_eq!(reports, 1);
+
+    // With proof: the key's signature over a fresh challenge blocks it and sweeps.
+    let key2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (owner, owned_serial) = issued_app(&auth, &clerk, &key2, 33).await;
+    let (other, other_serial) = issued_app(&auth, &clerk, &key2, 34).await;
+    let _ = other;
+    let sign = |key: &rcgen::KeyPair, message: &str| {
+        rcgen::SigningKey::sign(key, message.as_bytes()).unwrap()
+    };
+    let (challenge, serial) = key_compromise_challenge(&auth, &owner.reference, &owner.secret)
+        .await
+        .unwrap();
+    assert_eq!(serial, owned_serial);
+    // Signed by another key: refused, and nothing changes.
+    let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let message = key_compromise_message(&owner.reference, &serial, &challenge);
+    let e = revoke_online(
+        &auth,
+        &owner.reference,
+        &owner.secret,
+        "my revocation words",
+        Reason::KeyCompromise,
+        Some(&sign(&stranger, &message)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::Invalid { field: "key_proof", .. }), "{e}");
+    assert_eq!(reason(owned_serial.clone()).await, None);
+    // The challenge was spent by that attempt: a right signature over it is refused too.
+    assert!(revoke_online(
+        &auth,
+        &owner.reference,
+        &owner.secret,
+        "my revocation words",
+        Reason::KeyCompromise,
+        Some(&sign(&key2, &message)),
+    )
+    .await
+    .is_err());
+    let (challenge, _) = key_compromise_challenge(&auth, &owner.reference, &owner.secret)
+        .await
+        .unwrap();
+    let message = key_compromise_message(&owner.reference, &serial, &challenge);
+    revoke_online(
+        &auth,
+        &owner.reference,
+        &owner.secret,
+        "my revocation words",
+        Reason::KeyCompromise,
+        Some(&sign(&key2, &message)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reason(owned_serial).await, Some(1));
+    assert_eq!(reason(other_serial).await, Some(1), "the proven key was swept");
+    assert_eq!(blocked().await, 1);
+    // An officer confirms the earlier report from the CLI path: the key is blocked and the
+    // victim's certificate goes too.
+    let s = crate::serial::SerialNumber::from_hex(&attackers).unwrap();
+    auth.revoke(s, Reason::KeyCompromise, "officer:test").await.unwrap();
+    assert_eq!(reason(victims).await, Some(1));
+    assert_eq!(blocked().await, 2);
 }
