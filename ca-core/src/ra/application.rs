@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::domains::{domain_status, DomainStatus};
 use super::mailbox;
-use super::record::{owned, valid_approvals, Application};
+use super::record::{key_certified_to_another, key_of_another, owned, valid_approvals, Application};
 use super::rules::{minor_days, status_of, Status};
 use super::support::{check_len, hash_password_async, invalid, now, random_base32, sha256};
 use crate::audit::Event;
@@ -276,7 +276,6 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         }
     }
     let csr = VerifiedCsr::parse(&a.csr)?;
-    let _ = csr;
     if !["en", "zh-HK"].contains(&a.language.as_str()) {
         return Err(invalid("language", "en or zh-HK"));
     }
@@ -311,6 +310,12 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     let revocation_hash = hash_password_async(&a.revocation_secret).await?;
     let t = now();
     let hkid_index = vault.blind_index(Field::Hkid, hkid.expose())?;
+    let org_id = (profile.kind != ProfileKind::Personal)
+        .then(|| business_registration_number(&a.org_id))
+        .transpose()?;
+    if key_certified_to_another(store, &csr.key().fingerprint(), &hkid_index, org_id.as_deref()).await? {
+        return Err(key_of_another());
+    }
     let mut tx = store.begin().await?;
     sqlx::query(
         "INSERT INTO applications (id, reference, secret_hash, revocation_hash, profile, state, version, outlet, language, \

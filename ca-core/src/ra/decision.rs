@@ -6,7 +6,9 @@ use serde_json::json;
 
 use super::application::{minor_validity, subject_of_record};
 use super::domains::{check_caa, domain_status};
-use super::record::{changed, settle, staff_owned, Application};
+use super::record::{
+    changed, key_certified_to_another, key_of_another, settle, staff_owned, Application,
+};
 use super::rules::{
     approval_outcome, approval_readiness, token_approval_refused, Approval, ApprovalPolicy,
     Outcome, Readiness,
@@ -313,9 +315,24 @@ async fn issue(
             return back_to_open(e).await;
         }
     }
+    let csr = VerifiedCsr::parse(&r.csr)?;
+    // Checked again here: another subscriber's certificate for the key may have been issued
+    // since this application was made.
+    match key_certified_to_another(
+        store,
+        &csr.key().fingerprint(),
+        &r.hkid_index,
+        r.org_id.as_deref(),
+    )
+    .await
+    {
+        Ok(false) => {}
+        Ok(true) => return back_to_open(key_of_another()).await,
+        Err(e) => return back_to_open(e).await,
+    }
     let request = ApprovedRequest {
         profile: r.profile.clone(),
-        csr: VerifiedCsr::parse(&r.csr)?,
+        csr,
         subject,
         days,
         renews: None,

@@ -172,6 +172,39 @@ pub(super) async fn in_outlet(
     .ok_or(Error::NotFound)
 }
 
+/// Whether the key `key_fp` (SHA-256 of its SubjectPublicKeyInfo) is on a valid certificate
+/// of another subscriber: an application's current certificate, issued and not expired, whose
+/// applicant (HKID blind index) or organisation differs from `hkid_index` and `org_id`. A key
+/// is certified to one subscriber only, so one subscriber's report of its compromise never
+/// concerns another's certificate (issue 11, defect 5).
+pub(super) async fn key_certified_to_another(
+    store: &Store,
+    key_fp: &[u8],
+    hkid_index: &[u8],
+    org_id: Option<&str>,
+) -> Result<bool> {
+    let n = sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM certificates c JOIN applications a ON a.certificate = c.serial \
+         WHERE c.key_fp = $1 AND c.state = 'issued' AND c.revocation_reason IS NULL AND c.not_after >= $2 \
+         AND NOT (a.hkid_index = $3 AND COALESCE(a.org_id, '') = $4)",
+    )
+    .bind(key_fp.to_vec())
+    .bind(now())
+    .bind(hkid_index.to_vec())
+    .bind(org_id.unwrap_or_default())
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n > 0)
+}
+
+/// The refusal of a key certified to another subscriber.
+pub(super) fn key_of_another() -> Error {
+    Error::Invalid {
+        field: "csr",
+        reason: "this key is already certified to another subscriber (a key is certified to one subscriber only): make a new key".into(),
+    }
+}
+
 /// How many approvals of `version` count now.
 pub(super) async fn valid_approvals(store: &Store, id: &str, version: i64) -> Result<usize> {
     let n = sqlx::query_scalar::<_, i64>(

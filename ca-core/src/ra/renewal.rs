@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::application::minor_validity;
-use super::record::owned;
+use super::record::{key_certified_to_another, key_of_another, owned};
 use super::rules::{renewal_allowed, RenewalFacts};
 use super::support::{invalid, now};
 use crate::audit::Event;
@@ -27,6 +27,8 @@ row! {
         revocation_reason: Option<i64>,
         not_after: Option<i64>,
         renewed_by: Option<String>,
+        hkid_index: Vec<u8>,
+        org_id: Option<String>,
     }
 }
 
@@ -61,7 +63,7 @@ pub async fn renew_online(
     let r = sqlx::query_as::<_, Current>(
         "SELECT a.certificate AS certificate, a.profile AS profile, a.email_confirmed_at AS email_confirmed_at, \
          a.dob_sealed AS dob_sealed, c.key_fp AS key_fp, c.revocation_reason AS revocation_reason, \
-         c.not_after AS not_after, c.renewed_by AS renewed_by \
+         c.not_after AS not_after, c.renewed_by AS renewed_by, a.hkid_index AS hkid_index, a.org_id AS org_id \
          FROM applications a JOIN certificates c ON c.serial = a.certificate WHERE a.id = $1",
     )
     .bind(&id)
@@ -85,6 +87,12 @@ pub async fn renew_online(
     let key_fp = r.key_fp;
     let csr = VerifiedCsr::parse(csr)?;
     let rekey = csr.key().fingerprint().as_slice() != key_fp.as_slice();
+    if rekey
+        && key_certified_to_another(store, &csr.key().fingerprint(), &r.hkid_index, r.org_id.as_deref())
+            .await?
+    {
+        return Err(key_of_another());
+    }
     if rekey {
         let Some(proof) = rekey_proof.filter(|p| !p.is_empty()) else {
             return Err(invalid(

@@ -446,6 +446,28 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     );
     assert_eq!(r.status, 200, "{}", text(&r));
     smtp.wait_for("tm.chan@example.hk", "Issued");
+    // Another person cannot have the same key certified (issue 11, defect 5): a copied CSR is
+    // refused with the rule named.
+    let r = form(
+        addr,
+        "/apply",
+        &cookies,
+        &[
+            ("csrf", &csrf),
+            ("surname", "Wong"),
+            ("given_name", "Siu Ming"),
+            ("email", "sm.wong@example.hk"),
+            ("hkid", "K410002(6)"),
+            ("date_of_birth", "1975-06-01"),
+            ("phone", "+852 2921 3333"),
+            ("address", "2 Connaught Place, Central"),
+            ("outlet", "gpo"),
+            ("revocation_secret", "other revocation words"),
+            ("csr", &csr_pem),
+        ],
+    );
+    assert_eq!(r.status, 422, "{}", text(&r));
+    assert!(text(&r).contains("another subscriber"), "{}", text(&r));
 
     // The citizen downloads the certificate with its chain; outside judges check it.
     let r = form(

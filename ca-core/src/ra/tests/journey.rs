@@ -474,6 +474,8 @@ async fn organisation_applications_need_their_documents_and_domains() {
     // Server: the names are normalised; approval waits for domain control.
     let hkid2 = crate::hkid::synthetic("K", 220_012);
     let mut server = form.clone();
+    // Its own key: a key is certified to one subscriber only.
+    server.csr = csr();
     server.profile = "server".into();
     server.hkid = hkid2.expose().to_string();
     server.email = "it@example.hk".into();
@@ -548,7 +550,9 @@ async fn minors_and_roles() {
             let mut a = application(&hkid);
             a.profile = profile.into();
             a.date_of_birth = dob;
-            a.csr = csr_for(key);
+            // Each applicant a key of their own (a key is certified to one subscriber only):
+            // the shared `key` only for application 4, whose renewal it signs.
+            a.csr = if n == 4 { csr_for(key) } else { csr() };
             let sub = submit(auth, a).await?;
             confirm_email(auth.store(), &sub.reference, &sub.secret, &sub.email_code)
                 .await
@@ -662,7 +666,9 @@ async fn minors_and_roles() {
         })
     ));
     a.user_title = "Ward Manager".into();
-    a.csr = csr_for(&key);
+    // A key of its own: the minor's key is certified to the minor.
+    let role_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    a.csr = csr_for(&role_key);
     let sub = submit(&auth, a).await.unwrap();
     confirm_email(&store, &sub.reference, &sub.secret, &sub.email_code)
         .await
@@ -697,7 +703,7 @@ async fn minors_and_roles() {
         .and_then(|a| a.as_str().ok().map(str::to_string));
     assert_eq!(title.as_deref(), Some("Ward Manager"));
     // Renewal keeps the role.
-    let renewed = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&key), None)
+    let renewed = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&role_key), None)
         .await
         .unwrap();
     let der = store

@@ -236,7 +236,7 @@ async fn retention_purges_only_ended_applications() {
     let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let (issued, _) = issued_app(&auth, &clerk, &key, 11).await;
-    let (stale, _) = issued_app(&auth, &clerk, &key, 12).await;
+    let (stale, _) = issued_app(&auth, &clerk, &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(), 12).await;
     // Make the second one an old, never-completed application.
     sqlx::query("UPDATE applications SET state = 'submitted', certificate = NULL WHERE id = $1")
         .bind(&stale.id)
@@ -408,7 +408,7 @@ async fn interrupted_decisions_are_settled() {
             .status,
         Status::Issued
     );
-    let (sub2, serial2) = issued_app(&auth, &clerk, &key, 8).await;
+    let (sub2, serial2) = issued_app(&auth, &clerk, &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(), 8).await;
     let _ = serial;
     sqlx::query("UPDATE certificates SET state = 'failed' WHERE serial = $1")
         .bind(&serial2)
@@ -874,10 +874,27 @@ async fn key_compromise_needs_proof_of_possession_to_reach_others() {
             .try_get::<i64, _>(0)
             .unwrap()
     };
-    // The victim's key, certified to the victim and (a copied CSR) to the attacker.
+    // The victim's key, certified to the victim (directly, as the CLI issues: the RA refuses
+    // a key certified to another subscriber) and, from a copied CSR, to the attacker.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let (_victim, victims) = issued_app(&auth, &clerk, &key, 31).await;
     let (attacker, attackers) = issued_app(&auth, &clerk, &key, 32).await;
+    let direct = |key: &rcgen::KeyPair| {
+        let csr = crate::csr::VerifiedCsr::parse(&super::journey::csr_for(key)).unwrap();
+        auth.issue(crate::authority::ApprovedRequest {
+            profile: "personal".into(),
+            csr,
+            subject: crate::profile::SubjectData {
+                surname: Some("VICTIM".into()),
+                given_name: Some("Ka Ming".into()),
+                emails: vec!["victim@example.hk".into()],
+                ..Default::default()
+            },
+            days: None,
+            renews: None,
+            actor: "officer:test".into(),
+        })
+    };
+    let victims = direct(&key).await.unwrap().serial.to_hex();
     revoke_online(
         &auth,
         &attacker.reference,
@@ -902,8 +919,14 @@ async fn key_compromise_needs_proof_of_possession_to_reach_others() {
     // With proof: the key's signature over a fresh challenge blocks it and sweeps.
     let key2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let (owner, owned_serial) = issued_app(&auth, &clerk, &key2, 33).await;
-    let (other, other_serial) = issued_app(&auth, &clerk, &key2, 34).await;
-    let _ = other;
+    let other_serial = direct(&key2).await.unwrap().serial.to_hex();
+    // The RA itself refuses the key to another subscriber.
+    let mut copy = super::journey::application(&crate::hkid::synthetic("Y", 35));
+    copy.csr = super::journey::csr_for(&key2);
+    assert!(matches!(
+        submit(&auth, copy).await,
+        Err(Error::Invalid { field: "csr", .. })
+    ));
     let sign = |key: &rcgen::KeyPair, message: &str| {
         rcgen::SigningKey::sign(key, message.as_bytes()).unwrap()
     };
