@@ -415,6 +415,12 @@ impl Profile {
         requested.unwrap_or_else(|| self.default_days.min(self.max_days_at(now)))
     }
 
+    /// Whether it is an S/MIME BR Strict-generation profile (its reserved policy OID
+    /// `2.23.140.1.5.<type>.3`, S/MIME BR §7.1.6.1): never put on hold (§7.2.2).
+    pub fn smime_strict(&self) -> bool {
+        self.cabf_policy.starts_with("2.23.140.1.5.") && self.cabf_policy.ends_with(".3")
+    }
+
     /// Builds the rcgen parameters for a checked request (see [`Profile::check`]). Pure.
     pub fn params(
         &self,
@@ -639,6 +645,14 @@ fn check_dns(p: &Profile, d: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the encipherment profile is S/MIME BR Strict (…5.2.3); it is never put on hold.
+    #[test]
+    fn strict_generation_is_read_from_the_policy_oid() {
+        for p in PROFILES {
+            assert_eq!(p.smime_strict(), p.id == "encipherment", "{}", p.id);
+        }
+    }
 
     fn personal() -> SubjectData {
         SubjectData {

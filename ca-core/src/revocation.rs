@@ -354,6 +354,8 @@ pub struct Status {
     pub revoked_at: Option<i64>,
     /// SHA-256 of the subject SPKI.
     pub key_fp: Vec<u8>,
+    /// The profile it was issued under.
+    pub profile: String,
 }
 
 /// Applies a revocation (`reason`) to `serial` inside `tx`, compare-and-set. Returns the outcome
@@ -375,6 +377,16 @@ pub(crate) async fn revoke_in(
             "{} is not allowed on the {} CA (TLS BR §4.9.13: no suspension)",
             reason.name(),
             ca.name()
+        )));
+    }
+    // S/MIME BR §7.2.2 (and §7.3): certificateHold SHALL NOT be used for Strict-generation
+    // certificates, whichever channel asks (CLI, counter, API all come here).
+    if reason == Reason::CertificateHold
+        && crate::profile::Profile::get(&status.profile).is_ok_and(|p| p.smime_strict())
+    {
+        return Err(Error::Revocation(format!(
+            "certificateHold is not allowed for the {} profile: an S/MIME BR Strict certificate is revoked, never suspended (S/MIME BR §7.2.2)",
+            status.profile
         )));
     }
     if !matches!(status.state, CertState::Issued | CertState::Abandoned) {

@@ -810,8 +810,8 @@ impl Store {
         serial: &str,
     ) -> Result<Option<crate::revocation::Status>> {
         let sql = match self.engine {
-            Engine::Sqlite => "SELECT issuer, state, revocation_reason, revoked_at, key_fp FROM certificates WHERE serial = $1",
-            Engine::Postgres => "SELECT issuer, state, revocation_reason, revoked_at, key_fp FROM certificates WHERE serial = $1 FOR UPDATE",
+            Engine::Sqlite => "SELECT issuer, state, revocation_reason, revoked_at, key_fp, profile FROM certificates WHERE serial = $1",
+            Engine::Postgres => "SELECT issuer, state, revocation_reason, revoked_at, key_fp, profile FROM certificates WHERE serial = $1 FOR UPDATE",
         };
         let row = sqlx::query_as::<_, StatusRow>(sql)
             .bind(serial)
@@ -1908,6 +1908,7 @@ row! {
         revocation_reason: Option<i64>,
         revoked_at: Option<i64>,
         key_fp: Vec<u8>,
+        profile: String,
     }
 }
 
@@ -1927,6 +1928,7 @@ impl TryFrom<StatusRow> for crate::revocation::Status {
             },
             revoked_at: r.revoked_at,
             key_fp: r.key_fp,
+            profile: r.profile,
         })
     }
 }

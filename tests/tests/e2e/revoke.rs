@@ -67,6 +67,14 @@ fn revoke_hold_release_and_key_compromise() {
         error_line(&err).contains("not allowed on the server CA"),
         "{err}"
     );
+    // Nor on an S/MIME BR Strict certificate (encipherment), though its CA allows holds
+    // (issue 12, defect 1: S/MIME BR §7.2.2); it stays good, as OCSP and the CRL then say.
+    let enc = encipherment();
+    let e_csr = ca.csr("enc", KeyType::P256);
+    let e = ca.issue(enc.profile, &e_csr.csr, &enc.args, "encipherment");
+    let err = ca.ecert_err(&["revoke", "--serial", &e.serial, "--hold"]);
+    assert!(error_line(&err).contains("Strict"), "{err}");
+    assert_eq!(show_field(&ca, &e.serial, "revocation_reason"), None);
     let err = ca.ecert_err(&["revoke", "--serial", &s.serial, "--reason", "nonsense"]);
     assert!(error_line(&err).contains("unknown reason"), "{err}");
 
