@@ -140,7 +140,8 @@ pub static PROFILES: &[Profile] = &[
     },
     Profile {
         id: "server",
-        version: 2,
+        // v3: keyEncipherment beside digitalSignature for an RSA key.
+        version: 3,
         kind: ProfileKind::Server,
         issuer: CaRole::Server,
         default_days: 199,
@@ -473,8 +474,13 @@ impl Profile {
             }
             ProfileKind::Encipherment if rsa => vec![KeyUsagePurpose::KeyEncipherment],
             ProfileKind::Encipherment => vec![KeyUsagePurpose::KeyAgreement],
-            // TLS BR §7.1.2.7.11: digitalSignature; keyEncipherment (RSA key transport) is
-            // NOT RECOMMENDED now that TLS 1.3 has no RSA key exchange.
+            // TLS BR §7.1.2.7.11: digitalSignature, and for an RSA key keyEncipherment MAY be
+            // set: NSS's classic verifier refuses an RSA server certificate without it for TLS
+            // server use (SEC_ERROR_INADEQUATE_KEY_USAGE, -8102), so it is set.
+            ProfileKind::Server if rsa => vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ],
             ProfileKind::Server => vec![KeyUsagePurpose::DigitalSignature],
         };
         p.extended_key_usages = match self.kind {

@@ -41,6 +41,22 @@ fn matrix(case: ProfileCase) {
             policies.contains(&format!("1.3.6.1.4.1.32473.1.2.{local}")),
             "[{ctx}] policies {policies:?}"
         );
+        // Server certificates: keyEncipherment for an RSA key (NSS's classic verifier wants it
+        // for TLS server use; issue 12, defect 11), digitalSignature alone for EC keys; as
+        // openssl prints them.
+        if case.profile == "server" {
+            let o = openssl(
+                ca.data_dir(),
+                &["x509", "-in", issued.cert.path.to_str().unwrap(), "-noout", "-ext", "keyUsage"],
+            );
+            let ku = String::from_utf8_lossy(&o.stdout).into_owned();
+            assert!(ku.contains("Digital Signature"), "[{ctx}] {ku}");
+            assert_eq!(
+                ku.contains("Key Encipherment"),
+                matches!(kind, KeyType::Rsa2048),
+                "[{ctx}] {ku}"
+            );
+        }
         if kind == KeyType::P384 {
             let cert = issued.cert.parse();
             let v = cert.validity();
