@@ -437,6 +437,10 @@ def ask(serial, alg):
         return resp.response_status.name
     if resp.serial_number != serial:
         return "WRONG_SERIAL"
+    # A revocation is dated when it happened (an abandoned serial: when it was given up),
+    # never at the epoch (issue 12, defect 10).
+    if resp.certificate_status == ocsp.OCSPCertStatus.REVOKED and resp.revocation_time.year < 2020:
+        return "REVOKED_AT_EPOCH"
     return resp.certificate_status.name
 out = {"given": {}, "random": {}}
 for s in given:
