@@ -243,6 +243,10 @@ struct IssueArgs {
     /// Validity in days (default: the profile's).
     #[arg(long)]
     days: Option<u32>,
+    /// The holder's date of birth, YYYY-MM-DD (required for personal-minor: the certificate
+    /// ends before the 18th birthday). Used to compute the validity; never stored.
+    #[arg(long)]
+    date_of_birth: Option<String>,
     /// Serial (hex) of the certificate this one renews or re-keys.
     #[arg(long)]
     renews: Option<String>,
@@ -638,6 +642,28 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // A minor's certificate ends before the 18th birthday (as the RA makes it).
+    let days = match ca_core::profile::Profile::get(&a.profile) {
+        Ok(p) if p.minor => {
+            let dob = a.date_of_birth.as_deref().with_context(|| {
+                format!(
+                    "--date-of-birth is required for {}: the certificate must end before the holder's 18th birthday",
+                    p.id
+                )
+            })?;
+            time::Date::parse(dob, time::macros::format_description!("[year]-[month]-[day]"))
+                .map_err(|_| anyhow::anyhow!("--date-of-birth: use the form YYYY-MM-DD"))?;
+            let most = ca_core::ra::rules::minor_days(p, dob, time::OffsetDateTime::now_utc())?;
+            match a.days {
+                Some(d) if d > most => anyhow::bail!(
+                    "--days {d} would outlive the holder's 18th birthday: at most {most}"
+                ),
+                Some(d) => Some(d),
+                None => Some(most),
+            }
+        }
+        _ => a.days,
+    };
     let input = read_limited(&a.csr, MAX_CSR_BYTES)?;
     let auth = Authority::open(config).await?;
     let csr = match VerifiedCsr::parse(&input) {
@@ -663,7 +689,7 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
             srn: None,
             title: a.title,
         },
-        days: a.days,
+        days,
         renews,
         actor: actor(),
     };

@@ -66,12 +66,12 @@ pub fn personal() -> ProfileCase {
     }
 }
 
-/// e-Cert (Personal/Minor): as personal, under its own policy.
+/// e-Cert (Personal/Minor): as personal, under its own policy, for a holder born in 2015.
 pub fn personal_minor() -> ProfileCase {
-    ProfileCase {
-        profile: "personal-minor",
-        ..personal()
-    }
+    let mut c = personal();
+    c.profile = "personal-minor";
+    c.args.extend(["--date-of-birth", "2015-06-01"]);
+    c
 }
 
 /// e-Cert (Organisational Role): as organisational, with the holder's role as `title`.

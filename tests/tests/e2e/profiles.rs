@@ -101,6 +101,61 @@ fn profile_personal_minor() {
     matrix(personal_minor());
 }
 
+/// `ecert issue --profile personal-minor` needs the holder's date of birth and ends the
+/// certificate before the 18th birthday, as the RA does (issue 12, defect 8).
+#[test]
+fn a_minors_certificate_from_the_cli_ends_before_the_18th_birthday() {
+    let ca = Ca::init();
+    let csr = ca.csr("minor", KeyType::P256);
+    let out = ca.file("minor.pem");
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["issue", "--profile", "personal-minor", "--csr"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.push(csr.csr.to_str().unwrap().to_string());
+        args.extend(personal().args.iter().map(|a| a.to_string()));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let err = ca.ecert_err(&refs(&run(&[])));
+    assert!(error_line(&err).contains("--date-of-birth"), "{err}");
+    // Eighteen in about ten days: at most that validity; asking for more is refused.
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        / 86_400;
+    let (y, m, d) = civil_from_days(today + 10);
+    let dob = format!("{:04}-{:02}-{:02}", y - 18, m, d.min(28));
+    let err = ca.ecert_err(&refs(&run(&["--date-of-birth", &dob, "--days", "400"])));
+    assert!(error_line(&err).contains("18th birthday"), "{err}");
+    ca.ecert_ok(&refs(&run(&["--date-of-birth", &dob, "--out", out.to_str().unwrap()])));
+    let cert = CertFile::read(&out);
+    let v = cert.parse().validity().clone();
+    let days = (v.not_after.timestamp() - v.not_before.timestamp()) / 86_400;
+    assert!((5..=11).contains(&days), "{days} days for a holder 18 in about ten days");
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The civil date (year, month, day) of a count of days since 1970-01-01 (H. Hinnant's
+/// algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
 #[test]
 fn profile_organisational_role() {
     matrix(organisational_role());
