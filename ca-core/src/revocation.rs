@@ -100,7 +100,10 @@ pub async fn revoke_as(
             Ok(o) => {
                 let cause = format!("renewed by {hex}");
                 store
-                    .audit(&mut tx, &event(&previous, &o, Some(own), actor, Some(&cause)))
+                    .audit(
+                        &mut tx,
+                        &event(&previous, &o, Some(own), actor, Some(&cause)),
+                    )
                     .await?;
                 changed.push((previous, o));
             }

@@ -605,7 +605,8 @@ impl Store {
             if res.rows_affected() != 1 {
                 return Err(Error::NotRenewable {
                     serial: old.to_string(),
-                    reason: "it was already renewed, is revoked or on hold, or is not issued".into(),
+                    reason: "it was already renewed, is revoked or on hold, or is not issued"
+                        .into(),
                 });
             }
         }

@@ -651,8 +651,11 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
                     p.id
                 )
             })?;
-            time::Date::parse(dob, time::macros::format_description!("[year]-[month]-[day]"))
-                .map_err(|_| anyhow::anyhow!("--date-of-birth: use the form YYYY-MM-DD"))?;
+            time::Date::parse(
+                dob,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map_err(|_| anyhow::anyhow!("--date-of-birth: use the form YYYY-MM-DD"))?;
             let most = ca_core::ra::rules::minor_days(p, dob, time::OffsetDateTime::now_utc())?;
             match a.days {
                 Some(d) if d > most => anyhow::bail!(

@@ -6,7 +6,9 @@ use serde_json::json;
 
 use super::domains::{domain_status, DomainStatus};
 use super::mailbox;
-use super::record::{key_certified_to_another, key_of_another, owned, valid_approvals, Application};
+use super::record::{
+    key_certified_to_another, key_of_another, owned, valid_approvals, Application,
+};
 use super::rules::{minor_days, status_of, Status};
 use super::support::{check_len, hash_password_async, invalid, now, random_base32, sha256};
 use crate::audit::Event;
@@ -313,7 +315,14 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     let org_id = (profile.kind != ProfileKind::Personal)
         .then(|| business_registration_number(&a.org_id))
         .transpose()?;
-    if key_certified_to_another(store, &csr.key().fingerprint(), &hkid_index, org_id.as_deref()).await? {
+    if key_certified_to_another(
+        store,
+        &csr.key().fingerprint(),
+        &hkid_index,
+        org_id.as_deref(),
+    )
+    .await?
+    {
         return Err(key_of_another());
     }
     let mut tx = store.begin().await?;
@@ -515,7 +524,11 @@ row! {
 /// The certificate of a citizen's application with its chain, leaf first: the CA that issued
 /// it (the certificate's own issuer: the Server CA for a server certificate, the Individual &
 /// Organisational CA otherwise), then the root.
-pub async fn certificate_chain(store: &Store, reference: &str, secret: &str) -> Result<Vec<Vec<u8>>> {
+pub async fn certificate_chain(
+    store: &Store,
+    reference: &str,
+    secret: &str,
+) -> Result<Vec<Vec<u8>>> {
     let id = owned(store, reference, secret).await?;
     let not_yet = || Error::Conflict("the certificate has not been issued yet".into());
     let r = sqlx::query_as::<_, IssuedRow>(

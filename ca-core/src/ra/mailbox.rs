@@ -157,8 +157,7 @@ async fn confirm(store: &Store, id: &str, code: &str) -> Result<()> {
                 }
             } else {
                 Error::TooManyAttempts(
-                    "too many wrong values were entered: apply again, or ask at the counter"
-                        .into(),
+                    "too many wrong values were entered: apply again, or ask at the counter".into(),
                 )
             },
         )
@@ -178,9 +177,7 @@ async fn confirm(store: &Store, id: &str, code: &str) -> Result<()> {
     .await?
     .rows_affected();
     if done != 1 {
-        return Err(Error::Expired(
-            "this confirmation was used already".into(),
-        ));
+        return Err(Error::Expired("this confirmation was used already".into()));
     }
     store
         .audit(
@@ -226,12 +223,11 @@ pub async fn new_email_code(
     .execute(store.pool())
     .await?;
     if res.rows_affected() != 1 {
-        let sent = sqlx::query_scalar::<_, i64>(
-            "SELECT email_codes_sent FROM applications WHERE id = $1",
-        )
-        .bind(&id)
-        .fetch_one(store.pool())
-        .await?;
+        let sent =
+            sqlx::query_scalar::<_, i64>("SELECT email_codes_sent FROM applications WHERE id = $1")
+                .bind(&id)
+                .fetch_one(store.pool())
+                .await?;
         return Err(Error::TooManyAttempts(if sent >= CODES_SENT {
             "no more confirmation e-mails can be sent for this application: ask at the counter"
                 .into()
@@ -254,7 +250,9 @@ mod tests {
     fn values_carry_128_bits_and_are_read_as_typed() {
         let a = new_code();
         assert_eq!(a.len(), 26, "{a}");
-        assert!(a.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
         assert_ne!(a, new_code());
         let typed = format!(" {}-{} ", &a[..13].to_lowercase(), &a[13..]);
         assert_eq!(normalised(&typed), a);

@@ -52,8 +52,8 @@ mod token;
 mod tests;
 
 pub use application::{
-    business_registration_number, certificate, certificate_chain, submit, track, CitizenView, NewApplication,
-    Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
+    business_registration_number, certificate, certificate_chain, submit, track, CitizenView,
+    NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
 };
 pub use counter::{
     amend_contact, check_identity, check_organisation, queue, reveal, staff_certificate,
@@ -65,7 +65,8 @@ pub use domains::{
 };
 pub use fee::{fee_due, record_fee};
 pub use mailbox::{
-    confirm_email, confirm_email_link, new_email_code, CODES_SENT, CODE_ATTEMPTS, WAITING_PER_MAILBOX,
+    confirm_email, confirm_email_link, new_email_code, CODES_SENT, CODE_ATTEMPTS,
+    WAITING_PER_MAILBOX,
 };
 pub use outlet::{ensure_outlet, outlets};
 pub use renewal::{rekey_message, renew_online};

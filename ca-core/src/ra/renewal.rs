@@ -88,8 +88,13 @@ pub async fn renew_online(
     let csr = VerifiedCsr::parse(csr)?;
     let rekey = csr.key().fingerprint().as_slice() != key_fp.as_slice();
     if rekey
-        && key_certified_to_another(store, &csr.key().fingerprint(), &r.hkid_index, r.org_id.as_deref())
-            .await?
+        && key_certified_to_another(
+            store,
+            &csr.key().fingerprint(),
+            &r.hkid_index,
+            r.org_id.as_deref(),
+        )
+        .await?
     {
         return Err(key_of_another());
     }

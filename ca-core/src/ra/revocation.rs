@@ -8,8 +8,8 @@ use super::session::StaffSession;
 use super::support::{citizen, invalid, now, password_matches_async, random_base32};
 use crate::authority::Authority;
 use crate::error::{Error, Result};
-use crate::row::row;
 use crate::revocation::Evidence;
+use crate::row::row;
 use crate::serial::SerialNumber;
 
 row! {
@@ -116,7 +116,8 @@ pub async fn revoke_online(
         (Reason::KeyCompromise, None) => Evidence::Reported,
         _ => Evidence::Verified,
     };
-    auth.revoke_as(s, reason, &citizen(reference), evidence).await?;
+    auth.revoke_as(s, reason, &citizen(reference), evidence)
+        .await?;
     Ok(serial)
 }
 
@@ -168,7 +169,10 @@ async fn verify_key_proof(
     let (_, cert) =
         x509_parser::parse_x509_certificate(&der).map_err(|e| Error::Encoding(e.to_string()))?;
     let key = crate::keys::SubscriberKey::from_spki_der(cert.public_key().raw)?;
-    if !key.verifies(key_compromise_message(reference, serial, &challenge).as_bytes(), proof) {
+    if !key.verifies(
+        key_compromise_message(reference, serial, &challenge).as_bytes(),
+        proof,
+    ) {
         return Err(invalid(
             "key_proof",
             "the signature does not verify with the certificate's key",

@@ -366,7 +366,11 @@ impl SignInFailures {
 pub fn after_failed_sign_in(f: SignInFailures, now: i64, limit: i64) -> SignInFailures {
     let lapsed = f.locked_until > 0 && f.locked_until <= now;
     let fresh = lapsed || f.count == 0 || now - f.since >= LOCK_SECONDS;
-    let (count, since) = if fresh { (1, now) } else { (f.count + 1, f.since) };
+    let (count, since) = if fresh {
+        (1, now)
+    } else {
+        (f.count + 1, f.since)
+    };
     let locked_until = if count >= limit {
         now + LOCK_SECONDS
     } else if f.locked_until > now {
@@ -590,13 +594,20 @@ mod tests {
             dual(Admin, ADMIN, Admin, ADMIN), // was: Await, then Issue (two admins)
         ];
         // Every combination is listed once.
-        assert_eq!(table.len(), Role::ALL.len() + Role::ALL.len() * Role::ALL.len());
+        assert_eq!(
+            table.len(),
+            Role::ALL.len() + Role::ALL.len() * Role::ALL.len()
+        );
         for row in &table {
             let a = by("a", row.first);
             let what = format!("{:?} {:?} then {:?}", row.policy, row.first, row.second);
             let first = approval_outcome(row.policy, &[], &a, None, NOW);
             assert_eq!(first, row.after_first, "{what}");
-            let recorded = if matches!(first, Await | Issue) { vec![a] } else { vec![] };
+            let recorded = if matches!(first, Await | Issue) {
+                vec![a]
+            } else {
+                vec![]
+            };
             if let (Some(second), Some(expected)) = (row.second, row.after_second) {
                 let b = by("b", second);
                 assert_eq!(
@@ -614,24 +625,51 @@ mod tests {
     fn approvals_of_roles_that_do_not_decide_do_not_count() {
         let admin = by("a", Admin);
         assert_eq!(
-            approval_outcome(DUAL, std::slice::from_ref(&admin), &by("b", Supervisor), None, NOW),
+            approval_outcome(
+                DUAL,
+                std::slice::from_ref(&admin),
+                &by("b", Supervisor),
+                None,
+                NOW
+            ),
             Await
         );
         let clerks = [by("a", Clerk), by("b", Clerk)];
-        assert_eq!(approval_outcome(DUAL, &clerks, &by("a", Clerk), None, NOW), DECIDED);
-        assert_eq!(approval_outcome(DUAL, &clerks, &by("c", Clerk), None, NOW), SENIOR);
-        assert_eq!(approval_outcome(DUAL, &clerks, &by("c", Officer), None, NOW), Issue);
+        assert_eq!(
+            approval_outcome(DUAL, &clerks, &by("a", Clerk), None, NOW),
+            DECIDED
+        );
+        assert_eq!(
+            approval_outcome(DUAL, &clerks, &by("c", Clerk), None, NOW),
+            SENIOR
+        );
+        assert_eq!(
+            approval_outcome(DUAL, &clerks, &by("c", Officer), None, NOW),
+            Issue
+        );
     }
 
     #[test]
     fn a_token_does_not_approve_what_its_member_checked() {
         let refused = Some(Refusal::TokenCheckedIt);
-        assert_eq!(token_approval_refused("a", true, Some("a"), Some("b")), refused);
-        assert_eq!(token_approval_refused("a", true, Some("b"), Some("a")), refused);
-        assert_eq!(token_approval_refused("a", true, Some("b"), Some("b")), None);
+        assert_eq!(
+            token_approval_refused("a", true, Some("a"), Some("b")),
+            refused
+        );
+        assert_eq!(
+            token_approval_refused("a", true, Some("b"), Some("a")),
+            refused
+        );
+        assert_eq!(
+            token_approval_refused("a", true, Some("b"), Some("b")),
+            None
+        );
         assert_eq!(token_approval_refused("a", true, None, None), None);
         // In a browser session (TOTP), the clerk who checked may approve.
-        assert_eq!(token_approval_refused("a", false, Some("a"), Some("a")), None);
+        assert_eq!(
+            token_approval_refused("a", false, Some("a"), Some("a")),
+            None
+        );
     }
 
     /// The person who entered an application does not approve it; they may reject it.
@@ -644,7 +682,10 @@ mod tests {
                 Refused(Refusal::EnteredIt),
                 "{role:?}"
             );
-            assert_eq!(approval_outcome(SINGLE, &[], &by("b", role), entered, NOW), Issue);
+            assert_eq!(
+                approval_outcome(SINGLE, &[], &by("b", role), entered, NOW),
+                Issue
+            );
             let reject = Approval {
                 approve: false,
                 ..by("a", role)
@@ -705,7 +746,13 @@ mod tests {
         };
         // Another person's expired approval: this one is the first again.
         assert_eq!(
-            approval_outcome(DUAL, &[expired("a", Supervisor)], &by("b", Supervisor), None, NOW),
+            approval_outcome(
+                DUAL,
+                &[expired("a", Supervisor)],
+                &by("b", Supervisor),
+                None,
+                NOW
+            ),
             Await
         );
         // ... and does not make a clerk's approval a second one.
@@ -870,7 +917,10 @@ mod tests {
                 tries += 1;
             }
         }
-        assert!(tries <= 4 * SIGN_IN_ATTEMPTS + SIGN_IN_ATTEMPTS, "{tries} tries in an hour");
+        assert!(
+            tries <= 4 * SIGN_IN_ATTEMPTS + SIGN_IN_ATTEMPTS,
+            "{tries} tries in an hour"
+        );
     }
 
     #[test]

@@ -301,7 +301,9 @@ async fn count_in(
             return Ok(Some(next));
         }
     }
-    Err(Error::Store("the sign-in attempt could not be counted".into()))
+    Err(Error::Store(
+        "the sign-in attempt could not be counted".into(),
+    ))
 }
 
 row! {

@@ -50,7 +50,10 @@ impl Scopes {
     /// Parses a list like `read,enter` (commas or spaces); at least one, each known.
     pub fn parse(list: &str) -> Result<Scopes> {
         let mut s = Scopes::default();
-        for name in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|n| !n.is_empty()) {
+        for name in list
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|n| !n.is_empty())
+        {
             match name {
                 "read" => s.read = true,
                 "enter" => s.enter = true,

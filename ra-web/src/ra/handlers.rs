@@ -193,7 +193,11 @@ impl App {
             .rev()
             .find_map(|l| l.rsplit_once(": ").map(|(_, c)| c.trim().to_string()))
             // A 128-bit Random Value: 26 base32 characters.
-            .filter(|c| c.len() == 26 && c.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)))
+            .filter(|c| {
+                c.len() == 26
+                    && c.bytes()
+                        .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+            })
             .unwrap_or_else(|| panic!("no code in {mail}"))
     }
 }
@@ -1155,12 +1159,26 @@ async fn json_api_with_staff_tokens() {
     )
     .await
     .unwrap();
-    let token = ra::create_api_token(&store, "clerk1", "integration", 30, scopes("read,enter,decide"), "test")
-        .await
-        .unwrap();
-    let far = ra::create_api_token(&store, "clerk9", "integration", 30, scopes("read,enter"), "test")
-        .await
-        .unwrap();
+    let token = ra::create_api_token(
+        &store,
+        "clerk1",
+        "integration",
+        30,
+        scopes("read,enter,decide"),
+        "test",
+    )
+    .await
+    .unwrap();
+    let far = ra::create_api_token(
+        &store,
+        "clerk9",
+        "integration",
+        30,
+        scopes("read,enter"),
+        "test",
+    )
+    .await
+    .unwrap();
     ra::create_staff(
         app.auth.store(),
         &app.auth.pii().unwrap(),
@@ -1175,9 +1193,16 @@ async fn json_api_with_staff_tokens() {
     )
     .await
     .unwrap();
-    let second = ra::create_api_token(&store, "clerk2", "integration", 30, scopes("read,decide"), "test")
-        .await
-        .unwrap();
+    let second = ra::create_api_token(
+        &store,
+        "clerk2",
+        "integration",
+        30,
+        scopes("read,decide"),
+        "test",
+    )
+    .await
+    .unwrap();
     let mut bodies = Vec::new();
 
     // Authentication.
@@ -1298,7 +1323,12 @@ async fn json_api_with_staff_tokens() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     assert!(r.body.contains("lacks the enter scope"), "{}", r.body);
     let r = app
-        .api("GET", &format!("/api/v1/applications/{id}"), Some(&second), None)
+        .api(
+            "GET",
+            &format!("/api/v1/applications/{id}"),
+            Some(&second),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let reader = ra::create_api_token(&store, "clerk1", "reporting", 30, scopes("read"), "test")
@@ -1309,7 +1339,9 @@ async fn json_api_with_staff_tokens() {
             "POST",
             &format!("/api/v1/applications/{id}/decision"),
             Some(&reader),
-            Some(serde_json::json!({"version": 1, "decision": "reject", "reason": "testing scopes"})),
+            Some(
+                serde_json::json!({"version": 1, "decision": "reject", "reason": "testing scopes"}),
+            ),
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
@@ -1478,7 +1510,11 @@ async fn walk_in_and_revocation_at_the_counter() {
         .post(
             &format!("{base}/decide"),
             &second,
-            &[("csrf", &second_csrf), ("version", "1"), ("decision", "approve")],
+            &[
+                ("csrf", &second_csrf),
+                ("version", "1"),
+                ("decision", "approve"),
+            ],
         )
         .await;
     assert!(r.text_of("message").starts_with("Issued"), "{}", r.body);

@@ -1169,14 +1169,14 @@ async fn revoke(
                 f.key_proof.trim(),
             )
             .map_err(|_| {
-                    AppError::new(
-                        Error::Invalid {
-                            field: "key_proof",
-                            reason: "base64 of the signature".into(),
-                        },
-                        lang.0,
-                    )
-                })?,
+                AppError::new(
+                    Error::Invalid {
+                        field: "key_proof",
+                        reason: "base64 of the signature".into(),
+                    },
+                    lang.0,
+                )
+            })?,
         )
     };
     let serial = ra::revoke_online(
@@ -1208,7 +1208,10 @@ async fn key_challenge(
     let message = ra::key_compromise_message(&f.reference, &serial, &challenge);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("serial={serial}\nchallenge={challenge}\nexpires_in={}\n\n{message}", ra::KEY_CHALLENGE_SECONDS),
+        format!(
+            "serial={serial}\nchallenge={challenge}\nexpires_in={}\n\n{message}",
+            ra::KEY_CHALLENGE_SECONDS
+        ),
     )
         .into_response())
 }

@@ -151,7 +151,11 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         .lines()
         .filter_map(|l| l.rsplit_once(": "))
         .map(|(_, c)| c.trim().to_string())
-        .find(|c| c.len() == 26 && c.bytes().all(|x| x.is_ascii_uppercase() || (b'2'..=b'7').contains(&x)))
+        .find(|c| {
+            c.len() == 26
+                && c.bytes()
+                    .all(|x| x.is_ascii_uppercase() || (b'2'..=b'7').contains(&x))
+        })
         .unwrap();
     b.fill("#code", &code);
     b.click("#confirm");

@@ -610,7 +610,10 @@ fn every_instance_follows_other_processes_and_answers_through_a_database_outage(
             if status == 503 && health.contains("\"database\":\"error") {
                 break;
             }
-            assert!(Instant::now() < deadline, "no database fault: {status} {health}");
+            assert!(
+                Instant::now() < deadline,
+                "no database fault: {status} {health}"
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }

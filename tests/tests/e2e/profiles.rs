@@ -47,7 +47,14 @@ fn matrix(case: ProfileCase) {
         if case.profile == "server" {
             let o = openssl(
                 ca.data_dir(),
-                &["x509", "-in", issued.cert.path.to_str().unwrap(), "-noout", "-ext", "keyUsage"],
+                &[
+                    "x509",
+                    "-in",
+                    issued.cert.path.to_str().unwrap(),
+                    "-noout",
+                    "-ext",
+                    "keyUsage",
+                ],
             );
             let ku = String::from_utf8_lossy(&o.stdout).into_owned();
             assert!(ku.contains("Digital Signature"), "[{ctx}] {ku}");
@@ -130,11 +137,19 @@ fn a_minors_certificate_from_the_cli_ends_before_the_18th_birthday() {
     let dob = format!("{:04}-{:02}-{:02}", y - 18, m, d.min(28));
     let err = ca.ecert_err(&refs(&run(&["--date-of-birth", &dob, "--days", "400"])));
     assert!(error_line(&err).contains("18th birthday"), "{err}");
-    ca.ecert_ok(&refs(&run(&["--date-of-birth", &dob, "--out", out.to_str().unwrap()])));
+    ca.ecert_ok(&refs(&run(&[
+        "--date-of-birth",
+        &dob,
+        "--out",
+        out.to_str().unwrap(),
+    ])));
     let cert = CertFile::read(&out);
     let v = cert.parse().validity().clone();
     let days = (v.not_after.timestamp() - v.not_before.timestamp()) / 86_400;
-    assert!((5..=11).contains(&days), "{days} days for a holder 18 in about ten days");
+    assert!(
+        (5..=11).contains(&days),
+        "{days} days for a holder 18 in about ten days"
+    );
 }
 
 fn refs(v: &[String]) -> Vec<&str> {

@@ -51,7 +51,9 @@ fn email_code(mail: &str) -> String {
         .filter_map(|l| l.rsplit_once(": "))
         .map(|(_, c)| c.trim())
         .find(|c| {
-            c.len() == 26 && c.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+            c.len() == 26
+                && c.bytes()
+                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
         })
         .unwrap_or_else(|| panic!("no code in {mail}"))
         .to_string()
@@ -330,7 +332,14 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         .status
     };
     let super_token = ca.ecert_ok(&[
-        "staff", "token", "--username", "super1", "--scopes", "read", "--days", "1",
+        "staff",
+        "token",
+        "--username",
+        "super1",
+        "--scopes",
+        "read",
+        "--days",
+        "1",
     ]);
     assert_eq!(api_list(&super_token), 200);
     // A token's scopes are chosen when it is made: none, or an unknown one, is refused.
@@ -351,9 +360,20 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     // Disabling a member revoked their API tokens for good (issue 11, defect 7); so does a
     // new TOTP secret.
     ca.ecert_ok(&["staff", "enable", "--username", "super1"]);
-    assert_eq!(api_list(&super_token), 401, "a disabled member's token still works");
+    assert_eq!(
+        api_list(&super_token),
+        401,
+        "a disabled member's token still works"
+    );
     let super_token = ca.ecert_ok(&[
-        "staff", "token", "--username", "super1", "--scopes", "read", "--days", "1",
+        "staff",
+        "token",
+        "--username",
+        "super1",
+        "--scopes",
+        "read",
+        "--days",
+        "1",
     ]);
     assert_eq!(api_list(&super_token), 200);
     ca.ecert_ok(&["staff", "reset-totp", "--username", "super1"]);
@@ -786,7 +806,8 @@ fn server_application_with_domain_validation_and_caa() {
     awaiting("awaiting_visit");
     // The value is used once.
     assert_ne!(form(addr, "/confirm", &cookies, &post).status, 200);
-    let audit = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'ra.email.%' ORDER BY seq");
+    let audit =
+        ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'ra.email.%' ORDER BY seq");
     assert!(
         audit.contains("ra.email.confirmed") && audit.contains("ra.email.refused"),
         "{audit}"
@@ -901,7 +922,13 @@ fn server_application_with_domain_validation_and_caa() {
     let (st, e) = api(addr, "POST", &format!("{path}/decision"), &clerk, approve());
     assert_eq!(st, 403, "{e}");
     assert!(e.to_string().contains("API token"), "{e}");
-    let (st, d) = api(addr, "POST", &format!("{path}/decision"), &clerk2, approve());
+    let (st, d) = api(
+        addr,
+        "POST",
+        &format!("{path}/decision"),
+        &clerk2,
+        approve(),
+    );
     assert_eq!(
         (st, d["outcome"].as_str()),
         (200, Some("awaiting_second_approval")),
@@ -1051,7 +1078,14 @@ fn server_application_with_domain_validation_and_caa() {
             std::fs::write(&der, &r.body).unwrap();
             let o = openssl(
                 ca.data_dir(),
-                &["pkcs7", "-inform", "DER", "-in", der.to_str().unwrap(), "-print_certs"],
+                &[
+                    "pkcs7",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    der.to_str().unwrap(),
+                    "-print_certs",
+                ],
             );
             assert!(o.status.success(), "{}", show(&o));
             std::fs::write(&bundle, &o.stdout).unwrap();
@@ -1077,7 +1111,11 @@ fn server_application_with_domain_validation_and_caa() {
             show(&o)
         );
         let pems = std::fs::read_to_string(&bundle).unwrap();
-        assert_eq!(pems.matches("BEGIN CERTIFICATE").count(), 3, "{format}: {pems}");
+        assert_eq!(
+            pems.matches("BEGIN CERTIFICATE").count(),
+            3,
+            "{format}: {pems}"
+        );
     }
 
     // The audit trail holds each step, and verifies.
@@ -1150,7 +1188,10 @@ fn an_outsider_cannot_keep_a_clerk_locked_out() {
         assert_eq!(sign_in(attacker, "a wrong password 99", "000000"), 401);
     }
     // The attacker's address is locked out, even with the right password and code...
-    assert_eq!(sign_in(attacker, "a counter password 123", &totp_now(&totp)), 401);
+    assert_eq!(
+        sign_in(attacker, "a counter password 123", &totp_now(&totp)),
+        401
+    );
     // ... the clerk's is not.
     assert_eq!(
         sign_in(clerk, "a counter password 123", &totp_now(&totp)),
@@ -1162,9 +1203,8 @@ fn an_outsider_cannot_keep_a_clerk_locked_out() {
     for _ in 0..4 {
         assert_eq!(sign_in(attacker, "a wrong password 99", "000000"), 401);
     }
-    let count = ca.sql_query(
-        "SELECT failed_logins FROM signin_failures WHERE source = '203.0.113.9'",
-    );
+    let count =
+        ca.sql_query("SELECT failed_logins FROM signin_failures WHERE source = '203.0.113.9'");
     assert_eq!(count.trim(), "4", "{count}");
     let audit = ca.sql_query("SELECT detail FROM audit_log WHERE kind = 'ra.staff.signin_failed'");
     assert!(audit.contains("locked"), "{audit}");

@@ -126,7 +126,9 @@ fn renewal() {
         "{out}"
     );
     assert_eq!(
-        ca.cert_show(&old.serial).get("revocation_reason").map(String::as_str),
+        ca.cert_show(&old.serial)
+            .get("revocation_reason")
+            .map(String::as_str),
         Some("superseded")
     );
     ca.ecert_ok(&["crl", "publish"]);
@@ -144,7 +146,10 @@ fn renewal() {
         .collect();
     for serial in [&old.serial, &new.serial] {
         let serial = serial.trim_start_matches('0').to_uppercase();
-        assert!(listed.contains(&serial), "{serial} not on the CRL: {listed:?}");
+        assert!(
+            listed.contains(&serial),
+            "{serial} not on the CRL: {listed:?}"
+        );
     }
     ca.audit_ok();
 }

@@ -406,7 +406,8 @@ fn slow_clients_are_cut_while_ocsp_keeps_answering() {
 
     // An idle keep-alive connection is closed after the header timeout.
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -417,14 +418,21 @@ fn slow_clients_are_cut_while_ocsp_keeps_answering() {
             Err(_) => break false,
         }
     };
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{got:?}"
+    );
     assert!(closed, "an idle keep-alive connection stayed open");
 
     // Past max_connections, a new connection is closed at once; the held ones still work.
-    let held: Vec<_> = (0..60).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let held: Vec<_> = (0..60)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut extra = TcpStream::connect(&addr).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(
         matches!(extra.read(&mut buf), Ok(0) | Err(_)),

@@ -311,7 +311,9 @@ async fn citizen_to_certificate_with_every_refusal_on_the_way() {
             &sub.reference,
             &sub.secret,
             "not it",
-            crate::revocation::Reason::KeyCompromise, None)
+            crate::revocation::Reason::KeyCompromise,
+            None
+        )
         .await,
         Err(Error::Invalid { .. })
     ));
@@ -320,7 +322,9 @@ async fn citizen_to_certificate_with_every_refusal_on_the_way() {
         &sub.reference,
         &sub.secret,
         "my revocation words",
-        crate::revocation::Reason::KeyCompromise, None)
+        crate::revocation::Reason::KeyCompromise,
+        None,
+    )
     .await
     .unwrap();
     let status = store.certificate(&serial).await.unwrap().unwrap();
@@ -703,9 +707,15 @@ async fn minors_and_roles() {
         .and_then(|a| a.as_str().ok().map(str::to_string));
     assert_eq!(title.as_deref(), Some("Ward Manager"));
     // Renewal keeps the role.
-    let renewed = renew_online(&auth, &sub.reference, &sub.secret, &csr_for(&role_key), None)
-        .await
-        .unwrap();
+    let renewed = renew_online(
+        &auth,
+        &sub.reference,
+        &sub.secret,
+        &csr_for(&role_key),
+        None,
+    )
+    .await
+    .unwrap();
     let der = store
         .certificate(&renewed)
         .await

@@ -144,7 +144,9 @@ async fn review_findings_stay_fixed() {
             &sub2.reference,
             &sub2.secret,
             "my revocation words",
-            crate::revocation::Reason::PrivilegeWithdrawn, None)
+            crate::revocation::Reason::PrivilegeWithdrawn,
+            None
+        )
         .await,
         Err(Error::Invalid {
             field: "reason",
@@ -156,7 +158,9 @@ async fn review_findings_stay_fixed() {
         &sub2.reference,
         &sub2.secret,
         "my revocation words",
-        crate::revocation::Reason::Superseded, None)
+        crate::revocation::Reason::Superseded,
+        None,
+    )
     .await
     .unwrap();
     for serial in [&first, &second] {
@@ -219,7 +223,11 @@ async fn review_findings_stay_fixed() {
     assert!(locked > now());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let _ = sign_in(&auth, "clerk2", "wrong password!!", "000000").await;
-    assert_eq!(locked, lock_of().await, "a failure while locked extended the lock");
+    assert_eq!(
+        locked,
+        lock_of().await,
+        "a failure while locked extended the lock"
+    );
 }
 
 /// An application left `approved` with its certificate issued (a crash after signing) is
@@ -236,7 +244,13 @@ async fn retention_purges_only_ended_applications() {
     let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let (issued, _) = issued_app(&auth, &clerk, &key, 11).await;
-    let (stale, _) = issued_app(&auth, &clerk, &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(), 12).await;
+    let (stale, _) = issued_app(
+        &auth,
+        &clerk,
+        &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        12,
+    )
+    .await;
     // Make the second one an old, never-completed application.
     sqlx::query("UPDATE applications SET state = 'submitted', certificate = NULL WHERE id = $1")
         .bind(&stale.id)
@@ -295,9 +309,16 @@ async fn staff_administration() {
     )
     .await
     .unwrap();
-    let token = create_api_token(&store, "clerk1", "t", 1, Scopes::parse("read").unwrap(), "t")
-        .await
-        .unwrap();
+    let token = create_api_token(
+        &store,
+        "clerk1",
+        "t",
+        1,
+        Scopes::parse("read").unwrap(),
+        "t",
+    )
+    .await
+    .unwrap();
     assert!(api_session(&store, &token).await.is_ok());
     set_staff_disabled(&store, "clerk1", true, "admin")
         .await
@@ -334,9 +355,16 @@ async fn staff_administration() {
         api_session(&store, &token).await.is_err(),
         "a disabled member's token works again"
     );
-    let token = create_api_token(&store, "clerk1", "t", 1, Scopes::parse("read").unwrap(), "t")
-        .await
-        .unwrap();
+    let token = create_api_token(
+        &store,
+        "clerk1",
+        "t",
+        1,
+        Scopes::parse("read").unwrap(),
+        "t",
+    )
+    .await
+    .unwrap();
     assert!(api_session(&store, &token).await.is_ok());
     let fresh = reset_totp(&store, &auth.pii().unwrap(), "clerk1", "admin")
         .await
@@ -367,9 +395,16 @@ async fn staff_administration() {
         api_session(&store, &token).await.is_err(),
         "a token survived reset-totp"
     );
-    let token = create_api_token(&store, "clerk1", "t", 1, Scopes::parse("read").unwrap(), "t")
-        .await
-        .unwrap();
+    let token = create_api_token(
+        &store,
+        "clerk1",
+        "t",
+        1,
+        Scopes::parse("read").unwrap(),
+        "t",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         revoke_api_tokens(&store, "clerk1", "admin").await.unwrap(),
         1
@@ -408,7 +443,13 @@ async fn interrupted_decisions_are_settled() {
             .status,
         Status::Issued
     );
-    let (sub2, serial2) = issued_app(&auth, &clerk, &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(), 8).await;
+    let (sub2, serial2) = issued_app(
+        &auth,
+        &clerk,
+        &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        8,
+    )
+    .await;
     let _ = serial;
     sqlx::query("UPDATE certificates SET state = 'failed' WHERE serial = $1")
         .bind(&serial2)
@@ -501,8 +542,15 @@ async fn revocation_reaches_the_whole_renewal_chain() {
     let revoked = revoke_at_counter(&auth, &clerk, &sub.id, Reason::AffiliationChanged)
         .await
         .unwrap();
-    assert_eq!(revoked, second, "the counter revokes the current certificate");
-    assert_eq!(reason_of(first.clone()).await, Some(3), "predecessor revoked");
+    assert_eq!(
+        revoked, second,
+        "the counter revokes the current certificate"
+    );
+    assert_eq!(
+        reason_of(first.clone()).await,
+        Some(3),
+        "predecessor revoked"
+    );
     assert_eq!(reason_of(second.clone()).await, Some(3));
     // Again: nothing changed, and the answer says so.
     assert!(matches!(
@@ -536,17 +584,25 @@ async fn revocation_reaches_the_whole_renewal_chain() {
         &sub.reference,
         &sub.secret,
         "my revocation words",
-        Reason::Superseded, None)
+        Reason::Superseded,
+        None,
+    )
     .await
     .unwrap();
-    assert_eq!(reason_of(first.clone()).await, Some(4), "predecessor revoked");
+    assert_eq!(
+        reason_of(first.clone()).await,
+        Some(4),
+        "predecessor revoked"
+    );
     assert!(matches!(
         revoke_online(
             &auth,
             &sub.reference,
             &sub.secret,
             "my revocation words",
-            Reason::Superseded, None)
+            Reason::Superseded,
+            None
+        )
         .await,
         Err(Error::AlreadyRevoked { .. })
     ));
@@ -603,7 +659,11 @@ async fn mailbox_proof_is_capped_over_the_applications_life() {
         .iter()
         .filter(|e| e.kind == "ra.email.refused" && e.subject.as_deref() == Some(sub.id.as_str()))
         .count();
-    assert_eq!(refusals, CODE_ATTEMPTS as usize + 2, "each refusal is audited");
+    assert_eq!(
+        refusals,
+        CODE_ATTEMPTS as usize + 2,
+        "each refusal is audited"
+    );
     // New values: CODES_SENT over the application's life (the first included).
     for _ in 2..CODES_SENT {
         expire().await;
@@ -615,12 +675,23 @@ async fn mailbox_proof_is_capped_over_the_applications_life() {
     let e = new_email_code(&auth, &sub.reference, &sub.secret)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("no more confirmation e-mails"), "{e}");
+    assert!(
+        e.to_string().contains("no more confirmation e-mails"),
+        "{e}"
+    );
     // At the counter, a clerk's correction of the address starts both counts again.
-    let code = amend_contact(&auth, &clerk, &sub.id, 1, Some("new.box@example.hk"), None, None)
-        .await
-        .unwrap()
-        .unwrap();
+    let code = amend_contact(
+        &auth,
+        &clerk,
+        &sub.id,
+        1,
+        Some("new.box@example.hk"),
+        None,
+        None,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     confirm_email_link(&store, &sub.reference, &code.to_lowercase())
         .await
         .unwrap();
@@ -632,7 +703,13 @@ async fn mailbox_proof_is_capped_over_the_applications_life() {
         .await
         .unwrap();
     assert!(matches!(
-        confirm_email(&store, &second.reference, &second.secret, &second.email_code).await,
+        confirm_email(
+            &store,
+            &second.reference,
+            &second.secret,
+            &second.email_code
+        )
+        .await,
         Err(Error::Expired(_))
     ));
     // Three applications may wait on one mailbox (case does not matter); a fourth is refused.
@@ -645,10 +722,12 @@ async fn mailbox_proof_is_capped_over_the_applications_life() {
     );
     // A link's value confirms once; the page that carries it is a POST (ra-web).
     let third = {
-        sqlx::query("UPDATE applications SET email_code_expires = 0 WHERE email = 'Shared.Box@example.hk'")
-            .execute(store.pool())
-            .await
-            .unwrap();
+        sqlx::query(
+            "UPDATE applications SET email_code_expires = 0 WHERE email = 'Shared.Box@example.hk'",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
         let mut a = super::journey::application(&crate::hkid::synthetic("W", 6));
         a.email = "other.box@example.hk".into();
         submit(&auth, a).await.unwrap()
@@ -656,9 +735,11 @@ async fn mailbox_proof_is_capped_over_the_applications_life() {
     confirm_email_link(&store, &third.reference, &third.email_code)
         .await
         .unwrap();
-    assert!(confirm_email_link(&store, &third.reference, &third.email_code)
-        .await
-        .is_err());
+    assert!(
+        confirm_email_link(&store, &third.reference, &third.email_code)
+            .await
+            .is_err()
+    );
 }
 
 /// Review finding (issue 11, defect 3): the lock was checked before the password hash and
@@ -727,7 +808,9 @@ async fn revoked_certificates_are_not_renewed_and_releases_lift_only_their_holds
     let (sub, first) = issued_app(&auth, &clerk, &key, 21).await;
     // Held: the core refuses the renewal claim (as a renewal racing the hold would meet it).
     let s = crate::serial::SerialNumber::from_hex(&first).unwrap();
-    auth.revoke(s, Reason::CertificateHold, "officer:test").await.unwrap();
+    auth.revoke(s, Reason::CertificateHold, "officer:test")
+        .await
+        .unwrap();
     let csr = crate::csr::VerifiedCsr::parse(&super::journey::csr_for(&key)).unwrap();
     let e = auth
         .issue(crate::authority::ApprovedRequest {
@@ -752,7 +835,9 @@ async fn revoked_certificates_are_not_renewed_and_releases_lift_only_their_holds
     )
     .await
     .unwrap();
-    auth.revoke(s, Reason::CertificateHold, "officer:test").await.unwrap();
+    auth.revoke(s, Reason::CertificateHold, "officer:test")
+        .await
+        .unwrap();
     sqlx::query("UPDATE certificates SET revoked_at = revoked_at - 5 WHERE serial = $1")
         .bind(&first)
         .execute(store.pool())
@@ -775,7 +860,11 @@ async fn revoked_certificates_are_not_renewed_and_releases_lift_only_their_holds
         }
     };
     assert_eq!(reason(second).await, None);
-    assert_eq!(reason(first).await, Some(6), "the officer's hold was lifted");
+    assert_eq!(
+        reason(first).await,
+        Some(6),
+        "the officer's hold was lifted"
+    );
 }
 
 /// Review finding (issue 11, defect 3): five wrong passwords per lapse from one address kept
@@ -812,7 +901,8 @@ async fn an_attacker_locks_out_their_own_address_not_the_clerk() {
     };
     for round in 0..3 {
         for _ in 0..SIGN_IN_ATTEMPTS {
-            let _ = sign_in_from(&auth, "clerk1", "wrong password!!", "000000", "203.0.113.9").await;
+            let _ =
+                sign_in_from(&auth, "clerk1", "wrong password!!", "000000", "203.0.113.9").await;
         }
         // The attacker's address is locked out, even with the right password...
         assert!(sign_in_from(
@@ -825,7 +915,10 @@ async fn an_attacker_locks_out_their_own_address_not_the_clerk() {
         .await
         .is_err());
         // ... the clerk's is not.
-        assert!(right().await.is_ok(), "round {round}: the clerk was locked out");
+        assert!(
+            right().await.is_ok(),
+            "round {round}: the clerk was locked out"
+        );
         sqlx::query("UPDATE signin_failures SET locked_until = 1, failed_since = 1")
             .execute(store.pool())
             .await
@@ -833,7 +926,14 @@ async fn an_attacker_locks_out_their_own_address_not_the_clerk() {
     }
     // Many addresses together lock the account.
     for i in 0..ACCOUNT_SIGN_IN_ATTEMPTS {
-        let _ = sign_in_from(&auth, "clerk1", "wrong password!!", "000000", &format!("198.51.100.{i}")).await;
+        let _ = sign_in_from(
+            &auth,
+            "clerk1",
+            "wrong password!!",
+            "000000",
+            &format!("198.51.100.{i}"),
+        )
+        .await;
     }
     assert!(matches!(right().await, Err(Error::SignInFailed)));
     let why = store.audit_records().await.unwrap().0;
@@ -905,8 +1005,16 @@ async fn key_compromise_needs_proof_of_possession_to_reach_others() {
     )
     .await
     .unwrap();
-    assert_eq!(reason(attackers.clone()).await, Some(1), "the reporter's own certificate");
-    assert_eq!(reason(victims.clone()).await, None, "the victim's certificate was revoked");
+    assert_eq!(
+        reason(attackers.clone()).await,
+        Some(1),
+        "the reporter's own certificate"
+    );
+    assert_eq!(
+        reason(victims.clone()).await,
+        None,
+        "the victim's certificate was revoked"
+    );
     assert_eq!(blocked().await, 0, "the key was blocked on a report");
     let reports = sqlx::query("SELECT COUNT(*) FROM key_compromise_reports")
         .fetch_one(store.pool())
@@ -947,7 +1055,16 @@ async fn key_compromise_needs_proof_of_possession_to_reach_others() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(e, Error::Invalid { field: "key_proof", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                field: "key_proof",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(reason(owned_serial.clone()).await, None);
     // The challenge was spent by that attempt: a right signature over it is refused too.
     assert!(revoke_online(
@@ -975,12 +1092,18 @@ async fn key_compromise_needs_proof_of_possession_to_reach_others() {
     .await
     .unwrap();
     assert_eq!(reason(owned_serial).await, Some(1));
-    assert_eq!(reason(other_serial).await, Some(1), "the proven key was swept");
+    assert_eq!(
+        reason(other_serial).await,
+        Some(1),
+        "the proven key was swept"
+    );
     assert_eq!(blocked().await, 1);
     // An officer confirms the earlier report from the CLI path: the key is blocked and the
     // victim's certificate goes too.
     let s = crate::serial::SerialNumber::from_hex(&attackers).unwrap();
-    auth.revoke(s, Reason::KeyCompromise, "officer:test").await.unwrap();
+    auth.revoke(s, Reason::KeyCompromise, "officer:test")
+        .await
+        .unwrap();
     assert_eq!(reason(victims).await, Some(1));
     assert_eq!(blocked().await, 2);
 }
