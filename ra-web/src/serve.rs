@@ -116,8 +116,6 @@ struct AppState {
 /// What a store probe read, and when.
 #[derive(Debug, Clone, Default)]
 struct Probe {
-    /// When it was made (Unix seconds; 0: never).
-    at: i64,
     /// When a probe last reached the database.
     ok_at: i64,
     /// Why the last probe failed.
@@ -613,7 +611,6 @@ async fn probe(s: &AppState) {
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
     let result = tokio::time::timeout(DB_PROBE, read).await;
     let Ok(mut p) = s.probe.write() else { return };
-    p.at = now;
     match result {
         Ok(Ok((counts, backlog, heads))) => {
             p.ok_at = now;

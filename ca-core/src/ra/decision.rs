@@ -10,8 +10,7 @@ use super::record::{
     changed, key_certified_to_another, key_of_another, settle, staff_owned, Application,
 };
 use super::rules::{
-    approval_outcome, approval_readiness, token_approval_refused, Approval, ApprovalPolicy,
-    Outcome, Readiness,
+    approval_outcome, approval_readiness, Approval, ApprovalPolicy, Handling, Outcome, Readiness,
 };
 use super::session::StaffSession;
 use super::staff::Role;
@@ -84,6 +83,7 @@ pub async fn decide(
         role: staff.role,
         approve: matches!(decision, Decision::Approve),
         expires_at: t + i64::from(auth.config().ra.approval_hours) * 3600,
+        via_token: staff.scopes.is_some(),
     };
     let mut tx = store.begin().await?;
     // One decision at a time per application (PostgreSQL; SQLite's writer lock does this).
@@ -94,17 +94,12 @@ pub async fn decide(
             .await?;
     }
     let recorded = recorded(&mut tx, id, version).await?;
-    let mut outcome = approval_outcome(policy, &recorded, &new, r.entered_by.as_deref(), t);
-    if new.approve && matches!(outcome, Outcome::Issue | Outcome::Await) {
-        if let Some(refusal) = token_approval_refused(
-            &staff.staff,
-            staff.scopes.is_some(),
-            r.identity_by.as_deref(),
-            r.fee_by.as_deref(),
-        ) {
-            outcome = Outcome::Refused(refusal);
-        }
-    }
+    let handling = Handling {
+        entered_by: r.entered_by.as_deref(),
+        identity_by: r.identity_by.as_deref(),
+        fee_by: r.fee_by.as_deref(),
+    };
+    let outcome = approval_outcome(policy, &recorded, &new, handling, t);
     let kind = match outcome {
         Outcome::Refused(refusal) => return Err(refusal.error()),
         Outcome::Retry => "ra.issuance.retried",
@@ -229,6 +224,8 @@ async fn recorded(tx: &mut Tx, id: &str, version: i64) -> Result<Vec<Approval>> 
             approve: a.decision == "approve",
             staff: a.staff,
             expires_at: a.expires_at,
+            // How it was made is not recorded; it matters only for the decision being made.
+            via_token: false,
         })
     })
     .collect()

@@ -174,6 +174,8 @@ pub struct Approval {
     pub approve: bool,
     /// Until when it counts (Unix seconds; it counts while `expires_at > now`).
     pub expires_at: i64,
+    /// Made through an API token (no second factor), not a signed-in browser session.
+    pub via_token: bool,
 }
 
 /// Whether a role decides on applications at all: clerks, supervisors and officers do; an
@@ -225,18 +227,16 @@ impl Refusal {
     }
 }
 
-/// An approval through an API token (no second factor) must not come from the member who
-/// recorded the application's identity check or fee: a stolen token alone cannot carry an
-/// application through the counter (issue 11, defect 7). At the counter, in a browser session
-/// signed in with TOTP, one clerk checks, takes the fee and approves, as e-Cert outlets do.
-pub fn token_approval_refused(
-    approver: &str,
-    via_token: bool,
-    identity_by: Option<&str>,
-    fee_by: Option<&str>,
-) -> Option<Refusal> {
-    (via_token && (identity_by == Some(approver) || fee_by == Some(approver)))
-        .then_some(Refusal::TokenCheckedIt)
+/// Who handled an application at the counter (staff ids; `None`: nobody yet, or the citizen
+/// applied online).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handling<'a> {
+    /// Entered it (a walk-in, or through the API).
+    pub entered_by: Option<&'a str>,
+    /// Recorded the identity check.
+    pub identity_by: Option<&'a str>,
+    /// Recorded the fee.
+    pub fee_by: Option<&'a str>,
 }
 
 /// What a decision leads to.
@@ -257,11 +257,15 @@ pub enum Outcome {
 }
 
 /// The approval rule: what `new` leads to, given the decisions `recorded` on the same version,
-/// `policy`, and who entered the application (`entered_by`, a staff id; `None` when the citizen
-/// applied online), at `now` (docs/RA.md "The counter", step 6).
+/// `policy`, and who handled the application at the counter (`handling`), at `now` (docs/RA.md
+/// "The counter", step 6).
 ///
 /// - Only clerks, supervisors and officers decide ([`may_decide`]); the person who entered the
 ///   application does not approve it (they may reject it).
+/// - An approval through an API token (no second factor) does not come from the member who
+///   recorded the identity check or the fee: a stolen token alone cannot carry an application
+///   through the counter. In a browser session signed in with TOTP one clerk checks, takes the
+///   fee and approves, as e-Cert outlets do.
 /// - An approval counts while it has not expired, once per person, and only from a role that
 ///   decides.
 /// - The approvals are complete with one approver, or with dual control two different
@@ -274,7 +278,7 @@ pub fn approval_outcome(
     policy: ApprovalPolicy,
     recorded: &[Approval],
     new: &Approval,
-    entered_by: Option<&str>,
+    handling: Handling<'_>,
     now: i64,
 ) -> Outcome {
     if !may_decide(new.role) {
@@ -308,8 +312,12 @@ pub fn approval_outcome(
     if !new.approve {
         return Outcome::Reject;
     }
-    if entered_by == Some(new.staff.as_str()) {
+    let me = Some(new.staff.as_str());
+    if handling.entered_by == me {
         return Outcome::Refused(Refusal::EnteredIt);
+    }
+    if new.via_token && (handling.identity_by == me || handling.fee_by == me) {
+        return Outcome::Refused(Refusal::TokenCheckedIt);
     }
     let after = tally(
         &mut recorded
@@ -528,6 +536,7 @@ mod tests {
             role,
             approve: true,
             expires_at: NOW + 24 * HOUR,
+            via_token: false,
         }
     }
 
@@ -535,6 +544,11 @@ mod tests {
     use Role::{Admin, Clerk, Officer, Supervisor};
     const SENIOR: Outcome = Refused(Refusal::SecondMustBeSenior);
     const DECIDED: Outcome = Refused(Refusal::AlreadyDecided);
+    const NOBODY: Handling<'static> = Handling {
+        entered_by: None,
+        identity_by: None,
+        fee_by: None,
+    };
     const SINGLE: ApprovalPolicy = ApprovalPolicy {
         dual_control: false,
     };
@@ -601,7 +615,7 @@ mod tests {
         for row in &table {
             let a = by("a", row.first);
             let what = format!("{:?} {:?} then {:?}", row.policy, row.first, row.second);
-            let first = approval_outcome(row.policy, &[], &a, None, NOW);
+            let first = approval_outcome(row.policy, &[], &a, NOBODY, NOW);
             assert_eq!(first, row.after_first, "{what}");
             let recorded = if matches!(first, Await | Issue) {
                 vec![a]
@@ -611,7 +625,7 @@ mod tests {
             if let (Some(second), Some(expected)) = (row.second, row.after_second) {
                 let b = by("b", second);
                 assert_eq!(
-                    approval_outcome(row.policy, &recorded, &b, None, NOW),
+                    approval_outcome(row.policy, &recorded, &b, NOBODY, NOW),
                     expected,
                     "{what}"
                 );
@@ -629,53 +643,63 @@ mod tests {
                 DUAL,
                 std::slice::from_ref(&admin),
                 &by("b", Supervisor),
-                None,
+                NOBODY,
                 NOW
             ),
             Await
         );
         let clerks = [by("a", Clerk), by("b", Clerk)];
         assert_eq!(
-            approval_outcome(DUAL, &clerks, &by("a", Clerk), None, NOW),
+            approval_outcome(DUAL, &clerks, &by("a", Clerk), NOBODY, NOW),
             DECIDED
         );
         assert_eq!(
-            approval_outcome(DUAL, &clerks, &by("c", Clerk), None, NOW),
+            approval_outcome(DUAL, &clerks, &by("c", Clerk), NOBODY, NOW),
             SENIOR
         );
         assert_eq!(
-            approval_outcome(DUAL, &clerks, &by("c", Officer), None, NOW),
+            approval_outcome(DUAL, &clerks, &by("c", Officer), NOBODY, NOW),
             Issue
         );
     }
 
     #[test]
     fn a_token_does_not_approve_what_its_member_checked() {
-        let refused = Some(Refusal::TokenCheckedIt);
-        assert_eq!(
-            token_approval_refused("a", true, Some("a"), Some("b")),
-            refused
-        );
-        assert_eq!(
-            token_approval_refused("a", true, Some("b"), Some("a")),
-            refused
-        );
-        assert_eq!(
-            token_approval_refused("a", true, Some("b"), Some("b")),
-            None
-        );
-        assert_eq!(token_approval_refused("a", true, None, None), None);
+        let token = Approval {
+            via_token: true,
+            ..by("a", Clerk)
+        };
+        let refused = Refused(Refusal::TokenCheckedIt);
+        let handled = |identity_by, fee_by| Handling {
+            identity_by,
+            fee_by,
+            ..NOBODY
+        };
+        let outcome = |a: &Approval, h| approval_outcome(SINGLE, &[], a, h, NOW);
+        assert_eq!(outcome(&token, handled(Some("a"), Some("b"))), refused);
+        assert_eq!(outcome(&token, handled(Some("b"), Some("a"))), refused);
+        assert_eq!(outcome(&token, handled(Some("b"), Some("b"))), Issue);
+        assert_eq!(outcome(&token, NOBODY), Issue);
         // In a browser session (TOTP), the clerk who checked may approve.
         assert_eq!(
-            token_approval_refused("a", false, Some("a"), Some("a")),
-            None
+            outcome(&by("a", Clerk), handled(Some("a"), Some("a"))),
+            Issue
         );
+        // A token may still reject what its member checked.
+        let reject = Approval {
+            approve: false,
+            ..token
+        };
+        assert_eq!(outcome(&reject, handled(Some("a"), Some("a"))), Reject);
     }
 
     /// The person who entered an application does not approve it; they may reject it.
     #[test]
     fn the_enterer_does_not_approve() {
-        let entered = Some("a");
+        let entered = Handling {
+            entered_by: Some("a"),
+            ..NOBODY
+        };
         for role in [Clerk, Supervisor, Officer] {
             assert_eq!(
                 approval_outcome(SINGLE, &[], &by("a", role), entered, NOW),
@@ -704,7 +728,7 @@ mod tests {
         let a = by("a", Supervisor);
         // The same person again, before the set is complete: refused.
         assert_eq!(
-            approval_outcome(DUAL, std::slice::from_ref(&a), &a, None, NOW),
+            approval_outcome(DUAL, std::slice::from_ref(&a), &a, NOBODY, NOW),
             DECIDED
         );
         // Rejecting after one's own approval: refused too.
@@ -713,27 +737,27 @@ mod tests {
             ..a.clone()
         };
         assert_eq!(
-            approval_outcome(DUAL, std::slice::from_ref(&a), &a_rejects, None, NOW),
+            approval_outcome(DUAL, std::slice::from_ref(&a), &a_rejects, NOBODY, NOW),
             DECIDED
         );
         // The set is complete (an issuance that failed): the same approver retries.
         let b = by("b", Clerk);
         assert_eq!(
-            approval_outcome(DUAL, &[a.clone(), b.clone()], &b, None, NOW),
+            approval_outcome(DUAL, &[a.clone(), b.clone()], &b, NOBODY, NOW),
             Retry
         );
         assert_eq!(
-            approval_outcome(SINGLE, std::slice::from_ref(&a), &a, None, NOW),
+            approval_outcome(SINGLE, std::slice::from_ref(&a), &a, NOBODY, NOW),
             Retry
         );
         // ... but cannot turn it into a rejection.
         assert_eq!(
-            approval_outcome(SINGLE, std::slice::from_ref(&a), &a_rejects, None, NOW),
+            approval_outcome(SINGLE, std::slice::from_ref(&a), &a_rejects, NOBODY, NOW),
             DECIDED
         );
         // A clerk retrying beside a supervisor is not a "second non-senior approval".
         assert_eq!(
-            approval_outcome(DUAL, &[b.clone(), a.clone()], &b, None, NOW),
+            approval_outcome(DUAL, &[b.clone(), a.clone()], &b, NOBODY, NOW),
             Retry
         );
     }
@@ -750,19 +774,19 @@ mod tests {
                 DUAL,
                 &[expired("a", Supervisor)],
                 &by("b", Supervisor),
-                None,
+                NOBODY,
                 NOW
             ),
             Await
         );
         // ... and does not make a clerk's approval a second one.
         assert_eq!(
-            approval_outcome(DUAL, &[expired("a", Clerk)], &by("b", Clerk), None, NOW),
+            approval_outcome(DUAL, &[expired("a", Clerk)], &by("b", Clerk), NOBODY, NOW),
             Await
         );
         // One's own expired approval may be renewed.
         assert_eq!(
-            approval_outcome(SINGLE, &[expired("a", Clerk)], &by("a", Clerk), None, NOW),
+            approval_outcome(SINGLE, &[expired("a", Clerk)], &by("a", Clerk), NOBODY, NOW),
             Issue
         );
         assert_eq!(
@@ -770,7 +794,7 @@ mod tests {
                 DUAL,
                 &[expired("a", Clerk), by("b", Supervisor)],
                 &by("a", Clerk),
-                None,
+                NOBODY,
                 NOW
             ),
             Issue
@@ -780,7 +804,7 @@ mod tests {
             expires_at: NOW,
             ..by("a", Officer)
         };
-        assert_eq!(approval_outcome(SINGLE, &[], &instant, None, NOW), Await);
+        assert_eq!(approval_outcome(SINGLE, &[], &instant, NOBODY, NOW), Await);
     }
 
     #[test]
@@ -790,16 +814,22 @@ mod tests {
             ..by(staff, role)
         };
         assert_eq!(
-            approval_outcome(SINGLE, &[], &reject("a", Admin), None, NOW),
+            approval_outcome(SINGLE, &[], &reject("a", Admin), NOBODY, NOW),
             Refused(Refusal::NotAnApprover)
         );
         for role in [Clerk, Supervisor, Officer] {
             assert_eq!(
-                approval_outcome(SINGLE, &[], &reject("a", role), None, NOW),
+                approval_outcome(SINGLE, &[], &reject("a", role), NOBODY, NOW),
                 Reject
             );
             assert_eq!(
-                approval_outcome(DUAL, &[by("b", Supervisor)], &reject("a", role), None, NOW),
+                approval_outcome(
+                    DUAL,
+                    &[by("b", Supervisor)],
+                    &reject("a", role),
+                    NOBODY,
+                    NOW
+                ),
                 Reject
             );
         }

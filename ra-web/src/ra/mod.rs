@@ -1160,25 +1160,7 @@ async fn revoke(
     } else {
         ca_core::revocation::Reason::parse(&f.reason).lang(lang.0)?
     };
-    let proof = if f.key_proof.trim().is_empty() {
-        None
-    } else {
-        Some(
-            base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                f.key_proof.trim(),
-            )
-            .map_err(|_| {
-                AppError::new(
-                    Error::Invalid {
-                        field: "key_proof",
-                        reason: "base64 of the signature".into(),
-                    },
-                    lang.0,
-                )
-            })?,
-        )
-    };
+    let proof = signature_field(&f.key_proof, "key_proof", lang.0)?;
     let serial = ra::revoke_online(
         &s.auth,
         &f.reference,
@@ -1241,6 +1223,29 @@ async fn new_code(
     status_page(&s, lang, &f, t.code_sent.into()).await
 }
 
+/// A signature typed into a form as base64: `None` when empty; a named 422 when not base64.
+fn signature_field(
+    value: &str,
+    field: &'static str,
+    lang: Lang,
+) -> Result<Option<Vec<u8>>, AppError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value)
+        .map(Some)
+        .map_err(|_| {
+            AppError::new(
+                Error::Invalid {
+                    field,
+                    reason: "base64 of the signature".into(),
+                },
+                lang,
+            )
+        })
+}
+
 async fn renew(
     State(s): State<Shared>,
     lang: PageLang,
@@ -1249,25 +1254,7 @@ async fn renew(
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
     citizen_post(&s, &headers, &f.csrf, lang.0, ip, "code", 10)?;
-    let proof = if f.rekey_proof.trim().is_empty() {
-        None
-    } else {
-        Some(
-            base64::Engine::decode(
-                &base64::engine::general_purpose::STANDARD,
-                f.rekey_proof.trim(),
-            )
-            .map_err(|_| {
-                AppError::new(
-                    Error::Invalid {
-                        field: "rekey_proof",
-                        reason: "base64 of the signature".into(),
-                    },
-                    lang.0,
-                )
-            })?,
-        )
-    };
+    let proof = signature_field(&f.rekey_proof, "rekey_proof", lang.0)?;
     let serial = ra::renew_online(
         &s.auth,
         &f.reference,
