@@ -450,9 +450,10 @@ fn ca_params(
         c.issuing_validity_days
     };
     p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
-    // SKI per RFC 7093 §2 method 1 (truncated SHA-256 of the SPKI). Pre-computed, because the
-    // linting certificate is made without the subject's (HSM) key.
-    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(subject_spki));
+    // SKI by RFC 5280 §4.2.1.2 method 1. Pre-computed, because the linting certificate is made
+    // without the subject's (HSM) key. Certificates below copy it into their AKI (rcgen's
+    // `Issuer::from_ca_cert_der` takes the issuer's SKI as it is, never recomputes it).
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(subject_spki)?);
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyCertSign,
@@ -643,9 +644,15 @@ fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
     })
 }
 
-/// A key identifier: the first 20 octets of SHA-256 over the DER SubjectPublicKeyInfo.
-fn key_id(spki: &[u8]) -> Vec<u8> {
-    <sha2::Sha256 as sha2::Digest>::digest(spki)[..20].to_vec()
+/// A key identifier by RFC 5280 §4.2.1.2 method 1: the SHA-1 of the subjectPublicKey BIT STRING's
+/// value (without tag, length and unused-bits octet). It equals an OCSP ResponderID byKey (RFC
+/// 6960 §4.2.2.3), so clients that find the responder by its key identifier (GnuPG's dirmngr)
+/// find it. CAs made before this carry a truncated SHA-256 (RFC 7093): their SKI is kept as it
+/// is, and everything they sign copies it into the AKI.
+pub(crate) fn key_id(spki: &[u8]) -> Result<Vec<u8>> {
+    let info = x509_cert::spki::SubjectPublicKeyInfoRef::from_der(spki)
+        .map_err(|e| Error::SignatureCheck(format!("public key does not parse: {e}")))?;
+    Ok(<sha1::Sha1 as sha2::Digest>::digest(info.subject_public_key.raw_bytes()).to_vec())
 }
 
 fn unix(t: OffsetDateTime) -> i64 {
@@ -2017,6 +2024,48 @@ mod tests {
             renews,
             actor: "test".into(),
         }
+    }
+
+    /// Key identifiers (issue 12, defect 9): every CA's and responder's SKI is RFC 5280
+    /// §4.2.1.2 method 1 (SHA-1 of the subjectPublicKey bits, what an OCSP ResponderID byKey
+    /// carries), and every certificate's AKI is its issuer's SKI byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn key_identifiers_are_method_1_and_akis_copy_the_issuer() {
+        use sha1::Digest as _;
+        let (_dir, auth) = test_ca().await;
+        fn ids(der: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>) {
+            let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+            let exts = c.tbs_certificate.extensions();
+            let aki = exts.iter().find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                    a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
+            let bits = sha1::Sha1::digest(&*c.tbs_certificate.subject_pki.subject_public_key.data);
+            (lint::subject_key_id(exts), aki, bits.to_vec())
+        }
+        let (root_ski, root_aki, root_bits) = ids(auth.ca_cert(CaRole::Root).unwrap());
+        assert_eq!(root_ski.as_deref(), Some(&root_bits[..]), "root SKI");
+        assert_eq!(root_aki, root_ski, "root AKI");
+        auth.ensure_responders().await.unwrap();
+        for role in [CaRole::Individual, CaRole::Server] {
+            let (ski, aki, bits) = ids(auth.ca_cert(role).unwrap());
+            assert_eq!(ski.as_deref(), Some(&bits[..]), "{role:?} SKI");
+            assert_eq!(aki, root_ski, "{role:?} AKI");
+            let responder = auth.responder_cert(role).await.unwrap();
+            let (r_ski, r_aki, r_bits) = ids(&responder);
+            assert_eq!(
+                r_ski.as_deref(),
+                Some(&r_bits[..]),
+                "{role:?} responder SKI"
+            );
+            assert_eq!(r_aki, ski, "{role:?} responder AKI");
+        }
+        let leaf = auth.issue(request(0, None)).await.unwrap();
+        let (ski, aki, bits) = ids(&leaf.cert_der);
+        assert_eq!(ski.as_deref(), Some(&bits[..]), "S/MIME leaf SKI");
+        assert_eq!(aki, ids(auth.ca_cert(leaf.issuer).unwrap()).0, "leaf AKI");
     }
 
     /// Many issuances in flight share group-committed transactions; every one ends `issued`

@@ -447,6 +447,10 @@ impl Profile {
             IsCa::ExplicitNoCa
         };
         p.use_authority_key_identifier_extension = true;
+        // The SKI (S/MIME only) by RFC 5280 §4.2.1.2 method 1, as for the CAs; the AKI is the
+        // issuer's SKI as the issuer certificate carries it.
+        p.key_identifier_method =
+            rcgen::KeyIdMethod::PreSpecified(crate::authority::key_id(key.spki_der())?);
         p.distinguished_name = self.subject(ctx, s)?;
         p.subject_alt_names = s
             .emails

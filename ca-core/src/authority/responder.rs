@@ -384,7 +384,7 @@ impl Authority {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
         p.use_authority_key_identifier_extension = true;
-        let ski = key_id(key.spki_der());
+        let ski = key_id(key.spki_der())?;
         p.key_identifier_method = KeyIdMethod::PreSpecified(ski.clone());
         p.custom_extensions = vec![
             // rcgen writes subjectKeyIdentifier for CA certificates only (TLS BR §7.1.2.8.2:

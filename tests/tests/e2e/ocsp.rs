@@ -217,6 +217,7 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
             &format!("POST sha256={sha256}"),
         );
         lint_response(&resp, "good response");
+        std::fs::copy(&resp, ca.file("individual-resp.der")).unwrap();
     }
     for encode in [false, true] {
         let (out, r) = ocsp_get(
@@ -278,6 +279,7 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     );
     assert_status(&out, &tls.cert.path, "good", "server certificate");
     lint_response(&resp, "server CA response");
+    std::fs::copy(&resp, ca.file("server-resp.der")).unwrap();
 
     // The responder certificates: delegated (EKU OCSPSigning, ocsp-nocheck), judged by pkilint
     // (the TLS BR's OCSP responder profile for the Server CA's).
@@ -294,13 +296,13 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
         let pem = ca.ecert_ok(&["ocsp", "responder", name]);
         let path = ca.file(&format!("{name}-responder.pem"));
         std::fs::write(&path, pem).unwrap();
-        let text = text(&openssl(
+        let shown = text(&openssl(
             ca.data_dir(),
             &["x509", "-in", path.to_str().unwrap(), "-noout", "-text"],
         ));
         assert!(
-            text.contains("OCSP Signing") && text.contains("OCSP No Check"),
-            "{text}"
+            shown.contains("OCSP Signing") && shown.contains("OCSP No Check"),
+            "{shown}"
         );
         pkilint(
             linter,
@@ -308,6 +310,21 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
             &[&path],
             &format!("{name} OCSP responder certificate"),
         );
+        // Found by key (issue 12, defect 9), judged by Python `cryptography`: the response's
+        // ResponderID byKey is the responder certificate's SKI, which is RFC 5280 method 1;
+        // the responder's AKI is its CA's SKI.
+        let ca_pem = if name == "server" {
+            &chain.server
+        } else {
+            &chain.individual
+        };
+        let mut c = std::process::Command::new("python3");
+        c.args(["-c", KEY_IDS_PY])
+            .arg(&path)
+            .arg(ca_pem)
+            .arg(ca.file(&format!("{name}-resp.der")));
+        let o = run_with_timeout(c, Duration::from_secs(60), "python3 key ids");
+        assert_eq!(text(&o).trim(), "ok", "{name} responder key identifiers");
     }
     let srv = start(&ca);
     let addr = &srv.1;
@@ -409,6 +426,26 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     assert_eq!(status, 200, "{health}");
     assert!(health.contains("\"responses\":"), "{health}");
 }
+
+/// Checks the key identifiers of a responder certificate (argv 1), its CA (argv 2) and a
+/// response it signed (argv 3) with Python `cryptography`; prints "ok" or what differs.
+const KEY_IDS_PY: &str = r#"
+import sys
+from cryptography import x509
+from cryptography.x509 import ocsp
+responder = x509.load_pem_x509_certificate(open(sys.argv[1], "rb").read())
+issuer = x509.load_pem_x509_certificate(open(sys.argv[2], "rb").read())
+resp = ocsp.load_der_ocsp_response(open(sys.argv[3], "rb").read())
+def ski(c):
+    return c.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+method1 = x509.SubjectKeyIdentifier.from_public_key(responder.public_key()).digest
+aki = responder.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+problems = []
+if ski(responder) != method1: problems.append("responder SKI is not RFC 5280 method 1")
+if resp.responder_key_hash != ski(responder): problems.append("ResponderID byKey is not the responder SKI")
+if aki != ski(issuer): problems.append("responder AKI is not its CA's SKI")
+print("; ".join(problems) or "ok")
+"#;
 
 /// Sends `n` random serials (half with SHA-1, half with SHA-256 CertIDs) plus the given ones to
 /// `/ocsp` with Python `cryptography`, over one keep-alive connection, and prints the status of
