@@ -243,6 +243,8 @@ pub struct Authority {
     pii: Option<Arc<crate::pii::Vault>>,
     /// Each issuing CA's CRL entries, kept between publications (see [`crate::crl`]).
     crl_lists: tokio::sync::Mutex<HashMap<CaRole, EntryList>>,
+    /// The Debian weak-key lists of `[keys] debian_weak_dir` (empty when unset).
+    debian_weak: crate::keys::debian::DebianWeakKeys,
     _lock: File,
     /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
     /// mutex only to make `Authority` Sync.)
@@ -963,9 +965,14 @@ impl Authority {
             Some((seal, index)) => Some(Arc::new(open_vault(&store, seal, index).await?)),
             None => None,
         };
+        let debian_weak = match &config.keys.debian_weak_dir {
+            Some(dir) => crate::keys::debian::DebianWeakKeys::load(dir)?,
+            None => Default::default(),
+        };
         let writer = Committer::start(store.clone());
         let hsm_slots = Arc::new(tokio::sync::Semaphore::new(config.hsm.pool_size));
         let auth = Authority {
+            debian_weak,
             pii,
             config,
             store,
@@ -1517,6 +1524,13 @@ impl Authority {
         }
     }
 
+    /// The checks on a subscriber key that need this CA's data, beyond the CSR's own
+    /// ([`crate::keys`]): the Debian weak-key lists. Every issuance runs it (step 1); the RA
+    /// runs it at submission too, so a citizen hears at once.
+    pub fn check_key(&self, key: &SubscriberKey) -> Result<()> {
+        self.debian_weak.check(key)
+    }
+
     /// Steps 1–3: request checks, then the serial committed as `reserved` (with the blocked-key
     /// check and the renewal claim in the same transaction).
     async fn reserve(&self, req: &ApprovedRequest) -> Result<Reserved> {
@@ -1528,6 +1542,7 @@ impl Authority {
             )));
         }
         let key = req.csr.key().clone();
+        self.check_key(&key)?;
         let mut subject = req.subject.clone();
         let renews = match req.renews {
             Some(old) => Some(self.renewal_base(profile, old, &mut subject).await?),

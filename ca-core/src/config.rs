@@ -30,6 +30,19 @@ pub struct Config {
     pub dcv: DcvConfig,
     /// How every listener bounds its clients.
     pub http: HttpConfig,
+    /// Subscriber key checks that need data from outside.
+    pub keys: KeysConfig,
+}
+
+/// Subscriber key checks that need data from outside the binary.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// A directory of Debian weak-key lists (CVE-2008-0166; TLS BR §6.1.1.3(5)) in the
+    /// openssl-vulnkey format, `blacklist.RSA-2048`, `-3072` and `-4096`
+    /// ([`crate::keys::debian`]). `ecert keys debian-list build` makes them from the published
+    /// keys. Unset: no Debian check (`ecert config check` warns; `--production` refuses).
+    pub debian_weak_dir: Option<PathBuf>,
 }
 
 /// How every listener (`ecert serve`, plain or TLS, a front instance, `ecert perspective
@@ -351,6 +364,7 @@ impl Default for Config {
             ra: RaConfig::default(),
             dcv: DcvConfig::default(),
             http: HttpConfig::default(),
+            keys: KeysConfig::default(),
         }
     }
 }
@@ -583,17 +597,6 @@ impl Config {
                  URLs, which the CA/B Forum requirements (and pkilint) reject for public certificates"
             ));
         }
-        match &self.ca.policy_arc {
-            None => w.push(
-                "ca.policy_arc is not set: `ecert init` makes a 2.25.<uuid> arc; its 128-bit arc cannot be \
-                 decoded by some linters (pkilint); set an arc under your IANA enterprise number"
-                    .into(),
-            ),
-            Some(arc) if arc.split('.').any(|a| a.parse::<u64>().map_or(true, |n| n > u64::from(u32::MAX))) => w.push(format!(
-                "ca.policy_arc {arc} has an arc above 2^32-1, which some linters (pkilint) cannot decode"
-            )),
-            Some(_) => {}
-        }
         if let Err(e) = crate::mpic::required(&self.dcv) {
             w.push(format!(
                 "{e}: server applications cannot have their domains validated until it is"
@@ -613,6 +616,48 @@ impl Config {
             );
         }
         w
+    }
+
+    /// What makes a valid configuration unfit for a production CA. `ecert config check` warns
+    /// of each; `--production` refuses. Reads the Debian weak-key lists (a malformed list is an
+    /// error).
+    pub fn production_problems(&self) -> Result<Vec<String>> {
+        let mut p = Vec::new();
+        match &self.keys.debian_weak_dir {
+            None => p.push(
+                "keys.debian_weak_dir is not set: Debian weak keys (CVE-2008-0166) are not refused \
+                 (TLS BR §6.1.1.3(5), S/MIME BR §6.1.1.3); install the lists (`ecert keys \
+                 debian-list build`)"
+                    .into(),
+            ),
+            Some(dir) => {
+                let lists = crate::keys::debian::DebianWeakKeys::load(dir)?;
+                for bits in lists.missing() {
+                    p.push(format!(
+                        "{} has no {}: Debian weak RSA-{bits} keys are not refused",
+                        dir.display(),
+                        crate::keys::debian::list_name(bits)
+                    ));
+                }
+            }
+        }
+        if !self.policy_arc_decodable() {
+            p.push(
+                "ca.policy_arc is unset or has an arc above 2^32-1: linters and clients \
+                 (pkilint, libksba) cannot decode the certificate policies; set an arc under \
+                 your IANA enterprise number"
+                    .into(),
+            );
+        }
+        Ok(p)
+    }
+
+    /// Whether the configured policy arc is one every linter decodes (each arc below 2^32).
+    fn policy_arc_decodable(&self) -> bool {
+        self.ca.policy_arc.as_deref().is_some_and(|arc| {
+            arc.split('.')
+                .all(|a| a.parse::<u64>().is_ok_and(|n| n <= u64::from(u32::MAX)))
+        })
     }
 
     /// The database URL in force.

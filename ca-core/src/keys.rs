@@ -6,6 +6,8 @@
 //! reference checklist #36). The deeper checks ([`SubscriberKey::check_strength`]) run after the
 //! CSR signature verified.
 
+pub mod debian;
+
 use num_bigint::BigUint;
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer;
@@ -18,10 +20,9 @@ const OID_P256: &str = "1.2.840.10045.3.1.7";
 const OID_P384: &str = "1.3.132.0.34";
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
 
-/// The largest RSA modulus accepted (a budget on the work the weak-key checks do).
-pub const MAX_RSA_BITS: usize = 8192;
-/// The smallest RSA modulus accepted (BR §6.1.5).
-pub const MIN_RSA_BITS: usize = 2048;
+/// The RSA modulus sizes accepted: at least 2048 (BR §6.1.5), and only sizes the Debian
+/// weak-key lists cover ([`debian`], TLS BR §6.1.1.3(5)), as Boulder's goodkey does.
+pub const ACCEPTED_RSA_BITS: [usize; 3] = [2048, 3072, 4096];
 
 /// The kinds of subscriber key this CA certifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,19 +121,14 @@ impl SubscriberKey {
                 }
                 let (n, e) = rsa_parts(&key_bytes)?;
                 let bits = n.bits() as usize;
-                if bits < MIN_RSA_BITS {
+                if bits < ACCEPTED_RSA_BITS[0] {
                     return Err(Error::KeyNotAllowed(format!(
-                        "RSA-{bits} is too small; at least {MIN_RSA_BITS} bits"
+                        "RSA-{bits} is too small; use RSA-2048, 3072 or 4096"
                     )));
                 }
-                if bits > MAX_RSA_BITS {
+                if !ACCEPTED_RSA_BITS.contains(&bits) {
                     return Err(Error::KeyNotAllowed(format!(
-                        "RSA-{bits} is larger than the {MAX_RSA_BITS}-bit limit"
-                    )));
-                }
-                if !bits.is_multiple_of(8) {
-                    return Err(Error::KeyNotAllowed(format!(
-                        "RSA modulus of {bits} bits is not a whole number of octets (BR §6.1.5)"
+                        "RSA-{bits} is not accepted; use RSA-2048, 3072 or 4096"
                     )));
                 }
                 if e != BigUint::from(65537u32) {
@@ -318,7 +314,7 @@ mod tests {
     /// structural policy with a reason naming the problem (reference checklist #34, #36).
     #[test]
     fn structural_policy_refuses_with_named_reasons() {
-        let cases: [(&str, &[u8], &str); 9] = [
+        let cases: [(&str, &[u8], &str); 10] = [
             (
                 "P-521",
                 include_bytes!("testdata/p521.spki.der"),
@@ -347,7 +343,12 @@ mod tests {
             (
                 "RSA-2052",
                 include_bytes!("testdata/rsa2052.spki.der"),
-                "octets",
+                "2048, 3072 or 4096",
+            ),
+            (
+                "RSA-2056",
+                include_bytes!("testdata/rsa2056.spki.der"),
+                "2048, 3072 or 4096",
             ),
             (
                 "Ed25519",
@@ -367,8 +368,12 @@ mod tests {
                 other => panic!("{what}: expected KeyNotAllowed, got {other:?}"),
             }
         }
-        let ok = SubscriberKey::from_spki_der(include_bytes!("testdata/rsa2056.spki.der")).unwrap();
-        assert_eq!(ok.kind(), KeyKind::Rsa { bits: 2056 });
+        // A Debian weak key is structurally sound and has no small factor: only the lists
+        // ([`debian`]) catch it.
+        let ok =
+            SubscriberKey::from_spki_der(include_bytes!("testdata/debian-weak-rsa2048.spki.der"))
+                .unwrap();
+        assert_eq!(ok.kind(), KeyKind::Rsa { bits: 2048 });
         ok.check_strength().unwrap();
     }
 

@@ -85,8 +85,8 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Subscriber keys.
-    #[command(subcommand)]
+    /// Subscriber keys (also `ecert keys`).
+    #[command(subcommand, visible_alias = "keys")]
     Key(KeyCommand),
     /// Revoke, hold or release certificates: one, a list, or all matching a query.
     Revoke(Box<RevokeArgs>),
@@ -400,12 +400,34 @@ enum KeyCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Debian weak-key lists (CVE-2008-0166) for `[keys] debian_weak_dir`.
+    #[command(subcommand)]
+    DebianList(DebianListCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DebianListCommand {
+    /// Turn a tree of weak keys (the CA/Browser Forum's Debian-weak-keys sets: PEM RSA private
+    /// or public keys) into openssl-vulnkey lists, `blacklist.RSA-<bits>` per size.
+    Build {
+        /// The directory of keys, read recursively.
+        keys_dir: PathBuf,
+        /// Where to write the lists (the directory `[keys] debian_weak_dir` names).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Check the configuration; exits non-zero if it is invalid.
-    Check,
+    /// Check the configuration; exits non-zero if it is invalid (or, with `--production`, not
+    /// ready to issue publicly-trusted certificates).
+    Check {
+        /// Also refuse what is valid but not fit for a production CA: no Debian weak-key list
+        /// for an accepted RSA size, a policy arc linters cannot decode.
+        #[arg(long)]
+        production: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -430,8 +452,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.data_dir, cli.config.as_deref())?;
-    if let Command::Config(ConfigCommand::Check) = cli.command {
-        return config_check(&config);
+    match &cli.command {
+        Command::Config(ConfigCommand::Check { production }) => {
+            return config_check(&config, *production)
+        }
+        Command::Key(KeyCommand::DebianList(DebianListCommand::Build { keys_dir, out })) => {
+            return debian_list_build(keys_dir, out)
+        }
+        _ => {}
     }
     if config.embedded_softhsm() {
         // SoftHSM2 reads its configuration from this variable at C_Initialize; in embedded mode
@@ -467,7 +495,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            Command::Config(_) => Ok(()),
+            // Handled before the HSM is set up.
+            Command::Config(_) | Command::Key(KeyCommand::DebianList(_)) => Ok(()),
             Command::Revoke(args) => revoke(config, *args).await,
             Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
             Command::Serve(args) => serve::serve(config, args).await,
@@ -1148,9 +1177,38 @@ async fn checkpoint(auth: &Authority) {
     }
 }
 
-fn config_check(config: &Config) -> anyhow::Result<()> {
+/// `ecert keys debian-list build`.
+fn debian_list_build(keys_dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let report = ca_core::keys::debian::build(keys_dir, out)?;
+    for (path, why) in &report.skipped {
+        eprintln!("skipped {}: {why}", path.display());
+    }
+    if report.written.is_empty() {
+        bail!(
+            "no RSA key found in {} ({} files read)",
+            keys_dir.display(),
+            report.files
+        );
+    }
+    for (bits, n) in &report.written {
+        outln!(
+            "{}: {n} weak RSA-{bits} keys",
+            out.join(ca_core::keys::debian::list_name(*bits)).display()
+        );
+    }
+    Ok(())
+}
+
+fn config_check(config: &Config, production: bool) -> anyhow::Result<()> {
     for w in config.warnings() {
         eprintln!("warning: {w}");
+    }
+    let unfit = config.production_problems()?;
+    for p in &unfit {
+        eprintln!("{}: {p}", if production { "error" } else { "warning" });
+    }
+    if production && !unfit.is_empty() {
+        bail!("not ready for production: {} problem(s) above", unfit.len());
     }
     if (config.embedded_softhsm() || config.hsm.module.is_absolute()) && !config.hsm.module.exists()
     {

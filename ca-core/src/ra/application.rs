@@ -278,6 +278,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         }
     }
     let csr = VerifiedCsr::parse(&a.csr)?;
+    auth.check_key(csr.key())?;
     if !["en", "zh-HK"].contains(&a.language.as_str()) {
         return Err(invalid("language", "en or zh-HK"));
     }

@@ -86,6 +86,7 @@ pub async fn renew_online(
     )?;
     let key_fp = r.key_fp;
     let csr = VerifiedCsr::parse(csr)?;
+    auth.check_key(csr.key())?;
     let rekey = csr.key().fingerprint().as_slice() != key_fp.as_slice();
     if rekey
         && key_certified_to_another(

@@ -531,3 +531,106 @@ fn blocked_keys_are_refused() {
     assert_eq!(events, 2, "key.blocked audit events");
     ca.audit_ok();
 }
+
+/// Debian weak keys (CVE-2008-0166; TLS BR §6.1.1.3(5), issue 12 defect 2): `ecert keys
+/// debian-list build` turns a tree of weak keys into openssl-vulnkey lists whose line for the
+/// fixture is what `openssl rsa -modulus | openssl sha1` gives; with the lists configured a CSR
+/// for the key is refused by name and audited; `config check` warns of a size without a list
+/// and `--production` refuses until every accepted size has one.
+#[test]
+fn debian_weak_keys_are_refused() {
+    let ca = Ca::new();
+    let d = ca.work.path().to_path_buf();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ca-core/src/testdata/debian-weak-rsa2048-pid1000.key");
+    let tree = d.join("weak-keys/rsa/2048/x86_64");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::copy(&fixture, tree.join("1000.key")).unwrap();
+    std::fs::write(d.join("weak-keys/README.md"), "the published weak keys\n").unwrap();
+    let lists = d.join("lists");
+    let built = ca.ecert_ok(&[
+        "keys",
+        "debian-list",
+        "build",
+        d.join("weak-keys").to_str().unwrap(),
+        "--out",
+        lists.to_str().unwrap(),
+    ]);
+    assert!(built.contains("1 weak RSA-2048 keys"), "{built}");
+
+    // The outside judge of the fingerprint: openssl's own modulus line and SHA-1.
+    let modulus = openssl(
+        &d,
+        &[
+            "rsa",
+            "-noout",
+            "-modulus",
+            "-in",
+            fixture.to_str().unwrap(),
+        ],
+    )
+    .stdout;
+    let line_file = write(&ca, "modulus.txt", &modulus);
+    let sha1 = String::from_utf8(openssl(&d, &["sha1", "-r", line_file.to_str().unwrap()]).stdout)
+        .unwrap();
+    let fp = &sha1.split_whitespace().next().unwrap()[20..];
+    let list = std::fs::read_to_string(lists.join("blacklist.RSA-2048")).unwrap();
+    assert!(list.lines().any(|l| l == fp), "{fp} not in\n{list}");
+
+    let config = format!(
+        "{CONFIG_TOML}[keys]\ndebian_weak_dir = \"{}\"\n",
+        lists.display()
+    );
+    std::fs::write(ca.data_dir().join("ecert.toml"), &config).unwrap();
+    let o = ca.ecert(&["config", "check"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("blacklist.RSA-3072") && stderr.contains("blacklist.RSA-4096"),
+        "config check does not warn of the sizes without a list: {stderr}"
+    );
+    let err = ca.ecert_err(&["config", "check", "--production"]);
+    assert!(
+        err.contains("blacklist.RSA-3072") && err.contains("not ready for production"),
+        "{err}"
+    );
+    for bits in [3072, 4096] {
+        std::fs::write(
+            lists.join(format!("blacklist.RSA-{bits}")),
+            "# no keys of this size in the test tree\n",
+        )
+        .unwrap();
+    }
+    let ok = ca.ecert_ok(&["config", "check", "--production"]);
+    assert!(ok.contains("configuration OK"), "{ok}");
+
+    ca.ecert_ok(&["init"]);
+    let csr = csr_for_key(&d, "debian-weak", &fixture, CSR_SUBJECT, &[]);
+    refused(
+        &ca,
+        0,
+        "personal",
+        &csr,
+        &personal().args,
+        &["Debian weak key", "CVE-2008-0166"],
+        "Debian weak RSA-2048 key",
+    );
+    // An ordinary RSA-2048 key is still issued.
+    let ordinary = ca.csr("ordinary", KeyType::Rsa2048);
+    let p = personal();
+    ca.issue(
+        p.profile,
+        &ordinary.csr,
+        &p.args,
+        "an ordinary RSA key beside the lists",
+    );
+
+    // A malformed list fails closed: the signer does not open (no issuance without the check).
+    std::fs::write(lists.join("blacklist.RSA-4096"), "zz\n").unwrap();
+    let again = ca.csr("after-bad-list", KeyType::P256);
+    let mut args = vec!["issue", "--profile", "personal", "--csr"];
+    args.push(again.csr.to_str().unwrap());
+    args.extend(p.args.iter().copied());
+    let err = ca.ecert_err(&args);
+    assert!(err.contains("blacklist.RSA-4096:1"), "{err}");
+}

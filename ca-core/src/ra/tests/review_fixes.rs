@@ -1107,3 +1107,47 @@ async fn key_compromise_needs_proof_of_possession_to_reach_others() {
     assert_eq!(reason(victims).await, Some(1));
     assert_eq!(blocked().await, 2);
 }
+
+/// Issue 12, defect 2: with Debian weak-key lists configured, a citizen's application with a
+/// weak key is refused at submission by name (not only later, at the counter's approval), and
+/// nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_weak_keys_are_refused_at_submission() {
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(
+        keys.path().join("1000.key"),
+        include_str!("../../testdata/debian-weak-rsa2048-pid1000.key"),
+    )
+    .unwrap();
+    let lists = tempfile::tempdir().unwrap();
+    crate::keys::debian::build(keys.path(), lists.path()).unwrap();
+    let dir = lists.path().to_path_buf();
+    let (_dir, auth) = test_ca_with(|c| c.keys.debian_weak_dir = Some(dir)).await;
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let weak = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(
+        include_str!("../../testdata/debian-weak-rsa2048-pid1000.pk8.pem"),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .unwrap();
+    let hkid = crate::hkid::synthetic("W", 2008);
+    let mut form = super::journey::application(&hkid);
+    form.csr = super::journey::csr_for(&weak);
+    match submit(&auth, form).await {
+        Err(Error::WeakKey(m)) => assert!(m.contains("CVE-2008-0166"), "{m}"),
+        other => panic!("a Debian weak key was not refused: {other:?}"),
+    }
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM applications")
+        .fetch_one(auth.store().pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a refused application left a record");
+    // An ordinary key is accepted beside the lists.
+    let mut form = super::journey::application(&hkid);
+    form.csr = super::journey::csr_for(
+        &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+    );
+    submit(&auth, form).await.unwrap();
+}
