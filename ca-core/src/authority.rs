@@ -1524,6 +1524,32 @@ impl Authority {
         }
     }
 
+    /// Whether this CA issues under `profile` at all now: not when its issuing CA is revoked,
+    /// and not a TLS BR certificate (the Server CA asserts the OV policy 2.23.140.1.2.2) while
+    /// `dcv.mpic = "off"`: TLS BR §3.2.2.9 makes corroboration by remote perspectives a
+    /// condition of every BR domain validation and CAA check, so without it nothing may carry
+    /// the policy. Every issuance checks it; the RA checks it at submission too.
+    pub fn offers(&self, profile: &Profile) -> Result<()> {
+        if self.ca_revoked(profile.issuer) {
+            return Err(Error::Revocation(format!(
+                "the {} CA is revoked: it issues nothing more",
+                profile.issuer.name()
+            )));
+        }
+        if profile.kind == crate::profile::ProfileKind::Server
+            && self.config.dcv.mpic == crate::config::Mpic::Off
+        {
+            return Err(Error::Profile {
+                profile: profile.id.into(),
+                reason: "dcv.mpic is \"off\": the Server CA asserts the TLS BR OV policy, which \
+                         needs corroboration by remote network perspectives (TLS BR §3.2.2.9); \
+                         no server certificate is issued until dcv.mpic is \"required\""
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The checks on a subscriber key that need this CA's data, beyond the CSR's own
     /// ([`crate::keys`]): the Debian weak-key lists. Every issuance runs it (step 1); the RA
     /// runs it at submission too, so a citizen hears at once.
@@ -1535,12 +1561,7 @@ impl Authority {
     /// check and the renewal claim in the same transaction).
     async fn reserve(&self, req: &ApprovedRequest) -> Result<Reserved> {
         let profile = Profile::get(&req.profile)?;
-        if self.ca_revoked(profile.issuer) {
-            return Err(Error::Revocation(format!(
-                "the {} CA is revoked: it issues nothing more",
-                profile.issuer.name()
-            )));
-        }
+        self.offers(profile)?;
         let key = req.csr.key().clone();
         self.check_key(&key)?;
         let mut subject = req.subject.clone();

@@ -597,6 +597,13 @@ impl Config {
                  URLs, which the CA/B Forum requirements (and pkilint) reject for public certificates"
             ));
         }
+        if self.dcv.mpic == Mpic::Off {
+            w.push(
+                "dcv.mpic is \"off\": the Server CA issues nothing (its certificates assert the TLS BR \
+                 OV policy, which needs corroboration by remote perspectives, TLS BR §3.2.2.9)"
+                    .into(),
+            );
+        }
         if let Err(e) = crate::mpic::required(&self.dcv) {
             w.push(format!(
                 "{e}: server applications cannot have their domains validated until it is"

@@ -270,6 +270,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         ));
     }
     let (hkid, subject, profile) = validate(&a, time::OffsetDateTime::now_utc().date())?;
+    auth.offers(profile)?;
     // The contact mailbox of a server application (not in the certificate) is checked too.
     if profile.kind == ProfileKind::Server {
         check_len("email", &a.email, 3, 254)?;

@@ -1151,3 +1151,52 @@ async fn debian_weak_keys_are_refused_at_submission() {
     );
     submit(&auth, form).await.unwrap();
 }
+
+/// Issue 12, defect 4: with `dcv.mpic = "off"` nothing is issued under the TLS BR OV policy —
+/// a server application is refused at submission, and the issuance core refuses a server
+/// certificate from any channel (here the officer's direct issuance) — while the Individual CA
+/// issues as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpic_off_issues_no_br_server_certificate() {
+    let (_dir, auth) = test_ca_with(|c| c.dcv.mpic = crate::config::Mpic::Off).await;
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let hkid = crate::hkid::synthetic("M", 3229);
+    let mut form = super::journey::application(&hkid);
+    form.profile = "server".into();
+    form.organization = "Example Trading Limited".into();
+    form.org_id = "1234-5678".into();
+    form.email = "it@example.hk".into();
+    form.dns_names = vec!["www.example.hk".into()];
+    match submit(&auth, form).await {
+        Err(Error::Profile { reason, .. }) => assert!(reason.contains("3.2.2.9"), "{reason}"),
+        other => panic!("a server application was accepted with mpic off: {other:?}"),
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let request = |profile: &str, subject| crate::authority::ApprovedRequest {
+        profile: profile.into(),
+        csr: crate::csr::VerifiedCsr::parse(&super::journey::csr_for(&key)).unwrap(),
+        subject,
+        days: None,
+        renews: None,
+        actor: "test".into(),
+    };
+    let server = crate::profile::SubjectData {
+        organization: Some("Example Trading Limited".into()),
+        org_id: Some("12345678".into()),
+        dns_names: vec!["www.example.hk".into()],
+        ..Default::default()
+    };
+    match auth.issue(request("server", server.clone())).await {
+        Err(Error::Profile { reason, .. }) => assert!(reason.contains("dcv.mpic"), "{reason}"),
+        other => panic!("a server certificate was issued with mpic off: {other:?}"),
+    }
+    let personal = crate::profile::SubjectData {
+        surname: Some("CHAN".into()),
+        given_name: Some("Tai Man".into()),
+        emails: vec!["tm.chan@example.hk".into()],
+        ..Default::default()
+    };
+    auth.issue(request("personal", personal)).await.unwrap();
+}
