@@ -193,6 +193,8 @@ struct CaState {
     subject_der: Vec<u8>,
     /// The CA certificate's subjectKeyIdentifier (what its subscribers' AKI must carry).
     key_id: Option<Vec<u8>>,
+    /// The CA certificate's notAfter: nothing it signs may outlive it.
+    not_after: OffsetDateTime,
     signer: Arc<dyn hsm::Signer>,
     /// Revoked by the root (`ecert ca revoke`): it issues nothing more.
     revoked: std::sync::atomic::AtomicBool,
@@ -433,7 +435,9 @@ fn dn(country: &str, org: &str, cn: &str) -> Result<DistinguishedName> {
 }
 
 /// Parameters of a CA certificate (pure). Root: TLS BR §7.1.2.1; issuing CAs: TLS BR §7.1.2.10
-/// and S/MIME BR §7.1.2.2.
+/// and S/MIME BR §7.1.2.2. Validity: `ca.root_validity_days` (at most 15 years, checked by
+/// [`Config::validate`]) and `ca.issuing_validity_days`; an issuing CA must end before its root
+/// (`root_not_after`), or it is refused with a named error rather than cut short.
 fn ca_params(
     config: &Config,
     policy_arc: &str,
@@ -441,6 +445,7 @@ fn ca_params(
     subject_spki: &[u8],
     serial: SerialNumber,
     now: OffsetDateTime,
+    root_not_after: Option<OffsetDateTime>,
 ) -> Result<CertificateParams> {
     let c = &config.ca;
     let mut p = CertificateParams::default();
@@ -452,6 +457,15 @@ fn ca_params(
         c.issuing_validity_days
     };
     p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
+    if let Some(root_end) = root_not_after.filter(|end| p.not_after >= *end) {
+        return Err(Error::Config(format!(
+            "ca.issuing_validity_days = {days}: the {} CA would end {}, not before its root ({}); \
+             shorten it or make a new root",
+            role.name(),
+            p.not_after.date(),
+            root_end.date()
+        )));
+    }
     // SKI by RFC 5280 §4.2.1.2 method 1. Pre-computed, because the linting certificate is made
     // without the subject's (HSM) key. Certificates below copy it into their AKI (rcgen's
     // `Issuer::from_ca_cert_der` takes the issuer's SKI as it is, never recomputes it).
@@ -646,6 +660,13 @@ fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
     })
 }
 
+/// A certificate's notAfter.
+fn not_after_of(der: &[u8]) -> Result<OffsetDateTime> {
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|e| Error::Store(format!("a stored CA certificate does not parse: {e}")))?;
+    Ok(c.validity().not_after.to_datetime())
+}
+
 /// A key identifier by RFC 5280 §4.2.1.2 method 1: the SHA-1 of the subjectPublicKey BIT STRING's
 /// value (without tag, length and unused-bits octet). It equals an OCSP ResponderID byKey (RFC
 /// 6960 §4.2.2.3), so clients that find the responder by its key identifier (GnuPG's dirmngr)
@@ -716,14 +737,6 @@ impl Authority {
             let signer: Arc<dyn hsm::Signer> = Arc::new(key);
             let subject_key = SubscriberKey::from_spki_der(signer.public_key_spki())?;
             let serial = SerialNumber::random();
-            let params = ca_params(
-                &config,
-                &arc,
-                role,
-                signer.public_key_spki(),
-                serial,
-                now_secs(),
-            )?;
             let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) =
                 if role == CaRole::Root {
                     (None, signer.clone())
@@ -738,6 +751,16 @@ impl Authority {
                         .map_err(|e| Error::Store(e.to_string()))??;
                     (Some(der), Arc::new(root))
                 };
+            let root_not_after = issuer_der.as_deref().map(not_after_of).transpose()?;
+            let params = ca_params(
+                &config,
+                &arc,
+                role,
+                signer.public_key_spki(),
+                serial,
+                now_secs(),
+                root_not_after,
+            )?;
             let linting = match &issuer_der {
                 None => params.signed_by(
                     &subject_key,
@@ -953,6 +976,7 @@ impl Authority {
                 CaState {
                     subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
                     key_id: lint::subject_key_id(cert.tbs_certificate.extensions()),
+                    not_after: cert.validity().not_after.to_datetime(),
                     cert_der: der.clone(),
                     // `sign` verifies every assembled certificate under this CA's public key
                     // (self_check), so the token-level check would only repeat it.
@@ -1688,6 +1712,19 @@ impl Authority {
             country: &self.config.ca.country,
         };
         let params = profile.params(&ctx, subject, key, serial, now_secs(), days)?;
+        // A certificate never outlives its issuing CA (RFC 5280 §6.1 would reject the chain
+        // after the CA expires): refused by name, not cut short, so the CA is renewed in time.
+        if params.not_after > ca.not_after {
+            return Err(Error::Profile {
+                profile: profile.id.into(),
+                reason: format!(
+                    "the certificate would end {}, after its issuing CA ({}): the CA must be \
+                     renewed first, or ask for fewer days",
+                    params.not_after.date(),
+                    ca.not_after.date()
+                ),
+            });
+        }
         let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &LintSigner)?;
         let linting = params.signed_by(key, &issuer)?;
         let findings = lint::lint(&LintInput {
@@ -2102,6 +2139,48 @@ mod tests {
         let (ski, aki, bits) = ids(&leaf.cert_der);
         assert_eq!(ski.as_deref(), Some(&bits[..]), "S/MIME leaf SKI");
         assert_eq!(aki, ids(auth.ca_cert(leaf.issuer).unwrap()).0, "leaf AKI");
+    }
+
+    /// Issue 12, defect 7: an issuing CA that would outlive its root is refused (not cut
+    /// short), and so is a certificate that would outlive its issuing CA.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_outlives_its_issuer() {
+        let config = Config::default();
+        let now = now_secs();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(
+            &KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        );
+        let root_end = now + time::Duration::days(365);
+        let e = ca_params(
+            &config,
+            "1.3.6.1.4.1.32473.1",
+            CaRole::Individual,
+            &spki,
+            SerialNumber::random(),
+            now,
+            Some(root_end),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not before its root"), "{e}");
+        let fits = now + time::Duration::days(i64::from(config.ca.issuing_validity_days) + 1);
+        ca_params(
+            &config,
+            "1.3.6.1.4.1.32473.1",
+            CaRole::Individual,
+            &spki,
+            SerialNumber::random(),
+            now,
+            Some(fits),
+        )
+        .unwrap();
+
+        let (_dir, auth) = test_ca_with(|c| c.ca.issuing_validity_days = 30).await;
+        match auth.issue(request(0, None)).await {
+            Err(Error::Profile { reason, .. }) => {
+                assert!(reason.contains("after its issuing CA"), "{reason}")
+            }
+            other => panic!("a certificate outliving its CA: {other:?}"),
+        }
     }
 
     /// Many issuances in flight share group-committed transactions; every one ends `issued`

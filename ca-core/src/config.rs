@@ -34,6 +34,13 @@ pub struct Config {
     pub keys: KeysConfig,
 }
 
+/// The longest root validity: 15 years counting 3 leap days (5478 days never exceed 15 calendar
+/// years). Mozilla Root Store Policy 3.1 §7.4 removes the websites trust bit 15 years after the
+/// root key's creation (the e-mail bit after 18), and the Chrome Root Program likewise stops
+/// trusting roots whose key is older than 15 years; this root serves both the Server CA and the
+/// Individual CA, so its key (made by `init`) must not outlive the earlier of the two.
+pub const MAX_ROOT_VALIDITY_DAYS: u32 = 15 * 365 + 3;
+
 /// Subscriber key checks that need data from outside the binary.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -390,7 +397,7 @@ impl Default for CaConfig {
             root_common_name: "ecert Root CA".into(),
             individual_common_name: "ecert Individual and Organisational CA".into(),
             server_common_name: "ecert Server CA".into(),
-            root_validity_days: 25 * 365,
+            root_validity_days: MAX_ROOT_VALIDITY_DAYS,
             issuing_validity_days: 10 * 365,
             policy_arc: None,
             default_locality: "Hong Kong".into(),
@@ -532,9 +539,19 @@ impl Config {
         if self.ca.root_validity_days == 0 || self.ca.issuing_validity_days == 0 {
             return Err(Error::Config("CA validity must be at least one day".into()));
         }
-        if self.ca.issuing_validity_days > self.ca.root_validity_days {
+        if self.ca.root_validity_days > MAX_ROOT_VALIDITY_DAYS {
+            return Err(Error::Config(format!(
+                "ca.root_validity_days = {} is longer than 15 years ({MAX_ROOT_VALIDITY_DAYS} days): \
+                 root programs stop trusting a root for websites 15 years after its key was made \
+                 (Mozilla Root Store Policy 3.1 §7.4, Chrome Root Program)",
+                self.ca.root_validity_days
+            )));
+        }
+        if self.ca.issuing_validity_days >= self.ca.root_validity_days {
             return Err(Error::Config(
-                "ca.issuing_validity_days may not exceed ca.root_validity_days".into(),
+                "ca.issuing_validity_days must be shorter than ca.root_validity_days (an issuing CA \
+                 ends before its root)"
+                    .into(),
             ));
         }
         if let Some(arc) = &self.ca.policy_arc {
@@ -718,6 +735,22 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12, defect 7: a root longer than 15 years, or an issuing CA not shorter than its
+    /// root, is refused by name; the defaults fit.
+    #[test]
+    fn ca_validities_are_limited() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        assert!(c.ca.root_validity_days <= MAX_ROOT_VALIDITY_DAYS);
+        c.ca.root_validity_days = 25 * 365;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("15 years") && e.contains("7.4"), "{e}");
+        c.ca.root_validity_days = 3650;
+        c.ca.issuing_validity_days = 3650;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("shorter than ca.root_validity_days"), "{e}");
+    }
 
     #[test]
     fn bad_files_are_refused_with_the_reason() {

@@ -73,6 +73,30 @@ fn ca_hierarchy() {
         r.issuer().as_raw(),
         "root is not self-issued"
     );
+    // Issue 12, defect 7: the root ends within 15 years of its key's making (Mozilla Root Store
+    // Policy §7.4 removes the websites bit then), judged by `openssl x509 -checkend`; each
+    // issuing CA ends before its root.
+    let fifteen_years = (15 * 365 + 4) * 86_400;
+    // (`-checkend` exits 1 when the certificate ends within the time given.)
+    let o = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            &fifteen_years.to_string(),
+            "-in",
+        ])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("will expire"),
+        "the root outlives 15 years: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    for file in [&individual, &server] {
+        assert!(file.parse().validity().not_after < r.validity().not_after);
+    }
     for (name, file) in [("individual", &individual), ("server", &server)] {
         let c = file.parse();
         assert_eq!(
