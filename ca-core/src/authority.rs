@@ -1193,7 +1193,7 @@ impl Authority {
     }
 
     /// The CRLs a CA publishes: its full CRL and, for an issuing CA, partitions `0..n` where n
-    /// is the larger of `crl.partitions` and the partitions it published before (certificates
+    /// is the larger of its configured partitions ([`crate::config::CrlConfig::partitions_of`]) and the partitions it published before (certificates
     /// keep the partition they were issued with when the setting changes).
     pub async fn crl_scopes(&self, role: CaRole) -> Result<Vec<Scope>> {
         if role == CaRole::Root {
@@ -1217,7 +1217,7 @@ impl Authority {
             })
             .max()
             .unwrap_or(0);
-        let n = published.max(self.config.crl.partitions);
+        let n = published.max(self.config.crl.partitions_of(role));
         scopes.extend((0..n).map(Scope::Partition));
         scopes
     }
@@ -1603,7 +1603,8 @@ impl Authority {
         let subject = profile.check(&subject, req.days, now_secs())?;
         let serial = SerialNumber::random();
         let serial_hex = serial.to_hex();
-        let crl_partition = crate::crl::partition_of(&serial, self.config.crl.partitions);
+        let crl_partition =
+            crate::crl::partition_of(&serial, self.config.crl.partitions_of(profile.issuer));
         let request_json =
             serde_json::to_string(&subject).map_err(|e| Error::Encoding(e.to_string()))?;
         let op = WriteOp::Reserve {

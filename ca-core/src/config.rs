@@ -240,19 +240,37 @@ impl Default for RaConfig {
     }
 }
 
-/// How CRLs are partitioned (docs/REVOCATION.md).
-#[derive(Debug, Clone, Deserialize)]
+/// How CRLs are partitioned, per issuing CA (docs/REVOCATION.md "Which CRL a client needs").
+///
+/// A partitioned CRL carries a critical IssuingDistributionPoint, which NSS (Thunderbird,
+/// Firefox) refuses (`SEC_ERROR_CRL_UNKNOWN_CRITICAL_EXTENSION`); GnuPG's dirmngr and OpenSSL
+/// accept it. So the Individual CA, whose certificates mail clients check, names its full CRL
+/// by default, and the Server CA (TLS clients do not fetch CDPs; browsers use their own
+/// revocation feeds) is partitioned by default (TLS BR §7.2.2.1).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrlConfig {
-    /// Partitions per issuing CA (0: none; certificates then name the full CRL). A certificate
-    /// is assigned its partition when it is reserved, and keeps it: changing this affects only
-    /// certificates issued afterwards, and the partitions already used keep being published.
-    pub partitions: u16,
+    /// Partitions of both issuing CAs, where the per-CA setting below is not given.
+    pub partitions: Option<u16>,
+    /// Partitions of the Individual & Organisational CA (default 0: certificates name the full
+    /// CRL, which NSS and GnuPG can use).
+    pub individual_partitions: Option<u16>,
+    /// Partitions of the Server CA (default 16).
+    pub server_partitions: Option<u16>,
 }
 
-impl Default for CrlConfig {
-    fn default() -> Self {
-        CrlConfig { partitions: 16 }
+impl CrlConfig {
+    /// The partitions of an issuing CA (0: none; its certificates then name the full CRL). A
+    /// certificate is assigned its partition when it is reserved, and keeps it: a change
+    /// affects only certificates issued afterwards, and the partitions already used keep being
+    /// published. The root is never partitioned.
+    pub fn partitions_of(&self, role: crate::profile::CaRole) -> u16 {
+        use crate::profile::CaRole;
+        match role {
+            CaRole::Root => 0,
+            CaRole::Individual => self.individual_partitions.or(self.partitions).unwrap_or(0),
+            CaRole::Server => self.server_partitions.or(self.partitions).unwrap_or(16),
+        }
     }
 }
 
@@ -557,11 +575,17 @@ impl Config {
         if let Some(arc) = &self.ca.policy_arc {
             crate::ext::PolicyOid::parse(arc)?;
         }
-        if self.crl.partitions > crate::crl::MAX_PARTITIONS {
-            return Err(Error::Config(format!(
-                "crl.partitions must be 0 to {}",
-                crate::crl::MAX_PARTITIONS
-            )));
+        for (key, n) in [
+            ("partitions", self.crl.partitions),
+            ("individual_partitions", self.crl.individual_partitions),
+            ("server_partitions", self.crl.server_partitions),
+        ] {
+            if n.is_some_and(|n| n > crate::crl::MAX_PARTITIONS) {
+                return Err(Error::Config(format!(
+                    "crl.{key} must be 0 to {}",
+                    crate::crl::MAX_PARTITIONS
+                )));
+            }
         }
         let o = &self.ocsp;
         if !(8..=240).contains(&o.validity_hours) {

@@ -184,7 +184,7 @@ pub async fn crl(config: Config, b: CrlBench) -> anyhow::Result<()> {
             d.second()
         ))
     };
-    let partitions = auth.config().crl.partitions;
+    let partitions = auth.config().crl.partitions_of(CaRole::Individual);
     let started = Instant::now();
     let pool = auth.store().pool();
     let mut conn = pool.acquire().await?;

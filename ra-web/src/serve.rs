@@ -461,7 +461,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
                     Scope::Partition(k) if *r == role => Some(k + 1),
                     _ => None,
                 })
-                .fold(s.config.crl.partitions, u16::max);
+                .fold(s.config.crl.partitions_of(role), u16::max);
             let mut stale = Vec::new();
             for k in 0..expected {
                 match known.get(&(role, Scope::Partition(k))) {

@@ -20,6 +20,8 @@ mod crash;
 mod crl;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/nss.rs"]
+mod nss;
 #[path = "e2e/ocsp.rs"]
 mod ocsp;
 #[path = "e2e/profiles.rs"]

@@ -116,7 +116,15 @@ pub fn spawn_listening(mut c: std::process::Command, stderr: Stdio) -> Server {
 
 #[test]
 fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
-    let ca = Ca::init();
+    // Partitioned by configuration (the Individual CA names its full CRL by default), so a
+    // revocation republishes the full CRL and one partition.
+    let ca = Ca::new();
+    std::fs::write(
+        ca.data_dir().join("ecert.toml"),
+        format!("{CONFIG_TOML}[crl]\nindividual_partitions = 16\n"),
+    )
+    .unwrap();
+    ca.ecert_ok(&["init"]);
     let case = personal();
     let csr = ca.csr("a", KeyType::P256);
     let leaf = ca.issue(case.profile, &csr.csr, &case.args, "before serving");
