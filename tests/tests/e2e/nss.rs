@@ -32,7 +32,7 @@ fn nss_db(dir: &Path, root: &Path, issuing: &[&Path]) -> String {
     let db = format!("sql:{}", dir.display());
     let o = nss("certutil", &["-N", "-d", &db, "--empty-password"]);
     assert!(o.status.success(), "{}", text(&o));
-    let mut add = |nick: &str, trust: &str, file: &Path| {
+    let add = |nick: &str, trust: &str, file: &Path| {
         let o = nss(
             "certutil",
             &[
