@@ -1709,8 +1709,6 @@ impl Authority {
             crl_partition,
             base_url: self.config.base_url(),
             policy_arc: &self.policy_arc,
-            default_locality: &self.config.ca.default_locality,
-            country: &self.config.ca.country,
         };
         let params = profile.params(&ctx, subject, key, serial, now_secs(), days)?;
         // A certificate never outlives its issuing CA (RFC 5280 §6.1 would reject the chain
@@ -1895,7 +1893,9 @@ impl Authority {
         keep(&mut subject.surname, prev.surname);
         keep(&mut subject.organization, prev.organization);
         keep(&mut subject.org_id, prev.org_id);
+        keep(&mut subject.country, prev.country);
         keep(&mut subject.locality, prev.locality);
+        subject.government |= prev.government;
         keep(&mut subject.srn, prev.srn);
         keep(&mut subject.title, prev.title);
         if subject.emails.is_empty() {

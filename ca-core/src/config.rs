@@ -373,8 +373,6 @@ pub struct CaConfig {
     pub issuing_validity_days: u32,
     /// Policy OID arc; default: `2.25.<uuid>` made once by `ecert init` and kept in the database.
     pub policy_arc: Option<String>,
-    /// localityName put in server (OV) certificates when the request gives none.
-    pub default_locality: String,
 }
 
 impl Default for Config {
@@ -418,7 +416,6 @@ impl Default for CaConfig {
             root_validity_days: MAX_ROOT_VALIDITY_DAYS,
             issuing_validity_days: 10 * 365,
             policy_arc: None,
-            default_locality: "Hong Kong".into(),
         }
     }
 }

@@ -322,11 +322,11 @@ mod tests {
             crl_partition: Some(3),
             base_url: "http://pki.example.hk",
             policy_arc: "1.3.6.1.4.1.32473.1",
-            default_locality: "Hong Kong",
-            country: "HK",
         };
         let subject = SubjectData {
             organization: Some("Example Ltd".into()),
+            country: Some("HK".into()),
+            locality: Some("Hong Kong".into()),
             dns_names: vec!["www.example.hk".into()],
             ..Default::default()
         };

@@ -214,9 +214,22 @@ pub struct SubjectData {
     /// Organisation name.
     pub organization: Option<String>,
     /// Hong Kong Business Registration number (8 digits), carried as organizationIdentifier
-    /// `NTRHK-<number>` (S/MIME BR Appendix A.1).
+    /// `NTR<country>-<number>` (S/MIME BR §7.1.4.2.2(d), Appendix A.1).
     pub org_id: Option<String>,
-    /// Locality of the organisation (server certificates).
+    /// The organisation is a Government Entity (a bureau, department or statutory body)
+    /// verified as such: organizationIdentifier `GOV<country>` (S/MIME BR §7.1.4.2.2(d) Note
+    /// 2). Excludes `org_id`.
+    #[serde(default)]
+    pub government: bool,
+    /// The subject's country as verified (countryName, ISO 3166-1 alpha-2): for a person, the
+    /// issuer of the identity document checked at the counter (an HKID card: `HK`); for an
+    /// organisation, the country of the register it was checked in. Absent: no countryName
+    /// (S/MIME profiles; a server certificate needs it). S/MIME BR §7.1.4.2.2(n), TLS BR
+    /// §7.1.2.7.4.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// Locality of the organisation as verified from its registration (server certificates,
+    /// localityName; TLS BR §7.1.2.7.4).
     pub locality: Option<String>,
     /// DNS names (server certificates).
     pub dns_names: Vec<String>,
@@ -239,10 +252,6 @@ pub struct IssueContext<'a> {
     pub base_url: &'a str,
     /// This CA's policy OID arc.
     pub policy_arc: &'a str,
-    /// Default locality (server).
-    pub default_locality: &'a str,
-    /// Country of subscribers' organisations.
-    pub country: &'a str,
     /// The certificate's CRL partition (`None`: its CDP names the full CRL).
     pub crl_partition: Option<u16>,
 }
@@ -300,6 +309,22 @@ impl Profile {
                 return Err(self.refuse("the business registration number must be 8 digits"));
             }
         }
+        if let Some(c) = &s.country {
+            if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(self.refuse(
+                    "the country must be a two-letter ISO 3166-1 code in capitals (XX if none)",
+                ));
+            }
+        }
+        if s.government && s.org_id.is_some() {
+            return Err(self.refuse(
+                "a government entity has no business registration number (organizationIdentifier GOV)",
+            ));
+        }
+        if (s.org_id.is_some() || s.government) && s.country.is_none() {
+            return Err(self
+                .refuse("an organisation identifier needs the verified country of its register"));
+        }
         let need = |ok: bool, what: &str| {
             if ok {
                 Ok(())
@@ -315,7 +340,7 @@ impl Profile {
                 )?;
                 need(!s.emails.is_empty(), "an e-mail address is required")?;
                 need(
-                    s.organization.is_none() && s.org_id.is_none(),
+                    s.organization.is_none() && s.org_id.is_none() && !s.government,
                     "a personal certificate carries no organisation",
                 )?;
                 need(
@@ -326,8 +351,9 @@ impl Profile {
             ProfileKind::Organisational => {
                 need(s.given_name.is_some() || s.surname.is_some(), "the authorised user's surname or given name is required (S/MIME BR §7.1.4.2.5)")?;
                 need(
-                    s.organization.is_some() && s.org_id.is_some(),
-                    "the organisation name and business registration number are required",
+                    s.organization.is_some() && (s.org_id.is_some() || s.government),
+                    "the organisation name and its business registration number (or government \
+                     entity) are required",
                 )?;
                 need(!s.emails.is_empty(), "an e-mail address is required")?;
                 need(
@@ -337,8 +363,9 @@ impl Profile {
             }
             ProfileKind::Encipherment => {
                 need(
-                    s.organization.is_some() && s.org_id.is_some(),
-                    "the organisation name and business registration number are required",
+                    s.organization.is_some() && (s.org_id.is_some() || s.government),
+                    "the organisation name and its business registration number (or government \
+                     entity) are required",
                 )?;
                 need(
                     !s.emails.is_empty(),
@@ -367,7 +394,7 @@ impl Profile {
                     "a server certificate carries no e-mail or personal name",
                 )?;
                 need(
-                    s.org_id.is_none(),
+                    s.org_id.is_none() && !s.government,
                     "a server (OV) certificate carries no organizationIdentifier (TLS BR §7.1.4.2)",
                 )?;
             }
@@ -451,7 +478,7 @@ impl Profile {
         // issuer's SKI as the issuer certificate carries it.
         p.key_identifier_method =
             rcgen::KeyIdMethod::PreSpecified(crate::authority::key_id(key.spki_der())?);
-        p.distinguished_name = self.subject(ctx, s)?;
+        p.distinguished_name = self.subject(s)?;
         p.subject_alt_names = s
             .emails
             .iter()
@@ -517,7 +544,7 @@ impl Profile {
     /// §7.1.4.2.2): countryName, localityName, organizationName, organizationIdentifier, surname,
     /// givenName, commonName, serialNumber. countryName and serialNumber are PrintableString
     /// (X.520), the rest UTF8String (RFC 5280 §4.1.2.6).
-    fn subject(&self, ctx: &IssueContext<'_>, s: &SubjectData) -> Result<DistinguishedName> {
+    fn subject(&self, s: &SubjectData) -> Result<DistinguishedName> {
         const SURNAME: [u64; 4] = [2, 5, 4, 4];
         const GIVEN_NAME: [u64; 4] = [2, 5, 4, 42];
         const SERIAL_NUMBER: [u64; 4] = [2, 5, 4, 5];
@@ -530,20 +557,38 @@ impl Profile {
             })?))
         };
         let text = |v: &str| DnValue::Utf8String(v.to_string());
-        dn.push(DnType::CountryName, printable(ctx.country)?);
+        // Only verified values: the country of the document or register checked, the
+        // locality of the organisation's registration (S/MIME BR §7.1.4.2.2(k)(n); TLS BR
+        // §7.1.2.7.4: an OV certificate needs countryName and localityName or
+        // stateOrProvinceName). Never a configured default.
+        if let Some(c) = &s.country {
+            dn.push(DnType::CountryName, printable(c)?);
+        }
         if self.kind == ProfileKind::Server {
-            let locality = s.locality.as_deref().unwrap_or(ctx.default_locality);
+            let (Some(_), Some(locality)) = (&s.country, &s.locality) else {
+                return Err(self.refuse(
+                    "a server (OV) certificate needs the organisation's verified country and \
+                     locality (TLS BR §7.1.2.7.4)",
+                ));
+            };
             dn.push(DnType::LocalityName, text(locality));
         }
         if let Some(o) = &s.organization {
             dn.push(DnType::OrganizationName, text(o));
         }
-        if let Some(id) = &s.org_id {
-            // S/MIME BR §7.1.4.2.2 d and Appendix A.1: scheme NTR, the country, the Business
-            // Registration number.
+        // S/MIME BR §7.1.4.2.2(d): scheme NTR, the register's country, the Business
+        // Registration number (Appendix A.1); a Government Entity: GOV and the country, no
+        // reference (Note 2). The country matches countryName (Note 1): both are `s.country`.
+        let org_identifier = match (&s.org_id, s.government, &s.country) {
+            (Some(id), false, Some(c)) => Some(format!("NTR{c}-{id}")),
+            (None, true, Some(c)) => Some(format!("GOV{c}")),
+            (None, false, _) => None,
+            _ => return Err(self.refuse("an organisation identifier needs its register's country")),
+        };
+        if let Some(id) = org_identifier {
             dn.push(
                 DnType::CustomDnType(ORGANIZATION_IDENTIFIER.to_vec()),
-                printable(&format!("NTR{}-{id}", ctx.country))?,
+                printable(&id)?,
             );
         }
         match self.kind {
@@ -674,6 +719,99 @@ mod tests {
         }
     }
 
+    #[test]
+    /// Issue 12, defects 5 and 6: countryName and localityName only as verified (never a
+    /// configured default), and a government entity named `GOV<country>`.
+    fn subject_names_only_verified_values() {
+        use rcgen::{DnType, DnValue};
+        let key = crate::keys::SubscriberKey::from_spki_der(
+            &rcgen::PublicKeyData::subject_public_key_info(
+                &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            ),
+        )
+        .unwrap();
+        let ctx = IssueContext {
+            base_url: "http://pki.example.hk",
+            policy_arc: "1.3.6.1.4.1.32473.1",
+            crl_partition: None,
+        };
+        let dn = |profile: &str, s: &SubjectData| {
+            let p = Profile::get(profile).unwrap();
+            let s = p.check(s, None, now())?;
+            let params = p.params(
+                &ctx,
+                &s,
+                &key,
+                crate::serial::SerialNumber::random(),
+                now(),
+                None,
+            )?;
+            let text = |t: DnType| {
+                params.distinguished_name.get(&t).map(|v| match v {
+                    DnValue::PrintableString(p) => p.as_str().to_string(),
+                    DnValue::Utf8String(u) => u.clone(),
+                    other => format!("{other:?}"),
+                })
+            };
+            Ok::<_, Error>((
+                text(DnType::CountryName),
+                text(DnType::LocalityName),
+                text(DnType::CustomDnType(vec![2, 5, 4, 97])),
+            ))
+        };
+        // A person without a verified document country: no countryName at all.
+        assert_eq!(dn("personal", &personal()).unwrap(), (None, None, None));
+        let checked = SubjectData {
+            country: Some("HK".into()),
+            ..personal()
+        };
+        assert_eq!(dn("personal", &checked).unwrap().0.as_deref(), Some("HK"));
+        // A bureau: GOVHK, no registration reference (pkilint's GOV scheme forbids one).
+        let bureau = SubjectData {
+            emails: vec!["info@example.gov.hk".into()],
+            organization: Some("Example Bureau".into()),
+            government: true,
+            country: Some("HK".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            dn("encipherment", &bureau).unwrap(),
+            (Some("HK".into()), None, Some("GOVHK".into()))
+        );
+        let both = SubjectData {
+            org_id: Some("12345678".into()),
+            ..bureau.clone()
+        };
+        assert!(dn("encipherment", &both).is_err());
+        let no_country = SubjectData {
+            country: None,
+            ..bureau
+        };
+        assert!(dn("encipherment", &no_country).is_err());
+        // A server certificate needs the verified country and locality; no default fills in.
+        let server = SubjectData {
+            organization: Some("Example Ltd".into()),
+            dns_names: vec!["www.example.hk".into()],
+            ..Default::default()
+        };
+        let e = dn("server", &server).unwrap_err().to_string();
+        assert!(e.contains("verified country and locality"), "{e}");
+        let verified = SubjectData {
+            country: Some("HK".into()),
+            locality: Some("Kowloon".into()),
+            ..server
+        };
+        assert_eq!(
+            dn("server", &verified).unwrap(),
+            (Some("HK".into()), Some("Kowloon".into()), None)
+        );
+        let bad = SubjectData {
+            country: Some("Hong Kong".into()),
+            ..verified
+        };
+        assert!(dn("server", &bad).is_err());
+    }
+
     /// The role is required by organisational-role and refused by every other profile.
     #[test]
     fn only_the_role_profile_carries_a_title() {
@@ -683,6 +821,7 @@ mod tests {
             emails: vec!["sm.wong@example.hk".into()],
             organization: Some("Example Hospital Authority".into()),
             org_id: Some("12345678".into()),
+            country: Some("HK".into()),
             ..Default::default()
         };
         let role = Profile::get("organisational-role").unwrap();

@@ -83,6 +83,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (18, "mailbox_caps", include_str!("../../migrations/sqlite/0018_mailbox_caps.sql")),
     (19, "signin_sources", include_str!("../../migrations/sqlite/0019_signin_sources.sql")),
     (20, "key_compromise_reports", include_str!("../../migrations/sqlite/0020_key_compromise_reports.sql")),
+    (21, "verified_subject", include_str!("../../migrations/sqlite/0021_verified_subject.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -106,6 +107,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (18, "mailbox_caps", include_str!("../../migrations/postgres/0018_mailbox_caps.sql")),
     (19, "signin_sources", include_str!("../../migrations/postgres/0019_signin_sources.sql")),
     (20, "key_compromise_reports", include_str!("../../migrations/postgres/0020_key_compromise_reports.sql")),
+    (21, "verified_subject", include_str!("../../migrations/postgres/0021_verified_subject.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

@@ -228,10 +228,21 @@ struct IssueArgs {
     /// Organisation name.
     #[arg(long)]
     org: Option<String>,
-    /// Hong Kong Business Registration number (8 digits).
-    #[arg(long)]
+    /// Hong Kong Business Registration number (8 digits): organizationIdentifier
+    /// `NTR<country>-<number>`.
+    #[arg(long, conflicts_with = "government")]
     org_id: Option<String>,
-    /// Locality (server certificates; default from configuration).
+    /// The organisation is a government bureau, department or statutory body:
+    /// organizationIdentifier `GOV<country>` (S/MIME BR §7.1.4.2.2(d) Note 2).
+    #[arg(long)]
+    government: bool,
+    /// The subject's country as you verified it (ISO 3166-1 alpha-2): the issuer of the
+    /// identity document checked, or the country of the organisation's register. Required for
+    /// server certificates and with --org-id/--government; without it no countryName.
+    #[arg(long)]
+    country: Option<String>,
+    /// Locality of the organisation's registered address, as verified (server certificates,
+    /// required).
     #[arg(long)]
     locality: Option<String>,
     /// The holder's role (organisational-role certificates; subject title).
@@ -716,6 +727,8 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
             emails: a.emails,
             organization: a.org,
             org_id: a.org_id,
+            government: a.government,
+            country: a.country,
             locality: a.locality,
             dns_names: a.dns_names,
             srn: None,

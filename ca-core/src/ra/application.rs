@@ -64,7 +64,11 @@ pub struct NewApplication {
     pub entered_by: Option<String>,
     /// Organisation name as registered (organisational, encipherment, server).
     pub organization: String,
-    /// Hong Kong Business Registration number, 8 digits (organisational, encipherment, server).
+    /// Which register the organisation is in: `ntr` (default: it has a Business Registration
+    /// number) or `gov` (a government bureau, department or statutory body).
+    pub org_register: String,
+    /// Hong Kong Business Registration number, 8 digits (organisational, encipherment, server;
+    /// empty for `gov`).
     pub org_id: String,
     /// organisational: the Authorised User's surname, put in the certificate.
     pub user_surname: String,
@@ -98,6 +102,41 @@ pub fn business_registration_number(typed: &str) -> Result<String> {
             "org_id",
             "the business registration number has 8 digits",
         ))
+    }
+}
+
+/// The country of every register an organisation is checked in here (the Business Registration
+/// Office's, and the HKSAR Government's list of its bureaux, departments and statutory bodies):
+/// an organisation's countryName and the country of its organizationIdentifier.
+pub const REGISTER_COUNTRY: &str = "HK";
+
+/// The country that issued an identity document the counter checks: a person's countryName
+/// (S/MIME BR §7.1.4.2.2(n)). `HKID`, the Hong Kong Identity Card, is the document an
+/// application is made with.
+pub fn document_country(document: &str) -> Option<&'static str> {
+    match document {
+        "HKID" => Some("HK"),
+        _ => None,
+    }
+}
+
+/// The organisation's register and Business Registration number as applied for: `NTR` with
+/// its 8 digits, or `GOV` without one (S/MIME BR §7.1.4.2.2(d) Note 2).
+pub fn organisation_register(
+    register: &str,
+    org_id: &str,
+) -> Result<(&'static str, Option<String>)> {
+    match register.trim().to_ascii_lowercase().as_str() {
+        "" | "ntr" => Ok(("NTR", Some(business_registration_number(org_id)?))),
+        "gov" if org_id.trim().is_empty() => Ok(("GOV", None)),
+        "gov" => Err(invalid(
+            "org_id",
+            "a government bureau, department or statutory body has no business registration number: leave it empty",
+        )),
+        _ => Err(invalid(
+            "org_register",
+            "ntr (a Business Registration number) or gov (a government bureau, department or statutory body)",
+        )),
     }
 }
 
@@ -199,12 +238,12 @@ fn validate(
 /// its mailbox (encipherment); the organisation and the DNS names (server; the e-mail there is
 /// only for contact).
 fn subject_of(profile: &Profile, a: &NewApplication) -> Result<SubjectData> {
-    let organisation = || -> Result<(String, String)> {
+    // The organisation, its register (the organisation check confirms it) and that register's
+    // country; [`subject_of_record`] keeps the country only once it was checked.
+    let organisation = || -> Result<(String, Option<String>, bool)> {
         check_len("organization", &a.organization, 1, 64)?;
-        Ok((
-            a.organization.trim().to_string(),
-            business_registration_number(&a.org_id)?,
-        ))
+        let (register, br) = organisation_register(&a.org_register, &a.org_id)?;
+        Ok((a.organization.trim().to_string(), br, register == "GOV"))
     };
     Ok(match profile.kind {
         ProfileKind::Personal => SubjectData {
@@ -214,7 +253,7 @@ fn subject_of(profile: &Profile, a: &NewApplication) -> Result<SubjectData> {
             ..Default::default()
         },
         ProfileKind::Organisational => {
-            let (org, br) = organisation()?;
+            let (org, br, government) = organisation()?;
             check_len("user_surname", &a.user_surname, 1, 40)?;
             check_len("user_given_name", &a.user_given_name, 1, 60)?;
             let title = if profile.role {
@@ -229,21 +268,25 @@ fn subject_of(profile: &Profile, a: &NewApplication) -> Result<SubjectData> {
                 given_name: Some(a.user_given_name.trim().to_string()),
                 emails: vec![a.email.trim().to_string()],
                 organization: Some(org),
-                org_id: Some(br),
+                org_id: br,
+                government,
+                country: Some(REGISTER_COUNTRY.into()),
                 ..Default::default()
             }
         }
         ProfileKind::Encipherment => {
-            let (org, br) = organisation()?;
+            let (org, br, government) = organisation()?;
             SubjectData {
                 emails: vec![a.email.trim().to_string()],
                 organization: Some(org),
-                org_id: Some(br),
+                org_id: br,
+                government,
+                country: Some(REGISTER_COUNTRY.into()),
                 ..Default::default()
             }
         }
         ProfileKind::Server => {
-            let (org, _) = organisation()?;
+            let (org, _, _) = organisation()?;
             let names = dns_names(&a.dns_names);
             if names.iter().any(|n| n.starts_with("*.")) {
                 return Err(invalid("dns_names", "wildcard names are not issued"));
@@ -314,9 +357,12 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     let revocation_hash = hash_password_async(&a.revocation_secret).await?;
     let t = now();
     let hkid_index = vault.blind_index(Field::Hkid, hkid.expose())?;
-    let org_id = (profile.kind != ProfileKind::Personal)
-        .then(|| business_registration_number(&a.org_id))
-        .transpose()?;
+    let (org_register, org_id) = if profile.kind == ProfileKind::Personal {
+        (None, None)
+    } else {
+        let (register, br) = organisation_register(&a.org_register, &a.org_id)?;
+        (Some(register), br)
+    };
     if key_certified_to_another(
         store,
         &csr.key().fingerprint(),
@@ -363,17 +409,18 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         let server = profile.kind == ProfileKind::Server;
         sqlx::query(
             "UPDATE applications SET organization = $2, org_id = $3, user_surname = $4, user_given_name = $5, \
-             dns_names = $6, dcv_token = $7, dcv_token_at = $8, user_title = $9 WHERE id = $1",
+             dns_names = $6, dcv_token = $7, dcv_token_at = $8, user_title = $9, org_register = $10 WHERE id = $1",
         )
         .bind(&id)
         .bind(subject.organization.clone())
-        .bind(business_registration_number(&a.org_id)?)
+        .bind(org_id.clone())
         .bind(if profile.kind == ProfileKind::Organisational { subject.surname.clone() } else { None })
         .bind(if profile.kind == ProfileKind::Organisational { subject.given_name.clone() } else { None })
         .bind(server.then(|| subject.dns_names.join(" ")))
         .bind(server.then(super::domains::dcv_token))
         .bind(server.then_some(t))
         .bind(subject.title.clone())
+        .bind(org_register)
         .execute(&mut *tx)
         .await?;
     }
@@ -402,11 +449,16 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
 }
 
 /// The certificate's subject data from a stored application (at approval): the same rules as
-/// at submission ([`subject_of`]), from the application's columns.
+/// at submission ([`subject_of`]), from the application's columns; countryName and localityName
+/// only as the counter verified them (S/MIME BR §7.1.4.2.2(k)(n), TLS BR §7.1.2.7.4): a
+/// person's country is the issuer of the identity document a matched identity check saw, an
+/// organisation's the country of the register its check confirmed, and a server's locality the
+/// one the clerk read from the organisation's registration.
 pub(super) fn subject_of_record(profile: &Profile, r: &Application) -> Result<SubjectData> {
-    subject_of(
+    let mut s = subject_of(
         profile,
         &NewApplication {
+            org_register: r.org_register.clone().unwrap_or_default(),
             surname: r.surname.clone(),
             given_name: r.given_name.clone(),
             email: r.email.clone(),
@@ -418,7 +470,16 @@ pub(super) fn subject_of_record(profile: &Profile, r: &Application) -> Result<Su
             dns_names: r.dns_names(),
             ..Default::default()
         },
-    )
+    )?;
+    s.country = match profile.kind {
+        ProfileKind::Personal => r.identity_document.as_deref().and_then(document_country),
+        _ => r.org_checked_version.is_some().then_some(REGISTER_COUNTRY),
+    }
+    .map(str::to_string);
+    if profile.kind == ProfileKind::Server {
+        s.locality = r.org_locality.clone();
+    }
+    Ok(s)
 }
 
 /// [`minor_days`] now, from the application's sealed date of birth.

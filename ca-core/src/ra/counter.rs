@@ -17,7 +17,7 @@ use crate::authority::Authority;
 use crate::error::{Error, Result};
 use crate::hkid::Hkid;
 use crate::pii::Field;
-use crate::profile::{Profile, SubjectData};
+use crate::profile::{Profile, ProfileKind, SubjectData};
 use crate::row::row;
 use crate::store::Store;
 
@@ -172,8 +172,12 @@ pub struct StaffView {
     pub certificate: Option<String>,
     /// Why it was rejected.
     pub rejected_reason: Option<String>,
-    /// The organisation and its business registration number (not personal).
+    /// The organisation and its business registration number (empty for a government
+    /// entity) (not personal).
     pub organization: Option<(String, String)>,
+    /// The register the organisation is in: `NTR` (Business Registration) or `GOV` (a
+    /// government bureau, department or statutory body).
+    pub org_register: Option<String>,
     /// organisational: the Authorised User named in the certificate.
     pub authorised_user: Option<String>,
     /// Whether the organisation's documents were checked for this version.
@@ -262,10 +266,11 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
         same_hkid: same,
         dual_control: ApprovalPolicy::of(ra, &r.profile).dual_control,
         approvals,
-        organization: match (r.organization.clone(), r.org_id.clone()) {
-            (Some(o), Some(br)) => Some((o, br)),
-            _ => None,
-        },
+        organization: r
+            .organization
+            .clone()
+            .map(|o| (o, r.org_id.clone().unwrap_or_default())),
+        org_register: r.org_register.clone(),
         authorised_user: match (&r.user_surname, &r.user_given_name) {
             (Some(s), Some(g)) => Some(match &r.user_title {
                 Some(title) => format!("{s} {g} ({title})"),
@@ -360,6 +365,8 @@ pub async fn check_identity(
     let typed = Hkid::parse(typed_hkid)?;
     let typed_index = vault.blind_index(Field::Hkid, typed.expose())?;
     let matched = ct_eq(&r.hkid_index, &typed_index);
+    // The document is the HKID card the application was made with: its issuer is the
+    // certificate's countryName (`application::document_country`).
     record_check(
         store,
         staff,
@@ -367,7 +374,8 @@ pub async fn check_identity(
         version,
         CounterCheck::Identity,
         matched,
-        json!({ "version": version, "card_sighted": card_sighted, "guardian_consent": minor.then_some(guardian_consent) }),
+        Some("HKID"),
+        json!({ "version": version, "document": "HKID", "card_sighted": card_sighted, "guardian_consent": minor.then_some(guardian_consent) }),
     )
     .await?;
     if matched {
@@ -390,8 +398,10 @@ enum CounterCheck {
 }
 
 /// Records a counter check of `version`: a match records who and when (for that version
-/// only); a mismatch withdraws any earlier check, so approval waits for a clerk to check again.
-/// Audited as `ra.<what>.checked` or `ra.<what>.mismatch` with `detail`.
+/// only) and what it verified (`verified`: the identity document, or the organisation's
+/// locality); a mismatch withdraws any earlier check, so approval waits for a clerk to check
+/// again. Audited as `ra.<what>.checked` or `ra.<what>.mismatch` with `detail`.
+#[allow(clippy::too_many_arguments)]
 async fn record_check(
     store: &Store,
     staff: &StaffSession,
@@ -399,20 +409,21 @@ async fn record_check(
     version: i64,
     check: CounterCheck,
     matched: bool,
+    verified: Option<&str>,
     detail: serde_json::Value,
 ) -> Result<()> {
     let (set, clear, checked, mismatch) = match check {
         CounterCheck::Identity => (
-            "UPDATE applications SET identity_by = $2, identity_at = $3, identity_version = $4, updated_at = $3 \
+            "UPDATE applications SET identity_by = $2, identity_at = $3, identity_version = $4, identity_document = $5, updated_at = $3 \
              WHERE id = $1 AND version = $4 AND state = 'submitted'",
-            "UPDATE applications SET identity_by = NULL, identity_at = NULL, identity_version = NULL, updated_at = $2 WHERE id = $1",
+            "UPDATE applications SET identity_by = NULL, identity_at = NULL, identity_version = NULL, identity_document = NULL, updated_at = $2 WHERE id = $1",
             "ra.identity.checked",
             "ra.identity.mismatch",
         ),
         CounterCheck::Organisation => (
-            "UPDATE applications SET org_checked_by = $2, org_checked_at = $3, org_checked_version = $4, updated_at = $3 \
+            "UPDATE applications SET org_checked_by = $2, org_checked_at = $3, org_checked_version = $4, org_locality = $5, updated_at = $3 \
              WHERE id = $1 AND version = $4 AND state = 'submitted'",
-            "UPDATE applications SET org_checked_by = NULL, org_checked_at = NULL, org_checked_version = NULL, updated_at = $2 WHERE id = $1",
+            "UPDATE applications SET org_checked_by = NULL, org_checked_at = NULL, org_checked_version = NULL, org_locality = NULL, updated_at = $2 WHERE id = $1",
             "ra.organisation.checked",
             "ra.organisation.mismatch",
         ),
@@ -425,6 +436,7 @@ async fn record_check(
             .bind(&staff.staff)
             .bind(t)
             .bind(version)
+            .bind(verified)
             .execute(&mut *tx)
             .await?
     } else {
@@ -539,10 +551,17 @@ pub async fn amend_contact(
     Ok(code)
 }
 
-/// The clerk's check of the organisation for this version: the Business Registration
-/// Certificate sighted and its number typed (it must match the application's), and the
-/// organisation's written authorisation of the Authorised Representative sighted (S/MIME BR
-/// §3.2.3, TLS BR §3.2.2.1 and §3.2.5). A mismatch withdraws an earlier check.
+/// The clerk's check of the organisation for this version (S/MIME BR §3.2.3, TLS BR §3.2.2.1
+/// and §3.2.5), in the register the application names:
+/// - `NTR`: the Business Registration Certificate sighted and its number typed (it must match
+///   the application's);
+/// - `GOV`: a government bureau, department or statutory body, on the Government's own list,
+///   with no number (`typed_br` empty);
+///
+/// and in both the organisation's written authorisation of its representative sighted. A
+/// server application also records the locality of the registered address, typed from the
+/// registration: the certificate's localityName (TLS BR §7.1.2.7.4). A mismatch withdraws an
+/// earlier check.
 pub async fn check_organisation(
     auth: &Authority,
     staff: &StaffSession,
@@ -550,22 +569,59 @@ pub async fn check_organisation(
     version: i64,
     typed_br: &str,
     documents_sighted: bool,
+    locality: Option<&str>,
 ) -> Result<()> {
     let store = auth.store();
     let r = staff_owned(store, staff, id).await?;
     r.open_at(Some(version))?;
-    let Some(stored) = r.org_id.clone() else {
+    let profile = Profile::get(&r.profile)?;
+    if profile.kind == ProfileKind::Personal {
         return Err(Error::Conflict(
             "a personal application has no organisation to check".into(),
         ));
-    };
+    }
     if !documents_sighted {
         return Err(invalid(
             "documents_sighted",
-            "confirm that you have seen the business registration certificate and the authorisation",
+            "confirm that you have seen the registration document and the authorisation",
         ));
     }
-    let matched = business_registration_number(typed_br)? == stored;
+    let locality = locality.map(str::trim).filter(|l| !l.is_empty());
+    match (profile.kind == ProfileKind::Server, locality) {
+        (true, Some(l)) => {
+            check_len("locality", l, 1, 64)?;
+            if l.chars().any(char::is_control) || l.contains("  ") {
+                return Err(invalid("locality", "the locality as on the registration"));
+            }
+        }
+        (true, None) => {
+            return Err(invalid(
+                "locality",
+                "type the locality of the organisation's registered address (e.g. Kowloon)",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(invalid(
+                "locality",
+                "only a server application records a locality",
+            ))
+        }
+        (false, None) => {}
+    }
+    let register = r.org_register.as_deref().unwrap_or("NTR");
+    let matched = match (register, r.org_id.as_deref()) {
+        ("GOV", _) => {
+            if !typed_br.trim().is_empty() {
+                return Err(invalid(
+                    "org_id",
+                    "a government bureau, department or statutory body has no business registration number: leave it empty",
+                ));
+            }
+            true
+        }
+        (_, Some(stored)) => business_registration_number(typed_br)? == stored,
+        (_, None) => false,
+    };
     record_check(
         store,
         staff,
@@ -573,7 +629,8 @@ pub async fn check_organisation(
         version,
         CounterCheck::Organisation,
         matched,
-        json!({ "version": version, "documents_sighted": documents_sighted }),
+        locality,
+        json!({ "version": version, "register": register, "documents_sighted": documents_sighted, "locality": locality }),
     )
     .await?;
     if matched {

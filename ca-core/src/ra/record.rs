@@ -18,7 +18,8 @@ macro_rules! columns {
         "id, reference, profile, version, state, surname, given_name, name_zh, email, \
      email_confirmed_at, hkid_sealed, dob_sealed, phone_sealed, address_sealed, identity_version, fee_amount, \
      fee_method, fee_receipt, hkid_index, certificate, rejected_reason, csr, organization, org_id, user_surname, \
-     user_given_name, dns_names, org_checked_version, user_title, issue_error, entered_by, identity_by, fee_by"
+     user_given_name, dns_names, org_checked_version, user_title, issue_error, entered_by, identity_by, fee_by, \
+     org_register, identity_document, org_locality"
     };
 }
 
@@ -70,6 +71,12 @@ row! {
         pub identity_by: Option<String>,
         /// The staff id of who recorded the fee.
         pub fee_by: Option<String>,
+        /// The register the organisation is in: `NTR` or `GOV` (organisation profiles).
+        pub org_register: Option<String>,
+        /// The document a matched identity check saw (`HKID`).
+        pub identity_document: Option<String>,
+        /// The locality of the organisation's registration, verified at the counter (server).
+        pub org_locality: Option<String>,
     }
 }
 

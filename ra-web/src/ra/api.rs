@@ -258,6 +258,11 @@ pub struct NewApplication {
     /// Organisation name (organisational, encipherment, server).
     #[serde(default)]
     organization: String,
+    /// `ntr` (default: a Business Registration number in `org_id`) or `gov` (a government
+    /// bureau, department or statutory body; `org_id` empty): organizationIdentifier
+    /// `NTRHK-<number>` or `GOVHK`.
+    #[serde(default)]
+    org_register: String,
     /// Hong Kong Business Registration number, 8 digits.
     #[serde(default)]
     org_id: String,
@@ -327,6 +332,7 @@ async fn create(
             language: a.language,
             entered_by: Some(staff.username.clone()),
             organization: a.organization,
+            org_register: a.org_register,
             org_id: a.org_id,
             user_surname: a.user_surname,
             user_given_name: a.user_given_name,
@@ -378,8 +384,10 @@ pub struct ApplicationView {
     rejected_reason: Option<String>,
     /// Organisation name (organisational, encipherment, server).
     organization: Option<String>,
-    /// Business registration number.
+    /// Business registration number (empty for a government entity).
     org_id: Option<String>,
+    /// `NTR` or `GOV`.
+    org_register: Option<String>,
     /// organisational: the Authorised User named in the certificate.
     authorised_user: Option<String>,
     /// The organisation's documents were checked for this version.
@@ -444,6 +452,7 @@ async fn show(
         rejected_reason: v.rejected_reason,
         organization: v.organization.as_ref().map(|o| o.0.clone()),
         org_id: v.organization.map(|o| o.1),
+        org_register: v.org_register,
         authorised_user: v.authorised_user,
         organisation_checked: v.organisation_checked,
         random_value: v.dcv_token,
@@ -453,13 +462,17 @@ async fn show(
 }
 
 /// The counter check of the organisation: the number typed from the Business Registration
-/// Certificate, and both documents (the certificate and the organisation's authorisation of
-/// its representative) sighted.
+/// Certificate (empty for a government entity), both documents (the registration and the
+/// organisation's authorisation of its representative) sighted, and for a server application
+/// the locality of the registered address (the certificate's localityName).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OrganisationCheck {
     version: i64,
+    #[serde(default)]
     org_id: String,
     documents_sighted: bool,
+    #[serde(default)]
+    locality: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/applications/{id}/organisation", params(("id" = String, Path)), request_body = OrganisationCheck,
@@ -478,6 +491,7 @@ async fn organisation(
         b.version,
         &b.org_id,
         b.documents_sighted,
+        b.locality.as_deref(),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -980,6 +980,7 @@ async fn organisation_and_server_applications_over_http() {
             ("csrf", token.to_string()),
             ("version", "1".into()),
             ("org_id", br.into()),
+            ("locality", "Kwun Tong".into()),
         ];
         if sighted {
             f.push(("documents_sighted", "yes".into()));

@@ -686,6 +686,8 @@ pub struct ApplyForm {
     #[serde(default)]
     organization: String,
     #[serde(default)]
+    org_register: String,
+    #[serde(default)]
     org_id: String,
     #[serde(default)]
     user_surname: String,
@@ -726,6 +728,7 @@ impl ApplyForm {
             ra::NewApplication {
                 profile: self.profile,
                 organization: self.organization,
+                org_register: self.org_register,
                 org_id: self.org_id,
                 user_surname: self.user_surname,
                 user_given_name: self.user_given_name,
@@ -1546,6 +1549,8 @@ pub struct StaffForm {
     org_id: String,
     #[serde(default)]
     documents_sighted: Option<String>,
+    #[serde(default)]
+    locality: String,
 }
 
 /// A staff member's form POST on an application: signed in, with the session's CSRF token,
@@ -1618,6 +1623,7 @@ async fn staff_organisation(
         p.f.version,
         &p.f.org_id,
         p.f.documents_sighted.is_some(),
+        Some(p.f.locality.as_str()),
     )
     .await
     .map(|()| p.lang.0.texts().checked.to_string());

@@ -6,6 +6,7 @@ use std::path::Path;
 use ecert_e2e::*;
 use x509_parser::prelude::*;
 
+pub const OID_COUNTRY: &str = "2.5.4.6";
 pub const OID_CN: &str = "2.5.4.3";
 pub const OID_SURNAME: &str = "2.5.4.4";
 pub const OID_SERIAL_NUMBER: &str = "2.5.4.5";
@@ -62,7 +63,15 @@ pub fn personal() -> ProfileCase {
             (OID_SURNAME, "CHAN"),
             (OID_CN, "CHAN Tai Man"),
         ],
-        forbidden: vec![OID_O, OID_ORG_ID, OID_OU, OID_LOCALITY, OID_TITLE],
+        // No --country: the officer verified none, so no countryName (issue 12, defect 5).
+        forbidden: vec![
+            OID_O,
+            OID_ORG_ID,
+            OID_OU,
+            OID_LOCALITY,
+            OID_TITLE,
+            OID_COUNTRY,
+        ],
     }
 }
 
@@ -98,6 +107,8 @@ pub fn organisational() -> ProfileCase {
             "Example Trading Limited",
             "--org-id",
             "12345678",
+            "--country",
+            "HK",
         ],
         ca: "individual",
         linter: "lint_cabf_smime_cert",
@@ -105,6 +116,7 @@ pub fn organisational() -> ProfileCase {
         purpose: Some("smimesign"),
         sans: vec!["email:siuming.wong@example.hk"],
         attrs: vec![
+            (OID_COUNTRY, "HK"),
             (OID_O, "Example Trading Limited"),
             (OID_ORG_ID, "NTRHK-12345678"),
             (OID_GIVEN_NAME, "Siu Ming"),
@@ -122,6 +134,8 @@ pub fn encipherment() -> ProfileCase {
             "Example Trading Limited",
             "--org-id",
             "12345678",
+            "--country",
+            "HK",
             "--email",
             "secure@example.hk",
         ],
@@ -131,10 +145,35 @@ pub fn encipherment() -> ProfileCase {
         purpose: None,
         sans: vec!["email:secure@example.hk"],
         attrs: vec![
+            (OID_COUNTRY, "HK"),
             (OID_O, "Example Trading Limited"),
             (OID_ORG_ID, "NTRHK-12345678"),
         ],
         forbidden: vec![OID_GIVEN_NAME, OID_SURNAME, OID_SERIAL_NUMBER, OID_LOCALITY],
+    }
+}
+
+/// e-Cert (Encipherment) for a government bureau: organizationIdentifier `GOVHK` (S/MIME BR
+/// §7.1.4.2.2(d) Note 2), no registration number (issue 12, defect 6).
+pub fn encipherment_government() -> ProfileCase {
+    ProfileCase {
+        profile: "encipherment",
+        args: vec![
+            "--org",
+            "Example Bureau",
+            "--government",
+            "--country",
+            "HK",
+            "--email",
+            "secure@example.gov.hk",
+        ],
+        sans: vec!["email:secure@example.gov.hk"],
+        attrs: vec![
+            (OID_COUNTRY, "HK"),
+            (OID_O, "Example Bureau"),
+            (OID_ORG_ID, "GOVHK"),
+        ],
+        ..encipherment()
     }
 }
 
@@ -144,6 +183,8 @@ pub fn server() -> ProfileCase {
         args: vec![
             "--org",
             "Example Trading Limited",
+            "--country",
+            "HK",
             "--locality",
             "Kowloon",
             "--dns",

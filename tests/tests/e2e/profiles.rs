@@ -104,6 +104,11 @@ fn profile_organisational() {
 }
 
 #[test]
+fn profile_encipherment_government() {
+    matrix(encipherment_government());
+}
+
+#[test]
 fn profile_personal_minor() {
     matrix(personal_minor());
 }

@@ -841,15 +841,29 @@ fn server_application_with_domain_validation_and_caa() {
         "POST",
         &format!("{path}/organisation"),
         &clerk,
-        Some(serde_json::json!({"version": 1, "org_id": "12345679", "documents_sighted": true})),
+        Some(
+            serde_json::json!({"version": 1, "org_id": "12345679", "documents_sighted": true, "locality": "Kwun Tong"}),
+        ),
     );
     assert_eq!(st, 422, "{e}");
-    ok(api(
+    // A server application's check records the locality read from the registration: the
+    // certificate's localityName (issue 12, defect 5).
+    let (st, e) = api(
         addr,
         "POST",
         &format!("{path}/organisation"),
         &clerk,
         Some(serde_json::json!({"version": 1, "org_id": "1234-5678", "documents_sighted": true})),
+    );
+    assert!(st == 422 && e.to_string().contains("locality"), "{e}");
+    ok(api(
+        addr,
+        "POST",
+        &format!("{path}/organisation"),
+        &clerk,
+        Some(
+            serde_json::json!({"version": 1, "org_id": "1234-5678", "documents_sighted": true, "locality": "Kwun Tong"}),
+        ),
     ));
     ok(api(
         addr,
@@ -1054,14 +1068,19 @@ fn server_application_with_domain_validation_and_caa() {
         san_list(&c),
         vec!["dns:api.example.hk", "dns:www.example.hk"]
     );
-    assert!(
-        name_attrs(c.subject()).contains(&(
-            "2.5.4.10".to_string(),
-            "Example Trading Limited".to_string()
-        )),
-        "{:?}",
-        name_attrs(c.subject())
-    );
+    // The organisation as the counter verified it: the register's country and the locality
+    // typed from the registration, never a configured default (issue 12, defect 5).
+    let attrs = name_attrs(c.subject());
+    for (oid, value) in [
+        ("2.5.4.10", "Example Trading Limited"),
+        ("2.5.4.6", "HK"),
+        ("2.5.4.7", "Kwun Tong"),
+    ] {
+        assert!(
+            attrs.contains(&(oid.to_string(), value.to_string())),
+            "{oid}={value} not in {attrs:?}"
+        );
+    }
 
     // The applicant's chain downloads are built from the certificate's own issuer, the Server
     // CA (issue 11, defect 8: they bundled the Individual CA); openssl verifies the leaf with

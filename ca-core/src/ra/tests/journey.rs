@@ -394,10 +394,10 @@ async fn organisation_applications_need_their_documents_and_domains() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("organisation"), "{e}");
-    check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true)
+    check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true, None)
         .await
         .unwrap();
-    let e = check_organisation(&auth, &clerk, &sub.id, 1, "87654321", true)
+    let e = check_organisation(&auth, &clerk, &sub.id, 1, "87654321", true, None)
         .await
         .unwrap_err();
     assert!(
@@ -416,7 +416,7 @@ async fn organisation_applications_need_their_documents_and_domains() {
             .unwrap()
             .organisation_checked
     );
-    let e = check_organisation(&auth, &clerk, &sub.id, 1, "12345678", false)
+    let e = check_organisation(&auth, &clerk, &sub.id, 1, "12345678", false, None)
         .await
         .unwrap_err();
     assert!(
@@ -429,7 +429,7 @@ async fn organisation_applications_need_their_documents_and_domains() {
         ),
         "{e}"
     );
-    check_organisation(&auth, &clerk, &sub.id, 1, "1234 5678", true)
+    check_organisation(&auth, &clerk, &sub.id, 1, "1234 5678", true, None)
         .await
         .unwrap();
     let view = staff_view(&auth, &clerk, &sub.id).await.unwrap();
@@ -471,7 +471,7 @@ async fn organisation_applications_need_their_documents_and_domains() {
     let hkid_p = crate::hkid::synthetic("K", 220_013);
     let personal = submit(&auth, application(&hkid_p)).await.unwrap();
     assert!(matches!(
-        check_organisation(&auth, &clerk, &personal.id, 1, "12345678", true).await,
+        check_organisation(&auth, &clerk, &personal.id, 1, "12345678", true, None).await,
         Err(Error::Conflict(_))
     ));
 
@@ -499,9 +499,17 @@ async fn organisation_applications_need_their_documents_and_domains() {
     ));
     let sub2 = submit(&auth, server).await.unwrap();
     at_counter(&sub2, &hkid2, 50_000).await;
-    check_organisation(&auth, &clerk, &sub2.id, 1, "12345678", true)
-        .await
-        .unwrap();
+    check_organisation(
+        &auth,
+        &clerk,
+        &sub2.id,
+        1,
+        "12345678",
+        true,
+        Some("Kowloon"),
+    )
+    .await
+    .unwrap();
     let view = staff_view(&auth, &clerk, &sub2.id).await.unwrap();
     assert_eq!(view.authorised_user, None);
     let token = view.dcv_token.clone().unwrap();
@@ -680,7 +688,7 @@ async fn minors_and_roles() {
     check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
         .await
         .unwrap();
-    check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true)
+    check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true, None)
         .await
         .unwrap();
     record_fee(&auth, &clerk, &sub.id, 15_000, "cash", "R")

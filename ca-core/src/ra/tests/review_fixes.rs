@@ -1200,3 +1200,146 @@ async fn mpic_off_issues_no_br_server_certificate() {
     };
     auth.issue(request("personal", personal)).await.unwrap();
 }
+
+/// Issue 12, defects 5 and 6: countryName comes from what the counter verified — the HKID card
+/// a matched identity check saw (HK) for a person, the register the organisation check
+/// confirmed for an organisation — never from configuration; a government bureau is named
+/// `GOVHK` without a registration number; a server application's organisation check records the
+/// locality of its registration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_carry_what_the_counter_verified() {
+    use x509_parser::prelude::*;
+    // A configured country that is not Hong Kong's: it must not reach a subscriber.
+    let (_dir, auth) = test_ca_with(|c| c.ca.country = "GB".into()).await;
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+    let subject_of = |der: &[u8]| {
+        let (_, c) = X509Certificate::from_der(der).unwrap();
+        let get = |oid: &str| {
+            c.subject()
+                .iter_attributes()
+                .find(|a| a.attr_type().to_id_string() == oid)
+                .map(|a| a.as_str().unwrap().to_string())
+        };
+        (get("2.5.4.6"), get("2.5.4.97"))
+    };
+    let certificate = |serial: &str| {
+        let store = auth.store().clone();
+        let serial = serial.to_string();
+        async move {
+            store
+                .certificate(&serial)
+                .await
+                .unwrap()
+                .unwrap()
+                .cert_der
+                .unwrap()
+        }
+    };
+
+    // A person: HK, the issuer of the HKID card checked.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (_, serial) = issued_app(&auth, &clerk, &key, 7001).await;
+    assert_eq!(
+        subject_of(&certificate(&serial).await),
+        (Some("HK".into()), None)
+    );
+
+    // A bureau: organizationIdentifier GOVHK, no number; C=HK from the register.
+    let hkid = crate::hkid::synthetic("G", 7002);
+    let mut form = super::journey::application(&hkid);
+    form.profile = "encipherment".into();
+    form.organization = "Example Bureau".into();
+    form.org_register = "gov".into();
+    form.org_id = "12345678".into();
+    form.email = "info@example.gov.hk".into();
+    form.csr = super::journey::csr_for(
+        &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+    );
+    assert!(matches!(
+        submit(&auth, form.clone()).await,
+        Err(Error::Invalid {
+            field: "org_id",
+            ..
+        })
+    ));
+    form.org_id = String::new();
+    let sub = submit(&auth, form).await.unwrap();
+    confirm_email(auth.store(), &sub.reference, &sub.secret, &sub.email_code)
+        .await
+        .unwrap();
+    check_identity(&auth, &clerk, &sub.id, 1, hkid.expose(), true, false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true, None).await,
+        Err(Error::Invalid {
+            field: "org_id",
+            ..
+        })
+    ));
+    assert!(matches!(
+        check_organisation(&auth, &clerk, &sub.id, 1, "", true, Some("Kowloon")).await,
+        Err(Error::Invalid {
+            field: "locality",
+            ..
+        })
+    ));
+    check_organisation(&auth, &clerk, &sub.id, 1, "", true, None)
+        .await
+        .unwrap();
+    record_fee(&auth, &clerk, &sub.id, 15_000, "cash", "R-G")
+        .await
+        .unwrap();
+    let Decided::Issued { serial, .. } = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+        .await
+        .unwrap()
+    else {
+        panic!("not issued")
+    };
+    assert_eq!(
+        subject_of(&certificate(&serial).await),
+        (Some("HK".into()), Some("GOVHK".into()))
+    );
+
+    // A server application's organisation check needs the registration's locality.
+    let hkid = crate::hkid::synthetic("G", 7003);
+    let mut form = super::journey::application(&hkid);
+    form.profile = "server".into();
+    form.organization = "Example Trading Limited".into();
+    form.org_id = "1234-5678".into();
+    form.email = "it@example.hk".into();
+    form.dns_names = vec!["www.example.hk".into()];
+    form.csr = super::journey::csr_for(
+        &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+    );
+    let sub = submit(&auth, form).await.unwrap();
+    assert!(matches!(
+        check_organisation(&auth, &clerk, &sub.id, 1, "12345678", true, None).await,
+        Err(Error::Invalid {
+            field: "locality",
+            ..
+        })
+    ));
+    check_organisation(
+        &auth,
+        &clerk,
+        &sub.id,
+        1,
+        "12345678",
+        true,
+        Some(" Kwun Tong "),
+    )
+    .await
+    .unwrap();
+    let locality: Option<String> =
+        sqlx::query("SELECT org_locality FROM applications WHERE id = $1")
+            .bind(&sub.id)
+            .fetch_one(auth.store().pool())
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(locality.as_deref(), Some("Kwun Tong"));
+}
