@@ -5,8 +5,9 @@
 # System packages ecert needs at build/test/run time (Debian 12 names).
 # opensc: pkcs11-tool, an outside judge of the token (keys sensitive, never extractable).
 # libnss3-tools: vfychain, crlutil, certutil — NSS (Thunderbird, Firefox) judging chains, CRLs, OCSP.
+# knot, knot-dnssecutils, unbound: a signed test zone and a validating resolver (DNSSEC tests).
 # gcc, libc6-dev: ring and libsqlite3-sys build C code.
-ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver fonts-wqy-microhei libnss3-tools)
+ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound)
 
 # pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
 ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"

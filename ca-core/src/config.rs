@@ -83,10 +83,21 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DcvConfig {
-    /// The recursive resolver asked: `system` (the host's `/etc/resolv.conf`) or `IP:PORT`. It
-    /// must validate DNSSEC (TLS BR §3.2.2.8.1), e.g. a local Unbound; ecert trusts its answers
-    /// and treats SERVFAIL (which a validating resolver returns for bogus data) as a failure.
+    /// The DNSSEC-validating recursive resolver asked, `IP:PORT` (default `127.0.0.1:53`, a
+    /// local Unbound). TLS BR §3.2.2.4 and §3.2.2.8.1 require DNSSEC validation; ecert asks with
+    /// the AD bit and trusts the answer's AD bit only from a resolver on this host (RFC 4035
+    /// §4.9.3, RFC 6840 §5.7), so with `dnssec = "required"` it must be a loopback address.
     pub resolver: String,
+    /// `required` (the default): before any check the resolver must prove it validates (the
+    /// DNSKEY RRset of `dnssec_probe` comes back with AD), and a SERVFAIL that carries a DNSSEC
+    /// Extended DNS Error (bogus, RRSIGs missing, expired, ...; RFC 8914) fails the check with
+    /// [`crate::error::Error::Dnssec`]. `off`: no probe (tests of other things, and private
+    /// deployments; `config check --production` refuses it).
+    pub dnssec: Dnssec,
+    /// The zone whose DNSKEY RRset proves the resolver validates: `.` (the root, whose trust
+    /// anchor every validating resolver has). Another zone with its own trust anchor in the
+    /// resolver is for tests only.
+    pub dnssec_probe: String,
     /// The Issuer Domain Names this CA recognises in CAA `issue` records (RFC 8659 §4.2), as
     /// its CPS §4.2 names them. Empty: a domain with any `issue` record forbids issuance.
     pub caa_identities: Vec<String>,
@@ -99,6 +110,16 @@ pub struct DcvConfig {
     pub mpic: Mpic,
     /// The remote Network Perspectives (`ecert perspective serve` instances).
     pub perspectives: Vec<Perspective>,
+}
+
+/// Whether DNS answers must be DNSSEC-validated ([`DcvConfig::dnssec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dnssec {
+    /// The resolver must validate (proved by a probe) and a bogus answer fails closed.
+    Required,
+    /// No DNSSEC enforcement.
+    Off,
 }
 
 /// Whether remote perspectives must corroborate ([`DcvConfig::mpic`]).
@@ -134,7 +155,9 @@ pub const RIRS: [&str; 5] = ["AFRINIC", "APNIC", "ARIN", "LACNIC", "RIPE"];
 impl Default for DcvConfig {
     fn default() -> Self {
         DcvConfig {
-            resolver: "system".into(),
+            resolver: "127.0.0.1:53".into(),
+            dnssec: Dnssec::Required,
+            dnssec_probe: ".".into(),
             caa_identities: Vec::new(),
             timeout_seconds: 5,
             mpic: Mpic::Required,
@@ -464,12 +487,24 @@ impl Config {
 
     /// Checks what can be checked without touching the HSM or the database.
     pub fn validate(&self) -> Result<()> {
-        if self.dcv.resolver != "system"
-            && self.dcv.resolver.parse::<std::net::SocketAddr>().is_err()
-        {
+        let Ok(resolver) = self.dcv.resolver.parse::<std::net::SocketAddr>() else {
             return Err(Error::Config(format!(
-                "dcv.resolver must be \"system\" or IP:PORT, got {:?}",
+                "dcv.resolver must be IP:PORT of a DNSSEC-validating resolver (e.g. a local \
+                 Unbound at 127.0.0.1:53), got {:?}",
                 self.dcv.resolver
+            )));
+        };
+        if self.dcv.dnssec == Dnssec::Required && !resolver.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "dcv.resolver {resolver} is not on this host: with dcv.dnssec = \"required\" the \
+                 AD bit is trusted only from a resolver on a loopback address (RFC 4035 §4.9.3); \
+                 run a validating resolver here"
+            )));
+        }
+        if hickory_proto::rr::Name::from_ascii(&self.dcv.dnssec_probe).is_err() {
+            return Err(Error::Config(format!(
+                "dcv.dnssec_probe {:?} is not a DNS name",
+                self.dcv.dnssec_probe
             )));
         }
         if let Some(bad) = self
@@ -647,12 +682,18 @@ impl Config {
                 "{e}: server applications cannot have their domains validated until it is"
             ));
         }
-        if self.dcv.resolver == "system" {
+        if self.dcv.dnssec == Dnssec::Off {
             w.push(
-                "dcv.resolver is \"system\": ecert does not validate DNSSEC itself, so the host's resolver must \
-                 (TLS BR §3.2.2.8.1); name a validating resolver, e.g. a local Unbound, as IP:PORT"
+                "dcv.dnssec is \"off\": domain validation and CAA do not enforce DNSSEC (TLS BR \
+                 §3.2.2.4, §3.2.2.8.1)"
                     .into(),
             );
+        }
+        if !self.dcv.dnssec_probe.trim_end_matches('.').is_empty() {
+            w.push(format!(
+                "dcv.dnssec_probe is {:?}, not the root: a non-root trust anchor is for tests only",
+                self.dcv.dnssec_probe
+            ));
         }
         if self.dcv.caa_identities.is_empty() {
             w.push(
@@ -685,6 +726,18 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.dcv.dnssec == Dnssec::Off {
+            p.push(
+                "dcv.dnssec is \"off\": TLS BR §3.2.2.4 and §3.2.2.8.1 require DNSSEC validation"
+                    .into(),
+            );
+        }
+        if !self.dcv.dnssec_probe.trim_end_matches('.').is_empty() {
+            p.push(format!(
+                "dcv.dnssec_probe {:?} is a test trust anchor; production uses the root (\".\")",
+                self.dcv.dnssec_probe
+            ));
         }
         if !self.policy_arc_decodable() {
             p.push(

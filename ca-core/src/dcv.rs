@@ -12,24 +12,42 @@
 //!   unknown property marked critical forbids it (RFC 8659 §4.1). A lookup failure forbids it too
 //!   (the BR's "Insecure" exception is not used).
 //!
-//! Both ask the recursive resolver named by `[dcv] resolver`, which must validate DNSSEC (BR
-//! §3.2.2.8.1): a validating resolver answers SERVFAIL for bogus data, which is a failure here.
-//! Every check builds a new resolver without a cache, so no answer outlives its check.
+//! Both ask the DNSSEC-validating recursive resolver named by `[dcv] resolver` (TLS BR
+//! §3.2.2.4 and §3.2.2.8.1, in force since 2026-03-15: DNSSEC validation back to the IANA root
+//! trust anchor). ecert does not validate signatures itself; it asks a local validating
+//! resolver (Unbound) with the AD bit set (RFC 6840 §5.7) and EDNS, over its own small stub:
 //!
-//! This host is the Primary Network Perspective; remote perspectives corroborate what it found
-//! ([`crate::mpic`], BR §3.2.2.9).
+//! - **The resolver must be on this host** (RFC 4035 §4.9.3: a stub trusts the AD bit only
+//!   over a secure channel; loopback is one). `Config::validate` refuses another address while
+//!   `[dcv] dnssec = "required"`.
+//! - **It must prove it validates**: before the first lookup of a check, the DNSKEY RRset of
+//!   `[dcv] dnssec_probe` (the root, `.`) must come back with AD. A resolver that does not
+//!   validate fails closed: [`Error::Dnssec`].
+//! - **Bogus data fails closed**: a validating resolver answers SERVFAIL for a signature that
+//!   does not verify, a signed zone's record without its RRSIG ("unsigned where signed"), an
+//!   expired signature or a missing denial-of-existence proof, with an Extended DNS Error
+//!   (RFC 8914, codes 1–12). That is [`Error::Dnssec`], naming the record and the resolver's
+//!   reason; any other SERVFAIL is [`Error::Dns`].
+//! - **Secure and insecure answers are used**: AD set means the chain of trust validated
+//!   (NODATA and NXDOMAIN included: their NSEC/NSEC3 proofs validated); AD clear on a good
+//!   answer means the zone is provably unsigned (an insecure delegation), which the BR allows.
+//!
+//! Nothing is cached: each check builds a new [`Checker`], and the resolver's own cache is the
+//! operator's (keep its TTL caps short). A check is the Primary Network Perspective; remote
+//! perspectives corroborate what it found ([`crate::mpic`], BR §3.2.2.9), each asking its own
+//! local validating resolver.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::rdata::caa::{Property, CAA};
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
-use hickory_resolver::proto::ProtoErrorKind;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::caa::{Property, CAA};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::DcvConfig;
+use crate::config::{DcvConfig, Dnssec};
 use crate::error::{Error, Result};
 
 /// The underscore label in front of each name for the TXT record (BR §3.2.2.4.7 item 2).
@@ -59,7 +77,12 @@ pub fn record_name(domain: &str) -> String {
 /// Asks the configured resolver.
 #[derive(Debug)]
 pub struct Checker {
-    resolver: TokioResolver,
+    resolver: SocketAddr,
+    timeout: Duration,
+    dnssec: Dnssec,
+    probe: String,
+    /// The probe succeeded for this check.
+    validating: AtomicBool,
     identities: Vec<String>,
 }
 
@@ -69,31 +92,28 @@ enum Answer<T> {
     Empty,
 }
 
+/// The UDP payload size offered (RFC 9715 / DNS Flag Day 2020: 1232 avoids fragmentation).
+const UDP_PAYLOAD: u16 = 1232;
+/// Tries per query over UDP before giving up (each with the configured timeout).
+const ATTEMPTS: u32 = 2;
+
 impl Checker {
-    /// A resolver for one check: no cache, no hosts file, no search domains.
+    /// A checker for one check: no cache.
     pub fn new(config: &DcvConfig) -> Result<Checker> {
-        let mut opts = ResolverOpts::default();
-        opts.cache_size = 0;
-        opts.timeout = Duration::from_secs(u64::from(config.timeout_seconds));
-        opts.attempts = 2;
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.ndots = 0;
-        let builder = if config.resolver == "system" {
-            TokioResolver::builder_tokio()
-                .map_err(|e| Error::Config(format!("dcv.resolver = \"system\": {e}")))?
-        } else {
-            let addr: std::net::SocketAddr = config
-                .resolver
-                .parse()
-                .map_err(|_| Error::Config("dcv.resolver must be \"system\" or IP:PORT".into()))?;
-            let servers = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, Vec::new(), servers),
-                TokioConnectionProvider::default(),
-            )
-        };
+        let resolver: SocketAddr = config.resolver.parse().map_err(|_| {
+            Error::Config("dcv.resolver must be IP:PORT of a validating resolver".into())
+        })?;
+        if config.dnssec == Dnssec::Required && !resolver.ip().is_loopback() {
+            return Err(Error::Config(
+                "dcv.resolver must be on a loopback address while dcv.dnssec = \"required\" (RFC 4035 §4.9.3)".into(),
+            ));
+        }
         Ok(Checker {
-            resolver: builder.with_options(opts).build(),
+            resolver,
+            timeout: Duration::from_secs(u64::from(config.timeout_seconds.max(1))),
+            dnssec: config.dnssec,
+            probe: config.dnssec_probe.clone(),
+            validating: AtomicBool::new(false),
             identities: config
                 .caa_identities
                 .iter()
@@ -102,14 +122,145 @@ impl Checker {
         })
     }
 
-    async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Answer<RData>> {
-        let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
-            .map_err(|e| Error::Dns(format!("{name}: {e}")))?;
-        match self.resolver.lookup(fqdn, rtype).await {
-            Ok(l) => Ok(Answer::Records(l.iter().cloned().collect())),
-            Err(e) if is_empty(&e) => Ok(Answer::Empty),
-            Err(e) => Err(Error::Dns(format!("{rtype} {name}: {e}"))),
+    /// Proves once per check that the resolver validates: the probe zone's DNSKEY RRset must
+    /// come back with AD set.
+    async fn ensure_validating(&self) -> Result<()> {
+        if self.dnssec == Dnssec::Off || self.validating.load(Ordering::Relaxed) {
+            return Ok(());
         }
+        let name = fqdn(&self.probe)?;
+        let m = self.exchange(&name, RecordType::DNSKEY).await?;
+        let has_keys = m
+            .answers()
+            .iter()
+            .any(|r| r.record_type() == RecordType::DNSKEY);
+        if m.response_code() != ResponseCode::NoError || !has_keys || !m.authentic_data() {
+            return Err(Error::Dnssec(format!(
+                "the resolver {} did not return the DNSKEY records of {} as validated (AD): it \
+                 must be a DNSSEC-validating resolver with the {} trust anchor",
+                self.resolver,
+                self.probe,
+                if self.probe.trim_end_matches('.').is_empty() {
+                    "root"
+                } else {
+                    "probe zone's"
+                }
+            )));
+        }
+        self.validating.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Answer<RData>> {
+        self.ensure_validating().await?;
+        let fqdn = fqdn(name)?;
+        let m = self.exchange(&fqdn, rtype).await?;
+        match m.response_code() {
+            ResponseCode::NoError => {
+                let records: Vec<RData> = m
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .map(|r| r.data().clone())
+                    .collect();
+                Ok(if records.is_empty() {
+                    Answer::Empty
+                } else {
+                    Answer::Records(records)
+                })
+            }
+            ResponseCode::NXDomain => Ok(Answer::Empty),
+            ResponseCode::ServFail => match extended_error(&m) {
+                Some((code, text))
+                    if self.dnssec == Dnssec::Required && (1..=12).contains(&code) =>
+                {
+                    Err(Error::Dnssec(format!(
+                        "{rtype} {name}: the resolver found the answer bogus (EDE {code}{}{text})",
+                        if text.is_empty() { "" } else { ": " }
+                    )))
+                }
+                Some((code, text)) => Err(Error::Dns(format!(
+                    "{rtype} {name}: SERVFAIL (EDE {code} {text})"
+                ))),
+                None => Err(Error::Dns(format!("{rtype} {name}: SERVFAIL"))),
+            },
+            other => Err(Error::Dns(format!("{rtype} {name}: {other}"))),
+        }
+    }
+
+    /// One question to the resolver, AD and EDNS set, CD clear: over UDP (retried), and over
+    /// TCP when the answer is truncated. The answer must echo the id and the question.
+    async fn exchange(&self, name: &Name, rtype: RecordType) -> Result<Message> {
+        let id: u16 = rand::random();
+        let mut q = Message::new();
+        q.set_id(id)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true)
+            .set_authentic_data(true)
+            .set_checking_disabled(false);
+        let mut query = Query::query(name.clone(), rtype);
+        query.set_query_class(DNSClass::IN);
+        q.add_query(query);
+        let mut edns = Edns::new();
+        edns.set_max_payload(UDP_PAYLOAD);
+        q.set_edns(edns);
+        let bytes = q
+            .to_vec()
+            .map_err(|e| Error::Dns(format!("{rtype} {name}: {e}")))?;
+        let fail = |what: String| Error::Dns(format!("{rtype} {name}: {what}"));
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            match tokio::time::timeout(self.timeout, self.udp(&bytes)).await {
+                Ok(Ok(reply)) => match check_reply(&reply, id, name, rtype) {
+                    Ok(m) if m.truncated() => {
+                        let reply = tokio::time::timeout(self.timeout, self.tcp(&bytes))
+                            .await
+                            .map_err(|_| {
+                                fail(format!("no answer over TCP from {}", self.resolver))
+                            })?
+                            .map_err(|e| fail(format!("TCP to {}: {e}", self.resolver)))?;
+                        return check_reply(&reply, id, name, rtype).map_err(fail);
+                    }
+                    Ok(m) => return Ok(m),
+                    // A stray or forged datagram: ask again.
+                    Err(e) => last = e,
+                },
+                Ok(Err(e)) => last = format!("UDP to {}: {e}", self.resolver),
+                Err(_) => {
+                    last = format!("no answer from {} within {:?}", self.resolver, self.timeout)
+                }
+            }
+        }
+        Err(fail(last))
+    }
+
+    async fn udp(&self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        let local: SocketAddr = if self.resolver.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap_or_else(|_| unreachable!())
+        } else {
+            "[::]:0".parse().unwrap_or_else(|_| unreachable!())
+        };
+        let sock = tokio::net::UdpSocket::bind(local).await?;
+        sock.connect(self.resolver).await?;
+        sock.send(bytes).await?;
+        let mut buf = vec![0u8; 65_535];
+        let n = sock.recv(&mut buf).await?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    async fn tcp(&self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut s = tokio::net::TcpStream::connect(self.resolver).await?;
+        let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
+        let mut framed = len.to_be_bytes().to_vec();
+        framed.extend_from_slice(bytes);
+        s.write_all(&framed).await?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf).await?;
+        Ok(buf)
     }
 
     /// Whether the TXT record at `_ecert-challenge.<domain>` holds `token` (BR §3.2.2.4.7).
@@ -137,7 +288,8 @@ impl Checker {
     }
 
     /// Whether CAA lets this CA issue for `domain` (RFC 8659 §3 and §4): `Ok(())`, or
-    /// [`Error::CaaForbids`] naming where the relevant RRset was found, or [`Error::Dns`].
+    /// [`Error::CaaForbids`] naming where the relevant RRset was found, or [`Error::Dns`] /
+    /// [`Error::Dnssec`].
     pub async fn caa(&self, domain: &str) -> Result<()> {
         let mut at = domain.trim_end_matches('.').to_ascii_lowercase();
         loop {
@@ -165,17 +317,50 @@ impl Checker {
     }
 }
 
-/// NOERROR or NXDOMAIN with no answer: a definite "no such records".
-fn is_empty(e: &ResolveError) -> bool {
-    e.proto().is_some_and(|p| {
-        matches!(
-            p.kind(),
-            ProtoErrorKind::NoRecordsFound {
-                response_code: ResponseCode::NoError | ResponseCode::NXDomain,
-                ..
-            }
-        )
+fn fqdn(name: &str) -> Result<Name> {
+    let n = name.trim_end_matches('.');
+    Name::from_ascii(if n.is_empty() {
+        ".".to_string()
+    } else {
+        format!("{n}.")
     })
+    .map_err(|e| Error::Dns(format!("{name}: {e}")))
+}
+
+/// The reply, if it answers our question: a response with our id and the same question
+/// (the name compared case-insensitively).
+fn check_reply(
+    bytes: &[u8],
+    id: u16,
+    name: &Name,
+    rtype: RecordType,
+) -> std::result::Result<Message, String> {
+    let m = Message::from_vec(bytes).map_err(|e| format!("malformed answer: {e}"))?;
+    let same_question = matches!(m.queries(), [q] if q.query_type() == rtype
+        && q.name().to_ascii().eq_ignore_ascii_case(&name.to_ascii()));
+    if m.id() != id || m.message_type() != MessageType::Response || !same_question {
+        return Err("an answer that does not match the question".into());
+    }
+    Ok(m)
+}
+
+/// The Extended DNS Error of an answer (RFC 8914: EDNS option 15, INFO-CODE and EXTRA-TEXT).
+fn extended_error(m: &Message) -> Option<(u16, String)> {
+    let edns = m.extensions().as_ref()?;
+    edns.options()
+        .as_ref()
+        .iter()
+        .find_map(|(code, opt)| match (code, opt) {
+            (EdnsCode::Unknown(15), EdnsOption::Unknown(15, data)) if data.len() >= 2 => Some((
+                u16::from_be_bytes([data[0], data[1]]),
+                String::from_utf8_lossy(&data[2..])
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect(),
+            )),
+            _ => None,
+        })
 }
 
 /// The RFC 8659 §4 decision on a relevant RRset for a name that is not a wildcard: `issuewild`
@@ -213,9 +398,72 @@ pub fn permits(rrset: &[CAA], identities: &[String]) -> std::result::Result<(), 
 }
 
 #[cfg(test)]
+mod rig;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::rr::rdata::caa::Value;
+    use hickory_proto::rr::rdata::caa::Value;
+
+    fn checker(resolver: SocketAddr, dnssec: Dnssec) -> Checker {
+        Checker::new(&DcvConfig {
+            resolver: resolver.to_string(),
+            dnssec,
+            dnssec_probe: rig::ZONE.into(),
+            caa_identities: ids(),
+            timeout_seconds: 3,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// Issue 12, defect 3, against real servers (Knot serving an NSEC3-signed zone, Unbound
+    /// validating it): a valid TXT passes; a CAA NODATA proven by NSEC3 permits; a TXT whose
+    /// RRSIG was stripped or tampered is refused with [`Error::Dnssec`] naming the resolver's
+    /// Extended DNS Error; a resolver that does not validate (the authoritative server itself)
+    /// fails the probe, so nothing is concluded from it.
+    #[tokio::test]
+    async fn dnssec_is_enforced_against_a_signed_zone() {
+        let rig = rig::Rig::start();
+        let c = checker(rig.resolver, Dnssec::Required);
+        let at = |d: &str| format!("_ecert-challenge.{d}.example.test");
+        assert!(
+            c.txt_holds(&at("www"), rig::TOKEN).await.unwrap(),
+            "the valid TXT (logs in {})",
+            rig.dir().display()
+        );
+        assert!(!c.txt_holds(&at("www"), "another value").await.unwrap());
+        assert!(!c.txt_holds(&at("nosuch"), rig::TOKEN).await.unwrap());
+        c.caa("www.example.test").await.unwrap();
+        for (name, ede) in [("stripped", "EDE 10"), ("tampered", "EDE 6")] {
+            match c.txt_holds(&at(name), name).await {
+                Err(Error::Dnssec(m)) => assert!(m.contains(ede), "{name}: {m}"),
+                other => panic!("{name}: not refused as bogus: {other:?}"),
+            }
+            match c
+                .caa(&format!("_ecert-challenge.{name}.example.test"))
+                .await
+            {
+                Ok(()) | Err(Error::Dnssec(_)) => {}
+                other => panic!("{name} CAA: {other:?}"),
+            }
+        }
+        // The authoritative server answers, but not as a validating resolver: refused.
+        let unvalidated = checker(rig.authoritative, Dnssec::Required);
+        match unvalidated.txt_holds(&at("www"), rig::TOKEN).await {
+            Err(Error::Dnssec(m)) => assert!(m.contains("validated"), "{m}"),
+            other => panic!("a non-validating resolver was trusted: {other:?}"),
+        }
+        // With enforcement off the same server is used as it answers (tests only).
+        let off = checker(rig.authoritative, Dnssec::Off);
+        assert!(off.txt_holds(&at("www"), rig::TOKEN).await.is_ok());
+        // An AD bit is trusted only from this host (RFC 4035 §4.9.3).
+        let remote = Checker::new(&DcvConfig {
+            resolver: "192.0.2.53:53".into(),
+            ..Default::default()
+        });
+        assert!(matches!(remote, Err(Error::Config(_))));
+    }
 
     fn issue(name: Option<&str>) -> CAA {
         CAA::new_issue(

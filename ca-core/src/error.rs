@@ -115,6 +115,10 @@ pub enum Error {
     /// A DNS lookup for domain validation or CAA failed (not "no such record").
     #[error("DNS lookup failed: {0}")]
     Dns(String),
+    /// A DNS answer failed DNSSEC validation (bogus, signatures missing or expired), or the
+    /// resolver does not validate (TLS BR §3.2.2.4, §3.2.2.8.1): nothing is concluded from it.
+    #[error("DNSSEC validation failed: {0}")]
+    Dnssec(String),
     /// CAA records forbid this CA to issue for a name (TLS BR §3.2.2.8).
     #[error("CAA forbids issuance for {domain}: {reason}")]
     CaaForbids { domain: String, reason: String },

@@ -366,6 +366,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::AlreadyRevoked { .. }
         | Error::Revocation(_)
         | Error::CaaForbids { .. }
+        | Error::Dnssec(_)
         | Error::NotRenewable { .. } => StatusCode::CONFLICT,
         // Another signing process holds the lock: try again shortly.
         Error::SignerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -685,6 +685,12 @@ fn server_application_with_domain_validation_and_caa() {
     let dns_c = ecert_e2e::dns::DnsServer::start();
     let dns_b = ecert_e2e::dns::DnsServer::start();
     let tls = perspective_tls(&ca);
+    // The test's authoritative servers change records at will and do not sign them, so DNSSEC
+    // is not enforced here (the perspectives read the same configuration); it is, against a
+    // real signed zone and a validating resolver, in ca-core's `dcv` tests.
+    ca.append_config(
+        "[dcv]\ndnssec = \"off\"\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2",
+    );
     let layout = [
         (&dns.addr, "APNIC"),
         (&dns_c.addr, "RIPE"),
@@ -696,7 +702,6 @@ fn server_application_with_domain_validation_and_caa() {
         .iter()
         .map(|(resolver, _)| start_perspective(&ca, &tls, resolver))
         .collect();
-    ca.append_config("[dcv]\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2");
     for (i, (p, (_, rir))) in perspectives.iter().zip(&layout).enumerate() {
         ca.append_config(&format!(
             "[[dcv.perspectives]]\nname = \"p{i}\"\nurl = \"https://{}\"\ntoken_file = {:?}\nca_file = {:?}\nrir = \"{rir}\"",
