@@ -1337,6 +1337,7 @@ impl Authority {
                     revoked_at,
                     not_after: Some(cert.validity().not_after.timestamp()),
                     partition: None,
+                    hold_allowed: false,
                 })?;
             }
             list
@@ -2182,6 +2183,80 @@ mod tests {
             }
             other => panic!("a certificate outliving its CA: {other:?}"),
         }
+    }
+
+    /// Issue 12, defect 1: a Strict S/MIME certificate found on hold (data from before the
+    /// revoke paths refused it) reaches neither a CRL nor an OCSP response: the CRL lint refuses
+    /// to publish, and its OCSP response is not signed; a personal certificate's hold is
+    /// published as before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_strict_certificate_on_hold_is_never_published_as_held() {
+        let (_dir, auth) = test_ca().await;
+        let mut strict = request(1, None);
+        strict.profile = "encipherment".into();
+        strict.subject = SubjectData {
+            organization: Some("Example Trading Limited".into()),
+            org_id: Some("12345678".into()),
+            country: Some("HK".into()),
+            emails: vec!["secure@example.hk".into()],
+            ..Default::default()
+        };
+        let strict = auth.issue(strict).await.unwrap();
+        let personal = auth.issue(request(2, None)).await.unwrap();
+        // The revoke paths refuse the Strict hold, so make it as old data would have it.
+        assert!(auth
+            .revoke(
+                strict.serial,
+                crate::revocation::Reason::CertificateHold,
+                "test"
+            )
+            .await
+            .is_err());
+        auth.revoke(
+            personal.serial,
+            crate::revocation::Reason::CertificateHold,
+            "test",
+        )
+        .await
+        .unwrap();
+        sqlx::query("UPDATE certificates SET revocation_reason = 6, revoked_at = updated_at WHERE serial = $1")
+            .bind(strict.serial.to_hex())
+            .execute(auth.store().pool())
+            .await
+            .unwrap();
+        match auth
+            .publish_crl(CaRole::Individual, Scope::Full, "test")
+            .await
+        {
+            Err(Error::Lint(f)) => assert!(f[0].contains(&strict.serial.to_hex()), "{f:?}"),
+            other => panic!("a CRL was published with a Strict hold: {other:?}"),
+        }
+        sqlx::query("INSERT INTO ocsp_pending (serial, version) VALUES ($1, 99) ON CONFLICT (serial) DO UPDATE SET version = 99")
+            .bind(strict.serial.to_hex())
+            .execute(auth.store().pool())
+            .await
+            .unwrap();
+        let due = auth.ocsp_due(1000).await.unwrap();
+        let queued = |serial: SerialNumber| due.iter().any(|d| d.serial == serial.to_hex());
+        assert!(queued(strict.serial) && queued(personal.serial), "{due:?}");
+        auth.sign_ocsp(due).await.unwrap();
+        let signed = |serial: SerialNumber| {
+            let store = auth.store().clone();
+            async move {
+                sqlx::query("SELECT COUNT(*) FROM ocsp_responses WHERE serial = $1")
+                    .bind(serial.to_hex())
+                    .fetch_one(store.pool())
+                    .await
+                    .map(|r| sqlx::Row::get::<i64, _>(&r, 0))
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            signed(strict.serial).await,
+            0,
+            "a held Strict response was signed"
+        );
+        assert_eq!(signed(personal.serial).await, 1);
     }
 
     /// Many issuances in flight share group-committed transactions; every one ends `issued`

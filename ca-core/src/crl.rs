@@ -127,6 +127,8 @@ pub struct EntryRow {
     pub not_after: Option<i64>,
     /// Its partition, if its CA was partitioned when it was reserved.
     pub partition: Option<u16>,
+    /// Whether its profile allows certificateHold ([`crate::profile::Profile::hold_allowed_for`]).
+    pub hold_allowed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -144,7 +146,18 @@ pub struct EntryList {
 
 impl EntryList {
     /// Sets (or replaces) the entry of `row.serial`.
+    /// An entry certificateHold for a certificate whose profile forbids hold (S/MIME BR §7.2.2
+    /// Strict, TLS BR §4.9.13) is refused ([`Error::Lint`]): no CRL lists it; the revoke paths
+    /// refuse such a hold, so only data from before that check can hold one, and an officer
+    /// must release it or revoke it for good.
     pub fn insert(&mut self, row: &EntryRow) -> Result<()> {
+        if row.reason == Some(6) && !row.hold_allowed {
+            return Err(Error::Lint(vec![format!(
+                "serial {}: certificateHold for a certificate whose profile forbids hold \
+                 (S/MIME BR §7.2.2, TLS BR §4.9.13): release it or revoke it",
+                row.serial.to_hex()
+            )]));
+        }
         let der = encode_entry(&row.serial, row.revoked_at, row.reason)?;
         // A serial never signed has no expiry of its own: keep it as long as any certificate
         // of the CA could be valid (it is listed so that it is never taken for unknown).
@@ -1037,6 +1050,26 @@ mod tests {
         assert!(f.iter().any(|x| x.contains("certificateHold")), "{f:?}");
     }
 
+    /// Issue 12, defect 1: a certificateHold entry for a certificate whose profile forbids hold
+    /// (S/MIME Strict, TLS) never reaches a CRL; the same entry is listed where hold is allowed.
+    #[test]
+    fn a_hold_is_refused_where_the_profile_forbids_it() {
+        let row = |hold_allowed| EntryRow {
+            serial: serial("5a"),
+            reason: Some(6),
+            revoked_at: 1_000,
+            not_after: Some(9_000),
+            partition: None,
+            hold_allowed,
+        };
+        let mut l = EntryList::default();
+        match l.insert(&row(false)) {
+            Err(Error::Lint(f)) => assert!(f[0].contains("7.2.2"), "{f:?}"),
+            other => panic!("{other:?}"),
+        }
+        l.insert(&row(true)).unwrap();
+    }
+
     #[test]
     fn entry_list_selects_partitions_and_expires() {
         let mut l = EntryList::default();
@@ -1048,6 +1081,7 @@ mod tests {
                 revoked_at: 1_000,
                 not_after: Some(2_000 + i as i64 * 1_000),
                 partition: partition_of(&s, 2),
+                hold_allowed: true,
             })
             .unwrap();
         }

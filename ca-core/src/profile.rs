@@ -449,6 +449,14 @@ impl Profile {
         self.cabf_policy.starts_with("2.23.140.1.5.") && self.cabf_policy.ends_with(".3")
     }
 
+    /// Whether a certificate of the profile `id` may be put on hold: only on the Individual &
+    /// Organisational CA (TLS BR §4.9.13 forbids it for the Server CA) and never for an S/MIME
+    /// Strict generation (S/MIME BR §7.2.2). An unknown profile (an OCSP responder's
+    /// certificate) may not.
+    pub fn hold_allowed_for(id: &str) -> bool {
+        Profile::get(id).is_ok_and(|p| p.issuer == CaRole::Individual && !p.smime_strict())
+    }
+
     /// Builds the rcgen parameters for a checked request (see [`Profile::check`]). Pure.
     pub fn params(
         &self,

@@ -250,6 +250,7 @@ mod tests {
             state: CertState::Issued,
             reason: None,
             revoked_at: None,
+            hold_allowed: false,
         }
     }
 

@@ -1029,7 +1029,7 @@ impl Store {
     /// removed before it expires). Served by the partial index `certificates_crl`.
     pub async fn crl_entries(&self, issuer: &str, now: i64) -> Result<Vec<EntryRow>> {
         let rows = sqlx::query_as::<_, CrlEntryRow>(
-            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) AS revoked_at, not_after, crl_partition \
+            "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) AS revoked_at, not_after, crl_partition, profile \
              FROM certificates WHERE issuer = $1 AND (revocation_reason IS NOT NULL OR state = 'abandoned') \
              AND not_after >= $2",
         )
@@ -1065,7 +1065,7 @@ impl Store {
             // `listed` is computed as an integer: a boolean expression is a bool on PostgreSQL
             // but an integer on SQLite.
             let sql = format!(
-                "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) AS revoked_at, not_after, crl_partition, \
+                "SELECT serial, revocation_reason, COALESCE(revoked_at, updated_at) AS revoked_at, not_after, crl_partition, profile, \
                  CAST(CASE WHEN (revocation_reason IS NOT NULL OR state = 'abandoned') AND not_after IS NOT NULL \
                  THEN 1 ELSE 0 END AS BIGINT) AS listed \
                  FROM certificates WHERE serial IN ({placeholders})"
@@ -1230,6 +1230,7 @@ row! {
         revoked_at: i64,
         not_after: Option<i64>,
         crl_partition: Option<i64>,
+        profile: String,
     }
 }
 
@@ -1244,6 +1245,7 @@ impl TryFrom<CrlEntryRow> for EntryRow {
             revoked_at: r.revoked_at,
             not_after: r.not_after,
             partition: r.crl_partition.and_then(|k| u16::try_from(k).ok()),
+            hold_allowed: crate::profile::Profile::hold_allowed_for(&r.profile),
         })
     }
 }
@@ -1340,6 +1342,8 @@ pub struct OcspDue {
     pub reason: Option<i64>,
     /// When it was revoked (or, for an abandoned serial, given up), Unix seconds.
     pub revoked_at: Option<i64>,
+    /// Whether its profile allows certificateHold ([`crate::profile::Profile::hold_allowed_for`]).
+    pub hold_allowed: bool,
 }
 
 /// A serial's signed responses, ready to store: (status read, thisUpdate, nextUpdate, the
@@ -1407,6 +1411,7 @@ row! {
         revocation_reason: Option<i64>,
         revoked_at: Option<i64>,
         updated_at: i64,
+        profile: String,
     }
 }
 
@@ -1425,6 +1430,7 @@ impl TryFrom<OcspDueRow> for OcspDue {
                 CertState::Abandoned => Some(r.revoked_at.unwrap_or(r.updated_at)),
                 _ => r.revoked_at,
             },
+            hold_allowed: crate::profile::Profile::hold_allowed_for(&r.profile),
         })
     }
 }
@@ -1451,7 +1457,7 @@ impl Store {
     pub async fn ocsp_pending(&self, limit: i64) -> Result<Vec<OcspDue>> {
         let rows = sqlx::query_as::<_, OcspDueRow>(
             "SELECT p.serial AS serial, p.version AS version, c.issuer AS issuer, c.state AS state, \
-             c.revocation_reason AS revocation_reason, c.revoked_at AS revoked_at, c.updated_at AS updated_at \
+             c.revocation_reason AS revocation_reason, c.revoked_at AS revoked_at, c.updated_at AS updated_at, c.profile AS profile \
              FROM ocsp_pending p JOIN certificates c ON c.serial = p.serial \
              WHERE c.state IN ('issued', 'abandoned') ORDER BY p.serial LIMIT $1",
         )
@@ -1471,7 +1477,7 @@ impl Store {
     ) -> Result<Vec<OcspDue>> {
         let rows = sqlx::query_as::<_, OcspDueRow>(
             "SELECT c.serial AS serial, CAST(NULL AS BIGINT) AS version, c.issuer AS issuer, c.state AS state, \
-             c.revocation_reason AS revocation_reason, c.revoked_at AS revoked_at, c.updated_at AS updated_at \
+             c.revocation_reason AS revocation_reason, c.revoked_at AS revoked_at, c.updated_at AS updated_at, c.profile AS profile \
              FROM ocsp_responses o JOIN certificates c ON c.serial = o.serial \
              WHERE o.this_update <= $1 AND COALESCE(c.not_after, 0) >= $2 ORDER BY o.this_update LIMIT $3",
         )

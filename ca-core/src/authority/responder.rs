@@ -538,6 +538,15 @@ fn sign_pair(
 ) -> Result<Signed> {
     let serial = SerialNumber::from_hex(&due.serial)
         .ok_or_else(|| Error::Store(format!("bad serial {}", due.serial)))?;
+    // Lint: no certificateHold response for a certificate whose profile forbids hold (S/MIME
+    // BR §7.2.2 and §7.3 for Strict, TLS BR §4.9.13). The serial stays queued (healthz then
+    // reports the change waiting) until an officer releases or revokes it.
+    if due.reason == Some(6) && !due.hold_allowed {
+        return Err(Error::Lint(vec![format!(
+            "serial {}: certificateHold for a certificate whose profile forbids hold",
+            due.serial
+        )]));
+    }
     // A revocation recorded by a host whose clock runs ahead is stated at `now` at the latest:
     // never a revocationTime in the future.
     let status = match status_of(&due) {
