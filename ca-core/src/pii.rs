@@ -45,6 +45,10 @@ pub enum Field {
     Address,
     /// A staff member's TOTP secret.
     TotpSecret,
+    /// The mailbox of a Certificate Problem Report's reporter.
+    Reporter,
+    /// A Certificate Problem Report's description.
+    ReportText,
 }
 
 impl Field {
@@ -55,6 +59,8 @@ impl Field {
             Field::Phone => "phone",
             Field::Address => "address",
             Field::TotpSecret => "totp",
+            Field::Reporter => "reporter",
+            Field::ReportText => "report",
         }
     }
 }

@@ -84,6 +84,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (19, "signin_sources", include_str!("../../migrations/sqlite/0019_signin_sources.sql")),
     (20, "key_compromise_reports", include_str!("../../migrations/sqlite/0020_key_compromise_reports.sql")),
     (21, "verified_subject", include_str!("../../migrations/sqlite/0021_verified_subject.sql")),
+    (22, "problem_reports", include_str!("../../migrations/sqlite/0022_problem_reports.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -108,6 +109,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (19, "signin_sources", include_str!("../../migrations/postgres/0019_signin_sources.sql")),
     (20, "key_compromise_reports", include_str!("../../migrations/postgres/0020_key_compromise_reports.sql")),
     (21, "verified_subject", include_str!("../../migrations/postgres/0021_verified_subject.sql")),
+    (22, "problem_reports", include_str!("../../migrations/postgres/0022_problem_reports.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

@@ -38,6 +38,7 @@ mod domains;
 mod fee;
 mod mailbox;
 mod outlet;
+mod problems;
 mod record;
 mod renewal;
 mod retention;
@@ -69,12 +70,17 @@ pub use mailbox::{
     WAITING_PER_MAILBOX,
 };
 pub use outlet::{ensure_outlet, outlets};
+pub use problems::{
+    report, report_clocks, report_decide, report_preliminary, report_problem, report_queue,
+    NewReport, Notice, ProblemKind, ReportClocks, ReportOutcome, ReportReceived, ReportView,
+};
 pub use renewal::{rekey_message, renew_online};
 pub use retention::purge;
 pub use revocation::{
     key_compromise_challenge, key_compromise_message, release_at_counter, revoke_at_counter,
     revoke_online, KEY_CHALLENGE_SECONDS,
 };
+pub use rules::Clock;
 pub use rules::{Status, MAILBOX_VALIDATION_DAYS};
 pub use session::{
     session, sign_in, sign_in_from, sign_out, SignedIn, StaffSession, ACCOUNT_SIGN_IN_ATTEMPTS,

@@ -498,6 +498,49 @@ pub fn retention_due(
         && updated_at < now - i64::from(retention_days) * 86_400
 }
 
+/// Certificate Problem Reports (TLS BR and S/MIME BR §4.9.5): the preliminary report on the
+/// findings to the reporter and the subscriber is due 24 hours after the report arrives.
+pub const REPORT_PRELIMINARY_SECS: i64 = 24 * 3600;
+/// Revocation for a reported key compromise is due within 24 hours (TLS BR §4.9.1.1 (3),
+/// S/MIME BR §4.9.1); the clock runs from the report, whether or not it came with proof.
+pub const REPORT_KEY_COMPROMISE_SECS: i64 = 24 * 3600;
+/// Revocation for the other reasons (misissuance, misuse, ...) is due within 5 days (TLS BR
+/// §4.9.1.1, S/MIME BR §4.9.1).
+pub const REPORT_OTHER_SECS: i64 = 5 * 86_400;
+/// A deadline this close counts as nearing: `/healthz` and `/metrics` raise it.
+pub const REPORT_NEARING_SECS: i64 = 6 * 3600;
+
+/// The deadlines of a report received at `received_at`: (preliminary report, revocation).
+pub fn report_deadlines(key_compromise: bool, received_at: i64) -> (i64, i64) {
+    let revoke = if key_compromise {
+        REPORT_KEY_COMPROMISE_SECS
+    } else {
+        REPORT_OTHER_SECS
+    };
+    (received_at + REPORT_PRELIMINARY_SECS, received_at + revoke)
+}
+
+/// Where one open clock of a report stands at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Clock {
+    /// Done, or more than [`REPORT_NEARING_SECS`] left.
+    Ok,
+    /// Less than [`REPORT_NEARING_SECS`] left.
+    Nearing,
+    /// Past due and not done.
+    Overdue,
+}
+
+/// The state of a deadline `due` that was met at `done` (if it was).
+pub fn clock(due: i64, done: Option<i64>, now: i64) -> Clock {
+    match done {
+        Some(_) => Clock::Ok,
+        None if now > due => Clock::Overdue,
+        None if due - now <= REPORT_NEARING_SECS => Clock::Nearing,
+        None => Clock::Ok,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1087,5 +1130,23 @@ mod tests {
                 "{state} {holds} {updated_at}"
             );
         }
+    }
+
+    #[test]
+    fn report_clocks_follow_the_br_with_a_moved_clock() {
+        let received = NOW;
+        let (prelim, kc) = report_deadlines(true, received);
+        assert_eq!((prelim - received, kc - received), (86_400, 86_400));
+        let (_, other) = report_deadlines(false, received);
+        assert_eq!(other - received, 5 * 86_400);
+        let hours = |h: i64| received + h * 3600;
+        assert_eq!(clock(prelim, None, hours(1)), Clock::Ok);
+        assert_eq!(clock(prelim, None, hours(18)), Clock::Nearing);
+        assert_eq!(clock(prelim, None, hours(24)), Clock::Nearing);
+        assert_eq!(clock(prelim, None, hours(24) + 1), Clock::Overdue);
+        assert_eq!(clock(prelim, Some(hours(2)), hours(30)), Clock::Ok);
+        assert_eq!(clock(other, None, hours(4 * 24 + 17)), Clock::Ok);
+        assert_eq!(clock(other, None, hours(4 * 24 + 19)), Clock::Nearing);
+        assert_eq!(clock(other, None, hours(5 * 24 + 1)), Clock::Overdue);
     }
 }

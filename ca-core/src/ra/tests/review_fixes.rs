@@ -1343,3 +1343,197 @@ async fn subjects_carry_what_the_counter_verified() {
             .get(0);
     assert_eq!(locality.as_deref(), Some("Kwun Tong"));
 }
+
+/// Issue 12, item 13: Certificate Problem Reports. A report without proof opens the BR clocks
+/// (preliminary report in 24 hours; revocation in 24 hours for key compromise, 5 days
+/// otherwise), which `report_clocks` counts as nearing and overdue as the clock moves; an
+/// officer sends the preliminary findings to the reporter and the subscriber and decides; a
+/// CSR signed by the certificate's key revokes at once; only officers see the queue; the
+/// reporter's mailbox and words are sealed; one address is rate-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_reports_run_on_the_br_clocks() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+        .await
+        .unwrap();
+    let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+    let officer = session_of(&auth, "officer1", Role::Officer).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (_, serial) = issued_app(&auth, &clerk, &key, 8101).await;
+    let report = |kind: &str, serial: &str, proof: Vec<u8>, source: &str| NewReport {
+        kind: kind.into(),
+        serial: serial.into(),
+        description: "The key was posted on a public paste site.".into(),
+        reporter_email: "researcher@example.org".into(),
+        proof_csr: proof,
+        source: source.into(),
+    };
+
+    // Refused by name, nothing recorded.
+    for (r, field) in [
+        (report("stolen", &serial, vec![], "a"), "kind"),
+        (report("misuse", "00ff", vec![], "a"), "serial"),
+        (report("misuse", "not hex", vec![], "a"), "serial"),
+        (
+            report(
+                "key_compromise",
+                &serial,
+                super::journey::csr_for(
+                    &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+                ),
+                "a",
+            ),
+            "proof_csr",
+        ),
+    ] {
+        match report_problem(&auth, r).await {
+            Err(Error::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+
+    // A key-compromise report without proof: both clocks run 24 hours.
+    let colons = serial
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    let got = report_problem(
+        &auth,
+        report("key_compromise", &colons, vec![], "192.0.2.1"),
+    )
+    .await
+    .unwrap();
+    assert!(got.revoked.is_empty());
+    assert_eq!(got.revocation_due - got.preliminary_due, 0);
+    assert_eq!(got.notices.len(), 1);
+    assert_eq!(got.notices[0].to, "researcher@example.org");
+    assert!(got.notices[0].body.contains(&got.reference));
+    let t0 = got.preliminary_due - 86_400;
+    let clocks = |at: i64| {
+        let store = auth.store().clone();
+        async move { report_clocks(&store, at).await.unwrap() }
+    };
+    assert_eq!(
+        clocks(t0 + 3600).await,
+        ReportClocks {
+            open: 1,
+            ..Default::default()
+        }
+    );
+    let nearing = clocks(t0 + 19 * 3600).await;
+    assert_eq!(
+        (nearing.preliminary_nearing, nearing.revocation_nearing),
+        (1, 1)
+    );
+    let overdue = clocks(t0 + 25 * 3600).await;
+    assert_eq!(
+        (overdue.preliminary_overdue, overdue.revocation_overdue),
+        (1, 1)
+    );
+
+    // The sealed fields are not in the database in clear.
+    let raw: Vec<u8> = sqlx::query("SELECT reporter_sealed FROM problem_reports WHERE id = $1")
+        .bind(&got.id)
+        .fetch_one(auth.store().pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!raw.windows(10).any(|w| w == b"researcher"));
+
+    // Officers only.
+    assert!(matches!(
+        report_queue(&auth, &clerk, t0).await,
+        Err(Error::Forbidden(_))
+    ));
+    let queue = report_queue(&auth, &officer, t0 + 25 * 3600).await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].reporter_email, "researcher@example.org");
+    assert_eq!(queue[0].preliminary_clock, Clock::Overdue);
+    // The preliminary report goes to the reporter and to the subscriber (the application's
+    // mailbox), once.
+    let sent = report_preliminary(&auth, &officer, &got.id, "We are checking the paste.")
+        .await
+        .unwrap();
+    let to: Vec<&str> = sent.iter().map(|n| n.to.as_str()).collect();
+    assert_eq!(to, vec!["researcher@example.org", "tm.chan@example.hk"]);
+    assert!(matches!(
+        report_preliminary(&auth, &officer, &got.id, "Again, later.").await,
+        Err(Error::Conflict(_))
+    ));
+    let after = clocks(t0 + 25 * 3600).await;
+    assert_eq!(
+        (after.preliminary_overdue, after.revocation_overdue),
+        (0, 1)
+    );
+    // The officer confirms: revoked for keyCompromise, the key blocked.
+    let (revoked, notices) = report_decide(
+        &auth,
+        &officer,
+        &got.id,
+        ReportOutcome::Revoke(crate::revocation::Reason::KeyCompromise),
+        "The paste holds the private key.",
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked, vec![serial.clone()]);
+    assert_eq!(notices.len(), 2);
+    assert_eq!(clocks(t0 + 25 * 3600).await, ReportClocks::default());
+    let rec = auth.store().certificate(&serial).await.unwrap().unwrap();
+    assert_eq!(rec.revocation_reason, Some(1));
+    assert!(matches!(
+        report_decide(
+            &auth,
+            &officer,
+            &got.id,
+            ReportOutcome::Reject,
+            "Twice is wrong."
+        )
+        .await,
+        Err(Error::Conflict(_))
+    ));
+
+    // Misuse: five days; rejected with the reason.
+    let key2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (_, serial2) = issued_app(&auth, &clerk, &key2, 8102).await;
+    let misuse = report_problem(&auth, report("misuse", &serial2, vec![], "192.0.2.1"))
+        .await
+        .unwrap();
+    assert_eq!(misuse.revocation_due - misuse.preliminary_due, 4 * 86_400);
+    report_decide(
+        &auth,
+        &officer,
+        &misuse.id,
+        ReportOutcome::Reject,
+        "Not misuse: a test mail.",
+    )
+    .await
+    .unwrap();
+
+    // With proof (a CSR signed by the certificate's key): revoked at once, the report closed.
+    let proved = report_problem(
+        &auth,
+        report(
+            "key_compromise",
+            &serial2,
+            super::journey::csr_for(&key2),
+            "192.0.2.1",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proved.revoked, vec![serial2.clone()]);
+    assert_eq!(clocks(t0 + 30 * 86_400).await, ReportClocks::default());
+    let to: Vec<&str> = proved.notices.iter().map(|n| n.to.as_str()).collect();
+    assert_eq!(to, vec!["tm.chan@example.hk", "researcher@example.org"]);
+
+    // One address files at most 20 an hour.
+    for _ in 0..20 {
+        let _ = report_problem(&auth, report("other", &serial2, vec![], "198.51.100.7")).await;
+    }
+    assert!(matches!(
+        report_problem(&auth, report("other", &serial2, vec![], "198.51.100.7")).await,
+        Err(Error::TooManyAttempts(_))
+    ));
+}
