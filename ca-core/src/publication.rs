@@ -104,6 +104,12 @@ impl Repository {
             .map(|(number, der)| LatestCrl { number, der }))
     }
 
+    /// How the open Certificate Problem Reports' clocks stand at `now`
+    /// ([`crate::ra::report_clocks`]).
+    pub async fn problem_report_clocks(&self, now: i64) -> Result<crate::ra::ReportClocks> {
+        crate::ra::report_clocks(&self.store, now).await
+    }
+
     /// The OCSP signer's backlog at `now`; responses within `margin` seconds of their
     /// nextUpdate count as overdue (see [`Store::ocsp_backlog`]).
     pub async fn ocsp_backlog(&self, now: i64, margin: i64) -> Result<OcspBacklog> {

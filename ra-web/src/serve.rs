@@ -126,6 +126,8 @@ struct Probe {
     backlog: Option<OcspBacklog>,
     /// Each CA's newest CRL heads.
     heads: Vec<(CaRole, CrlHead)>,
+    /// The open Certificate Problem Reports' clocks (TLS BR §4.9.5).
+    reports: Option<ca_core::ra::ReportClocks>,
 }
 type Shared = Arc<AppState>;
 
@@ -493,6 +495,48 @@ async fn healthz(State(s): State<Shared>) -> Response {
     };
     let ocsp_ok = sync_age <= 10 && overdue == 0 && waiting <= 60;
     ok &= ocsp_ok;
+    // Certificate Problem Reports (TLS BR §4.9.5): an alarm for officers as a deadline nears or
+    // passes. It does not fail the health check: a late answer to a report is no reason to
+    // take status publication out of service.
+    let (reports, alarms) = match probe.reports {
+        Some(r) => {
+            let mut alarms = Vec::new();
+            for (n, what) in [
+                (
+                    r.preliminary_overdue,
+                    "problem report: preliminary report overdue",
+                ),
+                (
+                    r.revocation_overdue,
+                    "problem report: revocation decision overdue",
+                ),
+                (
+                    r.preliminary_nearing,
+                    "problem report: preliminary report due within 6 h",
+                ),
+                (
+                    r.revocation_nearing,
+                    "problem report: revocation decision due within 6 h",
+                ),
+            ] {
+                if n > 0 {
+                    alarms.push(format!("{what} ({n})"));
+                }
+            }
+            let status = if r.preliminary_overdue + r.revocation_overdue > 0 {
+                "overdue"
+            } else if r.preliminary_nearing + r.revocation_nearing > 0 {
+                "nearing"
+            } else {
+                "ok"
+            };
+            (
+                serde_json::json!({ "status": status, "open": r.open, "preliminary_nearing": r.preliminary_nearing, "preliminary_overdue": r.preliminary_overdue, "revocation_nearing": r.revocation_nearing, "revocation_overdue": r.revocation_overdue }),
+                alarms,
+            )
+        }
+        None => (serde_json::json!({ "error": "database" }), Vec::new()),
+    };
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "fault" },
         "role": if s.auth.is_some() { "signer" } else { "no-signer" },
@@ -506,6 +550,8 @@ async fn healthz(State(s): State<Shared>) -> Response {
             "overdue_within_8h": overdue,
             "queue": queue,
         },
+        "problem_reports": reports,
+        "alarms": alarms,
     });
     let code = if ok {
         StatusCode::OK
@@ -579,6 +625,23 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "# HELP ecert_store_up Whether the last store probe reached the database.\n# TYPE ecert_store_up gauge\necert_store_up {}\n",
         u8::from(probe.error.is_none() && probe.ok_at > 0)
     ));
+    if let Some(r) = probe.reports {
+        out.push_str(&format!(
+            "# HELP ecert_problem_reports_open Certificate Problem Reports not yet decided.\n# TYPE ecert_problem_reports_open gauge\necert_problem_reports_open {}\n",
+            r.open
+        ));
+        out.push_str("# HELP ecert_problem_report_deadlines Open problem reports' deadlines (TLS BR 4.9.5) within 6 hours (nearing) or past (overdue).\n# TYPE ecert_problem_report_deadlines gauge\n");
+        for (deadline, state, n) in [
+            ("preliminary", "nearing", r.preliminary_nearing),
+            ("preliminary", "overdue", r.preliminary_overdue),
+            ("revocation", "nearing", r.revocation_nearing),
+            ("revocation", "overdue", r.revocation_overdue),
+        ] {
+            out.push_str(&format!(
+                "ecert_problem_report_deadlines{{deadline=\"{deadline}\",state=\"{state}\"}} {n}\n"
+            ));
+        }
+    }
     out.push_str("# HELP ecert_ocsp_requests_total OCSP requests answered, by result.\n# TYPE ecert_ocsp_requests_total counter\n");
     for (result, c) in [
         ("successful", &s.counters.good),
@@ -606,18 +669,20 @@ async fn probe(s: &AppState) {
         for role in CaRole::ALL {
             heads.extend(s.repo.crl_heads(role).await?.into_iter().map(|h| (role, h)));
         }
-        Ok::<_, ca_core::Error>((counts, backlog, heads))
+        let reports = s.repo.problem_report_clocks(now).await?;
+        Ok::<_, ca_core::Error>((counts, backlog, heads, reports))
     };
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
     let result = tokio::time::timeout(DB_PROBE, read).await;
     let Ok(mut p) = s.probe.write() else { return };
     match result {
-        Ok(Ok((counts, backlog, heads))) => {
+        Ok(Ok((counts, backlog, heads, reports))) => {
             p.ok_at = now;
             p.error = None;
             p.counts = counts;
             p.backlog = Some(backlog);
             p.heads = heads;
+            p.reports = Some(reports);
         }
         Ok(Err(e)) => p.error = Some(format!("error: {e}")),
         Err(_) => p.error = Some(format!("error: no answer within {} s", DB_PROBE.as_secs())),

@@ -34,6 +34,19 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/applications/{id}/domains", post(domains))
         .route("/api/v1/applications/{id}/decision", post(decision))
         .route("/api/v1/applications/{id}/certificate", get(certificate))
+        .route(
+            "/api/v1/problem-reports",
+            get(problem_reports).post(problem_report),
+        )
+        .route("/api/v1/problem-reports/{id}", get(problem_report_show))
+        .route(
+            "/api/v1/problem-reports/{id}/preliminary",
+            post(problem_report_preliminary),
+        )
+        .route(
+            "/api/v1/problem-reports/{id}/decision",
+            post(problem_report_decision),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(
             |mut r: Response| async move {
@@ -54,10 +67,15 @@ pub fn router(state: Shared) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ecert registration authority API", version = "1"),
-    paths(list, create, show, identity, organisation, domains, fee, decision, certificate),
+    paths(
+        list, create, show, identity, organisation, domains, fee, decision, certificate,
+        problem_report, problem_reports, problem_report_show, problem_report_preliminary,
+        problem_report_decision
+    ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
-        OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult
+        OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult,
+        NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision
     )),
     modifiers(&BearerAuth)
 )]
@@ -662,4 +680,223 @@ async fn certificate(
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     );
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
+}
+
+// Certificate Problem Reports (TLS BR and S/MIME BR §4.9.3, §4.9.5; docs/REVOCATION.md).
+
+/// A Certificate Problem Report, from anyone (no token): a relying party, a subscriber, a
+/// researcher. Rate-limited per client address.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewProblemReport {
+    /// `key_compromise`, `misissuance`, `misuse` or `other`.
+    kind: String,
+    /// The certificate's serial number, hexadecimal (colons allowed).
+    serial: String,
+    /// What is wrong (at most 4000 characters).
+    description: String,
+    /// Where the acknowledgement and the preliminary report go.
+    reporter_email: String,
+    /// Optional proof of a key compromise: a PEM CSR signed by the certificate's private key.
+    /// With it the certificate (and every other with the key) is revoked at once.
+    #[serde(default)]
+    proof_csr: String,
+}
+
+/// What the CA received and promises.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemReportReceived {
+    /// The reference quoted in every mail.
+    reference: String,
+    /// The serials revoked at once (a verified proof of key compromise).
+    revoked: Vec<String>,
+    /// The preliminary report is due by then (Unix seconds).
+    preliminary_due: i64,
+    /// The revocation decision is due by then (Unix seconds).
+    revocation_due: i64,
+}
+
+/// Sends the report's mails; a failure is logged (the report stands).
+async fn send_notices(s: &RaState, notices: Vec<ra::Notice>) {
+    for n in notices {
+        if let Err(e) = s.mailer.send(&n.to, &n.subject, &n.body).await {
+            tracing::error!(error = %e, subject = n.subject, "could not send a problem-report mail");
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/problem-reports", request_body = NewProblemReport, security(()),
+    responses((status = 201, body = ProblemReportReceived), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
+async fn problem_report(
+    State(s): State<Shared>,
+    parts: axum::http::request::Parts,
+    Json(b): Json<NewProblemReport>,
+) -> Result<(StatusCode, Json<ProblemReportReceived>), ApiFailure> {
+    let ip = s.client_ip(&parts);
+    s.limits
+        .check("report", ip, 5)
+        .map_err(|e| ApiFailure(e.error))?;
+    let got = ra::report_problem(
+        &s.auth,
+        ra::NewReport {
+            kind: b.kind,
+            serial: b.serial,
+            description: b.description,
+            reporter_email: b.reporter_email,
+            proof_csr: b.proof_csr.into_bytes(),
+            source: ip.to_string(),
+        },
+    )
+    .await?;
+    send_notices(&s, got.notices).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(ProblemReportReceived {
+            reference: got.reference,
+            revoked: got.revoked,
+            preliminary_due: got.preliminary_due,
+            revocation_due: got.revocation_due,
+        }),
+    ))
+}
+
+/// A report as a CA officer sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemReport {
+    id: String,
+    reference: String,
+    kind: String,
+    serial: String,
+    reporter_email: String,
+    description: String,
+    proof_verified: bool,
+    received_at: i64,
+    preliminary_due: i64,
+    preliminary_at: Option<i64>,
+    findings: Option<String>,
+    revocation_due: i64,
+    decided_at: Option<i64>,
+    outcome: Option<String>,
+    outcome_note: Option<String>,
+    /// `ok`, `nearing` (under 6 hours left) or `overdue`.
+    preliminary_clock: &'static str,
+    /// `ok`, `nearing` or `overdue`.
+    revocation_clock: &'static str,
+}
+
+fn clock_name(c: ra::Clock) -> &'static str {
+    match c {
+        ra::Clock::Ok => "ok",
+        ra::Clock::Nearing => "nearing",
+        ra::Clock::Overdue => "overdue",
+    }
+}
+
+impl From<ra::ReportView> for ProblemReport {
+    fn from(v: ra::ReportView) -> Self {
+        ProblemReport {
+            preliminary_clock: clock_name(v.preliminary_clock),
+            revocation_clock: clock_name(v.revocation_clock),
+            id: v.id,
+            reference: v.reference,
+            kind: v.kind,
+            serial: v.serial,
+            reporter_email: v.reporter_email,
+            description: v.description,
+            proof_verified: v.proof_verified,
+            received_at: v.received_at,
+            preliminary_due: v.preliminary_due,
+            preliminary_at: v.preliminary_at,
+            findings: v.findings,
+            revocation_due: v.revocation_due,
+            decided_at: v.decided_at,
+            outcome: v.outcome,
+            outcome_note: v.outcome_note,
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The officers' queue: open reports, most urgent first, then the last 50 decided.
+#[utoipa::path(get, path = "/api/v1/problem-reports",
+    responses((status = 200, body = [ProblemReport]), (status = 403, body = ApiError)))]
+async fn problem_reports(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+) -> Result<Json<Vec<ProblemReport>>, ApiFailure> {
+    staff.require(Scope::Read)?;
+    let rows = ra::report_queue(&s.auth, &staff, unix_now()).await?;
+    Ok(Json(rows.into_iter().map(ProblemReport::from).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/problem-reports/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = ProblemReport), (status = 404, body = ApiError)))]
+async fn problem_report_show(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Json<ProblemReport>, ApiFailure> {
+    staff.require(Scope::Read)?;
+    Ok(Json(
+        ra::report(&s.auth, &staff, &id, unix_now()).await?.into(),
+    ))
+}
+
+/// The preliminary report on the findings, sent to the reporter and the subscriber.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Findings {
+    findings: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/problem-reports/{id}/preliminary", params(("id" = String, Path)), request_body = Findings,
+    responses((status = 204), (status = 409, body = ApiError)))]
+async fn problem_report_preliminary(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<Findings>,
+) -> Result<StatusCode, ApiFailure> {
+    staff.require(Scope::Decide)?;
+    let notices = ra::report_preliminary(&s.auth, &staff, &id, &b.findings).await?;
+    send_notices(&s, notices).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The outcome: `revoke` with a reason (keyCompromise blocks the key), or `reject`; `note`
+/// is sent to the reporter (and the subscriber, for a revocation).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ReportDecision {
+    /// `revoke` or `reject`.
+    outcome: String,
+    /// For `revoke`: keyCompromise, affiliationChanged, superseded, cessationOfOperation or
+    /// privilegeWithdrawn.
+    #[serde(default)]
+    reason: String,
+    note: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/problem-reports/{id}/decision", params(("id" = String, Path)), request_body = ReportDecision,
+    responses((status = 200, body = [String]), (status = 409, body = ApiError)))]
+async fn problem_report_decision(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<ReportDecision>,
+) -> Result<Json<Vec<String>>, ApiFailure> {
+    staff.require(Scope::Decide)?;
+    let outcome = match b.outcome.as_str() {
+        "revoke" => ra::ReportOutcome::Revoke(ca_core::revocation::Reason::parse(&b.reason)?),
+        "reject" => ra::ReportOutcome::Reject,
+        _ => {
+            return Err(ApiFailure(Error::Invalid {
+                field: "outcome",
+                reason: "revoke or reject".into(),
+            }))
+        }
+    };
+    let (revoked, notices) = ra::report_decide(&s.auth, &staff, &id, outcome, &b.note).await?;
+    send_notices(&s, notices).await;
+    Ok(Json(revoked))
 }

@@ -1584,3 +1584,136 @@ async fn walk_in_and_revocation_at_the_counter() {
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
 }
+
+/// Certificate Problem Reports over HTTP (issue 12, item 13): the public form (CSRF-checked,
+/// errors named), the officer's queue and report page in both languages (clerks refused), the
+/// preliminary findings and the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_reports_over_http() {
+    let app = app(|_| {}).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let issued = app
+        .auth
+        .issue(ca_core::authority::ApprovedRequest {
+            profile: "personal".into(),
+            csr: ca_core::csr::VerifiedCsr::parse(csr.der()).unwrap(),
+            subject: ca_core::profile::SubjectData {
+                surname: Some("CHAN".into()),
+                given_name: Some("Tai Man".into()),
+                emails: vec!["tm.chan@example.hk".into()],
+                ..Default::default()
+            },
+            days: None,
+            renews: None,
+            actor: "test".into(),
+        })
+        .await
+        .unwrap();
+    let serial = issued.serial.to_hex();
+    let form = app.get("/report", "").await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    let token = form.cookie(CSRF_COOKIE).expect("csrf cookie");
+    let cookies = format!("{CSRF_COOKIE}={token}");
+    let fields = |csrf: &str, serial: &str| {
+        vec![
+            ("csrf", csrf.to_string()),
+            ("kind", "misissuance".to_string()),
+            ("serial", serial.to_string()),
+            (
+                "description",
+                "The subject names the wrong company.".to_string(),
+            ),
+            ("reporter_email", "rp@example.org".to_string()),
+        ]
+    };
+    let post = |path: &'static str, cookies: String, f: Vec<(&'static str, String)>| {
+        let app = &app;
+        async move {
+            let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.post(path, &cookies, &f).await
+        }
+    };
+    assert_eq!(
+        post("/report", cookies.clone(), fields("forged", &serial))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let bad = post("/report", cookies.clone(), fields(&token, "00")).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    let r = post("/report", cookies.clone(), fields(&token, &serial)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let reference = r.text_of("report-reference");
+    assert!(reference.starts_with("PR-"), "{reference}");
+
+    let (clerk, _) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    assert_eq!(
+        app.get("/staff/reports", &clerk).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let (officer, officer_csrf) = staff_cookie(&app, "officer1", "gpo", ra::Role::Officer).await;
+    for lang in [Lang::En, Lang::ZhHk] {
+        let q = format!("?lang={}", lang.tag());
+        let page = app.get(&format!("/report{q}"), "").await;
+        assert!(
+            page.body.contains(lang.texts().report_title),
+            "{}",
+            page.body
+        );
+        let queue = app.get(&format!("/staff/reports{q}"), &officer).await;
+        assert_eq!(queue.status, StatusCode::OK, "{}", queue.body);
+        assert!(queue.body.contains(&reference), "{}", queue.body);
+    }
+    let queue = app.get("/staff/reports", &officer).await;
+    let key = format!("data-reference=\"{reference}\" href=\"/staff/reports/");
+    let start = queue.body.find(&key).unwrap() + key.len();
+    let id = queue.body[start..].split('"').next().unwrap().to_string();
+    let page = app.get(&format!("/staff/reports/{id}"), &officer).await;
+    assert_eq!(page.text_of("reporter"), "rp@example.org");
+    let prelim = app
+        .post(
+            &format!("/staff/reports/{id}/preliminary"),
+            &officer,
+            &[
+                ("csrf", officer_csrf.as_str()),
+                ("version", "0"),
+                (
+                    "findings",
+                    "We are comparing the subject with the register.",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(prelim.status, StatusCode::OK, "{}", prelim.body);
+    let done = app
+        .post(
+            &format!("/staff/reports/{id}/decide"),
+            &officer,
+            &[
+                ("csrf", officer_csrf.as_str()),
+                ("version", "0"),
+                ("decision", "revoke"),
+                ("reason", "privilegeWithdrawn"),
+                ("note", "The subject was wrong: revoked."),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(
+        done.text_of("outcome").starts_with("revoked"),
+        "{}",
+        done.body
+    );
+    let rec = app
+        .auth
+        .store()
+        .certificate(&serial)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.revocation_reason, Some(9));
+}

@@ -11,6 +11,7 @@
 mod api;
 mod i18n;
 mod mail;
+mod reports;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -141,6 +142,14 @@ pub fn router(state: Shared) -> Router {
         .route("/staff/applications/{id}/decide", post(staff_decide))
         .route("/staff/applications/{id}/revoke", post(staff_revoke))
         .route("/staff/walk-in", get(walk_in_form).post(walk_in))
+        .route("/report", get(reports::report_form).post(reports::report))
+        .route("/staff/reports", get(reports::staff_reports))
+        .route("/staff/reports/{id}", get(reports::staff_report))
+        .route(
+            "/staff/reports/{id}/preliminary",
+            post(reports::staff_preliminary),
+        )
+        .route("/staff/reports/{id}/decide", post(reports::staff_decide))
         .layer(axum::middleware::map_response(security_headers))
         // Forms and a CSR: a few kilobytes.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -1552,6 +1561,12 @@ pub struct StaffForm {
     documents_sighted: Option<String>,
     #[serde(default)]
     locality: String,
+    /// A problem report's preliminary findings.
+    #[serde(default)]
+    findings: String,
+    /// A problem report's outcome, as sent to the reporter.
+    #[serde(default)]
+    note: String,
 }
 
 /// A staff member's form POST on an application: signed in, with the session's CSRF token,

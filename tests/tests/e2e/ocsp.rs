@@ -673,7 +673,7 @@ fn every_instance_follows_other_processes_and_answers_through_a_database_outage(
 }
 
 /// libfaketime, installed by ops/lib.sh (Debian `libfaketime`).
-fn libfaketime() -> PathBuf {
+pub(crate) fn libfaketime() -> PathBuf {
     std::fs::read_dir("/usr/lib")
         .unwrap()
         .filter_map(|e| e.ok())

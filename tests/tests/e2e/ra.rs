@@ -1594,3 +1594,206 @@ fn front_instance_reaches_the_signer_over_tls() {
     );
     assert_eq!(page(&wrong.1, "/apply", "").status, 502);
 }
+
+/// Certificate Problem Reports (TLS BR and S/MIME BR §4.9.3, §4.9.5; issue 12, item 13),
+/// through the real binary: anyone files one over the public API (no token) and gets a
+/// reference by mail; bad input is refused by name; `/healthz` and `/metrics` show the open
+/// report, and — the clock moved 25 hours on with libfaketime — its overdue preliminary
+/// report as an alarm; a CA officer sends the preliminary findings (mailed to the reporter and
+/// the subscriber) and rejects it; a key-compromise report proved by a CSR signed by the
+/// certificate's key revokes at once (OCSP then says revoked, judged by openssl).
+#[test]
+fn problem_reports_are_taken_24x7_and_their_clocks_alarm() {
+    let ca = Ca::init();
+    add_gpo(&ca);
+    add_staff(&ca, "officer1", "gpo", "officer");
+    add_staff(&ca, "clerk1", "gpo", "clerk");
+    let token = |user: &str| {
+        ca.ecert_ok(&[
+            "staff",
+            "token",
+            "--username",
+            user,
+            "--label",
+            "e2e",
+            "--days",
+            "3",
+            "--scopes",
+            "read,decide",
+        ])
+        .trim()
+        .to_string()
+    };
+    let (officer, clerk) = (token("officer1"), token("clerk1"));
+    let p = crate::common::personal();
+    let csr = ca.csr("reported", KeyType::P256);
+    let leaf = ca.issue(p.profile, &csr.csr, &p.args, "certificate to report");
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let addr = server.1.clone();
+    let public = |body: serde_json::Value| {
+        let r = http(
+            &addr,
+            "POST",
+            "/api/v1/problem-reports",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        (
+            r.status,
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap_or_default(),
+        )
+    };
+    let report = |kind: &str, serial: &str| serde_json::json!({"kind": kind, "serial": serial, "description": "Used to sign phishing mail.", "reporter_email": "abuse@example.org"});
+    for (body, field) in [
+        (report("stolen", &leaf.serial), "kind"),
+        (report("misuse", "0badc0de"), "serial"),
+        (
+            serde_json::json!({"kind": "misuse", "serial": leaf.serial, "description": "x", "reporter_email": "not a mailbox"}),
+            "reporter_email",
+        ),
+    ] {
+        let (st, e) = public(body);
+        assert_eq!(st, 422, "{e}");
+        assert!(e["message"].as_str().unwrap().contains(field), "{e}");
+    }
+    let (st, got) = public(report("misuse", &leaf.serial));
+    assert_eq!(st, 201, "{got}");
+    let reference = got["reference"].as_str().unwrap().to_string();
+    assert_eq!(
+        got["revocation_due"].as_i64().unwrap() - got["preliminary_due"].as_i64().unwrap(),
+        4 * 86_400
+    );
+    smtp.wait_for("abuse@example.org", &reference);
+
+    let health = |addr: &str| {
+        let (_, _, body) = crate::serve::get(addr, "/healthz");
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    // The store probe runs every 2 s: wait for the status and the number of open reports.
+    let wait_health = |addr: &str, want: &str, open: i64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let h = health(addr);
+            if h["problem_reports"]["status"] == want && h["problem_reports"]["open"] == open {
+                return h;
+            }
+            assert!(std::time::Instant::now() < deadline, "{h}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_health(&addr, "ok", 1);
+    let (_, _, metrics) = crate::serve::get(&addr, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("ecert_problem_reports_open 1"),
+        "{metrics}"
+    );
+
+    // 25 hours on: the preliminary report is overdue, an alarm in /healthz and /metrics.
+    drop(server);
+    let preload = crate::ocsp::libfaketime();
+    let later = serve_ra_with(
+        &ca,
+        &smtp.addr,
+        &log,
+        &[
+            ("LD_PRELOAD", preload.to_str().unwrap()),
+            ("FAKETIME", "+25h"),
+        ],
+    );
+    let h = wait_health(&later.1, "overdue", 1);
+    assert_eq!(h["problem_reports"]["preliminary_overdue"], 1, "{h}");
+    assert!(
+        h["alarms"]
+            .to_string()
+            .contains("preliminary report overdue"),
+        "{h}"
+    );
+    let (_, _, metrics) = crate::serve::get(&later.1, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains(
+            "ecert_problem_report_deadlines{deadline=\"preliminary\",state=\"overdue\"} 1"
+        ),
+        "{metrics}"
+    );
+    // Officers only; the officer sees the overdue clock, sends the findings, then rejects.
+    let (st, _) = api(&later.1, "GET", "/api/v1/problem-reports", &clerk, None);
+    assert_eq!(st, 403);
+    let (st, list) = api(&later.1, "GET", "/api/v1/problem-reports", &officer, None);
+    assert_eq!(st, 200, "{list}");
+    assert_eq!(list[0]["preliminary_clock"], "overdue", "{list}");
+    assert_eq!(list[0]["reporter_email"], "abuse@example.org");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let (st, e) = api(
+        &later.1,
+        "POST",
+        &format!("/api/v1/problem-reports/{id}/preliminary"),
+        &officer,
+        Some(
+            serde_json::json!({"findings": "The mail was sent from the subscriber's own server; we are asking them."}),
+        ),
+    );
+    assert_eq!(st, 204, "{e}");
+    smtp.wait_for("abuse@example.org", "asking them");
+    let (st, e) = api(
+        &later.1,
+        "POST",
+        &format!("/api/v1/problem-reports/{id}/decision"),
+        &officer,
+        Some(
+            serde_json::json!({"outcome": "reject", "note": "The subscriber's account was abused, not the key; no revocation."}),
+        ),
+    );
+    assert_eq!(st, 200, "{e}");
+    wait_health(&later.1, "ok", 0);
+    drop(later);
+
+    // A key compromise proved by a CSR signed by the certificate's key: revoked at once.
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let addr = server.1.clone();
+    let proof = ca.file("proof.csr");
+    openssl(
+        ca.data_dir(),
+        &[
+            "req",
+            "-new",
+            "-key",
+            csr.key.to_str().unwrap(),
+            "-subj",
+            "/CN=compromised",
+            "-out",
+            proof.to_str().unwrap(),
+        ],
+    );
+    let mut body = report("key_compromise", &leaf.serial);
+    body["proof_csr"] = std::fs::read_to_string(&proof).unwrap().into();
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/problem-reports",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    let got: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(r.status, 201, "{got}");
+    assert_eq!(
+        got["revoked"][0].as_str(),
+        Some(leaf.serial.as_str()),
+        "{got}"
+    );
+    let issuer = ca.export("individual");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ocsp_status(&ca, &addr, &issuer.path, &leaf.cert.path);
+        if out.contains("revoked") {
+            assert!(out.contains("keyCompromise"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ca.audit_ok();
+}
