@@ -1889,12 +1889,20 @@ impl Authority {
                 *new = old;
             }
         };
+        // A request stored before countries were verified (2026-12) has none; its organisation
+        // identifier was from a Hong Kong register, so that register's country is the verified
+        // one. A person's certificate without one renews without countryName.
+        let prev_country = prev.country.or_else(|| {
+            (prev.org_id.is_some() || prev.government)
+                .then(|| crate::ra::REGISTER_COUNTRY.to_string())
+        });
+        keep(&mut subject.country, prev_country);
         keep(&mut subject.name, prev.name);
         keep(&mut subject.given_name, prev.given_name);
         keep(&mut subject.surname, prev.surname);
         keep(&mut subject.organization, prev.organization);
         keep(&mut subject.org_id, prev.org_id);
-        keep(&mut subject.country, prev.country);
+
         keep(&mut subject.locality, prev.locality);
         subject.government |= prev.government;
         keep(&mut subject.srn, prev.srn);

@@ -62,6 +62,49 @@ impl VerifiedCsr {
     }
 }
 
+/// A statement that a key is compromised, as a CSR signed by that key: its subject's
+/// commonName must be [`compromise_statement`] for the certificate's serial, so a CSR made for
+/// anything else — the subscriber's issuance CSR, which cannot carry a serial chosen after it —
+/// proves nothing. No key policy applies (a compromised key is often a weak one); only the
+/// signature. Returns the SHA-256 of the CSR's SubjectPublicKeyInfo (the key's identity, as
+/// [`SubscriberKey::fingerprint`]).
+pub fn compromise_proof(input: &[u8], serial_hex: &str) -> Result<[u8; 32]> {
+    if input.len() > MAX_CSR_BYTES {
+        return Err(Error::CsrTooLarge {
+            len: input.len(),
+            max: MAX_CSR_BYTES,
+        });
+    }
+    let der = decode(input)?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(&der).map_err(|e| Error::CsrMalformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Error::CsrMalformed("trailing bytes after the CSR".into()));
+    }
+    csr.verify_signature().map_err(|_| Error::CsrBadSignature)?;
+    let want = compromise_statement(serial_hex);
+    let cn: Vec<&str> = csr
+        .certification_request_info
+        .subject
+        .iter_common_name()
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    if cn != [want.as_str()] {
+        return Err(Error::CsrMalformed(format!(
+            "the proof's subject must be exactly CN={want}"
+        )));
+    }
+    Ok(
+        <sha2::Sha256 as sha2::Digest>::digest(csr.certification_request_info.subject_pki.raw)
+            .into(),
+    )
+}
+
+/// The commonName a key-compromise proof carries for the certificate `serial_hex`.
+pub fn compromise_statement(serial_hex: &str) -> String {
+    format!("key compromise {}", serial_hex.to_ascii_lowercase())
+}
+
 fn decode(input: &[u8]) -> Result<Vec<u8>> {
     let trimmed = input.trim_ascii_start();
     if !trimmed.starts_with(b"-----BEGIN") {

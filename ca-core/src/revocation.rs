@@ -383,12 +383,14 @@ pub(crate) async fn revoke_in(
         )));
     }
     // S/MIME BR §7.2.2 (and §7.3): certificateHold SHALL NOT be used for Strict-generation
-    // certificates, whichever channel asks (CLI, counter, API all come here).
+    // certificates, whichever channel asks (CLI, counter, API all come here); nor for a
+    // certificate of no subscriber profile (an OCSP responder's). The same rule as the CRL and
+    // OCSP lints ([`crate::profile::Profile::hold_allowed_for`]).
     if reason == Reason::CertificateHold
-        && crate::profile::Profile::get(&status.profile).is_ok_and(|p| p.smime_strict())
+        && !crate::profile::Profile::hold_allowed_for(&status.profile)
     {
         return Err(Error::Revocation(format!(
-            "certificateHold is not allowed for the {} profile: an S/MIME BR Strict certificate is revoked, never suspended (S/MIME BR §7.2.2)",
+            "certificateHold is not allowed for the {} profile: an S/MIME BR Strict certificate (or a responder's) is revoked, never suspended (S/MIME BR §7.2.2)",
             status.profile
         )));
     }

@@ -112,7 +112,7 @@ impl DebianWeakKeys {
 }
 
 /// Parses one list: `#` comments and blank lines skipped; every other line exactly 20 hex
-/// digits (either case).
+/// digits (either case); at least one.
 fn parse(text: &str, origin: &Path) -> Result<Vec<Fingerprint>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -129,6 +129,12 @@ fn parse(text: &str, origin: &Path) -> Result<Vec<Fingerprint>> {
             )));
         }
         out.push(fp);
+    }
+    if out.is_empty() {
+        return Err(Error::Config(format!(
+            "{} holds no fingerprint: an incomplete installation would check nothing",
+            origin.display()
+        )));
     }
     out.sort_unstable();
     out.dedup();

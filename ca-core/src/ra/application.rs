@@ -7,7 +7,7 @@ use serde_json::json;
 use super::domains::{domain_status, DomainStatus};
 use super::mailbox;
 use super::record::{
-    key_certified_to_another, key_of_another, owned, valid_approvals, Application,
+    key_certified_to_another, key_of_another, org_key, owned, valid_approvals, Application,
 };
 use super::rules::{minor_days, status_of, Status};
 use super::support::{check_len, hash_password_async, invalid, now, random_base32, sha256};
@@ -367,7 +367,11 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
         store,
         &csr.key().fingerprint(),
         &hkid_index,
-        org_id.as_deref(),
+        &org_key(
+            org_register,
+            org_id.as_deref(),
+            subject.organization.as_deref(),
+        ),
     )
     .await?
     {

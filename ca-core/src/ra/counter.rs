@@ -264,7 +264,7 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
         }),
         fee_due: super::fee::fee_due(ra, &r.profile),
         same_hkid: same,
-        dual_control: ApprovalPolicy::of(ra, &r.profile).dual_control,
+        dual_control: ApprovalPolicy::of(ra, &r.profile, r.org_register.as_deref()).dual_control,
         approvals,
         organization: r
             .organization

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::application::{minor_validity, subject_of_record};
 use super::domains::{check_caa, domain_status};
 use super::record::{
-    changed, key_certified_to_another, key_of_another, settle, staff_owned, Application,
+    changed, key_certified_to_another, key_of_another, org_key, settle, staff_owned, Application,
 };
 use super::rules::{
     approval_outcome, approval_readiness, Approval, ApprovalPolicy, Handling, Outcome, Readiness,
@@ -77,7 +77,7 @@ pub async fn decide(
         Decision::Reject(reason) => check_len("reason", reason, 3, 500)?,
         Decision::Approve => approval_readiness(&readiness(store, &r, version).await?, t)?,
     }
-    let policy = ApprovalPolicy::of(&auth.config().ra, &r.profile);
+    let policy = ApprovalPolicy::of(&auth.config().ra, &r.profile, r.org_register.as_deref());
     let new = Approval {
         staff: staff.staff.clone(),
         role: staff.role,
@@ -319,7 +319,11 @@ async fn issue(
         store,
         &csr.key().fingerprint(),
         &r.hkid_index,
-        r.org_id.as_deref(),
+        &org_key(
+            r.org_register.as_deref(),
+            r.org_id.as_deref(),
+            r.organization.as_deref(),
+        ),
     )
     .await
     {

@@ -52,6 +52,7 @@ mod token;
 #[cfg(test)]
 mod tests;
 
+pub use application::REGISTER_COUNTRY;
 pub use application::{
     business_registration_number, certificate, certificate_chain, submit, track, CitizenView,
     NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
@@ -72,7 +73,8 @@ pub use mailbox::{
 pub use outlet::{ensure_outlet, outlets};
 pub use problems::{
     report, report_clocks, report_decide, report_preliminary, report_problem, report_queue,
-    NewReport, Notice, ProblemKind, ReportClocks, ReportOutcome, ReportReceived, ReportView,
+    source_bucket, NewReport, Notice, ProblemKind, ReportClocks, ReportOutcome, ReportReceived,
+    ReportView,
 };
 pub use renewal::{rekey_message, renew_online};
 pub use retention::purge;

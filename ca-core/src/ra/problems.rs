@@ -5,7 +5,9 @@
 //! - **Intake** ([`report_problem`]): public (page and API, rate-limited per address by the
 //!   web layer), the certificate named by its serial, a description and the reporter's mailbox
 //!   (sealed: personal data). A key-compromise report may carry proof: a CSR signed by the
-//!   certificate's private key. With verified proof the CA acts at once (as the BR's 24 hours
+//!   certificate's private key whose subject is `CN=key compromise <serial>`
+//!   ([`crate::csr::compromise_proof`]: a CSR made for anything else, such as the subscriber's
+//!   issuance CSR, proves nothing). With verified proof the CA acts at once (as the BR's 24 hours
 //!   allow no waiting for office hours): every certificate with the key is revoked for
 //!   keyCompromise and the key is blocked ([`crate::revocation::Evidence::Verified`]); the report
 //!   is closed with the outcome and the acknowledgement is its preliminary report.
@@ -20,14 +22,13 @@
 
 use serde_json::json;
 
-use super::record::{changed, not_open};
+use super::record::not_open;
 use super::rules::{clock, report_deadlines, Clock};
 use super::session::StaffSession;
 use super::staff::Role;
 use super::support::{check_len, invalid, now, random_base32};
 use crate::audit::Event;
 use crate::authority::Authority;
-use crate::csr::VerifiedCsr;
 use crate::error::{Error, Result};
 use crate::pii::Field;
 use crate::revocation::{Evidence, Reason};
@@ -101,7 +102,7 @@ impl std::fmt::Debug for NewReport {
 }
 
 /// A mail the web layer sends.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Notice {
     /// The mailbox.
     pub to: String,
@@ -109,6 +110,15 @@ pub struct Notice {
     pub subject: String,
     /// Body.
     pub body: String,
+}
+
+// A mailbox: `Debug` names the subject only.
+impl std::fmt::Debug for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notice")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the intake tells the reporter, and what to mail.
@@ -192,8 +202,9 @@ pub async fn report_problem(auth: &Authority, r: NewReport) -> Result<ReportRece
                 "a proof is for a key-compromise report",
             ));
         }
-        let csr = VerifiedCsr::parse(&r.proof_csr).map_err(|e| invalid_owned("proof_csr", e))?;
-        if csr.key().fingerprint().as_slice() != cert.key_fp.as_slice() {
+        let key_fp = crate::csr::compromise_proof(&r.proof_csr, &hex)
+            .map_err(|e| invalid_owned("proof_csr", e))?;
+        if key_fp.as_slice() != cert.key_fp.as_slice() {
             return Err(invalid(
                 "proof_csr",
                 "the CSR is signed by another key than the certificate's",
@@ -385,6 +396,32 @@ async fn close(
     Ok(())
 }
 
+/// Reopens a report whose claimed revocation failed (audited).
+async fn reopen(store: &Store, id: &str, by: &str, why: &Error) -> Result<()> {
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "UPDATE problem_reports SET decided_at = NULL, decided_by = NULL, outcome = NULL, outcome_note = NULL \
+         WHERE id = $1 AND decided_by = $2",
+    )
+    .bind(id)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.problem_report.reopened",
+                actor: by.to_string(),
+                subject: Some(id.to_string()),
+                detail: json!({ "why": why.to_string() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 row! {
     struct ReportRow {
         id: String,
@@ -409,7 +446,7 @@ const REPORT_COLUMNS: &str = "id, reference, kind, serial, reporter_sealed, desc
      preliminary_due, revocation_due, preliminary_at, findings, decided_at, outcome, outcome_note";
 
 /// A report as an officer sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReportView {
     /// Internal id.
     pub id: String,
@@ -445,6 +482,28 @@ pub struct ReportView {
     pub preliminary_clock: Clock,
     /// The revocation clock at the time asked.
     pub revocation_clock: Clock,
+}
+
+// The reporter's mailbox and words: `Debug` names the report only.
+impl std::fmt::Debug for ReportView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportView")
+            .field("id", &self.id)
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The per-address bucket a report's source is counted in: an IPv4 address, or an IPv6 /64
+/// (one subscriber line has a whole /64 to rotate through).
+pub fn source_bucket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 /// Only CA officers handle problem reports.
@@ -495,7 +554,7 @@ pub async fn report_queue(
     let open = sqlx::query_as::<_, ReportRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {REPORT_COLUMNS} FROM problem_reports WHERE decided_at IS NULL ORDER BY \
          CASE WHEN preliminary_at IS NULL AND preliminary_due < revocation_due \
-         THEN preliminary_due ELSE revocation_due END"
+         THEN preliminary_due ELSE revocation_due END LIMIT 500"
     )));
     let mut rows = open.fetch_all(auth.store().pool()).await?;
     rows.extend(
@@ -542,7 +601,7 @@ pub async fn report_preliminary(
     let mut tx = auth.store().begin().await?;
     let res = sqlx::query(
         "UPDATE problem_reports SET preliminary_at = $2, preliminary_by = $3, findings = $4 \
-         WHERE id = $1 AND preliminary_at IS NULL",
+         WHERE id = $1 AND preliminary_at IS NULL AND decided_at IS NULL",
     )
     .bind(id)
     .bind(t)
@@ -552,7 +611,7 @@ pub async fn report_preliminary(
     .await?;
     if res.rows_affected() != 1 {
         return Err(Error::Conflict(
-            "the preliminary report was sent already".into(),
+            "the preliminary report was sent already, or the report is decided".into(),
         ));
     }
     auth.store()
@@ -612,7 +671,7 @@ pub async fn report_decide(
         return Err(Error::Conflict("the report was decided already".into()));
     }
     let actor = format!("staff:{}", staff.username);
-    let (word, revoked) = match outcome {
+    let (word, reason) = match outcome {
         ReportOutcome::Revoke(reason) => {
             if matches!(reason, Reason::CertificateHold | Reason::Unspecified) {
                 return Err(invalid(
@@ -620,25 +679,34 @@ pub async fn report_decide(
                     "a problem report ends in a revocation with its reason, not a hold",
                 ));
             }
-            let serial = SerialNumber::from_hex(&r.serial).ok_or(Error::NotFound)?;
-            let list = match auth
-                .revoke_as(serial, reason, &actor, Evidence::Verified)
-                .await
-            {
-                Ok(list) => list.into_iter().map(|(s, _)| s).collect(),
-                Err(Error::AlreadyRevoked { .. }) => Vec::new(),
-                Err(e) => return Err(e),
-            };
-            ("revoked", list)
+            ("revoked", Some(reason))
         }
-        ReportOutcome::Reject => ("rejected", Vec::new()),
+        ReportOutcome::Reject => ("rejected", None),
     };
+    // The decision is claimed first: of two officers deciding at once, one is told the report
+    // is decided and nothing of theirs is done.
     close(auth.store(), id, &actor, word, note.trim(), false)
         .await
         .map_err(|e| match e {
-            Error::Conflict(_) => changed(),
+            Error::Conflict(_) => Error::Conflict("the report was decided already".into()),
             other => other,
         })?;
+    let mut revoked = Vec::new();
+    if let Some(reason) = reason {
+        let serial = SerialNumber::from_hex(&r.serial).ok_or(Error::NotFound)?;
+        match auth
+            .revoke_as(serial, reason, &actor, Evidence::Verified)
+            .await
+        {
+            Ok(list) => revoked = list.into_iter().map(|(s, _)| s).collect(),
+            Err(Error::AlreadyRevoked { .. }) => {}
+            Err(e) => {
+                // Not revoked: the report is open again for another try.
+                reopen(auth.store(), id, &actor, &e).await?;
+                return Err(e);
+            }
+        }
+    }
     let subject = format!("Certificate problem report {}: {word}", r.reference);
     let body = format!(
         "Certificate problem report {} about certificate {}: {word}.\n\n{}\n",
@@ -676,34 +744,36 @@ pub struct ReportClocks {
 
 row! {
     struct ClockRow {
-        preliminary_due: i64,
-        revocation_due: i64,
-        preliminary_at: Option<i64>,
+        open: i64,
+        preliminary_nearing: i64,
+        preliminary_overdue: i64,
+        revocation_nearing: i64,
+        revocation_overdue: i64,
     }
 }
 
-/// Counts the open reports' clocks at `at`.
+/// Counts the open reports' clocks at `at`, in one aggregate query (the health probe runs it
+/// every few seconds, however many reports are open). The same rule as
+/// [`super::rules::clock`]: overdue once past due, nearing within
+/// [`super::rules::REPORT_NEARING_SECS`].
 pub async fn report_clocks(store: &Store, at: i64) -> Result<ReportClocks> {
-    let rows = sqlx::query_as::<_, ClockRow>(
-        "SELECT preliminary_due, revocation_due, preliminary_at FROM problem_reports WHERE decided_at IS NULL",
+    let r = sqlx::query_as::<_, ClockRow>(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS open, \
+         CAST(COALESCE(SUM(CASE WHEN preliminary_at IS NULL AND preliminary_due >= $1 AND preliminary_due - $1 <= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS preliminary_nearing, \
+         CAST(COALESCE(SUM(CASE WHEN preliminary_at IS NULL AND preliminary_due < $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS preliminary_overdue, \
+         CAST(COALESCE(SUM(CASE WHEN revocation_due >= $1 AND revocation_due - $1 <= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS revocation_nearing, \
+         CAST(COALESCE(SUM(CASE WHEN revocation_due < $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS revocation_overdue \
+         FROM problem_reports WHERE decided_at IS NULL",
     )
-    .fetch_all(store.pool())
+    .bind(at)
+    .bind(super::rules::REPORT_NEARING_SECS)
+    .fetch_one(store.pool())
     .await?;
-    let mut c = ReportClocks {
-        open: rows.len() as i64,
-        ..Default::default()
-    };
-    for r in rows {
-        match clock(r.preliminary_due, r.preliminary_at, at) {
-            Clock::Nearing => c.preliminary_nearing += 1,
-            Clock::Overdue => c.preliminary_overdue += 1,
-            Clock::Ok => {}
-        }
-        match clock(r.revocation_due, None, at) {
-            Clock::Nearing => c.revocation_nearing += 1,
-            Clock::Overdue => c.revocation_overdue += 1,
-            Clock::Ok => {}
-        }
-    }
-    Ok(c)
+    Ok(ReportClocks {
+        open: r.open,
+        preliminary_nearing: r.preliminary_nearing,
+        preliminary_overdue: r.preliminary_overdue,
+        revocation_nearing: r.revocation_nearing,
+        revocation_overdue: r.revocation_overdue,
+    })
 }

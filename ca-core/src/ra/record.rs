@@ -188,20 +188,35 @@ pub(super) async fn key_certified_to_another(
     store: &Store,
     key_fp: &[u8],
     hkid_index: &[u8],
-    org_id: Option<&str>,
+    org: &str,
 ) -> Result<bool> {
     let n = sqlx::query_scalar::<_, i64>(
         "SELECT COUNT(*) FROM certificates c JOIN applications a ON a.certificate = c.serial \
          WHERE c.key_fp = $1 AND c.state = 'issued' AND c.revocation_reason IS NULL AND c.not_after >= $2 \
-         AND NOT (a.hkid_index = $3 AND COALESCE(a.org_id, '') = $4)",
+         AND NOT (a.hkid_index = $3 AND COALESCE(a.org_id, CASE WHEN a.org_register = 'GOV' THEN 'GOV:' || a.organization END, '') = $4)",
     )
     .bind(key_fp.to_vec())
     .bind(now())
     .bind(hkid_index.to_vec())
-    .bind(org_id.unwrap_or_default())
+    .bind(org)
     .fetch_one(store.pool())
     .await?;
     Ok(n > 0)
+}
+
+/// Who the organisation of an application is, for [`key_certified_to_another`]: its Business
+/// Registration number, or for a government entity (no number) `GOV:` and its name; empty for
+/// a person. The same expression as the query's.
+pub(super) fn org_key(
+    register: Option<&str>,
+    org_id: Option<&str>,
+    organization: Option<&str>,
+) -> String {
+    match (register, org_id) {
+        (_, Some(br)) => br.to_string(),
+        (Some("GOV"), None) => format!("GOV:{}", organization.unwrap_or_default()),
+        _ => String::new(),
+    }
 }
 
 /// The refusal of a key certified to another subscriber.

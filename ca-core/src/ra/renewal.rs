@@ -29,6 +29,8 @@ row! {
         renewed_by: Option<String>,
         hkid_index: Vec<u8>,
         org_id: Option<String>,
+        org_register: Option<String>,
+        organization: Option<String>,
     }
 }
 
@@ -63,7 +65,8 @@ pub async fn renew_online(
     let r = sqlx::query_as::<_, Current>(
         "SELECT a.certificate AS certificate, a.profile AS profile, a.email_confirmed_at AS email_confirmed_at, \
          a.dob_sealed AS dob_sealed, c.key_fp AS key_fp, c.revocation_reason AS revocation_reason, \
-         c.not_after AS not_after, c.renewed_by AS renewed_by, a.hkid_index AS hkid_index, a.org_id AS org_id \
+         c.not_after AS not_after, c.renewed_by AS renewed_by, a.hkid_index AS hkid_index, a.org_id AS org_id, \
+         a.org_register AS org_register, a.organization AS organization \
          FROM applications a JOIN certificates c ON c.serial = a.certificate WHERE a.id = $1",
     )
     .bind(&id)
@@ -93,7 +96,11 @@ pub async fn renew_online(
             store,
             &csr.key().fingerprint(),
             &r.hkid_index,
-            r.org_id.as_deref(),
+            &super::record::org_key(
+                r.org_register.as_deref(),
+                r.org_id.as_deref(),
+                r.organization.as_deref(),
+            ),
         )
         .await?
     {

@@ -146,10 +146,13 @@ pub struct ApprovalPolicy {
 }
 
 impl ApprovalPolicy {
-    /// The policy of `profile` under `ra`.
-    pub fn of(ra: &crate::config::RaConfig, profile: &str) -> Self {
+    /// The policy of `profile` under `ra`, for an organisation in `org_register`: a government
+    /// entity (`GOV`) always needs dual control, because no registration number backs it — a
+    /// second, senior member of staff confirms the bureau's letter.
+    pub fn of(ra: &crate::config::RaConfig, profile: &str, org_register: Option<&str>) -> Self {
         ApprovalPolicy {
-            dual_control: ra.dual_control.iter().any(|p| p == profile),
+            dual_control: ra.dual_control.iter().any(|p| p == profile)
+                || org_register == Some("GOV"),
         }
     }
 

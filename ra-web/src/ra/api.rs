@@ -743,7 +743,7 @@ async fn problem_report(
             description: b.description,
             reporter_email: b.reporter_email,
             proof_csr: b.proof_csr.into_bytes(),
-            source: ip.to_string(),
+            source: ra::source_bucket(ip),
         },
     )
     .await?;
@@ -887,7 +887,14 @@ async fn problem_report_decision(
 ) -> Result<Json<Vec<String>>, ApiFailure> {
     staff.require(Scope::Decide)?;
     let outcome = match b.outcome.as_str() {
-        "revoke" => ra::ReportOutcome::Revoke(ca_core::revocation::Reason::parse(&b.reason)?),
+        "revoke" => ra::ReportOutcome::Revoke(
+            ca_core::revocation::Reason::parse(&b.reason).map_err(|e| {
+                ApiFailure(Error::Invalid {
+                    field: "reason",
+                    reason: e.to_string(),
+                })
+            })?,
+        ),
         "reject" => ra::ReportOutcome::Reject,
         _ => {
             return Err(ApiFailure(Error::Invalid {

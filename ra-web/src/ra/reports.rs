@@ -74,7 +74,7 @@ pub(super) async fn report(
             description: f.description,
             reporter_email: f.reporter_email,
             proof_csr: f.proof_csr.into_bytes(),
-            source: ip.to_string(),
+            source: ra::source_bucket(ip),
         },
     )
     .await
@@ -244,7 +244,13 @@ pub(super) async fn staff_decide(
     let outcome = match p.f.decision.as_str() {
         "revoke" => match ca_core::revocation::Reason::parse(&p.f.reason) {
             Ok(r) => ra::ReportOutcome::Revoke(r),
-            Err(e) => return AppError::new(e, p.lang.0).into_response(),
+            Err(e) => {
+                let e = Error::Invalid {
+                    field: "reason",
+                    reason: e.to_string(),
+                };
+                return AppError::new(e, p.lang.0).into_response();
+            }
         },
         "reject" => ra::ReportOutcome::Reject,
         _ => {

@@ -1293,7 +1293,13 @@ async fn subjects_carry_what_the_counter_verified() {
     record_fee(&auth, &clerk, &sub.id, 15_000, "cash", "R-G")
         .await
         .unwrap();
-    let Decided::Issued { serial, .. } = decide(&auth, &clerk, &sub.id, 1, Decision::Approve)
+    // No registration number backs a government entity: two people approve, one senior.
+    assert!(matches!(
+        decide(&auth, &clerk, &sub.id, 1, Decision::Approve).await,
+        Ok(Decided::AwaitingSecond)
+    ));
+    let supervisor = session_of(&auth, "super1", Role::Supervisor).await;
+    let Decided::Issued { serial, .. } = decide(&auth, &supervisor, &sub.id, 1, Decision::Approve)
         .await
         .unwrap()
     else {
@@ -1511,15 +1517,43 @@ async fn problem_reports_run_on_the_br_clocks() {
     .await
     .unwrap();
 
-    // With proof (a CSR signed by the certificate's key): revoked at once, the report closed.
+    // A proof is a CSR by the certificate's key stating the compromise of this serial: the
+    // subscriber's own issuance CSR (anyone who saw it could replay it) or a statement about
+    // another serial proves nothing.
+    let statement = |serial: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            crate::csr::compromise_statement(serial),
+        );
+        p.serialize_request(&key2).unwrap().der().to_vec()
+    };
+    for proof in [super::journey::csr_for(&key2), statement(&serial)] {
+        match report_problem(
+            &auth,
+            report("key_compromise", &serial2, proof, "192.0.2.1"),
+        )
+        .await
+        {
+            Err(Error::Invalid {
+                field: "proof_csr", ..
+            }) => {}
+            other => panic!("a replayed or misdirected proof: {other:?}"),
+        }
+    }
+    assert_eq!(
+        auth.store()
+            .certificate(&serial2)
+            .await
+            .unwrap()
+            .unwrap()
+            .revocation_reason,
+        None
+    );
+    // With proof: revoked at once, the report closed.
     let proved = report_problem(
         &auth,
-        report(
-            "key_compromise",
-            &serial2,
-            super::journey::csr_for(&key2),
-            "192.0.2.1",
-        ),
+        report("key_compromise", &serial2, statement(&serial2), "192.0.2.1"),
     )
     .await
     .unwrap();
