@@ -247,6 +247,8 @@ pub struct Authority {
     crl_lists: tokio::sync::Mutex<HashMap<CaRole, EntryList>>,
     /// The Debian weak-key lists of `[keys] debian_weak_dir` (empty when unset).
     debian_weak: crate::keys::debian::DebianWeakKeys,
+    /// The clock check before anything is dated and signed ([`crate::clock`]).
+    clock: crate::clock::ClockGuard,
     _lock: File,
     /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
     /// mutex only to make `Authority` Sync.)
@@ -995,7 +997,9 @@ impl Authority {
         };
         let writer = Committer::start(store.clone());
         let hsm_slots = Arc::new(tokio::sync::Semaphore::new(config.hsm.pool_size));
+        let clock = crate::clock::ClockGuard::new(&config.clock, &store);
         let auth = Authority {
+            clock,
             debian_weak,
             pii,
             config,
@@ -1092,6 +1096,7 @@ impl Authority {
     /// Steps 1–4 of the cycle: checks the request, reserves the serial, builds and lints the
     /// TBS, records it in state `issuing`. Returns the token that [`Authority::sign`] needs.
     pub async fn prepare(&self, req: ApprovedRequest) -> Result<IssuanceToken> {
+        self.clock.check(&self.store).await?;
         match self.reserve(&req).await {
             Ok(v) => self.build_and_record(req, v).await,
             Err(e) => {
@@ -1305,10 +1310,30 @@ impl Authority {
         if role == CaRole::Root && scope != Scope::Full {
             return Err(Error::Config("the root publishes only a full CRL".into()));
         }
+        self.clock.check(&self.store).await?;
         // One publication at a time in this process: the entry lists are shared.
         let mut lists = self.crl_lists.lock().await;
         let started = std::time::Instant::now();
         let now = now_secs();
+        // Never backwards: a CRL dated before its predecessor (a clock set back, with or
+        // without a reference) is not published (issue 13, defect 2; RFC 5280 §5.1.2.4).
+        if let Some(prev) = self
+            .store
+            .crl_heads(role.name())
+            .await?
+            .into_iter()
+            .find(|h| h.scope == scope)
+        {
+            if unix(now) < prev.this_update {
+                return Err(Error::Clock(format!(
+                    "this host's clock reads {}, before the thisUpdate of the last {} CRL ({}): \
+                     the clock was set back; nothing is published until it passes that time",
+                    unix(now),
+                    role.name(),
+                    prev.this_update
+                )));
+            }
+        }
         let validity = if role == CaRole::Root {
             365 * DAY
         } else {
@@ -1573,6 +1598,11 @@ impl Authority {
             });
         }
         Ok(())
+    }
+
+    /// The signer's clock check ([`crate::clock`]): `/healthz` and `/metrics` read it.
+    pub fn clock(&self) -> &crate::clock::ClockGuard {
+        &self.clock
     }
 
     /// The checks on a subscriber key that need this CA's data, beyond the CSR's own

@@ -32,6 +32,40 @@ pub struct Config {
     pub http: HttpConfig,
     /// Subscriber key checks that need data from outside.
     pub keys: KeysConfig,
+    /// The signer's clock check (crate::clock).
+    pub clock: ClockConfig,
+}
+
+/// The signer's clock check ([`crate::clock`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// `auto` (the PostgreSQL server's clock on PostgreSQL, none on SQLite), `database` or
+    /// `none`.
+    pub reference: ClockReference,
+    /// The most this host's clock may differ from the reference before nothing is signed.
+    pub max_skew_seconds: u32,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            reference: ClockReference::Auto,
+            max_skew_seconds: 5,
+        }
+    }
+}
+
+/// What the signer's clock is compared with ([`ClockConfig::reference`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockReference {
+    /// The database server's clock on PostgreSQL; none on SQLite.
+    Auto,
+    /// The database server's clock (PostgreSQL).
+    Database,
+    /// No reference: `/healthz` says the clock is unchecked.
+    None,
 }
 
 /// The longest root validity: 15 years counting 3 leap days (5478 days never exceed 15 calendar
@@ -411,6 +445,7 @@ impl Default for Config {
             dcv: DcvConfig::default(),
             http: HttpConfig::default(),
             keys: KeysConfig::default(),
+            clock: ClockConfig::default(),
         }
     }
 }

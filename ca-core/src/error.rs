@@ -115,6 +115,10 @@ pub enum Error {
     /// A DNS lookup for domain validation or CAA failed (not "no such record").
     #[error("DNS lookup failed: {0}")]
     Dns(String),
+    /// The signer's clock is off its reference, or cannot be checked (crate::clock), or would
+    /// date a CRL before its predecessor: nothing is signed.
+    #[error("clock: {0}")]
+    Clock(String),
     /// A DNS answer failed DNSSEC validation (bogus, signatures missing or expired), or the
     /// resolver does not validate (TLS BR §3.2.2.4, §3.2.2.8.1): nothing is concluded from it.
     #[error("DNSSEC validation failed: {0}")]

@@ -26,6 +26,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod clock;
 pub mod config;
 pub mod crl;
 pub mod csr;

@@ -322,6 +322,23 @@ impl Store {
         self.engine
     }
 
+    /// The database server's clock, Unix milliseconds (PostgreSQL's `clock_timestamp()`; on
+    /// SQLite, which runs in this process, this host's own clock).
+    pub async fn reference_time_ms(&self) -> Result<i64> {
+        match self.engine {
+            Engine::Postgres => Ok(sqlx::query_scalar::<_, i64>(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            )
+            .fetch_one(&self.pool)
+            .await?),
+            Engine::Sqlite => Ok(sqlx::query_scalar::<_, i64>(
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            )
+            .fetch_one(&self.pool)
+            .await?),
+        }
+    }
+
     /// The pool, for tests and tools that need a raw query.
     pub fn pool(&self) -> &AnyPool {
         &self.pool

@@ -183,9 +183,12 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     if let Some(auth) = &state.auth {
         // Publish at once where a CRL is missing; make the responders and sign what is due.
         publish_due(auth, a.crl_interval_seconds as i64).await;
-        auth.ensure_responders()
-            .await
-            .context("making the OCSP responders")?;
+        // A responder that cannot be made now (a clock off its reference, an HSM away) is
+        // retried by the OCSP signer on every pass; the service starts and says why in
+        // /healthz rather than exiting.
+        if let Err(e) = auth.ensure_responders().await {
+            tracing::error!(error = %e, "could not make the OCSP responders; retrying");
+        }
         sign_ocsp_due(auth).await;
         background.push(tokio::spawn(crl_duties(
             state.clone(),
@@ -540,8 +543,24 @@ async fn healthz(State(s): State<Shared>) -> Response {
             vec!["problem report clocks unknown".to_string()],
         ),
     };
+    // A clock off its reference signs nothing (and what it would sign relying parties reject):
+    // a fault. Without a reference it is reported unchecked.
+    let clock = match s.auth.as_ref().and_then(|a| a.clock().status()) {
+        Some(c) => {
+            ok &= c.fault.is_none();
+            serde_json::json!({
+                "status": if c.fault.is_some() { "fault" } else if c.reference == "none" { "unchecked" } else { "ok" },
+                "reference": c.reference,
+                "skew_seconds": c.skew_ms.map(|m| m as f64 / 1000.0),
+                "max_skew_seconds": c.max_skew_ms as f64 / 1000.0,
+                "error": c.fault,
+            })
+        }
+        None => serde_json::json!({ "status": "unchecked", "reference": "none" }),
+    };
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "fault" },
+        "clock": clock,
         "role": if s.auth.is_some() { "signer" } else { "no-signer" },
         "database": db,
         "hsm": hsm,
@@ -628,6 +647,18 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "# HELP ecert_store_up Whether the last store probe reached the database.\n# TYPE ecert_store_up gauge\necert_store_up {}\n",
         u8::from(probe.error.is_none() && probe.ok_at > 0)
     ));
+    if let Some(c) = s.auth.as_ref().and_then(|a| a.clock().status()) {
+        if let Some(skew) = c.skew_ms {
+            out.push_str(&format!(
+                "# HELP ecert_clock_skew_seconds This host's clock minus the reference's (the database server's).\n# TYPE ecert_clock_skew_seconds gauge\necert_clock_skew_seconds {}\n",
+                skew as f64 / 1000.0
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP ecert_clock_ok Whether the signer's clock may be used to sign (1) or is off or unchecked against its reference (0).\n# TYPE ecert_clock_ok gauge\necert_clock_ok {}\n",
+            u8::from(c.fault.is_none())
+        ));
+    }
     if let Some(r) = probe.reports {
         out.push_str(&format!(
             "# HELP ecert_problem_reports_open Certificate Problem Reports not yet decided.\n# TYPE ecert_problem_reports_open gauge\necert_problem_reports_open {}\n",
@@ -664,6 +695,11 @@ async fn metrics(State(s): State<Shared>) -> Response {
 /// heads) into [`AppState::probe`], each read bounded by [`DB_PROBE`].
 async fn probe(s: &AppState) {
     s.probes.fetch_add(1, Ordering::Relaxed);
+    // The signer's clock against its reference (crate::clock), for /healthz and /metrics and
+    // so that signing resumes as soon as the clock is right.
+    if let Some(auth) = &s.auth {
+        auth.clock().measure(auth.store()).await;
+    }
     let now = now();
     let read = async {
         let counts = s.repo.certificate_counts().await?;

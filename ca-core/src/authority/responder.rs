@@ -261,6 +261,7 @@ impl Authority {
         fail::fail_point!("ocsp::certify", |_| Err(Error::Store(
             "failpoint ocsp::certify".into()
         )));
+        self.clock.check(&self.store).await?;
         let serial_hex = serial.to_hex();
         let spki = hsm::Signer::public_key_spki(key).to_vec();
         let subject_key = SubscriberKey::from_spki_der(&spki)?;
@@ -448,6 +449,7 @@ impl Authority {
         if due.is_empty() {
             return Ok(0);
         }
+        self.clock.check(&self.store).await?;
         // A CA without a responder has its serials skipped below; the others are signed.
         if let Err(e) = self.ensure_responders().await {
             tracing::error!(error = %e, "OCSP responders incomplete; signing what can be signed");

@@ -381,6 +381,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::SignerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The resolver failed or timed out: worth trying again later.
         Error::Dns(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // The signer's clock is off: nothing is signed until it is right again.
+        Error::Clock(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Expired(_) => StatusCode::GONE,
         Error::SignInFailed => StatusCode::UNAUTHORIZED,

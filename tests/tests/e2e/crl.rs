@@ -2,6 +2,8 @@
 //! `openssl crl`, `openssl verify -crl_check` and pkilint's `lint_crl`. CRLNumber strictly
 //! increases, also across a crash between handing out the number and signing.
 
+use std::time::{Duration, Instant};
+
 use ecert_e2e::*;
 
 use crate::common::*;
@@ -562,4 +564,93 @@ fn revoking_an_issuing_ca() {
         "the Server CA after the other's revocation",
     );
     ca.audit_ok();
+}
+
+/// Issue 13, defect 2: a skewed clock signs nothing and says so, in both directions, through
+/// the real binary with libfaketime. Set back 3 hours, no CRL is dated before its predecessor
+/// (every engine). Set 3 hours ahead against PostgreSQL (whose server's clock is the
+/// reference), nothing is signed — no CRL, no certificate — and `/healthz` is a fault naming
+/// the clock, with the skew in `/metrics`; on SQLite (no reference) `/healthz` says the clock
+/// is unchecked. Back at the right time, publishing works again, with no other step.
+#[test]
+fn a_skewed_clock_signs_nothing_and_says_so() {
+    let ca = Ca::init();
+    ca.ecert_ok(&["crl", "publish"]);
+    let preload = crate::ocsp::libfaketime();
+    let at = |offset: &'static str| {
+        [
+            ("LD_PRELOAD", preload.to_str().unwrap().to_string()),
+            ("FAKETIME", offset.to_string()),
+        ]
+    };
+    let run = |args: &[&str], offset: &'static str| {
+        let env = at(offset);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ca.ecert_env(args, &env)
+    };
+    // Against PostgreSQL's clock the skew is caught first; without a reference (SQLite), the
+    // CRL's thisUpdate would go backwards.
+    let o = run(&["crl", "publish"], "-3h");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let why = match ca.db() {
+        Db::Postgres => "behind the database server's",
+        Db::Sqlite => "set back",
+    };
+    assert!(!o.status.success() && err.contains(why), "{err}");
+
+    let p = personal();
+    let csr = ca.csr("skewed", KeyType::P256);
+    match ca.db() {
+        Db::Postgres => {
+            let o = run(&["crl", "publish"], "+3h");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains("ahead of"), "{err}");
+            let mut args = vec!["issue", "--profile", p.profile, "--csr"];
+            args.push(csr.csr.to_str().unwrap());
+            args.extend(p.args.iter().copied());
+            let o = run(&args, "+3h");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains("clock"), "{err}");
+            let env = at("+3h");
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let srv = crate::serve::spawn_listening(
+                ca.command(
+                    &[
+                        "serve",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--crl-watch-seconds",
+                        "1",
+                    ],
+                    &env,
+                ),
+                std::process::Stdio::null(),
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (status, _, body) = crate::serve::get(&srv.1, "/healthz");
+                let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                if h["clock"]["status"] == "fault" {
+                    assert_eq!(status, 503, "{h}");
+                    assert!(h["clock"]["error"].to_string().contains("ahead of"), "{h}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{h}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let (_, _, metrics) = crate::serve::get(&srv.1, "/metrics");
+            let metrics = String::from_utf8(metrics).unwrap();
+            assert!(metrics.contains("ecert_clock_ok 0"), "{metrics}");
+            assert!(metrics.contains("ecert_clock_skew_seconds 10"), "{metrics}");
+        }
+        Db::Sqlite => {
+            let srv = crate::serve::start(&ca);
+            let (_, _, body) = crate::serve::get(&srv.1, "/healthz");
+            let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(h["clock"]["status"], "unchecked", "{h}");
+        }
+    }
+    // Right again: signing resumes.
+    ca.ecert_ok(&["crl", "publish"]);
+    ca.issue(p.profile, &csr.csr, &p.args, "after the clock is right");
 }

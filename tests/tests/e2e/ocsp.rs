@@ -687,8 +687,10 @@ fn responders_rotate_before_a_response_could_outlive_them() {
     let ca = Ca::new();
     // Short settings: responses valid 8 h, refreshed after 3 h, responders valid 24 h; a
     // responder is replaced once it has less than 11 h left.
+    // The clock is moved on to test rotation, not the clock check (that is
+    // `crl::a_skewed_clock_signs_nothing_and_says_so`): no reference clock here.
     ca.append_config(
-        "[ocsp]\nvalidity_hours = 8\nrefresh_hours = 3\nresponder_validity_hours = 24",
+        "[ocsp]\nvalidity_hours = 8\nrefresh_hours = 3\nresponder_validity_hours = 24\n[clock]\nreference = \"none\"",
     );
     ca.ecert_ok(&["init"]);
     let first = ca.ecert_ok(&["ocsp", "responder", "individual"]);
