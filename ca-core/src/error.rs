@@ -45,6 +45,11 @@ pub enum Error {
     /// The database failed.
     #[error("database: {0}")]
     Store(String),
+    /// The database cannot be reached now (down, restarting, no connection in time): worth
+    /// trying again shortly; the RA answers 503.
+    /// (The detail is logged where it is met, not shown: it names hosts.)
+    #[error("the database is unavailable: try again shortly")]
+    StoreUnavailable(String),
     /// A serial that should exist does not.
     #[error("no certificate with serial {0}")]
     UnknownSerial(String),
@@ -136,7 +141,29 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Store(e.to_string())
+        if store_unreachable(&e) {
+            tracing::warn!(error = %e, "the database is unreachable");
+            Error::StoreUnavailable(e.to_string())
+        } else {
+            Error::Store(e.to_string())
+        }
+    }
+}
+
+/// Whether a database error means the database cannot be reached now (down, restarting, no
+/// connection within the pool's wait), rather than that the request was wrong: PostgreSQL's
+/// connection-exception (08) and operator-intervention (57P) classes, pool timeouts and I/O.
+fn store_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 

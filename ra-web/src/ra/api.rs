@@ -112,7 +112,8 @@ async fn openapi() -> Response {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiError {
     /// `not_found`, `invalid`, `conflict`, `too_many_attempts`, `expired`, `unauthorized`,
-    /// `forbidden` or `internal`.
+    /// `forbidden`, `unavailable` (503: the database, DNS or the clock; try again) or
+    /// `internal`.
     error: &'static str,
     /// What went wrong (never personal data).
     message: String,
@@ -140,6 +141,7 @@ impl IntoResponse for ApiFailure {
             StatusCode::GONE => ("expired", self.0.to_string()),
             StatusCode::UNAUTHORIZED => ("unauthorized", self.0.to_string()),
             StatusCode::FORBIDDEN => ("forbidden", self.0.to_string()),
+            StatusCode::SERVICE_UNAVAILABLE => ("unavailable", self.0.to_string()),
             _ => {
                 tracing::error!(request_id, error = %self.0, "API request failed");
                 (

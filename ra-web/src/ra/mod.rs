@@ -383,6 +383,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Dns(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The signer's clock is off: nothing is signed until it is right again.
         Error::Clock(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // The database is down or restarting: try again shortly (issue 13, defect 4).
+        Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Expired(_) => StatusCode::GONE,
         Error::SignInFailed => StatusCode::UNAUTHORIZED,
@@ -1917,6 +1919,9 @@ mod tests {
             (Error::Hkid(HkidError::CheckDigit), 422),
             (Error::CodeRejected { attempts_left: 1 }, 422),
             (Error::Conflict("x".into()), 409),
+            (Error::StoreUnavailable("x".into()), 503),
+            (Error::from(sqlx::Error::PoolTimedOut), 503),
+            (Error::Clock("x".into()), 503),
             (Error::TooManyAttempts("x".into()), 429),
             (Error::Expired("x".into()), 410),
             (Error::SignInFailed, 401),
