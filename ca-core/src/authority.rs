@@ -1472,9 +1472,14 @@ impl Authority {
                 std::fs::create_dir_all(&dir)
                     .and_then(|()| std::fs::write(&tmp, &der))
                     .and_then(|()| std::fs::rename(&tmp, &path))
-                    .map_err(|e| Error::Io {
-                        context: format!("writing {}", path.display()),
-                        source: e,
+                    .map_err(|e| {
+                        // A write that failed (a full disk) leaves no partial file behind; the
+                        // next publication writes it again (issue 13, defect 3).
+                        let _ = std::fs::remove_file(&tmp);
+                        Error::Io {
+                            context: format!("writing {}", path.display()),
+                            source: e,
+                        }
                     })
             })
         };

@@ -264,7 +264,24 @@ impl Store {
                 "database URL must start with sqlite: or postgres://".into(),
             ));
         };
-        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        // A connection that comes back to the pool still inside a transaction — a COMMIT that
+        // failed (disk full) after which the ROLLBACK failed too, leaving the driver's
+        // transaction depth above zero — is closed, never handed out again: reused, every
+        // later BEGIN on it would fail ("begin_with at non-zero transaction depth") until a
+        // restart (issue 13, defect 3). The pool opens a fresh one.
+        let mut opts = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let clean = !sqlx::Connection::is_in_transaction(conn);
+                    if !clean {
+                        tracing::warn!(
+                            "a database connection came back inside a transaction: closed"
+                        );
+                    }
+                    Ok(clean)
+                })
+            });
         if engine == Engine::Sqlite {
             opts = opts.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
@@ -2023,6 +2040,27 @@ mod tests {
             .fetch_all(store.pool())
             .await
             .unwrap()
+    }
+
+    /// Issue 13, defect 3: a connection returned to the pool inside a transaction (its
+    /// transaction never committed nor rolled back, as after a failed COMMIT and ROLLBACK) is
+    /// not handed out again; every later transaction begins on a clean connection.
+    #[tokio::test]
+    async fn a_connection_left_in_a_transaction_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&sqlite_url(&dir)).await.unwrap();
+        for _ in 0..4 {
+            let mut conn = store.pool().acquire().await.unwrap();
+            let tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+            // Neither committed nor rolled back: the depth stays above zero.
+            std::mem::forget(tx);
+            assert!(sqlx::Connection::is_in_transaction(&*conn));
+        }
+        for _ in 0..20 {
+            let mut tx = store.begin().await.expect("a clean connection");
+            sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
     }
 
     fn all_versions() -> Vec<i64> {
