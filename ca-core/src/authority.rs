@@ -1311,6 +1311,9 @@ impl Authority {
             return Err(Error::Config("the root publishes only a full CRL".into()));
         }
         self.clock.check(&self.store).await?;
+        fail::fail_point!("crl::publish", |_| Err(Error::Store(
+            "failpoint crl::publish".into()
+        )));
         // One publication at a time in this process: the entry lists are shared.
         let mut lists = self.crl_lists.lock().await;
         let started = std::time::Instant::now();

@@ -104,6 +104,14 @@ impl Repository {
             .map(|(number, der)| LatestCrl { number, der }))
     }
 
+    /// Each scope's status version (the revocations it has seen) of `role`'s CRLs.
+    pub async fn status_versions(
+        &self,
+        role: CaRole,
+    ) -> Result<std::collections::HashMap<crate::crl::Scope, i64>> {
+        self.store.status_versions(role.name()).await
+    }
+
     /// How the open Certificate Problem Reports' clocks stand at `now`
     /// ([`crate::ra::report_clocks`]).
     pub async fn problem_report_clocks(&self, now: i64) -> Result<crate::ra::ReportClocks> {

@@ -96,6 +96,9 @@ struct Counters {
 struct AppState {
     /// The signer, in the signing role.
     auth: Option<Arc<Authority>>,
+    /// How long a CRL may stay behind its revocations before `/healthz` faults: four
+    /// `--crl-watch-seconds`, at least 10 s.
+    crl_behind_limit: i64,
     /// What is published, read from the store.
     repo: Repository,
     config: Config,
@@ -128,6 +131,9 @@ struct Probe {
     heads: Vec<(CaRole, CrlHead)>,
     /// The open Certificate Problem Reports' clocks (TLS BR §4.9.5).
     reports: Option<ca_core::ra::ReportClocks>,
+    /// CRLs behind the revocations of their scope: since when (Unix seconds) each has been
+    /// (a revocation a relying party would not find in the CRL its certificate names).
+    crls_behind: HashMap<(CaRole, Scope), i64>,
 }
 type Shared = Arc<AppState>;
 
@@ -168,6 +174,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .map(|r| (*r, cas[r].to_vec()))
         .collect();
     let state: Shared = Arc::new(AppState {
+        crl_behind_limit: (4 * a.crl_watch_seconds as i64).max(10),
         auth,
         repo,
         config,
@@ -477,6 +484,19 @@ async fn healthz(State(s): State<Shared>) -> Response {
             ok &= stale.is_empty();
             v["partitions"] = serde_json::json!(expected);
             v["partitions_missing_or_stale"] = serde_json::json!(stale);
+            // A revocation not yet in the CRL that names its certificate, past the time the
+            // publisher should have taken (issue 13, defect 4): what a relying party checking
+            // that CRL would be told is false.
+            let mut behind = Vec::new();
+            for ((r, scope), since) in &probe.crls_behind {
+                if *r == role {
+                    behind.push(
+                        serde_json::json!({ "crl": scope.file_name(role), "seconds": now - since }),
+                    );
+                    ok &= now - since <= s.crl_behind_limit;
+                }
+            }
+            v["behind_revocations"] = serde_json::json!(behind);
         }
         crls.insert(role.name().into(), v);
     }
@@ -710,16 +730,36 @@ async fn probe(s: &AppState) {
         }
         // Problem reports are an officers' alarm: a failure to count them is reported as
         // such and does not make the database (and so the health check) look down.
+        let mut versions = Vec::new();
+        for role in [CaRole::Individual, CaRole::Server] {
+            for (scope, v) in s.repo.status_versions(role).await? {
+                versions.push((role, scope, v));
+            }
+        }
         let reports = s.repo.problem_report_clocks(now).await.map_err(|e| {
             tracing::warn!(error = %e, "could not count the problem reports' clocks");
         });
-        Ok::<_, ca_core::Error>((counts, backlog, heads, reports.ok()))
+        Ok::<_, ca_core::Error>((counts, backlog, heads, reports.ok(), versions))
     };
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
     let result = tokio::time::timeout(DB_PROBE, read).await;
     let Ok(mut p) = s.probe.write() else { return };
     match result {
-        Ok(Ok((counts, backlog, heads, reports))) => {
+        Ok(Ok((counts, backlog, heads, reports, versions))) => {
+            // A scope whose revocations are newer than its newest CRL was built from is
+            // behind; remember since when, forget once a CRL caught up.
+            let mut behind = HashMap::new();
+            for (role, scope, v) in versions {
+                let built = heads
+                    .iter()
+                    .find(|(r, h)| *r == role && h.scope == scope)
+                    .map_or(-1, |(_, h)| h.status_version);
+                if v > built {
+                    let since = p.crls_behind.get(&(role, scope)).copied().unwrap_or(now);
+                    behind.insert((role, scope), since);
+                }
+            }
+            p.crls_behind = behind;
             p.ok_at = now;
             p.error = None;
             p.counts = counts;

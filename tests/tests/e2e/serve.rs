@@ -462,3 +462,68 @@ fn crl_numbers(addr: &str) -> std::collections::BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// Issue 13, defect 4: a revocation that does not reach the CRL its certificate names is a
+/// fault in `/healthz`, not "ok". CRL publication is made to fail (failpoint `crl::publish`)
+/// after the CRLs were published; a revocation then leaves the full CRL behind, and past four
+/// watch intervals (10 s at least) `/healthz` answers 503 naming the CRL; a signer without the
+/// fault publishes and health is ok again.
+#[test]
+fn health_faults_when_a_revocation_is_not_in_its_crl() {
+    let ca = Ca::init();
+    let p = personal();
+    let csr = ca.csr("behind", KeyType::P256);
+    let leaf = ca.issue(p.profile, &csr.csr, &p.args, "to revoke");
+    ca.ecert_ok(&["crl", "publish"]);
+    let failing = spawn_listening(
+        ca.command(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-watch-seconds",
+                "1",
+            ],
+            &[("FAILPOINTS", "crl::publish=return")],
+        ),
+        Stdio::null(),
+    );
+    ca.ecert_ok(&[
+        "revoke",
+        "--serial",
+        &leaf.serial,
+        "--reason",
+        "keyCompromise",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (status, _, body) = get(&failing.1, "/healthz");
+        let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let behind = &h["crl"]["individual"]["behind_revocations"];
+        let late = behind.as_array().is_some_and(|b| {
+            b.iter()
+                .any(|x| x["crl"] == "individual.crl" && x["seconds"].as_i64() > Some(10))
+        });
+        if late {
+            assert_eq!(status, 503, "{h}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fault for a revocation missing from its CRL; set FAILPOINTS support (cargo build --features failpoints): {h}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(failing);
+    let healthy = start(&ca);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = get(&healthy.1, "/healthz");
+        let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if status == 200 && h["crl"]["individual"]["behind_revocations"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
