@@ -717,19 +717,8 @@ impl Config {
                 "{e}: server applications cannot have their domains validated until it is"
             ));
         }
-        if self.dcv.dnssec == Dnssec::Off {
-            w.push(
-                "dcv.dnssec is \"off\": domain validation and CAA do not enforce DNSSEC (TLS BR \
-                 §3.2.2.4, §3.2.2.8.1)"
-                    .into(),
-            );
-        }
-        if !self.dcv.dnssec_probe.trim_end_matches('.').is_empty() {
-            w.push(format!(
-                "dcv.dnssec_probe is {:?}, not the root: a non-root trust anchor is for tests only",
-                self.dcv.dnssec_probe
-            ));
-        }
+        // dnssec = "off" and a test trust anchor are production problems
+        // ([`Config::production_problems`]); `config check` prints those as warnings too.
         if self.dcv.caa_identities.is_empty() {
             w.push(
                 "dcv.caa_identities is empty: a domain with any CAA issue record forbids this CA"

@@ -534,6 +534,17 @@ pub enum Clock {
     Overdue,
 }
 
+impl Clock {
+    /// Its name on pages and in the API: `ok`, `nearing` or `overdue`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Clock::Ok => "ok",
+            Clock::Nearing => "nearing",
+            Clock::Overdue => "overdue",
+        }
+    }
+}
+
 /// The state of a deadline `due` that was met at `done` (if it was).
 pub fn clock(due: i64, done: Option<i64>, now: i64) -> Clock {
     match done {

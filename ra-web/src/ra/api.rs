@@ -18,6 +18,7 @@ use ca_core::ra::{self, Decided, Decision, Scope, StaffSession};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+use super::reports::{now, send_notices};
 use super::{status_of, RaState};
 
 type Shared = Arc<RaState>;
@@ -717,15 +718,6 @@ pub struct ProblemReportReceived {
     revocation_due: i64,
 }
 
-/// Sends the report's mails; a failure is logged (the report stands).
-async fn send_notices(s: &RaState, notices: Vec<ra::Notice>) {
-    for n in notices {
-        if let Err(e) = s.mailer.send(&n.to, &n.subject, &n.body).await {
-            tracing::error!(error = %e, subject = n.subject, "could not send a problem-report mail");
-        }
-    }
-}
-
 #[utoipa::path(post, path = "/api/v1/problem-reports", request_body = NewProblemReport, security(()),
     responses((status = 201, body = ProblemReportReceived), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
 async fn problem_report(
@@ -785,19 +777,11 @@ pub struct ProblemReport {
     revocation_clock: &'static str,
 }
 
-fn clock_name(c: ra::Clock) -> &'static str {
-    match c {
-        ra::Clock::Ok => "ok",
-        ra::Clock::Nearing => "nearing",
-        ra::Clock::Overdue => "overdue",
-    }
-}
-
 impl From<ra::ReportView> for ProblemReport {
     fn from(v: ra::ReportView) -> Self {
         ProblemReport {
-            preliminary_clock: clock_name(v.preliminary_clock),
-            revocation_clock: clock_name(v.revocation_clock),
+            preliminary_clock: v.preliminary_clock.name(),
+            revocation_clock: v.revocation_clock.name(),
             id: v.id,
             reference: v.reference,
             kind: v.kind,
@@ -817,10 +801,6 @@ impl From<ra::ReportView> for ProblemReport {
     }
 }
 
-fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// The officers' queue: open reports, most urgent first, then the last 50 decided.
 #[utoipa::path(get, path = "/api/v1/problem-reports",
     responses((status = 200, body = [ProblemReport]), (status = 403, body = ApiError)))]
@@ -829,7 +809,7 @@ async fn problem_reports(
     Staff(staff): Staff,
 ) -> Result<Json<Vec<ProblemReport>>, ApiFailure> {
     staff.require(Scope::Read)?;
-    let rows = ra::report_queue(&s.auth, &staff, unix_now()).await?;
+    let rows = ra::report_queue(&s.auth, &staff, now()).await?;
     Ok(Json(rows.into_iter().map(ProblemReport::from).collect()))
 }
 
@@ -841,9 +821,7 @@ async fn problem_report_show(
     Path(id): Path<String>,
 ) -> Result<Json<ProblemReport>, ApiFailure> {
     staff.require(Scope::Read)?;
-    Ok(Json(
-        ra::report(&s.auth, &staff, &id, unix_now()).await?.into(),
-    ))
+    Ok(Json(ra::report(&s.auth, &staff, &id, now()).await?.into()))
 }
 
 /// The preliminary report on the findings, sent to the reporter and the subscriber.

@@ -79,11 +79,7 @@ pub(super) async fn report(
     )
     .await
     .lang(lang.0)?;
-    for n in got.notices {
-        if let Err(e) = s.mailer.send(&n.to, &n.subject, &n.body).await {
-            tracing::error!(error = %e, "could not send a problem-report mail");
-        }
-    }
+    send_notices(&s, got.notices).await;
     html(
         ReportedPage {
             t: lang.0.texts(),
@@ -96,15 +92,8 @@ pub(super) async fn report(
     )
 }
 
-fn clock_name(c: ra::Clock) -> &'static str {
-    match c {
-        ra::Clock::Ok => "ok",
-        ra::Clock::Nearing => "nearing",
-        ra::Clock::Overdue => "overdue",
-    }
-}
-
-fn now() -> i64 {
+/// Now, Unix seconds (the time the clocks are shown at).
+pub(super) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -133,25 +122,14 @@ pub(super) async fn staff_reports(
     let rows = rows
         .into_iter()
         .map(|v| {
-            let (due, c) = if v.decided_at.is_some() {
-                (String::new(), v.outcome.clone().unwrap_or_default())
-            } else if v.preliminary_at.is_none() && v.preliminary_due <= v.revocation_due {
-                (
-                    when(v.preliminary_due),
-                    clock_name(v.preliminary_clock).into(),
-                )
-            } else {
-                (
-                    when(v.revocation_due),
-                    clock_name(v.revocation_clock).into(),
-                )
-            };
-            let c: &'static str = match c.as_str() {
-                "nearing" => "nearing",
-                "overdue" => "overdue",
-                "revoked" => "revoked",
-                "rejected" => "rejected",
-                _ => "ok",
+            // The next deadline and its clock; a decided report shows its outcome.
+            let (due, c) = match v.outcome.as_deref() {
+                Some("revoked") => (String::new(), "revoked"),
+                Some(_) => (String::new(), "rejected"),
+                None if v.preliminary_at.is_none() && v.preliminary_due <= v.revocation_due => {
+                    (when(v.preliminary_due), v.preliminary_clock.name())
+                }
+                None => (when(v.revocation_due), v.revocation_clock.name()),
             };
             (v.id, v.reference, v.kind, v.serial, due, c)
         })
@@ -197,9 +175,9 @@ async fn render(
             t: lang.0.texts(),
             lang: lang.0,
             preliminary_due: when(v.preliminary_due),
-            preliminary_clock: clock_name(v.preliminary_clock),
+            preliminary_clock: v.preliminary_clock.name(),
             revocation_due: when(v.revocation_due),
-            revocation_clock: clock_name(v.revocation_clock),
+            revocation_clock: v.revocation_clock.name(),
             staff,
             v,
             message,
@@ -228,7 +206,7 @@ pub(super) async fn staff_preliminary(
 ) -> Response {
     match ra::report_preliminary(&s.auth, &p.staff, &id, &p.f.findings).await {
         Ok(notices) => {
-            send(&s, notices).await;
+            send_notices(&s, notices).await;
             let done = p.lang.0.texts().done.to_string();
             render(&s, p.lang, p.staff, &id, done).await
         }
@@ -266,7 +244,7 @@ pub(super) async fn staff_decide(
     };
     match ra::report_decide(&s.auth, &p.staff, &id, outcome, &p.f.note).await {
         Ok((_, notices)) => {
-            send(&s, notices).await;
+            send_notices(&s, notices).await;
             let done = p.lang.0.texts().done.to_string();
             render(&s, p.lang, p.staff, &id, done).await
         }
@@ -274,10 +252,11 @@ pub(super) async fn staff_decide(
     }
 }
 
-async fn send(s: &Shared, notices: Vec<ra::Notice>) {
+/// Sends a report's mails; a failure is logged (the report stands), without the mailbox.
+pub(super) async fn send_notices(s: &super::RaState, notices: Vec<ra::Notice>) {
     for n in notices {
         if let Err(e) = s.mailer.send(&n.to, &n.subject, &n.body).await {
-            tracing::error!(error = %e, "could not send a problem-report mail");
+            tracing::error!(error = %e, subject = n.subject, "could not send a problem-report mail");
         }
     }
 }
