@@ -7,22 +7,28 @@
 //!   token, the raw `r||s` turned into a DER `Ecdsa-Sig-Value`. Every signature is verified
 //!   against the key's public key before it is returned.
 //!
-//! The module is loaded and `C_Initialize`d once per process per module path and never
-//! finalised. A [`Token`] keeps one "login" session open for its whole life (PKCS#11 login state
-//! belongs to the application and the token, and ends when its last session closes) and a pool
-//! of sessions for signing, so that many threads can sign at once.
+//! The module is loaded and `C_Initialize`d once per process per module path. A [`Token`] keeps
+//! one "login" session open (PKCS#11 login state belongs to the application and the token, and
+//! ends when its last session closes) and a pool of sessions for signing, so that many threads
+//! can sign at once.
 //!
 //! When a token operation fails in a way a reconnect can cure (session closed, user logged out,
-//! object handle gone, device removed, ...), the token drops its sessions, finds the slot again
-//! by token label, logs in again, finds the key again by label and ID and retries a bounded
-//! number of times. If that does not help the error is [`Error::TokenUnavailable`]: nothing
-//! here ever falls back to a software key.
+//! object handle gone, device removed, token not present, a general error, ...), the token
+//! drops its sessions, finds the slot again by token label, logs in again, finds the key again
+//! by label and ID — checked against the public key it knew — and retries a bounded number of
+//! times. When even the new login cannot reach the token (it was removed, or its module only
+//! sees tokens at `C_Initialize`, as SoftHSM2 does), the module is finalised and initialised
+//! again, with backoff ([`module`]): a token that comes back is used again without a restart.
+//! Until then the error is [`Error::TokenUnavailable`]: nothing here ever falls back to a
+//! software key.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use module::module;
+
+use cryptoki::context::{Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -31,6 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Error;
 
+mod module;
 mod token;
 
 pub use token::{Pkcs11Key, Pkcs11Secret, PrivateKeyAttributes, SecretKind, Token};
@@ -129,32 +136,6 @@ fn canonical(module: &Path) -> PathBuf {
         .unwrap_or_else(|_| module.to_path_buf())
 }
 
-/// The process-wide context for `module`: loaded and `C_Initialize`d on first use, never
-/// finalised (a `C_Finalize` would invalidate every session and key handle in the process).
-fn context(module: &Path) -> Result<Pkcs11, Error> {
-    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
-    let key = canonical(module);
-    // The lock is held across load and initialise: two racing C_Initialize calls on one module
-    // have crashed SoftHSM2.
-    let mut contexts = lock(CONTEXTS.get_or_init(Default::default));
-    if let Some(ctx) = contexts.get(&key) {
-        return Ok(ctx.clone());
-    }
-    let module_error = |detail: String| Error::Module {
-        module: module.display().to_string(),
-        detail,
-    };
-    let ctx = Pkcs11::new(&key).map_err(|e| module_error(e.to_string()))?;
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        // Someone else in this process (another library) initialised it already: fine.
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(module_error(e.to_string())),
-    }
-    tracing::debug!("PKCS#11 module loaded and initialised");
-    contexts.insert(key, ctx.clone());
-    Ok(ctx)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Errors.
 
@@ -176,7 +157,13 @@ fn classify(rv: &RvError) -> Class {
         | RvError::DeviceRemoved
         | RvError::DeviceError
         | RvError::TokenNotPresent
-        | RvError::TokenNotRecognized => Class::Retry,
+        | RvError::TokenNotRecognized
+        // Another thread re-initialised the module, or a re-initialisation failed.
+        | RvError::CryptokiNotInitialized
+        // What SoftHSM2 and some hardware modules answer when an established token's storage
+        // goes away under them. (A failed AES-GCM tag check, which SoftHSM2 also reports so,
+        // is recognised before this in Pkcs11Secret::open.)
+        | RvError::GeneralError => Class::Retry,
         _ => Class::Fatal,
     }
 }
@@ -270,9 +257,11 @@ fn check_label(label: &str) -> Result<(), Error> {
 /// the user PIN is set.
 pub fn init_token(cfg: &Pkcs11Config) -> Result<(), Error> {
     check_label(&cfg.token_label)?;
-    let ctx = context(&cfg.module)?;
+    let module = module(&cfg.module)?;
+    let live = module.live();
+    let ctx = &live.ctx;
     let label = cfg.token_label.as_str();
-    let slot = match find_slot(&ctx, label).map_err(|e| error("C_GetSlotList", e))? {
+    let slot = match find_slot(ctx, label).map_err(|e| error("C_GetSlotList", e))? {
         Some(slot) => {
             let info = ctx
                 .get_token_info(slot)
@@ -300,7 +289,7 @@ pub fn init_token(cfg: &Pkcs11Config) -> Result<(), Error> {
             tracing::info!("PKCS#11 token initialised");
             // SoftHSM2 renumbers slots after C_InitToken (the token moves to a new slot id and a
             // fresh empty slot appears): look the token up again by label.
-            find_slot(&ctx, label)
+            find_slot(ctx, label)
                 .map_err(|e| error("C_GetSlotList", e))?
                 .ok_or_else(|| Error::TokenNotFound {
                     label: label.to_string(),
@@ -392,6 +381,8 @@ mod tests {
             RvError::DeviceError,
             RvError::TokenNotPresent,
             RvError::TokenNotRecognized,
+            RvError::CryptokiNotInitialized,
+            RvError::GeneralError,
         ] {
             assert_eq!(classify(&rv), Class::Retry, "{rv:?}");
         }
@@ -401,7 +392,6 @@ mod tests {
             RvError::AttributeSensitive,
             RvError::KeyFunctionNotPermitted,
             RvError::MechanismInvalid,
-            RvError::GeneralError,
             RvError::UserAlreadyLoggedIn,
         ] {
             assert_eq!(classify(&rv), Class::Fatal, "{rv:?}");

@@ -476,3 +476,81 @@ fn secret_keys_seal_and_mac_inside_the_token() {
     assert_eq!(s.len(), hsm::GCM_NONCE_LEN + 1 + hsm::GCM_TAG_LEN);
     assert_eq!(soft.open(b"purpose-a", &s).unwrap(), b"x");
 }
+
+/// Issue 13, defect 1: SoftHSM2 sees tokens only at `C_Initialize`, so a token directory moved
+/// away and back used to stay invisible to the process for good. Now the module is finalised
+/// and initialised again (with backoff) and the same key signs again, found by label and
+/// checked against its public key; while the token is away nothing signs and no attempt
+/// blocks for long.
+#[test]
+fn signing_resumes_when_a_lost_token_comes_back() {
+    let (cfg, dir) = setup("t-moved");
+    let token = Token::open(&cfg).unwrap();
+    let key = token.generate_ec_key("ca-key").unwrap();
+    // A second token on the same module, which the re-initialisation also resets.
+    let (other_cfg, _) = setup("t-bystander");
+    let other = Token::open(&other_cfg).unwrap();
+    let other_key = other.generate_ec_key("other-key").unwrap();
+    key.sign(b"before").unwrap();
+    other_key.sign(b"before").unwrap();
+
+    // Out of SoftHSM2's token directory (a moved copy inside it would be found as a token).
+    let away = dir.parent().unwrap().with_extension(format!(
+        "away-{}",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::rename(&dir, &away).unwrap();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let res = key.sign(b"while away");
+        assert!(
+            matches!(res, Err(Error::TokenUnavailable { .. })),
+            "{res:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The bystander is unaffected but for one reconnect.
+    let sig = other_key.sign(b"bystander").unwrap();
+    hsm::verify(
+        other_key.algorithm(),
+        other_key.public_key_spki(),
+        b"bystander",
+        &sig,
+    )
+    .unwrap();
+
+    std::fs::rename(&away, &dir).unwrap();
+    let back = std::time::Instant::now();
+    let sig = loop {
+        match key.sign(b"after") {
+            Ok(sig) => break sig,
+            Err(Error::TokenUnavailable { .. }) => {
+                assert!(
+                    back.elapsed() < std::time::Duration::from_secs(10),
+                    "the token is back but nothing signs"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    hsm::verify(key.algorithm(), key.public_key_spki(), b"after", &sig).unwrap();
+    // Many threads at once after the return: all sign.
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let msg = format!("{t}/{i}");
+                    let sig = key.sign(msg.as_bytes()).unwrap();
+                    hsm::verify(key.algorithm(), key.public_key_spki(), msg.as_bytes(), &sig)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{
     Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
@@ -20,9 +19,10 @@ use p256::pkcs8::der::{Decode, Encode};
 use p256::pkcs8::{AssociatedOid, DecodePublicKey};
 use sha2::{Digest, Sha256};
 
+use super::module::{module, Live, Module, OwnedSession};
 use super::{
-    auth_pin, canonical, check_label, context, error, failure, find_slot, lock, login_user,
-    pin_digest, Failure, PinDigest, Pkcs11Config, BACKOFF_MS, KEY_ID_LEN,
+    auth_pin, canonical, check_label, error, failure, find_slot, lock, login_user, pin_digest,
+    Failure, PinDigest, Pkcs11Config, BACKOFF_MS, KEY_ID_LEN,
 };
 use crate::{Algorithm, Error, Signer};
 
@@ -36,7 +36,7 @@ pub struct Token {
 }
 
 struct Inner {
-    ctx: Pkcs11,
+    pkcs11: Arc<Module>,
     module: PathBuf,
     label: String,
     /// (canonical module path, token label): the key of the process-wide login record.
@@ -47,7 +47,8 @@ struct Inner {
     /// Bumped whenever the sessions are thrown away; a session from an older generation is
     /// closed instead of reused.
     generation: AtomicU64,
-    /// Lock order: `state` before `pool`; never take `state` while holding `pool`.
+    /// Lock order: the module's live lock, then `state`, then `pool`; never take `state` while
+    /// holding `pool`.
     state: Mutex<State>,
     pool: Mutex<Vec<Pooled>>,
     /// Serialises key generation, so two threads cannot both pass the "label is free" check.
@@ -55,15 +56,24 @@ struct Inner {
 }
 
 struct State {
+    /// The slot the token was found in, in the login session's epoch (slot numbers may change
+    /// when the module is initialised again).
     slot: Slot,
     /// The session that keeps the user logged in; `None` after [`Token::close_all_sessions`]
-    /// or a failed reconnect.
-    login: Option<Session>,
+    /// or a failed reconnect, and dead if its epoch is not the module's.
+    login: Option<OwnedSession>,
+}
+
+impl State {
+    /// Whether the login session is there and of the module's current epoch.
+    fn connected(&self, live: &Live) -> bool {
+        self.login.as_ref().is_some_and(|l| l.epoch() == live.epoch)
+    }
 }
 
 /// A session taken from (or opened for) the pool, with the key handles found in it.
 struct Pooled {
-    session: Session,
+    session: OwnedSession,
     generation: u64,
     read_write: bool,
     /// Key label -> (CKA_ID, private key handle).
@@ -103,24 +113,28 @@ impl Token {
     /// Finds the token by label and logs in as user.
     pub fn open(cfg: &Pkcs11Config) -> Result<Token, Error> {
         check_label(&cfg.token_label)?;
-        let ctx = context(&cfg.module)?;
-        let slot = find_slot(&ctx, &cfg.token_label)
-            .map_err(|e| error("C_GetSlotList", e))?
-            .ok_or_else(|| Error::TokenNotFound {
-                label: cfg.token_label.clone(),
-            })?;
+        let pkcs11 = module(&cfg.module)?;
         let user_pin = auth_pin(&cfg.user_pin);
         let module_key = canonical(&cfg.module);
         let pin_digest = pin_digest(&module_key, &cfg.token_label, &cfg.user_pin);
         let token_key = (module_key, cfg.token_label.clone());
-        let login = ctx
-            .open_ro_session(slot)
-            .map_err(|e| error("C_OpenSession", e))?;
-        login_user(&login, &token_key, &user_pin, &pin_digest).map_err(|e| error("C_Login", e))?;
+        let (slot, login) = {
+            let live = pkcs11.live();
+            let slot = find_slot(&live.ctx, &cfg.token_label)
+                .map_err(|e| error("C_GetSlotList", e))?
+                .ok_or_else(|| Error::TokenNotFound {
+                    label: cfg.token_label.clone(),
+                })?;
+            let login = OwnedSession::open(&pkcs11, &live, slot, false)
+                .map_err(|e| error("C_OpenSession", e))?;
+            login_user(&login, &token_key, &user_pin, &pin_digest)
+                .map_err(|e| error("C_Login", e))?;
+            (slot, login)
+        };
         tracing::debug!("PKCS#11 token opened and user logged in");
         Ok(Token {
             inner: Arc::new(Inner {
-                ctx,
+                pkcs11,
                 module: cfg.module.clone(),
                 label: cfg.token_label.clone(),
                 token_key,
@@ -286,6 +300,7 @@ impl Token {
     /// other [`Token`] values and those busy signing right now, loses its access to the keys and
     /// its key handles) and `C_CloseSession` for each session this token holds.
     pub fn close_all_sessions(&self) {
+        let _live = self.inner.pkcs11.live();
         let mut state = lock(&self.inner.state);
         // New generation first, so that operations the logout breaks see they were interrupted.
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
@@ -295,9 +310,8 @@ impl Token {
         }
         let stale = self.invalidate_locked(&mut state);
         drop(state);
-        for p in stale {
-            let _ = p.session.close();
-        }
+        // Dropping closes them (those of the current epoch).
+        drop(stale);
         tracing::info!("PKCS#11 sessions closed on request");
     }
 
@@ -320,75 +334,67 @@ impl Token {
     }
 
     /// Throws away every session (pool and login) and starts a new generation. Returns the
-    /// pooled sessions so the caller can close them outside the locks.
+    /// pooled sessions so the caller can drop (close) them outside the locks.
     fn invalidate_locked(&self, state: &mut State) -> Vec<Pooled> {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         let pooled = std::mem::take(&mut *lock(&self.inner.pool));
-        if let Some(login) = state.login.take() {
-            let _ = login.close();
-        }
+        state.login = None;
         pooled
     }
 
     /// Re-finds the slot by label, opens a new login session and logs in. All old sessions are
     /// dropped first.
-    fn reconnect_locked(&self, state: &mut State) -> Result<(), Failure> {
+    fn reconnect_locked(&self, live: &Live, state: &mut State) -> Result<(), Failure> {
         let stale = self.invalidate_locked(state);
         drop(stale);
         let inner = &self.inner;
-        let slot = find_slot(&inner.ctx, &inner.label)
+        let slot = find_slot(&live.ctx, &inner.label)
             .map_err(|e| failure("C_GetSlotList", e))?
             .ok_or_else(|| {
                 Failure::Retry(format!("no token labelled {:?} is present", inner.label))
             })?;
         state.slot = slot;
-        let login = inner
-            .ctx
-            .open_ro_session(slot)
+        let login = OwnedSession::open(&inner.pkcs11, live, slot, false)
             .map_err(|e| failure("C_OpenSession", e))?;
         // A wrong PIN is fatal (never retried: tokens lock the PIN after a few failures).
         login_user(&login, &inner.token_key, &inner.user_pin, &inner.pin_digest)
             .map_err(|e| failure("C_Login", e))?;
         state.login = Some(login);
-        tracing::info!("PKCS#11 token reconnected and user logged in again");
+        tracing::debug!("PKCS#11 token reconnected and user logged in again");
         Ok(())
     }
 
     /// Reconnects unless another thread did so since `seen_generation`.
-    fn reconnect(&self, seen_generation: u64) -> Result<(), Failure> {
+    fn reconnect(&self, live: &Live, seen_generation: u64) -> Result<(), Failure> {
         let mut state = lock(&self.inner.state);
-        if self.inner.generation.load(Ordering::SeqCst) != seen_generation && state.login.is_some()
+        if self.inner.generation.load(Ordering::SeqCst) != seen_generation && state.connected(live)
         {
             return Ok(());
         }
-        self.reconnect_locked(&mut state)
+        self.reconnect_locked(live, &mut state)
     }
 
     /// A session for one operation: an idle pooled one (read-only work) or a new one.
-    fn checkout(&self, read_write: bool) -> Result<Pooled, Failure> {
+    fn checkout(&self, live: &Live, read_write: bool) -> Result<Pooled, Failure> {
         if !read_write {
             let current = self.inner.generation.load(Ordering::SeqCst);
             loop {
                 let Some(p) = lock(&self.inner.pool).pop() else {
                     break;
                 };
-                if p.generation == current {
+                if p.generation == current && p.session.epoch() == live.epoch {
                     return Ok(p);
                 }
-                // Stale: dropping it closes it.
+                // Stale: dropping it closes it (if it is of this epoch).
             }
         }
         let mut state = lock(&self.inner.state);
-        if state.login.is_none() {
-            self.reconnect_locked(&mut state)?;
+        if !state.connected(live) {
+            self.reconnect_locked(live, &mut state)?;
         }
         let generation = self.inner.generation.load(Ordering::SeqCst);
-        let session = if read_write {
-            self.inner.ctx.open_rw_session(state.slot)
-        } else {
-            self.inner.ctx.open_ro_session(state.slot)
-        }
-        .map_err(|e| failure("C_OpenSession", e))?;
+        let session = OwnedSession::open(&self.inner.pkcs11, live, state.slot, read_write)
+            .map_err(|e| failure("C_OpenSession", e))?;
         Ok(Pooled {
             session,
             generation,
@@ -398,8 +404,11 @@ impl Token {
     }
 
     /// Returns a healthy session to the pool (or closes it if the pool is full or it is stale).
-    fn checkin(&self, p: Pooled) {
-        if p.read_write || p.generation != self.inner.generation.load(Ordering::SeqCst) {
+    fn checkin(&self, live: &Live, p: Pooled) {
+        if p.read_write
+            || p.generation != self.inner.generation.load(Ordering::SeqCst)
+            || p.session.epoch() != live.epoch
+        {
             return;
         }
         let mut pool = lock(&self.inner.pool);
@@ -409,32 +418,51 @@ impl Token {
     }
 
     /// Runs `op` on a session, reconnecting and retrying (bounded, with backoff) on failures a
-    /// reconnect may cure.
+    /// reconnect may cure. When a reconnect itself cannot reach the token, the module is
+    /// initialised again ([`Module::reinitialize`], which backs off: while it waits this fails
+    /// at once). The module's live lock is held across each attempt, so no re-initialisation
+    /// happens under an operation.
     fn run<T>(
         &self,
         read_write: bool,
         mut op: impl FnMut(&mut Pooled) -> Result<T, Failure>,
     ) -> Result<T, Error> {
+        let pkcs11 = &self.inner.pkcs11;
         let mut seen_generation = self.inner.generation.load(Ordering::SeqCst);
         let mut last = String::new();
+        // Set to the epoch in which a reconnect could not reach the token.
+        let mut unreachable_in: Option<u64> = None;
         for attempt in 0..=BACKOFF_MS.len() {
             if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(BACKOFF_MS[attempt - 1]));
-                match self.reconnect(seen_generation) {
+                match unreachable_in.take() {
+                    Some(epoch) => {
+                        if let Err(detail) = pkcs11.reinitialize(epoch, &last) {
+                            return Err(Error::TokenUnavailable { detail });
+                        }
+                    }
+                    None => std::thread::sleep(Duration::from_millis(BACKOFF_MS[attempt - 1])),
+                }
+            }
+            let live = pkcs11.live();
+            if attempt > 0 {
+                match self.reconnect(&live, seen_generation) {
                     Ok(()) => {}
                     Err(Failure::Retry(detail)) => {
-                        tracing::warn!(attempt, "PKCS#11 reconnect failed; will retry");
+                        tracing::debug!(attempt, %detail, "PKCS#11 reconnect failed");
                         last = detail;
+                        unreachable_in = Some(live.epoch);
                         seen_generation = self.inner.generation.load(Ordering::SeqCst);
                         continue;
                     }
                     Err(Failure::Fatal(e)) => return Err(e),
                 }
             }
-            let mut p = match self.checkout(read_write) {
+            let mut p = match self.checkout(&live, read_write) {
                 Ok(p) => p,
                 Err(Failure::Retry(detail)) => {
+                    // The checkout reconnects when it has no login session: the same case.
                     last = detail;
+                    unreachable_in = Some(live.epoch);
                     seen_generation = self.inner.generation.load(Ordering::SeqCst);
                     continue;
                 }
@@ -443,11 +471,13 @@ impl Token {
             seen_generation = p.generation;
             match op(&mut p) {
                 Ok(v) => {
-                    self.checkin(p);
+                    self.checkin(&live, p);
+                    drop(live);
+                    pkcs11.note_ok();
                     return Ok(v);
                 }
                 Err(Failure::Retry(detail)) => {
-                    tracing::warn!(attempt, "PKCS#11 operation failed; reconnecting");
+                    tracing::debug!(attempt, %detail, "PKCS#11 operation failed; reconnecting");
                     last = detail;
                     // The session is suspect: drop (close) it.
                 }
@@ -456,7 +486,7 @@ impl Token {
                     // whatever it failed with may be a symptom of that (SoftHSM2 answers
                     // CKR_GENERAL_ERROR to a search that a logout interrupts). Try again.
                     if p.generation != self.inner.generation.load(Ordering::SeqCst) {
-                        tracing::warn!(attempt, "PKCS#11 operation failed during a reconnect");
+                        tracing::debug!(attempt, "PKCS#11 operation failed during a reconnect");
                         last = e.to_string();
                         continue;
                     }
@@ -465,7 +495,8 @@ impl Token {
                 }
             }
         }
-        tracing::error!("PKCS#11 token unavailable after retries");
+        // Logged by the module when the token is lost for good; a one-off failure is logged by
+        // whoever asked.
         Err(Error::TokenUnavailable { detail: last })
     }
 }
