@@ -2001,20 +2001,19 @@ impl Authority {
     }
 
     /// Whether the HSM signs right now: one signature with the audit key over a fixed message,
-    /// verified. For health checks; it costs one HSM signature.
-    pub async fn hsm_ok(&self) -> bool {
+    /// verified. For health checks; it costs one HSM signature. The error says why not.
+    pub async fn hsm_check(&self) -> Result<()> {
         let key = self.audit_key.clone();
-        let msg = b"ecert-health-check".to_vec();
-        match tokio::task::spawn_blocking(move || key.sign(&msg).map(|sig| (key, sig))).await {
-            Ok(Ok((key, sig))) => hsm::verify(
-                key.algorithm(),
-                key.public_key_spki(),
-                b"ecert-health-check",
-                &sig,
-            )
-            .is_ok(),
-            _ => false,
-        }
+        const MSG: &[u8] = b"ecert-health-check";
+        let (key, sig) = tokio::task::spawn_blocking(move || key.sign(MSG).map(|sig| (key, sig)))
+            .await
+            .map_err(|e| {
+                Error::Hsm(hsm::Error::TokenUnavailable {
+                    detail: format!("the HSM check did not finish: {e}"),
+                })
+            })??;
+        hsm::verify(key.algorithm(), key.public_key_spki(), MSG, &sig)?;
+        Ok(())
     }
 
     /// The audit key's public key (DER SPKI), for auditors who verify without the HSM.

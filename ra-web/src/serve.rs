@@ -108,8 +108,8 @@ struct AppState {
     /// Newest CRL of each CA: (CRLNumber, nextUpdate, DER).
     crls: RwLock<CrlMap>,
     counters: Counters,
-    /// Last HSM check: (when, result). `/healthz` signs at most once per 10 s.
-    hsm: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// The last HSM check ([`keep_checking_hsm`]), which `/healthz` and `/metrics` report.
+    hsm: RwLock<HsmHealth>,
     /// The last store probe ([`probe`]), which `/healthz` and `/metrics` report.
     probe: RwLock<Probe>,
     /// Store probes made since start.
@@ -136,6 +136,71 @@ struct Probe {
     crls_behind: HashMap<(CaRole, Scope), i64>,
 }
 type Shared = Arc<AppState>;
+
+/// What the last HSM check found.
+#[derive(Debug, Clone, Default)]
+struct HsmHealth {
+    /// When the last check finished (Unix seconds); 0 before the first.
+    checked_at: i64,
+    /// Why the last check failed.
+    error: Option<String>,
+    /// Since when checks have been failing.
+    fault_since: Option<i64>,
+}
+
+/// How often the signer checks that the HSM signs (one signature with the audit key).
+const HSM_CHECK_EVERY: Duration = Duration::from_secs(3);
+/// How long one HSM check may take.
+const HSM_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// An HSM check older than this (the checker stuck) counts as a fault.
+const HSM_CHECK_STALE: i64 = 15;
+/// While a background duty keeps failing, a reminder is logged at most this often.
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs a recurring failure of a background duty when it starts, at most once per
+/// [`OUTAGE_LOG_EVERY`] while it lasts (with the count), and when it ends: a duty retried every
+/// 200 ms must not write hundreds of lines a minute while, say, the HSM is away.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    logged: Option<std::time::Instant>,
+    failures: u64,
+}
+
+impl Outage {
+    fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        let now = std::time::Instant::now();
+        self.failures += 1;
+        match self.since {
+            None => {
+                self.since = Some(now);
+                self.logged = Some(now);
+                tracing::error!(%error, "{what} failed");
+            }
+            Some(since) if self.logged.is_none_or(|t| now - t >= OUTAGE_LOG_EVERY) => {
+                self.logged = Some(now);
+                tracing::error!(
+                    %error,
+                    failures = self.failures,
+                    failing_seconds = (now - since).as_secs(),
+                    "{what} still failing"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn ok(&mut self, what: &str) {
+        if let Some(since) = self.since {
+            tracing::warn!(
+                failures = self.failures,
+                failing_seconds = since.elapsed().as_secs(),
+                "{what} works again"
+            );
+            *self = Outage::default();
+        }
+    }
+}
 
 /// The newest CRL of each CA and scope: (CRLNumber, nextUpdate, DER).
 type CrlMap = HashMap<(CaRole, Scope), (i64, i64, Bytes)>;
@@ -182,27 +247,29 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         ocsp: Cache::new(&issuing)?,
         crls: RwLock::new(HashMap::new()),
         counters: Counters::default(),
-        hsm: tokio::sync::Mutex::new(None),
+        hsm: RwLock::new(HsmHealth::default()),
         probe: RwLock::new(Probe::default()),
         probes: AtomicU64::new(0),
     });
     let mut background = Vec::new();
     if let Some(auth) = &state.auth {
         // Publish at once where a CRL is missing; make the responders and sign what is due.
-        publish_due(auth, a.crl_interval_seconds as i64).await;
+        publish_due(auth, a.crl_interval_seconds as i64, &mut HashMap::new()).await;
         // A responder that cannot be made now (a clock off its reference, an HSM away) is
         // retried by the OCSP signer on every pass; the service starts and says why in
         // /healthz rather than exiting.
         if let Err(e) = auth.ensure_responders().await {
             tracing::error!(error = %e, "could not make the OCSP responders; retrying");
         }
-        sign_ocsp_due(auth).await;
+        sign_ocsp_due(auth, &mut Outage::default()).await;
         background.push(tokio::spawn(crl_duties(
             state.clone(),
             a.crl_interval_seconds,
             a.crl_watch_seconds,
         )));
         background.push(tokio::spawn(ocsp_signer(state.clone())));
+        check_hsm(&state).await;
+        background.push(tokio::spawn(keep_checking_hsm(state.clone())));
     }
     sync(&state)
         .await
@@ -413,11 +480,12 @@ async fn ocsp_get(
     }
 }
 
-/// `GET /healthz`: 200 when the database answers, the HSM signs (signer role; checked at most
-/// every 10 s), every CRL is within its validity, and OCSP is current (synced with the store
+/// `GET /healthz`: 200 when the database answers, the HSM signs (signer role; checked in the
+/// background every [`HSM_CHECK_EVERY`]), the clock is within bounds, every CRL is within its
+/// validity and none is behind its revocations, and OCSP is current (synced with the store
 /// within the last 10 s, no kept-fresh response within 8 hours of its nextUpdate — TLS BR
-/// §4.9.10); 503
-/// otherwise. The body says which part is at fault.
+/// §4.9.10 — and no change waiting over a minute); 503 otherwise. The body says which part is
+/// at fault. Answered from memory: never a database query or an HSM call per request.
 async fn healthz(State(s): State<Shared>) -> Response {
     let now = now();
     let mut ok = true;
@@ -430,26 +498,20 @@ async fn healthz(State(s): State<Shared>) -> Response {
         Some(e) => e.clone(),
     };
     ok &= db == "ok";
+    // From the last background check (every HSM_CHECK_EVERY), never a signature per request.
     let hsm = match &s.auth {
-        None => "not used (--no-signer)",
-        Some(auth) => {
-            let mut last = s.hsm.lock().await;
-            let good = match *last {
-                Some((at, good)) if at.elapsed() < Duration::from_secs(10) => good,
-                _ => {
-                    let good = tokio::time::timeout(Duration::from_secs(5), auth.hsm_ok())
-                        .await
-                        .unwrap_or(false);
-                    *last = Some((std::time::Instant::now(), good));
-                    good
-                }
-            };
+        None => serde_json::json!({ "status": "not used (--no-signer)" }),
+        Some(_) => {
+            let h = s.hsm.read().map(|h| h.clone()).unwrap_or_default();
+            let stale = now - h.checked_at > HSM_CHECK_STALE;
+            let good = h.error.is_none() && !stale;
             ok &= good;
-            if good {
-                "ok"
-            } else {
-                "fault"
-            }
+            serde_json::json!({
+                "status": if good { "ok" } else { "fault" },
+                "checked_seconds_ago": now - h.checked_at,
+                "error": h.error.or_else(|| stale.then(|| format!("no HSM check for {} s", now - h.checked_at))),
+                "fault_seconds": h.fault_since.map(|t| now - t),
+            })
         }
     };
     let known = s.crls.read().map(|m| m.clone()).unwrap_or_default();
@@ -679,6 +741,14 @@ async fn metrics(State(s): State<Shared>) -> Response {
             u8::from(c.fault.is_none())
         ));
     }
+    if s.auth.is_some() {
+        let h = s.hsm.read().map(|h| h.clone()).unwrap_or_default();
+        let good = h.error.is_none() && now - h.checked_at <= HSM_CHECK_STALE;
+        out.push_str(&format!(
+            "# HELP ecert_hsm_ok Whether the last HSM check (one signature, verified) succeeded.\n# TYPE ecert_hsm_ok gauge\necert_hsm_ok {}\n",
+            u8::from(good)
+        ));
+    }
     if let Some(r) = probe.reports {
         out.push_str(&format!(
             "# HELP ecert_problem_reports_open Certificate Problem Reports not yet decided.\n# TYPE ecert_problem_reports_open gauge\necert_problem_reports_open {}\n",
@@ -782,6 +852,43 @@ async fn keep_probing(s: Shared) {
     }
 }
 
+/// One HSM check into [`AppState::hsm`], bounded by [`HSM_CHECK_TIMEOUT`].
+async fn check_hsm(s: &AppState) {
+    let Some(auth) = &s.auth else { return };
+    let result = match tokio::time::timeout(HSM_CHECK_TIMEOUT, auth.hsm_check()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no signature within {} s",
+            HSM_CHECK_TIMEOUT.as_secs()
+        )),
+    };
+    let now = now();
+    if let Ok(mut h) = s.hsm.write() {
+        h.checked_at = now;
+        match result {
+            Ok(()) => {
+                h.error = None;
+                h.fault_since = None;
+            }
+            Err(e) => {
+                h.fault_since.get_or_insert(now);
+                h.error = Some(e);
+            }
+        }
+    }
+}
+
+/// The signer: [`check_hsm`] every [`HSM_CHECK_EVERY`]. While the token is lost these checks
+/// also drive its recovery (the HSM layer initialises the module again, with backoff).
+async fn keep_checking_hsm(s: Shared) {
+    let mut tick = tokio::time::interval(HSM_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        check_hsm(&s).await;
+    }
+}
+
 /// Reads new OCSP responses and any newer CRL into memory.
 async fn sync(s: &AppState) -> ca_core::error::Result<()> {
     s.repo.sync_ocsp(&s.ocsp).await?;
@@ -841,27 +948,30 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// Signs what is due ([`Authority::ocsp_due`]: queued changes first, then responses due for a
-/// refresh). Returns true when a full batch was done (more may be waiting).
-async fn sign_ocsp_due(auth: &Authority) -> bool {
+/// refresh). Returns true when a full batch was done (more may be waiting). Failures are
+/// logged through `outage` (once, then once a minute).
+async fn sign_ocsp_due(auth: &Authority, outage: &mut Outage) -> bool {
     let due = match auth.ocsp_due(OCSP_BATCH).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %e, "OCSP: reading what is due");
+            outage.failed("OCSP signing (reading what is due)", &e);
             return false;
         }
     };
     if due.is_empty() {
+        outage.ok("OCSP signing");
         return false;
     }
     let full = due.len() as i64 >= OCSP_BATCH;
     match auth.sign_ocsp(due).await {
         Ok(n) if n > 0 => {
+            outage.ok("OCSP signing");
             tracing::debug!(responses = n, "OCSP responses signed");
             full
         }
         Ok(_) => false,
         Err(e) => {
-            tracing::error!(error = %e, "OCSP signing failed");
+            outage.failed("OCSP signing", &e);
             false
         }
     }
@@ -886,8 +996,9 @@ pub async fn sign_all_due(auth: &Authority) -> ca_core::error::Result<usize> {
 /// The signer: keeps every issued serial's OCSP response current.
 async fn ocsp_signer(s: Shared) {
     let Some(auth) = &s.auth else { return };
+    let mut outage = Outage::default();
     loop {
-        if !sign_ocsp_due(auth).await {
+        if !sign_ocsp_due(auth, &mut outage).await {
             tokio::time::sleep(OCSP_SIGN_EVERY).await;
         }
     }
@@ -896,19 +1007,29 @@ async fn ocsp_signer(s: Shared) {
 /// Publishes each CRL (full or partition) that is due ([`Authority::crls_due`]: never
 /// published, older than `interval`, its status changed since, or its nextUpdate less than a day
 /// away; the root's only when missing or near its nextUpdate).
-pub async fn publish_due(auth: &Authority, interval: i64) {
+async fn publish_due(auth: &Authority, interval: i64, outages: &mut HashMap<String, Outage>) {
     let now = now();
     for role in CaRole::ALL {
         let due = match auth.crls_due(role, now, interval).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "CRL schedule: database");
+                outages
+                    .entry("schedule".into())
+                    .or_default()
+                    .failed("CRL schedule", &e);
                 continue;
             }
         };
+        outages
+            .entry("schedule".into())
+            .or_default()
+            .ok("CRL schedule");
         for scope in due {
-            if let Err(e) = auth.publish_crl(role, scope, "system:crl-publisher").await {
-                tracing::error!(crl = scope.file_name(role), error = %e, "CRL publication failed");
+            let file = scope.file_name(role);
+            let outage = outages.entry(file.clone()).or_default();
+            match auth.publish_crl(role, scope, "system:crl-publisher").await {
+                Ok(_) => outage.ok(&format!("CRL publication ({file})")),
+                Err(e) => outage.failed(&format!("CRL publication ({file})"), &e),
             }
         }
     }
@@ -918,9 +1039,11 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
     let Some(auth) = &s.auth else { return };
     let mut tick = tokio::time::interval(Duration::from_secs(watch.max(1)));
     let mut last_purge = 0;
+    let mut outages = HashMap::new();
+    let mut checkpoint = Outage::default();
     loop {
         tick.tick().await;
-        publish_due(auth, interval as i64).await;
+        publish_due(auth, interval as i64, &mut outages).await;
         // Retention of personal data (docs/RA.md), hourly.
         if now() - last_purge >= 3600 {
             last_purge = now();
@@ -933,8 +1056,9 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
                 Err(e) => tracing::error!(error = %e, "retention purge failed"),
             }
         }
-        if let Err(e) = auth.checkpoint().await {
-            tracing::error!(error = %e, "audit checkpoint failed");
+        match auth.checkpoint().await {
+            Ok(_) => checkpoint.ok("audit checkpoint"),
+            Err(e) => checkpoint.failed("audit checkpoint", &e),
         }
     }
 }

@@ -489,18 +489,18 @@ impl Authority {
             tasks.push(tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 // One serial that cannot be signed must not hold back the others: it stays
-                // queued (its error logged) and is tried again on the next pass.
-                Ok::<_, Error>(
-                    chunk
-                        .into_iter()
-                        .filter_map(|(d, r, i)| {
-                            let serial = d.serial.clone();
-                            sign_pair(d, &r, &i, now, next)
-                                .map_err(|e| tracing::error!(serial = %serial, error = %e, "OCSP: cannot sign this serial's response"))
-                                .ok()
-                        })
-                        .collect::<Vec<Signed>>(),
-                )
+                // queued (its error logged) and is tried again on the next pass. A token that
+                // is unavailable fails every serial alike: the pass stops and says so once.
+                let mut signed = Vec::with_capacity(chunk.len());
+                for (d, r, i) in chunk {
+                    let serial = d.serial.clone();
+                    match sign_pair(d, &r, &i, now, next) {
+                        Ok(s) => signed.push(s),
+                        Err(e @ Error::Hsm(hsm::Error::TokenUnavailable { .. })) => return Err(e),
+                        Err(e) => tracing::error!(serial = %serial, error = %e, "OCSP: cannot sign this serial's response"),
+                    }
+                }
+                Ok::<_, Error>(signed)
             }));
         }
         let mut rows = Vec::new();

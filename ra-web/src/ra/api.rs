@@ -142,7 +142,7 @@ impl IntoResponse for ApiFailure {
             StatusCode::GONE => ("expired", self.0.to_string()),
             StatusCode::UNAUTHORIZED => ("unauthorized", self.0.to_string()),
             StatusCode::FORBIDDEN => ("forbidden", self.0.to_string()),
-            StatusCode::SERVICE_UNAVAILABLE => ("unavailable", self.0.to_string()),
+            StatusCode::SERVICE_UNAVAILABLE => ("unavailable", super::public_message(&self.0)),
             _ => {
                 tracing::error!(request_id, error = %self.0, "API request failed");
                 (

@@ -385,11 +385,24 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Clock(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The database is down or restarting: try again shortly (issue 13, defect 4).
         Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // The HSM token is away; the signer takes it back by itself (issue 13, defect 1).
+        Error::Hsm(hsm::Error::TokenUnavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Expired(_) => StatusCode::GONE,
         Error::SignInFailed => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// What a refused request is told: the error's own words, except where they would name
+/// the deployment's insides (the token, the module), which only the log carries.
+pub(crate) fn public_message(e: &Error) -> String {
+    match e {
+        Error::Hsm(hsm::Error::TokenUnavailable { .. }) => {
+            "the signing device is unavailable: try again shortly".to_string()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -411,7 +424,7 @@ impl IntoResponse for AppError {
             "the service could not complete this request; please try again later".to_string()
         } else {
             tracing::info!(request_id, status = status.as_u16(), error = %self.error, "request refused");
-            self.error.to_string()
+            public_message(&self.error)
         };
         let page = ErrorPage {
             t: self.lang.texts(),
@@ -1905,6 +1918,19 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_token_is_not_described_to_the_public() {
+        let e = Error::Hsm(hsm::Error::TokenUnavailable {
+            detail: "no token labelled \"ecert\" is present".into(),
+        });
+        let m = public_message(&e);
+        assert_eq!(m, "the signing device is unavailable: try again shortly");
+        assert_eq!(
+            public_message(&Error::Conflict("already decided".into())),
+            Error::Conflict("already decided".into()).to_string()
+        );
+    }
+
+    #[test]
     fn every_domain_error_has_its_status() {
         use ca_core::hkid::HkidError;
         for (e, code) in [
@@ -1922,6 +1948,12 @@ mod tests {
             (Error::StoreUnavailable("x".into()), 503),
             (Error::from(sqlx::Error::PoolTimedOut), 503),
             (Error::Clock("x".into()), 503),
+            (
+                Error::Hsm(hsm::Error::TokenUnavailable {
+                    detail: "no token labelled \"ecert\" is present".into(),
+                }),
+                503,
+            ),
             (Error::TooManyAttempts("x".into()), 429),
             (Error::Expired("x".into()), 410),
             (Error::SignInFailed, 401),

@@ -13,13 +13,13 @@ use crate::common::*;
 use crate::serve::{get, http, start, start_with};
 
 /// The exported chain files a relying party holds.
-struct Chain {
-    root: PathBuf,
-    individual: PathBuf,
-    server: PathBuf,
+pub(crate) struct Chain {
+    pub root: PathBuf,
+    pub individual: PathBuf,
+    pub server: PathBuf,
 }
 
-fn chain(ca: &Ca) -> Chain {
+pub(crate) fn chain(ca: &Ca) -> Chain {
     Chain {
         root: ca.export("root").path,
         individual: ca.export("individual").path,
@@ -37,7 +37,7 @@ fn text(o: &std::process::Output) -> String {
 
 /// `openssl ocsp` POSTs a request for `cert` and verifies the response against the root; the
 /// response is kept in `out` for pkilint. Returns openssl's output.
-fn ocsp_post(
+pub(crate) fn ocsp_post(
     ca: &Ca,
     addr: &str,
     chain: &Chain,
@@ -146,7 +146,7 @@ fn assert_status(out: &str, cert: &Path, status: &str, ctx: &str) {
 
 /// Polls by POST until the status is `status` (or `deadline` passes).
 #[allow(clippy::too_many_arguments)]
-fn wait_status(
+pub(crate) fn wait_status(
     ca: &Ca,
     addr: &str,
     chain: &Chain,

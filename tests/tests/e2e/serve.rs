@@ -177,7 +177,8 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
         "{health}"
     );
     assert!(health.contains("\"status\":\"ok\""), "{health}");
-    assert!(health.contains("\"hsm\":\"ok\""), "{health}");
+    let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(h["hsm"]["status"], "ok", "{health}");
     let (status, _, body) = get(addr, "/metrics");
     let metrics = String::from_utf8_lossy(&body);
     assert_eq!(status, 200);
@@ -190,6 +191,7 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
         metrics.contains("ecert_crl_number{ca=\"individual\",crl=\"full\"} 1"),
         "{metrics}"
     );
+    assert!(metrics.contains("\necert_hsm_ok 1\n"), "{metrics}");
 
     // The leaf's partition is served at the URL in its CRL distribution point.
     let (_, cdp) = aia_and_crl_uris(&leaf.cert.parse());
