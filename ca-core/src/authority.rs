@@ -10,7 +10,7 @@
 //! [`IssuanceToken`] can only be made by `prepare` and is consumed by `sign`, so an unlinted or
 //! unrecorded TBS cannot reach the HSM (Boulder's issuance token; TLS BR §4.3.1.2).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
 
@@ -245,6 +245,10 @@ pub struct Authority {
     pii: Option<Arc<crate::pii::Vault>>,
     /// Each issuing CA's CRL entries, kept between publications (see [`crate::crl`]).
     crl_lists: tokio::sync::Mutex<HashMap<CaRole, EntryList>>,
+    /// CRL files (the copies in `<data_dir>/crl/` a web server in front may serve) that do not
+    /// hold the newest stored CRL of their scope: the database stored it, the file write
+    /// failed (a full disk). [`Authority::rewrite_crl_files`] writes them again.
+    crl_files_behind: std::sync::Mutex<HashSet<(CaRole, Scope)>>,
     /// The Debian weak-key lists of `[keys] debian_weak_dir` (empty when unset).
     debian_weak: crate::keys::debian::DebianWeakKeys,
     /// The clock check before anything is dated and signed ([`crate::clock`]).
@@ -261,6 +265,28 @@ impl std::fmt::Debug for Authority {
             .field("engine", &self.store.engine())
             .finish_non_exhaustive()
     }
+}
+
+/// Writes `der` to `dir/file` through a temporary file and a rename, so a reader never sees
+/// a partial CRL; a write that fails (a full disk) leaves no partial file behind (issue 13,
+/// defect 3).
+async fn write_crl_file(dir: std::path::PathBuf, file: String, der: Vec<u8>) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let tmp = dir.join(format!(".{file}.tmp"));
+        let path = dir.join(&file);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&tmp, &der))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::Io {
+                    context: format!("writing {}", path.display()),
+                    source: e,
+                }
+            })
+    })
+    .await
+    .map_err(|e| Error::Encoding(format!("CRL file task failed: {e}")))?
 }
 
 /// HSM label of the key that signs audit checkpoints.
@@ -1011,6 +1037,7 @@ impl Authority {
             audit_key: Arc::new(audit_key),
             responders: tokio::sync::RwLock::new(responders),
             crl_lists: tokio::sync::Mutex::new(HashMap::new()),
+            crl_files_behind: std::sync::Mutex::new(HashSet::new()),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };
@@ -1468,24 +1495,7 @@ impl Authority {
         // database stores the CRL that every instance serves.
         let dir = self.config.data_dir.join("crl");
         let path = dir.join(&file);
-        let write_file = {
-            let (dir, path, der) = (dir.clone(), path.clone(), der.clone());
-            let tmp = dir.join(format!(".{file}.tmp"));
-            tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&dir)
-                    .and_then(|()| std::fs::write(&tmp, &der))
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .map_err(|e| {
-                        // A write that failed (a full disk) leaves no partial file behind; the
-                        // next publication writes it again (issue 13, defect 3).
-                        let _ = std::fs::remove_file(&tmp);
-                        Error::Io {
-                            context: format!("writing {}", path.display()),
-                            source: e,
-                        }
-                    })
-            })
-        };
+        let write_file = write_crl_file(dir, file.clone(), der.clone());
         let stored = self
             .store
             .insert_crl(
@@ -1500,10 +1510,10 @@ impl Authority {
                 &event,
             )
             .await;
-        let written = write_file
-            .await
-            .map_err(|e| Error::Encoding(format!("CRL file task failed: {e}")))?;
+        let written = write_file.await;
         stored?;
+        // Stored and served: only the copy is behind, and is written again until it is not.
+        self.note_crl_file(role, scope, written.is_ok());
         written?;
         tracing::info!(
             crl = file,
@@ -1523,6 +1533,76 @@ impl Authority {
             der,
             path,
         })
+    }
+
+    fn note_crl_file(&self, role: CaRole, scope: Scope, current: bool) {
+        let mut behind = self
+            .crl_files_behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current {
+            behind.remove(&(role, scope));
+        } else {
+            behind.insert((role, scope));
+        }
+    }
+
+    /// The CRL files that do not hold their scope's newest stored CRL (by file name).
+    pub fn crl_files_behind(&self) -> Vec<String> {
+        self.crl_files_behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(role, scope)| scope.file_name(*role))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Compares every CRL file with its scope's newest stored CRL and notes those that differ
+    /// or are missing (a crash or a full disk between the two writes), for
+    /// [`Authority::rewrite_crl_files`]. Run when a signer starts.
+    pub async fn check_crl_files(&self) -> Result<usize> {
+        let dir = self.config.data_dir.join("crl");
+        let mut n = 0;
+        for role in CaRole::ALL {
+            for head in self.store.crl_heads(role.name()).await? {
+                let Some((_, der)) = self.store.latest_crl(role.name(), head.scope).await? else {
+                    continue;
+                };
+                let on_disk = std::fs::read(dir.join(head.scope.file_name(role))).ok();
+                let current = on_disk.as_deref() == Some(der.as_slice());
+                self.note_crl_file(role, head.scope, current);
+                n += usize::from(!current);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes again each CRL file noted behind, from the newest stored CRL of its scope.
+    /// Returns how many were written; the first failure stops the pass.
+    pub async fn rewrite_crl_files(&self) -> Result<usize> {
+        let behind: Vec<(CaRole, Scope)> = self
+            .crl_files_behind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        let dir = self.config.data_dir.join("crl");
+        let mut n = 0;
+        for (role, scope) in behind {
+            if let Some((_, der)) = self.store.latest_crl(role.name(), scope).await? {
+                write_crl_file(dir.clone(), scope.file_name(role), der).await?;
+                n += 1;
+            }
+            // A publication may have written a newer one meanwhile: it wrote that file too.
+            self.note_crl_file(role, scope, true);
+        }
+        if n > 0 {
+            tracing::info!(files = n, "CRL files written again");
+        }
+        Ok(n)
     }
 
     /// Opens only the store and the personal-data vault, without the signer lock: what staff

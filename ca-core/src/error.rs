@@ -50,6 +50,11 @@ pub enum Error {
     /// (The detail is logged where it is met, not shown: it names hosts.)
     #[error("the database is unavailable: try again shortly")]
     StoreUnavailable(String),
+    /// The database's storage is full (SQLite `SQLITE_FULL`, PostgreSQL `53100 disk_full`):
+    /// the transaction was rolled back and nothing was written; it works again once space is
+    /// freed (issue 13, defect 3). The RA answers 503 without the detail.
+    #[error("the database cannot write, its disk is full: {0}")]
+    StoreFull(String),
     /// A serial that should exist does not.
     #[error("no certificate with serial {0}")]
     UnknownSerial(String),
@@ -141,7 +146,10 @@ pub enum Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        if store_unreachable(&e) {
+        if store_full(&e) {
+            tracing::warn!(error = %e, "the database's disk is full");
+            Error::StoreFull(e.to_string())
+        } else if store_unreachable(&e) {
             tracing::warn!(error = %e, "the database is unreachable");
             Error::StoreUnavailable(e.to_string())
         } else {
@@ -150,9 +158,23 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+/// Whether a database error means its storage is full: SQLite's primary result code 13
+/// (`SQLITE_FULL`, <https://www.sqlite.org/rescode.html#full>; sqlx reports the extended
+/// code, whose low byte is the primary one) or PostgreSQL's `53100` (disk_full, Appendix A).
+fn store_full(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    let Some(code) = db.code() else {
+        return false;
+    };
+    code == "53100" || code.parse::<u32>().is_ok_and(|c| c & 0xff == 13)
+}
+
 /// Whether a database error means the database cannot be reached now (down, restarting, no
 /// connection within the pool's wait), rather than that the request was wrong: PostgreSQL's
-/// connection-exception (08) and operator-intervention (57P) classes, pool timeouts and I/O.
+/// connection-exception (08), operator-intervention (57P) and insufficient-resources (53)
+/// classes, pool timeouts and I/O.
 fn store_unreachable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut
@@ -162,7 +184,9 @@ fn store_unreachable(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            // 08: connection exception; 57P: operator intervention (shutdown, restart);
+            // 53: insufficient resources (too many connections, out of memory).
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")),
         _ => false,
     }
 }

@@ -2063,6 +2063,37 @@ mod tests {
         }
     }
 
+    /// A write that finds the database's storage full is `Error::StoreFull` (the RA answers
+    /// 503), not a bare database error: SQLite's own SQLITE_FULL, made by a page limit.
+    #[tokio::test]
+    async fn a_full_database_is_a_named_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&sqlite_url(&dir)).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        sqlx::query("CREATE TABLE filler (b BLOB)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {}",
+            pages + 2
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        let e = sqlx::query("INSERT INTO filler VALUES (zeroblob(1000000))")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+        let e = Error::from(e);
+        assert!(matches!(e, Error::StoreFull(_)), "{e:?}");
+        assert!(e.to_string().contains("disk is full"), "{e}");
+    }
+
     fn all_versions() -> Vec<i64> {
         SQLITE_MIGRATIONS.iter().map(|m| m.0).collect()
     }

@@ -255,6 +255,17 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     if let Some(auth) = &state.auth {
         // Publish at once where a CRL is missing; make the responders and sign what is due.
         publish_due(auth, a.crl_interval_seconds as i64, &mut HashMap::new()).await;
+        // CRL files a crash or a full disk left behind the database are written again.
+        match auth.check_crl_files().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                files = n,
+                "CRL files behind the database; writing them again"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not compare the CRL files with the database")
+            }
+        }
         // A responder that cannot be made now (a clock off its reference, an HSM away) is
         // retried by the OCSP signer on every pass; the service starts and says why in
         // /healthz rather than exiting.
@@ -562,6 +573,15 @@ async fn healthz(State(s): State<Shared>) -> Response {
         }
         crls.insert(role.name().into(), v);
     }
+    // The CRL files in the data directory, for a web server in front (a full disk).
+    let crl_files = match &s.auth {
+        Some(auth) => {
+            let behind = auth.crl_files_behind();
+            ok &= behind.is_empty();
+            serde_json::json!({ "status": if behind.is_empty() { "ok" } else { "fault" }, "behind": behind })
+        }
+        None => serde_json::json!({ "status": "not written (--no-signer)" }),
+    };
     let sync_age = now - s.ocsp.synced_at();
     // Responses still refreshed (certificate not expired for over a week) that are within 8
     // hours of nextUpdate mean the signer stalled (TLS BR §4.9.10).
@@ -647,6 +667,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         "database": db,
         "hsm": hsm,
         "crl": crls,
+        "crl_files": crl_files,
         "ocsp": {
             "status": if ocsp_ok { "ok" } else { "fault" },
             "responses": s.ocsp.len(),
@@ -1041,9 +1062,16 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
     let mut last_purge = 0;
     let mut outages = HashMap::new();
     let mut checkpoint = Outage::default();
+    let mut files = Outage::default();
     loop {
         tick.tick().await;
         publish_due(auth, interval as i64, &mut outages).await;
+        if !auth.crl_files_behind().is_empty() {
+            match auth.rewrite_crl_files().await {
+                Ok(_) => files.ok("writing CRL files"),
+                Err(e) => files.failed("writing CRL files", &e),
+            }
+        }
         // Retention of personal data (docs/RA.md), hourly.
         if now() - last_purge >= 3600 {
             last_purge = now();

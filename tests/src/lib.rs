@@ -709,10 +709,16 @@ impl Ca {
     /// A data directory with `ecert.toml` written and (for PostgreSQL) an empty database, but
     /// no `ecert init` yet.
     pub fn new() -> Ca {
+        Ca::new_in(&std::env::temp_dir())
+    }
+
+    /// [`Ca::new`] with the data directory inside `parent` (a small file system, for a test
+    /// that fills it).
+    pub fn new_in(parent: &Path) -> Ca {
         let _ = ecert_bin();
         let dir = tempfile::Builder::new()
             .prefix("ecert-e2e-data.")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         let work = tempfile::Builder::new()
             .prefix("ecert-e2e-work.")
@@ -746,7 +752,12 @@ impl Ca {
 
     /// [`Ca::new`] then `ecert init`.
     pub fn init() -> Ca {
-        let ca = Ca::new();
+        Ca::init_in(&std::env::temp_dir())
+    }
+
+    /// [`Ca::new_in`] then `ecert init`.
+    pub fn init_in(parent: &Path) -> Ca {
+        let ca = Ca::new_in(parent);
         ca.ecert_ok(&["init"]);
         // The database is where the test asked for it.
         let sqlite_file = ca.dir.path().join("ecert.db").exists();

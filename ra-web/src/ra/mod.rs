@@ -385,6 +385,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Clock(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The database is down or restarting: try again shortly (issue 13, defect 4).
         Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // The database's disk is full: nothing was written (issue 13, defect 3).
+        Error::StoreFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The HSM token is away; the signer takes it back by itself (issue 13, defect 1).
         Error::Hsm(hsm::Error::TokenUnavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -401,6 +403,10 @@ pub(crate) fn public_message(e: &Error) -> String {
     match e {
         Error::Hsm(hsm::Error::TokenUnavailable { .. }) => {
             "the signing device is unavailable: try again shortly".to_string()
+        }
+        Error::StoreFull(_) => {
+            "the service cannot record anything at the moment: nothing was changed; try again shortly"
+                .to_string()
         }
         other => other.to_string(),
     }
@@ -1924,6 +1930,13 @@ mod tests {
         });
         let m = public_message(&e);
         assert_eq!(m, "the signing device is unavailable: try again shortly");
+        let m = public_message(&Error::StoreFull(
+            "error returned from database: (code: 13) database or disk is full".into(),
+        ));
+        assert!(
+            !m.contains("code: 13") && m.contains("nothing was changed"),
+            "{m}"
+        );
         assert_eq!(
             public_message(&Error::Conflict("already decided".into())),
             Error::Conflict("already decided".into()).to_string()
@@ -1946,6 +1959,7 @@ mod tests {
             (Error::CodeRejected { attempts_left: 1 }, 422),
             (Error::Conflict("x".into()), 409),
             (Error::StoreUnavailable("x".into()), 503),
+            (Error::StoreFull("database or disk is full".into()), 503),
             (Error::from(sqlx::Error::PoolTimedOut), 503),
             (Error::Clock("x".into()), 503),
             (

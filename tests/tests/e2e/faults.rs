@@ -191,3 +191,308 @@ fn a_lost_hsm_token_is_used_again_when_it_returns() {
         during.len()
     );
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) where this machine cannot mount one: mounting needs
+    /// root (CAP_SYS_ADMIN), as `ops/test` has in CI.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::Builder::new()
+            .prefix("ecert-e2e-tmpfs.")
+            .tempdir()
+            .unwrap();
+        let o = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs here (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the file system is full; returns it.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0x55u8; 64 * 1024];
+        loop {
+            if let Err(e) = f.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(28), "{e}"); // ENOSPC
+                break;
+            }
+        }
+        // The last partial blocks.
+        let small = [0x55u8; 512];
+        while f.write_all(&small).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Issue 13, defect 3: the data directory (database, CRL files, SoftHSM2 token) is on a small
+/// tmpfs that fills up while `serve` runs. A revocation and an approval fail with a named error
+/// (the RA answers 503, not 500) and leave nothing half-done; once space is freed both succeed,
+/// every later request works (no pooled connection is left inside a failed transaction), the
+/// partition CRL that names the certificate lists the revocation within seconds, and no
+/// half-written CRL file is left behind. On PostgreSQL the database is elsewhere and keeps
+/// working; the CRL files and the token still live on the full disk.
+#[test]
+fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
+    use crate::ra::{add_clerk, add_gpo, api, email_code, form, page, serve_ra, set_cookie};
+    let Some(fs) = Tmpfs::mount("48m") else {
+        return;
+    };
+    let ca = Ca::init_in(fs.path());
+    let sqlite = ca.db() == Db::Sqlite;
+    add_gpo(&ca);
+    // One clerk enters the application and records the identity check and the fee, the other
+    // decides (nobody approves what they entered or checked).
+    let token_of = |clerk: &str, scopes: &str| {
+        add_clerk(&ca, clerk, "gpo");
+        ca.ecert_ok(&[
+            "staff",
+            "token",
+            "--username",
+            clerk,
+            "--days",
+            "1",
+            "--scopes",
+            scopes,
+        ])
+        .trim()
+        .to_string()
+    };
+    let entering = token_of("clerk1", "read,enter");
+    let token = token_of("clerk2", "read,decide");
+    let p = personal();
+    let leaf = ca.issue(
+        p.profile,
+        &ca.csr("victim", KeyType::P256).csr,
+        &p.args,
+        "to revoke on a full disk",
+    );
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let addr = &server.1;
+
+    // An application ready for its decision: entered at the counter, e-mail confirmed,
+    // identity and fee recorded.
+    let csr = std::fs::read_to_string(ca.csr("applicant", KeyType::P256).csr).unwrap();
+    let (st, created) = api(
+        addr,
+        "POST",
+        "/api/v1/applications",
+        &entering,
+        Some(serde_json::json!({
+            "profile": "personal", "surname": "Wong", "given_name": "Siu Ming",
+            "email": "sm.wong@example.hk", "hkid": "Z683451(6)", "date_of_birth": "1985-06-01",
+            "phone": "+852 2921 2222", "address": "2 Connaught Place, Central",
+            "consent_notices": true, "revocation_secret": "my revocation words", "csr": csr,
+        })),
+    );
+    assert_eq!(st, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let reference = created["reference"].as_str().unwrap().to_string();
+    let secret = created["tracking_secret"].as_str().unwrap().to_string();
+    let code = email_code(&smtp.wait_for("sm.wong@example.hk", &reference));
+    let r = page(addr, "/track", "");
+    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let r = form(
+        addr,
+        "/track/confirm",
+        &format!("ecert_csrf={csrf}"),
+        &[
+            ("csrf", &csrf),
+            ("reference", &reference),
+            ("secret", &secret),
+            ("code", &code),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let path = format!("/api/v1/applications/{id}");
+    let (st, e) = api(
+        addr,
+        "POST",
+        &format!("{path}/identity"),
+        &entering,
+        Some(serde_json::json!({"version": 1, "hkid": "Z683451(6)", "card_sighted": true})),
+    );
+    assert_eq!(st, 204, "{e}");
+    let (st, e) = api(
+        addr,
+        "POST",
+        &format!("{path}/fee"),
+        &entering,
+        Some(serde_json::json!({"amount_cents": 5000, "method": "octopus", "receipt": "GPO-9"})),
+    );
+    assert_eq!(st, 204, "{e}");
+    wait_health(addr, "healthy before the disk fills", |s, _| s == 200);
+    let (_, before) = api(addr, "GET", &path, &token, None);
+
+    // The disk fills. SQLite's WAL may still have room in what it allocated before: empty it
+    // first, so that the next commit needs new blocks.
+    if sqlite {
+        ca.sql_query("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+    let filler = fs.fill();
+    let approve = || Some(serde_json::json!({"version": 1, "decision": "approve"}));
+    let revoke = [
+        "revoke",
+        "--serial",
+        leaf.serial.as_str(),
+        "--reason",
+        "keyCompromise",
+    ];
+    if sqlite {
+        let err = ca.ecert_err(&revoke);
+        assert!(err.to_lowercase().contains("full"), "{err}");
+        let (st, e) = api(addr, "POST", &format!("{path}/decision"), &token, approve());
+        assert_eq!(st, 503, "{e}");
+        assert_eq!(e["error"], "unavailable", "{e}");
+        // Nothing half-done: the application waits for its decision, the certificate is not
+        // revoked.
+        let (st, view) = api(addr, "GET", &path, &token, None);
+        assert_eq!(st, 200, "{view}");
+        assert_eq!(view["status"], before["status"], "{view}");
+        assert_eq!(view["approvals"], 0, "{view}");
+        assert!(view["certificate"].is_null(), "{view}");
+    } else {
+        // The database is elsewhere: the revocation is recorded and its CRL stored and
+        // served, but the CRL file (for a web server in front) cannot be written: a fault.
+        ca.ecert_ok(&revoke);
+        let (status, h) = wait_health(addr, "CRL files behind on a full disk", |_, h| {
+            h["crl_files"]["status"] == "fault"
+        });
+        assert_eq!(status, 503, "{h}");
+    }
+    // Publication fails while the disk is full, leaving no half-written file.
+    std::thread::sleep(Duration::from_secs(3));
+    let tmp_files = |dir: &std::path::Path| -> Vec<String> {
+        walk(dir)
+            .into_iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    };
+    assert_eq!(tmp_files(ca.data_dir()), Vec::<String>::new());
+
+    // Space is freed: everything works again, by itself.
+    std::fs::remove_file(&filler).unwrap();
+    if sqlite {
+        ca.ecert_ok(&revoke);
+    }
+    let (st, e) = api(addr, "POST", &format!("{path}/decision"), &token, approve());
+    assert_eq!(st, 200, "{e}");
+    // Every pooled connection is usable: no request fails on one left inside a transaction.
+    for _ in 0..12 {
+        let (st, v) = api(addr, "GET", &path, &token, None);
+        assert_eq!(st, 200, "{v}");
+        let (st, v) = api(addr, "GET", "/api/v1/applications", &token, None);
+        assert_eq!(st, 200, "{v}");
+    }
+    let (_, view) = api(addr, "GET", &path, &token, None);
+    assert_eq!(view["status"], "issued", "{view}");
+
+    // The partition CRL named in the certificate lists the revocation within seconds.
+    let (_, cdp) = aia_and_crl_uris(&leaf.cert.parse());
+    let partition = cdp[0].strip_prefix(BASE_URL).unwrap().to_string();
+    let crl = ca.file("partition.crl");
+    let freed = Instant::now();
+    loop {
+        let (code, _, body) = get(addr, &partition);
+        assert_eq!(code, 200);
+        std::fs::write(&crl, body).unwrap();
+        let o = openssl(
+            ca.data_dir(),
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                crl.to_str().unwrap(),
+                "-noout",
+                "-text",
+            ],
+        );
+        assert!(o.status.success(), "{}", show(&o));
+        if String::from_utf8_lossy(&o.stdout)
+            .to_uppercase()
+            .contains(&leaf.serial.to_uppercase())
+        {
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(15),
+            "{partition} does not list {} {:?} after the space was freed",
+            leaf.serial,
+            freed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // And so does its file, written again from the database.
+    let file = ca
+        .data_dir()
+        .join("crl")
+        .join(partition.rsplit('/').next().unwrap());
+    let (_, h) = wait_health(addr, "healthy once space is freed", |s, h| {
+        s == 200 && h["crl_files"]["status"] == "ok"
+    });
+    assert_eq!(h["crl_files"]["behind"], serde_json::json!([]), "{h}");
+    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&crl).unwrap());
+    assert_eq!(tmp_files(ca.data_dir()), Vec::<String>::new());
+    drop(server);
+    drop(ca);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -23,7 +23,7 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-fn form(addr: &str, path: &str, cookies: &str, fields: &[(&str, &str)]) -> HttpResponse {
+pub(crate) fn form(addr: &str, path: &str, cookies: &str, fields: &[(&str, &str)]) -> HttpResponse {
     let body = fields
         .iter()
         .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
@@ -41,12 +41,12 @@ fn form(addr: &str, path: &str, cookies: &str, fields: &[(&str, &str)]) -> HttpR
     )
 }
 
-fn page(addr: &str, path: &str, cookies: &str) -> HttpResponse {
+pub(crate) fn page(addr: &str, path: &str, cookies: &str) -> HttpResponse {
     http(addr, "GET", path, &[("Cookie", cookies)], b"")
 }
 
 /// The Random Value in an e-mail from the RA: 26 base32 characters (128 bits).
-fn email_code(mail: &str) -> String {
+pub(crate) fn email_code(mail: &str) -> String {
     mail.lines()
         .filter_map(|l| l.rsplit_once(": "))
         .map(|(_, c)| c.trim())
@@ -87,11 +87,11 @@ fn email_link(mail: &str) -> String {
     line[line.find("/confirm?").unwrap()..].trim().to_string()
 }
 
-fn text(r: &HttpResponse) -> String {
+pub(crate) fn text(r: &HttpResponse) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
-fn set_cookie(r: &HttpResponse, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(r: &HttpResponse, name: &str) -> Option<String> {
     r.headers
         .iter()
         .filter(|(k, _)| k == "set-cookie")
@@ -664,7 +664,7 @@ fn contains_word(hay: &str, needle: &str) -> bool {
 }
 
 /// A JSON API call with a staff token: (status, parsed body or Null).
-fn api(
+pub(crate) fn api(
     addr: &str,
     method: &str,
     path: &str,
