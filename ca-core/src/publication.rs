@@ -90,6 +90,11 @@ impl Repository {
             .collect()
     }
 
+    /// Proves the database accepts writes: this instance's health-probe row, written now.
+    pub async fn write_health_probe(&self, instance: &str, now: i64) -> Result<()> {
+        self.store.write_health_probe(instance, now).await
+    }
+
     /// The newest CRL of every scope of a CA published so far.
     pub async fn crl_heads(&self, role: CaRole) -> Result<Vec<CrlHead>> {
         self.store.crl_heads(role.name()).await

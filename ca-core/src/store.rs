@@ -85,6 +85,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (20, "key_compromise_reports", include_str!("../../migrations/sqlite/0020_key_compromise_reports.sql")),
     (21, "verified_subject", include_str!("../../migrations/sqlite/0021_verified_subject.sql")),
     (22, "problem_reports", include_str!("../../migrations/sqlite/0022_problem_reports.sql")),
+    (23, "health_probes", include_str!("../../migrations/sqlite/0023_health_probes.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -110,6 +111,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (20, "key_compromise_reports", include_str!("../../migrations/postgres/0020_key_compromise_reports.sql")),
     (21, "verified_subject", include_str!("../../migrations/postgres/0021_verified_subject.sql")),
     (22, "problem_reports", include_str!("../../migrations/postgres/0022_problem_reports.sql")),
+    (23, "health_probes", include_str!("../../migrations/postgres/0023_health_probes.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.
@@ -354,6 +356,26 @@ impl Store {
             .fetch_one(&self.pool)
             .await?),
         }
+    }
+
+    /// Writes this instance's health-probe row (and removes those of instances silent for a
+    /// day), in one transaction: the proof that the database accepts writes now.
+    pub async fn write_health_probe(&self, instance: &str, now: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO health_probes (instance, written_at) VALUES ($1, $2) \
+             ON CONFLICT (instance) DO UPDATE SET written_at = excluded.written_at",
+        )
+        .bind(instance)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM health_probes WHERE written_at < $1")
+            .bind(now - 86_400)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The pool, for tests and tools that need a raw query.

@@ -114,6 +114,10 @@ struct AppState {
     probe: RwLock<Probe>,
     /// Store probes made since start.
     probes: AtomicU64,
+    /// This instance's name in the health-probe table: host, process and a random part.
+    instance: String,
+    /// The CRL publisher's failures, by CRL file name (and `schedule`), for `/healthz`.
+    crl_outages: std::sync::Mutex<HashMap<String, Outage>>,
 }
 
 /// What a store probe read, and when.
@@ -165,12 +169,17 @@ struct Outage {
     since: Option<std::time::Instant>,
     logged: Option<std::time::Instant>,
     failures: u64,
+    /// Since when (Unix seconds) and why, for `/healthz`.
+    failing_since: Option<i64>,
+    last_error: Option<String>,
 }
 
 impl Outage {
     fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
         let now = std::time::Instant::now();
         self.failures += 1;
+        self.failing_since.get_or_insert_with(self::now);
+        self.last_error = Some(error.to_string());
         match self.since {
             None => {
                 self.since = Some(now);
@@ -250,11 +259,20 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         hsm: RwLock::new(HsmHealth::default()),
         probe: RwLock::new(Probe::default()),
         probes: AtomicU64::new(0),
+        crl_outages: std::sync::Mutex::new(HashMap::new()),
+        instance: format!(
+            "{}:{}:{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
     });
     let mut background = Vec::new();
     if let Some(auth) = &state.auth {
         // Publish at once where a CRL is missing; make the responders and sign what is due.
-        publish_due(auth, a.crl_interval_seconds as i64, &mut HashMap::new()).await;
+        publish_due(auth, a.crl_interval_seconds as i64, &state.crl_outages).await;
         // CRL files a crash or a full disk left behind the database are written again.
         match auth.check_crl_files().await {
             Ok(0) => {}
@@ -573,6 +591,23 @@ async fn healthz(State(s): State<Shared>) -> Response {
         }
         crls.insert(role.name().into(), v);
     }
+    // CRL publication failing (the HSM, the disk, the database, the clock), even with no
+    // revocation waiting: a fault once it has lasted as long as a revocation may wait.
+    let publication = {
+        let o = s
+            .crl_outages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut failing = Vec::new();
+        for (crl, outage) in o.iter() {
+            if let Some(since) = outage.failing_since {
+                failing.push(serde_json::json!({ "crl": crl, "seconds": now - since, "error": outage.last_error }));
+                ok &= now - since <= s.crl_behind_limit;
+            }
+        }
+        failing.sort_by_key(|f| f["crl"].as_str().map(String::from));
+        serde_json::json!({ "failing": failing })
+    };
     // The CRL files in the data directory, for a web server in front (a full disk).
     let crl_files = match &s.auth {
         Some(auth) => {
@@ -668,6 +703,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         "hsm": hsm,
         "crl": crls,
         "crl_files": crl_files,
+        "crl_publication": publication,
         "ocsp": {
             "status": if ocsp_ok { "ok" } else { "fault" },
             "responses": s.ocsp.len(),
@@ -830,6 +866,12 @@ async fn probe(s: &AppState) {
         let reports = s.repo.problem_report_clocks(now).await.map_err(|e| {
             tracing::warn!(error = %e, "could not count the problem reports' clocks");
         });
+        // Answering reads is not enough: a database that accepts no writes (a full disk, a
+        // read-only replica) revokes nothing and issues nothing.
+        s.repo
+            .write_health_probe(&s.instance, now)
+            .await
+            .map_err(|e| ca_core::Error::Store(format!("the database accepts no writes: {e}")))?;
         Ok::<_, ca_core::Error>((counts, backlog, heads, reports.ok(), versions))
     };
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
@@ -1028,29 +1070,37 @@ async fn ocsp_signer(s: Shared) {
 /// Publishes each CRL (full or partition) that is due ([`Authority::crls_due`]: never
 /// published, older than `interval`, its status changed since, or its nextUpdate less than a day
 /// away; the root's only when missing or near its nextUpdate).
-async fn publish_due(auth: &Authority, interval: i64, outages: &mut HashMap<String, Outage>) {
+async fn publish_due(
+    auth: &Authority,
+    interval: i64,
+    outages: &std::sync::Mutex<HashMap<String, Outage>>,
+) {
+    let note = |key: &str, what: &str, result: Result<(), &ca_core::Error>| {
+        let mut o = outages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outage = o.entry(key.to_string()).or_default();
+        match result {
+            Ok(()) => outage.ok(what),
+            Err(e) => outage.failed(what, e),
+        }
+    };
     let now = now();
     for role in CaRole::ALL {
         let due = match auth.crls_due(role, now, interval).await {
             Ok(d) => d,
             Err(e) => {
-                outages
-                    .entry("schedule".into())
-                    .or_default()
-                    .failed("CRL schedule", &e);
+                note("schedule", "CRL schedule", Err(&e));
                 continue;
             }
         };
-        outages
-            .entry("schedule".into())
-            .or_default()
-            .ok("CRL schedule");
+        note("schedule", "CRL schedule", Ok(()));
         for scope in due {
             let file = scope.file_name(role);
-            let outage = outages.entry(file.clone()).or_default();
+            let what = format!("CRL publication ({file})");
             match auth.publish_crl(role, scope, "system:crl-publisher").await {
-                Ok(_) => outage.ok(&format!("CRL publication ({file})")),
-                Err(e) => outage.failed(&format!("CRL publication ({file})"), &e),
+                Ok(_) => note(&file, &what, Ok(())),
+                Err(e) => note(&file, &what, Err(&e)),
             }
         }
     }
@@ -1060,12 +1110,11 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
     let Some(auth) = &s.auth else { return };
     let mut tick = tokio::time::interval(Duration::from_secs(watch.max(1)));
     let mut last_purge = 0;
-    let mut outages = HashMap::new();
     let mut checkpoint = Outage::default();
     let mut files = Outage::default();
     loop {
         tick.tick().await;
-        publish_due(auth, interval as i64, &mut outages).await;
+        publish_due(auth, interval as i64, &s.crl_outages).await;
         if !auth.crl_files_behind().is_empty() {
             match auth.rewrite_crl_files().await {
                 Ok(_) => files.ok("writing CRL files"),

@@ -392,6 +392,13 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
         assert_eq!(view["status"], before["status"], "{view}");
         assert_eq!(view["approvals"], 0, "{view}");
         assert!(view["certificate"].is_null(), "{view}");
+        // The database answers reads but accepts no writes: /healthz says so.
+        let (status, h) = wait_health(addr, "a database accepting no writes", |_, h| {
+            h["database"]
+                .as_str()
+                .is_some_and(|d| d.contains("accepts no writes"))
+        });
+        assert_eq!(status, 503, "{h}");
     } else {
         // The database is elsewhere: the revocation is recorded and its CRL stored and
         // served, but the CRL file (for a web server in front) cannot be written: a fault.

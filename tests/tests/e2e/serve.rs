@@ -508,6 +508,14 @@ fn health_faults_when_a_revocation_is_not_in_its_crl() {
         });
         if late {
             assert_eq!(status, 503, "{h}");
+            // And the publisher's failure itself, with its error, CRL by CRL.
+            let failing = h["crl_publication"]["failing"].as_array().unwrap();
+            assert!(
+                failing.iter().any(|f| f["crl"] == "individual.crl"
+                    && f["seconds"].as_i64() > Some(10)
+                    && f["error"].as_str().is_some()),
+                "{h}"
+            );
             break;
         }
         assert!(
@@ -523,6 +531,11 @@ fn health_faults_when_a_revocation_is_not_in_its_crl() {
         let (status, _, body) = get(&healthy.1, "/healthz");
         let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
         if status == 200 && h["crl"]["individual"]["behind_revocations"] == serde_json::json!([]) {
+            assert_eq!(
+                h["crl_publication"]["failing"],
+                serde_json::json!([]),
+                "{h}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{h}");
