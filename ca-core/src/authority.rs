@@ -733,7 +733,9 @@ impl Authority {
         if config.embedded_softhsm() {
             init_embedded_token(&config)?;
         }
-        let store = Store::open(&config.database_url()).await?;
+        let store = Store::open(&config.database_url())
+            .await?
+            .with_clock_check(&config.clock);
         let mut tx = store.begin().await?;
         let arc = match &config.ca.policy_arc {
             Some(a) => a.clone(),
@@ -917,7 +919,9 @@ impl Authority {
     /// resolves serials a dead process left in `reserved` or `issuing`.
     pub async fn open(config: Config) -> Result<Authority> {
         let lock = signer_lock(&config).await?;
-        let store = Store::open(&config.database_url()).await?;
+        let store = Store::open(&config.database_url())
+            .await?
+            .with_clock_check(&config.clock);
         let db_lock = store.signer_lock().await?;
         Self::open_with(config, store, lock, db_lock).await
     }
@@ -1609,7 +1613,9 @@ impl Authority {
     /// administration needs, so it works while a signer (`ecert serve`) runs. The HSM is used
     /// for the vault's keys only.
     pub async fn open_vault(config: &Config) -> Result<(Store, Arc<crate::pii::Vault>)> {
-        let store = Store::open(&config.database_url()).await?;
+        let store = Store::open(&config.database_url())
+            .await?
+            .with_clock_check(&config.clock);
         let cfg = config.clone();
         let (seal, index) = tokio::task::spawn_blocking(move || -> Result<_> {
             let token = open_token(&cfg)?;

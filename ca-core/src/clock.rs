@@ -23,6 +23,43 @@ use crate::config::{ClockConfig, ClockReference};
 use crate::error::{Error, Result};
 use crate::store::{Engine, Store};
 
+/// Whether `config` makes the database server's clock the reference on `engine`.
+pub fn uses_database(config: &ClockConfig, engine: Engine) -> bool {
+    match config.reference {
+        ClockReference::Database => true,
+        ClockReference::None => false,
+        ClockReference::Auto => engine == Engine::Postgres,
+    }
+}
+
+/// The time (Unix seconds) a revocation is dated with, from this host's clock — after checking
+/// it against the database server's when the store has that reference
+/// ([`Store::with_clock_check`]): a revoking process whose clock is off (the CLI on another
+/// host, an RA instance) would otherwise date revocations hours in the past or the future
+/// (issue 13, defect 2), and a revocationDate after the next CRL's thisUpdate stops that CRL.
+/// Beyond the bound, [`Error::Clock`] and nothing is revoked; the caller may try again.
+pub async fn revocation_time(store: &Store) -> Result<i64> {
+    let Some(max_skew_ms) = store.clock_bound_ms() else {
+        return Ok(unix_ms() / 1000);
+    };
+    let t0 = unix_ms();
+    let started = Instant::now();
+    let reference_ms = tokio::time::timeout(Duration::from_secs(2), store.reference_time_ms())
+        .await
+        .map_err(|_| {
+            Error::Clock(
+                "cannot check the clock: the database server's clock: no answer in 2 s".into(),
+            )
+        })??;
+    let t1 = t0 + i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+    match judge((t0 + t1) / 2, reference_ms, max_skew_ms) {
+        (_, Some(fault)) => Err(Error::Clock(format!(
+            "{fault}: nothing is revoked from this host until it is set right"
+        ))),
+        (_, None) => Ok(t1 / 1000),
+    }
+}
+
 /// A reading older than this is taken again before signing.
 pub const READING_SECS: u64 = 5;
 
@@ -59,8 +96,7 @@ pub fn judge(local_ms: i64, reference_ms: i64, max_skew_ms: i64) -> (i64, Option
     let skew = local_ms - reference_ms;
     let fault = (skew.abs() > max_skew_ms).then(|| {
         format!(
-            "this host's clock is {:.1} s {} the database server's (at most {:.1} s allowed): \
-             nothing is signed until it is set right",
+            "this host's clock is {:.1} s {} the database server's (at most {:.1} s allowed)",
             skew.abs() as f64 / 1000.0,
             if skew > 0 { "ahead of" } else { "behind" },
             max_skew_ms as f64 / 1000.0
@@ -79,13 +115,8 @@ fn unix_ms() -> i64 {
 impl ClockGuard {
     /// The guard for `config` on the engine of `store`.
     pub fn new(config: &ClockConfig, store: &Store) -> ClockGuard {
-        let reference = match config.reference {
-            ClockReference::Database => true,
-            ClockReference::None => false,
-            ClockReference::Auto => store.engine() == Engine::Postgres,
-        };
         ClockGuard {
-            reference,
+            reference: uses_database(config, store.engine()),
             max_skew_ms: i64::from(config.max_skew_seconds) * 1000,
             last: Mutex::new(None),
         }
@@ -101,6 +132,8 @@ impl ClockGuard {
             match r {
                 Ok(Ok(reference_ms)) => {
                     let (skew, fault) = judge((t0 + t1) / 2, reference_ms, self.max_skew_ms);
+                    let fault =
+                        fault.map(|f| format!("{f}: nothing is signed until it is set right"));
                     ClockStatus {
                         reference: "database",
                         skew_ms: Some(skew),

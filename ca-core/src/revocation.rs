@@ -58,7 +58,8 @@ pub async fn revoke_as(
     evidence: Evidence,
 ) -> Result<Vec<(String, Outcome)>> {
     let hex = serial.to_hex();
-    let at = now();
+    // Checked against the database server's clock where that is the reference.
+    let at = crate::clock::revocation_time(store).await?;
     let mut tx = store.begin().await?;
     let sweep = reason == Reason::KeyCompromise && evidence == Evidence::Verified;
     if sweep {

@@ -119,6 +119,10 @@ const POSTGRES_MIGRATIONS: Embedded = &[
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// The bound (milliseconds) within which this host's clock must agree with the database
+    /// server's before a revocation is dated by it ([`crate::clock::revocation_time`]); `None`
+    /// without a reference.
+    clock_bound_ms: Option<i64>,
 }
 
 /// A write transaction.
@@ -305,7 +309,11 @@ impl Store {
             .connect(url)
             .await
             .map_err(|e| Error::Store(redact_url(&e.to_string(), url)))?;
-        let store = Store { pool, engine };
+        let store = Store {
+            pool,
+            engine,
+            clock_bound_ms: None,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -376,6 +384,20 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// This store with the clock check of `config` ([`crate::config::ClockConfig`]): with the
+    /// database server's clock as the reference, revocations are dated only while this
+    /// host's clock agrees with it.
+    pub fn with_clock_check(mut self, config: &crate::config::ClockConfig) -> Store {
+        self.clock_bound_ms = crate::clock::uses_database(config, self.engine)
+            .then(|| i64::from(config.max_skew_seconds) * 1000);
+        self
+    }
+
+    /// See [`Store::with_clock_check`].
+    pub fn clock_bound_ms(&self) -> Option<i64> {
+        self.clock_bound_ms
     }
 
     /// The pool, for tests and tools that need a raw query.

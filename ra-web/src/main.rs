@@ -785,7 +785,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     if config.database_url.is_none() && !config.data_dir.join("ecert.db").exists() {
         return Err(ca_core::Error::NotInitialised.into());
     }
-    let store = Store::open(&config.database_url()).await?;
+    let store = Store::open(&config.database_url())
+        .await?
+        .with_clock_check(&config.clock);
     if store.meta("policy_arc").await?.is_none() {
         return Err(ca_core::Error::NotInitialised.into());
     }

@@ -226,7 +226,9 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let (auth, repo) = if a.no_signer {
-        let store = Store::open(&config.database_url()).await?;
+        let store = Store::open(&config.database_url())
+            .await?
+            .with_clock_check(&config.clock);
         (None, Repository::new(store))
     } else {
         let (auth, _) = Authority::init(config.clone()).await?;
