@@ -86,6 +86,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (21, "verified_subject", include_str!("../../migrations/sqlite/0021_verified_subject.sql")),
     (22, "problem_reports", include_str!("../../migrations/sqlite/0022_problem_reports.sql")),
     (23, "health_probes", include_str!("../../migrations/sqlite/0023_health_probes.sql")),
+    (24, "staff_roles", include_str!("../../migrations/sqlite/0024_staff_roles.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -112,6 +113,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (21, "verified_subject", include_str!("../../migrations/postgres/0021_verified_subject.sql")),
     (22, "problem_reports", include_str!("../../migrations/postgres/0022_problem_reports.sql")),
     (23, "health_probes", include_str!("../../migrations/postgres/0023_health_probes.sql")),
+    (24, "staff_roles", include_str!("../../migrations/postgres/0024_staff_roles.sql")),
 ];
 
 /// A database connection pool plus the engine it talks to.

@@ -144,7 +144,7 @@ enum StaffCommand {
         /// Outlet id.
         #[arg(long)]
         outlet: String,
-        /// clerk, supervisor, officer or admin.
+        /// clerk, supervisor, officer, admin, operator, auditor or data_owner (docs/ROLES.md).
         #[arg(long, default_value = "clerk")]
         role: String,
     },

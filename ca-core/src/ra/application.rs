@@ -6,10 +6,12 @@ use serde_json::json;
 
 use super::domains::{domain_status, DomainStatus};
 use super::mailbox;
+use super::permissions::Action;
 use super::record::{
     key_certified_to_another, key_of_another, org_key, owned, valid_approvals, Application,
 };
 use super::rules::{minor_days, status_of, Status};
+use super::session::StaffSession;
 use super::support::{check_len, hash_password_async, invalid, now, random_base32, sha256};
 use crate::audit::Event;
 use crate::authority::Authority;
@@ -298,6 +300,20 @@ fn subject_of(profile: &Profile, a: &NewApplication) -> Result<SubjectData> {
             }
         }
     })
+}
+
+/// An application entered by a member of staff for their outlet (a walk-in at the counter, or
+/// through the API): their role must be allowed to enter one ([`Action::EnterApplication`]);
+/// they are recorded as its enterer, who never approves it.
+pub async fn enter(
+    auth: &Authority,
+    staff: &StaffSession,
+    mut a: NewApplication,
+) -> Result<Submitted> {
+    staff.authorize(Action::EnterApplication)?;
+    a.outlet = staff.outlet.clone();
+    a.entered_by = Some(staff.username.clone());
+    submit(auth, a).await
 }
 
 /// Accepts an application: validates every field, checks the CSR's proof of possession and key

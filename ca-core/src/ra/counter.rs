@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 use super::application::business_registration_number;
 use super::domains::{domain_status, DomainStatus};
 use super::mailbox;
+use super::permissions::Action;
 use super::record::{changed, in_outlet, staff_owned, valid_approvals};
 use super::rules::{status_of, ApprovalPolicy, Status};
 use super::session::StaffSession;
@@ -53,19 +54,20 @@ row! {
     }
 }
 
-/// The open applications of the staff member's outlet, oldest first; or the one with this
-/// reference (still only in the outlet).
+/// The open applications within the member's reach (their outlet's; every outlet's for an
+/// officer), oldest first; or the one with this reference (still only within reach).
 pub async fn queue(
     store: &Store,
     staff: &StaffSession,
     reference: Option<&str>,
 ) -> Result<Vec<QueueRow>> {
+    let outlet = staff.outlet_limit(Action::ViewApplications)?;
     let rows = sqlx::query_as::<_, QueueLine>(
         "SELECT id, reference, profile, surname, given_name, state, email_confirmed_at, version, created_at, \
          CAST(CASE WHEN issue_error IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS issue_failed FROM applications \
-         WHERE outlet = $1 AND (($2 = '' AND state IN ('submitted', 'approved')) OR reference = $2) ORDER BY created_at LIMIT 200",
+         WHERE ($1 = '' OR outlet = $1) AND (($2 = '' AND state IN ('submitted', 'approved')) OR reference = $2) ORDER BY created_at LIMIT 200",
     )
-    .bind(&staff.outlet)
+    .bind(outlet.unwrap_or_default())
     .bind(reference.map(|r| r.trim().to_uppercase()).unwrap_or_default())
     .fetch_all(store.pool())
     .await?;
@@ -194,7 +196,7 @@ pub struct StaffView {
 pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Result<StaffView> {
     let store = auth.store();
     let vault = auth.pii()?;
-    let r = staff_owned(store, staff, id).await?;
+    let r = staff_owned(store, staff, id, Action::ViewApplications).await?;
     let version = r.version;
     // A purged application has empty sealed fields.
     let open = |sealed: &[u8], f: Field| -> Result<Option<Zeroizing<String>>> {
@@ -304,7 +306,7 @@ pub async fn reveal(
     let store = auth.store();
     let vault = auth.pii()?;
     // A read only (no settling): revealing a field changes nothing.
-    let r = in_outlet(store, staff, id).await?;
+    let r = in_outlet(store, staff, id, Action::RevealPersonalData).await?;
     let (sealed, f) = match field {
         Revealable::Hkid => (&r.hkid_sealed, Field::Hkid),
         Revealable::DateOfBirth => (&r.dob_sealed, Field::DateOfBirth),
@@ -347,7 +349,7 @@ pub async fn check_identity(
 ) -> Result<()> {
     let store = auth.store();
     let vault = auth.pii()?;
-    let r = staff_owned(store, staff, id).await?;
+    let r = staff_owned(store, staff, id, Action::RecordChecks).await?;
     r.open_at(Some(version))?;
     if !card_sighted {
         return Err(invalid(
@@ -478,7 +480,7 @@ pub async fn amend_contact(
 ) -> Result<Option<String>> {
     let store = auth.store();
     let vault = auth.pii()?;
-    let r = staff_owned(store, staff, id).await?;
+    let r = staff_owned(store, staff, id, Action::RecordChecks).await?;
     r.open_at(None)?;
     let mut tx = store.begin().await?;
     let t = now();
@@ -572,7 +574,7 @@ pub async fn check_organisation(
     locality: Option<&str>,
 ) -> Result<()> {
     let store = auth.store();
-    let r = staff_owned(store, staff, id).await?;
+    let r = staff_owned(store, staff, id, Action::RecordChecks).await?;
     r.open_at(Some(version))?;
     let profile = Profile::get(&r.profile)?;
     if profile.kind == ProfileKind::Personal {
@@ -645,7 +647,7 @@ pub async fn check_organisation(
 
 /// The certificate (DER) of an application of the staff member's outlet.
 pub async fn staff_certificate(store: &Store, staff: &StaffSession, id: &str) -> Result<Vec<u8>> {
-    let r = staff_owned(store, staff, id).await?;
+    let r = staff_owned(store, staff, id, Action::ViewApplications).await?;
     let serial = r
         .certificate
         .ok_or_else(|| Error::Conflict("the certificate has not been issued yet".into()))?;

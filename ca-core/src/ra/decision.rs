@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::application::{minor_validity, subject_of_record};
 use super::domains::{check_caa, domain_status};
+use super::permissions::Action;
 use super::record::{
     changed, key_certified_to_another, key_of_another, org_key, settle, staff_owned, Application,
 };
@@ -69,7 +70,7 @@ pub async fn decide(
     decision: Decision,
 ) -> Result<Decided> {
     let store = auth.store();
-    let r = staff_owned(store, staff, id).await?;
+    let r = staff_owned(store, staff, id, Action::Decide).await?;
     r.open_at(Some(version))?;
     let t = now();
     let actor = format!("staff:{}", staff.username);

@@ -4,6 +4,7 @@
 
 use serde_json::json;
 
+use super::permissions::Action;
 use super::record::{not_open, owned, staff_owned};
 use super::session::StaffSession;
 use super::support::{citizen, now, random_base32};
@@ -243,7 +244,7 @@ pub async fn validate_domains_at_counter(
     staff: &StaffSession,
     id: &str,
 ) -> Result<(String, Vec<DomainStatus>)> {
-    staff_owned(auth.store(), staff, id).await?;
+    staff_owned(auth.store(), staff, id, Action::RecordChecks).await?;
     validate_domains(auth, id, &format!("staff:{}", staff.username)).await
 }
 

@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use super::permissions::Action;
 use super::record::staff_owned;
 use super::session::StaffSession;
 use super::support::{check_len, invalid, now};
@@ -29,7 +30,7 @@ pub async fn record_fee(
     receipt: &str,
 ) -> Result<()> {
     let store = auth.store();
-    let r = staff_owned(store, staff, id).await?;
+    let r = staff_owned(store, staff, id, Action::RecordChecks).await?;
     r.open_at(None)?;
     let due = fee_due(&auth.config().ra, &r.profile);
     if amount_cents != i64::from(due) {

@@ -19,8 +19,8 @@
 //! 1. [`support`] (clock, hashes, random values, field checks) and [`rules`] (the decision
 //!    rules as pure functions: status, readiness, the approval rule, the renewal window, a
 //!    minor's validity, retention due).
-//! 2. [`staff`] (roles and accounts), [`outlet`], [`session`] (sign-in) and [`token`] (API
-//!    tokens).
+//! 2. [`staff`] (roles and accounts), [`permissions`] (the role × action matrix every
+//!    capability asks first), [`outlet`], [`session`] (sign-in) and [`token`] (API tokens).
 //! 3. [`record`]: the application record — found by its owner, settled, checked open at a
 //!    version — which every capability above loads through.
 //! 4. The capabilities: [`mailbox`] (e-mail codes), [`application`] (the form, submission,
@@ -38,6 +38,7 @@ mod domains;
 mod fee;
 mod mailbox;
 mod outlet;
+pub mod permissions;
 mod problems;
 mod record;
 mod renewal;
@@ -54,8 +55,8 @@ mod tests;
 
 pub use application::REGISTER_COUNTRY;
 pub use application::{
-    business_registration_number, certificate, certificate_chain, submit, track, CitizenView,
-    NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
+    business_registration_number, certificate, certificate_chain, enter, submit, track,
+    CitizenView, NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
 };
 pub use counter::{
     amend_contact, check_identity, check_organisation, queue, reveal, staff_certificate,
@@ -71,6 +72,7 @@ pub use mailbox::{
     WAITING_PER_MAILBOX,
 };
 pub use outlet::{ensure_outlet, outlets};
+pub use permissions::{Action, Reach};
 pub use problems::{
     report, report_clocks, report_decide, report_preliminary, report_problem, report_queue,
     source_bucket, NewReport, Notice, ProblemKind, ReportClocks, ReportOutcome, ReportReceived,

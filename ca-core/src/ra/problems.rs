@@ -22,10 +22,10 @@
 
 use serde_json::json;
 
+use super::permissions::Action;
 use super::record::not_open;
 use super::rules::{clock, report_deadlines, Clock};
 use super::session::StaffSession;
-use super::staff::Role;
 use super::support::{check_len, invalid, now, random_base32};
 use crate::audit::Event;
 use crate::authority::Authority;
@@ -506,17 +506,6 @@ pub fn source_bucket(ip: std::net::IpAddr) -> String {
     }
 }
 
-/// Only CA officers handle problem reports.
-fn require_officer(staff: &StaffSession) -> Result<()> {
-    if staff.role == Role::Officer {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(
-            "certificate problem reports are handled by CA officers".into(),
-        ))
-    }
-}
-
 fn view(auth: &Authority, r: ReportRow, at: i64) -> Result<ReportView> {
     let vault = auth.pii()?;
     Ok(ReportView {
@@ -550,7 +539,7 @@ pub async fn report_queue(
     staff: &StaffSession,
     at: i64,
 ) -> Result<Vec<ReportView>> {
-    require_officer(staff)?;
+    staff.authorize(Action::ViewProblemReports)?;
     let open = sqlx::query_as::<_, ReportRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {REPORT_COLUMNS} FROM problem_reports WHERE decided_at IS NULL ORDER BY \
          CASE WHEN preliminary_at IS NULL AND preliminary_due < revocation_due \
@@ -575,7 +564,7 @@ pub async fn report(
     id: &str,
     at: i64,
 ) -> Result<ReportView> {
-    require_officer(staff)?;
+    staff.authorize(Action::ViewProblemReports)?;
     let r = sqlx::query_as::<_, ReportRow>(sqlx::AssertSqlSafe(format!(
         "SELECT {REPORT_COLUMNS} FROM problem_reports WHERE id = $1"
     )))
@@ -594,7 +583,7 @@ pub async fn report_preliminary(
     id: &str,
     findings: &str,
 ) -> Result<Vec<Notice>> {
-    require_officer(staff)?;
+    staff.authorize(Action::AnswerProblemReports)?;
     check_len("findings", findings, 5, 4000)?;
     let r = report(auth, staff, id, now()).await?;
     let t = now();
@@ -664,7 +653,7 @@ pub async fn report_decide(
     outcome: ReportOutcome,
     note: &str,
 ) -> Result<(Vec<String>, Vec<Notice>)> {
-    require_officer(staff)?;
+    staff.authorize(Action::AnswerProblemReports)?;
     check_len("note", note, 5, 2000)?;
     let r = report(auth, staff, id, now()).await?;
     if r.decided_at.is_some() {

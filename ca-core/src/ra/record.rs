@@ -6,6 +6,7 @@
 //! Capabilities ([`super::application`], [`super::counter`], [`super::decision`], ...) load
 //! applications only through here, so none of them needs another to find one.
 
+use super::permissions::Action;
 use super::session::StaffSession;
 use super::support::{ct_eq, now, sha256};
 use crate::error::{Error, Result};
@@ -150,15 +151,19 @@ pub(super) async fn owned(store: &Store, reference: &str, secret: &str) -> Resul
     }
 }
 
-/// An application of the staff member's outlet (settled first); any other is
-/// [`Error::NotFound`].
+/// An application within reach of the staff member for `action` (settled first): the role
+/// must be allowed the action ([`StaffSession::authorize`], else [`Error::Forbidden`]), and an
+/// application of another outlet than theirs, where the reach is their own outlet, is
+/// [`Error::NotFound`] like one that does not exist.
 pub(super) async fn staff_owned(
     store: &Store,
     staff: &StaffSession,
     id: &str,
+    action: Action,
 ) -> Result<Application> {
+    let outlet = staff.outlet_limit(action)?;
     settle(store, id).await?;
-    in_outlet(store, staff, id).await
+    find_in(store, id, outlet).await
 }
 
 /// [`staff_owned`] without settling first: a pure read, for callers that change nothing.
@@ -166,14 +171,20 @@ pub(super) async fn in_outlet(
     store: &Store,
     staff: &StaffSession,
     id: &str,
+    action: Action,
 ) -> Result<Application> {
+    let outlet = staff.outlet_limit(action)?;
+    find_in(store, id, outlet).await
+}
+
+async fn find_in(store: &Store, id: &str, outlet: Option<&str>) -> Result<Application> {
     sqlx::query_as::<_, Application>(concat!(
         "SELECT ",
         columns!(),
-        " FROM applications WHERE id = $1 AND outlet = $2"
+        " FROM applications WHERE id = $1 AND ($2 = '' OR outlet = $2)"
     ))
     .bind(id)
-    .bind(&staff.outlet)
+    .bind(outlet.unwrap_or_default())
     .fetch_optional(store.pool())
     .await?
     .ok_or(Error::NotFound)

@@ -3,6 +3,7 @@
 //! [`Authority::revoke`]'s, the one path of every channel, which also reaches the certificates
 //! the revoked one renewed (docs/REVOCATION.md).
 
+use super::permissions::Action;
 use super::record::{owned, staff_owned};
 use super::session::StaffSession;
 use super::support::{citizen, invalid, now, password_matches_async, random_base32};
@@ -190,7 +191,7 @@ pub async fn revoke_at_counter(
     id: &str,
     reason: crate::revocation::Reason,
 ) -> Result<String> {
-    let r = staff_owned(auth.store(), staff, id).await?;
+    let r = staff_owned(auth.store(), staff, id, Action::Revoke).await?;
     let serial = r
         .certificate
         .ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
@@ -207,7 +208,7 @@ pub async fn release_at_counter(
     staff: &StaffSession,
     id: &str,
 ) -> Result<String> {
-    let r = staff_owned(auth.store(), staff, id).await?;
+    let r = staff_owned(auth.store(), staff, id, Action::Revoke).await?;
     let serial = r
         .certificate
         .ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;

@@ -181,10 +181,11 @@ pub struct Approval {
     pub via_token: bool,
 }
 
-/// Whether a role decides on applications at all: clerks, supervisors and officers do; an
-/// admin manages accounts and does not (DESIGN.md "Custody and roles").
+/// Whether a role decides on applications at all, as the permission matrix says
+/// ([`super::permissions::MATRIX`]): clerks, supervisors and officers do; an admin, operator,
+/// auditor or data owner does not (DESIGN.md "Custody and roles").
 pub fn may_decide(role: Role) -> bool {
-    matches!(role, Role::Clerk | Role::Supervisor | Role::Officer)
+    super::permissions::permits(role, super::permissions::Action::Decide).is_some()
 }
 
 /// Whether a role's approval is the senior one dual control needs.
@@ -664,12 +665,36 @@ mod tests {
             dual(Admin, ADMIN, Officer, Await), // was: Await, then Issue
             dual(Admin, ADMIN, Admin, ADMIN), // was: Await, then Issue (two admins)
         ];
-        // Every combination is listed once.
+        // The roles that take no decisions (operator, auditor, data owner) are refused like
+        // the admin: the table is expanded to every combination of every role, each once.
+        let like = |r: Role| if may_decide(r) { r } else { Admin };
+        let mut expanded = Vec::new();
+        for row in &table {
+            for first in Role::ALL.into_iter().filter(|r| like(*r) == row.first) {
+                let seconds: Vec<Option<Role>> = match row.second {
+                    None => vec![None],
+                    Some(s) => Role::ALL
+                        .into_iter()
+                        .filter(|r| like(*r) == s)
+                        .map(Some)
+                        .collect(),
+                };
+                for second in seconds {
+                    expanded.push(Row {
+                        policy: row.policy,
+                        first,
+                        second,
+                        after_first: row.after_first,
+                        after_second: row.after_second,
+                    });
+                }
+            }
+        }
         assert_eq!(
-            table.len(),
+            expanded.len(),
             Role::ALL.len() + Role::ALL.len() * Role::ALL.len()
         );
-        for row in &table {
+        for row in &expanded {
             let a = by("a", row.first);
             let what = format!("{:?} {:?} then {:?}", row.policy, row.first, row.second);
             let first = approval_outcome(row.policy, &[], &a, NOBODY, NOW);

@@ -12,22 +12,37 @@ use crate::pii::Field;
 use crate::row::row;
 use crate::store::{Store, Tx};
 
-/// A staff role (DESIGN.md "Custody and roles").
+/// A staff role (DESIGN.md "Custody and roles"); what each may do is
+/// [`super::permissions::MATRIX`]. One role per person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Counter clerk: identity check, fee, first approval, rejection.
+    /// Counter clerk (one outlet): identity check, fee, approval, rejection.
     Clerk,
-    /// Outlet supervisor: also the second approval of dual-control profiles.
+    /// Outlet supervisor: also the senior approval dual control needs.
     Supervisor,
-    /// CA officer.
+    /// CA officer: CA-level decisions on every outlet's applications and certificates.
     Officer,
-    /// Staff accounts.
+    /// Staff and outlet accounts, nothing else.
     Admin,
+    /// Runs the service (a contractor): health and publication, no personal data.
+    Operator,
+    /// Reads and verifies the audit trail, no personal data.
+    Auditor,
+    /// Activates the personal-data keys; otherwise sees what an auditor sees.
+    DataOwner,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Clerk, Role::Supervisor, Role::Officer, Role::Admin];
+    pub const ALL: [Role; 7] = [
+        Role::Clerk,
+        Role::Supervisor,
+        Role::Officer,
+        Role::Admin,
+        Role::Operator,
+        Role::Auditor,
+        Role::DataOwner,
+    ];
 
     /// Its name in the database and on the command line.
     pub fn name(self) -> &'static str {
@@ -36,18 +51,23 @@ impl Role {
             Role::Supervisor => "supervisor",
             Role::Officer => "officer",
             Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::DataOwner => "data_owner",
         }
     }
 
     /// Parses [`Role::name`].
     pub fn parse(s: &str) -> Result<Role> {
-        Ok(match s {
-            "clerk" => Role::Clerk,
-            "supervisor" => Role::Supervisor,
-            "officer" => Role::Officer,
-            "admin" => Role::Admin,
-            _ => return Err(invalid("role", "clerk, supervisor, officer or admin")),
-        })
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                invalid(
+                    "role",
+                    "clerk, supervisor, officer, admin, operator, auditor or data_owner",
+                )
+            })
     }
 }
 

@@ -24,6 +24,22 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The scope an API token needs for `action`; `None` for actions no token may take
+    /// (account and key administration are done signed in, with a second factor).
+    pub fn needed_for(action: super::permissions::Action) -> Option<Scope> {
+        use super::permissions::Action as A;
+        match action {
+            A::ViewApplications | A::ViewProblemReports | A::ViewOperations | A::ViewAudit => {
+                Some(Scope::Read)
+            }
+            A::EnterApplication | A::RecordChecks => Some(Scope::Enter),
+            A::Decide | A::Revoke | A::AnswerProblemReports | A::RevealPersonalData => {
+                Some(Scope::Decide)
+            }
+            A::ManageStaff | A::ManageOutlets | A::ActivatePersonalDataKeys => None,
+        }
+    }
+
     /// Every scope.
     pub const ALL: [Scope; 3] = [Scope::Read, Scope::Enter, Scope::Decide];
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ca_core::error::Error;
-use ca_core::ra::{self, Decided, Decision, Scope, StaffSession};
+use ca_core::ra::{self, Decided, Decision, StaffSession};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
@@ -228,7 +228,6 @@ async fn list(
     Staff(staff): Staff,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<ApplicationRow>>, ApiFailure> {
-    staff.require(Scope::Read)?;
     let rows = ra::queue(
         s.auth.store(),
         &staff,
@@ -332,10 +331,10 @@ async fn create(
     Staff(staff): Staff,
     Json(a): Json<NewApplication>,
 ) -> Result<Response, ApiFailure> {
-    staff.require(Scope::Enter)?;
     let language = a.language.clone();
-    let submitted = ra::submit(
+    let submitted = ra::enter(
         &s.auth,
+        &staff,
         ra::NewApplication {
             profile: a.profile,
             surname: a.surname,
@@ -346,12 +345,13 @@ async fn create(
             date_of_birth: a.date_of_birth,
             phone: a.phone,
             address: a.address,
-            outlet: staff.outlet.clone(),
+            // Set by ra::enter: the member's outlet and name.
+            outlet: String::new(),
             consent_notices: a.consent_notices,
             revocation_secret: a.revocation_secret,
             csr: a.csr.into_bytes(),
             language: a.language,
-            entered_by: Some(staff.username.clone()),
+            entered_by: None,
             organization: a.organization,
             org_register: a.org_register,
             org_id: a.org_id,
@@ -450,7 +450,6 @@ async fn show(
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Json<ApplicationView>, ApiFailure> {
-    staff.require(Scope::Read)?;
     let v = ra::staff_view(&s.auth, &staff, &id).await?;
     Ok(Json(ApplicationView {
         id: v.id,
@@ -504,7 +503,6 @@ async fn organisation(
     Path(id): Path<String>,
     Json(b): Json<OrganisationCheck>,
 ) -> Result<StatusCode, ApiFailure> {
-    staff.require(Scope::Enter)?;
     ra::check_organisation(
         &s.auth,
         &staff,
@@ -533,7 +531,6 @@ async fn domains(
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Json<Domains>, ApiFailure> {
-    staff.require(Scope::Enter)?;
     let (random_value, list) = ra::validate_domains_at_counter(&s.auth, &staff, &id).await?;
     Ok(Json(Domains {
         random_value,
@@ -560,7 +557,6 @@ async fn identity(
     Path(id): Path<String>,
     Json(b): Json<IdentityCheck>,
 ) -> Result<StatusCode, ApiFailure> {
-    staff.require(Scope::Enter)?;
     ra::check_identity(
         &s.auth,
         &staff,
@@ -591,7 +587,6 @@ async fn fee(
     Path(id): Path<String>,
     Json(b): Json<Fee>,
 ) -> Result<StatusCode, ApiFailure> {
-    staff.require(Scope::Enter)?;
     ra::record_fee(&s.auth, &staff, &id, b.amount_cents, &b.method, &b.receipt).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -623,7 +618,6 @@ async fn decision(
     Path(id): Path<String>,
     Json(b): Json<DecisionRequest>,
 ) -> Result<Json<DecisionResult>, ApiFailure> {
-    staff.require(Scope::Decide)?;
     let d = match b.decision.as_str() {
         "approve" => Decision::Approve,
         "reject" => Decision::Reject(b.reason),
@@ -676,7 +670,6 @@ async fn certificate(
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    staff.require(Scope::Read)?;
     let der = ra::staff_certificate(s.auth.store(), &staff, &id).await?;
     let pem = pem::encode_config(
         &pem::Pem::new("CERTIFICATE", der),
@@ -808,7 +801,6 @@ async fn problem_reports(
     State(s): State<Shared>,
     Staff(staff): Staff,
 ) -> Result<Json<Vec<ProblemReport>>, ApiFailure> {
-    staff.require(Scope::Read)?;
     let rows = ra::report_queue(&s.auth, &staff, now()).await?;
     Ok(Json(rows.into_iter().map(ProblemReport::from).collect()))
 }
@@ -820,7 +812,6 @@ async fn problem_report_show(
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Json<ProblemReport>, ApiFailure> {
-    staff.require(Scope::Read)?;
     Ok(Json(ra::report(&s.auth, &staff, &id, now()).await?.into()))
 }
 
@@ -838,7 +829,6 @@ async fn problem_report_preliminary(
     Path(id): Path<String>,
     Json(b): Json<Findings>,
 ) -> Result<StatusCode, ApiFailure> {
-    staff.require(Scope::Decide)?;
     let notices = ra::report_preliminary(&s.auth, &staff, &id, &b.findings).await?;
     send_notices(&s, notices).await;
     Ok(StatusCode::NO_CONTENT)
@@ -865,7 +855,6 @@ async fn problem_report_decision(
     Path(id): Path<String>,
     Json(b): Json<ReportDecision>,
 ) -> Result<Json<Vec<String>>, ApiFailure> {
-    staff.require(Scope::Decide)?;
     let outcome = match b.outcome.as_str() {
         "revoke" => ra::ReportOutcome::Revoke(
             ca_core::revocation::Reason::parse(&b.reason).map_err(|e| {

@@ -1717,3 +1717,424 @@ async fn problem_reports_over_http() {
         .unwrap();
     assert_eq!(rec.revocation_reason, Some(9));
 }
+
+/// Issue 14: every staff page and API endpoint, as every role (signed in, and through an API
+/// token with every scope) and as a signed-out visitor, answers as the permission matrix
+/// (`ca_core::ra::permissions`) says: a role without the action gets 403; with it, an object of
+/// its own outlet (or any, for a CA-level role) is reached, and one of another outlet answers
+/// 404 like an object that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_as_every_role_follows_the_matrix() {
+    use axum::extract::ConnectInfo;
+    use ca_core::ra::permissions::{permits, Reach};
+    use ca_core::ra::Action as A;
+
+    let app = app(|_| {}).await;
+    // One application at the General Post Office.
+    let (cookies, csrf) = citizen(&app).await;
+    let csr = csr_pem();
+    let r = app
+        .post("/apply", &cookies, &application(&csrf, "Z683451(6)", &csr))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let id: String = sqlx::query_scalar("SELECT id FROM applications")
+        .fetch_one(app.auth.store().pool())
+        .await
+        .unwrap();
+    let report = uuid::Uuid::new_v4().to_string();
+
+    /// How a route is reached, what it does, and whether it names an outlet's object.
+    struct Route {
+        method: &'static str,
+        path: String,
+        api: bool,
+        body: serde_json::Value,
+        action: Option<A>,
+        outlet_object: bool,
+    }
+    let page = |method, path: String, fields: serde_json::Value, action, outlet_object| Route {
+        method,
+        path,
+        api: false,
+        body: fields,
+        action,
+        outlet_object,
+    };
+    let api = |method, path: String, body: serde_json::Value, action, outlet_object| Route {
+        method,
+        path,
+        api: true,
+        body,
+        action,
+        outlet_object,
+    };
+    let a = |p: &str| format!("/staff/applications/{id}{p}");
+    let v = |p: &str| format!("/api/v1/applications/{id}{p}");
+    let routes = vec![
+        page("GET", "/staff".into(), serde_json::json!({}), None, false),
+        page(
+            "GET",
+            a(""),
+            serde_json::json!({}),
+            Some(A::ViewApplications),
+            true,
+        ),
+        page(
+            "POST",
+            a("/identity"),
+            serde_json::json!({"version": "1", "hkid": "Z683451(6)", "card_sighted": "yes"}),
+            Some(A::RecordChecks),
+            true,
+        ),
+        page(
+            "POST",
+            a("/fee"),
+            serde_json::json!({"amount": "50.00", "method": "cash", "receipt": "R-1"}),
+            Some(A::RecordChecks),
+            true,
+        ),
+        page(
+            "POST",
+            a("/organisation"),
+            serde_json::json!({"version": "1", "org_id": "12345678", "documents_sighted": "yes"}),
+            Some(A::RecordChecks),
+            true,
+        ),
+        page(
+            "POST",
+            a("/domains"),
+            serde_json::json!({"version": "1"}),
+            Some(A::RecordChecks),
+            true,
+        ),
+        page(
+            "POST",
+            a("/reveal"),
+            serde_json::json!({"field": "hkid"}),
+            Some(A::RevealPersonalData),
+            true,
+        ),
+        page(
+            "POST",
+            a("/decide"),
+            serde_json::json!({"version": "1", "decision": "reject", "reason": "a test"}),
+            Some(A::Decide),
+            true,
+        ),
+        page(
+            "POST",
+            a("/revoke"),
+            serde_json::json!({"reason": "superseded"}),
+            Some(A::Revoke),
+            true,
+        ),
+        page(
+            "GET",
+            "/staff/walk-in".into(),
+            serde_json::json!({}),
+            Some(A::EnterApplication),
+            false,
+        ),
+        page(
+            "GET",
+            "/staff/reports".into(),
+            serde_json::json!({}),
+            Some(A::ViewProblemReports),
+            false,
+        ),
+        page(
+            "GET",
+            format!("/staff/reports/{report}"),
+            serde_json::json!({}),
+            Some(A::ViewProblemReports),
+            false,
+        ),
+        page(
+            "POST",
+            format!("/staff/reports/{report}/preliminary"),
+            serde_json::json!({"findings": "x"}),
+            Some(A::AnswerProblemReports),
+            false,
+        ),
+        page(
+            "POST",
+            format!("/staff/reports/{report}/decide"),
+            serde_json::json!({"decision": "reject", "note": "x"}),
+            Some(A::AnswerProblemReports),
+            false,
+        ),
+        api(
+            "GET",
+            "/api/v1/applications".into(),
+            serde_json::json!(null),
+            Some(A::ViewApplications),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/applications".into(),
+            serde_json::json!({"profile": "personal", "surname": "Lee", "given_name": "Ka Yan", "email": "ky.lee@example.hk", "hkid": "Y531242(4)", "date_of_birth": "1990-01-01", "phone": "+852 2921 2222", "address": "1 Pier Road", "revocation_secret": "some words here", "csr": csr_pem()}),
+            Some(A::EnterApplication),
+            false,
+        ),
+        api(
+            "GET",
+            v(""),
+            serde_json::json!(null),
+            Some(A::ViewApplications),
+            true,
+        ),
+        api(
+            "POST",
+            v("/identity"),
+            serde_json::json!({"version": 1, "hkid": "Z683451(6)", "card_sighted": true}),
+            Some(A::RecordChecks),
+            true,
+        ),
+        api(
+            "POST",
+            v("/fee"),
+            serde_json::json!({"amount_cents": 5000, "method": "cash", "receipt": "R-2"}),
+            Some(A::RecordChecks),
+            true,
+        ),
+        api(
+            "POST",
+            v("/organisation"),
+            serde_json::json!({"version": 1, "org_id": "12345678", "documents_sighted": true}),
+            Some(A::RecordChecks),
+            true,
+        ),
+        api(
+            "POST",
+            v("/domains"),
+            serde_json::json!(null),
+            Some(A::RecordChecks),
+            true,
+        ),
+        api(
+            "POST",
+            v("/decision"),
+            serde_json::json!({"version": 1, "decision": "reject", "reason": "a test"}),
+            Some(A::Decide),
+            true,
+        ),
+        api(
+            "GET",
+            v("/certificate"),
+            serde_json::json!(null),
+            Some(A::ViewApplications),
+            true,
+        ),
+        api(
+            "GET",
+            "/api/v1/problem-reports".into(),
+            serde_json::json!(null),
+            Some(A::ViewProblemReports),
+            false,
+        ),
+        api(
+            "GET",
+            format!("/api/v1/problem-reports/{report}"),
+            serde_json::json!(null),
+            Some(A::ViewProblemReports),
+            false,
+        ),
+        api(
+            "POST",
+            format!("/api/v1/problem-reports/{report}/preliminary"),
+            serde_json::json!({"findings": "x"}),
+            Some(A::AnswerProblemReports),
+            false,
+        ),
+        api(
+            "POST",
+            format!("/api/v1/problem-reports/{report}/decision"),
+            serde_json::json!({"outcome": "reject", "note": "x"}),
+            Some(A::AnswerProblemReports),
+            false,
+        ),
+    ];
+
+    // Each caller from its own address, so the staff rate limit counts them apart.
+    let mut n = 0u8;
+    let mut send = |route: &Route, cookie: Option<(&str, &str)>, token: Option<&str>| {
+        n = n.wrapping_add(1);
+        let peer = std::net::SocketAddr::from(([10, 0, 0, n], 40000));
+        let mut req = Request::builder()
+            .method(route.method)
+            .uri(&route.path)
+            .extension(ConnectInfo(peer));
+        let body = if route.api {
+            if let Some(t) = token {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            req = req.header(header::CONTENT_TYPE, "application/json");
+            if route.body.is_null() {
+                Body::empty()
+            } else {
+                Body::from(route.body.to_string())
+            }
+        } else {
+            let mut fields: Vec<(String, String)> = route
+                .body
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some((c, csrf)) = cookie {
+                req = req.header(header::COOKIE, c);
+                fields.push(("csrf".into(), csrf.into()));
+            }
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            if route.method == "GET" {
+                Body::empty()
+            } else {
+                Body::from(
+                    fields
+                        .iter()
+                        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+                        .collect::<Vec<_>>()
+                        .join("&"),
+                )
+            }
+        };
+        req.body(body).unwrap()
+    };
+
+    // The signed-out visitor: pages send to the sign-in, the API answers 401.
+    for route in &routes {
+        let r = app.send(send(route, None, None)).await;
+        let expected = if route.api {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::SEE_OTHER
+        };
+        assert!(
+            r.status == expected || (!route.api && r.status == StatusCode::FORBIDDEN),
+            "visitor {} {}: {} {}",
+            route.method,
+            route.path,
+            r.status,
+            r.body
+        );
+    }
+
+    let mut checked = 0;
+    for role in ra::Role::ALL {
+        for outlet in ["gpo", "tst"] {
+            let username = format!("{}-{outlet}", role.name().replace('_', "-"));
+            let (cookie, csrf) = signed_in_from(&app, &username, outlet, role, checked as u8).await;
+            let token = ra::create_api_token(
+                app.auth.store(),
+                &username,
+                "matrix",
+                1,
+                ra::Scopes::parse("read,enter,decide").unwrap(),
+                "test",
+            )
+            .await
+            .unwrap();
+            for route in &routes {
+                let req = send(route, Some((&cookie, &csrf)), Some(&token));
+                let r = app.send(req).await;
+                let who = format!(
+                    "{} at {outlet}: {} {} -> {} {}",
+                    role.name(),
+                    route.method,
+                    route.path,
+                    r.status,
+                    &r.body[..r.body.len().min(300)]
+                );
+                match route.action.map(|a| permits(role, a)) {
+                    // Any signed-in member.
+                    None => assert_eq!(r.status, StatusCode::OK, "{who}"),
+                    Some(None) => assert_eq!(r.status, StatusCode::FORBIDDEN, "{who}"),
+                    Some(Some(reach)) => {
+                        assert_ne!(r.status, StatusCode::FORBIDDEN, "{who}");
+                        assert!(
+                            r.status != StatusCode::UNAUTHORIZED
+                                && r.status != StatusCode::SEE_OTHER,
+                            "{who}"
+                        );
+                        if route.outlet_object {
+                            let out_of_reach = reach == Reach::OwnOutlet && outlet != "gpo";
+                            if out_of_reach {
+                                assert_eq!(r.status, StatusCode::NOT_FOUND, "{who}");
+                            } else {
+                                assert_ne!(r.status, StatusCode::NOT_FOUND, "{who}");
+                            }
+                        }
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, ra::Role::ALL.len() * 2 * routes.len());
+}
+
+/// A member of staff made and signed in from their own address (`10.1.0.n`), so that many
+/// sign-ins in one test stay under the per-address limit.
+async fn signed_in_from(
+    app: &App,
+    username: &str,
+    outlet: &str,
+    role: ra::Role,
+    n: u8,
+) -> (String, String) {
+    use axum::extract::ConnectInfo;
+    let peer = std::net::SocketAddr::from(([10, 1, n / 200, n % 200 + 1], 40000));
+    let (_, secret) = ra::create_staff(
+        app.auth.store(),
+        &app.auth.pii().unwrap(),
+        &ra::NewStaff {
+            username,
+            display_name: username,
+            outlet,
+            role,
+            password: "a password of some length",
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let r = app
+        .send(
+            Request::get("/staff/login")
+                .extension(ConnectInfo(peer))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let token = r.cookie(CSRF_COOKIE).unwrap();
+    let code = ca_core::totp::code_at(&secret, time::OffsetDateTime::now_utc().unix_timestamp());
+    let form = [
+        ("csrf", token.as_str()),
+        ("username", username),
+        ("password", "a password of some length"),
+        ("code", code.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+    .collect::<Vec<_>>()
+    .join("&");
+    let r = app
+        .send(
+            Request::post("/staff/login")
+                .extension(ConnectInfo(peer))
+                .header(header::COOKIE, format!("{CSRF_COOKIE}={token}"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(form))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let cookie = format!("{STAFF_COOKIE}={}", r.cookie(STAFF_COOKIE).unwrap());
+    let home = app.get("/staff", &cookie).await;
+    assert_eq!(home.status, StatusCode::OK, "{}", home.body);
+    (cookie, home.hidden("csrf"))
+}

@@ -1425,6 +1425,12 @@ struct QueuePage {
     lang: Lang,
     staff: StaffSession,
     rows: Vec<(String, String, String, String, &'static str, String)>,
+    /// What the member's role may do here (ca_core::ra::permissions): the page shows only that.
+    can_view: bool,
+    can_enter: bool,
+    can_reports: bool,
+    /// Each action the role may take, for the "your role" line.
+    allowed: Vec<&'static str>,
 }
 
 /// `?reference=` on the queue.
@@ -1445,15 +1451,31 @@ async fn staff_queue(
         Err(r) => return r,
     };
     let t = lang.0.texts();
-    let rows = match ra::queue(
-        s.auth.store(),
-        &staff,
-        (!q.reference.is_empty()).then_some(q.reference.as_str()),
-    )
-    .await
-    {
-        Ok(rows) => rows,
-        Err(e) => return AppError::new(e, lang.0).into_response(),
+    let may = |a: ra::Action| ra::permissions::permits(staff.role, a).is_some();
+    let (can_view, can_enter, can_reports) = (
+        may(ra::Action::ViewApplications),
+        may(ra::Action::EnterApplication),
+        may(ra::Action::ViewProblemReports),
+    );
+    let allowed = ra::Action::ALL
+        .into_iter()
+        .filter(|a| may(*a))
+        .map(ra::Action::describe)
+        .collect();
+    // A role that sees no applications gets its home without a queue (not a refusal).
+    let rows = if can_view {
+        match ra::queue(
+            s.auth.store(),
+            &staff,
+            (!q.reference.is_empty()).then_some(q.reference.as_str()),
+        )
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return AppError::new(e, lang.0).into_response(),
+        }
+    } else {
+        Vec::new()
     };
     let rows = rows
         .into_iter()
@@ -1477,6 +1499,10 @@ async fn staff_queue(
             lang: lang.0,
             staff,
             rows,
+            can_view,
+            can_enter,
+            can_reports,
+            allowed,
         },
         lang,
     )
@@ -1609,11 +1635,13 @@ impl axum::extract::FromRequest<Shared> for StaffPost {
         let Ok(lang) = PageLang::from_request_parts(&mut parts, s).await;
         let ip = s.client_ip(&parts);
         let headers = parts.headers.clone();
+        // Who asks first: a visitor who is not signed in is sent to the sign-in page whatever
+        // the form holds.
+        let staff = staff_session(s, &headers, lang.0).await?;
         let Form(f) =
             Form::<StaffForm>::from_request(axum::extract::Request::from_parts(parts, body), s)
                 .await
                 .map_err(IntoResponse::into_response)?;
-        let staff = staff_session(s, &headers, lang.0).await?;
         check_staff_csrf(&staff, &f.csrf, lang.0)?;
         s.limits
             .check("staff", ip, 120)
@@ -1812,6 +1840,9 @@ async fn walk_in_form(State(s): State<Shared>, lang: PageLang, headers: HeaderMa
         Ok(v) => v,
         Err(r) => return r,
     };
+    if let Err(e) = staff.authorize(ra::Action::EnterApplication) {
+        return AppError::new(e, lang.0).into_response();
+    }
     html(
         WalkInPage {
             t: lang.0.texts(),
@@ -1853,12 +1884,8 @@ async fn walk_in(
     if let Err(e) = s.limits.check("staff", ip, 120) {
         return AppError { lang: lang.0, ..e }.into_response();
     }
-    let (_, application) = f.application(
-        Some(staff.outlet.clone()),
-        Some(staff.username.clone()),
-        lang.0,
-    );
-    let submitted = match ra::submit(&s.auth, application).await {
+    let (_, application) = f.application(None, None, lang.0);
+    let submitted = match ra::enter(&s.auth, &staff, application).await {
         Ok(v) => v,
         Err(e) => return AppError::new(e, lang.0).into_response(),
     };

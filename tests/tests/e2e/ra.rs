@@ -978,7 +978,11 @@ fn server_application_with_domain_validation_and_caa() {
     // approve (issue 11, defect 4: clerk then admin used to issue).
     let (st, e) = api(addr, "POST", &format!("{path}/decision"), &admin, approve());
     assert_eq!(st, 403, "{e}");
-    assert!(e.to_string().contains("does not approve"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the admin role may not approve or reject"),
+        "{e}"
+    );
     let (_, v) = api(addr, "GET", &path, &clerk, None);
     assert_eq!(v["status"], "awaiting_second_approval", "{v}");
     let (st, e) = api(
