@@ -9,6 +9,9 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub mod export;
+pub mod witness;
+
 use crate::row::row;
 
 /// An event to append.

@@ -249,6 +249,8 @@ pub struct Authority {
     /// hold the newest stored CRL of their scope: the database stored it, the file write
     /// failed (a full disk). [`Authority::rewrite_crl_files`] writes them again.
     crl_files_behind: std::sync::Mutex<HashSet<(CaRole, Scope)>>,
+    /// The newest checkpoint known to be in the audit witness (`-1`: not read yet).
+    witnessed: std::sync::atomic::AtomicI64,
     /// The Debian weak-key lists of `[keys] debian_weak_dir` (empty when unset).
     debian_weak: crate::keys::debian::DebianWeakKeys,
     /// The clock check before anything is dated and signed ([`crate::clock`]).
@@ -1042,6 +1044,7 @@ impl Authority {
             responders: tokio::sync::RwLock::new(responders),
             crl_lists: tokio::sync::Mutex::new(HashMap::new()),
             crl_files_behind: std::sync::Mutex::new(HashSet::new()),
+            witnessed: std::sync::atomic::AtomicI64::new(-1),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };
@@ -2062,6 +2065,40 @@ impl Authority {
     /// the last one. Signer commands call it when they finish; a long-running signer calls it
     /// periodically. Returns the sequence number covered.
     pub async fn checkpoint(&self) -> Result<Option<i64>> {
+        let signed = self.sign_checkpoint().await?;
+        // The witness gets every checkpoint it does not hold yet (also those an earlier
+        // failure to reach it left behind).
+        if let Some(path) = self.config.audit_witness() {
+            self.sync_witness(path).await?;
+        }
+        Ok(signed)
+    }
+
+    /// Appends to the witness file the checkpoints it lacks ([`audit::witness`]).
+    async fn sync_witness(&self, path: std::path::PathBuf) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let newest = self.store.checkpoints_last_seq().await?;
+        let known = self.witnessed.load(Ordering::SeqCst);
+        if known >= 0 && known >= newest {
+            return Ok(());
+        }
+        let p = path.clone();
+        let witnessed = tokio::task::spawn_blocking(move || audit::witness::last_seq(&p))
+            .await
+            .map_err(|e| Error::Audit(format!("witness task: {e}")))??;
+        if witnessed < newest {
+            let missing = self.store.checkpoints_after(witnessed).await?;
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || audit::witness::append(&p, &missing))
+                .await
+                .map_err(|e| Error::Audit(format!("witness task: {e}")))??;
+        }
+        self.witnessed
+            .store(newest.max(witnessed), Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn sign_checkpoint(&self) -> Result<Option<i64>> {
         let (seq, hash) = self.store.audit_head().await?;
         if seq == 0 || self.store.checkpoints_last_seq().await? >= seq {
             return Ok(None);

@@ -34,6 +34,18 @@ pub struct Config {
     pub keys: KeysConfig,
     /// The signer's clock check (crate::clock).
     pub clock: ClockConfig,
+    /// The audit trail's witness copy (crate::audit::witness).
+    pub audit: AuditConfig,
+}
+
+/// The audit trail outside the database ([`crate::audit::witness`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A file (on another mount, another host's share: somewhere whoever controls the database
+    /// and the HSM cannot rewrite) to which every signed checkpoint is appended. `ecert audit
+    /// verify --witness FILE` compares it with the database's chain.
+    pub witness: Option<PathBuf>,
 }
 
 /// The signer's clock check ([`crate::clock`]).
@@ -446,6 +458,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             keys: KeysConfig::default(),
             clock: ClockConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -475,6 +488,14 @@ impl Default for CaConfig {
             issuing_validity_days: 10 * 365,
             policy_arc: None,
         }
+    }
+}
+
+impl Config {
+    /// The audit witness file (`[audit] witness`, relative to the data directory when not
+    /// absolute).
+    pub fn audit_witness(&self) -> Option<PathBuf> {
+        self.audit.witness.as_ref().map(|p| self.data_dir.join(p))
     }
 }
 

@@ -116,6 +116,13 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (24, "staff_roles", include_str!("../../migrations/postgres/0024_staff_roles.sql")),
 ];
 
+row! {
+    struct SeqBounds {
+        first: Option<i64>,
+        last: Option<i64>,
+    }
+}
+
 /// A database connection pool plus the engine it talks to.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -526,6 +533,63 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    /// The audit records with `from <= seq <= to`, in sequence order.
+    pub async fn audit_range(&self, from: i64, to: i64) -> Result<Vec<Record>> {
+        Ok(sqlx::query_as::<_, Record>(
+            "SELECT seq, at, kind, actor, subject, detail, prev_hash, hash FROM audit_log \
+             WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The first and last sequence numbers of the records made at or after `since` and at or
+    /// before `until` (Unix seconds; `None`: unbounded); `None` when there is none.
+    pub async fn audit_seq_bounds(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query_as::<_, SeqBounds>(
+            "SELECT MIN(seq) AS first, MAX(seq) AS last FROM audit_log WHERE at >= $1 AND at <= $2",
+        )
+        .bind(since.unwrap_or(i64::MIN))
+        .bind(until.unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.first.zip(row.last))
+    }
+
+    /// The first checkpoint at or after `seq`, else the newest one before it.
+    pub async fn checkpoint_covering(&self, seq: i64) -> Result<Option<audit::Checkpoint>> {
+        let after = sqlx::query_as::<_, audit::Checkpoint>(
+            "SELECT seq, at, hash, signature FROM audit_checkpoints WHERE seq >= $1 ORDER BY seq LIMIT 1",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        if after.is_some() {
+            return Ok(after);
+        }
+        Ok(sqlx::query_as::<_, audit::Checkpoint>(
+            "SELECT seq, at, hash, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The checkpoints after `seq`, in sequence order.
+    pub async fn checkpoints_after(&self, seq: i64) -> Result<Vec<audit::Checkpoint>> {
+        Ok(sqlx::query_as::<_, audit::Checkpoint>(
+            "SELECT seq, at, hash, signature FROM audit_checkpoints WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Every checkpoint, in sequence order.

@@ -309,14 +309,55 @@ enum CertCommand {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Verify the hash chain and the HSM-signed checkpoints: finds removed, altered and
-    /// truncated records.
+    /// truncated records. With --export, verifies an export file offline instead (no database,
+    /// no HSM: the file and the public key are all it needs).
     Verify {
         /// The audit public key (PEM, from `ecert audit key`); default: read it from the HSM.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// An export (`ecert audit export`, JSON lines or CSV) to verify offline; needs
+        /// --public-key.
+        #[arg(long, requires = "public_key", conflicts_with = "witness")]
+        export: Option<PathBuf>,
+        /// Also compare the database's chain with this witness file (`[audit] witness`) and
+        /// report the first disagreement.
+        #[arg(long)]
+        witness: Option<PathBuf>,
     },
+    /// Export audit records with their chain positions and the signed checkpoint that covers
+    /// them, for offline verification (`audit verify --export`). Records the filters do not
+    /// select but that lie between are included, marked "match": false.
+    Export(Box<AuditExportArgs>),
     /// Print the audit key's public key (PEM) for auditors.
     Key,
+}
+
+#[derive(Debug, Args)]
+struct AuditExportArgs {
+    /// Records made at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Records made at or before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this actor (e.g. staff:clerk1, cli:root, system:crl-publisher).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only this kind, or every kind under it (issuance selects issuance.linted).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only records about this certificate serial (hex).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Only records about this application reference.
+    #[arg(long)]
+    reference: Option<String>,
+    /// jsonl or csv.
+    #[arg(long, default_value = "jsonl")]
+    format: String,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -494,9 +535,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
-            Command::Audit(AuditCommand::Verify { public_key }) => {
-                audit_verify(config, public_key).await
-            }
+            Command::Audit(AuditCommand::Verify {
+                public_key,
+                export: Some(export),
+                ..
+            }) => audit_verify_export(&export, public_key.as_deref()),
+            Command::Audit(AuditCommand::Verify {
+                public_key,
+                export: None,
+                witness,
+            }) => audit_verify(config, public_key, witness).await,
+            Command::Audit(AuditCommand::Export(args)) => audit_export(config, *args).await,
             Command::Audit(AuditCommand::Key) => {
                 let spki = Authority::audit_public_key_from_hsm(&config).await?;
                 out!(
@@ -906,35 +955,140 @@ async fn cert(config: Config, c: CertCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn audit_verify(config: Config, public_key: Option<PathBuf>) -> anyhow::Result<()> {
+/// Reads a PEM `PUBLIC KEY` file (the audit key, from `ecert audit key`).
+fn read_public_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let block = pem::parse(text).with_context(|| format!("{} is not PEM", path.display()))?;
+    anyhow::ensure!(
+        block.tag() == "PUBLIC KEY",
+        "{} is not a PUBLIC KEY",
+        path.display()
+    );
+    Ok(block.into_contents())
+}
+
+async fn audit_verify(
+    config: Config,
+    public_key: Option<PathBuf>,
+    witness: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let spki = match public_key {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let block =
-                pem::parse(text).with_context(|| format!("{} is not PEM", path.display()))?;
-            anyhow::ensure!(
-                block.tag() == "PUBLIC KEY",
-                "{} is not a PUBLIC KEY",
-                path.display()
-            );
-            block.into_contents()
-        }
+        Some(path) => read_public_key(&path)?,
         None => Authority::audit_public_key_from_hsm(&config).await?,
     };
     let store = open_store(&config).await?;
     let (n, checkpoints, findings) = Authority::verify_audit(&store, &spki).await?;
-    if findings.is_empty() {
+    let mut problems: Vec<String> = findings.iter().map(ToString::to_string).collect();
+    if let Some(path) = &witness {
+        let witnessed = ca_core::audit::witness::read(path)?;
+        let (records, _, _) = store.audit_records().await?;
+        match ca_core::audit::witness::compare(&witnessed, &records, &spki) {
+            None => outln!(
+                "witness {} agrees: {} checkpoints",
+                path.display(),
+                witnessed.len()
+            ),
+            Some(d) => problems.push(format!("witness: {d}")),
+        }
+    }
+    if problems.is_empty() {
         outln!("audit trail intact: {n} records, {checkpoints} signed checkpoints");
         return Ok(());
     }
-    for f in &findings {
-        outln!("{f}");
+    for p in &problems {
+        outln!("{p}");
     }
     bail!(
         "audit trail verification failed: {} finding(s) in {n} records",
-        findings.len()
+        problems.len()
     )
+}
+
+/// `audit verify --export FILE --public-key KEY`: offline, from the file alone.
+fn audit_verify_export(
+    export: &std::path::Path,
+    public_key: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use ca_core::audit::export;
+    let key = public_key.context("--export needs --public-key")?;
+    let spki = read_public_key(key)?;
+    let text =
+        std::fs::read_to_string(export).with_context(|| format!("reading {}", export.display()))?;
+    let e = export::parse(&text)?;
+    let problems = export::verify(&e, &spki);
+    if problems.is_empty() {
+        let first = e.records.first().map_or(e.checkpoint.seq, |(r, _)| r.seq);
+        outln!(
+            "export verified: {} records ({} selected) from record {first} to {}, covered by the checkpoint signed at {}",
+            e.records.len(),
+            e.matched(),
+            e.checkpoint.seq,
+            time::OffsetDateTime::from_unix_timestamp(e.checkpoint.at)
+                .ok()
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_else(|| e.checkpoint.at.to_string())
+        );
+        return Ok(());
+    }
+    for p in &problems {
+        outln!("{p}");
+    }
+    bail!(
+        "audit export verification failed: {} finding(s)",
+        problems.len()
+    )
+}
+
+async fn audit_export(config: Config, a: AuditExportArgs) -> anyhow::Result<()> {
+    use ca_core::audit::export;
+    let encoding = export::Encoding::parse(&a.format)?;
+    let filter = export::Filter {
+        since: a.since.as_deref().map(parse_time).transpose()?,
+        until: a.until.as_deref().map(parse_time).transpose()?,
+        actor: a.actor,
+        kind: a.kind,
+        serial: a.serial,
+        reference: a.reference,
+    };
+    let store = open_store(&config).await?;
+    let e = match export::export(&store, filter).await {
+        Err(ca_core::Error::NotFound) => bail!(
+            "no audit record matches that is covered by a signed checkpoint yet (a signer makes one at least every 30 s while `ecert serve` runs)"
+        ),
+        other => other?,
+    };
+    // Who exported what is itself audited.
+    store
+        .audit_now(&ca_core::audit::Event {
+            kind: "audit.exported",
+            actor: actor(),
+            subject: None,
+            detail: serde_json::json!({ "filter": e.filter, "records": e.records.len(), "selected": e.matched(), "checkpoint": e.checkpoint.seq }),
+        })
+        .await?;
+    let text = export::render(&e, encoding)?;
+    match &a.out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => out!("{text}"),
+    }
+    eprintln!(
+        "exported {} records ({} selected) up to the checkpoint at record {}{}",
+        e.records.len(),
+        e.matched(),
+        e.checkpoint.seq,
+        if e.uncovered > 0 {
+            format!(
+                "; {} newer selected record(s) wait for the next checkpoint",
+                e.uncovered
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 fn parse_time(s: &str) -> anyhow::Result<i64> {

@@ -3,6 +3,8 @@
 //! The tampering is done the way an attacker with database access would: append-only triggers
 //! disabled (SQLite: dropped; PostgreSQL: `DISABLE TRIGGER ALL`), then UPDATE/DELETE.
 
+use std::process::Output;
+
 use ecert_e2e::*;
 
 use crate::common::*;
@@ -146,5 +148,223 @@ fn audit_detects_forged_checkpoint_and_verifies_with_exported_key() {
         "not signed by the audit key",
         None,
         "checkpoint signature swapped",
+    );
+}
+
+/// The audit key as PEM in a file, for verifying without the HSM.
+fn audit_key_file(ca: &Ca) -> std::path::PathBuf {
+    let key = ca.ecert_ok(&["audit", "key"]);
+    let path = ca.file("audit-key.pem");
+    std::fs::write(&path, key).unwrap();
+    path
+}
+
+/// `ecert audit verify --export FILE --public-key KEY` from an empty directory: the export and
+/// the key are all it has.
+fn verify_export_offline(ca: &Ca, export: &std::path::Path, key: &std::path::Path) -> Output {
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = std::process::Command::new(ecert_bin());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(empty.path())
+        .arg("--data-dir")
+        .arg(empty.path().join("nothing-here"))
+        .args(["audit", "verify", "--export"])
+        .arg(export)
+        .arg("--public-key")
+        .arg(key);
+    let o = run_with_timeout(c, TIMEOUT, "ecert audit verify --export");
+    assert!(
+        !empty.path().join("nothing-here").exists(),
+        "offline verification made a data directory"
+    );
+    let _ = ca;
+    o
+}
+
+/// Issue 14: an auditor exports the records of one kind (JSON lines and CSV) and verifies each
+/// export offline with only the audit public key; the export carries the stretch of the chain
+/// up to the covering signed checkpoint. An export with one record altered, or cut short, is
+/// refused with the finding named; the export itself is an audit event.
+#[test]
+fn audit_exports_verify_offline_and_tampered_exports_fail() {
+    let (ca, _) = ca_with_history();
+    let key = audit_key_file(&ca);
+    for format in ["jsonl", "csv"] {
+        let out = ca.file(&format!("export.{format}"));
+        let o = ca.ecert(&[
+            "audit",
+            "export",
+            "--kind",
+            "issuance",
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", show(&o));
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains("issuance.linted"), "{text}");
+        let v = verify_export_offline(&ca, &out, &key);
+        assert!(v.status.success(), "[{format}] {}", show(&v));
+        let said = String::from_utf8_lossy(&v.stdout);
+        assert!(said.contains("export verified"), "{said}");
+
+        // One record's detail changed: found.
+        let altered = ca.file(&format!("altered.{format}"));
+        let changed = text.replacen("tbs_sha256", "tbs_sha255", 1);
+        assert_ne!(changed, text);
+        std::fs::write(&altered, changed).unwrap();
+        let v = verify_export_offline(&ca, &altered, &key);
+        assert_eq!(v.status.code(), Some(1), "{}", show(&v));
+        assert!(
+            String::from_utf8_lossy(&v.stdout).contains("was altered"),
+            "{}",
+            show(&v)
+        );
+    }
+    // Cut short: the last record (the one the checkpoint signs) dropped.
+    let text = std::fs::read_to_string(ca.file("export.jsonl")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    let cut = ca.file("cut.jsonl");
+    std::fs::write(&cut, lines.join("\n")).unwrap();
+    let v = verify_export_offline(&ca, &cut, &key);
+    assert_eq!(v.status.code(), Some(1), "{}", show(&v));
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("checkpoint"),
+        "{}",
+        show(&v)
+    );
+    // Another key does not vouch for it.
+    let other = ca.file("other.pem");
+    let o = std::process::Command::new("openssl")
+        .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout"])
+        .output()
+        .unwrap();
+    let priv_key = ca.file("other-key.pem");
+    std::fs::write(&priv_key, &o.stdout).unwrap();
+    let o = std::process::Command::new("openssl")
+        .args(["ec", "-pubout", "-in", priv_key.to_str().unwrap(), "-out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let v = verify_export_offline(&ca, &ca.file("export.jsonl"), &other);
+    assert_eq!(v.status.code(), Some(1), "{}", show(&v));
+    let n: i64 = ca
+        .sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'audit.exported'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, 2, "each export is an audit event");
+}
+
+/// The chain hash, written here from its definition (ca_core::audit::chain_hash), as an
+/// attacker who read the source would.
+fn chain_hash(
+    prev: &[u8],
+    seq: i64,
+    at: i64,
+    kind: &str,
+    actor: &str,
+    subject: Option<&str>,
+    detail: &str,
+) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"ecert-audit-v1");
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(at.to_be_bytes());
+    for field in [Some(kind), Some(actor), subject, Some(detail)] {
+        match field {
+            Some(s) => {
+                h.update([1u8]);
+                h.update((s.len() as u64).to_be_bytes());
+                h.update(s.as_bytes());
+            }
+            None => h.update([0u8]),
+        }
+    }
+    h.finalize().to_vec()
+}
+
+/// Rewrites record `seq`'s detail and every later hash, moves the head, and drops the
+/// checkpoints the rewrite broke: what someone who controls the database does before asking
+/// the HSM for a fresh checkpoint.
+fn rewrite_chain_from(ca: &Ca, seq: i64, detail: &str) {
+    let blob = |hex_text: &str| match ca.db() {
+        Db::Sqlite => format!("X'{hex_text}'"),
+        Db::Postgres => format!("'\\x{hex_text}'::bytea"),
+    };
+    let rows = ca.sql_query(&format!(
+        "SELECT seq, at, kind, actor, CASE WHEN subject IS NULL THEN 0 ELSE 1 END, COALESCE(subject, ''), detail, prev_hash FROM audit_log WHERE seq >= {seq} ORDER BY seq"
+    ));
+    let mut prev: Option<Vec<u8>> = None;
+    let mut sql = String::new();
+    for line in rows.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (n, at): (i64, i64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        let subject = (f[4] == "1").then_some(f[5]);
+        let this_detail = if n == seq { detail } else { f[6] };
+        let stored_prev = hex::decode(f[7].trim_start_matches("\\x")).unwrap();
+        let p = prev.clone().unwrap_or(stored_prev);
+        let h = chain_hash(&p, n, at, f[2], f[3], subject, this_detail);
+        sql.push_str(&format!(
+            "UPDATE audit_log SET detail = '{}', prev_hash = {}, hash = {} WHERE seq = {n};\n",
+            this_detail.replace('\'', "''"),
+            blob(&hex::encode(&p)),
+            blob(&hex::encode(&h))
+        ));
+        prev = Some(h);
+    }
+    let head = prev.expect("records to rewrite");
+    sql.push_str(&format!(
+        "UPDATE audit_head SET hash = {} WHERE id = 1;\nDELETE FROM audit_checkpoints WHERE seq >= {seq};\n",
+        blob(&hex::encode(&head))
+    ));
+    ca.tamper(&sql);
+}
+
+/// Issue 14: with `[audit] witness`, every signed checkpoint is also appended to a file outside
+/// the database. Someone who controls the database and the HSM rewrites a record, rehashes
+/// the chain after it and has the HSM sign a new checkpoint: `audit verify` on the database
+/// alone calls that intact, but `audit verify --witness` reports where the database and the
+/// witness disagree.
+#[test]
+fn the_witness_catches_a_chain_rewritten_and_signed_again() {
+    let ca = Ca::new();
+    let witness = ca.file("witness.jsonl");
+    ca.append_config(&format!("[audit]\nwitness = \"{}\"", witness.display()));
+    ca.ecert_ok(&["init"]);
+    issue_and_verify_personal(&ca, "w", "witnessed");
+    ca.ecert_ok(&["crl", "publish"]);
+    let lines = std::fs::read_to_string(&witness).unwrap();
+    assert!(lines.lines().count() >= 2, "{lines}");
+    let out = ca.ecert_ok(&["audit", "verify", "--witness", witness.to_str().unwrap()]);
+    assert!(out.contains("agrees") && out.contains("intact"), "{out}");
+
+    // The first issuance's lint record now says something else.
+    let seq: i64 = ca
+        .sql_query("SELECT MIN(seq) FROM audit_log WHERE kind = 'issuance.linted'")
+        .trim()
+        .parse()
+        .unwrap();
+    rewrite_chain_from(&ca, seq, "{\"tbs_sha256\":\"00\"}");
+    // The HSM signs the rewritten head (the attacker holds it too).
+    ca.ecert_ok(&["crl", "publish"]);
+    let out = ca.ecert_ok(&["audit", "verify"]);
+    assert!(
+        out.contains("intact"),
+        "the database alone cannot tell: {out}"
+    );
+    let o = ca.ecert(&["audit", "verify", "--witness", witness.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("rewritten after it was witnessed"),
+        "{}",
+        show(&o)
     );
 }

@@ -1,0 +1,228 @@
+//! The witness: every signed checkpoint also appended, as a JSON line, to a file outside the
+//! database (`[audit] witness`: another mount, a share the auditor controls). Someone who
+//! controls the database *and* the HSM can rewrite the chain and sign a new head — the
+//! database alone then verifies — but cannot change what the witness already holds:
+//! [`compare`] reports the first record where the database's chain and the witness disagree.
+//!
+//! Line format: `{"seq":N,"at":T,"hash":"<hex>","signature":"<hex>"}`.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{checkpoint_message, Checkpoint, Record};
+use crate::error::{Error, Result};
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    seq: i64,
+    at: i64,
+    hash: String,
+    signature: String,
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Io {
+        context: format!("audit witness {}", path.display()),
+        source: e,
+    }
+}
+
+/// The sequence number of the last checkpoint in the witness (0 if none or no file). Reads
+/// only the file's tail.
+pub fn last_seq(path: &Path) -> Result<i64> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(path, e)),
+    };
+    let len = f.metadata().map_err(|e| io(path, e))?.len();
+    let start = len.saturating_sub(4096);
+    f.seek(SeekFrom::Start(start)).map_err(|e| io(path, e))?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).map_err(|e| io(path, e))?;
+    let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return Ok(0);
+    };
+    let line: Line = serde_json::from_str(last)
+        .map_err(|e| Error::Audit(format!("the witness's last line does not parse: {e}")))?;
+    Ok(line.seq)
+}
+
+/// Appends `checkpoints` (oldest first) and flushes them to the disk.
+pub fn append(path: &Path, checkpoints: &[Checkpoint]) -> Result<()> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::new();
+    for c in checkpoints {
+        let line = Line {
+            seq: c.seq,
+            at: c.at,
+            hash: hex::encode(&c.hash),
+            signature: hex::encode(&c.signature),
+        };
+        text.push_str(&serde_json::to_string(&line).map_err(|e| Error::Encoding(e.to_string()))?);
+        text.push('\n');
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    f.write_all(text.as_bytes()).map_err(|e| io(path, e))?;
+    f.sync_all().map_err(|e| io(path, e))
+}
+
+/// Every checkpoint in the witness, in file order.
+pub fn read(path: &Path) -> Result<Vec<Checkpoint>> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let bad = |why: String| Error::Audit(format!("witness line {}: {why}", i + 1));
+            let line: Line = serde_json::from_str(l).map_err(|e| bad(e.to_string()))?;
+            Ok(Checkpoint {
+                seq: line.seq,
+                at: line.at,
+                hash: hex::decode(&line.hash).map_err(|_| bad("hash is not hex".into()))?,
+                signature: hex::decode(&line.signature)
+                    .map_err(|_| bad("signature is not hex".into()))?,
+            })
+        })
+        .collect()
+}
+
+/// The first disagreement between the witness and the database's chain, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disagreement {
+    /// A witness line's signature is not the audit key's.
+    NotSigned { line: usize, seq: i64 },
+    /// The database's record at `seq` has another hash than the witness holds: the chain was
+    /// rewritten after it was witnessed.
+    Rewritten { line: usize, seq: i64 },
+    /// The database's chain ends before a witnessed record.
+    Truncated {
+        line: usize,
+        seq: i64,
+        last_seq: i64,
+    },
+}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disagreement::NotSigned { line, seq } => write!(
+                f,
+                "witness line {line} (record {seq}) is not signed by the audit key"
+            ),
+            Disagreement::Rewritten { line, seq } => write!(
+                f,
+                "the database's record {seq} differs from witness line {line}: the chain was rewritten after it was witnessed"
+            ),
+            Disagreement::Truncated {
+                line,
+                seq,
+                last_seq,
+            } => write!(
+                f,
+                "witness line {line} covers record {seq} but the database's chain ends at record {last_seq} (truncated)"
+            ),
+        }
+    }
+}
+
+/// Compares the witness with the database's records (in sequence order); returns the first
+/// disagreement.
+pub fn compare(
+    witnessed: &[Checkpoint],
+    records: &[Record],
+    audit_spki: &[u8],
+) -> Option<Disagreement> {
+    let by_seq: std::collections::HashMap<i64, &Record> =
+        records.iter().map(|r| (r.seq, r)).collect();
+    let last_seq = records.last().map_or(0, |r| r.seq);
+    for (i, c) in witnessed.iter().enumerate() {
+        let line = i + 1;
+        if hsm::verify(
+            hsm::Algorithm::EcdsaP256Sha256,
+            audit_spki,
+            &checkpoint_message(c.seq, &c.hash),
+            &c.signature,
+        )
+        .is_err()
+        {
+            return Some(Disagreement::NotSigned { line, seq: c.seq });
+        }
+        match by_seq.get(&c.seq) {
+            Some(r) if r.hash == c.hash => {}
+            Some(_) => return Some(Disagreement::Rewritten { line, seq: c.seq }),
+            None => {
+                return Some(Disagreement::Truncated {
+                    line,
+                    seq: c.seq,
+                    last_seq,
+                })
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hsm::Signer;
+
+    #[test]
+    fn appended_lines_are_read_back_and_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("witness.jsonl");
+        assert_eq!(last_seq(&path).unwrap(), 0);
+        let key = hsm::software::SoftwareSigner::generate_p256();
+        let rec = |seq: i64, hash: u8| Record {
+            seq,
+            at: seq,
+            kind: "k".into(),
+            actor: "a".into(),
+            subject: None,
+            detail: "{}".into(),
+            prev_hash: vec![],
+            hash: vec![hash; 32],
+        };
+        let cp = |seq: i64, hash: u8| Checkpoint {
+            seq,
+            at: seq,
+            hash: vec![hash; 32],
+            signature: key.sign(&checkpoint_message(seq, &[hash; 32])).unwrap(),
+        };
+        append(&path, &[cp(1, 1), cp(3, 3)]).unwrap();
+        append(&path, &[cp(4, 4)]).unwrap();
+        assert_eq!(last_seq(&path).unwrap(), 4);
+        let w = read(&path).unwrap();
+        assert_eq!(w.len(), 3);
+        let spki = key.public_key_spki();
+        let chain = [rec(1, 1), rec(2, 2), rec(3, 3), rec(4, 4)];
+        assert_eq!(compare(&w, &chain, spki), None);
+        let rewritten = [rec(1, 1), rec(2, 2), rec(3, 9), rec(4, 4)];
+        assert_eq!(
+            compare(&w, &rewritten, spki),
+            Some(Disagreement::Rewritten { line: 2, seq: 3 })
+        );
+        assert_eq!(
+            compare(&w, &chain[..2], spki),
+            Some(Disagreement::Truncated {
+                line: 2,
+                seq: 3,
+                last_seq: 2
+            })
+        );
+        let other = hsm::software::SoftwareSigner::generate_p256();
+        assert_eq!(
+            compare(&w, &chain, other.public_key_spki()),
+            Some(Disagreement::NotSigned { line: 1, seq: 1 })
+        );
+    }
+}
