@@ -27,11 +27,13 @@
 //!    tracking), [`domains`] (DNS validation and CAA), [`fee`], [`counter`] (queue, staff view,
 //!    identity and organisation checks, corrections), [`decision`] (approve, reject, issue),
 //!    [`renewal`] (online renewal and re-key), [`revocation`] (online and at the counter) and
-//!    [`retention`] (purging personal data).
+//!    [`retention`] (purging personal data), and [`auditing`] (the auditor's view of the
+//!    audit trail).
 //!
 //! Callers use the items re-exported here (`ca_core::ra::submit`, `ca_core::ra::Role`, ...).
 
 mod application;
+mod auditing;
 mod counter;
 mod decision;
 mod domains;
@@ -58,6 +60,7 @@ pub use application::{
     business_registration_number, certificate, certificate_chain, enter, submit, track,
     CitizenView, NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
 };
+pub use auditing::{audit_export, audit_records, auditing_page};
 pub use counter::{
     amend_contact, check_identity, check_organisation, queue, reveal, staff_certificate,
     staff_view, QueueRow, Revealable, StaffView,

@@ -40,6 +40,7 @@ pub fn router(state: Shared) -> Router {
             get(problem_reports).post(problem_report),
         )
         .route("/api/v1/problem-reports/{id}", get(problem_report_show))
+        .route("/api/v1/audit/export", get(audit_export))
         .route(
             "/api/v1/problem-reports/{id}/preliminary",
             post(problem_report_preliminary),
@@ -71,7 +72,7 @@ pub fn router(state: Shared) -> Router {
     paths(
         list, create, show, identity, organisation, domains, fee, decision, certificate,
         problem_report, problem_reports, problem_report_show, problem_report_preliminary,
-        problem_report_decision
+        problem_report_decision, audit_export
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
@@ -875,4 +876,20 @@ async fn problem_report_decision(
     let (revoked, notices) = ra::report_decide(&s.auth, &staff, &id, outcome, &b.note).await?;
     send_notices(&s, notices).await;
     Ok(Json(revoked))
+}
+
+/// `GET /api/v1/audit/export?since=&until=&actor=&kind=&serial=&reference=&format=jsonl|csv`:
+/// a stretch of the audit chain up to its covering signed checkpoint, for offline
+/// verification (`ecert audit verify --export`; docs/AUDIT.md). Auditors and data owners.
+#[utoipa::path(get, path = "/api/v1/audit/export",
+    params(("since" = Option<String>, Query), ("until" = Option<String>, Query), ("actor" = Option<String>, Query),
+        ("kind" = Option<String>, Query), ("serial" = Option<String>, Query), ("reference" = Option<String>, Query),
+        ("format" = Option<String>, Query, description = "jsonl (default) or csv")),
+    responses((status = 200, description = "the export", content_type = "application/jsonl"), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn audit_export(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    axum::extract::Query(q): axum::extract::Query<super::audit_pages::AuditQuery>,
+) -> Result<Response, ApiFailure> {
+    Ok(super::audit_pages::api_export(&s, &staff, &q).await?)
 }

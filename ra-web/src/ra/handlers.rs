@@ -1863,6 +1863,27 @@ async fn every_route_as_every_role_follows_the_matrix() {
             Some(A::AnswerProblemReports),
             false,
         ),
+        page(
+            "GET",
+            "/staff/audit?kind=ca".into(),
+            serde_json::json!({}),
+            Some(A::ViewAudit),
+            false,
+        ),
+        page(
+            "GET",
+            "/staff/audit/export?kind=ca&format=csv".into(),
+            serde_json::json!({}),
+            Some(A::ViewAudit),
+            false,
+        ),
+        api(
+            "GET",
+            "/api/v1/audit/export?kind=ca".into(),
+            serde_json::json!(null),
+            Some(A::ViewAudit),
+            false,
+        ),
         api(
             "GET",
             "/api/v1/applications".into(),
@@ -2137,4 +2158,53 @@ async fn signed_in_from(
     let home = app.get("/staff", &cookie).await;
     assert_eq!(home.status, StatusCode::OK, "{}", home.body);
     (cookie, home.hidden("csrf"))
+}
+
+/// Issue 14: an auditor reads the audit trail on its page (filtered) and downloads an export
+/// that verifies under the audit public key alone; the export is an audit event with the
+/// auditor's name; a clerk is refused both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditor_reads_and_exports_the_trail() {
+    let app = app(|_| {}).await;
+    app.auth.checkpoint().await.unwrap();
+    let (auditor, _) = staff_cookie(&app, "auditor1", "gpo", ra::Role::Auditor).await;
+    let home = app.get("/staff", &auditor).await;
+    assert!(home.body.contains("id=\"audit-link\""), "{}", home.body);
+    assert!(!home.body.contains("id=\"queue\""), "{}", home.body);
+    let r = app.get("/staff/audit?kind=ca", &auditor).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("ca.created"), "{}", r.body);
+    assert!(!r.body.contains("ra.staff.created"), "filtered: {}", r.body);
+    let r = app
+        .get("/staff/audit/export?kind=ca&format=csv", &auditor)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.headers[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .ends_with(".csv\""));
+    let e = ca_core::audit::export::parse(&r.body).unwrap();
+    assert!(e.matched() >= 3, "{}", r.body);
+    assert_eq!(
+        ca_core::audit::export::verify(&e, app.auth.audit_public_key()),
+        vec![]
+    );
+    let bad = app.get("/staff/audit?since=yesterday", &auditor).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE kind = 'audit.exported' AND actor = 'staff:auditor1'",
+    )
+    .fetch_one(app.auth.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    let (clerk, _) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    assert_eq!(
+        app.get("/staff/audit", &clerk).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.get("/staff/audit/export", &clerk).await.status,
+        StatusCode::FORBIDDEN
+    );
 }

@@ -9,6 +9,7 @@
 //! owner (tracking secret, staff outlet), so a swapped id finds nothing (404).
 
 mod api;
+mod audit_pages;
 mod i18n;
 mod mail;
 mod reports;
@@ -150,6 +151,8 @@ pub fn router(state: Shared) -> Router {
             post(reports::staff_preliminary),
         )
         .route("/staff/reports/{id}/decide", post(reports::staff_decide))
+        .route("/staff/audit", get(audit_pages::staff_audit))
+        .route("/staff/audit/export", get(audit_pages::staff_audit_export))
         .layer(axum::middleware::map_response(security_headers))
         // Forms and a CSR: a few kilobytes.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -1429,6 +1432,7 @@ struct QueuePage {
     can_view: bool,
     can_enter: bool,
     can_reports: bool,
+    can_audit: bool,
     /// Each action the role may take, for the "your role" line.
     allowed: Vec<&'static str>,
 }
@@ -1452,10 +1456,11 @@ async fn staff_queue(
     };
     let t = lang.0.texts();
     let may = |a: ra::Action| ra::permissions::permits(staff.role, a).is_some();
-    let (can_view, can_enter, can_reports) = (
+    let (can_view, can_enter, can_reports, can_audit) = (
         may(ra::Action::ViewApplications),
         may(ra::Action::EnterApplication),
         may(ra::Action::ViewProblemReports),
+        may(ra::Action::ViewAudit),
     );
     let allowed = ra::Action::ALL
         .into_iter()
@@ -1502,6 +1507,7 @@ async fn staff_queue(
             can_view,
             can_enter,
             can_reports,
+            can_audit,
             allowed,
         },
         lang,
