@@ -40,6 +40,7 @@ use crate::Error;
 mod module;
 mod token;
 
+pub use module::reinitialisations;
 pub use token::{Pkcs11Key, Pkcs11Secret, PrivateKeyAttributes, SecretKind, Token};
 
 /// Where Debian and Ubuntu install the SoftHSM2 module.
@@ -173,6 +174,10 @@ fn classify(rv: &RvError) -> Class {
 enum Failure {
     /// Reconnecting may help; the detail goes into [`Error::TokenUnavailable`] if it does not.
     Retry(String),
+    /// A key this process knew is not visible (label given). A token whose storage went away
+    /// can answer an empty search while still accepting a login: retried after a reconnect,
+    /// and only then [`Error::KeyNotFound`].
+    Missing(String),
     /// Reconnecting will not help.
     Fatal(Error),
 }
@@ -214,6 +219,7 @@ impl From<Failure> for Error {
     fn from(f: Failure) -> Error {
         match f {
             Failure::Retry(detail) => Error::TokenUnavailable { detail },
+            Failure::Missing(label) => Error::KeyNotFound { label },
             Failure::Fatal(e) => e,
         }
     }

@@ -554,3 +554,69 @@ fn signing_resumes_when_a_lost_token_comes_back() {
         w.join().unwrap();
     }
 }
+
+/// Review of issue 13's fix: while one token of a module is lost, a second, healthy token on
+/// the same module signing all the time must not end the first one's outage (which reset the
+/// backoff and re-initialised the module on every call), and the lost token's keys are
+/// "unavailable", never "not found".
+#[test]
+fn a_healthy_token_does_not_end_another_tokens_outage() {
+    let (cfg, dir) = setup("t-lost-a");
+    let token = Token::open(&cfg).unwrap();
+    let key = token.generate_ec_key("ca-key").unwrap();
+    let (other_cfg, _) = setup("t-healthy-b");
+    let other = Token::open(&other_cfg).unwrap();
+    let other_key = other.generate_ec_key("other-key").unwrap();
+    key.sign(b"before").unwrap();
+
+    let away = dir.parent().unwrap().with_extension(format!(
+        "away-{}",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::rename(&dir, &away).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (stop, other_key) = (stop.clone(), other_key.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if other_key.sign(b"healthy").is_ok() {
+                    n += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            n
+        })
+    };
+    let started = std::time::Instant::now();
+    let before = pkcs11::reinitialisations();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        match key.sign(b"while away") {
+            Err(Error::TokenUnavailable { .. }) => {}
+            other => panic!("a lost token's key must be unavailable: {other:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let reinits = pkcs11::reinitialisations() - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let healthy = busy.join().unwrap();
+    // Backoff 0.5, 1, 2 s: a handful in 3 s, not one per call (~150).
+    assert!(reinits <= 6, "{reinits} re-initialisations in 3 s");
+    assert!(
+        healthy > 50,
+        "the healthy token signed only {healthy} times"
+    );
+
+    std::fs::rename(&away, &dir).unwrap();
+    let back = std::time::Instant::now();
+    while key.sign(b"after").is_err() {
+        assert!(back.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A key that really is not there is still "not found" (after one reconnect).
+    assert!(matches!(
+        token.key("no-such-key"),
+        Err(Error::KeyNotFound { .. })
+    ));
+    assert!(token.find_key("no-such-key").unwrap().is_none());
+}

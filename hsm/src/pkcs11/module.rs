@@ -15,7 +15,7 @@
 //! operations fail at once with [`Error::TokenUnavailable`] instead of sleeping. The outage is
 //! logged when it starts, at most once a minute while it lasts, and when it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
@@ -57,12 +57,23 @@ pub(crate) struct Module {
 
 #[derive(Default)]
 struct Recovery {
+    /// The labels of the tokens lost (a healthy token on the same module does not end the
+    /// outage of another).
+    lost: HashSet<String>,
     down_since: Option<Instant>,
     /// No re-initialisation before this.
     next_try: Option<Instant>,
     delay: Duration,
     reinits: u64,
     last_log: Option<Instant>,
+}
+
+/// Re-initialisations of every module since the process started (for metrics and tests).
+static REINITIALISATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times a PKCS#11 module was finalised and initialised again in this process.
+pub fn reinitialisations() -> u64 {
+    REINITIALISATIONS.load(Ordering::Relaxed)
 }
 
 /// The process-wide module at `path`: loaded and `C_Initialize`d on first use.
@@ -114,15 +125,50 @@ impl Module {
         self.live().epoch
     }
 
-    /// `C_Finalize` then `C_Initialize`, unless another thread did so since `seen_epoch` or the
-    /// backoff says wait (then the answer is a [`Error::TokenUnavailable`] detail, at once).
-    /// `why` is the failure that led here, for the log.
-    pub(crate) fn reinitialize(&self, seen_epoch: u64, why: &str) -> Result<(), String> {
+    /// How long until the module is re-initialised again, while the token labelled `label` is
+    /// lost and the backoff runs: its operations fail at once meanwhile, without a reconnect.
+    pub(crate) fn backoff_remaining(&self, label: &str) -> Option<Duration> {
+        if !self.down.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = lock(&self.recovery);
+        if !r.lost.contains(label) {
+            return None;
+        }
+        r.next_try
+            .and_then(|at| at.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// `C_Finalize` then `C_Initialize` because the token labelled `label` cannot be reached,
+    /// unless another thread did so since `seen_epoch` or the backoff says wait (then the
+    /// answer is a [`Error::TokenUnavailable`] detail, at once). `why` is the failure that led
+    /// here, for the log.
+    pub(crate) fn reinitialize(
+        &self,
+        seen_epoch: u64,
+        label: &str,
+        why: &str,
+    ) -> Result<(), String> {
         let mut r = lock(&self.recovery);
+        let now = Instant::now();
+        if r.lost.insert(label.to_string()) {
+            if r.down_since.is_none() {
+                r.down_since = Some(now);
+                r.delay = REINIT_FIRST_DELAY;
+            }
+            r.last_log = Some(now);
+            self.down.store(true, Ordering::SeqCst);
+            tracing::error!(
+                module = %self.path.display(),
+                token = label,
+                reason = why,
+                "PKCS#11 token lost; re-initialising the module until it is back"
+            );
+        }
         if self.epoch() != seen_epoch {
             return Ok(());
         }
-        let now = Instant::now();
         if let Some(at) = r.next_try {
             if now < at {
                 return Err(format!(
@@ -131,42 +177,34 @@ impl Module {
                 ));
             }
         }
-        let first = r.down_since.is_none();
-        if first {
-            r.down_since = Some(now);
-            r.delay = REINIT_FIRST_DELAY;
-            r.last_log = Some(now);
-            self.down.store(true, Ordering::SeqCst);
-            tracing::error!(
-                module = %self.path.display(),
-                reason = why,
-                "PKCS#11 token lost; re-initialising the module until it is back"
-            );
-        } else if r.last_log.is_none_or(|t| now - t >= OUTAGE_LOG_EVERY) {
+        if r.last_log.is_none_or(|t| now - t >= OUTAGE_LOG_EVERY) {
             r.last_log = Some(now);
             tracing::error!(
                 module = %self.path.display(),
+                tokens = ?r.lost,
                 reason = why,
                 down_seconds = r.down_since.map_or(0, |t| (now - t).as_secs()),
                 reinitialisations = r.reinits,
                 "PKCS#11 token still unavailable"
             );
         }
-        let result = {
-            let mut live = self
-                .live
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Every session and handle dies here, whatever C_Finalize answers.
-            live.epoch += 1;
-            // CKR_CRYPTOKI_NOT_INITIALIZED (an earlier C_Initialize failed) is fine.
-            let _ = live.ctx.clone().finalize();
-            initialize(&live.ctx)
-        };
-        r.reinits += 1;
-        r.next_try = Some(Instant::now() + r.delay);
+        r.next_try = Some(now + r.delay);
         r.delay = (r.delay * 2).min(REINIT_MAX_DELAY);
-        match result {
+        let mut live = self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A C_Finalize that fails (other than "not initialised") leaves the sessions alive:
+        // the epoch stays, so they are still closed when dropped, and nothing is rescanned.
+        match live.ctx.clone().finalize() {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+            Err(e) => return Err(format!("{why}; C_Finalize failed: {e}")),
+        }
+        // Every session and handle died with C_Finalize.
+        live.epoch += 1;
+        r.reinits += 1;
+        REINITIALISATIONS.fetch_add(1, Ordering::Relaxed);
+        match initialize(&live.ctx) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
                 tracing::debug!("PKCS#11 module re-initialised");
                 Ok(())
@@ -175,22 +213,28 @@ impl Module {
         }
     }
 
-    /// An operation succeeded: ends an outage (logged once) and resets the backoff.
-    pub(crate) fn note_ok(&self) {
+    /// An operation on the token labelled `label` succeeded in `epoch`: ends that token's
+    /// outage (logged once), and the backoff once no token of the module is lost. A success
+    /// of another token, or from before the last re-initialisation, ends nothing.
+    pub(crate) fn note_ok(&self, label: &str, epoch: u64) {
         if !self.down.load(Ordering::Relaxed) {
             return;
         }
         let mut r = lock(&self.recovery);
-        if let Some(since) = r.down_since.take() {
-            tracing::warn!(
-                module = %self.path.display(),
-                down_seconds = since.elapsed().as_secs(),
-                reinitialisations = r.reinits,
-                "PKCS#11 token back; signing again"
-            );
+        if self.epoch() != epoch || !r.lost.remove(label) {
+            return;
         }
-        *r = Recovery::default();
-        self.down.store(false, Ordering::SeqCst);
+        tracing::warn!(
+            module = %self.path.display(),
+            token = label,
+            down_seconds = r.down_since.map_or(0, |t| t.elapsed().as_secs()),
+            reinitialisations = r.reinits,
+            "PKCS#11 token back; signing again"
+        );
+        if r.lost.is_empty() {
+            *r = Recovery::default();
+            self.down.store(false, Ordering::SeqCst);
+        }
     }
 }
 

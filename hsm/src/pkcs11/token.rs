@@ -118,7 +118,7 @@ impl Token {
         let module_key = canonical(&cfg.module);
         let pin_digest = pin_digest(&module_key, &cfg.token_label, &cfg.user_pin);
         let token_key = (module_key, cfg.token_label.clone());
-        let (slot, login) = {
+        let (slot, login, epoch) = {
             let live = pkcs11.live();
             let slot = find_slot(&live.ctx, &cfg.token_label)
                 .map_err(|e| error("C_GetSlotList", e))?
@@ -129,8 +129,10 @@ impl Token {
                 .map_err(|e| error("C_OpenSession", e))?;
             login_user(&login, &token_key, &user_pin, &pin_digest)
                 .map_err(|e| error("C_Login", e))?;
-            (slot, login)
+            (slot, login, live.epoch)
         };
+        // Reached and logged in: if this label was lost, it is back.
+        pkcs11.note_ok(&cfg.token_label, epoch);
         tracing::debug!("PKCS#11 token opened and user logged in");
         Ok(Token {
             inner: Arc::new(Inner {
@@ -210,7 +212,8 @@ impl Token {
             let session = &p.session;
             let handles = find_private(session, label, None)?;
             let handle = match handles.as_slice() {
-                [] => return Ok(None),
+                // Looked for again after a reconnect before it counts as absent.
+                [] => return Err(Failure::Missing(label.to_string())),
                 [h] => *h,
                 _ => return Err(ambiguous(label)),
             };
@@ -218,7 +221,11 @@ impl Token {
             let point = read_public_point(session, label, &id)?;
             p.keys.insert(label.to_string(), (id.clone(), handle));
             Ok(Some((id, point)))
-        })?;
+        });
+        let found = match found {
+            Err(Error::KeyNotFound { .. }) => None,
+            other => other?,
+        };
         match found {
             None => Ok(None),
             Some((id, point)) => self.make_key(label, id, &point).map(Some),
@@ -300,13 +307,16 @@ impl Token {
     /// other [`Token`] values and those busy signing right now, loses its access to the keys and
     /// its key handles) and `C_CloseSession` for each session this token holds.
     pub fn close_all_sessions(&self) {
-        let _live = self.inner.pkcs11.live();
+        let live = self.inner.pkcs11.live();
         let mut state = lock(&self.inner.state);
         // New generation first, so that operations the logout breaks see they were interrupted.
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
-        if let Some(login) = &state.login {
-            // Errors (already logged out, session gone) do not matter here.
-            let _ = login.logout();
+        // Only through a session of this epoch: an older handle number may name another's.
+        if state.connected(&live) {
+            if let Some(login) = &state.login {
+                // Errors (already logged out, session gone) do not matter here.
+                let _ = login.logout();
+            }
         }
         let stale = self.invalidate_locked(&mut state);
         drop(state);
@@ -428,6 +438,17 @@ impl Token {
         mut op: impl FnMut(&mut Pooled) -> Result<T, Failure>,
     ) -> Result<T, Error> {
         let pkcs11 = &self.inner.pkcs11;
+        let label = self.inner.label.as_str();
+        // While this token is lost and the backoff runs, fail at once (no reconnect attempt
+        // per call, which on a network HSM would cost a timeout each).
+        if let Some(wait) = pkcs11.backoff_remaining(label) {
+            return Err(Error::TokenUnavailable {
+                detail: format!(
+                    "the token {label:?} is lost; the PKCS#11 module is re-initialised again in {} ms",
+                    wait.as_millis()
+                ),
+            });
+        }
         let mut seen_generation = self.inner.generation.load(Ordering::SeqCst);
         let mut last = String::new();
         // Set to the epoch in which a reconnect could not reach the token.
@@ -436,7 +457,7 @@ impl Token {
             if attempt > 0 {
                 match unreachable_in.take() {
                     Some(epoch) => {
-                        if let Err(detail) = pkcs11.reinitialize(epoch, &last) {
+                        if let Err(detail) = pkcs11.reinitialize(epoch, label, &last) {
                             return Err(Error::TokenUnavailable { detail });
                         }
                     }
@@ -454,7 +475,7 @@ impl Token {
                         seen_generation = self.inner.generation.load(Ordering::SeqCst);
                         continue;
                     }
-                    Err(Failure::Fatal(e)) => return Err(e),
+                    Err(f @ (Failure::Fatal(_) | Failure::Missing(_))) => return Err(f.into()),
                 }
             }
             let mut p = match self.checkout(&live, read_write) {
@@ -466,15 +487,24 @@ impl Token {
                     seen_generation = self.inner.generation.load(Ordering::SeqCst);
                     continue;
                 }
-                Err(Failure::Fatal(e)) => return Err(e),
+                Err(f @ (Failure::Fatal(_) | Failure::Missing(_))) => return Err(f.into()),
             };
             seen_generation = p.generation;
             match op(&mut p) {
                 Ok(v) => {
+                    let epoch = live.epoch;
                     self.checkin(&live, p);
                     drop(live);
-                    pkcs11.note_ok();
+                    pkcs11.note_ok(label, epoch);
                     return Ok(v);
+                }
+                Err(Failure::Missing(key)) => {
+                    // Seen again after a reconnect in this call: the key really is not there.
+                    if attempt > 0 {
+                        return Err(Error::KeyNotFound { label: key });
+                    }
+                    tracing::debug!(attempt, key, "PKCS#11 key not visible; reconnecting");
+                    last = format!("the key labelled {key:?} is not visible in the token");
                 }
                 Err(Failure::Retry(detail)) => {
                     tracing::debug!(attempt, %detail, "PKCS#11 operation failed; reconnecting");
@@ -548,9 +578,7 @@ fn find_private(
 
 fn one_private(session: &Session, label: &str) -> Result<ObjectHandle, Failure> {
     match find_private(session, label, None)?.as_slice() {
-        [] => Err(Failure::Fatal(Error::KeyNotFound {
-            label: label.to_string(),
-        })),
+        [] => Err(Failure::Missing(label.to_string())),
         [h] => Ok(*h),
         _ => Err(ambiguous(label)),
     }
@@ -762,7 +790,9 @@ impl Pkcs11Key {
             })
         };
         let handle = match find_private(&p.session, &self.label, Some(&self.id))?.as_slice() {
-            [] => return Err(not_found()),
+            // Not visible: a token whose storage went away answers so; retried after a
+            // reconnect, and only then "not found".
+            [] => return Err(Failure::Missing(self.label.to_string())),
             [h] => *h,
             _ => return Err(ambiguous(&self.label)),
         };
@@ -929,9 +959,7 @@ fn find_secret_in(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, F
 
 fn one_secret(session: &Session, label: &str) -> Result<ObjectHandle, Failure> {
     match find_secret_in(session, label)?.as_slice() {
-        [] => Err(Failure::Fatal(Error::KeyNotFound {
-            label: label.to_string(),
-        })),
+        [] => Err(Failure::Missing(label.to_string())),
         [h] => Ok(*h),
         _ => Err(ambiguous(label)),
     }
@@ -987,7 +1015,14 @@ impl Token {
         label: &str,
         kind: SecretKind,
     ) -> Result<Option<Pkcs11Secret>, Error> {
-        let n = self.run(false, |p| Ok(find_secret_in(&p.session, label)?.len()))?;
+        let n = self.run(false, |p| match find_secret_in(&p.session, label)?.len() {
+            0 => Err(Failure::Missing(label.to_string())),
+            n => Ok(n),
+        });
+        let n = match n {
+            Err(Error::KeyNotFound { .. }) => 0,
+            other => other?,
+        };
         match n {
             0 => Ok(None),
             1 => Ok(Some(self.secret_handle(label, kind))),
