@@ -1498,13 +1498,12 @@ impl Authority {
             subject: Some(role.name().into()),
             detail: json!({ "crl": file, "number": number, "entries": entries, "this_update": this_update, "next_update": this_update + validity, "crl_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der)) }),
         };
-        // The file (a convenience copy for a web server in front) is written while the
-        // database stores the CRL that every instance serves.
+        // The database stores the CRL that every instance serves; then the file (a
+        // convenience copy for a web server in front) is written — never before, so a file
+        // never holds a CRL the database lacks (and a newer file is never rolled back).
         let dir = self.config.data_dir.join("crl");
         let path = dir.join(&file);
-        let write_file = write_crl_file(dir, file.clone(), der.clone());
-        let stored = self
-            .store
+        self.store
             .insert_crl(
                 role.name(),
                 scope,
@@ -1516,12 +1515,15 @@ impl Authority {
                 &der,
                 &event,
             )
-            .await;
-        let written = write_file.await;
-        stored?;
-        // Stored and served: only the copy is behind, and is written again until it is not.
+            .await?;
+        // Published: a file that cannot be written (a full disk) is noted behind, reported by
+        // /healthz (`crl_files`) and written again by rewrite_crl_files; it does not make the
+        // publication fail.
+        let written = write_crl_file(dir, file.clone(), der.clone()).await;
+        if let Err(e) = &written {
+            tracing::warn!(crl = file, error = %e, "CRL stored and served; its file could not be written");
+        }
         self.note_crl_file(role, scope, written.is_ok());
-        written?;
         tracing::info!(
             crl = file,
             number,

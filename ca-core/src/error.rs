@@ -147,10 +147,11 @@ pub enum Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         if store_full(&e) {
-            tracing::warn!(error = %e, "the database's disk is full");
+            // Debug only: callers log their failures (once per outage in the background duties).
+            tracing::debug!(error = %e, "the database's disk is full");
             Error::StoreFull(e.to_string())
         } else if store_unreachable(&e) {
-            tracing::warn!(error = %e, "the database is unreachable");
+            tracing::debug!(error = %e, "the database is unreachable");
             Error::StoreUnavailable(e.to_string())
         } else {
             Error::Store(e.to_string())

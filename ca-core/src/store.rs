@@ -361,16 +361,26 @@ impl Store {
     /// The database server's clock, Unix milliseconds (PostgreSQL's `clock_timestamp()`; on
     /// SQLite, which runs in this process, this host's own clock).
     pub async fn reference_time_ms(&self) -> Result<i64> {
+        let mut conn = self.pool.acquire().await?;
+        self.reference_time_ms_on(&mut conn).await
+    }
+
+    /// [`Store::reference_time_ms`] on a connection the caller holds (so that a measured round
+    /// trip does not include waiting for one).
+    pub async fn reference_time_ms_on(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    ) -> Result<i64> {
         match self.engine {
             Engine::Postgres => Ok(sqlx::query_scalar::<_, i64>(
                 "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut **conn)
             .await?),
             Engine::Sqlite => Ok(sqlx::query_scalar::<_, i64>(
                 "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut **conn)
             .await?),
         }
     }

@@ -138,6 +138,9 @@ struct Probe {
     /// CRLs behind the revocations of their scope: since when (Unix seconds) each has been
     /// (a revocation a relying party would not find in the CRL its certificate names).
     crls_behind: HashMap<(CaRole, Scope), i64>,
+    /// The signer's write probes failed in a row, and the last one's error.
+    write_failures: u32,
+    write_error: Option<String>,
 }
 type Shared = Arc<AppState>;
 
@@ -299,7 +302,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
             a.crl_watch_seconds,
         )));
         background.push(tokio::spawn(ocsp_signer(state.clone())));
-        check_hsm(&state).await;
+        check_hsm(&state, &mut None).await;
         background.push(tokio::spawn(keep_checking_hsm(state.clone())));
     }
     sync(&state)
@@ -523,10 +526,15 @@ async fn healthz(State(s): State<Shared>) -> Response {
     let mut crls = serde_json::Map::new();
     // From the last store probe (every PROBE_EVERY), never a query per request.
     let probe = s.probe.read().map(|p| p.clone()).unwrap_or_default();
-    let db = match &probe.error {
-        None if now - probe.ok_at <= PROBE_STALE => "ok".to_string(),
-        None => format!("error: no probe for {} s", now - probe.ok_at),
-        Some(e) => e.clone(),
+    let db = match (&probe.error, &probe.write_error) {
+        (Some(e), _) => e.clone(),
+        (None, _) if now - probe.ok_at > PROBE_STALE => {
+            format!("error: no probe for {} s", now - probe.ok_at)
+        }
+        (None, Some(e)) if probe.write_failures >= 2 => {
+            format!("error: the database accepts no writes: {e}")
+        }
+        (None, _) => "ok".to_string(),
     };
     ok &= db == "ok";
     // From the last background check (every HSM_CHECK_EVERY), never a signature per request.
@@ -868,17 +876,36 @@ async fn probe(s: &AppState) {
         let reports = s.repo.problem_report_clocks(now).await.map_err(|e| {
             tracing::warn!(error = %e, "could not count the problem reports' clocks");
         });
-        // Answering reads is not enough: a database that accepts no writes (a full disk, a
-        // read-only replica) revokes nothing and issues nothing.
-        s.repo
-            .write_health_probe(&s.instance, now)
-            .await
-            .map_err(|e| ca_core::Error::Store(format!("the database accepts no writes: {e}")))?;
         Ok::<_, ca_core::Error>((counts, backlog, heads, reports.ok(), versions))
     };
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
     let result = tokio::time::timeout(DB_PROBE, read).await;
+    // Answering reads is not enough: a database that accepts no writes (a full disk, a lost
+    // privilege) revokes nothing and issues nothing. The signer writes its row; a
+    // `--no-signer` mirror may sit on a read replica and does not. One slow write (another
+    // transaction holding SQLite's write lock) is not a fault: two in a row are.
+    let wrote = match s.auth.is_some() {
+        false => None,
+        true => Some(
+            match tokio::time::timeout(DB_PROBE, s.repo.write_health_probe(&s.instance, now)).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no write within {} s", DB_PROBE.as_secs())),
+            },
+        ),
+    };
     let Ok(mut p) = s.probe.write() else { return };
+    match wrote {
+        Some(Err(e)) => {
+            p.write_failures += 1;
+            p.write_error = Some(e);
+        }
+        _ => {
+            p.write_failures = 0;
+            p.write_error = None;
+        }
+    }
     match result {
         Ok(Ok((counts, backlog, heads, reports, versions))) => {
             // A scope whose revocations are newer than its newest CRL was built from is
@@ -917,15 +944,32 @@ async fn keep_probing(s: Shared) {
     }
 }
 
-/// One HSM check into [`AppState::hsm`], bounded by [`HSM_CHECK_TIMEOUT`].
-async fn check_hsm(s: &AppState) {
+/// An HSM check that has not finished (its thread may be stuck in the module).
+type RunningCheck = Option<(tokio::task::JoinHandle<Result<(), String>>, i64)>;
+
+/// One HSM check into [`AppState::hsm`], bounded by [`HSM_CHECK_TIMEOUT`]. A check that is
+/// still running (a hung PKCS#11 call cannot be cancelled) is waited for, not joined by
+/// another: hung checks never pile up threads.
+async fn check_hsm(s: &AppState, running: &mut RunningCheck) {
     let Some(auth) = &s.auth else { return };
-    let result = match tokio::time::timeout(HSM_CHECK_TIMEOUT, auth.hsm_check()).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "no signature within {} s",
-            HSM_CHECK_TIMEOUT.as_secs()
-        )),
+    let (mut task, started) = match running.take() {
+        Some(r) => r,
+        None => {
+            let auth = auth.clone();
+            (
+                tokio::spawn(async move { auth.hsm_check().await.map_err(|e| e.to_string()) }),
+                now(),
+            )
+        }
+    };
+    let result = match tokio::time::timeout(HSM_CHECK_TIMEOUT, &mut task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(format!("the HSM check failed: {e}")),
+        Err(_) => {
+            let waited = now() - started;
+            *running = Some((task, started));
+            Err(format!("no signature within {waited} s"))
+        }
     };
     let now = now();
     if let Ok(mut h) = s.hsm.write() {
@@ -948,9 +992,10 @@ async fn check_hsm(s: &AppState) {
 async fn keep_checking_hsm(s: Shared) {
     let mut tick = tokio::time::interval(HSM_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut running = None;
     loop {
         tick.tick().await;
-        check_hsm(&s).await;
+        check_hsm(&s, &mut running).await;
     }
 }
 
@@ -1064,7 +1109,12 @@ async fn ocsp_signer(s: Shared) {
     let mut outage = Outage::default();
     loop {
         if !sign_ocsp_due(auth, &mut outage).await {
-            tokio::time::sleep(OCSP_SIGN_EVERY).await;
+            // While signing keeps failing (a full disk, the database, the HSM), wait longer
+            // between passes (up to 2 s) rather than sign batches that cannot be stored.
+            let pause = OCSP_SIGN_EVERY
+                .saturating_mul(1u32 << outage.failures.min(4))
+                .min(Duration::from_secs(2));
+            tokio::time::sleep(pause).await;
         }
     }
 }

@@ -491,25 +491,40 @@ impl Authority {
                 // One serial that cannot be signed must not hold back the others: it stays
                 // queued (its error logged) and is tried again on the next pass. A token that
                 // is unavailable fails every serial alike: the pass stops and says so once.
+                // What this lane signed before stopping is kept (stored below).
                 let mut signed = Vec::with_capacity(chunk.len());
                 for (d, r, i) in chunk {
                     let serial = d.serial.clone();
                     match sign_pair(d, &r, &i, now, next) {
                         Ok(s) => signed.push(s),
-                        Err(e @ Error::Hsm(hsm::Error::TokenUnavailable { .. })) => return Err(e),
+                        Err(e @ Error::Hsm(hsm::Error::TokenUnavailable { .. })) => {
+                            return (signed, Some(e))
+                        }
                         Err(e) => tracing::error!(serial = %serial, error = %e, "OCSP: cannot sign this serial's response"),
                     }
                 }
-                Ok::<_, Error>(signed)
+                (signed, None)
             }));
         }
         let mut rows = Vec::new();
+        let mut stopped = None;
         for t in tasks {
-            rows.extend(t.await.map_err(|e| {
-                Error::Hsm(hsm::Error::TokenUnavailable {
-                    detail: format!("OCSP signing task failed: {e}"),
-                })
-            })??);
+            match t.await {
+                Ok((signed, error)) => {
+                    rows.extend(signed);
+                    stopped = stopped.or(error);
+                }
+                Err(e) => {
+                    stopped = stopped.or(Some(Error::Hsm(hsm::Error::TokenUnavailable {
+                        detail: format!("OCSP signing task failed: {e}"),
+                    })))
+                }
+            }
+        }
+        if rows.is_empty() {
+            if let Some(e) = stopped {
+                return Err(e);
+            }
         }
         let mut per_ca: HashMap<&str, usize> = HashMap::new();
         for (d, ..) in &rows {
@@ -526,7 +541,11 @@ impl Authority {
             detail: json!({ "serials": per_ca, "responders": responder_serials, "this_update": now, "next_update": next }),
         };
         self.store.store_ocsp(&rows, &event).await?;
-        Ok(rows.len())
+        // Stored what was signed; the rest waits for the next pass, and the caller hears why.
+        match stopped {
+            Some(e) => Err(e),
+            None => Ok(rows.len()),
+        }
     }
 }
 

@@ -407,6 +407,7 @@ pub(crate) fn public_message(e: &Error) -> String {
         Error::Hsm(hsm::Error::TokenUnavailable { .. }) => {
             "the signing device is unavailable: try again shortly".to_string()
         }
+        Error::Clock(_) => "the service's clock is being checked: try again shortly".to_string(),
         Error::StoreFull(_) => {
             "the service cannot record anything at the moment: nothing was changed; try again shortly"
                 .to_string()
