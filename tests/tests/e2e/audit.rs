@@ -368,3 +368,86 @@ fn the_witness_catches_a_chain_rewritten_and_signed_again() {
         show(&o)
     );
 }
+
+/// Issue 14: if the audit record cannot be written, the action does not happen. The record
+/// with the linting TBS (`issuance.linted`) commits before the HSM is asked to sign; here the
+/// database refuses it (a trigger that raises) and the HSM is never asked — the failpoint
+/// just before the HSM call, which panics when reached (as the first, unrefused issuance
+/// shows), stays silent — and nothing is issued.
+#[test]
+fn an_issuance_whose_audit_record_cannot_be_written_never_reaches_the_hsm() {
+    let ca = Ca::init();
+    let p = personal();
+    let issue = |name: &str| {
+        let csr = ca.csr(name, KeyType::P256);
+        let out = ca.file(&format!("{name}.pem"));
+        let mut args = vec!["issue", "--profile", p.profile, "--csr"];
+        let csr_path = csr.csr.to_str().unwrap().to_string();
+        let out_path = out.to_str().unwrap().to_string();
+        args.push(&csr_path);
+        args.extend(p.args.iter().copied());
+        args.extend(["--out", &out_path]);
+        let o = ca
+            .command(
+                &args,
+                &[(
+                    "FAILPOINTS",
+                    "ca::before_hsm_sign=panic(the HSM is asked to sign)",
+                )],
+            )
+            .output()
+            .unwrap();
+        (o, out)
+    };
+    let issued_certificates = || -> i64 {
+        ca.sql_query("SELECT COUNT(*) FROM certificates WHERE state = 'issued'")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Control: without the refusal, the issuance reaches the HSM call.
+    let (o, _) = issue("control");
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the HSM is asked to sign"),
+        "the failpoint is not live; build with --features failpoints\n{}",
+        show(&o)
+    );
+    let before = issued_certificates();
+
+    let refuse = match ca.db() {
+        Db::Sqlite => "CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log \
+             WHEN NEW.kind = 'issuance.linted' BEGIN SELECT RAISE(ABORT, 'the audit store refuses'); END;"
+            .to_string(),
+        Db::Postgres => "CREATE FUNCTION audit_refuses() RETURNS trigger AS $$ BEGIN \
+             IF NEW.kind = 'issuance.linted' THEN RAISE EXCEPTION 'the audit store refuses'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER audit_refuses BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_refuses();"
+            .to_string(),
+    };
+    ca.tamper(&refuse);
+    let (o, out) = issue("refused");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        err.contains("the audit store refuses"),
+        "the refusal is not named\n{}",
+        show(&o)
+    );
+    assert!(
+        !err.contains("the HSM is asked to sign") && !err.contains("panicked"),
+        "the HSM was asked to sign although the audit record was refused\n{}",
+        show(&o)
+    );
+    assert!(!out.exists(), "a certificate was written");
+    assert_eq!(issued_certificates(), before);
+    let linted: i64 = ca
+        .sql_query("SELECT COUNT(*) FROM certificates WHERE state = 'issuing'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        linted, 0,
+        "a serial was left issuing without its audit record"
+    );
+}
