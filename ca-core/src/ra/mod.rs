@@ -28,7 +28,7 @@
 //!    identity and organisation checks, corrections), [`decision`] (approve, reject, issue),
 //!    [`renewal`] (online renewal and re-key), [`revocation`] (online and at the counter) and
 //!    [`retention`] (purging personal data), and [`auditing`] (the auditor's view of the
-//!    audit trail).
+//!    audit trail) and [`operations`] (the operator's view and triggers, no personal data).
 //!
 //! Callers use the items re-exported here (`ca_core::ra::submit`, `ca_core::ra::Role`, ...).
 
@@ -39,6 +39,7 @@ mod decision;
 mod domains;
 mod fee;
 mod mailbox;
+mod operations;
 mod outlet;
 pub mod permissions;
 mod problems;
@@ -74,6 +75,7 @@ pub use mailbox::{
     confirm_email, confirm_email_link, new_email_code, CODES_SENT, CODE_ATTEMPTS,
     WAITING_PER_MAILBOX,
 };
+pub use operations::{operations, publish_all_crls, sign_ocsp_now, OpsView};
 pub use outlet::{ensure_outlet, outlets};
 pub use permissions::{Action, Reach};
 pub use problems::{

@@ -40,6 +40,8 @@ pub enum Action {
     ManageOutlets,
     /// See the service's operation: health, publication, queues, counts (no personal data).
     ViewOperations,
+    /// Trigger the service's own tasks: publish the CRLs now, sign the due OCSP responses now.
+    RunOperations,
     /// Read, export and verify the audit trail (no personal data).
     ViewAudit,
     /// Activate the personal-data keys.
@@ -48,7 +50,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order of the matrix's rows.
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 14] = [
         Action::ViewApplications,
         Action::EnterApplication,
         Action::RecordChecks,
@@ -60,6 +62,7 @@ impl Action {
         Action::ManageStaff,
         Action::ManageOutlets,
         Action::ViewOperations,
+        Action::RunOperations,
         Action::ViewAudit,
         Action::ActivatePersonalDataKeys,
     ];
@@ -78,6 +81,7 @@ impl Action {
             Action::ManageStaff => "manage staff accounts and API tokens",
             Action::ManageOutlets => "manage outlets",
             Action::ViewOperations => "view operations (health, publication, queues)",
+            Action::RunOperations => "publish CRLs and sign due OCSP responses now",
             Action::ViewAudit => "read, export and verify the audit trail",
             Action::ActivatePersonalDataKeys => "activate the personal-data keys",
         }
@@ -143,7 +147,10 @@ pub const MATRIX: &[(Role, &[(Action, Reach)])] = &[
         Role::Admin,
         &[(A::ManageStaff, All), (A::ManageOutlets, All)],
     ),
-    (Role::Operator, &[(A::ViewOperations, All)]),
+    (
+        Role::Operator,
+        &[(A::ViewOperations, All), (A::RunOperations, All)],
+    ),
     (Role::Auditor, &[(A::ViewAudit, All)]),
     (
         Role::DataOwner,

@@ -33,9 +33,11 @@ impl Scope {
                 Some(Scope::Read)
             }
             A::EnterApplication | A::RecordChecks => Some(Scope::Enter),
-            A::Decide | A::Revoke | A::AnswerProblemReports | A::RevealPersonalData => {
-                Some(Scope::Decide)
-            }
+            A::Decide
+            | A::Revoke
+            | A::AnswerProblemReports
+            | A::RevealPersonalData
+            | A::RunOperations => Some(Scope::Decide),
             A::ManageStaff | A::ManageOutlets | A::ActivatePersonalDataKeys => None,
         }
     }

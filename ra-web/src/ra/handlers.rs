@@ -1865,6 +1865,27 @@ async fn every_route_as_every_role_follows_the_matrix() {
         ),
         page(
             "GET",
+            "/staff/ops".into(),
+            serde_json::json!({}),
+            Some(A::ViewOperations),
+            false,
+        ),
+        page(
+            "POST",
+            "/staff/ops/sign-ocsp".into(),
+            serde_json::json!({}),
+            Some(A::RunOperations),
+            false,
+        ),
+        page(
+            "POST",
+            "/staff/ops/publish-crls".into(),
+            serde_json::json!({}),
+            Some(A::RunOperations),
+            false,
+        ),
+        page(
+            "GET",
             "/staff/audit?kind=ca".into(),
             serde_json::json!({}),
             Some(A::ViewAudit),
@@ -2206,5 +2227,253 @@ async fn an_auditor_reads_and_exports_the_trail() {
     assert_eq!(
         app.get("/staff/audit/export", &clerk).await.status,
         StatusCode::FORBIDDEN
+    );
+}
+
+/// Issue 14: the operator sees no personal data. A citizen's application goes through the
+/// counter to an issued certificate (and a second one stays open); then the operator signs in
+/// and crawls every page reachable by links from the staff home, every staff route by name,
+/// and every API endpoint with an operator token, and no response carries a personal field of
+/// the fixtures — in clear, in hex or in base64. Reveal is refused; the operator's triggers
+/// work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_crawls_everything_and_sees_no_personal_data() {
+    use base64::Engine as _;
+    let app = app(|_| {}).await;
+    let (cookies, csrf) = citizen(&app).await;
+    let csr = csr_pem();
+    let r = app
+        .post("/apply", &cookies, &application(&csrf, "Z683451(6)", &csr))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (reference, secret, code) = (
+        r.text_of("reference"),
+        r.text_of("tracking-secret"),
+        app.last_code(),
+    );
+    let r = app
+        .post(
+            "/track/confirm",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", &reference),
+                ("secret", &secret),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (clerk, clerk_csrf) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let queue = app.get("/staff", &clerk).await;
+    let id = app_id(&queue, &reference);
+    for (path, fields) in [
+        (
+            "identity",
+            vec![
+                ("version", "1"),
+                ("hkid", "Z683451(6)"),
+                ("card_sighted", "yes"),
+            ],
+        ),
+        (
+            "fee",
+            vec![
+                ("amount", "50.00"),
+                ("method", "cash"),
+                ("receipt", "GPO-1"),
+            ],
+        ),
+        ("decide", vec![("version", "1"), ("decision", "approve")]),
+    ] {
+        let mut f = fields.clone();
+        f.push(("csrf", &clerk_csrf));
+        let r = app
+            .post(&format!("/staff/applications/{id}/{path}"), &clerk, &f)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+    let issued: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM applications WHERE state = 'issued'")
+            .fetch_one(app.auth.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(issued, 1);
+    // A second, open one with other data.
+    let second_csr = csr_pem();
+    let mut second = application(&csrf, "Y531242(4)", &second_csr);
+    for (k, v) in second.iter_mut() {
+        match *k {
+            "surname" => *v = "Wong",
+            "given_name" => *v = "Siu Ming",
+            "name_zh" => *v = "黃小明",
+            "email" => *v = "sm.wong@example.hk",
+            "date_of_birth" => *v = "1975-12-31",
+            "phone" => *v = "+852 9123 4567",
+            "address" => *v = "18 Harbour Road, Wan Chai",
+            _ => {}
+        }
+    }
+    let r = app.post("/apply", &cookies, &second).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Every personal field of both, as typed and as stored forms (HKID without brackets).
+    // (Names as whole words with the given name: a bare "Chan" is also in "Change".)
+    let clear = [
+        "CHAN Tai",
+        "Chan Tai",
+        "Tai Man",
+        "TAI MAN",
+        "陳大文",
+        "tm.chan@example.hk",
+        "Z683451",
+        "Z6834516",
+        "1980-02-29",
+        "2921 2222",
+        "29212222",
+        "Connaught Place",
+        "WONG Siu",
+        "Wong Siu",
+        "Siu Ming",
+        "SIU MING",
+        "黃小明",
+        "sm.wong@example.hk",
+        "Y531242",
+        "Y5312424",
+        "1975-12-31",
+        "9123 4567",
+        "Harbour Road",
+    ];
+    let mut needles: Vec<(String, String)> = Vec::new();
+    for c in clear {
+        needles.push((c.into(), c.into()));
+        needles.push((format!("hex of {c}"), hex::encode(c)));
+        needles.push((format!("HEX of {c}"), hex::encode_upper(c)));
+        for engine in [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            // Each of the three alignments of the value inside a longer base64 text.
+            for pad in ["", "x", "xx"] {
+                let b = engine.encode(format!("{pad}{c}"));
+                let skip = if pad.is_empty() {
+                    0
+                } else {
+                    (pad.len() * 4).div_ceil(3) + 1
+                };
+                let end = b.len().saturating_sub(3);
+                if end > skip + 4 {
+                    needles.push((format!("base64 of {c}"), b[skip..end].to_string()));
+                }
+            }
+        }
+    }
+    let check = |what: &str, body: &str| {
+        for (name, n) in &needles {
+            assert!(
+                !body.contains(n.as_str()),
+                "{what} shows {name} to the operator:\n{}",
+                &body[..body.len().min(2000)]
+            );
+        }
+    };
+
+    let (operator, op_csrf) = staff_cookie(&app, "operator1", "gpo", ra::Role::Operator).await;
+    let token = ra::create_api_token(
+        app.auth.store(),
+        "operator1",
+        "crawl",
+        1,
+        ra::Scopes::parse("read,enter,decide").unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
+    // The triggers work (and their answers are crawled too).
+    let r = app
+        .post("/staff/ops/publish-crls", &operator, &[("csrf", &op_csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.text_of("message").contains("CRLs published"),
+        "{}",
+        r.body
+    );
+    check("POST /staff/ops/publish-crls", &r.body);
+    let r = app
+        .post("/staff/ops/sign-ocsp", &operator, &[("csrf", &op_csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    check("POST /staff/ops/sign-ocsp", &r.body);
+    // Reveal is refused.
+    let r = app
+        .post(
+            &format!("/staff/applications/{id}/reveal"),
+            &operator,
+            &[("csrf", &op_csrf), ("field", "hkid")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    check("reveal", &r.body);
+
+    // Crawl: links from the staff home, then every staff route and API endpoint by name.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec!["/staff".to_string(), "/staff/ops".to_string()];
+    for p in [
+        format!("/staff/applications/{id}"),
+        "/staff/walk-in".into(),
+        "/staff/reports".into(),
+        "/staff/audit".into(),
+        "/staff/audit/export".into(),
+        format!("/staff/applications/{id}/certificate"),
+    ] {
+        todo.push(p);
+    }
+    while let Some(path) = todo.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let r = app.get(&path, &operator).await;
+        check(&format!("GET {path} ({})", r.status), &r.body);
+        for part in r.body.split("href=\"").skip(1) {
+            let link = part
+                .split('"')
+                .next()
+                .unwrap_or_default()
+                .replace("&amp;", "&");
+            if link.starts_with("/staff") && !seen.contains(&link) {
+                todo.push(link);
+            }
+        }
+    }
+    assert!(seen.len() >= 7, "{seen:?}");
+    for path in [
+        "/api/v1/applications".to_string(),
+        format!("/api/v1/applications?reference={reference}"),
+        format!("/api/v1/applications/{id}"),
+        format!("/api/v1/applications/{id}/certificate"),
+        "/api/v1/problem-reports".into(),
+        "/api/v1/audit/export".into(),
+        "/api/v1/openapi.json".into(),
+    ] {
+        let r = app
+            .send(
+                Request::get(&path)
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        check(&format!("API GET {path} ({})", r.status), &r.body);
+    }
+    // And the health of it: the ops page shows the issued certificate's count.
+    let r = app.get("/staff/ops", &operator).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.text_of("hsm"), "ok", "{}", r.body);
+    assert!(
+        r.body
+            .contains("<td>issued</td><td>personal</td><td>1</td>"),
+        "{}",
+        r.body
     );
 }

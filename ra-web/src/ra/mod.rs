@@ -12,6 +12,7 @@ mod api;
 mod audit_pages;
 mod i18n;
 mod mail;
+mod ops_pages;
 mod reports;
 
 use std::collections::HashMap;
@@ -152,6 +153,12 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/staff/reports/{id}/decide", post(reports::staff_decide))
         .route("/staff/audit", get(audit_pages::staff_audit))
+        .route("/staff/ops", get(ops_pages::staff_ops))
+        .route(
+            "/staff/ops/publish-crls",
+            post(ops_pages::staff_publish_crls),
+        )
+        .route("/staff/ops/sign-ocsp", post(ops_pages::staff_sign_ocsp))
         .route("/staff/audit/export", get(audit_pages::staff_audit_export))
         .layer(axum::middleware::map_response(security_headers))
         // Forms and a CSR: a few kilobytes.
@@ -1434,6 +1441,7 @@ struct QueuePage {
     can_enter: bool,
     can_reports: bool,
     can_audit: bool,
+    can_ops: bool,
     /// Each action the role may take, for the "your role" line.
     allowed: Vec<&'static str>,
 }
@@ -1463,6 +1471,7 @@ async fn staff_queue(
         may(ra::Action::ViewProblemReports),
         may(ra::Action::ViewAudit),
     );
+    let can_ops = may(ra::Action::ViewOperations);
     let allowed = ra::Action::ALL
         .into_iter()
         .filter(|a| may(*a))
@@ -1509,6 +1518,7 @@ async fn staff_queue(
             can_enter,
             can_reports,
             can_audit,
+            can_ops,
             allowed,
         },
         lang,
