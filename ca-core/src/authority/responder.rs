@@ -468,7 +468,9 @@ impl Authority {
             let role = CaRole::from_name(&d.issuer)?;
             let (Some(responder), Some(issuer)) = (responders.get(&role), issuers.get(&role))
             else {
-                tracing::error!(serial = %d.serial, issuer = %d.issuer, "OCSP: no responder for this issuer");
+                if serial_log_due(&format!("no responder for {}", d.issuer)) {
+                    tracing::error!(serial = %d.serial, issuer = %d.issuer, "OCSP: no responder for this issuer");
+                }
                 continue;
             };
             work.push((d, responder.clone(), issuer.clone()));
@@ -500,7 +502,13 @@ impl Authority {
                         Err(e @ Error::Hsm(hsm::Error::TokenUnavailable { .. })) => {
                             return (signed, Some(e))
                         }
-                        Err(e) => tracing::error!(serial = %serial, error = %e, "OCSP: cannot sign this serial's response"),
+                        Err(e) => {
+                            // The serial stays queued and is tried on every pass: said once a
+                            // minute per serial, not five times a second.
+                            if serial_log_due(&serial) {
+                                tracing::error!(serial = %serial, error = %e, "OCSP: cannot sign this serial's response (it stays queued)");
+                            }
+                        }
                     }
                 }
                 (signed, None)
@@ -600,4 +608,26 @@ fn sign_pair(
     let sha256 = out.pop().unwrap_or_default();
     let sha1 = out.pop().unwrap_or_default();
     Ok((due, now, next, sha1, sha256))
+}
+
+/// Whether a failure to sign `serial`'s response should be logged now: at most once a minute
+/// per serial (a serial that cannot be signed is retried on every pass).
+fn serial_log_due(serial: &str) -> bool {
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+    static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let mut last = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    // Forget serials not seen for an hour, so the map stays small.
+    last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(3600));
+    match last.get(serial) {
+        Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
+        _ => {
+            last.insert(serial.to_string(), now);
+            true
+        }
+    }
 }
