@@ -567,7 +567,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Outlet(OutletCommand::Add { id, en, zh }) => {
                 let store = open_store(&config).await?;
-                ca_core::ra::ensure_outlet(&store, &id, &en, &zh).await?;
+                ca_core::ra::ensure_outlet(&store, &id, &en, &zh, &actor()).await?;
                 outln!("outlet {id}");
                 Ok(())
             }
@@ -813,7 +813,7 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     format!(
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())

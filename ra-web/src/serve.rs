@@ -238,6 +238,30 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         let repo = Repository::from(&auth);
         (Some(Arc::new(auth)), repo)
     };
+    // The service's start and stop are audited, with a fingerprint of the effective
+    // configuration (its Debug form, which redacts PINs and database passwords).
+    let audit_store = match &auth {
+        Some(a) => a.store().clone(),
+        None => Store::open(&config.database_url()).await?,
+    };
+    let service_event = |kind: &'static str| ca_core::audit::Event {
+        kind,
+        actor: crate::actor(),
+        subject: None,
+        detail: serde_json::json!({
+            "role": if a.no_signer { "no-signer" } else { "signer" },
+            "listen": a.listen.to_string(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{config:?}").as_bytes())),
+        }),
+    };
+    if let Err(e) = audit_store
+        .audit_now(&service_event("service.started"))
+        .await
+    {
+        tracing::error!(error = %e, "could not record the service's start");
+    }
+    let stopped = service_event("service.stopped");
     let mut cas = HashMap::new();
     for role in CaRole::ALL {
         let der = repo.ca_certificate(role).await?.with_context(|| {
@@ -340,6 +364,9 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     .context("serving")?;
     for b in background {
         b.abort();
+    }
+    if let Err(e) = audit_store.audit_now(&stopped).await {
+        eprintln!("warning: could not record the service's stop: {e}");
     }
     if let Some(auth) = &state.auth {
         if let Err(e) = auth.checkpoint().await {

@@ -91,6 +91,9 @@ pub async fn serve(
             }
         },
     ));
+    // SIGTERM (systemd, kill) stops as SIGINT does: the caller records the stop.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| std::io::Error::other(format!("SIGTERM handler: {e}")))?;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -103,6 +106,7 @@ pub async fn serve(
                 }
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many connections; refused");

@@ -1,6 +1,9 @@
 //! Service outlets: where citizens prove who they are and where counter staff work.
 
+use serde_json::json;
+
 use super::support::{check_len, now};
+use crate::audit::Event;
 use crate::error::Result;
 use crate::row::row;
 use crate::store::Store;
@@ -15,16 +18,38 @@ row! {
     }
 }
 
-/// Adds an outlet (idempotent).
-pub async fn ensure_outlet(store: &Store, id: &str, name_en: &str, name_zh: &str) -> Result<()> {
+/// Adds an outlet (idempotent); a new one is audited (`ra.outlet.added`) as `actor`'s.
+pub async fn ensure_outlet(
+    store: &Store,
+    id: &str,
+    name_en: &str,
+    name_zh: &str,
+    actor: &str,
+) -> Result<()> {
     check_len("outlet", id, 1, 40)?;
-    sqlx::query("INSERT INTO outlets (id, name_en, name_zh, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
+    let mut tx = store.begin().await?;
+    let added = sqlx::query("INSERT INTO outlets (id, name_en, name_zh, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
         .bind(id)
         .bind(name_en)
         .bind(name_zh)
         .bind(now())
-        .execute(store.pool())
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if added > 0 {
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "ra.outlet.added",
+                    actor: actor.to_string(),
+                    subject: Some(id.to_string()),
+                    detail: json!({ "name_en": name_en, "name_zh": name_zh }),
+                },
+            )
+            .await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -367,9 +367,32 @@ pub async fn session(
 
 /// Ends a session.
 pub async fn sign_out(store: &Store, token: &str) -> Result<()> {
+    let hash = sha256(&[b"session", token.as_bytes()]);
+    let mut tx = store.begin().await?;
+    let staff: Option<String> =
+        sqlx::query_scalar("SELECT staff FROM staff_sessions WHERE token_hash = $1")
+            .bind(hash.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(staff) = staff else {
+        // No such session (signed out already, or expired): nothing to record.
+        return Ok(());
+    };
     sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
-        .bind(sha256(&[b"session", token.as_bytes()]))
-        .execute(store.pool())
+        .bind(hash)
+        .execute(&mut *tx)
         .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.signout",
+                actor: format!("staff-id:{staff}"),
+                subject: Some(staff),
+                detail: json!({}),
+            },
+        )
+        .await?;
+    tx.commit().await?;
     Ok(())
 }

@@ -88,10 +88,16 @@ async fn app(edit: impl FnOnce(&mut Config)) -> App {
     );
     let (auth, _) = Authority::init(config.clone()).await.unwrap();
     let auth = Arc::new(auth);
-    ra::ensure_outlet(auth.store(), "gpo", "General Post Office", "郵政總局")
-        .await
-        .unwrap();
-    ra::ensure_outlet(auth.store(), "tst", "Tsim Sha Tsui", "尖沙咀")
+    ra::ensure_outlet(
+        auth.store(),
+        "gpo",
+        "General Post Office",
+        "郵政總局",
+        "test",
+    )
+    .await
+    .unwrap();
+    ra::ensure_outlet(auth.store(), "tst", "Tsim Sha Tsui", "尖沙咀", "test")
         .await
         .unwrap();
     let mailer = Mailer::new(&config.ra.smtp, &config.ra.mail_from);
@@ -2475,5 +2481,43 @@ async fn the_operator_crawls_everything_and_sees_no_personal_data() {
             .contains("<td>issued</td><td>personal</td><td>1</td>"),
         "{}",
         r.body
+    );
+}
+
+/// Issue 14 (audit): signing out and adding an outlet are audit events (the outlet once: adding
+/// it again changes nothing and records nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_and_outlets_are_audited() {
+    let app = app(|_| {}).await;
+    let store = app.auth.store().clone();
+    let count = |kind: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_log WHERE kind = $1")
+                .bind(kind)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("ra.outlet.added").await, 2);
+    ra::ensure_outlet(
+        app.auth.store(),
+        "gpo",
+        "General Post Office",
+        "郵政總局",
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(count("ra.outlet.added").await, 2);
+    let (cookie, csrf) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let r = app.post("/staff/logout", &cookie, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(count("ra.staff.signout").await, 1);
+    assert_eq!(
+        app.get("/staff", &cookie).await.status,
+        StatusCode::SEE_OTHER,
+        "the session still works after sign-out"
     );
 }

@@ -542,3 +542,40 @@ fn health_faults_when_a_revocation_is_not_in_its_crl() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Issue 14 (audit): the service's start and its stop on SIGTERM are audit events, naming the
+/// role and a fingerprint of the effective configuration.
+#[test]
+fn the_service_start_and_stop_are_audited() {
+    let ca = Ca::init();
+    let mut server = start(&ca);
+    let (status, _, _) = get(&server.1, "/healthz");
+    assert!(status == 200 || status == 503);
+    let pid = server.0.id().to_string();
+    let o = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let rows =
+        ca.sql_query("SELECT kind, detail FROM audit_log WHERE kind LIKE 'service.%' ORDER BY seq");
+    let lines: Vec<&str> = rows.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{rows}");
+    assert!(lines[0].starts_with("service.started"), "{rows}");
+    assert!(lines[1].starts_with("service.stopped"), "{rows}");
+    for l in lines {
+        assert!(
+            l.contains("\"role\":\"signer\"") && l.contains("config_sha256"),
+            "{l}"
+        );
+    }
+}

@@ -54,9 +54,15 @@ pub(super) async fn ready_for_approval(
 /// The General Post Office with a clerk ("clerk1") and a supervisor ("super1"), both
 /// signed in.
 pub(super) async fn gpo_with_staff(auth: &Authority) -> (StaffSession, StaffSession) {
-    ensure_outlet(auth.store(), "gpo", "General Post Office", "郵政總局")
-        .await
-        .unwrap();
+    ensure_outlet(
+        auth.store(),
+        "gpo",
+        "General Post Office",
+        "郵政總局",
+        "test",
+    )
+    .await
+    .unwrap();
     let (_, s1) = staff(auth, "clerk1", "gpo", Role::Clerk).await;
     let (_, s2) = staff(auth, "super1", "gpo", Role::Supervisor).await;
     (
@@ -136,10 +142,10 @@ pub(super) fn application(hkid: &Hkid) -> NewApplication {
 async fn citizen_to_certificate_with_every_refusal_on_the_way() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "General Post Office", "郵政總局")
+    ensure_outlet(&store, "gpo", "General Post Office", "郵政總局", "test")
         .await
         .unwrap();
-    ensure_outlet(&store, "tst", "Tsim Sha Tsui", "尖沙咀")
+    ensure_outlet(&store, "tst", "Tsim Sha Tsui", "尖沙咀", "test")
         .await
         .unwrap();
     let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
@@ -981,7 +987,7 @@ async fn online_rekey_needs_the_current_keys_signature() {
 async fn online_renewal_needs_the_current_key_and_the_window() {
     let (_dir, auth) = test_ca_with(|c| c.ra.renewal_window_days = 400).await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let (_, s1) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
@@ -1117,7 +1123,7 @@ async fn expired_approvals_do_not_count() {
 async fn sign_in_refuses_reuse_and_locks_after_failures() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;

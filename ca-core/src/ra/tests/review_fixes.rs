@@ -43,7 +43,7 @@ async fn review_findings_stay_fixed() {
     })
     .await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
@@ -238,7 +238,7 @@ async fn review_findings_stay_fixed() {
 async fn retention_purges_only_ended_applications() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
@@ -297,7 +297,7 @@ async fn retention_purges_only_ended_applications() {
 async fn staff_administration() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
@@ -425,7 +425,7 @@ async fn staff_administration() {
 async fn interrupted_decisions_are_settled() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
@@ -751,7 +751,7 @@ async fn a_burst_of_guesses_cannot_pass_the_lock() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
     let auth = std::sync::Arc::new(auth);
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
@@ -875,7 +875,7 @@ async fn revoked_certificates_are_not_renewed_and_releases_lift_only_their_holds
 async fn an_attacker_locks_out_their_own_address_not_the_clerk() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
     let store = auth.store().clone();
-    ensure_outlet(&store, "gpo", "GPO", "郵政總局")
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
@@ -1123,7 +1123,7 @@ async fn debian_weak_keys_are_refused_at_submission() {
     crate::keys::debian::build(keys.path(), lists.path()).unwrap();
     let dir = lists.path().to_path_buf();
     let (_dir, auth) = test_ca_with(|c| c.keys.debian_weak_dir = Some(dir)).await;
-    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let weak = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(
@@ -1159,7 +1159,7 @@ async fn debian_weak_keys_are_refused_at_submission() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpic_off_issues_no_br_server_certificate() {
     let (_dir, auth) = test_ca_with(|c| c.dcv.mpic = crate::config::Mpic::Off).await;
-    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let hkid = crate::hkid::synthetic("M", 3229);
@@ -1211,7 +1211,7 @@ async fn subjects_carry_what_the_counter_verified() {
     use x509_parser::prelude::*;
     // A configured country that is not Hong Kong's: it must not reach a subscriber.
     let (_dir, auth) = test_ca_with(|c| c.ca.country = "GB".into()).await;
-    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
@@ -1359,7 +1359,7 @@ async fn subjects_carry_what_the_counter_verified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn problem_reports_run_on_the_br_clocks() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
-    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局")
+    ensure_outlet(auth.store(), "gpo", "GPO", "郵政總局", "test")
         .await
         .unwrap();
     let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
