@@ -87,6 +87,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (22, "problem_reports", include_str!("../../migrations/sqlite/0022_problem_reports.sql")),
     (23, "health_probes", include_str!("../../migrations/sqlite/0023_health_probes.sql")),
     (24, "staff_roles", include_str!("../../migrations/sqlite/0024_staff_roles.sql")),
+    (25, "staff_role_grants", include_str!("../../migrations/sqlite/0025_staff_role_grants.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -114,6 +115,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (22, "problem_reports", include_str!("../../migrations/postgres/0022_problem_reports.sql")),
     (23, "health_probes", include_str!("../../migrations/postgres/0023_health_probes.sql")),
     (24, "staff_roles", include_str!("../../migrations/postgres/0024_staff_roles.sql")),
+    (25, "staff_role_grants", include_str!("../../migrations/postgres/0025_staff_role_grants.sql")),
 ];
 
 row! {

@@ -19,7 +19,7 @@
 //! 1. [`support`] (clock, hashes, random values, field checks) and [`rules`] (the decision
 //!    rules as pure functions: status, readiness, the approval rule, the renewal window, a
 //!    minor's validity, retention due).
-//! 2. [`staff`] (roles and accounts), [`permissions`] (the role × action matrix every
+//! 2. [`staff`] (roles and accounts; [`admin`] is their administration by admins), [`permissions`] (the role × action matrix every
 //!    capability asks first), [`outlet`], [`session`] (sign-in) and [`token`] (API tokens).
 //! 3. [`record`]: the application record — found by its owner, settled, checked open at a
 //!    version — which every capability above loads through.
@@ -32,6 +32,7 @@
 //!
 //! Callers use the items re-exported here (`ca_core::ra::submit`, `ca_core::ra::Role`, ...).
 
+mod admin;
 mod application;
 mod auditing;
 mod counter;
@@ -56,6 +57,9 @@ mod token;
 #[cfg(test)]
 mod tests;
 
+pub use admin::{
+    accounts, add_account, approve_grant, grant_needs_second_admin, new_totp, set_disabled, Account,
+};
 pub use application::REGISTER_COUNTRY;
 pub use application::{
     business_registration_number, certificate, certificate_chain, enter, submit, track,

@@ -102,6 +102,19 @@ pub async fn create_staff(
     new: &NewStaff<'_>,
     actor: &str,
 ) -> Result<(String, Zeroizing<Vec<u8>>)> {
+    insert_staff(store, vault, new, actor, None).await
+}
+
+/// [`create_staff`]; with `pending_grant_by` (the requesting admin's staff id) the account is
+/// made disabled, its role grant waiting for a second admin ([`super::admin`]), in the same
+/// transaction.
+pub(super) async fn insert_staff(
+    store: &Store,
+    vault: &crate::pii::Vault,
+    new: &NewStaff<'_>,
+    actor: &str,
+    pending_grant_by: Option<&str>,
+) -> Result<(String, Zeroizing<Vec<u8>>)> {
     let NewStaff {
         username,
         display_name,
@@ -141,8 +154,8 @@ pub async fn create_staff(
         )));
     }
     sqlx::query(
-        "INSERT INTO staff (id, username, display_name, outlet, role, password_hash, totp_sealed, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO staff (id, username, display_name, outlet, role, password_hash, totp_sealed, created_at, disabled) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&id)
     .bind(username)
@@ -152,8 +165,20 @@ pub async fn create_staff(
     .bind(password_hash)
     .bind(sealed)
     .bind(now())
+    .bind(i64::from(pending_grant_by.is_some()))
     .execute(&mut *tx)
     .await?;
+    if let Some(by) = pending_grant_by {
+        sqlx::query(
+            "INSERT INTO staff_role_grants (staff, role, requested_by, requested_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(role.name())
+        .bind(by)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    }
     store
         .audit(
             &mut tx,
@@ -161,7 +186,7 @@ pub async fn create_staff(
                 kind: "ra.staff.created",
                 actor: actor.to_string(),
                 subject: Some(id.clone()),
-                detail: json!({ "username": username, "outlet": outlet, "role": role.name() }),
+                detail: json!({ "username": username, "outlet": outlet, "role": role.name(), "awaiting_second_admin": pending_grant_by.is_some() }),
             },
         )
         .await?;

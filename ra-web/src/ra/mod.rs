@@ -8,6 +8,7 @@
 //! Content-Security-Policy and `Cache-Control: no-store`. Objects are looked up with their
 //! owner (tracking secret, staff outlet), so a swapped id finds nothing (404).
 
+mod admin_pages;
 mod api;
 mod audit_pages;
 mod i18n;
@@ -154,6 +155,12 @@ pub fn router(state: Shared) -> Router {
         .route("/staff/reports/{id}/decide", post(reports::staff_decide))
         .route("/staff/audit", get(audit_pages::staff_audit))
         .route("/staff/ops", get(ops_pages::staff_ops))
+        .route("/staff/admin", get(admin_pages::staff_admin))
+        .route("/staff/admin/add", post(admin_pages::staff_admin_add))
+        .route(
+            "/staff/admin/{username}/{action}",
+            post(admin_pages::staff_admin_action),
+        )
         .route(
             "/staff/ops/publish-crls",
             post(ops_pages::staff_publish_crls),
@@ -1442,6 +1449,7 @@ struct QueuePage {
     can_reports: bool,
     can_audit: bool,
     can_ops: bool,
+    can_admin: bool,
     /// Each action the role may take, for the "your role" line.
     allowed: Vec<&'static str>,
 }
@@ -1472,6 +1480,7 @@ async fn staff_queue(
         may(ra::Action::ViewAudit),
     );
     let can_ops = may(ra::Action::ViewOperations);
+    let can_admin = may(ra::Action::ManageStaff);
     let allowed = ra::Action::ALL
         .into_iter()
         .filter(|a| may(*a))
@@ -1519,6 +1528,7 @@ async fn staff_queue(
             can_reports,
             can_audit,
             can_ops,
+            can_admin,
             allowed,
         },
         lang,
@@ -1664,6 +1674,47 @@ impl axum::extract::FromRequest<Shared> for StaffPost {
             .check("staff", ip, 120)
             .map_err(|e| AppError { lang: lang.0, ..e }.into_response())?;
         Ok(StaffPost { staff, lang, f })
+    }
+}
+
+/// A form that carries the session's CSRF token.
+pub(crate) trait CsrfField {
+    fn csrf(&self) -> &str;
+}
+
+impl CsrfField for ApplyForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// A staff member's POST of form `T`: signed in (checked first: a visitor is sent to the
+/// sign-in page whatever the body holds), then the form, its CSRF token, the rate limit.
+pub struct SignedInForm<T> {
+    staff: StaffSession,
+    lang: PageLang,
+    f: T,
+}
+
+impl<T> axum::extract::FromRequest<Shared> for SignedInForm<T>
+where
+    T: serde::de::DeserializeOwned + CsrfField + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, s: &Shared) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let Ok(lang) = PageLang::from_request_parts(&mut parts, s).await;
+        let ip = s.client_ip(&parts);
+        let staff = staff_session(s, &parts.headers, lang.0).await?;
+        let Form(f) = Form::<T>::from_request(axum::extract::Request::from_parts(parts, body), s)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        check_staff_csrf(&staff, f.csrf(), lang.0)?;
+        s.limits
+            .check("staff", ip, 120)
+            .map_err(|e| AppError { lang: lang.0, ..e }.into_response())?;
+        Ok(SignedInForm { staff, lang, f })
     }
 }
 
@@ -1884,23 +1935,8 @@ struct WalkInDone {
 
 /// A walk-in: a clerk enters a paper application with the CSR the applicant brought, for the
 /// clerk's own outlet.
-async fn walk_in(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Form(f): Form<ApplyForm>,
-) -> Response {
-    let staff = match staff_session(&s, &headers, lang.0).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_staff_csrf(&staff, &f.csrf, lang.0) {
-        return r;
-    }
-    if let Err(e) = s.limits.check("staff", ip, 120) {
-        return AppError { lang: lang.0, ..e }.into_response();
-    }
+async fn walk_in(State(s): State<Shared>, p: SignedInForm<ApplyForm>) -> Response {
+    let SignedInForm { staff, lang, f } = p;
     let (_, application) = f.application(None, None, lang.0);
     let submitted = match ra::enter(&s.auth, &staff, application).await {
         Ok(v) => v,

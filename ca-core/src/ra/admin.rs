@@ -1,0 +1,187 @@
+//! Staff administration by admins (issue 14): the accounts, new accounts with their TOTP
+//! enrolment shown once, disabling and enabling, a new TOTP secret — each allowed by the
+//! matrix's `ManageStaff` and audited with the admin's name. Granting the roles that carry
+//! power over others or over the records — admin, officer, auditor, data owner — needs a second
+//! admin: such an account is made disabled, its grant waiting, until another admin (not the
+//! one who asked, not the account itself) approves it.
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::permissions::Action;
+use super::session::StaffSession;
+use super::staff::{insert_staff, reset_totp, set_staff_disabled, NewStaff, Role};
+use super::support::now;
+use crate::audit::Event;
+use crate::error::{Error, Result};
+use crate::row::row;
+use crate::store::Store;
+
+/// Whether granting `role` needs a second admin.
+pub fn grant_needs_second_admin(role: Role) -> bool {
+    matches!(
+        role,
+        Role::Admin | Role::Officer | Role::Auditor | Role::DataOwner
+    )
+}
+
+/// One account as the admin page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// User name.
+    pub username: String,
+    /// Name shown on screens.
+    pub display_name: String,
+    /// Outlet.
+    pub outlet: String,
+    /// Role.
+    pub role: String,
+    /// Disabled (including while a grant waits).
+    pub disabled: bool,
+    /// The admin who asked for a grant that waits for a second admin.
+    pub grant_requested_by: Option<String>,
+}
+
+row! {
+    struct AccountRow {
+        username: String,
+        display_name: String,
+        outlet: String,
+        role: String,
+        disabled: i64,
+        requested_by: Option<String>,
+    }
+}
+
+fn actor(staff: &StaffSession) -> String {
+    format!("staff:{}", staff.username)
+}
+
+/// Every account, with the grants that wait.
+pub async fn accounts(store: &Store, staff: &StaffSession) -> Result<Vec<Account>> {
+    staff.authorize(Action::ManageStaff)?;
+    let rows = sqlx::query_as::<_, AccountRow>(
+        "SELECT s.username, s.display_name, s.outlet, s.role, s.disabled, r.username AS requested_by \
+         FROM staff s LEFT JOIN staff_role_grants g ON g.staff = s.id LEFT JOIN staff r ON r.id = g.requested_by \
+         ORDER BY s.username",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Account {
+            username: r.username,
+            display_name: r.display_name,
+            outlet: r.outlet,
+            role: r.role,
+            disabled: r.disabled != 0,
+            grant_requested_by: r.requested_by,
+        })
+        .collect())
+}
+
+/// A new account; returns its id, the TOTP secret to enrol (shown once) and whether its role
+/// grant waits for a second admin.
+pub async fn add_account(
+    store: &Store,
+    vault: &crate::pii::Vault,
+    staff: &StaffSession,
+    new: &NewStaff<'_>,
+) -> Result<(String, Zeroizing<Vec<u8>>, bool)> {
+    staff.authorize(Action::ManageStaff)?;
+    let pending = grant_needs_second_admin(new.role);
+    let (id, secret) = insert_staff(
+        store,
+        vault,
+        new,
+        &actor(staff),
+        pending.then_some(staff.staff.as_str()),
+    )
+    .await?;
+    Ok((id, secret, pending))
+}
+
+/// A second admin approves a waiting role grant: the account is enabled.
+pub async fn approve_grant(store: &Store, staff: &StaffSession, username: &str) -> Result<()> {
+    staff.authorize(Action::ManageStaff)?;
+    let mut tx = store.begin().await?;
+    let row = sqlx::query_as::<_, GrantRow>(
+        "SELECT s.id, g.role, g.requested_by FROM staff s JOIN staff_role_grants g ON g.staff = s.id \
+         WHERE s.username = $1",
+    )
+    .bind(username)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| Error::Conflict(format!("no role grant waits for {username}")))?;
+    if row.requested_by == staff.staff || row.id == staff.staff {
+        return Err(Error::Forbidden(
+            "a second admin approves this grant: not the one who asked for it, nor its holder"
+                .into(),
+        ));
+    }
+    sqlx::query("DELETE FROM staff_role_grants WHERE staff = $1")
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE staff SET disabled = 0 WHERE id = $1")
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.role_granted",
+                actor: actor(staff),
+                subject: Some(row.id.clone()),
+                detail: json!({ "username": username, "role": row.role, "requested_by": row.requested_by, "approved_by": staff.staff, "at": now() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+row! {
+    struct GrantRow {
+        id: String,
+        role: String,
+        requested_by: String,
+    }
+}
+
+/// Disables (or enables) an account. An account whose grant waits is enabled only by
+/// [`approve_grant`].
+pub async fn set_disabled(
+    store: &Store,
+    staff: &StaffSession,
+    username: &str,
+    disabled: bool,
+) -> Result<()> {
+    staff.authorize(Action::ManageStaff)?;
+    if !disabled {
+        let waiting: Option<String> = sqlx::query_scalar(
+            "SELECT g.role FROM staff s JOIN staff_role_grants g ON g.staff = s.id WHERE s.username = $1",
+        )
+        .bind(username)
+        .fetch_optional(store.pool())
+        .await?;
+        if waiting.is_some() {
+            return Err(Error::Conflict(format!(
+                "{username}'s role grant waits for a second admin's approval"
+            )));
+        }
+    }
+    set_staff_disabled(store, username, disabled, &actor(staff)).await
+}
+
+/// A new TOTP secret for an account (a lost phone), shown once.
+pub async fn new_totp(
+    store: &Store,
+    vault: &crate::pii::Vault,
+    staff: &StaffSession,
+    username: &str,
+) -> Result<Zeroizing<Vec<u8>>> {
+    staff.authorize(Action::ManageStaff)?;
+    reset_totp(store, vault, username, &actor(staff)).await
+}
