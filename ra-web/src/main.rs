@@ -70,7 +70,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the HSM token (embedded SoftHSM2), the CA hierarchy and the database. Idempotent.
-    Init,
+    /// With --admin, also the first admin account (its password read from standard input, its
+    /// TOTP secret printed once): the only account ever made without another admin.
+    Init(InitArgs),
     /// Issue a certificate directly (an officer's action; audited).
     Issue(Box<IssueArgs>),
     /// CA certificates.
@@ -333,6 +335,19 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Args)]
+struct InitArgs {
+    /// The first admin's user name.
+    #[arg(long)]
+    admin: Option<String>,
+    /// The first admin's name as shown on screens.
+    #[arg(long, requires = "admin", default_value = "Administrator")]
+    admin_name: String,
+    /// The outlet the first admin belongs to (made if missing).
+    #[arg(long, requires = "admin", default_value = "hq")]
+    admin_outlet: String,
+}
+
+#[derive(Debug, Args)]
 struct AuditExportArgs {
     /// Records made at or after this time (RFC 3339).
     #[arg(long)]
@@ -531,7 +546,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Init => init(config).await,
+            Command::Init(args) => init(config, args).await,
             Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
@@ -703,7 +718,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-async fn init(config: Config) -> anyhow::Result<()> {
+async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
     let (auth, report) = Authority::init(config).await?;
     for role in &report.created {
         outln!("created {} CA", role.name());
@@ -711,8 +726,56 @@ async fn init(config: Config) -> anyhow::Result<()> {
     for role in &report.existing {
         outln!("{} CA already exists", role.name());
     }
+    if let Some(username) = &a.admin {
+        let made = first_admin(&auth, username, &a.admin_name, &a.admin_outlet).await;
+        if let Err(e) = made {
+            checkpoint(&auth).await;
+            return Err(e);
+        }
+    }
     checkpoint(&auth).await;
     print_ca_list(auth.store()).await?;
+    Ok(())
+}
+
+/// `init --admin`: the first admin, only while no admin exists.
+async fn first_admin(
+    auth: &Authority,
+    username: &str,
+    name: &str,
+    outlet: &str,
+) -> anyhow::Result<()> {
+    let store = auth.store();
+    let admins = ca_core::ra::list_staff(store)
+        .await?
+        .into_iter()
+        .filter(|r| r.role == "admin")
+        .count();
+    anyhow::ensure!(
+        admins == 0,
+        "an admin account exists already: further accounts are made by admins (/staff/admin)"
+    );
+    let mut password = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("reading the first admin's password from standard input")?;
+    let password = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string());
+    ca_core::ra::ensure_outlet(store, outlet, "Head office", "總辦事處", &actor()).await?;
+    let new = ca_core::ra::NewStaff {
+        username,
+        display_name: name,
+        outlet,
+        role: ca_core::ra::Role::Admin,
+        password: &password,
+    };
+    let vault = auth.pii()?;
+    let (id, secret) = ca_core::ra::create_staff(store, &vault, &new, &actor()).await?;
+    outln!("admin {username} ({id})");
+    outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
+    outln!(
+        "otpauth={}",
+        ca_core::totp::otpauth_uri("ecert", username, &secret)
+    );
     Ok(())
 }
 

@@ -1832,3 +1832,66 @@ fn problem_reports_are_taken_24x7_and_their_clocks_alarm() {
     }
     ca.audit_ok();
 }
+
+/// Issue 14: `ecert init --admin` makes the first admin (password on standard input, TOTP
+/// secret printed once), who can sign in; it is the only account made without another admin:
+/// a second `init --admin` is refused.
+#[test]
+fn init_makes_the_first_admin_once() {
+    let ca = Ca::new();
+    let run = |username: &str| {
+        let mut c = ca.command(&["init", "--admin", username], &[]);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"the first admin's password\n")
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    let o = run("root-admin");
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("totp_secret="))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let list = ca.ecert_ok(&["staff", "list"]);
+    assert!(list.contains("root-admin\tadmin\thq\tactive"), "{list}");
+    let o = run("second-admin");
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("an admin account exists already"),
+        "{}",
+        show(&o)
+    );
+    // The first admin signs in on the staff page.
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let r = page(&server.1, "/staff/login", "");
+    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let r = form(
+        &server.1,
+        "/staff/login",
+        &format!("ecert_csrf={csrf}"),
+        &[
+            ("csrf", &csrf),
+            ("username", "root-admin"),
+            ("password", "the first admin's password"),
+            ("code", &totp_now(&secret)),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let session = format!("ecert_staff={}", set_cookie(&r, "ecert_staff").unwrap());
+    let home = text(&page(&server.1, "/staff/admin", &session));
+    assert!(home.contains("root-admin"), "{home}");
+}
