@@ -251,6 +251,10 @@ pub struct Authority {
     crl_files_behind: std::sync::Mutex<HashSet<(CaRole, Scope)>>,
     /// The newest checkpoint known to be in the audit witness (`-1`: not read yet).
     witnessed: std::sync::atomic::AtomicI64,
+    /// Why the last attempt to write the witness failed.
+    witness_problem: std::sync::Mutex<Option<String>>,
+    /// An HSM check is running ([`Authority::hsm_check`]).
+    hsm_check_running: Arc<std::sync::atomic::AtomicBool>,
     /// The Debian weak-key lists of `[keys] debian_weak_dir` (empty when unset).
     debian_weak: crate::keys::debian::DebianWeakKeys,
     /// The clock check before anything is dated and signed ([`crate::clock`]).
@@ -1045,6 +1049,8 @@ impl Authority {
             crl_lists: tokio::sync::Mutex::new(HashMap::new()),
             crl_files_behind: std::sync::Mutex::new(HashSet::new()),
             witnessed: std::sync::atomic::AtomicI64::new(-1),
+            witness_problem: std::sync::Mutex::new(None),
+            hsm_check_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };
@@ -2079,28 +2085,65 @@ impl Authority {
         Ok(signed)
     }
 
-    /// Appends to the witness file the checkpoints it lacks ([`audit::witness`]).
+    /// Appends to the witness file the checkpoints it lacks ([`audit::witness`]). The newest
+    /// checkpoint witnessed is also kept in the database (`meta` `audit_witness_seq`): a
+    /// witness that went missing, or holds less than was written to it, is an error reported
+    /// by [`Authority::witness_problem`] (and `/healthz`), never quietly started again.
     async fn sync_witness(&self, path: std::path::PathBuf) -> Result<()> {
         use std::sync::atomic::Ordering;
-        let newest = self.store.checkpoints_last_seq().await?;
-        let known = self.witnessed.load(Ordering::SeqCst);
-        if known >= 0 && known >= newest {
-            return Ok(());
-        }
-        let p = path.clone();
-        let witnessed = tokio::task::spawn_blocking(move || audit::witness::last_seq(&p))
-            .await
-            .map_err(|e| Error::Audit(format!("witness task: {e}")))??;
-        if witnessed < newest {
-            let missing = self.store.checkpoints_after(witnessed).await?;
+        let result = async {
+            let newest = self.store.checkpoints_last_seq().await?;
+            let known = self.witnessed.load(Ordering::SeqCst);
+            if known >= 0 && known >= newest {
+                return Ok(());
+            }
+            let recorded: i64 = self
+                .store
+                .meta("audit_witness_seq")
+                .await?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let p = path.clone();
-            tokio::task::spawn_blocking(move || audit::witness::append(&p, &missing))
+            let exists = path.exists();
+            let witnessed = tokio::task::spawn_blocking(move || audit::witness::last_seq(&p))
                 .await
                 .map_err(|e| Error::Audit(format!("witness task: {e}")))??;
+            if (recorded > 0 && !exists) || witnessed < recorded {
+                return Err(Error::Audit(format!(
+                    "the audit witness {} holds less than was written to it (record {witnessed}, not {recorded}): restore it; nothing more is appended until then",
+                    path.display()
+                )));
+            }
+            if witnessed > newest {
+                return Err(Error::Audit(format!(
+                    "the audit witness {} ends at record {witnessed}, past the database's newest checkpoint ({newest})",
+                    path.display()
+                )));
+            }
+            if witnessed < newest {
+                let missing = self.store.checkpoints_after(witnessed).await?;
+                let p = path.clone();
+                let create = recorded == 0 && !exists;
+                tokio::task::spawn_blocking(move || audit::witness::append(&p, &missing, create))
+                    .await
+                    .map_err(|e| Error::Audit(format!("witness task: {e}")))??;
+                self.store
+                    .set_meta("audit_witness_seq", &newest.to_string())
+                    .await?;
+            }
+            self.witnessed.store(newest, Ordering::SeqCst);
+            Ok(())
         }
-        self.witnessed
-            .store(newest.max(witnessed), Ordering::SeqCst);
-        Ok(())
+        .await;
+        if let Ok(mut p) = self.witness_problem.lock() {
+            *p = result.as_ref().err().map(ToString::to_string);
+        }
+        result
+    }
+
+    /// Why the audit witness is not being written, if it is not.
+    pub fn witness_problem(&self) -> Option<String> {
+        self.witness_problem.lock().ok().and_then(|p| p.clone())
     }
 
     async fn sign_checkpoint(&self) -> Result<Option<i64>> {
@@ -2131,15 +2174,28 @@ impl Authority {
     /// Whether the HSM signs right now: one signature with the audit key over a fixed message,
     /// verified. For health checks; it costs one HSM signature. The error says why not.
     pub async fn hsm_check(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        // One check at a time, whoever asks (the background monitor, the operator's page): a
+        // hung module never gets a pile of stuck threads.
+        if self.hsm_check_running.swap(true, Ordering::SeqCst) {
+            return Err(Error::Hsm(hsm::Error::TokenUnavailable {
+                detail: "an earlier HSM check has not finished".into(),
+            }));
+        }
+        let running = self.hsm_check_running.clone();
         let key = self.audit_key.clone();
         const MSG: &[u8] = b"ecert-health-check";
-        let (key, sig) = tokio::task::spawn_blocking(move || key.sign(MSG).map(|sig| (key, sig)))
-            .await
-            .map_err(|e| {
-                Error::Hsm(hsm::Error::TokenUnavailable {
-                    detail: format!("the HSM check did not finish: {e}"),
-                })
-            })??;
+        let (key, sig) = tokio::task::spawn_blocking(move || {
+            let r = key.sign(MSG).map(|sig| (key, sig));
+            running.store(false, Ordering::SeqCst);
+            r
+        })
+        .await
+        .map_err(|e| {
+            Error::Hsm(hsm::Error::TokenUnavailable {
+                detail: format!("the HSM check did not finish: {e}"),
+            })
+        })??;
         hsm::verify(key.algorithm(), key.public_key_spki(), MSG, &sig)?;
         Ok(())
     }

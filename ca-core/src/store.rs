@@ -594,6 +594,26 @@ impl Store {
         .await?)
     }
 
+    /// The newest checkpoint before record `seq`.
+    pub async fn checkpoint_before(&self, seq: i64) -> Result<Option<audit::Checkpoint>> {
+        Ok(sqlx::query_as::<_, audit::Checkpoint>(
+            "SELECT seq, at, hash, signature FROM audit_checkpoints WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The ids of the applications with this reference (any case; at most one).
+    pub async fn application_ids_by_reference(&self, reference: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM applications WHERE reference = $1")
+                .bind(reference.trim().to_ascii_uppercase())
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// The checkpoints after `seq`, in sequence order.
     pub async fn checkpoints_after(&self, seq: i64) -> Result<Vec<audit::Checkpoint>> {
         Ok(sqlx::query_as::<_, audit::Checkpoint>(
@@ -611,6 +631,18 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Sets a meta value (insert or replace).
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Reads a meta value.

@@ -1046,7 +1046,8 @@ async fn audit_verify(
     if let Some(path) = &witness {
         let witnessed = ca_core::audit::witness::read(path)?;
         let (records, _, _) = store.audit_records().await?;
-        match ca_core::audit::witness::compare(&witnessed, &records, &spki) {
+        let db_checkpoints = store.checkpoints().await?;
+        match ca_core::audit::witness::compare(&witnessed, &records, &db_checkpoints, &spki) {
             None => outln!(
                 "witness {} agrees: {} checkpoints",
                 path.display(),
@@ -1078,20 +1079,24 @@ fn audit_verify_export(
     let spki = read_public_key(key)?;
     let text =
         std::fs::read_to_string(export).with_context(|| format!("reading {}", export.display()))?;
-    let e = export::parse(&text)?;
-    let problems = export::verify(&e, &spki);
+    let (e, claims) = export::parse(&text)?;
+    let problems = export::verify(&e, &claims, &spki);
     if problems.is_empty() {
         let first = e.records.first().map_or(e.checkpoint.seq, |(r, _)| r.seq);
         outln!(
-            "export verified: {} records ({} selected) from record {first} to {}, covered by the checkpoint signed at {}",
+            "export verified: {} records ({} selected by its filter) from record {first} to {}, between {} and the signed checkpoint at record {}",
             e.records.len(),
             e.matched(),
             e.checkpoint.seq,
-            time::OffsetDateTime::from_unix_timestamp(e.checkpoint.at)
-                .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-                .unwrap_or_else(|| e.checkpoint.at.to_string())
+            e.start.as_ref().map_or("the chain's start".to_string(), |s| format!("the signed checkpoint at record {}", s.seq)),
+            e.checkpoint.seq,
         );
+        if e.uncovered > 0 {
+            outln!(
+                "(the exporter reported {} newer selected record(s) not yet covered by a checkpoint)",
+                e.uncovered
+            );
+        }
         return Ok(());
     }
     for p in &problems {
@@ -1113,6 +1118,7 @@ async fn audit_export(config: Config, a: AuditExportArgs) -> anyhow::Result<()> 
         kind: a.kind,
         serial: a.serial,
         reference: a.reference,
+        application_ids: Vec::new(),
     };
     let store = open_store(&config).await?;
     let e = match export::export(&store, filter).await {

@@ -654,6 +654,15 @@ async fn healthz(State(s): State<Shared>) -> Response {
         }
         None => serde_json::json!({ "status": "not written (--no-signer)" }),
     };
+    // The audit witness, when one is configured: a missing or cut-short witness is a fault.
+    let witness = match &s.auth {
+        Some(auth) if auth.config().audit_witness().is_some() => {
+            let problem = auth.witness_problem();
+            ok &= problem.is_none();
+            serde_json::json!({ "status": if problem.is_some() { "fault" } else { "ok" }, "error": problem })
+        }
+        _ => serde_json::json!({ "status": "not configured" }),
+    };
     let sync_age = now - s.ocsp.synced_at();
     // Responses still refreshed (certificate not expired for over a week) that are within 8
     // hours of nextUpdate mean the signer stalled (TLS BR §4.9.10).
@@ -741,6 +750,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         "crl": crls,
         "crl_files": crl_files,
         "crl_publication": publication,
+        "audit_witness": witness,
         "ocsp": {
             "status": if ocsp_ok { "ok" } else { "fault" },
             "responses": s.ocsp.len(),

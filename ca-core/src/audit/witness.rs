@@ -50,8 +50,10 @@ pub fn last_seq(path: &Path) -> Result<i64> {
     Ok(line.seq)
 }
 
-/// Appends `checkpoints` (oldest first) and flushes them to the disk.
-pub fn append(path: &Path, checkpoints: &[Checkpoint]) -> Result<()> {
+/// Appends `checkpoints` (oldest first) and flushes them to the disk. The file is made only
+/// when `create` (the first checkpoint ever witnessed): a witness that has gone missing — an
+/// unmounted share, a deleted file — is an error, never quietly started again.
+pub fn append(path: &Path, checkpoints: &[Checkpoint], create: bool) -> Result<()> {
     if checkpoints.is_empty() {
         return Ok(());
     }
@@ -67,7 +69,7 @@ pub fn append(path: &Path, checkpoints: &[Checkpoint]) -> Result<()> {
         text.push('\n');
     }
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
+        .create(create)
         .append(true)
         .open(path)
         .map_err(|e| io(path, e))?;
@@ -109,6 +111,17 @@ pub enum Disagreement {
         seq: i64,
         last_seq: i64,
     },
+    /// The witness's lines do not go up one checkpoint after another.
+    OutOfOrder { line: usize },
+    /// A checkpoint the database holds, within the witnessed stretch, is not in the witness.
+    Missing { seq: i64 },
+    /// The database has checkpoints well past the witness's last line: the witness stopped
+    /// receiving them, or was cut short.
+    Behind {
+        witnessed: i64,
+        newest: i64,
+        missing: usize,
+    },
 }
 
 impl std::fmt::Display for Disagreement {
@@ -130,22 +143,44 @@ impl std::fmt::Display for Disagreement {
                 f,
                 "witness line {line} covers record {seq} but the database's chain ends at record {last_seq} (truncated)"
             ),
+            Disagreement::OutOfOrder { line } => {
+                write!(f, "witness line {line} does not follow the line before it")
+            }
+            Disagreement::Missing { seq } => write!(
+                f,
+                "the database's checkpoint at record {seq} is missing from the witness"
+            ),
+            Disagreement::Behind {
+                witnessed,
+                newest,
+                missing,
+            } => write!(
+                f,
+                "the witness ends at record {witnessed} but the database has {missing} newer checkpoints (to record {newest}): it stopped receiving them or was cut short"
+            ),
         }
     }
 }
 
-/// Compares the witness with the database's records (in sequence order); returns the first
-/// disagreement.
+/// Compares the witness with the database's records and checkpoints (in sequence order);
+/// returns the first disagreement. One checkpoint not yet witnessed is allowed (the witness is
+/// written just after the database).
 pub fn compare(
     witnessed: &[Checkpoint],
     records: &[Record],
+    checkpoints: &[Checkpoint],
     audit_spki: &[u8],
 ) -> Option<Disagreement> {
     let by_seq: std::collections::HashMap<i64, &Record> =
         records.iter().map(|r| (r.seq, r)).collect();
     let last_seq = records.last().map_or(0, |r| r.seq);
+    let mut prev = 0;
     for (i, c) in witnessed.iter().enumerate() {
         let line = i + 1;
+        if c.seq <= prev {
+            return Some(Disagreement::OutOfOrder { line });
+        }
+        prev = c.seq;
         if hsm::verify(
             hsm::Algorithm::EcdsaP256Sha256,
             audit_spki,
@@ -167,6 +202,22 @@ pub fn compare(
                 })
             }
         }
+    }
+    let first = witnessed.first().map_or(0, |c| c.seq);
+    let in_witness: std::collections::HashSet<i64> = witnessed.iter().map(|c| c.seq).collect();
+    if let Some(c) = checkpoints
+        .iter()
+        .find(|c| c.seq >= first && c.seq <= prev && !in_witness.contains(&c.seq))
+    {
+        return Some(Disagreement::Missing { seq: c.seq });
+    }
+    let newer: Vec<&Checkpoint> = checkpoints.iter().filter(|c| c.seq > prev).collect();
+    if newer.len() > 1 {
+        return Some(Disagreement::Behind {
+            witnessed: prev,
+            newest: newer.last().map_or(prev, |c| c.seq),
+            missing: newer.len(),
+        });
     }
     None
 }
@@ -198,30 +249,47 @@ mod tests {
             hash: vec![hash; 32],
             signature: key.sign(&checkpoint_message(seq, &[hash; 32])).unwrap(),
         };
-        append(&path, &[cp(1, 1), cp(3, 3)]).unwrap();
-        append(&path, &[cp(4, 4)]).unwrap();
+        append(&path, &[cp(1, 1), cp(3, 3)], true).unwrap();
+        append(&path, &[cp(4, 4)], false).unwrap();
+        assert!(append(&dir.path().join("gone.jsonl"), &[cp(5, 5)], false).is_err());
         assert_eq!(last_seq(&path).unwrap(), 4);
         let w = read(&path).unwrap();
         assert_eq!(w.len(), 3);
         let spki = key.public_key_spki();
         let chain = [rec(1, 1), rec(2, 2), rec(3, 3), rec(4, 4)];
-        assert_eq!(compare(&w, &chain, spki), None);
+        assert_eq!(compare(&w, &chain, &w, spki), None);
         let rewritten = [rec(1, 1), rec(2, 2), rec(3, 9), rec(4, 4)];
         assert_eq!(
-            compare(&w, &rewritten, spki),
+            compare(&w, &rewritten, &w, spki),
             Some(Disagreement::Rewritten { line: 2, seq: 3 })
         );
         assert_eq!(
-            compare(&w, &chain[..2], spki),
+            compare(&w, &chain[..2], &w, spki),
             Some(Disagreement::Truncated {
                 line: 2,
                 seq: 3,
                 last_seq: 2
             })
         );
+        // Cut short: the database's newer checkpoints are not in it.
+        let all = [cp(1, 1), cp(3, 3), cp(4, 4)];
+        assert_eq!(
+            compare(&w[..1], &chain, &all, spki),
+            Some(Disagreement::Behind {
+                witnessed: 1,
+                newest: 4,
+                missing: 2
+            })
+        );
+        // A line dropped from the middle.
+        let holed = [w[0].clone(), w[2].clone()];
+        assert_eq!(
+            compare(&holed, &chain, &all, spki),
+            Some(Disagreement::Missing { seq: 3 })
+        );
         let other = hsm::software::SoftwareSigner::generate_p256();
         assert_eq!(
-            compare(&w, &chain, other.public_key_spki()),
+            compare(&w, &chain, &w, other.public_key_spki()),
             Some(Disagreement::NotSigned { line: 1, seq: 1 })
         );
     }

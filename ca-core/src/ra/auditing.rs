@@ -27,18 +27,42 @@ pub async fn audit_records(
     filter: &Filter,
 ) -> Result<Vec<Record>> {
     staff.authorize(Action::ViewAudit)?;
-    // Time, actor and kind narrow the scan in SQL; serial and reference are matched here.
+    let mut filter = filter.clone();
+    if let Some(reference) = &filter.reference {
+        filter.application_ids = store.application_ids_by_reference(reference).await?;
+    }
+    // Every filter narrows the scan in SQL (so the newest PAGE matches are found however old
+    // they are); the exact match is then checked here.
     let kind = filter.kind.clone().unwrap_or_default();
+    let serial = filter
+        .serial
+        .as_deref()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let reference = filter
+        .reference
+        .as_deref()
+        .map(|r| r.trim().to_ascii_uppercase())
+        .unwrap_or_default();
+    let application = filter.application_ids.first().cloned().unwrap_or_default();
     let rows = sqlx::query_as::<_, Record>(
         "SELECT seq, at, kind, actor, subject, detail, prev_hash, hash FROM audit_log \
          WHERE at >= $1 AND at <= $2 AND ($3 = '' OR actor = $3) \
-         AND ($4 = '' OR kind = $4 OR kind LIKE $5) ORDER BY seq DESC LIMIT 5000",
+         AND ($4 = '' OR kind = $4 OR kind LIKE $5) \
+         AND ($6 = '' OR LOWER(subject) = $6 OR LOWER(detail) LIKE $7) \
+         AND ($8 = '' OR subject = $9 OR detail LIKE $10) \
+         ORDER BY seq DESC LIMIT 2000",
     )
     .bind(filter.since.unwrap_or(i64::MIN))
     .bind(filter.until.unwrap_or(i64::MAX))
     .bind(filter.actor.clone().unwrap_or_default())
     .bind(&kind)
     .bind(format!("{kind}.%"))
+    .bind(&serial)
+    .bind(format!("%\"{serial}\"%"))
+    .bind(&reference)
+    .bind(&application)
+    .bind(format!("%\"reference\":\"{reference}\"%"))
     .fetch_all(store.pool())
     .await?;
     Ok(rows
@@ -57,7 +81,7 @@ pub async fn audit_export(store: &Store, staff: &StaffSession, filter: Filter) -
             kind: "audit.exported",
             actor: format!("staff:{}", staff.username),
             subject: None,
-            detail: json!({ "filter": e.filter, "records": e.records.len(), "selected": e.matched(), "checkpoint": e.checkpoint.seq }),
+            detail: json!({ "filter": e.filter, "records": e.records.len(), "selected": e.matched(), "checkpoint": e.checkpoint.seq, "via": if staff.scopes.is_some() { "api token" } else { "signed-in session" } }),
         })
         .await?;
     Ok(e)

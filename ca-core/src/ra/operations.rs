@@ -123,6 +123,22 @@ pub async fn operations(auth: &Authority, staff: &StaffSession) -> Result<OpsVie
 /// action (each publication is audited too).
 pub async fn publish_all_crls(auth: &Authority, staff: &StaffSession) -> Result<usize> {
     staff.authorize(Action::RunOperations)?;
+    // At most once a minute (each run signs every CRL of both issuing CAs): repeated clicks
+    // load the HSM and grow the database and the audit trail for nothing.
+    {
+        use std::sync::{Mutex, OnceLock};
+        static LAST: OnceLock<Mutex<Option<std::time::Instant>>> = OnceLock::new();
+        let mut last = LAST
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(60)) {
+            return Err(crate::error::Error::TooManyAttempts(
+                "the CRLs were published on request less than a minute ago".into(),
+            ));
+        }
+        *last = Some(std::time::Instant::now());
+    }
     let actor = format!("staff:{}", staff.username);
     let mut n = 0;
     // The issuing CAs' CRLs, every scope (as `ecert crl publish`); the root's is a ceremony.

@@ -93,10 +93,12 @@ pub async fn sign_in_from(
     .await?;
     // Only a plausible user name goes into the audit trail (a password typed into the wrong
     // field must not).
-    let shown_name = if plausible_username(username) {
+    // Nor a typed name no account has: a password typed into the user-name field often looks
+    // like a user name, and auditors read these records.
+    let shown_name = if row.is_some() && plausible_username(username) {
         username.to_string()
     } else {
-        "(not a user name)".to_string()
+        "(unknown user)".to_string()
     };
     let fail = |kind: &'static str, staff: Option<String>| async move {
         let _ = store

@@ -33,12 +33,14 @@ impl Scope {
                 Some(Scope::Read)
             }
             A::EnterApplication | A::RecordChecks => Some(Scope::Enter),
-            A::Decide
-            | A::Revoke
-            | A::AnswerProblemReports
-            | A::RevealPersonalData
-            | A::RunOperations => Some(Scope::Decide),
-            A::ManageStaff | A::ManageOutlets | A::ActivatePersonalDataKeys => None,
+            A::Decide | A::Revoke | A::AnswerProblemReports | A::RunOperations => {
+                Some(Scope::Decide)
+            }
+            // Never with a token: signed in, with the second factor.
+            A::RevealPersonalData
+            | A::ManageStaff
+            | A::ManageOutlets
+            | A::ActivatePersonalDataKeys => None,
         }
     }
 

@@ -66,6 +66,7 @@ impl AuditQuery {
             kind: text(&self.kind),
             serial: text(&self.serial),
             reference: text(&self.reference),
+            application_ids: Vec::new(),
         })
     }
 

@@ -2231,10 +2231,10 @@ async fn an_auditor_reads_and_exports_the_trail() {
         .to_str()
         .unwrap()
         .ends_with(".csv\""));
-    let e = ca_core::audit::export::parse(&r.body).unwrap();
+    let (e, claims) = ca_core::audit::export::parse(&r.body).unwrap();
     assert!(e.matched() >= 3, "{}", r.body);
     assert_eq!(
-        ca_core::audit::export::verify(&e, app.auth.audit_public_key()),
+        ca_core::audit::export::verify(&e, &claims, app.auth.audit_public_key()),
         vec![]
     );
     let bad = app.get("/staff/audit?since=yesterday", &auditor).await;

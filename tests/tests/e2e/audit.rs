@@ -367,6 +367,22 @@ fn the_witness_catches_a_chain_rewritten_and_signed_again() {
         "{}",
         show(&o)
     );
+
+    // A witness that goes missing is not started again from the database (which would launder
+    // a rewritten history into it): the signer says so and writes nothing.
+    std::fs::remove_file(&witness).unwrap();
+    issue_and_verify_personal(&ca, "w2", "after the witness went missing");
+    let o = ca.ecert(&["crl", "publish"]);
+    assert!(
+        !witness.exists(),
+        "the witness was made again:\n{}",
+        show(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("holds less than was written to it"),
+        "{}",
+        show(&o)
+    );
 }
 
 /// Issue 14: if the audit record cannot be written, the action does not happen. The record
