@@ -88,6 +88,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (23, "health_probes", include_str!("../../migrations/sqlite/0023_health_probes.sql")),
     (24, "staff_roles", include_str!("../../migrations/sqlite/0024_staff_roles.sql")),
     (25, "staff_role_grants", include_str!("../../migrations/sqlite/0025_staff_role_grants.sql")),
+    (26, "audit_log_at", include_str!("../../migrations/sqlite/0026_audit_log_at.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -116,6 +117,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (23, "health_probes", include_str!("../../migrations/postgres/0023_health_probes.sql")),
     (24, "staff_roles", include_str!("../../migrations/postgres/0024_staff_roles.sql")),
     (25, "staff_role_grants", include_str!("../../migrations/postgres/0025_staff_role_grants.sql")),
+    (26, "audit_log_at", include_str!("../../migrations/postgres/0026_audit_log_at.sql")),
 ];
 
 row! {
