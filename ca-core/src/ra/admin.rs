@@ -40,6 +40,8 @@ pub struct Account {
     pub disabled: bool,
     /// The admin who asked for a grant that waits for a second admin.
     pub grant_requested_by: Option<String>,
+    /// The role that grant gives.
+    pub grant_role: Option<String>,
 }
 
 row! {
@@ -50,6 +52,7 @@ row! {
         role: String,
         disabled: i64,
         requested_by: Option<String>,
+        grant_role: Option<String>,
     }
 }
 
@@ -61,7 +64,7 @@ fn actor(staff: &StaffSession) -> String {
 pub async fn accounts(store: &Store, staff: &StaffSession) -> Result<Vec<Account>> {
     staff.authorize(Action::ManageStaff)?;
     let rows = sqlx::query_as::<_, AccountRow>(
-        "SELECT s.username, s.display_name, s.outlet, s.role, s.disabled, r.username AS requested_by \
+        "SELECT s.username, s.display_name, s.outlet, s.role, s.disabled, r.username AS requested_by, g.role AS grant_role \
          FROM staff s LEFT JOIN staff_role_grants g ON g.staff = s.id LEFT JOIN staff r ON r.id = g.requested_by \
          ORDER BY s.username",
     )
@@ -76,6 +79,7 @@ pub async fn accounts(store: &Store, staff: &StaffSession) -> Result<Vec<Account
             role: r.role,
             disabled: r.disabled != 0,
             grant_requested_by: r.requested_by,
+            grant_role: r.grant_role,
         })
         .collect())
 }
@@ -106,7 +110,7 @@ pub async fn approve_grant(store: &Store, staff: &StaffSession, username: &str) 
     staff.authorize(Action::ManageStaff)?;
     let mut tx = store.begin().await?;
     let row = sqlx::query_as::<_, GrantRow>(
-        "SELECT s.id, g.role, g.requested_by FROM staff s JOIN staff_role_grants g ON g.staff = s.id \
+        "SELECT s.id, g.role, g.requested_by, g.new_account FROM staff s JOIN staff_role_grants g ON g.staff = s.id \
          WHERE s.username = $1",
     )
     .bind(username)
@@ -123,10 +127,19 @@ pub async fn approve_grant(store: &Store, staff: &StaffSession, username: &str) 
         .bind(&row.id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE staff SET disabled = 0 WHERE id = $1")
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await?;
+    // The role granted; a new account is enabled, an existing one keeps its state (its
+    // sessions and tokens end: they carried the old role).
+    sqlx::query(
+        "UPDATE staff SET role = $2, disabled = CASE WHEN $3 = 1 THEN 0 ELSE disabled END WHERE id = $1",
+    )
+    .bind(&row.id)
+    .bind(&row.role)
+    .bind(row.new_account)
+    .execute(&mut *tx)
+    .await?;
+    if row.new_account == 0 {
+        end_access(&mut tx, &row.id).await?;
+    }
     store
         .audit(
             &mut tx,
@@ -147,6 +160,96 @@ row! {
         id: String,
         role: String,
         requested_by: String,
+        new_account: i64,
+    }
+}
+
+/// Ends a member's sessions and revokes their API tokens (their role changed).
+async fn end_access(tx: &mut crate::store::Tx, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM staff_sessions WHERE staff = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    super::token::revoke_tokens_in(tx, id).await?;
+    Ok(())
+}
+
+/// Changes a member's role. To a role that needs a second admin ([`grant_needs_second_admin`])
+/// the change waits for one and the member keeps the old role meanwhile; to any other it takes
+/// effect at once. Either way the member's sessions and API tokens end when the role changes.
+/// Nobody changes their own role. Returns whether the change waits.
+pub async fn change_role(
+    store: &Store,
+    staff: &StaffSession,
+    username: &str,
+    role: &str,
+) -> Result<bool> {
+    staff.authorize(Action::ManageStaff)?;
+    let role = Role::parse(role)?;
+    if username == staff.username {
+        return Err(Error::Forbidden(
+            "nobody changes their own role: another admin does".into(),
+        ));
+    }
+    let mut tx = store.begin().await?;
+    let row = sqlx::query_as::<_, CurrentRole>("SELECT id, role FROM staff WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound)?;
+    if row.role == role.name() {
+        return Err(Error::Conflict(format!(
+            "{username} is a {} already",
+            role.name()
+        )));
+    }
+    let waits = grant_needs_second_admin(role);
+    // A new request replaces one that waited.
+    sqlx::query("DELETE FROM staff_role_grants WHERE staff = $1 AND new_account = 0")
+        .bind(&row.id)
+        .execute(&mut *tx)
+        .await?;
+    if waits {
+        sqlx::query(
+            "INSERT INTO staff_role_grants (staff, role, requested_by, requested_at, new_account) VALUES ($1, $2, $3, $4, 0)",
+        )
+        .bind(&row.id)
+        .bind(role.name())
+        .bind(&staff.staff)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query("UPDATE staff SET role = $2 WHERE id = $1")
+            .bind(&row.id)
+            .bind(role.name())
+            .execute(&mut *tx)
+            .await?;
+        end_access(&mut tx, &row.id).await?;
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: if waits {
+                    "ra.staff.role_change_requested"
+                } else {
+                    "ra.staff.role_changed"
+                },
+                actor: actor(staff),
+                subject: Some(row.id.clone()),
+                detail: json!({ "username": username, "from": row.role, "to": role.name() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(waits)
+}
+
+row! {
+    struct CurrentRole {
+        id: String,
+        role: String,
     }
 }
 

@@ -58,7 +58,8 @@ mod token;
 mod tests;
 
 pub use admin::{
-    accounts, add_account, approve_grant, grant_needs_second_admin, new_totp, set_disabled, Account,
+    accounts, add_account, approve_grant, change_role, grant_needs_second_admin, new_totp,
+    set_disabled, Account,
 };
 pub use application::REGISTER_COUNTRY;
 pub use application::{

@@ -170,7 +170,7 @@ pub(super) async fn insert_staff(
     .await?;
     if let Some(by) = pending_grant_by {
         sqlx::query(
-            "INSERT INTO staff_role_grants (staff, role, requested_by, requested_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO staff_role_grants (staff, role, requested_by, requested_at, new_account) VALUES ($1, $2, $3, $4, 1)",
         )
         .bind(&id)
         .bind(role.name())

@@ -143,7 +143,7 @@ fn enrol(lang: PageLang, username: &str, secret: &[u8], pending: bool) -> Respon
     .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `POST /staff/admin/{username}/{disable,enable,totp,approve}`.
+/// `POST /staff/admin/{username}/{disable,enable,totp,approve,role}`.
 pub(super) async fn staff_admin_action(
     State(s): State<Shared>,
     Path((username, action)): Path<(String, String)>,
@@ -160,6 +160,18 @@ pub(super) async fn staff_admin_action(
         "approve" => ra::approve_grant(store, &p.staff, &username)
             .await
             .map(|()| format!("{username}'s role granted")),
+        "role" => ra::change_role(store, &p.staff, &username, &p.f.role)
+            .await
+            .map(|waits| {
+                if waits {
+                    format!(
+                        "{username} becomes {} once a second admin approves",
+                        p.f.role
+                    )
+                } else {
+                    format!("{username} is now {}", p.f.role)
+                }
+            }),
         "totp" => {
             let result = async {
                 let vault = s.auth.pii()?;

@@ -2734,3 +2734,79 @@ async fn admins_manage_staff_and_privileged_grants_need_a_second_admin() {
     let r = add(clerk.clone(), clerk_csrf.clone(), "sneaky", "admin").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
 }
+
+/// Issue 14: an admin changes a member's role on the web. To a counter role it takes effect at
+/// once and ends the member's sessions; to a privileged role (officer) it waits for a second
+/// admin, the member keeping the old role meanwhile; nobody changes their own role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_changes_to_privileged_roles_need_a_second_admin() {
+    let app = app(|_| {}).await;
+    let (admin1, csrf1) = staff_cookie(&app, "admin1", "gpo", ra::Role::Admin).await;
+    let (admin2, csrf2) = staff_cookie(&app, "admin2", "gpo", ra::Role::Admin).await;
+    let (clerk, _) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
+    let role_of = |name: &'static str| {
+        let store = app.auth.store().clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT role FROM staff WHERE username = $1")
+                .bind(name)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let change = |cookie: &str, csrf: &str, user: &str, role: &str| {
+        let (cookie, csrf, path, role) = (
+            cookie.to_string(),
+            csrf.to_string(),
+            format!("/staff/admin/{user}/role"),
+            role.to_string(),
+        );
+        let app = &app;
+        async move {
+            app.post(&path, &cookie, &[("csrf", &csrf), ("role", &role)])
+                .await
+        }
+    };
+    let r = change(&admin1, &csrf1, "clerk1", "supervisor").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(role_of("clerk1").await, "supervisor");
+    assert_eq!(
+        app.get("/staff", &clerk).await.status,
+        StatusCode::SEE_OTHER,
+        "the member's session outlived the role change"
+    );
+    let r = change(&admin1, &csrf1, "clerk1", "officer").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        role_of("clerk1").await,
+        "supervisor",
+        "granted without a second admin"
+    );
+    let r = app
+        .post("/staff/admin/clerk1/approve", &admin1, &[("csrf", &csrf1)])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = app
+        .post("/staff/admin/clerk1/approve", &admin2, &[("csrf", &csrf2)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(role_of("clerk1").await, "officer");
+    let r = change(&admin1, &csrf1, "admin1", "clerk").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = change(&admin1, &csrf1, "clerk1", "emperor").await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM audit_log WHERE kind LIKE 'ra.staff.role%' ORDER BY seq",
+    )
+    .fetch_all(app.auth.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "ra.staff.role_changed",
+            "ra.staff.role_change_requested",
+            "ra.staff.role_granted"
+        ]
+    );
+}

@@ -1643,6 +1643,9 @@ pub struct StaffForm {
     /// A problem report's outcome, as sent to the reporter.
     #[serde(default)]
     note: String,
+    /// A staff account's new role (admin pages).
+    #[serde(default)]
+    role: String,
 }
 
 /// A staff member's form POST on an application: signed in, with the session's CSRF token,
