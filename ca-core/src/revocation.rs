@@ -67,7 +67,7 @@ pub async fn revoke_as(
     }
     let mut changed = Vec::new();
     let mut already = None;
-    match revoke_in(store, &mut tx, &hex, reason, at).await {
+    match revoke_in(store, &mut tx, &hex, reason, at, actor).await {
         Ok(outcome) => {
             store
                 .audit(&mut tx, &event(&hex, &outcome, Some(reason), actor, None))
@@ -97,7 +97,7 @@ pub async fn revoke_as(
         } else {
             reason
         };
-        match revoke_in(store, &mut tx, &previous, own, at).await {
+        match revoke_in(store, &mut tx, &previous, own, at, actor).await {
             Ok(o) => {
                 let cause = format!("renewed by {hex}");
                 store
@@ -154,7 +154,7 @@ pub async fn revoke_as(
             if other == hex {
                 continue;
             }
-            match revoke_in(store, &mut tx, &other, Reason::KeyCompromise, at).await {
+            match revoke_in(store, &mut tx, &other, Reason::KeyCompromise, at, actor).await {
                 Ok(o) => {
                     let cause = format!("same key as {hex}");
                     store
@@ -370,6 +370,7 @@ pub(crate) async fn revoke_in(
     serial: &str,
     reason: Reason,
     at: i64,
+    actor: &str,
 ) -> Result<Outcome> {
     let status = store
         .status_in(tx, serial)
@@ -412,6 +413,9 @@ pub(crate) async fn revoke_in(
             store
                 .set_revocation(tx, serial, None, Some((Reason::CertificateHold, at)))
                 .await?;
+            // Who placed the hold: only someone of that rank releases it
+            // (ca_core::ra::release_at_counter).
+            store.set_held_by(tx, serial, Some(actor)).await?;
             Ok(Outcome::Held)
         }
         (Some(Reason::CertificateHold), Reason::CertificateHold) => Err(Error::AlreadyRevoked {
@@ -455,6 +459,7 @@ pub(crate) async fn release_in(store: &Store, tx: &mut Tx, serial: &str) -> Resu
     store
         .set_revocation(tx, serial, Some(Reason::CertificateHold), None)
         .await?;
+    store.set_held_by(tx, serial, None).await?;
     Ok(Outcome::Released)
 }
 

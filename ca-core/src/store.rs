@@ -89,6 +89,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (24, "staff_roles", include_str!("../../migrations/sqlite/0024_staff_roles.sql")),
     (25, "staff_role_grants", include_str!("../../migrations/sqlite/0025_staff_role_grants.sql")),
     (26, "audit_log_at", include_str!("../../migrations/sqlite/0026_audit_log_at.sql")),
+    (27, "held_by", include_str!("../../migrations/sqlite/0027_held_by.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -118,6 +119,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (24, "staff_roles", include_str!("../../migrations/postgres/0024_staff_roles.sql")),
     (25, "staff_role_grants", include_str!("../../migrations/postgres/0025_staff_role_grants.sql")),
     (26, "audit_log_at", include_str!("../../migrations/postgres/0026_audit_log_at.sql")),
+    (27, "held_by", include_str!("../../migrations/postgres/0027_held_by.sql")),
 ];
 
 row! {
@@ -1041,6 +1043,27 @@ impl Store {
             )));
         }
         self.note_status_change(tx, serial).await
+    }
+
+    /// Records who placed `serial` on hold (`None`: the hold ended).
+    pub async fn set_held_by(&self, tx: &mut Tx, serial: &str, actor: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE certificates SET held_by = $2 WHERE serial = $1")
+            .bind(serial)
+            .bind(actor)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Who placed `serial` on hold, if it is held and that was recorded.
+    pub async fn held_by(&self, serial: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT held_by FROM certificates WHERE serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
     }
 
     /// Records that `serial`'s CA changed revocation status now (same transaction), and queues

@@ -6,6 +6,7 @@
 use super::permissions::Action;
 use super::record::{owned, staff_owned};
 use super::session::StaffSession;
+use super::staff::Role;
 use super::support::{citizen, invalid, now, password_matches_async, random_base32};
 use crate::authority::Authority;
 use crate::error::{Error, Result};
@@ -213,6 +214,25 @@ pub async fn release_at_counter(
         .certificate
         .ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
     let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    // A hold an officer placed — or the command line, or the service itself — is an officer's
+    // to release, not any clerk's of the outlet.
+    let holder = auth.store().held_by(&serial).await?;
+    let officers_hold = match holder.as_deref().and_then(|a| a.strip_prefix("staff:")) {
+        Some(username) => {
+            sqlx::query_scalar::<_, String>("SELECT role FROM staff WHERE username = $1")
+                .bind(username)
+                .fetch_optional(auth.store().pool())
+                .await?
+                .as_deref()
+                == Some(Role::Officer.name())
+        }
+        None => holder.is_some(),
+    };
+    if officers_hold && staff.role != Role::Officer {
+        return Err(Error::Forbidden(
+            "this hold was placed by an officer: an officer releases it".into(),
+        ));
+    }
     auth.release(s, &format!("staff:{}", staff.username))
         .await?;
     Ok(serial)

@@ -1564,6 +1564,34 @@ async fn walk_in_and_revocation_at_the_counter() {
         None,
         "released"
     );
+    // An officer's hold (review finding: any clerk of the outlet released it) is released by
+    // an officer only.
+    let (officer, officer_csrf) = staff_cookie(&app, "officer1", "tst", ra::Role::Officer).await;
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &officer,
+            &[("csrf", &officer_csrf), ("reason", "certificateHold")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &clerk,
+            &[("csrf", &csrf), ("reason", "release")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.body.contains("an officer releases it"), "{}", r.body);
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &officer,
+            &[("csrf", &officer_csrf), ("reason", "release")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = app
         .post(
             &format!("{base}/revoke"),
