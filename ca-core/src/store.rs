@@ -90,6 +90,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (25, "staff_role_grants", include_str!("../../migrations/sqlite/0025_staff_role_grants.sql")),
     (26, "audit_log_at", include_str!("../../migrations/sqlite/0026_audit_log_at.sql")),
     (27, "held_by", include_str!("../../migrations/sqlite/0027_held_by.sql")),
+    (28, "must_change_password", include_str!("../../migrations/sqlite/0028_must_change_password.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -120,6 +121,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (25, "staff_role_grants", include_str!("../../migrations/postgres/0025_staff_role_grants.sql")),
     (26, "audit_log_at", include_str!("../../migrations/postgres/0026_audit_log_at.sql")),
     (27, "held_by", include_str!("../../migrations/postgres/0027_held_by.sql")),
+    (28, "must_change_password", include_str!("../../migrations/postgres/0028_must_change_password.sql")),
 ];
 
 row! {

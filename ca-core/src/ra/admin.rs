@@ -288,3 +288,46 @@ pub async fn new_totp(
     staff.authorize(Action::ManageStaff)?;
     reset_totp(store, vault, username, &actor(staff)).await
 }
+
+/// An admin resets a member's password to a temporary one: the member must choose a new one
+/// at the next sign-in before anything else; their sessions and API tokens end. Not one's own.
+pub async fn reset_password(
+    store: &Store,
+    staff: &StaffSession,
+    username: &str,
+    temporary: &str,
+) -> Result<()> {
+    staff.authorize(Action::ManageStaff)?;
+    if username == staff.username {
+        return Err(Error::Forbidden(
+            "change your own password at /staff/password".into(),
+        ));
+    }
+    super::support::check_len("password", temporary, 12, 256)?;
+    let hash = super::support::hash_password_async(temporary).await?;
+    let mut tx = store.begin().await?;
+    let id: String = sqlx::query_scalar("SELECT id FROM staff WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(Error::NotFound)?;
+    sqlx::query("UPDATE staff SET password_hash = $2, must_change_password = 1 WHERE id = $1")
+        .bind(&id)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    end_access(&mut tx, &id).await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.password_reset",
+                actor: actor(staff),
+                subject: Some(id),
+                detail: json!({ "username": username }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -59,7 +59,7 @@ mod tests;
 
 pub use admin::{
     accounts, add_account, approve_grant, change_role, grant_needs_second_admin, new_totp,
-    set_disabled, Account,
+    reset_password, set_disabled, Account,
 };
 pub use application::REGISTER_COUNTRY;
 pub use application::{
@@ -97,8 +97,8 @@ pub use revocation::{
 pub use rules::Clock;
 pub use rules::{Status, MAILBOX_VALIDATION_DAYS};
 pub use session::{
-    session, sign_in, sign_in_from, sign_out, SignedIn, StaffSession, ACCOUNT_SIGN_IN_ATTEMPTS,
-    LOCK_SECONDS, SIGN_IN_ATTEMPTS,
+    change_password, session, sign_in, sign_in_from, sign_out, SignedIn, StaffSession,
+    ACCOUNT_SIGN_IN_ATTEMPTS, LOCK_SECONDS, SIGN_IN_ATTEMPTS,
 };
 pub use staff::{
     create_staff, list_staff, reset_totp, set_staff_disabled, NewStaff, Role, StaffRow,

@@ -196,6 +196,11 @@ impl StaffSession {
     /// Refuses an action the member's role may not take ([`Error::Forbidden`]) or an API token's
     /// scopes do not cover; returns the reach of an allowed one.
     pub fn authorize(&self, action: Action) -> Result<Reach> {
+        if self.must_change_password {
+            return Err(Error::Forbidden(
+                "your password was reset: choose a new one (/staff/password) first".into(),
+            ));
+        }
         let reach = permits(self.role, action).ok_or_else(|| {
             Error::Forbidden(format!(
                 "the {} role may not {}",

@@ -34,6 +34,9 @@ pub struct StaffSession {
     pub csrf: String,
     /// An API token's scopes; `None` for a browser session (what the role allows).
     pub scopes: Option<super::token::Scopes>,
+    /// The password was reset by an admin: nothing is allowed until the member chooses a new
+    /// one ([`change_password`]).
+    pub must_change_password: bool,
 }
 
 /// A new session: the cookie token (shown once) and who it is.
@@ -56,6 +59,7 @@ row! {
         display_name: String,
         outlet: String,
         role: String,
+        must_change_password: i64,
     }
 }
 
@@ -85,7 +89,7 @@ pub async fn sign_in_from(
     let store = auth.store();
     let t = now();
     let row = sqlx::query_as::<_, Account>(
-        "SELECT id, password_hash, totp_sealed, totp_last_step, disabled, display_name, outlet, role \
+        "SELECT id, password_hash, totp_sealed, totp_last_step, disabled, display_name, outlet, role, must_change_password \
          FROM staff WHERE username = $1",
     )
     .bind(username)
@@ -203,6 +207,7 @@ pub async fn sign_in_from(
             role: Role::parse(&account.role)?,
             csrf,
             scopes: None,
+            must_change_password: account.must_change_password != 0,
         },
     })
 }
@@ -320,6 +325,7 @@ row! {
         outlet: String,
         role: String,
         disabled: i64,
+        must_change_password: i64,
     }
 }
 
@@ -331,7 +337,7 @@ pub async fn session(
 ) -> Result<StaffSession> {
     let hash = sha256(&[b"session", token.as_bytes()]);
     let r = sqlx::query_as::<_, SessionRow>(
-        "SELECT s.staff, s.csrf, s.created_at, s.last_seen, st.username, st.display_name, st.outlet, st.role, st.disabled \
+        "SELECT s.staff, s.csrf, s.created_at, s.last_seen, st.username, st.display_name, st.outlet, st.role, st.disabled, st.must_change_password \
          FROM staff_sessions s JOIN staff st ON st.id = s.staff WHERE s.token_hash = $1",
     )
     .bind(&hash)
@@ -364,6 +370,7 @@ pub async fn session(
         outlet: r.outlet,
         role: Role::parse(&r.role)?,
         scopes: None,
+        must_change_password: r.must_change_password != 0,
     })
 }
 
@@ -391,6 +398,58 @@ pub async fn sign_out(store: &Store, token: &str) -> Result<()> {
                 kind: "ra.staff.signout",
                 actor: format!("staff-id:{staff}"),
                 subject: Some(staff),
+                detail: json!({}),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A member changes their own password: the current one first, then a new one (12 characters at
+/// least, not the current one). Ends a reset's hold on the account; audited.
+pub async fn change_password(
+    store: &Store,
+    staff: &StaffSession,
+    current: &str,
+    new: &str,
+) -> Result<()> {
+    if staff.scopes.is_some() {
+        return Err(Error::Forbidden(
+            "a password is changed signed in, not with an API token".into(),
+        ));
+    }
+    super::support::check_len("new_password", new, 12, 256)?;
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM staff WHERE id = $1")
+        .bind(&staff.staff)
+        .fetch_one(store.pool())
+        .await?;
+    if !password_matches_async(current, &hash).await? {
+        return Err(Error::Invalid {
+            field: "current_password",
+            reason: "this is not your current password".into(),
+        });
+    }
+    if new == current {
+        return Err(Error::Invalid {
+            field: "new_password",
+            reason: "choose a password other than the current one".into(),
+        });
+    }
+    let new_hash = super::support::hash_password_async(new).await?;
+    let mut tx = store.begin().await?;
+    sqlx::query("UPDATE staff SET password_hash = $2, must_change_password = 0 WHERE id = $1")
+        .bind(&staff.staff)
+        .bind(new_hash)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.password_changed",
+                actor: format!("staff:{}", staff.username),
+                subject: Some(staff.staff.clone()),
                 detail: json!({}),
             },
         )

@@ -199,6 +199,7 @@ pub async fn api_session(store: &Store, token: &str) -> Result<StaffSession> {
         return Err(Error::Expired("the API token is no longer valid".into()));
     }
     Ok(StaffSession {
+        must_change_password: false,
         staff: r.id,
         username: r.username,
         display_name: r.display_name,

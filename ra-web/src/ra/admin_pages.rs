@@ -143,7 +143,7 @@ fn enrol(lang: PageLang, username: &str, secret: &[u8], pending: bool) -> Respon
     .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `POST /staff/admin/{username}/{disable,enable,totp,approve,role}`.
+/// `POST /staff/admin/{username}/{disable,enable,totp,approve,role,password}`.
 pub(super) async fn staff_admin_action(
     State(s): State<Shared>,
     Path((username, action)): Path<(String, String)>,
@@ -160,6 +160,11 @@ pub(super) async fn staff_admin_action(
         "approve" => ra::approve_grant(store, &p.staff, &username)
             .await
             .map(|()| format!("{username}'s role granted")),
+        "password" => ra::reset_password(store, &p.staff, &username, &p.f.password)
+            .await
+            .map(|()| {
+                format!("{username}'s password reset: they choose a new one at their next sign-in")
+            }),
         "role" => ra::change_role(store, &p.staff, &username, &p.f.role)
             .await
             .map(|waits| {

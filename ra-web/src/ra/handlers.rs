@@ -1899,6 +1899,13 @@ async fn every_route_as_every_role_follows_the_matrix() {
         ),
         page(
             "GET",
+            "/staff/password".into(),
+            serde_json::json!({}),
+            None,
+            false,
+        ),
+        page(
+            "GET",
             "/staff/admin".into(),
             serde_json::json!({}),
             Some(A::ManageStaff),
@@ -2594,6 +2601,19 @@ fn base32_decode(s: &str) -> Vec<u8> {
 
 /// Signs `username` in with the password and a code from `secret`, from address 10.2.0.`n`.
 async fn sign_in_as(app: &App, username: &str, password: &str, secret: &[u8], n: u8) -> Reply {
+    sign_in_later(app, username, password, secret, n, 0).await
+}
+
+/// [`sign_in_as`] with the code of `later` seconds from now (a second sign-in within one TOTP
+/// step would replay the first's code, which is refused).
+async fn sign_in_later(
+    app: &App,
+    username: &str,
+    password: &str,
+    secret: &[u8],
+    n: u8,
+    later: i64,
+) -> Reply {
     use axum::extract::ConnectInfo;
     let peer = std::net::SocketAddr::from(([10, 2, 0, n], 40000));
     let r = app
@@ -2605,7 +2625,10 @@ async fn sign_in_as(app: &App, username: &str, password: &str, secret: &[u8], n:
         )
         .await;
     let token = r.cookie(CSRF_COOKIE).unwrap();
-    let code = ca_core::totp::code_at(secret, time::OffsetDateTime::now_utc().unix_timestamp());
+    let code = ca_core::totp::code_at(
+        secret,
+        time::OffsetDateTime::now_utc().unix_timestamp() + later,
+    );
     let form = [
         ("csrf", token.as_str()),
         ("username", username),
@@ -2836,5 +2859,99 @@ async fn role_changes_to_privileged_roles_need_a_second_admin() {
             "ra.staff.role_change_requested",
             "ra.staff.role_granted"
         ]
+    );
+}
+
+/// Issue 14: an admin resets a member's password to a temporary one; the member's sessions
+/// end, and at the next sign-in nothing but choosing a new password is allowed; members change
+/// their own password (the current one first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_password_is_changed_before_anything_else() {
+    let app = app(|_| {}).await;
+    let (admin, admin_csrf) = staff_cookie(&app, "admin1", "gpo", ra::Role::Admin).await;
+    let (_, secret) = ra::create_staff(
+        app.auth.store(),
+        &app.auth.pii().unwrap(),
+        &ra::NewStaff {
+            username: "clerk7",
+            display_name: "clerk7",
+            outlet: "gpo",
+            role: ra::Role::Clerk,
+            password: "the clerk's first password",
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let r = sign_in_as(&app, "clerk7", "the clerk's first password", &secret, 10).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let old = format!("{STAFF_COOKIE}={}", r.cookie(STAFF_COOKIE).unwrap());
+    let r = app
+        .post(
+            "/staff/admin/clerk7/password",
+            &admin,
+            &[("csrf", &admin_csrf), ("password", "a temporary password")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(app.get("/staff", &old).await.status, StatusCode::SEE_OTHER);
+    let r = app
+        .post(
+            "/staff/admin/admin1/password",
+            &admin,
+            &[("csrf", &admin_csrf), ("password", "my own new password")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    let r = sign_in_later(&app, "clerk7", "a temporary password", &secret, 11, 30).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let cookie = format!("{STAFF_COOKIE}={}", r.cookie(STAFF_COOKIE).unwrap());
+    let home = app.get("/staff", &cookie).await;
+    assert_eq!(home.status, StatusCode::SEE_OTHER);
+    assert_eq!(home.headers[header::LOCATION], "/staff/password");
+    let r = app.get("/staff/walk-in", &cookie).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let page = app.get("/staff/password", &cookie).await;
+    assert!(page.body.contains("id=\"must-change\""), "{}", page.body);
+    let csrf = page.hidden("csrf");
+    let r = app
+        .post(
+            "/staff/password",
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("current_password", "not the password"),
+                ("new_password", "the clerk's next password"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let r = app
+        .post(
+            "/staff/password",
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("current_password", "a temporary password"),
+                ("new_password", "the clerk's next password"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(app.get("/staff", &cookie).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/staff/walk-in", &cookie).await.status,
+        StatusCode::OK
+    );
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM audit_log WHERE kind LIKE 'ra.staff.password%' ORDER BY seq",
+    )
+    .fetch_all(app.auth.store().pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        ["ra.staff.password_reset", "ra.staff.password_changed"]
     );
 }

@@ -14,6 +14,7 @@ mod audit_pages;
 mod i18n;
 mod mail;
 mod ops_pages;
+mod password_pages;
 mod reports;
 
 use std::collections::HashMap;
@@ -155,6 +156,10 @@ pub fn router(state: Shared) -> Router {
         .route("/staff/reports/{id}/decide", post(reports::staff_decide))
         .route("/staff/audit", get(audit_pages::staff_audit))
         .route("/staff/ops", get(ops_pages::staff_ops))
+        .route(
+            "/staff/password",
+            get(password_pages::password_form).post(password_pages::change_password),
+        )
         .route("/staff/admin", get(admin_pages::staff_admin))
         .route("/staff/admin/add", post(admin_pages::staff_admin_add))
         .route(
@@ -1471,6 +1476,14 @@ async fn staff_queue(
         Ok(v) => v,
         Err(r) => return r,
     };
+    // A reset password is changed before anything else.
+    if staff.must_change_password {
+        return (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, "/staff/password")],
+        )
+            .into_response();
+    }
     let t = lang.0.texts();
     let may = |a: ra::Action| ra::permissions::permits(staff.role, a).is_some();
     let (can_view, can_enter, can_reports, can_audit) = (
@@ -1646,6 +1659,9 @@ pub struct StaffForm {
     /// A staff account's new role (admin pages).
     #[serde(default)]
     role: String,
+    /// A temporary password an admin sets (admin pages).
+    #[serde(default)]
+    password: String,
 }
 
 /// A staff member's form POST on an application: signed in, with the session's CSRF token,
