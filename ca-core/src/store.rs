@@ -91,6 +91,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (26, "audit_log_at", include_str!("../../migrations/sqlite/0026_audit_log_at.sql")),
     (27, "held_by", include_str!("../../migrations/sqlite/0027_held_by.sql")),
     (28, "must_change_password", include_str!("../../migrations/sqlite/0028_must_change_password.sql")),
+    (29, "outlet_closed", include_str!("../../migrations/sqlite/0029_outlet_closed.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -122,6 +123,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (26, "audit_log_at", include_str!("../../migrations/postgres/0026_audit_log_at.sql")),
     (27, "held_by", include_str!("../../migrations/postgres/0027_held_by.sql")),
     (28, "must_change_password", include_str!("../../migrations/postgres/0028_must_change_password.sql")),
+    (29, "outlet_closed", include_str!("../../migrations/postgres/0029_outlet_closed.sql")),
 ];
 
 row! {

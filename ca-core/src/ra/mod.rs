@@ -81,7 +81,7 @@ pub use mailbox::{
     WAITING_PER_MAILBOX,
 };
 pub use operations::{operations, publish_all_crls, sign_ocsp_now, OpsView};
-pub use outlet::{ensure_outlet, outlets};
+pub use outlet::{add_outlet, all_outlets, change_outlet, ensure_outlet, outlets};
 pub use permissions::{Action, Reach};
 pub use problems::{
     report, report_clocks, report_decide, report_preliminary, report_problem, report_queue,

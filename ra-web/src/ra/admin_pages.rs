@@ -22,6 +22,8 @@ struct AdminPage {
     me: String,
     accounts: Vec<ra::Account>,
     outlets: Vec<(String, String)>,
+    /// Every outlet: id, English name, Chinese name, closed.
+    all_outlets: Vec<(String, String, String, bool)>,
     roles: Vec<&'static str>,
     message: String,
 }
@@ -47,6 +49,10 @@ async fn render(s: &Shared, lang: PageLang, staff: &ra::StaffSession, message: S
         Ok(o) => o.into_iter().map(|(id, en, _)| (id, en)).collect(),
         Err(e) => return AppError::new(e, lang.0).into_response(),
     };
+    // Outlets are shown to those who manage them.
+    let all_outlets = ra::all_outlets(s.auth.store(), staff)
+        .await
+        .unwrap_or_default();
     html(
         AdminPage {
             t: lang.0.texts(),
@@ -55,6 +61,7 @@ async fn render(s: &Shared, lang: PageLang, staff: &ra::StaffSession, message: S
             me: staff.username.clone(),
             accounts,
             outlets,
+            all_outlets,
             roles: ra::Role::ALL.iter().map(|r| r.name()).collect(),
             message,
         },
@@ -188,6 +195,69 @@ pub(super) async fn staff_admin_action(
                 Err(e) => AppError::new(e, p.lang.0).into_response(),
             };
         }
+        _ => Err(ca_core::Error::NotFound),
+    };
+    match done {
+        Ok(message) => render(&s, p.lang, &p.staff, message).await,
+        Err(e) => AppError::new(e, p.lang.0).into_response(),
+    }
+}
+
+/// A new outlet's fields.
+#[derive(Deserialize)]
+pub struct OutletForm {
+    csrf: String,
+    id: String,
+    name_en: String,
+    name_zh: String,
+}
+
+impl CsrfField for OutletForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// `POST /staff/admin/outlets`: a new outlet.
+pub(super) async fn staff_outlet_add(
+    State(s): State<Shared>,
+    p: SignedInForm<OutletForm>,
+) -> Response {
+    let SignedInForm { staff, lang, f } = p;
+    let id = f.id.trim();
+    match ra::add_outlet(
+        s.auth.store(),
+        &staff,
+        id,
+        f.name_en.trim(),
+        f.name_zh.trim(),
+    )
+    .await
+    {
+        Ok(()) => render(&s, lang, &staff, format!("outlet {id} added")).await,
+        Err(e) => AppError::new(e, lang.0).into_response(),
+    }
+}
+
+/// `POST /staff/admin/outlet/{id}/{rename,close}`.
+pub(super) async fn staff_outlet_action(
+    State(s): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+    p: StaffPost,
+) -> Response {
+    let store = s.auth.store();
+    let done = match action.as_str() {
+        "rename" => ra::change_outlet(
+            store,
+            &p.staff,
+            &id,
+            Some((p.f.name_en.trim(), p.f.name_zh.trim())),
+        )
+        .await
+        .map(|()| format!("outlet {id} renamed")),
+        "close" => ra::change_outlet(store, &p.staff, &id, None)
+            .await
+            .map(|()| format!("outlet {id} closed: it takes no new applications")),
         _ => Err(ca_core::Error::NotFound),
     };
     match done {

@@ -1905,6 +1905,13 @@ async fn every_route_as_every_role_follows_the_matrix() {
             false,
         ),
         page(
+            "POST",
+            "/staff/admin/outlet/no-such-outlet/rename".into(),
+            serde_json::json!({"name_en": "x", "name_zh": "x"}),
+            Some(A::ManageOutlets),
+            false,
+        ),
+        page(
             "GET",
             "/staff/admin".into(),
             serde_json::json!({}),
@@ -2953,5 +2960,98 @@ async fn a_reset_password_is_changed_before_anything_else() {
     assert_eq!(
         kinds,
         ["ra.staff.password_reset", "ra.staff.password_changed"]
+    );
+}
+
+/// Issue 14: admins add, rename and close outlets on the web. A closed outlet is not offered to
+/// applicants and takes no new application; its applications stay readable to its staff. An
+/// outlet id is lowercase letters, digits and dashes (it lands in paths and audit exports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_add_rename_and_close_outlets() {
+    let app = app(|_| {}).await;
+    let (admin, csrf) = staff_cookie(&app, "admin1", "gpo", ra::Role::Admin).await;
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        let mut f: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        f.push(("csrf".into(), csrf.clone()));
+        let (path, admin) = (path.to_string(), admin.clone());
+        let app = &app;
+        async move {
+            let pairs: Vec<(&str, &str)> =
+                f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            app.post(&path, &admin, &pairs).await
+        }
+    };
+    let r = post(
+        "/staff/admin/outlets",
+        &[("id", "=HYPERLINK(1)"), ("name_en", "x"), ("name_zh", "x")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let r = post(
+        "/staff/admin/outlets",
+        &[("id", "kt"), ("name_en", "Kwun Tong"), ("name_zh", "觀塘")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = post(
+        "/staff/admin/outlet/kt/rename",
+        &[
+            ("name_en", "Kwun Tong Post Office"),
+            ("name_zh", "觀塘郵政局"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let form = app.get("/apply", "").await;
+    assert!(form.body.contains("Kwun Tong Post Office"), "{}", form.body);
+
+    // An application at kt, then kt closes.
+    let (cookies, ccsrf) = citizen(&app).await;
+    let csr = csr_pem();
+    let mut fields = application(&ccsrf, "Z683451(6)", &csr);
+    for (k, v) in fields.iter_mut() {
+        if *k == "outlet" {
+            *v = "kt";
+        }
+    }
+    let r = app.post("/apply", &cookies, &fields).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let reference = r.text_of("reference");
+    let r = post("/staff/admin/outlet/kt/close", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let form = app.get("/apply", "").await;
+    assert!(
+        !form.body.contains("Kwun Tong"),
+        "a closed outlet offered: {}",
+        form.body
+    );
+    let second = csr_pem();
+    let mut again = application(&ccsrf, "Y531242(4)", &second);
+    for (k, v) in again.iter_mut() {
+        if *k == "outlet" {
+            *v = "kt";
+        }
+    }
+    let r = app.post("/apply", &cookies, &again).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    // Its staff still see its applications.
+    let (clerk, _) = staff_cookie(&app, "clerk-kt", "gpo", ra::Role::Clerk).await;
+    sqlx::query("UPDATE staff SET outlet = 'kt' WHERE username = 'clerk-kt'")
+        .execute(app.auth.store().pool())
+        .await
+        .unwrap();
+    let queue = app.get("/staff", &clerk).await;
+    assert!(queue.body.contains(&reference), "{}", queue.body);
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM audit_log WHERE subject = 'kt' ORDER BY seq")
+            .fetch_all(app.auth.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        kinds,
+        ["ra.outlet.added", "ra.outlet.renamed", "ra.outlet.closed"]
     );
 }

@@ -162,6 +162,11 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/staff/admin", get(admin_pages::staff_admin))
         .route("/staff/admin/add", post(admin_pages::staff_admin_add))
+        .route("/staff/admin/outlets", post(admin_pages::staff_outlet_add))
+        .route(
+            "/staff/admin/outlet/{id}/{action}",
+            post(admin_pages::staff_outlet_action),
+        )
         .route(
             "/staff/admin/{username}/{action}",
             post(admin_pages::staff_admin_action),
@@ -1662,6 +1667,11 @@ pub struct StaffForm {
     /// A temporary password an admin sets (admin pages).
     #[serde(default)]
     password: String,
+    /// An outlet's names (admin pages).
+    #[serde(default)]
+    name_en: String,
+    #[serde(default)]
+    name_zh: String,
 }
 
 /// A staff member's form POST on an application: signed in, with the session's CSRF token,
