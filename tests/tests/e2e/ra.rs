@@ -256,7 +256,8 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
 
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
-    let server = serve_ra(&ca, &smtp.addr, &log);
+    // Logs at every level (issue 14: nobody reading them — an operator — sees personal data).
+    let server = serve_ra_with(&ca, &smtp.addr, &log, &[("ECERT_LOG", "trace")]);
     let addr = &server.1;
 
     // The citizen: the form, then the application with a CSR made by openssl.
@@ -648,6 +649,15 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         };
         assert!(!found(&dump), "{what} in the database dump");
         assert!(!found(&logs), "{what} in the logs");
+    }
+    // Names and the mailbox are stored in clear (they are in the certificate), but never logged.
+    for (what, needle) in [
+        ("given name", "Tai Man"),
+        ("surname and given name", "CHAN Tai"),
+        ("Chinese name", "陳大文"),
+        ("e-mail address", "tm.chan@example.hk"),
+    ] {
+        assert!(!logs.contains(needle), "{what} in the logs");
     }
     ca.audit_ok();
 }
