@@ -50,6 +50,21 @@ row! {
     }
 }
 
+impl Record {
+    /// Whether the stored hash is the chain hash of this record's fields and `prev_hash`.
+    pub fn hash_matches(&self) -> bool {
+        chain_hash(
+            &self.prev_hash,
+            self.seq,
+            self.at,
+            &self.kind,
+            &self.actor,
+            self.subject.as_deref(),
+            &self.detail,
+        ) == self.hash
+    }
+}
+
 /// The chain hash of a record.
 pub fn chain_hash(
     prev_hash: &[u8],
@@ -219,16 +234,7 @@ pub fn verify(records: &[Record], head_seq: i64, head_hash: &[u8]) -> Vec<Findin
         if r.prev_hash != prev {
             out.push(Finding::BrokenLink { seq: r.seq });
         }
-        let h = chain_hash(
-            &r.prev_hash,
-            r.seq,
-            r.at,
-            &r.kind,
-            &r.actor,
-            r.subject.as_deref(),
-            &r.detail,
-        );
-        if h != r.hash {
+        if !r.hash_matches() {
             out.push(Finding::HashMismatch { seq: r.seq });
         }
         prev = r.hash.clone();

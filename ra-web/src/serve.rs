@@ -326,7 +326,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
             a.crl_watch_seconds,
         )));
         background.push(tokio::spawn(ocsp_signer(state.clone())));
-        check_hsm(&state, &mut None).await;
+        check_hsm(&state).await;
         background.push(tokio::spawn(keep_checking_hsm(state.clone())));
     }
     sync(&state)
@@ -981,32 +981,17 @@ async fn keep_probing(s: Shared) {
     }
 }
 
-/// An HSM check that has not finished (its thread may be stuck in the module).
-type RunningCheck = Option<(tokio::task::JoinHandle<Result<(), String>>, i64)>;
-
-/// One HSM check into [`AppState::hsm`], bounded by [`HSM_CHECK_TIMEOUT`]. A check that is
-/// still running (a hung PKCS#11 call cannot be cancelled) is waited for, not joined by
-/// another: hung checks never pile up threads.
-async fn check_hsm(s: &AppState, running: &mut RunningCheck) {
+/// One HSM check into [`AppState::hsm`], bounded by [`HSM_CHECK_TIMEOUT`]. A hung PKCS#11 call
+/// cannot be cancelled: [`Authority::hsm_check`] runs one check at a time and answers at once
+/// while an earlier one is stuck, so hung checks never pile up threads.
+async fn check_hsm(s: &AppState) {
     let Some(auth) = &s.auth else { return };
-    let (mut task, started) = match running.take() {
-        Some(r) => r,
-        None => {
-            let auth = auth.clone();
-            (
-                tokio::spawn(async move { auth.hsm_check().await.map_err(|e| e.to_string()) }),
-                now(),
-            )
-        }
-    };
-    let result = match tokio::time::timeout(HSM_CHECK_TIMEOUT, &mut task).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(format!("the HSM check failed: {e}")),
-        Err(_) => {
-            let waited = now() - started;
-            *running = Some((task, started));
-            Err(format!("no signature within {waited} s"))
-        }
+    let result = match tokio::time::timeout(HSM_CHECK_TIMEOUT, auth.hsm_check()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no signature within {} s",
+            HSM_CHECK_TIMEOUT.as_secs()
+        )),
     };
     let now = now();
     if let Ok(mut h) = s.hsm.write() {
@@ -1029,10 +1014,9 @@ async fn check_hsm(s: &AppState, running: &mut RunningCheck) {
 async fn keep_checking_hsm(s: Shared) {
     let mut tick = tokio::time::interval(HSM_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut running = None;
     loop {
         tick.tick().await;
-        check_hsm(&s, &mut running).await;
+        check_hsm(&s).await;
     }
 }
 

@@ -24,7 +24,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{chain_hash, checkpoint_message, Checkpoint, Record};
+use super::{checkpoint_message, Checkpoint, Record};
 use crate::error::{Error, Result};
 
 /// The format name in every export's header.
@@ -563,16 +563,7 @@ pub fn verify(e: &Export, claims: &Claims, audit_spki: &[u8]) -> Vec<Problem> {
                 out.push(Problem::BrokenLink { seq: r.seq });
             }
         }
-        let h = chain_hash(
-            &r.prev_hash,
-            r.seq,
-            r.at,
-            &r.kind,
-            &r.actor,
-            r.subject.as_deref(),
-            &r.detail,
-        );
-        if h != r.hash {
+        if !r.hash_matches() {
             out.push(Problem::Altered { seq: r.seq });
         }
         if *m != e.filter.selects(r) {
@@ -664,6 +655,7 @@ pub async fn export(store: &crate::store::Store, mut filter: Filter) -> Result<E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::chain_hash;
     use hsm::Signer;
 
     fn chain(n: i64) -> Vec<Record> {

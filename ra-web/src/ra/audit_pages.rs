@@ -13,7 +13,7 @@ use ca_core::ra;
 use serde::Deserialize;
 
 use super::i18n::{Lang, Texts};
-use super::{html, staff_session, AppError, PageLang, Shared};
+use super::{html, rfc3339, staff_session, AppError, PageLang, Shared};
 
 /// The filter fields of the page and the export (all optional).
 #[derive(Debug, Default, Deserialize)]
@@ -121,16 +121,6 @@ struct AuditPage {
     page: usize,
 }
 
-fn when(at: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| at.to_string())
-}
-
 /// `GET /staff/audit`: the newest records the filter selects.
 pub(super) async fn staff_audit(
     State(s): State<Shared>,
@@ -155,7 +145,7 @@ pub(super) async fn staff_audit(
         .map(|r| {
             (
                 r.seq,
-                when(r.at),
+                rfc3339(r.at),
                 r.kind,
                 r.actor,
                 r.subject.unwrap_or_default(),

@@ -1677,33 +1677,23 @@ pub struct StaffForm {
 /// A staff member's form POST on an application: signed in, with the session's CSRF token,
 /// within the staff rate limit. Anything else is answered with the page for it (sign-in,
 /// 403, 429) in the request's language.
-pub struct StaffPost {
-    staff: StaffSession,
-    lang: PageLang,
-    f: StaffForm,
+pub type StaffPost = SignedInForm<StaffForm>;
+
+impl CsrfField for StaffForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
-impl axum::extract::FromRequest<Shared> for StaffPost {
-    type Rejection = Response;
-
-    async fn from_request(req: axum::extract::Request, s: &Shared) -> Result<Self, Response> {
-        let (mut parts, body) = req.into_parts();
-        let Ok(lang) = PageLang::from_request_parts(&mut parts, s).await;
-        let ip = s.client_ip(&parts);
-        let headers = parts.headers.clone();
-        // Who asks first: a visitor who is not signed in is sent to the sign-in page whatever
-        // the form holds.
-        let staff = staff_session(s, &headers, lang.0).await?;
-        let Form(f) =
-            Form::<StaffForm>::from_request(axum::extract::Request::from_parts(parts, body), s)
-                .await
-                .map_err(IntoResponse::into_response)?;
-        check_staff_csrf(&staff, &f.csrf, lang.0)?;
-        s.limits
-            .check("staff", ip, 120)
-            .map_err(|e| AppError { lang: lang.0, ..e }.into_response())?;
-        Ok(StaffPost { staff, lang, f })
-    }
+/// A time as RFC 3339 (UTC), for the staff pages.
+fn rfc3339(at: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| at.to_string())
 }
 
 /// A form that carries the session's CSRF token.

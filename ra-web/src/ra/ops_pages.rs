@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use ca_core::ra;
 
 use super::i18n::{Lang, Texts};
-use super::{html, staff_session, AppError, PageLang, Shared, StaffPost};
+use super::{html, rfc3339, staff_session, AppError, PageLang, Shared, StaffPost};
 
 #[derive(Template)]
 #[template(path = "staff_ops.html")]
@@ -22,22 +22,12 @@ struct OpsPage {
     message: String,
 }
 
-fn when(at: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| at.to_string())
-}
-
 impl OpsPage {
     fn crl_rows(&self) -> Vec<(String, i64, String, String)> {
         self.v
             .crls
             .iter()
-            .map(|(f, n, t, nu)| (f.clone(), *n, when(*t), when(*nu)))
+            .map(|(f, n, t, nu)| (f.clone(), *n, rfc3339(*t), rfc3339(*nu)))
             .collect()
     }
 }

@@ -144,27 +144,9 @@ fn a_lost_hsm_token_is_used_again_when_it_returns() {
     assert_eq!(h["hsm"]["status"], "ok", "{h}");
 
     // The CRL that names the certificate lists it, judged by openssl.
-    let crl = ca.file("individual.crl");
-    let (code, _, body) = get(addr, "/crl/individual.crl");
-    assert_eq!(code, 200);
-    std::fs::write(&crl, body).unwrap();
-    let o = openssl(
-        ca.data_dir(),
-        &[
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            crl.to_str().unwrap(),
-            "-noout",
-            "-text",
-        ],
-    );
-    assert!(o.status.success(), "{}", show(&o));
-    let text = String::from_utf8_lossy(&o.stdout).to_uppercase();
     assert!(
-        text.contains(&leaf.serial.to_uppercase()),
-        "serial {} not in the CRL:\n{text}",
+        served_crl_lists(&ca, addr, "/crl/individual.crl", &leaf.serial),
+        "serial {} not in the CRL",
         leaf.serial
     );
 
@@ -439,29 +421,9 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
     // The partition CRL named in the certificate lists the revocation within seconds.
     let (_, cdp) = aia_and_crl_uris(&leaf.cert.parse());
     let partition = cdp[0].strip_prefix(BASE_URL).unwrap().to_string();
-    let crl = ca.file("partition.crl");
     let freed = Instant::now();
     loop {
-        let (code, _, body) = get(addr, &partition);
-        assert_eq!(code, 200);
-        std::fs::write(&crl, body).unwrap();
-        let o = openssl(
-            ca.data_dir(),
-            &[
-                "crl",
-                "-inform",
-                "DER",
-                "-in",
-                crl.to_str().unwrap(),
-                "-noout",
-                "-text",
-            ],
-        );
-        assert!(o.status.success(), "{}", show(&o));
-        if String::from_utf8_lossy(&o.stdout)
-            .to_uppercase()
-            .contains(&leaf.serial.to_uppercase())
-        {
+        if served_crl_lists(&ca, addr, &partition, &leaf.serial) {
             break;
         }
         assert!(
@@ -481,10 +443,38 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
         s == 200 && h["crl_files"]["status"] == "ok"
     });
     assert_eq!(h["crl_files"]["behind"], serde_json::json!([]), "{h}");
-    assert_eq!(std::fs::read(&file).unwrap(), std::fs::read(&crl).unwrap());
+    // The last CRL fetched above was the partition: its file is the same bytes.
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(ca.file("served.crl")).unwrap()
+    );
     assert_eq!(tmp_files(ca.data_dir()), Vec::<String>::new());
     drop(server);
     drop(ca);
+}
+
+/// Whether the CRL served at `path` lists `serial`, as `openssl crl -text` reads it.
+fn served_crl_lists(ca: &Ca, addr: &str, path: &str, serial: &str) -> bool {
+    let (code, _, body) = get(addr, path);
+    assert_eq!(code, 200, "{path}");
+    let file = ca.file("served.crl");
+    std::fs::write(&file, body).unwrap();
+    let o = openssl(
+        ca.data_dir(),
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            file.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .to_uppercase()
+        .contains(&serial.to_uppercase())
 }
 
 /// Every file under `dir`.
