@@ -203,7 +203,7 @@ impl Chrome {
             assert!(
                 Instant::now() < deadline,
                 "no element {css}: {}",
-                self.text("body")
+                self.text_now("body")
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -242,8 +242,28 @@ impl Chrome {
         self.on_element(css, "click", &json!({}));
     }
 
-    /// Visible text of an element.
+    /// Visible text of an element, waiting up to 10 s for it to appear (after a click the next
+    /// page may still be loading) and finding it again if the page replaced it meanwhile.
     pub fn text(&self, css: &str) -> String {
+        for attempt in 0.. {
+            let id = self.find(css);
+            let r = http(
+                self.port,
+                "GET",
+                &format!("/session/{}/element/{id}/text", self.session),
+                None,
+            );
+            match (r["value"].as_str(), r["value"].get("error")) {
+                (Some(t), _) => return t.to_string(),
+                (None, Some(_)) if attempt < 10 => std::thread::sleep(Duration::from_millis(300)),
+                (None, e) => panic!("WebDriver text of {css}: {e:?} {}", r["value"]["message"]),
+            }
+        }
+        unreachable!()
+    }
+
+    /// Visible text of an element now, or "" if there is none (for failure messages).
+    fn text_now(&self, css: &str) -> String {
         let r = http(
             self.port,
             "POST",
@@ -251,8 +271,12 @@ impl Chrome {
             Some(&json!({"using": "css selector", "value": css})),
         );
         match r["value"][ELEMENT].as_str() {
-            Some(id) => self
-                .call("GET", &format!("/element/{id}/text"), None)
+            Some(id) => http(
+                self.port,
+                "GET",
+                &format!("/session/{}/element/{id}/text", self.session),
+                None,
+            )["value"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
@@ -285,7 +309,7 @@ impl Chrome {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}: {}",
-                self.text("body")
+                self.text_now("body")
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -322,7 +346,7 @@ impl Chrome {
             assert!(
                 Instant::now() < deadline,
                 "no download *{suffix}: {}",
-                self.text("body")
+                self.text_now("body")
             );
             std::thread::sleep(Duration::from_millis(200));
         }
