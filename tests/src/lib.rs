@@ -1047,6 +1047,16 @@ impl Ca {
         }
     }
 
+    /// PostgreSQL only: the whole database (schema and data) as SQL text, to restore elsewhere.
+    pub fn pg_dump_full(&self) -> String {
+        let pg = self.pg.as_ref().expect("a PostgreSQL installation");
+        let mut c = Command::new("pg_dump");
+        c.args(["--no-owner", "--no-privileges"]).arg(&pg.url);
+        let o = run_with_timeout(c, TIMEOUT, "pg_dump");
+        assert!(o.status.success(), "pg_dump failed\n{}", show(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// PostgreSQL only: makes this installation's database refuse connections (and drops the
     /// open ones), or lets it accept them again: a database outage for this test alone, without
     /// stopping the server other tests share. Returns false on SQLite, which lives inside the

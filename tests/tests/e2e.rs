@@ -18,6 +18,8 @@ mod config;
 mod crash;
 #[path = "e2e/crl.rs"]
 mod crl;
+#[path = "e2e/custody.rs"]
+mod custody;
 #[path = "e2e/faults.rs"]
 mod faults;
 #[path = "e2e/hostile.rs"]
