@@ -241,8 +241,13 @@ pub struct Authority {
     audit_key: Arc<dyn hsm::Signer>,
     /// The delegated OCSP responder of each issuing CA.
     responders: tokio::sync::RwLock<HashMap<CaRole, Arc<responder::Responder>>>,
-    /// The personal-data vault (`None` until `ecert init` made its HSM keys).
-    pii: Option<Arc<crate::pii::Vault>>,
+    /// The personal-data vault: `None` until the `pii` token's PIN is given (at start from
+    /// [`Config::pii_pin`], or by the data owner's activation; see [`crate::custody`]).
+    pii: std::sync::RwLock<Option<Arc<crate::pii::Vault>>>,
+    /// Why the personal-data vault is not open (shown by `/healthz`; never a PIN).
+    pii_problem: std::sync::Mutex<Option<String>>,
+    /// The staff-auth vault (the `ca` token): TOTP secrets and problem reports.
+    staff_keys: Arc<crate::pii::Vault>,
     /// Each issuing CA's CRL entries, kept between publications (see [`crate::crl`]).
     crl_lists: tokio::sync::Mutex<HashMap<CaRole, EntryList>>,
     /// CRL files (the copies in `<data_dir>/crl/` a web server in front may serve) that do not
@@ -344,37 +349,6 @@ async fn signer_lock(config: &Config) -> Result<File> {
     }
 }
 
-/// Opens the personal-data vault: unseals the stored data key with the HSM's AES key, or makes
-/// and stores one on first use (the first stored key wins a race between processes).
-async fn open_vault(
-    store: &Store,
-    seal: hsm::pkcs11::Pkcs11Secret,
-    index: hsm::pkcs11::Pkcs11Secret,
-) -> Result<crate::pii::Vault> {
-    let index: Arc<dyn hsm::Mac> = Arc::new(index);
-    if store.meta(crate::pii::DATA_KEY_META).await?.is_none() {
-        let (seal2, index2) = (seal.clone(), index.clone());
-        let (_, sealed) =
-            tokio::task::spawn_blocking(move || crate::pii::Vault::create(&seal2, index2))
-                .await
-                .map_err(|e| Error::Store(e.to_string()))??;
-        let mut tx = store.begin().await?;
-        store
-            .meta_init(&mut tx, crate::pii::DATA_KEY_META, &hex::encode(sealed))
-            .await?;
-        tx.commit().await?;
-    }
-    let stored = store
-        .meta(crate::pii::DATA_KEY_META)
-        .await?
-        .ok_or(Error::NotInitialised)?;
-    let sealed = hex::decode(stored)
-        .map_err(|_| Error::Store("the stored personal-data key is not hex".into()))?;
-    tokio::task::spawn_blocking(move || crate::pii::Vault::open(&seal, &sealed, index))
-        .await
-        .map_err(|e| Error::Store(e.to_string()))?
-}
-
 /// Opens the HSM token (blocking).
 pub(crate) fn open_token(config: &Config) -> Result<hsm::pkcs11::Token> {
     let cfg = hsm_config(config)?;
@@ -391,14 +365,14 @@ fn hsm_config(config: &Config) -> Result<hsm::pkcs11::Pkcs11Config> {
     })
 }
 
-fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
     hex::encode(b)
 }
 
-fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
+pub(crate) fn write_secret(path: &std::path::Path, value: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e| Error::Io {
@@ -881,39 +855,22 @@ impl Authority {
                 })
                 .await?;
         }
-        // The personal-data keys (crate::pii): an AES key sealing the data key and an HMAC key
-        // for blind indexes, both generated in the token and never extractable.
-        for (label, kind) in [
-            (
-                crate::pii::SEAL_KEY_LABEL,
-                hsm::pkcs11::SecretKind::Aes256Gcm,
-            ),
-            (
-                crate::pii::INDEX_KEY_LABEL,
-                hsm::pkcs11::SecretKind::HmacSha256,
-            ),
-        ] {
-            let t = token.clone();
-            let created = tokio::task::spawn_blocking(move || -> Result<bool> {
-                Ok(match t.find_secret(label, kind)? {
-                    Some(_) => false,
-                    None => {
-                        t.generate_secret(label, kind)?;
-                        true
-                    }
+        // Custody (crate::custody): a new data directory records the separated layout; the
+        // staff-auth key goes in this token, the personal-data keys in the `pii` token (made
+        // here in embedded mode; its keys are made when it is first opened with its PIN).
+        crate::custody::mark_new_layout(&store).await?;
+        if !crate::custody::is_legacy(&store).await? {
+            crate::custody::staff_auth_key(&token, &store, "system:init", true).await?;
+            if config.embedded_softhsm() {
+                let cfg = config.clone();
+                let made = tokio::task::spawn_blocking(move || {
+                    crate::custody::init_embedded_pii_token(&cfg)
                 })
-            })
-            .await
-            .map_err(|e| Error::Store(e.to_string()))??;
-            if created {
-                store
-                    .audit_now(&Event {
-                        kind: "pii.key_created",
-                        actor: "system:init".into(),
-                        subject: None,
-                        detail: json!({ "key_label": label }),
-                    })
-                    .await?;
+                .await
+                .map_err(|e| Error::Store(e.to_string()))??;
+                if !made {
+                    tracing::warn!("the pii token waits for its PIN: the data owner activates it");
+                }
             }
         }
         drop(token);
@@ -953,9 +910,10 @@ impl Authority {
             Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>,
             hsm::pkcs11::Pkcs11Key,
             Vec<(crate::store::ResponderRow, Option<hsm::pkcs11::Pkcs11Key>)>,
-            Option<(hsm::pkcs11::Pkcs11Secret, hsm::pkcs11::Pkcs11Secret)>,
+            hsm::pkcs11::Token,
         );
-        let (keys, audit_key, responder_keys, pii_keys) =
+        crate::custody::require_separated(&store).await?;
+        let (keys, audit_key, responder_keys, ca_token) =
             tokio::task::spawn_blocking(move || -> Result<Keys> {
                 let token = open_token(&cfg2)?;
                 let keys = labels
@@ -972,15 +930,7 @@ impl Authority {
                         Ok((row, key))
                     })
                     .collect::<Result<_>>()?;
-                let seal = token.find_secret(
-                    crate::pii::SEAL_KEY_LABEL,
-                    hsm::pkcs11::SecretKind::Aes256Gcm,
-                )?;
-                let index = token.find_secret(
-                    crate::pii::INDEX_KEY_LABEL,
-                    hsm::pkcs11::SecretKind::HmacSha256,
-                )?;
-                Ok((keys, audit, responders, seal.zip(index)))
+                Ok((keys, audit, responders, token))
             })
             .await
             .map_err(|e| Error::Store(e.to_string()))??;
@@ -1023,9 +973,30 @@ impl Authority {
                 },
             );
         }
-        let pii = match pii_keys {
-            Some((seal, index)) => Some(Arc::new(open_vault(&store, seal, index).await?)),
-            None => None,
+        // Made here for data directories whose `init` predates the staff-auth key.
+        let staff_keys = Arc::new(
+            crate::custody::open_staff_vault(&ca_token, &store, "system:start", true).await?,
+        );
+        drop(ca_token);
+        let (pii, pii_problem) = match config.pii_pin() {
+            Ok(Some(pin)) => {
+                let pin = zeroize::Zeroizing::new(pin);
+                match crate::custody::open_pii_vault(&config, &store, &pin, "system:start").await {
+                    Ok(v) => (Some(Arc::new(v)), None),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the personal-data keys did not open");
+                        (None, Some(format!("the pii token did not open: {e}")))
+                    }
+                }
+            }
+            Ok(None) => (
+                None,
+                Some("waiting for activation by the data owner".to_string()),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "the pii token's PIN is not available");
+                (None, Some(e.to_string()))
+            }
         };
         let debian_weak = match &config.keys.debian_weak_dir {
             Some(dir) => crate::keys::debian::DebianWeakKeys::load(dir)?,
@@ -1037,7 +1008,9 @@ impl Authority {
         let auth = Authority {
             clock,
             debian_weak,
-            pii,
+            pii: std::sync::RwLock::new(pii),
+            pii_problem: std::sync::Mutex::new(pii_problem),
+            staff_keys,
             config,
             store,
             policy_arc,
@@ -1620,39 +1593,102 @@ impl Authority {
         Ok(n)
     }
 
-    /// Opens only the store and the personal-data vault, without the signer lock: what staff
-    /// administration needs, so it works while a signer (`ecert serve`) runs. The HSM is used
-    /// for the vault's keys only.
-    pub async fn open_vault(config: &Config) -> Result<(Store, Arc<crate::pii::Vault>)> {
+    /// Opens only the store and the staff-auth vault, without the signer lock: what staff
+    /// administration needs, so it works while a signer (`ecert serve`) runs. The HSM (the
+    /// `ca` token) is used for the staff-auth key only.
+    pub async fn open_staff_keys(config: &Config) -> Result<(Store, Arc<crate::pii::Vault>)> {
         let store = Store::open(&config.database_url())
             .await?
             .with_clock_check(&config.clock);
+        crate::custody::require_separated(&store).await?;
         let cfg = config.clone();
-        let (seal, index) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let token = open_token(&cfg)?;
-            Ok((
-                token.find_secret(
-                    crate::pii::SEAL_KEY_LABEL,
-                    hsm::pkcs11::SecretKind::Aes256Gcm,
-                )?,
-                token.find_secret(
-                    crate::pii::INDEX_KEY_LABEL,
-                    hsm::pkcs11::SecretKind::HmacSha256,
-                )?,
-            ))
-        })
-        .await
-        .map_err(|e| Error::Store(e.to_string()))??;
-        let (Some(seal), Some(index)) = (seal, index) else {
-            return Err(Error::NotInitialised);
-        };
-        let vault = open_vault(&store, seal, index).await?;
+        let token = tokio::task::spawn_blocking(move || open_token(&cfg))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+        let vault = crate::custody::open_staff_vault(&token, &store, "system:cli", false).await?;
         Ok((store, Arc::new(vault)))
     }
 
-    /// The personal-data vault; [`Error::NotInitialised`] until `ecert init` made its keys.
+    /// The personal-data vault; [`Error::PersonalDataLocked`] until the `pii` token is open.
     pub fn pii(&self) -> Result<Arc<crate::pii::Vault>> {
-        self.pii.clone().ok_or(Error::NotInitialised)
+        self.pii
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::PersonalDataLocked)
+    }
+
+    /// The staff-auth vault (TOTP secrets, problem reports): always open.
+    pub fn staff_keys(&self) -> Arc<crate::pii::Vault> {
+        self.staff_keys.clone()
+    }
+
+    /// `None` when the personal-data keys are activated; otherwise why not (for `/healthz`).
+    pub fn personal_data_problem(&self) -> Option<String> {
+        if self.pii().is_ok() {
+            return None;
+        }
+        self.pii_problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .or_else(|| Some("not activated".into()))
+    }
+
+    /// Activates the personal-data keys with the `pii` token's PIN (the `data_owner` role's
+    /// action, on each instance; see [`crate::custody`]). Audited either way, never with the
+    /// PIN; a wrong PIN is [`Error::Forbidden`]. Activating again is harmless.
+    pub async fn activate_pii(&self, pin: &str, actor: &str) -> Result<()> {
+        if pin.is_empty() || pin.len() > 256 {
+            return Err(Error::Invalid {
+                field: "pin".into(),
+                reason: "give the pii token's user PIN".into(),
+            });
+        }
+        match crate::custody::open_pii_vault(&self.config, &self.store, pin, actor).await {
+            Ok(v) => {
+                *self
+                    .pii
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(v));
+                *self
+                    .pii_problem
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                self.store
+                    .audit_now(&Event {
+                        kind: "pii.activated",
+                        actor: actor.to_string(),
+                        subject: None,
+                        detail: json!({ "token": self.config.hsm.pii_token_label }),
+                    })
+                    .await?;
+                tracing::info!("personal-data keys activated");
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if let Err(a) = self
+                    .store
+                    .audit_now(&Event {
+                        kind: "pii.activation_refused",
+                        actor: actor.to_string(),
+                        subject: None,
+                        detail: json!({ "token": self.config.hsm.pii_token_label, "reason": reason }),
+                    })
+                    .await
+                {
+                    tracing::error!(error = %a, "could not audit a refused activation");
+                }
+                tracing::warn!(error = %e, "personal-data key activation refused");
+                Err(match e {
+                    Error::Hsm(_) => {
+                        Error::Forbidden("the pii token did not open with that PIN".into())
+                    }
+                    e => e,
+                })
+            }
+        }
     }
 
     /// Releases a hold; see [`crate::revocation::release`].
@@ -2302,10 +2338,40 @@ mod tests {
             Some(stored)
         );
         drop(auth);
+        // Custody (issue 14): the personal-data keys are in the pii token, not the CA token,
+        // and cannot be read out of it.
         let token = open_token(&config).unwrap();
-        for label in [crate::pii::SEAL_KEY_LABEL, crate::pii::INDEX_KEY_LABEL] {
-            assert!(token.read_secret_value(label).is_err(), "{label} readable");
+        let pii = hsm::pkcs11::Token::open(&hsm::pkcs11::Pkcs11Config {
+            module: config.hsm.module.clone(),
+            token_label: config.hsm.pii_token_label.clone(),
+            user_pin: config.pii_pin().unwrap().unwrap(),
+            so_pin: None,
+            pool_size: 1,
+        })
+        .unwrap();
+        for (label, kind) in [
+            (
+                crate::pii::SEAL_KEY_LABEL,
+                hsm::pkcs11::SecretKind::Aes256Gcm,
+            ),
+            (
+                crate::pii::INDEX_KEY_LABEL,
+                hsm::pkcs11::SecretKind::HmacSha256,
+            ),
+        ] {
+            assert!(
+                token.find_secret(label, kind).unwrap().is_none(),
+                "{label} in ca"
+            );
+            assert!(
+                pii.find_secret(label, kind).unwrap().is_some(),
+                "{label} not in pii"
+            );
+            assert!(pii.read_secret_value(label).is_err(), "{label} readable");
         }
+        assert!(token
+            .read_secret_value(crate::pii::STAFF_AUTH_KEY_LABEL)
+            .is_err());
         drop(dir);
     }
 

@@ -389,6 +389,27 @@ pub struct HsmConfig {
     /// and PIN files, made by `ecert init`. Default: true when the module is SoftHSM2. Set false
     /// to use an existing SoftHSM2 installation (its own `SOFTHSM2_CONF`, `ECERT_HSM_PIN`).
     pub embedded: Option<bool>,
+    /// Label of the `pii` token: the personal-data seal and blind-index keys, in the data
+    /// owner's custody (DESIGN.md "Custody and roles"). Default `ecert-pii`.
+    pub pii_token_label: String,
+    /// Where the `pii` token's user PIN comes from: `"file:PATH"` (a secret the data owner
+    /// controls, outside the data directory in production), `"env:NAME"`, or `"activation"`
+    /// (the `data_owner` role activates the keys through the API or `/staff/personal-data`).
+    /// `ECERT_PII_PIN` overrides it. Default: embedded mode `file:<data-dir>/hsm/pii-user.pin`
+    /// (made by `ecert init`; `config check` says custody is not separated), otherwise
+    /// `activation`.
+    pub pii_pin: Option<String>,
+}
+
+/// Where the `pii` token's user PIN comes from ([`HsmConfig::pii_pin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PiiPin {
+    /// A file (trimmed).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// Given by the data owner at run time.
+    Activation,
 }
 
 impl std::fmt::Debug for Config {
@@ -416,6 +437,8 @@ impl std::fmt::Debug for HsmConfig {
             .field("user_pin_file", &self.user_pin_file)
             .field("pool_size", &self.pool_size)
             .field("embedded", &self.embedded)
+            .field("pii_token_label", &self.pii_token_label)
+            .field("pii_pin", &self.pii_pin)
             .finish()
     }
 }
@@ -471,6 +494,8 @@ impl Default for HsmConfig {
             user_pin_file: None,
             pool_size: 4,
             embedded: None,
+            pii_token_label: "ecert-pii".into(),
+            pii_pin: None,
         }
     }
 }
@@ -543,6 +568,14 @@ impl Config {
 
     /// Checks what can be checked without touching the HSM or the database.
     pub fn validate(&self) -> Result<()> {
+        self.pii_pin_source()?;
+        if self.hsm.pii_token_label == self.hsm.token_label {
+            return Err(Error::Config(
+                "hsm.pii_token_label must name another token than hsm.token_label: the \
+                 personal-data keys are in the data owner's custody, apart from the CA keys"
+                    .into(),
+            ));
+        }
         let Ok(resolver) = self.dcv.resolver.parse::<std::net::SocketAddr>() else {
             return Err(Error::Config(format!(
                 "dcv.resolver must be IP:PORT of a DNSSEC-validating resolver (e.g. a local \
@@ -828,6 +861,60 @@ impl Config {
     /// Directory of the embedded SoftHSM2 token and its PIN files.
     pub fn hsm_dir(&self) -> PathBuf {
         self.data_dir.join("hsm")
+    }
+
+    /// Where the `pii` token's PIN comes from; see [`HsmConfig::pii_pin`].
+    pub fn pii_pin_source(&self) -> Result<PiiPin> {
+        Ok(match self.hsm.pii_pin.as_deref() {
+            None if self.embedded_softhsm() => PiiPin::File(self.hsm_dir().join("pii-user.pin")),
+            None | Some("activation") => PiiPin::Activation,
+            Some(s) => match s.split_once(':') {
+                Some(("file", path)) if !path.is_empty() => PiiPin::File(PathBuf::from(path)),
+                Some(("env", name)) if !name.is_empty() => PiiPin::Env(name.to_string()),
+                _ => return Err(Error::Config(format!(
+                    "hsm.pii_pin must be \"file:PATH\", \"env:NAME\" or \"activation\", got {s:?}"
+                ))),
+            },
+        })
+    }
+
+    /// The `pii` token's user PIN if this process may read it (`ECERT_PII_PIN`, else
+    /// [`Config::pii_pin_source`]); `Ok(None)` when it waits for activation; an error naming
+    /// the file or variable that should hold it and does not.
+    pub fn pii_pin(&self) -> Result<Option<String>> {
+        if let Ok(pin) = std::env::var("ECERT_PII_PIN") {
+            if !pin.is_empty() {
+                return Ok(Some(pin));
+            }
+        }
+        match self.pii_pin_source()? {
+            PiiPin::Activation => Ok(None),
+            PiiPin::Env(name) => match std::env::var(&name) {
+                Ok(pin) if !pin.is_empty() => Ok(Some(pin)),
+                _ => Err(Error::Config(format!(
+                    "the pii token's PIN variable {name} is not set"
+                ))),
+            },
+            PiiPin::File(file) => std::fs::read_to_string(&file)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| Error::Io {
+                    context: format!("reading the pii token's PIN from {}", file.display()),
+                    source: e,
+                }),
+        }
+    }
+
+    /// True when the `pii` token's PIN is a file inside the data directory: whoever holds the
+    /// directory holds the personal data (the embedded default; `config check` says so).
+    pub fn pii_custody_in_data_dir(&self) -> bool {
+        match self.pii_pin_source() {
+            Ok(PiiPin::File(f)) => {
+                let dir = std::path::absolute(&self.data_dir).unwrap_or(self.data_dir.clone());
+                let f = std::path::absolute(&f).unwrap_or(f);
+                f.starts_with(dir)
+            }
+            _ => false,
+        }
     }
 
     /// Reads the user PIN: `ECERT_HSM_PIN`, else the PIN file.

@@ -70,6 +70,12 @@ pub enum Error {
     /// Another process is signing for this data directory or database.
     #[error("another ecert process is signing for {0}; only one signer runs at a time")]
     SignerBusy(String),
+    /// The personal-data keys (the `pii` token) are not activated in this process: counter
+    /// functions that need personal data wait for the data owner (issue 14, custody).
+    #[error(
+        "personal-data keys not activated: the data owner activates them (/staff/personal-data)"
+    )]
+    PersonalDataLocked,
     /// The CA hierarchy has not been initialised (run `ecert init`).
     #[error("the CA is not initialised: run `ecert init`")]
     NotInitialised,

@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod crl;
 pub mod csr;
+pub mod custody;
 pub mod dcv;
 pub mod error;
 pub mod ext;

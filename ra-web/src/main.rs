@@ -620,7 +620,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Staff(StaffCommand::ResetTotp { username }) => {
-                let (store, vault) = Authority::open_vault(&config).await?;
+                let (store, vault) = Authority::open_staff_keys(&config).await?;
                 let secret = ca_core::ra::reset_totp(&store, &vault, &username, &actor()).await?;
                 outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
                 outln!(
@@ -669,7 +669,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let role = ca_core::ra::Role::parse(&role)?;
                 // Needs only the database and the vault's HSM keys, not the signer lock: it
                 // works while `ecert serve` runs.
-                let (store, vault) = Authority::open_vault(&config).await?;
+                let (store, vault) = Authority::open_staff_keys(&config).await?;
                 let new = ca_core::ra::NewStaff {
                     username: &username,
                     display_name: &name,
@@ -768,7 +768,7 @@ async fn first_admin(
         role: ca_core::ra::Role::Admin,
         password: &password,
     };
-    let vault = auth.pii()?;
+    let vault = auth.staff_keys();
     let (id, secret) = ca_core::ra::create_staff(store, &vault, &new, &actor()).await?;
     outln!("admin {username} ({id})");
     outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));

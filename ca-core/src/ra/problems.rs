@@ -145,7 +145,7 @@ pub const REPORTS_PER_SOURCE_HOUR: i64 = 20;
 /// Files a Certificate Problem Report (see the module documentation).
 pub async fn report_problem(auth: &Authority, r: NewReport) -> Result<ReportReceived> {
     let store = auth.store();
-    let vault = auth.pii()?;
+    let vault = auth.staff_keys();
     let kind = ProblemKind::parse(&r.kind)?;
     check_len("description", &r.description, 1, 4000)?;
     let email = r.reporter_email.trim();
@@ -507,7 +507,7 @@ pub fn source_bucket(ip: std::net::IpAddr) -> String {
 }
 
 fn view(auth: &Authority, r: ReportRow, at: i64) -> Result<ReportView> {
-    let vault = auth.pii()?;
+    let vault = auth.staff_keys();
     Ok(ReportView {
         reporter_email: vault
             .open_field(Field::Reporter, &r.id, &r.reporter_sealed)?

@@ -140,7 +140,7 @@ pub async fn sign_in_from(
     if !password_matches_async(password, &account.password_hash).await? {
         return fail("password", Some(id)).await;
     }
-    let vault = auth.pii()?;
+    let vault = auth.staff_keys();
     let secret_b32 = vault.open_field(Field::TotpSecret, &id, &account.totp_sealed)?;
     let secret = Zeroizing::new(
         data_encoding::BASE32_NOPAD

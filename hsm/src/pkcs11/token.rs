@@ -1033,6 +1033,25 @@ impl Token {
         }
     }
 
+    /// Destroys every secret key labelled `label`; returns how many there were (none is not an
+    /// error). For keys whose job has moved elsewhere (the custody migration), never for a
+    /// key in use.
+    pub fn destroy_secret(&self, label: &str) -> Result<usize, Error> {
+        let n = self.run(true, |p| {
+            let found = find_secret_in(&p.session, label)?;
+            for h in &found {
+                p.session
+                    .destroy_object(*h)
+                    .map_err(|e| failure("C_DestroyObject", e))?;
+            }
+            Ok(found.len())
+        })?;
+        if n > 0 {
+            tracing::warn!(label, objects = n, "PKCS#11 secret key destroyed");
+        }
+        Ok(n)
+    }
+
     /// Whether the secret key's value can be read out (it must not: tests prove it).
     pub fn read_secret_value(&self, label: &str) -> Result<Vec<u8>, Error> {
         self.run(false, |p| {

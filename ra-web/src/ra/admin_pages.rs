@@ -107,7 +107,7 @@ pub(super) async fn staff_admin_add(State(s): State<Shared>, p: SignedInForm<Add
     let password = Zeroizing::new(std::mem::take(&mut f.password));
     let result = async {
         let role = ra::Role::parse(&f.role)?;
-        let vault = s.auth.pii()?;
+        let vault = s.auth.staff_keys();
         let new = ra::NewStaff {
             username: f.username.trim(),
             display_name: f.display_name.trim(),
@@ -186,7 +186,7 @@ pub(super) async fn staff_admin_action(
             }),
         "totp" => {
             let result = async {
-                let vault = s.auth.pii()?;
+                let vault = s.auth.staff_keys();
                 ra::new_totp(store, &vault, &p.staff, &username).await
             }
             .await;

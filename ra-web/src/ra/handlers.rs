@@ -259,7 +259,7 @@ fn application<'a>(csrf: &'a str, hkid: &'a str, csr: &'a str) -> Vec<(&'a str, 
 async fn staff_cookie(app: &App, username: &str, outlet: &str, role: ra::Role) -> (String, String) {
     let (_, secret) = ra::create_staff(
         app.auth.store(),
-        &app.auth.pii().unwrap(),
+        &app.auth.staff_keys(),
         &ra::NewStaff {
             username,
             display_name: username,
@@ -1140,7 +1140,7 @@ async fn json_api_with_staff_tokens() {
     let store = app.auth.store().clone();
     ra::create_staff(
         app.auth.store(),
-        &app.auth.pii().unwrap(),
+        &app.auth.staff_keys(),
         &ra::NewStaff {
             username: "clerk1",
             display_name: "Clerk",
@@ -1154,7 +1154,7 @@ async fn json_api_with_staff_tokens() {
     .unwrap();
     ra::create_staff(
         app.auth.store(),
-        &app.auth.pii().unwrap(),
+        &app.auth.staff_keys(),
         &ra::NewStaff {
             username: "clerk9",
             display_name: "Far",
@@ -1188,7 +1188,7 @@ async fn json_api_with_staff_tokens() {
     .unwrap();
     ra::create_staff(
         app.auth.store(),
-        &app.auth.pii().unwrap(),
+        &app.auth.staff_keys(),
         &ra::NewStaff {
             username: "clerk2",
             display_name: "Second clerk",
@@ -2199,7 +2199,7 @@ async fn signed_in_from(
 ) -> (String, String) {
     let (_, secret) = ra::create_staff(
         app.auth.store(),
-        &app.auth.pii().unwrap(),
+        &app.auth.staff_keys(),
         &ra::NewStaff {
             username,
             display_name: username,
@@ -2847,7 +2847,7 @@ async fn a_reset_password_is_changed_before_anything_else() {
     let (admin, admin_csrf) = staff_cookie(&app, "admin1", "gpo", ra::Role::Admin).await;
     let (_, secret) = ra::create_staff(
         app.auth.store(),
-        &app.auth.pii().unwrap(),
+        &app.auth.staff_keys(),
         &ra::NewStaff {
             username: "clerk7",
             display_name: "clerk7",

@@ -416,6 +416,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::StoreFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The HSM token is away; the signer takes it back by itself (issue 13, defect 1).
         Error::Hsm(hsm::Error::TokenUnavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        // The data owner has not activated the personal-data keys (issue 14, custody).
+        Error::PersonalDataLocked => StatusCode::SERVICE_UNAVAILABLE,
         Error::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Expired(_) => StatusCode::GONE,
         Error::SignInFailed => StatusCode::UNAUTHORIZED,

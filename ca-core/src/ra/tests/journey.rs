@@ -79,7 +79,7 @@ pub(super) async fn staff(
 ) -> (String, Zeroizing<Vec<u8>>) {
     create_staff(
         auth.store(),
-        &auth.pii().unwrap(),
+        &auth.staff_keys(),
         &NewStaff {
             username: name,
             display_name: name,

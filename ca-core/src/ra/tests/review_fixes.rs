@@ -366,7 +366,7 @@ async fn staff_administration() {
     .await
     .unwrap();
     assert!(api_session(&store, &token).await.is_ok());
-    let fresh = reset_totp(&store, &auth.pii().unwrap(), "clerk1", "admin")
+    let fresh = reset_totp(&store, &auth.staff_keys(), "clerk1", "admin")
         .await
         .unwrap();
     assert!(
