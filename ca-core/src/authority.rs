@@ -1637,11 +1637,11 @@ impl Authority {
 
     /// Activates the personal-data keys with the `pii` token's PIN (the `data_owner` role's
     /// action, on each instance; see [`crate::custody`]). Audited either way, never with the
-    /// PIN; a wrong PIN is [`Error::Forbidden`]. Activating again is harmless.
+    /// PIN; a wrong PIN is [`Error::Invalid`]. Activating again is harmless.
     pub async fn activate_pii(&self, pin: &str, actor: &str) -> Result<()> {
         if pin.is_empty() || pin.len() > 256 {
             return Err(Error::Invalid {
-                field: "pin".into(),
+                field: "pin",
                 reason: "give the pii token's user PIN".into(),
             });
         }
@@ -1682,9 +1682,10 @@ impl Authority {
                 }
                 tracing::warn!(error = %e, "personal-data key activation refused");
                 Err(match e {
-                    Error::Hsm(_) => {
-                        Error::Forbidden("the pii token did not open with that PIN".into())
-                    }
+                    Error::Hsm(hsm::Error::PinIncorrect) => Error::Invalid {
+                        field: "pin",
+                        reason: "the pii token did not open with that PIN".into(),
+                    },
                     e => e,
                 })
             }

@@ -871,9 +871,11 @@ impl Config {
             Some(s) => match s.split_once(':') {
                 Some(("file", path)) if !path.is_empty() => PiiPin::File(PathBuf::from(path)),
                 Some(("env", name)) if !name.is_empty() => PiiPin::Env(name.to_string()),
-                _ => return Err(Error::Config(format!(
+                _ => {
+                    return Err(Error::Config(format!(
                     "hsm.pii_pin must be \"file:PATH\", \"env:NAME\" or \"activation\", got {s:?}"
-                ))),
+                )))
+                }
             },
         })
     }

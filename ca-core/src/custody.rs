@@ -45,14 +45,10 @@ pub const LAYOUT_SEPARATED: &str = "2";
 /// that token outside the embedded default (the data owner's, never written down by ecert).
 pub const PII_SO_PIN_ENV: &str = "ECERT_PII_SO_PIN";
 
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| Error::Store(format!("HSM task failed: {e}")))?
-    }
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Store(format!("HSM task failed: {e}")))?
 }
 
 fn pii_token_config(config: &Config, pin: &str) -> hsm::pkcs11::Pkcs11Config {

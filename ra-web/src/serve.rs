@@ -741,9 +741,23 @@ async fn healthz(State(s): State<Shared>) -> Response {
         }
         None => serde_json::json!({ "status": "unchecked", "reference": "none" }),
     };
+    // The personal-data keys (issue 14, custody): without them OCSP, CRLs, sign-in and
+    // revocation go on, so it is not a fault, but counter functions answer 503: an alarm.
+    let mut alarms = alarms;
+    let personal_data = match &s.auth {
+        Some(auth) => match auth.personal_data_problem() {
+            None => serde_json::json!({ "status": "activated" }),
+            Some(why) => {
+                alarms.push("personal-data keys not activated".to_string());
+                serde_json::json!({ "status": "not activated", "reason": why })
+            }
+        },
+        None => serde_json::json!({ "status": "not used (--no-signer)" }),
+    };
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "fault" },
         "clock": clock,
+        "personal_data": personal_data,
         "role": if s.auth.is_some() { "signer" } else { "no-signer" },
         "database": db,
         "hsm": hsm,
@@ -851,6 +865,12 @@ async fn metrics(State(s): State<Shared>) -> Response {
         out.push_str(&format!(
             "# HELP ecert_hsm_ok Whether the last HSM check (one signature, verified) succeeded.\n# TYPE ecert_hsm_ok gauge\necert_hsm_ok {}\n",
             u8::from(good)
+        ));
+    }
+    if let Some(auth) = &s.auth {
+        out.push_str(&format!(
+            "# HELP ecert_personal_data_activated Whether the personal-data keys (the pii token) are open in this process.\n# TYPE ecert_personal_data_activated gauge\necert_personal_data_activated {}\n",
+            u8::from(auth.personal_data_problem().is_none())
         ));
     }
     if let Some(r) = probe.reports {

@@ -80,7 +80,10 @@ pub use mailbox::{
     confirm_email, confirm_email_link, new_email_code, CODES_SENT, CODE_ATTEMPTS,
     WAITING_PER_MAILBOX,
 };
-pub use operations::{operations, publish_all_crls, sign_ocsp_now, OpsView};
+pub use operations::{
+    activate_personal_data, operations, personal_data_status, publish_all_crls, sign_ocsp_now,
+    OpsView,
+};
 pub use outlet::{add_outlet, all_outlets, change_outlet, ensure_outlet, outlets};
 pub use permissions::{Action, Reach};
 pub use problems::{

@@ -179,3 +179,22 @@ pub async fn sign_ocsp_now(auth: &Authority, staff: &StaffSession) -> Result<usi
         .await?;
     Ok(n)
 }
+
+/// Whether this process holds the personal-data keys, and why not (the data owner's page).
+pub fn personal_data_status(auth: &Authority, staff: &StaffSession) -> Result<Option<String>> {
+    staff.authorize(Action::ActivatePersonalDataKeys)?;
+    Ok(auth.personal_data_problem())
+}
+
+/// The data owner activates the personal-data keys in this process with the `pii` token's
+/// PIN (issue 14, custody; see [`crate::custody`]). Audited (`pii.activated`, or
+/// `pii.activation_refused`), never with the PIN.
+pub async fn activate_personal_data(
+    auth: &Authority,
+    staff: &StaffSession,
+    pin: &str,
+) -> Result<()> {
+    staff.authorize(Action::ActivatePersonalDataKeys)?;
+    auth.activate_pii(pin, &format!("staff:{}", staff.username))
+        .await
+}

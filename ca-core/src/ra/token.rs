@@ -21,6 +21,9 @@ pub enum Scope {
     Enter,
     /// Approve or reject.
     Decide,
+    /// Activate the personal-data keys (the `data_owner` role, with the `pii` token's PIN:
+    /// activation "through the API" on each instance, issue 14).
+    Activate,
 }
 
 impl Scope {
@@ -36,16 +39,15 @@ impl Scope {
             A::Decide | A::Revoke | A::AnswerProblemReports | A::RunOperations => {
                 Some(Scope::Decide)
             }
+            // The token alone opens nothing: the request carries the pii token's PIN too.
+            A::ActivatePersonalDataKeys => Some(Scope::Activate),
             // Never with a token: signed in, with the second factor.
-            A::RevealPersonalData
-            | A::ManageStaff
-            | A::ManageOutlets
-            | A::ActivatePersonalDataKeys => None,
+            A::RevealPersonalData | A::ManageStaff | A::ManageOutlets => None,
         }
     }
 
     /// Every scope.
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Enter, Scope::Decide];
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Enter, Scope::Decide, Scope::Activate];
 
     /// Its name on the command line and in the database.
     pub fn name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Enter => "enter",
             Scope::Decide => "decide",
+            Scope::Activate => "activate",
         }
     }
 }
@@ -64,6 +67,7 @@ pub struct Scopes {
     read: bool,
     enter: bool,
     decide: bool,
+    activate: bool,
 }
 
 impl Scopes {
@@ -78,11 +82,15 @@ impl Scopes {
                 "read" => s.read = true,
                 "enter" => s.enter = true,
                 "decide" => s.decide = true,
-                _ => return Err(invalid("scopes", "read, enter and/or decide")),
+                "activate" => s.activate = true,
+                _ => return Err(invalid("scopes", "read, enter, decide and/or activate")),
             }
         }
         if s == Scopes::default() {
-            return Err(invalid("scopes", "at least one of read, enter, decide"));
+            return Err(invalid(
+                "scopes",
+                "at least one of read, enter, decide, activate",
+            ));
         }
         Ok(s)
     }
@@ -93,6 +101,7 @@ impl Scopes {
             Scope::Read => self.read,
             Scope::Enter => self.enter,
             Scope::Decide => self.decide,
+            Scope::Activate => self.activate,
         }
     }
 

@@ -42,6 +42,10 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/problem-reports/{id}", get(problem_report_show))
         .route("/api/v1/audit/export", get(audit_export))
         .route(
+            "/api/v1/personal-data/activate",
+            post(personal_data_activate),
+        )
+        .route(
             "/api/v1/problem-reports/{id}/preliminary",
             post(problem_report_preliminary),
         )
@@ -72,12 +76,13 @@ pub fn router(state: Shared) -> Router {
     paths(
         list, create, show, identity, organisation, domains, fee, decision, certificate,
         problem_report, problem_reports, problem_report_show, problem_report_preliminary,
-        problem_report_decision, audit_export
+        problem_report_decision, audit_export, personal_data_activate
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
         OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult,
-        NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision
+        NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision,
+        Activation, Activated
     )),
     modifiers(&BearerAuth)
 )]
@@ -593,6 +598,35 @@ async fn fee(
 }
 
 /// Approve or reject a version of the application.
+/// The `pii` token's user PIN (issue 14, custody).
+#[derive(Deserialize, ToSchema)]
+pub struct Activation {
+    pin: String,
+}
+
+/// The personal-data keys are open in this instance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Activated {
+    /// `activated`.
+    status: &'static str,
+}
+
+/// Activates the personal-data keys of this instance: the `data_owner` role, with a token of
+/// scope `activate` and the `pii` token's PIN. Audited, never with the PIN; a wrong PIN is 422.
+#[utoipa::path(post, path = "/api/v1/personal-data/activate", request_body = Activation,
+    responses((status = 200, body = Activated), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
+async fn personal_data_activate(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Json(b): Json<Activation>,
+) -> Result<Json<Activated>, ApiFailure> {
+    let pin = zeroize::Zeroizing::new(b.pin);
+    ra::activate_personal_data(&s.auth, &staff, &pin).await?;
+    Ok(Json(Activated {
+        status: "activated",
+    }))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DecisionRequest {
     version: i64,

@@ -2037,6 +2037,27 @@ async fn every_route_as_every_role_follows_the_matrix() {
             Some(A::ViewApplications),
             true,
         ),
+        page(
+            "GET",
+            "/staff/personal-data".into(),
+            serde_json::json!({}),
+            Some(A::ActivatePersonalDataKeys),
+            false,
+        ),
+        page(
+            "POST",
+            "/staff/personal-data/activate".into(),
+            serde_json::json!({"pin": "not the pin"}),
+            Some(A::ActivatePersonalDataKeys),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/personal-data/activate".into(),
+            serde_json::json!({"pin": "not the pin"}),
+            Some(A::ActivatePersonalDataKeys),
+            false,
+        ),
         api(
             "GET",
             "/api/v1/problem-reports".into(),
@@ -2144,7 +2165,7 @@ async fn every_route_as_every_role_follows_the_matrix() {
                 &username,
                 "matrix",
                 1,
-                ra::Scopes::parse("read,enter,decide").unwrap(),
+                ra::Scopes::parse("read,enter,decide,activate").unwrap(),
                 "test",
             )
             .await

@@ -11,6 +11,7 @@
 mod admin_pages;
 mod api;
 mod audit_pages;
+mod custody_pages;
 mod i18n;
 mod mail;
 mod ops_pages;
@@ -177,6 +178,11 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/staff/ops/sign-ocsp", post(ops_pages::staff_sign_ocsp))
         .route("/staff/audit/export", get(audit_pages::staff_audit_export))
+        .route("/staff/personal-data", get(custody_pages::personal_data))
+        .route(
+            "/staff/personal-data/activate",
+            post(custody_pages::activate),
+        )
         .layer(axum::middleware::map_response(security_headers))
         // Forms and a CSR: a few kilobytes.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
@@ -1462,6 +1468,7 @@ struct QueuePage {
     can_audit: bool,
     can_ops: bool,
     can_admin: bool,
+    can_activate: bool,
     /// Each action the role may take, for the "your role" line.
     allowed: Vec<&'static str>,
 }
@@ -1501,6 +1508,7 @@ async fn staff_queue(
     );
     let can_ops = may(ra::Action::ViewOperations);
     let can_admin = may(ra::Action::ManageStaff);
+    let can_activate = may(ra::Action::ActivatePersonalDataKeys);
     let allowed = ra::Action::ALL
         .into_iter()
         .filter(|a| may(*a))
@@ -1549,6 +1557,7 @@ async fn staff_queue(
             can_audit,
             can_ops,
             can_admin,
+            can_activate,
             allowed,
         },
         lang,
