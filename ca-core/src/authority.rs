@@ -1609,6 +1609,20 @@ impl Authority {
         Ok((store, Arc::new(vault)))
     }
 
+    /// Runs the custody migration ([`crate::custody::migrate`]) with the signer lock held, so no
+    /// `serve` runs meanwhile.
+    pub async fn migrate_custody(
+        config: &Config,
+        actor: &str,
+    ) -> Result<crate::custody::MigrationReport> {
+        let _lock = signer_lock(config).await?;
+        let store = Store::open(&config.database_url())
+            .await?
+            .with_clock_check(&config.clock);
+        let _db_lock = store.signer_lock().await?;
+        crate::custody::migrate(config, &store, actor).await
+    }
+
     /// The personal-data vault; [`Error::PersonalDataLocked`] until the `pii` token is open.
     pub fn pii(&self) -> Result<Arc<crate::pii::Vault>> {
         self.pii

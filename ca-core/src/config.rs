@@ -390,7 +390,8 @@ pub struct HsmConfig {
     /// to use an existing SoftHSM2 installation (its own `SOFTHSM2_CONF`, `ECERT_HSM_PIN`).
     pub embedded: Option<bool>,
     /// Label of the `pii` token: the personal-data seal and blind-index keys, in the data
-    /// owner's custody (DESIGN.md "Custody and roles"). Default `ecert-pii`.
+    /// owner's custody (DESIGN.md "Custody and roles"). Default `pii`. (Not `ecert-…`:
+    /// `pkcs11-tool --token-label ecert` matches any label that starts with `ecert`.)
     pub pii_token_label: String,
     /// Where the `pii` token's user PIN comes from: `"file:PATH"` (a secret the data owner
     /// controls, outside the data directory in production), `"env:NAME"`, or `"activation"`
@@ -494,7 +495,7 @@ impl Default for HsmConfig {
             user_pin_file: None,
             pool_size: 4,
             embedded: None,
-            pii_token_label: "ecert-pii".into(),
+            pii_token_label: "pii".into(),
             pii_pin: None,
         }
     }
@@ -569,9 +570,11 @@ impl Config {
     /// Checks what can be checked without touching the HSM or the database.
     pub fn validate(&self) -> Result<()> {
         self.pii_pin_source()?;
-        if self.hsm.pii_token_label == self.hsm.token_label {
+        let (ca, pii) = (&self.hsm.token_label, &self.hsm.pii_token_label);
+        if pii.starts_with(ca.as_str()) || ca.starts_with(pii.as_str()) {
             return Err(Error::Config(
-                "hsm.pii_token_label must name another token than hsm.token_label: the \
+                "hsm.pii_token_label must name another token than hsm.token_label, neither label \
+                 starting with the other (pkcs11-tool matches labels by prefix): the \
                  personal-data keys are in the data owner's custody, apart from the CA keys"
                     .into(),
             ));
@@ -816,6 +819,16 @@ impl Config {
                 "dcv.dnssec_probe {:?} is a test trust anchor; production uses the root (\".\")",
                 self.dcv.dnssec_probe
             ));
+        }
+        // Custody (issue 14; DESIGN.md "Custody and roles"): whoever holds the data directory
+        // must not hold the personal-data keys' PIN.
+        if self.pii_custody_in_data_dir() {
+            p.push(
+                "custody is not separated: the pii token's PIN is a file in the data directory \
+                 (hsm.pii_pin); give it to the data owner (\"activation\", or a file or \
+                 variable outside the data directory)"
+                    .into(),
+            );
         }
         if !self.policy_arc_decodable() {
             p.push(

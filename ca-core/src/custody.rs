@@ -335,6 +335,11 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
         blocking(move || crate::authority::open_token(&cfg)).await?
     };
     if is_legacy(store).await? {
+        // Embedded mode makes the pii token first (with the default PIN files, those too).
+        if config.embedded_softhsm() {
+            let cfg = config.clone();
+            blocking(move || init_embedded_pii_token(&cfg).map(|_| ())).await?;
+        }
         let pin = config.pii_pin()?.ok_or_else(|| {
             Error::Config(
                 "the custody migration needs the pii token's PIN once: set ECERT_PII_PIN or \
@@ -343,10 +348,6 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
             )
         })?;
         let pin = Zeroizing::new(pin);
-        if config.embedded_softhsm() {
-            let cfg = config.clone();
-            blocking(move || init_embedded_pii_token(&cfg).map(|_| ())).await?;
-        }
         // The old keys, in the `ca` token.
         let t = ca_token.clone();
         let (old_seal, old_index) = blocking(move || {

@@ -87,6 +87,9 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Custody of the personal-data keys (the pii token).
+    #[command(subcommand)]
+    Custody(CustodyCommand),
     /// Subscriber keys (also `ecert keys`).
     #[command(subcommand, visible_alias = "keys")]
     Key(KeyCommand),
@@ -306,6 +309,18 @@ enum CertCommand {
         /// Serial, hex.
         serial: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CustodyCommand {
+    /// Move a data directory made before the pii token existed to separated custody: the
+    /// personal-data key sealed again by the pii token, blind indexes computed again, TOTP
+    /// secrets and problem reports sealed again under the staff-auth key, the old key objects
+    /// destroyed. Needs the pii token's PIN (ECERT_PII_PIN or hsm.pii_pin) and no running
+    /// `serve`. Audited; run it again if it stops half-way.
+    Migrate,
+    /// Where the keys are: the custody layout and whether this process can open the pii token.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -530,6 +545,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
+    if config.embedded_softhsm() && config.hsm_dir().join("softhsm2.conf").exists() {
+        // The configuration names the token directory by its absolute path: written again, so
+        // a data directory restored or moved elsewhere finds its own tokens.
+        let dir = config.hsm_dir();
+        let current = std::fs::read_to_string(dir.join("softhsm2.conf")).unwrap_or_default();
+        let tokens = std::path::absolute(dir.join("tokens")).unwrap_or_default();
+        if !current.contains(&format!("directories.tokendir = {}\n", tokens.display())) {
+            hsm::pkcs11::softhsm_conf(&dir).context("writing softhsm2.conf")?;
+        }
+    }
     if config.embedded_softhsm() {
         // SoftHSM2 reads its configuration from this variable at C_Initialize; in embedded mode
         // it is always the data directory's own (a stray value would send the token elsewhere).
@@ -547,6 +572,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Init(args) => init(config, args).await,
+            Command::Custody(c) => custody(config, c).await,
             Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
@@ -736,6 +762,60 @@ async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
     checkpoint(&auth).await;
     print_ca_list(auth.store()).await?;
     Ok(())
+}
+
+/// `ecert custody migrate|status`.
+async fn custody(config: Config, c: CustodyCommand) -> anyhow::Result<()> {
+    match c {
+        CustodyCommand::Migrate => {
+            let r = Authority::migrate_custody(&config, &actor()).await?;
+            if r.migrated {
+                outln!(
+                    "custody migrated: {} TOTP secrets and {} problem reports sealed again under the staff-auth key, {} blind indexes computed again in the {} token",
+                    r.totp_secrets,
+                    r.problem_reports,
+                    r.blind_indexes,
+                    config.hsm.pii_token_label
+                );
+            } else {
+                outln!("custody is separated already");
+            }
+            if r.destroyed > 0 {
+                outln!(
+                    "{} old personal-data key objects destroyed in the {} token",
+                    r.destroyed,
+                    config.hsm.token_label
+                );
+            }
+            Ok(())
+        }
+        CustodyCommand::Status => {
+            let store = open_store(&config).await?;
+            let legacy = ca_core::custody::is_legacy(&store).await?;
+            outln!(
+                "layout: {}",
+                if legacy {
+                    "one token (run `ecert custody migrate`)"
+                } else {
+                    "separated"
+                }
+            );
+            outln!("ca token: {}", config.hsm.token_label);
+            outln!("pii token: {}", config.hsm.pii_token_label);
+            outln!(
+                "pii PIN: {}",
+                match config.pii_pin_source()? {
+                    ca_core::config::PiiPin::File(f) => format!("file {}", f.display()),
+                    ca_core::config::PiiPin::Env(n) => format!("environment variable {n}"),
+                    ca_core::config::PiiPin::Activation => "activation by the data owner".into(),
+                }
+            );
+            if config.pii_custody_in_data_dir() {
+                outln!("warning: custody is not separated: the pii PIN is a file in the data directory");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `init --admin`: the first admin, only while no admin exists.

@@ -101,7 +101,7 @@ pub(crate) fn set_cookie(r: &HttpResponse, name: &str) -> Option<String> {
         })
 }
 
-fn hidden(body: &str, name: &str) -> String {
+pub(crate) fn hidden(body: &str, name: &str) -> String {
     let key = format!("name=\"{name}\" value=\"");
     let start = body
         .find(&key)
