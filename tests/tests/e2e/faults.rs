@@ -77,17 +77,12 @@ fn a_lost_hsm_token_is_used_again_when_it_returns() {
     );
     wait_health(addr, "healthy at start", |s, _| s == 200);
 
-    // Away: out of SoftHSM2's token directory (a copy left inside it would be found as a token).
+    // Away: out of SoftHSM2's token directory (a copy left inside it would be found as a
+    // token). Both tokens (ca and pii) go, as when the device is unplugged.
     let tokens = ca.data_dir().join("hsm/tokens");
-    let token_dirs: Vec<_> = std::fs::read_dir(&tokens)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(token_dirs.len(), 1, "{token_dirs:?}");
-    let token = &token_dirs[0];
     let away = ca.data_dir().join("token-away");
-    std::fs::rename(token, &away).unwrap();
+    std::fs::rename(&tokens, &away).unwrap();
+    std::fs::create_dir(&tokens).unwrap();
     let lost = Instant::now();
     let log_lines_at_loss = std::fs::read_to_string(&log).unwrap().lines().count();
     let (status, h) = wait_health(addr, "HSM fault while the token is away", |_, h| {
@@ -119,7 +114,8 @@ fn a_lost_hsm_token_is_used_again_when_it_returns() {
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("\necert_hsm_ok 0\n"), "{metrics}");
 
-    std::fs::rename(&away, token).unwrap();
+    std::fs::remove_dir(&tokens).unwrap();
+    std::fs::rename(&away, &tokens).unwrap();
     let back = Instant::now();
     let away_for = back - lost;
     // Revoked within seconds of the token's return, with no restart.

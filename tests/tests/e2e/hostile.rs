@@ -578,7 +578,7 @@ fn debian_weak_keys_are_refused() {
     assert!(list.lines().any(|l| l == fp), "{fp} not in\n{list}");
 
     let config = format!(
-        "{CONFIG_TOML}[keys]\ndebian_weak_dir = \"{}\"\n",
+        "{CONFIG_TOML}[keys]\ndebian_weak_dir = \"{}\"\n[hsm]\npii_pin = \"activation\"\n",
         lists.display()
     );
     std::fs::write(ca.data_dir().join("ecert.toml"), &config).unwrap();
