@@ -244,8 +244,11 @@ pub struct Authority {
     /// The personal-data vault: `None` until the `pii` token's PIN is given (at start from
     /// [`Config::pii_pin`], or by the data owner's activation; see [`crate::custody`]).
     pii: std::sync::RwLock<Option<Arc<crate::pii::Vault>>>,
-    /// Why the personal-data vault is not open (shown by `/healthz`; never a PIN).
+    /// Why the personal-data vault is not open (shown by `/healthz`: a fixed phrase; the
+    /// details go to the log).
     pii_problem: std::sync::Mutex<Option<String>>,
+    /// Wrong activation PINs in a row, and until when activation is refused.
+    pii_failures: std::sync::Mutex<(u32, Option<std::time::Instant>)>,
     /// The staff-auth vault (the `ca` token): TOTP secrets and problem reports.
     staff_keys: Arc<crate::pii::Vault>,
     /// Each issuing CA's CRL entries, kept between publications (see [`crate::crl`]).
@@ -299,6 +302,11 @@ async fn write_crl_file(dir: std::path::PathBuf, file: String, der: Vec<u8>) -> 
     .await
     .map_err(|e| Error::Encoding(format!("CRL file task failed: {e}")))?
 }
+
+/// Wrong activation PINs in a row before activation is refused for a while.
+pub const PII_ACTIVATION_FAILURES: u32 = 5;
+/// How long activation is refused after [`PII_ACTIVATION_FAILURES`] wrong PINs.
+pub const PII_ACTIVATION_LOCKOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// HSM label of the key that signs audit checkpoints.
 pub const AUDIT_KEY_LABEL: &str = "ecert-audit";
@@ -985,7 +993,10 @@ impl Authority {
                     Ok(v) => (Some(Arc::new(v)), None),
                     Err(e) => {
                         tracing::error!(error = %e, "the personal-data keys did not open");
-                        (None, Some(format!("the pii token did not open: {e}")))
+                        (
+                            None,
+                            Some("the pii token did not open (see the service log)".to_string()),
+                        )
                     }
                 }
             }
@@ -995,7 +1006,10 @@ impl Authority {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "the pii token's PIN is not available");
-                (None, Some(e.to_string()))
+                (
+                    None,
+                    Some("the pii token's PIN is not available (see the service log)".to_string()),
+                )
             }
         };
         let debian_weak = match &config.keys.debian_weak_dir {
@@ -1010,6 +1024,7 @@ impl Authority {
             debian_weak,
             pii: std::sync::RwLock::new(pii),
             pii_problem: std::sync::Mutex::new(pii_problem),
+            pii_failures: std::sync::Mutex::new((0, None)),
             staff_keys,
             config,
             store,
@@ -1651,15 +1666,51 @@ impl Authority {
 
     /// Activates the personal-data keys with the `pii` token's PIN (the `data_owner` role's
     /// action, on each instance; see [`crate::custody`]). Audited either way, never with the
-    /// PIN; a wrong PIN is [`Error::Invalid`]. Activating again is harmless.
+    /// PIN; a wrong PIN is [`Error::Invalid`]. After [`PII_ACTIVATION_FAILURES`] wrong PINs in
+    /// a row every attempt is refused for [`PII_ACTIVATION_LOCKOUT`] ([`Error::TooManyAttempts`],
+    /// whatever the PIN): guessing is slow, and a real HSM's own lockout — which would stop the
+    /// counter — is not reached by guesses through the service. Activating again is harmless.
     pub async fn activate_pii(&self, pin: &str, actor: &str) -> Result<()> {
-        if pin.is_empty() || pin.len() > 256 {
+        {
+            let f = self
+                .pii_failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(until) = f.1 {
+                if std::time::Instant::now() < until {
+                    return Err(Error::TooManyAttempts(
+                        "too many wrong PINs: activation is refused for a while".into(),
+                    ));
+                }
+            }
+        }
+        // PKCS#11 tokens take 4 to 255 bytes (SoftHSM2's range; HSMs are narrower).
+        if !(4..=255).contains(&pin.len()) {
             return Err(Error::Invalid {
                 field: "pin",
-                reason: "give the pii token's user PIN".into(),
+                reason: "give the pii token's user PIN (4 to 255 characters)".into(),
             });
         }
-        match crate::custody::open_pii_vault(&self.config, &self.store, pin, actor).await {
+        let opened = crate::custody::open_pii_vault(&self.config, &self.store, pin, actor).await;
+        {
+            let mut f = self
+                .pii_failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &opened {
+                Ok(_) => *f = (0, None),
+                Err(Error::Hsm(hsm::Error::PinIncorrect)) => {
+                    f.0 += 1;
+                    if f.0 >= PII_ACTIVATION_FAILURES {
+                        f.0 = 0;
+                        f.1 = Some(std::time::Instant::now() + PII_ACTIVATION_LOCKOUT);
+                        tracing::error!("personal-data key activation locked after wrong PINs");
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        match opened {
             Ok(v) => {
                 *self
                     .pii
@@ -1700,6 +1751,10 @@ impl Authority {
                         field: "pin",
                         reason: "the pii token did not open with that PIN".into(),
                     },
+                    Error::Hsm(hsm::Error::TokenNotFound { label }) => Error::Conflict(format!(
+                        "there is no {label} token: it is made once by `ecert init` with the data \
+                         owner's PINs (ECERT_PII_PIN, ECERT_PII_SO_PIN)"
+                    )),
                     e => e,
                 })
             }
@@ -2387,6 +2442,29 @@ mod tests {
         assert!(token
             .read_secret_value(crate::pii::STAFF_AUTH_KEY_LABEL)
             .is_err());
+        drop(dir);
+    }
+
+    /// Issue 14 (custody, from the attack on it): wrong activation PINs lock activation for a
+    /// while, even for the right PIN; the lock is per process and says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_activation_pins_lock_activation() {
+        let (dir, auth) = test_ca().await;
+        let pin = auth.config().pii_pin().unwrap().unwrap();
+        auth.activate_pii(&pin, "staff:owner").await.unwrap();
+        for _ in 0..PII_ACTIVATION_FAILURES {
+            let e = auth
+                .activate_pii("not-the-pin", "staff:owner")
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Invalid { field: "pin", .. }), "{e}");
+        }
+        let e = auth.activate_pii(&pin, "staff:owner").await.unwrap_err();
+        assert!(matches!(e, Error::TooManyAttempts(_)), "{e}");
+        let e = auth.activate_pii("abc", "staff:owner").await.unwrap_err();
+        assert!(matches!(e, Error::TooManyAttempts(_)), "{e}");
+        assert!(auth.pii().is_ok(), "the keys opened before stay open");
+        drop(auth);
         drop(dir);
     }
 

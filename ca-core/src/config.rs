@@ -919,15 +919,22 @@ impl Config {
         }
     }
 
-    /// True when the `pii` token's PIN is a file inside the data directory: whoever holds the
-    /// directory holds the personal data (the embedded default; `config check` says so).
+    /// True when a `pii` token PIN is a file inside the data directory: the configured source,
+    /// or the embedded default's `pii-user.pin` / `pii-so.pin` left behind after the source
+    /// moved elsewhere (they still open the token). Whoever holds the directory then holds the
+    /// personal data (the embedded default; `config check` says so).
     pub fn pii_custody_in_data_dir(&self) -> bool {
+        // Symbolic links and `..` resolved, so no spelling of a path hides where it is.
+        let real = |p: &Path| std::fs::canonicalize(p).ok();
+        let Some(dir) = real(&self.data_dir) else {
+            return false;
+        };
+        let default_files = ["pii-user.pin", "pii-so.pin"].map(|f| self.hsm_dir().join(f));
+        if default_files.iter().any(|f| f.exists()) {
+            return true;
+        }
         match self.pii_pin_source() {
-            Ok(PiiPin::File(f)) => {
-                let dir = std::path::absolute(&self.data_dir).unwrap_or(self.data_dir.clone());
-                let f = std::path::absolute(&f).unwrap_or(f);
-                f.starts_with(dir)
-            }
+            Ok(PiiPin::File(f)) => real(&f).is_some_and(|f| f.starts_with(&dir)),
             _ => false,
         }
     }
@@ -971,6 +978,45 @@ mod tests {
         c.ca.issuing_validity_days = 3650;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("shorter than ca.root_validity_days"), "{e}");
+    }
+
+    /// Issue 14 (custody, from the attack on it): a pii PIN file in the data directory means
+    /// custody is not separated — the configured source, or the embedded default's files left
+    /// behind after the source moved to activation, however the path is spelt.
+    #[test]
+    fn a_pii_pin_in_the_data_directory_is_not_separated_custody() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.data_dir = dir.path().join("data");
+        std::fs::create_dir_all(c.hsm_dir()).unwrap();
+        c.hsm.pii_pin = Some("activation".into());
+        assert!(!c.pii_custody_in_data_dir());
+        std::fs::write(c.hsm_dir().join("pii-so.pin"), "x").unwrap();
+        assert!(
+            c.pii_custody_in_data_dir(),
+            "the default SO PIN file is left"
+        );
+        std::fs::remove_file(c.hsm_dir().join("pii-so.pin")).unwrap();
+        let inside = c.data_dir.join("secret.pin");
+        std::fs::write(&inside, "x").unwrap();
+        let roundabout = dir.path().join("data/../data/secret.pin");
+        c.hsm.pii_pin = Some(format!("file:{}", roundabout.display()));
+        assert!(c.pii_custody_in_data_dir(), "{roundabout:?}");
+        let outside = dir.path().join("owner.pin");
+        std::fs::write(&outside, "x").unwrap();
+        c.hsm.pii_pin = Some(format!("file:{}", outside.display()));
+        assert!(!c.pii_custody_in_data_dir());
+        assert!(c
+            .production_problems()
+            .unwrap()
+            .iter()
+            .all(|p| !p.contains("custody")));
+        c.hsm.pii_pin = Some("file:".into());
+        assert!(c.validate().is_err());
+        c.hsm.pii_pin = Some("env:ECERT_X".into());
+        c.hsm.pii_token_label = "ecert-pii".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("pii_token_label"), "{e}");
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //!
 //! Data directories made before the `pii` token existed keep both personal-data keys in the
 //! one token and seal TOTP secrets and problem reports under the personal-data key.
-//! [`migrate`] moves them: HSM keys cannot move between tokens, so the data key is sealed again
-//! under the new token's seal key, every blind index is computed again under the new index key,
-//! TOTP secrets and problem reports are sealed again under the staff-auth key, and the old key
+//! [`migrate`] moves them: HSM keys cannot move between tokens, and the old data key was sealed
+//! by a key the operator opens (and old backups of the `ca` token keep), so every personal
+//! field is sealed again under a *new* data key sealed only by the `pii` token, every blind
+//! index is computed again under the new index key, TOTP secrets and problem reports are
+//! sealed again under the staff-auth key, the old sealed data key is deleted, and the old key
 //! objects are destroyed. Every database change commits in one transaction with its audit
 //! record; a run that stops half-way is run again and finishes (keys made by the stopped run
 //! are found by label and used).
@@ -110,23 +112,34 @@ pub(crate) fn init_embedded_pii_token(config: &Config) -> Result<bool> {
     Ok(true)
 }
 
-/// The `pii` token's seal and index keys, made if missing (audited).
+/// The `pii` token's seal and index keys, made if missing and `may_create` (audited). Keys are
+/// made only for a database with no personal-data key and no sealed personal data (or by the
+/// migration): a token without them is otherwise the wrong token, not a new one.
 async fn pii_keys(
     config: &Config,
     store: &Store,
     pin: &str,
     actor: &str,
+    may_create: bool,
 ) -> Result<(hsm::pkcs11::Pkcs11Secret, hsm::pkcs11::Pkcs11Secret)> {
+    let label = config.hsm.pii_token_label.clone();
     let cfg = pii_token_config(config, pin);
     let (seal, index, made) = blocking(move || {
         let token = hsm::pkcs11::Token::open(&cfg)?;
         let mut made = Vec::new();
-        let mut get = |label: &'static str, kind| -> Result<hsm::pkcs11::Pkcs11Secret> {
-            Ok(match token.find_secret(label, kind)? {
+        let mut get = |key_label: &'static str, kind| -> Result<hsm::pkcs11::Pkcs11Secret> {
+            Ok(match token.find_secret(key_label, kind)? {
                 Some(k) => k,
+                None if may_create => {
+                    made.push(key_label);
+                    token.generate_secret(key_label, kind)?
+                }
                 None => {
-                    made.push(label);
-                    token.generate_secret(label, kind)?
+                    return Err(Error::Conflict(format!(
+                        "the {label} token has no {key_label} key, but the database holds \
+                         personal data sealed under it: wrong token (hsm.pii_token_label, \
+                         hsm.module); no new key is made"
+                    )))
                 }
             })
         };
@@ -154,26 +167,88 @@ async fn pii_keys(
     Ok((seal, index))
 }
 
-/// Opens (or, on first use, makes and stores) the data key of `purpose` sealed by `seal`.
+/// Whether the database holds data sealed under `purpose`'s data key (then a missing key is
+/// never replaced by a new one: that would orphan the data, or — made by whoever holds the
+/// database and a token of their own — seal what comes next under keys they hold).
+async fn sealed_data_exists(store: &Store, purpose: Purpose) -> Result<bool> {
+    let sql = match purpose {
+        Purpose::PersonalData => "SELECT COUNT(*) FROM applications WHERE length(hkid_sealed) > 0",
+        Purpose::StaffAuth => {
+            "SELECT (SELECT COUNT(*) FROM staff) + (SELECT COUNT(*) FROM problem_reports)"
+        }
+    };
+    let n: i64 = sqlx::query_scalar(sql).fetch_one(store.pool()).await?;
+    Ok(n > 0)
+}
+
+/// Opens the data key of `purpose` sealed by `seal`; on first use (no key stored and nothing
+/// sealed yet) makes and stores one, audited. A key missing while sealed data exists is an
+/// error naming the problem, never a new key.
 async fn open_sealed(
     store: &Store,
     purpose: Purpose,
     meta: &'static str,
     seal: hsm::pkcs11::Pkcs11Secret,
     index: Option<Arc<dyn hsm::Mac>>,
+    actor: &str,
 ) -> Result<Vault> {
     if store.meta(meta).await?.is_none() {
-        let (s2, i2) = (seal.clone(), index.clone());
-        let (_, sealed) = blocking(move || Vault::create(purpose, &s2, i2)).await?;
-        let mut tx = store.begin().await?;
-        // The first stored key wins a race between processes.
-        store.meta_init(&mut tx, meta, &hex::encode(sealed)).await?;
-        tx.commit().await?;
+        if sealed_data_exists(store, purpose).await? {
+            return Err(Error::Conflict(format!(
+                "the database holds data sealed under the {} data key, but the key ({meta}) is \
+                 missing: restore the database; no new key is made",
+                purpose_name(purpose)
+            )));
+        }
+        make_data_key(store, purpose, meta, &seal, index.clone(), actor).await?;
     }
     let stored = store.meta(meta).await?.ok_or(Error::NotInitialised)?;
     let sealed =
         hex::decode(stored).map_err(|_| Error::Store(format!("the stored {meta} is not hex")))?;
     blocking(move || Vault::open(purpose, &seal, &sealed, index)).await
+}
+
+fn purpose_name(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::PersonalData => "personal-data",
+        Purpose::StaffAuth => "staff-auth",
+    }
+}
+
+/// Makes a data key, stores it sealed (the first stored key wins a race between processes)
+/// and audits it.
+async fn make_data_key(
+    store: &Store,
+    purpose: Purpose,
+    meta: &'static str,
+    seal: &hsm::pkcs11::Pkcs11Secret,
+    index: Option<Arc<dyn hsm::Mac>>,
+    actor: &str,
+) -> Result<()> {
+    let s2 = seal.clone();
+    let (_, sealed) = blocking(move || Vault::create(purpose, &s2, index)).await?;
+    let mut tx = store.begin().await?;
+    let stored = store
+        .meta_init(&mut tx, meta, &hex::encode(&sealed))
+        .await?;
+    if stored == hex::encode(&sealed) {
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: match purpose {
+                        Purpose::PersonalData => "pii.data_key_created",
+                        Purpose::StaffAuth => "staff_auth.data_key_created",
+                    },
+                    actor: actor.to_string(),
+                    subject: None,
+                    detail: json!({ "meta": meta }),
+                },
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// True when the data directory keeps the personal-data keys in the `ca` token (made before
@@ -264,6 +339,7 @@ pub(crate) async fn open_staff_vault(
         crate::pii::STAFF_KEY_META,
         key,
         None,
+        actor,
     )
     .await
 }
@@ -277,7 +353,9 @@ pub(crate) async fn open_pii_vault(
     actor: &str,
 ) -> Result<Vault> {
     require_separated(store).await?;
-    let (seal, index) = pii_keys(config, store, pin, actor).await?;
+    let may_create = store.meta(crate::pii::DATA_KEY_META).await?.is_none()
+        && !sealed_data_exists(store, Purpose::PersonalData).await?;
+    let (seal, index) = pii_keys(config, store, pin, actor, may_create).await?;
     let index: Arc<dyn hsm::Mac> = Arc::new(index);
     open_sealed(
         store,
@@ -285,6 +363,7 @@ pub(crate) async fn open_pii_vault(
         crate::pii::DATA_KEY_META,
         seal,
         Some(index),
+        actor,
     )
     .await
 }
@@ -298,8 +377,9 @@ pub struct MigrationReport {
     pub totp_secrets: usize,
     /// Problem reports sealed again under the staff-auth key.
     pub problem_reports: usize,
-    /// Blind indexes computed again under the `pii` token's index key.
-    pub blind_indexes: usize,
+    /// Applications whose personal fields were sealed again under the new data key, and whose
+    /// blind index was computed again under the `pii` token's index key.
+    pub applications: usize,
     /// Old key objects destroyed in the `ca` token.
     pub destroyed: usize,
 }
@@ -320,9 +400,12 @@ crate::row::row! {
 }
 
 crate::row::row! {
-    struct HkidSealed {
+    struct AppSealed {
         id: String,
         hkid_sealed: Vec<u8>,
+        dob_sealed: Vec<u8>,
+        phone_sealed: Vec<u8>,
+        address_sealed: Vec<u8>,
     }
 }
 
@@ -370,7 +453,21 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
                     .into(),
             ));
         };
-        let (new_seal, new_index) = pii_keys(config, store, &pin, actor).await?;
+        // A data key left by a run that stopped before its commit is never stored (it is
+        // stored in the transaction below), so the pii token's keys may be made here.
+        let (new_seal, new_index) = pii_keys(config, store, &pin, actor, true).await?;
+        if store.meta(crate::pii::STAFF_KEY_META).await?.is_none() {
+            let key = staff_auth_key(&ca_token, store, actor, true).await?;
+            make_data_key(
+                store,
+                Purpose::StaffAuth,
+                crate::pii::STAFF_KEY_META,
+                &key,
+                None,
+                actor,
+            )
+            .await?;
+        }
         let staff = open_staff_vault(&ca_token, store, actor, true).await?;
         let legacy_sealed = hex::decode(
             store
@@ -379,21 +476,25 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
                 .ok_or(Error::NotInitialised)?,
         )
         .map_err(|_| Error::Store("the stored personal-data key is not hex".into()))?;
-        // The same data key, sealed now by the pii token: personal fields stay as they are.
-        let (raw, resealed) = blocking(move || {
-            let raw = Zeroizing::new(Vault::unseal_raw(
-                Purpose::PersonalData,
-                &old_seal,
-                &legacy_sealed,
-            )?);
-            let resealed = Vault::seal_raw(Purpose::PersonalData, &new_seal, &raw)?;
-            Ok((raw, resealed))
-        })
-        .await?;
-        let old_index: Arc<dyn hsm::Mac> = Arc::new(old_index);
+        // The old data key was sealed by a key in the ca token, which the operator opens (and
+        // old backups of that token keep): every personal field is sealed again under a NEW
+        // data key, sealed only by the pii token.
         let new_index: Arc<dyn hsm::Mac> = Arc::new(new_index);
+        let (raw, new, new_sealed) = {
+            let i2 = new_index.clone();
+            blocking(move || {
+                let raw = Zeroizing::new(Vault::unseal_raw(
+                    Purpose::PersonalData,
+                    &old_seal,
+                    &legacy_sealed,
+                )?);
+                let (new, sealed) = Vault::create(Purpose::PersonalData, &new_seal, Some(i2))?;
+                Ok((raw, new, sealed))
+            })
+            .await?
+        };
+        let old_index: Arc<dyn hsm::Mac> = Arc::new(old_index);
         let old = Vault::from_raw(Purpose::PersonalData, &raw, Some(old_index))?;
-        let new = Vault::from_raw(Purpose::PersonalData, &raw, Some(new_index))?;
         drop(raw);
 
         // Everything is computed before the transaction, which only writes.
@@ -419,18 +520,32 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
                 staff.seal(Field::ReportText, &r.id, &text)?,
             ));
         }
-        let app_rows: Vec<HkidSealed> = sqlx::query_as(
-            "SELECT id, hkid_sealed FROM applications WHERE length(hkid_sealed) > 0",
+        let app_rows: Vec<AppSealed> = sqlx::query_as(
+            "SELECT id, hkid_sealed, dob_sealed, phone_sealed, address_sealed FROM applications \
+             WHERE length(hkid_sealed) > 0",
         )
         .fetch_all(store.pool())
         .await?;
-        let mut indexes = Vec::new();
+        let mut apps = Vec::new();
         let new = Arc::new(new);
         for r in app_rows {
+            let again = |field: Field, sealed: &[u8]| -> Result<Vec<u8>> {
+                if sealed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let plain = old.open_field(field, &r.id, sealed)?;
+                new.seal(field, &r.id, &plain)
+            };
+            let sealed = [
+                again(Field::Hkid, &r.hkid_sealed)?,
+                again(Field::DateOfBirth, &r.dob_sealed)?,
+                again(Field::Phone, &r.phone_sealed)?,
+                again(Field::Address, &r.address_sealed)?,
+            ];
             let hkid = old.open_field(Field::Hkid, &r.id, &r.hkid_sealed)?;
             let v = new.clone();
             let index = blocking(move || v.blind_index(Field::Hkid, &hkid)).await?;
-            indexes.push((r.id, index));
+            apps.push((r.id, sealed, index));
         }
 
         let mut tx = store.begin().await?;
@@ -451,15 +566,31 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
             .execute(&mut *tx)
             .await?;
         }
-        for (id, index) in &indexes {
-            sqlx::query("UPDATE applications SET hkid_index = $1 WHERE id = $2")
-                .bind(index.to_vec())
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        for (id, [hkid, dob, phone, address], index) in &apps {
+            sqlx::query(
+                "UPDATE applications SET hkid_sealed = $1, dob_sealed = $2, phone_sealed = $3, \
+                 address_sealed = $4, hkid_index = $5 WHERE id = $6",
+            )
+            .bind(hkid.clone())
+            .bind(dob.clone())
+            .bind(phone.clone())
+            .bind(address.clone())
+            .bind(index.to_vec())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         store
-            .meta_init(&mut tx, crate::pii::DATA_KEY_META, &hex::encode(&resealed))
+            .meta_init(
+                &mut tx,
+                crate::pii::DATA_KEY_META,
+                &hex::encode(&new_sealed),
+            )
+            .await?;
+        // The old sealed key goes with the old seal key: nothing left opens under it.
+        sqlx::query("DELETE FROM meta WHERE key = $1")
+            .bind(crate::pii::LEGACY_DATA_KEY_META)
+            .execute(&mut *tx)
             .await?;
         store
             .meta_init(&mut tx, LAYOUT_META, LAYOUT_SEPARATED)
@@ -475,7 +606,7 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
                         "pii_token": config.hsm.pii_token_label,
                         "totp_secrets": totp.len(),
                         "problem_reports": reports.len(),
-                        "blind_indexes": indexes.len(),
+                        "applications": apps.len(),
                     }),
                 },
             )
@@ -484,7 +615,7 @@ pub async fn migrate(config: &Config, store: &Store, actor: &str) -> Result<Migr
         report.migrated = true;
         report.totp_secrets = totp.len();
         report.problem_reports = reports.len();
-        report.blind_indexes = indexes.len();
+        report.applications = apps.len();
     }
     // The old key objects go (also when an earlier run stopped after its commit).
     let t = ca_token.clone();

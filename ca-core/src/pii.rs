@@ -154,7 +154,7 @@ impl Vault {
         Vault::from_raw(purpose, &raw, index)
     }
 
-    /// The raw data key of a sealed one (the custody migration re-seals it under a new key).
+    /// The raw data key of a sealed one (the custody migration reads the old key with it).
     pub(crate) fn unseal_raw(
         purpose: Purpose,
         sealer: &dyn hsm::Sealer,
@@ -166,15 +166,6 @@ impl Vault {
                 purpose.prefix()
             ))
         })
-    }
-
-    /// Seals a raw data key for `purpose` with `sealer` (the custody migration).
-    pub(crate) fn seal_raw(
-        purpose: Purpose,
-        sealer: &dyn hsm::Sealer,
-        raw: &[u8],
-    ) -> Result<Vec<u8>> {
-        Ok(sealer.seal(purpose.data_key_aad(), raw)?)
     }
 
     pub(crate) fn from_raw(

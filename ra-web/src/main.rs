@@ -771,10 +771,10 @@ async fn custody(config: Config, c: CustodyCommand) -> anyhow::Result<()> {
             let r = Authority::migrate_custody(&config, &actor()).await?;
             if r.migrated {
                 outln!(
-                    "custody migrated: {} TOTP secrets and {} problem reports sealed again under the staff-auth key, {} blind indexes computed again in the {} token",
+                    "custody migrated: {} TOTP secrets and {} problem reports sealed again under the staff-auth key, the personal fields of {} applications sealed again under a new data key and their blind indexes computed again in the {} token",
                     r.totp_secrets,
                     r.problem_reports,
-                    r.blind_indexes,
+                    r.applications,
                     config.hsm.pii_token_label
                 );
             } else {

@@ -386,7 +386,34 @@ fn personal_data_keys_stay_in_the_data_owners_custody() {
         !std::fs::read_to_string(&log).unwrap().contains(PII_PIN),
         "the PIN in the log"
     );
+
     ca.audit_ok();
+
+    // Whoever holds the database deletes the sealed data key, hoping the service makes a new
+    // one (under keys they might hold): it refuses, and makes nothing.
+    ca.tamper("DELETE FROM meta WHERE key = 'pii_data_key_v2'");
+    let log = ca.file("serve-3.log");
+    let server =
+        crate::ra::serve_ra_with(&ca, &smtp.addr, &log, &[("ECERT_TEST_PII_PIN", PII_PIN)]);
+    let h = healthz(&server.1);
+    assert_eq!(h["personal_data"]["status"], "not activated", "{h}");
+    let (st, e) = api(
+        &server.1,
+        "POST",
+        "/api/v1/personal-data/activate",
+        &activating,
+        Some(serde_json::json!({ "pin": PII_PIN })),
+    );
+    assert_eq!(st, 409, "{e}");
+    assert!(e.to_string().contains("no new key is made"), "{e}");
+    drop(server);
+    assert_eq!(
+        ca.sql_query("SELECT COUNT(*) FROM meta WHERE key = 'pii_data_key_v2'")
+            .trim(),
+        "0"
+    );
+    let made = ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'pii.data_key_created'");
+    assert_eq!(made.trim(), "1", "only init's");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -446,14 +473,33 @@ fn a_legacy_data_directory_moves_to_separated_custody() {
     let objects = ca.pkcs11_objects(&[]);
     assert!(objects.contains("ecert-pii-seal"), "{objects}");
 
+    let fields = match ca.db() {
+        Db::Sqlite => "SELECT hex(hkid_sealed) || hex(dob_sealed) || hex(phone_sealed) || hex(address_sealed) FROM applications",
+        Db::Postgres => "SELECT encode(hkid_sealed || dob_sealed || phone_sealed || address_sealed, 'hex') FROM applications",
+    };
+    let sealed_before = ca.sql_query(fields);
+    assert!(sealed_before.trim().len() > 100, "{sealed_before}");
     let out = ca.ecert_ok(&["custody", "migrate"]);
     assert!(
-        out.contains("2 TOTP secrets and 1 problem reports") && out.contains("1 blind indexes"),
+        out.contains("2 TOTP secrets and 1 problem reports")
+            && out.contains("the personal fields of 1 applications"),
         "{out}"
     );
     assert!(
         out.contains("old personal-data key objects destroyed"),
         "{out}"
+    );
+    // Every personal field was sealed again (under a new data key: the old one, sealed by a key
+    // the operator's token held, is gone with that key).
+    assert_ne!(
+        ca.sql_query(fields),
+        sealed_before,
+        "the personal fields were not sealed again"
+    );
+    assert_eq!(
+        ca.sql_query("SELECT COUNT(*) FROM meta WHERE key = 'pii_data_key_v1'")
+            .trim(),
+        "0"
     );
     let again = ca.ecert_ok(&["custody", "migrate"]);
     assert!(
