@@ -986,8 +986,10 @@ mod tests {
     #[test]
     fn a_pii_pin_in_the_data_directory_is_not_separated_custody() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.data_dir = dir.path().join("data");
+        let mut c = Config {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
         std::fs::create_dir_all(c.hsm_dir()).unwrap();
         c.hsm.pii_pin = Some("activation".into());
         assert!(!c.pii_custody_in_data_dir());
