@@ -956,11 +956,32 @@ async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who ran a command, for the audit trail: the operating-system account of the process (its
+/// effective uid, read from the owner of `/proc/self`, named from `/etc/passwd`) — not `$USER`,
+/// which whoever runs the command sets at will.
 pub(crate) fn actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "cli:unknown".into();
+    };
+    cli_actor(
+        uid,
+        &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
     )
+}
+
+/// `cli:NAME` for `uid` by the passwd file's text, or `cli:uid-N` when it has no entry.
+fn cli_actor(uid: u32, passwd: &str) -> String {
+    let name = passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let id = f.nth(1)?.parse::<u32>().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    });
+    match name {
+        Some(n) => format!("cli:{n}"),
+        None => format!("cli:uid-{uid}"),
+    }
 }
 
 fn pem_cert(der: &[u8]) -> String {
@@ -1539,4 +1560,24 @@ fn config_check(config: &Config, production: bool) -> anyhow::Result<()> {
     }
     outln!("configuration OK");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 (from the attack on custody): the command line's audit actor is the process's
+    /// account, whatever `$USER` says.
+    #[test]
+    fn the_cli_actor_is_the_process_account_not_user() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nops:x:1000:1000::/home/ops:/bin/sh\n";
+        assert_eq!(cli_actor(0, passwd), "cli:root");
+        assert_eq!(cli_actor(1000, passwd), "cli:ops");
+        assert_eq!(cli_actor(4242, passwd), "cli:uid-4242");
+        let before = actor();
+        std::env::set_var("USER", "someone-else");
+        assert_eq!(actor(), before);
+        assert_ne!(before, "cli:someone-else");
+    }
 }
