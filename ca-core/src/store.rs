@@ -92,6 +92,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (27, "held_by", include_str!("../../migrations/sqlite/0027_held_by.sql")),
     (28, "must_change_password", include_str!("../../migrations/sqlite/0028_must_change_password.sql")),
     (29, "outlet_closed", include_str!("../../migrations/sqlite/0029_outlet_closed.sql")),
+    (30, "officer_proposals", include_str!("../../migrations/sqlite/0030_officer_proposals.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -124,6 +125,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (27, "held_by", include_str!("../../migrations/postgres/0027_held_by.sql")),
     (28, "must_change_password", include_str!("../../migrations/postgres/0028_must_change_password.sql")),
     (29, "outlet_closed", include_str!("../../migrations/postgres/0029_outlet_closed.sql")),
+    (30, "officer_proposals", include_str!("../../migrations/postgres/0030_officer_proposals.sql")),
 ];
 
 row! {

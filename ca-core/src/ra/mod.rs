@@ -40,6 +40,7 @@ mod decision;
 mod domains;
 mod fee;
 mod mailbox;
+pub mod officer;
 mod operations;
 mod outlet;
 pub mod permissions;
@@ -80,6 +81,7 @@ pub use mailbox::{
     confirm_email, confirm_email_link, new_email_code, CODES_SENT, CODE_ATTEMPTS,
     WAITING_PER_MAILBOX,
 };
+pub use officer::{ProposalRequest, ProposalView};
 pub use operations::{
     activate_personal_data, operations, personal_data_status, publish_all_crls, sign_ocsp_now,
     OpsView,

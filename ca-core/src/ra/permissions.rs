@@ -46,11 +46,14 @@ pub enum Action {
     ViewAudit,
     /// Activate the personal-data keys.
     ActivatePersonalDataKeys,
+    /// Propose or confirm a decision two officers take together: a mass revocation, blocking
+    /// a key, revoking an issuing CA ([`super::officer`]).
+    TwoOfficerDecisions,
 }
 
 impl Action {
     /// Every action, in the order of the matrix's rows.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::ViewApplications,
         Action::EnterApplication,
         Action::RecordChecks,
@@ -65,6 +68,7 @@ impl Action {
         Action::RunOperations,
         Action::ViewAudit,
         Action::ActivatePersonalDataKeys,
+        Action::TwoOfficerDecisions,
     ];
 
     /// How `docs/ROLES.md` and refusals name it.
@@ -84,6 +88,9 @@ impl Action {
             Action::RunOperations => "publish CRLs and sign due OCSP responses now",
             Action::ViewAudit => "read, export and verify the audit trail",
             Action::ActivatePersonalDataKeys => "activate the personal-data keys",
+            Action::TwoOfficerDecisions => {
+                "propose or confirm a mass revocation, a key block or an issuing CA's revocation (two officers)"
+            }
         }
     }
 }
@@ -141,6 +148,7 @@ pub const MATRIX: &[(Role, &[(Action, Reach)])] = &[
             (A::Revoke, All),
             (A::ViewProblemReports, All),
             (A::AnswerProblemReports, All),
+            (A::TwoOfficerDecisions, All),
         ],
     ),
     (

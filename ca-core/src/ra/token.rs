@@ -36,9 +36,11 @@ impl Scope {
                 Some(Scope::Read)
             }
             A::EnterApplication | A::RecordChecks => Some(Scope::Enter),
-            A::Decide | A::Revoke | A::AnswerProblemReports | A::RunOperations => {
-                Some(Scope::Decide)
-            }
+            A::Decide
+            | A::Revoke
+            | A::AnswerProblemReports
+            | A::RunOperations
+            | A::TwoOfficerDecisions => Some(Scope::Decide),
             // The token alone opens nothing: the request carries the pii token's PIN too.
             A::ActivatePersonalDataKeys => Some(Scope::Activate),
             // Never with a token: signed in, with the second factor.

@@ -1571,3 +1571,191 @@ async fn problem_reports_run_on_the_br_clocks() {
         Err(Error::TooManyAttempts(_))
     ));
 }
+
+/// Issue 14: decisions of large effect need two officers. One proposes (a query becomes its
+/// serials then), the proposer cannot confirm, a clerk cannot take part, another officer
+/// confirms and it is carried out once (a second confirmation is a conflict); a withdrawn or
+/// an expired proposal does nothing; a key block proposed by a certificate's serial blocks
+/// that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_decisions_need_two_officers() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
+        .await
+        .unwrap();
+    let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+    let alice = session_of(&auth, "alice", Role::Officer).await;
+    let bob = session_of(&auth, "bob", Role::Officer).await;
+    let mut serials = Vec::new();
+    for n in 0..3 {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (_, serial) = issued_app(&auth, &clerk, &key, 40 + n).await;
+        serials.push(serial);
+    }
+    let state = |s: &str| {
+        let store = store.clone();
+        let s = s.to_string();
+        async move {
+            match store.certificate(&s).await.unwrap().unwrap().revoked_at {
+                Some(_) => "revoked",
+                None => "issued",
+            }
+        }
+    };
+
+    let by_query = officer::ProposalRequest {
+        kind: "mass_revocation".into(),
+        reason: "cessationOfOperation".into(),
+        profile: Some("personal".into()),
+        ..Default::default()
+    };
+    let e = officer::propose(&auth, &clerk, &by_query)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Forbidden(_)), "{e}");
+    let p = officer::propose(&auth, &alice, &by_query).await.unwrap();
+    assert_eq!(p.state, "pending");
+    assert!(
+        p.summary.starts_with("revoke 3 certificate(s)"),
+        "{}",
+        p.summary
+    );
+    // A certificate issued after the proposal is not in it: the list was fixed when proposed.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (_, later) = issued_app(&auth, &clerk, &key, 50).await;
+    let e = officer::confirm(&auth, &alice, &p.id).await.unwrap_err();
+    assert!(
+        matches!(e, Error::Forbidden(_)),
+        "the proposer confirmed: {e}"
+    );
+    let e = officer::confirm(&auth, &clerk, &p.id).await.unwrap_err();
+    assert!(matches!(e, Error::Forbidden(_)), "{e}");
+    assert_eq!(
+        state(&serials[0]).await,
+        "issued",
+        "nothing before the second officer"
+    );
+    let done = officer::confirm(&auth, &bob, &p.id).await.unwrap();
+    assert_eq!(done.state, "done");
+    assert_eq!(done.decided_by.as_deref(), Some("bob"));
+    assert_eq!(
+        done.outcome.as_deref(),
+        Some("3 revoked, 0 already revoked, 0 failed")
+    );
+    for s in &serials {
+        assert_eq!(state(s).await, "revoked", "{s}");
+    }
+    assert_eq!(state(&later).await, "issued");
+    let e = officer::confirm(&auth, &bob, &p.id).await.unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "carried out twice: {e}");
+
+    // Withdrawn: nothing happens, and it cannot be confirmed afterwards.
+    let p = officer::propose(
+        &auth,
+        &bob,
+        &officer::ProposalRequest {
+            kind: "mass_revocation".into(),
+            reason: "superseded".into(),
+            serials: vec![later.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    officer::withdraw(&auth, &bob, &p.id).await.unwrap();
+    assert!(officer::confirm(&auth, &alice, &p.id).await.is_err());
+    assert_eq!(state(&later).await, "issued");
+    // Expired: refused.
+    let p = officer::propose(
+        &auth,
+        &bob,
+        &officer::ProposalRequest {
+            kind: "key_block".into(),
+            reason: "published on a paste site".into(),
+            serial: Some(later.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE officer_proposals SET expires_at = 1 WHERE id = $1")
+        .bind(&p.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let e = officer::confirm(&auth, &alice, &p.id).await.unwrap_err();
+    assert!(matches!(e, Error::Expired(_)), "{e}");
+    // Confirmed: the certificate's key is blocked.
+    let p = officer::propose(
+        &auth,
+        &bob,
+        &officer::ProposalRequest {
+            kind: "key_block".into(),
+            reason: "published on a paste site".into(),
+            serial: Some(later.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    officer::confirm(&auth, &alice, &p.id).await.unwrap();
+    let fp = store.certificate(&later).await.unwrap().unwrap().key_fp;
+    let blocked: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blocked_keys WHERE key_fp = $1")
+        .bind(fp)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(blocked, 1);
+    // Bad proposals are named.
+    for (r, field) in [
+        (
+            officer::ProposalRequest {
+                kind: "mass_revocation".into(),
+                reason: "certificateHold".into(),
+                serials: vec![later.clone()],
+                ..Default::default()
+            },
+            "reason",
+        ),
+        (
+            officer::ProposalRequest {
+                kind: "ca_revocation".into(),
+                reason: "keyCompromise".into(),
+                ca: Some("root".into()),
+                ..Default::default()
+            },
+            "ca",
+        ),
+        (
+            officer::ProposalRequest {
+                kind: "everything".into(),
+                ..Default::default()
+            },
+            "kind",
+        ),
+    ] {
+        let e = officer::propose(&auth, &alice, &r).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Invalid { field: f, .. } if f == field),
+            "{e}"
+        );
+    }
+    let kinds: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM audit_log WHERE kind LIKE 'officer.%' ORDER BY seq")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "officer.proposed",
+            "officer.confirmed",
+            "officer.proposed",
+            "officer.withdrawn",
+            "officer.proposed",
+            "officer.proposed",
+            "officer.confirmed"
+        ]
+    );
+}

@@ -1,0 +1,419 @@
+//! Decisions two officers take together (issue 14; DESIGN.md "Custody and roles": "big ones by
+//! two officers"): a mass revocation, blocking a key, revoking an issuing CA. One officer
+//! proposes — exactly what: a query is resolved to its serials when proposed, so the second
+//! officer confirms the list, not a query whose answer may change — and another officer
+//! confirms within [`PROPOSAL_HOURS`]; only then is it carried out, as the confirming officer,
+//! with both names in the audit trail (`officer.proposed`, `officer.confirmed`,
+//! `officer.withdrawn`). The proposer can never confirm their own proposal, and a proposal is
+//! carried out at most once (compare-and-set on its state).
+
+use serde_json::json;
+
+use super::permissions::Action;
+use super::session::StaffSession;
+use super::support::{check_len, invalid, now};
+use crate::audit::Event;
+use crate::authority::Authority;
+use crate::error::{Error, Result};
+use crate::profile::CaRole;
+use crate::revocation::Reason;
+use crate::row::row;
+use crate::serial::SerialNumber;
+
+/// How long a proposal waits for its second officer.
+pub const PROPOSAL_HOURS: i64 = 24;
+/// The most serials one mass revocation carries.
+pub const MAX_SERIALS: usize = 100_000;
+
+/// What an officer proposes.
+#[derive(Debug, Clone, Default)]
+pub struct ProposalRequest {
+    /// `mass_revocation`, `key_block` or `ca_revocation`.
+    pub kind: String,
+    /// RFC 5280 reason (revocations) or the reason recorded for a key block.
+    pub reason: String,
+    /// Mass revocation: these serials (hex) ...
+    pub serials: Vec<String>,
+    /// ... and/or every unrevoked certificate of this profile ...
+    pub profile: Option<String>,
+    /// ... with notBefore at or after this time (Unix seconds) ...
+    pub issued_after: Option<i64>,
+    /// ... and at or before this time.
+    pub issued_before: Option<i64>,
+    /// Key block: the key of this issued certificate (serial, hex) ...
+    pub serial: Option<String>,
+    /// ... or this SubjectPublicKeyInfo (PEM `PUBLIC KEY`).
+    pub public_key: Option<String>,
+    /// CA revocation: `individual` or `server`.
+    pub ca: Option<String>,
+}
+
+row! {
+    /// A proposal as listed.
+    #[derive(Debug, Clone)]
+    pub struct ProposalView {
+        /// Its id.
+        pub id: String,
+        /// `mass_revocation`, `key_block` or `ca_revocation`.
+        pub kind: String,
+        /// What it does, in one line.
+        pub summary: String,
+        /// Who proposed it (user name).
+        pub proposed_by: String,
+        /// When (Unix seconds).
+        pub proposed_at: i64,
+        /// Until when it may be confirmed.
+        pub expires_at: i64,
+        /// `pending`, `confirming`, `done`, `failed` or `withdrawn`.
+        pub state: String,
+        /// Who confirmed or withdrew it.
+        pub decided_by: Option<String>,
+        /// What happened.
+        pub outcome: Option<String>,
+    }
+}
+
+row! {
+    struct ProposalRow {
+        kind: String,
+        params: String,
+        proposed_by: String,
+        expires_at: i64,
+        state: String,
+    }
+}
+
+const VIEW: &str = "SELECT p.id AS id, p.kind AS kind, p.summary AS summary, s.username AS proposed_by, \
+     p.proposed_at AS proposed_at, p.expires_at AS expires_at, p.state AS state, d.username AS decided_by, \
+     p.outcome AS outcome FROM officer_proposals p JOIN staff s ON s.id = p.proposed_by \
+     LEFT JOIN staff d ON d.id = p.decided_by";
+
+fn actor(staff: &StaffSession) -> String {
+    format!("staff:{}", staff.username)
+}
+
+fn revocation_reason(reason: &str) -> Result<Reason> {
+    let r = Reason::parse(reason)?;
+    if r == Reason::CertificateHold {
+        return Err(invalid(
+            "reason",
+            "a hold is placed at the counter, one certificate at a time",
+        ));
+    }
+    Ok(r)
+}
+
+/// The key's SHA-256 (of its SubjectPublicKeyInfo) from a PEM public key.
+fn key_of_pem(text: &str) -> Result<[u8; 32]> {
+    let block = pem::parse(text.trim()).map_err(|_| invalid("public_key", "a PEM PUBLIC KEY"))?;
+    if block.tag() != "PUBLIC KEY" {
+        return Err(invalid("public_key", "a PEM PUBLIC KEY"));
+    }
+    let der = block.into_contents();
+    x509_parser::prelude::FromDer::from_der(&der)
+        .map(|(_, _): (_, x509_parser::x509::SubjectPublicKeyInfo<'_>)| ())
+        .map_err(|_| invalid("public_key", "not a SubjectPublicKeyInfo"))?;
+    Ok(<sha2::Sha256 as sha2::Digest>::digest(&der).into())
+}
+
+/// Records a proposal (audited); nothing is done until another officer confirms it.
+pub async fn propose(
+    auth: &Authority,
+    staff: &StaffSession,
+    r: &ProposalRequest,
+) -> Result<ProposalView> {
+    staff.authorize(Action::TwoOfficerDecisions)?;
+    let store = auth.store();
+    let (params, summary) = match r.kind.as_str() {
+        "mass_revocation" => {
+            let reason = revocation_reason(&r.reason)?;
+            let mut serials = Vec::new();
+            for s in &r.serials {
+                serials.push(
+                    SerialNumber::from_hex(s.trim())
+                        .ok_or_else(|| invalid("serials", "serial numbers in hex"))?
+                        .to_hex(),
+                );
+            }
+            let query =
+                r.profile.is_some() || r.issued_after.is_some() || r.issued_before.is_some();
+            if query {
+                serials.extend(
+                    store
+                        .serials_matching(r.profile.as_deref(), r.issued_after, r.issued_before)
+                        .await?,
+                );
+            }
+            serials.sort();
+            serials.dedup();
+            if serials.is_empty() {
+                return Err(invalid(
+                    "serials",
+                    "nothing to revoke: give serials or a query that matches unrevoked certificates",
+                ));
+            }
+            if serials.len() > MAX_SERIALS {
+                return Err(invalid(
+                    "serials",
+                    format!("at most {MAX_SERIALS} certificates in one proposal"),
+                ));
+            }
+            let what = match (&r.profile, query) {
+                (Some(p), _) => format!(" (query: profile {p})"),
+                (None, true) => " (query: issuance time)".to_string(),
+                (None, false) => String::new(),
+            };
+            (
+                json!({ "serials": serials, "reason": reason.name() }),
+                format!(
+                    "revoke {} certificate(s){what} for {}",
+                    serials.len(),
+                    reason.name()
+                ),
+            )
+        }
+        "key_block" => {
+            check_len("reason", &r.reason, 1, 500)?;
+            let fp: Vec<u8> = match (&r.serial, &r.public_key) {
+                (Some(s), None) => {
+                    let serial = SerialNumber::from_hex(s.trim())
+                        .ok_or_else(|| invalid("serial", "a serial number in hex"))?;
+                    store
+                        .certificate(&serial.to_hex())
+                        .await?
+                        .ok_or(Error::NotFound)?
+                        .key_fp
+                }
+                (None, Some(pem)) => key_of_pem(pem)?.to_vec(),
+                _ => {
+                    return Err(invalid(
+                        "serial",
+                        "name the key: a certificate's serial or a public key (one of them)",
+                    ))
+                }
+            };
+            let fp = hex::encode(fp);
+            (
+                json!({ "key_sha256": fp, "reason": r.reason.trim() }),
+                format!("block the key {fp}"),
+            )
+        }
+        "ca_revocation" => {
+            let ca = CaRole::from_name(r.ca.as_deref().unwrap_or_default())
+                .map_err(|_| invalid("ca", "individual or server"))?;
+            if ca == CaRole::Root {
+                return Err(invalid(
+                    "ca",
+                    "the root is not revoked: it is withdrawn from the trust stores",
+                ));
+            }
+            let reason = revocation_reason(&r.reason)?;
+            if reason == Reason::Unspecified {
+                return Err(invalid(
+                    "reason",
+                    "a CA certificate is revoked with a reason (TLS BR §7.2.2)",
+                ));
+            }
+            (
+                json!({ "ca": ca.name(), "reason": reason.name() }),
+                format!("revoke the {} CA for {}", ca.name(), reason.name()),
+            )
+        }
+        _ => {
+            return Err(invalid(
+                "kind",
+                "mass_revocation, key_block or ca_revocation",
+            ))
+        }
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let at = now();
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "INSERT INTO officer_proposals (id, kind, params, summary, proposed_by, proposed_at, expires_at, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+    )
+    .bind(&id)
+    .bind(&r.kind)
+    .bind(params.to_string())
+    .bind(&summary)
+    .bind(&staff.staff)
+    .bind(at)
+    .bind(at + PROPOSAL_HOURS * 3600)
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "officer.proposed",
+                actor: actor(staff),
+                subject: Some(id.clone()),
+                detail: json!({ "kind": r.kind, "summary": summary }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    view(auth, &id).await
+}
+
+async fn view(auth: &Authority, id: &str) -> Result<ProposalView> {
+    // VIEW is a constant: no input is formatted into the statement.
+    sqlx::query_as::<_, ProposalView>(sqlx::AssertSqlSafe(format!("{VIEW} WHERE p.id = $1")))
+        .bind(id)
+        .fetch_optional(auth.store().pool())
+        .await?
+        .ok_or(Error::NotFound)
+}
+
+/// Pending proposals and the last 50 decided ones, newest first.
+pub async fn proposals(auth: &Authority, staff: &StaffSession) -> Result<Vec<ProposalView>> {
+    staff.authorize(Action::TwoOfficerDecisions)?;
+    Ok(
+        sqlx::query_as::<_, ProposalView>(sqlx::AssertSqlSafe(format!(
+            "{VIEW} ORDER BY CASE WHEN p.state = 'pending' THEN 0 ELSE 1 END, p.proposed_at DESC LIMIT 100"
+        )))
+        .fetch_all(auth.store().pool())
+        .await?,
+    )
+}
+
+/// Takes a pending proposal for `staff` (compare-and-set), refusing the proposer and an
+/// expired one.
+async fn take(auth: &Authority, staff: &StaffSession, id: &str, to: &str) -> Result<ProposalRow> {
+    let store = auth.store();
+    let p = sqlx::query_as::<_, ProposalRow>(
+        "SELECT kind, params, proposed_by, expires_at, state FROM officer_proposals WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    if p.state != "pending" {
+        return Err(Error::Conflict(format!("this proposal is {}", p.state)));
+    }
+    if to == "confirming" {
+        if p.proposed_by == staff.staff {
+            return Err(Error::Forbidden(
+                "a second officer confirms: you proposed this".into(),
+            ));
+        }
+        if now() > p.expires_at {
+            return Err(Error::Expired(
+                "the proposal waited too long: propose it again".into(),
+            ));
+        }
+    }
+    let n = sqlx::query(
+        "UPDATE officer_proposals SET state = $1, decided_by = $2, decided_at = $3 WHERE id = $4 AND state = 'pending'",
+    )
+    .bind(to)
+    .bind(&staff.staff)
+    .bind(now())
+    .bind(id)
+    .execute(store.pool())
+    .await?
+    .rows_affected();
+    if n != 1 {
+        return Err(Error::Conflict(
+            "another officer decided this proposal meanwhile".into(),
+        ));
+    }
+    Ok(p)
+}
+
+/// Withdraws a pending proposal (any officer; audited).
+pub async fn withdraw(auth: &Authority, staff: &StaffSession, id: &str) -> Result<ProposalView> {
+    staff.authorize(Action::TwoOfficerDecisions)?;
+    take(auth, staff, id, "withdrawn").await?;
+    auth.store()
+        .audit_now(&Event {
+            kind: "officer.withdrawn",
+            actor: actor(staff),
+            subject: Some(id.to_string()),
+            detail: json!({}),
+        })
+        .await?;
+    view(auth, id).await
+}
+
+/// A second officer confirms a proposal, and it is carried out now, as them.
+pub async fn confirm(auth: &Authority, staff: &StaffSession, id: &str) -> Result<ProposalView> {
+    staff.authorize(Action::TwoOfficerDecisions)?;
+    let p = take(auth, staff, id, "confirming").await?;
+    let store = auth.store();
+    let proposer: String = sqlx::query_scalar("SELECT username FROM staff WHERE id = $1")
+        .bind(&p.proposed_by)
+        .fetch_one(store.pool())
+        .await?;
+    store
+        .audit_now(&Event {
+            kind: "officer.confirmed",
+            actor: actor(staff),
+            subject: Some(id.to_string()),
+            detail: json!({ "kind": p.kind, "proposed_by": format!("staff:{proposer}") }),
+        })
+        .await?;
+    let who = actor(staff);
+    let params: serde_json::Value =
+        serde_json::from_str(&p.params).map_err(|e| Error::Store(format!("proposal {id}: {e}")))?;
+    let text = |k: &str| params[k].as_str().unwrap_or_default().to_string();
+    let result: Result<String> = async {
+        match p.kind.as_str() {
+            "mass_revocation" => {
+                let reason = Reason::parse(&text("reason"))?;
+                let (mut done, mut already, mut failed) = (0usize, 0usize, 0usize);
+                for s in params["serials"].as_array().into_iter().flatten() {
+                    let Some(serial) = s.as_str().and_then(|s| SerialNumber::from_hex(s))
+                    else {
+                        failed += 1;
+                        continue;
+                    };
+                    match crate::revocation::revoke(store, serial, reason, &who).await {
+                        Ok(_) => done += 1,
+                        Err(Error::AlreadyRevoked { .. }) => already += 1,
+                        Err(e) => {
+                            failed += 1;
+                            tracing::warn!(serial = %serial, error = %e, "mass revocation: one certificate failed");
+                        }
+                    }
+                }
+                Ok(format!(
+                    "{done} revoked, {already} already revoked, {failed} failed"
+                ))
+            }
+            "key_block" => {
+                let fp: [u8; 32] = hex::decode(text("key_sha256"))
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| Error::Store(format!("proposal {id}: key")))?;
+                auth.block_key(&fp, &text("reason"), &who).await?;
+                Ok("key blocked".to_string())
+            }
+            "ca_revocation" => {
+                let role = CaRole::from_name(&text("ca"))?;
+                let reason = Reason::parse(&text("reason"))?;
+                let crl = auth.revoke_ca(role, reason, &who).await?;
+                Ok(format!(
+                    "the {} CA revoked; root CRL number {}",
+                    role.name(),
+                    crl.number
+                ))
+            }
+            other => Err(Error::Store(format!("proposal {id}: unknown kind {other}"))),
+        }
+    }
+    .await;
+    let (state, outcome) = match &result {
+        Ok(o) => ("done", o.clone()),
+        Err(e) => ("failed", e.to_string()),
+    };
+    sqlx::query("UPDATE officer_proposals SET state = $1, outcome = $2 WHERE id = $3")
+        .bind(state)
+        .bind(&outcome)
+        .bind(id)
+        .execute(store.pool())
+        .await?;
+    result?;
+    view(auth, id).await
+}
