@@ -46,6 +46,18 @@ pub fn router(state: Shared) -> Router {
             post(personal_data_activate),
         )
         .route(
+            "/api/v1/officer-proposals",
+            get(officer_proposals).post(officer_propose),
+        )
+        .route(
+            "/api/v1/officer-proposals/{id}/confirm",
+            post(officer_confirm),
+        )
+        .route(
+            "/api/v1/officer-proposals/{id}/withdraw",
+            post(officer_withdraw),
+        )
+        .route(
             "/api/v1/problem-reports/{id}/preliminary",
             post(problem_report_preliminary),
         )
@@ -76,13 +88,14 @@ pub fn router(state: Shared) -> Router {
     paths(
         list, create, show, identity, organisation, domains, fee, decision, certificate,
         problem_report, problem_reports, problem_report_show, problem_report_preliminary,
-        problem_report_decision, audit_export, personal_data_activate
+        problem_report_decision, audit_export, personal_data_activate, officer_proposals,
+        officer_propose, officer_confirm, officer_withdraw
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
         OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult,
         NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision,
-        Activation, Activated
+        Activation, Activated, Proposal, ProposalOut
     )),
     modifiers(&BearerAuth)
 )]
@@ -598,6 +611,138 @@ async fn fee(
 }
 
 /// Approve or reject a version of the application.
+/// A decision two officers take together (issue 14): what the first officer proposes.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Proposal {
+    /// `mass_revocation`, `key_block` or `ca_revocation`.
+    kind: String,
+    /// RFC 5280 reason name for revocations; free text for a key block.
+    #[serde(default)]
+    reason: String,
+    /// Mass revocation: serials (hex) ...
+    #[serde(default)]
+    serials: Vec<String>,
+    /// ... and/or the unrevoked certificates of a profile ...
+    profile: Option<String>,
+    /// ... issued at or after (RFC 3339) ...
+    issued_after: Option<String>,
+    /// ... and at or before (RFC 3339).
+    issued_before: Option<String>,
+    /// Key block: the key of this certificate (serial, hex) ...
+    serial: Option<String>,
+    /// ... or this public key (PEM).
+    public_key: Option<String>,
+    /// CA revocation: `individual` or `server`.
+    ca: Option<String>,
+}
+
+/// A proposal and what became of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProposalOut {
+    id: String,
+    kind: String,
+    /// What it does, in one line.
+    summary: String,
+    proposed_by: String,
+    proposed_at: i64,
+    expires_at: i64,
+    /// `pending`, `confirming`, `done`, `failed` or `withdrawn`.
+    state: String,
+    decided_by: Option<String>,
+    outcome: Option<String>,
+}
+
+impl From<ra::ProposalView> for ProposalOut {
+    fn from(v: ra::ProposalView) -> Self {
+        ProposalOut {
+            id: v.id,
+            kind: v.kind,
+            summary: v.summary,
+            proposed_by: v.proposed_by,
+            proposed_at: v.proposed_at,
+            expires_at: v.expires_at,
+            state: v.state,
+            decided_by: v.decided_by,
+            outcome: v.outcome,
+        }
+    }
+}
+
+fn rfc3339_field(field: &'static str, v: Option<&str>) -> Result<Option<i64>, ApiFailure> {
+    v.map(|s| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp())
+            .map_err(|_| {
+                ApiFailure(Error::Invalid {
+                    field,
+                    reason: "an RFC 3339 time, e.g. 2026-11-01T00:00:00Z".into(),
+                })
+            })
+    })
+    .transpose()
+}
+
+/// Pending proposals and recent decided ones (officers).
+#[utoipa::path(get, path = "/api/v1/officer-proposals",
+    responses((status = 200, body = [ProposalOut]), (status = 403, body = ApiError)))]
+async fn officer_proposals(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+) -> Result<Json<Vec<ProposalOut>>, ApiFailure> {
+    let list = ra::officer::proposals(&s.auth, &staff).await?;
+    Ok(Json(list.into_iter().map(ProposalOut::from).collect()))
+}
+
+/// Proposes a mass revocation, a key block or an issuing CA's revocation; another officer
+/// confirms it (`/confirm`) before anything is done.
+#[utoipa::path(post, path = "/api/v1/officer-proposals", request_body = Proposal,
+    responses((status = 201, body = ProposalOut), (status = 422, body = ApiError)))]
+async fn officer_propose(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Json(b): Json<Proposal>,
+) -> Result<(StatusCode, Json<ProposalOut>), ApiFailure> {
+    let r = ra::ProposalRequest {
+        issued_after: rfc3339_field("issued_after", b.issued_after.as_deref())?,
+        issued_before: rfc3339_field("issued_before", b.issued_before.as_deref())?,
+        kind: b.kind,
+        reason: b.reason,
+        serials: b.serials,
+        profile: b.profile,
+        serial: b.serial,
+        public_key: b.public_key,
+        ca: b.ca,
+    };
+    let v = ra::officer::propose(&s.auth, &staff, &r).await?;
+    Ok((StatusCode::CREATED, Json(v.into())))
+}
+
+/// A second officer confirms a proposal: it is carried out now.
+#[utoipa::path(post, path = "/api/v1/officer-proposals/{id}/confirm", params(("id" = String, Path)),
+    responses((status = 200, body = ProposalOut), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+async fn officer_confirm(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Json<ProposalOut>, ApiFailure> {
+    Ok(Json(
+        ra::officer::confirm(&s.auth, &staff, &id).await?.into(),
+    ))
+}
+
+/// Withdraws a pending proposal.
+#[utoipa::path(post, path = "/api/v1/officer-proposals/{id}/withdraw", params(("id" = String, Path)),
+    responses((status = 200, body = ProposalOut), (status = 409, body = ApiError)))]
+async fn officer_withdraw(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Json<ProposalOut>, ApiFailure> {
+    Ok(Json(
+        ra::officer::withdraw(&s.auth, &staff, &id).await?.into(),
+    ))
+}
+
 /// The `pii` token's user PIN (issue 14, custody).
 #[derive(Deserialize, ToSchema)]
 pub struct Activation {

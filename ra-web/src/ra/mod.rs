@@ -14,6 +14,7 @@ mod audit_pages;
 mod custody_pages;
 mod i18n;
 mod mail;
+mod officer_pages;
 mod ops_pages;
 mod password_pages;
 mod reports;
@@ -178,6 +179,13 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/staff/ops/sign-ocsp", post(ops_pages::staff_sign_ocsp))
         .route("/staff/audit/export", get(audit_pages::staff_audit_export))
+        .route("/staff/officer", get(officer_pages::officer_page))
+        .route("/staff/officer/propose", post(officer_pages::propose))
+        .route("/staff/officer/{id}/confirm", post(officer_pages::confirm))
+        .route(
+            "/staff/officer/{id}/withdraw",
+            post(officer_pages::withdraw),
+        )
         .route("/staff/personal-data", get(custody_pages::personal_data))
         .route(
             "/staff/personal-data/activate",
@@ -1469,6 +1477,7 @@ struct QueuePage {
     can_ops: bool,
     can_admin: bool,
     can_activate: bool,
+    can_officer: bool,
     /// Each action the role may take, for the "your role" line.
     allowed: Vec<&'static str>,
 }
@@ -1509,6 +1518,7 @@ async fn staff_queue(
     let can_ops = may(ra::Action::ViewOperations);
     let can_admin = may(ra::Action::ManageStaff);
     let can_activate = may(ra::Action::ActivatePersonalDataKeys);
+    let can_officer = may(ra::Action::TwoOfficerDecisions);
     let allowed = ra::Action::ALL
         .into_iter()
         .filter(|a| may(*a))
@@ -1558,6 +1568,7 @@ async fn staff_queue(
             can_ops,
             can_admin,
             can_activate,
+            can_officer,
             allowed,
         },
         lang,

@@ -372,3 +372,149 @@ fn key_compromise_racing_an_issuance_in_another_process_loses_nothing() {
     assert!(e.contains("blocked"), "{e}");
     ca.audit_ok();
 }
+
+/// Issue 14: a mass revocation and a key block through the running service's API need two
+/// officers. The proposer cannot confirm; once a second officer confirms, OCSP (judged by
+/// openssl) answers `revoked` for the listed certificates and not for the others, and a new
+/// certificate for the blocked key is refused; everything is in the audit trail.
+#[test]
+fn two_officers_revoke_many_and_block_a_key_through_the_api() {
+    use crate::ra::{add_gpo, add_staff, api, serve_ra};
+    let ca = Ca::init();
+    add_gpo(&ca);
+    add_staff(&ca, "officer1", "gpo", "officer");
+    add_staff(&ca, "officer2", "gpo", "officer");
+    add_staff(&ca, "clerk1", "gpo", "clerk");
+    let token = |who: &str| {
+        ca.ecert_ok(&[
+            "staff",
+            "token",
+            "--username",
+            who,
+            "--days",
+            "1",
+            "--scopes",
+            "read,decide",
+        ])
+        .trim()
+        .to_string()
+    };
+    let (one, two, clerk) = (token("officer1"), token("officer2"), token("clerk1"));
+    let p = crate::common::personal();
+    let csrs: Vec<_> = (0..3)
+        .map(|i| ca.csr(&format!("many-{i}"), KeyType::P256))
+        .collect();
+    let leaves: Vec<_> = csrs
+        .iter()
+        .map(|c| ca.issue(p.profile, &c.csr, &p.args, "for the officers"))
+        .collect();
+    let smtp = ecert_e2e::SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let addr = server.1.clone();
+    let chain = crate::ocsp::chain(&ca);
+    let resp = ca.file("resp.der");
+
+    let mass = serde_json::json!({
+        "kind": "mass_revocation", "reason": "cessationOfOperation",
+        "serials": [leaves[0].serial, leaves[1].serial],
+    });
+    let (st, e) = api(
+        &addr,
+        "POST",
+        "/api/v1/officer-proposals",
+        &clerk,
+        Some(mass.clone()),
+    );
+    assert_eq!(st, 403, "a clerk proposes: {e}");
+    let (st, proposal) = api(&addr, "POST", "/api/v1/officer-proposals", &one, Some(mass));
+    assert_eq!(st, 201, "{proposal}");
+    assert_eq!(proposal["state"], "pending");
+    let confirm = format!(
+        "/api/v1/officer-proposals/{}/confirm",
+        proposal["id"].as_str().unwrap()
+    );
+    let (st, e) = api(&addr, "POST", &confirm, &one, None);
+    assert_eq!(st, 403, "the proposer confirms: {e}");
+    crate::ocsp::wait_status(
+        &ca,
+        &addr,
+        &chain,
+        &chain.individual,
+        &leaves[0].cert.path,
+        "good",
+        &resp,
+        "before the second officer",
+    );
+    let (st, done) = api(&addr, "POST", &confirm, &two, None);
+    assert_eq!(st, 200, "{done}");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["outcome"], "2 revoked, 0 already revoked, 0 failed");
+    for leaf in &leaves[..2] {
+        crate::ocsp::wait_status(
+            &ca,
+            &addr,
+            &chain,
+            &chain.individual,
+            &leaf.cert.path,
+            "revoked",
+            &resp,
+            "after the second officer",
+        );
+    }
+    crate::ocsp::wait_status(
+        &ca,
+        &addr,
+        &chain,
+        &chain.individual,
+        &leaves[2].cert.path,
+        "good",
+        &resp,
+        "not in the proposal",
+    );
+    let (st, e) = api(&addr, "POST", &confirm, &two, None);
+    assert_eq!(st, 409, "carried out twice: {e}");
+
+    // The key of the third certificate, blocked by two officers.
+    let (st, proposal) = api(
+        &addr,
+        "POST",
+        "/api/v1/officer-proposals",
+        &two,
+        Some(
+            serde_json::json!({"kind": "key_block", "serial": leaves[2].serial, "reason": "found on a paste site"}),
+        ),
+    );
+    assert_eq!(st, 201, "{proposal}");
+    let (st, list) = api(&addr, "GET", "/api/v1/officer-proposals", &one, None);
+    assert_eq!(st, 200, "{list}");
+    assert!(list.to_string().contains("block the key"), "{list}");
+    let path = format!(
+        "/api/v1/officer-proposals/{}/confirm",
+        proposal["id"].as_str().unwrap()
+    );
+    let (st, done) = api(&addr, "POST", &path, &one, None);
+    assert_eq!(st, 200, "{done}");
+    drop(server);
+    let mut args = vec![
+        "issue",
+        "--profile",
+        p.profile,
+        "--csr",
+        csrs[2].csr.to_str().unwrap(),
+    ];
+    args.extend(p.args.iter().copied());
+    let e = ca.ecert_err(&args);
+    assert!(e.contains("blocked"), "{e}");
+    let kinds = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'officer.%' ORDER BY seq");
+    assert_eq!(
+        kinds.lines().collect::<Vec<_>>(),
+        [
+            "officer.proposed",
+            "officer.confirmed",
+            "officer.proposed",
+            "officer.confirmed"
+        ]
+    );
+    ca.audit_ok();
+}
