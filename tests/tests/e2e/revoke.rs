@@ -495,7 +495,70 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
     );
     let (st, done) = api(&addr, "POST", &path, &one, None);
     assert_eq!(st, 200, "{done}");
+
+    // The Server CA (no certificate here depends on it), revoked by two officers: the root's
+    // CRL lists it with its reason (openssl and pkilint judge it).
+    let (st, proposal) = api(
+        &addr,
+        "POST",
+        "/api/v1/officer-proposals",
+        &one,
+        Some(
+            serde_json::json!({"kind": "ca_revocation", "ca": "server", "reason": "cessationOfOperation"}),
+        ),
+    );
+    assert_eq!(st, 201, "{proposal}");
+    let path = format!(
+        "/api/v1/officer-proposals/{}/confirm",
+        proposal["id"].as_str().unwrap()
+    );
+    let (st, done) = api(&addr, "POST", &path, &two, None);
+    assert_eq!(st, 200, "{done}");
+    assert!(
+        done["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("the server CA revoked"),
+        "{done}"
+    );
     drop(server);
+    let root_crl = ca.file("root.crl.pem");
+    std::fs::write(&root_crl, ca.ecert_ok(&["crl", "export", "root"])).unwrap();
+    pkilint(
+        "lint_crl",
+        &["-t", "ARL", "-p", "BR"],
+        &[&root_crl],
+        "root ARL after two officers",
+    );
+    let text = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &["crl", "-in", root_crl.to_str().unwrap(), "-noout", "-text"],
+        )
+        .stdout,
+    )
+    .into_owned();
+    let server_serial = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &[
+                "x509",
+                "-in",
+                chain.server.to_str().unwrap(),
+                "-noout",
+                "-serial",
+            ],
+        )
+        .stdout,
+    )
+    .trim()
+    .trim_start_matches("serial=")
+    .to_string();
+    assert!(
+        text.contains(&format!("Serial Number: {server_serial}"))
+            && text.contains("Cessation Of Operation"),
+        "{server_serial} not listed: {text}"
+    );
     let mut args = vec![
         "issue",
         "--profile",
@@ -510,6 +573,8 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
     assert_eq!(
         kinds.lines().collect::<Vec<_>>(),
         [
+            "officer.proposed",
+            "officer.confirmed",
             "officer.proposed",
             "officer.confirmed",
             "officer.proposed",
