@@ -42,6 +42,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod client;
 mod front;
 mod perspective;
 mod ra;
@@ -90,6 +91,45 @@ enum Command {
     /// Custody of the personal-data keys (the pii token).
     #[command(subcommand)]
     Custody(CustodyCommand),
+    /// Sign in to a running service as a member of staff: the password, then the
+    /// authenticator's code, on standard input (one per line). The session (12 hours) is kept
+    /// 0600 in $XDG_CONFIG_HOME/ecert/session.json; the commands below act through it.
+    Login {
+        /// The service's base URL: https://HOST:PORT (with --ca-file), or http:// on loopback.
+        #[arg(long)]
+        server: String,
+        /// Your user name.
+        #[arg(long)]
+        username: String,
+        /// The service's CA certificate (PEM), for https://.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// End the session (the token is revoked at the service).
+    Logout,
+    /// Enter an application through the service, as the signed-in member: the application as
+    /// JSON (the API's NewApplication) in FILE, or `-` for standard input — never personal data
+    /// on the command line.
+    Apply {
+        /// JSON file, or `-`.
+        json: PathBuf,
+    },
+    /// Applications through the service: show, record counter checks.
+    #[command(subcommand)]
+    Application(ApplicationCommand),
+    /// Approve an application through the service (or --reject it), as the signed-in member:
+    /// the same rules as the counter (not the member who entered or checked it; dual control).
+    Approve {
+        /// Application id or reference (EC-…).
+        application: String,
+        /// Reject instead, for this reason.
+        #[arg(long)]
+        reject: Option<String>,
+    },
+    /// Decisions two officers take together, through the service: a mass revocation, a key
+    /// block, an issuing CA's revocation.
+    #[command(subcommand)]
+    Proposal(ProposalCommand),
     /// Subscriber keys (also `ecert keys`).
     #[command(subcommand, visible_alias = "keys")]
     Key(KeyCommand),
@@ -308,6 +348,77 @@ enum CertCommand {
     Export {
         /// Serial, hex.
         serial: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApplicationCommand {
+    /// The application as the service shows it to you (personal fields masked).
+    Show {
+        /// Application id or reference (EC-…).
+        application: String,
+    },
+    /// Record the identity check: the HKID number typed from the card, on standard input.
+    Identity {
+        /// Application id or reference (EC-…).
+        application: String,
+        /// The original identity card was seen.
+        #[arg(long)]
+        card_sighted: bool,
+        /// personal-minor: a parent or guardian is present and consents.
+        #[arg(long)]
+        guardian_consent: bool,
+    },
+    /// Record the fee paid at the counter.
+    Fee {
+        /// Application id or reference (EC-…).
+        application: String,
+        /// Amount in cents.
+        #[arg(long)]
+        amount_cents: i64,
+        /// cash, octopus, card or cheque.
+        #[arg(long)]
+        method: String,
+        /// Receipt number.
+        #[arg(long)]
+        receipt: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProposalCommand {
+    /// Pending and recent proposals.
+    List,
+    /// Propose; another officer confirms.
+    Propose {
+        /// mass_revocation, key_block or ca_revocation.
+        #[arg(long)]
+        kind: String,
+        /// RFC 5280 reason (revocations) or why (key block).
+        #[arg(long)]
+        reason: String,
+        /// Mass revocation: a serial (hex); repeatable. Key block: the certificate whose key.
+        #[arg(long = "serial")]
+        serials: Vec<String>,
+        /// Mass revocation: every unrevoked certificate of this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Key block: the public key (PEM file).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// CA revocation: individual or server.
+        #[arg(long)]
+        ca: Option<String>,
+    },
+    /// Confirm another officer's proposal: it is carried out now.
+    Confirm {
+        /// Proposal id.
+        id: String,
+    },
+    /// Withdraw a pending proposal.
+    Withdraw {
+        /// Proposal id.
+        id: String,
     },
 }
 
@@ -573,6 +684,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Init(args) => init(config, args).await,
             Command::Custody(c) => custody(config, c).await,
+            Command::Login {
+                server,
+                username,
+                ca_file,
+            } => login(&server, &username, ca_file).await,
+            Command::Logout => logout().await,
+            Command::Apply { json } => apply(&json).await,
+            Command::Application(c) => application(c).await,
+            Command::Approve {
+                application,
+                reject,
+            } => approve(&application, reject).await,
+            Command::Proposal(c) => proposal(c).await,
             Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
@@ -761,6 +885,240 @@ async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
     }
     checkpoint(&auth).await;
     print_ca_list(auth.store()).await?;
+    Ok(())
+}
+
+/// `ecert login`.
+async fn login(server: &str, username: &str, ca_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let api = client::Api::new(server, ca_file.as_deref(), None)?;
+    let password = client::read_line("password")?;
+    let code = client::read_line("authenticator code")?;
+    let body = serde_json::json!({ "username": username, "password": &*password, "code": &*code });
+    let s = api
+        .call(axum::http::Method::POST, "/api/v1/session", Some(&body))
+        .await?;
+    let session = client::Session {
+        server: server.trim_end_matches('/').to_string(),
+        ca_file: ca_file.map(|p| std::path::absolute(&p).unwrap_or(p)),
+        token: s["token"]
+            .as_str()
+            .context("the service gave no token")?
+            .to_string(),
+        expires_at: s["expires_at"].as_i64().unwrap_or_default(),
+        username: username.to_string(),
+    };
+    let path = client::save(&session)?;
+    outln!(
+        "signed in as {username} ({}) until {}; session in {}",
+        s["role"].as_str().unwrap_or_default(),
+        time::OffsetDateTime::from_unix_timestamp(session.expires_at)
+            .ok()
+            .and_then(|t| t
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok())
+            .unwrap_or_default(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// `ecert logout`.
+async fn logout() -> anyhow::Result<()> {
+    if let Ok(session) = client::current() {
+        let api = client::Api::of(&session)?;
+        // Already expired or revoked at the service: the local copy goes all the same.
+        let _ = api
+            .send(axum::http::Method::DELETE, "/api/v1/session", None)
+            .await;
+    }
+    client::forget()?;
+    outln!("signed out");
+    Ok(())
+}
+
+/// `ecert apply FILE|-`.
+async fn apply(json: &Path) -> anyhow::Result<()> {
+    let text = if json == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the application from standard input")?;
+        s
+    } else {
+        String::from_utf8(read_limited(json, 256 * 1024)?)
+            .with_context(|| format!("{} is not UTF-8", json.display()))?
+    };
+    let body: serde_json::Value =
+        serde_json::from_str(&text).context("the application is not JSON")?;
+    let api = client::Api::of(&client::current()?)?;
+    let made = api
+        .call(
+            axum::http::Method::POST,
+            "/api/v1/applications",
+            Some(&body),
+        )
+        .await?;
+    outln!("application {}", made["id"].as_str().unwrap_or_default());
+    outln!(
+        "reference={}",
+        made["reference"].as_str().unwrap_or_default()
+    );
+    outln!(
+        "tracking_secret={}",
+        made["tracking_secret"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn application_view(api: &client::Api, id: &str) -> anyhow::Result<serde_json::Value> {
+    api.call(
+        axum::http::Method::GET,
+        &format!("/api/v1/applications/{id}"),
+        None,
+    )
+    .await
+}
+
+/// `ecert application show|identity|fee`.
+async fn application(c: ApplicationCommand) -> anyhow::Result<()> {
+    let api = client::Api::of(&client::current()?)?;
+    match c {
+        ApplicationCommand::Show { application } => {
+            let id = client::application_id(&api, &application).await?;
+            let v = application_view(&api, &id).await?;
+            outln!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ApplicationCommand::Identity {
+            application,
+            card_sighted,
+            guardian_consent,
+        } => {
+            let hkid = client::read_line("HKID number")?;
+            let id = client::application_id(&api, &application).await?;
+            let v = application_view(&api, &id).await?;
+            let body = serde_json::json!({
+                "version": v["version"], "hkid": &*hkid, "card_sighted": card_sighted,
+                "guardian_consent": guardian_consent,
+            });
+            api.call(
+                axum::http::Method::POST,
+                &format!("/api/v1/applications/{id}/identity"),
+                Some(&body),
+            )
+            .await?;
+            outln!(
+                "identity check recorded for {}",
+                v["reference"].as_str().unwrap_or_default()
+            );
+        }
+        ApplicationCommand::Fee {
+            application,
+            amount_cents,
+            method,
+            receipt,
+        } => {
+            let id = client::application_id(&api, &application).await?;
+            let body = serde_json::json!({ "amount_cents": amount_cents, "method": method, "receipt": receipt });
+            api.call(
+                axum::http::Method::POST,
+                &format!("/api/v1/applications/{id}/fee"),
+                Some(&body),
+            )
+            .await?;
+            outln!("fee recorded");
+        }
+    }
+    Ok(())
+}
+
+/// `ecert approve ID|REF [--reject REASON]`.
+async fn approve(application: &str, reject: Option<String>) -> anyhow::Result<()> {
+    let api = client::Api::of(&client::current()?)?;
+    let id = client::application_id(&api, application).await?;
+    let v = application_view(&api, &id).await?;
+    let body = match &reject {
+        Some(reason) => {
+            serde_json::json!({ "version": v["version"], "decision": "reject", "reason": reason })
+        }
+        None => serde_json::json!({ "version": v["version"], "decision": "approve" }),
+    };
+    let r = api
+        .call(
+            axum::http::Method::POST,
+            &format!("/api/v1/applications/{id}/decision"),
+            Some(&body),
+        )
+        .await?;
+    match r["serial"].as_str() {
+        Some(serial) => outln!(
+            "{}\tserial={serial}",
+            r["outcome"].as_str().unwrap_or_default()
+        ),
+        None => outln!("{}", r["outcome"].as_str().unwrap_or_default()),
+    }
+    Ok(())
+}
+
+fn show_proposal(p: &serde_json::Value) {
+    outln!(
+        "{}\t{}\t{}\t{}{}",
+        p["id"].as_str().unwrap_or_default(),
+        p["state"].as_str().unwrap_or_default(),
+        p["proposed_by"].as_str().unwrap_or_default(),
+        p["summary"].as_str().unwrap_or_default(),
+        p["outcome"]
+            .as_str()
+            .map(|o| format!(": {o}"))
+            .unwrap_or_default()
+    );
+}
+
+/// `ecert proposal list|propose|confirm|withdraw`.
+async fn proposal(c: ProposalCommand) -> anyhow::Result<()> {
+    use axum::http::Method;
+    let api = client::Api::of(&client::current()?)?;
+    match c {
+        ProposalCommand::List => {
+            let list = api
+                .call(Method::GET, "/api/v1/officer-proposals", None)
+                .await?;
+            for p in list.as_array().into_iter().flatten() {
+                show_proposal(p);
+            }
+        }
+        ProposalCommand::Propose {
+            kind,
+            reason,
+            serials,
+            profile,
+            public_key,
+            ca,
+        } => {
+            let public_key = public_key
+                .map(|p| {
+                    read_limited(&p, 64 * 1024).map(|b| String::from_utf8_lossy(&b).into_owned())
+                })
+                .transpose()?;
+            let mut body = serde_json::json!({ "kind": kind, "reason": reason, "profile": profile, "public_key": public_key, "ca": ca });
+            if kind == "key_block" {
+                body["serial"] = serde_json::json!(serials.first());
+            } else {
+                body["serials"] = serde_json::json!(serials);
+            }
+            let p = api
+                .call(Method::POST, "/api/v1/officer-proposals", Some(&body))
+                .await?;
+            show_proposal(&p);
+        }
+        ProposalCommand::Confirm { id } => {
+            let path = format!("/api/v1/officer-proposals/{id}/confirm");
+            show_proposal(&api.call(Method::POST, &path, None).await?);
+        }
+        ProposalCommand::Withdraw { id } => {
+            let path = format!("/api/v1/officer-proposals/{id}/withdraw");
+            show_proposal(&api.call(Method::POST, &path, None).await?);
+        }
+    }
     Ok(())
 }
 

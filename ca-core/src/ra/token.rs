@@ -251,3 +251,101 @@ pub async fn revoke_api_tokens(store: &Store, username: &str, actor: &str) -> Re
     tx.commit().await?;
     Ok(n)
 }
+
+/// How long a command-line session token lasts (`ecert login`).
+pub const CLI_SESSION_SECONDS: i64 = 12 * 3600;
+
+/// A command-line session (`POST /api/v1/session`, `ecert login`).
+#[derive(Debug)]
+pub struct CliSession {
+    /// The bearer token (printed never; the CLI stores it 0600).
+    pub token: String,
+    /// When it expires (Unix seconds).
+    pub expires_at: i64,
+    /// The member's role.
+    pub role: Role,
+}
+
+/// Signs a member in for the command line: the same password, TOTP code, lockouts and audit
+/// as the sign-in page ([`super::session::sign_in_from`]), and the result is an API token for
+/// [`CLI_SESSION_SECONDS`] with every scope — what the member may do is still the permission
+/// matrix's answer for their role. A member whose password was reset changes it on the page
+/// first. The browser session the sign-in made is dropped unused.
+pub async fn cli_sign_in(
+    auth: &crate::authority::Authority,
+    username: &str,
+    password: &str,
+    code: &str,
+    source: &str,
+) -> Result<CliSession> {
+    let store = auth.store();
+    let signed = super::session::sign_in_from(auth, username, password, code, source).await?;
+    sqlx::query("DELETE FROM staff_sessions WHERE token_hash = $1")
+        .bind(sha256(&[b"session", signed.token.as_bytes()]))
+        .execute(store.pool())
+        .await?;
+    if signed.session.must_change_password {
+        return Err(Error::Forbidden(
+            "your password was reset: choose a new one at /staff/password first".into(),
+        ));
+    }
+    let token = format!("ecert_{}", random_base32(32));
+    let t = now();
+    let expires_at = t + CLI_SESSION_SECONDS;
+    let scopes = Scopes {
+        read: true,
+        enter: true,
+        decide: true,
+        activate: true,
+    };
+    let mut tx = store.begin().await?;
+    sqlx::query("INSERT INTO api_tokens (token_hash, staff, label, created_at, expires_at, scopes) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(sha256(&[b"api-token", token.as_bytes()]))
+        .bind(&signed.session.staff)
+        .bind("command line")
+        .bind(t)
+        .bind(expires_at)
+        .bind(scopes.names())
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.api_token.created",
+                actor: format!("staff:{username}"),
+                subject: Some(signed.session.staff.clone()),
+                detail: json!({ "username": username, "label": "command line", "seconds": CLI_SESSION_SECONDS, "scopes": scopes.names() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(CliSession {
+        token,
+        expires_at,
+        role: signed.session.role,
+    })
+}
+
+/// Ends the command-line session of `token` (`ecert logout`): the token is revoked.
+pub async fn cli_sign_out(store: &Store, session: &StaffSession, token: &str) -> Result<()> {
+    let mut tx = store.begin().await?;
+    sqlx::query("UPDATE api_tokens SET revoked = 1 WHERE token_hash = $1 AND staff = $2")
+        .bind(sha256(&[b"api-token", token.as_bytes()]))
+        .bind(&session.staff)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.staff.signout",
+                actor: format!("staff:{}", session.username),
+                subject: Some(session.staff.clone()),
+                detail: json!({ "via": "api" }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -27,6 +27,7 @@ type Shared = Arc<RaState>;
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/session", post(session_create).delete(session_end))
         .route("/api/v1/applications", get(list).post(create))
         .route("/api/v1/applications/{id}", get(show))
         .route("/api/v1/applications/{id}/identity", post(identity))
@@ -88,14 +89,15 @@ pub fn router(state: Shared) -> Router {
     paths(
         list, create, show, identity, organisation, domains, fee, decision, certificate,
         problem_report, problem_reports, problem_report_show, problem_report_preliminary,
-        problem_report_decision, audit_export, personal_data_activate, officer_proposals,
+        problem_report_decision, audit_export, personal_data_activate, session_create,
+        session_end, officer_proposals,
         officer_propose, officer_confirm, officer_withdraw
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
         OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult,
         NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision,
-        Activation, Activated, Proposal, ProposalOut
+        Activation, Activated, Proposal, ProposalOut, SignIn, SessionOut
     )),
     modifiers(&BearerAuth)
 )]
@@ -611,6 +613,77 @@ async fn fee(
 }
 
 /// Approve or reject a version of the application.
+/// A member's sign-in for the command line (`ecert login`).
+#[derive(Deserialize, ToSchema)]
+pub struct SignIn {
+    username: String,
+    password: String,
+    /// The authenticator's current code.
+    code: String,
+}
+
+/// A command-line session: a bearer token for 12 hours.
+#[derive(Serialize, ToSchema)]
+pub struct SessionOut {
+    token: String,
+    /// Unix seconds.
+    expires_at: i64,
+    role: String,
+}
+
+/// Signs a member in for the command line (password and TOTP code; the sign-in page's
+/// lockouts, rate limit and audit) and returns a bearer token for 12 hours. What the token may
+/// do is the member's role's row of the permission matrix.
+#[utoipa::path(post, path = "/api/v1/session", request_body = SignIn,
+    responses((status = 201, body = SessionOut), (status = 401, body = ApiError), (status = 429, body = ApiError)),
+    security(()))]
+async fn session_create(
+    State(s): State<Shared>,
+    super::ClientIp(ip): super::ClientIp,
+    Json(b): Json<SignIn>,
+) -> Result<(StatusCode, Json<SessionOut>), ApiFailure> {
+    // The sign-in page's limit, in its own bucket.
+    s.limits
+        .check("api-sign-in", ip, 10)
+        .map_err(|e| ApiFailure(e.error))?;
+    let password = zeroize::Zeroizing::new(b.password);
+    let source = super::bucket(ip).to_string();
+    let c = ra::cli_sign_in(
+        &s.auth,
+        b.username.trim(),
+        &password,
+        b.code.trim(),
+        &source,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionOut {
+            token: c.token,
+            expires_at: c.expires_at,
+            role: c.role.name().to_string(),
+        }),
+    ))
+}
+
+/// Ends the command-line session of the bearer token (`ecert logout`).
+#[utoipa::path(delete, path = "/api/v1/session", responses((status = 204), (status = 401, body = ApiError)))]
+async fn session_end(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    headers: axum::http::HeaderMap,
+) -> Result<StatusCode, ApiFailure> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    ra::cli_sign_out(s.auth.store(), &staff, &token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// A decision two officers take together (issue 14): what the first officer proposes.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Proposal {

@@ -1905,3 +1905,199 @@ fn init_makes_the_first_admin_once() {
     let home = text(&page(&server.1, "/staff/admin", &session));
     assert!(home.contains("root-admin"), "{home}");
 }
+
+/// Runs the real `ecert` as a command-line client with its own config directory (where the
+/// session lives), standard input given.
+fn cli(home: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut c = std::process::Command::new(ecert_bin());
+    c.env("XDG_CONFIG_HOME", home)
+        .env_remove("ECERT_TOKEN")
+        .env_remove("ECERT_SERVER")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Issue 14: the command line is a client of the running service, acting as a named member of
+/// staff under the same rules as the pages. Clerk A signs in (`ecert login`: password and TOTP
+/// code; the session is kept 0600), enters an application (`ecert apply -`, the personal data
+/// on standard input, never in the arguments), records the identity check and the fee; the
+/// citizen confirms the mailbox; A may not approve what A entered; clerk B signs in elsewhere
+/// and approves: a certificate that openssl verifies, issued while `serve` runs. A plain-http
+/// server off loopback is refused before a password is sent; after `ecert logout` the token is
+/// dead at the service.
+#[test]
+fn the_command_line_enters_and_approves_through_the_service_as_named_staff() {
+    let ca = Ca::init();
+    add_gpo(&ca);
+    let totp_a = add_clerk(&ca, "clerk1", "gpo");
+    let totp_b = add_clerk(&ca, "clerk2", "gpo");
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let addr = server.1.clone();
+    let url = format!("http://{addr}");
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let err = |o: std::process::Output| {
+        assert!(!o.status.success(), "{}", show(&o));
+        String::from_utf8(o.stderr).unwrap()
+    };
+
+    let e = err(cli(
+        home_a.path(),
+        &[
+            "login",
+            "--server",
+            "http://pki.example.hk:8080",
+            "--username",
+            "clerk1",
+        ],
+        "a counter password 123\n000000\n",
+    ));
+    assert!(e.contains("https://"), "{e}");
+    let e = err(cli(
+        home_a.path(),
+        &["login", "--server", &url, "--username", "clerk1"],
+        "not the password\n000000\n",
+    ));
+    assert!(e.contains("sign-in failed") || e.contains("sign in"), "{e}");
+    let out = ok(cli(
+        home_a.path(),
+        &["login", "--server", &url, "--username", "clerk1"],
+        &format!("a counter password 123\n{}\n", totp_now(&totp_a)),
+    ));
+    assert!(out.contains("signed in as clerk1 (clerk)"), "{out}");
+    let session = home_a.path().join("ecert/session.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&session).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{session:?}");
+    }
+
+    let csr = std::fs::read_to_string(ca.csr("cli-applicant", KeyType::P256).csr).unwrap();
+    let application = serde_json::json!({
+        "profile": "personal", "surname": "Wong", "given_name": "Siu Ming",
+        "email": "sm.wong@example.hk", "hkid": "Z683451(6)", "date_of_birth": "1985-06-01",
+        "phone": "+852 2921 2222", "address": "2 Connaught Place, Central",
+        "consent_notices": true, "revocation_secret": "my revocation words", "csr": csr,
+    });
+    let out = ok(cli(
+        home_a.path(),
+        &["apply", "-"],
+        &application.to_string(),
+    ));
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_string()
+    };
+    let (reference, secret) = (field("reference"), field("tracking_secret"));
+    // The citizen confirms the mailbox.
+    let code = email_code(&smtp.wait_for("sm.wong@example.hk", &reference));
+    let r = page(&addr, "/track", "");
+    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let r = form(
+        &addr,
+        "/track/confirm",
+        &format!("ecert_csrf={csrf}"),
+        &[
+            ("csrf", &csrf),
+            ("reference", &reference),
+            ("secret", &secret),
+            ("code", &code),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    ok(cli(
+        home_a.path(),
+        &["application", "identity", &reference, "--card-sighted"],
+        "Z683451(6)\n",
+    ));
+    ok(cli(
+        home_a.path(),
+        &[
+            "application",
+            "fee",
+            &reference,
+            "--amount-cents",
+            "5000",
+            "--method",
+            "cash",
+            "--receipt",
+            "GPO-CLI-1",
+        ],
+        "",
+    ));
+    let e = err(cli(home_a.path(), &["approve", &reference], ""));
+    assert!(e.contains("you entered this application"), "{e}");
+
+    ok(cli(
+        home_b.path(),
+        &["login", "--server", &url, "--username", "clerk2"],
+        &format!("a counter password 123\n{}\n", totp_now(&totp_b)),
+    ));
+    let shown = ok(cli(home_b.path(), &["application", "show", &reference], ""));
+    assert!(
+        shown.contains("Z******(6)") && !shown.contains("683451"),
+        "{shown}"
+    );
+    let out = ok(cli(home_b.path(), &["approve", &reference], ""));
+    let serial = out
+        .split("serial=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim()
+        .to_string();
+    assert!(out.starts_with("issued"), "{out}");
+    let leaf = ca.file("cli-leaf.pem");
+    std::fs::write(&leaf, ca.ecert_ok(&["cert", "export", &serial])).unwrap();
+    let (root, individual) = (ca.export("root"), ca.export("individual"));
+    openssl_verify(
+        &root.path,
+        &[&individual.path],
+        &leaf,
+        None,
+        "issued through the CLI",
+    );
+
+    // Signed out: the token is dead at the service, not only forgotten here.
+    let token: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home_b.path().join("ecert/session.json")).unwrap(),
+    )
+    .unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    assert!(ok(cli(home_b.path(), &["logout"], "")).contains("signed out"));
+    let e = err(cli(home_b.path(), &["application", "show", &reference], ""));
+    assert!(e.contains("ecert login"), "{e}");
+    let (st, _) = api(&addr, "GET", "/api/v1/applications", &token, None);
+    assert_eq!(st, 401);
+    drop(server);
+    let actors = ca.sql_query(
+        "SELECT kind || ' ' || actor FROM audit_log WHERE kind IN ('ra.application.submitted', 'ra.approval', 'ra.identity.checked') ORDER BY seq",
+    );
+    assert_eq!(
+        actors.lines().collect::<Vec<_>>(),
+        [
+            "ra.application.submitted staff:clerk1",
+            "ra.identity.checked staff:clerk1",
+            "ra.approval staff:clerk2"
+        ],
+        "{actors}"
+    );
+    ca.audit_ok();
+}
