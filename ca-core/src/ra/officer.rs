@@ -364,7 +364,7 @@ pub async fn confirm(auth: &Authority, staff: &StaffSession, id: &str) -> Result
                 let reason = Reason::parse(&text("reason"))?;
                 let (mut done, mut already, mut failed) = (0usize, 0usize, 0usize);
                 for s in params["serials"].as_array().into_iter().flatten() {
-                    let Some(serial) = s.as_str().and_then(|s| SerialNumber::from_hex(s))
+                    let Some(serial) = s.as_str().and_then(SerialNumber::from_hex)
                     else {
                         failed += 1;
                         continue;
