@@ -36,7 +36,7 @@ use crate::profile::{CaRole, IssueContext, Profile, SubjectData};
 use crate::serial::SerialNumber;
 use crate::store::{CertState, Store, WriteOp};
 
-mod responder;
+pub(crate) mod responder;
 pub use responder::{OCSP_CAS, RESPONDER_PROFILE};
 
 /// Group commit: state changes from concurrent issuances are written in one transaction (one

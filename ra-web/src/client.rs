@@ -78,9 +78,17 @@ pub fn save(session: &Session) -> anyhow::Result<PathBuf> {
 
 /// The session in force: `ECERT_SERVER` + `ECERT_TOKEN`, else the stored one.
 pub fn current() -> anyhow::Result<Session> {
+    if let Some(s) = from_env() {
+        return Ok(s);
+    }
+    stored()
+}
+
+/// `ECERT_SERVER` + `ECERT_TOKEN`, when both are set.
+fn from_env() -> Option<Session> {
     if let (Ok(server), Ok(token)) = (std::env::var("ECERT_SERVER"), std::env::var("ECERT_TOKEN")) {
         if !server.is_empty() && !token.is_empty() {
-            return Ok(Session {
+            return Some(Session {
                 server,
                 ca_file: std::env::var_os("ECERT_SERVER_CA").map(PathBuf::from),
                 token,
@@ -89,6 +97,11 @@ pub fn current() -> anyhow::Result<Session> {
             });
         }
     }
+    None
+}
+
+/// The session `ecert login` stored.
+pub fn stored() -> anyhow::Result<Session> {
     let path = session_path()?;
     let text = std::fs::read_to_string(&path)
         .map_err(|_| anyhow::anyhow!("not signed in: run `ecert login --server URL --username NAME` (or set ECERT_SERVER and ECERT_TOKEN)"))?;
@@ -244,10 +257,12 @@ impl Api {
         if (200..300).contains(&status) {
             return Ok(v);
         }
-        let message = v["message"]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| v.to_string());
+        let message = printable(
+            &v["message"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string()),
+        );
         match status {
             401 => bail!("{message}: the session is not valid any more; run `ecert login` again"),
             _ => bail!("{message} (HTTP {status})"),
@@ -268,8 +283,22 @@ pub fn read_line(what: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
     Ok(trimmed)
 }
 
+/// Text from the service made safe for a terminal: control characters (escape sequences)
+/// shown as `?`.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// An application's id, from its id or its reference (`EC-…`).
 pub async fn application_id(api: &Api, id_or_reference: &str) -> anyhow::Result<String> {
+    if !id_or_reference
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        bail!("{id_or_reference:?} is not an application id or reference");
+    }
     if !id_or_reference.starts_with("EC-") {
         return Ok(id_or_reference.to_string());
     }

@@ -922,14 +922,22 @@ async fn login(server: &str, username: &str, ca_file: Option<PathBuf>) -> anyhow
     Ok(())
 }
 
-/// `ecert logout`.
+/// `ecert logout`: the stored session's token is revoked at the service, then forgotten (a
+/// token given in `ECERT_TOKEN` is an integration's, and is left alone).
 async fn logout() -> anyhow::Result<()> {
-    if let Ok(session) = client::current() {
+    if let Ok(session) = client::stored() {
         let api = client::Api::of(&session)?;
-        // Already expired or revoked at the service: the local copy goes all the same.
-        let _ = api
+        let (status, v) = api
             .send(axum::http::Method::DELETE, "/api/v1/session", None)
-            .await;
+            .await
+            .context("the service was not reached: the session is kept; try again")?;
+        // 401: expired or revoked already.
+        if !(200..300).contains(&status) && status != 401 {
+            bail!(
+                "the service did not end the session (HTTP {status}: {}); it is kept: try again",
+                client::printable(v["message"].as_str().unwrap_or_default())
+            );
+        }
     }
     client::forget()?;
     outln!("signed out");
@@ -1060,17 +1068,20 @@ async fn approve(application: &str, reject: Option<String>) -> anyhow::Result<()
 }
 
 fn show_proposal(p: &serde_json::Value) {
+    let field = |k: &str| client::printable(p[k].as_str().unwrap_or_default());
     outln!(
         "{}\t{}\t{}\t{}{}",
-        p["id"].as_str().unwrap_or_default(),
-        p["state"].as_str().unwrap_or_default(),
-        p["proposed_by"].as_str().unwrap_or_default(),
-        p["summary"].as_str().unwrap_or_default(),
+        field("id"),
+        field("state"),
+        field("proposed_by"),
+        field("summary"),
         p["outcome"]
             .as_str()
-            .map(|o| format!(": {o}"))
+            .map(|o| format!(": {}", client::printable(o)))
             .unwrap_or_default()
     );
+    // Exactly what is confirmed.
+    outln!("\t{}", client::printable(&p["params"].to_string()));
 }
 
 /// `ecert proposal list|propose|confirm|withdraw`.

@@ -320,6 +320,17 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "could not make the OCSP responders; retrying");
         }
         sign_ocsp_due(auth, &mut Outage::default()).await;
+        // Two-officer decisions a stopped process left half-carried-out.
+        match ca_core::ra::officer::resume(auth).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                proposals = n,
+                "finished two-officer decisions left by a stopped process"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not finish the two-officer decisions left by a stopped process")
+            }
+        }
         background.push(tokio::spawn(crl_duties(
             state.clone(),
             a.crl_interval_seconds,

@@ -13,6 +13,7 @@ use super::permissions::Action;
 use super::session::StaffSession;
 use super::support::{check_len, invalid, now};
 use crate::audit::Event;
+use crate::authority::responder::RESPONDER_PROFILE;
 use crate::authority::Authority;
 use crate::error::{Error, Result};
 use crate::profile::CaRole;
@@ -70,6 +71,9 @@ row! {
         pub decided_by: Option<String>,
         /// What happened.
         pub outcome: Option<String>,
+        /// Exactly what it does (JSON: the serials and reason; the key's SHA-256 and reason;
+        /// the CA and reason): what the second officer confirms.
+        pub params: String,
     }
 }
 
@@ -85,8 +89,14 @@ row! {
 
 const VIEW: &str = "SELECT p.id AS id, p.kind AS kind, p.summary AS summary, s.username AS proposed_by, \
      p.proposed_at AS proposed_at, p.expires_at AS expires_at, p.state AS state, d.username AS decided_by, \
-     p.outcome AS outcome FROM officer_proposals p JOIN staff s ON s.id = p.proposed_by \
+     p.outcome AS outcome, p.params AS params FROM officer_proposals p JOIN staff s ON s.id = p.proposed_by \
      LEFT JOIN staff d ON d.id = p.decided_by";
+
+/// The SHA-256 of what a proposal does, in both its audit records: what was confirmed is what
+/// was proposed.
+fn params_hash(params: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(params.as_bytes()))
+}
 
 fn actor(staff: &StaffSession) -> String {
     format!("staff:{}", staff.username)
@@ -109,11 +119,12 @@ fn key_of_pem(text: &str) -> Result<[u8; 32]> {
     if block.tag() != "PUBLIC KEY" {
         return Err(invalid("public_key", "a PEM PUBLIC KEY"));
     }
-    let der = block.into_contents();
-    x509_parser::prelude::FromDer::from_der(&der)
-        .map(|(_, _): (_, x509_parser::x509::SubjectPublicKeyInfo<'_>)| ())
-        .map_err(|_| invalid("public_key", "not a SubjectPublicKeyInfo"))?;
-    Ok(<sha2::Sha256 as sha2::Digest>::digest(&der).into())
+    // The fingerprint the issuance checks compare: of the key as the key policy reads it.
+    Ok(
+        crate::keys::SubscriberKey::from_spki_der(&block.into_contents())
+            .map_err(|e| invalid("public_key", e.to_string()))?
+            .fingerprint(),
+    )
 }
 
 /// Records a proposal (audited); nothing is done until another officer confirms it.
@@ -127,23 +138,56 @@ pub async fn propose(
     let (params, summary) = match r.kind.as_str() {
         "mass_revocation" => {
             let reason = revocation_reason(&r.reason)?;
-            let mut serials = Vec::new();
+            let mut listed = Vec::new();
             for s in &r.serials {
-                serials.push(
-                    SerialNumber::from_hex(s.trim())
-                        .ok_or_else(|| invalid("serials", "serial numbers in hex"))?
-                        .to_hex(),
-                );
+                let serial = SerialNumber::from_hex(s.trim())
+                    .ok_or_else(|| invalid("serials", "serial numbers in hex"))?
+                    .to_hex();
+                match store.certificate(&serial).await? {
+                    Some(c) if c.profile == RESPONDER_PROFILE => {
+                        return Err(invalid(
+                            "serials",
+                            format!("{serial} is an OCSP responder's certificate: responders are rotated, not revoked here"),
+                        ))
+                    }
+                    Some(_) => listed.push(serial),
+                    None => return Err(invalid("serials", format!("no certificate {serial}"))),
+                }
             }
             let query =
                 r.profile.is_some() || r.issued_after.is_some() || r.issued_before.is_some();
+            let mut matched = Vec::new();
             if query {
-                serials.extend(
-                    store
-                        .serials_matching(r.profile.as_deref(), r.issued_after, r.issued_before)
-                        .await?,
-                );
+                // A query names a real profile (a free text would become the summary the second
+                // officer reads); responders' certificates are never swept up.
+                if let Some(p) = &r.profile {
+                    let known = crate::profile::Profile::get(p.trim())
+                        .map_err(|_| invalid("profile", "a certificate profile, e.g. personal"))?;
+                    if known.id == RESPONDER_PROFILE {
+                        return Err(invalid(
+                            "profile",
+                            "responders are rotated, not revoked here",
+                        ));
+                    }
+                }
+                for s in store
+                    .serials_matching(
+                        r.profile.as_deref().map(str::trim),
+                        r.issued_after,
+                        r.issued_before,
+                    )
+                    .await?
+                {
+                    let responder = store
+                        .certificate(&s)
+                        .await?
+                        .is_some_and(|c| c.profile == RESPONDER_PROFILE);
+                    if !responder {
+                        matched.push(s);
+                    }
+                }
             }
+            let mut serials: Vec<String> = listed.iter().chain(&matched).cloned().collect();
             serials.sort();
             serials.dedup();
             if serials.is_empty() {
@@ -158,33 +202,56 @@ pub async fn propose(
                     format!("at most {MAX_SERIALS} certificates in one proposal"),
                 ));
             }
-            let what = match (&r.profile, query) {
-                (Some(p), _) => format!(" (query: profile {p})"),
-                (None, true) => " (query: issuance time)".to_string(),
-                (None, false) => String::new(),
+            let mut parts = Vec::new();
+            if !listed.is_empty() {
+                parts.push(format!("{} listed", listed.len()));
+            }
+            if query {
+                let time = |t: Option<i64>| {
+                    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                        .and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                        .unwrap_or_else(|| "-".into())
+                };
+                parts.push(format!(
+                    "{} matching profile {} issued {} to {}",
+                    matched.len(),
+                    r.profile.as_deref().map(str::trim).unwrap_or("(any)"),
+                    time(r.issued_after),
+                    time(r.issued_before)
+                ));
+            }
+            let compromise = if reason == Reason::KeyCompromise {
+                "; each key is blocked and every certificate with it revoked"
+            } else {
+                ""
             };
             (
                 json!({ "serials": serials, "reason": reason.name() }),
                 format!(
-                    "revoke {} certificate(s){what} for {}",
+                    "revoke {} certificate(s) ({}) for {}{compromise}",
                     serials.len(),
+                    parts.join(", "),
                     reason.name()
                 ),
             )
         }
         "key_block" => {
             check_len("reason", &r.reason, 1, 500)?;
-            let fp: Vec<u8> = match (&r.serial, &r.public_key) {
+            let (fp, source): (Vec<u8>, String) = match (&r.serial, &r.public_key) {
                 (Some(s), None) => {
                     let serial = SerialNumber::from_hex(s.trim())
                         .ok_or_else(|| invalid("serial", "a serial number in hex"))?;
-                    store
+                    let fp = store
                         .certificate(&serial.to_hex())
                         .await?
                         .ok_or(Error::NotFound)?
-                        .key_fp
+                        .key_fp;
+                    (fp, format!("of certificate {}", serial.to_hex()))
                 }
-                (None, Some(pem)) => key_of_pem(pem)?.to_vec(),
+                (None, Some(pem)) => (key_of_pem(pem)?.to_vec(), "given as a public key".into()),
                 _ => {
                     return Err(invalid(
                         "serial",
@@ -195,7 +262,7 @@ pub async fn propose(
             let fp = hex::encode(fp);
             (
                 json!({ "key_sha256": fp, "reason": r.reason.trim() }),
-                format!("block the key {fp}"),
+                format!("block the key {fp} ({source}): {}", r.reason.trim()),
             )
         }
         "ca_revocation" => {
@@ -249,7 +316,7 @@ pub async fn propose(
                 kind: "officer.proposed",
                 actor: actor(staff),
                 subject: Some(id.clone()),
-                detail: json!({ "kind": r.kind, "summary": summary }),
+                detail: json!({ "kind": r.kind, "summary": summary, "params_sha256": params_hash(&params.to_string()) }),
             },
         )
         .await?;
@@ -337,8 +404,19 @@ pub async fn withdraw(auth: &Authority, staff: &StaffSession, id: &str) -> Resul
     view(auth, id).await
 }
 
-/// A second officer confirms a proposal, and it is carried out now, as them.
-pub async fn confirm(auth: &Authority, staff: &StaffSession, id: &str) -> Result<ProposalView> {
+/// How long a confirmation waits for its proposal to be carried out before answering with the
+/// state `confirming` (a long mass revocation goes on in the background).
+pub const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A second officer confirms a proposal, and it is carried out now, as them — in a task of its
+/// own, so that neither a client that goes away nor the request time limit stops it half-way;
+/// the answer waits up to [`CONFIRM_WAIT`] for it. A proposal left `confirming` by a process
+/// that died is finished by [`resume`] when the next one starts.
+pub async fn confirm(
+    auth: &std::sync::Arc<Authority>,
+    staff: &StaffSession,
+    id: &str,
+) -> Result<ProposalView> {
     staff.authorize(Action::TwoOfficerDecisions)?;
     let p = take(auth, staff, id, "confirming").await?;
     let store = auth.store();
@@ -351,10 +429,56 @@ pub async fn confirm(auth: &Authority, staff: &StaffSession, id: &str) -> Result
             kind: "officer.confirmed",
             actor: actor(staff),
             subject: Some(id.to_string()),
-            detail: json!({ "kind": p.kind, "proposed_by": format!("staff:{proposer}") }),
+            detail: json!({ "kind": p.kind, "proposed_by": format!("staff:{proposer}"), "params_sha256": params_hash(&p.params) }),
         })
         .await?;
-    let who = actor(staff);
+    let (a, i, who) = (auth.clone(), id.to_string(), actor(staff));
+    let task = tokio::spawn(async move { carry_out(&a, &i, &who).await });
+    if let Ok(joined) = tokio::time::timeout(CONFIRM_WAIT, task).await {
+        joined.map_err(|e| Error::Store(format!("proposal {id}: {e}")))??;
+    }
+    view(auth, id).await
+}
+
+/// Finishes the proposals a dead process left `confirming` (as their confirming officer);
+/// returns how many. Carrying out again is safe: a certificate revoked already is counted as
+/// such, a blocked key stays blocked, a revoked CA is found revoked.
+pub async fn resume(auth: &std::sync::Arc<Authority>) -> Result<usize> {
+    row! {
+        struct Stuck {
+            id: String,
+            username: String,
+        }
+    }
+    let stuck = sqlx::query_as::<_, Stuck>(
+        "SELECT p.id AS id, s.username AS username FROM officer_proposals p JOIN staff s ON s.id = p.decided_by \
+         WHERE p.state = 'confirming'",
+    )
+    .fetch_all(auth.store().pool())
+    .await?;
+    let n = stuck.len();
+    for p in stuck {
+        tracing::warn!(proposal = %p.id, "finishing a two-officer decision a stopped process left");
+        if let Err(e) = carry_out(auth, &p.id, &format!("staff:{}", p.username)).await {
+            tracing::error!(proposal = %p.id, error = %e, "a two-officer decision failed");
+        }
+    }
+    Ok(n)
+}
+
+/// Carries out a `confirming` proposal as `who` and records the outcome (`done` or `failed`).
+async fn carry_out(auth: &Authority, id: &str, who: &str) -> Result<()> {
+    let store = auth.store();
+    let p = sqlx::query_as::<_, ProposalRow>(
+        "SELECT kind, params, proposed_by, expires_at, state FROM officer_proposals WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    if p.state != "confirming" {
+        return Ok(());
+    }
     let params: serde_json::Value =
         serde_json::from_str(&p.params).map_err(|e| Error::Store(format!("proposal {id}: {e}")))?;
     let text = |k: &str| params[k].as_str().unwrap_or_default().to_string();
@@ -364,12 +488,11 @@ pub async fn confirm(auth: &Authority, staff: &StaffSession, id: &str) -> Result
                 let reason = Reason::parse(&text("reason"))?;
                 let (mut done, mut already, mut failed) = (0usize, 0usize, 0usize);
                 for s in params["serials"].as_array().into_iter().flatten() {
-                    let Some(serial) = s.as_str().and_then(SerialNumber::from_hex)
-                    else {
+                    let Some(serial) = s.as_str().and_then(SerialNumber::from_hex) else {
                         failed += 1;
                         continue;
                     };
-                    match crate::revocation::revoke(store, serial, reason, &who).await {
+                    match crate::revocation::revoke(store, serial, reason, who).await {
                         Ok(_) => done += 1,
                         Err(Error::AlreadyRevoked { .. }) => already += 1,
                         Err(e) => {
@@ -387,13 +510,16 @@ pub async fn confirm(auth: &Authority, staff: &StaffSession, id: &str) -> Result
                     .ok()
                     .and_then(|v| v.try_into().ok())
                     .ok_or_else(|| Error::Store(format!("proposal {id}: key")))?;
-                auth.block_key(&fp, &text("reason"), &who).await?;
+                auth.block_key(&fp, &text("reason"), who).await?;
                 Ok("key blocked".to_string())
             }
             "ca_revocation" => {
                 let role = CaRole::from_name(&text("ca"))?;
                 let reason = Reason::parse(&text("reason"))?;
-                let crl = auth.revoke_ca(role, reason, &who).await?;
+                if store.ca_revocation(role.name()).await?.is_some() {
+                    return Ok(format!("the {} CA was revoked already", role.name()));
+                }
+                let crl = auth.revoke_ca(role, reason, who).await?;
                 Ok(format!(
                     "the {} CA revoked; root CRL number {}",
                     role.name(),
@@ -414,6 +540,5 @@ pub async fn confirm(auth: &Authority, staff: &StaffSession, id: &str) -> Result
         .bind(id)
         .execute(store.pool())
         .await?;
-    result?;
-    view(auth, id).await
+    result.map(|_| ())
 }

@@ -24,6 +24,10 @@ pub enum Scope {
     /// Activate the personal-data keys (the `data_owner` role, with the `pii` token's PIN:
     /// activation "through the API" on each instance, issue 14).
     Activate,
+    /// Given only to a token made by signing in with the second factor (`ecert login`, for
+    /// [`CLI_SESSION_SECONDS`] at most), never to a long-lived `ecert staff token`: what needs a
+    /// person present — two-officer decisions.
+    Session,
 }
 
 impl Scope {
@@ -36,20 +40,26 @@ impl Scope {
                 Some(Scope::Read)
             }
             A::EnterApplication | A::RecordChecks => Some(Scope::Enter),
-            A::Decide
-            | A::Revoke
-            | A::AnswerProblemReports
-            | A::RunOperations
-            | A::TwoOfficerDecisions => Some(Scope::Decide),
+            A::Decide | A::Revoke | A::AnswerProblemReports | A::RunOperations => {
+                Some(Scope::Decide)
+            }
             // The token alone opens nothing: the request carries the pii token's PIN too.
             A::ActivatePersonalDataKeys => Some(Scope::Activate),
+            // A person, signed in with the second factor, not an integration's token.
+            A::TwoOfficerDecisions => Some(Scope::Session),
             // Never with a token: signed in, with the second factor.
             A::RevealPersonalData | A::ManageStaff | A::ManageOutlets => None,
         }
     }
 
     /// Every scope.
-    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Enter, Scope::Decide, Scope::Activate];
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Enter,
+        Scope::Decide,
+        Scope::Activate,
+        Scope::Session,
+    ];
 
     /// Its name on the command line and in the database.
     pub fn name(self) -> &'static str {
@@ -58,6 +68,7 @@ impl Scope {
             Scope::Enter => "enter",
             Scope::Decide => "decide",
             Scope::Activate => "activate",
+            Scope::Session => "session",
         }
     }
 }
@@ -70,6 +81,7 @@ pub struct Scopes {
     enter: bool,
     decide: bool,
     activate: bool,
+    session: bool,
 }
 
 impl Scopes {
@@ -85,6 +97,12 @@ impl Scopes {
                 "enter" => s.enter = true,
                 "decide" => s.decide = true,
                 "activate" => s.activate = true,
+                "session" => {
+                    return Err(invalid(
+                        "scopes",
+                        "the session scope comes only with signing in (ecert login)",
+                    ))
+                }
                 _ => return Err(invalid("scopes", "read, enter, decide and/or activate")),
             }
         }
@@ -97,6 +115,23 @@ impl Scopes {
         Ok(s)
     }
 
+    /// The scopes as stored (the names [`Scopes::names`] wrote, `session` included); an unknown
+    /// name grants nothing.
+    fn stored(names: &str) -> Scopes {
+        let mut s = Scopes::default();
+        for n in names.split_whitespace() {
+            match n {
+                "read" => s.read = true,
+                "enter" => s.enter = true,
+                "decide" => s.decide = true,
+                "activate" => s.activate = true,
+                "session" => s.session = true,
+                _ => {}
+            }
+        }
+        s
+    }
+
     /// Whether `scope` is among them.
     pub fn allows(self, scope: Scope) -> bool {
         match scope {
@@ -104,6 +139,7 @@ impl Scopes {
             Scope::Enter => self.enter,
             Scope::Decide => self.decide,
             Scope::Activate => self.activate,
+            Scope::Session => self.session,
         }
     }
 
@@ -217,7 +253,7 @@ pub async fn api_session(store: &Store, token: &str) -> Result<StaffSession> {
         outlet: r.outlet,
         role: Role::parse(&r.role)?,
         csrf: String::new(),
-        scopes: Some(Scopes::parse(&r.scopes)?),
+        scopes: Some(Scopes::stored(&r.scopes)),
     })
 }
 
@@ -252,7 +288,8 @@ pub async fn revoke_api_tokens(store: &Store, username: &str, actor: &str) -> Re
     Ok(n)
 }
 
-/// How long a command-line session token lasts (`ecert login`).
+/// The longest a command-line session token lasts (`ecert login`); `[ra]
+/// session_max_hours` shortens it, as it does a browser session.
 pub const CLI_SESSION_SECONDS: i64 = 12 * 3600;
 
 /// A command-line session (`POST /api/v1/session`, `ecert login`).
@@ -291,12 +328,14 @@ pub async fn cli_sign_in(
     }
     let token = format!("ecert_{}", random_base32(32));
     let t = now();
-    let expires_at = t + CLI_SESSION_SECONDS;
+    let seconds = CLI_SESSION_SECONDS.min(i64::from(auth.config().ra.session_max_hours) * 3600);
+    let expires_at = t + seconds;
     let scopes = Scopes {
         read: true,
         enter: true,
         decide: true,
         activate: true,
+        session: true,
     };
     let mut tx = store.begin().await?;
     sqlx::query("INSERT INTO api_tokens (token_hash, staff, label, created_at, expires_at, scopes) VALUES ($1, $2, $3, $4, $5, $6)")
@@ -315,7 +354,7 @@ pub async fn cli_sign_in(
                 kind: "ra.api_token.created",
                 actor: format!("staff:{username}"),
                 subject: Some(signed.session.staff.clone()),
-                detail: json!({ "username": username, "label": "command line", "seconds": CLI_SESSION_SECONDS, "scopes": scopes.names() }),
+                detail: json!({ "username": username, "label": "command line", "seconds": seconds, "scopes": scopes.names() }),
             },
         )
         .await?;

@@ -612,7 +612,6 @@ async fn fee(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Approve or reject a version of the application.
 /// A member's sign-in for the command line (`ecert login`).
 #[derive(Deserialize, ToSchema)]
 pub struct SignIn {
@@ -723,6 +722,10 @@ pub struct ProposalOut {
     state: String,
     decided_by: Option<String>,
     outcome: Option<String>,
+    /// Exactly what it does: `serials` and `reason`; `key_sha256` and `reason`; `ca` and
+    /// `reason`. What the second officer confirms.
+    #[schema(value_type = Object)]
+    params: serde_json::Value,
 }
 
 impl From<ra::ProposalView> for ProposalOut {
@@ -737,6 +740,7 @@ impl From<ra::ProposalView> for ProposalOut {
             state: v.state,
             decided_by: v.decided_by,
             outcome: v.outcome,
+            params: serde_json::from_str(&v.params).unwrap_or_default(),
         }
     }
 }
@@ -845,6 +849,7 @@ async fn personal_data_activate(
     }))
 }
 
+/// Approve or reject a version of the application.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DecisionRequest {
     version: i64,

@@ -2234,6 +2234,13 @@ async fn every_route_as_every_role_follows_the_matrix() {
             )
             .await
             .unwrap();
+            // As a signed-in command line's token (`ecert login`) has it.
+            sqlx::query(
+                "UPDATE api_tokens SET scopes = scopes || ' session' WHERE label = 'matrix'",
+            )
+            .execute(app.auth.store().pool())
+            .await
+            .unwrap();
             for route in &routes {
                 let req = send(route, Some((&cookie, &csrf)), Some(&token));
                 let r = app.send(req).await;

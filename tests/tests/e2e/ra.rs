@@ -2101,3 +2101,19 @@ fn the_command_line_enters_and_approves_through_the_service_as_named_staff() {
     );
     ca.audit_ok();
 }
+
+/// A command-line session token (`POST /api/v1/session`, what `ecert login` does).
+pub(crate) fn session_token(addr: &str, username: &str, totp: &str) -> String {
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        serde_json::json!({"username": username, "password": "a counter password 123", "code": totp_now(totp)})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{username} signs in: {}", text(&r));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}

@@ -379,11 +379,11 @@ fn key_compromise_racing_an_issuance_in_another_process_loses_nothing() {
 /// certificate for the blocked key is refused; everything is in the audit trail.
 #[test]
 fn two_officers_revoke_many_and_block_a_key_through_the_api() {
-    use crate::ra::{add_gpo, add_staff, api, serve_ra};
+    use crate::ra::{add_gpo, add_staff, api, serve_ra, session_token};
     let ca = Ca::init();
     add_gpo(&ca);
-    add_staff(&ca, "officer1", "gpo", "officer");
-    add_staff(&ca, "officer2", "gpo", "officer");
+    let totp1 = add_staff(&ca, "officer1", "gpo", "officer");
+    let totp2 = add_staff(&ca, "officer2", "gpo", "officer");
     add_staff(&ca, "clerk1", "gpo", "clerk");
     let token = |who: &str| {
         ca.ecert_ok(&[
@@ -399,7 +399,7 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
         .trim()
         .to_string()
     };
-    let (one, two, clerk) = (token("officer1"), token("officer2"), token("clerk1"));
+    let (long_lived, clerk) = (token("officer1"), token("clerk1"));
     let p = crate::common::personal();
     let csrs: Vec<_> = (0..3)
         .map(|i| ca.csr(&format!("many-{i}"), KeyType::P256))
@@ -414,6 +414,11 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
     let addr = server.1.clone();
     let chain = crate::ocsp::chain(&ca);
     let resp = ca.file("resp.der");
+    // Each officer signed in, with the second factor (`ecert login`'s token).
+    let (one, two) = (
+        session_token(&addr, "officer1", &totp1),
+        session_token(&addr, "officer2", &totp2),
+    );
 
     let mass = serde_json::json!({
         "kind": "mass_revocation", "reason": "cessationOfOperation",
@@ -427,6 +432,15 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
         Some(mass.clone()),
     );
     assert_eq!(st, 403, "a clerk proposes: {e}");
+    let (st, e) = api(
+        &addr,
+        "POST",
+        "/api/v1/officer-proposals",
+        &long_lived,
+        Some(mass.clone()),
+    );
+    assert_eq!(st, 403, "an integration's long-lived token proposes: {e}");
+    assert!(e.to_string().contains("session"), "{e}");
     let (st, proposal) = api(&addr, "POST", "/api/v1/officer-proposals", &one, Some(mass));
     assert_eq!(st, 201, "{proposal}");
     assert_eq!(proposal["state"], "pending");
@@ -520,6 +534,20 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
             .unwrap()
             .starts_with("the server CA revoked"),
         "{done}"
+    );
+    // The command line sees the same, as the signed-in officer (ECERT_SERVER + ECERT_TOKEN).
+    let o = std::process::Command::new(ecert_bin())
+        .args(["proposal", "list"])
+        .env("ECERT_SERVER", format!("http://{addr}"))
+        .env("ECERT_TOKEN", &one)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", show(&o));
+    assert_eq!(listed.matches("\tdone\t").count(), 3, "{listed}");
+    assert!(
+        listed.contains(&leaves[0].serial),
+        "the list confirmed is shown: {listed}"
     );
     drop(server);
     let root_crl = ca.file("root.crl.pem");

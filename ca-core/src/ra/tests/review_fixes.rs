@@ -1580,6 +1580,7 @@ async fn problem_reports_run_on_the_br_clocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_decisions_need_two_officers() {
     let (_dir, auth) = test_ca_with(|_| {}).await;
+    let auth = std::sync::Arc::new(auth);
     let store = auth.store().clone();
     ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
         .await
@@ -1616,10 +1617,15 @@ async fn large_decisions_need_two_officers() {
     assert!(matches!(e, Error::Forbidden(_)), "{e}");
     let p = officer::propose(&auth, &alice, &by_query).await.unwrap();
     assert_eq!(p.state, "pending");
-    assert!(
-        p.summary.starts_with("revoke 3 certificate(s)"),
-        "{}",
-        p.summary
+    assert_eq!(
+        p.summary,
+        "revoke 3 certificate(s) (3 matching profile personal issued - to -) for cessationOfOperation"
+    );
+    let params: serde_json::Value = serde_json::from_str(&p.params).unwrap();
+    assert_eq!(
+        params["serials"].as_array().unwrap().len(),
+        3,
+        "the second officer sees the list"
     );
     // A certificate issued after the proposal is not in it: the list was fixed when proposed.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -1734,6 +1740,36 @@ async fn large_decisions_need_two_officers() {
             },
             "kind",
         ),
+        // From the attack on it: a free-text "profile" would become the summary the second
+        // officer reads, and an empty one would match everything.
+        (
+            officer::ProposalRequest {
+                kind: "mass_revocation".into(),
+                reason: "superseded".into(),
+                profile: Some("test-2026 (3 expired test certs, ticket 812)".into()),
+                serials: vec![later.clone()],
+                ..Default::default()
+            },
+            "profile",
+        ),
+        (
+            officer::ProposalRequest {
+                kind: "mass_revocation".into(),
+                reason: "superseded".into(),
+                profile: Some(String::new()),
+                ..Default::default()
+            },
+            "profile",
+        ),
+        (
+            officer::ProposalRequest {
+                kind: "mass_revocation".into(),
+                reason: "superseded".into(),
+                profile: Some("ocsp-responder".into()),
+                ..Default::default()
+            },
+            "profile",
+        ),
     ] {
         let e = officer::propose(&auth, &alice, &r).await.unwrap_err();
         assert!(
@@ -1741,6 +1777,64 @@ async fn large_decisions_need_two_officers() {
             "{e}"
         );
     }
+    // A responder's certificate is never in a mass revocation, listed or matched by time.
+    auth.ensure_responders().await.unwrap();
+    let responder: String = sqlx::query_scalar(
+        "SELECT serial FROM certificates WHERE profile = 'ocsp-responder' LIMIT 1",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let e = officer::propose(
+        &auth,
+        &alice,
+        &officer::ProposalRequest {
+            kind: "mass_revocation".into(),
+            reason: "superseded".into(),
+            serials: vec![responder.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Invalid {
+                field: "serials",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let by_time = officer::propose(
+        &auth,
+        &alice,
+        &officer::ProposalRequest {
+            kind: "mass_revocation".into(),
+            reason: "superseded".into(),
+            issued_after: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!by_time.params.contains(&responder), "{}", by_time.params);
+    // Left `confirming` by a process that stopped: finished by the next one, as its officer.
+    sqlx::query("UPDATE officer_proposals SET state = 'confirming', decided_by = (SELECT id FROM staff WHERE username = 'bob') WHERE id = $1")
+        .bind(&by_time.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(officer::resume(&auth).await.unwrap(), 1);
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM officer_proposals WHERE id = $1")
+            .bind(&by_time.id)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(states, ["done"]);
+    assert_eq!(state(&later).await, "revoked");
     let kinds: Vec<String> =
         sqlx::query_scalar("SELECT kind FROM audit_log WHERE kind LIKE 'officer.%' ORDER BY seq")
             .fetch_all(store.pool())
@@ -1755,7 +1849,8 @@ async fn large_decisions_need_two_officers() {
             "officer.withdrawn",
             "officer.proposed",
             "officer.proposed",
-            "officer.confirmed"
+            "officer.confirmed",
+            "officer.proposed"
         ]
     );
 }
