@@ -71,8 +71,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create the HSM token (embedded SoftHSM2), the CA hierarchy and the database. Idempotent.
-    /// With --admin, also the first admin account (its password read from standard input, its
-    /// TOTP secret printed once): the only account ever made without another admin.
+    /// With --admin, also one of the first two admin accounts (its password read from standard
+    /// input, its TOTP secret printed once): the only accounts ever made without another admin —
+    /// two, because every privileged grant needs a second admin.
     Init(InitArgs),
     /// Issue a certificate directly (an officer's action; audited).
     Issue(Box<IssueArgs>),
@@ -1187,7 +1188,12 @@ async fn custody(config: Config, c: CustodyCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `init --admin`: the first admin, only while no admin exists.
+/// How many admins `init --admin` makes at most: the least that dual control needs (a grant of
+/// admin, officer, auditor or data owner waits for a second admin, so one admin alone could
+/// never make another — nor anyone privileged).
+const BOOTSTRAP_ADMINS: usize = 2;
+
+/// `init --admin`: one of the first two admins, only while fewer exist.
 async fn first_admin(
     auth: &Authority,
     username: &str,
@@ -1201,8 +1207,8 @@ async fn first_admin(
         .filter(|r| r.role == "admin")
         .count();
     anyhow::ensure!(
-        admins == 0,
-        "an admin account exists already: further accounts are made by admins (/staff/admin)"
+        admins < BOOTSTRAP_ADMINS,
+        "{BOOTSTRAP_ADMINS} admin accounts exist already: further accounts are made by admins (/staff/admin)"
     );
     let mut password = zeroize::Zeroizing::new(String::new());
     std::io::stdin()

@@ -1847,7 +1847,7 @@ fn problem_reports_are_taken_24x7_and_their_clocks_alarm() {
 /// secret printed once), who can sign in; it is the only account made without another admin:
 /// a second `init --admin` is refused.
 #[test]
-fn init_makes_the_first_admin_once() {
+fn init_makes_the_first_two_admins_and_no_more() {
     let ca = Ca::new();
     let run = |username: &str| {
         let mut c = ca.command(&["init", "--admin", username], &[]);
@@ -1876,10 +1876,14 @@ fn init_makes_the_first_admin_once() {
         .to_string();
     let list = ca.ecert_ok(&["staff", "list"]);
     assert!(list.contains("root-admin\tadmin\thq\tactive"), "{list}");
+    // Two, the least dual control needs (every privileged grant waits for a second admin);
+    // never a third.
     let o = run("second-admin");
+    assert!(o.status.success(), "{}", show(&o));
+    let o = run("third-admin");
     assert!(!o.status.success(), "{}", show(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("an admin account exists already"),
+        String::from_utf8_lossy(&o.stderr).contains("2 admin accounts exist already"),
         "{}",
         show(&o)
     );
