@@ -46,9 +46,9 @@ impl Scope {
             // The token alone opens nothing: the request carries the pii token's PIN too.
             A::ActivatePersonalDataKeys => Some(Scope::Activate),
             // A person, signed in with the second factor, not an integration's token.
-            A::TwoOfficerDecisions => Some(Scope::Session),
-            // Never with a token: signed in, with the second factor.
-            A::RevealPersonalData | A::ManageStaff | A::ManageOutlets => None,
+            A::TwoOfficerDecisions | A::ManageStaff | A::ManageOutlets => Some(Scope::Session),
+            // Never with a token: on the page, each reveal seen by the person who asked.
+            A::RevealPersonalData => None,
         }
     }
 

@@ -50,6 +50,10 @@ pub fn router(state: Shared) -> Router {
             "/api/v1/officer-proposals",
             get(officer_proposals).post(officer_propose),
         )
+        .route("/api/v1/staff", get(staff_list).post(staff_add))
+        .route("/api/v1/staff/{username}/{action}", post(staff_change))
+        .route("/api/v1/outlets", get(outlet_list).post(outlet_add))
+        .route("/api/v1/outlets/{id}/{action}", post(outlet_change))
         .route(
             "/api/v1/officer-proposals/{id}/confirm",
             post(officer_confirm),
@@ -90,14 +94,16 @@ pub fn router(state: Shared) -> Router {
         list, create, show, identity, organisation, domains, fee, decision, certificate,
         problem_report, problem_reports, problem_report_show, problem_report_preliminary,
         problem_report_decision, audit_export, personal_data_activate, session_create,
-        session_end, officer_proposals,
+        session_end, staff_list, staff_add, staff_change, outlet_list, outlet_add,
+        outlet_change, officer_proposals,
         officer_propose, officer_confirm, officer_withdraw
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
         OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult,
         NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision,
-        Activation, Activated, Proposal, ProposalOut, SignIn, SessionOut
+        Activation, Activated, Proposal, ProposalOut, SignIn, SessionOut, AccountOut, NewAccount,
+        Enrolment, StaffChange, OutletOut, OutletIn
     )),
     modifiers(&BearerAuth)
 )]
@@ -610,6 +616,259 @@ async fn fee(
 ) -> Result<StatusCode, ApiFailure> {
     ra::record_fee(&s.auth, &staff, &id, b.amount_cents, &b.method, &b.receipt).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A JSON body that may be absent (the actions that need none).
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiFailure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiFailure(Error::Invalid {
+            field: "body",
+            // Not serde's words: they may quote a value (a password).
+            reason: format!("not the expected JSON (line {}, column {})", e.line(), e.column()),
+        })
+    })
+}
+
+/// A staff account as admins see it.
+#[derive(Serialize, ToSchema)]
+pub struct AccountOut {
+    username: String,
+    display_name: String,
+    outlet: String,
+    role: String,
+    disabled: bool,
+    /// A role grant waiting for a second admin: who asked, and the role.
+    grant_requested_by: Option<String>,
+    grant_role: Option<String>,
+}
+
+/// The staff accounts (admins; a signed-in session's token).
+#[utoipa::path(get, path = "/api/v1/staff", responses((status = 200, body = [AccountOut]), (status = 403, body = ApiError)))]
+async fn staff_list(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+) -> Result<Json<Vec<AccountOut>>, ApiFailure> {
+    let list = ra::accounts(s.auth.store(), &staff).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|a| AccountOut {
+                username: a.username,
+                display_name: a.display_name,
+                outlet: a.outlet,
+                role: a.role,
+                disabled: a.disabled,
+                grant_requested_by: a.grant_requested_by,
+                grant_role: a.grant_role,
+            })
+            .collect(),
+    ))
+}
+
+/// A new member of staff.
+#[derive(Deserialize, ToSchema)]
+pub struct NewAccount {
+    username: String,
+    display_name: String,
+    outlet: String,
+    /// clerk, supervisor, officer, admin, operator, auditor or data_owner.
+    role: String,
+    /// The initial password (12 characters at least).
+    password: String,
+}
+
+/// The new member's authenticator enrolment, shown once.
+#[derive(Serialize, ToSchema)]
+pub struct Enrolment {
+    username: String,
+    /// Base32.
+    totp_secret: String,
+    otpauth: String,
+    /// A privileged role waits for a second admin: the account stays disabled until then.
+    grant_waits: bool,
+}
+
+/// Adds a member of staff (admins): the same rules as `/staff/admin` — a privileged role
+/// (admin, officer, auditor, data owner) waits for a second admin.
+#[utoipa::path(post, path = "/api/v1/staff", request_body = NewAccount,
+    responses((status = 201, body = Enrolment), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
+async fn staff_add(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Json(b): Json<NewAccount>,
+) -> Result<(StatusCode, Json<Enrolment>), ApiFailure> {
+    let password = zeroize::Zeroizing::new(b.password);
+    let role = ra::Role::parse(&b.role)?;
+    let vault = s.auth.staff_keys();
+    let new = ra::NewStaff {
+        username: b.username.trim(),
+        display_name: b.display_name.trim(),
+        outlet: b.outlet.trim(),
+        role,
+        password: &password,
+    };
+    let (_, secret, grant_waits) = ra::add_account(s.auth.store(), &vault, &staff, &new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Enrolment {
+            username: new.username.to_string(),
+            totp_secret: ca_core::totp::secret_base32(&secret),
+            otpauth: ca_core::totp::otpauth_uri("ecert", new.username, &secret),
+            grant_waits,
+        }),
+    ))
+}
+
+/// A change to an account.
+#[derive(Deserialize, ToSchema, Default)]
+pub struct StaffChange {
+    /// `role`: the new role.
+    #[serde(default)]
+    role: String,
+    /// `password`: the temporary password (the member chooses a new one at next sign-in).
+    #[serde(default)]
+    password: String,
+}
+
+/// Changes an account (admins): `disable`, `enable`, `approve` (a waiting role grant, by a
+/// second admin), `role`, `password` (reset), `totp` (a new authenticator secret, returned).
+#[utoipa::path(post, path = "/api/v1/staff/{username}/{action}", params(("username" = String, Path), ("action" = String, Path)),
+    request_body = StaffChange,
+    responses((status = 200, body = Object), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+async fn staff_change(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path((username, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiFailure> {
+    let b: StaffChange = optional_json(&body)?;
+    let store = s.auth.store();
+    let done = match action.as_str() {
+        "disable" => {
+            ra::set_disabled(store, &staff, &username, true).await?;
+            serde_json::json!({ "username": username, "disabled": true })
+        }
+        "enable" => {
+            ra::set_disabled(store, &staff, &username, false).await?;
+            serde_json::json!({ "username": username, "disabled": false })
+        }
+        "approve" => {
+            ra::approve_grant(store, &staff, &username).await?;
+            serde_json::json!({ "username": username, "granted": true })
+        }
+        "role" => {
+            let waits = ra::change_role(store, &staff, &username, &b.role).await?;
+            serde_json::json!({ "username": username, "role": b.role, "grant_waits": waits })
+        }
+        "password" => {
+            let password = zeroize::Zeroizing::new(b.password);
+            ra::reset_password(store, &staff, &username, &password).await?;
+            serde_json::json!({ "username": username, "password_reset": true })
+        }
+        "totp" => {
+            let vault = s.auth.staff_keys();
+            let secret = ra::new_totp(store, &vault, &staff, &username).await?;
+            serde_json::json!({
+                "username": username,
+                "totp_secret": ca_core::totp::secret_base32(&secret),
+                "otpauth": ca_core::totp::otpauth_uri("ecert", &username, &secret),
+            })
+        }
+        _ => return Err(ApiFailure(Error::NotFound)),
+    };
+    Ok(Json(done))
+}
+
+/// An outlet.
+#[derive(Serialize, ToSchema)]
+pub struct OutletOut {
+    id: String,
+    name_en: String,
+    name_zh: String,
+    closed: bool,
+}
+
+/// Every outlet, closed ones too (admins).
+#[utoipa::path(get, path = "/api/v1/outlets", responses((status = 200, body = [OutletOut]), (status = 403, body = ApiError)))]
+async fn outlet_list(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+) -> Result<Json<Vec<OutletOut>>, ApiFailure> {
+    let list = ra::all_outlets(s.auth.store(), &staff).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|(id, name_en, name_zh, closed)| OutletOut {
+                id,
+                name_en,
+                name_zh,
+                closed,
+            })
+            .collect(),
+    ))
+}
+
+/// A new outlet, or new names for one.
+#[derive(Deserialize, ToSchema, Default)]
+pub struct OutletIn {
+    /// Lowercase letters, digits and dashes (new outlets).
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name_en: String,
+    #[serde(default)]
+    name_zh: String,
+}
+
+/// Adds an outlet (admins).
+#[utoipa::path(post, path = "/api/v1/outlets", request_body = OutletIn,
+    responses((status = 201, body = Object), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
+async fn outlet_add(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Json(b): Json<OutletIn>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiFailure> {
+    ra::add_outlet(
+        s.auth.store(),
+        &staff,
+        b.id.trim(),
+        b.name_en.trim(),
+        b.name_zh.trim(),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "id": b.id.trim() })),
+    ))
+}
+
+/// Renames (`rename`, with both names) or closes (`close`) an outlet (admins).
+#[utoipa::path(post, path = "/api/v1/outlets/{id}/{action}", params(("id" = String, Path), ("action" = String, Path)),
+    request_body = OutletIn,
+    responses((status = 200, body = Object), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn outlet_change(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiFailure> {
+    let b: OutletIn = optional_json(&body)?;
+    let store = s.auth.store();
+    match action.as_str() {
+        "rename" => {
+            ra::change_outlet(
+                store,
+                &staff,
+                &id,
+                Some((b.name_en.trim(), b.name_zh.trim())),
+            )
+            .await?
+        }
+        "close" => ra::change_outlet(store, &staff, &id, None).await?,
+        _ => return Err(ApiFailure(Error::NotFound)),
+    }
+    Ok(Json(serde_json::json!({ "id": id, "done": action })))
 }
 
 /// A member's sign-in for the command line (`ecert login`).

@@ -2142,6 +2142,48 @@ async fn every_route_as_every_role_follows_the_matrix() {
             Some(A::AnswerProblemReports),
             false,
         ),
+        api(
+            "GET",
+            "/api/v1/staff".into(),
+            serde_json::json!(null),
+            Some(A::ManageStaff),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/staff".into(),
+            serde_json::json!({"username": "", "display_name": "", "outlet": "gpo", "role": "clerk", "password": ""}),
+            Some(A::ManageStaff),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/staff/nobody/disable".into(),
+            serde_json::json!(null),
+            Some(A::ManageStaff),
+            false,
+        ),
+        api(
+            "GET",
+            "/api/v1/outlets".into(),
+            serde_json::json!(null),
+            Some(A::ManageOutlets),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/outlets".into(),
+            serde_json::json!({"id": "Not An Id", "name_en": "x", "name_zh": "x"}),
+            Some(A::ManageOutlets),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/outlets/no-such-outlet/rename".into(),
+            serde_json::json!({"name_en": "x", "name_zh": "x"}),
+            Some(A::ManageOutlets),
+            false,
+        ),
         // Last: it ends the token's session.
         api(
             "DELETE",
