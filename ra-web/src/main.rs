@@ -131,6 +131,10 @@ enum Command {
     /// block, an issuing CA's revocation.
     #[command(subcommand)]
     Proposal(ProposalCommand),
+    /// Staff and outlet administration through the service, as the signed-in admin (the
+    /// rules of /staff/admin: a privileged role waits for a second admin).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Subscriber keys (also `ecert keys`).
     #[command(subcommand, visible_alias = "keys")]
     Key(KeyCommand),
@@ -384,6 +388,76 @@ enum ApplicationCommand {
         #[arg(long)]
         receipt: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Staff accounts.
+    #[command(subcommand)]
+    Staff(AdminStaffCommand),
+    /// Service outlets.
+    #[command(subcommand)]
+    Outlet(AdminOutletCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminStaffCommand {
+    /// Every account, with waiting grants.
+    List,
+    /// A new member: the initial password on standard input; prints the TOTP enrolment once.
+    Add {
+        #[arg(long)]
+        username: String,
+        /// Name shown on screens.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        outlet: String,
+        /// clerk, supervisor, officer, admin, operator, auditor or data_owner.
+        #[arg(long)]
+        role: String,
+    },
+    /// Disable an account (its sessions and tokens end).
+    Disable { username: String },
+    /// Enable an account.
+    Enable { username: String },
+    /// Approve a role grant another admin asked for.
+    Approve { username: String },
+    /// Change a member's role (a privileged one waits for a second admin).
+    Role {
+        username: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// Reset a member's password to a temporary one, read from standard input.
+    ResetPassword { username: String },
+    /// A new authenticator secret for a member (printed once).
+    NewTotp { username: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminOutletCommand {
+    /// Every outlet.
+    List,
+    /// A new outlet.
+    Add {
+        /// Lowercase letters, digits and dashes.
+        id: String,
+        #[arg(long)]
+        en: String,
+        #[arg(long)]
+        zh: String,
+    },
+    /// New names.
+    Rename {
+        id: String,
+        #[arg(long)]
+        en: String,
+        #[arg(long)]
+        zh: String,
+    },
+    /// Close: no new applications; existing ones stay readable to its staff.
+    Close { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -698,6 +772,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reject,
             } => approve(&application, reject).await,
             Command::Proposal(c) => proposal(c).await,
+            Command::Admin(c) => admin(c).await,
             Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
@@ -1129,6 +1204,166 @@ async fn proposal(c: ProposalCommand) -> anyhow::Result<()> {
         ProposalCommand::Withdraw { id } => {
             let path = format!("/api/v1/officer-proposals/{id}/withdraw");
             show_proposal(&api.call(Method::POST, &path, None).await?);
+        }
+    }
+    Ok(())
+}
+
+/// `ecert admin staff|outlet …`.
+async fn admin(c: AdminCommand) -> anyhow::Result<()> {
+    use axum::http::Method;
+    let api = client::Api::of(&client::current()?)?;
+    let p = client::printable;
+    let staff_path = |u: &str, action: &str| -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !u.is_empty()
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "{u:?} is not a user name"
+        );
+        Ok(format!("/api/v1/staff/{u}/{action}"))
+    };
+    let enrolment = |v: &serde_json::Value| {
+        outln!(
+            "totp_secret={}",
+            p(v["totp_secret"].as_str().unwrap_or_default())
+        );
+        outln!("otpauth={}", p(v["otpauth"].as_str().unwrap_or_default()));
+    };
+    match c {
+        AdminCommand::Staff(AdminStaffCommand::List) => {
+            let list = api.call(Method::GET, "/api/v1/staff", None).await?;
+            for a in list.as_array().into_iter().flatten() {
+                let s = |k: &str| p(a[k].as_str().unwrap_or_default());
+                outln!(
+                    "{}\t{}\t{}\t{}\t{}{}",
+                    s("username"),
+                    s("role"),
+                    s("outlet"),
+                    if a["disabled"].as_bool().unwrap_or_default() {
+                        "disabled"
+                    } else {
+                        "active"
+                    },
+                    s("display_name"),
+                    a["grant_role"]
+                        .as_str()
+                        .map(|r| format!(
+                            "\tgrant of {} waits (asked by {})",
+                            p(r),
+                            s("grant_requested_by")
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        AdminCommand::Staff(AdminStaffCommand::Add {
+            username,
+            name,
+            outlet,
+            role,
+        }) => {
+            let password = client::read_line("initial password")?;
+            let body = serde_json::json!({ "username": username, "display_name": name, "outlet": outlet, "role": role, "password": &*password });
+            let v = api.call(Method::POST, "/api/v1/staff", Some(&body)).await?;
+            outln!("staff {username}");
+            enrolment(&v);
+            if v["grant_waits"].as_bool().unwrap_or_default() {
+                outln!("the {role} role waits for a second admin's approval: the account is disabled until then");
+            }
+        }
+        AdminCommand::Staff(AdminStaffCommand::Disable { username }) => {
+            api.call(Method::POST, &staff_path(&username, "disable")?, None)
+                .await?;
+            outln!("staff {username} disabled");
+        }
+        AdminCommand::Staff(AdminStaffCommand::Enable { username }) => {
+            api.call(Method::POST, &staff_path(&username, "enable")?, None)
+                .await?;
+            outln!("staff {username} enabled");
+        }
+        AdminCommand::Staff(AdminStaffCommand::Approve { username }) => {
+            api.call(Method::POST, &staff_path(&username, "approve")?, None)
+                .await?;
+            outln!("{username}'s role granted");
+        }
+        AdminCommand::Staff(AdminStaffCommand::Role { username, role }) => {
+            let v = api
+                .call(
+                    Method::POST,
+                    &staff_path(&username, "role")?,
+                    Some(&serde_json::json!({ "role": role })),
+                )
+                .await?;
+            if v["grant_waits"].as_bool().unwrap_or_default() {
+                outln!("{username}'s move to {role} waits for a second admin's approval");
+            } else {
+                outln!("{username} is now {role}");
+            }
+        }
+        AdminCommand::Staff(AdminStaffCommand::ResetPassword { username }) => {
+            let password = client::read_line("temporary password")?;
+            api.call(
+                Method::POST,
+                &staff_path(&username, "password")?,
+                Some(&serde_json::json!({ "password": &*password })),
+            )
+            .await?;
+            outln!("{username}'s password reset: they choose a new one at their next sign-in");
+        }
+        AdminCommand::Staff(AdminStaffCommand::NewTotp { username }) => {
+            let v = api
+                .call(Method::POST, &staff_path(&username, "totp")?, None)
+                .await?;
+            enrolment(&v);
+        }
+        AdminCommand::Outlet(AdminOutletCommand::List) => {
+            let list = api.call(Method::GET, "/api/v1/outlets", None).await?;
+            for o in list.as_array().into_iter().flatten() {
+                let s = |k: &str| p(o[k].as_str().unwrap_or_default());
+                outln!(
+                    "{}\t{}\t{}{}",
+                    s("id"),
+                    s("name_en"),
+                    s("name_zh"),
+                    if o["closed"].as_bool().unwrap_or_default() {
+                        "\tclosed"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        AdminCommand::Outlet(AdminOutletCommand::Add { id, en, zh }) => {
+            let body = serde_json::json!({ "id": id, "name_en": en, "name_zh": zh });
+            api.call(Method::POST, "/api/v1/outlets", Some(&body))
+                .await?;
+            outln!("outlet {id} added");
+        }
+        AdminCommand::Outlet(AdminOutletCommand::Rename { id, en, zh }) => {
+            anyhow::ensure!(
+                id.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{id:?} is not an outlet id"
+            );
+            let body = serde_json::json!({ "name_en": en, "name_zh": zh });
+            api.call(
+                Method::POST,
+                &format!("/api/v1/outlets/{id}/rename"),
+                Some(&body),
+            )
+            .await?;
+            outln!("outlet {id} renamed");
+        }
+        AdminCommand::Outlet(AdminOutletCommand::Close { id }) => {
+            anyhow::ensure!(
+                id.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{id:?} is not an outlet id"
+            );
+            api.call(Method::POST, &format!("/api/v1/outlets/{id}/close"), None)
+                .await?;
+            outln!("outlet {id} closed: it takes no new applications");
         }
     }
     Ok(())

@@ -627,7 +627,11 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
         ApiFailure(Error::Invalid {
             field: "body",
             // Not serde's words: they may quote a value (a password).
-            reason: format!("not the expected JSON (line {}, column {})", e.line(), e.column()),
+            reason: format!(
+                "not the expected JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         })
     })
 }

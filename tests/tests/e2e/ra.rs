@@ -2121,3 +2121,169 @@ pub(crate) fn session_token(addr: &str, username: &str, totp: &str) -> String {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     v["token"].as_str().unwrap().to_string()
 }
+
+/// `init --admin` makes the first two admins, with their passwords on standard input; returns
+/// their TOTP secrets.
+fn two_admins(ca: &Ca) -> (String, String) {
+    let mut secrets = Vec::new();
+    for (name, password) in [
+        ("admin1", "admin one's password"),
+        ("admin2", "admin two's password"),
+    ] {
+        let mut c = ca.command(&["init", "--admin", name], &[]);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{password}\n").as_bytes())
+                .unwrap();
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        secrets.push(
+            out.lines()
+                .find_map(|l| l.strip_prefix("totp_secret="))
+                .unwrap_or_else(|| panic!("{out}"))
+                .to_string(),
+        );
+    }
+    (secrets[0].clone(), secrets[1].clone())
+}
+
+/// Issue 14: staff and outlet administration from the command line goes through the running
+/// service as a named admin, under the page's rules: admin 1 adds an outlet and an officer, whose
+/// grant waits (the account stays disabled and cannot sign in); admin 1 cannot approve their own
+/// request; admin 2 approves; the officer then signs in. An integration's long-lived token (no
+/// second factor) administers nothing.
+#[test]
+fn the_command_line_administers_staff_through_the_service_with_two_admins() {
+    let ca = Ca::init();
+    let (totp1, totp2) = two_admins(&ca);
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let url = format!("http://{}", server.1);
+    let (home1, home2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let err = |o: std::process::Output| {
+        assert!(!o.status.success(), "{}", show(&o));
+        String::from_utf8(o.stderr).unwrap()
+    };
+    ok(cli(
+        home1.path(),
+        &["login", "--server", &url, "--username", "admin1"],
+        &format!("admin one's password\n{}\n", totp_now(&totp1)),
+    ));
+    ok(cli(
+        home1.path(),
+        &[
+            "admin",
+            "outlet",
+            "add",
+            "gpo",
+            "--en",
+            "General Post Office",
+            "--zh",
+            "郵政總局",
+        ],
+        "",
+    ));
+    let out = ok(cli(
+        home1.path(),
+        &[
+            "admin",
+            "staff",
+            "add",
+            "--username",
+            "officer1",
+            "--name",
+            "Officer One",
+            "--outlet",
+            "gpo",
+            "--role",
+            "officer",
+        ],
+        "a counter password 123\n",
+    ));
+    assert!(out.contains("waits for a second admin"), "{out}");
+    let officer_totp = out
+        .lines()
+        .find_map(|l| l.strip_prefix("totp_secret="))
+        .unwrap()
+        .to_string();
+    let list = ok(cli(home1.path(), &["admin", "staff", "list"], ""));
+    assert!(
+        list.contains("officer1\tclerk\tgpo\tdisabled")
+            || list.contains("officer1\tofficer\tgpo\tdisabled"),
+        "{list}"
+    );
+    assert!(
+        list.contains("grant of officer waits (asked by admin1)"),
+        "{list}"
+    );
+    // Disabled until the grant: no sign-in.
+    let r = http(
+        &server.1,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        serde_json::json!({"username": "officer1", "password": "a counter password 123", "code": totp_now(&officer_totp)})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 401, "{}", text(&r));
+    let e = err(cli(
+        home1.path(),
+        &["admin", "staff", "approve", "officer1"],
+        "",
+    ));
+    assert!(e.contains("second admin"), "{e}");
+    ok(cli(
+        home2.path(),
+        &["login", "--server", &url, "--username", "admin2"],
+        &format!("admin two's password\n{}\n", totp_now(&totp2)),
+    ));
+    ok(cli(
+        home2.path(),
+        &["admin", "staff", "approve", "officer1"],
+        "",
+    ));
+    let list = ok(cli(home2.path(), &["admin", "staff", "list"], ""));
+    assert!(list.contains("officer1\tofficer\tgpo\tactive"), "{list}");
+    // An integration's token cannot administer, whatever its scopes.
+    let token = ca.ecert_ok(&[
+        "staff",
+        "token",
+        "--username",
+        "admin1",
+        "--days",
+        "1",
+        "--scopes",
+        "read,enter,decide",
+    ]);
+    let (st, e) = api(&server.1, "GET", "/api/v1/staff", token.trim(), None);
+    assert_eq!(st, 403, "{e}");
+    drop(server);
+    let kinds = ca.sql_query(
+        "SELECT kind || ' ' || actor FROM audit_log WHERE kind IN ('ra.outlet.added', 'ra.staff.created', 'ra.staff.role_granted') AND actor LIKE 'staff:%' ORDER BY seq",
+    );
+    assert_eq!(
+        kinds.lines().collect::<Vec<_>>(),
+        [
+            "ra.outlet.added staff:admin1",
+            "ra.staff.created staff:admin1",
+            "ra.staff.role_granted staff:admin2"
+        ],
+        "{kinds}"
+    );
+}
