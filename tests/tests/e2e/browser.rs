@@ -370,3 +370,103 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Signs in at /staff/login in the browser.
+fn staff_sign_in(b: &Chrome, base: &str, username: &str, totp: &str) {
+    b.goto(&format!("{base}/staff/login"));
+    b.fill("#username", username);
+    b.fill("#password", "a counter password 123");
+    b.fill("#code", &totp_now(totp));
+    b.click("#sign-in");
+    b.wait_until(
+        "return !!document.getElementById('role');",
+        "the staff home page",
+    );
+}
+
+/// Issue 14, in real Chromium: one officer proposes a mass revocation on /staff/officer, sees
+/// no button to confirm it themself; a second officer, signed in after the first signs out,
+/// sees exactly which serials it names and confirms it; the certificates are revoked. A data
+/// owner's home links to /staff/personal-data, which says the keys are activated.
+#[test]
+fn browser_two_officers_and_the_data_owner() {
+    use crate::ra::add_staff;
+    let ca = Ca::init();
+    add_gpo(&ca);
+    let totp1 = add_staff(&ca, "officer1", "gpo", "officer");
+    let totp2 = add_staff(&ca, "officer2", "gpo", "officer");
+    let totp_owner = add_staff(&ca, "owner1", "gpo", "data_owner");
+    let p = crate::common::personal();
+    let leaves: Vec<_> = (0..2)
+        .map(|i| {
+            ca.issue(
+                p.profile,
+                &ca.csr(&format!("browser-mass-{i}"), KeyType::P256).csr,
+                &p.args,
+                "to revoke from the page",
+            )
+        })
+        .collect();
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let base = format!("http://{}", server.1);
+    let b = Chrome::start(&screenshots("browser-officers"));
+
+    staff_sign_in(&b, &base, "officer1", &totp1);
+    b.click("#officer-link");
+    b.fill(
+        "#serials",
+        &format!("{}\n{}", leaves[0].serial, leaves[1].serial),
+    );
+    b.eval("document.getElementById('mass-reason').value = 'cessationOfOperation'; return true;");
+    b.click("#propose-mass button[type=submit]");
+    b.wait_until(
+        "const m = document.getElementById('message'); return !!m && m.textContent.startsWith('revoke 2 certificate(s)');",
+        "the proposal",
+    );
+    b.screenshot("proposed");
+    assert_eq!(
+        b.eval("return document.querySelectorAll('#proposals tr[data-state=pending] button.confirm').length;"),
+        serde_json::json!(0),
+        "the proposer is offered a confirm button"
+    );
+    b.goto(&format!("{base}/staff"));
+    b.click("#sign-out");
+
+    staff_sign_in(&b, &base, "officer2", &totp2);
+    b.goto(&format!("{base}/staff/officer"));
+    // The exact list sits in a <details> under the summary.
+    let listed = b.eval(
+        "return document.querySelector('#proposals tr[data-state=pending] pre.params').textContent;",
+    );
+    let listed = listed.as_str().unwrap_or_default();
+    assert!(
+        listed.contains(&leaves[0].serial) && listed.contains(&leaves[1].serial),
+        "the second officer sees what they confirm: {listed}"
+    );
+    b.screenshot("to-confirm");
+    b.click("#proposals tr[data-state=pending] button.confirm");
+    b.wait_until(
+        "const m = document.getElementById('message'); return !!m && m.textContent.startsWith('2 revoked');",
+        "the revocation",
+    );
+    b.screenshot("confirmed");
+    for leaf in &leaves {
+        let shown = ca.cert_show(&leaf.serial);
+        assert!(
+            shown.values().any(|v| v.contains("cessationOfOperation")),
+            "{shown:?}"
+        );
+    }
+    b.goto(&format!("{base}/staff"));
+    b.click("#sign-out");
+
+    staff_sign_in(&b, &base, "owner1", &totp_owner);
+    b.click("#personal-data-link");
+    b.wait_until(
+        "const e = document.getElementById('pii-status'); return !!e && e.dataset.status === 'activated';",
+        "the personal-data page",
+    );
+    b.screenshot("personal-data");
+}
