@@ -433,6 +433,21 @@ enum AdminStaffCommand {
     ResetPassword { username: String },
     /// A new authenticator secret for a member (printed once).
     NewTotp { username: String },
+    /// An integration token acting as the member within its scopes (printed once).
+    Token {
+        username: String,
+        /// What it is for.
+        #[arg(long, default_value = "integration")]
+        label: String,
+        /// How many days it lasts (1 to 366).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// read, enter, decide, activate (comma-separated).
+        #[arg(long)]
+        scopes: String,
+    },
+    /// Revoke every API token of a member.
+    RevokeTokens { username: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1310,6 +1325,24 @@ async fn admin(c: AdminCommand) -> anyhow::Result<()> {
             )
             .await?;
             outln!("{username}'s password reset: they choose a new one at their next sign-in");
+        }
+        AdminCommand::Staff(AdminStaffCommand::Token {
+            username,
+            label,
+            days,
+            scopes,
+        }) => {
+            let body = serde_json::json!({ "label": label, "days": days, "scopes": scopes });
+            let v = api
+                .call(Method::POST, &staff_path(&username, "token")?, Some(&body))
+                .await?;
+            outln!("{}", p(v["token"].as_str().unwrap_or_default()));
+        }
+        AdminCommand::Staff(AdminStaffCommand::RevokeTokens { username }) => {
+            let v = api
+                .call(Method::POST, &staff_path(&username, "revoke-tokens")?, None)
+                .await?;
+            outln!("{} API tokens of {username} revoked", v["revoked"]);
         }
         AdminCommand::Staff(AdminStaffCommand::NewTotp { username }) => {
             let v = api

@@ -734,10 +734,21 @@ pub struct StaffChange {
     /// `password`: the temporary password (the member chooses a new one at next sign-in).
     #[serde(default)]
     password: String,
+    /// `token`: what the member's integration token is called ...
+    #[serde(default)]
+    label: String,
+    /// ... how many days it lasts (1 to 366) ...
+    #[serde(default)]
+    days: u32,
+    /// ... and what it may do: read, enter, decide, activate (comma-separated).
+    #[serde(default)]
+    scopes: String,
 }
 
 /// Changes an account (admins): `disable`, `enable`, `approve` (a waiting role grant, by a
-/// second admin), `role`, `password` (reset), `totp` (a new authenticator secret, returned).
+/// second admin), `role`, `password` (reset), `totp` (a new authenticator secret, returned),
+/// `token` (an integration token acting as the member within its scopes, returned once; never
+/// the `session` scope), `revoke-tokens`.
 #[utoipa::path(post, path = "/api/v1/staff/{username}/{action}", params(("username" = String, Path), ("action" = String, Path)),
     request_body = StaffChange,
     responses((status = 200, body = Object), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
@@ -770,6 +781,31 @@ async fn staff_change(
             let password = zeroize::Zeroizing::new(b.password);
             ra::reset_password(store, &staff, &username, &password).await?;
             serde_json::json!({ "username": username, "password_reset": true })
+        }
+        "token" => {
+            staff.authorize(ra::Action::ManageStaff)?;
+            let scopes = ra::Scopes::parse(&b.scopes)?;
+            let label = if b.label.trim().is_empty() {
+                "integration"
+            } else {
+                b.label.trim()
+            };
+            let token = ra::create_api_token(
+                store,
+                &username,
+                label,
+                b.days,
+                scopes,
+                &format!("staff:{}", staff.username),
+            )
+            .await?;
+            serde_json::json!({ "username": username, "token": token, "scopes": scopes.names() })
+        }
+        "revoke-tokens" => {
+            staff.authorize(ra::Action::ManageStaff)?;
+            let n = ra::revoke_api_tokens(store, &username, &format!("staff:{}", staff.username))
+                .await?;
+            serde_json::json!({ "username": username, "revoked": n })
         }
         "totp" => {
             let vault = s.auth.staff_keys();
