@@ -152,95 +152,9 @@ enum Command {
     /// A remote network perspective for domain validation and CAA (TLS BR §3.2.2.9).
     #[command(subcommand)]
     Perspective(PerspectiveCommand),
-    /// Service outlets where identity is checked (registration authority).
-    #[command(subcommand)]
-    Outlet(OutletCommand),
-    /// Counter staff accounts (registration authority).
-    #[command(subcommand)]
-    Staff(StaffCommand),
     /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
     #[command(subcommand, hide = true)]
     Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum OutletCommand {
-    /// Add an outlet (idempotent).
-    Add {
-        /// Short id, e.g. `gpo`.
-        id: String,
-        /// English name.
-        #[arg(long)]
-        en: String,
-        /// Chinese name.
-        #[arg(long)]
-        zh: String,
-    },
-    /// List the outlets.
-    List,
-}
-
-#[derive(Debug, Subcommand)]
-enum StaffCommand {
-    /// Add a staff account. The password is read from the first line of standard input; the
-    /// TOTP secret to enrol in an authenticator app is printed once.
-    Add {
-        /// Sign-in name.
-        #[arg(long)]
-        username: String,
-        /// Name shown on screens.
-        #[arg(long)]
-        name: String,
-        /// Outlet id.
-        #[arg(long)]
-        outlet: String,
-        /// clerk, supervisor, officer, admin, operator, auditor or data_owner (docs/ROLES.md).
-        #[arg(long, default_value = "clerk")]
-        role: String,
-    },
-    /// List staff accounts.
-    List,
-    /// Disable an account (ends its sessions; its API tokens stop working).
-    Disable {
-        /// User name.
-        #[arg(long)]
-        username: String,
-    },
-    /// Enable a disabled account again.
-    Enable {
-        /// User name.
-        #[arg(long)]
-        username: String,
-    },
-    /// A new TOTP secret (lost authenticator); printed once; ends the member's sessions.
-    ResetTotp {
-        /// User name.
-        #[arg(long)]
-        username: String,
-    },
-    /// Revoke every API token of a member.
-    RevokeTokens {
-        /// User name.
-        #[arg(long)]
-        username: String,
-    },
-    /// Make a JSON API token acting as a staff member (printed once).
-    Token {
-        /// The staff member's user name.
-        #[arg(long)]
-        username: String,
-        /// What the token is for (shown in the audit trail).
-        #[arg(long, default_value = "api")]
-        label: String,
-        /// Days until it expires (1 to 366).
-        #[arg(long, default_value_t = 90)]
-        days: u32,
-        /// What it may do, comma-separated: `read` (applications, certificates), `enter`
-        /// (walk-in applications, counter checks, fees, domain checks), `decide` (approve,
-        /// reject). Give only what the integration needs.
-        #[arg(long)]
-        scopes: String,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -821,112 +735,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Perspective(PerspectiveCommand::Serve(args)) => {
                 perspective::serve(config.dcv.clone(), args).await
             }
-            Command::Outlet(OutletCommand::Add { id, en, zh }) => {
-                let store = open_store(&config).await?;
-                ca_core::ra::ensure_outlet(&store, &id, &en, &zh, &actor()).await?;
-                outln!("outlet {id}");
-                Ok(())
-            }
-            Command::Outlet(OutletCommand::List) => {
-                let store = open_store(&config).await?;
-                for (id, en, zh) in ca_core::ra::outlets(&store).await? {
-                    outln!("{id}\t{en}\t{zh}");
-                }
-                Ok(())
-            }
-            Command::Staff(StaffCommand::List) => {
-                let store = open_store(&config).await?;
-                for r in ca_core::ra::list_staff(&store).await? {
-                    outln!(
-                        "{}\t{}\t{}\t{}\t{}",
-                        r.username,
-                        r.role,
-                        r.outlet,
-                        if r.disabled { "disabled" } else { "active" },
-                        r.display_name
-                    );
-                }
-                Ok(())
-            }
-            Command::Staff(StaffCommand::Disable { username }) => {
-                let store = open_store(&config).await?;
-                ca_core::ra::set_staff_disabled(&store, &username, true, &actor()).await?;
-                outln!("staff {username} disabled");
-                Ok(())
-            }
-            Command::Staff(StaffCommand::Enable { username }) => {
-                let store = open_store(&config).await?;
-                ca_core::ra::set_staff_disabled(&store, &username, false, &actor()).await?;
-                outln!("staff {username} enabled");
-                Ok(())
-            }
-            Command::Staff(StaffCommand::ResetTotp { username }) => {
-                let (store, vault) = Authority::open_staff_keys(&config).await?;
-                let secret = ca_core::ra::reset_totp(&store, &vault, &username, &actor()).await?;
-                outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
-                outln!(
-                    "otpauth={}",
-                    ca_core::totp::otpauth_uri("ecert", &username, &secret)
-                );
-                Ok(())
-            }
-            Command::Staff(StaffCommand::RevokeTokens { username }) => {
-                let store = open_store(&config).await?;
-                let n = ca_core::ra::revoke_api_tokens(&store, &username, &actor()).await?;
-                outln!("{n} API tokens of {username} revoked");
-                Ok(())
-            }
-            Command::Staff(StaffCommand::Token {
-                username,
-                label,
-                days,
-                scopes,
-            }) => {
-                let scopes = ca_core::ra::Scopes::parse(&scopes)?;
-                let store = open_store(&config).await?;
-                let token = ca_core::ra::create_api_token(
-                    &store,
-                    &username,
-                    &label,
-                    days,
-                    scopes,
-                    &actor(),
-                )
-                .await?;
-                outln!("{token}");
-                Ok(())
-            }
-            Command::Staff(StaffCommand::Add {
-                username,
-                name,
-                outlet,
-                role,
-            }) => {
-                let mut password = zeroize::Zeroizing::new(String::new());
-                std::io::stdin()
-                    .read_line(&mut password)
-                    .context("reading the password from standard input")?;
-                let password = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string());
-                let role = ca_core::ra::Role::parse(&role)?;
-                // Needs only the database and the vault's HSM keys, not the signer lock: it
-                // works while `ecert serve` runs.
-                let (store, vault) = Authority::open_staff_keys(&config).await?;
-                let new = ca_core::ra::NewStaff {
-                    username: &username,
-                    display_name: &name,
-                    outlet: &outlet,
-                    role,
-                    password: &password,
-                };
-                let (id, secret) = ca_core::ra::create_staff(&store, &vault, &new, &actor()).await?;
-                outln!("staff {username} ({id})");
-                outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
-                outln!(
-                    "otpauth={}",
-                    ca_core::totp::otpauth_uri("ecert", &username, &secret)
-                );
-                Ok(())
-            }
             Command::Ocsp(cmd) => ocsp(config, cmd).await,
             Command::Crl(CrlCommand::Export { name }) => {
                 let store = open_store(&config).await?;
@@ -960,6 +768,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
+    // An initialised installation's first admins need only the database and the staff-auth
+    // key, not the signer lock: `init --admin` then works while `ecert serve` runs.
+    if let Some(username) = &a.admin {
+        if initialised(&config).await {
+            let (store, vault) = Authority::open_staff_keys(&config).await?;
+            return first_admin(&store, &vault, username, &a.admin_name, &a.admin_outlet).await;
+        }
+    }
     let (auth, report) = Authority::init(config).await?;
     for role in &report.created {
         outln!("created {} CA", role.name());
@@ -968,7 +784,14 @@ async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
         outln!("{} CA already exists", role.name());
     }
     if let Some(username) = &a.admin {
-        let made = first_admin(&auth, username, &a.admin_name, &a.admin_outlet).await;
+        let made = first_admin(
+            auth.store(),
+            &auth.staff_keys(),
+            username,
+            &a.admin_name,
+            &a.admin_outlet,
+        )
+        .await;
         if let Err(e) = made {
             checkpoint(&auth).await;
             return Err(e);
@@ -1463,12 +1286,12 @@ const BOOTSTRAP_ADMINS: usize = 2;
 
 /// `init --admin`: one of the first two admins, only while fewer exist.
 async fn first_admin(
-    auth: &Authority,
+    store: &Store,
+    vault: &ca_core::pii::Vault,
     username: &str,
     name: &str,
     outlet: &str,
 ) -> anyhow::Result<()> {
-    let store = auth.store();
     let admins = ca_core::ra::list_staff(store)
         .await?
         .into_iter()
@@ -1491,8 +1314,7 @@ async fn first_admin(
         role: ca_core::ra::Role::Admin,
         password: &password,
     };
-    let vault = auth.staff_keys();
-    let (id, secret) = ca_core::ra::create_staff(store, &vault, &new, &actor()).await?;
+    let (id, secret) = ca_core::ra::create_staff(store, vault, &new, &actor()).await?;
     outln!("admin {username} ({id})");
     outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
     outln!(
@@ -1635,6 +1457,14 @@ fn pem_cert(der: &[u8]) -> String {
 }
 
 /// The store of an initialised CA, for read-only commands.
+/// Whether the data directory holds an initialised CA (without creating anything).
+async fn initialised(config: &Config) -> bool {
+    match open_store(config).await {
+        Ok(store) => matches!(store.ca("root").await, Ok(Some(_))),
+        Err(_) => false,
+    }
+}
+
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     // The embedded default: no database file means no CA (and a read-only command must not
     // create one).

@@ -20,11 +20,63 @@ fn make_legacy_custody_fixture() {
     let out =
         std::path::PathBuf::from(std::env::var("ECERT_FIXTURE_OUT").expect("ECERT_FIXTURE_OUT"));
     let ca = Ca::init();
-    add_gpo(&ca);
-    let totp_clerk = add_staff(&ca, "clerk1", "gpo", "clerk");
-    let totp_officer = add_staff(&ca, "officer1", "gpo", "officer");
-    let token = ca
-        .ecert_ok(&[
+    // That version's direct data-directory commands (since replaced by the service's API).
+    let legacy = |args: &[&str], stdin: &str| -> String {
+        use std::io::Write;
+        let mut c = ca.command(args, &[]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", ecert_e2e::show(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    legacy(
+        &[
+            "outlet",
+            "add",
+            "gpo",
+            "--en",
+            "General Post Office",
+            "--zh",
+            "郵政總局",
+        ],
+        "",
+    );
+    let mut totps = Vec::new();
+    for (user, role) in [("clerk1", "clerk"), ("officer1", "officer")] {
+        let out = legacy(
+            &[
+                "staff",
+                "add",
+                "--username",
+                user,
+                "--name",
+                "Clerk One",
+                "--outlet",
+                "gpo",
+                "--role",
+                role,
+            ],
+            "a counter password 123\n",
+        );
+        totps.push(
+            out.lines()
+                .find_map(|l| l.strip_prefix("totp_secret="))
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (totp_clerk, totp_officer) = (totps[0].clone(), totps[1].clone());
+    let token = legacy(
+        &[
             "staff",
             "token",
             "--username",
@@ -33,9 +85,11 @@ fn make_legacy_custody_fixture() {
             "1",
             "--scopes",
             "read,enter",
-        ])
-        .trim()
-        .to_string();
+        ],
+        "",
+    )
+    .trim()
+    .to_string();
     let p = crate::common::personal();
     let leaf = ca.issue(
         p.profile,
@@ -126,18 +180,7 @@ fn sign_in(addr: &str, username: &str, totp: &str) -> String {
 }
 
 fn staff_token(ca: &Ca, username: &str, scopes: &str) -> String {
-    ca.ecert_ok(&[
-        "staff",
-        "token",
-        "--username",
-        username,
-        "--days",
-        "1",
-        "--scopes",
-        scopes,
-    ])
-    .trim()
-    .to_string()
+    crate::ra::staff_token(ca, username, scopes, 1)
 }
 
 fn healthz(addr: &str) -> serde_json::Value {

@@ -262,18 +262,7 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
     // decides (nobody approves what they entered or checked).
     let token_of = |clerk: &str, scopes: &str| {
         add_clerk(&ca, clerk, "gpo");
-        ca.ecert_ok(&[
-            "staff",
-            "token",
-            "--username",
-            clerk,
-            "--days",
-            "1",
-            "--scopes",
-            scopes,
-        ])
-        .trim()
-        .to_string()
+        crate::ra::staff_token(&ca, clerk, scopes, 1)
     };
     let entering = token_of("clerk1", "read,enter");
     let token = token_of("clerk2", "read,decide");

@@ -191,60 +191,144 @@ pub(crate) fn ocsp_status(
     )
 }
 
-/// `ecert outlet add gpo` (General Post Office).
-pub(crate) fn add_gpo(ca: &Ca) {
-    ca.ecert_ok(&[
-        "outlet",
-        "add",
-        "gpo",
-        "--en",
-        "General Post Office",
-        "--zh",
-        "郵政總局",
-    ]);
+/// Runs `f` with the address of this installation's signing service: the one a test started,
+/// or one started for the purpose and stopped after (staff and outlet administration go
+/// through the service, as named admins: issue 14).
+pub(crate) fn with_service<T>(ca: &Ca, f: impl FnOnce(&str) -> T) -> T {
+    if let Ok(addr) = std::fs::read_to_string(ca.data_dir().join(".e2e-serving")) {
+        return f(addr.trim());
+    }
+    let server = crate::serve::start(ca);
+    let out = f(&server.1);
+    drop(server);
+    out
 }
 
-/// `ecert staff add` with the password on standard input; returns the TOTP secret (base32).
+/// The harness's admins (the first two, made by `ecert init --admin`): admin `n`'s session
+/// token, signed in once per installation (a TOTP code counts once) and kept in the scratch
+/// directory.
+fn admin_token(ca: &Ca, addr: &str, n: u8) -> String {
+    let token_file = ca.file(&format!("e2e-admin{n}.token"));
+    if let Ok(t) = std::fs::read_to_string(&token_file) {
+        return t;
+    }
+    let totp_file = ca.file(&format!("e2e-admin{n}.totp"));
+    if !totp_file.exists() {
+        for k in 1..=2u8 {
+            let mut c = ca.command(&["init", "--admin", &format!("e2e-admin{k}")], &[]);
+            c.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(b"an e2e admin password\n")
+                    .unwrap();
+            }
+            let o = child.wait_with_output().unwrap();
+            assert!(o.status.success(), "init --admin: {}", show(&o));
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let secret = out
+                .lines()
+                .find_map(|l| l.strip_prefix("totp_secret="))
+                .unwrap_or_else(|| panic!("{out}"));
+            std::fs::write(ca.file(&format!("e2e-admin{k}.totp")), secret).unwrap();
+        }
+    }
+    let totp = std::fs::read_to_string(&totp_file).unwrap();
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        serde_json::json!({"username": format!("e2e-admin{n}"), "password": "an e2e admin password", "code": totp_now(&totp)})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 201, "e2e-admin{n} signs in: {}", text(&r));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    std::fs::write(&token_file, &token).unwrap();
+    token
+}
+
+/// An admin's call to the JSON API, through the service; asserts a 2xx answer.
+pub(crate) fn as_admin(
+    ca: &Ca,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    with_service(ca, |addr| {
+        let token = admin_token(ca, addr, 1);
+        let (st, v) = api(addr, method, path, &token, body);
+        assert!((200..300).contains(&st), "{method} {path}: {st} {v}");
+        v
+    })
+}
+
+/// The General Post Office outlet, added by an admin through the service.
+pub(crate) fn add_gpo(ca: &Ca) {
+    as_admin(
+        ca,
+        "POST",
+        "/api/v1/outlets",
+        Some(
+            serde_json::json!({"id": "gpo", "name_en": "General Post Office", "name_zh": "郵政總局"}),
+        ),
+    );
+}
+
+/// A clerk, added by an admin through the service; returns the TOTP secret (base32).
 pub(crate) fn add_clerk(ca: &Ca, username: &str, outlet: &str) -> String {
     add_staff(ca, username, outlet, "clerk")
 }
 
-/// `ecert staff add --role ROLE`; returns the TOTP secret.
+/// A member of staff with `role`, added by an admin through the service (a privileged role
+/// approved by the second admin); returns the TOTP secret. The password is "a counter password
+/// 123".
 pub(crate) fn add_staff(ca: &Ca, username: &str, outlet: &str, role: &str) -> String {
-    let mut add = ca.command(
-        &[
-            "staff",
-            "add",
-            "--username",
-            username,
-            "--name",
-            "Clerk One",
-            "--outlet",
-            outlet,
-            "--role",
-            role,
-        ],
-        &[],
-    );
-    add.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = add.spawn().unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"a counter password 123\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", show(&out));
-    let out = String::from_utf8(out.stdout).unwrap();
-    out.lines()
-        .find_map(|l| l.strip_prefix("totp_secret="))
-        .unwrap_or_else(|| panic!("{out}"))
+    with_service(ca, |addr| {
+        let t1 = admin_token(ca, addr, 1);
+        let (st, v) = api(
+            addr,
+            "POST",
+            "/api/v1/staff",
+            &t1,
+            Some(
+                serde_json::json!({"username": username, "display_name": "Clerk One", "outlet": outlet, "role": role, "password": "a counter password 123"}),
+            ),
+        );
+        assert_eq!(st, 201, "adding {username}: {v}");
+        if v["grant_waits"].as_bool().unwrap_or_default() {
+            let t2 = admin_token(ca, addr, 2);
+            let (st, e) = api(
+                addr,
+                "POST",
+                &format!("/api/v1/staff/{username}/approve"),
+                &t2,
+                None,
+            );
+            assert_eq!(st, 200, "approving {username}: {e}");
+        }
+        v["totp_secret"].as_str().unwrap().to_string()
+    })
+}
+
+/// An integration token of a member, made by an admin through the service.
+pub(crate) fn staff_token(ca: &Ca, username: &str, scopes: &str, days: u32) -> String {
+    as_admin(
+        ca,
+        "POST",
+        &format!("/api/v1/staff/{username}/token"),
+        Some(serde_json::json!({"label": "e2e", "days": days, "scopes": scopes})),
+    )["token"]
+        .as_str()
+        .unwrap()
         .to_string()
 }
 
@@ -332,67 +416,65 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         )
         .status
     };
-    let super_token = ca.ecert_ok(&[
-        "staff",
-        "token",
-        "--username",
-        "super1",
-        "--scopes",
-        "read",
-        "--days",
-        "1",
-    ]);
+    let super_token = staff_token(&ca, "super1", "read", 1);
     assert_eq!(api_list(&super_token), 200);
-    // A token's scopes are chosen when it is made: none, or an unknown one, is refused.
-    let err = ca.ecert_err(&["staff", "token", "--username", "super1", "--scopes", "all"]);
-    assert!(err.contains("scopes"), "{err}");
-    ca.ecert_ok(&["staff", "disable", "--username", "super1"]);
-    let list = ca.ecert_ok(&["staff", "list"]);
+    // A token's scopes are chosen when it is made: none, an unknown one or `session` (only a
+    // signed-in person's) is refused.
+    let admin = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        with_service(&ca, |addr| {
+            let t = admin_token(&ca, addr, 1);
+            api(addr, method, path, &t, body)
+        })
+    };
+    for scopes in ["all", "", "read,session"] {
+        let (st, e) = admin(
+            "POST",
+            "/api/v1/staff/super1/token",
+            Some(serde_json::json!({"days": 1, "scopes": scopes})),
+        );
+        assert_eq!(st, 422, "{scopes:?}: {e}");
+        assert!(e.to_string().contains("scopes"), "{e}");
+    }
+    admin("POST", "/api/v1/staff/super1/disable", None);
+    let (_, list) = admin("GET", "/api/v1/staff", None);
+    let row = |u: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["username"] == u)
+            .cloned()
+            .unwrap_or_else(|| panic!("{list}"))
+    };
+    assert_eq!(row("super1")["disabled"], true, "{list}");
+    assert_eq!(row("clerk1")["disabled"], false, "{list}");
+    assert_eq!(row("clerk1")["outlet"], "gpo", "{list}");
+    let (st, reset) = admin("POST", "/api/v1/staff/super1/totp", None);
+    assert_eq!(st, 200, "{reset}");
     assert!(
-        list.contains("super1\tclerk\tgpo\tdisabled")
-            && list.contains("clerk1\tclerk\tgpo\tactive"),
-        "{list}"
-    );
-    let reset = ca.ecert_ok(&["staff", "reset-totp", "--username", "super1"]);
-    assert!(
-        reset.contains("totp_secret=") && !reset.contains(&supervisor),
+        reset["totp_secret"]
+            .as_str()
+            .is_some_and(|t| t != supervisor),
         "{reset}"
     );
     // Disabling a member revoked their API tokens for good (issue 11, defect 7); so does a
     // new TOTP secret.
-    ca.ecert_ok(&["staff", "enable", "--username", "super1"]);
+    admin("POST", "/api/v1/staff/super1/enable", None);
     assert_eq!(
         api_list(&super_token),
         401,
         "a disabled member's token still works"
     );
-    let super_token = ca.ecert_ok(&[
-        "staff",
-        "token",
-        "--username",
-        "super1",
-        "--scopes",
-        "read",
-        "--days",
-        "1",
-    ]);
+    let super_token = staff_token(&ca, "super1", "read", 1);
     assert_eq!(api_list(&super_token), 200);
-    ca.ecert_ok(&["staff", "reset-totp", "--username", "super1"]);
-    assert_eq!(api_list(&super_token), 401, "a token survived reset-totp");
+    admin("POST", "/api/v1/staff/super1/totp", None);
+    assert_eq!(
+        api_list(&super_token),
+        401,
+        "a token survived a new TOTP secret"
+    );
 
-    // An integrator's token (made by the CLI while the service runs) sees the application.
-    let token = ca.ecert_ok(&[
-        "staff",
-        "token",
-        "--username",
-        "clerk1",
-        "--label",
-        "e2e",
-        "--days",
-        "1",
-        "--scopes",
-        "read,enter,decide",
-    ]);
+    // An integrator's token (made by an admin while the service runs) sees the application.
+    let token = staff_token(&ca, "clerk1", "read,enter,decide", 1);
     let r = http(
         addr,
         "GET",
@@ -622,7 +704,7 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     let dump = ca.dump_database();
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
-        dump.contains(&reference) && logs.contains("CRL published"),
+        dump.contains(&reference) && logs.contains("certificate issued"),
         "the dump and logs are not what was searched"
     );
     for (what, needle) in [
@@ -749,22 +831,7 @@ fn server_application_with_domain_validation_and_caa() {
     add_staff(&ca, "super1", "gpo", "supervisor");
     add_staff(&ca, "admin1", "gpo", "admin");
     add_staff(&ca, "clerk2", "gpo", "clerk");
-    let token = |user: &str| {
-        ca.ecert_ok(&[
-            "staff",
-            "token",
-            "--username",
-            user,
-            "--label",
-            "e2e",
-            "--days",
-            "1",
-            "--scopes",
-            "read,enter,decide",
-        ])
-        .trim()
-        .to_string()
-    };
+    let token = |user: &str| staff_token(&ca, user, "read,enter,decide", 1);
     let (clerk, supervisor, admin) = (token("clerk1"), token("super1"), token("admin1"));
     let clerk2 = token("clerk2");
     let smtp = SmtpServer::start();
@@ -1643,22 +1710,7 @@ fn problem_reports_are_taken_24x7_and_their_clocks_alarm() {
     add_gpo(&ca);
     add_staff(&ca, "officer1", "gpo", "officer");
     add_staff(&ca, "clerk1", "gpo", "clerk");
-    let token = |user: &str| {
-        ca.ecert_ok(&[
-            "staff",
-            "token",
-            "--username",
-            user,
-            "--label",
-            "e2e",
-            "--days",
-            "3",
-            "--scopes",
-            "read,decide",
-        ])
-        .trim()
-        .to_string()
-    };
+    let token = |user: &str| staff_token(&ca, user, "read,decide", 3);
     let (officer, clerk) = (token("officer1"), token("clerk1"));
     let p = crate::common::personal();
     let csr = ca.csr("reported", KeyType::P256);
@@ -1874,8 +1926,8 @@ fn init_makes_the_first_two_admins_and_no_more() {
         .find_map(|l| l.strip_prefix("totp_secret="))
         .unwrap_or_else(|| panic!("{out}"))
         .to_string();
-    let list = ca.ecert_ok(&["staff", "list"]);
-    assert!(list.contains("root-admin\tadmin\thq\tactive"), "{list}");
+    let list = ca.sql_query("SELECT username, role, outlet, disabled FROM staff");
+    assert!(list.contains("root-admin\tadmin\thq\t0"), "{list}");
     // Two, the least dual control needs (every privileged grant waits for a second admin);
     // never a third.
     let o = run("second-admin");
@@ -2261,16 +2313,20 @@ fn the_command_line_administers_staff_through_the_service_with_two_admins() {
     let list = ok(cli(home2.path(), &["admin", "staff", "list"], ""));
     assert!(list.contains("officer1\tofficer\tgpo\tactive"), "{list}");
     // An integration's token cannot administer, whatever its scopes.
-    let token = ca.ecert_ok(&[
-        "staff",
-        "token",
-        "--username",
-        "admin1",
-        "--days",
-        "1",
-        "--scopes",
-        "read,enter,decide",
-    ]);
+    let token = ok(cli(
+        home2.path(),
+        &[
+            "admin",
+            "staff",
+            "token",
+            "admin1",
+            "--days",
+            "1",
+            "--scopes",
+            "read,enter,decide",
+        ],
+        "",
+    ));
     let (st, e) = api(&server.1, "GET", "/api/v1/staff", token.trim(), None);
     assert_eq!(st, 403, "{e}");
     drop(server);

@@ -385,20 +385,7 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
     let totp1 = add_staff(&ca, "officer1", "gpo", "officer");
     let totp2 = add_staff(&ca, "officer2", "gpo", "officer");
     add_staff(&ca, "clerk1", "gpo", "clerk");
-    let token = |who: &str| {
-        ca.ecert_ok(&[
-            "staff",
-            "token",
-            "--username",
-            who,
-            "--days",
-            "1",
-            "--scopes",
-            "read,decide",
-        ])
-        .trim()
-        .to_string()
-    };
+    let token = |who: &str| crate::ra::staff_token(&ca, who, "read,decide", 1);
     let (long_lived, clerk) = (token("officer1"), token("clerk1"));
     let p = crate::common::personal();
     let csrs: Vec<_> = (0..3)

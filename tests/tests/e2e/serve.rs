@@ -74,12 +74,17 @@ pub fn get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
     (r.status, ctype, r.body)
 }
 
-pub struct Server(pub Child, pub String);
+/// A running `ecert serve`: the process, its address, and (for a signer) the marker file that
+/// tells the harness's [`crate::ra::with_service`] where this installation's service answers.
+pub struct Server(pub Child, pub String, Option<std::path::PathBuf>);
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(m) = &self.2 {
+            let _ = std::fs::remove_file(m);
+        }
     }
 }
 
@@ -99,6 +104,22 @@ pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
 
 /// Starts a server process and waits for its first line, `listening on http(s)://ADDR`.
 pub fn spawn_listening(mut c: std::process::Command, stderr: Stdio) -> Server {
+    let args: Vec<String> = c
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // A signing `serve` of a data directory (not a front instance): where its service answers.
+    // (`Ca::command` gives `--data-dir DIR SUBCOMMAND …`.)
+    let dir = args.iter().position(|a| a == "--data-dir");
+    let marker = dir
+        .filter(|i| args.get(i + 2).map(String::as_str) == Some("serve"))
+        .filter(|_| {
+            !args
+                .iter()
+                .any(|a| a == "--no-signer" || a == "--ra-upstream")
+        })
+        .and_then(|i| args.get(i + 1))
+        .map(|d| std::path::Path::new(d).join(".e2e-serving"));
     c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
     let mut child = c.spawn().unwrap();
     let mut line = String::new();
@@ -111,7 +132,10 @@ pub fn spawn_listening(mut c: std::process::Command, stderr: Stdio) -> Server {
         .or_else(|| line.trim().strip_prefix("listening on https://"))
         .unwrap_or_else(|| panic!("first line {line:?}"))
         .to_string();
-    Server(child, addr)
+    if let Some(m) = &marker {
+        std::fs::write(m, &addr).unwrap();
+    }
+    Server(child, addr, marker)
 }
 
 #[test]
