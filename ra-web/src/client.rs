@@ -6,7 +6,7 @@
 //!
 //! The session (server, bearer token, expiry) is kept in
 //! `$XDG_CONFIG_HOME/ecert/session.json` (default `~/.config/ecert/session.json`), mode 0600;
-//! `ECERT_SERVER` and `ECERT_TOKEN` override it (a token made with `ecert staff token`, for
+//! `ECERT_SERVER` and `ECERT_TOKEN` override it (an integration token, `ecert token`, for
 //! integrations). Passwords go only to an `https://` server whose certificate is checked
 //! against `--ca-file`, or to `http://` on a loopback address.
 

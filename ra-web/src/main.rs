@@ -135,6 +135,19 @@ enum Command {
     /// rules of /staff/admin: a privileged role waits for a second admin).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Your own integration token, made through the service as the signed-in member (printed
+    /// once): it acts as you within its scopes.
+    Token {
+        /// What it is for.
+        #[arg(long, default_value = "integration")]
+        label: String,
+        /// How many days it lasts (1 to 366).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// read, enter, decide, activate (comma-separated): only what the integration needs.
+        #[arg(long)]
+        scopes: String,
+    },
     /// Subscriber keys (also `ecert keys`).
     #[command(subcommand, visible_alias = "keys")]
     Key(KeyCommand),
@@ -347,19 +360,6 @@ enum AdminStaffCommand {
     ResetPassword { username: String },
     /// A new authenticator secret for a member (printed once).
     NewTotp { username: String },
-    /// An integration token acting as the member within its scopes (printed once).
-    Token {
-        username: String,
-        /// What it is for.
-        #[arg(long, default_value = "integration")]
-        label: String,
-        /// How many days it lasts (1 to 366).
-        #[arg(long, default_value_t = 90)]
-        days: u32,
-        /// read, enter, decide, activate (comma-separated).
-        #[arg(long)]
-        scopes: String,
-    },
     /// Revoke every API token of a member.
     RevokeTokens { username: String },
 }
@@ -702,6 +702,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => approve(&application, reject).await,
             Command::Proposal(c) => proposal(c).await,
             Command::Admin(c) => admin(c).await,
+            Command::Token {
+                label,
+                days,
+                scopes,
+            } => {
+                let api = client::Api::of(&client::current()?)?;
+                let body = serde_json::json!({ "label": label, "days": days, "scopes": scopes });
+                let v = api
+                    .call(axum::http::Method::POST, "/api/v1/tokens", Some(&body))
+                    .await?;
+                outln!("{}", client::printable(v["token"].as_str().unwrap_or_default()));
+                Ok(())
+            }
             Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
@@ -1056,7 +1069,7 @@ async fn admin(c: AdminCommand) -> anyhow::Result<()> {
         anyhow::ensure!(
             !u.is_empty()
                 && u.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+                    .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)),
             "{u:?} is not a user name"
         );
         Ok(format!("/api/v1/staff/{u}/{action}"))
@@ -1148,18 +1161,6 @@ async fn admin(c: AdminCommand) -> anyhow::Result<()> {
             )
             .await?;
             outln!("{username}'s password reset: they choose a new one at their next sign-in");
-        }
-        AdminCommand::Staff(AdminStaffCommand::Token {
-            username,
-            label,
-            days,
-            scopes,
-        }) => {
-            let body = serde_json::json!({ "label": label, "days": days, "scopes": scopes });
-            let v = api
-                .call(Method::POST, &staff_path(&username, "token")?, Some(&body))
-                .await?;
-            outln!("{}", p(v["token"].as_str().unwrap_or_default()));
         }
         AdminCommand::Staff(AdminStaffCommand::RevokeTokens { username }) => {
             let v = api
@@ -1279,10 +1280,12 @@ async fn custody(config: Config, c: CustodyCommand) -> anyhow::Result<()> {
     }
 }
 
-/// How many admins `init --admin` makes at most: the least that dual control needs (a grant of
-/// admin, officer, auditor or data owner waits for a second admin, so one admin alone could
-/// never make another — nor anyone privileged).
-const BOOTSTRAP_ADMINS: usize = 2;
+/// `init --admin` makes an admin only while fewer than this many are active: the least that
+/// dual control needs (a grant of admin, officer, auditor or data owner waits for a second
+/// admin, so one admin alone could never make another — nor anyone privileged). The service
+/// never lets the active admins drop below it ([`ca_core::ra::MIN_ACTIVE_ADMINS`]), so past
+/// bootstrap this is a break-glass path only where the database was changed behind its back.
+const BOOTSTRAP_ADMINS: i64 = ca_core::ra::MIN_ACTIVE_ADMINS;
 
 /// `init --admin`: one of the first two admins, only while fewer exist.
 async fn first_admin(
@@ -1292,20 +1295,25 @@ async fn first_admin(
     name: &str,
     outlet: &str,
 ) -> anyhow::Result<()> {
-    let admins = ca_core::ra::list_staff(store)
-        .await?
-        .into_iter()
-        .filter(|r| r.role == "admin")
-        .count();
-    anyhow::ensure!(
-        admins < BOOTSTRAP_ADMINS,
-        "{BOOTSTRAP_ADMINS} admin accounts exist already: further accounts are made by admins (/staff/admin)"
-    );
+    // Read first (the password may take a while to come), counted after, just before the
+    // account is made.
     let mut password = zeroize::Zeroizing::new(String::new());
     std::io::stdin()
         .read_line(&mut password)
         .context("reading the first admin's password from standard input")?;
     let password = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string());
+    let active = ca_core::ra::active_admins(store).await?;
+    anyhow::ensure!(
+        active < BOOTSTRAP_ADMINS,
+        "{BOOTSTRAP_ADMINS} active admin accounts exist already: further accounts are made by admins (/staff/admin, ecert admin staff add)"
+    );
+    anyhow::ensure!(
+        ca_core::ra::list_staff(store)
+            .await?
+            .iter()
+            .all(|r| r.username != username),
+        "an account {username} exists already"
+    );
     ca_core::ra::ensure_outlet(store, outlet, "Head office", "總辦事處", &actor()).await?;
     let new = ca_core::ra::NewStaff {
         username,

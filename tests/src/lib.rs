@@ -1309,12 +1309,18 @@ impl Drop for SmtpServer {
 /// The current RFC 6238 code of a base32 TOTP secret, computed by Python's standard library
 /// (an implementation other than ecert's).
 pub fn totp_now(secret_b32: &str) -> String {
+    totp_at_step_offset(secret_b32, 0)
+}
+
+/// The code of the time step `offset` steps from now (-1: the previous one, which servers
+/// still accept): for a sign-in that leaves the current step's code to the test.
+pub fn totp_at_step_offset(secret_b32: &str, offset: i64) -> String {
     const PY: &str = "import base64,hashlib,hmac,struct,sys,time\n\
 s=sys.argv[1]; k=base64.b32decode(s+'='*((8-len(s)%8)%8))\n\
-h=hmac.new(k,struct.pack('>Q',int(time.time())//30),hashlib.sha1).digest(); o=h[-1]&15\n\
+h=hmac.new(k,struct.pack('>Q',int(time.time())//30+int(sys.argv[2])),hashlib.sha1).digest(); o=h[-1]&15\n\
 print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
     let mut c = Command::new("python3");
-    c.args(["-c", PY, secret_b32]);
+    c.args(["-c", PY, secret_b32, &offset.to_string()]);
     let o = run_with_timeout(c, TIMEOUT, "python3 totp");
     assert!(o.status.success(), "{}", show(&o));
     String::from_utf8(o.stdout).unwrap().trim().to_string()

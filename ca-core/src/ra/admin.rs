@@ -203,6 +203,9 @@ pub async fn change_role(
             role.name()
         )));
     }
+    if row.role == Role::Admin.name() {
+        keeps_two_admins(store, username).await?;
+    }
     let waits = grant_needs_second_admin(role);
     // A new request replaces one that waited.
     sqlx::query("DELETE FROM staff_role_grants WHERE staff = $1 AND new_account = 0")
@@ -246,6 +249,40 @@ pub async fn change_role(
     Ok(waits)
 }
 
+/// The fewest active admins the service keeps: dual control of privileged grants needs two,
+/// and `ecert init --admin` (which needs no admin) makes admins only while fewer are active.
+pub const MIN_ACTIVE_ADMINS: i64 = 2;
+
+/// Active admins: enabled, with no grant waiting.
+pub async fn active_admins(store: &Store) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM staff s WHERE s.role = 'admin' AND s.disabled = 0 \
+         AND NOT EXISTS (SELECT 1 FROM staff_role_grants g WHERE g.staff = s.id)",
+    )
+    .fetch_one(store.pool())
+    .await?)
+}
+
+/// Refuses to disable or move away an admin when that would leave fewer than
+/// [`MIN_ACTIVE_ADMINS`] active: fewer would stop privileged grants, and would let whoever
+/// holds the data directory make an admin with `init --admin` (issue 14, from the attack on
+/// staff administration). Add and approve another admin first.
+async fn keeps_two_admins(store: &Store, username: &str) -> Result<()> {
+    let is_active_admin: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM staff s WHERE s.username = $1 AND s.role = 'admin' AND s.disabled = 0 \
+         AND NOT EXISTS (SELECT 1 FROM staff_role_grants g WHERE g.staff = s.id)",
+    )
+    .bind(username)
+    .fetch_one(store.pool())
+    .await?;
+    if is_active_admin > 0 && active_admins(store).await? - 1 < MIN_ACTIVE_ADMINS {
+        return Err(Error::Conflict(format!(
+            "{MIN_ACTIVE_ADMINS} active admins must remain: add and approve another admin first"
+        )));
+    }
+    Ok(())
+}
+
 row! {
     struct CurrentRole {
         id: String,
@@ -262,6 +299,9 @@ pub async fn set_disabled(
     disabled: bool,
 ) -> Result<()> {
     staff.authorize(Action::ManageStaff)?;
+    if disabled {
+        keeps_two_admins(store, username).await?;
+    }
     if !disabled {
         let waiting: Option<String> = sqlx::query_scalar(
             "SELECT g.role FROM staff s JOIN staff_role_grants g ON g.staff = s.id WHERE s.username = $1",

@@ -59,8 +59,8 @@ mod token;
 mod tests;
 
 pub use admin::{
-    accounts, add_account, approve_grant, change_role, grant_needs_second_admin, new_totp,
-    reset_password, set_disabled, Account,
+    accounts, active_admins, add_account, approve_grant, change_role, grant_needs_second_admin,
+    new_totp, reset_password, set_disabled, Account, MIN_ACTIVE_ADMINS,
 };
 pub use application::REGISTER_COUNTRY;
 pub use application::{

@@ -1,5 +1,5 @@
 //! Staff accounts: roles, creation, listing, disabling and a new TOTP secret (the
-//! administration `ecert staff` drives). Signing in is [`super::session`]; API tokens are
+//! administration of `/staff/admin` and `ecert admin` drives). Signing in is [`super::session`]; API tokens are
 //! [`super::token`].
 
 use serde_json::json;
@@ -194,7 +194,7 @@ pub(super) async fn insert_staff(
     Ok((id, secret))
 }
 
-/// One staff account as `ecert staff list` shows it.
+/// One staff account as listed.
 #[derive(Debug, Clone)]
 pub struct StaffRow {
     /// User name.

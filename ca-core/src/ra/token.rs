@@ -1,4 +1,4 @@
-//! JSON API tokens: made for a staff member by `ecert staff token`, printed once, stored as a
+//! JSON API tokens: made by a signed-in member for themself (`ecert token`), or by `ecert login` for a session; printed once, stored as a
 //! SHA-256; a token acts as its member (same outlet, same role) within the scopes chosen when
 //! it was made, until it expires, is revoked, or the account is disabled (which revokes it).
 
@@ -25,7 +25,7 @@ pub enum Scope {
     /// activation "through the API" on each instance, issue 14).
     Activate,
     /// Given only to a token made by signing in with the second factor (`ecert login`, for
-    /// [`CLI_SESSION_SECONDS`] at most), never to a long-lived `ecert staff token`: what needs a
+    /// [`CLI_SESSION_SECONDS`] at most), never to a long-lived integration token: what needs a
     /// person present — two-officer decisions.
     Session,
 }

@@ -1,6 +1,6 @@
 //! The JSON API for integrators under `/api/v1/` (docs/RA.md "JSON API"): the counter
 //! operations, authenticated by a staff API token (`Authorization: Bearer ...`, made with
-//! `ecert staff token`), scoped like the staff pages (the token's outlet; another outlet's
+//! `ecert token`, or a sign-in's session token from `ecert login`), scoped like the staff pages (the token's outlet; another outlet's
 //! application is 404). Described by OpenAPI 3.1 at `/api/v1/openapi.json`, generated from
 //! these handlers and types (utoipa). Responses carry only what the operation needs: personal
 //! fields are masked, as on the staff screens.
@@ -50,6 +50,7 @@ pub fn router(state: Shared) -> Router {
             "/api/v1/officer-proposals",
             get(officer_proposals).post(officer_propose),
         )
+        .route("/api/v1/tokens", post(token_create))
         .route("/api/v1/staff", get(staff_list).post(staff_add))
         .route("/api/v1/staff/{username}/{action}", post(staff_change))
         .route("/api/v1/outlets", get(outlet_list).post(outlet_add))
@@ -94,7 +95,7 @@ pub fn router(state: Shared) -> Router {
         list, create, show, identity, organisation, domains, fee, decision, certificate,
         problem_report, problem_reports, problem_report_show, problem_report_preliminary,
         problem_report_decision, audit_export, personal_data_activate, session_create,
-        session_end, staff_list, staff_add, staff_change, outlet_list, outlet_add,
+        session_end, token_create, staff_list, staff_add, staff_change, outlet_list, outlet_add,
         outlet_change, officer_proposals,
         officer_propose, officer_confirm, officer_withdraw
     ),
@@ -103,7 +104,7 @@ pub fn router(state: Shared) -> Router {
         OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult,
         NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision,
         Activation, Activated, Proposal, ProposalOut, SignIn, SessionOut, AccountOut, NewAccount,
-        Enrolment, StaffChange, OutletOut, OutletIn
+        Enrolment, StaffChange, OutletOut, OutletIn, NewToken
     )),
     modifiers(&BearerAuth)
 )]
@@ -618,6 +619,50 @@ async fn fee(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A member's own integration token.
+#[derive(Deserialize, ToSchema)]
+pub struct NewToken {
+    /// What it is for.
+    #[serde(default)]
+    label: String,
+    /// How many days it lasts (1 to 366).
+    days: u32,
+    /// read, enter, decide, activate (comma-separated): only what the integration needs.
+    scopes: String,
+}
+
+/// Makes an integration token acting as the signed-in member (a session token: the member
+/// present, with the second factor), within the scopes asked; printed once. Nobody makes one
+/// for someone else.
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = NewToken,
+    responses((status = 201, body = Object), (status = 403, body = ApiError), (status = 422, body = ApiError)))]
+async fn token_create(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Json(b): Json<NewToken>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiFailure> {
+    staff.require(ra::Scope::Session)?;
+    let scopes = ra::Scopes::parse(&b.scopes)?;
+    let label = if b.label.trim().is_empty() {
+        "integration"
+    } else {
+        b.label.trim()
+    };
+    let token = ra::create_api_token(
+        s.auth.store(),
+        &staff.username,
+        label,
+        b.days,
+        scopes,
+        &format!("staff:{}", staff.username),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "token": token, "scopes": scopes.names() })),
+    ))
+}
+
 /// A JSON body that may be absent (the actions that need none).
 fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiFailure> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -734,21 +779,12 @@ pub struct StaffChange {
     /// `password`: the temporary password (the member chooses a new one at next sign-in).
     #[serde(default)]
     password: String,
-    /// `token`: what the member's integration token is called ...
-    #[serde(default)]
-    label: String,
-    /// ... how many days it lasts (1 to 366) ...
-    #[serde(default)]
-    days: u32,
-    /// ... and what it may do: read, enter, decide, activate (comma-separated).
-    #[serde(default)]
-    scopes: String,
 }
 
 /// Changes an account (admins): `disable`, `enable`, `approve` (a waiting role grant, by a
 /// second admin), `role`, `password` (reset), `totp` (a new authenticator secret, returned),
-/// `token` (an integration token acting as the member within its scopes, returned once; never
-/// the `session` scope), `revoke-tokens`.
+/// `revoke-tokens`. (An admin never makes a token for someone else: it would let them act as
+/// that member.)
 #[utoipa::path(post, path = "/api/v1/staff/{username}/{action}", params(("username" = String, Path), ("action" = String, Path)),
     request_body = StaffChange,
     responses((status = 200, body = Object), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
@@ -781,25 +817,6 @@ async fn staff_change(
             let password = zeroize::Zeroizing::new(b.password);
             ra::reset_password(store, &staff, &username, &password).await?;
             serde_json::json!({ "username": username, "password_reset": true })
-        }
-        "token" => {
-            staff.authorize(ra::Action::ManageStaff)?;
-            let scopes = ra::Scopes::parse(&b.scopes)?;
-            let label = if b.label.trim().is_empty() {
-                "integration"
-            } else {
-                b.label.trim()
-            };
-            let token = ra::create_api_token(
-                store,
-                &username,
-                label,
-                b.days,
-                scopes,
-                &format!("staff:{}", staff.username),
-            )
-            .await?;
-            serde_json::json!({ "username": username, "token": token, "scopes": scopes.names() })
         }
         "revoke-tokens" => {
             staff.authorize(ra::Action::ManageStaff)?;

@@ -568,6 +568,14 @@ fn a_legacy_data_directory_moves_to_separated_custody() {
     let clerk = sign_in(&addr, "clerk1", meta["clerk1_totp"].as_str().unwrap());
     let id = meta["application_id"].as_str().unwrap();
     // A second application with the fixture's HKID: the recomputed blind index finds the pair.
+    // The harness knows the fixture's members by their authenticators.
+    for who in ["clerk1", "officer1"] {
+        std::fs::write(
+            ca.file(&format!("e2e-staff-{who}.totp")),
+            meta[format!("{who}_totp")].as_str().unwrap(),
+        )
+        .unwrap();
+    }
     let entering = staff_token(&ca, "clerk1", "read,enter");
     let csr = std::fs::read_to_string(ca.csr("again", ecert_e2e::KeyType::P256).csr).unwrap();
     let (st, e) = api(

@@ -304,6 +304,11 @@ pub(crate) fn add_staff(ca: &Ca, username: &str, outlet: &str, role: &str) -> St
             ),
         );
         assert_eq!(st, 201, "adding {username}: {v}");
+        std::fs::write(
+            ca.file(&format!("e2e-staff-{username}.totp")),
+            v["totp_secret"].as_str().unwrap(),
+        )
+        .unwrap();
         if v["grant_waits"].as_bool().unwrap_or_default() {
             let t2 = admin_token(ca, addr, 2);
             let (st, e) = api(
@@ -319,17 +324,45 @@ pub(crate) fn add_staff(ca: &Ca, username: &str, outlet: &str, role: &str) -> St
     })
 }
 
-/// An integration token of a member, made by an admin through the service.
+/// A member's own integration token, made through the service by the member signed in (the
+/// harness signs them in once, with the previous time step's code, so the current one stays
+/// free for the test).
 pub(crate) fn staff_token(ca: &Ca, username: &str, scopes: &str, days: u32) -> String {
-    as_admin(
-        ca,
-        "POST",
-        &format!("/api/v1/staff/{username}/token"),
-        Some(serde_json::json!({"label": "e2e", "days": days, "scopes": scopes})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    with_service(ca, |addr| {
+        let session_file = ca.file(&format!("e2e-staff-{username}.session"));
+        let sign_in = || {
+            let totp = std::fs::read_to_string(ca.file(&format!("e2e-staff-{username}.totp")))
+                .unwrap_or_else(|_| panic!("{username} was not made by add_staff"));
+            for offset in [-1, 0, 1] {
+                let r = http(
+                    addr,
+                    "POST",
+                    "/api/v1/session",
+                    &[("Content-Type", "application/json")],
+                    serde_json::json!({"username": username, "password": "a counter password 123", "code": totp_at_step_offset(&totp, offset)})
+                        .to_string()
+                        .as_bytes(),
+                );
+                if r.status == 201 {
+                    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    let token = v["token"].as_str().unwrap().to_string();
+                    std::fs::write(&session_file, &token).unwrap();
+                    return token;
+                }
+            }
+            panic!("{username} does not sign in")
+        };
+        let body = serde_json::json!({"label": "e2e", "days": days, "scopes": scopes});
+        let session = std::fs::read_to_string(&session_file).unwrap_or_else(|_| sign_in());
+        let (mut st, mut v) = api(addr, "POST", "/api/v1/tokens", &session, Some(body.clone()));
+        if st == 401 {
+            // The session ended (the member was disabled, or given a new authenticator).
+            let session = sign_in();
+            (st, v) = api(addr, "POST", "/api/v1/tokens", &session, Some(body));
+        }
+        assert_eq!(st, 201, "{username}'s token: {v}");
+        v["token"].as_str().unwrap().to_string()
+    })
 }
 
 #[test]
@@ -426,15 +459,34 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
             api(addr, method, path, &t, body)
         })
     };
+    let super_session = std::fs::read_to_string(ca.file("e2e-staff-super1.session")).unwrap();
     for scopes in ["all", "", "read,session"] {
-        let (st, e) = admin(
+        let (st, e) = api(
+            addr,
             "POST",
-            "/api/v1/staff/super1/token",
+            "/api/v1/tokens",
+            &super_session,
             Some(serde_json::json!({"days": 1, "scopes": scopes})),
         );
         assert_eq!(st, 422, "{scopes:?}: {e}");
         assert!(e.to_string().contains("scopes"), "{e}");
     }
+    // Nobody makes a token for someone else, an admin included; and an integration token
+    // (no `session` scope) makes none.
+    let (st, _) = admin(
+        "POST",
+        "/api/v1/staff/super1/token",
+        Some(serde_json::json!({"days": 1, "scopes": "read"})),
+    );
+    assert_eq!(st, 404);
+    let (st, e) = api(
+        addr,
+        "POST",
+        "/api/v1/tokens",
+        &super_token,
+        Some(serde_json::json!({"days": 1, "scopes": "read"})),
+    );
+    assert_eq!(st, 403, "{e}");
     admin("POST", "/api/v1/staff/super1/disable", None);
     let (_, list) = admin("GET", "/api/v1/staff", None);
     let row = |u: &str| {
@@ -450,6 +502,11 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     assert_eq!(row("clerk1")["outlet"], "gpo", "{list}");
     let (st, reset) = admin("POST", "/api/v1/staff/super1/totp", None);
     assert_eq!(st, 200, "{reset}");
+    std::fs::write(
+        ca.file("e2e-staff-super1.totp"),
+        reset["totp_secret"].as_str().unwrap(),
+    )
+    .unwrap();
     assert!(
         reset["totp_secret"]
             .as_str()
@@ -1935,7 +1992,7 @@ fn init_makes_the_first_two_admins_and_no_more() {
     let o = run("third-admin");
     assert!(!o.status.success(), "{}", show(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("2 admin accounts exist already"),
+        String::from_utf8_lossy(&o.stderr).contains("2 active admin accounts exist already"),
         "{}",
         show(&o)
     );
@@ -2312,23 +2369,24 @@ fn the_command_line_administers_staff_through_the_service_with_two_admins() {
     ));
     let list = ok(cli(home2.path(), &["admin", "staff", "list"], ""));
     assert!(list.contains("officer1\tofficer\tgpo\tactive"), "{list}");
-    // An integration's token cannot administer, whatever its scopes.
+    // An integration's token (the admin's own: nobody makes one for someone else) cannot
+    // administer, whatever its scopes.
     let token = ok(cli(
         home2.path(),
-        &[
-            "admin",
-            "staff",
-            "token",
-            "admin1",
-            "--days",
-            "1",
-            "--scopes",
-            "read,enter,decide",
-        ],
+        &["token", "--days", "1", "--scopes", "read,enter,decide"],
         "",
     ));
     let (st, e) = api(&server.1, "GET", "/api/v1/staff", token.trim(), None);
     assert_eq!(st, 403, "{e}");
+    // Two active admins always remain: neither is disabled or moved away by the other, which
+    // would also let whoever holds the data directory make one with `init --admin`.
+    for args in [
+        vec!["admin", "staff", "disable", "admin1"],
+        vec!["admin", "staff", "role", "admin1", "--role", "clerk"],
+    ] {
+        let e = err(cli(home2.path(), &args, ""));
+        assert!(e.contains("2 active admins must remain"), "{args:?}: {e}");
+    }
     drop(server);
     let kinds = ca.sql_query(
         "SELECT kind || ' ' || actor FROM audit_log WHERE kind IN ('ra.outlet.added', 'ra.staff.created', 'ra.staff.role_granted') AND actor LIKE 'staff:%' ORDER BY seq",
