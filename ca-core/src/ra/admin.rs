@@ -326,7 +326,45 @@ pub async fn new_totp(
     username: &str,
 ) -> Result<Zeroizing<Vec<u8>>> {
     staff.authorize(Action::ManageStaff)?;
+    if username == staff.username {
+        return Err(Error::Forbidden(
+            "another admin gives you a new authenticator".into(),
+        ));
+    }
+    not_both_credentials(store, staff, username, "ra.staff.password_reset").await?;
     reset_totp(store, vault, username, &actor(staff)).await
+}
+
+/// How long one admin's reset of one of a member's credentials keeps them from resetting the
+/// other.
+pub const CREDENTIAL_RESET_SECONDS: i64 = 24 * 3600;
+
+/// Refuses an admin who reset the member's other credential (`other` is its audit kind) within
+/// [`CREDENTIAL_RESET_SECONDS`]: with both a temporary password and a new authenticator one
+/// admin could sign in as the member — another admin, and so approve their own requests
+/// (issue 14, from the attack on staff administration). A second admin resets the second one.
+async fn not_both_credentials(
+    store: &Store,
+    staff: &StaffSession,
+    username: &str,
+    other: &str,
+) -> Result<()> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log a JOIN staff s ON s.id = a.subject \
+         WHERE a.kind = $1 AND s.username = $2 AND a.actor = $3 AND a.at > $4",
+    )
+    .bind(other)
+    .bind(username)
+    .bind(actor(staff))
+    .bind(now() - CREDENTIAL_RESET_SECONDS)
+    .fetch_one(store.pool())
+    .await?;
+    if n > 0 {
+        return Err(Error::Forbidden(format!(
+            "you reset {username}'s other credential today: another admin resets this one (one admin never holds both)"
+        )));
+    }
+    Ok(())
 }
 
 /// An admin resets a member's password to a temporary one: the member must choose a new one
@@ -344,6 +382,7 @@ pub async fn reset_password(
         ));
     }
     super::support::check_len("password", temporary, 12, 256)?;
+    not_both_credentials(store, staff, username, "ra.staff.totp_reset").await?;
     let hash = super::support::hash_password_async(temporary).await?;
     let mut tx = store.begin().await?;
     let id: String = sqlx::query_scalar("SELECT id FROM staff WHERE username = $1")

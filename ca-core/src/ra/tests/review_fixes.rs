@@ -1854,3 +1854,42 @@ async fn large_decisions_need_two_officers() {
         ]
     );
 }
+
+/// Issue 14 (from the attack on staff administration): one admin never holds both of another
+/// member's credentials — after resetting the password, the same admin may not give a new
+/// authenticator (nor the other way round); another admin may. And the active admins never
+/// drop below two: neither is disabled nor moved away while only two are active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_admin_never_holds_both_credentials_and_two_admins_remain() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
+        .await
+        .unwrap();
+    let a = session_of(&auth, "admin-a", Role::Admin).await;
+    let b = session_of(&auth, "admin-b", Role::Admin).await;
+    session_of(&auth, "clerk1", Role::Clerk).await;
+    let vault = auth.staff_keys();
+    reset_password(&store, &a, "clerk1", "a temporary password 1")
+        .await
+        .unwrap();
+    let e = new_totp(&store, &vault, &a, "clerk1").await.unwrap_err();
+    assert!(matches!(e, Error::Forbidden(_)), "{e}");
+    new_totp(&store, &vault, &b, "clerk1").await.unwrap();
+    let e = reset_password(&store, &b, "clerk1", "another temporary 22")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Forbidden(_)), "{e}");
+    // Two active admins: neither goes.
+    let e = set_disabled(&store, &a, "admin-b", true).await.unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    let e = change_role(&store, &a, "admin-b", "clerk")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "{e}");
+    assert_eq!(active_admins(&store).await.unwrap(), 2);
+    // With a third, one may.
+    session_of(&auth, "admin-c", Role::Admin).await;
+    set_disabled(&store, &a, "admin-b", true).await.unwrap();
+    assert_eq!(active_admins(&store).await.unwrap(), 2);
+}
