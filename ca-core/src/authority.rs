@@ -2188,7 +2188,80 @@ impl Authority {
         if let Some(path) = self.config.audit_witness() {
             self.sync_witness(path).await?;
         }
+        if let Some(url) = self.config.audit.witness_url.clone() {
+            self.sync_witness_service(&url).await?;
+        }
         Ok(signed)
+    }
+
+    /// Sends the witness service the checkpoints it lacks ([`audit::witness::post`]). The
+    /// newest one it acknowledged is kept in `meta` (`audit_witness_url_seq`); a service that
+    /// answers with less than it acknowledged before — a witness reset or replaced — is an
+    /// error ([`Authority::witness_problem`], `/healthz`), never quietly fed again from the
+    /// start.
+    async fn sync_witness_service(&self, url: &str) -> Result<()> {
+        let result = async {
+            let newest = self.store.checkpoints_last_seq().await?;
+            let recorded: i64 = self
+                .store
+                .meta("audit_witness_url_seq")
+                .await?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if recorded >= newest {
+                return Ok(());
+            }
+            let ca = self
+                .config
+                .audit
+                .witness_ca
+                .clone()
+                .ok_or_else(|| Error::Config("audit.witness_url needs audit.witness_ca".into()))?;
+            let token = match &self.config.audit.witness_token_file {
+                Some(f) => Some(std::fs::read_to_string(f).map_err(|e| Error::Io {
+                    context: format!("reading {}", f.display()),
+                    source: e,
+                })?),
+                None => None,
+            };
+            // What the service holds first: it may hold more than recorded here (an answer
+            // lost on the way back), never less.
+            let held = audit::witness::post(url, &ca, token.as_deref(), &[]).await?;
+            if held < recorded {
+                return Err(Error::Audit(format!(
+                    "the audit witness service {url} holds less than it acknowledged (record {held}, not {recorded}): restore it; nothing more is sent until then"
+                )));
+            }
+            if held > newest {
+                return Err(Error::Audit(format!(
+                    "the audit witness service {url} holds record {held}, past the database's newest checkpoint ({newest})"
+                )));
+            }
+            let mut last = held;
+            if held < newest {
+                let missing = self.store.checkpoints_after(held).await?;
+                last = audit::witness::post(url, &ca, token.as_deref(), &missing).await?;
+                if last < newest {
+                    return Err(Error::Audit(format!(
+                        "the audit witness service {url} acknowledged record {last}, not {newest}"
+                    )));
+                }
+            }
+            self.store
+                .set_meta("audit_witness_url_seq", &last.to_string())
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Ok(mut p) = self.witness_problem.lock() {
+            // A file witness's problem is not hidden by the service's success.
+            match (&result, p.as_ref()) {
+                (Err(e), _) => *p = Some(e.to_string()),
+                (Ok(()), Some(old)) if old.contains(url) => *p = None,
+                _ => {}
+            }
+        }
+        result
     }
 
     /// Appends to the witness file the checkpoints it lacks ([`audit::witness`]). The newest

@@ -46,6 +46,13 @@ pub struct AuditConfig {
     /// and the HSM cannot rewrite) to which every signed checkpoint is appended. `ecert audit
     /// verify --witness FILE` compares it with the database's chain.
     pub witness: Option<PathBuf>,
+    /// Or (and) an HTTPS service the auditor runs that accepts the checkpoints as POSTs
+    /// ([`crate::audit::witness::post`] describes the exchange).
+    pub witness_url: Option<String>,
+    /// The witness service's CA certificate (PEM), required with `witness_url`.
+    pub witness_ca: Option<PathBuf>,
+    /// A file holding the bearer token the witness service expects (optional).
+    pub witness_token_file: Option<PathBuf>,
 }
 
 /// The signer's clock check ([`crate::clock`]).
@@ -569,6 +576,13 @@ impl Config {
 
     /// Checks what can be checked without touching the HSM or the database.
     pub fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.audit.witness_url {
+            if !url.starts_with("https://") || self.audit.witness_ca.is_none() {
+                return Err(Error::Config(
+                    "audit.witness_url must be https:// and needs audit.witness_ca (the witness service's CA certificate)".into(),
+                ));
+            }
+        }
         self.pii_pin_source()?;
         let (ca, pii) = (&self.hsm.token_label, &self.hsm.pii_token_label);
         if pii.starts_with(ca.as_str()) || ca.starts_with(pii.as_str()) {

@@ -667,7 +667,10 @@ async fn healthz(State(s): State<Shared>) -> Response {
     };
     // The audit witness, when one is configured: a missing or cut-short witness is a fault.
     let witness = match &s.auth {
-        Some(auth) if auth.config().audit_witness().is_some() => {
+        Some(auth)
+            if auth.config().audit_witness().is_some()
+                || auth.config().audit.witness_url.is_some() =>
+        {
             let problem = auth.witness_problem();
             ok &= problem.is_none();
             serde_json::json!({ "status": if problem.is_some() { "fault" } else { "ok" }, "error": problem })

@@ -5,6 +5,9 @@
 //! [`compare`] reports the first record where the database's chain and the witness disagree.
 //!
 //! Line format: `{"seq":N,"at":T,"hash":"<hex>","signature":"<hex>"}`.
+//!
+//! The witness can also be an HTTPS service the auditor runs (`[audit] witness_url`,
+//! [`post`]): the same lines, POSTed.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -292,5 +295,76 @@ mod tests {
             compare(&w, &chain, &w, other.public_key_spki()),
             Some(Disagreement::NotSigned { line: 1, seq: 1 })
         );
+    }
+}
+
+/// What a witness service answers: the newest checkpoint it holds.
+#[derive(Deserialize)]
+struct Held {
+    last_seq: i64,
+}
+
+/// Sends `checkpoints` (oldest first) to a witness service: `POST witness_url` with the lines
+/// above as `application/x-ndjson` (and `Authorization: Bearer TOKEN` when a token is given),
+/// over TLS checked against `ca`. The service appends the lines that extend what it holds and
+/// answers 2xx with `{"last_seq": N}`, its newest checkpoint after the append; a line that
+/// does not extend it (a rewritten or replayed history) is refused with 409 and the same body.
+/// An empty list asks only for `last_seq`. Returns that N.
+pub async fn post(
+    url: &str,
+    ca: &Path,
+    token: Option<&str>,
+    checkpoints: &[Checkpoint],
+) -> Result<i64> {
+    use http_body_util::{BodyExt, Full};
+    let fail = |what: String| Error::Audit(format!("audit witness {url}: {what}"));
+    let tls = crate::mpic::client_tls(ca)?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let mut body = String::new();
+    for c in checkpoints {
+        body.push_str(
+            &serde_json::to_string(&Line {
+                seq: c.seq,
+                at: c.at,
+                hash: hex::encode(&c.hash),
+                signature: hex::encode(&c.signature),
+            })
+            .map_err(|e| fail(e.to_string()))?,
+        );
+        body.push('\n');
+    }
+    let mut request = hyper::Request::post(url).header("content-type", "application/x-ndjson");
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {}", t.trim()));
+    }
+    let request = request
+        .body(Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| fail(e.to_string()))?;
+    let timeout = std::time::Duration::from_secs(20);
+    let resp = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| fail("timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let bytes = tokio::time::timeout(timeout, resp.into_body().collect())
+        .await
+        .map_err(|_| fail("timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?
+        .to_bytes();
+    let held: Option<Held> = serde_json::from_slice(&bytes).ok();
+    match (status.as_u16(), held) {
+        (200..=299, Some(h)) => Ok(h.last_seq),
+        (409, Some(h)) => Err(fail(format!(
+            "refused the checkpoints as not extending what it holds (it holds up to record {})",
+            h.last_seq
+        ))),
+        (s, _) => Err(fail(format!("HTTP {s}"))),
     }
 }

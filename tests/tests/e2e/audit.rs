@@ -467,3 +467,110 @@ fn an_issuance_whose_audit_record_cannot_be_written_never_reaches_the_hsm() {
         "a serial was left issuing without its audit record"
     );
 }
+
+/// A witness service as an auditor might run it: HTTPS (Python's standard library), a bearer
+/// token, appending the lines that extend what it holds to a file and refusing the others
+/// with 409 (`ca_core::audit::witness::post` describes the exchange).
+const WITNESS_SERVICE: &str = r#"
+import http.server, ssl, json, sys, os
+path, cert, key, token = sys.argv[1:5]
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self, code, last):
+        body = json.dumps({"last_seq": last}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        if self.headers.get("Authorization") != "Bearer " + token:
+            self.send_response(401); self.send_header("Content-Length", "0"); self.end_headers(); return
+        last = 0
+        if os.path.exists(path):
+            lines = [l for l in open(path) if l.strip()]
+            if lines: last = json.loads(lines[-1])["seq"]
+        new = []
+        for l in body.splitlines():
+            if not l.strip(): continue
+            seq = json.loads(l)["seq"]
+            if seq <= last: return self.answer(409, last)
+            new.append(l); last = seq
+        with open(path, "a") as f: f.write("".join(x + "\n" for x in new))
+        self.answer(200, last)
+    def log_message(self, *a): pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// Issue 14: the witness can be an HTTPS service the auditor runs. Every signed checkpoint
+/// reaches it (checked by TLS against its CA, with its token); its copy verifies the chain
+/// offline (`audit verify --witness`); a service that comes back holding less than it
+/// acknowledged is an error the signer reports and feeds nothing more.
+#[test]
+fn the_witness_can_be_an_https_service() {
+    use std::io::BufRead;
+    let ca = Ca::new();
+    let tls = crate::ra::perspective_tls(&ca);
+    let held = ca.file("service-witness.jsonl");
+    let start = || {
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", WITNESS_SERVICE])
+            .arg(&held)
+            .arg(&tls.cert)
+            .arg(&tls.key)
+            .arg(std::fs::read_to_string(&tls.token).unwrap().trim())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        (child, port.trim().to_string())
+    };
+    let (mut service, port) = start();
+    ca.append_config(&format!(
+        "[audit]\nwitness_url = \"https://127.0.0.1:{port}/witness\"\nwitness_ca = \"{}\"\nwitness_token_file = \"{}\"\n",
+        tls.ca.display(),
+        tls.token.display()
+    ));
+    ca.ecert_ok(&["init"]);
+    issue_and_verify_personal(&ca, "s", "witnessed by a service");
+    ca.ecert_ok(&["crl", "publish"]);
+    let lines = std::fs::read_to_string(&held).unwrap();
+    assert!(lines.lines().count() >= 2, "{lines}");
+    let out = ca.ecert_ok(&["audit", "verify", "--witness", held.to_str().unwrap()]);
+    assert!(out.contains("agrees") && out.contains("intact"), "{out}");
+    let acknowledged = ca.sql_query("SELECT value FROM meta WHERE key = 'audit_witness_url_seq'");
+    assert!(
+        !acknowledged.trim().is_empty(),
+        "nothing recorded as acknowledged"
+    );
+
+    // The service is replaced by an empty one: the signer refuses to feed it from the start.
+    let _ = service.kill();
+    let _ = service.wait();
+    std::fs::remove_file(&held).unwrap();
+    let (mut service, port2) = start();
+    let config = std::fs::read_to_string(ca.data_dir().join("ecert.toml"))
+        .unwrap()
+        .replace(&port, &port2);
+    std::fs::write(ca.data_dir().join("ecert.toml"), config).unwrap();
+    issue_and_verify_personal(&ca, "s2", "after the service lost its copy");
+    let o = ca.ecert(&["crl", "publish"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("holds less than it acknowledged"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        !held.exists() || std::fs::read_to_string(&held).unwrap().trim().is_empty(),
+        "a reset witness was fed from the start"
+    );
+    let _ = service.kill();
+    let _ = service.wait();
+}

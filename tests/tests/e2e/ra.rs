@@ -1558,14 +1558,15 @@ fn time_now() -> u64 {
 
 /// TLS material and the token for the test's perspectives, made by openssl: a CA, a server
 /// certificate for 127.0.0.1, the key (PKCS#8).
-struct PerspectiveTls {
-    ca: std::path::PathBuf,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-    token: std::path::PathBuf,
+pub(crate) struct PerspectiveTls {
+    pub(crate) ca: std::path::PathBuf,
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+    pub(crate) token: std::path::PathBuf,
 }
 
-fn perspective_tls(ca: &Ca) -> PerspectiveTls {
+/// A test CA and a server certificate for 127.0.0.1 under it (and a bearer token file).
+pub(crate) fn perspective_tls(ca: &Ca) -> PerspectiveTls {
     let f = |n: &str| ca.file(n);
     let run = |args: &[&str]| {
         let o = openssl(ca.data_dir(), args);
