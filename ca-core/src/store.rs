@@ -93,6 +93,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (28, "must_change_password", include_str!("../../migrations/sqlite/0028_must_change_password.sql")),
     (29, "outlet_closed", include_str!("../../migrations/sqlite/0029_outlet_closed.sql")),
     (30, "officer_proposals", include_str!("../../migrations/sqlite/0030_officer_proposals.sql")),
+    (31, "api_token_last_used", include_str!("../../migrations/sqlite/0031_api_token_last_used.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -126,6 +127,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (28, "must_change_password", include_str!("../../migrations/postgres/0028_must_change_password.sql")),
     (29, "outlet_closed", include_str!("../../migrations/postgres/0029_outlet_closed.sql")),
     (30, "officer_proposals", include_str!("../../migrations/postgres/0030_officer_proposals.sql")),
+    (31, "api_token_last_used", include_str!("../../migrations/postgres/0031_api_token_last_used.sql")),
 ];
 
 row! {

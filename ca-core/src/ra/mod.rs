@@ -109,8 +109,8 @@ pub use staff::{
     create_staff, list_staff, reset_totp, set_staff_disabled, NewStaff, Role, StaffRow,
 };
 pub use token::{
-    api_session, cli_sign_in, cli_sign_out, create_api_token, revoke_api_tokens, CliSession, Scope,
-    Scopes, CLI_SESSION_SECONDS,
+    api_session, api_session_idle, cli_sign_in, cli_sign_out, create_api_token, revoke_api_tokens,
+    CliSession, Scope, Scopes, CLI_SESSION_SECONDS,
 };
 
 /// Shared handle for the web layer.

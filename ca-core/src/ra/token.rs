@@ -229,21 +229,52 @@ row! {
         revoked: i64,
         disabled: i64,
         scopes: String,
+        created_at: i64,
+        last_used: Option<i64>,
     }
 }
 
-/// The staff member behind an API token ([`Error::NotFound`] or [`Error::Expired`] otherwise).
+/// The staff member behind an API token ([`Error::NotFound`] or [`Error::Expired`] otherwise),
+/// with no idle limit; see [`api_session_idle`].
 pub async fn api_session(store: &Store, token: &str) -> Result<StaffSession> {
+    api_session_idle(store, token, i64::MAX).await
+}
+
+/// [`api_session`], and a command-line session token (scope `session`) unused for more than
+/// `idle_seconds` has ended, as an idle browser session does (`[ra] session_idle_minutes`).
+/// Its use is recorded at most once a minute.
+pub async fn api_session_idle(
+    store: &Store,
+    token: &str,
+    idle_seconds: i64,
+) -> Result<StaffSession> {
+    let hash = sha256(&[b"api-token", token.as_bytes()]);
     let r = sqlx::query_as::<_, TokenRow>(
-        "SELECT st.id, st.username, st.display_name, st.outlet, st.role, t.expires_at, t.revoked, st.disabled, t.scopes \
-         FROM api_tokens t JOIN staff st ON st.id = t.staff WHERE t.token_hash = $1",
+        "SELECT st.id, st.username, st.display_name, st.outlet, st.role, t.expires_at, t.revoked, st.disabled, t.scopes, \
+         t.created_at, t.last_used FROM api_tokens t JOIN staff st ON st.id = t.staff WHERE t.token_hash = $1",
     )
-    .bind(sha256(&[b"api-token", token.as_bytes()]))
+    .bind(hash.clone())
     .fetch_optional(store.pool())
     .await?
     .ok_or(Error::NotFound)?;
-    if r.expires_at < now() || r.revoked != 0 || r.disabled != 0 {
+    let t = now();
+    if r.expires_at < t || r.revoked != 0 || r.disabled != 0 {
         return Err(Error::Expired("the API token is no longer valid".into()));
+    }
+    if Scopes::stored(&r.scopes).session {
+        let last = r.last_used.unwrap_or(r.created_at);
+        if t - last > idle_seconds {
+            return Err(Error::Expired(
+                "the session ended after a while unused: sign in again".into(),
+            ));
+        }
+        if t - last >= 60 {
+            sqlx::query("UPDATE api_tokens SET last_used = $2 WHERE token_hash = $1")
+                .bind(hash)
+                .bind(t)
+                .execute(store.pool())
+                .await?;
+        }
     }
     Ok(StaffSession {
         must_change_password: false,
@@ -338,7 +369,7 @@ pub async fn cli_sign_in(
         session: true,
     };
     let mut tx = store.begin().await?;
-    sqlx::query("INSERT INTO api_tokens (token_hash, staff, label, created_at, expires_at, scopes) VALUES ($1, $2, $3, $4, $5, $6)")
+    sqlx::query("INSERT INTO api_tokens (token_hash, staff, label, created_at, expires_at, scopes, last_used) VALUES ($1, $2, $3, $4, $5, $6, $4)")
         .bind(sha256(&[b"api-token", token.as_bytes()]))
         .bind(&signed.session.staff)
         .bind("command line")

@@ -218,7 +218,8 @@ impl FromRequestParts<Shared> for Staff {
         s.limits
             .check("api", ip, 600)
             .map_err(|e| ApiFailure(e.error))?;
-        match ra::api_session(s.auth.store(), token.trim()).await {
+        let idle = i64::from(s.auth.config().ra.session_idle_minutes) * 60;
+        match ra::api_session_idle(s.auth.store(), token.trim(), idle).await {
             Ok(session) => Ok(Staff(session)),
             Err(Error::NotFound | Error::Expired(_)) => Err(ApiFailure(Error::SignInFailed)),
             Err(e) => Err(ApiFailure(e)),

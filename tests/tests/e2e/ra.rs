@@ -2189,6 +2189,19 @@ fn the_command_line_enters_and_approves_through_the_service_as_named_staff() {
         "issued through the CLI",
     );
 
+    // Unused for longer than `[ra] session_idle_minutes`, a command-line session has ended,
+    // as a browser session does.
+    ca.tamper("UPDATE api_tokens SET last_used = 1 WHERE label = 'command line'");
+    let e = err(cli(home_b.path(), &["application", "show", &reference], ""));
+    assert!(e.contains("run `ecert login` again"), "{e}");
+    ok(cli(
+        home_b.path(),
+        &["login", "--server", &url, "--username", "clerk2"],
+        &format!(
+            "a counter password 123\n{}\n",
+            totp_at_step_offset(&totp_b, 1)
+        ),
+    ));
     // Signed out: the token is dead at the service, not only forgotten here.
     let token: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(home_b.path().join("ecert/session.json")).unwrap(),
