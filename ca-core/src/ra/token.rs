@@ -231,6 +231,7 @@ row! {
         scopes: String,
         created_at: i64,
         last_used: Option<i64>,
+        must_change_password: i64,
     }
 }
 
@@ -251,7 +252,7 @@ pub async fn api_session_idle(
     let hash = sha256(&[b"api-token", token.as_bytes()]);
     let r = sqlx::query_as::<_, TokenRow>(
         "SELECT st.id, st.username, st.display_name, st.outlet, st.role, t.expires_at, t.revoked, st.disabled, t.scopes, \
-         t.created_at, t.last_used FROM api_tokens t JOIN staff st ON st.id = t.staff WHERE t.token_hash = $1",
+         t.created_at, t.last_used, st.must_change_password FROM api_tokens t JOIN staff st ON st.id = t.staff WHERE t.token_hash = $1",
     )
     .bind(hash.clone())
     .fetch_optional(store.pool())
@@ -277,7 +278,9 @@ pub async fn api_session_idle(
         }
     }
     Ok(StaffSession {
-        must_change_password: false,
+        // A password reset revokes the member's tokens; one made in a race with the reset
+        // still does nothing until the member has chosen a new password.
+        must_change_password: r.must_change_password != 0,
         staff: r.id,
         username: r.username,
         display_name: r.display_name,

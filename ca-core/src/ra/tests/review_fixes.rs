@@ -1893,3 +1893,40 @@ async fn one_admin_never_holds_both_credentials_and_two_admins_remain() {
     set_disabled(&store, &a, "admin-b", true).await.unwrap();
     assert_eq!(active_admins(&store).await.unwrap(), 2);
 }
+
+/// A token that outlived a password reset (made in a race with it) does nothing until the
+/// member has chosen a new password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_a_member_whose_password_was_reset_does_nothing() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
+        .await
+        .unwrap();
+    session_of(&auth, "clerk1", Role::Clerk).await;
+    let token = create_api_token(
+        &store,
+        "clerk1",
+        "t",
+        1,
+        Scopes::parse("read").unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
+    assert!(api_session(&store, &token)
+        .await
+        .unwrap()
+        .authorize(Action::ViewApplications)
+        .is_ok());
+    sqlx::query("UPDATE staff SET must_change_password = 1 WHERE username = 'clerk1'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let e = api_session(&store, &token)
+        .await
+        .unwrap()
+        .authorize(Action::ViewApplications)
+        .unwrap_err();
+    assert!(matches!(e, Error::Forbidden(_)), "{e}");
+}
