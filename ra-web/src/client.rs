@@ -11,7 +11,6 @@
 //! against `--ca-file`, or to `http://` on a loopback address.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use axum::body::Body;
@@ -169,23 +168,8 @@ impl Api {
         token: Option<String>,
     ) -> anyhow::Result<Api> {
         let uri = check_server(server, ca_file)?;
-        let tls = match ca_file {
-            Some(ca) if uri.scheme_str() == Some("https") => ca_core::mpic::client_tls(ca)?,
-            _ => rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-        };
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-        http.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = uri.scheme_str() == Some("https");
+        let connector = crate::front::connector(ca_file.filter(|_| https), 10)?;
         Ok(Api {
             base: format!(
                 "{}://{}",

@@ -37,6 +37,34 @@ struct Upstream {
 /// The largest request body forwarded (the RA's own limit is 64 KiB).
 const MAX_BODY: usize = 256 * 1024;
 
+/// An HTTP/1.1 connector for `http://` and `https://` URLs: TLS checked against the PEM file
+/// `ca` (without one, no server certificate is trusted, so only `http://` works). Shared by the
+/// front instance and the command line's API client.
+pub(crate) fn connector(
+    ca: Option<&std::path::Path>,
+    connect_timeout_seconds: u64,
+) -> anyhow::Result<HttpsConnector<HttpConnector>> {
+    let tls = match ca {
+        Some(ca) => ca_core::mpic::client_tls(ca)?,
+        None => rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
+    };
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(
+        connect_timeout_seconds,
+    )));
+    http.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 /// A router whose fallback forwards to `upstream` (`https://host:port`, its certificate
 /// checked against the PEM file `ca`; or `http://host:port`).
 pub fn router(upstream: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Router> {
@@ -52,25 +80,10 @@ pub fn router(upstream: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Ro
             "--ra-upstream must be https://HOST:PORT or http://HOST:PORT (the signing instance), got {upstream:?}"
         );
     }
-    let tls = match (scheme.as_str(), ca) {
-        ("https", Some(ca)) => ca_core::mpic::client_tls(ca)?,
-        ("https", None) => anyhow::bail!("an https:// --ra-upstream needs --ra-upstream-ca"),
-        // Plain http: the TLS side is never used.
-        _ => rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth(),
-    };
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    http.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+    if scheme == "https" && ca.is_none() {
+        anyhow::bail!("an https:// --ra-upstream needs --ra-upstream-ca");
+    }
+    let connector = connector(ca.filter(|_| scheme == "https"), 5)?;
     let up = Upstream {
         // Pooled connections are dropped well before the signer closes an idle keep-alive
         // connection (`[http] header_timeout_seconds`: 1 to 10 s), so a

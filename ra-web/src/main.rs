@@ -466,13 +466,13 @@ enum AuditCommand {
 
 #[derive(Debug, Args)]
 struct InitArgs {
-    /// The first admin's user name.
+    /// The new admin's user name (one of the first two).
     #[arg(long)]
     admin: Option<String>,
-    /// The first admin's name as shown on screens.
+    /// The new admin's name as shown on screens.
     #[arg(long, requires = "admin", default_value = "Administrator")]
     admin_name: String,
-    /// The outlet the first admin belongs to (made if missing).
+    /// The outlet the new admin belongs to (made if missing).
     #[arg(long, requires = "admin", default_value = "hq")]
     admin_outlet: String,
 }

@@ -847,6 +847,23 @@ impl Ca {
         )
     }
 
+    /// Runs ecert with `stdin` as its standard input (a password, a PIN, a JSON body).
+    pub fn ecert_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut c = self.command(args, &[]);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs ecert.
     pub fn ecert(&self, args: &[&str]) -> Output {
         self.ecert_env(args, &[])

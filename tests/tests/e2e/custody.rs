@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use ecert_e2e::{totp_now, Ca, Db, SmtpServer};
 
-use crate::ra::{add_gpo, add_staff, api, form, page, serve_ra, set_cookie, text};
+use crate::ra::{
+    add_gpo, add_staff, api, form, page, serve_ra, set_cookie, text, wong_application,
+};
 
 /// What the legacy fixture holds, besides its data directory.
 pub(crate) const FIXTURE_HKID: &str = "Z683451(6)";
@@ -22,19 +24,7 @@ fn make_legacy_custody_fixture() {
     let ca = Ca::init();
     // That version's direct data-directory commands (since replaced by the service's API).
     let legacy = |args: &[&str], stdin: &str| -> String {
-        use std::io::Write;
-        let mut c = ca.command(args, &[]);
-        c.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
+        let o = ca.ecert_stdin(args, stdin);
         assert!(o.status.success(), "{}", ecert_e2e::show(&o));
         String::from_utf8(o.stdout).unwrap()
     };
@@ -106,12 +96,7 @@ fn make_legacy_custody_fixture() {
         "POST",
         "/api/v1/applications",
         &token,
-        Some(serde_json::json!({
-            "profile": "personal", "surname": "Wong", "given_name": "Siu Ming",
-            "email": "sm.wong@example.hk", "hkid": FIXTURE_HKID, "date_of_birth": "1985-06-01",
-            "phone": "+852 2921 2222", "address": "2 Connaught Place, Central",
-            "consent_notices": true, "revocation_secret": "my revocation words", "csr": csr,
-        })),
+        Some(wong_application(&csr, FIXTURE_HKID, "sm.wong@example.hk")),
     );
     assert_eq!(st, 201, "{created}");
     let r = crate::serve::http(
@@ -257,12 +242,7 @@ fn personal_data_keys_stay_in_the_data_owners_custody() {
         "POST",
         "/api/v1/applications",
         &entering,
-        Some(serde_json::json!({
-            "profile": "personal", "surname": "Wong", "given_name": "Siu Ming",
-            "email": "sm.wong@example.hk", "hkid": FIXTURE_HKID, "date_of_birth": "1985-06-01",
-            "phone": "+852 2921 2222", "address": "2 Connaught Place, Central",
-            "consent_notices": true, "revocation_secret": "my revocation words", "csr": csr,
-        })),
+        Some(wong_application(&csr, FIXTURE_HKID, "sm.wong@example.hk")),
     );
     assert_eq!(st, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
@@ -583,12 +563,7 @@ fn a_legacy_data_directory_moves_to_separated_custody() {
         "POST",
         "/api/v1/applications",
         &entering,
-        Some(serde_json::json!({
-            "profile": "personal", "surname": "Wong", "given_name": "Siu Ming",
-            "email": "sm.wong2@example.hk", "hkid": FIXTURE_HKID, "date_of_birth": "1985-06-01",
-            "phone": "+852 2921 2222", "address": "2 Connaught Place, Central",
-            "consent_notices": true, "revocation_secret": "my revocation words", "csr": csr,
-        })),
+        Some(wong_application(&csr, FIXTURE_HKID, "sm.wong2@example.hk")),
     );
     assert_eq!(st, 201, "{e}");
     let body = text(&page(&addr, &format!("/staff/applications/{id}"), &clerk));

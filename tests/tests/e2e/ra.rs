@@ -215,27 +215,7 @@ fn admin_token(ca: &Ca, addr: &str, n: u8) -> String {
     let totp_file = ca.file(&format!("e2e-admin{n}.totp"));
     if !totp_file.exists() {
         for k in 1..=2u8 {
-            let mut c = ca.command(&["init", "--admin", &format!("e2e-admin{k}")], &[]);
-            c.stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = c.spawn().unwrap();
-            {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(b"an e2e admin password\n")
-                    .unwrap();
-            }
-            let o = child.wait_with_output().unwrap();
-            assert!(o.status.success(), "init --admin: {}", show(&o));
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            let secret = out
-                .lines()
-                .find_map(|l| l.strip_prefix("totp_secret="))
-                .unwrap_or_else(|| panic!("{out}"));
+            let secret = init_admin(ca, &format!("e2e-admin{k}"), "an e2e admin password");
             std::fs::write(ca.file(&format!("e2e-admin{k}.totp")), secret).unwrap();
         }
     }
@@ -1953,28 +1933,17 @@ fn problem_reports_are_taken_24x7_and_their_clocks_alarm() {
     ca.audit_ok();
 }
 
-/// Issue 14: `ecert init --admin` makes the first admin (password on standard input, TOTP
-/// secret printed once), who can sign in; it is the only account made without another admin:
-/// a second `init --admin` is refused.
+/// Issue 14: `ecert init --admin` makes the first two admins (password on standard input,
+/// TOTP secret printed once), who can sign in; the only accounts made without another admin:
+/// a third `init --admin` is refused while two are active.
 #[test]
 fn init_makes_the_first_two_admins_and_no_more() {
     let ca = Ca::new();
     let run = |username: &str| {
-        let mut c = ca.command(&["init", "--admin", username], &[]);
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(b"the first admin's password\n")
-                .unwrap();
-        }
-        child.wait_with_output().unwrap()
+        ca.ecert_stdin(
+            &["init", "--admin", username],
+            "the first admin's password\n",
+        )
     };
     let o = run("root-admin");
     assert!(o.status.success(), "{}", show(&o));
@@ -2103,12 +2072,7 @@ fn the_command_line_enters_and_approves_through_the_service_as_named_staff() {
     }
 
     let csr = std::fs::read_to_string(ca.csr("cli-applicant", KeyType::P256).csr).unwrap();
-    let application = serde_json::json!({
-        "profile": "personal", "surname": "Wong", "given_name": "Siu Ming",
-        "email": "sm.wong@example.hk", "hkid": "Z683451(6)", "date_of_birth": "1985-06-01",
-        "phone": "+852 2921 2222", "address": "2 Connaught Place, Central",
-        "consent_notices": true, "revocation_secret": "my revocation words", "csr": csr,
-    });
+    let application = wong_application(&csr, "Z683451(6)", "sm.wong@example.hk");
     let out = ok(cli(
         home_a.path(),
         &["apply", "-"],
@@ -2248,36 +2212,31 @@ pub(crate) fn session_token(addr: &str, username: &str, totp: &str) -> String {
 /// `init --admin` makes the first two admins, with their passwords on standard input; returns
 /// their TOTP secrets.
 fn two_admins(ca: &Ca) -> (String, String) {
-    let mut secrets = Vec::new();
-    for (name, password) in [
-        ("admin1", "admin one's password"),
-        ("admin2", "admin two's password"),
-    ] {
-        let mut c = ca.command(&["init", "--admin", name], &[]);
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{password}\n").as_bytes())
-                .unwrap();
-        }
-        let o = child.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", show(&o));
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        secrets.push(
-            out.lines()
-                .find_map(|l| l.strip_prefix("totp_secret="))
-                .unwrap_or_else(|| panic!("{out}"))
-                .to_string(),
-        );
-    }
-    (secrets[0].clone(), secrets[1].clone())
+    (
+        init_admin(ca, "admin1", "admin one's password"),
+        init_admin(ca, "admin2", "admin two's password"),
+    )
+}
+
+/// A personal application for Wong Siu Ming (synthetic data), as the JSON API takes it.
+pub(crate) fn wong_application(csr: &str, hkid: &str, email: &str) -> serde_json::Value {
+    serde_json::json!({
+        "profile": "personal", "surname": "Wong", "given_name": "Siu Ming",
+        "email": email, "hkid": hkid, "date_of_birth": "1985-06-01",
+        "phone": "+852 2921 2222", "address": "2 Connaught Place, Central",
+        "consent_notices": true, "revocation_secret": "my revocation words", "csr": csr,
+    })
+}
+
+/// `ecert init --admin NAME` with the password on standard input; returns the TOTP secret.
+pub(crate) fn init_admin(ca: &Ca, name: &str, password: &str) -> String {
+    let o = ca.ecert_stdin(&["init", "--admin", name], &format!("{password}\n"));
+    assert!(o.status.success(), "init --admin {name}: {}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    out.lines()
+        .find_map(|l| l.strip_prefix("totp_secret="))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string()
 }
 
 /// Issue 14: staff and outlet administration from the command line goes through the running
