@@ -152,6 +152,24 @@ pub async fn ask(config: &DcvConfig, req: &CheckRequest) -> Vec<(String, Option<
     out
 }
 
+/// An HTTPS-only HTTP/1.1 client whose servers are checked against the PEM file `ca_file`
+/// (the perspectives; the audit witness service).
+pub(crate) fn https_client(
+    ca_file: &std::path::Path,
+) -> Result<
+    Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<bytes::Bytes>,
+    >,
+> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(ca_file)?)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
 /// A TLS client configuration (ring, TLS 1.2+) that trusts only the certificates in the PEM
 /// file `ca_file`: for the remote perspectives here, and for a front instance's link to the
 /// signing instance.
@@ -196,13 +214,7 @@ async fn ask_one(
         context: format!("reading {}", p.token_file.display()),
         source: e,
     })?;
-    let tls = client_tls(&p.ca_file)?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let client = https_client(&p.ca_file)?;
     let request = hyper::Request::post(format!("{}{PATH}", p.url.trim_end_matches('/')))
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {}", token.trim()))

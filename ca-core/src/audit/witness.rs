@@ -318,15 +318,7 @@ pub async fn post(
 ) -> Result<i64> {
     use http_body_util::{BodyExt, Full};
     let fail = |what: String| Error::Audit(format!("audit witness {url}: {what}"));
-    let tls = crate::mpic::client_tls(ca)?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
+    let client = crate::mpic::https_client(ca)?;
     let mut body = String::new();
     for c in checkpoints {
         body.push_str(
