@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use ca_core::authority::{ApprovedRequest, Authority};
+use ca_core::authority::Authority;
 use ca_core::config::Config;
 use ca_core::csr::{VerifiedCsr, MAX_CSR_BYTES};
-use ca_core::profile::{CaRole, SubjectData};
+use ca_core::profile::CaRole;
 use ca_core::serial::SerialNumber;
 use ca_core::store::Store;
 use clap::{Args, Parser, Subcommand};
@@ -75,8 +75,6 @@ enum Command {
     /// input, its TOTP secret printed once): the only accounts ever made without another admin —
     /// two, because every privileged grant needs a second admin.
     Init(InitArgs),
-    /// Issue a certificate directly (an officer's action; audited).
-    Issue(Box<IssueArgs>),
     /// CA certificates.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -180,67 +178,6 @@ enum BenchCommand {
     OcspClient(bench::OcspClient),
     /// A bare axum server with a fixed OCSP answer (the ceiling).
     OcspCeiling(bench::OcspCeiling),
-}
-
-#[derive(Debug, Args)]
-struct IssueArgs {
-    /// Profile: personal, personal-minor, organisational, organisational-role, encipherment, server.
-    #[arg(long)]
-    profile: String,
-    /// CSR file, PEM or DER. Only its public key is used.
-    #[arg(long)]
-    csr: PathBuf,
-    /// Display name (commonName) of a person.
-    #[arg(long)]
-    name: Option<String>,
-    /// Given name.
-    #[arg(long)]
-    given_name: Option<String>,
-    /// Surname.
-    #[arg(long)]
-    surname: Option<String>,
-    /// E-mail address (repeatable).
-    #[arg(long = "email")]
-    emails: Vec<String>,
-    /// Organisation name.
-    #[arg(long)]
-    org: Option<String>,
-    /// Hong Kong Business Registration number (8 digits): organizationIdentifier
-    /// `NTR<country>-<number>`.
-    #[arg(long, conflicts_with = "government")]
-    org_id: Option<String>,
-    /// The organisation is a government bureau, department or statutory body:
-    /// organizationIdentifier `GOV<country>` (S/MIME BR §7.1.4.2.2(d) Note 2).
-    #[arg(long)]
-    government: bool,
-    /// The subject's country as you verified it (ISO 3166-1 alpha-2): the issuer of the
-    /// identity document checked, or the country of the organisation's register. Required for
-    /// server certificates and with --org-id/--government; without it no countryName.
-    #[arg(long)]
-    country: Option<String>,
-    /// Locality of the organisation's registered address, as verified (server certificates,
-    /// required).
-    #[arg(long)]
-    locality: Option<String>,
-    /// The holder's role (organisational-role certificates; subject title).
-    #[arg(long)]
-    title: Option<String>,
-    /// DNS name (repeatable; server certificates).
-    #[arg(long = "dns")]
-    dns_names: Vec<String>,
-    /// Validity in days (default: the profile's).
-    #[arg(long)]
-    days: Option<u32>,
-    /// The holder's date of birth, YYYY-MM-DD (required for personal-minor: the certificate
-    /// ends before the 18th birthday). Used to compute the validity; never stored.
-    #[arg(long)]
-    date_of_birth: Option<String>,
-    /// Serial (hex) of the certificate this one renews or re-keys.
-    #[arg(long)]
-    renews: Option<String>,
-    /// Write the PEM certificate here instead of stdout.
-    #[arg(long)]
-    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -715,7 +652,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 outln!("{}", client::printable(v["token"].as_str().unwrap_or_default()));
                 Ok(())
             }
-            Command::Issue(args) => issue(config, *args).await,
             Command::Ca(c) => ca(config, c).await,
             Command::Cert(c) => cert(config, c).await,
             Command::Audit(AuditCommand::Verify {
@@ -1340,93 +1276,6 @@ fn read_limited(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .with_context(|| format!("reading {}", path.display()))?;
     Ok(buf)
-}
-
-async fn issue(config: Config, a: IssueArgs) -> anyhow::Result<()> {
-    let renews = match &a.renews {
-        Some(s) => Some(
-            SerialNumber::from_hex(s).with_context(|| format!("{s:?} is not a serial number"))?,
-        ),
-        None => None,
-    };
-    // A minor's certificate ends before the 18th birthday (as the RA makes it).
-    let days = match ca_core::profile::Profile::get(&a.profile) {
-        Ok(p) if p.minor => {
-            let dob = a.date_of_birth.as_deref().with_context(|| {
-                format!(
-                    "--date-of-birth is required for {}: the certificate must end before the holder's 18th birthday",
-                    p.id
-                )
-            })?;
-            time::Date::parse(
-                dob,
-                time::macros::format_description!("[year]-[month]-[day]"),
-            )
-            .map_err(|_| anyhow::anyhow!("--date-of-birth: use the form YYYY-MM-DD"))?;
-            let most = ca_core::ra::rules::minor_days(p, dob, time::OffsetDateTime::now_utc())?;
-            match a.days {
-                Some(d) if d > most => anyhow::bail!(
-                    "--days {d} would outlive the holder's 18th birthday: at most {most}"
-                ),
-                Some(d) => Some(d),
-                None => Some(most),
-            }
-        }
-        _ => a.days,
-    };
-    let input = read_limited(&a.csr, MAX_CSR_BYTES)?;
-    let auth = Authority::open(config).await?;
-    let csr = match VerifiedCsr::parse(&input) {
-        Ok(csr) => csr,
-        Err(e) => {
-            auth.record_refusal(&actor(), &a.profile, &e).await;
-            checkpoint(&auth).await;
-            return Err(e.into());
-        }
-    };
-    let req = ApprovedRequest {
-        profile: a.profile,
-        csr,
-        subject: SubjectData {
-            name: a.name,
-            given_name: a.given_name,
-            surname: a.surname,
-            emails: a.emails,
-            organization: a.org,
-            org_id: a.org_id,
-            government: a.government,
-            country: a.country,
-            locality: a.locality,
-            dns_names: a.dns_names,
-            srn: None,
-            title: a.title,
-        },
-        days,
-        renews,
-        actor: actor(),
-    };
-    let profile = req.profile.clone();
-    let issued = match auth.issue(req).await {
-        Ok(issued) => issued,
-        Err(e) => {
-            checkpoint(&auth).await;
-            return Err(e.into());
-        }
-    };
-    let pem = pem_cert(&issued.cert_der);
-    match &a.out {
-        Some(path) => {
-            std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
-        }
-        None => std::io::stdout().write_all(pem.as_bytes())?,
-    }
-    eprintln!(
-        "issued serial={} profile={profile} ca={}",
-        issued.serial,
-        issued.issuer.name()
-    );
-    checkpoint(&auth).await;
-    Ok(())
 }
 
 /// Who ran a command, for the audit trail: the operating-system account of the process (its

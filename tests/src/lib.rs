@@ -670,12 +670,12 @@ pub fn expected_serial_content(serial16: &[u8]) -> Vec<u8> {
 // ------------------------------------------------------------------------------------------
 // The CA under test
 
-/// What `ecert issue` reported.
+/// A certificate issued through an application (the e2e harness's `issue`).
 #[derive(Debug, Clone)]
 pub struct Issued {
-    /// The serial (32 lowercase hex digits) from the `issued serial=…` line.
+    /// The serial (32 lowercase hex digits) the approval answered with.
     pub serial: String,
-    /// `ca=` of that line.
+    /// The name of the CA whose subject is the certificate's issuer (`ca export` name).
     pub ca: String,
     /// The certificate.
     pub cert: CertFile,
@@ -703,6 +703,14 @@ pub struct Ca {
     /// Extra environment of every ecert run (`ECERT_DATABASE_URL` with PostgreSQL).
     pub db_env: Option<(String, String)>,
     pg: Option<PgDb>,
+    /// The installation's mail server: every `serve` of this data directory sends to it
+    /// (started with the first).
+    smtp: std::sync::OnceLock<SmtpServer>,
+    /// The installation's authoritative DNS server: every `serve` of this data directory
+    /// resolves domain-validation and CAA names through it.
+    dns: std::sync::OnceLock<dns::DnsServer>,
+    /// What lives as long as the installation (servers a test started for it).
+    kept: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 impl Ca {
@@ -747,7 +755,27 @@ impl Ca {
             work,
             db_env,
             pg,
+            smtp: std::sync::OnceLock::new(),
+            dns: std::sync::OnceLock::new(),
+            kept: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keeps `thing` (a server process) until the installation is dropped.
+    pub fn keep(&self, thing: impl std::any::Any + Send) {
+        self.kept.lock().unwrap().push(Box::new(thing));
+    }
+
+    /// The mail server every `serve` of this installation sends to (unless the test gives
+    /// its own `ECERT_SMTP`).
+    pub fn smtp(&self) -> &SmtpServer {
+        self.smtp.get_or_init(SmtpServer::start)
+    }
+
+    /// The DNS server every `serve` of this installation asks (unless the test gives its own
+    /// `ECERT_DNS_RESOLVER`).
+    pub fn dns(&self) -> &dns::DnsServer {
+        self.dns.get_or_init(dns::DnsServer::start)
     }
 
     /// [`Ca::new`] then `ecert init`.
@@ -830,6 +858,10 @@ impl Ca {
         if let Some((k, v)) = &self.db_env {
             c.env(k, v);
         }
+        if args.first() == Some(&"serve") {
+            c.env("ECERT_SMTP", &self.smtp().addr);
+            c.env("ECERT_DNS_RESOLVER", &self.dns().addr);
+        }
         for (k, v) in envs {
             c.env(k, v);
         }
@@ -906,31 +938,6 @@ impl Ca {
         csr(self.work.path(), name, kind)
     }
 
-    /// `ecert issue --profile P --csr CSR ARGS --out FILE`; asserts success and the
-    /// `issued serial=<hex> profile=<P> ca=<name>` line; returns what was issued.
-    pub fn issue(&self, profile: &str, csr: &Path, args: &[&str], ctx: &str) -> Issued {
-        let out = self.file(&format!("issued-{}.pem", uuid::Uuid::new_v4().simple()));
-        let mut full = vec![
-            "issue",
-            "--profile",
-            profile,
-            "--csr",
-            csr.to_str().unwrap(),
-        ];
-        full.extend(args);
-        full.extend(["--out", out.to_str().unwrap()]);
-        let o = self.ecert(&full);
-        assert!(
-            o.status.success(),
-            "[{ctx}] `ecert {}` failed\n{}",
-            full.join(" "),
-            show(&o)
-        );
-        let (serial, ca) = parse_issued_line(&o, profile).unwrap_or_else(|e| panic!("[{ctx}] {e}"));
-        let cert = CertFile::read(&out);
-        Issued { serial, ca, cert }
-    }
-
     /// `ecert cert list`, parsed.
     pub fn cert_list(&self) -> Vec<CertRow> {
         let out = self.ecert_ok(&["cert", "list"]);
@@ -952,11 +959,12 @@ impl Ca {
             .collect()
     }
 
-    /// How many certificates `cert list` shows as issued.
+    /// How many subscriber certificates `cert list` shows as issued (not counting the OCSP
+    /// responders' certificates a signing service makes for itself).
     pub fn issued_count(&self) -> usize {
         self.cert_list()
             .iter()
-            .filter(|r| r.state == "issued")
+            .filter(|r| r.state == "issued" && r.profile != "ocsp-responder")
             .count()
     }
 
@@ -1179,42 +1187,6 @@ impl Drop for Ca {
             let _ = c.status();
         }
     }
-}
-
-/// Finds and checks `issued serial=<32 hex> profile=<profile> ca=<name>` on stderr.
-pub fn parse_issued_line(o: &Output, profile: &str) -> Result<(String, String), String> {
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("issued "))
-        .ok_or_else(|| {
-            format!(
-                "no `issued serial=<hex> profile=<name> ca=<ca>` line on stderr\n{}",
-                show(o)
-            )
-        })?;
-    let parts: Vec<&str> = line.split(' ').collect();
-    let bad = || format!("the line is not `issued serial=<hex> profile=<name> ca=<ca>`: {line:?}");
-    if parts.len() != 4 || parts[0] != "issued" {
-        return Err(bad());
-    }
-    let serial = parts[1].strip_prefix("serial=").ok_or_else(bad)?;
-    let got_profile = parts[2].strip_prefix("profile=").ok_or_else(bad)?;
-    let ca = parts[3].strip_prefix("ca=").ok_or_else(bad)?;
-    if serial.len() != 32
-        || !serial
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(format!("serial in {line:?} is not 32 lowercase hex digits"));
-    }
-    if got_profile != profile {
-        return Err(format!("profile in {line:?} is not {profile}"));
-    }
-    if ca.is_empty() {
-        return Err(bad());
-    }
-    Ok((serial.to_string(), ca.to_string()))
 }
 
 // ------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@
 #[path = "e2e/common.rs"]
 mod common;
 
+#[path = "e2e/apply.rs"]
+mod apply;
 #[path = "e2e/audit.rs"]
 mod audit;
 #[path = "e2e/browser.rs"]

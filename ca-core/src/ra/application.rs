@@ -337,8 +337,19 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
             return Err(invalid("email", "an e-mail address"));
         }
     }
-    let csr = VerifiedCsr::parse(&a.csr)?;
-    auth.check_key(csr.key())?;
+    // A refused CSR or key is a rejected certificate request: audited (BR §5.4.1), as the
+    // issuance core audits its own refusals.
+    let csr = match VerifiedCsr::parse(&a.csr).and_then(|c| auth.check_key(c.key()).map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            let actor = a
+                .entered_by
+                .as_ref()
+                .map_or_else(|| "citizen".to_string(), |u| format!("staff:{u}"));
+            auth.record_refusal(&actor, &a.profile, &e).await;
+            return Err(e);
+        }
+    };
     if !["en", "zh-HK"].contains(&a.language.as_str()) {
         return Err(invalid("language", "en or zh-HK"));
     }

@@ -378,7 +378,7 @@ async fn create(
             outlet: String::new(),
             consent_notices: a.consent_notices,
             revocation_secret: a.revocation_secret,
-            csr: a.csr.into_bytes(),
+            csr: csr_bytes(&a.csr)?,
             language: a.language,
             entered_by: None,
             organization: a.organization,
@@ -409,6 +409,22 @@ async fn create(
         }),
     )
         .into_response())
+}
+
+/// The `csr` field's bytes: PEM as given, or the base64 of DER decoded (as the field's
+/// documentation promises; it was passed on undecoded, so DER never parsed).
+fn csr_bytes(field: &str) -> Result<Vec<u8>, ApiFailure> {
+    let text = field.trim();
+    if text.is_empty() || text.starts_with("-----BEGIN") {
+        return Ok(text.as_bytes().to_vec());
+    }
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, compact).map_err(|_| {
+        ApiFailure(Error::Invalid {
+            field: "csr",
+            reason: "a PEM certification request, or its DER in base64".into(),
+        })
+    })
 }
 
 /// An application as staff see it: personal fields masked.

@@ -399,10 +399,10 @@ fn browser_two_officers_and_the_data_owner() {
     let p = crate::common::personal();
     let leaves: Vec<_> = (0..2)
         .map(|i| {
-            ca.issue(
-                p.profile,
+            crate::apply::issue(
+                &ca,
+                &p,
                 &ca.csr(&format!("browser-mass-{i}"), KeyType::P256).csr,
-                &p.args,
                 "to revoke from the page",
             )
         })

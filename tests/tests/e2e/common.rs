@@ -19,13 +19,16 @@ pub const OID_ORG_ID: &str = "2.5.4.97";
 pub const OID_EMAIL_ADDRESS: &str = "1.2.840.113549.1.9.1";
 const OID_AIA_CA_ISSUERS: &str = "1.3.6.1.5.5.7.48.2";
 
-/// One profile's request and what its certificates must look like.
+/// One profile's application and what its certificates must look like.
 #[derive(Debug, Clone)]
 pub struct ProfileCase {
     pub profile: &'static str,
-    /// Subject flags of `ecert issue`.
-    pub args: Vec<&'static str>,
-    /// The issuing CA (`ca=` of the issued line, `ca export` name).
+    /// The application as the JSON API takes it (`POST /api/v1/applications`), without the
+    /// CSR; its `hkid` is what the counter types from the card.
+    pub application: serde_json::Value,
+    /// server: the locality the counter reads from the organisation's registration.
+    pub locality: Option<&'static str>,
+    /// The issuing CA (`ca export` name).
     pub ca: &'static str,
     /// pkilint CA/B linter and its `-t` type.
     pub linter: &'static str,
@@ -40,46 +43,66 @@ pub struct ProfileCase {
     pub forbidden: Vec<&'static str>,
 }
 
+/// The applicant's personal fields (synthetic; the HKID's check digit is valid): a citizen,
+/// or an organisation's Authorised Representative.
+fn applicant(
+    profile: &str,
+    surname: &str,
+    given: &str,
+    email: &str,
+    hkid: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "profile": profile, "surname": surname, "given_name": given, "email": email,
+        "hkid": hkid, "date_of_birth": "1985-06-01", "phone": "+852 2921 2222",
+        "address": "2 Connaught Place, Central", "revocation_secret": "my revocation words",
+    })
+}
+
+/// Adds `fields` to an application.
+pub fn with(mut application: serde_json::Value, fields: serde_json::Value) -> serde_json::Value {
+    for (k, v) in fields.as_object().unwrap() {
+        application[k] = v.clone();
+    }
+    application
+}
+
 pub fn personal() -> ProfileCase {
     ProfileCase {
         profile: "personal",
-        args: vec![
-            "--given-name",
+        application: applicant(
+            "personal",
+            "Chan",
             "Tai Man",
-            "--surname",
-            "CHAN",
-            "--name",
-            "CHAN Tai Man",
-            "--email",
             "taiman.chan@example.hk",
-        ],
+            "Z683451(6)",
+        ),
+        locality: None,
         ca: "individual",
         linter: "lint_cabf_smime_cert",
         lint_type: "INDIVIDUAL-MULTIPURPOSE",
         purpose: Some("smimesign"),
         sans: vec!["email:taiman.chan@example.hk"],
+        // The counter saw an HKID card: countryName HK (S/MIME BR §7.1.4.2.2(n)).
         attrs: vec![
             (OID_GIVEN_NAME, "Tai Man"),
             (OID_SURNAME, "CHAN"),
             (OID_CN, "CHAN Tai Man"),
+            (OID_COUNTRY, "HK"),
         ],
-        // No --country: the officer verified none, so no countryName (issue 12, defect 5).
-        forbidden: vec![
-            OID_O,
-            OID_ORG_ID,
-            OID_OU,
-            OID_LOCALITY,
-            OID_TITLE,
-            OID_COUNTRY,
-        ],
+        forbidden: vec![OID_O, OID_ORG_ID, OID_OU, OID_LOCALITY, OID_TITLE],
     }
 }
 
-/// e-Cert (Personal/Minor): as personal, under its own policy, for a holder born in 2015.
+/// e-Cert (Personal/Minor): as personal, under its own policy, for a holder born in 2015 (a
+/// guardian consents at the counter).
 pub fn personal_minor() -> ProfileCase {
     let mut c = personal();
     c.profile = "personal-minor";
-    c.args.extend(["--date-of-birth", "2015-06-01"]);
+    c.application = with(
+        c.application,
+        serde_json::json!({"profile": "personal-minor", "date_of_birth": "2015-06-01"}),
+    );
     c
 }
 
@@ -87,7 +110,10 @@ pub fn personal_minor() -> ProfileCase {
 pub fn organisational_role() -> ProfileCase {
     let mut c = organisational();
     c.profile = "organisational-role";
-    c.args.extend(["--title", "Ward Manager"]);
+    c.application = with(
+        c.application,
+        serde_json::json!({"profile": "organisational-role", "user_title": "Ward Manager"}),
+    );
     c.attrs.push((OID_TITLE, "Ward Manager"));
     c.forbidden.retain(|o| *o != OID_TITLE);
     c
@@ -96,20 +122,20 @@ pub fn organisational_role() -> ProfileCase {
 pub fn organisational() -> ProfileCase {
     ProfileCase {
         profile: "organisational",
-        args: vec![
-            "--given-name",
-            "Siu Ming",
-            "--surname",
-            "WONG",
-            "--email",
-            "siuming.wong@example.hk",
-            "--org",
-            "Example Trading Limited",
-            "--org-id",
-            "12345678",
-            "--country",
-            "HK",
-        ],
+        application: with(
+            applicant(
+                "organisational",
+                "Lee",
+                "Ka Yan",
+                "siuming.wong@example.hk",
+                "K410002(6)",
+            ),
+            serde_json::json!({
+                "organization": "Example Trading Limited", "org_id": "12345678",
+                "user_surname": "Wong", "user_given_name": "Siu Ming",
+            }),
+        ),
+        locality: None,
         ca: "individual",
         linter: "lint_cabf_smime_cert",
         lint_type: "SPONSORED-MULTIPURPOSE",
@@ -129,16 +155,17 @@ pub fn organisational() -> ProfileCase {
 pub fn encipherment() -> ProfileCase {
     ProfileCase {
         profile: "encipherment",
-        args: vec![
-            "--org",
-            "Example Trading Limited",
-            "--org-id",
-            "12345678",
-            "--country",
-            "HK",
-            "--email",
-            "secure@example.hk",
-        ],
+        application: with(
+            applicant(
+                "encipherment",
+                "Lee",
+                "Ka Yan",
+                "secure@example.hk",
+                "K410002(6)",
+            ),
+            serde_json::json!({"organization": "Example Trading Limited", "org_id": "12345678"}),
+        ),
+        locality: None,
         ca: "individual",
         linter: "lint_cabf_smime_cert",
         lint_type: "ORGANIZATION-STRICT",
@@ -157,16 +184,16 @@ pub fn encipherment() -> ProfileCase {
 /// §7.1.4.2.2(d) Note 2), no registration number (issue 12, defect 6).
 pub fn encipherment_government() -> ProfileCase {
     ProfileCase {
-        profile: "encipherment",
-        args: vec![
-            "--org",
-            "Example Bureau",
-            "--government",
-            "--country",
-            "HK",
-            "--email",
-            "secure@example.gov.hk",
-        ],
+        application: with(
+            applicant(
+                "encipherment",
+                "Lee",
+                "Ka Yan",
+                "secure@example.gov.hk",
+                "K410002(6)",
+            ),
+            serde_json::json!({"organization": "Example Bureau", "org_register": "gov"}),
+        ),
         sans: vec!["email:secure@example.gov.hk"],
         attrs: vec![
             (OID_COUNTRY, "HK"),
@@ -180,24 +207,21 @@ pub fn encipherment_government() -> ProfileCase {
 pub fn server() -> ProfileCase {
     ProfileCase {
         profile: "server",
-        args: vec![
-            "--org",
-            "Example Trading Limited",
-            "--country",
-            "HK",
-            "--locality",
-            "Kowloon",
-            "--dns",
-            "www.example.hk",
-            "--dns",
-            "example.hk",
-        ],
+        application: with(
+            applicant("server", "Lee", "Ka Yan", "it@example.hk", "K410002(6)"),
+            serde_json::json!({
+                "organization": "Example Trading Limited", "org_id": "12345678",
+                "dns_names": ["www.example.hk", "example.hk"],
+            }),
+        ),
+        locality: Some("Kowloon"),
         ca: "server",
         linter: "lint_cabf_serverauth_cert",
         lint_type: "OV-FINAL-CERTIFICATE",
         purpose: Some("sslserver"),
         sans: vec!["dns:example.hk", "dns:www.example.hk"],
         attrs: vec![
+            (OID_COUNTRY, "HK"),
             (OID_O, "Example Trading Limited"),
             (OID_LOCALITY, "Kowloon"),
         ],
@@ -361,7 +385,7 @@ pub fn run_all<T>(cases: impl IntoIterator<Item = (String, T)>, f: impl Fn(&str,
 pub fn issue_and_verify_personal(ca: &Ca, name: &str, ctx: &str) -> Issued {
     let case = personal();
     let csr = ca.csr(name, KeyType::P256);
-    let issued = ca.issue(case.profile, &csr.csr, &case.args, ctx);
+    let issued = crate::apply::issue(ca, &case, &csr.csr, ctx);
     let root = ca.export("root");
     let issuing = ca.export("individual");
     openssl_verify(

@@ -1,8 +1,10 @@
-//! Crash safety: ecert killed at each step of the issuance cycle leaves the serial in a
-//! recorded state, writes no certificate file, and the next run resolves the leftover
-//! (`reserved` → `failed`, `issuing` → `abandoned`) and issues normally with an intact audit trail.
+//! Crash safety: the signing service killed (SIGKILL) at each step of the issuance cycle, while
+//! it approves an application, leaves the serial in a recorded state, and the next start
+//! resolves the leftover (`reserved` → `failed`, `issuing` → `abandoned`) and issues normally
+//! with an intact audit trail.
 
 use std::collections::BTreeSet;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ecert_e2e::*;
@@ -12,32 +14,28 @@ use crate::common::*;
 const NO_FAILPOINTS_HINT: &str =
     "was ecert built with failpoints? build it with `cargo build -p ra-web --features failpoints`";
 
+/// The subscriber certificates' serials (not the OCSP responders' a service makes itself).
 fn serials(ca: &Ca) -> BTreeSet<String> {
-    ca.cert_list().into_iter().map(|r| r.serial).collect()
+    ca.cert_list()
+        .into_iter()
+        .filter(|r| r.profile != "ocsp-responder")
+        .map(|r| r.serial)
+        .collect()
 }
 
-/// After the crashed run: no file; the next signer start (a normal issuance) resolves the
+/// After the crashed run: the next signer start (a normal issuance) resolves the
 /// leftover by the recorded rule and issues; then exactly one other new serial, in `expected`
 /// state in `cert list` and `cert show`; nothing left `reserved`/`issuing`; the audit trail
 /// verifies.
-fn after_crash(
-    ca: &Ca,
-    before: &BTreeSet<String>,
-    out: &std::path::Path,
-    expected: &str,
-    ctx: &str,
-) {
-    assert!(
-        !out.exists(),
-        "[{ctx}] the crashed run wrote {}",
-        out.display()
-    );
+fn after_crash(ca: &Ca, before: &BTreeSet<String>, expected: &str, ctx: &str) {
     let fresh =
         issue_and_verify_personal(ca, "after-crash", &format!("{ctx}: issuance after restart"));
     let rows = ca.cert_list();
     let new: Vec<&CertRow> = rows
         .iter()
-        .filter(|r| !before.contains(&r.serial) && r.serial != fresh.serial)
+        .filter(|r| {
+            !before.contains(&r.serial) && r.serial != fresh.serial && r.profile != "ocsp-responder"
+        })
         .collect();
     assert_eq!(
         new.len(),
@@ -80,115 +78,122 @@ fn after_crash(
     ca.audit_ok();
 }
 
-fn crash_at(failpoint: &str, expected: &str) {
-    let ctx = format!("{failpoint}=panic");
+/// Starts the signing service with `FAILPOINTS=failpoints` and has `case`'s application for
+/// `csr` approved through it in another thread while `f` runs with the service; then waits
+/// for that thread: `None` if its request failed (the service was killed, or its answer took
+/// longer than the HTTP client waits), else what the application came to.
+pub(crate) fn during_approval<T>(
+    ca: &Ca,
+    failpoints: &str,
+    case: &ProfileCase,
+    csr: &std::path::Path,
+    f: impl FnOnce(&mut crate::serve::Server) -> T,
+) -> (
+    T,
+    Option<Result<crate::apply::Applied, crate::apply::Refusal>>,
+) {
+    // Staff and outlet first, through an ordinary service.
+    crate::apply::counter_ready(ca);
+    let mut server = crate::serve::spawn_listening(
+        ca.command(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-watch-seconds",
+                "1",
+            ],
+            &[("FAILPOINTS", failpoints)],
+        ),
+        Stdio::null(),
+    );
+    let out = std::thread::scope(|scope| {
+        let approval = scope.spawn(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::apply::attempt(ca, &case.application, case.locality, csr)
+            }))
+            .ok()
+        });
+        let t = f(&mut server);
+        (t, approval.join().unwrap())
+    });
+    drop(server);
+    out
+}
+
+/// [`during_approval`] of a personal application with `failpoint=sleep(60000)`: waits until
+/// the issuance has recorded a new serial and a moment more, and SIGKILLs the service; returns
+/// the new serial. The service answered read-only commands meanwhile.
+pub(crate) fn kill_during_approval(ca: &Ca, failpoint: &str, ctx: &str) -> String {
+    let csr = ca.csr(&failpoint.replace(':', "_"), KeyType::P256);
+    let before = serials(ca);
+    let started = Instant::now();
+    let fp = format!("{failpoint}=sleep(60000)");
+    let (serial, _) = during_approval(ca, &fp, &personal(), &csr.csr, |server| {
+        let serial = loop {
+            if let Some(s) = serials(ca).difference(&before).next() {
+                break s.clone();
+            }
+            if let Some(status) = server.0.try_wait().unwrap() {
+                panic!("[{ctx}] the service exited ({status}) before it could be killed; {NO_FAILPOINTS_HINT}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "[{ctx}] no serial was recorded within 40 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(1500));
+        ca.export("root");
+        assert!(
+            server.0.try_wait().unwrap().is_none(),
+            "[{ctx}] the service exited during the failpoint's sleep; {NO_FAILPOINTS_HINT}"
+        );
+        server.0.kill().unwrap(); // SIGKILL
+        let status = server.0.wait().unwrap();
+        assert!(!status.success(), "[{ctx}] killed process reported success");
+        serial
+    });
+    serial
+}
+
+/// Killed at `failpoint`, the serial is `at_kill` (read with `cert list`, which takes no signer
+/// lock); the next start leaves it `expected`.
+fn crash_at(failpoint: &str, at_kill: &str, expected: &str) {
+    let ctx = format!("SIGKILL at {failpoint}");
     let ca = Ca::init();
-    let case = personal();
-    let csr = ca.csr("crash", KeyType::P256);
     let before = serials(&ca);
-    let out = ca.file("crash.pem");
-    let mut args = vec![
-        "issue",
-        "--profile",
-        case.profile,
-        "--csr",
-        csr.csr.to_str().unwrap(),
-    ];
-    args.extend(&case.args);
-    args.extend(["--out", out.to_str().unwrap()]);
-    let fp = format!("{failpoint}=panic");
-    let o = ca.ecert_env(&args, &[("FAILPOINTS", &fp)]);
-    assert!(!o.status.success(), "[{ctx}] ecert succeeded although the failpoint should have crashed it; {NO_FAILPOINTS_HINT}\n{}", show(&o));
-    after_crash(&ca, &before, &out, expected, &ctx);
+    let serial = kill_during_approval(&ca, failpoint, &ctx);
+    let rows = ca.cert_list();
+    assert!(
+        rows.iter()
+            .any(|r| r.serial == serial && r.state == at_kill),
+        "[{ctx}] `cert list` after the kill: {rows:?}"
+    );
+    after_crash(&ca, &before, expected, &ctx);
 }
 
 #[test]
 fn crash_after_reserve() {
-    crash_at("ca::after_reserve", "failed");
+    crash_at("ca::after_reserve", "reserved", "failed");
 }
 
 #[test]
 fn crash_after_lint() {
-    crash_at("ca::after_lint", "failed");
+    crash_at("ca::after_lint", "reserved", "failed");
 }
 
 #[test]
 fn crash_after_issuing() {
-    crash_at("ca::after_issuing", "abandoned");
+    crash_at("ca::after_issuing", "issuing", "abandoned");
 }
 
 #[test]
 fn crash_after_hsm_sign() {
-    crash_at("ca::after_hsm_sign", "abandoned");
+    crash_at("ca::after_hsm_sign", "issuing", "abandoned");
 }
 
 #[test]
 fn crash_after_store() {
-    crash_at("ca::after_store", "issued");
-}
-
-/// SIGKILL while the process sleeps between the HSM signature and storing the certificate.
-/// Progress is watched in the database directly; while the signer sleeps, read-only commands
-/// still answer (they take no signer lock).
-#[test]
-fn sigkill_after_hsm_sign() {
-    let ctx = "SIGKILL during ca::after_hsm_sign=sleep(30000)";
-    let ca = Ca::init();
-    let case = personal();
-    let csr = ca.csr("kill", KeyType::P256);
-    let before = serials(&ca);
-    let out = ca.file("kill.pem");
-    let mut args = vec![
-        "issue",
-        "--profile",
-        case.profile,
-        "--csr",
-        csr.csr.to_str().unwrap(),
-    ];
-    args.extend(&case.args);
-    args.extend(["--out", out.to_str().unwrap()]);
-    let stderr_file = ca.file("kill.stderr");
-    let started = Instant::now();
-    let mut child = ca.spawn_env(
-        &args,
-        &[("FAILPOINTS", "ca::after_hsm_sign=sleep(30000)")],
-        &stderr_file,
-    );
-    // Wait until the serial is in state `issuing` (the HSM call follows at once), then a little.
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "[{ctx}] ecert exited ({status}) before it could be killed; {NO_FAILPOINTS_HINT}\n--- stderr ---\n{}",
-                std::fs::read_to_string(&stderr_file).unwrap_or_default()
-            );
-        }
-        let issuing = ca.sql_query("SELECT serial FROM certificates WHERE state = 'issuing'");
-        if !issuing.trim().is_empty() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "[{ctx}] no serial reached state `issuing` within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    let rows = ca.cert_list();
-    assert!(
-        rows.iter().any(|r| r.state == "issuing"),
-        "[{ctx}] `cert list` during the signer's sleep: {rows:?}"
-    );
-    ca.export("root");
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "[{ctx}] ecert exited during the 30 s failpoint sleep; {NO_FAILPOINTS_HINT}"
-    );
-    child.kill().unwrap(); // SIGKILL
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "[{ctx}] killed process reported success");
-    assert!(
-        started.elapsed() < Duration::from_secs(25),
-        "[{ctx}] too slow: the kill may have come after the sleep ended"
-    );
-    after_crash(&ca, &before, &out, "abandoned", ctx);
+    crash_at("ca::after_store", "issued", "issued");
 }

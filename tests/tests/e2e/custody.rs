@@ -81,10 +81,10 @@ fn make_legacy_custody_fixture() {
     .trim()
     .to_string();
     let p = crate::common::personal();
-    let leaf = ca.issue(
-        p.profile,
+    let leaf = crate::apply::issue(
+        &ca,
+        &p,
         &ca.csr("reported", ecert_e2e::KeyType::P256).csr,
-        &p.args,
         "a certificate to report",
     );
     let smtp = SmtpServer::start();

@@ -42,10 +42,10 @@ fn a_lost_hsm_token_is_used_again_when_it_returns() {
     let ca = Ca::init();
     let chain = chain(&ca);
     let p = personal();
-    let leaf = ca.issue(
-        p.profile,
+    let leaf = crate::apply::issue(
+        &ca,
+        &p,
         &ca.csr("victim", KeyType::P256).csr,
-        &p.args,
         "to revoke while the token is away",
     );
     let log = ca.file("serve.log");
@@ -267,10 +267,10 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
     let entering = token_of("clerk1", "read,enter");
     let token = token_of("clerk2", "read,decide");
     let p = personal();
-    let leaf = ca.issue(
-        p.profile,
+    let leaf = crate::apply::issue(
+        &ca,
+        &p,
         &ca.csr("victim", KeyType::P256).csr,
-        &p.args,
         "to revoke on a full disk",
     );
     let smtp = SmtpServer::start();

@@ -1,6 +1,6 @@
-//! Hostile CSRs and requests: each refused cleanly (non-zero exit, an `error:` line naming the
-//! problem, no certificate issued, no output file); a CSR's own subject and SAN requests never
-//! reach the certificate.
+//! Hostile CSRs and requests: each application refused cleanly at entry (a 4xx answer naming
+//! the problem, audited where it is a rejected certificate request, nothing issued); a CSR's own
+//! subject and SAN requests never reach the certificate.
 
 use std::path::{Path, PathBuf};
 
@@ -8,55 +8,50 @@ use ecert_e2e::*;
 
 use crate::common::*;
 
-/// One refusal: `ecert issue --profile P --csr CSR ARGS --out F` must fail cleanly, name the
-/// problem (one of `keywords`, case-insensitive), issue nothing and write no file.
+/// One refusal: the application, entered through the API with `csr`, must be refused cleanly
+/// (a 4xx answer naming the problem: one of `keywords`, case-insensitive) before anything is
+/// issued; with `audited`, as one `issuance.refused` audit event (BR §5.4.1: a rejected
+/// certificate request is recorded).
 fn refused(
     ca: &Ca,
-    issued_before: usize,
-    profile: &str,
+    application: &serde_json::Value,
     csr: &Path,
-    args: &[&str],
     keywords: &[&str],
     ctx: &str,
+    audited: bool,
 ) {
-    let out = ca.file(&format!("refused-{}.pem", uuid::Uuid::new_v4().simple()));
-    let mut full = vec![
-        "issue",
-        "--profile",
-        profile,
-        "--csr",
-        csr.to_str().unwrap(),
-    ];
-    full.extend(args);
-    full.extend(["--out", out.to_str().unwrap()]);
     let refusals = || {
         ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'issuance.refused'")
             .trim()
             .parse::<u64>()
             .unwrap_or_else(|e| panic!("[{ctx}] counting refusals: {e}"))
     };
-    let audited_before = refusals();
-    let o = ca.ecert(&full);
-    // BR §5.4.1: a rejected certificate request is an audit event.
-    assert_eq!(
-        refusals(),
-        audited_before + 1,
-        "[{ctx}] the refusal was not recorded as one `issuance.refused` audit event"
+    let (issued_before, audited_before) = (ca.issued_count(), refusals());
+    let r = match crate::apply::attempt(ca, application, None, csr) {
+        Ok(a) => panic!("[{ctx}] issued {}", a.issued.serial),
+        Err(r) => r,
+    };
+    eprintln!("[{ctx}] {} {}: {}", r.step, r.status, r.message());
+    assert!(
+        (400..500).contains(&r.status) && r.status != 404,
+        "[{ctx}] {} answered {} {}",
+        r.step,
+        r.status,
+        r.body
     );
-    let stderr =
-        check_clean_error(&o).unwrap_or_else(|e| panic!("[{ctx}] `ecert {}`: {e}", full.join(" ")));
-    eprintln!("[{ctx}] {}", error_line(&stderr));
-    let line = error_line(&stderr).to_lowercase();
+    let line = r.message().to_lowercase();
     assert!(
         keywords.iter().any(|k| line.contains(&k.to_lowercase())),
-        "[{ctx}] the error line does not name the problem (expected one of {keywords:?}): {:?}",
-        error_line(&stderr)
+        "[{ctx}] the answer does not name the problem (expected one of {keywords:?}): {}",
+        r.message()
     );
-    assert!(
-        !out.exists(),
-        "[{ctx}] a refused request wrote {}",
-        out.display()
-    );
+    if audited {
+        assert_eq!(
+            refusals(),
+            audited_before + 1,
+            "[{ctx}] the refusal was not recorded as one `issuance.refused` audit event"
+        );
+    }
     assert_eq!(
         ca.issued_count(),
         issued_before,
@@ -89,9 +84,8 @@ fn hostile_csrs_are_refused() {
     let d = dir.as_path();
     // One good issuance first, so "no new issued certificate" is measured against a non-empty list.
     issue_and_verify_personal(&ca, "baseline", "baseline");
-    let before = ca.issued_count();
-    assert_eq!(before, 1);
-    let args = personal().args;
+    assert_eq!(ca.issued_count(), 1);
+    let application = personal().application;
 
     // Bad signature: flip a bit in the last octet of the signature of a DER CSR.
     let good = ca.csr("sig", KeyType::P256);
@@ -249,7 +243,7 @@ fn hostile_csrs_are_refused() {
         ),
     ];
     run_all(cases, |ctx, (csr, keywords)| {
-        refused(&ca, before, "personal", &csr, &args, &keywords, ctx)
+        refused(&ca, &application, &csr, &keywords, ctx, true)
     });
     ca.audit_ok();
 }
@@ -258,89 +252,74 @@ fn hostile_csrs_are_refused() {
 fn hostile_requests_are_refused_and_csr_content_is_ignored() {
     let ca = Ca::init();
     let good = ca.csr("good", KeyType::P256);
-    let before = ca.issued_count();
     let srv = server();
     let pers = personal();
+    let org = organisational();
+    let change = |app: &serde_json::Value, fields: serde_json::Value| with(app.clone(), fields);
 
-    type Case = (&'static str, Vec<&'static str>, Vec<&'static str>);
+    type Case = (serde_json::Value, Vec<&'static str>);
     let cases: Vec<(String, Case)> = vec![
         (
             "server: wildcard DNS name".into(),
             (
-                "server",
-                vec!["--org", "Example Trading Limited", "--dns", "*.example.hk"],
+                change(
+                    &srv.application,
+                    serde_json::json!({"dns_names": ["*.example.hk"]}),
+                ),
                 vec!["wildcard"],
             ),
         ),
         (
             "server: no DNS name".into(),
             (
-                "server",
-                vec!["--org", "Example Trading Limited", "--locality", "Kowloon"],
+                change(&srv.application, serde_json::json!({"dns_names": []})),
                 vec!["dns"],
             ),
         ),
         (
             "server: no organisation".into(),
-            ("server", vec!["--dns", "www.example.hk"], vec!["org"]),
+            (
+                change(&srv.application, serde_json::json!({"organization": ""})),
+                vec!["org"],
+            ),
         ),
         (
             "personal: no e-mail".into(),
             (
-                "personal",
-                vec!["--given-name", "Tai Man", "--surname", "CHAN"],
+                change(&pers.application, serde_json::json!({"email": ""})),
                 vec!["e-mail", "email"],
             ),
         ),
         (
             "personal: no given name or surname".into(),
             (
-                "personal",
-                vec!["--email", "taiman.chan@example.hk"],
+                change(
+                    &pers.application,
+                    serde_json::json!({"surname": "", "given_name": ""}),
+                ),
                 vec!["given", "surname", "personal name"],
             ),
         ),
         (
             "organisational: no business registration number".into(),
             (
-                "organisational",
-                vec![
-                    "--given-name",
-                    "Siu Ming",
-                    "--surname",
-                    "WONG",
-                    "--email",
-                    "siuming.wong@example.hk",
-                    "--org",
-                    "Example Trading Limited",
-                ],
-                vec![
-                    "registration",
-                    "org-id",
-                    "organizationidentifier",
-                    "organisation identifier",
-                ],
-            ),
-        ),
-        (
-            "personal: --days beyond the profile maximum".into(),
-            (
-                "personal",
-                [pers.args.clone(), vec!["--days", "10000"]].concat(),
-                vec!["days", "validity"],
+                change(&org.application, serde_json::json!({"org_id": ""})),
+                vec!["registration", "org_id", "organizationidentifier"],
             ),
         ),
         (
             "unknown profile".into(),
             (
-                "wildcard-profile",
-                pers.args.clone(),
+                change(
+                    &pers.application,
+                    serde_json::json!({"profile": "wildcard-profile"}),
+                ),
                 vec!["wildcard-profile", "profile"],
             ),
         ),
     ];
-    run_all(cases, |ctx, (profile, args, keywords)| {
-        refused(&ca, before, profile, &good.csr, &args, &keywords, ctx)
+    run_all(cases, |ctx, (application, keywords)| {
+        refused(&ca, &application, &good.csr, &keywords, ctx, false)
     });
 
     // A CSR with its own subject and SAN requests is issued, but with only the approved names.
@@ -374,7 +353,7 @@ fn hostile_requests_are_refused_and_csr_content_is_ignored() {
             evil_subject,
             &["-addext", evil_sans],
         );
-        let issued = ca.issue(case.profile, &csr, &case.args, ctx);
+        let issued = crate::apply::issue(&ca, &case, &csr, ctx);
         let cert = issued.cert.parse();
         let mut want: Vec<String> = case.sans.iter().map(|s| s.to_string()).collect();
         want.sort();
@@ -409,35 +388,7 @@ fn hostile_requests_are_refused_and_csr_content_is_ignored() {
         );
     });
 
-    // Without --out the certificate goes to stdout.
-    let o = ca.ecert(&[
-        "issue",
-        "--profile",
-        "personal",
-        "--csr",
-        good.csr.to_str().unwrap(),
-        "--given-name",
-        "Tai Man",
-        "--surname",
-        "CHAN",
-        "--email",
-        "taiman.chan@example.hk",
-    ]);
-    assert!(o.status.success(), "issue to stdout failed\n{}", show(&o));
-    let (serial, _) = parse_issued_line(&o, "personal").unwrap();
-    let certs = pem_certs(&o.stdout);
-    assert_eq!(
-        certs.len(),
-        1,
-        "stdout of `issue` without --out is not one PEM certificate:\n{}",
-        show(&o)
-    );
-    let (_, c) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
-    assert_eq!(
-        expected_serial_content(&hex::decode(&serial).unwrap()),
-        c.raw_serial()
-    );
-    assert_eq!(ca.issued_count(), before + 3);
+    assert_eq!(ca.issued_count(), 2);
     ca.audit_ok();
 }
 
@@ -448,7 +399,7 @@ fn blocked_keys_are_refused() {
     let ca = Ca::init();
     let case = personal();
     let first = ca.csr("compromised", KeyType::P256);
-    ca.issue(case.profile, &first.csr, &case.args, "before blocking");
+    crate::apply::issue(&ca, &case, &first.csr, "before blocking");
     let pubkey = ca.file("compromised.pub.pem");
     openssl(
         ca.data_dir(),
@@ -470,15 +421,13 @@ fn blocked_keys_are_refused() {
         "reported compromised",
     ]);
     assert!(out.contains("blocked key sha256="), "{out}");
-    let issued = ca.issued_count();
     refused(
         &ca,
-        issued,
-        case.profile,
+        &case.application,
         &first.csr,
-        &case.args,
         &["blocked"],
         "blocked by public key",
+        true,
     );
 
     let second = ca.csr("compromised-2", KeyType::Rsa2048);
@@ -492,12 +441,11 @@ fn blocked_keys_are_refused() {
     ]);
     refused(
         &ca,
-        issued,
-        case.profile,
+        &case.application,
         &second.csr,
-        &case.args,
         &["blocked"],
         "blocked by CSR",
+        true,
     );
 
     // Another key still works; garbage is refused without blocking anything.
@@ -605,33 +553,35 @@ fn debian_weak_keys_are_refused() {
     let ok = ca.ecert_ok(&["config", "check", "--production"]);
     assert!(ok.contains("configuration OK"), "{ok}");
 
+    // The installation itself keeps the embedded custody (its pii PIN in the data directory),
+    // so the harness's counter can enter applications without a data owner.
+    std::fs::write(
+        ca.data_dir().join("ecert.toml"),
+        config.replace("[hsm]\npii_pin = \"activation\"\n", ""),
+    )
+    .unwrap();
     ca.ecert_ok(&["init"]);
     let csr = csr_for_key(&d, "debian-weak", &fixture, CSR_SUBJECT, &[]);
     refused(
         &ca,
-        0,
-        "personal",
+        &personal().application,
         &csr,
-        &personal().args,
         &["Debian weak key", "CVE-2008-0166"],
         "Debian weak RSA-2048 key",
+        true,
     );
     // An ordinary RSA-2048 key is still issued.
     let ordinary = ca.csr("ordinary", KeyType::Rsa2048);
     let p = personal();
-    ca.issue(
-        p.profile,
+    crate::apply::issue(
+        &ca,
+        &p,
         &ordinary.csr,
-        &p.args,
         "an ordinary RSA key beside the lists",
     );
 
     // A malformed list fails closed: the signer does not open (no issuance without the check).
     std::fs::write(lists.join("blacklist.RSA-4096"), "zz\n").unwrap();
-    let again = ca.csr("after-bad-list", KeyType::P256);
-    let mut args = vec!["issue", "--profile", "personal", "--csr"];
-    args.push(again.csr.to_str().unwrap());
-    args.extend(p.args.iter().copied());
-    let err = ca.ecert_err(&args);
+    let err = ca.ecert_err(&["serve", "--listen", "127.0.0.1:0"]);
     assert!(err.contains("blacklist.RSA-4096:1"), "{err}");
 }

@@ -104,24 +104,14 @@ fn nss_checks_status_by_ocsp_and_crl_against_the_running_server() {
     .unwrap();
     ca.ecert_ok(&["init"]);
     let (p, s) = (personal(), server());
-    let good = ca.issue(
-        p.profile,
-        &ca.csr("good", KeyType::P256).csr,
-        &p.args,
-        "personal",
-    );
-    let bad = ca.issue(
-        p.profile,
+    let good = crate::apply::issue(&ca, &p, &ca.csr("good", KeyType::P256).csr, "personal");
+    let bad = crate::apply::issue(
+        &ca,
+        &p,
         &ca.csr("bad", KeyType::P256).csr,
-        &p.args,
         "personal to revoke",
     );
-    let tls = ca.issue(
-        s.profile,
-        &ca.csr("tls", KeyType::Rsa2048).csr,
-        &s.args,
-        "RSA server",
-    );
+    let tls = crate::apply::issue(&ca, &s, &ca.csr("tls", KeyType::Rsa2048).csr, "RSA server");
     ca.ecert_ok(&[
         "revoke",
         "--serial",

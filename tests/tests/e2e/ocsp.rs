@@ -176,25 +176,10 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     let ca = Ca::init();
     let chain = chain(&ca);
     let p = personal();
-    let leaf = ca.issue(
-        p.profile,
-        &ca.csr("a", KeyType::P256).csr,
-        &p.args,
-        "personal",
-    );
-    let held = ca.issue(
-        p.profile,
-        &ca.csr("h", KeyType::P256).csr,
-        &p.args,
-        "personal to hold",
-    );
+    let leaf = crate::apply::issue(&ca, &p, &ca.csr("a", KeyType::P256).csr, "personal");
+    let held = crate::apply::issue(&ca, &p, &ca.csr("h", KeyType::P256).csr, "personal to hold");
     let s = server();
-    let tls = ca.issue(
-        s.profile,
-        &ca.csr("s", KeyType::P256).csr,
-        &s.args,
-        "server",
-    );
+    let tls = crate::apply::issue(&ca, &s, &ca.csr("s", KeyType::P256).csr, "server");
     let srv = start(&ca);
     let addr = &srv.1;
     let resp = ca.file("resp.der");
@@ -494,40 +479,14 @@ fn never_good_for_random_reserved_or_half_issued_serials() {
     let ca = Ca::init();
     let chain = chain(&ca);
     let p = personal();
-    let leaf = ca.issue(
-        p.profile,
-        &ca.csr("a", KeyType::P256).csr,
-        &p.args,
-        "personal",
-    );
-    // One serial left `reserved` and one left `issuing` by a crashing process (failpoints),
-    // resolved at the next start to failed and abandoned.
-    let mut left = Vec::new();
-    for fp in ["ca::after_reserve", "ca::after_issuing"] {
-        let csr = ca.csr(&fp.replace(':', "_"), KeyType::P256);
-        let before: Vec<String> = ca.cert_list().into_iter().map(|c| c.serial).collect();
-        let mut args = vec![
-            "issue",
-            "--profile",
-            p.profile,
-            "--csr",
-            csr.csr.to_str().unwrap(),
-        ];
-        args.extend(&p.args);
-        let o = ca.ecert_env(&args, &[("FAILPOINTS", &format!("{fp}=panic"))]);
-        assert!(
-            !o.status.success(),
-            "{fp} did not crash ecert (failpoints build?)"
-        );
-        let new = ca
-            .cert_list()
-            .into_iter()
-            .map(|c| c.serial)
-            .find(|s| !before.contains(s))
-            .unwrap_or_else(|| panic!("{fp}: no serial was reserved"));
-        left.push(new);
-    }
-    // No response was made for them before a signer ran.
+    let leaf = crate::apply::issue(&ca, &p, &ca.csr("a", KeyType::P256).csr, "personal");
+    // One serial left `reserved` and one left `issuing` by a signing service killed at a
+    // failpoint, resolved at the next start to failed and abandoned.
+    let left: Vec<String> = ["ca::after_reserve", "ca::after_issuing"]
+        .into_iter()
+        .map(|fp| crate::crash::kill_during_approval(&ca, fp, fp))
+        .collect();
+    // No response was made for them while they were left.
     let before_serve = ca.sql_query(&format!(
         "SELECT COUNT(*) FROM ocsp_responses WHERE serial IN ('{}', '{}')",
         left[0], left[1]
@@ -578,12 +537,7 @@ fn every_instance_follows_other_processes_and_answers_through_a_database_outage(
     let ca = Ca::init();
     let chain = chain(&ca);
     let p = personal();
-    let leaf = ca.issue(
-        p.profile,
-        &ca.csr("a", KeyType::P256).csr,
-        &p.args,
-        "personal",
-    );
+    let leaf = crate::apply::issue(&ca, &p, &ca.csr("a", KeyType::P256).csr, "personal");
     let signer = start(&ca);
     let reader = start_with(&ca, &["--no-signer"]);
     let resp = ca.file("resp.der");
@@ -769,7 +723,9 @@ fn healthz_faults_when_a_change_waits_too_long_for_its_response() {
     let ca = Ca::init();
     let p = personal();
     let csr = ca.csr("waiting", KeyType::P256);
-    ca.issue(p.profile, &csr.csr, &p.args, "queued");
+    let leaf = crate::apply::issue(&ca, &p, &csr.csr, "to revoke");
+    // The service that issued it is gone: the revocation's change waits for a signer.
+    ca.ecert_ok(&["revoke", "--serial", &leaf.serial, "--reason", "superseded"]);
     let server = start_with(&ca, &["--no-signer"]);
     let health = |addr: &str| -> (u16, serde_json::Value) {
         let (status, _, body) = get(addr, "/healthz");

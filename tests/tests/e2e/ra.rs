@@ -207,7 +207,7 @@ pub(crate) fn with_service<T>(ca: &Ca, f: impl FnOnce(&str) -> T) -> T {
 /// The harness's admins (the first two, made by `ecert init --admin`): admin `n`'s session
 /// token, signed in once per installation (a TOTP code counts once) and kept in the scratch
 /// directory.
-fn admin_token(ca: &Ca, addr: &str, n: u8) -> String {
+pub(crate) fn admin_token(ca: &Ca, addr: &str, n: u8) -> String {
     let token_file = ca.file(&format!("e2e-admin{n}.token"));
     if let Ok(t) = std::fs::read_to_string(&token_file) {
         return t;
@@ -1633,7 +1633,7 @@ pub(crate) fn perspective_tls(ca: &Ca) -> PerspectiveTls {
 }
 
 /// `ecert perspective serve` asking `resolver`.
-fn start_perspective(ca: &Ca, tls: &PerspectiveTls, resolver: &str) -> Server {
+pub(crate) fn start_perspective(ca: &Ca, tls: &PerspectiveTls, resolver: &str) -> Server {
     let c = ca.command(
         &[
             "perspective",
@@ -1752,7 +1752,7 @@ fn problem_reports_are_taken_24x7_and_their_clocks_alarm() {
     let (officer, clerk) = (token("officer1"), token("clerk1"));
     let p = crate::common::personal();
     let csr = ca.csr("reported", KeyType::P256);
-    let leaf = ca.issue(p.profile, &csr.csr, &p.args, "certificate to report");
+    let leaf = crate::apply::issue(&ca, &p, &csr.csr, "certificate to report");
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     let server = serve_ra(&ca, &smtp.addr, &log);

@@ -16,21 +16,11 @@ fn revoke_hold_release_and_key_compromise() {
     let ca = Ca::init();
     let case = personal();
     let shared_key = ca.csr("shared", KeyType::P256);
-    let a = ca.issue(
-        case.profile,
-        &shared_key.csr,
-        &case.args,
-        "first with the shared key",
-    );
-    let b = ca.issue(
-        case.profile,
-        &shared_key.csr,
-        &case.args,
-        "second with the shared key",
-    );
+    let a = crate::apply::issue(&ca, &case, &shared_key.csr, "first with the shared key");
+    let b = crate::apply::issue(&ca, &case, &shared_key.csr, "second with the shared key");
     let srv = server();
     let s_csr = ca.csr("srv", KeyType::P256);
-    let s = ca.issue(srv.profile, &s_csr.csr, &srv.args, "server");
+    let s = crate::apply::issue(&ca, &srv, &s_csr.csr, "server");
 
     // Revoke; revoking again is answered, not repeated.
     let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "superseded"]);
@@ -71,7 +61,7 @@ fn revoke_hold_release_and_key_compromise() {
     // (issue 12, defect 1: S/MIME BR §7.2.2); it stays good, as OCSP and the CRL then say.
     let enc = encipherment();
     let e_csr = ca.csr("enc", KeyType::P256);
-    let e = ca.issue(enc.profile, &e_csr.csr, &enc.args, "encipherment");
+    let e = crate::apply::issue(&ca, &enc, &e_csr.csr, "encipherment");
     let err = ca.ecert_err(&["revoke", "--serial", &e.serial, "--hold"]);
     assert!(error_line(&err).contains("Strict"), "{err}");
     assert_eq!(show_field(&ca, &e.serial, "revocation_reason"), None);
@@ -96,20 +86,17 @@ fn revoke_hold_release_and_key_compromise() {
         );
     }
     let before = ca.issued_count();
-    let o = ca.ecert(&[
-        "issue",
-        "--profile",
-        case.profile,
-        "--csr",
-        shared_key.csr.to_str().unwrap(),
-        "--given-name",
-        "X",
-        "--email",
-        "x@example.hk",
-    ]);
-    let stderr =
-        check_clean_error(&o).unwrap_or_else(|e| panic!("issuing with a compromised key: {e}"));
-    assert!(error_line(&stderr).contains("blocked"), "{stderr}");
+    let another = with(
+        case.application.clone(),
+        serde_json::json!({"surname": "Ho", "given_name": "Wai", "email": "x@example.hk"}),
+    );
+    let refusal = crate::apply::refusal(
+        &ca,
+        &another,
+        &shared_key.csr,
+        "a certificate with a compromised key",
+    );
+    assert!(refusal.message().contains("blocked"), "{refusal:?}");
     assert_eq!(ca.issued_count(), before);
 
     // Unknown serial; a serial that was never issued.
@@ -139,14 +126,11 @@ fn mass_revocation_by_query_and_list() {
     let mut personal_serials = Vec::new();
     for i in 0..4 {
         let csr = ca.csr(&format!("p{i}"), KeyType::P256);
-        personal_serials.push(
-            ca.issue(case.profile, &csr.csr, &case.args, "personal")
-                .serial,
-        );
+        personal_serials.push(crate::apply::issue(&ca, &case, &csr.csr, "personal").serial);
     }
     let srv = server();
     let s_csr = ca.csr("s", KeyType::P256);
-    let s = ca.issue(srv.profile, &s_csr.csr, &srv.args, "server");
+    let s = crate::apply::issue(&ca, &srv, &s_csr.csr, "server");
 
     // A query without --yes only reports what it would do.
     let err = ca.ecert_err(&[
@@ -232,52 +216,46 @@ fn revoke_does_not_wait_for_a_running_signer() {
     let ca = Ca::init();
     let case = personal();
     let csr = ca.csr("a", KeyType::P256);
-    let a = ca.issue(case.profile, &csr.csr, &case.args, "to revoke");
+    let a = crate::apply::issue(&ca, &case, &csr.csr, "to revoke");
     let csr2 = ca.csr("b", KeyType::P256);
-    let mut args = vec![
-        "issue",
-        "--profile",
-        case.profile,
-        "--csr",
-        csr2.csr.to_str().unwrap(),
-    ];
-    args.extend(&case.args);
-    let stderr = ca.file("signer.stderr");
-    let mut signer = ca.spawn_env(
-        &args,
-        &[("FAILPOINTS", "ca::after_hsm_sign=sleep(20000)")],
-        &stderr,
+    crate::crash::during_approval(
+        &ca,
+        "ca::after_hsm_sign=sleep(20000)",
+        &case,
+        &csr2.csr,
+        |signer| {
+            let started = std::time::Instant::now();
+            while ca
+                .sql_query("SELECT serial FROM certificates WHERE state = 'issuing'")
+                .trim()
+                .is_empty()
+            {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(30),
+                    "the signer never reached `issuing`"
+                );
+                assert!(
+                    signer.0.try_wait().unwrap().is_none(),
+                    "the signer exited early (failpoints compiled in?)"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let t = std::time::Instant::now();
+            let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "superseded"]);
+            assert!(out.contains("revoked"), "{out}");
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "revoke waited {:?} for the signer",
+                t.elapsed()
+            );
+            assert!(
+                signer.0.try_wait().unwrap().is_none(),
+                "the signer should still be paused"
+            );
+            signer.0.kill().unwrap();
+            let _ = signer.0.wait();
+        },
     );
-    let started = std::time::Instant::now();
-    while ca
-        .sql_query("SELECT serial FROM certificates WHERE state = 'issuing'")
-        .trim()
-        .is_empty()
-    {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(15),
-            "the signer never reached `issuing`"
-        );
-        assert!(
-            signer.try_wait().unwrap().is_none(),
-            "the signer exited early (failpoints compiled in?)"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let t = std::time::Instant::now();
-    let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "superseded"]);
-    assert!(out.contains("revoked"), "{out}");
-    assert!(
-        t.elapsed() < std::time::Duration::from_secs(10),
-        "revoke waited {:?} for the signer",
-        t.elapsed()
-    );
-    assert!(
-        signer.try_wait().unwrap().is_none(),
-        "the signer should still be paused"
-    );
-    signer.kill().unwrap();
-    let _ = signer.wait();
 }
 
 /// A keyCompromise revocation by one process while another process is storing a new
@@ -290,59 +268,46 @@ fn key_compromise_racing_an_issuance_in_another_process_loses_nothing() {
     let ca = Ca::init();
     let case = personal();
     let key = ca.csr("raced", KeyType::P256);
-    let first = ca.issue(case.profile, &key.csr, &case.args, "first");
-    let out = ca.file("second.pem");
-    let mut args = vec![
-        "issue",
-        "--profile",
-        case.profile,
-        "--csr",
-        key.csr.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(case.args.iter().copied());
-    let stderr = ca.file("issuer.stderr");
-    let mut issuer = ca.spawn_env(
-        &args,
-        &[(
-            "FAILPOINTS",
-            "store::mark_issued_before_block_check=sleep(4000)",
-        )],
-        &stderr,
+    let first = crate::apply::issue(&ca, &case, &key.csr, "first");
+    let ((second, revoked), outcome) = crate::crash::during_approval(
+        &ca,
+        "store::mark_issued_before_block_check=sleep(4000)",
+        &case,
+        &key.csr,
+        |_| {
+            // Wait until the second serial is recorded (`issuing`); its transaction to
+            // `issued` is then open and sleeping.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let second = loop {
+                if let Some(r) = ca
+                    .cert_list()
+                    .into_iter()
+                    .find(|r| r.serial != first.serial && r.profile == "personal")
+                {
+                    break r.serial;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the second issuance never reached the store"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            };
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let revoked = ca.ecert_ok(&[
+                "revoke",
+                "--serial",
+                &first.serial,
+                "--reason",
+                "keyCompromise",
+            ]);
+            (second, revoked)
+        },
     );
-    // Wait until the second serial is recorded (`issuing`); its transaction to `issued` is
-    // then open and sleeping.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let second = loop {
-        if let Some(r) = ca
-            .cert_list()
-            .into_iter()
-            .find(|r| r.serial != first.serial)
-        {
-            break r.serial;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second issuance never reached the store"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let revoked = ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &first.serial,
-        "--reason",
-        "keyCompromise",
-    ]);
-    let status = issuer.wait().unwrap();
-    let issuer_err = std::fs::read_to_string(&stderr).unwrap();
     let state = show_field(&ca, &second, "state");
     let reason = show_field(&ca, &second, "revocation_reason");
-    match (status.success(), state.as_deref()) {
+    match (outcome, state.as_deref()) {
         // The issuance won the row: the sweep waited for it and revoked the new certificate.
-        (true, Some("issued")) => {
+        (Some(Ok(_)), Some("issued")) => {
             assert_eq!(
                 reason.as_deref(),
                 Some("keyCompromise"),
@@ -351,25 +316,20 @@ fn key_compromise_racing_an_issuance_in_another_process_loses_nothing() {
             assert!(revoked.contains(&second), "{revoked}");
         }
         // The issuance saw the block: no certificate.
-        (false, s) => {
-            assert!(issuer_err.contains("blocked"), "{issuer_err}");
-            assert_ne!(s, Some("issued"), "{issuer_err}");
+        (Some(Err(refusal)), s) => {
+            assert!(refusal.message().contains("blocked"), "{refusal:?}");
+            assert_ne!(s, Some("issued"), "{refusal:?}");
         }
-        (ok, s) => panic!("issuance success={ok}, state {s:?}\n{issuer_err}"),
+        (outcome, s) => panic!("issuance {outcome:?}, state {s:?}"),
     }
     // Either way the key stays blocked.
-    let e = ca.ecert_err(&{
-        let mut a = vec![
-            "issue",
-            "--profile",
-            case.profile,
-            "--csr",
-            key.csr.to_str().unwrap(),
-        ];
-        a.extend(case.args.iter().copied());
-        a
-    });
-    assert!(e.contains("blocked"), "{e}");
+    let refusal = crate::apply::refusal(
+        &ca,
+        &case.application,
+        &key.csr,
+        "a certificate for a blocked key",
+    );
+    assert!(refusal.message().contains("blocked"), "{refusal:?}");
     ca.audit_ok();
 }
 
@@ -393,7 +353,7 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
         .collect();
     let leaves: Vec<_> = csrs
         .iter()
-        .map(|c| ca.issue(p.profile, &c.csr, &p.args, "for the officers"))
+        .map(|c| crate::apply::issue(&ca, &p, &c.csr, "for the officers"))
         .collect();
     let smtp = ecert_e2e::SmtpServer::start();
     let log = ca.file("serve.log");
@@ -574,16 +534,13 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
             && text.contains("Cessation Of Operation"),
         "{server_serial} not listed: {text}"
     );
-    let mut args = vec![
-        "issue",
-        "--profile",
-        p.profile,
-        "--csr",
-        csrs[2].csr.to_str().unwrap(),
-    ];
-    args.extend(p.args.iter().copied());
-    let e = ca.ecert_err(&args);
-    assert!(e.contains("blocked"), "{e}");
+    let refusal = crate::apply::refusal(
+        &ca,
+        &p.application,
+        &csrs[2].csr,
+        "a certificate for a blocked key",
+    );
+    assert!(refusal.message().contains("blocked"), "{refusal:?}");
     let kinds = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'officer.%' ORDER BY seq");
     assert_eq!(
         kinds.lines().collect::<Vec<_>>(),

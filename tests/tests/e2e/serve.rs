@@ -151,7 +151,7 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
     ca.ecert_ok(&["init"]);
     let case = personal();
     let csr = ca.csr("a", KeyType::P256);
-    let leaf = ca.issue(case.profile, &csr.csr, &case.args, "before serving");
+    let leaf = crate::apply::issue(&ca, &case, &csr.csr, "before serving");
     let server = start(&ca);
     let addr = &server.1;
 
@@ -381,7 +381,7 @@ fn slow_clients_are_cut_while_ocsp_keeps_answering() {
     let ca = Ca::init();
     let case = personal();
     let csr = ca.csr("a", KeyType::P256);
-    let leaf = ca.issue(case.profile, &csr.csr, &case.args, "before serving");
+    let leaf = crate::apply::issue(&ca, &case, &csr.csr, "before serving");
     ca.append_config(
         "[http]\nmax_connections = 60\nheader_timeout_seconds = 2\nrequest_timeout_seconds = 3",
     );
@@ -499,7 +499,7 @@ fn health_faults_when_a_revocation_is_not_in_its_crl() {
     let ca = Ca::init();
     let p = personal();
     let csr = ca.csr("behind", KeyType::P256);
-    let leaf = ca.issue(p.profile, &csr.csr, &p.args, "to revoke");
+    let leaf = crate::apply::issue(&ca, &p, &csr.csr, "to revoke");
     ca.ecert_ok(&["crl", "publish"]);
     let failing = spawn_listening(
         ca.command(
