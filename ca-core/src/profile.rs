@@ -72,7 +72,7 @@ pub enum ProfileKind {
 /// A certificate profile. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Profile {
-    /// Stable name (`ecert issue --profile NAME`).
+    /// Stable name (an application's `profile`).
     pub id: &'static str,
     /// Bumped whenever what the profile produces changes. v2: the CRL distribution point names
     /// the certificate's CRL partition (`/crl/<ca>-p<k>.crl`) when its CA is partitioned.

@@ -35,7 +35,14 @@ pub struct IssueBench {
 }
 
 pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
-    let (auth, _) = Authority::init(config.clone()).await?;
+    let (auth, report) = Authority::init(config.clone()).await?;
+    // Its certificates are issued outside the RA (no application, synthetic subjects): only
+    // under CAs it made itself, never in an installation that has CAs already.
+    if !report.existing.is_empty() {
+        anyhow::bail!(
+            "bench issue makes its own CAs and issues outside the RA: give it a fresh data directory and database, not an installation"
+        );
+    }
     let auth = Arc::new(auth);
 
     // 1. Bare token rate.

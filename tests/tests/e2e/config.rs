@@ -101,3 +101,32 @@ fn a_closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{stderr}");
 }
+
+/// Issue 14: no command issues a certificate outside the RA. `issue` is gone, and `bench
+/// issue` (which issues synthetic certificates under CAs it makes) refuses an installation
+/// that has CAs already.
+#[test]
+fn no_command_issues_a_certificate_outside_the_ra() {
+    let ca = Ca::init();
+    let csr = ca.csr("direct", KeyType::P256);
+    let o = ca.ecert(&[
+        "issue",
+        "--profile",
+        "personal",
+        "--csr",
+        csr.csr.to_str().unwrap(),
+        "--email",
+        "tm@example.hk",
+    ]);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unrecognized subcommand 'issue'"),
+        "{}",
+        show(&o)
+    );
+    let err = ca.ecert_err(&["bench", "issue", "--n", "1", "--hsm-seconds", "0"]);
+    assert!(error_line(&err).contains("fresh data directory"), "{err}");
+    let leaves =
+        ca.sql_query("SELECT COUNT(*) FROM certificates WHERE profile <> 'ocsp-responder'");
+    assert_eq!(leaves.trim(), "0", "a certificate was issued");
+}
