@@ -101,9 +101,15 @@ fn counter_staff(ca: &Ca, addr: &str) {
     std::fs::write(ready, "").unwrap();
 }
 
-/// The harness's outlet and counter staff exist (made through the service if not yet).
+/// The harness's outlet and counter staff exist, with their tokens (made through the service
+/// if not yet: a sign-in checks a TOTP code against the service's clock).
 pub fn counter_ready(ca: &Ca) {
-    with_service(ca, |addr| counter_staff(ca, addr));
+    with_service(ca, |addr| {
+        counter_staff(ca, addr);
+        for user in [CLERK].into_iter().chain(APPROVERS) {
+            token(ca, user);
+        }
+    });
 }
 
 /// An application that was issued: its certificate, and what its applicant was given.
