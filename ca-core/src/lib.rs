@@ -18,7 +18,7 @@
 //! let ca = Authority::open(config).await?;
 //! let csr = VerifiedCsr::parse(&std::fs::read("req.pem").unwrap())?;
 //! let subject = SubjectData { name: Some("CHAN Tai Man".into()), emails: vec!["tm@example.hk".into()], ..Default::default() };
-//! let issued = ca.issue(ApprovedRequest { profile: "personal".into(), csr, subject, days: None, renews: None, actor: "cli:officer".into() }).await?;
+//! let issued = ca.issue(ApprovedRequest { profile: "personal".into(), csr, subject, days: None, renews: None, actor: "staff:super1".into() }).await?;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]

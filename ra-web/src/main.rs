@@ -41,6 +41,7 @@ macro_rules! out {
     }};
 }
 
+#[cfg(feature = "bench")]
 mod bench;
 mod client;
 mod front;
@@ -163,11 +164,14 @@ enum Command {
     /// A remote network perspective for domain validation and CAA (TLS BR §3.2.2.9).
     #[command(subcommand)]
     Perspective(PerspectiveCommand),
-    /// Benchmarks (run by ops/bench; they create CAs in the data directory given).
+    /// Benchmarks (run by ops/bench; they create CAs in the data directory given, and issue and
+    /// revoke outside the RA: only in builds with the `bench` feature, never in ops/setup's).
+    #[cfg(feature = "bench")]
     #[command(subcommand, hide = true)]
     Bench(BenchCommand),
 }
 
+#[cfg(feature = "bench")]
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Raw HSM signing rate, then end-to-end issuance rate.
@@ -708,9 +712,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 public_key,
                 reason,
             }) => block_key(config, csr, public_key, reason).await,
+            #[cfg(feature = "bench")]
             Command::Bench(BenchCommand::Issue(b)) => bench::issue(config, b).await,
+            #[cfg(feature = "bench")]
             Command::Bench(BenchCommand::Crl(b)) => bench::crl(config, b).await,
+            #[cfg(feature = "bench")]
             Command::Bench(BenchCommand::OcspClient(b)) => bench::ocsp_client(b).await,
+            #[cfg(feature = "bench")]
             Command::Bench(BenchCommand::OcspCeiling(b)) => bench::ocsp_ceiling(b).await,
         }
     })

@@ -329,8 +329,8 @@ fn invalid_owned(field: &'static str, e: Error) -> Error {
     }
 }
 
-/// The subscriber's mail about their certificate, when the RA knows their mailbox (a
-/// certificate issued through an application; one issued by `ecert issue` has none here).
+/// The subscriber's mail about their certificate, when the RA knows their mailbox (every
+/// certificate issued through an application; one issued by the former `ecert issue` has none).
 async fn subscriber_notice(
     store: &Store,
     serial: &str,

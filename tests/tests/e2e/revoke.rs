@@ -210,7 +210,7 @@ fn mass_revocation_by_query_and_list() {
 }
 
 /// Revocation needs only the database: it goes through at once while a signer holds the signer
-/// lock (here an `ecert issue` paused by a failpoint), instead of waiting for it.
+/// lock (here a signing service paused by a failpoint in an approval), instead of waiting for it.
 #[test]
 fn revoke_does_not_wait_for_a_running_signer() {
     let ca = Ca::init();

@@ -1154,7 +1154,7 @@ async fn debian_weak_keys_are_refused_at_submission() {
 
 /// Issue 12, defect 4: with `dcv.mpic = "off"` nothing is issued under the TLS BR OV policy —
 /// a server application is refused at submission, and the issuance core refuses a server
-/// certificate from any channel (here the officer's direct issuance) — while the Individual CA
+/// certificate from any channel (here an approved request given to the core directly) — while the Individual CA
 /// issues as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpic_off_issues_no_br_server_certificate() {
