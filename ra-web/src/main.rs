@@ -448,21 +448,9 @@ struct AuditExportArgs {
 
 #[derive(Debug, Args)]
 struct RevokeArgs {
-    /// Serial (hex) to revoke; repeatable.
-    #[arg(long = "serial")]
-    serials: Vec<String>,
-    /// A file of serials, one per line (mass revocation).
+    /// Serial (hex) of the certificate.
     #[arg(long)]
-    serials_file: Option<PathBuf>,
-    /// Mass revocation by query: every unrevoked certificate of this profile...
-    #[arg(long)]
-    profile: Option<String>,
-    /// ...with notBefore at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z)...
-    #[arg(long)]
-    issued_after: Option<String>,
-    /// ...and at or before this time (RFC 3339).
-    #[arg(long)]
-    issued_before: Option<String>,
+    serial: String,
     /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged, superseded,
     /// cessationOfOperation, privilegeWithdrawn (certificateHold: use --hold).
     #[arg(long, default_value = "unspecified")]
@@ -473,9 +461,6 @@ struct RevokeArgs {
     /// Release a hold.
     #[arg(long)]
     release: bool,
-    /// Confirm a query-based mass revocation.
-    #[arg(long)]
-    yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -682,7 +667,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Handled before the HSM is set up.
             Command::Config(_) | Command::Key(KeyCommand::DebianList(_)) => Ok(()),
-            Command::Revoke(args) => revoke(config, *args).await,
+            Command::Revoke(args) => revoke(*args).await,
             Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
             Command::Serve(args) => serve::serve(config, args).await,
             Command::Perspective(PerspectiveCommand::Serve(args)) => {
@@ -1605,103 +1590,41 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
     Ok(t.unix_timestamp())
 }
 
-async fn revoke(config: Config, a: RevokeArgs) -> anyhow::Result<()> {
-    use ca_core::revocation::Reason;
+/// `ecert revoke`: one certificate, through the service as the signed-in member
+/// (`POST /api/v1/certificates/{serial}/revocation`); a line per certificate changed (the
+/// renewal chain is walked), with the reason recorded.
+async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
+    let api = client::Api::of(&client::current()?)?;
     let reason = if a.hold {
-        Reason::CertificateHold
+        "certificateHold"
     } else {
-        Reason::parse(&a.reason)?
-    };
-    anyhow::ensure!(
-        a.hold || reason != Reason::CertificateHold,
-        "use --hold to put a certificate on hold"
-    );
-    let mut serials = a.serials.clone();
-    if let Some(path) = &a.serials_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serials.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
+        anyhow::ensure!(
+            a.reason != "certificateHold",
+            "use --hold to put a certificate on hold"
         );
-    }
-    // Database only: revocation needs no signer lock and no HSM, so it works while a signer
-    // (e.g. `ecert serve`) runs. The next signer run checkpoints the audit records it adds.
-    let store = open_store(&config).await?;
-    let query = a.profile.is_some() || a.issued_after.is_some() || a.issued_before.is_some();
-    if query {
-        let from = a.issued_after.as_deref().map(parse_time).transpose()?;
-        let to = a.issued_before.as_deref().map(parse_time).transpose()?;
-        let found = store
-            .serials_matching(a.profile.as_deref(), from, to)
-            .await?;
-        if !a.yes {
-            bail!(
-                "the query matches {} unrevoked certificate(s); add --yes to revoke them",
-                found.len()
-            );
-        }
-        serials.extend(found);
-    }
-    anyhow::ensure!(!serials.is_empty(), "nothing to revoke: give --serial, --serials-file or a query (--profile, --issued-after, --issued-before)");
-    let parsed = serials
-        .iter()
-        .map(|s| SerialNumber::from_hex(s).with_context(|| format!("{s:?} is not a serial number")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let single = parsed.len() == 1;
-    let (mut done, mut skipped, mut failed) = (0usize, 0usize, 0usize);
-    let mut first_error = None;
-    for (i, serial) in parsed.iter().enumerate() {
-        let result = if a.release {
-            ca_core::revocation::release(&store, *serial, &actor())
-                .await
-                .map(|()| vec![(serial.to_hex(), ca_core::revocation::Outcome::Released)])
-        } else {
-            ca_core::revocation::revoke(&store, *serial, reason, &actor()).await
-        };
-        match result {
-            Ok(changed) => {
-                done += 1;
-                for (s, outcome) in changed {
-                    // A re-keyed predecessor reached by the renewal chain may carry another
-                    // reason than the one asked for: print what was recorded.
-                    let recorded = match a.release {
-                        true => None,
-                        false => store
-                            .certificate(&s)
-                            .await?
-                            .and_then(|c| c.revocation_reason)
-                            .and_then(ca_core::revocation::Reason::from_code),
-                    };
-                    outln!(
-                        "{s}\t{}\t{}",
-                        outcome_name(&outcome),
-                        recorded.map_or("-", |r| r.name())
-                    );
-                }
-            }
-            Err(ca_core::Error::AlreadyRevoked { .. }) if !single => skipped += 1,
-            Err(e) if single => return Err(e.into()),
-            Err(e) => {
-                failed += 1;
-                eprintln!("warning: {serial}: {e}");
-                first_error.get_or_insert(e);
-            }
-        }
-        if !single && ((i + 1) % 100 == 0 || i + 1 == parsed.len()) {
-            eprintln!(
-                "progress: {}/{} ({done} changed, {skipped} already revoked, {failed} failed)",
-                i + 1,
-                parsed.len()
-            );
-        }
-    }
-    if let Some(e) = first_error {
-        bail!(
-            "{failed} of {} revocations failed; first: {e}",
-            parsed.len()
+        a.reason.as_str()
+    };
+    let body = serde_json::json!({ "reason": reason, "release": a.release });
+    let serial = a.serial.replace(':', "").to_ascii_lowercase();
+    anyhow::ensure!(
+        !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{:?} is not a serial number",
+        a.serial
+    );
+    let r = api
+        .call(
+            axum::http::Method::POST,
+            &format!("/api/v1/certificates/{serial}/revocation"),
+            Some(&body),
+        )
+        .await?;
+    for c in r["changed"].as_array().into_iter().flatten() {
+        let field = |k: &str| client::printable(c[k].as_str().unwrap_or("-"));
+        outln!(
+            "{}\t{}\t{}",
+            field("serial"),
+            field("outcome"),
+            field("reason")
         );
     }
     Ok(())
@@ -1791,16 +1714,6 @@ async fn crl_publish(config: Config, cas: Vec<String>) -> anyhow::Result<()> {
     }
     checkpoint(&auth).await;
     Ok(())
-}
-
-fn outcome_name(o: &ca_core::revocation::Outcome) -> &'static str {
-    use ca_core::revocation::Outcome;
-    match o {
-        Outcome::Revoked => "revoked",
-        Outcome::ReasonUpdated => "reason-updated",
-        Outcome::Held => "held",
-        Outcome::Released => "released",
-    }
 }
 
 async fn block_key(

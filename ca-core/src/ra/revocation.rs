@@ -216,7 +216,16 @@ pub async fn release_at_counter(
     let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
     // A hold an officer placed — or the command line, or the service itself — is an officer's
     // to release, not any clerk's of the outlet.
-    let holder = auth.store().held_by(&serial).await?;
+    may_release(auth, staff, &serial).await?;
+    auth.release(s, &format!("staff:{}", staff.username))
+        .await?;
+    Ok(serial)
+}
+
+/// A hold an officer placed — or the command line, or the service itself — is an officer's to
+/// release, not any clerk's of the outlet.
+async fn may_release(auth: &Authority, staff: &StaffSession, serial: &str) -> Result<()> {
+    let holder = auth.store().held_by(serial).await?;
     let officers_hold = match holder.as_deref().and_then(|a| a.strip_prefix("staff:")) {
         Some(username) => {
             sqlx::query_scalar::<_, String>("SELECT role FROM staff WHERE username = $1")
@@ -233,7 +242,61 @@ pub async fn release_at_counter(
             "this hold was placed by an officer: an officer releases it".into(),
         ));
     }
-    auth.release(s, &format!("staff:{}", staff.username))
-        .await?;
-    Ok(serial)
+    Ok(())
+}
+
+/// A status change asked for by serial (`POST /api/v1/certificates/{serial}/revocation`,
+/// `ecert revoke`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    /// Revoke with this reason (certificateHold: put on hold).
+    Revoke(crate::revocation::Reason),
+    /// Release a hold.
+    Release,
+}
+
+/// Revokes, holds or releases the subscriber certificate `serial` as `staff`
+/// ([`Action::Revoke`]). Counter staff reach the current certificates of their outlet's
+/// applications (what the application's page revokes; anything else is 404, as another
+/// outlet's application is); an officer reaches every subscriber certificate, including one
+/// issued before applications were the only way. The renewal chain is walked as in every
+/// channel ([`Authority::revoke`]); audited with the member as actor. Returns each certificate
+/// changed and how.
+pub async fn change_certificate_status(
+    auth: &Authority,
+    staff: &StaffSession,
+    serial: &str,
+    change: StatusChange,
+) -> Result<Vec<(String, crate::revocation::Outcome)>> {
+    let reach = staff.authorize(Action::Revoke)?;
+    let s = SerialNumber::from_hex(serial).ok_or(Error::NotFound)?;
+    let hex = s.to_hex();
+    let cert = auth
+        .store()
+        .certificate(&hex)
+        .await?
+        .ok_or(Error::NotFound)?;
+    if crate::profile::Profile::get(&cert.profile).is_err() {
+        // An OCSP responder's certificate: retired by `ecert ocsp rotate`, never revoked here.
+        return Err(Error::NotFound);
+    }
+    let outlet =
+        sqlx::query_scalar::<_, String>("SELECT outlet FROM applications WHERE certificate = $1")
+            .bind(&hex)
+            .fetch_optional(auth.store().pool())
+            .await?;
+    if reach == super::permissions::Reach::OwnOutlet
+        && outlet.as_deref() != Some(staff.outlet.as_str())
+    {
+        return Err(Error::NotFound);
+    }
+    let actor = format!("staff:{}", staff.username);
+    match change {
+        StatusChange::Revoke(reason) => auth.revoke(s, reason, &actor).await,
+        StatusChange::Release => {
+            may_release(auth, staff, &hex).await?;
+            auth.release(s, &actor).await?;
+            Ok(vec![(hex, crate::revocation::Outcome::Released)])
+        }
+    }
 }

@@ -37,6 +37,10 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/applications/{id}/decision", post(decision))
         .route("/api/v1/applications/{id}/certificate", get(certificate))
         .route(
+            "/api/v1/certificates/{serial}/revocation",
+            post(certificate_revocation),
+        )
+        .route(
             "/api/v1/problem-reports",
             get(problem_reports).post(problem_report),
         )
@@ -96,7 +100,7 @@ pub fn router(state: Shared) -> Router {
         problem_report, problem_reports, problem_report_show, problem_report_preliminary,
         problem_report_decision, audit_export, personal_data_activate, session_create,
         session_end, token_create, staff_list, staff_add, staff_change, outlet_list, outlet_add,
-        outlet_change, officer_proposals,
+        outlet_change, officer_proposals, certificate_revocation,
         officer_propose, officer_confirm, officer_withdraw
     ),
     components(schemas(
@@ -104,7 +108,8 @@ pub fn router(state: Shared) -> Router {
         OrganisationCheck, DomainView, Domains, Fee, DecisionRequest, DecisionResult,
         NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision,
         Activation, Activated, Proposal, ProposalOut, SignIn, SessionOut, AccountOut, NewAccount,
-        Enrolment, StaffChange, OutletOut, OutletIn, NewToken
+        Enrolment, StaffChange, OutletOut, OutletIn, NewToken, StatusChangeRequest,
+        StatusChanged, ChangedCertificate
     )),
     modifiers(&BearerAuth)
 )]
@@ -1267,6 +1272,84 @@ async fn certificate(
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     );
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
+}
+
+/// A certificate's status change, by serial (`ecert revoke`).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StatusChangeRequest {
+    /// RFC 5280 reason name: `unspecified`, `keyCompromise`, `affiliationChanged`,
+    /// `superseded`, `cessationOfOperation`, `privilegeWithdrawn` or `certificateHold` (a hold:
+    /// Individual & Organisational CA only). Ignored with `release`.
+    #[serde(default)]
+    reason: String,
+    /// Release a hold instead.
+    #[serde(default)]
+    release: bool,
+}
+
+/// One certificate a status change reached (the renewal chain is walked).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangedCertificate {
+    serial: String,
+    /// `revoked`, `reason_updated`, `held` or `released`.
+    outcome: &'static str,
+    /// The reason now recorded (none after a release).
+    reason: Option<&'static str>,
+}
+
+/// What a status change did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusChanged {
+    changed: Vec<ChangedCertificate>,
+}
+
+/// Revokes, holds or releases a certificate as the member (`Revoke` in docs/ROLES.md: counter
+/// staff reach their outlet's applications' certificates, officers every subscriber
+/// certificate); token scope `decide`. Audited; the CRLs and OCSP follow within seconds. A
+/// revocation of many is a two-officer decision (`/api/v1/officer-proposals`), not a loop here.
+#[utoipa::path(post, path = "/api/v1/certificates/{serial}/revocation", params(("serial" = String, Path)), request_body = StatusChangeRequest,
+    responses((status = 200, body = StatusChanged), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+async fn certificate_revocation(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(serial): Path<String>,
+    Json(b): Json<StatusChangeRequest>,
+) -> Result<Json<StatusChanged>, ApiFailure> {
+    use ca_core::revocation::{Outcome, Reason};
+    let change = if b.release {
+        ra::StatusChange::Release
+    } else if b.reason.is_empty() {
+        ra::StatusChange::Revoke(Reason::Unspecified)
+    } else {
+        ra::StatusChange::Revoke(Reason::parse(&b.reason)?)
+    };
+    let changed = ra::change_certificate_status(&s.auth, &staff, &serial, change).await?;
+    let mut out = Vec::with_capacity(changed.len());
+    for (serial, outcome) in changed {
+        let reason = match outcome {
+            Outcome::Released => None,
+            _ => s
+                .auth
+                .store()
+                .certificate(&serial)
+                .await?
+                .and_then(|c| c.revocation_reason)
+                .and_then(Reason::from_code)
+                .map(Reason::name),
+        };
+        let outcome = match outcome {
+            Outcome::Revoked => "revoked",
+            Outcome::ReasonUpdated => "reason_updated",
+            Outcome::Held => "held",
+            Outcome::Released => "released",
+        };
+        out.push(ChangedCertificate {
+            serial,
+            outcome,
+            reason,
+        });
+    }
+    Ok(Json(StatusChanged { changed: out }))
 }
 
 // Certificate Problem Reports (TLS BR and S/MIME BR §4.9.3, §4.9.5; docs/REVOCATION.md).

@@ -2037,6 +2037,13 @@ async fn every_route_as_every_role_follows_the_matrix() {
             Some(A::ViewApplications),
             true,
         ),
+        api(
+            "POST",
+            "/api/v1/certificates/00112233445566778899aabbccddeeff/revocation".into(),
+            serde_json::json!({"reason": "superseded"}),
+            Some(A::Revoke),
+            false,
+        ),
         page(
             "GET",
             "/staff/officer".into(),

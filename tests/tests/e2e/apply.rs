@@ -304,3 +304,90 @@ fn csr_field(bytes: &[u8]) -> String {
 pub fn issue(ca: &Ca, case: &ProfileCase, csr: &Path, ctx: &str) -> Issued {
     apply(ca, case, csr, ctx).issued
 }
+
+/// The harness's officers: the first revokes through the service; the two together take the
+/// decisions two officers take.
+const OFFICERS: [&str; 2] = ["e2e-officer1", "e2e-officer2"];
+
+/// The officers exist (made through the service, each grant approved by the second admin),
+/// with a signed-in session each (`staff_token` signs them in) and an integration token.
+pub fn officers_ready(ca: &Ca) {
+    if ca.file("e2e-officers.ready").exists() {
+        return;
+    }
+    with_service(ca, |addr| {
+        let admin = admin_token(ca, addr, 1);
+        let (st, v) = api(
+            addr,
+            "POST",
+            "/api/v1/outlets",
+            &admin,
+            Some(
+                serde_json::json!({"id": OUTLET, "name_en": "General Post Office", "name_zh": "郵政總局"}),
+            ),
+        );
+        assert!(st == 201 || st == 409, "adding the outlet: {st} {v}");
+        for user in OFFICERS {
+            crate::ra::add_staff(ca, user, OUTLET, "officer");
+            token(ca, user);
+        }
+    });
+    std::fs::write(ca.file("e2e-officers.ready"), "").unwrap();
+}
+
+/// `ecert revoke ARGS` as an officer through the running service (`ECERT_SERVER`,
+/// `ECERT_TOKEN`): the command as an operator at the CA runs it.
+pub fn revoke(ca: &Ca, args: &[&str]) -> std::process::Output {
+    officers_ready(ca);
+    let token = token(ca, OFFICERS[0]);
+    with_service(ca, |addr| {
+        let server = format!("http://{addr}");
+        let mut all = vec!["revoke"];
+        all.extend_from_slice(args);
+        ca.ecert_env(&all, &[("ECERT_SERVER", &server), ("ECERT_TOKEN", &token)])
+    })
+}
+
+/// [`revoke`], asserting success; its standard output.
+pub fn revoke_ok(ca: &Ca, args: &[&str]) -> String {
+    let o = revoke(ca, args);
+    assert!(
+        o.status.success(),
+        "`ecert revoke {}`: {}",
+        args.join(" "),
+        show(&o)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// [`revoke`], asserting a clean failure; its standard error.
+pub fn revoke_err(ca: &Ca, args: &[&str]) -> String {
+    let o = revoke(ca, args);
+    check_clean_error(&o).unwrap_or_else(|e| panic!("`ecert revoke {}`: {e}", args.join(" ")))
+}
+
+/// A decision two officers take: the first proposes `proposal` (the API's JSON), the second
+/// confirms; the confirmation's answer.
+pub fn officers_decide(ca: &Ca, proposal: serde_json::Value) -> serde_json::Value {
+    officers_ready(ca);
+    with_service(ca, |addr| {
+        let session = |user: &str| {
+            std::fs::read_to_string(ca.file(&format!("e2e-staff-{user}.session"))).unwrap()
+        };
+        let (st, p) = api(
+            addr,
+            "POST",
+            "/api/v1/officer-proposals",
+            &session(OFFICERS[0]),
+            Some(proposal),
+        );
+        assert_eq!(st, 201, "{p}");
+        let path = format!(
+            "/api/v1/officer-proposals/{}/confirm",
+            p["id"].as_str().unwrap()
+        );
+        let (st, done) = api(addr, "POST", &path, &session(OFFICERS[1]), None);
+        assert_eq!(st, 200, "{done}");
+        done
+    })
+}

@@ -48,6 +48,8 @@ fn a_lost_hsm_token_is_used_again_when_it_returns() {
         &ca.csr("victim", KeyType::P256).csr,
         "to revoke while the token is away",
     );
+    // The officer who revokes signs in now (sign-in opens the staff-auth key in the token).
+    crate::apply::officers_ready(&ca);
     let log = ca.file("serve.log");
     let server = spawn_listening(
         ca.command(
@@ -91,13 +93,10 @@ fn a_lost_hsm_token_is_used_again_when_it_returns() {
     assert_eq!(status, 503, "{h}");
     assert!(h["hsm"]["error"].as_str().is_some(), "{h}");
 
-    ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &leaf.serial,
-        "--reason",
-        "keyCompromise",
-    ]);
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &leaf.serial, "--reason", "keyCompromise"],
+    );
     // Nothing can sign the change while the token is away: the old answer stands, and health
     // goes on saying why.
     std::thread::sleep(Duration::from_secs(8));
@@ -273,6 +272,7 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
         &ca.csr("victim", KeyType::P256).csr,
         "to revoke on a full disk",
     );
+    crate::apply::officers_ready(&ca);
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     let server = serve_ra(&ca, &smtp.addr, &log);
@@ -340,15 +340,18 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
     let filler = fs.fill();
     let approve = || Some(serde_json::json!({"version": 1, "decision": "approve"}));
     let revoke = [
-        "revoke",
         "--serial",
         leaf.serial.as_str(),
         "--reason",
         "keyCompromise",
     ];
     if sqlite {
-        let err = ca.ecert_err(&revoke);
-        assert!(err.to_lowercase().contains("full"), "{err}");
+        // The officer is told the service records nothing now (503), and nothing changed.
+        let err = crate::apply::revoke_err(&ca, &revoke);
+        assert!(
+            err.contains("cannot record anything") && err.contains("nothing was changed"),
+            "{err}"
+        );
         let (st, e) = api(addr, "POST", &format!("{path}/decision"), &token, approve());
         assert_eq!(st, 503, "{e}");
         assert_eq!(e["error"], "unavailable", "{e}");
@@ -369,7 +372,7 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
     } else {
         // The database is elsewhere: the revocation is recorded and its CRL stored and
         // served, but the CRL file (for a web server in front) cannot be written: a fault.
-        ca.ecert_ok(&revoke);
+        crate::apply::revoke_ok(&ca, &revoke);
         let (status, h) = wait_health(addr, "CRL files behind on a full disk", |_, h| {
             h["crl_files"]["status"] == "fault"
         });
@@ -389,7 +392,7 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
     // Space is freed: everything works again, by itself.
     std::fs::remove_file(&filler).unwrap();
     if sqlite {
-        ca.ecert_ok(&revoke);
+        crate::apply::revoke_ok(&ca, &revoke);
     }
     let (st, e) = api(addr, "POST", &format!("{path}/decision"), &token, approve());
     assert_eq!(st, 200, "{e}");

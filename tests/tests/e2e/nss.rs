@@ -112,13 +112,7 @@ fn nss_checks_status_by_ocsp_and_crl_against_the_running_server() {
         "personal to revoke",
     );
     let tls = crate::apply::issue(&ca, &s, &ca.csr("tls", KeyType::Rsa2048).csr, "RSA server");
-    ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &bad.serial,
-        "--reason",
-        "keyCompromise",
-    ]);
+    crate::apply::revoke_ok(&ca, &["--serial", &bad.serial, "--reason", "keyCompromise"]);
     let root = ca.export("root");
     let individual = ca.export("individual");
     let server_ca = ca.export("server");

@@ -315,13 +315,10 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     let addr = &srv.1;
 
     // Revoked by another process (the CLI) while serving: the reason shows.
-    ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &leaf.serial,
-        "--reason",
-        "keyCompromise",
-    ]);
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &leaf.serial, "--reason", "keyCompromise"],
+    );
     let out = wait_status(
         &ca,
         addr,
@@ -347,7 +344,7 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     assert_status(&out, &leaf.cert.path, "revoked", "revoked by GET");
 
     // Hold then release (Individual & Organisational CA): revoked/certificateHold, then good.
-    ca.ecert_ok(&["revoke", "--serial", &held.serial, "--hold"]);
+    crate::apply::revoke_ok(&ca, &["--serial", &held.serial, "--hold"]);
     let out = wait_status(
         &ca,
         addr,
@@ -360,7 +357,7 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     );
     assert!(out.contains("Reason: certificateHold"), "{out}");
     lint_response(&resp, "held response");
-    ca.ecert_ok(&["revoke", "--serial", &held.serial, "--release"]);
+    crate::apply::revoke_ok(&ca, &["--serial", &held.serial, "--release"]);
     wait_status(
         &ca,
         addr,
@@ -558,7 +555,7 @@ fn every_instance_follows_other_processes_and_answers_through_a_database_outage(
     assert!(health.contains("\"role\":\"no-signer\""), "{health}");
 
     // A revocation made by the CLI reaches both instances.
-    ca.ecert_ok(&["revoke", "--serial", &leaf.serial, "--reason", "superseded"]);
+    crate::apply::revoke_ok(&ca, &["--serial", &leaf.serial, "--reason", "superseded"]);
     for (srv, who) in [(&signer, "signer"), (&reader, "no-signer instance")] {
         let out = wait_status(
             &ca,
@@ -725,7 +722,7 @@ fn healthz_faults_when_a_change_waits_too_long_for_its_response() {
     let csr = ca.csr("waiting", KeyType::P256);
     let leaf = crate::apply::issue(&ca, &p, &csr.csr, "to revoke");
     // The service that issued it is gone: the revocation's change waits for a signer.
-    ca.ecert_ok(&["revoke", "--serial", &leaf.serial, "--reason", "superseded"]);
+    crate::apply::revoke_ok(&ca, &["--serial", &leaf.serial, "--reason", "superseded"]);
     let server = start_with(&ca, &["--no-signer"]);
     let health = |addr: &str| -> (u16, serde_json::Value) {
         let (status, _, body) = get(addr, "/healthz");

@@ -142,13 +142,7 @@ fn renewal() {
     // Revoking the renewal revokes the certificate it renewed too (issue 11, defect 2: every
     // channel walks the renewal chain). The old certificate had another key, so its reason is
     // superseded, not keyCompromise; the CRL lists both, as openssl reads it.
-    let out = ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &new.serial,
-        "--reason",
-        "keyCompromise",
-    ]);
+    let out = crate::apply::revoke_ok(&ca, &["--serial", &new.serial, "--reason", "keyCompromise"]);
     assert!(
         out.contains(&format!("{}\trevoked\tkeyCompromise", new.serial))
             && out.contains(&format!("{}\trevoked\tsuperseded", old.serial)),

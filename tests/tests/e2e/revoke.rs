@@ -1,7 +1,7 @@
-//! Revocation status changes through `ecert revoke` (the status-publication issue's first
-//! part; CRLs and OCSP come next): compare-and-set semantics, reason rules per CA, hold and
-//! release, keyCompromise blocking the key and revoking every certificate that carries it, and
-//! mass revocation by query. Each change is audited.
+//! Revocation status changes through `ecert revoke`, as a named officer through the running
+//! service: compare-and-set semantics, reason rules per CA, hold and release, keyCompromise
+//! blocking the key and revoking every certificate that carries it, and mass revocation by
+//! query or list, which two officers decide. Each change is audited.
 
 use ecert_e2e::*;
 
@@ -23,7 +23,7 @@ fn revoke_hold_release_and_key_compromise() {
     let s = crate::apply::issue(&ca, &srv, &s_csr.csr, "server");
 
     // Revoke; revoking again is answered, not repeated.
-    let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "superseded"]);
+    let out = crate::apply::revoke_ok(&ca, &["--serial", &a.serial, "--reason", "superseded"]);
     assert!(
         out.contains(&format!("{}\trevoked\tsuperseded", a.serial)),
         "{out}"
@@ -32,27 +32,24 @@ fn revoke_hold_release_and_key_compromise() {
         show_field(&ca, &a.serial, "revocation_reason").as_deref(),
         Some("superseded")
     );
-    let err = ca.ecert_err(&[
-        "revoke",
-        "--serial",
-        &a.serial,
-        "--reason",
-        "affiliationChanged",
-    ]);
+    let err = crate::apply::revoke_err(
+        &ca,
+        &["--serial", &a.serial, "--reason", "affiliationChanged"],
+    );
     assert!(error_line(&err).contains("already revoked"), "{err}");
 
     // Hold and release on the Individual & Organisational CA; refused on the Server CA.
-    let out = ca.ecert_ok(&["revoke", "--serial", &b.serial, "--hold"]);
+    let out = crate::apply::revoke_ok(&ca, &["--serial", &b.serial, "--hold"]);
     assert!(out.contains("held"), "{out}");
     assert_eq!(
         show_field(&ca, &b.serial, "revocation_reason").as_deref(),
         Some("certificateHold")
     );
-    ca.ecert_ok(&["revoke", "--serial", &b.serial, "--release"]);
+    crate::apply::revoke_ok(&ca, &["--serial", &b.serial, "--release"]);
     assert_eq!(show_field(&ca, &b.serial, "revocation_reason"), None);
-    let err = ca.ecert_err(&["revoke", "--serial", &b.serial, "--release"]);
+    let err = crate::apply::revoke_err(&ca, &["--serial", &b.serial, "--release"]);
     assert!(error_line(&err).contains("not on hold"), "{err}");
-    let err = ca.ecert_err(&["revoke", "--serial", &s.serial, "--hold"]);
+    let err = crate::apply::revoke_err(&ca, &["--serial", &s.serial, "--hold"]);
     assert!(
         error_line(&err).contains("not allowed on the server CA"),
         "{err}"
@@ -62,17 +59,17 @@ fn revoke_hold_release_and_key_compromise() {
     let enc = encipherment();
     let e_csr = ca.csr("enc", KeyType::P256);
     let e = crate::apply::issue(&ca, &enc, &e_csr.csr, "encipherment");
-    let err = ca.ecert_err(&["revoke", "--serial", &e.serial, "--hold"]);
+    let err = crate::apply::revoke_err(&ca, &["--serial", &e.serial, "--hold"]);
     assert!(error_line(&err).contains("Strict"), "{err}");
     assert_eq!(show_field(&ca, &e.serial, "revocation_reason"), None);
-    let err = ca.ecert_err(&["revoke", "--serial", &s.serial, "--reason", "nonsense"]);
+    let err = crate::apply::revoke_err(&ca, &["--serial", &s.serial, "--reason", "nonsense"]);
     assert!(error_line(&err).contains("unknown reason"), "{err}");
 
     // The only change after revocation: to keyCompromise. It blocks the key and revokes the
     // other certificate with the same key, in one step.
-    let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "keyCompromise"]);
+    let out = crate::apply::revoke_ok(&ca, &["--serial", &a.serial, "--reason", "keyCompromise"]);
     assert!(
-        out.contains(&format!("{}\treason-updated\tkeyCompromise", a.serial)),
+        out.contains(&format!("{}\treason_updated\tkeyCompromise", a.serial)),
         "{out}"
     );
     assert!(
@@ -100,8 +97,8 @@ fn revoke_hold_release_and_key_compromise() {
     assert_eq!(ca.issued_count(), before);
 
     // Unknown serial; a serial that was never issued.
-    let err = ca.ecert_err(&["revoke", "--serial", "00112233445566778899aabbccddeeff"]);
-    assert!(error_line(&err).contains("no certificate"), "{err}");
+    let err = crate::apply::revoke_err(&ca, &["--serial", "00112233445566778899aabbccddeeff"]);
+    assert!(error_line(&err).contains("not found (HTTP 404)"), "{err}");
 
     let kinds = ca.sql_query("SELECT kind FROM audit_log WHERE kind LIKE 'certificate.%' OR kind = 'key.blocked' ORDER BY seq");
     for kind in [
@@ -132,42 +129,22 @@ fn mass_revocation_by_query_and_list() {
     let s_csr = ca.csr("s", KeyType::P256);
     let s = crate::apply::issue(&ca, &srv, &s_csr.csr, "server");
 
-    // A query without --yes only reports what it would do.
-    let err = ca.ecert_err(&[
-        "revoke",
-        "--profile",
-        "personal",
-        "--reason",
-        "cessationOfOperation",
-    ]);
-    assert!(error_line(&err).contains("matches 4"), "{err}");
-    assert!(personal_serials
-        .iter()
-        .all(|s| show_field(&ca, s, "revocation_reason").is_none()));
-
     // One revoked beforehand is skipped; one on hold is revoked for good (a later release must
-    // not bring it back); the rest revoked; the server certificate untouched.
-    ca.ecert_ok(&["revoke", "--serial", &personal_serials[3], "--hold"]);
-    ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &personal_serials[0],
-        "--reason",
-        "superseded",
-    ]);
-    let o = ca.ecert(&[
-        "revoke",
-        "--profile",
-        "personal",
-        "--issued-after",
-        "2000-01-01T00:00:00Z",
-        "--reason",
-        "cessationOfOperation",
-        "--yes",
-    ]);
-    assert!(o.status.success(), "{}", show(&o));
-    let progress = String::from_utf8_lossy(&o.stderr);
-    assert!(progress.contains("progress: 3/3 (3 changed"), "{progress}");
+    // not bring it back); the rest revoked; the server certificate untouched. Two officers
+    // decide a revocation of many (issue 14).
+    crate::apply::revoke_ok(&ca, &["--serial", &personal_serials[3], "--hold"]);
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &personal_serials[0], "--reason", "superseded"],
+    );
+    let done = crate::apply::officers_decide(
+        &ca,
+        serde_json::json!({
+            "kind": "mass_revocation", "reason": "cessationOfOperation",
+            "profile": "personal", "issued_after": "2000-01-01T00:00:00Z",
+        }),
+    );
+    assert_eq!(done["state"], "done", "{done}");
     for serial in &personal_serials[1..] {
         assert_eq!(
             show_field(&ca, serial, "revocation_reason").as_deref(),
@@ -179,44 +156,45 @@ fn mass_revocation_by_query_and_list() {
         Some("superseded")
     );
     assert_eq!(show_field(&ca, &s.serial, "revocation_reason"), None);
-    let err = ca.ecert_err(&["revoke", "--serial", &personal_serials[3], "--release"]);
+    let err = crate::apply::revoke_err(&ca, &["--serial", &personal_serials[3], "--release"]);
     assert!(error_line(&err).contains("not on hold"), "{err}");
 
     // A list of serials, one already revoked: skipped, not an error.
-    let list = ca.file("serials.txt");
-    std::fs::write(
-        &list,
-        format!("# to revoke\n{}\n{}\n", s.serial, personal_serials[1]),
-    )
-    .unwrap();
-    let o = ca.ecert(&[
-        "revoke",
-        "--serials-file",
-        list.to_str().unwrap(),
-        "--reason",
-        "privilegeWithdrawn",
-    ]);
-    assert!(o.status.success(), "{}", show(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("1 changed, 1 already revoked"),
-        "{}",
-        show(&o)
+    let done = crate::apply::officers_decide(
+        &ca,
+        serde_json::json!({
+            "kind": "mass_revocation", "reason": "privilegeWithdrawn",
+            "serials": [s.serial, personal_serials[1]],
+        }),
     );
+    assert_eq!(done["state"], "done", "{done}");
     assert_eq!(
         show_field(&ca, &s.serial, "revocation_reason").as_deref(),
         Some("privilegeWithdrawn")
     );
+    assert_eq!(
+        show_field(&ca, &personal_serials[1], "revocation_reason").as_deref(),
+        Some("cessationOfOperation")
+    );
+    // Nobody revokes many alone: the command takes one serial.
+    let o = crate::apply::revoke(
+        &ca,
+        &["--serial", &s.serial, "--serial", &personal_serials[2]],
+    );
+    assert!(!o.status.success(), "{}", show(&o));
     ca.audit_ok();
 }
 
-/// Revocation needs only the database: it goes through at once while a signer holds the signer
-/// lock (here a signing service paused by a failpoint in an approval), instead of waiting for it.
+/// Revocation needs only the database: an officer's revocation through the service goes through
+/// at once while the same service is in the middle of an issuance (an approval paused by a
+/// failpoint after the HSM signed), instead of waiting for it.
 #[test]
-fn revoke_does_not_wait_for_a_running_signer() {
+fn a_revocation_does_not_wait_for_an_issuance_in_progress() {
     let ca = Ca::init();
     let case = personal();
     let csr = ca.csr("a", KeyType::P256);
     let a = crate::apply::issue(&ca, &case, &csr.csr, "to revoke");
+    crate::apply::officers_ready(&ca);
     let csr2 = ca.csr("b", KeyType::P256);
     crate::crash::during_approval(
         &ca,
@@ -241,7 +219,8 @@ fn revoke_does_not_wait_for_a_running_signer() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             let t = std::time::Instant::now();
-            let out = ca.ecert_ok(&["revoke", "--serial", &a.serial, "--reason", "superseded"]);
+            let out =
+                crate::apply::revoke_ok(&ca, &["--serial", &a.serial, "--reason", "superseded"]);
             assert!(out.contains("revoked"), "{out}");
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(10),
@@ -293,13 +272,10 @@ fn key_compromise_racing_an_issuance_in_another_process_loses_nothing() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             };
             std::thread::sleep(std::time::Duration::from_millis(1500));
-            let revoked = ca.ecert_ok(&[
-                "revoke",
-                "--serial",
-                &first.serial,
-                "--reason",
-                "keyCompromise",
-            ]);
+            let revoked = crate::apply::revoke_ok(
+                &ca,
+                &["--serial", &first.serial, "--reason", "keyCompromise"],
+            );
             (second, revoked)
         },
     );
@@ -554,4 +530,58 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
         ]
     );
     ca.audit_ok();
+}
+
+/// Issue 14: revocation by serial through the API follows the matrix. Counter staff reach the
+/// certificates of their own outlet's applications (another outlet's is 404, as its application
+/// is); roles without `Revoke` are refused (403); every change is audited with the member.
+#[test]
+fn revocation_by_serial_follows_the_matrix() {
+    use crate::ra::{add_staff, api, as_admin, staff_token, with_service};
+    let ca = Ca::init();
+    let case = personal();
+    let leaf = crate::apply::issue(&ca, &case, &ca.csr("a", KeyType::P256).csr, "at the GPO");
+    as_admin(
+        &ca,
+        "POST",
+        "/api/v1/outlets",
+        Some(serde_json::json!({"id": "tst", "name_en": "Tsim Sha Tsui", "name_zh": "尖沙咀"})),
+    );
+    add_staff(&ca, "tst-clerk", "tst", "clerk");
+    add_staff(&ca, "gpo-clerk", "gpo", "clerk");
+    add_staff(&ca, "auditor1", "gpo", "auditor");
+    let other = staff_token(&ca, "tst-clerk", "read,decide", 1);
+    let own = staff_token(&ca, "gpo-clerk", "read,decide", 1);
+    let auditor = staff_token(&ca, "auditor1", "read", 1);
+    let path = format!("/api/v1/certificates/{}/revocation", leaf.serial);
+    let hold = serde_json::json!({"reason": "certificateHold"});
+    with_service(&ca, |addr| {
+        let (st, e) = api(addr, "POST", &path, &other, Some(hold.clone()));
+        assert_eq!(st, 404, "another outlet's clerk: {e}");
+        let (st, e) = api(addr, "POST", &path, &auditor, Some(hold.clone()));
+        assert_eq!(st, 403, "an auditor: {e}");
+        let (st, v) = api(addr, "POST", &path, &own, Some(hold.clone()));
+        assert_eq!(st, 200, "the outlet's clerk: {v}");
+        assert_eq!(v["changed"][0]["outcome"], "held", "{v}");
+        let (st, v) = api(
+            addr,
+            "POST",
+            &path,
+            &own,
+            Some(serde_json::json!({"release": true})),
+        );
+        assert_eq!(st, 200, "{v}");
+    });
+    assert_eq!(show_field(&ca, &leaf.serial, "revocation_reason"), None);
+    let actors = ca.sql_query(
+        "SELECT kind || ' ' || actor FROM audit_log WHERE kind IN ('certificate.held', 'certificate.released') ORDER BY seq",
+    );
+    assert_eq!(
+        actors.lines().collect::<Vec<_>>(),
+        [
+            "certificate.held staff:gpo-clerk",
+            "certificate.released staff:gpo-clerk"
+        ],
+        "{actors}"
+    );
 }

@@ -241,13 +241,10 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
     assert_eq!(numbers_before.len(), 2 * 17 + 1, "{numbers_before:?}");
 
     // A revocation by another process (the CLI, no signer lock) reaches the served CRL.
-    ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &leaf.serial,
-        "--reason",
-        "keyCompromise",
-    ]);
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &leaf.serial, "--reason", "keyCompromise"],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, _, body) = get(addr, "/crl/individual.crl");
@@ -514,13 +511,10 @@ fn health_faults_when_a_revocation_is_not_in_its_crl() {
         ),
         Stdio::null(),
     );
-    ca.ecert_ok(&[
-        "revoke",
-        "--serial",
-        &leaf.serial,
-        "--reason",
-        "keyCompromise",
-    ]);
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &leaf.serial, "--reason", "keyCompromise"],
+    );
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let (status, _, body) = get(&failing.1, "/healthz");
