@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use ca_core::authority::Authority;
 use ca_core::config::Config;
-use ca_core::csr::{VerifiedCsr, MAX_CSR_BYTES};
 use ca_core::profile::CaRole;
 use ca_core::serial::SerialNumber;
 use ca_core::store::Store;
@@ -195,16 +194,6 @@ enum CaCommand {
         /// Also print the issuers up to the root.
         #[arg(long)]
         chain: bool,
-    },
-    /// Revoke an issuing CA's certificate (a ceremony step: the root signs its CRL at once,
-    /// and the CA issues nothing more). Needs the signer lock: stop `ecert serve` first.
-    Revoke {
-        /// individual or server.
-        name: String,
-        /// keyCompromise, affiliationChanged, superseded, cessationOfOperation or
-        /// privilegeWithdrawn (TLS BR §7.2.2: a CA certificate's entry carries a reason).
-        #[arg(long)]
-        reason: String,
     },
 }
 
@@ -507,22 +496,6 @@ enum OcspCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeyCommand {
-    /// Block a key (reported compromised): no certificate will be issued for it again.
-    Block {
-        /// A CSR signed by the key (its signature is checked: proof of possession).
-        #[arg(
-            long,
-            conflicts_with = "public_key",
-            required_unless_present = "public_key"
-        )]
-        csr: Option<PathBuf>,
-        /// The public key, PEM (`PUBLIC KEY`) or DER SubjectPublicKeyInfo.
-        #[arg(long)]
-        public_key: Option<PathBuf>,
-        /// Why (recorded in the audit trail).
-        #[arg(long)]
-        reason: String,
-    },
     /// Debian weak-key lists (CVE-2008-0166) for `[keys] debian_weak_dir`.
     #[command(subcommand)]
     DebianList(DebianListCommand),
@@ -692,11 +665,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            Command::Key(KeyCommand::Block {
-                csr,
-                public_key,
-                reason,
-            }) => block_key(config, csr, public_key, reason).await,
             #[cfg(feature = "bench")]
             Command::Bench(BenchCommand::Issue(b)) => bench::issue(config, b).await,
             #[cfg(feature = "bench")]
@@ -1366,30 +1334,6 @@ async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CaCommand::Revoke { name, reason } => {
-            let role = CaRole::from_name(&name)?;
-            let reason = ca_core::revocation::Reason::parse(&reason)?;
-            let auth = Authority::open(config).await?;
-            let published = auth.revoke_ca(role, reason, &actor()).await;
-            checkpoint(&auth).await;
-            let published = published.map_err(|e| match e {
-                // Recorded, but the root's CRL did not go out: say how to finish.
-                ca_core::Error::AlreadyRevoked { .. } => anyhow::Error::from(e),
-                e if auth.ca_revoked(role) => anyhow::anyhow!(
-                    "{e}; the {} CA is recorded as revoked: publish the root's CRL with `ecert crl publish --ca root`",
-                    role.name()
-                ),
-                e => e.into(),
-            })?;
-            outln!(
-                "revoked {} CA ({}); root CRL {} published: {}",
-                role.name(),
-                reason.name(),
-                published.number,
-                published.path.display()
-            );
-            Ok(())
-        }
     }
 }
 
@@ -1713,51 +1657,6 @@ async fn crl_publish(config: Config, cas: Vec<String>) -> anyhow::Result<()> {
         }
     }
     checkpoint(&auth).await;
-    Ok(())
-}
-
-async fn block_key(
-    config: Config,
-    csr: Option<PathBuf>,
-    public_key: Option<PathBuf>,
-    reason: String,
-) -> anyhow::Result<()> {
-    let fp: [u8; 32] = match (csr, public_key) {
-        (Some(path), _) => VerifiedCsr::parse(&read_limited(&path, MAX_CSR_BYTES)?)?
-            .key()
-            .fingerprint(),
-        (None, Some(path)) => {
-            let bytes = read_limited(&path, MAX_CSR_BYTES)?;
-            let der = match std::str::from_utf8(&bytes)
-                .ok()
-                .filter(|t| t.contains("-----BEGIN"))
-            {
-                Some(text) => {
-                    let block = pem::parse(text)
-                        .with_context(|| format!("{} is not PEM", path.display()))?;
-                    anyhow::ensure!(
-                        block.tag() == "PUBLIC KEY",
-                        "{} is a {}, not a PUBLIC KEY",
-                        path.display(),
-                        block.tag()
-                    );
-                    block.into_contents()
-                }
-                None => bytes,
-            };
-            x509_parser::prelude::FromDer::from_der(&der)
-                .map(|(_, _): (_, x509_parser::x509::SubjectPublicKeyInfo<'_>)| ())
-                .map_err(|e| {
-                    anyhow::anyhow!("{} is not a SubjectPublicKeyInfo: {e}", path.display())
-                })?;
-            <sha2::Sha256 as sha2::Digest>::digest(&der).into()
-        }
-        (None, None) => bail!("give --csr or --public-key"),
-    };
-    let auth = Authority::open(config).await?;
-    auth.block_key(&fp, &reason, &actor()).await?;
-    checkpoint(&auth).await;
-    outln!("blocked key sha256={}", hex::encode(fp));
     Ok(())
 }
 

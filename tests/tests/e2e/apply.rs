@@ -366,28 +366,43 @@ pub fn revoke_err(ca: &Ca, args: &[&str]) -> String {
     check_clean_error(&o).unwrap_or_else(|e| panic!("`ecert revoke {}`: {e}", args.join(" ")))
 }
 
-/// A decision two officers take: the first proposes `proposal` (the API's JSON), the second
-/// confirms; the confirmation's answer.
-pub fn officers_decide(ca: &Ca, proposal: serde_json::Value) -> serde_json::Value {
+/// An officer's signed-in session token.
+fn officer_session(ca: &Ca, user: &str) -> String {
+    std::fs::read_to_string(ca.file(&format!("e2e-staff-{user}.session"))).unwrap()
+}
+
+/// The first officer proposes `proposal` (the API's JSON): the answer's status and body.
+pub fn officers_propose(ca: &Ca, proposal: serde_json::Value) -> (u16, serde_json::Value) {
     officers_ready(ca);
     with_service(ca, |addr| {
-        let session = |user: &str| {
-            std::fs::read_to_string(ca.file(&format!("e2e-staff-{user}.session"))).unwrap()
-        };
-        let (st, p) = api(
+        api(
             addr,
             "POST",
             "/api/v1/officer-proposals",
-            &session(OFFICERS[0]),
+            &officer_session(ca, OFFICERS[0]),
             Some(proposal),
-        );
-        assert_eq!(st, 201, "{p}");
+        )
+    })
+}
+
+/// A decision two officers take: the first proposes `proposal` (the API's JSON; asserted
+/// accepted), the second confirms; the confirmation's status and answer.
+pub fn officers_confirm(ca: &Ca, proposal: serde_json::Value) -> (u16, serde_json::Value) {
+    let (st, p) = officers_propose(ca, proposal);
+    assert_eq!(st, 201, "{p}");
+    with_service(ca, |addr| {
         let path = format!(
             "/api/v1/officer-proposals/{}/confirm",
             p["id"].as_str().unwrap()
         );
-        let (st, done) = api(addr, "POST", &path, &session(OFFICERS[1]), None);
-        assert_eq!(st, 200, "{done}");
-        done
+        api(addr, "POST", &path, &officer_session(ca, OFFICERS[1]), None)
     })
+}
+
+/// [`officers_confirm`], asserting it was carried out; the answer.
+pub fn officers_decide(ca: &Ca, proposal: serde_json::Value) -> serde_json::Value {
+    let (st, done) = officers_confirm(ca, proposal);
+    assert_eq!(st, 200, "{done}");
+    assert_eq!(done["state"], "done", "{done}");
+    done
 }

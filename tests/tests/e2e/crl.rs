@@ -468,33 +468,28 @@ fn revoking_an_issuing_ca() {
     let (ok, text) = verify_all(&root_before, &ind_crl);
     assert!(ok, "before: {text}");
 
-    for (args, expect) in [
-        (
-            vec!["ca", "revoke", "root", "--reason", "keyCompromise"],
-            "root is not revoked",
-        ),
-        (
-            vec!["ca", "revoke", "individual", "--reason", "certificateHold"],
-            "with a reason",
-        ),
-        (
-            vec!["ca", "revoke", "individual", "--reason", "unspecified"],
-            "with a reason",
-        ),
+    // Two officers decide it (issue 14); what cannot be decided is refused when proposed.
+    let proposal = |ca_name: &str, reason: &str| serde_json::json!({"kind": "ca_revocation", "ca": ca_name, "reason": reason});
+    for (ca_name, reason, expect) in [
+        ("root", "keyCompromise", "root is not revoked"),
+        ("individual", "certificateHold", "a hold is placed at the counter"),
+        ("individual", "unspecified", "with a reason"),
     ] {
-        let e = ca.ecert_err(&args);
-        assert!(e.contains(expect), "{args:?}: {e}");
+        let (st, e) = crate::apply::officers_propose(&ca, proposal(ca_name, reason));
+        assert!(
+            st == 422 && e.to_string().contains(expect),
+            "{ca_name} {reason}: {st} {e}"
+        );
     }
-    let out = ca.ecert_ok(&["ca", "revoke", "individual", "--reason", "keyCompromise"]);
+    let done = crate::apply::officers_decide(&ca, proposal("individual", "keyCompromise"));
     assert!(
-        out.contains("revoked individual CA (keyCompromise)"),
-        "{out}"
+        done.to_string()
+            .contains("the individual CA revoked; root CRL number"),
+        "{done}"
     );
-    let e = ca.ecert_err(&["ca", "revoke", "individual", "--reason", "superseded"]);
-    assert!(
-        e.contains("already revoked") && e.contains("keyCompromise"),
-        "{e}"
-    );
+    // Decided again: nothing changes (the reason recorded stays keyCompromise, below).
+    let again = crate::apply::officers_decide(&ca, proposal("individual", "superseded"));
+    assert!(again.to_string().contains("was revoked already"), "{again}");
 
     let root_after = export_crl(&ca, "root", "root-after.crl.pem");
     assert!(crl_number(&ca, &root_after) > crl_number(&ca, &root_before));

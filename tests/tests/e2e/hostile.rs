@@ -392,8 +392,8 @@ fn hostile_requests_are_refused_and_csr_content_is_ignored() {
     ca.audit_ok();
 }
 
-/// A key blocked as compromised (`ecert key block`, by public key or by a CSR it signed) is
-/// never certified again; the refusal names it, leaves no certificate, and is audited.
+/// A key two officers blocked as compromised (by public key, or by a certificate that carries
+/// it) is never certified again; the refusal names it, leaves no certificate, and is audited.
 #[test]
 fn blocked_keys_are_refused() {
     let ca = Ca::init();
@@ -412,15 +412,15 @@ fn blocked_keys_are_refused() {
             pubkey.to_str().unwrap(),
         ],
     );
-    let out = ca.ecert_ok(&[
-        "key",
-        "block",
-        "--public-key",
-        pubkey.to_str().unwrap(),
-        "--reason",
-        "reported compromised",
-    ]);
-    assert!(out.contains("blocked key sha256="), "{out}");
+    // Two officers block it (issue 14): by its public key...
+    let done = crate::apply::officers_decide(
+        &ca,
+        serde_json::json!({
+            "kind": "key_block", "reason": "reported compromised",
+            "public_key": std::fs::read_to_string(&pubkey).unwrap(),
+        }),
+    );
+    assert!(done.to_string().contains("block"), "{done}");
     refused(
         &ca,
         &case.application,
@@ -430,41 +430,32 @@ fn blocked_keys_are_refused() {
         true,
     );
 
+    // ... or by a certificate that carries it.
     let second = ca.csr("compromised-2", KeyType::Rsa2048);
-    ca.ecert_ok(&[
-        "key",
-        "block",
-        "--csr",
-        second.csr.to_str().unwrap(),
-        "--reason",
-        "key compromise",
-    ]);
+    let carrier = crate::apply::issue(&ca, &case, &second.csr, "an RSA key before blocking");
+    crate::apply::officers_decide(
+        &ca,
+        serde_json::json!({"kind": "key_block", "reason": "key compromise", "serial": carrier.serial}),
+    );
     refused(
         &ca,
         &case.application,
         &second.csr,
         &["blocked"],
-        "blocked by CSR",
+        "blocked by a certificate's serial",
         true,
     );
 
     // Another key still works; garbage is refused without blocking anything.
     crate::common::issue_and_verify_personal(&ca, "clean", "unblocked key");
-    let junk = ca.file("junk.pem");
-    std::fs::write(
-        &junk,
-        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
-    )
-    .unwrap();
-    let o = ca.ecert(&[
-        "key",
-        "block",
-        "--public-key",
-        junk.to_str().unwrap(),
-        "--reason",
-        "x",
-    ]);
-    check_clean_error(&o).unwrap_or_else(|e| panic!("garbage public key: {e}"));
+    let (st, e) = crate::apply::officers_propose(
+        &ca,
+        serde_json::json!({
+            "kind": "key_block", "reason": "x",
+            "public_key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        }),
+    );
+    assert_eq!(st, 422, "garbage public key: {e}");
     let blocked: usize = ca
         .sql_query("SELECT COUNT(*) FROM blocked_keys")
         .trim()
