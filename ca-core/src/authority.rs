@@ -114,7 +114,7 @@ pub struct ApprovedRequest {
     pub days: Option<u32>,
     /// The certificate this one renews or re-keys.
     pub renews: Option<SerialNumber>,
-    /// Who approved it (for the audit trail), e.g. `cli:alice`.
+    /// Who approved it (for the audit trail), e.g. `staff:alice`.
     pub actor: String,
 }
 
@@ -196,7 +196,7 @@ struct CaState {
     /// The CA certificate's notAfter: nothing it signs may outlive it.
     not_after: OffsetDateTime,
     signer: Arc<dyn hsm::Signer>,
-    /// Revoked by the root (`ecert ca revoke`): it issues nothing more.
+    /// Revoked by the root (two officers' decision, `ra::officer`): it issues nothing more.
     revoked: std::sync::atomic::AtomicBool,
 }
 
@@ -1134,7 +1134,7 @@ impl Authority {
         }
     }
 
-    /// The root revokes an issuing CA's certificate (a ceremony step, `ecert ca revoke`): the
+    /// The root revokes an issuing CA's certificate (two officers' decision, `ra::officer`): the
     /// revocation is recorded and audited, the root's CRL is republished at once listing it,
     /// and the CA issues nothing more. TLS BR §7.2.2: a CA certificate's CRL entry carries a
     /// reasonCode — keyCompromise, affiliationChanged, superseded, cessationOfOperation or
