@@ -447,7 +447,11 @@ pub(crate) fn public_message(e: &Error) -> String {
         Error::Hsm(hsm::Error::TokenUnavailable { .. }) => {
             "the signing device is unavailable: try again shortly".to_string()
         }
-        Error::Clock(_) => "the service's clock is being checked: try again shortly".to_string(),
+        // Not checked yet, or checked and wrong: either way nothing is dated by it.
+        Error::Clock(_) => {
+            "the service's clock is not confirmed right: nothing was changed; try again shortly (the operator sees why on /healthz)"
+                .to_string()
+        }
         Error::StoreFull(_) => {
             "the service cannot record anything at the moment: nothing was changed; try again shortly"
                 .to_string()
