@@ -67,6 +67,7 @@ pub async fn revoke_as(
     }
     let mut changed = Vec::new();
     let mut already = None;
+    let mut newly_blocked = false;
     match revoke_in(store, &mut tx, &hex, reason, at, actor).await {
         Ok(outcome) => {
             store
@@ -142,7 +143,7 @@ pub async fn revoke_as(
             .as_slice()
             .try_into()
             .map_err(|_| Error::Store("bad key fingerprint".into()))?;
-        block_key_in(
+        newly_blocked = block_key_in(
             store,
             &mut tx,
             &fp,
@@ -170,7 +171,9 @@ pub async fn revoke_as(
             }
         }
     }
-    if let (true, Some(e)) = (changed.is_empty(), already) {
+    // "Already revoked" only when nothing changed: an officer's keyCompromise that blocks the
+    // key of a certificate its subscriber revoked on their word alone is a change.
+    if let (true, false, Some(e)) = (changed.is_empty(), newly_blocked, already) {
         return Err(e);
     }
     tx.commit().await?;
@@ -223,21 +226,23 @@ pub async fn block_key(store: &Store, key_fp: &[u8; 32], reason: &str, actor: &s
     Ok(())
 }
 
+/// Blocks the key in `tx`, audited; whether it was not blocked before.
 async fn block_key_in(
     store: &Store,
     tx: &mut Tx,
     key_fp: &[u8; 32],
     reason: &str,
     actor: &str,
-) -> Result<()> {
-    store.block_key(tx, key_fp, reason).await?;
+) -> Result<bool> {
+    let added = store.block_key(tx, key_fp, reason).await?;
     let event = Event {
         kind: "key.blocked",
         actor: actor.to_string(),
         subject: None,
         detail: json!({ "key_sha256": hex::encode(key_fp), "reason": reason }),
     };
-    store.audit(tx, &event).await
+    store.audit(tx, &event).await?;
+    Ok(added)
 }
 
 /// CRLReason (RFC 5280 §5.3.1). Codes 2 (cACompromise), 8 (removeFromCRL) and 10 (aACompromise)

@@ -755,14 +755,14 @@ impl Store {
     }
 
     /// Adds a key to the blocked list (idempotent).
-    pub async fn block_key(&self, tx: &mut Tx, key_fp: &[u8], reason: &str) -> Result<()> {
-        sqlx::query("INSERT INTO blocked_keys (key_fp, reason, added_at) VALUES ($1, $2, $3) ON CONFLICT (key_fp) DO NOTHING")
+    pub async fn block_key(&self, tx: &mut Tx, key_fp: &[u8], reason: &str) -> Result<bool> {
+        let added = sqlx::query("INSERT INTO blocked_keys (key_fp, reason, added_at) VALUES ($1, $2, $3) ON CONFLICT (key_fp) DO NOTHING")
             .bind(key_fp.to_vec())
             .bind(reason)
             .bind(now())
             .execute(&mut **tx)
             .await?;
-        Ok(())
+        Ok(added.rows_affected() == 1)
     }
 
     /// Step 3: commits a serial in state `reserved`. A duplicate serial fails on the primary key;

@@ -440,10 +440,10 @@ struct RevokeArgs {
     /// Serial (hex) of the certificate.
     #[arg(long)]
     serial: String,
-    /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged, superseded,
-    /// cessationOfOperation, privilegeWithdrawn (certificateHold: use --hold).
-    #[arg(long, default_value = "unspecified")]
-    reason: String,
+    /// RFC 5280 reason: unspecified (the default), keyCompromise, affiliationChanged,
+    /// superseded, cessationOfOperation, privilegeWithdrawn (certificateHold: use --hold).
+    #[arg(long)]
+    reason: Option<String>,
     /// Put on hold (suspend) instead of revoking; Individual & Organisational CA only.
     #[arg(long, conflicts_with = "release")]
     hold: bool,
@@ -1539,17 +1539,29 @@ fn parse_time(s: &str) -> anyhow::Result<i64> {
 /// renewal chain is walked), with the reason recorded.
 async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     let api = client::Api::of(&client::current()?)?;
-    let reason = if a.hold {
-        "certificateHold"
-    } else {
+    let body = if a.release {
         anyhow::ensure!(
-            a.reason != "certificateHold",
+            a.reason.is_none(),
+            "--release takes no --reason: it lifts a hold"
+        );
+        serde_json::json!({ "release": true })
+    } else if a.hold {
+        anyhow::ensure!(a.reason.is_none(), "--hold takes no --reason");
+        serde_json::json!({ "reason": "certificateHold" })
+    } else {
+        let reason =
+            ca_core::revocation::Reason::parse(a.reason.as_deref().unwrap_or("unspecified"))?;
+        anyhow::ensure!(
+            reason != ca_core::revocation::Reason::CertificateHold,
             "use --hold to put a certificate on hold"
         );
-        a.reason.as_str()
+        serde_json::json!({ "reason": reason.name() })
     };
-    let body = serde_json::json!({ "reason": reason, "release": a.release });
-    let serial = a.serial.replace(':', "").to_ascii_lowercase();
+    let mut serial = a.serial.replace(':', "").to_ascii_lowercase();
+    // As some tools print it, without its leading zero.
+    if serial.len() % 2 == 1 {
+        serial.insert(0, '0');
+    }
     anyhow::ensure!(
         !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_hexdigit()),
         "{:?} is not a serial number",

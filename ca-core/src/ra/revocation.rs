@@ -197,9 +197,50 @@ pub async fn revoke_at_counter(
         .certificate
         .ok_or_else(|| Error::Conflict("no certificate has been issued".into()))?;
     let s = SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
-    auth.revoke(s, reason, &format!("staff:{}", staff.username))
-        .await?;
+    within_revocation_budget(auth, staff).await?;
+    auth.revoke_as(
+        s,
+        reason,
+        &format!("staff:{}", staff.username),
+        evidence_of(staff),
+    )
+    .await?;
     Ok(serial)
+}
+
+/// How far a member's keyCompromise reaches: an officer's blocks the key and revokes every
+/// certificate carrying it; counter staff take the subscriber's word, which reaches the
+/// subscriber's own certificates and records a report for an officer to confirm
+/// ([`crate::revocation::Evidence`]) — a clerk never revokes another subscriber's certificate.
+fn evidence_of(staff: &StaffSession) -> Evidence {
+    if staff.role == Role::Officer {
+        Evidence::Verified
+    } else {
+        Evidence::Reported
+    }
+}
+
+/// Revocations one member may make in an hour, one certificate at a time: more is a mass
+/// revocation, which two officers decide ([`super::officer`]).
+pub const REVOCATIONS_PER_HOUR: i64 = 30;
+
+/// Refuses a member's revocation past [`REVOCATIONS_PER_HOUR`] (counted from the audit trail,
+/// so every instance and channel counts alike).
+async fn within_revocation_budget(auth: &Authority, staff: &StaffSession) -> Result<()> {
+    let made: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE at >= $1 AND actor = $2 \
+         AND kind IN ('certificate.revoked', 'certificate.held', 'certificate.revocation_reason_updated')",
+    )
+    .bind(now() - 3600)
+    .bind(format!("staff:{}", staff.username))
+    .fetch_one(auth.store().pool())
+    .await?;
+    if made >= REVOCATIONS_PER_HOUR {
+        return Err(Error::TooManyAttempts(format!(
+            "{made} certificates revoked or held by you in the last hour: a revocation of many is two officers' decision (a mass_revocation proposal)"
+        )));
+    }
+    Ok(())
 }
 
 /// Releases a hold at the counter (Individual & Organisational CA; RFC 5280 §5.3.1
@@ -245,6 +286,34 @@ async fn may_release(auth: &Authority, staff: &StaffSession, serial: &str) -> Re
     Ok(())
 }
 
+/// The outlet of the application a certificate belongs to: the application's current
+/// certificate, or one that certificate renewed (followed forward by `renewed_by`).
+async fn application_outlet(auth: &Authority, serial: &str) -> Result<Option<String>> {
+    let mut current = serial.to_string();
+    // A renewal chain is short (one link per renewal); the bound only stops a cycle.
+    for _ in 0..100 {
+        let outlet = sqlx::query_scalar::<_, String>(
+            "SELECT outlet FROM applications WHERE certificate = $1",
+        )
+        .bind(&current)
+        .fetch_optional(auth.store().pool())
+        .await?;
+        if outlet.is_some() {
+            return Ok(outlet);
+        }
+        match auth
+            .store()
+            .certificate(&current)
+            .await?
+            .and_then(|c| c.renewed_by)
+        {
+            Some(next) => current = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
 /// A status change asked for by serial (`POST /api/v1/certificates/{serial}/revocation`,
 /// `ecert revoke`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,19 +349,17 @@ pub async fn change_certificate_status(
         // An OCSP responder's certificate: retired by `ecert ocsp rotate`, never revoked here.
         return Err(Error::NotFound);
     }
-    let outlet =
-        sqlx::query_scalar::<_, String>("SELECT outlet FROM applications WHERE certificate = $1")
-            .bind(&hex)
-            .fetch_optional(auth.store().pool())
-            .await?;
     if reach == super::permissions::Reach::OwnOutlet
-        && outlet.as_deref() != Some(staff.outlet.as_str())
+        && application_outlet(auth, &hex).await?.as_deref() != Some(staff.outlet.as_str())
     {
         return Err(Error::NotFound);
     }
     let actor = format!("staff:{}", staff.username);
     match change {
-        StatusChange::Revoke(reason) => auth.revoke(s, reason, &actor).await,
+        StatusChange::Revoke(reason) => {
+            within_revocation_budget(auth, staff).await?;
+            auth.revoke_as(s, reason, &actor, evidence_of(staff)).await
+        }
         StatusChange::Release => {
             may_release(auth, staff, &hex).await?;
             auth.release(s, &actor).await?;

@@ -1274,14 +1274,15 @@ async fn certificate(
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }
 
-/// A certificate's status change, by serial (`ecert revoke`).
+/// A certificate's status change, by serial (`ecert revoke`): a `reason`, or `release`.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StatusChangeRequest {
     /// RFC 5280 reason name: `unspecified`, `keyCompromise`, `affiliationChanged`,
     /// `superseded`, `cessationOfOperation`, `privilegeWithdrawn` or `certificateHold` (a hold:
-    /// Individual & Organisational CA only). Ignored with `release`.
+    /// Individual & Organisational CA only). Required unless `release`.
     #[serde(default)]
-    reason: String,
+    reason: Option<String>,
     /// Release a hold instead.
     #[serde(default)]
     release: bool,
@@ -1316,12 +1317,16 @@ async fn certificate_revocation(
     Json(b): Json<StatusChangeRequest>,
 ) -> Result<Json<StatusChanged>, ApiFailure> {
     use ca_core::revocation::{Outcome, Reason};
-    let change = if b.release {
-        ra::StatusChange::Release
-    } else if b.reason.is_empty() {
-        ra::StatusChange::Revoke(Reason::Unspecified)
-    } else {
-        ra::StatusChange::Revoke(Reason::parse(&b.reason)?)
+    // Nothing is revoked by default: an empty or misspelt body is refused, not `unspecified`.
+    let change = match (b.release, b.reason.as_deref()) {
+        (true, None) => ra::StatusChange::Release,
+        (false, Some(reason)) => ra::StatusChange::Revoke(Reason::parse(reason)?),
+        _ => {
+            return Err(ApiFailure(Error::Invalid {
+                field: "reason",
+                reason: "a reason to revoke or hold, or release: true (one of them)".into(),
+            }))
+        }
     };
     let changed = ra::change_certificate_status(&s.auth, &staff, &serial, change).await?;
     let mut out = Vec::with_capacity(changed.len());

@@ -573,15 +573,98 @@ fn revocation_by_serial_follows_the_matrix() {
         assert_eq!(st, 200, "{v}");
     });
     assert_eq!(show_field(&ca, &leaf.serial, "revocation_reason"), None);
+
+    // Nothing is revoked by default: an empty or misspelt body is refused.
+    with_service(&ca, |addr| {
+        for body in [
+            serde_json::json!({}),
+            serde_json::json!({"reasons": "keyCompromise"}),
+            serde_json::json!({"reason": "superseded", "release": true}),
+        ] {
+            let (st, e) = api(addr, "POST", &path, &own, Some(body.clone()));
+            assert_eq!(st, 422, "{body}: {e}");
+        }
+    });
+    assert_eq!(show_field(&ca, &leaf.serial, "revocation_reason"), None);
+
+    // A clerk's keyCompromise takes the subscriber's word: it reaches this certificate (and
+    // what it renewed), records a report, and blocks nothing; another certificate with the key
+    // stays good until an officer confirms, which blocks the key and revokes that one too.
+    let key = ca.csr("shared", KeyType::P256);
+    let first = crate::apply::issue(&ca, &case, &key.csr, "first with the key");
+    let second = crate::apply::issue(&ca, &case, &key.csr, "second with the key");
+    let first_path = format!("/api/v1/certificates/{}/revocation", first.serial);
+    let compromised = serde_json::json!({"reason": "keyCompromise"});
+    with_service(&ca, |addr| {
+        let (st, v) = api(addr, "POST", &first_path, &own, Some(compromised.clone()));
+        assert_eq!(st, 200, "{v}");
+    });
+    let count = |sql: &str| ca.sql_query(sql).trim().to_string();
+    assert_eq!(count("SELECT COUNT(*) FROM blocked_keys"), "0");
+    assert_eq!(count("SELECT COUNT(*) FROM key_compromise_reports"), "1");
+    assert_eq!(show_field(&ca, &second.serial, "revocation_reason"), None);
+    let out = crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &first.serial, "--reason", "keyCompromise"],
+    );
+    assert!(
+        out.contains(&format!("{}\trevoked\tkeyCompromise", second.serial)),
+        "{out}"
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM blocked_keys"), "1");
+    // With no other certificate to reach, the officer's confirmation still blocks the key
+    // (it used to answer "already revoked" and block nothing).
+    let lone = crate::apply::issue(&ca, &case, &ca.csr("lone", KeyType::P256).csr, "alone");
+    with_service(&ca, |addr| {
+        let path = format!("/api/v1/certificates/{}/revocation", lone.serial);
+        let (st, v) = api(addr, "POST", &path, &own, Some(compromised.clone()));
+        assert_eq!(st, 200, "{v}");
+    });
+    assert_eq!(count("SELECT COUNT(*) FROM blocked_keys"), "1");
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &lone.serial, "--reason", "keyCompromise"],
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM blocked_keys"), "2");
     let actors = ca.sql_query(
-        "SELECT kind || ' ' || actor FROM audit_log WHERE kind IN ('certificate.held', 'certificate.released') ORDER BY seq",
+        "SELECT kind || ' ' || actor FROM audit_log WHERE kind IN ('certificate.held', 'certificate.released', 'key.compromise_reported', 'key.blocked') ORDER BY seq",
     );
     assert_eq!(
         actors.lines().collect::<Vec<_>>(),
         [
             "certificate.held staff:gpo-clerk",
-            "certificate.released staff:gpo-clerk"
+            "certificate.released staff:gpo-clerk",
+            "key.compromise_reported staff:gpo-clerk",
+            "key.blocked staff:e2e-officer1",
+            "key.compromise_reported staff:gpo-clerk",
+            "key.blocked staff:e2e-officer1"
         ],
         "{actors}"
     );
+
+    // One at a time, a member revokes or holds at most 30 an hour: more is a mass revocation,
+    // which two officers decide.
+    let refused = with_service(&ca, |addr| {
+        for _ in 0..40 {
+            let (st, e) = api(addr, "POST", &path, &own, Some(hold.clone()));
+            if st == 429 {
+                return e;
+            }
+            assert_eq!(st, 200, "{e}");
+            let (st, e) = api(
+                addr,
+                "POST",
+                &path,
+                &own,
+                Some(serde_json::json!({"release": true})),
+            );
+            assert_eq!(st, 200, "{e}");
+        }
+        panic!("no limit after 40 holds in an hour");
+    });
+    assert!(refused.to_string().contains("two officers"), "{refused}");
+    let made = ca.sql_query(
+        "SELECT COUNT(*) FROM audit_log WHERE actor = 'staff:gpo-clerk' AND kind IN ('certificate.revoked', 'certificate.held', 'certificate.revocation_reason_updated')",
+    );
+    assert_eq!(made.trim(), "30", "revocations and holds by the clerk");
 }
