@@ -1773,12 +1773,18 @@ impl Authority {
 
     /// Audits a request refused before a serial was reserved (BR §5.4.1: rejections of
     /// certificate requests are recorded). A failure to write it is logged; the refusal stands.
+    ///
+    /// The profile and the reason are cut to a bounded length: a refused request's text can
+    /// carry what its sender chose (a PEM label), and the audit trail keeps it for good.
     pub async fn record_refusal(&self, actor: &str, profile: &str, error: &Error) {
         let event = Event {
             kind: "issuance.refused",
             actor: actor.to_string(),
             subject: None,
-            detail: json!({ "profile": profile, "reason": error.to_string() }),
+            detail: json!({
+                "profile": bounded(profile, 40),
+                "reason": bounded(&error.to_string(), 200),
+            }),
         };
         if let Err(e) = self.store.audit_now(&event).await {
             tracing::error!(error = %e, "could not audit a refused request");
@@ -2417,8 +2423,28 @@ pub(crate) async fn test_ca_with(edit: impl FnOnce(&mut Config)) -> (tempfile::T
     (dir, auth)
 }
 
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bounded_cuts_at_a_character_boundary() {
+        assert_eq!(super::bounded("short", 40), "short");
+        assert_eq!(super::bounded("abcdef", 3), "abc…");
+        // "é" is two bytes: a cut inside it moves back before it.
+        assert_eq!(super::bounded("aéb", 2), "a…");
+    }
+
     use super::*;
     use rcgen::KeyPair;
 
