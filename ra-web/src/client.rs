@@ -267,6 +267,29 @@ pub fn read_line(what: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
     Ok(trimmed)
 }
 
+/// Reads a secret line (a password, an HKID number): from a terminal with its echo off and a
+/// prompt on standard error, so that it is neither shown nor left on the screen; from a pipe
+/// as [`read_line`].
+pub fn read_secret(what: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return read_line(what);
+    }
+    eprint!("{what}: ");
+    let before = tcgetattr(&stdin).context("reading the terminal's settings")?;
+    let mut quiet = before.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&stdin, OptionalActions::Now, &quiet).context("turning the terminal's echo off")?;
+    let line = read_line(what);
+    // Echo back on whatever was read (an interrupt leaves it off: `stty echo` restores it).
+    let restored = tcsetattr(&stdin, OptionalActions::Now, &before);
+    eprintln!();
+    restored.context("turning the terminal's echo back on")?;
+    line
+}
+
 /// Text from the service made safe for a terminal: control characters (escape sequences)
 /// shown as `?`.
 pub fn printable(s: &str) -> String {

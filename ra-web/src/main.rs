@@ -715,7 +715,7 @@ async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
 /// `ecert login`.
 async fn login(server: &str, username: &str, ca_file: Option<PathBuf>) -> anyhow::Result<()> {
     let api = client::Api::new(server, ca_file.as_deref(), None)?;
-    let password = client::read_line("password")?;
+    let password = client::read_secret("password")?;
     let code = client::read_line("authenticator code")?;
     let body = serde_json::json!({ "username": username, "password": &*password, "code": &*code });
     let s = api
@@ -825,7 +825,7 @@ async fn application(c: ApplicationCommand) -> anyhow::Result<()> {
             card_sighted,
             guardian_consent,
         } => {
-            let hkid = client::read_line("HKID number")?;
+            let hkid = client::read_secret("HKID number")?;
             let id = client::application_id(&api, &application).await?;
             let v = application_view(&api, &id).await?;
             let body = serde_json::json!({
@@ -1011,7 +1011,7 @@ async fn admin(c: AdminCommand) -> anyhow::Result<()> {
             outlet,
             role,
         }) => {
-            let password = client::read_line("initial password")?;
+            let password = client::read_secret("initial password")?;
             let body = serde_json::json!({ "username": username, "display_name": name, "outlet": outlet, "role": role, "password": &*password });
             let v = api.call(Method::POST, "/api/v1/staff", Some(&body)).await?;
             outln!("staff {username}");
@@ -1050,7 +1050,7 @@ async fn admin(c: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Staff(AdminStaffCommand::ResetPassword { username }) => {
-            let password = client::read_line("temporary password")?;
+            let password = client::read_secret("temporary password")?;
             api.call(
                 Method::POST,
                 &staff_path(&username, "password")?,
@@ -1194,11 +1194,7 @@ async fn first_admin(
 ) -> anyhow::Result<()> {
     // Read first (the password may take a while to come), counted after, just before the
     // account is made.
-    let mut password = zeroize::Zeroizing::new(String::new());
-    std::io::stdin()
-        .read_line(&mut password)
-        .context("reading the first admin's password from standard input")?;
-    let password = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string());
+    let password = client::read_secret("the first admin's password")?;
     let active = ca_core::ra::active_admins(store).await?;
     anyhow::ensure!(
         active < BOOTSTRAP_ADMINS,

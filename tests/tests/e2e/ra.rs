@@ -2374,3 +2374,68 @@ fn the_command_line_administers_staff_through_the_service_with_two_admins() {
         "{kinds}"
     );
 }
+
+/// A password or an HKID number typed at a terminal is not echoed (nor left on the screen):
+/// `ecert login` run on a pseudo-terminal (Python's `pty`), the password typed; everything the
+/// terminal shows is read back and the password is not in it, its prompt is.
+#[test]
+fn a_password_typed_at_a_terminal_is_not_echoed() {
+    let ca = Ca::init();
+    let script = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+shown = b""
+def drain(seconds):
+    global shown
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        shown += chunk
+        if b"password: " in shown:
+            return True
+    return True
+drain(10)
+os.write(fd, b"a-very-secret-password-42\n")
+time.sleep(0.5)
+os.write(fd, b"123456\n")
+while drain(5):
+    pass
+os.waitpid(pid, 0)
+sys.stdout.write(shown.decode("utf-8", "replace"))
+"#;
+    let bin = ecert_e2e::ecert_bin();
+    let home = ca.work.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&bin)
+        .args([
+            "login",
+            "--server",
+            "http://127.0.0.1:9",
+            "--username",
+            "clerk1",
+        ])
+        .env("XDG_CONFIG_HOME", &home)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains("password: "),
+        "no prompt on the terminal: {shown:?}"
+    );
+    assert!(
+        !shown.contains("a-very-secret-password-42"),
+        "the password was echoed: {shown:?}"
+    );
+    // The code (not a secret) is read too: the command went on to the (absent) service.
+    assert!(shown.contains("error"), "{shown:?}");
+}
