@@ -263,21 +263,24 @@ pub async fn release_at_counter(
     Ok(serial)
 }
 
-/// A hold an officer placed — or the command line, or the service itself — is an officer's to
-/// release, not any clerk's of the outlet.
+/// Only a counter hold — placed by a member of counter staff — is the counter's to release; any
+/// other (an officer's, the former command line's, the service's, or one whose holder's
+/// account is gone) is an officer's.
 async fn may_release(auth: &Authority, staff: &StaffSession, serial: &str) -> Result<()> {
     let holder = auth.store().held_by(serial).await?;
-    let officers_hold = match holder.as_deref().and_then(|a| a.strip_prefix("staff:")) {
+    let counter_hold = match holder.as_deref().and_then(|a| a.strip_prefix("staff:")) {
         Some(username) => {
-            sqlx::query_scalar::<_, String>("SELECT role FROM staff WHERE username = $1")
-                .bind(username)
-                .fetch_optional(auth.store().pool())
-                .await?
-                .as_deref()
-                == Some(Role::Officer.name())
+            let role =
+                sqlx::query_scalar::<_, String>("SELECT role FROM staff WHERE username = $1")
+                    .bind(username)
+                    .fetch_optional(auth.store().pool())
+                    .await?;
+            matches!(role.as_deref(), Some(r) if r == Role::Clerk.name() || r == Role::Supervisor.name())
         }
-        None => holder.is_some(),
+        // Not held (the release answers "not on hold"), or held by no member of staff.
+        None => holder.is_none(),
     };
+    let officers_hold = !counter_hold;
     if officers_hold && staff.role != Role::Officer {
         return Err(Error::Forbidden(
             "this hold was placed by an officer: an officer releases it".into(),

@@ -1584,6 +1584,21 @@ async fn walk_in_and_revocation_at_the_counter() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     assert!(r.body.contains("an officer releases it"), "{}", r.body);
+    // Still the officer's when the holder's account is gone (review finding: an unknown holder
+    // counted as a counter hold).
+    sqlx::query("UPDATE certificates SET held_by = 'staff:someone-gone' WHERE serial = $1")
+        .bind(&serial)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &format!("{base}/revoke"),
+            &clerk,
+            &[("csrf", &csrf), ("reason", "release")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     let r = app
         .post(
             &format!("{base}/revoke"),
