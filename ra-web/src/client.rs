@@ -277,11 +277,12 @@ pub fn read_secret(what: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
     if !stdin.is_terminal() {
         return read_line(what);
     }
-    eprint!("{what}: ");
     let before = tcgetattr(&stdin).context("reading the terminal's settings")?;
     let mut quiet = before.clone();
     quiet.local_modes.remove(LocalModes::ECHO);
     tcsetattr(&stdin, OptionalActions::Now, &quiet).context("turning the terminal's echo off")?;
+    // Only now the prompt: what is typed after seeing it is never echoed.
+    eprint!("{what}: ");
     let line = read_line(what);
     // Echo back on whatever was read (an interrupt leaves it off: `stty echo` restores it).
     let restored = tcsetattr(&stdin, OptionalActions::Now, &before);
