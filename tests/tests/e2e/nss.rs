@@ -89,11 +89,10 @@ const CRL_REQUIRED: &[&str] = &["-g", "leaf", "-m", "crl", "-s", "failIfNoInfo"]
 /// refused digitalSignature-only RSA certificates, error -8102).
 #[test]
 fn nss_checks_status_by_ocsp_and_crl_against_the_running_server() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The port the certificates name, held until the service takes it (the services and
+    // perspectives the harness starts meanwhile bind ports of their own).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
     let ca = Ca::new();
     std::fs::write(
         ca.data_dir().join("ecert.toml"),
@@ -123,6 +122,7 @@ fn nss_checks_status_by_ocsp_and_crl_against_the_running_server() {
     );
 
     let listen = format!("127.0.0.1:{port}");
+    drop(held);
     let srv = spawn_listening(
         ca.command(
             &["serve", "--crl-watch-seconds", "1", "--listen", &listen],
