@@ -1195,6 +1195,8 @@ async fn first_admin(
     // Read first (the password may take a while to come), counted after, just before the
     // account is made.
     let password = client::read_secret("the first admin's password")?;
+    // A first look, to say so before anything is made; the count that decides is taken again
+    // in the transaction that adds the account.
     let active = ca_core::ra::active_admins(store).await?;
     anyhow::ensure!(
         active < BOOTSTRAP_ADMINS,
@@ -1215,7 +1217,8 @@ async fn first_admin(
         role: ca_core::ra::Role::Admin,
         password: &password,
     };
-    let (id, secret) = ca_core::ra::create_staff(store, vault, &new, &actor()).await?;
+    let (id, secret) =
+        ca_core::ra::create_bootstrap_admin(store, vault, &new, &actor(), BOOTSTRAP_ADMINS).await?;
     outln!("admin {username} ({id})");
     outln!("totp_secret={}", ca_core::totp::secret_base32(&secret));
     outln!(

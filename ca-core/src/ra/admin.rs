@@ -100,6 +100,7 @@ pub async fn add_account(
         new,
         &actor(staff),
         pending.then_some(staff.staff.as_str()),
+        None,
     )
     .await?;
     Ok((id, secret, pending))

@@ -106,7 +106,8 @@ pub use session::{
     ACCOUNT_SIGN_IN_ATTEMPTS, LOCK_SECONDS, SIGN_IN_ATTEMPTS,
 };
 pub use staff::{
-    create_staff, list_staff, reset_totp, set_staff_disabled, NewStaff, Role, StaffRow,
+    create_bootstrap_admin, create_staff, list_staff, reset_totp, set_staff_disabled, NewStaff,
+    Role, StaffRow,
 };
 pub use token::{
     api_session, api_session_idle, cli_sign_in, cli_sign_out, create_api_token, revoke_api_tokens,

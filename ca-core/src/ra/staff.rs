@@ -102,7 +102,20 @@ pub async fn create_staff(
     new: &NewStaff<'_>,
     actor: &str,
 ) -> Result<(String, Zeroizing<Vec<u8>>)> {
-    insert_staff(store, vault, new, actor, None).await
+    insert_staff(store, vault, new, actor, None, None).await
+}
+
+/// [`create_staff`] of an admin while fewer than `limit` admins are active, counted in the
+/// transaction that adds the account (serialised: SQLite's writer lock, PostgreSQL's advisory
+/// lock), so two `ecert init --admin` at once cannot make a third.
+pub async fn create_bootstrap_admin(
+    store: &Store,
+    vault: &crate::pii::Vault,
+    new: &NewStaff<'_>,
+    actor: &str,
+    limit: i64,
+) -> Result<(String, Zeroizing<Vec<u8>>)> {
+    insert_staff(store, vault, new, actor, None, Some(limit)).await
 }
 
 /// [`create_staff`]; with `pending_grant_by` (the requesting admin's staff id) the account is
@@ -114,6 +127,7 @@ pub(super) async fn insert_staff(
     new: &NewStaff<'_>,
     actor: &str,
     pending_grant_by: Option<&str>,
+    admins_below: Option<i64>,
 ) -> Result<(String, Zeroizing<Vec<u8>>)> {
     let NewStaff {
         username,
@@ -140,6 +154,24 @@ pub(super) async fn insert_staff(
     )?;
     let password_hash = hash_password_async(password).await?;
     let mut tx = store.begin().await?;
+    if let Some(limit) = admins_below {
+        if store.engine() == crate::store::Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7365064)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM staff s WHERE s.role = 'admin' AND s.disabled = 0 \
+             AND NOT EXISTS (SELECT 1 FROM staff_role_grants g WHERE g.staff = s.id)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= limit {
+            return Err(Error::Conflict(format!(
+                "{limit} active admin accounts exist already: further accounts are made by admins (/staff/admin, ecert admin staff add)"
+            )));
+        }
+    }
     if !super::outlet::exists(&mut *tx, outlet).await? {
         return Err(invalid("outlet", "no such outlet"));
     }

@@ -1930,3 +1930,51 @@ async fn a_token_of_a_member_whose_password_was_reset_does_nothing() {
         .unwrap_err();
     assert!(matches!(e, Error::Forbidden(_)), "{e}");
 }
+
+/// Issue 14 follow-up: `init --admin` counts the active admins in the transaction that adds
+/// the account, so bootstraps at once cannot make more than the limit (the count and the
+/// insert were apart). Eight at once with one admin already: exactly one more is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_admins_at_once_make_no_more_than_the_limit() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    ensure_outlet(auth.store(), "hq", "Head office", "總辦事處", "test")
+        .await
+        .unwrap();
+    staff(&auth, "admin0", "hq", Role::Admin).await;
+    let auth = std::sync::Arc::new(auth);
+    let tasks: Vec<_> = (1..=8)
+        .map(|i| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let name = format!("admin{i}");
+                create_bootstrap_admin(
+                    auth.store(),
+                    &auth.staff_keys(),
+                    &NewStaff {
+                        username: &name,
+                        display_name: &name,
+                        outlet: "hq",
+                        role: Role::Admin,
+                        password: "a password of some length",
+                    },
+                    "test",
+                    MIN_ACTIVE_ADMINS,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut made = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => made += 1,
+            Err(Error::Conflict(m)) => assert!(m.contains("active admin accounts exist"), "{m}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(made, 1);
+    assert_eq!(
+        active_admins(auth.store()).await.unwrap(),
+        MIN_ACTIVE_ADMINS
+    );
+}
