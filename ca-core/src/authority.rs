@@ -261,6 +261,8 @@ pub struct Authority {
     witnessed: std::sync::atomic::AtomicI64,
     /// Why the last attempt to write the witness failed.
     witness_problem: std::sync::Mutex<Option<String>>,
+    /// Citizens' refused requests this minute: (minute, recorded, counted only).
+    citizen_refusals: std::sync::Mutex<(i64, u32, u32)>,
     /// An HSM check is running ([`Authority::hsm_check`]).
     hsm_check_running: Arc<std::sync::atomic::AtomicBool>,
     /// The Debian weak-key lists of `[keys] debian_weak_dir` (empty when unset).
@@ -1038,6 +1040,7 @@ impl Authority {
             crl_files_behind: std::sync::Mutex::new(HashSet::new()),
             witnessed: std::sync::atomic::AtomicI64::new(-1),
             witness_problem: std::sync::Mutex::new(None),
+            citizen_refusals: std::sync::Mutex::new((0, 0, 0)),
             hsm_check_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
@@ -1777,6 +1780,61 @@ impl Authority {
     /// The profile and the reason are cut to a bounded length: a refused request's text can
     /// carry what its sender chose (a PEM label), and the audit trail keeps it for good.
     pub async fn record_refusal(&self, actor: &str, profile: &str, error: &Error) {
+        let minute = time::OffsetDateTime::now_utc().unix_timestamp() / 60;
+        self.record_refusal_in(actor, profile, error, minute).await
+    }
+
+    /// [`Authority::record_refusal`] in `minute` (Unix minutes). Citizens' refusals (the public
+    /// form: anyone can send them) are recorded one by one up to
+    /// [`CITIZEN_REFUSALS_PER_MINUTE`] a minute; past that, the minute's further ones are
+    /// counted, and recorded as one `issuance.refusals_counted` with their number when the next
+    /// minute's first refusal comes — so a flood cannot swamp the audit trail, and is still in it.
+    pub(crate) async fn record_refusal_in(
+        &self,
+        actor: &str,
+        profile: &str,
+        error: &Error,
+        minute: i64,
+    ) {
+        if actor == "citizen" {
+            let (record, counted_before) = {
+                let mut w = self
+                    .citizen_refusals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut counted_before = None;
+                if w.0 != minute {
+                    if w.2 > 0 {
+                        counted_before = Some((w.0, w.2));
+                    }
+                    *w = (minute, 0, 0);
+                }
+                if w.1 < CITIZEN_REFUSALS_PER_MINUTE {
+                    w.1 += 1;
+                    (true, counted_before)
+                } else {
+                    if w.2 == 0 {
+                        tracing::warn!("more than {CITIZEN_REFUSALS_PER_MINUTE} refused requests from citizens this minute: counting the rest");
+                    }
+                    w.2 += 1;
+                    (false, counted_before)
+                }
+            };
+            if let Some((at_minute, count)) = counted_before {
+                let summary = Event {
+                    kind: "issuance.refusals_counted",
+                    actor: "citizen".into(),
+                    subject: None,
+                    detail: json!({ "minute": at_minute, "count": count }),
+                };
+                if let Err(e) = self.store.audit_now(&summary).await {
+                    tracing::error!(error = %e, "could not audit counted refusals");
+                }
+            }
+            if !record {
+                return;
+            }
+        }
         let event = Event {
             kind: "issuance.refused",
             actor: actor.to_string(),
@@ -2422,6 +2480,10 @@ pub(crate) async fn test_ca_with(edit: impl FnOnce(&mut Config)) -> (tempfile::T
     let (auth, _) = Authority::init(config).await.unwrap();
     (dir, auth)
 }
+
+/// Citizens' refused requests recorded one by one in a minute; see
+/// [`Authority::record_refusal`].
+pub const CITIZEN_REFUSALS_PER_MINUTE: u32 = 60;
 
 /// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
 fn bounded(text: &str, max: usize) -> String {

@@ -1978,3 +1978,47 @@ async fn bootstrap_admins_at_once_make_no_more_than_the_limit() {
         MIN_ACTIVE_ADMINS
     );
 }
+
+/// Review of issue 14: refused requests from citizens (the public form) are recorded one by
+/// one up to a cap a minute; past it they are counted and the count recorded, so a flood of
+/// bad CSRs neither swamps the audit trail nor goes unrecorded. Staff refusals are not capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_requests_is_counted_not_recorded_one_by_one() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let refused = Error::Encoding("not a CSR".into());
+    let count = |kind: &'static str| {
+        let store = auth.store().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_log WHERE kind = $1")
+                .bind(kind)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let cap = i64::from(crate::authority::CITIZEN_REFUSALS_PER_MINUTE);
+    for _ in 0..cap + 10 {
+        auth.record_refusal_in("citizen", "personal", &refused, 1000)
+            .await;
+    }
+    assert_eq!(count("issuance.refused").await, cap);
+    assert_eq!(count("issuance.refusals_counted").await, 0);
+    // The next minute's first refusal records it, and the count of the last minute's rest.
+    auth.record_refusal_in("citizen", "personal", &refused, 1001)
+        .await;
+    assert_eq!(count("issuance.refused").await, cap + 1);
+    let detail: String =
+        sqlx::query_scalar("SELECT detail FROM audit_log WHERE kind = 'issuance.refusals_counted'")
+            .fetch_one(auth.store().pool())
+            .await
+            .unwrap();
+    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(detail["count"], 10, "{detail}");
+    assert_eq!(detail["minute"], 1000, "{detail}");
+    // Staff refusals are every one recorded.
+    for _ in 0..cap + 5 {
+        auth.record_refusal_in("staff:clerk1", "personal", &refused, 1001)
+            .await;
+    }
+    assert_eq!(count("issuance.refused").await, 2 * cap + 6);
+}
