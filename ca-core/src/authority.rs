@@ -1413,7 +1413,7 @@ impl Authority {
                 return Err(e);
             }
         };
-        fail::fail_point!("crl::after_number");
+        async_fail_point!("crl::after_number");
         let key_id = ca
             .key_id
             .clone()
@@ -1952,7 +1952,7 @@ impl Authority {
         } = r;
         let serial_hex = serial.to_hex();
         let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
-        fail::fail_point!("ca::after_reserve");
+        async_fail_point!("ca::after_reserve");
         // Step 4: build the linting certificate, lint.
         let built =
             self.build_linting(profile, &subject, &key, serial, crl_partition, ca, req.days);
@@ -1964,7 +1964,7 @@ impl Authority {
                 return Err(e);
             }
         };
-        fail::fail_point!("ca::after_lint");
+        async_fail_point!("ca::after_lint");
         let event = Event {
             kind: "issuance.linted",
             actor: req.actor.clone(),
@@ -1988,7 +1988,7 @@ impl Authority {
                 .await;
             return Err(e);
         }
-        fail::fail_point!("ca::after_issuing");
+        async_fail_point!("ca::after_issuing");
         Ok(IssuanceToken {
             serial,
             issuer: profile.issuer,
@@ -2081,7 +2081,7 @@ impl Authority {
         let issuer_spki = ca.signer.public_key_spki().to_vec();
         // The HSM is asked from here on (tests show an issuance whose audit record could not
         // be written never gets here).
-        fail::fail_point!("ca::before_hsm_sign");
+        async_fail_point!("ca::before_hsm_sign");
         let signed = match self.hsm_slots.acquire().await {
             Ok(_permit) => {
                 hsm_sign_checked(
@@ -2096,7 +2096,7 @@ impl Authority {
                 detail: "the signer is shutting down".into(),
             })),
         };
-        fail::fail_point!("ca::after_hsm_sign");
+        async_fail_point!("ca::after_hsm_sign");
         let cert = match signed {
             Ok(c) => c,
             Err(e) => {
@@ -2145,7 +2145,7 @@ impl Authority {
             }
             return Err(e);
         }
-        fail::fail_point!("ca::after_store");
+        async_fail_point!("ca::after_store");
         tracing::info!(serial = %serial_hex, profile = token.profile, "certificate issued");
         Ok(Issued {
             serial: token.serial,

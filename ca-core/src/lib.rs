@@ -24,6 +24,21 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+/// A failpoint in async code (`FAILPOINTS=name=sleep(ms)|panic`, builds with the `failpoints`
+/// feature only): evaluated on a blocking thread, so a `sleep` holds this task and not one of
+/// the runtime's workers — the service goes on answering other requests, as it does while a
+/// real HSM call is slow — and a `panic` unwinds here as it would inline.
+macro_rules! async_fail_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        if let Err(e) = tokio::task::spawn_blocking(|| fail::fail_point!($name)).await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    };
+}
+
 pub mod audit;
 pub mod authority;
 pub mod clock;

@@ -897,7 +897,7 @@ impl Store {
             },
         )
         .await?;
-        fail::fail_point!("store::mark_issued_before_block_check");
+        async_fail_point!("store::mark_issued_before_block_check");
         self.refuse_blocked(tx, serial).await?;
         self.queue_ocsp(tx, serial).await
     }
