@@ -58,6 +58,7 @@ pub mod pii;
 pub mod pkcs7;
 pub mod profile;
 pub mod publication;
+pub mod quorum;
 pub mod ra;
 pub mod revocation;
 mod row;
