@@ -206,7 +206,7 @@ enum CertCommand {
         /// Serial, hex.
         serial: String,
     },
-    /// Print an issued certificate as PEM (re-delivery after an interrupted `issue`).
+    /// Print an issued certificate as PEM (re-delivery: an approval whose answer was lost).
     Export {
         /// Serial, hex.
         serial: String,

@@ -83,6 +83,22 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Outp
     }
 }
 
+/// Runs `c` with `stdin` written to its standard input; its output.
+pub fn run_with_stdin(mut c: Command, stdin: &str) -> Output {
+    use std::io::Write;
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// stdout and stderr of an output, for failure messages.
 pub fn show(o: &Output) -> String {
     format!(
@@ -881,19 +897,7 @@ impl Ca {
 
     /// Runs ecert with `stdin` as its standard input (a password, a PIN, a JSON body).
     pub fn ecert_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut c = self.command(args, &[]);
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        run_with_stdin(self.command(args, &[]), stdin)
     }
 
     /// Runs ecert.

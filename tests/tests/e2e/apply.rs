@@ -77,12 +77,8 @@ fn token(ca: &Ca, user: &str) -> String {
     t
 }
 
-/// The outlet and its counter staff, added by the harness's admins (once per installation).
-fn counter_staff(ca: &Ca, addr: &str) {
-    let ready = ca.file("e2e-counter.ready");
-    if ready.exists() {
-        return;
-    }
+/// The harness's outlet, added by its first admin unless it exists.
+fn outlet_exists(ca: &Ca, addr: &str) {
     let admin = admin_token(ca, addr, 1);
     let (st, v) = api(
         addr,
@@ -94,11 +90,40 @@ fn counter_staff(ca: &Ca, addr: &str) {
         ),
     );
     assert!(st == 201 || st == 409, "adding the outlet: {st} {v}");
+}
+
+/// The outlet and its counter staff, added by the harness's admins (once per installation).
+fn counter_staff(ca: &Ca, addr: &str) {
+    let ready = ca.file("e2e-counter.ready");
+    if ready.exists() {
+        return;
+    }
+    outlet_exists(ca, addr);
     crate::ra::add_staff(ca, CLERK, OUTLET, "clerk");
     for user in APPROVERS {
         crate::ra::add_staff(ca, user, OUTLET, "supervisor");
     }
     std::fs::write(ready, "").unwrap();
+}
+
+/// The applicant of `reference` confirms `email` on their tracking page with the code the RA
+/// mailed to it (read from `smtp`).
+pub fn confirm_mailbox(smtp: &SmtpServer, addr: &str, email: &str, reference: &str, secret: &str) {
+    let code = email_code(&smtp.wait_for(email, reference));
+    let r = page(addr, "/track", "");
+    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let r = form(
+        addr,
+        "/track/confirm",
+        &format!("ecert_csrf={csrf}"),
+        &[
+            ("csrf", &csrf),
+            ("reference", reference),
+            ("secret", secret),
+            ("code", &code),
+        ],
+    );
+    assert_eq!(r.status, 200, "confirming {email}");
 }
 
 /// The harness's outlet and counter staff exist, with their tokens (made through the service
@@ -158,21 +183,7 @@ pub fn attempt(
 
         // The applicant confirms the mailbox with the code the RA mailed.
         let email = application["email"].as_str().unwrap();
-        let code = email_code(&ca.smtp().wait_for(email, &reference));
-        let r = page(addr, "/track", "");
-        let csrf = set_cookie(&r, "ecert_csrf").unwrap();
-        let r = form(
-            addr,
-            "/track/confirm",
-            &format!("ecert_csrf={csrf}"),
-            &[
-                ("csrf", &csrf),
-                ("reference", &reference),
-                ("secret", &secret),
-                ("code", &code),
-            ],
-        );
-        assert_eq!(r.status, 200, "confirming {email}");
+        confirm_mailbox(ca.smtp(), addr, email, &reference, &secret);
 
         // At the counter.
         let view = call("view", &clerk, "GET", &path, None)?;
@@ -316,17 +327,7 @@ pub fn officers_ready(ca: &Ca) {
         return;
     }
     with_service(ca, |addr| {
-        let admin = admin_token(ca, addr, 1);
-        let (st, v) = api(
-            addr,
-            "POST",
-            "/api/v1/outlets",
-            &admin,
-            Some(
-                serde_json::json!({"id": OUTLET, "name_en": "General Post Office", "name_zh": "郵政總局"}),
-            ),
-        );
-        assert!(st == 201 || st == 409, "adding the outlet: {st} {v}");
+        outlet_exists(ca, addr);
         for user in OFFICERS {
             crate::ra::add_staff(ca, user, OUTLET, "officer");
             token(ca, user);

@@ -580,6 +580,35 @@ fn a_skewed_clock_signs_nothing_and_says_so() {
             ("FAKETIME", offset.to_string()),
         ]
     };
+    // A signing service whose host's clock is off by `offset`, once its clock check has run
+    // (`/healthz` says fault): the service, and that answer's status and body.
+    let skewed_service = |offset: &'static str| {
+        let env = at(offset);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let srv = crate::serve::spawn_listening(
+            ca.command(
+                &[
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--crl-watch-seconds",
+                    "1",
+                ],
+                &env,
+            ),
+            std::process::Stdio::null(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, body) = crate::serve::get(&srv.1, "/healthz");
+            let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if h["clock"]["status"] == "fault" {
+                return (srv, status, h);
+            }
+            assert!(Instant::now() < deadline, "{h}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
     let run = |args: &[&str], offset: &'static str| {
         let env = at(offset);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -604,33 +633,9 @@ fn a_skewed_clock_signs_nothing_and_says_so() {
             assert!(!o.status.success() && err.contains("ahead of"), "{err}");
             // (Staff sign in while the clocks agree: a TOTP code is checked by the time.)
             crate::apply::counter_ready(&ca);
-            let env = at("+3h");
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let srv = crate::serve::spawn_listening(
-                ca.command(
-                    &[
-                        "serve",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--crl-watch-seconds",
-                        "1",
-                    ],
-                    &env,
-                ),
-                std::process::Stdio::null(),
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let (status, _, body) = crate::serve::get(&srv.1, "/healthz");
-                let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                if h["clock"]["status"] == "fault" {
-                    assert_eq!(status, 503, "{h}");
-                    assert!(h["clock"]["error"].to_string().contains("ahead of"), "{h}");
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{h}");
-                std::thread::sleep(Duration::from_millis(300));
-            }
+            let (srv, status, h) = skewed_service("+3h");
+            assert_eq!(status, 503, "{h}");
+            assert!(h["clock"]["error"].to_string().contains("ahead of"), "{h}");
             let (_, _, metrics) = crate::serve::get(&srv.1, "/metrics");
             let metrics = String::from_utf8(metrics).unwrap();
             assert!(metrics.contains("ecert_clock_ok 0"), "{metrics}");
@@ -660,32 +665,8 @@ fn a_skewed_clock_signs_nothing_and_says_so() {
     let revoke = ["--serial", leaf.serial.as_str(), "--reason", "superseded"];
     if ca.db() == Db::Postgres {
         crate::apply::officers_ready(&ca);
-        let env = at("-3h");
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let behind = crate::serve::spawn_listening(
-            ca.command(
-                &[
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--crl-watch-seconds",
-                    "1",
-                ],
-                &env,
-            ),
-            std::process::Stdio::null(),
-        );
         // Once its clock check has run (every store probe), it refuses.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, _, body) = crate::serve::get(&behind.1, "/healthz");
-            let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            if h["clock"]["status"] == "fault" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{h}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        let (behind, _, _) = skewed_service("-3h");
         let err = crate::apply::revoke_err(&ca, &revoke);
         drop(behind);
         assert!(

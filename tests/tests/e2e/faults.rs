@@ -250,7 +250,7 @@ impl Drop for Tmpfs {
 /// working; the CRL files and the token still live on the full disk.
 #[test]
 fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
-    use crate::ra::{add_clerk, add_gpo, api, email_code, form, page, serve_ra, set_cookie};
+    use crate::ra::{add_clerk, add_gpo, api, serve_ra};
     let Some(fs) = Tmpfs::mount("48m") else {
         return;
     };
@@ -297,21 +297,7 @@ fn a_full_disk_fails_cleanly_and_recovers_when_space_is_freed() {
     let id = created["id"].as_str().unwrap().to_string();
     let reference = created["reference"].as_str().unwrap().to_string();
     let secret = created["tracking_secret"].as_str().unwrap().to_string();
-    let code = email_code(&smtp.wait_for("sm.wong@example.hk", &reference));
-    let r = page(addr, "/track", "");
-    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
-    let r = form(
-        addr,
-        "/track/confirm",
-        &format!("ecert_csrf={csrf}"),
-        &[
-            ("csrf", &csrf),
-            ("reference", &reference),
-            ("secret", &secret),
-            ("code", &code),
-        ],
-    );
-    assert_eq!(r.status, 200);
+    crate::apply::confirm_mailbox(&smtp, addr, "sm.wong@example.hk", &reference, &secret);
     let path = format!("/api/v1/applications/{id}");
     let (st, e) = api(
         addr,

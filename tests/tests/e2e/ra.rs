@@ -1992,23 +1992,12 @@ fn init_makes_the_first_two_admins_and_no_more() {
 /// Runs the real `ecert` as a command-line client with its own config directory (where the
 /// session lives), standard input given.
 fn cli(home: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
-    use std::io::Write;
     let mut c = std::process::Command::new(ecert_bin());
     c.env("XDG_CONFIG_HOME", home)
         .env_remove("ECERT_TOKEN")
         .env_remove("ECERT_SERVER")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+        .args(args);
+    run_with_stdin(c, stdin)
 }
 
 /// Issue 14: the command line is a client of the running service, acting as a named member of
@@ -2086,21 +2075,7 @@ fn the_command_line_enters_and_approves_through_the_service_as_named_staff() {
     };
     let (reference, secret) = (field("reference"), field("tracking_secret"));
     // The citizen confirms the mailbox.
-    let code = email_code(&smtp.wait_for("sm.wong@example.hk", &reference));
-    let r = page(&addr, "/track", "");
-    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
-    let r = form(
-        &addr,
-        "/track/confirm",
-        &format!("ecert_csrf={csrf}"),
-        &[
-            ("csrf", &csrf),
-            ("reference", &reference),
-            ("secret", &secret),
-            ("code", &code),
-        ],
-    );
-    assert_eq!(r.status, 200);
+    crate::apply::confirm_mailbox(&smtp, &addr, "sm.wong@example.hk", &reference, &secret);
     ok(cli(
         home_a.path(),
         &["application", "identity", &reference, "--card-sighted"],
