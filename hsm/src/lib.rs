@@ -19,8 +19,11 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod keys;
 pub mod pkcs11;
 pub mod software;
+
+pub use keys::KeySpec;
 
 /// The signature algorithms a [`Signer`] can produce.
 ///
@@ -31,6 +34,11 @@ pub mod software;
 pub enum Algorithm {
     /// ECDSA on P-256 with SHA-256 (RFC 5758 §3.2, `ecdsa-with-SHA256`).
     EcdsaP256Sha256,
+    /// ECDSA on P-384 with SHA-384 (RFC 5758 §3.2, `ecdsa-with-SHA384`).
+    EcdsaP384Sha384,
+    /// RSA PKCS#1 v1.5 with SHA-256 (RFC 8017 §8.2, `sha256WithRSAEncryption`, RFC 4055 §5);
+    /// the signature is the bare octet string, as long as the modulus.
+    RsaPkcs1Sha256,
 }
 
 /// Something that can sign with a private key the caller cannot see.
@@ -67,14 +75,20 @@ pub const GCM_NONCE_LEN: usize = 12;
 /// See [`GCM_NONCE_LEN`].
 pub const GCM_TAG_LEN: usize = 16;
 
-/// Verifies a DER signature made by a [`Signer`] with the given public key (DER SPKI).
+/// Verifies a signature made by a [`Signer`] (DER for ECDSA, bare for RSA) with the given
+/// public key (DER SPKI), with ring. A key whose kind does not sign with `algorithm` is
+/// [`Error::BadSignature`].
 pub fn verify(
     algorithm: Algorithm,
     spki_der: &[u8],
     message: &[u8],
     signature: &[u8],
 ) -> Result<(), Error> {
-    software::verify(algorithm, spki_der, message, signature)
+    let key = keys::PublicKey::from_spki(spki_der)?;
+    if key.spec.algorithm() != algorithm {
+        return Err(Error::BadSignature);
+    }
+    key.verify(message, signature)
 }
 
 /// Everything that can go wrong in this crate.

@@ -374,6 +374,7 @@ fn login_user(
 mod tests {
     use super::token::{p256_ec_params, unwrap_ec_point};
     use super::*;
+    use crate::KeySpec;
 
     #[test]
     fn classify_each_listed_code() {
@@ -447,9 +448,13 @@ mod tests {
         point.extend([7u8; 64]);
         let mut wrapped = vec![0x04, 65];
         wrapped.extend(&point);
-        assert_eq!(unwrap_ec_point(&wrapped), Some(point.clone()));
-        assert_eq!(unwrap_ec_point(&point), Some(point.clone()));
-        assert_eq!(unwrap_ec_point(&[0x04, 0x01, 0x02]), None);
+        assert_eq!(
+            unwrap_ec_point(&wrapped, KeySpec::P256),
+            Some(point.clone())
+        );
+        assert_eq!(unwrap_ec_point(&point, KeySpec::P256), Some(point.clone()));
+        assert_eq!(unwrap_ec_point(&point, KeySpec::P384), None);
+        assert_eq!(unwrap_ec_point(&[0x04, 0x01, 0x02], KeySpec::P256), None);
         assert_eq!(
             p256_ec_params(),
             [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]

@@ -4,9 +4,9 @@
 //! in process memory. Nothing in this crate ever falls
 //! back to it when a token fails.
 
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
-use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
-use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{DerSignature, SigningKey, VerifyingKey};
+use p256::pkcs8::{DecodePrivateKey, EncodePublicKey};
 
 use crate::{Algorithm, Error, Signer};
 
@@ -72,30 +72,6 @@ impl Signer for SoftwareSigner {
         })?;
         Ok(sig.as_bytes().to_vec())
     }
-}
-
-/// Verifies a DER signature against a DER SPKI; backs [`crate::verify`].
-pub(crate) fn verify(
-    algorithm: Algorithm,
-    spki_der: &[u8],
-    message: &[u8],
-    signature_der: &[u8],
-) -> Result<(), Error> {
-    match algorithm {
-        Algorithm::EcdsaP256Sha256 => {
-            let key = VerifyingKey::from_public_key_der(spki_der)
-                .map_err(|e| Error::PublicKey(format!("not a P-256 SubjectPublicKeyInfo: {e}")))?;
-            let sig = Signature::from_der(signature_der).map_err(|_| Error::BadSignature)?;
-            key.verify(message, &sig).map_err(|_| Error::BadSignature)
-        }
-    }
-}
-
-/// Wraps a verifying key into its DER SPKI; shared with the PKCS#11 backend.
-pub(crate) fn p256_spki_from_sec1(point: &[u8]) -> Result<Vec<u8>, Error> {
-    let key = VerifyingKey::from_sec1_bytes(point)
-        .map_err(|_| Error::PublicKey("EC point is not a valid P-256 point".into()))?;
-    Ok(spki_der(&key))
 }
 
 /// AES-256-GCM in memory (unit tests only; production keys live in the HSM).
@@ -181,6 +157,7 @@ impl crate::Mac for SoftwareMac {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::verify;
 
     #[test]
     fn sign_and_verify() {
@@ -188,7 +165,16 @@ mod tests {
         let sig = s.sign(b"hello").unwrap();
         assert_eq!(s.algorithm(), Algorithm::EcdsaP256Sha256);
         verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
-        crate::verify(s.algorithm(), s.public_key_spki(), b"hello", &sig).unwrap();
+        // The right key under the wrong algorithm does not verify.
+        assert!(matches!(
+            verify(
+                Algorithm::RsaPkcs1Sha256,
+                s.public_key_spki(),
+                b"hello",
+                &sig
+            ),
+            Err(Error::BadSignature)
+        ));
     }
 
     #[test]
@@ -229,18 +215,5 @@ mod tests {
         assert!(SoftwareSigner::from_pkcs8_der(b"junk").is_err());
         let dbg = format!("{s:?}");
         assert!(dbg.contains("SoftwareSigner"));
-    }
-
-    #[test]
-    fn spki_is_p256() {
-        let s = SoftwareSigner::generate_p256();
-        // id-ecPublicKey + prime256v1, 65-byte point: 91 bytes in total.
-        assert_eq!(s.public_key_spki().len(), 91);
-        let key = VerifyingKey::from_public_key_der(s.public_key_spki()).unwrap();
-        let point = key.to_encoded_point(false);
-        assert_eq!(
-            p256_spki_from_sec1(point.as_bytes()).unwrap(),
-            s.public_key_spki()
-        );
     }
 }

@@ -184,6 +184,76 @@ fn signature_verifies_here_and_with_openssl() {
     assert!(!verify("other").status.success());
 }
 
+/// Every CA key type: generated in the token, found again by label with the same public key,
+/// its signatures verify here and with OpenSSL (`dgst -sha256`/`-sha384`; RSA PKCS#1 v1.5), and
+/// the private key is as locked down as the P-256 one.
+#[test]
+fn every_key_type_signs_and_openssl_verifies() {
+    let (cfg, _) = setup("t-keyspecs");
+    let token = Token::open(&cfg).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n);
+    let msg = b"tbsCertList bytes, more or less".to_vec();
+    std::fs::write(p("msg"), &msg).unwrap();
+    for spec in hsm::KeySpec::ALL {
+        let label = format!("ca-{spec}");
+        let key = token.generate_key(&label, spec).unwrap();
+        assert_eq!(key.spec(), spec);
+        assert_eq!(key.algorithm(), spec.algorithm());
+        assert_eq!(hsm::KeySpec::of_spki(key.public_key_spki()).unwrap(), spec);
+        let again = token.key(&label).unwrap();
+        assert_eq!(again.public_key_spki(), key.public_key_spki(), "{spec}");
+        assert_eq!(again.id(), key.id(), "{spec}");
+        let attrs = token.private_key_attributes(&label).unwrap();
+        assert!(
+            attrs.sensitive && !attrs.extractable && attrs.sign,
+            "{spec}: {attrs:?}"
+        );
+
+        let sig = again.sign(&msg).unwrap();
+        hsm::verify(spec.algorithm(), key.public_key_spki(), &msg, &sig).unwrap();
+        if let Some(bits) = spec.rsa_bits() {
+            assert_eq!(sig.len(), bits as usize / 8, "{spec}");
+        }
+        let mut flipped = msg.clone();
+        flipped[0] ^= 1;
+        assert!(hsm::verify(spec.algorithm(), key.public_key_spki(), &flipped, &sig).is_err());
+
+        std::fs::write(p("pub.der"), key.public_key_spki()).unwrap();
+        std::fs::write(p("sig"), &sig).unwrap();
+        let out = Command::new("openssl")
+            .args(["pkey", "-pubin", "-inform", "DER", "-text", "-noout", "-in"])
+            .arg(p("pub.der"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{spec}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let expect = match spec.rsa_bits() {
+            Some(bits) => format!("Public-Key: ({bits} bit)"),
+            None if spec == hsm::KeySpec::P384 => "secp384r1".into(),
+            None => "prime256v1".into(),
+        };
+        assert!(text.contains(&expect), "{spec}: {text}");
+        let digest = if spec == hsm::KeySpec::P384 {
+            "-sha384"
+        } else {
+            "-sha256"
+        };
+        let out = Command::new("openssl")
+            .args(["dgst", digest, "-keyform", "DER", "-verify"])
+            .arg(p("pub.der"))
+            .arg("-signature")
+            .arg(p("sig"))
+            .arg(p("msg"))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Verified OK"),
+            "{spec}: {out:?}"
+        );
+    }
+}
+
 #[test]
 fn private_key_is_not_extractable() {
     let (cfg, _) = setup("t-sensitive");

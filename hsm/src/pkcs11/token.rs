@@ -13,18 +13,17 @@ use cryptoki::object::{
 use cryptoki::session::{Session, SessionState};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::der::asn1::{ObjectIdentifier, OctetStringRef};
 use p256::pkcs8::der::{Decode, Encode};
-use p256::pkcs8::{AssociatedOid, DecodePublicKey};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha384};
 
 use super::module::{module, Live, Module, OwnedSession};
 use super::{
     auth_pin, canonical, check_label, error, failure, find_slot, lock, login_user, pin_digest,
     Failure, PinDigest, Pkcs11Config, BACKOFF_MS, KEY_ID_LEN,
 };
-use crate::{Algorithm, Error, Signer};
+use crate::keys::{ring_verifier, PublicKey};
+use crate::{Algorithm, Error, KeySpec, Signer};
 
 // ---------------------------------------------------------------------------------------------
 // Token.
@@ -159,24 +158,31 @@ impl Token {
         &self.inner.label
     }
 
-    /// Generates a P-256 key pair inside the token.
+    /// Generates a P-256 key pair inside the token: [`Token::generate_key`] with
+    /// [`KeySpec::P256`].
+    pub fn generate_ec_key(&self, label: &str) -> Result<Pkcs11Key, Error> {
+        self.generate_key(label, KeySpec::P256)
+    }
+
+    /// Generates a key pair of kind `spec` inside the token (`CKM_EC_KEY_PAIR_GEN` on the
+    /// named curve, or `CKM_RSA_PKCS_KEY_PAIR_GEN` with exponent 65537).
     ///
     /// The private key is a token object, private, sensitive, not extractable and may only sign;
     /// the public key is a token object that may verify. Both carry `label` and a `CKA_ID` made
-    /// of the first 20 bytes of SHA-256 of the public point. Refuses with [`Error::KeyExists`]
-    /// if a private key with that label exists.
-    pub fn generate_ec_key(&self, label: &str) -> Result<Pkcs11Key, Error> {
+    /// of the first 20 bytes of SHA-256 of the public point (EC) or of the DER `RSAPublicKey`.
+    /// Refuses with [`Error::KeyExists`] if a private key with that label exists.
+    pub fn generate_key(&self, label: &str, spec: KeySpec) -> Result<Pkcs11Key, Error> {
         let _one_at_a_time = lock(&self.inner.keygen);
-        let (id, point) = self.run(true, |p| {
+        let (id, public) = self.run(true, |p| {
             if !find_private(&p.session, label, None)?.is_empty() {
                 return Err(Failure::Fatal(Error::KeyExists {
                     label: label.to_string(),
                 }));
             }
-            generate_in(&p.session, label)
+            generate_in(&p.session, label, spec)
         })?;
-        tracing::info!(label, "PKCS#11 key pair generated in the token");
-        self.make_key(label, id, &point)
+        tracing::info!(label, key = %spec, "PKCS#11 key pair generated in the token");
+        Ok(self.make_key(label, id, public))
     }
 
     /// Destroys the key pair labelled `label` (private and public objects; none found is not
@@ -218,9 +224,9 @@ impl Token {
                 _ => return Err(ambiguous(label)),
             };
             let id = read_id(session, handle)?;
-            let point = read_public_point(session, label, &id)?;
+            let public = read_public_key(session, label, &id)?;
             p.keys.insert(label.to_string(), (id.clone(), handle));
-            Ok(Some((id, point)))
+            Ok(Some((id, public)))
         });
         let found = match found {
             Err(Error::KeyNotFound { .. }) => None,
@@ -228,7 +234,7 @@ impl Token {
         };
         match found {
             None => Ok(None),
-            Some((id, point)) => self.make_key(label, id, &point).map(Some),
+            Some((id, public)) => Ok(Some(self.make_key(label, id, public))),
         }
     }
 
@@ -327,20 +333,14 @@ impl Token {
 
     // ---- internals ----------------------------------------------------------------------
 
-    fn make_key(&self, label: &str, id: Vec<u8>, point: &[u8]) -> Result<Pkcs11Key, Error> {
-        let spki = crate::software::p256_spki_from_sec1(point)?;
-        // Checked to be a P-256 point by p256_spki_from_sec1 above.
-        let verifying_key = VerifyingKey::from_public_key_der(&spki)
-            .map_err(|e| Error::PublicKey(e.to_string()))?;
-        let point = verifying_key.to_encoded_point(false).as_bytes().to_vec();
-        Ok(Pkcs11Key {
+    fn make_key(&self, label: &str, id: Vec<u8>, public: PublicKey) -> Pkcs11Key {
+        Pkcs11Key {
             token: self.clone(),
             label: label.into(),
             id: id.into(),
-            spki: spki.into(),
-            point: point.into(),
+            public: public.into(),
             release_check: true,
-        })
+        }
     }
 
     /// Throws away every session (pool and login) and starts a new generation. Returns the
@@ -597,8 +597,16 @@ fn read_id(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>, Failure> 
         .unwrap_or_default())
 }
 
+/// The DER `DigestInfo` for SHA-256 up to the digest (RFC 8017 §9.2, note 1).
+const SHA256_DIGEST_INFO_PREFIX: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
+];
+
 /// The DER encoding of the prime256v1 OID, as `CKA_EC_PARAMS` carries it.
+#[cfg(test)]
 pub(super) fn p256_ec_params() -> Vec<u8> {
+    use p256::pkcs8::AssociatedOid;
     match p256::NistP256::OID.to_der() {
         Ok(der) => der,
         // INVARIANT: a fixed, valid OID always encodes.
@@ -606,9 +614,9 @@ pub(super) fn p256_ec_params() -> Vec<u8> {
     }
 }
 
-/// The uncompressed point (`04 || x || y`) of the public key object with this label and ID,
-/// after checking `CKA_EC_PARAMS` names P-256.
-fn read_public_point(session: &Session, label: &str, id: &[u8]) -> Result<Vec<u8>, Failure> {
+/// The public key object with this label and ID, after checking it is one of the
+/// [`KeySpec`]s.
+fn read_public_key(session: &Session, label: &str, id: &[u8]) -> Result<PublicKey, Failure> {
     let template = [
         Attribute::Class(ObjectClass::PUBLIC_KEY),
         Attribute::Label(label.as_bytes().to_vec()),
@@ -630,49 +638,78 @@ fn read_public_point(session: &Session, label: &str, id: &[u8]) -> Result<Vec<u8
             ))))
         }
     };
-    public_point_of(session, handle)
+    public_key_of(session, handle)
 }
 
-fn public_point_of(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>, Failure> {
+fn public_key_of(session: &Session, handle: ObjectHandle) -> Result<PublicKey, Failure> {
+    let bad = |m: &str| Failure::Fatal(Error::PublicKey(m.to_string()));
     let attrs = session
-        .get_attributes(
-            handle,
-            &[
-                AttributeType::KeyType,
-                AttributeType::EcParams,
-                AttributeType::EcPoint,
-            ],
-        )
+        .get_attributes(handle, &[AttributeType::KeyType])
         .map_err(|e| failure("C_GetAttributeValue", e))?;
-    let mut key_type = None;
+    let key_type = attrs.into_iter().find_map(|a| match a {
+        Attribute::KeyType(t) => Some(t),
+        _ => None,
+    });
+    if key_type == Some(KeyType::RSA) {
+        let attrs = session
+            .get_attributes(
+                handle,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )
+            .map_err(|e| failure("C_GetAttributeValue", e))?;
+        let (mut n, mut e) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::Modulus(v) => n = Some(v),
+                Attribute::PublicExponent(v) => e = Some(v),
+                _ => {}
+            }
+        }
+        let n = n.ok_or_else(|| bad("the RSA public key has no CKA_MODULUS"))?;
+        let e = e.ok_or_else(|| bad("the RSA public key has no CKA_PUBLIC_EXPONENT"))?;
+        return PublicKey::rsa(&n, &e).map_err(Failure::Fatal);
+    }
+    if key_type != Some(KeyType::EC) {
+        return Err(bad("the key is neither an EC nor an RSA key"));
+    }
+    let attrs = session
+        .get_attributes(handle, &[AttributeType::EcParams, AttributeType::EcPoint])
+        .map_err(|e| failure("C_GetAttributeValue", e))?;
     let mut params = None;
     let mut point = None;
     for a in attrs {
         match a {
-            Attribute::KeyType(t) => key_type = Some(t),
             Attribute::EcParams(p) => params = Some(p),
             Attribute::EcPoint(p) => point = Some(p),
             _ => {}
         }
     }
-    let bad = |m: &str| Failure::Fatal(Error::PublicKey(m.to_string()));
-    if key_type != Some(KeyType::EC) {
-        return Err(bad("the key is not an EC key"));
-    }
     let params = params.ok_or_else(|| bad("the public key has no CKA_EC_PARAMS"))?;
-    match ObjectIdentifier::from_der(&params) {
-        Ok(oid) if oid == p256::NistP256::OID => {}
-        Ok(_) => return Err(bad("the EC key is not on P-256 (prime256v1)")),
+    let spec = match ObjectIdentifier::from_der(&params) {
+        Ok(oid) => [KeySpec::P256, KeySpec::P384]
+            .into_iter()
+            .find(|s| s.curve_oid() == Some(oid))
+            .ok_or_else(|| bad("the EC key is not on P-256 or P-384"))?,
         Err(_) => return Err(bad("CKA_EC_PARAMS is not a named-curve OID")),
-    }
+    };
     let point = point.ok_or_else(|| bad("the public key has no CKA_EC_POINT"))?;
-    unwrap_ec_point(&point).ok_or_else(|| bad("CKA_EC_POINT is not an uncompressed P-256 point"))
+    let point = unwrap_ec_point(&point, spec)
+        .ok_or_else(|| bad("CKA_EC_POINT is not an uncompressed point of its curve"))?;
+    PublicKey::ec(spec, &point).map_err(Failure::Fatal)
+}
+
+/// `CKA_EC_PARAMS` of an EC key spec: the DER named-curve OID.
+fn ec_params(spec: KeySpec) -> Result<Vec<u8>, Failure> {
+    spec.curve_oid()
+        .and_then(|oid| oid.to_der().ok())
+        .ok_or_else(|| Failure::Fatal(Error::Config(format!("{spec} is not an EC key type"))))
 }
 
 /// `CKA_EC_POINT` is a DER OCTET STRING around the point (PKCS#11 2.40 §2.3.3); a few modules
 /// return the bare point, which is accepted too.
-pub(super) fn unwrap_ec_point(raw: &[u8]) -> Option<Vec<u8>> {
-    let uncompressed = |p: &[u8]| p.len() == 65 && p[0] == 0x04;
+pub(super) fn unwrap_ec_point(raw: &[u8], spec: KeySpec) -> Option<Vec<u8>> {
+    let len = spec.point_len()?;
+    let uncompressed = |p: &[u8]| p.len() == len && p[0] == 0x04;
     match OctetStringRef::from_der(raw) {
         Ok(os) if uncompressed(os.as_bytes()) => Some(os.as_bytes().to_vec()),
         _ if uncompressed(raw) => Some(raw.to_vec()),
@@ -680,19 +717,33 @@ pub(super) fn unwrap_ec_point(raw: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Generates the key pair in `session`; returns (CKA_ID, public point).
-fn generate_in(session: &Session, label: &str) -> Result<(Vec<u8>, Vec<u8>), Failure> {
+/// Generates the key pair in `session`; returns (CKA_ID, public key).
+fn generate_in(
+    session: &Session,
+    label: &str,
+    spec: KeySpec,
+) -> Result<(Vec<u8>, PublicKey), Failure> {
     let label_bytes = label.as_bytes().to_vec();
-    let public_template = [
+    let mut public_template = vec![
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
         // A signing key and nothing else (least privilege).
         Attribute::Encrypt(false),
         Attribute::Wrap(false),
-        Attribute::EcParams(p256_ec_params()),
         Attribute::Label(label_bytes.clone()),
     ];
+    let mechanism = match spec.rsa_bits() {
+        Some(bits) => {
+            public_template.push(Attribute::ModulusBits(u64::from(bits).into()));
+            public_template.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        None => {
+            public_template.push(Attribute::EcParams(ec_params(spec)?));
+            Mechanism::EccKeyPairGen
+        }
+    };
     let private_template = [
         Attribute::Token(true),
         Attribute::Private(true),
@@ -705,17 +756,19 @@ fn generate_in(session: &Session, label: &str) -> Result<(Vec<u8>, Vec<u8>), Fai
         Attribute::Label(label_bytes),
     ];
     let (public, private) = session
-        .generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &public_template,
-            &private_template,
-        )
+        .generate_key_pair(&mechanism, &public_template, &private_template)
         .map_err(|e| failure("C_GenerateKeyPair", e))?;
     // The ID is derived from the public point, known only now: set it on both objects. On any
     // failure, remove the half-made pair so the label stays free.
-    let finish = || -> Result<(Vec<u8>, Vec<u8>), Failure> {
-        let point = public_point_of(session, public)?;
-        let id = Sha256::digest(&point)[..KEY_ID_LEN].to_vec();
+    let finish = || -> Result<(Vec<u8>, PublicKey), Failure> {
+        let point = public_key_of(session, public)?;
+        if point.spec != spec {
+            return Err(Failure::Fatal(Error::PublicKey(format!(
+                "asked the token for a {spec} key, it made a {} key",
+                point.spec
+            ))));
+        }
+        let id = Sha256::digest(&point.raw)[..KEY_ID_LEN].to_vec();
         for handle in [public, private] {
             session
                 .update_attributes(handle, &[Attribute::Id(id.clone())])
@@ -733,16 +786,16 @@ fn generate_in(session: &Session, label: &str) -> Result<(Vec<u8>, Vec<u8>), Fai
 // ---------------------------------------------------------------------------------------------
 // Pkcs11Key.
 
-/// A P-256 key pair in a token, usable as a [`Signer`]. Cheap to clone; `Send + Sync`.
+/// A key pair of one of the [`KeySpec`]s in a token, usable as a [`Signer`]. Cheap to clone;
+/// `Send + Sync`.
 #[derive(Clone)]
 pub struct Pkcs11Key {
     token: Token,
     label: Arc<str>,
     id: Arc<[u8]>,
-    spki: Arc<[u8]>,
-    /// The uncompressed public point, for the verify-before-release check (ring: several
-    /// times faster than the pure-Rust verifier on this hot path).
-    point: Arc<[u8]>,
+    /// The public key: its SPKI, and the raw form ring verifies with before a signature is
+    /// released (several times faster than the pure-Rust verifiers on this hot path).
+    public: Arc<PublicKey>,
     /// Verify each signature before returning it (default). See
     /// [`Pkcs11Key::without_release_check`].
     release_check: bool,
@@ -755,12 +808,17 @@ impl std::fmt::Debug for Pkcs11Key {
             .field("token", &self.token.inner.label)
             .field("label", &self.label)
             .field("id", &id)
-            .field("algorithm", &Algorithm::EcdsaP256Sha256)
+            .field("key", &self.public.spec)
             .finish()
     }
 }
 
 impl Pkcs11Key {
+    /// The kind of key.
+    pub fn spec(&self) -> KeySpec {
+        self.public.spec
+    }
+
     /// The key's `CKA_LABEL`.
     pub fn label(&self) -> &str {
         &self.label
@@ -797,12 +855,12 @@ impl Pkcs11Key {
             _ => return Err(ambiguous(&self.label)),
         };
         // Same label and ID but another public key: the key we knew is gone.
-        let point = match read_public_point(&p.session, &self.label, &self.id) {
-            Ok(point) => point,
+        let public = match read_public_key(&p.session, &self.label, &self.id) {
+            Ok(public) => public,
             Err(Failure::Fatal(Error::PublicKey(_))) => return Err(not_found()),
             Err(e) => return Err(e),
         };
-        if crate::software::p256_spki_from_sec1(&point).ok().as_deref() != Some(&*self.spki) {
+        if public.spki != self.public.spki {
             tracing::error!("PKCS#11 key with the same label and ID has another public key");
             return Err(not_found());
         }
@@ -813,11 +871,59 @@ impl Pkcs11Key {
 }
 
 impl Pkcs11Key {
-    fn c_sign(&self, p: &mut Pooled, digest: &[u8]) -> Result<Vec<u8>, Failure> {
+    /// `C_Sign` over what the mechanism takes: the digest (`CKM_ECDSA`), or the DER
+    /// `DigestInfo` around it (`CKM_RSA_PKCS`, RFC 8017 §9.2). Hashing here rather than with
+    /// `CKM_ECDSA_SHA256` / `CKM_SHA256_RSA_PKCS` keeps a large CRL off the token's channel and
+    /// works on modules (SoftHSM2 for ECDSA) that lack the combined mechanisms.
+    fn c_sign(&self, p: &mut Pooled, input: &[u8]) -> Result<Vec<u8>, Failure> {
         let handle = self.handle_in(p)?;
+        let mechanism = match self.public.spec {
+            KeySpec::P256 | KeySpec::P384 => Mechanism::Ecdsa,
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => Mechanism::RsaPkcs,
+        };
         p.session
-            .sign(&Mechanism::Ecdsa, handle, digest)
+            .sign(&mechanism, handle, input)
             .map_err(|e| failure("C_Sign", e))
+    }
+
+    /// What [`Pkcs11Key::c_sign`] is given for `message`.
+    fn sign_input(&self, message: &[u8]) -> Vec<u8> {
+        match self.public.spec {
+            KeySpec::P256 => Sha256::digest(message).to_vec(),
+            KeySpec::P384 => Sha384::digest(message).to_vec(),
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+                let mut info = SHA256_DIGEST_INFO_PREFIX.to_vec();
+                info.extend_from_slice(&Sha256::digest(message));
+                info
+            }
+        }
+    }
+
+    /// The token's raw signature in the form [`Signer::sign`] returns: ECDSA `r||s` as a DER
+    /// `Ecdsa-Sig-Value`, RSA as it is (checked to be as long as the modulus).
+    fn encode_signature(&self, raw: &[u8]) -> Result<Vec<u8>, Failure> {
+        let wrong = |want: &str| {
+            Failure::Fatal(Error::Pkcs11 {
+                function: "C_Sign".into(),
+                detail: format!("expected {want}, got {} bytes", raw.len()),
+            })
+        };
+        match self.public.spec {
+            KeySpec::P256 => p256::ecdsa::Signature::from_slice(raw)
+                .map(|s| s.to_der().as_bytes().to_vec())
+                .map_err(|_| wrong("a 64-byte r||s signature")),
+            KeySpec::P384 => p384::ecdsa::Signature::from_slice(raw)
+                .map(|s| s.to_der().as_bytes().to_vec())
+                .map_err(|_| wrong("a 96-byte r||s signature")),
+            spec => {
+                let len = spec.rsa_bits().unwrap_or_default() as usize / 8;
+                if raw.len() == len {
+                    Ok(raw.to_vec())
+                } else {
+                    Err(wrong(&format!("a {len}-byte RSA signature")))
+                }
+            }
+        }
     }
 
     /// The same key without the verify-before-release check. For a caller that verifies every
@@ -833,30 +939,32 @@ impl Pkcs11Key {
     /// with the same session pool and recovery as [`Signer::sign`] but no verification. For
     /// measuring the token (`ops/bench`); certificate signing goes through [`Signer::sign`].
     pub fn sign_digest_raw(&self, digest: &[u8; 32]) -> Result<Vec<u8>, Error> {
+        if self.public.spec != KeySpec::P256 {
+            return Err(Error::Config("sign_digest_raw is for P-256 keys".into()));
+        }
         self.token.run(false, |p| self.c_sign(p, digest))
     }
 }
 
 impl Signer for Pkcs11Key {
     fn algorithm(&self) -> Algorithm {
-        Algorithm::EcdsaP256Sha256
+        self.public.spec.algorithm()
     }
 
     fn public_key_spki(&self) -> &[u8] {
-        &self.spki
+        &self.public.spki
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        // SoftHSM2 has no CKM_ECDSA_SHA256: hash here, sign the digest with CKM_ECDSA.
-        let digest = Sha256::digest(message);
-        let signature = self.token.run(false, |p| {
-            let raw = self.c_sign(p, &digest)?;
+        let input = self.sign_input(message);
+        self.token.run(false, |p| {
+            let raw = self.c_sign(p, &input)?;
             // Verify before release: a signature that does not verify under our public key
             // (a stale handle now naming another object, a faulty token) is never returned.
             // Skipped only for callers that verify the signed object themselves.
             let key = ring::signature::UnparsedPublicKey::new(
-                &ring::signature::ECDSA_P256_SHA256_FIXED,
-                &*self.point,
+                ring_verifier(self.public.spec, true),
+                &self.public.raw,
             );
             if self.release_check && key.verify(message, &raw).is_err() {
                 p.keys.clear();
@@ -864,14 +972,8 @@ impl Signer for Pkcs11Key {
                     "the token's signature does not verify under the key's public key".into(),
                 ));
             }
-            Signature::from_slice(&raw).map_err(|_| {
-                Failure::Fatal(Error::Pkcs11 {
-                    function: "C_Sign".into(),
-                    detail: format!("expected a 64-byte r||s signature, got {} bytes", raw.len()),
-                })
-            })
-        })?;
-        Ok(signature.to_der().as_bytes().to_vec())
+            self.encode_signature(&raw)
+        })
     }
 }
 
