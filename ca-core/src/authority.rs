@@ -152,10 +152,19 @@ impl IssuanceToken {
 
 /// Signs linting certificates with a static signature value instead of a throwaway key
 /// (TLS BR §4.3.1.2 allows either): the linting certificate is never verified, only linted, and
-/// the HSM later signs its exact TBS. Saves one ECDSA signature per issuance. The algorithm is
-/// the CA keys' (ECDSA P-256 with SHA-256), so the TBS `signature` field is the final one.
-#[derive(Debug)]
-struct LintSigner;
+/// the HSM later signs its exact TBS. Saves one signature per issuance. The algorithm is the
+/// issuing CA key's ([`crate::sigalg`]), so the TBS `signature` field is the final one.
+#[derive(Debug, Clone, Copy)]
+struct LintSigner(&'static rcgen::SignatureAlgorithm);
+
+impl LintSigner {
+    /// Stands in for `issuer` (its algorithm, never its key).
+    fn of(issuer: &dyn hsm::Signer) -> Result<LintSigner> {
+        Ok(LintSigner(crate::sigalg::rcgen_algorithm(
+            issuer.algorithm(),
+        )?))
+    }
+}
 
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER 1, s INTEGER 1 }`: well-formed, obviously fake.
 const STATIC_SIGNATURE: [u8; 8] = [0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01];
@@ -168,7 +177,7 @@ impl rcgen::PublicKeyData for LintSigner {
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &rcgen::PKCS_ECDSA_P256_SHA256
+        self.0
     }
 }
 
@@ -653,14 +662,8 @@ fn self_check_crl(crl: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
     let signature = signature
         .as_bytes()
         .ok_or_else(|| bad("signature has unused bits".into()))?;
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(issuer_spki)
-        .map_err(|e| bad(format!("issuer key: {e}")))?;
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-        &spki.subject_public_key.data,
-    )
-    .verify(tbs, signature)
-    .map_err(|_| bad("signature does not verify under the issuer's public key".into()))
+    crate::sigalg::verify(issuer_spki, tbs, signature)
+        .map_err(|_| bad("signature does not verify under the issuer's public key".into()))
 }
 
 fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
@@ -745,11 +748,12 @@ impl Authority {
                 continue;
             }
             let label = role.key_label();
+            let spec = config.ca_key_type(role)?;
             let t = token.clone();
             let key = tokio::task::spawn_blocking(move || -> Result<hsm::pkcs11::Pkcs11Key> {
                 Ok(match t.find_key(&label)? {
                     Some(k) => k,
-                    None => t.generate_ec_key(&label)?,
+                    None => t.generate_key(&label, spec)?,
                 })
             })
             .await
@@ -784,11 +788,14 @@ impl Authority {
             let linting = match &issuer_der {
                 None => params.signed_by(
                     &subject_key,
-                    &rcgen::Issuer::from_params(&params, &LintSigner),
+                    &rcgen::Issuer::from_params(&params, LintSigner::of(&*issuer_signer)?),
                 )?,
                 Some(der) => params.signed_by(
                     &subject_key,
-                    &rcgen::Issuer::from_ca_cert_der(&der.clone().into(), &LintSigner)?,
+                    &rcgen::Issuer::from_ca_cert_der(
+                        &der.clone().into(),
+                        LintSigner::of(&*issuer_signer)?,
+                    )?,
                 )?,
             };
             let issuer_subject = match &issuer_der {
@@ -800,6 +807,7 @@ impl Authority {
                 issuer_subject_der: &issuer_subject,
                 expected_spki: signer.public_key_spki(),
                 issuer_key_id: None,
+                issuer_algorithm: issuer_signer.algorithm(),
                 expect: Expect::Ca,
             });
             if !findings.is_empty() {
@@ -1422,7 +1430,7 @@ impl Authority {
             Scope::Full => None,
             Scope::Partition(_) => Some(scope.url(self.config.base_url(), role)),
         };
-        let algorithm = crate::ocsp::ecdsa_sha256_algorithm()?;
+        let algorithm = crate::sigalg::algorithm_identifier(ca.signer.algorithm())?;
         let subject_der = ca.subject_der.clone();
         let this_update = unix(now);
         // Concatenating and linting a million entries takes a moment: off the async workers.
@@ -1476,7 +1484,7 @@ impl Authority {
             })
             .await?;
         let issuer_spki = ca.signer.public_key_spki().to_vec();
-        let alg = crate::ocsp::ecdsa_sha256_algorithm()?;
+        let alg = crate::sigalg::algorithm_identifier(ca.signer.algorithm())?;
         let der = match self.hsm_slots.acquire().await {
             Ok(_permit) => {
                 hsm_sign_checked_as(ca.signer.clone(), tbs, alg, issuer_spki, SignedKind::Crl)
@@ -2030,13 +2038,17 @@ impl Authority {
                 ),
             });
         }
-        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &LintSigner)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &ca.cert_der.clone().into(),
+            LintSigner::of(&*ca.signer)?,
+        )?;
         let linting = params.signed_by(key, &issuer)?;
         let findings = lint::lint(&LintInput {
             cert_der: linting.der(),
             issuer_subject_der: &ca.subject_der,
             expected_spki: key.spki_der(),
             issuer_key_id: ca.key_id.as_deref(),
+            issuer_algorithm: ca.signer.algorithm(),
             expect: Expect::Leaf(profile),
         });
         if !findings.is_empty() {

@@ -473,6 +473,14 @@ pub struct CaConfig {
     pub issuing_validity_days: u32,
     /// Policy OID arc; default: `2.25.<uuid>` made once by `ecert init` and kept in the database.
     pub policy_arc: Option<String>,
+    /// The key type of each CA `ecert init` makes, unless [`CaConfig::key_types`] names another
+    /// for it: `p256` (the default), `p384`, `rsa2048`, `rsa3072` or `rsa4096` (RSA signs with
+    /// PKCS#1 v1.5 and SHA-256). Each CA's OCSP responder key has its CA's type. A CA that
+    /// exists keeps its key: changing this later changes nothing already made.
+    pub key_type: String,
+    /// Key types of single CAs by name (`root`, `tls-root`, `individual`, `server`), e.g.
+    /// `key_types = { root = "rsa4096", individual = "rsa2048" }`.
+    pub key_types: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -520,11 +528,27 @@ impl Default for CaConfig {
             root_validity_days: MAX_ROOT_VALIDITY_DAYS,
             issuing_validity_days: 10 * 365,
             policy_arc: None,
+            key_type: hsm::KeySpec::P256.name().into(),
+            key_types: Default::default(),
         }
     }
 }
 
+fn parse_key_type(key: &str, value: &str) -> Result<hsm::KeySpec> {
+    value
+        .parse::<hsm::KeySpec>()
+        .map_err(|e| Error::Config(format!("{key}: {e}")))
+}
+
 impl Config {
+    /// The key type a new CA of `role` gets ([`CaConfig::key_type`], [`CaConfig::key_types`]).
+    pub fn ca_key_type(&self, role: crate::profile::CaRole) -> Result<hsm::KeySpec> {
+        match self.ca.key_types.get(role.name()) {
+            Some(v) => parse_key_type(&format!("ca.key_types.{}", role.name()), v),
+            None => parse_key_type("ca.key_type", &self.ca.key_type),
+        }
+    }
+
     /// The audit witness file (`[audit] witness`, relative to the data directory when not
     /// absolute).
     pub fn audit_witness(&self) -> Option<PathBuf> {
@@ -712,6 +736,15 @@ impl Config {
         }
         if let Some(arc) = &self.ca.policy_arc {
             crate::ext::PolicyOid::parse(arc)?;
+        }
+        parse_key_type("ca.key_type", &self.ca.key_type)?;
+        for (name, value) in &self.ca.key_types {
+            crate::profile::CaRole::from_name(name).map_err(|_| {
+                Error::Config(format!(
+                    "ca.key_types: {name:?} is not a CA (root, tls-root, individual, server)"
+                ))
+            })?;
+            parse_key_type(&format!("ca.key_types.{name}"), value)?;
         }
         for (key, n) in [
             ("partitions", self.crl.partitions),

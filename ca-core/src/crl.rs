@@ -887,7 +887,7 @@ mod tests {
     /// rule, each producing its finding.
     #[test]
     fn lint_finds_each_violation() {
-        let alg = crate::ocsp::ecdsa_sha256_algorithm().unwrap();
+        let alg = crate::sigalg::algorithm_identifier(hsm::Algorithm::EcdsaP256Sha256).unwrap();
         let issuer = x509_cert::name::Name::default().to_der().unwrap();
         let uri = "http://pki.example.hk/crl/server-p3.crl";
         let e1 = encode_entry(&serial("01"), 1_799_999_000, Some(1)).unwrap();
@@ -1008,7 +1008,7 @@ mod tests {
     /// seams between runs.
     #[test]
     fn parallel_lint_checks_order_across_runs() {
-        let alg = crate::ocsp::ecdsa_sha256_algorithm().unwrap();
+        let alg = crate::sigalg::algorithm_identifier(hsm::Algorithm::EcdsaP256Sha256).unwrap();
         let issuer = x509_cert::name::Name::default().to_der().unwrap();
         let entries: Vec<Vec<u8>> = (1..=30_000u32)
             .map(|i| {

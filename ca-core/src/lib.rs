@@ -63,6 +63,7 @@ pub mod ra;
 pub mod revocation;
 mod row;
 pub mod serial;
+pub mod sigalg;
 pub mod store;
 pub mod totp;
 

@@ -35,6 +35,10 @@ pub struct LintInput<'a> {
     /// The issuer's subjectKeyIdentifier: a subscriber certificate's AKI must equal it
     /// (RFC 5280 §4.2.1.1).
     pub issuer_key_id: Option<&'a [u8]>,
+    /// The signature algorithm of the issuer's key: `signature` and `signatureAlgorithm` must
+    /// be its exact encoding ([`crate::sigalg`]; TLS BR §7.1.3.2: NULL parameters for RSA, none
+    /// for ECDSA).
+    pub issuer_algorithm: hsm::Algorithm,
     /// What it should be.
     pub expect: Expect<'a>,
 }
@@ -93,6 +97,20 @@ pub fn lint(input: &LintInput<'_>) -> Vec<String> {
         f.push(
             "tbsCertificate.signature differs from signatureAlgorithm (RFC 5280 §4.1.1.2)".into(),
         );
+    }
+    let (want_oid, want_null) = crate::sigalg::oid_and_null(input.issuer_algorithm);
+    let params_null = match &tbs.signature.parameters {
+        None => Some(false),
+        Some(p) if p.tag() == Tag::Null && p.data.is_empty() => Some(true),
+        Some(_) => None,
+    };
+    match (tbs.signature.algorithm.to_id_string(), params_null) {
+        (oid, Some(null)) if oid == want_oid && null == want_null => {}
+        _ => f.push(format!(
+            "tbsCertificate.signature is not the issuer key's algorithm ({:?}) in its required \
+             encoding (TLS BR §7.1.3.2)",
+            input.issuer_algorithm
+        )),
     }
     if tbs.issuer.as_raw() != input.issuer_subject_der {
         f.push("issuer name is not byte-identical to the CA's subject".into());
@@ -341,6 +359,7 @@ mod tests {
                 issuer_subject_der: issuer_subject,
                 expected_spki,
                 issuer_key_id: issuer_key_id.as_deref(),
+                issuer_algorithm: hsm::Algorithm::EcdsaP256Sha256,
                 expect: Expect::Leaf(profile),
             })
         };
@@ -349,6 +368,26 @@ mod tests {
             Vec::<String>::new(),
             "the clean certificate has findings"
         );
+        // Signed with ECDSA, but the issuer's key is RSA (or P-384): the encoding is not the
+        // issuer's, so the HSM would be asked for a certificate its key cannot match.
+        for other in [
+            hsm::Algorithm::RsaPkcs1Sha256,
+            hsm::Algorithm::EcdsaP384Sha384,
+        ] {
+            let cert = base.signed_by(&key, &issuer).unwrap();
+            let f = lint(&LintInput {
+                cert_der: cert.der(),
+                issuer_subject_der: &issuer_subject,
+                expected_spki: &spki,
+                issuer_key_id: issuer_key_id.as_deref(),
+                issuer_algorithm: other,
+                expect: Expect::Leaf(profile),
+            });
+            assert!(
+                f.iter().any(|x| x.contains("issuer key's algorithm")),
+                "{other:?}: {f:?}"
+            );
+        }
 
         let mut cases: Vec<(&str, rcgen::CertificateParams)> = Vec::new();
         let mut p = base.clone();
@@ -408,6 +447,7 @@ mod tests {
             issuer_subject_der: &issuer_subject,
             expected_spki: &spki,
             issuer_key_id: Some(&[0u8; 20]),
+            issuer_algorithm: hsm::Algorithm::EcdsaP256Sha256,
             expect: Expect::Leaf(profile),
         });
         assert!(
@@ -446,22 +486,24 @@ mod tests {
             revoked_certs: vec![entry(1, Some(rcgen::RevocationReason::KeyCompromise))],
             key_identifier_method: rcgen::KeyIdMethod::PreSpecified(ski.clone()),
         };
-        let run =
-            |p: &rcgen::CertificateRevocationListParams, hold_allowed: bool, key_id: &[u8]| {
-                let crl = p.signed_by(&issuer).unwrap();
-                let (_, parsed) =
-                    x509_parser::revocation_list::CertificateRevocationList::from_der(crl.der())
-                        .unwrap();
-                crate::crl::lint(&crate::crl::LintInput {
-                    tbs: parsed.tbs_cert_list.as_ref(),
-                    algorithm: &crate::ocsp::ecdsa_sha256_algorithm().unwrap(),
-                    issuer_subject_der: &subject,
-                    issuer_key_id: key_id,
-                    max_validity_secs: 10 * 86_400,
-                    hold_allowed,
-                    idp_uri: None,
-                })
-            };
+        let run = |p: &rcgen::CertificateRevocationListParams,
+                   hold_allowed: bool,
+                   key_id: &[u8]| {
+            let crl = p.signed_by(&issuer).unwrap();
+            let (_, parsed) =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(crl.der())
+                    .unwrap();
+            crate::crl::lint(&crate::crl::LintInput {
+                tbs: parsed.tbs_cert_list.as_ref(),
+                algorithm: &crate::sigalg::algorithm_identifier(hsm::Algorithm::EcdsaP256Sha256)
+                    .unwrap(),
+                issuer_subject_der: &subject,
+                issuer_key_id: key_id,
+                max_validity_secs: 10 * 86_400,
+                hold_allowed,
+                idp_uri: None,
+            })
+        };
         assert_eq!(
             run(&base, false, &ski),
             Vec::<String>::new(),
@@ -505,6 +547,7 @@ mod tests {
             issuer_subject_der: b"",
             expected_spki: b"",
             issuer_key_id: None,
+            issuer_algorithm: hsm::Algorithm::EcdsaP256Sha256,
             expect: Expect::Ca,
         };
         assert_eq!(lint(&input).len(), 1);

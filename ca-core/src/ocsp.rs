@@ -45,7 +45,6 @@ pub const UNAUTHORIZED: &[u8] = &[0x30, 0x03, 0x0a, 0x01, 0x06];
 
 const OID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const OID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 const OID_OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
 
 /// The hash algorithm of a CertID. RFC 5019 clients use SHA-1; RFC 6960 allows others and
@@ -216,20 +215,17 @@ struct BasicRef<'a> {
     certs: Option<Vec<AnyRef<'a>>>,
 }
 
-/// The AlgorithmIdentifier `ecdsa-with-SHA256` (no parameters, RFC 5758 §3.2).
-pub fn ecdsa_sha256_algorithm() -> Result<Vec<u8>> {
-    Ok(AlgorithmIdentifierOwned {
-        oid: OID_ECDSA_SHA256,
-        parameters: None,
-    }
-    .to_der()?)
-}
-
 /// Builds the OCSPResponse: `successful`, a BasicOCSPResponse with the signed ResponseData, the
-/// ECDSA signature (DER) and the responder's certificate (RFC 6960 §4.2.2.2: a delegated
-/// responder's certificate is included so clients can check it).
-pub fn assemble(tbs: &[u8], signature: &[u8], responder_cert: &[u8]) -> Result<Vec<u8>> {
-    let algorithm = ecdsa_sha256_algorithm()?;
+/// responder key's signature algorithm ([`crate::sigalg`]) and signature, and the responder's
+/// certificate (RFC 6960 §4.2.2.2: a delegated responder's certificate is included so clients
+/// can check it).
+pub fn assemble(
+    tbs: &[u8],
+    algorithm: hsm::Algorithm,
+    signature: &[u8],
+    responder_cert: &[u8],
+) -> Result<Vec<u8>> {
+    let algorithm = crate::sigalg::algorithm_identifier(algorithm)?;
     let basic = BasicRef {
         tbs: AnyRef::from_der(tbs)?,
         algorithm: AnyRef::from_der(&algorithm)?,
@@ -260,18 +256,17 @@ pub fn self_check(response: &[u8], tbs: &[u8], responder_spki: &[u8]) -> Result<
     if basic.tbs_response_data.to_der()? != tbs {
         return Err(bad("signed ResponseData differs from the linted one"));
     }
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(responder_spki)
-        .map_err(|e| bad(&format!("responder key: {e}")))?;
     let sig = basic
         .signature
         .as_bytes()
         .ok_or_else(|| bad("signature has unused bits"))?;
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-        &spki.subject_public_key.data,
-    )
-    .verify(tbs, sig)
-    .map_err(|_| bad("signature does not verify under the responder's key"))
+    if basic.signature_algorithm.to_der()?
+        != crate::sigalg::algorithm_identifier(crate::sigalg::of_spki(responder_spki)?)?
+    {
+        return Err(bad("signatureAlgorithm is not the responder key's"));
+    }
+    crate::sigalg::verify(responder_spki, tbs, sig)
+        .map_err(|_| bad("signature does not verify under the responder's key"))
 }
 
 /// Lints a ResponseData before it is signed (TLS BR §4.3.1.2 and §4.9.10, RFC 6960 §4.2,

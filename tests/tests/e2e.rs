@@ -24,6 +24,8 @@ mod crl;
 mod custody;
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/hierarchy.rs"]
+mod hierarchy;
 #[path = "e2e/hostile.rs"]
 mod hostile;
 #[path = "e2e/nss.rs"]

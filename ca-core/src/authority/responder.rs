@@ -222,10 +222,14 @@ impl Authority {
         let serial = SerialNumber::random();
         let serial_hex = serial.to_hex();
         let label = format!("ocsp-{}-{}", role.name(), &serial_hex[..16]);
+        // The responder signs with its CA's kind of key: a relying party that can check the CA's
+        // signatures (GnuPG's dirmngr checks only RSA ones) can check the responder's too.
+        let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+        let spec = hsm::KeySpec::of_spki(ca.signer.public_key_spki())?;
         let cfg = self.config.clone();
         let l2 = label.clone();
         let key = tokio::task::spawn_blocking(move || -> Result<hsm::pkcs11::Pkcs11Key> {
-            Ok(open_token(&cfg)?.generate_ec_key(&l2)?)
+            Ok(open_token(&cfg)?.generate_key(&l2, spec)?)
         })
         .await
         .map_err(|e| Error::Store(e.to_string()))??;
@@ -400,13 +404,17 @@ impl Authority {
                 vec![0x05, 0x00],
             ),
         ];
-        let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.clone().into(), &LintSigner)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &ca.cert_der.clone().into(),
+            LintSigner::of(&*ca.signer)?,
+        )?;
         let linting = p.signed_by(key, &issuer)?;
         let findings = lint::lint(&LintInput {
             cert_der: linting.der(),
             issuer_subject_der: &ca.subject_der,
             expected_spki: key.spki_der(),
             issuer_key_id: ca.key_id.as_deref(),
+            issuer_algorithm: ca.signer.algorithm(),
             expect: Expect::OcspResponder,
         });
         if !findings.is_empty() {
@@ -601,7 +609,12 @@ fn sign_pair(
             return Err(Error::Lint(findings));
         }
         let signature = responder.signer.sign(&tbs)?;
-        let der = ocsp::assemble(&tbs, &signature, &responder.cert_der)?;
+        let der = ocsp::assemble(
+            &tbs,
+            responder.signer.algorithm(),
+            &signature,
+            &responder.cert_der,
+        )?;
         ocsp::self_check(&der, &tbs, responder.signer.public_key_spki())?;
         out.push(der);
     }

@@ -9,7 +9,7 @@ use ecert_e2e::*;
 use crate::common::*;
 
 /// Exports a CA's latest CRL to a PEM file.
-fn export_crl(ca: &Ca, name: &str, file: &str) -> std::path::PathBuf {
+pub(crate) fn export_crl(ca: &Ca, name: &str, file: &str) -> std::path::PathBuf {
     let pem = ca.ecert_ok(&["crl", "export", name]);
     assert!(pem.contains("BEGIN X509 CRL"), "{pem}");
     let path = ca.file(file);
@@ -31,7 +31,7 @@ fn crl_number(ca: &Ca, crl: &std::path::Path) -> u64 {
 }
 
 /// `openssl verify -crl_check` of `leaf`: Ok(()) or the error text.
-fn verify_with_crl(
+pub(crate) fn verify_with_crl(
     ca: &Ca,
     root: &std::path::Path,
     issuing: &std::path::Path,

@@ -130,12 +130,12 @@ fn ocsp_get(
     (text(&o), resp)
 }
 
-fn lint_response(path: &Path, ctx: &str) {
+pub(crate) fn lint_response(path: &Path, ctx: &str) {
     pkilint("lint_ocsp_response", &[], &[path], ctx);
 }
 
 /// Asserts openssl's verdict: the signature chain verified and the status is `status`.
-fn assert_status(out: &str, cert: &Path, status: &str, ctx: &str) {
+pub(crate) fn assert_status(out: &str, cert: &Path, status: &str, ctx: &str) {
     assert!(
         out.contains("Response verify OK"),
         "[{ctx}] response did not verify:\n{out}"

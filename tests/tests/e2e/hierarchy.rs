@@ -1,0 +1,176 @@
+//! CA key types (issue 15): a hierarchy of RSA keys is first-class. Every profile is issued
+//! under it and judged by openssl and pkilint; its CRLs and OCSP responses too.
+
+use ecert_e2e::*;
+
+use crate::common::*;
+
+/// `sha256WithRSAEncryption` with NULL parameters (TLS BR §7.1.3.2.1).
+const SHA256_RSA: &str = "300d06092a864886f70d01010b0500";
+
+/// The DER AlgorithmIdentifier of a certificate's outer signatureAlgorithm.
+fn signature_algorithm(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let alg = &cert.signature_algorithm;
+    // Re-encoded from what x509-parser read: OID and, if any, the parameters' TLV.
+    let oid = alg.algorithm.as_bytes();
+    let mut body = vec![0x06, oid.len() as u8];
+    body.extend_from_slice(oid);
+    if let Some(p) = &alg.parameters {
+        body.extend([p.tag().0 as u8, p.data.len() as u8]);
+        body.extend_from_slice(p.data);
+    }
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend(body);
+    hex::encode(out)
+}
+
+/// An RSA hierarchy (RSA-4096 root, RSA-2048 issuing CAs): every profile with an RSA and an EC
+/// subscriber key, each certificate signed `sha256WithRSAEncryption` and clean by openssl and
+/// pkilint; then a revocation per issuing CA, their CRLs (RSA-signed) judged by `openssl crl`,
+/// `openssl verify -crl_check` and `lint_crl`, and OCSP answered by an RSA responder judged by
+/// `openssl ocsp` and `lint_ocsp_response`.
+#[test]
+fn rsa_hierarchy_every_profile_crl_and_ocsp() {
+    let ca = Ca::new();
+    // Continues the `[ca]` table the harness's configuration ends with.
+    ca.append_config("key_type = \"rsa2048\"\nkey_types = { root = \"rsa4096\" }");
+    ca.ecert_ok(&["init"]);
+    for name in ["root", "individual", "server"] {
+        let exported = ca.export(name);
+        let text = String::from_utf8_lossy(
+            &openssl(
+                ca.data_dir(),
+                &[
+                    "x509",
+                    "-in",
+                    exported.path.to_str().unwrap(),
+                    "-noout",
+                    "-text",
+                ],
+            )
+            .stdout,
+        )
+        .into_owned();
+        let bits = if name == "root" { 4096 } else { 2048 };
+        assert!(
+            text.contains(&format!("Public-Key: ({bits} bit)")),
+            "{name}: {text}"
+        );
+        assert_eq!(signature_algorithm(&exported.der), SHA256_RSA, "{name}");
+    }
+    let cases = [
+        personal(),
+        personal_minor(),
+        organisational(),
+        organisational_role(),
+        encipherment(),
+        encipherment_government(),
+        server(),
+    ];
+    let mut issued = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        // RSA subscriber keys for half, EC for the others.
+        let kind = if i % 2 == 0 {
+            KeyType::Rsa2048
+        } else {
+            KeyType::P256
+        };
+        let ctx = format!("RSA hierarchy / {} / {}", case.profile, kind.label());
+        let csr = ca.csr(&format!("rsa-h-{i}"), kind);
+        let leaf = crate::apply::issue(&ca, case, &csr.csr, &ctx);
+        check_leaf(&ca, case, &leaf, &csr.csr, &ctx);
+        assert_eq!(signature_algorithm(&leaf.cert.der), SHA256_RSA, "[{ctx}]");
+        issued.push((case.clone(), leaf));
+    }
+
+    // One revocation on each issuing CA, then their CRLs.
+    let (_, personal_leaf) = &issued[0];
+    let (_, server_leaf) = issued.last().unwrap();
+    crate::apply::revoke_ok(
+        &ca,
+        &[
+            "--serial",
+            &personal_leaf.serial,
+            "--reason",
+            "keyCompromise",
+        ],
+    );
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &server_leaf.serial, "--reason", "superseded"],
+    );
+    ca.ecert_ok(&["crl", "publish"]);
+    let root = ca.export("root");
+    for (name, leaf, profile) in [
+        ("individual", personal_leaf, &["-t", "CRL", "-p", "PKIX"]),
+        ("server", server_leaf, &["-t", "CRL", "-p", "BR"]),
+    ] {
+        let issuing = ca.export(name);
+        let crl = crate::crl::export_crl(&ca, name, &format!("{name}.crl.pem"));
+        let o = openssl(
+            ca.data_dir(),
+            &[
+                "crl",
+                "-in",
+                crl.to_str().unwrap(),
+                "-CAfile",
+                issuing.path.to_str().unwrap(),
+                "-noout",
+                "-text",
+            ],
+        );
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains("verify OK"), "{name} CRL: {out}");
+        assert!(out.contains("sha256WithRSAEncryption"), "{name} CRL: {out}");
+        pkilint("lint_crl", profile, &[&crl], &format!("{name} CRL (RSA)"));
+        let e = crate::crl::verify_with_crl(&ca, &root.path, &issuing.path, &crl, &leaf.cert.path)
+            .expect_err("a revoked certificate passes -crl_check");
+        assert!(e.contains("certificate revoked"), "{e}");
+    }
+    // Another certificate of the Individual CA still verifies with its CRL.
+    let (_, other) = &issued[2];
+    let individual = ca.export("individual");
+    let crl = ca.file("individual.crl.pem");
+    crate::crl::verify_with_crl(&ca, &root.path, &individual.path, &crl, &other.cert.path).unwrap();
+
+    // OCSP: the responder has an RSA key, its responses verify and lint clean.
+    let srv = crate::serve::start(&ca);
+    let chain = crate::ocsp::chain(&ca);
+    for (leaf, issuer, status) in [
+        (personal_leaf, &chain.individual, "revoked"),
+        (&issued[2].1, &chain.individual, "good"),
+        (server_leaf, &chain.server, "revoked"),
+    ] {
+        let out = ca.file(&format!("ocsp-{}.der", leaf.serial));
+        let said = crate::ocsp::wait_status(
+            &ca,
+            &srv.1,
+            &chain,
+            issuer,
+            &leaf.cert.path,
+            status,
+            &out,
+            "RSA OCSP",
+        );
+        crate::ocsp::assert_status(&said, &leaf.cert.path, status, "RSA OCSP");
+        crate::ocsp::lint_response(&out, "RSA OCSP");
+        let o = openssl(
+            ca.data_dir(),
+            &[
+                "ocsp",
+                "-respin",
+                out.to_str().unwrap(),
+                "-resp_text",
+                "-noverify",
+            ],
+        );
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains("sha256WithRSAEncryption"), "{text}");
+    }
+    ca.audit_ok();
+}
