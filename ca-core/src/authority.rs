@@ -205,6 +205,8 @@ struct CaState {
     /// The CA certificate's notAfter: nothing it signs may outlive it.
     not_after: OffsetDateTime,
     signer: Arc<dyn hsm::Signer>,
+    /// The CA certificate's issuer name (DER): for a root, its own subject.
+    issuer_der: Vec<u8>,
     /// Revoked by the root (two officers' decision, `ra::officer`): it issues nothing more.
     revoked: std::sync::atomic::AtomicBool,
 }
@@ -464,11 +466,14 @@ fn dn(country: &str, org: &str, cn: &str) -> Result<DistinguishedName> {
 /// Parameters of a CA certificate (pure). Root: TLS BR §7.1.2.1; issuing CAs: TLS BR §7.1.2.10
 /// and S/MIME BR §7.1.2.2. Validity: `ca.root_validity_days` (at most 15 years, checked by
 /// [`Config::validate`]) and `ca.issuing_validity_days`; an issuing CA must end before its root
-/// (`root_not_after`), or it is refused with a named error rather than cut short.
+/// (`root_not_after`), or it is refused with a named error rather than cut short. An issuing
+/// CA's CRL distribution point and caIssuers name its root (`parent`).
+#[allow(clippy::too_many_arguments)]
 fn ca_params(
     config: &Config,
     policy_arc: &str,
     role: CaRole,
+    parent: Option<CaRole>,
     subject_spki: &[u8],
     serial: SerialNumber,
     now: OffsetDateTime,
@@ -478,7 +483,7 @@ fn ca_params(
     let mut p = CertificateParams::default();
     p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
     p.not_before = now;
-    let days = if role == CaRole::Root {
+    let days = if role.is_root() {
         c.root_validity_days
     } else {
         c.issuing_validity_days
@@ -504,13 +509,22 @@ fn ca_params(
     ];
     let base = config.base_url();
     match role {
-        CaRole::Root => {
-            p.distinguished_name = dn(&c.country, &c.organization, &c.root_common_name)?;
+        CaRole::Root | CaRole::TlsRoot => {
+            let cn = if role == CaRole::TlsRoot {
+                &c.tls_root_common_name
+            } else {
+                &c.root_common_name
+            };
+            p.distinguished_name = dn(&c.country, &c.organization, cn)?;
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             // The root's AKI repeats its own SKI (TLS BR §7.1.2.1.3 wants it present).
             p.use_authority_key_identifier_extension = true;
         }
         CaRole::Individual | CaRole::Server => {
+            let parent = parent
+                .filter(|r| r.is_root())
+                .ok_or_else(|| Error::Config(format!("the {} CA needs a root", role.name())))?
+                .name();
             let cn = if role == CaRole::Server {
                 &c.server_common_name
             } else {
@@ -520,7 +534,7 @@ fn ca_params(
             p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
             p.use_authority_key_identifier_extension = true;
             p.crl_distribution_points = vec![CrlDistributionPoint {
-                uris: vec![format!("{base}/crl/root.crl")],
+                uris: vec![format!("{base}/crl/{parent}.crl")],
             }];
             if role == CaRole::Server {
                 p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -555,7 +569,7 @@ fn ca_params(
             }
             p.custom_extensions = vec![
                 ext::certificate_policies(&policies)?,
-                ext::authority_info_access(None, &format!("{base}/ca/root.crt"))?,
+                ext::authority_info_access(None, &format!("{base}/ca/{parent}.crt"))?,
             ];
         }
     }
@@ -747,6 +761,11 @@ impl Authority {
                 report.existing.push(role);
                 continue;
             }
+            // A data directory made before the TLS root keeps its Server CA under the S/MIME
+            // root; the TLS root comes with that CA's rollover (docs/CEREMONY.md), not here.
+            if role == CaRole::TlsRoot && store.ca(CaRole::Server.name()).await?.is_some() {
+                continue;
+            }
             let label = role.key_label();
             let spec = config.ca_key_type(role)?;
             let t = token.clone();
@@ -761,12 +780,13 @@ impl Authority {
             let signer: Arc<dyn hsm::Signer> = Arc::new(key);
             let subject_key = SubscriberKey::from_spki_der(signer.public_key_spki())?;
             let serial = SerialNumber::random();
-            let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) =
-                if role == CaRole::Root {
-                    (None, signer.clone())
-                } else {
+            let parent = role.intended_root();
+            let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) = match parent
+            {
+                None => (None, signer.clone()),
+                Some(parent) => {
                     let (label, der) = store
-                        .ca(CaRole::Root.name())
+                        .ca(parent.name())
                         .await?
                         .ok_or(Error::NotInitialised)?;
                     let t = token.clone();
@@ -774,12 +794,14 @@ impl Authority {
                         .await
                         .map_err(|e| Error::Store(e.to_string()))??;
                     (Some(der), Arc::new(root))
-                };
+                }
+            };
             let root_not_after = issuer_der.as_deref().map(not_after_of).transpose()?;
             let params = ca_params(
                 &config,
                 &arc,
                 role,
+                parent,
                 signer.public_key_spki(),
                 serial,
                 now_secs(),
@@ -919,8 +941,12 @@ impl Authority {
             .ok_or(Error::NotInitialised)?;
         let mut labels = Vec::new();
         for role in CaRole::ALL {
-            let (label, der) = store.ca(role.name()).await?.ok_or(Error::NotInitialised)?;
-            labels.push((role, label, der));
+            match store.ca(role.name()).await? {
+                Some((label, der)) => labels.push((role, label, der)),
+                // Data directories made before the TLS root have none until the rollover.
+                None if role == CaRole::TlsRoot => {}
+                None => return Err(Error::NotInitialised),
+            }
         }
         let responder_rows = store.responders().await?;
         let cfg2 = config.clone();
@@ -981,6 +1007,7 @@ impl Authority {
                 role,
                 CaState {
                     subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
+                    issuer_der: cert.tbs_certificate.issuer.as_raw().to_vec(),
                     key_id: lint::subject_key_id(cert.tbs_certificate.extensions()),
                     not_after: cert.validity().not_after.to_datetime(),
                     cert_der: der.clone(),
@@ -1157,11 +1184,12 @@ impl Authority {
         actor: &str,
     ) -> Result<PublishedCrl> {
         use crate::revocation::Reason;
-        if role == CaRole::Root {
+        if role.is_root() {
             return Err(Error::Revocation(
-                "the root is not revoked: it is withdrawn from the trust stores".into(),
+                "a root is not revoked: it is withdrawn from the trust stores".into(),
             ));
         }
+        let root = self.parent_of(role).ok_or(Error::NotInitialised)?;
         if matches!(reason, Reason::Unspecified | Reason::CertificateHold) {
             return Err(Error::Revocation(
                 "a CA certificate is revoked with a reason (TLS BR §7.2.2): keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn".into(),
@@ -1204,7 +1232,21 @@ impl Authority {
             .await?;
         tx.commit().await?;
         ca.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.publish_crl(CaRole::Root, Scope::Full, actor).await
+        self.publish_crl(root, Scope::Full, actor).await
+    }
+
+    /// The root whose certificate issued `role`'s (by issuer name): `None` for a root. A Server
+    /// CA of a data directory made before the TLS root is under the S/MIME root.
+    pub fn parent_of(&self, role: CaRole) -> Option<CaRole> {
+        let ca = self.cas.get(&role)?;
+        if role.is_root() {
+            return None;
+        }
+        CaRole::ROOTS.into_iter().find(|r| {
+            self.cas
+                .get(r)
+                .is_some_and(|root| root.subject_der == ca.issuer_der)
+        })
     }
 
     /// Whether the root has revoked this CA.
@@ -1240,7 +1282,7 @@ impl Authority {
     /// is the larger of its configured partitions ([`crate::config::CrlConfig::partitions_of`]) and the partitions it published before (certificates
     /// keep the partition they were issued with when the setting changes).
     pub async fn crl_scopes(&self, role: CaRole) -> Result<Vec<Scope>> {
-        if role == CaRole::Root {
+        if role.is_root() {
             return Ok(vec![Scope::Full]);
         }
         let heads = self.store.crl_heads(role.name()).await?;
@@ -1250,7 +1292,7 @@ impl Authority {
     /// [`Authority::crl_scopes`] from heads already read.
     pub fn crl_scopes_from(&self, role: CaRole, heads: &[crate::store::CrlHead]) -> Vec<Scope> {
         let mut scopes = vec![Scope::Full];
-        if role == CaRole::Root {
+        if role.is_root() {
             return scopes;
         }
         let published = heads
@@ -1346,8 +1388,8 @@ impl Authority {
     ) -> Result<PublishedCrl> {
         const DAY: i64 = 86_400;
         let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
-        if role == CaRole::Root && scope != Scope::Full {
-            return Err(Error::Config("the root publishes only a full CRL".into()));
+        if role.is_root() && scope != Scope::Full {
+            return Err(Error::Config("a root publishes only a full CRL".into()));
         }
         self.clock.check(&self.store).await?;
         fail::fail_point!("crl::publish", |_| Err(Error::Store(
@@ -1376,11 +1418,7 @@ impl Authority {
                 )));
             }
         }
-        let validity = if role == CaRole::Root {
-            365 * DAY
-        } else {
-            7 * DAY
-        };
+        let validity = if role.is_root() { 365 * DAY } else { 7 * DAY };
         // The status version is read before the entries: a change after this point bumps it
         // again, so the publisher notices and republishes.
         let status_version = self
@@ -1390,12 +1428,15 @@ impl Authority {
             .get(&scope)
             .copied()
             .unwrap_or(0);
-        // The root's CRL lists the issuing CAs it revoked (`revoke_ca`).
-        let list = if role == CaRole::Root {
+        // A root's CRL lists the issuing CAs it issued and revoked (`revoke_ca`).
+        let list = if role.is_root() {
             let mut list = EntryList::default();
             for (der, revoked_at, reason) in self.store.revoked_cas().await? {
                 let (_, cert) = x509_parser::parse_x509_certificate(&der)
                     .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+                if cert.tbs_certificate.issuer.as_raw() != ca.subject_der {
+                    continue;
+                }
                 let serial = SerialNumber::from_be_bytes(cert.raw_serial())
                     .ok_or_else(|| Error::Store("stored CA certificate serial".into()))?;
                 list.insert(&crate::crl::EntryRow {
@@ -1468,7 +1509,7 @@ impl Authority {
         })
         .await
         .map_err(|e| Error::Encoding(format!("CRL build task failed: {e}")))?;
-        if role != CaRole::Root {
+        if !role.is_root() {
             lists.insert(role, list);
         }
         drop(lists);
@@ -2531,7 +2572,7 @@ mod tests {
         config.ca.base_url = "http://pki.example.hk".into();
         std::env::set_var("SOFTHSM2_CONF", softhsm_conf_path(&config));
         let (auth, report) = Authority::init(config).await.unwrap();
-        assert_eq!(report.created.len(), 3);
+        assert_eq!(report.created.len(), 4, "two roots and two issuing CAs");
         (dir, auth)
     }
 
@@ -2681,14 +2722,23 @@ mod tests {
             let bits = sha1::Sha1::digest(&*c.tbs_certificate.subject_pki.subject_public_key.data);
             (lint::subject_key_id(exts), aki, bits.to_vec())
         }
-        let (root_ski, root_aki, root_bits) = ids(auth.ca_cert(CaRole::Root).unwrap());
-        assert_eq!(root_ski.as_deref(), Some(&root_bits[..]), "root SKI");
-        assert_eq!(root_aki, root_ski, "root AKI");
+        let mut root_skis = HashMap::new();
+        for root in CaRole::ROOTS {
+            let (root_ski, root_aki, root_bits) = ids(auth.ca_cert(root).unwrap());
+            assert_eq!(root_ski.as_deref(), Some(&root_bits[..]), "{root:?} SKI");
+            assert_eq!(root_aki, root_ski, "{root:?} AKI");
+            root_skis.insert(root, root_ski);
+        }
+        assert_ne!(root_skis[&CaRole::Root], root_skis[&CaRole::TlsRoot]);
         auth.ensure_responders().await.unwrap();
-        for role in [CaRole::Individual, CaRole::Server] {
+        for (role, root) in [
+            (CaRole::Individual, CaRole::Root),
+            (CaRole::Server, CaRole::TlsRoot),
+        ] {
+            assert_eq!(auth.parent_of(role), Some(root), "{role:?}");
             let (ski, aki, bits) = ids(auth.ca_cert(role).unwrap());
             assert_eq!(ski.as_deref(), Some(&bits[..]), "{role:?} SKI");
-            assert_eq!(aki, root_ski, "{role:?} AKI");
+            assert_eq!(aki, root_skis[&root], "{role:?} AKI");
             let responder = auth.responder_cert(role).await.unwrap();
             let (r_ski, r_aki, r_bits) = ids(&responder);
             assert_eq!(
@@ -2718,6 +2768,7 @@ mod tests {
             &config,
             "1.3.6.1.4.1.32473.1",
             CaRole::Individual,
+            Some(CaRole::Root),
             &spki,
             SerialNumber::random(),
             now,
@@ -2730,6 +2781,7 @@ mod tests {
             &config,
             "1.3.6.1.4.1.32473.1",
             CaRole::Individual,
+            Some(CaRole::Root),
             &spki,
             SerialNumber::random(),
             now,

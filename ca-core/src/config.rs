@@ -343,7 +343,7 @@ impl CrlConfig {
     pub fn partitions_of(&self, role: crate::profile::CaRole) -> u16 {
         use crate::profile::CaRole;
         match role {
-            CaRole::Root => 0,
+            CaRole::Root | CaRole::TlsRoot => 0,
             CaRole::Individual => self.individual_partitions.or(self.partitions).unwrap_or(0),
             CaRole::Server => self.server_partitions.or(self.partitions).unwrap_or(16),
         }
@@ -463,6 +463,8 @@ pub struct CaConfig {
     pub organization: String,
     /// Common names of the three CAs.
     pub root_common_name: String,
+    /// The TLS root (over the Server CA; `root_common_name` names the S/MIME root).
+    pub tls_root_common_name: String,
     /// Individual & Organisational issuing CA.
     pub individual_common_name: String,
     /// Server issuing CA.
@@ -523,6 +525,7 @@ impl Default for CaConfig {
             country: "HK".into(),
             organization: "ecert Demonstration CA".into(),
             root_common_name: "ecert Root CA".into(),
+            tls_root_common_name: "ecert TLS Root CA".into(),
             individual_common_name: "ecert Individual and Organisational CA".into(),
             server_common_name: "ecert Server CA".into(),
             root_validity_days: MAX_ROOT_VALIDITY_DAYS,
@@ -709,6 +712,7 @@ impl Config {
         for (k, v) in [
             ("ca.organization", &self.ca.organization),
             ("ca.root_common_name", &self.ca.root_common_name),
+            ("ca.tls_root_common_name", &self.ca.tls_root_common_name),
             ("ca.individual_common_name", &self.ca.individual_common_name),
             ("ca.server_common_name", &self.ca.server_common_name),
         ] {

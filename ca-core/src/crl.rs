@@ -780,6 +780,7 @@ mod tests {
             (CaRole::Server, Scope::Partition(0)),
             (CaRole::Individual, Scope::Partition(15)),
             (CaRole::Root, Scope::Full),
+            (CaRole::TlsRoot, Scope::Full),
         ] {
             assert_eq!(
                 Scope::parse_file(&scope.file_name(role)),

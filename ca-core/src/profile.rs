@@ -21,8 +21,12 @@ use crate::serial::SerialNumber;
 /// The CAs of the hierarchy (DESIGN.md "Hierarchy and profiles").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CaRole {
-    /// The root: signs issuing-CA certificates only, on an explicit command.
+    /// The S/MIME root (`root`): over the Individual & Organisational CA. In a data directory
+    /// made before the TLS root existed, over the Server CA too until its rollover.
     Root,
+    /// The TLS root (`tls-root`): over the Server CA only (Mozilla Root Store Policy 3.1 §7.5:
+    /// a root serves one purpose; Chrome: hierarchies dedicated to TLS server authentication).
+    TlsRoot,
     /// The Individual & Organisational issuing CA (S/MIME BR; hold allowed).
     Individual,
     /// The Server issuing CA (TLS BR; no hold).
@@ -30,13 +34,36 @@ pub enum CaRole {
 }
 
 impl CaRole {
-    /// Every CA, root first.
-    pub const ALL: [CaRole; 3] = [CaRole::Root, CaRole::Individual, CaRole::Server];
+    /// Every CA, roots first.
+    pub const ALL: [CaRole; 4] = [
+        CaRole::Root,
+        CaRole::TlsRoot,
+        CaRole::Individual,
+        CaRole::Server,
+    ];
+
+    /// The two roots.
+    pub const ROOTS: [CaRole; 2] = [CaRole::Root, CaRole::TlsRoot];
+
+    /// A root (self-signed, signs CA certificates and its CRL only).
+    pub fn is_root(self) -> bool {
+        matches!(self, CaRole::Root | CaRole::TlsRoot)
+    }
+
+    /// The root a new issuing CA of this role is made under; `None` for a root.
+    pub fn intended_root(self) -> Option<CaRole> {
+        match self {
+            CaRole::Root | CaRole::TlsRoot => None,
+            CaRole::Individual => Some(CaRole::Root),
+            CaRole::Server => Some(CaRole::TlsRoot),
+        }
+    }
 
     /// The short name used in URLs (`/ca/{name}.crt`), the CLI and the database.
     pub fn name(self) -> &'static str {
         match self {
             CaRole::Root => "root",
+            CaRole::TlsRoot => "tls-root",
             CaRole::Individual => "individual",
             CaRole::Server => "server",
         }

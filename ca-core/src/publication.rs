@@ -159,7 +159,7 @@ pub fn crls_due(
             Some(h) => {
                 let version = versions.get(scope).copied().unwrap_or(0);
                 let stale = now - h.this_update >= interval || version > h.status_version;
-                (role != CaRole::Root && stale) || h.next_update - now < DAY
+                (!role.is_root() && stale) || h.next_update - now < DAY
             }
         })
         .collect()

@@ -691,6 +691,30 @@ impl Store {
         Ok(row.map(|r| (r.key_label, r.cert_der)))
     }
 
+    /// The root over the issuing CA `name` (found by the issuer name of its certificate): the
+    /// root's name and certificate.
+    pub async fn root_over(&self, name: &str) -> Result<(String, Vec<u8>)> {
+        let missing = |what: &str| Error::Store(format!("the {what} CA's certificate is missing"));
+        let (_, der) = self.ca(name).await?.ok_or_else(|| missing(name))?;
+        let issuer = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| Error::Store(format!("stored CA certificate {name}: {e}")))?
+            .1
+            .tbs_certificate
+            .issuer
+            .as_raw()
+            .to_vec();
+        for root in crate::profile::CaRole::ROOTS {
+            if let Some((_, root_der)) = self.ca(root.name()).await? {
+                let (_, cert) = x509_parser::parse_x509_certificate(&root_der)
+                    .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+                if cert.tbs_certificate.subject.as_raw() == issuer {
+                    return Ok((root.name().to_string(), root_der));
+                }
+            }
+        }
+        Err(missing(&format!("root of the {name}")))
+    }
+
     /// The revocation of CA `name`, if it is revoked: (revoked at, RFC 5280 reason code).
     pub async fn ca_revocation(&self, name: &str) -> Result<Option<(i64, i64)>> {
         let row = sqlx::query_as::<_, CaRevocationRow>(

@@ -1307,7 +1307,12 @@ async fn stored_ca(store: &Store, role: CaRole) -> anyhow::Result<Vec<u8>> {
 
 async fn print_ca_list(store: &Store) -> anyhow::Result<()> {
     for role in CaRole::ALL {
-        let der = stored_ca(store, role).await?;
+        let der = match store.ca(role.name()).await? {
+            Some((_, der)) => der,
+            // A data directory made before the TLS root has none until the rollover.
+            None if role == CaRole::TlsRoot => continue,
+            None => return Err(ca_core::Error::NotInitialised.into()),
+        };
         let (_, c) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
         outln!(
@@ -1328,8 +1333,8 @@ async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
             let store = open_store(&config).await?;
             let role = CaRole::from_name(&name)?;
             out!("{}", pem_cert(&stored_ca(&store, role).await?));
-            if chain && role != CaRole::Root {
-                out!("{}", pem_cert(&stored_ca(&store, CaRole::Root).await?));
+            if chain && !role.is_root() {
+                out!("{}", pem_cert(&store.root_over(role.name()).await?.1));
             }
             Ok(())
         }

@@ -264,6 +264,10 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     let stopped = service_event("service.stopped");
     let mut cas = HashMap::new();
     for role in CaRole::ALL {
+        // A data directory made before the TLS root has none until its Server CA's rollover.
+        if role == CaRole::TlsRoot && repo.ca_certificate(role).await?.is_none() {
+            continue;
+        }
         let der = repo.ca_certificate(role).await?.with_context(|| {
             format!(
                 "the {} CA does not exist: run `ecert init` (or a signing `ecert serve`) first",
@@ -592,7 +596,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         }
     };
     let known = s.crls.read().map(|m| m.clone()).unwrap_or_default();
-    for role in CaRole::ALL {
+    for role in CaRole::ALL.into_iter().filter(|r| s.cas.contains_key(r)) {
         let mut v = match known.get(&(role, Scope::Full)) {
             Some((number, next_update, _)) => {
                 let fresh = now < *next_update;
@@ -604,7 +608,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
                 serde_json::json!({ "missing": true })
             }
         };
-        if role != CaRole::Root {
+        if !role.is_root() {
             // Every partition that certificates may name must be served and current.
             let expected = known
                 .keys()
@@ -1193,7 +1197,7 @@ async fn publish_due(
         }
     };
     let now = now();
-    for role in CaRole::ALL {
+    for role in CaRole::ALL.into_iter().filter(|r| auth.ca_cert(*r).is_ok()) {
         let due = match auth.crls_due(role, now, interval).await {
             Ok(d) => d,
             Err(e) => {

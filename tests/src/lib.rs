@@ -31,6 +31,16 @@ pub const TIMEOUT: Duration = Duration::from_secs(240);
 pub const CONFIG_TOML: &str =
     "[ca]\nbase_url = \"http://pki.example.hk:8080\"\npolicy_arc = \"1.3.6.1.4.1.32473.1\"\n";
 
+/// The root `ecert init` puts over an issuing CA: the TLS root over the Server CA, the S/MIME
+/// root over the Individual & Organisational CA (issue 15).
+pub fn root_for(issuing: &str) -> &'static str {
+    if issuing == "server" {
+        "tls-root"
+    } else {
+        "root"
+    }
+}
+
 /// The base URL in [`CONFIG_TOML`].
 pub const BASE_URL: &str = "http://pki.example.hk:8080";
 
@@ -819,7 +829,7 @@ impl Ca {
                 let n = ca.sql_query("SELECT COUNT(*) FROM cas");
                 assert_eq!(
                     n.trim(),
-                    "3",
+                    "4",
                     "the PostgreSQL database has {n:?} CAs after init"
                 );
             }
@@ -987,6 +997,19 @@ impl Ca {
         let path = self.file(&format!("ca-{name}.pem"));
         std::fs::write(&path, pem).unwrap();
         CertFile::read(&path)
+    }
+
+    /// Both roots in one PEM file: the trust of a relying party that installed both (an OCSP
+    /// or chain check that does not depend on which root is over a certificate).
+    pub fn roots_bundle(&self) -> PathBuf {
+        let pem = format!(
+            "{}{}",
+            self.ecert_ok(&["ca", "export", "root"]),
+            self.ecert_ok(&["ca", "export", "tls-root"])
+        );
+        let path = self.file("roots-bundle.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
     }
 
     /// Asserts `ecert audit verify` passes; returns N of `audit trail intact: N records, M

@@ -634,13 +634,12 @@ pub async fn certificate_chain(
     .await?
     .ok_or_else(not_yet)?;
     let mut chain = vec![r.cert_der.ok_or_else(not_yet)?];
-    for ca in [r.issuer.as_str(), crate::profile::CaRole::Root.name()] {
-        let (_, der) = store
-            .ca(ca)
-            .await?
-            .ok_or_else(|| Error::Store(format!("the {ca} CA's certificate is missing")))?;
-        chain.push(der);
-    }
+    let (_, issuing) = store
+        .ca(&r.issuer)
+        .await?
+        .ok_or_else(|| Error::Store(format!("the {} CA's certificate is missing", r.issuer)))?;
+    chain.push(issuing);
+    chain.push(store.root_over(&r.issuer).await?.1);
     Ok(chain)
 }
 

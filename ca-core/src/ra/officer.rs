@@ -268,10 +268,10 @@ pub async fn propose(
         "ca_revocation" => {
             let ca = CaRole::from_name(r.ca.as_deref().unwrap_or_default())
                 .map_err(|_| invalid("ca", "individual or server"))?;
-            if ca == CaRole::Root {
+            if ca.is_root() {
                 return Err(invalid(
                     "ca",
-                    "the root is not revoked: it is withdrawn from the trust stores",
+                    "a root is not revoked: it is withdrawn from the trust stores",
                 ));
             }
             let reason = revocation_reason(&r.reason)?;

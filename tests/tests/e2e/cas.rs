@@ -1,4 +1,5 @@
-//! The CA hierarchy `ecert init` makes: listed, exported, chained, clean in pkilint, and
+//! The CA hierarchies `ecert init` makes (an S/MIME root over the Individual & Organisational
+//! CA, a TLS root over the Server CA): listed, exported, chained, clean in pkilint, and
 //! unchanged by a second `init`.
 
 use ecert_e2e::*;
@@ -46,15 +47,17 @@ fn ca_hierarchy() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["individual", "root", "server"],
+        ["individual", "root", "server", "tls-root"],
         "`ca list`: {list:?}"
     );
 
     let root = ca.export("root");
+    let tls_root = ca.export("tls-root");
     let individual = ca.export("individual");
     let server = ca.export("server");
     for (name, file) in [
         ("root", &root),
+        ("tls-root", &tls_root),
         ("individual", &individual),
         ("server", &server),
     ] {
@@ -68,55 +71,101 @@ fn ca_hierarchy() {
         assert!(c.is_ca(), "{name} is not a CA certificate");
     }
     let r = root.parse();
-    assert_eq!(
+    let t = tls_root.parse();
+    for (name, c) in [("root", &r), ("tls-root", &t)] {
+        assert_eq!(
+            c.subject().as_raw(),
+            c.issuer().as_raw(),
+            "{name} is not self-issued"
+        );
+    }
+    assert_ne!(
         r.subject().as_raw(),
-        r.issuer().as_raw(),
-        "root is not self-issued"
+        t.subject().as_raw(),
+        "the two roots share a name"
+    );
+    assert_ne!(
+        r.public_key().raw,
+        t.public_key().raw,
+        "the two roots share a key"
     );
     // Issue 12, defect 7: the root ends within 15 years of its key's making (Mozilla Root Store
     // Policy §7.4 removes the websites bit then), judged by `openssl x509 -checkend`; each
     // issuing CA ends before its root.
     let fifteen_years = (15 * 365 + 4) * 86_400;
     // (`-checkend` exits 1 when the certificate ends within the time given.)
-    let o = std::process::Command::new("openssl")
-        .args([
-            "x509",
-            "-noout",
-            "-checkend",
-            &fifteen_years.to_string(),
-            "-in",
-        ])
-        .arg(&root.path)
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("will expire"),
-        "the root outlives 15 years: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    for file in [&individual, &server] {
-        assert!(file.parse().validity().not_after < r.validity().not_after);
+    for file in [&root, &tls_root] {
+        let o = std::process::Command::new("openssl")
+            .args([
+                "x509",
+                "-noout",
+                "-checkend",
+                &fifteen_years.to_string(),
+                "-in",
+            ])
+            .arg(&file.path)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("will expire"),
+            "a root outlives 15 years: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
     }
-    for (name, file) in [("individual", &individual), ("server", &server)] {
+    for (name, file, parent, parent_name) in [
+        ("individual", &individual, &r, "root"),
+        ("server", &server, &t, "tls-root"),
+    ] {
         let c = file.parse();
+        assert!(c.validity().not_after < parent.validity().not_after);
         assert_eq!(
             c.issuer().as_raw(),
-            r.subject().as_raw(),
-            "{name} CA is not issued by the root"
+            parent.subject().as_raw(),
+            "{name} CA is not issued by {parent_name}"
         );
         check_urls(&c, &format!("{name} CA"));
+        // Its CRL distribution point and caIssuers name its own root.
+        let (aia, cdp) = aia_and_crl_uris(&c);
+        assert_eq!(
+            cdp,
+            [format!("{BASE_URL}/crl/{parent_name}.crl")],
+            "{name} CDP"
+        );
+        assert!(
+            aia.iter()
+                .any(|(_, u)| *u == format!("{BASE_URL}/ca/{parent_name}.crt")),
+            "{name} AIA {aia:?}"
+        );
     }
 
-    // openssl: the root verifies itself, the issuing CAs chain to it.
+    // openssl: each root verifies itself, each issuing CA chains to its root and not to the
+    // other.
     openssl_verify(&root.path, &[], &root.path, None, "root");
+    openssl_verify(&tls_root.path, &[], &tls_root.path, None, "tls-root");
     openssl_verify(&root.path, &[], &individual.path, None, "individual CA");
-    openssl_verify(&root.path, &[], &server.path, None, "server CA");
+    openssl_verify(&tls_root.path, &[], &server.path, None, "server CA");
+    for (other, file, name) in [
+        (&tls_root, &individual, "individual"),
+        (&root, &server, "server"),
+    ] {
+        let o = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&other.path)
+            .arg(&file.path)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "the {name} CA chains to the other root"
+        );
+    }
 
     // --chain: the CA's certificate, then its issuers up to the root.
     for (name, want) in [
         ("root", vec![&root]),
+        ("tls-root", vec![&tls_root]),
         ("individual", vec![&individual, &root]),
-        ("server", vec![&server, &root]),
+        ("server", vec![&server, &tls_root]),
     ] {
         let out = ca.ecert_ok(&["ca", "export", name, "--chain"]);
         let got = pem_certs(out.as_bytes());
@@ -129,13 +178,15 @@ fn ca_hierarchy() {
     }
 
     // pkilint.
-    pkilint(
-        "lint_cabf_serverauth_cert",
-        &["-t", "ROOT-CA"],
-        &[&root.path],
-        "root",
-    );
-    pkilint("lint_pkix_cert", &[], &[&root.path], "root");
+    for (file, name) in [(&root, "root"), (&tls_root, "tls-root")] {
+        pkilint(
+            "lint_cabf_serverauth_cert",
+            &["-t", "ROOT-CA"],
+            &[&file.path],
+            name,
+        );
+        pkilint("lint_pkix_cert", &[], &[&file.path], name);
+    }
     pkilint(
         "lint_cabf_serverauth_cert",
         &["-t", "INTERNAL-UNCONSTRAINED-TLS-CA"],
@@ -146,8 +197,8 @@ fn ca_hierarchy() {
     pkilint(
         "lint_pkix_signer_signee_cert_chain",
         &[],
-        &[&root.path, &server.path],
-        "root -> server CA",
+        &[&tls_root.path, &server.path],
+        "tls-root -> server CA",
     );
     pkilint(
         "lint_cabf_serverauth_cert",
@@ -172,6 +223,7 @@ fn ca_hierarchy() {
     );
     for (name, before) in [
         ("root", &root),
+        ("tls-root", &tls_root),
         ("individual", &individual),
         ("server", &server),
     ] {
@@ -223,6 +275,7 @@ fn init_keys_are_sensitive_never_extractable_sign_only() {
     let objects: Vec<&str> = text.split("Private Key Object").skip(1).collect();
     let labels = [
         "ecert-root-ca",
+        "ecert-tls-root-ca",
         "ecert-individual-ca",
         "ecert-server-ca",
         "ecert-audit",

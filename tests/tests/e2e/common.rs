@@ -239,7 +239,7 @@ pub fn check_leaf(ca: &Ca, case: &ProfileCase, issued: &Issued, csr: &Path, ctx:
         "[{ctx}] issued by CA {:?}, expected {:?}",
         issued.ca, case.ca
     );
-    let root = ca.export("root");
+    let root = ca.export(root_for(case.ca));
     let issuing = ca.export(case.ca);
     let leaf = &issued.cert.path;
     openssl_verify(&root.path, &[&issuing.path], leaf, case.purpose, ctx);

@@ -100,17 +100,21 @@ fn crls_list_revocations_and_pass_the_judges() {
     assert!(published("individual.crl", 2), "{out}");
     assert!(published("server.crl", 1), "{out}");
     ca.ecert_ok(&["crl", "publish", "--ca", "root"]);
+    ca.ecert_ok(&["crl", "publish", "--ca", "tls-root"]);
 
     let root = ca.export("root");
+    let tls_root = ca.export("tls-root");
     let individual = ca.export("individual");
     let server_ca = ca.export("server");
     let ind_crl = export_crl(&ca, "individual", "individual.crl.pem");
     let srv_crl = export_crl(&ca, "server", "server.crl.pem");
     let root_crl = export_crl(&ca, "root", "root.crl.pem");
+    let tls_root_crl = export_crl(&ca, "tls-root", "tls-root.crl.pem");
     for (crl, issuer) in [
         (&ind_crl, &individual.path),
         (&srv_crl, &server_ca.path),
         (&root_crl, &root.path),
+        (&tls_root_crl, &tls_root.path),
     ] {
         let o = openssl(
             ca.data_dir(),
@@ -165,12 +169,12 @@ fn crls_list_revocations_and_pass_the_judges() {
         &[&ind_crl],
         "individual CRL",
     );
-    pkilint(
-        "lint_crl",
-        &["-t", "ARL", "-p", "BR"],
-        &[&root_crl],
-        "root ARL",
-    );
+    for (crl, ctx) in [
+        (&root_crl, "S/MIME root ARL"),
+        (&tls_root_crl, "TLS root ARL"),
+    ] {
+        pkilint("lint_crl", &["-t", "ARL", "-p", "BR"], &[crl], ctx);
+    }
 
     // openssl verify -crl_check: revoked and held fail, the rest pass.
     for (leaf, revoked) in [(&leaves[0], true), (&leaves[1], true), (&leaves[2], false)] {
@@ -183,7 +187,7 @@ fn crls_list_revocations_and_pass_the_judges() {
     }
     assert!(verify_with_crl(
         &ca,
-        &root.path,
+        &tls_root.path,
         &server_ca.path,
         &srv_crl,
         &servers[0].cert.path
@@ -191,7 +195,7 @@ fn crls_list_revocations_and_pass_the_judges() {
     .is_err());
     verify_with_crl(
         &ca,
-        &root.path,
+        &tls_root.path,
         &server_ca.path,
         &srv_crl,
         &servers[1].cert.path,
@@ -319,11 +323,15 @@ fn partitions_cover_every_certificate_with_a_critical_idp() {
             assert!(out.contains(&format!("{ca_name}-p{k}.crl\t")), "{out}");
         }
     }
-    let root = ca.export("root");
     let issuing = [
         ("individual", ca.export("individual")),
         ("server", ca.export("server")),
     ];
+    let roots = [
+        ("individual", ca.export("root")),
+        ("server", ca.export("tls-root")),
+    ];
+    let root_of = |name: &str| &roots.iter().find(|(n, _)| *n == name).unwrap().1;
     let issuer_of = |name: &str| &issuing.iter().find(|(n, _)| *n == name).unwrap().1;
 
     // Each leaf names one partition; openssl judges the leaf against that partition.
@@ -352,7 +360,7 @@ fn partitions_cover_every_certificate_with_a_critical_idp() {
         assert!(text.contains("Only User Certificates"), "{text}");
         let r = verify_with_crl(
             &ca,
-            &root.path,
+            &root_of(ca_name).path,
             &issuer_of(ca_name).path,
             &pem,
             &leaf.cert.path,
@@ -370,7 +378,7 @@ fn partitions_cover_every_certificate_with_a_critical_idp() {
             .unwrap();
         let e = verify_with_crl(
             &ca,
-            &root.path,
+            &root_of(ca_name).path,
             &issuer_of(ca_name).path,
             &crl_pem(&ca, &other),
             &leaf.cert.path,

@@ -25,7 +25,7 @@ fn signature_algorithm(der: &[u8]) -> String {
     hex::encode(out)
 }
 
-/// An RSA hierarchy (RSA-4096 root, RSA-2048 issuing CAs): every profile with an RSA and an EC
+/// RSA hierarchies (RSA-4096 S/MIME root, RSA-3072 TLS root, RSA-2048 issuing CAs): every profile with an RSA and an EC
 /// subscriber key, each certificate signed `sha256WithRSAEncryption` and clean by openssl and
 /// pkilint; then a revocation per issuing CA, their CRLs (RSA-signed) judged by `openssl crl`,
 /// `openssl verify -crl_check` and `lint_crl`, and OCSP answered by an RSA responder judged by
@@ -34,9 +34,11 @@ fn signature_algorithm(der: &[u8]) -> String {
 fn rsa_hierarchy_every_profile_crl_and_ocsp() {
     let ca = Ca::new();
     // Continues the `[ca]` table the harness's configuration ends with.
-    ca.append_config("key_type = \"rsa2048\"\nkey_types = { root = \"rsa4096\" }");
+    ca.append_config(
+        "key_type = \"rsa2048\"\nkey_types = { root = \"rsa4096\", tls-root = \"rsa3072\" }",
+    );
     ca.ecert_ok(&["init"]);
-    for name in ["root", "individual", "server"] {
+    for name in ["root", "tls-root", "individual", "server"] {
         let exported = ca.export(name);
         let text = String::from_utf8_lossy(
             &openssl(
@@ -52,7 +54,11 @@ fn rsa_hierarchy_every_profile_crl_and_ocsp() {
             .stdout,
         )
         .into_owned();
-        let bits = if name == "root" { 4096 } else { 2048 };
+        let bits = match name {
+            "root" => 4096,
+            "tls-root" => 3072,
+            _ => 2048,
+        };
         assert!(
             text.contains(&format!("Public-Key: ({bits} bit)")),
             "{name}: {text}"
@@ -101,12 +107,12 @@ fn rsa_hierarchy_every_profile_crl_and_ocsp() {
         &["--serial", &server_leaf.serial, "--reason", "superseded"],
     );
     ca.ecert_ok(&["crl", "publish"]);
-    let root = ca.export("root");
     for (name, leaf, profile) in [
         ("individual", personal_leaf, &["-t", "CRL", "-p", "PKIX"]),
         ("server", server_leaf, &["-t", "CRL", "-p", "BR"]),
     ] {
         let issuing = ca.export(name);
+        let root = ca.export(root_for(name));
         let crl = crate::crl::export_crl(&ca, name, &format!("{name}.crl.pem"));
         let o = openssl(
             ca.data_dir(),
@@ -135,6 +141,7 @@ fn rsa_hierarchy_every_profile_crl_and_ocsp() {
     // Another certificate of the Individual CA still verifies with its CRL.
     let (_, other) = &issued[2];
     let individual = ca.export("individual");
+    let root = ca.export("root");
     let crl = ca.file("individual.crl.pem");
     crate::crl::verify_with_crl(&ca, &root.path, &individual.path, &crl, &other.cert.path).unwrap();
 
@@ -173,4 +180,79 @@ fn rsa_hierarchy_every_profile_crl_and_ocsp() {
         assert!(text.contains("sha256WithRSAEncryption"), "{text}");
     }
     ca.audit_ok();
+}
+
+/// `openssl verify -purpose P -CAfile ROOT -untrusted ISSUING LEAF` succeeded.
+fn chains(
+    root: &std::path::Path,
+    issuing: &std::path::Path,
+    leaf: &std::path::Path,
+    purpose: &str,
+) -> bool {
+    let mut c = std::process::Command::new("openssl");
+    c.args(["verify", "-x509_strict", "-purpose", purpose, "-CAfile"])
+        .arg(root)
+        .arg("-untrusted")
+        .arg(issuing)
+        .arg(leaf);
+    run_with_timeout(c, std::time::Duration::from_secs(60), "openssl verify")
+        .status
+        .success()
+}
+
+/// Two hierarchies, one purpose each (Mozilla Root Store Policy 3.1 §7.5; Chrome's dedicated
+/// TLS hierarchies): a server certificate chains to the TLS root for `sslserver` and not to the
+/// S/MIME root; a personal certificate chains to the S/MIME root for `smimesign` and not to the
+/// TLS root, whichever intermediates are offered.
+#[test]
+fn a_certificate_chains_only_to_the_root_of_its_purpose() {
+    let ca = Ca::init();
+    let tls = crate::apply::issue(&ca, &server(), &ca.csr("tls", KeyType::P256).csr, "server");
+    let mail = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("mail", KeyType::P256).csr,
+        "personal",
+    );
+    let (root, tls_root) = (ca.export("root"), ca.export("tls-root"));
+    let (individual, server_ca) = (ca.export("individual"), ca.export("server"));
+    let both = ca.file("both-issuing.pem");
+    std::fs::write(
+        &both,
+        [
+            std::fs::read(&individual.path).unwrap(),
+            std::fs::read(&server_ca.path).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    assert!(chains(
+        &tls_root.path,
+        &server_ca.path,
+        &tls.cert.path,
+        "sslserver"
+    ));
+    assert!(chains(
+        &root.path,
+        &individual.path,
+        &mail.cert.path,
+        "smimesign"
+    ));
+    for purpose in ["sslserver", "smimesign", "any"] {
+        assert!(
+            !chains(&root.path, &both, &tls.cert.path, purpose),
+            "the server certificate chains to the S/MIME root ({purpose})"
+        );
+        assert!(
+            !chains(&tls_root.path, &both, &mail.cert.path, purpose),
+            "the personal certificate chains to the TLS root ({purpose})"
+        );
+    }
+    // What the applicant downloads names the right root too: the server certificate's issuing
+    // CA says where its root is (caIssuers) and the S/MIME root's CRL is not its CDP.
+    let (aia, _) = aia_and_crl_uris(&server_ca.parse());
+    assert!(
+        aia.iter().any(|(_, u)| u.ends_with("/ca/tls-root.crt")),
+        "{aia:?}"
+    );
 }

@@ -371,7 +371,7 @@ fn hostile_requests_are_refused_and_csr_content_is_ignored() {
             !attrs.iter().any(|(o, _)| o == OID_OU),
             "[{ctx}] OU from the CSR: {attrs:?}"
         );
-        let root = ca.export("root");
+        let root = ca.export(root_for(case.ca));
         let issuing = ca.export(case.ca);
         openssl_verify(
             &root.path,

@@ -25,9 +25,9 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// An NSS database (`sql:` format, empty password) that trusts the root for e-mail and TLS and
-/// knows both issuing CAs, as a mail client or browser with this root installed.
-fn nss_db(dir: &Path, root: &Path, issuing: &[&Path]) -> String {
+/// An NSS database (`sql:` format, empty password) that trusts the roots for e-mail and TLS and
+/// knows both issuing CAs, as a mail client or browser with these roots installed.
+fn nss_db(dir: &Path, roots: &[&Path], issuing: &[&Path]) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let db = format!("sql:{}", dir.display());
     let o = nss("certutil", &["-N", "-d", &db, "--empty-password"]);
@@ -49,7 +49,9 @@ fn nss_db(dir: &Path, root: &Path, issuing: &[&Path]) -> String {
         );
         assert!(o.status.success(), "certutil -A {nick}: {}", text(&o));
     };
-    add("root", "C,C,C", root);
+    for (i, root) in roots.iter().enumerate() {
+        add(&format!("root-{i}"), "C,C,C", root);
+    }
     for (i, ca) in issuing.iter().enumerate() {
         add(&format!("issuing-{i}"), ",,", ca);
     }
@@ -113,11 +115,12 @@ fn nss_checks_status_by_ocsp_and_crl_against_the_running_server() {
     let tls = crate::apply::issue(&ca, &s, &ca.csr("tls", KeyType::Rsa2048).csr, "RSA server");
     crate::apply::revoke_ok(&ca, &["--serial", &bad.serial, "--reason", "keyCompromise"]);
     let root = ca.export("root");
+    let tls_root = ca.export("tls-root");
     let individual = ca.export("individual");
     let server_ca = ca.export("server");
     let db = nss_db(
         &ca.file("nssdb"),
-        &root.path,
+        &[&root.path, &tls_root.path],
         &[&individual.path, &server_ca.path],
     );
 

@@ -21,7 +21,7 @@ pub(crate) struct Chain {
 
 pub(crate) fn chain(ca: &Ca) -> Chain {
     Chain {
-        root: ca.export("root").path,
+        root: ca.roots_bundle(),
         individual: ca.export("individual").path,
         server: ca.export("server").path,
     }

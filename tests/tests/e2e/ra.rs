@@ -180,7 +180,7 @@ pub(crate) fn ocsp_status(
             "-cert",
             cert.to_str().unwrap(),
             "-CAfile",
-            ca.export("root").path.to_str().unwrap(),
+            ca.roots_bundle().to_str().unwrap(),
             "-no_nonce",
         ],
     );
@@ -1194,7 +1194,7 @@ fn server_application_with_domain_validation_and_caa() {
     std::fs::write(&cert, &r.body).unwrap();
     let server_ca = ca.export("server");
     openssl_verify(
-        &ca.export("root").path,
+        &ca.export("tls-root").path,
         &[&server_ca.path],
         &cert,
         Some("sslserver"),
@@ -1228,8 +1228,8 @@ fn server_application_with_domain_validation_and_caa() {
 
     // The applicant's chain downloads are built from the certificate's own issuer, the Server
     // CA (issue 11, defect 8: they bundled the Individual CA); openssl verifies the leaf with
-    // only the root trusted and the downloaded certificates as the intermediates.
-    let root = ca.export("root");
+    // only its root trusted and the downloaded certificates as the intermediates.
+    let root = ca.export("tls-root");
     for format in ["chain", "p7"] {
         let mut fields = track.to_vec();
         fields.push(("format", format));

@@ -473,13 +473,14 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
         "the list confirmed is shown: {listed}"
     );
     drop(server);
-    let root_crl = ca.file("root.crl.pem");
-    std::fs::write(&root_crl, ca.ecert_ok(&["crl", "export", "root"])).unwrap();
+    // The Server CA is under the TLS root: its revocation is on that root's CRL.
+    let root_crl = ca.file("tls-root.crl.pem");
+    std::fs::write(&root_crl, ca.ecert_ok(&["crl", "export", "tls-root"])).unwrap();
     pkilint(
         "lint_crl",
         &["-t", "ARL", "-p", "BR"],
         &[&root_crl],
-        "root ARL after two officers",
+        "TLS root ARL after two officers",
     );
     let text = String::from_utf8_lossy(
         &openssl(
@@ -509,6 +510,27 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
         text.contains(&format!("Serial Number: {server_serial}"))
             && text.contains("Cessation Of Operation"),
         "{server_serial} not listed: {text}"
+    );
+    // ... and not on the S/MIME root's, which did not issue it.
+    let smime_root_crl = ca.file("root.crl.pem");
+    std::fs::write(&smime_root_crl, ca.ecert_ok(&["crl", "export", "root"])).unwrap();
+    let smime_text = String::from_utf8_lossy(
+        &openssl(
+            ca.data_dir(),
+            &[
+                "crl",
+                "-in",
+                smime_root_crl.to_str().unwrap(),
+                "-noout",
+                "-text",
+            ],
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        !smime_text.contains(&format!("Serial Number: {server_serial}")),
+        "the S/MIME root lists the TLS root's CA: {smime_text}"
     );
     let refusal = crate::apply::refusal(
         &ca,
