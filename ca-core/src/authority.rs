@@ -155,11 +155,11 @@ impl IssuanceToken {
 /// the HSM later signs its exact TBS. Saves one signature per issuance. The algorithm is the
 /// issuing CA key's ([`crate::sigalg`]), so the TBS `signature` field is the final one.
 #[derive(Debug, Clone, Copy)]
-struct LintSigner(&'static rcgen::SignatureAlgorithm);
+pub(crate) struct LintSigner(&'static rcgen::SignatureAlgorithm);
 
 impl LintSigner {
     /// Stands in for `issuer` (its algorithm, never its key).
-    fn of(issuer: &dyn hsm::Signer) -> Result<LintSigner> {
+    pub(crate) fn of(issuer: &dyn hsm::Signer) -> Result<LintSigner> {
         Ok(LintSigner(crate::sigalg::rcgen_algorithm(
             issuer.algorithm(),
         )?))
@@ -229,6 +229,19 @@ pub struct PublishedCrl {
     pub path: std::path::PathBuf,
 }
 
+/// A ceremony file for [`Authority::init_with`].
+#[derive(Debug)]
+pub struct CeremonyRun {
+    /// The parsed file.
+    pub ceremony: crate::ceremony::Ceremony,
+    /// Its text (its SHA-256 goes into the record).
+    pub text: String,
+    /// The custodians' shares, or where new ones go.
+    pub access: crate::ceremony::Access,
+    /// Where the signed record is written.
+    pub record_out: Option<std::path::PathBuf>,
+}
+
 /// What `ecert init` did.
 #[derive(Debug, Clone, Default)]
 pub struct InitReport {
@@ -236,6 +249,8 @@ pub struct InitReport {
     pub created: Vec<CaRole>,
     /// CAs that already existed.
     pub existing: Vec<CaRole>,
+    /// The signed record of the built-in ceremony, when it made something.
+    pub ceremony: Option<String>,
 }
 
 /// The certificate authority: configuration, store, HSM keys, and the lock that makes this
@@ -280,7 +295,7 @@ pub struct Authority {
     debian_weak: crate::keys::debian::DebianWeakKeys,
     /// The clock check before anything is dated and signed ([`crate::clock`]).
     clock: crate::clock::ClockGuard,
-    _lock: File,
+    _lock: Option<File>,
     /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
     /// mutex only to make `Authority` Sync.)
     _db_lock: std::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>,
@@ -314,6 +329,40 @@ async fn write_crl_file(dir: std::path::PathBuf, file: String, der: Vec<u8>) -> 
     })
     .await
     .map_err(|e| Error::Encoding(format!("CRL file task failed: {e}")))?
+}
+
+/// A root's public half in the signer: `serve` and the other signer commands never open a root
+/// key, so anything that would sign with one is refused by name (a root signs only in a key
+/// ceremony, [`crate::ceremony`]).
+#[derive(Debug)]
+struct CeremonyOnly {
+    spki: Vec<u8>,
+    algorithm: hsm::Algorithm,
+}
+
+impl CeremonyOnly {
+    fn new(spki: &[u8]) -> Result<CeremonyOnly> {
+        Ok(CeremonyOnly {
+            algorithm: crate::sigalg::of_spki(spki)?,
+            spki: spki.to_vec(),
+        })
+    }
+}
+
+impl hsm::Signer for CeremonyOnly {
+    fn algorithm(&self) -> hsm::Algorithm {
+        self.algorithm
+    }
+
+    fn public_key_spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    fn sign(&self, _message: &[u8]) -> std::result::Result<Vec<u8>, hsm::Error> {
+        Err(hsm::Error::Config(
+            "a root key signs only in a key ceremony (ecert ceremony run)".into(),
+        ))
+    }
 }
 
 /// Wrong activation PINs in a row before activation is refused for a while.
@@ -464,15 +513,15 @@ fn dn(country: &str, org: &str, cn: &str) -> Result<DistinguishedName> {
 }
 
 /// Parameters of a CA certificate (pure). Root: TLS BR §7.1.2.1; issuing CAs: TLS BR §7.1.2.10
-/// and S/MIME BR §7.1.2.2. Validity: `ca.root_validity_days` (at most 15 years, checked by
-/// [`Config::validate`]) and `ca.issuing_validity_days`; an issuing CA must end before its root
-/// (`root_not_after`), or it is refused with a named error rather than cut short. An issuing
-/// CA's CRL distribution point and caIssuers name its root (`parent`).
+/// and S/MIME BR §7.1.2.2. Names, validity, path length and name constraints come from the
+/// ceremony's [`CaSpec`](crate::ceremony::CaSpec) (for `init`, from `[ca]`); an issuing CA must
+/// end before its root (`root_not_after`), or it is refused with a named error rather than cut
+/// short. An issuing CA's CRL distribution point and caIssuers name its root (`parent`).
 #[allow(clippy::too_many_arguments)]
-fn ca_params(
+pub(crate) fn ca_params(
     config: &Config,
     policy_arc: &str,
-    role: CaRole,
+    spec: &crate::ceremony::CaSpec,
     parent: Option<CaRole>,
     subject_spki: &[u8],
     serial: SerialNumber,
@@ -480,18 +529,15 @@ fn ca_params(
     root_not_after: Option<OffsetDateTime>,
 ) -> Result<CertificateParams> {
     let c = &config.ca;
+    let role = spec.role;
     let mut p = CertificateParams::default();
     p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
     p.not_before = now;
-    let days = if role.is_root() {
-        c.root_validity_days
-    } else {
-        c.issuing_validity_days
-    };
+    let days = spec.validity_days;
     p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
     if let Some(root_end) = root_not_after.filter(|end| p.not_after >= *end) {
         return Err(Error::Config(format!(
-            "ca.issuing_validity_days = {days}: the {} CA would end {}, not before its root ({}); \
+            "validity {days} days: the {} CA would end {}, not before its root ({}); \
              shorten it or make a new root",
             role.name(),
             p.not_after.date(),
@@ -510,12 +556,7 @@ fn ca_params(
     let base = config.base_url();
     match role {
         CaRole::Root | CaRole::TlsRoot => {
-            let cn = if role == CaRole::TlsRoot {
-                &c.tls_root_common_name
-            } else {
-                &c.root_common_name
-            };
-            p.distinguished_name = dn(&c.country, &c.organization, cn)?;
+            p.distinguished_name = dn(&c.country, &c.organization, &spec.common_name)?;
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             // The root's AKI repeats its own SKI (TLS BR §7.1.2.1.3 wants it present).
             p.use_authority_key_identifier_extension = true;
@@ -525,13 +566,22 @@ fn ca_params(
                 .filter(|r| r.is_root())
                 .ok_or_else(|| Error::Config(format!("the {} CA needs a root", role.name())))?
                 .name();
-            let cn = if role == CaRole::Server {
-                &c.server_common_name
-            } else {
-                &c.individual_common_name
-            };
-            p.distinguished_name = dn(&c.country, &c.organization, cn)?;
-            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            p.distinguished_name = dn(&c.country, &c.organization, &spec.common_name)?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(spec.path_length));
+            if !spec.permitted.is_empty() || !spec.excluded.is_empty() {
+                // RFC 5280 §4.2.1.10: mailbox constraints for the S/MIME CA, DNS for the TLS CA.
+                let subtree = |name: &str| {
+                    if role == CaRole::Individual {
+                        rcgen::GeneralSubtree::Rfc822Name(name.to_string())
+                    } else {
+                        rcgen::GeneralSubtree::DnsName(name.to_string())
+                    }
+                };
+                p.name_constraints = Some(rcgen::NameConstraints {
+                    permitted_subtrees: spec.permitted.iter().map(|n| subtree(n)).collect(),
+                    excluded_subtrees: spec.excluded.iter().map(|n| subtree(n)).collect(),
+                });
+            }
             p.use_authority_key_identifier_extension = true;
             p.crl_distribution_points = vec![CrlDistributionPoint {
                 uris: vec![format!("{base}/crl/{parent}.crl")],
@@ -586,7 +636,7 @@ struct Signed<'a> {
 }
 
 /// Splits a linting certificate into its TBS and signatureAlgorithm bytes.
-fn split_signed(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn split_signed(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     let s = Signed::from_der(der)?;
     Ok((s.tbs.to_der()?, s.algorithm.to_der()?))
 }
@@ -610,7 +660,7 @@ fn assemble(tbs: &[u8], algorithm: &[u8], signature: &[u8]) -> Result<Vec<u8>> {
 
 /// Signs `tbs` in the HSM and checks the result: the signature verifies under the issuer's
 /// public key (with ring, not the signer's own code) and the TBS is byte-identical.
-async fn hsm_sign_checked(
+pub(crate) async fn hsm_sign_checked(
     signer: Arc<dyn hsm::Signer>,
     tbs: Vec<u8>,
     algorithm: Vec<u8>,
@@ -696,7 +746,7 @@ fn self_check(cert: &[u8], tbs: &[u8], issuer_spki: &[u8]) -> Result<()> {
 }
 
 /// A certificate's notAfter.
-fn not_after_of(der: &[u8]) -> Result<OffsetDateTime> {
+pub(crate) fn not_after_of(der: &[u8]) -> Result<OffsetDateTime> {
     let (_, c) = x509_parser::certificate::X509Certificate::from_der(der)
         .map_err(|e| Error::Store(format!("a stored CA certificate does not parse: {e}")))?;
     Ok(c.validity().not_after.to_datetime())
@@ -717,7 +767,7 @@ fn unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
 
-fn now_secs() -> OffsetDateTime {
+pub(crate) fn now_secs() -> OffsetDateTime {
     // Whole seconds: the certificate encodes seconds, and the stored times must match it.
     let t = OffsetDateTime::now_utc();
     t.replace_nanosecond(0).unwrap_or(t)
@@ -736,6 +786,15 @@ impl Authority {
     /// certificates. Idempotent. In embedded mode it first makes the SoftHSM2 token (see
     /// [`init_embedded_token`]); otherwise the token MUST exist.
     pub async fn init(config: Config) -> Result<(Authority, InitReport)> {
+        Self::init_with(config, None).await
+    }
+
+    /// [`Authority::init`], with the hierarchy made by `ceremony` (a reviewed file, its text,
+    /// the custodians' access and where its record goes) instead of the built-in one.
+    pub async fn init_with(
+        config: Config,
+        ceremony: Option<CeremonyRun>,
+    ) -> Result<(Authority, InitReport)> {
         let lock = signer_lock(&config).await?;
         if config.embedded_softhsm() {
             init_embedded_token(&config)?;
@@ -755,121 +814,12 @@ impl Authority {
         let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
             .await
             .map_err(|e| Error::Store(e.to_string()))??;
+        let _ = &arc;
         let mut report = InitReport::default();
         for role in CaRole::ALL {
             if store.ca(role.name()).await?.is_some() {
                 report.existing.push(role);
-                continue;
             }
-            // A data directory made before the TLS root keeps its Server CA under the S/MIME
-            // root; the TLS root comes with that CA's rollover (docs/CEREMONY.md), not here.
-            if role == CaRole::TlsRoot && store.ca(CaRole::Server.name()).await?.is_some() {
-                continue;
-            }
-            let label = role.key_label();
-            let spec = config.ca_key_type(role)?;
-            let t = token.clone();
-            let key = tokio::task::spawn_blocking(move || -> Result<hsm::pkcs11::Pkcs11Key> {
-                Ok(match t.find_key(&label)? {
-                    Some(k) => k,
-                    None => t.generate_key(&label, spec)?,
-                })
-            })
-            .await
-            .map_err(|e| Error::Store(e.to_string()))??;
-            let signer: Arc<dyn hsm::Signer> = Arc::new(key);
-            let subject_key = SubscriberKey::from_spki_der(signer.public_key_spki())?;
-            let serial = SerialNumber::random();
-            let parent = role.intended_root();
-            let (issuer_der, issuer_signer): (Option<Vec<u8>>, Arc<dyn hsm::Signer>) = match parent
-            {
-                None => (None, signer.clone()),
-                Some(parent) => {
-                    let (label, der) = store
-                        .ca(parent.name())
-                        .await?
-                        .ok_or(Error::NotInitialised)?;
-                    let t = token.clone();
-                    let root = tokio::task::spawn_blocking(move || t.key(&label))
-                        .await
-                        .map_err(|e| Error::Store(e.to_string()))??;
-                    (Some(der), Arc::new(root))
-                }
-            };
-            let root_not_after = issuer_der.as_deref().map(not_after_of).transpose()?;
-            let params = ca_params(
-                &config,
-                &arc,
-                role,
-                parent,
-                signer.public_key_spki(),
-                serial,
-                now_secs(),
-                root_not_after,
-            )?;
-            let linting = match &issuer_der {
-                None => params.signed_by(
-                    &subject_key,
-                    &rcgen::Issuer::from_params(&params, LintSigner::of(&*issuer_signer)?),
-                )?,
-                Some(der) => params.signed_by(
-                    &subject_key,
-                    &rcgen::Issuer::from_ca_cert_der(
-                        &der.clone().into(),
-                        LintSigner::of(&*issuer_signer)?,
-                    )?,
-                )?,
-            };
-            let issuer_subject = match &issuer_der {
-                None => subject_der_of(linting.der())?,
-                Some(der) => subject_der_of(der)?,
-            };
-            let findings = lint::lint(&LintInput {
-                cert_der: linting.der(),
-                issuer_subject_der: &issuer_subject,
-                expected_spki: signer.public_key_spki(),
-                issuer_key_id: None,
-                issuer_algorithm: issuer_signer.algorithm(),
-                expect: Expect::Ca,
-            });
-            if !findings.is_empty() {
-                return Err(Error::Lint(findings));
-            }
-            let (tbs, alg) = split_signed(linting.der())?;
-            // Recorded before the HSM signs (nothing is signed without a record).
-            store
-                .audit_now(&Event {
-                    kind: "ca.signing",
-                    actor: "system:init".into(),
-                    subject: Some(role.name().into()),
-                    detail: json!({ "serial": serial.to_hex(), "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
-                })
-                .await?;
-            let cert = hsm_sign_checked(
-                issuer_signer.clone(),
-                tbs,
-                alg,
-                issuer_signer.public_key_spki().to_vec(),
-            )
-            .await?;
-            let mut tx = store.begin().await?;
-            store
-                .insert_ca(&mut tx, role.name(), &role.key_label(), &cert)
-                .await?;
-            store
-                .audit(
-                    &mut tx,
-                    &Event {
-                        kind: "ca.created",
-                        actor: "system:init".into(),
-                        subject: Some(role.name().into()),
-                        detail: json!({ "serial": serial.to_hex(), "key_label": role.key_label() }),
-                    },
-                )
-                .await?;
-            tx.commit().await?;
-            tracing::info!(ca = role.name(), serial = %serial, "CA certificate created");
-            report.created.push(role);
         }
         // The audit key: signs checkpoints of the audit chain (DESIGN.md "Personal data and
         // trust"). Generated in the token like the CA keys.
@@ -913,9 +863,102 @@ impl Authority {
                 }
             }
         }
-        drop(token);
-        let auth = Self::open_with(config, store, lock, db_lock).await?;
+        // The hierarchy: on the embedded default, the built-in ceremony (1-of-1 quorum, its one
+        // share kept in the data directory); with another HSM, a reviewed ceremony file.
+        let built_in = crate::ceremony::Ceremony::built_in(&config, &store).await?;
+        let mut record_out = None;
+        let progress = if let Some(run) = ceremony {
+            record_out = run.record_out;
+            let p = crate::ceremony::run_creation(
+                &config,
+                &store,
+                &token,
+                run.ceremony,
+                &run.text,
+                run.access,
+                "system:init",
+            )
+            .await?;
+            report.created = p.made.clone();
+            Some(p)
+        } else if built_in.steps.is_empty() {
+            None
+        } else if config.embedded_softhsm() {
+            let access = crate::ceremony::embedded_access(&config)?;
+            let p = crate::ceremony::run_creation(
+                &config,
+                &store,
+                &token,
+                built_in,
+                "built-in ceremony of ecert init",
+                access,
+                "system:init",
+            )
+            .await?;
+            report.created = p.made.clone();
+            Some(p)
+        } else if store.ca(CaRole::Individual.name()).await?.is_none() {
+            return Err(Error::Config(
+                "no CA yet: with an external HSM the hierarchy is made in a key ceremony from a \
+                 reviewed file: `ecert ceremony check CEREMONY.toml`, then `ecert ceremony run \
+                 CEREMONY.toml` (docs/CEREMONY.md)"
+                    .into(),
+            ));
+        } else {
+            None
+        };
+        let auth = Self::open_with(config, store, Some(lock), db_lock).await?;
+        if let Some(p) = progress {
+            report.ceremony =
+                Some(crate::ceremony::finish(&auth, &token, p, record_out.as_deref()).await?);
+        }
         Ok((auth, report))
+    }
+
+    /// Runs a key ceremony (`ecert ceremony run`, [`crate::ceremony`]) as the signer: its CA
+    /// steps first, then the roots' CRLs with the signer open; returns the signed record (also
+    /// written to `record_out`). The database must be initialised (`ecert init`).
+    pub async fn run_ceremony(
+        config: Config,
+        ceremony: crate::ceremony::Ceremony,
+        file_text: &str,
+        access: crate::ceremony::Access,
+        record_out: Option<&std::path::Path>,
+        actor: &str,
+    ) -> Result<(Authority, String)> {
+        // A ceremony that only signs roots' CRLs runs beside the signer (the CRL that lists a
+        // revoked CA is due within 24 hours: the service is not stopped for it); one that makes
+        // CAs is the signer while it runs.
+        let makes_cas = ceremony
+            .steps
+            .iter()
+            .any(|s| !matches!(s, crate::ceremony::Step::RootCrl { .. }));
+        let lock = match makes_cas {
+            true => Some(signer_lock(&config).await?),
+            false => None,
+        };
+        let store = Store::open(&config.database_url())
+            .await?
+            .with_clock_check(&config.clock);
+        store
+            .meta("policy_arc")
+            .await?
+            .ok_or(Error::NotInitialised)?;
+        let db_lock = match makes_cas {
+            true => store.signer_lock().await?,
+            false => None,
+        };
+        let cfg2 = config.clone();
+        let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+        let progress = crate::ceremony::run_creation(
+            &config, &store, &token, ceremony, file_text, access, actor,
+        )
+        .await?;
+        let auth = Self::open_with(config, store, lock, db_lock).await?;
+        let record = crate::ceremony::finish(&auth, &token, progress, record_out).await?;
+        Ok((auth, record))
     }
 
     /// Opens an initialised CA: takes the signer lock, opens the store and the HSM keys, and
@@ -926,13 +969,16 @@ impl Authority {
             .await?
             .with_clock_check(&config.clock);
         let db_lock = store.signer_lock().await?;
-        Self::open_with(config, store, lock, db_lock).await
+        Self::open_with(config, store, Some(lock), db_lock).await
     }
 
+    /// `lock`: the signer lock, or `None` for a root-CRL ceremony beside a running signer (it
+    /// signs only with the root key it was given and resolves no leftovers: they may be the
+    /// live signer's).
     async fn open_with(
         config: Config,
         store: Store,
-        lock: File,
+        lock: Option<File>,
         db_lock: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
     ) -> Result<Authority> {
         let policy_arc = store
@@ -951,7 +997,7 @@ impl Authority {
         let responder_rows = store.responders().await?;
         let cfg2 = config.clone();
         type Keys = (
-            Vec<(CaRole, Vec<u8>, hsm::pkcs11::Pkcs11Key)>,
+            Vec<(CaRole, Vec<u8>, Option<hsm::pkcs11::Pkcs11Key>)>,
             hsm::pkcs11::Pkcs11Key,
             Vec<(crate::store::ResponderRow, Option<hsm::pkcs11::Pkcs11Key>)>,
             hsm::pkcs11::Token,
@@ -960,9 +1006,18 @@ impl Authority {
         let (keys, audit_key, responder_keys, ca_token) =
             tokio::task::spawn_blocking(move || -> Result<Keys> {
                 let token = open_token(&cfg2)?;
+                // Roots' keys are never opened here: a root signs only in a key ceremony
+                // (crate::ceremony), with its token opened by a quorum of custodians.
                 let keys = labels
                     .into_iter()
-                    .map(|(role, label, der)| Ok((role, der, token.key(&label)?)))
+                    .map(|(role, label, der)| {
+                        let key = if role.is_root() {
+                            None
+                        } else {
+                            Some(token.key(&label)?)
+                        };
+                        Ok((role, der, key))
+                    })
                     .collect::<Result<_>>()?;
                 let audit = token
                     .key(AUDIT_KEY_LABEL)
@@ -996,13 +1051,21 @@ impl Authority {
             let revoked = store.ca_revocation(role.name()).await?.is_some();
             let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
                 .map_err(|e| Error::Store(format!("stored CA certificate {}: {e}", role.name())))?;
-            if cert.tbs_certificate.subject_pki.raw != hsm::Signer::public_key_spki(&key) {
-                return Err(Error::Config(format!(
-                    "the HSM key {} does not match the {} CA certificate",
-                    role.key_label(),
-                    role.name()
-                )));
-            }
+            let signer: Arc<dyn hsm::Signer> = match key {
+                Some(key) => {
+                    if cert.tbs_certificate.subject_pki.raw != hsm::Signer::public_key_spki(&key) {
+                        return Err(Error::Config(format!(
+                            "the HSM key {} does not match the {} CA certificate",
+                            role.key_label(),
+                            role.name()
+                        )));
+                    }
+                    // `sign` verifies every assembled certificate under this CA's public key
+                    // (self_check), so the token-level check would only repeat it.
+                    Arc::new(key.without_release_check())
+                }
+                None => Arc::new(CeremonyOnly::new(cert.tbs_certificate.subject_pki.raw)?),
+            };
             cas.insert(
                 role,
                 CaState {
@@ -1011,9 +1074,7 @@ impl Authority {
                     key_id: lint::subject_key_id(cert.tbs_certificate.extensions()),
                     not_after: cert.validity().not_after.to_datetime(),
                     cert_der: der.clone(),
-                    // `sign` verifies every assembled certificate under this CA's public key
-                    // (self_check), so the token-level check would only repeat it.
-                    signer: Arc::new(key.without_release_check()),
+                    signer,
                     revoked: revoked.into(),
                 },
             );
@@ -1080,7 +1141,9 @@ impl Authority {
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };
-        auth.reconcile().await?;
+        if auth._lock.is_some() {
+            auth.reconcile().await?;
+        }
         Ok(auth)
     }
 
@@ -1130,6 +1193,31 @@ impl Authority {
         Ok(out)
     }
 
+    /// Whether this process holds the signer lock (a root-CRL ceremony beside a running signer
+    /// does not).
+    pub fn is_signer(&self) -> bool {
+        self._lock.is_some()
+    }
+
+    /// Signs `message` with the audit key (checkpoints, ceremony records).
+    pub async fn sign_with_audit_key(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let key = self.audit_key.clone();
+        let message = message.to_vec();
+        tokio::task::spawn_blocking(move || key.sign(&message))
+            .await
+            .map_err(|e| Error::Store(format!("signing task failed: {e}")))?
+            .map_err(Error::from)
+    }
+
+    /// The audit key's signature algorithm as a record names it.
+    pub fn audit_key_algorithm_name(&self) -> &'static str {
+        match self.audit_key.algorithm() {
+            hsm::Algorithm::EcdsaP384Sha384 => "ecdsa-with-SHA384",
+            hsm::Algorithm::RsaPkcs1Sha256 => "sha256WithRSAEncryption",
+            _ => "ecdsa-with-SHA256",
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -1172,9 +1260,10 @@ impl Authority {
         }
     }
 
-    /// The root revokes an issuing CA's certificate (two officers' decision, `ra::officer`): the
-    /// revocation is recorded and audited, the root's CRL is republished at once listing it,
-    /// and the CA issues nothing more. TLS BR §7.2.2: a CA certificate's CRL entry carries a
+    /// A root revokes an issuing CA's certificate (two officers' decision, `ra::officer`): the
+    /// revocation is recorded and audited and the CA issues nothing more; the root's CRL that
+    /// lists it is signed in a key ceremony (`serve` never opens a root key), due within 24
+    /// hours (TLS BR §4.9.7) and alarmed by `/healthz` until then. Returns the root. TLS BR §7.2.2: a CA certificate's CRL entry carries a
     /// reasonCode — keyCompromise, affiliationChanged, superseded, cessationOfOperation or
     /// privilegeWithdrawn. The root itself is not revoked (it is withdrawn from trust stores).
     pub async fn revoke_ca(
@@ -1182,7 +1271,7 @@ impl Authority {
         role: CaRole,
         reason: crate::revocation::Reason,
         actor: &str,
-    ) -> Result<PublishedCrl> {
+    ) -> Result<CaRole> {
         use crate::revocation::Reason;
         if role.is_root() {
             return Err(Error::Revocation(
@@ -1232,7 +1321,8 @@ impl Authority {
             .await?;
         tx.commit().await?;
         ca.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.publish_crl(root, Scope::Full, actor).await
+        tracing::warn!(ca = role.name(), root = root.name(), "CA revoked: its root's CRL must be signed in a key ceremony within 24 hours (TLS BR §4.9.7)");
+        Ok(root)
     }
 
     /// The root whose certificate issued `role`'s (by issuer name): `None` for a root. A Server
@@ -1386,8 +1476,45 @@ impl Authority {
         scope: Scope,
         actor: &str,
     ) -> Result<PublishedCrl> {
+        if role.is_root() {
+            return Err(Error::Config(format!(
+                "the {} CRL is signed with the root key, in a key ceremony: `ecert ceremony run` \
+                 with a root_crl step (docs/CEREMONY.md)",
+                role.name()
+            )));
+        }
+        self.publish_crl_with(role, scope, actor, None).await
+    }
+
+    /// A root's CRL, signed by `signer` (the root key, opened in a key ceremony: see
+    /// [`crate::ceremony`]); checked to be the key of the root's certificate.
+    pub async fn publish_root_crl(
+        &self,
+        role: CaRole,
+        signer: Arc<dyn hsm::Signer>,
+        actor: &str,
+    ) -> Result<PublishedCrl> {
+        let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+        if !role.is_root() || ca.signer.public_key_spki() != signer.public_key_spki() {
+            return Err(Error::Config(format!(
+                "the key given is not the {} root's",
+                role.name()
+            )));
+        }
+        self.publish_crl_with(role, Scope::Full, actor, Some(signer))
+            .await
+    }
+
+    async fn publish_crl_with(
+        &self,
+        role: CaRole,
+        scope: Scope,
+        actor: &str,
+        root_signer: Option<Arc<dyn hsm::Signer>>,
+    ) -> Result<PublishedCrl> {
         const DAY: i64 = 86_400;
         let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
+        let signer = root_signer.unwrap_or_else(|| ca.signer.clone());
         if role.is_root() && scope != Scope::Full {
             return Err(Error::Config("a root publishes only a full CRL".into()));
         }
@@ -1524,12 +1651,11 @@ impl Authority {
                 detail: json!({ "crl": file, "number": number, "entries": entries, "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
             })
             .await?;
-        let issuer_spki = ca.signer.public_key_spki().to_vec();
-        let alg = crate::sigalg::algorithm_identifier(ca.signer.algorithm())?;
+        let issuer_spki = signer.public_key_spki().to_vec();
+        let alg = crate::sigalg::algorithm_identifier(signer.algorithm())?;
         let der = match self.hsm_slots.acquire().await {
             Ok(_permit) => {
-                hsm_sign_checked_as(ca.signer.clone(), tbs, alg, issuer_spki, SignedKind::Crl)
-                    .await?
+                hsm_sign_checked_as(signer, tbs, alg, issuer_spki, SignedKind::Crl).await?
             }
             Err(_) => {
                 return Err(Error::Hsm(hsm::Error::TokenUnavailable {
@@ -2513,7 +2639,7 @@ impl Authority {
     }
 }
 
-fn subject_der_of(cert_der: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn subject_der_of(cert_der: &[u8]) -> Result<Vec<u8>> {
     let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert_der)
         .map_err(|e| Error::Encoding(e.to_string()))?;
     Ok(c.tbs_certificate.subject.as_raw().to_vec())
@@ -2764,10 +2890,20 @@ mod tests {
             &KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
         );
         let root_end = now + time::Duration::days(365);
+        let spec = crate::ceremony::CaSpec {
+            role: CaRole::Individual,
+            common_name: "Test CA".into(),
+            validity_days: config.ca.issuing_validity_days,
+            key_type: hsm::KeySpec::P256,
+            key_label: "k".into(),
+            path_length: 0,
+            permitted: Vec::new(),
+            excluded: Vec::new(),
+        };
         let e = ca_params(
             &config,
             "1.3.6.1.4.1.32473.1",
-            CaRole::Individual,
+            &spec,
             Some(CaRole::Root),
             &spki,
             SerialNumber::random(),
@@ -2780,7 +2916,7 @@ mod tests {
         ca_params(
             &config,
             "1.3.6.1.4.1.32473.1",
-            CaRole::Individual,
+            &spec,
             Some(CaRole::Root),
             &spki,
             SerialNumber::random(),

@@ -400,6 +400,10 @@ pub struct HsmConfig {
     /// owner's custody (DESIGN.md "Custody and roles"). Default `pii`. (Not `ecert-…`:
     /// `pkcs11-tool --token-label ecert` matches any label that starts with `ecert`.)
     pub pii_token_label: String,
+    /// Label of the root token: the roots' keys, opened only in a key ceremony with a quorum
+    /// of custodian shares (`ecert ceremony`, docs/CEREMONY.md), never by `serve`. Default
+    /// `root-keys`. In production it is on an offline HSM, not configured on the online signer.
+    pub root_token_label: String,
     /// Where the `pii` token's user PIN comes from: `"file:PATH"` (a secret the data owner
     /// controls, outside the data directory in production), `"env:NAME"`, or `"activation"`
     /// (the `data_owner` role activates the keys through the API or `/staff/personal-data`).
@@ -446,6 +450,7 @@ impl std::fmt::Debug for HsmConfig {
             .field("pool_size", &self.pool_size)
             .field("embedded", &self.embedded)
             .field("pii_token_label", &self.pii_token_label)
+            .field("root_token_label", &self.root_token_label)
             .field("pii_pin", &self.pii_pin)
             .finish()
     }
@@ -513,6 +518,7 @@ impl Default for HsmConfig {
             pool_size: 4,
             embedded: None,
             pii_token_label: "pii".into(),
+            root_token_label: "root-keys".into(),
             pii_pin: None,
         }
     }
@@ -880,6 +886,56 @@ impl Config {
                  variable outside the data directory)"
                     .into(),
             );
+        }
+        // The token table of DESIGN.md "Custody and roles" (issue 15): no PIN in the data
+        // directory, no root-token share there, a certified module.
+        let in_data_dir = |p: &Path| {
+            std::path::absolute(p)
+                .ok()
+                .zip(std::path::absolute(&self.data_dir).ok())
+                .is_some_and(|(p, d)| p.starts_with(d))
+        };
+        let user_pin_file = self
+            .hsm
+            .user_pin_file
+            .clone()
+            .unwrap_or_else(|| self.hsm_dir().join("user.pin"));
+        if std::env::var_os("ECERT_HSM_PIN").is_none() && in_data_dir(&user_pin_file) {
+            p.push(format!(
+                "the ca token's PIN is a file in the data directory ({}): give it from outside \
+                 (hsm.user_pin_file elsewhere, or ECERT_HSM_PIN)",
+                user_pin_file.display()
+            ));
+        }
+        for so in ["so.pin", "pii-so.pin"] {
+            if self.hsm_dir().join(so).exists() {
+                p.push(format!(
+                    "an SO PIN is a file in the data directory (hsm/{so}): SO PINs are kept by \
+                     custodians, never beside the data"
+                ));
+            }
+        }
+        let shares = crate::ceremony::embedded_share_path(self);
+        if shares.parent().is_some_and(Path::exists) {
+            p.push(format!(
+                "root-token shares are in the data directory ({}): the embedded default's 1-of-1 \
+                 quorum; a production root token is made in a key ceremony with m-of-n \
+                 custodians (docs/CEREMONY.md)",
+                shares.parent().unwrap_or(&shares).display()
+            ));
+        }
+        if self
+            .hsm
+            .module
+            .to_string_lossy()
+            .to_ascii_lowercase()
+            .contains("softhsm")
+        {
+            p.push(format!(
+                "hsm.module {} is SoftHSM2, a software token: CA keys need a module validated \
+                 to FIPS 140-3 level 3 (or Common Criteria EAL 4+), TLS BR §6.2.7",
+                self.hsm.module.display()
+            ));
         }
         if !self.policy_arc_decodable() {
             p.push(

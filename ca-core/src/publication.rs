@@ -100,6 +100,49 @@ impl Repository {
         self.store.crl_heads(role.name()).await
     }
 
+    /// Roots whose CRL does not yet list a CA they revoked, and since when (the revocation's
+    /// time): the CRL is due in a key ceremony within 24 hours (TLS BR §4.9.7).
+    pub async fn root_crls_waiting(&self) -> Result<Vec<(CaRole, i64)>> {
+        let mut out: Vec<(CaRole, i64)> = Vec::new();
+        let revoked = self.store.revoked_cas().await?;
+        for root in CaRole::ROOTS {
+            let Some((_, root_der)) = self.store.ca(root.name()).await? else {
+                continue;
+            };
+            let subject = x509_parser::parse_x509_certificate(&root_der)
+                .map_err(|e| crate::Error::Store(format!("stored CA certificate: {e}")))?
+                .1
+                .tbs_certificate
+                .subject
+                .as_raw()
+                .to_vec();
+            // The serials the root's newest CRL lists (a root's CRL is small).
+            let listed: Vec<Vec<u8>> = match self.store.latest_crl(root.name(), Scope::Full).await?
+            {
+                Some((_, der)) => {
+                    let (_, crl) = x509_parser::parse_x509_crl(&der)
+                        .map_err(|e| crate::Error::Store(format!("stored CRL: {e}")))?;
+                    crl.iter_revoked_certificates()
+                        .map(|r| r.raw_serial().to_vec())
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            for (der, revoked_at, _) in &revoked {
+                let (_, cert) = x509_parser::parse_x509_certificate(der)
+                    .map_err(|e| crate::Error::Store(format!("stored CA certificate: {e}")))?;
+                let issuer = cert.tbs_certificate.issuer.as_raw();
+                if issuer == subject && !listed.iter().any(|s| s == cert.raw_serial()) {
+                    match out.iter_mut().find(|(r, _)| *r == root) {
+                        Some((_, since)) => *since = (*since).min(*revoked_at),
+                        None => out.push((root, *revoked_at)),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The newest CRL of one scope of a CA.
     pub async fn latest_crl(&self, role: CaRole, scope: Scope) -> Result<Option<LatestCrl>> {
         Ok(self

@@ -174,6 +174,11 @@ fn parse(position: usize, text: &str) -> Result<Parsed> {
     })
 }
 
+/// The index of a well-formed share (its custodian's number), without combining anything.
+pub fn index_of(text: &str) -> Option<u8> {
+    parse(1, text).ok().map(|p| p.index)
+}
+
 /// Rebuilds the secret from custodians' shares and checks it against `check`. Refused, with
 /// the reason, before anything uses the secret: a mistyped share (named), shares of different
 /// sets, the same share twice, fewer than the quorum, or shares that rebuild another secret.

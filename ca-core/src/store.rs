@@ -94,6 +94,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (29, "outlet_closed", include_str!("../../migrations/sqlite/0029_outlet_closed.sql")),
     (30, "officer_proposals", include_str!("../../migrations/sqlite/0030_officer_proposals.sql")),
     (31, "api_token_last_used", include_str!("../../migrations/sqlite/0031_api_token_last_used.sql")),
+    (32, "ca_token_label", include_str!("../../migrations/sqlite/0032_ca_token_label.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -128,6 +129,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (29, "outlet_closed", include_str!("../../migrations/postgres/0029_outlet_closed.sql")),
     (30, "officer_proposals", include_str!("../../migrations/postgres/0030_officer_proposals.sql")),
     (31, "api_token_last_used", include_str!("../../migrations/postgres/0031_api_token_last_used.sql")),
+    (32, "ca_token_label", include_str!("../../migrations/postgres/0032_ca_token_label.sql")),
 ];
 
 row! {
@@ -715,6 +717,17 @@ impl Store {
         Err(missing(&format!("root of the {name}")))
     }
 
+    /// The token of CA `name`'s key when it is not the online `ca` token (a root token).
+    pub async fn ca_token(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<String>>("SELECT token_label FROM cas WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
     /// The revocation of CA `name`, if it is revoked: (revoked at, RFC 5280 reason code).
     pub async fn ca_revocation(&self, name: &str) -> Result<Option<(i64, i64)>> {
         let row = sqlx::query_as::<_, CaRevocationRow>(
@@ -758,21 +771,24 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
-    /// Stores a CA certificate.
+    /// Stores a CA certificate; `token_label` names the token of its key when it is not the
+    /// online `ca` token (a root token).
     pub async fn insert_ca(
         &self,
         tx: &mut Tx,
         name: &str,
         key_label: &str,
+        token_label: Option<&str>,
         cert_der: &[u8],
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO cas (name, key_label, cert_der, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO cas (name, key_label, cert_der, created_at, token_label) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(name)
         .bind(key_label)
         .bind(cert_der.to_vec())
         .bind(now())
+        .bind(token_label)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -1428,6 +1444,33 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| (r.number, r.der)))
+    }
+
+    /// The CRL of `issuer` with this CRLNumber.
+    pub async fn crl_der(&self, issuer: &str, number: i64) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT der FROM crls WHERE issuer = $1 AND number = $2")
+                .bind(issuer)
+                .bind(number)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Whether the audit trail holds a record of `kind` whose detail contains `needle` (a
+    /// hash: hex, so no LIKE wildcard can be in it).
+    pub async fn audit_mentions(&self, kind: &str, needle: &str) -> Result<bool> {
+        if !needle.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let n: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM audit_log WHERE kind = $1 AND detail LIKE $2",
+        )
+        .bind(kind)
+        .bind(format!("%{needle}%"))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
     }
 
     /// The newest CRL of every scope of `issuer` published so far: (scope, number, thisUpdate,

@@ -246,7 +246,19 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Option<Slot>, CkError> {
     Ok(None)
 }
 
-fn check_label(label: &str) -> Result<(), Error> {
+/// Whether a token with this label is present through `module` (no login): for checking that
+/// a token that must stay offline (a root token) is not reachable where it should not be.
+pub fn token_present(module_path: &Path, label: &str) -> Result<bool, Error> {
+    check_label(label)?;
+    let module = module(module_path)?;
+    let live = module.live();
+    Ok(find_slot(&live.ctx, label)
+        .map_err(|e| error("C_GetSlotList", e))?
+        .is_some())
+}
+
+/// Refuses a token label PKCS#11 cannot carry (empty, or longer than 32 bytes).
+pub fn check_label(label: &str) -> Result<(), Error> {
     if label.is_empty() || label.len() > 32 {
         return Err(Error::Config(
             "a PKCS#11 token label is 1 to 32 bytes long".into(),

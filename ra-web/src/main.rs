@@ -90,6 +90,10 @@ enum Command {
     /// Custody of the personal-data keys (the pii token).
     #[command(subcommand)]
     Custody(CustodyCommand),
+    /// Key ceremonies from one reviewed file (docs/CEREMONY.md): roots, issuing CAs, roots'
+    /// CRLs; the root token opens only with a quorum of custodian shares.
+    #[command(subcommand)]
+    Ceremony(CeremonyCommand),
     /// Sign in to a running service as a member of staff: the password, then the
     /// authenticator's code, on standard input (one per line). The session (12 hours) is kept
     /// 0600 in $XDG_CONFIG_HOME/ecert/session.json; the commands below act through it.
@@ -405,6 +409,16 @@ struct InitArgs {
     /// The outlet the new admin belongs to (made if missing).
     #[arg(long, requires = "admin", default_value = "hq")]
     admin_outlet: String,
+    /// Make the hierarchy with this reviewed ceremony file (docs/CEREMONY.md) instead of the
+    /// embedded default's built-in one.
+    #[arg(long, conflicts_with = "admin")]
+    ceremony: Option<PathBuf>,
+    /// With --ceremony: where one share file per custodian is written.
+    #[arg(long, requires = "ceremony")]
+    shares_out: Option<PathBuf>,
+    /// With --ceremony: where the signed record is written.
+    #[arg(long, requires = "ceremony")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -515,6 +529,43 @@ enum DebianListCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CeremonyCommand {
+    /// Validate a ceremony file against the configuration and the database, without an HSM,
+    /// and print what it would sign.
+    Check {
+        /// The ceremony file (TOML).
+        file: PathBuf,
+    },
+    /// Run a ceremony: make its keys and certificates, sign its roots' CRLs, and write the
+    /// signed record.
+    Run {
+        /// The ceremony file (TOML).
+        file: PathBuf,
+        /// A custodian's share file (repeat for each custodian present). Without any, the
+        /// shares are asked for at the terminal (the embedded default uses its one share in
+        /// the data directory).
+        #[arg(long = "share")]
+        shares: Vec<PathBuf>,
+        /// Where a ceremony that creates the root token writes one share file per custodian.
+        #[arg(long)]
+        shares_out: Option<PathBuf>,
+        /// Where the signed record is written for the witnesses (it also goes to the audit
+        /// trail).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// Check a ceremony record: the audit key's signature and, with the data directory, the
+    /// certificates, CRLs and audit record it names.
+    Verify {
+        /// The record.
+        record: PathBuf,
+        /// The audit key (PEM, from `ecert audit key`); otherwise read from the HSM.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Check the configuration; exits non-zero if it is invalid (or, with `--production`, not
     /// ready to issue publicly-trusted certificates).
@@ -587,6 +638,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Init(args) => init(config, args).await,
             Command::Custody(c) => custody(config, c).await,
+            Command::Ceremony(c) => ceremony(config, c).await,
             Command::Login {
                 server,
                 username,
@@ -686,12 +738,38 @@ async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
             return first_admin(&store, &vault, username, &a.admin_name, &a.admin_outlet).await;
         }
     }
-    let (auth, report) = Authority::init(config).await?;
+    let run = match &a.ceremony {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            Some(ca_core::authority::CeremonyRun {
+                ceremony: ca_core::ceremony::Ceremony::parse(&text)?,
+                text,
+                access: ca_core::ceremony::Access {
+                    shares: Vec::new(),
+                    shares_out: a.shares_out.clone(),
+                },
+                record_out: a.record.clone(),
+            })
+        }
+        None => None,
+    };
+    let from_file = run.is_some();
+    let (auth, report) = Authority::init_with(config, run).await?;
     for role in &report.created {
         outln!("created {} CA", role.name());
     }
     for role in &report.existing {
         outln!("{} CA already exists", role.name());
+    }
+    if let (Some(record), true) = (&report.ceremony, from_file) {
+        out!("{record}");
+    } else if report.ceremony.is_some() {
+        outln!(
+            "ran the built-in key ceremony (embedded default): roots in the root token, a 1-of-1 \
+             quorum whose one share is kept in {}; for production see docs/CEREMONY.md",
+            ca_core::ceremony::embedded_share_path(auth.config()).display()
+        );
     }
     if let Some(username) = &a.admin {
         let made = first_admin(
@@ -710,6 +788,105 @@ async fn init(config: Config, a: InitArgs) -> anyhow::Result<()> {
     checkpoint(&auth).await;
     print_ca_list(auth.store()).await?;
     Ok(())
+}
+
+/// `ecert ceremony`.
+async fn ceremony(config: Config, c: CeremonyCommand) -> anyhow::Result<()> {
+    use ca_core::ceremony::{self, Ceremony};
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    match c {
+        CeremonyCommand::Check { file } => {
+            let text = read(&file)?;
+            let c = Ceremony::parse(&text)?;
+            let store = open_store(&config).await?;
+            for line in c.check(&config, &store).await? {
+                outln!("{line}");
+            }
+            outln!(
+                "ceremony file is valid; SHA-256 {}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
+            );
+            Ok(())
+        }
+        CeremonyCommand::Run {
+            file,
+            shares,
+            shares_out,
+            record,
+        } => {
+            let text = read(&file)?;
+            let c = Ceremony::parse(&text)?;
+            let mut access = ceremony::Access {
+                shares: Vec::new(),
+                shares_out,
+            };
+            for path in &shares {
+                let t = read(path)?;
+                let share = ceremony::user_share_of(&t).with_context(|| {
+                    format!(
+                        "{} holds no share (a `user PIN share:` line)",
+                        path.display()
+                    )
+                })?;
+                access.shares.push(zeroize::Zeroizing::new(share));
+            }
+            if shares.is_empty() {
+                let embedded = ceremony::embedded_share_path(&config);
+                if config.embedded_softhsm() && embedded.exists() {
+                    eprintln!(
+                        "using the embedded default's 1-of-1 root-token share in {}",
+                        embedded.display()
+                    );
+                    access.shares = ceremony::embedded_access(&config)?.shares;
+                } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    loop {
+                        let s =
+                            client::read_secret("custodian share (empty line when all are in)")?;
+                        if s.trim().is_empty() {
+                            break;
+                        }
+                        access
+                            .shares
+                            .push(zeroize::Zeroizing::new(s.trim().to_string()));
+                    }
+                }
+            }
+            let (auth, rec) =
+                Authority::run_ceremony(config, c, &text, access, record.as_deref(), &actor())
+                    .await?;
+            // Beside a running signer, its next tick checkpoints (and feeds the witness).
+            if auth.is_signer() {
+                checkpoint(&auth).await;
+            }
+            out!("{rec}");
+            Ok(())
+        }
+        CeremonyCommand::Verify { record, public_key } => {
+            let text = read(&record)?;
+            let spki = match &public_key {
+                Some(path) => read_public_key(path)?,
+                None => Authority::audit_public_key_from_hsm(&config).await?,
+            };
+            let store = open_store(&config).await.ok();
+            let v = ceremony::verify_record(&text, &spki, store.as_ref()).await?;
+            outln!(
+                "ceremony record {:?} verifies: signed by the audit key; {} steps{}",
+                v.name,
+                v.steps,
+                if store.is_some() {
+                    format!(
+                        "; {} certificate and CRL hashes match the data directory and the audit trail holds it",
+                        v.matched
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `ecert login`.
@@ -1710,7 +1887,24 @@ fn config_check(config: &Config, production: bool) -> anyhow::Result<()> {
     for w in config.warnings() {
         eprintln!("warning: {w}");
     }
-    let unfit = config.production_problems()?;
+    let mut unfit = config.production_problems()?;
+    // The root token is offline: in production the online signer's module must not reach it
+    // (DESIGN.md "Custody and roles"). Only asked of a hardware module (SoftHSM2 is refused
+    // above) that exists.
+    if production && !config.embedded_softhsm() && config.hsm.module.exists() {
+        match hsm::pkcs11::token_present(&config.hsm.module, &config.hsm.root_token_label) {
+            Ok(true) => unfit.push(format!(
+                "the root token {:?} is reachable through the online signer's module {}: \
+                 roots stay offline, opened only in a key ceremony",
+                config.hsm.root_token_label,
+                config.hsm.module.display()
+            )),
+            Ok(false) => {}
+            Err(e) => unfit.push(format!(
+                "the PKCS#11 module could not be asked for tokens: {e}"
+            )),
+        }
+    }
     for p in &unfit {
         eprintln!("{}: {p}", if production { "error" } else { "warning" });
     }

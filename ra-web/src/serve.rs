@@ -138,6 +138,9 @@ struct Probe {
     /// CRLs behind the revocations of their scope: since when (Unix seconds) each has been
     /// (a revocation a relying party would not find in the CRL its certificate names).
     crls_behind: HashMap<(CaRole, Scope), i64>,
+    /// Roots whose CRL does not list a CA they revoked yet, since the revocation (a key
+    /// ceremony's root_crl step is due within 24 hours, TLS BR §4.9.7).
+    root_crls_waiting: Vec<(CaRole, i64)>,
     /// The signer's write probes failed in a row, and the last one's error.
     write_failures: u32,
     write_error: Option<String>,
@@ -154,6 +157,9 @@ struct HsmHealth {
     /// Since when checks have been failing.
     fault_since: Option<i64>,
 }
+
+/// `/healthz` warns this long before a root's CRL must be signed again in a ceremony.
+const ROOT_CRL_WARNING: i64 = 30 * 86_400;
 
 /// How often the signer checks that the HSM signs (one signature with the audit key).
 const HSM_CHECK_EVERY: Duration = Duration::from_secs(3);
@@ -596,6 +602,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         }
     };
     let known = s.crls.read().map(|m| m.clone()).unwrap_or_default();
+    let mut root_alarms = Vec::new();
     for role in CaRole::ALL.into_iter().filter(|r| s.cas.contains_key(r)) {
         let mut v = match known.get(&(role, Scope::Full)) {
             Some((number, next_update, _)) => {
@@ -608,7 +615,34 @@ async fn healthz(State(s): State<Shared>) -> Response {
                 serde_json::json!({ "missing": true })
             }
         };
-        if !role.is_root() {
+        if role.is_root() {
+            // A root's CRL is signed in a key ceremony, never here: warn 30 days before its
+            // nextUpdate, and alarm while a CA revocation waits for it (due within 24 hours,
+            // TLS BR §4.9.7; the 12-month limit otherwise).
+            if let Some((_, next_update, _)) = known.get(&(role, Scope::Full)) {
+                let days_left = (next_update - now) / 86_400;
+                v["ceremony_due_in_days"] = serde_json::json!(days_left);
+                let soon = next_update - now < ROOT_CRL_WARNING;
+                v["ceremony_due_soon"] = serde_json::json!(soon);
+                if soon {
+                    root_alarms.push(format!(
+                        "the {} CRL must be signed in a key ceremony within {days_left} days",
+                        role.name()
+                    ));
+                }
+            }
+            if let Some((_, since)) = probe.root_crls_waiting.iter().find(|(r, _)| *r == role) {
+                ok = false;
+                root_alarms.push(format!(
+                    "a CA revocation waits for the {} CRL's key ceremony (due within 24 hours)",
+                    role.name()
+                ));
+                v["revocation_waits_for_ceremony"] = serde_json::json!({
+                    "since_seconds": now - since,
+                    "overdue": now - since > 86_400,
+                });
+            }
+        } else {
             // Every partition that certificates may name must be served and current.
             let expected = known
                 .keys()
@@ -762,6 +796,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     // The personal-data keys (issue 14, custody): without them OCSP, CRLs, sign-in and
     // revocation go on, so it is not a fault, but counter functions answer 503: an alarm.
     let mut alarms = alarms;
+    alarms.extend(root_alarms);
     let personal_data = match &s.auth {
         Some(auth) => match auth.personal_data_problem() {
             None => serde_json::json!({ "status": "activated" }),
@@ -951,7 +986,15 @@ async fn probe(s: &AppState) {
         let reports = s.repo.problem_report_clocks(now).await.map_err(|e| {
             tracing::warn!(error = %e, "could not count the problem reports' clocks");
         });
-        Ok::<_, ca_core::Error>((counts, backlog, heads, reports.ok(), versions))
+        let roots_waiting = s.repo.root_crls_waiting().await?;
+        Ok::<_, ca_core::Error>((
+            counts,
+            backlog,
+            heads,
+            reports.ok(),
+            versions,
+            roots_waiting,
+        ))
     };
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
     let result = tokio::time::timeout(DB_PROBE, read).await;
@@ -982,7 +1025,8 @@ async fn probe(s: &AppState) {
         }
     }
     match result {
-        Ok(Ok((counts, backlog, heads, reports, versions))) => {
+        Ok(Ok((counts, backlog, heads, reports, versions, roots_waiting))) => {
+            p.root_crls_waiting = roots_waiting;
             // A scope whose revocations are newer than its newest CRL was built from is
             // behind; remember since when, forget once a CRL caught up.
             let mut behind = HashMap::new();
@@ -1197,7 +1241,11 @@ async fn publish_due(
         }
     };
     let now = now();
-    for role in CaRole::ALL.into_iter().filter(|r| auth.ca_cert(*r).is_ok()) {
+    // Roots' CRLs are signed in key ceremonies (the service never opens a root key).
+    for role in CaRole::ALL
+        .into_iter()
+        .filter(|r| !r.is_root() && auth.ca_cert(*r).is_ok())
+    {
         let due = match auth.crls_due(role, now, interval).await {
             Ok(d) => d,
             Err(e) => {

@@ -999,6 +999,21 @@ impl Ca {
         CertFile::read(&path)
     }
 
+    /// Signs a root's CRL in a key ceremony (a one-step file; the embedded default's 1-of-1
+    /// share in the data directory opens the root token). Returns the signed record.
+    pub fn root_crl_ceremony(&self, root: &str) -> String {
+        let file = self.file(&format!("root-crl-{root}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"CRL of {root}\"\ncustodians = [\"the operator of the embedded default\"]\n\
+                 quorum = 1\n[[step]]\nkind = \"root_crl\"\nca = \"{root}\"\n"
+            ),
+        )
+        .unwrap();
+        self.ecert_ok(&["ceremony", "run", file.to_str().unwrap()])
+    }
+
     /// Both roots in one PEM file: the trust of a relying party that installed both (an OCSP
     /// or chain check that does not depend on which root is over a certificate).
     pub fn roots_bundle(&self) -> PathBuf {

@@ -14,6 +14,8 @@ mod audit;
 mod browser;
 #[path = "e2e/cas.rs"]
 mod cas;
+#[path = "e2e/ceremony.rs"]
+mod ceremony;
 #[path = "e2e/config.rs"]
 mod config;
 #[path = "e2e/crash.rs"]

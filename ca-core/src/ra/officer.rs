@@ -519,11 +519,12 @@ async fn carry_out(auth: &Authority, id: &str, who: &str) -> Result<()> {
                 if store.ca_revocation(role.name()).await?.is_some() {
                     return Ok(format!("the {} CA was revoked already", role.name()));
                 }
-                let crl = auth.revoke_ca(role, reason, who).await?;
+                let root = auth.revoke_ca(role, reason, who).await?;
                 Ok(format!(
-                    "the {} CA revoked; root CRL number {}",
+                    "the {} CA revoked; the {} CRL that lists it is signed in a key ceremony \
+                     (a root_crl step) within 24 hours",
                     role.name(),
-                    crl.number
+                    root.name()
                 ))
             }
             other => Err(Error::Store(format!("proposal {id}: unknown kind {other}"))),

@@ -99,8 +99,11 @@ fn crls_list_revocations_and_pass_the_judges() {
     };
     assert!(published("individual.crl", 2), "{out}");
     assert!(published("server.crl", 1), "{out}");
-    ca.ecert_ok(&["crl", "publish", "--ca", "root"]);
-    ca.ecert_ok(&["crl", "publish", "--ca", "tls-root"]);
+    // Roots' CRLs are signed in key ceremonies, never by `crl publish`.
+    let refused = ca.ecert_err(&["crl", "publish", "--ca", "root"]);
+    assert!(refused.contains("key ceremony"), "{refused}");
+    ca.root_crl_ceremony("root");
+    ca.root_crl_ceremony("tls-root");
 
     let root = ca.export("root");
     let tls_root = ca.export("tls-root");
@@ -448,7 +451,7 @@ fn revoking_an_issuing_ca() {
     let csr = ca.csr("before", KeyType::P256);
     let leaf = crate::apply::issue(&ca, &p, &csr.csr, "before the CA's revocation");
     ca.ecert_ok(&["crl", "publish"]);
-    ca.ecert_ok(&["crl", "publish", "--ca", "root"]);
+    ca.root_crl_ceremony("root");
     let (root, individual) = (ca.export("root"), ca.export("individual"));
     let verify_all = |root_crl: &std::path::Path, ind_crl: &std::path::Path| {
         let mut c = std::process::Command::new("openssl");
@@ -495,10 +498,47 @@ fn revoking_an_issuing_ca() {
     }
     let done = crate::apply::officers_decide(&ca, proposal("individual", "keyCompromise"));
     assert!(
-        done.to_string()
-            .contains("the individual CA revoked; root CRL number"),
+        done.to_string().contains(
+            "the individual CA revoked; the root CRL that lists it is signed in a key ceremony"
+        ),
         "{done}"
     );
+    // Until the ceremony, /healthz alarms: a CA revocation waits for its root's CRL (TLS BR
+    // §4.9.7: within 24 hours); the TLS root has nothing waiting.
+    let srv = crate::serve::start(&ca);
+    let health = |addr: &str| -> serde_json::Value {
+        serde_json::from_slice(&crate::serve::get(addr, "/healthz").2).unwrap()
+    };
+    let h = health(&srv.1);
+    assert_eq!(h["status"], "fault", "{h}");
+    assert!(
+        h["crl"]["root"]["revocation_waits_for_ceremony"]["since_seconds"].is_i64(),
+        "{h}"
+    );
+    assert!(
+        h["crl"]["tls-root"]
+            .get("revocation_waits_for_ceremony")
+            .is_none(),
+        "{h}"
+    );
+    assert!(
+        h["crl"]["root"]["ceremony_due_in_days"].as_i64() > Some(300),
+        "{h}"
+    );
+    let record = ca.root_crl_ceremony("root");
+    assert!(record.contains("CRL of root: number"), "{record}");
+    let start = Instant::now();
+    while health(&srv.1)["crl"]["root"]
+        .get("revocation_waits_for_ceremony")
+        .is_some()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the alarm stays after the ceremony"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(srv);
     // Decided again: nothing changes (the reason recorded stays keyCompromise, below).
     let again = crate::apply::officers_decide(&ca, proposal("individual", "superseded"));
     assert!(again.to_string().contains("was revoked already"), "{again}");

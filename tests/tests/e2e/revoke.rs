@@ -473,7 +473,10 @@ fn two_officers_revoke_many_and_block_a_key_through_the_api() {
         "the list confirmed is shown: {listed}"
     );
     drop(server);
-    // The Server CA is under the TLS root: its revocation is on that root's CRL.
+    // The Server CA is under the TLS root: its revocation is on that root's CRL, signed in a
+    // key ceremony.
+    ca.root_crl_ceremony("tls-root");
+    ca.root_crl_ceremony("root");
     let root_crl = ca.file("tls-root.crl.pem");
     std::fs::write(&root_crl, ca.ecert_ok(&["crl", "export", "tls-root"])).unwrap();
     pkilint(

@@ -1,0 +1,1222 @@
+//! Key ceremonies (issue 15; docs/CEREMONY.md): one declarative, reviewed file says what is
+//! made — root keys and certificates, issuing-CA keys and certificates, roots' CRLs — and
+//! `ecert ceremony run` does exactly that, with the root token opened only by a quorum of
+//! custodians.
+//!
+//! - **Check first.** [`Ceremony::check`] validates the file against the configuration and the
+//!   store without touching an HSM, and returns the plan the operator reads
+//!   (`ecert ceremony check`): every name, validity, key type, path length, name constraint
+//!   and policy OID of every certificate to be signed.
+//! - **The root token.** Root keys live in their own token (`[hsm] root_token_label`), never
+//!   opened by `serve`. The first ceremony that needs it initialises it with random user and
+//!   SO PINs and splits each m of n among the file's custodians ([`crate::quorum`]); only the
+//!   shares leave the ceremony. Later ceremonies rebuild the PIN from any m shares, check it
+//!   against the MAC stored at creation before any `C_Login` (a real HSM locks after a few
+//!   wrong PINs), and a refusal is audited (`ceremony.quorum_refused`).
+//! - **The record.** Every ceremony ends with a human-readable record — who (custodians by
+//!   name, witnesses), when, the file's SHA-256, each key's SPKI hash, each certificate's and
+//!   CRL's hash — signed by the audit key, written to a file for the witnesses and into the
+//!   audit trail (`ceremony.completed`). [`verify_record`] checks one (`ecert ceremony
+//!   verify`).
+//!
+//! `ecert init` on the embedded default runs the built-in ceremony ([`Ceremony::built_in`]):
+//! both hierarchies from `[ca]`, a 1-of-1 quorum whose one share is kept in the data
+//! directory (so the demonstration service runs in one command; `config check --production`
+//! refuses it).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::audit::Event;
+use crate::authority::{self, Authority};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keys::SubscriberKey;
+use crate::lint::{self, Expect, LintInput};
+use crate::profile::CaRole;
+use crate::quorum;
+use crate::serial::SerialNumber;
+use crate::store::Store;
+
+/// The longest a root may last: websites trust ends 15 years after its key is made (Mozilla
+/// Root Store Policy 3.1 §7.4).
+pub const MAX_ROOT_DAYS: u32 = crate::config::MAX_ROOT_VALIDITY_DAYS;
+
+/// Where the embedded default keeps its one root-token share (1-of-1; refused by
+/// `config check --production`).
+pub fn embedded_share_path(config: &Config) -> PathBuf {
+    config.hsm_dir().join("root-shares").join("share-1.txt")
+}
+
+/// The embedded default's way into the root token: its one share from the data directory
+/// when it exists, else new shares written there.
+pub fn embedded_access(config: &Config) -> Result<Access> {
+    let path = embedded_share_path(config);
+    let mut access = Access::default();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => access
+            .shares
+            .extend(user_share_of(&text).map(Zeroizing::new)),
+        Err(_) => access.shares_out = path.parent().map(Path::to_path_buf),
+    }
+    Ok(access)
+}
+
+/// A ceremony file (`CEREMONY.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ceremony {
+    /// What the ceremony is, as the record names it.
+    pub name: String,
+    /// The custodians of the root token's PIN shares, in share order (share 1 is the first).
+    pub custodians: Vec<String>,
+    /// How many of them open the root token (m of n, n = custodians).
+    pub quorum: u8,
+    /// The witnesses, as the record names them.
+    #[serde(default)]
+    pub witnesses: Vec<String>,
+    /// The root token; defaults from `[hsm]`.
+    #[serde(default)]
+    pub root_token: RootToken,
+    /// What is done, in order.
+    #[serde(rename = "step")]
+    pub steps: Vec<Step>,
+}
+
+/// The token root keys live in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootToken {
+    /// Its label (default `[hsm] root_token_label`).
+    pub label: Option<String>,
+    /// The PKCS#11 module that reaches it (default `[hsm] module`).
+    pub module: Option<PathBuf>,
+}
+
+/// One step of a ceremony.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// A root key in the root token and its self-signed certificate.
+    Root {
+        /// `root` (S/MIME) or `tls-root`.
+        ca: String,
+        /// `p256`, `p384`, `rsa2048`, `rsa3072`, `rsa4096`.
+        key_type: String,
+        /// The subject CN (C and O come from `[ca]`).
+        common_name: String,
+        /// At most 5478 (15 years).
+        validity_days: u32,
+        /// The key's label in the token (default `ecert-<ca>-ca`).
+        key_label: Option<String>,
+    },
+    /// An issuing-CA key in the online `ca` token and its certificate, signed by a root.
+    Issuing {
+        /// `individual` or `server`.
+        ca: String,
+        /// The root that signs it.
+        root: String,
+        /// The key type.
+        key_type: String,
+        /// The subject CN.
+        common_name: String,
+        /// Must end before the root.
+        validity_days: u32,
+        /// The key's label (default `ecert-<ca>-ca`).
+        key_label: Option<String>,
+        /// basicConstraints pathLenConstraint (default and only value: 0, it issues leaves).
+        path_length: Option<u8>,
+        /// Name constraints (RFC 5280 §4.2.1.10): DNS names for the Server CA, mail domains or
+        /// mailboxes for the Individual CA.
+        #[serde(default)]
+        permitted: Vec<String>,
+        /// Excluded subtrees, likewise.
+        #[serde(default)]
+        excluded: Vec<String>,
+    },
+    /// A root's CRL (its revoked issuing CAs), signed with the root key.
+    RootCrl {
+        /// The root.
+        ca: String,
+    },
+}
+
+/// A CA certificate to be made, as checked.
+#[derive(Debug, Clone)]
+pub struct CaSpec {
+    /// Which CA.
+    pub role: CaRole,
+    /// Subject CN.
+    pub common_name: String,
+    /// Validity.
+    pub validity_days: u32,
+    /// Key type.
+    pub key_type: hsm::KeySpec,
+    /// Key label.
+    pub key_label: String,
+    /// pathLenConstraint (issuing CAs).
+    pub path_length: u8,
+    /// Permitted subtrees.
+    pub permitted: Vec<String>,
+    /// Excluded subtrees.
+    pub excluded: Vec<String>,
+}
+
+/// A step as checked.
+#[derive(Debug, Clone)]
+enum Planned {
+    Root(CaSpec),
+    Issuing { spec: CaSpec, root: CaRole },
+    RootCrl(CaRole),
+}
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        field: "ceremony",
+        reason: reason.into(),
+    }
+}
+
+fn key_type(s: &str) -> Result<hsm::KeySpec> {
+    s.parse().map_err(|e: String| bad(e))
+}
+
+fn cn(s: &str) -> Result<String> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().count() > 64 {
+        return Err(bad(format!("common_name {s:?} must be 1 to 64 characters")));
+    }
+    Ok(t.to_string())
+}
+
+impl Ceremony {
+    /// Parses a ceremony file's text.
+    pub fn parse(text: &str) -> Result<Ceremony> {
+        toml::from_str(text).map_err(|e| bad(format!("the file does not parse: {e}")))
+    }
+
+    /// The built-in ceremony of `ecert init` on the embedded default: each root and issuing CA
+    /// that does not exist yet, from `[ca]`, with a 1-of-1 quorum, then the new roots' CRLs.
+    pub async fn built_in(config: &Config, store: &Store) -> Result<Ceremony> {
+        let c = &config.ca;
+        let mut steps = Vec::new();
+        let exists = |role: CaRole| async move { store.ca(role.name()).await.map(|r| r.is_some()) };
+        // A data directory made before the TLS root keeps its Server CA under the S/MIME root;
+        // its TLS root comes with that CA's rollover.
+        let legacy = exists(CaRole::Server).await? && !exists(CaRole::TlsRoot).await?;
+        for role in CaRole::ROOTS {
+            if exists(role).await? || (role == CaRole::TlsRoot && legacy) {
+                continue;
+            }
+            steps.push(Step::Root {
+                ca: role.name().into(),
+                key_type: config.ca_key_type(role)?.name().into(),
+                common_name: if role == CaRole::TlsRoot {
+                    c.tls_root_common_name.clone()
+                } else {
+                    c.root_common_name.clone()
+                },
+                validity_days: c.root_validity_days,
+                key_label: None,
+            });
+        }
+        for role in [CaRole::Individual, CaRole::Server] {
+            if exists(role).await? {
+                continue;
+            }
+            steps.push(Step::Issuing {
+                ca: role.name().into(),
+                root: role.intended_root().unwrap_or(CaRole::Root).name().into(),
+                key_type: config.ca_key_type(role)?.name().into(),
+                common_name: if role == CaRole::Server {
+                    c.server_common_name.clone()
+                } else {
+                    c.individual_common_name.clone()
+                },
+                validity_days: c.issuing_validity_days,
+                key_label: None,
+                path_length: None,
+                permitted: Vec::new(),
+                excluded: Vec::new(),
+            });
+        }
+        let made: Vec<String> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Root { ca, .. } => Some(ca.clone()),
+                _ => None,
+            })
+            .collect();
+        for ca in made {
+            steps.push(Step::RootCrl { ca });
+        }
+        Ok(Ceremony {
+            name: "built-in ceremony of `ecert init` (embedded default, 1-of-1 quorum)".into(),
+            custodians: vec!["the operator of the embedded default".into()],
+            quorum: 1,
+            witnesses: Vec::new(),
+            root_token: RootToken::default(),
+            steps,
+        })
+    }
+
+    /// The root token's label and module.
+    pub fn root_token(&self, config: &Config) -> (String, PathBuf) {
+        (
+            self.root_token
+                .label
+                .clone()
+                .unwrap_or_else(|| config.hsm.root_token_label.clone()),
+            self.root_token
+                .module
+                .clone()
+                .unwrap_or_else(|| config.hsm.module.clone()),
+        )
+    }
+
+    /// Validates the file against the configuration and the store, without an HSM; returns
+    /// the plan, one line per certificate or CRL to be signed.
+    pub async fn check(&self, config: &Config, store: &Store) -> Result<Vec<String>> {
+        Ok(self.plan(config, store).await?.1)
+    }
+
+    async fn plan(&self, config: &Config, store: &Store) -> Result<(Vec<Planned>, Vec<String>)> {
+        if self.name.trim().is_empty() {
+            return Err(bad("name is empty"));
+        }
+        let n = self.custodians.len();
+        if n == 0 || n > 16 {
+            return Err(bad("custodians: 1 to 16 names"));
+        }
+        let unique: BTreeSet<&str> = self.custodians.iter().map(|c| c.trim()).collect();
+        if unique.len() != n || unique.contains("") {
+            return Err(bad("custodians: each named once, none empty"));
+        }
+        if self.quorum == 0 || usize::from(self.quorum) > n {
+            return Err(bad(format!(
+                "quorum {} of {n} custodians: it must be 1 to {n}",
+                self.quorum
+            )));
+        }
+        if self.steps.is_empty() {
+            return Err(bad("no step"));
+        }
+        let (label, module) = self.root_token(config);
+        hsm::pkcs11::check_label(&label).map_err(|e| bad(e.to_string()))?;
+        if label == config.hsm.token_label || label == config.hsm.pii_token_label {
+            return Err(bad(format!(
+                "the root token {label:?} must not be the online `ca` or the `pii` token"
+            )));
+        }
+        // A root token that exists has its custodians and quorum: the file must name them as
+        // they are (the record says who holds which share).
+        if let Some(j) = store.meta(&meta_key(&label, "custodians")).await? {
+            let stored: Vec<String> = serde_json::from_str(&j).unwrap_or_default();
+            let m = store
+                .meta(&meta_key(&label, "quorum"))
+                .await?
+                .unwrap_or_else(|| "?".into());
+            if stored != self.custodians || m != self.quorum.to_string() {
+                return Err(bad(format!(
+                    "the root token {label:?} is held by {} with a quorum of {m}: name them, in \
+                     share order, and that quorum",
+                    stored.join(", "),
+                )));
+            }
+        }
+        let arc = match store.meta("policy_arc").await? {
+            Some(a) => a,
+            None => config
+                .ca
+                .policy_arc
+                .clone()
+                .unwrap_or_else(|| "2.25.<made by init>".into()),
+        };
+        let mut lines = vec![format!(
+            "ceremony {:?}: quorum {} of {} ({}); root token {label:?} via {}",
+            self.name,
+            self.quorum,
+            n,
+            self.custodians.join(", "),
+            module.display()
+        )];
+        let mut made: Vec<(CaRole, u32)> = Vec::new();
+        let mut planned = Vec::new();
+        let mut crls_started = false;
+        for (i, step) in self.steps.iter().enumerate() {
+            let k = i + 1;
+            let role_of = |name: &str| {
+                CaRole::from_name(name).map_err(|_| bad(format!("step {k}: no CA named {name:?}")))
+            };
+            match step {
+                Step::Root {
+                    ca,
+                    key_type: kt,
+                    common_name,
+                    validity_days,
+                    key_label,
+                } => {
+                    let role = role_of(ca)?;
+                    if !role.is_root() {
+                        return Err(bad(format!("step {k}: {ca} is not a root")));
+                    }
+                    let kt = key_type(kt)?;
+                    if crls_started {
+                        return Err(bad(format!(
+                            "step {k}: keys and certificates come before CRLs"
+                        )));
+                    }
+                    fresh(store, k, role, &made).await?;
+                    if *validity_days == 0 || *validity_days > MAX_ROOT_DAYS {
+                        return Err(bad(format!(
+                            "step {k}: validity_days {validity_days}: a root lasts 1 to {MAX_ROOT_DAYS} days (websites trust ends 15 years after its key is made, Mozilla Root Store Policy 3.1 §7.4)"
+                        )));
+                    }
+                    let spec = CaSpec {
+                        role,
+                        common_name: cn(common_name)?,
+                        validity_days: *validity_days,
+                        key_type: kt,
+                        key_label: key_label.clone().unwrap_or_else(|| role.key_label()),
+                        path_length: 0,
+                        permitted: Vec::new(),
+                        excluded: Vec::new(),
+                    };
+                    lines.push(format!(
+                        "step {k}: root {}: key {} ({}) in the root token; self-signed \"C={}, O={}, CN={}\"; {} days; keyCertSign, cRLSign, digitalSignature; cA, no path length",
+                        role.name(), spec.key_label, spec.key_type, config.ca.country, config.ca.organization, spec.common_name, spec.validity_days
+                    ));
+                    made.push((role, *validity_days));
+                    planned.push(Planned::Root(spec));
+                }
+                Step::Issuing {
+                    ca,
+                    root,
+                    key_type: kt,
+                    common_name,
+                    validity_days,
+                    key_label,
+                    path_length,
+                    permitted,
+                    excluded,
+                } => {
+                    let role = role_of(ca)?;
+                    let root = role_of(root)?;
+                    let kt = key_type(kt)?;
+                    if role.is_root() || !root.is_root() {
+                        return Err(bad(format!(
+                            "step {k}: an issuing step makes individual or server under root or tls-root"
+                        )));
+                    }
+                    if role.intended_root() != Some(root) {
+                        return Err(bad(format!(
+                            "step {k}: the {} CA belongs under {} (one purpose per hierarchy, Mozilla Root Store Policy 3.1 §7.5)",
+                            role.name(),
+                            role.intended_root().map_or("?", CaRole::name)
+                        )));
+                    }
+                    if crls_started {
+                        return Err(bad(format!(
+                            "step {k}: keys and certificates come before CRLs"
+                        )));
+                    }
+                    fresh(store, k, role, &made).await?;
+                    let root_days = match made.iter().find(|(r, _)| *r == root) {
+                        Some((_, d)) => Some(*d),
+                        None if store.ca(root.name()).await?.is_some() => None,
+                        None => {
+                            return Err(bad(format!(
+                            "step {k}: the root {} neither exists nor is made earlier in this file",
+                            root.name()
+                        )))
+                        }
+                    };
+                    if *validity_days == 0 || root_days.is_some_and(|d| *validity_days >= d) {
+                        return Err(bad(format!(
+                            "step {k}: validity_days {validity_days}: an issuing CA ends before its root"
+                        )));
+                    }
+                    let path_length = path_length.unwrap_or(0);
+                    if path_length != 0 {
+                        return Err(bad(format!(
+                            "step {k}: path_length {path_length}: ecert's issuing CAs issue end-entity certificates only (0)"
+                        )));
+                    }
+                    for n in permitted.iter().chain(excluded) {
+                        let ok = !n.is_empty()
+                            && n.len() <= 253
+                            && n.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "-.@".contains(c))
+                            && (role == CaRole::Individual || !n.contains('@'));
+                        if !ok {
+                            return Err(bad(format!(
+                                "step {k}: name constraint {n:?} is not a {}",
+                                if role == CaRole::Server {
+                                    "DNS name"
+                                } else {
+                                    "mail domain or mailbox"
+                                }
+                            )));
+                        }
+                    }
+                    let spec = CaSpec {
+                        role,
+                        common_name: cn(common_name)?,
+                        validity_days: *validity_days,
+                        key_type: kt,
+                        key_label: key_label.clone().unwrap_or_else(|| role.key_label()),
+                        path_length,
+                        permitted: permitted.clone(),
+                        excluded: excluded.clone(),
+                    };
+                    let policies: Vec<String> = policy_oids(role, &arc);
+                    let eku = if role == CaRole::Server {
+                        "serverAuth"
+                    } else {
+                        "emailProtection, clientAuth"
+                    };
+                    let base = config.base_url();
+                    lines.push(format!(
+                        "step {k}: issuing {}: key {} ({}) in the online token; \"C={}, O={}, CN={}\" signed by {}; {} days; pathLen {}; EKU {eku}; policies {}; CDP {base}/crl/{}.crl; caIssuers {base}/ca/{}.crt{}",
+                        role.name(), spec.key_label, spec.key_type, config.ca.country, config.ca.organization, spec.common_name, root.name(), spec.validity_days, spec.path_length, policies.join(", "), root.name(), root.name(),
+                        if spec.permitted.is_empty() && spec.excluded.is_empty() { String::new() } else { format!("; name constraints permitted [{}] excluded [{}]", spec.permitted.join(", "), spec.excluded.join(", ")) }
+                    ));
+                    made.push((role, *validity_days));
+                    planned.push(Planned::Issuing { spec, root });
+                }
+                Step::RootCrl { ca } => {
+                    let role = role_of(ca)?;
+                    if !role.is_root() {
+                        return Err(bad(format!(
+                            "step {k}: {ca} is not a root: its CRLs are the signer's"
+                        )));
+                    }
+                    if !made.iter().any(|(r, _)| *r == role)
+                        && store.ca(role.name()).await?.is_none()
+                    {
+                        return Err(bad(format!("step {k}: the root {ca} does not exist")));
+                    }
+                    crls_started = true;
+                    lines.push(format!(
+                        "step {k}: CRL of {}: the issuing CAs it revoked; nextUpdate in 365 days",
+                        role.name()
+                    ));
+                    planned.push(Planned::RootCrl(role));
+                }
+            }
+        }
+        Ok((planned, lines))
+    }
+}
+
+/// Refuses a CA the file makes twice or that exists (a successor needs a rollover).
+async fn fresh(store: &Store, k: usize, role: CaRole, made: &[(CaRole, u32)]) -> Result<()> {
+    if made.iter().any(|(r, _)| *r == role) {
+        return Err(bad(format!(
+            "step {k}: the {} CA is made twice",
+            role.name()
+        )));
+    }
+    if store.ca(role.name()).await?.is_some() {
+        return Err(bad(format!(
+            "step {k}: the {} CA exists already (a successor needs a rollover)",
+            role.name()
+        )));
+    }
+    Ok(())
+}
+
+/// The policy OIDs an issuing CA's certificate asserts: the CA/B Forum's reserved ones of its
+/// profiles, then this CA's own under the arc (as [`authority`] encodes them).
+fn policy_oids(role: CaRole, arc: &str) -> Vec<String> {
+    let profiles: Vec<_> = crate::profile::PROFILES
+        .iter()
+        .filter(|p| p.issuer == role)
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for p in &profiles {
+        if !out.iter().any(|o| o == p.cabf_policy) {
+            out.push(p.cabf_policy.to_string());
+        }
+    }
+    for p in &profiles {
+        out.push(format!("{arc}.2.{}", p.local_policy));
+    }
+    out
+}
+
+/// What a step did, for the record.
+#[derive(Debug, Clone)]
+struct Done {
+    line: String,
+    detail: serde_json::Value,
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A custodian's share file, as [`Ceremony`] writes it at the root token's creation.
+#[allow(clippy::too_many_arguments)]
+fn share_file(
+    ceremony: &str,
+    token: &str,
+    custodian: &str,
+    i: usize,
+    m: u8,
+    n: usize,
+    user: &str,
+    so: &str,
+) -> String {
+    format!(
+        "ecert custodian share\n\
+         ceremony: {ceremony}\n\
+         custodian: {custodian} (share {i} of {n}; any {m} open the root token)\n\
+         token: {token}\n\
+         user PIN share: {user}\n\
+         SO PIN share: {so}\n\
+         Keep this sheet sealed. A share is useless alone; {m} of them open every root key.\n"
+    )
+}
+
+/// The user-PIN share in a share file (or a bare share on one line).
+pub fn user_share_of(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("user PIN share: "))
+        .or_else(|| {
+            let t = text.trim();
+            (t.starts_with("ecert-share-v1.") && !t.contains('\n')).then_some(t)
+        })
+        .map(|s| s.trim().to_string())
+}
+
+fn meta_key(token: &str, what: &str) -> String {
+    format!("quorum.{token}.{what}")
+}
+
+/// How the ceremony gets into the root token.
+#[derive(Debug, Default)]
+pub struct Access {
+    /// Custodians' user-PIN shares (texts).
+    pub shares: Vec<Zeroizing<String>>,
+    /// Where new share files go when the ceremony creates the root token (one per custodian).
+    pub shares_out: Option<PathBuf>,
+}
+
+/// The root token, logged in, and who opened it.
+struct Opened {
+    token: hsm::pkcs11::Token,
+    present: String,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Store(format!("HSM task failed: {e}")))?
+}
+
+/// Opens the root token with the custodians' shares, or creates it (first ceremony).
+async fn open_root_token(
+    config: &Config,
+    store: &Store,
+    ceremony: &Ceremony,
+    access: &mut Access,
+    actor: &str,
+) -> Result<Opened> {
+    let (label, module) = ceremony.root_token(config);
+    let stored = store.meta(&meta_key(&label, "user")).await?;
+    let n = ceremony.custodians.len();
+    let Some(stored) = stored else {
+        // First use: a new token, random PINs, shared m of n.
+        let out = access.shares_out.clone().ok_or_else(|| {
+            bad("this ceremony creates the root token: give --shares-out DIR for the custodians' shares")
+        })?;
+        let user_pin = Zeroizing::new(authority::random_secret());
+        let so_pin = Zeroizing::new(authority::random_secret());
+        let (user_shares, user_check) =
+            quorum::split(user_pin.as_bytes(), ceremony.quorum, n as u8)?;
+        let (so_shares, so_check) = quorum::split(so_pin.as_bytes(), ceremony.quorum, n as u8)?;
+        let cfg = hsm::pkcs11::Pkcs11Config {
+            module,
+            token_label: label.clone(),
+            user_pin: user_pin.to_string(),
+            so_pin: Some(so_pin.to_string()),
+            pool_size: 2,
+        };
+        std::fs::create_dir_all(&out).map_err(|e| Error::Io {
+            context: format!("creating {}", out.display()),
+            source: e,
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700));
+        }
+        let token = blocking(move || {
+            if hsm::pkcs11::Token::open(&cfg).is_ok() {
+                return Err(bad(format!(
+                    "a token {:?} exists but this database holds no quorum for it: refusing to guess its PIN",
+                    cfg.token_label
+                )));
+            }
+            hsm::pkcs11::init_token(&cfg)?;
+            Ok(hsm::pkcs11::Token::open(&cfg)?)
+        })
+        .await?;
+        for (i, name) in ceremony.custodians.iter().enumerate() {
+            let text = share_file(
+                &ceremony.name,
+                &label,
+                name,
+                i + 1,
+                ceremony.quorum,
+                n,
+                &user_shares[i],
+                &so_shares[i],
+            );
+            let path = out.join(format!("share-{}.txt", i + 1));
+            authority::write_secret(&path, &text)?;
+        }
+        let mut tx = store.begin().await?;
+        store
+            .meta_init(&mut tx, &meta_key(&label, "user"), user_check.as_str())
+            .await?;
+        store
+            .meta_init(&mut tx, &meta_key(&label, "so"), so_check.as_str())
+            .await?;
+        store
+            .meta_init(
+                &mut tx,
+                &meta_key(&label, "custodians"),
+                &serde_json::to_string(&ceremony.custodians).unwrap_or_default(),
+            )
+            .await?;
+        store
+            .meta_init(
+                &mut tx,
+                &meta_key(&label, "quorum"),
+                &ceremony.quorum.to_string(),
+            )
+            .await?;
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "ceremony.root_token_created",
+                    actor: actor.to_string(),
+                    subject: Some(label.clone()),
+                    detail: json!({ "quorum": ceremony.quorum, "custodians": ceremony.custodians, "user_pin_check": user_check.as_str(), "so_pin_check": so_check.as_str() }),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        return Ok(Opened {
+            token,
+            present: format!(
+                "new root token {label:?}: user and SO PINs shared {} of {n}, one sheet per custodian ({}) written to {}",
+                ceremony.quorum,
+                ceremony.custodians.join(", "),
+                out.display()
+            ),
+        });
+    };
+    let check = quorum::Check::parse(&stored)?;
+    let names: Vec<String> = store
+        .meta(&meta_key(&label, "custodians"))
+        .await?
+        .and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default();
+    let texts: Vec<&str> = access.shares.iter().map(|s| s.as_str()).collect();
+    let pin = match quorum::combine(&texts, &check) {
+        Ok(pin) => pin,
+        Err(e) => {
+            // Audited: who tried, how many shares, why (never a share's text).
+            store
+                .audit_now(&Event {
+                    kind: "ceremony.quorum_refused",
+                    actor: actor.to_string(),
+                    subject: Some(label.clone()),
+                    detail: json!({ "ceremony": ceremony.name, "shares_given": texts.len(), "reason": e.to_string() }),
+                })
+                .await?;
+            return Err(e);
+        }
+    };
+    let present: Vec<String> = texts
+        .iter()
+        .filter_map(|t| quorum::index_of(t))
+        .map(|i| {
+            let name = names
+                .get(usize::from(i) - 1)
+                .cloned()
+                .unwrap_or_else(|| "?".into());
+            format!("{name} (share {i})")
+        })
+        .collect();
+    let cfg = hsm::pkcs11::Pkcs11Config {
+        module,
+        token_label: label.clone(),
+        user_pin: String::from_utf8_lossy(&pin).into_owned(),
+        so_pin: None,
+        pool_size: 2,
+    };
+    let token = blocking(move || Ok(hsm::pkcs11::Token::open(&cfg)?)).await?;
+    Ok(Opened {
+        token,
+        present: format!("root token {label:?} opened by {}", present.join(", ")),
+    })
+}
+
+/// Makes one CA: key in `key_token`, certificate linted then signed by the issuer (itself for
+/// a root), stored with its audit records. Returns the record's line and detail.
+#[allow(clippy::too_many_arguments)]
+async fn make_ca(
+    config: &Config,
+    store: &Store,
+    arc: &str,
+    spec: &CaSpec,
+    parent: Option<CaRole>,
+    key_token: &hsm::pkcs11::Token,
+    key_token_label: Option<&str>,
+    issuer: Option<(Vec<u8>, Arc<dyn hsm::Signer>)>,
+    actor: &str,
+) -> Result<Done> {
+    let t = key_token.clone();
+    let (label, kt) = (spec.key_label.clone(), spec.key_type);
+    let key = blocking(move || {
+        if t.find_key(&label)?.is_some() {
+            return Err(bad(format!(
+                "a key labelled {label:?} exists already in the token"
+            )));
+        }
+        Ok(t.generate_key(&label, kt)?)
+    })
+    .await?;
+    let signer: Arc<dyn hsm::Signer> = Arc::new(key);
+    let subject_key = SubscriberKey::from_spki_der(signer.public_key_spki())?;
+    let serial = SerialNumber::random();
+    let (issuer_der, issuer_signer) = match issuer {
+        None => (None, signer.clone()),
+        Some((der, s)) => (Some(der), s),
+    };
+    let root_not_after = issuer_der
+        .as_deref()
+        .map(authority::not_after_of)
+        .transpose()?;
+    let params = authority::ca_params(
+        config,
+        arc,
+        spec,
+        parent,
+        signer.public_key_spki(),
+        serial,
+        authority::now_secs(),
+        root_not_after,
+    )?;
+    let lint_signer = authority::LintSigner::of(&*issuer_signer)?;
+    let linting = match &issuer_der {
+        None => params.signed_by(
+            &subject_key,
+            &rcgen::Issuer::from_params(&params, lint_signer),
+        )?,
+        Some(der) => params.signed_by(
+            &subject_key,
+            &rcgen::Issuer::from_ca_cert_der(&der.clone().into(), lint_signer)?,
+        )?,
+    };
+    let issuer_subject = match &issuer_der {
+        None => authority::subject_der_of(linting.der())?,
+        Some(der) => authority::subject_der_of(der)?,
+    };
+    let findings = lint::lint(&LintInput {
+        cert_der: linting.der(),
+        issuer_subject_der: &issuer_subject,
+        expected_spki: signer.public_key_spki(),
+        issuer_key_id: None,
+        issuer_algorithm: issuer_signer.algorithm(),
+        expect: Expect::Ca,
+    });
+    if !findings.is_empty() {
+        return Err(Error::Lint(findings));
+    }
+    let (tbs, alg) = authority::split_signed(linting.der())?;
+    let role = spec.role;
+    // Recorded before the HSM signs (nothing is signed without a record).
+    store
+        .audit_now(&Event {
+            kind: "ca.signing",
+            actor: actor.to_string(),
+            subject: Some(role.name().into()),
+            detail: json!({ "serial": serial.to_hex(), "tbs_sha256": sha256_hex(&tbs) }),
+        })
+        .await?;
+    let cert = authority::hsm_sign_checked(
+        issuer_signer.clone(),
+        tbs,
+        alg,
+        issuer_signer.public_key_spki().to_vec(),
+    )
+    .await?;
+    let spki_sha256 = sha256_hex(signer.public_key_spki());
+    let cert_sha256 = sha256_hex(&cert);
+    let mut tx = store.begin().await?;
+    store
+        .insert_ca(
+            &mut tx,
+            role.name(),
+            &spec.key_label,
+            key_token_label,
+            &cert,
+        )
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ca.created",
+                actor: actor.to_string(),
+                subject: Some(role.name().into()),
+                detail: json!({ "serial": serial.to_hex(), "key_label": spec.key_label, "key_type": spec.key_type.name(), "token": key_token_label, "spki_sha256": spki_sha256, "cert_sha256": cert_sha256, "issuer": parent.map(CaRole::name) }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(ca = role.name(), serial = %serial, "CA certificate created");
+    Ok(Done {
+        line: format!(
+            "{} {}: key {} ({}) spki_sha256={spki_sha256}; certificate serial {} sha256={cert_sha256}{}",
+            if role.is_root() { "root" } else { "issuing" },
+            role.name(),
+            spec.key_label,
+            spec.key_type,
+            serial.to_hex(),
+            parent.map(|p| format!("; signed by {}", p.name())).unwrap_or_default()
+        ),
+        detail: json!({ "ca": role.name(), "serial": serial.to_hex(), "spki_sha256": spki_sha256, "cert_sha256": cert_sha256 }),
+    })
+}
+
+/// What [`run_creation`] leaves for [`finish`].
+#[derive(Debug)]
+pub struct Progress {
+    ceremony: Ceremony,
+    file_sha256: String,
+    started: time::OffsetDateTime,
+    root_token: Option<hsm::pkcs11::Token>,
+    present: String,
+    done: Vec<Done>,
+    pending_crls: Vec<CaRole>,
+    actor: String,
+    /// The CAs made.
+    pub made: Vec<CaRole>,
+}
+
+impl Progress {
+    /// Whether the ceremony made any CA (the signer must then be opened again to use them).
+    pub fn made_cas(&self) -> bool {
+        !self.done.is_empty()
+    }
+}
+
+/// Runs the steps that make CAs (before the signer can open: it needs every CA). `ca_token`
+/// is the online token (issuing-CA keys).
+pub async fn run_creation(
+    config: &Config,
+    store: &Store,
+    ca_token: &hsm::pkcs11::Token,
+    ceremony: Ceremony,
+    file_text: &str,
+    mut access: Access,
+    actor: &str,
+) -> Result<Progress> {
+    let (planned, _) = ceremony.plan(config, store).await?;
+    let started = authority::now_secs();
+    let arc = store
+        .meta("policy_arc")
+        .await?
+        .ok_or(Error::NotInitialised)?;
+    store
+        .audit_now(&Event {
+            kind: "ceremony.started",
+            actor: actor.to_string(),
+            subject: None,
+            detail: json!({ "ceremony": ceremony.name, "file_sha256": sha256_hex(file_text.as_bytes()), "custodians": ceremony.custodians, "witnesses": ceremony.witnesses }),
+        })
+        .await?;
+    let needs_root = planned.iter().any(|p| {
+        matches!(
+            p,
+            Planned::Root(_) | Planned::Issuing { .. } | Planned::RootCrl(_)
+        )
+    });
+    let (root_token, present) = if needs_root {
+        match open_root_token(config, store, &ceremony, &mut access, actor).await {
+            Ok(o) => (Some(o.token), o.present),
+            Err(e) => return Err(e),
+        }
+    } else {
+        (None, String::new())
+    };
+    let (root_label, _) = ceremony.root_token(config);
+    let mut done = Vec::new();
+    let mut made = Vec::new();
+    let mut pending_crls = Vec::new();
+    for p in planned {
+        match p {
+            Planned::Root(spec) => {
+                made.push(spec.role);
+                let t = root_token.as_ref().ok_or_else(|| bad("no root token"))?;
+                done.push(
+                    make_ca(
+                        config,
+                        store,
+                        &arc,
+                        &spec,
+                        None,
+                        t,
+                        Some(&root_label),
+                        None,
+                        actor,
+                    )
+                    .await?,
+                );
+            }
+            Planned::Issuing { spec, root } => {
+                made.push(spec.role);
+                let t = root_token.as_ref().ok_or_else(|| bad("no root token"))?;
+                let root_signer = root_key(store, t, root, ca_token).await?;
+                done.push(
+                    make_ca(
+                        config,
+                        store,
+                        &arc,
+                        &spec,
+                        Some(root),
+                        ca_token,
+                        None,
+                        Some(root_signer),
+                        actor,
+                    )
+                    .await?,
+                );
+            }
+            Planned::RootCrl(role) => pending_crls.push(role),
+        }
+    }
+    Ok(Progress {
+        file_sha256: sha256_hex(file_text.as_bytes()),
+        ceremony,
+        started,
+        root_token,
+        present,
+        done,
+        pending_crls,
+        actor: actor.to_string(),
+        made,
+    })
+}
+
+/// A root's certificate and key: from the root token, or — for a root made before the root
+/// token existed — from the online token where it was made.
+async fn root_key(
+    store: &Store,
+    root_token: &hsm::pkcs11::Token,
+    root: CaRole,
+    ca_token: &hsm::pkcs11::Token,
+) -> Result<(Vec<u8>, Arc<dyn hsm::Signer>)> {
+    let (label, der) = store.ca(root.name()).await?.ok_or(Error::NotInitialised)?;
+    let t = match store.ca_token(root.name()).await? {
+        Some(_) => root_token.clone(),
+        None => ca_token.clone(),
+    };
+    let key = blocking(move || Ok(t.key(&label)?)).await?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+    if cert.tbs_certificate.subject_pki.raw != hsm::Signer::public_key_spki(&key) {
+        return Err(Error::Config(format!(
+            "the key of the {} root does not match its certificate",
+            root.name()
+        )));
+    }
+    Ok((der, Arc::new(key)))
+}
+
+/// Signs the roots' CRLs the ceremony asked for (with the signer open), writes the signed
+/// record to `record_out`, and records `ceremony.completed`. Returns the record's text.
+pub async fn finish(
+    auth: &Authority,
+    ca_token: &hsm::pkcs11::Token,
+    mut progress: Progress,
+    record_out: Option<&Path>,
+) -> Result<String> {
+    for role in std::mem::take(&mut progress.pending_crls) {
+        let t = progress
+            .root_token
+            .as_ref()
+            .ok_or_else(|| bad("no root token"))?;
+        let (_, signer) = root_key(auth.store(), t, role, ca_token).await?;
+        let crl = auth.publish_root_crl(role, signer, &progress.actor).await?;
+        progress.done.push(Done {
+            line: format!(
+                "CRL of {}: number {}, {} entries, sha256={}",
+                role.name(),
+                crl.number,
+                crl.entries,
+                sha256_hex(&crl.der)
+            ),
+            detail: json!({ "crl": role.name(), "number": crl.number, "crl_sha256": sha256_hex(&crl.der) }),
+        });
+    }
+    let finished = authority::now_secs();
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let c = &progress.ceremony;
+    let mut body = String::new();
+    body.push_str("ecert ceremony record v1\n");
+    body.push_str(&format!("name: {}\n", c.name));
+    body.push_str(&format!("file_sha256: {}\n", progress.file_sha256));
+    body.push_str(&format!("started: {}\n", fmt(progress.started)));
+    body.push_str(&format!("finished: {}\n", fmt(finished)));
+    body.push_str(&format!("quorum: {} of {}\n", c.quorum, c.custodians.len()));
+    body.push_str(&format!("custodians: {}\n", c.custodians.join(", ")));
+    if !progress.present.is_empty() {
+        body.push_str(&format!("root token: {}\n", progress.present));
+    }
+    body.push_str(&format!(
+        "witnesses: {}\n",
+        if c.witnesses.is_empty() {
+            "none named".to_string()
+        } else {
+            c.witnesses.join(", ")
+        }
+    ));
+    body.push_str(&format!("operator: {}\n", progress.actor));
+    for (i, d) in progress.done.iter().enumerate() {
+        body.push_str(&format!("step {}: {}\n", i + 1, d.line));
+    }
+    let signature = auth.sign_with_audit_key(body.as_bytes()).await?;
+    let record = format!(
+        "{body}signature: {} {}\n",
+        auth.audit_key_algorithm_name(),
+        data_encoding::BASE64.encode(&signature)
+    );
+    auth.store()
+        .audit_now(&Event {
+            kind: "ceremony.completed",
+            actor: progress.actor.clone(),
+            subject: None,
+            detail: json!({ "ceremony": c.name, "file_sha256": progress.file_sha256, "record_sha256": sha256_hex(record.as_bytes()), "steps": progress.done.iter().map(|d| d.detail.clone()).collect::<Vec<_>>() }),
+        })
+        .await?;
+    if let Some(path) = record_out {
+        std::fs::write(path, &record).map_err(|e| Error::Io {
+            context: format!("writing {}", path.display()),
+            source: e,
+        })?;
+    }
+    Ok(record)
+}
+
+/// What [`verify_record`] found.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The record's `name:`.
+    pub name: String,
+    /// Its steps.
+    pub steps: usize,
+    /// Hashes in the record that were matched against the store (when one was given).
+    pub matched: usize,
+}
+
+/// Checks a ceremony record: the audit key's signature over everything above the signature
+/// line (`audit_key_spki`: the DER SPKI, e.g. from `ecert audit key`), and, with a store,
+/// that every certificate and CRL hash names what the store holds and that the audit trail
+/// holds the record's `ceremony.completed`.
+pub async fn verify_record(
+    record: &str,
+    audit_key_spki: &[u8],
+    store: Option<&Store>,
+) -> Result<Verified> {
+    let invalid = |r: &str| Error::Invalid {
+        field: "record",
+        reason: r.to_string(),
+    };
+    let at = record
+        .rfind("signature: ")
+        .ok_or_else(|| invalid("no signature line"))?;
+    let (body, sig_line) = record.split_at(at);
+    if !body.starts_with("ecert ceremony record v1\n") {
+        return Err(invalid("not an ecert ceremony record"));
+    }
+    let sig_b64 = sig_line
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .ok_or_else(|| invalid("no signature"))?;
+    let signature = data_encoding::BASE64
+        .decode(sig_b64.as_bytes())
+        .map_err(|_| invalid("the signature is not base64"))?;
+    crate::sigalg::verify(audit_key_spki, body.as_bytes(), &signature)
+        .map_err(|_| invalid("the signature does not verify under the audit key: the record was altered or signed by another key"))?;
+    let name = body
+        .lines()
+        .find_map(|l| l.strip_prefix("name: "))
+        .unwrap_or_default()
+        .to_string();
+    let steps: Vec<&str> = body.lines().filter(|l| l.starts_with("step ")).collect();
+    let mut matched = 0;
+    if let Some(store) = store {
+        let mut known = BTreeSet::new();
+        for role in CaRole::ALL {
+            if let Some((_, der)) = store.ca(role.name()).await? {
+                known.insert(sha256_hex(&der));
+            }
+        }
+        for step in &steps {
+            // "step k: CRL of <root>: number N, ...": that CRL, as stored.
+            if let Some(rest) = step.split_once(": CRL of ").map(|(_, r)| r) {
+                let (root, rest) = rest.split_once(": number ").unwrap_or_default();
+                let number: i64 = rest
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(-1);
+                if let Some(der) = store.crl_der(root, number).await? {
+                    known.insert(sha256_hex(&der));
+                }
+            }
+            for word in step.split([' ', ';', ',']) {
+                if let Some(h) = word.strip_prefix("sha256=") {
+                    if !known.contains(h) {
+                        return Err(invalid(&format!(
+                            "{step}: the store holds no certificate or CRL with this hash"
+                        )));
+                    }
+                    matched += 1;
+                }
+            }
+        }
+        let record_sha = sha256_hex(record.as_bytes());
+        if !store
+            .audit_mentions("ceremony.completed", &record_sha)
+            .await?
+        {
+            return Err(invalid(
+                "the audit trail holds no ceremony.completed for this record",
+            ));
+        }
+    }
+    Ok(Verified {
+        name,
+        steps: steps.len(),
+        matched,
+    })
+}
