@@ -425,3 +425,54 @@ fn production_refuses_the_embedded_custody() {
     let e = ca.ecert_err(&["crl", "publish", "--ca", "tls-root"]);
     assert!(e.contains("key ceremony"), "{e}");
 }
+
+/// The ceremony files docs/CEREMONY.md gives work as written: the first ceremony (both
+/// hierarchies, 3 of 5), the root CRL with three of the five shares, and the embedded
+/// default's roots' CRLs.
+#[test]
+fn the_documented_ceremony_files_work() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ceremony");
+    let doc = |f: &str| docs.join(f).to_str().unwrap().to_string();
+    let ca = Ca::new();
+    let shares = ca.file("shares");
+    let out = ca.ecert_ok(&[
+        "init",
+        "--ceremony",
+        &doc("first-ceremony.toml"),
+        "--shares-out",
+        shares.to_str().unwrap(),
+    ]);
+    assert!(out.contains("quorum: 3 of 5"), "{out}");
+    assert_eq!(std::fs::read_dir(&shares).unwrap().count(), 5);
+    let plan = ca.ecert_ok(&["ceremony", "check", &doc("root-crl.toml")]);
+    assert!(plan.contains("CRL of tls-root"), "{plan}");
+    let out = ca.ecert_ok(&[
+        "ceremony",
+        "run",
+        &doc("root-crl.toml"),
+        "--share",
+        &share(&shares, 1),
+        "--share",
+        &share(&shares, 3),
+        "--share",
+        &share(&shares, 5),
+    ]);
+    assert!(
+        out.contains("Eve Lam (share 5)") && out.contains("CRL of tls-root: number 2"),
+        "{out}"
+    );
+    let crl = crate::crl::export_crl(&ca, "tls-root", "tls-root.crl.pem");
+    pkilint(
+        "lint_crl",
+        &["-t", "ARL", "-p", "BR"],
+        &[&crl],
+        "TLS root ARL (P-384)",
+    );
+
+    let embedded = Ca::init();
+    let out = embedded.ecert_ok(&["ceremony", "run", &doc("embedded-root-crl.toml")]);
+    assert!(
+        out.contains("CRL of root: number 2") && out.contains("CRL of tls-root: number 2"),
+        "{out}"
+    );
+}
