@@ -246,14 +246,24 @@ impl Ceremony {
                 excluded: Vec::new(),
             });
         }
-        let made: Vec<String> = steps
+        // Every root made now, and every root without a CRL yet (a built-in ceremony that
+        // stopped after making its roots).
+        let mut crls: Vec<String> = steps
             .iter()
             .filter_map(|s| match s {
                 Step::Root { ca, .. } => Some(ca.clone()),
                 _ => None,
             })
             .collect();
-        for ca in made {
+        for role in CaRole::ROOTS {
+            if exists(role).await?
+                && store.crl_heads(role.name()).await?.is_empty()
+                && !crls.iter().any(|c| c == role.name())
+            {
+                crls.push(role.name().into());
+            }
+        }
+        for ca in crls {
             steps.push(Step::RootCrl { ca });
         }
         Ok(Ceremony {
@@ -287,8 +297,12 @@ impl Ceremony {
     }
 
     async fn plan(&self, config: &Config, store: &Store) -> Result<(Vec<Planned>, Vec<String>)> {
-        if self.name.trim().is_empty() {
-            return Err(bad("name is empty"));
+        one_line("name", &self.name, false)?;
+        for c in &self.custodians {
+            one_line("custodian", c, true)?;
+        }
+        for w in &self.witnesses {
+            one_line("witness", w, true)?;
         }
         let n = self.custodians.len();
         if n == 0 || n > 16 {
@@ -346,6 +360,40 @@ impl Ceremony {
             self.custodians.join(", "),
             module.display()
         )];
+        // Each CA's name and key label is its own: a chain is built and a root's CRL filtered
+        // by issuer name, so two CAs with one name would be confused.
+        let mut names: Vec<String> = Vec::new();
+        let mut labels: Vec<String> = Vec::new();
+        for role in CaRole::ALL {
+            if let Some((key_label, der)) = store.ca(role.name()).await? {
+                let (_, c) = x509_parser::parse_x509_certificate(&der)
+                    .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+                names.extend(
+                    c.subject()
+                        .iter_common_name()
+                        .filter_map(|a| a.as_str().ok())
+                        .map(str::to_string),
+                );
+                labels.push(key_label);
+            }
+        }
+        let mut unique = |k: usize, spec: &CaSpec| -> Result<()> {
+            if names.contains(&spec.common_name) {
+                return Err(bad(format!(
+                    "step {k}: another CA is named {:?}: each CA has its own name",
+                    spec.common_name
+                )));
+            }
+            if labels.contains(&spec.key_label) {
+                return Err(bad(format!(
+                    "step {k}: the key label {:?} is taken",
+                    spec.key_label
+                )));
+            }
+            names.push(spec.common_name.clone());
+            labels.push(spec.key_label.clone());
+            Ok(())
+        };
         let mut made: Vec<(CaRole, u32)> = Vec::new();
         let mut planned = Vec::new();
         let mut crls_started = false;
@@ -392,6 +440,7 @@ impl Ceremony {
                         "step {k}: root {}: key {} ({}) in the root token; self-signed \"C={}, O={}, CN={}\"; {} days; keyCertSign, cRLSign, digitalSignature; cA, no path length",
                         role.name(), spec.key_label, spec.key_type, config.ca.country, config.ca.organization, spec.common_name, spec.validity_days
                     ));
+                    unique(k, &spec)?;
                     made.push((role, *validity_days));
                     planned.push(Planned::Root(spec));
                 }
@@ -428,16 +477,25 @@ impl Ceremony {
                     }
                     fresh(store, k, role, &made).await?;
                     let root_days = match made.iter().find(|(r, _)| *r == root) {
-                        Some((_, d)) => Some(*d),
-                        None if store.ca(root.name()).await?.is_some() => None,
-                        None => {
-                            return Err(bad(format!(
-                            "step {k}: the root {} neither exists nor is made earlier in this file",
-                            root.name()
-                        )))
-                        }
+                        Some((_, d)) => i64::from(*d),
+                        // An existing root: the days it has left.
+                        None => match store.ca(root.name()).await? {
+                            Some((_, der)) => {
+                                let end = authority::not_after_of(&der)?;
+                                (end - authority::now_secs()).whole_days()
+                            }
+                            None => {
+                                return Err(bad(format!(
+                                    "step {k}: the root {} neither exists nor is made earlier in this file",
+                                    root.name()
+                                )))
+                            }
+                        },
                     };
-                    if *validity_days == 0 || root_days.is_some_and(|d| *validity_days >= d) {
+                    if *validity_days == 0
+                        || *validity_days > MAX_ROOT_DAYS
+                        || i64::from(*validity_days) >= root_days
+                    {
                         return Err(bad(format!(
                             "step {k}: validity_days {validity_days}: an issuing CA ends before its root"
                         )));
@@ -449,11 +507,7 @@ impl Ceremony {
                         )));
                     }
                     for n in permitted.iter().chain(excluded) {
-                        let ok = !n.is_empty()
-                            && n.len() <= 253
-                            && n.chars()
-                                .all(|c| c.is_ascii_alphanumeric() || "-.@".contains(c))
-                            && (role == CaRole::Individual || !n.contains('@'));
+                        let ok = constraint_ok(n, role == CaRole::Individual);
                         if !ok {
                             return Err(bad(format!(
                                 "step {k}: name constraint {n:?} is not a {}",
@@ -487,6 +541,7 @@ impl Ceremony {
                         role.name(), spec.key_label, spec.key_type, config.ca.country, config.ca.organization, spec.common_name, root.name(), spec.validity_days, spec.path_length, policies.join(", "), root.name(), root.name(),
                         if spec.permitted.is_empty() && spec.excluded.is_empty() { String::new() } else { format!("; name constraints permitted [{}] excluded [{}]", spec.permitted.join(", "), spec.excluded.join(", ")) }
                     ));
+                    unique(k, &spec)?;
                     made.push((role, *validity_days));
                     planned.push(Planned::Issuing { spec, root });
                 }
@@ -513,6 +568,47 @@ impl Ceremony {
         }
         Ok((planned, lines))
     }
+}
+
+/// A name constraint (RFC 5280 §4.2.1.10): DNS labels (letters, digits, inner hyphens) joined
+/// by single dots; for the S/MIME CA also a leading dot (any subdomain) or one `local@` part.
+fn constraint_ok(n: &str, mail: bool) -> bool {
+    let domain = match (mail, n.split_once('@')) {
+        (true, Some((local, d))) => {
+            if local.is_empty()
+                || !local
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+            {
+                return false;
+            }
+            d
+        }
+        (false, Some(_)) => return false,
+        (true, None) => n.strip_prefix('.').unwrap_or(n),
+        (false, None) => n,
+    };
+    !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Free text that goes into the record and the share sheets: one line, no control
+/// characters; names (custodians, witnesses) without commas, which separate them there.
+fn one_line(what: &str, s: &str, name: bool) -> Result<()> {
+    if s.chars().any(char::is_control) || (name && s.contains(',')) || s.trim().is_empty() {
+        return Err(bad(format!(
+            "{what} {s:?}: one line of text{}",
+            if name { ", no commas" } else { "" }
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a CA the file makes twice or that exists (a successor needs a rollover).
@@ -601,12 +697,22 @@ fn meta_key(token: &str, what: &str) -> String {
 }
 
 /// How the ceremony gets into the root token.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Access {
     /// Custodians' user-PIN shares (texts).
     pub shares: Vec<Zeroizing<String>>,
     /// Where new share files go when the ceremony creates the root token (one per custodian).
     pub shares_out: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the shares themselves.
+        f.debug_struct("Access")
+            .field("shares", &self.shares.len())
+            .field("shares_out", &self.shares_out)
+            .finish()
+    }
 }
 
 /// The root token, logged in, and who opened it.
@@ -657,8 +763,21 @@ async fn open_root_token(
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700));
         }
+        // Before the token is made: every sheet can be written (a sheet that cannot would
+        // leave a token whose PIN nobody holds).
+        for i in 1..=n {
+            let path = out.join(format!("share-{i}.txt"));
+            if path.exists() {
+                return Err(bad(format!(
+                    "{} exists: new shares go to an empty directory",
+                    path.display()
+                )));
+            }
+        }
         let token = blocking(move || {
-            if hsm::pkcs11::Token::open(&cfg).is_ok() {
+            // Asked without a login: a login with a guessed PIN would count against a real
+            // token's retry limit.
+            if hsm::pkcs11::token_present(&cfg.module, &cfg.token_label)? {
                 return Err(bad(format!(
                     "a token {:?} exists but this database holds no quorum for it: refusing to guess its PIN",
                     cfg.token_label
@@ -948,12 +1067,19 @@ pub async fn run_creation(
             detail: json!({ "ceremony": ceremony.name, "file_sha256": sha256_hex(file_text.as_bytes()), "custodians": ceremony.custodians, "witnesses": ceremony.witnesses }),
         })
         .await?;
-    let needs_root = planned.iter().any(|p| {
-        matches!(
-            p,
-            Planned::Root(_) | Planned::Issuing { .. } | Planned::RootCrl(_)
-        )
-    });
+    // The root token is opened (or made) only when a step uses a key in it: a root made now,
+    // or an existing root whose key is there. A root of a data directory made before the root
+    // token has its key in the online token (docs/CEREMONY.md).
+    let mut needs_root = false;
+    for p in &planned {
+        needs_root |= match p {
+            Planned::Root(_) => true,
+            Planned::Issuing { root, .. } | Planned::RootCrl(root) => {
+                store.ca(root.name()).await?.is_none()
+                    || store.ca_token(root.name()).await?.is_some()
+            }
+        };
+    }
     let (root_token, present) = if needs_root {
         match open_root_token(config, store, &ceremony, &mut access, actor).await {
             Ok(o) => (Some(o.token), o.present),
@@ -988,8 +1114,7 @@ pub async fn run_creation(
             }
             Planned::Issuing { spec, root } => {
                 made.push(spec.role);
-                let t = root_token.as_ref().ok_or_else(|| bad("no root token"))?;
-                let root_signer = root_key(store, t, root, ca_token).await?;
+                let root_signer = root_key(store, root_token.as_ref(), root, ca_token).await?;
                 done.push(
                     make_ca(
                         config,
@@ -1025,13 +1150,24 @@ pub async fn run_creation(
 /// token existed — from the online token where it was made.
 async fn root_key(
     store: &Store,
-    root_token: &hsm::pkcs11::Token,
+    root_token: Option<&hsm::pkcs11::Token>,
     root: CaRole,
     ca_token: &hsm::pkcs11::Token,
 ) -> Result<(Vec<u8>, Arc<dyn hsm::Signer>)> {
     let (label, der) = store.ca(root.name()).await?.ok_or(Error::NotInitialised)?;
     let t = match store.ca_token(root.name()).await? {
-        Some(_) => root_token.clone(),
+        Some(held_in) => {
+            let t = root_token.ok_or_else(|| bad("the root token is not open"))?;
+            // The token opened must be the one that holds this root.
+            if t.label() != held_in {
+                return Err(bad(format!(
+                    "the {} root's key is in the token {held_in:?}, not {:?}: name it in [root_token]",
+                    root.name(),
+                    t.label()
+                )));
+            }
+            t.clone()
+        }
         None => ca_token.clone(),
     };
     let key = blocking(move || Ok(t.key(&label)?)).await?;
@@ -1055,11 +1191,8 @@ pub async fn finish(
     record_out: Option<&Path>,
 ) -> Result<String> {
     for role in std::mem::take(&mut progress.pending_crls) {
-        let t = progress
-            .root_token
-            .as_ref()
-            .ok_or_else(|| bad("no root token"))?;
-        let (_, signer) = root_key(auth.store(), t, role, ca_token).await?;
+        let (_, signer) =
+            root_key(auth.store(), progress.root_token.as_ref(), role, ca_token).await?;
         let crl = auth.publish_root_crl(role, signer, &progress.actor).await?;
         progress.done.push(Done {
             line: format!(
@@ -1107,6 +1240,20 @@ pub async fn finish(
         auth.audit_key_algorithm_name(),
         data_encoding::BASE64.encode(&signature)
     );
+    // The witnesses' copy first (never over another file): a failure after it still leaves
+    // the record, which cannot be signed again.
+    if let Some(path) = record_out {
+        use std::io::Write;
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(record.as_bytes()))
+            .map_err(|e| Error::Io {
+                context: format!("writing the ceremony record to {}", path.display()),
+                source: e,
+            })?;
+    }
     auth.store()
         .audit_now(&Event {
             kind: "ceremony.completed",
@@ -1115,12 +1262,6 @@ pub async fn finish(
             detail: json!({ "ceremony": c.name, "file_sha256": progress.file_sha256, "record_sha256": sha256_hex(record.as_bytes()), "steps": progress.done.iter().map(|d| d.detail.clone()).collect::<Vec<_>>() }),
         })
         .await?;
-    if let Some(path) = record_out {
-        std::fs::write(path, &record).map_err(|e| Error::Io {
-            context: format!("writing {}", path.display()),
-            source: e,
-        })?;
-    }
     Ok(record)
 }
 
@@ -1148,18 +1289,28 @@ pub async fn verify_record(
         field: "record",
         reason: r.to_string(),
     };
-    let at = record
-        .rfind("signature: ")
-        .ok_or_else(|| invalid("no signature line"))?;
+    // The last line, exactly `signature: ALGORITHM BASE64`, and nothing after it: every other
+    // byte is signed.
+    let unsigned = record
+        .strip_suffix('\n')
+        .ok_or_else(|| invalid("the record does not end with its signature line"))?;
+    let at = unsigned.rfind('\n').map_or(0, |i| i + 1);
     let (body, sig_line) = record.split_at(at);
     if !body.starts_with("ecert ceremony record v1\n") {
         return Err(invalid("not an ecert ceremony record"));
     }
-    let sig_b64 = sig_line
-        .trim_end()
-        .rsplit(' ')
-        .next()
-        .ok_or_else(|| invalid("no signature"))?;
+    let sig_b64 = match sig_line
+        .trim_end_matches('\n')
+        .split(' ')
+        .collect::<Vec<_>>()[..]
+    {
+        ["signature:", _algorithm, b64] => b64,
+        _ => {
+            return Err(invalid(
+                "the last line is not `signature: ALGORITHM BASE64`",
+            ))
+        }
+    };
     let signature = data_encoding::BASE64
         .decode(sig_b64.as_bytes())
         .map_err(|_| invalid("the signature is not base64"))?;
@@ -1180,7 +1331,9 @@ pub async fn verify_record(
             }
         }
         for step in &steps {
-            // "step k: CRL of <root>: number N, ...": that CRL, as stored.
+            // "step k: CRL of <root>: number N, ...": that CRL, as stored; an older CRL's body
+            // is not kept, its publication record (`crl.published`, with its hash) is.
+            let is_crl = step.contains(": CRL of ");
             if let Some(rest) = step.split_once(": CRL of ").map(|(_, r)| r) {
                 let (root, rest) = rest.split_once(": number ").unwrap_or_default();
                 let number: i64 = rest
@@ -1195,7 +1348,9 @@ pub async fn verify_record(
             }
             for word in step.split([' ', ';', ',']) {
                 if let Some(h) = word.strip_prefix("sha256=") {
-                    if !known.contains(h) {
+                    let published =
+                        is_crl && h.len() == 64 && store.audit_mentions("crl.published", h).await?;
+                    if !known.contains(h) && !published {
                         return Err(invalid(&format!(
                             "{step}: the store holds no certificate or CRL with this hash"
                         )));

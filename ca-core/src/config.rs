@@ -726,6 +726,20 @@ impl Config {
                 return Err(Error::Config(format!("{k} must be 1 to 64 characters")));
             }
         }
+        // Each CA its own name: chains are built and roots' CRLs filtered by issuer name.
+        let cns = [
+            &self.ca.root_common_name,
+            &self.ca.tls_root_common_name,
+            &self.ca.individual_common_name,
+            &self.ca.server_common_name,
+        ];
+        if (1..cns.len()).any(|i| cns[..i].contains(&cns[i])) {
+            return Err(Error::Config(
+                "ca.root_common_name, tls_root_common_name, individual_common_name and \
+                 server_common_name must all differ: each CA has its own name"
+                    .into(),
+            ));
+        }
         if self.ca.root_validity_days == 0 || self.ca.issuing_validity_days == 0 {
             return Err(Error::Config("CA validity must be at least one day".into()));
         }

@@ -157,6 +157,9 @@ fn parse(position: usize, text: &str) -> Result<Parsed> {
         .and_then(|(m, n)| Some((m.parse::<u8>().ok()?, n.parse::<u8>().ok()?)))
         .ok_or_else(|| bad("no m-of-n"))?;
     let index: u8 = index.parse().map_err(|_| bad("no index"))?;
+    if m == 0 || m > n || index == 0 || index > n {
+        return Err(bad("its quorum or index is out of range"));
+    }
     let payload = Zeroizing::new(
         BASE32_NOPAD
             .decode(payload.as_bytes())
@@ -211,26 +214,47 @@ pub fn combine(shares: &[&str], check: &Check) -> Result<Zeroizing<Vec<u8>>> {
             parsed.len()
         )));
     }
-    let secret = if first.m == 1 {
-        Zeroizing::new(first.payload[1..].to_vec())
-    } else {
-        let raw: Vec<Vec<u8>> = parsed
-            .iter()
-            .take(usize::from(first.m))
-            .map(|p| p.payload.to_vec())
-            .collect();
-        let combined = vsss_rs::Gf256::combine_array(&raw);
-        for mut r in raw {
-            zeroize::Zeroize::zeroize(&mut r);
-        }
-        Zeroizing::new(combined.map_err(|e| invalid(format!("the shares do not combine: {e:?}")))?)
-    };
+    // Every share given must agree, not only the first m: a share beyond the quorum that was
+    // forged (its checksum is not a MAC) must not be named in a record as present. The first m
+    // rebuild the secret; each further share, with m - 1 of them, must rebuild the same.
+    let m = usize::from(first.m);
+    let secret = rebuild(&parsed[..m])?;
     if !check.matches(&secret) {
         return Err(invalid(
             "the shares do not rebuild the secret: one is from another sharing or was altered",
         ));
     }
+    for extra in &parsed[m..] {
+        let mut subset: Vec<&Parsed> = parsed[..m - 1].iter().collect();
+        subset.push(extra);
+        let again = rebuild_refs(&subset)?;
+        if *again != *secret {
+            return Err(invalid(format!(
+                "share {} does not belong with the others: it is from another sharing or was altered",
+                extra.index
+            )));
+        }
+    }
     Ok(secret)
+}
+
+fn rebuild(parsed: &[Parsed]) -> Result<Zeroizing<Vec<u8>>> {
+    rebuild_refs(&parsed.iter().collect::<Vec<_>>())
+}
+
+/// The secret m shares (m = their count) rebuild.
+fn rebuild_refs(parsed: &[&Parsed]) -> Result<Zeroizing<Vec<u8>>> {
+    if let [one] = parsed {
+        return Ok(Zeroizing::new(one.payload[1..].to_vec()));
+    }
+    let raw: Vec<Vec<u8>> = parsed.iter().map(|p| p.payload.to_vec()).collect();
+    let combined = vsss_rs::Gf256::combine_array(&raw);
+    for mut r in raw {
+        zeroize::Zeroize::zeroize(&mut r);
+    }
+    Ok(Zeroizing::new(combined.map_err(|e| {
+        invalid(format!("the shares do not combine: {e:?}"))
+    })?))
 }
 
 #[cfg(test)]
@@ -267,6 +291,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Review finding: only the first m shares were combined, so a forged share beyond the
+    /// quorum (its checksum recomputed: it is no MAC) passed and was named in the record as a
+    /// custodian present. Every share must agree now, and an index outside 1..=n is refused.
+    #[test]
+    fn a_forged_share_beyond_the_quorum_is_refused() {
+        let pin = b"a root token PIN 4711";
+        let (shares, check) = split(pin, 2, 3).unwrap();
+        let s = refs(&shares);
+        let (body, _) = s[2].rsplit_once('.').unwrap();
+        let mut parts: Vec<String> = body.split('.').map(str::to_string).collect();
+        let mut payload = BASE32_NOPAD.decode(parts[4].as_bytes()).unwrap();
+        payload[3] ^= 0x55;
+        parts[4] = BASE32_NOPAD.encode(&payload);
+        let forged_body = parts.join(".");
+        let forged = format!("{forged_body}.{}", checksum(&forged_body));
+        let e = combine(&[s[0], s[1], &forged], &check)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("share 3 does not belong"), "{e}");
+        // All three genuine: fine.
+        assert_eq!(
+            combine(&[s[0], s[1], s[2]], &check).unwrap().as_slice(),
+            pin
+        );
+        // Index 0 (or above n) with a valid checksum: refused, not a panic.
+        parts[3] = "0".into();
+        payload[0] = 0;
+        parts[4] = BASE32_NOPAD.encode(&payload);
+        let zero_body = parts.join(".");
+        let zero = format!("{zero_body}.{}", checksum(&zero_body));
+        let e = combine(&[s[0], &zero], &check).unwrap_err().to_string();
+        assert!(e.contains("out of range"), "{e}");
+        assert_eq!(index_of(&zero), None);
     }
 
     #[test]

@@ -1408,7 +1408,8 @@ impl Store {
             "INSERT INTO crl_latest (issuer, partition_no, number, this_update, next_update, status_version) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (issuer, partition_no) DO UPDATE SET \
              number = excluded.number, this_update = excluded.this_update, \
-             next_update = excluded.next_update, status_version = excluded.status_version",
+             next_update = excluded.next_update, status_version = excluded.status_version \
+             WHERE crl_latest.number < excluded.number",
         )
         .bind(issuer)
         .bind(scope.code())
@@ -1460,7 +1461,7 @@ impl Store {
     /// Whether the audit trail holds a record of `kind` whose detail contains `needle` (a
     /// hash: hex, so no LIKE wildcard can be in it).
     pub async fn audit_mentions(&self, kind: &str, needle: &str) -> Result<bool> {
-        if !needle.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if needle.len() < 32 || !needle.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(false);
         }
         let n: i64 = sqlx::query_scalar(

@@ -881,7 +881,9 @@ async fn ceremony(config: Config, c: CeremonyCommand) -> anyhow::Result<()> {
                         v.matched
                     )
                 } else {
-                    String::new()
+                    "; offline: the signature only (no data directory to compare its \
+                     certificates, CRLs and audit record with)"
+                        .to_string()
                 }
             );
             Ok(())

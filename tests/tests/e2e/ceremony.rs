@@ -327,6 +327,35 @@ fn a_two_of_three_quorum_opens_the_root_token_and_nothing_less() {
         "{}",
         show(&o)
     );
+    // Lines slipped in between the signature label and its value, or after it: refused.
+    let genuine = std::fs::read_to_string(&record1).unwrap();
+    let sig_at = genuine.rfind("signature: ").unwrap();
+    let (body, sig) = genuine.split_at(sig_at);
+    let (label, value) = sig.split_at(sig.rfind(' ').unwrap() + 1);
+    for (name, text) in [
+        (
+            "inserted",
+            format!("{body}{label}\nstep 9: root root: forged\n{value}"),
+        ),
+        ("appended", format!("{genuine}step 9: root root: forged\n")),
+    ] {
+        let o = offline(&write(&ca, &format!("{name}.txt"), &text));
+        assert!(!o.status.success(), "{name} lines verify: {}", show(&o));
+    }
+    // A record file is never overwritten.
+    let e = ca.ecert_err(&[
+        "ceremony",
+        "run",
+        crl.to_str().unwrap(),
+        "--share",
+        &share(&shares, 1),
+        "--share",
+        &share(&shares, 2),
+        "--record",
+        record1.to_str().unwrap(),
+    ]);
+    assert!(e.contains("writing the ceremony record"), "{e}");
+    assert_eq!(std::fs::read_to_string(&record1).unwrap(), genuine);
     ca.audit_ok();
 }
 
@@ -371,8 +400,76 @@ fn ceremony_files_are_checked_before_any_hsm_is_touched() {
         let e = ca.ecert_err(&["ceremony", "check", f.to_str().unwrap()]);
         assert!(e.contains(expect), "{head}: {e}");
     }
-    // A root's validity is capped at 15 years; an issuing CA ends before its root.
+    // Names, labels and constraints of their own; one line of text where the record shows it;
+    // an issuing CA ending before an existing root's end.
     let fresh = Ca::new();
+    for (from, to, expect) in [
+        (
+            "Test TLS Root E1",
+            "Test S/MIME Root R1",
+            "another CA is named",
+        ),
+        (
+            "common_name = \"Test Server CA E1\"",
+            "common_name = \"Test Server CA E1\"\nkey_label = \"ecert-root-ca\"",
+            "is taken",
+        ),
+        (
+            "permitted = [\"example.hk\"]",
+            "permitted = [\"a..hk\"]",
+            "not a DNS name",
+        ),
+        (
+            "permitted = [\"example.hk\"]",
+            "permitted = [\"x@example.hk\"]",
+            "not a DNS name",
+        ),
+        (
+            "\"Bob Lee\"",
+            "\"Bob Lee\\nstep 9: forged\"",
+            "one line of text",
+        ),
+        ("\"Bob Lee\"", "\"Lee, Bob\"", "no commas"),
+    ] {
+        assert!(FIRST.contains(from), "{from}");
+        let f = write(&fresh, "bad.toml", &FIRST.replace(from, to));
+        let e = fresh.ecert_err(&[
+            "init",
+            "--ceremony",
+            f.to_str().unwrap(),
+            "--shares-out",
+            fresh.file("s").to_str().unwrap(),
+        ]);
+        assert!(e.contains(expect), "{to}: {e}");
+    }
+    assert!(
+        !fresh.file("s").join("share-1.txt").exists(),
+        "a refused file made shares"
+    );
+    // Shares never go over earlier ones: refused before the token is made, so a second try
+    // into an empty directory works (no token left without holders).
+    let used = fresh.file("used");
+    std::fs::create_dir_all(&used).unwrap();
+    std::fs::write(used.join("share-2.txt"), "an earlier sheet\n").unwrap();
+    let f = write(&fresh, "first.toml", FIRST);
+    let e = fresh.ecert_err(&[
+        "init",
+        "--ceremony",
+        f.to_str().unwrap(),
+        "--shares-out",
+        used.to_str().unwrap(),
+    ]);
+    assert!(e.contains("new shares go to an empty directory"), "{e}");
+    let out = fresh.ecert_ok(&[
+        "init",
+        "--ceremony",
+        f.to_str().unwrap(),
+        "--shares-out",
+        fresh.file("clean").to_str().unwrap(),
+    ]);
+    assert!(out.contains("new root token"), "{out}");
+    let fresh = Ca::new();
+    // A root's validity is capped at 15 years; an issuing CA ends before its root.
     let f = write(
         &fresh,
         "long.toml",
