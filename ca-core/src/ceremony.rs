@@ -68,6 +68,44 @@ pub fn embedded_access(config: &Config) -> Result<Access> {
     Ok(access)
 }
 
+/// What the database says against production custody (`config check --production`): a root
+/// whose key is in the online `ca` token (a data directory made before the root token), a
+/// root token opened by fewer than two custodians.
+pub async fn custody_problems(config: &Config, store: &Store) -> Result<Vec<String>> {
+    let mut p = Vec::new();
+    let mut tokens = BTreeSet::new();
+    for root in CaRole::ROOTS {
+        if store.ca(root.name()).await?.is_none() {
+            continue;
+        }
+        match store.ca_token(root.name()).await? {
+            None => p.push(format!(
+                "the {} root's key is in the online ca token ({:?}), which the signer logs in \
+                 to: a production root lives in an offline root token, made in a key ceremony",
+                root.name(),
+                config.hsm.token_label
+            )),
+            Some(t) => {
+                tokens.insert(t);
+            }
+        }
+    }
+    for t in tokens {
+        let m: u8 = store
+            .meta(&meta_key(&t, "quorum"))
+            .await?
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if m < 2 {
+            p.push(format!(
+                "the root token {t:?} opens with {m} custodian share(s): a production quorum is \
+                 at least 2 (docs/CEREMONY.md)"
+            ));
+        }
+    }
+    Ok(p)
+}
+
 /// A ceremony file (`CEREMONY.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

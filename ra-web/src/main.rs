@@ -1890,6 +1890,18 @@ fn config_check(config: &Config, production: bool) -> anyhow::Result<()> {
         eprintln!("warning: {w}");
     }
     let mut unfit = config.production_problems()?;
+    // What the database holds of custody: roots' tokens and quorums (when it is initialised).
+    let from_store = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(async {
+            match open_store(config).await {
+                Ok(store) => ca_core::ceremony::custody_problems(config, &store).await,
+                Err(_) => Ok(Vec::new()),
+            }
+        })?;
+    unfit.extend(from_store);
     // The root token is offline: in production the online signer's module must not reach it
     // (DESIGN.md "Custody and roles"). Only asked of a hardware module (SoftHSM2 is refused
     // above) that exists.

@@ -515,6 +515,7 @@ fn production_refuses_the_embedded_custody() {
         "an SO PIN is a file in the data directory",
         "root-token shares are in the data directory",
         "is SoftHSM2",
+        "opens with 1 custodian share(s): a production quorum is at least 2",
     ] {
         assert!(e.contains(expect), "{expect:?} not in {e}");
     }
