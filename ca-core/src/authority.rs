@@ -207,6 +207,8 @@ struct CaState {
     signer: Arc<dyn hsm::Signer>,
     /// The CA certificate's issuer name (DER): for a root, its own subject.
     issuer_der: Vec<u8>,
+    /// The CA certificate's name constraints (DNS names and mailboxes): permitted, excluded.
+    constraints: NameConstraints,
     /// Revoked by the root (two officers' decision, `ra::officer`): it issues nothing more.
     revoked: std::sync::atomic::AtomicBool,
 }
@@ -329,6 +331,79 @@ async fn write_crl_file(dir: std::path::PathBuf, file: String, der: Vec<u8>) -> 
     })
     .await
     .map_err(|e| Error::Encoding(format!("CRL file task failed: {e}")))?
+}
+
+/// An issuing CA's name constraints (RFC 5280 §4.2.1.10) for DNS names and mailboxes.
+#[derive(Debug, Default, Clone)]
+struct NameConstraints {
+    permitted_dns: Vec<String>,
+    excluded_dns: Vec<String>,
+    permitted_mail: Vec<String>,
+    excluded_mail: Vec<String>,
+}
+
+impl NameConstraints {
+    fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> NameConstraints {
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        let mut out = NameConstraints::default();
+        for e in cert.extensions() {
+            if let ParsedExtension::NameConstraints(nc) = e.parsed_extension() {
+                for (subtrees, permitted) in [
+                    (&nc.permitted_subtrees, true),
+                    (&nc.excluded_subtrees, false),
+                ] {
+                    for s in subtrees.iter().flatten() {
+                        let (list, v) = match &s.base {
+                            GeneralName::DNSName(d) => (
+                                if permitted {
+                                    &mut out.permitted_dns
+                                } else {
+                                    &mut out.excluded_dns
+                                },
+                                d,
+                            ),
+                            GeneralName::RFC822Name(m) => (
+                                if permitted {
+                                    &mut out.permitted_mail
+                                } else {
+                                    &mut out.excluded_mail
+                                },
+                                m,
+                            ),
+                            _ => continue,
+                        };
+                        list.push(v.to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `name` (a DNS name, or a mailbox when `mail`) is inside the constraints.
+    fn allows(&self, name: &str, mail: bool) -> bool {
+        let name = name.to_ascii_lowercase();
+        let (permitted, excluded) = if mail {
+            (&self.permitted_mail, &self.excluded_mail)
+        } else {
+            (&self.permitted_dns, &self.excluded_dns)
+        };
+        let within = |c: &String| {
+            if mail {
+                let domain = name.rsplit_once('@').map_or("", |(_, d)| d);
+                if c.contains('@') {
+                    name == *c
+                } else if let Some(sub) = c.strip_prefix('.') {
+                    domain.ends_with(&format!(".{sub}"))
+                } else {
+                    domain == c
+                }
+            } else {
+                name == *c || name.ends_with(&format!(".{c}"))
+            }
+        };
+        (permitted.is_empty() || permitted.iter().any(within)) && !excluded.iter().any(within)
+    }
 }
 
 /// A root's public half in the signer: `serve` and the other signer commands never open a root
@@ -1071,6 +1146,7 @@ impl Authority {
                 CaState {
                     subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
                     issuer_der: cert.tbs_certificate.issuer.as_raw().to_vec(),
+                    constraints: NameConstraints::of(&cert),
                     key_id: lint::subject_key_id(cert.tbs_certificate.extensions()),
                     not_after: cert.validity().not_after.to_datetime(),
                     cert_der: der.clone(),
@@ -2205,6 +2281,25 @@ impl Authority {
                 ),
             });
         }
+        // A name outside the issuing CA's name constraints would make relying parties reject
+        // the certificate (RFC 5280 §4.2.1.10): refused by name before anything is signed.
+        for name in subject
+            .dns_names
+            .iter()
+            .map(|d| (d, false))
+            .chain(subject.emails.iter().map(|e| (e, true)))
+        {
+            if !ca.constraints.allows(name.0, name.1) {
+                return Err(Error::Profile {
+                    profile: profile.id.into(),
+                    reason: format!(
+                        "{} is outside the name constraints of the {} CA",
+                        name.0,
+                        profile.issuer.name()
+                    ),
+                });
+            }
+        }
         let issuer = rcgen::Issuer::from_ca_cert_der(
             &ca.cert_der.clone().into(),
             LintSigner::of(&*ca.signer)?,
@@ -2827,6 +2922,38 @@ mod tests {
             renews,
             actor: "test".into(),
         }
+    }
+
+    /// RFC 5280 §4.2.1.10 matching of the name constraints an issuing CA's certificate carries.
+    #[test]
+    fn name_constraints_match_as_rfc_5280_says() {
+        let nc = NameConstraints {
+            permitted_dns: vec!["example.hk".into()],
+            excluded_dns: vec!["secret.example.hk".into()],
+            permitted_mail: vec![".gov.hk".into(), "post.hk".into(), "boss@other.hk".into()],
+            excluded_mail: vec![],
+        };
+        for (name, ok) in [
+            ("example.hk", true),
+            ("www.Example.HK", true),
+            ("badexample.hk", false),
+            ("example.hk.evil", false),
+            ("secret.example.hk", false),
+            ("a.secret.example.hk", false),
+        ] {
+            assert_eq!(nc.allows(name, false), ok, "{name}");
+        }
+        for (name, ok) in [
+            ("a@dept.gov.hk", true),
+            ("a@gov.hk", false),
+            ("a@post.hk", true),
+            ("a@x.post.hk", false),
+            ("boss@other.hk", true),
+            ("staff@other.hk", false),
+        ] {
+            assert_eq!(nc.allows(name, true), ok, "{name}");
+        }
+        assert!(NameConstraints::default().allows("anything.hk", false));
     }
 
     /// Key identifiers (issue 12, defect 9): every CA's and responder's SKI is RFC 5280

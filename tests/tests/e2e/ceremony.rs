@@ -177,6 +177,21 @@ fn a_two_of_three_quorum_opens_the_root_token_and_nothing_less() {
         &csr.csr,
         "server under the ceremony's TLS root",
     );
+    // A name outside the Server CA's constraint is refused before anything is signed (relying
+    // parties would reject the certificate).
+    let outside = crate::common::with(
+        server().application,
+        serde_json::json!({ "dns_names": ["www.example.org"] }),
+    );
+    let csr = ca.csr("outside", KeyType::P256);
+    let refused = crate::apply::attempt(&ca, &outside, server().locality, &csr.csr)
+        .expect_err("a name outside the constraints was issued");
+    assert!(
+        refused
+            .message()
+            .contains("www.example.org is outside the name constraints of the server CA"),
+        "{refused:?}"
+    );
 
     // The plan of a later ceremony, read before it runs.
     let crl = write(&ca, "crl.toml", CRL);
