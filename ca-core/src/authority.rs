@@ -669,29 +669,11 @@ pub(crate) fn ca_params(
                     ExtendedKeyUsagePurpose::ClientAuth,
                 ];
             }
-            // Reserved CA/B Forum policies first (TLS BR §7.1.2.10.5), then this CA's own.
-            let profiles: Vec<_> = crate::profile::PROFILES
+            // The same list `ceremony check` shows the operator.
+            let policies = crate::ceremony::policy_oids(role, policy_arc)
                 .iter()
-                .filter(|x| x.issuer == role)
-                .collect();
-            // Each once: several profiles share a reserved policy (RFC 5280 §4.2.1.4: a policy
-            // appears at most once).
-            let mut cabf: Vec<&str> = Vec::new();
-            for x in &profiles {
-                if !cabf.contains(&x.cabf_policy) {
-                    cabf.push(x.cabf_policy);
-                }
-            }
-            let mut policies = cabf
-                .into_iter()
-                .map(ext::PolicyOid::parse)
+                .map(|p| ext::PolicyOid::parse(p))
                 .collect::<Result<Vec<_>>>()?;
-            for prof in &profiles {
-                policies.push(ext::PolicyOid::parse(&format!(
-                    "{policy_arc}.2.{}",
-                    prof.local_policy
-                ))?);
-            }
             p.custom_extensions = vec![
                 ext::certificate_policies(&policies)?,
                 ext::authority_info_access(None, &format!("{base}/ca/{parent}.crt"))?,

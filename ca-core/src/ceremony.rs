@@ -667,8 +667,9 @@ async fn fresh(store: &Store, k: usize, role: CaRole, made: &[(CaRole, u32)]) ->
 }
 
 /// The policy OIDs an issuing CA's certificate asserts: the CA/B Forum's reserved ones of its
-/// profiles, then this CA's own under the arc (as [`authority`] encodes them).
-fn policy_oids(role: CaRole, arc: &str) -> Vec<String> {
+/// profiles first (TLS BR §7.1.2.10.5), each once (RFC 5280 §4.2.1.4: several profiles share
+/// one), then this CA's own under the arc.
+pub(crate) fn policy_oids(role: CaRole, arc: &str) -> Vec<String> {
     let profiles: Vec<_> = crate::profile::PROFILES
         .iter()
         .filter(|p| p.issuer == role)
@@ -1119,10 +1120,8 @@ pub async fn run_creation(
         };
     }
     let (root_token, present) = if needs_root {
-        match open_root_token(config, store, &ceremony, &mut access, actor).await {
-            Ok(o) => (Some(o.token), o.present),
-            Err(e) => return Err(e),
-        }
+        let o = open_root_token(config, store, &ceremony, &mut access, actor).await?;
+        (Some(o.token), o.present)
     } else {
         (None, String::new())
     };

@@ -271,15 +271,14 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     let mut cas = HashMap::new();
     for role in CaRole::ALL {
         // A data directory made before the TLS root has none until its Server CA's rollover.
-        if role == CaRole::TlsRoot && repo.ca_certificate(role).await?.is_none() {
-            continue;
-        }
-        let der = repo.ca_certificate(role).await?.with_context(|| {
-            format!(
+        let der = match repo.ca_certificate(role).await? {
+            Some(der) => der,
+            None if role == CaRole::TlsRoot => continue,
+            None => anyhow::bail!(
                 "the {} CA does not exist: run `ecert init` (or a signing `ecert serve`) first",
                 role.name()
-            )
-        })?;
+            ),
+        };
         cas.insert(role, Bytes::from(der));
     }
     let issuing: Vec<_> = ca_core::authority::OCSP_CAS

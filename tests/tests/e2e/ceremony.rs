@@ -71,6 +71,26 @@ fn write(ca: &Ca, name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
+/// `ecert init --ceremony FILE --shares-out DIR`, expected to fail: its error.
+fn init_refused(ca: &Ca, file: &Path, shares_out: &Path) -> String {
+    ca.ecert_err(&[
+        "init",
+        "--ceremony",
+        file.to_str().unwrap(),
+        "--shares-out",
+        shares_out.to_str().unwrap(),
+    ])
+}
+
+/// `ecert ceremony run FILE --share S...`, expected to fail: its error.
+fn run_refused(ca: &Ca, file: &Path, shares: &[&str]) -> String {
+    let mut args = vec!["ceremony", "run", file.to_str().unwrap()];
+    for s in shares {
+        args.extend(["--share", s]);
+    }
+    ca.ecert_err(&args)
+}
+
 fn share(dir: &Path, i: usize) -> String {
     dir.join(format!("share-{i}.txt"))
         .to_str()
@@ -242,13 +262,7 @@ fn a_two_of_three_quorum_opens_the_root_token_and_nothing_less() {
 
     // Not enough, corrupted, foreign: refused before any login, nothing signed, audited.
     let before = ca.ecert_ok(&["crl", "export", "tls-root"]);
-    let one = ca.ecert_err(&[
-        "ceremony",
-        "run",
-        crl.to_str().unwrap(),
-        "--share",
-        &share(&shares, 2),
-    ]);
+    let one = run_refused(&ca, &crl, &[&share(&shares, 2)]);
     assert!(
         one.contains("2 of 3 custodians' shares are needed, 1 given"),
         "{one}"
@@ -267,15 +281,7 @@ fn a_two_of_three_quorum_opens_the_root_token_and_nothing_less() {
     };
     typo.replace_range(payload_at..=payload_at, c);
     let bad = write(&ca, "typo.txt", &text.replace(line, &typo));
-    let e = ca.ecert_err(&[
-        "ceremony",
-        "run",
-        crl.to_str().unwrap(),
-        "--share",
-        &share(&shares, 1),
-        "--share",
-        bad.to_str().unwrap(),
-    ]);
+    let e = run_refused(&ca, &crl, &[&share(&shares, 1), bad.to_str().unwrap()]);
     assert!(e.contains("share 2") && e.contains("mistyped"), "{e}");
     // Bob's SO-PIN share offered as his user-PIN share: another sharing.
     let so = text
@@ -290,15 +296,7 @@ fn a_two_of_three_quorum_opens_the_root_token_and_nothing_less() {
             so.trim_start_matches("SO PIN share: ")
         ),
     );
-    let e = ca.ecert_err(&[
-        "ceremony",
-        "run",
-        crl.to_str().unwrap(),
-        "--share",
-        &share(&shares, 1),
-        "--share",
-        foreign.to_str().unwrap(),
-    ]);
+    let e = run_refused(&ca, &crl, &[&share(&shares, 1), foreign.to_str().unwrap()]);
     assert!(e.contains("not all of one sharing"), "{e}");
     assert_eq!(
         ca.ecert_ok(&["crl", "export", "tls-root"]),
@@ -448,13 +446,7 @@ fn ceremony_files_are_checked_before_any_hsm_is_touched() {
     ] {
         assert!(FIRST.contains(from), "{from}");
         let f = write(&fresh, "bad.toml", &FIRST.replace(from, to));
-        let e = fresh.ecert_err(&[
-            "init",
-            "--ceremony",
-            f.to_str().unwrap(),
-            "--shares-out",
-            fresh.file("s").to_str().unwrap(),
-        ]);
+        let e = init_refused(&fresh, &f, &fresh.file("s"));
         assert!(e.contains(expect), "{to}: {e}");
     }
     assert!(
@@ -467,13 +459,7 @@ fn ceremony_files_are_checked_before_any_hsm_is_touched() {
     std::fs::create_dir_all(&used).unwrap();
     std::fs::write(used.join("share-2.txt"), "an earlier sheet\n").unwrap();
     let f = write(&fresh, "first.toml", FIRST);
-    let e = fresh.ecert_err(&[
-        "init",
-        "--ceremony",
-        f.to_str().unwrap(),
-        "--shares-out",
-        used.to_str().unwrap(),
-    ]);
+    let e = init_refused(&fresh, &f, &used);
     assert!(e.contains("new shares go to an empty directory"), "{e}");
     let out = fresh.ecert_ok(&[
         "init",
@@ -490,26 +476,14 @@ fn ceremony_files_are_checked_before_any_hsm_is_touched() {
         "long.toml",
         &FIRST.replace("validity_days = 5000", "validity_days = 6000"),
     );
-    let e = fresh.ecert_err(&[
-        "init",
-        "--ceremony",
-        f.to_str().unwrap(),
-        "--shares-out",
-        fresh.file("s").to_str().unwrap(),
-    ]);
+    let e = init_refused(&fresh, &f, &fresh.file("s"));
     assert!(e.contains("15 years"), "{e}");
     let f = write(
         &fresh,
         "outlive.toml",
         &FIRST.replace("validity_days = 3000", "validity_days = 5000"),
     );
-    let e = fresh.ecert_err(&[
-        "init",
-        "--ceremony",
-        f.to_str().unwrap(),
-        "--shares-out",
-        fresh.file("s").to_str().unwrap(),
-    ]);
+    let e = init_refused(&fresh, &f, &fresh.file("s"));
     assert!(e.contains("ends before its root"), "{e}");
 }
 

@@ -506,10 +506,7 @@ fn revoking_an_issuing_ca() {
     // Until the ceremony, /healthz alarms: a CA revocation waits for its root's CRL (TLS BR
     // §4.9.7: within 24 hours); the TLS root has nothing waiting.
     let srv = crate::serve::start(&ca);
-    let health = |addr: &str| -> serde_json::Value {
-        serde_json::from_slice(&crate::serve::get(addr, "/healthz").2).unwrap()
-    };
-    let h = health(&srv.1);
+    let h = crate::serve::healthz(&srv.1);
     assert_eq!(h["status"], "fault", "{h}");
     assert!(
         h["crl"]["root"]["revocation_waits_for_ceremony"]["since_seconds"].is_i64(),
@@ -528,7 +525,7 @@ fn revoking_an_issuing_ca() {
     let record = ca.root_crl_ceremony("root");
     assert!(record.contains("CRL of root: number"), "{record}");
     let start = Instant::now();
-    while health(&srv.1)["crl"]["root"]
+    while crate::serve::healthz(&srv.1)["crl"]["root"]
         .get("revocation_waits_for_ceremony")
         .is_some()
     {

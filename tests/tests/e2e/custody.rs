@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ecert_e2e::{totp_now, Ca, Db, SmtpServer};
 
+use crate::serve::healthz;
+
 use crate::ra::{
     add_gpo, add_staff, api, form, page, serve_ra, set_cookie, text, wong_application,
 };
@@ -166,11 +168,6 @@ fn sign_in(addr: &str, username: &str, totp: &str) -> String {
 
 fn staff_token(ca: &Ca, username: &str, scopes: &str) -> String {
     crate::ra::staff_token(ca, username, scopes, 1)
-}
-
-fn healthz(addr: &str) -> serde_json::Value {
-    let (_, _, body) = crate::serve::get(addr, "/healthz");
-    serde_json::from_slice(&body).unwrap()
 }
 
 fn pkcs11_tool(ca: &Ca, args: &[&str]) -> std::process::Output {

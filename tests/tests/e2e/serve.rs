@@ -67,6 +67,11 @@ pub fn http(
     }
 }
 
+/// `GET /healthz`, its JSON.
+pub fn healthz(addr: &str) -> serde_json::Value {
+    serde_json::from_slice(&get(addr, "/healthz").2).unwrap()
+}
+
 /// A plain HTTP/1.1 GET: (status, content-type, body).
 pub fn get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
     let r = http(addr, "GET", path, &[], b"");
