@@ -32,12 +32,12 @@ use crate::error::{Error, Result};
 use crate::ext;
 use crate::keys::SubscriberKey;
 use crate::lint::{self, Expect, LintInput};
-use crate::profile::{CaRole, IssueContext, Profile, SubjectData};
+use crate::profile::{CaId, CaRole, CaStatus, IssueContext, Profile, SubjectData};
 use crate::serial::SerialNumber;
 use crate::store::{CertState, Store, WriteOp};
 
 pub(crate) mod responder;
-pub use responder::{OCSP_CAS, RESPONDER_PROFILE};
+pub use responder::RESPONDER_PROFILE;
 
 /// Group commit: state changes from concurrent issuances are written in one transaction (one
 /// fsync) per batch. Each caller still waits for *its* change to be durable before going on,
@@ -124,7 +124,7 @@ pub struct Issued {
     /// Its serial.
     pub serial: SerialNumber,
     /// The CA that issued it.
-    pub issuer: CaRole,
+    pub issuer: CaId,
     /// DER.
     pub cert_der: Vec<u8>,
 }
@@ -135,7 +135,7 @@ pub struct Issued {
 #[must_use = "a prepared issuance must be signed (or it stays in state `issuing`)"]
 pub struct IssuanceToken {
     serial: SerialNumber,
-    issuer: CaRole,
+    issuer: CaId,
     tbs: Vec<u8>,
     signature_algorithm: Vec<u8>,
     renews: Option<String>,
@@ -189,6 +189,7 @@ impl rcgen::SigningKey for LintSigner {
 
 /// A serial committed as `reserved`, with what the next step needs.
 struct Reserved {
+    issuer: CaId,
     profile: &'static Profile,
     key: SubscriberKey,
     subject: SubjectData,
@@ -211,6 +212,10 @@ struct CaState {
     constraints: NameConstraints,
     /// Revoked by the root (two officers' decision, `ra::officer`): it issues nothing more.
     revoked: std::sync::atomic::AtomicBool,
+    /// Its subject's commonName (its responder is named after it).
+    common_name: String,
+    /// Where it is in its life: set at start, and `retired` by [`Authority::retire_finished`].
+    status: std::sync::Mutex<CaStatus>,
 }
 
 /// A CRL that was published.
@@ -248,9 +253,9 @@ pub struct CeremonyRun {
 #[derive(Debug, Clone, Default)]
 pub struct InitReport {
     /// CAs created in this run.
-    pub created: Vec<CaRole>,
+    pub created: Vec<CaId>,
     /// CAs that already existed.
-    pub existing: Vec<CaRole>,
+    pub existing: Vec<CaId>,
     /// The signed record of the built-in ceremony, when it made something.
     pub ceremony: Option<String>,
 }
@@ -261,14 +266,16 @@ pub struct Authority {
     config: Config,
     store: Store,
     policy_arc: String,
-    cas: HashMap<CaRole, CaState>,
+    cas: HashMap<CaId, CaState>,
+    /// Each role's current CA (`cas.state = 'active'`): where new issuance goes.
+    active: HashMap<CaRole, CaId>,
     writer: Committer,
     /// At most `hsm.pool_size` signatures in flight, so the token's session pool is not
     /// outrun (each extra request would open and close a session).
     hsm_slots: Arc<tokio::sync::Semaphore>,
     audit_key: Arc<dyn hsm::Signer>,
     /// The delegated OCSP responder of each issuing CA.
-    responders: tokio::sync::RwLock<HashMap<CaRole, Arc<responder::Responder>>>,
+    responders: tokio::sync::RwLock<HashMap<CaId, Arc<responder::Responder>>>,
     /// The personal-data vault: `None` until the `pii` token's PIN is given (at start from
     /// [`Config::pii_pin`], or by the data owner's activation; see [`crate::custody`]).
     pii: std::sync::RwLock<Option<Arc<crate::pii::Vault>>>,
@@ -280,11 +287,11 @@ pub struct Authority {
     /// The staff-auth vault (the `ca` token): TOTP secrets and problem reports.
     staff_keys: Arc<crate::pii::Vault>,
     /// Each issuing CA's CRL entries, kept between publications (see [`crate::crl`]).
-    crl_lists: tokio::sync::Mutex<HashMap<CaRole, EntryList>>,
+    crl_lists: tokio::sync::Mutex<HashMap<CaId, EntryList>>,
     /// CRL files (the copies in `<data_dir>/crl/` a web server in front may serve) that do not
     /// hold the newest stored CRL of their scope: the database stored it, the file write
     /// failed (a full disk). [`Authority::rewrite_crl_files`] writes them again.
-    crl_files_behind: std::sync::Mutex<HashSet<(CaRole, Scope)>>,
+    crl_files_behind: std::sync::Mutex<HashSet<(CaId, Scope)>>,
     /// The newest checkpoint known to be in the audit witness (`-1`: not read yet).
     witnessed: std::sync::atomic::AtomicI64,
     /// Why the last attempt to write the witness failed.
@@ -873,11 +880,7 @@ impl Authority {
             .map_err(|e| Error::Store(e.to_string()))??;
         let _ = &arc;
         let mut report = InitReport::default();
-        for role in CaRole::ALL {
-            if store.ca(role.name()).await?.is_some() {
-                report.existing.push(role);
-            }
-        }
+        report.existing = store.cas().await?.into_iter().map(|c| c.id).collect();
         // The audit key: signs checkpoints of the audit chain (DESIGN.md "Personal data and
         // trust"). Generated in the token like the CA keys.
         let t = token.clone();
@@ -1042,19 +1045,22 @@ impl Authority {
             .meta("policy_arc")
             .await?
             .ok_or(Error::NotInitialised)?;
-        let mut labels = Vec::new();
+        let stored = store.cas().await?;
         for role in CaRole::ALL {
-            match store.ca(role.name()).await? {
-                Some((label, der)) => labels.push((role, label, der)),
-                // Data directories made before the TLS root have none until the rollover.
-                None if role == CaRole::TlsRoot => {}
-                None => return Err(Error::NotInitialised),
+            // Data directories made before the TLS root have none until the rollover.
+            if role != CaRole::TlsRoot && !stored.iter().any(|c| c.id.role == role) {
+                return Err(Error::NotInitialised);
             }
         }
+        // A retired CA signs nothing more: its key is not opened.
+        let labels: Vec<_> = stored
+            .iter()
+            .map(|c| (c.id, c.key_label.clone(), c.cert_der.clone(), c.state))
+            .collect();
         let responder_rows = store.responders().await?;
         let cfg2 = config.clone();
         type Keys = (
-            Vec<(CaRole, Vec<u8>, Option<hsm::pkcs11::Pkcs11Key>)>,
+            Vec<(CaId, Vec<u8>, CaStatus, Option<hsm::pkcs11::Pkcs11Key>)>,
             hsm::pkcs11::Pkcs11Key,
             Vec<(crate::store::ResponderRow, Option<hsm::pkcs11::Pkcs11Key>)>,
             hsm::pkcs11::Token,
@@ -1067,13 +1073,13 @@ impl Authority {
                 // (crate::ceremony), with its token opened by a quorum of custodians.
                 let keys = labels
                     .into_iter()
-                    .map(|(role, label, der)| {
-                        let key = if role.is_root() {
+                    .map(|(id, label, der, state)| {
+                        let key = if id.is_root() || state == CaStatus::Retired {
                             None
                         } else {
                             Some(token.key(&label)?)
                         };
-                        Ok((role, der, key))
+                        Ok((id, der, state, key))
                     })
                     .collect::<Result<_>>()?;
                 let audit = token
@@ -1092,7 +1098,7 @@ impl Authority {
             .map_err(|e| Error::Store(e.to_string()))??;
         let mut responders = HashMap::new();
         for (row, key) in responder_keys {
-            let role = CaRole::from_name(&row.issuer)?;
+            let role = CaId::from_name(&row.issuer)?;
             match key {
                 Some(key) => {
                     responders.insert(role, Arc::new(responder::Responder::new(row, key)?));
@@ -1104,16 +1110,19 @@ impl Authority {
             }
         }
         let mut cas = HashMap::new();
-        for (role, der, key) in keys {
-            let revoked = store.ca_revocation(role.name()).await?.is_some();
+        let mut active = HashMap::new();
+        for (role, der, status, key) in keys {
+            if status == CaStatus::Active {
+                active.insert(role.role, role);
+            }
+            let revoked = store.ca_revocation(&role.name()).await?.is_some();
             let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
                 .map_err(|e| Error::Store(format!("stored CA certificate {}: {e}", role.name())))?;
             let signer: Arc<dyn hsm::Signer> = match key {
                 Some(key) => {
                     if cert.tbs_certificate.subject_pki.raw != hsm::Signer::public_key_spki(&key) {
                         return Err(Error::Config(format!(
-                            "the HSM key {} does not match the {} CA certificate",
-                            role.key_label(),
+                            "the HSM key of the {} CA does not match its certificate",
                             role.name()
                         )));
                     }
@@ -1134,6 +1143,13 @@ impl Authority {
                     cert_der: der.clone(),
                     signer,
                     revoked: revoked.into(),
+                    status: std::sync::Mutex::new(status),
+                    common_name: cert
+                        .subject()
+                        .iter_common_name()
+                        .find_map(|a| a.as_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
                 },
             );
         }
@@ -1186,6 +1202,7 @@ impl Authority {
             store,
             policy_arc,
             cas,
+            active,
             writer,
             hsm_slots,
             audit_key: Arc::new(audit_key),
@@ -1292,7 +1309,7 @@ impl Authority {
     }
 
     /// A CA's certificate (DER).
-    pub fn ca_cert(&self, role: CaRole) -> Result<&[u8]> {
+    pub fn ca_cert(&self, role: CaId) -> Result<&[u8]> {
         self.cas
             .get(&role)
             .map(|c| c.cert_der.as_slice())
@@ -1326,7 +1343,7 @@ impl Authority {
     /// privilegeWithdrawn. The root itself is not revoked (it is withdrawn from trust stores).
     pub async fn revoke_ca(
         &self,
-        role: CaRole,
+        role: CaId,
         reason: crate::revocation::Reason,
         actor: &str,
     ) -> Result<CaRole> {
@@ -1351,13 +1368,13 @@ impl Authority {
             .store
             .revoke_ca(
                 &mut tx,
-                role.name(),
+                &role.name(),
                 now_secs().unix_timestamp(),
                 reason.code(),
             )
             .await?
         {
-            let earlier = self.store.ca_revocation(role.name()).await?;
+            let earlier = self.store.ca_revocation(&role.name()).await?;
             return Err(Error::AlreadyRevoked {
                 serial,
                 reason: earlier
@@ -1379,26 +1396,26 @@ impl Authority {
             .await?;
         tx.commit().await?;
         ca.revoked.store(true, std::sync::atomic::Ordering::SeqCst);
-        tracing::warn!(ca = role.name(), root = root.name(), "CA revoked: its root's CRL must be signed in a key ceremony within 24 hours (TLS BR §4.9.7)");
+        tracing::warn!(ca = %role, root = root.name(), "CA revoked: its root's CRL must be signed in a key ceremony within 24 hours (TLS BR §4.9.7)");
         Ok(root)
     }
 
     /// The root whose certificate issued `role`'s (by issuer name): `None` for a root. A Server
     /// CA of a data directory made before the TLS root is under the S/MIME root.
-    pub fn parent_of(&self, role: CaRole) -> Option<CaRole> {
+    pub fn parent_of(&self, role: CaId) -> Option<CaRole> {
         let ca = self.cas.get(&role)?;
         if role.is_root() {
             return None;
         }
         CaRole::ROOTS.into_iter().find(|r| {
             self.cas
-                .get(r)
+                .get(&CaId::first(*r))
                 .is_some_and(|root| root.subject_der == ca.issuer_der)
         })
     }
 
     /// Whether the root has revoked this CA.
-    pub fn ca_revoked(&self, role: CaRole) -> bool {
+    pub fn ca_revoked(&self, role: CaId) -> bool {
         self.cas
             .get(&role)
             .is_some_and(|c| c.revoked.load(std::sync::atomic::Ordering::SeqCst))
@@ -1429,16 +1446,16 @@ impl Authority {
     /// The CRLs a CA publishes: its full CRL and, for an issuing CA, partitions `0..n` where n
     /// is the larger of its configured partitions ([`crate::config::CrlConfig::partitions_of`]) and the partitions it published before (certificates
     /// keep the partition they were issued with when the setting changes).
-    pub async fn crl_scopes(&self, role: CaRole) -> Result<Vec<Scope>> {
+    pub async fn crl_scopes(&self, role: CaId) -> Result<Vec<Scope>> {
         if role.is_root() {
             return Ok(vec![Scope::Full]);
         }
-        let heads = self.store.crl_heads(role.name()).await?;
+        let heads = self.store.crl_heads(&role.name()).await?;
         Ok(self.crl_scopes_from(role, &heads))
     }
 
     /// [`Authority::crl_scopes`] from heads already read.
-    pub fn crl_scopes_from(&self, role: CaRole, heads: &[crate::store::CrlHead]) -> Vec<Scope> {
+    pub fn crl_scopes_from(&self, role: CaId, heads: &[crate::store::CrlHead]) -> Vec<Scope> {
         let mut scopes = vec![Scope::Full];
         if role.is_root() {
             return scopes;
@@ -1451,20 +1468,20 @@ impl Authority {
             })
             .max()
             .unwrap_or(0);
-        let n = published.max(self.config.crl.partitions_of(role));
+        let n = published.max(self.config.crl.partitions_of(role.role));
         scopes.extend((0..n).map(Scope::Partition));
         scopes
     }
 
     /// The CRLs of `role` due for publication at `now` ([`crate::publication::crls_due`]):
     /// reads the newest CRL of each scope and the scopes' status versions.
-    pub async fn crls_due(&self, role: CaRole, now: i64, interval: i64) -> Result<Vec<Scope>> {
-        let heads = self.store.crl_heads(role.name()).await?;
-        let versions = self.store.status_versions(role.name()).await?;
+    pub async fn crls_due(&self, role: CaId, now: i64, interval: i64) -> Result<Vec<Scope>> {
+        let heads = self.store.crl_heads(&role.name()).await?;
+        let versions = self.store.status_versions(&role.name()).await?;
         // One read of the heads serves both the scopes and their freshness.
         let scopes = self.crl_scopes_from(role, &heads);
         Ok(crate::publication::crls_due(
-            role, scopes, &heads, &versions, now, interval,
+            role.role, scopes, &heads, &versions, now, interval,
         ))
     }
 
@@ -1472,18 +1489,18 @@ impl Authority {
     /// read; afterwards only the serials queued in `crl_pending` by status changes.
     async fn refresh_crl_entries(
         &self,
-        lists: &mut HashMap<CaRole, EntryList>,
-        role: CaRole,
+        lists: &mut HashMap<CaId, EntryList>,
+        role: CaId,
         now: i64,
     ) -> Result<()> {
         const BATCH: i64 = 20_000;
         loop {
             // The queue is read before the rows: a change committed after this point stays
             // queued (or bumps the version read), so it is applied on the next run.
-            let pending = self.store.crl_pending(role.name(), BATCH).await?;
+            let pending = self.store.crl_pending(&role.name(), BATCH).await?;
             match lists.get_mut(&role) {
                 None => {
-                    let rows = self.store.crl_entries(role.name(), now).await?;
+                    let rows = self.store.crl_entries(&role.name(), now).await?;
                     let list = tokio::task::spawn_blocking(move || -> Result<EntryList> {
                         let mut list = EntryList::default();
                         for mut row in rows {
@@ -1530,7 +1547,7 @@ impl Authority {
     /// serials, kept until 7 days after they expire (BR §4.10.1).
     pub async fn publish_crl(
         &self,
-        role: CaRole,
+        role: CaId,
         scope: Scope,
         actor: &str,
     ) -> Result<PublishedCrl> {
@@ -1541,14 +1558,77 @@ impl Authority {
                 role.name()
             )));
         }
+        if self.status_of(role) == Some(CaStatus::Retired) {
+            return Err(Error::Config(format!(
+                "the {role} CA is retired (its last certificate has expired): its final CRL stands"
+            )));
+        }
         self.publish_crl_with(role, scope, actor, None).await
+    }
+
+    /// Where CA `id` is in its life (`None`: no such CA).
+    pub fn status_of(&self, id: CaId) -> Option<CaStatus> {
+        self.cas
+            .get(&id)
+            .map(|c| *c.status.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Retires each superseded CA whose certificates have all expired at `now` (none still in
+    /// issuance): its final CRLs (every scope) are published, then it is marked `retired`
+    /// (audited `ca.retired`) and signs nothing more — no CRL, no OCSP response, no responder.
+    /// Its final CRLs and its certificate stay published. Returns the CAs retired.
+    pub async fn retire_finished(&self, now: i64, actor: &str) -> Result<Vec<CaId>> {
+        let mut retired = Vec::new();
+        for (id, status) in self.cas() {
+            if status != CaStatus::Superseded {
+                continue;
+            }
+            let (last, in_flight) = self.store.last_expiry(&id.name()).await?;
+            if in_flight || last.is_some_and(|t| t >= now) {
+                continue;
+            }
+            // The final CRLs: every scope, so each URL in its certificates answers with a CRL
+            // made after the last of them expired.
+            let mut finals = Vec::new();
+            for scope in self.crl_scopes(id).await? {
+                let crl = self.publish_crl_with(id, scope, actor, None).await?;
+                finals.push(json!({ "crl": scope.file_name(id), "number": crl.number }));
+            }
+            let mut tx = self.store.begin().await?;
+            if !self
+                .store
+                .set_ca_state(&mut tx, id, CaStatus::Superseded, CaStatus::Retired)
+                .await?
+            {
+                continue;
+            }
+            self.store
+                .audit(
+                    &mut tx,
+                    &Event {
+                        kind: "ca.retired",
+                        actor: actor.to_string(),
+                        subject: Some(id.name()),
+                        detail: json!({ "last_not_after": last, "final_crls": finals }),
+                    },
+                )
+                .await?;
+            tx.commit().await?;
+            if let Some(ca) = self.cas.get(&id) {
+                *ca.status.lock().unwrap_or_else(|p| p.into_inner()) = CaStatus::Retired;
+            }
+            self.responders.write().await.remove(&id);
+            tracing::info!(ca = %id, "CA retired: its last certificate has expired; its final CRLs stand");
+            retired.push(id);
+        }
+        Ok(retired)
     }
 
     /// A root's CRL, signed by `signer` (the root key, opened in a key ceremony: see
     /// [`crate::ceremony`]); checked to be the key of the root's certificate.
     pub async fn publish_root_crl(
         &self,
-        role: CaRole,
+        role: CaId,
         signer: Arc<dyn hsm::Signer>,
         actor: &str,
     ) -> Result<PublishedCrl> {
@@ -1565,7 +1645,7 @@ impl Authority {
 
     async fn publish_crl_with(
         &self,
-        role: CaRole,
+        role: CaId,
         scope: Scope,
         actor: &str,
         root_signer: Option<Arc<dyn hsm::Signer>>,
@@ -1588,7 +1668,7 @@ impl Authority {
         // without a reference) is not published (issue 13, defect 2; RFC 5280 §5.1.2.4).
         if let Some(prev) = self
             .store
-            .crl_heads(role.name())
+            .crl_heads(&role.name())
             .await?
             .into_iter()
             .find(|h| h.scope == scope)
@@ -1608,7 +1688,7 @@ impl Authority {
         // again, so the publisher notices and republishes.
         let status_version = self
             .store
-            .status_versions(role.name())
+            .status_versions(&role.name())
             .await?
             .get(&scope)
             .copied()
@@ -1640,7 +1720,7 @@ impl Authority {
             lists.remove(&role).unwrap_or_default()
         };
         let query_ms = started.elapsed().as_millis();
-        let number = match self.store.next_crl_number(role.name()).await {
+        let number = match self.store.next_crl_number(&role.name()).await {
             Ok(n) => n,
             Err(e) => {
                 lists.insert(role, list);
@@ -1682,7 +1762,7 @@ impl Authority {
                     issuer_subject_der: &subject_der,
                     issuer_key_id: &key_id,
                     max_validity_secs: validity,
-                    hold_allowed: role == CaRole::Individual,
+                    hold_allowed: role.role == CaRole::Individual,
                     idp_uri: idp_uri.as_deref(),
                 });
                 if !findings.is_empty() {
@@ -1735,7 +1815,7 @@ impl Authority {
         let path = dir.join(&file);
         self.store
             .insert_crl(
-                role.name(),
+                &role.name(),
                 scope,
                 number,
                 this_update,
@@ -1774,7 +1854,7 @@ impl Authority {
         })
     }
 
-    fn note_crl_file(&self, role: CaRole, scope: Scope, current: bool) {
+    fn note_crl_file(&self, role: CaId, scope: Scope, current: bool) {
         let mut behind = self
             .crl_files_behind
             .lock()
@@ -1804,9 +1884,9 @@ impl Authority {
     pub async fn check_crl_files(&self) -> Result<usize> {
         let dir = self.config.data_dir.join("crl");
         let mut n = 0;
-        for role in CaRole::ALL {
-            for head in self.store.crl_heads(role.name()).await? {
-                let Some((_, der)) = self.store.latest_crl(role.name(), head.scope).await? else {
+        for (role, _) in self.cas() {
+            for head in self.store.crl_heads(&role.name()).await? {
+                let Some((_, der)) = self.store.latest_crl(&role.name(), head.scope).await? else {
                     continue;
                 };
                 let on_disk = std::fs::read(dir.join(head.scope.file_name(role))).ok();
@@ -1821,7 +1901,7 @@ impl Authority {
     /// Writes again each CRL file noted behind, from the newest stored CRL of its scope.
     /// Returns how many were written; the first failure stops the pass.
     pub async fn rewrite_crl_files(&self) -> Result<usize> {
-        let behind: Vec<(CaRole, Scope)> = self
+        let behind: Vec<(CaId, Scope)> = self
             .crl_files_behind
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1831,7 +1911,7 @@ impl Authority {
         let dir = self.config.data_dir.join("crl");
         let mut n = 0;
         for (role, scope) in behind {
-            if let Some((_, der)) = self.store.latest_crl(role.name(), scope).await? {
+            if let Some((_, der)) = self.store.latest_crl(&role.name(), scope).await? {
                 write_crl_file(dir.clone(), scope.file_name(role), der).await?;
                 n += 1;
             }
@@ -2088,10 +2168,10 @@ impl Authority {
     /// condition of every BR domain validation and CAA check, so without it nothing may carry
     /// the policy. Every issuance checks it; the RA checks it at submission too.
     pub fn offers(&self, profile: &Profile) -> Result<()> {
-        if self.ca_revoked(profile.issuer) {
+        let issuer = self.issuer_for(profile)?;
+        if self.ca_revoked(issuer) {
             return Err(Error::Revocation(format!(
-                "the {} CA is revoked: it issues nothing more",
-                profile.issuer.name()
+                "the {issuer} CA is revoked: it issues nothing more"
             )));
         }
         if profile.kind == crate::profile::ProfileKind::Server
@@ -2106,6 +2186,45 @@ impl Authority {
             });
         }
         Ok(())
+    }
+
+    /// The CA that issues under `profile` now: its role's active CA (DESIGN.md "each CA has an
+    /// id; a role names its current CA").
+    pub fn issuer_for(&self, profile: &Profile) -> Result<CaId> {
+        self.active.get(&profile.issuer).copied().ok_or_else(|| {
+            Error::Config(format!(
+                "no {} CA is active: activate one in a key ceremony (docs/CEREMONY.md)",
+                profile.issuer.name()
+            ))
+        })
+    }
+
+    /// Each role's current CA.
+    pub fn active_cas(&self) -> Vec<CaId> {
+        let mut v: Vec<CaId> = self.active.values().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Every CA this signer knows, roots first, with where it is in its life.
+    pub fn cas(&self) -> Vec<(CaId, CaStatus)> {
+        let mut v: Vec<(CaId, CaStatus)> = self
+            .cas
+            .iter()
+            .map(|(id, c)| (*id, *c.status.lock().unwrap_or_else(|p| p.into_inner())))
+            .collect();
+        v.sort_by_key(|(id, _)| (!id.is_root(), *id));
+        v
+    }
+
+    /// The issuing CAs that publish CRLs and sign OCSP responses: active and superseded ones
+    /// (a superseded CA answers for its certificates until the last one expires).
+    pub fn publishing_cas(&self) -> Vec<CaId> {
+        self.cas()
+            .into_iter()
+            .filter(|(id, st)| !id.is_root() && st.publishes())
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// The signer's clock check ([`crate::clock`]): `/healthz` and `/metrics` read it.
@@ -2140,6 +2259,7 @@ impl Authority {
             subject.srn = Some(new_srn());
         }
         let subject = profile.check(&subject, req.days, now_secs())?;
+        let issuer = self.issuer_for(profile)?;
         let serial = SerialNumber::random();
         let serial_hex = serial.to_hex();
         let crl_partition =
@@ -2148,7 +2268,7 @@ impl Authority {
             serde_json::to_string(&subject).map_err(|e| Error::Encoding(e.to_string()))?;
         let op = WriteOp::Reserve {
             serial: serial_hex.clone(),
-            issuer: profile.issuer.name(),
+            issuer: issuer.name(),
             profile: profile.id,
             profile_version: i64::from(profile.version),
             key_fp: key.fingerprint().to_vec(),
@@ -2160,10 +2280,11 @@ impl Authority {
             kind: "issuance.requested",
             actor: req.actor.clone(),
             subject: Some(serial_hex.clone()),
-            detail: json!({ "profile": profile.id, "profile_version": profile.version, "issuer": profile.issuer.name(), "key": key.kind().name(), "renews": renews }),
+            detail: json!({ "profile": profile.id, "profile_version": profile.version, "issuer": issuer.name(), "key": key.kind().name(), "renews": renews }),
         };
         self.writer.write(op, event).await?;
         Ok(Reserved {
+            issuer,
             profile,
             key,
             subject,
@@ -2176,6 +2297,7 @@ impl Authority {
     /// Step 4: build the linting certificate (static signature value), lint; store the linting TBS as `issuing`.
     async fn build_and_record(&self, req: ApprovedRequest, r: Reserved) -> Result<IssuanceToken> {
         let Reserved {
+            issuer,
             profile,
             key,
             subject,
@@ -2184,11 +2306,11 @@ impl Authority {
             crl_partition,
         } = r;
         let serial_hex = serial.to_hex();
-        let ca = self.cas.get(&profile.issuer).ok_or(Error::NotInitialised)?;
+        let ca = self.cas.get(&issuer).ok_or(Error::NotInitialised)?;
         async_fail_point!("ca::after_reserve");
         // Step 4: build the linting certificate, lint.
         let built =
-            self.build_linting(profile, &subject, &key, serial, crl_partition, ca, req.days);
+            self.build_linting(profile, &subject, &key, serial, crl_partition, issuer, ca, req.days);
         let (tbs, alg, nb, na) = match built {
             Ok(v) => v,
             Err(e) => {
@@ -2224,7 +2346,7 @@ impl Authority {
         async_fail_point!("ca::after_issuing");
         Ok(IssuanceToken {
             serial,
-            issuer: profile.issuer,
+            issuer,
             tbs,
             signature_algorithm: alg,
             renews,
@@ -2241,10 +2363,12 @@ impl Authority {
         key: &SubscriberKey,
         serial: SerialNumber,
         crl_partition: Option<u16>,
+        issuer: CaId,
         ca: &CaState,
         days: Option<u32>,
     ) -> Result<(Vec<u8>, Vec<u8>, i64, i64)> {
         let ctx = IssueContext {
+            issuer,
             crl_partition,
             base_url: self.config.base_url(),
             policy_arc: &self.policy_arc,
@@ -2959,7 +3083,7 @@ mod tests {
         }
         let mut root_skis = HashMap::new();
         for root in CaRole::ROOTS {
-            let (root_ski, root_aki, root_bits) = ids(auth.ca_cert(root).unwrap());
+            let (root_ski, root_aki, root_bits) = ids(auth.ca_cert(CaId::first(root)).unwrap());
             assert_eq!(root_ski.as_deref(), Some(&root_bits[..]), "{root:?} SKI");
             assert_eq!(root_aki, root_ski, "{root:?} AKI");
             root_skis.insert(root, root_ski);
@@ -2970,6 +3094,7 @@ mod tests {
             (CaRole::Individual, CaRole::Root),
             (CaRole::Server, CaRole::TlsRoot),
         ] {
+            let role = CaId::first(role);
             assert_eq!(auth.parent_of(role), Some(root), "{role:?}");
             let (ski, aki, bits) = ids(auth.ca_cert(role).unwrap());
             assert_eq!(ski.as_deref(), Some(&bits[..]), "{role:?} SKI");
@@ -3000,6 +3125,7 @@ mod tests {
         );
         let root_end = now + time::Duration::days(365);
         let spec = crate::ceremony::CaSpec {
+            id: CaId::first(CaRole::Individual),
             role: CaRole::Individual,
             common_name: "Test CA".into(),
             validity_days: config.ca.issuing_validity_days,
@@ -3083,7 +3209,7 @@ mod tests {
             .await
             .unwrap();
         match auth
-            .publish_crl(CaRole::Individual, Scope::Full, "test")
+            .publish_crl(CaId::first(CaRole::Individual), Scope::Full, "test")
             .await
         {
             Err(Error::Lint(f)) => assert!(f[0].contains(&strict.serial.to_hex()), "{f:?}"),
@@ -3249,7 +3375,7 @@ mod tests {
             .await
             .unwrap();
         let issued = auth.issue(request(2, None)).await.unwrap();
-        let ca = auth.ca_cert(CaRole::Individual).unwrap();
+        let ca = auth.ca_cert(CaId::first(CaRole::Individual)).unwrap();
         let (_, ca) = x509_parser::certificate::X509Certificate::from_der(ca).unwrap();
         let (_, cert) =
             x509_parser::certificate::X509Certificate::from_der(&issued.cert_der).unwrap();

@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::SubscriberKey;
 use crate::lint::{self, Expect, LintInput};
-use crate::profile::CaRole;
+use crate::profile::{CaId, CaRole, CaStatus};
 use crate::quorum;
 use crate::serial::SerialNumber;
 use crate::store::Store;
@@ -178,6 +178,42 @@ pub enum Step {
         #[serde(default)]
         excluded: Vec<String>,
     },
+    /// A successor to the current issuing CA of a role (a CA rollover): a new key in the
+    /// online token and its certificate under a root, named `<role>-<generation>`
+    /// (`individual-2`) with its own URLs. With `activate`, new issuance goes to it when the
+    /// ceremony ends; otherwise it waits, published, for an `activate` step.
+    Rollover {
+        /// `individual` or `server`: the role whose CA is succeeded.
+        ca: String,
+        /// The root that signs it (for a Server CA made under the S/MIME root before the TLS
+        /// root existed, `tls-root`: the rollover moves the role to its own hierarchy).
+        root: String,
+        /// The key type.
+        key_type: String,
+        /// The subject CN: not any other CA's.
+        common_name: String,
+        /// Must end before the root.
+        validity_days: u32,
+        /// The key's label (default `ecert-<role>-<generation>-ca`).
+        key_label: Option<String>,
+        /// basicConstraints pathLenConstraint (0).
+        path_length: Option<u8>,
+        /// Name constraints, as for `issuing`.
+        #[serde(default)]
+        permitted: Vec<String>,
+        /// Excluded subtrees, likewise.
+        #[serde(default)]
+        excluded: Vec<String>,
+        /// Activate it when the ceremony ends (default `true`).
+        activate: Option<bool>,
+    },
+    /// Activates a successor made pending by an earlier `rollover` step: new issuance goes to
+    /// it; the CA it succeeds stops issuing and keeps publishing until its last certificate
+    /// expires.
+    Activate {
+        /// The successor's id (`individual-2`).
+        ca: String,
+    },
     /// A root's CRL (its revoked issuing CAs), signed with the root key.
     RootCrl {
         /// The root.
@@ -189,6 +225,8 @@ pub enum Step {
 #[derive(Debug, Clone)]
 pub struct CaSpec {
     /// Which CA.
+    pub id: CaId,
+    /// Its role (`id.role`).
     pub role: CaRole,
     /// Subject CN.
     pub common_name: String,
@@ -210,7 +248,13 @@ pub struct CaSpec {
 #[derive(Debug, Clone)]
 enum Planned {
     Root(CaSpec),
-    Issuing { spec: CaSpec, root: CaRole },
+    Issuing {
+        spec: CaSpec,
+        root: CaRole,
+        /// A successor (rollover): `Some(activate)`.
+        successor: Option<bool>,
+    },
+    Activate(CaId),
     RootCrl(CaRole),
 }
 
@@ -402,18 +446,17 @@ impl Ceremony {
         // by issuer name, so two CAs with one name would be confused.
         let mut names: Vec<String> = Vec::new();
         let mut labels: Vec<String> = Vec::new();
-        for role in CaRole::ALL {
-            if let Some((key_label, der)) = store.ca(role.name()).await? {
-                let (_, c) = x509_parser::parse_x509_certificate(&der)
-                    .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
-                names.extend(
-                    c.subject()
-                        .iter_common_name()
-                        .filter_map(|a| a.as_str().ok())
-                        .map(str::to_string),
-                );
-                labels.push(key_label);
-            }
+        let existing = store.cas().await?;
+        for ca in &existing {
+            let (_, c) = x509_parser::parse_x509_certificate(&ca.cert_der)
+                .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+            names.extend(
+                c.subject()
+                    .iter_common_name()
+                    .filter_map(|a| a.as_str().ok())
+                    .map(str::to_string),
+            );
+            labels.push(ca.key_label.clone());
         }
         let mut unique = |k: usize, spec: &CaSpec| -> Result<()> {
             if names.contains(&spec.common_name) {
@@ -432,7 +475,13 @@ impl Ceremony {
             labels.push(spec.key_label.clone());
             Ok(())
         };
-        let mut made: Vec<(CaRole, u32)> = Vec::new();
+        let mut made: Vec<(CaId, u32)> = Vec::new();
+        // Successors made pending in this file (an `activate` step may name them).
+        let mut pending: Vec<CaId> = existing
+            .iter()
+            .filter(|c| c.state == CaStatus::Pending)
+            .map(|c| c.id)
+            .collect();
         let mut planned = Vec::new();
         let mut crls_started = false;
         for (i, step) in self.steps.iter().enumerate() {
@@ -465,6 +514,7 @@ impl Ceremony {
                         )));
                     }
                     let spec = CaSpec {
+                        id: CaId::first(role),
                         role,
                         common_name: cn(common_name)?,
                         validity_days: *validity_days,
@@ -479,7 +529,7 @@ impl Ceremony {
                         role.name(), spec.key_label, spec.key_type, config.ca.country, config.ca.organization, spec.common_name, spec.validity_days
                     ));
                     unique(k, &spec)?;
-                    made.push((role, *validity_days));
+                    made.push((spec.id, *validity_days));
                     planned.push(Planned::Root(spec));
                 }
                 Step::Issuing {
@@ -492,13 +542,29 @@ impl Ceremony {
                     path_length,
                     permitted,
                     excluded,
+                }
+                | Step::Rollover {
+                    ca,
+                    root,
+                    key_type: kt,
+                    common_name,
+                    validity_days,
+                    key_label,
+                    path_length,
+                    permitted,
+                    excluded,
+                    ..
                 } => {
+                    let successor = match step {
+                        Step::Rollover { activate, .. } => Some(activate.unwrap_or(true)),
+                        _ => None,
+                    };
                     let role = role_of(ca)?;
                     let root = role_of(root)?;
                     let kt = key_type(kt)?;
                     if role.is_root() || !root.is_root() {
                         return Err(bad(format!(
-                            "step {k}: an issuing step makes individual or server under root or tls-root"
+                            "step {k}: an issuing or rollover step makes individual or server under root or tls-root"
                         )));
                     }
                     if role.intended_root() != Some(root) {
@@ -513,8 +579,38 @@ impl Ceremony {
                             "step {k}: keys and certificates come before CRLs"
                         )));
                     }
-                    fresh(store, k, role, &made).await?;
-                    let root_days = match made.iter().find(|(r, _)| *r == root) {
+                    let id = match successor {
+                        None => {
+                            fresh(store, k, role, &made).await?;
+                            CaId::first(role)
+                        }
+                        Some(_) => {
+                            // The next generation of the role: after every CA of it that
+                            // exists or is made earlier in this file.
+                            let last = existing
+                                .iter()
+                                .map(|c| c.id)
+                                .chain(made.iter().map(|(id, _)| *id))
+                                .filter(|id| id.role == role)
+                                .map(|id| id.generation)
+                                .max()
+                                .ok_or_else(|| {
+                                    bad(format!(
+                                        "step {k}: there is no {} CA to succeed: make it with an issuing step",
+                                        role.name()
+                                    ))
+                                })?;
+                            if pending.iter().any(|p| p.role == role) {
+                                return Err(bad(format!(
+                                    "step {k}: a successor of the {} CA waits for activation already",
+                                    role.name()
+                                )));
+                            }
+                            let generation = last.checked_add(1).ok_or_else(|| bad("too many generations"))?;
+                            CaId { role, generation }
+                        }
+                    };
+                    let root_days = match made.iter().find(|(r, _)| *r == CaId::first(root)) {
                         Some((_, d)) => i64::from(*d),
                         // An existing root: the days it has left.
                         None => match store.ca(root.name()).await? {
@@ -558,11 +654,12 @@ impl Ceremony {
                         }
                     }
                     let spec = CaSpec {
+                        id,
                         role,
                         common_name: cn(common_name)?,
                         validity_days: *validity_days,
                         key_type: kt,
-                        key_label: key_label.clone().unwrap_or_else(|| role.key_label()),
+                        key_label: key_label.clone().unwrap_or_else(|| id.key_label()),
                         path_length,
                         permitted: permitted.clone(),
                         excluded: excluded.clone(),
@@ -575,13 +672,43 @@ impl Ceremony {
                     };
                     let base = config.base_url();
                     lines.push(format!(
-                        "step {k}: issuing {}: key {} ({}) in the online token; \"C={}, O={}, CN={}\" signed by {}; {} days; pathLen {}; EKU {eku}; policies {}; CDP {base}/crl/{}.crl; caIssuers {base}/ca/{}.crt{}",
-                        role.name(), spec.key_label, spec.key_type, config.ca.country, config.ca.organization, spec.common_name, root.name(), spec.validity_days, spec.path_length, policies.join(", "), root.name(), root.name(),
-                        if spec.permitted.is_empty() && spec.excluded.is_empty() { String::new() } else { format!("; name constraints permitted [{}] excluded [{}]", spec.permitted.join(", "), spec.excluded.join(", ")) }
+                        "step {k}: {} {}: key {} ({}) in the online token; \"C={}, O={}, CN={}\" signed by {}; {} days; pathLen {}; EKU {eku}; policies {}; CDP {base}/crl/{}.crl; caIssuers {base}/ca/{}.crt{}{}",
+                        if successor.is_some() { "rollover" } else { "issuing" }, id, spec.key_label, spec.key_type, config.ca.country, config.ca.organization, spec.common_name, root.name(), spec.validity_days, spec.path_length, policies.join(", "), root.name(), root.name(),
+                        if spec.permitted.is_empty() && spec.excluded.is_empty() { String::new() } else { format!("; name constraints permitted [{}] excluded [{}]", spec.permitted.join(", "), spec.excluded.join(", ")) },
+                        match successor {
+                            None => String::new(),
+                            Some(true) => format!("; its certificates name {base}/ca/{id}.crt and {base}/crl/{id}.crl; activated when the ceremony ends (the current {} CA stops issuing and publishes until its last certificate expires)", role.name()),
+                            Some(false) => format!("; its certificates will name {base}/ca/{id}.crt and {base}/crl/{id}.crl; pending until an activate step"),
+                        }
                     ));
                     unique(k, &spec)?;
-                    made.push((role, *validity_days));
-                    planned.push(Planned::Issuing { spec, root });
+                    made.push((id, *validity_days));
+                    if successor == Some(false) {
+                        pending.push(id);
+                    }
+                    planned.push(Planned::Issuing {
+                        spec,
+                        root,
+                        successor,
+                    });
+                }
+                Step::Activate { ca } => {
+                    let id = CaId::from_name(ca)
+                        .map_err(|_| bad(format!("step {k}: no CA named {ca:?}")))?;
+                    if !pending.contains(&id) {
+                        return Err(bad(format!(
+                            "step {k}: {ca} is not a successor waiting for activation"
+                        )));
+                    }
+                    if store.ca_revocation(&id.name()).await?.is_some() {
+                        return Err(bad(format!("step {k}: {ca} is revoked")));
+                    }
+                    pending.retain(|p| *p != id);
+                    lines.push(format!(
+                        "step {k}: activate {id}: new {} issuance goes to it; the current {} CA stops issuing and publishes CRLs and OCSP until its last certificate expires",
+                        id.role.name(), id.role.name()
+                    ));
+                    planned.push(Planned::Activate(id));
                 }
                 Step::RootCrl { ca } => {
                     let role = role_of(ca)?;
@@ -590,7 +717,7 @@ impl Ceremony {
                             "step {k}: {ca} is not a root: its CRLs are the signer's"
                         )));
                     }
-                    if !made.iter().any(|(r, _)| *r == role)
+                    if !made.iter().any(|(r, _)| *r == CaId::first(role))
                         && store.ca(role.name()).await?.is_none()
                     {
                         return Err(bad(format!("step {k}: the root {ca} does not exist")));
@@ -650,8 +777,8 @@ fn one_line(what: &str, s: &str, name: bool) -> Result<()> {
 }
 
 /// Refuses a CA the file makes twice or that exists (a successor needs a rollover).
-async fn fresh(store: &Store, k: usize, role: CaRole, made: &[(CaRole, u32)]) -> Result<()> {
-    if made.iter().any(|(r, _)| *r == role) {
+async fn fresh(store: &Store, k: usize, role: CaRole, made: &[(CaId, u32)]) -> Result<()> {
+    if made.iter().any(|(r, _)| r.role == role) {
         return Err(bad(format!(
             "step {k}: the {} CA is made twice",
             role.name()
@@ -942,6 +1069,7 @@ async fn make_ca(
     key_token: &hsm::pkcs11::Token,
     key_token_label: Option<&str>,
     issuer: Option<(Vec<u8>, Arc<dyn hsm::Signer>)>,
+    state: CaStatus,
     actor: &str,
 ) -> Result<Done> {
     let t = key_token.clone();
@@ -1003,13 +1131,13 @@ async fn make_ca(
         return Err(Error::Lint(findings));
     }
     let (tbs, alg) = authority::split_signed(linting.der())?;
-    let role = spec.role;
+    let id = spec.id;
     // Recorded before the HSM signs (nothing is signed without a record).
     store
         .audit_now(&Event {
             kind: "ca.signing",
             actor: actor.to_string(),
-            subject: Some(role.name().into()),
+            subject: Some(id.name()),
             detail: json!({ "serial": serial.to_hex(), "tbs_sha256": sha256_hex(&tbs) }),
         })
         .await?;
@@ -1026,10 +1154,11 @@ async fn make_ca(
     store
         .insert_ca(
             &mut tx,
-            role.name(),
+            id,
             &spec.key_label,
             key_token_label,
             &cert,
+            state,
         )
         .await?;
     store
@@ -1038,24 +1167,69 @@ async fn make_ca(
             &Event {
                 kind: "ca.created",
                 actor: actor.to_string(),
-                subject: Some(role.name().into()),
-                detail: json!({ "serial": serial.to_hex(), "key_label": spec.key_label, "key_type": spec.key_type.name(), "token": key_token_label, "spki_sha256": spki_sha256, "cert_sha256": cert_sha256, "issuer": parent.map(CaRole::name) }),
+                subject: Some(id.name()),
+                detail: json!({ "serial": serial.to_hex(), "key_label": spec.key_label, "key_type": spec.key_type.name(), "token": key_token_label, "spki_sha256": spki_sha256, "cert_sha256": cert_sha256, "issuer": parent.map(CaRole::name), "state": state.as_str() }),
             },
         )
         .await?;
     tx.commit().await?;
-    tracing::info!(ca = role.name(), serial = %serial, "CA certificate created");
+    tracing::info!(ca = %id, serial = %serial, "CA certificate created");
     Ok(Done {
         line: format!(
             "{} {}: key {} ({}) spki_sha256={spki_sha256}; certificate serial {} sha256={cert_sha256}{}",
-            if role.is_root() { "root" } else { "issuing" },
-            role.name(),
+            if id.is_root() { "root" } else if id.generation > 1 { "rollover" } else { "issuing" },
+            id,
             spec.key_label,
             spec.key_type,
             serial.to_hex(),
             parent.map(|p| format!("; signed by {}", p.name())).unwrap_or_default()
         ),
-        detail: json!({ "ca": role.name(), "serial": serial.to_hex(), "spki_sha256": spki_sha256, "cert_sha256": cert_sha256 }),
+        detail: json!({ "ca": id.name(), "serial": serial.to_hex(), "spki_sha256": spki_sha256, "cert_sha256": cert_sha256 }),
+    })
+}
+
+/// Makes `id` the current CA of its role: the CA active until now is superseded (it issues
+/// nothing more, and publishes CRLs and OCSP until its last certificate expires). One
+/// transaction, audited as `ca.activated`.
+async fn activate(store: &Store, id: CaId, actor: &str) -> Result<Done> {
+    let before = store.active_ca(id.role).await?;
+    let mut tx = store.begin().await?;
+    if let Some(old) = before {
+        if !store
+            .set_ca_state(&mut tx, old, CaStatus::Active, CaStatus::Superseded)
+            .await?
+        {
+            return Err(Error::Conflict(format!("the {old} CA changed state meanwhile")));
+        }
+    }
+    if !store
+        .set_ca_state(&mut tx, id, CaStatus::Pending, CaStatus::Active)
+        .await?
+    {
+        return Err(Error::Conflict(format!("the {id} CA is not waiting for activation")));
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ca.activated",
+                actor: actor.to_string(),
+                subject: Some(id.name()),
+                detail: json!({ "role": id.role.name(), "superseded": before.map(CaId::name) }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(ca = %id, superseded = ?before.map(CaId::name), "CA activated");
+    Ok(Done {
+        line: format!(
+            "activate {id}: new {} issuance goes to it{}",
+            id.role.name(),
+            before
+                .map(|b| format!("; {b} superseded (publishes until its last certificate expires)"))
+                .unwrap_or_default()
+        ),
+        detail: json!({ "activated": id.name(), "superseded": before.map(CaId::name) }),
     })
 }
 
@@ -1071,7 +1245,7 @@ pub struct Progress {
     pending_crls: Vec<CaRole>,
     actor: String,
     /// The CAs made.
-    pub made: Vec<CaRole>,
+    pub made: Vec<CaId>,
 }
 
 impl Progress {
@@ -1117,6 +1291,7 @@ pub async fn run_creation(
                 store.ca(root.name()).await?.is_none()
                     || store.ca_token(root.name()).await?.is_some()
             }
+            Planned::Activate(_) => false,
         };
     }
     let (root_token, present) = if needs_root {
@@ -1132,7 +1307,7 @@ pub async fn run_creation(
     for p in planned {
         match p {
             Planned::Root(spec) => {
-                made.push(spec.role);
+                made.push(spec.id);
                 let t = root_token.as_ref().ok_or_else(|| bad("no root token"))?;
                 done.push(
                     make_ca(
@@ -1144,13 +1319,18 @@ pub async fn run_creation(
                         t,
                         Some(&root_label),
                         None,
+                        CaStatus::Active,
                         actor,
                     )
                     .await?,
                 );
             }
-            Planned::Issuing { spec, root } => {
-                made.push(spec.role);
+            Planned::Issuing {
+                spec,
+                root,
+                successor,
+            } => {
+                made.push(spec.id);
                 let root_signer = root_key(store, root_token.as_ref(), root, ca_token).await?;
                 done.push(
                     make_ca(
@@ -1162,11 +1342,16 @@ pub async fn run_creation(
                         ca_token,
                         None,
                         Some(root_signer),
+                        successor.map_or(CaStatus::Active, |_| CaStatus::Pending),
                         actor,
                     )
                     .await?,
                 );
+                if successor == Some(true) {
+                    done.push(activate(store, spec.id, actor).await?);
+                }
             }
+            Planned::Activate(id) => done.push(activate(store, id, actor).await?),
             Planned::RootCrl(role) => pending_crls.push(role),
         }
     }
@@ -1230,7 +1415,9 @@ pub async fn finish(
     for role in std::mem::take(&mut progress.pending_crls) {
         let (_, signer) =
             root_key(auth.store(), progress.root_token.as_ref(), role, ca_token).await?;
-        let crl = auth.publish_root_crl(role, signer, &progress.actor).await?;
+        let crl = auth
+            .publish_root_crl(CaId::first(role), signer, &progress.actor)
+            .await?;
         progress.done.push(Done {
             line: format!(
                 "CRL of {}: number {}, {} entries, sha256={}",
@@ -1362,10 +1549,8 @@ pub async fn verify_record(
     let mut matched = 0;
     if let Some(store) = store {
         let mut known = BTreeSet::new();
-        for role in CaRole::ALL {
-            if let Some((_, der)) = store.ca(role.name()).await? {
-                known.insert(sha256_hex(&der));
-            }
+        for ca in store.cas().await? {
+            known.insert(sha256_hex(&ca.cert_der));
         }
         for step in &steps {
             // "step k: CRL of <root>: number N, ...": that CRL, as stored; an older CRL's body

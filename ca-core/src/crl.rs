@@ -30,7 +30,7 @@ use x509_cert::ext::Extension;
 use x509_cert::time::Time;
 
 use crate::error::{Error, Result};
-use crate::profile::CaRole;
+use crate::profile::CaId;
 use crate::serial::SerialNumber;
 
 /// Entries stay on CRLs for this long after their certificate expires (BR §4.10.1: "not
@@ -51,7 +51,7 @@ pub enum Scope {
 
 impl Scope {
     /// The file name under `<data-dir>/crl/` and `/crl/` on the web.
-    pub fn file_name(self, ca: CaRole) -> String {
+    pub fn file_name(self, ca: CaId) -> String {
         match self {
             Scope::Full => format!("{}.crl", ca.name()),
             Scope::Partition(k) => format!("{}-p{k}.crl", ca.name()),
@@ -60,7 +60,7 @@ impl Scope {
 
     /// The URL of this CRL: what certificates put in their CRL distribution point and, for a
     /// partition, what its IssuingDistributionPoint names.
-    pub fn url(self, base_url: &str, ca: CaRole) -> String {
+    pub fn url(self, base_url: &str, ca: CaId) -> String {
         format!(
             "{}/crl/{}",
             base_url.trim_end_matches('/'),
@@ -69,13 +69,14 @@ impl Scope {
     }
 
     /// Parses a file name made by [`Scope::file_name`].
-    pub fn parse_file(name: &str) -> Option<(CaRole, Scope)> {
+    pub fn parse_file(name: &str) -> Option<(CaId, Scope)> {
         let stem = name.strip_suffix(".crl")?;
-        if let Ok(role) = CaRole::from_name(stem) {
-            return Some((role, Scope::Full));
+        if let Ok(id) = CaId::from_name(stem) {
+            return Some((id, Scope::Full));
         }
         let (ca, k) = stem.rsplit_once("-p")?;
-        let role = CaRole::from_name(ca).ok()?;
+        // A root publishes only its full CRL.
+        let role = CaId::from_name(ca).ok().filter(|id| !id.is_root())?;
         // Digits only, no sign or leading zero: one name per partition.
         if k.is_empty()
             || !k.bytes().all(|b| b.is_ascii_digit())
@@ -775,12 +776,26 @@ mod tests {
 
     #[test]
     fn file_names_round_trip_and_strangers_are_refused() {
+        use crate::profile::{CaId, CaRole};
+        let second = CaId {
+            role: CaRole::Individual,
+            generation: 2,
+        };
         for (role, scope) in [
-            (CaRole::Individual, Scope::Full),
-            (CaRole::Server, Scope::Partition(0)),
-            (CaRole::Individual, Scope::Partition(15)),
-            (CaRole::Root, Scope::Full),
-            (CaRole::TlsRoot, Scope::Full),
+            (CaId::first(CaRole::Individual), Scope::Full),
+            (CaId::first(CaRole::Server), Scope::Partition(0)),
+            (CaId::first(CaRole::Individual), Scope::Partition(15)),
+            (CaId::first(CaRole::Root), Scope::Full),
+            (CaId::first(CaRole::TlsRoot), Scope::Full),
+            (second, Scope::Full),
+            (second, Scope::Partition(3)),
+            (
+                CaId {
+                    role: CaRole::Server,
+                    generation: 12,
+                },
+                Scope::Partition(0),
+            ),
         ] {
             assert_eq!(
                 Scope::parse_file(&scope.file_name(role)),
@@ -796,6 +811,12 @@ mod tests {
             "individual-p1.der",
             "nobody-p1.crl",
             "individual-p+1.crl",
+            "individual-1.crl",
+            "individual-02.crl",
+            "individual-0.crl",
+            "individual--2.crl",
+            "tls-root-2-p1.crl",
+            "individual-2-p01.crl",
         ] {
             assert_eq!(Scope::parse_file(bad), None, "{bad}");
         }

@@ -340,6 +340,7 @@ mod tests {
             crl_partition: Some(3),
             base_url: "http://pki.example.hk",
             policy_arc: "1.3.6.1.4.1.32473.1",
+            issuer: crate::profile::CaId::first(crate::profile::CaRole::Server),
         };
         let subject = SubjectData {
             organization: Some("Example Ltd".into()),

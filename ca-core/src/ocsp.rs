@@ -32,7 +32,7 @@ use x509_ocsp::{
 use x509_parser::prelude::FromDer;
 
 use crate::error::{Error, Result};
-use crate::profile::CaRole;
+use crate::profile::CaId;
 use crate::serial::SerialNumber;
 use crate::store::{OcspRow, Store};
 
@@ -425,8 +425,8 @@ fn etag(der: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Cache {
     /// (issuer, hash algorithm, issuerNameHash, issuerKeyHash).
-    issuers: Vec<(CaRole, HashAlg, Vec<u8>, Vec<u8>)>,
-    entries: RwLock<HashMap<(CaRole, SerialNumber), Arc<Entry>>>,
+    issuers: Vec<(CaId, HashAlg, Vec<u8>, Vec<u8>)>,
+    entries: RwLock<HashMap<(CaId, SerialNumber), Arc<Entry>>>,
     /// The newest `seq` applied.
     seq: AtomicI64,
     /// When the last sync succeeded (Unix seconds; 0: never).
@@ -435,7 +435,7 @@ pub struct Cache {
 
 impl Cache {
     /// A cache answering for these CAs (name, certificate DER).
-    pub fn new(cas: &[(CaRole, Vec<u8>)]) -> Result<Cache> {
+    pub fn new(cas: &[(CaId, Vec<u8>)]) -> Result<Cache> {
         let mut issuers = Vec::new();
         for (role, der) in cas {
             let key = IssuerKey::from_cert(der)?;
@@ -494,7 +494,7 @@ impl Cache {
         for row in rows {
             self.seq.fetch_max(row.seq, Ordering::Relaxed);
             let (Ok(role), Some(serial)) = (
-                CaRole::from_name(&row.issuer),
+                CaId::from_name(&row.issuer),
                 SerialNumber::from_hex(&row.serial),
             ) else {
                 tracing::error!(serial = %row.serial, "OCSP: a stored response names an unknown issuer or serial");

@@ -19,7 +19,7 @@ use crate::keys::SubscriberKey;
 use crate::serial::SerialNumber;
 
 /// The CAs of the hierarchy (DESIGN.md "Hierarchy and profiles").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum CaRole {
     /// The S/MIME root (`root`): over the Individual & Organisational CA. In a data directory
     /// made before the TLS root existed, over the Server CA too until its rollover.
@@ -80,6 +80,119 @@ impl CaRole {
     /// The HSM key label of this CA's key.
     pub fn key_label(self) -> String {
         format!("ecert-{}-ca", self.name())
+    }
+}
+
+/// One CA of the hierarchy (DESIGN.md: "each CA has an id; a role names its *current* CA"):
+/// its role and its generation within the role. The first CA of a role (generation 1) is named
+/// by the role itself (`individual`), so the URLs already in issued certificates
+/// (`/ca/individual.crt`, `/crl/individual.crl`, `/crl/individual-p3.crl`) stay bound to it
+/// for ever; a successor made by a rollover is named `<role>-<generation>` (`individual-2`),
+/// with its own URLs, CRLNumber sequences and partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CaId {
+    /// What it issues.
+    pub role: CaRole,
+    /// 1 for the first CA of the role, then 2, 3 … for its successors.
+    pub generation: u16,
+}
+
+impl CaId {
+    /// The first CA of `role`.
+    pub const fn first(role: CaRole) -> CaId {
+        CaId {
+            role,
+            generation: 1,
+        }
+    }
+
+    /// The id in URLs (`/ca/{name}.crt`), the CLI and the database (`cas.name`,
+    /// `certificates.issuer`).
+    pub fn name(self) -> String {
+        match self.generation {
+            1 => self.role.name().to_string(),
+            g => format!("{}-{g}", self.role.name()),
+        }
+    }
+
+    /// The inverse of [`CaId::name`]: one name per CA (no `individual-1`, no leading zero).
+    pub fn from_name(s: &str) -> Result<CaId> {
+        if let Ok(role) = CaRole::from_name(s) {
+            return Ok(CaId::first(role));
+        }
+        let unknown = || Error::UnknownCa(s.to_string());
+        let (role, g) = s.rsplit_once('-').ok_or_else(unknown)?;
+        let role = CaRole::from_name(role).map_err(|_| unknown())?;
+        if g.is_empty() || !g.bytes().all(|b| b.is_ascii_digit()) || g.starts_with('0') {
+            return Err(unknown());
+        }
+        match g.parse::<u16>() {
+            Ok(generation) if generation >= 2 => Ok(CaId { role, generation }),
+            _ => Err(unknown()),
+        }
+    }
+
+    /// The default HSM key label of this CA's key (`ecert-individual-ca`,
+    /// `ecert-individual-2-ca`).
+    pub fn key_label(self) -> String {
+        format!("ecert-{}-ca", self.name())
+    }
+
+    /// A root.
+    pub fn is_root(self) -> bool {
+        self.role.is_root()
+    }
+}
+
+impl std::fmt::Display for CaId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.generation {
+            1 => f.write_str(self.role.name()),
+            g => write!(f, "{}-{g}", self.role.name()),
+        }
+    }
+}
+
+/// Where a CA is in its life (`cas.state`). One CA of a role is `active` at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaStatus {
+    /// Made by a rollover ceremony, not yet taking issuance: its certificate is published so
+    /// relying parties can fetch it ahead of time.
+    Pending,
+    /// The current CA of its role: new issuance goes to it.
+    Active,
+    /// Replaced by a successor: issues nothing more, but keeps publishing its CRLs and
+    /// answering OCSP until its last certificate expires.
+    Superseded,
+    /// Its last certificate has expired: its final CRL stays available, nothing more is signed.
+    Retired,
+}
+
+impl CaStatus {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaStatus::Pending => "pending",
+            CaStatus::Active => "active",
+            CaStatus::Superseded => "superseded",
+            CaStatus::Retired => "retired",
+        }
+    }
+
+    /// The inverse of [`CaStatus::as_str`].
+    pub fn parse(s: &str) -> Result<CaStatus> {
+        Ok(match s {
+            "pending" => CaStatus::Pending,
+            "active" => CaStatus::Active,
+            "superseded" => CaStatus::Superseded,
+            "retired" => CaStatus::Retired,
+            other => return Err(Error::Store(format!("unknown CA state {other:?}"))),
+        })
+    }
+
+    /// Publishes CRLs and signs OCSP responses.
+    pub fn publishes(self) -> bool {
+        matches!(self, CaStatus::Active | CaStatus::Superseded)
     }
 }
 
@@ -281,6 +394,9 @@ pub struct IssueContext<'a> {
     pub policy_arc: &'a str,
     /// The certificate's CRL partition (`None`: its CDP names the full CRL).
     pub crl_partition: Option<u16>,
+    /// The CA that signs it (a CA of the profile's role): its CDP and caIssuers name this
+    /// CA's own URLs, which never change meaning.
+    pub issuer: CaId,
 }
 
 impl Profile {
@@ -557,12 +673,20 @@ impl Profile {
             ProfileKind::Encipherment => vec![ExtendedKeyUsagePurpose::EmailProtection],
             ProfileKind::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
         };
-        let issuer = self.issuer.name();
+        if ctx.issuer.role != self.issuer {
+            return Err(Error::Config(format!(
+                "the {} profile is issued by a {} CA, not {}",
+                self.id,
+                self.issuer.name(),
+                ctx.issuer
+            )));
+        }
+        let issuer = ctx.issuer.name();
         p.crl_distribution_points = vec![CrlDistributionPoint {
             uris: vec![ctx
                 .crl_partition
                 .map_or(crate::crl::Scope::Full, crate::crl::Scope::Partition)
-                .url(ctx.base_url, self.issuer)],
+                .url(ctx.base_url, ctx.issuer)],
         }];
         let local = ext::PolicyOid::parse(&format!("{}.2.{}", ctx.policy_arc, self.local_policy))?;
         p.custom_extensions = vec![
@@ -736,6 +860,42 @@ fn check_dns(p: &Profile, d: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// One name per CA: the first of a role keeps the role's name (the URLs already in its
+    /// certificates), successors are `<role>-<generation>`; nothing else parses.
+    #[test]
+    fn ca_ids_round_trip_and_strangers_are_refused() {
+        for role in CaRole::ALL {
+            for generation in [1, 2, 10, u16::MAX] {
+                let id = CaId { role, generation };
+                assert_eq!(CaId::from_name(&id.name()).unwrap(), id);
+                assert_eq!(id.to_string(), id.name());
+            }
+        }
+        assert_eq!(CaId::first(CaRole::Individual).name(), "individual");
+        assert_eq!(
+            CaId::from_name("tls-root").unwrap(),
+            CaId::first(CaRole::TlsRoot)
+        );
+        assert_eq!(
+            CaId::from_name("server-2").unwrap().key_label(),
+            "ecert-server-2-ca"
+        );
+        for bad in [
+            "individual-1",
+            "individual-0",
+            "individual-02",
+            "individual-",
+            "individual--2",
+            "individual-+2",
+            "individual-65536",
+            "tls",
+            "nobody-2",
+            "",
+        ] {
+            assert!(CaId::from_name(bad).is_err(), "{bad}");
+        }
+    }
+
     /// Only the encipherment profile is S/MIME BR Strict (…5.2.3); it is never put on hold.
     #[test]
     fn strict_generation_is_read_from_the_policy_oid() {
@@ -765,13 +925,14 @@ mod tests {
             ),
         )
         .unwrap();
-        let ctx = IssueContext {
-            base_url: "http://pki.example.hk",
-            policy_arc: "1.3.6.1.4.1.32473.1",
-            crl_partition: None,
-        };
         let dn = |profile: &str, s: &SubjectData| {
             let p = Profile::get(profile).unwrap();
+            let ctx = IssueContext {
+                base_url: "http://pki.example.hk",
+                policy_arc: "1.3.6.1.4.1.32473.1",
+                crl_partition: None,
+                issuer: CaId::first(p.issuer),
+            };
             let s = p.check(s, None, now())?;
             let params = p.params(
                 &ctx,

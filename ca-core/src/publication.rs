@@ -12,9 +12,9 @@
 //!
 //! ```no_run
 //! # async fn f(store: ca_core::store::Store) -> ca_core::Result<()> {
-//! use ca_core::{crl::Scope, profile::CaRole, publication::Repository};
+//! use ca_core::{crl::Scope, profile::{CaId, CaRole}, publication::Repository};
 //! let repo = Repository::new(store);
-//! if let Some(crl) = repo.latest_crl(CaRole::Server, Scope::Full).await? {
+//! if let Some(crl) = repo.latest_crl(CaId::first(CaRole::Server), Scope::Full).await? {
 //!     println!("CRL number {} ({} bytes)", crl.number, crl.der.len());
 //! }
 //! # Ok(()) }
@@ -26,7 +26,7 @@ use crate::authority::Authority;
 use crate::crl::Scope;
 use crate::error::Result;
 use crate::ocsp::Cache;
-use crate::profile::CaRole;
+use crate::profile::{CaId, CaRole};
 use crate::store::{CertState, CrlHead, OcspBacklog, OcspDue, Store};
 
 /// OCSP responses are kept fresh until this long after their certificate expired (then they are
@@ -70,8 +70,13 @@ impl Repository {
     }
 
     /// The certificate of a CA (DER); `None` before `ecert init`.
-    pub async fn ca_certificate(&self, role: CaRole) -> Result<Option<Vec<u8>>> {
-        Ok(self.store.ca(role.name()).await?.map(|(_, der)| der))
+    pub async fn ca_certificate(&self, id: CaId) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.ca(&id.name()).await?.map(|(_, der)| der))
+    }
+
+    /// Every CA (roots first) with where it is in its life.
+    pub async fn cas(&self) -> Result<Vec<crate::store::CaRecord>> {
+        self.store.cas().await
     }
 
     /// How many serials are in each lifecycle state (states with none left out), in the order
@@ -96,8 +101,8 @@ impl Repository {
     }
 
     /// The newest CRL of every scope of a CA published so far.
-    pub async fn crl_heads(&self, role: CaRole) -> Result<Vec<CrlHead>> {
-        self.store.crl_heads(role.name()).await
+    pub async fn crl_heads(&self, id: CaId) -> Result<Vec<CrlHead>> {
+        self.store.crl_heads(&id.name()).await
     }
 
     /// Roots whose CRL does not yet list a CA they revoked, and since when (the revocation's
@@ -144,10 +149,10 @@ impl Repository {
     }
 
     /// The newest CRL of one scope of a CA.
-    pub async fn latest_crl(&self, role: CaRole, scope: Scope) -> Result<Option<LatestCrl>> {
+    pub async fn latest_crl(&self, id: CaId, scope: Scope) -> Result<Option<LatestCrl>> {
         Ok(self
             .store
-            .latest_crl(role.name(), scope)
+            .latest_crl(&id.name(), scope)
             .await?
             .map(|(number, der)| LatestCrl { number, der }))
     }
@@ -155,9 +160,9 @@ impl Repository {
     /// Each scope's status version (the revocations it has seen) of `role`'s CRLs.
     pub async fn status_versions(
         &self,
-        role: CaRole,
+        id: CaId,
     ) -> Result<std::collections::HashMap<crate::crl::Scope, i64>> {
-        self.store.status_versions(role.name()).await
+        self.store.status_versions(&id.name()).await
     }
 
     /// How the open Certificate Problem Reports' clocks stand at `now`

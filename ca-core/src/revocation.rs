@@ -381,7 +381,7 @@ pub(crate) async fn revoke_in(
         .status_in(tx, serial)
         .await?
         .ok_or_else(|| Error::UnknownSerial(serial.to_string()))?;
-    let ca = CaRole::from_name(&status.issuer)?;
+    let ca = crate::profile::CaId::from_name(&status.issuer)?.role;
     if !reason.allowed_on(ca) {
         return Err(Error::Revocation(format!(
             "{} is not allowed on the {} CA (TLS BR §4.9.13: no suspension)",

@@ -46,6 +46,7 @@ use crate::audit::{self, Event, Record};
 use crate::crl::{EntryRow, Scope};
 use crate::error::{Error, Result};
 use crate::row::row;
+use crate::profile::{CaId, CaRole, CaStatus};
 use crate::serial::SerialNumber;
 
 /// Which database engine a store runs on.
@@ -95,6 +96,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (30, "officer_proposals", include_str!("../../migrations/sqlite/0030_officer_proposals.sql")),
     (31, "api_token_last_used", include_str!("../../migrations/sqlite/0031_api_token_last_used.sql")),
     (32, "ca_token_label", include_str!("../../migrations/sqlite/0032_ca_token_label.sql")),
+    (33, "ca_rollover", include_str!("../../migrations/sqlite/0033_ca_rollover.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -130,6 +132,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (30, "officer_proposals", include_str!("../../migrations/postgres/0030_officer_proposals.sql")),
     (31, "api_token_last_used", include_str!("../../migrations/postgres/0031_api_token_last_used.sql")),
     (32, "ca_token_label", include_str!("../../migrations/postgres/0032_ca_token_label.sql")),
+    (33, "ca_rollover", include_str!("../../migrations/postgres/0033_ca_rollover.sql")),
 ];
 
 row! {
@@ -705,7 +708,7 @@ impl Store {
             .issuer
             .as_raw()
             .to_vec();
-        for root in crate::profile::CaRole::ROOTS {
+        for root in CaRole::ROOTS {
             if let Some((_, root_der)) = self.ca(root.name()).await? {
                 let (_, cert) = x509_parser::parse_x509_certificate(&root_der)
                     .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
@@ -776,22 +779,99 @@ impl Store {
     pub async fn insert_ca(
         &self,
         tx: &mut Tx,
-        name: &str,
+        id: CaId,
         key_label: &str,
         token_label: Option<&str>,
         cert_der: &[u8],
+        state: CaStatus,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO cas (name, key_label, cert_der, created_at, token_label) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO cas (name, key_label, cert_der, created_at, token_label, role, generation, state, state_changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $4)",
         )
-        .bind(name)
+        .bind(id.name())
         .bind(key_label)
         .bind(cert_der.to_vec())
         .bind(now())
         .bind(token_label)
+        .bind(id.role.name())
+        .bind(i64::from(id.generation))
+        .bind(state.as_str())
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Every CA, roots first, each role's generations in order.
+    pub async fn cas(&self) -> Result<Vec<CaRecord>> {
+        let rows = sqlx::query_as::<_, CaListRow>(
+            "SELECT name, key_label, cert_der, token_label, state FROM cas",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .into_iter()
+            .map(|r| {
+                Ok(CaRecord {
+                    id: CaId::from_name(&r.name)?,
+                    key_label: r.key_label,
+                    cert_der: r.cert_der,
+                    token_label: r.token_label,
+                    state: CaStatus::parse(&r.state)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|c| (!c.id.is_root(), c.id));
+        Ok(out)
+    }
+
+    /// The current CA of `role` (the one `active`), if any.
+    pub async fn active_ca(&self, role: CaRole) -> Result<Option<CaId>> {
+        let name = sqlx::query_scalar::<_, String>(
+            "SELECT name FROM cas WHERE role = $1 AND state = 'active'",
+        )
+        .bind(role.name())
+        .fetch_optional(&self.pool)
+        .await?;
+        name.map(|n| CaId::from_name(&n)).transpose()
+    }
+
+    /// Moves CA `id` from `from` to `to`; false when it was not in `from` (compare-and-set).
+    pub async fn set_ca_state(
+        &self,
+        tx: &mut Tx,
+        id: CaId,
+        from: CaStatus,
+        to: CaStatus,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE cas SET state = $1, state_changed_at = $2 WHERE name = $3 AND state = $4",
+        )
+        .bind(to.as_str())
+        .bind(now())
+        .bind(id.name())
+        .bind(from.as_str())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The latest notAfter of the certificates CA `issuer` issued (its own OCSP responders'
+    /// aside), and whether it has any issuance still in flight (`reserved` or `issuing`).
+    pub async fn last_expiry(&self, issuer: &str) -> Result<(Option<i64>, bool)> {
+        let last = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MAX(not_after) FROM certificates WHERE issuer = $1 AND profile <> 'ocsp-responder' AND state IN ('issued', 'abandoned')",
+        )
+        .bind(issuer)
+        .fetch_one(&self.pool)
+        .await?;
+        let in_flight = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM certificates WHERE issuer = $1 AND state IN ('reserved', 'issuing')",
+        )
+        .bind(issuer)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((last, in_flight > 0))
     }
 
     /// Adds a key to the blocked list (idempotent).
@@ -1940,8 +2020,8 @@ pub enum WriteOp {
     Reserve {
         /// Hex serial.
         serial: String,
-        /// Issuing CA name.
-        issuer: &'static str,
+        /// Issuing CA id.
+        issuer: String,
         /// Profile id.
         profile: &'static str,
         /// Profile version.
@@ -2245,6 +2325,31 @@ row! {
         key_label: String,
         cert_der: Vec<u8>,
     }
+}
+
+row! {
+    struct CaListRow {
+        name: String,
+        key_label: String,
+        cert_der: Vec<u8>,
+        token_label: Option<String>,
+        state: String,
+    }
+}
+
+/// A CA as stored ([`Store::cas`]).
+#[derive(Debug, Clone)]
+pub struct CaRecord {
+    /// Its id.
+    pub id: CaId,
+    /// Its key's label.
+    pub key_label: String,
+    /// Its certificate.
+    pub cert_der: Vec<u8>,
+    /// The token of its key when not the online `ca` token (a root token).
+    pub token_label: Option<String>,
+    /// Where it is in its life.
+    pub state: CaStatus,
 }
 
 row! {

@@ -246,7 +246,7 @@ pub async fn crl(config: Config, b: CrlBench) -> anyhow::Result<()> {
     if let Some(path) = &b.openssl_index {
         std::fs::write(path, index)?;
     }
-    let individual = CaRole::Individual;
+    let individual = ca_core::profile::CaId::first(CaRole::Individual);
     let t = Instant::now();
     let p = auth.publish_crl(individual, Scope::Full, "bench").await?;
     println!(

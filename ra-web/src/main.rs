@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use ca_core::authority::Authority;
 use ca_core::config::Config;
-use ca_core::profile::CaRole;
+use ca_core::profile::{CaId, CaRole};
 use ca_core::serial::SerialNumber;
 use ca_core::store::Store;
 use clap::{Args, Parser, Subcommand};
@@ -702,8 +702,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Crl(CrlCommand::Export { name }) => {
                 let store = open_store(&config).await?;
                 let (role, scope) = ca_core::crl::Scope::parse_file(&format!("{name}.crl"))
-                    .with_context(|| format!("no such CRL {name:?}: name a CA (individual, server, root) or <ca>-p<k>"))?;
-                let Some((_, der)) = store.latest_crl(role.name(), scope).await? else {
+                    .with_context(|| format!("no such CRL {name:?}: name a CA (individual, server, root, tls-root, a successor such as individual-2) or <ca>-p<k>"))?;
+                let Some((_, der)) = store.latest_crl(&role.name(), scope).await? else {
                     bail!(
                         "no CRL has been published for the {name} CA yet: run `ecert crl publish`"
                     );
@@ -1477,29 +1477,30 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// A CA certificate from the store (read-only commands never take the signer lock or the HSM).
-async fn stored_ca(store: &Store, role: CaRole) -> anyhow::Result<Vec<u8>> {
-    match store.ca(role.name()).await? {
+async fn stored_ca(store: &Store, role: CaId) -> anyhow::Result<Vec<u8>> {
+    match store.ca(&role.name()).await? {
         Some((_, der)) => Ok(der),
         None => Err(ca_core::Error::NotInitialised.into()),
     }
 }
 
+/// One line per CA (roots first; a data directory made before the TLS root has none):
+/// id, serial, subject, notAfter, state (`active`, `pending`, `superseded`, `retired`).
 async fn print_ca_list(store: &Store) -> anyhow::Result<()> {
-    for role in CaRole::ALL {
-        let der = match store.ca(role.name()).await? {
-            Some((_, der)) => der,
-            // A data directory made before the TLS root has none until the rollover.
-            None if role == CaRole::TlsRoot => continue,
-            None => return Err(ca_core::Error::NotInitialised.into()),
-        };
-        let (_, c) = x509_parser::parse_x509_certificate(&der)
+    let cas = store.cas().await?;
+    if !cas.iter().any(|c| c.id.role == CaRole::Individual) {
+        return Err(ca_core::Error::NotInitialised.into());
+    }
+    for ca in cas {
+        let (_, c) = x509_parser::parse_x509_certificate(&ca.cert_der)
             .map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
         outln!(
-            "{}\t{}\t{}\t{}",
-            role.name(),
+            "{}\t{}\t{}\t{}\t{}",
+            ca.id,
             hex::encode(c.raw_serial()).trim_start_matches("00"),
             c.subject(),
-            c.validity().not_after
+            c.validity().not_after,
+            ca.state.as_str()
         );
     }
     Ok(())
@@ -1510,10 +1511,10 @@ async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
         CaCommand::List => print_ca_list(&open_store(&config).await?).await,
         CaCommand::Export { name, chain } => {
             let store = open_store(&config).await?;
-            let role = CaRole::from_name(&name)?;
+            let role = CaId::from_name(&name)?;
             out!("{}", pem_cert(&stored_ca(&store, role).await?));
             if chain && !role.is_root() {
-                out!("{}", pem_cert(&store.root_over(role.name()).await?.1));
+                out!("{}", pem_cert(&store.root_over(&role.name()).await?.1));
             }
             Ok(())
         }
@@ -1778,10 +1779,10 @@ async fn ocsp(config: Config, cmd: OcspCommand) -> anyhow::Result<()> {
             .map_err(anyhow::Error::from),
         OcspCommand::Rotate { cas } => {
             let roles = if cas.is_empty() {
-                ca_core::authority::OCSP_CAS.to_vec()
+                auth.publishing_cas()
             } else {
                 cas.iter()
-                    .map(|c| CaRole::from_name(c))
+                    .map(|c| CaId::from_name(c))
                     .collect::<Result<Vec<_>, _>>()?
             };
             let mut out = Ok(());
@@ -1797,7 +1798,7 @@ async fn ocsp(config: Config, cmd: OcspCommand) -> anyhow::Result<()> {
             out
         }
         OcspCommand::Responder { name } => {
-            let role = CaRole::from_name(&name)?;
+            let role = CaId::from_name(&name)?;
             auth.ensure_responders().await?;
             match auth.responder_cert(role).await {
                 Some(der) => {
@@ -1819,14 +1820,14 @@ async fn ocsp(config: Config, cmd: OcspCommand) -> anyhow::Result<()> {
 }
 
 async fn crl_publish(config: Config, cas: Vec<String>) -> anyhow::Result<()> {
+    let auth = Authority::open(config).await?;
     let roles = if cas.is_empty() {
-        vec![CaRole::Individual, CaRole::Server]
+        auth.publishing_cas()
     } else {
         cas.iter()
-            .map(|c| CaRole::from_name(c))
+            .map(|c| CaId::from_name(c))
             .collect::<Result<Vec<_>, _>>()?
     };
-    let auth = Authority::open(config).await?;
     for role in roles {
         let scopes = match auth.crl_scopes(role).await {
             Ok(s) => s,

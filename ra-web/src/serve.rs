@@ -32,7 +32,7 @@ use ca_core::authority::Authority;
 use ca_core::config::Config;
 use ca_core::crl::Scope;
 use ca_core::ocsp::{self, Cache, Refusal};
-use ca_core::profile::CaRole;
+use ca_core::profile::{CaId, CaRole, CaStatus};
 use ca_core::publication::{Repository, StateCount};
 use ca_core::store::{CrlHead, OcspBacklog, Store};
 
@@ -102,8 +102,9 @@ struct AppState {
     /// What is published, read from the store.
     repo: Repository,
     config: Config,
-    /// CA certificates (DER).
-    cas: HashMap<CaRole, Bytes>,
+    /// CA certificates (DER): every CA, retired ones too (their certificates still verify
+    /// signatures made while they were valid).
+    cas: HashMap<CaId, Bytes>,
     ocsp: Cache,
     /// Newest CRL of each CA: (CRLNumber, nextUpdate, DER).
     crls: RwLock<CrlMap>,
@@ -132,12 +133,15 @@ struct Probe {
     /// The OCSP signer's backlog (responses within 8 hours of nextUpdate count as overdue).
     backlog: Option<OcspBacklog>,
     /// Each CA's newest CRL heads.
-    heads: Vec<(CaRole, CrlHead)>,
+    heads: Vec<(CaId, CrlHead)>,
+    /// Each CA's state as last read (a superseded CA retires when its last certificate
+    /// expires, while the service runs).
+    states: HashMap<CaId, CaStatus>,
     /// The open Certificate Problem Reports' clocks (TLS BR §4.9.5).
     reports: Option<ca_core::ra::ReportClocks>,
     /// CRLs behind the revocations of their scope: since when (Unix seconds) each has been
     /// (a revocation a relying party would not find in the CRL its certificate names).
-    crls_behind: HashMap<(CaRole, Scope), i64>,
+    crls_behind: HashMap<(CaId, Scope), i64>,
     /// Roots whose CRL does not list a CA they revoked yet, since the revocation (a key
     /// ceremony's root_crl step is due within 24 hours, TLS BR §4.9.7).
     root_crls_waiting: Vec<(CaRole, i64)>,
@@ -221,7 +225,7 @@ impl Outage {
 }
 
 /// The newest CRL of each CA and scope: (CRLNumber, nextUpdate, DER).
-type CrlMap = HashMap<(CaRole, Scope), (i64, i64, Bytes)>;
+type CrlMap = HashMap<(CaId, Scope), (i64, i64, Bytes)>;
 
 pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     // Checked before anything is opened: a bad URL is a one-line error.
@@ -268,22 +272,26 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         tracing::error!(error = %e, "could not record the service's start");
     }
     let stopped = service_event("service.stopped");
-    let mut cas = HashMap::new();
-    for role in CaRole::ALL {
-        // A data directory made before the TLS root has none until its Server CA's rollover.
-        let der = match repo.ca_certificate(role).await? {
-            Some(der) => der,
-            None if role == CaRole::TlsRoot => continue,
-            None => anyhow::bail!(
+    // Every CA: a data directory made before the TLS root has none until its Server CA's
+    // rollover; a successor made by a rollover has its own id.
+    let stored = repo.cas().await?;
+    for role in [CaRole::Root, CaRole::Individual, CaRole::Server] {
+        if !stored.iter().any(|c| c.id.role == role) {
+            anyhow::bail!(
                 "the {} CA does not exist: run `ecert init` (or a signing `ecert serve`) first",
                 role.name()
-            ),
-        };
-        cas.insert(role, Bytes::from(der));
+            );
+        }
     }
-    let issuing: Vec<_> = ca_core::authority::OCSP_CAS
+    let cas: HashMap<CaId, Bytes> = stored
         .iter()
-        .map(|r| (*r, cas[r].to_vec()))
+        .map(|c| (c.id, Bytes::from(c.cert_der.clone())))
+        .collect();
+    // OCSP answers for every issuing CA: a superseded one's certificates are still valid.
+    let issuing: Vec<_> = stored
+        .iter()
+        .filter(|c| !c.id.is_root())
+        .map(|c| (c.id, c.cert_der.clone()))
         .collect();
     let state: Shared = Arc::new(AppState {
         crl_behind_limit: (4 * a.crl_watch_seconds as i64).max(10),
@@ -422,7 +430,7 @@ fn now() -> i64 {
 async fn ca_cert(State(s): State<Shared>, Path(file): Path<String>) -> Response {
     let Some(role) = file
         .strip_suffix(".crt")
-        .and_then(|n| CaRole::from_name(n).ok())
+        .and_then(|n| CaId::from_name(n).ok())
     else {
         return not_found();
     };
@@ -602,7 +610,19 @@ async fn healthz(State(s): State<Shared>) -> Response {
     };
     let known = s.crls.read().map(|m| m.clone()).unwrap_or_default();
     let mut root_alarms = Vec::new();
-    for role in CaRole::ALL.into_iter().filter(|r| s.cas.contains_key(r)) {
+    let mut ids: Vec<CaId> = s.cas.keys().copied().collect();
+    ids.sort_by_key(|id| (!id.is_root(), *id));
+    for role in ids {
+        let state = probe.states.get(&role).copied();
+        if state == Some(CaStatus::Retired) {
+            // Its last certificate has expired: its final CRL stands, nothing is due.
+            let v = match known.get(&(role, Scope::Full)) {
+                Some((number, next_update, _)) => serde_json::json!({ "state": "retired", "final_number": number, "next_update": next_update }),
+                None => serde_json::json!({ "state": "retired" }),
+            };
+            crls.insert(role.name(), v);
+            continue;
+        }
         let mut v = match known.get(&(role, Scope::Full)) {
             Some((number, next_update, _)) => {
                 let fresh = now < *next_update;
@@ -630,7 +650,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
                     ));
                 }
             }
-            if let Some((_, since)) = probe.root_crls_waiting.iter().find(|(r, _)| *r == role) {
+            if let Some((_, since)) = probe.root_crls_waiting.iter().find(|(r, _)| *r == role.role) {
                 ok = false;
                 root_alarms.push(format!(
                     "a CA revocation waits for the {} CRL's key ceremony (due within 24 hours)",
@@ -649,7 +669,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
                     Scope::Partition(k) if *r == role => Some(k + 1),
                     _ => None,
                 })
-                .fold(s.config.crl.partitions_of(role), u16::max);
+                .fold(s.config.crl.partitions_of(role.role), u16::max);
             let mut stale = Vec::new();
             for k in 0..expected {
                 match known.get(&(role, Scope::Partition(k))) {
@@ -674,7 +694,10 @@ async fn healthz(State(s): State<Shared>) -> Response {
             }
             v["behind_revocations"] = serde_json::json!(behind);
         }
-        crls.insert(role.name().into(), v);
+        if let Some(state) = state {
+            v["state"] = serde_json::json!(state.as_str());
+        }
+        crls.insert(role.name(), v);
     }
     // CRL publication failing (the HSM, the disk, the database, the clock), even with no
     // revocation waiting: a fault once it has lasted as long as a revocation may wait.
@@ -971,13 +994,20 @@ async fn probe(s: &AppState) {
         let counts = s.repo.certificate_counts().await?;
         let backlog = s.repo.ocsp_backlog(now, 8 * 3600).await?;
         let mut heads = Vec::new();
-        for role in CaRole::ALL {
+        let states: HashMap<CaId, CaStatus> = s
+            .repo
+            .cas()
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.state))
+            .collect();
+        for role in s.cas.keys().copied() {
             heads.extend(s.repo.crl_heads(role).await?.into_iter().map(|h| (role, h)));
         }
         // Problem reports are an officers' alarm: a failure to count them is reported as
         // such and does not make the database (and so the health check) look down.
         let mut versions = Vec::new();
-        for role in [CaRole::Individual, CaRole::Server] {
+        for role in s.cas.keys().copied().filter(|id| !id.is_root()) {
             for (scope, v) in s.repo.status_versions(role).await? {
                 versions.push((role, scope, v));
             }
@@ -993,6 +1023,7 @@ async fn probe(s: &AppState) {
             reports.ok(),
             versions,
             roots_waiting,
+            states,
         ))
     };
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
@@ -1024,8 +1055,9 @@ async fn probe(s: &AppState) {
         }
     }
     match result {
-        Ok(Ok((counts, backlog, heads, reports, versions, roots_waiting))) => {
+        Ok(Ok((counts, backlog, heads, reports, versions, roots_waiting, states))) => {
             p.root_crls_waiting = roots_waiting;
+            p.states = states;
             // A scope whose revocations are newer than its newest CRL was built from is
             // behind; remember since when, forget once a CRL caught up.
             let mut behind = HashMap::new();
@@ -1104,7 +1136,7 @@ async fn keep_checking_hsm(s: Shared) {
 /// Reads new OCSP responses and any newer CRL into memory.
 async fn sync(s: &AppState) -> ca_core::error::Result<()> {
     s.repo.sync_ocsp(&s.ocsp).await?;
-    for role in CaRole::ALL {
+    for role in s.cas.keys().copied() {
         for head in s.repo.crl_heads(role).await? {
             let key = (role, head.scope);
             let have = s.crls.read().ok().and_then(|m| m.get(&key).map(|c| c.0));
@@ -1241,10 +1273,7 @@ async fn publish_due(
     };
     let now = now();
     // Roots' CRLs are signed in key ceremonies (the service never opens a root key).
-    for role in CaRole::ALL
-        .into_iter()
-        .filter(|r| !r.is_root() && auth.ca_cert(*r).is_ok())
-    {
+    for role in auth.publishing_cas() {
         let due = match auth.crls_due(role, now, interval).await {
             Ok(d) => d,
             Err(e) => {
@@ -1261,6 +1290,11 @@ async fn publish_due(
                 Err(e) => note(&file, &what, Err(&e)),
             }
         }
+    }
+    // A superseded CA whose last certificate has expired publishes its final CRLs and retires.
+    match auth.retire_finished(now, "system:crl-publisher").await {
+        Ok(_) => note("retirement", "CA retirement", Ok(())),
+        Err(e) => note("retirement", "CA retirement", Err(&e)),
     }
 }
 

@@ -16,16 +16,13 @@ use crate::error::{Error, Result};
 use crate::keys::SubscriberKey;
 use crate::lint::{self, Expect, LintInput};
 use crate::ocsp::{self, HashAlg, IssuerKey, ResponseSpec, Status};
-use crate::profile::CaRole;
+use crate::profile::CaId;
 use crate::publication::{self, OCSP_FRESH_AFTER_EXPIRY};
 use crate::serial::SerialNumber;
 use crate::store::{CertState, OcspDue, ResponderRow, WriteOp};
 
 /// The profile id recorded for responder certificates.
 pub const RESPONDER_PROFILE: &str = "ocsp-responder";
-
-/// The issuing CAs: the ones with a responder. (The root's CRL covers the issuing CAs.)
-pub const OCSP_CAS: [CaRole; 2] = [CaRole::Individual, CaRole::Server];
 
 /// A delegated responder in use.
 pub(super) struct Responder {
@@ -93,11 +90,11 @@ impl Authority {
 
     /// Makes a responder for each issuing CA that has none, or whose responder would expire
     /// before a response signed now. Returns the CAs that got a new one.
-    pub async fn ensure_responders(&self) -> Result<Vec<CaRole>> {
+    pub async fn ensure_responders(&self) -> Result<Vec<CaId>> {
         let now = unix(now_secs());
         let mut made = Vec::new();
         let mut failed = None;
-        for role in OCSP_CAS {
+        for role in self.publishing_cas() {
             // A revoked CA certifies nothing more, responders included.
             if self.ca_revoked(role) {
                 continue;
@@ -109,7 +106,7 @@ impl Authority {
             if due {
                 match self.new_responder(role).await {
                     Ok(r) => {
-                        tracing::info!(ca = role.name(), serial = %r.serial, not_after = r.not_after, "OCSP responder certificate issued");
+                        tracing::info!(ca = %role, serial = %r.serial, not_after = r.not_after, "OCSP responder certificate issued");
                         self.responders.write().await.insert(role, Arc::new(r));
                         made.push(role);
                     }
@@ -122,7 +119,7 @@ impl Authority {
                             .await
                             .get(&role)
                             .is_some_and(|r| r.not_after > now);
-                        tracing::error!(ca = role.name(), error = %e, usable, "could not make a new OCSP responder");
+                        tracing::error!(ca = %role, error = %e, usable, "could not make a new OCSP responder");
                         if !usable {
                             failed = Some(e);
                         }
@@ -193,8 +190,8 @@ impl Authority {
 
     /// Makes a new responder for `role` now, whether or not the current one is due (`ecert
     /// ocsp rotate`).
-    pub async fn rotate_responder(&self, role: CaRole) -> Result<String> {
-        if !OCSP_CAS.contains(&role) {
+    pub async fn rotate_responder(&self, role: CaId) -> Result<String> {
+        if !self.publishing_cas().contains(&role) {
             return Err(Error::Config(format!(
                 "the {} CA has no OCSP responder",
                 role.name()
@@ -207,7 +204,7 @@ impl Authority {
     }
 
     /// The responder certificate in use for `role` (DER).
-    pub async fn responder_cert(&self, role: CaRole) -> Option<Vec<u8>> {
+    pub async fn responder_cert(&self, role: CaId) -> Option<Vec<u8>> {
         self.responders
             .read()
             .await
@@ -218,7 +215,7 @@ impl Authority {
     /// Issues a responder certificate (TLS BR §7.1.2.8) through the issuance cycle: key made in
     /// the HSM, serial reserved, linting certificate linted, TBS recorded `issuing`, signed by
     /// the CA, stored `issued`; then recorded as the CA's responder.
-    async fn new_responder(&self, role: CaRole) -> Result<Responder> {
+    async fn new_responder(&self, role: CaId) -> Result<Responder> {
         let serial = SerialNumber::random();
         let serial_hex = serial.to_hex();
         let label = format!("ocsp-{}-{}", role.name(), &serial_hex[..16]);
@@ -257,7 +254,7 @@ impl Authority {
     /// Issues (through the issuance cycle) and records the certificate of a new responder key.
     async fn certify_responder(
         &self,
-        role: CaRole,
+        role: CaId,
         serial: SerialNumber,
         label: &str,
         key: &hsm::pkcs11::Pkcs11Key,
@@ -362,17 +359,12 @@ impl Authority {
     /// digitalSignature (critical), AKI and SKI, no basicConstraints, no AIA, CDP or policies.
     fn responder_linting(
         &self,
-        role: CaRole,
+        role: CaId,
         key: &SubscriberKey,
         serial: SerialNumber,
     ) -> Result<(Vec<u8>, Vec<u8>, i64, i64)> {
         let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
-        let c = &self.config.ca;
-        let ca_cn = if role == CaRole::Server {
-            &c.server_common_name
-        } else {
-            &c.individual_common_name
-        };
+        let ca_cn = &ca.common_name;
         let mut cn = format!("{ca_cn} OCSP Responder");
         if cn.chars().count() > 64 {
             cn = "OCSP Responder".into();
@@ -384,6 +376,7 @@ impl Authority {
         p.not_after = now
             + time::Duration::hours(i64::from(self.config.ocsp.responder_validity_hours))
             - time::Duration::seconds(1);
+        let c = &self.config.ca;
         p.distinguished_name = dn(&c.country, &c.organization, &cn)?;
         p.is_ca = IsCa::NoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -467,13 +460,13 @@ impl Authority {
         let next = now + i64::from(self.config.ocsp.validity_hours) * 3600 - 1;
         let responders = self.responders.read().await.clone();
         let mut issuers = HashMap::new();
-        for role in OCSP_CAS {
+        for role in self.publishing_cas() {
             let ca = self.cas.get(&role).ok_or(Error::NotInitialised)?;
             issuers.insert(role, Arc::new(IssuerKey::from_cert(&ca.cert_der)?));
         }
         let mut work = Vec::with_capacity(due.len());
         for d in due {
-            let role = CaRole::from_name(&d.issuer)?;
+            let role = CaId::from_name(&d.issuer)?;
             let (Some(responder), Some(issuer)) = (responders.get(&role), issuers.get(&role))
             else {
                 if serial_log_due(&format!("no responder for {}", d.issuer)) {
@@ -546,7 +539,7 @@ impl Authority {
         for (d, ..) in &rows {
             *per_ca.entry(d.issuer.as_str()).or_default() += 1;
         }
-        let responder_serials: HashMap<&str, &str> = responders
+        let responder_serials: HashMap<String, &str> = responders
             .iter()
             .map(|(role, r)| (role.name(), r.serial.as_str()))
             .collect();

@@ -16,7 +16,7 @@ use crate::audit::Event;
 use crate::authority::responder::RESPONDER_PROFILE;
 use crate::authority::Authority;
 use crate::error::{Error, Result};
-use crate::profile::CaRole;
+use crate::profile::CaId;
 use crate::revocation::Reason;
 use crate::row::row;
 use crate::serial::SerialNumber;
@@ -266,8 +266,8 @@ pub async fn propose(
             )
         }
         "ca_revocation" => {
-            let ca = CaRole::from_name(r.ca.as_deref().unwrap_or_default())
-                .map_err(|_| invalid("ca", "individual or server"))?;
+            let ca = CaId::from_name(r.ca.as_deref().unwrap_or_default())
+                .map_err(|_| invalid("ca", "an issuing CA: individual, server or a successor such as individual-2"))?;
             if ca.is_root() {
                 return Err(invalid(
                     "ca",
@@ -514,9 +514,9 @@ async fn carry_out(auth: &Authority, id: &str, who: &str) -> Result<()> {
                 Ok("key blocked".to_string())
             }
             "ca_revocation" => {
-                let role = CaRole::from_name(&text("ca"))?;
+                let role = CaId::from_name(&text("ca"))?;
                 let reason = Reason::parse(&text("reason"))?;
-                if store.ca_revocation(role.name()).await?.is_some() {
+                if store.ca_revocation(&role.name()).await?.is_some() {
                     return Ok(format!("the {} CA was revoked already", role.name()));
                 }
                 let root = auth.revoke_ca(role, reason, who).await?;

@@ -12,7 +12,6 @@ use super::support::now;
 use crate::audit::Event;
 use crate::authority::Authority;
 use crate::error::Result;
-use crate::profile::CaRole;
 use crate::row::row;
 
 /// What the operator's page shows.
@@ -73,8 +72,9 @@ pub async fn operations(auth: &Authority, staff: &StaffSession) -> Result<OpsVie
         .ocsp_backlog(at, 8 * 3600, crate::publication::OCSP_FRESH_AFTER_EXPIRY)
         .await?;
     let mut crls = Vec::new();
-    for role in CaRole::ALL {
-        for h in store.crl_heads(role.name()).await? {
+    for ca in store.cas().await? {
+        let role = ca.id;
+        for h in store.crl_heads(&role.name()).await? {
             crls.push((
                 h.scope.file_name(role),
                 h.number,
@@ -142,7 +142,7 @@ pub async fn publish_all_crls(auth: &Authority, staff: &StaffSession) -> Result<
     let actor = format!("staff:{}", staff.username);
     let mut n = 0;
     // The issuing CAs' CRLs, every scope (as `ecert crl publish`); the root's is a ceremony.
-    for role in [CaRole::Individual, CaRole::Server] {
+    for role in auth.publishing_cas() {
         for scope in auth.crl_scopes(role).await? {
             auth.publish_crl(role, scope, &actor).await?;
             n += 1;
