@@ -1545,12 +1545,7 @@ impl Authority {
     /// days for the issuing CAs (TLS BR §4.9.7: at most 10), 365 days for the root's CRL of CA
     /// certificates (at most 12 months). Entries: revoked and held certificates and abandoned
     /// serials, kept until 7 days after they expire (BR §4.10.1).
-    pub async fn publish_crl(
-        &self,
-        role: CaId,
-        scope: Scope,
-        actor: &str,
-    ) -> Result<PublishedCrl> {
+    pub async fn publish_crl(&self, role: CaId, scope: Scope, actor: &str) -> Result<PublishedCrl> {
         if role.is_root() {
             return Err(Error::Config(format!(
                 "the {} CRL is signed with the root key, in a key ceremony: `ecert ceremony run` \
@@ -2309,8 +2304,16 @@ impl Authority {
         let ca = self.cas.get(&issuer).ok_or(Error::NotInitialised)?;
         async_fail_point!("ca::after_reserve");
         // Step 4: build the linting certificate, lint.
-        let built =
-            self.build_linting(profile, &subject, &key, serial, crl_partition, issuer, ca, req.days);
+        let built = self.build_linting(
+            profile,
+            &subject,
+            &key,
+            serial,
+            crl_partition,
+            issuer,
+            ca,
+            req.days,
+        );
         let (tbs, alg, nb, na) = match built {
             Ok(v) => v,
             Err(e) => {

@@ -606,7 +606,9 @@ impl Ceremony {
                                     role.name()
                                 )));
                             }
-                            let generation = last.checked_add(1).ok_or_else(|| bad("too many generations"))?;
+                            let generation = last
+                                .checked_add(1)
+                                .ok_or_else(|| bad("too many generations"))?;
                             CaId { role, generation }
                         }
                     };
@@ -1152,14 +1154,7 @@ async fn make_ca(
     let cert_sha256 = sha256_hex(&cert);
     let mut tx = store.begin().await?;
     store
-        .insert_ca(
-            &mut tx,
-            id,
-            &spec.key_label,
-            key_token_label,
-            &cert,
-            state,
-        )
+        .insert_ca(&mut tx, id, &spec.key_label, key_token_label, &cert, state)
         .await?;
     store
         .audit(
@@ -1199,14 +1194,18 @@ async fn activate(store: &Store, id: CaId, actor: &str) -> Result<Done> {
             .set_ca_state(&mut tx, old, CaStatus::Active, CaStatus::Superseded)
             .await?
         {
-            return Err(Error::Conflict(format!("the {old} CA changed state meanwhile")));
+            return Err(Error::Conflict(format!(
+                "the {old} CA changed state meanwhile"
+            )));
         }
     }
     if !store
         .set_ca_state(&mut tx, id, CaStatus::Pending, CaStatus::Active)
         .await?
     {
-        return Err(Error::Conflict(format!("the {id} CA is not waiting for activation")));
+        return Err(Error::Conflict(format!(
+            "the {id} CA is not waiting for activation"
+        )));
     }
     store
         .audit(

@@ -45,8 +45,8 @@ use sqlx::{AnyPool, Transaction};
 use crate::audit::{self, Event, Record};
 use crate::crl::{EntryRow, Scope};
 use crate::error::{Error, Result};
-use crate::row::row;
 use crate::profile::{CaId, CaRole, CaStatus};
+use crate::row::row;
 use crate::serial::SerialNumber;
 
 /// Which database engine a store runs on.

@@ -617,7 +617,9 @@ async fn healthz(State(s): State<Shared>) -> Response {
         if state == Some(CaStatus::Retired) {
             // Its last certificate has expired: its final CRL stands, nothing is due.
             let v = match known.get(&(role, Scope::Full)) {
-                Some((number, next_update, _)) => serde_json::json!({ "state": "retired", "final_number": number, "next_update": next_update }),
+                Some((number, next_update, _)) => {
+                    serde_json::json!({ "state": "retired", "final_number": number, "next_update": next_update })
+                }
                 None => serde_json::json!({ "state": "retired" }),
             };
             crls.insert(role.name(), v);
@@ -650,7 +652,11 @@ async fn healthz(State(s): State<Shared>) -> Response {
                     ));
                 }
             }
-            if let Some((_, since)) = probe.root_crls_waiting.iter().find(|(r, _)| *r == role.role) {
+            if let Some((_, since)) = probe
+                .root_crls_waiting
+                .iter()
+                .find(|(r, _)| *r == role.role)
+            {
                 ok = false;
                 root_alarms.push(format!(
                     "a CA revocation waits for the {} CRL's key ceremony (due within 24 hours)",

@@ -34,7 +34,8 @@ pub const CONFIG_TOML: &str =
 /// The root `ecert init` puts over an issuing CA: the TLS root over the Server CA, the S/MIME
 /// root over the Individual & Organisational CA (issue 15).
 pub fn root_for(issuing: &str) -> &'static str {
-    if issuing == "server" {
+    // A successor (`server-2`) is under its role's root.
+    if issuing == "server" || issuing.starts_with("server-") {
         "tls-root"
     } else {
         "root"

@@ -42,5 +42,7 @@ mod ra;
 mod renewal;
 #[path = "e2e/revoke.rs"]
 mod revoke;
+#[path = "e2e/rollover.rs"]
+mod rollover;
 #[path = "e2e/serve.rs"]
 mod serve;

@@ -266,8 +266,12 @@ pub async fn propose(
             )
         }
         "ca_revocation" => {
-            let ca = CaId::from_name(r.ca.as_deref().unwrap_or_default())
-                .map_err(|_| invalid("ca", "an issuing CA: individual, server or a successor such as individual-2"))?;
+            let ca = CaId::from_name(r.ca.as_deref().unwrap_or_default()).map_err(|_| {
+                invalid(
+                    "ca",
+                    "an issuing CA: individual, server or a successor such as individual-2",
+                )
+            })?;
             if ca.is_root() {
                 return Err(invalid(
                     "ca",

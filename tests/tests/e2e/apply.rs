@@ -275,8 +275,12 @@ pub fn attempt(
     })
     .map(|mut applied| {
         let issuer = applied.issued.cert.parse().issuer().as_raw().to_vec();
-        applied.issued.ca = ["individual", "server"]
-            .into_iter()
+        // Every issuing CA `ca list` names (a rollover's successor too).
+        applied.issued.ca = ca
+            .ecert_ok(&["ca", "list"])
+            .lines()
+            .filter_map(|l| l.split('\t').next())
+            .filter(|name| !name.is_empty() && !name.contains("root"))
             .find(|name| ca.export(name).parse().subject().as_raw() == issuer.as_slice())
             .unwrap_or("unknown")
             .to_string();

@@ -15,8 +15,12 @@ fn ca_list(ca: &Ca) -> Vec<(String, String, String)> {
             let f: Vec<&str> = l.split('\t').collect();
             assert_eq!(
                 f.len(),
-                4,
-                "`ca list` line is not <name>\\t<serial>\\t<subject>\\t<notAfter>: {l:?}"
+                5,
+                "`ca list` line is not <name>\\t<serial>\\t<subject>\\t<notAfter>\\t<state>: {l:?}"
+            );
+            assert_eq!(
+                f[4], "active",
+                "a new hierarchy's CAs are all active: {l:?}"
             );
             (f[0].to_string(), f[1].to_string(), l.to_string())
         })
