@@ -840,6 +840,21 @@ async fn ceremony(config: Config, c: CeremonyCommand) -> anyhow::Result<()> {
                         embedded.display()
                     );
                     access.shares = ceremony::embedded_access(&config)?.shares;
+                } else if config.embedded_softhsm()
+                    && access.shares_out.is_none()
+                    && c.quorum == 1
+                    && c.custodians.len() == 1
+                {
+                    // The embedded default's root token made now (a data directory from before
+                    // the root token): its one share goes where `ecert init` puts it.
+                    let out = ceremony::embedded_access(&config)?.shares_out;
+                    if let Some(dir) = &out {
+                        eprintln!(
+                            "a new root token's 1-of-1 share goes to {} (the embedded default's place)",
+                            dir.display()
+                        );
+                    }
+                    access.shares_out = out;
                 } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                     loop {
                         let s =

@@ -459,6 +459,19 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// report reads as it was.
 #[test]
 fn a_legacy_data_directory_moves_to_separated_custody() {
+    let ca = Ca::new();
+    let meta = legacy_fixture(&ca);
+    // Before the migration: refused by name.
+    let e = ca.ecert_err(&["init"]);
+    assert!(e.contains("ecert custody migrate"), "{e}");
+    let objects = ca.pkcs11_objects(&[]);
+    assert!(objects.contains("ecert-pii-seal"), "{objects}");
+    legacy_custody_migrated(&ca, &meta);
+}
+
+/// Unpacks the legacy fixture (a data directory, and its PostgreSQL dump when the tests run on
+/// PostgreSQL) into `ca`; returns what `fixture.json` says of it.
+pub(crate) fn legacy_fixture(ca: &Ca) -> serde_json::Value {
     let engine = match ecert_e2e::test_db() {
         Db::Sqlite => "sqlite",
         Db::Postgres => "postgres",
@@ -468,7 +481,6 @@ fn a_legacy_data_directory_moves_to_separated_custody() {
         .join(engine);
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture.join("fixture.json")).unwrap()).unwrap();
-    let ca = Ca::new();
     let st = std::process::Command::new("tar")
         .arg("-C")
         .arg(ca.data_dir())
@@ -487,12 +499,10 @@ fn a_legacy_data_directory_moves_to_separated_custody() {
             .unwrap();
         assert!(o.status.success(), "{}", ecert_e2e::show(&o));
     }
-    // Before the migration: refused by name.
-    let e = ca.ecert_err(&["init"]);
-    assert!(e.contains("ecert custody migrate"), "{e}");
-    let objects = ca.pkcs11_objects(&[]);
-    assert!(objects.contains("ecert-pii-seal"), "{objects}");
+    meta
+}
 
+fn legacy_custody_migrated(ca: &Ca, meta: &serde_json::Value) {
     let fields = match ca.db() {
         Db::Sqlite => "SELECT hex(hkid_sealed) || hex(dob_sealed) || hex(phone_sealed) || hex(address_sealed) FROM applications",
         Db::Postgres => "SELECT encode(hkid_sealed || dob_sealed || phone_sealed || address_sealed, 'hex') FROM applications",

@@ -323,3 +323,157 @@ fn responder_name(ca: &Ca, response: &Path) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A data directory made before the TLS root (the legacy fixture: its Server CA under the one
+/// root) moves its Server CA to a TLS hierarchy of its own by the documented rollover
+/// (docs/CEREMONY.md): one ceremony makes the TLS root, a successor Server CA under it
+/// (activated) and the TLS root's CRL. The old Server CA keeps answering under the old root.
+#[test]
+fn a_legacy_server_ca_moves_under_a_new_tls_root() {
+    let ca = Ca::new();
+    crate::custody::legacy_fixture(&ca);
+    ca.ecert_ok(&["custody", "migrate"]);
+    let before = states(&ca);
+    assert!(
+        !before.iter().any(|(n, _)| n == "tls-root"),
+        "the fixture predates the TLS root: {before:?}"
+    );
+    let old_root = ca.export("root");
+    let old_server = ca.export("server");
+    assert_eq!(
+        old_server.parse().issuer().as_raw(),
+        old_root.parse().subject().as_raw(),
+        "the fixture's Server CA is under the S/MIME root"
+    );
+    let file = ceremony_file(
+        &ca,
+        "tls-move.toml",
+        "[[step]]\nkind = \"root\"\nca = \"tls-root\"\nkey_type = \"p384\"\n\
+         common_name = \"ecert Test TLS Root\"\nvalidity_days = 5000\n\
+         [[step]]\nkind = \"rollover\"\nca = \"server\"\nroot = \"tls-root\"\nkey_type = \"p256\"\n\
+         common_name = \"ecert Test Server CA G2\"\nvalidity_days = 1500\n\
+         [[step]]\nkind = \"root_crl\"\nca = \"tls-root\"\n",
+    );
+    // Under the S/MIME root it may not go (one purpose per hierarchy).
+    let wrong = ceremony_file(
+        &ca,
+        "tls-wrong.toml",
+        "[[step]]\nkind = \"rollover\"\nca = \"server\"\nroot = \"root\"\nkey_type = \"p256\"\n\
+         common_name = \"ecert Test Server CA G2\"\nvalidity_days = 1500\n",
+    );
+    let e = ca.ecert_err(&["ceremony", "check", wrong.to_str().unwrap()]);
+    assert!(e.contains("belongs under tls-root"), "{e}");
+    let plan = ca.ecert_ok(&["ceremony", "check", file.to_str().unwrap()]);
+    assert!(plan.contains("rollover server-2"), "{plan}");
+    ca.ecert_ok(&["ceremony", "run", file.to_str().unwrap()]);
+    let after = states(&ca);
+    for (id, want) in [
+        ("root", "active"),
+        ("tls-root", "active"),
+        ("individual", "active"),
+        ("server", "superseded"),
+        ("server-2", "active"),
+    ] {
+        assert!(
+            after.iter().any(|(n, s)| n == id && s == want),
+            "{id} is not {want}: {after:?}"
+        );
+    }
+    // The successor chains to the TLS root only, and names its root's URLs.
+    let tls_root = ca.export("tls-root");
+    let g2 = ca.export("server-2");
+    let verify = |root: &Path, cert: &Path| {
+        let mut c = std::process::Command::new("openssl");
+        c.args(["verify", "-x509_strict", "-CAfile"])
+            .arg(root)
+            .arg(cert);
+        run_with_timeout(c, std::time::Duration::from_secs(60), "openssl verify")
+            .status
+            .success()
+    };
+    assert!(verify(&tls_root.path, &g2.path));
+    assert!(!verify(&old_root.path, &g2.path));
+    assert!(verify(&old_root.path, &old_server.path));
+    let (aia, cdp) = aia_and_crl_uris(&g2.parse());
+    assert_eq!(cdp, [format!("{BASE_URL}/crl/tls-root.crl")]);
+    assert!(
+        aia.iter()
+            .any(|(_, u)| *u == format!("{BASE_URL}/ca/tls-root.crt")),
+        "{aia:?}"
+    );
+    pkilint(
+        "lint_cabf_serverauth_cert",
+        &["-t", "ROOT-CA"],
+        &[&tls_root.path],
+        "TLS root",
+    );
+    pkilint(
+        "lint_cabf_serverauth_cert",
+        &["-t", "INTERNAL-UNCONSTRAINED-TLS-CA"],
+        &[&g2.path],
+        "Server CA G2",
+    );
+    pkilint("lint_pkix_cert", &[], &[&g2.path], "Server CA G2");
+    pkilint(
+        "lint_pkix_signer_signee_cert_chain",
+        &[],
+        &[&tls_root.path, &g2.path],
+        "TLS root over Server CA G2",
+    );
+    // The chain export follows the new hierarchy.
+    let chain = ca.ecert_ok(&["ca", "export", "server-2", "--chain"]);
+    assert_eq!(
+        pem_certs(chain.as_bytes()).last().unwrap(),
+        &pem_certs(&std::fs::read(&tls_root.path).unwrap())[0]
+    );
+    // The service publishes both Server CAs' CRLs and the TLS root's.
+    let srv = crate::serve::start(&ca);
+    let addr = &srv.1;
+    for path in [
+        "/ca/tls-root.crt",
+        "/ca/server-2.crt",
+        "/ca/server.crt",
+        "/crl/tls-root.crl",
+    ] {
+        assert_eq!(crate::serve::get(addr, path).0, 200, "{path}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        let h = crate::serve::healthz(addr);
+        if h["crl"]["server-2"]["fresh"] == true || std::time::Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(health["crl"]["server-2"]["fresh"], true, "{health}");
+    assert_eq!(health["crl"]["tls-root"]["fresh"], true, "{health}");
+    // The fixture's Server CA never issued a certificate: nothing of its is left to answer for,
+    // so the publisher retires it at once, after a final CRL, which stays served.
+    assert_eq!(
+        ca.sql_query(
+            "SELECT COUNT(*) FROM certificates WHERE issuer = 'server' AND profile <> 'ocsp-responder'"
+        )
+        .trim(),
+        "0"
+    );
+    assert_eq!(health["crl"]["server"]["state"], "retired", "{health}");
+    assert_eq!(state_of(&ca, "server"), "retired");
+    let (status, _, final_crl) = crate::serve::get(addr, "/crl/server.crl");
+    assert_eq!(status, 200);
+    let retired = ca
+        .sql_query("SELECT detail FROM audit_log WHERE kind = 'ca.retired' AND subject = 'server'");
+    assert!(retired.contains("final_crls"), "{retired}");
+    assert!(crl_serials(&final_crl).is_empty());
+    drop(srv);
+    let e = ca.ecert_err(&["crl", "publish", "--ca", "server"]);
+    assert!(e.contains("retired"), "{e}");
+    // `crl publish` alone publishes the CAs that still publish, not the retired one.
+    let out = ca.ecert_ok(&["crl", "publish"]);
+    assert!(
+        out.contains("server-2.crl")
+            && !out.contains("\nserver.crl")
+            && !out.starts_with("server.crl"),
+        "{out}"
+    );
+    ca.audit_ok();
+}
