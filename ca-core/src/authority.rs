@@ -218,6 +218,16 @@ struct CaState {
     status: std::sync::Mutex<CaStatus>,
 }
 
+/// How long after its last certificate expires a superseded CA keeps publishing: the longer of
+/// the time a CRL keeps an expired certificate's entry ([`crate::crl::KEEP_AFTER_EXPIRY`]) and
+/// the time its OCSP response stays fresh ([`crate::publication::OCSP_FRESH_AFTER_EXPIRY`]).
+pub const RETIRE_AFTER_EXPIRY: i64 =
+    if crate::crl::KEEP_AFTER_EXPIRY > crate::publication::OCSP_FRESH_AFTER_EXPIRY {
+        crate::crl::KEEP_AFTER_EXPIRY
+    } else {
+        crate::publication::OCSP_FRESH_AFTER_EXPIRY
+    };
+
 /// A CRL that was published.
 #[derive(Debug, Clone)]
 pub struct PublishedCrl {
@@ -1057,7 +1067,18 @@ impl Authority {
             .iter()
             .map(|c| (c.id, c.key_label.clone(), c.cert_der.clone(), c.state))
             .collect();
-        let responder_rows = store.responders().await?;
+        // A retired CA signs no OCSP response: its responders are not opened.
+        let retired: Vec<String> = stored
+            .iter()
+            .filter(|c| c.state == CaStatus::Retired)
+            .map(|c| c.id.name())
+            .collect();
+        let responder_rows: Vec<_> = store
+            .responders()
+            .await?
+            .into_iter()
+            .filter(|r| !retired.contains(&r.issuer))
+            .collect();
         let cfg2 = config.clone();
         type Keys = (
             Vec<(CaId, Vec<u8>, CaStatus, Option<hsm::pkcs11::Pkcs11Key>)>,
@@ -1568,10 +1589,12 @@ impl Authority {
             .map(|c| *c.status.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Retires each superseded CA whose certificates have all expired at `now` (none still in
-    /// issuance): its final CRLs (every scope) are published, then it is marked `retired`
-    /// (audited `ca.retired`) and signs nothing more — no CRL, no OCSP response, no responder.
-    /// Its final CRLs and its certificate stay published. Returns the CAs retired.
+    /// Retires each superseded CA that owes nothing more at `now`: none of its certificates is
+    /// in issuance, and the last expired more than [`RETIRE_AFTER_EXPIRY`] ago (a CRL lists a
+    /// revoked certificate, and OCSP answers for it, that long after it expires). Its final
+    /// CRLs (every scope) are published, then it is marked `retired` (audited `ca.retired`) and
+    /// signs nothing more — no CRL, no OCSP response, no responder. Its final CRLs and its
+    /// certificate stay published. Returns the CAs retired.
     pub async fn retire_finished(&self, now: i64, actor: &str) -> Result<Vec<CaId>> {
         let mut retired = Vec::new();
         for (id, status) in self.cas() {
@@ -1579,7 +1602,7 @@ impl Authority {
                 continue;
             }
             let (last, in_flight) = self.store.last_expiry(&id.name()).await?;
-            if in_flight || last.is_some_and(|t| t >= now) {
+            if in_flight || last.is_some_and(|t| t.saturating_add(RETIRE_AFTER_EXPIRY) >= now) {
                 continue;
             }
             // The final CRLs: every scope, so each URL in its certificates answers with a CRL
@@ -3031,6 +3054,97 @@ mod tests {
             renews,
             actor: "test".into(),
         }
+    }
+
+    /// CA rollover (issue 15): a successor made and activated in a ceremony takes new issuance
+    /// and renewals; the superseded CA keeps its responder and CRLs while a certificate of its
+    /// is unexpired, then publishes final CRLs and retires — after a restart too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_superseded_ca_answers_until_its_last_certificate_expires() {
+        let (_dir, auth) = test_ca().await;
+        let first = CaId::first(CaRole::Individual);
+        let second = CaId {
+            role: CaRole::Individual,
+            generation: 2,
+        };
+        let old = auth.issue(request(0, None)).await.unwrap();
+        assert_eq!(old.issuer, first);
+        let config = auth.config().clone();
+        drop(auth);
+        let text = "name = \"rollover\"\ncustodians = [\"the operator of the embedded default\"]\n\
+                    quorum = 1\n[[step]]\nkind = \"rollover\"\nca = \"individual\"\nroot = \"root\"\n\
+                    key_type = \"p384\"\ncommon_name = \"Test Individual CA G2\"\nvalidity_days = 1000\n";
+        let ceremony = crate::ceremony::Ceremony::parse(text).unwrap();
+        let access = crate::ceremony::embedded_access(&config).unwrap();
+        let (auth, record) = Authority::run_ceremony(config, ceremony, text, access, None, "test")
+            .await
+            .unwrap();
+        assert!(record.contains("activate individual-2"), "{record}");
+        assert_eq!(
+            auth.issuer_for(Profile::get("personal").unwrap()).unwrap(),
+            second
+        );
+        assert_eq!(auth.status_of(first), Some(CaStatus::Superseded));
+        // New issuance, and the renewal of the old CA's certificate, go to the successor.
+        let new = auth.issue(request(1, None)).await.unwrap();
+        let renewed = auth.issue(request(0, Some(old.serial))).await.unwrap();
+        for c in [&new, &renewed] {
+            assert_eq!(c.issuer, second);
+            let (_, cert) = x509_parser::parse_x509_certificate(&c.cert_der).unwrap();
+            let (_, ca) =
+                x509_parser::parse_x509_certificate(auth.ca_cert(second).unwrap()).unwrap();
+            assert_eq!(cert.issuer(), ca.subject());
+        }
+        // Both CAs have a responder; both publish.
+        auth.ensure_responders().await.unwrap();
+        assert!(auth.responder_cert(first).await.is_some());
+        assert!(auth.responder_cert(second).await.is_some());
+        assert_eq!(
+            auth.publishing_cas(),
+            vec![first, second, CaId::first(CaRole::Server)]
+        );
+        let old_end = not_after_of(&old.cert_der).unwrap().unix_timestamp();
+        // While the old certificate is valid, and while its CRL entry and OCSP response are
+        // still owed after it expires, nothing retires.
+        assert!(auth
+            .retire_finished(old_end, "test")
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(auth
+            .retire_finished(old_end + RETIRE_AFTER_EXPIRY, "test")
+            .await
+            .unwrap()
+            .is_empty());
+        let heads_before = auth.store().crl_heads("individual").await.unwrap().len();
+        let retired = auth
+            .retire_finished(old_end + RETIRE_AFTER_EXPIRY + 1, "test")
+            .await
+            .unwrap();
+        assert_eq!(retired, vec![first]);
+        assert_eq!(auth.status_of(first), Some(CaStatus::Retired));
+        assert!(auth.responder_cert(first).await.is_none());
+        assert!(!auth.publishing_cas().contains(&first));
+        // Its final CRL was published, and nothing more is.
+        let heads = auth.store().crl_heads("individual").await.unwrap();
+        assert!(heads.len() >= heads_before.max(1), "{heads:?}");
+        assert!(matches!(
+            auth.publish_crl(first, Scope::Full, "test").await,
+            Err(Error::Config(e)) if e.contains("retired")
+        ));
+        // The successor never retires this way (it is active), and a second pass does nothing.
+        assert!(auth
+            .retire_finished(i64::MAX, "test")
+            .await
+            .unwrap()
+            .is_empty());
+        let config = auth.config().clone();
+        drop(auth);
+        let auth = Authority::open(config).await.unwrap();
+        assert_eq!(auth.status_of(first), Some(CaStatus::Retired));
+        assert_eq!(auth.status_of(second), Some(CaStatus::Active));
+        auth.ensure_responders().await.unwrap();
+        assert!(auth.responder_cert(first).await.is_none());
     }
 
     /// RFC 5280 §4.2.1.10 matching of the name constraints an issuing CA's certificate carries.
