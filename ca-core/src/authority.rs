@@ -889,8 +889,10 @@ impl Authority {
             .await
             .map_err(|e| Error::Store(e.to_string()))??;
         let _ = &arc;
-        let mut report = InitReport::default();
-        report.existing = store.cas().await?.into_iter().map(|c| c.id).collect();
+        let mut report = InitReport {
+            existing: store.cas().await?.into_iter().map(|c| c.id).collect(),
+            ..Default::default()
+        };
         // The audit key: signs checkpoints of the audit chain (DESIGN.md "Personal data and
         // trust"). Generated in the token like the CA keys.
         let t = token.clone();
@@ -1410,7 +1412,7 @@ impl Authority {
                 &Event {
                     kind: "ca.revoked",
                     actor: actor.to_string(),
-                    subject: Some(role.name().into()),
+                    subject: Some(role.name()),
                     detail: json!({ "serial": serial, "reason": reason.name() }),
                 },
             )
@@ -1803,7 +1805,7 @@ impl Authority {
             .audit_now(&Event {
                 kind: "crl.signing",
                 actor: actor.to_string(),
-                subject: Some(role.name().into()),
+                subject: Some(role.name()),
                 detail: json!({ "crl": file, "number": number, "entries": entries, "tbs_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tbs)) }),
             })
             .await?;
@@ -1823,7 +1825,7 @@ impl Authority {
         let event = Event {
             kind: "crl.published",
             actor: actor.to_string(),
-            subject: Some(role.name().into()),
+            subject: Some(role.name()),
             detail: json!({ "crl": file, "number": number, "entries": entries, "this_update": this_update, "next_update": this_update + validity, "crl_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der)) }),
         };
         // The database stores the CRL that every instance serves; then the file (a

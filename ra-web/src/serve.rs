@@ -303,7 +303,10 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         crls: RwLock::new(HashMap::new()),
         counters: Counters::default(),
         hsm: RwLock::new(HsmHealth::default()),
-        probe: RwLock::new(Probe::default()),
+        probe: RwLock::new(Probe {
+            states: stored.iter().map(|c| (c.id, c.state)).collect(),
+            ..Probe::default()
+        }),
         probes: AtomicU64::new(0),
         crl_outages: std::sync::Mutex::new(HashMap::new()),
         instance: format!(
@@ -614,6 +617,11 @@ async fn healthz(State(s): State<Shared>) -> Response {
     ids.sort_by_key(|id| (!id.is_root(), *id));
     for role in ids {
         let state = probe.states.get(&role).copied();
+        if state == Some(CaStatus::Pending) {
+            // Made by a rollover, not yet issuing: it has nothing to publish until activated.
+            crls.insert(role.name(), serde_json::json!({ "state": "pending" }));
+            continue;
+        }
         if state == Some(CaStatus::Retired) {
             // Its last certificate has expired: its final CRL stands, nothing is due.
             let v = match known.get(&(role, Scope::Full)) {

@@ -332,7 +332,7 @@ impl Authority {
             .await?;
         let row = ResponderRow {
             serial: serial_hex.clone(),
-            issuer: role.name().into(),
+            issuer: role.name(),
             key_label: label.to_string(),
             cert_der: issued.cert_der,
             not_after: na,

@@ -548,7 +548,7 @@ fn legacy_custody_migrated(ca: &Ca, meta: &serde_json::Value) {
 
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
-    let server = serve_ra(&ca, &smtp.addr, &log);
+    let server = serve_ra(ca, &smtp.addr, &log);
     let addr = server.1.clone();
     assert_eq!(healthz(&addr)["personal_data"]["status"], "activated");
     // The old authenticators (TOTP secrets sealed again) still sign in.
@@ -563,7 +563,7 @@ fn legacy_custody_migrated(ca: &Ca, meta: &serde_json::Value) {
         )
         .unwrap();
     }
-    let entering = staff_token(&ca, "clerk1", "read,enter");
+    let entering = staff_token(ca, "clerk1", "read,enter");
     let csr = std::fs::read_to_string(ca.csr("again", ecert_e2e::KeyType::P256).csr).unwrap();
     let (st, e) = api(
         &addr,
@@ -578,7 +578,7 @@ fn legacy_custody_migrated(ca: &Ca, meta: &serde_json::Value) {
     assert!(body.contains("<td id=\"same-hkid\">1</td>"), "{body}");
     // The problem report (sealed again under the staff-auth key) reads as it was.
     sign_in(&addr, "officer1", meta["officer1_totp"].as_str().unwrap());
-    let officer = staff_token(&ca, "officer1", "read");
+    let officer = staff_token(ca, "officer1", "read");
     let (st, list) = api(&addr, "GET", "/api/v1/problem-reports", &officer, None);
     assert_eq!(st, 200, "{list}");
     assert!(list.to_string().contains("abuse@example.org"), "{list}");

@@ -153,9 +153,21 @@ fn rollover_successor_issues_while_the_predecessor_keeps_answering() {
     assert!(record.contains("rollover individual-2"), "{record}");
     assert_eq!(state_of(&ca, "individual"), "active");
     assert_eq!(state_of(&ca, "individual-2"), "pending");
-    // Pending, it takes no issuance.
+    // Pending, it takes no issuance; its certificate is published ahead of its activation,
+    // and it owes no CRL yet.
     let still_old = issue("still-old");
     assert_eq!(still_old.ca, "individual");
+    {
+        let srv = crate::serve::start(&ca);
+        assert_eq!(crate::serve::get(&srv.1, "/ca/individual-2.crt").0, 200);
+        let health = crate::serve::healthz(&srv.1);
+        assert_eq!(
+            health["crl"]["individual-2"]["state"], "pending",
+            "{health}"
+        );
+        assert_eq!(health["crl"]["individual"]["state"], "active", "{health}");
+        assert_eq!(health["status"], "ok", "{health}");
+    }
     // Only one successor of a role waits at a time.
     let e = ca.ecert_err(&["ceremony", "check", make.to_str().unwrap()]);
     assert!(e.contains("waits for activation already"), "{e}");
