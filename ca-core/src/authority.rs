@@ -308,6 +308,9 @@ pub struct Authority {
     witness_problem: std::sync::Mutex<Option<String>>,
     /// Citizens' refused requests this minute: (minute, recorded, counted only).
     citizen_refusals: std::sync::Mutex<(i64, u32, u32)>,
+    /// Held while a CA retires and while responders are made, so no responder certificate is
+    /// issued by a CA after its final CRL.
+    lifecycle: tokio::sync::Mutex<()>,
     /// An HSM check is running ([`Authority::hsm_check`]).
     hsm_check_running: Arc<std::sync::atomic::AtomicBool>,
     /// The Debian weak-key lists of `[keys] debian_weak_dir` (empty when unset).
@@ -1236,6 +1239,7 @@ impl Authority {
             witness_problem: std::sync::Mutex::new(None),
             citizen_refusals: std::sync::Mutex::new((0, 0, 0)),
             hsm_check_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            lifecycle: tokio::sync::Mutex::new(()),
             _lock: lock,
             _db_lock: std::sync::Mutex::new(db_lock),
         };
@@ -1576,10 +1580,18 @@ impl Authority {
                 role.name()
             )));
         }
-        if self.status_of(role) == Some(CaStatus::Retired) {
-            return Err(Error::Config(format!(
+        match self.status_of(role) {
+            Some(CaStatus::Retired) => {
+                return Err(Error::Config(format!(
                 "the {role} CA is retired (its last certificate has expired): its final CRL stands"
-            )));
+            )))
+            }
+            Some(CaStatus::Pending) => {
+                return Err(Error::Config(format!(
+                    "the {role} CA waits for activation: it has issued nothing to publish"
+                )))
+            }
+            _ => {}
         }
         self.publish_crl_with(role, scope, actor, None).await
     }
@@ -1598,13 +1610,22 @@ impl Authority {
     /// signs nothing more — no CRL, no OCSP response, no responder. Its final CRLs and its
     /// certificate stay published. Returns the CAs retired.
     pub async fn retire_finished(&self, now: i64, actor: &str) -> Result<Vec<CaId>> {
+        // No responder is made meanwhile ([`Authority::ensure_responders`]).
+        let _lifecycle = self.lifecycle.lock().await;
         let mut retired = Vec::new();
         for (id, status) in self.cas() {
             if status != CaStatus::Superseded {
                 continue;
             }
             let (last, in_flight) = self.store.last_expiry(&id.name()).await?;
-            if in_flight || last.is_some_and(|t| t.saturating_add(RETIRE_AFTER_EXPIRY) >= now) {
+            // A CA's certificates end with it: within a day of its own notAfter it retires
+            // whatever the keep period says, so its final CRL is signed while it is valid.
+            let ca_end = self
+                .cas
+                .get(&id)
+                .map_or(i64::MAX, |c| c.not_after.unix_timestamp());
+            let owed = last.is_some_and(|t| t.saturating_add(RETIRE_AFTER_EXPIRY) >= now);
+            if in_flight || (owed && now < ca_end - 86_400) {
                 continue;
             }
             // The final CRLs: every scope, so each URL in its certificates answers with a CRL
@@ -1640,6 +1661,10 @@ impl Authority {
             self.responders.write().await.remove(&id);
             tracing::info!(ca = %id, "CA retired: its last certificate has expired; its final CRLs stand");
             retired.push(id);
+        }
+        if !retired.is_empty() {
+            // Its responders' keys can sign nothing anyone should accept any more.
+            self.retire_responders().await?;
         }
         Ok(retired)
     }
@@ -3118,7 +3143,7 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-        let heads_before = auth.store().crl_heads("individual").await.unwrap().len();
+        let heads_before = auth.store().crl_heads("individual").await.unwrap();
         let retired = auth
             .retire_finished(old_end + RETIRE_AFTER_EXPIRY + 1, "test")
             .await
@@ -3129,11 +3154,53 @@ mod tests {
         assert!(!auth.publishing_cas().contains(&first));
         // Its final CRL was published, and nothing more is.
         let heads = auth.store().crl_heads("individual").await.unwrap();
-        assert!(heads.len() >= heads_before.max(1), "{heads:?}");
+        let full = |h: &[crate::store::CrlHead]| {
+            h.iter()
+                .find(|h| h.scope == Scope::Full)
+                .map_or(0, |h| h.number)
+        };
+        assert!(full(&heads) > full(&heads_before), "{heads:?}");
         assert!(matches!(
             auth.publish_crl(first, Scope::Full, "test").await,
             Err(Error::Config(e)) if e.contains("retired")
         ));
+        // Its certificates' status no longer changes: a revocation is refused by name, the
+        // sweeps of a mass revocation pass them by, and work queued before it retired is
+        // dropped rather than left waiting for a responder that will never sign.
+        assert!(matches!(
+            auth.revoke(old.serial, crate::revocation::Reason::Superseded, "test").await,
+            Err(Error::Revocation(e)) if e.contains("retired")
+        ));
+        let swept = auth
+            .store()
+            .serials_matching(Some("personal"), None, None)
+            .await
+            .unwrap();
+        assert!(!swept.contains(&old.serial.to_hex()), "{swept:?}");
+        assert!(swept.contains(&new.serial.to_hex()), "{swept:?}");
+        sqlx::query("INSERT INTO ocsp_pending (serial, version, queued_at) VALUES ($1, 1, 0) ON CONFLICT (serial) DO NOTHING")
+            .bind(old.serial.to_hex())
+            .execute(auth.store().pool())
+            .await
+            .unwrap();
+        let due = auth.store().ocsp_pending(100).await.unwrap();
+        assert!(due.iter().any(|d| d.serial == old.serial.to_hex()));
+        auth.sign_ocsp(due).await.unwrap();
+        assert!(auth
+            .store()
+            .ocsp_pending(100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.serial != old.serial.to_hex()));
+        // Its responders' keys are gone from the HSM.
+        let destroyed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM ocsp_responders WHERE issuer = 'individual' AND key_destroyed_at IS NULL",
+        )
+        .fetch_one(auth.store().pool())
+        .await
+        .unwrap();
+        assert_eq!(destroyed, 0);
         // The successor never retires this way (it is active), and a second pass does nothing.
         assert!(auth
             .retire_finished(i64::MAX, "test")

@@ -358,6 +358,13 @@ impl Ceremony {
         })
     }
 
+    /// Whether the root token this file names was made already (its custodians and quorum are
+    /// on record).
+    pub async fn root_token_made(&self, config: &Config, store: &Store) -> Result<bool> {
+        let (label, _) = self.root_token(config);
+        Ok(store.meta(&meta_key(&label, "custodians")).await?.is_some())
+    }
+
     /// The root token's label and module.
     pub fn root_token(&self, config: &Config) -> (String, PathBuf) {
         (

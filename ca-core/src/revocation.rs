@@ -381,6 +381,13 @@ pub(crate) async fn revoke_in(
         .status_in(tx, serial)
         .await?
         .ok_or_else(|| Error::UnknownSerial(serial.to_string()))?;
+    if store.ca_state(&status.issuer).await? == Some(crate::profile::CaStatus::Retired) {
+        return Err(Error::Revocation(format!(
+            "the {} CA is retired: every certificate it issued has expired and it publishes no \
+             more CRLs or OCSP responses",
+            status.issuer
+        )));
+    }
     let ca = crate::profile::CaId::from_name(&status.issuer)?.role;
     if !reason.allowed_on(ca) {
         return Err(Error::Revocation(format!(

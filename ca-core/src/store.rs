@@ -824,6 +824,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Where CA `name` is in its life (`None`: no such CA).
+    pub async fn ca_state(&self, name: &str) -> Result<Option<CaStatus>> {
+        let state = sqlx::query_scalar::<_, String>("SELECT state FROM cas WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        state.map(|s| CaStatus::parse(&s)).transpose()
+    }
+
+    /// Takes queued OCSP work off the queue unsigned: serials of a retired CA, which signs
+    /// nothing more (each at the version read, so a newer change stays queued).
+    pub async fn drop_ocsp_pending(&self, due: &[(String, i64)]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (serial, version) in due {
+            sqlx::query("DELETE FROM ocsp_pending WHERE serial = $1 AND version = $2")
+                .bind(serial)
+                .bind(*version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The current CA of `role` (the one `active`), if any.
     pub async fn active_ca(&self, role: CaRole) -> Result<Option<CaId>> {
         let name = sqlx::query_scalar::<_, String>(
@@ -1318,7 +1342,10 @@ impl Store {
 
     /// Issued (or abandoned) serials carrying a key, inside `tx`.
     pub async fn serials_with_key_in(&self, tx: &mut Tx, key_fp: &[u8]) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT serial FROM certificates WHERE key_fp = $1 AND state IN ('issued', 'abandoned') ORDER BY serial")
+        // A retired CA's certificates have all expired and nothing of it is published again:
+        // a status change there would reach no relying party.
+        Ok(sqlx::query_scalar("SELECT serial FROM certificates WHERE key_fp = $1 AND state IN ('issued', 'abandoned') \
+             AND issuer NOT IN (SELECT name FROM cas WHERE state = 'retired') ORDER BY serial")
             .bind(key_fp.to_vec())
             .fetch_all(&mut **tx)
             .await?)
@@ -1334,7 +1361,8 @@ impl Store {
     ) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT serial FROM certificates WHERE state = 'issued' AND (revocation_reason IS NULL OR revocation_reason = 6) \
-             AND ($1 = '' OR profile = $1) AND not_before >= $2 AND not_before <= $3 ORDER BY not_before, serial",
+             AND ($1 = '' OR profile = $1) AND not_before >= $2 AND not_before <= $3 \
+             AND issuer NOT IN (SELECT name FROM cas WHERE state = 'retired') ORDER BY not_before, serial",
         )
         .bind(profile.unwrap_or(""))
         .bind(from.unwrap_or(i64::MIN))
@@ -1968,12 +1996,13 @@ impl Store {
             .collect())
     }
 
-    /// Responders whose certificate expired before `before` and whose key is still in the
-    /// HSM: (serial, issuer, key label).
+    /// Responders whose certificate expired before `before`, or whose CA has retired, and whose
+    /// key is still in the HSM: (serial, issuer, key label).
     pub async fn expired_responders(&self, before: i64) -> Result<Vec<(String, String, String)>> {
         let rows = sqlx::query_as::<_, ExpiredResponderRow>(
             "SELECT serial, issuer, key_label FROM ocsp_responders \
-             WHERE not_after < $1 AND key_destroyed_at IS NULL ORDER BY not_after",
+             WHERE (not_after < $1 OR issuer IN (SELECT name FROM cas WHERE state = 'retired')) \
+             AND key_destroyed_at IS NULL ORDER BY not_after",
         )
         .bind(before)
         .fetch_all(&self.pool)

@@ -9,7 +9,7 @@
 ALTER TABLE cas ADD COLUMN role TEXT NOT NULL DEFAULT '';
 ALTER TABLE cas ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE cas ADD COLUMN state TEXT NOT NULL DEFAULT 'active';
-ALTER TABLE cas ADD COLUMN state_changed_at INTEGER;
+ALTER TABLE cas ADD COLUMN state_changed_at BIGINT;
 UPDATE cas SET role = name;
 CREATE UNIQUE INDEX cas_one_active_per_role ON cas (role) WHERE state = 'active';
 CREATE UNIQUE INDEX cas_role_generation ON cas (role, generation);

@@ -844,6 +844,9 @@ async fn ceremony(config: Config, c: CeremonyCommand) -> anyhow::Result<()> {
                     && access.shares_out.is_none()
                     && c.quorum == 1
                     && c.custodians.len() == 1
+                    && !c
+                        .root_token_made(&config, &open_store(&config).await?)
+                        .await?
                 {
                     // The embedded default's root token made now (a data directory from before
                     // the root token): its one share goes where `ecert init` puts it.

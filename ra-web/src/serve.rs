@@ -894,7 +894,12 @@ async fn metrics(State(s): State<Shared>) -> Response {
     }
     // Each metric family is one group (Prometheus text format 0.0.4).
     let mut crls = Vec::new();
-    for (role, h) in &probe.heads {
+    // A retired CA's final CRL ages for ever by design: not a metric to alert on.
+    for (role, h) in probe
+        .heads
+        .iter()
+        .filter(|(r, _)| probe.states.get(r) != Some(&CaStatus::Retired))
+    {
         let crl = match h.scope {
             Scope::Full => "full".to_string(),
             Scope::Partition(k) => format!("p{k}"),

@@ -91,6 +91,9 @@ impl Authority {
     /// Makes a responder for each issuing CA that has none, or whose responder would expire
     /// before a response signed now. Returns the CAs that got a new one.
     pub async fn ensure_responders(&self) -> Result<Vec<CaId>> {
+        // Not while a CA retires: no responder certificate is issued by a CA after its final
+        // CRL ([`Authority::retire_finished`]).
+        let _lifecycle = self.lifecycle.lock().await;
         let now = unix(now_secs());
         let mut made = Vec::new();
         let mut failed = None;
@@ -99,9 +102,15 @@ impl Authority {
             if self.ca_revoked(role) {
                 continue;
             }
+            // A responder never outlives its CA: near the CA's end a new one would be no
+            // longer-lived than the one in use, which is kept.
+            let ca_end = self
+                .cas
+                .get(&role)
+                .map_or(0, |c| c.not_after.unix_timestamp());
             let due = match self.responders.read().await.get(&role) {
                 None => true,
-                Some(r) => r.not_after - now < self.rotate_margin(),
+                Some(r) => r.not_after - now < self.rotate_margin() && r.not_after < ca_end,
             };
             if due {
                 match self.new_responder(role).await {
@@ -373,9 +382,16 @@ impl Authority {
         let mut p = CertificateParams::default();
         p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
         p.not_before = now;
-        p.not_after = now
+        // Never beyond its CA's own notAfter (a superseded CA near its end).
+        p.not_after = (now
             + time::Duration::hours(i64::from(self.config.ocsp.responder_validity_hours))
-            - time::Duration::seconds(1);
+            - time::Duration::seconds(1))
+        .min(ca.not_after);
+        if p.not_after <= now {
+            return Err(Error::Config(format!(
+                "the {role} CA's certificate has expired: it certifies no responder"
+            )));
+        }
         let c = &self.config.ca;
         p.distinguished_name = dn(&c.country, &c.organization, &cn)?;
         p.is_ca = IsCa::NoCa;
@@ -465,8 +481,17 @@ impl Authority {
             issuers.insert(role, Arc::new(IssuerKey::from_cert(&ca.cert_der)?));
         }
         let mut work = Vec::with_capacity(due.len());
+        let mut unowed = Vec::new();
         for d in due {
             let role = CaId::from_name(&d.issuer)?;
+            if self.status_of(role) == Some(crate::profile::CaStatus::Retired) {
+                // A retired CA signs nothing more (revocations of its certificates are refused;
+                // this is what was queued before it retired).
+                if let Some(v) = d.version {
+                    unowed.push((d.serial.clone(), v));
+                }
+                continue;
+            }
             let (Some(responder), Some(issuer)) = (responders.get(&role), issuers.get(&role))
             else {
                 if serial_log_due(&format!("no responder for {}", d.issuer)) {
@@ -475,6 +500,9 @@ impl Authority {
                 continue;
             };
             work.push((d, responder.clone(), issuer.clone()));
+        }
+        if !unowed.is_empty() {
+            self.store.drop_ocsp_pending(&unowed).await?;
         }
         // Spread over the HSM sessions: one blocking task per session.
         let lanes = self.config.hsm.pool_size.clamp(1, 8);

@@ -278,6 +278,10 @@ pub async fn propose(
                     "a root is not revoked: it is withdrawn from the trust stores",
                 ));
             }
+            // Refused now, not after two officers agreed on a CA that does not exist.
+            if store.ca(&ca.name()).await?.is_none() {
+                return Err(invalid("ca", "no such CA: `ecert ca list` names them"));
+            }
             let reason = revocation_reason(&r.reason)?;
             if reason == Reason::Unspecified {
                 return Err(invalid(

@@ -168,6 +168,8 @@ fn rollover_successor_issues_while_the_predecessor_keeps_answering() {
         assert_eq!(health["crl"]["individual"]["state"], "active", "{health}");
         assert_eq!(health["status"], "ok", "{health}");
     }
+    let e = ca.ecert_err(&["crl", "publish", "--ca", "individual-2"]);
+    assert!(e.contains("waits for activation"), "{e}");
     // Only one successor of a role waits at a time.
     let e = ca.ecert_err(&["ceremony", "check", make.to_str().unwrap()]);
     assert!(e.contains("waits for activation already"), "{e}");

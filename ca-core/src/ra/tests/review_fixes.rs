@@ -1733,6 +1733,16 @@ async fn large_decisions_need_two_officers() {
             },
             "ca",
         ),
+        // A CA that does not exist is refused at the proposal, not after two officers agreed.
+        (
+            officer::ProposalRequest {
+                kind: "ca_revocation".into(),
+                reason: "keyCompromise".into(),
+                ca: Some("individual-3".into()),
+                ..Default::default()
+            },
+            "ca",
+        ),
         (
             officer::ProposalRequest {
                 kind: "everything".into(),
