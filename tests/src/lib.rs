@@ -520,33 +520,127 @@ pub fn openssl_verify(
 /// Runs a pkilint linter: `LINTER lint ARGS -s ERROR -f JSON FILES...`; asserts exit 0 and an
 /// empty `results` list (no ERROR or FATAL finding), showing the findings otherwise. Fails (never
 /// skips) when pkilint is not installed.
-pub fn pkilint(linter: &str, args: &[&str], files: &[&Path], ctx: &str) {
-    let mut c = Command::new(linter);
-    c.arg("lint")
-        .args(args)
-        .args(["-s", "ERROR", "-f", "JSON"])
-        .args(files);
-    let cmdline = format!("{c:?}");
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Err(e) = c.spawn().map(|mut ch| {
-        let _ = ch.kill();
-        let _ = ch.wait();
-    }) {
-        panic!(
-            "[{ctx}] cannot run pkilint's `{linter}` ({e}). pkilint must be on PATH: run the tests \
-             through ops/test, or `. ops/lib.sh && ecert_setup_pkilint_venv target/pkilint-venv` and \
-             put target/pkilint-venv/bin on PATH"
-        );
+/// One pkilint process per test process, linting every file it is given (issue 15: the
+/// linters' Python start-up and imports, most of a lint's time, are paid once, not once per
+/// certificate). It calls each linter's own command-line `main` in-process, so what it judges
+/// is exactly what `lint_cabf_smime_cert lint …` would; one JSON line in, one out.
+const PKILINT_SERVER: &str = r#"
+import contextlib, importlib, io, json, sys, traceback
+for line in sys.stdin:
+    req = json.loads(line)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        mod = importlib.import_module("pkilint.bin." + req["linter"])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = mod.main(req["args"]) or 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except Exception:
+        code = 99
+        err.write(traceback.format_exc())
+    sys.stdout.write(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue()}) + "\n")
+    sys.stdout.flush()
+"#;
+
+struct PkilintServer {
+    child: Child,
+    input: std::process::ChildStdin,
+    answers: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for PkilintServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    let o = run_with_timeout(c, TIMEOUT, linter);
-    let stdout = String::from_utf8_lossy(&o.stdout);
+}
+
+static PKILINT: std::sync::Mutex<Option<PkilintServer>> = std::sync::Mutex::new(None);
+
+/// The Python that has pkilint: beside the `lint_pkix_cert` script on PATH, else the venv's.
+fn pkilint_python() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .find(|d| d.join("lint_pkix_cert").exists())
+        .map(|d| d.join("python"))
+        .filter(|p| p.exists())
+        .or_else(|| Some(venv_python()).filter(|p| p.is_absolute() && p.exists()))
+}
+
+fn start_pkilint(ctx: &str) -> PkilintServer {
+    let missing = |e: String| -> ! {
+        panic!(
+            "[{ctx}] cannot run pkilint ({e}). pkilint must be on PATH: run the tests through \
+             ops/test, or `. ops/lib.sh && ecert_setup_pkilint_venv target/pkilint-venv` and put \
+             target/pkilint-venv/bin on PATH"
+        )
+    };
+    let python = pkilint_python().unwrap_or_else(|| missing("no lint_pkix_cert on PATH".into()));
+    let mut child = Command::new(&python)
+        .args(["-u", "-c", PKILINT_SERVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| missing(format!("{}: {e}", python.display())));
+    let input = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, answers) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    PkilintServer {
+        child,
+        input,
+        answers,
+    }
+}
+
+/// Lints `files` with pkilint's `linter` and `args`; panics (naming `ctx`) on any finding of
+/// severity ERROR or worse, or when the linter fails.
+pub fn pkilint(linter: &str, args: &[&str], files: &[&Path], ctx: &str) {
+    use std::io::Write;
+    let mut argv: Vec<String> = vec!["lint".into()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv.extend(["-s", "ERROR", "-f", "JSON"].map(String::from));
+    argv.extend(files.iter().map(|f| f.to_string_lossy().into_owned()));
+    let cmdline = format!("{linter} {}", argv.join(" "));
+    let request = serde_json::json!({ "linter": linter, "args": argv }).to_string();
+    let mut server = PKILINT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if server.is_none() {
+        *server = Some(start_pkilint(ctx));
+    }
+    let s = server.as_mut().unwrap();
+    let sent = writeln!(s.input, "{request}").and_then(|()| s.input.flush());
+    let answer = match sent {
+        Ok(()) => s.answers.recv_timeout(TIMEOUT).ok(),
+        Err(_) => None,
+    };
+    let Some(answer) = answer else {
+        // Dead or stuck: the next call starts another.
+        *server = None;
+        panic!("[{ctx}] pkilint did not answer: {cmdline}");
+    };
+    drop(server);
+    let a: serde_json::Value = serde_json::from_str(&answer)
+        .unwrap_or_else(|e| panic!("[{ctx}] pkilint answered {answer:?}: {e}"));
+    let stdout = a["out"].as_str().unwrap_or_default();
     let compact: String = stdout.chars().filter(|c| !c.is_whitespace()).collect();
     assert!(
-        o.status.success() && compact == r#"{"results":[]}"#,
-        "[{ctx}] pkilint found errors: {cmdline}\n{}",
-        show(&o)
+        a["code"] == 0 && compact == r#"{"results":[]}"#,
+        "[{ctx}] pkilint found errors: {cmdline}\nexit code: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+        a["code"],
+        a["err"].as_str().unwrap_or_default()
     );
 }
 

@@ -152,3 +152,44 @@ fn profile_encipherment() {
 fn profile_server() {
     matrix(server());
 }
+
+/// The judge judges: pkilint run through the harness's one-process server still refuses a
+/// certificate it finds errors in (a CA certificate without keyUsage, RFC 5280 §4.2.1.3),
+/// names the finding, and keeps judging after a refusal.
+#[test]
+fn pkilint_through_the_harness_refuses_a_bad_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("no-ku.pem");
+    let o = openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            dir.path().join("k.pem").to_str().unwrap(),
+            "-out",
+            bad.to_str().unwrap(),
+            "-subj",
+            "/CN=no keyUsage",
+            "-days",
+            "2",
+        ],
+    );
+    assert!(o.status.success());
+    let refused = std::panic::catch_unwind(|| pkilint("lint_pkix_cert", &[], &[&bad], "bad"))
+        .expect_err("pkilint passed a CA certificate without keyUsage");
+    let msg = refused
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(msg.contains("pkix.ca_certificate_no_ku_extension"), "{msg}");
+    // A clean one after the refusal: the same server, still judging.
+    let ca = Ca::init();
+    let root = ca.export("root");
+    pkilint("lint_pkix_cert", &[], &[&root.path], "root after a refusal");
+}
