@@ -214,6 +214,18 @@ pub enum Step {
         /// The successor's id (`individual-2`).
         ca: String,
     },
+    /// A cross-certificate (TLS BR §7.1.2.2): the `issuer` root certifies the `ca` root's name
+    /// and key, so a relying party that trusts only `issuer` reaches what `ca` issued — the
+    /// bridge from an old root to a new one (a data directory's first TLS root, certified by
+    /// its old root while browsers take the new one in).
+    Cross {
+        /// The root certified (its subject name and key, unchanged).
+        ca: String,
+        /// The root that signs.
+        issuer: String,
+        /// Must end before both roots.
+        validity_days: u32,
+    },
     /// A root's CRL (its revoked issuing CAs), signed with the root key.
     RootCrl {
         /// The root.
@@ -255,6 +267,11 @@ enum Planned {
         successor: Option<bool>,
     },
     Activate(CaId),
+    Cross {
+        subject: CaRole,
+        issuer: CaRole,
+        days: u32,
+    },
     RootCrl(CaRole),
 }
 
@@ -718,6 +735,65 @@ impl Ceremony {
                         id.role.name(), id.role.name()
                     ));
                     planned.push(Planned::Activate(id));
+                }
+                Step::Cross {
+                    ca,
+                    issuer,
+                    validity_days,
+                } => {
+                    let subject = role_of(ca)?;
+                    let by = role_of(issuer)?;
+                    if !subject.is_root() || !by.is_root() || subject == by {
+                        return Err(bad(format!(
+                            "step {k}: a cross-certificate certifies one root by the other (root, tls-root)"
+                        )));
+                    }
+                    if crls_started {
+                        return Err(bad(format!(
+                            "step {k}: keys and certificates come before CRLs"
+                        )));
+                    }
+                    let mut left = i64::MAX;
+                    for r in [subject, by] {
+                        let days = match made.iter().find(|(m, _)| *m == CaId::first(r)) {
+                            Some((_, d)) => i64::from(*d),
+                            None => match store.ca(r.name()).await? {
+                                Some((_, der)) => {
+                                    (authority::not_after_of(&der)? - authority::now_secs())
+                                        .whole_days()
+                                }
+                                None => {
+                                    return Err(bad(format!(
+                                        "step {k}: the root {} neither exists nor is made earlier in this file",
+                                        r.name()
+                                    )))
+                                }
+                            },
+                        };
+                        left = left.min(days);
+                    }
+                    if *validity_days == 0 || i64::from(*validity_days) >= left {
+                        return Err(bad(format!(
+                            "step {k}: validity_days {validity_days}: a cross-certificate ends before both roots ({left} days left)"
+                        )));
+                    }
+                    let child = if subject == CaRole::TlsRoot {
+                        CaRole::Server
+                    } else {
+                        CaRole::Individual
+                    };
+                    let base = config.base_url();
+                    lines.push(format!(
+                        "step {k}: cross-certificate of {} by {}: {}'s name and key, signed by {}; {validity_days} days; pathLen 1; EKU {}; policies {}; CDP {base}/crl/{}.crl; caIssuers {base}/ca/{}.crt; served at {base}/ca/{}-by-{}.crt",
+                        subject.name(), by.name(), subject.name(), by.name(),
+                        if child == CaRole::Server { "serverAuth" } else { "emailProtection, clientAuth" },
+                        policy_oids(child, &arc).join(", "), by.name(), by.name(), subject.name(), by.name()
+                    ));
+                    planned.push(Planned::Cross {
+                        subject,
+                        issuer: by,
+                        days: *validity_days,
+                    });
                 }
                 Step::RootCrl { ca } => {
                     let role = role_of(ca)?;
@@ -1239,6 +1315,185 @@ async fn activate(store: &Store, id: CaId, actor: &str) -> Result<Done> {
     })
 }
 
+/// A cross-certificate (TLS BR §7.1.2.2): `issuer` certifies `subject`'s name (byte for byte,
+/// §7.1.2.2.2) and key. Restricted EKU and policies (§7.1.2.2.5, §7.1.2.2.6) of the hierarchy
+/// below `subject`: serverAuth and the TLS policies for the TLS root, emailProtection and
+/// clientAuth and the S/MIME policies for the S/MIME root; pathLen 1 (root → issuing CA →
+/// subscriber); CDP and caIssuers of `issuer`. Linted, then signed with `issuer`'s key.
+#[allow(clippy::too_many_arguments)]
+async fn make_cross(
+    config: &Config,
+    store: &Store,
+    arc: &str,
+    subject: CaRole,
+    issuer: CaRole,
+    days: u32,
+    (issuer_der, signer): (Vec<u8>, Arc<dyn hsm::Signer>),
+    actor: &str,
+) -> Result<Done> {
+    let (_, subject_der) = store
+        .ca(subject.name())
+        .await?
+        .ok_or(Error::NotInitialised)?;
+    let (_, existing) = x509_parser::parse_x509_certificate(&subject_der)
+        .map_err(|e| Error::Store(format!("stored CA certificate: {e}")))?;
+    let subject_spki = existing.tbs_certificate.subject_pki.raw.to_vec();
+    let subject_name = existing.tbs_certificate.subject.as_raw().to_vec();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = dn_of(existing.subject())?;
+    let now = authority::now_secs();
+    let serial = SerialNumber::random();
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
+    p.not_before = now;
+    p.not_after = now + time::Duration::days(i64::from(days)) - time::Duration::seconds(1);
+    for end in [
+        authority::not_after_of(&issuer_der)?,
+        authority::not_after_of(&subject_der)?,
+    ] {
+        if p.not_after >= end {
+            return Err(bad(format!(
+                "the cross-certificate would end {}, not before both roots ({})",
+                p.not_after.date(),
+                end.date()
+            )));
+        }
+    }
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    p.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(authority::key_id(&subject_spki)?);
+    p.use_authority_key_identifier_extension = true;
+    p.name_constraints = None;
+    let child = if subject == CaRole::TlsRoot {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        CaRole::Server
+    } else {
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::EmailProtection,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        CaRole::Individual
+    };
+    let base = config.base_url();
+    p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+        uris: vec![format!("{base}/crl/{}.crl", issuer.name())],
+    }];
+    let policies = policy_oids(child, arc)
+        .iter()
+        .map(|o| crate::ext::PolicyOid::parse(o))
+        .collect::<Result<Vec<_>>>()?;
+    p.custom_extensions = vec![
+        crate::ext::certificate_policies(&policies)?,
+        crate::ext::authority_info_access(None, &format!("{base}/ca/{}.crt", issuer.name()))?,
+    ];
+    let subject_key = SubscriberKey::from_spki_der(&subject_spki)?;
+    let lint_signer = authority::LintSigner::of(&*signer)?;
+    let linting = p.signed_by(
+        &subject_key,
+        &rcgen::Issuer::from_ca_cert_der(&issuer_der.clone().into(), lint_signer)?,
+    )?;
+    let (_, built) = x509_parser::parse_x509_certificate(linting.der())
+        .map_err(|e| Error::Encoding(e.to_string()))?;
+    if built.tbs_certificate.subject.as_raw() != subject_name.as_slice() {
+        return Err(bad(format!(
+            "the cross-certificate's subject would not be the {} root's byte for byte (TLS BR §7.1.2.2.2)",
+            subject.name()
+        )));
+    }
+    let findings = lint::lint(&LintInput {
+        cert_der: linting.der(),
+        issuer_subject_der: &authority::subject_der_of(&issuer_der)?,
+        expected_spki: &subject_spki,
+        issuer_key_id: None,
+        issuer_algorithm: signer.algorithm(),
+        expect: Expect::Ca,
+    });
+    if !findings.is_empty() {
+        return Err(Error::Lint(findings));
+    }
+    let (tbs, alg) = authority::split_signed(linting.der())?;
+    let name = format!("{}-by-{}", subject.name(), issuer.name());
+    store
+        .audit_now(&Event {
+            kind: "ca.signing",
+            actor: actor.to_string(),
+            subject: Some(name.clone()),
+            detail: json!({ "serial": serial.to_hex(), "tbs_sha256": sha256_hex(&tbs), "cross": true }),
+        })
+        .await?;
+    let cert =
+        authority::hsm_sign_checked(signer.clone(), tbs, alg, signer.public_key_spki().to_vec())
+            .await?;
+    let cert_sha256 = sha256_hex(&cert);
+    let mut tx = store.begin().await?;
+    store
+        .insert_cross(
+            &mut tx,
+            &serial.to_hex(),
+            subject.name(),
+            issuer.name(),
+            &cert,
+        )
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ca.cross_certified",
+                actor: actor.to_string(),
+                subject: Some(name.clone()),
+                detail: json!({ "serial": serial.to_hex(), "subject": subject.name(), "issuer": issuer.name(), "cert_sha256": cert_sha256 }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    tracing::info!(subject = subject.name(), issuer = issuer.name(), serial = %serial, "cross-certificate created");
+    Ok(Done {
+        line: format!(
+            "cross-certificate {name}: {} certified by {}; certificate serial {} sha256={cert_sha256}",
+            subject.name(),
+            issuer.name(),
+            serial.to_hex()
+        ),
+        detail: json!({ "cross": name, "serial": serial.to_hex(), "cert_sha256": cert_sha256 }),
+    })
+}
+
+/// An existing certificate's subject as rcgen names it: each attribute with its type and its
+/// string kind (PrintableString or UTF8String, as ecert makes them), so it encodes the same.
+fn dn_of(name: &x509_parser::x509::X509Name<'_>) -> Result<rcgen::DistinguishedName> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let mut dn = rcgen::DistinguishedName::new();
+    for attr in name.iter_attributes() {
+        let oid: Vec<u64> = attr
+            .attr_type()
+            .iter()
+            .ok_or_else(|| bad("a name attribute's OID does not fit"))?
+            .collect();
+        let text = attr
+            .as_str()
+            .map_err(|_| bad("a name attribute is not a string"))?
+            .to_string();
+        let value = match attr.attr_value().header.tag() {
+            Tag::PrintableString => rcgen::DnValue::PrintableString(
+                text.try_into()
+                    .map_err(|_| bad("a PrintableString name attribute does not parse"))?,
+            ),
+            Tag::Utf8String => rcgen::DnValue::Utf8String(text),
+            other => {
+                return Err(bad(format!(
+                    "a name attribute of type {other:?}: not one ecert makes"
+                )))
+            }
+        };
+        dn.push(rcgen::DnType::from_oid(&oid), value);
+    }
+    Ok(dn)
+}
+
 /// What [`run_creation`] leaves for [`finish`].
 #[derive(Debug)]
 pub struct Progress {
@@ -1298,6 +1553,10 @@ pub async fn run_creation(
                     || store.ca_token(root.name()).await?.is_some()
             }
             Planned::Activate(_) => false,
+            Planned::Cross { issuer, .. } => {
+                store.ca(issuer.name()).await?.is_none()
+                    || store.ca_token(issuer.name()).await?.is_some()
+            }
         };
     }
     let (root_token, present) = if needs_root {
@@ -1358,6 +1617,16 @@ pub async fn run_creation(
                 }
             }
             Planned::Activate(id) => done.push(activate(store, id, actor).await?),
+            Planned::Cross {
+                subject,
+                issuer,
+                days,
+            } => {
+                let key = root_key(store, root_token.as_ref(), issuer, ca_token).await?;
+                done.push(
+                    make_cross(config, store, &arc, subject, issuer, days, key, actor).await?,
+                );
+            }
             Planned::RootCrl(role) => pending_crls.push(role),
         }
     }
@@ -1557,6 +1826,9 @@ pub async fn verify_record(
         let mut known = BTreeSet::new();
         for ca in store.cas().await? {
             known.insert(sha256_hex(&ca.cert_der));
+        }
+        for (_, _, der) in store.cross_certificates().await? {
+            known.insert(sha256_hex(&der));
         }
         for step in &steps {
             // "step k: CRL of <root>: number N, ...": that CRL, as stored; an older CRL's body

@@ -74,6 +74,11 @@ impl Repository {
         Ok(self.store.ca(&id.name()).await?.map(|(_, der)| der))
     }
 
+    /// Every cross-certificate, oldest first: (subject, issuer, DER).
+    pub async fn cross_certificates(&self) -> Result<Vec<(String, String, Vec<u8>)>> {
+        self.store.cross_certificates().await
+    }
+
     /// Every CA (roots first) with where it is in its life.
     pub async fn cas(&self) -> Result<Vec<crate::store::CaRecord>> {
         self.store.cas().await

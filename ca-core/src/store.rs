@@ -97,6 +97,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (31, "api_token_last_used", include_str!("../../migrations/sqlite/0031_api_token_last_used.sql")),
     (32, "ca_token_label", include_str!("../../migrations/sqlite/0032_ca_token_label.sql")),
     (33, "ca_rollover", include_str!("../../migrations/sqlite/0033_ca_rollover.sql")),
+    (34, "cross_certificates", include_str!("../../migrations/sqlite/0034_cross_certificates.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -133,6 +134,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (31, "api_token_last_used", include_str!("../../migrations/postgres/0031_api_token_last_used.sql")),
     (32, "ca_token_label", include_str!("../../migrations/postgres/0032_ca_token_label.sql")),
     (33, "ca_rollover", include_str!("../../migrations/postgres/0033_ca_rollover.sql")),
+    (34, "cross_certificates", include_str!("../../migrations/postgres/0034_cross_certificates.sql")),
 ];
 
 row! {
@@ -799,6 +801,41 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Records a cross-certificate (`subject` root certified by `issuer` root).
+    pub async fn insert_cross(
+        &self,
+        tx: &mut Tx,
+        serial: &str,
+        subject: &str,
+        issuer: &str,
+        cert_der: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO cross_certificates (serial, subject, issuer, cert_der, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(serial)
+        .bind(subject)
+        .bind(issuer)
+        .bind(cert_der.to_vec())
+        .bind(now())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every cross-certificate, oldest first: (subject, issuer, DER).
+    pub async fn cross_certificates(&self) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let rows = sqlx::query_as::<_, CrossRow>(
+            "SELECT subject, issuer, cert_der FROM cross_certificates ORDER BY created_at, serial",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.subject, r.issuer, r.cert_der))
+            .collect())
     }
 
     /// Every CA, roots first, each role's generations in order.
@@ -2352,6 +2389,14 @@ row! {
 row! {
     struct CaRow {
         key_label: String,
+        cert_der: Vec<u8>,
+    }
+}
+
+row! {
+    struct CrossRow {
+        subject: String,
+        issuer: String,
         cert_der: Vec<u8>,
     }
 }

@@ -1509,16 +1509,25 @@ async fn print_ca_list(store: &Store) -> anyhow::Result<()> {
     if !cas.iter().any(|c| c.id.role == CaRole::Individual) {
         return Err(ca_core::Error::NotInitialised.into());
     }
-    for ca in cas {
-        let (_, c) = x509_parser::parse_x509_certificate(&ca.cert_der)
+    let cross = store.cross_certificates().await?;
+    let lines = cas
+        .iter()
+        .map(|ca| (ca.id.name(), &ca.cert_der, ca.state.as_str()))
+        .chain(
+            cross
+                .iter()
+                .map(|(s, i, der)| (format!("{s}-by-{i}"), der, "cross")),
+        );
+    for (name, der, state) in lines {
+        let (_, c) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| anyhow::anyhow!("stored CA certificate: {e}"))?;
         outln!(
             "{}\t{}\t{}\t{}\t{}",
-            ca.id,
+            name,
             hex::encode(c.raw_serial()).trim_start_matches("00"),
             c.subject(),
             c.validity().not_after,
-            ca.state.as_str()
+            state
         );
     }
     Ok(())
@@ -1529,6 +1538,24 @@ async fn ca(config: Config, c: CaCommand) -> anyhow::Result<()> {
         CaCommand::List => print_ca_list(&open_store(&config).await?).await,
         CaCommand::Export { name, chain } => {
             let store = open_store(&config).await?;
+            // A cross-certificate (`tls-root-by-root`), the newest of its pair; with --chain,
+            // then the root that signed it.
+            let cross = store
+                .cross_certificates()
+                .await?
+                .into_iter()
+                .rev()
+                .find(|(s, i, _)| format!("{s}-by-{i}") == name);
+            if let Some((_, issuer, der)) = cross {
+                out!("{}", pem_cert(&der));
+                if chain {
+                    out!(
+                        "{}",
+                        pem_cert(&stored_ca(&store, CaId::from_name(&issuer)?).await?)
+                    );
+                }
+                return Ok(());
+            }
             let role = CaId::from_name(&name)?;
             out!("{}", pem_cert(&stored_ca(&store, role).await?));
             if chain && !role.is_root() {

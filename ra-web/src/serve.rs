@@ -105,6 +105,8 @@ struct AppState {
     /// CA certificates (DER): every CA, retired ones too (their certificates still verify
     /// signatures made while they were valid).
     cas: HashMap<CaId, Bytes>,
+    /// Cross-certificates by `<subject>-by-<issuer>` (the newest of each pair).
+    cross: HashMap<String, Bytes>,
     ocsp: Cache,
     /// Newest CRL of each CA: (CRLNumber, nextUpdate, DER).
     crls: RwLock<CrlMap>,
@@ -287,6 +289,12 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|c| (c.id, Bytes::from(c.cert_der.clone())))
         .collect();
+    let cross: HashMap<String, Bytes> = repo
+        .cross_certificates()
+        .await?
+        .into_iter()
+        .map(|(subject, issuer, der)| (format!("{subject}-by-{issuer}"), Bytes::from(der)))
+        .collect();
     // OCSP answers for every issuing CA: a superseded one's certificates are still valid.
     let issuing: Vec<_> = stored
         .iter()
@@ -299,6 +307,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         repo,
         config,
         cas,
+        cross,
         ocsp: Cache::new(&issuing)?,
         crls: RwLock::new(HashMap::new()),
         counters: Counters::default(),
@@ -430,14 +439,16 @@ fn now() -> i64 {
 }
 
 /// `GET /ca/{ca}.crt`: DER, `application/pkix-cert` (RFC 2585 §4.1), the URL in caIssuers.
+/// A cross-certificate is served at `/ca/{subject}-by-{issuer}.crt`.
 async fn ca_cert(State(s): State<Shared>, Path(file): Path<String>) -> Response {
-    let Some(role) = file
-        .strip_suffix(".crt")
-        .and_then(|n| CaId::from_name(n).ok())
-    else {
+    let Some(stem) = file.strip_suffix(".crt") else {
         return not_found();
     };
-    match s.cas.get(&role) {
+    let der = match CaId::from_name(stem) {
+        Ok(id) => s.cas.get(&id),
+        Err(_) => s.cross.get(stem),
+    };
+    match der {
         Some(der) => (
             [
                 (header::CONTENT_TYPE, "application/pkix-cert"),

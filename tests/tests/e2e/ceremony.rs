@@ -386,6 +386,12 @@ fn ceremony_files_are_checked_before_any_hsm_is_touched() {
         ("kind = \"issuing\"\nca = \"server\"\nroot = \"root\"\nkey_type = \"p256\"\ncommon_name = \"S\"\nvalidity_days = 10", "belongs under tls-root"),
         ("kind = \"issuing\"\nca = \"server\"\nroot = \"tls-root\"\nkey_type = \"ed25519\"\ncommon_name = \"S\"\nvalidity_days = 10", "unknown key type"),
         ("kind = \"wat\"", "does not parse"),
+        ("kind = \"cross\"\nca = \"root\"\nissuer = \"root\"\nvalidity_days = 10", "one root by the other"),
+        ("kind = \"cross\"\nca = \"server\"\nissuer = \"root\"\nvalidity_days = 10", "one root by the other"),
+        ("kind = \"cross\"\nca = \"tls-root\"\nissuer = \"root\"\nvalidity_days = 9000", "ends before both roots"),
+        ("kind = \"rollover\"\nca = \"server\"\nroot = \"tls-root\"\nkey_type = \"p256\"\ncommon_name = \"S2\"\nvalidity_days = 9000", "ends before its root"),
+        ("kind = \"activate\"\nca = \"server-2\"", "not a successor waiting"),
+        ("kind = \"activate\"\nca = \"server-1\"", "no CA named"),
     ] {
         let f = write(&ca, "bad.toml", &format!("{base}[[step]]\n{step}\n"));
         let e = ca.ecert_err(&["ceremony", "check", f.to_str().unwrap()]);

@@ -366,6 +366,7 @@ fn a_legacy_server_ca_moves_under_a_new_tls_root() {
          common_name = \"ecert Test TLS Root\"\nvalidity_days = 5000\n\
          [[step]]\nkind = \"rollover\"\nca = \"server\"\nroot = \"tls-root\"\nkey_type = \"p256\"\n\
          common_name = \"ecert Test Server CA G2\"\nvalidity_days = 1500\n\
+         [[step]]\nkind = \"cross\"\nca = \"tls-root\"\nissuer = \"root\"\nvalidity_days = 1000\n\
          [[step]]\nkind = \"root_crl\"\nca = \"tls-root\"\n",
     );
     // Under the S/MIME root it may not go (one purpose per hierarchy).
@@ -379,7 +380,20 @@ fn a_legacy_server_ca_moves_under_a_new_tls_root() {
     assert!(e.contains("belongs under tls-root"), "{e}");
     let plan = ca.ecert_ok(&["ceremony", "check", file.to_str().unwrap()]);
     assert!(plan.contains("rollover server-2"), "{plan}");
-    ca.ecert_ok(&["ceremony", "run", file.to_str().unwrap()]);
+    let record_file = ca.file("tls-move-record.txt");
+    ca.ecert_ok(&[
+        "ceremony",
+        "run",
+        file.to_str().unwrap(),
+        "--record",
+        record_file.to_str().unwrap(),
+    ]);
+    let verified = ca.ecert_ok(&["ceremony", "verify", record_file.to_str().unwrap()]);
+    // Its three certificates and one CRL (the cross-certificate's hash among them) match.
+    assert!(
+        verified.contains("verifies") && verified.contains("; 4 certificate and CRL hashes match"),
+        "{verified}"
+    );
     let after = states(&ca);
     for (id, want) in [
         ("root", "active"),
@@ -387,6 +401,7 @@ fn a_legacy_server_ca_moves_under_a_new_tls_root() {
         ("individual", "active"),
         ("server", "superseded"),
         ("server-2", "active"),
+        ("tls-root-by-root", "cross"),
     ] {
         assert!(
             after.iter().any(|(n, s)| n == id && s == want),
@@ -434,6 +449,50 @@ fn a_legacy_server_ca_moves_under_a_new_tls_root() {
         &[&tls_root.path, &g2.path],
         "TLS root over Server CA G2",
     );
+    // The cross-certificate (TLS BR §7.1.2.2): the TLS root's name byte for byte and its key,
+    // signed by the old root, so a relying party that trusts only the old root reaches the new
+    // Server CA through it — and only for TLS.
+    let cross = ca.export("tls-root-by-root");
+    assert_eq!(
+        cross.parse().subject().as_raw(),
+        tls_root.parse().subject().as_raw()
+    );
+    assert_eq!(
+        cross.parse().public_key().raw,
+        tls_root.parse().public_key().raw
+    );
+    assert_eq!(
+        cross.parse().issuer().as_raw(),
+        old_root.parse().subject().as_raw()
+    );
+    pkilint(
+        "lint_cabf_serverauth_cert",
+        &["-t", "INTERNAL-CROSS-CA"],
+        &[&cross.path],
+        "cross-certificate",
+    );
+    pkilint("lint_pkix_cert", &[], &[&cross.path], "cross-certificate");
+    pkilint(
+        "lint_pkix_signer_signee_cert_chain",
+        &[],
+        &[&old_root.path, &cross.path],
+        "old root over the cross-certificate",
+    );
+    let through_cross = |purpose: &str| {
+        let mut c = std::process::Command::new("openssl");
+        c.args(["verify", "-x509_strict", "-purpose", purpose, "-CAfile"])
+            .arg(&old_root.path)
+            .arg("-untrusted")
+            .arg(&cross.path)
+            .arg(&g2.path);
+        run_with_timeout(c, std::time::Duration::from_secs(60), "openssl verify")
+    };
+    let o = through_cross("sslserver");
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        !verify(&old_root.path, &g2.path),
+        "not without the cross-certificate"
+    );
     // The chain export follows the new hierarchy.
     let chain = ca.ecert_ok(&["ca", "export", "server-2", "--chain"]);
     assert_eq!(
@@ -448,6 +507,7 @@ fn a_legacy_server_ca_moves_under_a_new_tls_root() {
         "/ca/server-2.crt",
         "/ca/server.crt",
         "/crl/tls-root.crl",
+        "/ca/tls-root-by-root.crt",
     ] {
         assert_eq!(crate::serve::get(addr, path).0, 200, "{path}");
     }
