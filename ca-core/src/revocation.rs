@@ -381,7 +381,9 @@ pub(crate) async fn revoke_in(
         .status_in(tx, serial)
         .await?
         .ok_or_else(|| Error::UnknownSerial(serial.to_string()))?;
-    if store.ca_state(&status.issuer).await? == Some(crate::profile::CaStatus::Retired) {
+    // Read in `tx` (its connection holds SQLite's write lock: a second connection from the pool
+    // here would wait on it).
+    if store.ca_state_in(tx, &status.issuer).await? == Some(crate::profile::CaStatus::Retired) {
         return Err(Error::Revocation(format!(
             "the {} CA is retired: every certificate it issued has expired and it publishes no \
              more CRLs or OCSP responses",

@@ -861,11 +861,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Where CA `name` is in its life (`None`: no such CA).
-    pub async fn ca_state(&self, name: &str) -> Result<Option<CaStatus>> {
+    /// Where CA `name` is in its life (`None`: no such CA), read inside `tx`.
+    pub async fn ca_state_in(&self, tx: &mut Tx, name: &str) -> Result<Option<CaStatus>> {
         let state = sqlx::query_scalar::<_, String>("SELECT state FROM cas WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut **tx)
             .await?;
         state.map(|s| CaStatus::parse(&s)).transpose()
     }
