@@ -541,6 +541,10 @@ for line in sys.stdin:
         err.write(traceback.format_exc())
     sys.stdout.write(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue()}) + "\n")
     sys.stdout.flush()
+# The test process is gone (its end of stdin closed): leave at once, without the interpreter's
+# teardown, so nothing outlives the test.
+import os
+os._exit(0)
 "#;
 
 struct PkilintServer {
@@ -582,7 +586,8 @@ fn start_pkilint(ctx: &str) -> PkilintServer {
         .args(["-u", "-c", PKILINT_SERVER])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // Its errors come back in its answers; it holds none of the test's output streams.
+        .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| missing(format!("{}: {e}", python.display())));
     let input = child.stdin.take().unwrap();

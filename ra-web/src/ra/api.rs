@@ -248,6 +248,7 @@ pub struct ApplicationRow {
 
 /// `?reference=` filter.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only the application with this reference.
     #[serde(default)]

@@ -526,6 +526,23 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
         doc.contains("\"/api/v1/applications/{id}/decision\""),
         "{doc}"
     );
+    // Valid OpenAPI, so integrators' generated clients work (issue 16: `?reference=` was
+    // declared a path parameter of a path without one).
+    let doc_file = ca.file("openapi.json");
+    std::fs::write(&doc_file, &doc).unwrap();
+    let mut c = std::process::Command::new(venv_python());
+    c.args(["-m", "openapi_spec_validator"]).arg(&doc_file);
+    let o = run_with_timeout(
+        c,
+        std::time::Duration::from_secs(60),
+        "openapi-spec-validator",
+    );
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("OK"),
+        "{}",
+        show(&o)
+    );
 
     // The clerk.
     let r = page(addr, "/staff/login", "");
