@@ -98,6 +98,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (32, "ca_token_label", include_str!("../../migrations/sqlite/0032_ca_token_label.sql")),
     (33, "ca_rollover", include_str!("../../migrations/sqlite/0033_ca_rollover.sql")),
     (34, "cross_certificates", include_str!("../../migrations/sqlite/0034_cross_certificates.sql")),
+    (35, "bulk", include_str!("../../migrations/sqlite/0035_bulk.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -135,6 +136,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (32, "ca_token_label", include_str!("../../migrations/postgres/0032_ca_token_label.sql")),
     (33, "ca_rollover", include_str!("../../migrations/postgres/0033_ca_rollover.sql")),
     (34, "cross_certificates", include_str!("../../migrations/postgres/0034_cross_certificates.sql")),
+    (35, "bulk", include_str!("../../migrations/postgres/0035_bulk.sql")),
 ];
 
 row! {

@@ -366,6 +366,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
             a.crl_watch_seconds,
         )));
         background.push(tokio::spawn(ocsp_signer(state.clone())));
+        background.push(tokio::spawn(batch_issuer(auth.clone())));
         check_hsm(&state).await;
         background.push(tokio::spawn(keep_checking_hsm(state.clone())));
     }
@@ -1358,6 +1359,40 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
         match auth.checkpoint().await {
             Ok(_) => checkpoint.ok("audit checkpoint"),
             Err(e) => checkpoint.failed("audit checkpoint", &e),
+        }
+    }
+}
+
+/// The signer: issues the queued rows of approved batches (docs/BULK.md), after resolving the
+/// rows a stopped process left `issuing`. A store or HSM outage is logged once and retried.
+async fn batch_issuer(auth: Arc<Authority>) {
+    let mut outage = Outage::default();
+    match ca_core::ra::bulk::resume_batches(auth.store()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            rows = n,
+            "resolved batch rows a stopped process left issuing"
+        ),
+        Err(e) => tracing::error!(error = %e, "could not resolve the batch rows left issuing"),
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match ca_core::ra::bulk::issue_queued(&auth, 2_000).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    outage.ok("batch issuance");
+                    tracing::info!(issued = n, "batch rows issued");
+                }
+                Err(e) => {
+                    outage.failed("batch issuance", &e);
+                    // What a failed pass left `issuing` is resolved before the next one.
+                    let _ = ca_core::ra::bulk::resume_batches(auth.store()).await;
+                    break;
+                }
+            }
         }
     }
 }

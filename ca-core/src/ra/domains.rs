@@ -139,61 +139,16 @@ pub async fn validate_domains(
         tx.commit().await?;
     }
     let (_, mut list) = domain_status(store, id).await?;
-    let dcv = &auth.config().dcv;
-    let checker = crate::dcv::Checker::new(dcv)?;
-    // The primary perspective (this host's resolver) first.
-    let mut found = Vec::new();
-    for (i, d) in list.iter_mut().enumerate().filter(|(_, d)| !d.validated) {
-        match checker.domain_control(&d.domain, &token).await {
-            Ok(true) => found.push(i),
-            Ok(false) => {
-                d.problem = Some(format!("no TXT record at {} holds the value", d.record));
-            }
-            Err(e) => d.problem = Some(e.to_string()),
-        }
+    let pending: Vec<usize> = (0..list.len()).filter(|&i| !list[i].validated).collect();
+    let names: Vec<(String, String)> = pending
+        .iter()
+        .map(|&i| (list[i].domain.clone(), list[i].record.clone()))
+        .collect();
+    let (found_in, problems, perspectives) = control_of(auth, &names, &token).await?;
+    for (k, problem) in problems.into_iter().enumerate() {
+        list[pending[k]].problem = problem;
     }
-    // Then the remote perspectives must see the same value (TLS BR §3.2.2.9).
-    let mut perspectives = serde_json::Value::Null;
-    if !found.is_empty() {
-        match crate::mpic::required(dcv) {
-            Ok(false) => {}
-            Ok(true) => {
-                let req = crate::mpic::CheckRequest {
-                    txt: found
-                        .iter()
-                        .map(|&i| crate::mpic::TxtCheck {
-                            name: list[i].record.clone(),
-                            value: token.clone(),
-                        })
-                        .collect(),
-                    ..Default::default()
-                };
-                let answers = crate::mpic::ask(dcv, &req).await;
-                let failed = crate::mpic::uncorroborated(
-                    &req,
-                    &answers,
-                    &dcv.perspectives,
-                    time::OffsetDateTime::now_utc(),
-                );
-                perspectives = json!(answers
-                    .iter()
-                    .map(|(name, a)| json!({ "perspective": name, "answered": a.is_some(), "txt": a.as_ref().map(|a| a.txt.clone()) }))
-                    .collect::<Vec<_>>());
-                for k in failed.into_iter().rev() {
-                    let i = found.remove(k);
-                    list[i].problem = Some(
-                        "the remote network perspectives did not corroborate the record (TLS BR §3.2.2.9): check that it is published on every name server".into(),
-                    );
-                }
-            }
-            Err(e) => {
-                for &i in &found {
-                    list[i].problem = Some(e.to_string());
-                }
-                found.clear();
-            }
-        }
-    }
+    let found: Vec<usize> = found_in.into_iter().map(|k| pending[k]).collect();
     for i in found {
         let d = &mut list[i];
         let t = now();
@@ -226,6 +181,74 @@ pub async fn validate_domains(
         d.validated = true;
     }
     Ok((token, list))
+}
+
+/// Domain control by DNS change (TLS BR §3.2.2.4.7) for `names` ((domain, TXT record name)),
+/// all with the Random Value `token`: checked from this host's resolver (DNSSEC), then
+/// corroborated by the remote network perspectives (§3.2.2.9). Returns the indexes of the
+/// names validated, each name's problem, and what the perspectives answered (for the audit).
+pub(super) async fn control_of(
+    auth: &Authority,
+    names: &[(String, String)],
+    token: &str,
+) -> Result<(Vec<usize>, Vec<Option<String>>, serde_json::Value)> {
+    let dcv = &auth.config().dcv;
+    let checker = crate::dcv::Checker::new(dcv)?;
+    let mut problems: Vec<Option<String>> = vec![None; names.len()];
+    // The primary perspective (this host's resolver) first.
+    let mut found = Vec::new();
+    for (i, (domain, record)) in names.iter().enumerate() {
+        match checker.domain_control(domain, token).await {
+            Ok(true) => found.push(i),
+            Ok(false) => {
+                problems[i] = Some(format!("no TXT record at {record} holds the value"));
+            }
+            Err(e) => problems[i] = Some(e.to_string()),
+        }
+    }
+    // Then the remote perspectives must see the same value (TLS BR §3.2.2.9).
+    let mut perspectives = serde_json::Value::Null;
+    if !found.is_empty() {
+        match crate::mpic::required(dcv) {
+            Ok(false) => {}
+            Ok(true) => {
+                let req = crate::mpic::CheckRequest {
+                    txt: found
+                        .iter()
+                        .map(|&i| crate::mpic::TxtCheck {
+                            name: names[i].1.clone(),
+                            value: token.to_string(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                let answers = crate::mpic::ask(dcv, &req).await;
+                let failed = crate::mpic::uncorroborated(
+                    &req,
+                    &answers,
+                    &dcv.perspectives,
+                    time::OffsetDateTime::now_utc(),
+                );
+                perspectives = json!(answers
+                    .iter()
+                    .map(|(name, a)| json!({ "perspective": name, "answered": a.is_some(), "txt": a.as_ref().map(|a| a.txt.clone()) }))
+                    .collect::<Vec<_>>());
+                for k in failed.into_iter().rev() {
+                    let i = found.remove(k);
+                    problems[i] = Some(
+                        "the remote network perspectives did not corroborate the record (TLS BR §3.2.2.9): check that it is published on every name server".into(),
+                    );
+                }
+            }
+            Err(e) => {
+                for &i in &found {
+                    problems[i] = Some(e.to_string());
+                }
+                found.clear();
+            }
+        }
+    }
+    Ok((found, problems, perspectives))
 }
 
 /// [`validate_domains`] for the applicant (reference and tracking secret).

@@ -35,6 +35,7 @@
 mod admin;
 mod application;
 mod auditing;
+pub mod bulk;
 mod counter;
 mod decision;
 mod domains;

@@ -47,6 +47,8 @@ pub struct ProposalRequest {
     pub public_key: Option<String>,
     /// CA revocation: `individual` or `server`.
     pub ca: Option<String>,
+    /// Batch approval: the batch's id ([`super::bulk`]).
+    pub batch: Option<String>,
 }
 
 row! {
@@ -294,10 +296,18 @@ pub async fn propose(
                 format!("revoke the {} CA for {}", ca.name(), reason.name()),
             )
         }
+        "batch_approval" => {
+            let batch = r.batch.as_deref().unwrap_or_default().trim().to_string();
+            let (org, rows) = super::bulk::batch_summary(store, &batch).await?;
+            (
+                json!({ "batch": batch }),
+                format!("approve batch {batch} of {org}: issue its {rows} good rows"),
+            )
+        }
         _ => {
             return Err(invalid(
                 "kind",
-                "mass_revocation, key_block or ca_revocation",
+                "mass_revocation, key_block, ca_revocation or batch_approval",
             ))
         }
     };
@@ -534,6 +544,10 @@ async fn carry_out(auth: &Authority, id: &str, who: &str) -> Result<()> {
                     role.name(),
                     root.name()
                 ))
+            }
+            "batch_approval" => {
+                let queued = super::bulk::approve_batch(store, &text("batch"), who).await?;
+                Ok(format!("batch approved: {queued} rows queued for issuance"))
             }
             other => Err(Error::Store(format!("proposal {id}: unknown kind {other}"))),
         }

@@ -47,13 +47,16 @@ pub enum Action {
     /// Activate the personal-data keys.
     ActivatePersonalDataKeys,
     /// Propose or confirm a decision two officers take together: a mass revocation, blocking
-    /// a key, revoking an issuing CA ([`super::officer`]).
+    /// a key, revoking an issuing CA, approving a batch ([`super::officer`]).
     TwoOfficerDecisions,
+    /// Register an organisation for bulk enrolment, validate its mail domains, give it batch
+    /// tokens and follow its batches ([`super::bulk`]).
+    ManageOrganisations,
 }
 
 impl Action {
     /// Every action, in the order of the matrix's rows.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::ViewApplications,
         Action::EnterApplication,
         Action::RecordChecks,
@@ -69,6 +72,7 @@ impl Action {
         Action::ViewAudit,
         Action::ActivatePersonalDataKeys,
         Action::TwoOfficerDecisions,
+        Action::ManageOrganisations,
     ];
 
     /// How `docs/ROLES.md` and refusals name it.
@@ -89,7 +93,10 @@ impl Action {
             Action::ViewAudit => "read, export and verify the audit trail",
             Action::ActivatePersonalDataKeys => "activate the personal-data keys",
             Action::TwoOfficerDecisions => {
-                "propose or confirm a mass revocation, a key block or an issuing CA's revocation (two officers)"
+                "propose or confirm a mass revocation, a key block, an issuing CA's revocation or a batch's approval (two officers)"
+            }
+            Action::ManageOrganisations => {
+                "register organisations for bulk enrolment, validate their mail domains, give batch tokens, follow batches"
             }
         }
     }
@@ -149,6 +156,7 @@ pub const MATRIX: &[(Role, &[(Action, Reach)])] = &[
             (A::ViewProblemReports, All),
             (A::AnswerProblemReports, All),
             (A::TwoOfficerDecisions, All),
+            (A::ManageOrganisations, All),
         ],
     ),
     (

@@ -46,7 +46,9 @@ impl Scope {
             // The token alone opens nothing: the request carries the pii token's PIN too.
             A::ActivatePersonalDataKeys => Some(Scope::Activate),
             // A person, signed in with the second factor, not an integration's token.
-            A::TwoOfficerDecisions | A::ManageStaff | A::ManageOutlets => Some(Scope::Session),
+            A::TwoOfficerDecisions | A::ManageStaff | A::ManageOutlets | A::ManageOrganisations => {
+                Some(Scope::Session)
+            }
             // Never with a token: on the page, each reveal seen by the person who asked.
             A::RevealPersonalData => None,
         }

@@ -75,6 +75,26 @@ pub fn router(state: Shared) -> Router {
             "/api/v1/problem-reports/{id}/decision",
             post(problem_report_decision),
         )
+        .route("/api/v1/organisations", post(organisation_register))
+        .route(
+            "/api/v1/organisations/{id}/domains",
+            get(organisation_domains).post(organisation_domain_add),
+        )
+        .route(
+            "/api/v1/organisations/{id}/domains/{domain}/validation",
+            post(organisation_domain_validate),
+        )
+        .route(
+            "/api/v1/organisations/{id}/batch-tokens",
+            post(organisation_batch_token),
+        )
+        .route(
+            "/api/v1/batches",
+            // A batch of 20,000 rows with their CSRs.
+            post(batch_submit).layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024)),
+        )
+        .route("/api/v1/batches/{id}", get(batch_show))
+        .route("/api/v1/batches/{id}/certificates", get(batch_certificates))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(
             |mut r: Response| async move {
@@ -101,7 +121,9 @@ pub fn router(state: Shared) -> Router {
         problem_report_decision, audit_export, personal_data_activate, session_create,
         session_end, token_create, staff_list, staff_add, staff_change, outlet_list, outlet_add,
         outlet_change, officer_proposals, certificate_revocation,
-        officer_propose, officer_confirm, officer_withdraw
+        officer_propose, officer_confirm, officer_withdraw, organisation_register,
+        organisation_domains, organisation_domain_add, organisation_domain_validate,
+        organisation_batch_token, batch_submit, batch_show, batch_certificates
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
@@ -109,7 +131,9 @@ pub fn router(state: Shared) -> Router {
         NewProblemReport, ProblemReportReceived, ProblemReport, Findings, ReportDecision,
         Activation, Activated, Proposal, ProposalOut, SignIn, SessionOut, AccountOut, NewAccount,
         Enrolment, StaffChange, OutletOut, OutletIn, NewToken, StatusChangeRequest,
-        StatusChanged, ChangedCertificate
+        StatusChanged, ChangedCertificate, NewOrganisation, OrganisationOut, NewDomain,
+        DomainOut, NewBatchToken, BatchTokenOut, BatchReceiptOut, RowError, BatchStatusOut,
+        BatchRowOut
     )),
     modifiers(&BearerAuth)
 )]
@@ -1045,6 +1069,8 @@ pub struct Proposal {
     public_key: Option<String>,
     /// CA revocation: `individual` or `server`.
     ca: Option<String>,
+    /// Batch approval: the batch's id.
+    batch: Option<String>,
 }
 
 /// A proposal and what became of it.
@@ -1128,6 +1154,7 @@ async fn officer_propose(
         serial: b.serial,
         public_key: b.public_key,
         ca: b.ca,
+        batch: b.batch,
     };
     let v = ra::officer::propose(&s.auth, &staff, &r).await?;
     Ok((StatusCode::CREATED, Json(v.into())))
@@ -1571,4 +1598,309 @@ async fn audit_export(
     axum::extract::Query(q): axum::extract::Query<super::audit_pages::AuditQuery>,
 ) -> Result<Response, ApiFailure> {
     Ok(super::audit_pages::api_export(&s, &staff, &q).await?)
+}
+
+// ------------------------------------------------------------------------------------------
+// Bulk enrolment (docs/BULK.md)
+
+/// Who calls a batch route: the organisation by its batch token (`ecb_…`), or a staff member.
+enum BatchAuth {
+    Organisation(ra::bulk::BatchCaller),
+    Staff(StaffSession),
+}
+
+impl FromRequestParts<Shared> for BatchAuth {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(Error::SignInFailed)?;
+        if token.starts_with("ecb_") {
+            let ip = s.client_ip(parts);
+            s.limits
+                .check("api", ip, 600)
+                .map_err(|e| ApiFailure(e.error))?;
+            return Ok(BatchAuth::Organisation(
+                ra::bulk::batch_caller(s.auth.store(), token).await?,
+            ));
+        }
+        let Staff(staff) = Staff::from_request_parts(parts, s).await?;
+        Ok(BatchAuth::Staff(staff))
+    }
+}
+
+/// The organisation of an issued organisational application.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewOrganisation {
+    application_id: String,
+}
+
+/// A registered organisation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrganisationOut {
+    id: String,
+}
+
+/// Registers the organisation of an issued organisational application (its registration and
+/// representative were checked at the counter) for bulk enrolment. Officers; idempotent.
+#[utoipa::path(post, path = "/api/v1/organisations", request_body = NewOrganisation,
+    responses((status = 201, body = OrganisationOut), (status = 409, body = ApiError), (status = 404, body = ApiError), (status = 403, body = ApiError)))]
+async fn organisation_register(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Json(b): Json<NewOrganisation>,
+) -> Result<Response, ApiFailure> {
+    let id = ra::bulk::register_organisation(&s.auth, &staff, b.application_id.trim()).await?;
+    Ok((StatusCode::CREATED, Json(OrganisationOut { id })).into_response())
+}
+
+/// A mail domain to validate.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewDomain {
+    domain: String,
+}
+
+/// A mail domain of an organisation: where to publish which value, and whether it is
+/// validated.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DomainOut {
+    domain: String,
+    /// The TXT record's name.
+    record: String,
+    /// The Random Value to publish there.
+    value: String,
+    validated: bool,
+    /// Why the last check did not validate it.
+    problem: Option<String>,
+}
+
+impl From<ra::bulk::OrgDomain> for DomainOut {
+    fn from(d: ra::bulk::OrgDomain) -> Self {
+        DomainOut {
+            domain: d.domain,
+            record: d.record,
+            value: d.value,
+            validated: d.validated,
+            problem: d.problem,
+        }
+    }
+}
+
+/// An organisation's mail domains.
+#[utoipa::path(get, path = "/api/v1/organisations/{id}/domains", params(("id" = String, Path)),
+    responses((status = 200, body = [DomainOut]), (status = 404, body = ApiError), (status = 403, body = ApiError)))]
+async fn organisation_domains(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<DomainOut>>, ApiFailure> {
+    staff.authorize(ra::Action::ManageOrganisations)?;
+    let list = ra::bulk::domains(s.auth.store(), &id).await?;
+    Ok(Json(list.into_iter().map(DomainOut::from).collect()))
+}
+
+/// Adds a mail domain; answers where the organisation publishes which Random Value.
+#[utoipa::path(post, path = "/api/v1/organisations/{id}/domains", params(("id" = String, Path)), request_body = NewDomain,
+    responses((status = 200, body = DomainOut), (status = 404, body = ApiError), (status = 422, body = ApiError), (status = 403, body = ApiError)))]
+async fn organisation_domain_add(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<NewDomain>,
+) -> Result<Json<DomainOut>, ApiFailure> {
+    Ok(Json(
+        ra::bulk::add_domain(&s.auth, &staff, &id, &b.domain)
+            .await?
+            .into(),
+    ))
+}
+
+/// Checks the domain's TXT record (DNSSEC, remote perspectives) and records its validation.
+#[utoipa::path(post, path = "/api/v1/organisations/{id}/domains/{domain}/validation", params(("id" = String, Path), ("domain" = String, Path)),
+    responses((status = 200, body = DomainOut), (status = 404, body = ApiError), (status = 403, body = ApiError)))]
+async fn organisation_domain_validate(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path((id, domain)): Path<(String, String)>,
+) -> Result<Json<DomainOut>, ApiFailure> {
+    Ok(Json(
+        ra::bulk::validate_domain(&s.auth, &staff, &id, &domain)
+            .await?
+            .into(),
+    ))
+}
+
+/// A batch token to give the organisation.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewBatchToken {
+    /// `organisational` and/or `organisational-role`.
+    profiles: Vec<String>,
+    /// Days it lasts (1 to 366).
+    days: u32,
+}
+
+/// The batch token (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchTokenOut {
+    token: String,
+}
+
+/// Gives the organisation a batch token for the profiles named (it must have a validated
+/// domain). Officers signed in with their second factor.
+#[utoipa::path(post, path = "/api/v1/organisations/{id}/batch-tokens", params(("id" = String, Path)), request_body = NewBatchToken,
+    responses((status = 201, body = BatchTokenOut), (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 403, body = ApiError)))]
+async fn organisation_batch_token(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+    Json(b): Json<NewBatchToken>,
+) -> Result<Response, ApiFailure> {
+    let token = ra::bulk::batch_token(&s.auth, &staff, &id, &b.profiles, b.days).await?;
+    Ok((StatusCode::CREATED, Json(BatchTokenOut { token })).into_response())
+}
+
+/// A refused row.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RowError {
+    /// Its number in the batch, from 1.
+    row: usize,
+    client_row_id: String,
+    /// Why it was refused.
+    error: String,
+}
+
+/// What the submission did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchReceiptOut {
+    id: String,
+    rows: usize,
+    /// Rows waiting for the batch's approval by two officers.
+    accepted: usize,
+    /// Rows whose client row id was submitted before: nothing is issued twice.
+    duplicates: usize,
+    errors: Vec<RowError>,
+}
+
+/// Submits a batch with the organisation's batch token: JSON lines (one row object per line)
+/// or CSV with a header line (`client_row_id,surname,given_name,email,title,profile,csr`,
+/// the CSR's line breaks written `\n`). Each row is checked on arrival; the good ones wait
+/// for two officers' approval (a `batch_approval` proposal), then are issued.
+#[utoipa::path(post, path = "/api/v1/batches", request_body(content = String, content_type = "application/x-ndjson"),
+    responses((status = 201, body = BatchReceiptOut), (status = 422, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn batch_submit(
+    State(s): State<Shared>,
+    who: BatchAuth,
+    body: String,
+) -> Result<Response, ApiFailure> {
+    let BatchAuth::Organisation(caller) = who else {
+        return Err(ApiFailure(Error::Forbidden(
+            "a batch is submitted with its organisation's batch token".into(),
+        )));
+    };
+    let rows = ra::bulk::parse_rows(&body);
+    let r = ra::bulk::submit_batch(&s.auth, &caller, rows).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BatchReceiptOut {
+            id: r.id,
+            rows: r.rows,
+            accepted: r.accepted,
+            duplicates: r.duplicates,
+            errors: r
+                .errors
+                .into_iter()
+                .map(|(row, client_row_id, error)| RowError {
+                    row,
+                    client_row_id,
+                    error,
+                })
+                .collect(),
+        }),
+    )
+        .into_response())
+}
+
+/// One row of a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchRowOut {
+    row: i64,
+    client_row_id: String,
+    /// `invalid`, `duplicate`, `pending`, `queued`, `issuing`, `issued` or `failed`.
+    state: String,
+    serial: Option<String>,
+    error: Option<String>,
+}
+
+/// A batch: its state, its rows counted by state, and each row.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchStatusOut {
+    id: String,
+    /// `submitted`, `approved` or `done`.
+    state: String,
+    counts: std::collections::BTreeMap<String, i64>,
+    rows: Vec<BatchRowOut>,
+}
+
+fn reader(who: &BatchAuth) -> ra::bulk::BatchReader<'_> {
+    match who {
+        BatchAuth::Organisation(c) => ra::bulk::BatchReader::Organisation(c),
+        BatchAuth::Staff(s) => ra::bulk::BatchReader::Staff(s),
+    }
+}
+
+/// A batch's progress (its organisation's token, or an officer).
+#[utoipa::path(get, path = "/api/v1/batches/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = BatchStatusOut), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
+async fn batch_show(
+    State(s): State<Shared>,
+    who: BatchAuth,
+    Path(id): Path<String>,
+) -> Result<Json<BatchStatusOut>, ApiFailure> {
+    let b = ra::bulk::batch_status(s.auth.store(), reader(&who), &id).await?;
+    Ok(Json(BatchStatusOut {
+        id: b.id,
+        state: b.state,
+        counts: b.counts,
+        rows: b
+            .rows
+            .into_iter()
+            .map(|r| BatchRowOut {
+                row: r.row,
+                client_row_id: r.client_row_id,
+                state: r.state,
+                serial: r.serial,
+                error: r.error,
+            })
+            .collect(),
+    }))
+}
+
+/// The certificates a batch issued, as one PEM bundle in row order (each preceded by a
+/// `# client_row_id` comment line).
+#[utoipa::path(get, path = "/api/v1/batches/{id}/certificates", params(("id" = String, Path)),
+    responses((status = 200, content_type = "application/pem-certificate-chain", body = String), (status = 404, body = ApiError), (status = 401, body = ApiError)))]
+async fn batch_certificates(
+    State(s): State<Shared>,
+    who: BatchAuth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let certs = ra::bulk::batch_certificates(s.auth.store(), reader(&who), &id).await?;
+    let mut out = String::new();
+    for (client, der) in certs {
+        out.push_str(&format!("# {client}\n"));
+        out.push_str(&pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", der),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        ));
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        out,
+    )
+        .into_response())
 }

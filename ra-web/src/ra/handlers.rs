@@ -2206,6 +2206,58 @@ async fn every_route_as_every_role_follows_the_matrix() {
             Some(A::ManageOutlets),
             false,
         ),
+        api(
+            "POST",
+            "/api/v1/organisations".into(),
+            serde_json::json!({"application_id": "no-such-application"}),
+            Some(A::ManageOrganisations),
+            false,
+        ),
+        api(
+            "GET",
+            "/api/v1/organisations/no-such-org/domains".into(),
+            serde_json::json!(null),
+            Some(A::ManageOrganisations),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/organisations/no-such-org/domains".into(),
+            serde_json::json!({"domain": "example.hk"}),
+            Some(A::ManageOrganisations),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/organisations/no-such-org/domains/example.hk/validation".into(),
+            serde_json::json!(null),
+            Some(A::ManageOrganisations),
+            false,
+        ),
+        api(
+            "POST",
+            "/api/v1/organisations/no-such-org/batch-tokens".into(),
+            serde_json::json!({"profiles": ["organisational"], "days": 30}),
+            Some(A::ManageOrganisations),
+            false,
+        ),
+        // A batch is read by its organisation's batch token or an officer; it is submitted only
+        // with a batch token (`POST /api/v1/batches`: staff are refused, tested in
+        // `batch_routes_take_batch_tokens`).
+        api(
+            "GET",
+            "/api/v1/batches/no-such-batch".into(),
+            serde_json::json!(null),
+            Some(A::ManageOrganisations),
+            false,
+        ),
+        api(
+            "GET",
+            "/api/v1/batches/no-such-batch/certificates".into(),
+            serde_json::json!(null),
+            Some(A::ManageOrganisations),
+            false,
+        ),
         // Last: it ends the token's session.
         api(
             "DELETE",

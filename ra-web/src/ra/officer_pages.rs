@@ -110,6 +110,7 @@ pub(super) async fn propose(State(s): State<Shared>, p: SignedInForm<ProposeForm
         serial: some(&f.serial),
         public_key: some(&f.public_key),
         ca: some(&f.ca),
+        batch: None,
     };
     match ra::officer::propose(&s.auth, &staff, &r).await {
         Ok(v) => render(&s, lang, &staff, v.summary).await,

@@ -1,0 +1,1111 @@
+//! Bulk enrolment of an organisation's staff (issue 16, docs/BULK.md).
+//!
+//! 1. An officer registers an organisation from one of its issued organisational applications:
+//!    its name and registration were checked at the counter, with its Authorised
+//!    Representative's authorisation ([`register_organisation`]).
+//! 2. The organisation proves control of its mail domains by DNS: a Random Value in a TXT
+//!    record, checked from this host with DNSSEC and corroborated by the remote network
+//!    perspectives (S/MIME BR §3.2.2.1 by TLS BR §3.2.2.4.7 and §3.2.2.9;
+//!    [`add_domain`], [`validate_domain`]).
+//! 3. The officer gives it a batch token, scoped to the organisation, its validated domains
+//!    and the profiles named ([`batch_token`]); shown once, stored as a SHA-256.
+//! 4. With the token the organisation submits batches of rows ([`submit_batch`]): each row is
+//!    checked on arrival (a bad row gets a named error and never blocks the good ones); a
+//!    client row id is issued once per organisation (a resubmission issues nothing twice).
+//! 5. Two officers approve the batch (a two-officer proposal of kind `batch_approval`), and
+//!    the signer issues every good row ([`issue_queued`]) concurrently through the issuance
+//!    cycle, each with its OCSP response queued in the transaction that stores it.
+//!
+//! A row's serial is recorded (`issuing`) before the HSM signs, and `issued` once the
+//! certificate is stored; a signer that dies in between resolves it at start
+//! ([`resume_batches`]): issued if the certificate was stored, otherwise queued again (the
+//! half-issued serial is abandoned by the issuance cycle's own rule, never reported good).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::permissions::Action;
+use super::session::StaffSession;
+use super::support::{check_len, invalid, now, random_base32, sha256};
+use crate::audit::Event;
+use crate::authority::{ApprovedRequest, Authority};
+use crate::csr::VerifiedCsr;
+use crate::error::{Error, Result};
+use crate::profile::{Profile, ProfileKind, SubjectData};
+use crate::row::row;
+use crate::store::Store;
+
+/// The profiles a batch may issue: sponsor-validated staff certificates.
+pub const BATCH_PROFILES: [&str; 2] = ["organisational", "organisational-role"];
+
+/// The most rows one batch carries.
+pub const MAX_BATCH_ROWS: usize = 20_000;
+
+/// How long a batch token lasts at most, in days.
+pub const MAX_TOKEN_DAYS: u32 = 366;
+
+fn actor(staff: &StaffSession) -> String {
+    format!("staff:{}", staff.username)
+}
+
+row! {
+    struct AppOrgRow {
+        profile: String,
+        state: String,
+        organization: Option<String>,
+        org_register: Option<String>,
+        org_id: Option<String>,
+    }
+}
+
+/// Registers the organisation of an issued organisational (or encipherment) application: its
+/// name and registration as checked at the counter. Idempotent: the same organisation again
+/// returns its id.
+pub async fn register_organisation(
+    auth: &Authority,
+    staff: &StaffSession,
+    application_id: &str,
+) -> Result<String> {
+    staff.authorize(Action::ManageOrganisations)?;
+    let store = auth.store();
+    let r = sqlx::query_as::<_, AppOrgRow>(
+        "SELECT profile, state, organization, org_register, org_id FROM applications WHERE id = $1",
+    )
+    .bind(application_id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    let kind = Profile::get(&r.profile)?.kind;
+    if !matches!(
+        kind,
+        ProfileKind::Organisational | ProfileKind::Encipherment
+    ) || r.state != "issued"
+    {
+        return Err(Error::Conflict(
+            "an organisation is registered from one of its issued organisational applications \
+             (its registration and its representative were checked at the counter)"
+                .into(),
+        ));
+    }
+    let name = r.organization.unwrap_or_default();
+    let register = r.org_register.unwrap_or_else(|| "NTR".into());
+    let existing = sqlx::query_scalar::<_, String>(
+        "SELECT id FROM organisations WHERE register = $1 AND COALESCE(org_id, '') = $2 AND name = $3",
+    )
+    .bind(&register)
+    .bind(r.org_id.clone().unwrap_or_default())
+    .bind(&name)
+    .fetch_optional(store.pool())
+    .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "INSERT INTO organisations (id, name, register, org_id, application_id, registered_by, registered_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&id)
+    .bind(&name)
+    .bind(&register)
+    .bind(&r.org_id)
+    .bind(application_id)
+    .bind(&staff.username)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "bulk.organisation.registered",
+                actor: actor(staff),
+                subject: Some(id.clone()),
+                detail: json!({ "application": application_id, "register": register, "org_id": r.org_id }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+row! {
+    struct OrgRow {
+        name: String,
+        register: String,
+        org_id: Option<String>,
+    }
+}
+
+async fn organisation(store: &Store, id: &str) -> Result<OrgRow> {
+    sqlx::query_as::<_, OrgRow>("SELECT name, register, org_id FROM organisations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or(Error::NotFound)
+}
+
+/// One mail domain of an organisation and where its validation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgDomain {
+    /// The domain.
+    pub domain: String,
+    /// Where the organisation publishes the TXT record.
+    pub record: String,
+    /// The Random Value it publishes there.
+    pub value: String,
+    /// Validated, within the reuse period.
+    pub validated: bool,
+    /// Why the last check did not validate it.
+    pub problem: Option<String>,
+}
+
+/// A DNS name as a domain: lower case, letters, digits and inner hyphens in dot-separated
+/// labels, at least two labels.
+fn domain_name(d: &str) -> Result<String> {
+    let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(invalid("domain", "a mail domain such as example.gov.hk"))
+    }
+}
+
+row! {
+    struct DomainRow {
+        domain: String,
+        dcv_token: String,
+        validated_at: Option<i64>,
+    }
+}
+
+/// An organisation's domains.
+pub async fn domains(store: &Store, organisation_id: &str) -> Result<Vec<OrgDomain>> {
+    organisation(store, organisation_id).await?;
+    let rows = sqlx::query_as::<_, DomainRow>(
+        "SELECT domain, dcv_token, validated_at FROM organisation_domains WHERE organisation_id = $1 ORDER BY domain",
+    )
+    .bind(organisation_id)
+    .fetch_all(store.pool())
+    .await?;
+    let fresh = now() - crate::dcv::reuse_days(time::OffsetDateTime::now_utc()) * 86_400;
+    Ok(rows
+        .into_iter()
+        .map(|r| OrgDomain {
+            record: crate::dcv::record_name(&r.domain),
+            validated: r.validated_at.is_some_and(|t| t >= fresh),
+            domain: r.domain,
+            value: r.dcv_token,
+            problem: None,
+        })
+        .collect())
+}
+
+/// Adds a mail domain to validate; returns where to publish which value. Adding it again
+/// keeps its value.
+pub async fn add_domain(
+    auth: &Authority,
+    staff: &StaffSession,
+    organisation_id: &str,
+    domain: &str,
+) -> Result<OrgDomain> {
+    staff.authorize(Action::ManageOrganisations)?;
+    let store = auth.store();
+    organisation(store, organisation_id).await?;
+    let domain = domain_name(domain)?;
+    let mut tx = store.begin().await?;
+    let added = sqlx::query(
+        "INSERT INTO organisation_domains (organisation_id, domain, dcv_token, token_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (organisation_id, domain) DO NOTHING",
+    )
+    .bind(organisation_id)
+    .bind(&domain)
+    .bind(super::domains::dcv_token())
+    .bind(now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if added == 1 {
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "bulk.domain.added",
+                    actor: actor(staff),
+                    subject: Some(organisation_id.to_string()),
+                    detail: json!({ "domain": domain }),
+                },
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    domains(store, organisation_id)
+        .await?
+        .into_iter()
+        .find(|d| d.domain == domain)
+        .ok_or(Error::NotFound)
+}
+
+/// Checks the organisation's control of `domain` (the TXT record holds its Random Value, seen
+/// from here with DNSSEC and corroborated by the remote perspectives) and records it.
+pub async fn validate_domain(
+    auth: &Authority,
+    staff: &StaffSession,
+    organisation_id: &str,
+    domain: &str,
+) -> Result<OrgDomain> {
+    staff.authorize(Action::ManageOrganisations)?;
+    let store = auth.store();
+    let domain = domain_name(domain)?;
+    let mut d = domains(store, organisation_id)
+        .await?
+        .into_iter()
+        .find(|d| d.domain == domain)
+        .ok_or(Error::NotFound)?;
+    let names = [(d.domain.clone(), d.record.clone())];
+    let (found, problems, perspectives) =
+        super::domains::control_of(auth, &names, &d.value).await?;
+    if !found.contains(&0) {
+        d.problem = problems.into_iter().flatten().next();
+        return Ok(d);
+    }
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "UPDATE organisation_domains SET validated_at = $3 WHERE organisation_id = $1 AND domain = $2",
+    )
+    .bind(organisation_id)
+    .bind(&domain)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "bulk.domain.validated",
+                actor: actor(staff),
+                subject: Some(organisation_id.to_string()),
+                detail: json!({ "domain": domain, "record": d.record, "method": crate::dcv::METHOD, "random_value": d.value, "perspectives": perspectives }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    d.validated = true;
+    Ok(d)
+}
+
+/// Gives the organisation a batch token for `profiles` (of [`BATCH_PROFILES`]), valid `days`;
+/// returns it (shown once). The organisation must have a validated domain.
+pub async fn batch_token(
+    auth: &Authority,
+    staff: &StaffSession,
+    organisation_id: &str,
+    profiles: &[String],
+    days: u32,
+) -> Result<String> {
+    staff.authorize(Action::ManageOrganisations)?;
+    let store = auth.store();
+    organisation(store, organisation_id).await?;
+    if profiles.is_empty()
+        || profiles
+            .iter()
+            .any(|p| !BATCH_PROFILES.contains(&p.as_str()))
+    {
+        return Err(invalid(
+            "profiles",
+            "organisational and/or organisational-role",
+        ));
+    }
+    if days == 0 || days > MAX_TOKEN_DAYS {
+        return Err(invalid("days", format!("1 to {MAX_TOKEN_DAYS}")));
+    }
+    if !domains(store, organisation_id)
+        .await?
+        .iter()
+        .any(|d| d.validated)
+    {
+        return Err(Error::Conflict(
+            "the organisation has no validated mail domain yet".into(),
+        ));
+    }
+    let token = format!("ecb_{}", random_base32(32).to_ascii_lowercase());
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "INSERT INTO batch_tokens (token_sha256, organisation_id, profiles, created_by, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(sha256(&[token.as_bytes()]))
+    .bind(organisation_id)
+    .bind(profiles.join(" "))
+    .bind(&staff.username)
+    .bind(now())
+    .bind(now() + i64::from(days) * 86_400)
+    .execute(&mut *tx)
+    .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "bulk.token.issued",
+                actor: actor(staff),
+                subject: Some(organisation_id.to_string()),
+                detail: json!({ "profiles": profiles, "days": days }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+/// Who a batch token acts for.
+#[derive(Debug, Clone)]
+pub struct BatchCaller {
+    /// The organisation.
+    pub organisation_id: String,
+    /// The profiles its batches may issue.
+    pub profiles: Vec<String>,
+}
+
+row! {
+    struct TokenRow {
+        organisation_id: String,
+        profiles: String,
+        expires_at: i64,
+        revoked_at: Option<i64>,
+    }
+}
+
+/// The organisation behind a batch token (`ecb_…`); [`Error::SignInFailed`] for anything else.
+pub async fn batch_caller(store: &Store, token: &str) -> Result<BatchCaller> {
+    if !token.starts_with("ecb_") {
+        return Err(Error::SignInFailed);
+    }
+    let r = sqlx::query_as::<_, TokenRow>(
+        "SELECT organisation_id, profiles, expires_at, revoked_at FROM batch_tokens WHERE token_sha256 = $1",
+    )
+    .bind(sha256(&[token.as_bytes()]))
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::SignInFailed)?;
+    if r.revoked_at.is_some() || r.expires_at < now() {
+        return Err(Error::SignInFailed);
+    }
+    Ok(BatchCaller {
+        organisation_id: r.organisation_id,
+        profiles: r.profiles.split(' ').map(str::to_string).collect(),
+    })
+}
+
+/// One row of a batch as submitted.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct BatchRowIn {
+    /// The organisation's own id of the row (unique per organisation).
+    #[serde(default)]
+    pub client_row_id: String,
+    /// Surname.
+    #[serde(default)]
+    pub surname: String,
+    /// Given name.
+    #[serde(default)]
+    pub given_name: String,
+    /// E-mail address, in a validated domain.
+    #[serde(default)]
+    pub email: String,
+    /// Role title (organisational-role).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// `organisational` (default) or `organisational-role`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The CSR (PEM).
+    #[serde(default)]
+    pub csr: String,
+}
+
+/// Parses a batch body: JSON lines (one object per line) or CSV with a header line naming
+/// the columns (`client_row_id,surname,given_name,email,title,profile,csr`; the CSR's line
+/// breaks as `\n`). A line that does not parse becomes a row with its error.
+pub fn parse_rows(body: &str) -> Vec<std::result::Result<BatchRowIn, String>> {
+    let mut lines = body.lines().filter(|l| !l.trim().is_empty()).peekable();
+    let csv = lines
+        .peek()
+        .is_some_and(|l| !l.trim_start().starts_with('{'));
+    if !csv {
+        return lines
+            .map(|l| {
+                serde_json::from_str::<BatchRowIn>(l).map_err(|e| format!("not a JSON row: {e}"))
+            })
+            .collect();
+    }
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let columns: Vec<String> = header.split(',').map(|c| c.trim().to_string()).collect();
+    lines
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            if fields.len() != columns.len() {
+                return Err(format!(
+                    "{} fields where the header names {}",
+                    fields.len(),
+                    columns.len()
+                ));
+            }
+            let mut r = BatchRowIn::default();
+            for (c, v) in columns.iter().zip(fields) {
+                let v = v.trim().to_string();
+                match c.as_str() {
+                    "client_row_id" => r.client_row_id = v,
+                    "surname" => r.surname = v,
+                    "given_name" => r.given_name = v,
+                    "email" => r.email = v,
+                    "title" => r.title = Some(v).filter(|t| !t.is_empty()),
+                    "profile" => r.profile = Some(v).filter(|p| !p.is_empty()),
+                    "csr" => r.csr = v.replace("\\n", "\n"),
+                    other => return Err(format!("unknown column {other:?}")),
+                }
+            }
+            Ok(r)
+        })
+        .collect()
+}
+
+/// What a submission did.
+#[derive(Debug, Clone)]
+pub struct BatchReceipt {
+    /// The batch.
+    pub id: String,
+    /// Rows received.
+    pub rows: usize,
+    /// Rows waiting for the batch's approval.
+    pub accepted: usize,
+    /// Rows whose client row id was submitted before (nothing issued again).
+    pub duplicates: usize,
+    /// Refused rows: (row number from 1, client row id, why).
+    pub errors: Vec<(usize, String, String)>,
+}
+
+/// A checked row: its profile and subject.
+struct Checked {
+    profile: &'static Profile,
+    subject: SubjectData,
+}
+
+fn check_row(
+    auth: &Authority,
+    org: &OrgRow,
+    caller: &BatchCaller,
+    validated: &[String],
+    r: &BatchRowIn,
+) -> Result<Checked> {
+    check_len("client_row_id", &r.client_row_id, 1, 64)?;
+    let profile_id = r.profile.as_deref().unwrap_or("organisational");
+    if !caller.profiles.iter().any(|p| p == profile_id) {
+        return Err(invalid(
+            "profile",
+            format!("this batch token issues {}", caller.profiles.join(", ")),
+        ));
+    }
+    let profile = Profile::get(profile_id)?;
+    check_len("surname", &r.surname, 1, 40)?;
+    check_len("given_name", &r.given_name, 1, 60)?;
+    let email = r.email.trim().to_string();
+    let domain = email
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default();
+    if !validated
+        .iter()
+        .any(|v| domain == *v || domain.ends_with(&format!(".{v}")))
+    {
+        return Err(invalid(
+            "email",
+            "not in a mail domain the organisation has validated",
+        ));
+    }
+    let title = if profile.role {
+        let t = r.title.clone().unwrap_or_default();
+        check_len("title", &t, 1, 64)?;
+        Some(t.trim().to_string())
+    } else if r.title.as_deref().is_some_and(|t| !t.trim().is_empty()) {
+        return Err(invalid(
+            "title",
+            "only an organisational-role row carries a title",
+        ));
+    } else {
+        None
+    };
+    let subject = SubjectData {
+        title,
+        surname: Some(r.surname.trim().to_uppercase()),
+        given_name: Some(r.given_name.trim().to_string()),
+        emails: vec![email],
+        organization: Some(org.name.clone()),
+        org_id: org.org_id.clone(),
+        government: org.register == "GOV",
+        country: Some(super::application::REGISTER_COUNTRY.into()),
+        ..Default::default()
+    };
+    let subject = profile.check(&subject, None, crate::authority::now_secs())?;
+    let csr = VerifiedCsr::parse(r.csr.as_bytes())?;
+    auth.check_key(csr.key())?;
+    Ok(Checked { profile, subject })
+}
+
+/// Receives a batch: every row checked (a bad one refused by name, the others kept), each
+/// client row id issued once per organisation. The batch then waits for two officers'
+/// approval.
+pub async fn submit_batch(
+    auth: &Authority,
+    caller: &BatchCaller,
+    rows: Vec<std::result::Result<BatchRowIn, String>>,
+) -> Result<BatchReceipt> {
+    if rows.is_empty() || rows.len() > MAX_BATCH_ROWS {
+        return Err(invalid("rows", format!("1 to {MAX_BATCH_ROWS} rows")));
+    }
+    let store = auth.store();
+    let org = organisation(store, &caller.organisation_id).await?;
+    let validated: Vec<String> = domains(store, &caller.organisation_id)
+        .await?
+        .into_iter()
+        .filter(|d| d.validated)
+        .map(|d| d.domain)
+        .collect();
+    let id = uuid::Uuid::new_v4().to_string();
+    let t = now();
+    let mut receipt = BatchReceipt {
+        id: id.clone(),
+        rows: rows.len(),
+        accepted: 0,
+        duplicates: 0,
+        errors: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "INSERT INTO batches (id, organisation_id, state, rows_total, created_at) VALUES ($1, $2, 'submitted', $3, $4)",
+    )
+    .bind(&id)
+    .bind(&caller.organisation_id)
+    .bind(rows.len() as i64)
+    .bind(t)
+    .execute(&mut *tx)
+    .await?;
+    for (i, row) in rows.into_iter().enumerate() {
+        let n = i + 1;
+        let (client, checked) = match row {
+            Err(e) => (String::new(), Err(e)),
+            Ok(r) => {
+                let c = check_row(auth, &org, caller, &validated, &r).map_err(|e| e.to_string());
+                (r.client_row_id.trim().to_string(), c.map(|c| (c, r)))
+            }
+        };
+        // Issued before (or earlier in this batch): a duplicate, never issued twice.
+        let earlier = !client.is_empty()
+            && (!seen.insert(client.clone())
+                || sqlx::query_scalar::<_, i64>(
+                    "SELECT COUNT(*) FROM batch_rows WHERE organisation_id = $1 AND client_row_id = $2 \
+                     AND state NOT IN ('invalid', 'duplicate')",
+                )
+                .bind(&caller.organisation_id)
+                .bind(&client)
+                .fetch_one(&mut *tx)
+                .await?
+                    > 0);
+        let (state, error, fields) = match (earlier, checked) {
+            (true, _) => {
+                receipt.duplicates += 1;
+                ("duplicate", None, None)
+            }
+            (false, Err(e)) => {
+                receipt.errors.push((n, client.clone(), e.clone()));
+                ("invalid", Some(e), None)
+            }
+            (false, Ok((c, r))) => {
+                receipt.accepted += 1;
+                ("pending", None, Some((c, r)))
+            }
+        };
+        let (profile, surname, given, email, title, csr) = match &fields {
+            Some((c, r)) => (
+                Some(c.profile.id),
+                c.subject.surname.clone(),
+                c.subject.given_name.clone(),
+                c.subject.emails.first().cloned(),
+                c.subject.title.clone(),
+                Some(r.csr.as_bytes().to_vec()),
+            ),
+            None => (None, None, None, None, None, None),
+        };
+        sqlx::query(
+            "INSERT INTO batch_rows (batch_id, row_no, organisation_id, client_row_id, state, error, profile, surname, \
+             given_name, email, title, csr, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&id)
+        .bind(n as i64)
+        .bind(&caller.organisation_id)
+        .bind(&client)
+        .bind(state)
+        .bind(&error)
+        .bind(profile)
+        .bind(surname)
+        .bind(given)
+        .bind(email)
+        .bind(title)
+        .bind(csr)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if receipt.accepted == 0 {
+        sqlx::query("UPDATE batches SET state = 'done' WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "bulk.batch.submitted",
+                actor: format!("organisation:{}", caller.organisation_id),
+                subject: Some(id.clone()),
+                detail: json!({ "rows": receipt.rows, "accepted": receipt.accepted, "duplicates": receipt.duplicates, "refused": receipt.errors.len() }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(receipt)
+}
+
+/// Approves a submitted batch (two officers' decision, [`super::officer`]): its pending rows
+/// are queued for issuance.
+pub(crate) async fn approve_batch(store: &Store, batch_id: &str, actor: &str) -> Result<usize> {
+    let mut tx = store.begin().await?;
+    let changed = sqlx::query(
+        "UPDATE batches SET state = 'approved', approved_at = $2 WHERE id = $1 AND state = 'submitted'",
+    )
+    .bind(batch_id)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed != 1 {
+        return Err(Error::Conflict(
+            "the batch is not waiting for approval".into(),
+        ));
+    }
+    let queued = sqlx::query(
+        "UPDATE batch_rows SET state = 'queued', updated_at = $2 WHERE batch_id = $1 AND state = 'pending'",
+    )
+    .bind(batch_id)
+    .bind(now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "bulk.batch.approved",
+                actor: actor.to_string(),
+                subject: Some(batch_id.to_string()),
+                detail: json!({ "queued": queued }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(queued as usize)
+}
+
+/// A batch as its proposal summary describes it: (organisation name, rows waiting).
+pub(crate) async fn batch_summary(store: &Store, batch_id: &str) -> Result<(String, i64)> {
+    let org: String = sqlx::query_scalar(
+        "SELECT o.name FROM batches b JOIN organisations o ON o.id = b.organisation_id WHERE b.id = $1 AND b.state = 'submitted'",
+    )
+    .bind(batch_id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or_else(|| invalid("batch", "no batch waiting for approval has this id"))?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM batch_rows WHERE batch_id = $1 AND state = 'pending'",
+    )
+    .bind(batch_id)
+    .fetch_one(store.pool())
+    .await?;
+    Ok((org, n))
+}
+
+row! {
+    struct QueuedRow {
+        batch_id: String,
+        row_no: i64,
+        organisation_id: String,
+        profile: Option<String>,
+        surname: Option<String>,
+        given_name: Option<String>,
+        email: Option<String>,
+        title: Option<String>,
+        csr: Option<Vec<u8>>,
+    }
+}
+
+/// Issues up to `limit` queued rows of approved batches, `lanes` at a time, through the
+/// issuance cycle (group-committed like every issuance). Returns how many were issued.
+pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
+    let store = auth.store();
+    let rows = sqlx::query_as::<_, QueuedRow>(
+        "SELECT r.batch_id, r.row_no, r.organisation_id, r.profile, r.surname, r.given_name, r.email, r.title, r.csr \
+         FROM batch_rows r JOIN batches b ON b.id = r.batch_id \
+         WHERE r.state = 'queued' AND b.state = 'approved' ORDER BY r.batch_id, r.row_no LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let lanes = (auth.config().hsm.pool_size * 4).clamp(4, 64);
+    let permits = Arc::new(tokio::sync::Semaphore::new(lanes));
+    let mut orgs: std::collections::HashMap<String, Arc<OrgRow>> = Default::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in rows {
+        let org = match orgs.get(&r.organisation_id) {
+            Some(o) => o.clone(),
+            None => {
+                let o = Arc::new(organisation(store, &r.organisation_id).await?);
+                orgs.insert(r.organisation_id.clone(), o.clone());
+                o
+            }
+        };
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Store("the batch issuer is shutting down".into()))?;
+        let auth = auth.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            issue_row(&auth, &org, r).await
+        });
+    }
+    let mut issued = 0;
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(true)) => issued += 1,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(Error::Store(e.to_string()))),
+        }
+    }
+    finish_batches(store).await?;
+    match (issued, first_error) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(issued),
+    }
+}
+
+/// One row: serial recorded `issuing` before the HSM signs, `issued` with the certificate.
+/// A request the cycle refuses marks the row `failed` with the reason; an outage (store or
+/// HSM) leaves it queued for the next pass and is returned.
+async fn issue_row(auth: &Authority, org: &OrgRow, r: QueuedRow) -> Result<bool> {
+    let store = auth.store();
+    let subject = SubjectData {
+        title: r.title.clone(),
+        surname: r.surname.clone(),
+        given_name: r.given_name.clone(),
+        emails: r.email.clone().into_iter().collect(),
+        organization: Some(org.name.clone()),
+        org_id: org.org_id.clone(),
+        government: org.register == "GOV",
+        country: Some(super::application::REGISTER_COUNTRY.into()),
+        ..Default::default()
+    };
+    let fail = |e: &Error| {
+        let msg = e.to_string();
+        let (batch, row) = (r.batch_id.clone(), r.row_no);
+        async move {
+            sqlx::query(
+                "UPDATE batch_rows SET state = 'failed', error = $3, updated_at = $4 WHERE batch_id = $1 AND row_no = $2",
+            )
+            .bind(batch)
+            .bind(row)
+            .bind(msg)
+            .bind(now())
+            .execute(store.pool())
+            .await
+        }
+    };
+    let csr = match VerifiedCsr::parse(r.csr.as_deref().unwrap_or_default()) {
+        Ok(c) => c,
+        Err(e) => {
+            fail(&e).await?;
+            return Ok(false);
+        }
+    };
+    let req = ApprovedRequest {
+        profile: r.profile.clone().unwrap_or_else(|| "organisational".into()),
+        csr,
+        subject,
+        days: None,
+        renews: None,
+        actor: format!("batch:{}", r.batch_id),
+    };
+    let token = match auth.prepare(req).await {
+        Ok(t) => t,
+        Err(e) if transient(&e) => return Err(e),
+        Err(e) => {
+            fail(&e).await?;
+            return Ok(false);
+        }
+    };
+    let serial = token.serial().to_hex();
+    let marked = sqlx::query(
+        "UPDATE batch_rows SET state = 'issuing', serial = $3, updated_at = $4 WHERE batch_id = $1 AND row_no = $2 AND state = 'queued'",
+    )
+    .bind(&r.batch_id)
+    .bind(r.row_no)
+    .bind(&serial)
+    .bind(now())
+    .execute(store.pool())
+    .await;
+    match marked {
+        Ok(m) if m.rows_affected() == 1 => {}
+        // Taken by another pass, or the store is down: this serial is not signed.
+        Ok(_) => {
+            auth.withdraw(token, "the batch row was taken by another pass")
+                .await;
+            return Ok(false);
+        }
+        Err(e) => {
+            auth.withdraw(token, "the batch row could not be marked")
+                .await;
+            return Err(e.into());
+        }
+    }
+    match auth.sign(token).await {
+        Ok(_) => {
+            sqlx::query(
+                "UPDATE batch_rows SET state = 'issued', updated_at = $3 WHERE batch_id = $1 AND row_no = $2",
+            )
+            .bind(&r.batch_id)
+            .bind(r.row_no)
+            .bind(now())
+            .execute(store.pool())
+            .await?;
+            Ok(true)
+        }
+        // Resolved by resume_batches from the certificate's own state.
+        Err(e) => Err(e),
+    }
+}
+
+fn transient(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store(_)
+            | Error::StoreUnavailable(_)
+            | Error::StoreFull(_)
+            | Error::Hsm(_)
+            | Error::Clock(_)
+            | Error::SignerBusy(_)
+    )
+}
+
+/// Marks done each approved batch with no row left to issue.
+async fn finish_batches(store: &Store) -> Result<()> {
+    sqlx::query(
+        "UPDATE batches SET state = 'done' WHERE state = 'approved' AND NOT EXISTS \
+         (SELECT 1 FROM batch_rows r WHERE r.batch_id = batches.id AND r.state IN ('queued', 'issuing'))",
+    )
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+row! {
+    struct IssuingRow {
+        batch_id: String,
+        row_no: i64,
+        serial: Option<String>,
+        cert_state: Option<String>,
+    }
+}
+
+/// Start-up (and each pass): rows left `issuing` by a signer that stopped are resolved from
+/// their certificate's state — `issued` if it was stored, queued again otherwise (that serial
+/// is never reported good: the issuance cycle abandons it). Returns how many rows changed.
+pub async fn resume_batches(store: &Store) -> Result<usize> {
+    let rows = sqlx::query_as::<_, IssuingRow>(
+        "SELECT r.batch_id, r.row_no, r.serial, c.state AS cert_state FROM batch_rows r \
+         LEFT JOIN certificates c ON c.serial = r.serial WHERE r.state = 'issuing'",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut n = 0;
+    for r in rows {
+        let to = match r.cert_state.as_deref() {
+            Some("issued") => "issued",
+            // Still in flight in a live signer: left alone.
+            Some("reserved") | Some("issuing") => continue,
+            _ => "queued",
+        };
+        let serial = (to == "issued").then_some(r.serial.clone()).flatten();
+        sqlx::query(
+            "UPDATE batch_rows SET state = $3, serial = $4, updated_at = $5 WHERE batch_id = $1 AND row_no = $2 AND state = 'issuing'",
+        )
+        .bind(&r.batch_id)
+        .bind(r.row_no)
+        .bind(to)
+        .bind(serial)
+        .bind(now())
+        .execute(store.pool())
+        .await?;
+        n += 1;
+    }
+    finish_batches(store).await?;
+    Ok(n)
+}
+
+/// One row's state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RowState {
+    /// Its number in the batch, from 1.
+    pub row: i64,
+    /// The organisation's id of it.
+    pub client_row_id: String,
+    /// `invalid`, `duplicate`, `pending`, `queued`, `issuing`, `issued` or `failed`.
+    pub state: String,
+    /// Its certificate's serial, once issued.
+    pub serial: Option<String>,
+    /// Why it was refused or failed.
+    pub error: Option<String>,
+}
+
+/// A batch: its state, counts by row state, and each row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchStatus {
+    /// The batch.
+    pub id: String,
+    /// `submitted`, `approved` or `done`.
+    pub state: String,
+    /// Rows by state.
+    pub counts: std::collections::BTreeMap<String, i64>,
+    /// Every row.
+    pub rows: Vec<RowState>,
+}
+
+row! {
+    struct BatchRow {
+        organisation_id: String,
+        state: String,
+    }
+}
+
+row! {
+    struct StateRow {
+        row_no: i64,
+        client_row_id: String,
+        state: String,
+        serial: Option<String>,
+        error: Option<String>,
+    }
+}
+
+/// Who reads a batch: its organisation's token, or an officer.
+#[derive(Debug, Clone)]
+pub enum BatchReader<'a> {
+    /// The organisation's batch token.
+    Organisation(&'a BatchCaller),
+    /// A staff member who may see every application (an officer).
+    Staff(&'a StaffSession),
+}
+
+async fn readable(store: &Store, who: &BatchReader<'_>, id: &str) -> Result<BatchRow> {
+    // The role first: a member who may not follow batches hears so, whichever id is asked.
+    if let BatchReader::Staff(s) = who {
+        s.authorize(Action::ManageOrganisations)?;
+    }
+    let b =
+        sqlx::query_as::<_, BatchRow>("SELECT organisation_id, state FROM batches WHERE id = $1")
+            .bind(id)
+            .fetch_optional(store.pool())
+            .await?
+            .ok_or(Error::NotFound)?;
+    match who {
+        // Another organisation's batch does not exist for this one.
+        BatchReader::Organisation(c) if c.organisation_id != b.organisation_id => {
+            Err(Error::NotFound)
+        }
+        BatchReader::Organisation(_) | BatchReader::Staff(_) => Ok(b),
+    }
+}
+
+/// A batch's state and rows.
+pub async fn batch_status(store: &Store, who: BatchReader<'_>, id: &str) -> Result<BatchStatus> {
+    let b = readable(store, &who, id).await?;
+    let rows = sqlx::query_as::<_, StateRow>(
+        "SELECT row_no, client_row_id, state, serial, error FROM batch_rows WHERE batch_id = $1 ORDER BY row_no",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for r in &rows {
+        *counts.entry(r.state.clone()).or_insert(0) += 1;
+    }
+    Ok(BatchStatus {
+        id: id.to_string(),
+        state: b.state,
+        counts,
+        rows: rows
+            .into_iter()
+            .map(|r| RowState {
+                row: r.row_no,
+                client_row_id: r.client_row_id,
+                serial: (r.state == "issued").then_some(r.serial).flatten(),
+                state: r.state,
+                error: r.error,
+            })
+            .collect(),
+    })
+}
+
+/// The certificates a batch issued: (client row id, DER), in row order.
+pub async fn batch_certificates(
+    store: &Store,
+    who: BatchReader<'_>,
+    id: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    readable(store, &who, id).await?;
+    let rows = sqlx::query_as::<_, CertOfRow>(
+        "SELECT r.client_row_id, c.cert_der FROM batch_rows r JOIN certificates c ON c.serial = r.serial \
+         WHERE r.batch_id = $1 AND r.state = 'issued' ORDER BY r.row_no",
+    )
+    .bind(id)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.cert_der.map(|d| (r.client_row_id, d)))
+        .collect())
+}
+
+row! {
+    struct CertOfRow {
+        client_row_id: String,
+        cert_der: Option<Vec<u8>>,
+    }
+}
