@@ -12,6 +12,8 @@ mod apply;
 mod audit;
 #[path = "e2e/browser.rs"]
 mod browser;
+#[path = "e2e/bulk.rs"]
+mod bulk;
 #[path = "e2e/cas.rs"]
 mod cas;
 #[path = "e2e/ceremony.rs"]

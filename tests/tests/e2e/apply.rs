@@ -372,7 +372,7 @@ pub fn revoke_err(ca: &Ca, args: &[&str]) -> String {
 }
 
 /// An officer's signed-in session token.
-fn officer_session(ca: &Ca, user: &str) -> String {
+pub(crate) fn officer_session(ca: &Ca, user: &str) -> String {
     std::fs::read_to_string(ca.file(&format!("e2e-staff-{user}.session"))).unwrap()
 }
 

@@ -193,3 +193,39 @@ fn pkilint_through_the_harness_refuses_a_bad_certificate() {
     let root = ca.export("root");
     pkilint("lint_pkix_cert", &[], &[&root.path], "root after a refusal");
 }
+
+/// The S/MIME linter's validators are reused between certificates by the harness's pkilint
+/// server: a certificate with an S/MIME error linted after clean ones is still refused.
+#[test]
+fn pkilint_smime_refuses_after_clean_ones() {
+    let ca = Ca::init();
+    let case = personal();
+    let leaf = crate::apply::issue(&ca, &case, &ca.csr("p", KeyType::P256).csr, "personal");
+    for _ in 0..3 {
+        pkilint(
+            case.linter,
+            &["-t", case.lint_type],
+            &[&leaf.cert.path],
+            "clean",
+        );
+    }
+    // The same personal certificate judged as another type: the linter must find errors.
+    let refused = std::panic::catch_unwind(|| {
+        pkilint(
+            case.linter,
+            &["-t", "SPONSORED-STRICT"],
+            &[&leaf.cert.path],
+            "wrong type",
+        )
+    });
+    assert!(
+        refused.is_err(),
+        "judged as SPONSORED-STRICT, a personal certificate passed"
+    );
+    pkilint(
+        case.linter,
+        &["-t", case.lint_type],
+        &[&leaf.cert.path],
+        "clean again",
+    );
+}

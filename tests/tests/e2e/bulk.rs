@@ -1,0 +1,425 @@
+//! Bulk enrolment (issue 16, docs/BULK.md): an organisation verified at the counter proves its
+//! mail domain by DNS, gets a batch token, submits a batch of staff rows (bad rows refused by
+//! name, the good ones kept), two officers approve it, and the signer issues every good row
+//! once — judged by openssl and pkilint; a resubmission issues nothing; a `kill -9` mid-batch
+//! and a restart finish it with no duplicate and no gap.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ecert_e2e::*;
+
+use crate::common::*;
+use crate::ra::{api, with_service};
+use crate::serve::http;
+
+const DOMAIN: &str = "staff.example.hk";
+
+/// `n` P-256 keys and their CSRs (PEM), made in one Python `cryptography` process.
+fn csrs(ca: &Ca, n: usize) -> Vec<String> {
+    let script = r#"
+import json, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+out = []
+for i in range(int(sys.argv[1])):
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored %d" % i)])
+    ).sign(key, hashes.SHA256())
+    out.append(csr.public_bytes(serialization.Encoding.PEM).decode())
+json.dump(out, sys.stdout)
+"#;
+    let mut c = std::process::Command::new(venv_python());
+    c.args(["-c", script, &n.to_string()])
+        .current_dir(ca.data_dir());
+    let o = run_with_timeout(c, Duration::from_secs(120), "CSR generator");
+    assert!(o.status.success(), "{}", show(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The organisation of an issued organisational application, registered by an officer, its
+/// mail domain validated through DNS, and a batch token. Returns (organisation id, token).
+fn organisation_ready(ca: &Ca, addr: &str) -> (String, String) {
+    let officer = crate::apply::officer_session(ca, "e2e-officer1");
+    let reference = crate::apply::apply(
+        ca,
+        &organisational(),
+        &ca.csr("org-rep", KeyType::P256).csr,
+        "the organisation's first certificate",
+    )
+    .reference;
+    let application = ca
+        .sql_query(&format!(
+            "SELECT id FROM applications WHERE reference = '{reference}'"
+        ))
+        .trim()
+        .to_string();
+    // A clerk may not register organisations; an officer may, once.
+    let (st, org) = api(
+        addr,
+        "POST",
+        "/api/v1/organisations",
+        &officer,
+        Some(serde_json::json!({ "application_id": application })),
+    );
+    assert_eq!(st, 201, "{org}");
+    let id = org["id"].as_str().unwrap().to_string();
+    let (_, again) = api(
+        addr,
+        "POST",
+        "/api/v1/organisations",
+        &officer,
+        Some(serde_json::json!({ "application_id": application })),
+    );
+    assert_eq!(again["id"], org["id"], "registered twice");
+    // No batch token before a validated domain.
+    let token_req =
+        serde_json::json!({ "profiles": ["organisational", "organisational-role"], "days": 30 });
+    let (st, e) = api(
+        addr,
+        "POST",
+        &format!("/api/v1/organisations/{id}/batch-tokens"),
+        &officer,
+        Some(token_req.clone()),
+    );
+    assert_eq!(st, 409, "{e}");
+    let (st, d) = api(
+        addr,
+        "POST",
+        &format!("/api/v1/organisations/{id}/domains"),
+        &officer,
+        Some(serde_json::json!({ "domain": DOMAIN })),
+    );
+    assert_eq!(st, 200, "{d}");
+    let validate = || {
+        api(
+            addr,
+            "POST",
+            &format!("/api/v1/organisations/{id}/domains/{DOMAIN}/validation"),
+            &officer,
+            None,
+        )
+    };
+    // Not published yet: not validated, and why.
+    let (st, v) = validate();
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["validated"], false, "{v}");
+    assert!(v["problem"].as_str().unwrap().contains("TXT"), "{v}");
+    ca.dns().set_txt(
+        d["record"].as_str().unwrap(),
+        &[d["value"].as_str().unwrap()],
+    );
+    let (_, v) = validate();
+    assert_eq!(v["validated"], true, "{v}");
+    let (st, t) = api(
+        addr,
+        "POST",
+        &format!("/api/v1/organisations/{id}/batch-tokens"),
+        &officer,
+        Some(token_req),
+    );
+    assert_eq!(st, 201, "{t}");
+    (id, t["token"].as_str().unwrap().to_string())
+}
+
+fn row(i: usize, csr: &str) -> serde_json::Value {
+    serde_json::json!({
+        "client_row_id": format!("hr-{i:05}"),
+        "surname": "Chan",
+        "given_name": format!("Staff {i}"),
+        "email": format!("staff{i}@{DOMAIN}"),
+        "csr": csr,
+    })
+}
+
+fn submit(addr: &str, token: &str, rows: &[serde_json::Value]) -> (u16, serde_json::Value) {
+    let body: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/batches",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/x-ndjson"),
+        ],
+        body.as_bytes(),
+    );
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn status(addr: &str, token: &str, id: &str) -> serde_json::Value {
+    let (st, s) = api(addr, "GET", &format!("/api/v1/batches/{id}"), token, None);
+    assert_eq!(st, 200, "{s}");
+    s
+}
+
+fn wait_done(addr: &str, token: &str, id: &str, secs: u64) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(addr, token, id);
+        if s["state"] == "done" {
+            return s;
+        }
+        assert!(
+            Instant::now() < until,
+            "batch not done after {secs} s: {}",
+            s["counts"]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_batch_of_staff_is_checked_approved_issued_once_and_judged() {
+    let ca = Ca::init();
+    crate::apply::dcv_config(&ca);
+    crate::apply::officers_ready(&ca);
+    let n = 1_000;
+    let keys = csrs(&ca, n);
+    let mut rows: Vec<serde_json::Value> =
+        keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    // Ten bad rows, each refused by name; the others are not held back by them.
+    let bad: [(usize, &str, serde_json::Value); 10] = [
+        (3, "email", serde_json::json!("staff3@elsewhere.hk")),
+        (50, "email", serde_json::json!("staff50@example.hk")),
+        (99, "surname", serde_json::json!("")),
+        (150, "given_name", serde_json::json!("")),
+        (200, "csr", serde_json::json!("not a CSR")),
+        (250, "csr", serde_json::json!(bad_signature(&keys[250]))),
+        (300, "profile", serde_json::json!("personal")),
+        (350, "title", serde_json::json!("Director")),
+        (400, "client_row_id", serde_json::json!("")),
+        (450, "profile", serde_json::json!("server")),
+    ];
+    for (i, field, value) in &bad {
+        rows[*i][*field] = value.clone();
+    }
+    with_service(&ca, |addr| {
+        let (org, token) = organisation_ready(&ca, addr);
+        // A staff token submits no batch; a batch token reads no other organisation's.
+        let officer = crate::apply::officer_session(&ca, "e2e-officer1");
+        let (st, e) = submit(addr, &officer, &rows[..1]);
+        assert_eq!(st, 403, "{e}");
+        let (st, _) = submit(addr, "ecb_not-a-token", &rows[..1]);
+        assert_eq!(st, 401);
+
+        let started = Instant::now();
+        let (st, receipt) = submit(addr, &token, &rows);
+        assert_eq!(st, 201, "{receipt}");
+        eprintln!("1,000 rows checked in {:?}", started.elapsed());
+        assert_eq!(receipt["rows"], n);
+        assert_eq!(receipt["accepted"], n - bad.len(), "{receipt}");
+        let errors = receipt["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), bad.len(), "{receipt}");
+        for ((i, field, _), e) in bad.iter().zip(errors) {
+            assert_eq!(e["row"], i + 1, "{e}");
+            let msg = e["error"].as_str().unwrap();
+            let named = match *field {
+                "csr" => msg.to_lowercase().contains("csr") || msg.contains("PEM"),
+                _ => msg.contains(field),
+            };
+            assert!(named, "row {i} ({field}): {msg}");
+        }
+        let batch = receipt["id"].as_str().unwrap().to_string();
+        // Nothing is issued before two officers approve it.
+        std::thread::sleep(Duration::from_secs(1));
+        let s = status(addr, &token, &batch);
+        assert_eq!(s["state"], "submitted", "{}", s["counts"]);
+        assert_eq!(s["counts"]["pending"], n - bad.len());
+        let done = crate::apply::officers_decide(
+            &ca,
+            serde_json::json!({ "kind": "batch_approval", "batch": batch }),
+        );
+        assert!(
+            done["outcome"]
+                .as_str()
+                .unwrap()
+                .contains("990 rows queued"),
+            "{done}"
+        );
+        let approved = Instant::now();
+        let s = wait_done(addr, &token, &batch, 300);
+        eprintln!("990 certificates issued in {:?}", approved.elapsed());
+        assert_eq!(s["counts"]["issued"], n - bad.len(), "{}", s["counts"]);
+        assert_eq!(s["counts"]["invalid"], bad.len(), "{}", s["counts"]);
+        // An officer follows it too; another organisation's token would not find it.
+        assert_eq!(status(addr, &officer, &batch)["counts"], s["counts"]);
+
+        // Every certificate: issued under the organisation, with its row's mailbox, verified by
+        // openssl and linted by pkilint; its OCSP response ready.
+        let r = http(
+            addr,
+            "GET",
+            &format!("/api/v1/batches/{batch}/certificates"),
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        let bundle = String::from_utf8(r.body).unwrap();
+        let certs = pem_certs(bundle.as_bytes());
+        assert_eq!(certs.len(), n - bad.len());
+        let dir = ca.file("batch");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (k, der) in certs.iter().enumerate() {
+            let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+            let sans = san_list(&c);
+            assert_eq!(sans.len(), 1, "{sans:?}");
+            assert!(sans[0].ends_with(&format!("@{DOMAIN}")), "{sans:?}");
+            let attrs = name_attrs(c.subject());
+            assert!(
+                attrs
+                    .iter()
+                    .any(|(o, v)| o == OID_O && v == "Example Trading Limited"),
+                "{attrs:?}"
+            );
+            let f = dir.join(format!("{k}.pem"));
+            std::fs::write(
+                &f,
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    base64_lines(der)
+                ),
+            )
+            .unwrap();
+            files.push(f);
+        }
+        let root = ca.export("root");
+        let issuing = ca.export("individual");
+        for chunk in files.chunks(200) {
+            let mut c = std::process::Command::new("openssl");
+            c.args(["verify", "-x509_strict", "-purpose", "smimesign", "-CAfile"])
+                .arg(&root.path)
+                .arg("-untrusted")
+                .arg(&issuing.path)
+                .args(chunk);
+            let o = run_with_timeout(c, Duration::from_secs(120), "openssl verify");
+            assert!(o.status.success(), "{}", show(&o));
+        }
+        let linted = Instant::now();
+        for f in &files {
+            pkilint(
+                "lint_cabf_smime_cert",
+                &["-t", "SPONSORED-MULTIPURPOSE"],
+                &[f],
+                &f.display().to_string(),
+            );
+        }
+        eprintln!("990 certificates linted in {:?}", linted.elapsed());
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = ca.sql_query(&format!(
+                "SELECT COUNT(*) FROM ocsp_responses o JOIN batch_rows r ON r.serial = o.serial WHERE r.batch_id = '{batch}'"
+            ));
+            if ready.trim() == (n - bad.len()).to_string() {
+                break;
+            }
+            assert!(Instant::now() < until, "OCSP responses ready: {ready}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+
+        // The same batch again: every good row is a duplicate, nothing new is issued.
+        let issued_before = ca.issued_count();
+        let (st, again) = submit(addr, &token, &rows);
+        assert_eq!(st, 201, "{again}");
+        assert_eq!(again["accepted"], 0, "{again}");
+        assert_eq!(again["duplicates"], n - bad.len(), "{again}");
+        let again_id = again["id"].as_str().unwrap();
+        assert_eq!(status(addr, &token, again_id)["state"], "done");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(ca.issued_count(), issued_before, "a resubmission issued");
+        let _ = org;
+    });
+    ca.audit_ok();
+}
+
+/// A signer killed (`kill -9`) while it issues a batch: the restarted one finishes the rest,
+/// every row issued exactly once (one certificate per client row id), none missing.
+#[test]
+fn a_batch_survives_kill_9_with_no_duplicate_and_no_gap() {
+    let ca = Ca::init();
+    crate::apply::dcv_config(&ca);
+    crate::apply::officers_ready(&ca);
+    let n = 400;
+    let keys = csrs(&ca, n);
+    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let mut server = crate::serve::start(&ca);
+    let addr = server.1.clone();
+    let (_, token) = organisation_ready(&ca, &addr);
+    let (st, receipt) = submit(&addr, &token, &rows);
+    assert_eq!(st, 201, "{receipt}");
+    let batch = receipt["id"].as_str().unwrap().to_string();
+    crate::apply::officers_decide(
+        &ca,
+        serde_json::json!({ "kind": "batch_approval", "batch": batch }),
+    );
+    // Killed once some, not all, are issued.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let issued = status(&addr, &token, &batch)["counts"]["issued"]
+            .as_i64()
+            .unwrap_or(0);
+        if issued >= 20 {
+            break;
+        }
+        assert!(Instant::now() < until, "nothing issued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    let mid = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM batch_rows WHERE batch_id = '{batch}' AND state = 'issued'"
+    ));
+    assert!(
+        mid.trim().parse::<usize>().unwrap() < n,
+        "the batch finished before the kill: make it bigger"
+    );
+    let server = crate::serve::start(&ca);
+    let s = wait_done(&server.1, &token, &batch, 300);
+    assert_eq!(s["counts"]["issued"], n, "{}", s["counts"]);
+    // One issued certificate per row, each the row's, and no other certificate of the batch
+    // reported good.
+    let per_row = ca.sql_query(&format!(
+        "SELECT COUNT(DISTINCT r.serial) FROM batch_rows r JOIN certificates c ON c.serial = r.serial \
+         WHERE r.batch_id = '{batch}' AND c.state = 'issued'"
+    ));
+    assert_eq!(per_row.trim(), n.to_string());
+    let issued_for_batch = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM certificates c JOIN audit_log a ON a.subject = c.serial \
+         WHERE c.state = 'issued' AND a.kind = 'issuance.requested' AND a.actor = 'batch:{batch}'"
+    ));
+    assert_eq!(
+        issued_for_batch.trim(),
+        n.to_string(),
+        "a row was issued twice"
+    );
+    drop(server);
+    ca.audit_ok();
+}
+
+/// The CSR with one base64 character of its signature changed: the proof of possession fails.
+fn bad_signature(pem: &str) -> String {
+    let end = pem.find("-----END").unwrap();
+    let at = end - 8;
+    let mut b = pem.as_bytes().to_vec();
+    b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(b).unwrap()
+}
+
+/// DER as base64 lines of 64.
+fn base64_lines(der: &[u8]) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(der);
+    b.as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
