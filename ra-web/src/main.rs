@@ -329,11 +329,11 @@ enum ProposalCommand {
     List,
     /// Propose; another officer confirms.
     Propose {
-        /// mass_revocation, key_block or ca_revocation.
+        /// mass_revocation, key_block, ca_revocation or batch_approval.
         #[arg(long)]
         kind: String,
         /// RFC 5280 reason (revocations) or why (key block).
-        #[arg(long)]
+        #[arg(long, default_value = "")]
         reason: String,
         /// Mass revocation: a serial (hex); repeatable. Key block: the certificate whose key.
         #[arg(long = "serial")]
@@ -347,6 +347,9 @@ enum ProposalCommand {
         /// CA revocation: individual or server.
         #[arg(long)]
         ca: Option<String>,
+        /// Batch approval: the batch's id (docs/BULK.md).
+        #[arg(long)]
+        batch: Option<String>,
     },
     /// Confirm another officer's proposal: it is carried out now.
     Confirm {
@@ -1125,13 +1128,14 @@ async fn proposal(c: ProposalCommand) -> anyhow::Result<()> {
             profile,
             public_key,
             ca,
+            batch,
         } => {
             let public_key = public_key
                 .map(|p| {
                     read_limited(&p, 64 * 1024).map(|b| String::from_utf8_lossy(&b).into_owned())
                 })
                 .transpose()?;
-            let mut body = serde_json::json!({ "kind": kind, "reason": reason, "profile": profile, "public_key": public_key, "ca": ca });
+            let mut body = serde_json::json!({ "kind": kind, "reason": reason, "profile": profile, "public_key": public_key, "ca": ca, "batch": batch });
             if kind == "key_block" {
                 body["serial"] = serde_json::json!(serials.first());
             } else {

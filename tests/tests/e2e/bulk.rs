@@ -355,10 +355,28 @@ fn a_batch_survives_kill_9_with_no_duplicate_and_no_gap() {
     let (st, receipt) = submit(&addr, &token, &rows);
     assert_eq!(st, 201, "{receipt}");
     let batch = receipt["id"].as_str().unwrap().to_string();
-    crate::apply::officers_decide(
-        &ca,
-        serde_json::json!({ "kind": "batch_approval", "batch": batch }),
+    // Approved from the command line: `ecert proposal propose`, then another officer confirms.
+    let server_url = format!("http://{addr}");
+    let as_officer = |user: &str, args: &[&str]| {
+        let token = crate::apply::officer_session(&ca, user);
+        let o = ca.ecert_env(
+            args,
+            &[("ECERT_SERVER", &server_url), ("ECERT_TOKEN", token.trim())],
+        );
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let proposed = as_officer(
+        "e2e-officer1",
+        &["proposal", "propose", "--kind", "batch_approval", "--batch", &batch],
     );
+    assert!(
+        proposed.contains(&format!("approve batch {batch}")) && proposed.contains("400 good rows"),
+        "{proposed}"
+    );
+    let proposal = proposed.split('\t').next().unwrap().to_string();
+    let confirmed = as_officer("e2e-officer2", &["proposal", "confirm", &proposal]);
+    assert!(confirmed.contains("400 rows queued"), "{confirmed}");
     // Killed once some, not all, are issued.
     let until = Instant::now() + Duration::from_secs(60);
     loop {
