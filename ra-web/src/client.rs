@@ -230,6 +230,37 @@ impl Api {
         Ok((status, v))
     }
 
+    /// Sends `body` as `content_type`; returns the status and the answer's bytes.
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(u16, axum::body::Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))?;
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(300),
+            self.client.request(req),
+        )
+        .await
+        .context("the service did not answer within 300 s")?
+        .with_context(|| format!("reaching {}", self.base))?;
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(Body::new(resp.into_body()), 256 << 20)
+            .await
+            .context("reading the answer")?;
+        Ok((status, bytes))
+    }
+
     /// [`Api::send`], with an error (the service's own message) unless the status is 2xx.
     pub async fn call(
         &self,

@@ -133,6 +133,10 @@ enum Command {
     /// block, an issuing CA's revocation.
     #[command(subcommand)]
     Proposal(ProposalCommand),
+    /// Bulk enrolment with an organisation's batch token, through the service (docs/BULK.md):
+    /// ECERT_SERVER and ECERT_TOKEN (the `ecb_…` token) name the service and the token.
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Staff and outlet administration through the service, as the signed-in admin (the
     /// rules of /staff/admin: a privileged role waits for a second admin).
     #[command(subcommand)]
@@ -321,6 +325,40 @@ enum AdminOutletCommand {
     },
     /// Close: no new applications; existing ones stay readable to its staff.
     Close { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchCommand {
+    /// Submits a batch (JSON lines, or CSV with a header line when FILE ends in .csv), prints
+    /// each refused row, then follows it: approval by two officers, then a progress bar of the
+    /// issuance (rows done / total, rate, ETA).
+    Submit {
+        /// The rows.
+        file: PathBuf,
+        /// The organisation the batch token must be for (nothing is submitted otherwise).
+        #[arg(long)]
+        org: String,
+        /// Return once submitted.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A batch's state, its rows counted by state, and each refused or failed row.
+    Status {
+        /// The batch's id.
+        id: String,
+        /// Follow it until it is done, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Writes each issued certificate to DIR/<client_row_id>.pem, and all of them to
+    /// DIR/batch-<id>.pem.
+    Download {
+        /// The batch's id.
+        id: String,
+        /// Where.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -655,6 +693,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reject,
             } => approve(&application, reject).await,
             Command::Proposal(c) => proposal(c).await,
+            Command::Batch(c) => batch(c).await,
             Command::Admin(c) => admin(c).await,
             Command::Token {
                 label,
@@ -1106,6 +1145,208 @@ fn show_proposal(p: &serde_json::Value) {
     );
     // Exactly what is confirmed.
     outln!("\t{}", client::printable(&p["params"].to_string()));
+}
+
+/// `ecert batch submit|status|download` (docs/BULK.md).
+async fn batch(c: BatchCommand) -> anyhow::Result<()> {
+    use axum::http::Method;
+    let session = client::current()?;
+    let api = client::Api::of(&session)?;
+    match c {
+        BatchCommand::Submit { file, org, no_wait } => {
+            let body = read_limited(&file, 32 * 1024 * 1024)?;
+            let csv = file.extension().is_some_and(|e| e == "csv");
+            if org.is_empty() || !org.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                bail!("--org: an organisation's id (as `POST /api/v1/organisations` gave it)");
+            }
+            let path = format!("/api/v1/batches?organisation={org}");
+            let (status, answer) = api
+                .send_raw(
+                    Method::POST,
+                    &path,
+                    if csv {
+                        "text/csv"
+                    } else {
+                        "application/x-ndjson"
+                    },
+                    body,
+                )
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            if status != 201 {
+                bail!(
+                    "{} (HTTP {status})",
+                    client::printable(v["message"].as_str().unwrap_or("the batch was refused"))
+                );
+            }
+            let id = client::printable(v["id"].as_str().unwrap_or_default());
+            outln!(
+                "batch {id}: {} rows, {} accepted, {} duplicates (issued before), {} refused",
+                v["rows"],
+                v["accepted"],
+                v["duplicates"],
+                v["errors"].as_array().map_or(0, Vec::len)
+            );
+            for e in v["errors"].as_array().into_iter().flatten() {
+                outln!(
+                    "row {} ({}): {}",
+                    e["row"],
+                    client::printable(e["client_row_id"].as_str().unwrap_or_default()),
+                    client::printable(e["error"].as_str().unwrap_or_default())
+                );
+            }
+            if !no_wait && v["accepted"].as_u64().unwrap_or(0) > 0 {
+                follow_batch(&api, &id).await?;
+            }
+            Ok(())
+        }
+        BatchCommand::Status { id, wait } => {
+            if wait {
+                follow_batch(&api, &id).await?;
+            }
+            let v = api
+                .call(Method::GET, &format!("/api/v1/batches/{id}"), None)
+                .await?;
+            outln!(
+                "batch {}: {}",
+                client::printable(v["id"].as_str().unwrap_or_default()),
+                client::printable(v["state"].as_str().unwrap_or_default())
+            );
+            for (state, n) in v["counts"].as_object().into_iter().flatten() {
+                outln!("{}\t{n}", client::printable(state));
+            }
+            for r in v["rows"].as_array().into_iter().flatten() {
+                if let Some(e) = r["error"].as_str() {
+                    outln!(
+                        "row {} ({}) {}: {}",
+                        r["row"],
+                        client::printable(r["client_row_id"].as_str().unwrap_or_default()),
+                        client::printable(r["state"].as_str().unwrap_or_default()),
+                        client::printable(e)
+                    );
+                }
+            }
+            Ok(())
+        }
+        BatchCommand::Download { id, out } => {
+            let (status, bytes) = api
+                .send_raw(
+                    Method::GET,
+                    &format!("/api/v1/batches/{id}/certificates"),
+                    "application/json",
+                    Vec::new(),
+                )
+                .await?;
+            if status != 200 {
+                bail!("the batch's certificates were not given (HTTP {status})");
+            }
+            let text = String::from_utf8(bytes.to_vec()).context("the bundle is not text")?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut n = 0;
+            let mut current: Option<String> = None;
+            let mut pem = String::new();
+            let mut write = |name: &Option<String>, pem: &str| -> anyhow::Result<()> {
+                if let Some(name) = name {
+                    // A client row id as a file name: letters, digits, dot, dash, underscore.
+                    let safe: String = name
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    let safe = safe.trim_start_matches('.').to_string();
+                    std::fs::write(out.join(format!("{safe}.pem")), pem)?;
+                    n += 1;
+                }
+                Ok(())
+            };
+            for line in text.lines() {
+                if let Some(name) = line.strip_prefix("# ") {
+                    write(&current, &pem)?;
+                    current = Some(name.to_string());
+                    pem.clear();
+                } else {
+                    pem.push_str(line);
+                    pem.push('\n');
+                }
+            }
+            write(&current, &pem)?;
+            std::fs::write(out.join(format!("batch-{id}.pem")), &text)?;
+            outln!("{n} certificates written to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+/// Follows a batch until it is done: while it waits for two officers, says so; then a
+/// progress bar on standard error (a line every 2 s when it is not a terminal).
+async fn follow_batch(api: &client::Api, id: &str) -> anyhow::Result<()> {
+    use axum::http::Method;
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let mut said_waiting = false;
+    let mut started: Option<(std::time::Instant, i64)> = None;
+    let mut last_line = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    loop {
+        let v = api
+            .call(Method::GET, &format!("/api/v1/batches/{id}"), None)
+            .await?;
+        let count = |k: &str| v["counts"][k].as_i64().unwrap_or(0);
+        let state = v["state"].as_str().unwrap_or_default().to_string();
+        if state == "submitted" {
+            if !said_waiting {
+                eprintln!(
+                    "waiting for two officers' approval: `ecert proposal propose --kind batch_approval --batch {id}`, then another officer confirms"
+                );
+                said_waiting = true;
+            }
+        } else {
+            let done = count("issued") + count("failed");
+            let total = done + count("queued") + count("issuing");
+            let (t0, d0) = *started.get_or_insert((std::time::Instant::now(), done));
+            let secs = t0.elapsed().as_secs_f64().max(0.001);
+            let rate = (done - d0) as f64 / secs;
+            let eta = if rate > 0.0 {
+                format!("{:.0} s", (total - done) as f64 / rate)
+            } else {
+                "?".into()
+            };
+            let width = 30usize;
+            let filled = if total > 0 {
+                (done as usize * width) / total as usize
+            } else {
+                width
+            };
+            let line = format!(
+                "[{}{}] {done}/{total} issued{}, {rate:.0}/s, ETA {eta}",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                if count("failed") > 0 {
+                    format!(" ({} failed)", count("failed"))
+                } else {
+                    String::new()
+                }
+            );
+            if tty {
+                eprint!("\r{line}");
+                let _ = std::io::stderr().flush();
+            } else if last_line.elapsed() >= std::time::Duration::from_secs(2) || state == "done" {
+                eprintln!("{line}");
+                last_line = std::time::Instant::now();
+            }
+            if state == "done" {
+                if tty {
+                    eprintln!();
+                }
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// `ecert proposal list|propose|confirm|withdraw`.

@@ -1790,11 +1790,12 @@ pub struct BatchReceiptOut {
 /// or CSV with a header line (`client_row_id,surname,given_name,email,title,profile,csr`,
 /// the CSR's line breaks written `\n`). Each row is checked on arrival; the good ones wait
 /// for two officers' approval (a `batch_approval` proposal), then are issued.
-#[utoipa::path(post, path = "/api/v1/batches", request_body(content = String, content_type = "application/x-ndjson"),
+#[utoipa::path(post, path = "/api/v1/batches", params(BatchQuery), request_body(content = String, content_type = "application/x-ndjson"),
     responses((status = 201, body = BatchReceiptOut), (status = 422, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
 async fn batch_submit(
     State(s): State<Shared>,
     who: BatchAuth,
+    Query(q): Query<BatchQuery>,
     body: String,
 ) -> Result<Response, ApiFailure> {
     let BatchAuth::Organisation(caller) = who else {
@@ -1802,6 +1803,15 @@ async fn batch_submit(
             "a batch is submitted with its organisation's batch token".into(),
         )));
     };
+    // The organisation the submitter meant: a batch token of another is refused, unsubmitted.
+    if q.organisation
+        .as_deref()
+        .is_some_and(|o| o != caller.organisation_id)
+    {
+        return Err(ApiFailure(Error::Forbidden(
+            "this batch token is another organisation's".into(),
+        )));
+    }
     let rows = ra::bulk::parse_rows(&body);
     let r = ra::bulk::submit_batch(&s.auth, &caller, rows).await?;
     Ok((
@@ -1823,6 +1833,14 @@ async fn batch_submit(
         }),
     )
         .into_response())
+}
+
+/// `?organisation=`: the organisation the batch is meant for.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BatchQuery {
+    /// Refused unless it is the batch token's organisation.
+    organisation: Option<String>,
 }
 
 /// One row of a batch.

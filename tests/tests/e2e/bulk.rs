@@ -334,7 +334,78 @@ fn a_batch_of_staff_is_checked_approved_issued_once_and_judged() {
         assert_eq!(status(addr, &token, again_id)["state"], "done");
         std::thread::sleep(Duration::from_secs(1));
         assert_eq!(ca.issued_count(), issued_before, "a resubmission issued");
-        let _ = org;
+
+        // The command line, with the batch token: status, download, and a CSV batch followed
+        // to the end with its progress bar.
+        let url = format!("http://{addr}");
+        let cli =
+            |args: &[&str]| ca.ecert_env(args, &[("ECERT_SERVER", &url), ("ECERT_TOKEN", &token)]);
+        let ok = |args: &[&str]| {
+            let o = cli(args);
+            assert!(o.status.success(), "{}", show(&o));
+            (
+                String::from_utf8(o.stdout).unwrap(),
+                String::from_utf8(o.stderr).unwrap(),
+            )
+        };
+        let (st, _) = ok(&["batch", "status", &batch]);
+        assert!(st.contains(": done") && st.contains("issued\t990"), "{st}");
+        assert!(
+            st.contains("row 4 (hr-00003) invalid: email: not in a mail domain"),
+            "{st}"
+        );
+        let out = ca.file("downloaded");
+        let (dl, _) = ok(&["batch", "download", &batch, "--out", out.to_str().unwrap()]);
+        assert!(dl.starts_with("990 certificates"), "{dl}");
+        let one = CertFile::read(&out.join("hr-00000.pem"));
+        assert!(san_list(&one.parse())[0].contains(&format!("staff0@{DOMAIN}")));
+        let more = csrs(&ca, 3);
+        let mut csv = String::from("client_row_id,surname,given_name,email,title,profile,csr\n");
+        for (i, c) in more.iter().enumerate() {
+            csv.push_str(&format!(
+                "hr-2000{i},Ho,Mei {i},mei{i}@{DOMAIN},,,{}\n",
+                c.trim().replace('\n', "\\n")
+            ));
+        }
+        csv.push_str(&format!("hr-20009,Ho,Bad,bad@{DOMAIN},,,not a csr\n"));
+        let file = ca.file("more.csv");
+        std::fs::write(&file, csv).unwrap();
+        // For another organisation: refused, nothing submitted.
+        let o = cli(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--org",
+            "another-org",
+            "--no-wait",
+        ]);
+        let e = check_clean_error(&o).unwrap();
+        assert!(e.contains("another organisation"), "{e}");
+        let (sub, _) = ok(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--org",
+            &org,
+            "--no-wait",
+        ]);
+        assert!(
+            sub.contains("3 accepted") && sub.contains("row 4 (hr-20009)"),
+            "{sub}"
+        );
+        let id = sub
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(':')
+            .to_string();
+        crate::apply::officers_decide(
+            &ca,
+            serde_json::json!({ "kind": "batch_approval", "batch": id }),
+        );
+        let (st, progress) = ok(&["batch", "status", &id, "--wait"]);
+        assert!(progress.contains("3/3 issued"), "{progress}");
+        assert!(st.contains("issued\t3"), "{st}");
     });
     ca.audit_ok();
 }
@@ -368,7 +439,14 @@ fn a_batch_survives_kill_9_with_no_duplicate_and_no_gap() {
     };
     let proposed = as_officer(
         "e2e-officer1",
-        &["proposal", "propose", "--kind", "batch_approval", "--batch", &batch],
+        &[
+            "proposal",
+            "propose",
+            "--kind",
+            "batch_approval",
+            "--batch",
+            &batch,
+        ],
     );
     assert!(
         proposed.contains(&format!("approve batch {batch}")) && proposed.contains("400 good rows"),
