@@ -7,10 +7,13 @@ CREATE TABLE organisations (
     register       TEXT NOT NULL,
     org_id         TEXT,
     application_id TEXT NOT NULL,
+    -- When the counter checked its registration and representative (S/MIME BR §4.2.1: reused
+    -- for 825 days at most).
+    verified_at    INTEGER NOT NULL,
     registered_by  TEXT NOT NULL,
     registered_at  INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX organisations_register ON organisations (register, org_id, name);
+CREATE UNIQUE INDEX organisations_register ON organisations (register, COALESCE(org_id, ''), name);
 
 CREATE TABLE organisation_domains (
     organisation_id TEXT NOT NULL,
@@ -58,6 +61,8 @@ CREATE TABLE batch_rows (
     title           TEXT,
     csr             BLOB,
     serial          TEXT,
+    -- Issuances of this row that did not complete (an HSM or store failure): at 5 it fails.
+    attempts        INTEGER NOT NULL DEFAULT 0,
     updated_at      INTEGER NOT NULL,
     PRIMARY KEY (batch_id, row_no)
 );

@@ -34,8 +34,12 @@ struct Upstream {
     base: String,
 }
 
-/// The largest request body forwarded (the RA's own limit is 64 KiB).
+/// The largest request body forwarded (the RA's own limit is 64 KiB) ...
 const MAX_BODY: usize = 256 * 1024;
+
+/// ... but for a batch of staff rows (`POST /api/v1/batches`, the RA's limit there is 32 MiB:
+/// docs/BULK.md).
+const MAX_BATCH_BODY: usize = 32 * 1024 * 1024;
 
 /// An HTTP/1.1 connector for `http://` and `https://` URLs: TLS checked against the PEM file
 /// `ca` (without one, no server certificate is trusted, so only `http://` works). Shared by the
@@ -132,7 +136,12 @@ async fn forward(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+    let limit = if parts.uri.path() == "/api/v1/batches" {
+        MAX_BATCH_BODY
+    } else {
+        MAX_BODY
+    };
+    let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request too large\n").into_response(),
     };

@@ -45,6 +45,25 @@ pub const MAX_BATCH_ROWS: usize = 20_000;
 /// How long a batch token lasts at most, in days.
 pub const MAX_TOKEN_DAYS: u32 = 366;
 
+/// S/MIME BR §4.2.1(2): the organisation's verification is reused for 825 days at most.
+pub const ORGANISATION_REUSE_DAYS: i64 = 825;
+
+/// S/MIME BR §4.2.1(1): a mail domain's validation (§3.2.2.1) is reused for 398 days at most.
+pub const DOMAIN_REUSE_DAYS: i64 = 398;
+
+/// Rows of an organisation waiting for approval, at most (unapproved batches hold personal
+/// data and CSRs: not an unbounded store).
+pub const MAX_PENDING_ROWS: i64 = 2 * MAX_BATCH_ROWS as i64;
+
+/// A client row id as stored and echoed: at most 64 characters, no control characters.
+fn client_id(s: &str) -> String {
+    s.trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect()
+}
+
 fn actor(staff: &StaffSession) -> String {
     format!("staff:{}", staff.username)
 }
@@ -56,6 +75,7 @@ row! {
         organization: Option<String>,
         org_register: Option<String>,
         org_id: Option<String>,
+        org_checked_at: Option<i64>,
     }
 }
 
@@ -70,7 +90,7 @@ pub async fn register_organisation(
     staff.authorize(Action::ManageOrganisations)?;
     let store = auth.store();
     let r = sqlx::query_as::<_, AppOrgRow>(
-        "SELECT profile, state, organization, org_register, org_id FROM applications WHERE id = $1",
+        "SELECT profile, state, organization, org_register, org_id, org_checked_at FROM applications WHERE id = $1",
     )
     .bind(application_id)
     .fetch_optional(store.pool())
@@ -88,6 +108,17 @@ pub async fn register_organisation(
                 .into(),
         ));
     }
+    // S/MIME BR §4.2.1(2): a verification older than 825 days is not reused.
+    let verified_at = r
+        .org_checked_at
+        .filter(|t| now() - t < ORGANISATION_REUSE_DAYS * 86_400)
+        .ok_or_else(|| {
+            Error::Conflict(
+                "the organisation was checked at the counter more than 825 days ago (S/MIME BR \
+                 §4.2.1): register it from a newer application"
+                    .into(),
+            )
+        })?;
     let name = r.organization.unwrap_or_default();
     let register = r.org_register.unwrap_or_else(|| "NTR".into());
     let existing = sqlx::query_scalar::<_, String>(
@@ -99,19 +130,26 @@ pub async fn register_organisation(
     .fetch_optional(store.pool())
     .await?;
     if let Some(id) = existing {
+        // A newer check at the counter renews the verification.
+        sqlx::query("UPDATE organisations SET verified_at = $2 WHERE id = $1 AND verified_at < $2")
+            .bind(&id)
+            .bind(verified_at)
+            .execute(store.pool())
+            .await?;
         return Ok(id);
     }
     let id = uuid::Uuid::new_v4().to_string();
     let mut tx = store.begin().await?;
     sqlx::query(
-        "INSERT INTO organisations (id, name, register, org_id, application_id, registered_by, registered_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO organisations (id, name, register, org_id, application_id, verified_at, registered_by, registered_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&id)
     .bind(&name)
     .bind(&register)
     .bind(&r.org_id)
     .bind(application_id)
+    .bind(verified_at)
     .bind(&staff.username)
     .bind(now())
     .execute(&mut *tx)
@@ -132,19 +170,37 @@ pub async fn register_organisation(
 }
 
 row! {
+    #[derive(Clone)]
     struct OrgRow {
         name: String,
         register: String,
         org_id: Option<String>,
+        verified_at: i64,
+    }
+}
+
+impl OrgRow {
+    /// Its verification may still be reused (S/MIME BR §4.2.1(2)).
+    fn current(&self) -> Result<()> {
+        if now() - self.verified_at >= ORGANISATION_REUSE_DAYS * 86_400 {
+            return Err(Error::Conflict(
+                "the organisation's verification is older than 825 days (S/MIME BR §4.2.1): \
+                 it is checked again at the counter"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
 async fn organisation(store: &Store, id: &str) -> Result<OrgRow> {
-    sqlx::query_as::<_, OrgRow>("SELECT name, register, org_id FROM organisations WHERE id = $1")
-        .bind(id)
-        .fetch_optional(store.pool())
-        .await?
-        .ok_or(Error::NotFound)
+    sqlx::query_as::<_, OrgRow>(
+        "SELECT name, register, org_id, verified_at FROM organisations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)
 }
 
 /// One mail domain of an organisation and where its validation stands.
@@ -160,6 +216,8 @@ pub struct OrgDomain {
     pub validated: bool,
     /// Why the last check did not validate it.
     pub problem: Option<String>,
+    /// When the Random Value was made (Unix seconds).
+    pub value_made_at: i64,
 }
 
 /// A DNS name as a domain: lower case, letters, digits and inner hyphens in dot-separated
@@ -186,6 +244,7 @@ row! {
     struct DomainRow {
         domain: String,
         dcv_token: String,
+        token_at: i64,
         validated_at: Option<i64>,
     }
 }
@@ -194,12 +253,12 @@ row! {
 pub async fn domains(store: &Store, organisation_id: &str) -> Result<Vec<OrgDomain>> {
     organisation(store, organisation_id).await?;
     let rows = sqlx::query_as::<_, DomainRow>(
-        "SELECT domain, dcv_token, validated_at FROM organisation_domains WHERE organisation_id = $1 ORDER BY domain",
+        "SELECT domain, dcv_token, token_at, validated_at FROM organisation_domains WHERE organisation_id = $1 ORDER BY domain",
     )
     .bind(organisation_id)
     .fetch_all(store.pool())
     .await?;
-    let fresh = now() - crate::dcv::reuse_days(time::OffsetDateTime::now_utc()) * 86_400;
+    let fresh = now() - DOMAIN_REUSE_DAYS * 86_400;
     Ok(rows
         .into_iter()
         .map(|r| OrgDomain {
@@ -207,6 +266,7 @@ pub async fn domains(store: &Store, organisation_id: &str) -> Result<Vec<OrgDoma
             validated: r.validated_at.is_some_and(|t| t >= fresh),
             domain: r.domain,
             value: r.dcv_token,
+            value_made_at: r.token_at,
             problem: None,
         })
         .collect())
@@ -273,6 +333,45 @@ pub async fn validate_domain(
         .into_iter()
         .find(|d| d.domain == domain)
         .ok_or(Error::NotFound)?;
+    // A Random Value is used for 30 days at most (TLS BR §3.2.2.4.7, `dcv::TOKEN_DAYS`): an
+    // older one is replaced, and the organisation publishes the new one.
+    if now() - d.value_made_at > crate::dcv::TOKEN_DAYS * 86_400 {
+        let fresh = super::domains::dcv_token();
+        let mut tx = store.begin().await?;
+        sqlx::query(
+            "UPDATE organisation_domains SET dcv_token = $3, token_at = $4 WHERE organisation_id = $1 AND domain = $2 AND token_at = $5",
+        )
+        .bind(organisation_id)
+        .bind(&domain)
+        .bind(&fresh)
+        .bind(now())
+        .bind(d.value_made_at)
+        .execute(&mut *tx)
+        .await?;
+        store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "bulk.domain.new_value",
+                    actor: actor(staff),
+                    subject: Some(organisation_id.to_string()),
+                    detail: json!({ "domain": domain, "reason": "the Random Value was older than 30 days" }),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        let mut d = domains(store, organisation_id)
+            .await?
+            .into_iter()
+            .find(|x| x.domain == domain)
+            .ok_or(Error::NotFound)?;
+        d.validated = false;
+        d.problem = Some(format!(
+            "a new Random Value (the old one was more than 30 days old): publish it at {}",
+            d.record
+        ));
+        return Ok(d);
+    }
     let names = [(d.domain.clone(), d.record.clone())];
     let (found, problems, perspectives) =
         super::domains::control_of(auth, &names, &d.value).await?;
@@ -316,7 +415,7 @@ pub async fn batch_token(
 ) -> Result<String> {
     staff.authorize(Action::ManageOrganisations)?;
     let store = auth.store();
-    organisation(store, organisation_id).await?;
+    organisation(store, organisation_id).await?.current()?;
     if profiles.is_empty()
         || profiles
             .iter()
@@ -564,10 +663,11 @@ fn check_row(
 }
 
 /// Receives a batch: every row checked (a bad one refused by name, the others kept), each
-/// client row id issued once per organisation. The batch then waits for two officers'
-/// approval.
+/// client row id issued once per organisation. The checks (CSR signatures, key policy) run on
+/// the blocking pool before the transaction that records the batch, so a large batch holds no
+/// database lock while it is checked. The batch then waits for two officers' approval.
 pub async fn submit_batch(
-    auth: &Authority,
+    auth: &Arc<Authority>,
     caller: &BatchCaller,
     rows: Vec<std::result::Result<BatchRowIn, String>>,
 ) -> Result<BatchReceipt> {
@@ -576,54 +676,93 @@ pub async fn submit_batch(
     }
     let store = auth.store();
     let org = organisation(store, &caller.organisation_id).await?;
+    org.current()?;
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM batch_rows WHERE organisation_id = $1 AND state = 'pending'",
+    )
+    .bind(&caller.organisation_id)
+    .fetch_one(store.pool())
+    .await?;
+    if pending + rows.len() as i64 > MAX_PENDING_ROWS {
+        return Err(Error::Conflict(format!(
+            "{pending} rows of this organisation already wait for approval: at most \
+             {MAX_PENDING_ROWS} wait at a time"
+        )));
+    }
     let validated: Vec<String> = domains(store, &caller.organisation_id)
         .await?
         .into_iter()
         .filter(|d| d.validated)
         .map(|d| d.domain)
         .collect();
+    let total = rows.len();
+    // Checked on the blocking pool, in as many chunks as there are cores.
+    let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = total.div_ceil(lanes).max(1);
+    let mut rows = rows;
+    let mut parts = Vec::new();
+    while !rows.is_empty() {
+        let rest = rows.split_off(chunk.min(rows.len()));
+        parts.push(std::mem::replace(&mut rows, rest));
+    }
+    let mut tasks = Vec::new();
+    for part in parts {
+        let (auth, org, caller, validated) =
+            (auth.clone(), org.clone(), caller.clone(), validated.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
+                .map(|row| match row {
+                    Err(e) => (String::new(), Err(e)),
+                    Ok(r) => {
+                        let c = check_row(&auth, &org, &caller, &validated, &r)
+                            .map_err(|e| e.to_string());
+                        (client_id(&r.client_row_id), c.map(|c| (c, r.csr)))
+                    }
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut checked = Vec::with_capacity(total);
+    for t in tasks {
+        checked.extend(t.await.map_err(|e| Error::Store(e.to_string()))?);
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let t = now();
     let mut receipt = BatchReceipt {
         id: id.clone(),
-        rows: rows.len(),
+        rows: total,
         accepted: 0,
         duplicates: 0,
         errors: Vec::new(),
     };
-    let mut seen = std::collections::HashSet::new();
     let mut tx = store.begin().await?;
+    // The organisation's client row ids issued or on their way (read in the transaction that
+    // adds the new ones: two submissions at once do not both take one).
+    let taken: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(
+        "SELECT client_row_id FROM batch_rows WHERE organisation_id = $1 AND state NOT IN ('invalid', 'duplicate')",
+    )
+    .bind(&caller.organisation_id)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut accepted_here = std::collections::HashSet::new();
     sqlx::query(
         "INSERT INTO batches (id, organisation_id, state, rows_total, created_at) VALUES ($1, $2, 'submitted', $3, $4)",
     )
     .bind(&id)
     .bind(&caller.organisation_id)
-    .bind(rows.len() as i64)
+    .bind(total as i64)
     .bind(t)
     .execute(&mut *tx)
     .await?;
-    for (i, row) in rows.into_iter().enumerate() {
+    for (i, (client, check)) in checked.into_iter().enumerate() {
         let n = i + 1;
-        let (client, checked) = match row {
-            Err(e) => (String::new(), Err(e)),
-            Ok(r) => {
-                let c = check_row(auth, &org, caller, &validated, &r).map_err(|e| e.to_string());
-                (r.client_row_id.trim().to_string(), c.map(|c| (c, r)))
-            }
-        };
-        // Issued before (or earlier in this batch): a duplicate, never issued twice.
-        let earlier = !client.is_empty()
-            && (!seen.insert(client.clone())
-                || sqlx::query_scalar::<_, i64>(
-                    "SELECT COUNT(*) FROM batch_rows WHERE organisation_id = $1 AND client_row_id = $2 \
-                     AND state NOT IN ('invalid', 'duplicate')",
-                )
-                .bind(&caller.organisation_id)
-                .bind(&client)
-                .fetch_one(&mut *tx)
-                .await?
-                    > 0);
-        let (state, error, fields) = match (earlier, checked) {
+        // Issued before, or accepted earlier in this batch: never issued twice. (A refused row
+        // takes no id: its corrected row later in the batch is accepted.)
+        let earlier =
+            !client.is_empty() && (taken.contains(&client) || accepted_here.contains(&client));
+        let (state, error, fields) = match (earlier, check) {
             (true, _) => {
                 receipt.duplicates += 1;
                 ("duplicate", None, None)
@@ -632,19 +771,20 @@ pub async fn submit_batch(
                 receipt.errors.push((n, client.clone(), e.clone()));
                 ("invalid", Some(e), None)
             }
-            (false, Ok((c, r))) => {
+            (false, Ok(c)) => {
                 receipt.accepted += 1;
-                ("pending", None, Some((c, r)))
+                accepted_here.insert(client.clone());
+                ("pending", None, Some(c))
             }
         };
-        let (profile, surname, given, email, title, csr) = match &fields {
-            Some((c, r)) => (
+        let (profile, surname, given, email, title, csr) = match fields {
+            Some((c, csr)) => (
                 Some(c.profile.id),
-                c.subject.surname.clone(),
-                c.subject.given_name.clone(),
-                c.subject.emails.first().cloned(),
-                c.subject.title.clone(),
-                Some(r.csr.as_bytes().to_vec()),
+                c.subject.surname,
+                c.subject.given_name,
+                c.subject.emails.into_iter().next(),
+                c.subject.title,
+                Some(csr.into_bytes()),
             ),
             None => (None, None, None, None, None, None),
         };
@@ -691,7 +831,7 @@ pub async fn submit_batch(
 
 /// Approves a submitted batch (two officers' decision, [`super::officer`]): its pending rows
 /// are queued for issuance.
-pub(crate) async fn approve_batch(store: &Store, batch_id: &str, actor: &str) -> Result<usize> {
+pub async fn approve_batch(store: &Store, batch_id: &str, actor: &str) -> Result<usize> {
     let mut tx = store.begin().await?;
     let changed = sqlx::query(
         "UPDATE batches SET state = 'approved', approved_at = $2 WHERE id = $1 AND state = 'submitted'",
@@ -702,9 +842,21 @@ pub(crate) async fn approve_batch(store: &Store, batch_id: &str, actor: &str) ->
     .await?
     .rows_affected();
     if changed != 1 {
-        return Err(Error::Conflict(
-            "the batch is not waiting for approval".into(),
-        ));
+        // Approved already (a decision carried out again after a crash between the approval and
+        // the proposal's outcome): its rows were queued then.
+        let approved: Option<i64> = sqlx::query_scalar(
+            "SELECT approved_at FROM batches WHERE id = $1 AND approved_at IS NOT NULL",
+        )
+        .bind(batch_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        return match approved {
+            Some(_) => Ok(0),
+            None => Err(Error::Conflict(
+                "the batch is not waiting for approval".into(),
+            )),
+        };
     }
     let queued = sqlx::query(
         "UPDATE batch_rows SET state = 'queued', updated_at = $2 WHERE batch_id = $1 AND state = 'pending'",
@@ -778,17 +930,25 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
     }
     let lanes = (auth.config().hsm.pool_size * 4).clamp(4, 64);
     let permits = Arc::new(tokio::sync::Semaphore::new(lanes));
-    let mut orgs: std::collections::HashMap<String, Arc<OrgRow>> = Default::default();
+    // Every organisation's record and its domains still validated, read before any row is
+    // started (an error here leaves nothing half-done).
+    let mut orgs: std::collections::HashMap<String, Arc<(OrgRow, Vec<String>)>> =
+        Default::default();
+    for r in &rows {
+        if !orgs.contains_key(&r.organisation_id) {
+            let o = organisation(store, &r.organisation_id).await?;
+            let d: Vec<String> = domains(store, &r.organisation_id)
+                .await?
+                .into_iter()
+                .filter(|d| d.validated)
+                .map(|d| d.domain)
+                .collect();
+            orgs.insert(r.organisation_id.clone(), Arc::new((o, d)));
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for r in rows {
-        let org = match orgs.get(&r.organisation_id) {
-            Some(o) => o.clone(),
-            None => {
-                let o = Arc::new(organisation(store, &r.organisation_id).await?);
-                orgs.insert(r.organisation_id.clone(), o.clone());
-                o
-            }
-        };
+        let org = orgs[&r.organisation_id].clone();
         let permit = permits
             .clone()
             .acquire_owned()
@@ -797,7 +957,7 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
         let auth = auth.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            issue_row(&auth, &org, r).await
+            issue_row(&auth, &org.0, &org.1, r).await
         });
     }
     let mut issued = 0;
@@ -810,7 +970,9 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
             Err(e) => first_error = first_error.or(Some(Error::Store(e.to_string()))),
         }
     }
-    finish_batches(store).await?;
+    // A row whose signing failed is left `issuing`: resolved now from its certificate's state
+    // (queued again unless it was stored), so the next pass takes it.
+    resume_batches(store).await?;
     match (issued, first_error) {
         (0, Some(e)) => Err(e),
         _ => Ok(issued),
@@ -820,7 +982,12 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
 /// One row: serial recorded `issuing` before the HSM signs, `issued` with the certificate.
 /// A request the cycle refuses marks the row `failed` with the reason; an outage (store or
 /// HSM) leaves it queued for the next pass and is returned.
-async fn issue_row(auth: &Authority, org: &OrgRow, r: QueuedRow) -> Result<bool> {
+async fn issue_row(
+    auth: &Authority,
+    org: &OrgRow,
+    validated: &[String],
+    r: QueuedRow,
+) -> Result<bool> {
     let store = auth.store();
     let subject = SubjectData {
         title: r.title.clone(),
@@ -838,7 +1005,8 @@ async fn issue_row(auth: &Authority, org: &OrgRow, r: QueuedRow) -> Result<bool>
         let (batch, row) = (r.batch_id.clone(), r.row_no);
         async move {
             sqlx::query(
-                "UPDATE batch_rows SET state = 'failed', error = $3, updated_at = $4 WHERE batch_id = $1 AND row_no = $2",
+                "UPDATE batch_rows SET state = 'failed', error = $3, updated_at = $4 WHERE batch_id = $1 AND row_no = $2 \
+                 AND state = 'queued'",
             )
             .bind(batch)
             .bind(row)
@@ -848,6 +1016,30 @@ async fn issue_row(auth: &Authority, org: &OrgRow, r: QueuedRow) -> Result<bool>
             .await
         }
     };
+    // What was true at submission must still be at issuance (S/MIME BR §4.2.1): the
+    // organisation's verification and its mail domain's validation within their reuse periods.
+    let domain = r
+        .email
+        .as_deref()
+        .and_then(|e| e.rsplit_once('@'))
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default();
+    let still = org.current().and_then(|()| {
+        if validated
+            .iter()
+            .any(|v| domain == *v || domain.ends_with(&format!(".{v}")))
+        {
+            Ok(())
+        } else {
+            Err(Error::Conflict(
+                "the mail domain's validation has expired (S/MIME BR §4.2.1): validate it again and resubmit the row".into(),
+            ))
+        }
+    });
+    if let Err(e) = still {
+        fail(&e).await?;
+        return Ok(false);
+    }
     let csr = match VerifiedCsr::parse(r.csr.as_deref().unwrap_or_default()) {
         Ok(c) => c,
         Err(e) => {
@@ -898,11 +1090,13 @@ async fn issue_row(auth: &Authority, org: &OrgRow, r: QueuedRow) -> Result<bool>
     match auth.sign(token).await {
         Ok(_) => {
             sqlx::query(
-                "UPDATE batch_rows SET state = 'issued', updated_at = $3 WHERE batch_id = $1 AND row_no = $2",
+                "UPDATE batch_rows SET state = 'issued', updated_at = $3 WHERE batch_id = $1 AND row_no = $2 \
+                 AND state = 'issuing' AND serial = $4",
             )
             .bind(&r.batch_id)
             .bind(r.row_no)
             .bind(now())
+            .bind(&serial)
             .execute(store.pool())
             .await?;
             Ok(true)
@@ -940,16 +1134,20 @@ row! {
         batch_id: String,
         row_no: i64,
         serial: Option<String>,
+        attempts: i64,
         cert_state: Option<String>,
     }
 }
+
+/// Issuances of one row that may fail (an HSM or store failure) before the row fails.
+const MAX_ATTEMPTS: i64 = 5;
 
 /// Start-up (and each pass): rows left `issuing` by a signer that stopped are resolved from
 /// their certificate's state — `issued` if it was stored, queued again otherwise (that serial
 /// is never reported good: the issuance cycle abandons it). Returns how many rows changed.
 pub async fn resume_batches(store: &Store) -> Result<usize> {
     let rows = sqlx::query_as::<_, IssuingRow>(
-        "SELECT r.batch_id, r.row_no, r.serial, c.state AS cert_state FROM batch_rows r \
+        "SELECT r.batch_id, r.row_no, r.serial, r.attempts, c.state AS cert_state FROM batch_rows r \
          LEFT JOIN certificates c ON c.serial = r.serial WHERE r.state = 'issuing'",
     )
     .fetch_all(store.pool())
@@ -960,17 +1158,24 @@ pub async fn resume_batches(store: &Store) -> Result<usize> {
             Some("issued") => "issued",
             // Still in flight in a live signer: left alone.
             Some("reserved") | Some("issuing") => continue,
+            _ if r.attempts + 1 >= MAX_ATTEMPTS => "failed",
             _ => "queued",
         };
         let serial = (to == "issued").then_some(r.serial.clone()).flatten();
+        let error = (to == "failed").then_some(
+            "the issuance did not complete after 5 attempts (an HSM or database failure: see the service's log); submit the row again",
+        );
         sqlx::query(
-            "UPDATE batch_rows SET state = $3, serial = $4, updated_at = $5 WHERE batch_id = $1 AND row_no = $2 AND state = 'issuing'",
+            "UPDATE batch_rows SET state = $3, serial = $4, updated_at = $5, error = $6, \
+             attempts = attempts + (CASE WHEN $3 = 'issued' THEN 0 ELSE 1 END) \
+             WHERE batch_id = $1 AND row_no = $2 AND state = 'issuing'",
         )
         .bind(&r.batch_id)
         .bind(r.row_no)
         .bind(to)
         .bind(serial)
         .bind(now())
+        .bind(error)
         .execute(store.pool())
         .await?;
         n += 1;

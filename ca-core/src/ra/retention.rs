@@ -68,7 +68,37 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
         .await?
         .rows_affected();
     }
-    if n > 0 {
+    // Batch rows (docs/BULK.md) keep names, mailboxes and CSRs no longer than applications
+    // do: a row never approved is refused, and every row's personal fields and CSR go (an
+    // issued row's are in its certificate).
+    let cutoff = now - i64::from(days) * 86_400;
+    let expired = sqlx::query(
+        "UPDATE batch_rows SET state = 'invalid', error = $2, updated_at = $3, \
+         surname = NULL, given_name = NULL, email = NULL, title = NULL, csr = NULL \
+         WHERE state = 'pending' AND updated_at < $1",
+    )
+    .bind(cutoff)
+    .bind(format!("not approved within {days} days"))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let rows = sqlx::query(
+        "UPDATE batch_rows SET surname = NULL, given_name = NULL, email = NULL, title = NULL, csr = NULL \
+         WHERE state IN ('invalid', 'duplicate', 'failed', 'issued') AND updated_at < $1 \
+         AND (csr IS NOT NULL OR email IS NOT NULL)",
+    )
+    .bind(cutoff)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "UPDATE batches SET state = 'done' WHERE state = 'submitted' AND NOT EXISTS \
+         (SELECT 1 FROM batch_rows r WHERE r.batch_id = batches.id AND r.state = 'pending')",
+    )
+    .execute(&mut *tx)
+    .await?;
+    if n > 0 || rows > 0 || expired > 0 {
         store
             .audit(
                 &mut tx,
@@ -76,7 +106,7 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
                     kind: "ra.purged",
                     actor: "system:retention".into(),
                     subject: None,
-                    detail: json!({ "applications": n, "retention_days": days }),
+                    detail: json!({ "applications": n, "batch_rows": rows, "batch_rows_never_approved": expired, "retention_days": days }),
                 },
             )
             .await?;

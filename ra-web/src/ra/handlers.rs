@@ -2242,8 +2242,9 @@ async fn every_route_as_every_role_follows_the_matrix() {
             false,
         ),
         // A batch is read by its organisation's batch token or an officer; it is submitted only
-        // with a batch token (`POST /api/v1/batches`: staff are refused, tested in
-        // `batch_routes_take_batch_tokens`).
+        // with a batch token (`POST /api/v1/batches`: a staff token is refused with 403 and a
+        // wrong batch token with 401, in the e2e test
+        // `bulk::a_batch_of_staff_is_checked_approved_issued_once_and_judged`).
         api(
             "GET",
             "/api/v1/batches/no-such-batch".into(),

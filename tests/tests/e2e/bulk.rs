@@ -324,9 +324,15 @@ fn a_batch_of_staff_is_checked_approved_issued_once_and_judged() {
             std::thread::sleep(Duration::from_millis(250));
         }
 
-        // The same batch again: every good row is a duplicate, nothing new is issued.
+        // The same batch again, through a front instance (its 600 KB pass the front's limit
+        // for batches): every good row is a duplicate, nothing new is issued.
         let issued_before = ca.issued_count();
-        let (st, again) = submit(addr, &token, &rows);
+        let front = crate::serve::start_with(
+            &ca,
+            &["--no-signer", "--ra-upstream", &format!("http://{addr}")],
+        );
+        let (st, again) = submit(&front.1, &token, &rows);
+        drop(front);
         assert_eq!(st, 201, "{again}");
         assert_eq!(again["accepted"], 0, "{again}");
         assert_eq!(again["duplicates"], n - bad.len(), "{again}");

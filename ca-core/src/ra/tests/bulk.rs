@@ -1,0 +1,229 @@
+//! Bulk enrolment (docs/BULK.md) at the core: what the attack on it found stays fixed.
+
+use std::sync::Arc;
+
+use super::journey::{signed_in, staff};
+use crate::authority::test_ca_with;
+use crate::error::Error;
+use crate::ra::bulk::{self, BatchCaller, BatchRowIn};
+use crate::ra::support::now;
+use crate::ra::*;
+
+fn pem(key: &rcgen::KeyPair) -> String {
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+fn row(id: &str, email: &str, title: Option<&str>) -> BatchRowIn {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    BatchRowIn {
+        client_row_id: id.into(),
+        surname: "Chan".into(),
+        given_name: "Tai Man".into(),
+        email: email.into(),
+        title: title.map(String::from),
+        profile: None,
+        csr: pem(&key),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let auth = Arc::new(auth);
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
+        .await
+        .unwrap();
+    let (_, secret) = staff(&auth, "officer1", "gpo", Role::Officer).await;
+    let officer = signed_in(&auth, "officer1", &secret, 0).await;
+    let (_, secret) = staff(&auth, "clerk1", "gpo", Role::Clerk).await;
+    let clerk = signed_in(&auth, "clerk1", &secret, 0).await;
+
+    // An organisation checked at the counter 10 days ago, its domain validated.
+    let org = "org-1";
+    sqlx::query(
+        "INSERT INTO organisations (id, name, register, org_id, application_id, verified_at, registered_by, registered_at) \
+         VALUES ($1, 'Example Limited', 'NTR', '12345678', 'app', $2, 'officer1', $2)",
+    )
+    .bind(org)
+    .bind(now() - 10 * 86_400)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    // Not by a clerk.
+    assert!(matches!(
+        bulk::add_domain(&auth, &clerk, org, "staff.example.hk").await,
+        Err(Error::Forbidden(_))
+    ));
+    let d = bulk::add_domain(&auth, &officer, org, "staff.example.hk")
+        .await
+        .unwrap();
+    assert!(!d.validated);
+    // A Random Value older than 30 days is replaced before any check (TLS BR §3.2.2.4.7): a
+    // record left in DNS long ago does not validate the domain again.
+    sqlx::query("UPDATE organisation_domains SET token_at = $1")
+        .bind(now() - 31 * 86_400)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let v = bulk::validate_domain(&auth, &officer, org, "staff.example.hk")
+        .await
+        .unwrap();
+    assert!(!v.validated);
+    assert_ne!(v.value, d.value);
+    assert!(v.problem.unwrap().contains("new Random Value"));
+    sqlx::query("UPDATE organisation_domains SET validated_at = $1")
+        .bind(now())
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let caller = BatchCaller {
+        organisation_id: org.into(),
+        profiles: vec!["organisational".into()],
+    };
+    let long_id = format!("{}\u{7}{}", "a".repeat(50), "b".repeat(100_000));
+    let rows = vec![
+        // Refused (a title on a non-role row) ...
+        Ok(row("X", "x@staff.example.hk", Some("Director"))),
+        // ... and corrected later in the same batch: accepted, not a duplicate.
+        Ok(row("X", "x@staff.example.hk", None)),
+        // A long id with a control character: refused, and stored and echoed cut to 64
+        // characters without it.
+        Ok(row(&long_id, "y@staff.example.hk", None)),
+        // The corrected row's id again: a duplicate.
+        Ok(row("X", "x2@staff.example.hk", None)),
+        Err("not a JSON row".to_string()),
+    ];
+    let r = bulk::submit_batch(&auth, &caller, rows).await.unwrap();
+    assert_eq!(
+        (r.accepted, r.duplicates, r.errors.len()),
+        (1, 1, 3),
+        "{r:?}"
+    );
+    assert_eq!(r.errors[0].0, 1);
+    assert_eq!(
+        r.errors[1].1,
+        format!("{}{}", "a".repeat(50), "b".repeat(14))
+    );
+    let longest: i64 = sqlx::query_scalar("SELECT MAX(LENGTH(client_row_id)) FROM batch_rows")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(longest, 64);
+    // Approval is idempotent (a decision carried out again after a crash).
+    assert_eq!(bulk::approve_batch(&store, &r.id, "test").await.unwrap(), 1);
+    assert_eq!(bulk::approve_batch(&store, &r.id, "test").await.unwrap(), 0);
+    // The domain's validation expires before issuance: the rows fail, named, nothing issued.
+    sqlx::query("UPDATE organisation_domains SET validated_at = $1")
+        .bind(now() - 400 * 86_400)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 0);
+    let s = bulk::batch_status(&store, bulk::BatchReader::Staff(&officer), &r.id)
+        .await
+        .unwrap();
+    assert_eq!(s.counts.get("failed"), Some(&1), "{:?}", s.counts);
+    assert!(s.rows.iter().filter(|r| r.state == "failed").all(|r| r
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("expired")));
+    assert_eq!(s.state, "done");
+
+    // Validated again, resubmitted: issued once; the organisation's verification past 825
+    // days refuses a new batch.
+    sqlx::query("UPDATE organisation_domains SET validated_at = $1")
+        .bind(now())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let r = bulk::submit_batch(
+        &auth,
+        &caller,
+        vec![Ok(row("Z", "z@staff.example.hk", None))],
+    )
+    .await
+    .unwrap();
+    bulk::approve_batch(&store, &r.id, "test").await.unwrap();
+    assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 1);
+    assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 0);
+    sqlx::query("UPDATE organisations SET verified_at = $1")
+        .bind(now() - 826 * 86_400)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        bulk::submit_batch(&auth, &caller, vec![Ok(row("W", "w@staff.example.hk", None))]).await,
+        Err(Error::Conflict(e)) if e.contains("825")
+    ));
+}
+
+/// The retention purge reaches batch rows: a row never approved within the retention period
+/// is refused and, like every old row, loses its names, mailbox and CSR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_batch_rows_are_purged() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let auth = Arc::new(auth);
+    let store = auth.store().clone();
+    sqlx::query(
+        "INSERT INTO organisations (id, name, register, org_id, application_id, verified_at, registered_by, registered_at) \
+         VALUES ('o', 'Example Limited', 'NTR', '12345678', 'app', $1, 'officer1', $1)",
+    )
+    .bind(now())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO organisation_domains (organisation_id, domain, dcv_token, token_at, validated_at) \
+         VALUES ('o', 'staff.example.hk', 'v', $1, $1)",
+    )
+    .bind(now())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let caller = BatchCaller {
+        organisation_id: "o".into(),
+        profiles: vec!["organisational".into()],
+    };
+    let r = bulk::submit_batch(
+        &auth,
+        &caller,
+        vec![
+            Ok(row("A", "a@staff.example.hk", None)),
+            Ok(row("B", "b@elsewhere.hk", None)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.accepted, 1);
+    let days = i64::from(auth.config().ra.retention_days);
+    crate::ra::purge(&auth, now()).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM batch_rows WHERE csr IS NOT NULL")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "a young pending row lost its data");
+    crate::ra::purge(&auth, now() + (days + 1) * 86_400)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM batch_rows WHERE csr IS NOT NULL OR email IS NOT NULL OR surname IS NOT NULL",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
+    let s = bulk::batch_status(&store, bulk::BatchReader::Organisation(&caller), &r.id)
+        .await
+        .unwrap();
+    assert_eq!(s.state, "done");
+    assert_eq!(s.counts.get("invalid"), Some(&2), "{:?}", s.counts);
+    assert!(bulk::approve_batch(&store, &r.id, "test").await.is_err());
+}
