@@ -237,6 +237,9 @@ pub struct RaConfig {
     pub email_code_minutes: u32,
     /// Online renewal opens this many days before the certificate expires.
     pub renewal_window_days: u32,
+    /// Expiry reminders are mailed to the subscriber this many days before the certificate
+    /// expires, once each (empty: none). Each 1 to 365.
+    pub reminder_days: Vec<u32>,
     /// Personal data of applications that ended without a certificate (rejected, or never
     /// completed) is purged this many days after their last change.
     pub retention_days: u32,
@@ -308,6 +311,7 @@ impl Default for RaConfig {
             session_max_hours: 8,
             email_code_minutes: 30,
             renewal_window_days: 90,
+            reminder_days: vec![30, 7],
             retention_days: 90,
             smtp: "127.0.0.1:25".into(),
             mail_from: "e-cert@pki.example.hk".into(),
@@ -617,6 +621,13 @@ impl Config {
             }
         }
         self.pii_pin_source()?;
+        if self.ra.reminder_days.len() > 5
+            || self.ra.reminder_days.iter().any(|d| *d == 0 || *d > 365)
+        {
+            return Err(Error::Config(
+                "ra.reminder_days: at most 5 values, each 1 to 365 (days before expiry)".into(),
+            ));
+        }
         let (ca, pii) = (&self.hsm.token_label, &self.hsm.pii_token_label);
         if pii.starts_with(ca.as_str()) || ca.starts_with(pii.as_str()) {
             return Err(Error::Config(

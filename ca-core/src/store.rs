@@ -99,6 +99,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (33, "ca_rollover", include_str!("../../migrations/sqlite/0033_ca_rollover.sql")),
     (34, "cross_certificates", include_str!("../../migrations/sqlite/0034_cross_certificates.sql")),
     (35, "bulk", include_str!("../../migrations/sqlite/0035_bulk.sql")),
+    (36, "expiry_reminders", include_str!("../../migrations/sqlite/0036_expiry_reminders.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -137,6 +138,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (33, "ca_rollover", include_str!("../../migrations/postgres/0033_ca_rollover.sql")),
     (34, "cross_certificates", include_str!("../../migrations/postgres/0034_cross_certificates.sql")),
     (35, "bulk", include_str!("../../migrations/postgres/0035_bulk.sql")),
+    (36, "expiry_reminders", include_str!("../../migrations/postgres/0036_expiry_reminders.sql")),
 ];
 
 row! {

@@ -380,10 +380,9 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     if let Some(auth) = &state.auth {
         // The registration pages need the personal-data keys in the HSM: signer role only.
         let mailer = crate::ra::Mailer::new(&state.config.ra.smtp, &state.config.ra.mail_from);
-        app = app.merge(crate::ra::router(Arc::new(crate::ra::RaState::new(
-            auth.clone(),
-            mailer,
-        ))));
+        let ra_state = Arc::new(crate::ra::RaState::new(auth.clone(), mailer));
+        background.push(tokio::spawn(expiry_reminders(ra_state.clone())));
+        app = app.merge(crate::ra::router(ra_state));
     } else if let Some(front) = front {
         app = app.merge(front);
     }
@@ -1359,6 +1358,27 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
         match auth.checkpoint().await {
             Ok(_) => checkpoint.ok("audit checkpoint"),
             Err(e) => checkpoint.failed("audit checkpoint", &e),
+        }
+    }
+}
+
+/// The signer: mails the expiry reminders due (docs/RA.md "Expiry reminders"), at start and
+/// every 15 minutes. Each is claimed in the database before it is sent, so several instances
+/// or a restart never send one twice.
+async fn expiry_reminders(ra: Arc<crate::ra::RaState>) {
+    let mut outage = Outage::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(15 * 60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crate::ra::send_reminders(&ra, now()).await {
+            Ok(n) => {
+                outage.ok("expiry reminders");
+                if n > 0 {
+                    tracing::info!(sent = n, "expiry reminders mailed");
+                }
+            }
+            Err(e) => outage.failed("expiry reminders", &e),
         }
     }
 }

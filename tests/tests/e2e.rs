@@ -40,6 +40,8 @@ mod ocsp;
 mod profiles;
 #[path = "e2e/ra.rs"]
 mod ra;
+#[path = "e2e/reminders.rs"]
+mod reminders;
 #[path = "e2e/renewal.rs"]
 mod renewal;
 #[path = "e2e/revoke.rs"]

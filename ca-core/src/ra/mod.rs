@@ -47,6 +47,7 @@ mod outlet;
 pub mod permissions;
 mod problems;
 mod record;
+pub mod reminders;
 mod renewal;
 mod retention;
 mod revocation;

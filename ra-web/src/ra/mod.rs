@@ -131,6 +131,7 @@ pub fn router(state: Shared) -> Router {
         .route("/track/renew", post(renew))
         .route("/track/new-code", post(new_code))
         .route("/track/domains", post(track_domains))
+        .route("/track/reminders", post(track_reminders))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
         .route("/staff/login", get(login_form).post(login))
@@ -984,6 +985,9 @@ pub struct TrackForm {
     /// `ra::key_compromise_message` with the challenge from `/track/key-challenge`.
     #[serde(default)]
     key_proof: String,
+    /// Expiry reminders: `on` or `off` (`/track/reminders`).
+    #[serde(default)]
+    reminders: String,
 }
 
 #[derive(Template)]
@@ -1007,6 +1011,8 @@ struct StatusPage {
     dcv_value: String,
     domains_action: String,
     domains_hidden: Vec<(&'static str, String)>,
+    /// Expiry reminders are on.
+    reminders: bool,
 }
 
 async fn status_page(
@@ -1019,8 +1025,12 @@ async fn status_page(
         .await
         .lang(lang.0)?;
     let t = lang.0.texts();
+    let reminders = ra::reminders::reminders_on(s.auth.store(), &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
     html(
         StatusPage {
+            reminders,
             t,
             lang: lang.0,
             csrf: f.csrf.clone(),
@@ -1077,6 +1087,88 @@ async fn track_domains(
         .await
         .lang(lang.0)?;
     status_page(&s, lang, &f, domains_message(lang.0.texts(), &list)).await
+}
+
+/// The subscriber turns expiry reminders on or off.
+async fn track_reminders(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
+    let on = match f.reminders.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => {
+            return Err(AppError::new(
+                ca_core::Error::Invalid {
+                    field: "reminders",
+                    reason: "on or off".into(),
+                },
+                lang.0,
+            ))
+        }
+    };
+    ra::reminders::set_reminders(s.auth.store(), &f.reference, &f.secret, on)
+        .await
+        .lang(lang.0)?;
+    status_page(&s, lang, &f, lang.0.texts().done.into()).await
+}
+
+/// Mails the expiry reminders due (docs/RA.md "Expiry reminders"); returns how many went out.
+pub async fn send_reminders(s: &RaState, now: i64) -> anyhow::Result<usize> {
+    let store = s.auth.store();
+    let config = s.auth.config();
+    let base = config.base_url();
+    let mut sent = 0;
+    for r in ra::reminders::due(store, now, &config.ra.reminder_days, 500).await? {
+        if !ra::reminders::claim(store, &r, now).await? {
+            continue;
+        }
+        let zh = r.language == "zh-HK";
+        let t = if zh {
+            Lang::ZhHk.texts()
+        } else {
+            Lang::En.texts()
+        };
+        let date = time::OffsetDateTime::from_unix_timestamp(r.not_after)
+            .map(|d| d.date().to_string())
+            .unwrap_or_default();
+        let link = format!(
+            "{}/track?reference={}",
+            base.trim_end_matches('/'),
+            r.reference
+        );
+        let body = format!(
+            "{}: {}\n\n{} {date} ({} {}).\n\n{}:\n{link}\n\n{}\n",
+            t.reference,
+            r.reference,
+            t.reminder_expires,
+            (r.not_after - now).div_euclid(86_400).max(0),
+            if zh { "日後" } else { "days from now" },
+            t.reminder_renew,
+            t.reminder_stop_hint
+        );
+        match s
+            .mailer
+            .send(
+                &r.email,
+                &format!("{}: {}", t.reminder_subject, r.reference),
+                &body,
+            )
+            .await
+        {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                // Given back: the next pass tries again.
+                tracing::warn!(reference = %r.reference, error = %e, "could not send an expiry reminder");
+                ra::reminders::release(store, &r).await?;
+            }
+        }
+    }
+    Ok(sent)
 }
 
 async fn confirm(
