@@ -621,12 +621,19 @@ impl Config {
             }
         }
         self.pii_pin_source()?;
-        if self.ra.reminder_days.len() > 5
-            || self.ra.reminder_days.iter().any(|d| *d == 0 || *d > 365)
+        let mut days = self.ra.reminder_days.clone();
+        days.sort_unstable();
+        days.dedup();
+        if days.len() != self.ra.reminder_days.len()
+            || days.len() > 5
+            || days
+                .iter()
+                .any(|d| *d == 0 || *d > self.ra.renewal_window_days)
         {
-            return Err(Error::Config(
-                "ra.reminder_days: at most 5 values, each 1 to 365 (days before expiry)".into(),
-            ));
+            return Err(Error::Config(format!(
+                "ra.reminder_days: at most 5 different values, each 1 to ra.renewal_window_days ({}): a reminder asks the subscriber to renew online",
+                self.ra.renewal_window_days
+            )));
         }
         let (ca, pii) = (&self.hsm.token_label, &self.hsm.pii_token_label);
         if pii.starts_with(ca.as_str()) || ca.starts_with(pii.as_str()) {

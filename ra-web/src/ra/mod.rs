@@ -928,6 +928,8 @@ struct TrackPage {
     t: &'static Texts,
     lang: Lang,
     csrf: String,
+    /// From `?reference=` (the link in a reminder): letters, digits and `-` only.
+    reference: String,
 }
 
 /// What every citizen POST checks first: the double-submit CSRF token, then the client's
@@ -958,8 +960,23 @@ fn csrf_page<T: Template>(
     Ok(with_csrf_cookie(r, &csrf, fresh))
 }
 
-async fn track_form(lang: PageLang, headers: HeaderMap) -> Result<Response, AppError> {
-    csrf_page(lang, &headers, |t, lang, csrf| TrackPage { t, lang, csrf })
+async fn track_form(
+    lang: PageLang,
+    headers: HeaderMap,
+    Query(q): Query<ConfirmLink>,
+) -> Result<Response, AppError> {
+    let reference: String = q
+        .reference
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(16)
+        .collect();
+    csrf_page(lang, &headers, |t, lang, csrf| TrackPage {
+        t,
+        lang,
+        csrf,
+        reference,
+    })
 }
 
 /// Reference and tracking secret, on every citizen form after the application.
@@ -1123,6 +1140,7 @@ pub async fn send_reminders(s: &RaState, now: i64) -> anyhow::Result<usize> {
     let config = s.auth.config();
     let base = config.base_url();
     let mut sent = 0;
+    let mut failed = 0;
     for r in ra::reminders::due(store, now, &config.ra.reminder_days, 500).await? {
         if !ra::reminders::claim(store, &r, now).await? {
             continue;
@@ -1133,8 +1151,9 @@ pub async fn send_reminders(s: &RaState, now: i64) -> anyhow::Result<usize> {
         } else {
             Lang::En.texts()
         };
-        let date = time::OffsetDateTime::from_unix_timestamp(r.not_after)
-            .map(|d| d.date().to_string())
+        // The date as in Hong Kong (UTC+8).
+        let date = time::OffsetDateTime::from_unix_timestamp(r.not_after + 8 * 3600)
+            .map(|d| format!("{} (HKT)", d.date()))
             .unwrap_or_default();
         let link = format!(
             "{}/track?reference={}",
@@ -1148,7 +1167,11 @@ pub async fn send_reminders(s: &RaState, now: i64) -> anyhow::Result<usize> {
             t.reminder_expires,
             (r.not_after - now).div_euclid(86_400).max(0),
             if zh { "日後" } else { "days from now" },
-            t.reminder_renew,
+            if r.renews_online {
+                t.reminder_renew
+            } else {
+                t.reminder_reapply
+            },
             t.reminder_stop_hint
         );
         match s
@@ -1160,13 +1183,25 @@ pub async fn send_reminders(s: &RaState, now: i64) -> anyhow::Result<usize> {
             )
             .await
         {
-            Ok(()) => sent += 1,
-            Err(e) => {
-                // Given back: the next pass tries again.
-                tracing::warn!(reference = %r.reference, error = %e, "could not send an expiry reminder");
-                ra::reminders::release(store, &r).await?;
+            Ok(()) => {
+                ra::reminders::mark_sent(store, &r, now).await?;
+                sent += 1;
+            }
+            Err(_) => {
+                // Given back: the next pass tries again. (The relay's answer may repeat the
+                // address: not logged.)
+                tracing::warn!(reference = %r.reference, "could not send an expiry reminder");
+                failed += 1;
+                if let Err(e) = ra::reminders::release(store, &r).await {
+                    tracing::warn!(error = %e, "could not give back a reminder's claim (taken over in an hour)");
+                }
             }
         }
+    }
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} expiry reminders could not be mailed (the SMTP relay); {sent} were"
+        );
     }
     Ok(sent)
 }

@@ -130,6 +130,16 @@ fn expiry_reminders_are_mailed_once_per_threshold_and_can_be_turned_off() {
         )),
         "{mail}"
     );
+    // The link opens the tracking page with the reference filled in.
+    let page_shown = text(&page(
+        &srv.1,
+        &format!("/track?reference={}", reminded.reference),
+        "",
+    ));
+    assert!(
+        page_shown.contains(&format!("value=\"{}\"", reminded.reference)),
+        "{page_shown}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     drop(srv);
     // Restarted the same day: not again; the subscriber who turned them off: none.
