@@ -100,6 +100,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (34, "cross_certificates", include_str!("../../migrations/sqlite/0034_cross_certificates.sql")),
     (35, "bulk", include_str!("../../migrations/sqlite/0035_bulk.sql")),
     (36, "expiry_reminders", include_str!("../../migrations/sqlite/0036_expiry_reminders.sql")),
+    (37, "directory", include_str!("../../migrations/sqlite/0037_directory.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -139,6 +140,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (34, "cross_certificates", include_str!("../../migrations/postgres/0034_cross_certificates.sql")),
     (35, "bulk", include_str!("../../migrations/postgres/0035_bulk.sql")),
     (36, "expiry_reminders", include_str!("../../migrations/postgres/0036_expiry_reminders.sql")),
+    (37, "directory", include_str!("../../migrations/postgres/0037_directory.sql")),
 ];
 
 row! {

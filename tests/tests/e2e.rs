@@ -26,6 +26,8 @@ mod crash;
 mod crl;
 #[path = "e2e/custody.rs"]
 mod custody;
+#[path = "e2e/directory.rs"]
+mod directory;
 #[path = "e2e/faults.rs"]
 mod faults;
 #[path = "e2e/hierarchy.rs"]

@@ -55,6 +55,9 @@ pub struct NewApplication {
     pub outlet: String,
     /// Consent to value-added notices (unticked by default).
     pub consent_notices: bool,
+    /// Publish the certificate in the public directory (unticked by default; changeable on
+    /// the tracking page: docs/DIRECTORY.md).
+    pub publish_in_directory: bool,
     /// A secret for revoking online later.
     pub revocation_secret: String,
     /// The CSR (PEM or DER), made on the applicant's device.
@@ -436,6 +439,12 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     .bind(entered_by)
     .execute(&mut *tx)
     .await?;
+    if a.publish_in_directory {
+        sqlx::query("UPDATE applications SET publish = 1 WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
     if profile.kind != ProfileKind::Personal {
         let server = profile.kind == ProfileKind::Server;
         sqlx::query(
@@ -660,6 +669,7 @@ mod tests {
             address: "1 Connaught Place, Central".into(),
             outlet: "gpo".into(),
             consent_notices: false,
+            publish_in_directory: false,
             revocation_secret: "a long secret".into(),
             csr: Vec::new(),
             language: "en".into(),

@@ -38,6 +38,7 @@ mod auditing;
 pub mod bulk;
 mod counter;
 mod decision;
+pub mod directory;
 mod domains;
 mod fee;
 mod mailbox;

@@ -94,6 +94,7 @@ pub fn router(state: Shared) -> Router {
             post(batch_submit).layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024)),
         )
         .route("/api/v1/batches/{id}", get(batch_show))
+        .route("/api/v1/directory", get(directory))
         .route("/api/v1/batches/{id}/certificates", get(batch_certificates))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(
@@ -123,7 +124,7 @@ pub fn router(state: Shared) -> Router {
         outlet_change, officer_proposals, certificate_revocation,
         officer_propose, officer_confirm, officer_withdraw, organisation_register,
         organisation_domains, organisation_domain_add, organisation_domain_validate,
-        organisation_batch_token, batch_submit, batch_show, batch_certificates
+        organisation_batch_token, batch_submit, batch_show, batch_certificates, directory
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
@@ -133,7 +134,7 @@ pub fn router(state: Shared) -> Router {
         Enrolment, StaffChange, OutletOut, OutletIn, NewToken, StatusChangeRequest,
         StatusChanged, ChangedCertificate, NewOrganisation, OrganisationOut, NewDomain,
         DomainOut, NewBatchToken, BatchTokenOut, BatchReceiptOut, RowError, BatchStatusOut,
-        BatchRowOut
+        BatchRowOut, DirectoryEntry
     )),
     modifiers(&BearerAuth)
 )]
@@ -328,6 +329,10 @@ pub struct NewApplication {
     address: String,
     #[serde(default)]
     consent_notices: bool,
+    /// Publish the certificate in the public directory (the applicant's choice; changeable on
+    /// the tracking page).
+    #[serde(default)]
+    publish_in_directory: bool,
     revocation_secret: String,
     /// PEM or base64 DER PKCS#10.
     csr: String,
@@ -407,6 +412,7 @@ async fn create(
             // Set by ra::enter: the member's outlet and name.
             outlet: String::new(),
             consent_notices: a.consent_notices,
+            publish_in_directory: a.publish_in_directory,
             revocation_secret: a.revocation_secret,
             csr: csr_bytes(&a.csr)?,
             language: a.language,
@@ -1921,4 +1927,50 @@ async fn batch_certificates(
         out,
     )
         .into_response())
+}
+
+// ------------------------------------------------------------------------------------------
+// The public directory (docs/DIRECTORY.md)
+
+/// `?email=`: the one address looked up.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DirectoryQuery {
+    /// A mail address, exactly as in the certificate (no wildcard, no prefix).
+    email: String,
+}
+
+/// A published certificate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DirectoryEntry {
+    serial: String,
+    /// Unix seconds.
+    not_after: i64,
+    /// PEM.
+    certificate: String,
+}
+
+/// **No token**: the certificates published for one exact address — issued, unrevoked,
+/// unexpired, and published by their holders' choice. A miss is an empty list (200). Rate
+/// limited per client (30 a minute).
+#[utoipa::path(get, path = "/api/v1/directory", params(DirectoryQuery), security(()),
+    responses((status = 200, body = [DirectoryEntry]), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
+async fn directory(
+    State(s): State<Shared>,
+    super::ClientIp(ip): super::ClientIp,
+    Query(q): Query<DirectoryQuery>,
+) -> Result<Json<Vec<DirectoryEntry>>, ApiFailure> {
+    let list = super::directory_lookup(&s, ip, &q.email).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|(serial, der, not_after)| DirectoryEntry {
+                serial,
+                not_after,
+                certificate: pem::encode_config(
+                    &pem::Pem::new("CERTIFICATE", der),
+                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                ),
+            })
+            .collect(),
+    ))
 }

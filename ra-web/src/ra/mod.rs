@@ -132,6 +132,8 @@ pub fn router(state: Shared) -> Router {
         .route("/track/new-code", post(new_code))
         .route("/track/domains", post(track_domains))
         .route("/track/reminders", post(track_reminders))
+        .route("/track/directory", post(track_directory))
+        .route("/directory", get(directory_page))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
         .route("/staff/login", get(login_form).post(login))
@@ -792,6 +794,8 @@ pub struct ApplyForm {
     outlet: String,
     #[serde(default)]
     consent_notices: Option<String>,
+    #[serde(default)]
+    publish_in_directory: Option<String>,
     revocation_secret: String,
     csr: String,
 }
@@ -831,6 +835,7 @@ impl ApplyForm {
                 address: self.address,
                 outlet: outlet.unwrap_or(self.outlet),
                 consent_notices: self.consent_notices.is_some(),
+                publish_in_directory: self.publish_in_directory.is_some(),
                 revocation_secret: self.revocation_secret,
                 csr: self.csr.into_bytes(),
                 language: lang.tag().into(),
@@ -1005,6 +1010,9 @@ pub struct TrackForm {
     /// Expiry reminders: `on` or `off` (`/track/reminders`).
     #[serde(default)]
     reminders: String,
+    /// The public directory: `on` or `off` (`/track/directory`).
+    #[serde(default)]
+    publish: String,
 }
 
 #[derive(Template)]
@@ -1030,6 +1038,8 @@ struct StatusPage {
     domains_hidden: Vec<(&'static str, String)>,
     /// Expiry reminders are on.
     reminders: bool,
+    /// The certificate is published in the directory.
+    published: bool,
 }
 
 async fn status_page(
@@ -1045,9 +1055,13 @@ async fn status_page(
     let reminders = ra::reminders::reminders_on(s.auth.store(), &f.reference, &f.secret)
         .await
         .lang(lang.0)?;
+    let published = ra::directory::published(s.auth.store(), &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
     html(
         StatusPage {
             reminders,
+            published,
             t,
             lang: lang.0,
             csrf: f.csrf.clone(),
@@ -1132,6 +1146,106 @@ async fn track_reminders(
         .await
         .lang(lang.0)?;
     status_page(&s, lang, &f, lang.0.texts().done.into()).await
+}
+
+/// The subscriber publishes the certificate in the directory, or withdraws it.
+async fn track_directory(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
+    let on = match f.publish.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => {
+            return Err(AppError::new(
+                ca_core::Error::Invalid {
+                    field: "publish",
+                    reason: "on or off".into(),
+                },
+                lang.0,
+            ))
+        }
+    };
+    ra::directory::set_published(s.auth.store(), &f.reference, &f.secret, on)
+        .await
+        .lang(lang.0)?;
+    status_page(&s, lang, &f, lang.0.texts().done.into()).await
+}
+
+/// `?email=`: the one address looked up.
+#[derive(Deserialize)]
+pub struct DirectoryQuery {
+    #[serde(default)]
+    email: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "directory.html")]
+struct DirectoryPage {
+    t: &'static Texts,
+    lang: Lang,
+    email: String,
+    searched: bool,
+    /// (serial, notAfter as a date, PEM).
+    found: Vec<(String, String, String)>,
+}
+
+/// Looks up published certificates by exact address, rate-limited per client (the directory is
+/// not a harvest of addresses: docs/DIRECTORY.md).
+pub async fn directory_lookup(
+    s: &RaState,
+    ip: IpAddr,
+    email: &str,
+) -> Result<Vec<ra::directory::Entry>, Error> {
+    s.limits.check("directory", ip, 30).map_err(|e| e.error)?;
+    ra::directory::lookup(
+        s.auth.store(),
+        email,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    )
+    .await
+}
+
+/// `GET /directory[?email=]`: the form, and what an address finds.
+async fn directory_page(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    Query(q): Query<DirectoryQuery>,
+) -> Result<Response, AppError> {
+    let t = lang.0.texts();
+    let email = q.email.unwrap_or_default();
+    let mut found = Vec::new();
+    let searched = !email.trim().is_empty();
+    if searched {
+        let list = directory_lookup(&s, ip, &email).await.lang(lang.0)?;
+        for (serial, der, not_after) in list {
+            found.push((
+                serial,
+                time::OffsetDateTime::from_unix_timestamp(not_after)
+                    .map(|d| d.date().to_string())
+                    .unwrap_or_default(),
+                pem::encode_config(
+                    &pem::Pem::new("CERTIFICATE", der),
+                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                ),
+            ));
+        }
+    }
+    html(
+        DirectoryPage {
+            t,
+            lang: lang.0,
+            email: email.trim().chars().take(254).collect(),
+            searched,
+            found,
+        },
+        lang,
+    )
 }
 
 /// Mails the expiry reminders due (docs/RA.md "Expiry reminders"); returns how many went out.

@@ -130,6 +130,7 @@ pub(super) fn application(hkid: &Hkid) -> NewApplication {
         address: "1 Connaught Place, Central".into(),
         outlet: "gpo".into(),
         consent_notices: false,
+        publish_in_directory: false,
         revocation_secret: "my revocation words".into(),
         csr: csr(),
         language: "en".into(),

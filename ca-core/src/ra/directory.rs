@@ -1,0 +1,104 @@
+//! The public directory over HTTP (issue 16, docs/DIRECTORY.md): a sender looks up a
+//! recipient's encryption certificate by exact mail address. Only certificates their subscriber
+//! chose to publish (at application, or later on the tracking page), issued, unrevoked and
+//! unexpired; exact address only (no prefix, wildcard or listing); nothing beyond the
+//! certificates themselves.
+
+use serde_json::json;
+
+use super::record::owned;
+use crate::audit::Event;
+use crate::error::{Error, Result};
+use crate::row::row;
+use crate::store::Store;
+
+/// The most certificates one lookup returns.
+pub const MAX_RESULTS: i64 = 10;
+
+row! {
+    struct Published {
+        serial: String,
+        cert_der: Vec<u8>,
+        not_after: i64,
+    }
+}
+
+/// A published certificate: serial, DER, notAfter.
+pub type Entry = (String, Vec<u8>, i64);
+
+/// A mail address as looked up: trimmed; the domain in lower case (RFC 5321 §2.4: the local
+/// part may be case-sensitive, so it is kept). Refused unless it is one plain address: no
+/// wildcard, no list, no control character.
+pub fn address(s: &str) -> Result<String> {
+    let s = s.trim();
+    let bad = || Error::Invalid {
+        field: "email",
+        reason: "one mail address, exactly as in the certificate".into(),
+    };
+    if s.len() > 254
+        || s.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "*%?,;<>()\\\"".contains(c))
+    {
+        return Err(bad());
+    }
+    let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
+    if local.is_empty() || domain.is_empty() || local.contains('@') || !domain.contains('.') {
+        return Err(bad());
+    }
+    Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
+}
+
+/// The published certificates for `email` valid at `now`, newest first.
+pub async fn lookup(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> {
+    let email = address(email)?;
+    let rows = sqlx::query_as::<_, Published>(
+        "SELECT c.serial, c.cert_der, c.not_after FROM applications a JOIN certificates c ON c.serial = a.certificate \
+         WHERE a.publish = 1 AND a.state = 'issued' AND a.email = $1 AND c.state = 'issued' \
+         AND c.revocation_reason IS NULL AND c.not_after > $2 AND c.cert_der IS NOT NULL \
+         ORDER BY c.not_after DESC LIMIT $3",
+    )
+    .bind(&email)
+    .bind(now)
+    .bind(MAX_RESULTS)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.serial, r.cert_der, r.not_after))
+        .collect())
+}
+
+/// The subscriber publishes (or withdraws) the certificate (the tracking page: reference and
+/// tracking secret). Audited.
+pub async fn set_published(store: &Store, reference: &str, secret: &str, on: bool) -> Result<()> {
+    let id = owned(store, reference, secret).await?;
+    let mut tx = store.begin().await?;
+    sqlx::query("UPDATE applications SET publish = $2 WHERE id = $1")
+        .bind(&id)
+        .bind(i64::from(on))
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "ra.directory.changed",
+                actor: super::support::citizen(reference),
+                subject: Some(id),
+                detail: json!({ "published": on }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether the application's certificate is published.
+pub async fn published(store: &Store, reference: &str, secret: &str) -> Result<bool> {
+    let id = owned(store, reference, secret).await?;
+    let on: i64 = sqlx::query_scalar("SELECT publish FROM applications WHERE id = $1")
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await?;
+    Ok(on == 1)
+}

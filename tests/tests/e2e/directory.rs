@@ -1,0 +1,136 @@
+//! The public directory over HTTP (issue 16, docs/DIRECTORY.md): a certificate its holder chose
+//! to publish is found by its exact address — not by a prefix, a wildcard or another case of
+//! its local part — until it is revoked or withdrawn; a miss is an empty answer; the lookups
+//! are rate-limited.
+
+use ecert_e2e::*;
+
+use crate::common::*;
+use crate::ra::{api, form, page, set_cookie, text, with_service};
+
+const ADDRESS: &str = "taiman.chan@example.hk";
+
+fn found(addr: &str, email: &str) -> (u16, serde_json::Value) {
+    api(
+        addr,
+        "GET",
+        &format!("/api/v1/directory?email={email}"),
+        "",
+        None,
+    )
+}
+
+fn serials(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn published_certificates_are_found_by_exact_address_only() {
+    let ca = Ca::init();
+    let mut published = personal();
+    published.application["publish_in_directory"] = serde_json::json!(true);
+    let a = crate::apply::apply(
+        &ca,
+        &published,
+        &ca.csr("d1", KeyType::P256).csr,
+        "published",
+    );
+    let b = crate::apply::apply(
+        &ca,
+        &personal(),
+        &ca.csr("d2", KeyType::P256).csr,
+        "not published",
+    );
+    assert_eq!(
+        published.application["email"].as_str().unwrap(),
+        ADDRESS,
+        "the harness's personal address"
+    );
+    with_service(&ca, |addr| {
+        // The published one, by its exact address (the domain in any case), as its PEM.
+        let (st, v) = found(addr, ADDRESS);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(serials(&v), vec![a.issued.serial.clone()], "{v}");
+        let pem = v[0]["certificate"].as_str().unwrap();
+        assert_eq!(
+            pem_certs(pem.as_bytes())[0],
+            pem_certs(&std::fs::read(&a.issued.cert.path).unwrap())[0]
+        );
+        assert_eq!(serials(&found(addr, "taiman.chan@EXAMPLE.HK").1).len(), 1);
+        // No prefix, wildcard or list; another address finds nothing (200, empty).
+        for bad in [
+            "taiman",
+            "*@example.hk",
+            "taiman.chan%40example.hk%2C",
+            "taiman.chan@example",
+        ] {
+            let (st, v) = found(addr, bad);
+            assert_eq!(st, 422, "{bad}: {v}");
+        }
+        let (st, v) = found(addr, "someone.else@example.hk");
+        assert_eq!((st, serials(&v).len()), (200, 0), "{v}");
+        assert_eq!(serials(&found(addr, "TAIMAN.CHAN@example.hk").1).len(), 0);
+        // The page, in both languages.
+        let shown = text(&page(addr, &format!("/directory?email={ADDRESS}"), ""));
+        assert!(
+            shown.contains(&a.issued.serial) && shown.contains("BEGIN CERTIFICATE"),
+            "{shown}"
+        );
+        let shown = text(&page(
+            addr,
+            "/directory?lang=zh-HK&email=nobody@example.hk",
+            "",
+        ));
+        assert!(shown.contains("此地址沒有已公開的證書"), "{shown}");
+
+        // The second holder publishes theirs on the tracking page; then withdraws it.
+        let r = page(addr, "/track", "");
+        let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+        let cookie = format!("ecert_csrf={csrf}");
+        let publish = |on: &str| {
+            let r = form(
+                addr,
+                "/track/directory",
+                &cookie,
+                &[
+                    ("csrf", &csrf),
+                    ("reference", &b.reference),
+                    ("secret", &b.secret),
+                    ("publish", on),
+                ],
+            );
+            assert_eq!(r.status, 200, "{}", text(&r));
+            text(&r)
+        };
+        assert!(publish("on").contains("This certificate is published"));
+        assert_eq!(serials(&found(addr, ADDRESS).1).len(), 2);
+        // Revoked: no longer found.
+        crate::apply::revoke_ok(
+            &ca,
+            &["--serial", &a.issued.serial, "--reason", "superseded"],
+        );
+        assert_eq!(
+            serials(&found(addr, ADDRESS).1),
+            vec![b.issued.serial.clone()]
+        );
+        assert!(publish("off").contains("not published"));
+        assert_eq!(serials(&found(addr, ADDRESS).1).len(), 0);
+        // Rate-limited: a harvest by many lookups is refused.
+        let mut limited = false;
+        for i in 0..40 {
+            if found(addr, &format!("n{i}@example.hk")).0 == 429 {
+                limited = true;
+                break;
+            }
+        }
+        assert!(limited, "40 lookups in a minute were all answered");
+    });
+    let audited =
+        ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'ra.directory.changed'");
+    assert_eq!(audited.trim(), "2");
+    ca.audit_ok();
+}
