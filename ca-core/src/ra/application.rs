@@ -424,7 +424,11 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     .bind(a.surname.trim().to_uppercase())
     .bind(a.given_name.trim())
     .bind(a.name_zh.trim())
-    .bind(a.email.trim())
+    // The domain in lower case, as the certificate carries it (the directory looks it up so).
+    .bind(match a.email.trim().rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => a.email.trim().to_string(),
+    })
     .bind(vault.seal(Field::Hkid, &id, hkid.expose())?)
     .bind(hkid_index.to_vec())
     .bind(vault.seal(Field::DateOfBirth, &id, &a.date_of_birth)?)
@@ -440,6 +444,12 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     .execute(&mut *tx)
     .await?;
     if a.publish_in_directory {
+        if a.profile != "personal" {
+            return Err(invalid(
+                "publish_in_directory",
+                "only a personal certificate is published, by its holder's own choice",
+            ));
+        }
         sqlx::query("UPDATE applications SET publish = 1 WHERE id = $1")
             .bind(&id)
             .execute(&mut *tx)
@@ -474,7 +484,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
                     .as_ref()
                     .map_or_else(|| format!("citizen:{reference}"), |u| format!("staff:{u}")),
                 subject: Some(id.clone()),
-                detail: json!({ "reference": reference, "profile": a.profile, "outlet": a.outlet, "consent_notices": a.consent_notices, "consent_wording": CONSENT_WORDING }),
+                detail: json!({ "reference": reference, "profile": a.profile, "outlet": a.outlet, "consent_notices": a.consent_notices, "consent_wording": CONSENT_WORDING, "published": a.publish_in_directory }),
             },
         )
         .await?;

@@ -1,6 +1,6 @@
 //! The public directory over HTTP (issue 16, docs/DIRECTORY.md): a sender looks up a
-//! recipient's encryption certificate by exact mail address. Only certificates their subscriber
-//! chose to publish (at application, or later on the tracking page), issued, unrevoked and
+//! recipient's encryption certificate by exact mail address. Only personal certificates their
+//! holder chose to publish (at application, or later on the tracking page), issued, unrevoked and
 //! unexpired; exact address only (no prefix, wildcard or listing); nothing beyond the
 //! certificates themselves.
 
@@ -37,7 +37,9 @@ pub fn address(s: &str) -> Result<String> {
     };
     if s.len() > 254
         || s.chars()
-            .any(|c| c.is_control() || c.is_whitespace() || "*%?,;<>()\\\"".contains(c))
+            // Compared for equality: a `*` or `%` is just a character; a list or a name with
+            // its address is refused.
+            .any(|c| c.is_control() || c.is_whitespace() || ",;<>()\\\"".contains(c))
     {
         return Err(bad());
     }
@@ -53,7 +55,7 @@ pub async fn lookup(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> 
     let email = address(email)?;
     let rows = sqlx::query_as::<_, Published>(
         "SELECT c.serial, c.cert_der, c.not_after FROM applications a JOIN certificates c ON c.serial = a.certificate \
-         WHERE a.publish = 1 AND a.state = 'issued' AND a.email = $1 AND c.state = 'issued' \
+         WHERE a.publish = 1 AND a.profile = 'personal' AND a.state = 'issued' AND a.email = $1 AND c.state = 'issued' \
          AND c.revocation_reason IS NULL AND c.not_after > $2 AND c.cert_der IS NOT NULL \
          ORDER BY c.not_after DESC LIMIT $3",
     )
@@ -72,6 +74,15 @@ pub async fn lookup(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> 
 /// tracking secret). Audited.
 pub async fn set_published(store: &Store, reference: &str, secret: &str, on: bool) -> Result<()> {
     let id = owned(store, reference, secret).await?;
+    let profile: String = sqlx::query_scalar("SELECT profile FROM applications WHERE id = $1")
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await?;
+    if on && profile != "personal" {
+        return Err(Error::Conflict(
+            "only a personal certificate is published, by its holder's own choice".into(),
+        ));
+    }
     let mut tx = store.begin().await?;
     sqlx::query("UPDATE applications SET publish = $2 WHERE id = $1")
         .bind(&id)

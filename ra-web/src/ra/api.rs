@@ -1937,7 +1937,7 @@ async fn batch_certificates(
 #[into_params(parameter_in = Query)]
 pub struct DirectoryQuery {
     /// A mail address, exactly as in the certificate (no wildcard, no prefix).
-    email: String,
+    email: Option<String>,
 }
 
 /// A published certificate.
@@ -1960,7 +1960,7 @@ async fn directory(
     super::ClientIp(ip): super::ClientIp,
     Query(q): Query<DirectoryQuery>,
 ) -> Result<Json<Vec<DirectoryEntry>>, ApiFailure> {
-    let list = super::directory_lookup(&s, ip, &q.email).await?;
+    let list = super::directory_lookup(&s, ip, q.email.as_deref().unwrap_or_default()).await?;
     Ok(Json(
         list.into_iter()
             .map(|(serial, der, not_after)| DirectoryEntry {

@@ -1202,6 +1202,11 @@ pub async fn directory_lookup(
     email: &str,
 ) -> Result<Vec<ra::directory::Entry>, Error> {
     s.limits.check("directory", ip, 30).map_err(|e| e.error)?;
+    // And for everyone together: many addresses (a borrowed IPv6 /48 is 65,536 /64s) do not
+    // add up to a harvest.
+    s.limits
+        .check("directory-all", IpAddr::from([0, 0, 0, 0]), 600)
+        .map_err(|e| e.error)?;
     ra::directory::lookup(
         s.auth.store(),
         email,

@@ -45,6 +45,26 @@ fn published_certificates_are_found_by_exact_address_only() {
         &ca.csr("d2", KeyType::P256).csr,
         "not published",
     );
+    // Only a personal certificate is published, by its holder: an Authorised Representative
+    // does not publish an Authorised User's.
+    let mut org = organisational();
+    org.application["publish_in_directory"] = serde_json::json!(true);
+    let refused = crate::apply::refusal(
+        &ca,
+        &org.application,
+        &ca.csr("d3", KeyType::P256).csr,
+        "an organisational application published",
+    );
+    assert!(
+        refused.message().contains("publish_in_directory"),
+        "{refused:?}"
+    );
+    // The choice made at application is in the audit trail.
+    let submitted = ca.sql_query(&format!(
+        "SELECT detail FROM audit_log WHERE kind = 'ra.application.submitted' AND detail LIKE '%{}%'",
+        a.reference
+    ));
+    assert!(submitted.contains("\"published\":true"), "{submitted}");
     assert_eq!(
         published.application["email"].as_str().unwrap(),
         ADDRESS,
@@ -61,16 +81,27 @@ fn published_certificates_are_found_by_exact_address_only() {
             pem_certs(&std::fs::read(&a.issued.cert.path).unwrap())[0]
         );
         assert_eq!(serials(&found(addr, "taiman.chan@EXAMPLE.HK").1).len(), 1);
-        // No prefix, wildcard or list; another address finds nothing (200, empty).
+        // No prefix or list (refused by name); a wildcard is just a character (equality: it
+        // finds nothing); another address finds nothing (200, empty).
         for bad in [
             "taiman",
-            "*@example.hk",
             "taiman.chan%40example.hk%2C",
             "taiman.chan@example",
+            "",
         ] {
             let (st, v) = found(addr, bad);
             assert_eq!(st, 422, "{bad}: {v}");
         }
+        for nothing in [
+            "*@example.hk",
+            "%25@example.hk",
+            "taiman.chan@example.hk.evil",
+        ] {
+            let (st, v) = found(addr, nothing);
+            assert_eq!((st, serials(&v).len()), (200, 0), "{nothing}: {v}");
+        }
+        let (st, v) = api(addr, "GET", "/api/v1/directory", "", None);
+        assert_eq!(st, 422, "no address: {v}");
         let (st, v) = found(addr, "someone.else@example.hk");
         assert_eq!((st, serials(&v).len()), (200, 0), "{v}");
         assert_eq!(serials(&found(addr, "TAIMAN.CHAN@example.hk").1).len(), 0);
