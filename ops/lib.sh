@@ -16,6 +16,8 @@ ECERT_CRYPTOGRAPHY_VERSION="${ECERT_CRYPTOGRAPHY_VERSION:-50.0.2}"
 ECERT_AIOSMTPD_VERSION="${ECERT_AIOSMTPD_VERSION:-1.4.6}"
 # The judge of /api/v1/openapi.json (issue 16: generated clients need a valid document).
 ECERT_OPENAPI_VALIDATOR_VERSION="${ECERT_OPENAPI_VALIDATOR_VERSION:-0.9.0}"
+# An integrator's client generated from that document drives the bulk API in the tests.
+ECERT_OPENAPI_CLIENT_VERSION="${ECERT_OPENAPI_CLIENT_VERSION:-0.29.1}"
 
 ecert_log() { printf '==> %s\n' "$*" >&2; }
 ecert_die() {
@@ -84,14 +86,15 @@ ecert_setup_pkilint_venv() {
     fi
     have="$("$venv/bin/python" - <<'EOF' 2>/dev/null || true
 import importlib.metadata as m
-print(m.version("pkilint"), m.version("cryptography"), m.version("aiosmtpd"), m.version("openapi-spec-validator"))
+print(m.version("pkilint"), m.version("cryptography"), m.version("aiosmtpd"), m.version("openapi-spec-validator"), m.version("openapi-python-client"))
 EOF
 )"
-    if [ "$have" != "$ECERT_PKILINT_VERSION $ECERT_CRYPTOGRAPHY_VERSION $ECERT_AIOSMTPD_VERSION $ECERT_OPENAPI_VALIDATOR_VERSION" ]; then
+    if [ "$have" != "$ECERT_PKILINT_VERSION $ECERT_CRYPTOGRAPHY_VERSION $ECERT_AIOSMTPD_VERSION $ECERT_OPENAPI_VALIDATOR_VERSION $ECERT_OPENAPI_CLIENT_VERSION" ]; then
         ecert_log "pkilint: installing pkilint==$ECERT_PKILINT_VERSION cryptography==$ECERT_CRYPTOGRAPHY_VERSION aiosmtpd==$ECERT_AIOSMTPD_VERSION openapi-spec-validator==$ECERT_OPENAPI_VALIDATOR_VERSION"
         "$venv/bin/python" -m pip install --disable-pip-version-check -q \
             "pkilint==$ECERT_PKILINT_VERSION" "cryptography==$ECERT_CRYPTOGRAPHY_VERSION" "aiosmtpd==$ECERT_AIOSMTPD_VERSION" \
-            "openapi-spec-validator==$ECERT_OPENAPI_VALIDATOR_VERSION" ||
+            "openapi-spec-validator==$ECERT_OPENAPI_VALIDATOR_VERSION" \
+            "openapi-python-client==$ECERT_OPENAPI_CLIENT_VERSION" ||
             ecert_die "pip install of pkilint failed"
     fi
     PATH="$venv/bin:$PATH"

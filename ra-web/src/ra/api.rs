@@ -134,7 +134,7 @@ pub fn router(state: Shared) -> Router {
         Enrolment, StaffChange, OutletOut, OutletIn, NewToken, StatusChangeRequest,
         StatusChanged, ChangedCertificate, NewOrganisation, OrganisationOut, NewDomain,
         DomainOut, NewBatchToken, BatchTokenOut, BatchReceiptOut, RowError, BatchStatusOut,
-        BatchRowOut, DirectoryEntry
+        BatchRowOut, DirectoryEntry, BatchSubmission, BatchRowJson
     )),
     modifiers(&BearerAuth)
 )]
@@ -1796,12 +1796,14 @@ pub struct BatchReceiptOut {
 /// or CSV with a header line (`client_row_id,surname,given_name,email,title,profile,csr`,
 /// the CSR's line breaks written `\n`). Each row is checked on arrival; the good ones wait
 /// for two officers' approval (a `batch_approval` proposal), then are issued.
-#[utoipa::path(post, path = "/api/v1/batches", params(BatchQuery), request_body(content = String, content_type = "application/x-ndjson"),
+#[utoipa::path(post, path = "/api/v1/batches", params(BatchQuery),
+    request_body(content((BatchSubmission = "application/json"), (String = "application/x-ndjson"), (String = "text/csv"))),
     responses((status = 201, body = BatchReceiptOut), (status = 422, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
 async fn batch_submit(
     State(s): State<Shared>,
     who: BatchAuth,
     Query(q): Query<BatchQuery>,
+    headers: axum::http::HeaderMap,
     body: String,
 ) -> Result<Response, ApiFailure> {
     let BatchAuth::Organisation(caller) = who else {
@@ -1818,7 +1820,29 @@ async fn batch_submit(
             "this batch token is another organisation's".into(),
         )));
     }
-    let rows = ra::bulk::parse_rows(&body);
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let rows = if json {
+        // `{"rows": [...]}`: what a client generated from the OpenAPI document sends. A row that
+        // does not fit is refused by name, like a JSON line that does not parse.
+        let b: BatchSubmission = serde_json::from_str(&body).map_err(|e| {
+            ApiFailure(Error::Invalid {
+                field: "rows",
+                reason: format!("not a batch: {e}"),
+            })
+        })?;
+        b.rows
+            .into_iter()
+            .map(|v| {
+                serde_json::from_value::<ra::bulk::BatchRowIn>(v)
+                    .map_err(|e| format!("not a row: {e}"))
+            })
+            .collect()
+    } else {
+        ra::bulk::parse_rows(&body)
+    };
     let r = ra::bulk::submit_batch(&s.auth, &caller, rows).await?;
     Ok((
         StatusCode::CREATED,
@@ -1839,6 +1863,31 @@ async fn batch_submit(
         }),
     )
         .into_response())
+}
+
+/// A batch as JSON (`application/json`): its rows.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BatchSubmission {
+    #[schema(value_type = Vec<BatchRowJson>)]
+    rows: Vec<serde_json::Value>,
+}
+
+/// One row of a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // the schema of what `BatchRowIn` reads
+pub struct BatchRowJson {
+    /// The organisation's own id of the row (unique per organisation; 1 to 64 characters).
+    client_row_id: String,
+    surname: String,
+    given_name: String,
+    /// In a mail domain the organisation validated.
+    email: String,
+    /// organisational-role only.
+    title: Option<String>,
+    /// `organisational` (default) or `organisational-role`.
+    profile: Option<String>,
+    /// PKCS#10, PEM.
+    csr: String,
 }
 
 /// `?organisation=`: the organisation the batch is meant for.
