@@ -1314,3 +1314,53 @@ row! {
         cert_der: Option<Vec<u8>>,
     }
 }
+
+/// The organisation revokes the certificate of one of its rows (a member of staff who left:
+/// affiliationChanged; a lost key: keyCompromise, on its word — [`Evidence::Reported`], so
+/// only this certificate, until an officer confirms), with the reasons a subscriber may give
+/// (TLS BR §7.2.2: privilegeWithdrawn is the CA's). Returns the serial revoked.
+///
+/// [`Evidence::Reported`]: crate::revocation::Evidence::Reported
+pub async fn revoke_row(
+    auth: &Authority,
+    caller: &BatchCaller,
+    client_row_id: &str,
+    reason: crate::revocation::Reason,
+) -> Result<String> {
+    use crate::revocation::{Evidence, Reason};
+    if !matches!(
+        reason,
+        Reason::Unspecified
+            | Reason::KeyCompromise
+            | Reason::AffiliationChanged
+            | Reason::Superseded
+            | Reason::CessationOfOperation
+    ) {
+        return Err(invalid(
+            "reason",
+            "keyCompromise, affiliationChanged, superseded, cessationOfOperation or unspecified",
+        ));
+    }
+    let serial: String = sqlx::query_scalar(
+        "SELECT serial FROM batch_rows WHERE organisation_id = $1 AND client_row_id = $2 AND state = 'issued'",
+    )
+    .bind(&caller.organisation_id)
+    .bind(client_id(client_row_id))
+    .fetch_optional(auth.store().pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    let s = crate::serial::SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    let evidence = if reason == Reason::KeyCompromise {
+        Evidence::Reported
+    } else {
+        Evidence::Verified
+    };
+    auth.revoke_as(
+        s,
+        reason,
+        &format!("organisation:{}", caller.organisation_id),
+        evidence,
+    )
+    .await?;
+    Ok(serial)
+}

@@ -96,6 +96,10 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/batches/{id}", get(batch_show))
         .route("/api/v1/directory", get(directory))
         .route("/api/v1/batches/{id}/certificates", get(batch_certificates))
+        .route(
+            "/api/v1/staff-certificates/{client_row_id}/revocation",
+            post(staff_certificate_revocation),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(
             |mut r: Response| async move {
@@ -124,7 +128,8 @@ pub fn router(state: Shared) -> Router {
         outlet_change, officer_proposals, certificate_revocation,
         officer_propose, officer_confirm, officer_withdraw, organisation_register,
         organisation_domains, organisation_domain_add, organisation_domain_validate,
-        organisation_batch_token, batch_submit, batch_show, batch_certificates, directory
+        organisation_batch_token, batch_submit, batch_show, batch_certificates, directory,
+        staff_certificate_revocation
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
@@ -134,7 +139,8 @@ pub fn router(state: Shared) -> Router {
         Enrolment, StaffChange, OutletOut, OutletIn, NewToken, StatusChangeRequest,
         StatusChanged, ChangedCertificate, NewOrganisation, OrganisationOut, NewDomain,
         DomainOut, NewBatchToken, BatchTokenOut, BatchReceiptOut, RowError, BatchStatusOut,
-        BatchRowOut, DirectoryEntry, BatchSubmission, BatchRowJson
+        BatchRowOut, DirectoryEntry, BatchSubmission, BatchRowJson, RowRevocation,
+        RowRevoked
     )),
     modifiers(&BearerAuth)
 )]
@@ -2022,4 +2028,41 @@ async fn directory(
             })
             .collect(),
     ))
+}
+
+/// Why the organisation revokes a certificate of its staff.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RowRevocation {
+    /// `affiliationChanged`, `superseded`, `cessationOfOperation`, `keyCompromise` or
+    /// `unspecified`.
+    reason: String,
+}
+
+/// The certificate revoked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RowRevoked {
+    serial: String,
+}
+
+/// The organisation, with its batch token, revokes the certificate it had issued for one of its
+/// rows (by client row id): a member of staff who left (`affiliationChanged`), a lost key
+/// (`keyCompromise`, on its word: this certificate only, until an officer confirms). CRLs and
+/// OCSP follow within seconds.
+#[utoipa::path(post, path = "/api/v1/staff-certificates/{client_row_id}/revocation", params(("client_row_id" = String, Path)),
+    request_body = RowRevocation,
+    responses((status = 200, body = RowRevoked), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn staff_certificate_revocation(
+    State(s): State<Shared>,
+    who: BatchAuth,
+    Path(client_row_id): Path<String>,
+    Json(b): Json<RowRevocation>,
+) -> Result<Json<RowRevoked>, ApiFailure> {
+    let BatchAuth::Organisation(caller) = who else {
+        return Err(ApiFailure(Error::Forbidden(
+            "an organisation revokes its staff's certificates with its batch token; staff use /api/v1/certificates/{serial}/revocation".into(),
+        )));
+    };
+    let reason = ca_core::revocation::Reason::parse(&b.reason)?;
+    let serial = ra::bulk::revoke_row(&s.auth, &caller, &client_row_id, reason).await?;
+    Ok(Json(RowRevoked { serial }))
 }

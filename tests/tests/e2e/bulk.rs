@@ -602,5 +602,40 @@ else:
         let status = run(&batch);
         assert_eq!(status["state"], "done", "{status}");
         assert_eq!(status["counts"]["issued"], 20, "{status}");
+
+        // The organisation revokes a leaver's certificate by its row id, with a subscriber's
+        // reasons only; its own rows only; staff go through /api/v1/certificates.
+        let revoke = |who: &str, row: &str, reason: &str| {
+            api(
+                addr,
+                "POST",
+                &format!("/api/v1/staff-certificates/{row}/revocation"),
+                who,
+                Some(serde_json::json!({ "reason": reason })),
+            )
+        };
+        let (st, v) = revoke(&token, "hr-00000", "privilegeWithdrawn");
+        assert_eq!(st, 422, "{v}");
+        let (st, v) = revoke(&token, "hr-99999", "affiliationChanged");
+        assert_eq!(st, 404, "{v}");
+        let officer = crate::apply::officer_session(&ca, "e2e-officer1");
+        let (st, v) = revoke(&officer, "hr-00000", "affiliationChanged");
+        assert_eq!(st, 403, "{v}");
+        let (st, v) = revoke(&token, "hr-00000", "affiliationChanged");
+        assert_eq!(st, 200, "{v}");
+        let serial = v["serial"].as_str().unwrap().to_string();
+        assert_eq!(
+            ca.sql_query(&format!(
+                "SELECT revocation_reason FROM certificates WHERE serial = '{serial}'"
+            ))
+            .trim(),
+            "3"
+        );
+        let (st, v) = revoke(&token, "hr-00000", "affiliationChanged");
+        assert_eq!(st, 409, "{v}");
+        let actor = ca.sql_query(&format!(
+            "SELECT actor FROM audit_log WHERE subject = '{serial}' AND kind LIKE 'certificate.revoked%'"
+        ));
+        assert!(actor.contains(&format!("organisation:{org}")), "{actor}");
     });
 }
