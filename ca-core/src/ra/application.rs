@@ -564,6 +564,10 @@ pub struct CitizenView {
     pub dcv_token: Option<String>,
     /// server: each DNS name and its validation.
     pub domains: Vec<DomainStatus>,
+    /// Expiry reminders are on.
+    pub reminders: bool,
+    /// The certificate is published in the directory.
+    pub published: bool,
 }
 
 row! {
@@ -578,6 +582,8 @@ row! {
         version: i64,
         code_pending: i64,
         issue_failed: i64,
+        reminders_off: i64,
+        publish: i64,
     }
 }
 
@@ -587,7 +593,8 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
     let r = sqlx::query_as::<_, TrackRow>(
         "SELECT reference, profile, state, outlet, certificate, rejected_reason, email_confirmed_at, version, \
          CAST(CASE WHEN email_code_hash IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS code_pending, \
-         CAST(CASE WHEN issue_error IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS issue_failed \
+         CAST(CASE WHEN issue_error IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS issue_failed, \
+         reminders_off, publish \
          FROM applications WHERE id = $1",
     )
     .bind(&id)
@@ -610,7 +617,77 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
         certificate: r.certificate,
         rejected_reason: r.rejected_reason,
         code_pending: r.code_pending != 0,
+        reminders: r.reminders_off == 0,
+        published: r.publish != 0,
     })
+}
+
+/// What the subscriber decides on the tracking page ([`set_choice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Expiry reminders by mail ([`super::reminders`]).
+    Reminders,
+    /// Publication in the public directory ([`super::directory`]): a personal certificate
+    /// only, by its holder.
+    Directory,
+}
+
+/// The subscriber turns a [`Choice`] on or off (the tracking page: reference and tracking
+/// secret). Audited (`ra.reminders.changed`, `ra.directory.changed`).
+pub async fn set_choice(
+    store: &Store,
+    reference: &str,
+    secret: &str,
+    choice: Choice,
+    on: bool,
+) -> Result<()> {
+    let id = owned(store, reference, secret).await?;
+    let (sql, kind, detail) = match choice {
+        Choice::Reminders => (
+            "UPDATE applications SET reminders_off = $2 WHERE id = $1",
+            "ra.reminders.changed",
+            json!({ "reminders": on }),
+        ),
+        Choice::Directory => (
+            "UPDATE applications SET publish = $2 WHERE id = $1",
+            "ra.directory.changed",
+            json!({ "published": on }),
+        ),
+    };
+    if choice == Choice::Directory && on {
+        let profile: String = sqlx::query_scalar("SELECT profile FROM applications WHERE id = $1")
+            .bind(&id)
+            .fetch_one(store.pool())
+            .await?;
+        if profile != "personal" {
+            return Err(Error::Conflict(
+                "only a personal certificate is published, by its holder's own choice".into(),
+            ));
+        }
+    }
+    let value = match choice {
+        Choice::Reminders => i64::from(!on),
+        Choice::Directory => i64::from(on),
+    };
+    let mut tx = store.begin().await?;
+    sqlx::query(sql)
+        .bind(&id)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind,
+                actor: super::support::citizen(reference),
+                subject: Some(id),
+                detail,
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The certificate (DER) of a citizen's application, once issued.

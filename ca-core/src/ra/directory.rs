@@ -4,10 +4,6 @@
 //! unexpired; exact address only (no prefix, wildcard or listing); nothing beyond the
 //! certificates themselves.
 
-use serde_json::json;
-
-use super::record::owned;
-use crate::audit::Event;
 use crate::error::{Error, Result};
 use crate::row::row;
 use crate::store::Store;
@@ -68,48 +64,4 @@ pub async fn lookup(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> 
         .into_iter()
         .map(|r| (r.serial, r.cert_der, r.not_after))
         .collect())
-}
-
-/// The subscriber publishes (or withdraws) the certificate (the tracking page: reference and
-/// tracking secret). Audited.
-pub async fn set_published(store: &Store, reference: &str, secret: &str, on: bool) -> Result<()> {
-    let id = owned(store, reference, secret).await?;
-    let profile: String = sqlx::query_scalar("SELECT profile FROM applications WHERE id = $1")
-        .bind(&id)
-        .fetch_one(store.pool())
-        .await?;
-    if on && profile != "personal" {
-        return Err(Error::Conflict(
-            "only a personal certificate is published, by its holder's own choice".into(),
-        ));
-    }
-    let mut tx = store.begin().await?;
-    sqlx::query("UPDATE applications SET publish = $2 WHERE id = $1")
-        .bind(&id)
-        .bind(i64::from(on))
-        .execute(&mut *tx)
-        .await?;
-    store
-        .audit(
-            &mut tx,
-            &Event {
-                kind: "ra.directory.changed",
-                actor: super::support::citizen(reference),
-                subject: Some(id),
-                detail: json!({ "published": on }),
-            },
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Whether the application's certificate is published.
-pub async fn published(store: &Store, reference: &str, secret: &str) -> Result<bool> {
-    let id = owned(store, reference, secret).await?;
-    let on: i64 = sqlx::query_scalar("SELECT publish FROM applications WHERE id = $1")
-        .bind(&id)
-        .fetch_one(store.pool())
-        .await?;
-    Ok(on == 1)
 }

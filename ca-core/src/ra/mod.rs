@@ -67,8 +67,8 @@ pub use admin::{
 };
 pub use application::REGISTER_COUNTRY;
 pub use application::{
-    business_registration_number, certificate, certificate_chain, enter, submit, track,
-    CitizenView, NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
+    business_registration_number, certificate, certificate_chain, enter, set_choice, submit, track,
+    Choice, CitizenView, NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
 };
 pub use auditing::{audit_export, audit_records, auditing_page};
 pub use counter::{

@@ -8,7 +8,6 @@
 
 use serde_json::json;
 
-use super::record::owned;
 use crate::audit::Event;
 use crate::error::Result;
 use crate::row::row;
@@ -143,41 +142,6 @@ pub async fn release(store: &Store, r: &Reminder) -> Result<()> {
         .execute(store.pool())
         .await?;
     Ok(())
-}
-
-/// The subscriber turns expiry reminders on or off (the tracking page: reference and tracking
-/// secret). Audited.
-pub async fn set_reminders(store: &Store, reference: &str, secret: &str, on: bool) -> Result<()> {
-    let id = owned(store, reference, secret).await?;
-    let mut tx = store.begin().await?;
-    sqlx::query("UPDATE applications SET reminders_off = $2 WHERE id = $1")
-        .bind(&id)
-        .bind(i64::from(!on))
-        .execute(&mut *tx)
-        .await?;
-    store
-        .audit(
-            &mut tx,
-            &Event {
-                kind: "ra.reminders.changed",
-                actor: super::support::citizen(reference),
-                subject: Some(id),
-                detail: json!({ "reminders": on }),
-            },
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Whether the application's subscriber gets expiry reminders.
-pub async fn reminders_on(store: &Store, reference: &str, secret: &str) -> Result<bool> {
-    let id = owned(store, reference, secret).await?;
-    let off: i64 = sqlx::query_scalar("SELECT reminders_off FROM applications WHERE id = $1")
-        .bind(&id)
-        .fetch_one(store.pool())
-        .await?;
-    Ok(off == 0)
 }
 
 #[cfg(test)]

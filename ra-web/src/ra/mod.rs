@@ -1052,16 +1052,10 @@ async fn status_page(
         .await
         .lang(lang.0)?;
     let t = lang.0.texts();
-    let reminders = ra::reminders::reminders_on(s.auth.store(), &f.reference, &f.secret)
-        .await
-        .lang(lang.0)?;
-    let published = ra::directory::published(s.auth.store(), &f.reference, &f.secret)
-        .await
-        .lang(lang.0)?;
     html(
         StatusPage {
-            reminders,
-            published,
+            reminders: v.reminders,
+            published: v.published,
             t,
             lang: lang.0,
             csrf: f.csrf.clone(),
@@ -1128,24 +1122,18 @@ async fn track_reminders(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
-    let on = match f.reminders.as_str() {
-        "on" => true,
-        "off" => false,
-        _ => {
-            return Err(AppError::new(
-                ca_core::Error::Invalid {
-                    field: "reminders",
-                    reason: "on or off".into(),
-                },
-                lang.0,
-            ))
-        }
-    };
-    ra::reminders::set_reminders(s.auth.store(), &f.reference, &f.secret, on)
-        .await
-        .lang(lang.0)?;
-    status_page(&s, lang, &f, lang.0.texts().done.into()).await
+    let value = f.reminders.clone();
+    track_choice(
+        &s,
+        lang,
+        ip,
+        &headers,
+        &f,
+        ra::Choice::Reminders,
+        "reminders",
+        &value,
+    )
+    .await
 }
 
 /// The subscriber publishes the certificate in the directory, or withdraws it.
@@ -1156,24 +1144,50 @@ async fn track_directory(
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
-    let on = match f.publish.as_str() {
+    let value = f.publish.clone();
+    track_choice(
+        &s,
+        lang,
+        ip,
+        &headers,
+        &f,
+        ra::Choice::Directory,
+        "publish",
+        &value,
+    )
+    .await
+}
+
+/// A subscriber's choice on the tracking page: the form's `field` is `on` or `off`.
+#[allow(clippy::too_many_arguments)]
+async fn track_choice(
+    s: &RaState,
+    lang: PageLang,
+    ip: IpAddr,
+    headers: &HeaderMap,
+    f: &TrackForm,
+    choice: ra::Choice,
+    field: &'static str,
+    value: &str,
+) -> Result<Response, AppError> {
+    citizen_post(s, headers, &f.csrf, lang.0, ip, "track", 20)?;
+    let on = match value {
         "on" => true,
         "off" => false,
         _ => {
             return Err(AppError::new(
-                ca_core::Error::Invalid {
-                    field: "publish",
+                Error::Invalid {
+                    field,
                     reason: "on or off".into(),
                 },
                 lang.0,
             ))
         }
     };
-    ra::directory::set_published(s.auth.store(), &f.reference, &f.secret, on)
+    ra::set_choice(s.auth.store(), &f.reference, &f.secret, choice, on)
         .await
         .lang(lang.0)?;
-    status_page(&s, lang, &f, lang.0.texts().done.into()).await
+    status_page(s, lang, f, lang.0.texts().done.into()).await
 }
 
 /// `?email=`: the one address looked up.
