@@ -7,7 +7,9 @@
 # libnss3-tools: vfychain, crlutil, certutil — NSS (Thunderbird, Firefox) judging chains, CRLs, OCSP.
 # knot, knot-dnssecutils, unbound: a signed test zone and a validating resolver (DNSSEC tests).
 # gcc, libc6-dev: ring and libsqlite3-sys build C code.
-ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound)
+# slapd, ldap-utils: the LDAP directory tests (a real OpenLDAP configured from ops/slapd/, read
+# with ldapsearch).
+ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound slapd ldap-utils)
 
 # pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
 ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"
@@ -53,6 +55,9 @@ ecert_install_system_packages() {
         return 0
     fi
     ecert_log "system packages: installing ${missing[*]}"
+    # slapd without its own database or running service: the tests start their own, from
+    # ops/slapd/, on a private port.
+    echo "slapd slapd/no_configuration boolean true" | ecert_as_root debconf-set-selections 2>/dev/null || true
     ecert_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
     ecert_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }

@@ -36,6 +36,50 @@ pub struct Config {
     pub clock: ClockConfig,
     /// The audit trail's witness copy (crate::audit::witness).
     pub audit: AuditConfig,
+    /// Publishing certificates and CRLs to an LDAP directory (crate::ldap).
+    pub ldap: LdapConfig,
+}
+
+/// The LDAP directory the signer publishes to ([`crate::ldap`], docs/DIRECTORY.md "LDAP"):
+/// each published certificate under its holder's address, each CA's certificate and newest
+/// full CRL on the CA's entry. Off unless `url` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapConfig {
+    /// `ldap://HOST:PORT` (loopback only, unless `starttls`), `ldaps://HOST:PORT`, or
+    /// `ldapi://` + the percent-encoded path of slapd's socket. Unset: nothing is published.
+    pub url: Option<String>,
+    /// Upgrade an `ldap://` connection with StartTLS (RFC 4511 §4.14) before binding.
+    pub starttls: bool,
+    /// The CA certificate (PEM) that signed the directory's TLS certificate; unset: the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The DN the publisher binds as (simple bind); unset: SASL EXTERNAL (over `ldapi://`,
+    /// slapd maps the process's uid to a DN).
+    pub bind_dn: Option<String>,
+    /// A file holding the bind password (required with `bind_dn`).
+    pub password_file: Option<PathBuf>,
+    /// Where subscribers' entries are (`mail=<address>,<people>`).
+    pub people: String,
+    /// Where the CAs' entries are (`cn=<CA id>,<cas>`).
+    pub cas: String,
+    /// Seconds for connecting and for each operation.
+    pub timeout_seconds: u32,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        LdapConfig {
+            url: None,
+            starttls: false,
+            ca_file: None,
+            bind_dn: None,
+            password_file: None,
+            people: "ou=people,dc=ecert,dc=example".into(),
+            cas: "ou=cas,dc=ecert,dc=example".into(),
+            timeout_seconds: 10,
+        }
+    }
 }
 
 /// The audit trail outside the database ([`crate::audit::witness`]).
@@ -509,6 +553,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             clock: ClockConfig::default(),
             audit: AuditConfig::default(),
+            ldap: LdapConfig::default(),
         }
     }
 }
@@ -621,6 +666,7 @@ impl Config {
             }
         }
         self.pii_pin_source()?;
+        crate::ldap::check_config(&self.ldap)?;
         let mut days = self.ra.reminder_days.clone();
         days.sort_unstable();
         days.dedup();

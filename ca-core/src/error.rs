@@ -42,6 +42,10 @@ pub enum Error {
     /// The HSM refused or failed. Never followed by a software fallback.
     #[error("HSM: {0}")]
     Hsm(#[from] hsm::Error),
+
+    /// The LDAP directory failed or refused a write (crate::ldap); never names the entry.
+    #[error("LDAP directory: {0}")]
+    Directory(String),
     /// The database failed.
     #[error("database: {0}")]
     Store(String),

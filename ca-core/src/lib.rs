@@ -52,6 +52,7 @@ pub mod error;
 pub mod ext;
 pub mod hkid;
 pub mod keys;
+pub mod ldap;
 pub mod lint;
 pub mod mpic;
 pub mod ocsp;

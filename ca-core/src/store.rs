@@ -101,6 +101,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (35, "bulk", include_str!("../../migrations/sqlite/0035_bulk.sql")),
     (36, "expiry_reminders", include_str!("../../migrations/sqlite/0036_expiry_reminders.sql")),
     (37, "directory", include_str!("../../migrations/sqlite/0037_directory.sql")),
+    (38, "ldap", include_str!("../../migrations/sqlite/0038_ldap.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -141,6 +142,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (35, "bulk", include_str!("../../migrations/postgres/0035_bulk.sql")),
     (36, "expiry_reminders", include_str!("../../migrations/postgres/0036_expiry_reminders.sql")),
     (37, "directory", include_str!("../../migrations/postgres/0037_directory.sql")),
+    (38, "ldap", include_str!("../../migrations/postgres/0038_ldap.sql")),
 ];
 
 row! {
@@ -1288,6 +1290,7 @@ impl Store {
         .bind(serial)
         .execute(&mut **tx)
         .await?;
+        crate::ldap::queue_certificate(tx, serial, now()).await?;
         self.queue_ocsp(tx, serial).await
     }
 
@@ -1580,6 +1583,9 @@ impl Store {
             .bind(Vec::<u8>::new())
             .execute(&mut *tx)
             .await?;
+        }
+        if scope == Scope::Full {
+            crate::ldap::queue_ca(&mut tx, issuer, now()).await?;
         }
         self.audit(&mut tx, event).await?;
         tx.commit().await?;

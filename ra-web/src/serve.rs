@@ -367,6 +367,12 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         )));
         background.push(tokio::spawn(ocsp_signer(state.clone())));
         background.push(tokio::spawn(batch_issuer(auth.clone())));
+        let publisher = ca_core::ldap::Publisher::new(&state.config.ldap, &state.config.data_dir)
+            .context("[ldap]")?;
+        background.push(tokio::spawn(ldap_publisher(
+            auth.store().clone(),
+            publisher,
+        )));
         check_hsm(&state).await;
         background.push(tokio::spawn(keep_checking_hsm(state.clone())));
     }
@@ -1380,6 +1386,49 @@ async fn expiry_reminders(ra: Arc<crate::ra::RaState>) {
             }
             Err(e) => outage.failed("expiry reminders", &e),
         }
+    }
+}
+
+/// The signer: keeps the LDAP directory as the database says it should be (docs/DIRECTORY.md
+/// "LDAP"): every 2 seconds, the entries queued by status changes, CRLs and holders' choices.
+/// A directory that cannot be reached is retried with a delay doubling from 2 seconds to a
+/// minute; the queue stays in the database meanwhile. With no `[ldap] url`, the queue is
+/// dropped hourly (a directory configured later is published in full).
+async fn ldap_publisher(store: ca_core::store::Store, publisher: Option<ca_core::ldap::Publisher>) {
+    let Some(publisher) = publisher else {
+        loop {
+            if let Err(e) = ca_core::ldap::discard(&store).await {
+                tracing::warn!(error = %e, "could not drop the unused LDAP queue");
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    };
+    tracing::info!(directory = %publisher.target(), "publishing to LDAP");
+    let mut outage = Outage::default();
+    let idle = Duration::from_secs(2);
+    let mut delay = idle;
+    loop {
+        match publisher.pass(&store, now()).await {
+            Ok(pass) => {
+                outage.ok("LDAP publishing");
+                delay = idle;
+                if pass.written + pass.refused > 0 {
+                    tracing::debug!(
+                        written = pass.written,
+                        refused = pass.refused,
+                        "LDAP entries published"
+                    );
+                }
+                if pass.more {
+                    continue;
+                }
+            }
+            Err(e) => {
+                outage.failed("LDAP publishing", &e);
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod dns;
+pub mod ldap;
 pub mod webdriver;
 
 use std::collections::BTreeMap;

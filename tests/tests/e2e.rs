@@ -34,6 +34,8 @@ mod faults;
 mod hierarchy;
 #[path = "e2e/hostile.rs"]
 mod hostile;
+#[path = "e2e/ldap.rs"]
+mod ldap;
 #[path = "e2e/nss.rs"]
 mod nss;
 #[path = "e2e/ocsp.rs"]

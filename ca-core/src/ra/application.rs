@@ -675,6 +675,9 @@ pub async fn set_choice(
         .bind(value)
         .execute(&mut *tx)
         .await?;
+    if choice == Choice::Directory {
+        crate::ldap::queue_application(&mut tx, &id, true, super::support::now()).await?;
+    }
     store
         .audit(
             &mut tx,

@@ -384,6 +384,7 @@ async fn issue(
         .bind(now())
         .execute(&mut *tx)
         .await?;
+    crate::ldap::queue_application(&mut tx, id, false, now()).await?;
     store
         .audit(
             &mut tx,

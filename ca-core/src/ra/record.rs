@@ -304,10 +304,17 @@ pub(super) async fn settle(store: &Store, id: &str) -> Result<()> {
         }
         _ => return Ok(()),
     };
-    sqlx::query(sql)
+    let mut tx = store.begin().await?;
+    let changed = sqlx::query(sql)
         .bind(id)
         .bind(t)
-        .execute(store.pool())
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if changed > 0 {
+        // Issued, or now pointing at its renewal: the directory entry follows (if published).
+        crate::ldap::queue_application(&mut tx, id, false, t).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
