@@ -90,6 +90,7 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
     println!(
         "SoftHSM2 raw P-256 sign (C_Sign CKM_ECDSA, {threads} sessions): {raw_rate:.0} signs/s"
     );
+    let ceiling = crypto_ceiling(&config, secs, 2).await?;
 
     // 2. End to end. CSRs are made first and not timed.
     let csrs: Vec<Vec<u8>> = (0..b.n)
@@ -137,10 +138,11 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let rate = b.n as f64 / elapsed;
     println!(
-        "ecert end-to-end issuance ({}, fsync on, {} in flight, {} certificates): {rate:.0} certs/s = {:.0}% of the raw HSM rate",
+        "ecert end-to-end issuance ({}, fsync on, {} in flight, {} certificates): {rate:.0} certs/s = {:.0}% of the crypto ceiling ({:.0}% of the raw HSM rate)",
         b.engine,
         b.concurrency,
         b.n,
+        100.0 * rate / ceiling,
         100.0 * rate / raw_rate
     );
     let counts = auth.store().count_by_state().await?;
@@ -154,6 +156,78 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
         b.n
     );
     Ok(())
+}
+
+/// Times one HSM signature and one ECDSA P-256 verification (each on one thread, for `secs`
+/// seconds, at least one), and prints the ceiling of an operation that needs one signature and
+/// `verifications` verifications: an issuance needs two (the CSR's proof of possession and
+/// the self-check of the signed certificate), an OCSP response one (its self-check). Returns
+/// cores ÷ (sign + `verifications` × verify): operations per second if every core did nothing
+/// but the cryptography each one needs.
+pub async fn crypto_ceiling(config: &Config, secs: u64, verifications: u32) -> anyhow::Result<f64> {
+    let secs = secs.max(1);
+    let cfg = hsm::pkcs11::Pkcs11Config {
+        module: config.hsm.module.clone(),
+        token_label: config.hsm.token_label.clone(),
+        user_pin: config.user_pin()?,
+        so_pin: None,
+        pool_size: 1,
+    };
+    let (sign, verify) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+        let token = hsm::pkcs11::Token::open(&cfg)?;
+        let key = token.key(&CaRole::Individual.key_label())?;
+        let digest = [7u8; 32];
+        let per_op = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < Duration::from_secs(secs) {
+                f()?;
+                n += 1;
+            }
+            Ok(start.elapsed().as_secs_f64() / n as f64)
+        };
+        let sign = per_op(&mut || {
+            key.sign_digest_raw(&digest)?;
+            Ok(())
+        })?;
+        // A verification as the self-check makes it: ring, P-256 with SHA-256, ASN.1 signature.
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .map_err(|_| anyhow::anyhow!("generating a P-256 key"))?;
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .map_err(|_| anyhow::anyhow!("loading a P-256 key"))?;
+        use ring::signature::KeyPair;
+        let message = [9u8; 400];
+        let sig = pair
+            .sign(&rng, &message)
+            .map_err(|_| anyhow::anyhow!("signing"))?;
+        let public = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            pair.public_key().as_ref().to_vec(),
+        );
+        let verify = per_op(&mut || {
+            public
+                .verify(&message, sig.as_ref())
+                .map_err(|_| anyhow::anyhow!("verification failed"))
+        })?;
+        Ok((sign, verify))
+    })
+    .await??;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rate = cores as f64 / (sign + f64::from(verifications) * verify);
+    println!(
+        "crypto ceiling: {cores} cores / (HSM sign {:.0} us + {verifications} x P-256 verify {:.0} us) = {rate:.0}/s",
+        sign * 1e6,
+        verify * 1e6
+    );
+    Ok(rate)
 }
 
 /// Options of `ecert bench crl`.
@@ -503,4 +577,271 @@ pub async fn ocsp_ceiling(b: OcspCeiling) -> anyhow::Result<()> {
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// Options of `ecert bench bulk`.
+#[derive(Debug, clap::Args)]
+pub struct BulkBench {
+    /// Rows in the batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub n: usize,
+    /// A label for the database engine in the report.
+    #[arg(long, default_value = "sqlite")]
+    pub engine: String,
+}
+
+/// `ecert bench bulk`: an organisation with a validated mail domain submits `n` staff rows
+/// through the HTTP API of an `ecert serve` it starts on this (initialised, otherwise unused)
+/// data directory; prints the wall time from the submission to the last certificate issued
+/// with its OCSP response ready, and certificates per second.
+///
+/// Not timed, and written straight into the store because they are not what is measured: the
+/// organisation and its validated domain (counter check and DNS validation), the batch token,
+/// the CSRs (made first), and the two officers' approval (`approve_batch`, what their decision
+/// carries out, called at once after the submission).
+pub async fn bulk(config: Config, b: BulkBench) -> anyhow::Result<()> {
+    let store = ca_core::store::Store::open(&config.database_url()).await?;
+    let issued_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
+        .fetch_one(store.pool())
+        .await?;
+    let orgs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organisations")
+        .fetch_one(store.pool())
+        .await?;
+    anyhow::ensure!(
+        orgs == 0,
+        "bench bulk writes an organisation straight into the store: give it a freshly initialised data directory, not an installation"
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let org = "bench-org";
+    sqlx::query(
+        "INSERT INTO organisations (id, name, register, org_id, application_id, verified_at, registered_by, registered_at) \
+         VALUES ($1, 'Bench Department', 'GOV', NULL, 'bench', $2, 'bench', $2)",
+    )
+    .bind(org)
+    .bind(now)
+    .execute(store.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO organisation_domains (organisation_id, domain, dcv_token, token_at, validated_at) VALUES ($1, 'bench.gov.hk', 'x', $2, $2)",
+    )
+    .bind(org)
+    .bind(now)
+    .execute(store.pool())
+    .await?;
+    let token = format!("ecb_bench{}", hex::encode(rand::random::<[u8; 16]>()));
+    sqlx::query(
+        "INSERT INTO batch_tokens (token_sha256, organisation_id, profiles, created_by, created_at, expires_at) \
+         VALUES ($1, $2, 'organisational', 'bench', $3, $4)",
+    )
+    .bind(ca_core::ra::bulk::token_digest(&token))
+    .bind(org)
+    .bind(now)
+    .bind(now + 86_400)
+    .execute(store.pool())
+    .await?;
+
+    // The rows, CSRs made first.
+    let rows: Vec<serde_json::Value> = (0..b.n)
+        .map(|i| -> anyhow::Result<serde_json::Value> {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            Ok(serde_json::json!({
+                "client_row_id": format!("staff-{i}"),
+                "surname": "CHAN",
+                "given_name": "Tai Man",
+                "email": format!("staff{i}@bench.gov.hk"),
+                "csr": params.serialize_request(&key)?.pem()?,
+            }))
+        })
+        .collect::<anyhow::Result<_>>()
+        .context("making CSRs")?;
+    let body = serde_json::to_vec(&serde_json::json!({ "rows": rows }))?;
+
+    // The service, as operators run it.
+    let exe = std::env::current_exe()?;
+    let mut serve = std::process::Command::new(exe)
+        .arg("--data-dir")
+        .arg(&config.data_dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let out = serve.stdout.take().context("serve's output")?;
+    let serve = Stop(serve);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        // Reads to the end, so serve never blocks on a full pipe.
+        for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(120), rx)
+        .await
+        .context("serve did not start within 2 minutes")?
+        .context("serve stopped before listening")?;
+
+    let start = Instant::now();
+    let (status, answer) = http_once(
+        &addr,
+        "POST",
+        "/api/v1/batches",
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    )
+    .await?;
+    anyhow::ensure!(
+        status == 201,
+        "submitting the batch: {status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let receipt: serde_json::Value = serde_json::from_slice(&answer)?;
+    let id = receipt["id"]
+        .as_str()
+        .context("the receipt's id")?
+        .to_string();
+    let accepted = receipt["accepted"].as_u64().unwrap_or(0) as i64;
+    anyhow::ensure!(
+        accepted == b.n as i64,
+        "{accepted} of {} rows accepted: {receipt}",
+        b.n
+    );
+    let submitted = start.elapsed().as_secs_f64();
+    ca_core::ra::bulk::approve_batch(&store, &id, "bench").await?;
+    // Done when every row is issued and its serial has a pre-signed response and nothing
+    // pending in the OCSP queue.
+    let ready_sql =
+        "SELECT COUNT(*) FROM batch_rows r WHERE r.batch_id = $1 AND r.state = 'issued' \
+         AND EXISTS (SELECT 1 FROM ocsp_responses o WHERE o.serial = r.serial) \
+         AND NOT EXISTS (SELECT 1 FROM ocsp_pending p WHERE p.serial = r.serial)";
+    let mut issued_at = None;
+    loop {
+        let issued: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM batch_rows WHERE batch_id = $1 AND state = 'issued'",
+        )
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await?;
+        if issued == accepted && issued_at.is_none() {
+            issued_at = Some(start.elapsed().as_secs_f64());
+        }
+        if issued_at.is_some() {
+            let ready: i64 = sqlx::query_scalar(ready_sql)
+                .bind(&id)
+                .fetch_one(store.pool())
+                .await?;
+            if ready == accepted {
+                break;
+            }
+        }
+        let failed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM batch_rows WHERE batch_id = $1 AND state = 'failed'",
+        )
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await?;
+        anyhow::ensure!(failed == 0, "{failed} rows failed");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(1800),
+            "not done in 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = start.elapsed().as_secs_f64();
+    let (status, _) = http_once(
+        &addr,
+        "GET",
+        &format!("/api/v1/batches/{id}"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "batch status: {status}");
+    let issued_now: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE state = 'issued'")
+            .fetch_one(store.pool())
+            .await?;
+    anyhow::ensure!(
+        issued_now - issued_before >= accepted,
+        "the store has {} new certificates for {accepted} rows",
+        issued_now - issued_before
+    );
+    println!(
+        "ecert bulk enrolment ({}, {} rows through POST /api/v1/batches): submitted and checked in {submitted:.2} s, last certificate issued at {:.2} s, every OCSP response ready at {total:.2} s: {:.0} certs/s",
+        b.engine,
+        b.n,
+        issued_at.unwrap_or(total),
+        b.n as f64 / total
+    );
+    drop(serve);
+    Ok(())
+}
+
+/// One HTTP/1.1 request on its own connection: (status, body).
+async fn http_once(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP head")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    let mut rest = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(eol) = rest[i..].windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&rest[i..i + eol]).trim(), 16)?;
+            i += eol + 2;
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[i..i + size]);
+            i += size + 2;
+        }
+        rest = out;
+    }
+    Ok((status, rest))
 }

@@ -189,6 +189,8 @@ enum BenchCommand {
     OcspClient(bench::OcspClient),
     /// A bare axum server with a fixed OCSP answer (the ceiling).
     OcspCeiling(bench::OcspCeiling),
+    /// Bulk enrolment through the HTTP API of a service it starts (ops/bench bulk).
+    Bulk(bench::BulkBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -767,6 +769,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(BenchCommand::OcspClient(b)) => bench::ocsp_client(b).await,
             #[cfg(feature = "bench")]
             Command::Bench(BenchCommand::OcspCeiling(b)) => bench::ocsp_ceiling(b).await,
+            #[cfg(feature = "bench")]
+            Command::Bench(BenchCommand::Bulk(b)) => bench::bulk(config, b).await,
         }
     })
 }

@@ -444,7 +444,7 @@ pub async fn batch_token(
         "INSERT INTO batch_tokens (token_sha256, organisation_id, profiles, created_by, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(sha256(&[token.as_bytes()]))
+    .bind(token_digest(&token))
     .bind(organisation_id)
     .bind(profiles.join(" "))
     .bind(&staff.username)
@@ -465,6 +465,11 @@ pub async fn batch_token(
         .await?;
     tx.commit().await?;
     Ok(token)
+}
+
+/// What the store keeps of a batch token: its SHA-256 (length-prefixed, [`super::support`]).
+pub fn token_digest(token: &str) -> Vec<u8> {
+    sha256(&[token.as_bytes()])
 }
 
 /// Who a batch token acts for.
@@ -493,7 +498,7 @@ pub async fn batch_caller(store: &Store, token: &str) -> Result<BatchCaller> {
     let r = sqlx::query_as::<_, TokenRow>(
         "SELECT organisation_id, profiles, expires_at, revoked_at FROM batch_tokens WHERE token_sha256 = $1",
     )
-    .bind(sha256(&[token.as_bytes()]))
+    .bind(token_digest(token))
     .fetch_optional(store.pool())
     .await?
     .ok_or(Error::SignInFailed)?;
@@ -946,28 +951,23 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
             orgs.insert(r.organisation_id.clone(), Arc::new((o, d)));
         }
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    for r in rows {
-        let org = orgs[&r.organisation_id].clone();
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Store("the batch issuer is shutting down".into()))?;
-        let auth = auth.clone();
-        tasks.spawn(async move {
-            let _permit = permit;
-            issue_row(&auth, &org.0, &org.1, r).await
-        });
-    }
     let mut issued = 0;
     let mut first_error = None;
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(true)) => issued += 1,
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(e) => first_error = first_error.or(Some(Error::Store(e.to_string()))),
+    let mut rows = rows.into_iter();
+    loop {
+        let chunk: Vec<QueuedRow> = rows.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        match issue_chunk(auth, &orgs, &permits, chunk).await {
+            Ok((n, e)) => {
+                issued += n;
+                first_error = first_error.or(e);
+            }
+            Err(e) => {
+                first_error = first_error.or(Some(e));
+                break;
+            }
         }
     }
     // A row whose signing failed is left `issuing`: resolved now from its certificate's state
@@ -979,15 +979,141 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
     }
 }
 
-/// One row: serial recorded `issuing` before the HSM signs, `issued` with the certificate.
-/// A request the cycle refuses marks the row `failed` with the reason; an outage (store or
-/// HSM) leaves it queued for the next pass and is returned.
-async fn issue_row(
+/// Rows issued together: their `issuing` marks are one transaction, and so are their `issued`
+/// marks (two commits for the chunk, not two for each row; the certificates' own writes are
+/// group-committed by the issuance cycle).
+const CHUNK: usize = 256;
+
+type Orgs = std::collections::HashMap<String, Arc<(OrgRow, Vec<String>)>>;
+
+/// One chunk of queued rows, in three steps: (1) each row checked and prepared (serial
+/// reserved, certificate built and linted), concurrently; (2) every prepared row marked
+/// `issuing` with its serial in one transaction — before the HSM signs anything; (3) each
+/// signed, concurrently, then every signed row marked `issued` in one transaction. Returns the
+/// rows issued and the first outage met (the rows it touched stay queued, or `issuing` for
+/// [`resume_batches`]).
+async fn issue_chunk(
+    auth: &Arc<Authority>,
+    orgs: &Orgs,
+    permits: &Arc<tokio::sync::Semaphore>,
+    chunk: Vec<QueuedRow>,
+) -> Result<(usize, Option<Error>)> {
+    let store = auth.store();
+    let mut first_error = None;
+    // (1)
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in chunk {
+        let org = orgs[&r.organisation_id].clone();
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Store("the batch issuer is shutting down".into()))?;
+        let auth = auth.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            prepare_row(&auth, &org.0, &org.1, r).await
+        });
+    }
+    let mut prepared = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(Some(p))) => prepared.push(p),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(Error::Store(e.to_string()))),
+        }
+    }
+    if prepared.is_empty() {
+        return Ok((0, first_error));
+    }
+    // (2)
+    let marked = async {
+        let mut tx = store.begin().await?;
+        let mut taken = Vec::with_capacity(prepared.len());
+        for (batch_id, row_no, token) in &prepared {
+            let m = sqlx::query(
+                "UPDATE batch_rows SET state = 'issuing', serial = $3, updated_at = $4                  WHERE batch_id = $1 AND row_no = $2 AND state = 'queued'",
+            )
+            .bind(batch_id)
+            .bind(*row_no)
+            .bind(token.serial().to_hex())
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            taken.push(m.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok::<_, Error>(taken)
+    }
+    .await;
+    let taken = match marked {
+        Ok(t) => t,
+        Err(e) => {
+            // Nothing is signed: every serial of the chunk is withdrawn, the rows stay queued.
+            for (_, _, token) in prepared {
+                auth.withdraw(token, "the batch rows could not be marked")
+                    .await;
+            }
+            return Err(e);
+        }
+    };
+    // (3)
+    let mut tasks = tokio::task::JoinSet::new();
+    for ((batch_id, row_no, token), taken) in prepared.into_iter().zip(taken) {
+        let auth = auth.clone();
+        if !taken {
+            // Taken by another pass: this serial is not signed.
+            auth.withdraw(token, "the batch row was taken by another pass")
+                .await;
+            continue;
+        }
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Store("the batch issuer is shutting down".into()))?;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let serial = token.serial().to_hex();
+            auth.sign(token).await.map(|_| (batch_id, row_no, serial))
+        });
+    }
+    let mut signed = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(s)) => signed.push(s),
+            // Resolved by resume_batches from the certificate's own state.
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => first_error = first_error.or(Some(Error::Store(e.to_string()))),
+        }
+    }
+    let mut tx = store.begin().await?;
+    for (batch_id, row_no, serial) in &signed {
+        sqlx::query(
+            "UPDATE batch_rows SET state = 'issued', updated_at = $3 WHERE batch_id = $1 AND row_no = $2 \
+             AND state = 'issuing' AND serial = $4",
+        )
+        .bind(batch_id)
+        .bind(*row_no)
+        .bind(now())
+        .bind(serial)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((signed.len(), first_error))
+}
+
+/// Step (1) of [`issue_chunk`] for one row: the checks that must still hold at issuance, the
+/// CSR, and the issuance cycle's preparation. A request the cycle refuses marks the row
+/// `failed` with the reason (`None`); an outage (store or HSM) leaves it queued and is returned.
+async fn prepare_row(
     auth: &Authority,
     org: &OrgRow,
     validated: &[String],
     r: QueuedRow,
-) -> Result<bool> {
+) -> Result<Option<(String, i64, crate::authority::IssuanceToken)>> {
     let store = auth.store();
     let subject = SubjectData {
         title: r.title.clone(),
@@ -1038,13 +1164,13 @@ async fn issue_row(
     });
     if let Err(e) = still {
         fail(&e).await?;
-        return Ok(false);
+        return Ok(None);
     }
     let csr = match VerifiedCsr::parse(r.csr.as_deref().unwrap_or_default()) {
         Ok(c) => c,
         Err(e) => {
             fail(&e).await?;
-            return Ok(false);
+            return Ok(None);
         }
     };
     let req = ApprovedRequest {
@@ -1060,50 +1186,10 @@ async fn issue_row(
         Err(e) if transient(&e) => return Err(e),
         Err(e) => {
             fail(&e).await?;
-            return Ok(false);
+            return Ok(None);
         }
     };
-    let serial = token.serial().to_hex();
-    let marked = sqlx::query(
-        "UPDATE batch_rows SET state = 'issuing', serial = $3, updated_at = $4 WHERE batch_id = $1 AND row_no = $2 AND state = 'queued'",
-    )
-    .bind(&r.batch_id)
-    .bind(r.row_no)
-    .bind(&serial)
-    .bind(now())
-    .execute(store.pool())
-    .await;
-    match marked {
-        Ok(m) if m.rows_affected() == 1 => {}
-        // Taken by another pass, or the store is down: this serial is not signed.
-        Ok(_) => {
-            auth.withdraw(token, "the batch row was taken by another pass")
-                .await;
-            return Ok(false);
-        }
-        Err(e) => {
-            auth.withdraw(token, "the batch row could not be marked")
-                .await;
-            return Err(e.into());
-        }
-    }
-    match auth.sign(token).await {
-        Ok(_) => {
-            sqlx::query(
-                "UPDATE batch_rows SET state = 'issued', updated_at = $3 WHERE batch_id = $1 AND row_no = $2 \
-                 AND state = 'issuing' AND serial = $4",
-            )
-            .bind(&r.batch_id)
-            .bind(r.row_no)
-            .bind(now())
-            .bind(&serial)
-            .execute(store.pool())
-            .await?;
-            Ok(true)
-        }
-        // Resolved by resume_batches from the certificate's own state.
-        Err(e) => Err(e),
-    }
+    Ok(Some((r.batch_id, r.row_no, token)))
 }
 
 fn transient(e: &Error) -> bool {

@@ -139,6 +139,14 @@ fn published_certificates_reach_ldap_by_exact_address_and_leave_it() {
             ("sub", "(userCertificate;binary=*)"),
             ("one", "(!(mail=nobody@example.hk))"),
             ("sub", &format!("(&(mail={ADDRESS})(cn=*))")),
+            // Many guesses in one search: whether one of them is published must not show.
+            (
+                "sub",
+                &format!("(|(mail={ADDRESS})(mail=guess1@example.hk)(mail=guess2@example.hk))"),
+            ),
+            ("sub", "(|(mail=guess1@example.hk)(mail=guess2@example.hk))"),
+            ("sub", &format!("(mail:caseExactIA5Match:={ADDRESS})")),
+            ("sub", "(entryDN=*)"),
         ] {
             let s = slapd.search_anonymous(&people, scope, filter, &["mail"]);
             assert!(
@@ -147,6 +155,30 @@ fn published_certificates_reach_ldap_by_exact_address_and_leave_it() {
                 s.code,
                 s.ldif
             );
+        }
+        // An OR of guesses answers the same whether one of them is published or none is (no
+        // oracle for a guessing attack).
+        let guesses = |first: &str| {
+            let s = slapd.search_anonymous(
+                &people,
+                "sub",
+                &format!("(|(mail={first})(mail=guess1@example.hk))"),
+                &["mail"],
+            );
+            (s.code, s.dns().len())
+        };
+        assert_eq!(guesses(ADDRESS), guesses("guess0@example.hk"));
+        // No compare (an anonymous compare of hasSubordinates crashed slapd 2.5), and slapd is
+        // still up after one.
+        for _ in 0..3 {
+            let c = std::process::Command::new("ldapcompare")
+                .args(["-x", "-H", &slapd.url(), &people, "hasSubordinates:TRUE"])
+                .output()
+                .unwrap();
+            assert!(!c.status.success(), "compare is refused");
+        }
+        for _ in 0..8 {
+            assert_eq!(by_mail(&slapd, ADDRESS).dns().len(), 1, "slapd is up");
         }
         // The suffix and cn=config are closed to anonymous clients.
         for base in [ecert_e2e::ldap::SUFFIX, "cn=config"] {
