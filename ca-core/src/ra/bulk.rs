@@ -933,7 +933,7 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let lanes = (auth.config().hsm.pool_size * 4).clamp(4, 64);
+    let lanes = (auth.config().hsm.pool_size * 16).clamp(4, 64);
     let permits = Arc::new(tokio::sync::Semaphore::new(lanes));
     // Every organisation's record and its domains still validated, read before any row is
     // started (an error here leaves nothing half-done).
