@@ -1394,6 +1394,83 @@ pub async fn batch_certificates(
         .collect())
 }
 
+/// The serial issued for the organisation's row `client_row_id` (404 for another's row, or a
+/// row not issued).
+async fn row_serial(
+    store: &Store,
+    caller: &BatchCaller,
+    client_row_id: &str,
+) -> Result<(String, crate::serial::SerialNumber)> {
+    let serial: String = sqlx::query_scalar(
+        "SELECT serial FROM batch_rows WHERE organisation_id = $1 AND client_row_id = $2 AND state = 'issued'",
+    )
+    .bind(&caller.organisation_id)
+    .bind(client_id(client_row_id))
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or(Error::NotFound)?;
+    let s = crate::serial::SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    Ok((serial, s))
+}
+
+/// The organisation releases the hold it placed on one of its rows' certificates (RFC 5280
+/// §5.3.1 certificateHold; Individual & Organisational CA). A hold placed by an officer (or by
+/// the service) is an officer's to release. Returns the serial released.
+pub async fn release_row(
+    auth: &Authority,
+    caller: &BatchCaller,
+    client_row_id: &str,
+) -> Result<String> {
+    let (serial, s) = row_serial(auth.store(), caller, client_row_id).await?;
+    let actor = format!("organisation:{}", caller.organisation_id);
+    let holder = auth.store().held_by(&serial).await?;
+    if holder.as_deref().is_some_and(|h| h != actor) {
+        return Err(Error::Forbidden(
+            "this hold was placed by an officer: an officer releases it".into(),
+        ));
+    }
+    auth.release(s, &actor).await?;
+    Ok(serial)
+}
+
+/// One of the organisation's issued certificates, by client row id.
+#[derive(Debug, Clone)]
+pub struct RowCertificate {
+    /// Hex serial.
+    pub serial: String,
+    /// `good`, `revoked` or `held`.
+    pub status: &'static str,
+    /// The revocation reason's name, when revoked or held.
+    pub reason: Option<String>,
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+}
+
+/// The certificate issued for the organisation's row `client_row_id`, with its status.
+pub async fn row_certificate(
+    store: &Store,
+    caller: &BatchCaller,
+    client_row_id: &str,
+) -> Result<RowCertificate> {
+    let (serial, _) = row_serial(store, caller, client_row_id).await?;
+    let c = store.certificate(&serial).await?.ok_or(Error::NotFound)?;
+    let der = c.cert_der.clone().ok_or(Error::NotFound)?;
+    let reason = c
+        .revocation_reason
+        .and_then(crate::revocation::Reason::from_code);
+    let status = match reason {
+        None => "good",
+        Some(crate::revocation::Reason::CertificateHold) => "held",
+        Some(_) => "revoked",
+    };
+    Ok(RowCertificate {
+        serial,
+        status,
+        reason: reason.map(|r| r.name().to_string()),
+        der,
+    })
+}
+
 row! {
     struct CertOfRow {
         client_row_id: String,
@@ -1421,21 +1498,14 @@ pub async fn revoke_row(
             | Reason::AffiliationChanged
             | Reason::Superseded
             | Reason::CessationOfOperation
+            | Reason::CertificateHold
     ) {
         return Err(invalid(
             "reason",
-            "keyCompromise, affiliationChanged, superseded, cessationOfOperation or unspecified",
+            "keyCompromise, affiliationChanged, superseded, cessationOfOperation, unspecified, or certificateHold (a suspension it can release)",
         ));
     }
-    let serial: String = sqlx::query_scalar(
-        "SELECT serial FROM batch_rows WHERE organisation_id = $1 AND client_row_id = $2 AND state = 'issued'",
-    )
-    .bind(&caller.organisation_id)
-    .bind(client_id(client_row_id))
-    .fetch_optional(auth.store().pool())
-    .await?
-    .ok_or(Error::NotFound)?;
-    let s = crate::serial::SerialNumber::from_hex(&serial).ok_or(Error::NotFound)?;
+    let (serial, s) = row_serial(auth.store(), caller, client_row_id).await?;
     let evidence = if reason == Reason::KeyCompromise {
         Evidence::Reported
     } else {

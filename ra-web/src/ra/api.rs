@@ -97,8 +97,16 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/directory", get(directory))
         .route("/api/v1/batches/{id}/certificates", get(batch_certificates))
         .route(
+            "/api/v1/staff-certificates/{client_row_id}",
+            get(staff_certificate_show),
+        )
+        .route(
             "/api/v1/staff-certificates/{client_row_id}/revocation",
             post(staff_certificate_revocation),
+        )
+        .route(
+            "/api/v1/staff-certificates/{client_row_id}/release",
+            post(staff_certificate_release),
         )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(
@@ -129,7 +137,7 @@ pub fn router(state: Shared) -> Router {
         officer_propose, officer_confirm, officer_withdraw, organisation_register,
         organisation_domains, organisation_domain_add, organisation_domain_validate,
         organisation_batch_token, batch_submit, batch_show, batch_certificates, directory,
-        staff_certificate_revocation
+        staff_certificate_revocation, staff_certificate_show, staff_certificate_release
     ),
     components(schemas(
         ApiError, ApplicationRow, NewApplication, Created, ApplicationView, IdentityCheck,
@@ -140,7 +148,7 @@ pub fn router(state: Shared) -> Router {
         StatusChanged, ChangedCertificate, NewOrganisation, OrganisationOut, NewDomain,
         DomainOut, NewBatchToken, BatchTokenOut, BatchReceiptOut, RowError, BatchStatusOut,
         BatchRowOut, DirectoryEntry, BatchSubmission, BatchRowJson, RowRevocation,
-        RowRevoked
+        RowRevoked, StaffCertificate
     )),
     modifiers(&BearerAuth)
 )]
@@ -2033,8 +2041,8 @@ async fn directory(
 /// Why the organisation revokes a certificate of its staff.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RowRevocation {
-    /// `affiliationChanged`, `superseded`, `cessationOfOperation`, `keyCompromise` or
-    /// `unspecified`.
+    /// `affiliationChanged`, `superseded`, `cessationOfOperation`, `keyCompromise`,
+    /// `unspecified`, or `certificateHold` (a suspension the organisation can release).
     reason: String,
 }
 
@@ -2064,5 +2072,62 @@ async fn staff_certificate_revocation(
     };
     let reason = ca_core::revocation::Reason::parse(&b.reason)?;
     let serial = ra::bulk::revoke_row(&s.auth, &caller, &client_row_id, reason).await?;
+    Ok(Json(RowRevoked { serial }))
+}
+
+/// An organisation's certificate for one of its rows, with its status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StaffCertificate {
+    serial: String,
+    /// `good`, `revoked` or `held`.
+    status: String,
+    /// The revocation reason (`certificateHold` when held).
+    reason: Option<String>,
+    /// PEM.
+    certificate: String,
+}
+
+fn batch_organisation(who: BatchAuth) -> Result<ra::bulk::BatchCaller, ApiFailure> {
+    match who {
+        BatchAuth::Organisation(caller) => Ok(caller),
+        BatchAuth::Staff(_) => Err(ApiFailure(Error::Forbidden(
+            "an organisation reaches its staff's certificates by client row id with its batch token; staff use /api/v1/certificates/{serial}".into(),
+        ))),
+    }
+}
+
+/// The organisation downloads the certificate it had issued for one of its rows, by client row
+/// id, with its status (another organisation's row is 404).
+#[utoipa::path(get, path = "/api/v1/staff-certificates/{client_row_id}", params(("client_row_id" = String, Path)),
+    responses((status = 200, body = StaffCertificate), (status = 404, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn staff_certificate_show(
+    State(s): State<Shared>,
+    who: BatchAuth,
+    Path(client_row_id): Path<String>,
+) -> Result<Json<StaffCertificate>, ApiFailure> {
+    let caller = batch_organisation(who)?;
+    let c = ra::bulk::row_certificate(s.auth.store(), &caller, &client_row_id).await?;
+    Ok(Json(StaffCertificate {
+        serial: c.serial,
+        status: c.status.to_string(),
+        reason: c.reason,
+        certificate: pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", c.der),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        ),
+    }))
+}
+
+/// The organisation releases the hold it placed (`certificateHold`) on one of its rows'
+/// certificates; a hold an officer placed is an officer's to release (403).
+#[utoipa::path(post, path = "/api/v1/staff-certificates/{client_row_id}/release", params(("client_row_id" = String, Path)),
+    responses((status = 200, body = RowRevoked), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn staff_certificate_release(
+    State(s): State<Shared>,
+    who: BatchAuth,
+    Path(client_row_id): Path<String>,
+) -> Result<Json<RowRevoked>, ApiFailure> {
+    let caller = batch_organisation(who)?;
+    let serial = ra::bulk::release_row(&s.auth, &caller, &client_row_id).await?;
     Ok(Json(RowRevoked { serial }))
 }

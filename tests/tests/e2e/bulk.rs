@@ -563,13 +563,16 @@ fn a_client_generated_from_the_openapi_document_drives_a_batch() {
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from ecert_client import AuthenticatedClient
-from ecert_client.api.default import batch_submit, batch_show
+from ecert_client.api.default import batch_submit, batch_show, staff_certificate_show
 from ecert_client.models import BatchSubmission
 url, token, org, rows_file, step = sys.argv[2:7]
 client = AuthenticatedClient(base_url=url, token=token)
 if step == "submit":
     rows = json.load(open(rows_file))
     r = batch_submit.sync(client=client, body=BatchSubmission.from_dict({"rows": rows}), organisation=org)
+    print(json.dumps(r.to_dict()))
+elif step.startswith("row:"):
+    r = staff_certificate_show.sync(client=client, client_row_id=step[4:])
     print(json.dumps(r.to_dict()))
 else:
     for _ in range(600):
@@ -637,5 +640,99 @@ else:
             "SELECT actor FROM audit_log WHERE subject = '{serial}' AND kind LIKE 'certificate.revoked%'"
         ));
         assert!(actor.contains(&format!("organisation:{org}")), "{actor}");
+
+        // A row's certificate, through the generated client: PEM and status.
+        let row_serial = |id: &str| {
+            status["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["client_row_id"] == id)
+                .unwrap()["serial"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let shown = run("row:hr-00001");
+        assert_eq!(shown["status"], "good", "{shown}");
+        assert_eq!(shown["serial"].as_str().unwrap(), row_serial("hr-00001"));
+        let pem = shown["certificate"].as_str().unwrap();
+        let cert = ca.file("row-hr-00001.pem");
+        std::fs::write(&cert, pem).unwrap();
+        let o = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout)
+                .to_ascii_lowercase()
+                .contains(&row_serial("hr-00001").to_ascii_lowercase()),
+            "{}",
+            show(&o)
+        );
+        let shown = run("row:hr-00000");
+        assert_eq!(shown["status"], "revoked", "{shown}");
+        assert_eq!(shown["reason"], "affiliationChanged", "{shown}");
+        let row_status = |id: &str| {
+            let (st, v) = api(
+                addr,
+                "GET",
+                &format!("/api/v1/staff-certificates/{id}"),
+                &token,
+                None,
+            );
+            assert_eq!(st, 200, "{v}");
+            v["status"].as_str().unwrap().to_string()
+        };
+        let release = |who: &str, id: &str| {
+            api(
+                addr,
+                "POST",
+                &format!("/api/v1/staff-certificates/{id}/release"),
+                who,
+                None,
+            )
+        };
+        // Held (a suspension) and released by the organisation.
+        let (st, v) = revoke(&token, "hr-00001", "certificateHold");
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(row_status("hr-00001"), "held");
+        let (st, v) = release(&token, "hr-00001");
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(row_status("hr-00001"), "good");
+        let (st, v) = release(&token, "hr-00001");
+        assert!(st == 409 || st == 422, "not on hold: {st} {v}");
+        // A hold an officer placed is the officer's to release; staff reach no row by its id.
+        let serial2 = row_serial("hr-00002");
+        let (st, v) = api(
+            addr,
+            "POST",
+            &format!("/api/v1/certificates/{serial2}/revocation"),
+            &officer,
+            Some(serde_json::json!({ "reason": "certificateHold" })),
+        );
+        assert_eq!(st, 200, "{v}");
+        let (st, v) = release(&token, "hr-00002");
+        assert_eq!(st, 403, "{v}");
+        assert_eq!(row_status("hr-00002"), "held");
+        let (st, v) = release(&officer, "hr-00002");
+        assert_eq!(st, 403, "{v}");
+        let (st, v) = api(
+            addr,
+            "GET",
+            "/api/v1/staff-certificates/hr-00002",
+            &officer,
+            None,
+        );
+        assert_eq!(st, 403, "{v}");
+        let (st, v) = api(
+            addr,
+            "GET",
+            "/api/v1/staff-certificates/hr-99999",
+            &token,
+            None,
+        );
+        assert_eq!(st, 404, "{v}");
     });
 }
