@@ -284,6 +284,10 @@ pub struct RaConfig {
     /// Expiry reminders are mailed to the subscriber this many days before the certificate
     /// expires, once each (empty: none). Each 1 to 365.
     pub reminder_days: Vec<u32>,
+    /// The CA's policy allows standing authorisations: two officers may let an organisation's
+    /// batches (up to a size, for up to a year) be approved on arrival instead of each by two
+    /// officers (docs/BULK.md "Standing authorisation"). Default: not allowed.
+    pub standing_authorisation: bool,
     /// Personal data of applications that ended without a certificate (rejected, or never
     /// completed) is purged this many days after their last change.
     pub retention_days: u32,
@@ -356,6 +360,7 @@ impl Default for RaConfig {
             email_code_minutes: 30,
             renewal_window_days: 90,
             reminder_days: vec![30, 7],
+            standing_authorisation: false,
             retention_days: 90,
             smtp: "127.0.0.1:25".into(),
             mail_from: "e-cert@pki.example.hk".into(),

@@ -102,6 +102,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (36, "expiry_reminders", include_str!("../../migrations/sqlite/0036_expiry_reminders.sql")),
     (37, "directory", include_str!("../../migrations/sqlite/0037_directory.sql")),
     (38, "ldap", include_str!("../../migrations/sqlite/0038_ldap.sql")),
+    (39, "standing_authorisation", include_str!("../../migrations/sqlite/0039_standing_authorisation.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -143,6 +144,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (36, "expiry_reminders", include_str!("../../migrations/postgres/0036_expiry_reminders.sql")),
     (37, "directory", include_str!("../../migrations/postgres/0037_directory.sql")),
     (38, "ldap", include_str!("../../migrations/postgres/0038_ldap.sql")),
+    (39, "standing_authorisation", include_str!("../../migrations/postgres/0039_standing_authorisation.sql")),
 ];
 
 row! {

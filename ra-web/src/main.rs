@@ -369,7 +369,7 @@ enum ProposalCommand {
     List,
     /// Propose; another officer confirms.
     Propose {
-        /// mass_revocation, key_block, ca_revocation or batch_approval.
+        /// mass_revocation, key_block, ca_revocation, batch_approval or standing_authorisation.
         #[arg(long)]
         kind: String,
         /// RFC 5280 reason (revocations) or why (key block).
@@ -390,6 +390,15 @@ enum ProposalCommand {
         /// Batch approval: the batch's id (docs/BULK.md).
         #[arg(long)]
         batch: Option<String>,
+        /// Standing authorisation: the organisation's id (docs/BULK.md) ...
+        #[arg(long)]
+        organisation: Option<String>,
+        /// ... the most good rows a batch may have to be approved on arrival ...
+        #[arg(long)]
+        max_rows: Option<i64>,
+        /// ... for this many days (at most 365; 0 withdraws it).
+        #[arg(long)]
+        days: Option<u32>,
     },
     /// Confirm another officer's proposal: it is carried out now.
     Confirm {
@@ -1374,13 +1383,16 @@ async fn proposal(c: ProposalCommand) -> anyhow::Result<()> {
             public_key,
             ca,
             batch,
+            organisation,
+            max_rows,
+            days,
         } => {
             let public_key = public_key
                 .map(|p| {
                     read_limited(&p, 64 * 1024).map(|b| String::from_utf8_lossy(&b).into_owned())
                 })
                 .transpose()?;
-            let mut body = serde_json::json!({ "kind": kind, "reason": reason, "profile": profile, "public_key": public_key, "ca": ca, "batch": batch });
+            let mut body = serde_json::json!({ "kind": kind, "reason": reason, "profile": profile, "public_key": public_key, "ca": ca, "batch": batch, "organisation": organisation, "max_rows": max_rows, "days": days });
             if kind == "key_block" {
                 body["serial"] = serde_json::json!(serials.first());
             } else {

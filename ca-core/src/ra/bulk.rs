@@ -598,6 +598,9 @@ pub struct BatchReceipt {
     pub duplicates: usize,
     /// Refused rows: (row number from 1, client row id, why).
     pub errors: Vec<(usize, String, String)>,
+    /// Approved on arrival by the organisation's standing authorisation (else it waits for
+    /// two officers).
+    pub approved: bool,
 }
 
 /// A checked row: its profile and subject.
@@ -739,6 +742,7 @@ pub async fn submit_batch(
         accepted: 0,
         duplicates: 0,
         errors: Vec::new(),
+        approved: false,
     };
     let mut tx = store.begin().await?;
     // The organisation's client row ids issued or on their way (read in the transaction that
@@ -830,6 +834,24 @@ pub async fn submit_batch(
             },
         )
         .await?;
+    // The organisation's standing authorisation, where the policy allows one (read in this
+    // transaction, so a withdrawal committed before it is seen).
+    if receipt.accepted > 0 && auth.config().ra.standing_authorisation {
+        let st = sqlx::query_as::<_, Standing>(
+            "SELECT standing_until, standing_max_rows, standing_by FROM organisations WHERE id = $1",
+        )
+        .bind(&caller.organisation_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let (Some(until), Some(max), Some(by)) =
+            (st.standing_until, st.standing_max_rows, st.standing_by)
+        {
+            if until > now() && receipt.accepted as i64 <= max {
+                approve_in(store, &mut tx, &id, &format!("standing-authorisation:{by}")).await?;
+                receipt.approved = true;
+            }
+        }
+    }
     tx.commit().await?;
     Ok(receipt)
 }
@@ -838,42 +860,56 @@ pub async fn submit_batch(
 /// are queued for issuance.
 pub async fn approve_batch(store: &Store, batch_id: &str, actor: &str) -> Result<usize> {
     let mut tx = store.begin().await?;
+    if let Some(queued) = approve_in(store, &mut tx, batch_id, actor).await? {
+        tx.commit().await?;
+        return Ok(queued);
+    }
+    // Approved already (a decision carried out again after a crash between the approval and
+    // the proposal's outcome): its rows were queued then.
+    let approved: Option<i64> = sqlx::query_scalar(
+        "SELECT approved_at FROM batches WHERE id = $1 AND approved_at IS NOT NULL",
+    )
+    .bind(batch_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    match approved {
+        Some(_) => Ok(0),
+        None => Err(Error::Conflict(
+            "the batch is not waiting for approval".into(),
+        )),
+    }
+}
+
+/// The approval inside `tx`: `None` if the batch was not waiting for it.
+async fn approve_in(
+    store: &Store,
+    tx: &mut crate::store::Tx,
+    batch_id: &str,
+    actor: &str,
+) -> Result<Option<usize>> {
     let changed = sqlx::query(
         "UPDATE batches SET state = 'approved', approved_at = $2 WHERE id = $1 AND state = 'submitted'",
     )
     .bind(batch_id)
     .bind(now())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?
     .rows_affected();
     if changed != 1 {
-        // Approved already (a decision carried out again after a crash between the approval and
-        // the proposal's outcome): its rows were queued then.
-        let approved: Option<i64> = sqlx::query_scalar(
-            "SELECT approved_at FROM batches WHERE id = $1 AND approved_at IS NOT NULL",
-        )
-        .bind(batch_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        return match approved {
-            Some(_) => Ok(0),
-            None => Err(Error::Conflict(
-                "the batch is not waiting for approval".into(),
-            )),
-        };
+        return Ok(None);
     }
     let queued = sqlx::query(
         "UPDATE batch_rows SET state = 'queued', updated_at = $2 WHERE batch_id = $1 AND state = 'pending'",
     )
     .bind(batch_id)
     .bind(now())
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?
     .rows_affected();
     store
         .audit(
-            &mut tx,
+            tx,
             &Event {
                 kind: "bulk.batch.approved",
                 actor: actor.to_string(),
@@ -882,8 +918,71 @@ pub async fn approve_batch(store: &Store, batch_id: &str, actor: &str) -> Result
             },
         )
         .await?;
+    Ok(Some(queued as usize))
+}
+
+/// A standing authorisation lasts a year at most; two officers grant it again.
+pub const MAX_STANDING_DAYS: u32 = 365;
+
+/// An organisation's name (404 if there is none with this id).
+pub(crate) async fn organisation_name(store: &Store, id: &str) -> Result<String> {
+    Ok(organisation(store, id).await?.name)
+}
+
+/// Carries out a `standing_authorisation` proposal (two officers): the organisation's batches
+/// of at most `max_rows` good rows are approved on arrival for `days` days (0: withdrawn).
+pub(crate) async fn set_standing(
+    store: &Store,
+    organisation_id: &str,
+    max_rows: i64,
+    days: i64,
+    proposal: &str,
+    actor: &str,
+) -> Result<String> {
+    let mut tx = store.begin().await?;
+    let (until, max, by) = if days > 0 {
+        (Some(now() + days * 86_400), Some(max_rows), Some(proposal))
+    } else {
+        (None, None, None)
+    };
+    let changed = sqlx::query(
+        "UPDATE organisations SET standing_until = $2, standing_max_rows = $3, standing_by = $4 WHERE id = $1",
+    )
+    .bind(organisation_id)
+    .bind(until)
+    .bind(max)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed != 1 {
+        return Err(Error::NotFound);
+    }
+    store
+        .audit(
+            &mut tx,
+            &Event {
+                kind: "bulk.standing_authorisation",
+                actor: actor.to_string(),
+                subject: Some(organisation_id.to_string()),
+                detail: json!({ "proposal": proposal, "max_rows": max, "until": until }),
+            },
+        )
+        .await?;
     tx.commit().await?;
-    Ok(queued as usize)
+    Ok(if days > 0 {
+        format!("batches of up to {max_rows} rows approved on arrival for {days} days")
+    } else {
+        "standing authorisation withdrawn".to_string()
+    })
+}
+
+row! {
+    struct Standing {
+        standing_until: Option<i64>,
+        standing_max_rows: Option<i64>,
+        standing_by: Option<String>,
+    }
 }
 
 /// A batch as its proposal summary describes it: (organisation name, rows waiting).

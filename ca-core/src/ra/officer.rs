@@ -49,6 +49,12 @@ pub struct ProposalRequest {
     pub ca: Option<String>,
     /// Batch approval: the batch's id ([`super::bulk`]).
     pub batch: Option<String>,
+    /// Standing authorisation: the organisation's id ...
+    pub organisation: Option<String>,
+    /// ... the most good rows a batch may have to be approved on arrival ...
+    pub max_rows: Option<i64>,
+    /// ... for this many days (0 withdraws it).
+    pub days: Option<u32>,
 }
 
 row! {
@@ -304,12 +310,49 @@ pub async fn propose(
                 format!("approve batch {batch} of {org}: issue its {rows} good rows"),
             )
         }
-        _ => {
-            return Err(invalid(
-                "kind",
-                "mass_revocation, key_block, ca_revocation or batch_approval",
-            ))
+        "standing_authorisation" => {
+            if !auth.config().ra.standing_authorisation {
+                return Err(invalid(
+                    "kind",
+                    "the CA's policy does not allow standing authorisations ([ra] standing_authorisation): each batch is approved by two officers",
+                ));
+            }
+            let org = r
+                .organisation
+                .as_deref()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let days = r
+                .days
+                .ok_or_else(|| invalid("days", "1 to 365, or 0 to withdraw it"))?;
+            if days > super::bulk::MAX_STANDING_DAYS {
+                return Err(invalid("days", "1 to 365, or 0 to withdraw it"));
+            }
+            let name = super::bulk::organisation_name(store, &org).await?;
+            if days == 0 {
+                (
+                    json!({ "organisation": org, "days": 0, "max_rows": 0 }),
+                    format!("withdraw the standing authorisation of {name}"),
+                )
+            } else {
+                let max_rows = r.max_rows.unwrap_or(0);
+                let most = super::bulk::MAX_BATCH_ROWS as i64;
+                if !(1..=most).contains(&max_rows) {
+                    return Err(invalid("max_rows", format!("1 to {most}")));
+                }
+                (
+                    json!({ "organisation": org, "days": days, "max_rows": max_rows }),
+                    format!(
+                        "let {name}'s batches of up to {max_rows} rows be approved on arrival for {days} days"
+                    ),
+                )
+            }
         }
+        _ => return Err(invalid(
+            "kind",
+            "mass_revocation, key_block, ca_revocation, batch_approval or standing_authorisation",
+        )),
     };
     let id = uuid::Uuid::new_v4().to_string();
     let at = now();
@@ -548,6 +591,18 @@ async fn carry_out(auth: &Authority, id: &str, who: &str) -> Result<()> {
             "batch_approval" => {
                 let queued = super::bulk::approve_batch(store, &text("batch"), who).await?;
                 Ok(format!("batch approved: {queued} rows queued for issuance"))
+            }
+            "standing_authorisation" => {
+                let number = |k: &str| params[k].as_i64().unwrap_or(0);
+                super::bulk::set_standing(
+                    store,
+                    &text("organisation"),
+                    number("max_rows"),
+                    number("days"),
+                    id,
+                    who,
+                )
+                .await
             }
             other => Err(Error::Store(format!("proposal {id}: unknown kind {other}"))),
         }

@@ -1091,6 +1091,12 @@ pub struct Proposal {
     ca: Option<String>,
     /// Batch approval: the batch's id.
     batch: Option<String>,
+    /// Standing authorisation: the organisation's id ...
+    organisation: Option<String>,
+    /// ... the most good rows a batch may have to be approved on arrival ...
+    max_rows: Option<i64>,
+    /// ... for this many days (at most 365; 0 withdraws it).
+    days: Option<u32>,
 }
 
 /// A proposal and what became of it.
@@ -1175,6 +1181,9 @@ async fn officer_propose(
         public_key: b.public_key,
         ca: b.ca,
         batch: b.batch,
+        organisation: b.organisation,
+        max_rows: b.max_rows,
+        days: b.days,
     };
     let v = ra::officer::propose(&s.auth, &staff, &r).await?;
     Ok((StatusCode::CREATED, Json(v.into())))
@@ -1799,11 +1808,14 @@ pub struct RowError {
 pub struct BatchReceiptOut {
     id: String,
     rows: usize,
-    /// Rows waiting for the batch's approval by two officers.
+    /// Good rows: waiting for the batch's approval by two officers, or queued for issuance
+    /// when `approved`.
     accepted: usize,
     /// Rows whose client row id was submitted before: nothing is issued twice.
     duplicates: usize,
     errors: Vec<RowError>,
+    /// Approved on arrival by the organisation's standing authorisation.
+    approved: bool,
 }
 
 /// Submits a batch with the organisation's batch token: JSON lines (one row object per line)
@@ -1865,6 +1877,7 @@ async fn batch_submit(
             rows: r.rows,
             accepted: r.accepted,
             duplicates: r.duplicates,
+            approved: r.approved,
             errors: r
                 .errors
                 .into_iter()

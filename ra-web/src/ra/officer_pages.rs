@@ -110,7 +110,12 @@ pub(super) async fn propose(State(s): State<Shared>, p: SignedInForm<ProposeForm
         serial: some(&f.serial),
         public_key: some(&f.public_key),
         ca: some(&f.ca),
+        // Batches and standing authorisations are proposed through the API and the command
+        // line (docs/BULK.md).
         batch: None,
+        organisation: None,
+        max_rows: None,
+        days: None,
     };
     match ra::officer::propose(&s.auth, &staff, &r).await {
         Ok(v) => render(&s, lang, &staff, v.summary).await,

@@ -734,5 +734,97 @@ else:
             None,
         );
         assert_eq!(st, 404, "{v}");
+        // The CA's default policy allows no standing authorisation.
+        let (st, v) = api(
+            addr,
+            "POST",
+            "/api/v1/officer-proposals",
+            &officer,
+            Some(
+                serde_json::json!({ "kind": "standing_authorisation", "organisation": org, "max_rows": 5, "days": 30 }),
+            ),
+        );
+        assert_eq!(st, 422, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("policy"), "{v}");
     });
+}
+
+/// Where the policy allows it, two officers give an organisation a standing authorisation: its
+/// batches up to a size are approved on arrival (audited as the authorisation), a larger one
+/// waits for two officers, and once withdrawn every batch waits again.
+#[test]
+fn a_standing_authorisation_approves_small_batches_on_arrival() {
+    let ca = Ca::init();
+    crate::apply::dcv_config(&ca);
+    crate::apply::officers_ready(&ca);
+    ca.append_config("[ra]\nstanding_authorisation = true");
+    let keys = csrs(&ca, 9);
+    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    with_service(&ca, |addr| {
+        let (org, token) = organisation_ready(&ca, addr);
+        let submit = |rows: &[serde_json::Value]| {
+            let (st, v) = api(
+                addr,
+                "POST",
+                "/api/v1/batches",
+                &token,
+                Some(serde_json::json!({ "rows": rows })),
+            );
+            assert_eq!(st, 201, "{v}");
+            v
+        };
+        let state = |id: &serde_json::Value| {
+            ca.sql_query(&format!(
+                "SELECT state FROM batches WHERE id = '{}'",
+                id.as_str().unwrap()
+            ))
+            .trim()
+            .to_string()
+        };
+        // Before any authorisation: waits.
+        let first = submit(&rows[0..2]);
+        assert_eq!(first["approved"], false, "{first}");
+        // Out of bounds: refused by name before two officers agree.
+        let (st, v) = crate::apply::officers_propose(
+            &ca,
+            serde_json::json!({ "kind": "standing_authorisation", "organisation": org, "max_rows": 5, "days": 400 }),
+        );
+        assert_eq!(st, 422, "{v}");
+        let done = crate::apply::officers_decide(
+            &ca,
+            serde_json::json!({ "kind": "standing_authorisation", "organisation": org, "max_rows": 3, "days": 30 }),
+        );
+        let granted_by = done["id"].as_str().unwrap().to_string();
+        // Up to 3 good rows: approved on arrival and issued, named by the authorisation.
+        let small = submit(&rows[2..5]);
+        assert_eq!(small["approved"], true, "{small}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while state(&small["id"]) != "done" {
+            assert!(std::time::Instant::now() < deadline, "not issued");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let issued = ca.sql_query(&format!(
+            "SELECT COUNT(*) FROM batch_rows WHERE batch_id = '{}' AND state = 'issued'",
+            small["id"].as_str().unwrap()
+        ));
+        assert_eq!(issued.trim(), "3");
+        let actor = ca.sql_query(&format!(
+            "SELECT actor FROM audit_log WHERE kind = 'bulk.batch.approved' AND subject = '{}'",
+            small["id"].as_str().unwrap()
+        ));
+        assert_eq!(actor.trim(), format!("standing-authorisation:{granted_by}"));
+        // More than 3: waits for two officers.
+        let large = submit(&rows[5..9]);
+        assert_eq!(large["approved"], false, "{large}");
+        assert_eq!(state(&large["id"]), "submitted");
+        // Withdrawn: every batch waits again.
+        crate::apply::officers_decide(
+            &ca,
+            serde_json::json!({ "kind": "standing_authorisation", "organisation": org, "days": 0 }),
+        );
+        let again = submit(&[row(20, &keys[0])]);
+        assert_eq!(again["approved"], false, "{again}");
+        assert_eq!(state(&first["id"]), "submitted");
+    });
+    ca.audit_ok();
 }
