@@ -17,7 +17,7 @@
 //!
 //! **What an entry holds.** A subscriber's entry `mail=<address>,<people>` (objectClass
 //! `inetOrgPerson`, RFC 2798) holds the certificates of that address that
-//! [`crate::ra::directory::lookup`] would return (published personal certificates, issued,
+//! [`crate::ra::directory::lookup`] would return (published personal and encipherment certificates, issued,
 //! unrevoked, unexpired) and nothing beyond what they already say: `mail`, `cn`, `sn` and
 //! `givenName` are copied from the newest certificate's subject (`sn` is the common name when the
 //! certificate has no surname: the class requires one). No certificate left: the entry is
@@ -597,7 +597,9 @@ fn subject_names(der: &[u8]) -> Names {
             .map(str::to_string)
     };
     Names {
-        cn: first(&x509_parser::oid_registry::OID_X509_COMMON_NAME),
+        // An encipherment certificate names its organisation, not a person.
+        cn: first(&x509_parser::oid_registry::OID_X509_COMMON_NAME)
+            .or_else(|| first(&x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME)),
         sn: first(&x509_parser::oid_registry::OID_X509_SURNAME),
         given: first(&x509_parser::oid_registry::OID_X509_GIVEN_NAME),
     }

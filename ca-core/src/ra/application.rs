@@ -444,10 +444,10 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
     .execute(&mut *tx)
     .await?;
     if a.publish_in_directory {
-        if a.profile != "personal" {
+        if !super::directory::publishable(&a.profile) {
             return Err(invalid(
                 "publish_in_directory",
-                "only a personal certificate is published, by its holder's own choice",
+                super::directory::NOT_PUBLISHABLE,
             ));
         }
         sqlx::query("UPDATE applications SET publish = 1 WHERE id = $1")
@@ -659,10 +659,8 @@ pub async fn set_choice(
             .bind(&id)
             .fetch_one(store.pool())
             .await?;
-        if profile != "personal" {
-            return Err(Error::Conflict(
-                "only a personal certificate is published, by its holder's own choice".into(),
-            ));
+        if !super::directory::publishable(&profile) {
+            return Err(Error::Conflict(super::directory::NOT_PUBLISHABLE.into()));
         }
     }
     let value = match choice {

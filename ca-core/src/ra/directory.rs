@@ -1,12 +1,23 @@
 //! The public directory over HTTP (issue 16, docs/DIRECTORY.md): a sender looks up a
 //! recipient's encryption certificate by exact mail address. Only personal certificates their
-//! holder chose to publish (at application, or later on the tracking page), issued, unrevoked and
-//! unexpired; exact address only (no prefix, wildcard or listing); nothing beyond the
+//! holder chose to publish, and encipherment certificates their organisation chose to publish
+//! (at application, or later on the tracking page), issued, unrevoked and unexpired; exact address only (no prefix, wildcard or listing); nothing beyond the
 //! certificates themselves.
 
 use crate::error::{Error, Result};
 use crate::row::row;
 use crate::store::Store;
+
+/// Whether certificates of `profile` may be published: a personal certificate by its holder's
+/// choice, an encipherment certificate (an organisation's mailbox) by its organisation's — the
+/// Authorised Representative who applies for it. Never an organisational certificate (its
+/// Authorised User did not choose) or a server certificate (its address is a contact).
+pub fn publishable(profile: &str) -> bool {
+    matches!(profile, "personal" | "encipherment")
+}
+
+/// What a refusal to publish says.
+pub const NOT_PUBLISHABLE: &str = "only a personal certificate (by its holder's choice) or an encipherment certificate (by its organisation's) is published";
 
 /// The most certificates one lookup returns.
 pub const MAX_RESULTS: i64 = 10;
@@ -51,7 +62,7 @@ pub async fn lookup(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> 
     let email = address(email)?;
     let rows = sqlx::query_as::<_, Published>(
         "SELECT c.serial, c.cert_der, c.not_after FROM applications a JOIN certificates c ON c.serial = a.certificate \
-         WHERE a.publish = 1 AND a.profile = 'personal' AND a.state = 'issued' AND a.email = $1 AND c.state = 'issued' \
+         WHERE a.publish = 1 AND a.profile IN ('personal', 'encipherment') AND a.state = 'issued' AND a.email = $1 AND c.state = 'issued' \
          AND c.revocation_reason IS NULL AND c.not_after > $2 AND c.cert_der IS NOT NULL \
          ORDER BY c.not_after DESC LIMIT $3",
     )

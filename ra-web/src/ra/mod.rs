@@ -1040,6 +1040,8 @@ struct StatusPage {
     reminders: bool,
     /// The certificate is published in the directory.
     published: bool,
+    /// Its profile may be published (personal, encipherment).
+    publishable: bool,
 }
 
 async fn status_page(
@@ -1056,6 +1058,7 @@ async fn status_page(
         StatusPage {
             reminders: v.reminders,
             published: v.published,
+            publishable: ra::directory::publishable(&v.profile),
             t,
             lang: lang.0,
             csrf: f.csrf.clone(),

@@ -59,6 +59,17 @@ fn published_certificates_are_found_by_exact_address_only() {
         refused.message().contains("publish_in_directory"),
         "{refused:?}"
     );
+    // An encipherment certificate (an organisation's mailbox) is published by the organisation's
+    // choice: its Authorised Representative's, at application.
+    let mut enc = encipherment();
+    enc.application["publish_in_directory"] = serde_json::json!(true);
+    let e = crate::apply::apply(
+        &ca,
+        &enc,
+        &ca.csr("d4", KeyType::P256).csr,
+        "an encipherment certificate published",
+    );
+    let enc_address = enc.application["email"].as_str().unwrap().to_string();
     // The choice made at application is in the audit trail.
     let submitted = ca.sql_query(&format!(
         "SELECT detail FROM audit_log WHERE kind = 'ra.application.submitted' AND detail LIKE '%{}%'",
@@ -102,6 +113,10 @@ fn published_certificates_are_found_by_exact_address_only() {
         }
         let (st, v) = api(addr, "GET", "/api/v1/directory", "", None);
         assert_eq!(st, 422, "no address: {v}");
+        assert_eq!(
+            serials(&found(addr, &enc_address).1),
+            vec![e.issued.serial.clone()]
+        );
         let (st, v) = found(addr, "someone.else@example.hk");
         assert_eq!((st, serials(&v).len()), (200, 0), "{v}");
         assert_eq!(serials(&found(addr, "TAIMAN.CHAN@example.hk").1).len(), 0);
