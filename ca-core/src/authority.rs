@@ -1527,18 +1527,37 @@ impl Authority {
             let pending = self.store.crl_pending(&role.name(), BATCH).await?;
             match lists.get_mut(&role) {
                 None => {
-                    let rows = self.store.crl_entries(&role.name(), now).await?;
-                    let list = tokio::task::spawn_blocking(move || -> Result<EntryList> {
-                        let mut list = EntryList::default();
-                        for mut row in rows {
-                            // A revocation recorded by a host whose clock runs ahead is dated now.
-                            row.revoked_at = row.revoked_at.min(now);
-                            list.insert(&row)?;
+                    // Each chunk is parsed into the list on the blocking pool while the next
+                    // is read from the database.
+                    let mut list = EntryList::default();
+                    let mut cursor = crate::store::CrlCursor::default();
+                    let mut parsing: Option<tokio::task::JoinHandle<Result<EntryList>>> = None;
+                    loop {
+                        let chunk = self
+                            .store
+                            .crl_entries_chunk(&role.name(), now, &cursor, 100_000)
+                            .await?;
+                        if let Some(task) = parsing.take() {
+                            list = task.await.map_err(|e| {
+                                Error::Encoding(format!("CRL entry task failed: {e}"))
+                            })??;
                         }
-                        Ok(list)
-                    })
-                    .await
-                    .map_err(|e| Error::Encoding(format!("CRL entry task failed: {e}")))??;
+                        let Some((lines, next)) = chunk else {
+                            break;
+                        };
+                        cursor = next;
+                        let mut taken = std::mem::take(&mut list);
+                        parsing = Some(tokio::task::spawn_blocking(move || {
+                            for line in lines.split('\n') {
+                                let mut row = crate::store::crl_entry_line(line)?;
+                                // A revocation recorded by a host whose clock runs ahead is
+                                // dated now.
+                                row.revoked_at = row.revoked_at.min(now);
+                                taken.insert(&row)?;
+                            }
+                            Ok(taken)
+                        }));
+                    }
                     lists.insert(role, list);
                 }
                 Some(list) => {
