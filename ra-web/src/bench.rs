@@ -230,6 +230,67 @@ pub async fn crypto_ceiling(config: &Config, secs: u64, verifications: u32) -> a
     Ok(rate)
 }
 
+/// Writes `n` synthetic certificates of the Individual CA straight into the store (issued a
+/// minute ago, for a year; keyCompromise-revoked if `revoked`; no DER: CRLs and OCSP need only
+/// the serial and its status), in one transaction. Returns their serials (hex).
+async fn fill(auth: &Authority, n: usize, revoked: bool) -> anyhow::Result<Vec<String>> {
+    use rand::RngCore;
+    use sqlx::Executor;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut rng = rand::rngs::OsRng;
+    let partitions = auth.config().crl.partitions_of(CaRole::Individual);
+    let pool = auth.store().pool();
+    let mut conn = pool.acquire().await?;
+    conn.execute("BEGIN").await?;
+    const ROWS: usize = 500;
+    let mut all = Vec::with_capacity(n);
+    while all.len() < n {
+        let k = ROWS.min(n - all.len());
+        let mut sql = String::from(
+            "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, updated_at, not_before, not_after, revocation_reason, revoked_at, crl_partition) VALUES ",
+        );
+        let mut serials = Vec::with_capacity(k);
+        for i in 0..k {
+            let mut s = [0u8; 16];
+            rng.fill_bytes(&mut s);
+            s[0] &= 0x7f;
+            s[0] |= 0x10;
+            serials.push(hex::encode(s));
+            let p = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, 'individual', 'issued', 'personal', 1, ${}, '{{}}', {now}, {now}, {now}, {}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                now + 365 * 86_400,
+                p + 3,
+                p + 4,
+                p + 5
+            ));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in &serials {
+            let mut fp = vec![0u8; 32];
+            rng.fill_bytes(&mut fp);
+            let partition = ca_core::serial::SerialNumber::from_hex(s)
+                .and_then(|s| ca_core::crl::partition_of(&s, partitions))
+                .map(i64::from);
+            q = q
+                .bind(s.clone())
+                .bind(fp)
+                .bind(revoked.then_some(1i64))
+                .bind(revoked.then_some(now - 60))
+                .bind(partition);
+        }
+        q.execute(&mut *conn).await?;
+        all.extend(serials);
+    }
+    conn.execute("COMMIT").await?;
+    Ok(all)
+}
+
 /// Options of `ecert bench crl`.
 #[derive(Debug, clap::Args)]
 pub struct CrlBench {
@@ -247,12 +308,8 @@ pub struct CrlBench {
 /// from the database, and the one after a further revocation, which is what the publisher
 /// does within a minute of every revocation. Then the one partition that revocation touched.
 pub async fn crl(config: Config, b: CrlBench) -> anyhow::Result<()> {
-    use rand::RngCore;
-    use sqlx::Executor;
     let (auth, _) = Authority::init(config).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut rng = rand::rngs::OsRng;
-    let mut index = String::new();
     let fmt = |t: i64| -> anyhow::Result<String> {
         let d = time::OffsetDateTime::from_unix_timestamp(t)?;
         Ok(format!(
@@ -267,56 +324,24 @@ pub async fn crl(config: Config, b: CrlBench) -> anyhow::Result<()> {
     };
     let partitions = auth.config().crl.partitions_of(CaRole::Individual);
     let started = Instant::now();
-    let pool = auth.store().pool();
-    let mut conn = pool.acquire().await?;
-    conn.execute("BEGIN").await?;
-    const ROWS: usize = 500;
-    let mut done = 0;
-    while done < b.n {
-        let k = ROWS.min(b.n - done);
-        let mut sql = String::from(
-            "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, updated_at, not_before, not_after, revocation_reason, revoked_at, crl_partition) VALUES ",
-        );
-        let mut serials = Vec::with_capacity(k);
-        for i in 0..k {
-            let mut s = [0u8; 16];
-            rng.fill_bytes(&mut s);
-            s[0] &= 0x7f;
-            s[0] |= 0x10;
-            serials.push(hex::encode(s));
-            let p = i * 4;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("(${}, 'individual', 'issued', 'personal', 1, ${}, '{{}}', {now}, {now}, {now}, {}, 1, ${}, ${})", p + 1, p + 2, now + 365 * 86_400, p + 3, p + 4));
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for s in &serials {
-            let mut fp = vec![0u8; 32];
-            rng.fill_bytes(&mut fp);
-            let partition = ca_core::serial::SerialNumber::from_hex(s)
-                .and_then(|s| ca_core::crl::partition_of(&s, partitions))
-                .map(i64::from);
-            q = q.bind(s.clone()).bind(fp).bind(now - 60).bind(partition);
-            if b.openssl_index.is_some() {
-                index.push_str(&format!(
-                    "R\t{}\t{},keyCompromise\t{}\tunknown\t/CN=bench\n",
-                    fmt(now + 365 * 86_400)?,
-                    fmt(now - 60)?,
-                    s.to_uppercase()
-                ));
-            }
-        }
-        q.execute(&mut *conn).await?;
-        done += k;
-    }
-    conn.execute("COMMIT").await?;
-    drop(conn);
+    let serials = fill(&auth, b.n, true).await?;
     println!(
         "filled {} revoked certificates in {:.1} s",
         b.n,
         started.elapsed().as_secs_f64()
     );
+    let mut index = String::new();
+    if b.openssl_index.is_some() {
+        for s in &serials {
+            index.push_str(&format!(
+                "R\t{}\t{},keyCompromise\t{}\tunknown\t/CN=bench\n",
+                fmt(now + 365 * 86_400)?,
+                fmt(now - 60)?,
+                s.to_uppercase()
+            ));
+        }
+    }
+    let pool = auth.store().pool();
     if let Some(path) = &b.openssl_index {
         std::fs::write(path, index)?;
     }
@@ -844,4 +869,137 @@ async fn http_once(
         rest = out;
     }
     Ok((status, rest))
+}
+
+/// Options of `ecert bench ocsp-sign`.
+#[derive(Debug, clap::Args)]
+pub struct OcspSignBench {
+    /// Certificates (each gets two responses: SHA-1 and SHA-256 CertIDs).
+    #[arg(long, default_value_t = 100_000)]
+    pub n: usize,
+}
+
+/// `ecert bench ocsp-sign`: OCSP pre-signing and a mass revocation, in one fresh data
+/// directory. Prints the crypto ceiling of a response (cores ÷ (one HSM signature + one P-256
+/// verification, its self-check), each timed in this run); then signs the first responses of
+/// `n` certificates (written straight into the store, queued as issuance queues them) and
+/// prints responses per second as a share of that ceiling; then revokes all `n` as a
+/// two-officer mass revocation does ([`ca_core::revocation::revoke_many`]) and times, from the
+/// start of the revocation, the last OCSP response and the last CRL (full and partitions)
+/// showing it — the signer's two duties run side by side, as in `ecert serve`.
+pub async fn ocsp_sign(config: Config, b: OcspSignBench) -> anyhow::Result<()> {
+    let (auth, report) = Authority::init(config.clone()).await?;
+    if !report.existing.is_empty() {
+        anyhow::bail!(
+            "bench ocsp-sign makes its own CAs: give it a fresh data directory and database"
+        );
+    }
+    let auth = Arc::new(auth);
+    let ceiling = crypto_ceiling(&config, 2, 1).await?;
+    let serials = fill(&auth, b.n, false).await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    sqlx::query(
+        "INSERT INTO ocsp_pending (serial, version, queued_at) SELECT serial, 1, $1 FROM certificates \
+         WHERE issuer = 'individual' AND profile = 'personal' ON CONFLICT (serial) DO NOTHING",
+    )
+    .bind(now)
+    .execute(auth.store().pool())
+    .await?;
+    // The CRLs as they stand before the revocation (so the run below publishes only what the
+    // revocation changed).
+    publish_due_crls(&auth).await?;
+    let t = Instant::now();
+    let signed = crate::serve::sign_all_due(&auth).await?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(signed >= b.n, "signed {signed} of {} serials", b.n);
+    let rate = 2.0 * signed as f64 / secs;
+    println!(
+        "ecert OCSP pre-signing, {signed} serials (two responses each) in {secs:.1} s: {rate:.0} responses/s = {:.0}% of the crypto ceiling",
+        100.0 * rate / ceiling
+    );
+
+    let parsed: Vec<ca_core::serial::SerialNumber> = serials
+        .iter()
+        .filter_map(|s| ca_core::serial::SerialNumber::from_hex(s))
+        .collect();
+    // The revocation, with the signer's OCSP and CRL duties running beside it as in `ecert
+    // serve` (OCSP every 200 ms, CRLs every 5 s and once more after the last chunk).
+    let t = Instant::now();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let revocation = {
+        let (auth, finished) = (auth.clone(), finished.clone());
+        tokio::spawn(async move {
+            let r = ca_core::revocation::revoke_many(
+                auth.store(),
+                &parsed,
+                ca_core::revocation::Reason::Superseded,
+                "bench",
+            )
+            .await;
+            finished.store(true, Ordering::SeqCst);
+            r.map(|counts| (counts, t.elapsed().as_secs_f64()))
+        })
+    };
+    let (ocsp, crls) = tokio::join!(
+        async {
+            loop {
+                let last = finished.load(Ordering::SeqCst);
+                crate::serve::sign_all_due(&auth).await?;
+                if last {
+                    return Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+        async {
+            let mut n = 0;
+            loop {
+                let last = finished.load(Ordering::SeqCst);
+                n += publish_due_crls(&auth).await?;
+                if last {
+                    return Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64(), n));
+                }
+                for _ in 0..50 {
+                    if finished.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    );
+    let ((revoked, already, failed), recorded) = revocation.await??;
+    anyhow::ensure!(
+        revoked == b.n && already == 0 && failed == 0,
+        "revoked {revoked}, already {already}, failed {failed}"
+    );
+    let (ocsp, (crls, published)) = (ocsp?, crls?);
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ocsp_pending")
+        .fetch_one(auth.store().pool())
+        .await?;
+    anyhow::ensure!(pending == 0, "{pending} OCSP responses still due");
+    let full = auth
+        .store()
+        .latest_crl(&CaRole::Individual.name().to_string(), Scope::Full)
+        .await?
+        .map_or(0, |(_, der)| der.len());
+    println!(
+        "ecert mass revocation of {} certificates: recorded in {recorded:.1} s; every OCSP response shows it at {ocsp:.1} s; every CRL ({published} published, the full one {} bytes) at {crls:.1} s (target: both within 60 s for 100,000)",
+        b.n, full
+    );
+    Ok(())
+}
+
+/// Publishes every CRL that is due now (full and partitions of each publishing CA), as the
+/// signer's CRL duty does; returns how many.
+async fn publish_due_crls(auth: &Authority) -> anyhow::Result<usize> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut n = 0;
+    for role in auth.publishing_cas() {
+        for scope in auth.crls_due(role, now, 3600).await? {
+            auth.publish_crl(role, scope, "bench").await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -191,6 +191,8 @@ enum BenchCommand {
     OcspCeiling(bench::OcspCeiling),
     /// Bulk enrolment through the HTTP API of a service it starts (ops/bench bulk).
     Bulk(bench::BulkBench),
+    /// OCSP pre-signing rate and a mass revocation to OCSP and CRLs (ops/bench ocsp-sign).
+    OcspSign(bench::OcspSignBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -780,6 +782,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bench(BenchCommand::OcspCeiling(b)) => bench::ocsp_ceiling(b).await,
             #[cfg(feature = "bench")]
             Command::Bench(BenchCommand::Bulk(b)) => bench::bulk(config, b).await,
+            #[cfg(feature = "bench")]
+            Command::Bench(BenchCommand::OcspSign(b)) => bench::ocsp_sign(config, b).await,
         }
     })
 }
