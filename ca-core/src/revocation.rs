@@ -97,12 +97,30 @@ pub async fn revoke_many(
 ) -> Result<(usize, usize, usize)> {
     const PER_TRANSACTION: usize = 500;
     let (mut done, mut already, mut failed) = (0, 0, 0);
+    // The common case set-based: a certificate issued, neither revoked nor held, that renews
+    // nothing, of a CA not retired, for a reason that neither suspends nor sweeps a key. What
+    // [`revoke_in`] would do to it is exactly a compare-and-set of its revocation columns and
+    // the queues ([`Store::note_status_changes`]); everything else goes one by one below.
+    let set_based = !matches!(reason, Reason::KeyCompromise | Reason::CertificateHold);
     for chunk in serials.chunks(PER_TRANSACTION) {
         let at = crate::clock::revocation_time(store).await?;
         let mut tx = store.begin().await?;
         // The chunk's revocation records, chained with one read and one write of the head.
         let mut events = Vec::new();
-        for serial in chunk {
+        let hexes: Vec<String> = chunk.iter().map(SerialNumber::to_hex).collect();
+        let taken: std::collections::HashSet<String> = if set_based {
+            let changed = store
+                .revoke_plain_in(&mut tx, &hexes, reason.code(), at)
+                .await?;
+            for hex in &changed {
+                events.push(event(hex, &Outcome::Revoked, Some(reason), actor, None));
+            }
+            done += changed.len();
+            changed.into_iter().collect()
+        } else {
+            Default::default()
+        };
+        for serial in chunk.iter().filter(|s| !taken.contains(&s.to_hex())) {
             let hex = serial.to_hex();
             sqlx::query("SAVEPOINT one_revocation")
                 .execute(&mut *tx)
@@ -590,6 +608,107 @@ pub(crate) fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mass revocation revokes plain certificates set-based and the rest one by one, to the
+    /// same effect: queues, counters and audit records for every change; a renewal's
+    /// predecessor goes with it; a hold becomes permanent; an already revoked one is counted.
+    #[tokio::test]
+    async fn a_mass_revocation_treats_every_certificate_as_one_revocation_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("e.db").display()
+        ))
+        .await
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let cert = |serial: &'static str, reason: Option<i64>, renews: Option<&'static str>| {
+            let store = store.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, \
+                     updated_at, not_after, revocation_reason, revoked_at, renews, crl_partition) \
+                     VALUES ($1, 'individual', 'issued', 'personal', 2, $2, '{}', $3, $3, $4, $5, $6, $7, 1)",
+                )
+                .bind(serial)
+                .bind(serial.as_bytes().to_vec())
+                .bind(now - 100)
+                .bind(now + 86_400)
+                .bind(reason)
+                .bind(reason.map(|_| now - 10))
+                .bind(renews)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            }
+        };
+        let s = |n: u8| format!("{:032x}", 0x1000u32 + u32::from(n));
+        let (a, b, c, d, e, f) = (s(1), s(2), s(3), s(4), s(5), s(6));
+        let leak = |x: &String| -> &'static str { Box::leak(x.clone().into_boxed_str()) };
+        cert(leak(&a), None, None).await; // plain
+        cert(leak(&b), Some(1), None).await; // already revoked
+        cert(leak(&d), None, None).await; // renewed by c
+        cert(leak(&c), None, Some(leak(&d))).await;
+        cert(leak(&e), Some(6), None).await; // held
+        cert(leak(&f), None, None).await; // plain
+        let serials: Vec<SerialNumber> = [&a, &b, &c, &e, &f]
+            .iter()
+            .map(|h| SerialNumber::from_hex(h).unwrap())
+            .collect();
+        let (done, already, failed) = revoke_many(&store, &serials, Reason::Superseded, "staff:o1")
+            .await
+            .unwrap();
+        assert_eq!((done, already, failed), (4, 1, 0));
+        for (serial, want) in [
+            (&a, Some(4)),
+            (&b, Some(1)),
+            (&c, Some(4)),
+            (&d, Some(4)),
+            (&e, Some(4)),
+            (&f, Some(4)),
+        ] {
+            let r: Option<i64> =
+                sqlx::query_scalar("SELECT revocation_reason FROM certificates WHERE serial = $1")
+                    .bind(serial)
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(r, want, "{serial}");
+        }
+        let queued = |table: &'static str| {
+            let store = store.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                    "SELECT serial FROM {table} ORDER BY serial"
+                )))
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+            }
+        };
+        let changed = vec![a.clone(), c.clone(), d.clone(), e.clone(), f.clone()];
+        assert_eq!(queued("crl_pending").await, changed);
+        assert_eq!(queued("ocsp_pending").await, changed);
+        let versions: Vec<(String, i64)> =
+            sqlx::query_as("SELECT issuer, version FROM status_changes ORDER BY issuer")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            versions,
+            vec![
+                ("individual".to_string(), 5),
+                ("individual/p1".to_string(), 5)
+            ]
+        );
+        let audited: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE kind LIKE 'certificate.%' AND actor = 'staff:o1'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(audited, 5);
+    }
 
     #[test]
     fn names_and_codes() {

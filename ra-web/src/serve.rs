@@ -83,7 +83,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// A probe older than this (the prober stuck) counts as a database fault.
 const PROBE_STALE: i64 = 15;
 /// Serials signed per batch (one transaction).
-const OCSP_BATCH: i64 = 512;
+const OCSP_BATCH: i64 = 2048;
 
 #[derive(Debug, Default)]
 struct Counters {
