@@ -980,7 +980,7 @@ pub async fn ocsp_sign(config: Config, b: OcspSignBench) -> anyhow::Result<()> {
     anyhow::ensure!(pending == 0, "{pending} OCSP responses still due");
     let full = auth
         .store()
-        .latest_crl(&CaRole::Individual.name().to_string(), Scope::Full)
+        .latest_crl(CaRole::Individual.name(), Scope::Full)
         .await?
         .map_or(0, |(_, der)| der.len());
     println!(
