@@ -80,7 +80,7 @@ macro_rules! queue_sql {
         concat!(
             "INSERT INTO ldap_pending (entry, version, queued_at) ",
             $rows,
-            " ON CONFLICT (entry) DO UPDATE SET version = ldap_pending.version + 1, next_at = 0"
+            " ON CONFLICT (entry) DO UPDATE SET version = ldap_pending.version + 1, next_at = 0, attempts = 0"
         )
     };
 }
@@ -96,11 +96,13 @@ pub async fn queue_ca(tx: &mut Tx, ca: &str, now: i64) -> Result<()> {
 }
 
 /// Queues the subscriber entry of the application that holds `serial`, if its holder chose
-/// publication (the certificate's status changed).
+/// publication, and any entry the directory holds `serial` in (an application renewed since
+/// points at its new certificate; the old one must still leave the entry when revoked).
 pub async fn queue_certificate(tx: &mut Tx, serial: &str, now: i64) -> Result<()> {
     sqlx::query(queue_sql!(
         "SELECT 'mail:' || email, 1, $2 FROM applications \
-         WHERE certificate = $1 AND publish = 1 AND email IS NOT NULL"
+         WHERE certificate = $1 AND publish = 1 AND email IS NOT NULL \
+         UNION SELECT entry, 1, $2 FROM ldap_published WHERE serial = $1"
     ))
     .bind(serial)
     .bind(now)
@@ -376,9 +378,12 @@ impl Publisher {
     /// base) — every published address and every CA.
     async fn queue_due(&self, store: &Store, now: i64) -> Result<()> {
         let mut tx = store.begin().await?;
-        sqlx::query(queue_sql!(
-            "SELECT DISTINCT entry, 1, $1 FROM ldap_published WHERE not_after <= $1"
-        ))
+        // An entry already queued keeps its retry delay (this runs every pass).
+        sqlx::query(
+            "INSERT INTO ldap_pending (entry, version, queued_at) \
+             SELECT DISTINCT entry, 1, $1 FROM ldap_published WHERE not_after <= $1 \
+             ON CONFLICT (entry) DO NOTHING",
+        )
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -448,9 +453,7 @@ impl Publisher {
                 .map_err(Written::from)?;
             return match r.rc {
                 0 | NO_SUCH_OBJECT => Ok(Vec::new()),
-                _ => Err(Written::Refused(ldap_error(LdapError::LdapResult {
-                    result: r,
-                }))),
+                _ => Err(Written::from(LdapError::LdapResult { result: r })),
             };
         }
         // Names from the newest certificate's subject: nothing the certificates do not say.
@@ -565,9 +568,14 @@ enum Written {
 
 impl From<LdapError> for Written {
     fn from(e: LdapError) -> Written {
-        match e {
+        match &e {
+            // timeLimitExceeded, busy, unavailable, other (RFC 4511 Appendix A): the directory,
+            // not this entry — the pass stops and is retried with the connection's backoff.
+            LdapError::LdapResult { result } if matches!(result.rc, 3 | 51 | 52 | 80) => {
+                Written::Connection(ldap_error(e))
+            }
             LdapError::LdapResult { .. } => Written::Refused(ldap_error(e)),
-            other => Written::Connection(ldap_error(other)),
+            _ => Written::Connection(ldap_error(e)),
         }
     }
 }
@@ -636,24 +644,6 @@ async fn finish(
             .await?;
         }
     }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// With no directory configured: forgets the queue (it would only grow) and what a directory
-/// held, so configuring one later publishes everything afresh.
-pub async fn discard(store: &Store) -> Result<()> {
-    let mut tx = store.begin().await?;
-    sqlx::query("DELETE FROM ldap_pending")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM ldap_published")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM meta WHERE key = $1")
-        .bind(META_TARGET)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -752,9 +742,50 @@ mod tests {
             .unwrap();
         assert_eq!(held, 0);
         assert_eq!(store.meta(META_TARGET).await.unwrap(), Some(other.target()));
-        // Without a directory the queue is dropped.
-        discard(&store).await.unwrap();
-        assert_eq!(backlog(&store).await.unwrap(), 0);
+    }
+
+    /// Review finding: after a renewal the application points at the new certificate, so a
+    /// revocation of the old one must find its entry through what the directory holds.
+    #[tokio::test]
+    async fn a_change_to_a_certificate_the_directory_holds_queues_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("e.db").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO ldap_published (serial, entry, not_after) VALUES ('0a', 'mail:a@x.hk', 10)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let mut tx = store.begin().await.unwrap();
+        queue_certificate(&mut tx, "0a", 5).await.unwrap();
+        queue_certificate(&mut tx, "0b", 5).await.unwrap();
+        tx.commit().await.unwrap();
+        let queued: Vec<String> = sqlx::query_scalar("SELECT entry FROM ldap_pending")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(queued, vec!["mail:a@x.hk".to_string()]);
+        // A refused entry keeps its delay though its certificate expires meanwhile.
+        sqlx::query("UPDATE ldap_pending SET next_at = 1000, attempts = 3")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let publisher = Publisher::new(&cfg("ldap://127.0.0.1:1"), dir.path())
+            .unwrap()
+            .unwrap();
+        store
+            .set_meta(META_TARGET, &publisher.target())
+            .await
+            .unwrap();
+        publisher.queue_due(&store, 20).await.unwrap();
+        let next: i64 = sqlx::query_scalar("SELECT next_at FROM ldap_pending")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(next, 1000);
     }
 
     #[test]

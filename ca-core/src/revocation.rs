@@ -103,69 +103,98 @@ pub async fn revoke_many(
     // the queues ([`Store::note_status_changes`]); everything else goes one by one below.
     let set_based = !matches!(reason, Reason::KeyCompromise | Reason::CertificateHold);
     for chunk in serials.chunks(PER_TRANSACTION) {
-        let at = crate::clock::revocation_time(store).await?;
-        let mut tx = store.begin().await?;
-        // The chunk's revocation records, chained with one read and one write of the head.
-        let mut events = Vec::new();
-        let hexes: Vec<String> = chunk.iter().map(SerialNumber::to_hex).collect();
-        let taken: std::collections::HashSet<String> = if set_based {
-            let changed = store
-                .revoke_plain_in(&mut tx, &hexes, reason.code(), at)
-                .await?;
-            for hex in &changed {
-                events.push(event(hex, &Outcome::Revoked, Some(reason), actor, None));
+        // A chunk is one transaction: after a database failure it is tried again (everything
+        // in it was rolled back), so one failover does not stop a mass revocation half-way.
+        let mut attempt = 0;
+        let (d, a, f) = loop {
+            match revoke_chunk(store, chunk, reason, actor, set_based).await {
+                Ok(counts) => break counts,
+                Err(e @ (Error::Store(_) | Error::StoreUnavailable(_))) if attempt < 4 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "mass revocation: a chunk failed; trying it again");
+                    tokio::time::sleep(std::time::Duration::from_secs(1 << attempt)).await;
+                }
+                Err(e) => return Err(e),
             }
-            done += changed.len();
-            changed.into_iter().collect()
-        } else {
-            Default::default()
         };
-        for serial in chunk.iter().filter(|s| !taken.contains(&s.to_hex())) {
-            let hex = serial.to_hex();
-            sqlx::query("SAVEPOINT one_revocation")
-                .execute(&mut *tx)
-                .await?;
-            let mut mine = Vec::new();
-            let r = revoke_as_in(
-                store,
-                &mut tx,
-                &hex,
-                reason,
-                at,
-                actor,
-                Evidence::Verified,
-                &mut mine,
-            )
-            .await;
-            if r.is_ok() {
-                events.append(&mut mine);
-            }
-            if r.is_err() {
-                sqlx::query("ROLLBACK TO SAVEPOINT one_revocation")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query("RELEASE SAVEPOINT one_revocation")
-                .execute(&mut *tx)
-                .await?;
-            match r {
-                Ok(_) => done += 1,
-                Err(Error::AlreadyRevoked { .. }) => already += 1,
-                Err(e @ (Error::Store(_) | Error::StoreUnavailable(_) | Error::StoreFull(_))) => {
-                    return Err(e)
-                }
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(serial = %hex, error = %e, "mass revocation: one certificate failed");
-                }
-            }
-        }
-        store
-            .audit_many(&mut tx, &events.iter().collect::<Vec<_>>())
-            .await?;
-        tx.commit().await?;
+        done += d;
+        already += a;
+        failed += f;
     }
     tracing::info!(revoked = done, already, failed, "mass revocation");
+    Ok((done, already, failed))
+}
+
+/// One transaction of [`revoke_many`]: (revoked, already revoked, failed).
+async fn revoke_chunk(
+    store: &Store,
+    chunk: &[SerialNumber],
+    reason: Reason,
+    actor: &str,
+    set_based: bool,
+) -> Result<(usize, usize, usize)> {
+    let (mut done, mut already, mut failed) = (0, 0, 0);
+    let at = crate::clock::revocation_time(store).await?;
+    let mut tx = store.begin().await?;
+    // The chunk's revocation records, chained with one read and one write of the head.
+    let mut events = Vec::new();
+    let hexes: Vec<String> = chunk.iter().map(SerialNumber::to_hex).collect();
+    let taken: std::collections::HashSet<String> = if set_based {
+        let changed = store
+            .revoke_plain_in(&mut tx, &hexes, reason.code(), at)
+            .await?;
+        for hex in &changed {
+            events.push(event(hex, &Outcome::Revoked, Some(reason), actor, None));
+        }
+        done += changed.len();
+        changed.into_iter().collect()
+    } else {
+        Default::default()
+    };
+    for serial in chunk.iter().filter(|s| !taken.contains(&s.to_hex())) {
+        let hex = serial.to_hex();
+        sqlx::query("SAVEPOINT one_revocation")
+            .execute(&mut *tx)
+            .await?;
+        let mut mine = Vec::new();
+        let r = revoke_as_in(
+            store,
+            &mut tx,
+            &hex,
+            reason,
+            at,
+            actor,
+            Evidence::Verified,
+            &mut mine,
+        )
+        .await;
+        if r.is_ok() {
+            events.append(&mut mine);
+        }
+        if r.is_err() {
+            sqlx::query("ROLLBACK TO SAVEPOINT one_revocation")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("RELEASE SAVEPOINT one_revocation")
+            .execute(&mut *tx)
+            .await?;
+        match r {
+            Ok(_) => done += 1,
+            Err(Error::AlreadyRevoked { .. }) => already += 1,
+            Err(e @ (Error::Store(_) | Error::StoreUnavailable(_) | Error::StoreFull(_))) => {
+                return Err(e)
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(serial = %hex, error = %e, "mass revocation: one certificate failed");
+            }
+        }
+    }
+    store
+        .audit_many(&mut tx, &events.iter().collect::<Vec<_>>())
+        .await?;
+    tx.commit().await?;
     Ok((done, already, failed))
 }
 

@@ -1392,16 +1392,12 @@ async fn expiry_reminders(ra: Arc<crate::ra::RaState>) {
 /// The signer: keeps the LDAP directory as the database says it should be (docs/DIRECTORY.md
 /// "LDAP"): every 2 seconds, the entries queued by status changes, CRLs and holders' choices.
 /// A directory that cannot be reached is retried with a delay doubling from 2 seconds to a
-/// minute; the queue stays in the database meanwhile. With no `[ldap] url`, the queue is
-/// dropped hourly (a directory configured later is published in full).
+/// minute; the queue stays in the database meanwhile. With no `[ldap] url` nothing is
+/// published, and the queue (one row per entry, however many changes) waits: withdrawals and
+/// revocations made meanwhile reach the directory once it is configured again.
 async fn ldap_publisher(store: ca_core::store::Store, publisher: Option<ca_core::ldap::Publisher>) {
     let Some(publisher) = publisher else {
-        loop {
-            if let Err(e) = ca_core::ldap::discard(&store).await {
-                tracing::warn!(error = %e, "could not drop the unused LDAP queue");
-            }
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
+        return;
     };
     tracing::info!(directory = %publisher.target(), "publishing to LDAP");
     let mut outage = Outage::default();
@@ -1419,7 +1415,8 @@ async fn ldap_publisher(store: ca_core::store::Store, publisher: Option<ca_core:
                         "LDAP entries published"
                     );
                 }
-                if pass.more {
+                // More due: go on at once, unless nothing could be written (then wait).
+                if pass.more && pass.written > 0 {
                     continue;
                 }
             }

@@ -1523,7 +1523,12 @@ pub async fn release_row(
     let (serial, s) = row_serial(auth.store(), caller, client_row_id).await?;
     let actor = format!("organisation:{}", caller.organisation_id);
     let holder = auth.store().held_by(&serial).await?;
-    if holder.as_deref().is_some_and(|h| h != actor) {
+    let held = auth.store().certificate(&serial).await?.is_some_and(|c| {
+        c.revocation_reason == Some(crate::revocation::Reason::CertificateHold.code())
+    });
+    // A hold placed by anyone else — or by no one recorded — is an officer's to release (as at
+    // the counter); not held at all, the release says so.
+    if held && holder.as_deref() != Some(actor.as_str()) {
         return Err(Error::Forbidden(
             "this hold was placed by an officer: an officer releases it".into(),
         ));

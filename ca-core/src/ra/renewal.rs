@@ -154,6 +154,8 @@ pub async fn renew_online(
         .bind(now())
         .execute(&mut *tx)
         .await?;
+    // The directory entry now holds the renewal (if the holder publishes).
+    crate::ldap::queue_application(&mut tx, &id, false, now()).await?;
     store
         .audit(
             &mut tx,
