@@ -105,6 +105,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (39, "standing_authorisation", include_str!("../../migrations/sqlite/0039_standing_authorisation.sql")),
     (40, "crl_cover", include_str!("../../migrations/sqlite/0040_crl_cover.sql")),
     (41, "applications_certificate", include_str!("../../migrations/sqlite/0041_applications_certificate.sql")),
+    (42, "batch_approved_by", include_str!("../../migrations/sqlite/0042_batch_approved_by.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -149,6 +150,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (39, "standing_authorisation", include_str!("../../migrations/postgres/0039_standing_authorisation.sql")),
     (40, "crl_cover", include_str!("../../migrations/postgres/0040_crl_cover.sql")),
     (41, "applications_certificate", include_str!("../../migrations/postgres/0041_applications_certificate.sql")),
+    (42, "batch_approved_by", include_str!("../../migrations/postgres/0042_batch_approved_by.sql")),
 ];
 
 row! {

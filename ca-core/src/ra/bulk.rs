@@ -846,8 +846,21 @@ pub async fn submit_batch(
         if let (Some(until), Some(max), Some(by)) =
             (st.standing_until, st.standing_max_rows, st.standing_by)
         {
-            if until > now() && receipt.accepted as i64 <= max {
-                approve_in(store, &mut tx, &id, &format!("standing-authorisation:{by}")).await?;
+            // At most max_rows approved on arrival in any 24 hours, whatever the number of
+            // batches: a leaked batch token cannot issue without limit.
+            let approver = format!("standing-authorisation:{by}");
+            let used: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM batch_rows r JOIN batches b ON b.id = r.batch_id \
+                 WHERE b.organisation_id = $1 AND b.approved_by = $2 AND b.approved_at > $3 \
+                 AND r.state NOT IN ('invalid', 'duplicate')",
+            )
+            .bind(&caller.organisation_id)
+            .bind(&approver)
+            .bind(now() - 86_400)
+            .fetch_one(&mut *tx)
+            .await?;
+            if until > now() && used + receipt.accepted as i64 <= max {
+                approve_in(store, &mut tx, &id, &approver).await?;
                 receipt.approved = true;
             }
         }
@@ -889,10 +902,11 @@ async fn approve_in(
     actor: &str,
 ) -> Result<Option<usize>> {
     let changed = sqlx::query(
-        "UPDATE batches SET state = 'approved', approved_at = $2 WHERE id = $1 AND state = 'submitted'",
+        "UPDATE batches SET state = 'approved', approved_at = $2, approved_by = $3 WHERE id = $1 AND state = 'submitted'",
     )
     .bind(batch_id)
     .bind(now())
+    .bind(actor)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -971,7 +985,9 @@ pub(crate) async fn set_standing(
         .await?;
     tx.commit().await?;
     Ok(if days > 0 {
-        format!("batches of up to {max_rows} rows approved on arrival for {days} days")
+        format!(
+            "batches approved on arrival, up to {max_rows} rows in any 24 hours, for {days} days"
+        )
     } else {
         "standing authorisation withdrawn".to_string()
     })

@@ -51,7 +51,7 @@ pub struct ProposalRequest {
     pub batch: Option<String>,
     /// Standing authorisation: the organisation's id ...
     pub organisation: Option<String>,
-    /// ... the most good rows a batch may have to be approved on arrival ...
+    /// ... the most good rows approved on arrival in any 24 hours ...
     pub max_rows: Option<i64>,
     /// ... for this many days (0 withdraws it).
     pub days: Option<u32>,
@@ -344,7 +344,7 @@ pub async fn propose(
                 (
                     json!({ "organisation": org, "days": days, "max_rows": max_rows }),
                     format!(
-                        "let {name}'s batches of up to {max_rows} rows be approved on arrival for {days} days"
+                        "let {name}'s batches be approved on arrival, up to {max_rows} rows in any 24 hours, for {days} days"
                     ),
                 )
             }

@@ -750,15 +750,16 @@ else:
 }
 
 /// Where the policy allows it, two officers give an organisation a standing authorisation: its
-/// batches up to a size are approved on arrival (audited as the authorisation), a larger one
-/// waits for two officers, and once withdrawn every batch waits again.
+/// batches are approved on arrival (audited as the authorisation) up to a number of rows in any
+/// 24 hours; a larger batch, or one past that number, waits for two officers; once withdrawn
+/// every batch waits again.
 #[test]
 fn a_standing_authorisation_approves_small_batches_on_arrival() {
     let ca = Ca::init();
     crate::apply::dcv_config(&ca);
     crate::apply::officers_ready(&ca);
     ca.append_config("[ra]\nstanding_authorisation = true");
-    let keys = csrs(&ca, 9);
+    let keys = csrs(&ca, 12);
     let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
     with_service(&ca, |addr| {
         let (org, token) = organisation_ready(&ca, addr);
@@ -795,8 +796,12 @@ fn a_standing_authorisation_approves_small_batches_on_arrival() {
             serde_json::json!({ "kind": "standing_authorisation", "organisation": org, "max_rows": 3, "days": 30 }),
         );
         let granted_by = done["id"].as_str().unwrap().to_string();
+        // More than 3 in one batch: waits for two officers.
+        let large = submit(&rows[2..6]);
+        assert_eq!(large["approved"], false, "{large}");
+        assert_eq!(state(&large["id"]), "submitted");
         // Up to 3 good rows: approved on arrival and issued, named by the authorisation.
-        let small = submit(&rows[2..5]);
+        let small = submit(&rows[6..8]);
         assert_eq!(small["approved"], true, "{small}");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while state(&small["id"]) != "done" {
@@ -807,23 +812,32 @@ fn a_standing_authorisation_approves_small_batches_on_arrival() {
             "SELECT COUNT(*) FROM batch_rows WHERE batch_id = '{}' AND state = 'issued'",
             small["id"].as_str().unwrap()
         ));
-        assert_eq!(issued.trim(), "3");
+        assert_eq!(issued.trim(), "2");
         let actor = ca.sql_query(&format!(
             "SELECT actor FROM audit_log WHERE kind = 'bulk.batch.approved' AND subject = '{}'",
             small["id"].as_str().unwrap()
         ));
         assert_eq!(actor.trim(), format!("standing-authorisation:{granted_by}"));
-        // More than 3: waits for two officers.
-        let large = submit(&rows[5..9]);
-        assert_eq!(large["approved"], false, "{large}");
-        assert_eq!(state(&large["id"]), "submitted");
+        // At most 3 in any 24 hours, however they are split: a third row passes, a fourth waits.
+        let third = submit(&rows[8..9]);
+        assert_eq!(third["approved"], true, "{third}");
+        let fourth = submit(&rows[9..10]);
+        assert_eq!(
+            (fourth["accepted"].as_u64(), fourth["approved"].as_bool()),
+            (Some(1), Some(false)),
+            "{fourth}"
+        );
         // Withdrawn: every batch waits again.
         crate::apply::officers_decide(
             &ca,
             serde_json::json!({ "kind": "standing_authorisation", "organisation": org, "days": 0 }),
         );
-        let again = submit(&[row(20, &keys[0])]);
-        assert_eq!(again["approved"], false, "{again}");
+        let again = submit(&rows[10..11]);
+        assert_eq!(
+            (again["accepted"].as_u64(), again["approved"].as_bool()),
+            (Some(1), Some(false)),
+            "{again}"
+        );
         assert_eq!(state(&first["id"]), "submitted");
     });
     ca.audit_ok();
