@@ -437,7 +437,8 @@ impl Publisher {
             // Not an address a lookup could ask for: nothing to publish under it.
             return Ok(Vec::new());
         };
-        let certs = crate::ra::directory::lookup(store, &address, now)
+        // Every spelling of the address that differs only in case shares this entry.
+        let certs = crate::ra::directory::lookup_any_case(store, &address, now)
             .await
             .map_err(Written::Connection)?;
         let dn = format!(

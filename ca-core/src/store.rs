@@ -106,6 +106,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (40, "crl_cover", include_str!("../../migrations/sqlite/0040_crl_cover.sql")),
     (41, "applications_certificate", include_str!("../../migrations/sqlite/0041_applications_certificate.sql")),
     (42, "batch_approved_by", include_str!("../../migrations/sqlite/0042_batch_approved_by.sql")),
+    (43, "published_email_lower", include_str!("../../migrations/sqlite/0043_published_email_lower.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -151,6 +152,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (40, "crl_cover", include_str!("../../migrations/postgres/0040_crl_cover.sql")),
     (41, "applications_certificate", include_str!("../../migrations/postgres/0041_applications_certificate.sql")),
     (42, "batch_approved_by", include_str!("../../migrations/postgres/0042_batch_approved_by.sql")),
+    (43, "published_email_lower", include_str!("../../migrations/postgres/0043_published_email_lower.sql")),
 ];
 
 row! {

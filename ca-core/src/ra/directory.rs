@@ -76,3 +76,97 @@ pub async fn lookup(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> 
         .map(|r| (r.serial, r.cert_der, r.not_after))
         .collect())
 }
+
+/// [`lookup`] for every spelling of `email` that differs only in case: what one LDAP entry
+/// holds, since the directory's `mail` matches without regard to case (RFC 4519 §2.16), so
+/// `Tai.Man@x.hk` and `tai.man@x.hk` are one entry there.
+pub async fn lookup_any_case(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> {
+    let email = address(email)?;
+    let rows = sqlx::query_as::<_, Published>(
+        "SELECT c.serial, c.cert_der, c.not_after FROM applications a JOIN certificates c ON c.serial = a.certificate \
+         WHERE a.publish = 1 AND a.profile IN ('personal', 'encipherment') AND a.state = 'issued' AND LOWER(a.email) = LOWER($1) \
+         AND c.state = 'issued' AND c.revocation_reason IS NULL AND c.not_after > $2 AND c.cert_der IS NOT NULL \
+         ORDER BY c.not_after DESC LIMIT $3",
+    )
+    .bind(&email)
+    .bind(now)
+    .bind(MAX_RESULTS)
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.serial, r.cert_der, r.not_after))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: two spellings of an address that differ only in case are one LDAP entry,
+    /// so the entry is written from the certificates of both; the HTTP lookup stays exact.
+    #[tokio::test]
+    async fn one_ldap_entry_holds_every_spelling_of_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("e.db").display()
+        ))
+        .await
+        .unwrap();
+        crate::ra::ensure_outlet(&store, "o", "O", "O", "test")
+            .await
+            .unwrap();
+        let now = 1_900_000_000;
+        for (i, email) in [
+            "Tai.Man@example.hk",
+            "tai.man@example.hk",
+            "other@example.hk",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let serial = format!("{i:032x}");
+            sqlx::query(
+                "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, updated_at, not_after, cert_der) \
+                 VALUES ($1, 'individual', 'issued', 'personal', 2, $2, '{}', $3, $3, $4, $2)",
+            )
+            .bind(&serial)
+            .bind(serial.as_bytes().to_vec())
+            .bind(now)
+            .bind(now + 86_400 + i as i64)
+            .execute(store.pool())
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO applications (id, reference, secret_hash, revocation_hash, profile, state, version, outlet, language, \
+                 surname, given_name, name_zh, email, hkid_sealed, hkid_index, dob_sealed, phone_sealed, address_sealed, \
+                 consent_notices, consent_wording, consent_at, csr, created_at, updated_at, certificate, publish) \
+                 VALUES ($1, $2, $3, 'x', 'personal', 'issued', 1, 'o', 'en', 'CHAN', 'Tai Man', '', $4, $3, $3, $3, $3, $3, 0, '', $5, $3, $5, $5, $6, 1)",
+            )
+            .bind(format!("app-{i}"))
+            .bind(format!("EC-{i:08}"))
+            .bind(vec![0u8])
+            .bind(email)
+            .bind(now)
+            .bind(&serial)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        let serials = |v: Vec<Entry>| v.into_iter().map(|e| e.0).collect::<Vec<_>>();
+        let both = vec![format!("{:032x}", 1), format!("{:032x}", 0)];
+        assert_eq!(
+            serials(
+                lookup_any_case(&store, "TAI.MAN@example.hk", now)
+                    .await
+                    .unwrap()
+            ),
+            both
+        );
+        assert_eq!(
+            serials(lookup(&store, "tai.man@example.hk", now).await.unwrap()),
+            vec![format!("{:032x}", 1)]
+        );
+    }
+}
