@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -499,6 +499,54 @@ fn http_date(unix: i64) -> String {
         .unwrap_or_default()
 }
 
+/// `http_date` as a header value, remembered per thread for the last few instants asked (a
+/// GET answer needs Expires, which changes once a second, and Last-Modified, which most
+/// responses share because they are signed in batches): formatting a date per request cost
+/// more than the rest of the answer.
+fn http_date_value(unix: i64) -> HeaderValue {
+    thread_local! {
+        static DATES: std::cell::RefCell<[(i64, Option<HeaderValue>); 4]> =
+            const { std::cell::RefCell::new([(0, None), (0, None), (0, None), (0, None)]) };
+    }
+    DATES.with(|d| {
+        let mut d = d.borrow_mut();
+        if let Some((_, Some(v))) = d.iter().find(|(t, v)| *t == unix && v.is_some()) {
+            return v.clone();
+        }
+        let v = HeaderValue::from_str(&http_date(unix)).unwrap_or(HeaderValue::from_static(""));
+        // Replace the slot of the oldest instant.
+        let slot = d
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (t, _))| *t)
+            .map_or(0, |(i, _)| i);
+        d[slot] = (unix, Some(v.clone()));
+        v
+    })
+}
+
+/// The Cache-Control of a GET answer, remembered per thread for the last max-age (nearly always
+/// `[ocsp] cache_max_age_seconds`).
+fn cache_control_value(max_age: i64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(i64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|l| {
+        let mut l = l.borrow_mut();
+        match &*l {
+            Some((m, v)) if *m == max_age => v.clone(),
+            _ => {
+                let v = HeaderValue::from_str(&format!(
+                    "public, no-transform, must-revalidate, max-age={max_age}"
+                ))
+                .unwrap_or(HeaderValue::from_static("no-cache"));
+                *l = Some((max_age, v.clone()));
+                v
+            }
+        }
+    })
+}
+
 fn ocsp_body(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/ocsp-response")], body).into_response()
 }
@@ -506,7 +554,7 @@ fn ocsp_body(body: Bytes) -> Response {
 /// Answers one DER OCSPRequest. `get`: add the caching headers of RFC 5019 §6.2 (max-age
 /// capped by nextUpdate, Expires, Last-Modified = thisUpdate, a strong ETag) and honour
 /// If-None-Match. Error responses are never cached.
-fn answer(s: &AppState, request: &[u8], get: Option<&HeaderMap>) -> Response {
+fn answer(s: &AppState, request: &[u8], get: Option<Option<&HeaderValue>>) -> Response {
     let now = now();
     let (entry, alg) = match s.ocsp.answer(request, now) {
         Ok(v) => v,
@@ -523,7 +571,7 @@ fn answer(s: &AppState, request: &[u8], get: Option<&HeaderMap>) -> Response {
         }
     };
     let (der, etag) = entry.for_alg(alg);
-    let Some(headers) = get else {
+    let Some(if_none_match) = get else {
         s.counters.good.fetch_add(1, Ordering::Relaxed);
         return ocsp_body(der.clone());
     };
@@ -531,16 +579,15 @@ fn answer(s: &AppState, request: &[u8], get: Option<&HeaderMap>) -> Response {
         .min(entry.next_update - now)
         .max(0);
     let cache = [
+        (header::CACHE_CONTROL, cache_control_value(max_age)),
+        (header::EXPIRES, http_date_value(now + max_age)),
+        (header::LAST_MODIFIED, http_date_value(entry.this_update)),
         (
-            header::CACHE_CONTROL,
-            format!("public, no-transform, must-revalidate, max-age={max_age}"),
+            header::ETAG,
+            HeaderValue::from_str(etag).unwrap_or(HeaderValue::from_static("\"\"")),
         ),
-        (header::EXPIRES, http_date(now + max_age)),
-        (header::LAST_MODIFIED, http_date(entry.this_update)),
-        (header::ETAG, etag.to_string()),
     ];
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
+    let matches = if_none_match
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if matches {
@@ -556,6 +603,20 @@ fn answer(s: &AppState, request: &[u8], get: Option<&HeaderMap>) -> Response {
         .into_response()
 }
 
+/// The one request header an OCSP GET reads (a `HeaderMap` extractor would copy them all).
+struct IfNoneMatch(Option<HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(IfNoneMatch(parts.headers.get(header::IF_NONE_MATCH).cloned()))
+    }
+}
+
 /// `POST /ocsp`, body `application/ocsp-request` (RFC 6960 §A.1).
 async fn ocsp_post(State(s): State<Shared>, body: Bytes) -> Response {
     answer(&s, &body, None)
@@ -567,7 +628,7 @@ async fn ocsp_post(State(s): State<Shared>, body: Bytes) -> Response {
 async fn ocsp_get(
     State(s): State<Shared>,
     Path(request): Path<String>,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Response {
     use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurposeConfig};
     const LENIENT: GeneralPurposeConfig =
@@ -581,7 +642,7 @@ async fn ocsp_get(
         .decode(trimmed)
         .or_else(|_| URL_SAFE.decode(trimmed))
     {
-        Ok(der) => answer(&s, &der, Some(&headers)),
+        Ok(der) => answer(&s, &der, Some(if_none_match.as_ref())),
         Err(_) => {
             s.counters.malformed.fetch_add(1, Ordering::Relaxed);
             ocsp_body(Bytes::from_static(ocsp::MALFORMED_REQUEST))
