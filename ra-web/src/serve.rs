@@ -613,7 +613,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfNoneMatch {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(IfNoneMatch(parts.headers.get(header::IF_NONE_MATCH).cloned()))
+        Ok(IfNoneMatch(
+            parts.headers.get(header::IF_NONE_MATCH).cloned(),
+        ))
     }
 }
 
