@@ -694,13 +694,7 @@ mod tests {
     /// its entry is queued from what was written; another directory gets everything afresh.
     #[tokio::test]
     async fn expiry_and_a_new_directory_queue_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("e.db").display()
-        ))
-        .await
-        .unwrap();
+        let (dir, store) = crate::store::test_store().await;
         let publisher = Publisher::new(&cfg("ldap://127.0.0.1:1"), dir.path())
             .unwrap()
             .unwrap();
@@ -749,13 +743,7 @@ mod tests {
     /// revocation of the old one must find its entry through what the directory holds.
     #[tokio::test]
     async fn a_change_to_a_certificate_the_directory_holds_queues_its_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("e.db").display()
-        ))
-        .await
-        .unwrap();
+        let (dir, store) = crate::store::test_store().await;
         sqlx::query("INSERT INTO ldap_published (serial, entry, not_after) VALUES ('0a', 'mail:a@x.hk', 10)")
             .execute(store.pool())
             .await

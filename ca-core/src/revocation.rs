@@ -643,13 +643,7 @@ mod tests {
     /// predecessor goes with it; a hold becomes permanent; an already revoked one is counted.
     #[tokio::test]
     async fn a_mass_revocation_treats_every_certificate_as_one_revocation_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("e.db").display()
-        ))
-        .await
-        .unwrap();
+        let (_dir, store) = crate::store::test_store().await;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let cert = |serial: &'static str, reason: Option<i64>, renews: Option<&'static str>| {
             let store = store.clone();

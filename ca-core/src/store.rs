@@ -2681,6 +2681,19 @@ pub(crate) fn redact_url(msg: &str, url: &str) -> String {
     }
 }
 
+/// A fresh SQLite store in a temporary directory, for unit tests (keep the directory alive).
+#[cfg(test)]
+pub(crate) async fn test_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("ecert.db").display()
+    ))
+    .await
+    .unwrap();
+    (dir, store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,40 +59,43 @@ pub fn address(s: &str) -> Result<String> {
 
 /// The published certificates for `email` valid at `now`, newest first.
 pub async fn lookup(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> {
-    let email = address(email)?;
-    let rows = sqlx::query_as::<_, Published>(
+    published(
+        store,
         "SELECT c.serial, c.cert_der, c.not_after FROM applications a JOIN certificates c ON c.serial = a.certificate \
          WHERE a.publish = 1 AND a.profile IN ('personal', 'encipherment') AND a.state = 'issued' AND a.email = $1 AND c.state = 'issued' \
          AND c.revocation_reason IS NULL AND c.not_after > $2 AND c.cert_der IS NOT NULL \
          ORDER BY c.not_after DESC LIMIT $3",
+        email,
+        now,
     )
-    .bind(&email)
-    .bind(now)
-    .bind(MAX_RESULTS)
-    .fetch_all(store.pool())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.serial, r.cert_der, r.not_after))
-        .collect())
+    .await
 }
 
 /// [`lookup`] for every spelling of `email` that differs only in case: what one LDAP entry
 /// holds, since the directory's `mail` matches without regard to case (RFC 4519 §2.16), so
 /// `Tai.Man@x.hk` and `tai.man@x.hk` are one entry there.
 pub async fn lookup_any_case(store: &Store, email: &str, now: i64) -> Result<Vec<Entry>> {
-    let email = address(email)?;
-    let rows = sqlx::query_as::<_, Published>(
+    published(
+        store,
         "SELECT c.serial, c.cert_der, c.not_after FROM applications a JOIN certificates c ON c.serial = a.certificate \
          WHERE a.publish = 1 AND a.profile IN ('personal', 'encipherment') AND a.state = 'issued' AND LOWER(a.email) = LOWER($1) \
          AND c.state = 'issued' AND c.revocation_reason IS NULL AND c.not_after > $2 AND c.cert_der IS NOT NULL \
          ORDER BY c.not_after DESC LIMIT $3",
+        email,
+        now,
     )
-    .bind(&email)
-    .bind(now)
-    .bind(MAX_RESULTS)
-    .fetch_all(store.pool())
-    .await?;
+    .await
+}
+
+/// Runs one of the two lookups (`sql` takes the address, `now` and the limit).
+async fn published(store: &Store, sql: &'static str, email: &str, now: i64) -> Result<Vec<Entry>> {
+    let email = address(email)?;
+    let rows = sqlx::query_as::<_, Published>(sql)
+        .bind(&email)
+        .bind(now)
+        .bind(MAX_RESULTS)
+        .fetch_all(store.pool())
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| (r.serial, r.cert_der, r.not_after))
@@ -107,13 +110,7 @@ mod tests {
     /// so the entry is written from the certificates of both; the HTTP lookup stays exact.
     #[tokio::test]
     async fn one_ldap_entry_holds_every_spelling_of_an_address() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("e.db").display()
-        ))
-        .await
-        .unwrap();
+        let (_dir, store) = crate::store::test_store().await;
         crate::ra::ensure_outlet(&store, "o", "O", "O", "test")
             .await
             .unwrap();

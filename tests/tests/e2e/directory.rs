@@ -28,6 +28,30 @@ fn serials(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The holder of `applied` publishes (`on`) or withdraws (`off`) it on the tracking page; the
+/// page answered.
+pub(crate) fn publish_on_tracking_page(
+    addr: &str,
+    applied: &crate::apply::Applied,
+    on: &str,
+) -> String {
+    let r = page(addr, "/track", "");
+    let csrf = set_cookie(&r, "ecert_csrf").unwrap();
+    let r = form(
+        addr,
+        "/track/directory",
+        &format!("ecert_csrf={csrf}"),
+        &[
+            ("csrf", &csrf),
+            ("reference", &applied.reference),
+            ("secret", &applied.secret),
+            ("publish", on),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", text(&r));
+    text(&r)
+}
+
 #[test]
 fn published_certificates_are_found_by_exact_address_only() {
     let ca = Ca::init();
@@ -134,24 +158,7 @@ fn published_certificates_are_found_by_exact_address_only() {
         assert!(shown.contains("此地址沒有已公開的證書"), "{shown}");
 
         // The second holder publishes theirs on the tracking page; then withdraws it.
-        let r = page(addr, "/track", "");
-        let csrf = set_cookie(&r, "ecert_csrf").unwrap();
-        let cookie = format!("ecert_csrf={csrf}");
-        let publish = |on: &str| {
-            let r = form(
-                addr,
-                "/track/directory",
-                &cookie,
-                &[
-                    ("csrf", &csrf),
-                    ("reference", &b.reference),
-                    ("secret", &b.secret),
-                    ("publish", on),
-                ],
-            );
-            assert_eq!(r.status, 200, "{}", text(&r));
-            text(&r)
-        };
+        let publish = |on: &str| publish_on_tracking_page(addr, &b, on);
         assert!(publish("on").contains("This certificate is published"));
         assert_eq!(serials(&found(addr, ADDRESS).1).len(), 2);
         // Revoked: no longer found.

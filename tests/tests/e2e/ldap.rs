@@ -11,7 +11,7 @@ use ecert_e2e::ldap::{LdapServer, Search};
 use ecert_e2e::*;
 
 use crate::common::*;
-use crate::ra::{form, page, set_cookie, text, with_service};
+use crate::ra::with_service;
 
 const ADDRESS: &str = "taiman.chan@example.hk";
 
@@ -201,22 +201,8 @@ fn published_certificates_reach_ldap_by_exact_address_and_leave_it() {
         assert_eq!(ca_entry.values("cACertificate;binary"), vec![issuing]);
 
         // The second holder publishes on the tracking page: the entry holds both.
-        let r = page(addr, "/track", "");
-        let csrf = set_cookie(&r, "ecert_csrf").unwrap();
-        let cookie = format!("ecert_csrf={csrf}");
         let publish = |on: &str| {
-            let r = form(
-                addr,
-                "/track/directory",
-                &cookie,
-                &[
-                    ("csrf", &csrf),
-                    ("reference", &b.reference),
-                    ("secret", &b.secret),
-                    ("publish", on),
-                ],
-            );
-            assert_eq!(r.status, 200, "{}", text(&r));
+            crate::directory::publish_on_tracking_page(addr, &b, on);
         };
         publish("on");
         within_a_minute("both certificates in the entry", || {
