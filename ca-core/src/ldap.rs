@@ -377,6 +377,18 @@ impl Publisher {
     /// directory is not the one `ldap_published` describes (first use, or another server or
     /// base) — every published address and every CA.
     async fn queue_due(&self, store: &Store, now: i64) -> Result<()> {
+        // This runs every pass: read first, and take the writer's transaction only when
+        // something expired or the directory is new (on SQLite a write transaction every two
+        // seconds would queue behind, and hold up, issuance).
+        let expired: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM ldap_published WHERE not_after <= $1 LIMIT 1")
+                .bind(now)
+                .fetch_optional(store.pool())
+                .await?;
+        let target = self.target();
+        if expired.is_none() && store.meta(META_TARGET).await?.as_deref() == Some(target.as_str()) {
+            return Ok(());
+        }
         let mut tx = store.begin().await?;
         // An entry already queued keeps its retry delay (this runs every pass).
         sqlx::query(
@@ -387,7 +399,6 @@ impl Publisher {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let target = self.target();
         let known: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
             .bind(META_TARGET)
             .fetch_optional(&mut *tx)

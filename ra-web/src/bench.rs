@@ -718,18 +718,17 @@ pub async fn bulk(config: Config, b: BulkBench) -> anyhow::Result<()> {
         .context("serve did not start within 2 minutes")?
         .context("serve stopped before listening")?;
 
+    // The client `ecert batch` uses.
+    let api = crate::client::Api::new(&format!("http://{addr}"), None, Some(token))?;
     let start = Instant::now();
-    let (status, answer) = http_once(
-        &addr,
-        "POST",
-        "/api/v1/batches",
-        &[
-            ("Authorization", &format!("Bearer {token}")),
-            ("Content-Type", "application/json"),
-        ],
-        &body,
-    )
-    .await?;
+    let (status, answer) = api
+        .send_raw(
+            axum::http::Method::POST,
+            "/api/v1/batches",
+            "application/json",
+            body,
+        )
+        .await?;
     anyhow::ensure!(
         status == 201,
         "submitting the batch: {status} {}",
@@ -788,14 +787,13 @@ pub async fn bulk(config: Config, b: BulkBench) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total = start.elapsed().as_secs_f64();
-    let (status, _) = http_once(
-        &addr,
-        "GET",
-        &format!("/api/v1/batches/{id}"),
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-    .await?;
+    let (status, _) = api
+        .send(
+            axum::http::Method::GET,
+            &format!("/api/v1/batches/{id}"),
+            None,
+        )
+        .await?;
     anyhow::ensure!(status == 200, "batch status: {status}");
     let issued_now: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM certificates WHERE state = 'issued'")
@@ -815,60 +813,6 @@ pub async fn bulk(config: Config, b: BulkBench) -> anyhow::Result<()> {
     );
     drop(serve);
     Ok(())
-}
-
-/// One HTTP/1.1 request on its own connection: (status, body).
-async fn http_once(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> anyhow::Result<(u16, Vec<u8>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no HTTP head")?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    let mut rest = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while let Some(eol) = rest[i..].windows(2).position(|w| w == b"\r\n") {
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&rest[i..i + eol]).trim(), 16)?;
-            i += eol + 2;
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[i..i + size]);
-            i += size + 2;
-        }
-        rest = out;
-    }
-    Ok((status, rest))
 }
 
 /// Options of `ecert bench ocsp-sign`.
