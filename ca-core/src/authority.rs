@@ -318,9 +318,9 @@ pub struct Authority {
     /// The clock check before anything is dated and signed ([`crate::clock`]).
     clock: crate::clock::ClockGuard,
     _lock: Option<File>,
-    /// Held, never used: the PostgreSQL advisory lock lives as long as this connection. (In a
-    /// mutex only to make `Authority` Sync.)
-    _db_lock: std::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>,
+    /// The PostgreSQL advisory lock lives as long as this connection;
+    /// [`Authority::check_signer_lock`] asks on it whether it still does.
+    db_lock: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -475,6 +475,11 @@ const SIGNER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30)
 /// leftovers in `reserved`/`issuing` found at start-up are known to belong to a dead process.
 /// Waits up to [`SIGNER_LOCK_WAIT`] for another signer, then fails with [`Error::SignerBusy`].
 async fn signer_lock(config: &Config) -> Result<File> {
+    signer_lock_waiting(config, Some(SIGNER_LOCK_WAIT)).await
+}
+
+/// [`signer_lock`], waiting up to `wait`, or for as long as it takes with `None` (a standby).
+async fn signer_lock_waiting(config: &Config, wait: Option<std::time::Duration>) -> Result<File> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         context: format!("creating {}", config.data_dir.display()),
         source: e,
@@ -494,11 +499,13 @@ async fn signer_lock(config: &Config) -> Result<File> {
             context: format!("opening {}", path.display()),
             source: e,
         })?;
-    let deadline = tokio::time::Instant::now() + SIGNER_LOCK_WAIT;
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     loop {
         match f.try_lock() {
             Ok(()) => return Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+            Err(std::fs::TryLockError::WouldBlock)
+                if deadline.is_none_or(|d| tokio::time::Instant::now() < d) =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -528,6 +535,17 @@ fn hsm_config(config: &Config) -> Result<hsm::pkcs11::Pkcs11Config> {
         so_pin: None,
         pool_size: config.hsm.pool_size,
     })
+}
+
+/// This host's name and this process's id, as recorded beside a signer epoch.
+fn process_name() -> String {
+    format!(
+        "{}:{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    )
 }
 
 pub(crate) fn random_secret() -> String {
@@ -866,13 +884,29 @@ impl Authority {
         Self::init_with(config, None).await
     }
 
+    /// [`Authority::init`] for a standby (`ecert serve --standby`, issue 17): waits for the
+    /// signer lock for as long as another process holds it, then opens the CA as its signer
+    /// — resolving what the previous signer left half-done by the recorded rule — under a new
+    /// signer epoch ([`crate::store::Fence`]).
+    pub async fn init_standby(config: Config) -> Result<(Authority, InitReport)> {
+        Self::init_inner(config, None, None).await
+    }
+
     /// [`Authority::init`], with the hierarchy made by `ceremony` (a reviewed file, its text,
     /// the custodians' access and where its record goes) instead of the built-in one.
     pub async fn init_with(
         config: Config,
         ceremony: Option<CeremonyRun>,
     ) -> Result<(Authority, InitReport)> {
-        let lock = signer_lock(&config).await?;
+        Self::init_inner(config, ceremony, Some(SIGNER_LOCK_WAIT)).await
+    }
+
+    async fn init_inner(
+        config: Config,
+        ceremony: Option<CeremonyRun>,
+        wait: Option<std::time::Duration>,
+    ) -> Result<(Authority, InitReport)> {
+        let lock = signer_lock_waiting(&config, wait).await?;
         if config.embedded_softhsm() {
             init_embedded_token(&config)?;
         }
@@ -886,7 +920,7 @@ impl Authority {
         };
         let arc = store.meta_init(&mut tx, "policy_arc", &arc).await?;
         tx.commit().await?;
-        let db_lock = store.signer_lock().await?;
+        let db_lock = store.signer_lock(wait).await?;
         let cfg2 = config.clone();
         let token = tokio::task::spawn_blocking(move || open_token(&cfg2))
             .await
@@ -1020,7 +1054,7 @@ impl Authority {
             .await?
             .ok_or(Error::NotInitialised)?;
         let db_lock = match makes_cas {
-            true => store.signer_lock().await?,
+            true => store.signer_lock(Some(SIGNER_LOCK_WAIT)).await?,
             false => None,
         };
         let cfg2 = config.clone();
@@ -1043,7 +1077,7 @@ impl Authority {
         let store = Store::open(&config.database_url())
             .await?
             .with_clock_check(&config.clock);
-        let db_lock = store.signer_lock().await?;
+        let db_lock = store.signer_lock(Some(SIGNER_LOCK_WAIT)).await?;
         Self::open_with(config, store, Some(lock), db_lock).await
     }
 
@@ -1056,6 +1090,12 @@ impl Authority {
         lock: Option<File>,
         db_lock: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
     ) -> Result<Authority> {
+        // The signer (not a root-CRL ceremony beside it) takes the next epoch: from here on,
+        // a process that signed before it can write nothing more.
+        let store = match lock {
+            Some(_) => store.take_signer_epoch(&process_name()).await?,
+            None => store,
+        };
         let policy_arc = store
             .meta("policy_arc")
             .await?
@@ -1241,7 +1281,7 @@ impl Authority {
             hsm_check_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             lifecycle: tokio::sync::Mutex::new(()),
             _lock: lock,
-            _db_lock: std::sync::Mutex::new(db_lock),
+            db_lock: tokio::sync::Mutex::new(db_lock),
         };
         if auth._lock.is_some() {
             auth.reconcile().await?;
@@ -1299,6 +1339,16 @@ impl Authority {
     /// does not).
     pub fn is_signer(&self) -> bool {
         self._lock.is_some()
+    }
+
+    /// Whether this process still holds the signer lock: on PostgreSQL its lock connection
+    /// answers (the advisory lock lives only as long as that session), and the signer epoch is
+    /// still the one it took ([`crate::store::Fence`]). A signer that gets an error here must
+    /// stop signing at once: it may no longer hold the lock (issue 17). `Ok` for a process
+    /// that never took the lock.
+    pub async fn check_signer_lock(&self) -> Result<()> {
+        let mut conn = self.db_lock.lock().await;
+        self.store.check_fence(conn.as_mut()).await
     }
 
     /// Signs `message` with the audit key (checkpoints, ceremony records).
@@ -2014,7 +2064,7 @@ impl Authority {
         let store = Store::open(&config.database_url())
             .await?
             .with_clock_check(&config.clock);
-        let _db_lock = store.signer_lock().await?;
+        let _db_lock = store.signer_lock(Some(SIGNER_LOCK_WAIT)).await?;
         crate::custody::migrate(config, &store, actor).await
     }
 

@@ -336,6 +336,9 @@ impl Publisher {
                 finish(store, &key, version, None).await?;
                 continue;
             };
+            // A signer that lost the lock to a standby writes nothing more to the directory
+            // either: what it read may be older than what the new signer wrote.
+            store.check_fence(None).await?;
             let written = match &entry {
                 Entry::Mail(address) => {
                     self.write_subscriber(&mut ldap, timeout, store, address, now)
@@ -355,6 +358,7 @@ impl Publisher {
                 Err(Written::Connection(e)) => return Err(e),
                 Err(Written::Refused(e)) => {
                     let delay = 60i64 << attempts.clamp(0, 6);
+                    let mut tx = store.begin().await?;
                     sqlx::query(
                         "UPDATE ldap_pending SET attempts = attempts + 1, next_at = $2, last_error = $3 \
                          WHERE entry = $1",
@@ -362,8 +366,9 @@ impl Publisher {
                     .bind(&key)
                     .bind(now + delay.min(3600))
                     .bind(e.to_string())
-                    .execute(store.pool())
+                    .execute(&mut *tx)
                     .await?;
+                    tx.commit().await?;
                     tracing::warn!(error = %e, attempts = attempts + 1, "the directory refused an entry; it is retried later");
                     pass.refused += 1;
                 }

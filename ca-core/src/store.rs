@@ -36,6 +36,7 @@
 //! (see [`crate::audit`]); if the audit append fails, the change is rolled back.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -107,6 +108,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (41, "applications_certificate", include_str!("../../migrations/sqlite/0041_applications_certificate.sql")),
     (42, "batch_approved_by", include_str!("../../migrations/sqlite/0042_batch_approved_by.sql")),
     (43, "published_email_lower", include_str!("../../migrations/sqlite/0043_published_email_lower.sql")),
+    (44, "signer_epoch", include_str!("../../migrations/sqlite/0044_signer_epoch.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -153,6 +155,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (41, "applications_certificate", include_str!("../../migrations/postgres/0041_applications_certificate.sql")),
     (42, "batch_approved_by", include_str!("../../migrations/postgres/0042_batch_approved_by.sql")),
     (43, "published_email_lower", include_str!("../../migrations/postgres/0043_published_email_lower.sql")),
+    (44, "signer_epoch", include_str!("../../migrations/postgres/0044_signer_epoch.sql")),
 ];
 
 row! {
@@ -171,6 +174,36 @@ pub struct Store {
     /// server's before a revocation is dated by it ([`crate::clock::revocation_time`]); `None`
     /// without a reference.
     clock_bound_ms: Option<i64>,
+    /// The signer epoch this process holds, if it took the signer lock
+    /// ([`Store::take_signer_epoch`]): every transaction it begins checks it.
+    fence: Option<Arc<Fence>>,
+}
+
+/// The signer epoch a signing process took with the signer lock (issue 17, hot standby).
+///
+/// Every process that takes the lock adds one to `signer_epoch.epoch` and keeps the value;
+/// every transaction begun through its [`Store`] reads the row (`FOR SHARE` on PostgreSQL, so
+/// that a standby's increment waits for the transactions in flight and none commits after it;
+/// SQLite's `BEGIN IMMEDIATE` writer lock does the same) and refuses to go on if the value has
+/// moved. A signer that lost the lock — its lock connection cut, a standby took over — can
+/// then never write again: not a certificate, not a CRL, not a stale `good` OCSP response over
+/// a fresher `revoked` one (the Boulder #2995 failure).
+#[derive(Debug)]
+pub struct Fence {
+    epoch: i64,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Fence {
+    /// The epoch held.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Whether a transaction found that another process holds a newer epoch.
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A write transaction.
@@ -361,21 +394,26 @@ impl Store {
             pool,
             engine,
             clock_bound_ms: None,
+            fence: None,
         };
         store.migrate().await?;
         Ok(store)
     }
 
     /// On PostgreSQL, takes the session advisory lock that makes this process the only signer
-    /// for the database (other hosts included), waiting for it if another holds it. The lock
-    /// lives as long as the returned connection. On SQLite the data-directory file lock does
-    /// this job and `None` is returned.
-    pub async fn signer_lock(&self) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Any>>> {
+    /// for the database (other hosts included), waiting for it if another holds it — up to
+    /// `wait`, or for as long as it takes with `None` (a standby). The lock lives as long as
+    /// the returned connection. On SQLite the data-directory file lock does this job and
+    /// `None` is returned.
+    pub async fn signer_lock(
+        &self,
+        wait: Option<Duration>,
+    ) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Any>>> {
         if self.engine != Engine::Postgres {
             return Ok(None);
         }
         let mut conn = self.pool.acquire().await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         loop {
             // 0x6563657274 = "ecert".
             // One column (a PostgreSQL bool: this branch runs on PostgreSQL only).
@@ -385,7 +423,7 @@ impl Store {
             if got {
                 return Ok(Some(conn));
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Err(Error::SignerBusy("this database".into()));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -524,10 +562,79 @@ impl Store {
     /// Begins a write transaction. On SQLite it takes the write lock at once (`BEGIN
     /// IMMEDIATE`), so two writers never deadlock upgrading a read lock.
     pub async fn begin(&self) -> Result<Tx> {
+        let mut tx = self.begin_unfenced().await?;
+        if let Some(fence) = &self.fence {
+            let sql = match self.engine {
+                Engine::Postgres => "SELECT epoch FROM signer_epoch WHERE id = 1 FOR SHARE",
+                Engine::Sqlite => "SELECT epoch FROM signer_epoch WHERE id = 1",
+            };
+            let current: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+            Self::still_held(fence, current)?;
+        }
+        Ok(tx)
+    }
+
+    async fn begin_unfenced(&self) -> Result<Tx> {
         Ok(match self.engine {
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Engine::Postgres => self.pool.begin().await?,
         })
+    }
+
+    fn still_held(fence: &Fence, current: i64) -> Result<()> {
+        if current == fence.epoch {
+            return Ok(());
+        }
+        fence.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        Err(Error::SignerFenced {
+            held: fence.epoch,
+            current,
+        })
+    }
+
+    /// Takes the next signer epoch for a process that holds the signer lock and returns this
+    /// store fenced by it ([`Fence`]); `holder` (host and process) is recorded beside it.
+    pub async fn take_signer_epoch(mut self, holder: &str) -> Result<Store> {
+        let mut tx = self.begin_unfenced().await?;
+        sqlx::query(
+            "UPDATE signer_epoch SET epoch = epoch + 1, holder = $1, taken_at = $2 WHERE id = 1",
+        )
+        .bind(holder)
+        .bind(time::OffsetDateTime::now_utc().unix_timestamp())
+        .execute(&mut *tx)
+        .await?;
+        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM signer_epoch WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.fence = Some(Arc::new(Fence {
+            epoch,
+            lost: std::sync::atomic::AtomicBool::new(false),
+        }));
+        Ok(self)
+    }
+
+    /// The signer epoch this store is fenced by (`None` outside a signing process).
+    pub fn fence(&self) -> Option<&Arc<Fence>> {
+        self.fence.as_ref()
+    }
+
+    /// Checks that the epoch is still this store's, on `conn` (the signer-lock connection,
+    /// whose loss means the lock may be gone) or on a pooled connection; `Ok` outside a
+    /// signing process.
+    pub async fn check_fence(
+        &self,
+        conn: Option<&mut sqlx::pool::PoolConnection<sqlx::Any>>,
+    ) -> Result<()> {
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        let q = sqlx::query_scalar::<_, i64>("SELECT epoch FROM signer_epoch WHERE id = 1");
+        let current = match conn {
+            Some(c) => q.fetch_one(&mut **c).await?,
+            None => q.fetch_one(&self.pool).await?,
+        };
+        Self::still_held(fence, current)
     }
 
     /// Appends an audit record inside `tx`.
@@ -2697,6 +2804,99 @@ pub(crate) async fn test_store() -> (tempfile::TempDir, Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17: a signer that lost the lock to a standby writes nothing more — in particular
+    /// not a `good` OCSP response it signed before the revocation over the new signer's
+    /// `revoked` one (Boulder #2995).
+    #[tokio::test]
+    async fn a_signer_whose_epoch_moved_on_writes_nothing() {
+        let (dir, plain) = test_store().await;
+        let url = sqlite_url(&dir);
+        let stale = Store::open(&url)
+            .await
+            .unwrap()
+            .take_signer_epoch("host-a:1")
+            .await
+            .unwrap();
+        let held = stale.fence().unwrap().epoch();
+        let response = |status: &[u8]| -> SignedOcsp {
+            (
+                OcspDue {
+                    serial: "0a".into(),
+                    version: None,
+                    issuer: "individual".into(),
+                    state: CertState::Issued,
+                    reason: None,
+                    revoked_at: None,
+                    hold_allowed: false,
+                },
+                100,
+                200,
+                status.to_vec(),
+                status.to_vec(),
+            )
+        };
+        let event = |kind| Event {
+            kind,
+            actor: "test".into(),
+            subject: None,
+            detail: serde_json::json!({}),
+        };
+        // Before the takeover the signer writes.
+        stale
+            .store_ocsp(&[response(b"good")], &event("ocsp.signed"))
+            .await
+            .unwrap();
+        stale.check_fence(None).await.unwrap();
+        // A standby takes over and writes the revocation's response.
+        let fresh = Store::open(&url)
+            .await
+            .unwrap()
+            .take_signer_epoch("host-b:2")
+            .await
+            .unwrap();
+        assert_eq!(fresh.fence().unwrap().epoch(), held + 1);
+        fresh
+            .store_ocsp(&[response(b"revoked")], &event("ocsp.signed"))
+            .await
+            .unwrap();
+        // The old signer wakes up with its `good` response: refused, by name.
+        match stale
+            .store_ocsp(&[response(b"good")], &event("ocsp.signed"))
+            .await
+        {
+            Err(Error::SignerFenced { held: h, current }) => {
+                assert_eq!((h, current), (held, held + 1))
+            }
+            other => panic!("a stale signer wrote: {other:?}"),
+        }
+        assert!(stale.fence().unwrap().lost());
+        assert!(matches!(
+            stale.check_fence(None).await,
+            Err(Error::SignerFenced { .. })
+        ));
+        assert!(matches!(
+            stale.begin().await,
+            Err(Error::SignerFenced { .. })
+        ));
+        let der: Vec<u8> =
+            sqlx::query_scalar("SELECT der_sha256 FROM ocsp_responses WHERE serial = '0a'")
+                .fetch_one(plain.pool())
+                .await
+                .unwrap();
+        assert_eq!(der, b"revoked");
+        // The new signer and unfenced processes (the CLI, front instances) go on writing.
+        assert!(!fresh.fence().unwrap().lost());
+        fresh.begin().await.unwrap().commit().await.unwrap();
+        plain.begin().await.unwrap().commit().await.unwrap();
+        // Only the two writes that were allowed are in the audit chain.
+        let signed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE kind = 'ocsp.signed'")
+                .fetch_one(plain.pool())
+                .await
+                .unwrap();
+        assert_eq!(signed, 2);
+    }
 
     fn sqlite_url(dir: &tempfile::TempDir) -> String {
         format!(

@@ -37,7 +37,7 @@ use ca_core::publication::{Repository, StateCount};
 use ca_core::store::{CrlHead, OcspBacklog, Store};
 
 /// Options of `ecert serve`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// that the signing instance made. For extra instances on a shared PostgreSQL.
     #[arg(long)]
     pub no_signer: bool,
+    /// A hot standby (docs/OPERATIONS.md "Standby"): serve CA certificates, CRLs and OCSP
+    /// from the store at once, wait for the signer lock, and take over signing — CRLs, OCSP,
+    /// the registration pages and queues — when the signer holding it dies or stops.
+    #[arg(long, conflicts_with = "no_signer")]
+    pub standby: bool,
     /// With `--no-signer`: forward the registration pages and API (`/`, `/apply`, `/track`,
     /// `/staff`, `/api/v1`) to the signing instance at this `http://HOST:PORT` (list this
     /// instance in the signer's `[ra] trusted_proxies`).
@@ -94,8 +99,10 @@ struct Counters {
 }
 
 struct AppState {
-    /// The signer, in the signing role.
-    auth: Option<Arc<Authority>>,
+    /// The signer, in the signing role: set at start, or when a standby takes over.
+    auth: std::sync::OnceLock<Arc<Authority>>,
+    /// Started with `--standby`: waits for the signer lock, then signs.
+    standby: bool,
     /// How long a CRL may stay behind its revocations before `/healthz` faults: four
     /// `--crl-watch-seconds`, at least 10 s.
     crl_behind_limit: i64,
@@ -240,7 +247,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
         _ => None,
     };
-    let (auth, repo) = if a.no_signer {
+    let (auth, repo) = if a.no_signer || a.standby {
         let store = Store::open(&config.database_url())
             .await?
             .with_clock_check(&config.clock);
@@ -261,7 +268,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         actor: crate::actor(),
         subject: None,
         detail: serde_json::json!({
-            "role": if a.no_signer { "no-signer" } else { "signer" },
+            "role": if a.no_signer { "no-signer" } else if a.standby { "standby" } else { "signer" },
             "listen": a.listen.to_string(),
             "version": env!("CARGO_PKG_VERSION"),
             "config_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{config:?}").as_bytes())),
@@ -303,7 +310,8 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .collect();
     let state: Shared = Arc::new(AppState {
         crl_behind_limit: (4 * a.crl_watch_seconds as i64).max(10),
-        auth,
+        auth: auth.map(std::sync::OnceLock::from).unwrap_or_default(),
+        standby: a.standby,
         repo,
         config,
         cas,
@@ -328,53 +336,11 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         ),
     });
     let mut background = Vec::new();
-    if let Some(auth) = &state.auth {
-        // Publish at once where a CRL is missing; make the responders and sign what is due.
-        publish_due(auth, a.crl_interval_seconds as i64, &state.crl_outages).await;
-        // CRL files a crash or a full disk left behind the database are written again.
-        match auth.check_crl_files().await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                files = n,
-                "CRL files behind the database; writing them again"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "could not compare the CRL files with the database")
-            }
-        }
-        // A responder that cannot be made now (a clock off its reference, an HSM away) is
-        // retried by the OCSP signer on every pass; the service starts and says why in
-        // /healthz rather than exiting.
-        if let Err(e) = auth.ensure_responders().await {
-            tracing::error!(error = %e, "could not make the OCSP responders; retrying");
-        }
-        sign_ocsp_due(auth, &mut Outage::default()).await;
-        // Two-officer decisions a stopped process left half-carried-out.
-        match ca_core::ra::officer::resume(auth).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                proposals = n,
-                "finished two-officer decisions left by a stopped process"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "could not finish the two-officer decisions left by a stopped process")
-            }
-        }
-        background.push(tokio::spawn(crl_duties(
-            state.clone(),
-            a.crl_interval_seconds,
-            a.crl_watch_seconds,
-        )));
-        background.push(tokio::spawn(ocsp_signer(state.clone())));
-        background.push(tokio::spawn(batch_issuer(auth.clone())));
-        let publisher = ca_core::ldap::Publisher::new(&state.config.ldap, &state.config.data_dir)
-            .context("[ldap]")?;
-        background.push(tokio::spawn(ldap_publisher(
-            auth.store().clone(),
-            publisher,
-        )));
-        check_hsm(&state).await;
-        background.push(tokio::spawn(keep_checking_hsm(state.clone())));
+    let ra = Arc::new(std::sync::OnceLock::new());
+    if state.auth().is_some() {
+        let (tasks, ra_router) = start_signing(&state, &a).await?;
+        background.extend(tasks);
+        let _ = ra.set(ra_router);
     }
     sync(&state)
         .await
@@ -382,15 +348,29 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
     background.push(tokio::spawn(follow_store(state.clone())));
     probe(&state).await;
     background.push(tokio::spawn(keep_probing(state.clone())));
+    let taken_over = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut app = router(state.clone());
-    if let Some(auth) = &state.auth {
-        // The registration pages need the personal-data keys in the HSM: signer role only.
-        let mailer = crate::ra::Mailer::new(&state.config.ra.smtp, &state.config.ra.mail_from);
-        let ra_state = Arc::new(crate::ra::RaState::new(auth.clone(), mailer));
-        background.push(tokio::spawn(expiry_reminders(ra_state.clone())));
-        app = app.merge(crate::ra::router(ra_state));
-    } else if let Some(front) = front {
+    if let Some(front) = front {
         app = app.merge(front);
+    } else if !a.no_signer {
+        // The registration pages need the personal-data keys in the HSM: signer role only
+        // (a standby's answer 503 until it takes over).
+        let ra = ra.clone();
+        app = app.fallback(move |req: axum::extract::Request| {
+            let ra = ra.clone();
+            async move {
+                use tower::ServiceExt;
+                match ra.get() {
+                    Some(r) => r.clone().oneshot(req).await.into_response(),
+                    None => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "5")],
+                        "this instance is a standby: it serves registration once it takes over signing\n",
+                    )
+                        .into_response(),
+                }
+            }
+        });
     }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -400,26 +380,211 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         "listening on {}://{addr}",
         if tls.is_some() { "https" } else { "http" }
     );
-    crate::tls::serve(
+    let serving = crate::tls::serve(
         listener,
         tls,
         app,
         crate::tls::Limits::from_config(&state.config.http),
-    )
-    .await
-    .context("serving")?;
+    );
+    // A standby waits for the signer lock beside serving (in this task: opening the CA is not
+    // a future that can move between threads).
+    let served = if a.standby {
+        tokio::pin!(serving);
+        tokio::select! {
+            r = &mut serving => r,
+            () = take_over(state.clone(), a.clone(), ra.clone(), taken_over.clone()) => serving.await,
+        }
+    } else {
+        serving.await
+    };
+    served.context("serving")?;
     for b in background {
+        b.abort();
+    }
+    for b in taken_over
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .drain(..)
+    {
         b.abort();
     }
     if let Err(e) = audit_store.audit_now(&stopped).await {
         eprintln!("warning: could not record the service's stop: {e}");
     }
-    if let Some(auth) = &state.auth {
+    if let Some(auth) = state.auth() {
         if let Err(e) = auth.checkpoint().await {
             eprintln!("warning: could not sign the audit checkpoint: {e}");
         }
     }
     Ok(())
+}
+
+/// Starts what only the signer does (CRL and OCSP duties, the batch issuer, the LDAP
+/// publisher, HSM checks, expiry reminders, the watch on its lock) and returns their tasks and
+/// the registration pages: at start for a signer, at takeover for a standby.
+async fn start_signing(
+    state: &Shared,
+    a: &ServeArgs,
+) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Router)> {
+    let auth = state
+        .auth()
+        .context("start_signing without the signer")?
+        .clone();
+    let auth = &auth;
+    let mut background = Vec::new();
+    // Publish at once where a CRL is missing; make the responders and sign what is due.
+    publish_due(auth, a.crl_interval_seconds as i64, &state.crl_outages).await;
+    // CRL files a crash or a full disk left behind the database are written again.
+    match auth.check_crl_files().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            files = n,
+            "CRL files behind the database; writing them again"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "could not compare the CRL files with the database")
+        }
+    }
+    // A responder that cannot be made now (a clock off its reference, an HSM away) is
+    // retried by the OCSP signer on every pass; the service starts and says why in
+    // /healthz rather than exiting.
+    if let Err(e) = auth.ensure_responders().await {
+        tracing::error!(error = %e, "could not make the OCSP responders; retrying");
+    }
+    sign_ocsp_due(auth, &mut Outage::default()).await;
+    // Two-officer decisions a stopped process left half-carried-out.
+    match ca_core::ra::officer::resume(auth).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            proposals = n,
+            "finished two-officer decisions left by a stopped process"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "could not finish the two-officer decisions left by a stopped process")
+        }
+    }
+    background.push(tokio::spawn(crl_duties(
+        state.clone(),
+        a.crl_interval_seconds,
+        a.crl_watch_seconds,
+    )));
+    background.push(tokio::spawn(ocsp_signer(state.clone())));
+    background.push(tokio::spawn(batch_issuer(auth.clone())));
+    let publisher = ca_core::ldap::Publisher::new(&state.config.ldap, &state.config.data_dir)
+        .context("[ldap]")?;
+    background.push(tokio::spawn(ldap_publisher(
+        auth.store().clone(),
+        publisher,
+    )));
+    check_hsm(state).await;
+    background.push(tokio::spawn(keep_checking_hsm(state.clone())));
+    background.push(tokio::spawn(keep_signer_lock(auth.clone())));
+    let mailer = crate::ra::Mailer::new(&state.config.ra.smtp, &state.config.ra.mail_from);
+    let ra_state = Arc::new(crate::ra::RaState::new(auth.clone(), mailer));
+    background.push(tokio::spawn(expiry_reminders(ra_state.clone())));
+    Ok((background, crate::ra::router(ra_state)))
+}
+
+/// How often a signer asks whether it still holds the signer lock, and how long it waits for
+/// the answer.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// The exit status of a signer that lost its lock (EX_TEMPFAIL): its supervisor starts it
+/// again, and it waits as a standby.
+const LOST_LOCK_EXIT: i32 = 75;
+
+/// A signer that cannot show it still holds the signer lock — its lock connection broken or
+/// silent for [`LOCK_CHECK_TIMEOUT`], or another process holding a newer epoch — stops at once
+/// (issue 17): it may no longer be the only signer, and every write it tried would be refused
+/// anyway ([`ca_core::store::Fence`]). It exits rather than lingering half-alive.
+async fn keep_signer_lock(auth: Arc<Authority>) {
+    loop {
+        tokio::time::sleep(LOCK_CHECK_EVERY).await;
+        let why = match tokio::time::timeout(LOCK_CHECK_TIMEOUT, auth.check_signer_lock()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "the lock connection did not answer within {} s",
+                LOCK_CHECK_TIMEOUT.as_secs()
+            ),
+        };
+        tracing::error!(%why, "lost the signer lock: this process stops signing and exits");
+        eprintln!("error: lost the signer lock ({why}); exiting so a standby can take over");
+        std::process::exit(LOST_LOCK_EXIT);
+    }
+}
+
+/// A standby (`serve --standby`): serves the public face from the store while it waits for
+/// the signer lock; once it has it (the signer died or stopped), opens the CA — resolving the
+/// previous signer's leftovers by the recorded rule, under a new signer epoch — and starts
+/// everything a signer does, registration pages included.
+async fn take_over(
+    state: Shared,
+    a: ServeArgs,
+    ra: Arc<std::sync::OnceLock<Router>>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+) {
+    let mut delay = Duration::from_secs(1);
+    let auth = loop {
+        match Authority::init_standby(state.config.clone()).await {
+            Ok((auth, _)) => break auth,
+            // The database away, the HSM away: try again, as a signer start would be retried.
+            Err(e) => {
+                tracing::error!(error = %e, "the standby could not take over; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let took = std::time::Instant::now();
+    let epoch = auth.store().fence().map(|f| f.epoch());
+    let auth = Arc::new(auth);
+    let _ = state.auth.set(auth.clone());
+    match start_signing(&state, &a).await {
+        Ok((started, router)) => {
+            tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(started);
+            let _ = ra.set(router);
+        }
+        Err(e) => {
+            // Without its duties this process would hold the lock and do nothing: let the
+            // supervisor start it again.
+            eprintln!("error: the standby took the signer lock but could not start signing: {e:#}");
+            std::process::exit(LOST_LOCK_EXIT);
+        }
+    }
+    let event = ca_core::audit::Event {
+        kind: "service.took_over",
+        actor: crate::actor(),
+        subject: None,
+        detail: serde_json::json!({
+            "listen": a.listen.to_string(),
+            "epoch": epoch,
+            "start_ms": took.elapsed().as_millis() as u64,
+        }),
+    };
+    if let Err(e) = auth.store().audit_now(&event).await {
+        tracing::error!(error = %e, "could not record the takeover");
+    }
+    tracing::warn!(?epoch, "this standby took over as the signer");
+    eprintln!("took over as the signer (epoch {epoch:?})");
+}
+
+/// What this instance is: `signer`, `standby` (waiting for the lock) or `no-signer`.
+fn role(s: &AppState) -> &'static str {
+    match (s.auth().is_some(), s.standby) {
+        (true, _) => "signer",
+        (false, true) => "standby",
+        (false, false) => "no-signer",
+    }
+}
+
+impl AppState {
+    fn auth(&self) -> Option<&Arc<Authority>> {
+        self.auth.get()
+    }
 }
 
 /// The routes. Public, read-only.
@@ -676,7 +841,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     };
     ok &= db == "ok";
     // From the last background check (every HSM_CHECK_EVERY), never a signature per request.
-    let hsm = match &s.auth {
+    let hsm = match s.auth() {
         None => serde_json::json!({ "status": "not used (--no-signer)" }),
         Some(_) => {
             let h = s.hsm.read().map(|h| h.clone()).unwrap_or_default();
@@ -811,7 +976,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         serde_json::json!({ "failing": failing })
     };
     // The CRL files in the data directory, for a web server in front (a full disk).
-    let crl_files = match &s.auth {
+    let crl_files = match s.auth() {
         Some(auth) => {
             let behind = auth.crl_files_behind();
             ok &= behind.is_empty();
@@ -820,7 +985,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         None => serde_json::json!({ "status": "not written (--no-signer)" }),
     };
     // The audit witness, when one is configured: a missing or cut-short witness is a fault.
-    let witness = match &s.auth {
+    let witness = match s.auth() {
         Some(auth)
             if auth.config().audit_witness().is_some()
                 || auth.config().audit.witness_url.is_some() =>
@@ -896,7 +1061,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     };
     // A clock off its reference signs nothing (and what it would sign relying parties reject):
     // a fault. Without a reference it is reported unchecked.
-    let clock = match s.auth.as_ref().and_then(|a| a.clock().status()) {
+    let clock = match s.auth().and_then(|a| a.clock().status()) {
         Some(c) => {
             ok &= c.fault.is_none();
             serde_json::json!({
@@ -913,7 +1078,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
     // revocation go on, so it is not a fault, but counter functions answer 503: an alarm.
     let mut alarms = alarms;
     alarms.extend(root_alarms);
-    let personal_data = match &s.auth {
+    let personal_data = match s.auth() {
         Some(auth) => match auth.personal_data_problem() {
             None => serde_json::json!({ "status": "activated" }),
             Some(why) => {
@@ -927,7 +1092,7 @@ async fn healthz(State(s): State<Shared>) -> Response {
         "status": if ok { "ok" } else { "fault" },
         "clock": clock,
         "personal_data": personal_data,
-        "role": if s.auth.is_some() { "signer" } else { "no-signer" },
+        "role": role(&s),
         "database": db,
         "hsm": hsm,
         "crl": crls,
@@ -1021,7 +1186,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
         "# HELP ecert_store_up Whether the last store probe reached the database.\n# TYPE ecert_store_up gauge\necert_store_up {}\n",
         u8::from(probe.error.is_none() && probe.ok_at > 0)
     ));
-    if let Some(c) = s.auth.as_ref().and_then(|a| a.clock().status()) {
+    if let Some(c) = s.auth().and_then(|a| a.clock().status()) {
         if let Some(skew) = c.skew_ms {
             out.push_str(&format!(
                 "# HELP ecert_clock_skew_seconds This host's clock minus the reference's (the database server's).\n# TYPE ecert_clock_skew_seconds gauge\necert_clock_skew_seconds {}\n",
@@ -1033,7 +1198,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
             u8::from(c.fault.is_none())
         ));
     }
-    if s.auth.is_some() {
+    if s.auth().is_some() {
         let h = s.hsm.read().map(|h| h.clone()).unwrap_or_default();
         let good = h.error.is_none() && now - h.checked_at <= HSM_CHECK_STALE;
         out.push_str(&format!(
@@ -1041,7 +1206,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
             u8::from(good)
         ));
     }
-    if let Some(auth) = &s.auth {
+    if let Some(auth) = s.auth() {
         out.push_str(&format!(
             "# HELP ecert_personal_data_activated Whether the personal-data keys (the pii token) are open in this process.\n# TYPE ecert_personal_data_activated gauge\necert_personal_data_activated {}\n",
             u8::from(auth.personal_data_problem().is_none())
@@ -1085,7 +1250,7 @@ async fn probe(s: &AppState) {
     s.probes.fetch_add(1, Ordering::Relaxed);
     // The signer's clock against its reference (crate::clock), for /healthz and /metrics and
     // so that signing resumes as soon as the clock is right.
-    if let Some(auth) = &s.auth {
+    if let Some(auth) = s.auth() {
         auth.clock().measure(auth.store()).await;
     }
     let now = now();
@@ -1131,7 +1296,7 @@ async fn probe(s: &AppState) {
     // privilege) revokes nothing and issues nothing. The signer writes its row; a
     // `--no-signer` mirror may sit on a read replica and does not. One slow write (another
     // transaction holding SQLite's write lock) is not a fault: two in a row are.
-    let wrote = match s.auth.is_some() {
+    let wrote = match s.auth().is_some() {
         false => None,
         true => Some(
             match tokio::time::timeout(DB_PROBE, s.repo.write_health_probe(&s.instance, now)).await
@@ -1197,7 +1362,7 @@ async fn keep_probing(s: Shared) {
 /// cannot be cancelled: [`Authority::hsm_check`] runs one check at a time and answers at once
 /// while an earlier one is stuck, so hung checks never pile up threads.
 async fn check_hsm(s: &AppState) {
-    let Some(auth) = &s.auth else { return };
+    let Some(auth) = s.auth() else { return };
     let result = match tokio::time::timeout(HSM_CHECK_TIMEOUT, auth.hsm_check()).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
@@ -1338,7 +1503,7 @@ pub async fn sign_all_due(auth: &Authority) -> ca_core::error::Result<usize> {
 
 /// The signer: keeps every issued serial's OCSP response current.
 async fn ocsp_signer(s: Shared) {
-    let Some(auth) = &s.auth else { return };
+    let Some(auth) = s.auth() else { return };
     let mut outage = Outage::default();
     loop {
         if !sign_ocsp_due(auth, &mut outage).await {
@@ -1398,7 +1563,7 @@ async fn publish_due(
 }
 
 async fn crl_duties(s: Shared, interval: u64, watch: u64) {
-    let Some(auth) = &s.auth else { return };
+    let Some(auth) = s.auth() else { return };
     let mut tick = tokio::time::interval(Duration::from_secs(watch.max(1)));
     let mut last_purge = 0;
     let mut checkpoint = Outage::default();

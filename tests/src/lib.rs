@@ -1003,6 +1003,12 @@ impl Ca {
 
     /// An `ecert --data-dir DIR ARGS` command with a clean environment plus `envs`.
     pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        self.command_in(self.dir.path(), args, envs)
+    }
+
+    /// [`Ca::command`] on another data directory of this installation (a copy made for a
+    /// second host: a standby with its own token, on the same database).
+    pub fn command_in(&self, dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
         let mut c = Command::new(ecert_bin());
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
@@ -1026,7 +1032,7 @@ impl Ca {
             c.env(k, v);
         }
         c.current_dir(self.work.path());
-        c.arg("--data-dir").arg(self.dir.path()).args(args);
+        c.arg("--data-dir").arg(dir).args(args);
         c
     }
 

@@ -54,3 +54,5 @@ mod revoke;
 mod rollover;
 #[path = "e2e/serve.rs"]
 mod serve;
+#[path = "e2e/standby.rs"]
+mod standby;

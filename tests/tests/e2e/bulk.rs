@@ -16,7 +16,7 @@ use crate::serve::http;
 const DOMAIN: &str = "staff.example.hk";
 
 /// `n` P-256 keys and their CSRs (PEM), made in one Python `cryptography` process.
-fn csrs(ca: &Ca, n: usize) -> Vec<String> {
+pub(crate) fn csrs(ca: &Ca, n: usize) -> Vec<String> {
     let script = r#"
 import json, sys
 from cryptography import x509
@@ -42,7 +42,7 @@ json.dump(out, sys.stdout)
 
 /// The organisation of an issued organisational application, registered by an officer, its
 /// mail domain validated through DNS, and a batch token. Returns (organisation id, token).
-fn organisation_ready(ca: &Ca, addr: &str) -> (String, String) {
+pub(crate) fn organisation_ready(ca: &Ca, addr: &str) -> (String, String) {
     let officer = crate::apply::officer_session(ca, "e2e-officer1");
     let reference = crate::apply::apply(
         ca,
@@ -125,7 +125,7 @@ fn organisation_ready(ca: &Ca, addr: &str) -> (String, String) {
     (id, t["token"].as_str().unwrap().to_string())
 }
 
-fn row(i: usize, csr: &str) -> serde_json::Value {
+pub(crate) fn row(i: usize, csr: &str) -> serde_json::Value {
     serde_json::json!({
         "client_row_id": format!("hr-{i:05}"),
         "surname": "Chan",
@@ -135,7 +135,11 @@ fn row(i: usize, csr: &str) -> serde_json::Value {
     })
 }
 
-fn submit(addr: &str, token: &str, rows: &[serde_json::Value]) -> (u16, serde_json::Value) {
+pub(crate) fn submit(
+    addr: &str,
+    token: &str,
+    rows: &[serde_json::Value],
+) -> (u16, serde_json::Value) {
     let body: String = rows.iter().map(|r| format!("{r}\n")).collect();
     let r = http(
         addr,
@@ -153,13 +157,13 @@ fn submit(addr: &str, token: &str, rows: &[serde_json::Value]) -> (u16, serde_js
     )
 }
 
-fn status(addr: &str, token: &str, id: &str) -> serde_json::Value {
+pub(crate) fn status(addr: &str, token: &str, id: &str) -> serde_json::Value {
     let (st, s) = api(addr, "GET", &format!("/api/v1/batches/{id}"), token, None);
     assert_eq!(st, 200, "{s}");
     s
 }
 
-fn wait_done(addr: &str, token: &str, id: &str, secs: u64) -> serde_json::Value {
+pub(crate) fn wait_done(addr: &str, token: &str, id: &str, secs: u64) -> serde_json::Value {
     let until = Instant::now() + Duration::from_secs(secs);
     loop {
         let s = status(addr, token, id);

@@ -121,7 +121,7 @@ pub fn spawn_listening(mut c: std::process::Command, stderr: Stdio) -> Server {
         .filter(|_| {
             !args
                 .iter()
-                .any(|a| a == "--no-signer" || a == "--ra-upstream")
+                .any(|a| a == "--no-signer" || a == "--ra-upstream" || a == "--standby")
         })
         .and_then(|i| args.get(i + 1))
         .map(|d| std::path::Path::new(d).join(".e2e-serving"));

@@ -1,0 +1,336 @@
+//! Hot standby (issue 17, docs/OPERATIONS.md "Standby"): a second signing instance serves the
+//! public face at once and waits on the signer lock; when the signer is killed it takes over —
+//! the previous signer's leftovers resolved, the batch queue, OCSP and CRLs carried on — with
+//! every row issued exactly once and every revocation published; and a signer cut off from its
+//! lock stops, writing nothing more.
+
+use std::time::{Duration, Instant};
+
+use ecert_e2e::*;
+
+use crate::bulk::{csrs, organisation_ready, row, status, submit, wait_done};
+use crate::ra::api;
+use crate::serve::{get, healthz, start, start_with};
+
+/// Polls `addr`'s `/healthz` until its role is `role`; the time it took.
+fn wait_role(addr: &str, role: &str, secs: u64) -> Duration {
+    let start = Instant::now();
+    loop {
+        if healthz(addr)["role"] == role {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{addr} is not {role} after {secs} s: {}",
+            healthz(addr)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The serials of rows issued so far: (client row id, serial).
+fn issued_rows(ca: &Ca, batch: &str, limit: usize) -> Vec<(String, String)> {
+    ca.sql_query(&format!(
+        "SELECT client_row_id, serial FROM batch_rows WHERE batch_id = '{batch}' AND state = 'issued' \
+         ORDER BY client_row_id LIMIT {limit}"
+    ))
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+    .collect()
+}
+
+/// `ecert revoke --serial SERIAL --reason keyCompromise` as an officer, as an operator's
+/// client does it across a takeover: to whichever of `addrs` answers, retried for up to 60 s
+/// (a killed signer refuses connections, a standby answers 503 until it signs).
+fn revoke_via(ca: &Ca, addrs: &[&str], serial: &str) {
+    let token = crate::apply::officer_session(ca, "e2e-officer1");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        for addr in addrs {
+            let o = ca.ecert_env(
+                &["revoke", "--serial", serial, "--reason", "keyCompromise"],
+                &[
+                    ("ECERT_SERVER", &format!("http://{addr}")),
+                    ("ECERT_TOKEN", token.trim()),
+                ],
+            );
+            if o.status.success() {
+                return;
+            }
+            assert!(Instant::now() < until, "revoking {serial}: {}", show(&o));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `openssl ocsp` against `addr` for the certificate of batch row `id` (fetched through the
+/// integrators' API): its status line.
+fn row_ocsp(ca: &Ca, addr: &str, token: &str, id: &str) -> String {
+    let (st, v) = api(
+        addr,
+        "GET",
+        &format!("/api/v1/staff-certificates/{id}"),
+        token,
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let cert = ca.file(&format!("standby-{id}.pem"));
+    std::fs::write(&cert, v["certificate"].as_str().unwrap()).unwrap();
+    let issuer = ca.export("individual").path;
+    crate::ra::ocsp_status(ca, addr, &issuer, &cert)
+}
+
+#[test]
+fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice() {
+    let ca = Ca::init();
+    crate::apply::dcv_config(&ca);
+    crate::apply::officers_ready(&ca);
+    let n = 600;
+    let keys = csrs(&ca, n);
+    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let mut signer = start(&ca);
+    let standby = start_with(&ca, &["--standby"]);
+    let (a, b) = (signer.1.clone(), standby.1.clone());
+
+    // The standby serves the public face at once, and no registration until it signs.
+    assert_eq!(healthz(&b)["role"], "standby");
+    assert_eq!(healthz(&a)["role"], "signer");
+    assert_eq!(get(&b, "/crl/individual.crl").0, 200);
+    assert_eq!(get(&b, "/ca/individual.crt").0, 200);
+    let (st, _, body) = get(&b, "/apply");
+    assert_eq!(st, 503, "{}", String::from_utf8_lossy(&body));
+
+    crate::apply::officers_ready(&ca);
+    let (_, token) = organisation_ready(&ca, &a);
+    let (st, receipt) = submit(&a, &token, &rows);
+    assert_eq!(st, 201, "{receipt}");
+    let batch = receipt["id"].as_str().unwrap().to_string();
+    crate::apply::officers_decide(
+        &ca,
+        serde_json::json!({ "kind": "batch_approval", "batch": batch }),
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while status(&a, &token, &batch)["counts"]["issued"]
+        .as_i64()
+        .unwrap_or(0)
+        < 20
+    {
+        assert!(Instant::now() < until, "nothing issued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Revocations stream through the kill: from the command line (any process may revoke;
+    // the signer publishes), before, during and after the takeover.
+    let to_revoke = issued_rows(&ca, &batch, 12);
+    assert_eq!(to_revoke.len(), 12);
+    std::thread::scope(|scope| {
+        let revoker = scope.spawn(|| {
+            for (_, s) in &to_revoke[..10] {
+                revoke_via(&ca, &[&a, &b], s);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+        signer.0.kill().unwrap(); // SIGKILL
+        signer.0.wait().unwrap();
+        let killed = Instant::now();
+        let mid = ca.sql_query(&format!(
+            "SELECT COUNT(*) FROM batch_rows WHERE batch_id = '{batch}' AND state = 'issued'"
+        ));
+        assert!(
+            mid.trim().parse::<usize>().unwrap() < n,
+            "the batch finished before the kill: make it bigger"
+        );
+        wait_role(&b, "signer", 60);
+        eprintln!(
+            "standby takeover: {} ms from SIGKILL to signing",
+            killed.elapsed().as_millis()
+        );
+        revoker.join().unwrap();
+    });
+    drop(signer);
+    // The harness's staff and officer helpers go to the new signer.
+    std::fs::write(ca.data_dir().join(".e2e-serving"), &b).unwrap();
+
+    // The batch queue carries on at the standby: every row issued exactly once.
+    let s = wait_done(&b, &token, &batch, 300);
+    assert_eq!(s["counts"]["issued"], n, "{}", s["counts"]);
+    let per_row = ca.sql_query(&format!(
+        "SELECT COUNT(DISTINCT r.serial) FROM batch_rows r JOIN certificates c ON c.serial = r.serial \
+         WHERE r.batch_id = '{batch}' AND c.state = 'issued'"
+    ));
+    assert_eq!(per_row.trim(), n.to_string());
+    let issued_for_batch = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM certificates c JOIN audit_log a ON a.subject = c.serial \
+         WHERE c.state = 'issued' AND a.kind = 'issuance.requested' AND a.actor = 'batch:{batch}'"
+    ));
+    assert_eq!(
+        issued_for_batch.trim(),
+        n.to_string(),
+        "a row was issued twice"
+    );
+    // What the dead signer left half-done was resolved by the recorded rule.
+    assert_eq!(
+        ca.sql_query("SELECT COUNT(*) FROM certificates WHERE state IN ('reserved', 'issuing')")
+            .trim(),
+        "0"
+    );
+    // A revocation through the new signer's API, too.
+    let (id, _) = &to_revoke[10];
+    let (st, v) = api(
+        &b,
+        "POST",
+        &format!("/api/v1/staff-certificates/{id}/revocation"),
+        &token,
+        Some(serde_json::json!({ "reason": "affiliationChanged" })),
+    );
+    assert_eq!(st, 200, "{v}");
+
+    // Every revocation reaches OCSP (judged by openssl) and the CRL the standby publishes.
+    let until = Instant::now() + Duration::from_secs(60);
+    for (id, _) in &to_revoke[..11] {
+        loop {
+            let out = row_ocsp(&ca, &b, &token, id);
+            if out.contains(": revoked") {
+                break;
+            }
+            assert!(Instant::now() < until, "{id} not revoked in OCSP: {out}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    let out = row_ocsp(&ca, &b, &token, &to_revoke[11].0);
+    assert!(out.contains(": good"), "{out}");
+    let issuer = ca.export("individual").path;
+    loop {
+        let (_, _, der) = get(&b, "/crl/individual.crl");
+        let file = ca.file("standby.crl");
+        std::fs::write(&file, &der).unwrap();
+        let o = std::process::Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-noout", "-text", "-CAfile"])
+            .arg(&issuer)
+            .arg("-in")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(text.contains("verify OK"), "{text}");
+        let listed = to_revoke[..11].iter().all(|(_, serial)| {
+            text.to_ascii_uppercase()
+                .contains(&serial.to_ascii_uppercase())
+        });
+        if listed {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the standby's CRL does not list every revocation"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let took = ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'service.took_over'");
+    assert_eq!(took.trim(), "1");
+    drop(standby);
+    ca.audit_ok();
+}
+
+/// A signer whose lock connection is cut (PostgreSQL: its session terminated, as a network
+/// partition would) while it is frozen: the standby takes over, and when the old signer
+/// wakes it stops at once (exit status 75) instead of signing beside the new one; the
+/// revocation the new signer published stays published.
+#[test]
+fn a_signer_cut_off_from_its_lock_stops_and_the_standby_signs() {
+    if test_db() != Db::Postgres {
+        eprintln!("skipped: the lock connection exists on PostgreSQL only (SQLite locks a file)");
+        return;
+    }
+    let ca = Ca::init();
+    let leaf = crate::apply::issue(
+        &ca,
+        &crate::common::personal(),
+        &ca.csr("frozen", KeyType::P256).csr,
+        "before the partition",
+    );
+    let mut signer = start(&ca);
+    crate::apply::officers_ready(&ca);
+    // The standby runs on another host: its own data directory, with the token restored
+    // from the signer's (here a copy), on the same database.
+    let other_host = ca.file("standby-host");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(ca.data_dir())
+        .arg(&other_host)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let standby = crate::serve::spawn_listening(
+        ca.command_in(
+            &other_host,
+            &[
+                "serve",
+                "--standby",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-watch-seconds",
+                "1",
+            ],
+            &[],
+        ),
+        std::process::Stdio::null(),
+    );
+    let b = standby.1.clone();
+    assert_eq!(healthz(&b)["role"], "standby");
+    let pid = signer.0.id().to_string();
+    let signal = |sig: &str| {
+        let o = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "kill {sig}: {}", show(&o));
+    };
+    signal("-STOP");
+    // The frozen signer's advisory-lock session is terminated by the server.
+    let cut = ca.sql_query(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    );
+    assert_eq!(cut.trim(), "1", "the signer's lock session");
+    let took = wait_role(&b, "signer", 60);
+    eprintln!(
+        "standby takeover after the lock session was cut: {} ms",
+        took.as_millis()
+    );
+    revoke_via(&ca, &[&b], &leaf.serial);
+    let issuer = ca.export("individual").path;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !crate::ra::ocsp_status(&ca, &b, &issuer, &leaf.cert.path).contains(": revoked") {
+        assert!(Instant::now() < until, "the new signer did not publish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The old signer wakes: it finds it no longer holds the lock and exits.
+    signal("-CONT");
+    let until = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(st) = signer.0.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < until,
+            "the cut-off signer is still running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(75), "exit status of a signer that lost its lock");
+    drop(signer);
+    assert!(crate::ra::ocsp_status(&ca, &b, &issuer, &leaf.cert.path).contains(": revoked"));
+    let epoch = ca.sql_query("SELECT epoch FROM signer_epoch");
+    assert!(
+        epoch.trim().parse::<i64>().unwrap() >= 2,
+        "each signer took its own epoch: {epoch}"
+    );
+    drop(standby);
+    ca.audit_ok();
+}
