@@ -468,6 +468,17 @@ pub const PII_ACTIVATION_LOCKOUT: std::time::Duration = std::time::Duration::fro
 /// HSM label of the key that signs audit checkpoints.
 pub const AUDIT_KEY_LABEL: &str = "ecert-audit";
 
+/// What [`Authority::check_signer_lock`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockState {
+    /// The lock is held and the signer epoch is this process's.
+    Held,
+    /// The lock connection had failed; the lock was taken again, the epoch unchanged.
+    Regained,
+    /// The database cannot be reached (why): the lock cannot be shown held or taken again.
+    Unreachable(String),
+}
+
 /// How long a signer waits for another signing process to finish before giving up.
 const SIGNER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -1341,14 +1352,62 @@ impl Authority {
         self._lock.is_some()
     }
 
-    /// Whether this process still holds the signer lock: on PostgreSQL its lock connection
-    /// answers (the advisory lock lives only as long as that session), and the signer epoch is
-    /// still the one it took ([`crate::store::Fence`]). A signer that gets an error here must
-    /// stop signing at once: it may no longer hold the lock (issue 17). `Ok` for a process
-    /// that never took the lock.
-    pub async fn check_signer_lock(&self) -> Result<()> {
+    /// Whether this process still holds the signer lock (issue 17), asked once a second by
+    /// `serve`. `Err` means it must stop signing at once — another process holds a newer
+    /// signer epoch ([`crate::store::Fence`]: every write it tried would be refused anyway), or
+    /// the lock it lost is now another's. On PostgreSQL the advisory lock lives only as long
+    /// as its session: when the lock connection fails or is silent for `timeout`, the lock is
+    /// taken again on a new connection if no one else has it and the epoch is still this
+    /// process's ([`LockState::Regained`]); while the database cannot be reached the answer is
+    /// [`LockState::Unreachable`] — nothing can be written or signed meanwhile (every signing
+    /// path reads or writes the database first), and OCSP and CRLs are served from memory.
+    pub async fn check_signer_lock(&self, timeout: std::time::Duration) -> Result<LockState> {
+        if self.store.fence().is_none() {
+            return Ok(LockState::Held);
+        }
         let mut conn = self.db_lock.lock().await;
-        self.store.check_fence(conn.as_mut()).await
+        if self.store.engine() != crate::store::Engine::Postgres {
+            // SQLite: the file lock lives as long as this process.
+            return match tokio::time::timeout(timeout, self.store.check_fence(None)).await {
+                Ok(Ok(())) => Ok(LockState::Held),
+                Ok(Err(e @ Error::SignerFenced { .. })) => Err(e),
+                Ok(Err(e)) => Ok(LockState::Unreachable(e.to_string())),
+                Err(_) => Ok(LockState::Unreachable("the database did not answer".into())),
+            };
+        }
+        let asked = match conn.as_mut() {
+            Some(c) => tokio::time::timeout(timeout, self.store.check_fence(Some(c)))
+                .await
+                .unwrap_or_else(|_| Err(Error::Store("the lock connection did not answer".into()))),
+            None => Err(Error::Store("no lock connection".into())),
+        };
+        match asked {
+            Ok(()) => Ok(LockState::Held),
+            Err(e @ Error::SignerFenced { .. }) => Err(e),
+            Err(_) => {
+                // The session, and the advisory lock with it, is gone: never reuse it.
+                if let Some(c) = conn.take() {
+                    drop(c.detach());
+                }
+                let retaken = tokio::time::timeout(
+                    timeout,
+                    self.store.signer_lock(Some(std::time::Duration::ZERO)),
+                )
+                .await;
+                match retaken {
+                    Ok(Ok(Some(mut c))) => {
+                        // Taken again; still this process's epoch, or it stops.
+                        self.store.check_fence(Some(&mut c)).await?;
+                        *conn = Some(c);
+                        Ok(LockState::Regained)
+                    }
+                    Ok(Ok(None)) => Ok(LockState::Held),
+                    Ok(Err(e @ Error::SignerBusy(_))) => Err(e),
+                    Ok(Err(e)) => Ok(LockState::Unreachable(e.to_string())),
+                    Err(_) => Ok(LockState::Unreachable("the database did not answer".into())),
+                }
+            }
+        }
     }
 
     /// Signs `message` with the audit key (checkpoints, ceremony records).

@@ -486,31 +486,41 @@ async fn start_signing(
 }
 
 /// How often a signer asks whether it still holds the signer lock, and how long it waits for
-/// the answer.
+/// an answer.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// The exit status of a signer that lost its lock (EX_TEMPFAIL): its supervisor starts it
 /// again, and it waits as a standby.
 const LOST_LOCK_EXIT: i32 = 75;
 
-/// A signer that cannot show it still holds the signer lock — its lock connection broken or
-/// silent for [`LOCK_CHECK_TIMEOUT`], or another process holding a newer epoch — stops at once
-/// (issue 17): it may no longer be the only signer, and every write it tried would be refused
-/// anyway ([`ca_core::store::Fence`]). It exits rather than lingering half-alive.
+/// A signer that finds another process holds a newer signer epoch, or that the lock its
+/// failed connection held is now another's, stops at once (issue 17): it is no longer the
+/// signer, and every write it tried would be refused anyway ([`ca_core::store::Fence`]). It
+/// exits rather than lingering half-alive; its supervisor starts it again as a standby. While
+/// the database cannot be reached it keeps serving OCSP and CRLs from memory (nothing can be
+/// signed meanwhile) and takes the lock again when the database is back, if no standby has.
 async fn keep_signer_lock(auth: Arc<Authority>) {
+    let mut unreachable = false;
     loop {
         tokio::time::sleep(LOCK_CHECK_EVERY).await;
-        let why = match tokio::time::timeout(LOCK_CHECK_TIMEOUT, auth.check_signer_lock()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!(
-                "the lock connection did not answer within {} s",
-                LOCK_CHECK_TIMEOUT.as_secs()
-            ),
-        };
-        tracing::error!(%why, "lost the signer lock: this process stops signing and exits");
-        eprintln!("error: lost the signer lock ({why}); exiting so a standby can take over");
-        std::process::exit(LOST_LOCK_EXIT);
+        match auth.check_signer_lock(LOCK_CHECK_TIMEOUT).await {
+            Ok(ca_core::authority::LockState::Held) => unreachable = false,
+            Ok(ca_core::authority::LockState::Regained) => {
+                unreachable = false;
+                tracing::warn!("the signer lock was taken again after its connection failed");
+            }
+            Ok(ca_core::authority::LockState::Unreachable(why)) => {
+                if !unreachable {
+                    tracing::error!(%why, "the signer lock cannot be checked: the database is unreachable");
+                }
+                unreachable = true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lost the signer lock: this process stops signing and exits");
+                eprintln!("error: {e}; exiting so that only one process signs");
+                std::process::exit(LOST_LOCK_EXIT);
+            }
+        }
     }
 }
 
