@@ -163,6 +163,13 @@ pub struct HttpConfig {
     /// Seconds for a request's body and its answer; past it the request gets 408 (or the
     /// connection is closed).
     pub request_timeout_seconds: u32,
+    /// On SIGTERM or SIGINT, seconds `/readyz` answers 503 while the listener still accepts,
+    /// so that a load balancer's health check takes the instance out before it stops (0 to
+    /// 300; docs/OPERATIONS.md "Rolling restart").
+    pub drain_seconds: u32,
+    /// Then, seconds the requests in flight are given to finish once the listener is closed
+    /// (1 to 600); idle keep-alive connections are closed at once.
+    pub shutdown_grace_seconds: u32,
 }
 
 impl Default for HttpConfig {
@@ -171,6 +178,8 @@ impl Default for HttpConfig {
             max_connections: 4096,
             header_timeout_seconds: 10,
             request_timeout_seconds: 60,
+            drain_seconds: 5,
+            shutdown_grace_seconds: 20,
         }
     }
 }
@@ -757,6 +766,14 @@ impl Config {
         if !(1..=10).contains(&self.http.header_timeout_seconds) {
             return Err(Error::Config(
                 "http.header_timeout_seconds must be 1 to 10".into(),
+            ));
+        }
+        if self.http.drain_seconds > 300 {
+            return Err(Error::Config("http.drain_seconds must be 0 to 300".into()));
+        }
+        if !(1..=600).contains(&self.http.shutdown_grace_seconds) {
+            return Err(Error::Config(
+                "http.shutdown_grace_seconds must be 1 to 600".into(),
             ));
         }
         if !(1..=600).contains(&self.http.request_timeout_seconds) {

@@ -76,7 +76,10 @@ pub async fn serve(dcv: DcvConfig, a: PerspectiveArgs) -> anyhow::Result<()> {
             handshake: HANDSHAKE,
             request: EXCHANGE,
             connection: Some(EXCHANGE),
+            drain: std::time::Duration::ZERO,
+            grace: EXCHANGE,
         },
+        crate::tls::Shutdown::default(),
     )
     .await
 }

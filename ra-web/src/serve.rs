@@ -103,6 +103,8 @@ struct AppState {
     auth: std::sync::OnceLock<Arc<Authority>>,
     /// Started with `--standby`: waits for the signer lock, then signs.
     standby: bool,
+    /// Whether a stop was asked (`/readyz`).
+    shutdown: crate::tls::Shutdown,
     /// How long a CRL may stay behind its revocations before `/healthz` faults: four
     /// `--crl-watch-seconds`, at least 10 s.
     crl_behind_limit: i64,
@@ -312,6 +314,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         crl_behind_limit: (4 * a.crl_watch_seconds as i64).max(10),
         auth: auth.map(std::sync::OnceLock::from).unwrap_or_default(),
         standby: a.standby,
+        shutdown: crate::tls::Shutdown::default(),
         repo,
         config,
         cas,
@@ -385,6 +388,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         tls,
         app,
         crate::tls::Limits::from_config(&state.config.http),
+        state.shutdown.clone(),
     );
     // A standby waits for the signer lock beside serving (in this task: opening the CA is not
     // a future that can move between threads).
@@ -398,6 +402,14 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         serving.await
     };
     served.context("serving")?;
+    // Queues flushed: the OCSP changes waiting are signed before the signer lets go.
+    if let Some(auth) = state.auth() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            sign_ocsp_due(auth, &mut Outage::default()),
+        )
+        .await;
+    }
     for b in background {
         b.abort();
     }
@@ -605,10 +617,31 @@ fn router(state: Shared) -> Router {
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*request}", get(ocsp_get))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         // An OCSP request is a few hundred bytes; nothing here takes a large body.
         .layer(DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
+}
+
+/// `GET /readyz`: whether a load balancer should send this instance traffic — 200 `ready`
+/// while it serves, 503 `draining` from the moment a stop is asked (SIGTERM or SIGINT) until
+/// the listener closes `[http] drain_seconds` later. Liveness and faults are `/healthz`'s.
+async fn readyz(State(s): State<Shared>) -> Response {
+    if s.shutdown.draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CACHE_CONTROL, "no-store")],
+            "draining\n",
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CACHE_CONTROL, "no-store")],
+            format!("ready ({})\n", role(&s)),
+        )
+            .into_response()
+    }
 }
 
 fn not_found() -> Response {

@@ -27,6 +27,25 @@ pub struct Limits {
     pub request: Duration,
     /// Time for a whole connection, if bounded.
     pub connection: Option<Duration>,
+    /// On SIGTERM or SIGINT: how long [`Shutdown::draining`] is reported while the listener
+    /// still accepts.
+    pub drain: Duration,
+    /// Then how long requests in flight are given to finish.
+    pub grace: Duration,
+}
+
+/// Shared with the routes: whether the listener is draining (a stop was asked), so that
+/// `/readyz` says 503 while requests are still served.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shutdown {
+    /// Whether a stop was asked.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Limits {
@@ -37,6 +56,8 @@ impl Limits {
             handshake: Duration::from_secs(u64::from(http.header_timeout_seconds)),
             request: Duration::from_secs(u64::from(http.request_timeout_seconds)),
             connection: None,
+            drain: Duration::from_secs(u64::from(http.drain_seconds)),
+            grace: Duration::from_secs(u64::from(http.shutdown_grace_seconds)),
         }
     }
 }
@@ -69,11 +90,18 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerCo
 /// every request head (slowloris), one for each request's body and answer (a trickled body),
 /// and optionally one for the whole connection. The peer address reaches handlers as
 /// `ConnectInfo`.
+///
+/// Stops gracefully on SIGTERM or SIGINT: `shutdown` reports draining at once (`/readyz`
+/// answers 503) while the listener keeps accepting for `limits.drain`, so that a load
+/// balancer takes the instance out first; then the listener is closed, idle keep-alive
+/// connections are closed, and the requests in flight get `limits.grace` to finish (each
+/// answer on a kept-alive connection then says `Connection: close`). Returns when they have.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
     app: Router,
     limits: Limits,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -94,6 +122,21 @@ pub async fn serve(
     // SIGTERM (systemd, kill) stops as SIGINT does: the caller records the stop.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| std::io::Error::other(format!("SIGTERM handler: {e}")))?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let draining = shutdown.draining.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(
+            drain_seconds = limits.drain.as_secs(),
+            "stopping: draining, then closing the listener"
+        );
+        tokio::time::sleep(limits.drain).await;
+    };
+    tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -105,34 +148,50 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+            () = &mut stop => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many connections; refused");
             continue;
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
             let app = app.layer(axum::Extension(ConnectInfo::<SocketAddr>(peer)));
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => connection(tls, app, peer, limits).await,
+                        Ok(Ok(tls)) => connection(tls, app, peer, limits, watcher).await,
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => connection(tcp, app, peer, limits).await,
+                None => connection(tcp, app, peer, limits, watcher).await,
             }
         });
     }
+    drop(listener);
+    if tokio::time::timeout(limits.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_seconds = limits.grace.as_secs(),
+            "requests still in flight after the grace period: closed"
+        );
+    }
+    Ok(())
 }
 
 /// Serves HTTP/1.1 on one connection within `limits`.
-async fn connection<IO>(io: IO, app: Router, peer: SocketAddr, limits: Limits)
-where
+async fn connection<IO>(
+    io: IO,
+    app: Router,
+    peer: SocketAddr,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(app);
@@ -140,6 +199,7 @@ where
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.handshake)
         .serve_connection(TokioIo::new(io), service);
+    let conn = watcher.watch(conn);
     let outcome = match limits.connection {
         Some(d) => tokio::time::timeout(d, conn).await.ok(),
         None => Some(conn.await),

@@ -50,6 +50,8 @@ mod reminders;
 mod renewal;
 #[path = "e2e/revoke.rs"]
 mod revoke;
+#[path = "e2e/rolling.rs"]
+mod rolling;
 #[path = "e2e/rollover.rs"]
 mod rollover;
 #[path = "e2e/serve.rs"]
