@@ -9,7 +9,7 @@
 # gcc, libc6-dev: ring and libsqlite3-sys build C code.
 # slapd, ldap-utils: the LDAP directory tests (a real OpenLDAP configured from ops/slapd/, read
 # with ldapsearch).
-ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound slapd ldap-utils haproxy)
+ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound slapd ldap-utils haproxy age)
 
 # pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
 ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"

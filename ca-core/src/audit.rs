@@ -219,12 +219,76 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Verifies records (in sequence order) against the head.
-pub fn verify(records: &[Record], head_seq: i64, head_hash: &[u8]) -> Vec<Finding> {
+/// A stretch of the chain lost in a restore (`ecert restore`, issue 17), declared by an
+/// `audit.restored` record signed by the audit key: records `from..=to` were made after the
+/// backup and are gone; the record `record` chains to `resumed_after`, the hash of record
+/// `to` as the witness holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredGap {
+    /// The `audit.restored` record.
+    pub record: i64,
+    /// First record lost.
+    pub from: i64,
+    /// Last record lost (`from - 1`: none).
+    pub to: i64,
+    /// The hash the restored chain continues from.
+    pub resumed_after: Vec<u8>,
+}
+
+/// The `audit.restored` records in `records` whose declaration is signed by the audit key and
+/// consistent with where they stand (an unsigned or inconsistent one declares nothing, so the
+/// gap it would cover is a finding).
+pub fn restored_gaps(records: &[Record], audit_spki: &[u8]) -> Vec<RestoredGap> {
+    records
+        .iter()
+        .filter(|r| r.kind == "audit.restored")
+        .filter_map(|r| {
+            let d: serde_json::Value = serde_json::from_str(&r.detail).ok()?;
+            let from = d["lost_from"].as_i64()?;
+            let to = d["lost_to"].as_i64()?;
+            let resumed_after = hex::decode(d["resumed_after"].as_str()?).ok()?;
+            let backup = d["backup"].as_str()?;
+            let signature = hex::decode(d["signature"].as_str()?).ok()?;
+            let message = crate::backup::restored_message(from, to, &resumed_after, backup);
+            let signed = hsm::verify(
+                hsm::Algorithm::EcdsaP256Sha256,
+                audit_spki,
+                &message,
+                &signature,
+            )
+            .is_ok();
+            (signed && r.seq == to + 1 && to + 1 >= from && r.prev_hash == resumed_after).then_some(
+                RestoredGap {
+                    record: r.seq,
+                    from,
+                    to,
+                    resumed_after,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Verifies records (in sequence order) against the head. A stretch declared lost by a signed
+/// `audit.restored` record in `gaps` ([`restored_gaps`]) is not a finding: that record may
+/// follow the last record before the loss with the sequence number and hash it declares.
+pub fn verify(
+    records: &[Record],
+    head_seq: i64,
+    head_hash: &[u8],
+    gaps: &[RestoredGap],
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut prev = vec![0u8; 32];
     let mut expected = 1;
     for r in records {
+        if let Some(g) = gaps
+            .iter()
+            .find(|g| g.record == r.seq && g.from == expected)
+        {
+            prev = g.resumed_after.clone();
+            expected = r.seq;
+        }
         if r.seq != expected {
             out.push(Finding::Gap {
                 expected,
@@ -276,8 +340,68 @@ mod tests {
     #[test]
     fn intact_chain_verifies() {
         let c = chain(5);
-        assert_eq!(verify(&c, 5, &c[4].hash), vec![]);
-        assert_eq!(verify(&[], 0, &[0; 32]), vec![]);
+        assert_eq!(verify(&c, 5, &c[4].hash, &[]), vec![]);
+        assert_eq!(verify(&[], 0, &[0; 32], &[]), vec![]);
+    }
+
+    /// Issue 17: a stretch lost in a restore is accepted only when the `audit.restored`
+    /// record that declares it is signed by the audit key; a database writer cannot hide
+    /// removed records by writing such a record itself.
+    #[test]
+    fn only_a_signed_restore_record_declares_a_gap() {
+        use hsm::Signer;
+        let key = hsm::software::SoftwareSigner::generate_p256();
+        let other = hsm::software::SoftwareSigner::generate_p256();
+        let c = chain(6);
+        // Records 4 and 5 were lost; the witness held 5's hash; the restore record is 6.
+        let restored = |signer: &hsm::software::SoftwareSigner| -> Vec<Record> {
+            let resumed = c[4].hash.clone();
+            let sig = signer
+                .sign(&crate::backup::restored_message(4, 5, &resumed, "ab"))
+                .unwrap();
+            let detail = serde_json::json!({
+                "lost_from": 4, "lost_to": 5, "resumed_after": hex::encode(&resumed),
+                "backup": "ab", "signature": hex::encode(sig),
+            })
+            .to_string();
+            let hash = chain_hash(
+                &resumed,
+                6,
+                2000,
+                "audit.restored",
+                "cli:root",
+                None,
+                &detail,
+            );
+            let mut records = c[..3].to_vec();
+            records.push(Record {
+                seq: 6,
+                at: 2000,
+                kind: "audit.restored".into(),
+                actor: "cli:root".into(),
+                subject: None,
+                detail,
+                prev_hash: resumed,
+                hash,
+            });
+            records
+        };
+        let good = restored(&key);
+        let gaps = restored_gaps(&good, key.public_key_spki());
+        assert_eq!(gaps.len(), 1);
+        assert_eq!((gaps[0].from, gaps[0].to, gaps[0].record), (4, 5, 6));
+        let head = good[3].hash.clone();
+        assert_eq!(verify(&good, 6, &head, &gaps), vec![]);
+        // Signed by another key: no gap declared, so the loss is a finding.
+        let forged = restored(&other);
+        let gaps = restored_gaps(&forged, key.public_key_spki());
+        assert!(gaps.is_empty());
+        let found = verify(&forged, 6, &forged[3].hash, &gaps);
+        assert!(found.contains(&Finding::Gap {
+            expected: 4,
+            found: 6
+        }));
+        assert!(found.contains(&Finding::BrokenLink { seq: 6 }));
     }
 
     #[test]
@@ -285,19 +409,21 @@ mod tests {
         let c = chain(5);
         let mut removed = c.clone();
         removed.remove(2);
-        assert!(verify(&removed, 5, &c[4].hash).contains(&Finding::Gap {
-            expected: 3,
-            found: 4
-        }));
+        assert!(
+            verify(&removed, 5, &c[4].hash, &[]).contains(&Finding::Gap {
+                expected: 3,
+                found: 4
+            })
+        );
         let mut edited = c.clone();
         edited[1].detail = "{\"n\":99}".into();
         assert_eq!(
-            verify(&edited, 5, &c[4].hash),
+            verify(&edited, 5, &c[4].hash, &[]),
             vec![Finding::HashMismatch { seq: 2 }]
         );
         let truncated = &c[..3];
         assert_eq!(
-            verify(truncated, 5, &c[4].hash),
+            verify(truncated, 5, &c[4].hash, &[]),
             vec![Finding::HeadMismatch {
                 last_seq: 3,
                 head_seq: 5

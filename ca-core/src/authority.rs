@@ -468,6 +468,19 @@ pub const PII_ACTIVATION_LOCKOUT: std::time::Duration = std::time::Duration::fro
 /// HSM label of the key that signs audit checkpoints.
 pub const AUDIT_KEY_LABEL: &str = "ecert-audit";
 
+/// What [`Authority::verify_audit`] found.
+#[derive(Debug)]
+pub struct AuditVerified {
+    /// Records checked.
+    pub records: usize,
+    /// Signed checkpoints checked.
+    pub checkpoints: usize,
+    /// What is wrong.
+    pub findings: Vec<audit::Finding>,
+    /// Stretches declared lost by signed `audit.restored` records (not findings).
+    pub gaps: Vec<audit::RestoredGap>,
+}
+
 /// What [`Authority::check_signer_lock`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockState {
@@ -2788,19 +2801,22 @@ impl Authority {
     /// Verifies the audit trail; returns the number of records and the findings.
     /// Checks the chain against the head and the signed checkpoints against the audit public
     /// key (DER SPKI). Returns the number of records and checkpoints, and the findings.
-    pub async fn verify_audit(
-        store: &Store,
-        audit_spki: &[u8],
-    ) -> Result<(usize, usize, Vec<audit::Finding>)> {
+    pub async fn verify_audit(store: &Store, audit_spki: &[u8]) -> Result<AuditVerified> {
         let (records, head_seq, head_hash) = store.audit_records().await?;
         let checkpoints = store.checkpoints().await?;
-        let mut findings = audit::verify(&records, head_seq, &head_hash);
+        let gaps = audit::restored_gaps(&records, audit_spki);
+        let mut findings = audit::verify(&records, head_seq, &head_hash, &gaps);
         findings.extend(audit::verify_checkpoints(
             &records,
             &checkpoints,
             audit_spki,
         ));
-        Ok((records.len(), checkpoints.len(), findings))
+        Ok(AuditVerified {
+            records: records.len(),
+            checkpoints: checkpoints.len(),
+            findings,
+            gaps,
+        })
     }
 
     /// Signs a checkpoint of the audit chain's head with the audit key, if the head moved since
@@ -3602,10 +3618,14 @@ mod tests {
         let new = auth.store().certificate(&by).await.unwrap().unwrap();
         assert_eq!(new.renews.as_deref(), Some(first.serial.to_hex().as_str()));
         auth.checkpoint().await.unwrap();
-        let (n, checkpoints, findings) =
-            Authority::verify_audit(auth.store(), auth.audit_public_key())
-                .await
-                .unwrap();
+        let crate::authority::AuditVerified {
+            records: n,
+            checkpoints,
+            findings,
+            ..
+        } = Authority::verify_audit(auth.store(), auth.audit_public_key())
+            .await
+            .unwrap();
         assert!(findings.is_empty(), "{findings:?}");
         assert!(
             n > 180 && checkpoints == 1,

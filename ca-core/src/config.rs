@@ -38,6 +38,22 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Publishing certificates and CRLs to an LDAP directory (crate::ldap).
     pub ldap: LdapConfig,
+    /// Who can open each part of a backup (crate::backup).
+    pub backup: BackupConfig,
+}
+
+/// The holders of a backup's parts ([`crate::backup`], docs/OPERATIONS.md "Backup and
+/// restore"): age X25519 recipients (`age1…`, from `age-keygen`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The database snapshot and the configuration: any one of them opens it.
+    pub operator: Vec<String>,
+    /// The `ca` token (CA, responder and audit keys): encrypted to each in turn, so all of them
+    /// must take part (dual control, TLS BR §5.2.2 and §6.2.4); at least two.
+    pub key_custodians: Vec<String>,
+    /// The `pii` token (the personal-data keys): any one of them opens it.
+    pub data_owner: Vec<String>,
 }
 
 /// The LDAP directory the signer publishes to ([`crate::ldap`], docs/DIRECTORY.md "LDAP"):
@@ -568,6 +584,7 @@ impl Default for Config {
             clock: ClockConfig::default(),
             audit: AuditConfig::default(),
             ldap: LdapConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }

@@ -74,6 +74,10 @@ pub enum Error {
     /// Another process is signing for this data directory or database.
     #[error("another ecert process is signing for {0}; only one signer runs at a time")]
     SignerBusy(String),
+    /// A backup that cannot be made, or an archive that cannot be restored: what is wrong
+    /// (issue 17, [`crate::backup`]).
+    #[error("backup: {0}")]
+    Backup(String),
     /// This process took the signer lock at epoch `held`, but another has taken it since
     /// (`current`): a standby took over. It must stop signing ([`crate::store::Fence`]).
     #[error("this process lost the signer lock (epoch {held}; another signer holds epoch {current}): it writes nothing more")]

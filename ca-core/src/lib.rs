@@ -41,6 +41,7 @@ macro_rules! async_fail_point {
 
 pub mod audit;
 pub mod authority;
+pub mod backup;
 pub mod ceremony;
 pub mod clock;
 pub mod config;

@@ -84,6 +84,35 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Write a backup archive while the service runs (docs/OPERATIONS.md "Backup and
+    /// restore"): the database snapshot for the operator, the `ca` token for all the key
+    /// custodians together, the `pii` token for the data owner (age, `[backup]`), signed by
+    /// the audit key. Never the root token.
+    Backup {
+        /// The archive to write (0600; written whole or not at all).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild the CA from a backup archive into an empty --data-dir and an empty database:
+    /// refuses an archive whose signature does not verify under --audit-key; then CRLNumbers
+    /// move past anything issued after the backup and a signed `audit.restored` record names
+    /// the records lost (from --witness).
+    Restore {
+        /// The archive (`ecert backup`).
+        file: PathBuf,
+        /// The audit public key the archive must be signed by (PEM, from `ecert audit key`,
+        /// kept apart from the backups).
+        #[arg(long)]
+        audit_key: PathBuf,
+        /// age identity files (`age-keygen`): the operator's, every key custodian's, the data
+        /// owner's. Repeat the option.
+        #[arg(long = "identity", required = true)]
+        identities: Vec<PathBuf>,
+        /// The witness copy of the audit checkpoints (`[audit] witness`): the records it
+        /// covers past the backup are declared lost, and the chain continues after them.
+        #[arg(long)]
+        witness: Option<PathBuf>,
+    },
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -734,6 +763,69 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 witness,
             }) => audit_verify(config, public_key, witness).await,
             Command::Audit(AuditCommand::Export(args)) => audit_export(config, *args).await,
+            Command::Backup { out } => {
+                let made = ca_core::backup::make(&config, &out, &actor()).await?;
+                outln!(
+                    "backup {}: {} bytes, audit record {}, parts {} (manifest sha256 {})",
+                    out.display(),
+                    made.bytes,
+                    made.manifest.audit_seq,
+                    made.manifest
+                        .parts
+                        .iter()
+                        .map(|p| format!("{} for the {}", p.name, p.holder.replace('_', " ")))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    made.manifest_sha256
+                );
+                if made.manifest.hsm == "external" {
+                    outln!("the HSM's keys are not in it: back them up by the module's own procedure");
+                }
+                Ok(())
+            }
+            Command::Restore {
+                file,
+                audit_key,
+                identities,
+                witness,
+            } => {
+                let spki = read_public_key(&audit_key)?;
+                let ids = ca_core::backup::identities(&identities)?;
+                let r = ca_core::backup::restore(
+                    &config.data_dir,
+                    None,
+                    &file,
+                    &spki,
+                    &ids,
+                    witness.as_deref(),
+                    &actor(),
+                )
+                .await?;
+                let when = time::OffsetDateTime::from_unix_timestamp(r.manifest.created_at)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_default();
+                outln!(
+                    "restored {} certificates into {} from the backup of {when} (audit record {})",
+                    r.certificates,
+                    config.data_dir.display(),
+                    r.manifest.audit_seq
+                );
+                match r.lost {
+                    Some((from, to)) => outln!(
+                        "audit records {from} to {to} were made after the backup and are lost (the witness holds their checkpoints); the chain continues after them"
+                    ),
+                    None if witness.is_none() => outln!(
+                        "no witness given: the records made after the backup, if any, are not known"
+                    ),
+                    None => outln!("no audit record was lost"),
+                }
+                outln!(
+                    "CRLNumbers continue after {}; certificates issued after {when} are unknown here: if one surfaces, revoke it by serial (docs/OPERATIONS.md \"Backup and restore\")",
+                    r.crl_number_floor
+                );
+                Ok(())
+            }
             Command::Audit(AuditCommand::Key) => {
                 let spki = Authority::audit_public_key_from_hsm(&config).await?;
                 out!(
@@ -1903,13 +1995,34 @@ async fn audit_verify(
         None => Authority::audit_public_key_from_hsm(&config).await?,
     };
     let store = open_store(&config).await?;
-    let (n, checkpoints, findings) = Authority::verify_audit(&store, &spki).await?;
+    let ca_core::authority::AuditVerified {
+        records: n,
+        checkpoints,
+        findings,
+        gaps,
+    } = Authority::verify_audit(&store, &spki).await?;
     let mut problems: Vec<String> = findings.iter().map(ToString::to_string).collect();
+    for g in &gaps {
+        if g.from <= g.to {
+            outln!(
+                "records {} to {} were lost in a restore from backup (declared by the signed record {})",
+                g.from,
+                g.to,
+                g.record
+            );
+        } else {
+            outln!(
+                "restored from backup at record {} with no record lost",
+                g.record
+            );
+        }
+    }
     if let Some(path) = &witness {
         let witnessed = ca_core::audit::witness::read(path)?;
         let (records, _, _) = store.audit_records().await?;
         let db_checkpoints = store.checkpoints().await?;
-        match ca_core::audit::witness::compare(&witnessed, &records, &db_checkpoints, &spki) {
+        match ca_core::audit::witness::compare(&witnessed, &records, &db_checkpoints, &spki, &gaps)
+        {
             None => outln!(
                 "witness {} agrees: {} checkpoints",
                 path.display(),

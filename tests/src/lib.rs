@@ -996,6 +996,20 @@ impl Ca {
         self.dir.path()
     }
 
+    /// The machine is lost: the data directory is removed (its path stays this
+    /// installation's, for a restore into it) and, on PostgreSQL, the database is dropped and
+    /// made again empty.
+    pub fn destroy(&self) {
+        std::fs::remove_dir_all(self.dir.path()).unwrap();
+        if let Some(pg) = &self.pg {
+            psql(
+                &pg.admin_url,
+                &format!("DROP DATABASE {} WITH (FORCE)", pg.name),
+            );
+            psql(&pg.admin_url, &format!("CREATE DATABASE {}", pg.name));
+        }
+    }
+
     /// A path in the scratch directory.
     pub fn file(&self, name: &str) -> PathBuf {
         self.work.path().join(name)

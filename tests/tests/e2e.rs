@@ -10,6 +10,8 @@ mod common;
 mod apply;
 #[path = "e2e/audit.rs"]
 mod audit;
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/browser.rs"]
 mod browser;
 #[path = "e2e/bulk.rs"]

@@ -167,12 +167,16 @@ impl std::fmt::Display for Disagreement {
 
 /// Compares the witness with the database's records and checkpoints (in sequence order);
 /// returns the first disagreement. One checkpoint not yet witnessed is allowed (the witness is
-/// written just after the database).
+/// written just after the database). A witnessed checkpoint inside a stretch declared lost by a
+/// signed `audit.restored` record (`gaps`, [`crate::audit::restored_gaps`]) is lost, not a
+/// disagreement — but the one at the stretch's end must hold the hash the restored chain
+/// continues from.
 pub fn compare(
     witnessed: &[Checkpoint],
     records: &[Record],
     checkpoints: &[Checkpoint],
     audit_spki: &[u8],
+    gaps: &[crate::audit::RestoredGap],
 ) -> Option<Disagreement> {
     let by_seq: std::collections::HashMap<i64, &Record> =
         records.iter().map(|r| (r.seq, r)).collect();
@@ -194,10 +198,13 @@ pub fn compare(
         {
             return Some(Disagreement::NotSigned { line, seq: c.seq });
         }
-        match by_seq.get(&c.seq) {
-            Some(r) if r.hash == c.hash => {}
-            Some(_) => return Some(Disagreement::Rewritten { line, seq: c.seq }),
-            None => {
+        let lost = gaps.iter().find(|g| g.from <= c.seq && c.seq <= g.to);
+        match (by_seq.get(&c.seq), lost) {
+            (Some(r), _) if r.hash == c.hash => {}
+            (Some(_), _) => return Some(Disagreement::Rewritten { line, seq: c.seq }),
+            (None, Some(g)) if c.seq < g.to || c.hash == g.resumed_after => {}
+            (None, Some(_)) => return Some(Disagreement::Rewritten { line, seq: c.seq }),
+            (None, None) => {
                 return Some(Disagreement::Truncated {
                     line,
                     seq: c.seq,
@@ -260,14 +267,14 @@ mod tests {
         assert_eq!(w.len(), 3);
         let spki = key.public_key_spki();
         let chain = [rec(1, 1), rec(2, 2), rec(3, 3), rec(4, 4)];
-        assert_eq!(compare(&w, &chain, &w, spki), None);
+        assert_eq!(compare(&w, &chain, &w, spki, &[]), None);
         let rewritten = [rec(1, 1), rec(2, 2), rec(3, 9), rec(4, 4)];
         assert_eq!(
-            compare(&w, &rewritten, &w, spki),
+            compare(&w, &rewritten, &w, spki, &[]),
             Some(Disagreement::Rewritten { line: 2, seq: 3 })
         );
         assert_eq!(
-            compare(&w, &chain[..2], &w, spki),
+            compare(&w, &chain[..2], &w, spki, &[]),
             Some(Disagreement::Truncated {
                 line: 2,
                 seq: 3,
@@ -277,7 +284,7 @@ mod tests {
         // Cut short: the database's newer checkpoints are not in it.
         let all = [cp(1, 1), cp(3, 3), cp(4, 4)];
         assert_eq!(
-            compare(&w[..1], &chain, &all, spki),
+            compare(&w[..1], &chain, &all, spki, &[]),
             Some(Disagreement::Behind {
                 witnessed: 1,
                 newest: 4,
@@ -287,12 +294,12 @@ mod tests {
         // A line dropped from the middle.
         let holed = [w[0].clone(), w[2].clone()];
         assert_eq!(
-            compare(&holed, &chain, &all, spki),
+            compare(&holed, &chain, &all, spki, &[]),
             Some(Disagreement::Missing { seq: 3 })
         );
         let other = hsm::software::SoftwareSigner::generate_p256();
         assert_eq!(
-            compare(&w, &chain, &w, other.public_key_spki()),
+            compare(&w, &chain, &w, other.public_key_spki(), &[]),
             Some(Disagreement::NotSigned { line: 1, seq: 1 })
         );
     }

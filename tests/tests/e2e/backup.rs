@@ -1,0 +1,355 @@
+//! Backup and restore, as a drill (issue 17, docs/OPERATIONS.md "Backup and restore"): issue
+//! and revoke, back up while the service runs, issue more, lose the machine (data directory
+//! and database), refuse a tampered archive and a restore without every custodian, restore,
+//! and check that the CA carries on — old certificates answer OCSP, CRLNumbers move on, the
+//! audit chain continues with a signed `audit.restored` record that both `audit verify` and
+//! `audit verify --witness` accept, and the standard `age` tool opens the operator's part.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ecert_e2e::*;
+
+use crate::common::*;
+use crate::serve::{get, start};
+
+/// An age key pair made by `age-keygen` (Debian package age): (identity file, recipient).
+fn age_key(ca: &Ca, name: &str) -> (PathBuf, String) {
+    let path = ca.file(&format!("{name}.agekey"));
+    let o = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("age-keygen (Debian package age): run ops/test");
+    assert!(o.status.success(), "{}", show(&o));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    (path, recipient)
+}
+
+/// The CRLNumber of a DER CRL, read by openssl.
+fn crl_number(ca: &Ca, der: &[u8]) -> u128 {
+    let file = ca.file("drill.crl");
+    std::fs::write(&file, der).unwrap();
+    let o = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-crlnumber", "-in"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let hex = text.trim().trim_start_matches("crlNumber=0x");
+    u128::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("{text}"))
+}
+
+fn witness_last_seq(path: &Path) -> i64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["seq"].as_i64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_ca_rebuilt_from_its_backup_carries_on() {
+    let ca = Ca::init();
+    let (operator, op_r) = age_key(&ca, "operator");
+    let (custodian1, c1_r) = age_key(&ca, "custodian1");
+    let (custodian2, c2_r) = age_key(&ca, "custodian2");
+    let (owner, owner_r) = age_key(&ca, "data-owner");
+    let witness = ca.file("witness.jsonl");
+    ca.append_config(&format!(
+        "[audit]\nwitness = \"{}\"\n[backup]\noperator = [\"{op_r}\"]\nkey_custodians = [\"{c1_r}\", \"{c2_r}\"]\ndata_owner = [\"{owner_r}\"]\n",
+        witness.display()
+    ));
+    let issuer = ca.export("individual").path;
+    let audit_key = ca.file("audit-key.pem");
+    std::fs::write(&audit_key, ca.ecert_ok(&["audit", "key"])).unwrap();
+
+    // Before the backup: one certificate kept good, one revoked.
+    let kept = crate::apply::issue(&ca, &personal(), &ca.csr("kept", KeyType::P256).csr, "kept");
+    let revoked = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("revoked", KeyType::P256).csr,
+        "revoked",
+    );
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &revoked.serial, "--reason", "keyCompromise"],
+    );
+
+    // The backup, while the service runs.
+    let server = start(&ca);
+    let archive = ca.file("backup.tar");
+    let out = ca.ecert_ok(&["backup", "--out", archive.to_str().unwrap()]);
+    assert!(
+        out.contains("database for the operator")
+            && out.contains("ca-token for the key custodians")
+            && out.contains("pii-token for the data owner"),
+        "{out}"
+    );
+    let backup_seq: i64 = out
+        .split("audit record ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    // The archive's parts are standard age files: the operator opens the database part.
+    let o = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(ca.file(""))
+        .arg("database.age")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "age -d -i '{}' '{}' | tar -t",
+            operator.display(),
+            ca.file("database.age").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(listing.contains("database."), "{listing}");
+    // The root token is never in it; nor are the PINs of the pii token in the custodians' part.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -xOf '{}' ca-token.age | age -d -i '{}' | age -d -i '{}' | tar -t",
+            archive.display(),
+            custodian2.display(),
+            custodian1.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listing.contains("user.pin") && !listing.contains("pii"),
+        "{listing}"
+    );
+    let token_dirs: std::collections::HashSet<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("tokens/"))
+        .filter_map(|l| l.split('/').next())
+        .collect();
+    assert_eq!(token_dirs.len(), 1, "only the ca token: {listing}");
+
+    // After the backup: a certificate issued, then the machine is lost.
+    let lost = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("lost", KeyType::P256).csr,
+        "after the backup",
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while witness_last_seq(&witness) <= backup_seq {
+        assert!(
+            Instant::now() < until,
+            "no checkpoint past the backup reached the witness"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, _, crl) = get(&server.1, "/crl/individual.crl");
+    let number_before = crl_number(&ca, &crl);
+    drop(server);
+    let witnessed = witness_last_seq(&witness);
+    ca.destroy();
+
+    let ids = |keys: &[&PathBuf]| -> Vec<String> {
+        keys.iter()
+            .flat_map(|k| ["--identity".to_string(), k.display().to_string()])
+            .collect()
+    };
+    let restore = |archive: &Path, keys: &[&PathBuf]| {
+        let mut args = vec![
+            "restore".to_string(),
+            archive.display().to_string(),
+            "--audit-key".into(),
+            audit_key.display().to_string(),
+            "--witness".into(),
+            witness.display().to_string(),
+        ];
+        args.extend(ids(keys));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ca.ecert(&args)
+    };
+    let all = [&operator, &custodian1, &custodian2, &owner];
+
+    // A tampered archive is refused, and nothing is written.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"\"created_at\"")
+        .expect("the manifest");
+    bytes[at + 15] = if bytes[at + 15] == b'1' { b'2' } else { b'1' };
+    let tampered = ca.file("tampered.tar");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let o = restore(&tampered, &all);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("signature does not verify"),
+        "{}",
+        show(&o)
+    );
+    assert!(!ca.data_dir().exists(), "a refused restore wrote something");
+    // One custodian alone cannot open the CA keys: refused by name, nothing written.
+    let o = restore(&archive, &[&operator, &custodian1, &owner]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("key custodians"),
+        "{}",
+        show(&o)
+    );
+    assert!(!ca.data_dir().exists(), "a refused restore wrote something");
+
+    // The restore.
+    let o = restore(&archive, &all);
+    assert!(o.status.success(), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains(&format!(
+            "audit records {} to {witnessed} were made after the backup and are lost",
+            backup_seq + 1
+        )),
+        "{out}"
+    );
+    assert!(out.contains("restored "), "{out}");
+    // What was issued after the backup is not in the restored database.
+    let known = |serial: &str| {
+        ca.sql_query(&format!(
+            "SELECT COUNT(*) FROM certificates WHERE serial = '{serial}'"
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(known(&kept.serial), "1");
+    assert_eq!(known(&lost.serial), "0");
+
+    // The restored CA carries on.
+    let server = start(&ca);
+    let status = |leaf: &Issued| crate::ra::ocsp_status(&ca, &server.1, &issuer, &leaf.cert.path);
+    assert!(status(&kept).contains(": good"), "{}", status(&kept));
+    assert!(
+        status(&revoked).contains(": revoked"),
+        "{}",
+        status(&revoked)
+    );
+    // The certificate issued after the backup is unknown here: never reported good.
+    let o = Command::new("openssl")
+        .args([
+            "ocsp",
+            "-no_nonce",
+            "-url",
+            &format!("http://{}/ocsp", server.1),
+            "-issuer",
+        ])
+        .arg(&issuer)
+        .arg("-cert")
+        .arg(&lost.cert.path)
+        .arg("-CAfile")
+        .arg(ca.roots_bundle())
+        .output()
+        .unwrap();
+    let answer = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !answer.contains(": good") && answer.contains("unauthorized"),
+        "{answer}"
+    );
+    // A revocation after the restore: the next CRL's number is past anything the lost
+    // machine could have issued, and it lists both revocations.
+    crate::apply::revoke_ok(&ca, &["--serial", &kept.serial, "--reason", "superseded"]);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, crl) = get(&server.1, "/crl/individual.crl");
+        let n = crl_number(&ca, &crl);
+        if n > number_before {
+            assert!(
+                n > 1_000_000_000_000,
+                "CRLNumber {n} did not move past the restore floor"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "no new CRL after the restore");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while !status(&kept).contains(": revoked") {
+        assert!(
+            Instant::now() < until,
+            "the revocation after the restore is not in OCSP"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // New issuance works.
+    let after = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("after", KeyType::P256).csr,
+        "after the restore",
+    );
+    // Its response is pre-signed within a second or so.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-no_nonce",
+                "-url",
+                &format!("http://{}/ocsp", server.1),
+                "-issuer",
+            ])
+            .arg(&issuer)
+            .arg("-cert")
+            .arg(&after.cert.path)
+            .arg("-CAfile")
+            .arg(ca.roots_bundle())
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).contains(": good") {
+            break;
+        }
+        assert!(Instant::now() < until, "{}", show(&o));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(server);
+
+    // The audit chain: intact, the gap declared and signed, the witness still agrees.
+    let out = ca.ecert_ok(&["audit", "verify"]);
+    assert!(
+        out.contains(&format!(
+            "records {} to {witnessed} were lost in a restore from backup",
+            backup_seq + 1
+        )) && out.contains("audit trail intact"),
+        "{out}"
+    );
+    let out = ca.ecert_ok(&[
+        "audit",
+        "verify",
+        "--public-key",
+        audit_key.to_str().unwrap(),
+        "--witness",
+        witness.to_str().unwrap(),
+    ]);
+    assert!(out.contains("agrees"), "{out}");
+    let restored = ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'audit.restored'");
+    assert_eq!(restored.trim(), "1");
+}
