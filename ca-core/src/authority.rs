@@ -321,6 +321,8 @@ pub struct Authority {
     /// The PostgreSQL advisory lock lives as long as this connection;
     /// [`Authority::check_signer_lock`] asks on it whether it still does.
     db_lock: tokio::sync::Mutex<Option<sqlx::pool::PoolConnection<sqlx::Any>>>,
+    /// The backend of the lock connection (PostgreSQL; 0: not known yet).
+    lock_pid: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Authority {
@@ -908,12 +910,18 @@ impl Authority {
         Self::init_with(config, None).await
     }
 
-    /// [`Authority::init`] for a standby (`ecert serve --standby`, issue 17): waits for the
+    /// [`Authority::open`] for a standby (`ecert serve --standby`, issue 17): waits for the
     /// signer lock for as long as another process holds it, then opens the CA as its signer
     /// — resolving what the previous signer left half-done by the recorded rule — under a new
-    /// signer epoch ([`crate::store::Fence`]).
-    pub async fn init_standby(config: Config) -> Result<(Authority, InitReport)> {
-        Self::init_inner(config, None, None).await
+    /// signer epoch ([`crate::store::Fence`]). Unlike `init` it makes nothing: a token that
+    /// lacks a key is an error, never a new key.
+    pub async fn open_standby(config: Config) -> Result<Authority> {
+        let lock = signer_lock_waiting(&config, None).await?;
+        let store = Store::open(&config.database_url())
+            .await?
+            .with_clock_check(&config.clock);
+        let db_lock = store.signer_lock(None).await?;
+        Self::open_with(config, store, Some(lock), db_lock).await
     }
 
     /// [`Authority::init`], with the hierarchy made by `ceremony` (a reviewed file, its text,
@@ -922,14 +930,7 @@ impl Authority {
         config: Config,
         ceremony: Option<CeremonyRun>,
     ) -> Result<(Authority, InitReport)> {
-        Self::init_inner(config, ceremony, Some(SIGNER_LOCK_WAIT)).await
-    }
-
-    async fn init_inner(
-        config: Config,
-        ceremony: Option<CeremonyRun>,
-        wait: Option<std::time::Duration>,
-    ) -> Result<(Authority, InitReport)> {
+        let wait = Some(SIGNER_LOCK_WAIT);
         let lock = signer_lock_waiting(&config, wait).await?;
         if config.embedded_softhsm() {
             init_embedded_token(&config)?;
@@ -1114,12 +1115,6 @@ impl Authority {
         lock: Option<File>,
         db_lock: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
     ) -> Result<Authority> {
-        // The signer (not a root-CRL ceremony beside it) takes the next epoch: from here on,
-        // a process that signed before it can write nothing more.
-        let store = match lock {
-            Some(_) => store.take_signer_epoch(&process_name()).await?,
-            None => store,
-        };
         let policy_arc = store
             .meta("policy_arc")
             .await?
@@ -1278,6 +1273,14 @@ impl Authority {
             Some(dir) => crate::keys::debian::DebianWeakKeys::load(dir)?,
             None => Default::default(),
         };
+        // The signer (not a root-CRL ceremony beside it) takes the next epoch once its keys are
+        // open — a standby that cannot open them does not depose a working signer — and before
+        // anything it makes holds the store: from here on, a process that signed before it can
+        // write nothing more.
+        let store = match lock {
+            Some(_) => store.take_signer_epoch(&process_name()).await?,
+            None => store,
+        };
         let writer = Committer::start(store.clone());
         let hsm_slots = Arc::new(tokio::sync::Semaphore::new(config.hsm.pool_size));
         let clock = crate::clock::ClockGuard::new(&config.clock, &store);
@@ -1306,6 +1309,7 @@ impl Authority {
             lifecycle: tokio::sync::Mutex::new(()),
             _lock: lock,
             db_lock: tokio::sync::Mutex::new(db_lock),
+            lock_pid: std::sync::atomic::AtomicI64::new(0),
         };
         if auth._lock.is_some() {
             auth.reconcile().await?;
@@ -1389,35 +1393,84 @@ impl Authority {
             };
         }
         let asked = match conn.as_mut() {
-            Some(c) => tokio::time::timeout(timeout, self.store.check_fence(Some(c)))
-                .await
-                .unwrap_or_else(|_| Err(Error::Store("the lock connection did not answer".into()))),
+            Some(c) => tokio::time::timeout(timeout, async {
+                self.store.check_fence(Some(&mut *c)).await?;
+                if self.lock_pid.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut **c)
+                        .await?;
+                    self.lock_pid
+                        .store(i64::from(pid), std::sync::atomic::Ordering::SeqCst);
+                }
+                self.store.renew_signer_lease(c).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(Error::Store("the lock connection did not answer".into()))),
             None => Err(Error::Store("no lock connection".into())),
         };
         match asked {
             Ok(()) => Ok(LockState::Held),
             Err(e @ Error::SignerFenced { .. }) => Err(e),
             Err(_) => {
-                // The session, and the advisory lock with it, is gone: never reuse it.
+                // The session, and the advisory lock with it, is gone or going: never reuse it.
                 if let Some(c) = conn.take() {
                     drop(c.detach());
                 }
-                let retaken = tokio::time::timeout(
-                    timeout,
-                    self.store.signer_lock(Some(std::time::Duration::ZERO)),
-                )
-                .await;
+                // If the server has not noticed yet (a stall, a partition now healed), our old
+                // session still holds the lock: end it, so that we, or a standby, can take it.
+                let old = self.lock_pid.swap(0, std::sync::atomic::Ordering::SeqCst);
+                if old != 0 {
+                    let _ = tokio::time::timeout(
+                        timeout,
+                        sqlx::query(
+                            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE pid = $1 \
+                             AND locktype = 'advisory' AND granted AND classid = CAST($2 AS oid) \
+                             AND objid = CAST($3 AS oid) AND objsubid = 1",
+                        )
+                        .bind(i32::try_from(old).unwrap_or_default())
+                        .bind(crate::store::SIGNER_LOCK_KEY >> 32)
+                        .bind(crate::store::SIGNER_LOCK_KEY & 0xffff_ffff)
+                        .execute(self.store.pool()),
+                    )
+                    .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                // Not under a timeout: a future dropped after the server granted the lock
+                // would leave it on a pooled connection (the pool's own acquire timeout bounds
+                // the wait).
+                let retaken = self
+                    .store
+                    .signer_lock(Some(std::time::Duration::ZERO))
+                    .await;
                 match retaken {
-                    Ok(Ok(Some(mut c))) => {
+                    Ok(Some(mut c)) => {
                         // Taken again; still this process's epoch, or it stops.
-                        self.store.check_fence(Some(&mut c)).await?;
+                        match tokio::time::timeout(timeout, self.store.check_fence(Some(&mut c)))
+                            .await
+                        {
+                            Ok(Ok(())) => {}
+                            // Never back to the pool holding the lock.
+                            Ok(Err(e @ Error::SignerFenced { .. })) => {
+                                drop(c.detach());
+                                return Err(e);
+                            }
+                            Ok(Err(e)) => {
+                                drop(c.detach());
+                                return Ok(LockState::Unreachable(e.to_string()));
+                            }
+                            Err(_) => {
+                                drop(c.detach());
+                                return Ok(LockState::Unreachable(
+                                    "the database did not answer".into(),
+                                ));
+                            }
+                        }
                         *conn = Some(c);
                         Ok(LockState::Regained)
                     }
-                    Ok(Ok(None)) => Ok(LockState::Held),
-                    Ok(Err(e @ Error::SignerBusy(_))) => Err(e),
-                    Ok(Err(e)) => Ok(LockState::Unreachable(e.to_string())),
-                    Err(_) => Ok(LockState::Unreachable("the database did not answer".into())),
+                    Ok(None) => Ok(LockState::Held),
+                    Err(e @ Error::SignerBusy(_)) => Err(e),
+                    Err(e) => Ok(LockState::Unreachable(e.to_string())),
                 }
             }
         }

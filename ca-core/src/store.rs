@@ -109,6 +109,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (42, "batch_approved_by", include_str!("../../migrations/sqlite/0042_batch_approved_by.sql")),
     (43, "published_email_lower", include_str!("../../migrations/sqlite/0043_published_email_lower.sql")),
     (44, "signer_epoch", include_str!("../../migrations/sqlite/0044_signer_epoch.sql")),
+    (45, "signer_lease", include_str!("../../migrations/sqlite/0045_signer_lease.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -156,6 +157,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (42, "batch_approved_by", include_str!("../../migrations/postgres/0042_batch_approved_by.sql")),
     (43, "published_email_lower", include_str!("../../migrations/postgres/0043_published_email_lower.sql")),
     (44, "signer_epoch", include_str!("../../migrations/postgres/0044_signer_epoch.sql")),
+    (45, "signer_lease", include_str!("../../migrations/postgres/0045_signer_lease.sql")),
 ];
 
 row! {
@@ -178,6 +180,15 @@ pub struct Store {
     /// ([`Store::take_signer_epoch`]): every transaction it begins checks it.
     fence: Option<Arc<Fence>>,
 }
+
+/// The PostgreSQL advisory lock key of the signer lock (a session lock: `pg_locks` shows it
+/// with `classid` its high 32 bits, `objid` its low 32 bits, `objsubid` 1).
+pub const SIGNER_LOCK_KEY: i64 = 435_761_231_476;
+
+/// Seconds after which a standby ends the session holding the signer lock if the signer has
+/// not renewed its lease ([`Store::break_stale_signer_lock`]); the signer renews it every
+/// second.
+pub const SIGNER_LEASE_SECONDS: i64 = 10;
 
 /// The signer epoch a signing process took with the signer lock (issue 17, hot standby).
 ///
@@ -414,10 +425,18 @@ impl Store {
         }
         let mut conn = self.pool.acquire().await?;
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        let mut tries = 0u64;
         loop {
-            // 0x6563657274 = "ecert".
+            tries += 1;
+            // A standby (waiting for as long as it takes) frees a lock whose holder's lease is
+            // stale, once a second.
+            if wait.is_none() && tries.is_multiple_of(10) {
+                self.break_stale_signer_lock().await?;
+            }
+            // SIGNER_LOCK_KEY: one key for every host and process of this database.
             // One column (a PostgreSQL bool: this branch runs on PostgreSQL only).
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(435761231476)")
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(SIGNER_LOCK_KEY)
                 .fetch_one(&mut *conn)
                 .await?;
             if got {
@@ -592,17 +611,104 @@ impl Store {
         })
     }
 
+    /// Ends the session holding the signer's advisory lock if its lease
+    /// ([`Store::renew_signer_lease`]) is older than [`SIGNER_LEASE_SECONDS`] by the database
+    /// server's clock — the signer's host lost without a word, or its process wedged (issue
+    /// 17). A lock held by a session that never renewed a lease (a CLI command) is left alone.
+    /// Returns whether a session was ended. PostgreSQL only.
+    pub async fn break_stale_signer_lock(&self) -> Result<bool> {
+        if self.engine != Engine::Postgres {
+            return Ok(false);
+        }
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(l.pid) FROM signer_lease s \
+             JOIN pg_locks l ON l.pid = s.pid AND l.locktype = 'advisory' AND l.granted \
+             AND l.classid = CAST($2 AS oid) AND l.objid = CAST($3 AS oid) AND l.objsubid = 1 \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             WHERE s.id = 1 AND CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT) - s.renewed_at > $1",
+        )
+        .bind(SIGNER_LEASE_SECONDS)
+        .bind(SIGNER_LOCK_KEY >> 32)
+        .bind(SIGNER_LOCK_KEY & 0xffff_ffff)
+        .fetch_all(&self.pool)
+        .await?;
+        let ended = ended.into_iter().any(|b| b);
+        if ended {
+            tracing::warn!(
+                lease_seconds = SIGNER_LEASE_SECONDS,
+                "the signer's lease is stale: its lock session was ended"
+            );
+        }
+        Ok(ended)
+    }
+
+    /// Renews the signer's lease on `conn`, the connection holding the advisory lock: this
+    /// session's backend and the database server's time. PostgreSQL only.
+    pub async fn renew_signer_lease(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    ) -> Result<()> {
+        if self.engine != Engine::Postgres {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO signer_lease (id, pid, renewed_at) \
+             VALUES (1, pg_backend_pid(), CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)) \
+             ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, renewed_at = excluded.renewed_at",
+        )
+        .execute(&mut **conn)
+        .await?;
+        Ok(())
+    }
+
     /// Takes the next signer epoch for a process that holds the signer lock and returns this
     /// store fenced by it ([`Fence`]); `holder` (host and process) is recorded beside it.
+    ///
+    /// On PostgreSQL a stale signer's transaction still holding the epoch row `FOR SHARE` (its
+    /// process frozen mid-transaction) would hold the increment back for as long as it lives:
+    /// after two seconds the sessions blocking it are ended (only another signer's fenced
+    /// transactions take that row, and this process holds the lock).
     pub async fn take_signer_epoch(mut self, holder: &str) -> Result<Store> {
         let mut tx = self.begin_unfenced().await?;
-        sqlx::query(
+        let unblocker = if self.engine == Engine::Postgres {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *tx)
+                .await?;
+            let pool = self.pool.clone();
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                loop {
+                    let ended: std::result::Result<Vec<bool>, _> = sqlx::query_scalar(
+                        "SELECT pg_terminate_backend(b) FROM unnest(pg_blocking_pids($1)) AS b",
+                    )
+                    .bind(pid)
+                    .fetch_all(&pool)
+                    .await;
+                    if let Ok(e) = ended {
+                        if !e.is_empty() {
+                            tracing::warn!(
+                                sessions = e.len(),
+                                "ended the sessions holding the signer epoch back"
+                            );
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }))
+        } else {
+            None
+        };
+        let bumped = sqlx::query(
             "UPDATE signer_epoch SET epoch = epoch + 1, holder = $1, taken_at = $2 WHERE id = 1",
         )
         .bind(holder)
         .bind(time::OffsetDateTime::now_utc().unix_timestamp())
         .execute(&mut *tx)
-        .await?;
+        .await;
+        if let Some(u) = unblocker {
+            u.abort();
+        }
+        bumped?;
         let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM signer_epoch WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;

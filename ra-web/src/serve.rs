@@ -514,7 +514,17 @@ const LOST_LOCK_EXIT: i32 = 75;
 async fn keep_signer_lock(auth: Arc<Authority>) {
     let mut unreachable = false;
     loop {
-        tokio::time::sleep(LOCK_CHECK_EVERY).await;
+        // Any transaction that found the epoch moved stops the process within 100 ms; the
+        // lock itself is asked about once a second.
+        let next = tokio::time::Instant::now() + LOCK_CHECK_EVERY;
+        while tokio::time::Instant::now() < next {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if auth.store().fence().is_some_and(|f| f.lost()) {
+                tracing::error!("a transaction found another signer's epoch: this process stops signing and exits");
+                eprintln!("error: another process took the signer lock; exiting so that only one process signs");
+                std::process::exit(LOST_LOCK_EXIT);
+            }
+        }
         match auth.check_signer_lock(LOCK_CHECK_TIMEOUT).await {
             Ok(ca_core::authority::LockState::Held) => unreachable = false,
             Ok(ca_core::authority::LockState::Regained) => {
@@ -548,8 +558,8 @@ async fn take_over(
 ) {
     let mut delay = Duration::from_secs(1);
     let auth = loop {
-        match Authority::init_standby(state.config.clone()).await {
-            Ok((auth, _)) => break auth,
+        match Authority::open_standby(state.config.clone()).await {
+            Ok(auth) => break auth,
             // The database away, the HSM away: try again, as a signer start would be retried.
             Err(e) => {
                 tracing::error!(error = %e, "the standby could not take over; retrying");
@@ -618,6 +628,7 @@ fn router(state: Shared) -> Router {
         .route("/ocsp/{*request}", get(ocsp_get))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/readyz/signer", get(readyz_signer))
         .route("/metrics", get(metrics))
         // An OCSP request is a few hundred bytes; nothing here takes a large body.
         .layer(DefaultBodyLimit::max(16 * 1024))
@@ -639,6 +650,22 @@ async fn readyz(State(s): State<Shared>) -> Response {
         (
             [(header::CACHE_CONTROL, "no-store")],
             format!("ready ({})\n", role(&s)),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /readyz/signer`: 200 only on the instance that signs (and is not draining) — the check
+/// for a balancer in front of the registration pages, which only the signer serves: after a
+/// takeover it sends them to the standby that took over.
+async fn readyz_signer(State(s): State<Shared>) -> Response {
+    if s.auth().is_some() && !s.shutdown.draining() {
+        ([(header::CACHE_CONTROL, "no-store")], "ready (signer)\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CACHE_CONTROL, "no-store")],
+            format!("not signing ({})\n", role(&s)),
         )
             .into_response()
     }

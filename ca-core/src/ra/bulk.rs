@@ -1241,10 +1241,12 @@ async fn prepare_row(
         country: Some(super::application::REGISTER_COUNTRY.into()),
         ..Default::default()
     };
+    // Through a fenced transaction: a signer that lost the lock fails no row.
     let fail = |e: &Error| {
         let msg = e.to_string();
         let (batch, row) = (r.batch_id.clone(), r.row_no);
         async move {
+            let mut tx = store.begin().await?;
             sqlx::query(
                 "UPDATE batch_rows SET state = 'failed', error = $3, updated_at = $4 WHERE batch_id = $1 AND row_no = $2 \
                  AND state = 'queued'",
@@ -1253,8 +1255,10 @@ async fn prepare_row(
             .bind(row)
             .bind(msg)
             .bind(now())
-            .execute(store.pool())
-            .await
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
         }
     };
     // What was true at submission must still be at issuance (S/MIME BR §4.2.1): the
@@ -1316,6 +1320,7 @@ fn transient(e: &Error) -> bool {
             | Error::Hsm(_)
             | Error::Clock(_)
             | Error::SignerBusy(_)
+            | Error::SignerFenced { .. }
     )
 }
 
@@ -1639,4 +1644,71 @@ pub async fn revoke_row(
     )
     .await?;
     Ok(serial)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Issue 17, review finding: a signer that lost the lock to a standby (its epoch moved)
+    /// must fail no batch row — its refused transactions are the lock's loss, not the row's —
+    /// so the new signer issues every row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_signer_fails_no_batch_row() {
+        let (dir, auth) = crate::authority::test_ca_with(|_| {}).await;
+        let auth = Arc::new(auth);
+        let pool = auth.store().pool().clone();
+        let t = now();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .der()
+            .to_vec();
+        for sql in [
+            "INSERT INTO organisations (id, name, register, org_id, application_id, verified_at, registered_by, registered_at) \
+             VALUES ('org', 'Example Department', 'GOV', NULL, 'app', $1, 'test', $1)",
+            "INSERT INTO organisation_domains (organisation_id, domain, dcv_token, token_at, validated_at) \
+             VALUES ('org', 'example.gov.hk', 'x', $1, $1)",
+            "INSERT INTO batches (id, organisation_id, state, rows_total, created_at, approved_at) \
+             VALUES ('b1', 'org', 'approved', 3, $1, $1)",
+        ] {
+            sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
+        }
+        for row in 1..=3i64 {
+            sqlx::query(
+                "INSERT INTO batch_rows (batch_id, row_no, organisation_id, client_row_id, state, profile, surname, given_name, email, csr, updated_at) \
+                 VALUES ('b1', $1, 'org', $2, 'queued', 'organisational', 'Chan', 'Tai Man', $3, $4, $5)",
+            )
+            .bind(row)
+            .bind(format!("r{row}"))
+            .bind(format!("staff{row}@example.gov.hk"))
+            .bind(if row == 3 { b"not a CSR".to_vec() } else { csr.clone() })
+            .bind(t)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        // A standby takes the next epoch.
+        let url = crate::config::Config::load(dir.path(), None)
+            .unwrap()
+            .database_url();
+        let _standby = Store::open(&url)
+            .await
+            .unwrap()
+            .take_signer_epoch("standby:1")
+            .await
+            .unwrap();
+        let _ = issue_queued(&auth, 100).await;
+        let states: Vec<String> = sqlx::query_scalar(
+            "SELECT state FROM batch_rows WHERE batch_id = 'b1' ORDER BY row_no",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(states, vec!["queued", "queued", "queued"]);
+        assert!(auth.store().fence().unwrap().lost());
+    }
 }

@@ -607,13 +607,23 @@ async fn carry_out(auth: &Authority, id: &str, who: &str) -> Result<()> {
     .await;
     let (state, outcome) = match &result {
         Ok(o) => ("done", o.clone()),
+        // A signer that lost the lock records nothing: the decision stays to be carried out
+        // by the signer that holds it (`resume`), not marked failed over its work.
+        Err(Error::SignerFenced { held, current }) => {
+            return Err(Error::SignerFenced {
+                held: *held,
+                current: *current,
+            })
+        }
         Err(e) => ("failed", e.to_string()),
     };
+    let mut tx = store.begin().await?;
     sqlx::query("UPDATE officer_proposals SET state = $1, outcome = $2 WHERE id = $3")
         .bind(state)
         .bind(&outcome)
         .bind(id)
-        .execute(store.pool())
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     result.map(|_| ())
 }

@@ -423,6 +423,8 @@ pub fn status_of(e: &Error) -> StatusCode {
         | Error::NotRenewable { .. } => StatusCode::CONFLICT,
         // Another signing process holds the lock: try again shortly.
         Error::SignerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // This process lost the signer lock to a standby and is stopping: ask the new one.
+        Error::SignerFenced { .. } => StatusCode::SERVICE_UNAVAILABLE,
         // The resolver failed or timed out: worth trying again later.
         Error::Dns(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The signer's clock is off: nothing is signed until it is right again.
