@@ -973,7 +973,7 @@ impl Ca {
 
     /// The database kind.
     pub fn db(&self) -> Db {
-        if self.pg.is_some() {
+        if self.db_env.is_some() {
             Db::Postgres
         } else {
             Db::Sqlite
@@ -1210,10 +1210,23 @@ impl Ca {
 
     /// A read-only SQL query straight on the database (tab-separated rows, blobs as hex).
     pub fn sql_query(&self, sql: &str) -> String {
-        match &self.pg {
-            Some(pg) => String::from_utf8(psql(&pg.url, sql).stdout).unwrap(),
+        match &self.db_env {
+            Some((_, url)) => String::from_utf8(psql(url, sql).stdout).unwrap(),
             None => self.sqlite(false, sql),
         }
+    }
+
+    /// Points this installation at another PostgreSQL database (a cluster the test made):
+    /// every later command, `serve` and query uses it. The database it was made with (if any)
+    /// is dropped.
+    pub fn use_database(&mut self, url: &str) {
+        if let Some(pg) = self.pg.take() {
+            psql(
+                &pg.admin_url,
+                &format!("DROP DATABASE {} WITH (FORCE)", pg.name),
+            );
+        }
+        self.db_env = Some(("ECERT_DATABASE_URL".to_string(), url.to_string()));
     }
 
     /// The token's objects as `pkcs11-tool --list-objects EXTRA` (OpenSC, a tool other than
@@ -1509,4 +1522,217 @@ print('%06d'%((struct.unpack('>I',h[o:o+4])[0]&0x7fffffff)%1000000))";
     let o = run_with_timeout(c, TIMEOUT, "python3 totp");
     assert!(o.status.success(), "{}", show(&o));
     String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+// ------------------------------------------------------------------------------------------
+// PostgreSQL clusters of a test's own (the disaster-recovery test: a primary and a streaming
+// standby made with pg_basebackup), from Debian's postgresql package.
+
+/// A PostgreSQL cluster this test made, on 127.0.0.1 with trust authentication; stopped and
+/// removed when dropped.
+#[derive(Debug)]
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    /// Its port.
+    pub port: u16,
+    bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Debian's postgresql package: run ops/test")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").is_file())
+        .collect();
+    bins.sort();
+    bins.pop().expect("initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `program args` as the `postgres` user when the tests run as root (initdb refuses root).
+fn as_pg(program: &Path, args: &[&str]) -> Output {
+    let mut c = if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    c.args(args).current_dir("/");
+    let o = run_with_timeout(c, Duration::from_secs(120), "a PostgreSQL tool");
+    assert!(
+        o.status.success(),
+        "{} {}: {}",
+        program.display(),
+        args.join(" "),
+        show(&o)
+    );
+    o
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PgCluster {
+    fn empty_dir() -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix("ecert-pgc.")
+            .tempdir()
+            .unwrap();
+        if running_as_root() {
+            let o = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", show(&o));
+        }
+        dir
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn configure(&self) {
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nwal_level = replica\nmax_wal_senders = 5\nfsync = on\n",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("data/postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+    }
+
+    fn start(&self) {
+        let log = self.dir.path().join("server.log").display().to_string();
+        as_pg(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"],
+        );
+    }
+
+    /// A new primary: initdb, replication allowed from 127.0.0.1, started.
+    pub fn primary() -> PgCluster {
+        let c = PgCluster {
+            dir: PgCluster::empty_dir(),
+            port: free_port(),
+            bin: pg_bin(),
+        };
+        as_pg(
+            &c.bin.join("initdb"),
+            &[
+                "-D",
+                &c.data(),
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--auth-local=trust",
+                "--auth-host=trust",
+                "--no-instructions",
+            ],
+        );
+        std::fs::write(
+            c.dir.path().join("data/pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        c.configure();
+        c.start();
+        c
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`: it follows the primary's WAL and
+    /// answers reads), started.
+    pub fn standby_of(primary: &PgCluster) -> PgCluster {
+        let c = PgCluster {
+            dir: PgCluster::empty_dir(),
+            port: free_port(),
+            bin: pg_bin(),
+        };
+        as_pg(
+            &c.bin.join("pg_basebackup"),
+            &[
+                "-D",
+                &c.data(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--checkpoint=fast",
+            ],
+        );
+        c.configure();
+        c.start();
+        c
+    }
+
+    /// A URL of database `db` on this cluster.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// One value from `sql` on database `db`.
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        String::from_utf8(psql(&self.url(db), sql).stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`), waiting for it.
+    pub fn promote(&self) {
+        as_pg(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-w", "promote"],
+        );
+    }
+
+    /// Stops at once (`-m immediate`: as a lost machine does).
+    pub fn crash(&self) {
+        as_pg(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-m", "immediate", "stop"],
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let mut c = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = c
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .current_dir("/")
+            .output();
+    }
 }

@@ -30,6 +30,8 @@ mod crl;
 mod custody;
 #[path = "e2e/directory.rs"]
 mod directory;
+#[path = "e2e/dr.rs"]
+mod dr;
 #[path = "e2e/faults.rs"]
 mod faults;
 #[path = "e2e/hierarchy.rs"]

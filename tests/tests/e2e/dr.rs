@@ -1,0 +1,151 @@
+//! The disaster-recovery site (issue 17, docs/OPERATIONS.md "Disaster recovery"): a PostgreSQL
+//! streaming standby made with `pg_basebackup` follows the primary; the primary site is lost
+//! (the signer killed, the primary cluster stopped at once); the standby is promoted, a signer
+//! started at the DR site with its token restored from the HSM backup (here a copy of the data
+//! directory) — and every committed certificate and revocation is there, and the service
+//! carries on. PostgreSQL only.
+
+use std::time::{Duration, Instant};
+
+use ecert_e2e::*;
+
+use crate::common::*;
+use crate::serve::{get, spawn_listening, start};
+
+#[test]
+fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
+    if test_db() != Db::Postgres {
+        eprintln!("skipped: the disaster-recovery replica is a PostgreSQL streaming standby");
+        return;
+    }
+    let primary = PgCluster::primary();
+    primary.query("postgres", "CREATE DATABASE ecert");
+    let mut ca = Ca::new();
+    ca.use_database(&primary.url("ecert"));
+    ca.ecert_ok(&["init"]);
+    let dr = PgCluster::standby_of(&primary);
+
+    // The primary site works: certificates issued, one revoked, while the standby follows.
+    let signer = start(&ca);
+    let good = crate::apply::issue(&ca, &personal(), &ca.csr("good", KeyType::P256).csr, "good");
+    let revoked = crate::apply::issue(&ca, &personal(), &ca.csr("rev", KeyType::P256).csr, "rev");
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &revoked.serial, "--reason", "keyCompromise"],
+    );
+    let issuer = ca.export("individual").path;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !crate::ra::ocsp_status(&ca, &signer.1, &issuer, &revoked.cert.path).contains(": revoked")
+    {
+        assert!(Instant::now() < until, "the revocation did not reach OCSP");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let committed = ca
+        .sql_query("SELECT COUNT(*) FROM certificates")
+        .trim()
+        .to_string();
+    let audit_head = ca
+        .sql_query("SELECT seq FROM audit_head")
+        .trim()
+        .to_string();
+    // Everything committed has reached the standby (synchronous replication would make this
+    // wait part of every commit; asynchronous, as here, loses at most what had not arrived).
+    let lsn = primary.query("ecert", "SELECT pg_current_wal_lsn()");
+    let until = Instant::now() + Duration::from_secs(30);
+    while dr.query(
+        "ecert",
+        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+    ) != "t"
+    {
+        assert!(Instant::now() < until, "the standby did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The standby answers reads, refuses writes.
+    assert_eq!(
+        dr.query("ecert", "SELECT COUNT(*) FROM certificates"),
+        committed
+    );
+    assert_eq!(dr.query("ecert", "SELECT pg_is_in_recovery()"), "t");
+
+    // The primary site is lost.
+    drop(signer);
+    primary.crash();
+
+    // Failover: promote, start the DR signer (its token restored from the HSM backup), repoint.
+    dr.promote();
+    assert_eq!(dr.query("ecert", "SELECT pg_is_in_recovery()"), "f");
+    ca.use_database(&dr.url("ecert"));
+    let dr_dir = ca.file("dr-site");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(ca.data_dir())
+        .arg(&dr_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let dr_signer = spawn_listening(
+        ca.command_in(
+            &dr_dir,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-watch-seconds",
+                "1",
+            ],
+            &[],
+        ),
+        std::process::Stdio::null(),
+    );
+    std::fs::write(ca.data_dir().join(".e2e-serving"), &dr_signer.1).unwrap();
+    let d = dr_signer.1.clone();
+    assert_eq!(crate::serve::healthz(&d)["role"], "signer");
+
+    // Every committed certificate and revocation is there.
+    assert_eq!(
+        ca.sql_query("SELECT COUNT(*) FROM certificates").trim(),
+        committed
+    );
+    assert!(
+        ca.sql_query("SELECT seq FROM audit_head")
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+            >= audit_head.parse::<i64>().unwrap()
+    );
+    let status = |leaf: &Issued| crate::ra::ocsp_status(&ca, &d, &issuer, &leaf.cert.path);
+    assert!(status(&good).contains(": good"), "{}", status(&good));
+    assert!(
+        status(&revoked).contains(": revoked"),
+        "{}",
+        status(&revoked)
+    );
+    let (st, _, _) = get(&d, "/crl/individual.crl");
+    assert_eq!(st, 200);
+    // And the service carries on: a revocation and an issuance at the DR site.
+    crate::apply::revoke_ok(&ca, &["--serial", &good.serial, "--reason", "superseded"]);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !status(&good).contains(": revoked") {
+        assert!(
+            Instant::now() < until,
+            "the DR site did not publish the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("dr", KeyType::P256).csr,
+        "at the DR site",
+    );
+    assert_eq!(
+        ca.sql_query(&format!(
+            "SELECT state FROM certificates WHERE serial = '{}'",
+            after.serial
+        ))
+        .trim(),
+        "issued"
+    );
+    drop(dr_signer);
+    ca.audit_ok();
+}
