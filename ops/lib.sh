@@ -2,14 +2,22 @@
 # Shared helpers for ops/test and ops/setup.  Source it; do not execute it.
 # Every function is safe to call twice (idempotent) and prints what it does on stderr.
 
-# System packages ecert needs at build/test/run time (Debian 12 names).
-# opensc: pkcs11-tool, an outside judge of the token (keys sensitive, never extractable).
-# libnss3-tools: vfychain, crlutil, certutil — NSS (Thunderbird, Firefox) judging chains, CRLs, OCSP.
-# knot, knot-dnssecutils, unbound: a signed test zone and a validating resolver (DNSSEC tests).
-# gcc, libc6-dev: ring and libsqlite3-sys build C code.
-# slapd, ldap-utils: the LDAP directory tests (a real OpenLDAP configured from ops/slapd/, read
-# with ldapsearch).
-ECERT_APT_PACKAGES=(softhsm2 openssl postgresql python3 python3-venv opensc libfaketime gcc libc6-dev ca-certificates chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound slapd ldap-utils haproxy age)
+# System packages (Debian 12 names). What the service needs to build and run — ops/setup
+# installs only these:
+# softhsm2: the embedded HSM; openssl: operators' checks (README); gcc, libc6-dev: ring and
+# libsqlite3-sys build C code; postgresql-client: pg_dump/pg_restore for `ecert backup` and
+# `restore` on PostgreSQL.
+ECERT_RUNTIME_PACKAGES=(softhsm2 openssl gcc libc6-dev ca-certificates postgresql-client)
+# What only the tests and benchmarks use — ops/test and ops/bench install these too:
+# postgresql: the test server; python3, python3-venv: pkilint and `cryptography`;
+# opensc: pkcs11-tool, an outside judge of the token (keys sensitive, never extractable);
+# libfaketime: moved clocks; chromium, chromium-driver, fonts-wqy-microhei: the browser tests;
+# libnss3-tools: vfychain, crlutil, certutil — NSS (Thunderbird, Firefox) judging chains, CRLs,
+# OCSP; knot, knot-dnssecutils, unbound: a signed test zone and a validating resolver (DNSSEC
+# tests); slapd, ldap-utils: the LDAP directory tests (a real OpenLDAP configured from
+# ops/slapd/, read with ldapsearch); haproxy: the balancer of the rolling-restart test; age:
+# the standard tool that must open a backup's parts.
+ECERT_TEST_PACKAGES=(postgresql python3 python3-venv opensc libfaketime chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound slapd ldap-utils haproxy age)
 
 # pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
 ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"
@@ -42,12 +50,15 @@ ecert_pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
 }
 
-# Install whatever is missing from ECERT_APT_PACKAGES.
-# Skips apt entirely when everything is already installed.
+# Install whatever is missing from ECERT_RUNTIME_PACKAGES (and, with `test`, from
+# ECERT_TEST_PACKAGES). Skips apt entirely when everything is already installed.
 ecert_install_system_packages() {
     command -v dpkg-query >/dev/null 2>&1 || ecert_die "dpkg-query not found: ecert supports Debian/Ubuntu only"
-    local p missing=()
-    for p in "${ECERT_APT_PACKAGES[@]}"; do
+    local p missing=() wanted=("${ECERT_RUNTIME_PACKAGES[@]}")
+    if [ "${1:-}" = test ]; then
+        wanted+=("${ECERT_TEST_PACKAGES[@]}")
+    fi
+    for p in "${wanted[@]}"; do
         ecert_pkg_installed "$p" || missing+=("$p")
     done
     if [ "${#missing[@]}" -eq 0 ]; then
