@@ -186,6 +186,9 @@ pub struct HttpConfig {
     /// Then, seconds the requests in flight are given to finish once the listener is closed
     /// (1 to 600); idle keep-alive connections are closed at once.
     pub shutdown_grace_seconds: u32,
+    /// One `ecert::access` log event per request: method, route class, status, milliseconds,
+    /// peer address — never the path, the query, a header or a body (docs/OPERATIONS.md).
+    pub access_log: bool,
 }
 
 impl Default for HttpConfig {
@@ -196,6 +199,7 @@ impl Default for HttpConfig {
             request_timeout_seconds: 60,
             drain_seconds: 5,
             shutdown_grace_seconds: 20,
+            access_log: true,
         }
     }
 }

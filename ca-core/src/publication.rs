@@ -39,6 +39,19 @@ pub struct Repository {
     store: Store,
 }
 
+/// [`Repository::queue_counts`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Applications by state.
+    pub applications: Vec<(String, i64)>,
+    /// Batch rows queued for issuance.
+    pub batch_rows_queued: i64,
+    /// LDAP entries waiting to be written.
+    pub ldap_pending: i64,
+    /// OCSP changes waiting to be signed.
+    pub ocsp_pending: i64,
+}
+
 /// How many serials are in one lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateCount {
@@ -86,6 +99,33 @@ impl Repository {
 
     /// How many serials are in each lifecycle state (states with none left out), in the order
     /// of the states' names.
+    /// What waits in the service's queues and where the applications stand (`/metrics`):
+    /// applications by state, batch rows queued for issuance, LDAP entries waiting to be
+    /// written, OCSP changes waiting to be signed. Counts only: no personal data.
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        use sqlx::Row;
+        let applications = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM applications GROUP BY state ORDER BY state",
+        )
+        .fetch_all(self.store.pool())
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?)))
+        .collect::<Result<Vec<_>>>()?;
+        let count = |sql: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(self.store.pool())
+                .await
+        };
+        Ok(QueueCounts {
+            applications,
+            batch_rows_queued: count("SELECT COUNT(*) FROM batch_rows WHERE state = 'queued'")
+                .await?,
+            ldap_pending: count("SELECT COUNT(*) FROM ldap_pending").await?,
+            ocsp_pending: count("SELECT COUNT(*) FROM ocsp_pending").await?,
+        })
+    }
+
     pub async fn certificate_counts(&self) -> Result<Vec<StateCount>> {
         self.store
             .count_by_state()

@@ -23,6 +23,59 @@ mod keys;
 pub mod pkcs11;
 pub mod software;
 
+/// What the HSM did in this process, for `/metrics` (issue 17): `C_Sign` calls, failures and
+/// their latency. Counts only.
+pub mod metrics {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Upper bounds of the latency buckets, seconds (Prometheus `le`).
+    pub const BUCKETS: [f64; 10] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+    ];
+
+    /// Calls of one operation: how many, how many failed, and a latency histogram.
+    #[derive(Debug)]
+    pub struct Calls {
+        /// Calls made.
+        pub total: AtomicU64,
+        /// Calls that failed.
+        pub errors: AtomicU64,
+        /// Sum of their latencies, microseconds.
+        pub sum_micros: AtomicU64,
+        /// Calls at or under each of [`BUCKETS`] (cumulative when read out).
+        pub buckets: [AtomicU64; 10],
+    }
+
+    impl Calls {
+        const fn new() -> Calls {
+            Calls {
+                total: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                sum_micros: AtomicU64::new(0),
+                buckets: [const { AtomicU64::new(0) }; 10],
+            }
+        }
+
+        /// Records one call.
+        pub fn record(&self, took: Duration, ok: bool) {
+            self.total.fetch_add(1, Ordering::Relaxed);
+            if !ok {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            self.sum_micros
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            let secs = took.as_secs_f64();
+            if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `C_Sign` calls of every key of every token.
+    pub static SIGNS: Calls = Calls::new();
+}
+
 pub use keys::KeySpec;
 
 /// The signature algorithms a [`Signer`] can produce.

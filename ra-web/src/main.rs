@@ -44,6 +44,7 @@ macro_rules! out {
 mod bench;
 mod client;
 mod front;
+mod metrics;
 mod perspective;
 mod ra;
 mod serve;
@@ -64,6 +65,10 @@ struct Cli {
     /// Configuration file (default: <data-dir>/ecert.toml if it exists).
     #[arg(long, global = true, env = "ECERT_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on standard error: `text` (for a person) or `json` (one object a line, for
+    /// a log collector). The level is ECERT_LOG (default `warn,ecert::access=info`).
+    #[arg(long, global = true, env = "ECERT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -660,17 +665,27 @@ enum ConfigCommand {
     },
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ECERT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ECERT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ecert::access=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
         // Colours for a person at a terminal, plain text for a log file or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     match run(cli) {

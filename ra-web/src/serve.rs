@@ -156,6 +156,8 @@ struct Probe {
     /// Roots whose CRL does not list a CA they revoked yet, since the revocation (a key
     /// ceremony's root_crl step is due within 24 hours, TLS BR §4.9.7).
     root_crls_waiting: Vec<(CaRole, i64)>,
+    /// Queues and applications by state (`/metrics`).
+    queues: Option<ca_core::publication::QueueCounts>,
     /// The signer's write probes failed in a row, and the last one's error.
     write_failures: u32,
     write_error: Option<String>,
@@ -249,6 +251,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
         _ => None,
     };
+    crate::metrics::set_access_log(config.http.access_log);
     let (auth, repo) = if a.no_signer || a.standby {
         let store = Store::open(&config.database_url())
             .await?
@@ -1311,6 +1314,23 @@ async fn metrics(State(s): State<Shared>) -> Response {
             c.load(Ordering::Relaxed)
         ));
     }
+    if let Some(q) = &probe.queues {
+        out.push_str(
+            "# HELP ecert_applications Applications by state.\n# TYPE ecert_applications gauge\n",
+        );
+        for (state, n) in &q.applications {
+            // States are the RA's fixed vocabulary; anything else is not printed.
+            if state.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                out.push_str(&format!("ecert_applications{{state=\"{state}\"}} {n}\n"));
+            }
+        }
+        out.push_str(&format!(
+            "# HELP ecert_queue_length Work waiting, by queue.\n# TYPE ecert_queue_length gauge\n\
+             ecert_queue_length{{queue=\"ocsp\"}} {}\necert_queue_length{{queue=\"batch_rows\"}} {}\necert_queue_length{{queue=\"ldap\"}} {}\n",
+            q.ocsp_pending, q.batch_rows_queued, q.ldap_pending
+        ));
+    }
+    crate::metrics::render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -1362,6 +1382,14 @@ async fn probe(s: &AppState) {
     };
     // The pool waits up to 30 s for a connection; the probe gives up sooner.
     let result = tokio::time::timeout(DB_PROBE, read).await;
+    let queues = match tokio::time::timeout(DB_PROBE, s.repo.queue_counts()).await {
+        Ok(Ok(q)) => Some(q),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not count the queues");
+            None
+        }
+        Err(_) => None,
+    };
     // Answering reads is not enough: a database that accepts no writes (a full disk, a lost
     // privilege) revokes nothing and issues nothing. The signer writes its row; a
     // `--no-signer` mirror may sit on a read replica and does not. One slow write (another
@@ -1408,6 +1436,7 @@ async fn probe(s: &AppState) {
             p.crls_behind = behind;
             p.ok_at = now;
             p.error = None;
+            p.queues = queues;
             p.counts = counts;
             p.backlog = Some(backlog);
             p.heads = heads;

@@ -106,6 +106,7 @@ pub async fn serve(
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let request = limits.request;
+    let app = app.layer(axum::middleware::from_fn(crate::metrics::observe));
     let app = app.layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| async move {
             match tokio::time::timeout(request, next.run(req)).await {

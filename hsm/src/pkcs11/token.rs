@@ -881,9 +881,10 @@ impl Pkcs11Key {
             KeySpec::P256 | KeySpec::P384 => Mechanism::Ecdsa,
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => Mechanism::RsaPkcs,
         };
-        p.session
-            .sign(&mechanism, handle, input)
-            .map_err(|e| failure("C_Sign", e))
+        let started = std::time::Instant::now();
+        let signed = p.session.sign(&mechanism, handle, input);
+        crate::metrics::SIGNS.record(started.elapsed(), signed.is_ok());
+        signed.map_err(|e| failure("C_Sign", e))
     }
 
     /// What [`Pkcs11Key::c_sign`] is given for `message`.

@@ -354,7 +354,13 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     let smtp = SmtpServer::start();
     let log = ca.file("serve.log");
     // Logs at every level (issue 14: nobody reading them — an operator — sees personal data).
-    let server = serve_ra_with(&ca, &smtp.addr, &log, &[("ECERT_LOG", "trace")]);
+    // In JSON, as a log collector takes them (issue 17).
+    let server = serve_ra_with(
+        &ca,
+        &smtp.addr,
+        &log,
+        &[("ECERT_LOG", "trace"), ("ECERT_LOG_FORMAT", "json")],
+    );
     let addr = &server.1;
 
     // The citizen: the form, then the application with a CSR made by openssl.
@@ -760,6 +766,22 @@ fn citizen_applies_clerk_approves_citizen_downloads_and_revokes() {
     assert!(
         dump.contains(&reference) && logs.contains("certificate issued"),
         "the dump and logs are not what was searched"
+    );
+    // One JSON object a line, with an access event per request (route class, never the path:
+    // not the tracking reference the citizen's pages carry).
+    let mut access = 0;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        if v["target"] == "ecert::access" {
+            access += 1;
+            assert!(v["route"].is_string() && v["status"].is_number(), "{line}");
+        }
+    }
+    assert!(access > 5, "{access} access events");
+    assert!(
+        !logs.contains(&format!("/track/{reference}")),
+        "a path in the logs"
     );
     for (what, needle) in [
         ("HKID", hkid_plain.to_string()),

@@ -221,6 +221,25 @@ fn serves_ca_certs_crls_health_and_republishes_after_revocation() {
         "{metrics}"
     );
     assert!(metrics.contains("\necert_hsm_ok 1\n"), "{metrics}");
+    // Requests by route class and status, their latency, the HSM's signatures, the queues and
+    // applications by state (issue 17) — route classes only, never a path.
+    assert!(
+        metrics.contains("ecert_http_requests_total{route=\"health\",code=\"200\"}")
+            && metrics.contains("ecert_http_request_duration_seconds_count{route=\"health\"}"),
+        "{metrics}"
+    );
+    let signs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ecert_hsm_signs_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(signs > 0, "{metrics}");
+    assert!(
+        metrics.contains("ecert_hsm_sign_duration_seconds_count")
+            && metrics.contains("ecert_queue_length{queue=\"ocsp\"}")
+            && metrics.contains("ecert_applications{state=\"issued\"} 1"),
+        "{metrics}"
+    );
 
     // The leaf's partition is served at the URL in its CRL distribution point.
     let (_, cdp) = aia_and_crl_uris(&leaf.cert.parse());
