@@ -16,8 +16,8 @@ ECERT_RUNTIME_PACKAGES=(softhsm2 openssl gcc libc6-dev ca-certificates postgresq
 # OCSP; knot, knot-dnssecutils, unbound: a signed test zone and a validating resolver (DNSSEC
 # tests); slapd, ldap-utils: the LDAP directory tests (a real OpenLDAP configured from
 # ops/slapd/, read with ldapsearch); haproxy: the balancer of the rolling-restart test; age:
-# the standard tool that must open a backup's parts.
-ECERT_TEST_PACKAGES=(postgresql python3 python3-venv opensc libfaketime chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound slapd ldap-utils haproxy age)
+# the standard tool that must open a backup's parts; systemd: systemd-analyze verifies ops/systemd.
+ECERT_TEST_PACKAGES=(postgresql python3 systemd python3-venv opensc libfaketime chromium chromium-driver fonts-wqy-microhei libnss3-tools knot knot-dnssecutils unbound slapd ldap-utils haproxy age)
 
 # pkilint is the certificate-profile oracle of the e2e tests; pin what was verified.
 ECERT_PKILINT_VERSION="${ECERT_PKILINT_VERSION:-0.13.3}"

@@ -622,3 +622,79 @@ fn the_service_start_and_stop_are_audited() {
         );
     }
 }
+
+/// Issue 17: the systemd units in ops/systemd are valid for systemd (`systemd-analyze
+/// verify`), hardened (a dedicated user, the data directory the only writable path, no new
+/// privileges), and run ecert with arguments it accepts.
+#[test]
+fn the_systemd_units_verify_and_name_arguments_ecert_accepts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/systemd");
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = ecert_bin();
+    let mut units = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".service") {
+            continue;
+        }
+        units += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in [
+            "User=ecert",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ReadWritePaths=/var/lib/ecert",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "CapabilityBoundingSet=",
+        ] {
+            assert!(
+                text.lines().any(|l| l.trim() == line),
+                "{name} lacks {line}"
+            );
+        }
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("ReadWritePaths="))
+                .count(),
+            1,
+            "{name}: the data directory is the only writable path"
+        );
+        // The binary where the test built it, for systemd-analyze to find.
+        let local = scratch.path().join(&name);
+        std::fs::write(
+            &local,
+            text.replace("/usr/local/bin/ecert", &bin.display().to_string()),
+        )
+        .unwrap();
+        let o = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&local)
+            .output()
+            .expect("systemd-analyze (Debian package systemd)");
+        assert!(
+            o.status.success() && o.stderr.is_empty() && o.stdout.is_empty(),
+            "{name}: {}",
+            show(&o)
+        );
+        // What ExecStart gives ecert parses (clap refuses an unknown option before --help).
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=/usr/local/bin/ecert "))
+            .unwrap_or_else(|| panic!("{name}: no ExecStart of ecert"));
+        let mut args: Vec<&str> = exec.split_whitespace().collect();
+        args.push("--help");
+        let o = std::process::Command::new(&bin)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: ecert {}: {}",
+            args.join(" "),
+            show(&o)
+        );
+    }
+    assert_eq!(units, 4, "signer, standby, public, perspective");
+}
