@@ -2863,6 +2863,7 @@ impl Authority {
             &records,
             &checkpoints,
             audit_spki,
+            &gaps,
         ));
         Ok(AuditVerified {
             records: records.len(),

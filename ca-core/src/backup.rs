@@ -362,6 +362,17 @@ pub async fn make(config: &Config, out: &Path, actor: &str) -> Result<Made> {
     let operator = recipients(&b.operator, "operator")?;
     let custodians = recipients(&b.key_custodians, "key_custodians")?;
     let owner = recipients(&b.data_owner, "data_owner")?;
+    // Dual control needs different people: no custodian twice, none also the operator.
+    let distinct: std::collections::HashSet<String> =
+        custodians.iter().map(ToString::to_string).collect();
+    if distinct.len() != custodians.len()
+        || operator.iter().any(|o| distinct.contains(&o.to_string()))
+    {
+        return Err(Error::Config(
+            "[backup] key_custodians must be different people: no recipient twice, none also an operator"
+                .into(),
+        ));
+    }
     if operator.is_empty() || owner.is_empty() || custodians.len() < 2 {
         return Err(Error::Config(
             "[backup] needs operator and data_owner recipients and at least two key_custodians \
@@ -374,14 +385,12 @@ pub async fn make(config: &Config, out: &Path, actor: &str) -> Result<Made> {
         .meta("policy_arc")
         .await?
         .ok_or(Error::NotInitialised)?;
+    // The plaintext snapshot never leaves the data directory (owner only).
     let scratch = tempfile::Builder::new()
         .prefix(".ecert-backup.")
-        .tempdir_in(
-            out.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )
-        .map_err(io("making a scratch directory beside the archive"))?;
+        .tempdir_in(&config.data_dir)
+        .map_err(io("making a scratch directory in the data directory"))?;
+    set_mode(scratch.path(), 0o700)?;
     let created_at = time::OffsetDateTime::now_utc().unix_timestamp();
     let ((db_name, db_bytes), audit_seq, audit_hash, crl_numbers) =
         snapshot(config, &store, scratch.path()).await?;
@@ -456,8 +465,14 @@ pub async fn make(config: &Config, out: &Path, actor: &str) -> Result<Made> {
         archive.push((format!("{name}.age"), bytes, 0o600));
     }
     let bytes = tar_of(&archive)?;
-    // Written whole or not at all.
-    let tmp = scratch.path().join("archive.tmp");
+    // Written whole or not at all, beside its destination (0600 from the start).
+    let tmp = {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "backup".into());
+        out.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    };
     {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
@@ -469,7 +484,10 @@ pub async fn make(config: &Config, out: &Path, actor: &str) -> Result<Made> {
         f.write_all(&bytes).map_err(io("writing the archive"))?;
         f.sync_all().map_err(io("writing the archive"))?;
     }
-    std::fs::rename(&tmp, out).map_err(io(format!("writing {}", out.display())))?;
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(format!("writing {}", out.display()))(e));
+    }
     let manifest_sha256 = hex::encode(Sha256::digest(&manifest_bytes));
     store
         .audit_now(&crate::audit::Event {
@@ -632,9 +650,76 @@ fn write_file(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(io(format!("writing {}", path.display())))
 }
 
+/// The archive's `ecert.toml` with what would reach the live CA's outside services turned
+/// off — the witness copy, the LDAP directory, the mail relay — so that a restore (a drill, or
+/// a rebuild not yet put in service) writes nothing where the live CA does: the operator turns
+/// them on again when this copy is the CA. Returns the text and whether a witness was named.
+fn quiet_config(text: &[u8]) -> Result<(String, bool)> {
+    let text = std::str::from_utf8(text).map_err(|_| refused("ecert.toml is not UTF-8"))?;
+    let mut v: toml::Table =
+        toml::from_str(text).map_err(|e| refused(format!("the archive's ecert.toml: {e}")))?;
+    let mut had_witness = false;
+    if let Some(toml::Value::Table(audit)) = v.get_mut("audit") {
+        had_witness |= audit.remove("witness").is_some();
+        had_witness |= audit.remove("witness_url").is_some();
+        audit.remove("witness_ca");
+        audit.remove("witness_token_file");
+    }
+    if let Some(toml::Value::Table(ldap)) = v.get_mut("ldap") {
+        ldap.remove("url");
+    }
+    if let Some(toml::Value::Table(ra)) = v.get_mut("ra") {
+        ra.remove("smtp");
+    }
+    let out = format!(
+        "# Restored by `ecert restore` from a backup. The audit witness, the LDAP directory and\n\
+         # the mail relay of the original are off: set them again when this copy is the live CA\n\
+         # (docs/OPERATIONS.md \"Backup and restore\").\n{}",
+        toml::to_string(&v).map_err(|e| refused(format!("ecert.toml: {e}")))?
+    );
+    Ok((out, had_witness))
+}
+
+/// What a restore may have written, removed again if it fails (the data directory was absent
+/// or empty and the database empty when it started: nothing else is touched).
+struct Undo<'a> {
+    data_dir: &'a Path,
+    pg_url: Option<String>,
+    done: bool,
+}
+
+impl Undo<'_> {
+    async fn run(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data_dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+        if let Some(url) = &self.pg_url {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::AnyConnection::connect(url).await {
+                let _ = sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+                    .execute(&mut c)
+                    .await;
+                let _ = c.close().await;
+            }
+        }
+    }
+}
+
 /// `ecert restore FILE`: see the module documentation. `data_dir` must be absent or empty and
-/// the database the configuration names empty; nothing is written before the archive and every
-/// part have been checked and opened.
+/// the database the configuration names empty. Every check that can be made first is made
+/// before anything is written (the archive's signature and parts, every part opened, the
+/// witness's signatures, the configuration's engine and database); a failure after the first
+/// write removes what the restore wrote, so a retry starts clean.
 #[allow(clippy::too_many_arguments)]
 pub async fn restore(
     data_dir: &Path,
@@ -643,11 +728,12 @@ pub async fn restore(
     audit_spki: &[u8],
     ids: &[age::x25519::Identity],
     witness: Option<&Path>,
+    no_witness: bool,
     actor: &str,
 ) -> Result<Restored> {
     let bytes = std::fs::read(archive).map_err(io(format!("reading {}", archive.display())))?;
     let checked = check(&bytes, audit_spki)?;
-    let m = checked.manifest.clone();
+    drop(bytes);
     if !empty_dir(data_dir)? {
         return Err(refused(format!(
             "{} is not empty: restore into a new data directory",
@@ -678,42 +764,142 @@ pub async fn restore(
             ))
         })?;
     }
-
-    std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
+    // The configuration it will run with: the archive's (quietened) or the one given.
+    let scratch = tempfile::tempdir().map_err(io("making a scratch directory"))?;
+    set_mode(scratch.path(), 0o700)?;
+    let (toml_text, had_witness) = match db.get("ecert.toml") {
+        Some(t) => {
+            let (text, w) = quiet_config(t)?;
+            (Some(text), w)
+        }
+        None => (None, false),
+    };
+    if had_witness && witness.is_none() && !no_witness {
+        return Err(refused(
+            "the backed-up configuration names an audit witness: give its copy with --witness \
+             (the records lost after the backup are read from it), or --no-witness to restore \
+             without declaring them",
+        ));
     }
-    if let Some(toml) = db.get("ecert.toml") {
-        write_file(&data_dir.join("ecert.toml"), toml)?;
-    }
-    let config = Config::load(data_dir, config_file)?;
+    let config = match (config_file, &toml_text) {
+        (Some(f), _) => Config::load(data_dir, Some(f))?,
+        (None, Some(t)) => {
+            let f = scratch.path().join("ecert.toml");
+            std::fs::write(&f, t).map_err(io("writing a scratch file"))?;
+            Config::load(data_dir, Some(&f))?
+        }
+        (None, None) => Config::load(data_dir, None)?,
+    };
     let url = config.database_url();
     let engine = if url.starts_with("sqlite:") {
         "sqlite"
     } else {
         "postgres"
     };
-    if engine != m.engine {
+    if engine != m_engine(&checked) {
         return Err(refused(format!(
-            "the backup is of a {} database but this configuration names a {engine} one",
-            m.engine
+            "the backup is of a {} database but the configuration names a {engine} one",
+            checked.manifest.engine
         )));
+    }
+    let sqlite_file = data_dir.join("ecert.db");
+    if engine == "sqlite"
+        && url != format!("sqlite://{}?mode=rwc", sqlite_file.display())
+        && url != format!("sqlite://{}", sqlite_file.display())
+    {
+        return Err(refused(
+            "the configuration names a SQLite database outside the data directory: a restore \
+             writes only into the new data directory (remove database_url, or set \
+             ECERT_DATABASE_URL to the new directory's ecert.db)",
+        ));
+    }
+    if engine == "postgres" {
+        pg_must_be_empty(&url).await?;
+    }
+
+    let mut undo = Undo {
+        data_dir,
+        pg_url: None,
+        done: false,
+    };
+    let result = restore_into(
+        &checked,
+        &config,
+        config_file.is_none().then_some(toml_text).flatten(),
+        &db,
+        ca.as_ref(),
+        pii.as_ref(),
+        &witnessed,
+        witness.is_some(),
+        &mut undo,
+        scratch.path(),
+        actor,
+    )
+    .await;
+    match result {
+        Ok(r) => {
+            undo.done = true;
+            Ok(r)
+        }
+        Err(e) => {
+            undo.run().await;
+            Err(e)
+        }
+    }
+}
+
+fn m_engine(checked: &Checked) -> &str {
+    &checked.manifest.engine
+}
+
+/// The writing half of [`restore`].
+#[allow(clippy::too_many_arguments)]
+async fn restore_into(
+    checked: &Checked,
+    config: &Config,
+    toml_text: Option<String>,
+    db: &BTreeMap<String, Vec<u8>>,
+    ca: Option<&BTreeMap<String, Vec<u8>>>,
+    pii: Option<&BTreeMap<String, Vec<u8>>>,
+    witnessed: &[crate::audit::Checkpoint],
+    witness_given: bool,
+    undo: &mut Undo<'_>,
+    scratch: &Path,
+    actor: &str,
+) -> Result<Restored> {
+    let m = &checked.manifest;
+    let data_dir = &config.data_dir;
+    let url = config.database_url();
+    std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    set_mode(data_dir, 0o700)?;
+    if let Some(text) = toml_text {
+        write_file(&data_dir.join("ecert.toml"), text.as_bytes())?;
     }
     if let Some(snapshot) = db.get("database.sqlite") {
         write_file(&data_dir.join("ecert.db"), snapshot)?;
     } else if let Some(dump) = db.get("database.pgdump") {
-        pg_restore(&url, dump, data_dir).await?;
+        undo.pg_url = Some(url.clone());
+        pg_restore(&url, dump, scratch).await?;
     } else {
         return Err(refused("the database part holds no database"));
     }
-    for files in [&ca, &pii].into_iter().flatten() {
+    for files in [ca, pii].into_iter().flatten() {
         for (name, data) in files {
             write_file(&config.hsm_dir().join(name), data)?;
         }
     }
     if ca.is_some() {
         hsm::pkcs11::softhsm_conf(&config.hsm_dir()).map_err(io("writing softhsm2.conf"))?;
+    }
+    // The token directories as SoftHSM2 makes them: owner only.
+    if config.hsm_dir().is_dir() {
+        set_mode(&config.hsm_dir(), 0o700)?;
+        if let Ok(entries) = std::fs::read_dir(config.hsm_dir().join("tokens")) {
+            set_mode(&config.hsm_dir().join("tokens"), 0o700)?;
+            for e in entries.flatten() {
+                set_mode(&e.path(), 0o700)?;
+            }
+        }
     }
 
     let store = Store::open(&url).await?;
@@ -729,22 +915,55 @@ pub async fn restore(
             )));
         }
     }
-    let (lost, resumed_after) = match witnessed.last() {
-        Some(w) if w.seq > m.audit_seq => (Some((m.audit_seq + 1, w.seq)), w.hash.clone()),
-        _ => (None, backup_hash),
+    let junction = witnessed.last().filter(|w| w.seq > m.audit_seq);
+    let (lost, resumed_after) = match junction {
+        Some(w) => (Some((m.audit_seq + 1, w.seq)), w.hash.clone()),
+        None => (None, backup_hash),
     };
     let (lost_from, lost_to) = lost.unwrap_or((m.audit_seq + 1, m.audit_seq));
     let message = restored_message(lost_from, lost_to, &resumed_after, &checked.manifest_sha256);
-    let signature = sign_with_audit_key(&config, message).await?;
-    let floor = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let signature = sign_with_audit_key(config, message).await?;
+    // CRLNumbers: past the restore time in milliseconds and past anything the backup holds;
+    // refused when this host's clock is behind the backup's.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if now < m.created_at {
+        return Err(refused(format!(
+            "this host's clock ({now}) is behind the backup's time ({}): CRLNumbers are dated by it; set the clock first",
+            m.created_at
+        )));
+    }
+    let highest = m.crl_numbers.values().copied().max().unwrap_or(0);
+    let floor = (now * 1000).max(highest + 1);
     let mut tx = store.begin().await?;
-    if lost.is_some() {
+    if let Some(w) = junction {
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(lost_to)
             .bind(resumed_after.clone())
             .execute(&mut *tx)
             .await?;
+        // The witness's checkpoint at the junction, so that an export of the restored stretch
+        // starts from a signed checkpoint.
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, at, hash, signature) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(w.seq)
+        .bind(w.at)
+        .bind(w.hash.clone())
+        .bind(w.signature.clone())
+        .execute(&mut *tx)
+        .await?;
     }
+    // Every CA, whether or not it has published a CRL yet (a missing row would start at 1).
+    sqlx::query(
+        // (`WHERE true`: SQLite's parser needs it between a SELECT and ON CONFLICT.)
+        "INSERT INTO crl_numbers (issuer, last) SELECT name, $1 FROM cas WHERE true \
+         ON CONFLICT (issuer) DO UPDATE SET last = CASE WHEN crl_numbers.last < excluded.last \
+         THEN excluded.last ELSE crl_numbers.last END",
+    )
+    .bind(floor)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("UPDATE crl_numbers SET last = $1 WHERE last < $1")
         .bind(floor)
         .execute(&mut *tx)
@@ -762,7 +981,7 @@ pub async fn restore(
                     "lost_from": lost_from,
                     "lost_to": lost_to,
                     "resumed_after": hex::encode(&resumed_after),
-                    "witness": witness.is_some(),
+                    "witness": witness_given,
                     "crl_number_floor": floor,
                     "signature": hex::encode(&signature),
                 }),
@@ -775,38 +994,47 @@ pub async fn restore(
         .await?;
     store.pool().close().await;
     Ok(Restored {
-        manifest: m,
+        manifest: m.clone(),
         lost,
         crl_number_floor: floor,
         certificates,
     })
 }
 
-/// Restores a `pg_dump --format=custom` file into the (empty) database at `url`.
-async fn pg_restore(url: &str, dump: &[u8], scratch_parent: &Path) -> Result<()> {
-    let tables: i64 = {
-        use sqlx::Connection;
-        sqlx::any::install_default_drivers();
-        let mut c = sqlx::AnyConnection::connect(url)
-            .await
-            .map_err(|e| Error::Store(crate::store::redact_url(&e.to_string(), url)))?;
-        let n = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
-        )
-        .fetch_one(&mut c)
-        .await?;
-        let _ = c.close().await;
-        n
-    };
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("setting the mode of {}", path.display())))
+}
+
+/// Refuses a database that holds tables already.
+async fn pg_must_be_empty(url: &str) -> Result<()> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(url)
+        .await
+        .map_err(|e| Error::Store(crate::store::redact_url(&e.to_string(), url)))?;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut c)
+    .await?;
+    let _ = c.close().await;
     if tables > 0 {
         return Err(refused(
             "the database the configuration names is not empty: restore into a new database",
         ));
     }
+    Ok(())
+}
+
+/// Restores a `pg_dump --format=custom` file into the (empty) database at `url`.
+async fn pg_restore(url: &str, dump: &[u8], scratch_parent: &Path) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix(".ecert-restore.")
         .tempdir_in(scratch_parent)
         .map_err(io("making a scratch directory"))?;
+    set_mode(scratch.path(), 0o700)?;
     let file = scratch.path().join("database.pgdump");
     write_file(&file, dump)?;
     let mut c = std::process::Command::new("pg_restore");

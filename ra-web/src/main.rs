@@ -115,8 +115,12 @@ enum Command {
         identities: Vec<PathBuf>,
         /// The witness copy of the audit checkpoints (`[audit] witness`): the records it
         /// covers past the backup are declared lost, and the chain continues after them.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "no_witness")]
         witness: Option<PathBuf>,
+        /// Restore without a witness copy though the backed-up configuration names one (the
+        /// records made after the backup are then not declared).
+        #[arg(long)]
+        no_witness: bool,
     },
     /// Configuration.
     #[command(subcommand)]
@@ -803,16 +807,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 audit_key,
                 identities,
                 witness,
+                no_witness,
             } => {
                 let spki = read_public_key(&audit_key)?;
                 let ids = ca_core::backup::identities(&identities)?;
                 let r = ca_core::backup::restore(
                     &config.data_dir,
-                    None,
+                    cli.config.as_deref(),
                     &file,
                     &spki,
                     &ids,
                     witness.as_deref(),
+                    no_witness,
                     &actor(),
                 )
                 .await?;

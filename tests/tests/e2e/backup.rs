@@ -217,6 +217,52 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     );
     assert!(!ca.data_dir().exists(), "a refused restore wrote something");
 
+    // Without the witness the backed-up configuration names: refused, nothing written.
+    let mut args: Vec<String> = vec![
+        "restore".into(),
+        archive.display().to_string(),
+        "--audit-key".into(),
+        audit_key.display().to_string(),
+    ];
+    args.extend(ids(&all));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = ca.ecert(&argv);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--witness"),
+        "{}",
+        show(&o)
+    );
+    assert!(!ca.data_dir().exists(), "a refused restore wrote something");
+    // A failure after the first write (the token opened with a wrong PIN, so the restore
+    // record cannot be signed) removes what was written: a retry starts clean.
+    let mut args: Vec<String> = vec![
+        "restore".into(),
+        archive.display().to_string(),
+        "--audit-key".into(),
+        audit_key.display().to_string(),
+        "--witness".into(),
+        witness.display().to_string(),
+    ];
+    args.extend(ids(&all));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = ca.ecert_env(&argv, &[("ECERT_HSM_PIN", "000000")]);
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        std::fs::read_dir(ca.data_dir()).map_or(true, |mut d| d.next().is_none()),
+        "a failed restore left files behind"
+    );
+    if ca.db() == Db::Postgres {
+        assert_eq!(
+            ca.sql_query(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+            .trim(),
+            "0",
+            "a failed restore left tables behind"
+        );
+    }
+
     // The restore.
     let o = restore(&archive, &all);
     assert!(o.status.success(), "{}", show(&o));
@@ -229,6 +275,25 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         "{out}"
     );
     assert!(out.contains("restored "), "{out}");
+    // Every CA's next CRLNumber is past the floor, also one that had published no CRL yet.
+    let cas = ca.sql_query("SELECT COUNT(*) FROM cas");
+    let floored = ca.sql_query("SELECT COUNT(*) FROM crl_numbers WHERE last > 1000000000000");
+    assert_eq!(
+        floored.trim(),
+        cas.trim(),
+        "CRL numbers not all past the floor"
+    );
+    // The restored configuration writes nothing where the live CA's witness is.
+    let restored_toml = std::fs::read_to_string(ca.data_dir().join("ecert.toml")).unwrap();
+    assert!(!restored_toml.contains("witness ="), "{restored_toml}");
+    // This copy is now the CA: the operator turns the witness on again.
+    let line = format!("witness = \"{}\"\n", witness.display());
+    let enabled = if restored_toml.contains("[audit]\n") {
+        restored_toml.replace("[audit]\n", &format!("[audit]\n{line}"))
+    } else {
+        format!("{restored_toml}\n[audit]\n{line}")
+    };
+    std::fs::write(ca.data_dir().join("ecert.toml"), enabled).unwrap();
     // What was issued after the backup is not in the restored database.
     let known = |serial: &str| {
         ca.sql_query(&format!(
@@ -352,4 +417,24 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     assert!(out.contains("agrees"), "{out}");
     let restored = ca.sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'audit.restored'");
     assert_eq!(restored.trim(), "1");
+    // The restored stretch exports and verifies offline (it starts at the witness's
+    // checkpoint the restore recorded).
+    let export = ca.file("restored.jsonl");
+    ca.ecert_ok(&[
+        "audit",
+        "export",
+        "--kind",
+        "audit.restored",
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    let out = ca.ecert_ok(&[
+        "audit",
+        "verify",
+        "--export",
+        export.to_str().unwrap(),
+        "--public-key",
+        audit_key.to_str().unwrap(),
+    ]);
+    assert!(!out.is_empty(), "{out}");
 }
