@@ -622,6 +622,8 @@ pub struct Restored {
     pub crl_number_floor: i64,
     /// Certificates in the restored database.
     pub certificates: i64,
+    /// What the CRLs given (`--crl`) revoked again.
+    pub reapplied: Reapplied,
 }
 
 /// Whether `dir` is absent or empty.
@@ -729,6 +731,7 @@ pub async fn restore(
     ids: &[age::x25519::Identity],
     witness: Option<&Path>,
     no_witness: bool,
+    crls: &[PathBuf],
     actor: &str,
 ) -> Result<Restored> {
     let bytes = std::fs::read(archive).map_err(io(format!("reading {}", archive.display())))?;
@@ -831,6 +834,7 @@ pub async fn restore(
         pii.as_ref(),
         &witnessed,
         witness.is_some(),
+        crls,
         &mut undo,
         scratch.path(),
         actor,
@@ -863,6 +867,7 @@ async fn restore_into(
     pii: Option<&BTreeMap<String, Vec<u8>>>,
     witnessed: &[crate::audit::Checkpoint],
     witness_given: bool,
+    crls: &[PathBuf],
     undo: &mut Undo<'_>,
     scratch: &Path,
     actor: &str,
@@ -989,6 +994,7 @@ async fn restore_into(
         )
         .await?;
     tx.commit().await?;
+    let reapplied = reapply_crls(&store, crls, actor).await?;
     let certificates: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
         .fetch_one(store.pool())
         .await?;
@@ -998,6 +1004,7 @@ async fn restore_into(
         lost,
         crl_number_floor: floor,
         certificates,
+        reapplied,
     })
 }
 
@@ -1069,4 +1076,85 @@ async fn run_tool(
         .map_err(io(format!(
             "running {name} (Debian package postgresql-client)"
         )))
+}
+
+/// What [`reapply_crls`] did.
+#[derive(Debug, Default)]
+pub struct Reapplied {
+    /// Certificates revoked again.
+    pub revoked: usize,
+    /// Entries the restored database already had revoked.
+    pub already: usize,
+    /// Serials (hex) a CRL lists that the backup does not hold: issued after it.
+    pub unknown: Vec<String>,
+}
+
+/// Revocations made after the backup are not in it: each CRL given (the last ones the lost
+/// machine published — public documents, kept by relying parties and the CA's own web
+/// servers) is verified under its issuer in the restored database, and each serial it lists
+/// that the restored database holds unrevoked is revoked again, by `actor`, with the CRL's
+/// reason (RFC 5280 §5.3.1: a revocation is never undone). Serials the database does not hold
+/// are returned.
+pub async fn reapply_crls(store: &Store, files: &[PathBuf], actor: &str) -> Result<Reapplied> {
+    use crate::revocation::Reason;
+    use x509_parser::prelude::FromDer;
+    let cas = store.cas().await?;
+    let mut out = Reapplied::default();
+    for f in files {
+        let bytes = std::fs::read(f).map_err(io(format!("reading {}", f.display())))?;
+        let der = if bytes.starts_with(b"-----BEGIN") {
+            pem::parse(&bytes)
+                .map_err(|e| refused(format!("{}: not a PEM CRL: {e}", f.display())))?
+                .into_contents()
+        } else {
+            bytes
+        };
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+            .map_err(|e| refused(format!("{}: not a CRL: {e}", f.display())))?;
+        let issuer = cas
+            .iter()
+            .filter_map(|c| {
+                x509_parser::certificate::X509Certificate::from_der(&c.cert_der)
+                    .ok()
+                    .map(|(_, cert)| (c, cert))
+            })
+            .find(|(_, cert)| {
+                cert.subject().as_raw() == crl.issuer().as_raw()
+                    && crl
+                        .verify_signature(&cert.tbs_certificate.subject_pki)
+                        .is_ok()
+            });
+        if issuer.is_none() {
+            return Err(refused(format!(
+                "{}: not a CRL signed by one of this CA's certificates",
+                f.display()
+            )));
+        }
+        for entry in crl.iter_revoked_certificates() {
+            let serial = hex::encode(entry.raw_serial());
+            let Some(s) = crate::serial::SerialNumber::from_hex(&serial) else {
+                continue;
+            };
+            let reason = entry
+                .reason_code()
+                .and_then(|(_, r)| Reason::from_code(i64::from(r.0)))
+                .unwrap_or(Reason::Unspecified);
+            match store.certificate(&s.to_hex()).await? {
+                None => out.unknown.push(s.to_hex()),
+                Some(c)
+                    if c.revocation_reason.is_some()
+                        || c.state == crate::store::CertState::Abandoned =>
+                {
+                    out.already += 1
+                }
+                Some(_) => {
+                    crate::revocation::revoke(store, s, reason, actor).await?;
+                    out.revoked += 1;
+                }
+            }
+        }
+    }
+    out.unknown.sort();
+    out.unknown.dedup();
+    Ok(out)
 }

@@ -121,6 +121,10 @@ enum Command {
         /// records made after the backup are then not declared).
         #[arg(long)]
         no_witness: bool,
+        /// The last CRLs the lost machine published (DER or PEM; repeat the option): every
+        /// certificate they list that the backup holds unrevoked is revoked again.
+        #[arg(long = "crl")]
+        crls: Vec<PathBuf>,
     },
     /// Configuration.
     #[command(subcommand)]
@@ -808,6 +812,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 identities,
                 witness,
                 no_witness,
+                crls,
             } => {
                 let spki = read_public_key(&audit_key)?;
                 let ids = ca_core::backup::identities(&identities)?;
@@ -819,6 +824,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &ids,
                     witness.as_deref(),
                     no_witness,
+                    &crls,
                     &actor(),
                 )
                 .await?;
@@ -840,6 +846,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "no witness given: the records made after the backup, if any, are not known"
                     ),
                     None => outln!("no audit record was lost"),
+                }
+                if !crls.is_empty() {
+                    outln!(
+                        "from the CRLs given: {} revoked again (made after the backup), {} already revoked",
+                        r.reapplied.revoked,
+                        r.reapplied.already
+                    );
+                    for s in &r.reapplied.unknown {
+                        outln!("revoked on the lost machine but not in the backup (issued after it): {s}");
+                    }
+                } else {
+                    outln!("no CRL given (--crl): revocations made after the backup are not in it");
                 }
                 outln!(
                     "CRLNumbers continue after {}; certificates issued after {when} are unknown here: if one surfaces, revoke it by serial (docs/OPERATIONS.md \"Backup and restore\")",

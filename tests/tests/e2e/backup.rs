@@ -86,6 +86,12 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         &ca,
         &["--serial", &revoked.serial, "--reason", "keyCompromise"],
     );
+    let revoked_later = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("revoked-later", KeyType::P256).csr,
+        "revoked after the backup",
+    );
 
     // The backup, while the service runs.
     let server = start(&ca);
@@ -156,6 +162,40 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         &ca.csr("lost", KeyType::P256).csr,
         "after the backup",
     );
+    // Revoked after the backup: one the backup holds, and the one issued after it.
+    crate::apply::revoke_ok(
+        &ca,
+        &[
+            "--serial",
+            &revoked_later.serial,
+            "--reason",
+            "affiliationChanged",
+        ],
+    );
+    crate::apply::revoke_ok(&ca, &["--serial", &lost.serial, "--reason", "superseded"]);
+    // The last CRL the lost machine published, as a relying party keeps it.
+    let last_crl = ca.file("last.crl");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, der) = get(&server.1, "/crl/individual.crl");
+        std::fs::write(&last_crl, &der).unwrap();
+        let o = Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+            .arg(&last_crl)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_ascii_uppercase();
+        if text.contains(&lost.serial.to_ascii_uppercase())
+            && text.contains(&revoked_later.serial.to_ascii_uppercase())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the CRL does not list the late revocations"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let until = Instant::now() + Duration::from_secs(30);
     while witness_last_seq(&witness) <= backup_seq {
         assert!(
@@ -183,6 +223,8 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
             audit_key.display().to_string(),
             "--witness".into(),
             witness.display().to_string(),
+            "--crl".into(),
+            last_crl.display().to_string(),
         ];
         args.extend(ids(keys));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -275,6 +317,16 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         "{out}"
     );
     assert!(out.contains("restored "), "{out}");
+    // The revocation made after the backup is made again from the last CRL; the certificate
+    // issued and revoked after it is named.
+    assert!(out.contains("1 revoked again"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "not in the backup (issued after it): {}",
+            lost.serial
+        )),
+        "{out}"
+    );
     // Every CA's next CRLNumber is past the floor, also one that had published no CRL yet.
     let cas = ca.sql_query("SELECT COUNT(*) FROM cas");
     let floored = ca.sql_query("SELECT COUNT(*) FROM crl_numbers WHERE last > 1000000000000");
@@ -309,6 +361,14 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     let server = start(&ca);
     let status = |leaf: &Issued| crate::ra::ocsp_status(&ca, &server.1, &issuer, &leaf.cert.path);
     assert!(status(&kept).contains(": good"), "{}", status(&kept));
+    let until = Instant::now() + Duration::from_secs(30);
+    while !status(&revoked_later).contains(": revoked") {
+        assert!(
+            Instant::now() < until,
+            "a revocation made after the backup came undone"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert!(
         status(&revoked).contains(": revoked"),
         "{}",
