@@ -18,12 +18,14 @@
 //!
 //! `ecert restore FILE` refuses an archive whose manifest signature does not verify under the
 //! audit public key the restorer trusts (from `ecert audit key`, kept apart), or whose parts do
-//! not match the manifest; it writes into an empty data directory and an empty database only.
-//! Then it moves every CRLNumber past anything the lost machine could have issued after the
-//! backup (to the restore time in Unix milliseconds: CRLNumbers never repeat or go back) and
-//! appends a signed `audit.restored` record that names the range of audit records lost, taken
-//! from the witness copy: the restored chain continues after the witness's last checkpoint,
-//! from its hash, so `audit verify` and `audit verify --witness` both pass and show the gap.
+//! not match the manifest; it writes into an empty data directory and an empty database only,
+//! and removes what it wrote if it fails after the first write. Then it moves every CRLNumber
+//! past anything the lost machine could have issued after the backup (to the restore time in
+//! Unix milliseconds: CRLNumbers never repeat or go back), appends a signed `audit.restored`
+//! record that names the range of audit records lost, taken from the witness copy — the
+//! restored chain continues after the witness's last checkpoint, from its hash, so `audit
+//! verify` and `audit verify --witness` both pass and show the gap — and makes again the
+//! revocations the last published CRLs list ([`reapply_crls`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
