@@ -996,7 +996,7 @@ async fn restore_into(
         )
         .await?;
     tx.commit().await?;
-    let reapplied = reapply_crls(&store, crls, actor).await?;
+    let reapplied = reapply_crls(config, &store, crls, actor).await?;
     let certificates: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
         .fetch_one(store.pool())
         .await?;
@@ -1087,7 +1087,9 @@ pub struct Reapplied {
     pub revoked: usize,
     /// Entries the restored database already had revoked.
     pub already: usize,
-    /// Serials (hex) a CRL lists that the backup does not hold: issued after it.
+    /// Serials (hex) a CRL lists that the backup does not hold (issued after it), recorded
+    /// as revoked so that they stay on the CRLs and OCSP says `revoked`
+    /// ([`Store::record_revoked_unknown`]).
     pub unknown: Vec<String>,
 }
 
@@ -1096,8 +1098,14 @@ pub struct Reapplied {
 /// servers) is verified under its issuer in the restored database, and each serial it lists
 /// that the restored database holds unrevoked is revoked again, by `actor`, with the CRL's
 /// reason (RFC 5280 §5.3.1: a revocation is never undone). Serials the database does not hold
-/// are returned.
-pub async fn reapply_crls(store: &Store, files: &[PathBuf], actor: &str) -> Result<Reapplied> {
+/// are recorded as revoked unknown certificates, kept on the CRLs until the issuing CA expires,
+/// and returned.
+pub async fn reapply_crls(
+    config: &Config,
+    store: &Store,
+    files: &[PathBuf],
+    actor: &str,
+) -> Result<Reapplied> {
     use crate::revocation::Reason;
     use x509_parser::prelude::FromDer;
     let cas = store.cas().await?;
@@ -1126,12 +1134,14 @@ pub async fn reapply_crls(store: &Store, files: &[PathBuf], actor: &str) -> Resu
                         .verify_signature(&cert.tbs_certificate.subject_pki)
                         .is_ok()
             });
-        if issuer.is_none() {
+        let Some((ca, ca_cert)) = issuer else {
             return Err(refused(format!(
                 "{}: not a CRL signed by one of this CA's certificates",
                 f.display()
             )));
-        }
+        };
+        let ca_not_after = ca_cert.validity().not_after.timestamp();
+        let partitions = config.crl.partitions_of(ca.id.role);
         for entry in crl.iter_revoked_certificates() {
             let serial = hex::encode(entry.raw_serial());
             let Some(s) = crate::serial::SerialNumber::from_hex(&serial) else {
@@ -1142,7 +1152,30 @@ pub async fn reapply_crls(store: &Store, files: &[PathBuf], actor: &str) -> Resu
                 .and_then(|(_, r)| Reason::from_code(i64::from(r.0)))
                 .unwrap_or(Reason::Unspecified);
             match store.certificate(&s.to_hex()).await? {
-                None => out.unknown.push(s.to_hex()),
+                None => {
+                    let event = crate::audit::Event {
+                        kind: "certificate.revoked_unknown",
+                        actor: actor.into(),
+                        subject: Some(s.to_hex()),
+                        detail: serde_json::json!({
+                            "issuer": ca.id.name(),
+                            "reason": reason.code(),
+                            "from_crl": hex::encode(Sha256::digest(&der)),
+                        }),
+                    };
+                    store
+                        .record_revoked_unknown(
+                            &s.to_hex(),
+                            &ca.id.name(),
+                            crate::crl::partition_of(&s, partitions),
+                            ca_not_after,
+                            reason.code(),
+                            entry.revocation_date.timestamp(),
+                            &event,
+                        )
+                        .await?;
+                    out.unknown.push(s.to_hex());
+                }
                 Some(c)
                     if c.revocation_reason.is_some()
                         || c.state == crate::store::CertState::Abandoned =>

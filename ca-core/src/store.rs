@@ -1488,6 +1488,55 @@ impl Store {
 
     /// Records that `serial`'s CA changed revocation status now (same transaction), and queues
     /// a new OCSP response for it.
+    /// Records a serial this CA is known to have revoked but holds no certificate of — one a
+    /// CRL of the lost machine lists that was issued after the backup a restore came from
+    /// ([`crate::backup::reapply_crls`]): an `abandoned` row (a certificate may exist; never
+    /// `good`) with the CRL's reason and date, kept on the CRLs until `not_after` (the issuing
+    /// CA's, a bound on the unknown certificate's), its OCSP response and CRLs queued like any
+    /// status change. Returns false if the serial is known already.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_revoked_unknown(
+        &self,
+        serial: &str,
+        issuer: &str,
+        partition: Option<u16>,
+        not_after: i64,
+        reason: i64,
+        revoked_at: i64,
+        event: &Event,
+    ) -> Result<bool> {
+        use sha2::Digest;
+        let mut tx = self.begin().await?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // A key fingerprint no key has: this row blocks and matches no key.
+        let key_fp = sha2::Sha256::digest(format!("ecert-unknown-serial:{serial}")).to_vec();
+        let inserted = sqlx::query(
+            "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, \
+             reserved_at, updated_at, not_after, revoked_at, revocation_reason, crl_partition, failure) \
+             VALUES ($1, $2, 'abandoned', 'unknown', 0, $3, '{}', $4, $4, $5, $6, $7, $8, \
+             'revoked by the lost machine after the backup this CA was restored from') \
+             ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(serial)
+        .bind(issuer)
+        .bind(key_fp)
+        .bind(now)
+        .bind(not_after)
+        .bind(revoked_at)
+        .bind(reason)
+        .bind(partition.map(i64::from))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        self.note_status_change(&mut tx, serial).await?;
+        self.audit(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn note_status_change(&self, tx: &mut Tx, serial: &str) -> Result<()> {
         // The CA's counter, and its partition's own, so only changed partitions are republished
         // (one statement: a mass revocation makes this change a hundred thousand times).
