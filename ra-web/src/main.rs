@@ -560,6 +560,10 @@ struct RevokeArgs {
     /// Release a hold.
     #[arg(long)]
     release: bool,
+    /// The certificate itself (PEM file): to revoke one this CA signed that its database does
+    /// not hold — issued after the backup it was restored from.
+    #[arg(long, conflicts_with_all = ["hold", "release"])]
+    certificate: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -2201,7 +2205,13 @@ async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
             reason != ca_core::revocation::Reason::CertificateHold,
             "use --hold to put a certificate on hold"
         );
-        serde_json::json!({ "reason": reason.name() })
+        let mut body = serde_json::json!({ "reason": reason.name() });
+        if let Some(f) = &a.certificate {
+            body["certificate"] = serde_json::Value::String(
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            );
+        }
+        body
     };
     let mut serial = a.serial.replace(':', "").to_ascii_lowercase();
     // As some tools print it, without its leading zero.

@@ -100,7 +100,8 @@ pub use renewal::{rekey_message, renew_online};
 pub use retention::purge;
 pub use revocation::{
     change_certificate_status, key_compromise_challenge, key_compromise_message,
-    release_at_counter, revoke_at_counter, revoke_online, StatusChange, KEY_CHALLENGE_SECONDS,
+    release_at_counter, revoke_at_counter, revoke_online, revoke_surfaced, StatusChange,
+    KEY_CHALLENGE_SECONDS,
 };
 pub use rules::Clock;
 pub use rules::{Status, MAILBOX_VALIDATION_DAYS};

@@ -370,3 +370,95 @@ pub async fn change_certificate_status(
         }
     }
 }
+
+/// Revokes a certificate this CA signed that its database does not hold — one issued after the
+/// backup the CA was restored from (docs/OPERATIONS.md "Backup and restore"), surfacing later
+/// in a subscriber's or relying party's hands. The member gives the certificate itself: it
+/// must carry `serial`, be signed by one of this CA's certificates, and its serial must be
+/// unknown here. It is recorded revoked ([`crate::store::Store::record_revoked_unknown`]),
+/// kept on the CRLs until it expires, `revoked` in OCSP. CA-level staff who may revoke only
+/// (an outlet's member cannot: the certificate belongs to no outlet's application); never a
+/// hold.
+pub async fn revoke_surfaced(
+    auth: &Authority,
+    staff: &StaffSession,
+    serial: &str,
+    reason: crate::revocation::Reason,
+    certificate_pem: &str,
+) -> Result<Vec<(String, crate::revocation::Outcome)>> {
+    use x509_parser::prelude::FromDer;
+    if staff.authorize(Action::Revoke)? != super::permissions::Reach::All {
+        return Err(Error::Forbidden(
+            "a certificate the CA does not hold belongs to no outlet: an officer revokes it".into(),
+        ));
+    }
+    if reason == crate::revocation::Reason::CertificateHold {
+        return Err(invalid(
+            "reason",
+            "a certificate the CA does not hold is revoked, never held",
+        ));
+    }
+    let s = SerialNumber::from_hex(serial).ok_or(Error::NotFound)?;
+    let hex = s.to_hex();
+    let der = pem::parse(certificate_pem)
+        .ok()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .ok_or_else(|| invalid("certificate", "not a PEM certificate"))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
+        .map_err(|_| invalid("certificate", "not a certificate"))?;
+    if SerialNumber::from_be_bytes(cert.raw_serial()).map(|c| c.to_hex()) != Some(hex.clone()) {
+        return Err(invalid(
+            "certificate",
+            "the certificate does not carry this serial number",
+        ));
+    }
+    let store = auth.store();
+    if store.certificate(&hex).await?.is_some() {
+        return Err(Error::Conflict(
+            "the CA holds this serial: revoke it by serial without the certificate".into(),
+        ));
+    }
+    let cas = store.cas().await?;
+    let issuer = cas.iter().find(|c| {
+        x509_parser::certificate::X509Certificate::from_der(&c.cert_der).is_ok_and(|(_, ca)| {
+            ca.subject().as_raw() == cert.issuer().as_raw()
+                && cert
+                    .verify_signature(Some(&ca.tbs_certificate.subject_pki))
+                    .is_ok()
+        })
+    });
+    let Some(ca) = issuer else {
+        return Err(invalid("certificate", "not a certificate this CA signed"));
+    };
+    within_revocation_budget(auth, staff).await?;
+    let partitions = auth.config().crl.partitions_of(ca.id.role);
+    let event = crate::audit::Event {
+        kind: "certificate.revoked_unknown",
+        actor: format!("staff:{}", staff.username),
+        subject: Some(hex.clone()),
+        detail: serde_json::json!({
+            "issuer": ca.id.name(),
+            "reason": reason.code(),
+            "certificate_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der)),
+        }),
+    };
+    let recorded = store
+        .record_revoked_unknown(
+            &hex,
+            &ca.id.name(),
+            crate::crl::partition_of(&s, partitions),
+            cert.validity().not_after.timestamp(),
+            reason.code(),
+            now(),
+            &event,
+        )
+        .await?;
+    if !recorded {
+        return Err(Error::Conflict(
+            "the CA holds this serial: revoke it by serial without the certificate".into(),
+        ));
+    }
+    tracing::info!(serial = %hex, "a certificate the CA did not hold was revoked");
+    Ok(vec![(hex, crate::revocation::Outcome::Revoked)])
+}

@@ -1343,6 +1343,11 @@ pub struct StatusChangeRequest {
     /// Release a hold instead.
     #[serde(default)]
     release: bool,
+    /// The certificate (PEM), to revoke one this CA signed that its database does not hold —
+    /// issued after the backup the CA was restored from (docs/OPERATIONS.md "Backup and
+    /// restore"). Officers and admins only; a revocation, never a hold.
+    #[serde(default)]
+    certificate: Option<String>,
 }
 
 /// One certificate a status change reached (the renewal chain is walked).
@@ -1385,7 +1390,18 @@ async fn certificate_revocation(
             }))
         }
     };
-    let changed = ra::change_certificate_status(&s.auth, &staff, &serial, change).await?;
+    let changed = match (&b.certificate, change) {
+        (Some(pem), ra::StatusChange::Revoke(reason)) => {
+            ra::revoke_surfaced(&s.auth, &staff, &serial, reason, pem).await?
+        }
+        (Some(_), ra::StatusChange::Release) => {
+            return Err(ApiFailure(Error::Invalid {
+                field: "certificate",
+                reason: "a certificate the CA does not hold is revoked, never released".into(),
+            }))
+        }
+        (None, change) => ra::change_certificate_status(&s.auth, &staff, &serial, change).await?,
+    };
     let mut out = Vec::with_capacity(changed.len());
     for (serial, outcome) in changed {
         let reason = match outcome {

@@ -162,6 +162,13 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         &ca.csr("lost", KeyType::P256).csr,
         "after the backup",
     );
+    // Issued after the backup and never revoked there: it surfaces after the restore.
+    let surfacing = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("surfacing", KeyType::P256).csr,
+        "surfaces after the restore",
+    );
     // Revoked after the backup: one the backup holds, and the one issued after it.
     crate::apply::revoke_ok(
         &ca,
@@ -441,6 +448,108 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // A certificate issued after the backup surfaces: unknown here, so an officer revokes it
+    // by serial with the certificate in hand; a certificate this CA did not sign and one that
+    // does not carry the serial are refused, and change nothing.
+    let unknown = |leaf: &Issued| {
+        let o = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-no_nonce",
+                "-url",
+                &format!("http://{}/ocsp", server.1),
+                "-issuer",
+            ])
+            .arg(&issuer)
+            .arg("-cert")
+            .arg(&leaf.cert.path)
+            .arg("-CAfile")
+            .arg(ca.roots_bundle())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).contains("unauthorized")
+    };
+    assert!(unknown(&surfacing));
+    let foreign = ca.file("foreign.pem");
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(ca.file("foreign.key"))
+        .arg("-out")
+        .arg(&foreign)
+        .args(["-subj", "/CN=not this CA", "-days", "30", "-set_serial"])
+        .arg(format!("0x{}", surfacing.serial))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let with_cert = |file: &Path| {
+        crate::apply::revoke(
+            &ca,
+            &[
+                "--serial",
+                &surfacing.serial,
+                "--reason",
+                "keyCompromise",
+                "--certificate",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = with_cert(&foreign);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a certificate this CA signed"),
+        "{}",
+        show(&o)
+    );
+    let o = with_cert(&kept.cert.path);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not carry this serial"),
+        "{}",
+        show(&o)
+    );
+    assert!(unknown(&surfacing), "a refused request changed something");
+    let o = with_cert(&surfacing.cert.path);
+    assert!(o.status.success(), "{}", show(&o));
+    // Its response is signed within a second or so (unauthorized until then).
+    let raw = |leaf: &Issued| {
+        let o = Command::new("openssl")
+            .args([
+                "ocsp",
+                "-no_nonce",
+                "-url",
+                &format!("http://{}/ocsp", server.1),
+                "-issuer",
+            ])
+            .arg(&issuer)
+            .arg("-cert")
+            .arg(&leaf.cert.path)
+            .arg("-CAfile")
+            .arg(ca.roots_bundle())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while !raw(&surfacing).contains(": revoked") {
+        assert!(Instant::now() < until, "{}", raw(&surfacing));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let audited = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM audit_log WHERE kind = 'certificate.revoked_unknown' AND subject = '{}' AND actor LIKE 'staff:%'",
+        surfacing.serial
+    ));
+    assert_eq!(audited.trim(), "1");
+
     // New issuance works.
     let after = crate::apply::issue(
         &ca,
