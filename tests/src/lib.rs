@@ -1578,12 +1578,68 @@ fn as_pg(program: &Path, args: &[&str]) -> Output {
     o
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 free a moment ago.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// `cp -a FROM TO`: a data directory copied as to another host (its token "restored from the
+/// HSM backup").
+pub fn copy_dir(from: &Path, to: &Path) {
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cp -a: {}", show(&o));
+}
+
+/// A DER CRL as `openssl crl -text` prints it (standard output and error), checked against
+/// `issuer` (PEM) when given (`verify OK` in the text).
+pub fn openssl_crl_text(scratch: &Path, der: &[u8], issuer: Option<&Path>) -> String {
+    let file = scratch.join(format!("crl-{}.der", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, der).unwrap();
+    let mut c = Command::new("openssl");
+    c.args(["crl", "-inform", "DER", "-noout", "-text"]);
+    if let Some(i) = issuer {
+        c.arg("-CAfile").arg(i);
+    }
+    let o = c.arg("-in").arg(&file).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `openssl ocsp` against `http://ADDR/ocsp` for `cert` under `issuer`, checked against
+/// `roots`: what it printed, whatever the answer (`: good`, `: revoked`, `unauthorized`).
+pub fn openssl_ocsp_answer(addr: &str, issuer: &Path, cert: &Path, roots: &Path) -> String {
+    let o = Command::new("openssl")
+        .args([
+            "ocsp",
+            "-no_nonce",
+            "-url",
+            &format!("http://{addr}/ocsp"),
+            "-issuer",
+        ])
+        .arg(issuer)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-CAfile")
+        .arg(roots)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 impl PgCluster {

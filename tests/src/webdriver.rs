@@ -38,13 +38,7 @@ pub struct Chrome {
     shot_no: std::cell::Cell<u32>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::free_port;
 
 fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
     let body = body.map(|b| b.to_string()).unwrap_or_default();

@@ -186,12 +186,7 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     loop {
         let (_, _, der) = get(&server.1, "/crl/individual.crl");
         std::fs::write(&last_crl, &der).unwrap();
-        let o = Command::new("openssl")
-            .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
-            .arg(&last_crl)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&o.stdout).to_ascii_uppercase();
+        let text = openssl_crl_text(&ca.file(""), &der, None).to_ascii_uppercase();
         if text.contains(&lost.serial.to_ascii_uppercase())
             && text.contains(&revoked_later.serial.to_ascii_uppercase())
         {
@@ -222,21 +217,27 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
             .flat_map(|k| ["--identity".to_string(), k.display().to_string()])
             .collect()
     };
-    let restore = |archive: &Path, keys: &[&PathBuf]| {
+    // `ecert restore`, with the witness copy and the last CRL unless `bare`.
+    let restore_with = |archive: &Path, keys: &[&PathBuf], bare: bool, envs: &[(&str, &str)]| {
         let mut args = vec![
             "restore".to_string(),
             archive.display().to_string(),
             "--audit-key".into(),
             audit_key.display().to_string(),
-            "--witness".into(),
-            witness.display().to_string(),
-            "--crl".into(),
-            last_crl.display().to_string(),
         ];
+        if !bare {
+            args.extend([
+                "--witness".into(),
+                witness.display().to_string(),
+                "--crl".into(),
+                last_crl.display().to_string(),
+            ]);
+        }
         args.extend(ids(keys));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        ca.ecert(&args)
+        ca.ecert_env(&args, envs)
     };
+    let restore = |archive: &Path, keys: &[&PathBuf]| restore_with(archive, keys, false, &[]);
     let all = [&operator, &custodian1, &custodian2, &owner];
 
     // A tampered archive is refused, and nothing is written.
@@ -267,15 +268,7 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     assert!(!ca.data_dir().exists(), "a refused restore wrote something");
 
     // Without the witness the backed-up configuration names: refused, nothing written.
-    let mut args: Vec<String> = vec![
-        "restore".into(),
-        archive.display().to_string(),
-        "--audit-key".into(),
-        audit_key.display().to_string(),
-    ];
-    args.extend(ids(&all));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = ca.ecert(&argv);
+    let o = restore_with(&archive, &all, true, &[]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("--witness"),
@@ -285,17 +278,7 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     assert!(!ca.data_dir().exists(), "a refused restore wrote something");
     // A failure after the first write (the token opened with a wrong PIN, so the restore
     // record cannot be signed) removes what was written: a retry starts clean.
-    let mut args: Vec<String> = vec![
-        "restore".into(),
-        archive.display().to_string(),
-        "--audit-key".into(),
-        audit_key.display().to_string(),
-        "--witness".into(),
-        witness.display().to_string(),
-    ];
-    args.extend(ids(&all));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = ca.ecert_env(&argv, &[("ECERT_HSM_PIN", "000000")]);
+    let o = restore_with(&archive, &all, false, &[("ECERT_HSM_PIN", "000000")]);
     assert!(!o.status.success(), "{}", show(&o));
     assert!(
         std::fs::read_dir(ca.data_dir()).map_or(true, |mut d| d.next().is_none()),
@@ -406,21 +389,7 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     loop {
         let (_, _, crl) = get(&server.1, "/crl/individual.crl");
         let n = crl_number(&ca, &crl);
-        let file = ca.file("after-restore.crl");
-        std::fs::write(&file, &crl).unwrap();
-        let o = Command::new("openssl")
-            .args(["crl", "-inform", "DER", "-noout", "-text", "-CAfile"])
-            .arg(&issuer)
-            .arg("-in")
-            .arg(&file)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-        .to_ascii_uppercase();
+        let text = openssl_crl_text(&ca.file(""), &crl, Some(&issuer)).to_ascii_uppercase();
         let lists = |leaf: &Issued| text.contains(&leaf.serial.to_ascii_uppercase());
         if n > number_before
             && [&revoked, &revoked_later, &lost, &kept]
@@ -451,24 +420,10 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     // A certificate issued after the backup surfaces: unknown here, so an officer revokes it
     // by serial with the certificate in hand; a certificate this CA did not sign and one that
     // does not carry the serial are refused, and change nothing.
-    let unknown = |leaf: &Issued| {
-        let o = Command::new("openssl")
-            .args([
-                "ocsp",
-                "-no_nonce",
-                "-url",
-                &format!("http://{}/ocsp", server.1),
-                "-issuer",
-            ])
-            .arg(&issuer)
-            .arg("-cert")
-            .arg(&leaf.cert.path)
-            .arg("-CAfile")
-            .arg(ca.roots_bundle())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).contains("unauthorized")
+    let answer = |leaf: &Issued| {
+        openssl_ocsp_answer(&server.1, &issuer, &leaf.cert.path, &ca.roots_bundle())
     };
+    let unknown = |leaf: &Issued| answer(leaf).contains("unauthorized");
     assert!(unknown(&surfacing));
     let foreign = ca.file("foreign.pem");
     let o = Command::new("openssl")
@@ -521,24 +476,7 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     let o = with_cert(&surfacing.cert.path);
     assert!(o.status.success(), "{}", show(&o));
     // Its response is signed within a second or so (unauthorized until then).
-    let raw = |leaf: &Issued| {
-        let o = Command::new("openssl")
-            .args([
-                "ocsp",
-                "-no_nonce",
-                "-url",
-                &format!("http://{}/ocsp", server.1),
-                "-issuer",
-            ])
-            .arg(&issuer)
-            .arg("-cert")
-            .arg(&leaf.cert.path)
-            .arg("-CAfile")
-            .arg(ca.roots_bundle())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let raw = answer;
     let until = Instant::now() + Duration::from_secs(30);
     while !raw(&surfacing).contains(": revoked") {
         assert!(Instant::now() < until, "{}", raw(&surfacing));
@@ -560,22 +498,8 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     // Its response is pre-signed within a second or so.
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let o = Command::new("openssl")
-            .args([
-                "ocsp",
-                "-no_nonce",
-                "-url",
-                &format!("http://{}/ocsp", server.1),
-                "-issuer",
-            ])
-            .arg(&issuer)
-            .arg("-cert")
-            .arg(&after.cert.path)
-            .arg("-CAfile")
-            .arg(ca.roots_bundle())
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&o.stdout).contains(": good") {
+        let out = answer(&after);
+        if out.contains(": good") {
             break;
         }
         assert!(Instant::now() < until, "{}", show(&o));

@@ -492,6 +492,14 @@ fn a_batch_survives_kill_9_with_no_duplicate_and_no_gap() {
     assert_eq!(s["counts"]["issued"], n, "{}", s["counts"]);
     // One issued certificate per row, each the row's, and no other certificate of the batch
     // reported good.
+    crate::bulk::assert_each_row_issued_once(&ca, &batch, n);
+    drop(server);
+    ca.audit_ok();
+}
+
+/// One issued certificate per row of `batch` (`n` rows), each the row's, and no other
+/// certificate of the batch issued: no row issued twice, none missing.
+pub(crate) fn assert_each_row_issued_once(ca: &Ca, batch: &str, n: usize) {
     let per_row = ca.sql_query(&format!(
         "SELECT COUNT(DISTINCT r.serial) FROM batch_rows r JOIN certificates c ON c.serial = r.serial \
          WHERE r.batch_id = '{batch}' AND c.state = 'issued'"
@@ -506,8 +514,6 @@ fn a_batch_survives_kill_9_with_no_duplicate_and_no_gap() {
         n.to_string(),
         "a row was issued twice"
     );
-    drop(server);
-    ca.audit_ok();
 }
 
 /// The CSR with one base64 character of its signature changed: the proof of possession fails.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ecert_e2e::*;
 
 use crate::common::*;
-use crate::serve::{get, spawn_listening, start};
+use crate::serve::{get, start};
 
 #[test]
 fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
@@ -76,27 +76,8 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
     assert_eq!(dr.query("ecert", "SELECT pg_is_in_recovery()"), "f");
     ca.use_database(&dr.url("ecert"));
     let dr_dir = ca.file("dr-site");
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(ca.data_dir())
-        .arg(&dr_dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show(&o));
-    let dr_signer = spawn_listening(
-        ca.command_in(
-            &dr_dir,
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--crl-watch-seconds",
-                "1",
-            ],
-            &[],
-        ),
-        std::process::Stdio::null(),
-    );
+    copy_dir(ca.data_dir(), &dr_dir);
+    let dr_signer = crate::serve::start_in(&ca, &dr_dir, &[]);
     std::fs::write(ca.data_dir().join(".e2e-serving"), &dr_signer.1).unwrap();
     let d = dr_signer.1.clone();
     assert_eq!(crate::serve::healthz(&d)["role"], "signer");

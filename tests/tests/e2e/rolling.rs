@@ -13,14 +13,6 @@ use ecert_e2e::*;
 
 use crate::serve::{spawn_listening, start, Server};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One request on a new connection; the status and body, or why it failed.
 fn request(
     addr: &str,

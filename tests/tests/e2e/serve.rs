@@ -107,6 +107,19 @@ pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
     spawn_listening(ca.command(&args, &[]), Stdio::null())
 }
 
+/// [`start_with`] on another data directory of the installation (a copy, as on another host).
+pub fn start_in(ca: &Ca, dir: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--crl-watch-seconds",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    spawn_listening(ca.command_in(dir, &args, &[]), Stdio::null())
+}
+
 /// Starts a server process and waits for its first line, `listening on http(s)://ADDR`.
 pub fn spawn_listening(mut c: std::process::Command, stderr: Stdio) -> Server {
     let args: Vec<String> = c

@@ -155,20 +155,7 @@ fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice
     // The batch queue carries on at the standby: every row issued exactly once.
     let s = wait_done(&b, &token, &batch, 300);
     assert_eq!(s["counts"]["issued"], n, "{}", s["counts"]);
-    let per_row = ca.sql_query(&format!(
-        "SELECT COUNT(DISTINCT r.serial) FROM batch_rows r JOIN certificates c ON c.serial = r.serial \
-         WHERE r.batch_id = '{batch}' AND c.state = 'issued'"
-    ));
-    assert_eq!(per_row.trim(), n.to_string());
-    let issued_for_batch = ca.sql_query(&format!(
-        "SELECT COUNT(*) FROM certificates c JOIN audit_log a ON a.subject = c.serial \
-         WHERE c.state = 'issued' AND a.kind = 'issuance.requested' AND a.actor = 'batch:{batch}'"
-    ));
-    assert_eq!(
-        issued_for_batch.trim(),
-        n.to_string(),
-        "a row was issued twice"
-    );
+    crate::bulk::assert_each_row_issued_once(&ca, &batch, n);
     // What the dead signer left half-done was resolved by the recorded rule.
     assert_eq!(
         ca.sql_query("SELECT COUNT(*) FROM certificates WHERE state IN ('reserved', 'issuing')")
@@ -203,20 +190,7 @@ fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice
     let issuer = ca.export("individual").path;
     loop {
         let (_, _, der) = get(&b, "/crl/individual.crl");
-        let file = ca.file("standby.crl");
-        std::fs::write(&file, &der).unwrap();
-        let o = std::process::Command::new("openssl")
-            .args(["crl", "-inform", "DER", "-noout", "-text", "-CAfile"])
-            .arg(&issuer)
-            .arg("-in")
-            .arg(&file)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let text = openssl_crl_text(&ca.file(""), &der, Some(&issuer));
         assert!(text.contains("verify OK"), "{text}");
         let listed = to_revoke[..11].iter().all(|(_, serial)| {
             text.to_ascii_uppercase()
@@ -261,28 +235,8 @@ fn a_frozen_signer_is_deposed_after_its_lease_and_stops_when_it_wakes() {
     // The standby runs on another host: its own data directory, with the token restored
     // from the signer's (here a copy), on the same database.
     let other_host = ca.file("standby-host");
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(ca.data_dir())
-        .arg(&other_host)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", show(&o));
-    let standby = crate::serve::spawn_listening(
-        ca.command_in(
-            &other_host,
-            &[
-                "serve",
-                "--standby",
-                "--listen",
-                "127.0.0.1:0",
-                "--crl-watch-seconds",
-                "1",
-            ],
-            &[],
-        ),
-        std::process::Stdio::null(),
-    );
+    copy_dir(ca.data_dir(), &other_host);
+    let standby = crate::serve::start_in(&ca, &other_host, &["--standby"]);
     let b = standby.1.clone();
     assert_eq!(healthz(&b)["role"], "standby");
     // The signer renews its lease (once a second) before it is frozen.
