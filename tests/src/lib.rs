@@ -1557,8 +1557,9 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// `program args` as the `postgres` user when the tests run as root (initdb refuses root).
-fn as_pg(program: &Path, args: &[&str]) -> Output {
+/// `program args` as the `postgres` user when the tests run as root (initdb refuses root),
+/// without judging how it ended.
+fn as_pg_output(program: &Path, args: &[&str]) -> Output {
     let mut c = if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -1567,7 +1568,12 @@ fn as_pg(program: &Path, args: &[&str]) -> Output {
         Command::new(program)
     };
     c.args(args).current_dir("/");
-    let o = run_with_timeout(c, Duration::from_secs(120), "a PostgreSQL tool");
+    run_with_timeout(c, Duration::from_secs(120), "a PostgreSQL tool")
+}
+
+/// [`as_pg_output`], asserting success.
+fn as_pg(program: &Path, args: &[&str]) -> Output {
+    let o = as_pg_output(program, args);
     assert!(
         o.status.success(),
         "{} {}: {}",
@@ -1676,17 +1682,36 @@ impl PgCluster {
         std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
     }
 
-    fn start(&self) {
+    /// Starts the server; if its port was taken meanwhile (another test bound it between
+    /// [`free_port`] and now), on another one.
+    fn start(&mut self) {
         let log = self.dir.path().join("server.log").display().to_string();
-        as_pg(
-            &self.bin.join("pg_ctl"),
-            &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"],
+        for _ in 0..5 {
+            let o = as_pg_output(
+                &self.bin.join("pg_ctl"),
+                &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "start"],
+            );
+            if o.status.success() {
+                return;
+            }
+            // A later `port` line wins in postgresql.conf.
+            self.port = free_port();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.dir.path().join("data/postgresql.conf"))
+                .unwrap();
+            std::io::Write::write_all(&mut f, format!("port = {}\n", self.port).as_bytes())
+                .unwrap();
+        }
+        panic!(
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
 
     /// A new primary: initdb, replication allowed from 127.0.0.1, started.
     pub fn primary() -> PgCluster {
-        let c = PgCluster {
+        let mut c = PgCluster {
             dir: PgCluster::empty_dir(),
             port: free_port(),
             bin: pg_bin(),
@@ -1719,7 +1744,7 @@ impl PgCluster {
     /// A streaming standby of `primary` (`pg_basebackup -R`: it follows the primary's WAL and
     /// answers reads), started.
     pub fn standby_of(primary: &PgCluster) -> PgCluster {
-        let c = PgCluster {
+        let mut c = PgCluster {
             dir: PgCluster::empty_dir(),
             port: free_port(),
             bin: pg_bin(),
