@@ -1803,17 +1803,9 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let mut c = if running_as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"));
-            c
-        } else {
-            Command::new(self.bin.join("pg_ctl"))
-        };
-        let _ = c
-            .args(["-D", &self.data(), "-m", "immediate", "stop"])
-            .current_dir("/")
-            .output();
+        let _ = as_pg_output(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-m", "immediate", "stop"],
+        );
     }
 }
