@@ -105,6 +105,10 @@ struct AppState {
     standby: bool,
     /// Whether a stop was asked (`/readyz`).
     shutdown: crate::tls::Shutdown,
+    /// Tells the batch issuer to stop after the pass it is in (a safe point: nothing left
+    /// `issuing`), and its task, awaited at a stop before the others are aborted.
+    stop_batches: tokio::sync::watch::Sender<bool>,
+    batch_issuer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// How long a CRL may stay behind its revocations before `/healthz` faults: four
     /// `--crl-watch-seconds`, at least 10 s.
     crl_behind_limit: i64,
@@ -318,6 +322,8 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         auth: auth.map(std::sync::OnceLock::from).unwrap_or_default(),
         standby: a.standby,
         shutdown: crate::tls::Shutdown::default(),
+        stop_batches: tokio::sync::watch::channel(false).0,
+        batch_issuer: std::sync::Mutex::new(None),
         repo,
         config,
         cas,
@@ -405,6 +411,22 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         serving.await
     };
     served.context("serving")?;
+    // The batch issuer stops at the end of the pass it is in, so no issuance is cut between
+    // the HSM's signature and the store (which the next signer would mark abandoned).
+    let _ = state.stop_batches.send(true);
+    let batches = state
+        .batch_issuer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(b) = batches {
+        if tokio::time::timeout(BATCH_STOP_WAIT, b).await.is_err() {
+            tracing::warn!(
+                seconds = BATCH_STOP_WAIT.as_secs(),
+                "the batch issuer's pass did not end in time: cut off"
+            );
+        }
+    }
     // Queues flushed: the OCSP changes waiting are signed before the signer lets go.
     if let Some(auth) = state.auth() {
         let _ = tokio::time::timeout(
@@ -484,7 +506,13 @@ async fn start_signing(
         a.crl_watch_seconds,
     )));
     background.push(tokio::spawn(ocsp_signer(state.clone())));
-    background.push(tokio::spawn(batch_issuer(auth.clone())));
+    *state
+        .batch_issuer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::spawn(batch_issuer(
+        auth.clone(),
+        state.stop_batches.subscribe(),
+    )));
     let publisher = ca_core::ldap::Publisher::new(&state.config.ldap, &state.config.data_dir)
         .context("[ldap]")?;
     background.push(tokio::spawn(ldap_publisher(
@@ -1758,7 +1786,10 @@ async fn ldap_publisher(store: ca_core::store::Store, publisher: Option<ca_core:
 
 /// The signer: issues the queued rows of approved batches (docs/BULK.md), after resolving the
 /// rows a stopped process left `issuing`. A store or HSM outage is logged once and retried.
-async fn batch_issuer(auth: Arc<Authority>) {
+/// How long a stop waits for the batch issuer's pass to end.
+const BATCH_STOP_WAIT: Duration = Duration::from_secs(20);
+
+async fn batch_issuer(auth: Arc<Authority>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut outage = Outage::default();
     match ca_core::ra::bulk::resume_batches(auth.store()).await {
         Ok(0) => {}
@@ -1771,9 +1802,20 @@ async fn batch_issuer(auth: Arc<Authority>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
         loop {
-            match ca_core::ra::bulk::issue_queued(&auth, 2_000).await {
+            // Between chunks only: a chunk issues whole rows.
+            if *stop.borrow() {
+                return;
+            }
+            let stopping = stop.clone();
+            match ca_core::ra::bulk::issue_queued_until(&auth, 2_000, || *stopping.borrow()).await {
                 Ok(0) => break,
                 Ok(n) => {
                     outage.ok("batch issuance");

@@ -1036,6 +1036,16 @@ row! {
 /// Issues up to `limit` queued rows of approved batches, `lanes` at a time, through the
 /// issuance cycle (group-committed like every issuance). Returns how many were issued.
 pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
+    issue_queued_until(auth, limit, || false).await
+}
+
+/// [`issue_queued`], stopping between chunks once `stop` says so (a service stopping: each
+/// chunk's rows are issued whole, none left `issuing`).
+pub async fn issue_queued_until(
+    auth: &Arc<Authority>,
+    limit: i64,
+    stop: impl Fn() -> bool,
+) -> Result<usize> {
     let store = auth.store();
     let rows = sqlx::query_as::<_, QueuedRow>(
         "SELECT r.batch_id, r.row_no, r.organisation_id, r.profile, r.surname, r.given_name, r.email, r.title, r.csr \
@@ -1070,6 +1080,9 @@ pub async fn issue_queued(auth: &Arc<Authority>, limit: i64) -> Result<usize> {
     let mut first_error = None;
     let mut rows = rows.into_iter();
     loop {
+        if stop() {
+            break;
+        }
         let chunk: Vec<QueuedRow> = rows.by_ref().take(CHUNK).collect();
         if chunk.is_empty() {
             break;

@@ -852,3 +852,73 @@ fn a_standing_authorisation_approves_small_batches_on_arrival() {
     });
     ca.audit_ok();
 }
+
+/// Issue 17: a signer stopped (SIGTERM) while it issues a batch stops at the end of its pass:
+/// nothing is left `issuing` and no serial is abandoned; the next start finishes the batch.
+#[test]
+fn a_signer_stopped_during_a_batch_leaves_nothing_half_issued() {
+    let ca = Ca::init();
+    // No drain: the stop reaches the batch issuer at once.
+    ca.append_config("[http]\ndrain_seconds = 0\n");
+    crate::apply::dcv_config(&ca);
+    crate::apply::officers_ready(&ca);
+    let n = 600;
+    let keys = csrs(&ca, n);
+    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let mut server = crate::serve::start(&ca);
+    let addr = server.1.clone();
+    let (_, token) = organisation_ready(&ca, &addr);
+    let (st, receipt) = submit(&addr, &token, &rows);
+    assert_eq!(st, 201, "{receipt}");
+    let batch = receipt["id"].as_str().unwrap().to_string();
+    crate::apply::officers_decide(
+        &ca,
+        serde_json::json!({ "kind": "batch_approval", "batch": batch }),
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    while status(&addr, &token, &batch)["counts"]["issued"]
+        .as_i64()
+        .unwrap_or(0)
+        < 20
+    {
+        assert!(Instant::now() < until, "nothing issued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = server.0.id().to_string();
+    let o = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let until = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "serve did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    drop(server);
+    let half = ca.sql_query(
+        "SELECT COUNT(*) FROM certificates WHERE state IN ('reserved', 'issuing', 'abandoned')",
+    );
+    assert_eq!(half.trim(), "0", "an issuance was cut off by the stop");
+    let issuing = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM batch_rows WHERE batch_id = '{batch}' AND state = 'issuing'"
+    ));
+    assert_eq!(issuing.trim(), "0");
+    let mid = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM batch_rows WHERE batch_id = '{batch}' AND state = 'issued'"
+    ));
+    assert!(
+        mid.trim().parse::<usize>().unwrap() < n,
+        "the batch finished before the stop: make it bigger"
+    );
+    let server = crate::serve::start(&ca);
+    let s = wait_done(&server.1, &token, &batch, 300);
+    assert_eq!(s["counts"]["issued"], n, "{}", s["counts"]);
+    assert_each_row_issued_once(&ca, &batch, n);
+    drop(server);
+    ca.audit_ok();
+}
