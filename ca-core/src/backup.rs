@@ -961,20 +961,7 @@ async fn restore_into(
         .execute(&mut *tx)
         .await?;
     }
-    // Every CA, whether or not it has published a CRL yet (a missing row would start at 1).
-    sqlx::query(
-        // (`WHERE true`: SQLite's parser needs it between a SELECT and ON CONFLICT.)
-        "INSERT INTO crl_numbers (issuer, last) SELECT name, $1 FROM cas WHERE true \
-         ON CONFLICT (issuer) DO UPDATE SET last = CASE WHEN crl_numbers.last < excluded.last \
-         THEN excluded.last ELSE crl_numbers.last END",
-    )
-    .bind(floor)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE crl_numbers SET last = $1 WHERE last < $1")
-        .bind(floor)
-        .execute(&mut *tx)
-        .await?;
+    store.raise_crl_number_floor_in(&mut tx, floor).await?;
     store
         .audit(
             &mut tx,
@@ -1078,6 +1065,33 @@ async fn run_tool(
         .map_err(io(format!(
             "running {name} (Debian package postgresql-client)"
         )))
+}
+
+/// `ecert crl floor`: moves every CA's next CRLNumber past the current time in milliseconds
+/// (and past every number held), audited (`crl.number_floor_raised`). For a DR site after it
+/// promoted an asynchronous replica, which may lack CRLs the lost primary published
+/// (docs/OPERATIONS.md "Disaster recovery"). Returns the floor.
+pub async fn raise_crl_number_floor(store: &Store, actor: &str) -> Result<i64> {
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let mut tx = store.begin().await?;
+    let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(last) FROM crl_numbers")
+        .fetch_one(&mut *tx)
+        .await?;
+    let floor = now_ms.max(highest.unwrap_or(0) + 1);
+    store.raise_crl_number_floor_in(&mut tx, floor).await?;
+    store
+        .audit(
+            &mut tx,
+            &crate::audit::Event {
+                kind: "crl.number_floor_raised",
+                actor: actor.into(),
+                subject: None,
+                detail: serde_json::json!({ "floor": floor }),
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(floor)
 }
 
 /// What [`reapply_crls`] did.

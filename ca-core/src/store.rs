@@ -1488,6 +1488,25 @@ impl Store {
 
     /// Records that `serial`'s CA changed revocation status now (same transaction), and queues
     /// a new OCSP response for it.
+    /// Moves every CA's CRLNumber (also one that has published no CRL yet: a missing row would
+    /// start at 1) to at least `floor`, inside `tx`.
+    pub async fn raise_crl_number_floor_in(&self, tx: &mut Tx, floor: i64) -> Result<()> {
+        sqlx::query(
+            // (`WHERE true`: SQLite's parser needs it between a SELECT and ON CONFLICT.)
+            "INSERT INTO crl_numbers (issuer, last) SELECT name, $1 FROM cas WHERE true \
+             ON CONFLICT (issuer) DO UPDATE SET last = CASE WHEN crl_numbers.last < excluded.last \
+             THEN excluded.last ELSE crl_numbers.last END",
+        )
+        .bind(floor)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE crl_numbers SET last = $1 WHERE last < $1")
+            .bind(floor)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Records a serial this CA is known to have revoked but holds no certificate of — one a
     /// CRL of the lost machine lists that was issued after the backup a restore came from
     /// ([`crate::backup::reapply_crls`]): an `abandoned` row (a certificate may exist; never

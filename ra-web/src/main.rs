@@ -581,6 +581,11 @@ enum CrlCommand {
         /// A CA name for its full CRL (`individual`), or `<ca>-p<k>` for partition k.
         name: String,
     },
+    /// Move every CA's next CRLNumber past the current time in milliseconds (and past every
+    /// number held): at a DR site, after promoting a replica that may lack CRLs the lost
+    /// primary published, before starting the signer (docs/OPERATIONS.md "Disaster
+    /// recovery").
+    Floor,
 }
 
 #[derive(Debug, Subcommand)]
@@ -884,6 +889,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Config(_) | Command::Key(KeyCommand::DebianList(_)) => Ok(()),
             Command::Revoke(args) => revoke(*args).await,
             Command::Crl(CrlCommand::Publish { cas }) => crl_publish(config, cas).await,
+            Command::Crl(CrlCommand::Floor) => {
+                let store = open_store(&config).await?;
+                let floor = ca_core::backup::raise_crl_number_floor(&store, &actor()).await?;
+                outln!("every CA's next CRLNumber is above {floor}");
+                Ok(())
+            }
             Command::Serve(args) => serve::serve(config, args).await,
             Command::Perspective(PerspectiveCommand::Serve(args)) => {
                 perspective::serve(config.dcv.clone(), args).await

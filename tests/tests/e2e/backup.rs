@@ -34,7 +34,7 @@ fn age_key(ca: &Ca, name: &str) -> (PathBuf, String) {
 }
 
 /// The CRLNumber of a DER CRL, read by openssl.
-fn crl_number(ca: &Ca, der: &[u8]) -> u128 {
+pub(crate) fn crl_number(ca: &Ca, der: &[u8]) -> u128 {
     let file = ca.file("drill.crl");
     std::fs::write(&file, der).unwrap();
     let o = Command::new("openssl")

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ecert_e2e::*;
 
+use crate::backup::crl_number;
 use crate::common::*;
 use crate::serve::{get, start};
 
@@ -35,7 +36,9 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
     );
     let issuer = ca.export("individual").path;
     let until = Instant::now() + Duration::from_secs(30);
-    while !crate::ra::ocsp_status(&ca, &signer.1, &issuer, &revoked.cert.path).contains(": revoked")
+    // (Not yet signed is `unauthorized`: asked again until revoked.)
+    while !openssl_ocsp_answer(&signer.1, &issuer, &revoked.cert.path, &ca.roots_bundle())
+        .contains(": revoked")
     {
         assert!(Instant::now() < until, "the revocation did not reach OCSP");
         std::thread::sleep(Duration::from_millis(200));
@@ -67,6 +70,9 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
     );
     assert_eq!(dr.query("ecert", "SELECT pg_is_in_recovery()"), "t");
 
+    // The last CRL relying parties got from the primary site.
+    let (_, _, crl) = get(&signer.1, "/crl/individual.crl");
+    let published = crl_number(&ca, &crl);
     // The primary site is lost.
     drop(signer);
     primary.crash();
@@ -75,6 +81,13 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
     dr.promote();
     assert_eq!(dr.query("ecert", "SELECT pg_is_in_recovery()"), "f");
     ca.use_database(&dr.url("ecert"));
+    // The replica may lack CRLs the primary published after its last replayed commit: every
+    // CA's next CRLNumber is moved past anything it could have published.
+    let out = ca.ecert_ok(&["crl", "floor"]);
+    assert!(out.contains("next CRLNumber is above"), "{out}");
+    let cas = ca.sql_query("SELECT COUNT(*) FROM cas");
+    let floored = ca.sql_query("SELECT COUNT(*) FROM crl_numbers WHERE last > 1000000000000");
+    assert_eq!(floored.trim(), cas.trim());
     let dr_dir = ca.file("dr-site");
     copy_dir(ca.data_dir(), &dr_dir);
     let dr_signer = crate::serve::start_in(&ca, &dr_dir, &[]);
@@ -110,6 +123,21 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
         assert!(
             Instant::now() < until,
             "the DR site did not publish the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The DR site's CRL follows the primary's in number.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, crl) = get(&d, "/crl/individual.crl");
+        let n = crl_number(&ca, &crl);
+        if n > 1_000_000_000_000 {
+            assert!(n > published);
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no CRL from the DR site (number {n})"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
