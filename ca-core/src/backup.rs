@@ -1154,6 +1154,12 @@ pub async fn reapply_crls(
                 f.display()
             )));
         };
+        if ca.id.is_root() {
+            return Err(refused(format!(
+                "{}: a root's CRL lists CA certificates, which are revoked in a key ceremony: give the issuing CAs' CRLs",
+                f.display()
+            )));
+        }
         let ca_not_after = ca_cert.validity().not_after.timestamp();
         let partitions = config.crl.partitions_of(ca.id.role);
         for entry in crl.iter_revoked_certificates() {
@@ -1167,6 +1173,10 @@ pub async fn reapply_crls(
                 .unwrap_or(Reason::Unspecified);
             match store.certificate(&s.to_hex()).await? {
                 None => {
+                    // A hold on the lost machine cannot be released here (the certificate is
+                    // unknown): it is recorded as a revocation, which never comes undone.
+                    let held = reason == Reason::CertificateHold;
+                    let reason = if held { Reason::Unspecified } else { reason };
                     let event = crate::audit::Event {
                         kind: "certificate.revoked_unknown",
                         actor: actor.into(),
@@ -1174,6 +1184,7 @@ pub async fn reapply_crls(
                         detail: serde_json::json!({
                             "issuer": ca.id.name(),
                             "reason": reason.code(),
+                            "held_on_the_lost_machine": held,
                             "from_crl": hex::encode(Sha256::digest(&der)),
                         }),
                     };

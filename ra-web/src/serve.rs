@@ -419,11 +419,12 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
-    if let Some(b) = batches {
-        if tokio::time::timeout(BATCH_STOP_WAIT, b).await.is_err() {
+    if let Some(mut b) = batches {
+        if tokio::time::timeout(BATCH_STOP_WAIT, &mut b).await.is_err() {
+            b.abort();
             tracing::warn!(
                 seconds = BATCH_STOP_WAIT.as_secs(),
-                "the batch issuer's pass did not end in time: cut off"
+                "the batch issuer's chunk did not end in time: cut off"
             );
         }
     }

@@ -229,7 +229,8 @@ pub const REVOCATIONS_PER_HOUR: i64 = 30;
 async fn within_revocation_budget(auth: &Authority, staff: &StaffSession) -> Result<()> {
     let made: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM audit_log WHERE at >= $1 AND actor = $2 \
-         AND kind IN ('certificate.revoked', 'certificate.held', 'certificate.revocation_reason_updated')",
+         AND kind IN ('certificate.revoked', 'certificate.held', 'certificate.revocation_reason_updated', \
+         'certificate.revoked_unknown')",
     )
     .bind(now() - 3600)
     .bind(format!("staff:{}", staff.username))
@@ -407,6 +408,14 @@ pub async fn revoke_surfaced(
         .ok_or_else(|| invalid("certificate", "not a PEM certificate"))?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
         .map_err(|_| invalid("certificate", "not a certificate"))?;
+    // A subscriber's certificate only: a CA certificate is revoked in a ceremony, on its
+    // root's CRL (docs/CEREMONY.md), never here.
+    if cert.is_ca() {
+        return Err(invalid(
+            "certificate",
+            "a CA certificate: CAs are revoked in a key ceremony",
+        ));
+    }
     if SerialNumber::from_be_bytes(cert.raw_serial()).map(|c| c.to_hex()) != Some(hex.clone()) {
         return Err(invalid(
             "certificate",
@@ -420,7 +429,7 @@ pub async fn revoke_surfaced(
         ));
     }
     let cas = store.cas().await?;
-    let issuer = cas.iter().find(|c| {
+    let issuer = cas.iter().filter(|c| !c.id.is_root()).find(|c| {
         x509_parser::certificate::X509Certificate::from_der(&c.cert_der).is_ok_and(|(_, ca)| {
             ca.subject().as_raw() == cert.issuer().as_raw()
                 && cert

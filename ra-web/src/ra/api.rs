@@ -1345,7 +1345,7 @@ pub struct StatusChangeRequest {
     release: bool,
     /// The certificate (PEM), to revoke one this CA signed that its database does not hold —
     /// issued after the backup the CA was restored from (docs/OPERATIONS.md "Backup and
-    /// restore"). Officers and admins only; a revocation, never a hold.
+    /// restore"). Officers only (CA-level staff who may revoke); a revocation, never a hold.
     #[serde(default)]
     certificate: Option<String>,
 }

@@ -169,6 +169,14 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         &ca.csr("surfacing", KeyType::P256).csr,
         "surfaces after the restore",
     );
+    // Issued after the backup and put on hold there (a hold this copy cannot release).
+    let held_lost = crate::apply::issue(
+        &ca,
+        &personal(),
+        &ca.csr("held-lost", KeyType::P256).csr,
+        "held after the backup",
+    );
+    crate::apply::revoke_ok(&ca, &["--serial", &held_lost.serial, "--hold"]);
     // Revoked after the backup: one the backup holds, and the one issued after it.
     crate::apply::revoke_ok(
         &ca,
@@ -189,6 +197,7 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         let text = openssl_crl_text(&ca.file(""), &der, None).to_ascii_uppercase();
         if text.contains(&lost.serial.to_ascii_uppercase())
             && text.contains(&revoked_later.serial.to_ascii_uppercase())
+            && text.contains(&held_lost.serial.to_ascii_uppercase())
         {
             break;
         }
@@ -392,7 +401,7 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         let text = openssl_crl_text(&ca.file(""), &crl, Some(&issuer)).to_ascii_uppercase();
         let lists = |leaf: &Issued| text.contains(&leaf.serial.to_ascii_uppercase());
         if n > number_before
-            && [&revoked, &revoked_later, &lost, &kept]
+            && [&revoked, &revoked_later, &lost, &held_lost, &kept]
                 .iter()
                 .all(|l| lists(l))
         {
@@ -440,7 +449,12 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         .arg(ca.file("foreign.key"))
         .arg("-out")
         .arg(&foreign)
-        .args(["-subj", "/CN=not this CA", "-days", "30", "-set_serial"])
+        .args(["-subj", "/CN=not this CA", "-days", "30"])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-set_serial",
+        ])
         .arg(format!("0x{}", surfacing.serial))
         .output()
         .unwrap();
@@ -462,6 +476,25 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("not a certificate this CA signed"),
+        "{}",
+        show(&o)
+    );
+    // A CA certificate is never revoked this way (a ceremony does that, on its root's CRL).
+    let individual = ca.export("individual");
+    let o = crate::apply::revoke(
+        &ca,
+        &[
+            "--serial",
+            &individual.parse().raw_serial_as_string().replace(':', ""),
+            "--reason",
+            "keyCompromise",
+            "--certificate",
+            individual.path.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("a CA certificate"),
         "{}",
         show(&o)
     );
