@@ -1072,8 +1072,18 @@ async fn run_tool(
 /// promoted an asynchronous replica, which may lack CRLs the lost primary published
 /// (docs/OPERATIONS.md "Disaster recovery"). Returns the floor.
 pub async fn raise_crl_number_floor(store: &Store, actor: &str) -> Result<i64> {
-    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now_ms = now * 1000;
     let mut tx = store.begin().await?;
+    // Dated by this host's clock: refused when it is behind the newest CRL the database holds.
+    let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(this_update) FROM crls")
+        .fetch_one(&mut *tx)
+        .await?;
+    if let Some(t) = newest.filter(|t| *t > now) {
+        return Err(refused(format!(
+            "this host's clock ({now}) is behind the newest CRL's thisUpdate ({t}): set the clock first"
+        )));
+    }
     let highest: Option<i64> = sqlx::query_scalar("SELECT MAX(last) FROM crl_numbers")
         .fetch_one(&mut *tx)
         .await?;

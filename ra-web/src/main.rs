@@ -2218,9 +2218,13 @@ async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
         );
         let mut body = serde_json::json!({ "reason": reason.name() });
         if let Some(f) = &a.certificate {
-            body["certificate"] = serde_json::Value::String(
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            );
+            // PEM as it is; DER (a .cer/.der file) wrapped in PEM.
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            let text = match String::from_utf8(bytes.clone()) {
+                Ok(t) if t.contains("-----BEGIN") => t,
+                _ => pem::encode(&pem::Pem::new("CERTIFICATE", bytes)),
+            };
+            body["certificate"] = serde_json::Value::String(text);
         }
         body
     };

@@ -440,6 +440,13 @@ pub async fn revoke_surfaced(
     let Some(ca) = issuer else {
         return Err(invalid("certificate", "not a certificate this CA signed"));
     };
+    // A retired CA publishes nothing more: the revocation would reach no CRL or OCSP answer.
+    if ca.state == crate::profile::CaStatus::Retired {
+        return Err(Error::Conflict(format!(
+            "the CA {} is retired: it publishes no more CRLs or OCSP answers",
+            ca.id.name()
+        )));
+    }
     within_revocation_budget(auth, staff).await?;
     let partitions = auth.config().crl.partitions_of(ca.id.role);
     let event = crate::audit::Event {

@@ -506,7 +506,17 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         show(&o)
     );
     assert!(unknown(&surfacing), "a refused request changed something");
-    let o = with_cert(&surfacing.cert.path);
+    // Given as DER (a .cer file), as relying parties often hold it.
+    let der = ca.file("surfacing.cer");
+    let o = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&surfacing.cert.path)
+        .arg("-out")
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let o = with_cert(&der);
     assert!(o.status.success(), "{}", show(&o));
     // Its response is signed within a second or so (unauthorized until then).
     let raw = answer;
