@@ -163,6 +163,19 @@ pub(crate) fn status(addr: &str, token: &str, id: &str) -> serde_json::Value {
     s
 }
 
+/// Waits (up to 60 s) until at least `at_least` rows of `batch` are issued.
+pub(crate) fn wait_issued(addr: &str, token: &str, batch: &str, at_least: i64) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while status(addr, token, batch)["counts"]["issued"]
+        .as_i64()
+        .unwrap_or(0)
+        < at_least
+    {
+        assert!(Instant::now() < until, "nothing issued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub(crate) fn wait_done(addr: &str, token: &str, id: &str, secs: u64) -> serde_json::Value {
     let until = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -466,17 +479,7 @@ fn a_batch_survives_kill_9_with_no_duplicate_and_no_gap() {
     let confirmed = as_officer("e2e-officer2", &["proposal", "confirm", &proposal]);
     assert!(confirmed.contains("400 rows queued"), "{confirmed}");
     // Killed once some, not all, are issued.
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let issued = status(&addr, &token, &batch)["counts"]["issued"]
-            .as_i64()
-            .unwrap_or(0);
-        if issued >= 20 {
-            break;
-        }
-        assert!(Instant::now() < until, "nothing issued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_issued(&addr, &token, &batch, 20);
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     drop(server);
@@ -880,29 +883,8 @@ fn a_signer_stopped_during_a_batch_leaves_nothing_half_issued() {
         &ca,
         serde_json::json!({ "kind": "batch_approval", "batch": batch }),
     );
-    let until = Instant::now() + Duration::from_secs(60);
-    while status(&addr, &token, &batch)["counts"]["issued"]
-        .as_i64()
-        .unwrap_or(0)
-        < 20
-    {
-        assert!(Instant::now() < until, "nothing issued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = server.0.id().to_string();
-    let o = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let until = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < until, "serve did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    wait_issued(&addr, &token, &batch, 20);
+    let exit = crate::serve::terminate(&mut server, 60);
     assert!(exit.success(), "{exit:?}");
     drop(server);
     let half = ca.sql_query(

@@ -196,17 +196,7 @@ fn a_rolling_restart_of_the_public_instances_fails_no_request() {
         // Each instance in turn: SIGTERM, it drains and exits; started again on its port.
         for (k, port) in ports.iter().enumerate() {
             let before = ok.load(Ordering::Relaxed);
-            let pid = instances[k].0.id().to_string();
-            let o = Command::new("kill").args(["-TERM", &pid]).output().unwrap();
-            assert!(o.status.success());
-            let until = Instant::now() + Duration::from_secs(30);
-            let exit = loop {
-                if let Some(st) = instances[k].0.try_wait().unwrap() {
-                    break st;
-                }
-                assert!(Instant::now() < until, "instance {k} did not stop");
-                std::thread::sleep(Duration::from_millis(50));
-            };
+            let exit = crate::serve::terminate(&mut instances[k], 30);
             assert!(exit.success(), "instance {k} exited {exit:?}");
             instances[k] = public_instance(&ca, *port, &signer.1);
             wait_ready(&format!("127.0.0.1:{port}"));

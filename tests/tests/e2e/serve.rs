@@ -107,6 +107,24 @@ pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
     spawn_listening(ca.command(&args, &[]), Stdio::null())
 }
 
+/// Sends SIGTERM to `server` and waits (up to `secs`) for it to exit; its exit status.
+pub fn terminate(server: &mut Server, secs: u64) -> std::process::ExitStatus {
+    let pid = server.0.id().to_string();
+    let o = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < until, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// [`start_with`] on another data directory of the installation (a copy, as on another host).
 pub fn start_in(ca: &Ca, dir: &std::path::Path, extra: &[&str]) -> Server {
     let mut args = vec![
@@ -607,20 +625,7 @@ fn the_service_start_and_stop_are_audited() {
     let mut server = start(&ca);
     let (status, _, _) = get(&server.1, "/healthz");
     assert!(status == 200 || status == 503);
-    let pid = server.0.id().to_string();
-    let o = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = terminate(&mut server, 20);
     assert!(exit.success(), "{exit:?}");
     let rows =
         ca.sql_query("SELECT kind, detail FROM audit_log WHERE kind LIKE 'service.%' ORDER BY seq");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ecert_e2e::*;
 
-use crate::bulk::{csrs, organisation_ready, row, status, submit, wait_done};
+use crate::bulk::{csrs, organisation_ready, row, submit, wait_done};
 use crate::ra::api;
 use crate::serve::{get, healthz, start, start_with};
 
@@ -110,15 +110,7 @@ fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice
         &ca,
         serde_json::json!({ "kind": "batch_approval", "batch": batch }),
     );
-    let until = Instant::now() + Duration::from_secs(60);
-    while status(&a, &token, &batch)["counts"]["issued"]
-        .as_i64()
-        .unwrap_or(0)
-        < 20
-    {
-        assert!(Instant::now() < until, "nothing issued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::bulk::wait_issued(&a, &token, &batch, 20);
 
     // Revocations stream through the kill: from the command line (any process may revoke;
     // the signer publishes), before, during and after the takeover.
