@@ -1238,6 +1238,16 @@ impl Authority {
                 },
             );
         }
+        // The signer (not a root-CRL ceremony beside it) takes the next epoch once its keys are
+        // open — a standby that cannot open them does not depose a working signer — and before
+        // its first write (the vaults below audit their opening): a deposed signer frozen in a
+        // transaction holds rows this process would otherwise wait on for ever (the audit
+        // head); the epoch's increment ends that transaction ([`Store::take_signer_epoch`]).
+        // From here on, a process that signed before this one can write nothing more.
+        let store = match lock {
+            Some(_) => store.take_signer_epoch(&process_name()).await?,
+            None => store,
+        };
         // Made here for data directories whose `init` predates the staff-auth key.
         let staff_keys = Arc::new(
             crate::custody::open_staff_vault(&ca_token, &store, "system:start", true).await?,
@@ -1272,14 +1282,6 @@ impl Authority {
         let debian_weak = match &config.keys.debian_weak_dir {
             Some(dir) => crate::keys::debian::DebianWeakKeys::load(dir)?,
             None => Default::default(),
-        };
-        // The signer (not a root-CRL ceremony beside it) takes the next epoch once its keys are
-        // open — a standby that cannot open them does not depose a working signer — and before
-        // anything it makes holds the store: from here on, a process that signed before it can
-        // write nothing more.
-        let store = match lock {
-            Some(_) => store.take_signer_epoch(&process_name()).await?,
-            None => store,
         };
         let writer = Committer::start(store.clone());
         let hsm_slots = Arc::new(tokio::sync::Semaphore::new(config.hsm.pool_size));

@@ -1122,8 +1122,9 @@ pub struct Reapplied {
 /// servers) is verified under its issuer in the restored database, and each serial it lists
 /// that the restored database holds unrevoked is revoked again, by `actor`, with the CRL's
 /// reason (RFC 5280 §5.3.1: a revocation is never undone). Serials the database does not hold
-/// are recorded as revoked unknown certificates, kept on the CRLs until the issuing CA expires,
-/// and returned.
+/// — or holds only as a request the lost machine went on to sign (`reserved`, `issuing`,
+/// `failed`) — are recorded as revoked unknown certificates, kept on the CRLs until the
+/// issuing CA expires, and returned. A retired CA's or a root's CRL is refused.
 pub async fn reapply_crls(
     config: &Config,
     store: &Store,
@@ -1164,6 +1165,13 @@ pub async fn reapply_crls(
                 f.display()
             )));
         };
+        if ca.state == crate::profile::CaStatus::Retired {
+            return Err(refused(format!(
+                "{}: the {} CA is retired: it publishes no more CRLs or OCSP answers",
+                f.display(),
+                ca.id.name()
+            )));
+        }
         if ca.id.is_root() {
             return Err(refused(format!(
                 "{}: a root's CRL lists CA certificates, which are revoked in a key ceremony: give the issuing CAs' CRLs",
@@ -1181,8 +1189,12 @@ pub async fn reapply_crls(
                 .reason_code()
                 .and_then(|(_, r)| Reason::from_code(i64::from(r.0)))
                 .unwrap_or(Reason::Unspecified);
-            match store.certificate(&s.to_hex()).await? {
-                None => {
+            use crate::store::CertState;
+            let known = store.certificate(&s.to_hex()).await?;
+            match known.as_ref().map(|c| c.state) {
+                // Unknown here, or known only as a request the lost machine went on to sign
+                // after the backup (`reserved`, `issuing` or `failed` here): recorded revoked.
+                None | Some(CertState::Reserved | CertState::Issuing | CertState::Failed) => {
                     // A hold on the lost machine cannot be released here (the certificate is
                     // unknown): it is recorded as a revocation, which never comes undone.
                     let held = reason == Reason::CertificateHold;
@@ -1195,6 +1207,7 @@ pub async fn reapply_crls(
                             "issuer": ca.id.name(),
                             "reason": reason.code(),
                             "held_on_the_lost_machine": held,
+                            "state_in_the_backup": known.as_ref().map(|c| c.state.to_string()),
                             "from_crl": hex::encode(Sha256::digest(&der)),
                         }),
                     };
@@ -1206,14 +1219,16 @@ pub async fn reapply_crls(
                             ca_not_after,
                             reason.code(),
                             entry.revocation_date.timestamp(),
+                            None,
                             &event,
                         )
                         .await?;
                     out.unknown.push(s.to_hex());
                 }
-                Some(c)
-                    if c.revocation_reason.is_some()
-                        || c.state == crate::store::CertState::Abandoned =>
+                Some(_)
+                    if known.as_ref().is_some_and(|c| {
+                        c.revocation_reason.is_some() || c.state == CertState::Abandoned
+                    }) =>
                 {
                     out.already += 1
                 }

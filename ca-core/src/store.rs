@@ -110,6 +110,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (43, "published_email_lower", include_str!("../../migrations/sqlite/0043_published_email_lower.sql")),
     (44, "signer_epoch", include_str!("../../migrations/sqlite/0044_signer_epoch.sql")),
     (45, "signer_lease", include_str!("../../migrations/sqlite/0045_signer_lease.sql")),
+    (46, "consent", include_str!("../../migrations/sqlite/0046_consent.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -158,6 +159,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (43, "published_email_lower", include_str!("../../migrations/postgres/0043_published_email_lower.sql")),
     (44, "signer_epoch", include_str!("../../migrations/postgres/0044_signer_epoch.sql")),
     (45, "signer_lease", include_str!("../../migrations/postgres/0045_signer_lease.sql")),
+    (46, "consent", include_str!("../../migrations/postgres/0046_consent.sql")),
 ];
 
 row! {
@@ -1509,10 +1511,21 @@ impl Store {
 
     /// Records a serial this CA is known to have revoked but holds no certificate of — one a
     /// CRL of the lost machine lists that was issued after the backup a restore came from
-    /// ([`crate::backup::reapply_crls`]): an `abandoned` row (a certificate may exist; never
-    /// `good`) with the CRL's reason and date, kept on the CRLs until `not_after` (the issuing
-    /// CA's, a bound on the unknown certificate's), its OCSP response and CRLs queued like any
-    /// status change. Returns false if the serial is known already.
+    /// ([`crate::backup::reapply_crls`]), or one that surfaced later
+    /// ([`crate::ra::revoke_surfaced`]): an `abandoned` row (a certificate may exist; never
+    /// `good`) with the reason and date, kept on the CRLs until `not_after` (the certificate's,
+    /// or the issuing CA's as a bound on an unknown one's), its OCSP response and CRLs queued
+    /// like any status change.
+    ///
+    /// `key_fp` is the certificate's key when it is at hand (so a keyCompromise can block it);
+    /// without it, a fingerprint no key has.
+    ///
+    /// A row the backup holds that the lost machine went on to sign — `reserved`, `issuing` or
+    /// `failed` here, since the restored database never saw the signature — becomes the same
+    /// revoked `abandoned` row, keeping its own key, profile and dates. A row recorded before
+    /// without its key (profile `unknown`) takes the key now given; its revocation date and
+    /// reason stay. Returns false, changing nothing, for any other known serial (an issued
+    /// certificate is revoked by serial), or one of another issuer.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_revoked_unknown(
         &self,
@@ -1522,19 +1535,31 @@ impl Store {
         not_after: i64,
         reason: i64,
         revoked_at: i64,
+        key_fp: Option<&[u8; 32]>,
         event: &Event,
     ) -> Result<bool> {
         use sha2::Digest;
         let mut tx = self.begin().await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        // A key fingerprint no key has: this row blocks and matches no key.
-        let key_fp = sha2::Sha256::digest(format!("ecert-unknown-serial:{serial}")).to_vec();
-        let inserted = sqlx::query(
+        let key_fp = key_fp.map_or_else(
+            // A key fingerprint no key has: this row blocks and matches no key.
+            || sha2::Sha256::digest(format!("ecert-unknown-serial:{serial}")).to_vec(),
+            |k| k.to_vec(),
+        );
+        let changed = sqlx::query(
             "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, \
              reserved_at, updated_at, not_after, revoked_at, revocation_reason, crl_partition, failure) \
              VALUES ($1, $2, 'abandoned', 'unknown', 0, $3, '{}', $4, $4, $5, $6, $7, $8, \
              'revoked by the lost machine after the backup this CA was restored from') \
-             ON CONFLICT (serial) DO NOTHING",
+             ON CONFLICT (serial) DO UPDATE SET state = 'abandoned', updated_at = excluded.updated_at, \
+             revoked_at = COALESCE(certificates.revoked_at, excluded.revoked_at), \
+             revocation_reason = COALESCE(certificates.revocation_reason, excluded.revocation_reason), \
+             not_after = COALESCE(certificates.not_after, excluded.not_after), \
+             crl_partition = COALESCE(certificates.crl_partition, excluded.crl_partition), \
+             key_fp = CASE WHEN certificates.profile = 'unknown' THEN excluded.key_fp ELSE certificates.key_fp END, \
+             failure = excluded.failure \
+             WHERE certificates.issuer = excluded.issuer \
+             AND (certificates.state IN ('reserved', 'issuing', 'failed') OR certificates.profile = 'unknown')",
         )
         .bind(serial)
         .bind(issuer)
@@ -1547,7 +1572,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 0 {
+        if changed == 0 {
             return Ok(false);
         }
         self.note_status_change(&mut tx, serial).await?;
@@ -2978,6 +3003,121 @@ pub(crate) async fn test_store() -> (tempfile::TempDir, Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17: a serial the lost machine revoked after the backup is recorded revoked whatever
+    /// the backup left it as — unknown, or reserved / issuing / failed (the restore aborted on
+    /// those before) — while an issued certificate is left to the revocation path; a row
+    /// recorded without its key takes the key of the certificate when it surfaces.
+    #[tokio::test]
+    async fn a_serial_revoked_after_the_backup_is_recorded_whatever_the_backup_left() {
+        let (_dir, store) = test_store().await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for (serial, state) in [
+            ("0b", "reserved"),
+            ("0c", "issuing"),
+            ("0d", "failed"),
+            ("0e", "issued"),
+        ] {
+            sqlx::query(
+                "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, \
+                 updated_at, not_after, crl_partition) VALUES ($1, 'individual', $2, 'personal', 2, $3, '{}', $4, $4, $5, 1)",
+            )
+            .bind(serial)
+            .bind(state)
+            .bind(serial.as_bytes().to_vec())
+            .bind(now - 100)
+            .bind((state != "reserved").then_some(now + 86_400))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        let event = |serial: &str| Event {
+            kind: "certificate.revoked_unknown",
+            actor: "test".into(),
+            subject: Some(serial.into()),
+            detail: serde_json::json!({}),
+        };
+        let record = |serial: &'static str, issuer: &'static str, key: Option<[u8; 32]>| {
+            let store = store.clone();
+            async move {
+                store
+                    .record_revoked_unknown(
+                        serial,
+                        issuer,
+                        Some(3),
+                        now + 999,
+                        1,
+                        now - 50,
+                        key.as_ref(),
+                        &event(serial),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        for serial in ["0a", "0b", "0c", "0d"] {
+            assert!(record(serial, "individual", None).await, "{serial}");
+        }
+        // An issued certificate is revoked by serial; another issuer's row is not this one.
+        assert!(!record("0e", "individual", None).await);
+        assert!(!record("0a", "organisational", None).await);
+        let row = |serial: &'static str| {
+            let store = store.clone();
+            async move {
+                sqlx::query_as::<_, (String, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Vec<u8>)>(
+                    "SELECT state, profile, revocation_reason, revoked_at, not_after, crl_partition, key_fp \
+                     FROM certificates WHERE serial = $1",
+                )
+                .bind(serial)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+            }
+        };
+        for serial in ["0b", "0c", "0d"] {
+            let (state, profile, reason, at, not_after, partition, key) = row(serial).await;
+            assert_eq!(
+                (state.as_str(), profile.as_str(), reason, at),
+                ("abandoned", "personal", Some(1), Some(now - 50)),
+                "{serial}"
+            );
+            // Its own dates, partition and key stay; a reserved row had no notAfter yet.
+            let want_after = if serial == "0b" {
+                now + 999
+            } else {
+                now + 86_400
+            };
+            assert_eq!(
+                (not_after, partition, key),
+                (Some(want_after), Some(1), serial.as_bytes().to_vec()),
+                "{serial}"
+            );
+        }
+        let (state, _, reason, _, _, _, _) = row("0e").await;
+        assert_eq!((state.as_str(), reason), ("issued", None));
+        // Every change reaches OCSP and the CRLs.
+        let queued: Vec<String> =
+            sqlx::query_scalar("SELECT serial FROM ocsp_pending ORDER BY serial")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(queued, ["0a", "0b", "0c", "0d"]);
+        // The unknown one surfaces: its key is recorded, its revocation unchanged.
+        let key = [7u8; 32];
+        assert!(record("0a", "individual", Some(key)).await);
+        let (state, profile, reason, at, _, partition, fp) = row("0a").await;
+        assert_eq!(
+            (state.as_str(), profile.as_str(), reason, at, partition, fp),
+            (
+                "abandoned",
+                "unknown",
+                Some(1),
+                Some(now - 50),
+                Some(3),
+                key.to_vec()
+            )
+        );
+    }
 
     /// Issue 17: a signer that lost the lock to a standby writes nothing more — in particular
     /// not a `good` OCSP response it signed before the revocation over the new signer's

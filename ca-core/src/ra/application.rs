@@ -23,8 +23,13 @@ use crate::profile::{Profile, ProfileKind, SubjectData};
 use crate::row::row;
 use crate::store::Store;
 
-/// Version of the value-added-notices consent wording shown on the form.
+/// Version of the value-added-notices consent wording shown on the form and the tracking page
+/// (the texts `consent` and `notices_*`: a change of wording is a new version).
 pub const CONSENT_WORDING: &str = "notices-v1";
+
+/// Version of the directory-publication consent wording (the texts `publish_in_directory`
+/// and `directory_*`).
+pub const DIRECTORY_WORDING: &str = "directory-v1";
 
 /// An application as typed into the form (or by a clerk from a paper form).
 ///
@@ -450,10 +455,14 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
                 super::directory::NOT_PUBLISHABLE,
             ));
         }
-        sqlx::query("UPDATE applications SET publish = 1 WHERE id = $1")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE applications SET publish = 1, publish_wording = $2, publish_at = $3 WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(DIRECTORY_WORDING)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
     }
     if profile.kind != ProfileKind::Personal {
         let server = profile.kind == ProfileKind::Server;
@@ -484,7 +493,7 @@ pub async fn submit(auth: &Authority, a: NewApplication) -> Result<Submitted> {
                     .as_ref()
                     .map_or_else(|| format!("citizen:{reference}"), |u| format!("staff:{u}")),
                 subject: Some(id.clone()),
-                detail: json!({ "reference": reference, "profile": a.profile, "outlet": a.outlet, "consent_notices": a.consent_notices, "consent_wording": CONSENT_WORDING, "published": a.publish_in_directory }),
+                detail: json!({ "reference": reference, "profile": a.profile, "outlet": a.outlet, "consent_notices": a.consent_notices, "consent_wording": CONSENT_WORDING, "published": a.publish_in_directory, "publish_wording": a.publish_in_directory.then_some(DIRECTORY_WORDING) }),
             },
         )
         .await?;
@@ -568,6 +577,12 @@ pub struct CitizenView {
     pub reminders: bool,
     /// The certificate is published in the directory.
     pub published: bool,
+    /// When publication was last chosen or withdrawn, Unix seconds (never: `None`).
+    pub published_at: Option<i64>,
+    /// The subscriber consents to value-added notices.
+    pub notices: bool,
+    /// When that consent was last given or withdrawn, Unix seconds.
+    pub notices_at: i64,
 }
 
 row! {
@@ -584,6 +599,9 @@ row! {
         issue_failed: i64,
         reminders_off: i64,
         publish: i64,
+        publish_at: Option<i64>,
+        consent_notices: i64,
+        consent_at: i64,
     }
 }
 
@@ -594,7 +612,7 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
         "SELECT reference, profile, state, outlet, certificate, rejected_reason, email_confirmed_at, version, \
          CAST(CASE WHEN email_code_hash IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS code_pending, \
          CAST(CASE WHEN issue_error IS NOT NULL THEN 1 ELSE 0 END AS BIGINT) AS issue_failed, \
-         reminders_off, publish \
+         reminders_off, publish, publish_at, consent_notices, consent_at \
          FROM applications WHERE id = $1",
     )
     .bind(&id)
@@ -619,6 +637,9 @@ pub async fn track(store: &Store, reference: &str, secret: &str) -> Result<Citiz
         code_pending: r.code_pending != 0,
         reminders: r.reminders_off == 0,
         published: r.publish != 0,
+        published_at: r.publish_at,
+        notices: r.consent_notices != 0,
+        notices_at: r.consent_at,
     })
 }
 
@@ -628,12 +649,18 @@ pub enum Choice {
     /// Expiry reminders by mail ([`super::reminders`]).
     Reminders,
     /// Publication in the public directory ([`super::directory`]): a personal certificate
-    /// only, by its holder.
+    /// only, by its holder. A consent: recorded with its time and wording version.
     Directory,
+    /// Value-added notices about e-Cert services ([`super::notices`]): a consent, recorded
+    /// with its time and wording version.
+    Notices,
 }
 
 /// The subscriber turns a [`Choice`] on or off (the tracking page: reference and tracking
-/// secret). Audited (`ra.reminders.changed`, `ra.directory.changed`).
+/// secret). A consent (directory, notices) is recorded with the time and the version of the
+/// wording shown ([`DIRECTORY_WORDING`], [`CONSENT_WORDING`]). Audited
+/// (`ra.reminders.changed`, `ra.directory.changed`, `ra.notices.changed`), with the wording
+/// version for a consent.
 pub async fn set_choice(
     store: &Store,
     reference: &str,
@@ -649,9 +676,14 @@ pub async fn set_choice(
             json!({ "reminders": on }),
         ),
         Choice::Directory => (
-            "UPDATE applications SET publish = $2 WHERE id = $1",
+            "UPDATE applications SET publish = $2, publish_wording = $3, publish_at = $4 WHERE id = $1",
             "ra.directory.changed",
-            json!({ "published": on }),
+            json!({ "published": on, "wording": DIRECTORY_WORDING }),
+        ),
+        Choice::Notices => (
+            "UPDATE applications SET consent_notices = $2, consent_wording = $3, consent_at = $4 WHERE id = $1",
+            "ra.notices.changed",
+            json!({ "consent": on, "wording": CONSENT_WORDING }),
         ),
     };
     if choice == Choice::Directory && on {
@@ -663,16 +695,17 @@ pub async fn set_choice(
             return Err(Error::Conflict(super::directory::NOT_PUBLISHABLE.into()));
         }
     }
-    let value = match choice {
-        Choice::Reminders => i64::from(!on),
-        Choice::Directory => i64::from(on),
+    let (value, wording) = match choice {
+        Choice::Reminders => (i64::from(!on), "not a consent"),
+        Choice::Directory => (i64::from(on), DIRECTORY_WORDING),
+        Choice::Notices => (i64::from(on), CONSENT_WORDING),
     };
     let mut tx = store.begin().await?;
-    sqlx::query(sql)
-        .bind(&id)
-        .bind(value)
-        .execute(&mut *tx)
-        .await?;
+    let mut update = sqlx::query(sql).bind(&id).bind(value);
+    if choice != Choice::Reminders {
+        update = update.bind(wording).bind(super::support::now());
+    }
+    update.execute(&mut *tx).await?;
     if choice == Choice::Directory {
         crate::ldap::queue_application(&mut tx, &id, true, super::support::now()).await?;
     }

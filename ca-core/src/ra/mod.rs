@@ -42,6 +42,7 @@ pub mod directory;
 mod domains;
 mod fee;
 mod mailbox;
+pub mod notices;
 pub mod officer;
 mod operations;
 mod outlet;
@@ -69,6 +70,7 @@ pub use application::REGISTER_COUNTRY;
 pub use application::{
     business_registration_number, certificate, certificate_chain, enter, set_choice, submit, track,
     Choice, CitizenView, NewApplication, Submitted, APPLICATION_PROFILES, CONSENT_WORDING,
+    DIRECTORY_WORDING,
 };
 pub use auditing::{audit_export, audit_records, auditing_page};
 pub use counter::{

@@ -375,11 +375,14 @@ pub async fn change_certificate_status(
 /// Revokes a certificate this CA signed that its database does not hold — one issued after the
 /// backup the CA was restored from (docs/OPERATIONS.md "Backup and restore"), surfacing later
 /// in a subscriber's or relying party's hands. The member gives the certificate itself: it
-/// must carry `serial`, be signed by one of this CA's certificates, and its serial must be
-/// unknown here. It is recorded revoked ([`crate::store::Store::record_revoked_unknown`]),
-/// kept on the CRLs until it expires, `revoked` in OCSP. CA-level staff who may revoke only
-/// (an outlet's member cannot: the certificate belongs to no outlet's application); never a
-/// hold.
+/// must carry `serial` and be signed by one of this CA's certificates, and its serial must be
+/// unknown here, known only as a request the lost machine went on to sign (`reserved`,
+/// `issuing` or `failed` here; the certificate must then carry that request's key), or
+/// recorded from the lost machine's CRL without the certificate. It is recorded revoked
+/// ([`crate::store::Store::record_revoked_unknown`]) with its key, kept on the CRLs until it
+/// expires, `revoked` in OCSP; keyCompromise blocks the key and revokes every other
+/// certificate with it. CA-level staff who may revoke only (an outlet's member cannot: the
+/// certificate belongs to no outlet's application); never a hold.
 pub async fn revoke_surfaced(
     auth: &Authority,
     staff: &StaffSession,
@@ -423,9 +426,31 @@ pub async fn revoke_surfaced(
         ));
     }
     let store = auth.store();
-    if store.certificate(&hex).await?.is_some() {
+    // Known here only as a request the lost machine went on to sign, or as a serial recorded
+    // from its CRL without the certificate: this is the certificate. Anything else known is
+    // revoked by serial.
+    let known = store.certificate(&hex).await?;
+    let leftover = known.as_ref().is_some_and(|c| {
+        use crate::store::CertState;
+        matches!(
+            c.state,
+            CertState::Reserved | CertState::Issuing | CertState::Failed
+        )
+    });
+    if known
+        .as_ref()
+        .is_some_and(|c| !leftover && c.profile != "unknown")
+    {
         return Err(Error::Conflict(
             "the CA holds this serial: revoke it by serial without the certificate".into(),
+        ));
+    }
+    let key_fp: [u8; 32] =
+        <sha2::Sha256 as sha2::Digest>::digest(cert.tbs_certificate.subject_pki.raw).into();
+    if leftover && known.as_ref().is_some_and(|c| c.key_fp != key_fp) {
+        return Err(invalid(
+            "certificate",
+            "the certificate's key is not the key of the request this CA holds for its serial",
         ));
     }
     let cas = store.cas().await?;
@@ -440,6 +465,12 @@ pub async fn revoke_surfaced(
     let Some(ca) = issuer else {
         return Err(invalid("certificate", "not a certificate this CA signed"));
     };
+    if known.as_ref().is_some_and(|c| c.issuer != ca.id.name()) {
+        return Err(invalid(
+            "certificate",
+            "another of this CA's issuers holds this serial",
+        ));
+    }
     // A retired CA publishes nothing more: the revocation would reach no CRL or OCSP answer.
     if ca.state == crate::profile::CaStatus::Retired {
         return Err(Error::Conflict(format!(
@@ -467,6 +498,7 @@ pub async fn revoke_surfaced(
             cert.validity().not_after.timestamp(),
             reason.code(),
             now(),
+            Some(&key_fp),
             &event,
         )
         .await?;
@@ -476,5 +508,24 @@ pub async fn revoke_surfaced(
         ));
     }
     tracing::info!(serial = %hex, "a certificate the CA did not hold was revoked");
-    Ok(vec![(hex, crate::revocation::Outcome::Revoked)])
+    let mut changed = vec![(hex, crate::revocation::Outcome::Revoked)];
+    // keyCompromise: the key is now known, so it is blocked and every other certificate with
+    // it revoked (BR §4.9.12), as for any revocation by an officer; a reason recorded before
+    // from the lost machine's CRL moves to keyCompromise (RFC 5280 §5.3.1).
+    if reason == crate::revocation::Reason::KeyCompromise {
+        match auth
+            .revoke_as(
+                s,
+                reason,
+                &format!("staff:{}", staff.username),
+                evidence_of(staff),
+            )
+            .await
+        {
+            Ok(more) => changed.extend(more),
+            Err(Error::AlreadyRevoked { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(changed)
 }

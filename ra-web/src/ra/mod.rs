@@ -133,6 +133,7 @@ pub fn router(state: Shared) -> Router {
         .route("/track/domains", post(track_domains))
         .route("/track/reminders", post(track_reminders))
         .route("/track/directory", post(track_directory))
+        .route("/track/notices", post(track_notices))
         .route("/directory", get(directory_page))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
@@ -1015,6 +1016,9 @@ pub struct TrackForm {
     /// The public directory: `on` or `off` (`/track/directory`).
     #[serde(default)]
     publish: String,
+    /// Value-added notices: `on` or `off` (`/track/notices`).
+    #[serde(default)]
+    notices: String,
 }
 
 #[derive(Template)]
@@ -1044,6 +1048,21 @@ struct StatusPage {
     published: bool,
     /// Its profile may be published (personal, encipherment).
     publishable: bool,
+    /// When publication was last chosen or withdrawn (empty: never).
+    published_at: String,
+    /// The subscriber consents to value-added notices.
+    notices: bool,
+    /// When that consent was last given or withdrawn.
+    notices_at: String,
+    /// The application was rejected (or purged): no choice is left to make.
+    rejected: bool,
+}
+
+/// A time as the citizen pages show it: `2026-12-03 06:40 UTC`.
+fn utc_minute(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
+        .unwrap_or_default()
 }
 
 async fn status_page(
@@ -1061,6 +1080,10 @@ async fn status_page(
             reminders: v.reminders,
             published: v.published,
             publishable: ra::directory::publishable(&v.profile),
+            published_at: v.published_at.map(utc_minute).unwrap_or_default(),
+            notices: v.notices,
+            notices_at: utc_minute(v.notices_at),
+            rejected: v.status == Status::Rejected,
             t,
             lang: lang.0,
             csrf: f.csrf.clone(),
@@ -1136,6 +1159,28 @@ async fn track_reminders(
         &f,
         ra::Choice::Reminders,
         "reminders",
+        &value,
+    )
+    .await
+}
+
+/// The subscriber consents to value-added notices, or withdraws consent.
+async fn track_notices(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    let value = f.notices.clone();
+    track_choice(
+        &s,
+        lang,
+        ip,
+        &headers,
+        &f,
+        ra::Choice::Notices,
+        "notices",
         &value,
     )
     .await

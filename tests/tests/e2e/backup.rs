@@ -530,6 +530,16 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
         surfacing.serial
     ));
     assert_eq!(audited.trim(), "1");
+    // keyCompromise: the key, known now from the certificate, is blocked for good.
+    let blocked = ca.sql_query(&format!(
+        "SELECT COUNT(*) FROM blocked_keys b JOIN certificates c ON c.key_fp = b.key_fp WHERE c.serial = '{}'",
+        surfacing.serial
+    ));
+    assert_eq!(
+        blocked.trim(),
+        "1",
+        "the surfaced certificate's key is not blocked"
+    );
 
     // New issuance works.
     let after = crate::apply::issue(

@@ -135,7 +135,16 @@ pub fn start_in(ca: &Ca, dir: &std::path::Path, extra: &[&str]) -> Server {
         "1",
     ];
     args.extend_from_slice(extra);
-    spawn_listening(ca.command_in(dir, &args, &[]), Stdio::null())
+    // Its log beside its data, for a test's failure message (`log_tail`).
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    spawn_listening(ca.command_in(dir, &args, &[]), Stdio::from(log))
+}
+
+/// The last lines of a data directory's `serve.log` ([`start_in`]).
+pub fn log_tail(dir: &std::path::Path) -> String {
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// Starts a server process and waits for its first line, `listening on http(s)://ADDR`.

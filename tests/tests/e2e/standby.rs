@@ -12,8 +12,9 @@ use crate::bulk::{csrs, organisation_ready, row, submit, wait_done};
 use crate::ra::api;
 use crate::serve::{get, healthz, start, start_with};
 
-/// Polls `addr`'s `/healthz` until its role is `role`; the time it took.
-fn wait_role(addr: &str, role: &str, secs: u64) -> Duration {
+/// Polls `addr`'s `/healthz` until its role is `role`; the time it took. `log`: the
+/// instance's data directory, whose log a failure shows.
+fn wait_role(addr: &str, role: &str, secs: u64, log: Option<&std::path::Path>) -> Duration {
     let start = Instant::now();
     loop {
         if healthz(addr)["role"] == role {
@@ -21,8 +22,9 @@ fn wait_role(addr: &str, role: &str, secs: u64) -> Duration {
         }
         assert!(
             start.elapsed() < Duration::from_secs(secs),
-            "{addr} is not {role} after {secs} s: {}",
-            healthz(addr)
+            "{addr} is not {role} after {secs} s: {}\n{}",
+            healthz(addr),
+            log.map(crate::serve::log_tail).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -133,7 +135,7 @@ fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice
             mid.trim().parse::<usize>().unwrap() < n,
             "the batch finished before the kill: make it bigger"
         );
-        wait_role(&b, "signer", 60);
+        wait_role(&b, "signer", 60, None);
         eprintln!(
             "standby takeover: {} ms from SIGKILL to signing",
             killed.elapsed().as_millis()
@@ -253,7 +255,7 @@ fn a_frozen_signer_is_deposed_after_its_lease_and_stops_when_it_wakes() {
     signal("-STOP");
     // Nobody ends the frozen signer's session by hand: the standby does, once its lease is
     // stale (10 s).
-    let took = wait_role(&b, "signer", 60);
+    let took = wait_role(&b, "signer", 60, Some(&other_host));
     assert!(
         took >= Duration::from_secs(8),
         "the standby took over before the lease ran out ({took:?})"
