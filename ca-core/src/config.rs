@@ -318,8 +318,13 @@ pub struct RaConfig {
     /// officers (docs/BULK.md "Standing authorisation"). Default: not allowed.
     pub standing_authorisation: bool,
     /// Personal data of applications that ended without a certificate (rejected, or never
-    /// completed) is purged this many days after their last change.
+    /// completed) is purged this many days after their last change (docs/PRIVACY.md).
     pub retention_days: u32,
+    /// Personal data and verification records behind an issued certificate are kept this many
+    /// days after the certificate expires, then purged (docs/PRIVACY.md). At least 730: TLS
+    /// BR and S/MIME BR §5.5.2 keep verification records two years after the certificates
+    /// relying on them expire. Default 2557 (seven years).
+    pub retention_after_expiry_days: u32,
     /// SMTP relay for notices to citizens: `host:port` (plain SMTP; point it at a local relay
     /// that forwards with TLS).
     pub smtp: String,
@@ -391,6 +396,7 @@ impl Default for RaConfig {
             reminder_days: vec![30, 7],
             standing_authorisation: false,
             retention_days: 90,
+            retention_after_expiry_days: 2557,
             smtp: "127.0.0.1:25".into(),
             mail_from: "e-cert@pki.example.hk".into(),
             trusted_proxies: Vec::new(),
@@ -715,6 +721,16 @@ impl Config {
                 "ra.reminder_days: at most 5 different values, each 1 to ra.renewal_window_days ({}): a reminder asks the subscriber to renew online",
                 self.ra.renewal_window_days
             )));
+        }
+        if self.ra.retention_after_expiry_days < 730 {
+            return Err(Error::Config(
+                "ra.retention_after_expiry_days: at least 730 (TLS BR and S/MIME BR §5.5.2: verification records are kept two years after the certificate expires)".into(),
+            ));
+        }
+        if self.ra.retention_days == 0 {
+            return Err(Error::Config(
+                "ra.retention_days: at least 1 (an unfinished application needs time to be completed)".into(),
+            ));
         }
         let (ca, pii) = (&self.hsm.token_label, &self.hsm.pii_token_label);
         if pii.starts_with(ca.as_str()) || ca.starts_with(pii.as_str()) {

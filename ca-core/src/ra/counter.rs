@@ -192,6 +192,21 @@ pub struct StaffView {
     pub issue_error: Option<String>,
 }
 
+/// A date of birth as staff screens (and the applicant's data-access page) show it.
+pub(super) const DOB_MASKED: &str = "****-**-**";
+
+/// A phone number as staff screens show it: its last two digits.
+pub(super) fn mask_phone(phone: &str) -> String {
+    let n = phone.chars().count();
+    let shown: String = phone.chars().skip(n.saturating_sub(2)).collect();
+    format!("{}{shown}", "*".repeat(n.saturating_sub(2)))
+}
+
+/// An address as staff screens show it: its first four characters.
+pub(super) fn mask_address(address: &str) -> String {
+    format!("{}…", address.chars().take(4).collect::<String>())
+}
+
 /// An application as the staff member's screen shows it (only in their outlet).
 pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Result<StaffView> {
     let store = auth.store();
@@ -242,20 +257,9 @@ pub async fn staff_view(auth: &Authority, staff: &StaffSession, id: &str) -> Res
             r.issue_error.is_some(),
         ),
         hkid_masked,
-        dob_masked: "****-**-**".into(),
-        phone_masked: format!(
-            "{}{}",
-            "*".repeat(phone.chars().count().saturating_sub(2)),
-            phone
-                .chars()
-                .rev()
-                .take(2)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<String>()
-        ),
-        address_masked: format!("{}…", address.chars().take(4).collect::<String>()),
+        dob_masked: DOB_MASKED.into(),
+        phone_masked: mask_phone(&phone),
+        address_masked: mask_address(&address),
         identity_checked: r.identity_version == Some(version),
         fee: r.fee_amount.map(|a| {
             (

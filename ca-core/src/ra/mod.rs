@@ -32,6 +32,7 @@
 //!
 //! Callers use the items re-exported here (`ca_core::ra::submit`, `ca_core::ra::Role`, ...).
 
+mod access;
 mod admin;
 mod application;
 mod auditing;
@@ -62,6 +63,7 @@ mod token;
 #[cfg(test)]
 mod tests;
 
+pub use access::{personal_data, Consent, DataHeld, Item, Kept, Purpose};
 pub use admin::{
     accounts, active_admins, add_account, approve_grant, change_role, grant_needs_second_admin,
     new_totp, reset_password, set_disabled, Account, MIN_ACTIVE_ADMINS,

@@ -65,7 +65,9 @@ mod tests {
             .unwrap();
         let now = crate::ra::support::now();
         // (reference, consented at application, application state, certificate: (revocation reason, expired))
-        let cases: [(&str, i64, &str, Option<(Option<i64>, bool)>); 7] = [
+        // A certificate: (revocation reason, expired).
+        type Cert = Option<(Option<i64>, bool)>;
+        let cases: [(&str, i64, &str, Cert); 7] = [
             ("EC-00000001", 1, "issued", Some((None, false))), // consents
             ("EC-00000002", 0, "issued", Some((None, false))), // never consented
             ("EC-00000003", 1, "issued", Some((None, false))), // withdraws below

@@ -177,6 +177,12 @@ pub(super) async fn in_outlet(
     find_in(store, id, outlet).await
 }
 
+/// An application by id, whoever may see it: for callers that found it by its owner first
+/// ([`owned`]).
+pub(super) async fn by_id(store: &Store, id: &str) -> Result<Application> {
+    find_in(store, id, None).await
+}
+
 async fn find_in(store: &Store, id: &str, outlet: Option<&str>) -> Result<Application> {
     sqlx::query_as::<_, Application>(concat!(
         "SELECT ",

@@ -1,6 +1,14 @@
-//! Retention of personal data: applications that ended without a certificate are purged of
-//! their personal fields `ra.retention_days` after their last change ([`retention_due`]); the
-//! reference, state and audit trail stay.
+//! Retention of personal data (docs/PRIVACY.md "Retention"), one schedule per record kind:
+//!
+//! - applications that ended without a certificate lose their personal fields
+//!   `ra.retention_days` after their last change ([`retention_due`]);
+//! - applications behind an issued certificate keep theirs — the verification record — for
+//!   `ra.retention_after_expiry_days` after the certificate expires (TLS BR and S/MIME BR
+//!   §5.5.2), then lose them;
+//! - batch rows lose theirs `ra.retention_days` after their last change (an issued row's
+//!   subject is in its certificate).
+//!
+//! The reference, state and audit trail stay; the audit records name no one in clear.
 
 use serde_json::json;
 
@@ -20,11 +28,14 @@ row! {
     }
 }
 
-/// Purges the personal data of applications that ended without a certificate — rejected
-/// ones, and ones never completed — `ra.retention_days` after their last change (DESIGN.md
-/// "Custody and roles"; PDPO DPP2(2): not kept longer than necessary). The sealed fields,
-/// the blind index and the CSR are emptied and an open application is closed as rejected; the
-/// reference, state and audit trail stay. Returns how many were purged.
+/// Purges the personal data that is due at `now` (the module's schedule; DESIGN.md "Custody
+/// and roles"; PDPO DPP2(2): not kept longer than necessary): of applications that ended
+/// without a certificate — rejected ones, and ones never completed — `ra.retention_days`
+/// after their last change (an open one is closed as rejected), and of applications whose
+/// certificate expired more than `ra.retention_after_expiry_days` ago. The sealed fields, the
+/// blind index, the names, the mailbox and the CSR are emptied and publication ends; the
+/// reference, state and audit trail stay. One `ra.purged` audit record gives the counts,
+/// never whose. Returns how many applications were purged.
 pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
     let store = auth.store();
     let days = auth.config().ra.retention_days;
@@ -55,7 +66,8 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
             "UPDATE applications SET state = 'rejected', \
              rejected_reason = COALESCE(rejected_reason, $3), \
              hkid_sealed = $2, hkid_index = $2, dob_sealed = $2, phone_sealed = $2, address_sealed = $2, csr = $2, \
-             email_code_hash = NULL, updated_at = $1 \
+             surname = '', given_name = '', name_zh = '', email = '', user_surname = NULL, user_given_name = NULL, \
+             user_title = NULL, email_code_hash = NULL, publish = 0, updated_at = $1 \
              WHERE id = $4 AND state = $5 AND updated_at = $6",
         )
         .bind(now)
@@ -68,6 +80,23 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
         .await?
         .rows_affected();
     }
+    // Behind an issued certificate: kept `retention_after_expiry_days` after it expires (the
+    // application's certificate is its newest: a renewal moves it on), then purged the same way.
+    let after = auth.config().ra.retention_after_expiry_days;
+    let expired_long_ago = sqlx::query(
+        "UPDATE applications SET \
+         hkid_sealed = $2, hkid_index = $2, dob_sealed = $2, phone_sealed = $2, address_sealed = $2, csr = $2, \
+         surname = '', given_name = '', name_zh = '', email = '', user_surname = NULL, user_given_name = NULL, \
+         user_title = NULL, email_code_hash = NULL, publish = 0, updated_at = $1 \
+         WHERE certificate IS NOT NULL AND length(hkid_sealed) > 0 \
+         AND certificate IN (SELECT serial FROM certificates WHERE not_after < $3)",
+    )
+    .bind(now)
+    .bind(Vec::<u8>::new())
+    .bind(now - i64::from(after) * 86_400)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     // Batch rows (docs/BULK.md) keep names, mailboxes and CSRs no longer than applications
     // do: a row never approved is refused, and every row's personal fields and CSR go (an
     // issued row's are in its certificate).
@@ -98,7 +127,7 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
     )
     .execute(&mut *tx)
     .await?;
-    if n > 0 || rows > 0 || expired > 0 {
+    if n > 0 || rows > 0 || expired > 0 || expired_long_ago > 0 {
         store
             .audit(
                 &mut tx,
@@ -106,11 +135,18 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
                     kind: "ra.purged",
                     actor: "system:retention".into(),
                     subject: None,
-                    detail: json!({ "applications": n, "batch_rows": rows, "batch_rows_never_approved": expired, "retention_days": days }),
+                    detail: json!({
+                        "applications": n,
+                        "applications_after_expiry": expired_long_ago,
+                        "batch_rows": rows,
+                        "batch_rows_never_approved": expired,
+                        "retention_days": days,
+                        "retention_after_expiry_days": after,
+                    }),
                 },
             )
             .await?;
     }
     tx.commit().await?;
-    Ok(n)
+    Ok(n + expired_long_ago)
 }

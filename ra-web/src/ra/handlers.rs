@@ -3233,3 +3233,146 @@ async fn admins_add_rename_and_close_outlets() {
         ["ra.outlet.added", "ra.outlet.renamed", "ra.outlet.closed"]
     );
 }
+
+/// Issue 18: the applicant sees what is held about them — masked as on staff screens, why,
+/// and until when — as a page and as a copy to keep, only with the tracking secret, audited
+/// without personal data; and changes the consent to value-added notices on the tracking page,
+/// recorded with its time and wording version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizen_sees_what_is_held_and_changes_consent() {
+    let app = app(|_| {}).await;
+    let (cookies, csrf) = citizen(&app).await;
+    let hkid = ca_core::hkid::synthetic("Z", 683_452);
+    let hkid_typed = hkid.expose().to_string();
+    let csr = csr_pem();
+    let r = app
+        .post("/apply", &cookies, &application(&csrf, &hkid_typed, &csr))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let reference = r.text_of("reference");
+    let secret = r.text_of("tracking-secret");
+    let form = |secret: &str, extra: &[(&'static str, &'static str)]| {
+        let mut f = vec![
+            ("csrf", csrf.clone()),
+            ("reference", reference.clone()),
+            ("secret", secret.to_string()),
+        ];
+        f.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        f
+    };
+    let post = |path: &'static str, f: Vec<(&'static str, String)>| {
+        let app = &app;
+        let cookies = cookies.clone();
+        async move {
+            let pairs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.post(path, &cookies, &pairs).await
+        }
+    };
+    // The wrong secret sees nothing.
+    let r = post("/track/data", form("not the secret", &[])).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!r.body.contains("CHAN"));
+
+    let r = post("/track/data", form(&secret, &[])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.text_of("data-reference"), reference);
+    let masked = ca_core::hkid::Hkid::parse(&hkid_typed).unwrap().masked();
+    assert!(r.body.contains(&masked), "no masked HKID: {}", r.body);
+    let digits: String = hkid_typed.chars().filter(char::is_ascii_digit).collect();
+    assert!(!r.body.contains(&digits[..6]), "the HKID number is shown");
+    assert!(
+        r.body.contains("************22"),
+        "the phone is not masked as on staff screens"
+    );
+    assert!(!r.body.contains("2921"), "the phone is shown");
+    assert!(
+        r.body.contains("1 Co…") && !r.body.contains("Connaught"),
+        "the address is not masked"
+    );
+    assert!(!r.body.contains("1980"), "the date of birth is shown");
+    // Why each item is held, and until when: no certificate yet, so 90 days after its last change.
+    let t = Lang::En.texts();
+    for why in [t.purpose_certificate, t.purpose_identity, t.purpose_contact] {
+        assert!(r.body.contains(&*html_escape(why)), "no purpose {why:?}");
+    }
+    let updated: i64 =
+        sqlx::query_scalar("SELECT updated_at FROM applications WHERE reference = $1")
+            .bind(&reference)
+            .fetch_one(app.auth.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        r.text_of("data-kept-until"),
+        utc_minute(updated + 90 * 86_400)
+    );
+    assert!(r.headers.get(header::CONTENT_DISPOSITION).is_none());
+    // A copy to keep: the same page, as a file.
+    let r = post("/track/data", form(&secret, &[("copy", "yes")])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let disposition = r
+        .headers
+        .get(header::CONTENT_DISPOSITION)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(disposition.starts_with("attachment") && disposition.contains(&reference));
+    assert!(r.body.contains(&masked));
+
+    // Consent to value-added notices: not given at application, given, then withdrawn.
+    let consent = || async {
+        sqlx::query_as::<_, (i64, String, i64)>(
+            "SELECT consent_notices, consent_wording, consent_at FROM applications WHERE reference = $1",
+        )
+        .bind(&reference)
+        .fetch_one(app.auth.store().pool())
+        .await
+        .unwrap()
+    };
+    let (given, _, at0) = consent().await;
+    assert_eq!(given, 0);
+    let r = post("/track", form(&secret, &[])).await;
+    assert_eq!(r.text_of("notices-state"), t.notices_off);
+    let r = post("/track/notices", form(&secret, &[("notices", "maybe")])).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = post(
+        "/track/notices",
+        form("not the secret", &[("notices", "on")]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        consent().await.0,
+        0,
+        "a refused request changed the consent"
+    );
+    let r = post("/track/notices", form(&secret, &[("notices", "on")])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.text_of("notices-state"), t.notices_on);
+    let (given, wording, at1) = consent().await;
+    assert_eq!((given, wording.as_str()), (1, ca_core::ra::CONSENT_WORDING));
+    assert!(at1 >= at0);
+    let r = post("/track/notices", form(&secret, &[("notices", "off")])).await;
+    assert_eq!(r.text_of("notices-state"), t.notices_off);
+    assert_eq!(consent().await.0, 0);
+    // Audited, naming no one: the changes and each look at the data.
+    let (records, _, _) = app.auth.store().audit_records().await.unwrap();
+    let kinds = |k: &str| records.iter().filter(|r| r.kind == k).count();
+    assert_eq!(kinds("ra.notices.changed"), 2);
+    assert_eq!(kinds("ra.data_viewed"), 2);
+    for r in &records {
+        assert!(
+            !r.detail.contains(&digits[..6]) && !r.detail.contains("Connaught"),
+            "{}",
+            r.detail
+        );
+    }
+}
+
+/// Text as askama escapes it in a page.
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}

@@ -134,6 +134,7 @@ pub fn router(state: Shared) -> Router {
         .route("/track/reminders", post(track_reminders))
         .route("/track/directory", post(track_directory))
         .route("/track/notices", post(track_notices))
+        .route("/track/data", post(track_data))
         .route("/directory", get(directory_page))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
@@ -1019,6 +1020,9 @@ pub struct TrackForm {
     /// Value-added notices: `on` or `off` (`/track/notices`).
     #[serde(default)]
     notices: String,
+    /// `/track/data`: `yes` for a copy to keep (a download) instead of the page.
+    #[serde(default)]
+    copy: String,
 }
 
 #[derive(Template)]
@@ -1162,6 +1166,124 @@ async fn track_reminders(
         &value,
     )
     .await
+}
+
+#[derive(Template)]
+#[template(path = "data.html")]
+struct DataPage {
+    t: &'static Texts,
+    lang: Lang,
+    csrf: String,
+    reference: String,
+    secret: String,
+    profile: String,
+    status_text: &'static str,
+    outlet: String,
+    applied: String,
+    /// (label, shown, why).
+    items: Vec<(&'static str, String, &'static str)>,
+    identity_checked: bool,
+    /// (amount in dollars, method, receipt).
+    fee: Option<(String, String, String)>,
+    /// (serial, valid until, revoked).
+    certificate: Option<(String, String, bool)>,
+    /// (title, given, wording, recorded).
+    consents: Vec<(&'static str, bool, String, String)>,
+    reminders: bool,
+    /// The rule's text and the date (empty once purged).
+    kept: &'static str,
+    kept_until: String,
+}
+
+/// `POST /track/data`: what is held about the applicant (PDPO DPP6), masked, why and until
+/// when — a page to print, or (`copy=yes`) the same page as a file to keep.
+async fn track_data(
+    State(s): State<Shared>,
+    lang: PageLang,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Form(f): Form<TrackForm>,
+) -> Result<Response, AppError> {
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
+    let d = ra::personal_data(&s.auth, &f.reference, &f.secret)
+        .await
+        .lang(lang.0)?;
+    let t = lang.0.texts();
+    let label = |field: &str| match field {
+        "surname" => t.surname,
+        "given_name" => t.given_name,
+        "name_zh" => t.name_zh,
+        "email" => t.email,
+        "hkid" => t.hkid,
+        "date_of_birth" => t.date_of_birth,
+        "phone" => t.phone,
+        "address" => t.address,
+        "organization" => t.organization,
+        "authorised_user" => t.authorised_user,
+        _ => t.data_role_title,
+    };
+    let why = |p: ra::Purpose| match p {
+        ra::Purpose::Certificate => t.purpose_certificate,
+        ra::Purpose::Identity => t.purpose_identity,
+        ra::Purpose::Contact => t.purpose_contact,
+        ra::Purpose::Organisation => t.purpose_organisation,
+    };
+    let consent = |title, c: &ra::Consent| {
+        (
+            title,
+            c.given,
+            c.wording.clone().unwrap_or_default(),
+            c.at.map(utc_minute).unwrap_or_default(),
+        )
+    };
+    let mut consents = vec![consent(t.notices_title, &d.notices)];
+    if ra::directory::publishable(&d.profile) {
+        consents.push(consent(t.directory_title, &d.directory));
+    }
+    let page = DataPage {
+        t,
+        lang: lang.0,
+        csrf: f.csrf.clone(),
+        reference: d.reference.clone(),
+        secret: f.secret.trim().to_string(),
+        profile: d.profile.clone(),
+        status_text: status_text(t, d.status),
+        outlet: d.outlet.clone(),
+        applied: utc_minute(d.created_at),
+        items: d
+            .items
+            .iter()
+            .map(|i| (label(i.field), i.shown.clone(), why(i.purpose)))
+            .collect(),
+        identity_checked: d.identity_checked,
+        fee: d.fee.clone().map(|(cents, method, receipt)| {
+            (
+                format!("HK${}.{:02}", cents / 100, cents % 100),
+                method,
+                receipt,
+            )
+        }),
+        certificate: d
+            .certificate
+            .clone()
+            .map(|(serial, not_after, revoked)| (serial, utc_minute(not_after), revoked)),
+        consents,
+        reminders: d.reminders,
+        kept: match d.kept {
+            ra::Kept::Unfinished => t.kept_unfinished,
+            ra::Kept::AfterExpiry => t.kept_after_expiry,
+            ra::Kept::Purged => t.kept_purged,
+        },
+        kept_until: d.kept_until.map(utc_minute).unwrap_or_default(),
+    };
+    let mut r = html(page, lang)?;
+    if f.copy == "yes" {
+        let name = format!("attachment; filename=\"ecert-data-{}.html\"", d.reference);
+        if let Ok(v) = HeaderValue::from_str(&name) {
+            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(r)
 }
 
 /// The subscriber consents to value-added notices, or withdraws consent.

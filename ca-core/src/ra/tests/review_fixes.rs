@@ -2032,3 +2032,96 @@ async fn a_flood_of_refused_requests_is_counted_not_recorded_one_by_one() {
     }
     assert_eq!(count("issuance.refused").await, 2 * cap + 6);
 }
+
+/// Issue 18: each kind of personal data goes at its time and not before, by a moved clock —
+/// an unfinished application's `ra.retention_days` after its last change, an issued
+/// certificate's application `ra.retention_after_expiry_days` after the certificate expires —
+/// names and mailbox included; the audit record gives counts, never whose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_personal_data_goes_at_its_time_and_not_before() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
+        .await
+        .unwrap();
+    let clerk = session_of(&auth, "clerk1", Role::Clerk).await;
+    let new_key = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (issued, _) = issued_app(&auth, &clerk, &new_key(), 21).await;
+    let (unfinished, _) = issued_app(&auth, &clerk, &new_key(), 22).await;
+    let left_at = now() - 10;
+    sqlx::query(
+        "UPDATE applications SET state = 'submitted', certificate = NULL, updated_at = $2 WHERE id = $1",
+    )
+    .bind(&unfinished.id)
+    .bind(left_at)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let not_after: i64 = sqlx::query_scalar(
+        "SELECT c.not_after FROM certificates c JOIN applications a ON a.certificate = c.serial WHERE a.id = $1",
+    )
+    .bind(&issued.id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let ra = &auth.config().ra;
+    let (days, after) = (
+        i64::from(ra.retention_days),
+        i64::from(ra.retention_after_expiry_days),
+    );
+    assert_eq!((days, after), (90, 2557), "the documented defaults");
+    // (sealed HKID, surname, e-mail) of an application.
+    let held = |id: String| {
+        let store = store.clone();
+        async move {
+            let r =
+                sqlx::query("SELECT hkid_sealed, surname, email FROM applications WHERE id = $1")
+                    .bind(&id)
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            let hkid: Vec<u8> = r.try_get(0).unwrap();
+            let surname: String = r.try_get(1).unwrap();
+            let email: String = r.try_get(2).unwrap();
+            !hkid.is_empty() || !surname.is_empty() || !email.is_empty()
+        }
+    };
+    let purged_at = |at: i64| {
+        let auth = &auth;
+        async move { purge(auth, at).await.unwrap() }
+    };
+    // The unfinished application: kept to the second, then gone.
+    assert_eq!(purged_at(left_at + days * 86_400).await, 0);
+    assert!(held(unfinished.id.clone()).await);
+    assert_eq!(purged_at(left_at + days * 86_400 + 1).await, 1);
+    assert!(!held(unfinished.id.clone()).await, "names or HKID kept");
+    assert!(
+        held(issued.id.clone()).await,
+        "an issued certificate's record went early"
+    );
+    // The issued one: kept while the certificate is valid and for the period after it.
+    assert_eq!(purged_at(not_after).await, 0);
+    assert_eq!(purged_at(not_after + after * 86_400 - 1).await, 0);
+    assert!(held(issued.id.clone()).await);
+    assert_eq!(purged_at(not_after + after * 86_400 + 1).await, 1);
+    assert!(!held(issued.id.clone()).await, "kept past its period");
+    // Nothing is purged twice; the records say how many, not whose.
+    assert_eq!(purged_at(not_after + after * 86_400 + 2).await, 0);
+    let (records, _, _) = store.audit_records().await.unwrap();
+    let purges: Vec<&crate::audit::Record> =
+        records.iter().filter(|r| r.kind == "ra.purged").collect();
+    assert_eq!(purges.len(), 2);
+    assert!(
+        purges[1].detail.contains("\"applications_after_expiry\":1"),
+        "{}",
+        purges[1].detail
+    );
+    for r in purges {
+        assert!(r.subject.is_none());
+        assert!(
+            !r.detail.contains("CHAN") && !r.detail.contains('@'),
+            "{}",
+            r.detail
+        );
+    }
+}
