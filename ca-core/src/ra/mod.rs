@@ -52,6 +52,7 @@ mod problems;
 mod record;
 pub mod reminders;
 mod renewal;
+pub mod reports;
 mod retention;
 mod revocation;
 pub mod rules;

@@ -32,6 +32,9 @@ pub enum Action {
     Revoke,
     /// See Certificate Problem Reports.
     ViewProblemReports,
+    /// Supervisors' reports: applications by status, fees, issuances and revocations — counts,
+    /// no personal data ([`super::reports`]).
+    ViewReports,
     /// Answer Certificate Problem Reports: preliminary report and revocation decision.
     AnswerProblemReports,
     /// Add, disable and reset staff accounts; make and revoke their API tokens.
@@ -56,7 +59,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order of the matrix's rows.
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::ViewApplications,
         Action::EnterApplication,
         Action::RecordChecks,
@@ -65,6 +68,7 @@ impl Action {
         Action::Revoke,
         Action::ViewProblemReports,
         Action::AnswerProblemReports,
+        Action::ViewReports,
         Action::ManageStaff,
         Action::ManageOutlets,
         Action::ViewOperations,
@@ -85,6 +89,7 @@ impl Action {
             Action::RevealPersonalData => "reveal a personal field (audited)",
             Action::Revoke => "revoke, suspend or release a certificate",
             Action::ViewProblemReports => "view certificate problem reports",
+            Action::ViewReports => "read the reports (counts and fees, no personal data)",
             Action::AnswerProblemReports => "answer certificate problem reports",
             Action::ManageStaff => "manage staff accounts and API tokens",
             Action::ManageOutlets => "manage outlets",
@@ -121,7 +126,9 @@ use Reach::{All, OwnOutlet as Own};
 ///   approval is the senior one dual control needs ([`super::rules::is_senior`]).
 /// - An officer takes CA-level decisions on every outlet's applications and certificates and
 ///   answers problem reports, but enters nothing and reveals no personal field.
-/// - An admin manages staff and outlet accounts only; an operator sees the service's operation,
+/// - Supervisors read their outlet's reports, officers and admins every outlet's
+///   ([`Action::ViewReports`]: counts, never personal data).
+/// - An admin manages staff and outlet accounts (and reads the reports); an operator sees the service's operation,
 ///   an auditor the audit trail, and a data owner activates the personal-data keys and otherwise
 ///   sees what an auditor sees: none of them sees an application.
 pub const MATRIX: &[(Role, &[(Action, Reach)])] = &[
@@ -145,6 +152,7 @@ pub const MATRIX: &[(Role, &[(Action, Reach)])] = &[
             (A::Decide, Own),
             (A::RevealPersonalData, Own),
             (A::Revoke, Own),
+            (A::ViewReports, Own),
         ],
     ),
     (
@@ -157,11 +165,16 @@ pub const MATRIX: &[(Role, &[(Action, Reach)])] = &[
             (A::AnswerProblemReports, All),
             (A::TwoOfficerDecisions, All),
             (A::ManageOrganisations, All),
+            (A::ViewReports, All),
         ],
     ),
     (
         Role::Admin,
-        &[(A::ManageStaff, All), (A::ManageOutlets, All)],
+        &[
+            (A::ManageStaff, All),
+            (A::ManageOutlets, All),
+            (A::ViewReports, All),
+        ],
     ),
     (
         Role::Operator,

@@ -36,9 +36,11 @@ impl Scope {
     pub fn needed_for(action: super::permissions::Action) -> Option<Scope> {
         use super::permissions::Action as A;
         match action {
-            A::ViewApplications | A::ViewProblemReports | A::ViewOperations | A::ViewAudit => {
-                Some(Scope::Read)
-            }
+            A::ViewApplications
+            | A::ViewProblemReports
+            | A::ViewOperations
+            | A::ViewAudit
+            | A::ViewReports => Some(Scope::Read),
             A::EnterApplication | A::RecordChecks => Some(Scope::Enter),
             A::Decide | A::Revoke | A::AnswerProblemReports | A::RunOperations => {
                 Some(Scope::Decide)

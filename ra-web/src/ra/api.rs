@@ -18,7 +18,7 @@ use ca_core::ra::{self, Decided, Decision, StaffSession};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use super::reports::{now, send_notices};
+use super::problem_pages::{now, send_notices};
 use super::{status_of, RaState};
 
 type Shared = Arc<RaState>;

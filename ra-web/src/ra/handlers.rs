@@ -1701,7 +1701,7 @@ async fn problem_reports_over_http() {
 
     let (clerk, _) = staff_cookie(&app, "clerk1", "gpo", ra::Role::Clerk).await;
     assert_eq!(
-        app.get("/staff/reports", &clerk).await.status,
+        app.get("/staff/problems", &clerk).await.status,
         StatusCode::FORBIDDEN
     );
     let (officer, officer_csrf) = staff_cookie(&app, "officer1", "gpo", ra::Role::Officer).await;
@@ -1713,19 +1713,19 @@ async fn problem_reports_over_http() {
             "{}",
             page.body
         );
-        let queue = app.get(&format!("/staff/reports{q}"), &officer).await;
+        let queue = app.get(&format!("/staff/problems{q}"), &officer).await;
         assert_eq!(queue.status, StatusCode::OK, "{}", queue.body);
         assert!(queue.body.contains(&reference), "{}", queue.body);
     }
-    let queue = app.get("/staff/reports", &officer).await;
-    let key = format!("data-reference=\"{reference}\" href=\"/staff/reports/");
+    let queue = app.get("/staff/problems", &officer).await;
+    let key = format!("data-reference=\"{reference}\" href=\"/staff/problems/");
     let start = queue.body.find(&key).unwrap() + key.len();
     let id = queue.body[start..].split('"').next().unwrap().to_string();
-    let page = app.get(&format!("/staff/reports/{id}"), &officer).await;
+    let page = app.get(&format!("/staff/problems/{id}"), &officer).await;
     assert_eq!(page.text_of("reporter"), "rp@example.org");
     let prelim = app
         .post(
-            &format!("/staff/reports/{id}/preliminary"),
+            &format!("/staff/problems/{id}/preliminary"),
             &officer,
             &[
                 ("csrf", officer_csrf.as_str()),
@@ -1740,7 +1740,7 @@ async fn problem_reports_over_http() {
     assert_eq!(prelim.status, StatusCode::OK, "{}", prelim.body);
     let done = app
         .post(
-            &format!("/staff/reports/{id}/decide"),
+            &format!("/staff/problems/{id}/decide"),
             &officer,
             &[
                 ("csrf", officer_csrf.as_str()),
@@ -1888,26 +1888,40 @@ async fn every_route_as_every_role_follows_the_matrix() {
             "GET",
             "/staff/reports".into(),
             serde_json::json!({}),
+            Some(A::ViewReports),
+            false,
+        ),
+        page(
+            "GET",
+            "/staff/reports/fees.csv".into(),
+            serde_json::json!({}),
+            Some(A::ViewReports),
+            false,
+        ),
+        page(
+            "GET",
+            "/staff/problems".into(),
+            serde_json::json!({}),
             Some(A::ViewProblemReports),
             false,
         ),
         page(
             "GET",
-            format!("/staff/reports/{report}"),
+            format!("/staff/problems/{report}"),
             serde_json::json!({}),
             Some(A::ViewProblemReports),
             false,
         ),
         page(
             "POST",
-            format!("/staff/reports/{report}/preliminary"),
+            format!("/staff/problems/{report}/preliminary"),
             serde_json::json!({"findings": "x"}),
             Some(A::AnswerProblemReports),
             false,
         ),
         page(
             "POST",
-            format!("/staff/reports/{report}/decide"),
+            format!("/staff/problems/{report}/decide"),
             serde_json::json!({"decision": "reject", "note": "x"}),
             Some(A::AnswerProblemReports),
             false,
@@ -2669,7 +2683,7 @@ async fn the_operator_crawls_everything_and_sees_no_personal_data() {
     for p in [
         format!("/staff/applications/{id}"),
         "/staff/walk-in".into(),
-        "/staff/reports".into(),
+        "/staff/problems".into(),
         "/staff/audit".into(),
         "/staff/audit/export".into(),
         format!("/staff/applications/{id}/certificate"),
@@ -3375,4 +3389,204 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&#34;")
         .replace('\'', "&#39;")
+}
+
+/// Issue 18: the supervisors' reports — applications by status, fees per outlet and Hong
+/// Kong day, issuances and revocations per profile, as a page and as CSV — are scoped by the
+/// matrix (a supervisor sees their outlet, officers and admins every outlet, a clerk
+/// nothing), count only what falls in the period, and carry no personal data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_scoped_and_hold_no_personal_data() {
+    let app = app(|_| {}).await;
+    let pool = app.auth.store().pool().clone();
+    // 2026-03-01 00:30 in Hong Kong is 2026-02-28 16:30 UTC: the day is the 1st.
+    let day1 = 1_772_296_200; // 2026-02-28T16:30:00Z
+    let day2 = day1 + 86_400;
+    let before = day1 - 2 * 86_400;
+    // (id, outlet, state, created, fee cents, fee at, certificate: (serial, profile, notBefore, revocation))
+    type Cert = Option<(&'static str, &'static str, i64, Option<(i64, i64)>)>;
+    type Row = (&'static str, &'static str, &'static str, i64, Option<i64>, i64, Cert);
+    let rows: [Row; 5] = [
+        (
+            "a1",
+            "gpo",
+            "issued",
+            day1,
+            Some(5_000),
+            day1 + 60,
+            Some(("0a01", "personal", day1 + 120, None)),
+        ),
+        (
+            "a2",
+            "gpo",
+            "issued",
+            day1,
+            Some(5_000),
+            day2,
+            Some(("0a02", "personal", day2, Some((1, day2 + 10)))),
+        ),
+        ("a3", "gpo", "submitted", day2, None, 0, None),
+        (
+            "a4",
+            "tst",
+            "rejected",
+            day1,
+            Some(12_500),
+            day1 + 3600,
+            None,
+        ),
+        // Outside the period: counted nowhere.
+        (
+            "a5",
+            "gpo",
+            "issued",
+            before,
+            Some(5_000),
+            before,
+            Some(("0a05", "personal", before, Some((6, before + 10)))),
+        ),
+    ];
+    for (i, (id, outlet, state, created, fee, fee_at, cert)) in rows.iter().enumerate() {
+        if let Some((serial, profile, not_before, revocation)) = cert {
+            sqlx::query(
+                "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, \
+                 updated_at, not_before, not_after, revocation_reason, revoked_at) \
+                 VALUES ($1, 'individual', 'issued', $2, 2, $3, '{}', $4, $4, $4, $5, $6, $7)",
+            )
+            .bind(serial)
+            .bind(profile)
+            .bind(serial.as_bytes().to_vec())
+            .bind(not_before)
+            .bind(not_before + 365 * 86_400)
+            .bind(revocation.map(|r| r.0))
+            .bind(revocation.map(|r| r.1))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO applications (id, reference, secret_hash, revocation_hash, profile, state, version, outlet, language, \
+             surname, given_name, name_zh, email, hkid_sealed, hkid_index, dob_sealed, phone_sealed, address_sealed, \
+             consent_notices, consent_wording, consent_at, csr, created_at, updated_at, certificate, fee_amount, fee_at, fee_method, fee_receipt) \
+             VALUES ($1, $2, $3, 'x', 'personal', $4, 1, $5, 'en', 'CHAN', 'Tai Man', '陳大文', $6, $3, $3, $3, $3, $3, 0, '', $7, $3, $7, $7, $8, $9, $10, 'cash', 'R-1')",
+        )
+        .bind(id)
+        .bind(format!("EC-0000000{i}"))
+        .bind(vec![1u8])
+        .bind(state)
+        .bind(outlet)
+        .bind(format!("tm.chan{i}@example.hk"))
+        .bind(created)
+        .bind(cert.map(|c| c.0))
+        .bind(fee)
+        .bind(fee.map(|_| *fee_at))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let period = "?from=2026-03-01&to=2026-03-02";
+    let (supervisor, _) = staff_cookie(&app, "sup1", "gpo", ra::Role::Supervisor).await;
+    let (officer, _) = staff_cookie(&app, "off1", "gpo", ra::Role::Officer).await;
+    let (admin, _) = staff_cookie(&app, "adm1", "gpo", ra::Role::Admin).await;
+    let (clerk, _) = staff_cookie(&app, "clk1", "gpo", ra::Role::Clerk).await;
+    let csv = |cookie: String, report: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .get(&format!("/staff/reports/{report}.csv{period}"), &cookie)
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            assert!(r.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/csv"));
+            assert!(r.headers[header::CONTENT_DISPOSITION]
+                .to_str()
+                .unwrap()
+                .starts_with("attachment"));
+            r.body
+        }
+    };
+    // The supervisor: their outlet only.
+    assert_eq!(
+        csv(supervisor.clone(), "applications").await,
+        "outlet,state,count\r\ngpo,issued,2\r\ngpo,submitted,1\r\n"
+    );
+    assert_eq!(
+        csv(supervisor.clone(), "fees").await,
+        "outlet,day,count,total_hkd\r\ngpo,2026-03-01,1,50.00\r\ngpo,2026-03-02,1,50.00\r\n"
+    );
+    assert_eq!(
+        csv(supervisor.clone(), "certificates").await,
+        "profile,issued,revoked,held\r\npersonal,2,1,0\r\n"
+    );
+    // Officers and admins: every outlet.
+    for who in [officer.clone(), admin.clone()] {
+        assert_eq!(
+            csv(who.clone(), "applications").await,
+            "outlet,state,count\r\ngpo,issued,2\r\ngpo,submitted,1\r\ntst,rejected,1\r\n"
+        );
+        assert_eq!(
+            csv(who.clone(), "fees").await,
+            "outlet,day,count,total_hkd\r\ngpo,2026-03-01,1,50.00\r\ngpo,2026-03-02,1,50.00\r\ntst,2026-03-01,1,125.00\r\n"
+        );
+    }
+    // The page, and no personal data anywhere.
+    let page = app
+        .get(&format!("/staff/reports{period}"), &supervisor)
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("id=\"fees\""));
+    for body in [
+        page.body.clone(),
+        app.get(&format!("/staff/reports{period}"), &officer)
+            .await
+            .body,
+        csv(officer.clone(), "applications").await,
+        csv(officer.clone(), "fees").await,
+        csv(officer.clone(), "certificates").await,
+    ] {
+        for personal in [
+            "CHAN",
+            "Tai Man",
+            "陳大文",
+            "example.hk",
+            "EC-0000000",
+            "R-1",
+        ] {
+            assert!(!body.contains(personal), "{personal} in {body}");
+        }
+    }
+    // A clerk is refused; a bad period is a named error.
+    let r = app.get(&format!("/staff/reports{period}"), &clerk).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .get(&format!("/staff/reports/fees.csv{period}"), &clerk)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    for bad in [
+        "?from=2026-03-02&to=2026-03-01",
+        "?from=2026-02-30&to=2026-03-01",
+        "?from=2025-01-01&to=2026-03-01",
+    ] {
+        let r = app.get(&format!("/staff/reports{bad}"), &officer).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            r.body
+        );
+    }
+    let r = app
+        .get(&format!("/staff/reports/people.csv{period}"), &officer)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // Without a period: the last 30 days, shown in the form.
+    let r = app.get("/staff/reports", &officer).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.hidden("to").len(),
+        10,
+        "the last day of the default period"
+    );
 }

@@ -17,6 +17,7 @@ mod mail;
 mod officer_pages;
 mod ops_pages;
 mod password_pages;
+mod problem_pages;
 mod reports;
 
 use std::collections::HashMap;
@@ -153,14 +154,22 @@ pub fn router(state: Shared) -> Router {
         .route("/staff/applications/{id}/decide", post(staff_decide))
         .route("/staff/applications/{id}/revoke", post(staff_revoke))
         .route("/staff/walk-in", get(walk_in_form).post(walk_in))
-        .route("/report", get(reports::report_form).post(reports::report))
-        .route("/staff/reports", get(reports::staff_reports))
-        .route("/staff/reports/{id}", get(reports::staff_report))
         .route(
-            "/staff/reports/{id}/preliminary",
-            post(reports::staff_preliminary),
+            "/report",
+            get(problem_pages::report_form).post(problem_pages::report),
         )
-        .route("/staff/reports/{id}/decide", post(reports::staff_decide))
+        .route("/staff/reports", get(reports::page))
+        .route("/staff/reports/{file}", get(reports::csv))
+        .route("/staff/problems", get(problem_pages::staff_reports))
+        .route("/staff/problems/{id}", get(problem_pages::staff_report))
+        .route(
+            "/staff/problems/{id}/preliminary",
+            post(problem_pages::staff_preliminary),
+        )
+        .route(
+            "/staff/problems/{id}/decide",
+            post(problem_pages::staff_decide),
+        )
         .route("/staff/audit", get(audit_pages::staff_audit))
         .route("/staff/ops", get(ops_pages::staff_ops))
         .route(
@@ -1909,6 +1918,8 @@ struct QueuePage {
     can_view: bool,
     can_enter: bool,
     can_reports: bool,
+    /// The supervisors' reports (`/staff/reports`).
+    can_stats: bool,
     can_audit: bool,
     can_ops: bool,
     can_admin: bool,
@@ -1955,6 +1966,7 @@ async fn staff_queue(
     let can_admin = may(ra::Action::ManageStaff);
     let can_activate = may(ra::Action::ActivatePersonalDataKeys);
     let can_officer = may(ra::Action::TwoOfficerDecisions);
+    let can_stats = may(ra::Action::ViewReports);
     let allowed = ra::Action::ALL
         .into_iter()
         .filter(|a| may(*a))
@@ -2005,6 +2017,7 @@ async fn staff_queue(
             can_admin,
             can_activate,
             can_officer,
+            can_stats,
             allowed,
         },
         lang,
