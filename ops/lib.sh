@@ -121,6 +121,25 @@ EOF
     ecert_log "pkilint: $ECERT_PKILINT_VERSION ready ($venv/bin on PATH)"
 }
 
+# axe-core (npm) for the browser tests' accessibility checks, pinned by tests/axe/package-lock.json;
+# sets ECERT_AXE_JS. npm comes with the machine's Node.js, or Debian's nodejs and npm.
+ecert_setup_axe() {
+    local dir="$1" js="$1/node_modules/axe-core/axe.min.js" want have=""
+    if ! command -v npm >/dev/null 2>&1; then
+        ecert_log "axe-core: npm missing: installing Debian's nodejs and npm"
+        ecert_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+    fi
+    want="$(sed -n 's/.*"axe-core": "\(.*\)".*/\1/p' "$dir/package.json")"
+    [ -f "$js" ] && have="$(sed -n 's/.*"version": "\(.*\)".*/\1/p' "$dir/node_modules/axe-core/package.json" | head -1)"
+    if [ "$have" != "$want" ]; then
+        ecert_log "axe-core: installing $want (npm ci in $dir)"
+        (cd "$dir" && npm ci --no-audit --no-fund -q) || ecert_die "npm ci of axe-core failed"
+    fi
+    ECERT_AXE_JS="$js"
+    export ECERT_AXE_JS
+    ecert_log "axe-core: $want ready ($js)"
+}
+
 # ---------------------------------------------------------------- private PostgreSQL server
 ECERT_PG_DIR=""
 ECERT_PG_BIN=""

@@ -36,6 +36,8 @@ pub struct Chrome {
     _profile: TempDir,
     shots: PathBuf,
     shot_no: std::cell::Cell<u32>,
+    /// The pages whose accessibility was checked.
+    checked: std::cell::RefCell<Vec<String>>,
 }
 
 use crate::free_port;
@@ -152,6 +154,7 @@ impl Chrome {
             _profile: profile,
             shots: shots.to_path_buf(),
             shot_no: std::cell::Cell::new(0),
+            checked: Default::default(),
         };
         // Headless Chromium saves downloads only when told where (Chrome DevTools Protocol).
         chrome.call(
@@ -309,8 +312,47 @@ impl Chrome {
         }
     }
 
-    /// Saves a PNG screenshot `NN-name.png`.
+    /// Runs axe-core's WCAG 2.1 A and AA rules over the page as it is now and panics, naming
+    /// the page, the rule and the elements, on any serious or critical finding (issue 18).
+    /// axe-core is `ECERT_AXE_JS` (ops/test installs it from tests/axe).
+    pub fn check_accessibility(&self, what: &str) {
+        static AXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let axe = AXE.get_or_init(|| {
+            let path = std::env::var("ECERT_AXE_JS").expect(
+                "ECERT_AXE_JS: axe.min.js of axe-core (ops/test installs it: tests/axe, npm ci)",
+            );
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        });
+        if self.eval("return typeof axe === 'undefined';") == Value::Bool(true) {
+            self.eval(&format!("{axe}\n;return true;"));
+        }
+        let found = self.eval_async(
+            "const done = arguments[0]; \
+             axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}, resultTypes: ['violations']}) \
+               .then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical') \
+                 .map(v => `${v.impact} ${v.id} (${v.help}): ${v.nodes.slice(0, 5).map(n => n.target.join(' ')).join(', ')}`))) \
+               .catch(e => done(['axe failed: ' + e]));",
+        );
+        let found: Vec<String> = serde_json::from_value(found).unwrap_or_default();
+        let url =
+            self.eval("return location.pathname + ' [' + document.documentElement.lang + ']';");
+        assert!(
+            found.is_empty(),
+            "accessibility (axe-core, WCAG 2.1 AA) on {what} {url}:\n{}",
+            found.join("\n")
+        );
+        self.checked.borrow_mut().push(format!("{what} {url}"));
+    }
+
+    /// The pages [`Chrome::check_accessibility`] passed, as `what /path [lang]`.
+    pub fn checked_pages(&self) -> Vec<String> {
+        self.checked.borrow().clone()
+    }
+
+    /// Saves a PNG screenshot `NN-name.png`, after checking the page's accessibility
+    /// ([`Chrome::check_accessibility`]): every step a test records is a page someone uses.
     pub fn screenshot(&self, name: &str) {
+        self.check_accessibility(name);
         let n = self.shot_no.get() + 1;
         self.shot_no.set(n);
         let b64 = self.call("GET", "/screenshot", None);

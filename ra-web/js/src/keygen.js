@@ -72,6 +72,10 @@ function download(name, type, data) {
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([data], { type }));
   a.download = name;
+  // Named and out of sight while it is in the page (a link without text is an
+  // accessibility fault, WCAG 2.4.4).
+  a.textContent = name;
+  a.className = "visually-hidden";
   document.body.appendChild(a);
   a.click();
   setTimeout(() => {

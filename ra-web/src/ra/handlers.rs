@@ -3405,7 +3405,15 @@ async fn reports_are_scoped_and_hold_no_personal_data() {
     let before = day1 - 2 * 86_400;
     // (id, outlet, state, created, fee cents, fee at, certificate: (serial, profile, notBefore, revocation))
     type Cert = Option<(&'static str, &'static str, i64, Option<(i64, i64)>)>;
-    type Row = (&'static str, &'static str, &'static str, i64, Option<i64>, i64, Cert);
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        i64,
+        Option<i64>,
+        i64,
+        Cert,
+    );
     let rows: [Row; 5] = [
         (
             "a1",
@@ -3589,4 +3597,58 @@ async fn reports_are_scoped_and_hold_no_personal_data() {
         10,
         "the last day of the default period"
     );
+}
+
+/// Issue 18: the language switch keeps the page — the same path and query for a page read
+/// with GET, the form's own page for the answer to a POST — and never points off the site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_language_switch_keeps_the_page() {
+    let app = app(|_| {}).await;
+    let switch = |r: &Reply| {
+        let key = "id=\"lang-switch\" href=\"";
+        let start = r
+            .body
+            .find(key)
+            .unwrap_or_else(|| panic!("no switch: {}", r.body))
+            + key.len();
+        r.body[start..].split('"').next().unwrap().to_string()
+    };
+    let r = app.get("/apply?profile=personal&lang=en", "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(switch(&r), "/apply?profile=personal&amp;lang=zh-HK");
+    assert!(
+        r.body.contains("lang=\"zh-HK\" hreflang=\"zh-HK\""),
+        "the switch does not say its language"
+    );
+    let r = app.get("/track?lang=zh-HK", "").await;
+    assert_eq!(switch(&r), "/track?lang=en");
+    assert!(r.body.starts_with("<!doctype html>\n<html lang=\"zh-HK\">"));
+    // The answer to a form: its page.
+    let (cookies, csrf) = citizen(&app).await;
+    let r = app
+        .post(
+            "/track/notices",
+            &cookies,
+            &[
+                ("csrf", &csrf),
+                ("reference", "EC-NOPE"),
+                ("secret", "x"),
+                ("notices", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(switch(&r), "/track?lang=zh-HK");
+    // Never another host, and nothing a query can inject.
+    let r = app.get("//evil.example/x", "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!r.body.contains("evil.example"), "{}", r.body);
+    let r = app.get("/apply?profile=%22%3E%3Cscript%3E", "").await;
+    assert!(!r.body.contains("<script>"));
+    assert!(!switch(&r).contains('"') && !switch(&r).contains('<'));
+    // The page's length is the rewritten one.
+    assert!(r
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|l| l.to_str().unwrap() == r.body.len().to_string()));
 }

@@ -139,6 +139,7 @@ pub fn router(state: Shared) -> Router {
         .route("/directory", get(directory_page))
         .route("/static/site.css", get(css))
         .route("/static/keygen.js", get(keygen_js))
+        .route("/static/site.js", get(site_js))
         .route("/staff/login", get(login_form).post(login))
         .route("/staff/logout", post(logout))
         .route("/staff", get(staff_queue))
@@ -205,11 +206,78 @@ pub fn router(state: Shared) -> Router {
             "/staff/personal-data/activate",
             post(custody_pages::activate),
         )
+        .layer(axum::middleware::from_fn(lang_switch_here))
         .layer(axum::middleware::map_response(security_headers))
         // Forms and a CSR: a few kilobytes.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state.clone())
         .merge(api::router(state))
+}
+
+/// What every page's language switch holds before [`lang_switch_here`] points it at the page
+/// (base.html): the home page, for a response that cannot be re-read.
+const LANG_SWITCH: &str = "id=\"lang-switch\" href=\"/?";
+
+/// Points each page's language switch at the page itself in the other language (issue 18,
+/// WCAG 3.2.2/3.1.2): the same path and query for a page read with GET, and for the answer to
+/// a form (POST) the page the form belongs to — its path without the last segment
+/// (`/track/notices` → `/track`, `/staff/applications/{id}/reveal` →
+/// `/staff/applications/{id}`), since the answer itself cannot be fetched again. site.js
+/// keeps what was typed in a half-filled form. Only ever a path on this site: a path that
+/// starts `//` would name another host, and becomes `/`.
+async fn lang_switch_here(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let uri = req.uri().clone();
+    let r = next.run(req).await;
+    let is_html = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !is_html {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 8 << 20).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let page = String::from_utf8_lossy(&bytes);
+    if !page.contains(LANG_SWITCH) {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut path = uri.path().to_string();
+    if !read {
+        if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+            path = parent.to_string();
+        }
+    }
+    if path.starts_with("//") || !path.starts_with('/') {
+        path = "/".into();
+    }
+    let mut target = format!("{path}?");
+    if read {
+        for kv in uri.query().unwrap_or_default().split('&') {
+            if !kv.is_empty() && !kv.starts_with("lang=") {
+                target.push_str(kv);
+                target.push('&');
+            }
+        }
+    }
+    let target = target
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let page = page.replacen(
+        LANG_SWITCH,
+        &format!("id=\"lang-switch\" href=\"{target}"),
+        1,
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(page))
 }
 
 async fn security_headers(mut r: Response) -> Response {
@@ -600,6 +668,18 @@ async fn keygen_js() -> Response {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         include_str!("../../static/keygen.js"),
+    )
+        .into_response()
+}
+
+/// The language switch's helper (keeps a half-filled form across the switch).
+async fn site_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/site.js"),
     )
         .into_response()
 }
