@@ -470,3 +470,269 @@ fn browser_two_officers_and_the_data_owner() {
     );
     b.screenshot("personal-data");
 }
+
+/// Signs in at /staff/login in the browser with `password`, and waits for the staff home.
+fn staff_sign_in_with(b: &Chrome, base: &str, username: &str, password: &str, totp: &str) {
+    b.goto(&format!("{base}/staff/login"));
+    b.fill("#username", username);
+    b.fill("#password", password);
+    b.fill("#code", &totp_now(totp));
+    b.click("#sign-in");
+    b.wait_until(
+        "return !!document.getElementById('role');",
+        "the staff home page",
+    );
+}
+
+/// `url` with `lang=` set (the page in that language; the choice is remembered).
+fn in_lang(url: &str, lang: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}lang={lang}")
+}
+
+/// Issue 18: every page — public, the citizen's after a form, and each staff role's — passes
+/// axe-core's WCAG 2.1 A and AA rules (no serious or critical finding) in English and in
+/// Traditional Chinese; a journey walks in Traditional Chinese; the language switch keeps the
+/// page and a half-filled form (but never the HKID number).
+#[test]
+fn every_page_passes_axe_in_both_languages_and_a_journey_in_chinese() {
+    use crate::ra::add_staff;
+    let ca = Ca::init();
+    add_gpo(&ca);
+    let roles = [
+        ("clerk1", "clerk"),
+        ("super1", "supervisor"),
+        ("officer1", "officer"),
+        ("operator1", "operator"),
+        ("auditor1", "auditor"),
+        ("owner1", "data_owner"),
+    ];
+    let totps: Vec<String> = roles
+        .iter()
+        .map(|(u, r)| add_staff(&ca, u, "gpo", r))
+        .collect();
+    // The second of the two admins `add_staff` made (the first signed in to the API just now).
+    let admin_totp = std::fs::read_to_string(ca.file("e2e-admin2.totp")).unwrap();
+    let smtp = SmtpServer::start();
+    let log = ca.file("serve.log");
+    let server = serve_ra(&ca, &smtp.addr, &log);
+    let base = format!("http://{}", server.1);
+    let b = Chrome::start(&screenshots("browser-a11y"));
+    let langs = ["en", "zh-HK"];
+    let lang_is = |lang: &str| {
+        b.wait_until(
+            &format!("return document.documentElement.lang === '{lang}';"),
+            &format!("the page in {lang}"),
+        )
+    };
+
+    // The language switch keeps the page and what was typed, except the HKID number.
+    b.goto(&in_lang(&format!("{base}/apply?profile=personal"), "en"));
+    b.fill("#surname", "Chan");
+    b.fill("#given_name", "Siu Ming");
+    b.fill("#email", "sm.chan@example.hk");
+    b.fill("#hkid", "Z683451(6)");
+    b.click("#lang-switch");
+    lang_is("zh-HK");
+    assert_eq!(
+        b.eval("return location.pathname + location.search;"),
+        serde_json::json!("/apply?profile=personal&lang=zh-HK")
+    );
+    assert_eq!(
+        b.eval("return document.getElementById('surname').value;"),
+        serde_json::json!("Chan")
+    );
+    assert_eq!(
+        b.eval("return document.getElementById('email').value;"),
+        serde_json::json!("sm.chan@example.hk")
+    );
+    assert_eq!(
+        b.eval("return document.getElementById('hkid').value;"),
+        serde_json::json!(""),
+        "the HKID number was kept in the browser"
+    );
+    b.screenshot("zh-apply-kept");
+
+    // A journey in Traditional Chinese: apply, confirm the mailbox, see the data held, change
+    // a consent.
+    b.fill("#hkid", "Z683451(6)");
+    b.fill("#name_zh", "陳小明");
+    b.eval("document.getElementById('date_of_birth').value = '1985-06-15'; return true;");
+    b.fill("#phone", "+852 2921 2223");
+    b.fill("#address", "香港中環干諾道中2號");
+    b.fill("#revocation_secret", "my revocation words");
+    b.fill("#key-passphrase", "key file passphrase");
+    b.click("#make-key");
+    b.wait_until(
+        "return document.getElementById('csr').value.includes('BEGIN CERTIFICATE REQUEST');",
+        "the CSR made in the browser",
+    );
+    b.screenshot("zh-key-made");
+    b.click("#submit");
+    let reference = b.text("#reference");
+    let secret = b.text("#tracking-secret");
+    lang_is("zh-HK");
+    b.screenshot("zh-applied");
+    let mail = smtp.wait_for("sm.chan@example.hk", &reference);
+    // A Chinese mail's body is base64 (Content-Transfer-Encoding).
+    let body = mail.split_once("\n\n").map_or("", |(_, b)| b);
+    let mail = if mail.contains("Content-Transfer-Encoding: base64") {
+        use base64::Engine as _;
+        let raw: String = body.split_whitespace().collect();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .unwrap(),
+        )
+        .unwrap()
+    } else {
+        body.to_string()
+    };
+    // The code: 26 base32 characters, after a label in either language.
+    let code = mail
+        .split(|c: char| c.is_whitespace() || c == ':' || c == '：')
+        .find(|c| {
+            c.len() == 26
+                && c.bytes()
+                    .all(|x| x.is_ascii_uppercase() || (b'2'..=b'7').contains(&x))
+        })
+        .unwrap_or_else(|| panic!("no code in {mail}"))
+        .to_string();
+    b.fill("#code", &code);
+    b.click("#confirm");
+    b.wait_until(
+        "const e = document.getElementById('status'); return !!e && e.dataset.status === 'awaiting_visit';",
+        "awaiting the visit",
+    );
+    lang_is("zh-HK");
+    b.screenshot("zh-status");
+    b.click("#notices-toggle");
+    b.wait_until(
+        "const e = document.getElementById('notices-state'); return !!e && e.textContent.includes('您已同意');",
+        "the consent given",
+    );
+    b.screenshot("zh-consent-given");
+    b.click("#data-see");
+    b.wait_until(
+        "return !!document.getElementById('data-title');",
+        "the data page",
+    );
+    assert_eq!(b.text("#data-title"), "我們持有的您的個人資料");
+    assert!(
+        b.text("#data-items").contains("Z******(6)"),
+        "{}",
+        b.text("body")
+    );
+    b.screenshot("zh-data");
+    // The same page in English, found again from the tracking form.
+    b.goto(&in_lang(&format!("{base}/track"), "en"));
+    b.fill("#reference", &reference);
+    b.fill("#secret", &secret);
+    b.click("#show");
+    b.click("#data-see");
+    b.wait_until(
+        "return !!document.getElementById('data-title');",
+        "the data page",
+    );
+    lang_is("en");
+    b.screenshot("en-data");
+
+    // Every public page, in both languages.
+    for lang in langs {
+        for page in [
+            "/",
+            "/apply?profile=personal",
+            "/apply?profile=organisational",
+            "/apply?profile=server",
+            "/track",
+            "/report",
+            "/directory",
+            "/directory?email=nobody%40example.hk",
+            "/terms",
+            "/staff/login",
+        ] {
+            b.goto(&in_lang(&format!("{base}{page}"), lang));
+            lang_is(lang);
+            b.check_accessibility(page);
+        }
+    }
+
+    // Each staff role's pages, in both languages (one sign-in each: a TOTP code is used once).
+    let id: String = ca
+        .sql_query(&format!(
+            "SELECT id FROM applications WHERE reference = '{reference}'"
+        ))
+        .trim()
+        .to_string();
+    let application = format!("/staff/applications/{id}");
+    let mut accounts: Vec<(&str, &str, &str, Vec<&str>)> = vec![
+        (
+            "clerk1",
+            "a counter password 123",
+            &totps[0],
+            vec!["/staff", &application, "/staff/walk-in", "/staff/password"],
+        ),
+        (
+            "super1",
+            "a counter password 123",
+            &totps[1],
+            vec!["/staff", "/staff/reports"],
+        ),
+        (
+            "officer1",
+            "a counter password 123",
+            &totps[2],
+            vec![
+                "/staff",
+                &application,
+                "/staff/problems",
+                "/staff/officer",
+                "/staff/reports",
+            ],
+        ),
+        (
+            "operator1",
+            "a counter password 123",
+            &totps[3],
+            vec!["/staff", "/staff/ops"],
+        ),
+        (
+            "auditor1",
+            "a counter password 123",
+            &totps[4],
+            vec!["/staff", "/staff/audit"],
+        ),
+        (
+            "owner1",
+            "a counter password 123",
+            &totps[5],
+            vec!["/staff", "/staff/audit", "/staff/personal-data"],
+        ),
+    ];
+    accounts.push((
+        "e2e-admin2",
+        "an e2e admin password",
+        &admin_totp,
+        vec!["/staff", "/staff/admin", "/staff/reports"],
+    ));
+    for (user, password, totp, pages) in accounts {
+        eprintln!("signing in as {user}");
+        staff_sign_in_with(&b, &base, user, password, totp);
+        for lang in langs {
+            for page in &pages {
+                b.goto(&in_lang(&format!("{base}{page}"), lang));
+                lang_is(lang);
+                b.check_accessibility(&format!("{user} {page}"));
+            }
+        }
+        b.goto(&format!("{base}/staff"));
+        b.click("#sign-out");
+    }
+    let checked = b.checked_pages();
+    eprintln!(
+        "axe-core passed {} pages:\n{}",
+        checked.len(),
+        checked.join("\n")
+    );
+    assert!(checked.len() >= 60, "{checked:?}");
+}
