@@ -229,10 +229,16 @@ impl std::fmt::Display for Finding {
 /// `audit.restored` record signed by the audit key: records `from..=to` were made after the
 /// backup and are gone; the record `record` chains to `resumed_after`, the hash of record
 /// `to` as the witness holds it.
+///
+/// Also the stretch `1..=to` purged after the audit retention period ([`pruned_message`],
+/// issue 18), declared by a signed `audit.pruned` record (`pruned_by`): `record` is then the
+/// first record kept, which chains to `resumed_after`, the hash of the last record purged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredGap {
-    /// The `audit.restored` record.
+    /// The record that follows the stretch (the `audit.restored` record itself, for a restore).
     pub record: i64,
+    /// The `audit.pruned` record that declared a purge (`None`: a restore).
+    pub pruned_by: Option<i64>,
     /// First record lost.
     pub from: i64,
     /// Last record lost (`from - 1`: none).
@@ -266,13 +272,63 @@ pub fn restored_gaps(records: &[Record], audit_spki: &[u8]) -> Vec<RestoredGap> 
             (signed && r.seq == to + 1 && to + 1 >= from && r.prev_hash == resumed_after).then_some(
                 RestoredGap {
                     record: r.seq,
+                    pruned_by: None,
                     from,
                     to,
                     resumed_after,
                 },
             )
         })
+        .chain(pruned_prefix(records, audit_spki))
         .collect()
+}
+
+/// Domain of the message an `audit.pruned` record's signature covers.
+const PRUNED_DOMAIN: &[u8] = b"ecert-audit-pruned-v1\0";
+
+/// What the audit key signs for a purge of records `1..=to` made before `before` (Unix
+/// seconds), the last of which hashed to `anchor`.
+pub fn pruned_message(to: i64, anchor: &[u8], before: i64) -> Vec<u8> {
+    let mut m = PRUNED_DOMAIN.to_vec();
+    m.extend_from_slice(&to.to_be_bytes());
+    m.extend_from_slice(anchor);
+    m.extend_from_slice(&before.to_be_bytes());
+    m
+}
+
+/// The purged stretch at the start of `records`: declared by a signed `audit.pruned` record
+/// whose anchor is what the first record kept chains to. A prefix removed without such a
+/// record — or cut short of, or past, what one declares — is not declared, so the gap is a
+/// finding.
+fn pruned_prefix(records: &[Record], audit_spki: &[u8]) -> Option<RestoredGap> {
+    let first = records.first()?;
+    records
+        .iter()
+        .filter(|r| r.kind == "audit.pruned")
+        .filter_map(|r| {
+            let d: serde_json::Value = serde_json::from_str(&r.detail).ok()?;
+            let to = d["pruned_to"].as_i64()?;
+            let anchor = hex::decode(d["anchor"].as_str()?).ok()?;
+            let before = d["before"].as_i64()?;
+            let signature = hex::decode(d["signature"].as_str()?).ok()?;
+            let signed = hsm::verify(
+                hsm::Algorithm::EcdsaP256Sha256,
+                audit_spki,
+                &pruned_message(to, &anchor, before),
+                &signature,
+            )
+            .is_ok();
+            (signed && to >= 1 && first.seq == to + 1 && first.prev_hash == anchor).then_some(
+                RestoredGap {
+                    record: first.seq,
+                    pruned_by: Some(r.seq),
+                    from: 1,
+                    to,
+                    resumed_after: anchor,
+                },
+            )
+        })
+        .last()
 }
 
 /// Verifies records (in sequence order) against the head. A stretch declared lost by a signed

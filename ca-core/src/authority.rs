@@ -1238,6 +1238,19 @@ impl Authority {
                 },
             );
         }
+        // Everything that can fail is opened before the epoch is taken: a standby that cannot
+        // open its keys or read its configuration does not depose a working signer.
+        let debian_weak = match &config.keys.debian_weak_dir {
+            Some(dir) => crate::keys::debian::DebianWeakKeys::load(dir)?,
+            None => Default::default(),
+        };
+        // The staff-auth vault, read only when its data key exists (a standby's case)...
+        let staff_ready = store.meta(crate::pii::STAFF_KEY_META).await?.is_some();
+        let early_staff = if staff_ready {
+            Some(crate::custody::open_staff_vault(&ca_token, &store, "system:start", false).await?)
+        } else {
+            None
+        };
         // The signer (not a root-CRL ceremony beside it) takes the next epoch once its keys are
         // open — a standby that cannot open them does not depose a working signer — and before
         // its first write (the vaults below audit their opening): a deposed signer frozen in a
@@ -1248,10 +1261,14 @@ impl Authority {
             Some(_) => store.take_signer_epoch(&process_name()).await?,
             None => store,
         };
-        // Made here for data directories whose `init` predates the staff-auth key.
-        let staff_keys = Arc::new(
-            crate::custody::open_staff_vault(&ca_token, &store, "system:start", true).await?,
-        );
+        // ... else made here, an audited write (data directories whose `init` predates the
+        // staff-auth key).
+        let staff_keys = Arc::new(match early_staff {
+            Some(v) => v,
+            None => {
+                crate::custody::open_staff_vault(&ca_token, &store, "system:start", true).await?
+            }
+        });
         drop(ca_token);
         let (pii, pii_problem) = match config.pii_pin() {
             Ok(Some(pin)) => {
@@ -1278,10 +1295,6 @@ impl Authority {
                     Some("the pii token's PIN is not available (see the service log)".to_string()),
                 )
             }
-        };
-        let debian_weak = match &config.keys.debian_weak_dir {
-            Some(dir) => crate::keys::debian::DebianWeakKeys::load(dir)?,
-            None => Default::default(),
         };
         let writer = Committer::start(store.clone());
         let hsm_slots = Arc::new(tokio::sync::Semaphore::new(config.hsm.pool_size));
@@ -1486,6 +1499,66 @@ impl Authority {
             .await
             .map_err(|e| Error::Store(format!("signing task failed: {e}")))?
             .map_err(Error::from)
+    }
+
+    /// Purges the audit records older than `ra.audit_retention_days` at `now` (issue 18,
+    /// docs/AUDIT.md "Retention"): every record up to the newest signed checkpoint whose record
+    /// was made before the cutoff, with the checkpoints before it. The purge is declared in the
+    /// chain by an `audit.pruned` record whose detail — the last record purged, its hash (the
+    /// anchor the first record kept chains to), the cutoff — is signed by the audit key, so
+    /// `audit verify`, `audit verify --witness` and exports still verify, and a prefix removed
+    /// any other way is a finding ([`audit::restored_gaps`]). The checkpoint at the anchor is
+    /// kept (exports start at it). Returns the last record purged and how many went.
+    pub async fn prune_audit(&self, now: i64) -> Result<Option<(i64, u64)>> {
+        let before = now - i64::from(self.config.ra.audit_retention_days) * 86_400;
+        let anchor: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT c.seq, c.hash FROM audit_checkpoints c JOIN audit_log l ON l.seq = c.seq \
+             WHERE l.at < $1 ORDER BY c.seq DESC LIMIT 1",
+        )
+        .bind(before)
+        .fetch_optional(self.store.pool())
+        .await?;
+        let Some((to, hash)) = anchor else {
+            return Ok(None);
+        };
+        let signature = self
+            .sign_with_audit_key(&audit::pruned_message(to, &hash, before))
+            .await?;
+        let mut tx = self.store.begin().await?;
+        // The append-only trigger lets exactly these go (migration 0047).
+        sqlx::query("UPDATE audit_prune SET upto = $1 WHERE id = 1")
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        let purged = sqlx::query("DELETE FROM audit_log WHERE seq <= $1")
+            .bind(to)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM audit_checkpoints WHERE seq < $1")
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        self.store
+            .audit(
+                &mut tx,
+                &Event {
+                    kind: "audit.pruned",
+                    actor: "system:retention".into(),
+                    subject: None,
+                    detail: json!({
+                        "pruned_to": to,
+                        "anchor": hex::encode(&hash),
+                        "before": before,
+                        "records": purged,
+                        "retention_days": self.config.ra.audit_retention_days,
+                        "signature": hex::encode(signature),
+                    }),
+                },
+            )
+            .await?;
+        tx.commit().await?;
+        Ok((purged > 0).then_some((to, purged)))
     }
 
     /// The audit key's signature algorithm as a record names it.

@@ -325,6 +325,11 @@ pub struct RaConfig {
     /// BR and S/MIME BR §5.5.2 keep verification records two years after the certificates
     /// relying on them expire. Default 2557 (seven years).
     pub retention_after_expiry_days: u32,
+    /// Audit records are kept this many days, then purged up to a signed checkpoint, the
+    /// purge declared by a signed `audit.pruned` record so the chain still verifies
+    /// (docs/AUDIT.md "Retention"). At least 730: TLS BR and S/MIME BR §5.4.3 and §5.5.2 keep
+    /// audit logs two years. Default 2557 (seven years). Audit records hold no personal data.
+    pub audit_retention_days: u32,
     /// SMTP relay for notices to citizens: `host:port` (plain SMTP; point it at a local relay
     /// that forwards with TLS).
     pub smtp: String,
@@ -397,6 +402,7 @@ impl Default for RaConfig {
             standing_authorisation: false,
             retention_days: 90,
             retention_after_expiry_days: 2557,
+            audit_retention_days: 2557,
             smtp: "127.0.0.1:25".into(),
             mail_from: "e-cert@pki.example.hk".into(),
             trusted_proxies: Vec::new(),
@@ -725,6 +731,11 @@ impl Config {
         if self.ra.retention_after_expiry_days < 730 {
             return Err(Error::Config(
                 "ra.retention_after_expiry_days: at least 730 (TLS BR and S/MIME BR §5.5.2: verification records are kept two years after the certificate expires)".into(),
+            ));
+        }
+        if self.ra.audit_retention_days < 730 {
+            return Err(Error::Config(
+                "ra.audit_retention_days: at least 730 (TLS BR and S/MIME BR §5.4.3: audit logs are kept two years)".into(),
             ));
         }
         if self.ra.retention_days == 0 {

@@ -111,6 +111,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (44, "signer_epoch", include_str!("../../migrations/sqlite/0044_signer_epoch.sql")),
     (45, "signer_lease", include_str!("../../migrations/sqlite/0045_signer_lease.sql")),
     (46, "consent", include_str!("../../migrations/sqlite/0046_consent.sql")),
+    (47, "audit_prune", include_str!("../../migrations/sqlite/0047_audit_prune.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -160,6 +161,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (44, "signer_epoch", include_str!("../../migrations/postgres/0044_signer_epoch.sql")),
     (45, "signer_lease", include_str!("../../migrations/postgres/0045_signer_lease.sql")),
     (46, "consent", include_str!("../../migrations/postgres/0046_consent.sql")),
+    (47, "audit_prune", include_str!("../../migrations/postgres/0047_audit_prune.sql")),
 ];
 
 row! {
@@ -1523,9 +1525,10 @@ impl Store {
     /// A row the backup holds that the lost machine went on to sign — `reserved`, `issuing` or
     /// `failed` here, since the restored database never saw the signature — becomes the same
     /// revoked `abandoned` row, keeping its own key, profile and dates. A row recorded before
-    /// without its key (profile `unknown`) takes the key now given; its revocation date and
-    /// reason stay. Returns false, changing nothing, for any other known serial (an issued
-    /// certificate is revoked by serial), or one of another issuer.
+    /// without its key (profile `unknown`) takes the key now given (once: a key is never
+    /// replaced by none); its revocation date and reason stay. Returns false, changing
+    /// nothing, for any other known serial (an issued certificate is revoked by serial), one
+    /// of another issuer, or one recorded already with this key.
     #[allow(clippy::too_many_arguments)]
     pub async fn record_revoked_unknown(
         &self,
@@ -1541,6 +1544,7 @@ impl Store {
         use sha2::Digest;
         let mut tx = self.begin().await?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let has_key = i64::from(key_fp.is_some());
         let key_fp = key_fp.map_or_else(
             // A key fingerprint no key has: this row blocks and matches no key.
             || sha2::Sha256::digest(format!("ecert-unknown-serial:{serial}")).to_vec(),
@@ -1556,10 +1560,11 @@ impl Store {
              revocation_reason = COALESCE(certificates.revocation_reason, excluded.revocation_reason), \
              not_after = COALESCE(certificates.not_after, excluded.not_after), \
              crl_partition = COALESCE(certificates.crl_partition, excluded.crl_partition), \
-             key_fp = CASE WHEN certificates.profile = 'unknown' THEN excluded.key_fp ELSE certificates.key_fp END, \
+             key_fp = CASE WHEN certificates.profile = 'unknown' AND $9 = 1 THEN excluded.key_fp ELSE certificates.key_fp END, \
              failure = excluded.failure \
              WHERE certificates.issuer = excluded.issuer \
-             AND (certificates.state IN ('reserved', 'issuing', 'failed') OR certificates.profile = 'unknown')",
+             AND (certificates.state IN ('reserved', 'issuing', 'failed') \
+                  OR (certificates.profile = 'unknown' AND $9 = 1 AND certificates.key_fp <> excluded.key_fp))",
         )
         .bind(serial)
         .bind(issuer)
@@ -1569,6 +1574,7 @@ impl Store {
         .bind(revoked_at)
         .bind(reason)
         .bind(partition.map(i64::from))
+        .bind(has_key)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -3117,6 +3123,10 @@ mod tests {
                 key.to_vec()
             )
         );
+        // Once: the same key again, or no key, changes nothing (the real key stays).
+        assert!(!record("0a", "individual", Some(key)).await);
+        assert!(!record("0a", "individual", None).await);
+        assert_eq!(row("0a").await.6, key.to_vec());
     }
 
     /// Issue 17: a signer that lost the lock to a standby writes nothing more — in particular

@@ -2057,7 +2057,13 @@ async fn audit_verify(
     } = Authority::verify_audit(&store, &spki).await?;
     let mut problems: Vec<String> = findings.iter().map(ToString::to_string).collect();
     for g in &gaps {
-        if g.from <= g.to {
+        if let Some(by) = g.pruned_by {
+            outln!(
+                "records {} to {} were purged after the audit retention period (declared by the signed record {by})",
+                g.from,
+                g.to
+            );
+        } else if g.from <= g.to {
             outln!(
                 "records {} to {} were lost in a restore from backup (declared by the signed record {})",
                 g.from,

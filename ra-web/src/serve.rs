@@ -1716,6 +1716,15 @@ async fn crl_duties(s: Shared, interval: u64, watch: u64) {
                 ),
                 Err(e) => tracing::error!(error = %e, "retention purge failed"),
             }
+            match auth.prune_audit(now()).await {
+                Ok(None) => {}
+                Ok(Some((to, n))) => tracing::info!(
+                    records = n,
+                    pruned_to = to,
+                    "audit records purged after the retention period"
+                ),
+                Err(e) => tracing::error!(error = %e, "audit retention purge failed"),
+            }
         }
         match auth.checkpoint().await {
             Ok(_) => checkpoint.ok("audit checkpoint"),

@@ -207,7 +207,8 @@ pub async fn personal_data(auth: &Authority, reference: &str, secret: &str) -> R
             approvals,
             r.issue_error.is_some(),
         ),
-        identity_checked: r.identity_version.is_some(),
+        // As staff screens say it: for the application as it stands (an edit asks again).
+        identity_checked: r.identity_version == Some(r.version),
         fee: r.fee_amount.map(|a| {
             (
                 a,

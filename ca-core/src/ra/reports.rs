@@ -122,7 +122,7 @@ row! {
     pub struct ByProfile {
         /// Profile id.
         pub profile: String,
-        /// Issued (notBefore in the period).
+        /// Issued (notBefore in the period; an attempt abandoned after a crash is not).
         pub issued: i64,
         /// Revoked (for good) in the period.
         pub revoked: i64,
@@ -189,7 +189,7 @@ pub async fn reports(store: &Store, staff: &StaffSession, period: Period) -> Res
            SELECT certificate FROM applications WHERE certificate IS NOT NULL AND outlet = $3 \
            UNION SELECT c.renews FROM certificates c JOIN chain ON c.serial = chain.serial WHERE c.renews IS NOT NULL) \
          SELECT profile, \
-           CAST(SUM(CASE WHEN not_before >= $1 AND not_before < $2 THEN 1 ELSE 0 END) AS BIGINT) AS issued, \
+           CAST(SUM(CASE WHEN state = 'issued' AND not_before >= $1 AND not_before < $2 THEN 1 ELSE 0 END) AS BIGINT) AS issued, \
            CAST(SUM(CASE WHEN revoked_at >= $1 AND revoked_at < $2 AND revocation_reason <> 6 THEN 1 ELSE 0 END) AS BIGINT) AS revoked, \
            CAST(SUM(CASE WHEN revoked_at >= $1 AND revoked_at < $2 AND revocation_reason = 6 THEN 1 ELSE 0 END) AS BIGINT) AS held \
          FROM certificates WHERE state IN ('issued', 'abandoned') \

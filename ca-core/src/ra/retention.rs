@@ -97,6 +97,20 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // The issuance records hold the subject too (the approved request, the linting TBS): an
+    // attempt that never produced a certificate loses them after `retention_days`; a
+    // certificate's (issued, or abandoned after a crash: a signature may exist) after the
+    // period after it expires. The certificate itself stays, the record of issuance.
+    let requests = sqlx::query(
+        "UPDATE certificates SET request = '{}', linting_tbs = NULL \
+         WHERE request <> '{}' AND ((state = 'failed' AND updated_at < $1) \
+         OR (state IN ('issued', 'abandoned') AND not_after < $2))",
+    )
+    .bind(now - i64::from(days) * 86_400)
+    .bind(now - i64::from(after) * 86_400)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     // Batch rows (docs/BULK.md) keep names, mailboxes and CSRs no longer than applications
     // do: a row never approved is refused, and every row's personal fields and CSR go (an
     // issued row's are in its certificate).
@@ -127,7 +141,7 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
     )
     .execute(&mut *tx)
     .await?;
-    if n > 0 || rows > 0 || expired > 0 || expired_long_ago > 0 {
+    if n > 0 || rows > 0 || expired > 0 || expired_long_ago > 0 || requests > 0 {
         store
             .audit(
                 &mut tx,
@@ -138,6 +152,7 @@ pub async fn purge(auth: &Authority, now: i64) -> Result<u64> {
                     detail: json!({
                         "applications": n,
                         "applications_after_expiry": expired_long_ago,
+                        "issuance_requests": requests,
                         "batch_rows": rows,
                         "batch_rows_never_approved": expired,
                         "retention_days": days,

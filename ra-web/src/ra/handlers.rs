@@ -3331,6 +3331,12 @@ async fn a_citizen_sees_what_is_held_and_changes_consent() {
         .unwrap();
     assert!(disposition.starts_with("attachment") && disposition.contains(&reference));
     assert!(r.body.contains(&masked));
+    // The copy may be passed on: it holds no form and never the tracking secret.
+    assert!(
+        !r.body.contains(&secret),
+        "the copy holds the tracking secret"
+    );
+    assert!(!r.body.contains("data-copy-form"));
 
     // Consent to value-added notices: not given at application, given, then withdrawn.
     let consent = || async {
@@ -3414,7 +3420,7 @@ async fn reports_are_scoped_and_hold_no_personal_data() {
         i64,
         Cert,
     );
-    let rows: [Row; 5] = [
+    let rows: [Row; 6] = [
         (
             "a1",
             "gpo",
@@ -3443,6 +3449,16 @@ async fn reports_are_scoped_and_hold_no_personal_data() {
             day1 + 3600,
             None,
         ),
+        // An attempt abandoned after a crash in the period: not an issuance.
+        (
+            "a6",
+            "gpo",
+            "approved",
+            before,
+            None,
+            0,
+            Some(("0a06", "personal", day1 + 300, None)),
+        ),
         // Outside the period: counted nowhere.
         (
             "a5",
@@ -3459,7 +3475,7 @@ async fn reports_are_scoped_and_hold_no_personal_data() {
             sqlx::query(
                 "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, reserved_at, \
                  updated_at, not_before, not_after, revocation_reason, revoked_at) \
-                 VALUES ($1, 'individual', 'issued', $2, 2, $3, '{}', $4, $4, $4, $5, $6, $7)",
+                 VALUES ($1, 'individual', $8, $2, 2, $3, '{}', $4, $4, $4, $5, $6, $7)",
             )
             .bind(serial)
             .bind(profile)
@@ -3468,6 +3484,7 @@ async fn reports_are_scoped_and_hold_no_personal_data() {
             .bind(not_before + 365 * 86_400)
             .bind(revocation.map(|r| r.0))
             .bind(revocation.map(|r| r.1))
+            .bind(if *id == "a6" { "abandoned" } else { "issued" })
             .execute(&pool)
             .await
             .unwrap();

@@ -1282,6 +1282,8 @@ struct DataPage {
     /// The rule's text and the date (empty once purged).
     kept: &'static str,
     kept_until: String,
+    /// The copy to keep: no form, and never the tracking secret (the file may be passed on).
+    copy: bool,
 }
 
 /// `POST /track/data`: what is held about the applicant (PDPO DPP6), masked, why and until
@@ -1334,7 +1336,12 @@ async fn track_data(
         lang: lang.0,
         csrf: f.csrf.clone(),
         reference: d.reference.clone(),
-        secret: f.secret.trim().to_string(),
+        secret: if f.copy == "yes" {
+            String::new()
+        } else {
+            f.secret.trim().to_string()
+        },
+        copy: f.copy == "yes",
         profile: d.profile.clone(),
         status_text: status_text(t, d.status),
         outlet: d.outlet.clone(),

@@ -119,7 +119,16 @@ pub(super) async fn csv(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let which = file.strip_suffix(".csv").unwrap_or("");
+    // `/staff/reports/{id}` was a problem report before the queue moved to /staff/problems.
+    let Some(which) = file.strip_suffix(".csv") else {
+        return axum::response::Redirect::permanent(&format!(
+            "/staff/problems/{}",
+            file.chars()
+                .filter(|c| c.is_ascii_hexdigit() || *c == '-')
+                .collect::<String>()
+        ))
+        .into_response();
+    };
     let body = match q.period() {
         Ok(p) => match reports::reports(s.auth.store(), &staff, p).await {
             Ok(r) => reports::csv(&r, which).map(|b| (b, p)),

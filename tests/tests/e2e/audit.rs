@@ -584,3 +584,76 @@ fn the_witness_can_be_an_https_service() {
     let _ = service.kill();
     let _ = service.wait();
 }
+
+/// Issue 18 (docs/AUDIT.md "Retention"): a signer whose clock is past `ra.audit_retention_days`
+/// purges the audit records up to the newest checkpoint before the cutoff, on either engine
+/// (the append-only trigger lets exactly those go); `audit verify` still passes and says what
+/// was purged; an export from what is kept verifies offline; and the records left are the
+/// ones after the anchor.
+#[test]
+fn audit_records_are_purged_after_their_period_and_the_trail_still_verifies() {
+    let (ca, before) = ca_with_history();
+    ca.append_config("[ra]\naudit_retention_days = 730");
+    let preload = crate::ocsp::libfaketime();
+    let mut srv = crate::serve::spawn_listening(
+        ca.command(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-watch-seconds",
+                "1",
+            ],
+            &[
+                ("LD_PRELOAD", preload.to_str().unwrap()),
+                ("FAKETIME", "+731d"),
+            ],
+        ),
+        std::process::Stdio::null(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ca
+        .sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'audit.pruned'")
+        .trim()
+        != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing purged");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    crate::serve::terminate(&mut srv, 20);
+    let first: i64 = ca
+        .sql_query("SELECT MIN(seq) FROM audit_log")
+        .trim()
+        .parse()
+        .unwrap();
+    let anchor: i64 = ca
+        .sql_query("SELECT MIN(seq) FROM audit_checkpoints")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(first > 1, "no record purged");
+    assert_eq!(
+        first,
+        anchor + 1,
+        "the first record kept follows the anchor"
+    );
+    assert!(
+        usize::try_from(anchor).unwrap() <= before,
+        "records made after the cutoff went"
+    );
+    let o = ca.ecert(&["audit", "verify"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(
+            "records 1 to {anchor} were purged after the audit retention period"
+        )),
+        "{said}"
+    );
+    // An export of what is kept starts at the anchor's checkpoint and verifies offline.
+    let out = ca.file("after-purge.jsonl");
+    let o = ca.ecert(&["audit", "export", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v = verify_export_offline(&ca, &out, &audit_key_file(&ca));
+    assert!(v.status.success(), "{}", show(&v));
+}

@@ -2103,8 +2103,31 @@ async fn each_kind_of_personal_data_goes_at_its_time_and_not_before() {
     assert_eq!(purged_at(not_after).await, 0);
     assert_eq!(purged_at(not_after + after * 86_400 - 1).await, 0);
     assert!(held(issued.id.clone()).await);
+    let issued_id = issued.id.clone();
+    let request = || {
+        let store = store.clone();
+        let id = issued_id.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT c.request FROM certificates c JOIN applications a ON a.certificate = c.serial WHERE a.id = $1",
+            )
+            .bind(&id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    assert!(
+        request().await.contains("CHAN"),
+        "the issuance request holds the subject"
+    );
     assert_eq!(purged_at(not_after + after * 86_400 + 1).await, 1);
     assert!(!held(issued.id.clone()).await, "kept past its period");
+    assert_eq!(
+        request().await,
+        "{}",
+        "the issuance request kept the subject"
+    );
     // Nothing is purged twice; the records say how many, not whose.
     assert_eq!(purged_at(not_after + after * 86_400 + 2).await, 0);
     let (records, _, _) = store.audit_records().await.unwrap();
@@ -2124,4 +2147,123 @@ async fn each_kind_of_personal_data_goes_at_its_time_and_not_before() {
             r.detail
         );
     }
+}
+
+/// Issue 18: audit records go after `ra.audit_retention_days`, and not before — up to the
+/// newest signed checkpoint made before the cutoff, declared by a signed `audit.pruned`
+/// record — and the chain still verifies, against the witness too; a record removed any
+/// other way is a finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_go_after_their_period_and_the_chain_still_verifies() {
+    let (_dir, auth) = test_ca_with(|_| {}).await;
+    let store = auth.store().clone();
+    let spki = auth.audit_public_key().to_vec();
+    let event = |n: i64| crate::audit::Event {
+        kind: "test.event",
+        actor: "test".into(),
+        subject: None,
+        detail: serde_json::json!({ "n": n }),
+    };
+    for n in 0..3 {
+        store.audit_now(&event(n)).await.unwrap();
+    }
+    let first_checkpoint = auth.checkpoint().await.unwrap().unwrap();
+    for n in 3..6 {
+        store.audit_now(&event(n)).await.unwrap();
+    }
+    auth.checkpoint().await.unwrap().unwrap();
+    store.audit_now(&event(6)).await.unwrap();
+    let witnessed = store.checkpoints().await.unwrap();
+    let at_of = |seq: i64| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT at FROM audit_log WHERE seq = $1")
+                .bind(seq)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let made = at_of(first_checkpoint).await;
+    let days = i64::from(auth.config().ra.audit_retention_days);
+    assert_eq!(days, 2557, "the documented default");
+    // To the second: nothing made before the cutoff has a checkpoint yet.
+    assert_eq!(auth.prune_audit(made + days * 86_400).await.unwrap(), None);
+    assert_eq!(
+        Authority::verify_audit(&store, &spki)
+            .await
+            .unwrap()
+            .findings,
+        vec![]
+    );
+    // A second later the first checkpoint's stretch (and any checkpoint made in that second)
+    // goes.
+    let expected: i64 = sqlx::query_scalar(
+        "SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_log l ON l.seq = c.seq WHERE l.at <= $1",
+    )
+    .bind(made)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let (to, purged) = auth
+        .prune_audit(made + days * 86_400 + 1)
+        .await
+        .unwrap()
+        .expect("nothing purged");
+    assert_eq!((to, purged), (expected, u64::try_from(expected).unwrap()));
+    let first_kept: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM audit_log")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(first_kept, to + 1);
+    // The chain verifies and says what was purged; the witness still agrees.
+    let v = Authority::verify_audit(&store, &spki).await.unwrap();
+    assert_eq!(v.findings, vec![]);
+    let gap = v
+        .gaps
+        .iter()
+        .find(|g| g.pruned_by.is_some())
+        .expect("no purge declared");
+    assert_eq!((gap.from, gap.to), (1, to));
+    let (records, _, _) = store.audit_records().await.unwrap();
+    let checkpoints = store.checkpoints().await.unwrap();
+    assert_eq!(
+        checkpoints.first().map(|c| c.seq),
+        Some(to),
+        "the anchor's checkpoint is kept"
+    );
+    assert_eq!(
+        crate::audit::witness::compare(&witnessed, &records, &checkpoints, &spki, &v.gaps),
+        None
+    );
+    // Nothing is purged twice.
+    assert_eq!(
+        auth.prune_audit(made + days * 86_400 + 1).await.unwrap(),
+        None
+    );
+    // The append-only trigger still refuses any other deletion...
+    assert!(sqlx::query("DELETE FROM audit_log WHERE seq = $1")
+        .bind(first_kept)
+        .execute(store.pool())
+        .await
+        .is_err());
+    // ... and a record removed by someone who moves its bound too is a finding.
+    sqlx::query("UPDATE audit_prune SET upto = $1")
+        .bind(first_kept)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = $1")
+        .bind(first_kept)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_ne!(
+        Authority::verify_audit(&store, &spki)
+            .await
+            .unwrap()
+            .findings,
+        vec![],
+        "a record removed without a signed declaration went unnoticed"
+    );
 }
