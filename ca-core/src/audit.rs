@@ -304,6 +304,7 @@ fn pruned_prefix(records: &[Record], audit_spki: &[u8]) -> Option<RestoredGap> {
     let first = records.first()?;
     records
         .iter()
+        .rev()
         .filter(|r| r.kind == "audit.pruned")
         .filter_map(|r| {
             let d: serde_json::Value = serde_json::from_str(&r.detail).ok()?;
@@ -328,7 +329,7 @@ fn pruned_prefix(records: &[Record], audit_spki: &[u8]) -> Option<RestoredGap> {
                 },
             )
         })
-        .last()
+        .next()
 }
 
 /// Verifies records (in sequence order) against the head. A stretch declared lost by a signed

@@ -3606,6 +3606,18 @@ async fn reports_are_scoped_and_hold_no_personal_data() {
         .get(&format!("/staff/reports/people.csv{period}"), &officer)
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A problem report's old address leads to its new one.
+    let r = app
+        .get(
+            "/staff/reports/0b6f6c2e-1111-4222-8333-444455556666",
+            &officer,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.headers[header::LOCATION],
+        "/staff/problems/0b6f6c2e-1111-4222-8333-444455556666"
+    );
     // Without a period: the last 30 days, shown in the form.
     let r = app.get("/staff/reports", &officer).await;
     assert_eq!(r.status, StatusCode::OK);

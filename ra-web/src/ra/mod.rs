@@ -132,9 +132,9 @@ pub fn router(state: Shared) -> Router {
         .route("/track/renew", post(renew))
         .route("/track/new-code", post(new_code))
         .route("/track/domains", post(track_domains))
-        .route("/track/reminders", post(track_reminders))
-        .route("/track/directory", post(track_directory))
-        .route("/track/notices", post(track_notices))
+        .route("/track/reminders", post(track_choice::<REMINDERS>))
+        .route("/track/directory", post(track_choice::<DIRECTORY>))
+        .route("/track/notices", post(track_choice::<NOTICES>))
         .route("/track/data", post(track_data))
         .route("/directory", get(directory_page))
         .route("/static/site.css", get(css))
@@ -1235,28 +1235,6 @@ async fn track_domains(
     status_page(&s, lang, &f, domains_message(lang.0.texts(), &list)).await
 }
 
-/// The subscriber turns expiry reminders on or off.
-async fn track_reminders(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Form(f): Form<TrackForm>,
-) -> Result<Response, AppError> {
-    let value = f.reminders.clone();
-    track_choice(
-        &s,
-        lang,
-        ip,
-        &headers,
-        &f,
-        ra::Choice::Reminders,
-        "reminders",
-        &value,
-    )
-    .await
-}
-
 #[derive(Template)]
 #[template(path = "data.html")]
 struct DataPage {
@@ -1382,64 +1360,28 @@ async fn track_data(
     Ok(r)
 }
 
-/// The subscriber consents to value-added notices, or withdraws consent.
-async fn track_notices(
+/// The choices of the tracking page, as [`track_choice`]'s parameter.
+const REMINDERS: u8 = 0;
+const DIRECTORY: u8 = 1;
+const NOTICES: u8 = 2;
+
+/// A subscriber's choice on the tracking page (`/track/reminders`, `/track/directory`,
+/// `/track/notices`, `C` [`REMINDERS`], [`DIRECTORY`], [`NOTICES`]): the form's field is `on`
+/// or `off`.
+async fn track_choice<const C: u8>(
     State(s): State<Shared>,
     lang: PageLang,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Form(f): Form<TrackForm>,
 ) -> Result<Response, AppError> {
-    let value = f.notices.clone();
-    track_choice(
-        &s,
-        lang,
-        ip,
-        &headers,
-        &f,
-        ra::Choice::Notices,
-        "notices",
-        &value,
-    )
-    .await
-}
-
-/// The subscriber publishes the certificate in the directory, or withdraws it.
-async fn track_directory(
-    State(s): State<Shared>,
-    lang: PageLang,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Form(f): Form<TrackForm>,
-) -> Result<Response, AppError> {
-    let value = f.publish.clone();
-    track_choice(
-        &s,
-        lang,
-        ip,
-        &headers,
-        &f,
-        ra::Choice::Directory,
-        "publish",
-        &value,
-    )
-    .await
-}
-
-/// A subscriber's choice on the tracking page: the form's `field` is `on` or `off`.
-#[allow(clippy::too_many_arguments)]
-async fn track_choice(
-    s: &RaState,
-    lang: PageLang,
-    ip: IpAddr,
-    headers: &HeaderMap,
-    f: &TrackForm,
-    choice: ra::Choice,
-    field: &'static str,
-    value: &str,
-) -> Result<Response, AppError> {
-    citizen_post(s, headers, &f.csrf, lang.0, ip, "track", 20)?;
-    let on = match value {
+    let (choice, field, value) = match C {
+        REMINDERS => (ra::Choice::Reminders, "reminders", &f.reminders),
+        DIRECTORY => (ra::Choice::Directory, "publish", &f.publish),
+        _ => (ra::Choice::Notices, "notices", &f.notices),
+    };
+    citizen_post(&s, &headers, &f.csrf, lang.0, ip, "track", 20)?;
+    let on = match value.as_str() {
         "on" => true,
         "off" => false,
         _ => {
@@ -1455,7 +1397,7 @@ async fn track_choice(
     ra::set_choice(s.auth.store(), &f.reference, &f.secret, choice, on)
         .await
         .lang(lang.0)?;
-    status_page(s, lang, f, lang.0.texts().done.into()).await
+    status_page(&s, lang, &f, lang.0.texts().done.into()).await
 }
 
 /// `?email=`: the one address looked up.

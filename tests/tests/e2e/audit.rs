@@ -594,23 +594,7 @@ fn the_witness_can_be_an_https_service() {
 fn audit_records_are_purged_after_their_period_and_the_trail_still_verifies() {
     let (ca, before) = ca_with_history();
     ca.append_config("[ra]\naudit_retention_days = 730");
-    let preload = crate::ocsp::libfaketime();
-    let mut srv = crate::serve::spawn_listening(
-        ca.command(
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--crl-watch-seconds",
-                "1",
-            ],
-            &[
-                ("LD_PRELOAD", preload.to_str().unwrap()),
-                ("FAKETIME", "+731d"),
-            ],
-        ),
-        std::process::Stdio::null(),
-    );
+    let mut srv = crate::serve::start_faked(&ca, "+731d");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while ca
         .sql_query("SELECT COUNT(*) FROM audit_log WHERE kind = 'audit.pruned'")

@@ -81,25 +81,7 @@ fn expiry_reminders_are_mailed_once_per_threshold_and_can_be_turned_off() {
     with_service(&ca, |_| std::thread::sleep(Duration::from_secs(2)));
     assert_eq!(reminders_of(&ca, &reminded.reference), 0);
 
-    let preload = crate::ocsp::libfaketime();
-    let service_at = |offset: &str| {
-        crate::serve::spawn_listening(
-            ca.command(
-                &[
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--crl-watch-seconds",
-                    "1",
-                ],
-                &[
-                    ("LD_PRELOAD", preload.to_str().unwrap()),
-                    ("FAKETIME", offset),
-                ],
-            ),
-            std::process::Stdio::null(),
-        )
-    };
+    let service_at = |offset: &str| crate::serve::start_faked(&ca, offset);
     // 25 days before expiry (365-day certificates): the 30-day reminder, with the renewal link.
     let srv = service_at("+340d");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -107,6 +107,28 @@ pub fn start_with(ca: &Ca, extra: &[&str]) -> Server {
     spawn_listening(ca.command(&args, &[]), Stdio::null())
 }
 
+/// [`start`] with the service's clock moved by `offset` (libfaketime's `FAKETIME`, e.g.
+/// `+340d`): retention, reminders and expiry seen from the future.
+pub fn start_faked(ca: &Ca, offset: &str) -> Server {
+    let preload = crate::ocsp::libfaketime();
+    spawn_listening(
+        ca.command(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--crl-watch-seconds",
+                "1",
+            ],
+            &[
+                ("LD_PRELOAD", preload.to_str().unwrap()),
+                ("FAKETIME", offset),
+            ],
+        ),
+        Stdio::null(),
+    )
+}
+
 /// Sends SIGTERM to `server` and waits (up to `secs`) for it to exit; its exit status.
 pub fn terminate(server: &mut Server, secs: u64) -> std::process::ExitStatus {
     let pid = server.0.id().to_string();
