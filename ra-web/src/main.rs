@@ -586,6 +586,16 @@ enum CrlCommand {
     /// primary published, before starting the signer (docs/OPERATIONS.md "Disaster
     /// recovery").
     Floor,
+    /// Make again the revocations the given CRLs list that this database lacks — at a DR site
+    /// after promoting a replica that may have missed the lost primary's last commits, or
+    /// after a restore (docs/OPERATIONS.md "Disaster recovery"). Each CRL (DER or PEM) must
+    /// verify under one of this CA's issuing CAs; serials unknown here are recorded as revoked
+    /// unknown certificates.
+    Reapply {
+        /// The CRL files (the last ones the lost primary published).
+        #[arg(required = true)]
+        crls: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -893,6 +903,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = open_store(&config).await?;
                 let floor = ca_core::backup::raise_crl_number_floor(&store, &actor()).await?;
                 outln!("every CA's next CRLNumber is above {floor}");
+                Ok(())
+            }
+            Command::Crl(CrlCommand::Reapply { crls }) => {
+                let store = open_store(&config).await?;
+                let r = ca_core::backup::reapply_crls(&config, &store, &crls, &actor()).await?;
+                outln!(
+                    "from the CRLs given: {} revoked again, {} already revoked here",
+                    r.revoked,
+                    r.already
+                );
+                for s in &r.unknown {
+                    outln!("revoked there but not known here (recorded as revoked): {s}");
+                }
                 Ok(())
             }
             Command::Serve(args) => serve::serve(config, args).await,

@@ -2,8 +2,9 @@
 //! streaming standby made with `pg_basebackup` follows the primary; the primary site is lost
 //! (the signer killed, the primary cluster stopped at once); the standby is promoted, a signer
 //! started at the DR site with its token restored from the HSM backup (here a copy of the data
-//! directory) — and every committed certificate and revocation is there, and the service
-//! carries on. PostgreSQL only.
+//! directory) — and every committed certificate and revocation is there, a revocation the
+//! replica missed (its link cut) is made again from the primary's last CRL (`ecert crl
+//! reapply`), and the service carries on. PostgreSQL only.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
     let signer = start(&ca);
     let good = crate::apply::issue(&ca, &personal(), &ca.csr("good", KeyType::P256).csr, "good");
     let revoked = crate::apply::issue(&ca, &personal(), &ca.csr("rev", KeyType::P256).csr, "rev");
+    let late = crate::apply::issue(&ca, &personal(), &ca.csr("late", KeyType::P256).csr, "late");
     crate::apply::revoke_ok(
         &ca,
         &["--serial", &revoked.serial, "--reason", "keyCompromise"],
@@ -70,9 +72,38 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
     );
     assert_eq!(dr.query("ecert", "SELECT pg_is_in_recovery()"), "t");
 
-    // The last CRL relying parties got from the primary site.
-    let (_, _, crl) = get(&signer.1, "/crl/individual.crl");
+    // The link to the DR site breaks (asynchronous replication): a revocation the primary
+    // commits and publishes on its CRL never reaches the standby.
+    dr.query("postgres", "ALTER SYSTEM SET primary_conninfo = ''");
+    dr.query("postgres", "SELECT pg_reload_conf()");
+    let until = Instant::now() + Duration::from_secs(30);
+    while dr.query("postgres", "SELECT COUNT(*) FROM pg_stat_wal_receiver") != "0" {
+        assert!(Instant::now() < until, "the standby still streams");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    crate::apply::revoke_ok(
+        &ca,
+        &["--serial", &late.serial, "--reason", "keyCompromise"],
+    );
+    // The last CRL relying parties got from the primary site: it lists that revocation.
+    let until = Instant::now() + Duration::from_secs(30);
+    let crl = loop {
+        let (_, _, crl) = get(&signer.1, "/crl/individual.crl");
+        if openssl_crl_text(ca.data_dir(), &crl, None)
+            .to_uppercase()
+            .contains(&late.serial.to_uppercase())
+        {
+            break crl;
+        }
+        assert!(
+            Instant::now() < until,
+            "the primary's CRL does not list the late revocation"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let published = crl_number(&ca, &crl);
+    let last_crl = ca.file("primary-last.crl");
+    std::fs::write(&last_crl, &crl).unwrap();
     // The primary site is lost.
     drop(signer);
     primary.crash();
@@ -88,6 +119,23 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
     let cas = ca.sql_query("SELECT COUNT(*) FROM cas");
     let floored = ca.sql_query("SELECT COUNT(*) FROM crl_numbers WHERE last > 1000000000000");
     assert_eq!(floored.trim(), cas.trim());
+    // The revocation the replica missed is made again from the primary's last CRL.
+    let reason_of = |leaf: &Issued| {
+        ca.sql_query(&format!(
+            "SELECT COALESCE(CAST(revocation_reason AS TEXT), 'none') FROM certificates WHERE serial = '{}'",
+            leaf.serial
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        reason_of(&late),
+        "none",
+        "the replica has the late revocation after all"
+    );
+    let out = ca.ecert_ok(&["crl", "reapply", last_crl.to_str().unwrap()]);
+    assert!(out.contains("1 revoked again"), "{out}");
+    assert_eq!(reason_of(&late), "1", "keyCompromise");
     let dr_dir = ca.file("dr-site");
     copy_dir(ca.data_dir(), &dr_dir);
     let dr_signer = crate::serve::start_in(&ca, &dr_dir, &[]);
@@ -114,6 +162,11 @@ fn the_dr_site_carries_on_from_a_promoted_streaming_standby() {
         "{}",
         status(&revoked)
     );
+    let until = Instant::now() + Duration::from_secs(30);
+    while !status(&late).contains(": revoked") {
+        assert!(Instant::now() < until, "{}", status(&late));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (st, _, _) = get(&d, "/crl/individual.crl");
     assert_eq!(st, 200);
     // And the service carries on: a revocation and an issuance at the DR site.
