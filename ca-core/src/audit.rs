@@ -296,6 +296,65 @@ pub fn pruned_message(to: i64, anchor: &[u8], before: i64) -> Vec<u8> {
     m
 }
 
+/// Checks, before a purge, that `stretch` — the records from the first kept to the one after
+/// `anchor` — is what the audit key signed: every record's hash is its content's, each links
+/// to the one before it (or across a restore gap a signed `audit.restored` record declares),
+/// the anchor's checkpoint is signed and holds its record's hash, and the record after the
+/// anchor links to it. The reason it is not, otherwise.
+pub fn check_stretch(
+    stretch: &[Record],
+    anchor: &Checkpoint,
+    audit_spki: &[u8],
+) -> std::result::Result<(), String> {
+    if hsm::verify(
+        hsm::Algorithm::EcdsaP256Sha256,
+        audit_spki,
+        &checkpoint_message(anchor.seq, &anchor.hash),
+        &anchor.signature,
+    )
+    .is_err()
+    {
+        return Err(format!(
+            "checkpoint {} is not signed by the audit key",
+            anchor.seq
+        ));
+    }
+    let gaps = restored_gaps(stretch, audit_spki);
+    for (i, r) in stretch.iter().enumerate() {
+        if !r.hash_matches() {
+            return Err(format!("record {} was altered", r.seq));
+        }
+        if let Some(prev) = i.checked_sub(1).map(|j| &stretch[j]) {
+            let linked = if r.seq == prev.seq + 1 {
+                r.prev_hash == prev.hash
+            } else {
+                gaps.iter()
+                    .any(|g| g.pruned_by.is_none() && g.record == r.seq && g.from == prev.seq + 1)
+            };
+            if !linked {
+                return Err(format!(
+                    "record {} does not chain to record {}",
+                    r.seq, prev.seq
+                ));
+            }
+        }
+        if r.seq == anchor.seq && r.hash != anchor.hash {
+            return Err(format!(
+                "record {} differs from its signed checkpoint",
+                r.seq
+            ));
+        }
+    }
+    let ends = |seq: i64| stretch.iter().any(|r| r.seq == seq);
+    if !ends(anchor.seq) || !ends(anchor.seq + 1) {
+        return Err(format!(
+            "the records around checkpoint {} are missing",
+            anchor.seq
+        ));
+    }
+    Ok(())
+}
+
 /// The purged stretch at the start of `records`: declared by a signed `audit.pruned` record
 /// whose anchor is what the first record kept chains to. A prefix removed without such a
 /// record — or cut short of, or past, what one declares — is not declared, so the gap is a
@@ -410,6 +469,37 @@ mod tests {
     /// Issue 17: a stretch lost in a restore is accepted only when the `audit.restored`
     /// record that declares it is signed by the audit key; a database writer cannot hide
     /// removed records by writing such a record itself.
+    /// Issue 18: a purge goes ahead only over records the audit key signed — intact, linked,
+    /// up to a signed checkpoint holding its record's hash, with the next record there.
+    #[test]
+    fn a_purge_checks_what_it_removes() {
+        use hsm::Signer;
+        let key = hsm::software::SoftwareSigner::generate_p256();
+        let spki = key.public_key_spki().to_vec();
+        let c = chain(6);
+        let checkpoint =
+            |seq: i64, hash: &[u8], signer: &hsm::software::SoftwareSigner| Checkpoint {
+                seq,
+                at: 0,
+                hash: hash.to_vec(),
+                signature: signer.sign(&checkpoint_message(seq, hash)).unwrap(),
+            };
+        let anchor = checkpoint(4, &c[3].hash, &key);
+        assert_eq!(check_stretch(&c[..5], &anchor, &spki), Ok(()));
+        // A checkpoint signed by another key, or over another hash.
+        let other = hsm::software::SoftwareSigner::generate_p256();
+        assert!(check_stretch(&c[..5], &checkpoint(4, &c[3].hash, &other), &spki).is_err());
+        assert!(check_stretch(&c[..5], &checkpoint(4, &c[2].hash, &key), &spki).is_err());
+        // An altered record, a broken link, a record missing, no next record.
+        let mut altered = c[..5].to_vec();
+        altered[1].detail = "{\"n\":99}".into();
+        assert!(check_stretch(&altered, &anchor, &spki).is_err());
+        let mut unlinked = c[..5].to_vec();
+        unlinked.remove(2);
+        assert!(check_stretch(&unlinked, &anchor, &spki).is_err());
+        assert!(check_stretch(&c[..4], &anchor, &spki).is_err());
+    }
+
     #[test]
     fn only_a_signed_restore_record_declares_a_gap() {
         use hsm::Signer;

@@ -1511,16 +1511,43 @@ impl Authority {
     /// kept (exports start at it). Returns the last record purged and how many went.
     pub async fn prune_audit(&self, now: i64) -> Result<Option<(i64, u64)>> {
         let before = now - i64::from(self.config.ra.audit_retention_days) * 86_400;
-        let anchor: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT c.seq, c.hash FROM audit_checkpoints c JOIN audit_log l ON l.seq = c.seq \
-             WHERE l.at < $1 ORDER BY c.seq DESC LIMIT 1",
+        // A record's time is what the database says: nothing from the first record made at or
+        // after the cutoff on goes, whatever time a later record claims (a record appended
+        // with an old time must not carry the chain before it away).
+        let first_recent: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(seq) FROM audit_log WHERE at >= $1")
+                .bind(before)
+                .fetch_one(self.store.pool())
+                .await?;
+        // The anchor: a checkpoint before that, whose record and next record are here (after
+        // a restore the checkpoint at the junction has no record; the next one is the
+        // `audit.restored` record, which goes with a later purge).
+        let anchor: Option<audit::Checkpoint> = sqlx::query_as(
+            "SELECT c.seq, c.at, c.hash, c.signature FROM audit_checkpoints c \
+             JOIN audit_log l ON l.seq = c.seq \
+             WHERE c.seq < $1 AND EXISTS (SELECT 1 FROM audit_log n WHERE n.seq = c.seq + 1) \
+             ORDER BY c.seq DESC LIMIT 1",
         )
-        .bind(before)
+        .bind(first_recent.unwrap_or(i64::MAX))
         .fetch_optional(self.store.pool())
         .await?;
-        let Some((to, hash)) = anchor else {
+        let Some(anchor) = anchor else {
             return Ok(None);
         };
+        let (to, hash) = (anchor.seq, anchor.hash.clone());
+        // What goes must be what the audit key signed: every record intact and linked to the
+        // next (or across a signed restore gap), and the anchor a checkpoint signed over the
+        // hash its record has. A database rewritten below the cutoff is refused, not purged.
+        let first: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM audit_log")
+            .fetch_one(self.store.pool())
+            .await?;
+        let stretch = self.store.audit_range(first, to + 1).await?;
+        let spki = self.audit_key.public_key_spki().to_vec();
+        audit::check_stretch(&stretch, &anchor, &spki).map_err(|why| {
+            Error::Conflict(format!(
+                "the audit records before the retention cutoff do not verify ({why}): nothing purged; run `ecert audit verify`"
+            ))
+        })?;
         let signature = self
             .sign_with_audit_key(&audit::pruned_message(to, &hash, before))
             .await?;
@@ -1535,6 +1562,10 @@ impl Authority {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Closed again at once: no other deletion passes the trigger.
+        sqlx::query("UPDATE audit_prune SET upto = 0 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM audit_checkpoints WHERE seq < $1")
             .bind(to)
             .execute(&mut *tx)

@@ -2168,11 +2168,67 @@ async fn audit_records_go_after_their_period_and_the_chain_still_verifies() {
         store.audit_now(&event(n)).await.unwrap();
     }
     let first_checkpoint = auth.checkpoint().await.unwrap().unwrap();
+    // The rest is made at least a second later (record times are whole seconds).
+    let made_first: i64 = sqlx::query_scalar("SELECT at FROM audit_log WHERE seq = $1")
+        .bind(first_checkpoint)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    while now() <= made_first {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     for n in 3..6 {
         store.audit_now(&event(n)).await.unwrap();
     }
     auth.checkpoint().await.unwrap().unwrap();
     store.audit_now(&event(6)).await.unwrap();
+    let at_of_head = |store: crate::store::Store| async move {
+        let (seq, _) = store.audit_head().await.unwrap();
+        sqlx::query_scalar::<_, i64>("SELECT at FROM audit_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    // What a genuine purge will take: the newest checkpoint of the first checkpoint's second.
+    let expected: i64 = sqlx::query_scalar(
+        "SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_log l ON l.seq = c.seq WHERE l.at <= $1",
+    )
+    .bind(made_first)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    // A database writer appends a record dated 1970 at the head (the chain hash has no key)
+    // and the signer checkpoints it: it must carry nothing away with it.
+    let (head_seq, head_hash) = store.audit_head().await.unwrap();
+    let forged = crate::audit::chain_hash(
+        &head_hash,
+        head_seq + 1,
+        1,
+        "test.event",
+        "attacker",
+        None,
+        "{}",
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, kind, actor, subject, detail, prev_hash, hash) \
+         VALUES ($1, 1, 'test.event', 'attacker', NULL, '{}', $2, $3)",
+    )
+    .bind(head_seq + 1)
+    .bind(head_hash)
+    .bind(forged.clone())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(head_seq + 1)
+        .bind(forged)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(auth.checkpoint().await.unwrap(), Some(head_seq + 1));
+    assert_eq!(at_of_head(store.clone()).await, 1);
+    store.audit_now(&event(7)).await.unwrap();
     let witnessed = store.checkpoints().await.unwrap();
     let at_of = |seq: i64| {
         let store = store.clone();
@@ -2197,14 +2253,7 @@ async fn audit_records_go_after_their_period_and_the_chain_still_verifies() {
         vec![]
     );
     // A second later the first checkpoint's stretch (and any checkpoint made in that second)
-    // goes.
-    let expected: i64 = sqlx::query_scalar(
-        "SELECT MAX(c.seq) FROM audit_checkpoints c JOIN audit_log l ON l.seq = c.seq WHERE l.at <= $1",
-    )
-    .bind(made)
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
+    // goes — not the backdated record's.
     let (to, purged) = auth
         .prune_audit(made + days * 86_400 + 1)
         .await
@@ -2241,6 +2290,16 @@ async fn audit_records_go_after_their_period_and_the_chain_still_verifies() {
         auth.prune_audit(made + days * 86_400 + 1).await.unwrap(),
         None
     );
+    // The bound is closed again, and its row cannot be removed to open the trigger.
+    let upto: i64 = sqlx::query_scalar("SELECT upto FROM audit_prune")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(upto, 0);
+    assert!(sqlx::query("DELETE FROM audit_prune")
+        .execute(store.pool())
+        .await
+        .is_err());
     // The append-only trigger still refuses any other deletion...
     assert!(sqlx::query("DELETE FROM audit_log WHERE seq = $1")
         .bind(first_kept)
