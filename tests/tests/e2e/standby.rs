@@ -195,7 +195,21 @@ fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice
         }
         assert!(
             Instant::now() < until,
-            "the standby's CRL does not list every revocation"
+            "the standby's CRL does not list every revocation: missing {:?}\nhealthz crl: {}\nCRL: {}",
+            to_revoke[..11]
+                .iter()
+                .filter(|(_, serial)| !text
+                    .to_ascii_uppercase()
+                    .contains(&serial.to_ascii_uppercase()))
+                .map(|(_, serial)| (
+                    serial.clone(),
+                    ca.sql_query(&format!(
+                        "SELECT state, revocation_reason, revoked_at FROM certificates WHERE serial = '{serial}'"
+                    ))
+                ))
+                .collect::<Vec<_>>(),
+            healthz(&b)["crl"]["individual"],
+            text.lines().take(12).collect::<Vec<_>>().join("\n")
         );
         std::thread::sleep(Duration::from_millis(500));
     }
