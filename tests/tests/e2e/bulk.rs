@@ -135,6 +135,18 @@ pub(crate) fn row(i: usize, csr: &str) -> serde_json::Value {
     })
 }
 
+/// One batch row per CSR, numbered from 0 ([`row`]).
+pub(crate) fn rows_of(csrs: &[String]) -> Vec<serde_json::Value> {
+    csrs.iter().enumerate().map(|(i, c)| row(i, c)).collect()
+}
+
+/// [`submit`], which must be accepted: the batch id.
+pub(crate) fn submitted(addr: &str, token: &str, rows: &[serde_json::Value]) -> String {
+    let (st, receipt) = submit(addr, token, rows);
+    assert_eq!(st, 201, "{receipt}");
+    receipt["id"].as_str().unwrap().to_string()
+}
+
 pub(crate) fn submit(
     addr: &str,
     token: &str,
@@ -442,13 +454,11 @@ fn a_batch_survives_kill_9_with_no_duplicate_and_no_gap() {
     crate::apply::officers_ready(&ca);
     let n = 400;
     let keys = csrs(&ca, n);
-    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let rows = rows_of(&keys);
     let mut server = crate::serve::start(&ca);
     let addr = server.1.clone();
     let (_, token) = organisation_ready(&ca, &addr);
-    let (st, receipt) = submit(&addr, &token, &rows);
-    assert_eq!(st, 201, "{receipt}");
-    let batch = receipt["id"].as_str().unwrap().to_string();
+    let batch = submitted(&addr, &token, &rows);
     // Approved from the command line: `ecert proposal propose`, then another officer confirms.
     let server_url = format!("http://{addr}");
     let as_officer = |user: &str, args: &[&str]| {
@@ -548,7 +558,7 @@ fn a_client_generated_from_the_openapi_document_drives_a_batch() {
     crate::apply::dcv_config(&ca);
     crate::apply::officers_ready(&ca);
     let keys = csrs(&ca, 20);
-    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let rows = rows_of(&keys);
     with_service(&ca, |addr| {
         let (org, token) = organisation_ready(&ca, addr);
         let doc = http(addr, "GET", "/api/v1/openapi.json", &[], b"");
@@ -778,7 +788,7 @@ fn a_standing_authorisation_approves_small_batches_on_arrival() {
     crate::apply::officers_ready(&ca);
     ca.append_config("[ra]\nstanding_authorisation = true");
     let keys = csrs(&ca, 12);
-    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let rows = rows_of(&keys);
     with_service(&ca, |addr| {
         let (org, token) = organisation_ready(&ca, addr);
         let submit = |rows: &[serde_json::Value]| {
@@ -872,13 +882,11 @@ fn a_signer_stopped_during_a_batch_leaves_nothing_half_issued() {
     crate::apply::officers_ready(&ca);
     let n = 600;
     let keys = csrs(&ca, n);
-    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let rows = rows_of(&keys);
     let mut server = crate::serve::start(&ca);
     let addr = server.1.clone();
     let (_, token) = organisation_ready(&ca, &addr);
-    let (st, receipt) = submit(&addr, &token, &rows);
-    assert_eq!(st, 201, "{receipt}");
-    let batch = receipt["id"].as_str().unwrap().to_string();
+    let batch = submitted(&addr, &token, &rows);
     crate::apply::officers_decide(
         &ca,
         serde_json::json!({ "kind": "batch_approval", "batch": batch }),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ecert_e2e::*;
 
-use crate::bulk::{csrs, organisation_ready, row, submit, wait_done};
+use crate::bulk::{csrs, organisation_ready, rows_of, submitted, wait_done};
 use crate::ra::api;
 use crate::serve::{get, healthz, start, start_with};
 
@@ -90,7 +90,7 @@ fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice
     crate::apply::officers_ready(&ca);
     let n = 600;
     let keys = csrs(&ca, n);
-    let rows: Vec<serde_json::Value> = keys.iter().enumerate().map(|(i, c)| row(i, c)).collect();
+    let rows = rows_of(&keys);
     let mut signer = start(&ca);
     let standby = start_with(&ca, &["--standby"]);
     let (a, b) = (signer.1.clone(), standby.1.clone());
@@ -105,9 +105,7 @@ fn a_standby_takes_over_from_a_killed_signer_and_nothing_is_lost_or_signed_twice
 
     crate::apply::officers_ready(&ca);
     let (_, token) = organisation_ready(&ca, &a);
-    let (st, receipt) = submit(&a, &token, &rows);
-    assert_eq!(st, 201, "{receipt}");
-    let batch = receipt["id"].as_str().unwrap().to_string();
+    let batch = submitted(&a, &token, &rows);
     crate::apply::officers_decide(
         &ca,
         serde_json::json!({ "kind": "batch_approval", "batch": batch }),
