@@ -61,6 +61,44 @@ fn x509_print(ca: &Ca, cert: &Path, what: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// The rest of the application form's secrets, then a key and CSR made in the browser
+/// (WebCrypto, PKI.js), waited for.
+fn make_key(b: &Chrome) {
+    b.fill("#revocation_secret", "my revocation words");
+    b.fill("#key-passphrase", "key file passphrase");
+    b.click("#make-key");
+    b.wait_until(
+        "return document.getElementById('csr').value.includes('BEGIN CERTIFICATE REQUEST');",
+        "the CSR made in the browser",
+    );
+}
+
+/// The e-mail code in a mail as the SMTP listener keeps it: 26 base32 characters after a label
+/// in either language (a Chinese mail's body is base64, Content-Transfer-Encoding).
+fn mail_code(mail: &str) -> String {
+    use base64::Engine as _;
+    let body = mail.split_once("\n\n").map_or("", |(_, b)| b);
+    let text = if mail.contains("Content-Transfer-Encoding: base64") {
+        let raw: String = body.split_whitespace().collect();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .unwrap(),
+        )
+        .unwrap()
+    } else {
+        body.to_string()
+    };
+    text.split(|c: char| c.is_whitespace() || c == ':' || c == '：')
+        .find(|c| {
+            c.len() == 26
+                && c.bytes()
+                    .all(|x| x.is_ascii_uppercase() || (b'2'..=b'7').contains(&x))
+        })
+        .unwrap_or_else(|| panic!("no code in {mail}"))
+        .to_string()
+}
+
 fn js_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
@@ -90,13 +128,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     b.eval("document.getElementById('date_of_birth').value = '1980-02-29'; return true;");
     b.fill("#phone", "+852 2921 2222");
     b.fill("#address", "1 Connaught Place, Central");
-    b.fill("#revocation_secret", "my revocation words");
-    b.fill("#key-passphrase", "key file passphrase");
-    b.click("#make-key");
-    b.wait_until(
-        "return document.getElementById('csr').value.includes('BEGIN CERTIFICATE REQUEST');",
-        "the CSR made in the browser",
-    );
+    make_key(&b);
     b.screenshot("key-made");
     // The passphrase-protected key file opens with openssl and holds a P-256 key.
     let keyfile = b.download(".p8.pem");
@@ -146,17 +178,7 @@ fn browser_journey_apply_approve_pkcs12_revoke() {
     b.screenshot("applied");
 
     // The e-mail code.
-    let mail = smtp.wait_for("tm.chan@example.hk", &reference);
-    let code = mail
-        .lines()
-        .filter_map(|l| l.rsplit_once(": "))
-        .map(|(_, c)| c.trim().to_string())
-        .find(|c| {
-            c.len() == 26
-                && c.bytes()
-                    .all(|x| x.is_ascii_uppercase() || (b'2'..=b'7').contains(&x))
-        })
-        .unwrap();
+    let code = mail_code(&smtp.wait_for("tm.chan@example.hk", &reference));
     b.fill("#code", &code);
     b.click("#confirm");
     b.wait_until(
@@ -578,44 +600,14 @@ fn every_page_passes_axe_in_both_languages_and_a_journey_in_chinese() {
     b.eval("document.getElementById('date_of_birth').value = '1985-06-15'; return true;");
     b.fill("#phone", "+852 2921 2223");
     b.fill("#address", "香港中環干諾道中2號");
-    b.fill("#revocation_secret", "my revocation words");
-    b.fill("#key-passphrase", "key file passphrase");
-    b.click("#make-key");
-    b.wait_until(
-        "return document.getElementById('csr').value.includes('BEGIN CERTIFICATE REQUEST');",
-        "the CSR made in the browser",
-    );
+    make_key(&b);
     b.screenshot("zh-key-made");
     b.click("#submit");
     let reference = b.text("#reference");
     let secret = b.text("#tracking-secret");
     lang_is("zh-HK");
     b.screenshot("zh-applied");
-    let mail = smtp.wait_for("sm.chan@example.hk", &reference);
-    // A Chinese mail's body is base64 (Content-Transfer-Encoding).
-    let body = mail.split_once("\n\n").map_or("", |(_, b)| b);
-    let mail = if mail.contains("Content-Transfer-Encoding: base64") {
-        use base64::Engine as _;
-        let raw: String = body.split_whitespace().collect();
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(raw)
-                .unwrap(),
-        )
-        .unwrap()
-    } else {
-        body.to_string()
-    };
-    // The code: 26 base32 characters, after a label in either language.
-    let code = mail
-        .split(|c: char| c.is_whitespace() || c == ':' || c == '：')
-        .find(|c| {
-            c.len() == 26
-                && c.bytes()
-                    .all(|x| x.is_ascii_uppercase() || (b'2'..=b'7').contains(&x))
-        })
-        .unwrap_or_else(|| panic!("no code in {mail}"))
-        .to_string();
+    let code = mail_code(&smtp.wait_for("sm.chan@example.hk", &reference));
     b.fill("#code", &code);
     b.click("#confirm");
     b.wait_until(
