@@ -644,8 +644,21 @@ fn status_text(t: &Texts, s: Status) -> &'static str {
     }
 }
 
-fn money(cents: u32) -> String {
-    format!("HK${}.{:02}", cents / 100, cents % 100)
+/// An amount in HK cents as pages show it: `HK$50.00`.
+fn money(cents: i64) -> String {
+    format!("HK${}", dollars(cents))
+}
+
+/// An amount in HK cents as dollars with two decimals, for pages and CSV: `50.00`.
+pub(super) fn dollars(cents: i64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// A time as pages show it: `2026-12-03 06:40 UTC`.
+pub(super) fn utc_minute(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
+        .unwrap_or_default()
 }
 
 async fn css() -> Response {
@@ -711,7 +724,11 @@ struct Home {
 
 async fn home(State(s): State<Shared>, lang: PageLang) -> Result<Response, AppError> {
     let t = lang.0.texts();
-    let fee = |p: &str| money(s.auth.config().ra.fees.get(p).copied().unwrap_or(0));
+    let fee = |p: &str| {
+        money(i64::from(
+            s.auth.config().ra.fees.get(p).copied().unwrap_or(0),
+        ))
+    };
     let days = |p: &str| {
         ca_core::profile::Profile::get(p)
             .map(|p| p.days_for(None, time::OffsetDateTime::now_utc()))
@@ -1151,13 +1168,6 @@ struct StatusPage {
     rejected: bool,
 }
 
-/// A time as the citizen pages show it: `2026-12-03 06:40 UTC`.
-fn utc_minute(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
-        .unwrap_or_default()
-}
-
 async fn status_page(
     s: &RaState,
     lang: PageLang,
@@ -1330,13 +1340,10 @@ async fn track_data(
             .map(|i| (label(i.field), i.shown.clone(), why(i.purpose)))
             .collect(),
         identity_checked: d.identity_checked,
-        fee: d.fee.clone().map(|(cents, method, receipt)| {
-            (
-                format!("HK${}.{:02}", cents / 100, cents % 100),
-                method,
-                receipt,
-            )
-        }),
+        fee: d
+            .fee
+            .clone()
+            .map(|(cents, method, receipt)| (money(cents), method, receipt)),
         certificate: d
             .certificate
             .clone()
@@ -2089,7 +2096,7 @@ async fn render_app(
     let fee_text = v
         .fee
         .as_ref()
-        .map(|(a, m, r)| format!("{} {m} {r}", money(*a as u32)))
+        .map(|(a, m, r)| format!("{} {m} {r}", money(*a)))
         .unwrap_or_default();
     html(
         AppPage {
@@ -2098,7 +2105,7 @@ async fn render_app(
             csrf: staff.csrf.clone(),
             staff,
             status_text: status_text(t, v.status),
-            fee_due: format!("{}.{:02}", v.fee_due / 100, v.fee_due % 100),
+            fee_due: dollars(i64::from(v.fee_due)),
             fee_text,
             domains: v.domains.clone(),
             dcv_value: v.dcv_token.clone().unwrap_or_default(),

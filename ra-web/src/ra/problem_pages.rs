@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::i18n::{Lang, Texts};
 use super::{
-    citizen_post, csrf_page, html, staff_session, AppError, ClientIp, InLang, PageLang, Shared,
-    StaffPost,
+    citizen_post, csrf_page, html, staff_session, utc_minute, AppError, ClientIp, InLang, PageLang,
+    Shared, StaffPost,
 };
 
 #[derive(Template)]
@@ -52,12 +52,6 @@ struct ReportedPage {
     preliminary_due: String,
 }
 
-fn when(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .map(|d| format!("{} {:02}:{:02} UTC", d.date(), d.hour(), d.minute()))
-        .unwrap_or_default()
-}
-
 pub(super) async fn report(
     State(s): State<Shared>,
     lang: PageLang,
@@ -86,7 +80,7 @@ pub(super) async fn report(
             lang: lang.0,
             reference: got.reference,
             revoked: got.revoked,
-            preliminary_due: when(got.preliminary_due),
+            preliminary_due: utc_minute(got.preliminary_due),
         },
         lang,
     )
@@ -127,9 +121,9 @@ pub(super) async fn staff_reports(
                 Some("revoked") => (String::new(), "revoked"),
                 Some(_) => (String::new(), "rejected"),
                 None if v.preliminary_at.is_none() && v.preliminary_due <= v.revocation_due => {
-                    (when(v.preliminary_due), v.preliminary_clock.name())
+                    (utc_minute(v.preliminary_due), v.preliminary_clock.name())
                 }
-                None => (when(v.revocation_due), v.revocation_clock.name()),
+                None => (utc_minute(v.revocation_due), v.revocation_clock.name()),
             };
             (v.id, v.reference, v.kind, v.serial, due, c)
         })
@@ -174,9 +168,9 @@ async fn render(
         ReportDetailPage {
             t: lang.0.texts(),
             lang: lang.0,
-            preliminary_due: when(v.preliminary_due),
+            preliminary_due: utc_minute(v.preliminary_due),
             preliminary_clock: v.preliminary_clock.name(),
-            revocation_due: when(v.revocation_due),
+            revocation_due: utc_minute(v.revocation_due),
             revocation_clock: v.revocation_clock.name(),
             staff,
             v,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::i18n::{Lang, Texts};
 use super::problem_pages::now;
-use super::{html, staff_session, AppError, PageLang, Shared};
+use super::{dollars, html, staff_session, AppError, PageLang, Shared};
 
 /// `?from=YYYY-MM-DD&to=YYYY-MM-DD` (both absent: the last 30 days).
 #[derive(Deserialize)]
@@ -47,10 +47,6 @@ struct ReportsPage {
     fees: Vec<(String, String, i64, String)>,
     /// (profile, issued, revoked, held).
     certificates: Vec<(String, i64, i64, i64)>,
-}
-
-fn dollars(cents: i64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
 /// `GET /staff/reports`.
