@@ -2613,6 +2613,41 @@ impl Store {
     }
 }
 
+/// The most changes [`Store::apply_set`] writes with one statement (a reservation binds 7
+/// values: far below both engines' limits on parameters).
+const SET_CHUNK: usize = 128;
+
+/// `$from, $from+1, …` (`count` placeholders), for an `IN (…)` list.
+fn numbered(count: usize, from: usize) -> String {
+    (0..count)
+        .map(|i| format!("${}", from + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `(…), (…), …`: `count` rows of `row`'s columns, each `?` numbered in turn from `from`, any
+/// other text (a literal, a shared `$1`) kept as it is.
+fn rows(count: usize, row: &[&str], from: usize) -> String {
+    let mut next = from;
+    (0..count)
+        .map(|_| {
+            let cols: Vec<String> = row
+                .iter()
+                .map(|c| {
+                    if *c == "?" {
+                        next += 1;
+                        format!("${}", next - 1)
+                    } else {
+                        (*c).to_string()
+                    }
+                })
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One state change of the issuance cycle together with its audit record: the unit the group
 /// committer batches (see [`crate::authority`]).
 #[derive(Debug, Clone)]
@@ -2676,9 +2711,36 @@ impl Store {
     /// Applies a batch of operations and their audit events in one transaction: one commit
     /// (one fsync) for the lot. The audit records are chained in batch order and written with
     /// one multi-row INSERT; the head is read and updated once.
+    ///
+    /// Several changes of one kind — reservations (not renewals), `issuing` and `issued` —
+    /// go in a few set-based statements each ([`Store::apply_set`]) rather than a few per
+    /// change; the others one by one. Either way the checks are the same: if any fails, the
+    /// batch is rolled back and the committer applies each change on its own, so the one that
+    /// fails gets its own error and its neighbours go through.
     pub async fn apply_batch(&self, ops: &[(&WriteOp, &Event)]) -> Result<()> {
         let mut tx = self.begin().await?;
+        let (mut reserves, mut issuing, mut issued, mut single) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (op, _) in ops {
+            match op {
+                WriteOp::Reserve { renews: None, .. } => reserves.push(*op),
+                WriteOp::Issuing { .. } => issuing.push(*op),
+                WriteOp::Issued { .. } => issued.push(*op),
+                _ => single.push(*op),
+            }
+        }
+        for set in [reserves, issuing, issued] {
+            match set.as_slice() {
+                [] => {}
+                [op] => self.apply_op(&mut tx, op).await?,
+                _ => {
+                    for chunk in set.chunks(SET_CHUNK) {
+                        self.apply_set(&mut tx, chunk).await?;
+                    }
+                }
+            }
+        }
+        for op in single {
             self.apply_op(&mut tx, op).await?;
         }
         let events: Vec<&Event> = ops.iter().map(|(_, e)| *e).collect();
@@ -2759,6 +2821,158 @@ impl Store {
             .bind(prev)
             .execute(&mut **tx)
             .await?;
+        Ok(())
+    }
+
+    /// Applies changes that are all of one kind (all [`WriteOp::Reserve`] without a renewal,
+    /// all [`WriteOp::Issuing`] or all [`WriteOp::Issued`]; distinct serials, at most
+    /// [`SET_CHUNK`]) with the same checks [`Store::apply_op`] makes for each: the blocked-key
+    /// check, and a compare-and-set on the state that must move every row or fails the lot.
+    async fn apply_set(&self, tx: &mut Tx, ops: &[&WriteOp]) -> Result<()> {
+        let n = ops.len();
+        let serial_of = |op: &WriteOp| match op {
+            WriteOp::Reserve { serial, .. }
+            | WriteOp::Issuing { serial, .. }
+            | WriteOp::Issued { serial, .. }
+            | WriteOp::Abandoned { serial, .. }
+            | WriteOp::Failed { serial, .. } => serial.clone(),
+        };
+        let serials: Vec<String> = ops.iter().map(|op| serial_of(op)).collect();
+        let t = now();
+        match ops.first() {
+            Some(WriteOp::Reserve { .. }) => {
+                // The keys' block check, then one INSERT ($1 the time, 7 values a row).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT 1 FROM blocked_keys WHERE key_fp IN ({}) LIMIT 1",
+                    numbered(n, 1)
+                )))
+                .persistent(false);
+                let mut insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO certificates (serial, issuer, state, profile, profile_version, key_fp, request, renews, reserved_at, updated_at, crl_partition) VALUES {}",
+                    rows(n, &["?", "?", "'reserved'", "?", "?", "?", "?", "NULL", "$1", "$1", "?"], 2)
+                )))
+                .persistent(false)
+                .bind(t);
+                for op in ops {
+                    let WriteOp::Reserve {
+                        serial,
+                        issuer,
+                        profile,
+                        profile_version,
+                        key_fp,
+                        request,
+                        renews: None,
+                        crl_partition,
+                    } = op
+                    else {
+                        return Err(Error::Store("a set of changes of mixed kinds".into()));
+                    };
+                    q = q.bind(key_fp.clone());
+                    insert = insert
+                        .bind(serial.clone())
+                        .bind(issuer.clone())
+                        .bind(*profile)
+                        .bind(*profile_version)
+                        .bind(key_fp.clone())
+                        .bind(request.clone())
+                        .bind(crl_partition.map(i64::from));
+                }
+                if q.fetch_optional(&mut **tx).await?.is_some() {
+                    return Err(Error::KeyBlocked);
+                }
+                insert.execute(&mut **tx).await?;
+            }
+            Some(WriteOp::Issuing { .. }) => {
+                self.refuse_blocked_any(tx, &serials).await?;
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "WITH v (serial, tbs, nb, na) AS (VALUES {}) \
+                     UPDATE certificates SET state = 'issuing', updated_at = $1, linting_tbs = v.tbs, \
+                       not_before = v.nb, not_after = v.na \
+                     FROM v WHERE certificates.serial = v.serial AND certificates.state = 'reserved'",
+                    rows(n, &["?", "?", "?", "?"], 2)
+                )))
+                .persistent(false)
+                .bind(t);
+                for op in ops {
+                    let WriteOp::Issuing {
+                        serial,
+                        tbs,
+                        not_before,
+                        not_after,
+                    } = op
+                    else {
+                        return Err(Error::Store("a set of changes of mixed kinds".into()));
+                    };
+                    q = q
+                        .bind(serial.clone())
+                        .bind(tbs.clone())
+                        .bind(*not_before)
+                        .bind(*not_after);
+                }
+                let moved = q.execute(&mut **tx).await?.rows_affected();
+                if moved != n as u64 {
+                    return Err(Error::Store(format!(
+                        "{} of {n} serials were not in state reserved",
+                        n as u64 - moved
+                    )));
+                }
+            }
+            Some(WriteOp::Issued { .. }) => {
+                // As in [`Store::mark_issued`]: the rows change (and lock) before the
+                // blocked-key check.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "WITH v (serial, der) AS (VALUES {}) \
+                     UPDATE certificates SET state = 'issued', updated_at = $1, cert_der = v.der \
+                     FROM v WHERE certificates.serial = v.serial AND certificates.state = 'issuing'",
+                    rows(n, &["?", "?"], 2)
+                )))
+                .persistent(false)
+                .bind(t);
+                for op in ops {
+                    let WriteOp::Issued { serial, cert_der } = op else {
+                        return Err(Error::Store("a set of changes of mixed kinds".into()));
+                    };
+                    q = q.bind(serial.clone()).bind(cert_der.clone());
+                }
+                let moved = q.execute(&mut **tx).await?.rows_affected();
+                if moved != n as u64 {
+                    return Err(Error::Store(format!(
+                        "{} of {n} serials were not in state issuing",
+                        n as u64 - moved
+                    )));
+                }
+                async_fail_point!("store::mark_issued_before_block_check");
+                self.refuse_blocked_any(tx, &serials).await?;
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO ocsp_pending (serial, version, queued_at) SELECT serial, 1, $1 FROM certificates \
+                     WHERE serial IN ({}) ON CONFLICT (serial) DO UPDATE SET version = ocsp_pending.version + 1",
+                    numbered(n, 2)
+                )))
+                .persistent(false)
+                .bind(t);
+                for s in &serials {
+                    q = q.bind(s.clone());
+                }
+                q.execute(&mut **tx).await?;
+            }
+            _ => return Err(Error::Store("not a change that applies as a set".into())),
+        }
+        Ok(())
+    }
+
+    /// [`Store::refuse_blocked`] for many serials: refuses them all if any one's key is blocked.
+    async fn refuse_blocked_any(&self, tx: &mut Tx, serials: &[String]) -> Result<()> {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM blocked_keys b JOIN certificates c ON c.key_fp = b.key_fp WHERE c.serial IN ({}) LIMIT 1",
+            numbered(serials.len(), 1)
+        )))
+        .persistent(false);
+        for s in serials {
+            q = q.bind(s.clone());
+        }
+        if q.fetch_optional(&mut **tx).await?.is_some() {
+            return Err(Error::KeyBlocked);
+        }
         Ok(())
     }
 
@@ -3009,6 +3223,155 @@ pub(crate) async fn test_store() -> (tempfile::TempDir, Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16: changes of one kind in a batch go as a set, with each one's checks — a state
+    /// that has moved, or a blocked key, refuses the whole set and writes nothing (the
+    /// committer then applies each on its own, see `authority::Committer`).
+    #[tokio::test]
+    async fn changes_of_one_kind_apply_as_a_set_with_each_ones_checks() {
+        let (_dir, store) = test_store().await;
+        let event = |kind: &'static str, serial: &str| Event {
+            kind,
+            actor: "test".into(),
+            subject: Some(serial.into()),
+            detail: serde_json::json!({}),
+        };
+        let reserve = |serial: &str| WriteOp::Reserve {
+            serial: serial.into(),
+            issuer: "individual".into(),
+            profile: "personal",
+            profile_version: 2,
+            key_fp: format!("key of {serial}").into_bytes(),
+            request: "{}".into(),
+            renews: None,
+            crl_partition: Some(1),
+        };
+        let issuing = |serial: &str| WriteOp::Issuing {
+            serial: serial.into(),
+            tbs: serial.as_bytes().to_vec(),
+            not_before: 100,
+            not_after: 200,
+        };
+        let issued = |serial: &str| WriteOp::Issued {
+            serial: serial.into(),
+            cert_der: format!("certificate {serial}").into_bytes(),
+        };
+        let apply = |ops: Vec<WriteOp>| {
+            let store = store.clone();
+            async move {
+                let events: Vec<Event> = ops
+                    .iter()
+                    .map(|op| match op {
+                        WriteOp::Reserve { serial, .. }
+                        | WriteOp::Issuing { serial, .. }
+                        | WriteOp::Issued { serial, .. } => event("test.change", serial),
+                        _ => unreachable!(),
+                    })
+                    .collect();
+                let batch: Vec<(&WriteOp, &Event)> = ops.iter().zip(events.iter()).collect();
+                store.apply_batch(&batch).await
+            }
+        };
+        let states = || {
+            let store = store.clone();
+            async move {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT serial, state FROM certificates ORDER BY serial",
+                )
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+            }
+        };
+        let audit_count = || {
+            let store = store.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT COUNT(*) FROM audit_log WHERE kind = 'test.change'",
+                )
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+            }
+        };
+        let state_list = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+
+        apply(["a1", "a2", "a3"].map(reserve).to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            states().await,
+            state_list(&[("a1", "reserved"), ("a2", "reserved"), ("a3", "reserved")])
+        );
+        assert_eq!(audit_count().await, 3);
+
+        // One serial not reserved: nothing moves.
+        let e = apply(["a1", "a2", "zz"].map(issuing).to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Store(_)), "{e}");
+        assert_eq!(states().await[0].1, "reserved");
+        assert_eq!(audit_count().await, 3);
+
+        apply(["a1", "a2", "a3"].map(issuing).to_vec())
+            .await
+            .unwrap();
+        let (tbs, nb, na): (Vec<u8>, i64, i64) = sqlx::query_as(
+            "SELECT linting_tbs, not_before, not_after FROM certificates WHERE serial = 'a2'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!((tbs.as_slice(), nb, na), (b"a2".as_slice(), 100, 200));
+
+        // a3's key is blocked meanwhile: the set is refused and a1, a2 stay `issuing`.
+        let mut tx = store.begin().await.unwrap();
+        store
+            .block_key(&mut tx, b"key of a3", "test")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let e = apply(["a1", "a2", "a3"].map(issued).to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::KeyBlocked), "{e}");
+        assert_eq!(
+            states().await,
+            state_list(&[("a1", "issuing"), ("a2", "issuing"), ("a3", "issuing")])
+        );
+        apply(["a1", "a2"].map(issued).to_vec()).await.unwrap();
+        assert_eq!(
+            states().await,
+            state_list(&[("a1", "issued"), ("a2", "issued"), ("a3", "issuing")])
+        );
+        let der: Vec<u8> =
+            sqlx::query_scalar("SELECT cert_der FROM certificates WHERE serial = 'a1'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(der, b"certificate a1");
+        let queued: Vec<String> =
+            sqlx::query_scalar("SELECT serial FROM ocsp_pending ORDER BY serial")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(queued, ["a1", "a2"]);
+
+        // A reservation whose key is blocked refuses its set; a serial taken refuses its set.
+        let mut blocked = reserve("b2");
+        if let WriteOp::Reserve { key_fp, .. } = &mut blocked {
+            *key_fp = b"key of a3".to_vec();
+        }
+        let e = apply(vec![reserve("b1"), blocked]).await.unwrap_err();
+        assert!(matches!(e, Error::KeyBlocked), "{e}");
+        assert!(apply(vec![reserve("b1"), reserve("a1")]).await.is_err());
+        assert_eq!(states().await.len(), 3);
+        assert_eq!(audit_count().await, 3 + 3 + 2);
+    }
 
     /// Issue 17: a serial the lost machine revoked after the backup is recorded revoked whatever
     /// the backup left it as — unknown, or reserved / issuing / failed (the restore aborted on

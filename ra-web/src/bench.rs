@@ -103,6 +103,7 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
         .context("making CSRs")?;
     let csrs = Arc::new(csrs);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = process_cpu_seconds();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..b.concurrency {
@@ -136,6 +137,7 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
         t.await??;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu_before;
     let rate = b.n as f64 / elapsed;
     println!(
         "ecert end-to-end issuance ({}, fsync on, {} in flight, {} certificates): {rate:.0} certs/s = {:.0}% of the crypto ceiling ({:.0}% of the raw HSM rate)",
@@ -144,6 +146,12 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
         b.n,
         100.0 * rate / ceiling,
         100.0 * rate / raw_rate
+    );
+    println!(
+        "  CPU in that phase: {:.2} of {} cores busy, {:.0} us of CPU per certificate",
+        cpu / elapsed,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        1e6 * cpu / b.n as f64
     );
     let counts = auth.store().count_by_state().await?;
     let issued = counts
@@ -156,6 +164,23 @@ pub async fn issue(config: Config, b: IssueBench) -> anyhow::Result<()> {
         b.n
     );
     Ok(())
+}
+
+/// CPU time (user and system, all threads) this process used so far, in seconds, from
+/// `/proc/self/stat` (clock ticks of 1/100 s; NaN where it cannot be read).
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // The fields after the command name (which may hold spaces, and ends at the last ')').
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
 }
 
 /// Times one HSM signature and one ECDSA P-256 verification (each on one thread, for `secs`
