@@ -125,8 +125,25 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let response = next.run(req).await;
-    let took = started.elapsed();
-    let status = response.status().as_u16();
+    note(
+        class,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+        peer,
+    );
+    response
+}
+
+/// Counts, times and (with `[http] access_log`) logs one answered request: what [`observe`]
+/// does for the router, and [`crate::tls::serve`] for a request answered before it.
+pub fn note(
+    class: usize,
+    method: &axum::http::Method,
+    status: u16,
+    took: std::time::Duration,
+    peer: Option<std::net::IpAddr>,
+) {
     record(class, status, took);
     if ACCESS_LOG.load(Ordering::Relaxed) {
         tracing::info!(
@@ -138,7 +155,6 @@ pub async fn observe(req: Request, next: Next) -> Response {
             peer = ?peer,
         );
     }
-    response
 }
 
 /// Appends the request and HSM metrics in the Prometheus text format.

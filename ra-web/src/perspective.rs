@@ -80,6 +80,7 @@ pub async fn serve(dcv: DcvConfig, a: PerspectiveArgs) -> anyhow::Result<()> {
             grace: EXCHANGE,
         },
         crate::tls::Shutdown::default(),
+        None,
     )
     .await
 }

@@ -398,6 +398,7 @@ pub async fn serve(config: Config, a: ServeArgs) -> anyhow::Result<()> {
         app,
         crate::tls::Limits::from_config(&state.config.http),
         state.shutdown.clone(),
+        Some(ocsp_fast(state.clone())),
     );
     // A standby waits for the signer lock beside serving (in this task: opening the CA is not
     // a future that can move between threads).
@@ -656,8 +657,8 @@ fn router(state: Shared) -> Router {
     Router::new()
         .route("/ca/{file}", get(ca_cert))
         .route("/crl/{file}", get(crl))
-        .route("/ocsp", post(ocsp_post))
-        .route("/ocsp/{*request}", get(ocsp_get))
+        .route("/ocsp", post(ocsp_routed))
+        .route("/ocsp/{*request}", get(ocsp_routed))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/readyz/signer", get(readyz_signer))
@@ -870,35 +871,86 @@ fn answer(s: &AppState, request: &[u8], get: Option<Option<&HeaderValue>>) -> Re
         .into_response()
 }
 
-/// The one request header an OCSP GET reads (a `HeaderMap` extractor would copy them all).
-struct IfNoneMatch(Option<HeaderValue>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IfNoneMatch {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(IfNoneMatch(
-            parts.headers.get(header::IF_NONE_MATCH).cloned(),
-        ))
+/// The OCSP requests [`crate::tls::serve`] answers before the router (issue 16: relying
+/// parties' hot path, served at the rate of a bare server): `POST /ocsp` and `GET /ocsp/…`.
+/// Anything else under `/ocsp` (HEAD, other methods, an empty GET) goes to the router's
+/// routes, which answer with the same code.
+fn ocsp_fast(state: Shared) -> crate::tls::Fast {
+    crate::tls::Fast {
+        takes: |method, path| match *method {
+            axum::http::Method::POST => path == "/ocsp",
+            axum::http::Method::GET => path.len() > "/ocsp/".len() && path.starts_with("/ocsp/"),
+            _ => false,
+        },
+        answer: Arc::new(move |req| {
+            let state = state.clone();
+            Box::pin(async move { ocsp_http(&state, req).await })
+        }),
     }
 }
 
-/// `POST /ocsp`, body `application/ocsp-request` (RFC 6960 §A.1).
-async fn ocsp_post(State(s): State<Shared>, body: Bytes) -> Response {
-    answer(&s, &body, None)
+/// The router's OCSP routes (`POST /ocsp`, `GET` and `HEAD /ocsp/{request}`): what
+/// [`ocsp_fast`] answers before the router, for the requests it leaves.
+async fn ocsp_routed(State(s): State<Shared>, req: axum::extract::Request) -> Response {
+    ocsp_http(&s, req).await
 }
 
-/// `GET /ocsp/{base64 of the DER request}` (RFC 6960 §A.1, RFC 5019 §5): the base64 may be
-/// URL-encoded (decoded by the router) and is accepted with or without padding, in the standard
-/// or URL-safe alphabet.
-async fn ocsp_get(
-    State(s): State<Shared>,
-    Path(request): Path<String>,
-    IfNoneMatch(if_none_match): IfNoneMatch,
-) -> Response {
+/// Answers an OCSP request over HTTP: `POST /ocsp` with an `application/ocsp-request` body of
+/// at most 16 KiB read within `[http] request_timeout_seconds` (RFC 6960 §A.1), or `GET
+/// /ocsp/{base64 of the DER request}` (RFC 6960 §A.1, RFC 5019 §5): the base64 may be
+/// URL-encoded and is accepted with or without padding, in the standard or URL-safe alphabet.
+async fn ocsp_http<B>(s: &AppState, req: axum::http::Request<B>) -> Response
+where
+    B: axum::body::HttpBody<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    use http_body_util::BodyExt;
+    /// An OCSP request is a few hundred bytes.
+    const BODY_LIMIT: usize = 16 * 1024;
+    let (parts, body) = req.into_parts();
+    if parts.method == axum::http::Method::POST {
+        let limit = crate::tls::Limits::from_config(&s.config.http).request;
+        let mut read = std::pin::pin!(http_body_util::Limited::new(body, BODY_LIMIT).collect());
+        // A body that came with its head needs no timer: one poll first, the clock only if
+        // the body is still on its way.
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
+        });
+        let read = match first.await {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout(limit, read).await,
+        };
+        return match read {
+            Ok(Ok(body)) => answer(s, &body.to_bytes(), None),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "an OCSP request is at most 16 KiB\n",
+            )
+                .into_response(),
+            Ok(Err(_)) => (
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read\n",
+            )
+                .into_response(),
+            Err(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                "the request took too long\n",
+            )
+                .into_response(),
+        };
+    }
+    let Some(encoded) = parts.uri.path().strip_prefix("/ocsp/") else {
+        return not_found();
+    };
+    let Ok(request) = percent_encoding::percent_decode_str(encoded).decode_utf8() else {
+        return (StatusCode::BAD_REQUEST, "the request path is not UTF-8\n").into_response();
+    };
+    ocsp_get(s, &request, parts.headers.get(header::IF_NONE_MATCH))
+}
+
+/// `GET /ocsp/{base64 of the DER request}`, the base64 already percent-decoded.
+fn ocsp_get(s: &AppState, request: &str, if_none_match: Option<&HeaderValue>) -> Response {
     use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurposeConfig};
     const LENIENT: GeneralPurposeConfig =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -911,7 +963,7 @@ async fn ocsp_get(
         .decode(trimmed)
         .or_else(|_| URL_SAFE.decode(trimmed))
     {
-        Ok(der) => answer(&s, &der, Some(if_none_match.as_ref())),
+        Ok(der) => answer(s, &der, Some(if_none_match)),
         Err(_) => {
             s.counters.malformed.fetch_add(1, Ordering::Relaxed);
             ocsp_body(Bytes::from_static(ocsp::MALFORMED_REQUEST))

@@ -34,6 +34,24 @@ pub struct Limits {
     pub grace: Duration,
 }
 
+/// Requests answered before the router: `serve` gives the OCSP routes (relying parties' hot
+/// path), which then pass through no router and no middleware, only [`crate::metrics::note`].
+/// `answer` keeps the limits itself (a body's size and time).
+#[derive(Clone)]
+pub struct Fast {
+    /// Whether `answer` takes this request (by method and path); the router takes the rest.
+    pub takes: fn(&axum::http::Method, &str) -> bool,
+    /// The answer.
+    pub answer: Arc<dyn Fn(FastRequest) -> FastAnswer + Send + Sync>,
+}
+
+/// A request as [`Fast::answer`] gets it (body unread).
+pub type FastRequest = axum::http::Request<hyper::body::Incoming>;
+
+/// [`Fast::answer`]'s answer.
+pub type FastAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>;
+
 /// Shared with the routes: whether the listener is draining (a stop was asked), so that
 /// `/readyz` says 503 while requests are still served.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +120,7 @@ pub async fn serve(
     app: Router,
     limits: Limits,
     shutdown: Shutdown,
+    fast: Option<Fast>,
 ) -> anyhow::Result<()> {
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -155,20 +174,19 @@ pub async fn serve(
             tracing::warn!(%peer, "too many connections; refused");
             continue;
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app, fast) = (acceptor.clone(), app.clone(), fast.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
-            let app = app.layer(axum::Extension(ConnectInfo::<SocketAddr>(peer)));
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => connection(tls, app, peer, limits, watcher).await,
+                        Ok(Ok(tls)) => connection(tls, app, fast, peer, limits, watcher).await,
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => connection(tcp, app, peer, limits, watcher).await,
+                None => connection(tcp, app, fast, peer, limits, watcher).await,
             }
         });
     }
@@ -185,17 +203,41 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves HTTP/1.1 on one connection within `limits`.
+/// Serves HTTP/1.1 on one connection within `limits`: a request `fast` takes is answered by
+/// it, any other by the router (which sees the peer as [`ConnectInfo`]).
 async fn connection<IO>(
     io: IO,
     app: Router,
+    fast: Option<Fast>,
     peer: SocketAddr,
     limits: Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper_util::service::TowerToHyperService::new(app);
+    let service =
+        hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            let (app, fast) = (app.clone(), fast.clone());
+            async move {
+                if let Some(fast) = fast.filter(|f| (f.takes)(req.method(), req.uri().path())) {
+                    let started = std::time::Instant::now();
+                    let class = crate::metrics::class(req.uri().path());
+                    let method = req.method().clone();
+                    let response = (fast.answer)(req).await;
+                    let status = response.status().as_u16();
+                    crate::metrics::note(
+                        class,
+                        &method,
+                        status,
+                        started.elapsed(),
+                        Some(peer.ip()),
+                    );
+                    return Ok::<_, std::convert::Infallible>(response);
+                }
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                tower::ServiceExt::oneshot(app, req).await
+            }
+        });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.handshake)

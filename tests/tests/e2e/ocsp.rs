@@ -403,6 +403,53 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
         let r = http(addr, "GET", path, &[], b"");
         assert_eq!((r.status, r.body.as_slice()), (200, MALFORMED), "{path}");
     }
+
+    // Issue 16: GET and POST are answered before the router (`tls::Fast`); the router still
+    // answers the rest under /ocsp with the same code: HEAD as GET without the body, other
+    // methods 405. A body over 16 KiB is refused; every answer is counted in the metrics.
+    let b64 = String::from_utf8(
+        openssl(
+            ca.data_dir(),
+            &[
+                "base64",
+                "-A",
+                "-in",
+                ca.file("get-req.der").to_str().unwrap(),
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let head = http(addr, "HEAD", &format!("/ocsp/{}", b64.trim()), &[], b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-type"),
+        Some("application/ocsp-response")
+    );
+    assert!(head.header("etag").is_some() && head.body.is_empty());
+    assert_eq!(http(addr, "PUT", "/ocsp", &[], b"").status, 405);
+    let big = http(
+        addr,
+        "POST",
+        "/ocsp",
+        &[("Content-Type", "application/ocsp-request")],
+        &[0x30; 16 * 1024 + 1],
+    );
+    assert_eq!(big.status, 413);
+    let (_, _, metrics) = get(addr, "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let counted = |code: &str| -> u64 {
+        let line = format!("ecert_http_requests_total{{route=\"ocsp\",code=\"{code}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(counted("413"), 1, "{metrics}");
+    assert_eq!(counted("405"), 1, "{metrics}");
+    // Since this instance started: the revoked and held checks, the malformed requests, HEAD.
+    assert!(counted("200") >= 10, "{metrics}");
+
     let (status, _, body) = get(addr, "/healthz");
     let health = String::from_utf8_lossy(&body);
     assert_eq!(status, 200, "{health}");
