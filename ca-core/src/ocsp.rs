@@ -366,6 +366,26 @@ pub struct Asked {
 /// checked (this responder serves everyone); extensions, nonce included, are ignored.
 pub fn parse_request(der: &[u8]) -> std::result::Result<Asked, Refusal> {
     let req = OcspRequest::from_der(der).map_err(|_| Refusal::Malformed)?;
+    let asked = cert_id(&req)?;
+    Ok(Asked {
+        alg: asked.alg,
+        name_hash: asked.name_hash.to_vec(),
+        key_hash: asked.key_hash.to_vec(),
+        serial: asked.serial,
+    })
+}
+
+/// [`Asked`] borrowing the hashes from the parsed request (the responder answers without
+/// copying them).
+struct AskedRef<'a> {
+    alg: HashAlg,
+    name_hash: &'a [u8],
+    key_hash: &'a [u8],
+    serial: SerialNumber,
+}
+
+/// [`parse_request`]'s work on a parsed request.
+fn cert_id(req: &OcspRequest) -> std::result::Result<AskedRef<'_>, Refusal> {
     let [one] = req.tbs_request.request_list.as_slice() else {
         // RFC 5019 §2.1.1: one Request per OCSPRequest; a pre-signed response cannot answer
         // several.
@@ -374,20 +394,15 @@ pub fn parse_request(der: &[u8]) -> std::result::Result<Asked, Refusal> {
     let id = &one.req_cert;
     let alg = HashAlg::from_oid(&id.hash_algorithm.oid).ok_or(Refusal::Unauthorized)?;
     // The serial INTEGER's content octets: a negative one was never issued.
-    let encoded = id.serial_number.to_der().map_err(|_| Refusal::Malformed)?;
-    let header = match encoded.get(1) {
-        Some(l) if l & 0x80 != 0 => 2 + usize::from(l & 0x7f),
-        _ => 2,
-    };
-    let content = encoded.get(header..).ok_or(Refusal::Malformed)?;
+    let content = id.serial_number.as_bytes();
     if content.first().is_none_or(|b| b & 0x80 != 0) {
         return Err(Refusal::Unauthorized);
     }
     let serial = SerialNumber::from_be_bytes(content).ok_or(Refusal::Unauthorized)?;
-    Ok(Asked {
+    Ok(AskedRef {
         alg,
-        name_hash: id.issuer_name_hash.as_bytes().to_vec(),
-        key_hash: id.issuer_key_hash.as_bytes().to_vec(),
+        name_hash: id.issuer_name_hash.as_bytes(),
+        key_hash: id.issuer_key_hash.as_bytes(),
         serial,
     })
 }
@@ -404,12 +419,12 @@ pub struct Entry {
     /// nextUpdate, Unix seconds.
     pub next_update: i64,
     /// Strong validators (RFC 9110 §8.8.3), quoted: one per response.
-    pub etags: [String; 2],
+    pub etags: [bytes::Bytes; 2],
 }
 
 impl Entry {
     /// The response and its ETag for a CertID hash algorithm.
-    pub fn for_alg(&self, alg: HashAlg) -> (&bytes::Bytes, &str) {
+    pub fn for_alg(&self, alg: HashAlg) -> (&bytes::Bytes, &bytes::Bytes) {
         match alg {
             HashAlg::Sha1 => (&self.sha1, &self.etags[0]),
             HashAlg::Sha256 => (&self.sha256, &self.etags[1]),
@@ -417,8 +432,9 @@ impl Entry {
     }
 }
 
-fn etag(der: &[u8]) -> String {
-    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(der)[..16]))
+/// A strong ETag (quoted hex), shared bytes so an answer's header copies nothing.
+fn etag(der: &[u8]) -> bytes::Bytes {
+    format!("\"{}\"", hex::encode(&sha2::Sha256::digest(der)[..16])).into()
 }
 
 /// The pre-signed responses of every issuing CA, kept in memory and following the store.
@@ -463,7 +479,8 @@ impl Cache {
         request: &[u8],
         now: i64,
     ) -> std::result::Result<(Arc<Entry>, HashAlg), Refusal> {
-        let asked = parse_request(request)?;
+        let req = OcspRequest::from_der(request).map_err(|_| Refusal::Malformed)?;
+        let asked = cert_id(&req)?;
         let role = self
             .issuers
             .iter()

@@ -816,14 +816,22 @@ fn cache_control_value(max_age: i64) -> HeaderValue {
 }
 
 fn ocsp_body(body: Bytes) -> Response {
-    ([(header::CONTENT_TYPE, "application/ocsp-response")], body).into_response()
+    let mut r = Response::new(axum::body::Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/ocsp-response"),
+    );
+    r
 }
 
 /// Answers one DER OCSPRequest. `get`: add the caching headers of RFC 5019 §6.2 (max-age
 /// capped by nextUpdate, Expires, Last-Modified = thisUpdate, a strong ETag) and honour
 /// If-None-Match. Error responses are never cached.
 fn answer(s: &AppState, request: &[u8], get: Option<Option<&HeaderValue>>) -> Response {
-    let now = now();
+    // Unix seconds straight from the clock (no calendar date is needed per request).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let (entry, alg) = match s.ocsp.answer(request, now) {
         Ok(v) => v,
         Err(refusal) => {
@@ -846,29 +854,31 @@ fn answer(s: &AppState, request: &[u8], get: Option<Option<&HeaderValue>>) -> Re
     let max_age = i64::from(s.config.ocsp.cache_max_age_seconds)
         .min(entry.next_update - now)
         .max(0);
-    let cache = [
-        (header::CACHE_CONTROL, cache_control_value(max_age)),
-        (header::EXPIRES, http_date_value(now + max_age)),
-        (header::LAST_MODIFIED, http_date_value(entry.this_update)),
-        (
-            header::ETAG,
-            HeaderValue::from_str(etag).unwrap_or(HeaderValue::from_static("\"\"")),
-        ),
-    ];
     let matches = if_none_match
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().as_bytes() == etag.as_ref() || t.trim() == "*")
+        });
+    let mut r = if matches {
         s.counters.not_modified.fetch_add(1, Ordering::Relaxed);
-        return (StatusCode::NOT_MODIFIED, cache).into_response();
-    }
-    s.counters.good.fetch_add(1, Ordering::Relaxed);
-    (
-        cache,
-        [(header::CONTENT_TYPE, "application/ocsp-response")],
-        der.clone(),
-    )
-        .into_response()
+        let mut r = Response::new(axum::body::Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        s.counters.good.fetch_add(1, Ordering::Relaxed);
+        ocsp_body(der.clone())
+    };
+    let h = r.headers_mut();
+    h.reserve(5);
+    h.insert(header::CACHE_CONTROL, cache_control_value(max_age));
+    h.insert(header::EXPIRES, http_date_value(now + max_age));
+    h.insert(header::LAST_MODIFIED, http_date_value(entry.this_update));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_maybe_shared(etag.clone()).unwrap_or(HeaderValue::from_static("\"\"")),
+    );
+    r
 }
 
 /// The OCSP requests [`crate::tls::serve`] answers before the router (issue 16: relying
@@ -904,13 +914,12 @@ where
     B: axum::body::HttpBody<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    use http_body_util::BodyExt;
     /// An OCSP request is a few hundred bytes.
     const BODY_LIMIT: usize = 16 * 1024;
     let (parts, body) = req.into_parts();
     if parts.method == axum::http::Method::POST {
         let limit = crate::tls::Limits::from_config(&s.config.http).request;
-        let mut read = std::pin::pin!(http_body_util::Limited::new(body, BODY_LIMIT).collect());
+        let mut read = std::pin::pin!(small_body(body, BODY_LIMIT));
         // A body that came with its head needs no timer: one poll first, the clock only if
         // the body is still on its way.
         let first = std::future::poll_fn(|cx| {
@@ -921,13 +930,13 @@ where
             std::task::Poll::Pending => tokio::time::timeout(limit, read).await,
         };
         return match read {
-            Ok(Ok(body)) => answer(s, &body.to_bytes(), None),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => (
+            Ok(Ok(body)) => answer(s, &body, None),
+            Ok(Err(SmallBody::TooLarge)) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "an OCSP request is at most 16 KiB\n",
             )
                 .into_response(),
-            Ok(Err(_)) => (
+            Ok(Err(SmallBody::Broken)) => (
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read\n",
             )
@@ -947,6 +956,45 @@ where
         return (StatusCode::BAD_REQUEST, "the request path is not UTF-8\n").into_response();
     };
     ocsp_get(s, &request, parts.headers.get(header::IF_NONE_MATCH))
+}
+
+/// Why [`small_body`] read no body.
+enum SmallBody {
+    /// It is over the limit.
+    TooLarge,
+    /// The connection failed while it was read.
+    Broken,
+}
+
+/// A request body of at most `limit` bytes. Most are one data frame, returned as it is (no
+/// copy); trailers are ignored.
+async fn small_body<B>(body: B, limit: usize) -> Result<Bytes, SmallBody>
+where
+    B: axum::body::HttpBody<Data = Bytes>,
+{
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame.map_err(|_| SmallBody::Broken)?.into_data() else {
+            continue;
+        };
+        let had = first.as_ref().map_or(joined.len(), Bytes::len);
+        if had + data.len() > limit {
+            return Err(SmallBody::TooLarge);
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 /// `GET /ocsp/{base64 of the DER request}`, the base64 already percent-decoded.
@@ -1897,6 +1945,48 @@ async fn batch_issuer(auth: Arc<Authority>, mut stop: tokio::sync::watch::Receiv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that arrives in the given frames.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+
+    /// Issue 16: the OCSP POST body is read without a copy when it is one frame, joined when
+    /// it is several, and refused past the limit however it is split.
+    #[tokio::test]
+    async fn a_small_body_is_read_whole_and_refused_past_its_limit() {
+        let frames =
+            |parts: &[&'static [u8]]| Frames(parts.iter().map(|p| Bytes::from_static(p)).collect());
+        let one = Bytes::from_static(b"0123456789");
+        let read = small_body(Frames([one.clone()].into()), 10)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(read.as_ptr(), one.as_ptr(), "one frame is not copied");
+        let read = small_body(frames(&[b"012", b"", b"3456", b"789"]), 10)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(read.as_ref(), b"0123456789");
+        assert!(small_body(frames(&[]), 10).await.ok().unwrap().is_empty());
+        for split in [&[&b"0123456789a"[..]][..], &[b"01234", b"56789", b"a"]] {
+            let body = Frames(split.iter().map(|p| Bytes::copy_from_slice(p)).collect());
+            assert!(matches!(
+                small_body(body, 10).await,
+                Err(SmallBody::TooLarge)
+            ));
+        }
+    }
 
     #[test]
     fn sync_backs_off_to_a_bound() {

@@ -217,25 +217,36 @@ async fn connection<IO>(
 {
     let service =
         hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-            let (app, fast) = (app.clone(), fast.clone());
+            // Only what this request's path needs is cloned (this runs for every request).
+            let to = match fast
+                .as_ref()
+                .filter(|f| (f.takes)(req.method(), req.uri().path()))
+            {
+                Some(f) => Err(f.answer.clone()),
+                None => Ok(app.clone()),
+            };
             async move {
-                if let Some(fast) = fast.filter(|f| (f.takes)(req.method(), req.uri().path())) {
-                    let started = std::time::Instant::now();
-                    let class = crate::metrics::class(req.uri().path());
-                    let method = req.method().clone();
-                    let response = (fast.answer)(req).await;
-                    let status = response.status().as_u16();
-                    crate::metrics::note(
-                        class,
-                        &method,
-                        status,
-                        started.elapsed(),
-                        Some(peer.ip()),
-                    );
-                    return Ok::<_, std::convert::Infallible>(response);
+                match to {
+                    Ok(app) => {
+                        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                        tower::ServiceExt::oneshot(app, req).await
+                    }
+                    Err(answer) => {
+                        let started = std::time::Instant::now();
+                        let class = crate::metrics::class(req.uri().path());
+                        let method = req.method().clone();
+                        let response = answer(req).await;
+                        let status = response.status().as_u16();
+                        crate::metrics::note(
+                            class,
+                            &method,
+                            status,
+                            started.elapsed(),
+                            Some(peer.ip()),
+                        );
+                        Ok(response)
+                    }
                 }
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                tower::ServiceExt::oneshot(app, req).await
             }
         });
     let conn = hyper::server::conn::http1::Builder::new()
