@@ -45,6 +45,10 @@ pub use responder::RESPONDER_PROFILE;
 #[derive(Debug, Clone)]
 struct Committer {
     jobs: tokio::sync::mpsc::Sender<Job>,
+    /// Batches refused as a whole and applied change by change instead (`/metrics`): a
+    /// change that fails its own check does that; many would mean the set-based statements
+    /// ([`Store::apply_batch`]) fail where the per-change ones pass.
+    retried: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type Job = (WriteOp, Event, tokio::sync::oneshot::Sender<Result<()>>);
@@ -55,8 +59,9 @@ const MAX_BATCH: usize = 128;
 impl Committer {
     fn start(store: Store) -> Committer {
         let (jobs, rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(Self::run(store, rx));
-        Committer { jobs }
+        let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(Self::run(store, rx, retried.clone()));
+        Committer { jobs, retried }
     }
 
     async fn write(&self, op: WriteOp, event: Event) -> Result<()> {
@@ -69,7 +74,11 @@ impl Committer {
         wait.await.map_err(|_| stopped())?
     }
 
-    async fn run(store: Store, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    async fn run(
+        store: Store,
+        mut rx: tokio::sync::mpsc::Receiver<Job>,
+        retried: Arc<std::sync::atomic::AtomicU64>,
+    ) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -92,6 +101,7 @@ impl Committer {
                 }
                 // One bad change must not fail its neighbours: retry each on its own.
                 Err(_) => {
+                    retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     for (op, ev, done) in batch {
                         let _ = done.send(store.apply_batch(&[(&op, &ev)]).await);
                     }
@@ -1599,6 +1609,14 @@ impl Authority {
             hsm::Algorithm::RsaPkcs1Sha256 => "sha256WithRSAEncryption",
             _ => "ecdsa-with-SHA256",
         }
+    }
+
+    /// How many group-committed batches were refused as a whole and applied change by change
+    /// since this signer started (`ecert_group_commit_retries_total`).
+    pub fn group_commit_retries(&self) -> u64 {
+        self.writer
+            .retried
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store.

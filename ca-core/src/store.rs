@@ -2714,11 +2714,35 @@ impl Store {
     ///
     /// Several changes of one kind — reservations (not renewals), `issuing` and `issued` —
     /// go in a few set-based statements each ([`Store::apply_set`]) rather than a few per
-    /// change; the others one by one. Either way the checks are the same: if any fails, the
-    /// batch is rolled back and the committer applies each change on its own, so the one that
-    /// fails gets its own error and its neighbours go through.
+    /// change, kind after kind; the others one by one after them. That reorders the batch, so
+    /// it is done only when no two changes name the same serial (else all go one by one, in
+    /// batch order). Either way the checks are the same: if any fails, the batch is rolled back
+    /// and the committer applies each change on its own, so the one that fails gets its own
+    /// error and its neighbours go through.
     pub async fn apply_batch(&self, ops: &[(&WriteOp, &Event)]) -> Result<()> {
         let mut tx = self.begin().await?;
+        // Sets change the order of the batch's changes: that is only done when no serial (nor
+        // a renewal's old serial) is named twice, so that no change can depend on another.
+        let mut named = std::collections::HashSet::new();
+        let independent = ops.iter().all(|(op, _)| {
+            let (serial, renews) = match op {
+                WriteOp::Reserve { serial, renews, .. } => (serial, renews.as_ref()),
+                WriteOp::Issuing { serial, .. }
+                | WriteOp::Issued { serial, .. }
+                | WriteOp::Abandoned { serial, .. }
+                | WriteOp::Failed { serial, .. } => (serial, None),
+            };
+            named.insert(serial) && renews.is_none_or(|old| named.insert(old))
+        });
+        if !independent {
+            for (op, _) in ops {
+                self.apply_op(&mut tx, op).await?;
+            }
+            let events: Vec<&Event> = ops.iter().map(|(_, e)| *e).collect();
+            self.audit_many(&mut tx, &events).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         let (mut reserves, mut issuing, mut issued, mut single) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (op, _) in ops {
@@ -2825,9 +2849,10 @@ impl Store {
     }
 
     /// Applies changes that are all of one kind (all [`WriteOp::Reserve`] without a renewal,
-    /// all [`WriteOp::Issuing`] or all [`WriteOp::Issued`]; distinct serials, at most
-    /// [`SET_CHUNK`]) with the same checks [`Store::apply_op`] makes for each: the blocked-key
-    /// check, and a compare-and-set on the state that must move every row or fails the lot.
+    /// all [`WriteOp::Issuing`] or all [`WriteOp::Issued`]; at most [`SET_CHUNK`]) with the
+    /// same checks [`Store::apply_op`] makes for each: the blocked-key check, and a
+    /// compare-and-set on the state that must move every row or fails the lot (a serial named
+    /// twice moves one row, so it fails too; a reservation's is refused by the primary key).
     async fn apply_set(&self, tx: &mut Tx, ops: &[&WriteOp]) -> Result<()> {
         let n = ops.len();
         let serial_of = |op: &WriteOp| match op {
@@ -3227,9 +3252,33 @@ mod tests {
     /// Issue 16: changes of one kind in a batch go as a set, with each one's checks — a state
     /// that has moved, or a blocked key, refuses the whole set and writes nothing (the
     /// committer then applies each on its own, see `authority::Committer`).
+    ///
+    /// On SQLite, and on PostgreSQL too where `ECERT_TEST_PG_URL` names a server (`ops/test`
+    /// starts one before its first run): the set statements are written for both engines.
     #[tokio::test]
     async fn changes_of_one_kind_apply_as_a_set_with_each_ones_checks() {
         let (_dir, store) = test_store().await;
+        sets_with_each_ones_checks(store).await;
+        if let Ok(url) = std::env::var("ECERT_TEST_PG_URL") {
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            let name = format!(
+                "ecert_unit_{}",
+                crate::serial::SerialNumber::random().to_hex()
+            );
+            let mut admin = sqlx::AnyConnection::connect(&url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            let base = url.rsplit_once('/').unwrap().0;
+            let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+            assert_eq!(store.engine, Engine::Postgres);
+            sets_with_each_ones_checks(store).await;
+        }
+    }
+
+    async fn sets_with_each_ones_checks(store: Store) {
         let event = |kind: &'static str, serial: &str| Event {
             kind,
             actor: "test".into(),
@@ -3371,6 +3420,23 @@ mod tests {
         assert!(apply(vec![reserve("b1"), reserve("a1")]).await.is_err());
         assert_eq!(states().await.len(), 3);
         assert_eq!(audit_count().await, 3 + 3 + 2);
+
+        // A batch naming a serial twice goes in its own order: `issuing` before the serial is
+        // reserved fails (sets would have reserved it first), in order it goes through.
+        assert!(apply(vec![issuing("c1"), reserve("c1")]).await.is_err());
+        assert_eq!(states().await.len(), 3);
+        apply(vec![
+            reserve("c1"),
+            issuing("c1"),
+            reserve("c2"),
+            reserve("c3"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            states().await[3..],
+            state_list(&[("c1", "issuing"), ("c2", "reserved"), ("c3", "reserved")])
+        );
     }
 
     /// Issue 17: a serial the lost machine revoked after the backup is recorded revoked whatever

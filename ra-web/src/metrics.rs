@@ -136,7 +136,8 @@ pub async fn observe(req: Request, next: Next) -> Response {
 }
 
 /// Counts, times and (with `[http] access_log`) logs one answered request: what [`observe`]
-/// does for the router, and [`crate::tls::serve`] for a request answered before it.
+/// does for the router, and each connection of [`crate::tls::serve`] for a request answered
+/// before the router ([`crate::tls::Fast`]).
 pub fn note(
     class: usize,
     method: &axum::http::Method,

@@ -883,8 +883,8 @@ fn answer(s: &AppState, request: &[u8], get: Option<Option<&HeaderValue>>) -> Re
 
 /// The OCSP requests [`crate::tls::serve`] answers before the router (issue 16: relying
 /// parties' hot path, served at the rate of a bare server): `POST /ocsp` and `GET /ocsp/…`.
-/// Anything else under `/ocsp` (HEAD, other methods, an empty GET) goes to the router's
-/// routes, which answer with the same code.
+/// The rest goes to the router: HEAD to its OCSP routes, which answer with the same code,
+/// other methods to their 405; `GET /ocsp/` (no request) matches no OCSP route.
 fn ocsp_fast(state: Shared) -> crate::tls::Fast {
     crate::tls::Fast {
         takes: |method, path| match *method {
@@ -1014,7 +1014,10 @@ fn ocsp_get(s: &AppState, request: &str, if_none_match: Option<&HeaderValue>) ->
         Ok(der) => answer(s, &der, Some(if_none_match)),
         Err(_) => {
             s.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            ocsp_body(Bytes::from_static(ocsp::MALFORMED_REQUEST))
+            let mut r = ocsp_body(Bytes::from_static(ocsp::MALFORMED_REQUEST));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
         }
     }
 }
@@ -1457,6 +1460,13 @@ async fn metrics(State(s): State<Shared>) -> Response {
             "# HELP ecert_queue_length Work waiting, by queue.\n# TYPE ecert_queue_length gauge\n\
              ecert_queue_length{{queue=\"ocsp\"}} {}\necert_queue_length{{queue=\"batch_rows\"}} {}\necert_queue_length{{queue=\"ldap\"}} {}\n",
             q.ocsp_pending, q.batch_rows_queued, q.ldap_pending
+        ));
+    }
+    if let Some(auth) = s.auth() {
+        out.push_str(&format!(
+            "# HELP ecert_group_commit_retries_total Batches of issuance changes refused as a whole and applied one by one.\n\
+             # TYPE ecert_group_commit_retries_total counter\necert_group_commit_retries_total {}\n",
+            auth.group_commit_retries()
         ));
     }
     crate::metrics::render(&mut out);

@@ -35,8 +35,9 @@ pub struct Limits {
 }
 
 /// Requests answered before the router: `serve` gives the OCSP routes (relying parties' hot
-/// path), which then pass through no router and no middleware, only [`crate::metrics::note`].
-/// `answer` keeps the limits itself (a body's size and time).
+/// path), which then pass through no router and no middleware, only [`crate::metrics::note`]
+/// (with the peer's address; the request carries no [`ConnectInfo`]). `answer` keeps the
+/// limits itself (a body's size and time).
 #[derive(Clone)]
 pub struct Fast {
     /// Whether `answer` takes this request (by method and path); the router takes the rest.
@@ -125,7 +126,6 @@ pub async fn serve(
     let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(Arc::new(t)));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let request = limits.request;
-    let app = app.layer(axum::middleware::from_fn(crate::metrics::observe));
     let app = app.layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| async move {
             match tokio::time::timeout(request, next.run(req)).await {
@@ -139,6 +139,8 @@ pub async fn serve(
             }
         },
     ));
+    // Outside the timeout, so that a 408 is counted and logged too.
+    let app = app.layer(axum::middleware::from_fn(crate::metrics::observe));
     // SIGTERM (systemd, kill) stops as SIGINT does: the caller records the stop.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| std::io::Error::other(format!("SIGTERM handler: {e}")))?;

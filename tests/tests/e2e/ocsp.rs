@@ -402,6 +402,8 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     ] {
         let r = http(addr, "GET", path, &[], b"");
         assert_eq!((r.status, r.body.as_slice()), (200, MALFORMED), "{path}");
+        // An error answer is never cached (not even one whose base64 did not decode).
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
     }
 
     // Issue 16: GET and POST are answered before the router (`tls::Fast`); the router still

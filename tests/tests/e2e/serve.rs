@@ -474,7 +474,8 @@ fn slow_clients_are_cut_while_ocsp_keeps_answering() {
     let individual = ca.export("individual");
 
     // 50 slow clients, each sending a byte every 500 ms: 25 heads that never end, 25 bodies
-    // that never complete. Each records when the server closed it.
+    // that never complete — to OCSP (answered before the router, issue 16) and to a page
+    // (through the router). Each records when the server closed it.
     let started = Instant::now();
     let slow: Vec<_> = (0..50)
         .map(|i| {
@@ -482,10 +483,10 @@ fn slow_clients_are_cut_while_ocsp_keeps_answering() {
             std::thread::spawn(move || -> Option<Duration> {
                 let mut s = TcpStream::connect(&addr).unwrap();
                 s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-                let head = if i % 2 == 0 {
-                    "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_string()
-                } else {
-                    "POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\nContent-Length: 1000\r\n\r\n".to_string()
+                let head = match i % 4 {
+                    0 | 2 => "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_string(),
+                    1 => "POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\nContent-Length: 1000\r\n\r\n".to_string(),
+                    _ => "POST /track HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n".to_string(),
                 };
                 if s.write_all(head.as_bytes()).is_err() {
                     return Some(started.elapsed());
@@ -519,6 +520,20 @@ fn slow_clients_are_cut_while_ocsp_keeps_answering() {
         assert!(
             cut.is_some_and(|d| d < Duration::from_secs(10)),
             "slow client {i} was not cut: {cut:?}"
+        );
+    }
+    // The slow bodies were answered 408 and counted, on both paths.
+    let (_, _, metrics) = get(&addr, "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    for route in ["ocsp", "pages"] {
+        let line = format!("ecert_http_requests_total{{route=\"{route}\",code=\"408\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        assert!(
+            n >= 10,
+            "{route}: {n} slow bodies counted as 408\n{metrics}"
         );
     }
 
