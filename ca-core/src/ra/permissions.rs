@@ -101,7 +101,7 @@ impl Action {
                 "propose or confirm a mass revocation, a key block, an issuing CA's revocation or a batch's approval (two officers)"
             }
             Action::ManageOrganisations => {
-                "register organisations for bulk enrolment, validate their mail domains, give batch tokens, follow batches"
+                "register organisations for bulk enrolment, validate their mail domains, give and revoke batch tokens, follow batches"
             }
         }
     }

@@ -86,7 +86,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route(
             "/api/v1/organisations/{id}/batch-tokens",
-            post(organisation_batch_token),
+            post(organisation_batch_token).delete(organisation_batch_tokens_revoke),
         )
         .route(
             "/api/v1/batches",
@@ -136,7 +136,7 @@ pub fn router(state: Shared) -> Router {
         outlet_change, officer_proposals, certificate_revocation,
         officer_propose, officer_confirm, officer_withdraw, organisation_register,
         organisation_domains, organisation_domain_add, organisation_domain_validate,
-        organisation_batch_token, batch_submit, batch_show, batch_certificates, directory,
+        organisation_batch_token, organisation_batch_tokens_revoke, batch_submit, batch_show, batch_certificates, directory,
         staff_certificate_revocation, staff_certificate_show, staff_certificate_release
     ),
     components(schemas(
@@ -146,7 +146,7 @@ pub fn router(state: Shared) -> Router {
         Activation, Activated, Proposal, ProposalOut, SignIn, SessionOut, AccountOut, NewAccount,
         Enrolment, StaffChange, OutletOut, OutletIn, NewToken, StatusChangeRequest,
         StatusChanged, ChangedCertificate, NewOrganisation, OrganisationOut, NewDomain,
-        DomainOut, NewBatchToken, BatchTokenOut, BatchReceiptOut, RowError, BatchStatusOut,
+        DomainOut, NewBatchToken, BatchTokenOut, BatchTokensRevokedOut, BatchReceiptOut, RowError, BatchStatusOut,
         BatchRowOut, DirectoryEntry, BatchSubmission, BatchRowJson, RowRevocation,
         RowRevoked, StaffCertificate
     )),
@@ -1807,6 +1807,27 @@ async fn organisation_batch_token(
 ) -> Result<Response, ApiFailure> {
     let token = ra::bulk::batch_token(&s.auth, &staff, &id, &b.profiles, b.days).await?;
     Ok((StatusCode::CREATED, Json(BatchTokenOut { token })).into_response())
+}
+
+/// What a revocation of batch tokens did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchTokensRevokedOut {
+    /// Tokens revoked (those in force; 0 if there were none).
+    revoked: u64,
+}
+
+/// Revokes every batch token of the organisation still in force (a leaked one: tokens are
+/// shown once and not listed, so all go; give the organisation a new one). Batches already
+/// approved go on issuing. Officers signed in with their second factor.
+#[utoipa::path(delete, path = "/api/v1/organisations/{id}/batch-tokens", params(("id" = String, Path)),
+    responses((status = 200, body = BatchTokensRevokedOut), (status = 404, body = ApiError), (status = 403, body = ApiError)))]
+async fn organisation_batch_tokens_revoke(
+    State(s): State<Shared>,
+    Staff(staff): Staff,
+    Path(id): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let revoked = ra::bulk::revoke_batch_tokens(&s.auth, &staff, &id).await?;
+    Ok(Json(BatchTokensRevokedOut { revoked }).into_response())
 }
 
 /// A refused row.

@@ -2255,6 +2255,13 @@ async fn every_route_as_every_role_follows_the_matrix() {
             Some(A::ManageOrganisations),
             false,
         ),
+        api(
+            "DELETE",
+            "/api/v1/organisations/no-such-org/batch-tokens".into(),
+            serde_json::json!(null),
+            Some(A::ManageOrganisations),
+            false,
+        ),
         // A batch is read by its organisation's batch token or an officer; it is submitted only
         // with a batch token (`POST /api/v1/batches`: a staff token is refused with 403 and a
         // wrong batch token with 401, in the e2e test

@@ -449,6 +449,32 @@ fn a_batch_of_staff_is_checked_approved_issued_once_and_judged() {
         let (st, progress) = ok(&["batch", "status", &id, "--wait"]);
         assert!(progress.contains("3/3 issued"), "{progress}");
         assert!(st.contains("issued\t3"), "{st}");
+
+        // A leaked token is revoked by an officer (a batch token cannot): refused at once, by
+        // the API and the command line; the organisation gets a new one.
+        let tokens = format!("/api/v1/organisations/{org}/batch-tokens");
+        let (st, _) = api(addr, "DELETE", &tokens, &token, None);
+        assert_eq!(st, 401);
+        let (st, r) = api(addr, "DELETE", &tokens, &officer, None);
+        assert_eq!((st, r["revoked"].as_u64()), (200, Some(1)), "{r}");
+        let (st, _) = api(
+            addr,
+            "GET",
+            &format!("/api/v1/batches/{batch}"),
+            &token,
+            None,
+        );
+        assert_eq!(st, 401);
+        assert!(!cli(&["batch", "status", &batch]).status.success());
+        let (st, r) = api(
+            addr,
+            "POST",
+            &tokens,
+            &officer,
+            Some(serde_json::json!({ "profiles": ["organisational"], "days": 30 })),
+        );
+        assert_eq!(st, 201, "{r}");
+        status(addr, r["token"].as_str().unwrap(), &batch);
     });
     ca.audit_ok();
 }

@@ -83,6 +83,48 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         .await
         .unwrap();
 
+    // A batch token acts until it expires or is revoked: officers revoke all of an
+    // organisation's tokens in force (a clerk cannot), audited even when there is none.
+    let token = bulk::batch_token(&auth, &officer, org, &["organisational".into()], 30)
+        .await
+        .unwrap();
+    assert!(bulk::batch_caller(&store, &token).await.is_ok());
+    assert!(matches!(
+        bulk::revoke_batch_tokens(&auth, &clerk, org).await,
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        bulk::revoke_batch_tokens(&auth, &officer, "no-such-org").await,
+        Err(Error::NotFound)
+    ));
+    assert_eq!(
+        bulk::revoke_batch_tokens(&auth, &officer, org)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        bulk::batch_caller(&store, &token).await,
+        Err(Error::SignInFailed)
+    ));
+    assert_eq!(
+        bulk::revoke_batch_tokens(&auth, &officer, org)
+            .await
+            .unwrap(),
+        0
+    );
+    let revocations: Vec<String> = sqlx::query_scalar(
+        "SELECT detail FROM audit_log WHERE kind = 'bulk.token.revoked' ORDER BY seq",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(revocations, [r#"{"tokens":1}"#, r#"{"tokens":0}"#]);
+    let fresh = bulk::batch_token(&auth, &officer, org, &["organisational".into()], 30)
+        .await
+        .unwrap();
+    assert!(bulk::batch_caller(&store, &fresh).await.is_ok());
+
     let caller = BatchCaller {
         organisation_id: org.into(),
         profiles: vec!["organisational".into()],
