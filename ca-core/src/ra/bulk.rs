@@ -467,15 +467,31 @@ pub async fn batch_token(
     Ok(token)
 }
 
+/// What [`revoke_batch_tokens`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokensRevoked {
+    /// Tokens revoked (those in force).
+    pub tokens: u64,
+    /// Batches still waiting for approval, refused (their pending rows made `invalid`).
+    pub batches_refused: u64,
+}
+
+/// Why the rows of a batch refused by a token revocation are invalid.
+const REFUSED_BY_REVOCATION: &str =
+    "refused: the organisation's batch tokens were revoked before the batch was approved";
+
 /// Revokes every batch token of the organisation still in force (one leaked, or no longer
-/// wanted: a token otherwise lasts until it expires). Returns how many; audited
-/// (`bulk.token.revoked`) even when there were none. Batches already approved go on issuing:
-/// a token submits and reads batches, it approves nothing.
+/// wanted: a token otherwise lasts until it expires), and refuses the organisation's batches
+/// still waiting for approval — any of them may be the leaked token's, and nothing tells
+/// them apart: their pending rows become `invalid` (their client row ids free again) and the
+/// organisation resubmits with its new token. Audited (`bulk.token.revoked`, with both
+/// counts) even when there was nothing. Approved batches go on issuing, as do the ones a
+/// standing authorisation approved on arrival: withdraw it too when a token leaked.
 pub async fn revoke_batch_tokens(
     auth: &Authority,
     staff: &StaffSession,
     organisation_id: &str,
-) -> Result<u64> {
+) -> Result<TokensRevoked> {
     staff.authorize(Action::ManageOrganisations)?;
     let store = auth.store();
     // Any organisation on record, current or not (its tokens may outlive its record).
@@ -491,6 +507,22 @@ pub async fn revoke_batch_tokens(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    sqlx::query(
+        "UPDATE batch_rows SET state = 'invalid', error = $1, updated_at = $2 WHERE state = 'pending' \
+         AND batch_id IN (SELECT id FROM batches WHERE organisation_id = $3 AND state = 'submitted')",
+    )
+    .bind(REFUSED_BY_REVOCATION)
+    .bind(at)
+    .bind(organisation_id)
+    .execute(&mut *tx)
+    .await?;
+    let batches_refused = sqlx::query(
+        "UPDATE batches SET state = 'done' WHERE organisation_id = $1 AND state = 'submitted'",
+    )
+    .bind(organisation_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     store
         .audit(
             &mut tx,
@@ -498,12 +530,15 @@ pub async fn revoke_batch_tokens(
                 kind: "bulk.token.revoked",
                 actor: actor(staff),
                 subject: Some(organisation_id.to_string()),
-                detail: json!({ "tokens": revoked }),
+                detail: json!({ "tokens": revoked, "batches_refused": batches_refused }),
             },
         )
         .await?;
     tx.commit().await?;
-    Ok(revoked)
+    Ok(TokensRevoked {
+        tokens: revoked,
+        batches_refused,
+    })
 }
 
 /// What the store keeps of a batch token: its SHA-256 (length-prefixed, [`super::support`]).
@@ -518,6 +553,9 @@ pub struct BatchCaller {
     pub organisation_id: String,
     /// The profiles its batches may issue.
     pub profiles: Vec<String>,
+    /// The token's digest ([`token_digest`]): a submission checks again, in its own
+    /// transaction, that the token is still in force.
+    pub token: Vec<u8>,
 }
 
 row! {
@@ -534,10 +572,11 @@ pub async fn batch_caller(store: &Store, token: &str) -> Result<BatchCaller> {
     if !token.starts_with("ecb_") {
         return Err(Error::SignInFailed);
     }
+    let digest = token_digest(token);
     let r = sqlx::query_as::<_, TokenRow>(
         "SELECT organisation_id, profiles, expires_at, revoked_at FROM batch_tokens WHERE token_sha256 = $1",
     )
-    .bind(token_digest(token))
+    .bind(&digest)
     .fetch_optional(store.pool())
     .await?
     .ok_or(Error::SignInFailed)?;
@@ -547,6 +586,7 @@ pub async fn batch_caller(store: &Store, token: &str) -> Result<BatchCaller> {
     Ok(BatchCaller {
         organisation_id: r.organisation_id,
         profiles: r.profiles.split(' ').map(str::to_string).collect(),
+        token: digest,
     })
 }
 
@@ -784,6 +824,26 @@ pub async fn submit_batch(
         approved: false,
     };
     let mut tx = store.begin().await?;
+    // The token again, in this transaction: one revoked (or expired) while the rows were read
+    // and checked submits nothing. A revocation's UPDATE and this read are ordered by the
+    // writer lock (SQLite) or the row lock (PostgreSQL, FOR SHARE).
+    let in_force = match store.engine() {
+        crate::store::Engine::Postgres => {
+            "SELECT 1 FROM batch_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at >= $2 FOR SHARE"
+        }
+        crate::store::Engine::Sqlite => {
+            "SELECT 1 FROM batch_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at >= $2"
+        }
+    };
+    if sqlx::query(in_force)
+        .bind(&caller.token)
+        .bind(now())
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_none()
+    {
+        return Err(Error::SignInFailed);
+    }
     // The organisation's client row ids issued or on their way (read in the transaction that
     // adds the new ones: two submissions at once do not both take one).
     let taken: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(

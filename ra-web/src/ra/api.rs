@@ -1814,20 +1814,27 @@ async fn organisation_batch_token(
 pub struct BatchTokensRevokedOut {
     /// Tokens revoked (those in force; 0 if there were none).
     revoked: u64,
+    /// The organisation's batches that were waiting for approval, refused.
+    batches_refused: u64,
 }
 
 /// Revokes every batch token of the organisation still in force (a leaked one: tokens are
-/// shown once and not listed, so all go; give the organisation a new one). Batches already
+/// shown once and not listed, so all go; give the organisation a new one), and refuses its
+/// batches still waiting for approval (resubmitted with the new token). Batches already
 /// approved go on issuing. Officers signed in with their second factor.
 #[utoipa::path(delete, path = "/api/v1/organisations/{id}/batch-tokens", params(("id" = String, Path)),
-    responses((status = 200, body = BatchTokensRevokedOut), (status = 404, body = ApiError), (status = 403, body = ApiError)))]
+    responses((status = 200, body = BatchTokensRevokedOut), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 async fn organisation_batch_tokens_revoke(
     State(s): State<Shared>,
     Staff(staff): Staff,
     Path(id): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    let revoked = ra::bulk::revoke_batch_tokens(&s.auth, &staff, &id).await?;
-    Ok(Json(BatchTokensRevokedOut { revoked }).into_response())
+    let done = ra::bulk::revoke_batch_tokens(&s.auth, &staff, &id).await?;
+    Ok(Json(BatchTokensRevokedOut {
+        revoked: done.tokens,
+        batches_refused: done.batches_refused,
+    })
+    .into_response())
 }
 
 /// A refused row.

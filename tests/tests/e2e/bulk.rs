@@ -456,7 +456,11 @@ fn a_batch_of_staff_is_checked_approved_issued_once_and_judged() {
         let (st, _) = api(addr, "DELETE", &tokens, &token, None);
         assert_eq!(st, 401);
         let (st, r) = api(addr, "DELETE", &tokens, &officer, None);
-        assert_eq!((st, r["revoked"].as_u64()), (200, Some(1)), "{r}");
+        assert_eq!(
+            (st, r["revoked"].as_u64(), r["batches_refused"].as_u64()),
+            (200, Some(1), Some(0)),
+            "{r}"
+        );
         let (st, _) = api(
             addr,
             "GET",

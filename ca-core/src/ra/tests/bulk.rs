@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::journey::{signed_in, staff};
 use crate::authority::test_ca_with;
 use crate::error::Error;
-use crate::ra::bulk::{self, BatchCaller, BatchRowIn};
+use crate::ra::bulk::{self, BatchRowIn};
 use crate::ra::support::now;
 use crate::ra::*;
 
@@ -84,11 +84,21 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         .unwrap();
 
     // A batch token acts until it expires or is revoked: officers revoke all of an
-    // organisation's tokens in force (a clerk cannot), audited even when there is none.
+    // organisation's tokens in force (a clerk cannot), audited even when there is none. The
+    // batches waiting for approval are refused with them (any may be a leaked token's), and
+    // a submission checked before the revocation records nothing after it.
     let token = bulk::batch_token(&auth, &officer, org, &["organisational".into()], 30)
         .await
         .unwrap();
-    assert!(bulk::batch_caller(&store, &token).await.is_ok());
+    let leaked = bulk::batch_caller(&store, &token).await.unwrap();
+    let waiting = bulk::submit_batch(
+        &auth,
+        &leaked,
+        vec![Ok(row("R", "r@staff.example.hk", None))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(waiting.accepted, 1);
     assert!(matches!(
         bulk::revoke_batch_tokens(&auth, &clerk, org).await,
         Err(Error::Forbidden(_))
@@ -97,21 +107,46 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         bulk::revoke_batch_tokens(&auth, &officer, "no-such-org").await,
         Err(Error::NotFound)
     ));
+    let revoked = |tokens, batches_refused| bulk::TokensRevoked {
+        tokens,
+        batches_refused,
+    };
     assert_eq!(
         bulk::revoke_batch_tokens(&auth, &officer, org)
             .await
             .unwrap(),
-        1
+        revoked(1, 1)
     );
     assert!(matches!(
         bulk::batch_caller(&store, &token).await,
         Err(Error::SignInFailed)
     ));
+    assert!(matches!(
+        bulk::submit_batch(
+            &auth,
+            &leaked,
+            vec![Ok(row("S", "s@staff.example.hk", None))]
+        )
+        .await,
+        Err(Error::SignInFailed)
+    ));
+    let (state, error): (String, Option<String>) =
+        sqlx::query_as("SELECT state, error FROM batch_rows WHERE batch_id = $1")
+            .bind(&waiting.id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(state, "invalid");
+    assert!(error.unwrap().contains("revoked"));
+    assert!(matches!(
+        bulk::approve_batch(&store, &waiting.id, "test").await,
+        Err(Error::Conflict(_))
+    ));
     assert_eq!(
         bulk::revoke_batch_tokens(&auth, &officer, org)
             .await
             .unwrap(),
-        0
+        revoked(0, 0)
     );
     let revocations: Vec<String> = sqlx::query_scalar(
         "SELECT detail FROM audit_log WHERE kind = 'bulk.token.revoked' ORDER BY seq",
@@ -119,16 +154,17 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
     .fetch_all(store.pool())
     .await
     .unwrap();
-    assert_eq!(revocations, [r#"{"tokens":1}"#, r#"{"tokens":0}"#]);
+    assert_eq!(
+        revocations,
+        [
+            r#"{"batches_refused":1,"tokens":1}"#,
+            r#"{"batches_refused":0,"tokens":0}"#
+        ]
+    );
     let fresh = bulk::batch_token(&auth, &officer, org, &["organisational".into()], 30)
         .await
         .unwrap();
-    assert!(bulk::batch_caller(&store, &fresh).await.is_ok());
-
-    let caller = BatchCaller {
-        organisation_id: org.into(),
-        profiles: vec!["organisational".into()],
-    };
+    let caller = bulk::batch_caller(&store, &fresh).await.unwrap();
     let long_id = format!("{}\u{7}{}", "a".repeat(50), "b".repeat(100_000));
     let rows = vec![
         // Refused (a title on a non-role row) ...
@@ -230,10 +266,17 @@ async fn old_batch_rows_are_purged() {
     .execute(store.pool())
     .await
     .unwrap();
-    let caller = BatchCaller {
-        organisation_id: "o".into(),
-        profiles: vec!["organisational".into()],
-    };
+    sqlx::query(
+        "INSERT INTO batch_tokens (token_sha256, organisation_id, profiles, created_by, created_at, expires_at) \
+         VALUES ($1, 'o', 'organisational', 'officer1', $2, $3)",
+    )
+    .bind(bulk::token_digest("ecb_test"))
+    .bind(now())
+    .bind(now() + 86_400)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let caller = bulk::batch_caller(&store, "ecb_test").await.unwrap();
     let r = bulk::submit_batch(
         &auth,
         &caller,
