@@ -2617,6 +2617,17 @@ impl Store {
 /// values: far below both engines' limits on parameters).
 const SET_CHUNK: usize = 128;
 
+/// A set's compare-and-set: every one of its `n` rows must have moved from `from`.
+fn all_moved(moved: u64, n: usize, from: &str) -> Result<()> {
+    if moved == n as u64 {
+        return Ok(());
+    }
+    Err(Error::Store(format!(
+        "{} of {n} serials were not in state {from}",
+        (n as u64).saturating_sub(moved)
+    )))
+}
+
 /// `$from, $from+1, …` (`count` placeholders), for an `IN (…)` list.
 fn numbered(count: usize, from: usize) -> String {
     (0..count)
@@ -2934,13 +2945,7 @@ impl Store {
                         .bind(*not_before)
                         .bind(*not_after);
                 }
-                let moved = q.execute(&mut **tx).await?.rows_affected();
-                if moved != n as u64 {
-                    return Err(Error::Store(format!(
-                        "{} of {n} serials were not in state reserved",
-                        n as u64 - moved
-                    )));
-                }
+                all_moved(q.execute(&mut **tx).await?.rows_affected(), n, "reserved")?;
             }
             Some(WriteOp::Issued { .. }) => {
                 // As in [`Store::mark_issued`]: the rows change (and lock) before the
@@ -2959,13 +2964,7 @@ impl Store {
                     };
                     q = q.bind(serial.clone()).bind(cert_der.clone());
                 }
-                let moved = q.execute(&mut **tx).await?.rows_affected();
-                if moved != n as u64 {
-                    return Err(Error::Store(format!(
-                        "{} of {n} serials were not in state issuing",
-                        n as u64 - moved
-                    )));
-                }
+                all_moved(q.execute(&mut **tx).await?.rows_affected(), n, "issuing")?;
                 async_fail_point!("store::mark_issued_before_block_check");
                 self.refuse_blocked_any(tx, &serials).await?;
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -100,11 +100,7 @@ fn ocsp_get(
         ],
     );
     assert!(o.status.success(), "{}", show(&o));
-    let b64 = openssl(
-        ca.data_dir(),
-        &["base64", "-A", "-in", req.to_str().unwrap()],
-    );
-    let mut b64 = String::from_utf8(b64.stdout).unwrap().trim().to_string();
+    let mut b64 = get_request_b64(ca).trim().to_string();
     if encode {
         b64 = b64
             .replace('/', "%2F")
@@ -128,6 +124,16 @@ fn ocsp_get(
         ],
     );
     (text(&o), resp)
+}
+
+/// The base64 of the last request [`ocsp_get`] made (openssl's, as it would send it).
+fn get_request_b64(ca: &Ca) -> String {
+    let der = ca.file("get-req.der");
+    let out = openssl(
+        ca.data_dir(),
+        &["base64", "-A", "-in", der.to_str().unwrap()],
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 pub(crate) fn lint_response(path: &Path, ctx: &str) {
@@ -228,19 +234,7 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
         }
         // The validator works: the same request with If-None-Match is 304 Not Modified.
         let etag = r.header("etag").unwrap().to_string();
-        let b64 = String::from_utf8(
-            openssl(
-                ca.data_dir(),
-                &[
-                    "base64",
-                    "-A",
-                    "-in",
-                    ca.file("get-req.der").to_str().unwrap(),
-                ],
-            )
-            .stdout,
-        )
-        .unwrap();
+        let b64 = get_request_b64(&ca);
         let again = http(
             addr,
             "GET",
@@ -409,19 +403,7 @@ fn good_then_revoked_by_post_and_get_judged_by_openssl_and_pkilint() {
     // Issue 16: GET and POST are answered before the router (`tls::Fast`); the router still
     // answers the rest under /ocsp with the same code: HEAD as GET without the body, other
     // methods 405. A body over 16 KiB is refused; every answer is counted in the metrics.
-    let b64 = String::from_utf8(
-        openssl(
-            ca.data_dir(),
-            &[
-                "base64",
-                "-A",
-                "-in",
-                ca.file("get-req.der").to_str().unwrap(),
-            ],
-        )
-        .stdout,
-    )
-    .unwrap();
+    let b64 = get_request_b64(&ca);
     let head = http(addr, "HEAD", &format!("/ocsp/{}", b64.trim()), &[], b"");
     assert_eq!(head.status, 200);
     assert_eq!(
