@@ -107,6 +107,14 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         bulk::revoke_batch_tokens(&auth, &officer, "no-such-org").await,
         Err(Error::NotFound)
     ));
+    // Nor can an officer's integration token: it takes a person signed in with the second
+    // factor (the `session` scope).
+    let mut integration = officer.clone();
+    integration.scopes = Some(crate::ra::token::Scopes::parse("read,enter,decide").unwrap());
+    assert!(matches!(
+        bulk::revoke_batch_tokens(&auth, &integration, org).await,
+        Err(Error::Forbidden(_))
+    ));
     let revoked = |tokens, batches_refused| bulk::TokensRevoked {
         tokens,
         batches_refused,
