@@ -1625,12 +1625,7 @@ impl Store {
         if serials.is_empty() {
             return Ok(Vec::new());
         }
-        let list = |from: usize| {
-            (0..serials.len())
-                .map(|i| format!("${}", from + i))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |from: usize| numbered(serials.len(), from);
         let sql = format!(
             "UPDATE certificates SET revocation_reason = $1, revoked_at = $2, updated_at = $3 \
              WHERE serial IN ({}) AND revocation_reason IS NULL AND state = 'issued' AND renews IS NULL \
@@ -1654,10 +1649,7 @@ impl Store {
 
     /// [`Store::note_status_change`] for many serials at once (distinct, at most a few hundred).
     async fn note_status_changes(&self, tx: &mut Tx, serials: &[String]) -> Result<()> {
-        let list = (0..serials.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = numbered(serials.len(), 2);
         let statements = [
             // The CAs' and partitions' counters go up by as many changes as they had.
             format!(
@@ -2718,6 +2710,19 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// The serial it changes.
+    pub fn serial(&self) -> &str {
+        match self {
+            WriteOp::Reserve { serial, .. }
+            | WriteOp::Issuing { serial, .. }
+            | WriteOp::Issued { serial, .. }
+            | WriteOp::Abandoned { serial, .. }
+            | WriteOp::Failed { serial, .. } => serial,
+        }
+    }
+}
+
 impl Store {
     /// Applies a batch of operations and their audit events in one transaction: one commit
     /// (one fsync) for the lot. The audit records are chained in batch order and written with
@@ -2736,14 +2741,11 @@ impl Store {
         // a renewal's old serial) is named twice, so that no change can depend on another.
         let mut named = std::collections::HashSet::new();
         let independent = ops.iter().all(|(op, _)| {
-            let (serial, renews) = match op {
-                WriteOp::Reserve { serial, renews, .. } => (serial, renews.as_ref()),
-                WriteOp::Issuing { serial, .. }
-                | WriteOp::Issued { serial, .. }
-                | WriteOp::Abandoned { serial, .. }
-                | WriteOp::Failed { serial, .. } => (serial, None),
+            let renews = match op {
+                WriteOp::Reserve { renews, .. } => renews.as_deref(),
+                _ => None,
             };
-            named.insert(serial) && renews.is_none_or(|old| named.insert(old))
+            named.insert(op.serial()) && renews.is_none_or(|old| named.insert(old))
         });
         if !independent {
             for (op, _) in ops {
@@ -2800,9 +2802,12 @@ impl Store {
         let at = now();
         // 8 parameters a row; stay far below both engines' parameter limits.
         for chunk in events.chunks(256) {
-            let mut sql = String::from("INSERT INTO audit_log (seq, at, kind, actor, subject, detail, prev_hash, hash) VALUES ");
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (i, event) in chunk.iter().enumerate() {
+            let sql = format!(
+                "INSERT INTO audit_log (seq, at, kind, actor, subject, detail, prev_hash, hash) VALUES {}",
+                rows(chunk.len(), &["?"; 8], 1)
+            );
+            let mut records = Vec::with_capacity(chunk.len());
+            for event in chunk {
                 seq += 1;
                 let detail = event.detail.to_string();
                 let hash = audit::chain_hash(
@@ -2814,22 +2819,7 @@ impl Store {
                     event.subject.as_deref(),
                     &detail,
                 );
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let b = i * 8;
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
-                rows.push((
+                records.push((
                     seq,
                     event,
                     detail,
@@ -2838,7 +2828,7 @@ impl Store {
                 ));
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (seq, event, detail, prev_hash, hash) in rows {
+            for (seq, event, detail, prev_hash, hash) in records {
                 q = q
                     .bind(seq)
                     .bind(at)
@@ -2866,14 +2856,7 @@ impl Store {
     /// twice moves one row, so it fails too; a reservation's is refused by the primary key).
     async fn apply_set(&self, tx: &mut Tx, ops: &[&WriteOp]) -> Result<()> {
         let n = ops.len();
-        let serial_of = |op: &WriteOp| match op {
-            WriteOp::Reserve { serial, .. }
-            | WriteOp::Issuing { serial, .. }
-            | WriteOp::Issued { serial, .. }
-            | WriteOp::Abandoned { serial, .. }
-            | WriteOp::Failed { serial, .. } => serial.clone(),
-        };
-        let serials: Vec<String> = ops.iter().map(|op| serial_of(op)).collect();
+        let serials: Vec<String> = ops.iter().map(|op| op.serial().to_string()).collect();
         let t = now();
         match ops.first() {
             Some(WriteOp::Reserve { .. }) => {
@@ -3309,12 +3292,7 @@ mod tests {
             async move {
                 let events: Vec<Event> = ops
                     .iter()
-                    .map(|op| match op {
-                        WriteOp::Reserve { serial, .. }
-                        | WriteOp::Issuing { serial, .. }
-                        | WriteOp::Issued { serial, .. } => event("test.change", serial),
-                        _ => unreachable!(),
-                    })
+                    .map(|op| event("test.change", op.serial()))
                     .collect();
                 let batch: Vec<(&WriteOp, &Event)> = ops.iter().zip(events.iter()).collect();
                 store.apply_batch(&batch).await
