@@ -196,10 +196,10 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     loop {
         let (_, _, der) = get(&server.1, "/crl/individual.crl");
         std::fs::write(&last_crl, &der).unwrap();
-        let text = openssl_crl_text(&ca.file(""), &der, None).to_ascii_uppercase();
+        let text = openssl_crl_text(&ca.file(""), &der, None);
         let missing: Vec<&str> = [&lost.serial, &revoked_later.serial, &held_lost.serial]
             .into_iter()
-            .filter(|s| !text.contains(&s.to_ascii_uppercase()))
+            .filter(|s| !crl_text_lists(&text, s))
             .map(String::as_str)
             .collect();
         if missing.is_empty() {
@@ -405,14 +405,14 @@ fn a_ca_rebuilt_from_its_backup_carries_on() {
     loop {
         let (_, _, crl) = get(&server.1, "/crl/individual.crl");
         let n = crl_number(&ca, &crl);
-        let text = openssl_crl_text(&ca.file(""), &crl, Some(&issuer)).to_ascii_uppercase();
-        let lists = |leaf: &Issued| text.contains(&leaf.serial.to_ascii_uppercase());
+        let text = openssl_crl_text(&ca.file(""), &crl, Some(&issuer));
+        let lists = |leaf: &Issued| crl_text_lists(&text, &leaf.serial);
         if n > number_before
             && [&revoked, &revoked_later, &lost, &held_lost, &kept]
                 .iter()
                 .all(|l| lists(l))
         {
-            assert!(text.contains("VERIFY OK"), "{text}");
+            assert!(text.contains("verify OK"), "{text}");
             assert!(
                 n > 1_000_000_000_000,
                 "CRLNumber {n} did not move past the restore floor"

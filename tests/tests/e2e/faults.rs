@@ -451,9 +451,7 @@ fn served_crl_lists(ca: &Ca, addr: &str, path: &str, serial: &str) -> bool {
         ],
     );
     assert!(o.status.success(), "{}", show(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .to_uppercase()
-        .contains(&serial.to_uppercase())
+    crl_text_lists(&String::from_utf8_lossy(&o.stdout), serial)
 }
 
 /// Every file under `dir`.
