@@ -291,6 +291,18 @@ impl Checker {
     /// [`Error::CaaForbids`] naming where the relevant RRset was found, or [`Error::Dns`] /
     /// [`Error::Dnssec`].
     pub async fn caa(&self, domain: &str) -> Result<()> {
+        self.caa_for(domain, CaaFor::DomainName).await
+    }
+
+    /// Whether CAA lets this CA issue a certificate naming a mailbox at `domain` (RFC 9495 §4,
+    /// S/MIME BR §4.2.2.1): the same Relevant RRset as [`Checker::caa`], decided by its
+    /// `issuemail` properties ([`permits_mail`]).
+    pub async fn caa_mail(&self, domain: &str) -> Result<()> {
+        self.caa_for(domain, CaaFor::Mailbox).await
+    }
+
+    /// [`Checker::caa`] or [`Checker::caa_mail`], as `what` says.
+    pub async fn caa_for(&self, domain: &str, what: CaaFor) -> Result<()> {
         let mut at = domain.trim_end_matches('.').to_ascii_lowercase();
         loop {
             if let Answer::Records(records) = self.lookup(&at, RecordType::CAA).await? {
@@ -302,7 +314,11 @@ impl Checker {
                     })
                     .collect();
                 if !caa.is_empty() {
-                    return permits(&caa, &self.identities).map_err(|reason| Error::CaaForbids {
+                    let decision = match what {
+                        CaaFor::DomainName => permits(&caa, &self.identities),
+                        CaaFor::Mailbox => permits_mail(&caa, &self.identities),
+                    };
+                    return decision.map_err(|reason| Error::CaaForbids {
                         domain: domain.to_string(),
                         reason: format!("CAA at {at}: {reason}"),
                     });
@@ -363,17 +379,38 @@ fn extended_error(m: &Message) -> Option<(u16, String)> {
         })
 }
 
+/// Which property decides a CAA check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaaFor {
+    /// `issue` (RFC 8659): a certificate naming a domain.
+    DomainName,
+    /// `issuemail` (RFC 9495): a certificate naming a mailbox at the domain.
+    Mailbox,
+}
+
+/// RFC 9495's property tag (hickory knows it as an unknown tag; tags match case-insensitively,
+/// RFC 8659 §4.1).
+fn is_issuemail(tag: &Property) -> bool {
+    matches!(tag, Property::Unknown(t) if t.eq_ignore_ascii_case("issuemail"))
+}
+
+/// A property this CA does not process marked critical: RFC 8659 §4.1 forbids issuance. The
+/// CA processes `issue`, `issuewild`, `iodef` and `issuemail`, whichever certificate it is
+/// deciding on (an `issuemail` record marked critical does not stop a server certificate).
+fn unknown_critical(rrset: &[CAA]) -> Option<String> {
+    rrset
+        .iter()
+        .find(|c| {
+            c.issuer_critical() && matches!(c.tag(), Property::Unknown(_)) && !is_issuemail(c.tag())
+        })
+        .map(|c| format!("unknown property {:?} is marked critical", c.tag().as_str()))
+}
+
 /// The RFC 8659 §4 decision on a relevant RRset for a name that is not a wildcard: `issuewild`
 /// does not apply; `iodef` is not acted on (the BR allows this).
 pub fn permits(rrset: &[CAA], identities: &[String]) -> std::result::Result<(), String> {
-    if let Some(c) = rrset
-        .iter()
-        .find(|c| c.issuer_critical() && matches!(c.tag(), Property::Unknown(_)))
-    {
-        return Err(format!(
-            "unknown property {:?} is marked critical",
-            c.tag().as_str()
-        ));
+    if let Some(e) = unknown_critical(rrset) {
+        return Err(e);
     }
     let issue: Vec<&CAA> = rrset
         .iter()
@@ -397,8 +434,37 @@ pub fn permits(rrset: &[CAA], identities: &[String]) -> std::result::Result<(), 
     }
 }
 
+/// The RFC 9495 §4 decision on a relevant RRset for a mailbox's domain: with no `issuemail`
+/// property any CA may issue (`issue` and `issuewild` do not restrict mailboxes); otherwise one
+/// must name this CA. A value that does not follow the `issue` syntax (RFC 9495 §3) counts as
+/// an empty issuer-domain-name, which names no CA.
+pub fn permits_mail(rrset: &[CAA], identities: &[String]) -> std::result::Result<(), String> {
+    if let Some(e) = unknown_critical(rrset) {
+        return Err(e);
+    }
+    let issuemail: Vec<&CAA> = rrset.iter().filter(|c| is_issuemail(c.tag())).collect();
+    if issuemail.is_empty() {
+        return Ok(());
+    }
+    let ours =
+        issuemail.iter().any(
+            |c| match hickory_proto::rr::rdata::caa::read_issuer(c.raw_value()) {
+                Ok((Some(name), _)) => {
+                    let n = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                    identities.contains(&n)
+                }
+                _ => false,
+            },
+        );
+    if ours {
+        Ok(())
+    } else {
+        Err("its issuemail records do not name this CA (RFC 9495)".into())
+    }
+}
+
 #[cfg(test)]
-mod rig;
+pub(crate) mod rig;
 
 #[cfg(test)]
 mod tests {
@@ -435,6 +501,22 @@ mod tests {
         assert!(!c.txt_holds(&at("www"), "another value").await.unwrap());
         assert!(!c.txt_holds(&at("nosuch"), rig::TOKEN).await.unwrap());
         c.caa("www.example.test").await.unwrap();
+        // RFC 9495 through a real validating resolver: issuemail decides mailboxes, and the
+        // RRset found at a parent applies to its subdomains (RFC 8659 §3).
+        c.caa_mail("www.example.test").await.unwrap();
+        c.caa_mail("ourmail.example.test").await.unwrap();
+        c.caa_mail("staff.ourmail.example.test").await.unwrap();
+        match c.caa_mail("staff.othermail.example.test").await {
+            Err(Error::CaaForbids { reason, .. }) => {
+                assert!(reason.contains("CAA at othermail.example.test"), "{reason}")
+            }
+            other => panic!("issuemail naming another CA: {other:?}"),
+        }
+        assert!(matches!(
+            c.caa("ourmail.example.test").await,
+            Err(Error::CaaForbids { .. })
+        ));
+        c.caa("othermail.example.test").await.unwrap();
         for (name, ede) in [("stripped", "EDE 10"), ("tampered", "EDE 6")] {
             match c.txt_holds(&at(name), name).await {
                 Err(Error::Dnssec(m)) => assert!(m.contains(ede), "{name}: {m}"),
@@ -515,6 +597,45 @@ mod tests {
         // The same property without the critical flag is ignored.
         unknown.set_issuer_critical(false);
         assert!(permits(&[issue(Some("pki.example.hk")), unknown], &ids()).is_ok());
+    }
+
+    /// An `issuemail` record (RFC 9495 §3) with `value` as its raw property value.
+    fn issuemail(critical: bool, value: &str) -> CAA {
+        let mut c = CAA::new_issue(critical, None, Vec::new());
+        c.set_tag(Property::Unknown("issuemail".into()));
+        c.set_value(Value::Unknown(value.as_bytes().to_vec()));
+        c
+    }
+
+    #[test]
+    fn issuemail_decides_mailboxes_and_issue_does_not() {
+        // No issuemail: any CA may certify mailboxes, whatever `issue` says (RFC 9495 §4).
+        assert!(permits_mail(&[issue(Some("letsencrypt.org"))], &ids()).is_ok());
+        assert!(permits_mail(&[issue(None)], &ids()).is_ok());
+        // One naming this CA among others permits; the tag matches in any case.
+        let mut upper = issuemail(false, "PKI.example.hk; account=1");
+        upper.set_tag(Property::Unknown("IssueMail".into()));
+        assert!(permits_mail(&[issuemail(false, "other.example"), upper], &ids()).is_ok());
+        // Naming others, naming nobody (`;`), or not following the syntax: refused.
+        for v in [
+            "other.example",
+            ";",
+            "",
+            "pki.example.hk;;bad key=",
+            "not a name!",
+        ] {
+            assert!(
+                permits_mail(&[issuemail(false, v)], &ids()).is_err(),
+                "issuemail {v:?}"
+            );
+        }
+        // issuemail marked critical is understood: it neither stops a server certificate ...
+        assert!(permits(&[issuemail(true, "other.example")], &ids()).is_ok());
+        // ... nor lets an unknown critical property through for mailboxes.
+        let mut unknown = CAA::new_issue(true, None, Vec::new());
+        unknown.set_tag(Property::Unknown("tbs".into()));
+        unknown.set_value(Value::Unknown(b"x".to_vec()));
+        assert!(permits_mail(&[issuemail(false, "pki.example.hk"), unknown], &ids()).is_err());
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub struct CheckRequest {
     /// Names whose CAA must permit one of `identities`.
     #[serde(default)]
     pub caa: Vec<String>,
+    /// Mailbox domains whose CAA `issuemail` properties must permit one of `identities`
+    /// (RFC 9495; S/MIME BR §4.2.2.1 asks remote perspectives to corroborate this check when
+    /// the domain was validated by DNS, §3.2.2.1). A perspective that predates this field
+    /// answers without it, and so corroborates nothing.
+    #[serde(default)]
+    pub caa_mail: Vec<String>,
     /// This CA's Issuer Domain Names.
     #[serde(default)]
     pub identities: Vec<String>,
@@ -60,6 +66,9 @@ pub struct CheckResponse {
     pub txt: Vec<bool>,
     /// Whether CAA permits issuance for each name (a lookup failure is `false`).
     pub caa: Vec<bool>,
+    /// Whether CAA permits a mailbox certificate at each mailbox domain.
+    #[serde(default)]
+    pub caa_mail: Vec<bool>,
 }
 
 /// Answers a [`CheckRequest`] from this host's resolver (what `ecert perspective serve` runs).
@@ -74,6 +83,9 @@ pub async fn answer(config: &DcvConfig, req: &CheckRequest) -> Result<CheckRespo
     }
     for d in &req.caa {
         out.caa.push(checker.caa(d).await.is_ok());
+    }
+    for d in &req.caa_mail {
+        out.caa_mail.push(checker.caa_mail(d).await.is_ok());
     }
     Ok(out)
 }
@@ -235,7 +247,10 @@ async fn ask_one(
         .to_bytes();
     let answer: CheckResponse =
         serde_json::from_slice(&bytes).map_err(|e| fail(&format!("bad answer: {e}")))?;
-    if answer.txt.len() != req.txt.len() || answer.caa.len() != req.caa.len() {
+    if answer.txt.len() != req.txt.len()
+        || answer.caa.len() != req.caa.len()
+        || answer.caa_mail.len() != req.caa_mail.len()
+    {
         return Err(fail("the answer does not match the question"));
     }
     Ok(answer)
@@ -245,14 +260,15 @@ async fn ask_one(
 /// [`allowed_failures`] perspectives failed to confirm it (a perspective that did not answer
 /// fails every item), and (from 2026-03-15) the ones that confirmed it are in at least two
 /// RIRs. `answers[k]` is the answer of `perspectives[k]`. Returns the items that were not
-/// corroborated, by index (txt first, then caa).
+/// corroborated, by index (txt first, then caa, then caa_mail).
 pub fn uncorroborated(
     req: &CheckRequest,
     answers: &[(String, Option<CheckResponse>)],
     perspectives: &[Perspective],
     now: time::OffsetDateTime,
 ) -> Vec<usize> {
-    let items = req.txt.len() + req.caa.len();
+    let (txt, caa) = (req.txt.len(), req.caa.len());
+    let items = txt + caa + req.caa_mail.len();
     let Some(allowed) = allowed_failures(perspectives.len()) else {
         return (0..items).collect();
     };
@@ -263,11 +279,14 @@ pub fn uncorroborated(
                 .zip(perspectives)
                 .filter(|((_, a), _)| {
                     a.as_ref().is_some_and(|a| {
-                        if i < req.txt.len() {
-                            a.txt.get(i).copied().unwrap_or(false)
+                        let yes = if i < txt {
+                            a.txt.get(i)
+                        } else if i < txt + caa {
+                            a.caa.get(i - txt)
                         } else {
-                            a.caa.get(i - req.txt.len()).copied().unwrap_or(false)
-                        }
+                            a.caa_mail.get(i - txt - caa)
+                        };
+                        yes.copied().unwrap_or(false)
                     })
                 })
                 .map(|(_, p)| p)
@@ -294,12 +313,19 @@ mod tests {
                 })
                 .collect(),
             caa: (0..caa).map(|i| format!("n{i}.example")).collect(),
-            identities: vec![],
+            ..Default::default()
         }
     }
 
     fn yes(txt: Vec<bool>, caa: Vec<bool>) -> (String, Option<CheckResponse>) {
-        ("p".into(), Some(CheckResponse { txt, caa }))
+        (
+            "p".into(),
+            Some(CheckResponse {
+                txt,
+                caa,
+                caa_mail: vec![],
+            }),
+        )
     }
 
     fn perspectives(rirs: &[&str]) -> Vec<Perspective> {
@@ -379,5 +405,47 @@ mod tests {
         assert_eq!(check(&[agree, caa_no.clone(), caa_no]), vec![1]);
         // Too few perspectives for any quorum: nothing is corroborated.
         assert_eq!(uncorroborated(&r, &[], &[], now()), vec![0, 1]);
+    }
+
+    /// Mailbox domains' CAA (RFC 9495) are items after the TXT and CAA ones; a perspective
+    /// that answers without them (one that predates the field) corroborates none.
+    #[test]
+    fn mailbox_caa_is_corroborated_item_by_item() {
+        let r = CheckRequest {
+            caa_mail: vec!["a.example".into(), "b.example".into()],
+            ..req(1, 1)
+        };
+        let answer = |mail: Vec<bool>| {
+            (
+                "p".to_string(),
+                Some(CheckResponse {
+                    txt: vec![true],
+                    caa: vec![true],
+                    caa_mail: mail,
+                }),
+            )
+        };
+        let ps = perspectives(&["APNIC", "RIPE", "ARIN"]);
+        let agree = answer(vec![true, true]);
+        let b_no = answer(vec![true, false]);
+        assert!(uncorroborated(
+            &r,
+            &[agree.clone(), agree.clone(), b_no.clone()],
+            &ps,
+            now()
+        )
+        .is_empty());
+        assert_eq!(
+            uncorroborated(&r, &[agree.clone(), b_no.clone(), b_no], &ps, now()),
+            vec![3]
+        );
+        let old = answer(vec![]);
+        assert_eq!(
+            uncorroborated(&r, &[agree, old.clone(), old], &ps, now()),
+            vec![2, 3]
+        );
+        // The wire form: an old perspective's answer reads with no mailbox items.
+        let parsed: CheckResponse = serde_json::from_str(r#"{"txt":[true],"caa":[true]}"#).unwrap();
+        assert!(parsed.caa_mail.is_empty());
     }
 }

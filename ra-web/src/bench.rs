@@ -640,6 +640,35 @@ pub struct BulkBench {
     pub engine: String,
 }
 
+/// A DNS responder on a loopback UDP port that answers every question NXDOMAIN (a domain
+/// without CAA records); it lives as long as the process. Returns its address.
+fn no_caa_responder() -> anyhow::Result<std::net::SocketAddr> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let addr = sock.local_addr()?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            // The header and the question, no other section (RFC 1035 §4.1).
+            let q = &buf[..n];
+            let mut end = 12;
+            while end < n && q[end] != 0 {
+                end += 1 + usize::from(q[end]);
+            }
+            end += 5;
+            if n < 12 || end > n {
+                continue;
+            }
+            let mut r = q[..end].to_vec();
+            r[2] = 0x84 | (q[2] & 0x01); // QR, AA, the query's RD
+            r[3] = 0x83; // RA, NXDOMAIN
+            r[4..6].copy_from_slice(&[0, 1]);
+            r[6..12].fill(0);
+            let _ = sock.send_to(&r, peer);
+        }
+    });
+    Ok(addr)
+}
+
 /// `ecert bench bulk`: an organisation with a validated mail domain submits `n` staff rows
 /// through the HTTP API of an `ecert serve` it starts on this (initialised, otherwise unused)
 /// data directory; prints the wall time from the submission to the last certificate issued
@@ -707,12 +736,28 @@ pub async fn bulk(config: Config, b: BulkBench) -> anyhow::Result<()> {
         .context("making CSRs")?;
     let body = serde_json::to_vec(&serde_json::json!({ "rows": rows }))?;
 
+    // The mail domain's CAA is checked before each pass issues (RFC 9495): here it has none,
+    // as a local responder answers (NXDOMAIN), asked without DNSSEC and without remote
+    // perspectives (the bench has neither a validating resolver nor perspectives).
+    let resolver = no_caa_responder()?;
+    let toml = config.data_dir.join("ecert.toml");
+    let text = std::fs::read_to_string(&toml).unwrap_or_default();
+    anyhow::ensure!(
+        !text.contains("[dcv]"),
+        "bench bulk sets [dcv] itself: give it a data directory without one"
+    );
+    std::fs::write(
+        &toml,
+        format!("{text}\n[dcv]\nresolver = \"{resolver}\"\ndnssec = \"off\"\nmpic = \"off\"\n"),
+    )?;
+
     // The service, as operators run it.
     let exe = std::env::current_exe()?;
     let mut serve = std::process::Command::new(exe)
         .arg("--data-dir")
         .arg(&config.data_dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("ECERT_DNS_RESOLVER")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?;

@@ -9,7 +9,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::caa::KeyValue;
+use hickory_proto::rr::rdata::caa::{KeyValue, Property, Value};
 use hickory_proto::rr::rdata::{CAA, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
@@ -108,6 +108,24 @@ impl DnsServer {
                         i.map(|n| Name::from_ascii(n).unwrap()),
                         Vec::<KeyValue>::new(),
                     ))
+                })
+                .collect(),
+        );
+    }
+
+    /// Sets the CAA `issuemail` records at `name` (RFC 9495), one per value as written
+    /// (`"ca.example"`, `";"`), replacing any CAA there.
+    pub fn set_caa_issuemail(&self, name: &str, values: &[&str]) {
+        self.set(
+            name,
+            RecordType::CAA,
+            values
+                .iter()
+                .map(|v| {
+                    let mut c = CAA::new_issue(false, None, Vec::<KeyValue>::new());
+                    c.set_tag(Property::Unknown("issuemail".into()));
+                    c.set_value(Value::Unknown(v.as_bytes().to_vec()));
+                    RData::CAA(c)
                 })
                 .collect(),
         );

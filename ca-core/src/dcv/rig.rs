@@ -24,7 +24,11 @@ $TTL 30
 @                          NS   ns1.example.test.
 ns1                        A    127.0.0.2
 www                        A    192.0.2.1
-; no CAA anywhere: a CAA query is NODATA, proven by NSEC3
+; no CAA elsewhere: a CAA query is NODATA, proven by NSEC3
+; mailbox domains (RFC 9495): one names another CA, one this CA (and forbids domain names)
+othermail                  CAA  0 issuemail "other.example"
+ourmail                    CAA  0 issuemail "pki.example.hk; account=7"
+ourmail                    CAA  0 issue ";"
 _ecert-challenge.www       TXT  "valid-token-value"
 _ecert-challenge.stripped  TXT  "stripped"
 _ecert-challenge.tampered  TXT  "tampered"
@@ -39,6 +43,19 @@ pub struct Rig {
     pub authoritative: SocketAddr,
     children: Vec<Child>,
     dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// Points `config`'s domain checks at this rig's validating resolver (DNSSEC required,
+    /// proved on [`ZONE`]), as the CA `pki.example.hk`, with no remote perspectives.
+    pub fn configure(&self, config: &mut crate::config::Config) {
+        config.dcv.resolver = self.resolver.to_string();
+        config.dcv.dnssec = crate::config::Dnssec::Required;
+        config.dcv.dnssec_probe = ZONE.into();
+        config.dcv.caa_identities = vec!["pki.example.hk".into()];
+        config.dcv.timeout_seconds = 3;
+        config.dcv.mpic = crate::config::Mpic::Off;
+    }
 }
 
 impl Drop for Rig {

@@ -845,9 +845,10 @@ pub async fn submit_batch(
         return Err(Error::SignInFailed);
     }
     // The organisation's client row ids issued or on their way (read in the transaction that
-    // adds the new ones: two submissions at once do not both take one).
+    // adds the new ones: two submissions at once do not both take one). A failed row issued
+    // nothing: its id is free for the row resubmitted once the cause is fixed (migration 0048).
     let taken: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(
-        "SELECT client_row_id FROM batch_rows WHERE organisation_id = $1 AND state NOT IN ('invalid', 'duplicate')",
+        "SELECT client_row_id FROM batch_rows WHERE organisation_id = $1 AND state NOT IN ('invalid', 'duplicate', 'failed')",
     )
     .bind(&caller.organisation_id)
     .fetch_all(&mut *tx)
@@ -1146,17 +1147,27 @@ pub async fn issue_queued_until(
     stop: impl Fn() -> bool,
 ) -> Result<usize> {
     let store = auth.store();
-    let rows = sqlx::query_as::<_, QueuedRow>(
+    // Rows of a mailbox domain whose CAA could not be checked lately wait (they would be
+    // skipped again), so the rows behind them are taken meanwhile.
+    let waiting = caa_waiting();
+    let mut sql = String::from(
         "SELECT r.batch_id, r.row_no, r.organisation_id, r.profile, r.surname, r.given_name, r.email, r.title, r.csr \
          FROM batch_rows r JOIN batches b ON b.id = r.batch_id \
-         WHERE r.state = 'queued' AND b.state = 'approved' ORDER BY r.batch_id, r.row_no LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await?;
+         WHERE r.state = 'queued' AND b.state = 'approved'",
+    );
+    for i in 0..waiting.len() {
+        sql.push_str(&format!(" AND NOT (COALESCE(r.email, '') LIKE ${})", i + 2));
+    }
+    sql.push_str(" ORDER BY r.batch_id, r.row_no LIMIT $1");
+    let mut q = sqlx::query_as::<_, QueuedRow>(sqlx::AssertSqlSafe(sql)).bind(limit);
+    for d in &waiting {
+        q = q.bind(format!("%@{d}"));
+    }
+    let rows = q.fetch_all(store.pool()).await?;
     if rows.is_empty() {
         return Ok(0);
     }
+    let (rows, caa_error) = mailbox_caa(auth, rows).await?;
     let lanes = (auth.config().hsm.pool_size * 16).clamp(4, 64);
     let permits = Arc::new(tokio::sync::Semaphore::new(lanes));
     // Every organisation's record and its domains still validated, read before any row is
@@ -1200,10 +1211,118 @@ pub async fn issue_queued_until(
     // A row whose signing failed is left `issuing`: resolved now from its certificate's state
     // (queued again unless it was stored), so the next pass takes it.
     resume_batches(store).await?;
-    match (issued, first_error) {
+    match (issued, first_error.or(caa_error)) {
         (0, Some(e)) => Err(e),
         _ => Ok(issued),
     }
+}
+
+/// How long the rows of a mailbox domain wait after its CAA check could not be made (a
+/// resolver, an authoritative server or the remote perspectives away) before it is tried
+/// again; each try is audited.
+const CAA_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Mailbox domains whose CAA check failed to be made, and when they may be tried again.
+static CAA_WAIT: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The mailbox domains still waiting after a failed CAA check ([`CAA_RETRY`]).
+fn caa_waiting() -> Vec<String> {
+    let mut w = CAA_WAIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    w.retain(|_, until| *until > now);
+    let mut d: Vec<String> = w.keys().cloned().collect();
+    d.sort();
+    d
+}
+
+/// The domain of a row's mailbox, lower-cased.
+fn mail_domain(email: Option<&str>) -> Option<String> {
+    email
+        .and_then(|e| e.rsplit_once('@'))
+        .map(|(_, d)| d.to_ascii_lowercase())
+}
+
+/// CAA before a pass issues (RFC 9495, S/MIME BR §4.2.2.1): each mailbox domain of `rows`
+/// checked once for the pass, from this host and corroborated by the remote perspectives (the
+/// domain was validated by DNS, §3.2.2.1 and §4.2.2.2), each outcome audited
+/// (`ra.caa.checked` / `ra.caa.refused`, property `issuemail`, subject the organisation).
+/// Returns the rows to issue. A domain whose CAA does not permit this CA (or whose permission
+/// the perspectives did not corroborate) fails its rows with the reason, as any other check at
+/// issuance does; a domain whose check could not be made leaves its rows queued, waits
+/// [`CAA_RETRY`], and its error is returned beside the rows.
+async fn mailbox_caa(
+    auth: &Arc<Authority>,
+    rows: Vec<QueuedRow>,
+) -> Result<(Vec<QueuedRow>, Option<Error>)> {
+    let mut domains: std::collections::BTreeSet<(String, String)> = Default::default();
+    for r in &rows {
+        if let Some(d) = mail_domain(r.email.as_deref()) {
+            domains.insert((r.organisation_id.clone(), d));
+        }
+    }
+    // What happens to the rows of an (organisation, domain) not permitted: failed with the
+    // reason (`Some`), or left queued (`None`).
+    let mut held: std::collections::HashMap<(String, String), Option<String>> = Default::default();
+    let mut error = None;
+    for (org, domain) in domains {
+        match super::domains::check_mailbox_caa(
+            auth,
+            &org,
+            std::slice::from_ref(&domain),
+            "system:batch-issuer",
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(e @ Error::CaaForbids { .. }) => {
+                held.insert((org, domain), Some(e.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(domain = %domain, error = %e, "a mailbox domain's CAA could not be checked; its batch rows wait");
+                CAA_WAIT
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(domain.clone(), std::time::Instant::now() + CAA_RETRY);
+                held.insert((org, domain), None);
+                error = error.or(Some(e));
+            }
+        }
+    }
+    if held.is_empty() {
+        return Ok((rows, error));
+    }
+    let store = auth.store();
+    let mut keep = Vec::with_capacity(rows.len());
+    // Through a fenced transaction: a signer that lost the lock fails no row.
+    let mut tx = store.begin().await?;
+    for r in rows {
+        let key = (
+            r.organisation_id.clone(),
+            mail_domain(r.email.as_deref()).unwrap_or_default(),
+        );
+        match held.get(&key) {
+            None => keep.push(r),
+            Some(None) => {}
+            Some(Some(reason)) => {
+                sqlx::query(
+                    "UPDATE batch_rows SET state = 'failed', error = $3, updated_at = $4 \
+                     WHERE batch_id = $1 AND row_no = $2 AND state = 'queued'",
+                )
+                .bind(&r.batch_id)
+                .bind(r.row_no)
+                .bind(reason)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok((keep, error))
 }
 
 /// Rows issued together: their `issuing` marks are one transaction, and so are their `issued`
@@ -1768,7 +1887,8 @@ mod tests {
     /// so the new signer issues every row.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fenced_signer_fails_no_batch_row() {
-        let (dir, auth) = crate::authority::test_ca_with(|_| {}).await;
+        let rig = crate::dcv::rig::Rig::start();
+        let (dir, auth) = crate::authority::test_ca_with(|c| rig.configure(c)).await;
         let auth = Arc::new(auth);
         let pool = auth.store().pool().clone();
         let t = now();
@@ -1783,7 +1903,7 @@ mod tests {
             "INSERT INTO organisations (id, name, register, org_id, application_id, verified_at, registered_by, registered_at) \
              VALUES ('org', 'Example Department', 'GOV', NULL, 'app', $1, 'test', $1)",
             "INSERT INTO organisation_domains (organisation_id, domain, dcv_token, token_at, validated_at) \
-             VALUES ('org', 'example.gov.hk', 'x', $1, $1)",
+             VALUES ('org', 'ourmail.example.test', 'x', $1, $1)",
             "INSERT INTO batches (id, organisation_id, state, rows_total, created_at, approved_at) \
              VALUES ('b1', 'org', 'approved', 3, $1, $1)",
         ] {
@@ -1796,7 +1916,7 @@ mod tests {
             )
             .bind(row)
             .bind(format!("r{row}"))
-            .bind(format!("staff{row}@example.gov.hk"))
+            .bind(format!("staff{row}@ourmail.example.test"))
             .bind(if row == 3 { b"not a CSR".to_vec() } else { csr.clone() })
             .bind(t)
             .execute(&pool)

@@ -10,6 +10,7 @@ use super::session::StaffSession;
 use super::support::{citizen, now, random_base32};
 use crate::audit::Event;
 use crate::authority::Authority;
+use crate::dcv::CaaFor;
 use crate::error::{Error, Result};
 use crate::row::row;
 use crate::store::Store;
@@ -278,11 +279,34 @@ pub(super) async fn check_caa(
     names: &[String],
     actor: &str,
 ) -> Result<()> {
+    check_caa_for(auth, id, names, actor, CaaFor::DomainName).await
+}
+
+/// [`check_caa`] for mailbox domains (RFC 9495's `issuemail`, S/MIME BR §4.2.2.1), before a
+/// certificate naming a mailbox at each is issued; `subject` names what is issued (an
+/// organisation's batch rows). The remote perspectives corroborate it as they do a server
+/// name's, as the BR asks where the domain was validated by DNS (§3.2.2.1, §4.2.2.2).
+pub(crate) async fn check_mailbox_caa(
+    auth: &Authority,
+    subject: &str,
+    domains: &[String],
+    actor: &str,
+) -> Result<()> {
+    check_caa_for(auth, subject, domains, actor, CaaFor::Mailbox).await
+}
+
+async fn check_caa_for(
+    auth: &Authority,
+    id: &str,
+    names: &[String],
+    actor: &str,
+    what: CaaFor,
+) -> Result<()> {
     let dcv = &auth.config().dcv;
     let checker = crate::dcv::Checker::new(dcv)?;
     let mut outcome = Ok(());
     for n in names {
-        if let Err(e) = checker.caa(n).await {
+        if let Err(e) = checker.caa_for(n, what).await {
             outcome = Err(e);
             break;
         }
@@ -294,16 +318,27 @@ pub(super) async fn check_caa(
             Ok(false) => Ok(()),
             Err(e) => Err(e),
             Ok(true) => {
-                let req = crate::mpic::CheckRequest {
-                    caa: names.to_vec(),
+                let mut req = crate::mpic::CheckRequest {
                     identities: dcv.caa_identities.clone(),
                     ..Default::default()
                 };
+                match what {
+                    CaaFor::DomainName => req.caa = names.to_vec(),
+                    CaaFor::Mailbox => req.caa_mail = names.to_vec(),
+                }
                 let answers = crate::mpic::ask(dcv, &req).await;
                 perspectives = json!(answers
                     .iter()
-                    .map(|(name, a)| json!({ "perspective": name, "answered": a.is_some(), "caa": a.as_ref().map(|a| a.caa.clone()) }))
+                    .map(|(name, a)| json!({
+                        "perspective": name,
+                        "answered": a.is_some(),
+                        "caa": a.as_ref().map(|a| match what {
+                            CaaFor::DomainName => a.caa.clone(),
+                            CaaFor::Mailbox => a.caa_mail.clone(),
+                        }),
+                    }))
                     .collect::<Vec<_>>());
+                // Only CAA items are asked: an item's index is its name's.
                 match crate::mpic::uncorroborated(&req, &answers, &dcv.perspectives, time::OffsetDateTime::now_utc()).first() {
                     None => Ok(()),
                     Some(&i) => Err(Error::CaaForbids {
@@ -327,7 +362,15 @@ pub(super) async fn check_caa(
                 },
                 actor: actor.to_string(),
                 subject: Some(id.to_string()),
-                detail: json!({ "names": names, "error": outcome.as_ref().err().map(ToString::to_string), "perspectives": perspectives }),
+                detail: json!({
+                    "names": names,
+                    "property": match what {
+                        CaaFor::DomainName => "issue",
+                        CaaFor::Mailbox => "issuemail",
+                    },
+                    "error": outcome.as_ref().err().map(ToString::to_string),
+                    "perspectives": perspectives,
+                }),
             },
         )
         .await?;

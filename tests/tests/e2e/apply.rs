@@ -52,7 +52,9 @@ pub fn dcv_config(ca: &Ca) {
         "a server application needs the harness's [dcv] before the service starts: call apply::dcv_config first"
     );
     let tls = crate::ra::perspective_tls(ca);
-    ca.append_config("[dcv]\ndnssec = \"off\"\ntimeout_seconds = 2");
+    ca.append_config(
+        "[dcv]\ndnssec = \"off\"\ncaa_identities = [\"pki.example.hk\"]\ntimeout_seconds = 2",
+    );
     for (i, rir) in ["APNIC", "RIPE", "ARIN", "ARIN", "RIPE"]
         .into_iter()
         .enumerate()

@@ -815,6 +815,71 @@ else:
     });
 }
 
+/// CAA before a batch issues (S/MIME BR §4.2.2.1, RFC 9495): while the staff domain's parent
+/// publishes `issuemail` naming another CA, the approved rows fail with that reason (each
+/// check audited, with the five remote perspectives' answers) and no certificate is signed;
+/// once it names this CA, the same rows resubmitted issue.
+#[test]
+fn a_mail_domain_whose_caa_names_another_ca_gets_no_certificate() {
+    let ca = Ca::init();
+    crate::apply::dcv_config(&ca);
+    crate::apply::officers_ready(&ca);
+    let keys = csrs(&ca, 2);
+    let rows = rows_of(&keys);
+    with_service(&ca, |addr| {
+        let (_, token) = organisation_ready(&ca, addr);
+        let parent = DOMAIN.split_once('.').unwrap().1;
+        let run = |rows: &[serde_json::Value]| {
+            let (st, receipt) = submit(addr, &token, rows);
+            assert_eq!(st, 201, "{receipt}");
+            let batch = receipt["id"].as_str().unwrap().to_string();
+            crate::apply::officers_decide(
+                &ca,
+                serde_json::json!({ "kind": "batch_approval", "batch": batch }),
+            );
+            wait_done(addr, &token, &batch, 60)
+        };
+        let signed =
+            || ca.sql_query("SELECT COUNT(*) FROM certificates WHERE profile = 'organisational'");
+        let before = signed();
+        // `issue` records do not restrict mailboxes; `issuemail` naming another CA does.
+        ca.dns().set_caa_issue(parent, &[Some("pki.example.hk")]);
+        ca.dns().set_caa_issuemail(parent, &["other-ca.example"]);
+        let s = run(&rows);
+        assert_eq!(s["counts"]["failed"], 2, "{}", s["counts"]);
+        for r in s["rows"].as_array().unwrap() {
+            assert_eq!(
+                r["error"].as_str().unwrap(),
+                format!(
+                    "CAA forbids issuance for {DOMAIN}: CAA at {parent}: its issuemail records do not name this CA (RFC 9495)"
+                ),
+                "{r}"
+            );
+        }
+        assert_eq!(signed(), before, "a certificate was signed against CAA");
+        let refused = ca.sql_query(
+            "SELECT detail FROM audit_log WHERE kind = 'ra.caa.refused' AND actor = 'system:batch-issuer'",
+        );
+        assert!(
+            refused.contains("issuemail") && refused.contains(DOMAIN),
+            "{refused}"
+        );
+        // Named, and corroborated by the five remote perspectives: the same rows, resubmitted
+        // under their client row ids (a failed row's is free), issue.
+        ca.dns()
+            .set_caa_issuemail(parent, &["other-ca.example", "pki.example.hk; account=42"]);
+        let s = run(&rows);
+        assert_eq!(s["counts"]["issued"], 2, "{}", s["counts"]);
+        let checked = ca.sql_query(
+            "SELECT detail FROM audit_log WHERE kind = 'ra.caa.checked' AND actor = 'system:batch-issuer' \
+             ORDER BY seq DESC LIMIT 1",
+        );
+        assert!(checked.contains("issuemail"), "{checked}");
+        assert_eq!(checked.matches("\"answered\":true").count(), 5, "{checked}");
+    });
+    ca.audit_ok();
+}
+
 /// Where the policy allows it, two officers give an organisation a standing authorisation: its
 /// batches are approved on arrival (audited as the authorisation) up to a number of rows in any
 /// 24 hours; a larger batch, or one past that number, waits for two officers; once withdrawn

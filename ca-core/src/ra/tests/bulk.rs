@@ -33,7 +33,10 @@ fn row(id: &str, email: &str, title: Option<&str>) -> BatchRowIn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
-    let (_dir, auth) = test_ca_with(|_| {}).await;
+    // Mailbox domains' CAA is read from real servers (Knot, Unbound validating): the staff
+    // domain's `issuemail` names this CA (RFC 9495).
+    let rig = crate::dcv::rig::Rig::start();
+    let (_dir, auth) = test_ca_with(|c| rig.configure(c)).await;
     let auth = Arc::new(auth);
     let store = auth.store().clone();
     ensure_outlet(&store, "gpo", "GPO", "郵政總局", "test")
@@ -57,10 +60,10 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
     .unwrap();
     // Not by a clerk.
     assert!(matches!(
-        bulk::add_domain(&auth, &clerk, org, "staff.example.hk").await,
+        bulk::add_domain(&auth, &clerk, org, "staff.ourmail.example.test").await,
         Err(Error::Forbidden(_))
     ));
-    let d = bulk::add_domain(&auth, &officer, org, "staff.example.hk")
+    let d = bulk::add_domain(&auth, &officer, org, "staff.ourmail.example.test")
         .await
         .unwrap();
     assert!(!d.validated);
@@ -71,7 +74,7 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         .execute(store.pool())
         .await
         .unwrap();
-    let v = bulk::validate_domain(&auth, &officer, org, "staff.example.hk")
+    let v = bulk::validate_domain(&auth, &officer, org, "staff.ourmail.example.test")
         .await
         .unwrap();
     assert!(!v.validated);
@@ -94,7 +97,7 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
     let waiting = bulk::submit_batch(
         &auth,
         &leaked,
-        vec![Ok(row("R", "r@staff.example.hk", None))],
+        vec![Ok(row("R", "r@staff.ourmail.example.test", None))],
     )
     .await
     .unwrap();
@@ -133,7 +136,7 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         bulk::submit_batch(
             &auth,
             &leaked,
-            vec![Ok(row("S", "s@staff.example.hk", None))]
+            vec![Ok(row("S", "s@staff.ourmail.example.test", None))]
         )
         .await,
         Err(Error::SignInFailed)
@@ -176,14 +179,14 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
     let long_id = format!("{}\u{7}{}", "a".repeat(50), "b".repeat(100_000));
     let rows = vec![
         // Refused (a title on a non-role row) ...
-        Ok(row("X", "x@staff.example.hk", Some("Director"))),
+        Ok(row("X", "x@staff.ourmail.example.test", Some("Director"))),
         // ... and corrected later in the same batch: accepted, not a duplicate.
-        Ok(row("X", "x@staff.example.hk", None)),
+        Ok(row("X", "x@staff.ourmail.example.test", None)),
         // A long id with a control character: refused, and stored and echoed cut to 64
         // characters without it.
-        Ok(row(&long_id, "y@staff.example.hk", None)),
+        Ok(row(&long_id, "y@staff.ourmail.example.test", None)),
         // The corrected row's id again: a duplicate.
-        Ok(row("X", "x2@staff.example.hk", None)),
+        Ok(row("X", "x2@staff.ourmail.example.test", None)),
         Err("not a JSON row".to_string()),
     ];
     let r = bulk::submit_batch(&auth, &caller, rows).await.unwrap();
@@ -233,20 +236,110 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
     let r = bulk::submit_batch(
         &auth,
         &caller,
-        vec![Ok(row("Z", "z@staff.example.hk", None))],
+        vec![Ok(row("Z", "z@staff.ourmail.example.test", None))],
     )
     .await
     .unwrap();
     bulk::approve_batch(&store, &r.id, "test").await.unwrap();
     assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 1);
     assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 0);
+
+    // CAA before issuance (S/MIME BR §4.2.2.1): a domain whose issuemail names another CA
+    // fails its rows with the reason, audited; a domain whose CAA cannot be read (the
+    // resolver refuses it) leaves its rows queued and waits before it is asked again.
+    for d in ["staff.othermail.example.test", "unreadable.example.hk"] {
+        sqlx::query(
+            "INSERT INTO organisation_domains (organisation_id, domain, dcv_token, token_at, validated_at) \
+             VALUES ($1, $2, 'v', $3, $3)",
+        )
+        .bind(org)
+        .bind(d)
+        .bind(now())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let r = bulk::submit_batch(
+        &auth,
+        &caller,
+        vec![
+            Ok(row("C1", "c1@staff.othermail.example.test", None)),
+            Ok(row("C2", "c2@unreadable.example.hk", None)),
+            Ok(row("C3", "c3@staff.ourmail.example.test", None)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.accepted, 3, "{r:?}");
+    bulk::approve_batch(&store, &r.id, "test").await.unwrap();
+    let audits = |kind: &str| {
+        let store = store.clone();
+        let kind = kind.to_string();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT detail FROM audit_log WHERE kind = $1 ORDER BY seq",
+            )
+            .bind(kind)
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    let refused_before = audits("ra.caa.refused").await.len();
+    // The good domain's row issues; the pass reports the unreadable one.
+    assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 1);
+    let s = bulk::batch_status(&store, bulk::BatchReader::Staff(&officer), &r.id)
+        .await
+        .unwrap();
+    let state = |id: &str| {
+        s.rows
+            .iter()
+            .find(|r| r.client_row_id == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(state("C3").state, "issued");
+    assert_eq!(state("C2").state, "queued");
+    let c1 = state("C1");
+    assert_eq!(c1.state, "failed");
+    assert_eq!(
+        c1.error.as_deref(),
+        Some("CAA forbids issuance for staff.othermail.example.test: CAA at othermail.example.test: its issuemail records do not name this CA (RFC 9495)")
+    );
+    let refused = audits("ra.caa.refused").await;
+    assert_eq!(refused.len(), refused_before + 2, "{refused:?}");
+    assert!(refused
+        .iter()
+        .any(|d| d.contains("issuemail") && d.contains("staff.othermail.example.test")));
+    assert!(audits("ra.caa.checked")
+        .await
+        .iter()
+        .any(|d| d.contains("issuemail") && d.contains("staff.ourmail.example.test")));
+    // Within the wait the unreadable domain is not asked again: nothing to do, nothing audited.
+    assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 0);
+    assert_eq!(audits("ra.caa.refused").await.len(), refused_before + 2);
+    assert_eq!(state("C2").state, "queued");
+    // A failed row issued nothing: its client row id is free, so the row resubmitted as it is
+    // is accepted (an issued or queued one's is not).
+    let again = bulk::submit_batch(
+        &auth,
+        &caller,
+        vec![
+            Ok(row("C1", "c1@staff.othermail.example.test", None)),
+            Ok(row("C2", "c2@unreadable.example.hk", None)),
+            Ok(row("C3", "c3@staff.ourmail.example.test", None)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.accepted, again.duplicates), (1, 2), "{again:?}");
     sqlx::query("UPDATE organisations SET verified_at = $1")
         .bind(now() - 826 * 86_400)
         .execute(store.pool())
         .await
         .unwrap();
     assert!(matches!(
-        bulk::submit_batch(&auth, &caller, vec![Ok(row("W", "w@staff.example.hk", None))]).await,
+        bulk::submit_batch(&auth, &caller, vec![Ok(row("W", "w@staff.ourmail.example.test", None))]).await,
         Err(Error::Conflict(e)) if e.contains("825")
     ));
 }
@@ -268,7 +361,7 @@ async fn old_batch_rows_are_purged() {
     .unwrap();
     sqlx::query(
         "INSERT INTO organisation_domains (organisation_id, domain, dcv_token, token_at, validated_at) \
-         VALUES ('o', 'staff.example.hk', 'v', $1, $1)",
+         VALUES ('o', 'staff.ourmail.example.test', 'v', $1, $1)",
     )
     .bind(now())
     .execute(store.pool())
@@ -289,7 +382,7 @@ async fn old_batch_rows_are_purged() {
         &auth,
         &caller,
         vec![
-            Ok(row("A", "a@staff.example.hk", None)),
+            Ok(row("A", "a@staff.ourmail.example.test", None)),
             Ok(row("B", "b@elsewhere.hk", None)),
         ],
     )
