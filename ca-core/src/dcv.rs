@@ -421,10 +421,7 @@ pub fn permits(rrset: &[CAA], identities: &[String]) -> std::result::Result<(), 
     }
     // A value that does not parse authorises no CA (RFC 8659 §4.2).
     let ours = issue.iter().any(|c| match c.value_as_issue() {
-        Ok((Some(name), _)) => {
-            let n = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-            identities.contains(&n)
-        }
+        Ok((Some(name), _)) => names_us(&name.to_ascii(), identities),
         _ => false,
     });
     if ours {
@@ -432,6 +429,14 @@ pub fn permits(rrset: &[CAA], identities: &[String]) -> std::result::Result<(), 
     } else {
         Err("its issue records do not name this CA".into())
     }
+}
+
+/// Whether an issuer-domain-name is one of `identities` (compared as DNS names: any case, with
+/// or without the final dot, on either side).
+fn names_us(name: &str, identities: &[String]) -> bool {
+    let norm = |n: &str| n.trim().trim_end_matches('.').to_ascii_lowercase();
+    let n = norm(name);
+    identities.iter().any(|i| norm(i) == n)
 }
 
 /// The RFC 9495 §4 decision on a relevant RRset for a mailbox's domain: with no `issuemail`
@@ -446,16 +451,17 @@ pub fn permits_mail(rrset: &[CAA], identities: &[String]) -> std::result::Result
     if issuemail.is_empty() {
         return Ok(());
     }
-    let ours =
-        issuemail.iter().any(
-            |c| match hickory_proto::rr::rdata::caa::read_issuer(c.raw_value()) {
-                Ok((Some(name), _)) => {
-                    let n = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-                    identities.contains(&n)
-                }
-                _ => false,
-            },
-        );
+    let ours = issuemail.iter().any(|c| {
+        // RFC 8659 §4.2's syntax allows blanks around the issuer-domain-name.
+        let raw = c.raw_value();
+        let split = raw.iter().position(|b| *b == b';').unwrap_or(raw.len());
+        let (name, rest) = raw.split_at(split);
+        let value = [name.trim_ascii(), rest].concat();
+        match hickory_proto::rr::rdata::caa::read_issuer(&value) {
+            Ok((Some(name), _)) => names_us(&name.to_ascii(), identities),
+            _ => false,
+        }
+    });
     if ours {
         Ok(())
     } else {
@@ -613,9 +619,11 @@ mod tests {
         assert!(permits_mail(&[issue(Some("letsencrypt.org"))], &ids()).is_ok());
         assert!(permits_mail(&[issue(None)], &ids()).is_ok());
         // One naming this CA among others permits; the tag matches in any case.
-        let mut upper = issuemail(false, "PKI.example.hk; account=1");
+        let mut upper = issuemail(false, " PKI.example.hk ; account=1");
         upper.set_tag(Property::Unknown("IssueMail".into()));
-        assert!(permits_mail(&[issuemail(false, "other.example"), upper], &ids()).is_ok());
+        assert!(permits_mail(&[issuemail(false, "other.example"), upper.clone()], &ids()).is_ok());
+        // Identities as configured: any case, a final dot.
+        assert!(permits_mail(&[upper], &["Pki.Example.HK.".to_string()]).is_ok());
         // Naming others, naming nobody (`;`), or not following the syntax: refused.
         for v in [
             "other.example",

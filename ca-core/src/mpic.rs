@@ -247,13 +247,18 @@ async fn ask_one(
         .to_bytes();
     let answer: CheckResponse =
         serde_json::from_slice(&bytes).map_err(|e| fail(&format!("bad answer: {e}")))?;
-    if answer.txt.len() != req.txt.len()
-        || answer.caa.len() != req.caa.len()
-        || answer.caa_mail.len() != req.caa_mail.len()
-    {
+    if !answers_every_item(req, &answer) {
         return Err(fail("the answer does not match the question"));
     }
     Ok(answer)
+}
+
+/// Whether `answer` has an entry for each item of `req`: one that does not (a perspective too
+/// old to know an item, or a confused one) is treated as no answer at all.
+fn answers_every_item(req: &CheckRequest, answer: &CheckResponse) -> bool {
+    answer.txt.len() == req.txt.len()
+        && answer.caa.len() == req.caa.len()
+        && answer.caa_mail.len() == req.caa_mail.len()
 }
 
 /// Whether the answers corroborate every item: for each asked item, at most
@@ -444,8 +449,14 @@ mod tests {
             uncorroborated(&r, &[agree, old.clone(), old], &ps, now()),
             vec![2, 3]
         );
-        // The wire form: an old perspective's answer reads with no mailbox items.
+        // The wire form: an old perspective's answer reads with no mailbox items, and is not
+        // taken as an answer (ask_one gives None for it).
         let parsed: CheckResponse = serde_json::from_str(r#"{"txt":[true],"caa":[true]}"#).unwrap();
         assert!(parsed.caa_mail.is_empty());
+        assert!(!answers_every_item(&r, &parsed));
+        assert!(answers_every_item(
+            &r,
+            answer(vec![true, false]).1.as_ref().unwrap()
+        ));
     }
 }

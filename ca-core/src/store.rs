@@ -112,7 +112,7 @@ const SQLITE_MIGRATIONS: Embedded = &[
     (45, "signer_lease", include_str!("../../migrations/sqlite/0045_signer_lease.sql")),
     (46, "consent", include_str!("../../migrations/sqlite/0046_consent.sql")),
     (47, "audit_prune", include_str!("../../migrations/sqlite/0047_audit_prune.sql")),
-    (48, "batch_failed_ids", include_str!("../../migrations/sqlite/0048_batch_failed_ids.sql")),
+    (48, "batch_rows_caa", include_str!("../../migrations/sqlite/0048_batch_rows_caa.sql")),
 ];
 #[rustfmt::skip]
 const POSTGRES_MIGRATIONS: Embedded = &[
@@ -163,7 +163,7 @@ const POSTGRES_MIGRATIONS: Embedded = &[
     (45, "signer_lease", include_str!("../../migrations/postgres/0045_signer_lease.sql")),
     (46, "consent", include_str!("../../migrations/postgres/0046_consent.sql")),
     (47, "audit_prune", include_str!("../../migrations/postgres/0047_audit_prune.sql")),
-    (48, "batch_failed_ids", include_str!("../../migrations/postgres/0048_batch_failed_ids.sql")),
+    (48, "batch_rows_caa", include_str!("../../migrations/postgres/0048_batch_rows_caa.sql")),
 ];
 
 row! {

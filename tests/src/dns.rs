@@ -114,21 +114,23 @@ impl DnsServer {
     }
 
     /// Sets the CAA `issuemail` records at `name` (RFC 9495), one per value as written
-    /// (`"ca.example"`, `";"`), replacing any CAA there.
+    /// (`"ca.example"`, `";"`), replacing the `issuemail` records there and keeping the other
+    /// CAA records in the same RRset.
     pub fn set_caa_issuemail(&self, name: &str, values: &[&str]) {
-        self.set(
-            name,
-            RecordType::CAA,
-            values
-                .iter()
-                .map(|v| {
-                    let mut c = CAA::new_issue(false, None, Vec::<KeyValue>::new());
-                    c.set_tag(Property::Unknown("issuemail".into()));
-                    c.set_value(Value::Unknown(v.as_bytes().to_vec()));
-                    RData::CAA(c)
-                })
-                .collect(),
+        let mut zone = self.zone.lock().unwrap();
+        let set = zone
+            .records
+            .entry((key(name), RecordType::CAA))
+            .or_default();
+        set.retain(
+            |r| !matches!(r, RData::CAA(c) if c.tag().as_str().eq_ignore_ascii_case("issuemail")),
         );
+        for v in values {
+            let mut c = CAA::new_issue(false, None, Vec::<KeyValue>::new());
+            c.set_tag(Property::Unknown("issuemail".into()));
+            c.set_value(Value::Unknown(v.as_bytes().to_vec()));
+            set.push(RData::CAA(c));
+        }
     }
 
     /// Makes every query for `name` answer SERVFAIL (a resolver's answer for bogus DNSSEC).

@@ -947,12 +947,13 @@ pub async fn submit_batch(
             (st.standing_until, st.standing_max_rows, st.standing_by)
         {
             // At most max_rows approved on arrival in any 24 hours, whatever the number of
-            // batches: a leaked batch token cannot issue without limit.
+            // batches: a leaked batch token cannot issue without limit. A failed row issued
+            // nothing and does not count (it may be resubmitted).
             let approver = format!("standing-authorisation:{by}");
             let used: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM batch_rows r JOIN batches b ON b.id = r.batch_id \
                  WHERE b.organisation_id = $1 AND b.approved_by = $2 AND b.approved_at > $3 \
-                 AND r.state NOT IN ('invalid', 'duplicate')",
+                 AND r.state NOT IN ('invalid', 'duplicate', 'failed')",
             )
             .bind(&caller.organisation_id)
             .bind(&approver)
@@ -1130,6 +1131,7 @@ row! {
         email: Option<String>,
         title: Option<String>,
         csr: Option<Vec<u8>>,
+        caa_tries: i64,
     }
 }
 
@@ -1147,23 +1149,18 @@ pub async fn issue_queued_until(
     stop: impl Fn() -> bool,
 ) -> Result<usize> {
     let store = auth.store();
-    // Rows of a mailbox domain whose CAA could not be checked lately wait (they would be
-    // skipped again), so the rows behind them are taken meanwhile.
-    let waiting = caa_waiting();
-    let mut sql = String::from(
-        "SELECT r.batch_id, r.row_no, r.organisation_id, r.profile, r.surname, r.given_name, r.email, r.title, r.csr \
-         FROM batch_rows r JOIN batches b ON b.id = r.batch_id \
-         WHERE r.state = 'queued' AND b.state = 'approved'",
-    );
-    for i in 0..waiting.len() {
-        sql.push_str(&format!(" AND NOT (COALESCE(r.email, '') LIKE ${})", i + 2));
-    }
-    sql.push_str(" ORDER BY r.batch_id, r.row_no LIMIT $1");
-    let mut q = sqlx::query_as::<_, QueuedRow>(sqlx::AssertSqlSafe(sql)).bind(limit);
-    for d in &waiting {
-        q = q.bind(format!("%@{d}"));
-    }
-    let rows = q.fetch_all(store.pool()).await?;
+    // Rows whose mailbox domain's CAA could not be read lately wait ([`mailbox_caa`]): the
+    // rows behind them are taken meanwhile.
+    let rows = sqlx::query_as::<_, QueuedRow>(
+        "SELECT r.batch_id, r.row_no, r.organisation_id, r.profile, r.surname, r.given_name, r.email, r.title, r.csr, \
+         r.caa_tries FROM batch_rows r JOIN batches b ON b.id = r.batch_id \
+         WHERE r.state = 'queued' AND b.state = 'approved' AND (r.caa_retry_at IS NULL OR r.caa_retry_at <= $2) \
+         ORDER BY r.batch_id, r.row_no LIMIT $1",
+    )
+    .bind(limit)
+    .bind(now())
+    .fetch_all(store.pool())
+    .await?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -1217,27 +1214,33 @@ pub async fn issue_queued_until(
     }
 }
 
-/// How long the rows of a mailbox domain wait after its CAA check could not be made (a
-/// resolver, an authoritative server or the remote perspectives away) before it is tried
-/// again; each try is audited.
-const CAA_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a permitting CAA check of a mailbox domain serves later passes: well within the
+/// S/MIME BR's bound (issue within the record's TTL or 8 hours of the check, whichever is
+/// greater, §4.2.2.1), and a record changed to refuse this CA is read within the hour.
+const CAA_REUSE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Mailbox domains whose CAA check failed to be made, and when they may be tried again.
-static CAA_WAIT: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-> = std::sync::LazyLock::new(Default::default);
+/// The most mailbox domains one pass checks (each row's domain is its own: an organisation
+/// may use many subdomains of a validated domain). The rows of the others wait for the next
+/// pass, which finds these cached, failed or waiting.
+const CAA_PER_PASS: usize = 32;
 
-/// The mailbox domains still waiting after a failed CAA check ([`CAA_RETRY`]).
-fn caa_waiting() -> Vec<String> {
-    let mut w = CAA_WAIT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let now = std::time::Instant::now();
-    w.retain(|_, until| *until > now);
-    let mut d: Vec<String> = w.keys().cloned().collect();
-    d.sort();
-    d
+/// How many of a pass's checks run at once (each may wait for its resolver and the remote
+/// perspectives).
+const CAA_AT_ONCE: usize = 8;
+
+/// After how many tries a row whose domain's CAA cannot be read fails: the waits double from
+/// 30 s to an hour ([`caa_wait`]), so about a day.
+const CAA_MAX_TRIES: i64 = 30;
+
+/// The wait before the next try, after `tries` tries.
+fn caa_wait(tries: i64) -> i64 {
+    (30_i64 << tries.clamp(0, 7)).min(3600)
 }
+
+/// Mailbox domains whose CAA permitted this CA lately, by (organisation, domain), with when.
+static CAA_PERMITTED: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+> = std::sync::LazyLock::new(Default::default);
 
 /// The domain of a row's mailbox, lower-cased.
 fn mail_domain(email: Option<&str>) -> Option<String> {
@@ -1246,83 +1249,135 @@ fn mail_domain(email: Option<&str>) -> Option<String> {
         .map(|(_, d)| d.to_ascii_lowercase())
 }
 
-/// CAA before a pass issues (RFC 9495, S/MIME BR §4.2.2.1): each mailbox domain of `rows`
-/// checked once for the pass, from this host and corroborated by the remote perspectives (the
-/// domain was validated by DNS, §3.2.2.1 and §4.2.2.2), each outcome audited
-/// (`ra.caa.checked` / `ra.caa.refused`, property `issuemail`, subject the organisation).
-/// Returns the rows to issue. A domain whose CAA does not permit this CA (or whose permission
-/// the perspectives did not corroborate) fails its rows with the reason, as any other check at
-/// issuance does; a domain whose check could not be made leaves its rows queued, waits
-/// [`CAA_RETRY`], and its error is returned beside the rows.
+/// CAA before a pass issues (RFC 9495, S/MIME BR §4.2.2.1): each mailbox domain of `rows`,
+/// per organisation, checked from this host and corroborated by the remote perspectives (the
+/// domain was validated by DNS, §3.2.2.1 and §4.2.2.2), each check audited (subject the
+/// organisation; [`super::domains::check_mailbox_caa`]); a permission serves for
+/// [`CAA_REUSE`]. At most [`CAA_PER_PASS`] domains are checked, [`CAA_AT_ONCE`] at a time.
+/// Returns the rows to issue now, and the first check that could not be made.
+///
+/// - Forbidden by the domain's records: its rows fail with the reason.
+/// - Not known (a lookup failure, perspectives that did not corroborate): its rows stay queued
+///   and wait ([`caa_wait`]); after [`CAA_MAX_TRIES`] they fail, saying why.
+/// - Not checked in this pass: its rows stay queued for the next.
 async fn mailbox_caa(
     auth: &Arc<Authority>,
     rows: Vec<QueuedRow>,
 ) -> Result<(Vec<QueuedRow>, Option<Error>)> {
-    let mut domains: std::collections::BTreeSet<(String, String)> = Default::default();
+    use super::domains::MailboxCaa;
+    type Key = (String, String);
+    let key = |r: &QueuedRow| {
+        (
+            r.organisation_id.clone(),
+            mail_domain(r.email.as_deref()).unwrap_or_default(),
+        )
+    };
+    let permitted = |k: &Key| {
+        let mut p = CAA_PERMITTED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.retain(|_, at| at.elapsed() < CAA_REUSE);
+        p.contains_key(k)
+    };
+    // The domains to check, in the rows' order (a row without a mailbox is failed by
+    // prepare_row).
+    let mut to_check: Vec<Key> = Vec::new();
     for r in &rows {
-        if let Some(d) = mail_domain(r.email.as_deref()) {
-            domains.insert((r.organisation_id.clone(), d));
+        let k = key(r);
+        if !k.1.is_empty() && !permitted(&k) && !to_check.contains(&k) {
+            to_check.push(k);
         }
     }
-    // What happens to the rows of an (organisation, domain) not permitted: failed with the
-    // reason (`Some`), or left queued (`None`).
-    let mut held: std::collections::HashMap<(String, String), Option<String>> = Default::default();
+    to_check.truncate(CAA_PER_PASS);
+    let gate = Arc::new(tokio::sync::Semaphore::new(CAA_AT_ONCE));
+    let mut checks = tokio::task::JoinSet::new();
+    for k in to_check.iter().cloned() {
+        let (auth, gate) = (auth.clone(), gate.clone());
+        checks.spawn(async move {
+            let _slot = gate.acquire_owned().await;
+            let found =
+                super::domains::check_mailbox_caa(&auth, &k.0, &k.1, "system:batch-issuer").await;
+            (k, found)
+        });
+    }
+    let mut found: std::collections::HashMap<Key, MailboxCaa> = Default::default();
     let mut error = None;
-    for (org, domain) in domains {
-        match super::domains::check_mailbox_caa(
-            auth,
-            &org,
-            std::slice::from_ref(&domain),
-            "system:batch-issuer",
-        )
-        .await
-        {
-            Ok(()) => {}
-            Err(e @ Error::CaaForbids { .. }) => {
-                held.insert((org, domain), Some(e.to_string()));
-            }
-            Err(e) => {
-                tracing::warn!(domain = %domain, error = %e, "a mailbox domain's CAA could not be checked; its batch rows wait");
-                CAA_WAIT
+    while let Some(done) = checks.join_next().await {
+        match done {
+            Ok((k, Ok(MailboxCaa::Permitted))) => {
+                CAA_PERMITTED
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(domain.clone(), std::time::Instant::now() + CAA_RETRY);
-                held.insert((org, domain), None);
-                error = error.or(Some(e));
+                    .insert(k, std::time::Instant::now());
             }
+            Ok((k, Ok(f))) => {
+                found.insert(k, f);
+            }
+            // The audit record could not be written: nothing of the pass is issued.
+            Ok((_, Err(e))) => error = error.or(Some(e)),
+            Err(e) => error = error.or(Some(Error::Store(e.to_string()))),
         }
     }
-    if held.is_empty() {
-        return Ok((rows, error));
+    if let Some(e) = error {
+        return Err(e);
     }
     let store = auth.store();
     let mut keep = Vec::with_capacity(rows.len());
-    // Through a fenced transaction: a signer that lost the lock fails no row.
+    // Through a fenced transaction: a signer that lost the lock changes no row.
     let mut tx = store.begin().await?;
+    let t = now();
     for r in rows {
-        let key = (
-            r.organisation_id.clone(),
-            mail_domain(r.email.as_deref()).unwrap_or_default(),
-        );
-        match held.get(&key) {
-            None => keep.push(r),
-            Some(None) => {}
-            Some(Some(reason)) => {
+        let k = key(&r);
+        let fail = match found.get(&k) {
+            None if k.1.is_empty() || permitted(&k) => {
+                keep.push(r);
+                continue;
+            }
+            Some(MailboxCaa::Permitted) => {
+                keep.push(r);
+                continue;
+            }
+            // Not checked in this pass.
+            None => continue,
+            Some(MailboxCaa::Forbidden(reason)) => reason.clone(),
+            Some(MailboxCaa::Unavailable(e)) if r.caa_tries + 1 >= CAA_MAX_TRIES => format!(
+                "the CAA records of {} could not be read or corroborated for a day ({e}): submit the row again",
+                k.1
+            ),
+            Some(MailboxCaa::Unavailable(_)) => {
                 sqlx::query(
-                    "UPDATE batch_rows SET state = 'failed', error = $3, updated_at = $4 \
+                    "UPDATE batch_rows SET caa_tries = caa_tries + 1, caa_retry_at = $3, updated_at = $4 \
                      WHERE batch_id = $1 AND row_no = $2 AND state = 'queued'",
                 )
                 .bind(&r.batch_id)
                 .bind(r.row_no)
-                .bind(reason)
-                .bind(now())
+                .bind(t + caa_wait(r.caa_tries))
+                .bind(t)
                 .execute(&mut *tx)
                 .await?;
+                continue;
             }
-        }
+        };
+        sqlx::query(
+            "UPDATE batch_rows SET state = 'failed', error = $3, updated_at = $4 \
+             WHERE batch_id = $1 AND row_no = $2 AND state = 'queued'",
+        )
+        .bind(&r.batch_id)
+        .bind(r.row_no)
+        .bind(fail)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
-    Ok((keep, error))
+    let mut unavailable = None;
+    for (k, f) in found {
+        if let MailboxCaa::Unavailable(e) = f {
+            tracing::warn!(domain = %k.1, error = %e, "a mailbox domain's CAA could not be read or corroborated; its batch rows wait");
+            unavailable = unavailable.or(Some(e));
+        }
+    }
+    Ok((keep, unavailable))
 }
 
 /// Rows issued together: their `issuing` marks are one transaction, and so are their `issued`

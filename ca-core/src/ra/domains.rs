@@ -279,36 +279,68 @@ pub(super) async fn check_caa(
     names: &[String],
     actor: &str,
 ) -> Result<()> {
-    check_caa_for(auth, id, names, actor, CaaFor::DomainName).await
+    match check_caa_for(auth, id, names, actor, CaaFor::DomainName).await? {
+        Ok(()) => Ok(()),
+        Err((e, _)) => Err(e),
+    }
 }
 
-/// [`check_caa`] for mailbox domains (RFC 9495's `issuemail`, S/MIME BR §4.2.2.1), before a
-/// certificate naming a mailbox at each is issued; `subject` names what is issued (an
+/// What a mailbox domain's CAA check found ([`check_mailbox_caa`]).
+#[derive(Debug)]
+pub(crate) enum MailboxCaa {
+    /// CAA permits this CA, as corroborated.
+    Permitted,
+    /// The domain's own CAA records do not permit this CA: the reason.
+    Forbidden(String),
+    /// Not known now: a lookup failed, or the remote perspectives did not corroborate the
+    /// permission (some may be away). Asked again later.
+    Unavailable(Error),
+}
+
+/// [`check_caa`] for a mailbox domain (RFC 9495's `issuemail`, S/MIME BR §4.2.2.1), before a
+/// certificate naming a mailbox at it is issued; `subject` names what is issued (an
 /// organisation's batch rows). The remote perspectives corroborate it as they do a server
-/// name's, as the BR asks where the domain was validated by DNS (§3.2.2.1, §4.2.2.2).
+/// name's, as the BR asks where the domain was validated by DNS (§3.2.2.1, §4.2.2.2). Audited
+/// `ra.caa.checked`, `ra.caa.refused` (prevented by the records, which the BR asks CAs to
+/// document) or `ra.caa.unavailable`; `Err` only when the audit record cannot be written.
 pub(crate) async fn check_mailbox_caa(
     auth: &Authority,
     subject: &str,
-    domains: &[String],
+    domain: &str,
     actor: &str,
-) -> Result<()> {
-    check_caa_for(auth, subject, domains, actor, CaaFor::Mailbox).await
+) -> Result<MailboxCaa> {
+    Ok(
+        match check_caa_for(auth, subject, &[domain.to_string()], actor, CaaFor::Mailbox).await? {
+            Ok(()) => MailboxCaa::Permitted,
+            Err((e, true)) => MailboxCaa::Forbidden(e.to_string()),
+            Err((e, false)) => MailboxCaa::Unavailable(e),
+        },
+    )
 }
 
+/// The CAA check of `names` from this host and the remote perspectives, audited. The inner
+/// error says whether the names' own records refused (`true`) or the answer is not known
+/// (a lookup failure, a configuration that cannot check, perspectives that did not
+/// corroborate: `false`); the outer one that the audit record could not be written.
 async fn check_caa_for(
     auth: &Authority,
     id: &str,
     names: &[String],
     actor: &str,
     what: CaaFor,
-) -> Result<()> {
+) -> Result<std::result::Result<(), (Error, bool)>> {
     let dcv = &auth.config().dcv;
-    let checker = crate::dcv::Checker::new(dcv)?;
     let mut outcome = Ok(());
-    for n in names {
-        if let Err(e) = checker.caa_for(n, what).await {
-            outcome = Err(e);
-            break;
+    match crate::dcv::Checker::new(dcv) {
+        Err(e) => outcome = Err((e, false)),
+        Ok(checker) => {
+            for n in names {
+                if let Err(e) = checker.caa_for(n, what).await {
+                    let refused = matches!(e, Error::CaaForbids { .. });
+                    outcome = Err((e, refused));
+                    break;
+                }
+            }
         }
     }
     // The remote perspectives must also find that CAA permits this CA (TLS BR §3.2.2.9).
@@ -316,7 +348,7 @@ async fn check_caa_for(
     if outcome.is_ok() {
         outcome = match crate::mpic::required(dcv) {
             Ok(false) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err((e, false)),
             Ok(true) => {
                 let mut req = crate::mpic::CheckRequest {
                     identities: dcv.caa_identities.clone(),
@@ -341,25 +373,28 @@ async fn check_caa_for(
                 // Only CAA items are asked: an item's index is its name's.
                 match crate::mpic::uncorroborated(&req, &answers, &dcv.perspectives, time::OffsetDateTime::now_utc()).first() {
                     None => Ok(()),
-                    Some(&i) => Err(Error::CaaForbids {
+                    Some(&i) => Err((Error::CaaForbids {
                         domain: names[i].clone(),
                         reason: "the remote network perspectives did not corroborate that CAA permits this CA (TLS BR §3.2.2.9)".into(),
-                    }),
+                    }, false)),
                 }
             }
         };
     }
+    let kind = match (&outcome, what) {
+        (Ok(()), _) => "ra.caa.checked",
+        // A server certificate's check records every failure as a refusal (the issuance
+        // stops; staff retry).
+        (Err(_), CaaFor::DomainName) | (Err((_, true)), CaaFor::Mailbox) => "ra.caa.refused",
+        (Err((_, false)), CaaFor::Mailbox) => "ra.caa.unavailable",
+    };
     let store = auth.store();
     let mut tx = store.begin().await?;
     store
         .audit(
             &mut tx,
             &Event {
-                kind: if outcome.is_ok() {
-                    "ra.caa.checked"
-                } else {
-                    "ra.caa.refused"
-                },
+                kind,
                 actor: actor.to_string(),
                 subject: Some(id.to_string()),
                 detail: json!({
@@ -368,12 +403,12 @@ async fn check_caa_for(
                         CaaFor::DomainName => "issue",
                         CaaFor::Mailbox => "issuemail",
                     },
-                    "error": outcome.as_ref().err().map(ToString::to_string),
+                    "error": outcome.as_ref().err().map(|(e, _)| e.to_string()),
                     "perspectives": perspectives,
                 }),
             },
         )
         .await?;
     tx.commit().await?;
-    outcome
+    Ok(outcome)
 }

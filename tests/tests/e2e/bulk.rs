@@ -842,8 +842,9 @@ fn a_mail_domain_whose_caa_names_another_ca_gets_no_certificate() {
         let signed =
             || ca.sql_query("SELECT COUNT(*) FROM certificates WHERE profile = 'organisational'");
         let before = signed();
-        // `issue` records do not restrict mailboxes; `issuemail` naming another CA does.
-        ca.dns().set_caa_issue(parent, &[Some("pki.example.hk")]);
+        // `issuemail` naming another CA forbids (beside `issue ";"`, which forbids every CA
+        // to certify the domain's names and does not restrict mailboxes: see below).
+        ca.dns().set_caa_issue(parent, &[None]);
         ca.dns().set_caa_issuemail(parent, &["other-ca.example"]);
         let s = run(&rows);
         assert_eq!(s["counts"]["failed"], 2, "{}", s["counts"]);
@@ -865,7 +866,8 @@ fn a_mail_domain_whose_caa_names_another_ca_gets_no_certificate() {
             "{refused}"
         );
         // Named, and corroborated by the five remote perspectives: the same rows, resubmitted
-        // under their client row ids (a failed row's is free), issue.
+        // under their client row ids (a failed row's is free), issue, `issue ";"` still there.
+        // A permission serves the signer for an hour: the refusal above was not one.
         ca.dns()
             .set_caa_issuemail(parent, &["other-ca.example", "pki.example.hk; account=42"]);
         let s = run(&rows);

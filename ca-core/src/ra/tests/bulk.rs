@@ -286,41 +286,84 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         }
     };
     let refused_before = audits("ra.caa.refused").await.len();
-    // The good domain's row issues; the pass reports the unreadable one.
-    assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 1);
-    let s = bulk::batch_status(&store, bulk::BatchReader::Staff(&officer), &r.id)
-        .await
-        .unwrap();
-    let state = |id: &str| {
+    let unavailable_before = audits("ra.caa.unavailable").await.len();
+    let status = || async {
+        bulk::batch_status(&store, bulk::BatchReader::Staff(&officer), &r.id)
+            .await
+            .unwrap()
+    };
+    let state = |s: &bulk::BatchStatus, id: &str| {
         s.rows
             .iter()
             .find(|r| r.client_row_id == id)
             .unwrap()
             .clone()
     };
-    assert_eq!(state("C3").state, "issued");
-    assert_eq!(state("C2").state, "queued");
-    let c1 = state("C1");
+    // The good domain's row issues; the pass reports the unreadable one.
+    assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 1);
+    let s = status().await;
+    assert_eq!(state(&s, "C3").state, "issued");
+    assert_eq!(state(&s, "C2").state, "queued");
+    let c1 = state(&s, "C1");
     assert_eq!(c1.state, "failed");
     assert_eq!(
         c1.error.as_deref(),
         Some("CAA forbids issuance for staff.othermail.example.test: CAA at othermail.example.test: its issuemail records do not name this CA (RFC 9495)")
     );
     let refused = audits("ra.caa.refused").await;
-    assert_eq!(refused.len(), refused_before + 2, "{refused:?}");
-    assert!(refused
-        .iter()
-        .any(|d| d.contains("issuemail") && d.contains("staff.othermail.example.test")));
+    assert_eq!(refused.len(), refused_before + 1, "{refused:?}");
+    assert!(refused[refused_before].contains("issuemail"));
+    assert!(refused[refused_before].contains("staff.othermail.example.test"));
+    let unavailable = audits("ra.caa.unavailable").await;
+    assert_eq!(unavailable.len(), unavailable_before + 1, "{unavailable:?}");
+    assert!(unavailable[unavailable_before].contains("unreadable.example.hk"));
     assert!(audits("ra.caa.checked")
         .await
         .iter()
         .any(|d| d.contains("issuemail") && d.contains("staff.ourmail.example.test")));
-    // Within the wait the unreadable domain is not asked again: nothing to do, nothing audited.
+    // Within its wait the unreadable domain's row is not taken: nothing to do, nothing
+    // audited, still queued.
     assert_eq!(bulk::issue_queued(&auth, 100).await.unwrap(), 0);
-    assert_eq!(audits("ra.caa.refused").await.len(), refused_before + 2);
-    assert_eq!(state("C2").state, "queued");
-    // A failed row issued nothing: its client row id is free, so the row resubmitted as it is
-    // is accepted (an issued or queued one's is not).
+    assert_eq!(
+        audits("ra.caa.unavailable").await.len(),
+        unavailable_before + 1
+    );
+    assert_eq!(state(&status().await, "C2").state, "queued");
+    // Due again: asked again (still unreadable), and it waits longer.
+    let wait = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT caa_tries, caa_retry_at - updated_at FROM batch_rows WHERE client_row_id = 'C2' AND state = 'queued'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(wait().await, (1, 30));
+    sqlx::query("UPDATE batch_rows SET caa_retry_at = 0 WHERE client_row_id = 'C2'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(bulk::issue_queued(&auth, 100).await.is_err());
+    assert_eq!(wait().await, (2, 60));
+    // After a day of tries the row fails, saying why.
+    sqlx::query(
+        "UPDATE batch_rows SET caa_retry_at = 0, caa_tries = 29 WHERE client_row_id = 'C2'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert!(bulk::issue_queued(&auth, 100).await.is_err());
+    let c2 = state(&status().await, "C2");
+    assert_eq!(c2.state, "failed");
+    assert!(
+        c2.error.as_deref().unwrap().starts_with(
+            "the CAA records of unreadable.example.hk could not be read or corroborated for a day"
+        ),
+        "{c2:?}"
+    );
+    assert_eq!(status().await.state, "done");
+    // A failed row issued nothing: its client row id is free, so the rows resubmitted as they
+    // are (C1, C2) are accepted; the issued one's (C3) is not.
     let again = bulk::submit_batch(
         &auth,
         &caller,
@@ -332,7 +375,7 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
     )
     .await
     .unwrap();
-    assert_eq!((again.accepted, again.duplicates), (1, 2), "{again:?}");
+    assert_eq!((again.accepted, again.duplicates), (2, 1), "{again:?}");
     sqlx::query("UPDATE organisations SET verified_at = $1")
         .bind(now() - 826 * 86_400)
         .execute(store.pool())

@@ -4,3 +4,7 @@
 DROP INDEX batch_rows_client;
 CREATE UNIQUE INDEX batch_rows_client ON batch_rows (organisation_id, client_row_id)
     WHERE state NOT IN ('invalid', 'duplicate', 'failed');
+-- A queued row whose mailbox domain's CAA could not be read (or corroborated) waits until
+-- caa_retry_at, longer after each try; after a day of tries it fails (ra::bulk::mailbox_caa).
+ALTER TABLE batch_rows ADD COLUMN caa_retry_at BIGINT;
+ALTER TABLE batch_rows ADD COLUMN caa_tries BIGINT NOT NULL DEFAULT 0;
