@@ -259,17 +259,17 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
         .await
         .unwrap();
     }
-    let r = bulk::submit_batch(
-        &auth,
-        &caller,
+    // A domain whose issuemail names another CA, one the resolver refuses, one naming this CA.
+    let caa_rows = || {
         vec![
             Ok(row("C1", "c1@staff.othermail.example.test", None)),
             Ok(row("C2", "c2@unreadable.example.hk", None)),
             Ok(row("C3", "c3@staff.ourmail.example.test", None)),
-        ],
-    )
-    .await
-    .unwrap();
+        ]
+    };
+    let r = bulk::submit_batch(&auth, &caller, caa_rows())
+        .await
+        .unwrap();
     assert_eq!(r.accepted, 3, "{r:?}");
     bulk::approve_batch(&store, &r.id, "test").await.unwrap();
     let audits = |kind: &str| {
@@ -364,17 +364,9 @@ async fn batches_are_checked_issued_once_and_checked_again_at_issuance() {
     assert_eq!(status().await.state, "done");
     // A failed row issued nothing: its client row id is free, so the rows resubmitted as they
     // are (C1, C2) are accepted; the issued one's (C3) is not.
-    let again = bulk::submit_batch(
-        &auth,
-        &caller,
-        vec![
-            Ok(row("C1", "c1@staff.othermail.example.test", None)),
-            Ok(row("C2", "c2@unreadable.example.hk", None)),
-            Ok(row("C3", "c3@staff.ourmail.example.test", None)),
-        ],
-    )
-    .await
-    .unwrap();
+    let again = bulk::submit_batch(&auth, &caller, caa_rows())
+        .await
+        .unwrap();
     assert_eq!((again.accepted, again.duplicates), (2, 1), "{again:?}");
     sqlx::query("UPDATE organisations SET verified_at = $1")
         .bind(now() - 826 * 86_400)
