@@ -1321,6 +1321,17 @@ async fn mailbox_caa(
     if let Some(e) = error {
         return Err(e);
     }
+    // Every domain permitted (the usual pass): no row changes, no transaction.
+    if found.is_empty() {
+        let keep = rows
+            .into_iter()
+            .filter(|r| {
+                let k = key(r);
+                k.1.is_empty() || permitted(&k)
+            })
+            .collect();
+        return Ok((keep, None));
+    }
     let store = auth.store();
     let mut keep = Vec::with_capacity(rows.len());
     // Through a fenced transaction: a signer that lost the lock changes no row.
