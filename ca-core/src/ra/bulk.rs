@@ -1560,12 +1560,7 @@ async fn prepare_row(
     };
     // What was true at submission must still be at issuance (S/MIME BR §4.2.1): the
     // organisation's verification and its mail domain's validation within their reuse periods.
-    let domain = r
-        .email
-        .as_deref()
-        .and_then(|e| e.rsplit_once('@'))
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default();
+    let domain = mail_domain(r.email.as_deref()).unwrap_or_default();
     let still = org.current().and_then(|()| {
         if validated
             .iter()
